@@ -1,0 +1,59 @@
+-- backup_mgmt 0.1.0: privileges, the backup_admin role and function comments (loaded last).
+
+-- The operator role.  Roles are cluster-wide, so it may already exist (another database, an
+-- earlier install); it is deliberately not dropped by DROP EXTENSION.
+DO $bm$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'backup_admin') THEN
+        CREATE ROLE backup_admin NOLOGIN;
+        COMMENT ON ROLE backup_admin IS 'backup_mgmt operators: may record, verify and schedule backups and read the catalog';
+    END IF;
+END
+$bm$;
+
+-- Nothing is executable or readable by PUBLIC: functions are created executable by PUBLIC unless
+-- revoked, and the catalog reveals where backups live.
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA backup_mgmt FROM PUBLIC;
+REVOKE ALL ON SCHEMA backup_mgmt, backup_management, disaster_recovery, enterprise_backup FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA backup_management, disaster_recovery, enterprise_backup FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA backup_management, disaster_recovery, enterprise_backup FROM PUBLIC;
+
+GRANT USAGE ON SCHEMA backup_mgmt, backup_management, disaster_recovery, enterprise_backup TO backup_admin;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA backup_mgmt TO backup_admin;
+GRANT SELECT ON ALL TABLES IN SCHEMA backup_management, disaster_recovery, enterprise_backup TO backup_admin;
+-- Backup records, verifications, jobs and executions are written only through the SECURITY
+-- DEFINER functions, which keep their invariants.  Plans and off-site targets are plain
+-- configuration that operators edit directly.
+GRANT INSERT, UPDATE, DELETE ON disaster_recovery.recovery_plans, backup_management.remote_backup_configs TO backup_admin;
+GRANT USAGE ON SEQUENCE disaster_recovery.recovery_plans_plan_id_seq,
+                        backup_management.remote_backup_configs_config_id_seq TO backup_admin;
+
+COMMENT ON FUNCTION backup_mgmt.record_backup_start(text, text, text, text) IS
+    'Records that a backup has started; returns its backup_id (status running)';
+COMMENT ON FUNCTION backup_mgmt.record_backup_complete(bigint, bigint, text) IS
+    'Marks a running backup completed with its size in bytes and optional sha256 checksum';
+COMMENT ON FUNCTION backup_mgmt.record_backup_failure(bigint, text) IS
+    'Marks a running backup failed with its error message (logged and sent as NOTIFY backup_mgmt)';
+
+COMMENT ON FUNCTION backup_mgmt.check_backup_path(text) IS
+    'Returns the canonical path if it lies inside backup_mgmt.backup_roots (symlinks followed); raises an error otherwise';
+
+-- The background worker reads jobs from backup_mgmt.database_name only (like pg_cron's
+-- cron.database_name).  Installing elsewhere is allowed (a restored copy of a database must be
+-- able to CREATE EXTENSION), but the operator is told that jobs scheduled here will not run.
+DO $bm$
+DECLARE
+    catalog_db text := pg_catalog.current_setting('backup_mgmt.database_name', true);
+BEGIN
+    IF catalog_db IS NOT NULL AND catalog_db <> pg_catalog.current_database() THEN
+        RAISE WARNING 'backup_mgmt is installed in database "%", but its background worker uses database "%"',
+            pg_catalog.current_database(), catalog_db
+            USING HINT = pg_catalog.format('Set backup_mgmt.database_name = %L in postgresql.conf and restart, or install the extension in database %I.',
+                                           pg_catalog.current_database(), catalog_db);
+    END IF;
+    IF pg_catalog.strpos(pg_catalog.current_setting('shared_preload_libraries'), 'backup_mgmt') = 0 THEN
+        RAISE NOTICE 'backup_mgmt is not in shared_preload_libraries: the catalog and record functions work, the background worker does not run'
+            USING HINT = 'Add backup_mgmt to shared_preload_libraries in postgresql.conf and restart the server.';
+    END IF;
+END
+$bm$;

@@ -1,0 +1,422 @@
+-- backup_mgmt catalog, version 0.1.0 (loaded first, before any function).
+--
+-- Tables of the original design, in its three schemas, with what real catalogs (pgBackRest `info`,
+-- Barman `backup.info`) record on top: the cluster's identity, LSNs and WAL range, compression,
+-- checksum algorithm, labels, incremental parents and pin/keep-until fields.
+--
+-- Upgrades: never edit this file's released shape in place for existing installs; write
+-- sql/backup_mgmt--A--B.sql instead, and never DROP a catalog table there.
+
+CREATE SCHEMA backup_management;
+COMMENT ON SCHEMA backup_management IS 'backup_mgmt: the backup catalog (backups, verifications, off-site copies)';
+CREATE SCHEMA disaster_recovery;
+COMMENT ON SCHEMA disaster_recovery IS 'backup_mgmt: disaster-recovery plans (RTO/RPO) and drill results';
+CREATE SCHEMA enterprise_backup;
+COMMENT ON SCHEMA enterprise_backup IS 'backup_mgmt: scheduled backup jobs and their executions';
+
+-- The schema named in the control file is created by CREATE EXTENSION itself, before this script.
+COMMENT ON SCHEMA backup_mgmt IS 'backup_mgmt: functions of the backup management extension';
+
+------------------------------------------------------------------------------------------------
+-- backup_management.backup_records
+------------------------------------------------------------------------------------------------
+CREATE TABLE backup_management.backup_records (
+    backup_id          bigserial PRIMARY KEY,
+    database_name      text        NOT NULL
+        CONSTRAINT backup_records_database_name_check
+        CHECK (database_name <> '' AND octet_length(database_name) <= 63),
+    backup_type        text        NOT NULL
+        CONSTRAINT backup_records_backup_type_check
+        CHECK (backup_type IN ('full', 'incremental', 'differential', 'wal')),
+    backup_method      text        NOT NULL
+        CONSTRAINT backup_records_backup_method_check
+        CHECK (backup_method IN ('pg_dump', 'pg_dump_directory', 'pg_basebackup',
+                                 'pg_dumpall_globals', 'continuous_archiving', 'native_physical')),
+    backup_file_path   text        NOT NULL
+        CONSTRAINT backup_records_backup_file_path_check CHECK (backup_file_path LIKE '/%'),
+    backup_size        bigint      NOT NULL DEFAULT 0
+        CONSTRAINT backup_records_backup_size_check CHECK (backup_size >= 0),
+    start_time         timestamptz NOT NULL DEFAULT now(),
+    end_time           timestamptz,
+    duration           interval,
+    status             text        NOT NULL DEFAULT 'running'
+        CONSTRAINT backup_records_status_check
+        CHECK (status IN ('running', 'completed', 'failed', 'expired')),
+    error_message      text,
+    checksum           text
+        CONSTRAINT backup_records_checksum_check CHECK (checksum ~ '^[0-9a-f]{64}$'),
+    checksum_algorithm text        NOT NULL DEFAULT 'sha256'
+        CONSTRAINT backup_records_checksum_algorithm_check CHECK (checksum_algorithm IN ('sha256')),
+    compression        text        NOT NULL DEFAULT 'none'
+        CONSTRAINT backup_records_compression_check CHECK (compression IN ('none', 'gzip', 'lz4', 'zstd')),
+    -- Identity of the cluster the backup was taken from (pg_control_system()), so backups of
+    -- different clusters can never be mixed up, e.g. when a fleet shares one bucket.
+    system_identifier  bigint,
+    pg_version         integer,
+    timeline_id        integer,
+    start_lsn          pg_lsn,
+    stop_lsn           pg_lsn,
+    start_wal_segment  text,
+    stop_wal_segment   text,
+    label              text,
+    annotations        jsonb       NOT NULL DEFAULT '{}'::jsonb
+        CONSTRAINT backup_records_annotations_check CHECK (jsonb_typeof(annotations) = 'object'),
+    parent_backup_id   bigint REFERENCES backup_management.backup_records (backup_id),
+    pinned             boolean     NOT NULL DEFAULT false,
+    pin_reason         text,
+    keep_until         timestamptz,
+    recorded_by        text        NOT NULL DEFAULT session_user,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    -- A finished record always says when it finished; a completed one never carries an error and a
+    -- failed one always does.  These make a half-written record impossible, whoever writes it.
+    CONSTRAINT backup_records_finished_check
+        CHECK (status = 'running' OR (end_time IS NOT NULL AND duration IS NOT NULL)),
+    CONSTRAINT backup_records_failed_has_error_check
+        CHECK (status <> 'failed' OR error_message IS NOT NULL),
+    CONSTRAINT backup_records_end_after_start_check
+        CHECK (end_time IS NULL OR end_time >= start_time),
+    CONSTRAINT backup_records_parent_check
+        CHECK (parent_backup_id IS NULL OR backup_type IN ('incremental', 'differential')),
+    CONSTRAINT backup_records_lsn_order_check
+        CHECK (start_lsn IS NULL OR stop_lsn IS NULL OR stop_lsn >= start_lsn)
+);
+CREATE INDEX idx_backup_records_database ON backup_management.backup_records (database_name, start_time DESC);
+CREATE INDEX idx_backup_records_status ON backup_management.backup_records (status, start_time DESC);
+CREATE INDEX idx_backup_records_type ON backup_management.backup_records (backup_type, start_time DESC);
+CREATE INDEX idx_backup_records_parent ON backup_management.backup_records (parent_backup_id)
+    WHERE parent_backup_id IS NOT NULL;
+
+COMMENT ON TABLE backup_management.backup_records IS 'One row per backup: what, where, when, how big, its checksum and its outcome';
+COMMENT ON COLUMN backup_management.backup_records.backup_id IS 'Backup identifier, returned by record_backup_start()';
+COMMENT ON COLUMN backup_management.backup_records.database_name IS 'Database backed up (for physical and WAL backups: the database the job ran from)';
+COMMENT ON COLUMN backup_management.backup_records.backup_type IS 'full, incremental, differential or wal';
+COMMENT ON COLUMN backup_management.backup_records.backup_method IS 'Program or mechanism that produced the backup';
+COMMENT ON COLUMN backup_management.backup_records.backup_file_path IS 'Absolute path of the backup file or directory';
+COMMENT ON COLUMN backup_management.backup_records.backup_size IS 'Size in bytes as written (after compression)';
+COMMENT ON COLUMN backup_management.backup_records.start_time IS 'When the backup started (transaction time of record_backup_start)';
+COMMENT ON COLUMN backup_management.backup_records.end_time IS 'When the backup completed or failed';
+COMMENT ON COLUMN backup_management.backup_records.duration IS 'end_time - start_time';
+COMMENT ON COLUMN backup_management.backup_records.status IS 'running, completed, failed, or expired (removed by retention, kept for audit)';
+COMMENT ON COLUMN backup_management.backup_records.error_message IS 'Why the backup failed';
+COMMENT ON COLUMN backup_management.backup_records.checksum IS 'Lower-case hex digest of the backup file (see checksum_algorithm); NULL until computed';
+COMMENT ON COLUMN backup_management.backup_records.checksum_algorithm IS 'Digest algorithm of checksum';
+COMMENT ON COLUMN backup_management.backup_records.compression IS 'Compression of the stored backup: none, gzip, lz4 or zstd';
+COMMENT ON COLUMN backup_management.backup_records.system_identifier IS 'pg_control_system().system_identifier of the cluster backed up';
+COMMENT ON COLUMN backup_management.backup_records.pg_version IS 'server_version_num of the cluster backed up';
+COMMENT ON COLUMN backup_management.backup_records.timeline_id IS 'Timeline at backup start (physical backups)';
+COMMENT ON COLUMN backup_management.backup_records.start_lsn IS 'WAL location where the backup started (physical backups)';
+COMMENT ON COLUMN backup_management.backup_records.stop_lsn IS 'WAL location where the backup stopped (physical backups)';
+COMMENT ON COLUMN backup_management.backup_records.start_wal_segment IS 'First WAL segment needed to make the backup consistent';
+COMMENT ON COLUMN backup_management.backup_records.stop_wal_segment IS 'Last WAL segment needed to make the backup consistent';
+COMMENT ON COLUMN backup_management.backup_records.label IS 'Free-form label given by the operator';
+COMMENT ON COLUMN backup_management.backup_records.annotations IS 'Operator annotations as a JSON object';
+COMMENT ON COLUMN backup_management.backup_records.parent_backup_id IS 'Parent backup of an incremental or differential backup';
+COMMENT ON COLUMN backup_management.backup_records.pinned IS 'Pinned backups are never removed by retention';
+COMMENT ON COLUMN backup_management.backup_records.pin_reason IS 'Why the backup is pinned (e.g. legal hold)';
+COMMENT ON COLUMN backup_management.backup_records.keep_until IS 'Retention never removes the backup before this time';
+COMMENT ON COLUMN backup_management.backup_records.recorded_by IS 'Session user that recorded the backup';
+COMMENT ON COLUMN backup_management.backup_records.created_at IS 'When the row was inserted';
+COMMENT ON SEQUENCE backup_management.backup_records_backup_id_seq IS 'Generates backup_records.backup_id';
+
+------------------------------------------------------------------------------------------------
+-- backup_management.backup_verifications
+------------------------------------------------------------------------------------------------
+CREATE TABLE backup_management.backup_verifications (
+    verification_id     bigserial PRIMARY KEY,
+    backup_id           bigint      NOT NULL
+        REFERENCES backup_management.backup_records (backup_id) ON DELETE CASCADE,
+    verification_type   text        NOT NULL
+        CONSTRAINT backup_verifications_type_check
+        CHECK (verification_type IN ('checksum', 'restore_test', 'integrity_check', 'pg_verifybackup')),
+    verification_status text        NOT NULL
+        CONSTRAINT backup_verifications_status_check CHECK (verification_status IN ('passed', 'failed')),
+    verification_result jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    duration            interval,
+    verified_at         timestamptz NOT NULL DEFAULT now(),
+    verified_by         text        NOT NULL DEFAULT session_user
+);
+CREATE INDEX idx_backup_verifications_backup ON backup_management.backup_verifications (backup_id, verified_at DESC);
+CREATE INDEX idx_backup_verifications_status ON backup_management.backup_verifications (verification_status, verified_at DESC);
+
+COMMENT ON TABLE backup_management.backup_verifications IS 'Every verification of a backup (checksum, restore test, pg_verifybackup) and its outcome';
+COMMENT ON COLUMN backup_management.backup_verifications.verification_id IS 'Verification identifier';
+COMMENT ON COLUMN backup_management.backup_verifications.backup_id IS 'Backup verified';
+COMMENT ON COLUMN backup_management.backup_verifications.verification_type IS 'checksum, restore_test, integrity_check or pg_verifybackup';
+COMMENT ON COLUMN backup_management.backup_verifications.verification_status IS 'passed or failed';
+COMMENT ON COLUMN backup_management.backup_verifications.verification_result IS 'Details: expected and actual digests, bytes read, failing file, reason';
+COMMENT ON COLUMN backup_management.backup_verifications.duration IS 'How long the verification took';
+COMMENT ON COLUMN backup_management.backup_verifications.verified_at IS 'When the verification finished';
+COMMENT ON COLUMN backup_management.backup_verifications.verified_by IS 'Session user (or worker) that ran the verification';
+COMMENT ON SEQUENCE backup_management.backup_verifications_verification_id_seq IS 'Generates backup_verifications.verification_id';
+
+------------------------------------------------------------------------------------------------
+-- backup_management.remote_backup_configs: off-site targets.  No secret is ever stored here:
+-- credentials_ref names where the server finds it (an environment variable of the server, or a
+-- file readable only by the server's OS user).
+------------------------------------------------------------------------------------------------
+CREATE TABLE backup_management.remote_backup_configs (
+    config_id          serial PRIMARY KEY,
+    config_name        text        NOT NULL UNIQUE,
+    database_name      text        NOT NULL
+        CONSTRAINT remote_backup_configs_database_name_check CHECK (database_name <> ''),
+    remote_type        text        NOT NULL
+        CONSTRAINT remote_backup_configs_remote_type_check
+        CHECK (remote_type IN ('s3', 'filesystem', 'sftp', 'rsync')),
+    remote_endpoint    text        NOT NULL,
+    remote_path        text        NOT NULL,
+    credentials_ref    text
+        CONSTRAINT remote_backup_configs_credentials_ref_check
+        CHECK (credentials_ref ~ '^(env:[A-Za-z_][A-Za-z0-9_]*|file:/.+)$'),
+    encryption_key_ref text
+        CONSTRAINT remote_backup_configs_encryption_key_ref_check
+        CHECK (encryption_key_ref ~ '^(env:[A-Za-z_][A-Za-z0-9_]*|file:/.+)$'),
+    options            jsonb       NOT NULL DEFAULT '{}'::jsonb
+        CONSTRAINT remote_backup_configs_options_check CHECK (jsonb_typeof(options) = 'object'),
+    is_active          boolean     NOT NULL DEFAULT true,
+    sync_schedule      text,
+    last_sync_at       timestamptz,
+    sync_status        text
+        CONSTRAINT remote_backup_configs_sync_status_check
+        CHECK (sync_status IN ('idle', 'syncing', 'completed', 'failed')),
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    updated_at         timestamptz NOT NULL DEFAULT now()
+);
+-- A defence in depth against pasting a credential into options: keys that name secrets are refused.
+ALTER TABLE backup_management.remote_backup_configs
+    ADD CONSTRAINT remote_backup_configs_options_no_secret_check
+    CHECK (NOT options ?| ARRAY['password', 'secret', 'secret_access_key', 'access_key_id',
+                                'aws_secret_access_key', 'aws_access_key_id', 'token',
+                                'session_token', 'private_key', 'passphrase', 'credentials']);
+
+COMMENT ON TABLE backup_management.remote_backup_configs IS 'Off-site copy targets; credentials are held by reference only, never in this table';
+COMMENT ON COLUMN backup_management.remote_backup_configs.config_id IS 'Target identifier';
+COMMENT ON COLUMN backup_management.remote_backup_configs.config_name IS 'Unique name of the target';
+COMMENT ON COLUMN backup_management.remote_backup_configs.database_name IS 'Database whose backups are copied';
+COMMENT ON COLUMN backup_management.remote_backup_configs.remote_type IS 's3, filesystem, sftp or rsync';
+COMMENT ON COLUMN backup_management.remote_backup_configs.remote_endpoint IS 'Endpoint (URL of the object store, host, or mount point)';
+COMMENT ON COLUMN backup_management.remote_backup_configs.remote_path IS 'Bucket/prefix or directory on the target';
+COMMENT ON COLUMN backup_management.remote_backup_configs.credentials_ref IS 'Where the secret lives: env:VARIABLE of the server, or file:/path readable only by the server''s OS user';
+COMMENT ON COLUMN backup_management.remote_backup_configs.encryption_key_ref IS 'Where the encryption key lives (same forms as credentials_ref)';
+COMMENT ON COLUMN backup_management.remote_backup_configs.options IS 'Non-secret options (region, storage class, part size); secret-looking keys are refused';
+COMMENT ON COLUMN backup_management.remote_backup_configs.is_active IS 'Inactive targets are not synced';
+COMMENT ON COLUMN backup_management.remote_backup_configs.sync_schedule IS 'Cron expression for copying new backups';
+COMMENT ON COLUMN backup_management.remote_backup_configs.last_sync_at IS 'When the last sync finished';
+COMMENT ON COLUMN backup_management.remote_backup_configs.sync_status IS 'idle, syncing, completed or failed';
+COMMENT ON COLUMN backup_management.remote_backup_configs.created_at IS 'When the target was defined';
+COMMENT ON COLUMN backup_management.remote_backup_configs.updated_at IS 'When the target was last changed';
+COMMENT ON SEQUENCE backup_management.remote_backup_configs_config_id_seq IS 'Generates remote_backup_configs.config_id';
+
+------------------------------------------------------------------------------------------------
+-- backup_management.remote_backup_records: every copy attempt to an off-site target.
+------------------------------------------------------------------------------------------------
+CREATE TABLE backup_management.remote_backup_records (
+    record_id         bigserial PRIMARY KEY,
+    backup_id         bigint      NOT NULL REFERENCES backup_management.backup_records (backup_id),
+    config_id         integer     NOT NULL REFERENCES backup_management.remote_backup_configs (config_id),
+    remote_file_path  text        NOT NULL,
+    sync_start_time   timestamptz NOT NULL DEFAULT now(),
+    sync_end_time     timestamptz,
+    sync_status       text        NOT NULL
+        CONSTRAINT remote_backup_records_sync_status_check
+        CHECK (sync_status IN ('pending', 'syncing', 'completed', 'failed', 'expired')),
+    attempt           integer     NOT NULL DEFAULT 1
+        CONSTRAINT remote_backup_records_attempt_check CHECK (attempt >= 1),
+    bytes_transferred bigint
+        CONSTRAINT remote_backup_records_bytes_check CHECK (bytes_transferred >= 0),
+    remote_checksum   text
+        CONSTRAINT remote_backup_records_remote_checksum_check CHECK (remote_checksum ~ '^[0-9a-f]{64}$'),
+    error_message     text,
+    created_at        timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX idx_remote_backup_records_backup ON backup_management.remote_backup_records (backup_id);
+CREATE INDEX idx_remote_backup_records_config ON backup_management.remote_backup_records (config_id, sync_start_time DESC);
+
+COMMENT ON TABLE backup_management.remote_backup_records IS 'Each attempt to copy a backup to an off-site target, with its verified outcome';
+COMMENT ON COLUMN backup_management.remote_backup_records.record_id IS 'Copy attempt identifier';
+COMMENT ON COLUMN backup_management.remote_backup_records.backup_id IS 'Backup copied';
+COMMENT ON COLUMN backup_management.remote_backup_records.config_id IS 'Target copied to';
+COMMENT ON COLUMN backup_management.remote_backup_records.remote_file_path IS 'Object key or path on the target';
+COMMENT ON COLUMN backup_management.remote_backup_records.sync_start_time IS 'When the attempt started';
+COMMENT ON COLUMN backup_management.remote_backup_records.sync_end_time IS 'When the attempt ended';
+COMMENT ON COLUMN backup_management.remote_backup_records.sync_status IS 'pending, syncing, completed, failed, or expired (removed by retention)';
+COMMENT ON COLUMN backup_management.remote_backup_records.attempt IS 'Attempt number (retries with backoff)';
+COMMENT ON COLUMN backup_management.remote_backup_records.bytes_transferred IS 'Bytes uploaded';
+COMMENT ON COLUMN backup_management.remote_backup_records.remote_checksum IS 'sha256 of the copy as verified after it landed';
+COMMENT ON COLUMN backup_management.remote_backup_records.error_message IS 'Why the attempt failed';
+COMMENT ON COLUMN backup_management.remote_backup_records.created_at IS 'When the row was inserted';
+COMMENT ON SEQUENCE backup_management.remote_backup_records_record_id_seq IS 'Generates remote_backup_records.record_id';
+
+------------------------------------------------------------------------------------------------
+-- disaster_recovery.recovery_plans and recovery_drills
+------------------------------------------------------------------------------------------------
+CREATE TABLE disaster_recovery.recovery_plans (
+    plan_id            serial PRIMARY KEY,
+    plan_name          text        NOT NULL UNIQUE,
+    database_name      text        NOT NULL
+        CONSTRAINT recovery_plans_database_name_check CHECK (database_name <> ''),
+    rto_minutes        integer     NOT NULL CONSTRAINT recovery_plans_rto_check CHECK (rto_minutes > 0),
+    rpo_minutes        integer     NOT NULL CONSTRAINT recovery_plans_rpo_check CHECK (rpo_minutes >= 0),
+    backup_strategy    text        NOT NULL,
+    recovery_procedure text        NOT NULL,
+    contact_person     text,
+    contact_phone      text,
+    is_active          boolean     NOT NULL DEFAULT true,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    updated_at         timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX idx_recovery_plans_database ON disaster_recovery.recovery_plans (database_name) WHERE is_active;
+
+COMMENT ON TABLE disaster_recovery.recovery_plans IS 'Disaster-recovery plan per database: recovery time and point objectives';
+COMMENT ON COLUMN disaster_recovery.recovery_plans.plan_id IS 'Plan identifier';
+COMMENT ON COLUMN disaster_recovery.recovery_plans.plan_name IS 'Unique plan name';
+COMMENT ON COLUMN disaster_recovery.recovery_plans.database_name IS 'Database the plan protects';
+COMMENT ON COLUMN disaster_recovery.recovery_plans.rto_minutes IS 'Recovery time objective, minutes';
+COMMENT ON COLUMN disaster_recovery.recovery_plans.rpo_minutes IS 'Recovery point objective (acceptable data loss), minutes';
+COMMENT ON COLUMN disaster_recovery.recovery_plans.backup_strategy IS 'How the database is backed up';
+COMMENT ON COLUMN disaster_recovery.recovery_plans.recovery_procedure IS 'How it is recovered';
+COMMENT ON COLUMN disaster_recovery.recovery_plans.contact_person IS 'Who to call';
+COMMENT ON COLUMN disaster_recovery.recovery_plans.contact_phone IS 'Their phone number';
+COMMENT ON COLUMN disaster_recovery.recovery_plans.is_active IS 'Inactive plans are not drilled or reported';
+COMMENT ON COLUMN disaster_recovery.recovery_plans.created_at IS 'When the plan was created';
+COMMENT ON COLUMN disaster_recovery.recovery_plans.updated_at IS 'When the plan was last changed';
+COMMENT ON SEQUENCE disaster_recovery.recovery_plans_plan_id_seq IS 'Generates recovery_plans.plan_id';
+
+CREATE TABLE disaster_recovery.recovery_drills (
+    drill_id              bigserial PRIMARY KEY,
+    plan_id               integer     NOT NULL REFERENCES disaster_recovery.recovery_plans (plan_id),
+    backup_id             bigint      REFERENCES backup_management.backup_records (backup_id) ON DELETE SET NULL,
+    drill_date            timestamptz NOT NULL DEFAULT now(),
+    drill_type            text        NOT NULL
+        CONSTRAINT recovery_drills_drill_type_check CHECK (drill_type IN ('full', 'partial', 'table_level')),
+    recovery_time_minutes integer
+        CONSTRAINT recovery_drills_recovery_time_check CHECK (recovery_time_minutes >= 0),
+    data_loss_minutes     integer
+        CONSTRAINT recovery_drills_data_loss_check CHECK (data_loss_minutes >= 0),
+    recovery_time         interval,
+    data_loss_window      interval,
+    status                text        NOT NULL
+        CONSTRAINT recovery_drills_status_check CHECK (status IN ('success', 'failed', 'partial')),
+    issues                text,
+    lessons_learned       text,
+    conducted_by          text        NOT NULL DEFAULT session_user,
+    created_at            timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX idx_recovery_drills_plan ON disaster_recovery.recovery_drills (plan_id, drill_date DESC);
+CREATE INDEX idx_recovery_drills_backup ON disaster_recovery.recovery_drills (backup_id) WHERE backup_id IS NOT NULL;
+
+COMMENT ON TABLE disaster_recovery.recovery_drills IS 'Disaster-recovery drills: measured recovery time and data-loss window against the plan';
+COMMENT ON COLUMN disaster_recovery.recovery_drills.drill_id IS 'Drill identifier';
+COMMENT ON COLUMN disaster_recovery.recovery_drills.plan_id IS 'Plan drilled';
+COMMENT ON COLUMN disaster_recovery.recovery_drills.backup_id IS 'Backup restored in the drill';
+COMMENT ON COLUMN disaster_recovery.recovery_drills.drill_date IS 'When the drill ran';
+COMMENT ON COLUMN disaster_recovery.recovery_drills.drill_type IS 'full, partial or table_level';
+COMMENT ON COLUMN disaster_recovery.recovery_drills.recovery_time_minutes IS 'Measured recovery time, whole minutes (compare with rto_minutes)';
+COMMENT ON COLUMN disaster_recovery.recovery_drills.data_loss_minutes IS 'Measured data-loss window, whole minutes (compare with rpo_minutes)';
+COMMENT ON COLUMN disaster_recovery.recovery_drills.recovery_time IS 'Measured recovery time, exact';
+COMMENT ON COLUMN disaster_recovery.recovery_drills.data_loss_window IS 'Measured data-loss window, exact';
+COMMENT ON COLUMN disaster_recovery.recovery_drills.status IS 'success, failed or partial';
+COMMENT ON COLUMN disaster_recovery.recovery_drills.issues IS 'Problems met during the drill';
+COMMENT ON COLUMN disaster_recovery.recovery_drills.lessons_learned IS 'What to change';
+COMMENT ON COLUMN disaster_recovery.recovery_drills.conducted_by IS 'Who ran the drill';
+COMMENT ON COLUMN disaster_recovery.recovery_drills.created_at IS 'When the row was inserted';
+COMMENT ON SEQUENCE disaster_recovery.recovery_drills_drill_id_seq IS 'Generates recovery_drills.drill_id';
+
+------------------------------------------------------------------------------------------------
+-- enterprise_backup.backup_jobs and backup_job_executions.  There is deliberately no free-form
+-- command column: a job can only take a backup of a named kind.
+------------------------------------------------------------------------------------------------
+CREATE TABLE enterprise_backup.backup_jobs (
+    job_id          bigserial PRIMARY KEY,
+    job_name        text        NOT NULL UNIQUE
+        CONSTRAINT backup_jobs_job_name_check CHECK (job_name <> ''),
+    database_name   text        NOT NULL
+        CONSTRAINT backup_jobs_database_name_check
+        CHECK (database_name <> '' AND octet_length(database_name) <= 63),
+    backup_type     text        NOT NULL
+        CONSTRAINT backup_jobs_backup_type_check
+        CHECK (backup_type IN ('full', 'incremental', 'differential', 'wal')),
+    backup_method   text        NOT NULL DEFAULT 'pg_dump'
+        CONSTRAINT backup_jobs_backup_method_check
+        CHECK (backup_method IN ('pg_dump', 'pg_dump_directory', 'pg_basebackup',
+                                 'pg_dumpall_globals', 'continuous_archiving', 'native_physical')),
+    schedule_cron   text        NOT NULL,
+    timezone        text,
+    options         jsonb       NOT NULL DEFAULT '{}'::jsonb
+        CONSTRAINT backup_jobs_options_check CHECK (jsonb_typeof(options) = 'object'),
+    retention_days  integer     NOT NULL DEFAULT 30
+        CONSTRAINT backup_jobs_retention_days_check CHECK (retention_days > 0),
+    is_active       boolean     NOT NULL DEFAULT true,
+    last_run_at     timestamptz,
+    next_run_at     timestamptz,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX idx_backup_jobs_next_run ON enterprise_backup.backup_jobs (next_run_at) WHERE is_active;
+
+COMMENT ON TABLE enterprise_backup.backup_jobs IS 'Scheduled backup jobs, run by the backup_mgmt background worker';
+COMMENT ON COLUMN enterprise_backup.backup_jobs.job_id IS 'Job identifier';
+COMMENT ON COLUMN enterprise_backup.backup_jobs.job_name IS 'Unique job name';
+COMMENT ON COLUMN enterprise_backup.backup_jobs.database_name IS 'Database to back up';
+COMMENT ON COLUMN enterprise_backup.backup_jobs.backup_type IS 'full, incremental, differential or wal';
+COMMENT ON COLUMN enterprise_backup.backup_jobs.backup_method IS 'How the backup is taken (no free-form commands exist)';
+COMMENT ON COLUMN enterprise_backup.backup_jobs.schedule_cron IS 'Cron expression (5 or 6 fields, or @daily and friends)';
+COMMENT ON COLUMN enterprise_backup.backup_jobs.timezone IS 'IANA time zone of the schedule; NULL means the server''s TimeZone';
+COMMENT ON COLUMN enterprise_backup.backup_jobs.options IS 'Method options (compression level, parallel jobs, timeout)';
+COMMENT ON COLUMN enterprise_backup.backup_jobs.retention_days IS 'Days to keep this job''s backups';
+COMMENT ON COLUMN enterprise_backup.backup_jobs.is_active IS 'Inactive jobs are not run';
+COMMENT ON COLUMN enterprise_backup.backup_jobs.last_run_at IS 'When the job last started';
+COMMENT ON COLUMN enterprise_backup.backup_jobs.next_run_at IS 'When the job runs next';
+COMMENT ON COLUMN enterprise_backup.backup_jobs.created_at IS 'When the job was created';
+COMMENT ON COLUMN enterprise_backup.backup_jobs.updated_at IS 'When the job was last changed';
+COMMENT ON SEQUENCE enterprise_backup.backup_jobs_job_id_seq IS 'Generates backup_jobs.job_id';
+
+CREATE TABLE enterprise_backup.backup_job_executions (
+    execution_id         bigserial PRIMARY KEY,
+    job_id               bigint      NOT NULL REFERENCES enterprise_backup.backup_jobs (job_id) ON DELETE CASCADE,
+    backup_id            bigint      REFERENCES backup_management.backup_records (backup_id) ON DELETE SET NULL,
+    scheduled_for        timestamptz,
+    execution_start_time timestamptz NOT NULL DEFAULT now(),
+    execution_end_time   timestamptz,
+    execution_status     text        NOT NULL
+        CONSTRAINT backup_job_executions_status_check
+        CHECK (execution_status IN ('running', 'completed', 'failed', 'skipped')),
+    error_message        text,
+    created_at           timestamptz NOT NULL DEFAULT now(),
+    -- One execution per scheduled slot: a restart can never run the same slot twice.
+    CONSTRAINT backup_job_executions_slot_key UNIQUE (job_id, scheduled_for)
+);
+CREATE INDEX idx_backup_job_executions_job ON enterprise_backup.backup_job_executions (job_id, execution_start_time DESC);
+CREATE INDEX idx_backup_job_executions_status ON enterprise_backup.backup_job_executions (execution_status, execution_start_time DESC);
+CREATE INDEX idx_backup_job_executions_backup ON enterprise_backup.backup_job_executions (backup_id) WHERE backup_id IS NOT NULL;
+
+COMMENT ON TABLE enterprise_backup.backup_job_executions IS 'Each run of a backup job, linking the job to the backup it produced';
+COMMENT ON COLUMN enterprise_backup.backup_job_executions.execution_id IS 'Execution identifier';
+COMMENT ON COLUMN enterprise_backup.backup_job_executions.job_id IS 'Job run';
+COMMENT ON COLUMN enterprise_backup.backup_job_executions.backup_id IS 'Backup produced';
+COMMENT ON COLUMN enterprise_backup.backup_job_executions.scheduled_for IS 'Scheduled slot this run serves (NULL for manual runs)';
+COMMENT ON COLUMN enterprise_backup.backup_job_executions.execution_start_time IS 'When the run started';
+COMMENT ON COLUMN enterprise_backup.backup_job_executions.execution_end_time IS 'When the run ended';
+COMMENT ON COLUMN enterprise_backup.backup_job_executions.execution_status IS 'running, completed, failed or skipped';
+COMMENT ON COLUMN enterprise_backup.backup_job_executions.error_message IS 'Why the run failed (the program''s stderr)';
+COMMENT ON COLUMN enterprise_backup.backup_job_executions.created_at IS 'When the row was inserted';
+COMMENT ON SEQUENCE enterprise_backup.backup_job_executions_execution_id_seq IS 'Generates backup_job_executions.execution_id';
+
+------------------------------------------------------------------------------------------------
+-- pg_dump of the database keeps the catalog's rows (like pg_cron's cron.job).
+------------------------------------------------------------------------------------------------
+SELECT pg_catalog.pg_extension_config_dump('backup_management.backup_records', '');
+SELECT pg_catalog.pg_extension_config_dump('backup_management.backup_records_backup_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('backup_management.backup_verifications', '');
+SELECT pg_catalog.pg_extension_config_dump('backup_management.backup_verifications_verification_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('backup_management.remote_backup_configs', '');
+SELECT pg_catalog.pg_extension_config_dump('backup_management.remote_backup_configs_config_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('backup_management.remote_backup_records', '');
+SELECT pg_catalog.pg_extension_config_dump('backup_management.remote_backup_records_record_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('disaster_recovery.recovery_plans', '');
+SELECT pg_catalog.pg_extension_config_dump('disaster_recovery.recovery_plans_plan_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('disaster_recovery.recovery_drills', '');
+SELECT pg_catalog.pg_extension_config_dump('disaster_recovery.recovery_drills_drill_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('enterprise_backup.backup_jobs', '');
+SELECT pg_catalog.pg_extension_config_dump('enterprise_backup.backup_jobs_job_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('enterprise_backup.backup_job_executions', '');
+SELECT pg_catalog.pg_extension_config_dump('enterprise_backup.backup_job_executions_execution_id_seq', '');

@@ -1,0 +1,250 @@
+//! The catalog: its SQL (tables, privileges, comments) and the vocabulary its rows use.
+//!
+//! The tables live in `sql/schema.sql`, loaded before any function; privileges and comments in
+//! `sql/finalize.sql`, loaded after every function exists.  The Rust enums below mirror the SQL
+//! CHECK constraints; a unit test keeps the two in step.
+
+use std::fmt;
+
+use pgrx::prelude::*;
+use pgrx::{pg_sys::panic::ErrorReport, PgSqlErrorCode};
+
+extension_sql_file!("../sql/schema.sql", name = "catalog_schema", bootstrap);
+extension_sql_file!("../sql/finalize.sql", name = "catalog_finalize", finalize);
+
+/// Longest database name PostgreSQL accepts (NAMEDATALEN - 1 bytes).
+pub const MAX_DATABASE_NAME_BYTES: usize = 63;
+
+macro_rules! vocabulary {
+    ($(#[$doc:meta])* $name:ident, $what:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            pub fn parse(s: &str) -> Result<Self, CatalogError> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(CatalogError::UnknownValue {
+                        what: $what,
+                        value: s.to_owned(),
+                        allowed: Self::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", "),
+                    }),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+vocabulary!(
+    /// `backup_records.backup_type`.
+    BackupType, "backup type" {
+        Full => "full",
+        Incremental => "incremental",
+        Differential => "differential",
+        Wal => "wal",
+    }
+);
+
+vocabulary!(
+    /// `backup_records.backup_method`: the program or mechanism that produced a backup.
+    BackupMethod, "backup method" {
+        PgDump => "pg_dump",
+        PgDumpDirectory => "pg_dump_directory",
+        PgBasebackup => "pg_basebackup",
+        PgDumpallGlobals => "pg_dumpall_globals",
+        ContinuousArchiving => "continuous_archiving",
+        NativePhysical => "native_physical",
+    }
+);
+
+impl BackupMethod {
+    /// Whether this method can produce a backup of `kind`: logical dumps are always full, WAL
+    /// comes only from continuous archiving, and only the native physical method can take
+    /// incremental or differential backups.
+    pub fn can_take(self, kind: BackupType) -> bool {
+        use BackupMethod::*;
+        use BackupType::*;
+        match self {
+            PgDump | PgDumpDirectory | PgDumpallGlobals | PgBasebackup => kind == Full,
+            ContinuousArchiving => kind == Wal,
+            NativePhysical => matches!(kind, Full | Incremental | Differential),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("unknown {what} \"{value}\"")]
+    UnknownValue {
+        what: &'static str,
+        value: String,
+        allowed: String,
+    },
+    #[error("backup method \"{method}\" cannot take a \"{kind}\" backup")]
+    MethodCannotTake {
+        method: BackupMethod,
+        kind: BackupType,
+    },
+    #[error("database name must not be empty")]
+    EmptyDatabaseName,
+    #[error("database name \"{0}\" is longer than 63 bytes")]
+    DatabaseNameTooLong(String),
+}
+
+impl From<CatalogError> for ErrorReport {
+    fn from(e: CatalogError) -> Self {
+        let hint = match &e {
+            CatalogError::UnknownValue { what, allowed, .. } => format!("Valid {what}s are: {allowed}."),
+            CatalogError::MethodCannotTake { .. } => "pg_dump, pg_dump_directory, pg_dumpall_globals and pg_basebackup take full backups; \
+                 continuous_archiving records wal; native_physical takes full, incremental and differential backups."
+                .to_owned(),
+            CatalogError::EmptyDatabaseName | CatalogError::DatabaseNameTooLong(_) => {
+                "Give the name of the database the backup is of, as in pg_database.datname.".to_owned()
+            }
+        };
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            e.to_string(),
+            "backup_mgmt",
+        )
+        .set_hint(hint)
+    }
+}
+
+/// Checks a database name as PostgreSQL would accept it.
+pub fn validate_database_name(name: &str) -> Result<(), CatalogError> {
+    if name.is_empty() {
+        Err(CatalogError::EmptyDatabaseName)
+    } else if name.len() > MAX_DATABASE_NAME_BYTES {
+        Err(CatalogError::DatabaseNameTooLong(name.to_owned()))
+    } else {
+        Ok(())
+    }
+}
+
+/// Parses and cross-checks a type and method pair.
+pub fn parse_kind(
+    backup_type: &str,
+    backup_method: &str,
+) -> Result<(BackupType, BackupMethod), CatalogError> {
+    let kind = BackupType::parse(backup_type)?;
+    let method = BackupMethod::parse(backup_method)?;
+    if method.can_take(kind) {
+        Ok((kind, method))
+    } else {
+        Err(CatalogError::MethodCannotTake { method, kind })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: &str = include_str!("../sql/schema.sql");
+
+    /// The text of the CHECK constraint named `name` in schema.sql.
+    fn check_body(name: &str) -> &'static str {
+        let start = SCHEMA
+            .find(&format!("CONSTRAINT {name}"))
+            .unwrap_or_else(|| panic!("{name} not in schema.sql"));
+        let rest = &SCHEMA[start..];
+        &rest[..rest.find("))").unwrap()]
+    }
+
+    #[test]
+    fn enums_match_sql_checks() {
+        for v in BackupType::ALL {
+            assert!(
+                check_body("backup_records_backup_type_check").contains(&format!("'{v}'")),
+                "{v}"
+            );
+            assert!(
+                check_body("backup_jobs_backup_type_check").contains(&format!("'{v}'")),
+                "{v}"
+            );
+        }
+        for v in BackupMethod::ALL {
+            assert!(
+                check_body("backup_records_backup_method_check").contains(&format!("'{v}'")),
+                "{v}"
+            );
+            assert!(
+                check_body("backup_jobs_backup_method_check").contains(&format!("'{v}'")),
+                "{v}"
+            );
+        }
+        let types = check_body("backup_records_backup_type_check")
+            .matches('\'')
+            .count()
+            / 2;
+        assert_eq!(
+            types,
+            BackupType::ALL.len(),
+            "SQL lists a type Rust does not know"
+        );
+        let methods = check_body("backup_records_backup_method_check")
+            .matches('\'')
+            .count()
+            / 2;
+        assert_eq!(
+            methods,
+            BackupMethod::ALL.len(),
+            "SQL lists a method Rust does not know"
+        );
+    }
+
+    #[test]
+    fn parse_round_trips_and_names_bad_values() {
+        for v in BackupMethod::ALL {
+            assert_eq!(BackupMethod::parse(v.as_str()).unwrap(), *v);
+        }
+        let err = BackupType::parse("Full").unwrap_err().to_string();
+        assert_eq!(err, "unknown backup type \"Full\"");
+        let err = BackupMethod::parse("rsync").unwrap_err();
+        assert!(
+            matches!(&err, CatalogError::UnknownValue { allowed, .. } if allowed.contains("pg_basebackup"))
+        );
+    }
+
+    #[test]
+    fn method_type_pairs() {
+        assert!(parse_kind("full", "pg_dump").is_ok());
+        assert!(parse_kind("wal", "continuous_archiving").is_ok());
+        assert!(parse_kind("incremental", "native_physical").is_ok());
+        assert!(matches!(
+            parse_kind("incremental", "pg_dump"),
+            Err(CatalogError::MethodCannotTake { .. })
+        ));
+        assert!(matches!(
+            parse_kind("full", "continuous_archiving"),
+            Err(CatalogError::MethodCannotTake { .. })
+        ));
+    }
+
+    #[test]
+    fn database_names() {
+        assert!(validate_database_name("postgres").is_ok());
+        assert!(validate_database_name(&"x".repeat(63)).is_ok());
+        assert!(matches!(
+            validate_database_name(""),
+            Err(CatalogError::EmptyDatabaseName)
+        ));
+        assert!(matches!(
+            validate_database_name(&"x".repeat(64)),
+            Err(CatalogError::DatabaseNameTooLong(_))
+        ));
+    }
+}

@@ -1,0 +1,56 @@
+//! Every configuration parameter of backup_mgmt, with a typed accessor each.
+//!
+//! The catalog database is fixed at postmaster start (the worker connects to it once, like
+//! `cron.database_name`); everything an operator may want to change on a running server is
+//! SIGHUP.
+
+use std::ffi::{CStr, CString};
+
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+use crate::security;
+
+/// `backup_mgmt.database_name`: the database that holds the catalog and that the background
+/// worker connects to.
+static DATABASE_NAME: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+
+/// `backup_mgmt.backup_roots`: comma-separated absolute directories the extension may read and
+/// write.  Everything else is off limits; empty means no file access at all.
+static BACKUP_ROOTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+
+/// Registers the parameters.  Called from `_PG_init` in every process that loads the library
+/// (postmaster via shared_preload_libraries, a backend on CREATE EXTENSION, the archiver), so that
+/// `SHOW backup_mgmt.*` works everywhere.
+pub fn init() {
+    GucRegistry::define_string_guc(
+        c"backup_mgmt.database_name",
+        c"Database holding the backup_mgmt catalog; the background worker connects to it.",
+        c"Like cron.database_name: jobs scheduled in another database are not run.",
+        &DATABASE_NAME,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"backup_mgmt.backup_roots",
+        c"Comma-separated absolute directories that backup_mgmt may read and write.",
+        c"Backups are written only below these directories, and no file outside them is ever opened or deleted. Empty: no file access.",
+        &BACKUP_ROOTS,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+}
+
+fn string_of(setting: &GucSetting<Option<CString>>) -> String {
+    setting
+        .get()
+        .as_deref()
+        .map(CStr::to_string_lossy)
+        .map(|s| s.into_owned())
+        .unwrap_or_default()
+}
+
+/// The configured backup roots, parsed; an invalid entry is an error naming it.
+pub fn backup_roots() -> Result<Vec<std::path::PathBuf>, security::PathError> {
+    security::parse_roots(&string_of(&BACKUP_ROOTS))
+}

@@ -1,0 +1,39 @@
+//! backup_mgmt: backup management inside PostgreSQL.
+//!
+//! One module per concept; `_PG_init` only asks each module to register itself.
+
+use pgrx::prelude::*;
+
+::pgrx::pg_module_magic!(name, version);
+
+mod catalog;
+mod checksum;
+mod events;
+mod guc;
+mod record;
+mod security;
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
+
+#[allow(non_snake_case)]
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    guc::init();
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        // The test database is the catalog database, as in production.
+        vec![
+            "shared_preload_libraries = 'backup_mgmt'",
+            "backup_mgmt.database_name = 'pgrx_tests'",
+            "backup_mgmt.backup_roots = '/tmp/backup_mgmt_pgtest_root'",
+        ]
+    }
+}

@@ -1,0 +1,466 @@
+//! `#[pg_test]`s: everything that needs a running server.  Each test runs in a transaction that
+//! is rolled back afterwards.
+
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    const SHA: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    /// Runs `sql` and returns (SQLSTATE, message, hint); SQLSTATE is "ok" when it succeeded.
+    /// The statement runs in a PL/pgSQL exception block, i.e. a subtransaction, so a failing
+    /// call is rolled back cleanly and the test can go on to check that nothing was written.
+    fn outcome(sql: &str) -> (String, String, String) {
+        // Created once per session (by whichever role runs first; EXECUTE is PUBLIC's for it).
+        Spi::run(
+            "DO $do$ BEGIN
+             IF to_regprocedure('pg_temp.outcome(text)') IS NULL THEN
+                 CREATE FUNCTION pg_temp.outcome(stmt text, OUT state text, OUT message text, OUT hint text)
+                 LANGUAGE plpgsql AS $$
+                 BEGIN
+                     EXECUTE stmt;
+                     state := 'ok'; message := ''; hint := '';
+                 EXCEPTION WHEN OTHERS THEN
+                     GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
+                 END $$;
+             END IF;
+             END $do$",
+        )
+        .unwrap();
+        let (s, m, h) = Spi::get_three_with_args::<String, String, String>(
+            "SELECT state, message, hint FROM pg_temp.outcome($1)",
+            &[sql.into()],
+        )
+        .unwrap();
+        (s.unwrap(), m.unwrap_or_default(), h.unwrap_or_default())
+    }
+
+    /// Asserts that `sql` fails with `state` and a message naming `value`; returns the hint.
+    fn assert_refused(sql: &str, state: &str, value: &str) -> String {
+        let (s, m, h) = outcome(sql);
+        assert_eq!(s, state, "{sql}: {m}");
+        assert!(m.contains(value), "message {m:?} should name {value:?}");
+        h
+    }
+
+    /// As `assert_refused`, and the error carries a hint: backup_mgmt's own errors always do.
+    fn assert_fails(sql: &str, state: &str, value: &str) {
+        let h = assert_refused(sql, state, value);
+        assert!(!h.is_empty(), "{sql}: no hint");
+    }
+
+    fn start() -> i64 {
+        Spi::get_one::<i64>("SELECT backup_mgmt.record_backup_start('appdb', 'full', 'pg_dump', '/var/backups/appdb.dump')")
+            .unwrap()
+            .unwrap()
+    }
+
+    fn status_of(id: i64) -> (String, i64) {
+        let (s, z) = Spi::get_two_with_args::<String, i64>(
+            "SELECT status, backup_size FROM backup_management.backup_records WHERE backup_id = $1",
+            &[id.into()],
+        )
+        .unwrap();
+        (s.unwrap(), z.unwrap())
+    }
+
+    #[pg_test]
+    fn start_then_complete_records_everything() {
+        let id = start();
+        assert_eq!(status_of(id), ("running".into(), 0));
+        Spi::run_with_args(
+            "SELECT backup_mgmt.record_backup_complete($1, 1024, $2)",
+            &[id.into(), SHA.to_uppercase().into()],
+        )
+        .unwrap();
+        let row = Spi::get_one_with_args::<bool>(
+            "SELECT status = 'completed' AND backup_size = 1024 AND checksum = $2
+                    AND end_time = now() AND duration = now() - start_time
+                    AND system_identifier = (SELECT system_identifier FROM pg_control_system())
+                    AND pg_version = current_setting('server_version_num')::int
+                    AND checksum_algorithm = 'sha256' AND recorded_by = session_user
+               FROM backup_management.backup_records WHERE backup_id = $1",
+            &[id.into(), SHA.into()],
+        )
+        .unwrap();
+        assert_eq!(
+            row,
+            Some(true),
+            "checksum stored lower-case, times as the seed computes them"
+        );
+    }
+
+    #[pg_test]
+    fn complete_without_checksum_leaves_it_null() {
+        let id = start();
+        Spi::run_with_args(
+            "SELECT backup_mgmt.record_backup_complete($1, 0)",
+            &[id.into()],
+        )
+        .unwrap();
+        let c = Spi::get_one_with_args::<String>(
+            "SELECT checksum FROM backup_management.backup_records WHERE backup_id = $1",
+            &[id.into()],
+        )
+        .unwrap();
+        assert_eq!(c, None);
+    }
+
+    #[pg_test]
+    fn failure_records_message() {
+        let id = start();
+        Spi::run_with_args(
+            "SELECT backup_mgmt.record_backup_failure($1, 'pg_dump: connection refused')",
+            &[id.into()],
+        )
+        .unwrap();
+        let ok = Spi::get_one_with_args::<bool>(
+            "SELECT status = 'failed' AND error_message = 'pg_dump: connection refused' AND end_time IS NOT NULL
+               FROM backup_management.backup_records WHERE backup_id = $1",
+            &[id.into()],
+        )
+        .unwrap();
+        assert_eq!(ok, Some(true));
+    }
+
+    #[pg_test]
+    fn unknown_backup_id_is_undefined_object() {
+        assert_fails(
+            "SELECT backup_mgmt.record_backup_complete(987654321, 1)",
+            "42704",
+            "987654321",
+        );
+        assert_fails(
+            "SELECT backup_mgmt.record_backup_failure(987654321, 'x')",
+            "42704",
+            "987654321",
+        );
+    }
+
+    #[pg_test]
+    fn completing_a_finished_record_is_refused() {
+        let id = start();
+        Spi::run_with_args(
+            "SELECT backup_mgmt.record_backup_complete($1, 10)",
+            &[id.into()],
+        )
+        .unwrap();
+        let sql = format!("SELECT backup_mgmt.record_backup_complete({id}, 99)");
+        assert_fails(&sql, "55000", "completed");
+        assert_eq!(
+            status_of(id),
+            ("completed".into(), 10),
+            "first completion kept"
+        );
+    }
+
+    #[pg_test]
+    fn failing_a_finished_record_is_refused() {
+        let id = start();
+        Spi::run_with_args(
+            "SELECT backup_mgmt.record_backup_complete($1, 10)",
+            &[id.into()],
+        )
+        .unwrap();
+        assert_fails(
+            &format!("SELECT backup_mgmt.record_backup_failure({id}, 'late')"),
+            "55000",
+            "not running",
+        );
+        assert_eq!(status_of(id).0, "completed");
+    }
+
+    #[pg_test]
+    fn negative_size_is_refused_and_nothing_written() {
+        let id = start();
+        assert_fails(
+            &format!("SELECT backup_mgmt.record_backup_complete({id}, -5)"),
+            "22023",
+            "-5",
+        );
+        assert_eq!(status_of(id), ("running".into(), 0));
+    }
+
+    #[pg_test]
+    fn malformed_checksum_is_refused() {
+        let id = start();
+        assert_fails(
+            &format!("SELECT backup_mgmt.record_backup_complete({id}, 1, 'abc123')"),
+            "22023",
+            "abc123",
+        );
+        let not_hex = format!("{}zz", &SHA[..62]);
+        assert_fails(
+            &format!("SELECT backup_mgmt.record_backup_complete({id}, 1, '{not_hex}')"),
+            "22023",
+            &not_hex,
+        );
+        assert_eq!(status_of(id), ("running".into(), 0));
+    }
+
+    #[pg_test]
+    fn unknown_backup_type_is_refused() {
+        assert_fails(
+            "SELECT backup_mgmt.record_backup_start('appdb', 'weekly', 'pg_dump', '/b/x')",
+            "22023",
+            "weekly",
+        );
+    }
+
+    #[pg_test]
+    fn unknown_backup_method_is_refused() {
+        assert_fails(
+            "SELECT backup_mgmt.record_backup_start('appdb', 'full', 'rsync', '/b/x')",
+            "22023",
+            "rsync",
+        );
+    }
+
+    #[pg_test]
+    fn method_that_cannot_take_the_type_is_refused() {
+        assert_fails(
+            "SELECT backup_mgmt.record_backup_start('appdb', 'incremental', 'pg_dump', '/b/x')",
+            "22023",
+            "incremental",
+        );
+    }
+
+    #[pg_test]
+    fn relative_path_is_refused() {
+        assert_fails(
+            "SELECT backup_mgmt.record_backup_start('appdb', 'full', 'pg_dump', 'backups/x.dump')",
+            "22023",
+            "backups/x.dump",
+        );
+        assert_fails(
+            "SELECT backup_mgmt.record_backup_start('appdb', 'full', 'pg_dump', '/b/../etc/x')",
+            "22023",
+            "/b/../etc/x",
+        );
+    }
+
+    #[pg_test]
+    fn empty_database_name_is_refused() {
+        assert_fails(
+            "SELECT backup_mgmt.record_backup_start('', 'full', 'pg_dump', '/b/x')",
+            "22023",
+            "empty",
+        );
+        let before =
+            Spi::get_one::<i64>("SELECT count(*) FROM backup_management.backup_records").unwrap();
+        assert_eq!(before, Some(0), "no row was written by the refused calls");
+    }
+
+    #[pg_test]
+    fn null_arguments_are_refused() {
+        assert_fails(
+            "SELECT backup_mgmt.record_backup_start(NULL, 'full', 'pg_dump', '/b/x')",
+            "22004",
+            "database_name",
+        );
+        assert_fails(
+            "SELECT backup_mgmt.record_backup_complete(NULL, 1)",
+            "22004",
+            "backup_id",
+        );
+        assert_fails(
+            "SELECT backup_mgmt.record_backup_failure(1, NULL)",
+            "22004",
+            "error_message",
+        );
+    }
+
+    #[pg_test]
+    fn failure_needs_a_message() {
+        let id = start();
+        assert_fails(
+            &format!("SELECT backup_mgmt.record_backup_failure({id}, '  ')"),
+            "22023",
+            "empty",
+        );
+    }
+
+    #[pg_test(error = "backup 424242 does not exist")]
+    fn unknown_backup_raises() {
+        Spi::run("SELECT backup_mgmt.record_backup_complete(424242, 1)").unwrap();
+    }
+
+    #[pg_test]
+    fn table_constraints_stop_half_written_rows_from_any_writer() {
+        // Even a superuser writing directly cannot store a completed row without an end time,
+        // or a failed one without its error.
+        assert_refused(
+            "INSERT INTO backup_management.backup_records (database_name, backup_type, backup_method, backup_file_path, status)
+             VALUES ('d', 'full', 'pg_dump', '/b/x', 'completed')",
+            "23514",
+            "backup_records_finished_check",
+        );
+    }
+
+    #[pg_test]
+    fn ordinary_role_is_refused_and_backup_admin_succeeds() {
+        Spi::run("CREATE ROLE bm_test_plain").unwrap();
+        Spi::run("CREATE ROLE bm_test_operator IN ROLE backup_admin").unwrap();
+
+        Spi::run("SET LOCAL ROLE bm_test_plain").unwrap();
+        for sql in [
+            "SELECT backup_mgmt.record_backup_start('appdb', 'full', 'pg_dump', '/b/x')",
+            "SELECT backup_mgmt.record_backup_complete(1, 1)",
+            "SELECT backup_mgmt.record_backup_failure(1, 'x')",
+            "SELECT backup_mgmt.check_backup_path('/b/x')",
+            "SELECT count(*) FROM backup_management.backup_records",
+            "INSERT INTO backup_management.backup_records (database_name, backup_type, backup_method, backup_file_path)
+             VALUES ('d', 'full', 'pg_dump', '/b/x')",
+        ] {
+            let (s, m, _) = outcome(sql);
+            assert_eq!(s, "42501", "{sql}: {m}");
+            assert!(m.contains("permission denied"), "{m}");
+        }
+
+        Spi::run("SET LOCAL ROLE bm_test_operator").unwrap();
+        let id = start();
+        Spi::run_with_args(
+            "SELECT backup_mgmt.record_backup_complete($1, 5)",
+            &[id.into()],
+        )
+        .unwrap();
+        assert_eq!(status_of(id), ("completed".into(), 5));
+        let who = Spi::get_one_with_args::<String>(
+            "SELECT recorded_by FROM backup_management.backup_records WHERE backup_id = $1",
+            &[id.into()],
+        )
+        .unwrap();
+        assert!(who.is_some());
+        // Operators write through the functions, not around them.
+        let (s, _, _) = outcome(
+            "UPDATE backup_management.backup_records SET status = 'completed' WHERE backup_id = 1",
+        );
+        assert_eq!(s, "42501");
+        Spi::run("RESET ROLE").unwrap();
+    }
+
+    #[pg_test]
+    fn public_cannot_execute_any_function() {
+        let n = Spi::get_one::<i64>(
+            "SELECT count(*) FROM pg_proc p
+               JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+               JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'backup_mgmt'
+              WHERE has_function_privilege('public', p.oid, 'EXECUTE')
+                AND p.pronamespace <> 'tests'::regnamespace",
+        )
+        .unwrap();
+        assert_eq!(n, Some(0));
+    }
+
+    #[pg_test]
+    fn security_definer_functions_pin_search_path() {
+        let n = Spi::get_one::<i64>(
+            "SELECT count(*) FROM pg_proc p
+               JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+               JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'backup_mgmt'
+              WHERE p.prosecdef AND NOT EXISTS (SELECT FROM unnest(p.proconfig) c WHERE c LIKE 'search_path=%')",
+        )
+        .unwrap();
+        assert_eq!(n, Some(0));
+    }
+
+    #[pg_test]
+    fn every_object_and_column_has_a_comment() {
+        let missing = Spi::get_one::<String>(
+            "SELECT string_agg(pg_describe_object(d.classid, d.objid, 0), ', ')
+               FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'backup_mgmt'
+              WHERE d.deptype = 'e' AND obj_description(d.objid, d.classid::regclass::text) IS NULL
+                -- the pg_test harness's own schema and functions
+                AND NOT (d.classid = 'pg_namespace'::regclass AND d.objid = 'tests'::regnamespace)
+                AND NOT (d.classid = 'pg_proc'::regclass
+                         AND (SELECT pronamespace FROM pg_proc WHERE oid = d.objid) = 'tests'::regnamespace)",
+        )
+        .unwrap();
+        assert_eq!(missing, None, "objects without COMMENT");
+        let columns = Spi::get_one::<String>(
+            "SELECT string_agg(format('%s.%s', c.oid::regclass, a.attname), ', ')
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+              WHERE n.nspname IN ('backup_management', 'disaster_recovery', 'enterprise_backup')
+                AND c.relkind = 'r' AND col_description(c.oid, a.attnum) IS NULL",
+        )
+        .unwrap();
+        assert_eq!(columns, None, "columns without COMMENT");
+    }
+
+    #[pg_test]
+    fn catalog_tables_are_dumped_with_the_database() {
+        let n = Spi::get_one::<i64>(
+            "SELECT count(*) FROM pg_extension e, unnest(e.extconfig) c(oid)
+              WHERE e.extname = 'backup_mgmt' AND (SELECT relkind FROM pg_class WHERE oid = c.oid) = 'r'",
+        )
+        .unwrap();
+        assert_eq!(n, Some(8));
+    }
+
+    #[pg_test]
+    fn remote_configs_refuse_secrets() {
+        assert_refused(
+            "INSERT INTO backup_management.remote_backup_configs
+                 (config_name, database_name, remote_type, remote_endpoint, remote_path, credentials_ref)
+             VALUES ('s3', 'appdb', 's3', 'http://127.0.0.1:9000', 'bucket/x', 'AKIAEXAMPLEKEY')",
+            "23514",
+            "credentials_ref",
+        );
+        assert_refused(
+            "INSERT INTO backup_management.remote_backup_configs
+                 (config_name, database_name, remote_type, remote_endpoint, remote_path, options)
+             VALUES ('s3', 'appdb', 's3', 'http://127.0.0.1:9000', 'bucket/x', '{\"secret_access_key\": \"x\"}')",
+            "23514",
+            "no_secret",
+        );
+        let (s, m, _) = outcome(
+            "INSERT INTO backup_management.remote_backup_configs
+                 (config_name, database_name, remote_type, remote_endpoint, remote_path, credentials_ref)
+             VALUES ('s3', 'appdb', 's3', 'http://127.0.0.1:9000', 'bucket/x', 'env:BACKUP_S3_SECRET')",
+        );
+        assert_eq!(s, "ok", "{m}");
+    }
+
+    #[pg_test]
+    fn backup_paths_are_confined_to_the_roots() {
+        // postgresql_conf_options() sets backup_mgmt.backup_roots to this directory.
+        let root = std::path::Path::new(crate::tests::TEST_ROOT);
+        std::fs::create_dir_all(root).unwrap();
+        std::fs::write(root.join("ok.dump"), b"x").unwrap();
+        let link = root.join("escape");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("/etc/passwd", &link).unwrap();
+
+        let ok = Spi::get_one_with_args::<String>(
+            "SELECT backup_mgmt.check_backup_path($1)",
+            &[root.join("ok.dump").to_str().unwrap().into()],
+        )
+        .unwrap();
+        assert_eq!(
+            ok.as_deref(),
+            root.join("ok.dump").canonicalize().unwrap().to_str()
+        );
+        assert_fails(
+            "SELECT backup_mgmt.check_backup_path('/etc/passwd')",
+            "42501",
+            "/etc/passwd",
+        );
+        assert_fails(
+            &format!(
+                "SELECT backup_mgmt.check_backup_path('{}/../etc/passwd')",
+                crate::tests::TEST_ROOT
+            ),
+            "22023",
+            "..",
+        );
+        assert_fails(
+            &format!("SELECT backup_mgmt.check_backup_path('{}')", link.display()),
+            "42501",
+            "escape",
+        );
+    }
+}
+
+/// The backup root of the pg_test cluster (see `pg_test::postgresql_conf_options`).
+pub const TEST_ROOT: &str = "/tmp/backup_mgmt_pgtest_root";

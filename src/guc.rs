@@ -23,14 +23,19 @@ static BACKUP_ROOTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>
 /// (postmaster via shared_preload_libraries, a backend on CREATE EXTENSION, the archiver), so that
 /// `SHOW backup_mgmt.*` works everywhere.
 pub fn init() {
-    GucRegistry::define_string_guc(
-        c"backup_mgmt.database_name",
-        c"Database holding the backup_mgmt catalog; the background worker connects to it.",
-        c"Like cron.database_name: jobs scheduled in another database are not run.",
-        &DATABASE_NAME,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
+    // PostgreSQL refuses (FATAL) to create a postmaster-context parameter after startup, which is
+    // what a backend loading the library for CREATE EXTENSION, or the archiver, would do.  The
+    // worker that needs it only exists when preloaded, so that is the only time to define it.
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        GucRegistry::define_string_guc(
+            c"backup_mgmt.database_name",
+            c"Database holding the backup_mgmt catalog; the background worker connects to it.",
+            c"Like cron.database_name: jobs scheduled in another database are not run.",
+            &DATABASE_NAME,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+    }
     GucRegistry::define_string_guc(
         c"backup_mgmt.backup_roots",
         c"Comma-separated absolute directories that backup_mgmt may read and write.",

@@ -1,1 +1,245 @@
+//! Throwaway PostgreSQL clusters for end-to-end tests.
+//!
+//! Each `Cluster` is a fresh `initdb` in its own directory under /tmp, started with the
+//! installed server (`pg_config --bindir`), listening only on a Unix socket in that directory.
+//! PostgreSQL refuses to run as root, so when the tests run as root every server program runs as
+//! the `postgres` OS user (setuid in the child, no sudo needed).  Dropping the value stops the
+//! server and removes the directory.
 
+use std::ffi::CString;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// The OS user that owns and runs test clusters when the tests run as root.
+const SERVER_OS_USER: &str = "postgres";
+
+pub struct Cluster {
+    /// Holds the data directory and the socket; removed on drop.
+    root: tempfile::TempDir,
+    pub port: u16,
+    bindir: PathBuf,
+    running: bool,
+}
+
+/// uid and gid of `user`, when this process is root and so must switch to it.
+fn server_ids() -> Option<(u32, u32)> {
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let name = CString::new(SERVER_OS_USER).expect("no NUL in a user name");
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(
+        !pw.is_null(),
+        "running as root, but there is no '{SERVER_OS_USER}' OS user to run PostgreSQL"
+    );
+    let pw = unsafe { &*pw };
+    Some((pw.pw_uid, pw.pw_gid))
+}
+
+/// The installed server's bin directory (PG_CONFIG may name another pg_config).
+pub fn bindir() -> PathBuf {
+    let pg_config = std::env::var("PG_CONFIG").unwrap_or_else(|_| "pg_config".into());
+    let out = Command::new(&pg_config)
+        .arg("--bindir")
+        .output()
+        .expect("pg_config runs");
+    assert!(out.status.success(), "pg_config --bindir failed");
+    PathBuf::from(String::from_utf8(out.stdout).expect("utf-8 path").trim())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn check(what: &str, out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl Cluster {
+    /// initdb a new cluster, append `conf` lines to postgresql.conf, and start it.
+    pub fn start(conf: &[&str]) -> Cluster {
+        let root = tempfile::Builder::new()
+            .prefix("bm-e2e-")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        if let Some((uid, gid)) = server_ids() {
+            std::os::unix::fs::chown(root.path(), Some(uid), Some(gid)).expect("chown test dir");
+        }
+        let mut cluster = Cluster {
+            root,
+            port: free_port(),
+            bindir: bindir(),
+            running: false,
+        };
+        let data = cluster.data_dir();
+        check(
+            "initdb",
+            cluster
+                .server_command("initdb")
+                .args([
+                    "--auth=trust",
+                    "--username=postgres",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                    "-D",
+                ])
+                .arg(&data)
+                .output()
+                .expect("initdb runs"),
+        );
+        let mut settings = vec![
+            "listen_addresses = ''".to_owned(),
+            format!("port = {}", cluster.port),
+            format!(
+                "unix_socket_directories = '{}'",
+                cluster.socket_dir().display()
+            ),
+            "fsync = off".to_owned(),
+            "log_min_messages = warning".to_owned(),
+        ];
+        settings.extend(conf.iter().map(|s| s.to_string()));
+        cluster.append_conf(&settings.join("\n"));
+        cluster.pg_ctl_start();
+        cluster
+    }
+
+    /// A command for a server program, run as the server's OS user, with a clean environment:
+    /// a developer's PGHOST or PGDATABASE must not leak into a test cluster.
+    pub fn server_command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(self.bindir.join(program));
+        cmd.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("LC_ALL", "C")
+            .env("RUST_BACKTRACE", "0");
+        if let Some((uid, gid)) = server_ids() {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd
+    }
+
+    /// A client program (pg_dump, psql, …) connecting to this cluster.
+    pub fn client_command(&self, program: &str) -> Command {
+        let mut cmd = self.server_command(program);
+        cmd.env("PGHOST", self.socket_dir())
+            .env("PGPORT", self.port.to_string())
+            .env("PGUSER", "postgres");
+        cmd
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.root.path()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
+    pub fn socket_dir(&self) -> PathBuf {
+        self.root.path().to_path_buf()
+    }
+
+    pub fn append_conf(&self, lines: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.data_dir().join("postgresql.conf"))
+            .expect("postgresql.conf");
+        writeln!(f, "\n{lines}").expect("write postgresql.conf");
+    }
+
+    pub fn pg_ctl_start(&mut self) {
+        let log = self.root.path().join("server.log");
+        check(
+            "pg_ctl start",
+            self.server_command("pg_ctl")
+                .args(["-w", "-t", "60", "-D"])
+                .arg(self.data_dir())
+                .arg("-l")
+                .arg(&log)
+                .arg("start")
+                .output()
+                .expect("pg_ctl runs"),
+        );
+        self.running = true;
+    }
+
+    pub fn pg_ctl_stop(&mut self, mode: &str) {
+        if self.running {
+            let _ = self
+                .server_command("pg_ctl")
+                .args(["-w", "-t", "60", "-m", mode, "-D"])
+                .arg(self.data_dir())
+                .arg("stop")
+                .output();
+            self.running = false;
+        }
+    }
+
+    /// The server log so far (for assertions and for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.path().join("server.log")).unwrap_or_default()
+    }
+
+    pub fn connect_as(
+        &self,
+        database: &str,
+        user: &str,
+    ) -> Result<postgres::Client, postgres::Error> {
+        postgres::Config::new()
+            .host_path(self.socket_dir())
+            .port(self.port)
+            .user(user)
+            .dbname(database)
+            .connect_timeout(Duration::from_secs(30))
+            .connect(postgres::NoTls)
+    }
+
+    /// A superuser connection to `database`.
+    pub fn connect(&self, database: &str) -> postgres::Client {
+        self.connect_as(database, "postgres")
+            .unwrap_or_else(|e| panic!("connect to {database}: {e}\n{}", self.log()))
+    }
+
+    /// Runs a client program to completion and returns its output, panicking on failure.
+    pub fn run_client(&self, program: &str, args: &[&str]) -> Output {
+        check(
+            program,
+            self.client_command(program)
+                .args(args)
+                .output()
+                .expect("client program runs"),
+        )
+    }
+
+    /// Waits until `cond` holds, polling, for at most `timeout`.
+    pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cond()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.pg_ctl_stop("immediate");
+    }
+}

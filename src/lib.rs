@@ -2,6 +2,10 @@
 //!
 //! One module per concept; `_PG_init` only asks each module to register itself.
 
+// SQL functions return `Result<T, ErrorReport>`: pgrx raises an `Err` with its own SQLSTATE only
+// when the error type is exactly `ErrorReport` (it downcasts to it), so it cannot be boxed.
+#![allow(clippy::result_large_err)]
+
 use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs what building and testing backup_mgmt needs on Debian 12, as root.  Idempotent: each
+# step is skipped when its result is already there, so a second run takes seconds.
+set -euo pipefail
+
+PG_MAJOR=15
+PACKAGES=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang sudo build-essential
+          pkg-config libssl-dev zstd)
+PGRX_VERSION=0.18.0
+
+log() { printf '==> %s\n' "$*"; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    [ -n "$p" ] || continue
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    as_root apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+fi
+command -v cargo >/dev/null 2>&1 || { echo "cargo (Rust 1.95) is required; install it with rustup first" >&2; exit 1; }
+
+if [ "$(cargo pgrx --version 2>/dev/null)" != "cargo-pgrx $PGRX_VERSION" ]; then
+    log "installing cargo-pgrx $PGRX_VERSION (takes about 6 minutes)"
+    cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
+fi
+
+PG_CONFIG=/usr/lib/postgresql/$PG_MAJOR/bin/pg_config
+# Re-running `cargo pgrx init` would rebuild pgrx's bindings, so only when pg15 is not configured.
+if ! grep -q "^pg$PG_MAJOR *=" "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null; then
+    log "configuring pgrx for the system PostgreSQL $PG_MAJOR"
+    cargo pgrx init --pg$PG_MAJOR "$PG_CONFIG"
+fi
+log "toolchain ready: $(cargo pgrx --version), $("$PG_CONFIG" --version)"

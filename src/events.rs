@@ -1,7 +1,7 @@
 //! What backup_mgmt tells listeners: `NOTIFY backup_mgmt` with a JSON payload.
 //!
-//! `LISTEN backup_mgmt;` in psql (or any client) sees every completion and failure as it
-//! commits; nothing is sent for a transaction that rolls back.
+//! `LISTEN backup_mgmt;` in psql (or any client) sees every recorded failure as it commits;
+//! nothing is sent for a transaction that rolls back.
 
 use std::ffi::CString;
 
@@ -23,12 +23,6 @@ const MAX_PAYLOAD_BYTES: usize = 7900;
 #[derive(Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event<'a> {
-    BackupCompleted {
-        backup_id: i64,
-        database_name: &'a str,
-        backup_size: i64,
-        checksum: Option<&'a str>,
-    },
     BackupFailed {
         backup_id: i64,
         database_name: &'a str,
@@ -61,17 +55,6 @@ pub fn payload(event: &Event<'_>) -> String {
                 backup_id: *backup_id,
                 database_name,
                 error: truncate(error, limit),
-            },
-            Event::BackupCompleted {
-                backup_id,
-                database_name,
-                backup_size,
-                checksum,
-            } => Event::BackupCompleted {
-                backup_id: *backup_id,
-                database_name,
-                backup_size: *backup_size,
-                checksum: *checksum,
             },
         };
         // Serialising plain strings and integers cannot fail.

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Benchmark: native record functions vs the seed's PL/pgSQL ones, same cluster, same run.
+#
+# pgbench, 4 clients, synchronous_commit=off, one
+#   record_backup_complete(record_backup_start(...), size, checksum)
+# pair per transaction.  Rounds alternate baseline/native so drift (autovacuum, page cache,
+# thermal) hits both equally; both catalogs are truncated and checkpointed before every round.
+# The median of the rounds is reported.
+#
+# Usage (root, Debian 12): bash bench/record_functions.sh [seconds-per-round] [rounds]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${1:-20}
+ROUNDS=${2:-3}
+CLIENTS=4
+SEED=${SEED:-../shared/seed/seed-plpgsql-baseline.sql}
+[ -f "$SEED" ] || { echo "seed baseline not found at $SEED (set SEED=path)" >&2; exit 1; }
+SEED=$(readlink -f "$SEED")
+
+bash scripts/setup.sh
+[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+BIN=$("$PG_CONFIG" --bindir)
+
+echo "==> building and installing backup_mgmt (release)"
+cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
+
+DIR=$(mktemp -d /tmp/bm-bench-XXXXXX)
+chown postgres:postgres "$DIR"
+PORT=55433
+as_pg() { runuser -u postgres -- env -i PATH=/usr/bin:/bin LC_ALL=C "$@"; }
+cleanup() { as_pg "$BIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$DIR"; }
+trap cleanup EXIT
+
+as_pg "$BIN/initdb" -D "$DIR/data" --auth=trust -U postgres -E UTF8 --locale=C >/dev/null
+cat >>"$DIR/data/postgresql.conf" <<CONF
+listen_addresses = ''
+port = $PORT
+unix_socket_directories = '$DIR'
+shared_preload_libraries = 'backup_mgmt'
+backup_mgmt.database_name = 'bench_native'
+synchronous_commit = off
+shared_buffers = 256MB
+max_wal_size = 4GB
+CONF
+as_pg "$BIN/pg_ctl" -w -D "$DIR/data" -l "$DIR/server.log" start >/dev/null
+
+PSQL=("$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$DIR" -p "$PORT" -U postgres)
+"${PSQL[@]}" -d postgres -c "CREATE DATABASE bench_native" -c "CREATE DATABASE bench_seed"
+"${PSQL[@]}" -d bench_native -c "CREATE EXTENSION backup_mgmt"
+"${PSQL[@]}" -d bench_seed -f "$SEED" >/dev/null
+
+CHECKSUM=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
+cat >"$DIR/native.sql" <<SQL
+SELECT backup_mgmt.record_backup_complete(backup_mgmt.record_backup_start('bench', 'full', 'pg_dump', '/var/backups/bench.dump'), 1048576, '$CHECKSUM');
+SQL
+cat >"$DIR/seed.sql" <<SQL
+SELECT record_backup_complete(record_backup_start('bench', 'full', 'pg_dump', '/var/backups/bench.dump'), 1048576, '$CHECKSUM');
+SQL
+
+run_round() { # db script -> tps
+    local db=$1 script=$2 out
+    "${PSQL[@]}" -d "$db" -c "SET client_min_messages = warning" \
+        -c "TRUNCATE backup_management.backup_records CASCADE" -c "CHECKPOINT" >/dev/null
+    out=$("$BIN/pgbench" -n -M prepared -c "$CLIENTS" -j 2 -T "$DURATION" -h "$DIR" -p "$PORT" -U postgres \
+          -f "$script" "$db" 2>&1) || { echo "pgbench failed on $db:" >&2; echo "$out" >&2; return 1; }
+    sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out"
+}
+
+median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+seed_tps=(); native_tps=()
+for r in $(seq 1 "$ROUNDS"); do
+    s=$(run_round bench_seed "$DIR/seed.sql"); seed_tps+=("$s")
+    n=$(run_round bench_native "$DIR/native.sql"); native_tps+=("$n")
+    echo "round $r: PL/pgSQL seed $s pairs/s, native $n pairs/s"
+done
+seed_med=$(printf '%s\n' "${seed_tps[@]}" | median)
+native_med=$(printf '%s\n' "${native_tps[@]}" | median)
+ratio=$(awk -v n="$native_med" -v s="$seed_med" 'BEGIN { printf "%.2f", n / s }')
+
+mkdir -p bench/results
+{
+    echo "record functions: $CLIENTS clients, synchronous_commit=off, -M prepared, ${DURATION}s x $ROUNDS rounds, $(nproc) cores, $("$PG_CONFIG" --version)"
+    echo
+    echo "| implementation | pairs/s per round | median pairs/s |"
+    echo "|---|---|---|"
+    echo "| seed PL/pgSQL | ${seed_tps[*]} | $seed_med |"
+    echo "| backup_mgmt native | ${native_tps[*]} | $native_med |"
+    echo
+    echo "ratio native / PL/pgSQL = $ratio (target >= 1.2)"
+} | tee bench/results/record_functions.md

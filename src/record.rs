@@ -94,15 +94,20 @@ const START_SQL: &str = "INSERT INTO backup_management.backup_records
         (database_name, backup_type, backup_method, backup_file_path, system_identifier, pg_version)
      VALUES ($1, $2, $3, $4, $5, $6)
      RETURNING backup_id";
+// `(status = 'running') IS TRUE` rather than `status = 'running'`: given any index on status (the
+// design had one), the plain form lets the planner scan it and filter on backup_id, visiting every
+// running record, and the index entries of every record that was once running, on each call; 50,000
+// starts and completions in one transaction took 99 s instead of 2 s.  The primary key is always
+// the right access path here.
 const COMPLETE_SQL: &str = "UPDATE backup_management.backup_records
         SET end_time = now(), duration = now() - start_time,
             backup_size = $2, checksum = $3, status = 'completed'
-      WHERE backup_id = $1 AND status = 'running'
+      WHERE backup_id = $1 AND (status = 'running') IS TRUE
   RETURNING backup_id";
 const FAIL_SQL: &str = "UPDATE backup_management.backup_records
         SET end_time = now(), duration = now() - start_time,
             status = 'failed', error_message = $2
-      WHERE backup_id = $1 AND status = 'running'
+      WHERE backup_id = $1 AND (status = 'running') IS TRUE
   RETURNING database_name::text";
 const STATUS_SQL: &str =
     "SELECT status::text FROM backup_management.backup_records WHERE backup_id = $1";

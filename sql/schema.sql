@@ -89,15 +89,10 @@ CREATE TABLE backup_management.backup_records (
     pin_reason         text,
     keep_until         timestamptz,
     recorded_by        text        NOT NULL DEFAULT session_user,
-    created_at         timestamptz NOT NULL DEFAULT now(),
-    -- One row rule, kept small because PostgreSQL re-reads it on every statement: a finished
-    -- record always says when it finished, a failed one always says why, and only incremental
-    -- and differential backups have a parent.  No writer, superuser included, can store a
-    -- half-written record.
-    CONSTRAINT backup_records_finished_check
-        CHECK ((status = 'running' OR (end_time IS NOT NULL AND duration IS NOT NULL))
-               AND (status <> 'failed' OR error_message IS NOT NULL)
-               AND (parent_backup_id IS NULL OR backup_type IN ('incremental', 'differential')))
+    created_at         timestamptz NOT NULL DEFAULT now()
+    -- The row rule (finished records have an end time, failed ones an error, only incremental and
+    -- differential backups a parent) is added by finalize.sql as backup_records_finished_check,
+    -- once the native function it calls exists.
 )
 -- Room on each page for the completing UPDATE's new row version, so that it is a HOT update.
 WITH (fillfactor = 90);

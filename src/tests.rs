@@ -312,6 +312,19 @@ mod tests {
             "23514",
             "backup_records_finished_check",
         );
+        assert_refused(
+            "INSERT INTO backup_management.backup_records
+                 (database_name, backup_type, backup_method, backup_file_path, status, end_time, duration)
+             VALUES ('d', 'full', 'pg_dump', '/b/x', 'failed', now(), '0')",
+            "23514",
+            "backup_records_finished_check",
+        );
+        let (s, m, _) = outcome(
+            "INSERT INTO backup_management.backup_records
+                 (database_name, backup_type, backup_method, backup_file_path, status, end_time, duration, error_message)
+             VALUES ('d', 'full', 'pg_dump', '/b/x', 'failed', now(), '0', 'boom')",
+        );
+        assert_eq!(s, "ok", "a complete failed row is accepted: {m}");
     }
 
     #[pg_test]

@@ -13,7 +13,7 @@ pub enum ChecksumError {
 impl From<ChecksumError> for ErrorReport {
     fn from(e: ChecksumError) -> Self {
         ErrorReport::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, e.to_string(), "backup_mgmt")
-            .set_hint("Pass the output of sha256sum (64 hex characters), or NULL to let backup_mgmt compute it.")
+            .set_hint("Pass the output of sha256sum (64 hex characters), or NULL when the checksum is not known.")
     }
 }
 

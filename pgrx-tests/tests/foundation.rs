@@ -85,6 +85,15 @@ fn create_extension_builds_the_catalog_and_drop_removes_it() {
             .get(0);
         assert!(!exists, "{t} survived DROP EXTENSION");
     }
+    let schemas: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_namespace
+              WHERE nspname IN ('backup_management', 'disaster_recovery', 'enterprise_backup')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(schemas, 0, "catalog schemas survived DROP EXTENSION");
     // And it can be created again in the same session (kept plans must not point at the old tables).
     db.batch_execute("CREATE EXTENSION backup_mgmt").unwrap();
     let id: i64 = db

@@ -68,6 +68,22 @@ run_round() { # db script -> tps
     sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out"
 }
 
+# The same pairs without client round trips or commits: N pairs in one statement, timed in the
+# server.  This isolates the work of the functions and their tables from the fixed cost of a
+# pgbench transaction.
+PAIRS_IN_SERVER=${PAIRS_IN_SERVER:-50000}
+in_server() { # db function-prefix -> milliseconds
+    local db=$1 prefix=$2
+    "${PSQL[@]}" -d "$db" -c "SET client_min_messages = warning" \
+        -c "TRUNCATE backup_management.backup_records CASCADE" -c "CHECKPOINT" >/dev/null
+    "${PSQL[@]}" -d "$db" -At <<SQL
+SELECT clock_timestamp() AS t0 \gset
+SELECT count(${prefix}record_backup_complete(${prefix}record_backup_start('bench', 'full', 'pg_dump', '/var/backups/bench.dump'), 1048576, '$CHECKSUM'))
+  FROM generate_series(1, $PAIRS_IN_SERVER) \g /dev/null
+SELECT round(extract(epoch FROM clock_timestamp() - :'t0'::timestamptz) * 1000);
+SQL
+}
+
 median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
 seed_tps=(); native_tps=()
@@ -76,6 +92,16 @@ for r in $(seq 1 "$ROUNDS"); do
     n=$(run_round bench_native "$DIR/native.sql"); native_tps+=("$n")
     echo "round $r: PL/pgSQL seed $s pairs/s, native $n pairs/s"
 done
+seed_ms=(); native_ms=()
+for r in $(seq 1 "$ROUNDS"); do
+    seed_ms+=("$(in_server bench_seed "")")
+    native_ms+=("$(in_server bench_native "backup_mgmt.")")
+    echo "in-server round $r: $PAIRS_IN_SERVER pairs, PL/pgSQL seed ${seed_ms[-1]} ms, native ${native_ms[-1]} ms"
+done
+seed_ms_med=$(printf '%s\n' "${seed_ms[@]}" | median)
+native_ms_med=$(printf '%s\n' "${native_ms[@]}" | median)
+ratio_in_server=$(awk -v n="$native_ms_med" -v s="$seed_ms_med" 'BEGIN { printf "%.2f", s / n }')
+
 seed_med=$(printf '%s\n' "${seed_tps[@]}" | median)
 native_med=$(printf '%s\n' "${native_tps[@]}" | median)
 ratio=$(awk -v n="$native_med" -v s="$seed_med" 'BEGIN { printf "%.2f", n / s }')
@@ -90,4 +116,13 @@ mkdir -p bench/results
     echo "| backup_mgmt native | ${native_tps[*]} | $native_med |"
     echo
     echo "ratio native / PL/pgSQL = $ratio (target >= 1.2)"
+    echo
+    echo "in-server: $PAIRS_IN_SERVER pairs in one statement (no client round trip, one commit), ms"
+    echo
+    echo "| implementation | ms per round | median ms | pairs/s |"
+    echo "|---|---|---|---|"
+    echo "| seed PL/pgSQL | ${seed_ms[*]} | $seed_ms_med | $(awk -v m="$seed_ms_med" -v n="$PAIRS_IN_SERVER" 'BEGIN { printf "%d", n / m * 1000 }') |"
+    echo "| backup_mgmt native | ${native_ms[*]} | $native_ms_med | $(awk -v m="$native_ms_med" -v n="$PAIRS_IN_SERVER" 'BEGIN { printf "%d", n / m * 1000 }') |"
+    echo
+    echo "in-server ratio native / PL/pgSQL = $ratio_in_server"
 } | tee bench/results/record_functions.md

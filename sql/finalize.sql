@@ -1,11 +1,12 @@
 -- backup_mgmt 0.1.0: privileges, the backup_admin role and function comments (loaded last).
 
--- No writer, superuser included, can store a half-written backup record.  The rule is a native
--- function (see catalog.rs for why it is not a plain boolean expression).
-ALTER TABLE backup_management.backup_records
-    ADD CONSTRAINT backup_records_finished_check
-    CHECK (backup_mgmt.backup_record_is_consistent(status, end_time, duration, error_message,
-                                                   parent_backup_id, backup_type));
+-- No writer, superuser included, can store a half-written backup record (see catalog.rs for why
+-- this is a trigger and not a CHECK constraint).
+CREATE TRIGGER backup_records_finished_check
+    BEFORE INSERT OR UPDATE ON backup_management.backup_records
+    FOR EACH ROW EXECUTE FUNCTION backup_mgmt.backup_records_guard();
+COMMENT ON TRIGGER backup_records_finished_check ON backup_management.backup_records IS
+    'Refuses half-written backup records: finished ones need end_time and duration, failed ones error_message, only incremental/differential ones a parent';
 
 -- The operator role.  Roles are cluster-wide, so it may already exist (another database, an
 -- earlier install); it is deliberately not dropped by DROP EXTENSION.
@@ -42,8 +43,8 @@ COMMENT ON FUNCTION backup_mgmt.record_backup_complete(bigint, bigint, text) IS
 COMMENT ON FUNCTION backup_mgmt.record_backup_failure(bigint, text) IS
     'Marks a running backup failed with its error message (logged and sent as NOTIFY backup_mgmt)';
 
-COMMENT ON FUNCTION backup_mgmt.backup_record_is_consistent(text, timestamptz, interval, text, bigint, text) IS
-    'Row rule of backup_records (used by its CHECK constraint): finished records have an end time, failed ones an error, only incremental/differential backups a parent';
+COMMENT ON FUNCTION backup_mgmt.backup_records_guard() IS
+    'Trigger function of backup_records_finished_check (the row rule of backup_records)';
 COMMENT ON FUNCTION backup_mgmt.check_backup_path(text) IS
     'Returns the canonical path if it lies inside backup_mgmt.backup_roots (symlinks followed); raises an error otherwise';
 

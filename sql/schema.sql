@@ -91,8 +91,8 @@ CREATE TABLE backup_management.backup_records (
     recorded_by        text        NOT NULL DEFAULT session_user,
     created_at         timestamptz NOT NULL DEFAULT now()
     -- The row rule (finished records have an end time, failed ones an error, only incremental and
-    -- differential backups a parent) is added by finalize.sql as backup_records_finished_check,
-    -- once the native function it calls exists.
+    -- differential backups a parent) is the trigger backup_records_finished_check, created by
+    -- finalize.sql once its native function exists.
 )
 -- Room on each page for the completing UPDATE's new row version, so that it is a HOT update.
 WITH (fillfactor = 90);

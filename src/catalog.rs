@@ -5,9 +5,10 @@
 //! domains' CHECK constraints; a unit test keeps the two in step.
 
 use std::fmt;
+use std::num::NonZeroUsize;
 
 use pgrx::prelude::*;
-use pgrx::{pg_sys::panic::ErrorReport, PgSqlErrorCode};
+use pgrx::{pg_sys::panic::ErrorReport, PgLogLevel, PgSqlErrorCode};
 
 extension_sql_file!("../sql/schema.sql", name = "catalog_schema", bootstrap);
 extension_sql_file!("../sql/finalize.sql", name = "catalog_finalize", finalize);
@@ -149,44 +150,87 @@ pub fn parse_kind(
     }
 }
 
-/// The row rule of `backup_records`: a finished record says when it finished, a failed one says
-/// why, and only incremental and differential backups have a parent.
-pub fn record_is_consistent(
+/// The row rule of `backup_records`, returning the part that a row breaks.
+pub fn check_record_row(
     status: &str,
     has_end_time_and_duration: bool,
     has_error_message: bool,
     has_parent: bool,
     backup_type: &str,
-) -> bool {
-    (status == "running" || has_end_time_and_duration)
-        && (status != "failed" || has_error_message)
-        && (!has_parent || matches!(backup_type, "incremental" | "differential"))
+) -> Result<(), &'static str> {
+    if status != "running" && !has_end_time_and_duration {
+        Err("a finished backup record needs end_time and duration")
+    } else if status == "failed" && !has_error_message {
+        Err("a failed backup record needs its error_message")
+    } else if has_parent && !matches!(backup_type, "incremental" | "differential") {
+        Err("only incremental and differential backups have a parent_backup_id")
+    } else {
+        Ok(())
+    }
 }
 
-/// The CHECK constraint `backup_records_finished_check` calls this.  PostgreSQL re-reads a table's
-/// CHECK expressions from their stored text on every INSERT and UPDATE statement, so the rule is a
-/// single function call rather than a tree of ORs and ANDs (measured: the expression form cost
-/// ~15% of record throughput, the call costs nothing measurable; BENCHMARKS.md).
-#[pg_extern(immutable, parallel_safe)]
-fn backup_record_is_consistent(
-    status: Option<&str>,
-    end_time: Option<pgrx::datum::TimestampWithTimeZone>,
-    duration: Option<pgrx::datum::Interval>,
-    error_message: Option<&str>,
-    parent_backup_id: Option<i64>,
-    backup_type: Option<&str>,
-) -> bool {
-    // A NULL status or type is the NOT NULL constraints' to refuse, with their clearer message.
-    let (Some(status), Some(backup_type)) = (status, backup_type) else {
-        return true;
+/// Attribute number of column `name` in `tupdesc`.
+fn attnum(tupdesc: &pgrx::PgTupleDesc<'_>, name: &str) -> Option<NonZeroUsize> {
+    tupdesc
+        .iter()
+        .find(|a| !a.is_dropped() && a.name() == name)
+        .and_then(|a| NonZeroUsize::new(a.attnum as usize))
+}
+
+/// BEFORE INSERT OR UPDATE trigger `backup_records_finished_check`: no writer, superuser included,
+/// can store a half-written backup record.
+///
+/// A trigger rather than a CHECK constraint: PostgreSQL re-reads a table's CHECK expressions from
+/// their stored text on every INSERT and UPDATE statement, which cost ~15% of record throughput
+/// even as a single function call (BENCHMARKS.md).  A trigger is looked up once per statement and
+/// also lets the error say which part of the rule a row breaks.
+#[pg_trigger]
+fn backup_records_guard<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
+    let Some(row) = trigger.new() else {
+        // Not a row-level INSERT or UPDATE: nothing to check.
+        return Ok(None);
     };
-    record_is_consistent(
-        status,
-        end_time.is_some() && duration.is_some(),
-        error_message.is_some(),
-        parent_backup_id.is_some(),
-        backup_type,
-    )
+    let data = trigger.trigger_data();
+    let tuple = if row_is_update(data) {
+        data.tg_newtuple
+    } else {
+        data.tg_trigtuple
+    };
+    // SAFETY: PostgreSQL passes a valid relation and the row being written.
+    let tupdesc = unsafe { pgrx::PgTupleDesc::from_pg_unchecked((*data.tg_relation).rd_att) };
+    let raw = |name: &str| {
+        attnum(&tupdesc, name)
+            .and_then(|n| unsafe { pgrx::heap_getattr_raw(tuple, n, tupdesc.as_ptr()) })
+    };
+    // Domain-typed text columns: read as text (a domain has its base type's representation).
+    let text = |name: &str| {
+        raw(name).and_then(|d| unsafe {
+            <&str as FromDatum>::from_polymorphic_datum(d, false, pg_sys::TEXTOID)
+        })
+    };
+    let verdict = check_record_row(
+        text("status").unwrap_or("running"),
+        raw("end_time").is_some() && raw("duration").is_some(),
+        raw("error_message").is_some(),
+        raw("parent_backup_id").is_some(),
+        text("backup_type").unwrap_or(""),
+    );
+    if let Err(rule) = verdict {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
+            format!("new row for relation \"backup_records\" violates backup_records_finished_check: {rule}"),
+            "backup_mgmt",
+        )
+        .set_hint("Record backups with record_backup_start(), record_backup_complete() and record_backup_failure().")
+        .report(PgLogLevel::ERROR);
+    }
+    Ok(Some(row))
+}
+
+fn row_is_update(data: &pg_sys::TriggerData) -> bool {
+    (data.tg_event & pg_sys::TRIGGER_EVENT_OPMASK) == pg_sys::TRIGGER_EVENT_UPDATE
 }
 
 #[cfg(test)]
@@ -268,44 +312,24 @@ mod tests {
 
     #[test]
     fn row_rule() {
-        assert!(record_is_consistent("running", false, false, false, "full"));
-        assert!(record_is_consistent(
-            "completed",
-            true,
-            false,
-            false,
-            "full"
-        ));
+        assert!(check_record_row("running", false, false, false, "full").is_ok());
+        assert!(check_record_row("completed", true, false, false, "full").is_ok());
+        assert!(check_record_row("failed", true, true, false, "full").is_ok());
+        assert!(check_record_row("running", false, false, true, "incremental").is_ok());
+        assert!(check_record_row("running", false, false, true, "differential").is_ok());
+        let e = check_record_row("completed", false, false, false, "full").unwrap_err();
+        assert!(e.contains("end_time"), "completed without end time: {e}");
+        let e = check_record_row("expired", false, false, false, "full").unwrap_err();
         assert!(
-            !record_is_consistent("completed", false, false, false, "full"),
-            "completed without end time"
+            e.contains("end_time"),
+            "finished states need an end time: {e}"
         );
+        let e = check_record_row("failed", true, false, false, "full").unwrap_err();
+        assert!(e.contains("error_message"), "failed without its error: {e}");
+        let e = check_record_row("running", false, false, true, "full").unwrap_err();
         assert!(
-            !record_is_consistent("expired", false, false, false, "full"),
-            "finished states need an end time"
-        );
-        assert!(record_is_consistent("failed", true, true, false, "full"));
-        assert!(
-            !record_is_consistent("failed", true, false, false, "full"),
-            "failed without its error"
-        );
-        assert!(record_is_consistent(
-            "running",
-            false,
-            false,
-            true,
-            "incremental"
-        ));
-        assert!(record_is_consistent(
-            "running",
-            false,
-            false,
-            true,
-            "differential"
-        ));
-        assert!(
-            !record_is_consistent("running", false, false, true, "full"),
-            "a full backup has no parent"
+            e.contains("parent_backup_id"),
+            "a full backup has no parent: {e}"
         );
     }
 

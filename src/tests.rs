@@ -317,7 +317,7 @@ mod tests {
                  (database_name, backup_type, backup_method, backup_file_path, status, end_time, duration)
              VALUES ('d', 'full', 'pg_dump', '/b/x', 'failed', now(), '0')",
             "23514",
-            "backup_records_finished_check",
+            "a failed backup record needs its error_message",
         );
         let (s, m, _) = outcome(
             "INSERT INTO backup_management.backup_records

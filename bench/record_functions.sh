@@ -20,8 +20,7 @@ SEED=$(readlink -f "$SEED")
 
 bash scripts/setup.sh
 [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
-PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
-BIN=$("$PG_CONFIG" --bindir)
+source scripts/lib.sh
 
 echo "==> building and installing backup_mgmt (release)"
 cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
@@ -29,22 +28,15 @@ cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
 DIR=$(mktemp -d /tmp/bm-bench-XXXXXX)
 chown postgres:postgres "$DIR"
 PORT=55433
-as_pg() { runuser -u postgres -- env -i PATH=/usr/bin:/bin LC_ALL=C "$@"; }
 cleanup() { as_pg "$BIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$DIR"; }
 trap cleanup EXIT
 
-as_pg "$BIN/initdb" -D "$DIR/data" --auth=trust -U postgres -E UTF8 --locale=C >/dev/null
-cat >>"$DIR/data/postgresql.conf" <<CONF
-listen_addresses = ''
-port = $PORT
-unix_socket_directories = '$DIR'
-shared_preload_libraries = 'backup_mgmt'
-backup_mgmt.database_name = 'bench_native'
-synchronous_commit = off
-shared_buffers = 256MB
-max_wal_size = 4GB
-CONF
-as_pg "$BIN/pg_ctl" -w -D "$DIR/data" -l "$DIR/server.log" start >/dev/null
+start_throwaway_cluster "$DIR" "$PORT" \
+    "shared_preload_libraries = 'backup_mgmt'" \
+    "backup_mgmt.database_name = 'bench_native'" \
+    "synchronous_commit = off" \
+    "shared_buffers = 256MB" \
+    "max_wal_size = 4GB"
 
 PSQL=("$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$DIR" -p "$PORT" -U postgres)
 "${PSQL[@]}" -d postgres -c "CREATE DATABASE bench_native" -c "CREATE DATABASE bench_seed"

@@ -9,15 +9,13 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
-PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
-BIN=$("$PG_CONFIG" --bindir)
+source scripts/lib.sh
 
 echo "==> building and installing backup_mgmt (release) into $("$PG_CONFIG" --pkglibdir)"
 cargo pgrx install --release --pg-config "$PG_CONFIG"
 
 DEMO=/tmp/backup_mgmt_demo
 PORT=55432
-as_pg() { runuser -u postgres -- env -i PATH=/usr/bin:/bin LC_ALL=C "$@"; }
 if [ -f "$DEMO/data/postmaster.pid" ]; then
     as_pg "$BIN/pg_ctl" -D "$DEMO/data" -m fast stop >/dev/null 2>&1 || true
 fi
@@ -26,16 +24,10 @@ mkdir -p "$DEMO/backups"
 chown -R postgres:postgres "$DEMO"
 
 echo "==> starting a throwaway cluster in $DEMO (socket $DEMO, port $PORT)"
-as_pg "$BIN/initdb" -D "$DEMO/data" --auth=trust -U postgres -E UTF8 --locale=C >/dev/null
-cat >>"$DEMO/data/postgresql.conf" <<CONF
-listen_addresses = ''
-port = $PORT
-unix_socket_directories = '$DEMO'
-shared_preload_libraries = 'backup_mgmt'
-backup_mgmt.database_name = 'postgres'
-backup_mgmt.backup_roots = '$DEMO/backups'
-CONF
-as_pg "$BIN/pg_ctl" -w -D "$DEMO/data" -l "$DEMO/server.log" start >/dev/null
+start_throwaway_cluster "$DEMO" "$PORT" \
+    "shared_preload_libraries = 'backup_mgmt'" \
+    "backup_mgmt.database_name = 'postgres'" \
+    "backup_mgmt.backup_roots = '$DEMO/backups'"
 stop_demo() {
     if [ "${KEEP:-0}" = 1 ]; then
         echo "==> the demo cluster keeps running: $BIN/psql -h $DEMO -p $PORT -U postgres"

@@ -45,6 +45,16 @@ fn with_extension() -> (Cluster, postgres::Client) {
     (cluster, db)
 }
 
+/// Records the start of a full pg_dump backup of `database`, as an external script would.
+fn start_backup(db: &mut postgres::Client, database: &str, path: &str) -> i64 {
+    db.query_one(
+        "SELECT backup_mgmt.record_backup_start($1, 'full', 'pg_dump', $2)",
+        &[&database, &path],
+    )
+    .unwrap_or_else(|e| panic!("record_backup_start({database}, {path}): {e}"))
+    .get(0)
+}
+
 fn sqlstate(e: &postgres::Error) -> String {
     e.code()
         .map(|c| c.code().to_owned())
@@ -96,13 +106,7 @@ fn create_extension_builds_the_catalog_and_drop_removes_it() {
     assert_eq!(schemas, 0, "catalog schemas survived DROP EXTENSION");
     // And it can be created again in the same session (kept plans must not point at the old tables).
     db.batch_execute("CREATE EXTENSION backup_mgmt").unwrap();
-    let id: i64 = db
-        .query_one(
-            "SELECT backup_mgmt.record_backup_start('postgres', 'full', 'pg_dump', '/b/x.dump')",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let id: i64 = start_backup(&mut db, "postgres", "/b/x.dump");
     assert!(id >= 1);
 }
 
@@ -165,20 +169,8 @@ fn record_functions_work_from_a_client() {
 #[test]
 fn bad_inputs_return_their_sqlstate_message_and_hint() {
     let (_cluster, mut db) = with_extension();
-    let id: i64 = db
-        .query_one(
-            "SELECT backup_mgmt.record_backup_start('appdb', 'full', 'pg_dump', '/b/a.dump')",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    let done: i64 = db
-        .query_one(
-            "SELECT backup_mgmt.record_backup_start('appdb', 'full', 'pg_dump', '/b/b.dump')",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let id: i64 = start_backup(&mut db, "appdb", "/b/a.dump");
+    let done: i64 = start_backup(&mut db, "appdb", "/b/b.dump");
     db.execute("SELECT backup_mgmt.record_backup_complete($1, 1)", &[&done])
         .unwrap();
 
@@ -274,13 +266,7 @@ fn ordinary_roles_are_refused_and_backup_admin_members_succeed() {
     }
 
     let mut bob = cluster.connect_as("postgres", "bob").unwrap();
-    let id: i64 = bob
-        .query_one(
-            "SELECT backup_mgmt.record_backup_start('postgres', 'full', 'pg_dump', '/b/x')",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let id: i64 = start_backup(&mut bob, "postgres", "/b/x");
     bob.execute(
         "SELECT backup_mgmt.record_backup_complete($1, 10, $2)",
         &[&id, &SHA],
@@ -313,13 +299,7 @@ fn failures_are_notified_and_logged() {
     let mut listener = cluster.connect("postgres");
     listener.batch_execute("LISTEN backup_mgmt").unwrap();
 
-    let id: i64 = db
-        .query_one(
-            "SELECT backup_mgmt.record_backup_start('postgres', 'full', 'pg_dump', '/b/x')",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let id: i64 = start_backup(&mut db, "postgres", "/b/x");
     db.execute(
         "SELECT backup_mgmt.record_backup_failure($1, 'disk full: no space left on device')",
         &[&id],
@@ -358,13 +338,7 @@ fn failures_are_notified_and_logged() {
 #[test]
 fn pg_dump_of_the_database_keeps_the_catalog_rows() {
     let (cluster, mut db) = with_extension();
-    let id: i64 = db
-        .query_one(
-            "SELECT backup_mgmt.record_backup_start('postgres', 'full', 'pg_dump', '/b/keep.dump')",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let id: i64 = start_backup(&mut db, "postgres", "/b/keep.dump");
     db.execute(
         "SELECT backup_mgmt.record_backup_complete($1, 123, $2)",
         &[&id, &SHA],
@@ -389,13 +363,7 @@ fn pg_dump_of_the_database_keeps_the_catalog_rows() {
     assert_eq!(row.get::<_, i64>(0), 123);
     assert_eq!(row.get::<_, String>(1), SHA);
     // The sequence came along too: the next id does not collide.
-    let next: i64 = restored
-        .query_one(
-            "SELECT backup_mgmt.record_backup_start('postgres', 'full', 'pg_dump', '/b/next.dump')",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let next: i64 = start_backup(&mut restored, "postgres", "/b/next.dump");
     assert!(next > id);
 }
 
@@ -404,12 +372,6 @@ fn create_extension_works_without_preloading() {
     let cluster = Cluster::start(&[]);
     let mut db = cluster.connect("postgres");
     db.batch_execute("CREATE EXTENSION backup_mgmt").unwrap();
-    let id: i64 = db
-        .query_one(
-            "SELECT backup_mgmt.record_backup_start('postgres', 'full', 'pg_dump', '/b/x')",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let id: i64 = start_backup(&mut db, "postgres", "/b/x");
     assert!(id >= 1);
 }

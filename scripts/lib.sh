@@ -1,0 +1,24 @@
+# Shared shell helpers for scripts/ and bench/ (sourced, not run).
+
+PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+BIN=$("$PG_CONFIG" --bindir)
+
+# Runs a command as the postgres OS user with a clean environment (PostgreSQL refuses to run as
+# root, and a caller's PGHOST or PGDATABASE must not leak into a throwaway cluster).
+as_pg() { runuser -u postgres -- env -i PATH=/usr/bin:/bin LC_ALL=C "$@"; }
+
+# start_throwaway_cluster DIR PORT [postgresql.conf lines...]
+# initdb DIR/data as postgres (trust auth, socket in DIR, no TCP), append the settings, start it
+# with its log in DIR/server.log.  DIR must exist and be owned by postgres.
+start_throwaway_cluster() {
+    local dir=$1 port=$2
+    shift 2
+    as_pg "$BIN/initdb" -D "$dir/data" --auth=trust -U postgres -E UTF8 --locale=C >/dev/null
+    {
+        echo "listen_addresses = ''"
+        echo "port = $port"
+        echo "unix_socket_directories = '$dir'"
+        printf '%s\n' "$@"
+    } >>"$dir/data/postgresql.conf"
+    as_pg "$BIN/pg_ctl" -w -D "$dir/data" -l "$dir/server.log" start >/dev/null
+}

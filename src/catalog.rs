@@ -189,8 +189,9 @@ fn backup_records_guard<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
     let Some(row) = trigger.new() else {
-        // Not a row-level INSERT or UPDATE: nothing to check.
-        return Ok(None);
+        // Not a row-level INSERT or UPDATE (it is only created for those): nothing to check.
+        // Returning the old row, not NULL, so that a row-level DELETE would still proceed.
+        return Ok(trigger.old());
     };
     let data = trigger.trigger_data();
     let tuple = if row_is_update(data) {

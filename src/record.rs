@@ -42,15 +42,11 @@ pub enum RecordError {
 impl From<RecordError> for ErrorReport {
     fn from(e: RecordError) -> Self {
         use PgSqlErrorCode::*;
-        let (code, hint) = match &e {
-            RecordError::Catalog(_) | RecordError::Path(_) | RecordError::Checksum(_) => {
-                return match e {
-                    RecordError::Catalog(inner) => inner.into(),
-                    RecordError::Path(inner) => inner.into(),
-                    RecordError::Checksum(inner) => inner.into(),
-                    _ => unreachable!("matched above"),
-                };
-            }
+        // Errors of other modules carry their own SQLSTATE and hint.
+        let (code, hint) = match e {
+            RecordError::Catalog(inner) => return inner.into(),
+            RecordError::Path(inner) => return inner.into(),
+            RecordError::Checksum(inner) => return inner.into(),
             RecordError::Null(what) => (ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("Pass a non-NULL {what}.")),
             RecordError::UnknownBackup(_) => (
                 ERRCODE_UNDEFINED_OBJECT,
@@ -206,7 +202,7 @@ fn complete(
     }
     let checksum = checksum.map(checksum::normalize_sha256_hex).transpose()?;
     // No NOTIFY here: PostgreSQL serialises the commits of all notifying transactions on one
-    // database-wide lock, which cost 13% of record throughput under 4 clients (BENCHMARKS.md).
+    // database-wide lock, which cost 11% of record throughput under 4 clients (BENCHMARKS.md).
     // Failures, which are rare and need attention, are notified.
     Spi::connect_mut(|client| {
         let plans = plans(client)?;

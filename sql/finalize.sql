@@ -1,12 +1,14 @@
 -- backup_mgmt 0.1.0: privileges, the backup_admin role and function comments (loaded last).
 
--- No writer, superuser included, can store a half-written backup record (see catalog.rs for why
--- this is a trigger and not a CHECK constraint).
-CREATE TRIGGER backup_records_finished_check
+-- No writer, superuser included, can store a backup record that breaks its rules: known type,
+-- method (and a method that can take that type), status and compression; absolute path; size 0
+-- or more; lower-case sha256; finished records with an end time, failed ones with an error, only
+-- incremental/differential backups with a parent.  See catalog.rs for why this is a trigger.
+CREATE TRIGGER backup_records_check
     BEFORE INSERT OR UPDATE ON backup_management.backup_records
     FOR EACH ROW EXECUTE FUNCTION backup_mgmt.backup_records_guard();
-COMMENT ON TRIGGER backup_records_finished_check ON backup_management.backup_records IS
-    'Refuses half-written backup records: finished ones need end_time and duration, failed ones error_message, only incremental/differential ones a parent';
+COMMENT ON TRIGGER backup_records_check ON backup_management.backup_records IS
+    'Refuses backup records that break the catalog''s rules (vocabulary, formats, finished/failed/parent row rule)';
 
 -- The operator role.  Roles are cluster-wide, so it may already exist (another database, an
 -- earlier install); it is deliberately not dropped by DROP EXTENSION.
@@ -44,7 +46,7 @@ COMMENT ON FUNCTION backup_mgmt.record_backup_failure(bigint, text) IS
     'Marks a running backup failed with its error message (logged and sent as NOTIFY backup_mgmt)';
 
 COMMENT ON FUNCTION backup_mgmt.backup_records_guard() IS
-    'Trigger function of backup_records_finished_check (the row rule of backup_records)';
+    'Trigger function of backup_records_check: the rules every backup_records row satisfies';
 COMMENT ON FUNCTION backup_mgmt.check_backup_path(text) IS
     'Returns the canonical path if it lies inside backup_mgmt.backup_roots (symlinks followed); raises an error otherwise';
 

@@ -10,6 +10,8 @@ use std::num::NonZeroUsize;
 use pgrx::prelude::*;
 use pgrx::{pg_sys::panic::ErrorReport, PgLogLevel, PgSqlErrorCode};
 
+use crate::{checksum, security};
+
 extension_sql_file!("../sql/schema.sql", name = "catalog_schema", bootstrap);
 extension_sql_file!("../sql/finalize.sql", name = "catalog_finalize", finalize);
 
@@ -68,6 +70,26 @@ vocabulary!(
         PgDumpallGlobals => "pg_dumpall_globals",
         ContinuousArchiving => "continuous_archiving",
         NativePhysical => "native_physical",
+    }
+);
+
+vocabulary!(
+    /// `backup_records.status`.
+    BackupStatus, "backup status" {
+        Running => "running",
+        Completed => "completed",
+        Failed => "failed",
+        Expired => "expired",
+    }
+);
+
+vocabulary!(
+    /// `backup_records.compression`: how the stored backup is compressed.
+    Compression, "compression" {
+        Uncompressed => "none",
+        Gzip => "gzip",
+        Lz4 => "lz4",
+        Zstd => "zstd",
     }
 );
 
@@ -150,45 +172,103 @@ pub fn parse_kind(
     }
 }
 
-/// The row rule of `backup_records`, returning the part that a row breaks.
-pub fn check_record_row(
-    status: &str,
-    has_end_time_and_duration: bool,
-    has_error_message: bool,
-    has_parent: bool,
-    backup_type: &str,
-) -> Result<(), &'static str> {
-    if status != "running" && !has_end_time_and_duration {
-        Err("a finished backup record needs end_time and duration")
-    } else if status == "failed" && !has_error_message {
-        Err("a failed backup record needs its error_message")
-    } else if has_parent && !matches!(backup_type, "incremental" | "differential") {
-        Err("only incremental and differential backups have a parent_backup_id")
-    } else {
-        Ok(())
+/// What the trigger reads of a `backup_records` row; `None` is SQL NULL (NOT NULL constraints,
+/// checked after the trigger, refuse those with their own message).
+#[derive(Default)]
+pub struct RecordRow<'a> {
+    pub database_name: Option<&'a str>,
+    pub backup_type: Option<&'a str>,
+    pub backup_method: Option<&'a str>,
+    pub backup_file_path: Option<&'a str>,
+    pub backup_size: Option<i64>,
+    pub status: Option<&'a str>,
+    pub checksum: Option<&'a str>,
+    pub checksum_algorithm: Option<&'a str>,
+    pub compression: Option<&'a str>,
+    pub has_end_time_and_duration: bool,
+    pub has_error_message: bool,
+    pub has_parent: bool,
+}
+
+/// Every rule a `backup_records` row must satisfy, whoever writes it: the same vocabulary and
+/// checks as the record functions' arguments, plus the row rule (a finished record says when it
+/// finished, a failed one says why, only incremental and differential backups have a parent).
+/// Returns what the row breaks.
+pub fn check_record_row(row: &RecordRow<'_>) -> Result<(), String> {
+    fn text<E: std::fmt::Display>(e: E) -> String {
+        e.to_string()
     }
+    if let Some(name) = row.database_name {
+        validate_database_name(name).map_err(text)?;
+    }
+    let kind = row
+        .backup_type
+        .map(BackupType::parse)
+        .transpose()
+        .map_err(text)?;
+    let method = row
+        .backup_method
+        .map(BackupMethod::parse)
+        .transpose()
+        .map_err(text)?;
+    if let (Some(kind), Some(method)) = (kind, method) {
+        if !method.can_take(kind) {
+            return Err(CatalogError::MethodCannotTake { method, kind }.to_string());
+        }
+    }
+    if let Some(path) = row.backup_file_path {
+        security::validate_absolute(path).map_err(text)?;
+    }
+    if let Some(size) = row.backup_size.filter(|s| *s < 0) {
+        return Err(format!("backup size {size} is negative"));
+    }
+    let status = row
+        .status
+        .map(BackupStatus::parse)
+        .transpose()
+        .map_err(text)?;
+    if let Some(sum) = row.checksum {
+        // Stored lower-case, so that equality with a computed digest is plain text equality.
+        if checksum::normalize_sha256_hex(sum).map_err(text)? != sum {
+            return Err(format!("checksum \"{sum}\" is not in lower case"));
+        }
+    }
+    if let Some(algorithm) = row.checksum_algorithm.filter(|a| *a != "sha256") {
+        return Err(format!("unknown checksum algorithm \"{algorithm}\""));
+    }
+    if let Some(compression) = row.compression {
+        Compression::parse(compression).map_err(text)?;
+    }
+    if status.is_some_and(|s| s != BackupStatus::Running) && !row.has_end_time_and_duration {
+        return Err("a finished backup record needs end_time and duration".into());
+    }
+    if status == Some(BackupStatus::Failed) && !row.has_error_message {
+        return Err("a failed backup record needs its error_message".into());
+    }
+    if row.has_parent
+        && !matches!(
+            kind,
+            Some(BackupType::Incremental | BackupType::Differential)
+        )
+    {
+        return Err("only incremental and differential backups have a parent_backup_id".into());
+    }
+    Ok(())
 }
 
-/// Attribute number of column `name` in `tupdesc`.
-fn attnum(tupdesc: &pgrx::PgTupleDesc<'_>, name: &str) -> Option<NonZeroUsize> {
-    tupdesc
-        .iter()
-        .find(|a| !a.is_dropped() && a.name() == name)
-        .and_then(|a| NonZeroUsize::new(a.attnum as usize))
-}
-
-/// BEFORE INSERT OR UPDATE trigger `backup_records_finished_check`: no writer, superuser included,
-/// can store a half-written backup record.
+/// BEFORE INSERT OR UPDATE trigger `backup_records_check`: no writer, superuser included, can
+/// store a backup record that breaks `check_record_row`.
 ///
-/// A trigger rather than a CHECK constraint: PostgreSQL re-reads a table's CHECK expressions from
-/// their stored text on every INSERT and UPDATE statement, which cost ~15% of record throughput
-/// even as a single function call (BENCHMARKS.md).  A trigger is looked up once per statement and
-/// also lets the error say which part of the rule a row breaks.
+/// A trigger rather than CHECK constraints and domains: PostgreSQL re-reads a table's CHECK
+/// expressions from their stored text on every INSERT and UPDATE statement, and prepares every
+/// domain coercion per statement; for the record functions that cost 15% and 6-12% of throughput
+/// (BENCHMARKS.md).  The trigger is one native call per row, uses the same Rust vocabulary as the
+/// record functions, and says exactly what a row breaks.
 #[pg_trigger]
 fn backup_records_guard<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
-    let Some(row) = trigger.new() else {
+    let Some(new_row) = trigger.new() else {
         // Not a row-level INSERT or UPDATE (it is only created for those): nothing to check.
         // Returning the old row, not NULL, so that a row-level DELETE would still proceed.
         return Ok(trigger.old());
@@ -199,35 +279,53 @@ fn backup_records_guard<'a>(
     } else {
         data.tg_trigtuple
     };
-    // SAFETY: PostgreSQL passes a valid relation and the row being written.
+    // SAFETY: PostgreSQL passes a valid relation and the row being written; the values read
+    // below live as long as that row.  Domain-typed or not, text columns have text's
+    // representation and backup_size is an int8.
     let tupdesc = unsafe { pgrx::PgTupleDesc::from_pg_unchecked((*data.tg_relation).rd_att) };
-    let raw = |name: &str| {
-        attnum(&tupdesc, name)
-            .and_then(|n| unsafe { pgrx::heap_getattr_raw(tuple, n, tupdesc.as_ptr()) })
-    };
-    // Domain-typed text columns: read as text (a domain has its base type's representation).
-    let text = |name: &str| {
-        raw(name).and_then(|d| unsafe {
-            <&str as FromDatum>::from_polymorphic_datum(d, false, pg_sys::TEXTOID)
-        })
-    };
-    let verdict = check_record_row(
-        text("status").unwrap_or("running"),
-        raw("end_time").is_some() && raw("duration").is_some(),
-        raw("error_message").is_some(),
-        raw("parent_backup_id").is_some(),
-        text("backup_type").unwrap_or(""),
-    );
-    if let Err(rule) = verdict {
+    let mut row = RecordRow::default();
+    let (mut has_end_time, mut has_duration) = (false, false);
+    for att in tupdesc.iter().filter(|a| !a.is_dropped()) {
+        let Some(attno) = NonZeroUsize::new(att.attnum as usize) else {
+            continue;
+        };
+        let value = unsafe { pgrx::heap_getattr_raw(tuple, attno, tupdesc.as_ptr()) };
+        let text = || {
+            value.and_then(|d| unsafe {
+                <&str as FromDatum>::from_polymorphic_datum(d, false, pg_sys::TEXTOID)
+            })
+        };
+        match att.name() {
+            "database_name" => row.database_name = text(),
+            "backup_type" => row.backup_type = text(),
+            "backup_method" => row.backup_method = text(),
+            "backup_file_path" => row.backup_file_path = text(),
+            "backup_size" => {
+                row.backup_size = value
+                    .and_then(|d| unsafe { i64::from_polymorphic_datum(d, false, pg_sys::INT8OID) })
+            }
+            "status" => row.status = text(),
+            "checksum" => row.checksum = text(),
+            "checksum_algorithm" => row.checksum_algorithm = text(),
+            "compression" => row.compression = text(),
+            "end_time" => has_end_time = value.is_some(),
+            "duration" => has_duration = value.is_some(),
+            "error_message" => row.has_error_message = value.is_some(),
+            "parent_backup_id" => row.has_parent = value.is_some(),
+            _ => {}
+        }
+    }
+    row.has_end_time_and_duration = has_end_time && has_duration;
+    if let Err(rule) = check_record_row(&row) {
         ErrorReport::new(
             PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
-            format!("new row for relation \"backup_records\" violates backup_records_finished_check: {rule}"),
+            format!("new row for relation \"backup_records\" violates backup_records_check: {rule}"),
             "backup_mgmt",
         )
         .set_hint("Record backups with record_backup_start(), record_backup_complete() and record_backup_failure().")
         .report(PgLogLevel::ERROR);
     }
-    Ok(Some(row))
+    Ok(Some(new_row))
 }
 
 fn row_is_update(data: &pg_sys::TriggerData) -> bool {
@@ -311,27 +409,156 @@ mod tests {
         ));
     }
 
+    fn finished(status: &'static str) -> RecordRow<'static> {
+        RecordRow {
+            database_name: Some("appdb"),
+            backup_type: Some("full"),
+            backup_method: Some("pg_dump"),
+            backup_file_path: Some("/b/x.dump"),
+            backup_size: Some(10),
+            status: Some(status),
+            checksum_algorithm: Some("sha256"),
+            compression: Some("none"),
+            has_end_time_and_duration: true,
+            ..RecordRow::default()
+        }
+    }
+
     #[test]
     fn row_rule() {
-        assert!(check_record_row("running", false, false, false, "full").is_ok());
-        assert!(check_record_row("completed", true, false, false, "full").is_ok());
-        assert!(check_record_row("failed", true, true, false, "full").is_ok());
-        assert!(check_record_row("running", false, false, true, "incremental").is_ok());
-        assert!(check_record_row("running", false, false, true, "differential").is_ok());
-        let e = check_record_row("completed", false, false, false, "full").unwrap_err();
-        assert!(e.contains("end_time"), "completed without end time: {e}");
-        let e = check_record_row("expired", false, false, false, "full").unwrap_err();
-        assert!(
-            e.contains("end_time"),
-            "finished states need an end time: {e}"
+        let running = RecordRow {
+            has_end_time_and_duration: false,
+            ..finished("running")
+        };
+        assert!(check_record_row(&running).is_ok());
+        assert!(check_record_row(&finished("completed")).is_ok());
+        assert!(check_record_row(&RecordRow {
+            has_error_message: true,
+            ..finished("failed")
+        })
+        .is_ok());
+        let incremental = RecordRow {
+            backup_type: Some("incremental"),
+            backup_method: Some("native_physical"),
+            has_parent: true,
+            ..finished("completed")
+        };
+        assert!(check_record_row(&incremental).is_ok());
+
+        let broken = |row: RecordRow<'_>, needle: &str| {
+            let e = check_record_row(&row).unwrap_err();
+            assert!(e.contains(needle), "{e:?} should mention {needle:?}");
+        };
+        broken(
+            RecordRow {
+                has_end_time_and_duration: false,
+                ..finished("completed")
+            },
+            "end_time",
         );
-        let e = check_record_row("failed", true, false, false, "full").unwrap_err();
-        assert!(e.contains("error_message"), "failed without its error: {e}");
-        let e = check_record_row("running", false, false, true, "full").unwrap_err();
-        assert!(
-            e.contains("parent_backup_id"),
-            "a full backup has no parent: {e}"
+        broken(
+            RecordRow {
+                has_end_time_and_duration: false,
+                ..finished("expired")
+            },
+            "end_time",
         );
+        broken(finished("failed"), "error_message");
+        broken(
+            RecordRow {
+                has_parent: true,
+                ..finished("completed")
+            },
+            "parent_backup_id",
+        );
+    }
+
+    #[test]
+    fn row_columns() {
+        let broken = |row: RecordRow<'_>, needle: &str| {
+            let e = check_record_row(&row).unwrap_err();
+            assert!(e.contains(needle), "{e:?} should mention {needle:?}");
+        };
+        broken(
+            RecordRow {
+                database_name: Some(""),
+                ..finished("completed")
+            },
+            "empty",
+        );
+        broken(
+            RecordRow {
+                backup_type: Some("weekly"),
+                ..finished("completed")
+            },
+            "weekly",
+        );
+        broken(
+            RecordRow {
+                backup_method: Some("rsync"),
+                ..finished("completed")
+            },
+            "rsync",
+        );
+        broken(
+            RecordRow {
+                backup_type: Some("wal"),
+                ..finished("completed")
+            },
+            "cannot take",
+        );
+        broken(
+            RecordRow {
+                backup_file_path: Some("rel/x"),
+                ..finished("completed")
+            },
+            "rel/x",
+        );
+        broken(
+            RecordRow {
+                backup_size: Some(-1),
+                ..finished("completed")
+            },
+            "-1",
+        );
+        broken(
+            RecordRow {
+                status: Some("done"),
+                ..finished("completed")
+            },
+            "done",
+        );
+        broken(
+            RecordRow {
+                checksum: Some("abc"),
+                ..finished("completed")
+            },
+            "abc",
+        );
+        let upper = "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855";
+        broken(
+            RecordRow {
+                checksum: Some(upper),
+                ..finished("completed")
+            },
+            "lower case",
+        );
+        broken(
+            RecordRow {
+                checksum_algorithm: Some("md5"),
+                ..finished("completed")
+            },
+            "md5",
+        );
+        broken(
+            RecordRow {
+                compression: Some("bzip2"),
+                ..finished("completed")
+            },
+            "bzip2",
+        );
+        // NULLs are left to the NOT NULL constraints.
+        assert!(check_record_row(&RecordRow::default()).is_ok());
     }
 
     #[test]

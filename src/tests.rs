@@ -310,7 +310,7 @@ mod tests {
             "INSERT INTO backup_management.backup_records (database_name, backup_type, backup_method, backup_file_path, status)
              VALUES ('d', 'full', 'pg_dump', '/b/x', 'completed')",
             "23514",
-            "backup_records_finished_check",
+            "backup_records_check",
         );
         assert_refused(
             "INSERT INTO backup_management.backup_records
@@ -319,6 +319,23 @@ mod tests {
             "23514",
             "a failed backup record needs its error_message",
         );
+        // The same vocabulary and formats as the record functions' arguments.
+        for (values, broken) in [
+            ("'d', 'weekly', 'pg_dump', '/b/x', 'running'", "weekly"),
+            ("'d', 'wal', 'pg_dump', '/b/x', 'running'", "cannot take"),
+            ("'d', 'full', 'pg_dump', 'b/x', 'running'", "b/x"),
+            ("'d', 'full', 'pg_dump', '/b/x', 'done'", "done"),
+        ] {
+            assert_refused(
+                &format!(
+                    "INSERT INTO backup_management.backup_records
+                         (database_name, backup_type, backup_method, backup_file_path, status)
+                     VALUES ({values})"
+                ),
+                "23514",
+                broken,
+            );
+        }
         let (s, m, _) = outcome(
             "INSERT INTO backup_management.backup_records
                  (database_name, backup_type, backup_method, backup_file_path, status, end_time, duration, error_message)

@@ -47,6 +47,8 @@ COMMENT ON FUNCTION backup_mgmt.record_backup_failure(bigint, text) IS
 
 COMMENT ON FUNCTION backup_mgmt.backup_records_guard() IS
     'Trigger function of backup_records_check: the rules every backup_records row satisfies';
+COMMENT ON FUNCTION backup_mgmt.schedule_preview(text, text, integer) IS
+    'The next fire times of a cron schedule (pg_cron syntax, optional seconds field, @daily…) in a time zone (default: the session''s)';
 COMMENT ON FUNCTION backup_mgmt.check_backup_path(text) IS
     'Returns the canonical path if it lies inside backup_mgmt.backup_roots (symlinks followed); raises an error otherwise';
 

@@ -15,6 +15,7 @@ mod checksum;
 mod events;
 mod guc;
 mod record;
+mod schedule;
 mod security;
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -470,6 +470,53 @@ mod tests {
     }
 
     #[pg_test]
+    fn schedule_preview_lists_fire_times_in_the_zone() {
+        let n = Spi::get_one::<i64>(
+            "SELECT count(*) FROM backup_mgmt.schedule_preview('*/5 * * * *', 'UTC', 3) t
+              WHERE extract(minute FROM t AT TIME ZONE 'UTC')::int % 5 = 0 AND t > now()",
+        )
+        .unwrap();
+        assert_eq!(n, Some(3));
+        // Without a zone, the session's TimeZone.
+        Spi::run("SET LOCAL TimeZone = 'America/New_York'").unwrap();
+        let hour = Spi::get_one::<i32>(
+            "SELECT extract(hour FROM t AT TIME ZONE 'America/New_York')::int
+               FROM backup_mgmt.schedule_preview('0 3 * * *', NULL, 1) t",
+        )
+        .unwrap();
+        assert_eq!(hour, Some(3));
+    }
+
+    #[pg_test]
+    fn schedule_preview_refuses_bad_input_naming_it() {
+        assert_fails(
+            "SELECT backup_mgmt.schedule_preview('61 * * * *')",
+            "22023",
+            "minute",
+        );
+        assert_fails(
+            "SELECT backup_mgmt.schedule_preview('* * * *')",
+            "22023",
+            "4 fields",
+        );
+        assert_fails(
+            "SELECT backup_mgmt.schedule_preview('@fortnightly')",
+            "22023",
+            "@fortnightly",
+        );
+        assert_fails(
+            "SELECT backup_mgmt.schedule_preview('@daily', 'Mars/Base')",
+            "22023",
+            "Mars/Base",
+        );
+        assert_fails(
+            "SELECT backup_mgmt.schedule_preview('@daily', 'UTC', 0)",
+            "22023",
+            "count 0",
+        );
+    }
+
+    #[pg_test]
     fn backup_paths_are_confined_to_the_roots() {
         // postgresql_conf_options() sets backup_mgmt.backup_roots to this directory.
         let root = std::path::Path::new(crate::tests::TEST_ROOT);

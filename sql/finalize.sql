@@ -49,6 +49,16 @@ COMMENT ON FUNCTION backup_mgmt.backup_records_guard() IS
     'Trigger function of backup_records_check: the rules every backup_records row satisfies';
 COMMENT ON FUNCTION backup_mgmt.schedule_preview(text, text, integer) IS
     'The next fire times of a cron schedule (pg_cron syntax, optional seconds field, @daily…) in a time zone (default: the session''s)';
+COMMENT ON FUNCTION backup_mgmt.schedule_backup(text, text, text, text, text, jsonb, text) IS
+    'Creates a cron-scheduled backup job (job name, schedule, database, type, method, options, time zone); returns its job_id';
+COMMENT ON FUNCTION backup_mgmt.alter_job(text, text, text, text, text, jsonb, text, boolean) IS
+    'Changes a backup job (NULL arguments leave that part unchanged) and recomputes its next run';
+COMMENT ON FUNCTION backup_mgmt.unschedule(text) IS
+    'Deletes a backup job and its execution history; the backups it took stay in the catalog';
+COMMENT ON FUNCTION backup_mgmt.next_runs(text, integer) IS
+    'The next n times a backup job fires, from now, in the job''s time zone';
+COMMENT ON FUNCTION backup_mgmt.schedule_backup_jobs() IS
+    'Recomputes next_run_at of every active backup job from now (e.g. after changing the server''s TimeZone)';
 COMMENT ON FUNCTION backup_mgmt.check_backup_path(text) IS
     'Returns the canonical path if it lies inside backup_mgmt.backup_roots (symlinks followed); raises an error otherwise';
 

@@ -16,6 +16,7 @@ mod events;
 mod guc;
 mod record;
 mod schedule;
+mod scheduler;
 mod security;
 
 #[cfg(any(test, feature = "pg_test"))]

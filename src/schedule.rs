@@ -244,7 +244,7 @@ impl CronSchedule {
 /// Previews a schedule: the next `count` times it fires after now, in `time_zone` (default: the
 /// session's TimeZone).  Refuses an invalid expression or zone, naming the bad part.
 #[pg_extern(stable, parallel_safe)]
-fn schedule_preview(
+pub(crate) fn schedule_preview(
     schedule: &str,
     time_zone: default!(Option<&str>, "NULL"),
     count: default!(i32, 5),
@@ -263,18 +263,19 @@ fn schedule_preview(
         )
         .set_hint("Ask for 1 to 1000 fire times."));
     }
-    let times = parsed
-        .next_after(zone, Utc::now(), count as usize)
-        .into_iter()
-        .filter_map(|t| {
-            TimestampWithTimeZone::try_from(t.timestamp_micros() - PG_EPOCH_OFFSET_MICROS).ok()
-        })
-        .collect::<Vec<_>>();
-    Ok(SetOfIterator::new(times))
+    let times = parsed.next_after(zone, Utc::now(), count as usize);
+    Ok(SetOfIterator::new(
+        times.into_iter().filter_map(to_timestamptz),
+    ))
 }
 
 /// Microseconds from 1970-01-01 (Unix) to 2000-01-01 (PostgreSQL's epoch).
 const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+
+/// A chrono instant as a PostgreSQL timestamptz.
+pub fn to_timestamptz(t: DateTime<Utc>) -> Option<TimestampWithTimeZone> {
+    TimestampWithTimeZone::try_from(t.timestamp_micros() - PG_EPOCH_OFFSET_MICROS).ok()
+}
 
 /// The session's `TimeZone` setting.
 fn session_time_zone() -> String {

@@ -517,6 +517,129 @@ mod tests {
     }
 
     #[pg_test]
+    fn schedule_backup_creates_a_job_with_its_next_run() {
+        let id = Spi::get_one::<i64>(
+            "SELECT backup_mgmt.schedule_backup('nightly', '30 2 * * *', 'pgrx_tests', 'full', 'pg_dump',
+                                                '{\"timeout_seconds\": 600}', 'Europe/Berlin')",
+        )
+        .unwrap();
+        assert!(id.is_some());
+        let ok = Spi::get_one::<bool>(
+            "SELECT next_run_at = (SELECT t FROM backup_mgmt.schedule_preview('30 2 * * *', 'Europe/Berlin', 1) t)
+                    AND next_run_at > now() AND is_active
+                    AND options = '{\"compression\": \"zstd\", \"compression_level\": 3, \"parallel_jobs\": 1,
+                                    \"timeout_seconds\": 600}'::jsonb
+               FROM enterprise_backup.backup_jobs WHERE job_name = 'nightly'",
+        )
+        .unwrap();
+        assert_eq!(ok, Some(true));
+        let runs = Spi::get_one::<i64>(
+            "SELECT count(*) FROM backup_mgmt.next_runs('nightly', 3) t
+              WHERE extract(hour FROM t AT TIME ZONE 'Europe/Berlin') = 2
+                AND extract(minute FROM t AT TIME ZONE 'Europe/Berlin') = 30",
+        )
+        .unwrap();
+        assert_eq!(runs, Some(3));
+    }
+
+    #[pg_test]
+    fn schedule_backup_refuses_bad_jobs() {
+        Spi::run("SELECT backup_mgmt.schedule_backup('dup', '@daily', 'pgrx_tests')").unwrap();
+        assert_fails(
+            "SELECT backup_mgmt.schedule_backup('dup', '@daily', 'pgrx_tests')",
+            "42710",
+            "dup",
+        );
+        assert_fails(
+            "SELECT backup_mgmt.schedule_backup('j', '0 24 * * *', 'pgrx_tests')",
+            "22023",
+            "hour",
+        );
+        assert_fails(
+            "SELECT backup_mgmt.schedule_backup('j', '@daily', 'pgrx_tests', time_zone => 'Nowhere/City')",
+            "22023",
+            "Nowhere/City",
+        );
+        assert_fails(
+            "SELECT backup_mgmt.schedule_backup('j', '@daily', 'no_such_db')",
+            "3D000",
+            "no_such_db",
+        );
+        assert_fails(
+            "SELECT backup_mgmt.schedule_backup('j', '@daily', 'pgrx_tests', 'wal', 'continuous_archiving')",
+            "22023",
+            "continuous_archiving",
+        );
+        assert_fails(
+            "SELECT backup_mgmt.schedule_backup('j', '@daily', 'pgrx_tests', options => '{\"compresion\": 1}')",
+            "22023",
+            "compresion",
+        );
+        assert_fails(
+            "SELECT backup_mgmt.schedule_backup(' ', '@daily', 'pgrx_tests')",
+            "22023",
+            "empty",
+        );
+        let n = Spi::get_one::<i64>("SELECT count(*) FROM enterprise_backup.backup_jobs").unwrap();
+        assert_eq!(n, Some(1), "only the first, valid job was written");
+    }
+
+    #[pg_test]
+    fn alter_job_and_unschedule() {
+        Spi::run("SELECT backup_mgmt.schedule_backup('hourly', '@hourly', 'pgrx_tests')").unwrap();
+        Spi::run(
+            "SELECT backup_mgmt.alter_job('hourly', schedule => '15 4 * * *', time_zone => 'UTC')",
+        )
+        .unwrap();
+        let ok = Spi::get_one::<bool>(
+            "SELECT schedule_cron = '15 4 * * *' AND timezone = 'UTC'
+                    AND extract(hour FROM next_run_at AT TIME ZONE 'UTC') = 4
+               FROM enterprise_backup.backup_jobs WHERE job_name = 'hourly'",
+        )
+        .unwrap();
+        assert_eq!(ok, Some(true));
+        Spi::run("SELECT backup_mgmt.alter_job('hourly', active => false)").unwrap();
+        let next = Spi::get_one::<bool>(
+            "SELECT next_run_at IS NULL AND NOT is_active FROM enterprise_backup.backup_jobs WHERE job_name = 'hourly'",
+        )
+        .unwrap();
+        assert_eq!(next, Some(true), "an inactive job has no next run");
+        assert_fails(
+            "SELECT backup_mgmt.alter_job('hourly', schedule => 'often')",
+            "22023",
+            "often",
+        );
+        assert_fails(
+            "SELECT backup_mgmt.alter_job('nope', active => true)",
+            "42704",
+            "nope",
+        );
+        assert_eq!(
+            Spi::get_one::<bool>("SELECT backup_mgmt.unschedule('hourly')").unwrap(),
+            Some(true)
+        );
+        assert_fails("SELECT backup_mgmt.unschedule('hourly')", "42704", "hourly");
+        assert_fails(
+            "SELECT * FROM backup_mgmt.next_runs('hourly')",
+            "42704",
+            "hourly",
+        );
+    }
+
+    #[pg_test]
+    fn schedule_backup_jobs_recomputes_next_runs() {
+        Spi::run("SELECT backup_mgmt.schedule_backup('a', '*/10 * * * *', 'pgrx_tests')").unwrap();
+        Spi::run("UPDATE enterprise_backup.backup_jobs SET next_run_at = NULL").unwrap();
+        Spi::run("SELECT backup_mgmt.schedule_backup_jobs()").unwrap();
+        let ok = Spi::get_one::<bool>(
+            "SELECT next_run_at > now() AND next_run_at <= now() + interval '10 minutes'
+               FROM enterprise_backup.backup_jobs WHERE job_name = 'a'",
+        )
+        .unwrap();
+        assert_eq!(ok, Some(true));
+    }
+
+    #[pg_test]
     fn backup_paths_are_confined_to_the_roots() {
         // postgresql_conf_options() sets backup_mgmt.backup_roots to this directory.
         let root = std::path::Path::new(crate::tests::TEST_ROOT);

@@ -59,3 +59,25 @@ fn string_of(setting: &GucSetting<Option<CString>>) -> String {
 pub fn backup_roots() -> Result<Vec<std::path::PathBuf>, security::PathError> {
     security::parse_roots(&string_of(&BACKUP_ROOTS))
 }
+
+/// The current value of any configuration parameter (PostgreSQL's own or an extension's), or
+/// None when no such parameter is defined (e.g. backup_mgmt.database_name without preloading).
+pub fn current(name: &CStr) -> Option<String> {
+    let value = unsafe { pgrx::pg_sys::GetConfigOption(name.as_ptr(), true, false) };
+    (!value.is_null()).then(|| {
+        unsafe { CStr::from_ptr(value) }
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
+/// The value a parameter has from the server's configuration, ignoring this session's SET (what
+/// RESET would restore, and what the background worker sees).  `name` must exist.
+pub fn configured(name: &CStr) -> Option<String> {
+    let value = unsafe { pgrx::pg_sys::GetConfigOptionResetString(name.as_ptr()) };
+    (!value.is_null()).then(|| {
+        unsafe { CStr::from_ptr(value) }
+            .to_string_lossy()
+            .into_owned()
+    })
+}

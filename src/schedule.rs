@@ -252,7 +252,7 @@ pub(crate) fn schedule_preview(
     let parsed: CronSchedule = schedule.parse()?;
     let zone_name = match time_zone {
         Some(z) => z.to_owned(),
-        None => session_time_zone(),
+        None => crate::guc::current(c"TimeZone").unwrap_or_else(|| "UTC".into()),
     };
     let zone = parse_time_zone(&zone_name)?;
     if !(1..=1000).contains(&count) {
@@ -275,17 +275,6 @@ const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 /// A chrono instant as a PostgreSQL timestamptz.
 pub fn to_timestamptz(t: DateTime<Utc>) -> Option<TimestampWithTimeZone> {
     TimestampWithTimeZone::try_from(t.timestamp_micros() - PG_EPOCH_OFFSET_MICROS).ok()
-}
-
-/// The session's `TimeZone` setting.
-fn session_time_zone() -> String {
-    let value = unsafe { pg_sys::GetConfigOption(c"TimeZone".as_ptr(), false, false) };
-    if value.is_null() {
-        return "UTC".into();
-    }
-    unsafe { std::ffi::CStr::from_ptr(value) }
-        .to_string_lossy()
-        .into_owned()
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use pgrx::{pg_sys::panic::ErrorReport, JsonB, PgSqlErrorCode};
 use serde_json::{Map, Value};
 
 use crate::catalog::{self, BackupMethod, CatalogError};
+use crate::guc;
 use crate::schedule::{self, CronSchedule, ScheduleError};
 
 #[derive(Debug, thiserror::Error)]
@@ -188,31 +189,15 @@ impl JobSpec {
     }
 }
 
-/// A GUC's current value, if it exists.
-fn setting(name: &std::ffi::CStr) -> Option<String> {
-    let v = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
-    (!v.is_null()).then(|| {
-        unsafe { std::ffi::CStr::from_ptr(v) }
-            .to_string_lossy()
-            .into_owned()
-    })
-}
-
 /// The server's TimeZone as configured (not as SET in this session): what the worker uses.
 fn server_time_zone() -> String {
-    let v = unsafe { pg_sys::GetConfigOptionResetString(c"TimeZone".as_ptr()) };
-    if v.is_null() {
-        return "UTC".into();
-    }
-    unsafe { std::ffi::CStr::from_ptr(v) }
-        .to_string_lossy()
-        .into_owned()
+    guc::configured(c"TimeZone").unwrap_or_else(|| "UTC".into())
 }
 
 /// Jobs are only seen by the worker in `backup_mgmt.database_name`; scheduling elsewhere would
 /// silently never run.
 fn require_catalog_database() -> Result<(), JobError> {
-    let catalog = setting(c"backup_mgmt.database_name").ok_or(JobError::NotPreloaded)?;
+    let catalog = guc::current(c"backup_mgmt.database_name").ok_or(JobError::NotPreloaded)?;
     let here = unsafe { std::ffi::CStr::from_ptr(pg_sys::get_database_name(pg_sys::MyDatabaseId)) }
         .to_string_lossy()
         .into_owned();

@@ -18,6 +18,8 @@ log() { printf '\n==> %s\n' "$*"; }
 
 # Every test runner's output is also kept here, to print one total at the end.
 RESULTS=$(mktemp /tmp/bm-test-results-XXXXXX)
+PGRX_DIR=""
+trap 'rm -rf "$RESULTS" ${PGRX_DIR:+"$PGRX_DIR"}' EXIT
 
 # rustfmt and clippy come with rustup's default profile; rustup's own servers are not reachable
 # from this project's machines, so a toolchain without them can only be reported, not fixed.
@@ -40,7 +42,6 @@ fi
 rm -f "$PKGLIBDIR/backup_mgmt.so"
 PGRX_DIR=$(mktemp -d /tmp/bm-pgrx-XXXXXX)
 chown postgres:postgres "$PGRX_DIR"
-trap 'rm -rf "$PGRX_DIR" "$RESULTS"' EXIT
 log "unit tests and #[pg_test]s (cargo pgrx test pg15)"
 cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_DIR/data" </dev/null 2>&1 | tee -a "$RESULTS"
 

@@ -7,6 +7,7 @@
 //! server's `TimeZone` from postgresql.conf, not the session's).
 
 use chrono::Utc;
+use chrono_tz::Tz;
 use pgrx::prelude::*;
 use pgrx::spi::SpiError;
 use pgrx::{pg_sys::panic::ErrorReport, JsonB, PgSqlErrorCode};
@@ -164,8 +165,7 @@ impl JobSpec {
     /// inactive, or when the schedule never fires).
     fn check(&self) -> Result<(Value, Option<TimestampWithTimeZone>), JobError> {
         let cron: CronSchedule = self.schedule.parse()?;
-        let zone =
-            schedule::parse_time_zone(&self.time_zone.clone().unwrap_or_else(server_time_zone))?;
+        let zone = job_zone(self.time_zone.as_deref())?;
         catalog::validate_database_name(&self.database_name)?;
         let database = std::ffi::CString::new(self.database_name.as_str())
             .map_err(|_| JobError::UnknownDatabase(self.database_name.clone()))?;
@@ -178,10 +178,7 @@ impl JobSpec {
         }
         let options = normalize_options(&self.options, method)?;
         let next = if self.active {
-            cron.next_after(zone, Utc::now(), 1)
-                .into_iter()
-                .next()
-                .and_then(schedule::to_timestamptz)
+            next_run(&cron, zone)
         } else {
             None
         };
@@ -192,6 +189,22 @@ impl JobSpec {
 /// The server's TimeZone as configured (not as SET in this session): what the worker uses.
 fn server_time_zone() -> String {
     guc::configured(c"TimeZone").unwrap_or_else(|| "UTC".into())
+}
+
+/// The zone a job's schedule is evaluated in: its own, or the server's configured TimeZone.
+fn job_zone(time_zone: Option<&str>) -> Result<Tz, ScheduleError> {
+    match time_zone {
+        Some(z) => schedule::parse_time_zone(z),
+        None => schedule::parse_time_zone(&server_time_zone()),
+    }
+}
+
+/// When a job with this schedule fires next, from now (None if it never fires).
+fn next_run(cron: &CronSchedule, zone: Tz) -> Option<TimestampWithTimeZone> {
+    cron.next_after(zone, Utc::now(), 1)
+        .into_iter()
+        .next()
+        .and_then(schedule::to_timestamptz)
 }
 
 /// Jobs are only seen by the worker in `backup_mgmt.database_name`; scheduling elsewhere would
@@ -438,14 +451,8 @@ fn schedule_backup_jobs() -> Result<(), ErrorReport> {
         for row in jobs {
             let id = row.get::<i64>(1)?.unwrap_or_default();
             let cron: CronSchedule = row.get::<String>(2)?.unwrap_or_default().parse()?;
-            let zone =
-                schedule::parse_time_zone(&row.get::<String>(3)?.unwrap_or_else(server_time_zone))?;
-            let next = cron
-                .next_after(zone, Utc::now(), 1)
-                .into_iter()
-                .next()
-                .and_then(schedule::to_timestamptz);
-            updates.push((id, next));
+            let zone = job_zone(row.get::<String>(3)?.as_deref())?;
+            updates.push((id, next_run(&cron, zone)));
         }
         for (id, next) in updates {
             client.update(

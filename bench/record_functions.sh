@@ -19,7 +19,6 @@ SEED=${SEED:-../shared/seed/seed-plpgsql-baseline.sql}
 SEED=$(readlink -f "$SEED")
 
 bash scripts/setup.sh
-[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 source scripts/lib.sh
 
 echo "==> building and installing backup_mgmt (release)"

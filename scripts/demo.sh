@@ -8,7 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
-[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 source scripts/lib.sh
 
 echo "==> building and installing backup_mgmt (release) into $("$PG_CONFIG" --pkglibdir)"

@@ -1,6 +1,11 @@
-# Shared shell helpers for scripts/ and bench/ (sourced, not run).
+# Shared shell helpers for scripts/ and bench/ (sourced after scripts/setup.sh, not run).
 
-PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+# cargo from rustup, when this shell's PATH lacks it.
+if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+export PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 BIN=$("$PG_CONFIG" --bindir)
 
 # Runs a command as the postgres OS user with a clean environment (PostgreSQL refuses to run as

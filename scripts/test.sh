@@ -6,10 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
-[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
-
-PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
-export PG_CONFIG
+source scripts/lib.sh
 PKGLIBDIR=$("$PG_CONFIG" --pkglibdir)
 # Rust backtraces would end up in ERROR DETAIL lines that the tests read.
 export RUST_BACKTRACE=0

@@ -24,11 +24,8 @@ source scripts/lib.sh
 echo "==> building and installing backup_mgmt (release)"
 cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
 
-DIR=$(mktemp -d /tmp/bm-bench-XXXXXX)
-chown postgres:postgres "$DIR"
+bench_dir
 PORT=55433
-cleanup() { as_pg "$BIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$DIR"; }
-trap cleanup EXIT
 
 start_throwaway_cluster "$DIR" "$PORT" \
     "shared_preload_libraries = 'backup_mgmt'" \

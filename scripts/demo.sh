@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: installs everything, builds and installs backup_mgmt into the system PostgreSQL 15,
-# starts a throwaway cluster with it preloaded, takes a real pg_dump backup of a sample database
-# and records it (size and sha256), records a failing one, and shows the catalog.
+# starts a throwaway cluster with it preloaded, schedules a backup job of a sample database, waits
+# for the background worker to take it (zstd, sha256 in the same pass), shows a failing job
+# recorded with pg_dump's error, and shows the catalog.
 #
 # Run as root on Debian 12.  KEEP=1 leaves the demo cluster running afterwards.
 set -euo pipefail
@@ -44,30 +45,49 @@ echo "==> CREATE EXTENSION backup_mgmt; a sample database 'shop' (pgbench tables
 psql_demo -q -d postgres -c "CREATE EXTENSION backup_mgmt" -c "CREATE DATABASE shop"
 as_pg "$BIN/pgbench" -i -q -s 2 -h "$DEMO" -p "$PORT" -U postgres shop 2>/dev/null
 
-DUMP="$DEMO/backups/shop-$(date +%Y%m%d%H%M%S).dump"
-echo "==> backing up 'shop' with pg_dump -Fc, recording it in the catalog"
-ID=$(psql_demo -At -d postgres -c "SELECT backup_mgmt.record_backup_start('shop', 'full', 'pg_dump', '$DUMP')")
-as_pg "$BIN/pg_dump" -Fc -h "$DEMO" -p "$PORT" -U postgres -f "$DUMP" shop
-SIZE=$(stat -c %s "$DUMP")
-SUM=$(sha256sum "$DUMP" | cut -d' ' -f1)
-psql_demo -q -At -d postgres -c "SELECT backup_mgmt.record_backup_complete($ID, $SIZE, '$SUM')" >/dev/null
+echo "==> scheduling a backup job: pg_dump of 'shop' every 10 seconds (6-field cron), zstd, with globals"
+psql_demo -d postgres -c "SELECT backup_mgmt.schedule_backup('shop-demo', '*/10 * * * * *', 'shop', 'full', 'pg_dump',
+                                                               '{\"compression\": \"zstd\", \"compression_level\": 3}') AS job_id"
+psql_demo -d postgres -c "SELECT * FROM backup_mgmt.next_runs('shop-demo', 3)"
 
-echo "==> a backup that fails is recorded as failed, with the program's error"
-ID2=$(psql_demo -At -d postgres -c "SELECT backup_mgmt.record_backup_start('nosuchdb', 'full', 'pg_dump', '$DEMO/backups/nosuchdb.dump')")
-if ERR=$(as_pg "$BIN/pg_dump" -Fc -h "$DEMO" -p "$PORT" -U postgres -f "$DEMO/backups/nosuchdb.dump" nosuchdb 2>&1); then
-    echo "unexpected: pg_dump of a missing database succeeded" >&2; exit 1
+echo "==> waiting for the background worker to take it"
+for _ in $(seq 1 60); do
+    N=$(psql_demo -At -d postgres -c "SELECT count(*) FROM backup_management.backup_records WHERE label = 'shop-demo' AND status = 'completed'")
+    [ "$N" -ge 1 ] && break
+    sleep 1
+done
+if [ "$N" -lt 1 ]; then
+    echo "the worker took no backup within 60 s; server log:" >&2
+    tail -20 "$DEMO/server.log" >&2
+    exit 1
 fi
-# psql quotes the error text itself (:'err'), whatever characters pg_dump printed.
-psql_demo -q -At -d postgres -v id="$ID2" -v err="$ERR" >/dev/null <<'SQL'
-SELECT backup_mgmt.record_backup_failure(:id, :'err');
-SQL
+psql_demo -q -d postgres -c "SELECT backup_mgmt.alter_job('shop-demo', active => false)" >/dev/null
+
+echo "==> a job whose database is gone fails, and is recorded with pg_dump's own error"
+psql_demo -q -d postgres -c "CREATE DATABASE scratch" \
+    -c "SELECT backup_mgmt.schedule_backup('scratch-demo', '@daily', 'scratch')" \
+    -c "DROP DATABASE scratch" -c "SELECT backup_mgmt.run_job_now('scratch-demo')" >/dev/null
+for _ in $(seq 1 30); do
+    F=$(psql_demo -At -d postgres -c "SELECT count(*) FROM backup_management.backup_records WHERE label = 'scratch-demo' AND status <> 'running'")
+    [ "$F" -ge 1 ] && break
+    sleep 1
+done
 
 echo "==> the catalog"
-psql_demo -d postgres -c "SELECT backup_id, database_name, backup_method, status, pg_size_pretty(backup_size::bigint) AS size,
+psql_demo -d postgres -c "SELECT backup_id, database_name, backup_method, status, compression,
+                                 pg_size_pretty(backup_size::bigint) AS size,
                                  left(checksum, 16) || '…' AS sha256, duration, left(error_message, 60) AS error
                             FROM backup_management.backup_records ORDER BY backup_id"
-echo "==> independent check of the recorded checksum: sha256sum $DUMP"
+psql_demo -d postgres -c "SELECT j.job_name, e.scheduled_for, e.execution_status, e.backup_id
+                            FROM enterprise_backup.backup_job_executions e JOIN enterprise_backup.backup_jobs j USING (job_id)
+                           ORDER BY e.execution_id"
+DUMP=$(psql_demo -At -d postgres -c "SELECT backup_file_path FROM backup_management.backup_records WHERE label = 'shop-demo' AND status = 'completed' ORDER BY backup_id LIMIT 1")
+SUM=$(psql_demo -At -d postgres -c "SELECT checksum FROM backup_management.backup_records WHERE backup_file_path = '$DUMP'")
+echo "==> independent check of the recorded checksum ($SUM): sha256sum $DUMP"
 sha256sum "$DUMP"
+echo "==> the dump restores: zstd -dc $DUMP | pg_restore --list (first lines)"
+zstd -dc "$DUMP" | as_pg "$BIN/pg_restore" --list | head -12
+ID=$(psql_demo -At -d postgres -c "SELECT backup_id FROM backup_management.backup_records WHERE backup_file_path = '$DUMP'")
 echo "==> file access is confined to backup_mgmt.backup_roots"
 psql_demo -d postgres -c "SELECT backup_mgmt.check_backup_path('$DUMP')"
 psql_demo -d postgres -c "SELECT backup_mgmt.check_backup_path('/etc/passwd')" 2>&1 || true

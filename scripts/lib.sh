@@ -27,3 +27,11 @@ start_throwaway_cluster() {
     } >>"$dir/data/postgresql.conf"
     as_pg "$BIN/pg_ctl" -w -D "$dir/data" -l "$dir/server.log" start >/dev/null
 }
+
+# bench_dir: a fresh temp directory owned by postgres in $DIR, with the throwaway cluster inside
+# it stopped and everything removed when the script exits.
+bench_dir() {
+    DIR=$(mktemp -d /tmp/bm-bench-XXXXXX)
+    chown postgres:postgres "$DIR"
+    trap 'as_pg "$BIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$DIR"' EXIT
+}

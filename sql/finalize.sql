@@ -31,6 +31,8 @@ REVOKE ALL ON ALL SEQUENCES IN SCHEMA backup_management, disaster_recovery, ente
 GRANT USAGE ON SCHEMA backup_mgmt, backup_management, disaster_recovery, enterprise_backup TO backup_admin;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA backup_mgmt TO backup_admin;
 GRANT SELECT ON ALL TABLES IN SCHEMA backup_management, disaster_recovery, enterprise_backup TO backup_admin;
+REVOKE ALL ON backup_mgmt.backup_progress FROM PUBLIC;
+GRANT SELECT ON backup_mgmt.backup_progress TO backup_admin;
 -- Backup records, verifications, jobs and executions are written only through the SECURITY
 -- DEFINER functions, which keep their invariants.  Plans and off-site targets are plain
 -- configuration that operators edit directly.
@@ -55,6 +57,8 @@ COMMENT ON FUNCTION backup_mgmt.alter_job(text, text, text, text, text, jsonb, t
     'Changes a backup job (NULL arguments leave that part unchanged) and recomputes its next run';
 COMMENT ON FUNCTION backup_mgmt.unschedule(text) IS
     'Deletes a backup job and its execution history; the backups it took stay in the catalog';
+COMMENT ON FUNCTION backup_mgmt.run_job_now(text) IS
+    'Asks the background worker to run a backup job once, as soon as it can; returns the job id';
 COMMENT ON FUNCTION backup_mgmt.next_runs(text, integer) IS
     'The next n times a backup job fires, from now, in the job''s time zone';
 COMMENT ON FUNCTION backup_mgmt.schedule_backup_jobs() IS

@@ -349,10 +349,12 @@ CREATE TABLE enterprise_backup.backup_jobs (
     is_active       boolean     NOT NULL DEFAULT true,
     last_run_at     timestamptz,
     next_run_at     timestamptz,
+    run_requested_at timestamptz,
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX idx_backup_jobs_next_run ON enterprise_backup.backup_jobs (next_run_at) WHERE is_active;
+CREATE INDEX idx_backup_jobs_run_requested ON enterprise_backup.backup_jobs (run_requested_at) WHERE run_requested_at IS NOT NULL;
 
 COMMENT ON TABLE enterprise_backup.backup_jobs IS 'Scheduled backup jobs, run by the backup_mgmt background worker';
 COMMENT ON COLUMN enterprise_backup.backup_jobs.job_id IS 'Job identifier';
@@ -361,6 +363,7 @@ COMMENT ON COLUMN enterprise_backup.backup_jobs.database_name IS 'Database to ba
 COMMENT ON COLUMN enterprise_backup.backup_jobs.backup_type IS 'full, incremental, differential or wal';
 COMMENT ON COLUMN enterprise_backup.backup_jobs.backup_method IS 'How the backup is taken (no free-form commands exist)';
 COMMENT ON COLUMN enterprise_backup.backup_jobs.schedule_cron IS 'Cron expression (5 or 6 fields, or @daily and friends)';
+COMMENT ON COLUMN enterprise_backup.backup_jobs.run_requested_at IS 'Set by run_job_now(): the worker runs the job once as soon as it can, then clears it';
 COMMENT ON COLUMN enterprise_backup.backup_jobs.timezone IS 'IANA time zone of the schedule; NULL means the server''s TimeZone';
 COMMENT ON COLUMN enterprise_backup.backup_jobs.options IS 'Method options (compression level, parallel jobs, timeout)';
 COMMENT ON COLUMN enterprise_backup.backup_jobs.retention_days IS 'Days to keep this job''s backups';
@@ -382,6 +385,9 @@ CREATE TABLE enterprise_backup.backup_job_executions (
         CONSTRAINT backup_job_executions_status_check
         CHECK (execution_status IN ('running', 'completed', 'failed', 'skipped')),
     error_message        text,
+    phase                text,
+    bytes_written        bigint      NOT NULL DEFAULT 0,
+    progress_updated_at  timestamptz,
     created_at           timestamptz NOT NULL DEFAULT now(),
     -- One execution per scheduled slot: a restart can never run the same slot twice.
     CONSTRAINT backup_job_executions_slot_key UNIQUE (job_id, scheduled_for)
@@ -400,6 +406,29 @@ COMMENT ON COLUMN enterprise_backup.backup_job_executions.execution_end_time IS 
 COMMENT ON COLUMN enterprise_backup.backup_job_executions.execution_status IS 'running, completed, failed or skipped';
 COMMENT ON COLUMN enterprise_backup.backup_job_executions.error_message IS 'Why the run failed (the program''s stderr)';
 COMMENT ON COLUMN enterprise_backup.backup_job_executions.created_at IS 'When the row was inserted';
+COMMENT ON COLUMN enterprise_backup.backup_job_executions.phase IS 'What a running backup is doing (see backup_mgmt.backup_progress)';
+COMMENT ON COLUMN enterprise_backup.backup_job_executions.bytes_written IS 'Bytes written so far (after compression); the final size when finished';
+COMMENT ON COLUMN enterprise_backup.backup_job_executions.progress_updated_at IS 'When the worker last reported progress (about every second)';
+
+-- Running backups, in the style of pg_stat_progress_basebackup.
+CREATE VIEW backup_mgmt.backup_progress AS
+SELECT e.execution_id,
+       e.job_id,
+       j.job_name,
+       j.database_name,
+       j.backup_method,
+       e.backup_id,
+       r.backup_file_path,
+       e.phase,
+       e.bytes_written,
+       e.execution_start_time AS started_at,
+       now() - e.execution_start_time AS elapsed,
+       e.progress_updated_at
+  FROM enterprise_backup.backup_job_executions e
+  JOIN enterprise_backup.backup_jobs j USING (job_id)
+  LEFT JOIN backup_management.backup_records r USING (backup_id)
+ WHERE e.execution_status = 'running';
+COMMENT ON VIEW backup_mgmt.backup_progress IS 'Backups the worker is taking now: job, phase, bytes written, elapsed time (updated about every second)';
 COMMENT ON SEQUENCE enterprise_backup.backup_job_executions_execution_id_seq IS 'Generates backup_job_executions.execution_id';
 
 ------------------------------------------------------------------------------------------------

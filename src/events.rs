@@ -1,6 +1,7 @@
 //! What backup_mgmt tells listeners: `NOTIFY backup_mgmt` with a JSON payload.
 //!
-//! `LISTEN backup_mgmt;` in psql (or any client) sees every recorded failure as it commits;
+//! `LISTEN backup_mgmt;` in psql (or any client) sees every recorded failure, and every backup
+//! the worker completes, as it commits;
 //! nothing is sent for a transaction that rolls back.
 
 use std::ffi::CString;
@@ -23,6 +24,15 @@ const MAX_PAYLOAD_BYTES: usize = 7900;
 #[derive(Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event<'a> {
+    /// A backup taken by the worker finished and was recorded.
+    BackupCompleted {
+        backup_id: i64,
+        job_name: &'a str,
+        database_name: &'a str,
+        backup_file_path: &'a str,
+        backup_size: i64,
+        checksum: &'a str,
+    },
     BackupFailed {
         backup_id: i64,
         database_name: &'a str,
@@ -47,6 +57,10 @@ pub fn payload(event: &Event<'_>) -> String {
     let mut limit = 2000;
     loop {
         let shortened = match event {
+            // Nothing free-form to cut: paths and names are bounded.
+            Event::BackupCompleted { .. } => {
+                return serde_json::to_string(event).unwrap_or_default();
+            }
             Event::BackupFailed {
                 backup_id,
                 database_name,

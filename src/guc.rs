@@ -19,6 +19,12 @@ static DATABASE_NAME: GucSetting<Option<CString>> =
 /// write.  Everything else is off limits; empty means no file access at all.
 static BACKUP_ROOTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 
+/// `backup_mgmt.max_running_jobs`: how many backups the worker runs at the same time.
+static MAX_RUNNING_JOBS: GucSetting<i32> = GucSetting::<i32>::new(2);
+
+/// `backup_mgmt.max_history_per_job`: finished executions kept per job (older ones are deleted).
+static MAX_HISTORY_PER_JOB: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
 /// Registers the parameters.  Called from `_PG_init` in every process that loads the library
 /// (postmaster via shared_preload_libraries, a backend on CREATE EXTENSION, the archiver), so that
 /// `SHOW backup_mgmt.*` works everywhere.
@@ -44,6 +50,39 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
     );
+    GucRegistry::define_int_guc(
+        c"backup_mgmt.max_running_jobs",
+        c"Maximum number of backups the worker runs at the same time.",
+        c"A due job waits while this many are running; a job never runs twice at once.",
+        &MAX_RUNNING_JOBS,
+        1,
+        64,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"backup_mgmt.max_history_per_job",
+        c"Finished executions kept per job in enterprise_backup.backup_job_executions.",
+        c"Older rows are deleted after each run, so the history cannot grow without bound. The backups themselves stay in backup_records.",
+        &MAX_HISTORY_PER_JOB,
+        1,
+        1_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+}
+
+/// The catalog database the worker connects to.
+pub fn database_name() -> String {
+    string_of(&DATABASE_NAME)
+}
+
+pub fn max_running_jobs() -> usize {
+    MAX_RUNNING_JOBS.get().max(1) as usize
+}
+
+pub fn max_history_per_job() -> i64 {
+    i64::from(MAX_HISTORY_PER_JOB.get().max(1))
 }
 
 fn string_of(setting: &GucSetting<Option<CString>>) -> String {

@@ -13,11 +13,13 @@ use pgrx::prelude::*;
 mod catalog;
 mod checksum;
 mod events;
+mod executor;
 mod guc;
 mod record;
 mod schedule;
 mod scheduler;
 mod security;
+mod worker;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
@@ -26,6 +28,7 @@ mod tests;
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::init();
+    worker::init();
 }
 
 /// Required by `cargo pgrx test`.

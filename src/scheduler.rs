@@ -85,7 +85,8 @@ impl From<JobError> for ErrorReport {
             JobError::BadOption { .. } | JobError::OptionsNotObject => (
                 ERRCODE_INVALID_PARAMETER_VALUE,
                 "Options: compression ('zstd' or 'none'), compression_level (1-22), parallel_jobs (1-64, \
-                 pg_dump_directory only), timeout_seconds (1-604800)."
+                 pg_dump_directory only), timeout_seconds (1-604800), include_globals (pg_dump methods), \
+                 fast_checkpoint (pg_basebackup)."
                     .to_owned(),
             ),
             JobError::Null(what) => (ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("Pass a non-NULL {what}.")),
@@ -122,6 +123,14 @@ pub fn normalize_options(options: &Value, method: BackupMethod) -> Result<Value,
     out.insert("compression".into(), Value::from("zstd"));
     out.insert("compression_level".into(), Value::from(3));
     out.insert("parallel_jobs".into(), Value::from(1));
+    // Roles and tablespaces are not in a database's dump; a logical backup without them cannot
+    // be restored on a new cluster.
+    if matches!(method, BackupMethod::PgDump | BackupMethod::PgDumpDirectory) {
+        out.insert("include_globals".into(), Value::from(true));
+    }
+    if method == BackupMethod::PgBasebackup {
+        out.insert("fast_checkpoint".into(), Value::from(false));
+    }
     for (key, v) in given {
         match key.as_str() {
             "compression" => match v.as_str() {
@@ -142,6 +151,23 @@ pub fn normalize_options(options: &Value, method: BackupMethod) -> Result<Value,
             }
             "timeout_seconds" => {
                 out.insert(key.clone(), Value::from(int_in(key, v, 1, 604_800)?));
+            }
+            "include_globals" | "fast_checkpoint" => {
+                let Some(b) = v.as_bool() else {
+                    return Err(bad(key, "must be true or false"));
+                };
+                let applies = if key == "include_globals" {
+                    matches!(method, BackupMethod::PgDump | BackupMethod::PgDumpDirectory)
+                } else {
+                    method == BackupMethod::PgBasebackup
+                };
+                if !applies {
+                    return Err(bad(
+                        key,
+                        &format!("does not apply to backup method {method}"),
+                    ));
+                }
+                out.insert(key.clone(), Value::from(b));
             }
             _ => return Err(bad(key, "is not a known option")),
         }
@@ -192,7 +218,7 @@ fn server_time_zone() -> String {
 }
 
 /// The zone a job's schedule is evaluated in: its own, or the server's configured TimeZone.
-fn job_zone(time_zone: Option<&str>) -> Result<Tz, ScheduleError> {
+pub(crate) fn job_zone(time_zone: Option<&str>) -> Result<Tz, ScheduleError> {
     match time_zone {
         Some(z) => schedule::parse_time_zone(z),
         None => schedule::parse_time_zone(&server_time_zone()),
@@ -200,7 +226,7 @@ fn job_zone(time_zone: Option<&str>) -> Result<Tz, ScheduleError> {
 }
 
 /// When a job with this schedule fires next, from now (None if it never fires).
-fn next_run(cron: &CronSchedule, zone: Tz) -> Option<TimestampWithTimeZone> {
+pub(crate) fn next_run(cron: &CronSchedule, zone: Tz) -> Option<TimestampWithTimeZone> {
     cron.next_after(zone, Utc::now(), 1)
         .into_iter()
         .next()
@@ -227,6 +253,54 @@ fn job_name(name: Option<&str>) -> Result<&str, JobError> {
         Some(n) if n.trim().is_empty() => Err(JobError::EmptyJobName),
         Some(n) => Ok(n),
     }
+}
+
+/// Asks the worker to run a job once, as soon as it can (within a second when it is idle), on
+/// top of its schedule.  Returns the job id.  The backup is taken by the worker, never by this
+/// session: a pg_dump spawned from a session that holds locks can wait on them forever.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn run_job_now(job_name: Option<&str>) -> Result<i64, ErrorReport> {
+    let name = self::job_name(job_name)?;
+    require_catalog_database()?;
+    let (id, worker_running) = Spi::connect_mut(|client| -> Result<_, JobError> {
+        let t = client.update(
+            "UPDATE enterprise_backup.backup_jobs SET run_requested_at = coalesce(run_requested_at, now()), \
+             updated_at = now() WHERE job_name = $1 RETURNING job_id",
+            None,
+            &[name.into()],
+        )?;
+        let id = if t.is_empty() {
+            None
+        } else {
+            t.first().get::<i64>(1)?
+        };
+        let worker = client
+            .select(
+                "SELECT EXISTS (SELECT FROM pg_catalog.pg_stat_activity WHERE backend_type = $1)",
+                None,
+                &[crate::worker::WORKER_TYPE.into()],
+            )?
+            .first()
+            .get::<bool>(1)?
+            .unwrap_or(false);
+        Ok((id, worker))
+    })?;
+    let Some(id) = id else {
+        return Err(JobError::UnknownJob(name.to_owned()).into());
+    };
+    if !worker_running {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_WARNING,
+            "the backup_mgmt scheduler is not running; the job will run when it starts",
+            "backup_mgmt",
+        )
+        .set_hint(
+            "Check that backup_mgmt is in shared_preload_libraries and look for its log lines.",
+        )
+        .report(PgLogLevel::WARNING);
+    }
+    Ok(id)
 }
 
 /// Creates a backup job and returns its id.  The job first runs at the schedule's next fire time.
@@ -476,8 +550,15 @@ mod tests {
         let o = normalize_options(&json!({}), BackupMethod::PgDump).unwrap();
         assert_eq!(
             o,
-            json!({"compression": "zstd", "compression_level": 3, "parallel_jobs": 1})
+            json!({"compression": "zstd", "compression_level": 3, "parallel_jobs": 1, "include_globals": true})
         );
+        let o = normalize_options(
+            &json!({"fast_checkpoint": true}),
+            BackupMethod::PgBasebackup,
+        )
+        .unwrap();
+        assert_eq!(o["fast_checkpoint"], true);
+        assert!(o.get("include_globals").is_none());
         let o = normalize_options(
             &json!({"compression": "none", "timeout_seconds": 3600, "parallel_jobs": 4}),
             BackupMethod::PgDumpDirectory,
@@ -499,6 +580,14 @@ mod tests {
         );
         assert!(
             problem(json!({"compression_level": "3"}), BackupMethod::PgDump).contains("integer")
+        );
+        assert!(
+            problem(json!({"include_globals": true}), BackupMethod::PgBasebackup)
+                .contains("does not apply to backup method pg_basebackup")
+        );
+        assert!(
+            problem(json!({"fast_checkpoint": 1}), BackupMethod::PgBasebackup)
+                .contains("true or false")
         );
         assert!(problem(json!({"parallel_jobs": 4}), BackupMethod::PgDump)
             .contains("pg_dump_directory"));

@@ -528,7 +528,7 @@ mod tests {
             "SELECT next_run_at = (SELECT t FROM backup_mgmt.schedule_preview('30 2 * * *', 'Europe/Berlin', 1) t)
                     AND next_run_at > now() AND is_active
                     AND options = '{\"compression\": \"zstd\", \"compression_level\": 3, \"parallel_jobs\": 1,
-                                    \"timeout_seconds\": 600}'::jsonb
+                                    \"timeout_seconds\": 600, \"include_globals\": true}'::jsonb
                FROM enterprise_backup.backup_jobs WHERE job_name = 'nightly'",
         )
         .unwrap();
@@ -624,6 +624,57 @@ mod tests {
             "42704",
             "hourly",
         );
+    }
+
+    #[pg_test]
+    fn run_job_now_queues_a_run_for_the_worker() {
+        Spi::run("SELECT backup_mgmt.schedule_backup('later', '@yearly', 'pgrx_tests')").unwrap();
+        let id = Spi::get_one::<i64>("SELECT backup_mgmt.run_job_now('later')").unwrap();
+        let queued = Spi::get_one::<bool>(
+            "SELECT run_requested_at IS NOT NULL FROM enterprise_backup.backup_jobs WHERE job_name = 'later'",
+        )
+        .unwrap();
+        assert_eq!(queued, Some(true));
+        assert!(id.is_some_and(|i| i > 0));
+        assert_fails("SELECT backup_mgmt.run_job_now('nope')", "42704", "nope");
+        assert_fails("SELECT backup_mgmt.run_job_now(NULL)", "22004", "job_name");
+        assert_fails("SELECT backup_mgmt.run_job_now(' ')", "22023", "job name");
+    }
+
+    #[pg_test]
+    fn job_options_for_the_worker_are_validated() {
+        assert_fails(
+            "SELECT backup_mgmt.schedule_backup('b', '@daily', 'pgrx_tests', 'full', 'pg_basebackup', '{\"include_globals\": true}')",
+            "22023",
+            "include_globals",
+        );
+        Spi::run("SELECT backup_mgmt.schedule_backup('b', '@daily', 'pgrx_tests', 'full', 'pg_basebackup', '{\"fast_checkpoint\": true}')").unwrap();
+        let o = Spi::get_one::<String>(
+            "SELECT options::text FROM enterprise_backup.backup_jobs WHERE job_name = 'b'",
+        )
+        .unwrap()
+        .unwrap_or_default();
+        assert!(o.contains("\"fast_checkpoint\": true"), "{o}");
+    }
+
+    #[pg_test]
+    fn progress_view_and_new_objects_are_commented_and_not_public() {
+        let uncommented = Spi::get_one::<i64>(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = 'backup_mgmt' AND c.relkind = 'v' AND obj_description(c.oid, 'pg_class') IS NULL",
+        )
+        .unwrap();
+        assert_eq!(uncommented, Some(0));
+        let public = Spi::get_one::<bool>(
+            "SELECT has_table_privilege('public', 'backup_mgmt.backup_progress', 'SELECT')",
+        )
+        .unwrap();
+        assert_eq!(public, Some(false));
+        let admin = Spi::get_one::<bool>(
+            "SELECT has_table_privilege('backup_admin', 'backup_mgmt.backup_progress', 'SELECT')",
+        )
+        .unwrap();
+        assert_eq!(admin, Some(true));
     }
 
     #[pg_test]

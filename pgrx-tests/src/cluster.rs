@@ -22,6 +22,18 @@ pub struct Cluster {
     pub port: u16,
     bindir: PathBuf,
     running: bool,
+    /// A second directory that lives as long as the cluster (backup roots).
+    extra: Option<tempfile::TempDir>,
+}
+
+/// Whether any process has its working directory in `data` (every server process does).
+fn processes_using(data: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries
+        .filter_map(Result::ok)
+        .any(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(data)))
 }
 
 /// uid and gid of `user`, when this process is root and so must switch to it.
@@ -83,6 +95,7 @@ impl Cluster {
             port: free_port(),
             bindir: bindir(),
             running: false,
+            extra: None,
         };
         let data = cluster.data_dir();
         check(
@@ -115,6 +128,70 @@ impl Cluster {
         cluster.append_conf(&settings.join("\n"));
         cluster.pg_ctl_start();
         cluster
+    }
+
+    /// Like `start`, with `backup_mgmt` preloaded and a backup root (owned by the server's OS
+    /// user) configured as `backup_mgmt.backup_roots`.
+    pub fn start_with_backups(conf: &[&str]) -> Cluster {
+        let root = tempfile::Builder::new()
+            .prefix("bm-e2e-")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        let backups = root.path().join("backups");
+        std::fs::create_dir(&backups).expect("backup root");
+        if let Some((uid, gid)) = server_ids() {
+            std::os::unix::fs::chown(&backups, Some(uid), Some(gid)).expect("chown backups");
+        }
+        let roots = format!("backup_mgmt.backup_roots = '{}'", backups.display());
+        let mut all = vec!["shared_preload_libraries = 'backup_mgmt'", roots.as_str()];
+        all.extend_from_slice(conf);
+        let mut cluster = Cluster::start(&all);
+        cluster.extra = Some(root);
+        cluster
+    }
+
+    /// The configured backup root of `start_with_backups`.
+    pub fn backup_root(&self) -> PathBuf {
+        self.extra
+            .as_ref()
+            .expect("cluster started with start_with_backups")
+            .path()
+            .join("backups")
+    }
+
+    /// The postmaster's pid, from postmaster.pid.
+    pub fn postmaster_pid(&self) -> i32 {
+        let text = std::fs::read_to_string(self.data_dir().join("postmaster.pid"))
+            .expect("postmaster.pid");
+        text.lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .expect("pid in postmaster.pid")
+    }
+
+    /// SIGKILL to the postmaster, as a crash would; waits until every server process is gone.
+    pub fn kill_postmaster(&mut self) {
+        let pid = self.postmaster_pid();
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        self.running = false;
+        // Backends notice the postmaster's death and exit; the data directory can only be
+        // started again once none is left attached to the old shared memory.
+        let data = self.data_dir();
+        let gone = Cluster::wait_for(Duration::from_secs(60), || !processes_using(&data));
+        assert!(gone, "server processes survived the postmaster's death");
+        // pg_ctl left the postmaster to be reaped by PID 1, which in some containers never
+        // reaps: a zombie postmaster keeps its pid "alive" and the next start refuses to run.
+        // A zombie holds no resources, so its lock file may go, as an operator would remove it.
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = state
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'));
+        if zombie {
+            let _ = std::fs::remove_file(self.data_dir().join("postmaster.pid"));
+            let socket_lock = format!(".s.PGSQL.{}.lock", self.port);
+            let _ = std::fs::remove_file(self.socket_dir().join(socket_lock));
+        }
     }
 
     /// A command for a server program, run as the server's OS user, with a clean environment:
@@ -163,17 +240,23 @@ impl Cluster {
 
     pub fn pg_ctl_start(&mut self) {
         let log = self.root.path().join("server.log");
-        check(
-            "pg_ctl start",
-            self.server_command("pg_ctl")
-                .args(["-w", "-t", "60", "-D"])
-                .arg(self.data_dir())
-                .arg("-l")
-                .arg(&log)
-                .arg("start")
-                .output()
-                .expect("pg_ctl runs"),
-        );
+        let out = self
+            .server_command("pg_ctl")
+            .args(["-w", "-t", "60", "-D"])
+            .arg(self.data_dir())
+            .arg("-l")
+            .arg(&log)
+            .arg("start")
+            .output()
+            .expect("pg_ctl runs");
+        if !out.status.success() {
+            panic!(
+                "pg_ctl start failed ({}):\n{}\nserver log:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                self.log()
+            );
+        }
         self.running = true;
     }
 

@@ -1,0 +1,1052 @@
+//! Takes one backup: runs PostgreSQL's own programs with argument vectors (never a shell), and
+//! writes what they produce under the backup roots, compressed and checksummed in the same pass.
+//!
+//! Plain Rust with no PostgreSQL calls: a backup runs on its own thread so that the worker's loop
+//! (which alone talks to the catalog) is never blocked.  The thread publishes its progress and its
+//! child's pid through atomics; the loop reads them, and cancels by setting a flag and signalling
+//! the child.
+//!
+//! Durability: every file is written under a `.partial` name, fsynced, renamed, and its directory
+//! fsynced, so a name without `.partial` is always complete.  On any failure the partial output is
+//! removed before the error is returned.
+
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::catalog::BackupMethod;
+
+/// How much of a failing program's stderr is kept as the error message (its end, where the
+/// reason is).
+const STDERR_KEEP: usize = 8 * 1024;
+/// Read size from a program's stdout.
+const CHUNK: usize = 1 << 20;
+/// The manifest written into a directory-format backup, in `sha256sum -c` format.
+pub const DIRECTORY_MANIFEST: &str = "backup_manifest.sha256";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("could not start {program}: {source}")]
+    Spawn { program: String, source: io::Error },
+    #[error("{program} failed ({status}): {stderr}")]
+    Failed {
+        program: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("{action} \"{path}\": {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("cancelled: {0}")]
+    Cancelled(String),
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ExecError + 'a {
+    move |source| ExecError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Output compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Zstd(i32),
+}
+
+impl Compression {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Zstd(_) => "zstd",
+        }
+    }
+    fn suffix(self) -> &'static str {
+        match self {
+            Compression::None => "",
+            Compression::Zstd(_) => ".zst",
+        }
+    }
+}
+
+/// Where and as whom the programs connect: the cluster's own socket and port, the worker's role.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+}
+
+/// A libpq connection-string value, always quoted, so that a database named `host=evil` stays a
+/// database name and cannot add keywords.
+pub fn quote_conninfo_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('\'');
+    for c in value.chars() {
+        if c == '\'' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
+
+impl Connection {
+    /// The connection string for `dbname` (None: a physical replication connection).
+    pub fn conninfo(&self, dbname: Option<&str>) -> String {
+        let mut s = format!(
+            "host={} port={} user={} application_name='backup_mgmt' connect_timeout=30",
+            quote_conninfo_value(&self.host),
+            self.port,
+            quote_conninfo_value(&self.user)
+        );
+        if let Some(db) = dbname {
+            s.push_str(" dbname=");
+            s.push_str(&quote_conninfo_value(db));
+        }
+        s
+    }
+}
+
+/// Everything one backup needs, decided by the worker from the job and the server settings.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub method: BackupMethod,
+    pub database: String,
+    pub bindir: PathBuf,
+    pub connection: Connection,
+    pub compression: Compression,
+    pub parallel_jobs: u32,
+    pub fast_checkpoint: bool,
+    /// The backup's final path, without compression suffix (see `output_path`).
+    pub stem: PathBuf,
+    /// The canonical backup root `stem` lies under.
+    pub root: PathBuf,
+}
+
+/// A path component from a database or job name: anything but `[A-Za-z0-9_-]` (and a dot that
+/// is not leading) is percent-encoded, so a name can never add a directory level or `..`.
+pub fn path_component(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for (i, b) in name.bytes().enumerate() {
+        let plain = b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0);
+        if plain {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("%00");
+    }
+    out
+}
+
+/// `<root>/<database>/<job>/<YYYYMMDDTHHMMSSZ>-<execution id>`: the predictable layout.
+pub fn backup_stem(
+    root: &Path,
+    database: &str,
+    job: &str,
+    started: chrono::DateTime<chrono::Utc>,
+    execution_id: i64,
+) -> PathBuf {
+    root.join(path_component(database))
+        .join(path_component(job))
+        .join(format!(
+            "{}-{execution_id}",
+            started.format("%Y%m%dT%H%M%SZ")
+        ))
+}
+
+/// The file or directory a plan produces (what the catalog's `backup_file_path` names).
+pub fn output_path(method: BackupMethod, stem: &Path, compression: Compression) -> PathBuf {
+    let ext = match method {
+        BackupMethod::PgDump => format!(".dump{}", compression.suffix()),
+        BackupMethod::PgDumpDirectory => ".dir".to_owned(),
+        BackupMethod::PgBasebackup => format!(".tar{}", compression.suffix()),
+        _ => format!(".globals.sql{}", compression.suffix()),
+    };
+    with_suffix(stem, &ext)
+}
+
+/// The globals file written beside a logical dump (roles and tablespaces are not in it).
+pub fn globals_path(stem: &Path, compression: Compression) -> PathBuf {
+    with_suffix(stem, &format!(".globals.sql{}", compression.suffix()))
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = OsString::from(path.as_os_str());
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// The temporary name of an output until it is complete and durable.
+pub fn partial_path(path: &Path) -> PathBuf {
+    with_suffix(path, ".partial")
+}
+
+/// The argument vector for one program of a plan (program path first).
+pub fn argv(plan: &Plan, step: Step, target: &Path) -> Vec<OsString> {
+    let method = match step {
+        Step::Globals => BackupMethod::PgDumpallGlobals,
+        Step::Main => plan.method,
+    };
+    let (program, flags): (&str, Vec<OsString>) = match method {
+        BackupMethod::PgDump => (
+            "pg_dump",
+            // Compression is ours (zstd, same pass as the checksum), not pg_dump's gzip.
+            vec!["--format=custom".into(), "--compress=0".into()],
+        ),
+        BackupMethod::PgDumpDirectory => {
+            let mut file = OsString::from("--file=");
+            file.push(target.as_os_str());
+            (
+                "pg_dump",
+                vec![
+                    "--format=directory".into(),
+                    format!("--jobs={}", plan.parallel_jobs.max(1)).into(),
+                    "--compress=0".into(),
+                    file,
+                ],
+            )
+        }
+        // A tar stream on stdout, with the WAL needed for consistency inside it and the backup
+        // manifest appended to it (for pg_verifybackup).
+        BackupMethod::PgBasebackup => (
+            "pg_basebackup",
+            vec![
+                "--pgdata=-".into(),
+                "--format=tar".into(),
+                "--wal-method=fetch".into(),
+                if plan.fast_checkpoint {
+                    "--checkpoint=fast"
+                } else {
+                    "--checkpoint=spread"
+                }
+                .into(),
+            ],
+        ),
+        _ => ("pg_dumpall", vec!["--globals-only".into()]),
+    };
+    // A physical backup uses a replication connection, which has no database.  For pg_dumpall
+    // the database only picks where it connects first.
+    let database = (method != BackupMethod::PgBasebackup).then_some(plan.database.as_str());
+    let mut v = vec![plan.bindir.join(program).into_os_string()];
+    v.extend(flags);
+    v.push("--no-password".into());
+    v.push(format!("--dbname={}", plan.connection.conninfo(database)).into());
+    v
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Globals,
+    Main,
+}
+
+/// What a running backup is doing, for the progress view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    Starting = 0,
+    DumpingGlobals = 1,
+    Streaming = 2,
+    WaitingForPgDump = 3,
+    CompressingFiles = 4,
+    Syncing = 5,
+    Done = 6,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::DumpingGlobals => "dumping globals",
+            Phase::Streaming => "streaming backup",
+            Phase::WaitingForPgDump => "waiting for pg_dump",
+            Phase::CompressingFiles => "compressing and checksumming files",
+            Phase::Syncing => "syncing to disk",
+            Phase::Done => "finishing",
+        }
+    }
+    fn from_u8(v: u8) -> Phase {
+        match v {
+            1 => Phase::DumpingGlobals,
+            2 => Phase::Streaming,
+            3 => Phase::WaitingForPgDump,
+            4 => Phase::CompressingFiles,
+            5 => Phase::Syncing,
+            6 => Phase::Done,
+            _ => Phase::Starting,
+        }
+    }
+}
+
+/// Shared between a backup's thread and the worker loop.
+#[derive(Debug, Default)]
+pub struct Progress {
+    bytes: AtomicU64,
+    phase: AtomicU8,
+    child: AtomicI32,
+    cancelled: AtomicBool,
+}
+
+impl Progress {
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Relaxed))
+    }
+    fn set_phase(&self, p: Phase) {
+        self.phase.store(p as u8, Ordering::Relaxed);
+    }
+    /// Stops the backup: its running program gets `signal`, and no further step starts.
+    pub fn cancel(&self, signal: i32) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        let pid = self.child.load(Ordering::SeqCst);
+        if pid > 0 {
+            // SAFETY: kill(2) on a pid we spawned and have not reaped (the thread clears it before
+            // waiting returns), so it cannot name a recycled process.
+            unsafe {
+                libc::kill(pid, signal);
+            }
+        }
+    }
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+}
+
+/// A file the backup produced, with its size and sha256 as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub path: PathBuf,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// A finished backup: the main output (for a directory, the manifest's sha256 and the total
+/// size) and the globals file beside a logical dump.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub main: Written,
+    pub globals: Option<Written>,
+}
+
+/// A backup running on its own thread.
+pub struct RunHandle {
+    pub progress: Arc<Progress>,
+    thread: Option<JoinHandle<Result<Outcome, ExecError>>>,
+    pub started: Instant,
+}
+
+impl RunHandle {
+    /// A placeholder with no thread (reported finished).
+    pub fn idle() -> RunHandle {
+        RunHandle {
+            progress: Arc::default(),
+            thread: None,
+            started: Instant::now(),
+        }
+    }
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+    /// The result; call once `is_finished()` (it blocks otherwise).
+    pub fn join(&mut self) -> Result<Outcome, ExecError> {
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(ExecError::Cancelled("the backup thread panicked".into())),
+            None => Err(ExecError::Cancelled("already collected".into())),
+        }
+    }
+}
+
+/// Starts `plan` on a new thread.  The thread blocks every signal, so that PostgreSQL's handlers
+/// only ever run on the worker's own thread; programs it starts get a clean signal mask from
+/// the standard library.
+pub fn start(plan: Plan, with_globals: bool) -> RunHandle {
+    let progress = Arc::new(Progress::default());
+    let p = Arc::clone(&progress);
+    let thread = std::thread::Builder::new()
+        .name("backup_mgmt backup".into())
+        .spawn(move || {
+            block_all_signals();
+            run(&plan, with_globals, &p)
+        });
+    let thread = match thread {
+        Ok(t) => Some(t),
+        Err(e) => {
+            // Report the failure through join() rather than panicking in the worker loop.
+            let err = e.to_string();
+            Some(std::thread::spawn(move || {
+                Err(ExecError::Cancelled(format!(
+                    "could not start backup thread: {err}"
+                )))
+            }))
+        }
+    };
+    RunHandle {
+        progress,
+        thread,
+        started: Instant::now(),
+    }
+}
+
+fn block_all_signals() {
+    // SAFETY: plain libc calls on a local, initialised signal set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Runs the whole plan on the calling thread.
+pub fn run(plan: &Plan, with_globals: bool, progress: &Progress) -> Result<Outcome, ExecError> {
+    if let Some(dir) = plan.stem.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_err("could not create directory", dir))?;
+        // The names are sanitised, but a symlink planted inside the root could still lead out.
+        let resolved = dir
+            .canonicalize()
+            .map_err(io_err("could not resolve", dir))?;
+        if !resolved.starts_with(&plan.root) {
+            return Err(ExecError::Io {
+                action: "refusing to write outside backup_mgmt.backup_roots through",
+                path: dir.to_owned(),
+                source: io::Error::from(io::ErrorKind::PermissionDenied),
+            });
+        }
+    }
+    let globals = if with_globals || plan.method == BackupMethod::PgDumpallGlobals {
+        progress.set_phase(Phase::DumpingGlobals);
+        let target = globals_path(&plan.stem, plan.compression);
+        let cmd = command(&argv(plan, Step::Globals, &target));
+        Some(stream_to_file(cmd, &target, plan.compression, progress)?)
+    } else {
+        None
+    };
+    if plan.method == BackupMethod::PgDumpallGlobals {
+        let main = globals.ok_or_else(|| ExecError::Cancelled("no globals written".into()))?;
+        return Ok(Outcome {
+            main,
+            globals: None,
+        });
+    }
+    let target = output_path(plan.method, &plan.stem, plan.compression);
+    let main = if plan.method == BackupMethod::PgDumpDirectory {
+        directory_dump(plan, &target, progress)
+    } else {
+        progress.set_phase(Phase::Streaming);
+        let cmd = command(&argv(plan, Step::Main, &target));
+        stream_to_file(cmd, &target, plan.compression, progress)
+    };
+    let main = match main {
+        Ok(m) => m,
+        Err(e) => {
+            // A logical backup is the dump and its globals: do not leave half of it behind.
+            if let Some(g) = &globals {
+                let _ = fs::remove_file(&g.path);
+            }
+            return Err(e);
+        }
+    };
+    progress.set_phase(Phase::Done);
+    Ok(Outcome { main, globals })
+}
+
+/// A command with an empty environment (nothing of the server's environment, secrets included,
+/// leaks into it) and with every inherited descriptor above stderr closed on exec.
+fn command(argv: &[OsString]) -> Command {
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .env("PGAPPNAME", "backup_mgmt")
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null());
+    // SAFETY: close_range is async-signal-safe; the closure runs between fork and exec.  The
+    // worker holds the postmaster-death pipe, relation files and sockets, which a backup program
+    // must not keep open (it would keep them alive past the server).
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            Ok(())
+        });
+    }
+    cmd
+}
+
+fn program_name(cmd: &Command) -> String {
+    Path::new(cmd.get_program())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Collects the end of a program's stderr on a helper thread.
+fn collect_stderr(child: &mut Child) -> Option<JoinHandle<String>> {
+    let mut err = child.stderr.take()?;
+    std::thread::Builder::new()
+        .name("backup_mgmt stderr".into())
+        .spawn(move || {
+            let mut kept: Vec<u8> = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                kept.extend_from_slice(&buf[..n]);
+                if kept.len() > 2 * STDERR_KEEP {
+                    kept.drain(..kept.len() - STDERR_KEEP);
+                }
+            }
+            let start = kept.len().saturating_sub(STDERR_KEEP);
+            String::from_utf8_lossy(&kept[start..]).trim().to_owned()
+        })
+        .ok()
+}
+
+fn spawn(mut cmd: Command, progress: &Progress, stdout: Stdio) -> Result<Child, ExecError> {
+    if progress.is_cancelled() {
+        return Err(ExecError::Cancelled("before start".into()));
+    }
+    let child = cmd
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| ExecError::Spawn {
+            program: program_name(&cmd),
+            source,
+        })?;
+    progress.child.store(child.id() as i32, Ordering::SeqCst);
+    Ok(child)
+}
+
+/// Waits for the program and turns a failure into an error carrying its stderr.
+fn finish(
+    mut child: Child,
+    program: String,
+    stderr: Option<JoinHandle<String>>,
+    progress: &Progress,
+) -> Result<(), ExecError> {
+    let status = child.wait();
+    progress.child.store(0, Ordering::SeqCst);
+    let stderr = stderr.and_then(|h| h.join().ok()).unwrap_or_default();
+    let status = status.map_err(|source| ExecError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    if progress.is_cancelled() {
+        return Err(ExecError::Cancelled(format!("{program} was stopped")));
+    }
+    if !status.success() {
+        return Err(ExecError::Failed {
+            program,
+            status: describe_status(status),
+            stderr: if stderr.is_empty() {
+                "(no error output)".into()
+            } else {
+                stderr
+            },
+        });
+    }
+    Ok(())
+}
+
+fn describe_status(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => "unknown status".into(),
+    }
+}
+
+/// Writes through to a file, hashing and counting exactly the bytes written.
+struct HashingWriter<'a> {
+    file: File,
+    hasher: Sha256,
+    written: u64,
+    progress: &'a Progress,
+}
+
+impl Write for HashingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        self.progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Creates `path`'s partial file, refusing anything that is not a fresh regular file.
+fn create_partial(path: &Path) -> Result<(PathBuf, File), ExecError> {
+    let partial = partial_path(path);
+    // A partial file left by a crash is garbage; the worker removes those at start, and a
+    // leftover here can only be ours.
+    match fs::symlink_metadata(&partial) {
+        Ok(m) if m.is_file() => {
+            fs::remove_file(&partial).map_err(io_err("could not remove", &partial))?
+        }
+        _ => {}
+    }
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&partial)
+        .map_err(io_err("could not create", &partial))?;
+    Ok((partial, file))
+}
+
+/// fsync the file, rename it to its final name, fsync the directory.
+fn commit_file(file: &File, partial: &Path, path: &Path) -> Result<(), ExecError> {
+    file.sync_all()
+        .map_err(io_err("could not fsync", partial))?;
+    if path.exists() {
+        // Never replace an existing backup.
+        return Err(ExecError::Io {
+            action: "refusing to overwrite",
+            path: path.to_owned(),
+            source: io::Error::from(io::ErrorKind::AlreadyExists),
+        });
+    }
+    fs::rename(partial, path).map_err(io_err("could not rename", partial))?;
+    sync_parent(path)
+}
+
+fn sync_parent(path: &Path) -> Result<(), ExecError> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("could not fsync directory", dir))
+}
+
+/// Runs `cmd`, streaming its stdout through zstd (optional) and sha256 into `path`.
+fn stream_to_file(
+    cmd: Command,
+    path: &Path,
+    compression: Compression,
+    progress: &Progress,
+) -> Result<Written, ExecError> {
+    let (partial, file) = create_partial(path)?;
+    let program = program_name(&cmd);
+    let result = (|| {
+        let mut child = spawn(cmd, progress, Stdio::piped())?;
+        let stderr = collect_stderr(&mut child);
+        let copied = match child.stdout.take() {
+            Some(out) => copy_through(out, file, compression, progress, &partial),
+            None => Err(ExecError::Cancelled("no stdout".into())),
+        };
+        if copied.is_err() {
+            // The program may be blocked writing to us: stop it before waiting for it.
+            let _ = child.kill();
+        }
+        let finished = finish(child, program, stderr, progress);
+        let (file, written, sha256) = copied?;
+        finished?;
+        progress.set_phase(Phase::Syncing);
+        commit_file(&file, &partial, path)?;
+        Ok(Written {
+            path: path.to_owned(),
+            size: written,
+            sha256,
+        })
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&partial);
+    }
+    result
+}
+
+fn copy_through(
+    mut input: impl Read,
+    file: File,
+    compression: Compression,
+    progress: &Progress,
+    partial: &Path,
+) -> Result<(File, u64, String), ExecError> {
+    let writer = HashingWriter {
+        file,
+        hasher: Sha256::new(),
+        written: 0,
+        progress,
+    };
+    let werr = io_err("could not write", partial);
+    let mut buf = vec![0u8; CHUNK];
+    let writer = match compression {
+        Compression::None => {
+            let mut w = writer;
+            pump(&mut input, &mut w, &mut buf, partial)?;
+            w
+        }
+        Compression::Zstd(level) => {
+            let mut enc = zstd::stream::write::Encoder::new(writer, level)
+                .map_err(io_err("could not start zstd for", partial))?;
+            // One zstd worker thread: compression overlaps with reading and hashing.
+            let _ = enc.multithread(1);
+            pump(&mut input, &mut enc, &mut buf, partial)?;
+            enc.finish().map_err(werr)?
+        }
+    };
+    let HashingWriter {
+        file,
+        hasher,
+        written,
+        ..
+    } = writer;
+    Ok((file, written, hex(&hasher.finalize())))
+}
+
+fn pump(
+    input: &mut impl Read,
+    out: &mut impl Write,
+    buf: &mut [u8],
+    partial: &Path,
+) -> Result<(), ExecError> {
+    loop {
+        let n = match input.read(buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_err("could not read program output for", partial)(e)),
+        };
+        out.write_all(&buf[..n])
+            .map_err(io_err("could not write", partial))?;
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `pg_dump --format=directory --jobs=N` into a partial directory; then each file is compressed
+/// (or not) and checksummed as it is written, in parallel, and a manifest in `sha256sum -c`
+/// format is written last.  pg_dump 15 writes these files itself, so this is the one method where
+/// the data is read again after the program wrote it.
+fn directory_dump(plan: &Plan, target: &Path, progress: &Progress) -> Result<Written, ExecError> {
+    let partial = partial_path(target);
+    if fs::symlink_metadata(&partial).is_ok_and(|m| m.is_dir()) {
+        fs::remove_dir_all(&partial).map_err(io_err("could not remove", &partial))?;
+    }
+    let result = (|| {
+        progress.set_phase(Phase::WaitingForPgDump);
+        let cmd = command(&argv(plan, Step::Main, &partial));
+        let program = program_name(&cmd);
+        let mut child = spawn(cmd, progress, Stdio::null())?;
+        let stderr = collect_stderr(&mut child);
+        finish(child, program, stderr, progress)?;
+        progress.set_phase(Phase::CompressingFiles);
+        let mut names: Vec<PathBuf> = fs::read_dir(&partial)
+            .map_err(io_err("could not list", &partial))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        names.sort();
+        let threads = plan.parallel_jobs.clamp(1, 64) as usize;
+        let next = AtomicU64::new(0);
+        let results: Vec<Result<Vec<(String, Written)>, ExecError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        block_all_signals();
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                            let Some(raw) = names.get(i) else {
+                                return Ok(done);
+                            };
+                            if progress.is_cancelled() {
+                                return Err(ExecError::Cancelled("stopped".into()));
+                            }
+                            done.push(seal_file(raw, plan.compression, progress)?);
+                        }
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(ExecError::Cancelled("thread panicked".into())))
+                })
+                .collect()
+        });
+        let mut files = Vec::new();
+        for r in results {
+            files.extend(r?);
+        }
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        let total: u64 = files.iter().map(|(_, w)| w.size).sum();
+        let manifest: String = files
+            .iter()
+            .map(|(name, w)| format!("{}  {}\n", w.sha256, name))
+            .collect();
+        progress.set_phase(Phase::Syncing);
+        let manifest_path = partial.join(DIRECTORY_MANIFEST);
+        let mut m = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&manifest_path)
+            .map_err(io_err("could not create", &manifest_path))?;
+        m.write_all(manifest.as_bytes())
+            .and_then(|_| m.sync_all())
+            .map_err(io_err("could not write", &manifest_path))?;
+        File::open(&partial)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("could not fsync directory", &partial))?;
+        if target.exists() {
+            return Err(ExecError::Io {
+                action: "refusing to overwrite",
+                path: target.to_owned(),
+                source: io::Error::from(io::ErrorKind::AlreadyExists),
+            });
+        }
+        fs::rename(&partial, target).map_err(io_err("could not rename", &partial))?;
+        sync_parent(target)?;
+        Ok(Written {
+            path: target.to_owned(),
+            size: total + manifest.len() as u64,
+            sha256: hex(&Sha256::digest(manifest.as_bytes())),
+        })
+    })();
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&partial);
+    }
+    result
+}
+
+/// Compresses (or only checksums) one file written by pg_dump; returns its manifest name.
+fn seal_file(
+    raw: &Path,
+    compression: Compression,
+    progress: &Progress,
+) -> Result<(String, Written), ExecError> {
+    let name = raw
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let input = File::open(raw).map_err(io_err("could not open", raw))?;
+    match compression {
+        Compression::None => {
+            let mut hasher = Sha256::new();
+            let mut size = 0u64;
+            let mut buf = vec![0u8; CHUNK];
+            let mut input = input;
+            loop {
+                let n = input
+                    .read(&mut buf)
+                    .map_err(io_err("could not read", raw))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                size += n as u64;
+                progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            input.sync_all().map_err(io_err("could not fsync", raw))?;
+            Ok((
+                name,
+                Written {
+                    path: raw.to_owned(),
+                    size,
+                    sha256: hex(&hasher.finalize()),
+                },
+            ))
+        }
+        Compression::Zstd(level) => {
+            let target = with_suffix(raw, ".zst");
+            let out = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&target)
+                .map_err(io_err("could not create", &target))?;
+            let mut writer = HashingWriter {
+                file: out,
+                hasher: Sha256::new(),
+                written: 0,
+                progress,
+            };
+            {
+                let mut enc = zstd::stream::write::Encoder::new(&mut writer, level)
+                    .map_err(io_err("could not start zstd for", &target))?;
+                let mut buf = vec![0u8; CHUNK];
+                let mut input = input;
+                pump(&mut input, &mut enc, &mut buf, &target)?;
+                enc.finish().map_err(io_err("could not write", &target))?;
+            }
+            writer
+                .file
+                .sync_all()
+                .map_err(io_err("could not fsync", &target))?;
+            fs::remove_file(raw).map_err(io_err("could not remove", raw))?;
+            Ok((
+                format!("{name}.zst"),
+                Written {
+                    path: target,
+                    size: writer.written,
+                    sha256: hex(&writer.hasher.finalize()),
+                },
+            ))
+        }
+    }
+}
+
+/// How long a cancelled program gets after SIGTERM before SIGKILL.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn conninfo_quotes_every_value() {
+        let c = Connection {
+            host: "/var/run/postgresql".into(),
+            port: 5432,
+            user: "postgres".into(),
+        };
+        let s = c.conninfo(Some("host=evil port=1"));
+        assert!(s.ends_with(" dbname='host=evil port=1'"), "{s}");
+        assert_eq!(quote_conninfo_value(r"a'b\c"), r"'a\'b\\c'");
+        assert!(!c.conninfo(None).contains("dbname"));
+    }
+
+    #[test]
+    fn names_cannot_add_path_levels() {
+        assert_eq!(path_component("../etc"), "%2E.%2Fetc");
+        assert_eq!(path_component("sales db"), "sales%20db");
+        assert_eq!(path_component("a.b-c_d"), "a.b-c_d");
+        assert_eq!(path_component(""), "%00");
+        let when = chrono::DateTime::parse_from_rfc3339("2026-11-27T08:30:05Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let stem = backup_stem(Path::new("/b"), "../x", "nightly/1", when, 42);
+        assert_eq!(
+            stem,
+            Path::new("/b/%2E.%2Fx/nightly%2F1/20261127T083005Z-42")
+        );
+        assert_eq!(
+            output_path(BackupMethod::PgDump, &stem, Compression::Zstd(3)),
+            Path::new("/b/%2E.%2Fx/nightly%2F1/20261127T083005Z-42.dump.zst")
+        );
+    }
+
+    #[test]
+    fn argv_has_no_shell_and_quoted_database() {
+        let plan = Plan {
+            method: BackupMethod::PgDump,
+            database: "host=evil".into(),
+            bindir: "/usr/lib/postgresql/15/bin".into(),
+            connection: Connection {
+                host: "/tmp".into(),
+                port: 5433,
+                user: "postgres".into(),
+            },
+            compression: Compression::Zstd(3),
+            parallel_jobs: 1,
+            fast_checkpoint: false,
+            stem: "/b/x".into(),
+            root: "/b".into(),
+        };
+        let v = argv(&plan, Step::Main, Path::new("/b/x.dump.zst"));
+        assert_eq!(v[0], "/usr/lib/postgresql/15/bin/pg_dump");
+        assert!(v.iter().any(|a| a == "--compress=0"));
+        let db = v.last().unwrap().to_string_lossy().into_owned();
+        assert!(db.ends_with("dbname='host=evil'"), "{db}");
+    }
+
+    /// The streaming pass: the recorded digest equals an independent hash of the file, a failing
+    /// program leaves no file behind, and its stderr is the error.
+    #[test]
+    fn stream_hashes_what_it_writes_and_cleans_up_on_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let progress = Progress::default();
+        for compression in [Compression::None, Compression::Zstd(3)] {
+            let path = dir.path().join(format!("out{}", compression.suffix()));
+            let mut cmd = Command::new("/bin/sh");
+            cmd.args(["-c", "seq 1 200000"]);
+            let w = stream_to_file(cmd, &path, compression, &progress).unwrap();
+            let bytes = fs::read(&path).unwrap();
+            assert_eq!(w.size, bytes.len() as u64);
+            assert_eq!(w.sha256, hex(&Sha256::digest(&bytes)));
+            let plain = match compression {
+                Compression::None => bytes,
+                Compression::Zstd(_) => zstd::decode_all(&bytes[..]).unwrap(),
+            };
+            assert!(plain.starts_with(b"1\n2\n3\n"));
+            assert!(plain.ends_with(b"200000\n"));
+            assert!(!partial_path(&path).exists());
+        }
+        let path = dir.path().join("bad");
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args([
+            "-c",
+            "echo partial; echo 'pg_dump: error: boom' >&2; exit 3",
+        ]);
+        let err = stream_to_file(cmd, &path, Compression::None, &progress).unwrap_err();
+        assert!(err.to_string().contains("boom"), "{err}");
+        assert!(err.to_string().contains("exit code 3"), "{err}");
+        assert!(!path.exists() && !partial_path(&path).exists());
+        // An existing backup is never replaced.
+        fs::write(&path, b"old").unwrap();
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "echo new"]);
+        assert!(stream_to_file(cmd, &path, Compression::None, &progress).is_err());
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+    }
+
+    #[test]
+    fn cancel_stops_the_program() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slow");
+        let progress = Arc::new(Progress::default());
+        let p = Arc::clone(&progress);
+        let t = std::thread::spawn(move || {
+            let mut cmd = Command::new("/bin/sh");
+            cmd.args(["-c", "exec sleep 30"]);
+            stream_to_file(cmd, &path, Compression::None, &p)
+        });
+        let t0 = Instant::now();
+        while progress.child.load(Ordering::SeqCst) == 0 && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        progress.cancel(libc::SIGTERM);
+        let err = t.join().unwrap().unwrap_err();
+        assert!(matches!(err, ExecError::Cancelled(_)), "{err}");
+        assert!(t0.elapsed() < Duration::from_secs(20));
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

@@ -150,6 +150,56 @@ impl Cluster {
         cluster
     }
 
+    /// A streaming standby of `primary` (pg_basebackup -R), on its own port and socket, started.
+    /// It keeps the primary's settings, backup_mgmt included.
+    pub fn standby_of(primary: &Cluster) -> Cluster {
+        let root = tempfile::Builder::new()
+            .prefix("bm-e2e-")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        if let Some((uid, gid)) = server_ids() {
+            std::os::unix::fs::chown(root.path(), Some(uid), Some(gid)).expect("chown test dir");
+        }
+        let mut standby = Cluster {
+            root,
+            port: free_port(),
+            bindir: bindir(),
+            running: false,
+            extra: None,
+        };
+        let data = standby.data_dir();
+        check(
+            "pg_basebackup",
+            primary
+                .client_command("pg_basebackup")
+                .args(["-R", "-X", "stream", "-c", "fast", "-D"])
+                .arg(&data)
+                .output()
+                .expect("pg_basebackup runs"),
+        );
+        // Later lines win: the copied postgresql.conf names the primary's port and socket.
+        standby.append_conf(&format!(
+            "port = {}\nunix_socket_directories = '{}'",
+            standby.port,
+            standby.socket_dir().display()
+        ));
+        standby.pg_ctl_start();
+        standby
+    }
+
+    /// `pg_ctl promote`, waiting for it.
+    pub fn promote(&self) {
+        check(
+            "pg_ctl promote",
+            self.server_command("pg_ctl")
+                .args(["-w", "-t", "60", "-D"])
+                .arg(self.data_dir())
+                .arg("promote")
+                .output()
+                .expect("pg_ctl runs"),
+        );
+    }
+
     /// The configured backup root of `start_with_backups`.
     pub fn backup_root(&self) -> PathBuf {
         self.extra

@@ -500,3 +500,51 @@ fn fast_shutdown_stops_the_running_backup_and_records_why() {
         .iter()
         .all(|p| !p.is_file()));
 }
+
+fn scheduler_running(db: &mut postgres::Client) -> bool {
+    db.query_one(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'backup_mgmt scheduler'",
+        &[],
+    )
+    .map(|r| r.get::<_, i64>(0) == 1)
+    .unwrap_or(false)
+}
+
+/// A standby runs no jobs (its catalog is a read-only copy); after promotion its worker starts
+/// and runs what is due.
+#[test]
+fn standby_runs_no_jobs_until_promoted() {
+    let (primary, mut db) = cluster_with_appdb();
+    db.execute(
+        "SELECT backup_mgmt.schedule_backup('later', '@yearly', 'appdb')",
+        &[],
+    )
+    .unwrap();
+    db.execute("CHECKPOINT", &[]).unwrap();
+    assert!(Cluster::wait_for(Duration::from_secs(10), || {
+        scheduler_running(&mut db)
+    }));
+
+    let standby = Cluster::standby_of(&primary);
+    let mut sdb = standby.connect("postgres");
+    let in_recovery: bool = sdb
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .unwrap()
+        .get(0);
+    assert!(in_recovery);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!scheduler_running(&mut sdb), "{}", standby.log());
+
+    standby.promote();
+    assert!(
+        Cluster::wait_for(Duration::from_secs(30), || scheduler_running(&mut sdb)),
+        "{}",
+        standby.log()
+    );
+    // The promoted server's worker takes backups into the standby's own root setting (the
+    // primary's, copied): request one and see it recorded there.
+    sdb.execute("SELECT backup_mgmt.run_job_now('later')", &[])
+        .unwrap();
+    let r = &wait_records(&standby, &mut sdb, "later", "completed", 1, 60)[0];
+    assert_eq!(sha256sum(&r.path), r.checksum);
+}

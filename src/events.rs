@@ -38,6 +38,13 @@ pub enum Event<'a> {
         database_name: &'a str,
         error: &'a str,
     },
+    /// A verification found a backup missing, changed or unreadable.
+    VerificationFailed {
+        backup_id: i64,
+        database_name: &'a str,
+        reason: String,
+        detail: &'a str,
+    },
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary.
@@ -61,6 +68,17 @@ pub fn payload(event: &Event<'_>) -> String {
             Event::BackupCompleted { .. } => {
                 return serde_json::to_string(event).unwrap_or_default();
             }
+            Event::VerificationFailed {
+                backup_id,
+                database_name,
+                reason,
+                detail,
+            } => Event::VerificationFailed {
+                backup_id: *backup_id,
+                database_name,
+                reason: reason.clone(),
+                detail: truncate(detail, limit),
+            },
             Event::BackupFailed {
                 backup_id,
                 database_name,

@@ -19,6 +19,8 @@ mod record;
 mod schedule;
 mod scheduler;
 mod security;
+mod verification;
+mod verify;
 mod worker;
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -677,6 +677,143 @@ mod tests {
         assert_eq!(admin, Some(true));
     }
 
+    /// A completed backup record for `data` written at `name` under the test root.
+    fn recorded_file(name: &str, data: &[u8]) -> (i64, std::path::PathBuf) {
+        use sha2::Digest;
+        let root = std::path::Path::new(crate::tests::TEST_ROOT);
+        std::fs::create_dir_all(root).unwrap();
+        let path = root.join(name);
+        std::fs::write(&path, data).unwrap();
+        let sum = crate::executor::hex(&sha2::Sha256::digest(data));
+        let id = Spi::get_one_with_args::<i64>(
+            "SELECT backup_mgmt.record_backup_start('pgrx_tests', 'full', 'pg_dump', $1)",
+            &[path.to_str().unwrap().into()],
+        )
+        .unwrap()
+        .unwrap();
+        Spi::run_with_args(
+            "SELECT backup_mgmt.record_backup_complete($1, $2, $3)",
+            &[id.into(), (data.len() as i64).into(), sum.as_str().into()],
+        )
+        .unwrap();
+        (id, path)
+    }
+
+    fn verify(id: i64) -> (bool, String, String) {
+        let passed = Spi::get_one_with_args::<bool>(
+            "SELECT backup_mgmt.verify_backup_integrity($1)",
+            &[id.into()],
+        )
+        .unwrap()
+        .unwrap();
+        let (status, reason) = Spi::get_two_with_args::<String, String>(
+            "SELECT verification_status, coalesce(verification_result->>'reason', '')
+               FROM backup_management.backup_verifications WHERE backup_id = $1
+              ORDER BY verification_id DESC LIMIT 1",
+            &[id.into()],
+        )
+        .unwrap();
+        (passed, status.unwrap(), reason.unwrap())
+    }
+
+    #[pg_test]
+    fn verification_records_every_outcome() {
+        let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 253) as u8).collect();
+        let (id, path) = recorded_file("verify-me.dump", &data);
+        assert_eq!(verify(id), (true, "passed".into(), "".into()));
+        let mut bad = data.clone();
+        bad[4_194_304 + 7] ^= 0x40;
+        std::fs::write(&path, &bad).unwrap();
+        assert_eq!(
+            verify(id),
+            (false, "failed".into(), "checksum_mismatch".into())
+        );
+        std::fs::write(&path, &data[..1000]).unwrap();
+        assert_eq!(verify(id), (false, "failed".into(), "truncated".into()));
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(verify(id), (false, "failed".into(), "missing".into()));
+        let recorded = Spi::get_one_with_args::<i64>(
+            "SELECT count(*) FROM backup_management.backup_verifications WHERE backup_id = $1",
+            &[id.into()],
+        )
+        .unwrap();
+        assert_eq!(recorded, Some(4));
+        let detail = Spi::get_one_with_args::<bool>(
+            "SELECT verification_result ? 'duration_ms' AND verification_result->>'expected_sha256' IS NOT NULL
+                    AND duration IS NOT NULL
+               FROM backup_management.backup_verifications WHERE backup_id = $1 ORDER BY verification_id LIMIT 1",
+            &[id.into()],
+        )
+        .unwrap();
+        assert_eq!(detail, Some(true));
+    }
+
+    #[pg_test]
+    fn verification_refuses_paths_outside_the_roots_and_bad_ids() {
+        // A record that points outside the roots: refused, nothing opened, nothing recorded.
+        let id = Spi::get_one::<i64>(
+            "SELECT backup_mgmt.record_backup_start('pgrx_tests', 'full', 'pg_dump', '/etc/passwd')",
+        )
+        .unwrap()
+        .unwrap();
+        Spi::run_with_args(
+            "SELECT backup_mgmt.record_backup_complete($1, 1, NULL)",
+            &[id.into()],
+        )
+        .unwrap();
+        assert_fails(
+            &format!("SELECT backup_mgmt.verify_backup_integrity({id})"),
+            "42501",
+            "/etc/passwd",
+        );
+        // A symlink inside the roots that leads out.
+        let root = std::path::Path::new(crate::tests::TEST_ROOT);
+        std::fs::create_dir_all(root).unwrap();
+        let link = root.join("sneaky.dump");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
+        let id2 = Spi::get_one_with_args::<i64>(
+            "SELECT backup_mgmt.record_backup_start('pgrx_tests', 'full', 'pg_dump', $1)",
+            &[link.to_str().unwrap().into()],
+        )
+        .unwrap()
+        .unwrap();
+        Spi::run_with_args(
+            "SELECT backup_mgmt.record_backup_complete($1, 1, NULL)",
+            &[id2.into()],
+        )
+        .unwrap();
+        assert_fails(
+            &format!("SELECT backup_mgmt.verify_backup_integrity({id2})"),
+            "42501",
+            "sneaky",
+        );
+        let none =
+            Spi::get_one::<i64>("SELECT count(*) FROM backup_management.backup_verifications")
+                .unwrap();
+        assert_eq!(none, Some(0));
+        assert_fails(
+            "SELECT backup_mgmt.verify_backup_integrity(987654)",
+            "42704",
+            "987654",
+        );
+        assert_fails(
+            "SELECT backup_mgmt.verify_backup_integrity(NULL)",
+            "22004",
+            "backup_id",
+        );
+        let running = Spi::get_one::<i64>(
+            "SELECT backup_mgmt.record_backup_start('pgrx_tests', 'full', 'pg_dump', '/tmp/backup_mgmt_pgtest_root/r.dump')",
+        )
+        .unwrap()
+        .unwrap();
+        assert_fails(
+            &format!("SELECT backup_mgmt.verify_backup_integrity({running})"),
+            "55000",
+            "running",
+        );
+    }
+
     #[pg_test]
     fn schedule_backup_jobs_recomputes_next_runs() {
         Spi::run("SELECT backup_mgmt.schedule_backup('a', '*/10 * * * *', 'pgrx_tests')").unwrap();

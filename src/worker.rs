@@ -46,8 +46,9 @@ pub const WORKER_TYPE: &str = "backup_mgmt scheduler";
 
 /// Longest sleep: job changes (schedule_backup, run_job_now) are seen within this.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
-/// Sleep while backups run, so a finished one is recorded promptly.
-const BUSY_SLEEP: Duration = Duration::from_millis(100);
+/// Sleep while backups run: progress is reported about this often.  A finished backup wakes the
+/// loop at once (`wake_worker`).
+const BUSY_SLEEP: Duration = Duration::from_millis(500);
 /// While the extension is not installed in the catalog database.
 const NOT_INSTALLED_SLEEP: Duration = Duration::from_secs(5);
 /// After a job's start failed, do not retry it (and log again) before this.
@@ -171,6 +172,17 @@ fn bindir() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// Called on a backup thread when it finishes: SIGUSR1 to this process, whose handler
+/// (PostgreSQL's procsignal handler, installed for every worker with shared memory access) sets the
+/// worker's latch, so the result is recorded at once instead of at the next timeout.  The backup
+/// threads block all signals, so the handler runs on the worker's own thread.
+fn wake_worker() {
+    // SAFETY: kill(2) to our own pid.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGUSR1);
+    }
+}
+
 /// Whether the postmaster is still alive, from its death pipe (without waiting).
 fn postmaster_alive() -> bool {
     let events = unsafe {
@@ -233,7 +245,7 @@ impl Scheduler {
         self.report_progress();
         match self.start_due_jobs() {
             Some(until_next) if self.running.is_empty() => until_next,
-            Some(_) => BUSY_SLEEP,
+            Some(until_next) => until_next.min(BUSY_SLEEP),
             None => {
                 // The catalog could not be read (extension dropped or being upgraded): check
                 // again, quietly, later.
@@ -432,7 +444,7 @@ impl Scheduler {
         let Some((plan, with_globals, mut run)) = claimed else {
             return Some(None);
         };
-        run.handle = executor::start(plan, with_globals);
+        run.handle = executor::start(plan, with_globals, wake_worker);
         Some(Some(run))
     }
 

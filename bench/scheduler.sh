@@ -135,6 +135,10 @@ echo "==> medians over $ROUNDS rounds (seconds)"
 for k in bare_dump bare_dump_sha256sum job_dump bare_basebackup job_basebackup pgbackrest_full; do
     printf '%-22s %s\n' "$k" "$(awk -v k="$k" '$1 == k { print $2 }' "$DIR/results" | median)"
 done
+echo "==> ratio per round (scheduled / bare)"
+awk '$1 == "bare_dump" { d = $2 } $1 == "job_dump" { printf "pg_dump round: %.2f\n", $2 / d }
+     $1 == "bare_basebackup" { b = $2 } $1 == "job_basebackup" { printf "pg_basebackup round: %.2f\n", $2 / b }
+     $1 == "pgbackrest_full" { printf "pgbackrest / scheduled pg_basebackup: %.2f\n", $2 / j } $1 == "job_basebackup" { j = $2 }' "$DIR/results"
 awk '$1 == "bare_dump" || $1 == "job_dump" || $1 == "bare_basebackup" || $1 == "job_basebackup" || $1 == "pgbackrest_full" { s[$1] = $3 }
      END { for (k in s) printf "size %-18s %d MB\n", k, s[k] / 1048576 }' "$DIR/results"
 

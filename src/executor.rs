@@ -310,6 +310,7 @@ pub struct Progress {
     phase: AtomicU8,
     child: AtomicI32,
     cancelled: AtomicBool,
+    finished: AtomicBool,
 }
 
 impl Progress {
@@ -372,7 +373,8 @@ impl RunHandle {
         }
     }
     pub fn is_finished(&self) -> bool {
-        self.thread.as_ref().is_none_or(|t| t.is_finished())
+        self.progress.finished.load(Ordering::SeqCst)
+            || self.thread.as_ref().is_none_or(|t| t.is_finished())
     }
     /// The result; call once `is_finished()` (it blocks otherwise).
     pub fn join(&mut self) -> Result<Outcome, ExecError> {
@@ -395,6 +397,9 @@ pub fn start(plan: Plan, with_globals: bool, on_done: fn()) -> RunHandle {
         .spawn(move || {
             block_all_signals();
             let result = run(&plan, with_globals, &p);
+            // Before waking the loop: it checks this flag, and the thread may take a moment more
+            // to end after on_done() returns.
+            p.finished.store(true, Ordering::SeqCst);
             on_done();
             result
         });

@@ -22,6 +22,10 @@ static BACKUP_ROOTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>
 /// `backup_mgmt.max_running_jobs`: how many backups the worker runs at the same time.
 static MAX_RUNNING_JOBS: GucSetting<i32> = GucSetting::<i32>::new(2);
 
+/// `backup_mgmt.verify_interval`: the worker verifies each completed backup again once its last
+/// verification is this old (seconds; 0 = never).
+static VERIFY_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
+
 /// `backup_mgmt.max_history_per_job`: finished executions kept per job (older ones are deleted).
 static MAX_HISTORY_PER_JOB: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
@@ -70,6 +74,16 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"backup_mgmt.verify_interval",
+        c"How old a backup's last verification may get before the worker verifies it again.",
+        c"Catches bit rot: each completed backup is re-read and compared with its recorded sha256 this often. 0 turns it off; checksums missing from the catalog are computed regardless.",
+        &VERIFY_INTERVAL,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
 }
 
 /// The catalog database the worker connects to.
@@ -79,6 +93,10 @@ pub fn database_name() -> String {
 
 pub fn max_running_jobs() -> usize {
     MAX_RUNNING_JOBS.get().max(1) as usize
+}
+
+pub fn verify_interval_seconds() -> i64 {
+    i64::from(VERIFY_INTERVAL.get().max(0))
 }
 
 pub fn max_history_per_job() -> i64 {

@@ -19,6 +19,7 @@ mod record;
 mod schedule;
 mod scheduler;
 mod security;
+mod upkeep;
 mod verification;
 mod verify;
 mod worker;

@@ -33,6 +33,8 @@ pub enum Reason {
     ChecksumMismatch,
     NoChecksumRecorded,
     ManifestMismatch,
+    /// The path leads outside `backup_mgmt.backup_roots`: nothing was opened.
+    RefusedPath,
     Cancelled,
 }
 

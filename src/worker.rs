@@ -106,11 +106,13 @@ struct Scheduler {
     /// Jobs whose start failed, and when they may be tried again.
     backoff: HashMap<i64, Instant>,
     last_progress: Option<Instant>,
+    /// Checksums for backups recorded without one, and periodic re-verification.
+    upkeep: crate::upkeep::Upkeep,
 }
 
 /// Runs `body` in a transaction of its own.  A PostgreSQL ERROR or a returned error is logged as
 /// a WARNING naming `what`, and the transaction rolled back; the worker carries on.
-fn in_transaction<R>(what: &str, body: impl FnOnce() -> Result<R, String>) -> Option<R> {
+pub(crate) fn in_transaction<R>(what: &str, body: impl FnOnce() -> Result<R, String>) -> Option<R> {
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
@@ -141,7 +143,7 @@ fn in_transaction<R>(what: &str, body: impl FnOnce() -> Result<R, String>) -> Op
     }
 }
 
-fn spi<T>(r: Result<T, pgrx::spi::SpiError>) -> Result<T, String> {
+pub(crate) fn spi<T>(r: Result<T, pgrx::spi::SpiError>) -> Result<T, String> {
     r.map_err(|e| e.to_string())
 }
 
@@ -176,7 +178,7 @@ fn bindir() -> PathBuf {
 /// (PostgreSQL's procsignal handler, installed for every worker with shared memory access) sets the
 /// worker's latch, so the result is recorded at once instead of at the next timeout.  The backup
 /// threads block all signals, so the handler runs on the worker's own thread.
-fn wake_worker() {
+pub(crate) fn wake_worker() {
     // SAFETY: kill(2) to our own pid.
     unsafe {
         libc::kill(libc::getpid(), libc::SIGUSR1);
@@ -243,6 +245,7 @@ impl Scheduler {
         self.reap();
         self.enforce_timeouts();
         self.report_progress();
+        self.upkeep.tick();
         match self.start_due_jobs() {
             Some(until_next) if self.running.is_empty() => until_next,
             Some(until_next) => until_next.min(BUSY_SLEEP),
@@ -450,6 +453,7 @@ impl Scheduler {
 
     /// SIGTERM: stop every running backup, record each as failed, and return.
     fn shut_down(&mut self) {
+        self.upkeep.abandon();
         for run in &mut self.running {
             run.stopped = Some("the server is shutting down".into());
             run.handle.progress.cancel(libc::SIGTERM);

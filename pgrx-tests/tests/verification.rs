@@ -1,0 +1,118 @@
+//! End-to-end: the worker fills in missing checksums and re-verifies backups on a cadence;
+//! verification is for backup_admin only.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use backup_mgmt_e2e::cluster::Cluster;
+use postgres::fallible_iterator::FallibleIterator;
+
+fn sha256sum(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn worker_computes_missing_checksums_and_catches_bit_rot() {
+    let cluster = Cluster::start_with_backups(&["backup_mgmt.verify_interval = 2"]);
+    let mut db = cluster.connect("postgres");
+    db.batch_execute("CREATE EXTENSION backup_mgmt").unwrap();
+    let mut listener = cluster.connect("postgres");
+    listener.batch_execute("LISTEN backup_mgmt").unwrap();
+
+    // An external script recorded a backup without a checksum.
+    let path = cluster.backup_root().join("external.dump");
+    let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 241) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    let id: i64 = db
+        .query_one(
+            "SELECT backup_mgmt.record_backup_start('postgres', 'full', 'pg_dump', $1)",
+            &[&path.to_str().unwrap()],
+        )
+        .unwrap()
+        .get(0);
+    db.execute(
+        "SELECT backup_mgmt.record_backup_complete($1, $2, NULL)",
+        &[&id, &(data.len() as i64)],
+    )
+    .unwrap();
+
+    let filled = Cluster::wait_for(Duration::from_secs(30), || {
+        db.query_one(
+            "SELECT checksum FROM backup_management.backup_records WHERE backup_id = $1",
+            &[&id],
+        )
+        .map(|r| r.get::<_, Option<String>>(0).is_some())
+        .unwrap_or(false)
+    });
+    assert!(filled, "no checksum computed\n{}", cluster.log());
+    let stored: String = db
+        .query_one(
+            "SELECT checksum FROM backup_management.backup_records WHERE backup_id = $1",
+            &[&id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, sha256sum(&path));
+    let detail: String = db
+        .query_one(
+            "SELECT verification_status || ': ' || (verification_result->>'detail')
+               FROM backup_management.backup_verifications WHERE backup_id = $1",
+            &[&id],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        detail.starts_with("passed: no checksum was recorded"),
+        "{detail}"
+    );
+
+    // Bit rot: one byte changes on disk; the next scheduled verification records it.
+    let mut rotten = data.clone();
+    rotten[1_234_567] ^= 0x08;
+    std::fs::write(&path, &rotten).unwrap();
+    let caught = Cluster::wait_for(Duration::from_secs(40), || {
+        db.query_one(
+            "SELECT count(*) FROM backup_management.backup_verifications
+              WHERE backup_id = $1 AND verification_status = 'failed'
+                AND verification_result->>'reason' = 'checksum_mismatch'",
+            &[&id],
+        )
+        .map(|r| r.get::<_, i64>(0) >= 1)
+        .unwrap_or(false)
+    });
+    assert!(caught, "bit rot not detected\n{}", cluster.log());
+    let notes: Vec<String> = listener
+        .notifications()
+        .timeout_iter(Duration::from_secs(2))
+        .iterator()
+        .filter_map(Result::ok)
+        .map(|n| n.payload().to_owned())
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("\"event\":\"verification_failed\"")
+                && n.contains("checksum_mismatch")),
+        "{notes:?}"
+    );
+    assert!(cluster
+        .log()
+        .contains(&format!("verification of backup {id} failed")));
+
+    // Only backup_admin members may verify.
+    db.batch_execute("CREATE ROLE nobody LOGIN").unwrap();
+    let mut nobody = cluster.connect_as("postgres", "nobody").unwrap();
+    let e = nobody
+        .query_one("SELECT backup_mgmt.verify_backup_integrity($1)", &[&id])
+        .expect_err("an ordinary role verified a backup");
+    assert_eq!(e.code().map(|c| c.code()), Some("42501"), "{e}");
+}

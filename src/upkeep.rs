@@ -1,0 +1,276 @@
+//! The worker's integrity upkeep, one backup at a time on a helper thread:
+//!
+//! - a completed single-file backup recorded without a checksum (an external script called
+//!   `record_backup_complete` with none) gets one computed and stored, with a `checksum`
+//!   verification row saying so;
+//! - every completed backup is verified again once its last checksum verification is older than
+//!   `backup_mgmt.verify_interval` (bit rot), each run recorded.
+//!
+//! A backup whose checksum could not be computed is tried again after an hour (or after
+//! `verify_interval` when that is shorter), so a missing file is one recorded failure an hour, not
+//! a failure every few seconds.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use pgrx::prelude::*;
+
+use crate::guc;
+use crate::verification::{self, Target};
+use crate::verify::{self, Reason, Report};
+use crate::worker::{in_transaction, spi, wake_worker};
+
+/// How often the catalog is searched for work when none was found.
+const SEARCH_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Compute and store a missing checksum.
+    Backfill,
+    /// Verify against the stored checksum.
+    Reverify,
+}
+
+struct InFlight {
+    target: Target,
+    kind: Kind,
+    started: Instant,
+    thread: JoinHandle<Report>,
+    /// Set by the thread just before it wakes the worker (the thread ends a moment later).
+    done: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+pub struct Upkeep {
+    in_flight: Option<InFlight>,
+    last_search: Option<Instant>,
+}
+
+impl Upkeep {
+    /// Records a finished verification, or starts the next one.  Cheap when there is nothing to do.
+    pub fn tick(&mut self) {
+        if let Some(job) = self.in_flight.take() {
+            if !job.done.load(Ordering::SeqCst) && !job.thread.is_finished() {
+                self.in_flight = Some(job);
+                return;
+            }
+            finish(job);
+        }
+        if self.last_search.is_some_and(|t| t.elapsed() < SEARCH_EVERY) {
+            return;
+        }
+        self.last_search = Some(Instant::now());
+        let Some((target, kind)) = next_candidate() else {
+            return;
+        };
+        let path = match verification::confine(&target) {
+            Ok(p) => p,
+            Err(e) => {
+                // Refused (and logged) without opening anything; recorded so that it is visible
+                // and not retried every few seconds.
+                let report = Report::failed(
+                    Reason::RefusedPath,
+                    e.to_string(),
+                    std::path::Path::new(&target.path),
+                );
+                in_transaction("recording a refused verification", || {
+                    spi(verification::record(
+                        target.backup_id,
+                        &target.database_name,
+                        "checksum",
+                        &report,
+                        Duration::ZERO,
+                    ))
+                });
+                return;
+            }
+        };
+        let (method, shown, checksum, size) = (
+            target.method.clone(),
+            target.path.clone(),
+            target.checksum.clone(),
+            target.size,
+        );
+        let done = Arc::new(AtomicBool::new(false));
+        let done_flag = Arc::clone(&done);
+        let thread = std::thread::spawn(move || {
+            block_signals();
+            let cancel = AtomicBool::new(false);
+            let progress = AtomicU64::new(0);
+            let report = match kind {
+                Kind::Reverify => verification::run(
+                    &method,
+                    path.as_deref(),
+                    &shown,
+                    checksum.as_deref(),
+                    size,
+                    &cancel,
+                    &progress,
+                ),
+                Kind::Backfill => backfill(path, &shown, size, &cancel, &progress),
+            };
+            done_flag.store(true, Ordering::SeqCst);
+            wake_worker();
+            report
+        });
+        self.in_flight = Some(InFlight {
+            target,
+            kind,
+            started: Instant::now(),
+            thread,
+            done,
+        });
+    }
+
+    /// On shutdown: a running verification only reads, so it is simply abandoned.
+    pub fn abandon(&mut self) {
+        self.in_flight = None;
+    }
+}
+
+fn block_signals() {
+    // SAFETY: plain libc calls on a local, initialised signal set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Hashes a backup that has no recorded checksum; the report's `actual_sha256` is what gets
+/// stored when it passes (its size matches the recorded one, when one was recorded).
+fn backfill(
+    path: Option<PathBuf>,
+    shown: &str,
+    size: Option<u64>,
+    cancel: &AtomicBool,
+    progress: &AtomicU64,
+) -> Report {
+    let Some(path) = path else {
+        return Report::failed(
+            Reason::Missing,
+            "the backup file is missing".into(),
+            std::path::Path::new(shown),
+        );
+    };
+    let file = match verify::open_regular(&path) {
+        Ok(f) => f,
+        Err((reason, detail)) => return Report::failed(reason, detail, &path),
+    };
+    let mut buf = vec![0u8; 4 << 20];
+    match verify::hash_reader(file, &mut buf, cancel, progress) {
+        Err((reason, detail)) => Report::failed(reason, detail, &path),
+        Ok((bytes, sha)) => {
+            let recorded = size.filter(|s| *s > 0);
+            let mut r = Report::failed(Reason::SizeMismatch, String::new(), &path);
+            r.bytes = bytes;
+            r.files = 1;
+            r.expected_bytes = recorded;
+            r.actual_sha256 = Some(sha);
+            if recorded.is_none_or(|s| s == bytes) {
+                r.passed = true;
+                r.reason = None;
+                r.failing_file = None;
+                r.detail = Some("no checksum was recorded: computed by the worker".into());
+            } else {
+                r.detail = Some(format!(
+                    "{bytes} bytes on disk, {} recorded; no checksum stored",
+                    recorded.unwrap_or_default()
+                ));
+            }
+            r
+        }
+    }
+}
+
+fn finish(job: InFlight) {
+    let report = match job.thread.join() {
+        Ok(r) => r,
+        Err(_) => return,
+    };
+    let id = job.target.backup_id;
+    in_transaction(
+        &format!("recording the verification of backup {id}"),
+        || {
+            if job.kind == Kind::Backfill && report.passed {
+                if let Some(sha) = &report.actual_sha256 {
+                    spi(Spi::connect_mut(|c| {
+                        c.update(
+                            "UPDATE backup_management.backup_records SET checksum = $2 \
+                          WHERE backup_id = $1 AND checksum IS NULL",
+                            None,
+                            &[id.into(), sha.as_str().into()],
+                        )
+                        .map(|_| ())
+                    }))?;
+                }
+            }
+            spi(verification::record(
+                id,
+                &job.target.database_name,
+                "checksum",
+                &report,
+                job.started.elapsed(),
+            ))
+        },
+    );
+}
+
+/// The next backup to work on: first one without a checksum, then the one whose last checksum
+/// verification is oldest beyond `backup_mgmt.verify_interval`.
+fn next_candidate() -> Option<(Target, Kind)> {
+    let interval = guc::verify_interval_seconds();
+    // A backup that could not be checksummed is tried again after this.
+    let retry = format!(
+        "{} seconds",
+        if interval > 0 {
+            interval.min(3600)
+        } else {
+            3600
+        }
+    );
+    in_transaction("looking for backups to verify", || {
+        let found = Spi::connect(|c| {
+            let backfill = c.select(
+                "SELECT r.backup_id FROM backup_management.backup_records r \
+                  WHERE r.status = 'completed' AND r.checksum IS NULL \
+                    AND r.backup_method NOT IN ('pg_dump_directory', 'continuous_archiving') \
+                    AND NOT EXISTS (SELECT FROM backup_management.backup_verifications v \
+                                     WHERE v.backup_id = r.backup_id AND v.verified_at > now() - $1::interval) \
+                  ORDER BY r.backup_id LIMIT 1",
+                None,
+                &[retry.as_str().into()],
+            )?;
+            if !backfill.is_empty() {
+                return Ok(backfill.first().get::<i64>(1)?.map(|id| (id, Kind::Backfill)));
+            }
+            if interval <= 0 {
+                return Ok(None);
+            }
+            let due = c.select(
+                "SELECT r.backup_id FROM backup_management.backup_records r \
+                   LEFT JOIN LATERAL (SELECT max(v.verified_at) AS last FROM backup_management.backup_verifications v \
+                                       WHERE v.backup_id = r.backup_id AND v.verification_type = 'checksum') v ON true \
+                  WHERE r.status = 'completed' AND r.checksum IS NOT NULL \
+                    AND coalesce(v.last, r.end_time) < now() - make_interval(secs => $1) \
+                  ORDER BY coalesce(v.last, r.end_time) LIMIT 1",
+                None,
+                &[(interval as f64).into()],
+            )?;
+            if due.is_empty() {
+                return Ok(None);
+            }
+            Ok(due.first().get::<i64>(1)?.map(|id| (id, Kind::Reverify)))
+        });
+        let Some((id, kind)) = spi(found)? else {
+            return Ok(None);
+        };
+        verification::load_target(id)
+            .map(|t| Some((t, kind)))
+            .map_err(|e| e.to_string())
+    })
+    .flatten()
+}

@@ -105,29 +105,46 @@ timed() { # command... -> seconds
 }
 
 : >"$DIR/results"
-for round in $(seq 1 "$ROUNDS"); do
-    echo "==> round $round/$ROUNDS"
-    sync; "${PSQL[@]}" -d postgres -c "CHECKPOINT"
+bare_dump() {
     rm -f "$DIR/bare/bench.dump"
     t=$(timed as_pg "$BIN/pg_dump" -Fc -h "$DIR" -p "$PORT" -U postgres -f "$DIR/bare/bench.dump" bench)
     echo "bare_dump $t $(stat -c %s "$DIR/bare/bench.dump")" | tee -a "$DIR/results"
-    t=$(timed sh -c "as_pg() { runuser -u postgres -- \"\$@\"; }; sha256sum '$DIR/bare/bench.dump'")
+    t=$(timed sha256sum "$DIR/bare/bench.dump")
     echo "bare_dump_sha256sum $t" | tee -a "$DIR/results"
+}
+job_dump() {
     read -r cat wall size status < <(run_job dump)
     echo "job_dump $cat $size $status wall=$wall" | tee -a "$DIR/results"
-
+}
+bare_base() {
     rm -rf "$DIR/bare/base"
     t=$(timed as_pg "$BIN/pg_basebackup" -h "$DIR" -p "$PORT" -U postgres -D "$DIR/bare/base" -Ft \
             --compress=client-zstd:3 --checkpoint=fast)
     echo "bare_basebackup $t $(du -sb "$DIR/bare/base" | cut -f1)" | tee -a "$DIR/results"
+}
+job_base() {
     read -r cat wall size status < <(run_job base)
     echo "job_basebackup $cat $size $status wall=$wall" | tee -a "$DIR/results"
+}
+pgbackrest_full() {
     t=$(timed "${BR[@]}" --type=full --compress-type=zst --compress-level=3 backup)
     echo "pgbackrest_full $t $(du -sb "$DIR/pgbackrest/backup" | cut -f1)" | tee -a "$DIR/results"
     "${BR[@]}" --repo1-retention-full=1 expire >/dev/null 2>&1 || true
-    # Keep the disk flat: only the newest scheduled backups matter.
-    "${PSQL[@]}" -d postgres -c "SELECT 1" >/dev/null
-    find "$DIR/backups" -type f -mmin +0 -name '*.zst' -not -newer "$DIR/results" -delete 2>/dev/null || true
+}
+
+# Odd rounds run the bare program first, even rounds the scheduled job first, so that neither
+# always inherits the other's checkpoint, page cache or CPU temperature.
+for round in $(seq 1 "$ROUNDS"); do
+    echo "==> round $round/$ROUNDS"
+    sync; "${PSQL[@]}" -d postgres -c "CHECKPOINT"
+    if [ $((round % 2)) = 1 ]; then
+        bare_dump; job_dump; bare_base; job_base
+    else
+        job_dump; bare_dump; job_base; bare_base
+    fi
+    pgbackrest_full
+    # Keep the disk flat: the scheduled backups of earlier rounds are not needed.
+    find "$DIR/backups" -type f -name '*.zst' -mmin +1 -delete 2>/dev/null || true
 done
 
 echo
@@ -136,9 +153,11 @@ for k in bare_dump bare_dump_sha256sum job_dump bare_basebackup job_basebackup p
     printf '%-22s %s\n' "$k" "$(awk -v k="$k" '$1 == k { print $2 }' "$DIR/results" | median)"
 done
 echo "==> ratio per round (scheduled / bare)"
-awk '$1 == "bare_dump" { d = $2 } $1 == "job_dump" { printf "pg_dump round: %.2f\n", $2 / d }
-     $1 == "bare_basebackup" { b = $2 } $1 == "job_basebackup" { printf "pg_basebackup round: %.2f\n", $2 / b }
-     $1 == "pgbackrest_full" { printf "pgbackrest / scheduled pg_basebackup: %.2f\n", $2 / j } $1 == "job_basebackup" { j = $2 }' "$DIR/results"
+awk '$1 == "bare_dump" { bd[++nbd] = $2 } $1 == "job_dump" { jd[++njd] = $2 }
+     $1 == "bare_basebackup" { bb[++nbb] = $2 } $1 == "job_basebackup" { jb[++njb] = $2 }
+     $1 == "pgbackrest_full" { pr[++npr] = $2 }
+     END { for (i = 1; i <= nbd; i++)
+             printf "round %d: pg_dump %.2f  pg_basebackup %.2f  pgbackrest/scheduled %.2f\n", i, jd[i] / bd[i], jb[i] / bb[i], pr[i] / jb[i] }' "$DIR/results"
 awk '$1 == "bare_dump" || $1 == "job_dump" || $1 == "bare_basebackup" || $1 == "job_basebackup" || $1 == "pgbackrest_full" { s[$1] = $3 }
      END { for (k in s) printf "size %-18s %d MB\n", k, s[k] / 1048576 }' "$DIR/results"
 

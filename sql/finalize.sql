@@ -65,6 +65,8 @@ COMMENT ON FUNCTION backup_mgmt.schedule_backup_jobs() IS
     'Recomputes next_run_at of every active backup job from now (e.g. after changing the server''s TimeZone)';
 COMMENT ON FUNCTION backup_mgmt.verify_backup_integrity(bigint) IS
     'Streams a completed backup through sha256, compares with the catalog, records a backup_verifications row (passed or failed, with the reason) and returns whether it passed';
+COMMENT ON FUNCTION backup_mgmt.test_backup_restore(bigint, text, boolean) IS
+    'Restores a pg_dump backup into a new scratch database, compares every table''s row count with the counts captured when the backup was written, records a restore_test verification, and drops the scratch database unless kept';
 COMMENT ON FUNCTION backup_mgmt.check_backup_path(text) IS
     'Returns the canonical path if it lies inside backup_mgmt.backup_roots (symlinks followed); raises an error otherwise';
 

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::catalog::BackupMethod;
+use crate::dumpfacts::DumpFacts;
 
 /// How much of a failing program's stderr is kept as the error message (its end, where the
 /// reason is).
@@ -338,6 +339,10 @@ impl Progress {
     fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::SeqCst)
     }
+    /// The flag `cancel` sets, for loops that poll it.
+    pub fn cancel_flag(&self) -> &AtomicBool {
+        &self.cancelled
+    }
 }
 
 /// A file the backup produced, with its size and sha256 as written.
@@ -354,6 +359,8 @@ pub struct Written {
 pub struct Outcome {
     pub main: Written,
     pub globals: Option<Written>,
+    /// Row counts per table read off a custom-format dump as it was written (or why not).
+    pub facts: Option<Result<std::collections::BTreeMap<String, u64>, String>>,
 }
 
 /// A backup running on its own thread.
@@ -455,7 +462,13 @@ pub fn run(plan: &Plan, with_globals: bool, progress: &Progress) -> Result<Outco
         progress.set_phase(Phase::DumpingGlobals);
         let target = globals_path(&plan.stem, plan.compression);
         let cmd = command(&argv(plan, Step::Globals, &target));
-        Some(stream_to_file(cmd, &target, plan.compression, progress)?)
+        Some(stream_to_file(
+            cmd,
+            &target,
+            plan.compression,
+            progress,
+            None,
+        )?)
     } else {
         None
     };
@@ -464,9 +477,11 @@ pub fn run(plan: &Plan, with_globals: bool, progress: &Progress) -> Result<Outco
         return Ok(Outcome {
             main,
             globals: None,
+            facts: None,
         });
     }
     let target = output_path(plan.method, &plan.stem, plan.compression);
+    let mut facts = DumpFacts::default();
     let main = if plan.method == BackupMethod::PgDumpDirectory {
         directory_dump(plan, &target, progress)
     } else {
@@ -477,7 +492,8 @@ pub fn run(plan: &Plan, with_globals: bool, progress: &Progress) -> Result<Outco
         } else {
             plan.compression
         };
-        stream_to_file(cmd, &target, ours, progress)
+        let observer = (plan.method == BackupMethod::PgDump).then_some(&mut facts);
+        stream_to_file(cmd, &target, ours, progress, observer)
     };
     let main = match main {
         Ok(m) => m,
@@ -490,12 +506,17 @@ pub fn run(plan: &Plan, with_globals: bool, progress: &Progress) -> Result<Outco
         }
     };
     progress.set_phase(Phase::Done);
-    Ok(Outcome { main, globals })
+    let facts = (plan.method == BackupMethod::PgDump).then(|| facts.finish());
+    Ok(Outcome {
+        main,
+        globals,
+        facts,
+    })
 }
 
 /// A command with an empty environment (nothing of the server's environment, secrets included,
 /// leaks into it) and with every inherited descriptor above stderr closed on exec.
-fn command(argv: &[OsString]) -> Command {
+pub(crate) fn command(argv: &[OsString]) -> Command {
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .env_clear()
@@ -527,7 +548,7 @@ fn program_name(cmd: &Command) -> String {
 }
 
 /// Collects the end of a program's stderr on a helper thread.
-fn collect_stderr(child: &mut Child) -> Option<JoinHandle<String>> {
+pub(crate) fn collect_stderr(child: &mut Child) -> Option<JoinHandle<String>> {
     let mut err = child.stderr.take()?;
     std::thread::Builder::new()
         .name("backup_mgmt stderr".into())
@@ -549,7 +570,11 @@ fn collect_stderr(child: &mut Child) -> Option<JoinHandle<String>> {
         .ok()
 }
 
-fn spawn(mut cmd: Command, progress: &Progress, stdout: Stdio) -> Result<Child, ExecError> {
+pub(crate) fn spawn(
+    mut cmd: Command,
+    progress: &Progress,
+    stdout: Stdio,
+) -> Result<Child, ExecError> {
     if progress.is_cancelled() {
         return Err(ExecError::Cancelled("before start".into()));
     }
@@ -566,7 +591,7 @@ fn spawn(mut cmd: Command, progress: &Progress, stdout: Stdio) -> Result<Child, 
 }
 
 /// Waits for the program and turns a failure into an error carrying its stderr.
-fn finish(
+pub(crate) fn finish(
     mut child: Child,
     program: String,
     stderr: Option<JoinHandle<String>>,
@@ -685,6 +710,7 @@ fn stream_to_file(
     path: &Path,
     compression: Compression,
     progress: &Progress,
+    facts: Option<&mut DumpFacts>,
 ) -> Result<Written, ExecError> {
     let (partial, file) = create_partial(path)?;
     let program = program_name(&cmd);
@@ -695,7 +721,7 @@ fn stream_to_file(
             widen_pipe(out);
         }
         let copied = match child.stdout.take() {
-            Some(out) => copy_through(out, file, compression, progress, &partial),
+            Some(out) => copy_through(out, file, compression, progress, &partial, facts),
             None => Err(ExecError::Cancelled("no stdout".into())),
         };
         if copied.is_err() {
@@ -725,6 +751,7 @@ fn copy_through(
     compression: Compression,
     progress: &Progress,
     partial: &Path,
+    facts: Option<&mut DumpFacts>,
 ) -> Result<(File, u64, String), ExecError> {
     let writer = HashingWriter {
         file,
@@ -737,7 +764,7 @@ fn copy_through(
     let writer = match compression {
         Compression::None => {
             let mut w = writer;
-            pump(&mut input, &mut w, &mut buf, partial)?;
+            pump(&mut input, &mut w, &mut buf, partial, facts)?;
             w
         }
         Compression::Zstd(level) => {
@@ -745,7 +772,7 @@ fn copy_through(
                 .map_err(io_err("could not start zstd for", partial))?;
             // Single-threaded on purpose: the server backend and the program already keep two
             // cores busy, and a zstd worker thread measured slower on this 2-core machine.
-            pump(&mut input, &mut enc, &mut buf, partial)?;
+            pump(&mut input, &mut enc, &mut buf, partial, facts)?;
             enc.finish().map_err(werr)?
         }
     };
@@ -763,6 +790,7 @@ fn pump(
     out: &mut impl Write,
     buf: &mut [u8],
     partial: &Path,
+    mut facts: Option<&mut DumpFacts>,
 ) -> Result<(), ExecError> {
     loop {
         let n = match input.read(buf) {
@@ -771,6 +799,9 @@ fn pump(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(io_err("could not read program output for", partial)(e)),
         };
+        if let Some(f) = facts.as_deref_mut() {
+            f.feed(&buf[..n]);
+        }
         out.write_all(&buf[..n])
             .map_err(io_err("could not write", partial))?;
     }
@@ -933,7 +964,7 @@ fn seal_file(
                     .map_err(io_err("could not start zstd for", &target))?;
                 let mut buf = vec![0u8; CHUNK];
                 let mut input = input;
-                pump(&mut input, &mut enc, &mut buf, &target)?;
+                pump(&mut input, &mut enc, &mut buf, &target, None)?;
                 enc.finish().map_err(io_err("could not write", &target))?;
             }
             writer
@@ -1034,7 +1065,7 @@ mod unit {
             let path = dir.path().join(format!("out{}", compression.suffix()));
             let mut cmd = Command::new("/bin/sh");
             cmd.args(["-c", "seq 1 200000"]);
-            let w = stream_to_file(cmd, &path, compression, &progress).unwrap();
+            let w = stream_to_file(cmd, &path, compression, &progress, None).unwrap();
             let bytes = fs::read(&path).unwrap();
             assert_eq!(w.size, bytes.len() as u64);
             assert_eq!(w.sha256, hex(&Sha256::digest(&bytes)));
@@ -1052,7 +1083,7 @@ mod unit {
             "-c",
             "echo partial; echo 'pg_dump: error: boom' >&2; exit 3",
         ]);
-        let err = stream_to_file(cmd, &path, Compression::None, &progress).unwrap_err();
+        let err = stream_to_file(cmd, &path, Compression::None, &progress, None).unwrap_err();
         assert!(err.to_string().contains("boom"), "{err}");
         assert!(err.to_string().contains("exit code 3"), "{err}");
         assert!(!path.exists() && !partial_path(&path).exists());
@@ -1060,7 +1091,7 @@ mod unit {
         fs::write(&path, b"old").unwrap();
         let mut cmd = Command::new("/bin/sh");
         cmd.args(["-c", "echo new"]);
-        assert!(stream_to_file(cmd, &path, Compression::None, &progress).is_err());
+        assert!(stream_to_file(cmd, &path, Compression::None, &progress, None).is_err());
         assert_eq!(fs::read(&path).unwrap(), b"old");
     }
 
@@ -1073,7 +1104,7 @@ mod unit {
         let t = std::thread::spawn(move || {
             let mut cmd = Command::new("/bin/sh");
             cmd.args(["-c", "exec sleep 30"]);
-            stream_to_file(cmd, &path, Compression::None, &p)
+            stream_to_file(cmd, &path, Compression::None, &p, None)
         });
         let t0 = Instant::now();
         while progress.child.load(Ordering::SeqCst) == 0 && t0.elapsed() < Duration::from_secs(5) {

@@ -12,10 +12,12 @@ use pgrx::prelude::*;
 
 mod catalog;
 mod checksum;
+mod dumpfacts;
 mod events;
 mod executor;
 mod guc;
 mod record;
+mod restore;
 mod schedule;
 mod scheduler;
 mod security;

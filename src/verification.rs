@@ -7,7 +7,7 @@
 //! recorded `failed` verification, not only an exception.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use pgrx::spi::SpiError;
 use pgrx::{pg_sys::panic::ErrorReport, PgSqlErrorCode};
 
 use crate::events;
+use crate::executor::Progress;
 use crate::guc;
 use crate::security::{self, PathError};
 use crate::verify::{self, Reason, Report};
@@ -198,12 +199,13 @@ pub fn record(
 }
 
 /// Runs `work` on a helper thread while this backend waits on its latch, so that a cancel
-/// request (or statement_timeout) stops the verification instead of waiting for the whole file.
+/// request (or statement_timeout) stops it (its programs get SIGTERM, its loops see the flag)
+/// instead of waiting for it to end.
 pub fn in_background<T: Send + 'static>(
-    work: impl FnOnce(Arc<AtomicBool>) -> T + Send + 'static,
+    work: impl FnOnce(Arc<Progress>) -> T + Send + 'static,
 ) -> T {
-    let cancel = Arc::new(AtomicBool::new(false));
-    let c = Arc::clone(&cancel);
+    let progress = Arc::new(Progress::default());
+    let p = Arc::clone(&progress);
     let handle = std::thread::spawn(move || {
         // SAFETY: plain libc calls on a local, initialised signal set.
         unsafe {
@@ -211,7 +213,7 @@ pub fn in_background<T: Send + 'static>(
             libc::sigfillset(&mut set);
             libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         }
-        work(c)
+        work(p)
     });
     while !handle.is_finished() {
         unsafe {
@@ -223,17 +225,24 @@ pub fn in_background<T: Send + 'static>(
             );
             pg_sys::ResetLatch(pg_sys::MyLatch);
         }
-        if unsafe { pg_sys::InterruptPending } != 0 {
-            cancel.store(true, Ordering::SeqCst);
+        if unsafe { pg_sys::InterruptPending } == 0 {
+            continue;
+        }
+        if unsafe { pg_sys::QueryCancelPending != 0 || pg_sys::ProcDiePending != 0 } {
+            // Cancel or terminate: stop the work first, then let PostgreSQL raise its error.
+            progress.cancel(libc::SIGTERM);
             let _ = handle.join();
             pg_sys::check_for_interrupts!();
-            // The interrupt was not an error (e.g. a config reload): the work was stopped anyway.
-            pgrx::error!("backup_mgmt: verification interrupted");
+            pgrx::error!("backup_mgmt: interrupted");
         }
+        // Anything else must be served while we wait, or the work itself can hang: DROP
+        // DATABASE (run by the work) waits until every backend, this one included, has absorbed
+        // its procsignal barrier.
+        pg_sys::check_for_interrupts!();
     }
     match handle.join() {
         Ok(v) => v,
-        Err(_) => pgrx::error!("backup_mgmt: verification thread panicked"),
+        Err(_) => pgrx::error!("backup_mgmt: helper thread panicked"),
     }
 }
 
@@ -252,14 +261,14 @@ fn verify_backup_integrity(backup_id: Option<i64>) -> Result<bool, ErrorReport> 
         target.checksum.clone(),
         target.size,
     );
-    let report = in_background(move |cancel| {
+    let report = in_background(move |progress| {
         run(
             &method,
             path.as_deref(),
             &shown,
             checksum.as_deref(),
             size,
-            &cancel,
+            progress.cancel_flag(),
             &AtomicU64::new(0),
         )
     });

@@ -166,7 +166,7 @@ fn connection(client: &SpiClient<'_>) -> Result<Connection, String> {
 }
 
 /// The directory of the running server's own programs (pg_dump and friends of the same version).
-fn bindir() -> PathBuf {
+pub(crate) fn bindir() -> PathBuf {
     let exec = unsafe { CStr::from_ptr(std::ptr::addr_of!(pg_sys::my_exec_path).cast()) };
     Path::new(&*exec.to_string_lossy())
         .parent()
@@ -738,6 +738,19 @@ fn record_result(run: &Running, result: Result<executor::Outcome, executor::Exec
                             outcome.main.sha256.as_str().into(),
                         ],
                     ))?;
+                    if let Some(facts) = &outcome.facts {
+                        let value = match facts {
+                            Ok(rows) => json!({ "row_counts": rows }),
+                            Err(why) => json!({ "row_counts_unavailable": why }),
+                        };
+                        spi(c.update(
+                            "UPDATE backup_management.backup_records \
+                                SET annotations = coalesce(annotations, '{}') || $2::text::jsonb \
+                              WHERE backup_id = $1",
+                            None,
+                            &[run.backup_id.into(), value.to_string().into()],
+                        ))?;
+                    }
                     if let Some(g) = &outcome.globals {
                         spi(c.update(
                             "UPDATE backup_management.backup_records \

@@ -548,3 +548,113 @@ fn standby_runs_no_jobs_until_promoted() {
     let r = &wait_records(&standby, &mut sdb, "later", "completed", 1, 60)[0];
     assert_eq!(sha256sum(&r.path), r.checksum);
 }
+
+/// Acceptance (verification issue): a restore test really restores a good dump (row counts equal
+/// those captured when it was written) and records `failed` for a corrupted one.
+#[test]
+fn restore_test_restores_real_dumps_and_catches_corruption() {
+    let (cluster, mut db) = cluster_with_appdb();
+    cluster
+        .connect("appdb")
+        .batch_execute(
+            "CREATE SCHEMA sales; CREATE TABLE sales.\"Empty Table\" (x int);
+             CREATE TABLE sales.lines AS SELECT g AS id FROM generate_series(1, 777) g;",
+        )
+        .unwrap();
+    run_now(&mut db, "zst", "appdb", "pg_dump", "{}");
+    run_now(
+        &mut db,
+        "raw",
+        "appdb",
+        "pg_dump",
+        r#"{"compression": "none"}"#,
+    );
+    let zst = &wait_records(&cluster, &mut db, "zst", "completed", 1, 60)[0];
+    let raw = &wait_records(&cluster, &mut db, "raw", "completed", 1, 60)[0];
+    let facts: String = db
+        .query_one(
+            "SELECT annotations->>'row_counts' FROM backup_management.backup_records WHERE backup_id = $1",
+            &[&zst.id],
+        )
+        .unwrap()
+        .get(0);
+    for fact in [
+        "\"public.orders\": 20000",
+        "\"sales.lines\": 777",
+        "\"sales.Empty Table\": 0",
+    ] {
+        assert!(facts.contains(fact), "{fact} not in {facts}");
+    }
+
+    let test = |db: &mut postgres::Client, sql: &str, id: i64| -> (String, bool, bool) {
+        let row = db.query_one(sql, &[&id]).unwrap();
+        let time: Option<String> = row.get(1);
+        (row.get(0), time.is_some(), row.get(2))
+    };
+    let plain = "SELECT test_status, restore_time::text, data_verification FROM backup_mgmt.test_backup_restore($1)";
+    assert_eq!(test(&mut db, plain, zst.id), ("passed".into(), true, true));
+    assert_eq!(test(&mut db, plain, raw.id), ("passed".into(), true, true));
+    let left: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'backup_mgmt_restore_%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "scratch databases are dropped");
+
+    // Kept on request, and then it really holds the data.
+    let kept = "SELECT test_status, restore_time::text, data_verification
+                  FROM backup_mgmt.test_backup_restore($1, 'restored_copy', keep_database => true)";
+    assert_eq!(test(&mut db, kept, zst.id), ("passed".into(), true, true));
+    let n: i64 = cluster
+        .connect("restored_copy")
+        .query_one("SELECT count(*) FROM orders", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 20000);
+    // An existing database is never restored into.
+    let e = db
+        .query_one(
+            "SELECT * FROM backup_mgmt.test_backup_restore($1, 'restored_copy')",
+            &[&zst.id],
+        )
+        .expect_err("restored into an existing database");
+    assert_eq!(e.code().map(|c| c.code()), Some("42P04"), "{e}");
+    db.batch_execute("DROP DATABASE restored_copy").unwrap();
+
+    // Corruption caught by the checksum: recorded failed at the integrity stage.
+    let mut bytes = std::fs::read(&raw.path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&raw.path, &bytes).unwrap();
+    assert_eq!(
+        test(&mut db, plain, raw.id),
+        ("failed".into(), false, false)
+    );
+    // Corruption that happened before the checksum was taken: only a real restore finds it.
+    db.execute(
+        "UPDATE backup_management.backup_records SET checksum = $2 WHERE backup_id = $1",
+        &[&raw.id, &sha256sum(&raw.path)],
+    )
+    .unwrap();
+    let (status, _, verified) = test(&mut db, plain, raw.id);
+    assert_eq!((status.as_str(), verified), ("failed", false));
+    let stages: Vec<String> = db
+        .query(
+            "SELECT verification_status || '/' || (verification_result->>'stage')
+               FROM backup_management.backup_verifications
+              WHERE backup_id = $1 AND verification_type = 'restore_test' ORDER BY verification_id",
+            &[&raw.id],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(stages[0], "passed/data_verification");
+    assert_eq!(stages[1], "failed/integrity");
+    assert!(stages[2].starts_with("failed/"), "{stages:?}");
+    // The server is fine.
+    let one: i32 = db.query_one("SELECT 1", &[]).unwrap().get(0);
+    assert_eq!(one, 1);
+}

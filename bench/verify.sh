@@ -76,12 +76,11 @@ awk -v o="$o" -v f="$f" -v d="$d" 'BEGIN {
 
 echo
 echo "==> backend peak RSS around one verification of the ${MB} MB file"
+hwm="SELECT substring(pg_read_file('/proc/self/status') FROM 'VmHWM:\\s+(\\d+ kB)')"
 "${PSQL[@]}" <<SQL
-SELECT pg_backend_pid() AS pid \gset
-SELECT 1 FROM pg_class LIMIT 1;
-\! grep VmHWM /proc/:pid/status | sed 's/^/before: /'
+SELECT 'before: ' || ($hwm);
 SELECT backup_mgmt.verify_backup_integrity($ID);
-\! grep VmHWM /proc/:pid/status | sed 's/^/after \(file\): /'
+SELECT 'after the file: ' || ($hwm);
 SELECT backup_mgmt.verify_backup_integrity($DID);
-\! grep VmHWM /proc/:pid/status | sed 's/^/after \(directory, 2 threads\): /'
+SELECT 'after the directory (threads): ' || ($hwm);
 SQL

@@ -160,7 +160,7 @@ fn backfill(
         Ok(f) => f,
         Err((reason, detail)) => return Report::failed(reason, detail, &path),
     };
-    let mut buf = vec![0u8; 4 << 20];
+    let mut buf = vec![0u8; verify::CHUNK];
     match verify::hash_reader(file, &mut buf, cancel, progress) {
         Err((reason, detail)) => Report::failed(reason, detail, &path),
         Ok((bytes, sha)) => {

@@ -18,8 +18,10 @@ use sha2::{Digest, Sha256};
 
 use crate::executor::{hex, DIRECTORY_MANIFEST};
 
-/// Read size: large enough that syscalls and the loop do not show next to sha256.
-const CHUNK: usize = 4 << 20;
+/// Read size.  Small on purpose: a buffer of 128 kB or more comes from a fresh mmap in each
+/// process, and copying the page cache into fresh pages measured 50% slower (800 MB: 1.0 s
+/// instead of 0.65 s); 64 kB stays in the heap and in the CPU cache.
+pub const CHUNK: usize = 64 << 10;
 
 /// Why a verification failed, as recorded in `verification_result.reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

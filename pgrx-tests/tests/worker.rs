@@ -658,3 +658,114 @@ fn restore_test_restores_real_dumps_and_catches_corruption() {
     let one: i32 = db.query_one("SELECT 1", &[]).unwrap().get(0);
     assert_eq!(one, 1);
 }
+
+fn executions(db: &mut postgres::Client, job: &str) -> Vec<(Option<String>, String)> {
+    db.query(
+        "SELECT e.scheduled_for::text, e.execution_status
+           FROM enterprise_backup.backup_job_executions e JOIN enterprise_backup.backup_jobs j USING (job_id)
+          WHERE j.job_name = $1 ORDER BY e.execution_id",
+        &[&job],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+/// The catch-up rule (README): slots missed while the server was down are served by one run, for
+/// the oldest missed slot, and the next run is the first slot after now; a slot that already has
+/// an execution is never run again; `max_running_jobs` makes a due job wait; the history is
+/// bounded by `max_history_per_job`.
+#[test]
+fn missed_slots_run_once_slots_never_twice_limits_hold() {
+    let cluster = Cluster::start_with_backups(&[
+        "backup_mgmt.max_running_jobs = 1",
+        "backup_mgmt.max_history_per_job = 3",
+    ]);
+    let mut cluster = cluster;
+    let mut db = cluster.connect("postgres");
+    for sql in ["CREATE EXTENSION backup_mgmt", "CREATE DATABASE appdb"] {
+        db.batch_execute(sql).unwrap();
+    }
+    cluster
+        .connect("appdb")
+        .batch_execute("CREATE TABLE t AS SELECT 1 AS x")
+        .unwrap();
+    db.execute(
+        "SELECT backup_mgmt.schedule_backup('hourly', '0 * * * *', 'appdb')",
+        &[],
+    )
+    .unwrap();
+
+    // The server is down for three hourly slots: pretend by moving the job's next slot back.
+    drop(db);
+    cluster.pg_ctl_stop("fast");
+    cluster.pg_ctl_start();
+    let mut db = cluster.connect("postgres");
+    let missed: String = db
+        .query_one(
+            "UPDATE enterprise_backup.backup_jobs
+                SET next_run_at = date_trunc('hour', now()) - interval '3 hours'
+              WHERE job_name = 'hourly' RETURNING next_run_at::text",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    wait_records(&cluster, &mut db, "hourly", "completed", 1, 60);
+    let runs = executions(&mut db, "hourly");
+    assert_eq!(runs, vec![(Some(missed.clone()), "completed".to_owned())]);
+    let next_is_future: bool = db
+        .query_one(
+            "SELECT next_run_at > now() AND next_run_at <= now() + interval '1 hour'
+               FROM enterprise_backup.backup_jobs WHERE job_name = 'hourly'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(next_is_future);
+
+    // The same slot again (as if next_run_at had not moved on): never a second run.
+    db.execute(
+        "UPDATE enterprise_backup.backup_jobs SET next_run_at = $1::text::timestamptz WHERE job_name = 'hourly'",
+        &[&missed],
+    )
+    .unwrap();
+    let moved_on = Cluster::wait_for(Duration::from_secs(10), || {
+        db.query_one(
+            "SELECT next_run_at > now() FROM enterprise_backup.backup_jobs WHERE job_name = 'hourly'",
+            &[],
+        )
+        .map(|r| r.get::<_, bool>(0))
+        .unwrap_or(false)
+    });
+    assert!(moved_on);
+    assert_eq!(executions(&mut db, "hourly").len(), 1);
+
+    // max_running_jobs = 1: while one backup is blocked, another due job waits.
+    let mut locker = cluster.connect("appdb");
+    locker
+        .batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    run_now(&mut db, "first", "appdb", "pg_dump", "{}");
+    assert!(Cluster::wait_for(Duration::from_secs(20), || {
+        executions(&mut db, "first").len() == 1
+    }));
+    run_now(&mut db, "second", "appdb", "pg_dump", "{}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        executions(&mut db, "second").is_empty(),
+        "started beyond the limit"
+    );
+    locker.batch_execute("ROLLBACK").unwrap();
+    wait_records(&cluster, &mut db, "second", "completed", 1, 60);
+
+    // History: at most 3 rows per job, however many runs.
+    for _ in 0..5 {
+        let before = records(&mut db, "second").len();
+        db.execute("SELECT backup_mgmt.run_job_now('second')", &[])
+            .unwrap();
+        wait_records(&cluster, &mut db, "second", "completed", before + 1, 60);
+    }
+    assert_eq!(records(&mut db, "second").len(), 6, "backups are all kept");
+    assert_eq!(executions(&mut db, "second").len(), 3, "history is bounded");
+}

@@ -31,8 +31,8 @@ REVOKE ALL ON ALL SEQUENCES IN SCHEMA backup_management, disaster_recovery, ente
 GRANT USAGE ON SCHEMA backup_mgmt, backup_management, disaster_recovery, enterprise_backup TO backup_admin;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA backup_mgmt TO backup_admin;
 GRANT SELECT ON ALL TABLES IN SCHEMA backup_management, disaster_recovery, enterprise_backup TO backup_admin;
-REVOKE ALL ON backup_mgmt.backup_progress FROM PUBLIC;
-GRANT SELECT ON backup_mgmt.backup_progress TO backup_admin;
+REVOKE ALL ON backup_mgmt.backup_progress, backup_mgmt.recovery_status FROM PUBLIC;
+GRANT SELECT ON backup_mgmt.backup_progress, backup_mgmt.recovery_status TO backup_admin;
 -- Backup records, verifications, jobs and executions are written only through the SECURITY
 -- DEFINER functions, which keep their invariants.  Plans and off-site targets are plain
 -- configuration that operators edit directly.
@@ -67,6 +67,10 @@ COMMENT ON FUNCTION backup_mgmt.verify_backup_integrity(bigint) IS
     'Streams a completed backup through sha256, compares with the catalog, records a backup_verifications row (passed or failed, with the reason) and returns whether it passed';
 COMMENT ON FUNCTION backup_mgmt.test_backup_restore(bigint, text, boolean) IS
     'Restores a pg_dump backup into a new scratch database, compares every table''s row count with the counts captured when the backup was written, records a restore_test verification, and drops the scratch database unless kept';
+COMMENT ON FUNCTION backup_mgmt.run_recovery_drill(text, text) IS
+    'Runs a disaster-recovery drill for an active plan: restore-tests the newest pg_dump backup of its database and records the measured recovery time and data-loss window against the plan''s RTO and RPO in recovery_drills';
+COMMENT ON FUNCTION backup_mgmt.metrics() IS
+    'Backup, verification, RPO and drill metrics in Prometheus text exposition format';
 COMMENT ON FUNCTION backup_mgmt.check_backup_path(text) IS
     'Returns the canonical path if it lies inside backup_mgmt.backup_roots (symlinks followed); raises an error otherwise';
 

@@ -450,3 +450,50 @@ SELECT pg_catalog.pg_extension_config_dump('enterprise_backup.backup_jobs', '');
 SELECT pg_catalog.pg_extension_config_dump('enterprise_backup.backup_jobs_job_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('enterprise_backup.backup_job_executions', '');
 SELECT pg_catalog.pg_extension_config_dump('enterprise_backup.backup_job_executions_execution_id_seq', '');
+
+------------------------------------------------------------------------------------------------
+-- Live recovery exposure, per active recovery plan.
+------------------------------------------------------------------------------------------------
+CREATE VIEW backup_mgmt.recovery_status AS
+WITH verified AS (
+    SELECT r.database_name, max(r.end_time) AS last_verified_backup_at
+      FROM backup_management.backup_records r
+     WHERE r.status = 'completed' AND r.backup_type <> 'wal'
+       AND EXISTS (SELECT FROM backup_management.backup_verifications v
+                    WHERE v.backup_id = r.backup_id AND v.verification_status = 'passed')
+     GROUP BY r.database_name
+), archiver AS (
+    SELECT last_archived_time, last_failed_time, failed_count
+      FROM pg_catalog.pg_stat_archiver
+     WHERE current_setting('archive_mode') <> 'off'
+), last_drill AS (
+    SELECT DISTINCT ON (plan_id) plan_id, drill_date, recovery_time, status
+      FROM disaster_recovery.recovery_drills
+     ORDER BY plan_id, drill_date DESC, drill_id DESC
+), exposure AS (
+    SELECT p.*, v.last_verified_backup_at, a.last_archived_time,
+           -- Archived WAL only extends a verified backup; alone it restores nothing.
+           CASE WHEN v.last_verified_backup_at IS NOT NULL
+                THEN now() - greatest(v.last_verified_backup_at, a.last_archived_time) END AS rpo_exposure,
+           d.recovery_time AS last_measured_rto, d.drill_date AS last_drill_at, d.status AS last_drill_status
+      FROM disaster_recovery.recovery_plans p
+      LEFT JOIN verified v USING (database_name)
+      LEFT JOIN archiver a ON true
+      LEFT JOIN last_drill d ON d.plan_id = p.plan_id
+     WHERE p.is_active
+)
+SELECT plan_id, plan_name, database_name, rpo_minutes, rto_minutes,
+       last_verified_backup_at,
+       now() - last_verified_backup_at AS backup_age,
+       last_archived_time AS last_archived_wal_at,
+       rpo_exposure,
+       CASE WHEN rpo_exposure IS NOT NULL AND rpo_exposure <= make_interval(mins => rpo_minutes)
+            THEN 'ok' ELSE 'breached' END AS rpo_status,
+       last_measured_rto,
+       last_drill_at,
+       last_drill_status,
+       CASE WHEN last_measured_rto IS NULL THEN 'unknown'
+            WHEN last_measured_rto <= make_interval(mins => rto_minutes) AND last_drill_status <> 'failed' THEN 'ok'
+            ELSE 'breached' END AS rto_status
+  FROM exposure;
+COMMENT ON VIEW backup_mgmt.recovery_status IS 'Per active recovery plan: RPO exposure (age of the newest verified backup, or of the last archived WAL after it) against rpo_minutes, and the newest drill''s measured recovery time against rto_minutes: ok, breached, or unknown (never drilled)';

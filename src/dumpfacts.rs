@@ -45,13 +45,18 @@ enum State {
 /// Streaming row counter for a custom-format archive.
 pub struct DumpFacts {
     state: State,
+    /// The header and TOC while they are buffered.
     pending: Vec<u8>,
+    /// A block header or chunk length split across reads (at most 1 + 1 + 8 bytes).
+    small: [u8; 16],
+    small_len: usize,
     next_try: usize,
     int_size: usize,
     /// dump id -> "schema.table" of TABLE DATA entries.
     tables: BTreeMap<i64, String>,
     current: Option<i64>,
-    rows: BTreeMap<String, u64>,
+    /// dump id -> rows so far.
+    rows: BTreeMap<i64, u64>,
     /// The last byte of the current data block was a newline (for the `\.` terminator check).
     line_start: bool,
     /// The current data block's COPY terminator was seen.
@@ -66,6 +71,8 @@ impl Default for DumpFacts {
         DumpFacts {
             state: State::Toc,
             pending: Vec::new(),
+            small: [0; 16],
+            small_len: 0,
             next_try: 0,
             int_size: 4,
             tables: BTreeMap::new(),
@@ -220,8 +227,8 @@ impl DumpFacts {
                         Toc::Parsed { consumed, tables } => {
                             self.int_size = self.pending[8] as usize;
                             self.tables = tables;
-                            for name in self.tables.values() {
-                                self.rows.insert(name.clone(), 0);
+                            for id in self.tables.keys() {
+                                self.rows.insert(*id, 0);
                             }
                             let rest = self.pending.split_off(consumed);
                             self.pending.clear();
@@ -246,16 +253,26 @@ impl DumpFacts {
                     };
                 }
                 _ => {
-                    // Small structured items: gather into `pending` until one parses.
+                    // Small structured items (a block header, a length): pg_dump writes every
+                    // row as its own chunk, so this runs once per row and must not allocate.
                     let need = 1 + self.int_size + usize::from(self.state == State::BlockStart);
-                    let missing = need.saturating_sub(self.pending.len()).min(input.len());
-                    self.pending.extend_from_slice(&input[..missing]);
+                    if self.small_len == 0 && input.len() >= need {
+                        let (item, rest) = input.split_at(need);
+                        input = rest;
+                        self.structured(item);
+                        continue;
+                    }
+                    let missing = (need - self.small_len).min(input.len());
+                    self.small[self.small_len..self.small_len + missing]
+                        .copy_from_slice(&input[..missing]);
+                    self.small_len += missing;
                     input = &input[missing..];
-                    if self.pending.len() < need {
+                    if self.small_len < need {
                         return;
                     }
-                    let item = std::mem::take(&mut self.pending);
-                    self.structured(&item);
+                    let item = self.small;
+                    self.small_len = 0;
+                    self.structured(&item[..need]);
                 }
             }
         }
@@ -317,21 +334,32 @@ impl DumpFacts {
     }
 
     fn count(&mut self, chunk: &[u8]) {
-        if self.terminated {
+        if self.terminated || chunk.is_empty() {
             return;
         }
-        let Some(name) = self.current.and_then(|id| self.tables.get(&id)) else {
+        let Some(id) = self.current.filter(|id| self.tables.contains_key(id)) else {
             return;
         };
-        if std::mem::take(&mut self.maybe_terminator) && chunk.first() == Some(&b'.') {
+        if std::mem::take(&mut self.maybe_terminator) && chunk[0] == b'.' {
             self.terminated = true;
             return;
         }
+        let n = if chunk.contains(&b'\\') {
+            self.count_carefully(chunk)
+        } else {
+            // No backslash, so no terminator: a plain (vectorised) newline count.
+            self.line_start = chunk[chunk.len() - 1] == b'\n';
+            chunk.iter().filter(|b| **b == b'\n').count() as u64
+        };
+        *self.rows.entry(id).or_insert(0) += n;
+    }
+
+    /// Newlines in `chunk`, stopping at a "\\." line (pg_dump's COPY terminator).
+    fn count_carefully(&mut self, chunk: &[u8]) -> u64 {
         let mut n = 0u64;
         let mut line_start = self.line_start;
         let mut i = 0;
         while i < chunk.len() {
-            // pg_dump ends the COPY data with a "\." line (and blank lines): not rows.
             if line_start && chunk[i..].starts_with(b"\\.") {
                 self.terminated = true;
                 break;
@@ -355,9 +383,7 @@ impl DumpFacts {
             }
         }
         self.line_start = line_start;
-        if let Some(v) = self.rows.get_mut(name) {
-            *v += n;
-        }
+        n
     }
 
     fn give_up(&mut self, why: String) {
@@ -376,7 +402,11 @@ impl DumpFacts {
         }
         match (self.state, self.why_not) {
             (_, Some(why)) => Err(why),
-            (State::BlockStart, None) => Ok(self.rows),
+            (State::BlockStart, None) => Ok(self
+                .rows
+                .iter()
+                .filter_map(|(id, n)| self.tables.get(id).map(|t| (t.clone(), *n)))
+                .collect()),
             (State::Toc, None) => Err("the archive ended inside its table of contents".into()),
             _ => Err("the archive ended inside a data block".into()),
         }

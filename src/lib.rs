@@ -12,6 +12,7 @@ use pgrx::prelude::*;
 
 mod catalog;
 mod checksum;
+mod drill;
 mod dumpfacts;
 mod events;
 mod executor;

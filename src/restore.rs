@@ -287,6 +287,13 @@ fn interval(d: Duration) -> Interval {
     Interval::from_micros(d.as_micros().min(i64::MAX as u128) as i64)
 }
 
+/// What a restore test found (also what a disaster-recovery drill builds on).
+pub struct RestoreResult {
+    pub passed: bool,
+    pub restore_time: Option<Duration>,
+    pub data_verified: bool,
+}
+
 /// Restores a backup into a new scratch database and checks its data; records a `restore_test`
 /// verification.  Returns one row: test_status ('passed' or 'failed'), restore_time, and
 /// data_verification (every table's row count equals the count captured at backup time).
@@ -308,21 +315,35 @@ fn test_backup_restore(
     ErrorReport,
 > {
     let id = backup_id.ok_or(VerificationError::Null)?;
-    let target = verification::load_target(id).map_err(RestoreError::from)?;
+    let r = restore_test(id, test_database_name, keep_database)?;
+    Ok(TableIterator::once((
+        if r.passed { "passed" } else { "failed" }.to_owned(),
+        r.restore_time.map(interval),
+        r.data_verified,
+    )))
+}
+
+/// The restore test itself (see `test_backup_restore`).
+pub fn restore_test(
+    id: i64,
+    test_database_name: Option<&str>,
+    keep_database: bool,
+) -> Result<RestoreResult, RestoreError> {
+    let target = verification::load_target(id)?;
     if target.method != "pg_dump" {
-        return Err(RestoreError::Unsupported(target.method.clone()).into());
+        return Err(RestoreError::Unsupported(target.method.clone()));
     }
     let scratch = match test_database_name {
         Some(n) => n.to_owned(),
         None => format!("backup_mgmt_restore_{id}_{}", std::process::id()),
     };
-    catalog::validate_database_name(&scratch).map_err(RestoreError::from)?;
+    catalog::validate_database_name(&scratch)?;
     let cname = std::ffi::CString::new(scratch.as_str())
         .map_err(|_| RestoreError::DatabaseExists(scratch.clone()))?;
     if unsafe { pg_sys::get_database_oid(cname.as_ptr(), true) } != pg_sys::InvalidOid {
-        return Err(RestoreError::DatabaseExists(scratch).into());
+        return Err(RestoreError::DatabaseExists(scratch));
     }
-    let path = verification::confine(&target).map_err(RestoreError::from)?;
+    let path = verification::confine(&target)?;
     let (facts, compression, conn_user): (Option<BTreeMap<String, u64>>, String, String) =
         Spi::connect(|c| -> Result<_, SpiError> {
             let t = c.select(
@@ -430,13 +451,12 @@ fn test_backup_restore(
             )
         }
     };
-    record_restore_test(id, &target.database_name, status, &result, elapsed)
-        .map_err(RestoreError::from)?;
-    Ok(TableIterator::once((
-        status.to_owned(),
-        restore_time.map(interval),
-        verified,
-    )))
+    record_restore_test(id, &target.database_name, status, &result, elapsed)?;
+    Ok(RestoreResult {
+        passed: status == "passed",
+        restore_time,
+        data_verified: verified,
+    })
 }
 
 fn record_restore_test(

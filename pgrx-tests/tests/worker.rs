@@ -769,3 +769,108 @@ fn missed_slots_run_once_slots_never_twice_limits_hold() {
     assert_eq!(records(&mut db, "second").len(), 6, "backups are all kept");
     assert_eq!(executions(&mut db, "second").len(), 3, "history is bounded");
 }
+
+/// Acceptance (verification issue): an end-to-end drill records measured RTO and RPO; the status
+/// view and the Prometheus metrics show them; a plan with no backup is a failed drill.
+#[test]
+fn drill_records_measured_rto_and_rpo() {
+    let (cluster, mut db) = cluster_with_appdb();
+    db.batch_execute(
+        "INSERT INTO disaster_recovery.recovery_plans
+             (plan_name, database_name, rto_minutes, rpo_minutes, backup_strategy, recovery_procedure)
+         VALUES ('appdb-dr', 'appdb', 30, 60, 'nightly pg_dump', 'restore the newest dump'),
+                ('strict', 'appdb', 30, 0, 'nightly pg_dump', 'restore the newest dump'),
+                ('nothing', 'postgres', 30, 60, 'none yet', 'none')",
+    )
+    .unwrap();
+    run_now(&mut db, "dr", "appdb", "pg_dump", "{}");
+    wait_records(&cluster, &mut db, "dr", "completed", 1, 60);
+
+    let row = db
+        .query_one(
+            "SELECT drill_id, status, extract(epoch FROM recovery_time)::float8,
+                    extract(epoch FROM data_loss_window)::float8, rto_met, rpo_met
+               FROM backup_mgmt.run_recovery_drill('appdb-dr')",
+            &[],
+        )
+        .unwrap();
+    let (status, rto, rpo): (String, f64, f64) = (row.get(1), row.get(2), row.get(3));
+    assert_eq!(status, "success");
+    assert!(rto > 0.0 && rto < 1800.0, "{rto}");
+    assert!(rpo > 0.0 && rpo < 3600.0, "{rpo}");
+    assert!(row.get::<_, bool>(4) && row.get::<_, bool>(5));
+    let recorded: (String, i32, i32) = db
+        .query_one(
+            "SELECT status, recovery_time_minutes, data_loss_minutes
+               FROM disaster_recovery.recovery_drills WHERE drill_id = $1",
+            &[&row.get::<_, i64>(0)],
+        )
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .unwrap();
+    assert_eq!(recorded, ("success".to_owned(), 1, 1));
+
+    // An RPO of 0 cannot be met by a backup: the restore works, the drill is partial.
+    let strict: (String, bool) = db
+        .query_one(
+            "SELECT status, rpo_met FROM backup_mgmt.run_recovery_drill('strict')",
+            &[],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(strict, ("partial".to_owned(), false));
+    // Nothing to restore: a failed drill, recorded with the reason.
+    let nothing: String = db
+        .query_one(
+            "SELECT status FROM backup_mgmt.run_recovery_drill('nothing')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(nothing, "failed");
+    let issues: String = db
+        .query_one(
+            "SELECT issues FROM disaster_recovery.recovery_drills d
+               JOIN disaster_recovery.recovery_plans p USING (plan_id) WHERE p.plan_name = 'nothing'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(issues.contains("no completed pg_dump backup"), "{issues}");
+    let e = db
+        .query_one("SELECT * FROM backup_mgmt.run_recovery_drill('nope')", &[])
+        .expect_err("unknown plan");
+    assert_eq!(e.code().map(|c| c.code()), Some("42704"));
+
+    // The live view: verified backup, exposure within the RPO, measured RTO within the RTO.
+    let view: Vec<(String, String, String)> = db
+        .query(
+            "SELECT plan_name, rpo_status, rto_status FROM backup_mgmt.recovery_status ORDER BY plan_name",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        view,
+        vec![
+            ("appdb-dr".into(), "ok".into(), "ok".into()),
+            ("nothing".into(), "breached".into(), "unknown".into()),
+            ("strict".into(), "breached".into(), "ok".into()),
+        ]
+    );
+    let text: String = db
+        .query_one("SELECT backup_mgmt.metrics()", &[])
+        .unwrap()
+        .get(0);
+    for needle in [
+        "# TYPE backup_mgmt_last_success_timestamp_seconds gauge",
+        "backup_mgmt_last_backup_size_bytes{database=\"appdb\"}",
+        "backup_mgmt_last_verification_passed{database=\"appdb\"} 1",
+        "backup_mgmt_rpo_breached{plan=\"appdb-dr\",database=\"appdb\"} 0",
+        "backup_mgmt_rpo_breached{plan=\"strict\",database=\"appdb\"} 1",
+        "backup_mgmt_last_drill_recovery_seconds{plan=\"appdb-dr\",database=\"appdb\"}",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+}

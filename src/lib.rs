@@ -17,6 +17,7 @@ mod dumpfacts;
 mod events;
 mod executor;
 mod guc;
+mod physical;
 mod record;
 mod restore;
 mod schedule;

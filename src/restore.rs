@@ -57,7 +57,7 @@ impl From<RestoreError> for ErrorReport {
             ),
             RestoreError::Unsupported(_) => (
                 ERRCODE_FEATURE_NOT_SUPPORTED,
-                "Restore tests cover pg_dump (custom format) backups; use verify_backup_integrity() for the others.",
+                "Restore tests cover pg_dump (custom format) and pg_basebackup backups; use verify_backup_integrity() for the others.",
             ),
             RestoreError::Spi(_) => (
                 ERRCODE_INTERNAL_ERROR,
@@ -330,6 +330,9 @@ pub fn restore_test(
     keep_database: bool,
 ) -> Result<RestoreResult, RestoreError> {
     let target = verification::load_target(id)?;
+    if target.method == "pg_basebackup" {
+        return physical_restore_test(target);
+    }
     if target.method != "pg_dump" {
         return Err(RestoreError::Unsupported(target.method.clone()));
     }
@@ -455,6 +458,123 @@ pub fn restore_test(
     Ok(RestoreResult {
         passed: status == "passed",
         restore_time,
+        data_verified: verified,
+    })
+}
+
+/// The restore test of a pg_basebackup backup (`physical.rs`), recorded as a `pg_verifybackup`
+/// verification (when it got that far) and a `restore_test` one.
+fn physical_restore_test(target: verification::Target) -> Result<RestoreResult, RestoreError> {
+    let id = target.backup_id;
+    let path = verification::confine(&target)?;
+    let roots = guc::backup_roots().map_err(VerificationError::from)?;
+    let root = roots
+        .first()
+        .and_then(|r| r.canonicalize().ok())
+        .ok_or(VerificationError::Path(crate::security::PathError::NoRoots))?;
+    let scratch = crate::physical::scratch_dir(&root, id);
+    if let Some(parent) = scratch.parent() {
+        use std::os::unix::fs::DirBuilderExt;
+        let _ = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent);
+    }
+    let (compression, user) = Spi::connect(|c| -> Result<_, SpiError> {
+        let t = c.select(
+            "SELECT compression, current_user::text FROM backup_management.backup_records WHERE backup_id = $1",
+            None,
+            &[id.into()],
+        )?;
+        let row = t.first();
+        Ok((
+            row.get::<String>(1)?.unwrap_or_default(),
+            row.get::<String>(2)?.unwrap_or_default(),
+        ))
+    })?;
+    let bindir = crate::worker::bindir();
+    let started = Instant::now();
+    let (shown, checksum, size) = (target.path.clone(), target.checksum.clone(), target.size);
+    let zstd = compression == "zstd";
+    let (integrity, outcome) = crate::verification::in_background(move |progress| {
+        let integrity = verification::run(
+            "pg_basebackup",
+            path.as_deref(),
+            &shown,
+            checksum.as_deref(),
+            size,
+            progress.cancel_flag(),
+            &AtomicU64::new(0),
+        );
+        if !integrity.passed {
+            return (integrity, None);
+        }
+        let file = match path
+            .as_deref()
+            .ok_or_else(|| "the backup file is missing".to_owned())
+            .and_then(|p| verify::open_regular(p).map_err(|(_, d)| d))
+        {
+            Ok(f) => f,
+            Err(d) => {
+                return (
+                    Report::failed(verify::Reason::Unreadable, d, Path::new(&shown)),
+                    None,
+                )
+            }
+        };
+        let o = crate::physical::restore_test(file, zstd, &scratch, &bindir, &user, &progress);
+        (integrity, Some(o))
+    });
+    let elapsed = started.elapsed();
+    let Some(o) = outcome else {
+        let result =
+            json!({"stage": "integrity", "reason": integrity.reason, "detail": integrity.detail});
+        record_restore_test(id, &target.database_name, "failed", &result, elapsed)?;
+        return Ok(RestoreResult {
+            passed: false,
+            restore_time: None,
+            data_verified: false,
+        });
+    };
+    if let Some((passed, output)) = &o.verifybackup {
+        let status = if *passed { "passed" } else { "failed" };
+        Spi::connect_mut(|c| {
+            c.update(
+                "INSERT INTO backup_management.backup_verifications \
+                     (backup_id, verification_type, verification_status, verification_result) \
+                 VALUES ($1, 'pg_verifybackup', $2, $3::text::jsonb)",
+                None,
+                &[
+                    id.into(),
+                    status.into(),
+                    json!({ "output": output }).to_string().into(),
+                ],
+            )
+            .map(|_| ())
+        })?;
+    }
+    let verified = o.restored && o.verifybackup.as_ref().is_some_and(|v| v.0);
+    let status = if verified { "passed" } else { "failed" };
+    let mut result = o.details.clone();
+    if let Some(obj) = result.as_object_mut() {
+        obj.insert(
+            "stage".into(),
+            json!(if o.restored {
+                "data_verification"
+            } else {
+                "restore"
+            }),
+        );
+        obj.insert(
+            "restore_seconds".into(),
+            json!(o.restore_time.as_secs_f64()),
+        );
+        obj.insert("error".into(), json!(o.error));
+    }
+    record_restore_test(id, &target.database_name, status, &result, elapsed)?;
+    Ok(RestoreResult {
+        passed: verified,
+        restore_time: o.restored.then_some(o.restore_time),
         data_verified: verified,
     })
 }

@@ -874,3 +874,78 @@ fn drill_records_measured_rto_and_rpo() {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }
 }
+
+/// A pg_basebackup backup is restore-tested for real: extracted, checked by pg_verifybackup,
+/// started as a temporary cluster, every database queried, stopped and removed.
+#[test]
+fn physical_restore_test_starts_the_backup_as_a_cluster() {
+    let (cluster, mut db) = cluster_with_appdb();
+    run_now(
+        &mut db,
+        "base",
+        "appdb",
+        "pg_basebackup",
+        r#"{"fast_checkpoint": true}"#,
+    );
+    let b = &wait_records(&cluster, &mut db, "base", "completed", 1, 120)[0];
+    let row = db
+        .query_one(
+            "SELECT test_status, restore_time IS NOT NULL, data_verification
+               FROM backup_mgmt.test_backup_restore($1)",
+            &[&b.id],
+        )
+        .unwrap();
+    let got: (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
+    let detail: String = db
+        .query_one(
+            "SELECT verification_result::text FROM backup_management.backup_verifications
+              WHERE backup_id = $1 AND verification_type = 'restore_test' ORDER BY verification_id DESC LIMIT 1",
+            &[&b.id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        got,
+        ("passed".into(), true, true),
+        "{detail}\n{}",
+        cluster.log()
+    );
+    assert!(detail.contains("\"databases_checked\": 3"), "{detail}");
+    let verifybackup: String = db
+        .query_one(
+            "SELECT verification_status FROM backup_management.backup_verifications
+              WHERE backup_id = $1 AND verification_type = 'pg_verifybackup'",
+            &[&b.id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(verifybackup, "passed");
+    // The scratch cluster is gone, and no backup_mgmt worker ever ran in it.
+    let leftovers: Vec<PathBuf> = files_under(&cluster.backup_root().join(".backup_mgmt_restore"))
+        .into_iter()
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // Corrupted before its checksum was taken: the restore test fails, the server is fine.
+    let mut bytes = std::fs::read(&b.path).unwrap();
+    let at = bytes.len() / 3;
+    for byte in &mut bytes[at..at + 64] {
+        *byte ^= 0x5a;
+    }
+    std::fs::write(&b.path, &bytes).unwrap();
+    db.execute(
+        "UPDATE backup_management.backup_records SET checksum = $2 WHERE backup_id = $1",
+        &[&b.id, &sha256sum(&b.path)],
+    )
+    .unwrap();
+    let status: String = db
+        .query_one(
+            "SELECT test_status FROM backup_mgmt.test_backup_restore($1)",
+            &[&b.id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "failed");
+    let one: i32 = db.query_one("SELECT 1", &[]).unwrap().get(0);
+    assert_eq!(one, 1);
+}

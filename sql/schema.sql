@@ -350,6 +350,11 @@ CREATE TABLE enterprise_backup.backup_jobs (
     last_run_at     timestamptz,
     next_run_at     timestamptz,
     run_requested_at timestamptz,
+    -- A job either takes a backup or runs a disaster-recovery drill of a plan.
+    job_kind        text        NOT NULL DEFAULT 'backup'
+        CONSTRAINT backup_jobs_job_kind_check CHECK (job_kind IN ('backup', 'drill')),
+    plan_id         integer REFERENCES disaster_recovery.recovery_plans (plan_id) ON DELETE CASCADE,
+    CONSTRAINT backup_jobs_plan_check CHECK ((job_kind = 'drill') = (plan_id IS NOT NULL)),
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now()
 );
@@ -363,6 +368,8 @@ COMMENT ON COLUMN enterprise_backup.backup_jobs.database_name IS 'Database to ba
 COMMENT ON COLUMN enterprise_backup.backup_jobs.backup_type IS 'full, incremental, differential or wal';
 COMMENT ON COLUMN enterprise_backup.backup_jobs.backup_method IS 'How the backup is taken (no free-form commands exist)';
 COMMENT ON COLUMN enterprise_backup.backup_jobs.schedule_cron IS 'Cron expression (5 or 6 fields, or @daily and friends)';
+COMMENT ON COLUMN enterprise_backup.backup_jobs.job_kind IS 'backup (takes a backup) or drill (runs run_recovery_drill for plan_id)';
+COMMENT ON COLUMN enterprise_backup.backup_jobs.plan_id IS 'The recovery plan a drill job drills (NULL for backup jobs)';
 COMMENT ON COLUMN enterprise_backup.backup_jobs.run_requested_at IS 'Set by run_job_now(): the worker runs the job once as soon as it can, then clears it';
 COMMENT ON COLUMN enterprise_backup.backup_jobs.timezone IS 'IANA time zone of the schedule; NULL means the server''s TimeZone';
 COMMENT ON COLUMN enterprise_backup.backup_jobs.options IS 'Method options (compression level, parallel jobs, timeout)';

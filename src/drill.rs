@@ -398,3 +398,81 @@ mod unit {
         assert_eq!(minutes_up(Duration::from_millis(400)), 1);
     }
 }
+
+/// Starts a worker of its own for a drill job's execution (drills restore whole databases and
+/// take minutes: the scheduler's loop must not wait for them).
+pub fn start_worker(execution_id: i64) -> Result<pgrx::bgworkers::DynamicBackgroundWorker, String> {
+    pgrx::bgworkers::BackgroundWorkerBuilder::new("backup_mgmt drill")
+        .set_type("backup_mgmt drill")
+        .set_function("backup_mgmt_drill_main")
+        .set_library("backup_mgmt")
+        .enable_spi_access()
+        .set_argument(Some(pg_sys::Datum::from(execution_id)))
+        .set_notify_pid(unsafe { pg_sys::MyProcPid })
+        .load_dynamic()
+        .map_err(|_| {
+            "no background worker slot is free for the drill (max_worker_processes)".to_owned()
+        })
+}
+
+/// The drill worker: runs `run_recovery_drill` for the plan of the job behind `execution_id`
+/// and records the outcome on the execution.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn backup_mgmt_drill_main(arg: pg_sys::Datum) {
+    use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::connect_worker_to_spi(Some(&crate::guc::database_name()), None);
+    let execution_id = arg.value() as i64;
+    let outcome = crate::worker::in_transaction("running a scheduled drill", || {
+        Spi::connect_mut(|c| -> Result<(String, Option<String>), SpiError> {
+            let plan = c
+                .select(
+                    "SELECT p.plan_name FROM enterprise_backup.backup_job_executions e \
+                       JOIN enterprise_backup.backup_jobs j USING (job_id) \
+                       JOIN disaster_recovery.recovery_plans p ON p.plan_id = j.plan_id \
+                      WHERE e.execution_id = $1",
+                    None,
+                    &[execution_id.into()],
+                )?
+                .first()
+                .get::<String>(1)?
+                .unwrap_or_default();
+            // Two statements: the drill's own row is not visible to the statement that made it.
+            let t = c.update(
+                "SELECT drill_id, status FROM backup_mgmt.run_recovery_drill($1)",
+                None,
+                &[plan.as_str().into()],
+            )?;
+            let row = t.first();
+            let drill_id = row.get::<i64>(1)?.unwrap_or_default();
+            let status = row.get::<String>(2)?.unwrap_or_default();
+            let issues = c
+                .select(
+                    "SELECT issues FROM disaster_recovery.recovery_drills WHERE drill_id = $1",
+                    None,
+                    &[drill_id.into()],
+                )?
+                .first()
+                .get::<String>(1)?;
+            Ok((status, issues))
+        })
+        .map_err(|e| e.to_string())
+    });
+    let (status, error) = match outcome {
+        Some((status, issues)) if status == "success" => ("completed", issues),
+        Some((status, issues)) => (
+            "failed",
+            Some(format!("drill {status}: {}", issues.unwrap_or_default())),
+        ),
+        None => (
+            "failed",
+            Some("the drill raised an error (see the server log)".to_owned()),
+        ),
+    };
+    crate::worker::in_transaction("recording a scheduled drill", || {
+        Spi::connect_mut(|c| {
+            crate::worker::end_execution(c, execution_id, status, None, error.as_deref())
+        })
+    });
+}

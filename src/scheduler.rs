@@ -23,6 +23,8 @@ pub enum JobError {
     EmptyJobName,
     #[error("backup job \"{0}\" does not exist")]
     UnknownJob(String),
+    #[error("recovery plan \"{0}\" does not exist or is not active")]
+    UnknownPlan(String),
     #[error("backup job \"{0}\" already exists")]
     DuplicateJob(String),
     #[error("backup method \"{0}\" cannot be scheduled as a job")]
@@ -60,6 +62,10 @@ impl From<JobError> for ErrorReport {
             JobError::UnknownJob(_) => (
                 ERRCODE_UNDEFINED_OBJECT,
                 "List jobs with SELECT job_name FROM enterprise_backup.backup_jobs.".to_owned(),
+            ),
+            JobError::UnknownPlan(_) => (
+                ERRCODE_UNDEFINED_OBJECT,
+                "List plans with SELECT plan_name FROM disaster_recovery.recovery_plans WHERE is_active.".to_owned(),
             ),
             JobError::DuplicateJob(_) => (
                 ERRCODE_DUPLICATE_OBJECT,
@@ -301,6 +307,64 @@ fn run_job_now(job_name: Option<&str>) -> Result<i64, ErrorReport> {
         .report(PgLogLevel::WARNING);
     }
     Ok(id)
+}
+
+/// Schedules a disaster-recovery drill of an active recovery plan as a job; returns its id.
+/// The worker runs `run_recovery_drill(plan_name)` at each fire time, in a worker of its own.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn schedule_drill(
+    job_name: Option<&str>,
+    schedule: Option<&str>,
+    plan_name: Option<&str>,
+    time_zone: default!(Option<&str>, "NULL"),
+) -> Result<i64, ErrorReport> {
+    let name = self::job_name(job_name)?;
+    require_catalog_database()?;
+    let plan_name = plan_name.ok_or(JobError::Null("plan_name"))?;
+    let cron: CronSchedule = schedule
+        .ok_or(JobError::Null("schedule"))?
+        .parse()
+        .map_err(JobError::from)?;
+    let zone = job_zone(time_zone).map_err(JobError::from)?;
+    let next = next_run(&cron, zone);
+    Ok(Spi::connect_mut(|client| -> Result<i64, JobError> {
+        let plan = client.select(
+            "SELECT plan_id, database_name FROM disaster_recovery.recovery_plans WHERE plan_name = $1 AND is_active",
+            None,
+            &[plan_name.into()],
+        )?;
+        if plan.is_empty() {
+            return Err(JobError::UnknownPlan(plan_name.to_owned()));
+        }
+        let row = plan.first();
+        let plan_id = row.get::<i32>(1)?;
+        let database = row.get::<String>(2)?;
+        let table = client.update(
+            "INSERT INTO enterprise_backup.backup_jobs
+                 (job_name, database_name, backup_type, backup_method, schedule_cron, timezone, next_run_at,
+                  job_kind, plan_id)
+             VALUES ($1, $2, 'full', 'pg_dump', $3, $4, $5, 'drill', $6)
+             ON CONFLICT (job_name) DO NOTHING
+             RETURNING job_id",
+            None,
+            &[
+                name.into(),
+                database.into(),
+                schedule.into(),
+                time_zone.into(),
+                next.into(),
+                plan_id.into(),
+            ],
+        )?;
+        if table.is_empty() {
+            return Err(JobError::DuplicateJob(name.to_owned()));
+        }
+        table
+            .first()
+            .get_one::<i64>()?
+            .ok_or(JobError::Spi(SpiError::NoTupleTable))
+    })?)
 }
 
 /// Creates a backup job and returns its id.  The job first runs at the schedule's next fire time.

@@ -225,10 +225,15 @@ pub fn in_background<T: Send + 'static>(
             );
             pg_sys::ResetLatch(pg_sys::MyLatch);
         }
-        if unsafe { pg_sys::InterruptPending } == 0 {
+        if unsafe { pg_sys::InterruptPending == 0 && pg_sys::ShutdownRequestPending == 0 } {
             continue;
         }
-        if unsafe { pg_sys::QueryCancelPending != 0 || pg_sys::ProcDiePending != 0 } {
+        // (ShutdownRequestPending: SIGTERM to a backup_mgmt worker running a drill.)
+        if unsafe {
+            pg_sys::QueryCancelPending != 0
+                || pg_sys::ProcDiePending != 0
+                || pg_sys::ShutdownRequestPending != 0
+        } {
             // Cancel or terminate: stop the work first, then let PostgreSQL raise its error.
             progress.cancel(libc::SIGTERM);
             let _ = handle.join();

@@ -108,6 +108,15 @@ struct Scheduler {
     last_progress: Option<Instant>,
     /// Checksums for backups recorded without one, and periodic re-verification.
     upkeep: crate::upkeep::Upkeep,
+    /// Drill jobs running in workers of their own.
+    drills: Vec<DrillRun>,
+}
+
+/// A drill job's execution, run by a dynamic background worker.
+struct DrillRun {
+    job_id: i64,
+    execution_id: i64,
+    handle: pgrx::bgworkers::DynamicBackgroundWorker,
 }
 
 /// Runs `body` in a transaction of its own.  A PostgreSQL ERROR or a returned error is logged as
@@ -243,11 +252,12 @@ impl Scheduler {
             }
         }
         self.reap();
+        self.reap_drills();
         self.enforce_timeouts();
         self.report_progress();
         self.upkeep.tick();
         match self.start_due_jobs() {
-            Some(until_next) if self.running.is_empty() => until_next,
+            Some(until_next) if self.running.is_empty() && self.drills.is_empty() => until_next,
             Some(until_next) => until_next.min(BUSY_SLEEP),
             None => {
                 // The catalog could not be read (extension dropped or being upgraded): check
@@ -414,8 +424,9 @@ impl Scheduler {
             if self.backoff.contains_key(&job_id) {
                 continue;
             }
-            let busy = self.running.iter().any(|r| r.job_id == job_id);
-            if !busy && self.running.len() >= guc::max_running_jobs() {
+            let busy = self.running.iter().any(|r| r.job_id == job_id)
+                || self.drills.iter().any(|d| d.job_id == job_id);
+            if !busy && self.running.len() + self.drills.len() >= guc::max_running_jobs() {
                 // Stays due; started when a running backup finishes.
                 continue;
             }
@@ -444,11 +455,56 @@ impl Scheduler {
         let claimed = in_transaction(&format!("starting backup job {job_id}"), || {
             Spi::connect_mut(|c| claim_in_transaction(c, job_id, busy, roots))
         })??;
-        let Some((plan, with_globals, mut run)) = claimed else {
-            return Some(None);
-        };
-        run.handle = executor::start(plan, with_globals, wake_worker);
-        Some(Some(run))
+        match claimed {
+            None => Some(None),
+            Some(Claimed::Backup(plan, with_globals, mut run)) => {
+                run.handle = executor::start(*plan, with_globals, wake_worker);
+                Some(Some(run))
+            }
+            Some(Claimed::Drill {
+                job_id,
+                execution_id,
+            }) => {
+                match crate::drill::start_worker(execution_id) {
+                    Ok(handle) => self.drills.push(DrillRun {
+                        job_id,
+                        execution_id,
+                        handle,
+                    }),
+                    Err(why) => {
+                        in_transaction("recording a drill that could not start", || {
+                            Spi::connect_mut(|c| {
+                                end_execution(c, execution_id, "failed", None, Some(&why))
+                            })
+                        });
+                    }
+                }
+                Some(None)
+            }
+        }
+    }
+
+    /// Drill workers that have exited: an execution they left `running` (the worker died before
+    /// recording) is marked failed.
+    fn reap_drills(&mut self) {
+        let (done, running): (Vec<DrillRun>, Vec<DrillRun>) =
+            self.drills.drain(..).partition(|d| d.handle.pid().is_err());
+        self.drills = running;
+        for d in done {
+            in_transaction("closing a drill execution", || {
+                Spi::connect_mut(|c| {
+                    spi(c.update(
+                        "UPDATE enterprise_backup.backup_job_executions \
+                            SET execution_status = 'failed', execution_end_time = now(), phase = NULL, \
+                                error_message = 'the drill worker exited without recording a result' \
+                          WHERE execution_id = $1 AND execution_status = 'running'",
+                        None,
+                        &[d.execution_id.into()],
+                    ))
+                    .map(|_| ())
+                })
+            });
+        }
     }
 
     /// SIGTERM: stop every running backup, record each as failed, and return.
@@ -477,7 +533,14 @@ impl Scheduler {
 }
 
 /// What `claim` hands over once its transaction committed.
-type Claimed = (Plan, bool, Running);
+enum Claimed {
+    Backup(Box<Plan>, bool, Running),
+    /// A drill job's execution, run by a worker of its own (`drill::backup_mgmt_drill_main`).
+    Drill {
+        job_id: i64,
+        execution_id: i64,
+    },
+}
 
 fn claim_in_transaction(
     c: &mut SpiClient<'_>,
@@ -488,7 +551,8 @@ fn claim_in_transaction(
     let t = spi(c.update(
         "SELECT job_name, database_name::text, backup_type::text, backup_method::text, schedule_cron, \
                 timezone, options::text, next_run_at, \
-                (is_active AND next_run_at <= now()) AS scheduled, run_requested_at IS NOT NULL AS requested \
+                (is_active AND next_run_at <= now()) AS scheduled, run_requested_at IS NOT NULL AS requested, \
+                job_kind \
            FROM enterprise_backup.backup_jobs \
           WHERE job_id = $1 AND ((is_active AND next_run_at <= now()) OR run_requested_at IS NOT NULL) \
             FOR UPDATE SKIP LOCKED",
@@ -510,6 +574,7 @@ fn claim_in_transaction(
     let slot = spi(row.get::<TimestampWithTimeZone>(8))?;
     let scheduled = spi(row.get::<bool>(9))?.unwrap_or(false);
     let requested = spi(row.get::<bool>(10))?.unwrap_or(false);
+    let is_drill = spi(row.get::<String>(11))?.as_deref() == Some("drill");
 
     let cron: CronSchedule = cron_text.parse().map_err(|e| format!("{e}"))?;
     let zone = scheduler::job_zone(zone_text.as_deref()).map_err(|e| format!("{e}"))?;
@@ -571,6 +636,17 @@ fn claim_in_transaction(
         return Ok(Some(None));
     };
     advance(c)?;
+    if is_drill {
+        spi(c.update(
+            "UPDATE enterprise_backup.backup_job_executions SET phase = 'drill' WHERE execution_id = $1",
+            None,
+            &[execution_id.into()],
+        ))?;
+        return Ok(Some(Some(Claimed::Drill {
+            job_id,
+            execution_id,
+        })));
+    }
 
     let fail_execution = |c: &mut SpiClient<'_>, why: &str| -> Result<(), String> {
         warning!("backup_mgmt: job \"{job_name}\" cannot run: {why}");
@@ -686,11 +762,15 @@ fn claim_in_transaction(
         handle: executor::RunHandle::idle(),
         stopped: None,
     };
-    Ok(Some(Some((plan, with_globals, run))))
+    Ok(Some(Some(Claimed::Backup(
+        Box::new(plan),
+        with_globals,
+        run,
+    ))))
 }
 
 /// Ends an execution: its status, final size (completed) or error (failed).
-fn end_execution(
+pub(crate) fn end_execution(
     c: &mut SpiClient<'_>,
     execution_id: i64,
     status: &str,

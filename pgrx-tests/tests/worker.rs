@@ -873,6 +873,43 @@ fn drill_records_measured_rto_and_rpo() {
     ] {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }
+
+    // Drills as jobs: run by a worker of their own, recorded like any run.
+    db.execute(
+        "SELECT backup_mgmt.schedule_drill('weekly-drill', '0 3 * * 0', 'appdb-dr')",
+        &[],
+    )
+    .unwrap();
+    db.execute("SELECT backup_mgmt.run_job_now('weekly-drill')", &[])
+        .unwrap();
+    let drilled = Cluster::wait_for(Duration::from_secs(60), || {
+        executions(&mut db, "weekly-drill")
+            .iter()
+            .any(|(_, status)| status == "completed")
+    });
+    assert!(
+        drilled,
+        "{:?}\n{}",
+        executions(&mut db, "weekly-drill"),
+        cluster.log()
+    );
+    let drills: i64 = db
+        .query_one(
+            "SELECT count(*) FROM disaster_recovery.recovery_drills d
+               JOIN disaster_recovery.recovery_plans p USING (plan_id)
+              WHERE p.plan_name = 'appdb-dr' AND d.status = 'success'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(drills, 2);
+    let e = db
+        .execute(
+            "SELECT backup_mgmt.schedule_drill('x', '@daily', 'no-such-plan')",
+            &[],
+        )
+        .expect_err("unknown plan");
+    assert_eq!(e.code().map(|c| c.code()), Some("42704"));
 }
 
 /// A pg_basebackup backup is restore-tested for real: extracted, checked by pg_verifybackup,

@@ -66,7 +66,7 @@ COMMENT ON FUNCTION backup_mgmt.schedule_backup_jobs() IS
 COMMENT ON FUNCTION backup_mgmt.verify_backup_integrity(bigint) IS
     'Streams a completed backup through sha256, compares with the catalog, records a backup_verifications row (passed or failed, with the reason) and returns whether it passed';
 COMMENT ON FUNCTION backup_mgmt.test_backup_restore(bigint, text, boolean) IS
-    'Restores a pg_dump backup into a new scratch database, compares every table''s row count with the counts captured when the backup was written, records a restore_test verification, and drops the scratch database unless kept';
+    'Restores a backup for real (pg_dump or pg_dump_directory: into a new scratch database, row counts compared with those captured when the backup was written; pg_basebackup: as a temporary cluster, after pg_verifybackup), records a restore_test verification, and cleans up unless kept';
 COMMENT ON FUNCTION backup_mgmt.run_recovery_drill(text, text) IS
     'Runs a disaster-recovery drill for an active plan: restore-tests the newest pg_dump backup of its database and records the measured recovery time and data-loss window against the plan''s RTO and RPO in recovery_drills';
 COMMENT ON FUNCTION backup_mgmt.metrics() IS

@@ -57,12 +57,8 @@ pub struct DumpFacts {
     current: Option<i64>,
     /// dump id -> rows so far.
     rows: BTreeMap<i64, u64>,
-    /// The last byte of the current data block was a newline (for the `\.` terminator check).
-    line_start: bool,
-    /// The current data block's COPY terminator was seen.
-    terminated: bool,
-    /// The previous piece ended with a lone backslash at the start of a line.
-    maybe_terminator: bool,
+    /// Rows of the current data block.
+    row: RowCounter,
     why_not: Option<String>,
 }
 
@@ -78,9 +74,7 @@ impl Default for DumpFacts {
             tables: BTreeMap::new(),
             current: None,
             rows: BTreeMap::new(),
-            line_start: true,
-            terminated: false,
-            maybe_terminator: false,
+            row: RowCounter::default(),
             why_not: None,
         }
     }
@@ -136,7 +130,7 @@ fn parse_toc(buf: &[u8]) -> Toc {
         return Toc::Incomplete;
     }
     if &buf[..MAGIC.len()] != MAGIC {
-        return Toc::Unsupported("not a pg_dump custom-format archive".into());
+        return Toc::Unsupported("not a pg_dump archive".into());
     }
     let (vmaj, vmin) = (buf[5], buf[6]);
     if (vmaj, vmin) != (1, 14) {
@@ -146,7 +140,11 @@ fn parse_toc(buf: &[u8]) -> Toc {
     }
     let int_size = buf[8] as usize;
     let off_size = buf[9] as usize;
-    if !(1..=8).contains(&int_size) || !(1..=8).contains(&off_size) || buf[10] != 1 {
+    // 1: custom format (the stream); the directory format's toc.dat says 3 (pg_dump 15, seen
+    // here) and its entries end with a file name instead of an offset.
+    let format = buf[10];
+    if !(1..=8).contains(&int_size) || !(1..=8).contains(&off_size) || !matches!(format, 1 | 3 | 5)
+    {
         return Toc::Unsupported("unexpected archive header".into());
     }
     let mut c = Cursor {
@@ -186,9 +184,13 @@ fn parse_toc(buf: &[u8]) -> Toc {
             c.string()?; // owner
             c.string()?; // "false" (with oids)
             while c.string()?.is_some() {} // dependencies, NULL-terminated
-            c.byte()?; // offset flag
-            c.buf.get(c.at..c.at + off_size)?;
-            c.at += off_size;
+            if format == 1 {
+                c.byte()?; // offset flag
+                c.buf.get(c.at..c.at + off_size)?;
+                c.at += off_size;
+            } else {
+                c.string()?; // the entry's data file name
+            }
             if desc == "TABLE DATA" {
                 tables.insert(dump_id, format!("{namespace}.{tag}"));
             }
@@ -202,6 +204,91 @@ fn parse_toc(buf: &[u8]) -> Toc {
             consumed: c.at,
             tables,
         },
+    }
+}
+
+/// Rows in a stream of COPY text data: newlines up to a "\\." line (pg_dump's terminator).
+#[derive(Debug, Clone, Copy)]
+pub struct RowCounter {
+    /// The last byte seen was a newline (or nothing was seen yet).
+    line_start: bool,
+    /// The terminator was seen: nothing after it counts.
+    terminated: bool,
+    /// The previous piece ended with a lone backslash at the start of a line.
+    maybe_terminator: bool,
+    pub rows: u64,
+}
+
+impl Default for RowCounter {
+    fn default() -> Self {
+        RowCounter {
+            line_start: true,
+            terminated: false,
+            maybe_terminator: false,
+            rows: 0,
+        }
+    }
+}
+
+impl RowCounter {
+    /// Counts the rows in the next piece; returns how many it added.
+    pub fn feed(&mut self, chunk: &[u8]) -> u64 {
+        if self.terminated || chunk.is_empty() {
+            return 0;
+        }
+        if std::mem::take(&mut self.maybe_terminator) && chunk[0] == b'.' {
+            self.terminated = true;
+            return 0;
+        }
+        let n = if chunk.contains(&b'\\') {
+            self.count_carefully(chunk)
+        } else {
+            // No backslash, so no terminator: a plain (vectorised) newline count.
+            self.line_start = chunk[chunk.len() - 1] == b'\n';
+            chunk.iter().filter(|b| **b == b'\n').count() as u64
+        };
+        self.rows += n;
+        n
+    }
+
+    fn count_carefully(&mut self, chunk: &[u8]) -> u64 {
+        let mut n = 0u64;
+        let mut line_start = self.line_start;
+        let mut i = 0;
+        while i < chunk.len() {
+            if line_start && chunk[i..].starts_with(b"\\.") {
+                self.terminated = true;
+                break;
+            }
+            if line_start && &chunk[i..] == b"\\" {
+                // The input was cut between "\\" and "."; the next piece decides.
+                self.maybe_terminator = true;
+                line_start = false;
+                break;
+            }
+            match chunk[i..].iter().position(|b| *b == b'\n') {
+                Some(p) => {
+                    n += 1;
+                    i += p + 1;
+                    line_start = true;
+                }
+                None => {
+                    line_start = false;
+                    break;
+                }
+            }
+        }
+        self.line_start = line_start;
+        n
+    }
+}
+
+/// The tables of a directory-format dump's `toc.dat`: dump id -> "schema.table".
+pub fn directory_tables(toc: &[u8]) -> Result<BTreeMap<i64, String>, String> {
+    match parse_toc(toc) {
+        Toc::Parsed { tables, .. } => Ok(tables),
+        Toc::Incomplete => Err("toc.dat is truncated".into()),
+        Toc::Unsupported(why) => Err(why),
     }
 }
 
@@ -291,8 +378,7 @@ impl DumpFacts {
                 self.state = match kind {
                     BLK_DATA => {
                         self.current = Some(id);
-                        self.line_start = true;
-                        self.terminated = false;
+                        self.row = RowCounter::default();
                         State::ChunkLength
                     }
                     BLK_BLOBS => State::BlobOid,
@@ -334,56 +420,11 @@ impl DumpFacts {
     }
 
     fn count(&mut self, chunk: &[u8]) {
-        if self.terminated || chunk.is_empty() {
-            return;
-        }
         let Some(id) = self.current.filter(|id| self.tables.contains_key(id)) else {
             return;
         };
-        if std::mem::take(&mut self.maybe_terminator) && chunk[0] == b'.' {
-            self.terminated = true;
-            return;
-        }
-        let n = if chunk.contains(&b'\\') {
-            self.count_carefully(chunk)
-        } else {
-            // No backslash, so no terminator: a plain (vectorised) newline count.
-            self.line_start = chunk[chunk.len() - 1] == b'\n';
-            chunk.iter().filter(|b| **b == b'\n').count() as u64
-        };
+        let n = self.row.feed(chunk);
         *self.rows.entry(id).or_insert(0) += n;
-    }
-
-    /// Newlines in `chunk`, stopping at a "\\." line (pg_dump's COPY terminator).
-    fn count_carefully(&mut self, chunk: &[u8]) -> u64 {
-        let mut n = 0u64;
-        let mut line_start = self.line_start;
-        let mut i = 0;
-        while i < chunk.len() {
-            if line_start && chunk[i..].starts_with(b"\\.") {
-                self.terminated = true;
-                break;
-            }
-            if line_start && &chunk[i..] == b"\\" {
-                // The input was cut between "\\" and "."; the next piece decides.
-                self.maybe_terminator = true;
-                line_start = false;
-                break;
-            }
-            match chunk[i..].iter().position(|b| *b == b'\n') {
-                Some(p) => {
-                    n += 1;
-                    i += p + 1;
-                    line_start = true;
-                }
-                None => {
-                    line_start = false;
-                    break;
-                }
-            }
-        }
-        self.line_start = line_start;
-        n
     }
 
     fn give_up(&mut self, why: String) {

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::catalog::BackupMethod;
-use crate::dumpfacts::DumpFacts;
+use crate::dumpfacts::{DumpFacts, RowCounter};
 
 /// How much of a failing program's stderr is kept as the error message (its end, where the
 /// reason is).
@@ -483,8 +483,12 @@ pub fn run(plan: &Plan, with_globals: bool, progress: &Progress) -> Result<Outco
     }
     let target = output_path(plan.method, &plan.stem, plan.compression);
     let mut facts = DumpFacts::default();
+    let mut directory_facts: Facts = None;
     let main = if plan.method == BackupMethod::PgDumpDirectory {
-        directory_dump(plan, &target, progress)
+        directory_dump(plan, &target, progress).map(|(written, f)| {
+            directory_facts = f;
+            written
+        })
     } else {
         progress.set_phase(Phase::Streaming);
         let cmd = command(&argv(plan, Step::Main, &target));
@@ -507,7 +511,10 @@ pub fn run(plan: &Plan, with_globals: bool, progress: &Progress) -> Result<Outco
         }
     };
     progress.set_phase(Phase::Done);
-    let facts = (plan.method == BackupMethod::PgDump).then(|| facts.finish());
+    let facts = match plan.method {
+        BackupMethod::PgDump => Some(facts.finish()),
+        _ => directory_facts,
+    };
     Ok(Outcome {
         main,
         globals,
@@ -816,7 +823,13 @@ pub fn hex(bytes: &[u8]) -> String {
 /// (or not) and checksummed as it is written, in parallel, and a manifest in `sha256sum -c`
 /// format is written last.  pg_dump 15 writes these files itself, so this is the one method where
 /// the data is read again after the program wrote it.
-fn directory_dump(plan: &Plan, target: &Path, progress: &Progress) -> Result<Written, ExecError> {
+type Facts = Option<Result<std::collections::BTreeMap<String, u64>, String>>;
+
+fn directory_dump(
+    plan: &Plan,
+    target: &Path,
+    progress: &Progress,
+) -> Result<(Written, Facts), ExecError> {
     let partial = partial_path(target);
     if fs::symlink_metadata(&partial).is_ok_and(|m| m.is_dir()) {
         fs::remove_dir_all(&partial).map_err(io_err("could not remove", &partial))?;
@@ -828,6 +841,10 @@ fn directory_dump(plan: &Plan, target: &Path, progress: &Progress) -> Result<Wri
         let mut child = spawn(cmd, progress, Stdio::null())?;
         let stderr = collect_stderr(&mut child);
         finish(child, program, stderr, progress)?;
+        // Which table each "<dump id>.dat" holds, from pg_dump's table of contents.
+        let tables = fs::read(partial.join("toc.dat"))
+            .map_err(|e| format!("toc.dat: {e}"))
+            .and_then(|toc| crate::dumpfacts::directory_tables(&toc));
         progress.set_phase(Phase::CompressingFiles);
         let mut names: Vec<PathBuf> = fs::read_dir(&partial)
             .map_err(io_err("could not list", &partial))?
@@ -836,7 +853,8 @@ fn directory_dump(plan: &Plan, target: &Path, progress: &Progress) -> Result<Wri
         names.sort();
         let threads = plan.parallel_jobs.clamp(1, 64) as usize;
         let next = AtomicU64::new(0);
-        let results: Vec<Result<Vec<(String, Written)>, ExecError>> = std::thread::scope(|s| {
+        type Sealed = (String, Written, Option<u64>);
+        let results: Vec<Result<Vec<Sealed>, ExecError>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..threads)
                 .map(|_| {
                     s.spawn(|| {
@@ -868,11 +886,26 @@ fn directory_dump(plan: &Plan, target: &Path, progress: &Progress) -> Result<Wri
             files.extend(r?);
         }
         files.sort_by(|a, b| a.0.cmp(&b.0));
-        let total: u64 = files.iter().map(|(_, w)| w.size).sum();
+        let total: u64 = files.iter().map(|(_, w, _)| w.size).sum();
         let manifest: String = files
             .iter()
-            .map(|(name, w)| format!("{}  {}\n", w.sha256, name))
+            .map(|(name, w, _)| format!("{}  {}\n", w.sha256, name))
             .collect();
+        let facts = tables.map(|tables| {
+            let mut rows: std::collections::BTreeMap<String, u64> =
+                tables.values().map(|t| (t.clone(), 0)).collect();
+            for (name, _, counted) in &files {
+                let id = name
+                    .trim_end_matches(".zst")
+                    .trim_end_matches(".dat")
+                    .parse::<i64>()
+                    .ok();
+                if let (Some(n), Some(table)) = (counted, id.and_then(|i| tables.get(&i))) {
+                    rows.insert(table.clone(), *n);
+                }
+            }
+            rows
+        });
         progress.set_phase(Phase::Syncing);
         let manifest_path = partial.join(DIRECTORY_MANIFEST);
         let mut m = OpenOptions::new()
@@ -896,11 +929,14 @@ fn directory_dump(plan: &Plan, target: &Path, progress: &Progress) -> Result<Wri
         }
         fs::rename(&partial, target).map_err(io_err("could not rename", &partial))?;
         sync_parent(target)?;
-        Ok(Written {
-            path: target.to_owned(),
-            size: total + manifest.len() as u64,
-            sha256: hex(&Sha256::digest(manifest.as_bytes())),
-        })
+        Ok((
+            Written {
+                path: target.to_owned(),
+                size: total + manifest.len() as u64,
+                sha256: hex(&Sha256::digest(manifest.as_bytes())),
+            },
+            Some(facts),
+        ))
     })();
     if result.is_err() {
         let _ = fs::remove_dir_all(&partial);
@@ -908,34 +944,56 @@ fn directory_dump(plan: &Plan, target: &Path, progress: &Progress) -> Result<Wri
     result
 }
 
+/// Reads `input` to its end in pieces, counts rows in them when asked, and hands each on.
+fn read_pieces(
+    mut input: File,
+    raw: &Path,
+    rows: &mut Option<RowCounter>,
+    mut each: impl FnMut(&[u8]) -> Result<(), ExecError>,
+) -> Result<File, ExecError> {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = input
+            .read(&mut buf)
+            .map_err(io_err("could not read", raw))?;
+        if n == 0 {
+            return Ok(input);
+        }
+        if let Some(r) = rows.as_mut() {
+            r.feed(&buf[..n]);
+        }
+        each(&buf[..n])?;
+    }
+}
+
 /// Compresses (or only checksums) one file written by pg_dump; returns its manifest name.
 fn seal_file(
     raw: &Path,
     compression: Compression,
     progress: &Progress,
-) -> Result<(String, Written), ExecError> {
+) -> Result<(String, Written, Option<u64>), ExecError> {
     let name = raw
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // "<dump id>.dat" holds a table's COPY data: count its rows on the way.
+    let mut rows = name
+        .strip_suffix(".dat")
+        .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+        .then(RowCounter::default);
     let input = File::open(raw).map_err(io_err("could not open", raw))?;
     match compression {
         Compression::None => {
             let mut hasher = Sha256::new();
             let mut size = 0u64;
-            let mut buf = vec![0u8; CHUNK];
-            let mut input = input;
-            loop {
-                let n = input
-                    .read(&mut buf)
-                    .map_err(io_err("could not read", raw))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                size += n as u64;
-                progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
-            }
+            let input = read_pieces(input, raw, &mut rows, |piece| {
+                hasher.update(piece);
+                size += piece.len() as u64;
+                progress
+                    .bytes
+                    .fetch_add(piece.len() as u64, Ordering::Relaxed);
+                Ok(())
+            })?;
             input.sync_all().map_err(io_err("could not fsync", raw))?;
             Ok((
                 name,
@@ -944,6 +1002,7 @@ fn seal_file(
                     size,
                     sha256: hex(&hasher.finalize()),
                 },
+                rows.map(|r| r.rows),
             ))
         }
         Compression::Zstd(level) => {
@@ -963,9 +1022,10 @@ fn seal_file(
             {
                 let mut enc = zstd::stream::write::Encoder::new(&mut writer, level)
                     .map_err(io_err("could not start zstd for", &target))?;
-                let mut buf = vec![0u8; CHUNK];
-                let mut input = input;
-                pump(&mut input, &mut enc, &mut buf, &target, None)?;
+                read_pieces(input, raw, &mut rows, |piece| {
+                    enc.write_all(piece)
+                        .map_err(io_err("could not write", &target))
+                })?;
                 enc.finish().map_err(io_err("could not write", &target))?;
             }
             writer
@@ -980,6 +1040,7 @@ fn seal_file(
                     size: writer.written,
                     sha256: hex(&writer.hasher.finalize()),
                 },
+                rows.map(|r| r.rows),
             ))
         }
     }

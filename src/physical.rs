@@ -101,6 +101,53 @@ fn extract(file: File, zstd: bool, dir: &Path, progress: &Progress) -> Result<()
     done.and(fed)
 }
 
+/// Creates `scratch` (mode 0700) and extracts the base backup into `scratch/data`.
+fn unpack(file: File, zstd: bool, scratch: &Path, progress: &Progress) -> Result<PathBuf, String> {
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(scratch)
+        .map_err(|e| format!("could not create {}: {e}", scratch.display()))?;
+    let data = scratch.join("data");
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&data)
+        .map_err(|e| format!("could not create {}: {e}", data.display()))?;
+    extract(file, zstd, &data, progress).map_err(|e| format!("extracting: {e}"))?;
+    Ok(data)
+}
+
+/// `pg_verifybackup` against the manifest that came inside the tar (WAL included): its verdict
+/// and its output.
+fn pg_verifybackup(data: &Path, bindir: &Path, progress: &Progress) -> (bool, String) {
+    match run(
+        &[
+            bindir.join("pg_verifybackup").into_os_string(),
+            "--exit-on-error".into(),
+            data.as_os_str().to_owned(),
+        ],
+        progress,
+    ) {
+        Ok(o) => (true, tail(&o)),
+        Err(e) => (false, e),
+    }
+}
+
+/// Extracts a base backup into `scratch`, runs pg_verifybackup on it, removes it again.
+pub fn verify_only(
+    file: File,
+    zstd: bool,
+    scratch: &Path,
+    bindir: &Path,
+    progress: &Progress,
+) -> (bool, String) {
+    let verdict = match unpack(file, zstd, scratch, progress) {
+        Ok(data) => pg_verifybackup(&data, bindir, progress),
+        Err(e) => (false, e),
+    };
+    let _ = fs::remove_dir_all(scratch);
+    verdict
+}
+
 /// Restore-tests a base backup.  `scratch` is a new directory path inside the backup roots.
 pub fn restore_test(
     file: File,
@@ -120,30 +167,8 @@ pub fn restore_test(
         details: json!({}),
     };
     let result = (|| -> Result<(), String> {
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(scratch)
-            .map_err(|e| format!("could not create {}: {e}", scratch.display()))?;
-        let data = scratch.join("data");
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&data)
-            .map_err(|e| format!("could not create {}: {e}", data.display()))?;
-        extract(file, zstd, &data, progress).map_err(|e| format!("extracting: {e}"))?;
-
-        // pg_verifybackup against the manifest that came inside the tar (WAL included).
-        let verified = run(
-            &[
-                bindir.join("pg_verifybackup").into_os_string(),
-                "--exit-on-error".into(),
-                data.clone().into_os_string(),
-            ],
-            progress,
-        );
-        out.verifybackup = Some(match &verified {
-            Ok(o) => (true, tail(o)),
-            Err(e) => (false, e.clone()),
-        });
+        let data = unpack(file, zstd, scratch, progress)?;
+        out.verifybackup = Some(pg_verifybackup(&data, bindir, progress));
 
         // Configuration may live outside the data directory (Debian keeps it in /etc): the
         // restored cluster gets what it needs to start, and nothing of the original's duties.

@@ -57,7 +57,7 @@ impl From<RestoreError> for ErrorReport {
             ),
             RestoreError::Unsupported(_) => (
                 ERRCODE_FEATURE_NOT_SUPPORTED,
-                "Restore tests cover pg_dump (custom format) and pg_basebackup backups; use verify_backup_integrity() for the others.",
+                "Restore tests cover pg_dump (custom and directory format) and pg_basebackup backups; use verify_backup_integrity() for globals.",
             ),
             RestoreError::Spi(_) => (
                 ERRCODE_INTERNAL_ERROR,
@@ -135,13 +135,45 @@ struct Scratch {
     bindir: std::path::PathBuf,
 }
 
+/// What pg_restore reads.
+enum Source {
+    /// A custom-format file, zstd-compressed or not, fed on stdin.
+    Stream(std::fs::File, bool),
+    /// A directory-format dump, decompressed into a scratch directory.
+    Directory(std::path::PathBuf),
+}
+
+/// Unpacks a directory backup (every file its manifest names, `.zst` ones decompressed) into
+/// `into`, for pg_restore, which reads only plain files.
+fn unpack_directory(from: &Path, into: &Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(into)
+        .map_err(|e| format!("could not create {}: {e}", into.display()))?;
+    let manifest = std::fs::read_to_string(from.join(executor::DIRECTORY_MANIFEST))
+        .map_err(|e| format!("manifest: {e}"))?;
+    for line in manifest.lines().filter(|l| !l.is_empty()) {
+        let name = line.split_once("  ").map(|(_, n)| n).unwrap_or_default();
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(format!("malformed manifest line \"{line}\""));
+        }
+        let source = verify::open_regular(&from.join(name)).map_err(|(_, d)| d)?;
+        let plain = name.strip_suffix(".zst").unwrap_or(name);
+        let mut out = std::fs::File::create(into.join(plain)).map_err(|e| e.to_string())?;
+        if name.ends_with(".zst") {
+            let mut dec = zstd::stream::read::Decoder::new(source).map_err(|e| e.to_string())?;
+            std::io::copy(&mut dec, &mut out).map_err(|e| format!("{name}: {e}"))?;
+        } else {
+            let mut source = source;
+            std::io::copy(&mut source, &mut out).map_err(|e| format!("{name}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Creates the scratch database, restores into it, counts rows, drops it (unless kept).
-fn restore_logical(
-    file: std::fs::File,
-    zstd: bool,
-    scratch: &Scratch,
-    progress: &Progress,
-) -> Outcome {
+fn restore_logical(source: Source, scratch: &Scratch, progress: &Progress) -> Outcome {
     let Scratch {
         name: scratch,
         keep,
@@ -175,43 +207,51 @@ fn restore_logical(
         outcome.error = Some(format!("could not create the scratch database: {e}"));
         return outcome;
     }
-    let restore_argv = [
+    let mut restore_argv = vec![
         bin(bindir, "pg_restore"),
         "--no-password".into(),
         "--exit-on-error".into(),
         target.clone().into(),
     ];
-    let restored = if zstd {
-        // Decompress on a thread into pg_restore's stdin.
-        let mut cmd = executor::command(&restore_argv);
-        cmd.stdin(Stdio::piped());
-        match executor::spawn(cmd, progress, Stdio::null()) {
-            Err(e) => Err(e.to_string()),
-            Ok(mut child) => {
-                let stderr = executor::collect_stderr(&mut child);
-                let fed = child.stdin.take().map(|mut sink| {
-                    std::thread::spawn(move || -> Result<(), String> {
-                        let mut dec = zstd::stream::read::Decoder::new(file)
-                            .map_err(|e| format!("zstd: {e}"))?;
-                        std::io::copy(&mut dec, &mut sink)
-                            .map_err(|e| format!("decompressing the backup: {e}"))?;
-                        sink.flush().map_err(|e| e.to_string())
-                    })
-                });
-                let done = executor::finish(child, "pg_restore".into(), stderr, progress)
-                    .map_err(|e| tail(&e.to_string()));
-                let fed = fed
-                    .map(|t| {
-                        t.join()
-                            .unwrap_or_else(|_| Err("decompressor panicked".into()))
-                    })
-                    .unwrap_or(Ok(()));
-                // pg_restore's own error explains more than a broken pipe does.
-                done.and(fed)
+    let restored = match source {
+        Source::Directory(dir) => {
+            restore_argv.push("--jobs=2".into());
+            restore_argv.push(dir.into_os_string());
+            run_program(&restore_argv, None, progress).map(|_| ())
+        }
+        Source::Stream(file, true) => {
+            // Decompress on a thread into pg_restore's stdin.
+            let mut cmd = executor::command(&restore_argv);
+            cmd.stdin(Stdio::piped());
+            match executor::spawn(cmd, progress, Stdio::null()) {
+                Err(e) => Err(e.to_string()),
+                Ok(mut child) => {
+                    let stderr = executor::collect_stderr(&mut child);
+                    let fed = child.stdin.take().map(|mut sink| {
+                        std::thread::spawn(move || -> Result<(), String> {
+                            let mut dec = zstd::stream::read::Decoder::new(file)
+                                .map_err(|e| format!("zstd: {e}"))?;
+                            std::io::copy(&mut dec, &mut sink)
+                                .map_err(|e| format!("decompressing the backup: {e}"))?;
+                            sink.flush().map_err(|e| e.to_string())
+                        })
+                    });
+                    let done = executor::finish(child, "pg_restore".into(), stderr, progress)
+                        .map_err(|e| tail(&e.to_string()));
+                    let fed = fed
+                        .map(|t| {
+                            t.join()
+                                .unwrap_or_else(|_| Err("decompressor panicked".into()))
+                        })
+                        .unwrap_or(Ok(()));
+                    // pg_restore's own error explains more than a broken pipe does.
+                    done.and(fed)
+                }
             }
         }
-    } else {
-        run_program(&restore_argv, Some(Stdio::from(file)), progress).map(|_| ())
+        Source::Stream(file, false) => {
+            run_program(&restore_argv, Some(Stdio::from(file)), progress).map(|_| ())
+        }
     };
     outcome.restore_time = started.elapsed();
     match restored {
@@ -333,7 +373,7 @@ pub fn restore_test(
     if target.method == "pg_basebackup" {
         return physical_restore_test(target);
     }
-    if target.method != "pg_dump" {
+    if target.method != "pg_dump" && target.method != "pg_dump_directory" {
         return Err(RestoreError::Unsupported(target.method.clone()));
     }
     let scratch = match test_database_name {
@@ -390,10 +430,12 @@ pub fn restore_test(
     let started = Instant::now();
     let (shown, checksum, size) = (target.path.clone(), target.checksum.clone(), target.size);
     let zstd = compression == "zstd";
+    let method = target.method.clone();
+    let unpack_into = verification_scratch(id)?;
     let work = crate::verification::in_background(move |progress| {
         // First the bytes: a backup whose checksum fails is not worth restoring.
         let integrity = verification::run(
-            "pg_dump",
+            &method,
             path.as_deref(),
             &shown,
             checksum.as_deref(),
@@ -404,20 +446,29 @@ pub fn restore_test(
         if !integrity.passed {
             return (integrity, None);
         }
-        let opened = path
-            .as_deref()
-            .ok_or_else(|| "the backup file is missing".to_owned())
-            .and_then(|p| verify::open_regular(p).map_err(|(_, d)| d));
-        let file = match opened {
-            Ok(f) => f,
+        let source = if method == "pg_dump_directory" {
+            path.as_deref()
+                .ok_or_else(|| "the backup directory is missing".to_owned())
+                .and_then(|p| unpack_directory(p, &unpack_into))
+                .map(|_| Source::Directory(unpack_into.clone()))
+        } else {
+            path.as_deref()
+                .ok_or_else(|| "the backup file is missing".to_owned())
+                .and_then(|p| verify::open_regular(p).map_err(|(_, d)| d))
+                .map(|f| Source::Stream(f, zstd))
+        };
+        let source = match source {
+            Ok(s) => s,
             Err(d) => {
+                let _ = std::fs::remove_dir_all(&unpack_into);
                 return (
                     Report::failed(verify::Reason::Unreadable, d, Path::new(&shown)),
                     None,
-                )
+                );
             }
         };
-        let outcome = restore_logical(file, zstd, &place, &progress);
+        let outcome = restore_logical(source, &place, &progress);
+        let _ = std::fs::remove_dir_all(&unpack_into);
         (integrity, Some(outcome))
     });
     let elapsed = started.elapsed();
@@ -462,11 +513,62 @@ pub fn restore_test(
     })
 }
 
-/// The restore test of a pg_basebackup backup (`physical.rs`), recorded as a `pg_verifybackup`
-/// verification (when it got that far) and a `restore_test` one.
-fn physical_restore_test(target: verification::Target) -> Result<RestoreResult, RestoreError> {
+/// For a pg_basebackup backup whose checksum passed: extracts it, runs pg_verifybackup against
+/// the manifest inside it, records a `pg_verifybackup` verification, and returns the verdict.
+pub fn verify_base_backup(target: &verification::Target) -> Result<bool, RestoreError> {
     let id = target.backup_id;
-    let path = verification::confine(&target)?;
+    let Some(path) = verification::confine(target)? else {
+        return Ok(false);
+    };
+    let scratch = verification_scratch(id)?;
+    let compression = Spi::get_one_with_args::<String>(
+        "SELECT compression FROM backup_management.backup_records WHERE backup_id = $1",
+        &[id.into()],
+    )?
+    .unwrap_or_default();
+    let bindir = crate::worker::bindir();
+    let started = Instant::now();
+    let (passed, output) =
+        crate::verification::in_background(move |progress| match verify::open_regular(&path) {
+            Ok(file) => crate::physical::verify_only(
+                file,
+                compression == "zstd",
+                &scratch,
+                &bindir,
+                &progress,
+            ),
+            Err((_, d)) => (false, d),
+        });
+    record_verifybackup(id, passed, &output, started.elapsed())?;
+    Ok(passed)
+}
+
+fn record_verifybackup(
+    id: i64,
+    passed: bool,
+    output: &str,
+    elapsed: Duration,
+) -> Result<(), SpiError> {
+    Spi::connect_mut(|c| {
+        c.update(
+            "INSERT INTO backup_management.backup_verifications \
+                 (backup_id, verification_type, verification_status, verification_result, duration) \
+             VALUES ($1, 'pg_verifybackup', $2, $3::text::jsonb, make_interval(secs => $4))",
+            None,
+            &[
+                id.into(),
+                if passed { "passed" } else { "failed" }.into(),
+                json!({ "output": output }).to_string().into(),
+                elapsed.as_secs_f64().into(),
+            ],
+        )
+        .map(|_| ())
+    })
+}
+
+/// A scratch directory for restore-testing backup `id`, inside the first backup root (its
+/// parent is created).
+fn verification_scratch(id: i64) -> Result<std::path::PathBuf, RestoreError> {
     let roots = guc::backup_roots().map_err(VerificationError::from)?;
     let root = roots
         .first()
@@ -480,6 +582,15 @@ fn physical_restore_test(target: verification::Target) -> Result<RestoreResult, 
             .mode(0o700)
             .create(parent);
     }
+    Ok(scratch)
+}
+
+/// The restore test of a pg_basebackup backup (`physical.rs`), recorded as a `pg_verifybackup`
+/// verification (when it got that far) and a `restore_test` one.
+fn physical_restore_test(target: verification::Target) -> Result<RestoreResult, RestoreError> {
+    let id = target.backup_id;
+    let path = verification::confine(&target)?;
+    let scratch = verification_scratch(id)?;
     let (compression, user) = Spi::connect(|c| -> Result<_, SpiError> {
         let t = c.select(
             "SELECT compression, current_user::text FROM backup_management.backup_records WHERE backup_id = $1",
@@ -537,21 +648,7 @@ fn physical_restore_test(target: verification::Target) -> Result<RestoreResult, 
         });
     };
     if let Some((passed, output)) = &o.verifybackup {
-        let status = if *passed { "passed" } else { "failed" };
-        Spi::connect_mut(|c| {
-            c.update(
-                "INSERT INTO backup_management.backup_verifications \
-                     (backup_id, verification_type, verification_status, verification_result) \
-                 VALUES ($1, 'pg_verifybackup', $2, $3::text::jsonb)",
-                None,
-                &[
-                    id.into(),
-                    status.into(),
-                    json!({ "output": output }).to_string().into(),
-                ],
-            )
-            .map(|_| ())
-        })?;
+        record_verifybackup(id, *passed, output, elapsed)?;
     }
     let verified = o.restored && o.verifybackup.as_ref().is_some_and(|v| v.0);
     let status = if verified { "passed" } else { "failed" };

@@ -285,5 +285,8 @@ fn verify_backup_integrity(backup_id: Option<i64>) -> Result<bool, ErrorReport> 
         started.elapsed(),
     )
     .map_err(VerificationError::from)?;
+    if report.passed && target.method == "pg_basebackup" {
+        return Ok(crate::restore::verify_base_backup(&target)?);
+    }
     Ok(report.passed)
 }

@@ -571,10 +571,25 @@ fn restore_test_restores_real_dumps_and_catches_corruption() {
     );
     let zst = &wait_records(&cluster, &mut db, "zst", "completed", 1, 60)[0];
     let raw = &wait_records(&cluster, &mut db, "raw", "completed", 1, 60)[0];
+    run_now(
+        &mut db,
+        "dirz",
+        "appdb",
+        "pg_dump_directory",
+        r#"{"parallel_jobs": 2}"#,
+    );
+    let dirz = &wait_records(&cluster, &mut db, "dirz", "completed", 1, 60)[0];
     let facts: String = db
         .query_one(
             "SELECT annotations->>'row_counts' FROM backup_management.backup_records WHERE backup_id = $1",
             &[&zst.id],
+        )
+        .unwrap()
+        .get(0);
+    let dir_facts: String = db
+        .query_one(
+            "SELECT coalesce(annotations->>'row_counts', annotations::text) FROM backup_management.backup_records WHERE backup_id = $1",
+            &[&dirz.id],
         )
         .unwrap()
         .get(0);
@@ -584,6 +599,7 @@ fn restore_test_restores_real_dumps_and_catches_corruption() {
         "\"sales.Empty Table\": 0",
     ] {
         assert!(facts.contains(fact), "{fact} not in {facts}");
+        assert!(dir_facts.contains(fact), "{fact} not in {dir_facts}");
     }
 
     let test = |db: &mut postgres::Client, sql: &str, id: i64| -> (String, bool, bool) {
@@ -594,6 +610,7 @@ fn restore_test_restores_real_dumps_and_catches_corruption() {
     let plain = "SELECT test_status, restore_time::text, data_verification FROM backup_mgmt.test_backup_restore($1)";
     assert_eq!(test(&mut db, plain, zst.id), ("passed".into(), true, true));
     assert_eq!(test(&mut db, plain, raw.id), ("passed".into(), true, true));
+    assert_eq!(test(&mut db, plain, dirz.id), ("passed".into(), true, true));
     let left: i64 = db
         .query_one(
             "SELECT count(*) FROM pg_database WHERE datname LIKE 'backup_mgmt_restore_%'",
@@ -957,6 +974,21 @@ fn physical_restore_test_starts_the_backup_as_a_cluster() {
         .unwrap()
         .get(0);
     assert_eq!(verifybackup, "passed");
+    // verify_backup_integrity() also runs pg_verifybackup on a base backup.
+    let ok: bool = db
+        .query_one("SELECT backup_mgmt.verify_backup_integrity($1)", &[&b.id])
+        .unwrap()
+        .get(0);
+    assert!(ok);
+    let runs: i64 = db
+        .query_one(
+            "SELECT count(*) FROM backup_management.backup_verifications
+              WHERE backup_id = $1 AND verification_type = 'pg_verifybackup' AND verification_status = 'passed'",
+            &[&b.id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(runs, 2);
     // The scratch cluster is gone, and no backup_mgmt worker ever ran in it.
     let leftovers: Vec<PathBuf> = files_under(&cluster.backup_root().join(".backup_mgmt_restore"))
         .into_iter()

@@ -549,21 +549,9 @@ fn record_verifybackup(
     output: &str,
     elapsed: Duration,
 ) -> Result<(), SpiError> {
-    Spi::connect_mut(|c| {
-        c.update(
-            "INSERT INTO backup_management.backup_verifications \
-                 (backup_id, verification_type, verification_status, verification_result, duration) \
-             VALUES ($1, 'pg_verifybackup', $2, $3::text::jsonb, make_interval(secs => $4))",
-            None,
-            &[
-                id.into(),
-                if passed { "passed" } else { "failed" }.into(),
-                json!({ "output": output }).to_string().into(),
-                elapsed.as_secs_f64().into(),
-            ],
-        )
-        .map(|_| ())
-    })
+    let status = if passed { "passed" } else { "failed" };
+    let result = json!({ "output": output }).to_string();
+    verification::insert(id, "pg_verifybackup", status, &result, elapsed).map(|_| ())
 }
 
 /// A scratch directory for restore-testing backup `id`, inside the first backup root (its
@@ -683,21 +671,7 @@ fn record_restore_test(
     result: &Value,
     elapsed: Duration,
 ) -> Result<(), SpiError> {
-    Spi::connect_mut(|c| {
-        c.update(
-            "INSERT INTO backup_management.backup_verifications \
-                 (backup_id, verification_type, verification_status, verification_result, duration) \
-             VALUES ($1, 'restore_test', $2, $3::text::jsonb, make_interval(secs => $4))",
-            None,
-            &[
-                id.into(),
-                status.into(),
-                result.to_string().into(),
-                elapsed.as_secs_f64().into(),
-            ],
-        )
-        .map(|_| ())
-    })?;
+    verification::insert(id, "restore_test", status, &result.to_string(), elapsed)?;
     if status != "passed" {
         let detail = result.to_string();
         pgrx::log!("backup_mgmt: restore test of backup {id} failed: {detail}");

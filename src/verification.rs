@@ -147,6 +147,34 @@ pub fn run(
     }
 }
 
+/// Inserts a `backup_verifications` row; returns its id.
+pub fn insert(
+    backup_id: i64,
+    kind: &str,
+    status: &str,
+    result_json: &str,
+    elapsed: Duration,
+) -> Result<i64, SpiError> {
+    Ok(Spi::connect_mut(|c| {
+        c.update(
+            "INSERT INTO backup_management.backup_verifications \
+                 (backup_id, verification_type, verification_status, verification_result, duration) \
+             VALUES ($1, $2, $3, $4::text::jsonb, make_interval(secs => $5)) RETURNING verification_id",
+            None,
+            &[
+                backup_id.into(),
+                kind.into(),
+                status.into(),
+                result_json.into(),
+                elapsed.as_secs_f64().into(),
+            ],
+        )?
+        .first()
+        .get::<i64>(1)
+    })?
+    .unwrap_or_default())
+}
+
 /// Records a verification row (and, for a failure, a log line and a NOTIFY).  Returns its id.
 pub fn record(
     backup_id: i64,
@@ -163,24 +191,7 @@ pub fn record(
         );
     }
     let status = if report.passed { "passed" } else { "failed" };
-    let id = Spi::connect_mut(|c| {
-        c.update(
-            "INSERT INTO backup_management.backup_verifications \
-                 (backup_id, verification_type, verification_status, verification_result, duration) \
-             VALUES ($1, $2, $3, $4::text::jsonb, make_interval(secs => $5)) RETURNING verification_id",
-            None,
-            &[
-                backup_id.into(),
-                kind.into(),
-                status.into(),
-                result.to_string().into(),
-                elapsed.as_secs_f64().into(),
-            ],
-        )?
-        .first()
-        .get::<i64>(1)
-    })?
-    .unwrap_or_default();
+    let id = insert(backup_id, kind, status, &result.to_string(), elapsed)?;
     if !report.passed {
         let why = report.detail.clone().unwrap_or_default();
         pgrx::log!("backup_mgmt: verification of backup {backup_id} failed: {why}");

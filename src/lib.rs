@@ -10,6 +10,7 @@ use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
 
+mod archive;
 mod catalog;
 mod checksum;
 mod drill;

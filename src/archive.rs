@@ -1,0 +1,380 @@
+//! WAL archive module: with `archive_library = 'backup_mgmt'`, PostgreSQL's archiver calls this
+//! library for every WAL segment and history file, with no process forked per segment.
+//!
+//! Each file is copied into `<first backup root>/wal/<system identifier>/` under a temporary
+//! name, fsynced, renamed and the directory fsynced; only then is success reported.  A file
+//! already archived with the same content is success (PostgreSQL retries after a crash); one
+//! with different content is refused and logged, never overwritten.  A segment whose page header
+//! names another cluster is refused.  Every archived file is appended, with its size and sha256,
+//! to `archive_manifest.jsonl` in the same directory (the archiver has no database connection;
+//! the worker can ingest it).
+//!
+//! On PG15 an ERROR inside an archive callback kills the archiver, so nothing here raises: every
+//! failure is a WARNING and `false`, and PostgreSQL retries the segment.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::executor::hex;
+
+/// Copy buffer (see `verify::CHUNK` for why it is small).
+const CHUNK: usize = 64 << 10;
+/// The manifest of archived files in each archive directory.
+pub const MANIFEST: &str = "archive_manifest.jsonl";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("\"{0}\" is not a WAL file name")]
+    BadName(String),
+    #[error("{name} is already archived with different content; refusing to overwrite it")]
+    Conflict { name: String },
+    #[error(
+        "{name} belongs to another cluster (system identifier {found}, this cluster is {ours})"
+    )]
+    OtherCluster { name: String, found: u64, ours: u64 },
+    #[error("{action} \"{path}\": {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ArchiveError + 'a {
+    move |source| ArchiveError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What happened to a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Archived {
+    /// Copied now, with this size and sha256.
+    Copied { size: u64, sha256: String },
+    /// Already there with identical content.
+    AlreadyThere,
+}
+
+/// Names PostgreSQL archives: segments, partial segments, history and backup history files.
+fn valid_name(name: &str) -> bool {
+    let hex24 = |s: &str| s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let hex8 = |s: &str| s.len() == 8 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if let Some(tli) = name.strip_suffix(".history") {
+        return hex8(tli);
+    }
+    if let Some(seg) = name.strip_suffix(".partial") {
+        return hex24(seg);
+    }
+    if let Some(rest) = name.strip_suffix(".backup") {
+        return rest.len() == 33 && hex24(&rest[..24]) && rest.as_bytes()[24] == b'.';
+    }
+    hex24(name)
+}
+
+/// The system identifier in a WAL segment's first (long) page header, if `head` holds one.
+fn segment_system_identifier(head: &[u8]) -> Option<u64> {
+    // XLogLongPageHeaderData: xlp_magic u16, xlp_info u16, xlp_tli u32, xlp_pageaddr u64,
+    // xlp_rem_len u32 (+4 padding), then xlp_sysid u64 at offset 24.  XLP_LONG_HEADER = 0x0002.
+    if head.len() < 32 || u16::from_le_bytes([head[2], head[3]]) & 0x0002 == 0 {
+        return None;
+    }
+    Some(u64::from_le_bytes(head[24..32].try_into().ok()?))
+}
+
+/// Whether two files have the same content.
+fn same_content(a: &Path, b: &Path) -> Result<bool, ArchiveError> {
+    let mut fa = File::open(a).map_err(io_err("could not open", a))?;
+    let mut fb = File::open(b).map_err(io_err("could not open", b))?;
+    if fa.metadata().map(|m| m.len()).ok() != fb.metadata().map(|m| m.len()).ok() {
+        return Ok(false);
+    }
+    let (mut ba, mut bb) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    loop {
+        let n = fa.read(&mut ba).map_err(io_err("could not read", a))?;
+        if n == 0 {
+            return Ok(true);
+        }
+        fb.read_exact(&mut bb[..n])
+            .map_err(io_err("could not read", b))?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+    }
+}
+
+/// Archives `source` as `name` into `dir` (created if needed), durably, never overwriting.
+/// `system_identifier` is this cluster's; a segment naming another one is refused.
+pub fn archive_file(
+    source: &Path,
+    name: &str,
+    dir: &Path,
+    system_identifier: u64,
+) -> Result<Archived, ArchiveError> {
+    if !valid_name(name) {
+        return Err(ArchiveError::BadName(name.to_owned()));
+    }
+    if !dir.is_dir() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_err("could not create", dir))?;
+        if let Some(parent) = dir.parent() {
+            File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err("could not fsync", parent))?;
+        }
+    }
+    let target = dir.join(name);
+    if target.exists() {
+        return if same_content(source, &target)? {
+            Ok(Archived::AlreadyThere)
+        } else {
+            Err(ArchiveError::Conflict {
+                name: name.to_owned(),
+            })
+        };
+    }
+    let temp = dir.join(format!(".{name}.tmp"));
+    let _ = fs::remove_file(&temp);
+    let mut input = File::open(source).map_err(io_err("could not open", source))?;
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&temp)
+        .map_err(io_err("could not create", &temp))?;
+    let result = (|| {
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; CHUNK];
+        let mut first = true;
+        loop {
+            let n = input
+                .read(&mut buf)
+                .map_err(io_err("could not read", source))?;
+            if n == 0 {
+                break;
+            }
+            if first && name.len() == 24 {
+                if let Some(found) = segment_system_identifier(&buf[..n]) {
+                    if found != system_identifier {
+                        return Err(ArchiveError::OtherCluster {
+                            name: name.to_owned(),
+                            found,
+                            ours: system_identifier,
+                        });
+                    }
+                }
+            }
+            first = false;
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])
+                .map_err(io_err("could not write", &temp))?;
+            size += n as u64;
+        }
+        out.sync_all().map_err(io_err("could not fsync", &temp))?;
+        // link(2), not rename(2): it fails if the name appeared meanwhile, so nothing is ever
+        // overwritten, even by a concurrent archiver of the same directory.
+        fs::hard_link(&temp, &target).map_err(io_err("could not link", &target))?;
+        let _ = fs::remove_file(&temp);
+        let sha256 = hex(&hasher.finalize());
+        let line = format!(
+            "{{\"name\":\"{name}\",\"size\":{size},\"sha256\":\"{sha256}\",\"archived_at\":\"{}\"}}\n",
+            chrono::Utc::now().to_rfc3339()
+        );
+        let manifest = dir.join(MANIFEST);
+        let mut m = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&manifest)
+            .map_err(io_err("could not open", &manifest))?;
+        m.write_all(line.as_bytes())
+            .and_then(|_| m.sync_all())
+            .map_err(io_err("could not write", &manifest))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("could not fsync", dir))?;
+        Ok(Archived::Copied { size, sha256 })
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+/// This cluster's system identifier, from `global/pg_control` (the archiver runs in the data
+/// directory; the identifier is the control file's first field).
+fn system_identifier() -> io::Result<u64> {
+    let mut head = [0u8; 8];
+    File::open("global/pg_control")?.read_exact(&mut head)?;
+    Ok(u64::from_le_bytes(head))
+}
+
+/// The archive directory: `<first backup root>/wal/<system identifier>`.
+fn archive_dir(system_identifier: u64) -> Result<PathBuf, String> {
+    let roots = crate::guc::backup_roots().map_err(|e| e.to_string())?;
+    let root = roots
+        .first()
+        .ok_or("backup_mgmt.backup_roots is empty")?
+        .canonicalize()
+        .map_err(|e| format!("backup root: {e}"))?;
+    Ok(root.join("wal").join(system_identifier.to_string()))
+}
+
+#[cfg(feature = "pg15")]
+mod callbacks {
+    use std::ffi::{c_char, CStr};
+    use std::path::Path;
+
+    use pgrx::prelude::*;
+
+    fn archive_one(file: &str, path: &str) -> Result<(), String> {
+        let sysid = super::system_identifier().map_err(|e| format!("pg_control: {e}"))?;
+        let dir = super::archive_dir(sysid)?;
+        match super::archive_file(Path::new(path), file, &dir, sysid) {
+            Ok(super::Archived::Copied { .. }) => Ok(()),
+            Ok(super::Archived::AlreadyThere) => {
+                pgrx::log!("backup_mgmt: {file} was already archived with the same content");
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    unsafe extern "C-unwind" fn check_configured() -> bool {
+        let ok = PgTryBuilder::new(|| super::archive_dir(0).is_ok())
+            .catch_others(|_| false)
+            .execute();
+        if !ok {
+            warning!("backup_mgmt: archiving needs backup_mgmt.backup_roots to name an existing directory");
+        }
+        ok
+    }
+
+    unsafe extern "C-unwind" fn archive_file_cb(file: *const c_char, path: *const c_char) -> bool {
+        // Nothing may raise here: an ERROR would kill the archiver (PG15).
+        PgTryBuilder::new(|| {
+            let file = unsafe { CStr::from_ptr(file) }
+                .to_string_lossy()
+                .into_owned();
+            let path = unsafe { CStr::from_ptr(path) }
+                .to_string_lossy()
+                .into_owned();
+            match archive_one(&file, &path) {
+                Ok(()) => true,
+                Err(why) => {
+                    warning!("backup_mgmt: could not archive {file}: {why}");
+                    false
+                }
+            }
+        })
+        .catch_others(|e| {
+            let message = match e {
+                pgrx::pg_sys::panic::CaughtError::PostgresError(r)
+                | pgrx::pg_sys::panic::CaughtError::ErrorReport(r) => r.message().to_owned(),
+                pgrx::pg_sys::panic::CaughtError::RustPanic { ereport, .. } => {
+                    ereport.message().to_owned()
+                }
+            };
+            warning!("backup_mgmt: archiving failed: {message}");
+            false
+        })
+        .execute()
+    }
+
+    /// PostgreSQL 15's archive module entry point (`archive_library = 'backup_mgmt'`).
+    ///
+    /// # Safety
+    /// Called by PostgreSQL's archiver with a valid callbacks struct.
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C-unwind" fn _PG_archive_module_init(
+        cb: *mut pgrx::pg_sys::ArchiveModuleCallbacks,
+    ) {
+        unsafe {
+            (*cb).check_configured_cb = Some(check_configured);
+            (*cb).archive_file_cb = Some(archive_file_cb);
+            (*cb).shutdown_cb = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    fn segment(sysid: u64, fill: u8) -> Vec<u8> {
+        let mut v = vec![fill; 64 * 1024];
+        v[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        v[2..4].copy_from_slice(&0x0002u16.to_le_bytes());
+        v[24..32].copy_from_slice(&sysid.to_le_bytes());
+        v
+    }
+
+    #[test]
+    fn archives_once_accepts_identical_refuses_different() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("000000010000000000000003");
+        std::fs::write(&src, segment(42, 7)).unwrap();
+        let dir = tmp.path().join("wal").join("42");
+        let name = "000000010000000000000003";
+        let first = archive_file(&src, name, &dir, 42).unwrap();
+        let Archived::Copied { size, sha256 } = first else {
+            panic!("not copied: {first:?}")
+        };
+        assert_eq!(size, 64 * 1024);
+        assert_eq!(sha256, hex(&Sha256::digest(std::fs::read(&src).unwrap())));
+        assert_eq!(
+            std::fs::read(dir.join(name)).unwrap(),
+            std::fs::read(&src).unwrap()
+        );
+        // The same file again (a retry after a crash): success, nothing rewritten.
+        assert_eq!(
+            archive_file(&src, name, &dir, 42).unwrap(),
+            Archived::AlreadyThere
+        );
+        // Different content under the same name: refused, the archived copy untouched.
+        std::fs::write(&src, segment(42, 8)).unwrap();
+        let e = archive_file(&src, name, &dir, 42).unwrap_err();
+        assert!(matches!(e, ArchiveError::Conflict { .. }), "{e}");
+        assert_eq!(std::fs::read(dir.join(name)).unwrap(), segment(42, 7));
+        // Another cluster's segment: refused.
+        let other = tmp.path().join("000000010000000000000004");
+        std::fs::write(&other, segment(99, 1)).unwrap();
+        let e = archive_file(&other, "000000010000000000000004", &dir, 42).unwrap_err();
+        assert!(
+            matches!(e, ArchiveError::OtherCluster { found: 99, .. }),
+            "{e}"
+        );
+        assert!(!dir.join("000000010000000000000004").exists());
+        // The manifest has one line, for the one file copied.
+        let manifest = std::fs::read_to_string(dir.join(MANIFEST)).unwrap();
+        assert_eq!(manifest.lines().count(), 1);
+        assert!(manifest.contains(&sha256));
+        // No temporary file is left behind.
+        assert!(std::fs::read_dir(&dir).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".tmp")));
+    }
+
+    #[test]
+    fn only_wal_names_are_archived() {
+        assert!(valid_name("000000010000000000000003"));
+        assert!(valid_name("00000002.history"));
+        assert!(valid_name("000000010000000000000003.partial"));
+        assert!(valid_name("000000010000000000000003.00000028.backup"));
+        assert!(!valid_name("../etc/passwd"));
+        assert!(!valid_name("00000001000000000000000G"));
+        assert!(!valid_name(""));
+    }
+}

@@ -439,6 +439,34 @@ COMMENT ON VIEW backup_mgmt.backup_progress IS 'Backups the worker is taking now
 COMMENT ON SEQUENCE enterprise_backup.backup_job_executions_execution_id_seq IS 'Generates backup_job_executions.execution_id';
 
 ------------------------------------------------------------------------------------------------
+-- backup_management.wal_archive: every file the archive module archived, ingested by the worker
+-- from the archive's own manifest (the archiver has no database connection).
+------------------------------------------------------------------------------------------------
+CREATE TABLE backup_management.wal_archive (
+    system_identifier bigint      NOT NULL,
+    file_name         text        NOT NULL,
+    timeline_id       integer,
+    segment_number    bigint,
+    file_path         text        NOT NULL,
+    file_size         bigint      NOT NULL,
+    checksum          text        NOT NULL,
+    archived_at       timestamptz NOT NULL,
+    ingested_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (system_identifier, file_name)
+);
+CREATE INDEX idx_wal_archive_segment ON backup_management.wal_archive (system_identifier, timeline_id, segment_number);
+COMMENT ON TABLE backup_management.wal_archive IS 'WAL segments and history files archived by the backup_mgmt archive module (archive_library), one row each';
+COMMENT ON COLUMN backup_management.wal_archive.system_identifier IS 'Cluster the file belongs to (pg_control_system())';
+COMMENT ON COLUMN backup_management.wal_archive.file_name IS 'WAL file name as PostgreSQL names it';
+COMMENT ON COLUMN backup_management.wal_archive.timeline_id IS 'Timeline of a segment (NULL for other files)';
+COMMENT ON COLUMN backup_management.wal_archive.segment_number IS 'Position of a segment on its timeline, counted in segments (NULL for other files)';
+COMMENT ON COLUMN backup_management.wal_archive.file_path IS 'Where the archived copy is';
+COMMENT ON COLUMN backup_management.wal_archive.file_size IS 'Size in bytes';
+COMMENT ON COLUMN backup_management.wal_archive.checksum IS 'sha256 of the archived copy, computed while it was written';
+COMMENT ON COLUMN backup_management.wal_archive.archived_at IS 'When the archive module made it durable';
+COMMENT ON COLUMN backup_management.wal_archive.ingested_at IS 'When the worker recorded it here';
+
+------------------------------------------------------------------------------------------------
 -- pg_dump of the database keeps the catalog's rows (like pg_cron's cron.job).
 ------------------------------------------------------------------------------------------------
 SELECT pg_catalog.pg_extension_config_dump('backup_management.backup_records', '');
@@ -457,6 +485,7 @@ SELECT pg_catalog.pg_extension_config_dump('enterprise_backup.backup_jobs', '');
 SELECT pg_catalog.pg_extension_config_dump('enterprise_backup.backup_jobs_job_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('enterprise_backup.backup_job_executions', '');
 SELECT pg_catalog.pg_extension_config_dump('enterprise_backup.backup_job_executions_execution_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('backup_management.wal_archive', '');
 
 ------------------------------------------------------------------------------------------------
 -- Live recovery exposure, per active recovery plan.
@@ -504,3 +533,23 @@ SELECT plan_id, plan_name, database_name, rpo_minutes, rto_minutes,
             ELSE 'breached' END AS rto_status
   FROM exposure;
 COMMENT ON VIEW backup_mgmt.recovery_status IS 'Per active recovery plan: RPO exposure (age of the newest verified backup, or of the last archived WAL after it) against rpo_minutes, and the newest drill''s measured recovery time against rto_minutes: ok, breached, or unknown (never drilled)';
+
+------------------------------------------------------------------------------------------------
+-- Missing WAL segments, per cluster and timeline, between the first and the last archived one.
+------------------------------------------------------------------------------------------------
+CREATE VIEW backup_mgmt.wal_gaps AS
+WITH bounds AS (
+    SELECT system_identifier, timeline_id, min(segment_number) AS first_segment, max(segment_number) AS last_segment
+      FROM backup_management.wal_archive
+     WHERE segment_number IS NOT NULL
+     GROUP BY system_identifier, timeline_id
+)
+SELECT b.system_identifier, b.timeline_id,
+       upper(lpad(to_hex(b.timeline_id), 8, '0') || lpad(to_hex(g / 256), 8, '0') || lpad(to_hex(g % 256), 8, '0')) AS missing_file_name,
+       g AS segment_number
+  FROM bounds b
+  CROSS JOIN LATERAL generate_series(b.first_segment, b.last_segment) g
+ WHERE NOT EXISTS (SELECT FROM backup_management.wal_archive w
+                    WHERE w.system_identifier = b.system_identifier AND w.timeline_id = b.timeline_id
+                      AND w.segment_number = g);
+COMMENT ON VIEW backup_mgmt.wal_gaps IS 'WAL segments missing from the archive between the first and the last archived segment of each cluster and timeline (16 MB segments): a point-in-time recovery cannot cross them';

@@ -378,3 +378,128 @@ mod unit {
         assert!(!valid_name(""));
     }
 }
+
+/// Timeline and segment number of a WAL segment name (16 MB segments: 256 per log file).
+pub fn segment_position(name: &str) -> Option<(i32, i64)> {
+    if name.len() != 24 || !valid_name(name) {
+        return None;
+    }
+    let tli = i64::from_str_radix(&name[0..8], 16).ok()?;
+    let log = i64::from_str_radix(&name[8..16], 16).ok()?;
+    let seg = i64::from_str_radix(&name[16..24], 16).ok()?;
+    Some((tli as i32, log * 256 + seg))
+}
+
+/// One line of an archive manifest.
+#[derive(Debug, serde::Deserialize)]
+pub struct ManifestLine {
+    pub name: String,
+    pub size: i64,
+    pub sha256: String,
+    pub archived_at: String,
+}
+
+/// The worker's side: reads what the archive module appended to each archive directory's
+/// manifest since the last look, and records it in `backup_management.wal_archive`.
+#[derive(Default)]
+pub struct Ingest {
+    /// Bytes of each manifest already ingested.
+    offsets: std::collections::HashMap<PathBuf, u64>,
+    last: Option<std::time::Instant>,
+}
+
+impl Ingest {
+    pub fn tick(&mut self) {
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(5))
+        {
+            return;
+        }
+        self.last = Some(std::time::Instant::now());
+        let Ok(roots) = crate::guc::backup_roots() else {
+            return;
+        };
+        for root in roots {
+            let Ok(clusters) = fs::read_dir(root.join("wal")) else {
+                continue;
+            };
+            for cluster in clusters.filter_map(Result::ok) {
+                let dir = cluster.path();
+                let Some(sysid) = dir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                self.ingest_dir(&dir, sysid);
+            }
+        }
+    }
+
+    fn ingest_dir(&mut self, dir: &Path, sysid: u64) {
+        let manifest = dir.join(MANIFEST);
+        let offset = self.offsets.get(&manifest).copied().unwrap_or(0);
+        let Ok(mut f) = File::open(&manifest) else {
+            return;
+        };
+        let mut text = String::new();
+        use std::io::Seek;
+        if f.seek(io::SeekFrom::Start(offset)).is_err() || f.read_to_string(&mut text).is_err() {
+            return;
+        }
+        // Only whole lines: the archiver may be appending right now.
+        let Some(end) = text.rfind('\n') else {
+            return;
+        };
+        let lines: Vec<ManifestLine> = text[..end]
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let dir_text = dir.to_string_lossy().into_owned();
+        let stored = crate::worker::in_transaction("recording archived WAL", || {
+            pgrx::Spi::connect_mut(|c| {
+                for l in &lines {
+                    let position = segment_position(&l.name);
+                    let path = format!("{dir_text}/{}", l.name);
+                    c.update(
+                        "INSERT INTO backup_management.wal_archive \
+                             (system_identifier, file_name, timeline_id, segment_number, file_path, \
+                              file_size, checksum, archived_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::timestamptz) \
+                         ON CONFLICT (system_identifier, file_name) DO NOTHING",
+                        None,
+                        &[
+                            (sysid as i64).into(),
+                            l.name.as_str().into(),
+                            position.map(|p| p.0).into(),
+                            position.map(|p| p.1).into(),
+                            path.as_str().into(),
+                            l.size.into(),
+                            l.sha256.as_str().into(),
+                            l.archived_at.as_str().into(),
+                        ],
+                    )?;
+                }
+                Ok::<(), pgrx::spi::SpiError>(())
+            })
+            .map_err(|e| e.to_string())
+        });
+        if stored.is_some() {
+            self.offsets.insert(manifest, offset + end as u64 + 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod positions {
+    #[test]
+    fn segment_names_map_to_positions() {
+        assert_eq!(
+            super::segment_position("00000001000000020000000A"),
+            Some((1, 2 * 256 + 10))
+        );
+        assert_eq!(super::segment_position("00000002.history"), None);
+    }
+}

@@ -110,6 +110,8 @@ struct Scheduler {
     upkeep: crate::upkeep::Upkeep,
     /// Drill jobs running in workers of their own.
     drills: Vec<DrillRun>,
+    /// Archived WAL, from the archive module's manifests into the catalog.
+    wal: crate::archive::Ingest,
 }
 
 /// A drill job's execution, run by a dynamic background worker.
@@ -256,6 +258,7 @@ impl Scheduler {
         self.enforce_timeouts();
         self.report_progress();
         self.upkeep.tick();
+        self.wal.tick();
         match self.start_due_jobs() {
             Some(until_next) if self.running.is_empty() && self.drills.is_empty() => until_next,
             Some(until_next) => until_next.min(BUSY_SLEEP),

@@ -32,12 +32,15 @@ fn segments_are_archived_durably_and_never_overwritten() {
     let cluster =
         Cluster::start_with_backups(&["archive_mode = on", "archive_library = 'backup_mgmt'"]);
     let mut db = cluster.connect("postgres");
-    db.batch_execute(
-        "CREATE TABLE t AS SELECT g FROM generate_series(1, 10000) g; SELECT pg_switch_wal();",
-    )
-    .unwrap();
+    db.batch_execute("CREATE EXTENSION backup_mgmt").unwrap();
+    for _ in 0..3 {
+        db.batch_execute(
+            "CREATE TABLE IF NOT EXISTS t (g int); INSERT INTO t SELECT generate_series(1, 10000); SELECT pg_switch_wal();",
+        )
+        .unwrap();
+    }
     assert!(
-        Cluster::wait_for(Duration::from_secs(30), || archiver(&mut db).0 >= 1),
+        Cluster::wait_for(Duration::from_secs(30), || archiver(&mut db).0 >= 3),
         "nothing archived\n{}",
         cluster.log()
     );
@@ -61,6 +64,50 @@ fn segments_are_archived_durably_and_never_overwritten() {
             && manifest.contains(&sha256sum(&archived)),
         "{manifest}"
     );
+
+    // The worker records every archived segment in the catalog, with the checksum taken while
+    // it was written; a segment missing from the archive shows in wal_gaps.
+    assert!(
+        Cluster::wait_for(Duration::from_secs(30), || {
+            db.query_one(
+                "SELECT count(*) FROM backup_management.wal_archive WHERE segment_number IS NOT NULL",
+                &[],
+            )
+            .map(|r| r.get::<_, i64>(0) >= 3)
+            .unwrap_or(false)
+        }),
+        "not ingested\n{}",
+        cluster.log()
+    );
+    let recorded: String = db
+        .query_one(
+            "SELECT checksum FROM backup_management.wal_archive WHERE file_name = $1",
+            &[&last],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded, sha256sum(&archived));
+    let gaps: i64 = db
+        .query_one("SELECT count(*) FROM backup_mgmt.wal_gaps", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(gaps, 0);
+    let middle: String = db
+        .query_one(
+            "DELETE FROM backup_management.wal_archive WHERE file_name = (
+                 SELECT file_name FROM backup_management.wal_archive WHERE segment_number IS NOT NULL
+                  ORDER BY segment_number OFFSET 1 LIMIT 1) RETURNING file_name",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let missing: Vec<String> = db
+        .query("SELECT missing_file_name FROM backup_mgmt.wal_gaps", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(missing, vec![middle]);
 
     // A different file already under the next segment's name: refused and logged, the archiver
     // keeps running, and the file is left as it was.

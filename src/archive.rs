@@ -488,6 +488,9 @@ impl Ingest {
         });
         if stored.is_some() {
             self.offsets.insert(manifest, offset + end as u64 + 1);
+            if !lines.is_empty() {
+                crate::mirror::refresh();
+            }
         }
     }
 }

@@ -18,6 +18,7 @@ mod dumpfacts;
 mod events;
 mod executor;
 mod guc;
+mod mirror;
 mod physical;
 mod record;
 mod restore;

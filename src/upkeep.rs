@@ -192,6 +192,7 @@ fn finish(job: InFlight) {
         Err(_) => return,
     };
     let id = job.target.backup_id;
+    let stored_checksum = job.kind == Kind::Backfill && report.passed;
     in_transaction(
         &format!("recording the verification of backup {id}"),
         || {
@@ -217,6 +218,9 @@ fn finish(job: InFlight) {
             ))
         },
     );
+    if stored_checksum {
+        crate::mirror::refresh();
+    }
 }
 
 /// The next backup to work on: first one without a checksum, then the one whose last checksum

@@ -806,6 +806,12 @@ fn prune_history(c: &mut SpiClient<'_>, job_id: i64) -> Result<(), String> {
 
 /// Records a finished backup: complete with size and checksum, or failed with the reason.
 fn record_result(run: &Running, result: Result<executor::Outcome, executor::ExecError>) {
+    record_result_in_catalog(run, result);
+    // After the catalog changed (and committed): the copy that survives losing the database.
+    crate::mirror::refresh();
+}
+
+fn record_result_in_catalog(run: &Running, result: Result<executor::Outcome, executor::ExecError>) {
     let what = format!("recording the backup of job \"{}\"", run.job_name);
     in_transaction(&what, || {
         Spi::connect_mut(|c| {

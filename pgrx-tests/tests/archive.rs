@@ -87,6 +87,13 @@ fn segments_are_archived_durably_and_never_overwritten() {
         .unwrap()
         .get(0);
     assert_eq!(recorded, sha256sum(&archived));
+    assert!(
+        Cluster::wait_for(Duration::from_secs(10), || {
+            std::fs::read_to_string(cluster.backup_root().join("catalog_mirror.json"))
+                .is_ok_and(|m| m.contains(&last))
+        }),
+        "the catalog mirror does not list the archived WAL"
+    );
     let gaps: i64 = db
         .query_one("SELECT count(*) FROM backup_mgmt.wal_gaps", &[])
         .unwrap()

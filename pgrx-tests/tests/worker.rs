@@ -195,6 +195,15 @@ fn worker_runs_a_seconds_job_repeatedly_with_verifiable_dumps() {
         assert!(text.contains("CREATE ROLE app_reader"), "{text}");
         assert_eq!(r.annotations.job_name.as_deref(), Some("every-3s"));
     }
+    // The catalog mirror beside the backups lists each of them with its checksum, for a restore
+    // without the database.
+    let mirror = std::fs::read_to_string(root.join("catalog_mirror.json")).unwrap();
+    for r in &done {
+        assert!(
+            mirror.contains(&r.checksum) && mirror.contains(&*r.path.to_string_lossy()),
+            "{mirror}"
+        );
+    }
     // No partial file is left anywhere.
     assert!(!files_under(&root)
         .iter()
@@ -496,9 +505,10 @@ fn fast_shutdown_stops_the_running_backup_and_records_why() {
         "{:?}",
         r[0].error
     );
+    // Nothing but the catalog mirror is left in the root.
     assert!(files_under(&cluster.backup_root())
         .iter()
-        .all(|p| !p.is_file()));
+        .all(|p| !p.is_file() || p.ends_with("catalog_mirror.json")));
 }
 
 fn scheduler_running(db: &mut postgres::Client) -> bool {

@@ -51,10 +51,6 @@ impl From<DrillError> for ErrorReport {
     }
 }
 
-fn interval(d: Duration) -> Interval {
-    Interval::from_micros(d.as_micros().min(i64::MAX as u128) as i64)
-}
-
 /// Whole minutes, rounded up (a drill that took 20 s took "1 minute" against an RTO in minutes).
 fn minutes_up(d: Duration) -> i32 {
     (d.as_secs_f64() / 60.0).ceil().min(f64::from(i32::MAX)) as i32
@@ -217,8 +213,8 @@ fn run_recovery_drill(
     Ok(TableIterator::once((
         drill_id,
         status.to_owned(),
-        recovery_time.map(interval),
-        data_loss.map(interval),
+        recovery_time.map(restore::interval),
+        data_loss.map(restore::interval),
         rto_met,
         rpo_met,
     )))

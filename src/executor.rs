@@ -430,7 +430,9 @@ pub fn start(plan: Plan, with_globals: bool, on_done: fn()) -> RunHandle {
     }
 }
 
-fn block_all_signals() {
+/// Blocks every signal on the calling helper thread, so that PostgreSQL's handlers only ever
+/// run on the backend's (or worker's) own thread.
+pub(crate) fn block_all_signals() {
     // SAFETY: plain libc calls on a local, initialised signal set.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -636,6 +638,39 @@ fn describe_status(status: ExitStatus) -> String {
         (None, Some(s)) => format!("killed by signal {s}"),
         _ => "unknown status".into(),
     }
+}
+
+/// The end of a program's message, at most 4000 bytes, cut on a character boundary.
+pub(crate) fn tail(s: &str) -> String {
+    let s = s.trim();
+    let mut i = s.len().saturating_sub(4000);
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    s[i..].to_owned()
+}
+
+/// Runs a program to completion (stopped when `progress` is cancelled) and returns its stdout;
+/// a failure is the end of its error.
+pub(crate) fn run_to_end(
+    argv: &[OsString],
+    stdin: Option<Stdio>,
+    progress: &Progress,
+) -> Result<String, String> {
+    let mut cmd = command(argv);
+    if let Some(s) = stdin {
+        cmd.stdin(s);
+    }
+    let program = program_name(&cmd);
+    let mut child = spawn(cmd, progress, Stdio::piped()).map_err(|e| e.to_string())?;
+    let stderr = collect_stderr(&mut child);
+    let mut out = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    finish(child, program, stderr, progress)
+        .map(|_| out)
+        .map_err(|e| tail(&e.to_string()))
 }
 
 /// Writes through to a file, hashing and counting exactly the bytes written.

@@ -32,33 +32,6 @@ pub struct PhysicalOutcome {
     pub details: Value,
 }
 
-fn tail(s: &str) -> String {
-    let s = s.trim();
-    let mut i = s.len().saturating_sub(4000);
-    while !s.is_char_boundary(i) {
-        i += 1;
-    }
-    s[i..].to_owned()
-}
-
-fn run(argv: &[OsString], progress: &Progress) -> Result<String, String> {
-    let cmd = executor::command(argv);
-    let mut child = executor::spawn(cmd, progress, Stdio::piped()).map_err(|e| e.to_string())?;
-    let stderr = executor::collect_stderr(&mut child);
-    let mut out = String::new();
-    if let Some(mut o) = child.stdout.take() {
-        use std::io::Read;
-        let _ = o.read_to_string(&mut out);
-    }
-    let name = Path::new(&argv[0])
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    executor::finish(child, name, stderr, progress)
-        .map(|_| out)
-        .map_err(|e| tail(&e.to_string()))
-}
-
 fn free_port() -> Option<u16> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -90,8 +63,8 @@ fn extract(file: File, zstd: bool, dir: &Path, progress: &Progress) -> Result<()
             sink.flush().map_err(|e| e.to_string())
         })
     });
-    let done =
-        executor::finish(child, "tar".into(), stderr, progress).map_err(|e| tail(&e.to_string()));
+    let done = executor::finish(child, "tar".into(), stderr, progress)
+        .map_err(|e| executor::tail(&e.to_string()));
     let fed = feeder
         .map(|t| {
             t.join()
@@ -119,15 +92,16 @@ fn unpack(file: File, zstd: bool, scratch: &Path, progress: &Progress) -> Result
 /// `pg_verifybackup` against the manifest that came inside the tar (WAL included): its verdict
 /// and its output.
 fn pg_verifybackup(data: &Path, bindir: &Path, progress: &Progress) -> (bool, String) {
-    match run(
+    match executor::run_to_end(
         &[
             bindir.join("pg_verifybackup").into_os_string(),
             "--exit-on-error".into(),
             data.as_os_str().to_owned(),
         ],
+        None,
         progress,
     ) {
-        Ok(o) => (true, tail(&o)),
+        Ok(o) => (true, executor::tail(&o)),
         Err(e) => (false, e),
     }
 }
@@ -223,16 +197,15 @@ pub fn restore_test(
             .stdout(Stdio::from(log))
             .spawn()
             .map_err(|e| format!("could not start postgres: {e}"))?;
-        let conn = format!(
-            "host='{}' port={port} user='{}' dbname=postgres connect_timeout=5",
-            socket
-                .to_string_lossy()
-                .replace('\\', "\\\\")
-                .replace('\'', "\\'"),
-            user.replace('\\', "\\\\").replace('\'', "\\'")
-        );
+        // The restored cluster, over its private socket; quoted like every conninfo we build.
+        let server = executor::Connection {
+            host: socket.to_string_lossy().into_owned(),
+            port,
+            user: user.to_owned(),
+        };
+        let conn = server.conninfo(Some("postgres"));
         let query = |sql: &str, db_conn: &str| -> Result<String, String> {
-            run(
+            executor::run_to_end(
                 &[
                     bindir.join("psql").into_os_string(),
                     "--no-psqlrc".into(),
@@ -243,6 +216,7 @@ pub fn restore_test(
                     format!("--dbname={db_conn}").into(),
                     format!("--command={sql}").into(),
                 ],
+                None,
                 progress,
             )
         };
@@ -266,7 +240,7 @@ pub fn restore_test(
             if !ready {
                 return Err(format!(
                     "the restored cluster did not start: {}",
-                    tail(&fs::read_to_string(&log_path).unwrap_or_default())
+                    executor::tail(&fs::read_to_string(&log_path).unwrap_or_default())
                 ));
             }
             out.restore_time = started.elapsed();
@@ -280,11 +254,7 @@ pub fn restore_test(
             )?;
             let names: Vec<&str> = dbs.lines().filter(|l| !l.is_empty()).collect();
             for db in &names {
-                let c = format!(
-                    "{} dbname='{}'",
-                    conn.replace(" dbname=postgres", ""),
-                    db.replace('\\', "\\\\").replace('\'', "\\'")
-                );
+                let c = server.conninfo(Some(db));
                 query("SELECT count(*) FROM pg_class", &c)
                     .map_err(|e| format!("database \"{db}\" does not answer: {e}"))?;
             }

@@ -12,9 +12,9 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
@@ -83,41 +83,6 @@ struct Outcome {
     counts: BTreeMap<String, u64>,
     error: Option<String>,
     dropped: bool,
-}
-
-fn tail(s: &str) -> String {
-    let s = s.trim();
-    let start = s.len().saturating_sub(4000);
-    let mut i = start;
-    while !s.is_char_boundary(i) {
-        i += 1;
-    }
-    s[i..].to_owned()
-}
-
-/// Runs a program to completion, stopping it when the test is cancelled; stdout on success.
-fn run_program(
-    argv: &[OsString],
-    stdin: Option<Stdio>,
-    progress: &Progress,
-) -> Result<String, String> {
-    let mut cmd: Command = executor::command(argv);
-    if let Some(s) = stdin {
-        cmd.stdin(s);
-    }
-    let mut child = executor::spawn(cmd, progress, Stdio::piped()).map_err(|e| e.to_string())?;
-    let stderr = executor::collect_stderr(&mut child);
-    let mut out = String::new();
-    if let Some(mut o) = child.stdout.take() {
-        let _ = o.read_to_string(&mut out);
-    }
-    let name = Path::new(&argv[0])
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    executor::finish(child, name, stderr, progress)
-        .map(|_| out)
-        .map_err(|e| tail(&e.to_string()))
 }
 
 fn bin(bindir: &Path, program: &str) -> OsString {
@@ -192,7 +157,7 @@ fn restore_logical(source: Source, scratch: &Scratch, progress: &Progress) -> Ou
         error: None,
         dropped: false,
     };
-    let created = run_program(
+    let created = executor::run_to_end(
         &[
             bin(bindir, "createdb"),
             "--no-password".into(),
@@ -217,7 +182,7 @@ fn restore_logical(source: Source, scratch: &Scratch, progress: &Progress) -> Ou
         Source::Directory(dir) => {
             restore_argv.push("--jobs=2".into());
             restore_argv.push(dir.into_os_string());
-            run_program(&restore_argv, None, progress).map(|_| ())
+            executor::run_to_end(&restore_argv, None, progress).map(|_| ())
         }
         Source::Stream(file, true) => {
             // Decompress on a thread into pg_restore's stdin.
@@ -237,7 +202,7 @@ fn restore_logical(source: Source, scratch: &Scratch, progress: &Progress) -> Ou
                         })
                     });
                     let done = executor::finish(child, "pg_restore".into(), stderr, progress)
-                        .map_err(|e| tail(&e.to_string()));
+                        .map_err(|e| executor::tail(&e.to_string()));
                     let fed = fed
                         .map(|t| {
                             t.join()
@@ -250,14 +215,14 @@ fn restore_logical(source: Source, scratch: &Scratch, progress: &Progress) -> Ou
             }
         }
         Source::Stream(file, false) => {
-            run_program(&restore_argv, Some(Stdio::from(file)), progress).map(|_| ())
+            executor::run_to_end(&restore_argv, Some(Stdio::from(file)), progress).map(|_| ())
         }
     };
     outcome.restore_time = started.elapsed();
     match restored {
         Ok(()) => {
             outcome.restored = true;
-            match run_program(
+            match executor::run_to_end(
                 &[
                     bin(bindir, "psql"),
                     "--no-psqlrc".into(),
@@ -287,7 +252,7 @@ fn restore_logical(source: Source, scratch: &Scratch, progress: &Progress) -> Ou
         Err(e) => outcome.error = Some(format!("pg_restore failed: {e}")),
     }
     if !keep {
-        outcome.dropped = run_program(
+        outcome.dropped = executor::run_to_end(
             &[
                 bin(bindir, "dropdb"),
                 "--no-password".into(),
@@ -323,7 +288,7 @@ fn current_database() -> String {
         .into_owned()
 }
 
-fn interval(d: Duration) -> Interval {
+pub(crate) fn interval(d: Duration) -> Interval {
     Interval::from_micros(d.as_micros().min(i64::MAX as u128) as i64)
 }
 
@@ -406,20 +371,7 @@ pub fn restore_test(
             ))
         })
         .map_err(RestoreError::from)?;
-    let conn = Connection {
-        host: guc::current(c"unix_socket_directories")
-            .and_then(|s| {
-                s.split(',')
-                    .map(str::trim)
-                    .find(|d| !d.is_empty())
-                    .map(str::to_owned)
-            })
-            .unwrap_or_else(|| "127.0.0.1".into()),
-        port: guc::current(c"port")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(5432),
-        user: conn_user,
-    };
+    let conn = crate::worker::local_connection(conn_user);
     let place = Scratch {
         name: scratch.clone(),
         keep: keep_database,
@@ -433,38 +385,31 @@ pub fn restore_test(
     let method = target.method.clone();
     let unpack_into = verification_scratch(id)?;
     let work = crate::verification::in_background(move |progress| {
-        // First the bytes: a backup whose checksum fails is not worth restoring.
-        let integrity = verification::run(
+        let integrity = match integrity_first(
             &method,
             path.as_deref(),
             &shown,
             checksum.as_deref(),
             size,
-            progress.cancel_flag(),
-            &AtomicU64::new(0),
-        );
-        if !integrity.passed {
-            return (integrity, None);
-        }
+            &progress,
+        ) {
+            Ok(r) => r,
+            Err(failed) => return (failed, None),
+        };
         let source = if method == "pg_dump_directory" {
             path.as_deref()
                 .ok_or_else(|| "the backup directory is missing".to_owned())
                 .and_then(|p| unpack_directory(p, &unpack_into))
                 .map(|_| Source::Directory(unpack_into.clone()))
+                .map_err(|d| Report::failed(verify::Reason::Unreadable, d, Path::new(&shown)))
         } else {
-            path.as_deref()
-                .ok_or_else(|| "the backup file is missing".to_owned())
-                .and_then(|p| verify::open_regular(p).map_err(|(_, d)| d))
-                .map(|f| Source::Stream(f, zstd))
+            open_backup(path.as_deref(), &shown).map(|f| Source::Stream(f, zstd))
         };
         let source = match source {
             Ok(s) => s,
-            Err(d) => {
+            Err(failed) => {
                 let _ = std::fs::remove_dir_all(&unpack_into);
-                return (
-                    Report::failed(verify::Reason::Unreadable, d, Path::new(&shown)),
-                    None,
-                );
+                return (failed, None);
             }
         };
         let outcome = restore_logical(source, &place, &progress);
@@ -554,6 +499,39 @@ fn record_verifybackup(
     verification::insert(id, "pg_verifybackup", status, &result, elapsed).map(|_| ())
 }
 
+/// The backup's bytes against its checksum, first: a backup that fails it is not worth
+/// restoring.  Err carries the failed report.
+fn integrity_first(
+    method: &str,
+    path: Option<&Path>,
+    shown: &str,
+    checksum: Option<&str>,
+    size: Option<u64>,
+    progress: &Progress,
+) -> Result<Report, Report> {
+    let report = verification::run(
+        method,
+        path,
+        shown,
+        checksum,
+        size,
+        progress.cancel_flag(),
+        &AtomicU64::new(0),
+    );
+    if report.passed {
+        Ok(report)
+    } else {
+        Err(report)
+    }
+}
+
+/// Opens a single-file backup for reading (a regular file only), or the report of why not.
+fn open_backup(path: Option<&Path>, shown: &str) -> Result<std::fs::File, Report> {
+    path.ok_or_else(|| "the backup file is missing".to_owned())
+        .and_then(|p| verify::open_regular(p).map_err(|(_, d)| d))
+        .map_err(|d| Report::failed(verify::Reason::Unreadable, d, Path::new(shown)))
+}
+
 /// A scratch directory for restore-testing backup `id`, inside the first backup root (its
 /// parent is created).
 fn verification_scratch(id: i64) -> Result<std::path::PathBuf, RestoreError> {
@@ -596,30 +574,20 @@ fn physical_restore_test(target: verification::Target) -> Result<RestoreResult, 
     let (shown, checksum, size) = (target.path.clone(), target.checksum.clone(), target.size);
     let zstd = compression == "zstd";
     let (integrity, outcome) = crate::verification::in_background(move |progress| {
-        let integrity = verification::run(
+        let integrity = match integrity_first(
             "pg_basebackup",
             path.as_deref(),
             &shown,
             checksum.as_deref(),
             size,
-            progress.cancel_flag(),
-            &AtomicU64::new(0),
-        );
-        if !integrity.passed {
-            return (integrity, None);
-        }
-        let file = match path
-            .as_deref()
-            .ok_or_else(|| "the backup file is missing".to_owned())
-            .and_then(|p| verify::open_regular(p).map_err(|(_, d)| d))
-        {
+            &progress,
+        ) {
+            Ok(r) => r,
+            Err(failed) => return (failed, None),
+        };
+        let file = match open_backup(path.as_deref(), &shown) {
             Ok(f) => f,
-            Err(d) => {
-                return (
-                    Report::failed(verify::Reason::Unreadable, d, Path::new(&shown)),
-                    None,
-                )
-            }
+            Err(failed) => return (failed, None),
         };
         let o = crate::physical::restore_test(file, zstd, &scratch, &bindir, &user, &progress);
         (integrity, Some(o))

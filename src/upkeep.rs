@@ -97,7 +97,7 @@ impl Upkeep {
         let done = Arc::new(AtomicBool::new(false));
         let done_flag = Arc::clone(&done);
         let thread = std::thread::spawn(move || {
-            block_signals();
+            crate::executor::block_all_signals();
             let cancel = AtomicBool::new(false);
             let progress = AtomicU64::new(0);
             let report = match kind {
@@ -128,15 +128,6 @@ impl Upkeep {
     /// On shutdown: a running verification only reads, so it is simply abandoned.
     pub fn abandon(&mut self) {
         self.in_flight = None;
-    }
-}
-
-fn block_signals() {
-    // SAFETY: plain libc calls on a local, initialised signal set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut set);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
 

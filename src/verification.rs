@@ -218,12 +218,7 @@ pub fn in_background<T: Send + 'static>(
     let progress = Arc::new(Progress::default());
     let p = Arc::clone(&progress);
     let handle = std::thread::spawn(move || {
-        // SAFETY: plain libc calls on a local, initialised signal set.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut set);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        }
+        crate::executor::block_all_signals();
         work(p)
     });
     while !handle.is_finished() {

@@ -271,7 +271,7 @@ pub fn verify_directory(
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
             s.spawn(|| {
-                block_signals();
+                crate::executor::block_all_signals();
                 let mut buf = vec![0u8; CHUNK];
                 loop {
                     if stop.load(Ordering::Relaxed) || cancel.load(Ordering::Relaxed) {
@@ -329,16 +329,6 @@ pub fn verify_directory(
         report.failing_file = Some(dir.to_string_lossy().into_owned());
     }
     report
-}
-
-/// Verification threads leave signals to the backend's own thread.
-fn block_signals() {
-    // SAFETY: plain libc calls on a local, initialised signal set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut set);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
 }
 
 #[cfg(test)]

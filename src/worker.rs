@@ -163,6 +163,11 @@ fn connection(client: &SpiClient<'_>) -> Result<Connection, String> {
     let user = spi(client.select("SELECT current_user::text", None, &[]))
         .and_then(|t| spi(t.first().get::<String>(1)))?
         .unwrap_or_default();
+    Ok(local_connection(user))
+}
+
+/// This server, as `user`: its first Unix socket directory (or loopback) and its port.
+pub(crate) fn local_connection(user: String) -> Connection {
     let sockets = guc::current(c"unix_socket_directories").unwrap_or_default();
     let host = sockets
         .split(',')
@@ -173,7 +178,7 @@ fn connection(client: &SpiClient<'_>) -> Result<Connection, String> {
     let port = guc::current(c"port")
         .and_then(|p| p.parse().ok())
         .unwrap_or(5432);
-    Ok(Connection { host, port, user })
+    Connection { host, port, user }
 }
 
 /// The directory of the running server's own programs (pg_dump and friends of the same version).

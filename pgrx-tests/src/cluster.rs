@@ -62,6 +62,20 @@ pub fn bindir() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).expect("utf-8 path").trim())
 }
 
+/// Independent sha256 of a file: coreutils, not backup_mgmt's code.
+pub fn sha256sum(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum runs");
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -81,8 +95,9 @@ fn check(what: &str, out: Output) -> Output {
 }
 
 impl Cluster {
-    /// initdb a new cluster, append `conf` lines to postgresql.conf, and start it.
-    pub fn start(conf: &[&str]) -> Cluster {
+    /// A cluster value with its own directory (owned by the server's OS user when running as
+    /// root) and a free port; nothing in it yet.
+    fn unstarted() -> Cluster {
         let root = tempfile::Builder::new()
             .prefix("bm-e2e-")
             .tempdir_in("/tmp")
@@ -90,13 +105,18 @@ impl Cluster {
         if let Some((uid, gid)) = server_ids() {
             std::os::unix::fs::chown(root.path(), Some(uid), Some(gid)).expect("chown test dir");
         }
-        let mut cluster = Cluster {
+        Cluster {
             root,
             port: free_port(),
             bindir: bindir(),
             running: false,
             extra: None,
-        };
+        }
+    }
+
+    /// initdb a new cluster, append `conf` lines to postgresql.conf, and start it.
+    pub fn start(conf: &[&str]) -> Cluster {
+        let mut cluster = Cluster::unstarted();
         let data = cluster.data_dir();
         check(
             "initdb",
@@ -153,20 +173,7 @@ impl Cluster {
     /// A streaming standby of `primary` (pg_basebackup -R), on its own port and socket, started.
     /// It keeps the primary's settings, backup_mgmt included.
     pub fn standby_of(primary: &Cluster) -> Cluster {
-        let root = tempfile::Builder::new()
-            .prefix("bm-e2e-")
-            .tempdir_in("/tmp")
-            .expect("temp dir");
-        if let Some((uid, gid)) = server_ids() {
-            std::os::unix::fs::chown(root.path(), Some(uid), Some(gid)).expect("chown test dir");
-        }
-        let mut standby = Cluster {
-            root,
-            port: free_port(),
-            bindir: bindir(),
-            running: false,
-            extra: None,
-        };
+        let mut standby = Cluster::unstarted();
         let data = standby.data_dir();
         check(
             "pg_basebackup",

@@ -1,21 +1,8 @@
 //! End-to-end: backup_mgmt as the cluster's WAL archive module (`archive_library`).
 
-use std::process::Command;
 use std::time::Duration;
 
-use backup_mgmt_e2e::cluster::Cluster;
-
-fn sha256sum(path: &std::path::Path) -> String {
-    let out = Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .expect("sha256sum");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
-}
+use backup_mgmt_e2e::cluster::{sha256sum, Cluster};
 
 fn archiver(db: &mut postgres::Client) -> (i64, i64, Option<String>) {
     let r = db

@@ -1,24 +1,10 @@
 //! End-to-end: the worker fills in missing checksums and re-verifies backups on a cadence;
 //! verification is for backup_admin only.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use backup_mgmt_e2e::cluster::Cluster;
+use backup_mgmt_e2e::cluster::{sha256sum, Cluster};
 use postgres::fallible_iterator::FallibleIterator;
-
-fn sha256sum(path: &Path) -> String {
-    let out = Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .expect("sha256sum");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
-}
 
 #[test]
 fn worker_computes_missing_checksums_and_catches_bit_rot() {

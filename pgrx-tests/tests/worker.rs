@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use backup_mgmt_e2e::cluster::{bindir, Cluster};
+use backup_mgmt_e2e::cluster::{bindir, sha256sum, Cluster};
 use postgres::fallible_iterator::FallibleIterator;
 
 /// A cluster with the extension in `postgres` (the catalog database) and a populated `appdb`.
@@ -23,20 +23,6 @@ fn cluster_with_appdb() -> (Cluster, postgres::Client) {
         )
         .unwrap();
     (cluster, db)
-}
-
-/// Independent sha256 of a file: coreutils, not our code.
-fn sha256sum(path: &Path) -> String {
-    let out = Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .expect("sha256sum");
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
 }
 
 fn shell(script: &str) -> (bool, String) {

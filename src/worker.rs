@@ -201,17 +201,15 @@ pub(crate) fn wake_worker() {
     }
 }
 
-/// Whether the postmaster is still alive, from its death pipe (without waiting).
+/// Whether the postmaster is still alive: a non-blocking read of its death pipe, as
+/// PostgreSQL's own PostmasterIsAliveInternal() does (EOF once the postmaster is gone).  Not
+/// WaitLatch: that returns at once when the latch is set, without looking at the pipe.
 fn postmaster_alive() -> bool {
-    let events = unsafe {
-        pg_sys::WaitLatch(
-            pg_sys::MyLatch,
-            (pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH) as i32,
-            0,
-            pg_sys::PG_WAIT_EXTENSION,
-        )
-    };
-    events & pg_sys::WL_POSTMASTER_DEATH as i32 == 0
+    let fd = unsafe { pg_sys::postmaster_alive_fds[pg_sys::POSTMASTER_FD_WATCH as usize] };
+    let mut byte = 0u8;
+    // SAFETY: a one-byte read into a local from PostgreSQL's (non-blocking) pipe descriptor.
+    let n = unsafe { libc::read(fd, (&raw mut byte).cast(), 1) };
+    n != 0
 }
 
 impl Scheduler {
@@ -219,6 +217,11 @@ impl Scheduler {
         loop {
             if BackgroundWorker::sighup_received() {
                 unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            }
+            // Postmaster gone (kill -9, crash): exit at once, recording nothing; the next start
+            // marks what was running as interrupted.
+            if !postmaster_alive() {
+                return;
             }
             let sleep = self.tick();
             if !BackgroundWorker::wait_latch(Some(sleep)) {
@@ -229,7 +232,6 @@ impl Scheduler {
             self.shut_down();
             log!("backup_mgmt scheduler shut down");
         }
-        // Postmaster gone: exit at once; the next start marks what was running as failed.
     }
 
     /// One pass of the loop; returns how long to sleep.

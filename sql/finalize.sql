@@ -95,3 +95,7 @@ BEGIN
     END IF;
 END
 $bm$;
+COMMENT ON FUNCTION backup_mgmt.plan_recovery(timestamptz) IS
+    'Plans a point-in-time recovery of this cluster to a time: the base backup to start from, the archived WAL needed and any missing, whether the target is reachable, and a bash restore recipe that needs only PostgreSQL, coreutils, tar and zstd';
+COMMENT ON FUNCTION backup_mgmt.plan_recovery_lsn(pg_lsn) IS
+    'Like plan_recovery, to a WAL location (recovery_target_lsn) instead of a time';

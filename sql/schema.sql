@@ -488,6 +488,38 @@ SELECT pg_catalog.pg_extension_config_dump('enterprise_backup.backup_job_executi
 SELECT pg_catalog.pg_extension_config_dump('backup_management.wal_archive', '');
 
 ------------------------------------------------------------------------------------------------
+-- Missing WAL segments, per cluster and timeline, between the first and the last archived one.
+------------------------------------------------------------------------------------------------
+CREATE VIEW backup_mgmt.wal_gaps AS
+WITH archived AS (
+    SELECT system_identifier, timeline_id, min(segment_number) AS first_segment, max(segment_number) AS last_segment
+      FROM backup_management.wal_archive
+     WHERE segment_number IS NOT NULL
+     GROUP BY system_identifier, timeline_id
+), base AS (
+    -- Where the oldest retained base backup's WAL starts: recovery from it needs everything after.
+    SELECT system_identifier, timeline_id,
+           min(floor((start_lsn - '0/0'::pg_lsn) / pg_catalog.pg_size_bytes(current_setting('wal_segment_size'))))::bigint AS first_segment
+      FROM backup_management.backup_records
+     WHERE status = 'completed' AND backup_method = 'pg_basebackup' AND start_lsn IS NOT NULL
+     GROUP BY system_identifier, timeline_id
+), bounds AS (
+    SELECT a.system_identifier, a.timeline_id,
+           coalesce(b.first_segment, a.first_segment) AS first_segment, a.last_segment
+      FROM archived a
+      LEFT JOIN base b USING (system_identifier, timeline_id)
+)
+SELECT b.system_identifier, b.timeline_id,
+       upper(lpad(to_hex(b.timeline_id), 8, '0') || lpad(to_hex(g / 256), 8, '0') || lpad(to_hex(g % 256), 8, '0')) AS missing_file_name,
+       g AS segment_number
+  FROM bounds b
+  CROSS JOIN LATERAL generate_series(b.first_segment, b.last_segment) g
+ WHERE NOT EXISTS (SELECT FROM backup_management.wal_archive w
+                    WHERE w.system_identifier = b.system_identifier AND w.timeline_id = b.timeline_id
+                      AND w.segment_number = g);
+COMMENT ON VIEW backup_mgmt.wal_gaps IS 'WAL segments missing from the archive, per cluster and timeline, from the start of the oldest completed base backup (or the first archived segment when there is none) to the newest archived segment (16 MB segments): a point-in-time recovery cannot cross them';
+
+------------------------------------------------------------------------------------------------
 -- Live recovery exposure, per active recovery plan.
 ------------------------------------------------------------------------------------------------
 CREATE VIEW backup_mgmt.recovery_status AS
@@ -499,15 +531,20 @@ WITH verified AS (
                     WHERE v.backup_id = r.backup_id AND v.verification_status = 'passed')
      GROUP BY r.database_name
 ), archiver AS (
-    SELECT last_archived_time, last_failed_time, failed_count
+    SELECT last_archived_wal, last_archived_time, last_failed_wal, last_failed_time, failed_count
       FROM pg_catalog.pg_stat_archiver
      WHERE current_setting('archive_mode') <> 'off'
+), gaps AS (
+    SELECT count(*) AS missing_wal_files
+      FROM backup_mgmt.wal_gaps
+     WHERE system_identifier = (SELECT system_identifier FROM pg_catalog.pg_control_system())
 ), last_drill AS (
     SELECT DISTINCT ON (plan_id) plan_id, drill_date, recovery_time, status
       FROM disaster_recovery.recovery_drills
      ORDER BY plan_id, drill_date DESC, drill_id DESC
 ), exposure AS (
-    SELECT p.*, v.last_verified_backup_at, a.last_archived_time,
+    SELECT p.*, v.last_verified_backup_at, a.last_archived_time, a.last_archived_wal,
+           a.last_failed_wal, a.last_failed_time, a.failed_count, g.missing_wal_files,
            -- Archived WAL only extends a verified backup; alone it restores nothing.
            CASE WHEN v.last_verified_backup_at IS NOT NULL
                 THEN now() - greatest(v.last_verified_backup_at, a.last_archived_time) END AS rpo_exposure,
@@ -515,6 +552,7 @@ WITH verified AS (
       FROM disaster_recovery.recovery_plans p
       LEFT JOIN verified v USING (database_name)
       LEFT JOIN archiver a ON true
+      LEFT JOIN gaps g ON true
       LEFT JOIN last_drill d ON d.plan_id = p.plan_id
      WHERE p.is_active
 )
@@ -530,26 +568,17 @@ SELECT plan_id, plan_name, database_name, rpo_minutes, rto_minutes,
        last_drill_status,
        CASE WHEN last_measured_rto IS NULL THEN 'unknown'
             WHEN last_measured_rto <= make_interval(mins => rto_minutes) AND last_drill_status <> 'failed' THEN 'ok'
-            ELSE 'breached' END AS rto_status
+            ELSE 'breached' END AS rto_status,
+       last_archived_wal,
+       now() - last_archived_time AS archive_age,
+       failed_count AS archive_failed_count,
+       last_failed_wal AS last_archive_failure_wal,
+       last_failed_time AS last_archive_failure_at,
+       missing_wal_files,
+       CASE WHEN last_archived_time IS NULL AND last_failed_time IS NULL THEN 'not archiving'
+            WHEN last_failed_time IS NOT NULL
+                 AND (last_archived_time IS NULL OR last_failed_time > last_archived_time) THEN 'failing'
+            WHEN missing_wal_files > 0 THEN 'gaps'
+            ELSE 'ok' END AS archive_status
   FROM exposure;
-COMMENT ON VIEW backup_mgmt.recovery_status IS 'Per active recovery plan: RPO exposure (age of the newest verified backup, or of the last archived WAL after it) against rpo_minutes, and the newest drill''s measured recovery time against rto_minutes: ok, breached, or unknown (never drilled)';
-
-------------------------------------------------------------------------------------------------
--- Missing WAL segments, per cluster and timeline, between the first and the last archived one.
-------------------------------------------------------------------------------------------------
-CREATE VIEW backup_mgmt.wal_gaps AS
-WITH bounds AS (
-    SELECT system_identifier, timeline_id, min(segment_number) AS first_segment, max(segment_number) AS last_segment
-      FROM backup_management.wal_archive
-     WHERE segment_number IS NOT NULL
-     GROUP BY system_identifier, timeline_id
-)
-SELECT b.system_identifier, b.timeline_id,
-       upper(lpad(to_hex(b.timeline_id), 8, '0') || lpad(to_hex(g / 256), 8, '0') || lpad(to_hex(g % 256), 8, '0')) AS missing_file_name,
-       g AS segment_number
-  FROM bounds b
-  CROSS JOIN LATERAL generate_series(b.first_segment, b.last_segment) g
- WHERE NOT EXISTS (SELECT FROM backup_management.wal_archive w
-                    WHERE w.system_identifier = b.system_identifier AND w.timeline_id = b.timeline_id
-                      AND w.segment_number = g);
-COMMENT ON VIEW backup_mgmt.wal_gaps IS 'WAL segments missing from the archive between the first and the last archived segment of each cluster and timeline (16 MB segments): a point-in-time recovery cannot cross them';
+COMMENT ON VIEW backup_mgmt.recovery_status IS 'Per active recovery plan: RPO exposure (age of the newest verified backup, or of the last archived WAL after it) against rpo_minutes, the newest drill''s measured recovery time against rto_minutes (ok, breached, or unknown: never drilled), and WAL archiving: last archived segment and its age, failures (pg_stat_archiver), missing segments, and archive_status ok, failing (the newest attempt failed), gaps or not archiving';

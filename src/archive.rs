@@ -87,25 +87,47 @@ fn segment_system_identifier(head: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(head[24..32].try_into().ok()?))
 }
 
-/// Whether two files have the same content.
-fn same_content(a: &Path, b: &Path) -> Result<bool, ArchiveError> {
-    let mut fa = File::open(a).map_err(io_err("could not open", a))?;
-    let mut fb = File::open(b).map_err(io_err("could not open", b))?;
+/// Whether `source` has the same content as the archived `target`; if so, its size and sha256.
+fn same_content(source: &Path, target: &Path) -> Result<Option<(u64, String)>, ArchiveError> {
+    let mut fa = File::open(source).map_err(io_err("could not open", source))?;
+    let mut fb = File::open(target).map_err(io_err("could not open", target))?;
     if fa.metadata().map(|m| m.len()).ok() != fb.metadata().map(|m| m.len()).ok() {
-        return Ok(false);
+        return Ok(None);
     }
     let (mut ba, mut bb) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
     loop {
-        let n = fa.read(&mut ba).map_err(io_err("could not read", a))?;
+        let n = fa.read(&mut ba).map_err(io_err("could not read", source))?;
         if n == 0 {
-            return Ok(true);
+            return Ok(Some((size, hex(&hasher.finalize()))));
         }
         fb.read_exact(&mut bb[..n])
-            .map_err(io_err("could not read", b))?;
+            .map_err(io_err("could not read", target))?;
         if ba[..n] != bb[..n] {
-            return Ok(false);
+            return Ok(None);
         }
+        hasher.update(&ba[..n]);
+        size += n as u64;
     }
+}
+
+/// Appends a file's line to the directory's manifest, durably.
+fn append_manifest(dir: &Path, name: &str, size: u64, sha256: &str) -> Result<(), ArchiveError> {
+    let line = format!(
+        "{{\"name\":\"{name}\",\"size\":{size},\"sha256\":\"{sha256}\",\"archived_at\":\"{}\"}}\n",
+        chrono::Utc::now().to_rfc3339()
+    );
+    let manifest = dir.join(MANIFEST);
+    let mut m = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&manifest)
+        .map_err(io_err("could not open", &manifest))?;
+    m.write_all(line.as_bytes())
+        .and_then(|_| m.sync_all())
+        .map_err(io_err("could not write", &manifest))
 }
 
 /// Archives `source` as `name` into `dir` (created if needed), durably, never overwriting.
@@ -133,12 +155,17 @@ pub fn archive_file(
     }
     let target = dir.join(name);
     if target.exists() {
-        return if same_content(source, &target)? {
-            Ok(Archived::AlreadyThere)
-        } else {
-            Err(ArchiveError::Conflict {
+        return match same_content(source, &target)? {
+            // A crash between the link and the manifest line would leave the file out of the
+            // manifest (and the catalog) for good: the retry writes the line again.  The worker
+            // ignores duplicates.
+            Some((size, sha256)) => {
+                append_manifest(dir, name, size, &sha256)?;
+                Ok(Archived::AlreadyThere)
+            }
+            None => Err(ArchiveError::Conflict {
                 name: name.to_owned(),
-            })
+            }),
         };
     }
     let temp = dir.join(format!(".{name}.tmp"));
@@ -185,24 +212,12 @@ pub fn archive_file(
         // overwritten, even by a concurrent archiver of the same directory.
         fs::hard_link(&temp, &target).map_err(io_err("could not link", &target))?;
         let _ = fs::remove_file(&temp);
-        let sha256 = hex(&hasher.finalize());
-        let line = format!(
-            "{{\"name\":\"{name}\",\"size\":{size},\"sha256\":\"{sha256}\",\"archived_at\":\"{}\"}}\n",
-            chrono::Utc::now().to_rfc3339()
-        );
-        let manifest = dir.join(MANIFEST);
-        let mut m = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&manifest)
-            .map_err(io_err("could not open", &manifest))?;
-        m.write_all(line.as_bytes())
-            .and_then(|_| m.sync_all())
-            .map_err(io_err("could not write", &manifest))?;
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err("could not fsync", dir))?;
+        // Listed only once the file is durable under its name.
+        let sha256 = hex(&hasher.finalize());
+        append_manifest(dir, name, size, &sha256)?;
         Ok(Archived::Copied { size, sha256 })
     })();
     if result.is_err() {
@@ -230,7 +245,7 @@ fn archive_dir(system_identifier: u64) -> Result<PathBuf, String> {
     Ok(root.join("wal").join(system_identifier.to_string()))
 }
 
-#[cfg(feature = "pg15")]
+#[cfg(any(feature = "pg15", feature = "pg16", feature = "pg17", feature = "pg18"))]
 mod callbacks {
     use std::ffi::{c_char, CStr};
     use std::path::Path;
@@ -250,7 +265,7 @@ mod callbacks {
         }
     }
 
-    unsafe extern "C-unwind" fn check_configured() -> bool {
+    fn check_configured() -> bool {
         let ok = PgTryBuilder::new(|| super::archive_dir(0).is_ok())
             .catch_others(|_| false)
             .execute();
@@ -260,8 +275,11 @@ mod callbacks {
         ok
     }
 
-    unsafe extern "C-unwind" fn archive_file_cb(file: *const c_char, path: *const c_char) -> bool {
-        // Nothing may raise here: an ERROR would kill the archiver (PG15).
+    /// # Safety
+    /// `file` and `path` are NUL-terminated strings from the archiver.
+    unsafe fn archive_file_cb(file: *const c_char, path: *const c_char) -> bool {
+        // Nothing may raise here: an ERROR would kill the archiver (PG15; PG16+ survives it but
+        // logs it as an ERROR, while this is a WARNING and a retry).
         PgTryBuilder::new(|| {
             let file = unsafe { CStr::from_ptr(file) }
                 .to_string_lossy()
@@ -291,19 +309,68 @@ mod callbacks {
         .execute()
     }
 
-    /// PostgreSQL 15's archive module entry point (`archive_library = 'backup_mgmt'`).
+    #[cfg(feature = "pg15")]
+    unsafe extern "C-unwind" fn check_configured_pg15() -> bool {
+        check_configured()
+    }
+
+    #[cfg(feature = "pg15")]
+    unsafe extern "C-unwind" fn archive_file_pg15(
+        file: *const c_char,
+        path: *const c_char,
+    ) -> bool {
+        unsafe { archive_file_cb(file, path) }
+    }
+
+    /// PostgreSQL 15's archive module entry point (`archive_library = 'backup_mgmt'`): it fills
+    /// in the struct the archiver passes.
     ///
     /// # Safety
     /// Called by PostgreSQL's archiver with a valid callbacks struct.
+    #[cfg(feature = "pg15")]
     #[unsafe(no_mangle)]
     pub unsafe extern "C-unwind" fn _PG_archive_module_init(
         cb: *mut pgrx::pg_sys::ArchiveModuleCallbacks,
     ) {
         unsafe {
-            (*cb).check_configured_cb = Some(check_configured);
-            (*cb).archive_file_cb = Some(archive_file_cb);
+            (*cb).check_configured_cb = Some(check_configured_pg15);
+            (*cb).archive_file_cb = Some(archive_file_pg15);
             (*cb).shutdown_cb = None;
         }
+    }
+
+    #[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
+    unsafe extern "C-unwind" fn check_configured_pg16(
+        _state: *mut pgrx::pg_sys::ArchiveModuleState,
+    ) -> bool {
+        check_configured()
+    }
+
+    #[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
+    unsafe extern "C-unwind" fn archive_file_pg16(
+        _state: *mut pgrx::pg_sys::ArchiveModuleState,
+        file: *const c_char,
+        path: *const c_char,
+    ) -> bool {
+        unsafe { archive_file_cb(file, path) }
+    }
+
+    /// The callbacks PostgreSQL 16 and later read from the pointer the entry point returns.
+    #[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
+    static CALLBACKS: pgrx::pg_sys::ArchiveModuleCallbacks = pgrx::pg_sys::ArchiveModuleCallbacks {
+        startup_cb: None,
+        check_configured_cb: Some(check_configured_pg16),
+        archive_file_cb: Some(archive_file_pg16),
+        shutdown_cb: None,
+    };
+
+    /// PostgreSQL 16+'s archive module entry point: returns the callbacks (the state argument
+    /// of each callback is unused; nothing is kept between files).
+    #[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
+    #[unsafe(no_mangle)]
+    pub extern "C-unwind" fn _PG_archive_module_init() -> *const pgrx::pg_sys::ArchiveModuleCallbacks
+    {
+        &raw const CALLBACKS
     }
 }
 
@@ -355,10 +422,12 @@ mod unit {
             "{e}"
         );
         assert!(!dir.join("000000010000000000000004").exists());
-        // The manifest has one line, for the one file copied.
+        // The manifest lists the file copied (again for the identical retry), nothing else.
         let manifest = std::fs::read_to_string(dir.join(MANIFEST)).unwrap();
-        assert_eq!(manifest.lines().count(), 1);
-        assert!(manifest.contains(&sha256));
+        assert_eq!(manifest.lines().count(), 2);
+        assert!(manifest
+            .lines()
+            .all(|l| l.contains(&sha256) && l.contains(name)));
         // No temporary file is left behind.
         assert!(std::fs::read_dir(&dir).unwrap().all(|e| !e
             .unwrap()

@@ -235,6 +235,8 @@ pub fn argv(plan: &Plan, step: Step, target: &Path) -> Vec<OsString> {
         BackupMethod::PgBasebackup => {
             let mut flags: Vec<OsString> = vec![
                 "--pgdata=-".into(),
+                // For the WAL start and end points it prints (see WalRange).
+                "--verbose".into(),
                 "--format=tar".into(),
                 "--wal-method=fetch".into(),
                 if plan.fast_checkpoint {
@@ -362,6 +364,76 @@ pub struct Outcome {
     pub globals: Option<Written>,
     /// Row counts per table read off a custom-format dump as it was written (or why not).
     pub facts: Option<Result<std::collections::BTreeMap<String, u64>, String>>,
+    /// Where a base backup's WAL starts and ends (what point-in-time recovery replays from).
+    pub wal: Option<WalRange>,
+}
+
+/// The WAL a base backup needs to be consistent, as pg_basebackup reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalRange {
+    pub start_lsn: u64,
+    pub stop_lsn: u64,
+    pub timeline: u32,
+}
+
+impl WalRange {
+    /// Reads `pg_basebackup --verbose`'s "write-ahead log start point: 0/2000028 on timeline 1"
+    /// and "write-ahead log end point: 0/2000100" lines.
+    pub fn from_basebackup_log(log: &str) -> Option<WalRange> {
+        let mut start = None;
+        let mut stop = None;
+        for line in log.lines() {
+            if let Some(rest) = line.split("write-ahead log start point: ").nth(1) {
+                let mut words = rest.split_whitespace();
+                let lsn = words.next().and_then(parse_lsn);
+                let tli = words.nth(2).and_then(|t| t.parse::<u32>().ok());
+                start = lsn.zip(tli);
+            } else if let Some(rest) = line.split("write-ahead log end point: ").nth(1) {
+                stop = rest.split_whitespace().next().and_then(parse_lsn);
+            }
+        }
+        let ((start_lsn, timeline), stop_lsn) = (start?, stop?);
+        Some(WalRange {
+            start_lsn,
+            stop_lsn,
+            timeline,
+        })
+    }
+
+    /// The WAL file name holding `lsn` on this range's timeline (`segment_size` bytes a file).
+    pub fn segment_name(&self, lsn: u64, segment_size: u64) -> String {
+        let segno = lsn / segment_size;
+        let per_log = 0x1_0000_0000 / segment_size;
+        format!(
+            "{:08X}{:08X}{:08X}",
+            self.timeline,
+            segno / per_log,
+            segno % per_log
+        )
+    }
+
+    /// The first and the last WAL file the backup needs.  The stop position is just past the
+    /// last record, so a stop exactly on a file boundary needs only the file before it.
+    pub fn segments(&self, segment_size: u64) -> (String, String) {
+        (
+            self.segment_name(self.start_lsn, segment_size),
+            self.segment_name(
+                self.stop_lsn.saturating_sub(1).max(self.start_lsn),
+                segment_size,
+            ),
+        )
+    }
+}
+
+/// `X/Y` as PostgreSQL prints a WAL location.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// A WAL location as PostgreSQL prints it.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
 }
 
 /// A backup running on its own thread.
@@ -465,13 +537,7 @@ pub fn run(plan: &Plan, with_globals: bool, progress: &Progress) -> Result<Outco
         progress.set_phase(Phase::DumpingGlobals);
         let target = globals_path(&plan.stem, plan.compression);
         let cmd = command(&argv(plan, Step::Globals, &target));
-        Some(stream_to_file(
-            cmd,
-            &target,
-            plan.compression,
-            progress,
-            None,
-        )?)
+        Some(stream_to_file(cmd, &target, plan.compression, progress, None)?.0)
     } else {
         None
     };
@@ -481,11 +547,13 @@ pub fn run(plan: &Plan, with_globals: bool, progress: &Progress) -> Result<Outco
             main,
             globals: None,
             facts: None,
+            wal: None,
         });
     }
     let target = output_path(plan.method, &plan.stem, plan.compression);
     let mut facts = DumpFacts::default();
     let mut directory_facts: Facts = None;
+    let mut wal = None;
     let main = if plan.method == BackupMethod::PgDumpDirectory {
         directory_dump(plan, &target, progress).map(|(written, f)| {
             directory_facts = f;
@@ -500,7 +568,12 @@ pub fn run(plan: &Plan, with_globals: bool, progress: &Progress) -> Result<Outco
             plan.compression
         };
         let observer = (plan.method == BackupMethod::PgDump).then_some(&mut facts);
-        stream_to_file(cmd, &target, ours, progress, observer)
+        stream_to_file(cmd, &target, ours, progress, observer).map(|(written, said)| {
+            if plan.method == BackupMethod::PgBasebackup {
+                wal = WalRange::from_basebackup_log(&said);
+            }
+            written
+        })
     };
     let main = match main {
         Ok(m) => m,
@@ -521,6 +594,7 @@ pub fn run(plan: &Plan, with_globals: bool, progress: &Progress) -> Result<Outco
         main,
         globals,
         facts,
+        wal,
     })
 }
 
@@ -600,13 +674,14 @@ pub(crate) fn spawn(
     Ok(child)
 }
 
-/// Waits for the program and turns a failure into an error carrying its stderr.
+/// Waits for the program and turns a failure into an error carrying its stderr; on success,
+/// returns the end of what it said on stderr (pg_basebackup's WAL positions are there).
 pub(crate) fn finish(
     mut child: Child,
     program: String,
     stderr: Option<JoinHandle<String>>,
     progress: &Progress,
-) -> Result<(), ExecError> {
+) -> Result<String, ExecError> {
     let status = child.wait();
     progress.child.store(0, Ordering::SeqCst);
     let stderr = stderr.and_then(|h| h.join().ok()).unwrap_or_default();
@@ -628,7 +703,7 @@ pub(crate) fn finish(
             },
         });
     }
-    Ok(())
+    Ok(stderr)
 }
 
 fn describe_status(status: ExitStatus) -> String {
@@ -754,7 +829,7 @@ fn stream_to_file(
     compression: Compression,
     progress: &Progress,
     facts: Option<&mut DumpFacts>,
-) -> Result<Written, ExecError> {
+) -> Result<(Written, String), ExecError> {
     let (partial, file) = create_partial(path)?;
     let program = program_name(&cmd);
     let result = (|| {
@@ -773,14 +848,17 @@ fn stream_to_file(
         }
         let finished = finish(child, program, stderr, progress);
         let (file, written, sha256) = copied?;
-        finished?;
+        let said = finished?;
         progress.set_phase(Phase::Syncing);
         commit_file(&file, &partial, path)?;
-        Ok(Written {
-            path: path.to_owned(),
-            size: written,
-            sha256,
-        })
+        Ok((
+            Written {
+                path: path.to_owned(),
+                size: written,
+                sha256,
+            },
+            said,
+        ))
     })();
     if result.is_err() {
         let _ = fs::remove_file(&partial);
@@ -1086,6 +1164,33 @@ pub const KILL_GRACE: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod unit {
+    #[test]
+    fn basebackup_wal_positions_are_read_from_its_log() {
+        let log = "pg_basebackup: initiating base backup, waiting for checkpoint to complete\n\
+                   pg_basebackup: checkpoint completed\n\
+                   pg_basebackup: write-ahead log start point: 1/FE000028 on timeline 3\n\
+                   pg_basebackup: write-ahead log end point: 1/FF000000\n\
+                   pg_basebackup: base backup completed";
+        let r = super::WalRange::from_basebackup_log(log).unwrap();
+        assert_eq!(r.start_lsn, 0x1_FE00_0028);
+        assert_eq!(r.stop_lsn, 0x1_FF00_0000);
+        assert_eq!(r.timeline, 3);
+        // The stop point sits on a file boundary: the last file needed is the one before it.
+        assert_eq!(
+            r.segments(16 << 20),
+            (
+                "0000000300000001000000FE".to_owned(),
+                "0000000300000001000000FE".to_owned()
+            )
+        );
+        assert_eq!(
+            r.segment_name(0x2_0000_0001, 16 << 20),
+            "000000030000000200000000"
+        );
+        assert_eq!(super::format_lsn(r.start_lsn), "1/FE000028");
+        assert!(super::WalRange::from_basebackup_log("pg_basebackup: done").is_none());
+    }
+
     use super::*;
 
     #[test]
@@ -1162,7 +1267,7 @@ mod unit {
             let path = dir.path().join(format!("out{}", compression.suffix()));
             let mut cmd = Command::new("/bin/sh");
             cmd.args(["-c", "seq 1 200000"]);
-            let w = stream_to_file(cmd, &path, compression, &progress, None).unwrap();
+            let (w, _) = stream_to_file(cmd, &path, compression, &progress, None).unwrap();
             let bytes = fs::read(&path).unwrap();
             assert_eq!(w.size, bytes.len() as u64);
             assert_eq!(w.sha256, hex(&Sha256::digest(&bytes)));

@@ -29,6 +29,11 @@ static VERIFY_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
 /// `backup_mgmt.max_history_per_job`: finished executions kept per job (older ones are deleted).
 static MAX_HISTORY_PER_JOB: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
+/// `backup_mgmt.enabled`: whether the worker runs jobs and upkeep at all.  A copy of the
+/// cluster restored by a recovery recipe starts with it off, so that it never runs the
+/// original's scheduled backups or touches the original's backup root.
+static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 /// Registers the parameters.  Called from `_PG_init` in every process that loads the library
 /// (postmaster via shared_preload_libraries, a backend on CREATE EXTENSION, the archiver), so that
 /// `SHOW backup_mgmt.*` works everywhere.
@@ -74,6 +79,14 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_bool_guc(
+        c"backup_mgmt.enabled",
+        c"Whether the background worker runs scheduled jobs, verification and WAL ingestion.",
+        c"Restore recipes turn it off in the restored copy, which shares the original's catalog and backup roots; turn it on once the copy is meant to take over.",
+        &ENABLED,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"backup_mgmt.verify_interval",
         c"How old a backup's last verification may get before the worker verifies it again.",
@@ -89,6 +102,10 @@ pub fn init() {
 /// The catalog database the worker connects to.
 pub fn database_name() -> String {
     string_of(&DATABASE_NAME)
+}
+
+pub fn enabled() -> bool {
+    ENABLED.get()
 }
 
 pub fn max_running_jobs() -> usize {

@@ -20,6 +20,7 @@ mod executor;
 mod guc;
 mod mirror;
 mod physical;
+mod pitr;
 mod record;
 mod restore;
 mod schedule;

@@ -23,7 +23,9 @@ const QUERY: &str = "SELECT jsonb_build_object(
             'sha256', checksum, 'compression', compression, 'system_identifier', system_identifier,
             'pg_version', pg_version, 'timeline_id', timeline_id, 'start_time', start_time,
             'end_time', end_time, 'label', label, 'globals_file', annotations->>'globals_file',
-            'globals_sha256', annotations->>'globals_sha256') ORDER BY backup_id)
+            'globals_sha256', annotations->>'globals_sha256', 'start_lsn', start_lsn,
+            'stop_lsn', stop_lsn, 'start_wal_segment', start_wal_segment,
+            'stop_wal_segment', stop_wal_segment) ORDER BY backup_id)
         FROM backup_management.backup_records WHERE status = 'completed'), '[]'::jsonb),
     'wal', coalesce((SELECT jsonb_agg(w ORDER BY w.system_identifier, w.timeline_id) FROM (
         SELECT system_identifier, timeline_id, min(file_name) AS first_segment,

@@ -874,6 +874,65 @@ mod tests {
             "escape",
         );
     }
+
+    /// Recovery planning: a NULL target is refused; with no base backup (or one that ended
+    /// after the target) the plan says so instead of pretending.
+    #[pg_test]
+    fn recovery_plans_explain_what_is_missing() {
+        assert_fails(
+            "SELECT * FROM backup_mgmt.plan_recovery(NULL)",
+            "22004",
+            "NULL",
+        );
+        let (reachable, reason) = Spi::get_two::<bool, String>(
+            "SELECT reachable, reason FROM backup_mgmt.plan_recovery(now())",
+        )
+        .unwrap();
+        assert_eq!(reachable, Some(false));
+        assert!(reason.unwrap().contains("no completed pg_basebackup"));
+        // A base backup without its WAL positions cannot be a starting point; with them, and
+        // no archived WAL, the plan lists what is missing.
+        let id = Spi::get_one::<i64>(
+            "SELECT backup_mgmt.record_backup_start('postgres', 'full', 'pg_basebackup', '/tmp/backup_mgmt_pgtest_root/base.tar')",
+        )
+        .unwrap()
+        .unwrap();
+        Spi::run_with_args(
+            "SELECT backup_mgmt.record_backup_complete($1, 10, repeat('a', 64))",
+            &[id.into()],
+        )
+        .unwrap();
+        let before = Spi::get_one::<bool>(
+            "SELECT reachable FROM backup_mgmt.plan_recovery_lsn('0/5000000')",
+        )
+        .unwrap();
+        assert_eq!(before, Some(false));
+        Spi::run_with_args(
+            "UPDATE backup_management.backup_records \
+                SET start_lsn = '0/3000028', stop_lsn = '0/3000100', timeline_id = 1, \
+                    system_identifier = (SELECT system_identifier FROM pg_control_system()) \
+              WHERE backup_id = $1",
+            &[id.into()],
+        )
+        .unwrap();
+        let (reachable, missing) = Spi::get_two::<bool, Vec<String>>(
+            "SELECT reachable, missing_wal_files FROM backup_mgmt.plan_recovery_lsn('0/5000000')",
+        )
+        .unwrap();
+        assert_eq!(reachable, Some(false));
+        assert_eq!(
+            missing.unwrap(),
+            vec![
+                "000000010000000000000003",
+                "000000010000000000000004",
+                "000000010000000000000005"
+            ]
+        );
+        let recipe =
+            Spi::get_one::<String>("SELECT recipe FROM backup_mgmt.plan_recovery_lsn('0/5000000')")
+                .unwrap();
+        assert_eq!(recipe, None, "no recipe for an unreachable target");
+    }
 }
 
 /// The backup root of the pg_test cluster (see `pg_test::postgresql_conf_options`).

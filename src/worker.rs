@@ -236,6 +236,9 @@ impl Scheduler {
 
     /// One pass of the loop; returns how long to sleep.
     fn tick(&mut self) -> Duration {
+        if !guc::enabled() && self.running.is_empty() && self.drills.is_empty() {
+            return NOT_INSTALLED_SLEEP;
+        }
         if !self.installed {
             self.installed = in_transaction("checking for the extension", || {
                 Spi::connect(|c| {
@@ -264,8 +267,10 @@ impl Scheduler {
         self.reap_drills();
         self.enforce_timeouts();
         self.report_progress();
-        self.upkeep.tick();
-        self.wal.tick();
+        if guc::enabled() {
+            self.upkeep.tick();
+            self.wal.tick();
+        }
         match self.start_due_jobs() {
             Some(until_next) if self.running.is_empty() && self.drills.is_empty() => until_next,
             Some(until_next) => until_next.min(BUSY_SLEEP),
@@ -401,6 +406,10 @@ impl Scheduler {
     /// Starts what is due; returns how long until the next job is due (capped at MAX_SLEEP), or
     /// None when the catalog could not be read.
     fn start_due_jobs(&mut self) -> Option<Duration> {
+        if !guc::enabled() {
+            // Turned off while something ran: let it finish, start nothing new.
+            return Some(NOT_INSTALLED_SLEEP);
+        }
         let (due, until_next) = in_transaction("looking for due jobs", || {
             Spi::connect(|c| {
                 let t = spi(c.select(
@@ -845,6 +854,26 @@ fn record_result_in_catalog(run: &Running, result: Result<executor::Outcome, exe
                               WHERE backup_id = $1",
                             None,
                             &[run.backup_id.into(), value.to_string().into()],
+                        ))?;
+                    }
+                    if let Some(w) = &outcome.wal {
+                        // SAFETY: a plain global, set once at startup.
+                        let segment_size = unsafe { pg_sys::wal_segment_size } as u64;
+                        let (first, last) = w.segments(segment_size);
+                        spi(c.update(
+                            "UPDATE backup_management.backup_records \
+                                SET start_lsn = $2::text::pg_lsn, stop_lsn = $3::text::pg_lsn, \
+                                    start_wal_segment = $4, stop_wal_segment = $5, timeline_id = $6 \
+                              WHERE backup_id = $1",
+                            None,
+                            &[
+                                run.backup_id.into(),
+                                executor::format_lsn(w.start_lsn).into(),
+                                executor::format_lsn(w.stop_lsn).into(),
+                                first.into(),
+                                last.into(),
+                                (w.timeline as i32).into(),
+                            ],
                         ))?;
                     }
                     if let Some(g) = &outcome.globals {

@@ -194,6 +194,35 @@ impl Cluster {
         standby
     }
 
+    /// A new cluster made by a restore recipe (`bash recipe NEW_DATA_DIRECTORY`, run as the
+    /// server's OS user), on its own port and socket, started.  Returns the recipe's output too.
+    pub fn restored_by(recipe: &str) -> (Cluster, String) {
+        let mut restored = Cluster::unstarted();
+        let script = restored.dir().join("recipe.sh");
+        std::fs::write(&script, recipe).expect("write recipe");
+        let out = check(
+            "restore recipe",
+            restored
+                .server_command("/bin/bash")
+                .arg(&script)
+                .arg(restored.data_dir())
+                .output()
+                .expect("bash runs"),
+        );
+        restored.append_conf(&format!(
+            "port = {}\nunix_socket_directories = '{}'",
+            restored.port,
+            restored.socket_dir().display()
+        ));
+        restored.pg_ctl_start();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (restored, said)
+    }
+
     /// `pg_ctl promote`, waiting for it.
     pub fn promote(&self) {
         check(

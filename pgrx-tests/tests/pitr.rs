@@ -1,0 +1,319 @@
+//! End-to-end point-in-time recovery: backup_mgmt archives the WAL, the worker takes the base
+//! backup, the cluster is destroyed, and the recipe from `plan_recovery(T)` brings back exactly
+//! the data of time T, in a new data directory, without the catalog.  And: a kill -9 during
+//! archiving never leaves a truncated segment reported archived.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use backup_mgmt_e2e::cluster::{sha256sum, Cluster};
+
+const ARCHIVING: [&str; 2] = ["archive_mode = on", "archive_library = 'backup_mgmt'"];
+
+fn archived_count(db: &mut postgres::Client) -> i64 {
+    db.query_one("SELECT archived_count FROM pg_stat_archiver", &[])
+        .map(|r| r.get(0))
+        .unwrap_or(0)
+}
+
+/// Switches to a new WAL file and waits until the one just finished is archived and ingested.
+fn switch_and_wait_ingested(cluster: &Cluster, db: &mut postgres::Client) -> String {
+    let done: String = db
+        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+        .unwrap()
+        .get(0);
+    let ingested = Cluster::wait_for(Duration::from_secs(60), || {
+        db.query_one(
+            "SELECT count(*) FROM backup_management.wal_archive WHERE file_name = $1",
+            &[&done],
+        )
+        .map(|r| r.get::<_, i64>(0) == 1)
+        .unwrap_or(false)
+    });
+    assert!(
+        ingested,
+        "{done} not archived and ingested\n{}",
+        cluster.log()
+    );
+    done
+}
+
+#[test]
+fn recipe_restores_to_the_target_time_without_the_catalog() {
+    let mut cluster = Cluster::start_with_backups(&ARCHIVING);
+    let mut db = cluster.connect("postgres");
+    db.batch_execute(
+        "CREATE EXTENSION backup_mgmt;
+         CREATE TABLE orders (id int PRIMARY KEY, placed_at timestamptz NOT NULL DEFAULT clock_timestamp());
+         INSERT INTO orders (id) SELECT generate_series(1, 1000);",
+    )
+    .unwrap();
+
+    // A base backup taken by the worker.
+    db.execute(
+        "SELECT backup_mgmt.schedule_backup('base', '@yearly', 'postgres', 'full', 'pg_basebackup', '{\"fast_checkpoint\": true}')",
+        &[],
+    )
+    .unwrap();
+    db.execute("SELECT backup_mgmt.run_job_now('base')", &[])
+        .unwrap();
+    let finished = Cluster::wait_for(Duration::from_secs(120), || {
+        db.query_one(
+            "SELECT count(*) FROM backup_management.backup_records WHERE label = 'base' AND status = 'completed'",
+            &[],
+        )
+        .map(|r| r.get::<_, i64>(0) == 1)
+        .unwrap_or(false)
+    });
+    assert!(finished, "no base backup\n{}", cluster.log());
+    let row = db
+        .query_one(
+            "SELECT backup_id, start_lsn::text, stop_lsn::text, start_wal_segment, stop_wal_segment,
+                    start_wal_segment = pg_walfile_name(start_lsn)
+               FROM backup_management.backup_records WHERE label = 'base'",
+            &[],
+        )
+        .unwrap();
+    let base_id: i64 = row.get(0);
+    let start_lsn: Option<String> = row.get(1);
+    assert!(start_lsn.is_some(), "WAL positions not recorded");
+    assert!(row.get::<_, Option<bool>>(5).unwrap_or(false), "{row:?}");
+
+    // Rows after the backup and before T; T; rows after T.
+    db.batch_execute("INSERT INTO orders (id) SELECT generate_series(1001, 2000)")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let target: String = db
+        .query_one("SELECT clock_timestamp()::text", &[])
+        .unwrap()
+        .get(0);
+    std::thread::sleep(Duration::from_millis(1100));
+    db.batch_execute("INSERT INTO orders (id) SELECT generate_series(2001, 3000)")
+        .unwrap();
+    switch_and_wait_ingested(&cluster, &mut db);
+
+    // Not reachable: a time before any base backup ended, and a time the archive has not
+    // reached yet.
+    let early: (bool, String) = db
+        .query_one(
+            "SELECT reachable, reason FROM backup_mgmt.plan_recovery(now() - interval '1 day')",
+            &[],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert!(
+        !early.0 && early.1.contains("no completed pg_basebackup"),
+        "{early:?}"
+    );
+    let late: (bool, String) = db
+        .query_one(
+            "SELECT reachable, reason FROM backup_mgmt.plan_recovery(now() + interval '1 hour')",
+            &[],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert!(
+        !late.0 && late.1.contains("no WAL from after the target"),
+        "{late:?}"
+    );
+
+    let plan = db
+        .query_one(
+            "SELECT reachable, reason, base_backup_id, first_wal_file, last_wal_file, wal_files,
+                    missing_wal_files, recipe
+               FROM backup_mgmt.plan_recovery($1::text::timestamptz)",
+            &[&target],
+        )
+        .unwrap();
+    let reachable: bool = plan.get(0);
+    let reason: String = plan.get(1);
+    assert!(reachable, "{reason}");
+    assert_eq!(plan.get::<_, Option<i64>>(2), Some(base_id));
+    assert!(plan.get::<_, i32>(5) >= 1);
+    assert!(plan.get::<_, Vec<String>>(6).is_empty());
+    let recipe: String = plan.get(7);
+    assert!(recipe.contains("recovery_target_time"), "{recipe}");
+    // The LSN variant plans to the current position the same way.
+    let lsn_plan: (bool, Option<i64>) = db
+        .query_one(
+            "SELECT reachable, base_backup_id FROM backup_mgmt.plan_recovery_lsn(pg_current_wal_lsn())",
+            &[],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(lsn_plan.1, Some(base_id));
+
+    // The archive status is part of the recovery status.
+    db.batch_execute(
+        "INSERT INTO disaster_recovery.recovery_plans
+             (plan_name, database_name, rto_minutes, rpo_minutes, backup_strategy, recovery_procedure)
+         VALUES ('main', 'postgres', 60, 15, 'base backup + archived WAL', 'plan_recovery()')",
+    )
+    .unwrap();
+    let status: (Option<String>, String, i64) = db
+        .query_one(
+            "SELECT last_archived_wal, archive_status, missing_wal_files FROM backup_mgmt.recovery_status",
+            &[],
+        )
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .unwrap();
+    assert!(
+        status.0.is_some() && status.1 == "ok" && status.2 == 0,
+        "{status:?}"
+    );
+
+    // The cluster is destroyed: server stopped hard, data directory gone.  Only the backup root
+    // is left.
+    drop(db);
+    cluster.pg_ctl_stop("immediate");
+    std::fs::remove_dir_all(cluster.data_dir()).unwrap();
+
+    let (restored, said) = Cluster::restored_by(&recipe);
+    let mut r = restored.connect("postgres");
+    let promoted = Cluster::wait_for(Duration::from_secs(120), || {
+        r.query_one("SELECT NOT pg_is_in_recovery()", &[])
+            .map(|row| row.get::<_, bool>(0))
+            .unwrap_or(false)
+    });
+    assert!(
+        promoted,
+        "recovery did not finish\n{said}\n{}",
+        restored.log()
+    );
+    let (count, max): (i64, Option<i32>) = r
+        .query_one("SELECT count(*), max(id) FROM orders", &[])
+        .map(|row| (row.get(0), row.get(1)))
+        .unwrap();
+    assert_eq!(
+        (count, max),
+        (2000, Some(2000)),
+        "not the data of time {target}\n{}",
+        restored.log()
+    );
+    let before_target: bool = r
+        .query_one(
+            "SELECT bool_and(placed_at <= $1::text::timestamptz) FROM orders",
+            &[&target],
+        )
+        .unwrap()
+        .get(0);
+    assert!(before_target);
+    // The restored copy does not run the original's jobs nor archive into its archive.
+    let settings: (String, String) = r
+        .query_one(
+            "SELECT current_setting('backup_mgmt.enabled'), current_setting('archive_mode')",
+            &[],
+        )
+        .map(|row| (row.get(0), row.get(1)))
+        .unwrap();
+    assert_eq!(settings, ("off".to_owned(), "off".to_owned()));
+}
+
+/// Every WAL-named file in the archive is complete and listed in the manifest with its sha256.
+fn check_archive(dir: &std::path::Path) -> usize {
+    let manifest = std::fs::read_to_string(dir.join("archive_manifest.jsonl")).unwrap_or_default();
+    let mut listed: HashMap<String, String> = HashMap::new();
+    for line in manifest.lines() {
+        let field = |key: &str| {
+            line.split(&format!("\"{key}\":\""))
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let (name, sha) = (field("name"), field("sha256"));
+        assert!(
+            line.contains("\"size\":16777216"),
+            "a listed segment is not whole: {line}"
+        );
+        if let Some(earlier) = listed.insert(name.clone(), sha.clone()) {
+            assert_eq!(earlier, sha, "{name} listed with two contents");
+        }
+    }
+    let mut segments = 0;
+    for entry in std::fs::read_dir(dir).unwrap().filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        segments += 1;
+        let len = entry.metadata().unwrap().len();
+        assert_eq!(len, 16 << 20, "{name} is truncated ({len} bytes)");
+        let sha = listed
+            .get(&name)
+            .unwrap_or_else(|| panic!("{name} is archived but not in the manifest"));
+        assert_eq!(
+            sha,
+            &sha256sum(&entry.path()),
+            "{name} differs from its manifest line"
+        );
+    }
+    segments
+}
+
+#[test]
+fn kill_9_during_archiving_never_reports_a_truncated_segment() {
+    let mut cluster = Cluster::start_with_backups(&ARCHIVING);
+    let mut db = cluster.connect("postgres");
+    db.batch_execute("CREATE EXTENSION backup_mgmt; CREATE TABLE t (g int, pad text)")
+        .unwrap();
+    let sysid: i64 = db
+        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
+        .unwrap()
+        .get(0);
+    let dir = cluster.backup_root().join("wal").join(sysid.to_string());
+    for round in 0..5u64 {
+        // A backlog of full segments, so that the archiver is busy copying when the crash comes.
+        for _ in 0..8 {
+            db.batch_execute(
+                "INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g;
+                 SELECT pg_switch_wal();",
+            )
+            .unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20 + round * 37));
+        // The whole server at once, archiver included, as a power cut would.
+        let archiver: Option<i32> = db
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'archiver'",
+                &[],
+            )
+            .unwrap()
+            .map(|r| r.get(0));
+        if let Some(pid) = archiver {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        cluster.kill_postmaster();
+        check_archive(&dir);
+        cluster.pg_ctl_start();
+        db = cluster.connect("postgres");
+    }
+    // After the last restart the archiver catches up, retrying what the crashes cut short.
+    let caught_up = Cluster::wait_for(Duration::from_secs(120), || {
+        db.query_one(
+            "SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'",
+            &[],
+        )
+        .map(|r| r.get::<_, i64>(0) == 0)
+        .unwrap_or(false)
+    });
+    assert!(caught_up, "archiving did not catch up\n{}", cluster.log());
+    let segments = check_archive(&dir);
+    assert!(segments >= 40, "only {segments} segments archived");
+    assert!(archived_count(&mut db) >= 1);
+    // Every segment ingested once; no gap.
+    let ingested = Cluster::wait_for(Duration::from_secs(30), || {
+        db.query_one(
+            "SELECT count(*) FROM backup_management.wal_archive WHERE segment_number IS NOT NULL",
+            &[],
+        )
+        .map(|r| r.get::<_, i64>(0) as usize == segments)
+        .unwrap_or(false)
+    });
+    assert!(ingested, "not all segments ingested\n{}", cluster.log());
+    let gaps: i64 = db
+        .query_one("SELECT count(*) FROM backup_mgmt.wal_gaps", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(gaps, 0);
+}

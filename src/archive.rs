@@ -21,8 +21,8 @@ use sha2::{Digest, Sha256};
 
 use crate::executor::hex;
 
-/// Copy buffer (see `verify::CHUNK` for why it is small).
-const CHUNK: usize = 64 << 10;
+/// Copy chunk: a 16 MB segment in 16 reads and writes (buffers are reused, see `BUFFERS`).
+const CHUNK: usize = 1 << 20;
 /// The manifest of archived files in each archive directory.
 pub const MANIFEST: &str = "archive_manifest.jsonl";
 
@@ -130,6 +130,162 @@ fn append_manifest(dir: &Path, name: &str, size: u64, sha256: &str) -> Result<()
         .map_err(io_err("could not write", &manifest))
 }
 
+thread_local! {
+    /// Copy buffers, kept between segments: the archiver copies one 16 MB segment after another,
+    /// and fresh megabyte buffers would be page-faulted in again every time.
+    static BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Buffers in flight: one being read, one being written, one being hashed.
+const BUFFERS_IN_FLIGHT: usize = 3;
+
+/// Copies `input` to `out` and returns the size and sha256 of what was written.  The first
+/// chunk is shown to `check_head` before anything is written.  The sha256 is computed on a
+/// helper thread while this one reads and writes the next chunk (hashing is a third of the
+/// work); without a thread, it is computed inline.
+fn copy_hashing(
+    input: &mut File,
+    out: &mut File,
+    source: &Path,
+    temp: &Path,
+    check_head: &dyn Fn(&[u8]) -> Result<(), ArchiveError>,
+) -> Result<(u64, String), ArchiveError> {
+    use std::sync::mpsc;
+    let mut pool = BUFFERS.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    let (to_hasher, hasher_in) = mpsc::sync_channel::<(Vec<u8>, usize)>(BUFFERS_IN_FLIGHT);
+    let (hasher_out, returned) = mpsc::channel::<Vec<u8>>();
+    let hash = |chunks: mpsc::Receiver<(Vec<u8>, usize)>, back: mpsc::Sender<Vec<u8>>| {
+        let mut h = Sha256::new();
+        for (buf, n) in chunks {
+            h.update(&buf[..n]);
+            let _ = back.send(buf);
+        }
+        hex(&h.finalize())
+    };
+    let result = std::thread::scope(|scope| {
+        let helper = with_signals_blocked(|| {
+            std::thread::Builder::new()
+                .name("backup_mgmt archive hash".into())
+                .spawn_scoped(scope, move || hash(hasher_in, hasher_out))
+        });
+        let Ok(helper) = helper else {
+            return Err(None);
+        };
+        let mut size = 0u64;
+        let mut allocated = pool.len();
+        let mut first = true;
+        let copied = (|| loop {
+            let mut buf = match pool.pop() {
+                Some(b) => b,
+                None if allocated < BUFFERS_IN_FLIGHT => {
+                    allocated += 1;
+                    vec![0u8; CHUNK]
+                }
+                None => returned.recv().map_err(|_| {
+                    io_err("could not hash", source)(io::ErrorKind::BrokenPipe.into())
+                })?,
+            };
+            let n = read_full(input, &mut buf).map_err(io_err("could not read", source))?;
+            if n == 0 {
+                pool.push(buf);
+                return Ok(size);
+            }
+            if std::mem::take(&mut first) {
+                check_head(&buf[..n])?;
+            }
+            out.write_all(&buf[..n])
+                .map_err(io_err("could not write", temp))?;
+            size += n as u64;
+            if to_hasher.send((buf, n)).is_err() {
+                return Err(io_err("could not hash", source)(
+                    io::ErrorKind::BrokenPipe.into(),
+                ));
+            }
+        })();
+        drop(to_hasher);
+        let sha256 = helper.join().map_err(|_| {
+            Some(io_err("could not hash", source)(
+                io::ErrorKind::Other.into(),
+            ))
+        })?;
+        pool.extend(returned.try_iter());
+        copied.map(|size| (size, sha256)).map_err(Some)
+    });
+    let result = match result {
+        Ok(r) => Ok(r),
+        Err(Some(e)) => Err(e),
+        // No thread to be had: hash inline.
+        Err(None) => copy_hashing_inline(input, out, source, temp, check_head, &mut pool),
+    };
+    pool.truncate(BUFFERS_IN_FLIGHT);
+    BUFFERS.with(|b| *b.borrow_mut() = pool);
+    result
+}
+
+/// `copy_hashing` on one thread: the fallback when no helper thread can be started.
+fn copy_hashing_inline(
+    input: &mut File,
+    out: &mut File,
+    source: &Path,
+    temp: &Path,
+    check_head: &dyn Fn(&[u8]) -> Result<(), ArchiveError>,
+    pool: &mut Vec<Vec<u8>>,
+) -> Result<(u64, String), ArchiveError> {
+    let mut buf = pool.pop().unwrap_or_else(|| vec![0u8; CHUNK]);
+    let mut h = Sha256::new();
+    let mut size = 0u64;
+    let result = loop {
+        let n = match read_full(input, &mut buf) {
+            Ok(n) => n,
+            Err(e) => break Err(io_err("could not read", source)(e)),
+        };
+        if n == 0 {
+            break Ok((size, hex(&h.finalize())));
+        }
+        if size == 0 {
+            if let Err(e) = check_head(&buf[..n]) {
+                break Err(e);
+            }
+        }
+        if let Err(e) = out.write_all(&buf[..n]) {
+            break Err(io_err("could not write", temp)(e));
+        }
+        h.update(&buf[..n]);
+        size += n as u64;
+    };
+    pool.push(buf);
+    result
+}
+
+/// Reads until `buf` is full or the file ends.
+fn read_full(input: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Runs `f` (which starts a thread) with every signal blocked, so that the new thread starts
+/// with them blocked: PostgreSQL's handlers must only ever run on the archiver's own thread.
+fn with_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: plain libc calls on local, initialised signal sets.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        let r = f();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        r
+    }
+}
+
 /// Archives `source` as `name` into `dir` (created if needed), durably, never overwriting.
 /// `system_identifier` is this cluster's; a segment naming another one is refused.
 pub fn archive_file(
@@ -179,34 +335,18 @@ pub fn archive_file(
         .open(&temp)
         .map_err(io_err("could not create", &temp))?;
     let result = (|| {
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        let mut buf = vec![0u8; CHUNK];
-        let mut first = true;
-        loop {
-            let n = input
-                .read(&mut buf)
-                .map_err(io_err("could not read", source))?;
-            if n == 0 {
-                break;
-            }
-            if first && name.len() == 24 {
-                if let Some(found) = segment_system_identifier(&buf[..n]) {
-                    if found != system_identifier {
-                        return Err(ArchiveError::OtherCluster {
-                            name: name.to_owned(),
-                            found,
-                            ours: system_identifier,
-                        });
-                    }
+        let (size, sha256) = copy_hashing(&mut input, &mut out, source, &temp, &|head| {
+            match segment_system_identifier(head) {
+                Some(found) if name.len() == 24 && found != system_identifier => {
+                    Err(ArchiveError::OtherCluster {
+                        name: name.to_owned(),
+                        found,
+                        ours: system_identifier,
+                    })
                 }
+                _ => Ok(()),
             }
-            first = false;
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n])
-                .map_err(io_err("could not write", &temp))?;
-            size += n as u64;
-        }
+        })?;
         out.sync_all().map_err(io_err("could not fsync", &temp))?;
         // link(2), not rename(2): it fails if the name appeared meanwhile, so nothing is ever
         // overwritten, even by a concurrent archiver of the same directory.
@@ -216,7 +356,6 @@ pub fn archive_file(
             .and_then(|d| d.sync_all())
             .map_err(io_err("could not fsync", dir))?;
         // Listed only once the file is durable under its name.
-        let sha256 = hex(&hasher.finalize());
         append_manifest(dir, name, size, &sha256)?;
         Ok(Archived::Copied { size, sha256 })
     })();
@@ -434,6 +573,46 @@ mod unit {
             .file_name()
             .to_string_lossy()
             .ends_with(".tmp")));
+    }
+
+    /// The threaded copy and the inline fallback write and hash the same bytes, over several
+    /// chunks and a short last one, and both show the first chunk to the head check.
+    #[test]
+    fn threaded_and_inline_copies_agree() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        let data: Vec<u8> = (0..(5 * CHUNK / 2)).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&src, &data).unwrap();
+        let expected = hex(&Sha256::digest(&data));
+        let refuse = |head: &[u8]| {
+            if head[0] == 0 {
+                Err(ArchiveError::BadName("head seen".into()))
+            } else {
+                Ok(())
+            }
+        };
+        for threaded in [true, false] {
+            let dst = tmp.path().join(format!("dst-{threaded}"));
+            let mut input = File::open(&src).unwrap();
+            let mut out = File::create(&dst).unwrap();
+            let accept = |_: &[u8]| Ok(());
+            let got = if threaded {
+                copy_hashing(&mut input, &mut out, &src, &dst, &accept).unwrap()
+            } else {
+                copy_hashing_inline(&mut input, &mut out, &src, &dst, &accept, &mut Vec::new())
+                    .unwrap()
+            };
+            assert_eq!(got, (data.len() as u64, expected.clone()));
+            assert_eq!(std::fs::read(&dst).unwrap(), data);
+            let mut input = File::open(&src).unwrap();
+            let e = if threaded {
+                copy_hashing(&mut input, &mut out, &src, &dst, &refuse).unwrap_err()
+            } else {
+                copy_hashing_inline(&mut input, &mut out, &src, &dst, &refuse, &mut Vec::new())
+                    .unwrap_err()
+            };
+            assert!(e.to_string().contains("head seen"), "{e}");
+        }
     }
 
     #[test]

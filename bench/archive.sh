@@ -11,9 +11,13 @@
 #        pgbackrest    archive_command = 'pgbackrest archive-push %p' (synchronous, its defaults:
 #                      gz compression)
 #        pgbackrest-none  the same with --compress-type=none (no compression, like backup_mgmt)
+#        backup_mgmt-zstd backup_mgmt with backup_mgmt.archive_compression = zstd (level 3)
+#        pgbackrest-zst   pgBackRest with --compress-type=zst --compress-level=3
+#      CONTENDERS (environment) picks which, default the first three.
 #   2. Load: LOAD_SECONDS of pgbench (2 clients) with archive_timeout = 2s, archived by each of
 #      backup_mgmt and pgBackRest in turn: the archive backlog (.ready files) sampled every
-#      second, its maximum, and pg_stat_archiver's failed_count over the run.
+#      second, its maximum, and pg_stat_archiver's failed_count over the run.  LOAD_SECONDS = 0
+#      skips it.
 #
 # Usage (root, Debian 12): bash bench/archive.sh [rounds] [segments] [load_seconds]
 set -euo pipefail
@@ -22,6 +26,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 SEGMENTS=${2:-30}
 LOAD_SECONDS=${3:-300}
+CONTENDERS=${CONTENDERS:-backup_mgmt pgbackrest pgbackrest-none}
 
 bash scripts/setup.sh
 source scripts/lib.sh
@@ -73,7 +78,11 @@ ARCHIVE="$DIR/backups/wal/$SYSID"
 archiver() {
     case $1 in
     paused) "${PSQL[@]}" -c "ALTER SYSTEM SET archive_library = ''" -c "ALTER SYSTEM SET archive_command = ''" ;;
-    backup_mgmt) "${PSQL[@]}" -c "ALTER SYSTEM SET archive_command = ''" -c "ALTER SYSTEM SET archive_library = 'backup_mgmt'" ;;
+    backup_mgmt) "${PSQL[@]}" -c "ALTER SYSTEM SET archive_command = ''" -c "ALTER SYSTEM SET backup_mgmt.archive_compression = 'none'" \
+        -c "ALTER SYSTEM SET archive_library = 'backup_mgmt'" ;;
+    backup_mgmt-zstd) "${PSQL[@]}" -c "ALTER SYSTEM SET archive_command = ''" -c "ALTER SYSTEM SET backup_mgmt.archive_compression = 'zstd'" \
+        -c "ALTER SYSTEM SET backup_mgmt.archive_compression_level = 3" -c "ALTER SYSTEM SET archive_library = 'backup_mgmt'" ;;
+    pgbackrest-zst) "${PSQL[@]}" -c "ALTER SYSTEM SET archive_library = ''" -c "ALTER SYSTEM SET archive_command = '$BR --compress-type=zst --compress-level=3 archive-push %p'" ;;
     pgbackrest) "${PSQL[@]}" -c "ALTER SYSTEM SET archive_library = ''" -c "ALTER SYSTEM SET archive_command = '$BR archive-push %p'" ;;
     pgbackrest-none) "${PSQL[@]}" -c "ALTER SYSTEM SET archive_library = ''" -c "ALTER SYSTEM SET archive_command = '$BR --compress-type=none archive-push %p'" ;;
     esac
@@ -91,6 +100,7 @@ wait_drained() {
 archived_copy() {
     case $1 in
     backup_mgmt) echo "$ARCHIVE/$2" ;;
+    backup_mgmt-zstd) echo "$ARCHIVE/$2.zst" ;;
     *) find "$DIR/pgbackrest/archive" -name "$2-*" | head -1 ;;
     esac
 }
@@ -131,11 +141,11 @@ latency_round() {
 
 echo "==> per-segment latency: $ROUNDS rounds of $SEGMENTS segments"
 for r in $(seq "$ROUNDS"); do
-    if [ $((r % 2)) = 1 ]; then order="backup_mgmt pgbackrest pgbackrest-none"; else order="pgbackrest-none pgbackrest backup_mgmt"; fi
+    if [ $((r % 2)) = 1 ]; then order=$CONTENDERS; else order=$(echo $CONTENDERS | tr ' ' '\n' | tac | tr '\n' ' '); fi
     for who in $order; do latency_round "$who"; done
 done
 echo "==> medians (ms per segment)"
-for who in backup_mgmt pgbackrest pgbackrest-none; do
+for who in $CONTENDERS; do
     grep "^$who " "$DIR/latency" | sed 's/.*: *\([0-9.]*\) ms per segment.*/\1/' | sort -n |
         awk -v who="$who" '{ v[NR] = $1 } END { printf "%-16s median %.1f ms (n=%d)\n", who, v[int((NR + 1) / 2)], NR }'
 done
@@ -165,6 +175,7 @@ load_run() {
         "$(awk -v s="$sum" -v n="$samples" 'BEGIN { print s / n }')" "$samples"
 }
 
+[ "$LOAD_SECONDS" -gt 0 ] || exit 0
 echo "==> load: pgbench, archive_timeout = 2s, $LOAD_SECONDS s per archiver"
 "${PSQL[@]}" -c "CREATE DATABASE bench" >/dev/null
 as_pg "$BIN/pgbench" -i -q -s 10 -h "$DIR" -p "$PORT" -U postgres bench 2>&1 | tail -1

@@ -36,7 +36,8 @@ GRANT SELECT ON backup_mgmt.backup_progress, backup_mgmt.recovery_status, backup
 -- Backup records, verifications, jobs and executions are written only through the SECURITY
 -- DEFINER functions, which keep their invariants.  Plans and off-site targets are plain
 -- configuration that operators edit directly.
-GRANT INSERT, UPDATE, DELETE ON disaster_recovery.recovery_plans, backup_management.remote_backup_configs TO backup_admin;
+GRANT INSERT, UPDATE, DELETE ON disaster_recovery.recovery_plans, backup_management.remote_backup_configs,
+    backup_management.retention_policies TO backup_admin;
 GRANT USAGE ON SEQUENCE disaster_recovery.recovery_plans_plan_id_seq,
                         backup_management.remote_backup_configs_config_id_seq TO backup_admin;
 
@@ -99,3 +100,13 @@ COMMENT ON FUNCTION backup_mgmt.plan_recovery(timestamptz) IS
     'Plans a point-in-time recovery of this cluster to a time: the base backup to start from, the archived WAL needed and any missing, whether the target is reachable, and a bash restore recipe that needs only PostgreSQL, coreutils, tar and zstd';
 COMMENT ON FUNCTION backup_mgmt.plan_recovery_lsn(pg_lsn) IS
     'Like plan_recovery, to a WAL location (recovery_target_lsn) instead of a time';
+COMMENT ON FUNCTION backup_mgmt.retention_preview(text, text) IS
+    'Dry run of retention for a job''s backups (NULL: backups recorded by no job) under its policy or the one named: keep or expire, with every rule that keeps a backup (calendar, count, recovery window, pins, safety rules) or why it expires';
+COMMENT ON FUNCTION backup_mgmt.apply_retention(text, text) IS
+    'Applies retention: marks expired records expired (kept for audit) and removes their files inside the backup roots after commit; expires archived WAL older than the oldest retained base backup';
+COMMENT ON FUNCTION backup_mgmt.pin_backup(bigint, text, timestamptz) IS
+    'Pins a completed backup (a legal hold): no retention policy removes it, until keep_until when given; the reason is required and shown in previews';
+COMMENT ON FUNCTION backup_mgmt.unpin_backup(bigint) IS
+    'Removes a backup''s pin and keep_until; retention decides about it again';
+COMMENT ON FUNCTION backup_mgmt.set_retention_policy(text, text) IS
+    'Sets the retention policy of a backup job (NULL: the default policy); the worker applies it after each successful backup of the job';

@@ -330,6 +330,43 @@ COMMENT ON COLUMN disaster_recovery.recovery_drills.created_at IS 'When the row 
 COMMENT ON SEQUENCE disaster_recovery.recovery_drills_drill_id_seq IS 'Generates recovery_drills.drill_id';
 
 ------------------------------------------------------------------------------------------------
+-- backup_management.retention_policies: what retention keeps.  Safety rules (newest verified
+-- backup, base backups for the recovery window, pins, chains) apply on top of any policy.
+------------------------------------------------------------------------------------------------
+CREATE TABLE backup_management.retention_policies (
+    policy_name     text        PRIMARY KEY
+        CONSTRAINT retention_policies_name_check CHECK (policy_name <> ''),
+    keep_last       integer
+        CONSTRAINT retention_policies_keep_last_check CHECK (keep_last IS NULL OR keep_last > 0),
+    keep_daily      integer     NOT NULL DEFAULT 30
+        CONSTRAINT retention_policies_daily_check CHECK (keep_daily >= 0),
+    keep_weekly     integer     NOT NULL DEFAULT 12
+        CONSTRAINT retention_policies_weekly_check CHECK (keep_weekly >= 0),
+    keep_monthly    integer     NOT NULL DEFAULT 12
+        CONSTRAINT retention_policies_monthly_check CHECK (keep_monthly >= 0),
+    keep_yearly     integer     NOT NULL DEFAULT 7
+        CONSTRAINT retention_policies_yearly_check CHECK (keep_yearly >= 0),
+    recovery_window interval
+        CONSTRAINT retention_policies_window_check CHECK (recovery_window IS NULL OR recovery_window > interval '0'),
+    time_zone       text        NOT NULL DEFAULT 'UTC',
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE backup_management.retention_policies IS 'Retention policies: calendar (grandfather-father-son), count and recovery-window rules; the row ''default'' governs jobs without their own policy and backups recorded by no job';
+COMMENT ON COLUMN backup_management.retention_policies.policy_name IS 'Policy name (jobs refer to it)';
+COMMENT ON COLUMN backup_management.retention_policies.keep_last IS 'Keep the newest N backups (NULL: no count rule)';
+COMMENT ON COLUMN backup_management.retention_policies.keep_daily IS 'Keep the newest backup of each of the last N calendar days';
+COMMENT ON COLUMN backup_management.retention_policies.keep_weekly IS 'Keep the newest backup of each of the last N ISO weeks';
+COMMENT ON COLUMN backup_management.retention_policies.keep_monthly IS 'Keep the newest backup of each of the last N calendar months';
+COMMENT ON COLUMN backup_management.retention_policies.keep_yearly IS 'Keep the newest backup of each of the last N calendar years';
+COMMENT ON COLUMN backup_management.retention_policies.recovery_window IS 'Keep every backup (and every base backup, whatever the scope) needed to restore any point this far back (NULL: none)';
+COMMENT ON COLUMN backup_management.retention_policies.time_zone IS 'IANA time zone the calendar rules count days, weeks, months and years in';
+COMMENT ON COLUMN backup_management.retention_policies.created_at IS 'When the policy was created';
+-- The design's rule: daily 30 days, weekly 12 weeks, monthly 12 months, yearly 7 years; and a
+-- week of point-in-time recovery.
+INSERT INTO backup_management.retention_policies (policy_name, keep_daily, keep_weekly, keep_monthly, keep_yearly, recovery_window)
+VALUES ('default', 30, 12, 12, 7, interval '7 days');
+
+------------------------------------------------------------------------------------------------
 -- enterprise_backup.backup_jobs and backup_job_executions.  There is deliberately no free-form
 -- command column: a job can only take a backup of a named kind.
 ------------------------------------------------------------------------------------------------
@@ -344,8 +381,9 @@ CREATE TABLE enterprise_backup.backup_jobs (
     timezone        text,
     options         jsonb       NOT NULL DEFAULT '{}'::jsonb
         CONSTRAINT backup_jobs_options_check CHECK (jsonb_typeof(options) = 'object'),
-    retention_days  integer     NOT NULL DEFAULT 30
-        CONSTRAINT backup_jobs_retention_days_check CHECK (retention_days > 0),
+    -- NULL: the 'default' policy.
+    retention_policy text REFERENCES backup_management.retention_policies (policy_name)
+        ON UPDATE CASCADE ON DELETE RESTRICT,
     is_active       boolean     NOT NULL DEFAULT true,
     last_run_at     timestamptz,
     next_run_at     timestamptz,
@@ -373,7 +411,7 @@ COMMENT ON COLUMN enterprise_backup.backup_jobs.plan_id IS 'The recovery plan a 
 COMMENT ON COLUMN enterprise_backup.backup_jobs.run_requested_at IS 'Set by run_job_now(): the worker runs the job once as soon as it can, then clears it';
 COMMENT ON COLUMN enterprise_backup.backup_jobs.timezone IS 'IANA time zone of the schedule; NULL means the server''s TimeZone';
 COMMENT ON COLUMN enterprise_backup.backup_jobs.options IS 'Method options (compression level, parallel jobs, timeout)';
-COMMENT ON COLUMN enterprise_backup.backup_jobs.retention_days IS 'Days to keep this job''s backups';
+COMMENT ON COLUMN enterprise_backup.backup_jobs.retention_policy IS 'Retention policy applied after each successful backup of the job (NULL: the default policy)';
 COMMENT ON COLUMN enterprise_backup.backup_jobs.is_active IS 'Inactive jobs are not run';
 COMMENT ON COLUMN enterprise_backup.backup_jobs.last_run_at IS 'When the job last started';
 COMMENT ON COLUMN enterprise_backup.backup_jobs.next_run_at IS 'When the job runs next';
@@ -452,6 +490,7 @@ CREATE TABLE backup_management.wal_archive (
     checksum          text        NOT NULL,
     archived_at       timestamptz NOT NULL,
     ingested_at       timestamptz NOT NULL DEFAULT now(),
+    expired_at        timestamptz,
     PRIMARY KEY (system_identifier, file_name)
 );
 CREATE INDEX idx_wal_archive_segment ON backup_management.wal_archive (system_identifier, timeline_id, segment_number);
@@ -465,6 +504,7 @@ COMMENT ON COLUMN backup_management.wal_archive.file_size IS 'Size in bytes';
 COMMENT ON COLUMN backup_management.wal_archive.checksum IS 'sha256 of the archived copy, computed while it was written';
 COMMENT ON COLUMN backup_management.wal_archive.archived_at IS 'When the archive module made it durable';
 COMMENT ON COLUMN backup_management.wal_archive.ingested_at IS 'When the worker recorded it here';
+COMMENT ON COLUMN backup_management.wal_archive.expired_at IS 'When retention removed it (older than the oldest retained base backup); NULL while it is in the archive';
 
 ------------------------------------------------------------------------------------------------
 -- pg_dump of the database keeps the catalog's rows (like pg_cron's cron.job).
@@ -486,6 +526,8 @@ SELECT pg_catalog.pg_extension_config_dump('enterprise_backup.backup_jobs_job_id
 SELECT pg_catalog.pg_extension_config_dump('enterprise_backup.backup_job_executions', '');
 SELECT pg_catalog.pg_extension_config_dump('enterprise_backup.backup_job_executions_execution_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('backup_management.wal_archive', '');
+-- The default policy is created by the extension script; only operators' own rows are dumped.
+SELECT pg_catalog.pg_extension_config_dump('backup_management.retention_policies', 'WHERE policy_name <> ''default''');
 
 ------------------------------------------------------------------------------------------------
 -- Missing WAL segments, per cluster and timeline, between the first and the last archived one.
@@ -494,7 +536,7 @@ CREATE VIEW backup_mgmt.wal_gaps AS
 WITH archived AS (
     SELECT system_identifier, timeline_id, min(segment_number) AS first_segment, max(segment_number) AS last_segment
       FROM backup_management.wal_archive
-     WHERE segment_number IS NOT NULL
+     WHERE segment_number IS NOT NULL AND expired_at IS NULL
      GROUP BY system_identifier, timeline_id
 ), base AS (
     -- Where the oldest retained base backup's WAL starts: recovery from it needs everything after.
@@ -516,7 +558,7 @@ SELECT b.system_identifier, b.timeline_id,
   CROSS JOIN LATERAL generate_series(b.first_segment, b.last_segment) g
  WHERE NOT EXISTS (SELECT FROM backup_management.wal_archive w
                     WHERE w.system_identifier = b.system_identifier AND w.timeline_id = b.timeline_id
-                      AND w.segment_number = g);
+                      AND w.segment_number = g AND w.expired_at IS NULL);
 COMMENT ON VIEW backup_mgmt.wal_gaps IS 'WAL segments missing from the archive, per cluster and timeline, from the start of the oldest completed base backup (or the first archived segment when there is none) to the newest archived segment (16 MB segments): a point-in-time recovery cannot cross them';
 
 ------------------------------------------------------------------------------------------------

@@ -52,6 +52,14 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
     }
 }
 
+/// How archived files are stored (`backup_mgmt.archive_compression`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    Plain,
+    /// `<name>.zst`, at this zstd level.
+    Zstd(i32),
+}
+
 /// What happened to a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Archived {
@@ -87,35 +95,68 @@ fn segment_system_identifier(head: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(head[24..32].try_into().ok()?))
 }
 
-/// Whether `source` has the same content as the archived `target`; if so, its size and sha256.
+/// Whether `source` has the same content as the archived `target` (a `.zst` one decompressed);
+/// if so, the archived file's size and sha256.
 fn same_content(source: &Path, target: &Path) -> Result<Option<(u64, String)>, ArchiveError> {
-    let mut fa = File::open(source).map_err(io_err("could not open", source))?;
-    let mut fb = File::open(target).map_err(io_err("could not open", target))?;
-    if fa.metadata().map(|m| m.len()).ok() != fb.metadata().map(|m| m.len()).ok() {
-        return Ok(None);
-    }
-    let (mut ba, mut bb) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    loop {
-        let n = fa.read(&mut ba).map_err(io_err("could not read", source))?;
-        if n == 0 {
-            return Ok(Some((size, hex(&hasher.finalize()))));
-        }
-        fb.read_exact(&mut bb[..n])
-            .map_err(io_err("could not read", target))?;
-        if ba[..n] != bb[..n] {
+    let fa = File::open(source).map_err(io_err("could not open", source))?;
+    let fb = File::open(target).map_err(io_err("could not open", target))?;
+    let compressed = target.extension().is_some_and(|e| e == "zst");
+    let equal = if compressed {
+        let decoder =
+            zstd::stream::read::Decoder::new(fb).map_err(io_err("could not read", target))?;
+        same_bytes(fa, decoder, source, target)?
+    } else {
+        if fa.metadata().map(|m| m.len()).ok() != fb.metadata().map(|m| m.len()).ok() {
             return Ok(None);
         }
-        hasher.update(&ba[..n]);
-        size += n as u64;
+        same_bytes(fa, fb, source, target)?
+    };
+    if !equal {
+        return Ok(None);
+    }
+    sha256_of(target).map(Some)
+}
+
+/// Whether two streams have the same bytes.
+fn same_bytes(
+    mut a: impl Read,
+    mut b: impl Read,
+    source: &Path,
+    target: &Path,
+) -> Result<bool, ArchiveError> {
+    let (mut ba, mut bb) = (vec![0u8; 64 << 10], vec![0u8; 64 << 10]);
+    loop {
+        let n = read_full(&mut a, &mut ba).map_err(io_err("could not read", source))?;
+        let m = read_full(&mut b, &mut bb[..n.max(1)]).map_err(io_err("could not read", target))?;
+        if n != m || ba[..n] != bb[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
     }
 }
 
+/// Size and sha256 of a file.
+fn sha256_of(path: &Path) -> Result<(u64, String), ArchiveError> {
+    let mut f = File::open(path).map_err(io_err("could not open", path))?;
+    let mut h = Sha256::new();
+    let size = io::copy(&mut f, &mut h).map_err(io_err("could not read", path))?;
+    Ok((size, hex(&h.finalize())))
+}
+
 /// Appends a file's line to the directory's manifest, durably.
-fn append_manifest(dir: &Path, name: &str, size: u64, sha256: &str) -> Result<(), ArchiveError> {
+/// `file` is the name it is stored under (`name`, or `name.zst`); size and sha256 are the
+/// stored file's, so that `sha256sum -c` checks what is on disk.
+fn append_manifest(
+    dir: &Path,
+    name: &str,
+    file: &str,
+    size: u64,
+    sha256: &str,
+) -> Result<(), ArchiveError> {
     let line = format!(
-        "{{\"name\":\"{name}\",\"size\":{size},\"sha256\":\"{sha256}\",\"archived_at\":\"{}\"}}\n",
+        "{{\"name\":\"{name}\",\"file\":\"{file}\",\"size\":{size},\"sha256\":\"{sha256}\",\"archived_at\":\"{}\"}}\n",
         chrono::Utc::now().to_rfc3339()
     );
     let manifest = dir.join(MANIFEST);
@@ -257,8 +298,70 @@ fn copy_hashing_inline(
     result
 }
 
+/// A file that hashes and counts what is written to it (the compressed bytes).
+struct HashingFile<'a> {
+    file: &'a mut File,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl Write for HashingFile<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Copies `input` to `out` through zstd; returns the size and sha256 of the compressed file.
+fn copy_compressing(
+    input: &mut File,
+    out: &mut File,
+    source: &Path,
+    temp: &Path,
+    level: i32,
+    check_head: &dyn Fn(&[u8]) -> Result<(), ArchiveError>,
+) -> Result<(u64, String), ArchiveError> {
+    let sink = HashingFile {
+        file: out,
+        hasher: Sha256::new(),
+        written: 0,
+    };
+    let werr = io_err("could not write", temp);
+    let mut encoder = zstd::stream::write::Encoder::new(sink, level).map_err(werr)?;
+    let mut buf = BUFFERS
+        .with(|b| b.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0u8; CHUNK]);
+    let mut first = true;
+    let result = loop {
+        let n = match read_full(input, &mut buf) {
+            Ok(n) => n,
+            Err(e) => break Err(io_err("could not read", source)(e)),
+        };
+        if n == 0 {
+            break Ok(());
+        }
+        if std::mem::take(&mut first) {
+            if let Err(e) = check_head(&buf[..n]) {
+                break Err(e);
+            }
+        }
+        if let Err(e) = encoder.write_all(&buf[..n]) {
+            break Err(io_err("could not write", temp)(e));
+        }
+    };
+    BUFFERS.with(|b| b.borrow_mut().push(buf));
+    result?;
+    let sink = encoder.finish().map_err(io_err("could not write", temp))?;
+    Ok((sink.written, hex(&sink.hasher.finalize())))
+}
+
 /// Reads until `buf` is full or the file ends.
-fn read_full(input: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match input.read(&mut buf[n..]) {
@@ -293,6 +396,7 @@ pub fn archive_file(
     name: &str,
     dir: &Path,
     system_identifier: u64,
+    stored: Stored,
 ) -> Result<Archived, ArchiveError> {
     if !valid_name(name) {
         return Err(ArchiveError::BadName(name.to_owned()));
@@ -309,14 +413,18 @@ pub fn archive_file(
                 .map_err(io_err("could not fsync", parent))?;
         }
     }
-    let target = dir.join(name);
-    if target.exists() {
-        return match same_content(source, &target)? {
+    // Already archived, in either form (compression may have been turned on or off since)?
+    for existing in [name.to_owned(), format!("{name}.zst")] {
+        let path = dir.join(&existing);
+        if !path.exists() {
+            continue;
+        }
+        return match same_content(source, &path)? {
             // A crash between the link and the manifest line would leave the file out of the
             // manifest (and the catalog) for good: the retry writes the line again.  The worker
             // ignores duplicates.
             Some((size, sha256)) => {
-                append_manifest(dir, name, size, &sha256)?;
+                append_manifest(dir, name, &existing, size, &sha256)?;
                 Ok(Archived::AlreadyThere)
             }
             None => Err(ArchiveError::Conflict {
@@ -324,7 +432,12 @@ pub fn archive_file(
             }),
         };
     }
-    let temp = dir.join(format!(".{name}.tmp"));
+    let file_name = match stored {
+        Stored::Plain => name.to_owned(),
+        Stored::Zstd(_) => format!("{name}.zst"),
+    };
+    let target = dir.join(&file_name);
+    let temp = dir.join(format!(".{file_name}.tmp"));
     let _ = fs::remove_file(&temp);
     let mut input = File::open(source).map_err(io_err("could not open", source))?;
     let mut out = OpenOptions::new()
@@ -335,18 +448,22 @@ pub fn archive_file(
         .open(&temp)
         .map_err(io_err("could not create", &temp))?;
     let result = (|| {
-        let (size, sha256) = copy_hashing(&mut input, &mut out, source, &temp, &|head| {
-            match segment_system_identifier(head) {
-                Some(found) if name.len() == 24 && found != system_identifier => {
-                    Err(ArchiveError::OtherCluster {
-                        name: name.to_owned(),
-                        found,
-                        ours: system_identifier,
-                    })
-                }
-                _ => Ok(()),
+        let check_head = |head: &[u8]| match segment_system_identifier(head) {
+            Some(found) if name.len() == 24 && found != system_identifier => {
+                Err(ArchiveError::OtherCluster {
+                    name: name.to_owned(),
+                    found,
+                    ours: system_identifier,
+                })
             }
-        })?;
+            _ => Ok(()),
+        };
+        let (size, sha256) = match stored {
+            Stored::Plain => copy_hashing(&mut input, &mut out, source, &temp, &check_head)?,
+            Stored::Zstd(level) => {
+                copy_compressing(&mut input, &mut out, source, &temp, level, &check_head)?
+            }
+        };
         out.sync_all().map_err(io_err("could not fsync", &temp))?;
         // link(2), not rename(2): it fails if the name appeared meanwhile, so nothing is ever
         // overwritten, even by a concurrent archiver of the same directory.
@@ -356,7 +473,7 @@ pub fn archive_file(
             .and_then(|d| d.sync_all())
             .map_err(io_err("could not fsync", dir))?;
         // Listed only once the file is durable under its name.
-        append_manifest(dir, name, size, &sha256)?;
+        append_manifest(dir, name, &file_name, size, &sha256)?;
         Ok(Archived::Copied { size, sha256 })
     })();
     if result.is_err() {
@@ -394,7 +511,11 @@ mod callbacks {
     fn archive_one(file: &str, path: &str) -> Result<(), String> {
         let sysid = super::system_identifier().map_err(|e| format!("pg_control: {e}"))?;
         let dir = super::archive_dir(sysid)?;
-        match super::archive_file(Path::new(path), file, &dir, sysid) {
+        let stored = match crate::guc::archive_compression() {
+            Some(level) => super::Stored::Zstd(level),
+            None => super::Stored::Plain,
+        };
+        match super::archive_file(Path::new(path), file, &dir, sysid, stored) {
             Ok(super::Archived::Copied { .. }) => Ok(()),
             Ok(super::Archived::AlreadyThere) => {
                 pgrx::log!("backup_mgmt: {file} was already archived with the same content");
@@ -532,7 +653,7 @@ mod unit {
         std::fs::write(&src, segment(42, 7)).unwrap();
         let dir = tmp.path().join("wal").join("42");
         let name = "000000010000000000000003";
-        let first = archive_file(&src, name, &dir, 42).unwrap();
+        let first = archive_file(&src, name, &dir, 42, Stored::Plain).unwrap();
         let Archived::Copied { size, sha256 } = first else {
             panic!("not copied: {first:?}")
         };
@@ -544,18 +665,19 @@ mod unit {
         );
         // The same file again (a retry after a crash): success, nothing rewritten.
         assert_eq!(
-            archive_file(&src, name, &dir, 42).unwrap(),
+            archive_file(&src, name, &dir, 42, Stored::Plain).unwrap(),
             Archived::AlreadyThere
         );
         // Different content under the same name: refused, the archived copy untouched.
         std::fs::write(&src, segment(42, 8)).unwrap();
-        let e = archive_file(&src, name, &dir, 42).unwrap_err();
+        let e = archive_file(&src, name, &dir, 42, Stored::Plain).unwrap_err();
         assert!(matches!(e, ArchiveError::Conflict { .. }), "{e}");
         assert_eq!(std::fs::read(dir.join(name)).unwrap(), segment(42, 7));
         // Another cluster's segment: refused.
         let other = tmp.path().join("000000010000000000000004");
         std::fs::write(&other, segment(99, 1)).unwrap();
-        let e = archive_file(&other, "000000010000000000000004", &dir, 42).unwrap_err();
+        let e =
+            archive_file(&other, "000000010000000000000004", &dir, 42, Stored::Plain).unwrap_err();
         assert!(
             matches!(e, ArchiveError::OtherCluster { found: 99, .. }),
             "{e}"
@@ -573,6 +695,60 @@ mod unit {
             .file_name()
             .to_string_lossy()
             .ends_with(".tmp")));
+    }
+
+    /// zstd storage: `<name>.zst` that decompresses to the segment, listed with the compressed
+    /// file's sha256; an identical retry in either form is success, a different file refused.
+    #[test]
+    fn compressed_archive_round_trips() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("000000010000000000000007");
+        std::fs::write(&src, segment(42, 3)).unwrap();
+        let dir = tmp.path().join("wal");
+        let name = "000000010000000000000007";
+        let Archived::Copied { size, sha256 } =
+            archive_file(&src, name, &dir, 42, Stored::Zstd(3)).unwrap()
+        else {
+            panic!("not copied")
+        };
+        let stored = dir.join(format!("{name}.zst"));
+        assert!(!dir.join(name).exists());
+        let bytes = std::fs::read(&stored).unwrap();
+        assert_eq!(
+            (size, sha256.clone()),
+            (bytes.len() as u64, hex(&Sha256::digest(&bytes)))
+        );
+        assert!(size < 64 * 1024 / 10, "not compressed: {size}");
+        assert_eq!(zstd::decode_all(&bytes[..]).unwrap(), segment(42, 3));
+        // Compression turned off meanwhile: the compressed copy still counts.
+        assert_eq!(
+            archive_file(&src, name, &dir, 42, Stored::Plain).unwrap(),
+            Archived::AlreadyThere
+        );
+        std::fs::write(&src, segment(42, 4)).unwrap();
+        assert!(matches!(
+            archive_file(&src, name, &dir, 42, Stored::Zstd(3)),
+            Err(ArchiveError::Conflict { .. })
+        ));
+        let manifest = std::fs::read_to_string(dir.join(MANIFEST)).unwrap();
+        assert_eq!(manifest.lines().count(), 2);
+        assert!(manifest
+            .lines()
+            .all(|l| l.contains(&format!("\"file\":\"{name}.zst\"")) && l.contains(&sha256)));
+        // Another cluster's segment is refused before anything is kept.
+        let other = tmp.path().join("000000010000000000000008");
+        std::fs::write(&other, segment(99, 1)).unwrap();
+        assert!(matches!(
+            archive_file(
+                &other,
+                "000000010000000000000008",
+                &dir,
+                42,
+                Stored::Zstd(3)
+            ),
+            Err(ArchiveError::OtherCluster { .. })
+        ));
+        assert!(!dir.join("000000010000000000000008.zst").exists());
     }
 
     /// The threaded copy and the inline fallback write and hash the same bytes, over several
@@ -642,6 +818,9 @@ pub fn segment_position(name: &str) -> Option<(i32, i64)> {
 #[derive(Debug, serde::Deserialize)]
 pub struct ManifestLine {
     pub name: String,
+    /// The name it is stored under (`name` or `name.zst`); older lines have none.
+    #[serde(default)]
+    pub file: Option<String>,
     pub size: i64,
     pub sha256: String,
     pub archived_at: String,
@@ -710,7 +889,13 @@ impl Ingest {
             pgrx::Spi::connect_mut(|c| {
                 for l in &lines {
                     let position = segment_position(&l.name);
-                    let path = format!("{dir_text}/{}", l.name);
+                    // Only the names the archive module writes: the WAL name, or it plus `.zst`.
+                    let file = match l.file.as_deref() {
+                        None => l.name.clone(),
+                        Some(f) if f == l.name || f == format!("{}.zst", l.name) => f.to_owned(),
+                        Some(_) => continue,
+                    };
+                    let path = format!("{dir_text}/{file}");
                     c.update(
                         "INSERT INTO backup_management.wal_archive \
                              (system_identifier, file_name, timeline_id, segment_number, file_path, \

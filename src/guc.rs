@@ -34,6 +34,20 @@ static MAX_HISTORY_PER_JOB: GucSetting<i32> = GucSetting::<i32>::new(1000);
 /// original's scheduled backups or touches the original's backup root.
 static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// `backup_mgmt.archive_compression`: how the archive module stores WAL.
+#[derive(pgrx::PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ArchiveCompression {
+    #[name = c"none"]
+    None,
+    #[name = c"zstd"]
+    Zstd,
+}
+static ARCHIVE_COMPRESSION: GucSetting<ArchiveCompression> =
+    GucSetting::<ArchiveCompression>::new(ArchiveCompression::None);
+
+/// `backup_mgmt.archive_compression_level`: the zstd level for archived WAL.
+static ARCHIVE_COMPRESSION_LEVEL: GucSetting<i32> = GucSetting::<i32>::new(3);
+
 /// Registers the parameters.  Called from `_PG_init` in every process that loads the library
 /// (postmaster via shared_preload_libraries, a backend on CREATE EXTENSION, the archiver), so that
 /// `SHOW backup_mgmt.*` works everywhere.
@@ -87,6 +101,24 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_enum_guc(
+        c"backup_mgmt.archive_compression",
+        c"How the archive module stores WAL files: none, or zstd (as <name>.zst).",
+        c"Either form is recognised when a file is archived again and by restore recipes, so it can be changed at any time.",
+        &ARCHIVE_COMPRESSION,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"backup_mgmt.archive_compression_level",
+        c"zstd level for archived WAL files (1-19).",
+        c"Used when backup_mgmt.archive_compression = zstd.",
+        &ARCHIVE_COMPRESSION_LEVEL,
+        1,
+        19,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"backup_mgmt.verify_interval",
         c"How old a backup's last verification may get before the worker verifies it again.",
@@ -102,6 +134,14 @@ pub fn init() {
 /// The catalog database the worker connects to.
 pub fn database_name() -> String {
     string_of(&DATABASE_NAME)
+}
+
+/// The zstd level archived WAL is compressed at, or None when it is stored as is.
+pub fn archive_compression() -> Option<i32> {
+    match ARCHIVE_COMPRESSION.get() {
+        ArchiveCompression::None => None,
+        ArchiveCompression::Zstd => Some(ARCHIVE_COMPRESSION_LEVEL.get()),
+    }
 }
 
 pub fn enabled() -> bool {

@@ -31,7 +31,7 @@ const QUERY: &str = "SELECT jsonb_build_object(
         SELECT system_identifier, timeline_id, min(file_name) AS first_segment,
                max(file_name) AS last_segment, count(*) AS segments,
                min(file_path) AS first_path, max(archived_at) AS last_archived_at
-          FROM backup_management.wal_archive WHERE segment_number IS NOT NULL
+          FROM backup_management.wal_archive WHERE segment_number IS NOT NULL AND expired_at IS NULL
          GROUP BY system_identifier, timeline_id) w), '[]'::jsonb),
     'wal_gaps', coalesce((SELECT jsonb_agg(missing_file_name) FROM backup_mgmt.wal_gaps), '[]'::jsonb)
 )::text";

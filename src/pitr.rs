@@ -66,6 +66,8 @@ pub enum Target {
 pub struct Segment {
     pub number: i64,
     pub name: String,
+    /// The name it is stored under in the archive (`name`, or `name.zst`).
+    pub file: String,
     pub sha256: String,
     /// For a time target: archived at or after it (so it was finished at or after it).
     pub archived_after_target: bool,
@@ -184,8 +186,11 @@ pub fn recipe(r: &RecipeInput) -> Result<String, PitrError> {
         }
     };
     // PostgreSQL replaces %f (a WAL file name) and %p (a path under the data directory, both
-    // plain) before the shell sees the command.
-    let restore_command = format!("cp {} \"%p\"", sh_quote(&format!("{archive}/%f")));
+    // plain) before the shell sees the command.  A file may be stored zstd-compressed.
+    let restore_command = format!(
+        "f={}; if [ -f \"$f.zst\" ]; then zstd -dcq -- \"$f.zst\" > \"%p\"; else cp -- \"$f\" \"%p\"; fi",
+        sh_quote(&format!("{archive}/%f"))
+    );
     let mut s = String::new();
     let _ = write!(
         s,
@@ -229,7 +234,7 @@ echo "recipe: checking the sha256 of {nwal} archived WAL files"
         sha = sh_quote(&r.base_sha256),
     );
     for w in &r.wal {
-        let _ = writeln!(s, "{}  {}", w.sha256, w.name);
+        let _ = writeln!(s, "{}  {}", w.sha256, w.file);
     }
     s.push_str("BACKUP_MGMT_WAL_LIST\n\n");
     s.push_str("echo \"recipe: extracting the base backup into $target\"\n");
@@ -354,9 +359,11 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
 
         let rows = c.select(
             "SELECT segment_number, file_name, checksum, \
-                    coalesce(archived_at >= $4, false), file_path \
+                    coalesce(archived_at >= $4, false), file_path, \
+                    regexp_replace(file_path, '^.*/', '') \
                FROM backup_management.wal_archive \
               WHERE system_identifier = $1 AND timeline_id = $2 AND segment_number >= $3 \
+                AND expired_at IS NULL \
               ORDER BY segment_number",
             None,
             &[
@@ -379,6 +386,7 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
             archived.push(Segment {
                 number: r.get(1)?.unwrap_or_default(),
                 name: r.get(2)?.unwrap_or_default(),
+                file: r.get(6)?.unwrap_or_default(),
                 sha256: r.get(3)?.unwrap_or_default(),
                 archived_after_target: r.get(4)?.unwrap_or(false),
             });
@@ -526,6 +534,7 @@ mod unit {
         Segment {
             number,
             name: segment_file_name(1, number, 16 << 20),
+            file: segment_file_name(1, number, 16 << 20),
             sha256: format!("{number:064x}"),
             archived_after_target: after,
         }
@@ -599,11 +608,19 @@ mod unit {
         let mut wal = Vec::new();
         for n in 3..=4 {
             let name = segment_file_name(1, n, 16 << 20);
-            std::fs::write(archive.join(&name), format!("segment {n}")).unwrap();
+            // Segment 3 is stored compressed (backup_mgmt.archive_compression = zstd).
+            let (file, bytes) = if n == 3 {
+                let z = zstd::encode_all(format!("segment {n}").as_bytes(), 3).unwrap();
+                (format!("{name}.zst"), z)
+            } else {
+                (name.clone(), format!("segment {n}").into_bytes())
+            };
+            std::fs::write(archive.join(&file), bytes).unwrap();
             wal.push(Segment {
                 number: n,
-                sha256: sha256_of(&archive.join(&name)),
+                sha256: sha256_of(&archive.join(&file)),
                 name,
+                file,
                 archived_after_target: true,
             });
         }
@@ -652,20 +669,36 @@ mod unit {
             .find_map(|l| l.strip_prefix("restore_command = '"))
             .unwrap();
         let command = line.strip_suffix('\'').unwrap().replace("''", "'");
-        let command = command
-            .replace("%f", "000000010000000000000004")
-            .replace("%p", "pg_wal/RECOVERYXLOG");
         std::fs::create_dir(restored.join("pg_wal")).unwrap();
-        let ok = std::process::Command::new("sh")
-            .args(["-c", &command])
+        for n in [3, 4] {
+            let command = command
+                .replace("%f", &segment_file_name(1, n, 16 << 20))
+                .replace("%p", "pg_wal/RECOVERYXLOG");
+            let ok = std::process::Command::new("sh")
+                .args(["-c", &command])
+                .current_dir(&restored)
+                .env_clear()
+                .env("PATH", "/usr/bin:/bin")
+                .status()
+                .unwrap();
+            assert!(ok.success(), "{command}");
+            assert_eq!(
+                std::fs::read_to_string(restored.join("pg_wal/RECOVERYXLOG")).unwrap(),
+                format!("segment {n}")
+            );
+        }
+        // A file the archive does not have: the command fails, as PostgreSQL expects at the
+        // end of the archive.
+        let missing = command
+            .replace("%f", &segment_file_name(1, 9, 16 << 20))
+            .replace("%p", "pg_wal/RECOVERYXLOG");
+        let status = std::process::Command::new("sh")
+            .args(["-c", &missing])
             .current_dir(&restored)
+            .stderr(std::process::Stdio::null())
             .status()
             .unwrap();
-        assert!(ok.success(), "{command}");
-        assert_eq!(
-            std::fs::read_to_string(restored.join("pg_wal/RECOVERYXLOG")).unwrap(),
-            "segment 4"
-        );
+        assert!(!status.success());
         // Not over a non-empty directory.
         assert!(!run(&restored).status.success());
         // A damaged WAL file: refused before anything is extracted.

@@ -178,6 +178,30 @@ fn check_backup_path(path: &str) -> Result<String, ErrorReport> {
     }
 }
 
+/// What `remove_confined` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    Removed,
+    AlreadyGone,
+}
+
+/// Removes a backup's file or directory, only inside `roots` (resolved, so no `..` or symlink
+/// leads out), and only a regular file or a directory (never a FIFO, device or socket).
+pub fn remove_confined(path: &str, roots: &[PathBuf]) -> Result<Removal, String> {
+    let resolved = match confine(path, roots, false) {
+        Ok(p) => p,
+        Err(PathError::Resolve { .. }) => return Ok(Removal::AlreadyGone),
+        Err(e) => return Err(e.to_string()),
+    };
+    let removed = match std::fs::symlink_metadata(&resolved) {
+        Ok(m) if m.is_file() => std::fs::remove_file(&resolved),
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&resolved),
+        Ok(_) => return Err("not a regular file or directory".into()),
+        Err(_) => return Ok(Removal::AlreadyGone),
+    };
+    removed.map(|_| Removal::Removed).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

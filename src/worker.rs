@@ -822,7 +822,12 @@ fn prune_history(c: &mut SpiClient<'_>, job_id: i64) -> Result<(), String> {
 
 /// Records a finished backup: complete with size and checksum, or failed with the reason.
 fn record_result(run: &Running, result: Result<executor::Outcome, executor::ExecError>) {
+    let succeeded = result.is_ok();
     record_result_in_catalog(run, result);
+    if succeeded {
+        // Only after a new backup exists: the job's policy may now let older ones go.
+        crate::expiry::after_backup(&run.job_name);
+    }
     // After the catalog changed (and committed): the copy that survives losing the database.
     crate::mirror::refresh();
 }
@@ -929,25 +934,8 @@ fn remove_output(path: &str) {
     let partial = executor::partial_path(Path::new(path));
     for candidate in [PathBuf::from(path), partial] {
         let text = candidate.to_string_lossy();
-        let resolved = match security::confine(&text, &roots, false) {
-            Ok(p) => p,
-            Err(security::PathError::Resolve { .. }) => continue, // already gone
-            Err(e) => {
-                warning!("backup_mgmt: not removing \"{text}\": {e}");
-                continue;
-            }
-        };
-        let removed = match std::fs::symlink_metadata(&resolved) {
-            Ok(m) if m.is_file() => std::fs::remove_file(&resolved),
-            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&resolved),
-            Ok(_) => {
-                warning!("backup_mgmt: not removing \"{text}\": not a regular file or directory");
-                continue;
-            }
-            Err(_) => continue,
-        };
-        if let Err(e) = removed {
-            warning!("backup_mgmt: could not remove \"{text}\": {e}");
+        if let Err(e) = security::remove_confined(&text, &roots) {
+            warning!("backup_mgmt: not removing \"{text}\": {e}");
         }
     }
 }

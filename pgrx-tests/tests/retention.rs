@@ -1,0 +1,169 @@
+//! End-to-end retention: the worker applies a job's policy after each backup, files go only
+//! after commit, pins and the newest verified backup survive, expired records stay for audit.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use backup_mgmt_e2e::cluster::Cluster;
+
+fn completed(db: &mut postgres::Client, job: &str) -> Vec<(i64, String, PathBuf)> {
+    db.query(
+        "SELECT backup_id, status, backup_file_path FROM backup_management.backup_records
+          WHERE label = $1 AND status IN ('completed', 'expired') ORDER BY backup_id",
+        &[&job],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), PathBuf::from(r.get::<_, String>(2))))
+    .collect()
+}
+
+/// Runs the job once more and waits for its new backup to be recorded (and retention applied).
+fn run_once(cluster: &Cluster, db: &mut postgres::Client, job: &str) -> i64 {
+    let before = completed(db, job).len();
+    db.execute("SELECT backup_mgmt.run_job_now($1)", &[&job])
+        .unwrap();
+    let ok = Cluster::wait_for(Duration::from_secs(120), || {
+        completed(db, job).len() > before
+            && db
+                .query_one(
+                    "SELECT count(*) FROM enterprise_backup.backup_job_executions e
+                       JOIN enterprise_backup.backup_jobs j USING (job_id)
+                      WHERE j.job_name = $1 AND e.execution_status = 'running'",
+                    &[&job],
+                )
+                .map(|r| r.get::<_, i64>(0) == 0)
+                .unwrap_or(false)
+    });
+    assert!(ok, "no new backup of {job}\n{}", cluster.log());
+    // The worker applies retention in its own transaction right after recording.
+    std::thread::sleep(Duration::from_millis(500));
+    completed(db, job).last().unwrap().0
+}
+
+#[test]
+fn the_worker_applies_the_policy_and_safety_rules_hold() {
+    let cluster = Cluster::start_with_backups(&[]);
+    let mut db = cluster.connect("postgres");
+    db.batch_execute("CREATE DATABASE appdb").unwrap();
+    db.batch_execute(
+        "CREATE EXTENSION backup_mgmt;
+         INSERT INTO backup_management.retention_policies
+             (policy_name, keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly)
+         VALUES ('last-2', 2, 0, 0, 0, 0), ('nothing', NULL, 0, 0, 0, 0);
+         SELECT backup_mgmt.schedule_backup('nightly', '@yearly', 'appdb', 'full', 'pg_dump', '{\"include_globals\": true}');
+         SELECT backup_mgmt.set_retention_policy('nightly', 'last-2');",
+    )
+    .unwrap();
+
+    let b1 = run_once(&cluster, &mut db, "nightly");
+    db.execute("SELECT backup_mgmt.pin_backup($1, 'legal hold #7')", &[&b1])
+        .unwrap();
+    let b2 = run_once(&cluster, &mut db, "nightly");
+    let passed: bool = db
+        .query_one("SELECT backup_mgmt.verify_backup_integrity($1)", &[&b2])
+        .unwrap()
+        .get(0);
+    assert!(passed);
+    let b3 = run_once(&cluster, &mut db, "nightly");
+    let b4 = run_once(&cluster, &mut db, "nightly");
+    let b5 = run_once(&cluster, &mut db, "nightly");
+
+    // keep_last 2 keeps b4 and b5; b1 is pinned, b2 the newest verified; b3 went, by itself.
+    let all = completed(&mut db, "nightly");
+    let status = |id: i64| all.iter().find(|r| r.0 == id).unwrap().1.clone();
+    let path = |id: i64| all.iter().find(|r| r.0 == id).unwrap().2.clone();
+    assert_eq!(
+        [b1, b2, b3, b4, b5].map(status),
+        [
+            "completed",
+            "completed",
+            "expired",
+            "completed",
+            "completed"
+        ]
+        .map(String::from),
+        "{}",
+        cluster.log()
+    );
+    assert!(
+        !path(b3).exists(),
+        "the expired backup's file is still there"
+    );
+    let globals: Option<String> = db
+        .query_one(
+            "SELECT annotations->>'globals_file' FROM backup_management.backup_records WHERE backup_id = $1",
+            &[&b3],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        !PathBuf::from(globals.unwrap()).exists(),
+        "its globals file is still there"
+    );
+    for id in [b1, b2, b4, b5] {
+        assert!(path(id).exists(), "backup {id} lost its file");
+    }
+    let reasons: Vec<String> = db
+        .query_one(
+            "SELECT reasons FROM backup_mgmt.retention_preview('nightly') WHERE backup_id = $1",
+            &[&b1],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(reasons, vec!["pinned: legal hold #7"]);
+
+    // A rolled-back apply removes nothing, not even with a policy that keeps nothing.
+    let mut tx = db.transaction().unwrap();
+    let n: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM backup_mgmt.apply_retention('nightly', 'nothing') WHERE action = 'expire'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2, "b4 and b5");
+    tx.rollback().unwrap();
+    for id in [b4, b5] {
+        assert!(
+            path(id).exists(),
+            "a rolled-back expiry removed backup {id}"
+        );
+    }
+    assert_eq!(status(b4), "completed");
+
+    // Committed: b4 and b5 go; the pinned and the newest verified backups stay.
+    db.query(
+        "SELECT * FROM backup_mgmt.apply_retention('nightly', 'nothing')",
+        &[],
+    )
+    .unwrap();
+    let all = completed(&mut db, "nightly");
+    for (id, want) in [
+        (b1, "completed"),
+        (b2, "completed"),
+        (b4, "expired"),
+        (b5, "expired"),
+    ] {
+        let row = all.iter().find(|r| r.0 == id).unwrap();
+        assert_eq!(row.1, want, "backup {id}");
+        assert_eq!(row.2.exists(), want == "completed", "backup {id}'s file");
+    }
+    // Expired records stay for audit, with the reasons.
+    let because: Vec<String> = db
+        .query_one(
+            "SELECT ARRAY(SELECT jsonb_array_elements_text(annotations->'expired_because'))
+               FROM backup_management.backup_records WHERE backup_id = $1",
+            &[&b5],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(because, vec!["not kept by policy \"nothing\""]);
+    // A policy in use cannot be dropped.
+    assert!(db
+        .execute(
+            "DELETE FROM backup_management.retention_policies WHERE policy_name = 'last-2'",
+            &[]
+        )
+        .is_err());
+}

@@ -31,8 +31,8 @@ REVOKE ALL ON ALL SEQUENCES IN SCHEMA backup_management, disaster_recovery, ente
 GRANT USAGE ON SCHEMA backup_mgmt, backup_management, disaster_recovery, enterprise_backup TO backup_admin;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA backup_mgmt TO backup_admin;
 GRANT SELECT ON ALL TABLES IN SCHEMA backup_management, disaster_recovery, enterprise_backup TO backup_admin;
-REVOKE ALL ON backup_mgmt.backup_progress, backup_mgmt.recovery_status, backup_mgmt.wal_gaps FROM PUBLIC;
-GRANT SELECT ON backup_mgmt.backup_progress, backup_mgmt.recovery_status, backup_mgmt.wal_gaps TO backup_admin;
+REVOKE ALL ON backup_mgmt.backup_progress, backup_mgmt.recovery_status, backup_mgmt.wal_gaps, backup_mgmt.backup_copies FROM PUBLIC;
+GRANT SELECT ON backup_mgmt.backup_progress, backup_mgmt.recovery_status, backup_mgmt.wal_gaps, backup_mgmt.backup_copies TO backup_admin;
 -- Backup records, verifications, jobs and executions are written only through the SECURITY
 -- DEFINER functions, which keep their invariants.  Plans and off-site targets are plain
 -- configuration that operators edit directly.
@@ -110,3 +110,5 @@ COMMENT ON FUNCTION backup_mgmt.unpin_backup(bigint) IS
     'Removes a backup''s pin and keep_until; retention decides about it again';
 COMMENT ON FUNCTION backup_mgmt.set_retention_policy(text, text) IS
     'Sets the retention policy of a backup job (NULL: the default policy); the worker applies it after each successful backup of the job';
+COMMENT ON FUNCTION backup_mgmt.sync_remote_now(text) IS
+    'Asks the worker to copy to an off-site target now, whatever its sync_schedule: new completed backups are copied, verified after landing, and every attempt recorded';

@@ -186,7 +186,7 @@ CREATE TABLE backup_management.remote_backup_configs (
     last_sync_at       timestamptz,
     sync_status        text
         CONSTRAINT remote_backup_configs_sync_status_check
-        CHECK (sync_status IN ('idle', 'syncing', 'completed', 'failed')),
+        CHECK (sync_status IN ('idle', 'requested', 'syncing', 'completed', 'failed')),
     created_at         timestamptz NOT NULL DEFAULT now(),
     updated_at         timestamptz NOT NULL DEFAULT now()
 );
@@ -210,7 +210,7 @@ COMMENT ON COLUMN backup_management.remote_backup_configs.options IS 'Non-secret
 COMMENT ON COLUMN backup_management.remote_backup_configs.is_active IS 'Inactive targets are not synced';
 COMMENT ON COLUMN backup_management.remote_backup_configs.sync_schedule IS 'Cron expression for copying new backups';
 COMMENT ON COLUMN backup_management.remote_backup_configs.last_sync_at IS 'When the last sync finished';
-COMMENT ON COLUMN backup_management.remote_backup_configs.sync_status IS 'idle, syncing, completed or failed';
+COMMENT ON COLUMN backup_management.remote_backup_configs.sync_status IS 'idle, requested (sync_remote_now), syncing, completed or failed (the last attempt of a copy failed)';
 COMMENT ON COLUMN backup_management.remote_backup_configs.created_at IS 'When the target was defined';
 COMMENT ON COLUMN backup_management.remote_backup_configs.updated_at IS 'When the target was last changed';
 COMMENT ON SEQUENCE backup_management.remote_backup_configs_config_id_seq IS 'Generates remote_backup_configs.config_id';
@@ -624,3 +624,34 @@ SELECT plan_id, plan_name, database_name, rpo_minutes, rto_minutes,
             ELSE 'ok' END AS archive_status
   FROM exposure;
 COMMENT ON VIEW backup_mgmt.recovery_status IS 'Per active recovery plan: RPO exposure (age of the newest verified backup, or of the last archived WAL after it) against rpo_minutes, the newest drill''s measured recovery time against rto_minutes (ok, breached, or unknown: never drilled), and WAL archiving: last archived segment and its age, failures (pg_stat_archiver), missing segments, and archive_status ok, failing (the newest attempt failed), gaps or not archiving';
+
+------------------------------------------------------------------------------------------------
+-- The 3-2-1 rule per database: three copies of the data, on two kinds of media, one off site.
+------------------------------------------------------------------------------------------------
+CREATE VIEW backup_mgmt.backup_copies AS
+WITH newest AS (
+    SELECT DISTINCT ON (database_name) database_name, backup_id, end_time
+      FROM backup_management.backup_records
+     WHERE status = 'completed' AND backup_type <> 'wal'
+     ORDER BY database_name, end_time DESC, backup_id DESC
+), remote AS (
+    SELECT DISTINCT n.database_name, c.config_name, c.remote_type,
+           coalesce((c.options->>'offsite')::boolean, c.remote_type <> 'filesystem') AS offsite
+      FROM newest n
+      JOIN backup_management.remote_backup_records r ON r.backup_id = n.backup_id AND r.sync_status = 'completed'
+      JOIN backup_management.remote_backup_configs c ON c.config_id = r.config_id
+), counted AS (
+    SELECT n.database_name, n.backup_id, n.end_time,
+           -- The database itself, its newest local backup, and each target holding a copy of it.
+           2 + (SELECT count(*) FROM remote r WHERE r.database_name = n.database_name) AS copies,
+           -- The server's disk, and each kind of target (a second disk, object storage, a host).
+           1 + (SELECT count(DISTINCT r.remote_type) FROM remote r WHERE r.database_name = n.database_name) AS media,
+           EXISTS (SELECT FROM remote r WHERE r.database_name = n.database_name AND r.offsite) AS offsite,
+           (SELECT array_agg(r.config_name ORDER BY r.config_name) FROM remote r WHERE r.database_name = n.database_name) AS copied_to
+      FROM newest n
+)
+SELECT database_name, backup_id AS newest_backup_id, end_time AS newest_backup_at, copies, media,
+       offsite, coalesce(copied_to, '{}') AS copied_to,
+       copies >= 3 AND media >= 2 AND offsite AS rule_3_2_1
+  FROM counted;
+COMMENT ON VIEW backup_mgmt.backup_copies IS 'Per database, for its newest completed backup: copies (the database, the local backup, each verified off-site copy), kinds of media, whether one is off site (object storage and remote hosts are; a filesystem target only with options {"offsite": true}), and the 3-2-1 rule as pass/fail';

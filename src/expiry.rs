@@ -152,12 +152,14 @@ fn load_backups(c: &SpiClient<'_>, job: Option<&str>) -> Result<Vec<Backup>, Exp
         out.push(Backup {
             id: r.get(1)?.unwrap_or_default(),
             database: r.get(2)?.unwrap_or_default(),
-            end_time: end.map(to_chrono).unwrap_or_else(Utc::now),
+            end_time: end
+                .map(crate::schedule::from_timestamptz)
+                .unwrap_or_else(Utc::now),
             is_base: r.get(4)?.unwrap_or(false),
             verified: r.get(5)?.unwrap_or(false),
             pinned: r.get(6)?.unwrap_or(false),
             pin_reason: r.get(7)?,
-            keep_until: keep_until.map(to_chrono),
+            keep_until: keep_until.map(crate::schedule::from_timestamptz),
             parent: r.get(9)?,
             in_scope: r.get(10)?.unwrap_or(false),
         });
@@ -165,16 +167,11 @@ fn load_backups(c: &SpiClient<'_>, job: Option<&str>) -> Result<Vec<Backup>, Exp
     Ok(out)
 }
 
-fn to_chrono(t: TimestampWithTimeZone) -> DateTime<Utc> {
-    // Microseconds since 2000-01-01 UTC, PostgreSQL's epoch.
-    let pg_epoch = DateTime::from_timestamp(946_684_800, 0).unwrap_or_default();
-    let micros: i64 = t.into_inner();
-    pg_epoch + Duration::microseconds(micros)
-}
-
 fn now_utc() -> Result<DateTime<Utc>, ExpiryError> {
     let now = Spi::get_one::<TimestampWithTimeZone>("SELECT now()")?;
-    Ok(now.map(to_chrono).unwrap_or_else(Utc::now))
+    Ok(now
+        .map(crate::schedule::from_timestamptz)
+        .unwrap_or_else(Utc::now))
 }
 
 /// The verdicts for `job` (or for backups made by no job) under its policy (or the one named).
@@ -208,10 +205,7 @@ fn preview_rows(job: Option<&str>, policy: Option<&str>) -> Result<Vec<PreviewRo
         .into_iter()
         .filter_map(|v| {
             let b = by_id.get(&v.id)?;
-            let end = TimestampWithTimeZone::try_from(
-                b.end_time.timestamp_micros() - 946_684_800_000_000,
-            )
-            .ok();
+            let end = crate::schedule::to_timestamptz(b.end_time);
             Some((
                 v.id,
                 b.database.clone(),

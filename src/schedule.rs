@@ -277,6 +277,18 @@ pub fn to_timestamptz(t: DateTime<Utc>) -> Option<TimestampWithTimeZone> {
     TimestampWithTimeZone::try_from(t.timestamp_micros() - PG_EPOCH_OFFSET_MICROS).ok()
 }
 
+/// A PostgreSQL timestamptz as a chrono instant (infinities clamp to chrono's range).
+pub fn from_timestamptz(t: TimestampWithTimeZone) -> DateTime<Utc> {
+    let micros: i64 = t.into_inner();
+    DateTime::from_timestamp_micros(micros.saturating_add(PG_EPOCH_OFFSET_MICROS)).unwrap_or(
+        if micros < 0 {
+            DateTime::<Utc>::MIN_UTC
+        } else {
+            DateTime::<Utc>::MAX_UTC
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

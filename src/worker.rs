@@ -112,6 +112,7 @@ struct Scheduler {
     drills: Vec<DrillRun>,
     /// Archived WAL, from the archive module's manifests into the catalog.
     wal: crate::archive::Ingest,
+    offsite: crate::offsite::Offsite,
 }
 
 /// A drill job's execution, run by a dynamic background worker.
@@ -270,6 +271,7 @@ impl Scheduler {
         if guc::enabled() {
             self.upkeep.tick();
             self.wal.tick();
+            self.offsite.tick();
         }
         match self.start_due_jobs() {
             Some(until_next) if self.running.is_empty() && self.drills.is_empty() => until_next,
@@ -529,6 +531,7 @@ impl Scheduler {
     /// SIGTERM: stop every running backup, record each as failed, and return.
     fn shut_down(&mut self) {
         self.upkeep.abandon();
+        self.offsite.abandon();
         for run in &mut self.running {
             run.stopped = Some("the server is shutting down".into());
             run.handle.progress.cancel(libc::SIGTERM);

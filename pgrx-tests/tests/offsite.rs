@@ -1,0 +1,200 @@
+//! End-to-end off-site copies to a filesystem target (a second disk inside the backup roots):
+//! the worker copies new backups, verifies each copy, records every attempt (retries included),
+//! removes the copies of expired backups, and the 3-2-1 view counts the copies.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use backup_mgmt_e2e::cluster::{sha256sum, Cluster};
+
+fn wait_backups(cluster: &Cluster, db: &mut postgres::Client, n: i64) {
+    let ok = Cluster::wait_for(Duration::from_secs(120), || {
+        db.query_one(
+            "SELECT count(*) FROM backup_management.backup_records WHERE label = 'nightly' AND status <> 'running'",
+            &[],
+        )
+        .map(|r| r.get::<_, i64>(0) >= n)
+        .unwrap_or(false)
+    });
+    assert!(ok, "backups not taken\n{}", cluster.log());
+}
+
+fn wait_synced(cluster: &Cluster, db: &mut postgres::Client) {
+    let ok = Cluster::wait_for(Duration::from_secs(60), || {
+        db.query_one(
+            "SELECT sync_status IN ('completed', 'failed') FROM backup_management.remote_backup_configs
+              WHERE config_name = 'second-disk'",
+            &[],
+        )
+        .map(|r| r.get::<_, bool>(0))
+        .unwrap_or(false)
+    });
+    assert!(ok, "no sync\n{}", cluster.log());
+}
+
+#[test]
+fn backups_are_copied_verified_and_expired_off_site() {
+    let cluster = Cluster::start_with_backups(&[]);
+    let offsite = cluster.dir().join("offsite");
+    let made = cluster
+        .server_command("/bin/mkdir")
+        .arg("-m")
+        .arg("700")
+        .arg(&offsite)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut db = cluster.connect("postgres");
+    db.batch_execute("CREATE DATABASE appdb").unwrap();
+    let roots = format!("{},{}", cluster.backup_root().display(), offsite.display());
+    db.execute(
+        &format!("ALTER SYSTEM SET backup_mgmt.backup_roots = '{roots}'"),
+        &[],
+    )
+    .unwrap();
+    db.batch_execute(
+        "SELECT pg_reload_conf();
+         CREATE EXTENSION backup_mgmt;
+         SELECT backup_mgmt.schedule_backup('nightly', '@yearly', 'appdb', 'full', 'pg_dump', '{\"include_globals\": false}');
+         INSERT INTO backup_management.retention_policies
+             (policy_name, keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly)
+         VALUES ('nothing', NULL, 0, 0, 0, 0);",
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO backup_management.remote_backup_configs
+             (config_name, database_name, remote_type, remote_endpoint, remote_path)
+         VALUES ('second-disk', 'appdb', 'filesystem', $1, 'pg')",
+        &[&offsite.to_string_lossy().as_ref()],
+    )
+    .unwrap();
+    for n in 1..=2 {
+        db.execute("SELECT backup_mgmt.run_job_now('nightly')", &[])
+            .unwrap();
+        wait_backups(&cluster, &mut db, n);
+    }
+    db.execute("SELECT backup_mgmt.sync_remote_now('second-disk')", &[])
+        .unwrap();
+    wait_synced(&cluster, &mut db);
+
+    // Both copied, verified: the copy's sha256 is the catalog's, and the file's.
+    let rows = db
+        .query(
+            "SELECT b.backup_id, b.checksum, x.remote_checksum, x.remote_file_path, x.attempt, x.bytes_transferred, b.backup_size
+               FROM backup_management.remote_backup_records x
+               JOIN backup_management.backup_records b USING (backup_id)
+              WHERE x.sync_status = 'completed' ORDER BY 1",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(rows.len(), 2, "{}", cluster.log());
+    let sysid: i64 = db
+        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
+        .unwrap()
+        .get(0);
+    for r in &rows {
+        let (local, remote, key): (String, String, String) = (r.get(1), r.get(2), r.get(3));
+        assert_eq!(local, remote);
+        assert!(key.starts_with(&format!("{sysid}/appdb/")), "{key}");
+        let copy = offsite.join("pg").join(&key);
+        assert_eq!(sha256sum(&copy), local);
+        assert_eq!(r.get::<_, i32>(4), 1);
+        assert_eq!(r.get::<_, Option<i64>>(5), Some(r.get::<_, i64>(6)));
+    }
+
+    // The 3-2-1 view: the database, its backup, one copy on a second disk: 3 copies, 2 media,
+    // but not off site until the target says so.
+    let view = |db: &mut postgres::Client| -> (i64, i64, bool, bool) {
+        let r = db
+            .query_one(
+                "SELECT copies, media, offsite, rule_3_2_1 FROM backup_mgmt.backup_copies WHERE database_name = 'appdb'",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2), r.get(3))
+    };
+    assert_eq!(view(&mut db), (3, 2, false, false));
+    db.batch_execute(
+        "UPDATE backup_management.remote_backup_configs SET options = '{\"offsite\": true}' WHERE config_name = 'second-disk'",
+    )
+    .unwrap();
+    assert_eq!(view(&mut db), (3, 2, true, true));
+
+    // A backup that no longer matches its checksum is not copied: three attempts, each recorded
+    // as failed, and the target marked failed.
+    db.execute("SELECT backup_mgmt.run_job_now('nightly')", &[])
+        .unwrap();
+    wait_backups(&cluster, &mut db, 3);
+    let third: (i64, String) = db
+        .query_one(
+            "SELECT backup_id, backup_file_path FROM backup_management.backup_records
+              WHERE label = 'nightly' ORDER BY backup_id DESC LIMIT 1",
+            &[],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(PathBuf::from(&third.1))
+            .unwrap();
+        f.seek(SeekFrom::Start(10)).unwrap();
+        f.write_all(b"rot").unwrap();
+    }
+    db.execute("SELECT backup_mgmt.sync_remote_now('second-disk')", &[])
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    wait_synced(&cluster, &mut db);
+    let failed: Vec<(i32, String)> = db
+        .query(
+            "SELECT attempt, error_message FROM backup_management.remote_backup_records
+              WHERE backup_id = $1 ORDER BY attempt",
+            &[&third.0],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(failed.len(), 3, "{failed:?}");
+    assert!(
+        failed.iter().all(|(_, e)| e.contains("no longer matches")),
+        "{failed:?}"
+    );
+    let status: String = db
+        .query_one(
+            "SELECT sync_status FROM backup_management.remote_backup_configs WHERE config_name = 'second-disk'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "failed");
+
+    // Retention expires the backups; the next sync removes their copies.
+    db.query(
+        "SELECT * FROM backup_mgmt.apply_retention('nightly', 'nothing')",
+        &[],
+    )
+    .unwrap();
+    db.execute("SELECT backup_mgmt.sync_remote_now('second-disk')", &[])
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    wait_synced(&cluster, &mut db);
+    let left: Vec<String> = db
+        .query(
+            "SELECT remote_file_path FROM backup_management.remote_backup_records WHERE sync_status = 'completed'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    for r in &rows {
+        let key: String = r.get(3);
+        assert!(
+            !offsite.join("pg").join(&key).exists(),
+            "{key} still off site"
+        );
+    }
+}

@@ -1,0 +1,415 @@
+//! The worker's off-site copies: runs each active target's `sync_schedule` (cron, UTC), copies
+//! the database's completed backups that the target does not hold yet, verifies every copy
+//! after it landed, retries with backoff, records every attempt in `remote_backup_records`, and
+//! removes copies of backups that retention expired.  One target at a time, on a helper thread,
+//! so the worker's loop never waits for a copy.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use pgrx::prelude::*;
+
+use crate::remote::{self, Copied, FilesystemTarget};
+use crate::schedule::{from_timestamptz, CronSchedule};
+use crate::worker::{in_transaction, spi, wake_worker};
+
+/// How often due targets are looked for.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
+/// Attempts per copy, and the pause before each retry (doubling).
+const ATTEMPTS: u32 = 3;
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Copies per sync run (the rest waits for the next run).
+const BATCH: i64 = 50;
+
+/// One copy to make.
+struct Item {
+    backup_id: i64,
+    local: PathBuf,
+    key: String,
+    /// The checksum the catalog holds for the local backup.
+    expected: Option<String>,
+}
+
+/// One attempt, as recorded.
+struct Attempt {
+    backup_id: i64,
+    key: String,
+    attempt: i32,
+    started: DateTime<Utc>,
+    ended: DateTime<Utc>,
+    result: Result<Copied, String>,
+}
+
+struct Expiry {
+    record_id: i64,
+    key: String,
+}
+
+/// What a sync run did: every copy attempt, and each expired copy's removal (by record).
+type RunResult = (Vec<Attempt>, Vec<(i64, Result<(), String>)>);
+
+struct InFlight {
+    config_id: i32,
+    name: String,
+    thread: JoinHandle<RunResult>,
+    done: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+pub struct Offsite {
+    in_flight: Option<InFlight>,
+    last_check: Option<Instant>,
+}
+
+/// Copies `item` to `target`, then reads the copy back; `ATTEMPTS` tries with doubling pauses.
+fn copy_one(target: &FilesystemTarget, item: &Item, stop: &AtomicBool) -> Vec<Attempt> {
+    let mut attempts = Vec::new();
+    let mut pause = FIRST_BACKOFF;
+    for n in 1..=ATTEMPTS {
+        let started = Utc::now();
+        let result = target
+            .put(&item.local, &item.key)
+            .and_then(|copied| {
+                let landed = target.checksum(&item.key)?;
+                if landed != copied {
+                    return Err(remote::RemoteError::Mismatch {
+                        expected: copied.sha256,
+                        found: landed.sha256,
+                    });
+                }
+                Ok(landed)
+            })
+            .map_err(|e| e.to_string())
+            .and_then(|landed| match &item.expected {
+                Some(sha) if *sha != landed.sha256 => Err(format!(
+                    "the local backup no longer matches its recorded sha256 {sha} (read {}); not copied",
+                    landed.sha256
+                )),
+                _ => Ok(landed),
+            });
+        let failed = result.is_err();
+        attempts.push(Attempt {
+            backup_id: item.backup_id,
+            key: item.key.clone(),
+            attempt: n as i32,
+            started,
+            ended: Utc::now(),
+            result,
+        });
+        if !failed || stop.load(Ordering::SeqCst) {
+            break;
+        }
+        if n < ATTEMPTS {
+            std::thread::sleep(pause);
+            pause *= 2;
+        }
+    }
+    attempts
+}
+
+impl Offsite {
+    pub fn tick(&mut self) {
+        if let Some(job) = self.in_flight.take() {
+            if !job.done.load(Ordering::SeqCst) && !job.thread.is_finished() {
+                self.in_flight = Some(job);
+                return;
+            }
+            finish(job);
+        }
+        if self.last_check.is_some_and(|t| t.elapsed() < CHECK_EVERY) {
+            return;
+        }
+        self.last_check = Some(Instant::now());
+        let Some((config_id, name, target, items, expiries)) = next_due() else {
+            return;
+        };
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&done);
+        let thread = std::thread::spawn(move || {
+            crate::executor::block_all_signals();
+            let stop = AtomicBool::new(false);
+            let mut attempts = Vec::new();
+            for item in &items {
+                attempts.extend(copy_one(&target, item, &stop));
+            }
+            let removed = expiries
+                .iter()
+                .map(|e| {
+                    (
+                        e.record_id,
+                        target.delete(&e.key).map_err(|e| e.to_string()),
+                    )
+                })
+                .collect();
+            flag.store(true, Ordering::SeqCst);
+            wake_worker();
+            (attempts, removed)
+        });
+        self.in_flight = Some(InFlight {
+            config_id,
+            name,
+            thread,
+            done,
+        });
+    }
+
+    /// At shutdown: a copy in flight is left to the next start (its `.partial` is replaced).
+    pub fn abandon(&mut self) {
+        self.in_flight = None;
+    }
+}
+
+type Due = (i32, String, FilesystemTarget, Vec<Item>, Vec<Expiry>);
+
+/// The first active target whose schedule is due (or that `sync_remote_now` asked for), marked
+/// `syncing`, with its work.
+fn next_due() -> Option<Due> {
+    in_transaction("looking for due off-site copies", || {
+        Spi::connect_mut(|c| {
+            let configs = spi(c.select(
+                "SELECT config_id, config_name, remote_type, remote_endpoint, remote_path, \
+                        sync_schedule, coalesce(last_sync_at, created_at), database_name, \
+                        sync_status = 'requested' \
+                   FROM backup_management.remote_backup_configs \
+                  WHERE is_active AND (sync_schedule IS NOT NULL OR sync_status = 'requested') \
+                  ORDER BY config_id",
+                None,
+                &[],
+            ))?;
+            let now = Utc::now();
+            let mut due = None;
+            for r in configs {
+                let id: i32 = spi(r.get(1))?.unwrap_or_default();
+                let name: String = spi(r.get(2))?.unwrap_or_default();
+                let kind: String = spi(r.get(3))?.unwrap_or_default();
+                let endpoint: String = spi(r.get(4))?.unwrap_or_default();
+                let path: String = spi(r.get(5))?.unwrap_or_default();
+                let cron: Option<String> = spi(r.get(6))?;
+                let since: Option<TimestampWithTimeZone> = spi(r.get(7))?;
+                let database: String = spi(r.get(8))?.unwrap_or_default();
+                let requested: bool = spi(r.get(9))?.unwrap_or(false);
+                let scheduled = cron
+                    .as_deref()
+                    .and_then(|c| c.parse::<CronSchedule>().ok())
+                    .zip(since)
+                    .and_then(|(s, since)| {
+                        s.next_after(chrono_tz::Tz::UTC, from_timestamptz(since), 1)
+                            .first()
+                            .copied()
+                    })
+                    .is_some_and(|next| next <= now);
+                if requested || scheduled {
+                    due = Some((id, name, kind, endpoint, path, database));
+                    break;
+                }
+            }
+            let Some((id, name, kind, endpoint, path, database)) = due else {
+                return Ok(None);
+            };
+            let target = match target_of(&kind, &endpoint, &path) {
+                Ok(t) => t,
+                Err(why) => {
+                    spi(c.update(
+                        "UPDATE backup_management.remote_backup_configs \
+                            SET sync_status = 'failed', last_sync_at = now() WHERE config_id = $1",
+                        None,
+                        &[id.into()],
+                    ))?;
+                    warning!("backup_mgmt: off-site target \"{name}\": {why}");
+                    return Ok(None);
+                }
+            };
+            spi(c.update(
+                "UPDATE backup_management.remote_backup_configs SET sync_status = 'syncing' WHERE config_id = $1",
+                None,
+                &[id.into()],
+            ))?;
+            let rows = spi(c.select(
+                "SELECT r.backup_id, r.backup_file_path, r.checksum, \
+                        coalesce(r.system_identifier, (SELECT system_identifier FROM pg_control_system())) \
+                   FROM backup_management.backup_records r \
+                  WHERE r.status = 'completed' AND r.database_name = $2 \
+                    AND r.backup_method <> 'pg_dump_directory' AND r.backup_type <> 'wal' \
+                    AND NOT EXISTS (SELECT FROM backup_management.remote_backup_records x \
+                                     WHERE x.backup_id = r.backup_id AND x.config_id = $1 \
+                                       AND x.sync_status = 'completed') \
+                  ORDER BY r.backup_id LIMIT $3",
+                None,
+                &[id.into(), database.as_str().into(), BATCH.into()],
+            ))?;
+            let mut items = Vec::new();
+            for r in rows {
+                let local: String = spi(r.get(2))?.unwrap_or_default();
+                let sysid: i64 = spi(r.get(4))?.unwrap_or_default();
+                items.push(Item {
+                    backup_id: spi(r.get(1))?.unwrap_or_default(),
+                    key: remote::object_key(sysid, &database, std::path::Path::new(&local)),
+                    local: PathBuf::from(local),
+                    expected: spi(r.get(3))?,
+                });
+            }
+            let rows = spi(c.select(
+                "SELECT x.record_id, x.remote_file_path \
+                   FROM backup_management.remote_backup_records x \
+                   JOIN backup_management.backup_records r USING (backup_id) \
+                  WHERE x.config_id = $1 AND x.sync_status = 'completed' AND r.status = 'expired'",
+                None,
+                &[id.into()],
+            ))?;
+            let mut expiries = Vec::new();
+            for r in rows {
+                expiries.push(Expiry {
+                    record_id: spi(r.get(1))?.unwrap_or_default(),
+                    key: spi(r.get(2))?.unwrap_or_default(),
+                });
+            }
+            Ok(Some((id, name, target, items, expiries)))
+        })
+    })
+    .flatten()
+}
+
+/// The target a configuration names.  A filesystem target must lie inside the backup roots.
+fn target_of(kind: &str, endpoint: &str, path: &str) -> Result<FilesystemTarget, String> {
+    match kind {
+        "filesystem" => {
+            let dir = PathBuf::from(endpoint).join(path.trim_start_matches('/'));
+            let roots = crate::guc::backup_roots().map_err(|e| e.to_string())?;
+            let dir = crate::security::confine(&dir.to_string_lossy(), &roots, true)
+                .map_err(|e| e.to_string())?;
+            Ok(FilesystemTarget { dir })
+        }
+        other => Err(format!("remote_type {other} is not supported yet")),
+    }
+}
+
+/// Records a finished sync run: one row per attempt, expired copies, the target's status.
+fn finish(job: InFlight) {
+    let Ok((attempts, removed)) = job.thread.join() else {
+        warning!(
+            "backup_mgmt: the off-site copy thread of \"{}\" panicked",
+            job.name
+        );
+        return;
+    };
+    let failures = attempts
+        .iter()
+        .filter(|a| a.result.is_err())
+        .map(|a| (a.backup_id, a.attempt))
+        .collect::<Vec<_>>();
+    let what = format!("recording off-site copies to \"{}\"", job.name);
+    in_transaction(&what, || {
+        Spi::connect_mut(|c| {
+            for a in &attempts {
+                let (status, bytes, sha, error) = match &a.result {
+                    Ok(copied) => (
+                        "completed",
+                        Some(copied.size as i64),
+                        Some(copied.sha256.clone()),
+                        None,
+                    ),
+                    Err(why) => ("failed", None, None, Some(why.clone())),
+                };
+                spi(c.update(
+                    "INSERT INTO backup_management.remote_backup_records \
+                         (backup_id, config_id, remote_file_path, sync_start_time, sync_end_time, \
+                          sync_status, attempt, bytes_transferred, remote_checksum, error_message) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    None,
+                    &[
+                        a.backup_id.into(),
+                        job.config_id.into(),
+                        a.key.as_str().into(),
+                        crate::schedule::to_timestamptz(a.started).into(),
+                        crate::schedule::to_timestamptz(a.ended).into(),
+                        status.into(),
+                        a.attempt.into(),
+                        bytes.into(),
+                        sha.into(),
+                        error.into(),
+                    ],
+                ))?;
+            }
+            for (record_id, result) in &removed {
+                match result {
+                    Ok(()) => {
+                        spi(c.update(
+                            "UPDATE backup_management.remote_backup_records SET sync_status = 'expired' WHERE record_id = $1",
+                            None,
+                            &[(*record_id).into()],
+                        ))?;
+                    }
+                    Err(why) => warning!(
+                        "backup_mgmt: could not remove an expired off-site copy from \"{}\": {why}",
+                        job.name
+                    ),
+                }
+            }
+            // Failed when a copy's last attempt failed.
+            let last_failed = attempts.iter().any(|a| {
+                a.result.is_err()
+                    && !attempts
+                        .iter()
+                        .any(|b| b.backup_id == a.backup_id && b.attempt > a.attempt)
+            });
+            spi(c.update(
+                "UPDATE backup_management.remote_backup_configs \
+                    SET sync_status = $2, last_sync_at = now() WHERE config_id = $1",
+                None,
+                &[
+                    job.config_id.into(),
+                    if last_failed { "failed" } else { "completed" }.into(),
+                ],
+            ))?;
+            Ok(())
+        })
+    });
+    for (backup_id, attempt) in failures {
+        log!(
+            "backup_mgmt: off-site copy of backup {backup_id} to \"{}\" failed (attempt {attempt})",
+            job.name
+        );
+    }
+}
+
+/// Asks the worker to copy to a target now, whatever its schedule.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn sync_remote_now(config_name: Option<&str>) -> Result<bool, pgrx::pg_sys::panic::ErrorReport> {
+    use pgrx::PgSqlErrorCode::*;
+    let name = config_name.ok_or_else(|| {
+        pgrx::pg_sys::panic::ErrorReport::new(
+            ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "config_name must not be NULL",
+            "backup_mgmt",
+        )
+        .set_hint("Pass the name of a row of backup_management.remote_backup_configs.")
+    })?;
+    let found = Spi::connect_mut(|c| {
+        c.update(
+            "UPDATE backup_management.remote_backup_configs SET sync_status = 'requested' \
+              WHERE config_name = $1 AND is_active RETURNING config_id",
+            None,
+            &[name.into()],
+        )
+        .map(|t| !t.is_empty())
+    })
+    .map_err(|e| {
+        pgrx::pg_sys::panic::ErrorReport::new(ERRCODE_INTERNAL_ERROR, e.to_string(), "backup_mgmt")
+            .set_hint("This is a bug in backup_mgmt; please report it.")
+    })?;
+    if !found {
+        return Err(pgrx::pg_sys::panic::ErrorReport::new(
+            ERRCODE_UNDEFINED_OBJECT,
+            format!("off-site target \"{name}\" does not exist or is not active"),
+            "backup_mgmt",
+        )
+        .set_hint("List targets with SELECT config_name, is_active FROM backup_management.remote_backup_configs."));
+    }
+    // The worker looks for due targets every few seconds.
+    Ok(true)
+}

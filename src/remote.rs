@@ -1,0 +1,231 @@
+//! Off-site copy targets, in plain Rust (no PostgreSQL calls): where a backup goes on a target,
+//! how it is copied there durably and verified after it landed, and how a copy is removed.
+//!
+//! Targets so far: `filesystem` (an NFS mount or a second disk; it must lie inside
+//! `backup_mgmt.backup_roots`, like every path backup_mgmt touches).  Object keys start with the
+//! cluster's system identifier, so that a fleet of clusters can share one target.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::executor::{hex, path_component};
+
+/// Copy chunk (buffers are allocated once per copy).
+const CHUNK: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("{action} \"{path}\": {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("\"{0}\" is not a regular file; only single-file backups are copied")]
+    NotAFile(PathBuf),
+    #[error("the copy on the target differs: sha256 {found}, expected {expected}")]
+    Mismatch { expected: String, found: String },
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RemoteError + 'a {
+    move |source| RemoteError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Where a backup's copy lives on a target: `<system identifier>/<database>/<file name>`, each
+/// part percent-encoded so that no name can add a level or climb out.
+pub fn object_key(system_identifier: i64, database: &str, local: &Path) -> String {
+    let name = local
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(
+        "{}/{}/{}",
+        system_identifier,
+        path_component(database),
+        path_component(&name)
+    )
+}
+
+/// What a copy produced on the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copied {
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Opens a local backup for reading: no symlink at the end, no FIFO or device (checked on the
+/// open descriptor).
+fn open_backup(path: &Path) -> Result<File, RemoteError> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io_err("could not open", path))?;
+    let m = f.metadata().map_err(io_err("could not stat", path))?;
+    if !m.is_file() {
+        return Err(RemoteError::NotAFile(path.to_owned()));
+    }
+    Ok(f)
+}
+
+/// A filesystem target: a directory (inside the backup roots).
+#[derive(Debug, Clone)]
+pub struct FilesystemTarget {
+    pub dir: PathBuf,
+}
+
+impl FilesystemTarget {
+    fn path_of(&self, key: &str) -> PathBuf {
+        self.dir.join(key)
+    }
+
+    /// Copies `local` to `key`: a `.partial` file, sha256 while writing, fsync, rename (never
+    /// over a different file), directory fsync.  An identical copy already there is success.
+    pub fn put(&self, local: &Path, key: &str) -> Result<Copied, RemoteError> {
+        let dest = self.path_of(key);
+        let parent = dest.parent().unwrap_or(&self.dir).to_owned();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&parent)
+            .map_err(io_err("could not create", &parent))?;
+        let mut input = open_backup(local)?;
+        let partial = PathBuf::from(format!("{}.partial", dest.display()));
+        let _ = fs::remove_file(&partial);
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&partial)
+            .map_err(io_err("could not create", &partial))?;
+        let result = (|| {
+            let mut h = Sha256::new();
+            let mut size = 0u64;
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let n = match input.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(io_err("could not read", local)(e)),
+                };
+                out.write_all(&buf[..n])
+                    .map_err(io_err("could not write", &partial))?;
+                h.update(&buf[..n]);
+                size += n as u64;
+            }
+            out.sync_all()
+                .map_err(io_err("could not fsync", &partial))?;
+            let copied = Copied {
+                size,
+                sha256: hex(&h.finalize()),
+            };
+            if dest.exists() {
+                let there = self.checksum(key)?;
+                if there != copied {
+                    return Err(RemoteError::Mismatch {
+                        expected: copied.sha256,
+                        found: there.sha256,
+                    });
+                }
+                let _ = fs::remove_file(&partial);
+            } else {
+                fs::rename(&partial, &dest).map_err(io_err("could not rename", &partial))?;
+            }
+            File::open(&parent)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err("could not fsync", &parent))?;
+            Ok(copied)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&partial);
+        }
+        result
+    }
+
+    /// Reads the copy back and returns its size and sha256 (the verification after landing).
+    pub fn checksum(&self, key: &str) -> Result<Copied, RemoteError> {
+        let path = self.path_of(key);
+        let mut f = open_backup(&path)?;
+        let mut h = Sha256::new();
+        let size = io::copy(&mut f, &mut h).map_err(io_err("could not read", &path))?;
+        Ok(Copied {
+            size,
+            sha256: hex(&h.finalize()),
+        })
+    }
+
+    /// Removes a copy (retention); a copy already gone is fine.
+    pub fn delete(&self, key: &str) -> Result<(), RemoteError> {
+        let path = self.path_of(key);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("could not remove", &path)(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn keys_are_per_cluster_and_cannot_climb_out() {
+        assert_eq!(
+            object_key(
+                7,
+                "shop",
+                Path::new("/b/shop/nightly/20261127T010000Z-4.dump.zst")
+            ),
+            "7/shop/20261127T010000Z-4.dump.zst"
+        );
+        let k = object_key(7, "../etc", Path::new("/b/x/../passwd"));
+        assert!(!k.split('/').any(|p| p == ".."), "{k}");
+    }
+
+    #[test]
+    fn filesystem_copy_is_verified_and_never_replaces_a_different_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let local = tmp.path().join("b.dump");
+        std::fs::write(&local, vec![7u8; 3 * CHUNK + 5]).unwrap();
+        let target = FilesystemTarget {
+            dir: tmp.path().join("offsite"),
+        };
+        let key = object_key(1, "shop", &local);
+        let c = target.put(&local, &key).unwrap();
+        assert_eq!(c.size, 3 * CHUNK as u64 + 5);
+        assert_eq!(target.checksum(&key).unwrap(), c);
+        // Again: identical, success.
+        assert_eq!(target.put(&local, &key).unwrap(), c);
+        // A different local file under the same key: refused, the copy untouched.
+        std::fs::write(&local, b"other").unwrap();
+        assert!(matches!(
+            target.put(&local, &key),
+            Err(RemoteError::Mismatch { .. })
+        ));
+        assert_eq!(target.checksum(&key).unwrap(), c);
+        // No partial file left; deleting twice is fine.
+        assert!(!Path::new(&format!("{}.partial", target.path_of(&key).display())).exists());
+        target.delete(&key).unwrap();
+        target.delete(&key).unwrap();
+        assert!(target.checksum(&key).is_err());
+        // A FIFO is never read.
+        let fifo = tmp.path().join("fifo");
+        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) };
+        assert!(matches!(
+            target.put(&fifo, "1/x/fifo"),
+            Err(RemoteError::NotAFile(_))
+        ));
+    }
+}

@@ -41,4 +41,19 @@ if ! grep -q "^pg$PG_MAJOR *=" "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/nu
     log "configuring pgrx for the system PostgreSQL $PG_MAJOR"
     cargo pgrx init --pg$PG_MAJOR "$PG_CONFIG"
 fi
+
+# The end-to-end tests' S3-compatible server: s3rver (npm), an S3 API server that stores objects
+# on disk.  Installed into target/test-tools, never globally.
+S3RVER_VERSION=3.7.1
+TOOLS="$(cd "$(dirname "$0")/.." && pwd)/target/test-tools"
+if [ ! -x "$TOOLS/node_modules/.bin/s3rver" ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+        log "installing Debian packages: nodejs npm"
+        as_root apt-get update -q
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm
+    fi
+    log "installing s3rver $S3RVER_VERSION (npm) into $TOOLS"
+    mkdir -p "$TOOLS"
+    (cd "$TOOLS" && npm install --silent --no-audit --no-fund --no-save "s3rver@$S3RVER_VERSION" >/dev/null)
+fi
 log "toolchain ready: $(cargo pgrx --version), $("$PG_CONFIG" --version)"

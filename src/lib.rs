@@ -27,6 +27,7 @@ mod record;
 mod remote;
 mod restore;
 mod retention;
+mod s3;
 mod schedule;
 mod scheduler;
 mod security;

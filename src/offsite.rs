@@ -1,8 +1,9 @@
 //! The worker's off-site copies: runs each active target's `sync_schedule` (cron, UTC), copies
-//! the database's completed backups that the target does not hold yet, verifies every copy
-//! after it landed, retries with backoff, records every attempt in `remote_backup_records`, and
-//! removes copies of backups that retention expired.  One target at a time, on a helper thread,
-//! so the worker's loop never waits for a copy.
+//! the database's completed backups that the target does not hold yet (to a filesystem target or
+//! S3-compatible object storage, `remote.rs` and `s3.rs`), verifies every copy after it landed,
+//! retries with backoff, records every attempt in `remote_backup_records`, and removes copies of
+//! backups that retention expired.  One target at a time, on a helper thread, so the worker's
+//! loop never waits for a copy, and no network call happens inside a transaction.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use pgrx::prelude::*;
 
-use crate::remote::{self, Copied, FilesystemTarget};
+use crate::remote::{self, Copied, FilesystemTarget, Target};
 use crate::schedule::{from_timestamptz, CronSchedule};
 use crate::worker::{in_transaction, spi, wake_worker};
 
@@ -65,24 +66,15 @@ pub struct Offsite {
     last_check: Option<Instant>,
 }
 
-/// Copies `item` to `target`, then reads the copy back; `ATTEMPTS` tries with doubling pauses.
-fn copy_one(target: &FilesystemTarget, item: &Item, stop: &AtomicBool) -> Vec<Attempt> {
+/// Copies `item` to `target` and checks it where it landed; `ATTEMPTS` tries with doubling
+/// pauses.
+fn copy_one(target: &Target, item: &Item, stop: &AtomicBool) -> Vec<Attempt> {
     let mut attempts = Vec::new();
     let mut pause = FIRST_BACKOFF;
     for n in 1..=ATTEMPTS {
         let started = Utc::now();
         let result = target
-            .put(&item.local, &item.key)
-            .and_then(|copied| {
-                let landed = target.checksum(&item.key)?;
-                if landed != copied {
-                    return Err(remote::RemoteError::Mismatch {
-                        expected: copied.sha256,
-                        found: landed.sha256,
-                    });
-                }
-                Ok(landed)
-            })
+            .put_verified(&item.local, &item.key)
             .map_err(|e| e.to_string())
             .and_then(|landed| match &item.expected {
                 Some(sha) if *sha != landed.sha256 => Err(format!(
@@ -133,8 +125,20 @@ impl Offsite {
             crate::executor::block_all_signals();
             let stop = AtomicBool::new(false);
             let mut attempts = Vec::new();
+            // Network work happens here, never in the worker's loop or transaction.
+            let ready = target.prepare().map_err(|e| e.to_string());
             for item in &items {
-                attempts.extend(copy_one(&target, item, &stop));
+                match &ready {
+                    Ok(()) => attempts.extend(copy_one(&target, item, &stop)),
+                    Err(why) => attempts.push(Attempt {
+                        backup_id: item.backup_id,
+                        key: item.key.clone(),
+                        attempt: 1,
+                        started: Utc::now(),
+                        ended: Utc::now(),
+                        result: Err(why.clone()),
+                    }),
+                }
             }
             let removed = expiries
                 .iter()
@@ -163,7 +167,7 @@ impl Offsite {
     }
 }
 
-type Due = (i32, String, FilesystemTarget, Vec<Item>, Vec<Expiry>);
+type Due = (i32, String, Target, Vec<Item>, Vec<Expiry>);
 
 /// The first active target whose schedule is due (or that `sync_remote_now` asked for), marked
 /// `syncing`, with its work.
@@ -173,7 +177,7 @@ fn next_due() -> Option<Due> {
             let configs = spi(c.select(
                 "SELECT config_id, config_name, remote_type, remote_endpoint, remote_path, \
                         sync_schedule, coalesce(last_sync_at, created_at), database_name, \
-                        sync_status = 'requested' \
+                        sync_status = 'requested', credentials_ref, options::text \
                    FROM backup_management.remote_backup_configs \
                   WHERE is_active AND (sync_schedule IS NOT NULL OR sync_status = 'requested') \
                   ORDER BY config_id",
@@ -192,6 +196,8 @@ fn next_due() -> Option<Due> {
                 let since: Option<TimestampWithTimeZone> = spi(r.get(7))?;
                 let database: String = spi(r.get(8))?.unwrap_or_default();
                 let requested: bool = spi(r.get(9))?.unwrap_or(false);
+                let credentials: Option<String> = spi(r.get(10))?;
+                let options: String = spi(r.get(11))?.unwrap_or_else(|| "{}".into());
                 let scheduled = cron
                     .as_deref()
                     .and_then(|c| c.parse::<CronSchedule>().ok())
@@ -203,14 +209,14 @@ fn next_due() -> Option<Due> {
                     })
                     .is_some_and(|next| next <= now);
                 if requested || scheduled {
-                    due = Some((id, name, kind, endpoint, path, database));
+                    due = Some((id, name, kind, endpoint, path, database, credentials, options));
                     break;
                 }
             }
-            let Some((id, name, kind, endpoint, path, database)) = due else {
+            let Some((id, name, kind, endpoint, path, database, credentials, options)) = due else {
                 return Ok(None);
             };
-            let target = match target_of(&kind, &endpoint, &path) {
+            let target = match target_of(&kind, &endpoint, &path, credentials.as_deref(), &options) {
                 Ok(t) => t,
                 Err(why) => {
                     spi(c.update(
@@ -273,15 +279,38 @@ fn next_due() -> Option<Due> {
     .flatten()
 }
 
-/// The target a configuration names.  A filesystem target must lie inside the backup roots.
-fn target_of(kind: &str, endpoint: &str, path: &str) -> Result<FilesystemTarget, String> {
+/// The target a configuration names.  A filesystem target must lie inside the backup roots;
+/// an S3 target's credentials are resolved here, by reference (never logged).
+fn target_of(
+    kind: &str,
+    endpoint: &str,
+    path: &str,
+    credentials: Option<&str>,
+    options: &str,
+) -> Result<Target, String> {
+    let options: serde_json::Value = serde_json::from_str(options).unwrap_or_default();
     match kind {
         "filesystem" => {
             let dir = PathBuf::from(endpoint).join(path.trim_start_matches('/'));
             let roots = crate::guc::backup_roots().map_err(|e| e.to_string())?;
             let dir = crate::security::confine(&dir.to_string_lossy(), &roots, true)
                 .map_err(|e| e.to_string())?;
-            Ok(FilesystemTarget { dir })
+            Ok(Target::Filesystem(FilesystemTarget { dir }))
+        }
+        "s3" => {
+            let credentials = credentials.ok_or("an s3 target needs credentials_ref")?;
+            let region = options
+                .get("region")
+                .and_then(|v| v.as_str())
+                .unwrap_or("us-east-1");
+            let part_size = options
+                .get("part_size_mb")
+                .and_then(|v| v.as_u64())
+                .map(|mb| (mb as usize) << 20);
+            let mut t = crate::s3::S3Target::new(endpoint, path, region, credentials, part_size)
+                .map_err(|e| e.to_string())?;
+            t.create_bucket = options.get("create_bucket").and_then(|v| v.as_bool()) == Some(true);
+            Ok(Target::S3(t))
         }
         other => Err(format!("remote_type {other} is not supported yet")),
     }
@@ -298,8 +327,12 @@ fn finish(job: InFlight) {
     };
     let failures = attempts
         .iter()
-        .filter(|a| a.result.is_err())
-        .map(|a| (a.backup_id, a.attempt))
+        .filter_map(|a| {
+            a.result
+                .as_ref()
+                .err()
+                .map(|why| (a.backup_id, a.attempt, why.clone()))
+        })
         .collect::<Vec<_>>();
     let what = format!("recording off-site copies to \"{}\"", job.name);
     in_transaction(&what, || {
@@ -368,9 +401,9 @@ fn finish(job: InFlight) {
             Ok(())
         })
     });
-    for (backup_id, attempt) in failures {
+    for (backup_id, attempt, why) in failures {
         log!(
-            "backup_mgmt: off-site copy of backup {backup_id} to \"{}\" failed (attempt {attempt})",
+            "backup_mgmt: off-site copy of backup {backup_id} to \"{}\" failed (attempt {attempt}): {why}",
             job.name
         );
     }

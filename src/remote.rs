@@ -29,6 +29,12 @@ pub enum RemoteError {
     NotAFile(PathBuf),
     #[error("the copy on the target differs: sha256 {found}, expected {expected}")]
     Mismatch { expected: String, found: String },
+    #[error("{0}")]
+    Credential(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Http(String),
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RemoteError + 'a {
@@ -63,7 +69,7 @@ pub struct Copied {
 
 /// Opens a local backup for reading: no symlink at the end, no FIFO or device (checked on the
 /// open descriptor).
-fn open_backup(path: &Path) -> Result<File, RemoteError> {
+pub(crate) fn open_backup(path: &Path) -> Result<File, RemoteError> {
     let f = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -171,6 +177,52 @@ impl FilesystemTarget {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err("could not remove", &path)(e)),
+        }
+    }
+}
+
+/// A configured target.
+pub enum Target {
+    Filesystem(FilesystemTarget),
+    S3(crate::s3::S3Target),
+}
+
+impl Target {
+    /// Copies `local` to `key` and checks the copy where it landed: the filesystem copy is read
+    /// back and hashed; an object's size and server-computed ETag are compared.
+    pub fn put_verified(&self, local: &Path, key: &str) -> Result<Copied, RemoteError> {
+        match self {
+            Target::Filesystem(t) => {
+                let copied = t.put(local, key)?;
+                let landed = t.checksum(key)?;
+                if landed != copied {
+                    return Err(RemoteError::Mismatch {
+                        expected: copied.sha256,
+                        found: landed.sha256,
+                    });
+                }
+                Ok(landed)
+            }
+            Target::S3(t) => {
+                let (copied, etag) = t.put(local, key)?;
+                t.verify(key, copied.size, &etag)?;
+                Ok(copied)
+            }
+        }
+    }
+
+    pub fn delete(&self, key: &str) -> Result<(), RemoteError> {
+        match self {
+            Target::Filesystem(t) => t.delete(key),
+            Target::S3(t) => t.delete(key),
+        }
+    }
+
+    /// Before a run: creates the bucket when the target asks for it.
+    pub fn prepare(&self) -> Result<(), RemoteError> {
+        match self {
+            Target::S3(t) if t.create_bucket => t.ensure_bucket(),
+            _ => Ok(()),
         }
     }
 }

@@ -76,7 +76,7 @@ pub fn sha256sum(path: &Path) -> String {
         .to_owned()
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -234,6 +234,22 @@ impl Cluster {
                 .output()
                 .expect("pg_ctl runs"),
         );
+    }
+
+    /// Writes a file only the server's OS user can read (mode 0600, owned by it), e.g. a
+    /// credentials file that a `file:` reference names.
+    pub fn write_private_file(&self, path: &Path, contents: &str) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .expect("create private file");
+        std::io::Write::write_all(&mut f, contents.as_bytes()).expect("write private file");
+        if let Some((uid, gid)) = server_ids() {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown private file");
+        }
     }
 
     /// The configured backup root of `start_with_backups`.

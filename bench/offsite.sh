@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Benchmark of off-site copies, side by side in one run: uploading one 500 MB backup to a local
+# S3-compatible server (s3rver, the end-to-end tests' server) with
+#
+#   backup_mgmt   the worker's S3 target (multipart, 16 MB parts, payloads signed with their
+#                 sha256, each part's ETag checked, a HEAD of the landed object)
+#   rclone        Debian's rclone `copyto` to the same server (its defaults: multipart, 4 parts
+#                 in flight, MD5 checked after the upload)
+#
+# backup_mgmt's time is the recorded attempt (`sync_end_time - sync_start_time`: open, read,
+# hash, upload, verify); rclone's is the wall time of the command.  Rounds alternate the order.
+#
+# Usage (root, Debian 12): bash bench/offsite.sh [rounds] [megabytes]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${1:-3}
+MB=${2:-500}
+
+bash scripts/setup.sh
+source scripts/lib.sh
+if ! command -v rclone >/dev/null; then
+    echo "==> installing rclone (Debian) for the comparison"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q rclone >/dev/null
+fi
+S3RVER=$(pwd)/target/test-tools/node_modules/.bin/s3rver
+
+echo "==> building and installing backup_mgmt (release)"
+cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
+
+bench_dir
+mkdir -p "$DIR/backups" "$DIR/s3"
+chown -R postgres:postgres "$DIR"
+PORT=55436
+S3PORT=55437
+"$S3RVER" -a 127.0.0.1 -p "$S3PORT" --silent -d "$DIR/s3" &
+S3PID=$!
+trap 'kill $S3PID 2>/dev/null || true; as_pg "$BIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$DIR"' EXIT
+start_throwaway_cluster "$DIR" "$PORT" \
+    "shared_preload_libraries = 'backup_mgmt'" \
+    "backup_mgmt.database_name = 'postgres'" \
+    "backup_mgmt.backup_roots = '$DIR/backups'"
+PSQL=(as_pg "$BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$DIR" -p "$PORT" -U postgres -d postgres)
+
+# The credentials file, by reference: only the server's OS user can read it.
+install -o postgres -g postgres -m 600 /dev/null "$DIR/s3.key"
+echo "S3RVER:S3RVER" >"$DIR/s3.key"
+
+echo "==> a $MB MB backup (random bytes: nothing to gain from compression)"
+head -c "${MB}M" /dev/urandom >"$DIR/backups/bench.dump"
+chown postgres:postgres "$DIR/backups/bench.dump"
+SHA=$(sha256sum "$DIR/backups/bench.dump" | cut -d' ' -f1)
+SIZE=$(stat -c %s "$DIR/backups/bench.dump")
+"${PSQL[@]}" -c "CREATE EXTENSION backup_mgmt" >/dev/null
+ID=$("${PSQL[@]}" -c "SELECT backup_mgmt.record_backup_start('postgres', 'full', 'pg_dump', '$DIR/backups/bench.dump')")
+"${PSQL[@]}" -c "SELECT backup_mgmt.record_backup_complete($ID, $SIZE, '$SHA')" >/dev/null
+"${PSQL[@]}" -c "INSERT INTO backup_management.remote_backup_configs
+    (config_name, database_name, remote_type, remote_endpoint, remote_path, credentials_ref, options)
+    VALUES ('bench', 'postgres', 's3', 'http://127.0.0.1:$S3PORT', 'bench/backup_mgmt', 'file:$DIR/s3.key',
+            '{\"create_bucket\": true}')" >/dev/null
+
+export RCLONE_CONFIG_S3BENCH_TYPE=s3 RCLONE_CONFIG_S3BENCH_PROVIDER=Other \
+    RCLONE_CONFIG_S3BENCH_ENDPOINT="http://127.0.0.1:$S3PORT" RCLONE_CONFIG_S3BENCH_REGION=us-east-1 \
+    RCLONE_CONFIG_S3BENCH_ACCESS_KEY_ID=S3RVER RCLONE_CONFIG_S3BENCH_SECRET_ACCESS_KEY=S3RVER
+
+ours() {
+    "${PSQL[@]}" -c "DELETE FROM backup_management.remote_backup_records" >/dev/null
+    "${PSQL[@]}" -c "SELECT backup_mgmt.sync_remote_now('bench')" >/dev/null
+    local limit=$((SECONDS + 900)) s
+    while :; do
+        s=$("${PSQL[@]}" -c "SELECT sync_status FROM backup_management.remote_backup_configs WHERE config_name = 'bench'")
+        [ "$s" = completed ] && break
+        [ "$s" = failed ] && { "${PSQL[@]}" -c "SELECT error_message FROM backup_management.remote_backup_records"; exit 1; }
+        [ $SECONDS -lt $limit ] || { echo "no upload" >&2; exit 1; }
+        sleep 0.2
+    done
+    "${PSQL[@]}" -c "SELECT extract(epoch FROM sync_end_time - sync_start_time) FROM backup_management.remote_backup_records WHERE sync_status = 'completed'"
+}
+theirs() {
+    local t0 t1
+    t0=$(date +%s.%N)
+    rclone copyto --config /dev/null "$DIR/backups/bench.dump" "s3bench:bench/rclone/bench.dump"
+    t1=$(date +%s.%N)
+    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", b - a }'
+}
+report() { awk -v who="$1" -v t="$2" -v mb="$MB" 'BEGIN { printf "%-12s %7.2f s  %6.1f MB/s\n", who, t, mb / t }' | tee -a "$DIR/results"; }
+
+# Warm-up: create the bucket, fill the page cache.
+ours >/dev/null
+theirs >/dev/null
+echo "==> $ROUNDS rounds"
+for r in $(seq "$ROUNDS"); do
+    if [ $((r % 2)) = 1 ]; then
+        report backup_mgmt "$(ours)"
+        report rclone "$(theirs)"
+    else
+        report rclone "$(theirs)"
+        report backup_mgmt "$(ours)"
+    fi
+done
+echo "==> medians"
+for who in backup_mgmt rclone; do
+    grep "^$who " "$DIR/results" | awk '{ print $2 }' | sort -n |
+        awk -v who="$who" -v mb="$MB" '{ v[NR] = $1 } END { m = v[int((NR + 1) / 2)]; printf "%-12s median %.2f s, %.1f MB/s (n=%d)\n", who, m, mb / m, NR }'
+done

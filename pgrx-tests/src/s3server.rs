@@ -1,0 +1,75 @@
+//! A real S3-compatible server on loopback for end-to-end tests: s3rver (npm, installed by
+//! scripts/setup.sh into target/test-tools), an HTTP server that stores objects on disk and
+//! speaks the S3 API (multipart included).  It knows one access key, `S3RVER` (secret `S3RVER`),
+//! and refuses others; it does not recompute V4 signatures.  Dropping the value stops it.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::cluster::Cluster;
+
+pub struct S3Server {
+    child: Child,
+    pub port: u16,
+    /// Where s3rver keeps the buckets: `<dir>/<bucket>/<key>._S3rver_object`.
+    pub dir: tempfile::TempDir,
+}
+
+/// The s3rver program: `BACKUP_MGMT_S3RVER`, or the one scripts/setup.sh installs.
+pub fn program() -> PathBuf {
+    std::env::var_os("BACKUP_MGMT_S3RVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/test-tools/node_modules/.bin/s3rver")
+        })
+}
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        let dir = tempfile::Builder::new()
+            .prefix("bm-s3-")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        let port = crate::cluster::free_port();
+        let child = Command::new(program())
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "--silent", "-d"])
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "start s3rver ({}): {e}; run scripts/setup.sh",
+                    program().display()
+                )
+            });
+        let up = Cluster::wait_for(Duration::from_secs(30), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "s3rver did not start on port {port}");
+        S3Server { child, port, dir }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The stored object for `key` in `bucket`, as s3rver lays it out on disk.
+    pub fn object_file(&self, bucket: &str, key: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join(bucket)
+            .join(format!("{key}._S3rver_object"))
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -2,9 +2,10 @@
 # Benchmark of off-site copies, side by side in one run: uploading one 500 MB backup to a local
 # S3-compatible server (s3rver, the end-to-end tests' server) with
 #
-#   backup_mgmt   the worker's S3 target (multipart, 16 MB parts, payloads signed with their
+#   backup_mgmt   the worker's S3 target (multipart, 8 MB parts, 4 in flight, payloads signed with their
 #                 sha256, each part's ETag checked, a HEAD of the landed object)
-#   rclone        Debian's rclone `copyto` to the same server (its defaults: multipart, 4 parts
+#   rclone        Debian's rclone `copyto --ignore-times` (else it skips the unchanged file) to
+#                 the same server (its defaults: multipart, 4 parts
 #                 in flight, MD5 checked after the upload)
 #
 # backup_mgmt's time is the recorded attempt (`sync_end_time - sync_start_time`: open, read,
@@ -59,9 +60,11 @@ ID=$("${PSQL[@]}" -c "SELECT backup_mgmt.record_backup_start('postgres', 'full',
     VALUES ('bench', 'postgres', 's3', 'http://127.0.0.1:$S3PORT', 'bench/backup_mgmt', 'file:$DIR/s3.key',
             '{\"create_bucket\": true}')" >/dev/null
 
-export RCLONE_CONFIG_S3BENCH_TYPE=s3 RCLONE_CONFIG_S3BENCH_PROVIDER=Other \
-    RCLONE_CONFIG_S3BENCH_ENDPOINT="http://127.0.0.1:$S3PORT" RCLONE_CONFIG_S3BENCH_REGION=us-east-1 \
-    RCLONE_CONFIG_S3BENCH_ACCESS_KEY_ID=S3RVER RCLONE_CONFIG_S3BENCH_SECRET_ACCESS_KEY=S3RVER
+# rclone's remote, from its environment only (a clean one: a caller's AWS_CA_BUNDLE, for one,
+# makes rclone 1.60 refuse a plain-HTTP endpoint).
+RCLONE=(env -i PATH=/usr/bin:/bin HOME="$DIR" RCLONE_CONFIG_S3BENCH_TYPE=s3 RCLONE_CONFIG_S3BENCH_PROVIDER=Other
+        RCLONE_CONFIG_S3BENCH_ENDPOINT="http://127.0.0.1:$S3PORT" RCLONE_CONFIG_S3BENCH_REGION=us-east-1
+        RCLONE_CONFIG_S3BENCH_ACCESS_KEY_ID=S3RVER RCLONE_CONFIG_S3BENCH_SECRET_ACCESS_KEY=S3RVER rclone)
 
 ours() {
     "${PSQL[@]}" -c "DELETE FROM backup_management.remote_backup_records" >/dev/null
@@ -79,7 +82,7 @@ ours() {
 theirs() {
     local t0 t1
     t0=$(date +%s.%N)
-    rclone copyto --config /dev/null "$DIR/backups/bench.dump" "s3bench:bench/rclone/bench.dump"
+    "${RCLONE[@]}" copyto --ignore-times --config /dev/null "$DIR/backups/bench.dump" "s3bench:bench/rclone/bench.dump"
     t1=$(date +%s.%N)
     awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", b - a }'
 }

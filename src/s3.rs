@@ -27,8 +27,13 @@ use crate::remote::{Copied, RemoteError};
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Part size of multipart uploads (S3 allows 5 MiB to 5 GiB; 10,000 parts at most).
-pub const DEFAULT_PART_SIZE: usize = 16 << 20;
+/// Part size of multipart uploads (S3 allows 5 MiB to 5 GiB; 10,000 parts at most, so larger
+/// backups get larger parts).
+pub const DEFAULT_PART_SIZE: usize = 8 << 20;
+/// Parts uploaded at the same time (each holds a part-sized buffer).
+const UPLOADS_IN_FLIGHT: usize = 4;
+/// S3's limit on parts per upload.
+const MAX_PARTS: u64 = 10_000;
 
 /// A secret access key.  No `Debug`, no `Display`: it cannot reach a log line by accident.
 pub struct Secret(String);
@@ -342,8 +347,10 @@ impl S3Target {
             .len();
         let path = self.object_path(key);
         let mut whole = Sha256::new();
-        let mut buf = vec![0u8; self.part_size.min(size.max(1) as usize)];
-        if size as usize <= self.part_size {
+        // Larger parts for very large backups: S3 takes at most 10,000.
+        let part_size = self.part_size.max(size.div_ceil(MAX_PARTS) as usize);
+        if size as usize <= part_size {
+            let mut buf = vec![0u8; size.max(1) as usize];
             let n = read_full(&mut file, &mut buf)
                 .map_err(|e| RemoteError::Http(format!("read {}: {e}", local.display())))?;
             whole.update(&buf[..n]);
@@ -374,39 +381,21 @@ impl S3Target {
             .ok_or_else(|| RemoteError::Http(format!("POST {path}?uploads: no UploadId")))?
             .to_owned();
         let result = (|| {
-            let mut parts: Vec<String> = Vec::new();
-            let mut md5s: Vec<u8> = Vec::new();
             // AWS and MinIO give a multipart object the ETag `md5(part md5s)-N`; other servers
             // (s3rver) the whole object's MD5.  Both are computed, either is accepted.
             let mut whole_md5 = Md5::new();
+            let mut md5s: Vec<u8> = Vec::new();
             let mut total = 0u64;
-            loop {
-                let n = read_full(&mut file, &mut buf)
+            let parts = self.upload_parts(&path, &upload_id, part_size, |buf| {
+                let n = read_full(&mut file, buf)
                     .map_err(|e| RemoteError::Http(format!("read {}: {e}", local.display())))?;
-                if n == 0 {
-                    break;
-                }
                 whole.update(&buf[..n]);
                 whole_md5.update(&buf[..n]);
                 let md5 = Md5::digest(&buf[..n]);
-                let number = (parts.len() + 1).to_string();
-                let r = self.call(
-                    "PUT",
-                    &path,
-                    &[("partNumber", &number), ("uploadId", &upload_id)],
-                    &[],
-                    &buf[..n],
-                )?;
-                let etag = etag_of(&r);
-                if etag != hex(&md5) {
-                    return Err(RemoteError::Http(format!(
-                        "part {number} of {path}: the server stored something else (ETag {etag})"
-                    )));
-                }
                 md5s.extend_from_slice(&md5);
-                parts.push(etag);
                 total += n as u64;
-            }
+                Ok((n, hex(&md5)))
+            })?;
             let mut xml = String::from("<CompleteMultipartUpload>");
             for (i, etag) in parts.iter().enumerate() {
                 xml.push_str(&format!(
@@ -448,6 +437,134 @@ impl S3Target {
             let _ = self.call("DELETE", &path, &[("uploadId", &upload_id)], &[], b"");
         }
         result
+    }
+
+    /// Uploads the parts `next` fills in (returning how many bytes, 0 at the end, and the part's
+    /// MD5), `UPLOADS_IN_FLIGHT` at a time, each on its own thread while this one reads and
+    /// hashes the next.  Returns the parts' ETags in order, each checked against its MD5.
+    fn upload_parts(
+        &self,
+        path: &str,
+        upload_id: &str,
+        part_size: usize,
+        mut next: impl FnMut(&mut [u8]) -> Result<(usize, String), RemoteError>,
+    ) -> Result<Vec<String>, RemoteError> {
+        use std::sync::mpsc;
+        use std::sync::{Arc, Mutex};
+        type Job = (usize, Vec<u8>, usize, String);
+        let (to_uploaders, jobs) = mpsc::sync_channel::<Job>(0);
+        let jobs = Arc::new(Mutex::new(jobs));
+        let (done_tx, done) = mpsc::channel::<(usize, Vec<u8>, Result<String, RemoteError>)>();
+        std::thread::scope(|scope| {
+            for _ in 0..UPLOADS_IN_FLIGHT {
+                let jobs = Arc::clone(&jobs);
+                let done_tx = done_tx.clone();
+                scope.spawn(move || loop {
+                    let job = jobs.lock().map(|j| j.recv());
+                    let Ok(Ok((number, buf, n, md5))) = job else {
+                        return;
+                    };
+                    let num = number.to_string();
+                    let r = self
+                        .call(
+                            "PUT",
+                            path,
+                            &[("partNumber", &num), ("uploadId", upload_id)],
+                            &[],
+                            &buf[..n],
+                        )
+                        .and_then(|r| {
+                            let etag = etag_of(&r);
+                            if etag == md5 {
+                                Ok(etag)
+                            } else {
+                                Err(RemoteError::Http(format!(
+                                    "part {number} of {path}: the server stored something else (ETag {etag}, MD5 sent {md5})"
+                                )))
+                            }
+                        });
+                    if done_tx.send((number, buf, r)).is_err() {
+                        return;
+                    }
+                });
+            }
+            drop(done_tx);
+            let mut etags: Vec<Option<String>> = Vec::new();
+            let mut spare: Vec<Vec<u8>> = Vec::new();
+            let mut allocated = 0;
+            let mut in_flight = 0;
+            let mut failure: Option<RemoteError> = None;
+            let collect = |r: (usize, Vec<u8>, Result<String, RemoteError>),
+                           etags: &mut Vec<Option<String>>,
+                           spare: &mut Vec<Vec<u8>>,
+                           failure: &mut Option<RemoteError>| {
+                let (number, buf, result) = r;
+                spare.push(buf);
+                match result {
+                    Ok(etag) => etags[number - 1] = Some(etag),
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                    }
+                }
+            };
+            loop {
+                if failure.is_some() {
+                    break;
+                }
+                let mut buf = match spare.pop() {
+                    Some(b) => b,
+                    None if allocated <= UPLOADS_IN_FLIGHT => {
+                        allocated += 1;
+                        vec![0u8; part_size]
+                    }
+                    None => match done.recv() {
+                        Ok(r) => {
+                            in_flight -= 1;
+                            collect(r, &mut etags, &mut spare, &mut failure);
+                            continue;
+                        }
+                        Err(_) => break,
+                    },
+                };
+                let (n, md5) = match next(&mut buf) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                };
+                if n == 0 {
+                    break;
+                }
+                etags.push(None);
+                let number = etags.len();
+                if to_uploaders.send((number, buf, n, md5)).is_err() {
+                    failure = Some(RemoteError::Http(format!(
+                        "{path}: the upload threads stopped"
+                    )));
+                    break;
+                }
+                in_flight += 1;
+            }
+            drop(to_uploaders);
+            while in_flight > 0 {
+                let Ok(r) = done.recv() else { break };
+                in_flight -= 1;
+                collect(r, &mut etags, &mut spare, &mut failure);
+            }
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            etags
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    e.ok_or_else(|| {
+                        RemoteError::Http(format!("{path}: part {} was not uploaded", i + 1))
+                    })
+                })
+                .collect()
+        })
     }
 
     /// Checks the landed object: its size and the ETag the server computed from what it stored

@@ -7,8 +7,6 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -16,7 +14,7 @@ use pgrx::prelude::*;
 
 use crate::remote::{self, Copied, FilesystemTarget, Target};
 use crate::schedule::{from_timestamptz, CronSchedule};
-use crate::worker::{in_transaction, spi, wake_worker};
+use crate::worker::{in_transaction, spi, Helper};
 
 /// How often due targets are looked for.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -56,8 +54,7 @@ type RunResult = (Vec<Attempt>, Vec<(i64, Result<(), String>)>);
 struct InFlight {
     config_id: i32,
     name: String,
-    thread: JoinHandle<RunResult>,
-    done: Arc<AtomicBool>,
+    helper: Helper<RunResult>,
 }
 
 #[derive(Default)]
@@ -106,7 +103,7 @@ fn copy_one(target: &Target, item: &Item, stop: &AtomicBool) -> Vec<Attempt> {
 impl Offsite {
     pub fn tick(&mut self) {
         if let Some(job) = self.in_flight.take() {
-            if !job.done.load(Ordering::SeqCst) && !job.thread.is_finished() {
+            if !job.helper.is_finished() {
                 self.in_flight = Some(job);
                 return;
             }
@@ -119,10 +116,7 @@ impl Offsite {
         let Some((config_id, name, target, items, expiries)) = next_due() else {
             return;
         };
-        let done = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&done);
-        let thread = std::thread::spawn(move || {
-            crate::executor::block_all_signals();
+        let helper = Helper::spawn(move || {
             let stop = AtomicBool::new(false);
             let mut attempts = Vec::new();
             // Network work happens here, never in the worker's loop or transaction.
@@ -149,15 +143,12 @@ impl Offsite {
                     )
                 })
                 .collect();
-            flag.store(true, Ordering::SeqCst);
-            wake_worker();
             (attempts, removed)
         });
         self.in_flight = Some(InFlight {
             config_id,
             name,
-            thread,
-            done,
+            helper,
         });
     }
 
@@ -318,7 +309,7 @@ fn target_of(
 
 /// Records a finished sync run: one row per attempt, expired copies, the target's status.
 fn finish(job: InFlight) {
-    let Ok((attempts, removed)) = job.thread.join() else {
+    let Some((attempts, removed)) = job.helper.join() else {
         warning!(
             "backup_mgmt: the off-site copy thread of \"{}\" panicked",
             job.name

@@ -11,9 +11,7 @@
 //! a failure every few seconds.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::{Duration, Instant};
 
 use pgrx::prelude::*;
@@ -21,7 +19,7 @@ use pgrx::prelude::*;
 use crate::guc;
 use crate::verification::{self, Target};
 use crate::verify::{self, Reason, Report};
-use crate::worker::{in_transaction, spi, wake_worker};
+use crate::worker::{in_transaction, spi, Helper};
 
 /// How often the catalog is searched for work when none was found.
 const SEARCH_EVERY: Duration = Duration::from_secs(10);
@@ -38,9 +36,7 @@ struct InFlight {
     target: Target,
     kind: Kind,
     started: Instant,
-    thread: JoinHandle<Report>,
-    /// Set by the thread just before it wakes the worker (the thread ends a moment later).
-    done: Arc<AtomicBool>,
+    helper: Helper<Report>,
 }
 
 #[derive(Default)]
@@ -53,7 +49,7 @@ impl Upkeep {
     /// Records a finished verification, or starts the next one.  Cheap when there is nothing to do.
     pub fn tick(&mut self) {
         if let Some(job) = self.in_flight.take() {
-            if !job.done.load(Ordering::SeqCst) && !job.thread.is_finished() {
+            if !job.helper.is_finished() {
                 self.in_flight = Some(job);
                 return;
             }
@@ -94,10 +90,7 @@ impl Upkeep {
             target.checksum.clone(),
             target.size,
         );
-        let done = Arc::new(AtomicBool::new(false));
-        let done_flag = Arc::clone(&done);
-        let thread = std::thread::spawn(move || {
-            crate::executor::block_all_signals();
+        let helper = Helper::spawn(move || {
             let cancel = AtomicBool::new(false);
             let progress = AtomicU64::new(0);
             let report = match kind {
@@ -112,16 +105,13 @@ impl Upkeep {
                 ),
                 Kind::Backfill => backfill(path, &shown, size, &cancel, &progress),
             };
-            done_flag.store(true, Ordering::SeqCst);
-            wake_worker();
             report
         });
         self.in_flight = Some(InFlight {
             target,
             kind,
             started: Instant::now(),
-            thread,
-            done,
+            helper,
         });
     }
 
@@ -178,9 +168,8 @@ fn backfill(
 }
 
 fn finish(job: InFlight) {
-    let report = match job.thread.join() {
-        Ok(r) => r,
-        Err(_) => return,
+    let Some(report) = job.helper.join() else {
+        return;
     };
     let id = job.target.backup_id;
     let stored_checksum = job.kind == Kind::Backfill && report.passed;

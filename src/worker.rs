@@ -202,6 +202,40 @@ pub(crate) fn wake_worker() {
     }
 }
 
+/// Work the worker hands to a helper thread (verification, off-site copies): the thread runs
+/// with every signal blocked, so PostgreSQL's handlers stay on the worker's own thread, and
+/// wakes the worker when it is done.
+pub(crate) struct Helper<T> {
+    thread: std::thread::JoinHandle<T>,
+    /// Set just before the thread wakes the worker (the thread ends a moment later).
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<T: Send + 'static> Helper<T> {
+    pub(crate) fn spawn(work: impl FnOnce() -> T + Send + 'static) -> Helper<T> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&done);
+        let thread = std::thread::spawn(move || {
+            crate::executor::block_all_signals();
+            let result = work();
+            flag.store(true, Ordering::SeqCst);
+            wake_worker();
+            result
+        });
+        Helper { thread, done }
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        self.done.load(std::sync::atomic::Ordering::SeqCst) || self.thread.is_finished()
+    }
+
+    /// The result (None when the thread panicked); waits for the thread to end.
+    pub(crate) fn join(self) -> Option<T> {
+        self.thread.join().ok()
+    }
+}
+
 /// Whether the postmaster is still alive: a non-blocking read of its death pipe, as
 /// PostgreSQL's own PostmasterIsAliveInternal() does (EOF once the postmaster is gone).  Not
 /// WaitLatch: that returns at once when the latch is set, without looking at the pipe.

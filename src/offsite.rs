@@ -230,7 +230,7 @@ fn next_due() -> Option<Due> {
                         coalesce(r.system_identifier, (SELECT system_identifier FROM pg_control_system())) \
                    FROM backup_management.backup_records r \
                   WHERE r.status = 'completed' AND r.database_name = $2 \
-                    AND r.backup_method <> 'pg_dump_directory' AND r.backup_type <> 'wal' \
+                    AND r.backup_type <> 'wal' \
                     AND NOT EXISTS (SELECT FROM backup_management.remote_backup_records x \
                                      WHERE x.backup_id = r.backup_id AND x.config_id = $1 \
                                        AND x.sync_status = 'completed') \

@@ -170,10 +170,15 @@ impl FilesystemTarget {
         })
     }
 
-    /// Removes a copy (retention); a copy already gone is fine.
+    /// Removes a copy (retention), a directory backup's whole directory; one already gone is
+    /// fine.  Keys are made of percent-encoded components, so the path stays inside `dir`.
     pub fn delete(&self, key: &str) -> Result<(), RemoteError> {
         let path = self.path_of(key);
-        match fs::remove_file(&path) {
+        let removed = match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(&path),
+            _ => fs::remove_file(&path),
+        };
+        match removed {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err("could not remove", &path)(e)),
@@ -191,6 +196,40 @@ impl Target {
     /// Copies `local` to `key` and checks the copy where it landed: the filesystem copy is read
     /// back and hashed; an object's size and server-computed ETag are compared.
     pub fn put_verified(&self, local: &Path, key: &str) -> Result<Copied, RemoteError> {
+        if fs::symlink_metadata(local).is_ok_and(|m| m.is_dir()) {
+            return self.put_directory(local, key);
+        }
+        self.put_file(local, key)
+    }
+
+    /// A directory-format backup: each of its files under `<key>/<name>`, each verified.  The
+    /// result's sha256 is its manifest's, which is what the catalog records for it.
+    fn put_directory(&self, local: &Path, key: &str) -> Result<Copied, RemoteError> {
+        let mut names: Vec<String> = fs::read_dir(local)
+            .map_err(io_err("could not list", local))?
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let mut size = 0u64;
+        let mut manifest = None;
+        for name in &names {
+            let copied = self.put_file(
+                &local.join(name),
+                &format!("{key}/{}", path_component(name)),
+            )?;
+            size += copied.size;
+            if name == crate::executor::DIRECTORY_MANIFEST {
+                manifest = Some(copied.sha256);
+            }
+        }
+        let sha256 = manifest.ok_or_else(|| {
+            RemoteError::NotAFile(local.join(crate::executor::DIRECTORY_MANIFEST))
+        })?;
+        Ok(Copied { size, sha256 })
+    }
+
+    fn put_file(&self, local: &Path, key: &str) -> Result<Copied, RemoteError> {
         match self {
             Target::Filesystem(t) => {
                 let copied = t.put(local, key)?;
@@ -211,10 +250,16 @@ impl Target {
         }
     }
 
+    /// Removes a copy, a directory backup's files included.
     pub fn delete(&self, key: &str) -> Result<(), RemoteError> {
         match self {
             Target::Filesystem(t) => t.delete(key),
-            Target::S3(t) => t.delete(key),
+            Target::S3(t) => {
+                for object in t.list(&format!("{key}/"))? {
+                    t.delete(&object)?;
+                }
+                t.delete(key)
+            }
         }
     }
 
@@ -230,6 +275,36 @@ impl Target {
 #[cfg(test)]
 mod unit {
     use super::*;
+
+    #[test]
+    fn directory_backups_are_copied_file_by_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let local = tmp.path().join("b.dir");
+        std::fs::create_dir(&local).unwrap();
+        std::fs::write(local.join("toc.dat.zst"), b"toc").unwrap();
+        std::fs::write(local.join("3001.dat.zst"), vec![1u8; 5000]).unwrap();
+        let manifest = b"aa  toc.dat.zst\n";
+        std::fs::write(local.join(crate::executor::DIRECTORY_MANIFEST), manifest).unwrap();
+        let target = Target::Filesystem(FilesystemTarget {
+            dir: tmp.path().join("offsite"),
+        });
+        let key = object_key(1, "shop", &local);
+        let c = target.put_verified(&local, &key).unwrap();
+        assert_eq!(c.size, 3 + 5000 + manifest.len() as u64);
+        assert_eq!(c.sha256, hex(&Sha256::digest(manifest)));
+        let copy = tmp.path().join("offsite").join(&key);
+        assert_eq!(
+            std::fs::read(copy.join("3001.dat.zst")).unwrap(),
+            vec![1u8; 5000]
+        );
+        // Without its manifest a directory is not a backup.
+        std::fs::remove_file(local.join(crate::executor::DIRECTORY_MANIFEST)).unwrap();
+        assert!(target
+            .put_verified(&local, &object_key(1, "shop", Path::new("/x/c.dir")))
+            .is_err());
+        target.delete(&key).unwrap();
+        assert!(!copy.exists());
+    }
 
     #[test]
     fn keys_are_per_cluster_and_cannot_climb_out() {

@@ -572,6 +572,44 @@ impl S3Target {
         Ok(())
     }
 
+    /// The keys (relative to the target's prefix) that start with `prefix`.
+    pub fn list(&self, prefix: &str) -> Result<Vec<String>, RemoteError> {
+        let base = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let full = format!("{base}{prefix}");
+        let path = format!("/{}", self.bucket);
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut query: Vec<(&str, &str)> = vec![("list-type", "2"), ("prefix", &full)];
+            if let Some(t) = &token {
+                query.push(("continuation-token", t));
+            }
+            let r = self.call("GET", &path, &query, &[], b"")?;
+            let text = r
+                .into_string()
+                .map_err(|e| RemoteError::Http(format!("GET {path}?list-type=2: {e}")))?;
+            let mut rest = text.as_str();
+            while let Some(k) = xml_value(rest, "Key") {
+                if let Some(relative) = k.strip_prefix(&base) {
+                    keys.push(relative.to_owned());
+                }
+                let end = rest.find("</Key>").map(|i| i + 6).unwrap_or(rest.len());
+                rest = &rest[end..];
+            }
+            token = match xml_value(&text, "IsTruncated") {
+                Some("true") => xml_value(&text, "NextContinuationToken").map(str::to_owned),
+                _ => None,
+            };
+            if token.is_none() {
+                return Ok(keys);
+            }
+        }
+    }
+
     /// Removes an object (retention); one already gone is fine.
     pub fn delete(&self, key: &str) -> Result<(), RemoteError> {
         let path = self.object_path(key);

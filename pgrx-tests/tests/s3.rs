@@ -200,3 +200,85 @@ fn backups_reach_object_storage_verified_and_no_secret_leaks() {
         .iter()
         .all(|n| !n.contains(SECRET) && !n.contains(WRONG)));
 }
+
+/// A directory-format backup goes up file by file under its key, each file verified, and
+/// retention removes all of them.
+#[test]
+fn directory_backups_are_copied_file_by_file() {
+    let s3 = S3Server::start();
+    let cluster = Cluster::start_with_backups(&[]);
+    let key_file = cluster.dir().join("s3.key");
+    cluster.write_private_file(&key_file, &format!("S3RVER:{SECRET}\n"));
+    let mut db = cluster.connect("postgres");
+    db.batch_execute("CREATE DATABASE appdb").unwrap();
+    cluster
+        .connect("appdb")
+        .batch_execute(
+            "CREATE TABLE a AS SELECT generate_series(1, 50000) g; CREATE TABLE b AS SELECT 1 x",
+        )
+        .unwrap();
+    db.batch_execute(
+        "CREATE EXTENSION backup_mgmt;
+         SELECT backup_mgmt.schedule_backup('dir', '@yearly', 'appdb', 'full', 'pg_dump_directory');
+         SELECT backup_mgmt.run_job_now('dir');
+         INSERT INTO backup_management.retention_policies
+             (policy_name, keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly)
+         VALUES ('nothing', NULL, 0, 0, 0, 0);",
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO backup_management.remote_backup_configs
+             (config_name, database_name, remote_type, remote_endpoint, remote_path, credentials_ref, options)
+         VALUES ('bucket', 'appdb', 's3', $1, 'dirs', $2, '{\"create_bucket\": true}')",
+        &[&s3.endpoint(), &format!("file:{}", key_file.display())],
+    )
+    .unwrap();
+    let ok = Cluster::wait_for(Duration::from_secs(120), || {
+        db.query_one(
+            "SELECT count(*) FROM backup_management.backup_records WHERE label = 'dir' AND status = 'completed'",
+            &[],
+        )
+        .map(|r| r.get::<_, i64>(0) == 1)
+        .unwrap_or(false)
+    });
+    assert!(ok, "no directory backup\n{}", cluster.log());
+    assert_eq!(
+        sync_and_wait(&cluster, &mut db, "bucket"),
+        "completed",
+        "{}",
+        cluster.log()
+    );
+    let (local, key, sha, checksum): (String, String, String, String) = db
+        .query_one(
+            "SELECT b.backup_file_path, x.remote_file_path, x.remote_checksum, b.checksum
+               FROM backup_management.remote_backup_records x JOIN backup_management.backup_records b USING (backup_id)
+              WHERE x.sync_status = 'completed'",
+            &[],
+        )
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .unwrap();
+    assert_eq!(sha, checksum, "the copy's sha256 is the manifest's");
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(&local)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(files.len() >= 3, "{files:?}");
+    for f in &files {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        let stored = s3.object_file("dirs", &format!("{key}/{name}"));
+        assert_eq!(sha256sum(&stored), sha256sum(f), "{name}");
+    }
+    db.query(
+        "SELECT * FROM backup_mgmt.apply_retention('dir', 'nothing')",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(sync_and_wait(&cluster, &mut db, "bucket"), "completed");
+    for f in &files {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            !s3.object_file("dirs", &format!("{key}/{name}")).exists(),
+            "{name} left in the bucket"
+        );
+    }
+}

@@ -1092,6 +1092,40 @@ mod tests {
         let gaps = Spi::get_one::<i64>("SELECT count(*) FROM backup_mgmt.wal_gaps").unwrap();
         assert_eq!(gaps, Some(0));
     }
+
+    /// The native page checksum agrees with PostgreSQL's own (pageinspect's page_checksum) on
+    /// real heap pages, at their own and at other block numbers.
+    #[pg_test]
+    fn page_checksums_agree_with_postgres() {
+        Spi::run("CREATE EXTENSION IF NOT EXISTS pageinspect").unwrap();
+        Spi::run("CREATE TABLE pc AS SELECT g, md5(g::text) AS m FROM generate_series(1, 3000) g")
+            .unwrap();
+        for block in 0..4i64 {
+            let raw = Spi::get_one_with_args::<Vec<u8>>(
+                "SELECT get_raw_page('pc', $1::int8)",
+                &[block.into()],
+            )
+            .unwrap()
+            .unwrap();
+            let page: [u8; crate::pagecheck::BLCKSZ] = raw.try_into().unwrap();
+            for at in [
+                block,
+                7,
+                i64::from(crate::pagecheck::BLOCKS_PER_SEGMENT) + block,
+            ] {
+                let theirs = Spi::get_one_with_args::<i16>(
+                    "SELECT page_checksum(get_raw_page('pc', $1::int8), $2::int4)",
+                    &[block.into(), (at as i32).into()],
+                )
+                .unwrap()
+                .unwrap();
+                assert_eq!(
+                    crate::pagecheck::page_checksum(&page, at as u32) as i16,
+                    theirs
+                );
+            }
+        }
+    }
 }
 
 /// The backup root of the pg_test cluster (see `pg_test::postgresql_conf_options`).

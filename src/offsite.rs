@@ -298,8 +298,13 @@ fn target_of(
                 .get("part_size_mb")
                 .and_then(|v| v.as_u64())
                 .map(|mb| (mb as usize) << 20);
-            let mut t = crate::s3::S3Target::new(endpoint, path, region, credentials, part_size)
-                .map_err(|e| e.to_string())?;
+            let ca_file = options
+                .get("ca_file")
+                .and_then(|v| v.as_str())
+                .map(std::path::Path::new);
+            let mut t =
+                crate::s3::S3Target::new(endpoint, path, region, credentials, part_size, ca_file)
+                    .map_err(|e| e.to_string())?;
             t.create_bucket = options.get("create_bucket").and_then(|v| v.as_bool()) == Some(true);
             Ok(Target::S3(t))
         }

@@ -82,6 +82,27 @@ pub fn resolve_credentials(reference: &str) -> Result<(String, Secret), RemoteEr
     Ok((id.to_owned(), Secret(secret.to_owned())))
 }
 
+/// TLS that trusts only the certificates in `ca_file` (PEM): for an object store behind a
+/// private CA, or with a self-signed certificate.
+fn tls_with_ca(ca_file: &Path) -> Result<rustls::ClientConfig, RemoteError> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let fail = |why: String| RemoteError::Config(format!("ca_file {}: {why}", ca_file.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| fail(e.to_string()))? {
+        let cert = cert.map_err(|e| fail(e.to_string()))?;
+        roots.add(cert).map_err(|e| fail(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(fail("no certificate in it".into()));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// An S3 bucket (and key prefix) behind an endpoint.
 pub struct S3Target {
     /// `http://host:port` or `https://host`, no path.
@@ -230,6 +251,7 @@ impl S3Target {
         region: &str,
         credentials_ref: &str,
         part_size: Option<usize>,
+        ca_file: Option<&Path>,
     ) -> Result<S3Target, RemoteError> {
         if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
             return Err(RemoteError::Config(format!(
@@ -244,11 +266,14 @@ impl S3Target {
             ));
         }
         let (access_key, secret) = resolve_credentials(credentials_ref)?;
-        let agent = ureq::AgentBuilder::new()
+        let mut builder = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(30))
             .timeout_read(Duration::from_secs(300))
-            .timeout_write(Duration::from_secs(300))
-            .build();
+            .timeout_write(Duration::from_secs(300));
+        if let Some(ca) = ca_file {
+            builder = builder.tls_config(std::sync::Arc::new(tls_with_ca(ca)?));
+        }
+        let agent = builder.build();
         Ok(S3Target {
             endpoint: endpoint.trim_end_matches('/').to_owned(),
             bucket: bucket.to_owned(),

@@ -13,6 +13,7 @@ use crate::cluster::Cluster;
 pub struct S3Server {
     child: Child,
     pub port: u16,
+    tls: bool,
     /// Where s3rver keeps the buckets: `<dir>/<bucket>/<key>._S3rver_object`.
     pub dir: tempfile::TempDir,
 }
@@ -29,14 +30,27 @@ pub fn program() -> PathBuf {
 
 impl S3Server {
     pub fn start() -> S3Server {
+        S3Server::start_with(None)
+    }
+
+    /// Serving HTTPS with this certificate and key (PEM files).
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> S3Server {
+        S3Server::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(&std::path::Path, &std::path::Path)>) -> S3Server {
         let dir = tempfile::Builder::new()
             .prefix("bm-s3-")
             .tempdir_in("/tmp")
             .expect("temp dir");
         let port = crate::cluster::free_port();
-        let child = Command::new(program())
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "--silent", "-d"])
-            .arg(dir.path())
+        let mut cmd = Command::new(program());
+        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "--silent", "-d"])
+            .arg(dir.path());
+        if let Some((cert, key)) = tls {
+            cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -51,11 +65,17 @@ impl S3Server {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
         assert!(up, "s3rver did not start on port {port}");
-        S3Server { child, port, dir }
+        S3Server {
+            child,
+            port,
+            tls: tls.is_some(),
+            dir,
+        }
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The stored object for `key` in `bucket`, as s3rver lays it out on disk.

@@ -282,3 +282,121 @@ fn directory_backups_are_copied_file_by_file() {
         );
     }
 }
+
+/// HTTPS with a self-signed certificate: trusted through the target's `ca_file`, refused
+/// without it.
+#[test]
+fn https_with_a_private_ca() {
+    // A private CA and a server certificate it signed, for 127.0.0.1.
+    let certs = tempfile::tempdir().unwrap();
+    let d = certs.path();
+    let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
+    std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    let openssl = |args: &[&str]| {
+        let ok = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(d)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "openssl {args:?}");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=backup_mgmt test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "server.csr",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "cert.pem",
+    ]);
+    let s3 = S3Server::start_tls(&cert, &key);
+    assert!(s3.endpoint().starts_with("https://"));
+    let cluster = Cluster::start_with_backups(&[]);
+    let key_file = cluster.dir().join("s3.key");
+    cluster.write_private_file(&key_file, &format!("S3RVER:{SECRET}\n"));
+    let ca = cluster.dir().join("ca.pem");
+    cluster.write_private_file(&ca, &std::fs::read_to_string(d.join("ca.pem")).unwrap());
+    let mut db = cluster.connect("postgres");
+    db.batch_execute("CREATE DATABASE appdb").unwrap();
+    db.batch_execute(
+        "CREATE EXTENSION backup_mgmt;
+         SELECT backup_mgmt.schedule_backup('nightly', '@yearly', 'appdb');
+         SELECT backup_mgmt.run_job_now('nightly');",
+    )
+    .unwrap();
+    let options = format!(
+        "{{\"create_bucket\": true, \"ca_file\": \"{}\"}}",
+        ca.display()
+    );
+    db.execute(
+        "INSERT INTO backup_management.remote_backup_configs
+             (config_name, database_name, remote_type, remote_endpoint, remote_path, credentials_ref, options)
+         VALUES ('trusted', 'appdb', 's3', $1, 'tls/a', $2, $3::text::jsonb),
+                ('untrusted', 'appdb', 's3', $1, 'tls/b', $2, '{\"create_bucket\": true}')",
+        &[&s3.endpoint(), &format!("file:{}", key_file.display()), &options],
+    )
+    .unwrap();
+    let ok = Cluster::wait_for(Duration::from_secs(120), || {
+        db.query_one(
+            "SELECT count(*) FROM backup_management.backup_records WHERE label = 'nightly' AND status = 'completed'",
+            &[],
+        )
+        .map(|r| r.get::<_, i64>(0) == 1)
+        .unwrap_or(false)
+    });
+    assert!(ok, "no backup\n{}", cluster.log());
+    assert_eq!(
+        sync_and_wait(&cluster, &mut db, "trusted"),
+        "completed",
+        "{}",
+        cluster.log()
+    );
+    assert_eq!(sync_and_wait(&cluster, &mut db, "untrusted"), "failed");
+    let error: String = db
+        .query_one(
+            "SELECT x.error_message FROM backup_management.remote_backup_records x
+               JOIN backup_management.remote_backup_configs c USING (config_id)
+              WHERE c.config_name = 'untrusted' LIMIT 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(error.to_lowercase().contains("certificate"), "{error}");
+}

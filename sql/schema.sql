@@ -491,6 +491,9 @@ CREATE TABLE backup_management.wal_archive (
     archived_at       timestamptz NOT NULL,
     ingested_at       timestamptz NOT NULL DEFAULT now(),
     expired_at        timestamptz,
+    first_xact_at     timestamptz,
+    last_xact_at      timestamptz,
+    xact_scanned      boolean     NOT NULL DEFAULT false,
     PRIMARY KEY (system_identifier, file_name)
 );
 CREATE INDEX idx_wal_archive_segment ON backup_management.wal_archive (system_identifier, timeline_id, segment_number);
@@ -504,6 +507,9 @@ COMMENT ON COLUMN backup_management.wal_archive.file_size IS 'Size in bytes';
 COMMENT ON COLUMN backup_management.wal_archive.checksum IS 'sha256 of the archived copy, computed while it was written';
 COMMENT ON COLUMN backup_management.wal_archive.archived_at IS 'When the archive module made it durable';
 COMMENT ON COLUMN backup_management.wal_archive.ingested_at IS 'When the worker recorded it here';
+COMMENT ON COLUMN backup_management.wal_archive.first_xact_at IS 'Time of the first commit or abort recorded in the segment (pg_waldump), NULL when it has none or is not scanned yet';
+COMMENT ON COLUMN backup_management.wal_archive.last_xact_at IS 'Time of the last commit or abort recorded in the segment: recovery to a time needs a transaction after it in the archive';
+COMMENT ON COLUMN backup_management.wal_archive.xact_scanned IS 'Whether the worker has read the transaction times (first_xact_at, last_xact_at) of the segment yet';
 COMMENT ON COLUMN backup_management.wal_archive.expired_at IS 'When retention removed it (older than the oldest retained base backup); NULL while it is in the archive';
 
 ------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ mod security;
 mod upkeep;
 mod verification;
 mod verify;
+mod walscan;
 mod worker;
 
 #[cfg(any(test, feature = "pg_test"))]

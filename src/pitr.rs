@@ -71,6 +71,9 @@ pub struct Segment {
     pub sha256: String,
     /// For a time target: archived at or after it (so it was finished at or after it).
     pub archived_after_target: bool,
+    /// For a time target, once the worker has read the segment's transaction times: whether a
+    /// transaction ended in it after the target (where recovery stops).
+    pub xact_after_target: Option<bool>,
 }
 
 /// Which archived WAL a recovery needs, and what of it is missing.
@@ -82,6 +85,9 @@ pub struct WalNeed {
     pub missing: Vec<i64>,
     /// The last segment needed, when the archive reaches the target at all.
     pub last: Option<i64>,
+    /// For a time target with no last segment: every archived segment from the backup's end on
+    /// has been read and none has a transaction after the target.
+    pub no_later_transaction: bool,
 }
 
 /// The segments from `start` (the backup's first) to the one that covers the target: for a
@@ -95,14 +101,22 @@ pub fn wal_needed(
     target_segment: Option<i64>,
     archived: &[Segment],
 ) -> WalNeed {
+    // A segment with a transaction after the target holds recovery's stopping point; before
+    // the worker has read a segment, one archived after the target may hold it.
+    let covers = |s: &Segment| s.xact_after_target.unwrap_or(s.archived_after_target);
     let last = match target_segment {
         Some(t) => Some(t.max(stop)),
         None => archived
             .iter()
-            .filter(|s| s.number >= stop && s.archived_after_target)
+            .filter(|s| s.number >= stop && covers(s))
             .map(|s| s.number)
             .min(),
     };
+    let later: Vec<&Segment> = archived.iter().filter(|s| s.number >= stop).collect();
+    let no_later_transaction = target_segment.is_none()
+        && last.is_none()
+        && !later.is_empty()
+        && later.iter().all(|s| s.xact_after_target == Some(false));
     let upto = last.unwrap_or_else(|| {
         archived
             .iter()
@@ -123,6 +137,7 @@ pub fn wal_needed(
         needed,
         missing,
         last,
+        no_later_transaction,
     }
 }
 
@@ -360,7 +375,8 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
         let rows = c.select(
             "SELECT segment_number, file_name, checksum, \
                     coalesce(archived_at >= $4, false), file_path, \
-                    regexp_replace(file_path, '^.*/', '') \
+                    regexp_replace(file_path, '^.*/', ''), \
+                    CASE WHEN xact_scanned THEN coalesce(last_xact_at > $4, false) END \
                FROM backup_management.wal_archive \
               WHERE system_identifier = $1 AND timeline_id = $2 AND segment_number >= $3 \
                 AND expired_at IS NULL \
@@ -389,6 +405,7 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
                 file: r.get(6)?.unwrap_or_default(),
                 sha256: r.get(3)?.unwrap_or_default(),
                 archived_after_target: r.get(4)?.unwrap_or(false),
+                xact_after_target: r.get(7)?,
             });
         }
         let need = wal_needed(start_seg, stop_seg, target_seg, &archived);
@@ -407,6 +424,8 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
                 missing.len(),
                 missing[0]
             )
+        } else if need.no_later_transaction {
+            "no transaction committed or aborted after the target in the archived WAL: recovery would end before reaching it (choose an earlier target, or wait until a later transaction is archived)".into()
         } else if need.last.is_none() {
             "the archive has no WAL from after the target yet (wait for the next segment to be archived, or call pg_switch_wal())".into()
         } else {
@@ -537,6 +556,7 @@ mod unit {
             file: segment_file_name(1, number, 16 << 20),
             sha256: format!("{number:064x}"),
             archived_after_target: after,
+            xact_after_target: None,
         }
     }
 
@@ -559,6 +579,22 @@ mod unit {
         assert_eq!(wal_needed(3, 4, None, &early).last, None);
         // A target beyond the archive: the segments after it are missing.
         assert_eq!(wal_needed(3, 4, Some(11), &archived).missing, vec![10, 11]);
+        // Once transaction times are known they decide: segment 8 holds the first transaction
+        // after the target, although 7 was archived after it.
+        let mut scanned = archived.clone();
+        for s in scanned.iter_mut() {
+            s.xact_after_target = Some(s.number >= 8);
+        }
+        assert_eq!(wal_needed(3, 4, None, &scanned).last, Some(8));
+        // Archived after the target, but no transaction after it anywhere: not reachable, and
+        // said so.
+        for s in scanned.iter_mut() {
+            s.xact_after_target = Some(false);
+        }
+        let none = wal_needed(3, 4, None, &scanned);
+        assert_eq!(none.last, None);
+        assert!(none.no_later_transaction);
+        assert!(!wal_needed(3, 4, None, &early).no_later_transaction);
     }
 
     #[test]
@@ -622,6 +658,7 @@ mod unit {
                 name,
                 file,
                 archived_after_target: true,
+                xact_after_target: None,
             });
         }
         let input = RecipeInput {

@@ -113,6 +113,8 @@ struct Scheduler {
     /// Archived WAL, from the archive module's manifests into the catalog.
     wal: crate::archive::Ingest,
     offsite: crate::offsite::Offsite,
+    /// Transaction times of archived WAL, for recovery planning.
+    walscan: crate::walscan::WalScan,
 }
 
 /// A drill job's execution, run by a dynamic background worker.
@@ -306,6 +308,7 @@ impl Scheduler {
             self.upkeep.tick();
             self.wal.tick();
             self.offsite.tick();
+            self.walscan.tick();
         }
         match self.start_due_jobs() {
             Some(until_next) if self.running.is_empty() && self.drills.is_empty() => until_next,
@@ -566,6 +569,7 @@ impl Scheduler {
     fn shut_down(&mut self) {
         self.upkeep.abandon();
         self.offsite.abandon();
+        self.walscan.abandon();
         for run in &mut self.running {
             run.stopped = Some("the server is shutting down".into());
             run.handle.progress.cancel(libc::SIGTERM);

@@ -146,6 +146,36 @@ fn recipe_restores_to_the_target_time_without_the_catalog() {
         .unwrap()
         .get(0);
     assert!(stored.ends_with(".zst"), "{stored}");
+    // The worker reads every archived segment's transaction times; the plan then ends at the
+    // segment holding the first transaction after T, where recovery will stop.
+    let scanned = Cluster::wait_for(Duration::from_secs(60), || {
+        db.query_one(
+            "SELECT bool_and(xact_scanned) FROM backup_management.wal_archive WHERE segment_number IS NOT NULL",
+            &[],
+        )
+        .map(|r| r.get::<_, Option<bool>>(0) == Some(true))
+        .unwrap_or(false)
+    });
+    assert!(scanned, "archived WAL not scanned\n{}", cluster.log());
+    let (stop_file, in_window): (String, bool) = db
+        .query_one(
+            "SELECT file_name, last_xact_at BETWEEN $1::text::timestamptz AND now()
+               FROM backup_management.wal_archive
+              WHERE last_xact_at > $1::text::timestamptz ORDER BY segment_number LIMIT 1",
+            &[&target],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert!(in_window);
+    let planned_last: Option<String> = db
+        .query_one(
+            "SELECT last_wal_file FROM backup_mgmt.plan_recovery($1::text::timestamptz)",
+            &[&target],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(planned_last, Some(stop_file));
+
     // The LSN variant plans to the current position the same way.
     let lsn_plan: (bool, Option<i64>) = db
         .query_one(

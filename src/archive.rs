@@ -177,6 +177,9 @@ thread_local! {
     static BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// zstd worker threads for compressed archiving.
+const ZSTD_WORKERS: u32 = 2;
+
 /// Buffers in flight: one being read, one being written, one being hashed.
 const BUFFERS_IN_FLIGHT: usize = 3;
 
@@ -333,6 +336,12 @@ fn copy_compressing(
     };
     let werr = io_err("could not write", temp);
     let mut encoder = zstd::stream::write::Encoder::new(sink, level).map_err(werr)?;
+    // zstd's own worker threads compress while this thread reads and writes (a 16 MB segment
+    // is split into jobs).  zstd starts them on the first write and ends them when the encoder
+    // is dropped, so the caller runs all of this with the archiver's signals blocked.
+    encoder
+        .multithread(ZSTD_WORKERS)
+        .map_err(io_err("could not start zstd workers for", temp))?;
     let mut buf = BUFFERS
         .with(|b| b.borrow_mut().pop())
         .unwrap_or_else(|| vec![0u8; CHUNK]);
@@ -374,8 +383,9 @@ pub(crate) fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usi
     Ok(n)
 }
 
-/// Runs `f` (which starts a thread) with every signal blocked, so that the new thread starts
-/// with them blocked: PostgreSQL's handlers must only ever run on the archiver's own thread.
+/// Runs `f` (which starts threads) with every signal blocked, so that new threads start with
+/// them blocked: PostgreSQL's handlers must only ever run on the archiver's own thread.  Signals
+/// that arrive meanwhile wait until `f` returns.
 fn with_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
     // SAFETY: plain libc calls on local, initialised signal sets.
     unsafe {
@@ -460,9 +470,9 @@ pub fn archive_file(
         };
         let (size, sha256) = match stored {
             Stored::Plain => copy_hashing(&mut input, &mut out, source, &temp, &check_head)?,
-            Stored::Zstd(level) => {
-                copy_compressing(&mut input, &mut out, source, &temp, level, &check_head)?
-            }
+            Stored::Zstd(level) => with_signals_blocked(|| {
+                copy_compressing(&mut input, &mut out, source, &temp, level, &check_head)
+            })?,
         };
         out.sync_all().map_err(io_err("could not fsync", &temp))?;
         // link(2), not rename(2): it fails if the name appeared meanwhile, so nothing is ever

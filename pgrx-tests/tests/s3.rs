@@ -4,6 +4,7 @@
 //! table, a log line or a NOTIFY payload.  (s3rver checks the access key id but not the V4
 //! signature itself; the signing code is checked against AWS's published example in s3.rs.)
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use backup_mgmt_e2e::cluster::{sha256sum, Cluster};
@@ -33,23 +34,40 @@ fn sync_and_wait(cluster: &Cluster, db: &mut postgres::Client, config: &str) -> 
     status
 }
 
-#[test]
-fn backups_reach_object_storage_verified_and_no_secret_leaks() {
-    let s3 = S3Server::start();
+/// A cluster with an `appdb` (made by `appdb_sql`), and a credentials file for s3rver's key.
+fn cluster_with_appdb(appdb_sql: &str) -> (Cluster, postgres::Client, PathBuf) {
     let cluster = Cluster::start_with_backups(&[]);
     let key_file = cluster.dir().join("s3.key");
     cluster.write_private_file(&key_file, &format!("S3RVER:{SECRET}\n"));
-    let bad_file = cluster.dir().join("bad.key");
-    cluster.write_private_file(&bad_file, &format!("NOSUCHKEY:{WRONG}\n"));
-
     let mut db = cluster.connect("postgres");
     db.batch_execute("CREATE DATABASE appdb").unwrap();
-    cluster
-        .connect("appdb")
-        .batch_execute(
-            "CREATE TABLE t AS SELECT g, md5(g::text) || md5((g * 7)::text) AS pad FROM generate_series(1, 150000) g",
+    if !appdb_sql.is_empty() {
+        cluster.connect("appdb").batch_execute(appdb_sql).unwrap();
+    }
+    (cluster, db, key_file)
+}
+
+/// Waits until job `label` has `n` completed backups.
+fn wait_completed(cluster: &Cluster, db: &mut postgres::Client, label: &str, n: i64) {
+    let ok = Cluster::wait_for(Duration::from_secs(120), || {
+        db.query_one(
+            "SELECT count(*) FROM backup_management.backup_records WHERE label = $1 AND status = 'completed'",
+            &[&label],
         )
-        .unwrap();
+        .map(|r| r.get::<_, i64>(0) >= n)
+        .unwrap_or(false)
+    });
+    assert!(ok, "{label}: {n} backups not taken\n{}", cluster.log());
+}
+
+#[test]
+fn backups_reach_object_storage_verified_and_no_secret_leaks() {
+    let s3 = S3Server::start();
+    let (cluster, mut db, key_file) = cluster_with_appdb(
+        "CREATE TABLE t AS SELECT g, md5(g::text) || md5((g * 7)::text) AS pad FROM generate_series(1, 150000) g",
+    );
+    let bad_file = cluster.dir().join("bad.key");
+    cluster.write_private_file(&bad_file, &format!("NOSUCHKEY:{WRONG}\n"));
     let mut listener = cluster.connect("postgres");
     listener.batch_execute("LISTEN backup_mgmt").unwrap();
     db.batch_execute(
@@ -77,15 +95,7 @@ fn backups_reach_object_storage_verified_and_no_secret_leaks() {
     for n in 1..=2i64 {
         db.execute("SELECT backup_mgmt.run_job_now('nightly')", &[])
             .unwrap();
-        let ok = Cluster::wait_for(Duration::from_secs(120), || {
-            db.query_one(
-                "SELECT count(*) FROM backup_management.backup_records WHERE label = 'nightly' AND status = 'completed'",
-                &[],
-            )
-            .map(|r| r.get::<_, i64>(0) >= n)
-            .unwrap_or(false)
-        });
-        assert!(ok, "backup {n}\n{}", cluster.log());
+        wait_completed(&cluster, &mut db, "nightly", n);
     }
     let backups: Vec<(i64, i64, String, String)> = db
         .query(
@@ -206,17 +216,9 @@ fn backups_reach_object_storage_verified_and_no_secret_leaks() {
 #[test]
 fn directory_backups_are_copied_file_by_file() {
     let s3 = S3Server::start();
-    let cluster = Cluster::start_with_backups(&[]);
-    let key_file = cluster.dir().join("s3.key");
-    cluster.write_private_file(&key_file, &format!("S3RVER:{SECRET}\n"));
-    let mut db = cluster.connect("postgres");
-    db.batch_execute("CREATE DATABASE appdb").unwrap();
-    cluster
-        .connect("appdb")
-        .batch_execute(
-            "CREATE TABLE a AS SELECT generate_series(1, 50000) g; CREATE TABLE b AS SELECT 1 x",
-        )
-        .unwrap();
+    let (cluster, mut db, key_file) = cluster_with_appdb(
+        "CREATE TABLE a AS SELECT generate_series(1, 50000) g; CREATE TABLE b AS SELECT 1 x",
+    );
     db.batch_execute(
         "CREATE EXTENSION backup_mgmt;
          SELECT backup_mgmt.schedule_backup('dir', '@yearly', 'appdb', 'full', 'pg_dump_directory');
@@ -233,15 +235,7 @@ fn directory_backups_are_copied_file_by_file() {
         &[&s3.endpoint(), &format!("file:{}", key_file.display())],
     )
     .unwrap();
-    let ok = Cluster::wait_for(Duration::from_secs(120), || {
-        db.query_one(
-            "SELECT count(*) FROM backup_management.backup_records WHERE label = 'dir' AND status = 'completed'",
-            &[],
-        )
-        .map(|r| r.get::<_, i64>(0) == 1)
-        .unwrap_or(false)
-    });
-    assert!(ok, "no directory backup\n{}", cluster.log());
+    wait_completed(&cluster, &mut db, "dir", 1);
     assert_eq!(
         sync_and_wait(&cluster, &mut db, "bucket"),
         "completed",
@@ -348,13 +342,9 @@ fn https_with_a_private_ca() {
     ]);
     let s3 = S3Server::start_tls(&cert, &key);
     assert!(s3.endpoint().starts_with("https://"));
-    let cluster = Cluster::start_with_backups(&[]);
-    let key_file = cluster.dir().join("s3.key");
-    cluster.write_private_file(&key_file, &format!("S3RVER:{SECRET}\n"));
+    let (cluster, mut db, key_file) = cluster_with_appdb("");
     let ca = cluster.dir().join("ca.pem");
     cluster.write_private_file(&ca, &std::fs::read_to_string(d.join("ca.pem")).unwrap());
-    let mut db = cluster.connect("postgres");
-    db.batch_execute("CREATE DATABASE appdb").unwrap();
     db.batch_execute(
         "CREATE EXTENSION backup_mgmt;
          SELECT backup_mgmt.schedule_backup('nightly', '@yearly', 'appdb');
@@ -373,15 +363,7 @@ fn https_with_a_private_ca() {
         &[&s3.endpoint(), &format!("file:{}", key_file.display()), &options],
     )
     .unwrap();
-    let ok = Cluster::wait_for(Duration::from_secs(120), || {
-        db.query_one(
-            "SELECT count(*) FROM backup_management.backup_records WHERE label = 'nightly' AND status = 'completed'",
-            &[],
-        )
-        .map(|r| r.get::<_, i64>(0) == 1)
-        .unwrap_or(false)
-    });
-    assert!(ok, "no backup\n{}", cluster.log());
+    wait_completed(&cluster, &mut db, "nightly", 1);
     assert_eq!(
         sync_and_wait(&cluster, &mut db, "trusted"),
         "completed",

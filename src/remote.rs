@@ -67,19 +67,17 @@ pub struct Copied {
     pub sha256: String,
 }
 
-/// Opens a local backup for reading: no symlink at the end, no FIFO or device (checked on the
-/// open descriptor).
+/// Opens a local backup for reading with verification's own opener (no symlink at the end, no
+/// FIFO or device: checked on the open descriptor).
 pub(crate) fn open_backup(path: &Path) -> Result<File, RemoteError> {
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(io_err("could not open", path))?;
-    let m = f.metadata().map_err(io_err("could not stat", path))?;
-    if !m.is_file() {
-        return Err(RemoteError::NotAFile(path.to_owned()));
-    }
-    Ok(f)
+    crate::verify::open_regular(path).map_err(|(reason, why)| match reason {
+        crate::verify::Reason::NotRegularFile => RemoteError::NotAFile(path.to_owned()),
+        _ => RemoteError::Io {
+            action: "could not open",
+            path: path.to_owned(),
+            source: io::Error::other(why),
+        },
+    })
 }
 
 /// A filesystem target: a directory (inside the backup roots).

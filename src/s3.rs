@@ -12,9 +12,8 @@
 //! user) as `ACCESS_KEY_ID:SECRET_ACCESS_KEY`; the secret lives in a type without `Debug` or
 //! `Display`, and is only ever used as an HMAC key.
 
-use std::fs::OpenOptions;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -47,17 +46,10 @@ pub fn resolve_credentials(reference: &str) -> Result<(String, Secret), RemoteEr
     let text = if let Some(name) = reference.strip_prefix("env:") {
         std::env::var(name).map_err(|_| fail("the server's environment has no such variable"))?
     } else if let Some(path) = reference.strip_prefix("file:") {
-        let f = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|e| fail(&format!("could not open: {e}")))?;
+        let f = crate::verify::open_regular(Path::new(path)).map_err(|(_, why)| fail(&why))?;
         let m = f
             .metadata()
             .map_err(|e| fail(&format!("could not stat: {e}")))?;
-        if !m.is_file() {
-            return Err(fail("not a regular file"));
-        }
         // SAFETY: geteuid has no preconditions.
         if m.uid() != unsafe { libc::geteuid() } {
             return Err(fail("not owned by the server's operating-system user"));

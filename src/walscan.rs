@@ -140,7 +140,8 @@ fn scan(
         };
         let ok = (|| -> std::io::Result<()> {
             std::fs::create_dir_all(scratch)?;
-            let mut input = crate::remote::open_backup(path).map_err(std::io::Error::other)?;
+            let mut input =
+                crate::verify::open_regular(path).map_err(|(_, why)| std::io::Error::other(why))?;
             let mut out = std::fs::File::create(scratch.join(name))?;
             zstd::stream::copy_decode(&mut input, &mut out)
         })();

@@ -842,18 +842,14 @@ pub struct ManifestLine {
 pub struct Ingest {
     /// Bytes of each manifest already ingested.
     offsets: std::collections::HashMap<PathBuf, u64>,
-    last: Option<std::time::Instant>,
+    last: crate::worker::Throttle,
 }
 
 impl Ingest {
     pub fn tick(&mut self) {
-        if self
-            .last
-            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(5))
-        {
+        if !self.last.ready(std::time::Duration::from_secs(5)) {
             return;
         }
-        self.last = Some(std::time::Instant::now());
         let Ok(roots) = crate::guc::backup_roots() else {
             return;
         };

@@ -7,14 +7,14 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use pgrx::prelude::*;
 
 use crate::remote::{self, Copied, FilesystemTarget, Target};
 use crate::schedule::{from_timestamptz, CronSchedule};
-use crate::worker::{in_transaction, spi, Helper};
+use crate::worker::{in_transaction, spi, Helper, Throttle};
 
 /// How often due targets are looked for.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -60,7 +60,7 @@ struct InFlight {
 #[derive(Default)]
 pub struct Offsite {
     in_flight: Option<InFlight>,
-    last_check: Option<Instant>,
+    last_check: Throttle,
 }
 
 /// Copies `item` to `target` and checks it where it landed; `ATTEMPTS` tries with doubling
@@ -102,17 +102,15 @@ fn copy_one(target: &Target, item: &Item, stop: &AtomicBool) -> Vec<Attempt> {
 
 impl Offsite {
     pub fn tick(&mut self) {
-        if let Some(job) = self.in_flight.take() {
-            if !job.helper.is_finished() {
-                self.in_flight = Some(job);
-                return;
-            }
+        if let Some(job) = self.in_flight.take_if(|j| j.helper.is_finished()) {
             finish(job);
         }
-        if self.last_check.is_some_and(|t| t.elapsed() < CHECK_EVERY) {
+        if self.in_flight.is_some() {
             return;
         }
-        self.last_check = Some(Instant::now());
+        if !self.last_check.ready(CHECK_EVERY) {
+            return;
+        }
         let Some((config_id, name, target, items, expiries)) = next_due() else {
             return;
         };

@@ -19,7 +19,7 @@ use pgrx::prelude::*;
 use crate::guc;
 use crate::verification::{self, Target};
 use crate::verify::{self, Reason, Report};
-use crate::worker::{in_transaction, spi, Helper};
+use crate::worker::{in_transaction, spi, Helper, Throttle};
 
 /// How often the catalog is searched for work when none was found.
 const SEARCH_EVERY: Duration = Duration::from_secs(10);
@@ -42,23 +42,21 @@ struct InFlight {
 #[derive(Default)]
 pub struct Upkeep {
     in_flight: Option<InFlight>,
-    last_search: Option<Instant>,
+    last_search: Throttle,
 }
 
 impl Upkeep {
     /// Records a finished verification, or starts the next one.  Cheap when there is nothing to do.
     pub fn tick(&mut self) {
-        if let Some(job) = self.in_flight.take() {
-            if !job.helper.is_finished() {
-                self.in_flight = Some(job);
-                return;
-            }
+        if let Some(job) = self.in_flight.take_if(|j| j.helper.is_finished()) {
             finish(job);
         }
-        if self.last_search.is_some_and(|t| t.elapsed() < SEARCH_EVERY) {
+        if self.in_flight.is_some() {
             return;
         }
-        self.last_search = Some(Instant::now());
+        if !self.last_search.ready(SEARCH_EVERY) {
+            return;
+        }
         let Some((target, kind)) = next_candidate() else {
             return;
         };

@@ -6,11 +6,11 @@
 //! stops with "recovery ended before configured recovery target was reached").
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgrx::prelude::*;
 
-use crate::worker::{in_transaction, spi, Helper};
+use crate::worker::{in_transaction, spi, Helper, Throttle};
 
 /// How often unscanned segments are looked for when none was found.
 const SEARCH_EVERY: Duration = Duration::from_secs(2);
@@ -56,24 +56,22 @@ struct Scanned {
 #[derive(Default)]
 pub struct WalScan {
     in_flight: Option<Helper<Vec<Scanned>>>,
-    last_search: Option<Instant>,
+    last_search: Throttle,
 }
 
 impl WalScan {
     pub fn tick(&mut self) {
-        if let Some(h) = self.in_flight.take() {
-            if !h.is_finished() {
-                self.in_flight = Some(h);
-                return;
-            }
+        if let Some(h) = self.in_flight.take_if(|h| h.is_finished()) {
             if let Some(scanned) = h.join() {
                 record(&scanned);
             }
         }
-        if self.last_search.is_some_and(|t| t.elapsed() < SEARCH_EVERY) {
+        if self.in_flight.is_some() {
             return;
         }
-        self.last_search = Some(Instant::now());
+        if !self.last_search.ready(SEARCH_EVERY) {
+            return;
+        }
         let work = in_transaction("looking for archived WAL to scan", || {
             Spi::connect(|c| {
                 let t = spi(c.select(

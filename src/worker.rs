@@ -105,7 +105,7 @@ struct Scheduler {
     recovered: bool,
     /// Jobs whose start failed, and when they may be tried again.
     backoff: HashMap<i64, Instant>,
-    last_progress: Option<Instant>,
+    last_progress: Throttle,
     /// Checksums for backups recorded without one, and periodic re-verification.
     upkeep: crate::upkeep::Upkeep,
     /// Drill jobs running in workers of their own.
@@ -201,6 +201,22 @@ pub(crate) fn wake_worker() {
     // SAFETY: kill(2) to our own pid.
     unsafe {
         libc::kill(libc::getpid(), libc::SIGUSR1);
+    }
+}
+
+/// "At most once every so often", for the worker's periodic look-ups (progress, WAL ingest,
+/// upkeep, off-site copies, WAL scan).
+#[derive(Default)]
+pub(crate) struct Throttle(Option<Instant>);
+
+impl Throttle {
+    /// Whether `every` has passed since the last time this said yes (yes the first time).
+    pub(crate) fn ready(&mut self, every: Duration) -> bool {
+        if self.0.is_some_and(|t| t.elapsed() < every) {
+            return false;
+        }
+        self.0 = Some(Instant::now());
+        true
     }
 }
 
@@ -407,14 +423,9 @@ impl Scheduler {
     }
 
     fn report_progress(&mut self) {
-        if self.running.is_empty()
-            || self
-                .last_progress
-                .is_some_and(|t| t.elapsed() < PROGRESS_EVERY)
-        {
+        if self.running.is_empty() || !self.last_progress.ready(PROGRESS_EVERY) {
             return;
         }
-        self.last_progress = Some(Instant::now());
         let updates: Vec<(i64, &'static str, i64)> = self
             .running
             .iter()

@@ -497,6 +497,8 @@ CREATE TABLE backup_management.wal_archive (
     PRIMARY KEY (system_identifier, file_name)
 );
 CREATE INDEX idx_wal_archive_segment ON backup_management.wal_archive (system_identifier, timeline_id, segment_number);
+-- The worker looks for segments to scan every 2 s; without this it would read the whole table.
+CREATE INDEX idx_wal_archive_unscanned ON backup_management.wal_archive (archived_at) WHERE NOT xact_scanned;
 COMMENT ON TABLE backup_management.wal_archive IS 'WAL segments and history files archived by the backup_mgmt archive module (archive_library), one row each';
 COMMENT ON COLUMN backup_management.wal_archive.system_identifier IS 'Cluster the file belongs to (pg_control_system())';
 COMMENT ON COLUMN backup_management.wal_archive.file_name IS 'WAL file name as PostgreSQL names it';

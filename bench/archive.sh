@@ -30,13 +30,9 @@ CONTENDERS=${CONTENDERS:-backup_mgmt pgbackrest pgbackrest-none}
 
 bash scripts/setup.sh
 source scripts/lib.sh
-if ! command -v pgbackrest >/dev/null; then
-    echo "==> installing pgbackrest (Debian) for the comparison"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbackrest >/dev/null
-fi
+comparison_tool pgbackrest
 
-echo "==> building and installing backup_mgmt (release)"
-cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
+install_release
 
 bench_dir
 mkdir -p "$DIR/backups" "$DIR/pgbackrest"

@@ -20,14 +20,10 @@ MB=${2:-500}
 
 bash scripts/setup.sh
 source scripts/lib.sh
-if ! command -v rclone >/dev/null; then
-    echo "==> installing rclone (Debian) for the comparison"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q rclone >/dev/null
-fi
+comparison_tool rclone
 S3RVER=$(pwd)/target/test-tools/node_modules/.bin/s3rver
 
-echo "==> building and installing backup_mgmt (release)"
-cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
+install_release
 
 bench_dir
 mkdir -p "$DIR/backups" "$DIR/s3"

@@ -21,8 +21,7 @@ SEED=$(readlink -f "$SEED")
 bash scripts/setup.sh
 source scripts/lib.sh
 
-echo "==> building and installing backup_mgmt (release)"
-cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
+install_release
 
 bench_dir
 PORT=55433

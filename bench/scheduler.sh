@@ -22,13 +22,9 @@ SCALE=${2:-50}
 
 bash scripts/setup.sh
 source scripts/lib.sh
-if ! command -v pgbackrest >/dev/null; then
-    echo "==> installing pgbackrest (Debian) for the comparison"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbackrest >/dev/null
-fi
+comparison_tool pgbackrest
 
-echo "==> building and installing backup_mgmt (release)"
-cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
+install_release
 
 bench_dir
 mkdir -p "$DIR/backups" "$DIR/bare" "$DIR/pgbackrest"

@@ -19,8 +19,7 @@ MB=${2:-800}
 
 bash scripts/setup.sh
 source scripts/lib.sh
-echo "==> building and installing backup_mgmt (release)"
-cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
+install_release
 
 bench_dir
 PORT=55435

@@ -35,3 +35,18 @@ bench_dir() {
     chown postgres:postgres "$DIR"
     trap 'as_pg "$BIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$DIR"' EXIT
 }
+
+# comparison_tool NAME: installs the Debian package NAME (whose program has the same name) that
+# a benchmark compares against, when it is missing.
+comparison_tool() {
+    if ! command -v "$1" >/dev/null; then
+        echo "==> installing $1 (Debian) for the comparison"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$1" >/dev/null
+    fi
+}
+
+# install_release: builds backup_mgmt in release mode and installs it into PostgreSQL.
+install_release() {
+    echo "==> building and installing backup_mgmt (release)"
+    cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
+}

@@ -306,6 +306,14 @@ mod unit {
         k
     }
 
+    /// Every reason that keeps a kept backup, newest backup first.
+    fn kept_reasons(v: &[Verdict]) -> Vec<String> {
+        v.iter()
+            .filter(|v| v.keep)
+            .flat_map(|v| v.reasons.clone())
+            .collect()
+    }
+
     fn only(policy: &Policy) -> Policy {
         Policy {
             keep_daily: 0,
@@ -344,11 +352,7 @@ mod unit {
             ..only(&Policy::default_gfs())
         };
         let v = select(&p, &history(now), now);
-        let days: Vec<String> = v
-            .iter()
-            .filter(|v| v.keep)
-            .flat_map(|v| v.reasons.clone())
-            .collect();
+        let days = kept_reasons(&v);
         // 2 March (only the 03:00 backup exists yet), 1 March, 28 February (not a leap year).
         assert_eq!(
             days,
@@ -379,11 +383,7 @@ mod unit {
             ..only(&Policy::default_gfs())
         };
         let v = select(&p, &all, now);
-        let reasons: Vec<String> = v
-            .iter()
-            .filter(|v| v.keep)
-            .flat_map(|v| v.reasons.clone())
-            .collect();
+        let reasons = kept_reasons(&v);
         assert!(
             reasons.contains(&"monthly 2026-01".to_owned()),
             "{reasons:?}"
@@ -407,11 +407,7 @@ mod unit {
             ..only(&Policy::default_gfs())
         };
         let v = select(&p, &history(now), now);
-        let reasons: Vec<String> = v
-            .iter()
-            .filter(|v| v.keep)
-            .flat_map(|v| v.reasons.clone())
-            .collect();
+        let reasons = kept_reasons(&v);
         assert_eq!(reasons, vec!["weekly 2026-W01", "weekly 2025-W52"]);
     }
 
@@ -435,11 +431,7 @@ mod unit {
             ..only(&Policy::default_gfs())
         };
         let v = select(&p, &all, now);
-        let reasons: Vec<String> = v
-            .iter()
-            .filter(|v| v.keep)
-            .flat_map(|v| v.reasons.clone())
-            .collect();
+        let reasons = kept_reasons(&v);
         assert_eq!(
             reasons,
             vec![

@@ -357,14 +357,20 @@ fn schedule_drill(
                 plan_id.into(),
             ],
         )?;
-        if table.is_empty() {
-            return Err(JobError::DuplicateJob(name.to_owned()));
-        }
-        table
-            .first()
-            .get_one::<i64>()?
-            .ok_or(JobError::Spi(SpiError::NoTupleTable))
+        inserted_job_id(table, name)
     })?)
+}
+
+/// The id an `INSERT … ON CONFLICT (job_name) DO NOTHING RETURNING job_id` produced, or the
+/// duplicate-name error when it inserted nothing.
+fn inserted_job_id(table: pgrx::spi::SpiTupleTable<'_>, name: &str) -> Result<i64, JobError> {
+    if table.is_empty() {
+        return Err(JobError::DuplicateJob(name.to_owned()));
+    }
+    table
+        .first()
+        .get_one::<i64>()?
+        .ok_or(JobError::Spi(SpiError::NoTupleTable))
 }
 
 /// Creates a backup job and returns its id.  The job first runs at the schedule's next fire time.
@@ -435,13 +441,7 @@ fn create_job(
                 next.into(),
             ],
         )?;
-        if table.is_empty() {
-            return Err(JobError::DuplicateJob(name.to_owned()));
-        }
-        table
-            .first()
-            .get_one::<i64>()?
-            .ok_or(JobError::Spi(SpiError::NoTupleTable))
+        inserted_job_id(table, name)
     })
 }
 

@@ -14,11 +14,13 @@ as_pg() { runuser -u postgres -- env -i PATH=/usr/bin:/bin LC_ALL=C "$@"; }
 
 # start_throwaway_cluster DIR PORT [postgresql.conf lines...]
 # initdb DIR/data as postgres (trust auth, socket in DIR, no TCP), append the settings, start it
-# with its log in DIR/server.log.  DIR must exist and be owned by postgres.
+# with its log in DIR/server.log.  DIR must exist and be owned by postgres.  INITDB_OPTS (in the
+# environment) adds initdb options, e.g. --data-checksums.
 start_throwaway_cluster() {
     local dir=$1 port=$2
     shift 2
-    as_pg "$BIN/initdb" -D "$dir/data" --auth=trust -U postgres -E UTF8 --locale=C >/dev/null
+    # shellcheck disable=SC2086 # INITDB_OPTS is a list of options
+    as_pg "$BIN/initdb" -D "$dir/data" --auth=trust -U postgres -E UTF8 --locale=C ${INITDB_OPTS:-} >/dev/null
     {
         echo "listen_addresses = ''"
         echo "port = $port"

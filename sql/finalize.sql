@@ -10,6 +10,46 @@ CREATE TRIGGER backup_records_check
 COMMENT ON TRIGGER backup_records_check ON backup_management.backup_records IS
     'Refuses backup records that break the catalog''s rules (vocabulary, formats, finished/failed/parent row rule)';
 
+-- A chain is a unit: an incremental or differential backup is useless without the backups it
+-- refers to, so a parent cannot be deleted or expired while a child of it is running or
+-- completed.  Expiry is checked AFTER ROW, so that one statement expiring a whole chain sees
+-- every row it changed; deletion BEFORE ROW, so that the refusal (and not the foreign key's
+-- generic error, whose trigger would fire first) is what the operator reads.
+CREATE FUNCTION backup_mgmt.backup_records_protect_chain() RETURNS trigger
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+AS $bm$
+DECLARE
+    child bigint;
+BEGIN
+    IF TG_OP = 'UPDATE' AND NOT (NEW.status = 'expired' AND OLD.status IS DISTINCT FROM 'expired') THEN
+        RETURN NULL;
+    END IF;
+    SELECT r.backup_id INTO child
+      FROM backup_management.backup_records r
+     WHERE r.parent_backup_id = OLD.backup_id AND r.status IN ('running', 'completed')
+     ORDER BY r.backup_id LIMIT 1;
+    IF child IS NOT NULL THEN
+        RAISE EXCEPTION 'backup % is the parent of backup %, which is still retained', OLD.backup_id, child
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  HINT = 'A chain is removed as a unit: expire or delete its incremental and differential backups first.';
+    END IF;
+    RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD END;
+END
+$bm$;
+COMMENT ON FUNCTION backup_mgmt.backup_records_protect_chain() IS
+    'Trigger function: refuses to delete or expire a backup that a running or completed incremental/differential backup builds on';
+CREATE TRIGGER backup_records_chain_delete
+    BEFORE DELETE ON backup_management.backup_records
+    FOR EACH ROW EXECUTE FUNCTION backup_mgmt.backup_records_protect_chain();
+COMMENT ON TRIGGER backup_records_chain_delete ON backup_management.backup_records IS
+    'Refuses to delete the parent of a retained incremental or differential backup';
+CREATE TRIGGER backup_records_chain_expire
+    AFTER UPDATE OF status ON backup_management.backup_records
+    FOR EACH ROW EXECUTE FUNCTION backup_mgmt.backup_records_protect_chain();
+COMMENT ON TRIGGER backup_records_chain_expire ON backup_management.backup_records IS
+    'Refuses to expire the parent of a retained incremental or differential backup';
+
 -- The operator role.  Roles are cluster-wide, so it may already exist (another database, an
 -- earlier install); it is deliberately not dropped by DROP EXTENSION.
 DO $bm$
@@ -100,6 +140,8 @@ COMMENT ON FUNCTION backup_mgmt.plan_recovery(timestamptz) IS
     'Plans a point-in-time recovery of this cluster to a time: the base backup to start from, the archived WAL needed and any missing, whether the target is reachable, and a bash restore recipe that needs only PostgreSQL, coreutils, tar and zstd';
 COMMENT ON FUNCTION backup_mgmt.plan_recovery_lsn(pg_lsn) IS
     'Like plan_recovery, to a WAL location (recovery_target_lsn) instead of a time';
+COMMENT ON FUNCTION backup_mgmt.restore_recipe(bigint) IS
+    'A bash recipe that restores a native physical backup (full, incremental or differential) to its end: materialises the data directory from the chain with standard tools, checking every file''s sha256, and recovers from the WAL inside the backup';
 COMMENT ON FUNCTION backup_mgmt.retention_preview(text, text) IS
     'Dry run of retention for a job''s backups (NULL: backups recorded by no job) under its policy or the one named: keep or expire, with every rule that keeps a backup (calendar, count, recovery window, pins, safety rules) or why it expires';
 COMMENT ON FUNCTION backup_mgmt.apply_retention(text, text) IS

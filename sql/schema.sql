@@ -551,7 +551,7 @@ WITH archived AS (
     SELECT system_identifier, timeline_id,
            min(floor((start_lsn - '0/0'::pg_lsn) / pg_catalog.pg_size_bytes(current_setting('wal_segment_size'))))::bigint AS first_segment
       FROM backup_management.backup_records
-     WHERE status = 'completed' AND backup_method = 'pg_basebackup' AND start_lsn IS NOT NULL
+     WHERE status = 'completed' AND backup_method IN ('pg_basebackup', 'native_physical') AND start_lsn IS NOT NULL
      GROUP BY system_identifier, timeline_id
 ), bounds AS (
     SELECT a.system_identifier, a.timeline_id,

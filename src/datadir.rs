@@ -9,10 +9,6 @@
 //! anything named `pgsql_tmp*`, and every fork but `_init` of an unlogged relation (a database
 //! directory file `N` whose `N_init` exists), which recovery resets anyway.
 
-// Groundwork of the native physical backup method (issue 7), which is not built yet: until it
-// is, only the tests call this module.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
@@ -72,7 +68,7 @@ fn skipped_name(name: &str) -> bool {
 
 /// The relfilenode a relation fork file belongs to (`16384`, `16384.1`, `16384_fsm`,
 /// `16384_vm.2`, `16384_init` → `16384`), if the name is one.
-fn relfilenode(name: &str) -> Option<&str> {
+pub(crate) fn relfilenode(name: &str) -> Option<&str> {
     let digits = name.bytes().take_while(u8::is_ascii_digit).count();
     if digits == 0 {
         return None;
@@ -84,7 +80,7 @@ fn relfilenode(name: &str) -> Option<&str> {
 
 /// Whether `dir` (relative) holds relation files: `base/<oid>`, `global`, or a tablespace's
 /// `<version dir>/<oid>`.
-fn is_relation_dir(rel: &Path) -> bool {
+pub(crate) fn is_relation_dir(rel: &Path) -> bool {
     let parts: Vec<&str> = rel.iter().filter_map(|p| p.to_str()).collect();
     matches!(
         parts.as_slice(),

@@ -182,6 +182,7 @@ pub fn output_path(method: BackupMethod, stem: &Path, compression: Compression) 
         BackupMethod::PgDump => format!(".dump{}", compression.suffix()),
         BackupMethod::PgDumpDirectory => ".dir".to_owned(),
         BackupMethod::PgBasebackup => format!(".tar{}", compression.suffix()),
+        BackupMethod::NativePhysical => ".native".to_owned(),
         _ => format!(".globals.sql{}", compression.suffix()),
     };
     with_suffix(stem, &ext)
@@ -280,6 +281,8 @@ pub enum Phase {
     CompressingFiles = 4,
     Syncing = 5,
     Done = 6,
+    CopyingFiles = 7,
+    StoppingBackup = 8,
 }
 
 impl Phase {
@@ -292,6 +295,8 @@ impl Phase {
             Phase::CompressingFiles => "compressing and checksumming files",
             Phase::Syncing => "syncing to disk",
             Phase::Done => "finishing",
+            Phase::CopyingFiles => "copying data files",
+            Phase::StoppingBackup => "stopping backup and copying its WAL",
         }
     }
     fn from_u8(v: u8) -> Phase {
@@ -302,6 +307,8 @@ impl Phase {
             4 => Phase::CompressingFiles,
             5 => Phase::Syncing,
             6 => Phase::Done,
+            7 => Phase::CopyingFiles,
+            8 => Phase::StoppingBackup,
             _ => Phase::Starting,
         }
     }
@@ -324,7 +331,7 @@ impl Progress {
     pub fn phase(&self) -> Phase {
         Phase::from_u8(self.phase.load(Ordering::Relaxed))
     }
-    fn set_phase(&self, p: Phase) {
+    pub(crate) fn set_phase(&self, p: Phase) {
         self.phase.store(p as u8, Ordering::Relaxed);
     }
     /// Stops the backup: its running program gets `signal`, and no further step starts.
@@ -341,6 +348,10 @@ impl Progress {
     }
     fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::SeqCst)
+    }
+    /// The byte counter, for copies that count as they go.
+    pub(crate) fn bytes_counter(&self) -> &AtomicU64 {
+        &self.bytes
     }
     /// The flag `cancel` sets, for loops that poll it.
     pub fn cancel_flag(&self) -> &AtomicBool {
@@ -366,6 +377,8 @@ pub struct Outcome {
     pub facts: Option<Result<std::collections::BTreeMap<String, u64>, String>>,
     /// Where a base backup's WAL starts and ends (what point-in-time recovery replays from).
     pub wal: Option<WalRange>,
+    /// More facts for the record's annotations (a native backup's file counts, bad pages).
+    pub annotations: Option<serde_json::Value>,
 }
 
 /// The WAL a base backup needs to be consistent, as pg_basebackup reported it.
@@ -470,13 +483,21 @@ impl RunHandle {
 /// every signal, so that PostgreSQL's handlers only ever run on the worker's own thread; programs
 /// it starts get a clean signal mask from the standard library.
 pub fn start(plan: Plan, with_globals: bool, on_done: fn()) -> RunHandle {
+    start_work(move |p| run(&plan, with_globals, p), on_done)
+}
+
+/// Runs `work` on a new backup thread (signals blocked), which calls `on_done` when finished.
+pub fn start_work(
+    work: impl FnOnce(&Progress) -> Result<Outcome, ExecError> + Send + 'static,
+    on_done: fn(),
+) -> RunHandle {
     let progress = Arc::new(Progress::default());
     let p = Arc::clone(&progress);
     let thread = std::thread::Builder::new()
         .name("backup_mgmt backup".into())
         .spawn(move || {
             block_all_signals();
-            let result = run(&plan, with_globals, &p);
+            let result = work(&p);
             // Before waking the loop: it checks this flag, and the thread may take a moment more
             // to end after on_done() returns.
             p.finished.store(true, Ordering::SeqCst);
@@ -548,6 +569,7 @@ pub fn run(plan: &Plan, with_globals: bool, progress: &Progress) -> Result<Outco
             globals: None,
             facts: None,
             wal: None,
+            annotations: None,
         });
     }
     let target = output_path(plan.method, &plan.stem, plan.compression);
@@ -595,6 +617,7 @@ pub fn run(plan: &Plan, with_globals: bool, progress: &Progress) -> Result<Outco
         globals,
         facts,
         wal,
+        annotations: None,
     })
 }
 

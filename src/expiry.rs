@@ -299,7 +299,7 @@ fn apply_retention(
                 SELECT timeline_id, \
                        floor((start_lsn - '0/0'::pg_lsn) / pg_size_bytes(current_setting('wal_segment_size')))::bigint AS seg \
                   FROM backup_management.backup_records \
-                 WHERE status = 'completed' AND backup_method = 'pg_basebackup' AND start_lsn IS NOT NULL \
+                 WHERE status = 'completed' AND backup_method IN ('pg_basebackup', 'native_physical') AND start_lsn IS NOT NULL \
                    AND system_identifier = (SELECT system_identifier FROM pg_control_system()) \
                  ORDER BY start_lsn LIMIT 1) \
              UPDATE backup_management.wal_archive w SET expired_at = now() \

@@ -21,6 +21,8 @@ mod executor;
 mod expiry;
 mod guc;
 mod mirror;
+mod native;
+mod native_session;
 mod offsite;
 mod pagecheck;
 mod physical;

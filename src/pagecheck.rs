@@ -7,10 +7,6 @@
 //! parallel FNV-1a-style sums, two rounds of zeros, XOR-folded, XORed with the block number and
 //! reduced to 1..=65535.  The test compares it with pageinspect's `page_checksum()`.
 
-// Groundwork of the native physical backup method (issue 7), which is not built yet: until it
-// is, only the tests call this module.
-#![cfg_attr(not(test), allow(dead_code))]
-
 /// PostgreSQL's page size (the default build; what Debian ships).
 pub const BLCKSZ: usize = 8192;
 const N_SUMS: usize = 32;

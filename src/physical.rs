@@ -122,10 +122,29 @@ pub fn verify_only(
     verdict
 }
 
-/// Restore-tests a base backup.  `scratch` is a new directory path inside the backup roots.
+/// Restore-tests a pg_basebackup tar.  `scratch` is a new directory path inside the roots.
 pub fn restore_test(
     file: File,
     zstd: bool,
+    scratch: &Path,
+    bindir: &Path,
+    user: &str,
+    progress: &Progress,
+) -> PhysicalOutcome {
+    restore_test_with(
+        |scratch, progress| unpack(file, zstd, scratch, progress),
+        scratch,
+        bindir,
+        user,
+        progress,
+    )
+}
+
+/// Restore-tests the data directory that `prepare` builds inside `scratch` (which it creates,
+/// mode 0700, and returns the data directory of): pg_verifybackup against the manifest in it,
+/// then a temporary postmaster that must reach consistency and answer in every database.
+pub fn restore_test_with(
+    prepare: impl FnOnce(&Path, &Progress) -> Result<PathBuf, String>,
     scratch: &Path,
     bindir: &Path,
     user: &str,
@@ -141,7 +160,7 @@ pub fn restore_test(
         details: json!({}),
     };
     let result = (|| -> Result<(), String> {
-        let data = unpack(file, zstd, scratch, progress)?;
+        let data = prepare(scratch, progress)?;
         out.verifybackup = Some(pg_verifybackup(&data, bindir, progress));
 
         // Configuration may live outside the data directory (Debian keeps it in /etc): the

@@ -17,7 +17,7 @@
 use std::fmt::Write as _;
 
 use pgrx::prelude::*;
-use pgrx::spi::SpiError;
+use pgrx::spi::{SpiClient, SpiError};
 use pgrx::{pg_sys::panic::ErrorReport, PgSqlErrorCode};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +26,10 @@ pub enum PitrError {
     Null,
     #[error("{what} \"{path}\" contains a line break; a recipe cannot name it safely")]
     UnsafePath { what: &'static str, path: String },
+    #[error("backup {0} does not exist or has not completed")]
+    UnknownBackup(i64),
+    #[error("backup {id} is a {method} backup; restore_recipe() restores native_physical backups")]
+    NotNative { id: i64, method: String },
     #[error("catalog access failed: {0}")]
     Spi(#[from] SpiError),
 }
@@ -43,6 +47,14 @@ impl From<PitrError> for ErrorReport {
                 ERRCODE_INVALID_PARAMETER_VALUE,
                 "Rename the backup root or the file so that it has no line break.",
             ),
+            PitrError::UnknownBackup(_) => (
+                ERRCODE_UNDEFINED_OBJECT,
+                "List completed backups with SELECT backup_id FROM backup_management.backup_records WHERE status = 'completed'.",
+            ),
+            PitrError::NotNative { .. } => (
+                ERRCODE_WRONG_OBJECT_TYPE,
+                "For pg_basebackup backups use plan_recovery(target_time); for logical dumps use pg_restore.",
+            ),
             PitrError::Spi(_) => (
                 ERRCODE_INTERNAL_ERROR,
                 "This is a bug in backup_mgmt; please report it.",
@@ -59,6 +71,27 @@ pub enum Target {
     Time(String),
     /// A WAL location.
     Lsn(u64),
+    /// The end of the base backup itself (`recovery_target = 'immediate'`), from the WAL inside
+    /// a native backup.
+    Immediate,
+}
+
+/// What the recipe restores the data directory from.
+#[derive(Debug, Clone)]
+pub enum Base {
+    /// A pg_basebackup tar file, zstd-compressed or not.
+    Tar {
+        path: String,
+        sha256: String,
+        compressed: bool,
+    },
+    /// A native physical backup: its directory, its chain manifest's sha256, and the directory
+    /// of every backup of its chain (itself included) by id.
+    Native {
+        dir: String,
+        manifest_sha256: String,
+        holders: Vec<(i64, String)>,
+    },
 }
 
 /// An archived WAL segment on the base backup's timeline, at or after its start.
@@ -157,10 +190,9 @@ pub fn segment_file_name(timeline: u32, number: i64, segment_size: u64) -> Strin
 pub struct RecipeInput {
     pub system_identifier: i64,
     pub backup_id: i64,
-    pub base_path: String,
-    pub base_sha256: String,
-    pub base_compressed: bool,
-    pub archive_dir: String,
+    pub base: Base,
+    /// The WAL archive (None: only the WAL inside the backup, for an `Immediate` target).
+    pub archive_dir: Option<String>,
     pub wal: Vec<Segment>,
     pub target: Target,
     pub pg_major: i32,
@@ -188,8 +220,11 @@ fn single_line<'a>(what: &'static str, s: &'a str) -> Result<&'a str, PitrError>
 
 /// The restore recipe: a bash script taking the new data directory as its only argument.
 pub fn recipe(r: &RecipeInput) -> Result<String, PitrError> {
-    let base = single_line("base backup path", &r.base_path)?;
-    let archive = single_line("WAL archive directory", &r.archive_dir)?;
+    let archive = r
+        .archive_dir
+        .as_deref()
+        .map(|a| single_line("WAL archive directory", a))
+        .transpose()?;
     let (target_line, target_text) = match &r.target {
         Target::Time(t) => (
             format!("recovery_target_time = {}", conf_quote(t)),
@@ -199,20 +234,35 @@ pub fn recipe(r: &RecipeInput) -> Result<String, PitrError> {
             let l = crate::executor::format_lsn(*l);
             (format!("recovery_target_lsn = {}", conf_quote(&l)), l)
         }
+        Target::Immediate => (
+            "recovery_target = 'immediate'".to_owned(),
+            "the end of the backup".to_owned(),
+        ),
     };
     // PostgreSQL replaces %f (a WAL file name) and %p (a path under the data directory, both
-    // plain) before the shell sees the command.  A file may be stored zstd-compressed.
-    let restore_command = format!(
-        "f={}; if [ -f \"$f.zst\" ]; then zstd -dcq -- \"$f.zst\" > \"%p\"; else cp -- \"$f\" \"%p\"; fi",
-        sh_quote(&format!("{archive}/%f"))
-    );
+    // plain) before the shell sees the command.  A file may be stored zstd-compressed.  Without
+    // an archive the command always fails, and recovery reads the WAL restored into pg_wal.
+    let restore_command = match archive {
+        Some(a) => format!(
+            "f={}; if [ -f \"$f.zst\" ]; then zstd -dcq -- \"$f.zst\" > \"%p\"; else cp -- \"$f\" \"%p\"; fi",
+            sh_quote(&format!("{a}/%f"))
+        ),
+        None => "false".to_owned(),
+    };
+    let (base_shown, base_kind) = match &r.base {
+        Base::Tar { path, .. } => (single_line("base backup path", path)?, "pg_basebackup tar"),
+        Base::Native { dir, .. } => (
+            single_line("base backup directory", dir)?,
+            "native physical backup",
+        ),
+    };
     let mut s = String::new();
     let _ = write!(
         s,
         r#"#!/bin/bash
-# backup_mgmt restore recipe, written by plan_recovery() at {now}.
+# backup_mgmt restore recipe, written at {now}.
 #   cluster (system identifier): {sysid}
-#   base backup:                 {id} ({base})
+#   base backup:                 {id} ({base_kind}, {base})
 #   recovery target:             {target_text}
 #   WAL files checked:           {nwal}, from {archive}
 # Needs only bash, coreutils, tar, zstd and PostgreSQL {major}'s server programs; backup_mgmt
@@ -221,43 +271,101 @@ pub fn recipe(r: &RecipeInput) -> Result<String, PitrError> {
 #
 # Usage, as the operating-system user that will run the restored server:
 #   bash recipe.sh NEW_DATA_DIRECTORY
-# then start it (pg_ctl -D NEW_DATA_DIRECTORY start, on a free port): it replays the archived
-# WAL up to the target and promotes.
+# then start it (pg_ctl -D NEW_DATA_DIRECTORY start, on a free port): it replays the WAL up to
+# the target and promotes.
 set -euo pipefail
 target=${{1:?usage: bash recipe.sh NEW_DATA_DIRECTORY}}
 base={base_q}
-archive={archive_q}
 
 if [ -e "$target" ] && [ -n "$(ls -A -- "$target")" ]; then
     echo "recipe: $target is not empty; refusing to restore over it" >&2
     exit 1
 fi
-echo "recipe: checking the base backup's sha256"
-printf '%s  %s\n' {sha} "$base" | sha256sum --check --quiet -
-echo "recipe: checking the sha256 of {nwal} archived WAL files"
-(cd -- "$archive" && sha256sum --check --quiet -) <<'BACKUP_MGMT_WAL_LIST'
 "#,
         now = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),
         sysid = r.system_identifier,
         id = r.backup_id,
-        base = base,
+        base = base_shown,
         nwal = r.wal.len(),
-        archive = archive,
+        archive = archive.unwrap_or("(none: the WAL inside the backup)"),
         major = r.pg_major,
-        base_q = sh_quote(base),
-        archive_q = sh_quote(archive),
-        sha = sh_quote(&r.base_sha256),
+        base_q = sh_quote(base_shown),
     );
-    for w in &r.wal {
-        let _ = writeln!(s, "{}  {}", w.sha256, w.file);
+    if let Some(a) = archive {
+        let _ = write!(
+            s,
+            "archive={}\necho \"recipe: checking the sha256 of {} archived WAL files\"\n\
+             (cd -- \"$archive\" && sha256sum --check --quiet -) <<'BACKUP_MGMT_WAL_LIST'\n",
+            sh_quote(a),
+            r.wal.len()
+        );
+        for w in &r.wal {
+            let _ = writeln!(s, "{}  {}", w.sha256, w.file);
+        }
+        s.push_str("BACKUP_MGMT_WAL_LIST\n");
     }
-    s.push_str("BACKUP_MGMT_WAL_LIST\n\n");
-    s.push_str("echo \"recipe: extracting the base backup into $target\"\n");
-    s.push_str("mkdir -p -- \"$target\"\nchmod 0700 \"$target\"\n");
-    if r.base_compressed {
-        s.push_str("zstd -dcq -- \"$base\" | tar -xf - -C \"$target\"\n");
-    } else {
-        s.push_str("tar -xf \"$base\" -C \"$target\"\n");
+    match &r.base {
+        Base::Tar {
+            sha256, compressed, ..
+        } => {
+            let _ = writeln!(
+                s,
+                "echo \"recipe: checking the base backup's sha256\"\n\
+                 printf '%s  %s\\n' {} \"$base\" | sha256sum --check --quiet -",
+                sh_quote(sha256)
+            );
+            s.push_str("\necho \"recipe: extracting the base backup into $target\"\n");
+            s.push_str("mkdir -p -- \"$target\"\nchmod 0700 \"$target\"\n");
+            if *compressed {
+                s.push_str("zstd -dcq -- \"$base\" | tar -xf - -C \"$target\"\n");
+            } else {
+                s.push_str("tar -xf \"$base\" -C \"$target\"\n");
+            }
+        }
+        Base::Native {
+            manifest_sha256,
+            holders,
+            ..
+        } => {
+            let _ = write!(
+                s,
+                r#"manifest="$base/{files}"
+echo "recipe: checking the chain manifest's sha256"
+printf '%s  %s\n' {sha} "$manifest" | sha256sum --check --quiet -
+declare -A holder
+"#,
+                files = crate::native::FILES_MANIFEST,
+                sha = sh_quote(manifest_sha256),
+            );
+            for (id, dir) in holders {
+                let dir = single_line("backup directory", dir)?;
+                let _ = writeln!(s, "holder[{id}]={}", sh_quote(dir));
+            }
+            s.push_str(
+                r#"echo "recipe: materialising the data directory in $target from the chain"
+mkdir -p -- "$target"
+chmod 0700 "$target"
+sums=$(mktemp)
+trap 'rm -f -- "$sums"' EXIT
+while IFS=$'\t' read -r kind path size mtime sum id stored; do
+    case "$kind" in
+        d) mkdir -p -- "$target/$path" ;;
+        f)
+            src="${holder[$id]:?backup $id of the chain is not named in this recipe}/$stored"
+            case "$stored" in
+                *.zst) zstd -dcq -- "$src" > "$target/$path" ;;
+                *) cp -- "$src" "$target/$path" ;;
+            esac
+            printf '%s  %s\n' "$sum" "$path" >> "$sums" ;;
+        *) echo "recipe: unexpected manifest line" >&2; exit 1 ;;
+    esac
+done < <(tail -n +2 -- "$manifest")
+echo "recipe: checking the sha256 of every restored file"
+(cd -- "$target" && sha256sum --check --quiet -- "$sums")
+cp -- "$base/backup_manifest" "$target/backup_manifest"
+"#,
+            );
+        }
     }
     let _ = write!(
         s,
@@ -279,6 +387,85 @@ echo "recipe: ready; start the server on $target to recover to {target_text}"
         restore = conf_quote(&restore_command),
     );
     Ok(s)
+}
+
+/// A base backup's `Base`: a tar, or a native backup with its chain's directories.
+fn base_of(
+    c: &SpiClient<'_>,
+    id: i64,
+    method: &str,
+    path: &str,
+    sha: &str,
+    compression: &str,
+) -> Result<Base, PitrError> {
+    if method != "native_physical" {
+        return Ok(Base::Tar {
+            path: path.to_owned(),
+            sha256: sha.to_owned(),
+            compressed: compression == "zstd" || path.ends_with(".zst"),
+        });
+    }
+    let t = c.select(
+        "WITH RECURSIVE chain(backup_id, parent_backup_id, backup_file_path) AS ( \
+             SELECT backup_id, parent_backup_id, backup_file_path FROM backup_management.backup_records \
+              WHERE backup_id = $1 \
+             UNION \
+             SELECT r.backup_id, r.parent_backup_id, r.backup_file_path \
+               FROM backup_management.backup_records r JOIN chain ON r.backup_id = chain.parent_backup_id) \
+         SELECT backup_id, backup_file_path FROM chain ORDER BY backup_id",
+        None,
+        &[id.into()],
+    )?;
+    let mut holders = Vec::new();
+    for row in t {
+        if let (Some(i), Some(p)) = (row.get::<i64>(1)?, row.get::<String>(2)?) {
+            holders.push((i, p));
+        }
+    }
+    Ok(Base::Native {
+        dir: path.to_owned(),
+        manifest_sha256: sha.to_owned(),
+        holders,
+    })
+}
+
+/// The recipe that restores native physical backup `backup_id` (any member of a chain) to the
+/// end of that backup, from the WAL inside it: the data directory is materialised from the
+/// chain with standard tools, every file checked against its sha256.
+#[pg_extern(stable, parallel_safe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn restore_recipe(backup_id: Option<i64>) -> Result<String, ErrorReport> {
+    let id = backup_id.ok_or(PitrError::Null)?;
+    Ok(Spi::connect(|c| -> Result<String, PitrError> {
+        let t = c.select(
+            "SELECT backup_method, backup_file_path, checksum, compression, system_identifier, \
+                    pg_version / 10000 \
+               FROM backup_management.backup_records WHERE backup_id = $1 AND status = 'completed'",
+            None,
+            &[id.into()],
+        )?;
+        if t.is_empty() {
+            return Err(PitrError::UnknownBackup(id));
+        }
+        let row = t.first();
+        let method: String = row.get(1)?.unwrap_or_default();
+        if method != "native_physical" {
+            return Err(PitrError::NotNative { id, method });
+        }
+        let path: String = row.get(2)?.unwrap_or_default();
+        let sha: String = row.get(3)?.unwrap_or_default();
+        let compression: String = row.get(4)?.unwrap_or_default();
+        let base = base_of(c, id, &method, &path, &sha, &compression)?;
+        recipe(&RecipeInput {
+            system_identifier: row.get(5)?.unwrap_or_default(),
+            backup_id: id,
+            base,
+            archive_dir: None,
+            wal: Vec::new(),
+            target: Target::Immediate,
+            pg_major: row.get(6)?.unwrap_or_default(),
+        })
+    })?)
 }
 
 /// One row of a plan.
@@ -321,7 +508,7 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
     let segment_size = unsafe { pg_sys::wal_segment_size } as u64;
     let target_lsn_text = match &target {
         Target::Lsn(l) => Some(crate::executor::format_lsn(*l)),
-        Target::Time(_) => None,
+        Target::Time(_) | Target::Immediate => None,
     };
     Spi::connect(|c| {
         // The newest base backup of this cluster that was consistent before the target and
@@ -329,9 +516,9 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
         let base = c.select(
             "SELECT r.backup_id, r.backup_file_path, r.checksum, r.compression, r.end_time, \
                     r.timeline_id, r.start_lsn::text, r.stop_lsn::text, r.system_identifier, \
-                    r.pg_version / 10000 \
+                    r.pg_version / 10000, r.backup_method \
                FROM backup_management.backup_records r \
-              WHERE r.status = 'completed' AND r.backup_method = 'pg_basebackup' \
+              WHERE r.status = 'completed' AND r.backup_method IN ('pg_basebackup', 'native_physical') \
                 AND r.start_lsn IS NOT NULL AND r.checksum IS NOT NULL \
                 AND r.system_identifier = (SELECT system_identifier FROM pg_catalog.pg_control_system()) \
                 AND CASE WHEN $1::timestamptz IS NOT NULL THEN r.end_time <= $1 \
@@ -345,7 +532,7 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
         )?;
         if base.is_empty() {
             return Ok(unreachable_row(
-                "no completed pg_basebackup backup of this cluster, with its WAL positions recorded and no failed verification, ended before the target".into(),
+                "no completed pg_basebackup or native physical backup of this cluster, with its WAL positions recorded and no failed verification, ended before the target".into(),
             ));
         }
         let row = base.first();
@@ -359,6 +546,7 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
         let stop_text: Option<String> = row.get(8)?;
         let sysid: i64 = row.get(9)?.unwrap_or_default();
         let major: i32 = row.get(10)?.unwrap_or_default();
+        let method: String = row.get(11)?.unwrap_or_default();
         let lsn = |t: &Option<String>| {
             t.as_deref()
                 .and_then(crate::executor::parse_lsn)
@@ -369,7 +557,7 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
         let stop_seg = (stop_lsn.saturating_sub(1).max(start_lsn) / segment_size) as i64;
         let target_seg = match &target {
             Target::Lsn(l) => Some((*l / segment_size) as i64),
-            Target::Time(_) => None,
+            Target::Time(_) | Target::Immediate => None,
         };
 
         let rows = c.select(
@@ -436,10 +624,8 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
             (Some(dir), true) => Some(recipe(&RecipeInput {
                 system_identifier: sysid,
                 backup_id: id,
-                base_path: path.clone(),
-                base_sha256: sha,
-                base_compressed: compression == "zstd" || path.ends_with(".zst"),
-                archive_dir: dir.clone(),
+                base: base_of(c, id, &method, &path, &sha, &compression)?,
+                archive_dir: Some(dir.clone()),
                 wal: need.needed.clone(),
                 target: target.clone(),
                 pg_major: major,
@@ -664,10 +850,12 @@ mod unit {
         let input = RecipeInput {
             system_identifier: 42,
             backup_id: 7,
-            base_path: base.to_string_lossy().into_owned(),
-            base_sha256: sha256_of(&base),
-            base_compressed: false,
-            archive_dir: archive.to_string_lossy().into_owned(),
+            base: Base::Tar {
+                path: base.to_string_lossy().into_owned(),
+                sha256: sha256_of(&base),
+                compressed: false,
+            },
+            archive_dir: Some(archive.to_string_lossy().into_owned()),
             wal,
             target: Target::Time("2026-11-27 10:00:00.000000+00".into()),
             pg_major: 15,
@@ -746,7 +934,7 @@ mod unit {
         assert!(!again.exists());
         // A path that would break the script is refused.
         let mut bad = input.clone();
-        bad.archive_dir = "/tmp/x\nrm -rf /".into();
+        bad.archive_dir = Some("/tmp/x\nrm -rf /".into());
         assert!(matches!(recipe(&bad), Err(PitrError::UnsafePath { .. })));
     }
 }

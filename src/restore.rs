@@ -10,10 +10,11 @@
 //! The programs run on a helper thread as separate sessions over the server's socket; this
 //! backend waits on its latch and stops them on cancel or `statement_timeout`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::io::Write;
-use std::path::Path;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
@@ -338,6 +339,9 @@ pub fn restore_test(
     if target.method == "pg_basebackup" {
         return physical_restore_test(target);
     }
+    if target.method == "native_physical" {
+        return native_restore_test(target);
+    }
     if target.method != "pg_dump" && target.method != "pg_dump_directory" {
         return Err(RestoreError::Unsupported(target.method.clone()));
     }
@@ -391,6 +395,7 @@ pub fn restore_test(
             &shown,
             checksum.as_deref(),
             size,
+            &HashMap::new(),
             &progress,
         ) {
             Ok(r) => r,
@@ -507,6 +512,7 @@ fn integrity_first(
     shown: &str,
     checksum: Option<&str>,
     size: Option<u64>,
+    chain: &HashMap<i64, PathBuf>,
     progress: &Progress,
 ) -> Result<Report, Report> {
     let report = verification::run(
@@ -515,6 +521,7 @@ fn integrity_first(
         shown,
         checksum,
         size,
+        chain,
         progress.cancel_flag(),
         &AtomicU64::new(0),
     );
@@ -580,6 +587,7 @@ fn physical_restore_test(target: verification::Target) -> Result<RestoreResult, 
             &shown,
             checksum.as_deref(),
             size,
+            &HashMap::new(),
             &progress,
         ) {
             Ok(r) => r,
@@ -592,11 +600,27 @@ fn physical_restore_test(target: verification::Target) -> Result<RestoreResult, 
         let o = crate::physical::restore_test(file, zstd, &scratch, &bindir, &user, &progress);
         (integrity, Some(o))
     });
-    let elapsed = started.elapsed();
+    finish_physical_test(
+        id,
+        &target.database_name,
+        integrity,
+        outcome,
+        started.elapsed(),
+    )
+}
+
+/// Records a physical restore test (its pg_verifybackup verdict and its restore_test row).
+fn finish_physical_test(
+    id: i64,
+    database: &str,
+    integrity: Report,
+    outcome: Option<crate::physical::PhysicalOutcome>,
+    elapsed: Duration,
+) -> Result<RestoreResult, RestoreError> {
     let Some(o) = outcome else {
         let result =
             json!({"stage": "integrity", "reason": integrity.reason, "detail": integrity.detail});
-        record_restore_test(id, &target.database_name, "failed", &result, elapsed)?;
+        record_restore_test(id, database, "failed", &result, elapsed)?;
         return Ok(RestoreResult {
             passed: false,
             restore_time: None,
@@ -624,12 +648,80 @@ fn physical_restore_test(target: verification::Target) -> Result<RestoreResult, 
         );
         obj.insert("error".into(), json!(o.error));
     }
-    record_restore_test(id, &target.database_name, status, &result, elapsed)?;
+    record_restore_test(id, database, status, &result, elapsed)?;
     Ok(RestoreResult {
         passed: verified,
         restore_time: o.restored.then_some(o.restore_time),
         data_verified: verified,
     })
+}
+
+/// The restore test of a native physical backup: its own files and its chain are checked, the
+/// complete data directory is materialised from the chain (every file against the manifest's
+/// sha256), then tested like a pg_basebackup one (pg_verifybackup with the backup's PostgreSQL
+/// manifest, a temporary postmaster).
+fn native_restore_test(target: verification::Target) -> Result<RestoreResult, RestoreError> {
+    let id = target.backup_id;
+    let path = verification::confine(&target)?;
+    let scratch = verification_scratch(id)?;
+    let user = Spi::get_one::<String>("SELECT current_user::text")?.unwrap_or_default();
+    let bindir = crate::worker::bindir();
+    let started = Instant::now();
+    let (shown, checksum, size, chain) = (
+        target.path.clone(),
+        target.checksum.clone(),
+        target.size,
+        target.chain.clone(),
+    );
+    let (integrity, outcome) = crate::verification::in_background(move |progress| {
+        let integrity = match integrity_first(
+            "native_physical",
+            path.as_deref(),
+            &shown,
+            checksum.as_deref(),
+            size,
+            &chain,
+            &progress,
+        ) {
+            Ok(r) => r,
+            Err(failed) => return (failed, None),
+        };
+        let Some(dir) = path else {
+            return (integrity, None);
+        };
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let prepare = |scratch: &Path, progress: &Progress| -> Result<PathBuf, String> {
+            let manifest = crate::native::load_manifest(&dir, checksum.as_deref())
+                .map_err(|r| r.detail.unwrap_or_default())?;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(scratch)
+                .map_err(|e| format!("could not create {}: {e}", scratch.display()))?;
+            let data = scratch.join("data");
+            let counters = crate::native::Counters {
+                bytes: progress.bytes_counter(),
+                cancel: progress.cancel_flag(),
+            };
+            crate::native::materialize(&dir, &manifest, &chain, &data, threads, &counters)
+                .map_err(|r| {
+                    format!(
+                        "materialising the chain: {} ({})",
+                        r.detail.unwrap_or_default(),
+                        r.failing_file.unwrap_or_default()
+                    )
+                })?;
+            Ok(data)
+        };
+        let o = crate::physical::restore_test_with(prepare, &scratch, &bindir, &user, &progress);
+        (integrity, Some(o))
+    });
+    finish_physical_test(
+        id,
+        &target.database_name,
+        integrity,
+        outcome,
+        started.elapsed(),
+    )
 }
 
 fn record_restore_test(

@@ -102,13 +102,13 @@ impl From<JobError> for ErrorReport {
     }
 }
 
-/// Methods a job may use.  WAL archiving is continuous, not scheduled; the native physical method
-/// is not built yet.
-const SCHEDULABLE: [BackupMethod; 4] = [
+/// Methods a job may use.  WAL archiving is continuous, not scheduled.
+const SCHEDULABLE: [BackupMethod; 5] = [
     BackupMethod::PgDump,
     BackupMethod::PgDumpDirectory,
     BackupMethod::PgBasebackup,
     BackupMethod::PgDumpallGlobals,
+    BackupMethod::NativePhysical,
 ];
 
 /// Validates job options and returns them with defaults filled in, as stored.
@@ -128,13 +128,25 @@ pub fn normalize_options(options: &Value, method: BackupMethod) -> Result<Value,
     let mut out = Map::new();
     out.insert("compression".into(), Value::from("zstd"));
     out.insert("compression_level".into(), Value::from(3));
-    out.insert("parallel_jobs".into(), Value::from(1));
+    // The native physical method copies on every core unless told otherwise.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get().min(64));
+    out.insert(
+        "parallel_jobs".into(),
+        Value::from(if method == BackupMethod::NativePhysical {
+            cores
+        } else {
+            1
+        }),
+    );
     // Roles and tablespaces are not in a database's dump; a logical backup without them cannot
     // be restored on a new cluster.
     if matches!(method, BackupMethod::PgDump | BackupMethod::PgDumpDirectory) {
         out.insert("include_globals".into(), Value::from(true));
     }
-    if method == BackupMethod::PgBasebackup {
+    if matches!(
+        method,
+        BackupMethod::PgBasebackup | BackupMethod::NativePhysical
+    ) {
         out.insert("fast_checkpoint".into(), Value::from(false));
     }
     for (key, v) in given {
@@ -150,8 +162,16 @@ pub fn normalize_options(options: &Value, method: BackupMethod) -> Result<Value,
             }
             "parallel_jobs" => {
                 let n = int_in(key, v, 1, 64)?;
-                if n > 1 && method != BackupMethod::PgDumpDirectory {
-                    return Err(bad(key, "above 1 needs backup method pg_dump_directory"));
+                if n > 1
+                    && !matches!(
+                        method,
+                        BackupMethod::PgDumpDirectory | BackupMethod::NativePhysical
+                    )
+                {
+                    return Err(bad(
+                        key,
+                        "above 1 needs backup method pg_dump_directory or native_physical",
+                    ));
                 }
                 out.insert(key.clone(), Value::from(n));
             }
@@ -165,7 +185,10 @@ pub fn normalize_options(options: &Value, method: BackupMethod) -> Result<Value,
                 let applies = if key == "include_globals" {
                     matches!(method, BackupMethod::PgDump | BackupMethod::PgDumpDirectory)
                 } else {
-                    method == BackupMethod::PgBasebackup
+                    matches!(
+                        method,
+                        BackupMethod::PgBasebackup | BackupMethod::NativePhysical
+                    )
                 };
                 if !applies {
                     return Err(bad(

@@ -82,11 +82,12 @@ impl Upkeep {
                 return;
             }
         };
-        let (method, shown, checksum, size) = (
+        let (method, shown, checksum, size, chain) = (
             target.method.clone(),
             target.path.clone(),
             target.checksum.clone(),
             target.size,
+            target.chain.clone(),
         );
         let helper = Helper::spawn(move || {
             let cancel = AtomicBool::new(false);
@@ -98,6 +99,7 @@ impl Upkeep {
                     &shown,
                     checksum.as_deref(),
                     size,
+                    &chain,
                     &cancel,
                     &progress,
                 ),
@@ -219,7 +221,7 @@ fn next_candidate() -> Option<(Target, Kind)> {
             let backfill = c.select(
                 "SELECT r.backup_id FROM backup_management.backup_records r \
                   WHERE r.status = 'completed' AND r.checksum IS NULL \
-                    AND r.backup_method NOT IN ('pg_dump_directory', 'continuous_archiving') \
+                    AND r.backup_method NOT IN ('pg_dump_directory', 'continuous_archiving', 'native_physical') \
                     AND NOT EXISTS (SELECT FROM backup_management.backup_verifications v \
                                      WHERE v.backup_id = r.backup_id AND v.verified_at > now() - $1::interval) \
                   ORDER BY r.backup_id LIMIT 1",

@@ -6,13 +6,14 @@
 //! `backup_verifications` row for every outcome: a missing, truncated or changed file is a
 //! recorded `failed` verification, not only an exception.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgrx::prelude::*;
-use pgrx::spi::SpiError;
+use pgrx::spi::{SpiClient, SpiError};
 use pgrx::{pg_sys::panic::ErrorReport, PgSqlErrorCode};
 
 use crate::events;
@@ -67,6 +68,35 @@ pub struct Target {
     pub method: String,
     pub checksum: Option<String>,
     pub size: Option<u64>,
+    /// A native physical backup's chain: the directory of each backup it needs (itself and its
+    /// ancestors), confined to the backup roots; one that cannot be found is left out.
+    pub chain: HashMap<i64, PathBuf>,
+}
+
+/// The directories of backup `id` and its ancestors (`parent_backup_id`), confined to the roots.
+fn chain_of(c: &SpiClient<'_>, id: i64) -> Result<HashMap<i64, PathBuf>, VerificationError> {
+    let t = c.select(
+        "WITH RECURSIVE chain(backup_id, parent_backup_id, backup_file_path) AS ( \
+             SELECT backup_id, parent_backup_id, backup_file_path FROM backup_management.backup_records \
+              WHERE backup_id = $1 \
+             UNION \
+             SELECT r.backup_id, r.parent_backup_id, r.backup_file_path \
+               FROM backup_management.backup_records r JOIN chain ON r.backup_id = chain.parent_backup_id) \
+         SELECT backup_id, backup_file_path FROM chain",
+        None,
+        &[id.into()],
+    )?;
+    let roots = guc::backup_roots()?;
+    let mut out = HashMap::new();
+    for row in t {
+        let (Some(member), Some(path)) = (row.get::<i64>(1)?, row.get::<String>(2)?) else {
+            continue;
+        };
+        if let Ok(p) = security::confine(&path, &roots, false) {
+            out.insert(member, p);
+        }
+    }
+    Ok(out)
 }
 
 /// Reads a completed backup's record (errors for an unknown or unfinished one).
@@ -89,13 +119,20 @@ pub fn load_target(backup_id: i64) -> Result<Target, VerificationError> {
                 status,
             });
         }
+        let method = row.get::<String>(3)?.unwrap_or_default();
+        let chain = if method == "native_physical" {
+            chain_of(c, backup_id)?
+        } else {
+            HashMap::new()
+        };
         Ok(Target {
             backup_id,
             database_name: row.get::<String>(1)?.unwrap_or_default(),
             path: row.get::<String>(2)?.unwrap_or_default(),
-            method: row.get::<String>(3)?.unwrap_or_default(),
+            method,
             checksum: row.get::<String>(5)?,
             size: row.get::<i64>(6)?.map(|s| s.max(0) as u64),
+            chain,
         })
     })
 }
@@ -120,12 +157,15 @@ pub fn confine(target: &Target) -> Result<Option<PathBuf>, VerificationError> {
 }
 
 /// Runs the verification of a confined path (pure Rust, any thread).
+// The pieces are passed one by one because they move into helper threads separately.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     method: &str,
     path: Option<&Path>,
     target_path: &str,
     checksum: Option<&str>,
     size: Option<u64>,
+    chain: &HashMap<i64, PathBuf>,
     cancel: &AtomicBool,
     progress: &AtomicU64,
 ) -> Report {
@@ -139,9 +179,15 @@ pub fn run(
         r.expected_bytes = size;
         return r;
     };
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     if method == "pg_dump_directory" {
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         verify::verify_directory(path, checksum, size, threads, cancel, progress)
+    } else if method == "native_physical" {
+        let counters = crate::native::Counters {
+            bytes: progress,
+            cancel,
+        };
+        crate::native::verify_backup(path, checksum, chain, threads, &counters)
     } else {
         verify::verify_file(path, checksum, size, cancel, progress)
     }
@@ -266,11 +312,12 @@ fn verify_backup_integrity(backup_id: Option<i64>) -> Result<bool, ErrorReport> 
     let target = load_target(id)?;
     let path = confine(&target)?;
     let started = Instant::now();
-    let (method, shown, checksum, size) = (
+    let (method, shown, checksum, size, chain) = (
         target.method.clone(),
         target.path.clone(),
         target.checksum.clone(),
         target.size,
+        target.chain.clone(),
     );
     let report = in_background(move |progress| {
         run(
@@ -279,6 +326,7 @@ fn verify_backup_integrity(backup_id: Option<i64>) -> Result<bool, ErrorReport> 
             &shown,
             checksum.as_deref(),
             size,
+            &chain,
             progress.cancel_flag(),
             &AtomicU64::new(0),
         )

@@ -96,6 +96,8 @@ struct Running {
     handle: RunHandle,
     /// Why it was stopped, when the worker stopped it (timeout, shutdown).
     stopped: Option<String>,
+    /// A native physical backup's session side (pg_backup_stop is due when the copy ends).
+    native: Option<Box<crate::native_session::Session>>,
 }
 
 #[derive(Default)]
@@ -404,7 +406,10 @@ impl Scheduler {
                 continue;
             }
             let mut run = self.running.swap_remove(i);
-            let result = run.handle.join();
+            let mut result = run.handle.join();
+            if let Some(session) = run.native.take() {
+                result = crate::native_session::finish(*session, result);
+            }
             record_result(&run, result);
         }
     }
@@ -499,7 +504,8 @@ impl Scheduler {
                 // Stays due; started when a running backup finishes.
                 continue;
             }
-            match self.claim(job_id, busy) {
+            let native_busy = self.running.iter().any(|r| r.native.is_some());
+            match self.claim(job_id, busy, native_busy) {
                 Some(Some(run)) => self.running.push(run),
                 Some(None) => {}
                 None => {
@@ -519,13 +525,26 @@ impl Scheduler {
     /// In one transaction: checks the job is still due, claims its slot, records the start, moves
     /// `next_run_at` on; then starts the backup.  Some(None): nothing to start (skipped slot, or
     /// someone else changed the job).  None: failed (logged).
-    fn claim(&mut self, job_id: i64, busy: bool) -> Option<Option<Running>> {
+    fn claim(&mut self, job_id: i64, busy: bool, native_busy: bool) -> Option<Option<Running>> {
         let roots = guc::backup_roots();
         let claimed = in_transaction(&format!("starting backup job {job_id}"), || {
-            Spi::connect_mut(|c| claim_in_transaction(c, job_id, busy, roots))
+            Spi::connect_mut(|c| claim_in_transaction(c, job_id, busy, native_busy, roots))
         })??;
         match claimed {
             None => Some(None),
+            Some(Claimed::Native(start, mut run)) => {
+                match crate::native_session::begin(*start, wake_worker) {
+                    Ok((session, handle)) => {
+                        run.handle = handle;
+                        run.native = Some(Box::new(session));
+                        Some(Some(run))
+                    }
+                    Err(why) => {
+                        record_result(&run, Err(executor::ExecError::Cancelled(why)));
+                        Some(None)
+                    }
+                }
+            }
             Some(Claimed::Backup(plan, with_globals, mut run)) => {
                 run.handle = executor::start(*plan, with_globals, wake_worker);
                 Some(Some(run))
@@ -606,6 +625,8 @@ impl Scheduler {
 /// What `claim` hands over once its transaction committed.
 enum Claimed {
     Backup(Box<Plan>, bool, Running),
+    /// A native physical backup: started in this session once the claim committed.
+    Native(Box<crate::native_session::NativeStart>, Running),
     /// A drill job's execution, run by a worker of its own (`drill::backup_mgmt_drill_main`).
     Drill {
         job_id: i64,
@@ -617,6 +638,7 @@ fn claim_in_transaction(
     c: &mut SpiClient<'_>,
     job_id: i64,
     busy: bool,
+    native_busy: bool,
     roots: Result<Vec<PathBuf>, security::PathError>,
 ) -> Result<Option<Option<Claimed>>, String> {
     let t = spi(c.update(
@@ -676,6 +698,10 @@ fn claim_in_transaction(
             ))?;
             prune_history(c, job_id)?;
         }
+        return Ok(Some(None));
+    }
+    if native_busy && method_text == BackupMethod::NativePhysical.as_str() {
+        // This session already runs a native backup (a session has one): stays due.
         return Ok(Some(None));
     }
 
@@ -761,6 +787,19 @@ fn claim_in_transaction(
     let output = executor::output_path(method, &stem, compression);
     let globals = with_globals.then(|| executor::globals_path(&stem, compression));
     let output_text = output.to_string_lossy().into_owned();
+    // What a native incremental or differential backup builds on; with nothing to build on, a
+    // full backup is taken (and the record says what was asked for).
+    let parent = if method == BackupMethod::NativePhysical && backup_type != "full" {
+        crate::native_session::choose_parent(c, &backup_type)?
+    } else {
+        None
+    };
+    let requested_type = backup_type.clone();
+    let backup_type = if method == BackupMethod::NativePhysical && parent.is_none() {
+        "full".to_owned()
+    } else {
+        backup_type
+    };
 
     let backup_id = spi(c.update(
         "SELECT backup_mgmt.record_backup_start($1, $2, $3, $4)",
@@ -779,6 +818,7 @@ fn claim_in_transaction(
         "execution_id": execution_id,
         "compression_level": match compression { Compression::Zstd(l) => Some(l), Compression::None => None },
         "globals_file": globals.as_ref().map(|g| g.to_string_lossy().into_owned()),
+        "requested_type": (requested_type != backup_type).then_some(&requested_type),
     })
     .to_string();
     spi(c.update(
@@ -805,20 +845,22 @@ fn claim_in_transaction(
         .get("timeout_seconds")
         .and_then(Value::as_u64)
         .map(Duration::from_secs);
+    let parallel_jobs = options
+        .get("parallel_jobs")
+        .and_then(Value::as_u64)
+        .unwrap_or(1) as u32;
+    let fast_checkpoint = options
+        .get("fast_checkpoint")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let plan = Plan {
         method,
         database: database.clone(),
         bindir: bindir(),
         connection: connection(c)?,
         compression,
-        parallel_jobs: options
-            .get("parallel_jobs")
-            .and_then(Value::as_u64)
-            .unwrap_or(1) as u32,
-        fast_checkpoint: options
-            .get("fast_checkpoint")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
+        parallel_jobs,
+        fast_checkpoint,
         stem,
         root,
     };
@@ -826,13 +868,36 @@ fn claim_in_transaction(
         execution_id,
         backup_id,
         job_id,
-        job_name,
+        job_name: job_name.clone(),
         database,
         timeout,
         // Replaced by the real handle once this transaction has committed.
         handle: executor::RunHandle::idle(),
         stopped: None,
+        native: None,
     };
+    if method == BackupMethod::NativePhysical {
+        if let Some(p) = &parent {
+            spi(c.update(
+                "UPDATE backup_management.backup_records SET parent_backup_id = $2 WHERE backup_id = $1",
+                None,
+                &[backup_id.into(), p.id.into()],
+            ))?;
+        }
+        let start = crate::native_session::NativeStart {
+            backup_id,
+            final_dir: output,
+            parent,
+            level: match compression {
+                Compression::Zstd(l) => Some(l),
+                Compression::None => None,
+            },
+            threads: parallel_jobs.max(1) as usize,
+            fast: fast_checkpoint,
+            label: format!("backup_mgmt {job_name} {backup_id}"),
+        };
+        return Ok(Some(Some(Claimed::Native(Box::new(start), run))));
+    }
     Ok(Some(Some(Claimed::Backup(
         Box::new(plan),
         with_globals,
@@ -931,6 +996,20 @@ fn record_result_in_catalog(run: &Running, result: Result<executor::Outcome, exe
                                 last.into(),
                                 (w.timeline as i32).into(),
                             ],
+                        ))?;
+                    }
+                    if let Some(extra) = &outcome.annotations {
+                        let mut extra = extra.clone();
+                        let bad = crate::native_session::describe_bad_pages(c, &extra)?;
+                        if let Some(obj) = extra.as_object_mut() {
+                            obj.insert("bad_pages".into(), bad);
+                        }
+                        spi(c.update(
+                            "UPDATE backup_management.backup_records \
+                                SET annotations = coalesce(annotations, '{}') || $2::text::jsonb \
+                              WHERE backup_id = $1",
+                            None,
+                            &[run.backup_id.into(), extra.to_string().into()],
                         ))?;
                     }
                     if let Some(g) = &outcome.globals {

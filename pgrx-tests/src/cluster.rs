@@ -116,6 +116,11 @@ impl Cluster {
 
     /// initdb a new cluster, append `conf` lines to postgresql.conf, and start it.
     pub fn start(conf: &[&str]) -> Cluster {
+        Cluster::start_initdb(&[], conf)
+    }
+
+    /// Like `start`, with more initdb options (e.g. `--data-checksums`).
+    pub fn start_initdb(initdb: &[&str], conf: &[&str]) -> Cluster {
         let mut cluster = Cluster::unstarted();
         let data = cluster.data_dir();
         check(
@@ -128,8 +133,9 @@ impl Cluster {
                     "--encoding=UTF8",
                     "--locale=C",
                     "--no-sync",
-                    "-D",
                 ])
+                .args(initdb)
+                .arg("-D")
                 .arg(&data)
                 .output()
                 .expect("initdb runs"),
@@ -153,6 +159,11 @@ impl Cluster {
     /// Like `start`, with `backup_mgmt` preloaded and a backup root (owned by the server's OS
     /// user) configured as `backup_mgmt.backup_roots`.
     pub fn start_with_backups(conf: &[&str]) -> Cluster {
+        Cluster::start_with_backups_initdb(&[], conf)
+    }
+
+    /// `start_with_backups` with more initdb options.
+    pub fn start_with_backups_initdb(initdb: &[&str], conf: &[&str]) -> Cluster {
         let root = tempfile::Builder::new()
             .prefix("bm-e2e-")
             .tempdir_in("/tmp")
@@ -165,7 +176,7 @@ impl Cluster {
         let roots = format!("backup_mgmt.backup_roots = '{}'", backups.display());
         let mut all = vec!["shared_preload_libraries = 'backup_mgmt'", roots.as_str()];
         all.extend_from_slice(conf);
-        let mut cluster = Cluster::start(&all);
+        let mut cluster = Cluster::start_initdb(initdb, &all);
         cluster.extra = Some(root);
         cluster
     }

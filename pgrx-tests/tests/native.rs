@@ -1,0 +1,297 @@
+//! End-to-end native physical backups: the worker takes a full backup, pgbench writes, an
+//! incremental, more writes, a differential.  Each restores (its recipe, run with standard
+//! tools into a new data directory) to exactly the data of its point, passes
+//! `test_backup_restore`, and the full cannot be deleted while its children are retained.  A
+//! page damaged on disk is reported with its relation.
+
+use std::time::Duration;
+
+use backup_mgmt_e2e::cluster::Cluster;
+
+/// A fingerprint of every pgbench table's contents.
+fn fingerprint(db: &mut postgres::Client) -> String {
+    db.query_one(
+        "SELECT concat_ws(' ',
+            (SELECT md5(string_agg(a::text, ',' ORDER BY aid)) FROM pgbench_accounts a),
+            (SELECT md5(string_agg(b::text, ',' ORDER BY bid)) FROM pgbench_branches b),
+            (SELECT md5(string_agg(t::text, ',' ORDER BY tid)) FROM pgbench_tellers t),
+            (SELECT md5(coalesce(string_agg(h::text, ',' ORDER BY h::text), '')) FROM pgbench_history h),
+            (SELECT count(*) FROM pgbench_history))",
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// Runs job `job` now and waits for its backup; returns the backup's id.
+fn run_job(cluster: &Cluster, db: &mut postgres::Client, job: &str) -> i64 {
+    let before: i64 = db
+        .query_one(
+            "SELECT count(*) FROM backup_management.backup_records WHERE label = $1",
+            &[&job],
+        )
+        .unwrap()
+        .get(0);
+    db.execute("SELECT backup_mgmt.run_job_now($1)", &[&job])
+        .unwrap();
+    let mut id = None;
+    let done = Cluster::wait_for(Duration::from_secs(180), || {
+        let row = db
+            .query_opt(
+                "SELECT backup_id, status FROM backup_management.backup_records
+                  WHERE label = $1 AND status <> 'running' ORDER BY backup_id DESC OFFSET 0 LIMIT 1",
+                &[&job],
+            )
+            .ok()
+            .flatten();
+        let count: i64 = db
+            .query_one(
+                "SELECT count(*) FROM backup_management.backup_records WHERE label = $1 AND status <> 'running'",
+                &[&job],
+            )
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        if count > before {
+            id = row.map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)));
+        }
+        id.is_some()
+    });
+    assert!(done, "job {job} did not finish\n{}", cluster.log());
+    let (id, status) = id.unwrap();
+    let error: Option<String> = db
+        .query_one(
+            "SELECT error_message FROM backup_management.backup_records WHERE backup_id = $1",
+            &[&id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "completed", "{error:?}\n{}", cluster.log());
+    id
+}
+
+fn pgbench(cluster: &Cluster, transactions: &str) {
+    cluster.run_client(
+        "pgbench",
+        &["-n", "-c", "2", "-t", transactions, "postgres"],
+    );
+}
+
+#[test]
+fn full_incremental_differential_restore_exactly_and_chain_is_protected() {
+    let cluster = Cluster::start_with_backups_initdb(&["--data-checksums"], &[]);
+    let mut db = cluster.connect("postgres");
+    db.batch_execute("CREATE EXTENSION backup_mgmt").unwrap();
+    cluster.run_client("pgbench", &["-i", "-q", "-s", "4", "postgres"]);
+    for (job, kind) in [
+        ("nfull", "full"),
+        ("nincr", "incremental"),
+        ("ndiff", "differential"),
+    ] {
+        db.execute(
+            "SELECT backup_mgmt.schedule_backup($1, '@yearly', 'postgres', $2, 'native_physical',
+                    '{\"fast_checkpoint\": true}')",
+            &[&job, &kind],
+        )
+        .unwrap();
+    }
+
+    // An incremental with nothing to build on is taken as a full one, and says so.
+    let first = run_job(&cluster, &mut db, "nincr");
+    let (kind, asked, parent): (String, Option<String>, Option<i64>) = db
+        .query_one(
+            "SELECT backup_type, annotations->>'requested_type', parent_backup_id
+               FROM backup_management.backup_records WHERE backup_id = $1",
+            &[&first],
+        )
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .unwrap();
+    assert_eq!(
+        (kind.as_str(), asked.as_deref(), parent),
+        ("full", Some("incremental"), None)
+    );
+
+    // Sleep past the second of the previous backup's start: files written in it are always
+    // copied again (the mtime rule), so this makes the test see real references.
+    std::thread::sleep(Duration::from_millis(1100));
+    let full = run_job(&cluster, &mut db, "nfull");
+    let at_full = fingerprint(&mut db);
+    std::thread::sleep(Duration::from_millis(1100));
+    pgbench(&cluster, "300");
+    let at_incr = fingerprint(&mut db);
+    assert_ne!(at_full, at_incr);
+    let incr = run_job(&cluster, &mut db, "nincr");
+    std::thread::sleep(Duration::from_millis(1100));
+    pgbench(&cluster, "300");
+    let at_diff = fingerprint(&mut db);
+    let diff = run_job(&cluster, &mut db, "ndiff");
+    pgbench(&cluster, "100");
+    assert_ne!(fingerprint(&mut db), at_diff);
+
+    // The chain, as the catalog records it.
+    for (id, kind, parent) in [
+        (full, "full", None),
+        (incr, "incremental", Some(full)),
+        (diff, "differential", Some(full)),
+    ] {
+        let row = db
+            .query_one(
+                "SELECT backup_type, parent_backup_id, (annotations->>'files_copied')::int,
+                        (annotations->>'files_referenced')::int, backup_size,
+                        (annotations->>'bytes_logical')::bigint, start_lsn IS NOT NULL,
+                        jsonb_array_length(annotations->'bad_pages')
+                   FROM backup_management.backup_records WHERE backup_id = $1",
+                &[&id],
+            )
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), kind);
+        assert_eq!(row.get::<_, Option<i64>>(1), parent);
+        let (copied, referenced): (i32, i32) = (row.get(2), row.get(3));
+        let (size, logical): (i64, i64) = (row.get(4), row.get(5));
+        assert!(row.get::<_, bool>(6));
+        assert_eq!(row.get::<_, i32>(7), 0, "no bad pages in a healthy cluster");
+        if parent.is_some() {
+            assert!(
+                referenced > copied,
+                "{kind}: {copied} copied, {referenced} referenced"
+            );
+            assert!(size < logical / 2, "{kind}: stored {size} of {logical}");
+        } else {
+            assert_eq!(referenced, 0);
+        }
+    }
+
+    // Every member restores: test_backup_restore (materialise, pg_verifybackup, start), and the
+    // recipe with standard tools yields exactly the data of its point.
+    for (id, expected) in [(full, &at_full), (incr, &at_incr), (diff, &at_diff)] {
+        let status: String = db
+            .query_one(
+                "SELECT test_status FROM backup_mgmt.test_backup_restore($1)",
+                &[&id],
+            )
+            .unwrap()
+            .get(0);
+        let detail: Option<String> = db
+            .query_one(
+                "SELECT verification_result::text FROM backup_management.backup_verifications
+                  WHERE backup_id = $1 AND verification_type = 'restore_test'
+                  ORDER BY verification_id DESC LIMIT 1",
+                &[&id],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(status, "passed", "backup {id}: {detail:?}");
+        assert!(db
+            .query_one("SELECT backup_mgmt.verify_backup_integrity($1)", &[&id])
+            .unwrap()
+            .get::<_, bool>(0));
+
+        let recipe: String = db
+            .query_one("SELECT backup_mgmt.restore_recipe($1)", &[&id])
+            .unwrap()
+            .get(0);
+        let (restored, said) = Cluster::restored_by(&recipe);
+        let mut rdb = restored.connect("postgres");
+        let promoted = Cluster::wait_for(Duration::from_secs(60), || {
+            rdb.query_one("SELECT NOT pg_is_in_recovery()", &[])
+                .map(|r| r.get::<_, bool>(0))
+                .unwrap_or(false)
+        });
+        assert!(promoted, "{said}\n{}", restored.log());
+        assert_eq!(
+            &fingerprint(&mut rdb),
+            expected,
+            "backup {id} restored other data\n{said}"
+        );
+    }
+
+    // Deleting or expiring the full is refused while its children are retained.
+    for sql in [
+        "DELETE FROM backup_management.backup_records WHERE backup_id = $1",
+        "UPDATE backup_management.backup_records SET status = 'expired' WHERE backup_id = $1",
+    ] {
+        let err = db.execute(sql, &[&full]).unwrap_err();
+        let db_err = err.as_db_error().expect("a database error");
+        assert_eq!(db_err.code().code(), "2BP01", "{db_err:?}");
+        assert!(db_err.message().contains("parent of backup"), "{db_err:?}");
+    }
+    // Retention keeps it too, even under a policy that keeps nothing.
+    db.batch_execute(
+        "INSERT INTO backup_management.retention_policies
+             (policy_name, keep_daily, keep_weekly, keep_monthly, keep_yearly)
+         VALUES ('nothing', 0, 0, 0, 0);",
+    )
+    .unwrap();
+    let verdict: (String, String) = db
+        .query_one(
+            "SELECT action, array_to_string(reasons, '; ') FROM backup_mgmt.retention_preview('nfull', 'nothing')
+              WHERE backup_id = $1",
+            &[&full],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(verdict.0, "keep", "{verdict:?}");
+    assert!(
+        verdict.1.contains("parent of retained backup"),
+        "{verdict:?}"
+    );
+    // Children first, then the parent: allowed.
+    db.execute(
+        "UPDATE backup_management.backup_records SET status = 'expired' WHERE backup_id = ANY($1)",
+        &[&vec![full, incr, diff]],
+    )
+    .unwrap();
+}
+
+#[test]
+fn damaged_page_is_reported_with_its_relation() {
+    let cluster = Cluster::start_with_backups_initdb(&["--data-checksums"], &[]);
+    let mut db = cluster.connect("postgres");
+    db.batch_execute(
+        "CREATE EXTENSION backup_mgmt;
+         CREATE TABLE victim (id int, pad text);
+         INSERT INTO victim SELECT g, repeat('x', 200) FROM generate_series(1, 2000) g;
+         CHECKPOINT;",
+    )
+    .unwrap();
+    let file: String = db
+        .query_one("SELECT pg_relation_filepath('victim')", &[])
+        .unwrap()
+        .get(0);
+    // Flip one byte in the middle of block 1, leaving its header (and LSN) alone.
+    let path = cluster.data_dir().join(&file);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[8192 + 4000] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    db.execute(
+        "SELECT backup_mgmt.schedule_backup('nfull', '@yearly', 'postgres', 'full', 'native_physical',
+                '{\"fast_checkpoint\": true, \"compression\": \"none\"}')",
+        &[],
+    )
+    .unwrap();
+    let id = run_job(&cluster, &mut db, "nfull");
+    let bad: (i32, String, i32, String, String) = db
+        .query_one(
+            "SELECT jsonb_array_length(b), b->0->>'path', (b->0->>'block')::int, b->0->>'relation',
+                    b->0->>'database'
+               FROM (SELECT annotations->'bad_pages' AS b FROM backup_management.backup_records
+                      WHERE backup_id = $1) s",
+            &[&id],
+        )
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .unwrap();
+    assert_eq!(
+        bad,
+        (
+            1,
+            file.clone(),
+            1,
+            "victim".to_owned(),
+            "postgres".to_owned()
+        )
+    );
+    assert!(
+        cluster.log().contains("page checksum failure"),
+        "{}",
+        cluster.log()
+    );
+}

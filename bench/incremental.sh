@@ -13,10 +13,10 @@
 #   then one incremental backup by each contender, in rotating order, each after an explicit
 #   CHECKPOINT so that none pays for flushing the load's dirty buffers.
 #   Time: wall clock from the request to the backup being complete (for backup_mgmt from
-#   run_job_now() to the catalog saying completed, the worker's pick-up included).  Size: what
-#   the backup added to its repository (backup_mgmt: backup_size, the bytes in the backup's
-#   directory, its WAL included; pgBackRest: `info` repository delta, WAL in the archive not
-#   counted).
+#   run_job_now() to the catalog saying completed, the worker's pick-up included).  Size: the
+#   backup's directory on disk (`du -sb`: data files, manifests, and for backup_mgmt the WAL it
+#   needs; pgBackRest's WAL is in its archive and not counted), and, for reference, what each tool
+#   reports (backup_mgmt's backup_size, pgBackRest's `info` repository delta, data files only).
 #
 # Usage (root, Debian 12): bash bench/incremental.sh [rounds] [scale] [load_seconds]
 set -euo pipefail
@@ -91,19 +91,23 @@ backup_mgmt() {
         fi
         sleep 0.05
     done
-    echo "$(seconds "$t0" "$(now)") $("${PSQL[@]}" -F ' ' -c "SELECT backup_size, annotations->>'files_copied', annotations->>'files_referenced'
+    local t1 path
+    t1=$(now)
+    path=$("${PSQL[@]}" -c "SELECT backup_file_path FROM backup_management.backup_records WHERE label = '$job' AND backup_id > $before")
+    echo "$(seconds "$t0" "$t1") $(du -sb "$path" | cut -f1) $("${PSQL[@]}" -F ' ' -c "SELECT backup_size, annotations->>'files_copied', annotations->>'files_referenced'
         FROM backup_management.backup_records WHERE label = '$job' AND backup_id > $before")"
 }
 
-# pgbackrest REPO TYPE [options]: prints "seconds bytes".
+# pgbackrest REPO TYPE [options]: prints "seconds bytes_on_disk delta".
 pgbackrest_backup() {
-    local repo=$1 type=$2 t0 t1
+    local repo=$1 type=$2 t0 t1 label delta
     shift 2
     t0=$(now)
     as_pg $BR --repo="$repo" "$@" backup --type="$type"
     t1=$(now)
-    echo "$(seconds "$t0" "$t1") $(as_pg $BR --repo="$repo" info --output=json |
-        python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["backup"][-1]["info"]["repository"]["delta"])')"
+    read -r label delta < <(as_pg $BR --repo="$repo" info --output=json |
+        python3 -c 'import json, sys; b = json.load(sys.stdin)[0]["backup"][-1]; print(b["label"], b["info"]["repository"]["delta"])')
+    echo "$(seconds "$t0" "$t1") $(du -sb "$DIR/repo$repo/backup/bench/$label" | cut -f1) $delta"
 }
 
 run() {
@@ -140,6 +144,6 @@ median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 for c in backup_mgmt pgbackrest pgbackrest-zst2; do
     t=$(awk -v c="$c" '$1 == "incr" && $2 == c { print $3 }' "$RESULTS" | median)
     s=$(awk -v c="$c" '$1 == "incr" && $2 == c { print $4 }' "$RESULTS" | median)
-    awk -v c="$c" -v t="$t" -v s="$s" 'BEGIN { printf "%-16s time %6.2f s   size %8.1f MB\n", c, t, s / 1048576 }'
+    awk -v c="$c" -v t="$t" -v s="$s" 'BEGIN { printf "%-16s time %6.2f s   on disk %8.2f MB\n", c, t, s / 1048576 }'
 done
 rm -f "$RESULTS"

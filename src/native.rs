@@ -13,9 +13,10 @@
 //!   path there: an incremental or differential backup refers to unchanged files by their
 //!   holder, so every member of a chain names, directly, every backup it needs.  Its sha256 is
 //!   the catalog's checksum of the backup;
-//! - `backup_manifest`: PostgreSQL's own manifest format (version 1, sha256 per file, WAL
-//!   range, manifest checksum), so that `pg_verifybackup` checks a materialised data directory
-//!   exactly as it checks a pg_basebackup one;
+//! - `backup_manifest` (`backup_manifest.zst` when the backup is compressed): PostgreSQL's own
+//!   manifest format (version 1, sha256 per file, WAL range, manifest checksum), so that
+//!   `pg_verifybackup` checks a materialised data directory exactly as it checks a pg_basebackup
+//!   one;
 //! - `tablespace_map`, when the cluster has tablespaces (informational: the materialised
 //!   directory keeps tablespaces in place under `pg_tblspc`).
 //!
@@ -669,8 +670,20 @@ pub fn finish(
     }
     copied.manifest.files.sort_by(|a, b| a.path.cmp(&b.path));
     let pg = pg_manifest(&copied.manifest, timeline, start_lsn, stop_lsn);
-    write_new(&out.join(PG_MANIFEST), pg.as_bytes())?;
-    stored_bytes += pg.len() as u64;
+    // Stored compressed like the files it lists (it is a few hundred kB of JSON).
+    let stored_pg = match level {
+        Some(l) => {
+            let z = zstd::encode_all(pg.as_bytes(), l)
+                .map_err(|e| format!("compressing {PG_MANIFEST}: {e}"))?;
+            write_new(&out.join(format!("{PG_MANIFEST}.zst")), &z)?;
+            z.len()
+        }
+        None => {
+            write_new(&out.join(PG_MANIFEST), pg.as_bytes())?;
+            pg.len()
+        }
+    };
+    stored_bytes += stored_pg as u64;
     let text = copied.manifest.to_text();
     let manifest_sha256 = write_new(&out.join(FILES_MANIFEST), text.as_bytes())?;
     stored_bytes += text.len() as u64;
@@ -927,8 +940,21 @@ pub fn materialize(
             .map_err(|(r, d)| Report::failed(r, d, &src))?;
         judge(&src, f, size, &sum)
     })?;
-    fs::copy(dir.join(PG_MANIFEST), dest.join(PG_MANIFEST))
-        .map_err(|e| fail(format!("copying {PG_MANIFEST}: {e}")))?;
+    let compressed = dir.join(format!("{PG_MANIFEST}.zst"));
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dest.join(PG_MANIFEST))
+        .map_err(|e| fail(format!("creating {PG_MANIFEST}: {e}")))?;
+    let source = if compressed.exists() {
+        compressed
+    } else {
+        dir.join(PG_MANIFEST)
+    };
+    let mut buf = vec![0u8; verify::CHUNK];
+    read_stored(&source, &mut out, &mut buf, counters)
+        .map_err(|(_, e)| fail(format!("copying {PG_MANIFEST}: {e}")))?;
     Ok(())
 }
 

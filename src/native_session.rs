@@ -30,6 +30,21 @@ use crate::executor::{self, ExecError, Outcome, Phase, Progress, RunHandle, WalR
 use crate::native::{self, Copied, CopySpec, Counters, WalFile};
 use crate::worker::{in_transaction, spi};
 
+/// Starting and stopping a non-exclusive backup: PostgreSQL 15 renamed the functions (and
+/// dropped the exclusive mode, which 13 and 14 take as an argument).
+#[cfg(any(feature = "pg13", feature = "pg14"))]
+const BACKUP_START: &str = "SELECT pg_catalog.pg_start_backup($1, $2, false)::text, \
+     current_setting('data_directory'), current_setting('data_checksums')";
+#[cfg(not(any(feature = "pg13", feature = "pg14")))]
+const BACKUP_START: &str = "SELECT pg_catalog.pg_backup_start($1, $2)::text, \
+     current_setting('data_directory'), current_setting('data_checksums')";
+#[cfg(any(feature = "pg13", feature = "pg14"))]
+const BACKUP_STOP: &str =
+    "SELECT lsn::text, labelfile, spcmapfile FROM pg_catalog.pg_stop_backup(false, false)";
+#[cfg(not(any(feature = "pg13", feature = "pg14")))]
+const BACKUP_STOP: &str =
+    "SELECT lsn::text, labelfile, spcmapfile FROM pg_catalog.pg_backup_stop(false)";
+
 /// Where the parent of an incremental or differential backup is.
 #[derive(Debug, Clone)]
 pub(crate) struct Parent {
@@ -126,8 +141,7 @@ pub(crate) fn begin(start: NativeStart, on_done: fn()) -> Result<(Session, RunHa
     };
     let started = query_text(
         "starting a native backup",
-        "SELECT pg_catalog.pg_backup_start($1, $2)::text, current_setting('data_directory'), \
-                current_setting('data_checksums')",
+        BACKUP_START,
         vec![start.label.as_str().into(), start.fast.into()],
     );
     let Some([Some(lsn), Some(data_dir), Some(checksums)]) = started
@@ -230,11 +244,7 @@ pub(crate) fn finish(
     copied: Result<Outcome, ExecError>,
 ) -> Result<Outcome, ExecError> {
     let partial = executor::partial_path(&session.start.final_dir);
-    let stopped = query_text(
-        "stopping a native backup",
-        "SELECT lsn::text, labelfile, spcmapfile FROM pg_catalog.pg_backup_stop(false)",
-        Vec::new(),
-    );
+    let stopped = query_text("stopping a native backup", BACKUP_STOP, Vec::new());
     let result = (|| {
         copied?;
         let copied = session

@@ -362,7 +362,11 @@ while IFS=$'\t' read -r kind path size mtime sum id stored; do
 done < <(tail -n +2 -- "$manifest")
 echo "recipe: checking the sha256 of every restored file"
 (cd -- "$target" && sha256sum --check --quiet -- "$sums")
-cp -- "$base/backup_manifest" "$target/backup_manifest"
+if [ -f "$base/backup_manifest.zst" ]; then
+    zstd -dcq -- "$base/backup_manifest.zst" > "$target/backup_manifest"
+else
+    cp -- "$base/backup_manifest" "$target/backup_manifest"
+fi
 "#,
             );
         }

@@ -184,6 +184,23 @@ impl FilesystemTarget {
     }
 }
 
+/// Every regular file below `dir`, relative to it (symlinks and special files are not followed
+/// and not listed; `open_backup` would refuse them anyway).
+fn list_files(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<(), RemoteError> {
+    let dir = root.join(rel);
+    for e in fs::read_dir(&dir).map_err(io_err("could not list", &dir))? {
+        let e = e.map_err(io_err("could not list", &dir))?;
+        let kind = e.file_type().map_err(io_err("could not stat", &e.path()))?;
+        let path = rel.join(e.file_name());
+        if kind.is_dir() {
+            list_files(root, &path, out)?;
+        } else if kind.is_file() {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
 /// A configured target.
 pub enum Target {
     Filesystem(FilesystemTarget),
@@ -200,24 +217,25 @@ impl Target {
         self.put_file(local, key)
     }
 
-    /// A directory-format backup: each of its files under `<key>/<name>`, each verified.  The
-    /// result's sha256 is its manifest's, which is what the catalog records for it.
+    /// A directory backup (pg_dump's directory format, or a native physical backup with its
+    /// subdirectories): each file under `<key>/<relative path>`, each verified.  The result's
+    /// sha256 is its manifest's, which is what the catalog records for it.
     fn put_directory(&self, local: &Path, key: &str) -> Result<Copied, RemoteError> {
-        let mut names: Vec<String> = fs::read_dir(local)
-            .map_err(io_err("could not list", local))?
-            .filter_map(Result::ok)
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
+        let mut files = Vec::new();
+        list_files(local, Path::new(""), &mut files)?;
+        files.sort();
         let mut size = 0u64;
         let mut manifest = None;
-        for name in &names {
-            let copied = self.put_file(
-                &local.join(name),
-                &format!("{key}/{}", path_component(name)),
-            )?;
+        for rel in &files {
+            let rel_key: Vec<String> = rel
+                .iter()
+                .map(|c| path_component(&c.to_string_lossy()))
+                .collect();
+            let copied =
+                self.put_file(&local.join(rel), &format!("{key}/{}", rel_key.join("/")))?;
             size += copied.size;
-            if name == crate::executor::DIRECTORY_MANIFEST {
+            let top = rel.to_str().unwrap_or_default();
+            if top == crate::executor::DIRECTORY_MANIFEST || top == crate::native::FILES_MANIFEST {
                 manifest = Some(copied.sha256);
             }
         }
@@ -300,6 +318,24 @@ mod unit {
         assert!(target
             .put_verified(&local, &object_key(1, "shop", Path::new("/x/c.dir")))
             .is_err());
+        target.delete(&key).unwrap();
+        assert!(!copy.exists());
+
+        // A native physical backup: nested directories, its chain manifest as the checksum.
+        let native = tmp.path().join("n.native");
+        std::fs::create_dir_all(native.join("data/base/5")).unwrap();
+        std::fs::write(native.join("data/base/5/16384.zst"), b"rel").unwrap();
+        std::fs::write(native.join("backup_manifest"), b"{}").unwrap();
+        let chain = b"# backup_mgmt native physical backup 1; parent none\n";
+        std::fs::write(native.join(crate::native::FILES_MANIFEST), chain).unwrap();
+        let key = object_key(1, "postgres", &native);
+        let c = target.put_verified(&native, &key).unwrap();
+        assert_eq!(c.sha256, hex(&Sha256::digest(chain)));
+        let copy = tmp.path().join("offsite").join(&key);
+        assert_eq!(
+            std::fs::read(copy.join("data/base/5/16384.zst")).unwrap(),
+            b"rel"
+        );
         target.delete(&key).unwrap();
         assert!(!copy.exists());
     }

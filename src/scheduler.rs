@@ -91,8 +91,8 @@ impl From<JobError> for ErrorReport {
             JobError::BadOption { .. } | JobError::OptionsNotObject => (
                 ERRCODE_INVALID_PARAMETER_VALUE,
                 "Options: compression ('zstd' or 'none'), compression_level (1-22), parallel_jobs (1-64, \
-                 pg_dump_directory only), timeout_seconds (1-604800), include_globals (pg_dump methods), \
-                 fast_checkpoint (pg_basebackup)."
+                 pg_dump_directory and native_physical), timeout_seconds (1-604800), include_globals \
+                 (pg_dump methods), fast_checkpoint (pg_basebackup, native_physical)."
                     .to_owned(),
             ),
             JobError::Null(what) => (ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("Pass a non-NULL {what}.")),
@@ -143,11 +143,13 @@ pub fn normalize_options(options: &Value, method: BackupMethod) -> Result<Value,
     if matches!(method, BackupMethod::PgDump | BackupMethod::PgDumpDirectory) {
         out.insert("include_globals".into(), Value::from(true));
     }
-    if matches!(
-        method,
-        BackupMethod::PgBasebackup | BackupMethod::NativePhysical
-    ) {
+    if method == BackupMethod::PgBasebackup {
         out.insert("fast_checkpoint".into(), Value::from(false));
+    }
+    if method == BackupMethod::NativePhysical {
+        // pg_backup_start runs in the worker's own session and waits there for its checkpoint:
+        // a spread one would hold the worker's loop (and a server shutdown) for minutes.
+        out.insert("fast_checkpoint".into(), Value::from(true));
     }
     for (key, v) in given {
         match key.as_str() {

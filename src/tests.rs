@@ -935,6 +935,67 @@ mod tests {
         assert_eq!(recipe, None, "no recipe for an unreachable target");
     }
 
+    /// A native chain in the catalog: the parent cannot be deleted or expired while a child is
+    /// retained; children first is fine.  restore_recipe refuses what it cannot restore.
+    #[pg_test]
+    fn native_chains_are_units_and_recipes_refuse_other_backups() {
+        let record = |kind: &str, path: &str| -> i64 {
+            let id = Spi::get_one_with_args::<i64>(
+                "SELECT backup_mgmt.record_backup_start('postgres', $1, 'native_physical', $2)",
+                &[kind.into(), path.into()],
+            )
+            .unwrap()
+            .unwrap();
+            Spi::run_with_args(
+                "SELECT backup_mgmt.record_backup_complete($1, 10, repeat('b', 64))",
+                &[id.into()],
+            )
+            .unwrap();
+            id
+        };
+        let full = record("full", "/tmp/backup_mgmt_pgtest_root/f.native");
+        let incr = record("incremental", "/tmp/backup_mgmt_pgtest_root/i.native");
+        Spi::run_with_args(
+            "UPDATE backup_management.backup_records SET parent_backup_id = $2 WHERE backup_id = $1",
+            &[incr.into(), full.into()],
+        )
+        .unwrap();
+        assert_fails(
+            &format!("DELETE FROM backup_management.backup_records WHERE backup_id = {full}"),
+            "2BP01",
+            &format!("backup {full} is the parent of backup {incr}"),
+        );
+        assert_fails(
+            &format!("UPDATE backup_management.backup_records SET status = 'expired' WHERE backup_id = {full}"),
+            "2BP01",
+            &incr.to_string(),
+        );
+        // One statement expiring the whole chain is fine, whichever row it reaches first.
+        Spi::run_with_args(
+            "UPDATE backup_management.backup_records SET status = 'expired' WHERE backup_id = ANY($1)",
+            &[vec![full, incr].into()],
+        )
+        .unwrap();
+
+        assert_fails("SELECT backup_mgmt.restore_recipe(NULL)", "22004", "NULL");
+        assert_fails(
+            "SELECT backup_mgmt.restore_recipe(424242)",
+            "42704",
+            "424242",
+        );
+        let dump = start();
+        Spi::run_with_args(
+            "SELECT backup_mgmt.record_backup_complete($1, 10, repeat('c', 64))",
+            &[dump.into()],
+        )
+        .unwrap();
+        assert_fails(
+            &format!("SELECT backup_mgmt.restore_recipe({dump})"),
+            "42809",
+            "pg_dump",
+        );
+    }
+
     /// Retention in the catalog: previews name the rules; applying marks records expired;
     /// pins and the newest verified backup survive a policy that keeps nothing; WAL older than
     /// the oldest retained base backup expires; bad input is refused by name.

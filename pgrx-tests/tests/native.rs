@@ -295,3 +295,83 @@ fn damaged_page_is_reported_with_its_relation() {
         cluster.log()
     );
 }
+
+/// kill -9 of the postmaster while the worker copies: after a restart the run is recorded
+/// failed, the partial directory is gone, no slot or backup is left behind, and the next run
+/// completes.
+#[test]
+fn kill_9_mid_copy_leaves_nothing_behind() {
+    let mut cluster = Cluster::start_with_backups(&[]);
+    let mut db = cluster.connect("postgres");
+    db.batch_execute("CREATE EXTENSION backup_mgmt").unwrap();
+    cluster.run_client("pgbench", &["-i", "-q", "-s", "10", "postgres"]);
+    db.execute(
+        "SELECT backup_mgmt.schedule_backup('crashy', '@yearly', 'postgres', 'full', 'native_physical',
+                '{\"compression_level\": 19}')",
+        &[],
+    )
+    .unwrap();
+    db.execute("SELECT backup_mgmt.run_job_now('crashy')", &[])
+        .unwrap();
+    let root = cluster.backup_root();
+    let partial = |root: &std::path::Path| -> bool {
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.file_name().to_string_lossy().ends_with(".native.partial") {
+                    return true;
+                }
+                if e.path().is_dir() {
+                    stack.push(e.path());
+                }
+            }
+        }
+        false
+    };
+    let copying = Cluster::wait_for(Duration::from_secs(60), || partial(&root));
+    assert!(copying, "the copy never started\n{}", cluster.log());
+    drop(db);
+    cluster.kill_postmaster();
+    cluster.pg_ctl_start();
+
+    let mut db = cluster.connect("postgres");
+    let recovered = Cluster::wait_for(Duration::from_secs(30), || {
+        db.query_one(
+            "SELECT count(*) = 0 FROM backup_management.backup_records WHERE status = 'running'",
+            &[],
+        )
+        .map(|r| r.get::<_, bool>(0))
+        .unwrap_or(false)
+    });
+    assert!(recovered, "still running\n{}", cluster.log());
+    let (status, error): (String, String) = db
+        .query_one(
+            "SELECT status, error_message FROM backup_management.backup_records WHERE label = 'crashy'",
+            &[],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(status, "failed");
+    assert!(error.contains("interrupted"), "{error}");
+    assert!(!partial(&root), "partial directory left behind");
+    let slots: i64 = db
+        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0);
+
+    db.execute(
+        "SELECT backup_mgmt.alter_job('crashy', options => '{}')",
+        &[],
+    )
+    .unwrap();
+    let id = run_job(&cluster, &mut db, "crashy");
+    let status: String = db
+        .query_one(
+            "SELECT test_status FROM backup_mgmt.test_backup_restore($1)",
+            &[&id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "passed");
+}

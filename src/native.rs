@@ -17,8 +17,9 @@
 //!   manifest format (version 1, sha256 per file, WAL range, manifest checksum), so that
 //!   `pg_verifybackup` checks a materialised data directory exactly as it checks a pg_basebackup
 //!   one;
-//! - `tablespace_map`, when the cluster has tablespaces (informational: the materialised
-//!   directory keeps tablespaces in place under `pg_tblspc`).
+//! - `tablespace_map`, when the cluster has tablespaces (for reference: a materialised data
+//!   directory gets each tablespace in a directory of the restorer's choosing, linked from
+//!   `pg_tblspc/<oid>`, never at its original location).
 //!
 //! A file is stored again unless the parent has it with the same size and modification time and
 //! that time is before the parent began (`datadir::plan_incremental`), as pgBackRest does by
@@ -895,21 +896,38 @@ pub fn verify_backup(
     }
 }
 
+/// A tablespace's directory in a backup (`pg_tblspc/<oid>`): its oid.
+pub fn tablespace_oid(dir: &str) -> Option<&str> {
+    let oid = dir.strip_prefix("pg_tblspc/")?;
+    (!oid.is_empty() && oid.bytes().all(|b| b.is_ascii_digit())).then_some(oid)
+}
+
 /// Builds the complete data directory of a backup in `dest` (created, mode 0700) from its
 /// chain: every file from its holder, decompressed and checked against the manifest's sha256,
-/// plus PostgreSQL's manifest as `backup_manifest` for pg_verifybackup.
+/// plus PostgreSQL's manifest as `backup_manifest` for pg_verifybackup.  Each tablespace goes
+/// to `tablespaces/<oid>` (created), linked from `pg_tblspc/<oid>` as PostgreSQL requires.
 pub fn materialize(
     dir: &Path,
     manifest: &Manifest,
     holders: &HashMap<i64, PathBuf>,
     dest: &Path,
+    tablespaces: &Path,
     threads: usize,
     counters: &Counters<'_>,
 ) -> Result<(), Report> {
     let fail = |d: String| Report::failed(Reason::Unreadable, d, dest);
     mkdir(dest).map_err(fail)?;
     for d in &manifest.dirs {
-        mkdir(&dest.join(d)).map_err(fail)?;
+        match tablespace_oid(d) {
+            Some(oid) => {
+                mkdir(tablespaces).map_err(fail)?;
+                let place = tablespaces.join(oid);
+                mkdir(&place).map_err(fail)?;
+                std::os::unix::fs::symlink(&place, dest.join(d))
+                    .map_err(|e| fail(format!("linking tablespace {oid}: {e}")))?;
+            }
+            None => mkdir(&dest.join(d)).map_err(fail)?,
+        }
     }
     each_file(&manifest.files, threads, |f, buf| {
         let holder = holders.get(&f.holder).ok_or_else(|| {
@@ -1156,7 +1174,8 @@ mod unit {
         );
 
         let dest = tmp.path().join("restored");
-        materialize(&out2, &f2.manifest, &holders, &dest, 2, &c).unwrap();
+        let spaces = tmp.path().join("spaces");
+        materialize(&out2, &f2.manifest, &holders, &dest, &spaces, 2, &c).unwrap();
         for f in ["base/5/16384", "base/5/16390", "base/5/16400", "PG_VERSION"] {
             assert_eq!(
                 fs::read(dest.join(f)).unwrap(),
@@ -1175,7 +1194,7 @@ mod unit {
         bytes_v[last] ^= 0xff;
         fs::write(&victim, bytes_v).unwrap();
         let dest2 = tmp.path().join("restored2");
-        assert!(materialize(&out2, &f2.manifest, &holders, &dest2, 2, &c).is_err());
+        assert!(materialize(&out2, &f2.manifest, &holders, &dest2, &spaces, 2, &c).is_err());
         assert!(!verify_backup(&out1, Some(&f1.manifest_sha256), &empty, 2, &c).passed);
         // A changed chain manifest is caught by its catalog checksum.
         let mpath = out2.join(FILES_MANIFEST);

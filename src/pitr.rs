@@ -270,7 +270,7 @@ pub fn recipe(r: &RecipeInput) -> Result<String, PitrError> {
 # postgresql.conf before starting.)
 #
 # Usage, as the operating-system user that will run the restored server:
-#   bash recipe.sh NEW_DATA_DIRECTORY
+#   bash recipe.sh NEW_DATA_DIRECTORY [TABLESPACE_DIRECTORY]
 # then start it (pg_ctl -D NEW_DATA_DIRECTORY start, on a free port): it replays the WAL up to
 # the target and promotes.
 set -euo pipefail
@@ -342,14 +342,30 @@ declare -A holder
                 let _ = writeln!(s, "holder[{id}]={}", sh_quote(dir));
             }
             s.push_str(
-                r#"echo "recipe: materialising the data directory in $target from the chain"
+                r#"# Tablespaces go to TABLESPACE_DIRECTORY/<oid> (default: NEW_DATA_DIRECTORY.tablespaces),
+# linked from pg_tblspc/<oid>; never to their original locations, which may be in use.
+tablespaces=$(realpath -m -- "${2:-$target.tablespaces}")
+echo "recipe: materialising the data directory in $target from the chain"
 mkdir -p -- "$target"
 chmod 0700 "$target"
 sums=$(mktemp)
 trap 'rm -f -- "$sums"' EXIT
 while IFS=$'\t' read -r kind path size mtime sum id stored; do
     case "$kind" in
-        d) mkdir -p -- "$target/$path" ;;
+        d)
+            case "$path" in
+                pg_tblspc/*/*) mkdir -p -- "$target/$path" ;;
+                pg_tblspc/*)
+                    place="$tablespaces/${path#pg_tblspc/}"
+                    if [ -e "$place" ] && [ -n "$(ls -A -- "$place")" ]; then
+                        echo "recipe: $place is not empty; refusing to restore a tablespace over it" >&2
+                        exit 1
+                    fi
+                    mkdir -p -- "$place"
+                    chmod 0700 "$place"
+                    ln -s -- "$place" "$target/$path" ;;
+                *) mkdir -p -- "$target/$path" ;;
+            esac ;;
         f)
             src="${holder[$id]:?backup $id of the chain is not named in this recipe}/$stored"
             case "$stored" in

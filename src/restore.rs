@@ -702,7 +702,8 @@ fn native_restore_test(target: verification::Target) -> Result<RestoreResult, Re
                 bytes: progress.bytes_counter(),
                 cancel: progress.cancel_flag(),
             };
-            crate::native::materialize(&dir, &manifest, &chain, &data, threads, &counters)
+            let spaces = scratch.join("tablespaces");
+            crate::native::materialize(&dir, &manifest, &chain, &data, &spaces, threads, &counters)
                 .map_err(|r| {
                     format!(
                         "materialising the chain: {} ({})",

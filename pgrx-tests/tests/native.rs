@@ -16,7 +16,8 @@ fn fingerprint(db: &mut postgres::Client) -> String {
             (SELECT md5(string_agg(b::text, ',' ORDER BY bid)) FROM pgbench_branches b),
             (SELECT md5(string_agg(t::text, ',' ORDER BY tid)) FROM pgbench_tellers t),
             (SELECT md5(coalesce(string_agg(h::text, ',' ORDER BY h::text), '')) FROM pgbench_history h),
-            (SELECT count(*) FROM pgbench_history))",
+            (SELECT count(*) FROM pgbench_history),
+            (SELECT md5(string_agg(s::text, ',' ORDER BY id)) FROM spaced s))",
         &[],
     )
     .unwrap()
@@ -69,11 +70,14 @@ fn run_job(cluster: &Cluster, db: &mut postgres::Client, job: &str) -> i64 {
     id
 }
 
-fn pgbench(cluster: &Cluster, transactions: &str) {
+/// pgbench writes, and some rows of the table in the other tablespace change.
+fn pgbench(cluster: &Cluster, db: &mut postgres::Client, transactions: &str) {
     cluster.run_client(
         "pgbench",
         &["-n", "-c", "2", "-t", transactions, "postgres"],
     );
+    db.batch_execute("UPDATE spaced SET v = v + 1 WHERE id % 7 = 0")
+        .unwrap();
 }
 
 #[test]
@@ -82,6 +86,24 @@ fn full_incremental_differential_restore_exactly_and_chain_is_protected() {
     let mut db = cluster.connect("postgres");
     db.batch_execute("CREATE EXTENSION backup_mgmt").unwrap();
     cluster.run_client("pgbench", &["-i", "-q", "-s", "4", "postgres"]);
+    // A table in a tablespace of its own: copied through its pg_tblspc link, restored in place.
+    let ts_dir = cluster.dir().join("tablespace");
+    let made = cluster
+        .server_command("/bin/mkdir")
+        .arg(&ts_dir)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    db.batch_execute(&format!(
+        "CREATE TABLESPACE extra LOCATION '{}'",
+        ts_dir.display()
+    ))
+    .unwrap();
+    db.batch_execute(
+        "CREATE TABLE spaced (id int PRIMARY KEY, v int) TABLESPACE extra;
+         INSERT INTO spaced SELECT g, 0 FROM generate_series(1, 10000) g;",
+    )
+    .unwrap();
     for (job, kind) in [
         ("nfull", "full"),
         ("nincr", "incremental"),
@@ -116,15 +138,15 @@ fn full_incremental_differential_restore_exactly_and_chain_is_protected() {
     let full = run_job(&cluster, &mut db, "nfull");
     let at_full = fingerprint(&mut db);
     std::thread::sleep(Duration::from_millis(1100));
-    pgbench(&cluster, "300");
+    pgbench(&cluster, &mut db, "300");
     let at_incr = fingerprint(&mut db);
     assert_ne!(at_full, at_incr);
     let incr = run_job(&cluster, &mut db, "nincr");
     std::thread::sleep(Duration::from_millis(1100));
-    pgbench(&cluster, "300");
+    pgbench(&cluster, &mut db, "300");
     let at_diff = fingerprint(&mut db);
     let diff = run_job(&cluster, &mut db, "ndiff");
-    pgbench(&cluster, "100");
+    pgbench(&cluster, &mut db, "100");
     assert_ne!(fingerprint(&mut db), at_diff);
 
     // The chain, as the catalog records it.
@@ -197,6 +219,14 @@ fn full_incremental_differential_restore_exactly_and_chain_is_protected() {
                 .unwrap_or(false)
         });
         assert!(promoted, "{said}\n{}", restored.log());
+        // The tablespace went beside the new data directory, not over the original's.
+        let spaces =
+            std::path::PathBuf::from(format!("{}.tablespaces", restored.data_dir().display()));
+        assert_eq!(
+            std::fs::read_dir(&spaces).map(|d| d.count()).unwrap_or(0),
+            1,
+            "{said}"
+        );
         assert_eq!(
             &fingerprint(&mut rdb),
             expected,

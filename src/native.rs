@@ -40,6 +40,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::archive::read_full;
 use crate::datadir::{self, Change, Entry, ParentFile};
 use crate::executor::hex;
 use crate::pagecheck::{self, PageState, BLCKSZ};
@@ -228,20 +229,6 @@ fn utf8(p: &Path) -> Result<String, String> {
     }
 }
 
-/// Reads until `buf` is full or the file ends.
-fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 /// The first block number of a relation fork file (`16384.3` → 3 × 131072), if `rel` is one
 /// whose pages carry checksums.
 fn first_block(rel: &Path) -> Option<u32> {
@@ -332,12 +319,7 @@ fn copy_file(
         None => format!("{DATA}/{rel}"),
     };
     let dst_path = spec.out.join(&stored);
-    let dst = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&dst_path)
-        .map_err(|e| format!("could not create \"{}\": {e}", dst_path.display()))?;
+    let dst = create_private(&dst_path)?;
     let pages_from = if spec.check_pages {
         first_block(&entry.path)
     } else {
@@ -522,14 +504,19 @@ pub fn copy_data(spec: &CopySpec, counters: &Counters<'_>) -> Result<Copied, Str
     Ok(out)
 }
 
-/// Writes `bytes` as `dir/name` (new file, fsynced), returning its sha256.
-fn write_new(path: &Path, bytes: &[u8]) -> Result<String, String> {
-    let mut f = OpenOptions::new()
+/// A new file only the server's user can read; never an existing one.
+fn create_private(path: &Path) -> Result<File, String> {
+    OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| format!("could not create \"{}\": {e}", path.display()))?;
+        .map_err(|e| format!("could not create \"{}\": {e}", path.display()))
+}
+
+/// Writes `bytes` as a new file at `path` (fsynced), returning its sha256.
+fn write_new(path: &Path, bytes: &[u8]) -> Result<String, String> {
+    let mut f = create_private(path)?;
     f.write_all(bytes)
         .and_then(|_| f.sync_all())
         .map_err(|e| format!("writing \"{}\": {e}", path.display()))?;
@@ -628,13 +615,7 @@ pub fn finish(
             Some(_) => format!("{DATA}/pg_wal/{}.zst", w.name),
             None => format!("{DATA}/pg_wal/{}", w.name),
         };
-        let dst_path = out.join(&stored);
-        let dst = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&dst_path)
-            .map_err(|e| format!("could not create \"{}\": {e}", dst_path.display()))?;
+        let dst = create_private(&out.join(&stored))?;
         let err = |e: io::Error| format!("copying WAL file {}: {e}", w.name);
         let mut hasher = Sha256::new();
         let mut size = 0u64;
@@ -942,29 +923,14 @@ pub fn materialize(
         })?;
         let src = holder.join(&f.stored);
         let out_path = dest.join(&f.path);
-        let mut out = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&out_path)
-            .map_err(|e| {
-                Report::failed(
-                    Reason::Unreadable,
-                    format!("could not create: {e}"),
-                    &out_path,
-                )
-            })?;
+        let mut out = create_private(&out_path)
+            .map_err(|e| Report::failed(Reason::Unreadable, e, &out_path))?;
         let (size, sum) = read_stored(&src, &mut out, buf, counters)
             .map_err(|(r, d)| Report::failed(r, d, &src))?;
         judge(&src, f, size, &sum)
     })?;
     let compressed = dir.join(format!("{PG_MANIFEST}.zst"));
-    let mut out = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(dest.join(PG_MANIFEST))
-        .map_err(|e| fail(format!("creating {PG_MANIFEST}: {e}")))?;
+    let mut out = create_private(&dest.join(PG_MANIFEST)).map_err(fail)?;
     let source = if compressed.exists() {
         compressed
     } else {

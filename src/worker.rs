@@ -970,13 +970,7 @@ fn record_result_in_catalog(run: &Running, result: Result<executor::Outcome, exe
                             Ok(rows) => json!({ "row_counts": rows }),
                             Err(why) => json!({ "row_counts_unavailable": why }),
                         };
-                        spi(c.update(
-                            "UPDATE backup_management.backup_records \
-                                SET annotations = coalesce(annotations, '{}') || $2::text::jsonb \
-                              WHERE backup_id = $1",
-                            None,
-                            &[run.backup_id.into(), value.to_string().into()],
-                        ))?;
+                        merge_annotations(c, run.backup_id, &value)?;
                     }
                     if let Some(w) = &outcome.wal {
                         // SAFETY: a plain global, set once at startup.
@@ -1004,13 +998,7 @@ fn record_result_in_catalog(run: &Running, result: Result<executor::Outcome, exe
                         if let Some(obj) = extra.as_object_mut() {
                             obj.insert("bad_pages".into(), bad);
                         }
-                        spi(c.update(
-                            "UPDATE backup_management.backup_records \
-                                SET annotations = coalesce(annotations, '{}') || $2::text::jsonb \
-                              WHERE backup_id = $1",
-                            None,
-                            &[run.backup_id.into(), extra.to_string().into()],
-                        ))?;
+                        merge_annotations(c, run.backup_id, &extra)?;
                     }
                     if let Some(g) = &outcome.globals {
                         spi(c.update(
@@ -1054,6 +1042,18 @@ fn record_result_in_catalog(run: &Running, result: Result<executor::Outcome, exe
             prune_history(c, run.job_id)
         })
     });
+}
+
+/// Adds `value`'s keys to a backup record's annotations.
+fn merge_annotations(c: &mut SpiClient<'_>, backup_id: i64, value: &Value) -> Result<(), String> {
+    spi(c.update(
+        "UPDATE backup_management.backup_records \
+            SET annotations = coalesce(annotations, '{}') || $2::text::jsonb \
+          WHERE backup_id = $1",
+        None,
+        &[backup_id.into(), value.to_string().into()],
+    ))
+    .map(|_| ())
 }
 
 /// Removes an interrupted backup's output (final name, if the rename happened before the crash,

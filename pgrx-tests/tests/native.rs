@@ -70,6 +70,27 @@ fn run_job(cluster: &Cluster, db: &mut postgres::Client, job: &str) -> i64 {
     id
 }
 
+/// `test_backup_restore(id)` passes (the recorded result is shown when it does not).
+fn assert_restore_test_passes(db: &mut postgres::Client, id: i64) {
+    let status: String = db
+        .query_one(
+            "SELECT test_status FROM backup_mgmt.test_backup_restore($1)",
+            &[&id],
+        )
+        .unwrap()
+        .get(0);
+    let detail: Option<String> = db
+        .query_one(
+            "SELECT verification_result::text FROM backup_management.backup_verifications
+              WHERE backup_id = $1 AND verification_type = 'restore_test'
+              ORDER BY verification_id DESC LIMIT 1",
+            &[&id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "passed", "backup {id}: {detail:?}");
+}
+
 /// pgbench writes, and some rows of the table in the other tablespace change.
 fn pgbench(cluster: &Cluster, db: &mut postgres::Client, transactions: &str) {
     cluster.run_client(
@@ -185,23 +206,7 @@ fn full_incremental_differential_restore_exactly_and_chain_is_protected() {
     // Every member restores: test_backup_restore (materialise, pg_verifybackup, start), and the
     // recipe with standard tools yields exactly the data of its point.
     for (id, expected) in [(full, &at_full), (incr, &at_incr), (diff, &at_diff)] {
-        let status: String = db
-            .query_one(
-                "SELECT test_status FROM backup_mgmt.test_backup_restore($1)",
-                &[&id],
-            )
-            .unwrap()
-            .get(0);
-        let detail: Option<String> = db
-            .query_one(
-                "SELECT verification_result::text FROM backup_management.backup_verifications
-                  WHERE backup_id = $1 AND verification_type = 'restore_test'
-                  ORDER BY verification_id DESC LIMIT 1",
-                &[&id],
-            )
-            .unwrap()
-            .get(0);
-        assert_eq!(status, "passed", "backup {id}: {detail:?}");
+        assert_restore_test_passes(&mut db, id);
         assert!(db
             .query_one("SELECT backup_mgmt.verify_backup_integrity($1)", &[&id])
             .unwrap()
@@ -396,12 +401,5 @@ fn kill_9_mid_copy_leaves_nothing_behind() {
     )
     .unwrap();
     let id = run_job(&cluster, &mut db, "crashy");
-    let status: String = db
-        .query_one(
-            "SELECT test_status FROM backup_mgmt.test_backup_restore($1)",
-            &[&id],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(status, "passed");
+    assert_restore_test_passes(&mut db, id);
 }

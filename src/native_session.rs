@@ -77,10 +77,12 @@ pub(crate) struct Session {
 }
 
 /// The newest completed native backup of this cluster that `kind` builds on (incremental: any
-/// type; differential: full), unless its newest verification failed.
+/// type; differential: full), unless its newest verification failed.  Its start is rounded
+/// down to the second: a file is referred to only when its mtime (whole seconds) is before it,
+/// and rounding up would let a write in the parent's first fraction of a second pass as older.
 pub(crate) fn choose_parent(c: &SpiClient<'_>, kind: &str) -> Result<Option<Parent>, String> {
     let t = spi(c.select(
-        "SELECT r.backup_id, r.backup_file_path, r.checksum, extract(epoch FROM r.start_time)::bigint \
+        "SELECT r.backup_id, r.backup_file_path, r.checksum, floor(extract(epoch FROM r.start_time))::bigint \
            FROM backup_management.backup_records r \
           WHERE r.backup_method = 'native_physical' AND r.status = 'completed' \
             AND r.system_identifier = (SELECT system_identifier FROM pg_catalog.pg_control_system()) \
@@ -366,8 +368,8 @@ fn complete(
 
 /// Logs each bad page with the relation it belongs to (named when it is in this database) and
 /// returns them for the record.
-pub(crate) fn describe_bad_pages(c: &SpiClient<'_>, annotations: &Value) -> Result<Value, String> {
-    let Some(pages) = annotations.get("bad_pages").and_then(Value::as_array) else {
+pub(crate) fn describe_bad_pages(c: &SpiClient<'_>, pages: &Value) -> Result<Value, String> {
+    let Some(pages) = pages.as_array() else {
         return Ok(json!([]));
     };
     let mut out = Vec::new();

@@ -940,7 +940,24 @@ fn prune_history(c: &mut SpiClient<'_>, job_id: i64) -> Result<(), String> {
 /// Records a finished backup: complete with size and checksum, or failed with the reason.
 fn record_result(run: &Running, result: Result<executor::Outcome, executor::ExecError>) {
     let succeeded = result.is_ok();
+    let bad_pages = result
+        .as_ref()
+        .ok()
+        .and_then(|o| o.annotations.as_ref())
+        .and_then(|a| a.get("bad_pages"))
+        .filter(|b| b.as_array().is_some_and(|a| !a.is_empty()))
+        .cloned();
     record_result_in_catalog(run, result);
+    if let Some(pages) = bad_pages {
+        // In a transaction of its own, after the backup is recorded: naming the relations must
+        // not be able to undo the record of a completed backup.
+        in_transaction("naming the relations of damaged pages", || {
+            Spi::connect_mut(|c| {
+                let named = crate::native_session::describe_bad_pages(c, &pages)?;
+                merge_annotations(c, run.backup_id, &json!({ "bad_pages": named }))
+            })
+        });
+    }
     if succeeded {
         // Only after a new backup exists: the job's policy may now let older ones go.
         crate::expiry::after_backup(&run.job_name);
@@ -993,12 +1010,7 @@ fn record_result_in_catalog(run: &Running, result: Result<executor::Outcome, exe
                         ))?;
                     }
                     if let Some(extra) = &outcome.annotations {
-                        let mut extra = extra.clone();
-                        let bad = crate::native_session::describe_bad_pages(c, &extra)?;
-                        if let Some(obj) = extra.as_object_mut() {
-                            obj.insert("bad_pages".into(), bad);
-                        }
-                        merge_annotations(c, run.backup_id, &extra)?;
+                        merge_annotations(c, run.backup_id, extra)?;
                     }
                     if let Some(g) = &outcome.globals {
                         spi(c.update(

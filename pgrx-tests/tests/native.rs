@@ -403,3 +403,91 @@ fn kill_9_mid_copy_leaves_nothing_behind() {
     let id = run_job(&cluster, &mut db, "crashy");
     assert_restore_test_passes(&mut db, id);
 }
+
+/// Point-in-time recovery from an incremental native backup: `plan_recovery_lsn` picks it as the
+/// base backup, and its recipe materialises the chain and replays the archived WAL to exactly
+/// the target, with the original cluster gone.
+#[test]
+fn point_in_time_recovery_starts_from_an_incremental() {
+    let mut cluster =
+        Cluster::start_with_backups(&["archive_mode = on", "archive_library = 'backup_mgmt'"]);
+    let mut db = cluster.connect("postgres");
+    db.batch_execute(
+        "CREATE EXTENSION backup_mgmt;
+         CREATE TABLE orders (id int PRIMARY KEY);
+         INSERT INTO orders SELECT generate_series(1, 1000);",
+    )
+    .unwrap();
+    for (job, kind) in [("pfull", "full"), ("pincr", "incremental")] {
+        db.execute(
+            "SELECT backup_mgmt.schedule_backup($1, '@yearly', 'postgres', $2, 'native_physical')",
+            &[&job, &kind],
+        )
+        .unwrap();
+    }
+    let full = run_job(&cluster, &mut db, "pfull");
+    std::thread::sleep(Duration::from_millis(1100));
+    db.batch_execute("INSERT INTO orders SELECT generate_series(1001, 2000)")
+        .unwrap();
+    let incr = run_job(&cluster, &mut db, "pincr");
+    db.batch_execute("INSERT INTO orders SELECT generate_series(2001, 3000)")
+        .unwrap();
+    let target: String = db
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .unwrap()
+        .get(0);
+    db.batch_execute("INSERT INTO orders SELECT generate_series(3001, 4000)")
+        .unwrap();
+    let segment: String = db
+        .query_one(
+            "SELECT pg_walfile_name($1::text::pg_lsn) FROM (SELECT pg_switch_wal()) s",
+            &[&target],
+        )
+        .unwrap()
+        .get(0);
+    let archived = Cluster::wait_for(Duration::from_secs(60), || {
+        db.query_one(
+            "SELECT count(*) = 1 FROM backup_management.wal_archive WHERE file_name = $1",
+            &[&segment],
+        )
+        .map(|r| r.get::<_, bool>(0))
+        .unwrap_or(false)
+    });
+    assert!(archived, "{segment} not archived\n{}", cluster.log());
+    let plan = db
+        .query_one(
+            "SELECT reachable, reason, base_backup_id, recipe FROM backup_mgmt.plan_recovery_lsn($1::text::pg_lsn)",
+            &[&target],
+        )
+        .unwrap();
+    let (reachable, reason): (bool, String) = (plan.get(0), plan.get(1));
+    assert!(reachable, "{reason}");
+    assert_eq!(plan.get::<_, Option<i64>>(2), Some(incr));
+    let recipe: String = plan.get(3);
+    assert!(
+        recipe.contains(&format!("holder[{full}]=")) && recipe.contains("recovery_target_lsn"),
+        "{recipe}"
+    );
+
+    drop(db);
+    cluster.pg_ctl_stop("immediate");
+    std::fs::remove_dir_all(cluster.data_dir()).unwrap();
+    let (restored, said) = Cluster::restored_by(&recipe);
+    let mut r = restored.connect("postgres");
+    let promoted = Cluster::wait_for(Duration::from_secs(120), || {
+        r.query_one("SELECT NOT pg_is_in_recovery()", &[])
+            .map(|row| row.get::<_, bool>(0))
+            .unwrap_or(false)
+    });
+    assert!(promoted, "{said}\n{}", restored.log());
+    let (count, max): (i64, Option<i32>) = r
+        .query_one("SELECT count(*), max(id) FROM orders", &[])
+        .map(|row| (row.get(0), row.get(1)))
+        .unwrap();
+    assert_eq!(
+        (count, max),
+        (3000, Some(3000)),
+        "{said}\n{}",
+        restored.log()
+    );
+}

@@ -1,4 +1,4 @@
-//! The data directory as a native physical backup (issue 7) sees it, in plain Rust: which files
+//! The data directory as a native physical backup (`native.rs`) sees it, in plain Rust: which files
 //! to copy (what PostgreSQL's documentation and pg_basebackup leave out), and, for an
 //! incremental or differential backup, which files changed since the parent.
 //!

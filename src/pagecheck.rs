@@ -1,4 +1,4 @@
-//! PostgreSQL's data page checksums, in plain Rust: what the native physical backup (issue 7)
+//! PostgreSQL's data page checksums, in plain Rust: what the native physical backup (`native.rs`)
 //! checks while it copies a relation file of a cluster with data checksums, so that a bad page
 //! is reported (with its relation and block) when it is read, not when it is restored.
 //!

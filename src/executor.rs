@@ -425,15 +425,19 @@ impl WalRange {
         )
     }
 
-    /// The first and the last WAL file the backup needs.  The stop position is just past the
-    /// last record, so a stop exactly on a file boundary needs only the file before it.
+    /// The numbers of the WAL files the backup needs, first to last.  The stop position is just
+    /// past the last record, so a stop exactly on a file boundary needs only the file before it.
+    pub fn segment_numbers(&self, segment_size: u64) -> std::ops::RangeInclusive<u64> {
+        let last = self.stop_lsn.saturating_sub(1).max(self.start_lsn);
+        self.start_lsn / segment_size..=last / segment_size
+    }
+
+    /// The first and the last WAL file the backup needs.
     pub fn segments(&self, segment_size: u64) -> (String, String) {
+        let numbers = self.segment_numbers(segment_size);
         (
-            self.segment_name(self.start_lsn, segment_size),
-            self.segment_name(
-                self.stop_lsn.saturating_sub(1).max(self.start_lsn),
-                segment_size,
-            ),
+            self.segment_name(numbers.start() * segment_size, segment_size),
+            self.segment_name(numbers.end() * segment_size, segment_size),
         )
     }
 }

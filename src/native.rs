@@ -427,8 +427,8 @@ pub fn copy_data(spec: &CopySpec, counters: &Counters<'_>) -> Result<Copied, Str
                     )
                 })
                 .collect();
-            let owned: Vec<Entry> = files.iter().map(|e| (*e).clone()).collect();
-            let plan = datadir::plan_incremental(&owned, &known, *parent_started);
+            // The plan lists the files of `entries` (directories left out) in order: `files`.
+            let plan = datadir::plan_incremental(&entries, &known, *parent_started);
             for (entry, (_, change)) in files.iter().zip(plan) {
                 let rel = entry.path.to_str().unwrap_or_default();
                 match (change, by_path.get(rel)) {
@@ -727,40 +727,12 @@ fn read_stored(
     Ok((total, hex(&hasher.finalize())))
 }
 
-/// Runs `work` on every file of `files` on `threads` threads; the first failure stops the rest.
-fn each_file<'f>(
-    files: &'f [FileRecord],
-    threads: usize,
-    work: impl Fn(&'f FileRecord, &mut [u8]) -> Result<(), Report> + Sync,
-) -> Result<(), Report> {
-    let next = AtomicUsize::new(0);
-    let failure: Mutex<Option<Report>> = Mutex::new(None);
-    let stop = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        for _ in 0..threads.max(1) {
-            s.spawn(|| {
-                crate::executor::block_all_signals();
-                let mut buf = vec![0u8; verify::CHUNK];
-                while !stop.load(Ordering::Relaxed) {
-                    let Some(f) = files.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                        return;
-                    };
-                    if let Err(r) = work(f, &mut buf) {
-                        stop.store(true, Ordering::Relaxed);
-                        failure
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get_or_insert(r);
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    match failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        Some(r) => Err(r),
-        None => Ok(()),
-    }
+/// The report of a run stopped by `cancel` before every file was done.
+fn cancelled(counters: &Counters<'_>, at: &Path) -> Option<Report> {
+    counters
+        .cancel
+        .load(Ordering::Relaxed)
+        .then(|| Report::failed(Reason::Cancelled, "cancelled".into(), at))
 }
 
 fn judge(path: &Path, f: &FileRecord, size: u64, sum: &str) -> Result<(), Report> {
@@ -854,16 +826,16 @@ pub fn verify_backup(
         }
     }
     let bytes = AtomicU64::new(0);
-    let result = each_file(&own, threads, |f, buf| {
+    let failure = verify::in_parallel(&own, threads, counters.cancel, |f, buf| {
         let path = dir.join(&f.stored);
         let (size, sum) = read_stored(&path, &mut io::sink(), buf, counters)
             .map_err(|(r, d)| Report::failed(r, d, &path))?;
         bytes.fetch_add(size, Ordering::Relaxed);
         judge(&path, f, size, &sum)
     });
-    match result {
-        Err(r) => r,
-        Ok(()) => Report {
+    match failure.or_else(|| cancelled(counters, dir)) {
+        Some(r) => r,
+        None => Report {
             passed: true,
             reason: None,
             detail: None,
@@ -910,7 +882,7 @@ pub fn materialize(
             None => mkdir(&dest.join(d)).map_err(fail)?,
         }
     }
-    each_file(&manifest.files, threads, |f, buf| {
+    let failure = verify::in_parallel(&manifest.files, threads, counters.cancel, |f, buf| {
         let holder = holders.get(&f.holder).ok_or_else(|| {
             Report::failed(
                 Reason::Missing,
@@ -928,7 +900,10 @@ pub fn materialize(
         let (size, sum) = read_stored(&src, &mut out, buf, counters)
             .map_err(|(r, d)| Report::failed(r, d, &src))?;
         judge(&src, f, size, &sum)
-    })?;
+    });
+    if let Some(r) = failure.or_else(|| cancelled(counters, dest)) {
+        return Err(r);
+    }
     let compressed = dir.join(format!("{PG_MANIFEST}.zst"));
     let mut out = create_private(&dest.join(PG_MANIFEST)).map_err(fail)?;
     let source = if compressed.exists() {

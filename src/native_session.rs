@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use pgrx::prelude::*;
-use pgrx::spi::SpiClient;
+use pgrx::spi::{SpiClient, SpiError};
 use serde_json::{json, Value};
 
 use crate::executor::{self, ExecError, Outcome, Phase, Progress, RunHandle, WalRange, Written};
@@ -103,6 +103,29 @@ pub(crate) fn choose_parent(c: &SpiClient<'_>, kind: &str) -> Result<Option<Pare
         checksum: spi(row.get::<String>(3))?,
         started: spi(row.get::<i64>(4))?.unwrap_or_default(),
     }))
+}
+
+/// Backup `id` and every ancestor it builds on (`parent_backup_id`), with their recorded
+/// paths, by id: the directories a native backup's files may be held in.
+pub(crate) fn chain_members(c: &SpiClient<'_>, id: i64) -> Result<Vec<(i64, String)>, SpiError> {
+    let t = c.select(
+        "WITH RECURSIVE chain(backup_id, parent_backup_id, backup_file_path) AS ( \
+             SELECT backup_id, parent_backup_id, backup_file_path FROM backup_management.backup_records \
+              WHERE backup_id = $1 \
+             UNION \
+             SELECT r.backup_id, r.parent_backup_id, r.backup_file_path \
+               FROM backup_management.backup_records r JOIN chain ON r.backup_id = chain.parent_backup_id) \
+         SELECT backup_id, backup_file_path FROM chain ORDER BY backup_id",
+        None,
+        &[id.into()],
+    )?;
+    let mut out = Vec::new();
+    for row in t {
+        if let (Some(member), Some(path)) = (row.get::<i64>(1)?, row.get::<String>(2)?) {
+            out.push((member, path));
+        }
+    }
+    Ok(out)
 }
 
 fn query_text(
@@ -301,9 +324,8 @@ fn complete(
     };
     // SAFETY: a plain global, set once at startup.
     let segment_size = unsafe { pg_sys::wal_segment_size } as u64;
-    let first = start_lsn / segment_size;
-    let last = stop_lsn.saturating_sub(1).max(start_lsn) / segment_size;
-    let wal: Vec<WalFile> = (first..=last)
+    let wal: Vec<WalFile> = range
+        .segment_numbers(segment_size)
         .map(|n| {
             let name = range.segment_name(n * segment_size, segment_size);
             WalFile {

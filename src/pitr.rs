@@ -425,23 +425,7 @@ fn base_of(
             compressed: compression == "zstd" || path.ends_with(".zst"),
         });
     }
-    let t = c.select(
-        "WITH RECURSIVE chain(backup_id, parent_backup_id, backup_file_path) AS ( \
-             SELECT backup_id, parent_backup_id, backup_file_path FROM backup_management.backup_records \
-              WHERE backup_id = $1 \
-             UNION \
-             SELECT r.backup_id, r.parent_backup_id, r.backup_file_path \
-               FROM backup_management.backup_records r JOIN chain ON r.backup_id = chain.parent_backup_id) \
-         SELECT backup_id, backup_file_path FROM chain ORDER BY backup_id",
-        None,
-        &[id.into()],
-    )?;
-    let mut holders = Vec::new();
-    for row in t {
-        if let (Some(i), Some(p)) = (row.get::<i64>(1)?, row.get::<String>(2)?) {
-            holders.push((i, p));
-        }
-    }
+    let holders = crate::native_session::chain_members(c, id)?;
     Ok(Base::Native {
         dir: path.to_owned(),
         manifest_sha256: sha.to_owned(),
@@ -572,9 +556,13 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
                 .and_then(crate::executor::parse_lsn)
                 .unwrap_or_default()
         };
-        let (start_lsn, stop_lsn) = (lsn(&start_text), lsn(&stop_text));
-        let start_seg = (start_lsn / segment_size) as i64;
-        let stop_seg = (stop_lsn.saturating_sub(1).max(start_lsn) / segment_size) as i64;
+        let range = crate::executor::WalRange {
+            start_lsn: lsn(&start_text),
+            stop_lsn: lsn(&stop_text),
+            timeline: timeline as u32,
+        };
+        let segments = range.segment_numbers(segment_size);
+        let (start_seg, stop_seg) = (*segments.start() as i64, *segments.end() as i64);
         let target_seg = match &target {
             Target::Lsn(l) => Some((*l / segment_size) as i64),
             Target::Time(_) | Target::Immediate => None,

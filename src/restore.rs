@@ -10,7 +10,7 @@
 //! The programs run on a helper thread as separate sessions over the server's socket; this
 //! backend waits on its latch and stops them on cancel or `statement_timeout`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
@@ -384,31 +384,23 @@ pub fn restore_test(
         bindir: crate::worker::bindir(),
     };
     let started = Instant::now();
-    let (shown, checksum, size) = (target.path.clone(), target.checksum.clone(), target.size);
     let zstd = compression == "zstd";
-    let method = target.method.clone();
+    let moved = target.clone();
     let unpack_into = verification_scratch(id)?;
     let work = crate::verification::in_background(move |progress| {
-        let integrity = match integrity_first(
-            &method,
-            path.as_deref(),
-            &shown,
-            checksum.as_deref(),
-            size,
-            &HashMap::new(),
-            &progress,
-        ) {
+        let shown = &moved.path;
+        let integrity = match integrity_first(&moved, path.as_deref(), &progress) {
             Ok(r) => r,
             Err(failed) => return (failed, None),
         };
-        let source = if method == "pg_dump_directory" {
+        let source = if moved.method == "pg_dump_directory" {
             path.as_deref()
                 .ok_or_else(|| "the backup directory is missing".to_owned())
                 .and_then(|p| unpack_directory(p, &unpack_into))
                 .map(|_| Source::Directory(unpack_into.clone()))
-                .map_err(|d| Report::failed(verify::Reason::Unreadable, d, Path::new(&shown)))
+                .map_err(|d| Report::failed(verify::Reason::Unreadable, d, Path::new(shown)))
         } else {
-            open_backup(path.as_deref(), &shown).map(|f| Source::Stream(f, zstd))
+            open_backup(path.as_deref(), shown).map(|f| Source::Stream(f, zstd))
         };
         let source = match source {
             Ok(s) => s,
@@ -507,24 +499,11 @@ fn record_verifybackup(
 /// The backup's bytes against its checksum, first: a backup that fails it is not worth
 /// restoring.  Err carries the failed report.
 fn integrity_first(
-    method: &str,
+    target: &verification::Target,
     path: Option<&Path>,
-    shown: &str,
-    checksum: Option<&str>,
-    size: Option<u64>,
-    chain: &HashMap<i64, PathBuf>,
     progress: &Progress,
 ) -> Result<Report, Report> {
-    let report = verification::run(
-        method,
-        path,
-        shown,
-        checksum,
-        size,
-        chain,
-        progress.cancel_flag(),
-        &AtomicU64::new(0),
-    );
+    let report = verification::run(target, path, progress.cancel_flag(), &AtomicU64::new(0));
     if report.passed {
         Ok(report)
     } else {
@@ -578,22 +557,14 @@ fn physical_restore_test(target: verification::Target) -> Result<RestoreResult, 
     })?;
     let bindir = crate::worker::bindir();
     let started = Instant::now();
-    let (shown, checksum, size) = (target.path.clone(), target.checksum.clone(), target.size);
     let zstd = compression == "zstd";
+    let moved = target.clone();
     let (integrity, outcome) = crate::verification::in_background(move |progress| {
-        let integrity = match integrity_first(
-            "pg_basebackup",
-            path.as_deref(),
-            &shown,
-            checksum.as_deref(),
-            size,
-            &HashMap::new(),
-            &progress,
-        ) {
+        let integrity = match integrity_first(&moved, path.as_deref(), &progress) {
             Ok(r) => r,
             Err(failed) => return (failed, None),
         };
-        let file = match open_backup(path.as_deref(), &shown) {
+        let file = match open_backup(path.as_deref(), &moved.path) {
             Ok(f) => f,
             Err(failed) => return (failed, None),
         };
@@ -667,22 +638,9 @@ fn native_restore_test(target: verification::Target) -> Result<RestoreResult, Re
     let user = Spi::get_one::<String>("SELECT current_user::text")?.unwrap_or_default();
     let bindir = crate::worker::bindir();
     let started = Instant::now();
-    let (shown, checksum, size, chain) = (
-        target.path.clone(),
-        target.checksum.clone(),
-        target.size,
-        target.chain.clone(),
-    );
+    let moved = target.clone();
     let (integrity, outcome) = crate::verification::in_background(move |progress| {
-        let integrity = match integrity_first(
-            "native_physical",
-            path.as_deref(),
-            &shown,
-            checksum.as_deref(),
-            size,
-            &chain,
-            &progress,
-        ) {
+        let integrity = match integrity_first(&moved, path.as_deref(), &progress) {
             Ok(r) => r,
             Err(failed) => return (failed, None),
         };
@@ -691,7 +649,7 @@ fn native_restore_test(target: verification::Target) -> Result<RestoreResult, Re
         };
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let prepare = |scratch: &Path, progress: &Progress| -> Result<PathBuf, String> {
-            let manifest = crate::native::load_manifest(&dir, checksum.as_deref())
+            let manifest = crate::native::load_manifest(&dir, moved.checksum.as_deref())
                 .map_err(|r| r.detail.unwrap_or_default())?;
             std::fs::DirBuilder::new()
                 .mode(0o700)
@@ -703,14 +661,22 @@ fn native_restore_test(target: verification::Target) -> Result<RestoreResult, Re
                 cancel: progress.cancel_flag(),
             };
             let spaces = scratch.join("tablespaces");
-            crate::native::materialize(&dir, &manifest, &chain, &data, &spaces, threads, &counters)
-                .map_err(|r| {
-                    format!(
-                        "materialising the chain: {} ({})",
-                        r.detail.unwrap_or_default(),
-                        r.failing_file.unwrap_or_default()
-                    )
-                })?;
+            crate::native::materialize(
+                &dir,
+                &manifest,
+                &moved.chain,
+                &data,
+                &spaces,
+                threads,
+                &counters,
+            )
+            .map_err(|r| {
+                format!(
+                    "materialising the chain: {} ({})",
+                    r.detail.unwrap_or_default(),
+                    r.failing_file.unwrap_or_default()
+                )
+            })?;
             Ok(data)
         };
         let o = crate::physical::restore_test_with(prepare, &scratch, &bindir, &user, &progress);

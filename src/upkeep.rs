@@ -82,28 +82,13 @@ impl Upkeep {
                 return;
             }
         };
-        let (method, shown, checksum, size, chain) = (
-            target.method.clone(),
-            target.path.clone(),
-            target.checksum.clone(),
-            target.size,
-            target.chain.clone(),
-        );
+        let moved = target.clone();
         let helper = Helper::spawn(move || {
             let cancel = AtomicBool::new(false);
             let progress = AtomicU64::new(0);
             let report = match kind {
-                Kind::Reverify => verification::run(
-                    &method,
-                    path.as_deref(),
-                    &shown,
-                    checksum.as_deref(),
-                    size,
-                    &chain,
-                    &cancel,
-                    &progress,
-                ),
-                Kind::Backfill => backfill(path, &shown, size, &cancel, &progress),
+                Kind::Reverify => verification::run(&moved, path.as_deref(), &cancel, &progress),
+                Kind::Backfill => backfill(path, &moved.path, moved.size, &cancel, &progress),
             };
             report
         });

@@ -61,6 +61,7 @@ impl From<VerificationError> for ErrorReport {
 }
 
 /// What verification needs from a backup record.
+#[derive(Debug, Clone)]
 pub struct Target {
     pub backup_id: i64,
     pub database_name: String,
@@ -75,28 +76,15 @@ pub struct Target {
 
 /// The directories of backup `id` and its ancestors (`parent_backup_id`), confined to the roots.
 fn chain_of(c: &SpiClient<'_>, id: i64) -> Result<HashMap<i64, PathBuf>, VerificationError> {
-    let t = c.select(
-        "WITH RECURSIVE chain(backup_id, parent_backup_id, backup_file_path) AS ( \
-             SELECT backup_id, parent_backup_id, backup_file_path FROM backup_management.backup_records \
-              WHERE backup_id = $1 \
-             UNION \
-             SELECT r.backup_id, r.parent_backup_id, r.backup_file_path \
-               FROM backup_management.backup_records r JOIN chain ON r.backup_id = chain.parent_backup_id) \
-         SELECT backup_id, backup_file_path FROM chain",
-        None,
-        &[id.into()],
-    )?;
     let roots = guc::backup_roots()?;
-    let mut out = HashMap::new();
-    for row in t {
-        let (Some(member), Some(path)) = (row.get::<i64>(1)?, row.get::<String>(2)?) else {
-            continue;
-        };
-        if let Ok(p) = security::confine(&path, &roots, false) {
-            out.insert(member, p);
-        }
-    }
-    Ok(out)
+    Ok(crate::native_session::chain_members(c, id)?
+        .into_iter()
+        .filter_map(|(member, path)| {
+            security::confine(&path, &roots, false)
+                .ok()
+                .map(|p| (member, p))
+        })
+        .collect())
 }
 
 /// Reads a completed backup's record (errors for an unknown or unfinished one).
@@ -156,38 +144,35 @@ pub fn confine(target: &Target) -> Result<Option<PathBuf>, VerificationError> {
     }
 }
 
-/// Runs the verification of a confined path (pure Rust, any thread).
-// The pieces are passed one by one because they move into helper threads separately.
-#[allow(clippy::too_many_arguments)]
+/// Runs the verification of `target`, whose path `confine` resolved to `path` (pure Rust, any
+/// thread).
 pub fn run(
-    method: &str,
+    target: &Target,
     path: Option<&Path>,
-    target_path: &str,
-    checksum: Option<&str>,
-    size: Option<u64>,
-    chain: &HashMap<i64, PathBuf>,
     cancel: &AtomicBool,
     progress: &AtomicU64,
 ) -> Report {
+    let checksum = target.checksum.as_deref();
+    let size = target.size;
     let Some(path) = path else {
         let mut r = Report::failed(
             Reason::Missing,
             "the backup file is missing".into(),
-            Path::new(target_path),
+            Path::new(&target.path),
         );
         r.expected_sha256 = checksum.map(str::to_owned);
         r.expected_bytes = size;
         return r;
     };
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    if method == "pg_dump_directory" {
+    if target.method == "pg_dump_directory" {
         verify::verify_directory(path, checksum, size, threads, cancel, progress)
-    } else if method == "native_physical" {
+    } else if target.method == "native_physical" {
         let counters = crate::native::Counters {
             bytes: progress,
             cancel,
         };
-        crate::native::verify_backup(path, checksum, chain, threads, &counters)
+        crate::native::verify_backup(path, checksum, &target.chain, threads, &counters)
     } else {
         verify::verify_file(path, checksum, size, cancel, progress)
     }
@@ -312,21 +297,11 @@ fn verify_backup_integrity(backup_id: Option<i64>) -> Result<bool, ErrorReport> 
     let target = load_target(id)?;
     let path = confine(&target)?;
     let started = Instant::now();
-    let (method, shown, checksum, size, chain) = (
-        target.method.clone(),
-        target.path.clone(),
-        target.checksum.clone(),
-        target.size,
-        target.chain.clone(),
-    );
+    let moved = target.clone();
     let report = in_background(move |progress| {
         run(
-            &method,
+            &moved,
             path.as_deref(),
-            &shown,
-            checksum.as_deref(),
-            size,
-            &chain,
             progress.cancel_flag(),
             &AtomicU64::new(0),
         )

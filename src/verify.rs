@@ -224,6 +224,45 @@ fn parse_manifest(text: &str) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
+/// Runs `work` on every item on `threads` threads (signals blocked, one read buffer each).  No
+/// new item is started after the first failure or once `cancel` is set; returns the first
+/// failure.
+pub fn in_parallel<T: Sync>(
+    items: &[T],
+    threads: usize,
+    cancel: &AtomicBool,
+    work: impl Fn(&T, &mut [u8]) -> Result<(), Report> + Sync,
+) -> Option<Report> {
+    let next = AtomicUsize::new(0);
+    let first_failure: Mutex<Option<Report>> = Mutex::new(None);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| {
+                crate::executor::block_all_signals();
+                let mut buf = vec![0u8; CHUNK];
+                loop {
+                    if stop.load(Ordering::Relaxed) || cancel.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                        return;
+                    };
+                    if let Err(report) = work(item, &mut buf) {
+                        stop.store(true, Ordering::Relaxed);
+                        let mut slot = first_failure.lock().unwrap_or_else(|e| e.into_inner());
+                        slot.get_or_insert(report);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    first_failure
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
 /// Verifies a directory backup: the manifest against the recorded sha256, then every file it
 /// lists, on `threads` threads; a file missing, extra, changed or truncated fails it.
 pub fn verify_directory(
@@ -264,48 +303,26 @@ pub fn verify_directory(
             }
         }
     }
-    let next = AtomicUsize::new(0);
-    let first_failure: Mutex<Option<Report>> = Mutex::new(None);
     let bytes = AtomicU64::new(manifest.bytes);
-    let stop = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        for _ in 0..threads.max(1) {
-            s.spawn(|| {
-                crate::executor::block_all_signals();
-                let mut buf = vec![0u8; CHUNK];
-                loop {
-                    if stop.load(Ordering::Relaxed) || cancel.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((sum, name)) = entries.get(i) else {
-                        return;
-                    };
-                    let path = dir.join(name);
-                    let report = match open_regular(&path) {
-                        Err((reason, detail)) => Report::failed(reason, detail, &path),
-                        Ok(f) => match hash_reader(f, &mut buf, cancel, progress) {
-                            Err((reason, detail)) => Report::failed(reason, detail, &path),
-                            Ok((n, actual)) => {
-                                bytes.fetch_add(n, Ordering::Relaxed);
-                                judge(&path, Some(sum), None, n, actual, 1)
-                            }
-                        },
-                    };
-                    if !report.passed {
-                        stop.store(true, Ordering::Relaxed);
-                        let mut slot = first_failure.lock().unwrap_or_else(|e| e.into_inner());
-                        slot.get_or_insert(report);
-                        return;
-                    }
+    let failure = in_parallel(&entries, threads, cancel, |(sum, name), buf| {
+        let path = dir.join(name);
+        let report = match open_regular(&path) {
+            Err((reason, detail)) => Report::failed(reason, detail, &path),
+            Ok(f) => match hash_reader(f, buf, cancel, progress) {
+                Err((reason, detail)) => Report::failed(reason, detail, &path),
+                Ok((n, actual)) => {
+                    bytes.fetch_add(n, Ordering::Relaxed);
+                    judge(&path, Some(sum), None, n, actual, 1)
                 }
-            });
+            },
+        };
+        if report.passed {
+            Ok(())
+        } else {
+            Err(report)
         }
     });
-    if let Some(mut failure) = first_failure
-        .into_inner()
-        .unwrap_or_else(|e| e.into_inner())
-    {
+    if let Some(mut failure) = failure {
         failure.expected_sha256 = expected_sha256.map(str::to_owned);
         return failure;
     }

@@ -234,6 +234,28 @@ impl Cluster {
         (restored, said)
     }
 
+    /// `restored_by`, then waits (up to `timeout`) until the restored server has finished
+    /// recovery and promoted; returns it, a connection to its `postgres` database, and what the
+    /// recipe said.  Panics with the recipe's output and the server log when it does not.
+    pub fn restored_and_promoted(
+        recipe: &str,
+        timeout: Duration,
+    ) -> (Cluster, postgres::Client, String) {
+        let (restored, said) = Cluster::restored_by(recipe);
+        let mut db = restored.connect("postgres");
+        let promoted = Cluster::wait_for(timeout, || {
+            db.query_one("SELECT NOT pg_is_in_recovery()", &[])
+                .map(|row| row.get::<_, bool>(0))
+                .unwrap_or(false)
+        });
+        assert!(
+            promoted,
+            "recovery did not finish\n{said}\n{}",
+            restored.log()
+        );
+        (restored, db, said)
+    }
+
     /// `pg_ctl promote`, waiting for it.
     pub fn promote(&self) {
         check(

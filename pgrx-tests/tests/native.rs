@@ -216,14 +216,8 @@ fn full_incremental_differential_restore_exactly_and_chain_is_protected() {
             .query_one("SELECT backup_mgmt.restore_recipe($1)", &[&id])
             .unwrap()
             .get(0);
-        let (restored, said) = Cluster::restored_by(&recipe);
-        let mut rdb = restored.connect("postgres");
-        let promoted = Cluster::wait_for(Duration::from_secs(60), || {
-            rdb.query_one("SELECT NOT pg_is_in_recovery()", &[])
-                .map(|r| r.get::<_, bool>(0))
-                .unwrap_or(false)
-        });
-        assert!(promoted, "{said}\n{}", restored.log());
+        let (restored, mut rdb, said) =
+            Cluster::restored_and_promoted(&recipe, Duration::from_secs(60));
         // The tablespace went beside the new data directory, not over the original's.
         let spaces =
             std::path::PathBuf::from(format!("{}.tablespaces", restored.data_dir().display()));
@@ -472,14 +466,7 @@ fn point_in_time_recovery_starts_from_an_incremental() {
     drop(db);
     cluster.pg_ctl_stop("immediate");
     std::fs::remove_dir_all(cluster.data_dir()).unwrap();
-    let (restored, said) = Cluster::restored_by(&recipe);
-    let mut r = restored.connect("postgres");
-    let promoted = Cluster::wait_for(Duration::from_secs(120), || {
-        r.query_one("SELECT NOT pg_is_in_recovery()", &[])
-            .map(|row| row.get::<_, bool>(0))
-            .unwrap_or(false)
-    });
-    assert!(promoted, "{said}\n{}", restored.log());
+    let (restored, mut r, said) = Cluster::restored_and_promoted(&recipe, Duration::from_secs(120));
     let (count, max): (i64, Option<i32>) = r
         .query_one("SELECT count(*), max(id) FROM orders", &[])
         .map(|row| (row.get(0), row.get(1)))

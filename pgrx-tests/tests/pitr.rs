@@ -211,18 +211,8 @@ fn recipe_restores_to_the_target_time_without_the_catalog() {
     cluster.pg_ctl_stop("immediate");
     std::fs::remove_dir_all(cluster.data_dir()).unwrap();
 
-    let (restored, said) = Cluster::restored_by(&recipe);
-    let mut r = restored.connect("postgres");
-    let promoted = Cluster::wait_for(Duration::from_secs(120), || {
-        r.query_one("SELECT NOT pg_is_in_recovery()", &[])
-            .map(|row| row.get::<_, bool>(0))
-            .unwrap_or(false)
-    });
-    assert!(
-        promoted,
-        "recovery did not finish\n{said}\n{}",
-        restored.log()
-    );
+    let (restored, mut r, _said) =
+        Cluster::restored_and_promoted(&recipe, Duration::from_secs(120));
     let (count, max): (i64, Option<i32>) = r
         .query_one("SELECT count(*), max(id) FROM orders", &[])
         .map(|row| (row.get(0), row.get(1)))

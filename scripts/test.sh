@@ -29,10 +29,14 @@ fi
 if cargo clippy --version >/dev/null 2>&1; then
     log "cargo clippy -D warnings"
     cargo clippy --features pg15 --all-targets -- -D warnings
+    cargo clippy -p backup_mgmt_core --all-targets -- -D warnings
     cargo clippy -p backup_mgmt_e2e --all-targets -- -D warnings
 else
     log "WARNING: clippy is not installed; lints NOT checked"
 fi
+
+log "core crate tests (no PostgreSQL)"
+cargo test -p backup_mgmt_core 2>&1 | tee -a "$RESULTS"
 
 # `cargo pgrx test --runas` overwrites the installed library in place, which crashes any server
 # that has it mapped; removing it first gives the copy a new inode.
@@ -44,6 +48,9 @@ cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_DIR/data" </dev/null 2>&1 
 
 log "installing the extension into PostgreSQL 15"
 cargo pgrx install --pg-config "$PG_CONFIG"
+# The released 0.1.0 install script, for `CREATE EXTENSION backup_mgmt VERSION '0.1.0'` and the
+# upgrade test (cargo pgrx install copies only the upgrade scripts).
+install -m 0644 sql/backup_mgmt--0.1.0.sql "$("$PG_CONFIG" --sharedir)/extension/"
 
 log "end-to-end tests (pgrx-tests/)"
 cargo test -p backup_mgmt_e2e --tests -- --test-threads=2 2>&1 | tee -a "$RESULTS"

@@ -1,9 +1,10 @@
--- backup_mgmt 0.1.0: privileges, the backup_admin role and function comments (loaded last).
+-- backup_mgmt: privileges, the backup_admin role and function comments (loaded last).
 
 -- No writer, superuser included, can store a backup record that breaks its rules: known type,
 -- method (and a method that can take that type), status and compression; absolute path; size 0
 -- or more; lower-case sha256; finished records with an end time, failed ones with an error, only
--- incremental/differential backups with a parent.  See catalog.rs for why this is a trigger.
+-- incremental/differential backups with a parent.  See src/catalog/guard.rs for why this is a
+-- trigger.
 CREATE TRIGGER backup_records_check
     BEFORE INSERT OR UPDATE ON backup_management.backup_records
     FOR EACH ROW EXECUTE FUNCTION backup_mgmt.backup_records_guard();

@@ -1,11 +1,12 @@
--- backup_mgmt catalog, version 0.1.0 (loaded first, before any function).
+-- backup_mgmt catalog, version 0.2.0 (loaded first, before any function).
 --
 -- Tables of the original design, in its three schemas, with what real catalogs (pgBackRest `info`,
 -- Barman `backup.info`) record on top: the cluster's identity, LSNs and WAL range, compression,
 -- checksum algorithm, labels, incremental parents and pin/keep-until fields.
 --
--- Upgrades: never edit this file's released shape in place for existing installs; write
--- sql/backup_mgmt--A--B.sql instead, and never DROP a catalog table there.
+-- This file is the schema of a fresh install of the current version.  An existing install is
+-- brought to the same shape by sql/backup_mgmt--A--B.sql (hand-written, never edited once
+-- released, never DROPping a catalog table); an e2e test checks that both give the same catalog.
 
 CREATE SCHEMA backup_management;
 COMMENT ON SCHEMA backup_management IS 'backup_mgmt: the backup catalog (backups, verifications, off-site copies)';
@@ -74,7 +75,13 @@ CREATE TABLE backup_management.backup_records (
     pin_reason         text,
     keep_until         timestamptz,
     recorded_by        text        NOT NULL DEFAULT session_user,
-    created_at         timestamptz NOT NULL DEFAULT now()
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    -- The globals file (roles, tablespaces: pg_dumpall --globals-only) written beside a logical
+    -- dump: part of the backup, verified and restore-tested with it.  (0.2.0; last, as an
+    -- upgraded catalog has them.)
+    globals_file_path  text,
+    globals_size       bigint,
+    globals_checksum   text
     -- Every column's rule and the row rule (finished records have an end time, failed ones an
     -- error, only incremental and differential backups a parent) are enforced by the native
     -- trigger backup_records_check, created by finalize.sql once its function exists.  Not domains
@@ -120,6 +127,9 @@ COMMENT ON COLUMN backup_management.backup_records.stop_wal_segment IS 'Last WAL
 COMMENT ON COLUMN backup_management.backup_records.label IS 'Free-form label given by the operator';
 COMMENT ON COLUMN backup_management.backup_records.annotations IS 'Operator annotations (JSON)';
 COMMENT ON COLUMN backup_management.backup_records.parent_backup_id IS 'Parent backup of an incremental or differential backup';
+COMMENT ON COLUMN backup_management.backup_records.globals_file_path IS 'The globals file (roles and tablespaces, pg_dumpall --globals-only) written beside a logical dump, part of the backup';
+COMMENT ON COLUMN backup_management.backup_records.globals_size IS 'Size in bytes of the globals file as written';
+COMMENT ON COLUMN backup_management.backup_records.globals_checksum IS 'sha256 of the globals file as written (lower-case hex)';
 COMMENT ON COLUMN backup_management.backup_records.pinned IS 'Pinned backups are never removed by retention';
 COMMENT ON COLUMN backup_management.backup_records.pin_reason IS 'Why the backup is pinned (e.g. legal hold)';
 COMMENT ON COLUMN backup_management.backup_records.keep_until IS 'Retention never removes the backup before this time';
@@ -494,6 +504,7 @@ CREATE TABLE backup_management.wal_archive (
     first_xact_at     timestamptz,
     last_xact_at      timestamptz,
     xact_scanned      boolean     NOT NULL DEFAULT false,
+    segment_size      bigint,
     PRIMARY KEY (system_identifier, file_name)
 );
 CREATE INDEX idx_wal_archive_segment ON backup_management.wal_archive (system_identifier, timeline_id, segment_number);
@@ -503,7 +514,8 @@ COMMENT ON TABLE backup_management.wal_archive IS 'WAL segments and history file
 COMMENT ON COLUMN backup_management.wal_archive.system_identifier IS 'Cluster the file belongs to (pg_control_system())';
 COMMENT ON COLUMN backup_management.wal_archive.file_name IS 'WAL file name as PostgreSQL names it';
 COMMENT ON COLUMN backup_management.wal_archive.timeline_id IS 'Timeline of a segment (NULL for other files)';
-COMMENT ON COLUMN backup_management.wal_archive.segment_number IS 'Position of a segment on its timeline, counted in segments (NULL for other files)';
+COMMENT ON COLUMN backup_management.wal_archive.segment_number IS 'Position of a segment on its timeline, counted in segments of segment_size (NULL for other files)';
+COMMENT ON COLUMN backup_management.wal_archive.segment_size IS 'WAL segment size in bytes of the cluster that wrote the segment (initdb --wal-segsize); NULL for other files';
 COMMENT ON COLUMN backup_management.wal_archive.file_path IS 'Where the archived copy is';
 COMMENT ON COLUMN backup_management.wal_archive.file_size IS 'Size in bytes';
 COMMENT ON COLUMN backup_management.wal_archive.checksum IS 'sha256 of the archived copy, computed while it was written';
@@ -542,32 +554,34 @@ SELECT pg_catalog.pg_extension_config_dump('backup_management.retention_policies
 ------------------------------------------------------------------------------------------------
 CREATE VIEW backup_mgmt.wal_gaps AS
 WITH archived AS (
-    SELECT system_identifier, timeline_id, min(segment_number) AS first_segment, max(segment_number) AS last_segment
+    SELECT system_identifier, timeline_id, coalesce(max(segment_size), 16777216) AS segment_size,
+           min(segment_number) AS first_segment, max(segment_number) AS last_segment
       FROM backup_management.wal_archive
      WHERE segment_number IS NOT NULL AND expired_at IS NULL
      GROUP BY system_identifier, timeline_id
 ), base AS (
     -- Where the oldest retained base backup's WAL starts: recovery from it needs everything after.
-    SELECT system_identifier, timeline_id,
-           min(floor((start_lsn - '0/0'::pg_lsn) / pg_catalog.pg_size_bytes(current_setting('wal_segment_size'))))::bigint AS first_segment
+    SELECT system_identifier, timeline_id, min(start_lsn) AS start_lsn
       FROM backup_management.backup_records
      WHERE status = 'completed' AND backup_method IN ('pg_basebackup', 'native_physical') AND start_lsn IS NOT NULL
      GROUP BY system_identifier, timeline_id
 ), bounds AS (
-    SELECT a.system_identifier, a.timeline_id,
-           coalesce(b.first_segment, a.first_segment) AS first_segment, a.last_segment
+    SELECT a.system_identifier, a.timeline_id, a.segment_size,
+           4294967296 / a.segment_size AS per_log,
+           coalesce(floor((b.start_lsn - '0/0'::pg_lsn) / a.segment_size)::bigint, a.first_segment) AS first_segment,
+           a.last_segment
       FROM archived a
       LEFT JOIN base b USING (system_identifier, timeline_id)
 )
 SELECT b.system_identifier, b.timeline_id,
-       upper(lpad(to_hex(b.timeline_id), 8, '0') || lpad(to_hex(g / 256), 8, '0') || lpad(to_hex(g % 256), 8, '0')) AS missing_file_name,
+       upper(lpad(to_hex(b.timeline_id), 8, '0') || lpad(to_hex(g / b.per_log), 8, '0') || lpad(to_hex(g % b.per_log), 8, '0')) AS missing_file_name,
        g AS segment_number
   FROM bounds b
   CROSS JOIN LATERAL generate_series(b.first_segment, b.last_segment) g
  WHERE NOT EXISTS (SELECT FROM backup_management.wal_archive w
                     WHERE w.system_identifier = b.system_identifier AND w.timeline_id = b.timeline_id
                       AND w.segment_number = g AND w.expired_at IS NULL);
-COMMENT ON VIEW backup_mgmt.wal_gaps IS 'WAL segments missing from the archive, per cluster and timeline, from the start of the oldest completed base backup (or the first archived segment when there is none) to the newest archived segment (16 MB segments): a point-in-time recovery cannot cross them';
+COMMENT ON VIEW backup_mgmt.wal_gaps IS 'WAL segments missing from the archive, per cluster and timeline, from the start of the oldest completed base backup (or the first archived segment when there is none) to the newest archived segment, named with the cluster''s segment size: a point-in-time recovery cannot cross them';
 
 ------------------------------------------------------------------------------------------------
 -- Live recovery exposure, per active recovery plan.

@@ -1,6 +1,13 @@
 //! backup_mgmt: backup management inside PostgreSQL.
 //!
-//! One module per concept; `_PG_init` only asks each module to register itself.
+//! The extension's layers (ARCHITECTURE.md has the picture); imports point down only:
+//! - `worker`: the background worker's loop, claims and results (nothing imports it);
+//! - `jobs`, `verification`, `recovery`, `retention`, `offsite`, `monitoring`, `methods`: what
+//!   the SQL functions and the worker do, each concept in its own folder;
+//! - `catalog`: the schema, its row guard, the record functions, shared catalog look-ups;
+//! - `pg`: configuration, transactions, server facts, NOTIFY, waiting, the backup roots;
+//! - `sqlstate`: the one map from errors to SQLSTATEs at the SQL boundary;
+//! - below all of them, the `backup_mgmt_core` crate: everything that needs no server.
 
 // SQL functions return `Result<T, ErrorReport>`: pgrx raises an `Err` with its own SQLSTATE only
 // when the error type is exactly `ErrorReport` (it downcasts to it), so it cannot be boxed.
@@ -10,44 +17,28 @@ use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
 
-mod archive;
 mod catalog;
-mod checksum;
-mod datadir;
-mod drill;
-mod dumpfacts;
-mod events;
-mod executor;
-mod expiry;
-mod guc;
-mod mirror;
-mod native;
-mod native_session;
+mod jobs;
+mod methods;
+mod monitoring;
 mod offsite;
-mod pagecheck;
-mod physical;
-mod pitr;
-mod record;
-mod remote;
-mod restore;
+mod pg;
+mod recovery;
 mod retention;
-mod s3;
-mod schedule;
-mod scheduler;
-mod security;
-mod upkeep;
+mod sqlstate;
 mod verification;
-mod verify;
-mod walscan;
 mod worker;
 
 #[cfg(any(test, feature = "pg_test"))]
-mod tests;
+mod testing;
+
+#[cfg(test)]
+mod architecture;
 
 #[allow(non_snake_case)]
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    guc::init();
+    pg::guc::init();
     worker::init();
 }
 

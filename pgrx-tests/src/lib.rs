@@ -1,2 +1,3 @@
 pub mod cluster;
+pub mod jobs;
 pub mod s3server;

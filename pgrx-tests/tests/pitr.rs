@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use backup_mgmt_e2e::cluster::{sha256sum, Cluster};
+use backup_mgmt_e2e::jobs::{run_now, wait_records};
 
 const ARCHIVING: [&str; 2] = ["archive_mode = on", "archive_library = 'backup_mgmt'"];
 
@@ -55,22 +56,14 @@ fn recipe_restores_to_the_target_time_without_the_catalog() {
     .unwrap();
 
     // A base backup taken by the worker.
-    db.execute(
-        "SELECT backup_mgmt.schedule_backup('base', '@yearly', 'postgres', 'full', 'pg_basebackup', '{\"fast_checkpoint\": true}')",
-        &[],
-    )
-    .unwrap();
-    db.execute("SELECT backup_mgmt.run_job_now('base')", &[])
-        .unwrap();
-    let finished = Cluster::wait_for(Duration::from_secs(120), || {
-        db.query_one(
-            "SELECT count(*) FROM backup_management.backup_records WHERE label = 'base' AND status = 'completed'",
-            &[],
-        )
-        .map(|r| r.get::<_, i64>(0) == 1)
-        .unwrap_or(false)
-    });
-    assert!(finished, "no base backup\n{}", cluster.log());
+    run_now(
+        &mut db,
+        "base",
+        "postgres",
+        "pg_basebackup",
+        "{\"fast_checkpoint\": true}",
+    );
+    wait_records(&cluster, &mut db, "base", "completed", 1, 120);
     let row = db
         .query_one(
             "SELECT backup_id, start_lsn::text, stop_lsn::text, start_wal_segment, stop_wal_segment,

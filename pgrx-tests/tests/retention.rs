@@ -92,7 +92,7 @@ fn the_worker_applies_the_policy_and_safety_rules_hold() {
     );
     let globals: Option<String> = db
         .query_one(
-            "SELECT annotations->>'globals_file' FROM backup_management.backup_records WHERE backup_id = $1",
+            "SELECT globals_file_path FROM backup_management.backup_records WHERE backup_id = $1",
             &[&b3],
         )
         .unwrap()

@@ -1,0 +1,315 @@
+//! Durable files: the one way backup_mgmt writes a file or a directory that must survive a crash
+//! whole or not at all.
+//!
+//! A file is written under a temporary name, fsynced, moved to its name, and its directory
+//! fsynced; only then does it exist under its name.  A name without the temporary mark is
+//! therefore always complete, and a crash leaves at most a temporary file (which the next
+//! attempt, or the worker's start-up, removes).  Installing never replaces an existing file
+//! unless the caller says so (`Install::Replace`, for a file that is rewritten as a whole, like
+//! the catalog mirror): link(2) and renameat2(RENAME_NOREPLACE) fail when the name exists, with
+//! no window between a check and the move.
+//!
+//! Temporary names: `<name>.partial` (backups: visible, and what the worker's crash recovery
+//! looks for), or `.<name>.tmp` in the WAL archive, where `<segment>.partial` is itself a name
+//! PostgreSQL archives (the end of a timeline).
+
+use std::ffi::CString;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::files::error::{Context, IoError};
+use crate::paths::with_suffix;
+
+/// How a temporary file is named beside its final name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Temp {
+    /// `<name>.partial`.
+    Suffix,
+    /// `.<name>.tmp` (hidden; for directories where `.partial` names are real files).
+    Hidden,
+}
+
+/// What installing does when the final name already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Install {
+    /// Fail with `AlreadyExists`: a backup or an archived file is never overwritten.
+    NoReplace,
+    /// Replace it atomically (a file that is always rewritten whole).
+    Replace,
+}
+
+/// `<path>.partial`: where a backup is written until it is complete.
+pub fn partial_path(path: &Path) -> PathBuf {
+    with_suffix(path, ".partial")
+}
+
+/// The temporary name of `target` in the given style.
+pub fn temp_path(target: &Path, style: Temp) -> PathBuf {
+    match style {
+        Temp::Suffix => partial_path(target),
+        Temp::Hidden => {
+            let name = target
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            target.with_file_name(format!(".{name}.tmp"))
+        }
+    }
+}
+
+/// fsync a directory, so that names created, renamed or removed in it are durable.
+pub fn sync_dir(dir: &Path) -> Result<(), IoError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .at("could not fsync directory", dir)
+}
+
+/// fsync the directory holding `path`.
+pub fn sync_parent(path: &Path) -> Result<(), IoError> {
+    sync_dir(path.parent().unwrap_or(Path::new("/")))
+}
+
+/// Creates `dir` (and, with `recursive`, its missing parents) with mode 0700; an existing
+/// directory is fine.  The new directory's parent is fsynced, so the name survives a crash.
+pub fn create_private_dir(dir: &Path, recursive: bool) -> Result<(), IoError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    DirBuilder::new()
+        .recursive(recursive)
+        .mode(0o700)
+        .create(dir)
+        .at("could not create directory", dir)?;
+    sync_parent(dir)
+}
+
+/// Creates a new file with mode 0600 that must not exist yet, never through a symlink.
+pub fn create_new(path: &Path) -> Result<File, IoError> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .at("could not create", path)
+}
+
+/// Writes `bytes` into a new file and fsyncs it (inside a directory that is itself installed
+/// with `install_dir` later, so needs no name of its own).
+pub fn write_new(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
+    let mut f = create_new(path)?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .at("could not write", path)
+}
+
+/// Moves `from` to `to` without replacing anything at `to` (renameat2 RENAME_NOREPLACE): for
+/// directories, which link(2) cannot do.
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    let cstr = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    };
+    let (f, t) = (cstr(from)?, cstr(to)?);
+    // SAFETY: two NUL-terminated paths that live across the call; AT_FDCWD resolves them as
+    // plain paths.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EINVAL) {
+        return Err(err);
+    }
+    // A file system without RENAME_NOREPLACE (some network file systems): the closest
+    // equivalent is to check and rename; the worker is the only writer of its backup layout.
+    if fs::symlink_metadata(to).is_ok() {
+        return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+    }
+    fs::rename(from, to)
+}
+
+/// Installs a complete directory (every file in it already fsynced) under its final name:
+/// the directory is fsynced, renamed without replacing anything, and its parent fsynced.
+pub fn install_dir(partial: &Path, target: &Path) -> Result<(), IoError> {
+    sync_dir(partial)?;
+    rename_noreplace(partial, target).at("could not rename into place", partial)?;
+    sync_parent(target)
+}
+
+/// A file being written durably.  Dropped without `commit`, its temporary file is removed.
+pub struct DurableFile {
+    file: Option<File>,
+    temp: PathBuf,
+    target: PathBuf,
+}
+
+impl DurableFile {
+    /// Starts writing `target`.  A temporary file left by a crash is removed first (only a
+    /// regular file: a symlink or directory planted under the name makes creation fail).
+    pub fn create(target: &Path, style: Temp) -> Result<DurableFile, IoError> {
+        let temp = temp_path(target, style);
+        if fs::symlink_metadata(&temp).is_ok_and(|m| m.is_file()) {
+            fs::remove_file(&temp).at("could not remove", &temp)?;
+        }
+        let file = create_new(&temp)?;
+        Ok(DurableFile {
+            file: Some(file),
+            temp,
+            target: target.to_owned(),
+        })
+    }
+
+    /// The open temporary file.
+    pub fn file(&mut self) -> &mut File {
+        // Only `commit` takes the file, and it consumes self.
+        self.file.as_mut().expect("DurableFile used after commit")
+    }
+
+    /// Where it is being written.
+    pub fn temp_path(&self) -> &Path {
+        &self.temp
+    }
+
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// fsync, move to the final name (never over an existing file with `NoReplace`), fsync the
+    /// directory.
+    pub fn commit(mut self, install: Install) -> Result<(), IoError> {
+        let file = self.file.take().expect("DurableFile committed twice");
+        file.sync_all().at("could not fsync", &self.temp)?;
+        drop(file);
+        match install {
+            // link(2) fails if the name appeared meanwhile, even from another process.
+            Install::NoReplace => {
+                fs::hard_link(&self.temp, &self.target).at("could not link", &self.target)?;
+                let _ = fs::remove_file(&self.temp);
+            }
+            Install::Replace => {
+                fs::rename(&self.temp, &self.target).at("could not rename", &self.temp)?
+            }
+        }
+        // Nothing to clean up from here on.
+        self.temp = PathBuf::new();
+        sync_parent(&self.target)
+    }
+}
+
+impl Write for DurableFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file().write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file().flush()
+    }
+}
+
+impl Drop for DurableFile {
+    fn drop(&mut self) {
+        if !self.temp.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// Writes a whole file durably in one go.
+pub fn write_file(
+    target: &Path,
+    bytes: &[u8],
+    style: Temp,
+    install: Install,
+) -> Result<(), IoError> {
+    let mut f = DurableFile::create(target, style)?;
+    f.write_all(bytes).at("could not write", f.temp_path())?;
+    f.commit(install)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_appears_whole_and_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("x.dump");
+        let mut f = DurableFile::create(&target, Temp::Suffix).unwrap();
+        f.write_all(b"hello").unwrap();
+        assert!(!target.exists(), "visible before commit");
+        assert!(partial_path(&target).exists());
+        f.commit(Install::NoReplace).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"hello");
+        assert!(!partial_path(&target).exists());
+
+        // An existing file is never replaced, and the attempt leaves nothing behind.
+        let mut again = DurableFile::create(&target, Temp::Suffix).unwrap();
+        again.write_all(b"other").unwrap();
+        let e = again.commit(Install::NoReplace).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&target).unwrap(), b"hello");
+        assert!(!partial_path(&target).exists());
+
+        // Replace rewrites it whole.
+        write_file(&target, b"new", Temp::Hidden, Install::Replace).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"new");
+        assert!(!dir.path().join(".x.dump.tmp").exists());
+    }
+
+    #[test]
+    fn dropped_without_commit_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("seg");
+        {
+            let mut f = DurableFile::create(&target, Temp::Hidden).unwrap();
+            f.write_all(b"half").unwrap();
+            assert!(dir.path().join(".seg.tmp").exists());
+        }
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_stale_temp_file_is_replaced_but_a_planted_symlink_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("x");
+        fs::write(partial_path(&target), b"left by a crash").unwrap();
+        write_file(&target, b"ok", Temp::Suffix, Install::NoReplace).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"ok");
+
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        fs::write(&victim, b"untouched").unwrap();
+        let other = dir.path().join("y");
+        std::os::unix::fs::symlink(&victim, partial_path(&other)).unwrap();
+        assert!(DurableFile::create(&other, Temp::Suffix).is_err());
+        assert_eq!(fs::read(&victim).unwrap(), b"untouched");
+    }
+
+    #[test]
+    fn directories_install_without_replacing() {
+        let dir = tempfile::tempdir().unwrap();
+        let partial = dir.path().join("b.native.partial");
+        create_private_dir(&partial, false).unwrap();
+        write_new(&partial.join("f"), b"1").unwrap();
+        let target = dir.path().join("b.native");
+        install_dir(&partial, &target).unwrap();
+        assert_eq!(fs::read(target.join("f")).unwrap(), b"1");
+
+        let second = dir.path().join("c.partial");
+        create_private_dir(&second, false).unwrap();
+        let e = install_dir(&second, &target).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert!(target.join("f").exists());
+    }
+}

@@ -1,0 +1,59 @@
+//! The manifest of a directory-format dump, `backup_manifest.sha256`: one `sha256  name` line per
+//! file, as `sha256sum` writes and `sha256sum --check` reads it.  Its own sha256 is the
+//! catalog's checksum of the backup.  Names are plain file names: a line naming a path, `.` or
+//! `..`, or with a digest that is not 64 hex digits is refused.
+
+use crate::checksum::is_sha256_hex;
+
+/// Its file name inside the backup directory.
+pub const DIRECTORY_MANIFEST: &str = "backup_manifest.sha256";
+
+#[derive(Debug, thiserror::Error)]
+#[error("malformed manifest line \"{0}\"")]
+pub struct BadLine(pub String);
+
+/// One line per (sha256, name), in the order given.
+pub fn render<'a>(files: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    files
+        .into_iter()
+        .map(|(sha256, name)| format!("{sha256}  {name}\n"))
+        .collect()
+}
+
+/// The (sha256, name) lines of a manifest.
+pub fn parse(text: &str) -> Result<Vec<(String, String)>, BadLine> {
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            let bad = || BadLine(line.to_owned());
+            let (sum, name) = line.split_once("  ").ok_or_else(bad)?;
+            let plain = !name.is_empty()
+                && !name.contains('/')
+                && name != "."
+                && name != ".."
+                && is_sha256_hex(sum);
+            if plain {
+                Ok((sum.to_owned(), name.to_owned()))
+            } else {
+                Err(bad())
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_names_cannot_leave_the_directory() {
+        let s = "a".repeat(64);
+        assert!(parse(&format!("{s}  ../etc/passwd\n")).is_err());
+        assert!(parse(&format!("{s}  ..\n")).is_err());
+        assert!(parse(&format!("{}  ok.dat\n", "A".repeat(64))).is_err());
+        assert_eq!(
+            parse(&render([(s.as_str(), "ok.dat")])).unwrap(),
+            vec![(s.clone(), "ok.dat".to_owned())]
+        );
+    }
+}

@@ -1,0 +1,364 @@
+//! A restored data directory, tested for real: a `pg_basebackup` tar (zstd or not, with its WAL
+//! and its backup manifest inside) is extracted into a scratch directory under the backup roots
+//! (a native backup's chain is materialised there by the caller), checked with
+//! `pg_verifybackup`, and started as a temporary postmaster (this server's OS user, a free port,
+//! a socket in the scratch directory, no TCP, nothing preloaded, no archiving) that must recover
+//! and accept connections in every database; then it is stopped and the directory removed.
+//! Plain Rust, run on a helper thread; the programs are spawned with argument vectors (no
+//! `pg_ctl`, which goes through a shell).
+
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::conninfo::Connection;
+use crate::files::error::{Context, IoError};
+use crate::process::{self, ProcessError};
+use crate::progress::Progress;
+use crate::stream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScratchError {
+    #[error(transparent)]
+    Io(#[from] IoError),
+    #[error(transparent)]
+    Program(#[from] ProcessError),
+    #[error("extracting: {0}")]
+    Extract(String),
+    #[error("no free port")]
+    NoPort,
+    #[error("could not start postgres: {0}")]
+    Start(std::io::Error),
+    #[error("the restored cluster did not start: {0}")]
+    DidNotStart(String),
+    #[error("the restored cluster is still in recovery")]
+    StillInRecovery,
+    #[error("database \"{db}\" does not answer: {error}")]
+    DatabaseSilent { db: String, error: ProcessError },
+    /// The caller's preparation (materialising a chain) failed.
+    #[error("{0}")]
+    Prepare(String),
+}
+
+/// How long a restored cluster may take to reach consistency and accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What the physical restore test found.
+pub struct PhysicalOutcome {
+    pub restored: bool,
+    pub restore_time: Duration,
+    pub verifybackup: Option<(bool, String)>,
+    pub databases_checked: usize,
+    pub error: Option<String>,
+    pub details: Value,
+}
+
+fn free_port() -> Option<u16> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .ok()
+}
+
+/// Extracts the tar stream (decompressing zstd on a thread) into `dir` with the system's tar.
+fn extract(file: File, zstd: bool, dir: &Path, progress: &Progress) -> Result<(), ScratchError> {
+    let mut argv: Vec<OsString> = vec!["/bin/tar".into(), "--extract".into(), "--file=-".into()];
+    argv.push("--no-same-owner".into());
+    let mut d = OsString::from("--directory=");
+    d.push(dir.as_os_str());
+    argv.push(d);
+    let mut cmd = process::command(&argv);
+    cmd.stdin(Stdio::piped());
+    let mut child = process::spawn(cmd, progress, Stdio::null())?;
+    let stderr = process::collect_stderr(&mut child);
+    let feeder = child.stdin.take().map(|sink| {
+        std::thread::spawn(move || {
+            feed(file, zstd, sink).map_err(|e| ScratchError::Extract(e.to_string()))
+        })
+    });
+    let done = process::finish(child, "tar".into(), stderr, progress);
+    let fed = feeder
+        .map(|t| {
+            t.join()
+                .unwrap_or_else(|_| Err(ScratchError::Extract("decompressor panicked".into())))
+        })
+        .unwrap_or(Ok(()));
+    // tar's own error explains more than a broken pipe does.
+    done?;
+    fed
+}
+
+/// Feeds a backup file, decompressed when it is zstd, into a program's stdin.
+pub fn feed(file: File, zstd: bool, mut sink: impl Write) -> Result<(), stream::PumpError> {
+    let mut buf = vec![0u8; 1 << 20];
+    if zstd {
+        let mut dec = stream::decompress(file)
+            .map_err(|source| stream::PumpError::Read { after: 0, source })?;
+        stream::pump(&mut dec, &mut sink, &mut buf, None)?;
+    } else {
+        let mut file = file;
+        stream::pump(&mut file, &mut sink, &mut buf, None)?;
+    }
+    sink.flush()
+        .map_err(|source| stream::PumpError::Write { after: 0, source })
+}
+
+/// Creates `scratch` (mode 0700) and extracts the base backup into `scratch/data`.
+fn unpack(
+    file: File,
+    zstd: bool,
+    scratch: &Path,
+    progress: &Progress,
+) -> Result<PathBuf, ScratchError> {
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(scratch)
+        .at("could not create", scratch)?;
+    let data = scratch.join("data");
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&data)
+        .at("could not create", &data)?;
+    extract(file, zstd, &data, progress)?;
+    Ok(data)
+}
+
+/// `pg_verifybackup` against the manifest that came inside the tar (WAL included): its verdict
+/// and its output.
+fn pg_verifybackup(data: &Path, bindir: &Path, progress: &Progress) -> (bool, String) {
+    match process::run_to_end(
+        &[
+            bindir.join("pg_verifybackup").into_os_string(),
+            "--exit-on-error".into(),
+            data.as_os_str().to_owned(),
+        ],
+        None,
+        progress,
+    ) {
+        Ok(o) => (true, process::tail(&o)),
+        Err(e) => (false, process::tail(&e.to_string())),
+    }
+}
+
+/// Extracts a base backup into `scratch`, runs pg_verifybackup on it, removes it again.
+pub fn verify_only(
+    file: File,
+    zstd: bool,
+    scratch: &Path,
+    bindir: &Path,
+    progress: &Progress,
+) -> (bool, String) {
+    let verdict = match unpack(file, zstd, scratch, progress) {
+        Ok(data) => pg_verifybackup(&data, bindir, progress),
+        Err(e) => (false, e.to_string()),
+    };
+    let _ = fs::remove_dir_all(scratch);
+    verdict
+}
+
+/// Restore-tests a pg_basebackup tar.  `scratch` is a new directory path inside the roots.
+pub fn restore_test(
+    file: File,
+    zstd: bool,
+    scratch: &Path,
+    bindir: &Path,
+    user: &str,
+    progress: &Progress,
+) -> PhysicalOutcome {
+    restore_test_with(
+        |scratch, progress| unpack(file, zstd, scratch, progress),
+        scratch,
+        bindir,
+        user,
+        progress,
+    )
+}
+
+/// Restore-tests the data directory that `prepare` builds inside `scratch` (which it creates,
+/// mode 0700, and returns the data directory of): pg_verifybackup against the manifest in it,
+/// then a temporary postmaster that must reach consistency and answer in every database.
+pub fn restore_test_with(
+    prepare: impl FnOnce(&Path, &Progress) -> Result<PathBuf, ScratchError>,
+    scratch: &Path,
+    bindir: &Path,
+    user: &str,
+    progress: &Progress,
+) -> PhysicalOutcome {
+    let started = Instant::now();
+    let mut out = PhysicalOutcome {
+        restored: false,
+        restore_time: Duration::ZERO,
+        verifybackup: None,
+        databases_checked: 0,
+        error: None,
+        details: json!({}),
+    };
+    let result = (|| -> Result<(), ScratchError> {
+        let data = prepare(scratch, progress)?;
+        out.verifybackup = Some(pg_verifybackup(&data, bindir, progress));
+
+        // Configuration may live outside the data directory (Debian keeps it in /etc): the
+        // restored cluster gets what it needs to start, and nothing of the original's duties.
+        let conf = data.join("postgresql.conf");
+        if !conf.exists() {
+            fs::write(&conf, "").at("could not write", &conf)?;
+        }
+        // Its own authentication: only the server's OS user can reach the socket (0700
+        // directory and socket), so trust on it is safe, whatever the backup's pg_hba.conf says.
+        let hba = scratch.join("hba.conf");
+        let ident = scratch.join("ident.conf");
+        fs::write(&hba, "local all all trust\n").at("could not write", &hba)?;
+        fs::write(&ident, "").at("could not write", &ident)?;
+        let port = free_port().ok_or(ScratchError::NoPort)?;
+        let socket = scratch.to_path_buf();
+        let setting =
+            |k: &str, v: &str| -> [OsString; 2] { ["-c".into(), format!("{k}={v}").into()] };
+        let mut argv: Vec<OsString> = vec![
+            bindir.join("postgres").into_os_string(),
+            "-D".into(),
+            data.clone().into_os_string(),
+        ];
+        for (k, v) in [
+            ("port", port.to_string()),
+            ("listen_addresses", String::new()),
+            (
+                "unix_socket_directories",
+                socket.to_string_lossy().into_owned(),
+            ),
+            // Above all, no backup_mgmt worker: the restored catalog's jobs must not run.
+            ("shared_preload_libraries", String::new()),
+            ("archive_mode", "off".into()),
+            ("archive_command", String::new()),
+            ("max_wal_senders", "0".into()),
+            ("hot_standby", "off".into()),
+            ("logging_collector", "off".into()),
+            ("ssl", "off".into()),
+            ("shared_buffers", "32MB".into()),
+            ("max_connections", "10".into()),
+            ("unix_socket_permissions", "0700".into()),
+            ("hba_file", hba.to_string_lossy().into_owned()),
+            ("ident_file", ident.to_string_lossy().into_owned()),
+            ("config_file", conf.to_string_lossy().into_owned()),
+        ] {
+            argv.extend(setting(k, &v));
+        }
+        let log_path = scratch.join("postmaster.log");
+        let log = File::create(&log_path).at("could not create", &log_path)?;
+        let mut cmd = process::command(&argv);
+        cmd.stderr(log.try_clone().at("could not open", &log_path)?);
+        let mut postmaster = cmd
+            .stdout(Stdio::from(log))
+            .spawn()
+            .map_err(ScratchError::Start)?;
+        // The restored cluster, over its private socket; quoted like every conninfo we build.
+        let server = Connection {
+            host: socket.to_string_lossy().into_owned(),
+            port,
+            user: user.to_owned(),
+        };
+        let conn = server.conninfo(Some("postgres"));
+        let query = |sql: &str, db_conn: &str| -> Result<String, ProcessError> {
+            process::run_to_end(
+                &[
+                    bindir.join("psql").into_os_string(),
+                    "--no-psqlrc".into(),
+                    "--no-password".into(),
+                    "--no-align".into(),
+                    "--tuples-only".into(),
+                    "--set=ON_ERROR_STOP=1".into(),
+                    format!("--dbname={db_conn}").into(),
+                    format!("--command={sql}").into(),
+                ],
+                None,
+                progress,
+            )
+        };
+        let mut ready = false;
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline
+            && !progress
+                .cancel_flag()
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            if let Ok(Some(_)) = postmaster.try_wait() {
+                break;
+            }
+            if query("SELECT 1", &conn).is_ok() {
+                ready = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let check = (|| -> Result<(), ScratchError> {
+            if !ready {
+                return Err(ScratchError::DidNotStart(process::tail(
+                    &fs::read_to_string(&log_path).unwrap_or_default(),
+                )));
+            }
+            out.restore_time = started.elapsed();
+            let recovering = query("SELECT pg_is_in_recovery()", &conn)?;
+            if recovering.trim() != "f" {
+                return Err(ScratchError::StillInRecovery);
+            }
+            let dbs = query(
+                "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1",
+                &conn,
+            )?;
+            let names: Vec<&str> = dbs.lines().filter(|l| !l.is_empty()).collect();
+            for db in &names {
+                let c = server.conninfo(Some(db));
+                query("SELECT count(*) FROM pg_class", &c).map_err(|error| {
+                    ScratchError::DatabaseSilent {
+                        db: (*db).to_owned(),
+                        error,
+                    }
+                })?;
+            }
+            out.databases_checked = names.len();
+            Ok(())
+        })();
+        // Fast shutdown, then make sure it is gone.
+        // SAFETY: signals to the child we started and have not reaped.
+        unsafe {
+            libc::kill(postmaster.id() as i32, libc::SIGINT);
+        }
+        let stop_deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match postmaster.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() > stop_deadline => {
+                    let _ = postmaster.kill();
+                    let _ = postmaster.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+        check
+    })();
+    if let Err(e) = result {
+        out.error = Some(process::tail(&e.to_string()));
+    } else {
+        out.restored = true;
+    }
+    out.details = json!({
+        "scratch_directory": scratch.to_string_lossy(),
+        "databases_checked": out.databases_checked,
+        "pg_verifybackup_passed": out.verifybackup.as_ref().map(|v| v.0),
+    });
+    let _ = fs::remove_dir_all(scratch);
+    out
+}
+
+/// The scratch directory for restore-testing backup `id`: a hidden directory in the first root.
+pub fn scratch_dir(root: &Path, id: i64) -> PathBuf {
+    root.join(".backup_mgmt_restore")
+        .join(format!("{id}-{}", std::process::id()))
+}

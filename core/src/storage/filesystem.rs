@@ -1,0 +1,151 @@
+//! A filesystem target: a directory (inside the backup roots), such as an NFS mount or a second
+//! disk.  Each copy is a `DurableFile` hashed as it is written, then read back and hashed again.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::{open_local, Copied, Storage, StorageError};
+use crate::files::durable::{self, DurableFile, Install, Temp};
+use crate::files::error::IoError;
+use crate::stream::{self, Hash};
+
+/// Copy chunk (buffers are allocated once per copy).
+const CHUNK: usize = 1 << 20;
+
+#[derive(Debug, Clone)]
+pub struct FilesystemTarget {
+    pub dir: PathBuf,
+}
+
+impl FilesystemTarget {
+    fn path_of(&self, key: &str) -> PathBuf {
+        self.dir.join(key)
+    }
+
+    /// Copies `local` to `key` (durably, never over a different file); an identical copy
+    /// already there is success.
+    pub fn put(&self, local: &Path, key: &str) -> Result<Copied, StorageError> {
+        let dest = self.path_of(key);
+        durable::create_private_dir(dest.parent().unwrap_or(&self.dir), true)?;
+        let mut input = open_local(local)?;
+        let mut out = DurableFile::create(&dest, Temp::Suffix)?;
+        let mut chain = Hash::new(out.file());
+        let mut buf = vec![0u8; CHUNK];
+        let size = stream::pump(&mut input, &mut chain, &mut buf, None)
+            .map_err(|e| IoError::new("could not copy to", &dest, io::Error::other(e)))?;
+        let copied = Copied {
+            size,
+            sha256: chain.finish().1,
+        };
+        match out.commit(Install::NoReplace) {
+            Ok(()) => Ok(copied),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let there = self.checksum(key)?;
+                if there == copied {
+                    Ok(copied)
+                } else {
+                    Err(StorageError::Mismatch {
+                        expected: copied.sha256,
+                        found: there.sha256,
+                    })
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads the copy back and returns its size and sha256 (the verification after landing).
+    pub fn checksum(&self, key: &str) -> Result<Copied, StorageError> {
+        let path = self.path_of(key);
+        let mut f = open_local(&path)?;
+        let mut buf = vec![0u8; CHUNK];
+        let (size, sha256) = stream::hash_all(&mut f, &mut buf, None, None)
+            .map_err(|e| IoError::new("could not read", &path, io::Error::other(e)))?;
+        Ok(Copied { size, sha256 })
+    }
+}
+
+impl Storage for FilesystemTarget {
+    fn put_file(&self, local: &Path, key: &str) -> Result<Copied, StorageError> {
+        let copied = self.put(local, key)?;
+        let landed = self.checksum(key)?;
+        if landed != copied {
+            return Err(StorageError::Mismatch {
+                expected: copied.sha256,
+                found: landed.sha256,
+            });
+        }
+        Ok(landed)
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let mut files = Vec::new();
+        if self.dir.is_dir() {
+            super::list_files(&self.dir, Path::new(""), &mut files)?;
+        }
+        Ok(files
+            .into_iter()
+            .filter_map(|p| p.to_str().map(str::to_owned))
+            .filter(|k| k.starts_with(prefix))
+            .collect())
+    }
+
+    /// Removes a copy, a directory backup's whole directory.  Keys are made of
+    /// percent-encoded components, so the path stays inside `dir`.
+    fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let path = self.path_of(key);
+        let removed = match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(&path),
+            _ => fs::remove_file(&path),
+        };
+        match removed {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(IoError::new("could not remove", &path, e).into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::object_key;
+
+    #[test]
+    fn filesystem_copy_is_verified_and_never_replaces_a_different_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let local = tmp.path().join("b.dump");
+        std::fs::write(&local, vec![7u8; 3 * CHUNK + 5]).unwrap();
+        let target = FilesystemTarget {
+            dir: tmp.path().join("offsite"),
+        };
+        let key = object_key(1, "shop", &local);
+        let c = target.put(&local, &key).unwrap();
+        assert_eq!(c.size, 3 * CHUNK as u64 + 5);
+        assert_eq!(target.checksum(&key).unwrap(), c);
+        // Again: identical, success.
+        assert_eq!(target.put(&local, &key).unwrap(), c);
+        // A different local file under the same key: refused, the copy untouched.
+        std::fs::write(&local, b"other").unwrap();
+        assert!(matches!(
+            target.put(&local, &key),
+            Err(StorageError::Mismatch { .. })
+        ));
+        assert_eq!(target.checksum(&key).unwrap(), c);
+        // No partial file left; deleting twice is fine.
+        assert!(!Path::new(&format!("{}.partial", target.path_of(&key).display())).exists());
+        target.delete(&key).unwrap();
+        target.delete(&key).unwrap();
+        assert!(target.checksum(&key).is_err());
+        // A FIFO is never read.
+        let fifo = tmp.path().join("fifo");
+        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a NUL-terminated path.
+        unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) };
+        assert!(matches!(
+            target.put(&fifo, "1/x/fifo"),
+            Err(StorageError::NotAFile(_))
+        ));
+    }
+}

@@ -1,0 +1,204 @@
+//! Storage targets for off-site copies, behind one trait: a filesystem directory (an NFS mount, a
+//! second disk) and S3-compatible object storage.  Keys start with the cluster's system
+//! identifier, so that a fleet of clusters can share one target; every component of a key is
+//! percent-encoded, so no name can add a level or climb out.
+//!
+//! Every copy is verified where it landed (the filesystem copy read back and hashed; an object's
+//! size and server-computed ETag compared), and a different object already under a key is
+//! never replaced.
+
+pub mod filesystem;
+pub mod s3;
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use crate::files::error::IoError;
+use crate::files::open::{open_regular, OpenError};
+use crate::manifest::directory::DIRECTORY_MANIFEST;
+use crate::manifest::native::FILES_MANIFEST;
+use crate::paths::path_component;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error(transparent)]
+    Io(#[from] IoError),
+    #[error("\"{0}\" is not a regular file")]
+    NotAFile(PathBuf),
+    #[error("the copy on the target differs: sha256 {found}, expected {expected}")]
+    Mismatch { expected: String, found: String },
+    #[error("credentials {reference}: {why}")]
+    Credential { reference: String, why: String },
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Http(String),
+}
+
+/// What a copy produced on the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copied {
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// A place copies go to.
+pub trait Storage: Send + Sync {
+    /// Stores the local file `local` under `key` and checks it where it landed.  An identical
+    /// copy already there is success; a different one is an error and stays untouched.
+    fn put_file(&self, local: &Path, key: &str) -> Result<Copied, StorageError>;
+    /// The keys (relative to the target's own prefix) that start with `prefix`.
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
+    /// Removes `key` and every key below `key/`; what is already gone is fine.
+    fn delete(&self, key: &str) -> Result<(), StorageError>;
+    /// Before a run: whatever the target needs to exist (a bucket, when asked for).
+    fn prepare(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+}
+
+/// Where a backup's copy lives on a target: `<system identifier>/<database>/<file name>`.
+pub fn object_key(system_identifier: i64, database: &str, local: &Path) -> String {
+    let name = local
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(
+        "{}/{}/{}",
+        system_identifier,
+        path_component(database),
+        path_component(&name)
+    )
+}
+
+/// Opens a local file to copy (no symlink at the end, no FIFO or device).
+pub(crate) fn open_local(path: &Path) -> Result<File, StorageError> {
+    open_regular(path).map_err(|e| match e {
+        OpenError::NotRegular => StorageError::NotAFile(path.to_owned()),
+        OpenError::Missing(source) | OpenError::Unreadable(source) => {
+            IoError::new("could not open", path, source).into()
+        }
+    })
+}
+
+/// Every regular file below `root/rel`, relative to `root` (symlinks and special files are
+/// neither followed nor listed).
+fn list_files(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<(), StorageError> {
+    let dir = root.join(rel);
+    let list = |e| IoError::new("could not list", &dir, e);
+    for e in fs::read_dir(&dir).map_err(list)? {
+        let e = e.map_err(list)?;
+        let kind = e
+            .file_type()
+            .map_err(|s| IoError::new("could not stat", &e.path(), s))?;
+        let path = rel.join(e.file_name());
+        if kind.is_dir() {
+            list_files(root, &path, out)?;
+        } else if kind.is_file() {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Copies a backup, a file or a directory, to `key` on `target`, every file verified.  A
+/// directory backup (pg_dump's directory format, a native physical backup) goes file by file
+/// under `<key>/<relative path>`; the result's sha256 is then its manifest's, which is what the
+/// catalog records for it.
+pub fn put_backup(target: &dyn Storage, local: &Path, key: &str) -> Result<Copied, StorageError> {
+    if !fs::symlink_metadata(local).is_ok_and(|m| m.is_dir()) {
+        return target.put_file(local, key);
+    }
+    let mut files = Vec::new();
+    list_files(local, Path::new(""), &mut files)?;
+    files.sort();
+    let mut size = 0u64;
+    let mut manifest = None;
+    for rel in &files {
+        let rel_key: Vec<String> = rel
+            .iter()
+            .map(|c| path_component(&c.to_string_lossy()))
+            .collect();
+        let copied = target.put_file(&local.join(rel), &format!("{key}/{}", rel_key.join("/")))?;
+        size += copied.size;
+        let top = rel.to_str().unwrap_or_default();
+        if top == DIRECTORY_MANIFEST || top == FILES_MANIFEST {
+            manifest = Some(copied.sha256);
+        }
+    }
+    let sha256 = manifest.ok_or_else(|| StorageError::NotAFile(local.join(DIRECTORY_MANIFEST)))?;
+    Ok(Copied { size, sha256 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::filesystem::FilesystemTarget;
+    use super::*;
+    use crate::checksum::hex;
+    use sha2::{Digest, Sha256};
+
+    #[test]
+    fn directory_backups_are_copied_file_by_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let local = tmp.path().join("b.dir");
+        std::fs::create_dir(&local).unwrap();
+        std::fs::write(local.join("toc.dat.zst"), b"toc").unwrap();
+        std::fs::write(local.join("3001.dat.zst"), vec![1u8; 5000]).unwrap();
+        let manifest = b"aa  toc.dat.zst\n";
+        std::fs::write(local.join(DIRECTORY_MANIFEST), manifest).unwrap();
+        let target = FilesystemTarget {
+            dir: tmp.path().join("offsite"),
+        };
+        let key = object_key(1, "shop", &local);
+        let c = put_backup(&target, &local, &key).unwrap();
+        assert_eq!(c.size, 3 + 5000 + manifest.len() as u64);
+        assert_eq!(c.sha256, hex(&Sha256::digest(manifest)));
+        let copy = tmp.path().join("offsite").join(&key);
+        assert_eq!(
+            std::fs::read(copy.join("3001.dat.zst")).unwrap(),
+            vec![1u8; 5000]
+        );
+        // Without its manifest a directory is not a backup.
+        std::fs::remove_file(local.join(DIRECTORY_MANIFEST)).unwrap();
+        assert!(put_backup(
+            &target,
+            &local,
+            &object_key(1, "shop", Path::new("/x/c.dir"))
+        )
+        .is_err());
+        target.delete(&key).unwrap();
+        assert!(!copy.exists());
+
+        // A native physical backup: nested directories, its chain manifest as the checksum.
+        let native = tmp.path().join("n.native");
+        std::fs::create_dir_all(native.join("data/base/5")).unwrap();
+        std::fs::write(native.join("data/base/5/16384.zst"), b"rel").unwrap();
+        std::fs::write(native.join("backup_manifest"), b"{}").unwrap();
+        let chain = b"# backup_mgmt native physical backup 1; parent none\n";
+        std::fs::write(native.join(FILES_MANIFEST), chain).unwrap();
+        let key = object_key(1, "postgres", &native);
+        let c = put_backup(&target, &native, &key).unwrap();
+        assert_eq!(c.sha256, hex(&Sha256::digest(chain)));
+        let copy = tmp.path().join("offsite").join(&key);
+        assert_eq!(
+            std::fs::read(copy.join("data/base/5/16384.zst")).unwrap(),
+            b"rel"
+        );
+        target.delete(&key).unwrap();
+        assert!(!copy.exists());
+    }
+
+    #[test]
+    fn keys_are_per_cluster_and_cannot_climb_out() {
+        assert_eq!(
+            object_key(
+                7,
+                "shop",
+                Path::new("/b/shop/nightly/20261127T010000Z-4.dump.zst")
+            ),
+            "7/shop/20261127T010000Z-4.dump.zst"
+        );
+        let k = object_key(7, "../etc", Path::new("/b/x/../passwd"));
+        assert!(!k.split('/').any(|p| p == ".."), "{k}");
+    }
+}

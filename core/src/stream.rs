@@ -1,0 +1,384 @@
+//! Composable stages for bytes on their way somewhere, like pgBackRest's IO filters: each stage
+//! is a `Write` that does one thing to what passes through it and hands it on.
+//!
+//! - `Hash`: sha256 of the bytes;
+//! - `Count`: how many, also added to a shared progress counter;
+//! - `Observe`: shows each piece to a closure (row counting, page checks);
+//! - `compress` / `decompress`: zstd;
+//! - `ThreadedHash`: sha256 on a helper thread while the caller goes on writing.
+//!
+//! `pump` is the one read loop: it moves a reader's bytes into a chain of stages, polling a
+//! cancel flag between pieces.  Every stage hands each piece on whole (`write_all`) before it
+//! looks at it, so each stage sees exactly the pieces `pump` read (whole pages, for page checks),
+//! whatever the stages inside it do.  Where a stage sits decides what it sees: a `Hash` outside a
+//! compressor hashes the plain bytes, one inside it the compressed bytes that reach the disk.
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use sha2::{Digest, Sha256};
+
+use crate::checksum::hex;
+use crate::threads::with_signals_blocked;
+
+/// sha256 of what is written through it.
+pub struct Hash<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W> Hash<W> {
+    pub fn new(inner: W) -> Hash<W> {
+        Hash {
+            inner,
+            hasher: Sha256::new(),
+        }
+    }
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+    /// The inner stage and the hex digest of everything that passed.
+    pub fn finish(self) -> (W, String) {
+        (self.inner, hex(&self.hasher.finalize()))
+    }
+}
+
+impl<W: Write> Write for Hash<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write_all(buf)?;
+        self.hasher.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Counts what is written through it, and adds it to `progress` as it goes.
+pub struct Count<'a, W> {
+    inner: W,
+    bytes: u64,
+    progress: Option<&'a AtomicU64>,
+}
+
+impl<'a, W> Count<'a, W> {
+    pub fn new(inner: W, progress: Option<&'a AtomicU64>) -> Count<'a, W> {
+        Count {
+            inner,
+            bytes: 0,
+            progress,
+        }
+    }
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+    pub fn finish(self) -> (W, u64) {
+        (self.inner, self.bytes)
+    }
+}
+
+impl<W: Write> Write for Count<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write_all(buf)?;
+        self.bytes += buf.len() as u64;
+        if let Some(p) = self.progress {
+            p.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Shows every piece written through it to `f` (after the inner stage took all of it).
+pub struct Observe<W, F> {
+    inner: W,
+    f: F,
+}
+
+impl<W, F: FnMut(&[u8])> Observe<W, F> {
+    pub fn new(inner: W, f: F) -> Observe<W, F> {
+        Observe { inner, f }
+    }
+    pub fn finish(self) -> (W, F) {
+        (self.inner, self.f)
+    }
+}
+
+impl<W: Write, F: FnMut(&[u8])> Write for Observe<W, F> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write_all(buf)?;
+        (self.f)(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A zstd compressor in front of `inner`; `finish()` returns `inner` with the frame complete.
+pub fn compress<W: Write>(inner: W, level: i32) -> io::Result<zstd::Encoder<'static, W>> {
+    zstd::Encoder::new(inner, level)
+}
+
+/// A zstd decompressor reading from `inner`.
+pub fn decompress<R: Read>(inner: R) -> io::Result<zstd::Decoder<'static, io::BufReader<R>>> {
+    zstd::Decoder::new(inner)
+}
+
+/// Why `pump` stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum PumpError {
+    #[error("read failed after {after} bytes: {source}")]
+    Read { after: u64, source: io::Error },
+    #[error("write failed after {after} bytes: {source}")]
+    Write { after: u64, source: io::Error },
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// Reads until `buf` is full or the input ends (retrying interrupted reads).
+pub fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Moves everything `input` gives into `output`, a buffer at a time; returns the byte count.
+/// The input ends at its first short read: end of file, or for a file that is still growing,
+/// its size when it was reached (what a backup copies of a file being written).  `cancel` is
+/// polled between pieces.
+pub fn pump(
+    input: &mut impl Read,
+    output: &mut impl Write,
+    buf: &mut [u8],
+    cancel: Option<&AtomicBool>,
+) -> Result<u64, PumpError> {
+    let mut total = 0u64;
+    loop {
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(PumpError::Cancelled);
+        }
+        let n = read_full(input, buf).map_err(|source| PumpError::Read {
+            after: total,
+            source,
+        })?;
+        if n > 0 {
+            output
+                .write_all(&buf[..n])
+                .map_err(|source| PumpError::Write {
+                    after: total,
+                    source,
+                })?;
+            total += n as u64;
+        }
+        if n < buf.len() {
+            return Ok(total);
+        }
+    }
+}
+
+/// sha256 and length of everything `input` gives, read into `buf`.
+pub fn hash_all(
+    input: &mut impl Read,
+    buf: &mut [u8],
+    cancel: Option<&AtomicBool>,
+    progress: Option<&AtomicU64>,
+) -> Result<(u64, String), PumpError> {
+    let mut sink = Hash::new(Count::new(io::sink(), progress));
+    let n = pump(input, &mut sink, buf, cancel)?;
+    Ok((n, sink.finish().1))
+}
+
+/// Pieces in flight to the hashing thread (one being hashed, the others queued).
+const THREADED_IN_FLIGHT: usize = 3;
+
+/// sha256 on a helper thread: `write` hands the inner stage the bytes, then a copy of them to
+/// the thread, so that hashing (a third of an archiver's work on a 16 MB segment) overlaps the
+/// next read and write.  The thread starts with every signal blocked, so PostgreSQL's handlers
+/// stay on the calling thread.  Where no thread can be started it hashes inline.
+pub struct ThreadedHash<W> {
+    inner: W,
+    to_thread: Option<mpsc::SyncSender<Vec<u8>>>,
+    returned: Option<mpsc::Receiver<Vec<u8>>>,
+    thread: Option<JoinHandle<String>>,
+    inline: Option<Sha256>,
+    spare: Vec<Vec<u8>>,
+}
+
+impl<W: Write> ThreadedHash<W> {
+    pub fn new(inner: W) -> ThreadedHash<W> {
+        let (to_thread, pieces) = mpsc::sync_channel::<Vec<u8>>(THREADED_IN_FLIGHT);
+        let (back, returned) = mpsc::channel::<Vec<u8>>();
+        let spawned = with_signals_blocked(|| {
+            std::thread::Builder::new()
+                .name("backup_mgmt hash".into())
+                .spawn(move || {
+                    let mut h = Sha256::new();
+                    for piece in pieces {
+                        h.update(&piece);
+                        let _ = back.send(piece);
+                    }
+                    hex(&h.finalize())
+                })
+        });
+        match spawned {
+            Ok(thread) => ThreadedHash {
+                inner,
+                to_thread: Some(to_thread),
+                returned: Some(returned),
+                thread: Some(thread),
+                inline: None,
+                spare: Vec::new(),
+            },
+            Err(_) => ThreadedHash::inline(inner),
+        }
+    }
+
+    /// The same stage hashing on the calling thread.
+    pub fn inline(inner: W) -> ThreadedHash<W> {
+        ThreadedHash {
+            inner,
+            to_thread: None,
+            returned: None,
+            thread: None,
+            inline: Some(Sha256::new()),
+            spare: Vec::new(),
+        }
+    }
+
+    /// The inner stage and the digest; waits for the thread to finish hashing.
+    pub fn finish(mut self) -> io::Result<(W, String)> {
+        let digest = match self.inline.take() {
+            Some(h) => hex(&h.finalize()),
+            None => {
+                drop(self.to_thread.take());
+                self.thread
+                    .take()
+                    .map(|t| t.join())
+                    .and_then(Result::ok)
+                    .ok_or_else(|| io::Error::other("the hashing thread failed"))?
+            }
+        };
+        Ok((self.inner, digest))
+    }
+}
+
+impl<W: Write> Write for ThreadedHash<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write_all(buf)?;
+        let n = buf.len();
+        if let Some(h) = self.inline.as_mut() {
+            h.update(buf);
+            return Ok(n);
+        }
+        if let Some(r) = &self.returned {
+            self.spare.extend(r.try_iter());
+        }
+        let mut piece = self.spare.pop().unwrap_or_default();
+        piece.clear();
+        piece.extend_from_slice(&buf[..n]);
+        let sent = self.to_thread.as_ref().map(|t| t.send(piece));
+        if !matches!(sent, Some(Ok(()))) {
+            return Err(io::Error::other("the hashing thread stopped"));
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn stages_compose_in_the_order_written() {
+        let input = data(3 * 65536 + 17);
+        let progress = AtomicU64::new(0);
+        let mut seen = 0usize;
+        // Hash the plain bytes, compress, then hash and count what reaches the sink.
+        let sink = Count::new(Hash::new(Vec::new()), Some(&progress));
+        let enc = compress(sink, 3).unwrap();
+        let mut chain = Hash::new(Observe::new(enc, |p: &[u8]| seen += p.len()));
+        let mut buf = vec![0u8; 65536];
+        let n = pump(&mut &input[..], &mut chain, &mut buf, None).unwrap();
+        assert_eq!(n, input.len() as u64);
+        let (observe, plain_sha) = chain.finish();
+        let (enc, _) = observe.finish();
+        let (hashed, written) = enc.finish().unwrap().finish();
+        let (bytes, stored_sha) = hashed.finish();
+        assert_eq!(seen, input.len());
+        assert_eq!(plain_sha, hex(&Sha256::digest(&input)));
+        assert_eq!(stored_sha, hex(&Sha256::digest(&bytes)));
+        assert_eq!(written, bytes.len() as u64);
+        assert_eq!(progress.load(Ordering::Relaxed), written);
+        let mut back = Vec::new();
+        decompress(&bytes[..])
+            .unwrap()
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, input);
+    }
+
+    #[test]
+    fn threaded_and_inline_hashes_agree() {
+        let input = data(5 * (1 << 20) / 2);
+        let expected = hex(&Sha256::digest(&input));
+        for threaded in [true, false] {
+            let mut stage = if threaded {
+                ThreadedHash::new(Vec::new())
+            } else {
+                ThreadedHash::inline(Vec::new())
+            };
+            let mut buf = vec![0u8; 1 << 20];
+            pump(&mut &input[..], &mut stage, &mut buf, None).unwrap();
+            let (copy, digest) = stage.finish().unwrap();
+            assert_eq!(digest, expected);
+            assert_eq!(copy, input);
+        }
+    }
+
+    #[test]
+    fn pump_stops_when_cancelled_and_names_failures() {
+        let cancel = AtomicBool::new(true);
+        let mut buf = [0u8; 16];
+        let e = pump(&mut &b"abc"[..], &mut io::sink(), &mut buf, Some(&cancel)).unwrap_err();
+        assert!(matches!(e, PumpError::Cancelled));
+        struct Full;
+        impl Write for Full {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::Error::other("disk full"))
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let e = pump(&mut &b"abc"[..], &mut Full, &mut buf, None).unwrap_err();
+        assert!(e.to_string().contains("disk full"), "{e}");
+        let (n, sha) = hash_all(&mut &b"abc"[..], &mut buf, None, None).unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(
+            sha,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

@@ -1,0 +1,153 @@
+//! What the end-to-end tests share about backup jobs: a cluster with a populated database, the
+//! backup records of a job, running a job now and waiting for its records.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::cluster::Cluster;
+
+/// A cluster with the extension in `postgres` (the catalog database) and a populated `appdb`.
+pub fn cluster_with_appdb() -> (Cluster, postgres::Client) {
+    let cluster = Cluster::start_with_backups(&[]);
+    let mut db = cluster.connect("postgres");
+    for sql in ["CREATE EXTENSION backup_mgmt", "CREATE DATABASE appdb"] {
+        db.batch_execute(sql).unwrap();
+    }
+    cluster
+        .connect("appdb")
+        .batch_execute(
+            "CREATE TABLE orders (id int PRIMARY KEY, note text);
+             INSERT INTO orders SELECT g, md5(g::text) FROM generate_series(1, 20000) g;
+             CREATE ROLE app_reader;",
+        )
+        .unwrap();
+    (cluster, db)
+}
+
+pub fn shell(script: &str) -> (bool, String) {
+    let out = Command::new("/bin/sh")
+        .args(["-c", script])
+        .output()
+        .expect("sh");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+pub struct Record {
+    pub id: i64,
+    pub path: PathBuf,
+    pub size: i64,
+    pub checksum: String,
+    pub status: String,
+    pub error: Option<String>,
+    pub annotations: serde_like::Json,
+}
+
+/// Minimal access to the annotations JSON without another dependency: PostgreSQL extracts.
+pub mod serde_like {
+    #[derive(Debug, Default)]
+    pub struct Json {
+        pub globals_file: Option<String>,
+        pub globals_sha256: Option<String>,
+        pub job_name: Option<String>,
+    }
+}
+
+pub fn records(db: &mut postgres::Client, job: &str) -> Vec<Record> {
+    db.query(
+        "SELECT backup_id, backup_file_path, backup_size, coalesce(checksum, ''), status, error_message,
+                globals_file_path, globals_checksum, annotations->>'job_name'
+           FROM backup_management.backup_records WHERE label = $1 ORDER BY backup_id",
+        &[&job],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| Record {
+        id: r.get(0),
+        path: PathBuf::from(r.get::<_, String>(1)),
+        size: r.get(2),
+        checksum: r.get(3),
+        status: r.get(4),
+        error: r.get(5),
+        annotations: serde_like::Json {
+            globals_file: r.get(6),
+            globals_sha256: r.get(7),
+            job_name: r.get(8),
+        },
+    })
+    .collect()
+}
+
+pub fn wait_records(
+    cluster: &Cluster,
+    db: &mut postgres::Client,
+    job: &str,
+    status: &str,
+    n: usize,
+    secs: u64,
+) -> Vec<Record> {
+    let ok = Cluster::wait_for(Duration::from_secs(secs), || {
+        records(db, job)
+            .iter()
+            .filter(|r| r.status == status)
+            .count()
+            >= n
+    });
+    let all = records(db, job);
+    assert!(
+        ok,
+        "job {job}: wanted {n} {status} records, have {:?}\n{}",
+        all.iter()
+            .map(|r| (r.id, r.status.clone(), r.error.clone()))
+            .collect::<Vec<_>>(),
+        cluster.log()
+    );
+    all.into_iter().filter(|r| r.status == status).collect()
+}
+
+/// Schedules a yearly job (so only the manual run happens) and asks the worker to run it now.
+pub fn run_now(db: &mut postgres::Client, job: &str, database: &str, method: &str, options: &str) {
+    db.execute(
+        "SELECT backup_mgmt.schedule_backup($1, '@yearly', $2, 'full', $3, $4::text::jsonb)",
+        &[&job, &database, &method, &options],
+    )
+    .unwrap_or_else(|e| panic!("schedule {job}: {e}"));
+    db.execute("SELECT backup_mgmt.run_job_now($1)", &[&job])
+        .unwrap_or_else(|e| panic!("run {job}: {e}"));
+}
+
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().filter_map(Result::ok) {
+            let p = e.path();
+            out.push(p.clone());
+            if p.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// A job's executions: (scheduled slot as text, status), oldest first.
+pub fn executions(db: &mut postgres::Client, job: &str) -> Vec<(Option<String>, String)> {
+    db.query(
+        "SELECT e.scheduled_for::text, e.execution_status
+           FROM enterprise_backup.backup_job_executions e JOIN enterprise_backup.backup_jobs j USING (job_id)
+          WHERE j.job_name = $1 ORDER BY e.execution_id",
+        &[&job],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}

@@ -1,0 +1,264 @@
+//! End-to-end: an install of 0.1.0 (the frozen script `sql/backup_mgmt--0.1.0.sql`) with a full
+//! catalog is upgraded with `ALTER EXTENSION backup_mgmt UPDATE`; every row survives, what 0.2.0
+//! moved is where 0.2.0 looks for it, and the upgraded catalog is the same as a fresh install's
+//! (tables, columns, constraints, indexes, views, functions, triggers, comments, privileges).
+
+use backup_mgmt_e2e::cluster::Cluster;
+
+/// Rows of every catalog table, as text, in a stable order (what must survive the upgrade).
+const CONTENT: &str = "
+SELECT string_agg(t, E'\\n' ORDER BY t) FROM (
+  SELECT 'backup_records ' || (r.backup_id, r.database_name, r.backup_type, r.backup_method,
+         r.backup_file_path, r.backup_size, r.start_time, r.end_time, r.status, r.error_message,
+         r.checksum, r.compression, r.system_identifier, r.pg_version, r.timeline_id, r.start_lsn,
+         r.stop_lsn, r.label, r.annotations, r.parent_backup_id, r.pinned, r.pin_reason,
+         r.keep_until, r.recorded_by)::text AS t FROM backup_management.backup_records r
+  UNION ALL SELECT 'verifications ' || v::text FROM backup_management.backup_verifications v
+  UNION ALL SELECT 'remote_configs ' || c::text FROM backup_management.remote_backup_configs c
+  UNION ALL SELECT 'remote_records ' || x::text FROM backup_management.remote_backup_records x
+  UNION ALL SELECT 'plans ' || p::text FROM disaster_recovery.recovery_plans p
+  UNION ALL SELECT 'drills ' || d::text FROM disaster_recovery.recovery_drills d
+  UNION ALL SELECT 'jobs ' || j::text FROM enterprise_backup.backup_jobs j
+  UNION ALL SELECT 'executions ' || e::text FROM enterprise_backup.backup_job_executions e
+  UNION ALL SELECT 'policies ' || p::text FROM backup_management.retention_policies p
+  UNION ALL SELECT 'wal ' || (w.system_identifier, w.file_name, w.timeline_id, w.file_path,
+         w.file_size, w.checksum, w.archived_at, w.expired_at, w.first_xact_at, w.last_xact_at,
+         w.xact_scanned)::text FROM backup_management.wal_archive w
+) rows";
+
+/// The extension's objects as a fresh install and an upgrade must both have them.
+const SHAPE: &str = "
+WITH ours AS (SELECT oid FROM pg_namespace
+               WHERE nspname IN ('backup_mgmt', 'backup_management', 'disaster_recovery', 'enterprise_backup'))
+SELECT string_agg(x, E'\\n' ORDER BY x) FROM (
+  SELECT 'column ' || c.table_schema || '.' || c.table_name || '.' || c.column_name || ' ' ||
+         c.data_type || ' ' || coalesce(c.domain_name::text, '') || ' ' || c.is_nullable::text || ' ' ||
+         coalesce(c.column_default::text, '') || ' ' || c.ordinal_position::text AS x
+    FROM information_schema.columns c
+   WHERE c.table_schema IN ('backup_mgmt', 'backup_management', 'disaster_recovery', 'enterprise_backup')
+  UNION ALL
+  SELECT 'constraint ' || conrelid::regclass || ' ' || conname || ' ' || pg_get_constraintdef(oid)
+    FROM pg_constraint WHERE connamespace IN (SELECT oid FROM ours)
+  UNION ALL
+  SELECT 'index ' || indexdef FROM pg_indexes
+   WHERE schemaname IN ('backup_mgmt', 'backup_management', 'disaster_recovery', 'enterprise_backup')
+  UNION ALL
+  SELECT 'view ' || c.oid::regclass || ' ' || pg_get_viewdef(c.oid)
+    FROM pg_class c WHERE c.relkind = 'v' AND c.relnamespace IN (SELECT oid FROM ours)
+  UNION ALL
+  SELECT 'function ' || p.oid::regprocedure || ' -> ' || pg_get_function_result(p.oid) || ' ' ||
+         p.prosecdef::text || ' ' || p.provolatile::text || ' ' || p.proparallel::text || ' ' ||
+         coalesce(array_to_string(p.proconfig, ','), '') || ' ' || coalesce(p.proacl::text, '') || ' ' ||
+         coalesce(obj_description(p.oid, 'pg_proc'), '(no comment)')
+    FROM pg_proc p WHERE p.pronamespace IN (SELECT oid FROM ours)
+  UNION ALL
+  SELECT 'trigger ' || pg_get_triggerdef(t.oid) || ' ' || coalesce(obj_description(t.oid, 'pg_trigger'), '')
+    FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+   WHERE NOT t.tgisinternal AND c.relnamespace IN (SELECT oid FROM ours)
+  UNION ALL
+  SELECT 'relation ' || c.oid::regclass || ' ' || c.relkind::text || ' ' || coalesce(c.relacl::text, '') || ' ' ||
+         coalesce(array_to_string(c.reloptions, ','), '') || ' ' || coalesce(obj_description(c.oid, 'pg_class'), '(no comment)')
+    FROM pg_class c WHERE c.relnamespace IN (SELECT oid FROM ours) AND c.relkind IN ('r', 'v', 'S')
+  UNION ALL
+  SELECT 'column comment ' || c.oid::regclass || '.' || a.attname || ' ' || coalesce(col_description(c.oid, a.attnum), '(none)')
+    FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+   WHERE c.relnamespace IN (SELECT oid FROM ours) AND c.relkind IN ('r', 'v')
+  UNION ALL
+  SELECT 'schema ' || nspname || ' ' || coalesce(nspacl::text, '') || ' ' || coalesce(obj_description(oid, 'pg_namespace'), '')
+    FROM pg_namespace WHERE oid IN (SELECT oid FROM ours)
+  UNION ALL
+  SELECT 'member ' || pg_describe_object(classid, objid, objsubid)
+    FROM pg_depend WHERE deptype = 'e' AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'backup_mgmt')
+  UNION ALL
+  SELECT 'dumped ' || c.oid::regclass || ' ' || coalesce(x.cfg, '')
+    FROM pg_extension e, unnest(e.extconfig, e.extcondition) AS x(relid, cfg)
+    JOIN pg_class c ON c.oid = x.relid
+   WHERE e.extname = 'backup_mgmt'
+) objects";
+
+/// Fills a 0.1.0 catalog the way a busy cluster would: backups of every kind and state (one
+/// with its globals in the annotations, a native chain, a pinned one), verifications, off-site
+/// targets and copies, plans and drills, jobs and executions, retention policies, archived WAL.
+const FILL: &str = "
+DO $fill$
+DECLARE
+    id bigint;
+    parent bigint;
+    sysid bigint := (SELECT system_identifier FROM pg_control_system());
+BEGIN
+    id := backup_mgmt.record_backup_start('appdb', 'full', 'pg_dump', '/b/appdb/nightly/1.dump.zst');
+    PERFORM backup_mgmt.record_backup_complete(id, 1234, repeat('a', 64));
+    UPDATE backup_management.backup_records
+       SET label = 'nightly', compression = 'zstd',
+           annotations = jsonb_build_object('job_name', 'nightly', 'execution_id', 1,
+               'globals_file', '/b/appdb/nightly/1.globals.sql.zst', 'globals_size', 321,
+               'globals_sha256', repeat('b', 64), 'row_counts', '{\"public.t\": 3}'::jsonb)
+     WHERE backup_id = id;
+    INSERT INTO backup_management.backup_verifications (backup_id, verification_type, verification_status, verification_result)
+    VALUES (id, 'checksum', 'passed', '{\"bytes\": 1234}'), (id, 'restore_test', 'passed', '{\"stage\": \"data_verification\"}');
+
+    id := backup_mgmt.record_backup_start('appdb', 'full', 'pg_dump', '/b/appdb/nightly/2.dump.zst');
+    PERFORM backup_mgmt.record_backup_failure(id, 'pg_dump: error: connection refused');
+
+    id := backup_mgmt.record_backup_start('postgres', 'full', 'native_physical', '/b/postgres/n/3.native');
+    PERFORM backup_mgmt.record_backup_complete(id, 99999, repeat('c', 64));
+    UPDATE backup_management.backup_records
+       SET start_lsn = '1/2000028', stop_lsn = '1/2000100', start_wal_segment = '000000010000000100000002',
+           stop_wal_segment = '000000010000000100000002', timeline_id = 1, pinned = true,
+           pin_reason = 'legal hold', keep_until = '2030-01-01'
+     WHERE backup_id = id;
+    parent := id;
+    id := backup_mgmt.record_backup_start('postgres', 'incremental', 'native_physical', '/b/postgres/n/4.native');
+    UPDATE backup_management.backup_records SET parent_backup_id = parent WHERE backup_id = id;
+    PERFORM backup_mgmt.record_backup_complete(id, 555, repeat('d', 64));
+
+    INSERT INTO backup_management.remote_backup_configs (config_name, database_name, remote_type, remote_endpoint, remote_path, sync_schedule)
+    VALUES ('second-disk', 'appdb', 'filesystem', '/mnt/offsite', 'pg', '30 * * * *');
+    INSERT INTO backup_management.remote_backup_records (backup_id, config_id, remote_file_path, sync_status, bytes_transferred, remote_checksum)
+    SELECT min(backup_id), (SELECT config_id FROM backup_management.remote_backup_configs), '1/appdb/1.dump.zst', 'completed', 1234, repeat('a', 64)
+      FROM backup_management.backup_records;
+
+    INSERT INTO disaster_recovery.recovery_plans (plan_name, database_name, rpo_minutes, rto_minutes, backup_strategy, recovery_procedure)
+    VALUES ('appdb-plan', 'appdb', 60, 30, 'nightly pg_dump', 'restore the newest dump');
+    INSERT INTO disaster_recovery.recovery_drills (plan_id, drill_type, status, recovery_time, data_loss_window)
+    SELECT plan_id, 'full', 'success', interval '5 minutes', interval '10 minutes' FROM disaster_recovery.recovery_plans;
+
+    INSERT INTO backup_management.retention_policies (policy_name, keep_last) VALUES ('short', 3);
+
+    INSERT INTO enterprise_backup.backup_jobs (job_name, database_name, backup_type, backup_method, schedule_cron, next_run_at, options)
+    VALUES ('nightly', 'appdb', 'full', 'pg_dump', '30 2 * * *', now() + interval '1 day',
+            '{\"compression\": \"zstd\", \"compression_level\": 3, \"parallel_jobs\": 1, \"include_globals\": true}');
+    INSERT INTO enterprise_backup.backup_job_executions (job_id, scheduled_for, execution_status, execution_end_time, backup_id)
+    SELECT job_id, now() - interval '1 day', 'completed', now(), (SELECT min(backup_id) FROM backup_management.backup_records)
+      FROM enterprise_backup.backup_jobs;
+
+    -- This cluster's WAL in its second log (numbered 256 + n at 16 MB) and another cluster's.
+    INSERT INTO backup_management.wal_archive (system_identifier, file_name, timeline_id, segment_number, file_path, file_size, checksum, archived_at)
+    SELECT sysid, '0000000100000001000000' || lpad(to_hex(n), 2, '0'), 1, 256 + n,
+           '/b/wal/' || sysid || '/0000000100000001000000' || lpad(to_hex(n), 2, '0'), 16777216, repeat('e', 64), now()
+      FROM generate_series(2, 6) n;
+    INSERT INTO backup_management.wal_archive (system_identifier, file_name, timeline_id, segment_number, file_path, file_size, checksum, archived_at)
+    VALUES (42, '000000010000000000000009', 1, 9, '/b/wal/42/000000010000000000000009', 16777216, repeat('f', 64), now()),
+           (sysid, '00000002.history', NULL, NULL, '/b/wal/' || sysid || '/00000002.history', 40, repeat('1', 64), now());
+END
+$fill$";
+
+#[test]
+fn upgrade_from_0_1_0_keeps_every_row_and_matches_a_fresh_install() {
+    let cluster = Cluster::start_with_backups(&[]);
+    let mut admin = cluster.connect("postgres");
+    for db in ["upgraded", "fresh"] {
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .unwrap();
+    }
+
+    let mut old = cluster.connect("upgraded");
+    old.batch_execute("CREATE EXTENSION backup_mgmt VERSION '0.1.0'")
+        .unwrap();
+    old.batch_execute(FILL).unwrap();
+    let before: String = old.query_one(CONTENT, &[]).unwrap().get(0);
+    assert!(before.lines().count() > 20, "{before}");
+
+    old.batch_execute("ALTER EXTENSION backup_mgmt UPDATE")
+        .unwrap();
+    let version: String = old
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'backup_mgmt'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(version, "0.2.0");
+    let after: String = old.query_one(CONTENT, &[]).unwrap().get(0);
+    assert_eq!(before, after, "rows changed by the upgrade");
+
+    // What 0.2.0 moved: the globals into their columns, the segment sizes (this cluster's WAL
+    // keeps its 16 MB numbering; the other cluster's gets 16 MB too).
+    let globals = old
+        .query_one(
+            "SELECT globals_file_path, globals_size, globals_checksum FROM backup_management.backup_records
+              WHERE label = 'nightly'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            globals.get::<_, Option<String>>(0),
+            globals.get::<_, Option<i64>>(1),
+            globals.get::<_, Option<String>>(2)
+        ),
+        (
+            Some("/b/appdb/nightly/1.globals.sql.zst".to_owned()),
+            Some(321),
+            Some("b".repeat(64))
+        )
+    );
+    let unsized_segments: i64 = old
+        .query_one(
+            "SELECT count(*) FROM backup_management.wal_archive
+              WHERE segment_number IS NOT NULL AND segment_size IS DISTINCT FROM 16777216",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(unsized_segments, 0);
+    let numbered: Vec<i64> = old
+        .query(
+            "SELECT segment_number FROM backup_management.wal_archive
+              WHERE timeline_id = 1 AND system_identifier <> 42 ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(numbered, vec![258, 259, 260, 261, 262]);
+    // The upgraded functions work on the upgraded catalog: a plan to the end of the native
+    // backup starts from it, with the segments renumbered above.
+    let (base, first): (Option<i64>, Option<String>) = old
+        .query_one(
+            "SELECT base_backup_id, first_wal_file FROM backup_mgmt.plan_recovery_lsn('1/2000100')",
+            &[],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    let native: i64 = old
+        .query_one(
+            "SELECT backup_id FROM backup_management.backup_records
+              WHERE backup_type = 'full' AND backup_method = 'native_physical'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(base, Some(native));
+    assert_eq!(first.as_deref(), Some("000000010000000100000002"));
+    let gaps: i64 = old
+        .query_one("SELECT count(*) FROM backup_mgmt.wal_gaps", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(gaps, 0);
+
+    // The same catalog as a fresh install of the current version.
+    let mut fresh = cluster.connect("fresh");
+    fresh.batch_execute("CREATE EXTENSION backup_mgmt").unwrap();
+    let upgraded_shape: String = old.query_one(SHAPE, &[]).unwrap().get(0);
+    let fresh_shape: String = fresh.query_one(SHAPE, &[]).unwrap().get(0);
+    let upgraded_lines: Vec<&str> = upgraded_shape.lines().collect();
+    let fresh_lines: Vec<&str> = fresh_shape.lines().collect();
+    let only_upgraded: Vec<&&str> = upgraded_lines
+        .iter()
+        .filter(|l| !fresh_lines.contains(l))
+        .collect();
+    let only_fresh: Vec<&&str> = fresh_lines
+        .iter()
+        .filter(|l| !upgraded_lines.contains(l))
+        .collect();
+    assert!(
+        only_upgraded.is_empty() && only_fresh.is_empty(),
+        "the upgraded catalog differs from a fresh install\nonly after the upgrade:\n{}\nonly in a fresh install:\n{}",
+        only_upgraded.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n"),
+        only_fresh.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n"),
+    );
+    assert!(fresh_lines.len() > 200, "the shape query saw too little");
+}

@@ -1,0 +1,111 @@
+//! `metrics()`: the backups' state, the recovery plans' exposure and the archive's health in
+//! Prometheus text format (rendered by `backup_mgmt_core::metrics`).
+
+use backup_mgmt_core::metrics::{render, Family, Sample};
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::spi::SpiError;
+
+use crate::catalog::queries::newest_verification_first;
+
+/// Why the metrics could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("catalog access failed: {0}")]
+    Spi(#[from] SpiError),
+}
+
+/// Per-database and per-plan metrics for a Prometheus scrape (postgres_exporter custom query, or
+/// `psql -Atc 'SELECT backup_mgmt.metrics()'` behind a text-file collector).
+#[pg_extern(stable, parallel_safe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn metrics() -> Result<String, ErrorReport> {
+    let families = Spi::connect(|c| -> Result<Vec<Family>, SpiError> {
+        let mut last_success = Vec::new();
+        let mut size = Vec::new();
+        let mut duration = Vec::new();
+        let mut failures = Vec::new();
+        let mut verified = Vec::new();
+        let rows = c.select(
+            concat!(
+            "SELECT d.database_name, \
+                    (SELECT extract(epoch FROM max(end_time))::float8 FROM backup_management.backup_records r \
+                      WHERE r.database_name = d.database_name AND r.status = 'completed'), \
+                    (SELECT backup_size::float8 FROM backup_management.backup_records r \
+                      WHERE r.database_name = d.database_name AND r.status = 'completed' ORDER BY end_time DESC LIMIT 1), \
+                    (SELECT extract(epoch FROM duration)::float8 FROM backup_management.backup_records r \
+                      WHERE r.database_name = d.database_name AND r.status = 'completed' ORDER BY end_time DESC LIMIT 1), \
+                    (SELECT count(*)::float8 FROM backup_management.backup_records r \
+                      WHERE r.database_name = d.database_name AND r.status = 'failed'), \
+                    (SELECT CASE v.verification_status WHEN 'passed' THEN 1 ELSE 0 END::float8 \
+                       FROM backup_management.backup_verifications v JOIN backup_management.backup_records r USING (backup_id) \
+                      WHERE r.database_name = d.database_name ",
+            newest_verification_first!(),
+            " LIMIT 1) \
+               FROM (SELECT DISTINCT database_name FROM backup_management.backup_records WHERE backup_type <> 'wal') d \
+              ORDER BY 1"),
+            None,
+            &[],
+        )?;
+        for r in rows {
+            let db = r.get::<String>(1)?.unwrap_or_default();
+            let label = || vec![("database", db.clone())];
+            let push = |into: &mut Vec<Sample>, v: Option<f64>| {
+                if let Some(value) = v {
+                    into.push(Sample {
+                        labels: label(),
+                        value,
+                    });
+                }
+            };
+            push(&mut last_success, r.get::<f64>(2)?);
+            push(&mut size, r.get::<f64>(3)?);
+            push(&mut duration, r.get::<f64>(4)?);
+            push(&mut failures, r.get::<f64>(5)?);
+            push(&mut verified, r.get::<f64>(6)?);
+        }
+        let mut exposure = Vec::new();
+        let mut rpo_breached = Vec::new();
+        let mut rto = Vec::new();
+        let plans = c.select(
+            "SELECT plan_name, database_name, extract(epoch FROM rpo_exposure)::float8, \
+                    (rpo_status = 'breached')::int::float8, extract(epoch FROM last_measured_rto)::float8 \
+               FROM backup_mgmt.recovery_status ORDER BY 1",
+            None,
+            &[],
+        )?;
+        for r in plans {
+            let labels = vec![
+                ("plan", r.get::<String>(1)?.unwrap_or_default()),
+                ("database", r.get::<String>(2)?.unwrap_or_default()),
+            ];
+            if let Some(v) = r.get::<f64>(3)? {
+                exposure.push(Sample {
+                    labels: labels.clone(),
+                    value: v,
+                });
+            }
+            if let Some(v) = r.get::<f64>(4)? {
+                rpo_breached.push(Sample {
+                    labels: labels.clone(),
+                    value: v,
+                });
+            }
+            if let Some(v) = r.get::<f64>(5)? {
+                rto.push(Sample { labels, value: v });
+            }
+        }
+        Ok(vec![
+            Family { name: "backup_mgmt_last_success_timestamp_seconds", help: "Unix time the newest completed backup of the database ended.", kind: "gauge", samples: last_success },
+            Family { name: "backup_mgmt_last_backup_size_bytes", help: "Size of the newest completed backup as stored.", kind: "gauge", samples: size },
+            Family { name: "backup_mgmt_last_backup_duration_seconds", help: "How long the newest completed backup took.", kind: "gauge", samples: duration },
+            Family { name: "backup_mgmt_backups_failed", help: "Failed backups recorded in the catalog.", kind: "gauge", samples: failures },
+            Family { name: "backup_mgmt_last_verification_passed", help: "1 if the newest verification of the database's backups passed, 0 if it failed.", kind: "gauge", samples: verified },
+            Family { name: "backup_mgmt_rpo_exposure_seconds", help: "Age of the newest verified backup (or archived WAL), per recovery plan.", kind: "gauge", samples: exposure },
+            Family { name: "backup_mgmt_rpo_breached", help: "1 if the RPO exposure exceeds the plan's RPO.", kind: "gauge", samples: rpo_breached },
+            Family { name: "backup_mgmt_last_drill_recovery_seconds", help: "Recovery time measured by the newest drill, per recovery plan.", kind: "gauge", samples: rto },
+        ])
+    })
+    .map_err(MetricsError::from)?;
+    Ok(render(&families))
+}

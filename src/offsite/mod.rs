@@ -1,0 +1,506 @@
+//! The worker's off-site copies: runs each active target's `sync_schedule` (cron, UTC), copies
+//! the database's completed backups that the target does not hold yet (to a filesystem target or
+//! S3-compatible object storage, `backup_mgmt_core::storage`), verifies every copy after it landed,
+//! retries with backoff, records every attempt in `remote_backup_records`, and removes copies of
+//! backups that retention expired.  One target at a time, on a helper thread, so the worker's
+//! loop never waits for a copy, and no network call happens inside a transaction.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use backup_mgmt_core::cron::CronSchedule;
+use backup_mgmt_core::paths::PathError;
+use backup_mgmt_core::storage::filesystem::FilesystemTarget;
+use backup_mgmt_core::storage::s3::S3Target;
+use backup_mgmt_core::storage::{self, Copied, Storage, StorageError};
+use backup_mgmt_core::threads::{Helper, Throttle};
+use chrono::{DateTime, Utc};
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::spi::SpiError;
+
+use crate::pg::spi::in_transaction;
+use crate::pg::time::{from_timestamptz, to_timestamptz};
+use crate::pg::{roots, server};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OffsiteError {
+    #[error("config_name must not be NULL")]
+    Null,
+    #[error("off-site target \"{0}\" does not exist or is not active")]
+    UnknownTarget(String),
+    #[error("an s3 target needs credentials_ref")]
+    NoCredentials,
+    #[error("remote_type {0} is not supported yet")]
+    Unsupported(String),
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("catalog access failed: {0}")]
+    Spi(#[from] SpiError),
+}
+
+/// How often due targets are looked for.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
+/// Attempts per copy, and the pause before each retry (doubling).
+const ATTEMPTS: u32 = 3;
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Copies per sync run (the rest waits for the next run).
+const BATCH: i64 = 50;
+
+/// One copy to make.
+struct Item {
+    backup_id: i64,
+    local: PathBuf,
+    key: String,
+    /// The checksum the catalog holds for the local backup.
+    expected: Option<String>,
+    /// A logical backup's globals file (part of the backup): where it is, its key on the
+    /// target, its recorded checksum.
+    globals: Option<(PathBuf, String, Option<String>)>,
+}
+
+/// Why a copy attempt failed (recorded as its error_message).
+#[derive(Debug, thiserror::Error)]
+enum CopyError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The target could not be prepared (its bucket created): every copy of the run fails so.
+    #[error("the target is not ready: {0}")]
+    NotReady(String),
+    #[error(
+        "\"{path}\" no longer matches its recorded sha256 {recorded} (read {read}); not copied"
+    )]
+    Changed {
+        path: PathBuf,
+        recorded: String,
+        read: String,
+    },
+}
+
+/// Copies one file of a backup and checks that what landed is what the catalog recorded.
+fn copy_checked(
+    target: &dyn Storage,
+    local: &std::path::Path,
+    key: &str,
+    expected: Option<&str>,
+) -> Result<Copied, CopyError> {
+    let landed = storage::put_backup(target, local, key)?;
+    match expected {
+        Some(sha) if sha != landed.sha256 => Err(CopyError::Changed {
+            path: local.to_owned(),
+            recorded: sha.to_owned(),
+            read: landed.sha256,
+        }),
+        _ => Ok(landed),
+    }
+}
+
+/// One attempt, as recorded.
+struct Attempt {
+    backup_id: i64,
+    key: String,
+    attempt: i32,
+    started: DateTime<Utc>,
+    ended: DateTime<Utc>,
+    result: Result<Copied, CopyError>,
+}
+
+struct Expiry {
+    record_id: i64,
+    key: String,
+    /// The key of the backup's globals file, copied with it.
+    globals_key: Option<String>,
+}
+
+/// What a sync run did: every copy attempt, and each expired copy's removal (by record).
+type RunResult = (Vec<Attempt>, Vec<(i64, Result<(), StorageError>)>);
+
+struct InFlight {
+    config_id: i32,
+    name: String,
+    helper: Helper<RunResult>,
+}
+
+#[derive(Default)]
+pub struct Offsite {
+    in_flight: Option<InFlight>,
+    last_check: Throttle,
+}
+
+/// Copies `item` to `target` and checks it where it landed; `ATTEMPTS` tries with doubling
+/// pauses.
+fn copy_one(target: &dyn Storage, item: &Item, stop: &AtomicBool) -> Vec<Attempt> {
+    let mut attempts = Vec::new();
+    let mut pause = FIRST_BACKOFF;
+    for n in 1..=ATTEMPTS {
+        let started = Utc::now();
+        // The backup, then its globals file: a copy is whole only with both.
+        let result = copy_checked(target, &item.local, &item.key, item.expected.as_deref())
+            .and_then(|landed| match &item.globals {
+                None => Ok(landed),
+                Some((local, key, expected)) => {
+                    copy_checked(target, local, key, expected.as_deref()).map(|_| landed)
+                }
+            });
+        let failed = result.is_err();
+        attempts.push(Attempt {
+            backup_id: item.backup_id,
+            key: item.key.clone(),
+            attempt: n as i32,
+            started,
+            ended: Utc::now(),
+            result,
+        });
+        if !failed || stop.load(Ordering::SeqCst) {
+            break;
+        }
+        if n < ATTEMPTS {
+            std::thread::sleep(pause);
+            pause *= 2;
+        }
+    }
+    attempts
+}
+
+impl Offsite {
+    pub fn tick(&mut self) {
+        if let Some(job) = self.in_flight.take_if(|j| j.helper.is_finished()) {
+            finish(job);
+        }
+        if self.in_flight.is_some() {
+            return;
+        }
+        if !self.last_check.ready(CHECK_EVERY) {
+            return;
+        }
+        let Some((config_id, name, target, items, expiries)) = next_due() else {
+            return;
+        };
+        let helper = Helper::spawn(
+            move || {
+                let target: &dyn Storage = target.as_ref();
+                let stop = AtomicBool::new(false);
+                let mut attempts = Vec::new();
+                // Network work happens here, never in the worker's loop or transaction.
+                let ready = target.prepare().map_err(|e| e.to_string());
+                for item in &items {
+                    match &ready {
+                        Ok(()) => attempts.extend(copy_one(target, item, &stop)),
+                        Err(why) => attempts.push(Attempt {
+                            backup_id: item.backup_id,
+                            key: item.key.clone(),
+                            attempt: 1,
+                            started: Utc::now(),
+                            ended: Utc::now(),
+                            result: Err(CopyError::NotReady(why.clone())),
+                        }),
+                    }
+                }
+                let removed = expiries
+                    .iter()
+                    .map(|e| {
+                        let gone = e
+                            .globals_key
+                            .iter()
+                            .try_for_each(|g| target.delete(g))
+                            .and_then(|()| target.delete(&e.key));
+                        (e.record_id, gone)
+                    })
+                    .collect();
+                (attempts, removed)
+            },
+            server::wake_worker,
+        );
+        self.in_flight = Some(InFlight {
+            config_id,
+            name,
+            helper,
+        });
+    }
+
+    /// At shutdown: a copy in flight is left to the next start (its `.partial` is replaced).
+    pub fn abandon(&mut self) {
+        self.in_flight = None;
+    }
+}
+
+type Due = (i32, String, Box<dyn Storage>, Vec<Item>, Vec<Expiry>);
+
+/// The first active target whose schedule is due (or that `sync_remote_now` asked for), marked
+/// `syncing`, with its work.
+fn next_due() -> Option<Due> {
+    in_transaction("looking for due off-site copies", || {
+        Spi::connect_mut(|c| {
+            let configs = c.select(
+                "SELECT config_id, config_name, remote_type, remote_endpoint, remote_path, \
+                        sync_schedule, coalesce(last_sync_at, created_at), database_name, \
+                        sync_status = 'requested', credentials_ref, options::text \
+                   FROM backup_management.remote_backup_configs \
+                  WHERE is_active AND (sync_schedule IS NOT NULL OR sync_status = 'requested') \
+                  ORDER BY config_id",
+                None,
+                &[],
+            )?;
+            let now = Utc::now();
+            let mut due = None;
+            for r in configs {
+                let id: i32 = r.get(1)?.unwrap_or_default();
+                let name: String = r.get(2)?.unwrap_or_default();
+                let kind: String = r.get(3)?.unwrap_or_default();
+                let endpoint: String = r.get(4)?.unwrap_or_default();
+                let path: String = r.get(5)?.unwrap_or_default();
+                let cron: Option<String> = r.get(6)?;
+                let since: Option<TimestampWithTimeZone> = r.get(7)?;
+                let database: String = r.get(8)?.unwrap_or_default();
+                let requested: bool = r.get(9)?.unwrap_or(false);
+                let credentials: Option<String> = r.get(10)?;
+                let options: String = r.get(11)?.unwrap_or_else(|| "{}".into());
+                let scheduled = cron
+                    .as_deref()
+                    .and_then(|c| c.parse::<CronSchedule>().ok())
+                    .zip(since)
+                    .and_then(|(s, since)| {
+                        s.next_after(chrono_tz::Tz::UTC, from_timestamptz(since), 1)
+                            .first()
+                            .copied()
+                    })
+                    .is_some_and(|next| next <= now);
+                if requested || scheduled {
+                    due = Some((id, name, kind, endpoint, path, database, credentials, options));
+                    break;
+                }
+            }
+            let Some((id, name, kind, endpoint, path, database, credentials, options)) = due else {
+                return Ok(None);
+            };
+            let target = match target_of(&kind, &endpoint, &path, credentials.as_deref(), &options) {
+                Ok(t) => t,
+                Err(why) => {
+                    c.update(
+                        "UPDATE backup_management.remote_backup_configs \
+                            SET sync_status = 'failed', last_sync_at = now() WHERE config_id = $1",
+                        None,
+                        &[id.into()],
+                    )?;
+                    warning!("backup_mgmt: off-site target \"{name}\": {why}");
+                    return Ok(None);
+                }
+            };
+            c.update(
+                "UPDATE backup_management.remote_backup_configs SET sync_status = 'syncing' WHERE config_id = $1",
+                None,
+                &[id.into()],
+            )?;
+            let rows = c.select(
+                "SELECT r.backup_id, r.backup_file_path, r.checksum, \
+                        coalesce(r.system_identifier, (SELECT system_identifier FROM pg_control_system())), \
+                        r.globals_file_path, r.globals_checksum \
+                   FROM backup_management.backup_records r \
+                  WHERE r.status = 'completed' AND r.database_name = $2 \
+                    AND r.backup_type <> 'wal' \
+                    AND NOT EXISTS (SELECT FROM backup_management.remote_backup_records x \
+                                     WHERE x.backup_id = r.backup_id AND x.config_id = $1 \
+                                       AND x.sync_status = 'completed') \
+                  ORDER BY r.backup_id LIMIT $3",
+                None,
+                &[id.into(), database.as_str().into(), BATCH.into()],
+            )?;
+            let mut items = Vec::new();
+            for r in rows {
+                let local: String = r.get(2)?.unwrap_or_default();
+                let sysid: i64 = r.get(4)?.unwrap_or_default();
+                let globals = r.get::<String>(5)?.map(|g| {
+                    let key = storage::object_key(sysid, &database, std::path::Path::new(&g));
+                    (PathBuf::from(g), key, r.get::<String>(6).ok().flatten())
+                });
+                items.push(Item {
+                    backup_id: r.get(1)?.unwrap_or_default(),
+                    key: storage::object_key(sysid, &database, std::path::Path::new(&local)),
+                    local: PathBuf::from(local),
+                    expected: r.get(3)?,
+                    globals,
+                });
+            }
+            let rows = c.select(
+                "SELECT x.record_id, x.remote_file_path, r.globals_file_path, \
+                        coalesce(r.system_identifier, (SELECT system_identifier FROM pg_control_system())), \
+                        r.database_name \
+                   FROM backup_management.remote_backup_records x \
+                   JOIN backup_management.backup_records r USING (backup_id) \
+                  WHERE x.config_id = $1 AND x.sync_status = 'completed' AND r.status = 'expired'",
+                None,
+                &[id.into()],
+            )?;
+            let mut expiries = Vec::new();
+            for r in rows {
+                let sysid: i64 = r.get(4)?.unwrap_or_default();
+                let db: String = r.get(5)?.unwrap_or_default();
+                expiries.push(Expiry {
+                    record_id: r.get(1)?.unwrap_or_default(),
+                    key: r.get(2)?.unwrap_or_default(),
+                    globals_key: r.get::<String>(3)?.map(|g| {
+                        storage::object_key(sysid, &db, std::path::Path::new(&g))
+                    }),
+                });
+            }
+            Ok::<_, SpiError>(Some((id, name, target, items, expiries)))
+        })
+    })
+    .flatten()
+}
+
+/// The target a configuration names.  A filesystem target must lie inside the backup roots;
+/// an S3 target's credentials are resolved here, by reference (never logged).
+fn target_of(
+    kind: &str,
+    endpoint: &str,
+    path: &str,
+    credentials: Option<&str>,
+    options: &str,
+) -> Result<Box<dyn Storage>, OffsiteError> {
+    let options: serde_json::Value = serde_json::from_str(options).unwrap_or_default();
+    match kind {
+        "filesystem" => {
+            let dir = PathBuf::from(endpoint).join(path.trim_start_matches('/'));
+            let dir = roots::confine(&dir.to_string_lossy(), true)?;
+            Ok(Box::new(FilesystemTarget { dir }))
+        }
+        "s3" => {
+            let credentials = credentials.ok_or(OffsiteError::NoCredentials)?;
+            let region = options
+                .get("region")
+                .and_then(|v| v.as_str())
+                .unwrap_or("us-east-1");
+            let part_size = options
+                .get("part_size_mb")
+                .and_then(|v| v.as_u64())
+                .map(|mb| (mb as usize) << 20);
+            let ca_file = options
+                .get("ca_file")
+                .and_then(|v| v.as_str())
+                .map(std::path::Path::new);
+            let mut t = S3Target::new(endpoint, path, region, credentials, part_size, ca_file)?;
+            t.create_bucket = options.get("create_bucket").and_then(|v| v.as_bool()) == Some(true);
+            Ok(Box::new(t))
+        }
+        other => Err(OffsiteError::Unsupported(other.to_owned())),
+    }
+}
+
+/// Records a finished sync run: one row per attempt, expired copies, the target's status.
+fn finish(job: InFlight) {
+    let Some((attempts, removed)) = job.helper.join() else {
+        warning!(
+            "backup_mgmt: the off-site copy thread of \"{}\" panicked",
+            job.name
+        );
+        return;
+    };
+    let failures = attempts
+        .iter()
+        .filter_map(|a| {
+            a.result
+                .as_ref()
+                .err()
+                .map(|why| (a.backup_id, a.attempt, why.to_string()))
+        })
+        .collect::<Vec<_>>();
+    let what = format!("recording off-site copies to \"{}\"", job.name);
+    in_transaction(&what, || {
+        Spi::connect_mut(|c| {
+            for a in &attempts {
+                let (status, bytes, sha, error) = match &a.result {
+                    Ok(copied) => (
+                        "completed",
+                        Some(copied.size as i64),
+                        Some(copied.sha256.clone()),
+                        None,
+                    ),
+                    Err(why) => ("failed", None, None, Some(why.to_string())),
+                };
+                c.update(
+                    "INSERT INTO backup_management.remote_backup_records \
+                         (backup_id, config_id, remote_file_path, sync_start_time, sync_end_time, \
+                          sync_status, attempt, bytes_transferred, remote_checksum, error_message) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    None,
+                    &[
+                        a.backup_id.into(),
+                        job.config_id.into(),
+                        a.key.as_str().into(),
+                        to_timestamptz(a.started).into(),
+                        to_timestamptz(a.ended).into(),
+                        status.into(),
+                        a.attempt.into(),
+                        bytes.into(),
+                        sha.into(),
+                        error.into(),
+                    ],
+                )?;
+            }
+            for (record_id, result) in &removed {
+                match result {
+                    Ok(()) => {
+                        c.update(
+                            "UPDATE backup_management.remote_backup_records SET sync_status = 'expired' WHERE record_id = $1",
+                            None,
+                            &[(*record_id).into()],
+                        )?;
+                    }
+                    Err(why) => warning!(
+                        "backup_mgmt: could not remove an expired off-site copy from \"{}\": {why}",
+                        job.name
+                    ),
+                }
+            }
+            // Failed when a copy's last attempt failed.
+            let last_failed = attempts.iter().any(|a| {
+                a.result.is_err()
+                    && !attempts
+                        .iter()
+                        .any(|b| b.backup_id == a.backup_id && b.attempt > a.attempt)
+            });
+            c.update(
+                "UPDATE backup_management.remote_backup_configs \
+                    SET sync_status = $2, last_sync_at = now() WHERE config_id = $1",
+                None,
+                &[
+                    job.config_id.into(),
+                    if last_failed { "failed" } else { "completed" }.into(),
+                ],
+            )?;
+            Ok::<(), SpiError>(())
+        })
+    });
+    for (backup_id, attempt, why) in failures {
+        log!(
+            "backup_mgmt: off-site copy of backup {backup_id} to \"{}\" failed (attempt {attempt}): {why}",
+            job.name
+        );
+    }
+}
+
+/// Asks the worker to copy to a target now, whatever its schedule.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn sync_remote_now(config_name: Option<&str>) -> Result<bool, ErrorReport> {
+    let name = config_name.ok_or(OffsiteError::Null)?;
+    let found = Spi::connect_mut(|c| {
+        c.update(
+            "UPDATE backup_management.remote_backup_configs SET sync_status = 'requested' \
+              WHERE config_name = $1 AND is_active RETURNING config_id",
+            None,
+            &[name.into()],
+        )
+        .map(|t| !t.is_empty())
+    })
+    .map_err(OffsiteError::from)?;
+    if !found {
+        return Err(OffsiteError::UnknownTarget(name.to_owned()).into());
+    }
+    // The worker looks for due targets every few seconds.
+    Ok(true)
+}

@@ -1,0 +1,202 @@
+//! Every configuration parameter of backup_mgmt, with a typed accessor each.
+//!
+//! The catalog database is fixed at postmaster start (the worker connects to it once, like
+//! `cron.database_name`); everything an operator may want to change on a running server is
+//! SIGHUP.
+
+use std::ffi::{CStr, CString};
+
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+use backup_mgmt_core::paths::{self, PathError};
+
+/// `backup_mgmt.database_name`: the database that holds the catalog and that the background
+/// worker connects to.
+static DATABASE_NAME: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+
+/// `backup_mgmt.backup_roots`: comma-separated absolute directories the extension may read and
+/// write.  Everything else is off limits; empty means no file access at all.
+static BACKUP_ROOTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+
+/// `backup_mgmt.max_running_jobs`: how many backups the worker runs at the same time.
+static MAX_RUNNING_JOBS: GucSetting<i32> = GucSetting::<i32>::new(2);
+
+/// `backup_mgmt.verify_interval`: the worker verifies each completed backup again once its last
+/// verification is this old (seconds; 0 = never).
+static VERIFY_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
+
+/// `backup_mgmt.max_history_per_job`: finished executions kept per job (older ones are deleted).
+static MAX_HISTORY_PER_JOB: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
+/// `backup_mgmt.enabled`: whether the worker runs jobs and upkeep at all.  A copy of the
+/// cluster restored by a recovery recipe starts with it off, so that it never runs the
+/// original's scheduled backups or touches the original's backup root.
+static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+/// `backup_mgmt.archive_compression`: how the archive module stores WAL.
+#[derive(pgrx::PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ArchiveCompression {
+    #[name = c"none"]
+    None,
+    #[name = c"zstd"]
+    Zstd,
+}
+static ARCHIVE_COMPRESSION: GucSetting<ArchiveCompression> =
+    GucSetting::<ArchiveCompression>::new(ArchiveCompression::None);
+
+/// `backup_mgmt.archive_compression_level`: the zstd level for archived WAL.
+static ARCHIVE_COMPRESSION_LEVEL: GucSetting<i32> = GucSetting::<i32>::new(3);
+
+/// Registers the parameters.  Called from `_PG_init` in every process that loads the library
+/// (postmaster via shared_preload_libraries, a backend on CREATE EXTENSION, the archiver), so that
+/// `SHOW backup_mgmt.*` works everywhere.
+pub fn init() {
+    // PostgreSQL refuses (FATAL) to create a postmaster-context parameter after startup, which is
+    // what a backend loading the library for CREATE EXTENSION, or the archiver, would do.  The
+    // worker that needs it only exists when preloaded, so that is the only time to define it.
+    // SAFETY: a plain global PostgreSQL sets while it loads shared_preload_libraries.
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        GucRegistry::define_string_guc(
+            c"backup_mgmt.database_name",
+            c"Database holding the backup_mgmt catalog; the background worker connects to it.",
+            c"Like cron.database_name: jobs scheduled in another database are not run.",
+            &DATABASE_NAME,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+    }
+    GucRegistry::define_string_guc(
+        c"backup_mgmt.backup_roots",
+        c"Comma-separated absolute directories that backup_mgmt may read and write.",
+        c"Backups are written only below these directories, and no file outside them is ever opened or deleted. Empty: no file access.",
+        &BACKUP_ROOTS,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_int_guc(
+        c"backup_mgmt.max_running_jobs",
+        c"Maximum number of backups the worker runs at the same time.",
+        c"A due job waits while this many are running; a job never runs twice at once.",
+        &MAX_RUNNING_JOBS,
+        1,
+        64,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"backup_mgmt.max_history_per_job",
+        c"Finished executions kept per job in enterprise_backup.backup_job_executions.",
+        c"Older rows are deleted after each run, so the history cannot grow without bound. The backups themselves stay in backup_records.",
+        &MAX_HISTORY_PER_JOB,
+        1,
+        1_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"backup_mgmt.enabled",
+        c"Whether the background worker runs scheduled jobs, verification and WAL ingestion.",
+        c"Restore recipes turn it off in the restored copy, which shares the original's catalog and backup roots; turn it on once the copy is meant to take over.",
+        &ENABLED,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"backup_mgmt.archive_compression",
+        c"How the archive module stores WAL files: none, or zstd (as <name>.zst).",
+        c"Either form is recognised when a file is archived again and by restore recipes, so it can be changed at any time.",
+        &ARCHIVE_COMPRESSION,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"backup_mgmt.archive_compression_level",
+        c"zstd level for archived WAL files (1-19).",
+        c"Used when backup_mgmt.archive_compression = zstd.",
+        &ARCHIVE_COMPRESSION_LEVEL,
+        1,
+        19,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"backup_mgmt.verify_interval",
+        c"How old a backup's last verification may get before the worker verifies it again.",
+        c"Catches bit rot: each completed backup is re-read and compared with its recorded sha256 this often. 0 turns it off; checksums missing from the catalog are computed regardless.",
+        &VERIFY_INTERVAL,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+}
+
+/// The catalog database the worker connects to.
+pub fn database_name() -> String {
+    string_of(&DATABASE_NAME)
+}
+
+/// The zstd level archived WAL is compressed at, or None when it is stored as is.
+pub fn archive_compression() -> Option<i32> {
+    match ARCHIVE_COMPRESSION.get() {
+        ArchiveCompression::None => None,
+        ArchiveCompression::Zstd => Some(ARCHIVE_COMPRESSION_LEVEL.get()),
+    }
+}
+
+pub fn enabled() -> bool {
+    ENABLED.get()
+}
+
+pub fn max_running_jobs() -> usize {
+    MAX_RUNNING_JOBS.get().max(1) as usize
+}
+
+pub fn verify_interval_seconds() -> i64 {
+    i64::from(VERIFY_INTERVAL.get().max(0))
+}
+
+pub fn max_history_per_job() -> i64 {
+    i64::from(MAX_HISTORY_PER_JOB.get().max(1))
+}
+
+fn string_of(setting: &GucSetting<Option<CString>>) -> String {
+    setting
+        .get()
+        .as_deref()
+        .map(CStr::to_string_lossy)
+        .map(|s| s.into_owned())
+        .unwrap_or_default()
+}
+
+/// The configured backup roots, parsed; an invalid entry is an error naming it.
+pub fn backup_roots() -> Result<Vec<std::path::PathBuf>, PathError> {
+    paths::parse_roots(&string_of(&BACKUP_ROOTS))
+}
+
+/// The current value of any configuration parameter (PostgreSQL's own or an extension's), or
+/// None when no such parameter is defined (e.g. backup_mgmt.database_name without preloading).
+pub fn current(name: &CStr) -> Option<String> {
+    // SAFETY: a NUL-terminated name; missing_ok, so an unknown name gives NULL, not an ERROR.
+    let value = unsafe { pgrx::pg_sys::GetConfigOption(name.as_ptr(), true, false) };
+    (!value.is_null()).then(|| {
+        // SAFETY: a non-NULL result is the parameter's NUL-terminated value.
+        unsafe { CStr::from_ptr(value) }
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
+/// The value a parameter has from the server's configuration, ignoring this session's SET (what
+/// RESET would restore, and what the background worker sees).  `name` must exist.
+pub fn configured(name: &CStr) -> Option<String> {
+    // SAFETY: a NUL-terminated name of an existing parameter (the caller's promise).
+    let value = unsafe { pgrx::pg_sys::GetConfigOptionResetString(name.as_ptr()) };
+    (!value.is_null()).then(|| {
+        // SAFETY: a non-NULL result is the parameter's NUL-terminated reset value.
+        unsafe { CStr::from_ptr(value) }
+            .to_string_lossy()
+            .into_owned()
+    })
+}

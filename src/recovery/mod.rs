@@ -1,0 +1,7 @@
+//! Recovery: the WAL archive module and the WAL catalog it feeds, the scan of archived WAL for
+//! transaction times, and point-in-time recovery planning with restore recipes.
+
+pub mod archive_module;
+pub mod pitr;
+pub mod wal_catalog;
+pub mod walscan;

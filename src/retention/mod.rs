@@ -1,0 +1,567 @@
+//! Retention in the catalog: `retention_preview`, `apply_retention`, `pin_backup`,
+//! `unpin_backup`, `set_retention_policy`.
+//!
+//! The selection itself is `backup_mgmt_core::retention` (plain Rust).  Applying marks the expired records
+//! `expired` (kept for audit, with the reasons in their annotations) and removes their files
+//! only **after the transaction commits** (a commit callback): a rolled-back expiry leaves
+//! every file in place, so the catalog never names a completed backup whose file is gone.
+//! Files are removed only inside `backup_mgmt.backup_roots`, and only regular files or
+//! directories.  WAL segments older than the oldest retained base backup's start are expired
+//! the same way.
+
+use chrono::{DateTime, Duration, Utc};
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::spi::{SpiClient, SpiError};
+
+use backup_mgmt_core::cron::parse_time_zone;
+use backup_mgmt_core::paths;
+use backup_mgmt_core::retention::{self, Backup, Policy, Verdict};
+
+use crate::pg::guc;
+use crate::pg::spi::in_transaction;
+use crate::pg::time::{from_timestamptz, to_timestamptz};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExpiryError {
+    #[error("{0} must not be NULL")]
+    Null(&'static str),
+    #[error("backup job \"{0}\" does not exist")]
+    UnknownJob(String),
+    #[error("retention policy \"{0}\" does not exist")]
+    UnknownPolicy(String),
+    #[error("retention policy \"{policy}\" has an unknown time zone \"{zone}\"")]
+    BadTimeZone { policy: String, zone: String },
+    #[error("backup {0} does not exist")]
+    UnknownBackup(i64),
+    #[error("backup {id} is {status}: only completed backups can be pinned")]
+    NotCompleted { id: i64, status: String },
+    #[error("catalog access failed: {0}")]
+    Spi(#[from] SpiError),
+}
+
+/// Loads a policy by name.
+fn load_policy(c: &SpiClient<'_>, name: &str) -> Result<Policy, ExpiryError> {
+    let t = c.select(
+        "SELECT keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly, \
+                extract(epoch FROM recovery_window)::float8, time_zone \
+           FROM backup_management.retention_policies WHERE policy_name = $1",
+        None,
+        &[name.into()],
+    )?;
+    if t.is_empty() {
+        return Err(ExpiryError::UnknownPolicy(name.to_owned()));
+    }
+    let r = t.first();
+    let zone: String = r.get(7)?.unwrap_or_else(|| "UTC".into());
+    let time_zone = parse_time_zone(&zone).map_err(|_| ExpiryError::BadTimeZone {
+        policy: name.to_owned(),
+        zone: zone.clone(),
+    })?;
+    let count = |v: Option<i32>| v.unwrap_or(0).max(0) as u32;
+    Ok(Policy {
+        name: name.to_owned(),
+        keep_last: r.get::<i32>(1)?.map(|n| n.max(0) as u32),
+        keep_daily: count(r.get(2)?),
+        keep_weekly: count(r.get(3)?),
+        keep_monthly: count(r.get(4)?),
+        keep_yearly: count(r.get(5)?),
+        recovery_window: r
+            .get::<f64>(6)?
+            .map(|s| Duration::milliseconds((s * 1000.0) as i64)),
+        time_zone,
+    })
+}
+
+/// The policy governing `job` (its own, or `default`), or the one named.
+fn policy_for(
+    c: &SpiClient<'_>,
+    job: Option<&str>,
+    named: Option<&str>,
+) -> Result<Policy, ExpiryError> {
+    if let Some(name) = named {
+        return load_policy(c, name);
+    }
+    let Some(job) = job else {
+        return load_policy(c, "default");
+    };
+    let t = c.select(
+        "SELECT coalesce(retention_policy, 'default') FROM enterprise_backup.backup_jobs WHERE job_name = $1",
+        None,
+        &[job.into()],
+    )?;
+    if t.is_empty() {
+        return Err(ExpiryError::UnknownJob(job.to_owned()));
+    }
+    let name: String = t.first().get(1)?.unwrap_or_else(|| "default".into());
+    load_policy(c, &name)
+}
+
+/// Every completed backup (what the safety rules look at), marked in scope when it belongs to
+/// `job` (or, without a job, to no job).
+fn load_backups(c: &SpiClient<'_>, job: Option<&str>) -> Result<Vec<Backup>, ExpiryError> {
+    let t = c.select(
+        concat!(
+            "SELECT r.backup_id, r.database_name, r.end_time, \
+                r.backup_method IN ('pg_basebackup', 'native_physical'), \
+                coalesce(",
+            crate::catalog::queries::newest_verification_status!(),
+            " = 'passed', false), \
+                r.pinned, r.pin_reason, r.keep_until, r.parent_backup_id, \
+                CASE WHEN $1::text IS NULL THEN r.annotations->>'job_name' IS NULL \
+                     ELSE r.annotations->>'job_name' = $1 END \
+           FROM backup_management.backup_records r \
+          WHERE r.status = 'completed' AND r.end_time IS NOT NULL AND r.backup_type <> 'wal'"
+        ),
+        None,
+        &[job.into()],
+    )?;
+    let mut out = Vec::with_capacity(t.len());
+    for r in t {
+        let end: Option<TimestampWithTimeZone> = r.get(3)?;
+        let keep_until: Option<TimestampWithTimeZone> = r.get(8)?;
+        out.push(Backup {
+            id: r.get(1)?.unwrap_or_default(),
+            database: r.get(2)?.unwrap_or_default(),
+            end_time: end.map(from_timestamptz).unwrap_or_else(Utc::now),
+            is_base: r.get(4)?.unwrap_or(false),
+            verified: r.get(5)?.unwrap_or(false),
+            pinned: r.get(6)?.unwrap_or(false),
+            pin_reason: r.get(7)?,
+            keep_until: keep_until.map(from_timestamptz),
+            parent: r.get(9)?,
+            in_scope: r.get(10)?.unwrap_or(false),
+        });
+    }
+    Ok(out)
+}
+
+fn now_utc() -> Result<DateTime<Utc>, ExpiryError> {
+    let now = Spi::get_one::<TimestampWithTimeZone>("SELECT now()")?;
+    Ok(now.map(from_timestamptz).unwrap_or_else(Utc::now))
+}
+
+/// The verdicts for `job` (or for backups made by no job) under its policy (or the one named).
+fn verdicts(
+    job: Option<&str>,
+    policy: Option<&str>,
+) -> Result<(Policy, Vec<Backup>, Vec<Verdict>), ExpiryError> {
+    let now = now_utc()?;
+    Spi::connect(|c| {
+        let policy = policy_for(c, job, policy)?;
+        let backups = load_backups(c, job)?;
+        let v = retention::select(&policy, &backups, now);
+        Ok((policy, backups, v))
+    })
+}
+
+type PreviewRow = (
+    i64,
+    String,
+    Option<TimestampWithTimeZone>,
+    String,
+    Vec<String>,
+    String,
+);
+
+fn preview_rows(job: Option<&str>, policy: Option<&str>) -> Result<Vec<PreviewRow>, ExpiryError> {
+    let (policy, backups, verdicts) = verdicts(job, policy)?;
+    let by_id: std::collections::HashMap<i64, &Backup> =
+        backups.iter().map(|b| (b.id, b)).collect();
+    Ok(verdicts
+        .into_iter()
+        .filter_map(|v| {
+            let b = by_id.get(&v.id)?;
+            let end = to_timestamptz(b.end_time);
+            Some((
+                v.id,
+                b.database.clone(),
+                end,
+                if v.keep { "keep" } else { "expire" }.to_owned(),
+                v.reasons,
+                policy.name.clone(),
+            ))
+        })
+        .collect())
+}
+
+/// Dry run: what retention would keep (and by which rules) and what it would expire (and why)
+/// for a job's backups (or, with no job, for backups recorded by no job).
+#[allow(clippy::type_complexity)]
+#[pg_extern(stable, parallel_safe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn retention_preview(
+    job_name: default!(Option<&str>, "NULL"),
+    policy_name: default!(Option<&str>, "NULL"),
+) -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(backup_id, i64),
+            name!(database_name, String),
+            name!(end_time, Option<TimestampWithTimeZone>),
+            name!(action, String),
+            name!(reasons, Vec<String>),
+            name!(policy_name, String),
+        ),
+    >,
+    ErrorReport,
+> {
+    Ok(TableIterator::new(preview_rows(job_name, policy_name)?))
+}
+
+/// Applies retention: marks what the policy expires `expired` and removes its files after
+/// commit; expires archived WAL older than the oldest retained base backup.  Returns the
+/// verdicts (as `retention_preview`).
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn apply_retention(
+    job_name: default!(Option<&str>, "NULL"),
+    policy_name: default!(Option<&str>, "NULL"),
+) -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(backup_id, i64),
+            name!(database_name, String),
+            name!(end_time, Option<TimestampWithTimeZone>),
+            name!(action, String),
+            name!(reasons, Vec<String>),
+            name!(policy_name, String),
+        ),
+    >,
+    ErrorReport,
+> {
+    let rows = preview_rows(job_name, policy_name)?;
+    let roots = guc::backup_roots().unwrap_or_default();
+    let mut doomed: Vec<String> = Vec::new();
+    Spi::connect_mut(|c| -> Result<(), ExpiryError> {
+        for (id, _, _, action, reasons, policy) in &rows {
+            if action != "expire" {
+                continue;
+            }
+            let t = c.update(
+                "UPDATE backup_management.backup_records \
+                    SET status = 'expired', \
+                        annotations = coalesce(annotations, '{}') || jsonb_build_object( \
+                            'expired_at', now(), 'expired_by_policy', $2::text, 'expired_because', $3::text[]) \
+                  WHERE backup_id = $1 AND status = 'completed' \
+                  RETURNING backup_file_path, globals_file_path",
+                None,
+                &[(*id).into(), policy.as_str().into(), reasons.clone().into()],
+            )?;
+            for r in t {
+                if let Some(p) = r.get::<String>(1)? {
+                    doomed.push(p);
+                }
+                if let Some(g) = r.get::<String>(2)? {
+                    doomed.push(g);
+                }
+            }
+        }
+        // WAL older than the oldest retained base backup of this cluster: nothing can replay it.
+        let t = c.update(
+            "WITH oldest AS ( \
+                SELECT timeline_id, \
+                       floor((start_lsn - '0/0'::pg_lsn) / pg_size_bytes(current_setting('wal_segment_size')))::bigint AS seg \
+                  FROM backup_management.backup_records \
+                 WHERE status = 'completed' AND backup_method IN ('pg_basebackup', 'native_physical') AND start_lsn IS NOT NULL \
+                   AND system_identifier = (SELECT system_identifier FROM pg_control_system()) \
+                 ORDER BY start_lsn LIMIT 1) \
+             UPDATE backup_management.wal_archive w SET expired_at = now() \
+               FROM oldest o \
+              WHERE w.expired_at IS NULL \
+                AND w.system_identifier = (SELECT system_identifier FROM pg_control_system()) \
+                AND w.segment_number IS NOT NULL \
+                AND (w.timeline_id < o.timeline_id OR (w.timeline_id = o.timeline_id AND w.segment_number < o.seg)) \
+            RETURNING w.file_path",
+            None,
+            &[],
+        )?;
+        for r in t {
+            if let Some(p) = r.get::<String>(1)? {
+                doomed.push(p);
+            }
+        }
+        Ok(())
+    })?;
+    if !doomed.is_empty() {
+        // Only once the expiry is committed; a rollback keeps every file.
+        pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
+            for path in &doomed {
+                match paths::remove_confined(path, &roots) {
+                    Ok(_) => {}
+                    Err(why) => {
+                        warning!("backup_mgmt: retention could not remove \"{path}\": {why}")
+                    }
+                }
+            }
+        });
+    }
+    Ok(TableIterator::new(rows))
+}
+
+/// Pins a completed backup: no retention policy removes it (a legal hold), until `keep_until`
+/// when given.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn pin_backup(
+    backup_id: Option<i64>,
+    reason: Option<&str>,
+    keep_until: default!(Option<TimestampWithTimeZone>, "NULL"),
+) -> Result<bool, ErrorReport> {
+    let id = backup_id.ok_or(ExpiryError::Null("backup_id"))?;
+    let reason = reason
+        .filter(|r| !r.trim().is_empty())
+        .ok_or(ExpiryError::Null("reason"))?;
+    set_pin(id, true, Some(reason), keep_until)?;
+    Ok(true)
+}
+
+/// Removes a backup's pin (and its keep_until).
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn unpin_backup(backup_id: Option<i64>) -> Result<bool, ErrorReport> {
+    let id = backup_id.ok_or(ExpiryError::Null("backup_id"))?;
+    set_pin(id, false, None, None)?;
+    Ok(true)
+}
+
+fn set_pin(
+    id: i64,
+    pinned: bool,
+    reason: Option<&str>,
+    keep_until: Option<TimestampWithTimeZone>,
+) -> Result<(), ExpiryError> {
+    Spi::connect_mut(|c| {
+        let t = c.update(
+            "SELECT status FROM backup_management.backup_records WHERE backup_id = $1 FOR UPDATE",
+            None,
+            &[id.into()],
+        )?;
+        if t.is_empty() {
+            return Err(ExpiryError::UnknownBackup(id));
+        }
+        let status: String = t.first().get(1)?.unwrap_or_default();
+        if pinned && status != "completed" {
+            return Err(ExpiryError::NotCompleted { id, status });
+        }
+        c.update(
+            "UPDATE backup_management.backup_records \
+                SET pinned = $2, pin_reason = $3, keep_until = $4 WHERE backup_id = $1",
+            None,
+            &[id.into(), pinned.into(), reason.into(), keep_until.into()],
+        )?;
+        Ok(())
+    })
+}
+
+/// Sets the retention policy of a job (NULL: the default policy).
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn set_retention_policy(
+    job_name: Option<&str>,
+    policy_name: Option<&str>,
+) -> Result<bool, ErrorReport> {
+    let job = job_name.ok_or(ExpiryError::Null("job_name"))?;
+    Spi::connect_mut(|c| -> Result<(), ExpiryError> {
+        if let Some(p) = policy_name {
+            load_policy(c, p)?;
+        }
+        let t = c.update(
+            "UPDATE enterprise_backup.backup_jobs SET retention_policy = $2, updated_at = now() \
+              WHERE job_name = $1 RETURNING job_id",
+            None,
+            &[job.into(), policy_name.into()],
+        )?;
+        if t.is_empty() {
+            return Err(ExpiryError::UnknownJob(job.to_owned()));
+        }
+        Ok(())
+    })?;
+    Ok(true)
+}
+
+/// The worker's call after a job's backup completed: applies the job's policy, in its own
+/// transaction (a failure is a WARNING; the backup stays recorded).
+pub fn after_backup(job: &str) {
+    let what = format!("applying retention after job \"{job}\"");
+    in_transaction(&what, || {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT count(*) FROM backup_mgmt.apply_retention($1) WHERE action = 'expire'",
+                None,
+                &[job.into()],
+            )
+            .map(|_| ())
+        })
+    });
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[allow(unused_imports)]
+    use crate::testing::*;
+
+    /// Retention in the catalog: previews name the rules; applying marks records expired;
+    /// pins and the newest verified backup survive a policy that keeps nothing; WAL older than
+    /// the oldest retained base backup expires; bad input is refused by name.
+    #[pg_test]
+    fn retention_previews_applies_and_respects_safety_rules() {
+        let dflt = Spi::get_one::<i32>(
+            "SELECT keep_daily FROM backup_management.retention_policies WHERE policy_name = 'default'",
+        )
+        .unwrap();
+        assert_eq!(dflt, Some(30));
+        Spi::run(
+            "INSERT INTO backup_management.retention_policies \
+                 (policy_name, keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly) \
+             VALUES ('last-1', 1, 0, 0, 0, 0), ('nothing', NULL, 0, 0, 0, 0)",
+        )
+        .unwrap();
+        // Four script-recorded backups (no job): ids a < b < c < d.
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            let id = start();
+            Spi::run_with_args(
+                "SELECT backup_mgmt.record_backup_complete($1, 1, repeat('b', 64))",
+                &[id.into()],
+            )
+            .unwrap();
+            ids.push(id);
+        }
+        Spi::run_with_args(
+            "SELECT backup_mgmt.pin_backup($1, 'legal hold #7')",
+            &[ids[0].into()],
+        )
+        .unwrap();
+        Spi::run_with_args(
+            "INSERT INTO backup_management.backup_verifications (backup_id, verification_type, verification_status) \
+             VALUES ($1, 'checksum', 'passed')",
+            &[ids[1].into()],
+        )
+        .unwrap();
+        let verdict = |policy: &str, id: i64| {
+            Spi::get_two_with_args::<String, Vec<String>>(
+                "SELECT action, reasons FROM backup_mgmt.retention_preview(NULL, $1) WHERE backup_id = $2",
+                &[policy.into(), id.into()],
+            )
+            .unwrap()
+        };
+        let (a, why) = verdict("nothing", ids[0]);
+        assert_eq!(a.as_deref(), Some("keep"));
+        assert_eq!(why.unwrap(), vec!["pinned: legal hold #7"]);
+        let (a, why) = verdict("nothing", ids[1]);
+        assert_eq!(a.as_deref(), Some("keep"));
+        assert_eq!(
+            why.unwrap(),
+            vec!["safety: newest verified backup of its database"]
+        );
+        assert_eq!(verdict("nothing", ids[2]).0.as_deref(), Some("expire"));
+        let (a, why) = verdict("last-1", ids[3]);
+        assert_eq!(a.as_deref(), Some("keep"));
+        assert_eq!(why.unwrap(), vec!["last 1 (#1)"]);
+        // Applying 'last-1': c expires (kept for audit, with the reasons), the others stay.
+        let expired = Spi::get_one::<i64>(
+            "SELECT count(*) FROM backup_mgmt.apply_retention(NULL, 'last-1') WHERE action = 'expire'",
+        )
+        .unwrap();
+        assert_eq!(expired, Some(1));
+        let (status, policy) = Spi::get_two_with_args::<String, String>(
+            "SELECT status, annotations->>'expired_by_policy' FROM backup_management.backup_records WHERE backup_id = $1",
+            &[ids[2].into()],
+        )
+        .unwrap();
+        assert_eq!(
+            (status.as_deref(), policy.as_deref()),
+            (Some("expired"), Some("last-1"))
+        );
+        let kept = Spi::get_one_with_args::<i64>(
+            "SELECT count(*) FROM backup_management.backup_records WHERE backup_id = ANY($1) AND status = 'completed'",
+            &[vec![ids[0], ids[1], ids[3]].into()],
+        )
+        .unwrap();
+        assert_eq!(kept, Some(3));
+        // An expired backup cannot be pinned; unknown names are refused.
+        assert_fails(
+            &format!("SELECT backup_mgmt.pin_backup({}, 'late')", ids[2]),
+            "55000",
+            "expired",
+        );
+        assert_fails(
+            &format!("SELECT backup_mgmt.pin_backup({}, NULL)", ids[3]),
+            "22004",
+            "reason",
+        );
+        assert_fails(
+            "SELECT * FROM backup_mgmt.retention_preview('no-such-job')",
+            "42704",
+            "no-such-job",
+        );
+        assert_fails(
+            "SELECT * FROM backup_mgmt.retention_preview(NULL, 'no-such-policy')",
+            "42704",
+            "no-such-policy",
+        );
+        Spi::run("INSERT INTO backup_management.retention_policies (policy_name, time_zone) VALUES ('mars', 'Mars/Olympus')").unwrap();
+        assert_fails(
+            "SELECT * FROM backup_mgmt.retention_preview(NULL, 'mars')",
+            "22023",
+            "Mars/Olympus",
+        );
+        // Unpinned, the pin no longer protects a.
+        Spi::run_with_args("SELECT backup_mgmt.unpin_backup($1)", &[ids[0].into()]).unwrap();
+        assert_eq!(verdict("nothing", ids[0]).0.as_deref(), Some("expire"));
+    }
+
+    /// WAL segments older than the start of the oldest retained base backup expire; newer ones,
+    /// and everything when there is no base backup, stay.
+    #[pg_test]
+    fn wal_before_the_oldest_base_backup_expires() {
+        Spi::run(
+            "INSERT INTO backup_management.wal_archive \
+                 (system_identifier, file_name, timeline_id, segment_number, file_path, file_size, checksum, archived_at) \
+             SELECT (SELECT system_identifier FROM pg_control_system()), \
+                    '0000000100000000000000' || lpad(to_hex(g), 2, '0'), 1, g, \
+                    '/tmp/backup_mgmt_pgtest_root/no-such-wal-' || g, 16777216, repeat('c', 64), now() \
+               FROM generate_series(1, 9) g",
+        )
+        .unwrap();
+        let expired = || {
+            Spi::get_one::<i64>(
+                "SELECT count(*) FROM backup_management.wal_archive WHERE expired_at IS NOT NULL",
+            )
+            .unwrap()
+            .unwrap()
+        };
+        Spi::run("SELECT * FROM backup_mgmt.apply_retention(NULL, 'default')").unwrap();
+        assert_eq!(expired(), 0, "no base backup: nothing expires");
+        let id = Spi::get_one::<i64>(
+            "SELECT backup_mgmt.record_backup_start('postgres', 'full', 'pg_basebackup', '/tmp/backup_mgmt_pgtest_root/b.tar')",
+        )
+        .unwrap()
+        .unwrap();
+        Spi::run_with_args(
+            "SELECT backup_mgmt.record_backup_complete($1, 10, repeat('a', 64))",
+            &[id.into()],
+        )
+        .unwrap();
+        Spi::run_with_args(
+            "UPDATE backup_management.backup_records \
+                SET start_lsn = '0/5000028', stop_lsn = '0/5000100', timeline_id = 1, \
+                    system_identifier = (SELECT system_identifier FROM pg_control_system()) \
+              WHERE backup_id = $1",
+            &[id.into()],
+        )
+        .unwrap();
+        Spi::run("SELECT * FROM backup_mgmt.apply_retention(NULL, 'default')").unwrap();
+        // Segments 1-4 go; 5 (where the backup starts) and later stay, and no gap is reported.
+        assert_eq!(expired(), 4);
+        let gaps = Spi::get_one::<i64>("SELECT count(*) FROM backup_mgmt.wal_gaps").unwrap();
+        assert_eq!(gaps, Some(0));
+    }
+}

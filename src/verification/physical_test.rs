@@ -1,0 +1,183 @@
+//! Restore tests of physical backups: a pg_basebackup tar is extracted, a native backup's chain
+//! materialised (every file checked against its chain manifest), then `pg_verifybackup` runs and
+//! a temporary postmaster must recover and answer in every database
+//! (`backup_mgmt_core::restore::scratch_server`).  Recorded as a `pg_verifybackup` verification
+//! (when it got that far) and a `restore_test` one.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use backup_mgmt_core::files::error::Context;
+use backup_mgmt_core::progress::Progress;
+use backup_mgmt_core::restore::materialize::materialize;
+use backup_mgmt_core::restore::scratch_server::{self, PhysicalOutcome, ScratchError};
+use backup_mgmt_core::threads;
+use backup_mgmt_core::verify::native::load_manifest;
+use backup_mgmt_core::verify::Report;
+use pgrx::prelude::*;
+use pgrx::spi::SpiError;
+use serde_json::json;
+
+use super::integrity::{self as verification, record_verifybackup};
+use super::restore_outcome::{
+    integrity_first, open_backup, record_restore_test, RestoreError, RestoreResult,
+};
+use super::scratch::verification_scratch;
+use crate::pg::server;
+use crate::pg::wait::in_background;
+
+/// The restore test of a pg_basebackup backup (`physical.rs`), recorded as a `pg_verifybackup`
+/// verification (when it got that far) and a `restore_test` one.
+pub(super) fn physical_restore_test(
+    target: verification::Target,
+) -> Result<RestoreResult, RestoreError> {
+    let id = target.backup_id;
+    let resolved = verification::confine(&target)?;
+    let path = resolved.main.clone();
+    let scratch = verification_scratch(id).map_err(verification::VerificationError::from)?;
+    let (compression, user) = Spi::connect(|c| -> Result<_, SpiError> {
+        let t = c.select(
+            "SELECT compression, current_user::text FROM backup_management.backup_records WHERE backup_id = $1",
+            None,
+            &[id.into()],
+        )?;
+        let row = t.first();
+        Ok((
+            row.get::<String>(1)?.unwrap_or_default(),
+            row.get::<String>(2)?.unwrap_or_default(),
+        ))
+    })?;
+    let bindir = server::bindir();
+    let started = Instant::now();
+    let zstd = compression == "zstd";
+    let moved = target.clone();
+    let (integrity, outcome) = in_background(move |progress| {
+        let integrity = match integrity_first(&moved, &resolved, &progress) {
+            Ok(r) => r,
+            Err(failed) => return (failed, None),
+        };
+        let file = match open_backup(path.as_deref(), &moved.path) {
+            Ok(f) => f,
+            Err(failed) => return (failed, None),
+        };
+        let o = scratch_server::restore_test(file, zstd, &scratch, &bindir, &user, &progress);
+        (integrity, Some(o))
+    });
+    finish_physical_test(
+        id,
+        &target.database_name,
+        integrity,
+        outcome,
+        started.elapsed(),
+    )
+}
+
+/// Records a physical restore test (its pg_verifybackup verdict and its restore_test row).
+fn finish_physical_test(
+    id: i64,
+    database: &str,
+    integrity: Report,
+    outcome: Option<PhysicalOutcome>,
+    elapsed: Duration,
+) -> Result<RestoreResult, RestoreError> {
+    let Some(o) = outcome else {
+        let result =
+            json!({"stage": "integrity", "reason": integrity.reason, "detail": integrity.detail});
+        record_restore_test(id, database, "failed", &result, elapsed)?;
+        return Ok(RestoreResult {
+            passed: false,
+            restore_time: None,
+            data_verified: false,
+        });
+    };
+    if let Some((passed, output)) = &o.verifybackup {
+        record_verifybackup(id, *passed, output, elapsed)?;
+    }
+    let verified = o.restored && o.verifybackup.as_ref().is_some_and(|v| v.0);
+    let status = if verified { "passed" } else { "failed" };
+    let mut result = o.details.clone();
+    if let Some(obj) = result.as_object_mut() {
+        obj.insert(
+            "stage".into(),
+            json!(if o.restored {
+                "data_verification"
+            } else {
+                "restore"
+            }),
+        );
+        obj.insert(
+            "restore_seconds".into(),
+            json!(o.restore_time.as_secs_f64()),
+        );
+        obj.insert("error".into(), json!(o.error));
+    }
+    record_restore_test(id, database, status, &result, elapsed)?;
+    Ok(RestoreResult {
+        passed: verified,
+        restore_time: o.restored.then_some(o.restore_time),
+        data_verified: verified,
+    })
+}
+
+/// The restore test of a native physical backup: its own files and its chain are checked, the
+/// complete data directory is materialised from the chain (every file against the manifest's
+/// sha256), then tested like a pg_basebackup one (pg_verifybackup with the backup's PostgreSQL
+/// manifest, a temporary postmaster).
+pub(super) fn native_restore_test(
+    target: verification::Target,
+) -> Result<RestoreResult, RestoreError> {
+    let id = target.backup_id;
+    let resolved = verification::confine(&target)?;
+    let path = resolved.main.clone();
+    let scratch = verification_scratch(id).map_err(verification::VerificationError::from)?;
+    let user = Spi::get_one::<String>("SELECT current_user::text")?.unwrap_or_default();
+    let bindir = server::bindir();
+    let started = Instant::now();
+    let moved = target.clone();
+    let (integrity, outcome) = in_background(move |progress| {
+        let integrity = match integrity_first(&moved, &resolved, &progress) {
+            Ok(r) => r,
+            Err(failed) => return (failed, None),
+        };
+        let Some(dir) = path else {
+            return (integrity, None);
+        };
+        let prepare = |scratch: &Path, progress: &Progress| -> Result<PathBuf, ScratchError> {
+            let manifest = load_manifest(&dir, moved.checksum.as_deref())
+                .map_err(|r| ScratchError::Prepare(r.detail.unwrap_or_default()))?;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(scratch)
+                .at("could not create", scratch)?;
+            let data = scratch.join("data");
+            let spaces = scratch.join("tablespaces");
+            materialize(
+                &dir,
+                &manifest,
+                &moved.chain,
+                &data,
+                &spaces,
+                threads::cores(),
+                &progress.counters(),
+            )
+            .map_err(|r| {
+                ScratchError::Prepare(format!(
+                    "materialising the chain: {} ({})",
+                    r.detail.unwrap_or_default(),
+                    r.failing_file.unwrap_or_default()
+                ))
+            })?;
+            Ok(data)
+        };
+        let o = scratch_server::restore_test_with(prepare, &scratch, &bindir, &user, &progress);
+        (integrity, Some(o))
+    });
+    finish_physical_test(
+        id,
+        &target.database_name,
+        integrity,
+        outcome,
+        started.elapsed(),
+    )
+}

@@ -25,10 +25,16 @@ install_release
 
 bench_dir
 PORT=55433
+# Registered paths must lie inside a backup root, each a file of its own (0.2.0): every pair
+# records a new name under it (the seed gets the same names, so both build the same strings).
+ROOT="$DIR/backups"
+mkdir -p "$ROOT"
+chown postgres:postgres "$ROOT"
 
 start_throwaway_cluster "$DIR" "$PORT" \
     "shared_preload_libraries = 'backup_mgmt'" \
     "backup_mgmt.database_name = 'bench_native'" \
+    "backup_mgmt.backup_roots = '$ROOT'" \
     "synchronous_commit = off" \
     "shared_buffers = 256MB" \
     "max_wal_size = 4GB"
@@ -40,10 +46,10 @@ PSQL=("$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$DIR" -p "$PORT" -U postgres)
 
 CHECKSUM=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
 cat >"$DIR/native.sql" <<SQL
-SELECT backup_mgmt.record_backup_complete(backup_mgmt.record_backup_start('bench', 'full', 'pg_dump', '/var/backups/bench.dump'), 1048576, '$CHECKSUM');
+SELECT backup_mgmt.record_backup_complete(backup_mgmt.record_backup_start('bench', 'full', 'pg_dump', '$ROOT/b' || txid_current() || '.dump'), 1048576, '$CHECKSUM');
 SQL
 cat >"$DIR/seed.sql" <<SQL
-SELECT record_backup_complete(record_backup_start('bench', 'full', 'pg_dump', '/var/backups/bench.dump'), 1048576, '$CHECKSUM');
+SELECT record_backup_complete(record_backup_start('bench', 'full', 'pg_dump', '$ROOT/b' || txid_current() || '.dump'), 1048576, '$CHECKSUM');
 SQL
 
 run_round() { # db script -> tps
@@ -65,8 +71,8 @@ in_server() { # db function-prefix -> milliseconds
         -c "TRUNCATE backup_management.backup_records CASCADE" -c "CHECKPOINT" >/dev/null
     "${PSQL[@]}" -d "$db" -At <<SQL
 SELECT clock_timestamp() AS t0 \gset
-SELECT count(${prefix}record_backup_complete(${prefix}record_backup_start('bench', 'full', 'pg_dump', '/var/backups/bench.dump'), 1048576, '$CHECKSUM'))
-  FROM generate_series(1, $PAIRS_IN_SERVER) \g /dev/null
+SELECT count(${prefix}record_backup_complete(${prefix}record_backup_start('bench', 'full', 'pg_dump', '$ROOT/b' || g || '.dump'), 1048576, '$CHECKSUM'))
+  FROM generate_series(1, $PAIRS_IN_SERVER) g \g /dev/null
 SELECT round(extract(epoch FROM clock_timestamp() - :'t0'::timestamptz) * 1000);
 SQL
 }

@@ -5,6 +5,10 @@
 -- 2. WAL segments are numbered with their cluster's segment size: a column for it, and the
 --    segments of this cluster renumbered when it is not 16 MB (0.1.0 assumed 256 per log), and
 --    wal_gaps names missing segments with it.
+-- 3. Provenance: every backup record says who made it (origin), and registered paths are checked
+--    against the other records' files through two new indexes.
+-- 4. Off-site targets say who configured them; a trigger holds those written by roles that are
+--    not superusers to the limits a superuser sets.
 
 \echo Use "ALTER EXTENSION backup_mgmt UPDATE" to load this file. \quit
 
@@ -79,3 +83,59 @@ SELECT b.system_identifier, b.timeline_id,
                     WHERE w.system_identifier = b.system_identifier AND w.timeline_id = b.timeline_id
                       AND w.segment_number = g AND w.expired_at IS NULL);
 COMMENT ON VIEW backup_mgmt.wal_gaps IS 'WAL segments missing from the archive, per cluster and timeline, from the start of the oldest completed base backup (or the first archived segment when there is none) to the newest archived segment, named with the cluster''s segment size: a point-in-time recovery cannot cross them';
+
+
+-- 3. Provenance.  0.1.0's worker annotated every record it made with its execution; everything
+--    else was registered through the record functions.
+ALTER TABLE backup_management.backup_records
+    ADD COLUMN origin text NOT NULL DEFAULT 'registered';
+COMMENT ON COLUMN backup_management.backup_records.origin IS 'worker (made by the background worker in its own layout) or registered (recorded with record_backup_start; used only as documented in docs/security.md)';
+UPDATE backup_management.backup_records
+   SET origin = 'worker'
+ WHERE annotations ? 'execution_id';
+CREATE INDEX idx_backup_records_path ON backup_management.backup_records (backup_file_path text_pattern_ops);
+CREATE INDEX idx_backup_records_globals_path ON backup_management.backup_records (globals_file_path text_pattern_ops)
+    WHERE globals_file_path IS NOT NULL;
+
+-- 4. Who configured each off-site target.  Targets from 0.1.0 are not known to come from a
+--    superuser: they are held to the limits until a superuser saves them again.
+ALTER TABLE backup_management.remote_backup_configs
+    ADD COLUMN configured_by text,
+    ADD COLUMN configured_by_superuser boolean NOT NULL DEFAULT false;
+UPDATE backup_management.remote_backup_configs SET configured_by = '(before 0.2.0)';
+ALTER TABLE backup_management.remote_backup_configs
+    ALTER COLUMN configured_by SET DEFAULT current_user,
+    ALTER COLUMN configured_by SET NOT NULL;
+COMMENT ON COLUMN backup_management.remote_backup_configs.configured_by IS 'The role that last set the target''s endpoint, path, credentials or options (set by the trigger)';
+COMMENT ON COLUMN backup_management.remote_backup_configs.configured_by_superuser IS 'Whether that role was a superuser; if not, the target is held to backup_mgmt.offsite_endpoints, offsite_allow_http, credentials_env_prefix and credentials_directory';
+
+CREATE FUNCTION backup_mgmt."remote_backup_configs_guard"()
+    RETURNS TRIGGER
+    LANGUAGE c
+    AS 'MODULE_PATHNAME', 'remote_backup_configs_guard_wrapper';
+REVOKE ALL ON FUNCTION backup_mgmt.remote_backup_configs_guard() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION backup_mgmt.remote_backup_configs_guard() TO backup_admin;
+COMMENT ON FUNCTION backup_mgmt.remote_backup_configs_guard() IS
+    'Trigger function of remote_backup_configs_check: records who configured a target and holds targets configured by roles that are not superusers to the off-site limits';
+CREATE TRIGGER remote_backup_configs_check
+    BEFORE INSERT OR UPDATE OF remote_type, remote_endpoint, remote_path, credentials_ref, encryption_key_ref,
+                               options, configured_by, configured_by_superuser
+    ON backup_management.remote_backup_configs
+    FOR EACH ROW EXECUTE FUNCTION backup_mgmt.remote_backup_configs_guard();
+COMMENT ON TRIGGER remote_backup_configs_check ON backup_management.remote_backup_configs IS
+    'Records who configured a target; refuses, for roles that are not superusers, what the off-site limits do not allow';
+
+DO $bm$
+DECLARE
+    n integer := (SELECT count(*) FROM backup_management.remote_backup_configs);
+BEGIN
+    IF n > 0 THEN
+        RAISE NOTICE 'backup_mgmt 0.2.0: % off-site target(s) from 0.1.0 are now held to the off-site limits for targets configured by roles that are not superusers', n
+            USING HINT = 'A superuser vouches for a target by saving it again: UPDATE backup_management.remote_backup_configs SET options = options WHERE config_name = ''...''; see docs/security.md.';
+    END IF;
+END
+$bm$;
+
+-- NOTIFY payloads carry event names and ids only (0.2.0).
+COMMENT ON FUNCTION backup_mgmt.record_backup_failure(bigint, text) IS
+    'Marks a running backup failed with its error message (logged; NOTIFY backup_mgmt tells listeners the backup id)';

@@ -51,6 +51,18 @@ CREATE TRIGGER backup_records_chain_expire
 COMMENT ON TRIGGER backup_records_chain_expire ON backup_management.backup_records IS
     'Refuses to expire the parent of a retained incremental or differential backup';
 
+-- Off-site targets: who configured them, and for roles that are not superusers, only what the
+-- limits a superuser set allow (src/offsite/limits.rs).  Fires on the columns that say where
+-- copies go and with what credentials, and on the provenance columns themselves, so that nobody
+-- can mark a target as a superuser's by writing them.
+CREATE TRIGGER remote_backup_configs_check
+    BEFORE INSERT OR UPDATE OF remote_type, remote_endpoint, remote_path, credentials_ref, encryption_key_ref,
+                               options, configured_by, configured_by_superuser
+    ON backup_management.remote_backup_configs
+    FOR EACH ROW EXECUTE FUNCTION backup_mgmt.remote_backup_configs_guard();
+COMMENT ON TRIGGER remote_backup_configs_check ON backup_management.remote_backup_configs IS
+    'Records who configured a target; refuses, for roles that are not superusers, what the off-site limits do not allow';
+
 -- The operator role.  Roles are cluster-wide, so it may already exist (another database, an
 -- earlier install); it is deliberately not dropped by DROP EXTENSION.
 DO $bm$
@@ -87,8 +99,10 @@ COMMENT ON FUNCTION backup_mgmt.record_backup_start(text, text, text, text) IS
 COMMENT ON FUNCTION backup_mgmt.record_backup_complete(bigint, bigint, text) IS
     'Marks a running backup completed with its size in bytes and optional sha256 checksum';
 COMMENT ON FUNCTION backup_mgmt.record_backup_failure(bigint, text) IS
-    'Marks a running backup failed with its error message (logged and sent as NOTIFY backup_mgmt)';
+    'Marks a running backup failed with its error message (logged; NOTIFY backup_mgmt tells listeners the backup id)';
 
+COMMENT ON FUNCTION backup_mgmt.remote_backup_configs_guard() IS
+    'Trigger function of remote_backup_configs_check: records who configured a target and holds targets configured by roles that are not superusers to the off-site limits';
 COMMENT ON FUNCTION backup_mgmt.backup_records_guard() IS
     'Trigger function of backup_records_check: the rules every backup_records row satisfies';
 COMMENT ON FUNCTION backup_mgmt.schedule_preview(text, text, integer) IS

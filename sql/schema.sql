@@ -81,7 +81,11 @@ CREATE TABLE backup_management.backup_records (
     -- upgraded catalog has them.)
     globals_file_path  text,
     globals_size       bigint,
-    globals_checksum   text
+    globals_checksum   text,
+    -- Who made the backup (0.2.0): 'worker' (the background worker, in its own layout) or
+    -- 'registered' (recorded with the record functions; its path is input, checked when
+    -- recorded and again when used).
+    origin             text        NOT NULL DEFAULT 'registered'
     -- Every column's rule and the row rule (finished records have an end time, failed ones an
     -- error, only incremental and differential backups a parent) are enforced by the native
     -- trigger backup_records_check, created by finalize.sql once its function exists.  Not domains
@@ -101,6 +105,12 @@ CREATE INDEX idx_backup_records_start ON backup_management.backup_records (start
 CREATE INDEX idx_backup_records_type ON backup_management.backup_records (backup_type, start_time DESC);
 CREATE INDEX idx_backup_records_parent ON backup_management.backup_records (parent_backup_id)
     WHERE parent_backup_id IS NOT NULL;
+-- For record_backup_start's check that a registered path overlaps no other backup's files (the
+-- path itself, its ancestors, everything below it): equality and prefix ranges.  Completion
+-- never changes a path, so its update stays HOT.
+CREATE INDEX idx_backup_records_path ON backup_management.backup_records (backup_file_path text_pattern_ops);
+CREATE INDEX idx_backup_records_globals_path ON backup_management.backup_records (globals_file_path text_pattern_ops)
+    WHERE globals_file_path IS NOT NULL;
 
 COMMENT ON TABLE backup_management.backup_records IS 'One row per backup: what, where, when, how big, its checksum and its outcome';
 COMMENT ON COLUMN backup_management.backup_records.backup_id IS 'Backup identifier, returned by record_backup_start()';
@@ -130,6 +140,7 @@ COMMENT ON COLUMN backup_management.backup_records.parent_backup_id IS 'Parent b
 COMMENT ON COLUMN backup_management.backup_records.globals_file_path IS 'The globals file (roles and tablespaces, pg_dumpall --globals-only) written beside a logical dump, part of the backup';
 COMMENT ON COLUMN backup_management.backup_records.globals_size IS 'Size in bytes of the globals file as written';
 COMMENT ON COLUMN backup_management.backup_records.globals_checksum IS 'sha256 of the globals file as written (lower-case hex)';
+COMMENT ON COLUMN backup_management.backup_records.origin IS 'worker (made by the background worker in its own layout) or registered (recorded with record_backup_start; used only as documented in docs/security.md)';
 COMMENT ON COLUMN backup_management.backup_records.pinned IS 'Pinned backups are never removed by retention';
 COMMENT ON COLUMN backup_management.backup_records.pin_reason IS 'Why the backup is pinned (e.g. legal hold)';
 COMMENT ON COLUMN backup_management.backup_records.keep_until IS 'Retention never removes the backup before this time';
@@ -198,7 +209,12 @@ CREATE TABLE backup_management.remote_backup_configs (
         CONSTRAINT remote_backup_configs_sync_status_check
         CHECK (sync_status IN ('idle', 'requested', 'syncing', 'completed', 'failed')),
     created_at         timestamptz NOT NULL DEFAULT now(),
-    updated_at         timestamptz NOT NULL DEFAULT now()
+    updated_at         timestamptz NOT NULL DEFAULT now(),
+    -- Who last set the target (0.2.0), written by the trigger remote_backup_configs_check: a
+    -- target configured by a role that is not a superuser is held to the limits a superuser
+    -- set (backup_mgmt.offsite_endpoints and friends), when written and whenever used.
+    configured_by      text        NOT NULL DEFAULT current_user,
+    configured_by_superuser boolean NOT NULL DEFAULT false
 );
 -- A defence in depth against pasting a credential into options: keys that name secrets are refused.
 ALTER TABLE backup_management.remote_backup_configs
@@ -223,6 +239,8 @@ COMMENT ON COLUMN backup_management.remote_backup_configs.last_sync_at IS 'When 
 COMMENT ON COLUMN backup_management.remote_backup_configs.sync_status IS 'idle, requested (sync_remote_now), syncing, completed or failed (the last attempt of a copy failed)';
 COMMENT ON COLUMN backup_management.remote_backup_configs.created_at IS 'When the target was defined';
 COMMENT ON COLUMN backup_management.remote_backup_configs.updated_at IS 'When the target was last changed';
+COMMENT ON COLUMN backup_management.remote_backup_configs.configured_by IS 'The role that last set the target''s endpoint, path, credentials or options (set by the trigger)';
+COMMENT ON COLUMN backup_management.remote_backup_configs.configured_by_superuser IS 'Whether that role was a superuser; if not, the target is held to backup_mgmt.offsite_endpoints, offsite_allow_http, credentials_env_prefix and credentials_directory';
 COMMENT ON SEQUENCE backup_management.remote_backup_configs_config_id_seq IS 'Generates remote_backup_configs.config_id';
 
 ------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ use pgrx::PgSqlErrorCode;
 use crate::pg::sql_error::{report, SqlError, BUG};
 
 use crate::catalog::records::RecordError;
+use crate::catalog::registration::RegistrationError;
 use crate::jobs::api::JobError;
 use crate::monitoring::metrics::MetricsError;
 use crate::offsite::OffsiteError;
@@ -79,11 +80,19 @@ impl SqlError for PathError {
                 PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
                 "Only files below backup_mgmt.backup_roots may be read or written; symlinks are followed before the check.",
             ),
+            PathError::IsRoot(_) => (
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                "Name the backup's own file or directory, e.g. <root>/scripts/db-20261203.dump.",
+            ),
+            PathError::Reserved { .. } => (
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                "The WAL archive (<root>/wal), the scratch directories (<root>/.backup_mgmt_*) and the catalog mirror belong to backup_mgmt; use another directory under a root.",
+            ),
             PathError::Resolve { source, .. } if source.kind() == io::ErrorKind::NotFound => (
                 PgSqlErrorCode::ERRCODE_UNDEFINED_FILE,
                 "Check that the file or its directory exists.",
             ),
-            PathError::Resolve { .. } | PathError::Remove { .. } => (
+            PathError::Resolve { .. } | PathError::Remove { .. } | PathError::Create { .. } => (
                 PgSqlErrorCode::ERRCODE_IO_ERROR,
                 "Check the file's permissions for the server's OS user.",
             ),
@@ -93,15 +102,6 @@ impl SqlError for PathError {
             ),
         };
         (code, hint.into())
-    }
-
-    fn detail(&self) -> Option<String> {
-        match self {
-            PathError::OutsideRoots {
-                resolved: Some(r), ..
-            } => Some(format!("The path resolves to \"{}\".", r.display())),
-            _ => None,
-        }
     }
 }
 
@@ -124,6 +124,7 @@ impl SqlError for RecordError {
             RecordError::Catalog(inner) => return inner.classify(),
             RecordError::Path(inner) => return inner.classify(),
             RecordError::Checksum(inner) => return inner.classify(),
+            RecordError::Registration(inner) => return inner.classify(),
             RecordError::Null(what) => (ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("Pass a non-NULL {what}.")),
             RecordError::UnknownBackup(_) => (
                 ERRCODE_UNDEFINED_OBJECT,
@@ -144,6 +145,25 @@ impl SqlError for RecordError {
                 "Record what went wrong (e.g. the program's stderr): it is what an operator reads later.".to_owned(),
             ),
             RecordError::Spi(_) => (ERRCODE_INTERNAL_ERROR, BUG.to_owned()),
+        };
+        (code, hint.into())
+    }
+}
+
+impl SqlError for RegistrationError {
+    fn classify(&self) -> (PgSqlErrorCode, Cow<'static, str>) {
+        use PgSqlErrorCode::*;
+        let (code, hint) = match self {
+            RegistrationError::Path(inner) => return inner.classify(),
+            RegistrationError::InsideCluster { .. } => (
+                ERRCODE_INSUFFICIENT_PRIVILEGE,
+                "A backup must live outside the cluster it is a backup of; write it under a backup root.",
+            ),
+            RegistrationError::Overlap { .. } => (
+                ERRCODE_DUPLICATE_OBJECT,
+                "Each backup has files of its own: give this one a new file or directory name.",
+            ),
+            RegistrationError::Spi(_) => (ERRCODE_INTERNAL_ERROR, BUG),
         };
         (code, hint.into())
     }
@@ -196,6 +216,10 @@ impl SqlError for RestoreError {
             RestoreError::DatabaseExists(_) => (
                 ERRCODE_DUPLICATE_DATABASE,
                 "Name a database that does not exist, or leave test_database_name NULL for a generated name.",
+            ),
+            RestoreError::Untrusted(_) => (
+                ERRCODE_INSUFFICIENT_PRIVILEGE,
+                "Physical restore tests start a server on the backup, so they run only on the worker's own backups; verify a registered one with verify_backup_integrity().",
             ),
             RestoreError::Unsupported(_) => (
                 ERRCODE_FEATURE_NOT_SUPPORTED,
@@ -324,6 +348,10 @@ impl SqlError for PitrError {
                 ERRCODE_UNDEFINED_OBJECT,
                 "List completed backups with SELECT backup_id FROM backup_management.backup_records WHERE status = 'completed'.",
             ),
+            PitrError::Registered(_) => (
+                ERRCODE_INSUFFICIENT_PRIVILEGE,
+                "Restore a registered backup with the tools that made it; recipes are generated for the worker's own backups, whose manifests it wrote.",
+            ),
             PitrError::NotNative { .. } => (
                 ERRCODE_WRONG_OBJECT_TYPE,
                 "For pg_basebackup backups use plan_recovery(target_time); for logical dumps use pg_restore.",
@@ -342,6 +370,11 @@ impl SqlError for OffsiteError {
         use PgSqlErrorCode::*;
         let (code, hint) = match self {
             OffsiteError::Path(inner) => return inner.classify(),
+            OffsiteError::Refused(crate::offsite::limits::TargetRefused::Path(inner)) => return inner.classify(),
+            OffsiteError::Refused(_) => (
+                ERRCODE_INSUFFICIENT_PRIVILEGE,
+                "Targets configured by roles that are not superusers are held to backup_mgmt.offsite_endpoints, offsite_allow_http, credentials_env_prefix and credentials_directory.",
+            ),
             OffsiteError::Null => (
                 ERRCODE_NULL_VALUE_NOT_ALLOWED,
                 "Pass the name of a row of backup_management.remote_backup_configs.",

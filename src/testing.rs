@@ -51,10 +51,27 @@ pub fn assert_fails(sql: &str, state: &str, value: &str) {
     assert!(!h.is_empty(), "{sql}: no hint");
 }
 
+/// A new path under the test root for a registered backup (each call a new name: two records
+/// may not share a file).
+pub fn fresh_path(suffix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    std::fs::create_dir_all(TEST_ROOT).unwrap();
+    format!(
+        "{TEST_ROOT}/appdb-{}-{}{suffix}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A running backup record of a new file under the test root.
 pub fn start() -> i64 {
-    Spi::get_one::<i64>("SELECT backup_mgmt.record_backup_start('appdb', 'full', 'pg_dump', '/var/backups/appdb.dump')")
-        .unwrap()
-        .unwrap()
+    Spi::get_one_with_args::<i64>(
+        "SELECT backup_mgmt.record_backup_start('appdb', 'full', 'pg_dump', $1)",
+        &[fresh_path(".dump").into()],
+    )
+    .unwrap()
+    .unwrap()
 }
 
 pub fn status_of(id: i64) -> (String, i64) {

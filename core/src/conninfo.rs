@@ -8,6 +8,9 @@ pub struct Connection {
     pub user: String,
 }
 
+/// The server options every database session backup_mgmt opens carries.
+pub const PINNED_OPTIONS: &str = "-c search_path=pg_catalog,pg_temp";
+
 /// A libpq connection-string value, always quoted, so that a database named `host=evil` stays a
 /// database name and cannot add keywords.
 pub fn quote_value(value: &str) -> String {
@@ -24,7 +27,10 @@ pub fn quote_value(value: &str) -> String {
 }
 
 impl Connection {
-    /// The connection string for `dbname` (None: a physical replication connection).
+    /// The connection string for `dbname` (None: a physical replication connection).  A
+    /// database session gets `search_path = pg_catalog, pg_temp` from the client, which outranks
+    /// whatever the database or role set: nothing backup_mgmt runs there can resolve to an
+    /// object a user planted.
     pub fn conninfo(&self, dbname: Option<&str>) -> String {
         let mut s = format!(
             "host={} port={} user={} application_name='backup_mgmt' connect_timeout=30",
@@ -35,6 +41,8 @@ impl Connection {
         if let Some(db) = dbname {
             s.push_str(" dbname=");
             s.push_str(&quote_value(db));
+            s.push_str(" options=");
+            s.push_str(&quote_value(PINNED_OPTIONS));
         }
         s
     }
@@ -52,7 +60,10 @@ mod tests {
             user: "postgres".into(),
         };
         let s = c.conninfo(Some("host=evil port=1"));
-        assert!(s.ends_with(" dbname='host=evil port=1'"), "{s}");
+        assert!(
+            s.ends_with(" dbname='host=evil port=1' options='-c search_path=pg_catalog,pg_temp'"),
+            "{s}"
+        );
         assert_eq!(quote_value(r"a'b\c"), r"'a\'b\\c'");
         assert!(!c.conninfo(None).contains("dbname"));
     }

@@ -28,10 +28,16 @@ pub enum PathError {
         path: String,
         resolved: Option<PathBuf>,
     },
+    #[error("path \"{0}\" is a backup root itself; a backup is a file or directory inside one")]
+    IsRoot(String),
+    #[error("path \"{path}\" lies in {what}, which backup_mgmt keeps for itself")]
+    Reserved { path: String, what: &'static str },
     #[error("could not resolve path \"{path}\": {source}")]
     Resolve { path: String, source: io::Error },
     #[error("\"{0}\" is not a regular file or directory")]
     NotFileOrDirectory(String),
+    #[error("could not create \"{path}\": {source}")]
+    Create { path: String, source: io::Error },
     #[error("could not remove \"{path}\": {source}")]
     Remove { path: String, source: io::Error },
 }
@@ -143,35 +149,6 @@ pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut s = std::ffi::OsString::from(path.as_os_str());
     s.push(suffix);
     PathBuf::from(s)
-}
-
-/// What `remove_confined` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Removal {
-    Removed,
-    AlreadyGone,
-}
-
-/// Removes a backup's file or directory, only inside `roots` (resolved, so no `..` or symlink
-/// leads out), and only a regular file or a directory (never a FIFO, device or socket).
-pub fn remove_confined(path: &str, roots: &[PathBuf]) -> Result<Removal, PathError> {
-    let resolved = match confine(path, roots, false) {
-        Ok(p) => p,
-        Err(PathError::Resolve { .. }) => return Ok(Removal::AlreadyGone),
-        Err(e) => return Err(e),
-    };
-    let removed = match std::fs::symlink_metadata(&resolved) {
-        Ok(m) if m.is_file() => std::fs::remove_file(&resolved),
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&resolved),
-        Ok(_) => return Err(PathError::NotFileOrDirectory(path.to_owned())),
-        Err(_) => return Ok(Removal::AlreadyGone),
-    };
-    removed
-        .map(|_| Removal::Removed)
-        .map_err(|source| PathError::Remove {
-            path: path.to_owned(),
-            source,
-        })
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ use crate::progress::Progress;
 /// How much of a failing program's stderr is kept as the error message (its end, where the
 /// reason is).
 const STDERR_KEEP: usize = 8 * 1024;
+/// How much of a program's stderr `run_collecting` keeps (pg_restore's list of what failed).
+const STDERR_COLLECT: usize = 1 << 20;
 
 /// How long a cancelled program gets after SIGTERM before SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -72,6 +74,32 @@ pub fn program_name(cmd: &Command) -> String {
 
 /// Collects the end of a program's stderr on a helper thread.
 pub fn collect_stderr(child: &mut Child) -> Option<JoinHandle<String>> {
+    collect_stderr_keeping(child, STDERR_KEEP)
+}
+
+/// Collects the stderr lines `keep` accepts, up to 1 MB, on a helper thread.
+fn collect_stderr_lines(child: &mut Child, keep: fn(&str) -> bool) -> Option<JoinHandle<String>> {
+    let err = child.stderr.take()?;
+    std::thread::Builder::new()
+        .name("backup_mgmt stderr".into())
+        .spawn(move || {
+            use std::io::BufRead;
+            let mut kept = String::new();
+            for line in std::io::BufReader::new(err).split(b'\n') {
+                let Ok(line) = line else { break };
+                let line = String::from_utf8_lossy(&line);
+                if keep(&line) && kept.len() + line.len() < STDERR_COLLECT {
+                    kept.push_str(&line);
+                    kept.push('\n');
+                }
+            }
+            kept
+        })
+        .ok()
+}
+
+/// Collects the last `keep` bytes of a program's stderr on a helper thread.
+fn collect_stderr_keeping(child: &mut Child, keep: usize) -> Option<JoinHandle<String>> {
     let mut err = child.stderr.take()?;
     std::thread::Builder::new()
         .name("backup_mgmt stderr".into())
@@ -83,11 +111,11 @@ pub fn collect_stderr(child: &mut Child) -> Option<JoinHandle<String>> {
                     break;
                 }
                 kept.extend_from_slice(&buf[..n]);
-                if kept.len() > 2 * STDERR_KEEP {
-                    kept.drain(..kept.len() - STDERR_KEEP);
+                if kept.len() > 2 * keep {
+                    kept.drain(..kept.len() - keep);
                 }
             }
-            let start = kept.len().saturating_sub(STDERR_KEEP);
+            let start = kept.len().saturating_sub(keep);
             String::from_utf8_lossy(&kept[start..]).trim().to_owned()
         })
         .ok()
@@ -179,6 +207,103 @@ pub fn run_to_end(
     finish(child, program, stderr, progress).map(|_| out)
 }
 
+/// A program's whole run: what it wrote, and whether it succeeded (a failure is not an `Err`
+/// here: the caller reads what it said).
+#[derive(Debug)]
+pub struct Ran {
+    pub stdout: String,
+    pub stderr: String,
+    pub success: bool,
+    pub status: String,
+    /// Why feeding its stdin failed, when it did (a decompressor's error).
+    pub input_error: Option<String>,
+}
+
+/// What a program reads on stdin.
+pub enum Input {
+    Nothing,
+    Bytes(Vec<u8>),
+    File(std::fs::File),
+    /// Written by the function, on a thread of its own.
+    Fed(Box<dyn FnOnce(std::process::ChildStdin) -> Result<(), String> + Send>),
+}
+
+/// Runs `cmd` to completion with `input` on its stdin, keeping its stdout and the last 1 MB of
+/// its stderr.  Stopped when `progress` is cancelled.
+pub fn run_collecting(
+    cmd: Command,
+    input: Input,
+    progress: &Progress,
+) -> Result<Ran, ProcessError> {
+    run_collecting_lines(cmd, input, None, progress)
+}
+
+/// As `run_collecting`, keeping only the stderr lines `keep_line` accepts (up to 1 MB of them),
+/// for programs that say a line about every object they handle.
+pub fn run_collecting_lines(
+    mut cmd: Command,
+    input: Input,
+    keep_line: Option<fn(&str) -> bool>,
+    progress: &Progress,
+) -> Result<Ran, ProcessError> {
+    let program = program_name(&cmd);
+    match &input {
+        Input::Nothing => {}
+        Input::File(_) => {}
+        Input::Bytes(_) | Input::Fed(_) => {
+            cmd.stdin(Stdio::piped());
+        }
+    }
+    let input = match input {
+        Input::File(f) => {
+            cmd.stdin(Stdio::from(f));
+            Input::Nothing
+        }
+        other => other,
+    };
+    let mut child = spawn(cmd, progress, Stdio::piped())?;
+    let stderr = match keep_line {
+        None => collect_stderr_keeping(&mut child, STDERR_COLLECT),
+        Some(keep) => collect_stderr_lines(&mut child, keep),
+    };
+    let feeder = match (input, child.stdin.take()) {
+        (Input::Bytes(bytes), Some(mut sink)) => Some(std::thread::spawn(move || {
+            use std::io::Write;
+            // A program that stops reading early fails on its own; its error says why.
+            let _ = sink.write_all(&bytes);
+            Ok(())
+        })),
+        (Input::Fed(f), Some(sink)) => Some(std::thread::spawn(move || f(sink))),
+        _ => None,
+    };
+    let mut out = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    let status = child.wait();
+    progress.set_child(0);
+    let input_error = feeder.and_then(|f| match f.join() {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e),
+        Err(_) => Some("the thread feeding the program panicked".to_owned()),
+    });
+    let stderr = stderr.and_then(|h| h.join().ok()).unwrap_or_default();
+    let status = status.map_err(|source| ProcessError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    if progress.is_cancelled() {
+        return Err(ProcessError::Cancelled { program });
+    }
+    Ok(Ran {
+        stdout: out,
+        stderr,
+        success: status.success(),
+        status: describe_status(status),
+        input_error,
+    })
+}
+
 /// Grows a pipe from the default 64 kB to 1 MB (the unprivileged maximum), so that the program
 /// and this thread hand over large blocks instead of waking each other every 64 kB.
 pub fn widen_pipe(pipe: &impl std::os::fd::AsRawFd) {
@@ -214,5 +339,18 @@ mod tests {
             "{e}"
         );
         assert!(tail(&"é".repeat(3000)).len() <= 4000);
+        let ran = run_collecting(
+            command(&[
+                "/bin/sh".into(),
+                "-c".into(),
+                "cat; echo oops >&2; exit 2".into(),
+            ]),
+            Input::Bytes(b"fed".to_vec()),
+            &p,
+        )
+        .unwrap();
+        assert!(!ran.success);
+        assert_eq!((ran.stdout.as_str(), ran.stderr.as_str()), ("fed", "oops"));
+        assert_eq!(ran.status, "exit code 2");
     }
 }

@@ -85,6 +85,17 @@ vocabulary!(
     }
 );
 
+vocabulary!(
+    /// `backup_records.origin`: who made a backup.  `worker`: the background worker wrote it,
+    /// in its own layout under a root; `registered`: someone recorded it with the record
+    /// functions.  Only the worker's own backups become parents of native chains, are restore
+    /// tested by starting a server, or are deleted as directories by retention.
+    BackupOrigin, "backup origin" {
+        Worker => "worker",
+        Registered => "registered",
+    }
+);
+
 impl BackupMethod {
     /// Whether this method can produce a backup of `kind`: logical dumps are always full, WAL
     /// comes only from continuous archiving, and only the native physical method can take
@@ -163,6 +174,7 @@ pub struct RecordRow<'a> {
     pub globals_file_path: Option<&'a str>,
     pub globals_size: Option<i64>,
     pub globals_checksum: Option<&'a str>,
+    pub origin: Option<&'a str>,
 }
 
 /// What a `backup_records` row breaks.
@@ -252,6 +264,9 @@ pub fn check_record_row(row: &RecordRow<'_>) -> Result<(), RowViolation> {
         if checksum::normalize_sha256_hex(sum)? != sum {
             return Err(RowViolation::UpperCaseChecksum(sum.to_owned()));
         }
+    }
+    if let Some(origin) = row.origin {
+        BackupOrigin::parse(origin)?;
     }
     if row.globals_file_path.is_none()
         && (row.globals_checksum.is_some() || row.globals_size.is_some())

@@ -1,3 +1,4 @@
+pub mod attack;
 pub mod cluster;
 pub mod jobs;
 pub mod s3server;

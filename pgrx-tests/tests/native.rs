@@ -314,7 +314,8 @@ fn damaged_page_is_reported_with_its_relation() {
             1,
             file.clone(),
             1,
-            "victim".to_owned(),
+            // Schema-qualified: the worker's search_path is pinned to pg_catalog.
+            "public.victim".to_owned(),
             "postgres".to_owned()
         )
     );

@@ -62,7 +62,20 @@ fn restore_test_restores_real_dumps_and_catches_corruption() {
     let test = |db: &mut postgres::Client, sql: &str, id: i64| -> (String, bool, bool) {
         let row = db.query_one(sql, &[&id]).unwrap();
         let time: Option<String> = row.get(1);
-        (row.get(0), time.is_some(), row.get(2))
+        let result = (row.get(0), time.is_some(), row.get(2));
+        if result.0 == "failed" {
+            // What the restore test recorded, for the assertion that follows.
+            let why: String = db
+                .query_one(
+                    "SELECT verification_result::text FROM backup_management.backup_verifications
+                      WHERE backup_id = $1 ORDER BY verification_id DESC LIMIT 1",
+                    &[&id],
+                )
+                .unwrap()
+                .get(0);
+            eprintln!("restore test of backup {id} failed: {why}");
+        }
+        result
     };
     let plain = "SELECT test_status, restore_time::text, data_verification FROM backup_mgmt.test_backup_restore($1)";
     assert_eq!(test(&mut db, plain, zst.id), ("passed".into(), true, true));
@@ -363,4 +376,44 @@ fn physical_restore_test_starts_the_backup_as_a_cluster() {
     assert_eq!(status, "failed");
     let one: i32 = db.query_one("SELECT 1", &[]).unwrap().get(0);
     assert_eq!(one, 1);
+}
+
+/// Where pg_hba.conf lets only the OS user's own role in over the socket (peer, as Debian ships
+/// it) and asks everyone else for a SCRAM password over TCP, a logical restore test's throwaway
+/// role logs in with its password over 127.0.0.1, and the restore is verified as usual.
+#[test]
+fn logical_restore_tests_log_in_with_a_password_where_pg_hba_asks_for_one() {
+    let (mut cluster, mut db) = cluster_with_appdb();
+    run_now(&mut db, "nightly", "appdb", "pg_dump", "{}");
+    let dump = &wait_records(&cluster, &mut db, "nightly", "completed", 1, 60)[0];
+    drop(db);
+    std::fs::write(
+        cluster.data_dir().join("pg_hba.conf"),
+        "local all postgres trust\nlocal all all peer\nhost all all 127.0.0.1/32 scram-sha-256\n",
+    )
+    .unwrap();
+    cluster.append_conf("listen_addresses = '127.0.0.1'");
+    cluster.pg_ctl_stop("fast");
+    cluster.pg_ctl_start();
+    let mut db = cluster.connect("postgres");
+    let (status, verified): (String, bool) = db
+        .query_one(
+            "SELECT test_status, data_verification FROM backup_mgmt.test_backup_restore($1)",
+            &[&dump.id],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(
+        (status.as_str(), verified),
+        ("passed", true),
+        "{}",
+        cluster.log()
+    );
+    // It was refused on the socket first, and its password never reached the log.
+    let log = cluster.log();
+    assert!(
+        log.contains("Peer authentication failed for user \"backup_mgmt_restorer_"),
+        "{log}"
+    );
+    assert!(!log.contains("PASSWORD 'SCRAM"), "{log}");
 }

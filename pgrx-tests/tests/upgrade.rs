@@ -14,7 +14,10 @@ SELECT string_agg(t, E'\\n' ORDER BY t) FROM (
          r.stop_lsn, r.label, r.annotations, r.parent_backup_id, r.pinned, r.pin_reason,
          r.keep_until, r.recorded_by)::text AS t FROM backup_management.backup_records r
   UNION ALL SELECT 'verifications ' || v::text FROM backup_management.backup_verifications v
-  UNION ALL SELECT 'remote_configs ' || c::text FROM backup_management.remote_backup_configs c
+  UNION ALL SELECT 'remote_configs ' || (c.config_id, c.config_name, c.database_name, c.remote_type,
+         c.remote_endpoint, c.remote_path, c.credentials_ref, c.encryption_key_ref, c.options,
+         c.is_active, c.sync_schedule, c.last_sync_at, c.sync_status, c.created_at,
+         c.updated_at)::text FROM backup_management.remote_backup_configs c
   UNION ALL SELECT 'remote_records ' || x::text FROM backup_management.remote_backup_records x
   UNION ALL SELECT 'plans ' || p::text FROM disaster_recovery.recovery_plans p
   UNION ALL SELECT 'drills ' || d::text FROM disaster_recovery.recovery_drills d
@@ -86,8 +89,29 @@ DECLARE
     parent bigint;
     sysid bigint := (SELECT system_identifier FROM pg_control_system());
 BEGIN
-    id := backup_mgmt.record_backup_start('appdb', 'full', 'pg_dump', '/b/appdb/nightly/1.dump.zst');
-    PERFORM backup_mgmt.record_backup_complete(id, 1234, repeat('a', 64));
+    -- Rows as 0.1.0's record functions wrote them (the library installed now is 0.2.0's, whose
+    -- functions expect the 0.2.0 catalog).
+    CREATE FUNCTION pg_temp.started(db text, kind text, method text, path text) RETURNS bigint
+    LANGUAGE sql AS $f$
+        INSERT INTO backup_management.backup_records
+            (database_name, backup_type, backup_method, backup_file_path, system_identifier, pg_version)
+        VALUES (db, kind, method, path, (SELECT system_identifier FROM pg_control_system()),
+                current_setting('server_version_num')::int)
+        RETURNING backup_id $f$;
+    CREATE FUNCTION pg_temp.completed(id bigint, size bigint, sha text) RETURNS void
+    LANGUAGE sql AS $f$
+        UPDATE backup_management.backup_records
+           SET end_time = now(), duration = now() - start_time, backup_size = size, checksum = sha,
+               status = 'completed'
+         WHERE backup_id = id $f$;
+    CREATE FUNCTION pg_temp.failed(id bigint, why text) RETURNS void
+    LANGUAGE sql AS $f$
+        UPDATE backup_management.backup_records
+           SET end_time = now(), duration = now() - start_time, status = 'failed', error_message = why
+         WHERE backup_id = id $f$;
+
+    id := pg_temp.started('appdb', 'full', 'pg_dump', '/b/appdb/nightly/1.dump.zst');
+    PERFORM pg_temp.completed(id, 1234, repeat('a', 64));
     UPDATE backup_management.backup_records
        SET label = 'nightly', compression = 'zstd',
            annotations = jsonb_build_object('job_name', 'nightly', 'execution_id', 1,
@@ -97,20 +121,26 @@ BEGIN
     INSERT INTO backup_management.backup_verifications (backup_id, verification_type, verification_status, verification_result)
     VALUES (id, 'checksum', 'passed', '{\"bytes\": 1234}'), (id, 'restore_test', 'passed', '{\"stage\": \"data_verification\"}');
 
-    id := backup_mgmt.record_backup_start('appdb', 'full', 'pg_dump', '/b/appdb/nightly/2.dump.zst');
-    PERFORM backup_mgmt.record_backup_failure(id, 'pg_dump: error: connection refused');
+    id := pg_temp.started('appdb', 'full', 'pg_dump', '/b/appdb/nightly/2.dump.zst');
+    PERFORM pg_temp.failed(id, 'pg_dump: error: connection refused');
 
-    id := backup_mgmt.record_backup_start('postgres', 'full', 'native_physical', '/b/postgres/n/3.native');
-    PERFORM backup_mgmt.record_backup_complete(id, 99999, repeat('c', 64));
+    id := pg_temp.started('postgres', 'full', 'native_physical', '/b/postgres/n/3.native');
+    PERFORM pg_temp.completed(id, 99999, repeat('c', 64));
     UPDATE backup_management.backup_records
        SET start_lsn = '1/2000028', stop_lsn = '1/2000100', start_wal_segment = '000000010000000100000002',
            stop_wal_segment = '000000010000000100000002', timeline_id = 1, pinned = true,
-           pin_reason = 'legal hold', keep_until = '2030-01-01'
+           pin_reason = 'legal hold', keep_until = '2030-01-01',
+           annotations = jsonb_build_object('job_name', 'n', 'execution_id', 3)
      WHERE backup_id = id;
     parent := id;
-    id := backup_mgmt.record_backup_start('postgres', 'incremental', 'native_physical', '/b/postgres/n/4.native');
-    UPDATE backup_management.backup_records SET parent_backup_id = parent WHERE backup_id = id;
-    PERFORM backup_mgmt.record_backup_complete(id, 555, repeat('d', 64));
+    id := pg_temp.started('postgres', 'incremental', 'native_physical', '/b/postgres/n/4.native');
+    UPDATE backup_management.backup_records
+       SET parent_backup_id = parent, annotations = jsonb_build_object('job_name', 'n', 'execution_id', 4)
+     WHERE backup_id = id;
+    PERFORM pg_temp.completed(id, 555, repeat('d', 64));
+    -- A dump a script registered (no execution).
+    id := pg_temp.started('appdb', 'full', 'pg_dump', '/b/scripts/manual.dump');
+    PERFORM pg_temp.completed(id, 77, repeat('7', 64));
 
     INSERT INTO backup_management.remote_backup_configs (config_name, database_name, remote_type, remote_endpoint, remote_path, sync_schedule)
     VALUES ('second-disk', 'appdb', 'filesystem', '/mnt/offsite', 'pg', '30 * * * *');
@@ -194,6 +224,49 @@ fn upgrade_from_0_1_0_keeps_every_row_and_matches_a_fresh_install() {
             Some("b".repeat(64))
         )
     );
+    // Provenance: what 0.1.0's worker made (annotated with its execution) is the worker's.
+    let origins: Vec<(String, String)> = old
+        .query(
+            "SELECT backup_file_path, origin FROM backup_management.backup_records ORDER BY backup_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let origin_of = |suffix: &str| {
+        origins
+            .iter()
+            .find(|(p, _)| p.ends_with(suffix))
+            .map(|(_, o)| o.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(origin_of("nightly/1.dump.zst"), "worker");
+    assert_eq!(origin_of("n/3.native"), "worker");
+    assert_eq!(origin_of("n/4.native"), "worker");
+    assert_eq!(origin_of("scripts/manual.dump"), "registered");
+    assert_eq!(origin_of("nightly/2.dump.zst"), "registered");
+    // Off-site targets from 0.1.0 are held to the limits until a superuser saves them again.
+    let (by, vouched): (String, bool) = old
+        .query_one(
+            "SELECT configured_by, configured_by_superuser FROM backup_management.remote_backup_configs",
+            &[],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!((by.as_str(), vouched), ("(before 0.2.0)", false));
+    old.batch_execute("UPDATE backup_management.remote_backup_configs SET options = options")
+        .unwrap();
+    let vouched: bool = old
+        .query_one(
+            "SELECT configured_by_superuser FROM backup_management.remote_backup_configs",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(vouched, "a superuser's save vouches for the target");
+
     let unsized_segments: i64 = old
         .query_one(
             "SELECT count(*) FROM backup_management.wal_archive

@@ -87,7 +87,8 @@ fn worker_computes_missing_checksums_and_catches_bit_rot() {
         notes
             .iter()
             .any(|n| n.contains("\"event\":\"verification_failed\"")
-                && n.contains("checksum_mismatch")),
+                && n.contains(&format!("\"backup_id\":{id}"))
+                && !n.contains("checksum_mismatch")),
         "{notes:?}"
     );
     assert!(cluster

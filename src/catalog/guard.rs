@@ -67,6 +67,7 @@ fn backup_records_guard<'a>(
             "error_message" => row.has_error_message = value.is_some(),
             "parent_backup_id" => row.has_parent = value.is_some(),
             "globals_file_path" => row.globals_file_path = text(),
+            "origin" => row.origin = text(),
             "globals_checksum" => row.globals_checksum = text(),
             "globals_size" => {
                 // SAFETY: globals_size is an int8 column.

@@ -15,6 +15,7 @@ pub mod guard;
 pub mod mirror;
 pub mod queries;
 pub mod records;
+pub mod registration;
 
 extension_sql_file!("../../sql/schema.sql", name = "catalog_schema", bootstrap);
 extension_sql_file!(

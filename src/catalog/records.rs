@@ -14,8 +14,10 @@ use pgrx::{pg_sys::panic::ErrorReport, PgOid};
 
 use backup_mgmt_core::checksum::{self, ChecksumError};
 use backup_mgmt_core::paths::{self, PathError};
-use backup_mgmt_core::vocabulary::{self as catalog, CatalogError};
+use backup_mgmt_core::vocabulary::{self as catalog, BackupOrigin, CatalogError};
 
+use super::registration::{self, RegistrationError};
+use crate::pg::log::escape_for_log;
 use crate::pg::{notify, server};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,8 @@ pub enum RecordError {
     Path(#[from] PathError),
     #[error(transparent)]
     Checksum(#[from] ChecksumError),
+    #[error(transparent)]
+    Registration(#[from] RegistrationError),
     #[error("catalog access failed: {0}")]
     Spi(#[from] SpiError),
 }
@@ -48,6 +52,7 @@ struct Plans {
     complete: OwnedPreparedStatement,
     fail: OwnedPreparedStatement,
     status: OwnedPreparedStatement,
+    overlap: OwnedPreparedStatement,
 }
 
 thread_local! {
@@ -55,8 +60,8 @@ thread_local! {
 }
 
 const START_SQL: &str = "INSERT INTO backup_management.backup_records
-        (database_name, backup_type, backup_method, backup_file_path, system_identifier, pg_version)
-     VALUES ($1, $2, $3, $4, $5, $6)
+        (database_name, backup_type, backup_method, backup_file_path, system_identifier, pg_version, origin)
+     VALUES ($1, $2, $3, $4, $5, $6, $7)
      RETURNING backup_id";
 // `(status = 'running') IS TRUE` rather than `status = 'running'`: given any index on status (the
 // design had one), the plain form lets the planner scan it and filter on backup_id, visiting every
@@ -85,13 +90,16 @@ fn plans(client: &SpiClient<'_>) -> Result<&'static Plans, SpiError> {
     let int4 = PgOid::from(pg_sys::INT4OID);
     let p: &'static Plans = Box::leak(Box::new(Plans {
         start: client
-            .prepare_mut(START_SQL, &[text, text, text, text, int8, int4])?
+            .prepare_mut(START_SQL, &[text, text, text, text, int8, int4, text])?
             .keep(),
         complete: client
             .prepare_mut(COMPLETE_SQL, &[int8, int8, text])?
             .keep(),
         fail: client.prepare_mut(FAIL_SQL, &[int8, text])?.keep(),
         status: client.prepare(STATUS_SQL, &[int8])?.keep(),
+        overlap: client
+            .prepare(registration::OVERLAP_SQL, &registration::overlap_types())?
+            .keep(),
     }));
     PLANS.with(|c| c.set(Some(p)));
     Ok(p)
@@ -126,37 +134,72 @@ fn start(
     backup_file_path: Option<&str>,
 ) -> Result<i64, RecordError> {
     let database_name = required(database_name, "database_name")?;
-    catalog::validate_database_name(database_name)?;
-    let (kind, method) = catalog::parse_kind(
-        required(backup_type, "backup_type")?,
-        required(backup_method, "backup_method")?,
-    )?;
+    let backup_type = required(backup_type, "backup_type")?;
+    let backup_method = required(backup_method, "backup_method")?;
     let path = required(backup_file_path, "backup_file_path")?;
+    Spi::connect_mut(|client| {
+        insert(
+            client,
+            database_name,
+            backup_type,
+            backup_method,
+            path,
+            BackupOrigin::Registered,
+        )
+    })
+}
+
+/// Inserts a running backup record and returns its id.  A registered path is checked
+/// (`registration::check`) and stored resolved; the worker's own paths come from its layout
+/// under a root it resolved itself.
+pub(crate) fn insert(
+    client: &mut SpiClient<'_>,
+    database_name: &str,
+    backup_type: &str,
+    backup_method: &str,
+    path: &str,
+    origin: BackupOrigin,
+) -> Result<i64, RecordError> {
+    catalog::validate_database_name(database_name)?;
+    let (kind, method) = catalog::parse_kind(backup_type, backup_method)?;
     paths::validate_absolute(path)?;
     // The cluster's identity: what makes a backup restorable onto the right cluster.  Read from
     // shared memory, no query needed.
     let system_identifier = server::system_identifier() as i64;
     // The running server's version (its minor may differ from the headers this was built with).
     let pg_version = server::version_num();
-    Spi::connect_mut(|client| {
-        let plans = plans(client)?;
-        let id = client
-            .update(
-                &plans.start,
-                None,
-                &[
-                    database_name.into(),
-                    kind.as_str().into(),
-                    method.as_str().into(),
-                    path.into(),
-                    system_identifier.into(),
-                    pg_version.into(),
-                ],
-            )?
-            .first()
-            .get_one::<i64>()?;
-        id.ok_or(RecordError::Spi(SpiError::NoTupleTable))
-    })
+    let plans = plans(client)?;
+    let stored = match origin {
+        BackupOrigin::Worker => path.to_owned(),
+        BackupOrigin::Registered => match registration::check(client, &plans.overlap, path) {
+            Ok(r) => r.to_string_lossy().into_owned(),
+            Err(e) => {
+                // Refusals belong in the server log too (escape attempts above all).
+                pgrx::log!(
+                    "backup_mgmt: refused to record a backup: {}",
+                    escape_for_log(&e.to_string())
+                );
+                return Err(e.into());
+            }
+        },
+    };
+    let id = client
+        .update(
+            &plans.start,
+            None,
+            &[
+                database_name.into(),
+                kind.as_str().into(),
+                method.as_str().into(),
+                stored.as_str().into(),
+                system_identifier.into(),
+                pg_version.into(),
+                origin.as_str().into(),
+            ],
+        )?
+        .first()
+        .get_one::<i64>()?;
+    id.ok_or(RecordError::Spi(SpiError::NoTupleTable))
 }
 
 fn complete(
@@ -201,13 +244,14 @@ fn fail(backup_id: Option<i64>, error_message: Option<&str>) -> Result<(), Recor
         }
         Ok(table.first().get_one::<String>()?.unwrap_or_default())
     })?;
-    // Failures reach the server log as well as listeners: a DBA greps the log first.
-    pgrx::log!("backup_mgmt: backup {id} of database \"{database}\" failed: {message}");
-    notify::notify(&notify::Event::BackupFailed {
-        backup_id: id,
-        database_name: &database,
-        error: message,
-    });
+    // Failures reach the server log as well as listeners: a DBA greps the log first.  The
+    // message is the caller's text: escaped, so that it cannot forge log lines.
+    pgrx::log!(
+        "backup_mgmt: backup {id} of database \"{}\" failed: {}",
+        escape_for_log(&database),
+        escape_for_log(message)
+    );
+    notify::notify(&notify::Event::BackupFailed { backup_id: id });
     Ok(())
 }
 

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use backup_mgmt_core::backup::layout;
 use backup_mgmt_core::cron::CronSchedule;
-use backup_mgmt_core::paths::PathError;
+use backup_mgmt_core::paths::{self, PathError};
 use backup_mgmt_core::storage::filesystem::FilesystemTarget;
 use backup_mgmt_core::storage::s3::S3Target;
 use backup_mgmt_core::storage::{self, Copied, Storage, StorageError};
@@ -20,9 +21,12 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::SpiError;
 
+use crate::pg::log::escape_for_log;
 use crate::pg::spi::in_transaction;
 use crate::pg::time::{from_timestamptz, to_timestamptz};
-use crate::pg::{roots, server};
+use crate::pg::{guc, server};
+
+pub mod limits;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OffsiteError {
@@ -36,6 +40,8 @@ pub enum OffsiteError {
     Unsupported(String),
     #[error(transparent)]
     Path(#[from] PathError),
+    #[error(transparent)]
+    Refused(#[from] limits::TargetRefused),
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("catalog access failed: {0}")]
@@ -60,6 +66,9 @@ struct Item {
     /// A logical backup's globals file (part of the backup): where it is, its key on the
     /// target, its recorded checksum.
     globals: Option<(PathBuf, String, Option<String>)>,
+    /// Why the record's files may not be read (a path that no longer resolves inside the
+    /// roots, or into what backup_mgmt keeps for itself): recorded as the failed attempt.
+    refused: Option<String>,
 }
 
 /// Why a copy attempt failed (recorded as its error_message).
@@ -70,6 +79,8 @@ enum CopyError {
     /// The target could not be prepared (its bucket created): every copy of the run fails so.
     #[error("the target is not ready: {0}")]
     NotReady(String),
+    #[error("not copied: {0}")]
+    Refused(String),
     #[error(
         "\"{path}\" no longer matches its recorded sha256 {recorded} (read {read}); not copied"
     )]
@@ -137,6 +148,17 @@ fn copy_one(target: &dyn Storage, item: &Item, stop: &AtomicBool) -> Vec<Attempt
     let mut pause = FIRST_BACKOFF;
     for n in 1..=ATTEMPTS {
         let started = Utc::now();
+        if let Some(why) = &item.refused {
+            attempts.push(Attempt {
+                backup_id: item.backup_id,
+                key: item.key.clone(),
+                attempt: n as i32,
+                started,
+                ended: Utc::now(),
+                result: Err(CopyError::Refused(why.clone())),
+            });
+            break;
+        }
         // The backup, then its globals file: a copy is whole only with both.
         let result = copy_checked(target, &item.local, &item.key, item.expected.as_deref())
             .and_then(|landed| match &item.globals {
@@ -237,7 +259,8 @@ fn next_due() -> Option<Due> {
             let configs = c.select(
                 "SELECT config_id, config_name, remote_type, remote_endpoint, remote_path, \
                         sync_schedule, coalesce(last_sync_at, created_at), database_name, \
-                        sync_status = 'requested', credentials_ref, options::text \
+                        sync_status = 'requested', credentials_ref, options::text, \
+                        encryption_key_ref, configured_by_superuser \
                    FROM backup_management.remote_backup_configs \
                   WHERE is_active AND (sync_schedule IS NOT NULL OR sync_status = 'requested') \
                   ORDER BY config_id",
@@ -258,6 +281,8 @@ fn next_due() -> Option<Due> {
                 let requested: bool = r.get(9)?.unwrap_or(false);
                 let credentials: Option<String> = r.get(10)?;
                 let options: String = r.get(11)?.unwrap_or_else(|| "{}".into());
+                let key_ref: Option<String> = r.get(12)?;
+                let by_superuser: bool = r.get(13)?.unwrap_or(false);
                 let scheduled = cron
                     .as_deref()
                     .and_then(|c| c.parse::<CronSchedule>().ok())
@@ -269,14 +294,30 @@ fn next_due() -> Option<Due> {
                     })
                     .is_some_and(|next| next <= now);
                 if requested || scheduled {
-                    due = Some((id, name, kind, endpoint, path, database, credentials, options));
+                    due = Some((id, name, kind, endpoint, path, database, credentials, options, key_ref, by_superuser));
                     break;
                 }
             }
-            let Some((id, name, kind, endpoint, path, database, credentials, options)) = due else {
+            let Some((id, name, kind, endpoint, path, database, credentials, options, key_ref, by_superuser)) = due else {
                 return Ok(None);
             };
-            let target = match target_of(&kind, &endpoint, &path, credentials.as_deref(), &options) {
+            let options: serde_json::Value = serde_json::from_str(&options).unwrap_or_default();
+            let row = limits::TargetRow {
+                remote_type: &kind,
+                endpoint: &endpoint,
+                path: &path,
+                credentials_ref: credentials.as_deref(),
+                encryption_key_ref: key_ref.as_deref(),
+                options: &options,
+            };
+            // Limits are checked again at use: they may have been tightened since the row was
+            // written by a role that is not a superuser.
+            let allowed = if by_superuser {
+                Ok(())
+            } else {
+                limits::check_unprivileged(&row).map_err(OffsiteError::from)
+            };
+            let target = match allowed.and_then(|()| target_of(&row)) {
                 Ok(t) => t,
                 Err(why) => {
                     c.update(
@@ -309,6 +350,7 @@ fn next_due() -> Option<Due> {
                 &[id.into(), database.as_str().into(), BATCH.into()],
             )?;
             let mut items = Vec::new();
+            let roots = guc::backup_roots().unwrap_or_default();
             for r in rows {
                 let local: String = r.get(2)?.unwrap_or_default();
                 let sysid: i64 = r.get(4)?.unwrap_or_default();
@@ -316,7 +358,17 @@ fn next_due() -> Option<Due> {
                     let key = storage::object_key(sysid, &database, std::path::Path::new(&g));
                     (PathBuf::from(g), key, r.get::<String>(6).ok().flatten())
                 });
+                // A record's paths are input: only what resolves strictly inside the roots, and
+                // outside what backup_mgmt keeps there, is ever read and sent.
+                let refused = std::iter::once(local.as_str())
+                    .chain(globals.as_ref().and_then(|g| g.0.to_str()))
+                    .find_map(|p| layout::confine_backup(p, &roots, false).err())
+                    .map(|e| {
+                        warning!("backup_mgmt: off-site target \"{name}\": {}", escape_for_log(&e.to_string()));
+                        e.to_string()
+                    });
                 items.push(Item {
+                    refused,
                     backup_id: r.get(1)?.unwrap_or_default(),
                     key: storage::object_key(sysid, &database, std::path::Path::new(&local)),
                     local: PathBuf::from(local),
@@ -352,24 +404,26 @@ fn next_due() -> Option<Due> {
     .flatten()
 }
 
-/// The target a configuration names.  A filesystem target must lie inside the backup roots;
-/// an S3 target's credentials are resolved here, by reference (never logged).
-fn target_of(
-    kind: &str,
-    endpoint: &str,
-    path: &str,
-    credentials: Option<&str>,
-    options: &str,
-) -> Result<Box<dyn Storage>, OffsiteError> {
-    let options: serde_json::Value = serde_json::from_str(options).unwrap_or_default();
-    match kind {
+/// The target a configuration names.  A filesystem target must lie inside the backup roots,
+/// outside what backup_mgmt keeps there; an S3 target's credentials are resolved here, by
+/// reference (never logged).
+fn target_of(row: &limits::TargetRow<'_>) -> Result<Box<dyn Storage>, OffsiteError> {
+    let options = row.options;
+    match row.remote_type {
         "filesystem" => {
-            let dir = PathBuf::from(endpoint).join(path.trim_start_matches('/'));
-            let dir = roots::confine(&dir.to_string_lossy(), true)?;
+            let text = row.directory().to_string_lossy().into_owned();
+            let roots = guc::backup_roots()?;
+            let dir = match layout::confine_backup(&text, &roots, true) {
+                Ok((dir, _)) => dir,
+                // A whole root (a second disk listed in backup_roots) is a fine target: its
+                // keys start with the system identifier.
+                Err(PathError::IsRoot(_)) => paths::confine(&text, &roots, true)?,
+                Err(e) => return Err(e.into()),
+            };
             Ok(Box::new(FilesystemTarget { dir }))
         }
         "s3" => {
-            let credentials = credentials.ok_or(OffsiteError::NoCredentials)?;
+            let credentials = row.credentials_ref.ok_or(OffsiteError::NoCredentials)?;
             let region = options
                 .get("region")
                 .and_then(|v| v.as_str())
@@ -382,7 +436,14 @@ fn target_of(
                 .get("ca_file")
                 .and_then(|v| v.as_str())
                 .map(std::path::Path::new);
-            let mut t = S3Target::new(endpoint, path, region, credentials, part_size, ca_file)?;
+            let mut t = S3Target::new(
+                row.endpoint,
+                row.path,
+                region,
+                credentials,
+                part_size,
+                ca_file,
+            )?;
             t.create_bucket = options.get("create_bucket").and_then(|v| v.as_bool()) == Some(true);
             Ok(Box::new(t))
         }

@@ -48,6 +48,25 @@ static ARCHIVE_COMPRESSION: GucSetting<ArchiveCompression> =
 /// `backup_mgmt.archive_compression_level`: the zstd level for archived WAL.
 static ARCHIVE_COMPRESSION_LEVEL: GucSetting<i32> = GucSetting::<i32>::new(3);
 
+/// `backup_mgmt.offsite_endpoints`: endpoints (URL prefixes) that off-site targets configured by
+/// a role that is not a superuser may use.  Empty: such roles may configure no object-storage
+/// target.
+static OFFSITE_ENDPOINTS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c""));
+
+/// `backup_mgmt.offsite_allow_http`: whether such targets may use plain http.
+static OFFSITE_ALLOW_HTTP: GucSetting<bool> = GucSetting::<bool>::new(false);
+
+/// `backup_mgmt.credentials_env_prefix`: the prefix of the server environment variables that
+/// `env:` credential references of such targets may name.
+static CREDENTIALS_ENV_PREFIX: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"BACKUP_MGMT_"));
+
+/// `backup_mgmt.credentials_directory`: the directory that `file:` credential references and
+/// `ca_file` options of such targets must lie in.  Empty: none.
+static CREDENTIALS_DIRECTORY: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c""));
+
 /// Registers the parameters.  Called from `_PG_init` in every process that loads the library
 /// (postmaster via shared_preload_libraries, a backend on CREATE EXTENSION, the archiver), so that
 /// `SHOW backup_mgmt.*` works everywhere.
@@ -120,6 +139,38 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_string_guc(
+        c"backup_mgmt.offsite_endpoints",
+        c"Endpoints (URL prefixes, comma-separated) that off-site targets configured by roles that are not superusers may use.",
+        c"Empty: only superusers may configure object-storage targets. Example: 'https://s3.eu-west-1.amazonaws.com/, https://minio.internal:9000/'.",
+        &OFFSITE_ENDPOINTS,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_bool_guc(
+        c"backup_mgmt.offsite_allow_http",
+        c"Whether off-site targets configured by roles that are not superusers may use plain http.",
+        c"Off by default: credentials and backups would cross the network unencrypted.",
+        &OFFSITE_ALLOW_HTTP,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
+        c"backup_mgmt.credentials_env_prefix",
+        c"Prefix of the server environment variables that env: credential references of targets configured by roles that are not superusers may name.",
+        c"So that an operator cannot send, say, env:PGPASSWORD to an endpoint.",
+        &CREDENTIALS_ENV_PREFIX,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
+        c"backup_mgmt.credentials_directory",
+        c"Directory that file: credential references and ca_file options of targets configured by roles that are not superusers must lie in.",
+        c"Empty: such targets may use no file: reference and no ca_file.",
+        &CREDENTIALS_DIRECTORY,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
     GucRegistry::define_int_guc(
         c"backup_mgmt.verify_interval",
         c"How old a backup's last verification may get before the worker verifies it again.",
@@ -170,9 +221,43 @@ fn string_of(setting: &GucSetting<Option<CString>>) -> String {
         .unwrap_or_default()
 }
 
+/// What off-site targets configured by roles that are not superusers may use.
+pub fn offsite_limits() -> backup_mgmt_core::storage::limits::Limits {
+    backup_mgmt_core::storage::limits::Limits {
+        endpoints: string_of(&OFFSITE_ENDPOINTS)
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        allow_http: OFFSITE_ALLOW_HTTP.get(),
+        env_prefix: string_of(&CREDENTIALS_ENV_PREFIX),
+        credentials_directory: Some(string_of(&CREDENTIALS_DIRECTORY))
+            .filter(|d| !d.is_empty())
+            .map(std::path::PathBuf::from),
+    }
+}
+
 /// The configured backup roots, parsed; an invalid entry is an error naming it.
 pub fn backup_roots() -> Result<Vec<std::path::PathBuf>, PathError> {
     paths::parse_roots(&string_of(&BACKUP_ROOTS))
+}
+
+/// Pins this session's `search_path` to `pg_catalog, pg_temp` (CVE-2018-1058): the worker's
+/// sessions run as a superuser, so no name they use may resolve to an object a user planted in
+/// a writable schema.  Set with the priority of a command-line override, above
+/// postgresql.conf, `ALTER DATABASE/ROLE ... SET` and a reload.  Call once after connecting.
+pub fn pin_search_path() {
+    // SAFETY: NUL-terminated name and value; search_path is a known parameter, settable by this
+    // (superuser) background worker at any time; errors are raised as ERROR, not returned.
+    unsafe {
+        pgrx::pg_sys::SetConfigOption(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pgrx::pg_sys::GucContext::PGC_SUSET,
+            pgrx::pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
 }
 
 /// The current value of any configuration parameter (PostgreSQL's own or an extension's), or

@@ -4,6 +4,7 @@
 //! server through here or through pgrx directly; nothing here knows about backups.
 
 pub mod guc;
+pub mod log;
 pub mod notify;
 pub mod roots;
 pub mod server;

@@ -1,8 +1,10 @@
-//! What backup_mgmt tells listeners: `NOTIFY backup_mgmt` with a JSON payload.
+//! What backup_mgmt tells listeners: `NOTIFY backup_mgmt` with a small JSON payload, the event
+//! and the ids it concerns, nothing else.  Any role may `LISTEN`, so a payload never carries what
+//! the catalog hides from those who may not read it (paths, checksums, error texts): a listener
+//! that is a `backup_admin` member reads the details from the catalog by id.
 //!
-//! `LISTEN backup_mgmt;` in psql (or any client) sees every recorded failure, and every backup
-//! the worker completes, as it commits;
-//! nothing is sent for a transaction that rolls back.
+//! Every backup the worker completes, every recorded failure and every failed verification is
+//! sent as its transaction commits; nothing is sent for a transaction that rolls back.
 
 use std::ffi::CString;
 
@@ -18,89 +20,28 @@ unsafe extern "C-unwind" {
 /// The channel name.
 pub const CHANNEL: &std::ffi::CStr = c"backup_mgmt";
 
-/// PostgreSQL refuses payloads of 8000 bytes or more; stay well below.
-const MAX_PAYLOAD_BYTES: usize = 7900;
-
-#[derive(Serialize)]
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(tag = "event", rename_all = "snake_case")]
-pub enum Event<'a> {
+pub enum Event {
     /// A backup taken by the worker finished and was recorded.
-    BackupCompleted {
-        backup_id: i64,
-        job_name: &'a str,
-        database_name: &'a str,
-        backup_file_path: &'a str,
-        backup_size: i64,
-        checksum: &'a str,
-    },
-    BackupFailed {
-        backup_id: i64,
-        database_name: &'a str,
-        error: &'a str,
-    },
-    /// A verification found a backup missing, changed or unreadable.
+    BackupCompleted { backup_id: i64 },
+    /// A backup was recorded as failed.
+    BackupFailed { backup_id: i64 },
+    /// A verification (checksum, restore test) found a backup missing, changed or unusable.
     VerificationFailed {
         backup_id: i64,
-        database_name: &'a str,
-        reason: String,
-        detail: &'a str,
+        verification_id: i64,
     },
 }
 
-/// Cuts `s` to at most `max` bytes on a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
-/// The JSON payload for `event`, shortened (the error text only) to fit a NOTIFY.
-pub fn payload(event: &Event<'_>) -> String {
-    let mut limit = 2000;
-    loop {
-        let shortened = match event {
-            // Nothing free-form to cut: paths and names are bounded.
-            Event::BackupCompleted { .. } => {
-                return serde_json::to_string(event).unwrap_or_default();
-            }
-            Event::VerificationFailed {
-                backup_id,
-                database_name,
-                reason,
-                detail,
-            } => Event::VerificationFailed {
-                backup_id: *backup_id,
-                database_name,
-                reason: reason.clone(),
-                detail: truncate(detail, limit),
-            },
-            Event::BackupFailed {
-                backup_id,
-                database_name,
-                error,
-            } => Event::BackupFailed {
-                backup_id: *backup_id,
-                database_name,
-                error: truncate(error, limit),
-            },
-        };
-        // Serialising plain strings and integers cannot fail.
-        let json = serde_json::to_string(&shortened).unwrap_or_default();
-        if json.len() <= MAX_PAYLOAD_BYTES || limit == 0 {
-            return json;
-        }
-        // Escaping (control characters become \u00XX) can grow the text: shrink and retry.
-        limit /= 2;
-    }
+/// The JSON payload for `event`.
+pub fn payload(event: &Event) -> String {
+    // Serialising integers and a tag cannot fail.
+    serde_json::to_string(event).unwrap_or_default()
 }
 
 /// Queues `NOTIFY backup_mgmt, '<payload>'`, sent when the transaction commits.
-pub fn notify(event: &Event<'_>) {
+pub fn notify(event: &Event) {
     // JSON never contains a raw NUL byte, so this cannot fail; if it somehow did, skipping the
     // notification is better than failing the caller's record.
     if let Ok(payload) = CString::new(payload(event)) {
@@ -115,34 +56,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn payload_is_tagged_json() {
-        let p = payload(&Event::BackupFailed {
+    fn payloads_carry_only_the_event_and_ids() {
+        let p = payload(&Event::BackupFailed { backup_id: 7 });
+        assert_eq!(p, r#"{"event":"backup_failed","backup_id":7}"#);
+        let p = payload(&Event::VerificationFailed {
             backup_id: 7,
-            database_name: "db",
-            error: "boom",
+            verification_id: 9,
         });
         let v: serde_json::Value = serde_json::from_str(&p).unwrap();
-        assert_eq!(v["event"], "backup_failed");
-        assert_eq!(v["backup_id"], 7);
-        assert_eq!(v["error"], "boom");
-    }
-
-    #[test]
-    fn long_errors_are_cut_to_fit() {
-        let huge = "\u{1}".repeat(100_000);
-        let p = payload(&Event::BackupFailed {
-            backup_id: 1,
-            database_name: "db",
-            error: &huge,
-        });
-        assert!(p.len() <= MAX_PAYLOAD_BYTES, "{}", p.len());
-        assert!(serde_json::from_str::<serde_json::Value>(&p).is_ok());
-        let multibyte = "é".repeat(5000);
-        let p = payload(&Event::BackupFailed {
-            backup_id: 1,
-            database_name: "db",
-            error: &multibyte,
-        });
-        assert!(p.len() <= MAX_PAYLOAD_BYTES);
+        assert_eq!(v["event"], "verification_failed");
+        assert_eq!(v.as_object().unwrap().len(), 3);
     }
 }

@@ -4,11 +4,14 @@
 
 use std::path::PathBuf;
 
-use backup_mgmt_core::paths::{self, PathError, Removal};
+use backup_mgmt_core::backup::layout;
+use backup_mgmt_core::files::beneath::Removed;
+use backup_mgmt_core::paths::{self, PathError};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
 use super::guc;
+use super::log::escape_for_log;
 use crate::pg::sql_error::report;
 
 /// The first backup root, resolved: where the worker writes.
@@ -25,9 +28,16 @@ pub fn confine(path: &str, may_be_new: bool) -> Result<PathBuf, PathError> {
     paths::confine(path, &guc::backup_roots()?, may_be_new)
 }
 
-/// Removes a file or directory inside the configured roots (see `paths::remove_confined`).
-pub fn remove(path: &str) -> Result<Removal, PathError> {
-    paths::remove_confined(path, &guc::backup_roots()?)
+/// A backup's recorded path resolved strictly inside the configured roots, and outside what
+/// backup_mgmt keeps there (see `layout::confine_backup`).
+pub fn confine_backup(path: &str, may_be_new: bool) -> Result<PathBuf, PathError> {
+    layout::confine_backup(path, &guc::backup_roots()?, may_be_new).map(|(p, _)| p)
+}
+
+/// Removes a backup's file or directory inside the configured roots, never a root itself or
+/// what backup_mgmt keeps there, never through a symlink (see `layout::remove_backup`).
+pub fn remove(path: &str) -> Result<Removed, PathError> {
+    layout::remove_backup(path, &guc::backup_roots()?)
 }
 
 /// Returns the canonical form of `path` when it is inside `backup_mgmt.backup_roots`, and
@@ -39,9 +49,21 @@ fn check_backup_path(path: &str) -> Result<String, ErrorReport> {
     match confine(path, true) {
         Ok(p) => Ok(p.display().to_string()),
         Err(e) => {
-            if matches!(e, PathError::OutsideRoots { .. }) {
+            if let PathError::OutsideRoots { resolved, .. } = &e {
                 // Escape attempts belong in the server log, not only in the caller's session.
-                pgrx::log!("backup_mgmt: refused path outside backup roots: {e}");
+                // Where a symlink points is told to the log alone: the caller may not learn
+                // what lies outside the roots.
+                pgrx::log!(
+                    "backup_mgmt: refused path outside backup roots: {}{}",
+                    escape_for_log(&e.to_string()),
+                    resolved
+                        .as_ref()
+                        .map(|r| format!(
+                            " (it resolves to \"{}\")",
+                            escape_for_log(&r.to_string_lossy())
+                        ))
+                        .unwrap_or_default()
+                );
             }
             Err(report(e))
         }

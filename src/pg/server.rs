@@ -38,6 +38,18 @@ pub fn bindir() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// This cluster's data directory, as the postmaster was given it.
+pub fn data_directory() -> PathBuf {
+    // SAFETY: DataDir is set once at startup (before any backend exists) to a NUL-terminated
+    // string that lives for the process; NULL is checked.
+    let dir = unsafe { pg_sys::DataDir };
+    if dir.is_null() {
+        return PathBuf::new();
+    }
+    // SAFETY: see above.
+    PathBuf::from(&*unsafe { CStr::from_ptr(dir) }.to_string_lossy())
+}
+
 /// This cluster's WAL segment size (`initdb --wal-segsize`).
 pub fn segment_size() -> SegmentSize {
     // SAFETY: a plain global, set once at startup.

@@ -30,6 +30,8 @@ pub enum PitrError {
     UnknownBackup(i64),
     #[error("backup {id} is a {method} backup; restore_recipe() restores native_physical backups")]
     NotNative { id: i64, method: String },
+    #[error("backup {0} was registered, not made by the worker; recipes restore only the worker's own backups")]
+    Registered(i64),
     #[error("catalog access failed: {0}")]
     Spi(#[from] SpiError),
 }
@@ -68,7 +70,7 @@ fn restore_recipe(backup_id: Option<i64>) -> Result<String, ErrorReport> {
     Ok(Spi::connect(|c| -> Result<String, PitrError> {
         let t = c.select(
             "SELECT backup_method, backup_file_path, checksum, compression, system_identifier, \
-                    pg_version / 10000 \
+                    pg_version / 10000, origin \
                FROM backup_management.backup_records WHERE backup_id = $1 AND status = 'completed'",
             None,
             &[id.into()],
@@ -80,6 +82,11 @@ fn restore_recipe(backup_id: Option<i64>) -> Result<String, ErrorReport> {
         let method: String = row.get(1)?.unwrap_or_default();
         if method != "native_physical" {
             return Err(PitrError::NotNative { id, method });
+        }
+        // A registered directory has no manifest the worker wrote: its recipe would restore
+        // whatever is there.
+        if row.get::<String>(7)?.as_deref() != Some("worker") {
+            return Err(PitrError::Registered(id));
         }
         let path: String = row.get(2)?.unwrap_or_default();
         let sha: String = row.get(3)?.unwrap_or_default();
@@ -148,7 +155,7 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
                         r.pg_version / 10000, r.backup_method \
                    FROM backup_management.backup_records r \
                   WHERE r.status = 'completed' AND r.backup_method IN ('pg_basebackup', 'native_physical') \
-                    AND r.start_lsn IS NOT NULL AND r.checksum IS NOT NULL \
+                    AND r.origin = 'worker' AND r.start_lsn IS NOT NULL AND r.checksum IS NOT NULL \
                     AND r.system_identifier = (SELECT system_identifier FROM pg_catalog.pg_control_system()) \
                     AND CASE WHEN $1::timestamptz IS NOT NULL THEN r.end_time <= $1 \
                              ELSE r.stop_lsn <= $2::text::pg_lsn END \
@@ -404,7 +411,7 @@ mod tests {
         assert_eq!(before, Some(false));
         Spi::run_with_args(
             "UPDATE backup_management.backup_records \
-                SET start_lsn = '0/3000028', stop_lsn = '0/3000100', timeline_id = 1, \
+                SET start_lsn = '0/3000028', stop_lsn = '0/3000100', timeline_id = 1, origin = 'worker', \
                     system_identifier = (SELECT system_identifier FROM pg_control_system()) \
               WHERE backup_id = $1",
             &[id.into()],

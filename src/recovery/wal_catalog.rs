@@ -7,17 +7,19 @@
 //! catalog, from which restore recipes are written.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use backup_mgmt_core::files::open::open_regular;
 use backup_mgmt_core::manifest::archive::{self, ManifestLine};
 use backup_mgmt_core::threads::Throttle;
 use backup_mgmt_core::wal::{Segment, SegmentSize};
 use pgrx::spi::SpiError;
 
 use crate::catalog::mirror;
+use crate::pg::log::escape_for_log;
 use crate::pg::spi::in_transaction;
 use crate::pg::{guc, server};
 
@@ -75,7 +77,8 @@ impl Ingest {
     fn ingest_dir(&mut self, dir: &Path, sysid: u64) {
         let manifest = dir.join(archive::MANIFEST);
         let offset = self.offsets.get(&manifest).copied().unwrap_or(0);
-        let Ok(mut f) = File::open(&manifest) else {
+        // Never through a symlink: a manifest is read as the archive module wrote it.
+        let Ok(mut f) = open_regular(&manifest) else {
             return;
         };
         let mut text = String::new();
@@ -88,9 +91,11 @@ impl Ingest {
         for line in parsed {
             match line {
                 Ok(l) => lines.push(l),
+                // The line is input: escaped, so that it cannot forge log lines.
                 Err(why) => pgrx::warning!(
-                    "backup_mgmt: ignoring a line of \"{}\": {why}",
-                    manifest.display()
+                    "backup_mgmt: ignoring a line of \"{}\": {}",
+                    manifest.display(),
+                    escape_for_log(&why.to_string())
                 ),
             }
         }

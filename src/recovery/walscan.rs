@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use backup_mgmt_core::backup::layout;
+use backup_mgmt_core::files::beneath::ScratchDir;
 use backup_mgmt_core::files::open::open_regular;
 use backup_mgmt_core::process;
 use backup_mgmt_core::stream;
@@ -16,7 +18,7 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiError;
 
 use crate::pg::spi::in_transaction;
-use crate::pg::{guc, server};
+use crate::pg::{roots, server};
 
 /// How often unscanned segments are looked for when none was found.
 const SEARCH_EVERY: Duration = Duration::from_secs(2);
@@ -104,13 +106,9 @@ impl WalScan {
             return;
         }
         let bindir = server::bindir();
-        let scratch = guc::backup_roots()
-            .ok()
-            .and_then(|r| r.first().cloned())
-            .map(|r| {
-                r.join(".backup_mgmt_walscan")
-                    .join(std::process::id().to_string())
-            });
+        // Decompressed segments go to a scratch directory created exclusively beneath the first
+        // root (never through a planted symlink), one per scan, removed beneath it again.
+        let scratch = roots::first_root().ok();
         self.in_flight = Some(Helper::spawn(
             move || {
                 work.into_iter()
@@ -134,33 +132,44 @@ impl WalScan {
     }
 }
 
-/// Runs pg_waldump on one archived segment (a `.zst` one decompressed into `scratch` first).
+/// Runs pg_waldump on one archived segment (a `.zst` one decompressed into a scratch directory
+/// beneath `root` first).
 fn scan(
     bindir: &Path,
     name: &str,
     path: &Path,
-    scratch: Option<&Path>,
+    root: Option<&Path>,
 ) -> (Option<String>, Option<String>) {
-    let (dir, cleanup) = if path.extension().is_some_and(|e| e == "zst") {
-        let Some(scratch) = scratch else {
+    // Held until pg_waldump is done; dropping it removes the directory.
+    let mut scratch = None;
+    let dir = if path.extension().is_some_and(|e| e == "zst") {
+        let Some(root) = root else {
             return (None, None);
         };
-        let ok = (|| -> std::io::Result<()> {
-            std::fs::create_dir_all(scratch)?;
+        let made = (|| -> std::io::Result<ScratchDir> {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default();
+            let rel =
+                Path::new(layout::WALSCAN_SCRATCH).join(format!("{}-{nanos}", std::process::id()));
+            let dir = ScratchDir::create(root, &rel)?;
             let input = open_regular(path).map_err(std::io::Error::other)?;
-            let mut out = std::fs::File::create(scratch.join(name))?;
+            let mut out = dir.create_file(name)?;
             let mut dec = stream::decompress(input)?;
             let mut buf = vec![0u8; 1 << 20];
             stream::pump(&mut dec, &mut out, &mut buf, None).map_err(std::io::Error::other)?;
-            Ok(())
+            dir.verify()?;
+            Ok(dir)
         })();
-        if ok.is_err() {
-            let _ = std::fs::remove_dir_all(scratch);
+        let Ok(made) = made else {
             return (None, None);
-        }
-        (scratch.to_path_buf(), true)
+        };
+        let dir = made.path().to_path_buf();
+        scratch = Some(made);
+        dir
     } else {
-        (path.parent().unwrap_or(Path::new("/")).to_path_buf(), false)
+        path.parent().unwrap_or(Path::new("/")).to_path_buf()
     };
     let argv: Vec<std::ffi::OsString> = vec![
         bindir.join("pg_waldump").into_os_string(),
@@ -173,9 +182,7 @@ fn scan(
     // pg_waldump ends with an error at the end of the segment's WAL (it looks for the next
     // record); what it printed before is what counts.
     let out = cmd.output();
-    if cleanup {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
+    drop(scratch);
     match out {
         Ok(o) => transaction_times(&String::from_utf8_lossy(&o.stdout)),
         Err(_) => (None, None),

@@ -5,8 +5,10 @@
 //! `expired` (kept for audit, with the reasons in their annotations) and removes their files
 //! only **after the transaction commits** (a commit callback): a rolled-back expiry leaves
 //! every file in place, so the catalog never names a completed backup whose file is gone.
-//! Files are removed only inside `backup_mgmt.backup_roots`, and only regular files or
-//! directories.  WAL segments older than the oldest retained base backup's start are expired
+//! Files are removed only for backups the worker made (a registered backup's record expires, its
+//! files stay where their owner put them), only strictly inside `backup_mgmt.backup_roots` and
+//! outside the areas backup_mgmt keeps for itself, walking down from the opened root without
+//! following symlinks (`layout::remove_backup`); archived WAL only inside the WAL archive.  WAL segments older than the oldest retained base backup's start are expired
 //! the same way.
 
 use chrono::{DateTime, Duration, Utc};
@@ -14,9 +16,10 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiError};
 
+use backup_mgmt_core::backup::layout;
 use backup_mgmt_core::cron::parse_time_zone;
-use backup_mgmt_core::paths;
 use backup_mgmt_core::retention::{self, Backup, Policy, Verdict};
+use backup_mgmt_core::vocabulary::BackupOrigin;
 
 use crate::pg::guc;
 use crate::pg::spi::in_transaction;
@@ -235,7 +238,8 @@ fn apply_retention(
 > {
     let rows = preview_rows(job_name, policy_name)?;
     let roots = guc::backup_roots().unwrap_or_default();
-    let mut doomed: Vec<String> = Vec::new();
+    // (path, whether it is archived WAL rather than a backup's file or directory)
+    let mut doomed: Vec<(String, bool)> = Vec::new();
     Spi::connect_mut(|c| -> Result<(), ExpiryError> {
         for (id, _, _, action, reasons, policy) in &rows {
             if action != "expire" {
@@ -247,16 +251,27 @@ fn apply_retention(
                         annotations = coalesce(annotations, '{}') || jsonb_build_object( \
                             'expired_at', now(), 'expired_by_policy', $2::text, 'expired_because', $3::text[]) \
                   WHERE backup_id = $1 AND status = 'completed' \
-                  RETURNING backup_file_path, globals_file_path",
+                  RETURNING backup_file_path, globals_file_path, origin",
                 None,
                 &[(*id).into(), policy.as_str().into(), reasons.clone().into()],
             )?;
             for r in t {
+                // Only what the worker made is deleted: a registered backup's files belong to
+                // whoever wrote them (and a record's path is input); its record expires, its
+                // files stay.
+                if r.get::<String>(3)?.as_deref() != Some(BackupOrigin::Worker.as_str()) {
+                    if let Some(p) = r.get::<String>(1)? {
+                        notice!(
+                            "backup_mgmt: backup {id} was registered, not made by the worker: its record expires, \"{p}\" is left in place"
+                        );
+                    }
+                    continue;
+                }
                 if let Some(p) = r.get::<String>(1)? {
-                    doomed.push(p);
+                    doomed.push((p, false));
                 }
                 if let Some(g) = r.get::<String>(2)? {
-                    doomed.push(g);
+                    doomed.push((g, false));
                 }
             }
         }
@@ -281,7 +296,7 @@ fn apply_retention(
         )?;
         for r in t {
             if let Some(p) = r.get::<String>(1)? {
-                doomed.push(p);
+                doomed.push((p, true));
             }
         }
         Ok(())
@@ -289,8 +304,13 @@ fn apply_retention(
     if !doomed.is_empty() {
         // Only once the expiry is committed; a rollback keeps every file.
         pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
-            for path in &doomed {
-                match paths::remove_confined(path, &roots) {
+            for (path, wal) in &doomed {
+                let removed = if *wal {
+                    layout::remove_archived_wal(path, &roots)
+                } else {
+                    layout::remove_backup(path, &roots)
+                };
+                match removed {
                     Ok(_) => {}
                     Err(why) => {
                         warning!("backup_mgmt: retention could not remove \"{path}\": {why}")

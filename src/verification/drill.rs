@@ -244,6 +244,8 @@ pub extern "C-unwind" fn backup_mgmt_drill_main(arg: pg_sys::Datum) {
     use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(Some(&guc::database_name()), None);
+    // Before any query: this session is a superuser's (CVE-2018-1058).
+    guc::pin_search_path();
     let execution_id = arg.value() as i64;
     let outcome = in_transaction("running a scheduled drill", || {
         Spi::connect_mut(|c| -> Result<(String, Option<String>), SpiError> {

@@ -16,6 +16,7 @@ use backup_mgmt_core::paths::PathError;
 use backup_mgmt_core::progress::Counters;
 use backup_mgmt_core::threads;
 use backup_mgmt_core::verify::{self, Reason, Report};
+use backup_mgmt_core::vocabulary::BackupOrigin;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiError};
@@ -25,6 +26,7 @@ use serde_json::json;
 
 use super::scratch::verification_scratch;
 use crate::catalog::queries::chain_members;
+use crate::pg::log::escape_for_log;
 use crate::pg::wait::in_background;
 use crate::pg::{notify, roots, server};
 
@@ -56,6 +58,8 @@ pub struct Target {
     pub chain: HashMap<i64, PathBuf>,
     /// The globals file of a logical dump, part of the backup.
     pub globals: Option<GlobalsFile>,
+    /// Who made the backup.
+    pub origin: BackupOrigin,
 }
 
 /// A backup's globals file as recorded.
@@ -77,7 +81,11 @@ pub struct Resolved {
 fn chain_of(c: &SpiClient<'_>, id: i64) -> Result<HashMap<i64, PathBuf>, VerificationError> {
     Ok(chain_members(c, id)?
         .into_iter()
-        .filter_map(|(member, path)| roots::confine(&path, false).ok().map(|p| (member, p)))
+        .filter_map(|(member, path)| {
+            roots::confine_backup(&path, false)
+                .ok()
+                .map(|p| (member, p))
+        })
         .collect())
 }
 
@@ -86,7 +94,7 @@ pub fn load_target(backup_id: i64) -> Result<Target, VerificationError> {
     Spi::connect(|c| {
         let t = c.select(
             "SELECT database_name, backup_file_path, backup_method, status, checksum, backup_size, \
-                    globals_file_path, globals_checksum, globals_size \
+                    globals_file_path, globals_checksum, globals_size, origin \
                FROM backup_management.backup_records WHERE backup_id = $1",
             None,
             &[backup_id.into()],
@@ -116,6 +124,8 @@ pub fn load_target(backup_id: i64) -> Result<Target, VerificationError> {
             checksum: row.get::<String>(5)?,
             size: row.get::<i64>(6)?.map(|s| s.max(0) as u64),
             chain,
+            origin: BackupOrigin::parse(&row.get::<String>(10)?.unwrap_or_default())
+                .unwrap_or(BackupOrigin::Registered),
             globals: row.get::<String>(7)?.map(|path| GlobalsFile {
                 path,
                 checksum: row.get::<String>(8).ok().flatten(),
@@ -128,13 +138,16 @@ pub fn load_target(backup_id: i64) -> Result<Target, VerificationError> {
 /// Confines one recorded path to the roots.  An escape attempt is an error (and a log line); a
 /// path that does not resolve because the file is gone is `Ok(None)`: a recorded failure.
 fn confine_path(backup_id: i64, path: &str) -> Result<Option<PathBuf>, VerificationError> {
-    match roots::confine(path, false) {
+    match roots::confine_backup(path, false) {
         Ok(p) => Ok(Some(p)),
         Err(PathError::Resolve { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             Ok(None)
         }
         Err(e) => {
-            pgrx::log!("backup_mgmt: refused to verify backup {backup_id}: {e}");
+            pgrx::log!(
+                "backup_mgmt: refused to verify backup {backup_id}: {}",
+                escape_for_log(&e.to_string())
+            );
             Err(e.into())
         }
     }
@@ -264,16 +277,14 @@ pub fn record(
     let id = insert(backup_id, kind, status, &result.to_string(), elapsed)?;
     if !report.passed {
         let why = report.detail.clone().unwrap_or_default();
-        pgrx::log!("backup_mgmt: verification of backup {backup_id} failed: {why}");
+        pgrx::log!(
+            "backup_mgmt: verification of backup {backup_id} failed (database \"{}\"): {}",
+            escape_for_log(database_name),
+            escape_for_log(&why)
+        );
         notify::notify(&notify::Event::VerificationFailed {
             backup_id,
-            database_name,
-            reason: report
-                .reason
-                .map(|r| serde_json::to_value(r).unwrap_or_default())
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
-            detail: &why,
+            verification_id: id,
         });
     }
     Ok(id)
@@ -341,7 +352,10 @@ fn verify_backup_integrity(backup_id: Option<i64>) -> Result<bool, ErrorReport> 
         started.elapsed(),
     )
     .map_err(VerificationError::from)?;
-    if report.passed && target.method == "pg_basebackup" {
+    // Only the worker's own base backups are unpacked (a registered tar is input, and tar
+    // extraction of a crafted archive is an attack surface of its own): a registered one is
+    // verified against its sha256 alone.
+    if report.passed && target.method == "pg_basebackup" && target.origin == BackupOrigin::Worker {
         return Ok(verify_base_backup(&target)?);
     }
     Ok(report.passed)
@@ -406,28 +420,33 @@ mod tests {
 
     #[pg_test]
     fn verification_refuses_paths_outside_the_roots_and_bad_ids() {
-        // A record that points outside the roots: refused, nothing opened, nothing recorded.
-        let id = Spi::get_one::<i64>(
+        // Registering a path outside the roots is refused where it enters the catalog...
+        assert_fails(
             "SELECT backup_mgmt.record_backup_start('pgrx_tests', 'full', 'pg_dump', '/etc/passwd')",
+            "42501",
+            "/etc/passwd",
+        );
+        // ... and a record that got there anyway (written directly by a superuser, or by an
+        // older version) is refused again where it is used: nothing opened, nothing recorded.
+        let id = Spi::get_one::<i64>(
+            "INSERT INTO backup_management.backup_records
+                 (database_name, backup_type, backup_method, backup_file_path, status, end_time, duration, backup_size)
+             VALUES ('pgrx_tests', 'full', 'pg_dump', '/etc/passwd', 'completed', now(), '0', 1)
+             RETURNING backup_id",
         )
         .unwrap()
-        .unwrap();
-        Spi::run_with_args(
-            "SELECT backup_mgmt.record_backup_complete($1, 1, NULL)",
-            &[id.into()],
-        )
         .unwrap();
         assert_fails(
             &format!("SELECT backup_mgmt.verify_backup_integrity({id})"),
             "42501",
             "/etc/passwd",
         );
-        // A symlink inside the roots that leads out.
+        // A symlink inside the roots that leads out: planted after the file was registered.
         let root = std::path::Path::new(crate::testing::TEST_ROOT);
         std::fs::create_dir_all(root).unwrap();
         let link = root.join("sneaky.dump");
         let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
+        std::fs::write(&link, b"x").unwrap();
         let id2 = Spi::get_one_with_args::<i64>(
             "SELECT backup_mgmt.record_backup_start('pgrx_tests', 'full', 'pg_dump', $1)",
             &[link.to_str().unwrap().into()],
@@ -439,6 +458,8 @@ mod tests {
             &[id2.into()],
         )
         .unwrap();
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
         assert_fails(
             &format!("SELECT backup_mgmt.verify_backup_integrity({id2})"),
             "42501",

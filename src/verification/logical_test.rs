@@ -1,9 +1,15 @@
 //! The restore test of a logical backup (`pg_dump` custom or directory format): first checked
-//! against its sha256, then restored with `pg_restore --exit-on-error` into a freshly created
-//! scratch database (an existing database is never touched), and every table's row count in the
-//! restored database compared with the counts captured from the dump while it was written
-//! (`backup_mgmt_core::pgformat::dumpfacts`); its globals file must create every role that owns
-//! something in the dump.  The scratch database is dropped afterwards unless asked to keep it.
+//! against its sha256, then restored into a freshly created scratch database (an existing
+//! database is never touched) **by an unprivileged role of its own** that owns that database
+//! (`pg_restore --no-owner --no-privileges`, logged in with a random password: backup content
+//! never runs with a superuser's rights), and every table's row count in the restored database,
+//! counted by that role with fully qualified queries, compared with the counts captured from the
+//! dump while it was written (`backup_mgmt_core::pgformat::dumpfacts`); its globals file must
+//! create every role that owns something in the dump.  Objects only a superuser may create
+//! (C functions, untrusted languages, event triggers...) are skipped and named in the result; any
+//! other object that fails fails the test.  The scratch database and the role are dropped
+//! afterwards unless asked to keep the database (then its owner remains, unable to log in, and
+//! nobody but superusers may connect).
 //!
 //! The programs run on a helper thread as separate sessions over the server's socket; this
 //! backend waits on its latch and stops them on cancel or `statement_timeout`.
@@ -11,18 +17,21 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use backup_mgmt_core::conninfo::Connection;
-use backup_mgmt_core::files::durable;
+use backup_mgmt_core::files::beneath::ScratchDir;
 use backup_mgmt_core::files::error::{Context, IoError};
 use backup_mgmt_core::files::open::{open_regular, OpenError};
 use backup_mgmt_core::manifest::directory::{self, DIRECTORY_MANIFEST};
+use backup_mgmt_core::paths::PathError;
 use backup_mgmt_core::pgformat::globals;
 use backup_mgmt_core::process::{self, ProcessError};
 use backup_mgmt_core::progress::Progress;
 use backup_mgmt_core::restore::scratch_server::feed;
+use backup_mgmt_core::restore::unprivileged::{
+    not_restored, relevant_line, NotRestored, RestoreRole, Why,
+};
 use backup_mgmt_core::stream;
 use backup_mgmt_core::verify::{self, Report};
 use backup_mgmt_core::vocabulary as catalog;
@@ -35,15 +44,19 @@ use super::restore_outcome::{
     integrity_first, open_backup, record_restore_test, RestoreError, RestoreResult,
 };
 use super::scratch::verification_scratch;
+use crate::pg::log::escape_for_log;
 use crate::pg::server;
 use crate::pg::wait::in_background;
 
 /// Row counts of every ordinary table of the connected database, "schema.table" and count,
-/// separated by a unit separator.  Fixed text: no value is interpolated into it.
-const COUNT_ROWS: &str = "SELECT n.nspname || '.' || c.relname, \
-        (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I.%I', n.nspname, c.relname), false, true, '')))[1]::text \
-   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-  WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' \
+/// separated by a unit separator.  Fixed text: no value is interpolated into it.  Every function
+/// and operator is schema-qualified (and the session's search_path is pinned by the client):
+/// nothing the restored content defines is called.
+const COUNT_ROWS: &str = "SELECT n.nspname OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) c.relname, \
+        (pg_catalog.xpath('/row/c/text()', pg_catalog.query_to_xml(pg_catalog.format('SELECT pg_catalog.count(*) AS c FROM %I.%I', n.nspname, c.relname), false, true, '')))[1]::pg_catalog.text \
+   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+  WHERE c.relkind OPERATOR(pg_catalog.=) 'r' AND n.nspname OPERATOR(pg_catalog.<>) 'information_schema' \
+    AND n.nspname OPERATOR(pg_catalog.!~~) 'pg\\_%' \
   ORDER BY 1";
 
 /// What the helper thread found.
@@ -53,6 +66,10 @@ struct Outcome {
     counts: BTreeMap<String, u64>,
     error: Option<String>,
     dropped: bool,
+    /// Objects pg_restore could not restore (those that need a superuser, and any other).
+    not_restored: Vec<NotRestored>,
+    /// Why the role or the database could not be removed afterwards.
+    cleanup_error: Option<String>,
 }
 
 fn bin(bindir: &Path, program: &str) -> OsString {
@@ -64,10 +81,13 @@ struct Scratch {
     /// The new database's name.
     name: String,
     keep: bool,
-    conn: Connection,
-    /// The database createdb and dropdb connect to (this session's).
+    /// This server as the superuser the test runs as: creates and drops the role and database.
+    admin: Connection,
+    /// The database the superuser's psql connects to (this session's).
     maintenance_db: String,
     bindir: std::path::PathBuf,
+    /// The unprivileged role that restores and counts.
+    role: RestoreRole,
 }
 
 /// What pg_restore reads.
@@ -75,7 +95,7 @@ enum Source {
     /// A custom-format file, zstd-compressed or not, fed on stdin.
     Stream(std::fs::File, bool),
     /// A directory-format dump, decompressed into a scratch directory.
-    Directory(std::path::PathBuf),
+    Directory(ScratchDir),
 }
 
 /// Why a directory backup could not be unpacked for pg_restore.
@@ -97,9 +117,8 @@ enum UnpackError {
 }
 
 /// Unpacks a directory backup (every file its manifest names, `.zst` ones decompressed) into
-/// `into`, for pg_restore, which reads only plain files.
-fn unpack_directory(from: &Path, into: &Path) -> Result<(), UnpackError> {
-    durable::create_private_dir(into, false)?;
+/// the scratch directory `into`, for pg_restore, which reads only plain files.
+fn unpack_directory(from: &Path, into: &ScratchDir) -> Result<(), UnpackError> {
     let manifest_path = from.join(DIRECTORY_MANIFEST);
     let manifest = std::fs::read_to_string(&manifest_path).at("could not read", &manifest_path)?;
     let mut buf = vec![0u8; 1 << 20];
@@ -109,7 +128,8 @@ fn unpack_directory(from: &Path, into: &Path) -> Result<(), UnpackError> {
         }
         let source = open_regular(&from.join(&name))?;
         let plain = name.strip_suffix(".zst").unwrap_or(&name);
-        let mut out = durable::create_new(&into.join(plain))?;
+        let out_path = into.path().join(plain);
+        let mut out = into.create_file(plain).at("could not create", &out_path)?;
         let copied = if name.ends_with(".zst") {
             stream::decompress(source)
                 .map_err(|source| stream::PumpError::Read { after: 0, source })
@@ -128,18 +148,75 @@ fn failure(e: ProcessError) -> String {
     process::tail(&e.to_string())
 }
 
-/// Creates the scratch database, restores into it, counts rows, drops it (unless kept).
+/// psql with `sql` on stdin (`ON_ERROR_STOP`), its output unaligned: as `conn` (and with the
+/// role's password in the environment when given).
+fn psql(
+    bindir: &Path,
+    conninfo: &str,
+    password: Option<&str>,
+    sql: &str,
+    progress: &Progress,
+) -> Result<String, String> {
+    let mut cmd = process::command(&[
+        bin(bindir, "psql"),
+        "--no-psqlrc".into(),
+        "--no-password".into(),
+        "--quiet".into(),
+        "--no-align".into(),
+        "--tuples-only".into(),
+        "--field-separator=\u{1f}".into(),
+        "--set=ON_ERROR_STOP=1".into(),
+        format!("--dbname={conninfo}").into(),
+    ]);
+    if let Some(p) = password {
+        cmd.env("PGPASSWORD", p);
+    }
+    let ran = process::run_collecting(
+        cmd,
+        process::Input::Bytes(sql.as_bytes().to_vec()),
+        progress,
+    )
+    .map_err(failure)?;
+    if ran.success {
+        Ok(ran.stdout)
+    } else {
+        Err(process::tail(&ran.stderr))
+    }
+}
+
+/// How the restore role reaches the server: the socket when pg_hba.conf lets a password in
+/// there, else TCP on the loopback address.
+fn role_connection(scratch: &Scratch, progress: &Progress) -> Result<Connection, String> {
+    let mut tried = Vec::new();
+    for host in [scratch.admin.host.clone(), "127.0.0.1".to_owned()] {
+        let conn = Connection {
+            host,
+            port: scratch.admin.port,
+            user: scratch.role.name.clone(),
+        };
+        match psql(
+            &scratch.bindir,
+            &conn.conninfo(Some(&scratch.name)),
+            Some(&scratch.role.password),
+            "SELECT 1",
+            progress,
+        ) {
+            Ok(_) => return Ok(conn),
+            Err(e) => tried.push(format!("{}: {e}", conn.host)),
+        }
+    }
+    Err(format!(
+        "the restore role could not log in ({}); let password authentication in for it, e.g. \
+         \"host all all 127.0.0.1/32 scram-sha-256\" in pg_hba.conf",
+        tried.join("; ")
+    ))
+}
+
+/// Creates the restore role and the scratch database it owns, restores into it as that role,
+/// counts rows as that role, and drops both (a kept database stays, its owner unable to log in).
 fn restore_logical(source: Source, scratch: &Scratch, progress: &Progress) -> Outcome {
-    let Scratch {
-        name: scratch,
-        keep,
-        conn,
-        maintenance_db,
-        bindir,
-    } = scratch;
-    let (scratch, keep, bindir) = (scratch.as_str(), *keep, bindir.as_path());
-    let maintenance = format!("--maintenance-db={}", conn.conninfo(Some(maintenance_db)));
-    let target = format!("--dbname={}", conn.conninfo(Some(scratch)));
+    let bindir = scratch.bindir.as_path();
+    let admin = scratch.admin.conninfo(Some(&scratch.maintenance_db));
     let started = Instant::now();
     let mut outcome = Outcome {
         restored: false,
@@ -147,123 +224,142 @@ fn restore_logical(source: Source, scratch: &Scratch, progress: &Progress) -> Ou
         counts: BTreeMap::new(),
         error: None,
         dropped: false,
+        not_restored: Vec::new(),
+        cleanup_error: None,
     };
-    let created = process::run_to_end(
-        &[
-            bin(bindir, "createdb"),
-            "--no-password".into(),
-            maintenance.clone().into(),
-            "--".into(),
-            scratch.into(),
-        ],
-        None,
-        progress,
-    );
-    if let Err(e) = created {
-        outcome.error = Some(format!(
-            "could not create the scratch database: {}",
-            failure(e)
-        ));
-        return outcome;
+    let created = scratch
+        .role
+        .create_sql(&scratch.name)
+        .map_err(|e| e.to_string())
+        .and_then(|sql| psql(bindir, &admin, None, &sql, progress));
+    match created {
+        Err(e) => {
+            outcome.error = Some(format!(
+                "could not create the scratch database and its restore role: {e}"
+            ))
+        }
+        Ok(_) => match role_connection(scratch, progress) {
+            Err(e) => outcome.error = Some(e),
+            Ok(conn) => restore_as_role(source, scratch, &conn, started, &mut outcome, progress),
+        },
     }
-    let mut restore_argv = vec![
+    // Removing them must happen even after a cancel: a fresh Progress.
+    let dropped = psql(
+        bindir,
+        &admin,
+        None,
+        &scratch.role.drop_sql(&scratch.name, scratch.keep),
+        &Progress::default(),
+    );
+    outcome.dropped = !scratch.keep && dropped.is_ok();
+    outcome.cleanup_error = dropped.err();
+    outcome
+}
+
+/// pg_restore (and the row counts) as the restore role.
+fn restore_as_role(
+    source: Source,
+    scratch: &Scratch,
+    conn: &Connection,
+    started: Instant,
+    outcome: &mut Outcome,
+    progress: &Progress,
+) {
+    let bindir = scratch.bindir.as_path();
+    let target = conn.conninfo(Some(&scratch.name));
+    // Not --exit-on-error: what cannot be restored without a superuser is skipped and named
+    // (read from pg_restore's complaints), and the data decides the verdict.
+    let mut argv = vec![
         bin(bindir, "pg_restore"),
         "--no-password".into(),
-        "--exit-on-error".into(),
-        target.clone().into(),
+        "--no-owner".into(),
+        "--no-privileges".into(),
+        // Names the object of every error ("from TOC entry"); the per-object chatter is
+        // dropped as it arrives.
+        "--verbose".into(),
+        format!("--dbname={target}").into(),
     ];
-    let restored = match source {
+    let mut unpacked = None;
+    let input = match source {
         Source::Directory(dir) => {
-            restore_argv.push("--jobs=2".into());
-            restore_argv.push(dir.into_os_string());
-            process::run_to_end(&restore_argv, None, progress)
-                .map(|_| ())
-                .map_err(failure)
+            argv.push("--jobs=2".into());
+            argv.push(dir.path().as_os_str().to_owned());
+            unpacked = Some(dir);
+            process::Input::Nothing
         }
-        Source::Stream(file, true) => {
-            // Decompress on a thread into pg_restore's stdin.
-            let mut cmd = process::command(&restore_argv);
-            cmd.stdin(Stdio::piped());
-            match process::spawn(cmd, progress, Stdio::null()) {
-                Err(e) => Err(failure(e)),
-                Ok(mut child) => {
-                    let stderr = process::collect_stderr(&mut child);
-                    let fed = child.stdin.take().map(|sink| {
-                        std::thread::spawn(move || {
-                            feed(file, true, sink)
-                                .map_err(|e| format!("decompressing the backup: {e}"))
-                        })
-                    });
-                    let done = process::finish(child, "pg_restore".into(), stderr, progress)
-                        .map_err(failure);
-                    let fed = fed
-                        .map(|t| {
-                            t.join()
-                                .unwrap_or_else(|_| Err("decompressor panicked".into()))
-                        })
-                        .unwrap_or(Ok(()));
-                    // pg_restore's own error explains more than a broken pipe does.
-                    done.and(fed)
-                }
-            }
-        }
-        Source::Stream(file, false) => {
-            process::run_to_end(&restore_argv, Some(Stdio::from(file)), progress)
-                .map(|_| ())
-                .map_err(failure)
+        Source::Stream(file, true) => process::Input::Fed(Box::new(move |sink| {
+            feed(file, true, sink).map_err(|e| format!("decompressing the backup: {e}"))
+        })),
+        Source::Stream(file, false) => process::Input::File(file),
+    };
+    let mut cmd = process::command(&argv);
+    cmd.env("PGPASSWORD", &scratch.role.password);
+    let ran = process::run_collecting_lines(cmd, input, Some(relevant_line), progress);
+    drop(unpacked);
+    outcome.restore_time = started.elapsed();
+    let ran = match ran {
+        Ok(r) => r,
+        Err(e) => {
+            outcome.error = Some(format!("pg_restore failed: {}", failure(e)));
+            return;
         }
     };
-    outcome.restore_time = started.elapsed();
-    match restored {
-        Ok(()) => {
-            outcome.restored = true;
-            match process::run_to_end(
-                &[
-                    bin(bindir, "psql"),
-                    "--no-psqlrc".into(),
-                    "--no-password".into(),
-                    "--no-align".into(),
-                    "--tuples-only".into(),
-                    "--field-separator=\u{1f}".into(),
-                    "--set=ON_ERROR_STOP=1".into(),
-                    target.into(),
-                    format!("--command={COUNT_ROWS}").into(),
-                ],
-                None,
-                progress,
-            ) {
-                Ok(out) => {
-                    for line in out.lines() {
-                        if let Some((name, n)) = line.split_once('\u{1f}') {
-                            outcome
-                                .counts
-                                .insert(name.to_owned(), n.trim().parse().unwrap_or(u64::MAX));
-                        }
-                    }
-                }
-                Err(e) => {
-                    outcome.error = Some(format!("could not count restored rows: {}", failure(e)))
+    outcome.not_restored = not_restored(&ran.stderr);
+    if let Some(e) = ran.input_error {
+        outcome.error = Some(format!("pg_restore failed: {e}"));
+        return;
+    }
+    let other: Vec<&NotRestored> = outcome
+        .not_restored
+        .iter()
+        .filter(|n| n.why == Why::Failed)
+        .collect();
+    if !ran.success && outcome.not_restored.is_empty() {
+        outcome.error = Some(format!(
+            "pg_restore failed ({}): {}",
+            ran.status,
+            process::tail(&ran.stderr)
+        ));
+        return;
+    }
+    if !other.is_empty() {
+        outcome.error = Some(format!(
+            "pg_restore could not restore {} object(s) for reasons other than privileges, e.g. {}: {}",
+            other.len(),
+            other[0].object,
+            other[0].error
+        ));
+        return;
+    }
+    outcome.restored = true;
+    match psql(
+        bindir,
+        &target,
+        Some(&scratch.role.password),
+        COUNT_ROWS,
+        progress,
+    ) {
+        Ok(out) => {
+            for line in out.lines() {
+                if let Some((name, n)) = line.split_once('\u{1f}') {
+                    outcome
+                        .counts
+                        .insert(name.to_owned(), n.trim().parse().unwrap_or(u64::MAX));
                 }
             }
         }
-        Err(e) => outcome.error = Some(format!("pg_restore failed: {e}")),
+        Err(e) => outcome.error = Some(format!("could not count restored rows: {e}")),
     }
-    if !keep {
-        outcome.dropped = process::run_to_end(
-            &[
-                bin(bindir, "dropdb"),
-                "--no-password".into(),
-                "--if-exists".into(),
-                maintenance.into(),
-                "--".into(),
-                scratch.into(),
-            ],
-            None,
-            &Progress::default(),
-        )
-        .is_ok();
-    }
-    outcome
+}
+
+/// A new name for the role that restores backup `id` (unique: a role left by a crash is never
+/// reused).
+fn restore_role_name(id: i64) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!("backup_mgmt_restorer_{id}_{}_{nanos}", std::process::id())
 }
 
 /// Compares restored counts with the captured facts: (verified, mismatches).
@@ -318,18 +414,30 @@ pub(super) fn logical_restore_test(
         ))
     })
     .map_err(RestoreError::from)?;
-    let conn = server::local_connection(conn_user);
+    let role = RestoreRole::new(&restore_role_name(id)).map_err(|e| {
+        RestoreError::Verification(verification::VerificationError::Path(PathError::Create {
+            path: "/dev/urandom".into(),
+            source: e,
+        }))
+    })?;
     let place = Scratch {
         name: scratch.clone(),
         keep: keep_database,
-        conn,
+        admin: server::local_connection(conn_user),
         maintenance_db: server::current_database(),
         bindir: server::bindir(),
+        role,
     };
+    let place_role = place.role.name.clone();
     let started = Instant::now();
     let zstd = compression == "zstd";
     let moved = target.clone();
-    let unpack_into = verification_scratch(id).map_err(verification::VerificationError::from)?;
+    let directory = moved.method == "pg_dump_directory";
+    let unpack_into = if directory {
+        Some(verification_scratch(id).map_err(verification::VerificationError::from)?)
+    } else {
+        None
+    };
     let work = in_background(move |progress| {
         let shown = &moved.path;
         let integrity = match integrity_first(&moved, &resolved, &progress) {
@@ -340,24 +448,20 @@ pub(super) fn logical_restore_test(
             .globals
             .as_ref()
             .map(|_| check_globals(resolved.globals.as_deref(), owners.as_ref()));
-        let source = if moved.method == "pg_dump_directory" {
-            path.as_deref()
+        let source = match unpack_into {
+            Some(into) => path
+                .as_deref()
                 .ok_or_else(|| "the backup directory is missing".to_owned())
-                .and_then(|p| unpack_directory(p, &unpack_into).map_err(|e| e.to_string()))
-                .map(|_| Source::Directory(unpack_into.clone()))
-                .map_err(|d| Report::failed(verify::Reason::Unreadable, d, Path::new(shown)))
-        } else {
-            open_backup(path.as_deref(), shown).map(|f| Source::Stream(f, zstd))
+                .and_then(|p| unpack_directory(p, &into).map_err(|e| e.to_string()))
+                .map(|_| Source::Directory(into))
+                .map_err(|d| Report::failed(verify::Reason::Unreadable, d, Path::new(shown))),
+            None => open_backup(path.as_deref(), shown).map(|f| Source::Stream(f, zstd)),
         };
         let source = match source {
             Ok(s) => s,
-            Err(failed) => {
-                let _ = std::fs::remove_dir_all(&unpack_into);
-                return (failed, None, globals);
-            }
+            Err(failed) => return (failed, None, globals),
         };
         let outcome = restore_logical(source, &place, &progress);
-        let _ = std::fs::remove_dir_all(&unpack_into);
         (integrity, Some(outcome), globals)
     });
     let elapsed = started.elapsed();
@@ -383,6 +487,30 @@ pub(super) fn logical_restore_test(
             };
             let verified =
                 o.restored && o.error.is_none() && facts.is_some() && matched && globals_ok;
+            if let Some(e) = &o.cleanup_error {
+                warning!(
+                    "backup_mgmt: could not remove restore role \"{place_role}\" or database \"{scratch}\": {}",
+                    escape_for_log(e)
+                );
+            }
+            let needs_superuser: Vec<&NotRestored> = o
+                .not_restored
+                .iter()
+                .filter(|n| n.why != Why::Failed)
+                .collect();
+            if !needs_superuser.is_empty() {
+                // Named, not silently dropped: the operator reads them in the result and here.
+                notice!(
+                    "backup_mgmt: restore test of backup {id}: {} object(s) need a superuser to restore and were skipped: {}",
+                    needs_superuser.len(),
+                    needs_superuser
+                        .iter()
+                        .take(10)
+                        .map(|n| n.object.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
             let status = if verified { "passed" } else { "failed" };
             let stage = if !o.restored {
                 "restore"
@@ -399,6 +527,9 @@ pub(super) fn logical_restore_test(
                     "stage": stage,
                     "globals": globals_json,
                     "scratch_database": scratch,
+                    "restored_as": place_role,
+                    "needs_superuser": needs_superuser,
+                    "not_restored": o.not_restored.iter().filter(|n| n.why == Why::Failed).collect::<Vec<_>>(),
                     "kept": keep_database,
                     "dropped": o.dropped,
                     "restore_seconds": o.restore_time.as_secs_f64(),

@@ -4,14 +4,16 @@
 //! (`backup_mgmt_core::restore::scratch_server`).  Recorded as a `pg_verifybackup` verification
 //! (when it got that far) and a `restore_test` one.
 
-use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use backup_mgmt_core::files::beneath::ScratchDir;
 use backup_mgmt_core::files::error::Context;
 use backup_mgmt_core::progress::Progress;
 use backup_mgmt_core::restore::materialize::materialize;
-use backup_mgmt_core::restore::scratch_server::{self, PhysicalOutcome, ScratchError};
+use backup_mgmt_core::restore::scratch_server::{
+    self, PhysicalOutcome, ScratchError, ScratchServer,
+};
 use backup_mgmt_core::threads;
 use backup_mgmt_core::verify::native::load_manifest;
 use backup_mgmt_core::verify::Report;
@@ -48,7 +50,7 @@ pub(super) fn physical_restore_test(
             row.get::<String>(2)?.unwrap_or_default(),
         ))
     })?;
-    let bindir = server::bindir();
+    let programs = scratch_programs(user);
     let started = Instant::now();
     let zstd = compression == "zstd";
     let moved = target.clone();
@@ -61,7 +63,7 @@ pub(super) fn physical_restore_test(
             Ok(f) => f,
             Err(failed) => return (failed, None),
         };
-        let o = scratch_server::restore_test(file, zstd, &scratch, &bindir, &user, &progress);
+        let o = scratch_server::restore_test(file, zstd, &scratch, &programs, &progress);
         (integrity, Some(o))
     });
     finish_physical_test(
@@ -71,6 +73,15 @@ pub(super) fn physical_restore_test(
         outcome,
         started.elapsed(),
     )
+}
+
+/// The programs and role a physical restore test uses: this server's.
+fn scratch_programs(user: String) -> ScratchServer {
+    ScratchServer {
+        bindir: server::bindir(),
+        user,
+        version_num: server::version_num(),
+    }
 }
 
 /// Records a physical restore test (its pg_verifybackup verdict and its restore_test row).
@@ -132,7 +143,7 @@ pub(super) fn native_restore_test(
     let path = resolved.main.clone();
     let scratch = verification_scratch(id).map_err(verification::VerificationError::from)?;
     let user = Spi::get_one::<String>("SELECT current_user::text")?.unwrap_or_default();
-    let bindir = server::bindir();
+    let programs = scratch_programs(user);
     let started = Instant::now();
     let moved = target.clone();
     let (integrity, outcome) = in_background(move |progress| {
@@ -143,34 +154,32 @@ pub(super) fn native_restore_test(
         let Some(dir) = path else {
             return (integrity, None);
         };
-        let prepare = |scratch: &Path, progress: &Progress| -> Result<PathBuf, ScratchError> {
-            let manifest = load_manifest(&dir, moved.checksum.as_deref())
-                .map_err(|r| ScratchError::Prepare(r.detail.unwrap_or_default()))?;
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(scratch)
-                .at("could not create", scratch)?;
-            let data = scratch.join("data");
-            let spaces = scratch.join("tablespaces");
-            materialize(
-                &dir,
-                &manifest,
-                &moved.chain,
-                &data,
-                &spaces,
-                threads::cores(),
-                &progress.counters(),
-            )
-            .map_err(|r| {
-                ScratchError::Prepare(format!(
-                    "materialising the chain: {} ({})",
-                    r.detail.unwrap_or_default(),
-                    r.failing_file.unwrap_or_default()
-                ))
-            })?;
-            Ok(data)
-        };
-        let o = scratch_server::restore_test_with(prepare, &scratch, &bindir, &user, &progress);
+        let prepare =
+            |scratch: &ScratchDir, progress: &Progress| -> Result<PathBuf, ScratchError> {
+                let manifest = load_manifest(&dir, moved.checksum.as_deref())
+                    .map_err(|r| ScratchError::Prepare(r.detail.unwrap_or_default()))?;
+                scratch.verify().at("could not use", scratch.path())?;
+                let data = scratch.path().join("data");
+                let spaces = scratch.path().join("tablespaces");
+                materialize(
+                    &dir,
+                    &manifest,
+                    &moved.chain,
+                    &data,
+                    &spaces,
+                    threads::cores(),
+                    &progress.counters(),
+                )
+                .map_err(|r| {
+                    ScratchError::Prepare(format!(
+                        "materialising the chain: {} ({})",
+                        r.detail.unwrap_or_default(),
+                        r.failing_file.unwrap_or_default()
+                    ))
+                })?;
+                Ok(data)
+            };
+        let o = scratch_server::restore_test_with(prepare, &scratch, &programs, &progress);
         (integrity, Some(o))
     });
     finish_physical_test(

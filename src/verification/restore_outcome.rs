@@ -13,6 +13,7 @@ use pgrx::spi::SpiError;
 use serde_json::Value;
 
 use super::integrity::{self as verification, VerificationError};
+use crate::pg::log::escape_for_log;
 use crate::pg::notify;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,8 @@ pub enum RestoreError {
     DatabaseExists(String),
     #[error("restore tests of {0} backups are not supported yet")]
     Unsupported(String),
+    #[error("backup {0} was registered, not made by the worker: its directory is not started as a server")]
+    Untrusted(i64),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
     #[error("catalog access failed: {0}")]
@@ -65,15 +68,18 @@ pub fn record_restore_test(
     result: &Value,
     elapsed: Duration,
 ) -> Result<(), SpiError> {
-    verification::insert(id, "restore_test", status, &result.to_string(), elapsed)?;
+    let verification_id =
+        verification::insert(id, "restore_test", status, &result.to_string(), elapsed)?;
     if status != "passed" {
         let detail = result.to_string();
-        pgrx::log!("backup_mgmt: restore test of backup {id} failed: {detail}");
+        pgrx::log!(
+            "backup_mgmt: restore test of backup {id} of database \"{}\" failed: {}",
+            escape_for_log(database),
+            escape_for_log(&detail)
+        );
         notify::notify(&notify::Event::VerificationFailed {
             backup_id: id,
-            database_name: database,
-            reason: "restore_test".into(),
-            detail: &detail,
+            verification_id,
         });
     }
     Ok(())

@@ -1,16 +1,19 @@
 //! `test_backup_restore(backup_id, test_database_name, keep_database)`: a real restore test,
 //! logical (`logical_test`) or physical (`physical_test`) by the backup's method.
 //!
-//! A logical (`pg_dump` custom-format) backup is first checked against its sha256, then restored
-//! with `pg_restore --exit-on-error` into a freshly created scratch database (an existing database
-//! is never touched), and every table's row count in the restored database is compared with the
-//! counts captured from the dump while it was written (`dumpfacts.rs`).  The scratch database is
-//! dropped afterwards unless asked to keep it.  Every outcome is a `restore_test` row in
-//! `backup_verifications`; a corrupted backup is a recorded failure, never a crash.
+//! A logical (`pg_dump` custom or directory format) backup is first checked against its sha256,
+//! then restored by an unprivileged role of its own into a freshly created scratch database that
+//! role owns (an existing database is never touched), and every table's row count in the
+//! restored database is compared with the counts captured from the dump while it was written
+//! (`dumpfacts.rs`).  A physical backup is restore-tested only when the worker made it.  The
+//! scratch database is dropped afterwards unless asked to keep it.  Every outcome is a
+//! `restore_test` row in `backup_verifications`; a corrupted backup is a recorded failure, never
+//! a crash.
 //!
 //! The programs run on a helper thread as separate sessions over the server's socket; this
 //! backend waits on its latch and stops them on cancel or `statement_timeout`.
 
+use backup_mgmt_core::vocabulary::BackupOrigin;
 use pgrx::datum::Interval;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
@@ -56,6 +59,13 @@ pub fn restore_test(
     keep_database: bool,
 ) -> Result<RestoreResult, RestoreError> {
     let target = verification::load_target(id)?;
+    let physical = matches!(target.method.as_str(), "pg_basebackup" | "native_physical");
+    if physical && target.origin != BackupOrigin::Worker {
+        // Starting a server on a directory runs what its configuration says; only a directory
+        // the worker wrote, checked against the checksums it recorded, is started.
+        pgrx::log!("backup_mgmt: refused to restore-test registered physical backup {id}");
+        return Err(RestoreError::Untrusted(id));
+    }
     match target.method.as_str() {
         "pg_basebackup" => physical_test::physical_restore_test(target),
         "native_physical" => physical_test::native_restore_test(target),

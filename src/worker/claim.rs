@@ -11,13 +11,14 @@ use backup_mgmt_core::backup::logical::Plan;
 use backup_mgmt_core::cron::CronSchedule;
 use backup_mgmt_core::job::{self, Decision, Due, JobOptions};
 use backup_mgmt_core::paths::PathError;
-use backup_mgmt_core::vocabulary::BackupMethod;
+use backup_mgmt_core::vocabulary::{BackupMethod, BackupOrigin};
 use chrono::{DateTime, Utc};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use serde_json::{json, Value};
 
 use super::{Running, WorkerError};
+use crate::catalog::records;
 use crate::jobs::executions::{end_execution, prune_history};
 use crate::jobs::preview::{job_zone, next_run};
 use crate::methods::native::{self as native_method, NativeStart};
@@ -211,20 +212,16 @@ fn start(c: &mut SpiClient<'_>, job: &DueJob, execution_id: i64) -> Result<Claim
         job.backup_type.as_str()
     };
     let output_text = output.to_string_lossy().into_owned();
-    let backup_id = c
-        .update(
-            "SELECT backup_mgmt.record_backup_start($1, $2, $3, $4)",
-            None,
-            &[
-                job.database.as_str().into(),
-                backup_type.into(),
-                job.method.as_str().into(),
-                output_text.as_str().into(),
-            ],
-        )?
-        .first()
-        .get::<i64>(1)?
-        .ok_or(WorkerError::NoBackupId)?;
+    // The worker's own record: origin 'worker', its path from the layout under the root it
+    // resolved (what registration checks for others' paths holds by construction).
+    let backup_id = records::insert(
+        c,
+        &job.database,
+        backup_type,
+        &job.method,
+        &output_text,
+        BackupOrigin::Worker,
+    )?;
     let annotations = json!({
         "job_name": job.name,
         "execution_id": execution_id,
@@ -258,7 +255,6 @@ fn start(c: &mut SpiClient<'_>, job: &DueJob, execution_id: i64) -> Result<Claim
         backup_id,
         job_id: job.job_id,
         job_name: job.name.clone(),
-        database: job.database.clone(),
         timeout: options.timeout_seconds.map(Duration::from_secs),
         // Replaced by the real handle once this transaction has committed.
         handle: backup_mgmt_core::backup::RunHandle::idle(),

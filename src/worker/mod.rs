@@ -54,8 +54,8 @@ pub(crate) enum WorkerError {
     Catalog(#[from] backup_mgmt_core::vocabulary::CatalogError),
     #[error("the job's options are not JSON: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("record_backup_start returned no id")]
-    NoBackupId,
+    #[error(transparent)]
+    Record(#[from] crate::catalog::records::RecordError),
 }
 
 /// Longest sleep: job changes (schedule_backup, run_job_now) are seen within this.
@@ -93,6 +93,8 @@ pub extern "C-unwind" fn backup_mgmt_scheduler_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = guc::database_name();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    // Before any query: this session is a superuser's (CVE-2018-1058).
+    guc::pin_search_path();
     log!("backup_mgmt scheduler started in database \"{database}\"");
     let mut scheduler = Scheduler::default();
     scheduler.run();
@@ -104,7 +106,6 @@ pub(crate) struct Running {
     backup_id: i64,
     job_id: i64,
     job_name: String,
-    database: String,
     timeout: Option<Duration>,
     handle: RunHandle,
     /// Why it was stopped, when the worker stopped it (timeout, shutdown).

@@ -190,14 +190,8 @@ fn record_completed(
         )?;
     }
     end_execution(c, run.execution_id, "completed", Some(size), None)?;
-    let path = outcome.main.path.to_string_lossy();
     notify::notify(&notify::Event::BackupCompleted {
         backup_id: run.backup_id,
-        job_name: &run.job_name,
-        database_name: &run.database,
-        backup_file_path: &path,
-        backup_size: size,
-        checksum: &outcome.main.sha256,
     });
     Ok(())
 }

@@ -15,8 +15,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::layout::{globals_path, output_path, Compression};
 use super::{BackupError, Outcome, RowCounts, RunHandle, Written};
 use crate::conninfo::Connection;
+use crate::files::beneath::Root;
 use crate::files::durable::{self, DurableFile, Install, Temp};
-use crate::files::error::Context;
+use crate::files::error::{Context, IoError};
 use crate::manifest::directory::{self as dir_manifest, DIRECTORY_MANIFEST};
 use crate::paths::with_suffix;
 use crate::pgformat::dumpfacts::{self, DumpFacts, RowCounter};
@@ -122,29 +123,35 @@ pub fn start(plan: Plan, on_done: fn()) -> RunHandle {
     super::start_work(move |p| run(&plan, p), on_done)
 }
 
-/// Creates the backup's directory under its root, refusing a path that a symlink planted inside
-/// the root leads out of.
-fn prepare_directory(plan: &Plan) -> Result<(), BackupError> {
+/// Creates the backup's directory under its root, walking down from the opened root without
+/// following any symlink (one planted inside the root is refused, not followed), and returns it
+/// opened: the files of the backup are created relative to it.
+fn prepare_directory(plan: &Plan) -> Result<Option<fs::File>, BackupError> {
     let Some(dir) = plan.stem.parent() else {
-        return Ok(());
+        return Ok(None);
     };
-    durable::create_private_dir(dir, true)?;
-    let resolved = dir.canonicalize().at("could not resolve", dir)?;
-    if resolved.starts_with(&plan.root) {
-        Ok(())
-    } else {
-        Err(BackupError::OutsideRoot(dir.to_owned()))
-    }
+    let root = Root::open(&plan.root).at("could not open the backup root", &plan.root)?;
+    let rel = root
+        .relative(dir)
+        .ok_or_else(|| BackupError::OutsideRoot(dir.to_owned()))?;
+    let opened = root
+        .create_dir_all(rel)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) | Some(libc::ENOTDIR) => BackupError::OutsideRoot(dir.to_owned()),
+            _ => IoError::new("could not create directory", dir, e).into(),
+        })?;
+    Ok(Some(opened))
 }
 
 /// Runs the whole plan on the calling thread.
 pub fn run(plan: &Plan, progress: &Progress) -> Result<Outcome, BackupError> {
-    prepare_directory(plan)?;
+    let dir = prepare_directory(plan)?;
+    let dir = dir.as_ref();
     let globals = if plan.with_globals || plan.method == BackupMethod::PgDumpallGlobals {
         progress.set_phase(Phase::DumpingGlobals);
         let target = globals_path(&plan.stem, plan.compression);
         let cmd = process::command(&argv(plan, Step::Globals, &target));
-        Some(stream_to_file(cmd, &target, plan.compression, progress, None)?.0)
+        Some(stream_to_file(cmd, dir, &target, plan.compression, progress, None)?.0)
     } else {
         None
     };
@@ -172,7 +179,7 @@ pub fn run(plan: &Plan, progress: &Progress) -> Result<Outcome, BackupError> {
             plan.compression
         };
         let observer = (plan.method == BackupMethod::PgDump).then_some(&mut facts);
-        stream_to_file(cmd, &target, ours, progress, observer).map(|(written, said)| {
+        stream_to_file(cmd, dir, &target, ours, progress, observer).map(|(written, said)| {
             if plan.method == BackupMethod::PgBasebackup {
                 wal = WalRange::from_basebackup_log(&said);
             }
@@ -207,16 +214,24 @@ pub fn run(plan: &Plan, progress: &Progress) -> Result<Outcome, BackupError> {
     })
 }
 
-/// Runs `cmd`, streaming its stdout through zstd (optional) and sha256 into `path`; returns
-/// what was written and the end of what the program said on stderr.
+/// Runs `cmd`, streaming its stdout through zstd (optional) and sha256 into `path` (created in
+/// `dir`, the opened directory of `path`, when given); returns what was written and the end of
+/// what the program said on stderr.
 fn stream_to_file(
     cmd: Command,
+    dir: Option<&fs::File>,
     path: &Path,
     compression: Compression,
     progress: &Progress,
     facts: Option<&mut DumpFacts>,
 ) -> Result<(Written, String), BackupError> {
-    let mut out = DurableFile::create(path, Temp::Suffix)?;
+    let mut out = match dir {
+        Some(d) => {
+            let d = d.try_clone().at("could not open the directory of", path)?;
+            DurableFile::create_in(d, path, Temp::Suffix)?
+        }
+        None => DurableFile::create(path, Temp::Suffix)?,
+    };
     let program = process::program_name(&cmd);
     let mut child = process::spawn(cmd, progress, Stdio::piped())?;
     let stderr = process::collect_stderr(&mut child);
@@ -533,7 +548,7 @@ mod tests {
         assert_eq!(v[0], "/usr/lib/postgresql/15/bin/pg_dump");
         assert!(v.iter().any(|a| a == "--compress=0"));
         let db = v.last().unwrap().to_string_lossy().into_owned();
-        assert!(db.ends_with("dbname='host=evil'"), "{db}");
+        assert!(db.contains(" dbname='host=evil' "), "{db}");
         let base = Plan {
             method: BackupMethod::PgBasebackup,
             ..plan.clone()
@@ -553,7 +568,7 @@ mod tests {
             let path = dir.path().join(format!("out{}", compression.suffix()));
             let mut cmd = Command::new("/bin/sh");
             cmd.args(["-c", "seq 1 200000"]);
-            let (w, _) = stream_to_file(cmd, &path, compression, &progress, None).unwrap();
+            let (w, _) = stream_to_file(cmd, None, &path, compression, &progress, None).unwrap();
             let bytes = fs::read(&path).unwrap();
             assert_eq!(w.size, bytes.len() as u64);
             assert_eq!(w.sha256, hex(&Sha256::digest(&bytes)));
@@ -571,7 +586,7 @@ mod tests {
             "-c",
             "echo partial; echo 'pg_dump: error: boom' >&2; exit 3",
         ]);
-        let err = stream_to_file(cmd, &path, Compression::None, &progress, None).unwrap_err();
+        let err = stream_to_file(cmd, None, &path, Compression::None, &progress, None).unwrap_err();
         assert!(err.to_string().contains("boom"), "{err}");
         assert!(err.to_string().contains("exit code 3"), "{err}");
         assert!(!path.exists() && !durable::partial_path(&path).exists());
@@ -579,7 +594,7 @@ mod tests {
         fs::write(&path, b"old").unwrap();
         let mut cmd = Command::new("/bin/sh");
         cmd.args(["-c", "echo new"]);
-        assert!(stream_to_file(cmd, &path, Compression::None, &progress, None).is_err());
+        assert!(stream_to_file(cmd, None, &path, Compression::None, &progress, None).is_err());
         assert_eq!(fs::read(&path).unwrap(), b"old");
     }
 
@@ -592,7 +607,7 @@ mod tests {
         let t = std::thread::spawn(move || {
             let mut cmd = Command::new("/bin/sh");
             cmd.args(["-c", "exec sleep 30"]);
-            stream_to_file(cmd, &path, Compression::None, &p, None)
+            stream_to_file(cmd, None, &path, Compression::None, &p, None)
         });
         let t0 = Instant::now();
         while progress.child() == 0 && t0.elapsed() < Duration::from_secs(5) {

@@ -13,9 +13,11 @@
 //! looks for), or `.<name>.tmp` in the WAL archive, where `<segment>.partial` is itself a name
 //! PostgreSQL archives (the end of a timeline).
 
-use std::ffi::CString;
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::ffi::{CStr, CString};
+use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -106,22 +108,15 @@ pub fn write_new(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
         .at("could not write", path)
 }
 
-/// Moves `from` to `to` without replacing anything at `to` (renameat2 RENAME_NOREPLACE): for
-/// directories, which link(2) cannot do.
-fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    let cstr = |p: &Path| {
-        CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-    };
-    let (f, t) = (cstr(from)?, cstr(to)?);
-    // SAFETY: two NUL-terminated paths that live across the call; AT_FDCWD resolves them as
-    // plain paths.
+/// `renameat2(RENAME_NOREPLACE)` of `from` to `to` in one directory.
+fn rename_noreplace_at(dir: &File, from: &CStr, to: &CStr) -> io::Result<()> {
+    // SAFETY: two NUL-terminated names relative to a directory descriptor we hold.
     let rc = unsafe {
         libc::renameat2(
-            libc::AT_FDCWD,
-            f.as_ptr(),
-            libc::AT_FDCWD,
-            t.as_ptr(),
+            dir.as_raw_fd(),
+            from.as_ptr(),
+            dir.as_raw_fd(),
+            to.as_ptr(),
             libc::RENAME_NOREPLACE,
         )
     };
@@ -134,40 +129,121 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     }
     // A file system without RENAME_NOREPLACE (some network file systems): the closest
     // equivalent is to check and rename; the worker is the only writer of its backup layout.
-    if fs::symlink_metadata(to).is_ok() {
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: as above, into a local stat buffer.
+    let exists = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            to.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    } == 0;
+    if exists {
         return Err(io::Error::from(io::ErrorKind::AlreadyExists));
     }
-    fs::rename(from, to)
+    // SAFETY: as above.
+    cvt(unsafe { libc::renameat(dir.as_raw_fd(), from.as_ptr(), dir.as_raw_fd(), to.as_ptr()) })
 }
 
-/// Installs a complete directory (every file in it already fsynced) under its final name:
-/// the directory is fsynced, renamed without replacing anything, and its parent fsynced.
+fn cvt(rc: libc::c_int) -> io::Result<()> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn name_of(path: &Path) -> io::Result<CString> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    CString::new(name.as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+/// The directory holding `path`, opened.
+fn parent_dir(path: &Path) -> io::Result<File> {
+    File::open(path.parent().unwrap_or(Path::new("/")))
+}
+
+/// Installs a complete directory (every file in it already fsynced) under its final name: the
+/// directory is fsynced, renamed without replacing anything (both names in one directory), and
+/// that directory fsynced.
 pub fn install_dir(partial: &Path, target: &Path) -> Result<(), IoError> {
     sync_dir(partial)?;
-    rename_noreplace(partial, target).at("could not rename into place", partial)?;
-    sync_parent(target)
+    let parent = parent_dir(target).at("could not open the directory of", target)?;
+    let (from, to) = (name_of(partial), name_of(target));
+    from.and_then(|f| to.map(|t| (f, t)))
+        .and_then(|(f, t)| rename_noreplace_at(&parent, &f, &t))
+        .at("could not rename into place", partial)?;
+    parent.sync_all().at("could not fsync directory of", target)
 }
 
-/// A file being written durably.  Dropped without `commit`, its temporary file is removed.
+/// A file being written durably, every step relative to its opened directory (so a directory
+/// renamed or swapped for a symlink meanwhile cannot redirect it).  Dropped without `commit`,
+/// its temporary file is removed.
 pub struct DurableFile {
     file: Option<File>,
-    temp: PathBuf,
+    dir: File,
+    temp: CString,
+    name: CString,
+    temp_path: PathBuf,
     target: PathBuf,
+    committed: bool,
 }
 
 impl DurableFile {
     /// Starts writing `target`.  A temporary file left by a crash is removed first (only a
     /// regular file: a symlink or directory planted under the name makes creation fail).
     pub fn create(target: &Path, style: Temp) -> Result<DurableFile, IoError> {
-        let temp = temp_path(target, style);
-        if fs::symlink_metadata(&temp).is_ok_and(|m| m.is_file()) {
-            fs::remove_file(&temp).at("could not remove", &temp)?;
+        let dir = parent_dir(target).at("could not open the directory of", target)?;
+        DurableFile::create_in(dir, target, style)
+    }
+
+    /// Starts writing `target` in the already opened directory `dir` (which must be the
+    /// directory of `target`; `target` names it in messages).
+    pub fn create_in(dir: File, target: &Path, style: Temp) -> Result<DurableFile, IoError> {
+        let temp_path = temp_path(target, style);
+        let temp = name_of(&temp_path).at("could not name", &temp_path)?;
+        let name = name_of(target).at("could not name", target)?;
+        let mut st = MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: a NUL-terminated name relative to the directory we hold, into a local stat.
+        let stale = unsafe {
+            libc::fstatat(dir.as_raw_fd(), temp.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+        } == 0
+            // SAFETY: fstatat succeeded, so the buffer is initialised.
+            && (unsafe { st.assume_init() }.st_mode & libc::S_IFMT) == libc::S_IFREG;
+        if stale {
+            // SAFETY: as above; unlinkat removes the name, never follows it.
+            cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), temp.as_ptr(), 0) })
+                .at("could not remove", &temp_path)?;
         }
-        let file = create_new(&temp)?;
+        // SAFETY: as above; O_EXCL|O_NOFOLLOW: a new regular file or nothing.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                temp.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o600,
+            )
+        };
+        if fd < 0 {
+            return Err(IoError::new(
+                "could not create",
+                &temp_path,
+                io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: `fd` was just opened and is owned by nobody else.
+        let file = unsafe { File::from(OwnedFd::from_raw_fd(fd)) };
         Ok(DurableFile {
             file: Some(file),
+            dir,
             temp,
+            name,
+            temp_path,
             target: target.to_owned(),
+            committed: false,
         })
     }
 
@@ -179,7 +255,7 @@ impl DurableFile {
 
     /// Where it is being written.
     pub fn temp_path(&self) -> &Path {
-        &self.temp
+        &self.temp_path
     }
 
     pub fn target(&self) -> &Path {
@@ -190,21 +266,28 @@ impl DurableFile {
     /// directory.
     pub fn commit(mut self, install: Install) -> Result<(), IoError> {
         let file = self.file.take().expect("DurableFile committed twice");
-        file.sync_all().at("could not fsync", &self.temp)?;
+        file.sync_all().at("could not fsync", &self.temp_path)?;
         drop(file);
+        let d = self.dir.as_raw_fd();
         match install {
             // link(2) fails if the name appeared meanwhile, even from another process.
             Install::NoReplace => {
-                fs::hard_link(&self.temp, &self.target).at("could not link", &self.target)?;
-                let _ = fs::remove_file(&self.temp);
+                // SAFETY: two NUL-terminated names relative to the directory we hold.
+                cvt(unsafe { libc::linkat(d, self.temp.as_ptr(), d, self.name.as_ptr(), 0) })
+                    .at("could not link", &self.target)?;
+                // SAFETY: as above.
+                let _ = unsafe { libc::unlinkat(d, self.temp.as_ptr(), 0) };
             }
             Install::Replace => {
-                fs::rename(&self.temp, &self.target).at("could not rename", &self.temp)?
+                // SAFETY: as above.
+                cvt(unsafe { libc::renameat(d, self.temp.as_ptr(), d, self.name.as_ptr()) })
+                    .at("could not rename", &self.temp_path)?
             }
         }
-        // Nothing to clean up from here on.
-        self.temp = PathBuf::new();
-        sync_parent(&self.target)
+        self.committed = true;
+        self.dir
+            .sync_all()
+            .at("could not fsync directory of", &self.target)
     }
 }
 
@@ -219,8 +302,9 @@ impl Write for DurableFile {
 
 impl Drop for DurableFile {
     fn drop(&mut self) {
-        if !self.temp.as_os_str().is_empty() {
-            let _ = fs::remove_file(&self.temp);
+        if !self.committed {
+            // SAFETY: a NUL-terminated name relative to the directory we hold.
+            let _ = unsafe { libc::unlinkat(self.dir.as_raw_fd(), self.temp.as_ptr(), 0) };
         }
     }
 }
@@ -240,6 +324,7 @@ pub fn write_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn a_file_appears_whole_and_never_replaces() {

@@ -1,6 +1,7 @@
 //! Files on disk: I/O errors that name their path, durable writes, and opening files that may
 //! have been planted.
 
+pub mod beneath;
 pub mod durable;
 pub mod error;
 pub mod open;

@@ -59,11 +59,13 @@ fn identifier(s: &str) -> Option<String> {
 }
 
 impl Globals {
-    /// The roles of `owners` that the globals do not create.
+    /// The roles of `owners` that the globals do not create.  Predefined roles (`pg_*`, such as
+    /// `pg_database_owner`, which owns schema `public` since PostgreSQL 15) exist in every
+    /// cluster and are never in a globals file; no other role may have such a name.
     pub fn missing_roles<'a>(&self, owners: impl IntoIterator<Item = &'a String>) -> Vec<String> {
         owners
             .into_iter()
-            .filter(|o| !self.roles.contains(*o))
+            .filter(|o| !o.starts_with("pg_") && !self.roles.contains(*o))
             .cloned()
             .collect()
     }
@@ -120,7 +122,12 @@ mod tests {
             g.roles.iter().cloned().collect::<Vec<_>>(),
             vec!["Sales \"Team\"", "app_user", "postgres"]
         );
-        let owners: BTreeSet<String> = ["app_user".to_owned(), "gone".to_owned()].into();
+        let owners: BTreeSet<String> = [
+            "app_user".to_owned(),
+            "gone".to_owned(),
+            "pg_database_owner".to_owned(),
+        ]
+        .into();
         assert_eq!(g.missing_roles(&owners), vec!["gone"]);
         assert_eq!(g.tablespaces.into_iter().collect::<Vec<_>>(), vec!["fast"]);
     }

@@ -11,14 +11,15 @@ use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::Write;
 use std::net::TcpListener;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::backup::layout;
 use crate::conninfo::Connection;
+use crate::files::beneath::ScratchDir;
 use crate::files::error::{Context, IoError};
 use crate::process::{self, ProcessError};
 use crate::progress::Progress;
@@ -36,6 +37,8 @@ pub enum ScratchError {
     NoPort,
     #[error("could not start postgres: {0}")]
     Start(std::io::Error),
+    #[error("pg_verifybackup did not pass, so the restored directory is not started")]
+    NotVerified,
     #[error("the restored cluster did not start: {0}")]
     DidNotStart(String),
     #[error("the restored cluster is still in recovery")]
@@ -110,22 +113,17 @@ pub fn feed(file: File, zstd: bool, mut sink: impl Write) -> Result<(), stream::
         .map_err(|source| stream::PumpError::Write { after: 0, source })
 }
 
-/// Creates `scratch` (mode 0700) and extracts the base backup into `scratch/data`.
+/// Extracts the base backup into `scratch/data` (created exclusively).
 fn unpack(
     file: File,
     zstd: bool,
-    scratch: &Path,
+    scratch: &ScratchDir,
     progress: &Progress,
 ) -> Result<PathBuf, ScratchError> {
-    fs::DirBuilder::new()
-        .mode(0o700)
-        .create(scratch)
-        .at("could not create", scratch)?;
-    let data = scratch.join("data");
-    fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&data)
-        .at("could not create", &data)?;
+    let data = scratch
+        .create_subdir("data")
+        .at("could not create", &scratch.path().join("data"))?;
+    scratch.verify().at("could not use", scratch.path())?;
     extract(file, zstd, &data, progress)?;
     Ok(data)
 }
@@ -147,50 +145,105 @@ fn pg_verifybackup(data: &Path, bindir: &Path, progress: &Progress) -> (bool, St
     }
 }
 
-/// Extracts a base backup into `scratch`, runs pg_verifybackup on it, removes it again.
+/// Extracts a base backup into `scratch`, runs pg_verifybackup on it; the scratch directory
+/// goes when the caller drops it.
 pub fn verify_only(
     file: File,
     zstd: bool,
-    scratch: &Path,
+    scratch: &ScratchDir,
     bindir: &Path,
     progress: &Progress,
 ) -> (bool, String) {
-    let verdict = match unpack(file, zstd, scratch, progress) {
+    match unpack(file, zstd, scratch, progress) {
         Ok(data) => pg_verifybackup(&data, bindir, progress),
         Err(e) => (false, e.to_string()),
-    };
-    let _ = fs::remove_dir_all(scratch);
-    verdict
+    }
 }
 
 /// Restore-tests a pg_basebackup tar.  `scratch` is a new directory path inside the roots.
 pub fn restore_test(
     file: File,
     zstd: bool,
-    scratch: &Path,
-    bindir: &Path,
-    user: &str,
+    scratch: &ScratchDir,
+    server: &ScratchServer,
     progress: &Progress,
 ) -> PhysicalOutcome {
     restore_test_with(
         |scratch, progress| unpack(file, zstd, scratch, progress),
         scratch,
-        bindir,
-        user,
+        server,
         progress,
     )
 }
 
-/// Restore-tests the data directory that `prepare` builds inside `scratch` (which it creates,
-/// mode 0700, and returns the data directory of): pg_verifybackup against the manifest in it,
-/// then a temporary postmaster that must reach consistency and answer in every database.
+/// The programs and identity a restore test starts and connects with.
+#[derive(Debug, Clone)]
+pub struct ScratchServer {
+    /// The running server's bin directory (postgres, psql, pg_verifybackup).
+    pub bindir: PathBuf,
+    /// The role the checks connect as (the server's own superuser).
+    pub user: String,
+    /// The running server's `server_version_num` (the backup's cluster is the same major).
+    pub version_num: i32,
+}
+
+/// Every setting that can make a server run a program, load a library or reach out, with the
+/// value the restored cluster gets on its command line (which outranks postgresql.conf and
+/// postgresql.auto.conf, both of which came with the backup): a base backup's configuration is
+/// input, and the checks that follow must run nothing but our own queries.
+fn neutralised_settings(version_num: i32) -> Vec<(&'static str, String)> {
+    let mut s: Vec<(&'static str, String)> = vec![
+        ("archive_mode", "off".into()),
+        ("archive_command", String::new()),
+        ("restore_command", String::new()),
+        ("archive_cleanup_command", String::new()),
+        ("recovery_end_command", String::new()),
+        ("ssl_passphrase_command", String::new()),
+        ("shared_preload_libraries", String::new()),
+        ("local_preload_libraries", String::new()),
+        ("session_preload_libraries", String::new()),
+        ("dynamic_library_path", "$libdir".into()),
+        ("jit", "off".into()),
+        ("jit_provider", "llvmjit".into()),
+        ("primary_conninfo", String::new()),
+        ("primary_slot_name", String::new()),
+        ("external_pid_file", String::new()),
+        ("recovery_target_action", "promote".into()),
+        ("hot_standby", "off".into()),
+        ("max_wal_senders", "0".into()),
+        ("logging_collector", "off".into()),
+        ("ssl", "off".into()),
+        ("listen_addresses", String::new()),
+        ("unix_socket_permissions", "0700".into()),
+        ("unix_socket_group", String::new()),
+        ("shared_buffers", "32MB".into()),
+        ("max_connections", "10".into()),
+        ("default_transaction_read_only", "on".into()),
+        ("statement_timeout", "0".into()),
+    ];
+    if version_num >= 150000 {
+        s.push(("archive_library", String::new()));
+    }
+    if version_num >= 170000 {
+        // Login event triggers (PostgreSQL 17) would run user code when the checks connect.
+        s.push(("event_triggers", "off".into()));
+    }
+    s
+}
+
+/// Restore-tests the data directory that `prepare` builds inside `scratch` (returning its
+/// path): pg_verifybackup against the manifest in it, and only if that passes, a temporary
+/// postmaster with every command and library setting neutralised, which must reach consistency
+/// and answer in every database.
 pub fn restore_test_with(
-    prepare: impl FnOnce(&Path, &Progress) -> Result<PathBuf, ScratchError>,
-    scratch: &Path,
-    bindir: &Path,
-    user: &str,
+    prepare: impl FnOnce(&ScratchDir, &Progress) -> Result<PathBuf, ScratchError>,
+    scratch_dir: &ScratchDir,
+    server_programs: &ScratchServer,
     progress: &Progress,
 ) -> PhysicalOutcome {
+    let scratch = scratch_dir.path();
+    let bindir = server_programs.bindir.as_path();
+    let user = server_programs.user.as_str();
     let started = Instant::now();
     let mut out = PhysicalOutcome {
         restored: false,
@@ -201,21 +254,36 @@ pub fn restore_test_with(
         details: json!({}),
     };
     let result = (|| -> Result<(), ScratchError> {
-        let data = prepare(scratch, progress)?;
-        out.verifybackup = Some(pg_verifybackup(&data, bindir, progress));
-
-        // Configuration may live outside the data directory (Debian keeps it in /etc): the
-        // restored cluster gets what it needs to start, and nothing of the original's duties.
-        let conf = data.join("postgresql.conf");
-        if !conf.exists() {
-            fs::write(&conf, "").at("could not write", &conf)?;
+        let data = prepare(scratch_dir, progress)?;
+        let verdict = pg_verifybackup(&data, bindir, progress);
+        let verified = verdict.0;
+        out.verifybackup = Some(verdict);
+        // A directory that does not match its manifest is not started: whatever was added to
+        // it (a recovery.signal, a postgresql.auto.conf) is not ours.
+        if !verified {
+            return Err(ScratchError::NotVerified);
         }
-        // Its own authentication: only the server's OS user can reach the socket (0700
-        // directory and socket), so trust on it is safe, whatever the backup's pg_hba.conf says.
-        let hba = scratch.join("hba.conf");
-        let ident = scratch.join("ident.conf");
-        fs::write(&hba, "local all all trust\n").at("could not write", &hba)?;
-        fs::write(&ident, "").at("could not write", &ident)?;
+        // Files pg_verifybackup does not check (the manifest leaves them out) that would change
+        // how the server starts: the restored cluster recovers as itself, not as a standby.
+        for name in ["recovery.signal", "standby.signal"] {
+            let _ = fs::remove_file(data.join(name));
+        }
+
+        // The restored cluster's own configuration file (empty: the command line below sets
+        // everything), its own authentication: only the server's OS user can reach the socket
+        // (0700 directory and socket), so trust on it is safe, whatever the backup's
+        // pg_hba.conf says.
+        let write = |name: &str, text: &str| -> Result<PathBuf, ScratchError> {
+            let path = scratch.join(name);
+            let mut f = scratch_dir
+                .create_file(name)
+                .at("could not create", &path)?;
+            f.write_all(text.as_bytes()).at("could not write", &path)?;
+            Ok(path)
+        };
+        let conf = write("postgresql.conf", "")?;
+        let hba = write("hba.conf", "local all all trust\n")?;
+        let ident = write("ident.conf", "")?;
         let port = free_port().ok_or(ScratchError::NoPort)?;
         let socket = scratch.to_path_buf();
         let setting =
@@ -225,32 +293,28 @@ pub fn restore_test_with(
             "-D".into(),
             data.clone().into_os_string(),
         ];
-        for (k, v) in [
+        // Above all no backup_mgmt worker (shared_preload_libraries is emptied): the restored
+        // catalog's jobs must not run.
+        let mut settings = neutralised_settings(server_programs.version_num);
+        settings.extend([
             ("port", port.to_string()),
-            ("listen_addresses", String::new()),
             (
                 "unix_socket_directories",
                 socket.to_string_lossy().into_owned(),
             ),
-            // Above all, no backup_mgmt worker: the restored catalog's jobs must not run.
-            ("shared_preload_libraries", String::new()),
-            ("archive_mode", "off".into()),
-            ("archive_command", String::new()),
-            ("max_wal_senders", "0".into()),
-            ("hot_standby", "off".into()),
-            ("logging_collector", "off".into()),
-            ("ssl", "off".into()),
-            ("shared_buffers", "32MB".into()),
-            ("max_connections", "10".into()),
-            ("unix_socket_permissions", "0700".into()),
             ("hba_file", hba.to_string_lossy().into_owned()),
             ("ident_file", ident.to_string_lossy().into_owned()),
             ("config_file", conf.to_string_lossy().into_owned()),
-        ] {
-            argv.extend(setting(k, &v));
+            ("data_directory", data.to_string_lossy().into_owned()),
+        ]);
+        for (k, v) in &settings {
+            argv.extend(setting(k, v));
         }
         let log_path = scratch.join("postmaster.log");
-        let log = File::create(&log_path).at("could not create", &log_path)?;
+        let log = scratch_dir
+            .create_file("postmaster.log")
+            .at("could not create", &log_path)?;
+        scratch_dir.verify().at("could not use", scratch)?;
         let mut cmd = process::command(&argv);
         cmd.stderr(log.try_clone().at("could not open", &log_path)?);
         let mut postmaster = cmd
@@ -264,6 +328,8 @@ pub fn restore_test_with(
             user: user.to_owned(),
         };
         let conn = server.conninfo(Some("postgres"));
+        // The checks run only our own, fully qualified catalog queries, with search_path
+        // pinned by the client (which outranks the restored databases' and roles' settings).
         let query = |sql: &str, db_conn: &str| -> Result<String, ProcessError> {
             process::run_to_end(
                 &[
@@ -303,23 +369,23 @@ pub fn restore_test_with(
                 )));
             }
             out.restore_time = started.elapsed();
-            let recovering = query("SELECT pg_is_in_recovery()", &conn)?;
+            let recovering = query("SELECT pg_catalog.pg_is_in_recovery()", &conn)?;
             if recovering.trim() != "f" {
                 return Err(ScratchError::StillInRecovery);
             }
             let dbs = query(
-                "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1",
+                "SELECT datname FROM pg_catalog.pg_database WHERE datallowconn ORDER BY 1",
                 &conn,
             )?;
             let names: Vec<&str> = dbs.lines().filter(|l| !l.is_empty()).collect();
             for db in &names {
                 let c = server.conninfo(Some(db));
-                query("SELECT count(*) FROM pg_class", &c).map_err(|error| {
-                    ScratchError::DatabaseSilent {
+                query("SELECT pg_catalog.count(*) FROM pg_catalog.pg_class", &c).map_err(
+                    |error| ScratchError::DatabaseSilent {
                         db: (*db).to_owned(),
                         error,
-                    }
-                })?;
+                    },
+                )?;
             }
             out.databases_checked = names.len();
             Ok(())
@@ -353,12 +419,15 @@ pub fn restore_test_with(
         "databases_checked": out.databases_checked,
         "pg_verifybackup_passed": out.verifybackup.as_ref().map(|v| v.0),
     });
-    let _ = fs::remove_dir_all(scratch);
     out
 }
 
-/// The scratch directory for restore-testing backup `id`: a hidden directory in the first root.
-pub fn scratch_dir(root: &Path, id: i64) -> PathBuf {
-    root.join(".backup_mgmt_restore")
-        .join(format!("{id}-{}", std::process::id()))
+/// A new scratch directory's name for restore-testing backup `id`, relative to the first root
+/// (unique: an old one left by a crash is never reused).
+pub fn scratch_dir(id: i64) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    Path::new(layout::RESTORE_SCRATCH).join(format!("{id}-{}-{nanos}", std::process::id()))
 }

@@ -8,6 +8,7 @@
 //! never replaced.
 
 pub mod filesystem;
+pub mod limits;
 pub mod s3;
 
 use std::fs::{self, File};

@@ -77,17 +77,44 @@ pub fn is_inside(path: &Path, roots: &[PathBuf]) -> bool {
     roots.iter().any(|root| path.starts_with(root))
 }
 
+/// The configured roots, as given and resolved (a root that is itself a symlink, e.g. to a
+/// mount point, counts as where it leads; one that does not resolve is left out of `canonical`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Roots {
+    pub given: Vec<PathBuf>,
+    pub canonical: Vec<PathBuf>,
+}
+
+impl Roots {
+    pub fn resolve(given: &[PathBuf]) -> Roots {
+        Roots {
+            given: given.to_vec(),
+            canonical: given.iter().filter_map(|r| r.canonicalize().ok()).collect(),
+        }
+    }
+
+    /// Whether every root resolved (only then is the resolution worth keeping).
+    pub fn complete(&self) -> bool {
+        self.given.len() == self.canonical.len()
+    }
+}
+
 /// Resolves `path` (which must exist, or whose parent directory must exist when `may_be_new`)
 /// and returns its canonical form if it lies inside one of `roots`.  Roots are canonicalised
 /// too, so a root that is itself a symlink (e.g. to a mount point) works.
 pub fn confine(path: &str, roots: &[PathBuf], may_be_new: bool) -> Result<PathBuf, PathError> {
+    confine_in(path, &Roots::resolve(roots), may_be_new)
+}
+
+/// `confine` with the roots already resolved.
+pub fn confine_in(path: &str, roots: &Roots, may_be_new: bool) -> Result<PathBuf, PathError> {
     let p = validate_absolute(path)?;
-    if roots.is_empty() {
+    if roots.given.is_empty() {
         return Err(PathError::NoRoots);
     }
     // Refuse before any lookup what cannot be inside, so that probing files elsewhere (does
     // /etc/shadow exist?) learns nothing.
-    if !is_inside(p, roots) {
+    if !is_inside(p, &roots.given) && !is_inside(p, &roots.canonical) {
         return Err(PathError::OutsideRoots {
             path: path.to_owned(),
             resolved: None,
@@ -99,24 +126,19 @@ pub fn confine(path: &str, roots: &[PathBuf], may_be_new: bool) -> Result<PathBu
             source,
         })
     };
-    let resolved = match resolve(p) {
-        Ok(r) => r,
-        Err(PathError::Resolve { source, .. })
-            if may_be_new && source.kind() == io::ErrorKind::NotFound =>
-        {
-            let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
-                return Err(PathError::Resolve {
-                    path: path.to_owned(),
-                    source,
-                });
-            };
-            resolve(parent)?.join(name)
+    // A path that may not exist yet: its directory resolved, then its last component looked at
+    // without following it (followed only when it is a symlink), one resolution instead of two.
+    let resolved = match (may_be_new, p.parent(), p.file_name()) {
+        (true, Some(parent), Some(name)) => {
+            let joined = resolve(parent)?.join(name);
+            match std::fs::symlink_metadata(&joined) {
+                Ok(m) if m.file_type().is_symlink() => resolve(&joined)?,
+                _ => joined,
+            }
         }
-        Err(e) => return Err(e),
+        _ => resolve(p)?,
     };
-    let canonical_roots: Vec<PathBuf> =
-        roots.iter().filter_map(|r| r.canonicalize().ok()).collect();
-    if is_inside(&resolved, &canonical_roots) {
+    if is_inside(&resolved, &roots.canonical) {
         Ok(resolved)
     } else {
         Err(PathError::OutsideRoots {

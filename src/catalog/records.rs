@@ -18,7 +18,7 @@ use backup_mgmt_core::vocabulary::{self as catalog, BackupOrigin, CatalogError};
 
 use super::registration::{self, RegistrationError};
 use crate::pg::log::escape_for_log;
-use crate::pg::{notify, server};
+use crate::pg::{guc, notify, server};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -52,6 +52,7 @@ struct Plans {
     complete: OwnedPreparedStatement,
     fail: OwnedPreparedStatement,
     status: OwnedPreparedStatement,
+    register: OwnedPreparedStatement,
     overlap: OwnedPreparedStatement,
 }
 
@@ -97,6 +98,23 @@ fn plans(client: &SpiClient<'_>) -> Result<&'static Plans, SpiError> {
             .keep(),
         fail: client.prepare_mut(FAIL_SQL, &[int8, text])?.keep(),
         status: client.prepare(STATUS_SQL, &[int8])?.keep(),
+        register: client
+            .prepare_mut(
+                registration::INSERT_SQL,
+                &[
+                    text,
+                    text,
+                    text,
+                    text,
+                    int8,
+                    int4,
+                    text,
+                    PgOid::from(pg_sys::TEXTARRAYOID),
+                    text,
+                    text,
+                ],
+            )?
+            .keep(),
         overlap: client
             .prepare(registration::OVERLAP_SQL, &registration::overlap_types())?
             .keep(),
@@ -169,36 +187,51 @@ pub(crate) fn insert(
     // The running server's version (its minor may differ from the headers this was built with).
     let pg_version = server::version_num();
     let plans = plans(client)?;
-    let stored = match origin {
-        BackupOrigin::Worker => path.to_owned(),
-        BackupOrigin::Registered => match registration::check(client, &plans.overlap, path) {
-            Ok(r) => r.to_string_lossy().into_owned(),
-            Err(e) => {
-                // Refusals belong in the server log too (escape attempts above all).
-                pgrx::log!(
-                    "backup_mgmt: refused to record a backup: {}",
-                    escape_for_log(&e.to_string())
-                );
-                return Err(e.into());
-            }
-        },
+    let row = |path: &str| -> Vec<pgrx::datum::DatumWithOid<'_>> {
+        vec![
+            database_name.into(),
+            kind.as_str().into(),
+            method.as_str().into(),
+            path.into(),
+            system_identifier.into(),
+            pg_version.into(),
+            origin.as_str().into(),
+        ]
     };
-    let id = client
-        .update(
-            &plans.start,
-            None,
-            &[
-                database_name.into(),
-                kind.as_str().into(),
-                method.as_str().into(),
-                stored.as_str().into(),
-                system_identifier.into(),
-                pg_version.into(),
-                origin.as_str().into(),
-            ],
-        )?
-        .first()
-        .get_one::<i64>()?;
+    let refused = |e: RegistrationError| -> RecordError {
+        // Refusals belong in the server log too (escape attempts above all).
+        pgrx::log!(
+            "backup_mgmt: refused to record a backup: {}",
+            escape_for_log(&e.to_string())
+        );
+        e.into()
+    };
+    let inserted = match origin {
+        // The worker's own paths come from its layout under a root it resolved itself.
+        BackupOrigin::Worker => client.update(&plans.start, None, &row(path))?,
+        BackupOrigin::Registered => {
+            let candidate = registration::check(path).map_err(refused)?;
+            let mut args = row(&candidate.resolved);
+            args.extend([
+                candidate.ancestors.clone().into(),
+                candidate.below_from.as_str().into(),
+                candidate.below_to.as_str().into(),
+            ]);
+            let t = guc::with_settings(&registration::PLANNING, || {
+                client.update(&plans.register, None, &args)
+            })?;
+            if t.is_empty() {
+                return Err(refused(registration::overlap(
+                    client,
+                    &plans.overlap,
+                    path,
+                    &candidate,
+                )));
+            }
+            t
+        }
+    };
+    let id = inserted.first().get_one::<i64>()?;
     id.ok_or(RecordError::Spi(SpiError::NoTupleTable))
 }
 

@@ -13,7 +13,7 @@ use backup_mgmt_core::paths::PathError;
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiError};
 
-use crate::pg::{guc, server};
+use crate::pg::{guc, roots, server};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistrationError {
@@ -35,26 +35,75 @@ pub enum RegistrationError {
     Spi(#[from] SpiError),
 }
 
-/// Running or completed backups whose file (or globals file) is `$1` or one of its ancestors
-/// (`$1` is the path and every directory above it), or lies below `$2` (the path and a slash) up
-/// to `$3` (the path and the character after the slash): the text_pattern_ops indexes answer
-/// each part.
-pub const OVERLAP_SQL: &str = "SELECT backup_id, status FROM backup_management.backup_records
-     WHERE status IN ('running', 'completed')
-       AND (backup_file_path = ANY ($1)
-            OR (backup_file_path OPERATOR(pg_catalog.~>=~) $2 AND backup_file_path OPERATOR(pg_catalog.~<~) $3)
-            OR globals_file_path = ANY ($1)
-            OR (globals_file_path OPERATOR(pg_catalog.~>=~) $2 AND globals_file_path OPERATOR(pg_catalog.~<~) $3))
-     LIMIT 1";
+/// The condition "overlaps a running or completed backup's files", on the parameters `$n`
+/// (ancestors: the path and every directory above it inside its root), `$n+1` (the path and a
+/// slash) and `$n+2` (the path and the character after the slash): a backup whose file (or
+/// globals file) is the path or one of its ancestors, or lies below it.  The text_pattern_ops
+/// indexes answer each part.
+macro_rules! overlaps {
+    ($a:literal, $b:literal, $c:literal) => {
+        concat!(
+            "status IN ('running', 'completed')
+               AND (backup_file_path = ANY ($",
+            $a,
+            ")
+                    OR (backup_file_path OPERATOR(pg_catalog.~>=~) $",
+            $b,
+            " AND backup_file_path OPERATOR(pg_catalog.~<~) $",
+            $c,
+            ")
+                    OR globals_file_path = ANY ($",
+            $a,
+            ")
+                    OR (globals_file_path OPERATOR(pg_catalog.~>=~) $",
+            $b,
+            " AND globals_file_path OPERATOR(pg_catalog.~<~) $",
+            $c,
+            "))"
+        )
+    };
+}
 
-/// Checks a path about to be registered and returns it resolved.
-pub fn check(
-    client: &SpiClient<'_>,
-    overlap: &pgrx::spi::OwnedPreparedStatement,
-    path: &str,
-) -> Result<PathBuf, RegistrationError> {
-    let roots = guc::backup_roots()?;
-    let (resolved, _root) = layout::confine_backup(path, &roots, true)?;
+/// Inserts a registered running record unless it overlaps another backup's files, in one
+/// statement: `$1`..`$7` as the record functions' start, `$8`..`$10` as `overlaps!`.
+pub const INSERT_SQL: &str = concat!(
+    "INSERT INTO backup_management.backup_records
+        (database_name, backup_type, backup_method, backup_file_path, system_identifier, pg_version, origin)
+     SELECT $1, $2, $3, $4, $5, $6, $7
+      WHERE NOT EXISTS (SELECT FROM backup_management.backup_records WHERE ",
+    overlaps!(8, 9, 10),
+    ")
+     RETURNING backup_id"
+);
+
+/// Which backup a refused registration overlaps (`$1`..`$3` as `overlaps!`).
+pub const OVERLAP_SQL: &str = concat!(
+    "SELECT backup_id, status FROM backup_management.backup_records WHERE ",
+    overlaps!(1, 2, 3),
+    " LIMIT 1"
+);
+
+/// Settings for the overlap check's statements.  Always the indexes, planned once per session: a
+/// plan made while the table was small (a fresh install, a bulk registration in one
+/// transaction) would otherwise scan the whole table on every call from then on, and the plan
+/// cache, finding a generic plan dearer than custom ones for the array of ancestors, would plan
+/// every call again (measured: 240 µs a pair instead of 40, BENCHMARKS.md).
+pub const PLANNING: [(&std::ffi::CStr, &std::ffi::CStr); 2] = [
+    (c"enable_seqscan", c"off"),
+    (c"plan_cache_mode", c"force_generic_plan"),
+];
+
+/// A path that may be registered, resolved, with the overlap check's parameters.
+pub struct Candidate {
+    pub resolved: String,
+    pub ancestors: Vec<String>,
+    pub below_from: String,
+    pub below_to: String,
+}
+
+/// Checks a path about to be registered (everything but the overlap, which the insert checks).
+pub fn check(path: &str) -> Result<Candidate, RegistrationError> {
+    let (resolved, root) = layout::confine_backup_in(path, &roots::resolved()?, true)?;
     for (what, dir) in cluster_directories() {
         if resolved.starts_with(&dir) || dir.starts_with(&resolved) {
             return Err(RegistrationError::InsideCluster {
@@ -65,34 +114,65 @@ pub fn check(
         }
     }
     let text = resolved.to_string_lossy().into_owned();
-    let ancestors: Vec<String> = resolved
+    // Only the ancestors strictly inside the root can be another backup's path.
+    let ancestors = resolved
         .ancestors()
+        .take_while(|a| *a != root)
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    let t = client.select(
-        overlap,
-        Some(1),
-        &[
-            ancestors.into(),
-            format!("{text}/").into(),
-            format!("{text}0").into(),
-        ],
-    )?;
-    if !t.is_empty() {
-        let row = t.first();
-        return Err(RegistrationError::Overlap {
-            path: path.to_owned(),
-            other: row.get::<i64>(1)?.unwrap_or_default(),
-            status: row.get::<String>(2)?.unwrap_or_default(),
-        });
+    Ok(Candidate {
+        below_from: format!("{text}/"),
+        below_to: format!("{text}0"),
+        ancestors,
+        resolved: text,
+    })
+}
+
+/// The refusal of a candidate the insert found overlapping: which backup it overlaps.
+pub fn overlap(
+    client: &SpiClient<'_>,
+    overlap: &pgrx::spi::OwnedPreparedStatement,
+    path: &str,
+    c: &Candidate,
+) -> RegistrationError {
+    let found = guc::with_settings(&PLANNING, || {
+        client.select(
+            overlap,
+            Some(1),
+            &[
+                c.ancestors.clone().into(),
+                c.below_from.as_str().into(),
+                c.below_to.as_str().into(),
+            ],
+        )
+    });
+    let (other, status) = match found {
+        Ok(t) if !t.is_empty() => {
+            let row = t.first();
+            (
+                row.get::<i64>(1).ok().flatten().unwrap_or_default(),
+                row.get::<String>(2).ok().flatten().unwrap_or_default(),
+            )
+        }
+        Ok(_) => (0, "running".to_owned()),
+        Err(e) => return e.into(),
+    };
+    RegistrationError::Overlap {
+        path: path.to_owned(),
+        other,
+        status,
     }
-    Ok(resolved)
 }
 
 /// This cluster's data directory and its tablespaces' directories (the symlinks in
 /// `pg_tblspc`), resolved: read from the file system, no query needed.
 fn cluster_directories() -> Vec<(&'static str, PathBuf)> {
-    let data = server::data_directory();
+    // The data directory does not move while the server runs: resolved once per session.
+    static DATA: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let data = DATA.get_or_init(|| {
+        let d = server::data_directory();
+        d.canonicalize().unwrap_or(d)
+    });
     let mut dirs = Vec::new();
     if let Ok(entries) = std::fs::read_dir(data.join("pg_tblspc")) {
         for e in entries.flatten() {
@@ -101,11 +181,11 @@ fn cluster_directories() -> Vec<(&'static str, PathBuf)> {
             }
         }
     }
-    dirs.push(("data directory", data.canonicalize().unwrap_or(data)));
+    dirs.push(("data directory", data.clone()));
     dirs
 }
 
-/// The prepared overlap query's argument types: text[], text, text.
+/// The argument types of `OVERLAP_SQL`: text[], text, text.
 pub fn overlap_types() -> [PgOid; 3] {
     [
         PgOid::from(pg_sys::TEXTARRAYOID),

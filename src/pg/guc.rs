@@ -240,7 +240,12 @@ pub fn offsite_limits() -> backup_mgmt_core::storage::limits::Limits {
 
 /// The configured backup roots, parsed; an invalid entry is an error naming it.
 pub fn backup_roots() -> Result<Vec<std::path::PathBuf>, PathError> {
-    paths::parse_roots(&string_of(&BACKUP_ROOTS))
+    paths::parse_roots(&backup_roots_text())
+}
+
+/// `backup_mgmt.backup_roots` as set.
+pub fn backup_roots_text() -> String {
+    string_of(&BACKUP_ROOTS)
 }
 
 /// Pins this session's `search_path` to `pg_catalog, pg_temp` (CVE-2018-1058): the worker's
@@ -258,6 +263,34 @@ pub fn pin_search_path() {
             pgrx::pg_sys::GucSource::PGC_S_OVERRIDE,
         );
     }
+}
+
+/// Runs `f` with the parameters `settings` (name, value) set for its duration only, as a
+/// function's `SET` clause does (a nesting level of its own, undone afterwards, and by the
+/// transaction's abort if `f` raises an ERROR).  Each name must be a parameter any user may set.
+pub fn with_settings<T>(settings: &[(&CStr, &CStr)], f: impl FnOnce() -> T) -> T {
+    // SAFETY: opens a GUC nesting level that AtEOXact_GUC below (or abort processing) closes.
+    let level = unsafe { pgrx::pg_sys::NewGUCNestLevel() };
+    for (name, value) in settings {
+        // SAFETY: NUL-terminated name and value of a user-settable parameter, saved at this
+        // level; an invalid one raises an ERROR, which aborts the transaction and restores it.
+        unsafe {
+            pgrx::pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pgrx::pg_sys::GucContext::PGC_USERSET,
+                pgrx::pg_sys::GucSource::PGC_S_SESSION,
+                pgrx::pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
+    }
+    let result = f();
+    // SAFETY: closes the level opened above, restoring the parameters' previous values.
+    unsafe { pgrx::pg_sys::AtEOXact_GUC(true, level) };
+    result
 }
 
 /// The current value of any configuration parameter (PostgreSQL's own or an extension's), or

@@ -2,11 +2,12 @@
 //! inside them (`backup_mgmt_core::paths` does the checking), and `check_backup_path()` lets an
 //! operator ask before pointing a job or a script at a path.
 
+use std::cell::RefCell;
 use std::path::PathBuf;
 
 use backup_mgmt_core::backup::layout;
 use backup_mgmt_core::files::beneath::Removed;
-use backup_mgmt_core::paths::{self, PathError};
+use backup_mgmt_core::paths::{self, PathError, Roots};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
@@ -28,10 +29,34 @@ pub fn confine(path: &str, may_be_new: bool) -> Result<PathBuf, PathError> {
     paths::confine(path, &guc::backup_roots()?, may_be_new)
 }
 
+thread_local! {
+    /// The roots as last resolved, with the setting they were resolved from.
+    static RESOLVED: RefCell<Option<(String, Roots)>> = const { RefCell::new(None) };
+}
+
+/// The configured roots, as given and resolved.  The resolution is kept for this session while
+/// the setting stays the same and every root resolved (the record functions ask on every call).
+pub fn resolved() -> Result<Roots, PathError> {
+    let text = guc::backup_roots_text();
+    if let Some(roots) = RESOLVED.with(|c| {
+        c.borrow()
+            .as_ref()
+            .filter(|(t, _)| *t == text)
+            .map(|(_, r)| r.clone())
+    }) {
+        return Ok(roots);
+    }
+    let roots = Roots::resolve(&paths::parse_roots(&text)?);
+    if roots.complete() {
+        RESOLVED.with(|c| *c.borrow_mut() = Some((text, roots.clone())));
+    }
+    Ok(roots)
+}
+
 /// A backup's recorded path resolved strictly inside the configured roots, and outside what
 /// backup_mgmt keeps there (see `layout::confine_backup`).
 pub fn confine_backup(path: &str, may_be_new: bool) -> Result<PathBuf, PathError> {
-    layout::confine_backup(path, &guc::backup_roots()?, may_be_new).map(|(p, _)| p)
+    layout::confine_backup_in(path, &resolved()?, may_be_new).map(|(p, _)| p)
 }
 
 /// Removes a backup's file or directory inside the configured roots, never a root itself or

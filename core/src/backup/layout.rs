@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use crate::files::beneath::{Removed, Root};
-use crate::paths::{self, path_component, with_suffix, PathError};
+use crate::paths::{self, path_component, with_suffix, PathError, Roots};
 use crate::vocabulary::BackupMethod;
 
 /// Output compression of a backup the worker takes.
@@ -68,6 +68,15 @@ pub fn confine_backup(
     roots: &[PathBuf],
     may_be_new: bool,
 ) -> Result<(PathBuf, PathBuf), PathError> {
+    confine_backup_in(path, &Roots::resolve(roots), may_be_new)
+}
+
+/// `confine_backup` with the roots already resolved.
+pub fn confine_backup_in(
+    path: &str,
+    roots: &Roots,
+    may_be_new: bool,
+) -> Result<(PathBuf, PathBuf), PathError> {
     // Lexically first, as given (so that what does not exist yet is refused for what it is),
     // then as resolved.
     let area = |p: &Path, root: &Path| -> Result<bool, PathError> {
@@ -86,13 +95,13 @@ pub fn confine_backup(
         Ok(true)
     };
     let given = paths::validate_absolute(path)?;
-    for root in roots {
+    for root in roots.given.iter().chain(&roots.canonical) {
         area(given, root)?;
     }
-    let resolved = paths::confine(path, roots, may_be_new)?;
-    for root in roots.iter().filter_map(|r| r.canonicalize().ok()) {
-        if area(&resolved, &root)? {
-            return Ok((resolved, root));
+    let resolved = paths::confine_in(path, roots, may_be_new)?;
+    for root in &roots.canonical {
+        if area(&resolved, root)? {
+            return Ok((resolved, root.clone()));
         }
     }
     Err(PathError::OutsideRoots {

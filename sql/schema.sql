@@ -85,7 +85,11 @@ CREATE TABLE backup_management.backup_records (
     -- Who made the backup (0.2.0): 'worker' (the background worker, in its own layout) or
     -- 'registered' (recorded with the record functions; its path is input, checked when
     -- recorded and again when used).
-    origin             text        NOT NULL DEFAULT 'registered'
+    origin             text        NOT NULL DEFAULT 'registered',
+    -- When retention expired the record (0.2.0); set exactly when status is 'expired' (the row
+    -- trigger keeps them in step).  A column of its own so that the index of live records can
+    -- leave expired ones out while completing a backup stays a HOT update.
+    expired_at         timestamptz
     -- Every column's rule and the row rule (finished records have an end time, failed ones an
     -- error, only incremental and differential backups a parent) are enforced by the native
     -- trigger backup_records_check, created by finalize.sql once its function exists.  Not domains
@@ -111,6 +115,11 @@ CREATE INDEX idx_backup_records_parent ON backup_management.backup_records (pare
 CREATE INDEX idx_backup_records_path ON backup_management.backup_records (backup_file_path text_pattern_ops);
 CREATE INDEX idx_backup_records_globals_path ON backup_management.backup_records (globals_file_path text_pattern_ops)
     WHERE globals_file_path IS NOT NULL;
+-- The live records (everything not expired), newest first per database: what every read path
+-- (verification upkeep, retention, recovery plans, recovery_status, metrics) looks at, so that
+-- years of expired history cost them nothing.
+CREATE INDEX idx_backup_records_live ON backup_management.backup_records (database_name, start_time DESC)
+    WHERE expired_at IS NULL;
 
 COMMENT ON TABLE backup_management.backup_records IS 'One row per backup: what, where, when, how big, its checksum and its outcome';
 COMMENT ON COLUMN backup_management.backup_records.backup_id IS 'Backup identifier, returned by record_backup_start()';
@@ -141,6 +150,7 @@ COMMENT ON COLUMN backup_management.backup_records.globals_file_path IS 'The glo
 COMMENT ON COLUMN backup_management.backup_records.globals_size IS 'Size in bytes of the globals file as written';
 COMMENT ON COLUMN backup_management.backup_records.globals_checksum IS 'sha256 of the globals file as written (lower-case hex)';
 COMMENT ON COLUMN backup_management.backup_records.origin IS 'worker (made by the background worker in its own layout) or registered (recorded with record_backup_start; used only as documented in docs/security.md)';
+COMMENT ON COLUMN backup_management.backup_records.expired_at IS 'When retention expired the backup (status expired); NULL otherwise';
 COMMENT ON COLUMN backup_management.backup_records.pinned IS 'Pinned backups are never removed by retention';
 COMMENT ON COLUMN backup_management.backup_records.pin_reason IS 'Why the backup is pinned (e.g. legal hold)';
 COMMENT ON COLUMN backup_management.backup_records.keep_until IS 'Retention never removes the backup before this time';
@@ -545,6 +555,196 @@ COMMENT ON COLUMN backup_management.wal_archive.xact_scanned IS 'Whether the wor
 COMMENT ON COLUMN backup_management.wal_archive.expired_at IS 'When retention removed it (older than the oldest retained base backup); NULL while it is in the archive';
 
 ------------------------------------------------------------------------------------------------
+-- backup_management.wal_ranges: the archive's unexpired segments as contiguous ranges, per
+-- cluster and timeline, kept up to date by triggers on wal_archive as segments are ingested,
+-- expired, changed or deleted (whoever writes), so that gap detection, RPO exposure and the
+-- metrics read a handful of ranges instead of every segment.  Derived state: not dumped
+-- (restoring wal_archive's rows rebuilds it through the same triggers).
+------------------------------------------------------------------------------------------------
+CREATE TABLE backup_management.wal_ranges (
+    system_identifier bigint  NOT NULL,
+    timeline_id       integer NOT NULL,
+    first_segment     bigint  NOT NULL,
+    last_segment      bigint  NOT NULL,
+    segment_size      bigint,
+    PRIMARY KEY (system_identifier, timeline_id, first_segment),
+    CONSTRAINT wal_ranges_order_check CHECK (first_segment <= last_segment)
+);
+COMMENT ON TABLE backup_management.wal_ranges IS 'Contiguous runs of archived, unexpired WAL segments per cluster and timeline, maintained by triggers on wal_archive (what gap detection reads)';
+COMMENT ON COLUMN backup_management.wal_ranges.system_identifier IS 'Cluster of the segments';
+COMMENT ON COLUMN backup_management.wal_ranges.timeline_id IS 'Timeline of the segments';
+COMMENT ON COLUMN backup_management.wal_ranges.first_segment IS 'First segment number of the run (wal_archive.segment_number)';
+COMMENT ON COLUMN backup_management.wal_ranges.last_segment IS 'Last segment number of the run; every number between first and last is archived and unexpired';
+COMMENT ON COLUMN backup_management.wal_ranges.segment_size IS 'WAL segment size of the cluster (largest recorded in the run)';
+
+-- Removes segments lo..hi (all of them counted until now) from the ranges of a cluster's
+-- timeline: each range overlapping them is cut, leaving what lies outside.
+CREATE FUNCTION backup_mgmt.wal_ranges_remove(sysid bigint, tl integer, lo bigint, hi bigint)
+    RETURNS void LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+AS $bm$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        DELETE FROM backup_management.wal_ranges
+         WHERE system_identifier = sysid AND timeline_id = tl
+           AND first_segment <= hi AND last_segment >= lo
+        RETURNING first_segment, last_segment, segment_size
+    LOOP
+        IF r.first_segment < lo THEN
+            INSERT INTO backup_management.wal_ranges VALUES (sysid, tl, r.first_segment, lo - 1, r.segment_size);
+        END IF;
+        IF r.last_segment > hi THEN
+            INSERT INTO backup_management.wal_ranges VALUES (sysid, tl, hi + 1, r.last_segment, r.segment_size);
+        END IF;
+    END LOOP;
+END
+$bm$;
+COMMENT ON FUNCTION backup_mgmt.wal_ranges_remove(bigint, integer, bigint, bigint) IS
+    'Internal (wal_archive''s triggers): takes segments lo..hi of a cluster''s timeline out of backup_management.wal_ranges';
+
+-- Adds segments lo..hi (all of them counted from now on) to the ranges of a cluster's
+-- timeline, merged with every range they overlap or touch.
+CREATE FUNCTION backup_mgmt.wal_ranges_add(sysid bigint, tl integer, lo bigint, hi bigint, size bigint)
+    RETURNS void LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+AS $bm$
+DECLARE
+    f bigint;
+    l bigint;
+    z bigint;
+BEGIN
+    WITH gone AS (
+        DELETE FROM backup_management.wal_ranges
+         WHERE system_identifier = sysid AND timeline_id = tl
+           AND first_segment <= hi + 1 AND last_segment >= lo - 1
+        RETURNING first_segment, last_segment, segment_size)
+    SELECT min(first_segment), max(last_segment), max(segment_size) INTO f, l, z FROM gone;
+    INSERT INTO backup_management.wal_ranges
+    VALUES (sysid, tl, least(lo, f), greatest(hi, l),
+            CASE WHEN size IS NULL THEN z WHEN z IS NULL THEN size ELSE greatest(size, z) END);
+END
+$bm$;
+COMMENT ON FUNCTION backup_mgmt.wal_ranges_add(bigint, integer, bigint, bigint, bigint) IS
+    'Internal (wal_archive''s triggers): puts segments lo..hi of a cluster''s timeline into backup_management.wal_ranges';
+
+-- The statement-level trigger: what stopped counting (a segment expired, deleted, renumbered)
+-- and what started counting (ingested, un-expired), each grouped into runs of consecutive
+-- numbers, so that a statement touching a million segments makes a handful of range changes.
+CREATE FUNCTION backup_mgmt.wal_archive_track_ranges() RETURNS trigger
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+AS $bm$
+DECLARE
+    r record;
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        DELETE FROM backup_management.wal_ranges;
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'UPDATE' THEN
+        FOR r IN
+            WITH changed AS (
+                SELECT system_identifier, timeline_id, segment_number FROM old_rows
+                 WHERE segment_number IS NOT NULL AND timeline_id IS NOT NULL AND expired_at IS NULL
+                EXCEPT
+                SELECT system_identifier, timeline_id, segment_number FROM new_rows
+                 WHERE segment_number IS NOT NULL AND timeline_id IS NOT NULL AND expired_at IS NULL),
+            runs AS (
+                SELECT *, segment_number - dense_rank() OVER (PARTITION BY system_identifier, timeline_id ORDER BY segment_number) AS run
+                  FROM changed)
+            SELECT system_identifier, timeline_id, min(segment_number) AS lo, max(segment_number) AS hi
+              FROM runs GROUP BY system_identifier, timeline_id, run
+        LOOP
+            PERFORM backup_mgmt.wal_ranges_remove(r.system_identifier, r.timeline_id, r.lo, r.hi);
+        END LOOP;
+        FOR r IN
+            WITH changed AS (
+                SELECT system_identifier, timeline_id, segment_number, segment_size FROM new_rows
+                 WHERE segment_number IS NOT NULL AND timeline_id IS NOT NULL AND expired_at IS NULL
+                   AND NOT EXISTS (SELECT FROM old_rows o
+                                    WHERE o.system_identifier = new_rows.system_identifier
+                                      AND o.timeline_id = new_rows.timeline_id
+                                      AND o.segment_number = new_rows.segment_number
+                                      AND o.expired_at IS NULL)),
+            runs AS (
+                SELECT *, segment_number - dense_rank() OVER (PARTITION BY system_identifier, timeline_id ORDER BY segment_number) AS run
+                  FROM changed)
+            SELECT system_identifier, timeline_id, min(segment_number) AS lo, max(segment_number) AS hi,
+                   max(segment_size) AS size
+              FROM runs GROUP BY system_identifier, timeline_id, run
+        LOOP
+            PERFORM backup_mgmt.wal_ranges_add(r.system_identifier, r.timeline_id, r.lo, r.hi, r.size);
+        END LOOP;
+    ELSIF TG_OP = 'DELETE' THEN
+        FOR r IN
+            WITH runs AS (
+                SELECT system_identifier, timeline_id, segment_number,
+                       segment_number - dense_rank() OVER (PARTITION BY system_identifier, timeline_id ORDER BY segment_number) AS run
+                  FROM old_rows
+                 WHERE segment_number IS NOT NULL AND timeline_id IS NOT NULL AND expired_at IS NULL)
+            SELECT system_identifier, timeline_id, min(segment_number) AS lo, max(segment_number) AS hi
+              FROM runs GROUP BY system_identifier, timeline_id, run
+        LOOP
+            -- Another row may still hold a deleted row's number (two names for one segment).
+            PERFORM backup_mgmt.wal_ranges_remove(r.system_identifier, r.timeline_id, r.lo, r.hi);
+        END LOOP;
+        FOR r IN
+            WITH back AS (
+                SELECT DISTINCT w.system_identifier, w.timeline_id, w.segment_number, w.segment_size
+                  FROM old_rows o JOIN backup_management.wal_archive w
+                    ON w.system_identifier = o.system_identifier AND w.timeline_id = o.timeline_id
+                   AND w.segment_number = o.segment_number AND w.expired_at IS NULL
+                 WHERE o.expired_at IS NULL)
+            SELECT system_identifier, timeline_id, segment_number AS lo, segment_number AS hi, segment_size AS size FROM back
+        LOOP
+            PERFORM backup_mgmt.wal_ranges_add(r.system_identifier, r.timeline_id, r.lo, r.hi, r.size);
+        END LOOP;
+    ELSE
+        FOR r IN
+            WITH runs AS (
+                SELECT system_identifier, timeline_id, segment_number, segment_size,
+                       segment_number - dense_rank() OVER (PARTITION BY system_identifier, timeline_id ORDER BY segment_number) AS run
+                  FROM new_rows
+                 WHERE segment_number IS NOT NULL AND timeline_id IS NOT NULL AND expired_at IS NULL)
+            SELECT system_identifier, timeline_id, min(segment_number) AS lo, max(segment_number) AS hi,
+                   max(segment_size) AS size
+              FROM runs GROUP BY system_identifier, timeline_id, run
+        LOOP
+            PERFORM backup_mgmt.wal_ranges_add(r.system_identifier, r.timeline_id, r.lo, r.hi, r.size);
+        END LOOP;
+    END IF;
+    RETURN NULL;
+END
+$bm$;
+COMMENT ON FUNCTION backup_mgmt.wal_archive_track_ranges() IS
+    'Trigger function of wal_archive_ranges_*: keeps backup_management.wal_ranges equal to the runs of archived, unexpired segments';
+CREATE TRIGGER wal_archive_ranges_insert
+    AFTER INSERT ON backup_management.wal_archive
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION backup_mgmt.wal_archive_track_ranges();
+COMMENT ON TRIGGER wal_archive_ranges_insert ON backup_management.wal_archive IS
+    'Adds ingested segments to backup_management.wal_ranges';
+CREATE TRIGGER wal_archive_ranges_update
+    AFTER UPDATE ON backup_management.wal_archive
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION backup_mgmt.wal_archive_track_ranges();
+COMMENT ON TRIGGER wal_archive_ranges_update ON backup_management.wal_archive IS
+    'Takes expired segments out of backup_management.wal_ranges (and puts changed ones back)';
+CREATE TRIGGER wal_archive_ranges_delete
+    AFTER DELETE ON backup_management.wal_archive
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION backup_mgmt.wal_archive_track_ranges();
+COMMENT ON TRIGGER wal_archive_ranges_delete ON backup_management.wal_archive IS
+    'Takes deleted segments out of backup_management.wal_ranges';
+CREATE TRIGGER wal_archive_ranges_truncate
+    AFTER TRUNCATE ON backup_management.wal_archive
+    FOR EACH STATEMENT EXECUTE FUNCTION backup_mgmt.wal_archive_track_ranges();
+COMMENT ON TRIGGER wal_archive_ranges_truncate ON backup_management.wal_archive IS
+    'Empties backup_management.wal_ranges with the archive';
+
+------------------------------------------------------------------------------------------------
 -- pg_dump of the database keeps the catalog's rows (like pg_cron's cron.job).
 ------------------------------------------------------------------------------------------------
 SELECT pg_catalog.pg_extension_config_dump('backup_management.backup_records', '');
@@ -568,37 +768,58 @@ SELECT pg_catalog.pg_extension_config_dump('backup_management.wal_archive', '');
 SELECT pg_catalog.pg_extension_config_dump('backup_management.retention_policies', 'WHERE policy_name <> ''default''');
 
 ------------------------------------------------------------------------------------------------
--- Missing WAL segments, per cluster and timeline, between the first and the last archived one.
+-- Missing WAL, per cluster and timeline, between the start of the oldest retained base backup
+-- (or the first archived segment when there is none) and the newest archived segment: first as
+-- runs of missing segments (read from backup_management.wal_ranges, so its cost follows the
+-- number of gaps, not of segments), then one row per missing file.
 ------------------------------------------------------------------------------------------------
-CREATE VIEW backup_mgmt.wal_gaps AS
+CREATE VIEW backup_mgmt.wal_gap_ranges AS
 WITH archived AS (
     SELECT system_identifier, timeline_id, coalesce(max(segment_size), 16777216) AS segment_size,
-           min(segment_number) AS first_segment, max(segment_number) AS last_segment
-      FROM backup_management.wal_archive
-     WHERE segment_number IS NOT NULL AND expired_at IS NULL
+           min(first_segment) AS first_segment, max(last_segment) AS last_segment
+      FROM backup_management.wal_ranges
      GROUP BY system_identifier, timeline_id
 ), base AS (
     -- Where the oldest retained base backup's WAL starts: recovery from it needs everything after.
     SELECT system_identifier, timeline_id, min(start_lsn) AS start_lsn
       FROM backup_management.backup_records
-     WHERE status = 'completed' AND backup_method IN ('pg_basebackup', 'native_physical') AND start_lsn IS NOT NULL
+     WHERE expired_at IS NULL AND status = 'completed'
+       AND backup_method IN ('pg_basebackup', 'native_physical') AND start_lsn IS NOT NULL
      GROUP BY system_identifier, timeline_id
 ), bounds AS (
     SELECT a.system_identifier, a.timeline_id, a.segment_size,
-           4294967296 / a.segment_size AS per_log,
            coalesce(floor((b.start_lsn - '0/0'::pg_lsn) / a.segment_size)::bigint, a.first_segment) AS first_segment,
            a.last_segment
       FROM archived a
       LEFT JOIN base b USING (system_identifier, timeline_id)
+), holes AS (
+    -- Between one range and the next.
+    SELECT system_identifier, timeline_id, last_segment + 1 AS first_missing,
+           lead(first_segment) OVER (PARTITION BY system_identifier, timeline_id ORDER BY first_segment) - 1 AS last_missing
+      FROM backup_management.wal_ranges
+    UNION ALL
+    -- Before the first range, from where the oldest base backup starts.
+    SELECT system_identifier, timeline_id, NULL, first_segment - 1
+      FROM archived
 )
 SELECT b.system_identifier, b.timeline_id,
-       upper(lpad(to_hex(b.timeline_id), 8, '0') || lpad(to_hex(g / b.per_log), 8, '0') || lpad(to_hex(g % b.per_log), 8, '0')) AS missing_file_name,
-       g AS segment_number
-  FROM bounds b
-  CROSS JOIN LATERAL generate_series(b.first_segment, b.last_segment) g
- WHERE NOT EXISTS (SELECT FROM backup_management.wal_archive w
-                    WHERE w.system_identifier = b.system_identifier AND w.timeline_id = b.timeline_id
-                      AND w.segment_number = g AND w.expired_at IS NULL);
+       greatest(h.first_missing, b.first_segment) AS first_missing_segment,
+       h.last_missing AS last_missing_segment,
+       h.last_missing - greatest(h.first_missing, b.first_segment) + 1 AS missing_segments,
+       b.segment_size
+  FROM holes h
+  JOIN bounds b USING (system_identifier, timeline_id)
+ WHERE h.last_missing IS NOT NULL AND h.last_missing >= greatest(h.first_missing, b.first_segment);
+COMMENT ON VIEW backup_mgmt.wal_gap_ranges IS 'Runs of WAL segments missing from the archive, per cluster and timeline (first and last missing segment number, how many), from the start of the oldest completed base backup (or the first archived segment) to the newest archived segment; read from backup_management.wal_ranges';
+
+CREATE VIEW backup_mgmt.wal_gaps AS
+SELECT g.system_identifier, g.timeline_id,
+       upper(lpad(to_hex(g.timeline_id), 8, '0')
+             || lpad(to_hex(n / (4294967296 / g.segment_size)), 8, '0')
+             || lpad(to_hex(n % (4294967296 / g.segment_size)), 8, '0')) AS missing_file_name,
+       n AS segment_number
+  FROM backup_mgmt.wal_gap_ranges g
+  CROSS JOIN LATERAL generate_series(g.first_missing_segment, g.last_missing_segment) n;
 COMMENT ON VIEW backup_mgmt.wal_gaps IS 'WAL segments missing from the archive, per cluster and timeline, from the start of the oldest completed base backup (or the first archived segment when there is none) to the newest archived segment, named with the cluster''s segment size: a point-in-time recovery cannot cross them';
 
 ------------------------------------------------------------------------------------------------
@@ -606,19 +827,24 @@ COMMENT ON VIEW backup_mgmt.wal_gaps IS 'WAL segments missing from the archive, 
 ------------------------------------------------------------------------------------------------
 CREATE VIEW backup_mgmt.recovery_status AS
 WITH verified AS (
-    SELECT r.database_name, max(r.end_time) AS last_verified_backup_at
-      FROM backup_management.backup_records r
-     WHERE r.status = 'completed' AND r.backup_type <> 'wal'
-       AND EXISTS (SELECT FROM backup_management.backup_verifications v
-                    WHERE v.backup_id = r.backup_id AND v.verification_status = 'passed')
-     GROUP BY r.database_name
+    -- The newest verified live backup of each plan's database, read newest first from the index
+    -- of live records (the newest few, for backups that ran side by side).
+    SELECT d.database_name,
+           (SELECT max(x.end_time)
+              FROM (SELECT r.end_time FROM backup_management.backup_records r
+                     WHERE r.database_name = d.database_name AND r.expired_at IS NULL
+                       AND r.status = 'completed' AND r.backup_type <> 'wal'
+                       AND EXISTS (SELECT FROM backup_management.backup_verifications v
+                                    WHERE v.backup_id = r.backup_id AND v.verification_status = 'passed')
+                     ORDER BY r.start_time DESC LIMIT 8) x) AS last_verified_backup_at
+      FROM (SELECT DISTINCT database_name FROM disaster_recovery.recovery_plans WHERE is_active) d
 ), archiver AS (
     SELECT last_archived_wal, last_archived_time, last_failed_wal, last_failed_time, failed_count
       FROM pg_catalog.pg_stat_archiver
      WHERE current_setting('archive_mode') <> 'off'
 ), gaps AS (
-    SELECT count(*) AS missing_wal_files
-      FROM backup_mgmt.wal_gaps
+    SELECT coalesce(sum(missing_segments), 0)::bigint AS missing_wal_files
+      FROM backup_mgmt.wal_gap_ranges
      WHERE system_identifier = (SELECT system_identifier FROM pg_catalog.pg_control_system())
 ), last_drill AS (
     SELECT DISTINCT ON (plan_id) plan_id, drill_date, recovery_time, status

@@ -348,6 +348,16 @@ fn pg_dump_of_the_database_keeps_the_catalog_rows() {
         &[&id, &SHA],
     )
     .unwrap();
+    // Archived WAL with a gap: the ranges are derived state, not dumped, and come back with
+    // the segments.
+    db.batch_execute(
+        "INSERT INTO backup_management.wal_archive
+             (system_identifier, file_name, timeline_id, segment_number, file_path, file_size, checksum, archived_at, segment_size)
+         SELECT 42, upper('00000001' || lpad(to_hex(n / 256), 8, '0') || lpad(to_hex(n % 256), 8, '0')), 1, n,
+                '/w/' || n, 16777216, repeat('a', 64), now(), 16777216
+           FROM generate_series(1, 20) n WHERE n <> 7",
+    )
+    .unwrap();
 
     let dump = cluster.dir().join("postgres.dump");
     cluster.run_client(
@@ -366,6 +376,15 @@ fn pg_dump_of_the_database_keeps_the_catalog_rows() {
         .unwrap();
     assert_eq!(row.get::<_, i64>(0), 123);
     assert_eq!(row.get::<_, String>(1), SHA);
+    let ranges: String = restored
+        .query_one(
+            "SELECT string_agg(first_segment || '-' || last_segment, ' ' ORDER BY first_segment)
+               FROM backup_management.wal_ranges",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(ranges, "1-6 8-20");
     // The sequence came along too: the next id does not collide.
     let next: i64 = start_backup(&mut restored, "postgres", &at(&cluster, "next.dump"));
     assert!(next > id);

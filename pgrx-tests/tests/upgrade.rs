@@ -287,6 +287,17 @@ fn upgrade_from_0_1_0_keeps_every_row_and_matches_a_fresh_install() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(numbered, vec![258, 259, 260, 261, 262]);
+    // The archive's ranges, built from the rows 0.1.0 left.
+    let ranges: String = old
+        .query_one(
+            "SELECT string_agg(format('%s:%s-%s', system_identifier = 42, first_segment, last_segment), ' '
+                               ORDER BY system_identifier = 42, first_segment)
+               FROM backup_management.wal_ranges",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(ranges, "f:258-262 t:9-9");
     // The upgraded functions work on the upgraded catalog: a plan to the end of the native
     // backup starts from it, with the segments renumbered above.
     let (base, first): (Option<i64>, Option<String>) = old

@@ -18,11 +18,11 @@ use pgrx::{pg_sys::panic::ErrorReport, PgLogLevel, PgSqlErrorCode};
 #[pg_trigger]
 fn backup_records_guard<'a>(
     trigger: &'a PgTrigger<'a>,
-) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
+) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, std::convert::Infallible> {
     let Some(new_row) = trigger.new() else {
         // Not a row-level INSERT or UPDATE (it is only created for those): nothing to check.
         // Returning the old row, not NULL, so that a row-level DELETE would still proceed.
-        return Ok(trigger.old());
+        return Ok(trigger.old().map(|t| t.into_owned()));
     };
     let data = trigger.trigger_data();
     let tuple = if row_is_update(data) {
@@ -35,7 +35,9 @@ fn backup_records_guard<'a>(
     // representation and backup_size is an int8.
     let tupdesc = unsafe { pgrx::PgTupleDesc::from_pg_unchecked((*data.tg_relation).rd_att) };
     let mut row = RecordRow::default();
-    let (mut has_end_time, mut has_duration) = (false, false);
+    let (mut has_end_time, mut has_duration, mut has_expired_at) = (false, false, false);
+    // A catalog being upgraded from 0.1.0 has no expired_at yet.
+    let mut expired_at_column = false;
     for att in tupdesc.iter().filter(|a| !a.is_dropped()) {
         let Some(attno) = NonZeroUsize::new(att.attnum as usize) else {
             continue;
@@ -63,6 +65,10 @@ fn backup_records_guard<'a>(
             "checksum_algorithm" => row.checksum_algorithm = text(),
             "compression" => row.compression = text(),
             "end_time" => has_end_time = value.is_some(),
+            "expired_at" => {
+                expired_at_column = true;
+                has_expired_at = value.is_some();
+            }
             "duration" => has_duration = value.is_some(),
             "error_message" => row.has_error_message = value.is_some(),
             "parent_backup_id" => row.has_parent = value.is_some(),
@@ -87,7 +93,32 @@ fn backup_records_guard<'a>(
         .set_hint("Record backups with record_backup_start(), record_backup_complete() and record_backup_failure().")
         .report(PgLogLevel::ERROR);
     }
-    Ok(Some(new_row))
+    // `expired_at` says when retention expired the record, and is set exactly when its status
+    // is 'expired': the partial index of live records (`idx_backup_records_live`) reads it,
+    // while completion, which must stay a HOT update, never touches it.  Kept in step here for
+    // every writer, a superuser's direct UPDATE included; the usual row passes unchanged.
+    let expired = row.status == Some("expired");
+    if expired_at_column && expired != has_expired_at {
+        let mut owned = new_row.into_owned();
+        let when = if expired {
+            // SAFETY: reads this transaction's start time; no preconditions.
+            let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+            TimestampWithTimeZone::try_from(now).ok()
+        } else {
+            None
+        };
+        if let Err(e) = owned.set_by_name("expired_at", when) {
+            ErrorReport::new(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("backup_records_check could not set expired_at: {e}"),
+                "backup_mgmt",
+            )
+            .report(PgLogLevel::ERROR);
+        }
+        return Ok(Some(owned));
+    }
+    // (A copy: the one tuple type this function returns; a row is a few hundred bytes.)
+    Ok(Some(new_row.into_owned()))
 }
 
 fn row_is_update(data: &pg_sys::TriggerData) -> bool {
@@ -142,5 +173,37 @@ mod tests {
              VALUES ('d', 'full', 'pg_dump', '/b/x', 'failed', now(), '0', 'boom')",
         );
         assert_eq!(s, "ok", "a complete failed row is accepted: {m}");
+    }
+
+    #[pg_test]
+    fn expired_at_follows_the_status_for_every_writer() {
+        let id = Spi::get_one::<i64>(
+            "INSERT INTO backup_management.backup_records
+                 (database_name, backup_type, backup_method, backup_file_path, status, end_time, duration)
+             VALUES ('d', 'full', 'pg_dump', '/b/e', 'completed', now(), '0') RETURNING backup_id",
+        )
+        .unwrap()
+        .unwrap();
+        let expired_at = |sql: &str| {
+            Spi::run_with_args(sql, &[id.into()]).unwrap();
+            Spi::get_one_with_args::<bool>(
+                "SELECT expired_at IS NOT NULL FROM backup_management.backup_records WHERE backup_id = $1",
+                &[id.into()],
+            )
+            .unwrap()
+            .unwrap()
+        };
+        assert!(!expired_at("SELECT $1"));
+        // A superuser expiring by hand, as retention does: the time is set.
+        assert!(expired_at(
+            "UPDATE backup_management.backup_records SET status = 'expired' WHERE backup_id = $1"
+        ));
+        // A time without the status is not kept, nor the status back without clearing it.
+        assert!(!expired_at(
+            "UPDATE backup_management.backup_records SET status = 'completed' WHERE backup_id = $1"
+        ));
+        assert!(!expired_at(
+            "UPDATE backup_management.backup_records SET expired_at = now() WHERE backup_id = $1"
+        ));
     }
 }

@@ -27,13 +27,23 @@ const QUERY: &str = "SELECT jsonb_build_object(
             'globals_sha256', globals_checksum, 'start_lsn', start_lsn,
             'stop_lsn', stop_lsn, 'start_wal_segment', start_wal_segment,
             'stop_wal_segment', stop_wal_segment) ORDER BY backup_id)
-        FROM backup_management.backup_records WHERE status = 'completed'), '[]'::jsonb),
+        FROM backup_management.backup_records WHERE expired_at IS NULL AND status = 'completed'), '[]'::jsonb),
+    -- From the maintained ranges (a handful of rows), with the first and last segment looked up.
     'wal', coalesce((SELECT jsonb_agg(w ORDER BY w.system_identifier, w.timeline_id) FROM (
-        SELECT system_identifier, timeline_id, min(file_name) AS first_segment,
-               max(file_name) AS last_segment, count(*) AS segments,
-               min(file_path) AS first_path, max(archived_at) AS last_archived_at
-          FROM backup_management.wal_archive WHERE segment_number IS NOT NULL AND expired_at IS NULL
-         GROUP BY system_identifier, timeline_id) w), '[]'::jsonb),
+        SELECT r.system_identifier, r.timeline_id, f.file_name AS first_segment,
+               l.file_name AS last_segment, r.segments, f.file_path AS first_path,
+               l.archived_at AS last_archived_at
+          FROM (SELECT system_identifier, timeline_id, min(first_segment) AS first_number,
+                       max(last_segment) AS last_number,
+                       sum(last_segment - first_segment + 1)::bigint AS segments
+                  FROM backup_management.wal_ranges GROUP BY system_identifier, timeline_id) r
+          LEFT JOIN LATERAL (SELECT a.file_name, a.file_path FROM backup_management.wal_archive a
+                              WHERE a.system_identifier = r.system_identifier AND a.timeline_id = r.timeline_id
+                                AND a.segment_number = r.first_number AND a.expired_at IS NULL LIMIT 1) f ON true
+          LEFT JOIN LATERAL (SELECT a.file_name, a.archived_at FROM backup_management.wal_archive a
+                              WHERE a.system_identifier = r.system_identifier AND a.timeline_id = r.timeline_id
+                                AND a.segment_number = r.last_number AND a.expired_at IS NULL LIMIT 1) l ON true) w),
+        '[]'::jsonb),
     'wal_gaps', coalesce((SELECT jsonb_agg(missing_file_name) FROM backup_mgmt.wal_gaps), '[]'::jsonb)
 )::text";
 

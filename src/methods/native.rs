@@ -92,7 +92,8 @@ pub(crate) fn choose_parent(c: &SpiClient<'_>, kind: &str) -> Result<Option<Pare
         concat!(
             "SELECT r.backup_id, r.backup_file_path, r.checksum, floor(extract(epoch FROM r.start_time))::bigint \
                FROM backup_management.backup_records r \
-              WHERE r.backup_method = 'native_physical' AND r.status = 'completed' AND r.origin = 'worker' \
+              WHERE r.expired_at IS NULL AND r.backup_method = 'native_physical' AND r.status = 'completed' \
+                AND r.origin = 'worker' \
                 AND r.system_identifier = (SELECT system_identifier FROM pg_catalog.pg_control_system()) \
                 AND ($1 = 'incremental' OR r.backup_type = 'full') \
                 AND coalesce(",

@@ -28,21 +28,23 @@ fn metrics() -> Result<String, ErrorReport> {
         let mut verified = Vec::new();
         let rows = c.select(
             concat!(
+            // Every part reads live records (not expired) through idx_backup_records_live,
+            // newest first: years of expired history cost nothing.
             "SELECT d.database_name, \
-                    (SELECT extract(epoch FROM max(end_time))::float8 FROM backup_management.backup_records r \
-                      WHERE r.database_name = d.database_name AND r.status = 'completed'), \
-                    (SELECT backup_size::float8 FROM backup_management.backup_records r \
-                      WHERE r.database_name = d.database_name AND r.status = 'completed' ORDER BY end_time DESC LIMIT 1), \
-                    (SELECT extract(epoch FROM duration)::float8 FROM backup_management.backup_records r \
-                      WHERE r.database_name = d.database_name AND r.status = 'completed' ORDER BY end_time DESC LIMIT 1), \
+                    extract(epoch FROM n.end_time)::float8, n.backup_size::float8, \
+                    extract(epoch FROM n.duration)::float8, \
                     (SELECT count(*)::float8 FROM backup_management.backup_records r \
-                      WHERE r.database_name = d.database_name AND r.status = 'failed'), \
+                      WHERE r.database_name = d.database_name AND r.expired_at IS NULL AND r.status = 'failed'), \
                     (SELECT CASE v.verification_status WHEN 'passed' THEN 1 ELSE 0 END::float8 \
                        FROM backup_management.backup_verifications v JOIN backup_management.backup_records r USING (backup_id) \
-                      WHERE r.database_name = d.database_name ",
+                      WHERE r.database_name = d.database_name AND r.expired_at IS NULL ",
             newest_verification_first!(),
             " LIMIT 1) \
-               FROM (SELECT DISTINCT database_name FROM backup_management.backup_records WHERE backup_type <> 'wal') d \
+               FROM (SELECT DISTINCT database_name FROM backup_management.backup_records \
+                      WHERE expired_at IS NULL AND backup_type <> 'wal') d \
+               LEFT JOIN LATERAL (SELECT r.end_time, r.backup_size, r.duration FROM backup_management.backup_records r \
+                                   WHERE r.database_name = d.database_name AND r.expired_at IS NULL AND r.status = 'completed' \
+                                   ORDER BY r.start_time DESC LIMIT 1) n ON true \
               ORDER BY 1"),
             None,
             &[],

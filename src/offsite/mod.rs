@@ -340,7 +340,7 @@ fn next_due() -> Option<Due> {
                         coalesce(r.system_identifier, (SELECT system_identifier FROM pg_control_system())), \
                         r.globals_file_path, r.globals_checksum \
                    FROM backup_management.backup_records r \
-                  WHERE r.status = 'completed' AND r.database_name = $2 \
+                  WHERE r.expired_at IS NULL AND r.status = 'completed' AND r.database_name = $2 \
                     AND r.backup_type <> 'wal' \
                     AND NOT EXISTS (SELECT FROM backup_management.remote_backup_records x \
                                      WHERE x.backup_id = r.backup_id AND x.config_id = $1 \

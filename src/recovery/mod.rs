@@ -4,4 +4,5 @@
 pub mod archive_module;
 pub mod pitr;
 pub mod wal_catalog;
+pub mod wal_ranges;
 pub mod walscan;

@@ -154,7 +154,7 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
                         r.timeline_id, r.start_lsn::text, r.stop_lsn::text, r.system_identifier, \
                         r.pg_version / 10000, r.backup_method \
                    FROM backup_management.backup_records r \
-                  WHERE r.status = 'completed' AND r.backup_method IN ('pg_basebackup', 'native_physical') \
+                  WHERE r.expired_at IS NULL AND r.status = 'completed' AND r.backup_method IN ('pg_basebackup', 'native_physical') \
                     AND r.origin = 'worker' AND r.start_lsn IS NOT NULL AND r.checksum IS NOT NULL \
                     AND r.system_identifier = (SELECT system_identifier FROM pg_catalog.pg_control_system()) \
                     AND CASE WHEN $1::timestamptz IS NOT NULL THEN r.end_time <= $1 \

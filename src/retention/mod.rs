@@ -114,7 +114,7 @@ fn load_backups(c: &SpiClient<'_>, job: Option<&str>) -> Result<Vec<Backup>, Exp
                 CASE WHEN $1::text IS NULL THEN r.annotations->>'job_name' IS NULL \
                      ELSE r.annotations->>'job_name' = $1 END \
            FROM backup_management.backup_records r \
-          WHERE r.status = 'completed' AND r.end_time IS NOT NULL AND r.backup_type <> 'wal'"
+          WHERE r.expired_at IS NULL AND r.status = 'completed' AND r.end_time IS NOT NULL AND r.backup_type <> 'wal'"
         ),
         None,
         &[job.into()],
@@ -281,7 +281,8 @@ fn apply_retention(
                 SELECT timeline_id, \
                        floor((start_lsn - '0/0'::pg_lsn) / pg_size_bytes(current_setting('wal_segment_size')))::bigint AS seg \
                   FROM backup_management.backup_records \
-                 WHERE status = 'completed' AND backup_method IN ('pg_basebackup', 'native_physical') AND start_lsn IS NOT NULL \
+                 WHERE expired_at IS NULL AND status = 'completed' \
+                   AND backup_method IN ('pg_basebackup', 'native_physical') AND start_lsn IS NOT NULL \
                    AND system_identifier = (SELECT system_identifier FROM pg_control_system()) \
                  ORDER BY start_lsn LIMIT 1) \
              UPDATE backup_management.wal_archive w SET expired_at = now() \

@@ -100,7 +100,8 @@ fn run_recovery_drill(
         let t = c.select(
             "SELECT backup_id, extract(epoch FROM clock_timestamp() - start_time)::float8 \
                FROM backup_management.backup_records \
-              WHERE database_name = $1 AND status = 'completed' AND backup_method IN ('pg_dump', 'pg_dump_directory') \
+              WHERE database_name = $1 AND expired_at IS NULL AND status = 'completed' \
+                AND backup_method IN ('pg_dump', 'pg_dump_directory') \
               ORDER BY end_time DESC LIMIT 1",
             None,
             &[database.as_str().into()],

@@ -212,7 +212,7 @@ fn next_candidate() -> Option<(Target, Kind)> {
         let found = Spi::connect(|c| -> Result<_, SpiError> {
             let backfill = c.select(
                 "SELECT r.backup_id FROM backup_management.backup_records r \
-                  WHERE r.status = 'completed' AND r.checksum IS NULL \
+                  WHERE r.expired_at IS NULL AND r.status = 'completed' AND r.checksum IS NULL \
                     AND r.backup_method NOT IN ('pg_dump_directory', 'continuous_archiving', 'native_physical') \
                     AND NOT EXISTS (SELECT FROM backup_management.backup_verifications v \
                                      WHERE v.backup_id = r.backup_id AND v.verified_at > now() - $1::interval) \
@@ -230,7 +230,7 @@ fn next_candidate() -> Option<(Target, Kind)> {
                 "SELECT r.backup_id FROM backup_management.backup_records r \
                    LEFT JOIN LATERAL (SELECT max(v.verified_at) AS last FROM backup_management.backup_verifications v \
                                        WHERE v.backup_id = r.backup_id AND v.verification_type = 'checksum') v ON true \
-                  WHERE r.status = 'completed' AND r.checksum IS NOT NULL \
+                  WHERE r.expired_at IS NULL AND r.status = 'completed' AND r.checksum IS NOT NULL \
                     AND coalesce(v.last, r.end_time) < now() - make_interval(secs => $1) \
                   ORDER BY coalesce(v.last, r.end_time) LIMIT 1",
                 None,

@@ -48,9 +48,9 @@ cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_DIR/data" </dev/null 2>&1 
 
 log "installing the extension into PostgreSQL 15"
 cargo pgrx install --pg-config "$PG_CONFIG"
-# The released 0.1.0 install script, for `CREATE EXTENSION backup_mgmt VERSION '0.1.0'` and the
-# upgrade test (cargo pgrx install copies only the upgrade scripts).
-install -m 0644 sql/backup_mgmt--0.1.0.sql "$("$PG_CONFIG" --sharedir)/extension/"
+# The released install scripts, for `CREATE EXTENSION backup_mgmt VERSION '0.1.0'` (or '0.2.0')
+# and the upgrade tests (cargo pgrx install copies only the upgrade scripts).
+install -m 0644 sql/backup_mgmt--0.1.0.sql sql/backup_mgmt--0.2.0.sql "$("$PG_CONFIG" --sharedir)/extension/"
 
 log "end-to-end tests (pgrx-tests/)"
 cargo test -p backup_mgmt_e2e --tests -- --test-threads=2 2>&1 | tee -a "$RESULTS"

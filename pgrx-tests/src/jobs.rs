@@ -1,5 +1,6 @@
 //! What the end-to-end tests share about backup jobs: a cluster with a populated database, the
-//! backup records of a job, running a job now and waiting for its records.
+//! backup records of a job, running a job now and waiting for its records, switching WAL until
+//! the finished segment is in the catalog.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -150,4 +151,26 @@ pub fn executions(db: &mut postgres::Client, job: &str) -> Vec<(Option<String>, 
     .iter()
     .map(|r| (r.get(0), r.get(1)))
     .collect()
+}
+
+/// Switches to a new WAL file and waits until the one just finished is archived and ingested.
+pub fn switch_and_wait_ingested(cluster: &Cluster, db: &mut postgres::Client) -> String {
+    let done: String = db
+        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+        .unwrap()
+        .get(0);
+    let ingested = Cluster::wait_for(Duration::from_secs(60), || {
+        db.query_one(
+            "SELECT count(*) FROM backup_management.wal_archive WHERE file_name = $1",
+            &[&done],
+        )
+        .map(|r| r.get::<_, i64>(0) == 1)
+        .unwrap_or(false)
+    });
+    assert!(
+        ingested,
+        "{done} not archived and ingested\n{}",
+        cluster.log()
+    );
+    done
 }

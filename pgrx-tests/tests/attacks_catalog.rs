@@ -134,6 +134,17 @@ fn attack_5_retention_never_removes_a_root_or_the_wal_archive() {
         )
         .unwrap();
     }
+    // A newer record the policy keeps, outside the archive: the row naming the archive is then
+    // named by no kept record, so its removal is attempted (the row naming the root is not: the
+    // kept backups lie inside it, and retention deletes by reference).
+    db.execute(
+        "INSERT INTO backup_management.backup_records
+             (database_name, backup_type, backup_method, backup_file_path, status, start_time,
+              end_time, duration, backup_size, origin)
+         VALUES ('appdb', 'full', 'pg_dump', $1, 'completed', now(), now(), '0', 1, 'registered')",
+        &[&root.join("newest.dump").display().to_string()],
+    )
+    .unwrap();
     m.batch_execute(
         "INSERT INTO backup_management.retention_policies
              (policy_name, keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly)

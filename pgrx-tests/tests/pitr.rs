@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use backup_mgmt_e2e::cluster::{sha256sum, Cluster};
-use backup_mgmt_e2e::jobs::{run_now, wait_records};
+use backup_mgmt_e2e::jobs::{run_now, switch_and_wait_ingested, wait_records};
 
 const ARCHIVING: [&str; 2] = ["archive_mode = on", "archive_library = 'backup_mgmt'"];
 
@@ -15,28 +15,6 @@ fn archived_count(db: &mut postgres::Client) -> i64 {
     db.query_one("SELECT archived_count FROM pg_stat_archiver", &[])
         .map(|r| r.get(0))
         .unwrap_or(0)
-}
-
-/// Switches to a new WAL file and waits until the one just finished is archived and ingested.
-fn switch_and_wait_ingested(cluster: &Cluster, db: &mut postgres::Client) -> String {
-    let done: String = db
-        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
-        .unwrap()
-        .get(0);
-    let ingested = Cluster::wait_for(Duration::from_secs(60), || {
-        db.query_one(
-            "SELECT count(*) FROM backup_management.wal_archive WHERE file_name = $1",
-            &[&done],
-        )
-        .map(|r| r.get::<_, i64>(0) == 1)
-        .unwrap_or(false)
-    });
-    assert!(
-        ingested,
-        "{done} not archived and ingested\n{}",
-        cluster.log()
-    );
-    done
 }
 
 #[test]

@@ -167,3 +167,63 @@ fn the_worker_applies_the_policy_and_safety_rules_hold() {
         )
         .is_err());
 }
+
+/// Retention by reference: two records naming one file (a script that rewrites `latest.dump`,
+/// recorded twice): expiring the older record must not delete the file the newer, kept and
+/// verified one still names.
+#[test]
+fn a_file_still_named_by_a_kept_record_is_not_deleted() {
+    let cluster = Cluster::start_with_backups(&[]);
+    let mut db = cluster.connect("postgres");
+    db.batch_execute("CREATE DATABASE appdb").unwrap();
+    db.batch_execute(
+        "CREATE EXTENSION backup_mgmt;
+         INSERT INTO backup_management.retention_policies
+             (policy_name, keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly)
+         VALUES ('last-1', 1, 0, 0, 0, 0);
+         SELECT backup_mgmt.schedule_backup('shared', '@yearly', 'appdb', 'full', 'pg_dump', '{}');
+         SELECT backup_mgmt.set_retention_policy('shared', 'last-1');",
+    )
+    .unwrap();
+    let older = run_once(&cluster, &mut db, "shared");
+    let file = completed(&mut db, "shared").last().unwrap().2.clone();
+    assert!(file.is_file(), "{file:?}");
+    // A newer record of the same job naming the same file, verified.
+    let newer: i64 = db
+        .query_one(
+            "INSERT INTO backup_management.backup_records
+                 (database_name, backup_type, backup_method, backup_file_path, backup_size, start_time,
+                  end_time, duration, status, checksum, label, annotations, origin)
+             SELECT database_name, backup_type, backup_method, backup_file_path, backup_size,
+                    now(), now(), '1 second', 'completed', checksum, label, annotations, 'worker'
+               FROM backup_management.backup_records WHERE backup_id = $1
+             RETURNING backup_id",
+            &[&older],
+        )
+        .unwrap()
+        .get(0);
+    db.execute(
+        "INSERT INTO backup_management.backup_verifications (backup_id, verification_type, verification_status)
+         VALUES ($1, 'checksum', 'passed')",
+        &[&newer],
+    )
+    .unwrap();
+    let verdicts: Vec<(i64, String)> = db
+        .query(
+            "SELECT backup_id, action FROM backup_mgmt.apply_retention('shared') ORDER BY backup_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        verdicts,
+        vec![(older, "expire".to_owned()), (newer, "keep".to_owned())]
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        file.is_file(),
+        "the file of kept backup {newer} was deleted with expired backup {older}"
+    );
+}

@@ -175,13 +175,7 @@ $fill$";
 
 #[test]
 fn upgrade_from_0_1_0_keeps_every_row_and_matches_a_fresh_install() {
-    let cluster = Cluster::start_with_backups(&[]);
-    let mut admin = cluster.connect("postgres");
-    for db in ["upgraded", "fresh"] {
-        admin
-            .batch_execute(&format!("CREATE DATABASE {db}"))
-            .unwrap();
-    }
+    let cluster = two_databases();
 
     let mut old = cluster.connect("upgraded");
     old.batch_execute("CREATE EXTENSION backup_mgmt VERSION '0.1.0'")
@@ -199,7 +193,7 @@ fn upgrade_from_0_1_0_keeps_every_row_and_matches_a_fresh_install() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(version, "0.2.0");
+    assert_eq!(version, "0.3.0");
     let after: String = old.query_one(CONTENT, &[]).unwrap().get(0);
     assert_eq!(before, after, "rows changed by the upgrade");
 
@@ -324,7 +318,23 @@ fn upgrade_from_0_1_0_keeps_every_row_and_matches_a_fresh_install() {
     assert_eq!(gaps, 0);
 
     // The same catalog as a fresh install of the current version.
-    let mut fresh = cluster.connect("fresh");
+    assert_same_shape(&mut old, &mut cluster.connect("fresh"));
+}
+
+/// A cluster with two databases: "upgraded" and "fresh".
+fn two_databases() -> Cluster {
+    let cluster = Cluster::start_with_backups(&[]);
+    let mut admin = cluster.connect("postgres");
+    for db in ["upgraded", "fresh"] {
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .unwrap();
+    }
+    cluster
+}
+
+/// Checks that an upgraded catalog has exactly a fresh install's objects.
+fn assert_same_shape(old: &mut postgres::Client, fresh: &mut postgres::Client) {
     fresh.batch_execute("CREATE EXTENSION backup_mgmt").unwrap();
     let upgraded_shape: String = old.query_one(SHAPE, &[]).unwrap().get(0);
     let fresh_shape: String = fresh.query_one(SHAPE, &[]).unwrap().get(0);
@@ -345,4 +355,82 @@ fn upgrade_from_0_1_0_keeps_every_row_and_matches_a_fresh_install() {
         only_fresh.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n"),
     );
     assert!(fresh_lines.len() > 200, "the shape query saw too little");
+}
+
+/// 0.2.0 -> 0.3.0: the verification state is built from the rows 0.2.0 left (the newest
+/// verification, failures in a row), the archive's new columns are empty, and the catalog is a
+/// fresh install's.
+#[test]
+fn upgrade_from_0_2_0_builds_the_verification_state() {
+    let cluster = two_databases();
+    let mut old = cluster.connect("upgraded");
+    old.batch_execute("CREATE EXTENSION backup_mgmt VERSION '0.2.0'")
+        .unwrap();
+    old.batch_execute(
+        "INSERT INTO backup_management.backup_records
+             (database_name, backup_type, backup_method, backup_file_path, status, start_time, end_time,
+              duration, checksum, origin)
+         VALUES ('app', 'full', 'pg_dump', '/b/app/1.dump', 'completed', now() - interval '2 days',
+                 now() - interval '2 days', '1 minute', repeat('a', 64), 'worker'),
+                ('app', 'full', 'pg_dump', '/b/app/2.dump', 'completed', now() - interval '1 day',
+                 now() - interval '1 day', '1 minute', NULL, 'registered'),
+                ('app', 'full', 'pg_dump', '/b/app/3.dump', 'running', now(), NULL, NULL, NULL, 'worker');
+         UPDATE backup_management.backup_records SET status = 'failed', end_time = now(), duration = '1 minute',
+                error_message = 'disk full' WHERE status = 'running';
+         INSERT INTO backup_management.backup_verifications (backup_id, verification_type, verification_status, verification_result, verified_at)
+         SELECT backup_id, 'checksum', 'passed', '{}'::jsonb, now() - interval '1 hour'
+           FROM backup_management.backup_records WHERE backup_file_path = '/b/app/1.dump'
+         UNION ALL
+         SELECT backup_id, 'checksum', 'failed', '{\"detail\": \"the backup file is missing\"}'::jsonb, now() - interval '10 minutes'
+           FROM backup_management.backup_records WHERE backup_file_path = '/b/app/2.dump';
+         INSERT INTO backup_management.wal_archive
+             (system_identifier, file_name, timeline_id, segment_number, file_path, file_size, checksum, archived_at, segment_size)
+         VALUES (42, '000000010000000000000009', 1, 9, '/b/wal/42/000000010000000000000009', 16777216, repeat('f', 64), now(), 16777216);",
+    )
+    .unwrap();
+    let before: String = old.query_one(CONTENT, &[]).unwrap().get(0);
+    old.batch_execute("ALTER EXTENSION backup_mgmt UPDATE")
+        .unwrap();
+    let version: String = old
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'backup_mgmt'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(version, "0.3.0");
+    let after: String = old.query_one(CONTENT, &[]).unwrap().get(0);
+    assert_eq!(before, after, "rows changed by the upgrade");
+    let queue: Vec<(String, String, i32, Option<String>)> = old
+        .query(
+            "SELECT r.backup_file_path, q.action, q.consecutive_failures, q.last_error
+               FROM backup_mgmt.upkeep_queue q JOIN backup_management.backup_records r USING (backup_id)
+              ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(
+        queue,
+        vec![
+            ("/b/app/1.dump".into(), "re-verify".into(), 0, None),
+            (
+                "/b/app/2.dump".into(),
+                "compute checksum".into(),
+                1,
+                Some("the backup file is missing".into())
+            ),
+        ]
+    );
+    let lost: i64 = old
+        .query_one(
+            "SELECT count(*) FROM backup_management.wal_archive WHERE lost_at IS NOT NULL OR checked_at IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(lost, 0);
+    assert_same_shape(&mut old, &mut cluster.connect("fresh"));
 }

@@ -6,8 +6,6 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::SpiError;
 
-use crate::catalog::queries::newest_verification_first;
-
 /// Why the metrics could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -27,25 +25,35 @@ fn metrics() -> Result<String, ErrorReport> {
         let mut failures = Vec::new();
         let mut verified = Vec::new();
         let rows = c.select(
-            concat!(
-            // Every part reads live records (not expired) through idx_backup_records_live,
-            // newest first: years of expired history cost nothing.
-            "SELECT d.database_name, \
+            // Each part is an index probe per database, whatever the history: the databases by a
+            // skip scan of idx_backup_records_live, the newest live backup from it, failed live
+            // records from idx_backup_records_live_failed, the newest verification from
+            // verification_state.
+            "WITH RECURSIVE d(database_name) AS ( \
+                 (SELECT database_name FROM backup_management.backup_records \
+                   WHERE expired_at IS NULL ORDER BY database_name LIMIT 1) \
+                 UNION ALL \
+                 SELECT (SELECT r.database_name FROM backup_management.backup_records r \
+                          WHERE r.expired_at IS NULL AND r.database_name > d.database_name \
+                          ORDER BY r.database_name LIMIT 1) \
+                   FROM d WHERE d.database_name IS NOT NULL) \
+             SELECT d.database_name, \
                     extract(epoch FROM n.end_time)::float8, n.backup_size::float8, \
                     extract(epoch FROM n.duration)::float8, \
                     (SELECT count(*)::float8 FROM backup_management.backup_records r \
                       WHERE r.database_name = d.database_name AND r.expired_at IS NULL AND r.status = 'failed'), \
-                    (SELECT CASE v.verification_status WHEN 'passed' THEN 1 ELSE 0 END::float8 \
-                       FROM backup_management.backup_verifications v JOIN backup_management.backup_records r USING (backup_id) \
-                      WHERE r.database_name = d.database_name AND r.expired_at IS NULL ",
-            newest_verification_first!(),
-            " LIMIT 1) \
-               FROM (SELECT DISTINCT database_name FROM backup_management.backup_records \
-                      WHERE expired_at IS NULL AND backup_type <> 'wal') d \
+                    (SELECT CASE s.last_status WHEN 'passed' THEN 1 ELSE 0 END::float8 \
+                       FROM backup_management.verification_state s \
+                      WHERE s.database_name = d.database_name AND s.last_verified_at IS NOT NULL \
+                      ORDER BY s.last_verified_at DESC NULLS LAST LIMIT 1) \
+               FROM d \
                LEFT JOIN LATERAL (SELECT r.end_time, r.backup_size, r.duration FROM backup_management.backup_records r \
                                    WHERE r.database_name = d.database_name AND r.expired_at IS NULL AND r.status = 'completed' \
                                    ORDER BY r.start_time DESC LIMIT 1) n ON true \
-              ORDER BY 1"),
+              WHERE d.database_name IS NOT NULL \
+                AND EXISTS (SELECT FROM backup_management.backup_records r \
+                             WHERE r.database_name = d.database_name AND r.expired_at IS NULL AND r.backup_type <> 'wal') \
+              ORDER BY 1",
             None,
             &[],
         )?;
@@ -97,6 +105,32 @@ fn metrics() -> Result<String, ErrorReport> {
                 rto.push(Sample { labels, value: v });
             }
         }
+        // The archive per cluster: segments missing (never archived, or lost: gone or changed on
+        // disk, as the worker's checks found) and lost, from wal_gap_ranges and idx_wal_archive_lost.
+        let mut missing = Vec::new();
+        let mut lost = Vec::new();
+        let wal = c.select(
+            "SELECT k.system_identifier::text, \
+                    (SELECT coalesce(sum(g.missing_segments), 0)::float8 FROM backup_mgmt.wal_gap_ranges g \
+                      WHERE g.system_identifier = k.system_identifier), \
+                    (SELECT count(*)::float8 FROM backup_management.wal_archive w \
+                      WHERE w.system_identifier = k.system_identifier AND w.lost_at IS NOT NULL AND w.expired_at IS NULL) \
+               FROM (SELECT DISTINCT system_identifier FROM backup_management.wal_ranges \
+                     UNION SELECT DISTINCT system_identifier FROM backup_management.wal_archive \
+                            WHERE lost_at IS NOT NULL AND expired_at IS NULL) k \
+              ORDER BY 1",
+            None,
+            &[],
+        )?;
+        for r in wal {
+            let labels = vec![("system_identifier", r.get::<String>(1)?.unwrap_or_default())];
+            if let Some(v) = r.get::<f64>(2)? {
+                missing.push(Sample { labels: labels.clone(), value: v });
+            }
+            if let Some(v) = r.get::<f64>(3)? {
+                lost.push(Sample { labels, value: v });
+            }
+        }
         Ok(vec![
             Family { name: "backup_mgmt_last_success_timestamp_seconds", help: "Unix time the newest completed backup of the database ended.", kind: "gauge", samples: last_success },
             Family { name: "backup_mgmt_last_backup_size_bytes", help: "Size of the newest completed backup as stored.", kind: "gauge", samples: size },
@@ -106,6 +140,8 @@ fn metrics() -> Result<String, ErrorReport> {
             Family { name: "backup_mgmt_rpo_exposure_seconds", help: "Age of the newest verified backup (or archived WAL), per recovery plan.", kind: "gauge", samples: exposure },
             Family { name: "backup_mgmt_rpo_breached", help: "1 if the RPO exposure exceeds the plan's RPO.", kind: "gauge", samples: rpo_breached },
             Family { name: "backup_mgmt_last_drill_recovery_seconds", help: "Recovery time measured by the newest drill, per recovery plan.", kind: "gauge", samples: rto },
+            Family { name: "backup_mgmt_wal_missing_segments", help: "WAL segments a recovery from the oldest retained base backup would need that the archive lacks (never archived or lost), per cluster.", kind: "gauge", samples: missing },
+            Family { name: "backup_mgmt_wal_lost_segments", help: "Archived WAL segments the worker found gone or changed on disk, per cluster.", kind: "gauge", samples: lost },
         ])
     })
     .map_err(MetricsError::from)?;

@@ -26,6 +26,10 @@ static MAX_RUNNING_JOBS: GucSetting<i32> = GucSetting::<i32>::new(2);
 /// verification is this old (seconds; 0 = never).
 static VERIFY_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
 
+/// `backup_mgmt.wal_check_interval`: how often the worker starts comparing every archived WAL
+/// file with the disk (presence and size; seconds, 0 = never, which also stops the sha256 pass).
+static WAL_CHECK_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(300);
+
 /// `backup_mgmt.max_history_per_job`: finished executions kept per job (older ones are deleted).
 static MAX_HISTORY_PER_JOB: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
@@ -172,6 +176,16 @@ pub fn init() {
         GucFlags::SUPERUSER_ONLY,
     );
     GucRegistry::define_int_guc(
+        c"backup_mgmt.wal_check_interval",
+        c"How often the worker checks that every archived WAL file is still in the archive with its size.",
+        c"A pass checks 1,000 files a second (one open and fstat each); a file gone or of another size is recorded as lost (wal_archive.lost_at) and counts as missing in wal_gaps, plan_recovery, recovery_status and metrics(). Besides, each file is read through sha256 once per backup_mgmt.verify_interval, one every 10 seconds. 0 turns both off.",
+        &WAL_CHECK_INTERVAL,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
         c"backup_mgmt.verify_interval",
         c"How old a backup's last verification may get before the worker verifies it again.",
         c"Catches bit rot: each completed backup is re-read and compared with its recorded sha256 this often. 0 turns it off; checksums missing from the catalog are computed regardless.",
@@ -206,6 +220,10 @@ pub fn max_running_jobs() -> usize {
 
 pub fn verify_interval_seconds() -> i64 {
     i64::from(VERIFY_INTERVAL.get().max(0))
+}
+
+pub fn wal_check_interval_seconds() -> u64 {
+    WAL_CHECK_INTERVAL.get().max(0) as u64
 }
 
 pub fn max_history_per_job() -> i64 {

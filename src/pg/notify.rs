@@ -3,8 +3,8 @@
 //! the catalog hides from those who may not read it (paths, checksums, error texts): a listener
 //! that is a `backup_admin` member reads the details from the catalog by id.
 //!
-//! Every backup the worker completes, every recorded failure and every failed verification is
-//! sent as its transaction commits; nothing is sent for a transaction that rolls back.
+//! Every backup the worker completes, every recorded failure, every failed verification and every
+//! archived WAL file found lost is sent as its transaction commits; nothing is sent for a transaction that rolls back.
 
 use std::ffi::CString;
 
@@ -20,7 +20,7 @@ unsafe extern "C-unwind" {
 /// The channel name.
 pub const CHANNEL: &std::ffi::CStr = c"backup_mgmt";
 
-#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// A backup taken by the worker finished and was recorded.
@@ -31,6 +31,11 @@ pub enum Event {
     VerificationFailed {
         backup_id: i64,
         verification_id: i64,
+    },
+    /// The worker found an archived WAL file gone or changed (`wal_archive.lost_at`).
+    WalLost {
+        system_identifier: i64,
+        file_name: String,
     },
 }
 

@@ -211,7 +211,7 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
                     CASE WHEN xact_scanned THEN coalesce(last_xact_at > $4, false) END \
                FROM backup_management.wal_archive \
               WHERE system_identifier = $1 AND timeline_id = $2 AND segment_number >= $3 \
-                AND expired_at IS NULL \
+                AND expired_at IS NULL AND lost_at IS NULL \
               ORDER BY segment_number",
             None,
             &[

@@ -1,6 +1,7 @@
-//! The archive's unexpired segments as contiguous ranges (`backup_management.wal_ranges`), kept
-//! up to date by statement-level triggers on `wal_archive` (`sql/schema.sql`): every ingest,
-//! expiry, un-expiry, renumbering, deletion or truncation changes the ranges it touches, grouped
+//! The archive's unexpired, intact segments as contiguous ranges
+//! (`backup_management.wal_ranges`), kept up to date by statement-level triggers on `wal_archive`
+//! (`sql/schema.sql`): every ingest, expiry, un-expiry, loss found on disk, renumbering, deletion
+//! or truncation changes the ranges it touches, grouped
 //! into runs of consecutive numbers, so `wal_gap_ranges`, `wal_gaps`, `recovery_status`,
 //! `metrics()` and the catalog mirror read a handful of ranges instead of every segment.  The
 //! state is derived, so this module holds its proof: the maintained ranges equal what a full
@@ -14,7 +15,8 @@ pub const FULL_SCAN: &str = "SELECT system_identifier, timeline_id, min(segment_
        FROM (SELECT system_identifier, timeline_id, segment_number,
                     segment_number - dense_rank() OVER (PARTITION BY system_identifier, timeline_id ORDER BY segment_number) AS run
                FROM backup_management.wal_archive
-              WHERE segment_number IS NOT NULL AND timeline_id IS NOT NULL AND expired_at IS NULL) s
+              WHERE segment_number IS NOT NULL AND timeline_id IS NOT NULL AND expired_at IS NULL
+                AND lost_at IS NULL) s
       GROUP BY system_identifier, timeline_id, run";
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -83,7 +85,7 @@ mod tests {
           FROM bounds b CROSS JOIN LATERAL generate_series(b.first_segment, b.last_segment) g
          WHERE NOT EXISTS (SELECT FROM backup_management.wal_archive w
                             WHERE w.system_identifier = b.system_identifier AND w.timeline_id = b.timeline_id
-                              AND w.segment_number = g AND w.expired_at IS NULL)";
+                              AND w.segment_number = g AND w.expired_at IS NULL AND w.lost_at IS NULL)";
 
     fn assert_gaps_in_step(step: &str) {
         let by_view = Spi::get_one::<String>(
@@ -141,6 +143,30 @@ mod tests {
         ))
         .unwrap();
         assert_in_step("un-expiring");
+        // The worker finds segments lost on disk (one inside a range, the last one), then one
+        // back: lost ones are missing, by name and with the reason.
+        Spi::run(&format!(
+            "UPDATE backup_management.wal_archive SET lost_at = now(), lost_reason = 'missing from the archive directory'
+              WHERE system_identifier = {a} AND timeline_id = 1 AND segment_number IN (9, 25)"
+        ))
+        .unwrap();
+        assert_in_step("segments lost on disk");
+        assert_gaps_in_step("segments lost on disk");
+        let reason = Spi::get_one::<String>(&format!(
+            "SELECT reason FROM backup_mgmt.wal_gaps WHERE system_identifier = {a} AND segment_number = 9"
+        ))
+        .unwrap();
+        assert_eq!(
+            reason.as_deref(),
+            Some("missing from the archive directory")
+        );
+        Spi::run(&format!(
+            "UPDATE backup_management.wal_archive SET lost_at = NULL, lost_reason = NULL
+              WHERE system_identifier = {a} AND segment_number = 25"
+        ))
+        .unwrap();
+        assert_in_step("a lost segment back");
+        assert_gaps_in_step("a lost segment back");
         // A row renumbered, one deleted, other columns changed (the WAL scan's updates).
         Spi::run(&format!(
             "UPDATE backup_management.wal_archive SET segment_number = 40

@@ -103,19 +103,18 @@ fn policy_for(
 /// Every completed backup (what the safety rules look at), marked in scope when it belongs to
 /// `job` (or, without a job, to no job).
 fn load_backups(c: &SpiClient<'_>, job: Option<&str>) -> Result<Vec<Backup>, ExpiryError> {
+    // The newest verification of each (live, completed) backup from verification_state, one
+    // primary-key probe each.
     let t = c.select(
-        concat!(
-            "SELECT r.backup_id, r.database_name, r.end_time, \
+        "SELECT r.backup_id, r.database_name, r.end_time, \
                 r.backup_method IN ('pg_basebackup', 'native_physical'), \
-                coalesce(",
-            crate::catalog::queries::newest_verification_status!(),
-            " = 'passed', false), \
+                coalesce((SELECT s.last_status FROM backup_management.verification_state s \
+                           WHERE s.backup_id = r.backup_id) = 'passed', false), \
                 r.pinned, r.pin_reason, r.keep_until, r.parent_backup_id, \
                 CASE WHEN $1::text IS NULL THEN r.annotations->>'job_name' IS NULL \
                      ELSE r.annotations->>'job_name' = $1 END \
            FROM backup_management.backup_records r \
-          WHERE r.expired_at IS NULL AND r.status = 'completed' AND r.end_time IS NOT NULL AND r.backup_type <> 'wal'"
-        ),
+          WHERE r.expired_at IS NULL AND r.status = 'completed' AND r.end_time IS NOT NULL AND r.backup_type <> 'wal'",
         None,
         &[job.into()],
     )?;
@@ -275,6 +274,22 @@ fn apply_retention(
                 }
             }
         }
+        // By reference: a file or directory is deleted only when no record that is kept (running,
+        // completed, pinned: every record this run did not expire) names it, lies inside it or
+        // holds it.  Checked after every expiry of this run, so that a chain expired as a unit
+        // still goes.
+        let mut kept_files = Vec::new();
+        for (path, _) in &doomed {
+            if let Some(other) = still_named(c, path)? {
+                kept_files.push((path.clone(), other));
+            }
+        }
+        doomed.retain(|(p, _)| !kept_files.iter().any(|(k, _)| k == p));
+        for (path, other) in kept_files {
+            notice!(
+                "backup_mgmt: \"{path}\" is not removed: backup {other}, which is kept, still names it"
+            );
+        }
         // WAL older than the oldest retained base backup of this cluster: nothing can replay it.
         let t = c.update(
             "WITH oldest AS ( \
@@ -321,6 +336,30 @@ fn apply_retention(
         });
     }
     Ok(TableIterator::new(rows))
+}
+
+/// The kept backup (running or completed) whose file or globals file is `path`, lies inside it,
+/// or holds it, if any.
+fn still_named(c: &SpiClient<'_>, path: &str) -> Result<Option<i64>, ExpiryError> {
+    let ancestors: Vec<String> = std::path::Path::new(path)
+        .ancestors()
+        .filter(|a| a.parent().is_some())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let t = c.select(
+        crate::catalog::registration::OVERLAP_SQL,
+        Some(1),
+        &[
+            ancestors.into(),
+            format!("{path}/").as_str().into(),
+            format!("{path}0").as_str().into(),
+        ],
+    )?;
+    Ok(if t.is_empty() {
+        None
+    } else {
+        t.first().get::<i64>(1)?
+    })
 }
 
 /// Pins a completed backup: no retention policy removes it (a legal hold), until `keep_until`

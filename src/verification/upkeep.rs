@@ -6,9 +6,10 @@
 //! - every completed backup is verified again once its last checksum verification is older than
 //!   `backup_mgmt.verify_interval` (bit rot), each run recorded.
 //!
-//! A backup whose checksum could not be computed is tried again after an hour (or after
-//! `verify_interval` when that is shorter), so a missing file is one recorded failure an hour, not
-//! a failure every few seconds.
+//! Every backup gets its turn: the next one is the one due first (`backup_mgmt.upkeep_queue`).  A
+//! backup whose verification failed is tried again after a back-off that doubles with each failure
+//! in a row (from the shorter of `verify_interval` and an hour, up to a day), so one unreadable
+//! file is one recorded failure per attempt and cannot starve the others.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -24,7 +25,7 @@ use crate::catalog::mirror;
 use crate::pg::spi::in_transaction;
 use crate::pg::{guc, server};
 
-/// How often the catalog is searched for work when none was found.
+/// How often the catalog is searched for work while nothing is running.
 const SEARCH_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,13 +52,17 @@ pub struct Upkeep {
 impl Upkeep {
     /// Records a finished verification, or starts the next one.  Cheap when there is nothing to do.
     pub fn tick(&mut self) {
+        let mut finished = false;
         if let Some(job) = self.in_flight.take_if(|j| j.helper.is_finished()) {
             finish(job);
+            finished = true;
         }
         if self.in_flight.is_some() {
             return;
         }
-        if !self.last_search.ready(SEARCH_EVERY) {
+        // Right after a verification the next due one starts at once (a backlog is worked
+        // through, not one backup per search interval).
+        if !self.last_search.ready(SEARCH_EVERY) && !finished {
             return;
         }
         let Some((target, kind)) = next_candidate() else {
@@ -195,51 +200,42 @@ fn finish(job: InFlight) {
     }
 }
 
-/// The next backup to work on: first one without a checksum, then the one whose last checksum
-/// verification is oldest beyond `backup_mgmt.verify_interval`.
+/// The next backup to work on: the one due first in `backup_mgmt.upkeep_queue`, found with three
+/// index probes of `backup_management.verification_state` (a backup without a checksum, the
+/// longest unverified one, the failing one whose back-off ends first), so that the search costs
+/// the same with a million backups as with ten, and a backup that keeps failing waits longer
+/// each time instead of taking every turn.
 fn next_candidate() -> Option<(Target, Kind)> {
-    let interval = guc::verify_interval_seconds();
-    // A backup that could not be checksummed is tried again after this.
-    let retry = format!(
-        "{} seconds",
-        if interval > 0 {
-            interval.min(3600)
-        } else {
-            3600
-        }
-    );
+    let interval = guc::verify_interval_seconds().max(0);
     in_transaction("looking for backups to verify", || -> Result<_, VerificationError> {
         let found = Spi::connect(|c| -> Result<_, SpiError> {
-            let backfill = c.select(
-                "SELECT r.backup_id FROM backup_management.backup_records r \
-                  WHERE r.expired_at IS NULL AND r.status = 'completed' AND r.checksum IS NULL \
-                    AND r.backup_method NOT IN ('pg_dump_directory', 'continuous_archiving', 'native_physical') \
-                    AND NOT EXISTS (SELECT FROM backup_management.backup_verifications v \
-                                     WHERE v.backup_id = r.backup_id AND v.verified_at > now() - $1::interval) \
-                  ORDER BY r.backup_id LIMIT 1",
-                None,
-                &[retry.as_str().into()],
-            )?;
-            if !backfill.is_empty() {
-                return Ok(backfill.first().get::<i64>(1)?.map(|id| (id, Kind::Backfill)));
-            }
-            if interval <= 0 {
-                return Ok(None);
-            }
-            let due = c.select(
-                "SELECT r.backup_id FROM backup_management.backup_records r \
-                   LEFT JOIN LATERAL (SELECT max(v.verified_at) AS last FROM backup_management.backup_verifications v \
-                                       WHERE v.backup_id = r.backup_id AND v.verification_type = 'checksum') v ON true \
-                  WHERE r.expired_at IS NULL AND r.status = 'completed' AND r.checksum IS NOT NULL \
-                    AND coalesce(v.last, r.end_time) < now() - make_interval(secs => $1) \
-                  ORDER BY coalesce(v.last, r.end_time) LIMIT 1",
+            let t = c.select(
+                "SELECT backup_id, upkeep FROM ( \
+                   (SELECT backup_id, upkeep, '-infinity'::timestamptz AS due \
+                      FROM backup_management.verification_state \
+                     WHERE upkeep = 'checksum' AND failures = 0 ORDER BY backup_id LIMIT 1) \
+                   UNION ALL \
+                   (SELECT backup_id, upkeep, reverify_from + make_interval(secs => $1) \
+                      FROM backup_management.verification_state \
+                     WHERE upkeep = 'reverify' AND failures = 0 AND $1 > 0 ORDER BY reverify_from LIMIT 1) \
+                   UNION ALL \
+                   (SELECT backup_id, upkeep, last_checksum_at + backup_mgmt.upkeep_backoff(failures) \
+                      FROM backup_management.verification_state \
+                     WHERE upkeep IS NOT NULL AND failures > 0 \
+                     ORDER BY 3 LIMIT 1)) next \
+                  WHERE due <= now() ORDER BY due LIMIT 1",
                 None,
                 &[(interval as f64).into()],
             )?;
-            if due.is_empty() {
+            if t.is_empty() {
                 return Ok(None);
             }
-            Ok(due.first().get::<i64>(1)?.map(|id| (id, Kind::Reverify)))
+            let row = t.first();
+            let kind = match row.get::<String>(2)?.as_deref() {
+                Some("checksum") => Kind::Backfill,
+                _ => Kind::Reverify,
+            };
+            Ok(row.get::<i64>(1)?.map(|id| (id, kind)))
         });
         let Some((id, kind)) = found? else {
             return Ok(None);
@@ -247,4 +243,171 @@ fn next_candidate() -> Option<(Target, Kind)> {
         verification::load_target(id).map(|t| Some((t, kind)))
     })
     .flatten()
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[allow(unused_imports)]
+    use crate::testing::*;
+
+    /// The maintained state and what `verification_state_of` computes from the two tables, as
+    /// text, for every backup.
+    fn assert_state_in_step(step: &str) {
+        let row =
+            "format('%s %s %s %s %s %s %s %s %s', backup_id, database_name, upkeep, reverify_from,
+                          last_verified_at, last_status, last_checksum_at, failures, last_error)";
+        let maintained = Spi::get_one::<String>(&format!(
+            "SELECT coalesce(string_agg({row}, E'\\n' ORDER BY backup_id), '')
+               FROM backup_management.verification_state"
+        ))
+        .unwrap()
+        .unwrap_or_default();
+        let computed = Spi::get_one::<String>(&format!(
+            "SELECT coalesce(string_agg({row}, E'\\n' ORDER BY backup_id), '')
+               FROM backup_mgmt.verification_state_of(
+                        (SELECT array_agg(backup_id) FROM backup_management.backup_records))"
+        ))
+        .unwrap()
+        .unwrap_or_default();
+        assert_eq!(maintained, computed, "after {step}");
+    }
+
+    /// A completed backup of `db` that ended `days` ago, with a checksum or without.
+    fn backup(db: &str, days: i32, checksum: bool) -> i64 {
+        let sha = if checksum { "repeat('c', 64)" } else { "NULL" };
+        // Through a read-write SPI call: a read-only one (Spi::get_one) does not advance the
+        // command counter, so the statement's own AFTER triggers would not see its rows.
+        Spi::connect_mut(|c| {
+            c.update(
+                &format!(
+                    "INSERT INTO backup_management.backup_records
+                 (database_name, backup_type, backup_method, backup_file_path, status, start_time,
+                  end_time, duration, checksum, origin)
+             VALUES ('{db}', 'full', 'pg_dump', '/nowhere/{db}-' || {days} || '-' || random() || '.dump',
+                     'completed', now() - interval '{days} days', now() - interval '{days} days', '0',
+                     {sha}, 'worker')
+             RETURNING backup_id"
+                ),
+                None,
+                &[],
+            )?
+            .first()
+            .get_one::<i64>()
+        })
+        .unwrap()
+        .unwrap()
+    }
+
+    fn verification(id: i64, passed: bool, ago: &str) {
+        Spi::run(&format!(
+            "INSERT INTO backup_management.backup_verifications
+                 (backup_id, verification_type, verification_status, verification_result, verified_at)
+             VALUES ({id}, 'checksum', '{}', '{{\"reason\": \"missing\", \"detail\": \"the backup file is missing\"}}',
+                     now() - interval '{ago}')",
+            if passed { "passed" } else { "failed" }
+        ))
+        .unwrap();
+    }
+
+    fn next() -> Option<(i64, super::Kind)> {
+        super::next_candidate().map(|(t, k)| (t.backup_id, k))
+    }
+
+    #[pg_test]
+    fn maintained_verification_state_equals_a_full_scan() {
+        let a = backup("sa", 30, true);
+        let b = backup("sa", 20, false);
+        let c = backup("sb", 10, true);
+        assert_state_in_step("three backups");
+        verification(a, true, "1 day");
+        verification(a, false, "1 hour");
+        verification(b, false, "2 hours");
+        verification(b, false, "1 hour");
+        assert_state_in_step("verifications passed and failed");
+        // A checksum computed for b; a restore test of c; a verification deleted.
+        Spi::run(&format!(
+            "UPDATE backup_management.backup_records SET checksum = repeat('d', 64) WHERE backup_id = {b}"
+        ))
+        .unwrap();
+        Spi::run(&format!(
+            "INSERT INTO backup_management.backup_verifications (backup_id, verification_type, verification_status)
+             VALUES ({c}, 'restore_test', 'passed')"
+        ))
+        .unwrap();
+        Spi::run(&format!(
+            "DELETE FROM backup_management.backup_verifications
+              WHERE backup_id = {a} AND verification_status = 'failed'"
+        ))
+        .unwrap();
+        assert_state_in_step("a checksum stored, a restore test, a deletion");
+        // Expiry takes a backup out; a note changes nothing; deleting a record removes it.
+        Spi::run(&format!(
+            "UPDATE backup_management.backup_records SET status = 'expired' WHERE backup_id = {a}"
+        ))
+        .unwrap();
+        Spi::run("UPDATE backup_management.backup_records SET label = 'note'").unwrap();
+        Spi::run(&format!(
+            "DELETE FROM backup_management.backup_records WHERE backup_id = {c}"
+        ))
+        .unwrap();
+        assert_state_in_step("expiry, a note, a deletion");
+        let left = Spi::get_one::<i64>("SELECT count(*) FROM backup_management.verification_state")
+            .unwrap()
+            .unwrap_or_default();
+        assert_eq!(left, 1);
+        // Many at once.
+        Spi::run(
+            "INSERT INTO backup_management.backup_records
+                 (database_name, backup_type, backup_method, backup_file_path, status, end_time, duration, checksum, origin)
+             SELECT 'bulk', 'full', 'pg_dump', '/nowhere/bulk-' || n, 'completed', now(), '0', repeat('e', 64), 'worker'
+               FROM generate_series(1, 500) n",
+        )
+        .unwrap();
+        Spi::run(
+            "INSERT INTO backup_management.backup_verifications (backup_id, verification_type, verification_status)
+             SELECT backup_id, 'checksum', CASE WHEN backup_id % 3 = 0 THEN 'failed' ELSE 'passed' END
+               FROM backup_management.backup_records WHERE database_name = 'bulk'",
+        )
+        .unwrap();
+        assert_state_in_step("bulk records and verifications");
+    }
+
+    /// The starvation the issue describes: a backup whose file cannot be read, first in line on
+    /// every search, kept every other backup from being verified again.  Now each backup gets its
+    /// turn, the failing one waits longer after each failure, and the queue shows it.
+    #[pg_test]
+    fn a_failing_backup_cannot_starve_the_others() {
+        let unreadable = backup("starve", 40, false);
+        let due: Vec<i64> = (0..3).map(|i| backup("starve", 30 - i, true)).collect();
+        // First the backup without a checksum; its attempt fails.
+        assert_eq!(next(), Some((unreadable, super::Kind::Backfill)));
+        verification(unreadable, false, "0 seconds");
+        // Then every due re-verification, oldest first, each passing.
+        for id in &due {
+            assert_eq!(next(), Some((*id, super::Kind::Reverify)));
+            verification(*id, true, "0 seconds");
+        }
+        assert_eq!(next(), None, "the failing backup waits for its back-off");
+        // Once its back-off has passed it is tried again; a second failure doubles the wait.
+        Spi::run(&format!(
+            "UPDATE backup_management.backup_verifications SET verified_at = verified_at - interval '90 minutes'
+              WHERE backup_id = {unreadable}"
+        ))
+        .unwrap();
+        assert_eq!(next(), Some((unreadable, super::Kind::Backfill)));
+        verification(unreadable, false, "0 seconds");
+        assert_eq!(next(), None);
+        let (failures, error, wait) = Spi::get_three::<i32, String, f64>(&format!(
+            "SELECT consecutive_failures, last_error, extract(epoch FROM due_at - last_attempt_at)::float8
+               FROM backup_mgmt.upkeep_queue WHERE backup_id = {unreadable}"
+        ))
+        .unwrap();
+        assert_eq!(failures, Some(2));
+        assert_eq!(error.as_deref(), Some("the backup file is missing"));
+        assert_eq!(wait, Some(7200.0));
+        assert_state_in_step("upkeep");
+    }
 }

@@ -131,6 +131,8 @@ struct Scheduler {
     offsite: crate::offsite::Offsite,
     /// Transaction times of archived WAL, for recovery planning.
     walscan: crate::recovery::walscan::WalScan,
+    /// The WAL archive compared with the disk.
+    walcheck: crate::recovery::wal_check::WalCheck,
 }
 
 /// A drill job's execution, run by a dynamic background worker.
@@ -208,6 +210,7 @@ impl Scheduler {
             self.wal.tick();
             self.offsite.tick();
             self.walscan.tick();
+            self.walcheck.tick();
         }
         match self.start_due_jobs() {
             Some(until_next) if self.running.is_empty() && self.drills.is_empty() => until_next,
@@ -431,6 +434,7 @@ impl Scheduler {
         self.upkeep.abandon();
         self.offsite.abandon();
         self.walscan.abandon();
+        self.walcheck.abandon();
         for run in &mut self.running {
             run.stopped = Some("the server is shutting down".into());
             run.handle.progress.cancel(libc::SIGTERM);

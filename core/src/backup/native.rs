@@ -649,7 +649,10 @@ mod unit {
         );
         assert!(!out2.join("data/base/5/16384").exists());
         let holders: HashMap<i64, PathBuf> = [(1, out1.clone()), (2, out2.clone())].into();
-        assert!(verify_backup(&out2, Some(&f2.manifest_sha256), &holders, 2, &c).passed);
+        let whole = verify_backup(&out2, Some(&f2.manifest_sha256), &holders, 2, &c);
+        assert!(whole.passed);
+        assert_eq!(whole.ancestors_verified, vec![1]);
+        assert!(whole.files > 1);
         // Without its parent the incremental is not whole.
         let only2: HashMap<i64, PathBuf> = [(2, out2.clone())].into();
         assert_eq!(
@@ -680,6 +683,19 @@ mod unit {
         let dest2 = tmp.path().join("restored2");
         assert!(materialize(&out2, &f2.manifest, &holders, &dest2, &spaces, 2, &c).is_err());
         assert!(!verify_backup(&out1, Some(&f1.manifest_sha256), &empty, 2, &c).passed);
+        // ...and by verifying the child, which reads its ancestors' files too (issue 15: it
+        // used to check only that they exist).
+        let child = verify_backup(&out2, Some(&f2.manifest_sha256), &holders, 2, &c);
+        assert!(!child.passed);
+        assert_eq!(child.ancestors_verified, vec![1]);
+        assert!(
+            child
+                .detail
+                .as_deref()
+                .unwrap_or("")
+                .contains("ancestor backup 1"),
+            "{child:?}"
+        );
         // A changed chain manifest is caught by its catalog checksum.
         let mpath = out2.join(FILES_MANIFEST);
         let mut text = fs::read_to_string(&mpath).unwrap();

@@ -46,6 +46,23 @@ pub fn open_dir_at(dir: &impl AsRawFd, name: &std::ffi::OsStr) -> io::Result<Fil
     Ok(unsafe { File::from(OwnedFd::from_raw_fd(fd)) })
 }
 
+/// Opens file `name` inside `dir` for reading without following a symlink (`ELOOP`) and without
+/// blocking on a FIFO planted under the name.
+pub fn open_file_at(dir: &impl AsRawFd, name: &std::ffi::OsStr) -> io::Result<File> {
+    let c = cstr(name)?;
+    // SAFETY: a NUL-terminated name relative to a directory descriptor we hold; the returned
+    // descriptor is owned by the File.
+    let fd = check(unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    Ok(unsafe { File::from(OwnedFd::from_raw_fd(fd)) })
+}
+
 /// Creates directory `name` (mode 0700) inside `dir`; `AlreadyExists` when anything has the name.
 pub fn mkdir_at(dir: &impl AsRawFd, name: &std::ffi::OsStr) -> io::Result<()> {
     let c = cstr(name)?;

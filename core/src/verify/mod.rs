@@ -7,6 +7,7 @@
 //! anything but a regular file is refused.  Reads use one fixed buffer per thread, so memory does
 //! not grow with the file.
 
+pub mod archive;
 pub mod native;
 
 use std::fs::File;
@@ -59,6 +60,9 @@ pub struct Report {
     pub files: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failing_file: Option<String>,
+    /// The ancestors (incremental chain) whose files this verification read too, by backup id.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ancestors_verified: Vec<i64>,
 }
 
 impl Report {
@@ -73,6 +77,7 @@ impl Report {
             bytes: 0,
             files: 0,
             failing_file: Some(file.to_string_lossy().into_owned()),
+            ancestors_verified: Vec::new(),
         }
     }
 }
@@ -168,6 +173,7 @@ fn judge(
         bytes,
         files,
         failing_file: (!passed).then(|| path.to_string_lossy().into_owned()),
+        ancestors_verified: Vec::new(),
     }
 }
 

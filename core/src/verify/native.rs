@@ -93,9 +93,11 @@ pub fn load_manifest(dir: &Path, expected_sha256: Option<&str>) -> Result<Manife
         .map_err(|e| Report::failed(Reason::ManifestMismatch, e.to_string(), &path))
 }
 
-/// Verifies a native backup: the chain manifest against the catalog's sha256, then every file
-/// this backup stores (decompressed and hashed); the files it refers to must exist in their
-/// holders' directories (`holders`; the holders' own verification hashes them).
+/// Verifies a native backup as a chain: the chain manifest against the catalog's sha256, then
+/// every file a restore of it needs, decompressed and hashed against the manifest: the files it
+/// stores and those it refers to in its ancestors' directories (`holders`), so that a damaged
+/// file of the full fails the verification of every incremental built on it.  The report lists
+/// the ancestors whose files were read.
 pub fn verify_backup(
     dir: &Path,
     expected_sha256: Option<&str>,
@@ -107,41 +109,50 @@ pub fn verify_backup(
         Ok(m) => m,
         Err(r) => return r,
     };
-    let own: Vec<FileRecord> = manifest
-        .files
-        .iter()
-        .filter(|f| f.holder == manifest.backup_id)
-        .cloned()
-        .collect();
-    for f in manifest
-        .files
-        .iter()
-        .filter(|f| f.holder != manifest.backup_id)
-    {
-        let found = holders
-            .get(&f.holder)
-            .is_some_and(|h| h.join(&f.stored).is_file());
-        if !found {
+    let mut files: Vec<(PathBuf, FileRecord)> = Vec::with_capacity(manifest.files.len());
+    let mut ancestors: Vec<i64> = Vec::new();
+    for f in &manifest.files {
+        if f.holder == manifest.backup_id {
+            files.push((dir.join(&f.stored), f.clone()));
+            continue;
+        }
+        let Some(holder) = holders.get(&f.holder) else {
             return Report::failed(
                 Reason::Missing,
                 format!(
-                    "\"{}\" is stored by backup {}, which is missing or lacks it",
+                    "\"{}\" is stored by backup {}, which is missing",
                     f.path, f.holder
                 ),
                 &dir.join(FILES_MANIFEST),
             );
+        };
+        if !ancestors.contains(&f.holder) {
+            ancestors.push(f.holder);
         }
+        files.push((holder.join(&f.stored), f.clone()));
     }
+    ancestors.sort_unstable();
     let bytes = AtomicU64::new(0);
-    let failure = super::in_parallel(&own, threads, counters.cancel, |f, buf| {
-        let path = dir.join(&f.stored);
-        let (size, sum) = read_stored(&path, &mut io::sink(), buf, counters)
-            .map_err(|(r, d)| Report::failed(r, d, &path))?;
+    let failure = super::in_parallel(&files, threads, counters.cancel, |(path, f), buf| {
+        let (size, sum) = read_stored(path, &mut io::sink(), buf, counters).map_err(|(r, d)| {
+            let mut report = Report::failed(r, d, path);
+            if f.holder != manifest.backup_id {
+                report.detail = Some(format!(
+                    "{} (stored by ancestor backup {})",
+                    report.detail.unwrap_or_default(),
+                    f.holder
+                ));
+            }
+            report
+        })?;
         bytes.fetch_add(size, Ordering::Relaxed);
-        judge(&path, f, size, &sum)
+        judge(path, f, size, &sum)
     });
     match failure.or_else(|| cancelled(counters, dir)) {
-        Some(r) => r,
+        Some(mut r) => {
+            r.ancestors_verified = ancestors;
+            r
+        }
         None => Report {
             passed: true,
             reason: None,
@@ -150,8 +161,9 @@ pub fn verify_backup(
             actual_sha256: expected_sha256.map(str::to_owned),
             expected_bytes: None,
             bytes: bytes.into_inner(),
-            files: own.len(),
+            files: files.len(),
             failing_file: None,
+            ancestors_verified: ancestors,
         },
     }
 }

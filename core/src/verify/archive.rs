@@ -1,0 +1,214 @@
+//! Checking archived WAL against what was archived: the file a catalog row names is found only in
+//! the shape the archive module writes (`<root>/wal/<system identifier>/<name>[.zst]`, a row's path
+//! being input), opened beneath the root without following a symlink, and compared with the
+//! recorded size (cheap: one `fstat`) or size and sha256 (a full read).
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+
+use crate::backup::layout::WAL_ARCHIVE;
+use crate::files::beneath::{open_file_at, Root};
+use crate::stream;
+
+/// What a check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// The size (and, when read, the sha256) is what was archived.
+    Intact,
+    /// Nothing under the name.
+    Missing,
+    /// Something that is not a regular file (a directory, a symlink, a FIFO).
+    NotRegular,
+    /// A regular file of another size.
+    Size { actual: u64 },
+    /// A regular file of the right size whose bytes differ.
+    Digest { actual: String },
+    /// The recorded path is not a file of a WAL archive under a backup root: nothing is opened.
+    NotInArchive,
+    /// It could not be read (permissions, I/O error); not a finding about the file.
+    Unreadable(String),
+}
+
+impl Found {
+    /// Why the segment is lost, for `wal_archive.lost_reason`; None when it is intact or the
+    /// check could not tell.
+    pub fn lost_reason(&self, expected_size: u64) -> Option<String> {
+        match self {
+            Found::Intact | Found::Unreadable(_) => None,
+            Found::Missing => Some("missing from the archive directory".into()),
+            Found::NotRegular => Some("not a regular file in the archive directory".into()),
+            Found::Size { actual } => {
+                Some(format!("{actual} bytes on disk, {expected_size} archived"))
+            }
+            Found::Digest { actual } => Some(format!(
+                "its sha256 is {actual}, not the one recorded when it was archived"
+            )),
+            Found::NotInArchive => {
+                Some("its recorded path is not in the WAL archive of a backup root".into())
+            }
+        }
+    }
+}
+
+/// Where an archived file is: a root, the archive directory below it, the stored name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ArchivedFile {
+    pub root: PathBuf,
+    /// `wal/<system identifier>`, relative to the root.
+    pub dir: PathBuf,
+    pub stored: String,
+}
+
+/// The archived file a catalog row names, when its path is exactly what the archive module
+/// records for that cluster and name under one of `roots`.
+pub fn locate(
+    file_path: &str,
+    file_name: &str,
+    system_identifier: i64,
+    roots: &[PathBuf],
+) -> Option<ArchivedFile> {
+    let path = Path::new(file_path);
+    let stored = path.file_name()?.to_str()?;
+    if stored != file_name && stored != format!("{file_name}.zst") {
+        return None;
+    }
+    let dir = PathBuf::from(WAL_ARCHIVE).join(system_identifier.to_string());
+    roots.iter().find_map(|root| {
+        (path.parent()? == root.join(&dir)).then(|| ArchivedFile {
+            root: root.clone(),
+            dir: dir.clone(),
+            stored: stored.to_owned(),
+        })
+    })
+}
+
+/// Opens the archive directory of `file` beneath its root (no symlink followed).
+pub fn open_dir(file: &ArchivedFile) -> io::Result<File> {
+    Root::open(&file.root)?.open_dir(&file.dir)
+}
+
+fn open(dir: &File, stored: &str) -> Result<File, Found> {
+    let f = open_file_at(dir, OsStr::new(stored)).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) => Found::Missing,
+        Some(libc::ELOOP) | Some(libc::ENXIO) => Found::NotRegular,
+        _ => Found::Unreadable(e.to_string()),
+    })?;
+    let meta = f.metadata().map_err(|e| Found::Unreadable(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(Found::NotRegular);
+    }
+    Ok(f)
+}
+
+/// Presence and size: one open and `fstat`, no read.
+pub fn check_size(dir: &File, stored: &str, size: u64) -> Found {
+    match open(dir, stored) {
+        Err(found) => found,
+        Ok(f) => match f.metadata() {
+            Ok(m) if m.len() == size => Found::Intact,
+            Ok(m) => Found::Size { actual: m.len() },
+            Err(e) => Found::Unreadable(e.to_string()),
+        },
+    }
+}
+
+/// Size and sha256: the whole file read through the hashing stage.
+pub fn check_content(
+    dir: &File,
+    stored: &str,
+    size: u64,
+    sha256: &str,
+    cancel: &AtomicBool,
+    progress: &AtomicU64,
+) -> Found {
+    let mut f = match open(dir, stored) {
+        Err(found) => return found,
+        Ok(f) => f,
+    };
+    let mut buf = vec![0u8; super::CHUNK];
+    match stream::hash_all(&mut f, &mut buf, Some(cancel), Some(progress)) {
+        Err(e) => Found::Unreadable(e.to_string()),
+        Ok((bytes, _)) if bytes != size => Found::Size { actual: bytes },
+        Ok((_, actual)) if !actual.eq_ignore_ascii_case(sha256) => Found::Digest { actual },
+        Ok(_) => Found::Intact,
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+    use sha2::{Digest, Sha256};
+
+    fn sha256_hex(b: &[u8]) -> String {
+        crate::checksum::hex(&Sha256::digest(b))
+    }
+
+    fn archive() -> (tempfile::TempDir, PathBuf, ArchivedFile) {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().to_path_buf();
+        std::fs::create_dir_all(root.join("wal/42")).unwrap();
+        std::fs::write(
+            root.join("wal/42/000000010000000000000003"),
+            b"segment bytes",
+        )
+        .unwrap();
+        let path = root.join("wal/42/000000010000000000000003");
+        let file = locate(
+            path.to_str().unwrap(),
+            "000000010000000000000003",
+            42,
+            std::slice::from_ref(&root),
+        )
+        .unwrap();
+        (t, root, file)
+    }
+
+    #[test]
+    fn only_the_archive_modules_layout_is_located() {
+        let roots = vec![PathBuf::from("/b")];
+        let name = "000000010000000000000003";
+        assert!(locate(&format!("/b/wal/42/{name}"), name, 42, &roots).is_some());
+        assert!(locate(&format!("/b/wal/42/{name}.zst"), name, 42, &roots).is_some());
+        // Another cluster's directory, another name, a path outside, a way up: refused.
+        assert!(locate(&format!("/b/wal/43/{name}"), name, 42, &roots).is_none());
+        assert!(locate("/b/wal/42/000000010000000000000004", name, 42, &roots).is_none());
+        assert!(locate(&format!("/etc/wal/42/{name}"), name, 42, &roots).is_none());
+        assert!(locate(&format!("/b/wal/42/../42/{name}"), name, 42, &roots).is_none());
+        assert!(locate(&format!("/b/x/wal/42/{name}"), name, 42, &roots).is_none());
+    }
+
+    #[test]
+    fn size_and_content_checks_tell_what_changed() {
+        let (_t, root, file) = archive();
+        let dir = open_dir(&file).unwrap();
+        let sha = sha256_hex(b"segment bytes");
+        let (cancel, progress) = (AtomicBool::new(false), AtomicU64::new(0));
+        assert_eq!(check_size(&dir, &file.stored, 13), Found::Intact);
+        assert_eq!(
+            check_content(&dir, &file.stored, 13, &sha, &cancel, &progress),
+            Found::Intact
+        );
+        assert_eq!(
+            check_size(&dir, &file.stored, 14),
+            Found::Size { actual: 13 }
+        );
+        // Same size, other bytes: only the content check sees it.
+        std::fs::write(root.join("wal/42").join(&file.stored), b"segment bytez").unwrap();
+        assert_eq!(check_size(&dir, &file.stored, 13), Found::Intact);
+        assert!(matches!(
+            check_content(&dir, &file.stored, 13, &sha, &cancel, &progress),
+            Found::Digest { .. }
+        ));
+        // A symlink in its place is not followed.
+        std::fs::remove_file(root.join("wal/42").join(&file.stored)).unwrap();
+        assert_eq!(check_size(&dir, &file.stored, 13), Found::Missing);
+        std::os::unix::fs::symlink("/etc/hostname", root.join("wal/42").join(&file.stored))
+            .unwrap();
+        assert_eq!(check_size(&dir, &file.stored, 13), Found::NotRegular);
+        assert!(Found::Missing.lost_reason(13).unwrap().contains("missing"));
+        assert_eq!(Found::Intact.lost_reason(13), None);
+    }
+}

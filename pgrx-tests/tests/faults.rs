@@ -244,3 +244,141 @@ fn sixteen_clients_record_while_the_worker_runs_jobs() {
         .get(0);
     assert_eq!(state, completed);
 }
+
+/// A superuser connection once the server accepts them again (after a crash restart).
+fn reconnect(cluster: &Cluster) -> postgres::Client {
+    let mut client = None;
+    let up = Cluster::wait_for(Duration::from_secs(60), || {
+        client = cluster
+            .connect_as("postgres", "postgres")
+            .ok()
+            .filter(|c| !c.is_closed());
+        client
+            .as_mut()
+            .is_some_and(|c| c.simple_query("SELECT 1").is_ok())
+    });
+    assert!(up, "the server did not come back\n{}", cluster.log());
+    client.unwrap()
+}
+
+fn worker_pid(db: &mut postgres::Client) -> Option<i32> {
+    db.query_opt(
+        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'backup_mgmt scheduler'",
+        &[],
+    )
+    .ok()
+    .flatten()
+    .map(|r| r.get(0))
+}
+
+/// kill -9 of the worker at each stage of a native backup (after pg_backup_start, while copying,
+/// after pg_backup_stop, before the rename into place; `backup_mgmt.fault_pause_at` holds it
+/// there): nothing is recorded complete, no partial directory stays, and the next run succeeds
+/// and verifies.
+#[test]
+fn killing_the_worker_at_each_stage_of_a_native_backup_leaves_nothing_half_done() {
+    let cluster = Cluster::start_with_backups(&[]);
+    let mut db = cluster.connect("postgres");
+    db.batch_execute(
+        "CREATE EXTENSION backup_mgmt;
+         CREATE TABLE filler AS SELECT g, md5(g::text) AS t FROM generate_series(1, 100000) g;
+         SELECT backup_mgmt.schedule_backup('crash', '@yearly', 'postgres', 'full', 'native_physical', '{}');",
+    )
+    .unwrap();
+    let set_pause = |db: &mut postgres::Client, points: &str| {
+        db.batch_execute(&format!(
+            "ALTER SYSTEM SET backup_mgmt.fault_pause_at = '{points}'"
+        ))
+        .unwrap();
+        db.batch_execute("SELECT pg_reload_conf()").unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    for stage in [
+        "native_start",
+        "native_copy",
+        "native_stop",
+        "native_rename",
+    ] {
+        set_pause(&mut db, stage);
+        let line = format!("fault injection: pausing at {stage}");
+        let seen = cluster.log().matches(&line).count();
+        db.execute("SELECT backup_mgmt.run_job_now('crash')", &[])
+            .unwrap();
+        assert!(
+            Cluster::wait_for(Duration::from_secs(90), || cluster
+                .log()
+                .matches(&line)
+                .count()
+                > seen),
+            "the worker never reached {stage}\n{}",
+            cluster.log()
+        );
+        let pid = worker_pid(&mut db).expect("the worker runs");
+        let ready = cluster.log().matches("ready to accept connections").count();
+        // SAFETY: a plain kill(2) of the worker process we just looked up.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+        // The postmaster ends every session and restarts; connect only after that.
+        assert!(
+            Cluster::wait_for(Duration::from_secs(60), || cluster
+                .log()
+                .matches("ready to accept connections")
+                .count()
+                > ready),
+            "no crash restart\n{}",
+            cluster.log()
+        );
+        db = reconnect(&cluster);
+        // The restarted worker records the interrupted run failed and removes its files.
+        let settled = Cluster::wait_for(Duration::from_secs(60), || {
+            records(&mut db, "crash")
+                .iter()
+                .all(|r| r.status == "failed")
+                && db
+                    .query_one(
+                        "SELECT count(*) FROM enterprise_backup.backup_job_executions WHERE execution_status = 'running'",
+                        &[],
+                    )
+                    .map(|r| r.get::<_, i64>(0) == 0)
+                    .unwrap_or(false)
+        });
+        assert!(
+            settled,
+            "after a kill at {stage}: {:?}\n{}",
+            records(&mut db, "crash")
+                .iter()
+                .map(|r| (r.id, r.status.clone(), r.error.clone()))
+                .collect::<Vec<_>>(),
+            cluster.log()
+        );
+        let leftovers: Vec<PathBuf> = files_under(&cluster.backup_root())
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains(".partial"))
+            .collect();
+        assert!(
+            leftovers.is_empty(),
+            "after a kill at {stage}: {leftovers:?}"
+        );
+        for r in records(&mut db, "crash") {
+            assert!(!r.path.exists(), "a failed run left {:?}", r.path);
+        }
+    }
+    set_pause(&mut db, "");
+    db.execute("SELECT backup_mgmt.run_job_now('crash')", &[])
+        .unwrap();
+    let done = wait_records(&cluster, &mut db, "crash", "completed", 1, 180);
+    let verified: bool = db
+        .query_one(
+            "SELECT backup_mgmt.verify_backup_integrity($1)",
+            &[&done[0].id],
+        )
+        .unwrap()
+        .get(0);
+    assert!(verified);
+    assert_eq!(
+        records(&mut db, "crash")
+            .iter()
+            .filter(|r| r.status == "failed")
+            .count(),
+        4
+    );
+}

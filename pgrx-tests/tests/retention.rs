@@ -208,6 +208,19 @@ fn a_file_still_named_by_a_kept_record_is_not_deleted() {
         &[&newer],
     )
     .unwrap();
+    // The preview says the file stays, and why.
+    let why: Vec<String> = db
+        .query_one(
+            "SELECT reasons FROM backup_mgmt.retention_preview('shared') WHERE backup_id = $1",
+            &[&older],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        why.iter()
+            .any(|r| r.contains("stays") && r.contains(&format!("backup {newer}"))),
+        "{why:?}"
+    );
     let verdicts: Vec<(i64, String)> = db
         .query(
             "SELECT backup_id, action FROM backup_mgmt.apply_retention('shared') ORDER BY backup_id",

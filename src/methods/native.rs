@@ -33,9 +33,9 @@ use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiError};
 use serde_json::{json, Value};
 
-use crate::catalog::queries::newest_verification_status;
-use crate::pg::server;
+use crate::catalog::queries::{chain_problem, newest_verification_status};
 use crate::pg::spi::in_transaction;
+use crate::pg::{guc, server};
 
 /// Starting and stopping a non-exclusive backup: PostgreSQL 15 renamed the functions (and
 /// dropped the exclusive mode, which 13 and 14 take as an argument).
@@ -99,6 +99,9 @@ pub(crate) fn choose_parent(c: &SpiClient<'_>, kind: &str) -> Result<Option<Pare
                 AND coalesce(",
             newest_verification_status!(),
             ", 'passed') <> 'failed' \
+                AND ",
+            chain_problem!(),
+            " IS NULL \
               ORDER BY r.end_time DESC, r.backup_id DESC LIMIT 1"
         ),
         None,
@@ -169,6 +172,7 @@ pub(crate) fn begin(
         ));
     };
     let start_lsn = Lsn::parse(&lsn).unwrap_or_default();
+    fault_pause("native_start", guc::fault_pause_at("native_start"));
     let session = Session {
         start: start.clone(),
         slot,
@@ -188,8 +192,12 @@ pub(crate) fn begin(
     };
     let parent = start.parent.clone();
     let slot_out = Arc::clone(&session.copied);
+    let pause = guc::fault_pause_at("native_copy");
+    if pause {
+        log!("backup_mgmt: fault injection: pausing at native_copy");
+    }
     let handle = backup::start_work(
-        move |progress| copy(spec, parent, progress, &slot_out),
+        move |progress| copy(spec, parent, progress, &slot_out, pause),
         on_done,
     );
     Ok((session, handle))
@@ -202,8 +210,12 @@ fn copy(
     parent: Option<Parent>,
     progress: &Progress,
     out: &Mutex<Option<Copied>>,
+    pause: bool,
 ) -> Result<Outcome, BackupError> {
     progress.set_phase(Phase::CopyingFiles);
+    if pause {
+        std::thread::sleep(std::time::Duration::from_secs(600));
+    }
     if let Some(p) = parent {
         let dir = Path::new(&p.path);
         let m = load_manifest(dir, p.checksum.as_deref()).map_err(|r| {
@@ -225,6 +237,16 @@ fn copy(
         size: stored,
         sha256: String::new(),
     }))
+}
+
+/// The pause of `backup_mgmt.fault_pause_at` (a test kills the worker during it): logged, then
+/// ten minutes.  Called on the worker's thread (a helper thread may neither read the setting nor
+/// log: the copy thread is told by `copy`'s argument and logged for here, as it starts).
+fn fault_pause(point: &str, armed: bool) {
+    if armed {
+        log!("backup_mgmt: fault injection: pausing at {point}");
+        std::thread::sleep(std::time::Duration::from_secs(600));
+    }
 }
 
 fn drop_slot(slot: Option<&str>) {
@@ -252,6 +274,7 @@ pub(crate) fn finish(
 ) -> Result<Outcome, BackupError> {
     let partial = durable::partial_path(&session.start.final_dir);
     let stopped = query_text("stopping a native backup", BACKUP_STOP, Vec::new());
+    fault_pause("native_stop", guc::fault_pause_at("native_stop"));
     let result = (|| {
         copied?;
         let copied = session
@@ -345,6 +368,7 @@ fn complete(
         &span,
     )
     .map_err(|e| fail(e.to_string()))?;
+    fault_pause("native_rename", guc::fault_pause_at("native_rename"));
     durable::install_dir(&partial, &session.start.final_dir)
         .map_err(|e| fail(format!("renaming the backup into place: {e}")))?;
     let mut annotations = counts;

@@ -30,6 +30,10 @@ static VERIFY_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
 /// file with the disk (presence and size; seconds, 0 = never, which also stops the sha256 pass).
 static WAL_CHECK_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(300);
 
+/// `backup_mgmt.fault_pause_at`: test aid (like PostgreSQL's injection points): the worker pauses
+/// for ten minutes at each named point of its work, so that a test can kill it there.
+static FAULT_PAUSE_AT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+
 /// `backup_mgmt.max_history_per_job`: finished executions kept per job (older ones are deleted).
 static MAX_HISTORY_PER_JOB: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
@@ -175,6 +179,14 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
     );
+    GucRegistry::define_string_guc(
+        c"backup_mgmt.fault_pause_at",
+        c"For tests of crash safety: points where the worker pauses for ten minutes (comma-separated).",
+        c"native_start (after pg_backup_start), native_copy (copying files), native_stop (after pg_backup_stop), native_rename (before the finished directory is renamed into place). Empty in production.",
+        &FAULT_PAUSE_AT,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
     GucRegistry::define_int_guc(
         c"backup_mgmt.wal_check_interval",
         c"How often the worker checks that every archived WAL file is still in the archive with its size.",
@@ -220,6 +232,12 @@ pub fn max_running_jobs() -> usize {
 
 pub fn verify_interval_seconds() -> i64 {
     i64::from(VERIFY_INTERVAL.get().max(0))
+}
+
+/// Whether the worker is to pause at `point` (`backup_mgmt.fault_pause_at`).
+pub fn fault_pause_at(point: &str) -> bool {
+    let list = string_of(&FAULT_PAUSE_AT);
+    !list.is_empty() && list.split(',').any(|p| p.trim() == point)
 }
 
 pub fn wal_check_interval_seconds() -> u64 {

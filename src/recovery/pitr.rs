@@ -17,7 +17,7 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiError};
 
-use crate::catalog::queries::{chain_members, newest_verification_status};
+use crate::catalog::queries::{chain_members, chain_problem, newest_verification_status};
 use crate::pg::server;
 
 #[derive(Debug, thiserror::Error)]
@@ -146,33 +146,58 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
         Target::Time(_) | Target::Immediate => None,
     };
     Spi::connect(|c| {
-        // The newest base backup of this cluster that was consistent before the target and
-        // whose newest verification did not fail.
-        let base = c.select(
+        // The newest base backup of this cluster that was consistent before the target, whose
+        // newest verification did not fail, and whose whole chain is usable; and the newer ones
+        // that could not be used, with why (said in a NOTICE, and in the reason when none can).
+        let candidates = c.select(
             concat!(
                 "SELECT r.backup_id, r.backup_file_path, r.checksum, r.compression, r.end_time, \
                         r.timeline_id, r.start_lsn::text, r.stop_lsn::text, r.system_identifier, \
-                        r.pg_version / 10000, r.backup_method \
+                        r.pg_version / 10000, r.backup_method, \
+                        CASE WHEN ",
+                newest_verification_status!(),
+                " = 'failed' THEN 'it failed its newest verification' ELSE ",
+                chain_problem!(),
+                " END \
                    FROM backup_management.backup_records r \
                   WHERE r.expired_at IS NULL AND r.status = 'completed' AND r.backup_method IN ('pg_basebackup', 'native_physical') \
                     AND r.origin = 'worker' AND r.start_lsn IS NOT NULL AND r.checksum IS NOT NULL \
                     AND r.system_identifier = (SELECT system_identifier FROM pg_catalog.pg_control_system()) \
                     AND CASE WHEN $1::timestamptz IS NOT NULL THEN r.end_time <= $1 \
                              ELSE r.stop_lsn <= $2::text::pg_lsn END \
-                    AND coalesce(",
-                newest_verification_status!(),
-                ", 'passed') = 'passed' \
-                  ORDER BY r.stop_lsn DESC, r.backup_id DESC LIMIT 1"
+                  ORDER BY r.stop_lsn DESC, r.backup_id DESC LIMIT 20"
             ),
             None,
             &[target_time.into(), target_lsn_text.clone().into()],
         )?;
-        if base.is_empty() {
-            return Ok(unreachable_row(
-                "no completed pg_basebackup or native physical backup of this cluster, with its WAL positions recorded and no failed verification, ended before the target".into(),
-            ));
+        let mut not_used: Vec<String> = Vec::new();
+        let mut base = None;
+        for row in candidates {
+            match row.get::<String>(12)? {
+                Some(problem) => not_used.push(format!(
+                    "backup {}: {problem}",
+                    row.get::<i64>(1)?.unwrap_or_default()
+                )),
+                None => {
+                    base = Some(row);
+                    break;
+                }
+            }
         }
-        let row = base.first();
+        let Some(row) = base else {
+            let mut reason = "no completed pg_basebackup or native physical backup of this cluster, with its WAL positions recorded, no failed verification and a whole chain, ended before the target".to_owned();
+            if !not_used.is_empty() {
+                reason.push_str(&format!(" (not usable: {})", not_used.join("; ")));
+            }
+            return Ok(unreachable_row(reason));
+        };
+        if !not_used.is_empty() {
+            notice!(
+                "backup_mgmt: plan_recovery chose base backup {}; newer ones could not be used: {}",
+                row.get::<i64>(1)?.unwrap_or_default(),
+                not_used.join("; ")
+            );
+        }
         let id: i64 = row.get(1)?.unwrap_or_default();
         let path: String = row.get(2)?.unwrap_or_default();
         let sha: String = row.get(3)?.unwrap_or_default();
@@ -494,6 +519,59 @@ mod tests {
             &format!("SELECT backup_mgmt.restore_recipe({dump})"),
             "42809",
             "pg_dump",
+        );
+    }
+
+    /// A chain is only as good as its ancestors (issue 15): an incremental whose full failed
+    /// verification is not a base, even when it was never verified itself; the plan takes an
+    /// older whole chain and says what it could not use.
+    #[pg_test]
+    fn plans_skip_a_chain_whose_ancestor_failed_verification() {
+        let native = |kind: &str, name: &str, lsn: &str, parent: Option<i64>| -> i64 {
+            Spi::run(&format!(
+                "INSERT INTO backup_management.backup_records
+                     (database_name, backup_type, backup_method, backup_file_path, status, start_time, end_time,
+                      duration, checksum, origin, system_identifier, timeline_id, start_lsn, stop_lsn, parent_backup_id)
+                 VALUES ('postgres', '{kind}', 'native_physical', '/tmp/backup_mgmt_pgtest_root/{name}', 'completed',
+                         now(), now(), '0', repeat('d', 64), 'worker',
+                         (SELECT system_identifier FROM pg_control_system()), 1, '{lsn}28', '{lsn}FF', {})",
+                parent.map_or("NULL".to_owned(), |p| p.to_string())
+            ))
+            .unwrap();
+            Spi::get_one::<i64>("SELECT max(backup_id) FROM backup_management.backup_records")
+                .unwrap()
+                .unwrap()
+        };
+        let verify = |id: i64, status: &str| {
+            Spi::run(&format!(
+                "INSERT INTO backup_management.backup_verifications (backup_id, verification_type, verification_status)
+                 VALUES ({id}, 'checksum', '{status}')"
+            ))
+            .unwrap();
+        };
+        let old = native("full", "old", "0/30000", None);
+        verify(old, "passed");
+        let full = native("full", "full", "0/60000", None);
+        verify(full, "failed");
+        let incr = native("incremental", "incr", "0/90000", Some(full));
+        let base = Spi::get_one::<i64>(
+            "SELECT base_backup_id FROM backup_mgmt.plan_recovery_lsn('0/A000000')",
+        )
+        .unwrap();
+        assert_eq!(base, Some(old));
+        // With no whole chain left, the reason names each backup it could not use and why.
+        verify(old, "failed");
+        let (reachable, reason) = Spi::get_two::<bool, String>(
+            "SELECT reachable, reason FROM backup_mgmt.plan_recovery_lsn('0/A000000')",
+        )
+        .unwrap();
+        assert_eq!(reachable, Some(false));
+        let reason = reason.unwrap_or_default();
+        assert!(
+            reason.contains(&format!(
+                "backup {incr}: its ancestor {full} failed its newest verification"
+            )) && reason.contains(&format!("backup {full}: it failed its newest verification")),
+            "{reason}"
         );
     }
 }

@@ -167,7 +167,15 @@ type PreviewRow = (
 );
 
 fn preview_rows(job: Option<&str>, policy: Option<&str>) -> Result<Vec<PreviewRow>, ExpiryError> {
-    let (policy, backups, verdicts) = verdicts(job, policy)?;
+    let (policy, backups, mut verdicts) = verdicts(job, policy)?;
+    // Retention deletes by reference: say which files of expiring backups stay, and why.
+    let expiring: Vec<i64> = verdicts.iter().filter(|v| !v.keep).map(|v| v.id).collect();
+    let mut kept = Spi::connect(|c| files_kept(c, &expiring))?;
+    for v in verdicts.iter_mut() {
+        if let Some(reasons) = kept.remove(&v.id) {
+            v.reasons.extend(reasons);
+        }
+    }
     let by_id: std::collections::HashMap<i64, &Backup> =
         backups.iter().map(|b| (b.id, b)).collect();
     Ok(verdicts
@@ -280,7 +288,7 @@ fn apply_retention(
         // still goes.
         let mut kept_files = Vec::new();
         for (path, _) in &doomed {
-            if let Some(other) = still_named(c, path)? {
+            if let Some(other) = still_named(c, path, &[])? {
                 kept_files.push((path.clone(), other));
             }
         }
@@ -338,21 +346,26 @@ fn apply_retention(
     Ok(TableIterator::new(rows))
 }
 
-/// The kept backup (running or completed) whose file or globals file is `path`, lies inside it,
-/// or holds it, if any.
-fn still_named(c: &SpiClient<'_>, path: &str) -> Result<Option<i64>, ExpiryError> {
+/// The kept backup (running or completed, and not in `expiring`) whose file or globals file is
+/// `path`, lies inside it, or holds it, if any.
+fn still_named(
+    c: &SpiClient<'_>,
+    path: &str,
+    expiring: &[i64],
+) -> Result<Option<i64>, ExpiryError> {
     let ancestors: Vec<String> = std::path::Path::new(path)
         .ancestors()
         .filter(|a| a.parent().is_some())
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
     let t = c.select(
-        crate::catalog::registration::OVERLAP_SQL,
+        crate::catalog::registration::OVERLAP_EXCEPT_SQL,
         Some(1),
         &[
             ancestors.into(),
             format!("{path}/").as_str().into(),
             format!("{path}0").as_str().into(),
+            expiring.to_vec().into(),
         ],
     )?;
     Ok(if t.is_empty() {
@@ -360,6 +373,40 @@ fn still_named(c: &SpiClient<'_>, path: &str) -> Result<Option<i64>, ExpiryError
     } else {
         t.first().get::<i64>(1)?
     })
+}
+
+/// For the backups about to expire that the worker made (whose files retention deletes): the
+/// files that stay because a kept backup still names them, as reasons.
+fn files_kept(
+    c: &SpiClient<'_>,
+    expiring: &[i64],
+) -> Result<std::collections::HashMap<i64, Vec<String>>, ExpiryError> {
+    let mut out: std::collections::HashMap<i64, Vec<String>> = Default::default();
+    if expiring.is_empty() {
+        return Ok(out);
+    }
+    let t = c.select(
+        "SELECT backup_id, p FROM backup_management.backup_records, \
+                LATERAL unnest(ARRAY[backup_file_path, globals_file_path]) p \
+          WHERE backup_id = ANY ($1) AND origin = 'worker' AND p IS NOT NULL",
+        None,
+        &[expiring.to_vec().into()],
+    )?;
+    let mut paths = Vec::new();
+    for r in t {
+        paths.push((
+            r.get::<i64>(1)?.unwrap_or_default(),
+            r.get::<String>(2)?.unwrap_or_default(),
+        ));
+    }
+    for (id, path) in paths {
+        if let Some(other) = still_named(c, &path, expiring)? {
+            out.entry(id).or_default().push(format!(
+                "its file \"{path}\" stays: backup {other}, which is kept, names it"
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// Pins a completed backup: no retention policy removes it (a legal hold), until `keep_until`

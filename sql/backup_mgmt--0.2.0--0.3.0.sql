@@ -116,6 +116,12 @@ CREATE FUNCTION backup_mgmt.verification_state_refresh(ids bigint[])
     SET search_path = pg_catalog, pg_temp
 AS $bm$
 BEGIN
+    -- Writers of one backup's state wait for each other here (the worker's upkeep and
+    -- verify_backup_integrity, retention expiring a backup while it is verified), so that each
+    -- computes the state from what the other committed: every statement below takes a new
+    -- snapshot after the wait.  Row locks, which need no lock-table entry per row.
+    PERFORM 1 FROM backup_management.backup_records
+      WHERE backup_id = ANY (ids) ORDER BY backup_id FOR NO KEY UPDATE;
     DELETE FROM backup_management.verification_state s
      WHERE s.backup_id = ANY (ids)
        AND NOT EXISTS (SELECT FROM backup_management.backup_records r

@@ -190,7 +190,7 @@ pub fn init() {
     GucRegistry::define_int_guc(
         c"backup_mgmt.wal_check_interval",
         c"How often the worker checks that every archived WAL file is still in the archive with its size.",
-        c"A pass checks 1,000 files a second (one open and fstat each); a file gone or of another size is recorded as lost (wal_archive.lost_at) and counts as missing in wal_gaps, plan_recovery, recovery_status and metrics(). Besides, each file is read through sha256 once per backup_mgmt.verify_interval, one every 10 seconds. 0 turns both off.",
+        c"A pass checks 1,000 files a second (one open and fstat each); a file gone or of another size is recorded as lost (wal_archive.lost_at) and counts as missing in wal_gaps, plan_recovery, recovery_status and metrics(). Besides, each file is read through sha256 once per backup_mgmt.verify_interval (0: only lost files found back), one every 10 seconds. 0 turns both off.",
         &WAL_CHECK_INTERVAL,
         0,
         i32::MAX,

@@ -139,6 +139,26 @@ fn unreachable_row(reason: String) -> PlanRow {
     )
 }
 
+/// The base backups a plan may start from: this cluster's completed physical backups by the
+/// worker, consistent before the target (`$1` a time, else `$2` an LSN), each with what makes it
+/// unusable (`problem`: its own failed verification, or its chain's), NULL when nothing does.
+const CANDIDATES: &str = concat!(
+    "SELECT r.backup_id, r.backup_file_path, r.checksum, r.compression, r.end_time, \
+            r.timeline_id, r.start_lsn::text, r.stop_lsn::text, r.system_identifier, \
+            r.pg_version / 10000, r.backup_method, \
+            CASE WHEN ",
+    newest_verification_status!(),
+    " = 'failed' THEN 'it failed its newest verification' ELSE ",
+    chain_problem!(),
+    " END AS problem, r.stop_lsn AS stop_order \
+       FROM backup_management.backup_records r \
+      WHERE r.expired_at IS NULL AND r.status = 'completed' AND r.backup_method IN ('pg_basebackup', 'native_physical') \
+        AND r.origin = 'worker' AND r.start_lsn IS NOT NULL AND r.checksum IS NOT NULL \
+        AND r.system_identifier = (SELECT system_identifier FROM pg_catalog.pg_control_system()) \
+        AND CASE WHEN $1::timestamptz IS NOT NULL THEN r.end_time <= $1 \
+                 ELSE r.stop_lsn <= $2::text::pg_lsn END"
+);
+
 fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<PlanRow, PitrError> {
     let segment_size = server::segment_size();
     let target_lsn_text = match &target {
@@ -149,27 +169,10 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
         // The newest base backup of this cluster that was consistent before the target, whose
         // newest verification did not fail, and whose whole chain is usable; and the newer ones
         // that could not be used, with why (said in a NOTICE, and in the reason when none can).
-        let candidates = c.select(
-            concat!(
-                "SELECT r.backup_id, r.backup_file_path, r.checksum, r.compression, r.end_time, \
-                        r.timeline_id, r.start_lsn::text, r.stop_lsn::text, r.system_identifier, \
-                        r.pg_version / 10000, r.backup_method, \
-                        CASE WHEN ",
-                newest_verification_status!(),
-                " = 'failed' THEN 'it failed its newest verification' ELSE ",
-                chain_problem!(),
-                " END \
-                   FROM backup_management.backup_records r \
-                  WHERE r.expired_at IS NULL AND r.status = 'completed' AND r.backup_method IN ('pg_basebackup', 'native_physical') \
-                    AND r.origin = 'worker' AND r.start_lsn IS NOT NULL AND r.checksum IS NOT NULL \
-                    AND r.system_identifier = (SELECT system_identifier FROM pg_catalog.pg_control_system()) \
-                    AND CASE WHEN $1::timestamptz IS NOT NULL THEN r.end_time <= $1 \
-                             ELSE r.stop_lsn <= $2::text::pg_lsn END \
-                  ORDER BY r.stop_lsn DESC, r.backup_id DESC LIMIT 20"
-            ),
-            None,
-            &[target_time.into(), target_lsn_text.clone().into()],
-        )?;
+        let first = format!("{CANDIDATES} ORDER BY r.stop_lsn DESC, r.backup_id DESC LIMIT 20");
+        let args = [target_time.into(), target_lsn_text.clone().into()];
+        let candidates = c.select(&first, None, &args)?;
+        let looked_at = candidates.len();
         let mut not_used: Vec<String> = Vec::new();
         let mut base = None;
         for row in candidates {
@@ -183,6 +186,14 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
                     break;
                 }
             }
+        }
+        // Twenty newer ones unusable: the newest usable one further back, if any.
+        if base.is_none() && looked_at == 20 {
+            let further = format!(
+                "SELECT x.* FROM ({CANDIDATES}) x WHERE x.problem IS NULL \
+                  ORDER BY x.stop_order DESC, x.backup_id DESC LIMIT 1"
+            );
+            base = c.select(&further, None, &args)?.next();
         }
         let Some(row) = base else {
             let mut reason = "no completed pg_basebackup or native physical backup of this cluster, with its WAL positions recorded, no failed verification and a whole chain, ended before the target".to_owned();
@@ -559,6 +570,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(base, Some(old));
+        // Still found behind more than twenty unusable ones.
+        let mut parent = incr;
+        for i in 0..24 {
+            parent = native(
+                "incremental",
+                &format!("incr{i}"),
+                &format!("0/9{:02X}00", i + 1),
+                Some(parent),
+            );
+        }
+        let base = Spi::get_one::<i64>(
+            "SELECT base_backup_id FROM backup_mgmt.plan_recovery_lsn('0/A000000')",
+        )
+        .unwrap();
+        assert_eq!(base, Some(old));
         // With no whole chain left, the reason names each backup it could not use and why.
         verify(old, "failed");
         let (reachable, reason) = Spi::get_two::<bool, String>(
@@ -569,8 +595,8 @@ mod tests {
         let reason = reason.unwrap_or_default();
         assert!(
             reason.contains(&format!(
-                "backup {incr}: its ancestor {full} failed its newest verification"
-            )) && reason.contains(&format!("backup {full}: it failed its newest verification")),
+                "backup {parent}: its ancestor {full} failed its newest verification"
+            )),
             "{reason}"
         );
     }

@@ -42,7 +42,10 @@ struct Row {
     file_path: String,
     size: u64,
     sha256: String,
-    lost: bool,
+    /// `lost_at` as text when the row was read (NULL: intact).
+    lost_at: Option<String>,
+    /// Whether it was lost for its bytes (a same-size file is only judged again by a read).
+    lost_by_digest: bool,
 }
 
 /// What was found for a row.
@@ -53,7 +56,10 @@ struct Finding {
     size: u64,
     /// Whether the sha256 was compared (the content check) or only the size.
     read: bool,
-    was_lost: bool,
+    /// `lost_at` as text when the check started: a read that finds the file intact clears a
+    /// loss only if no other check recorded one meanwhile.
+    was_lost: Option<String>,
+    lost_by_digest: bool,
 }
 
 #[derive(Default)]
@@ -64,14 +70,20 @@ pub struct WalCheck {
     batch: Throttle,
     hash: Throttle,
     in_flight: Option<Helper<Option<Finding>>>,
+    /// Lost files found back with their size wait for a read: read them without the pause.
+    recheck: bool,
 }
 
 impl WalCheck {
     pub fn tick(&mut self) {
         let interval = guc::wal_check_interval_seconds();
         if let Some(h) = self.in_flight.take_if(|h| h.is_finished()) {
-            if let Some(Some(finding)) = h.join() {
-                record(&[finding]);
+            match h.join() {
+                Some(Some(finding)) => {
+                    record(&[finding]);
+                }
+                // A read that panicked records nothing: no hurry for the next one.
+                _ => self.recheck = false,
             }
         }
         if interval == 0 {
@@ -82,7 +94,7 @@ impl WalCheck {
             return;
         };
         self.presence(interval, &roots);
-        if self.in_flight.is_none() && self.hash.ready(HASH_EVERY) {
+        if self.in_flight.is_none() && (self.recheck || self.hash.ready(HASH_EVERY)) {
             self.start_content_check(roots);
         }
     }
@@ -105,7 +117,8 @@ impl WalCheck {
             return;
         };
         let rows = load(
-            "SELECT system_identifier, file_name, file_path, file_size, checksum, lost_at IS NOT NULL \
+            "SELECT system_identifier, file_name, file_path, file_size, checksum, lost_at::text, \
+                    coalesce(lost_reason LIKE 'its sha256%', false) \
                FROM backup_management.wal_archive \
               WHERE expired_at IS NULL AND (system_identifier, file_name) > ($1, $2) \
               ORDER BY system_identifier, file_name LIMIT $3",
@@ -120,7 +133,7 @@ impl WalCheck {
             }
             _ => None,
         };
-        let mut dirs: HashMap<(PathBuf, PathBuf), Option<File>> = HashMap::new();
+        let mut dirs: HashMap<(PathBuf, PathBuf), std::io::Result<File>> = HashMap::new();
         let findings: Vec<Finding> = rows
             .into_iter()
             .map(|row| {
@@ -134,10 +147,10 @@ impl WalCheck {
                     Some(file) => {
                         let dir = dirs
                             .entry((file.root.clone(), file.dir.clone()))
-                            .or_insert_with(|| archive::open_dir(&file).ok());
+                            .or_insert_with(|| archive::open_dir(&file));
                         match dir {
-                            Some(d) => archive::check_size(d, &file.stored, row.size),
-                            None => Found::Missing,
+                            Ok(d) => archive::check_size(d, &file.stored, row.size),
+                            Err(e) => dir_error(e),
                         }
                     }
                 };
@@ -147,27 +160,45 @@ impl WalCheck {
                     found,
                     size: row.size,
                     read: false,
-                    was_lost: row.lost,
+                    was_lost: row.lost_at,
+                    lost_by_digest: row.lost_by_digest,
                 }
             })
             .collect();
-        record(&findings);
+        if record(&findings) {
+            self.recheck = true;
+        }
     }
 
+    /// Starts the next read: first a lost file found back with its size (whatever
+    /// `verify_interval`, history files included), then the file read longest ago.
     fn start_content_check(&mut self, roots: Vec<PathBuf>) {
-        let interval = guc::verify_interval_seconds();
-        if interval <= 0 {
-            return;
-        }
-        let rows = load(
-            "SELECT system_identifier, file_name, file_path, file_size, checksum, lost_at IS NOT NULL \
+        let mut row = load(
+            "SELECT system_identifier, file_name, file_path, file_size, checksum, lost_at::text, \
+                    coalesce(lost_reason LIKE 'its sha256%', false) \
                FROM backup_management.wal_archive \
-              WHERE expired_at IS NULL AND segment_number IS NOT NULL \
-                AND (checked_at IS NULL OR checked_at < now() - make_interval(secs => $1)) \
-              ORDER BY checked_at NULLS FIRST LIMIT 1",
-            &[(interval as f64).into()],
-        );
-        let Some(row) = rows.and_then(|mut r| r.pop()) else {
+              WHERE lost_at IS NOT NULL AND expired_at IS NULL AND checked_at IS NULL \
+              ORDER BY system_identifier, lost_at LIMIT 1",
+            &[],
+        )
+        .and_then(|mut r| r.pop());
+        if row.is_none() {
+            self.recheck = false;
+            let interval = guc::verify_interval_seconds();
+            if interval > 0 {
+                row = load(
+                    "SELECT system_identifier, file_name, file_path, file_size, checksum, lost_at::text, \
+                            coalesce(lost_reason LIKE 'its sha256%', false) \
+                       FROM backup_management.wal_archive \
+                      WHERE expired_at IS NULL AND segment_number IS NOT NULL \
+                        AND (checked_at IS NULL OR checked_at < now() - make_interval(secs => $1)) \
+                      ORDER BY checked_at NULLS FIRST LIMIT 1",
+                    &[(interval as f64).into()],
+                )
+                .and_then(|mut r| r.pop());
+            }
+        }
+        let Some(row) = row else {
             return;
         };
         self.in_flight = Some(Helper::spawn(
@@ -187,7 +218,8 @@ impl WalCheck {
                     found,
                     size: row.size,
                     read: true,
-                    was_lost: row.lost,
+                    was_lost: row.lost_at,
+                    lost_by_digest: row.lost_by_digest,
                 })
             },
             server::wake_worker,
@@ -199,7 +231,18 @@ fn content(file: &ArchivedFile, size: u64, sha256: &str) -> Found {
     let (cancel, progress) = (AtomicBool::new(false), AtomicU64::new(0));
     match archive::open_dir(file) {
         Ok(dir) => archive::check_content(&dir, &file.stored, size, sha256, &cancel, &progress),
-        Err(_) => Found::Missing,
+        Err(e) => dir_error(&e),
+    }
+}
+
+/// An archive directory that cannot be opened says its files are missing only when it is not
+/// there; anything else (permissions, I/O, a symlink in its place, a root not mounted yet: the
+/// root itself then fails) says nothing about the files.
+fn dir_error(e: &std::io::Error) -> Found {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Found::Missing
+    } else {
+        Found::Unreadable(format!("its archive directory cannot be opened: {e}"))
     }
 }
 
@@ -214,7 +257,8 @@ fn load(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> Option<Vec<Row>> {
                     file_path: r.get(3)?.unwrap_or_default(),
                     size: r.get::<i64>(4)?.unwrap_or_default().max(0) as u64,
                     sha256: r.get(5)?.unwrap_or_default(),
-                    lost: r.get(6)?.unwrap_or(false),
+                    lost_at: r.get(6)?,
+                    lost_by_digest: r.get(7)?.unwrap_or(false),
                 });
             }
             Ok::<_, SpiError>(out)
@@ -224,8 +268,10 @@ fn load(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> Option<Vec<Row>> {
 
 /// Records what the checks found: newly lost files (logged, notified), lost files found back
 /// (read again next), content checks (their time).  Unchanged intact files cost nothing.
-fn record(findings: &[Finding]) {
+/// Returns whether a lost file was found back (to be read next).
+fn record(findings: &[Finding]) -> bool {
     let mut newly_lost = Vec::new();
+    let mut back = false;
     in_transaction("recording what the WAL archive check found", || {
         Spi::connect_mut(|c| {
             for f in findings {
@@ -253,7 +299,7 @@ fn record(findings: &[Finding]) {
                             "UPDATE backup_management.wal_archive \
                                 SET lost_reason = $3, checked_at = CASE WHEN $4 THEN now() ELSE checked_at END, \
                                     lost_at = coalesce(lost_at, now()) \
-                              WHERE system_identifier = $1 AND file_name = $2 \
+                              WHERE system_identifier = $1 AND file_name = $2 AND expired_at IS NULL \
                                 AND (lost_at IS NULL OR lost_reason IS DISTINCT FROM $3 OR $4) \
                              RETURNING 1",
                             None,
@@ -264,22 +310,31 @@ fn record(findings: &[Finding]) {
                                 f.read.into(),
                             ],
                         )?;
-                        if !t.is_empty() && !f.was_lost {
+                        if !t.is_empty() && f.was_lost.is_none() {
                             newly_lost.push((f.system_identifier, f.file_name.clone(), reason));
                         }
                     }
+                    // Intact as read; a loss another check recorded while this one read (the
+                    // open file outlives a deletion) stands.
                     (_, None) if f.read => {
                         c.update(
                             "UPDATE backup_management.wal_archive \
                                 SET checked_at = now(), lost_at = NULL, lost_reason = NULL \
-                              WHERE system_identifier = $1 AND file_name = $2",
+                              WHERE system_identifier = $1 AND file_name = $2 \
+                                AND lost_at::text IS NOT DISTINCT FROM $3",
                             None,
-                            &key,
+                            &[
+                                f.system_identifier.into(),
+                                f.file_name.as_str().into(),
+                                f.was_lost.clone().into(),
+                            ],
                         )?;
                     }
-                    // Back with its size: its bytes are read next (NULLS FIRST), and it counts
-                    // again only when they match.
-                    (_, None) if f.was_lost => {
+                    // Back with its size: its bytes are read next, and it counts again only when
+                    // they match.  One lost for its bytes keeps its size: only the regular reads
+                    // judge it again (not every pass).
+                    (_, None) if f.was_lost.is_some() && !f.lost_by_digest => {
+                        back = true;
                         c.update(
                             "UPDATE backup_management.wal_archive SET checked_at = NULL \
                               WHERE system_identifier = $1 AND file_name = $2 AND lost_at IS NOT NULL",
@@ -304,4 +359,5 @@ fn record(findings: &[Finding]) {
             "backup_mgmt: archived WAL file {name} of cluster {sysid} is lost: {reason}; a recovery that needs it cannot be made from this archive"
         );
     }
+    back
 }

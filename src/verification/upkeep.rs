@@ -54,8 +54,9 @@ impl Upkeep {
     pub fn tick(&mut self) {
         let mut finished = false;
         if let Some(job) = self.in_flight.take_if(|j| j.helper.is_finished()) {
-            finish(job);
-            finished = true;
+            // Only a recorded outcome moves the backup back in the queue; one that was not
+            // recorded (a panicked read, a failed transaction) waits for the next search.
+            finished = finish(job);
         }
         if self.in_flight.is_some() {
             return;
@@ -164,13 +165,14 @@ fn backfill(
     }
 }
 
-fn finish(job: InFlight) {
+/// Records a finished verification; whether it was recorded.
+fn finish(job: InFlight) -> bool {
     let Some(report) = job.helper.join() else {
-        return;
+        return false;
     };
     let id = job.target.backup_id;
     let stored_checksum = job.kind == Kind::Backfill && report.passed;
-    in_transaction(
+    let recorded = in_transaction(
         &format!("recording the verification of backup {id}"),
         || {
             if job.kind == Kind::Backfill && report.passed {
@@ -198,6 +200,7 @@ fn finish(job: InFlight) {
     if stored_checksum {
         mirror::refresh();
     }
+    recorded.is_some()
 }
 
 /// The next backup to work on: the one due first in `backup_mgmt.upkeep_queue`, found with three
@@ -240,7 +243,19 @@ fn next_candidate() -> Option<(Target, Kind)> {
         let Some((id, kind)) = found? else {
             return Ok(None);
         };
-        verification::load_target(id).map(|t| Some((t, kind)))
+        match verification::load_target(id) {
+            Ok(t) => Ok(Some((t, kind))),
+            Err(_) => {
+                // The state said it was due, the record says otherwise (it changed under it):
+                // the state is recomputed (and committed), so the backup does not stay first in
+                // line.
+                Spi::run_with_args(
+                    "SELECT backup_mgmt.verification_state_refresh(ARRAY[$1])",
+                    &[id.into()],
+                )?;
+                Ok(None)
+            }
+        }
     })
     .flatten()
 }

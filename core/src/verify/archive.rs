@@ -75,7 +75,9 @@ pub fn locate(
     if stored != file_name && stored != format!("{file_name}.zst") {
         return None;
     }
-    let dir = PathBuf::from(WAL_ARCHIVE).join(system_identifier.to_string());
+    // The directory is named with the identifier as PostgreSQL prints it (unsigned; the catalog
+    // stores it as a bigint).
+    let dir = PathBuf::from(WAL_ARCHIVE).join((system_identifier as u64).to_string());
     roots.iter().find_map(|root| {
         (path.parent()? == root.join(&dir)).then(|| ArchivedFile {
             root: root.clone(),
@@ -178,6 +180,9 @@ mod unit {
         assert!(locate(&format!("/etc/wal/42/{name}"), name, 42, &roots).is_none());
         assert!(locate(&format!("/b/wal/42/../42/{name}"), name, 42, &roots).is_none());
         assert!(locate(&format!("/b/x/wal/42/{name}"), name, 42, &roots).is_none());
+        // Identifiers of 2^63 and above are stored negative and named unsigned.
+        let big = u64::MAX - 5;
+        assert!(locate(&format!("/b/wal/{big}/{name}"), name, big as i64, &roots).is_some());
     }
 
     #[test]

@@ -563,3 +563,94 @@ mod unit {
         assert!(v.iter().any(|v| v.id == root && v.keep));
     }
 }
+
+/// A file or directory a backup record names (its backup file or its globals file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedPath {
+    pub backup_id: i64,
+    pub path: String,
+}
+
+/// Retention deletes by reference: for each path of an expiring backup (`doomed`), the kept
+/// backup (in `kept`) that still needs it — one naming the same path, a directory above it, or
+/// something below it — if any: (expiring backup, path, kept backup).  Sorted lookups, so the
+/// cost follows the number of paths, not their product.
+pub fn kept_by_reference(doomed: &[NamedPath], kept: &[NamedPath]) -> Vec<(i64, String, i64)> {
+    let mut sorted: Vec<(&str, i64)> = kept
+        .iter()
+        .map(|k| (k.path.as_str(), k.backup_id))
+        .collect();
+    sorted.sort_unstable();
+    let exact = |p: &str| -> Option<i64> {
+        let i = sorted.partition_point(|(k, _)| *k < p);
+        sorted.get(i).filter(|(k, _)| *k == p).map(|(_, id)| *id)
+    };
+    let mut out = Vec::new();
+    for d in doomed {
+        let p = d.path.trim_end_matches('/');
+        // The path itself and every directory above it.
+        let mut holder = exact(p);
+        let mut rest = p;
+        while holder.is_none() {
+            match rest.rfind('/') {
+                Some(i) if i > 0 => {
+                    rest = &rest[..i];
+                    holder = exact(rest);
+                }
+                _ => break,
+            }
+        }
+        // Anything below it.
+        if holder.is_none() {
+            let below = format!("{p}/");
+            let i = sorted.partition_point(|(k, _)| *k < below.as_str());
+            holder = sorted
+                .get(i)
+                .filter(|(k, _)| k.starts_with(&below))
+                .map(|(_, id)| *id);
+        }
+        if let Some(other) = holder {
+            out.push((d.backup_id, d.path.clone(), other));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod by_reference {
+    use super::*;
+
+    fn n(id: i64, path: &str) -> NamedPath {
+        NamedPath {
+            backup_id: id,
+            path: path.into(),
+        }
+    }
+
+    #[test]
+    fn a_path_still_needed_by_a_kept_backup_is_reported() {
+        let kept = vec![
+            n(10, "/b/app/latest.dump"),
+            n(11, "/b/dir"),
+            n(12, "/b/native/20261203/inner"),
+            n(13, "/b/app/latest.dump.globals.sql"),
+        ];
+        let doomed = vec![
+            n(1, "/b/app/latest.dump"), // the same file
+            n(2, "/b/dir/x.dump"),      // inside a kept directory
+            n(3, "/b/native/20261203"), // holds a kept path
+            n(4, "/b/app/other.dump"),  // nobody's
+            n(5, "/b/app/latest.dum"),  // a prefix, not a directory above
+            n(6, "/b/native/2026120"),  // likewise
+        ];
+        assert_eq!(
+            kept_by_reference(&doomed, &kept),
+            vec![
+                (1, "/b/app/latest.dump".into(), 10),
+                (2, "/b/dir/x.dump".into(), 11),
+                (3, "/b/native/20261203".into(), 12),
+            ]
+        );
+        assert!(kept_by_reference(&doomed, &[]).is_empty());
+    }
+}

@@ -116,19 +116,31 @@ fn a_full_disk_fails_backups_and_archiving_cleanly_and_both_resume() {
     assert!(records(&mut db, "full-disk")
         .iter()
         .all(|r| r.status == "failed"));
-    let left: Vec<PathBuf> = files_under(&disk.dir)
-        .into_iter()
-        .filter(|p| p.is_file() && !p.ends_with("catalog_mirror.json"))
-        .filter(|p| {
-            let name = p.to_string_lossy();
-            // The dump's temporary or final file, or a WAL segment's (`.<name>.tmp`) or final
-            // copy: only the archive manifest may be in the archive directory.
-            name.contains(".partial")
-                || name.contains("appdb")
-                || (name.contains("/wal/") && !name.ends_with("archive_manifest.jsonl"))
-        })
-        .collect();
-    assert!(left.is_empty(), "partial files left: {left:?}");
+    // The archiver keeps retrying (each attempt writes a hidden temporary and removes it when
+    // the write fails), so a look may catch one in flight: nothing may stay.
+    let leftovers = || -> Vec<PathBuf> {
+        files_under(&disk.dir)
+            .into_iter()
+            .filter(|p| p.is_file() && !p.ends_with("catalog_mirror.json"))
+            .filter(|p| {
+                let name = p.to_string_lossy();
+                // The dump's temporary or final file, or a WAL segment's (`.<name>.tmp`) or
+                // final copy: only the archive manifest may be in the archive directory.
+                name.contains(".partial")
+                    || name.contains("appdb")
+                    || (name.contains("/wal/") && !name.ends_with("archive_manifest.jsonl"))
+            })
+            .collect()
+    };
+    assert!(
+        Cluster::wait_for(Duration::from_secs(15), || leftovers().is_empty()),
+        "partial files left: {:?}",
+        leftovers()
+    );
+    // And never a finished segment.
+    assert!(!leftovers().iter().any(|p| p
+        .file_name()
+        .is_some_and(|n| !n.to_string_lossy().starts_with('.'))));
     let wal_rows: i64 = db
         .query_one("SELECT count(*) FROM backup_management.wal_archive", &[])
         .unwrap()

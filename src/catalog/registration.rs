@@ -83,14 +83,6 @@ pub const OVERLAP_SQL: &str = concat!(
     " LIMIT 1"
 );
 
-/// Which running or completed backup, other than those in `$4`, overlaps the path (`$1`..`$3`
-/// as `overlaps!`): what retention asks before it deletes a file (by reference).
-pub const OVERLAP_EXCEPT_SQL: &str = concat!(
-    "SELECT backup_id FROM backup_management.backup_records WHERE ",
-    overlaps!(1, 2, 3),
-    " AND backup_id <> ALL ($4) LIMIT 1"
-);
-
 /// Settings for the overlap check's statements.  Always the indexes, planned once per session: a
 /// plan made while the table was small (a fresh install, a bulk registration in one
 /// transaction) would otherwise scan the whole table on every call from then on, and the plan

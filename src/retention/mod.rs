@@ -18,7 +18,9 @@ use pgrx::spi::{SpiClient, SpiError};
 
 use backup_mgmt_core::backup::layout;
 use backup_mgmt_core::cron::parse_time_zone;
-use backup_mgmt_core::retention::{self, Backup, Policy, Verdict};
+use std::collections::{HashMap, HashSet};
+
+use backup_mgmt_core::retention::{self, Backup, NamedPath, Policy, Verdict};
 use backup_mgmt_core::vocabulary::BackupOrigin;
 
 use crate::pg::guc;
@@ -100,9 +102,12 @@ fn policy_for(
     load_policy(c, &name)
 }
 
+/// The files of the completed backups: (what the record names, whether the worker made it).
+type Files = Vec<(NamedPath, bool)>;
+
 /// Every completed backup (what the safety rules look at), marked in scope when it belongs to
-/// `job` (or, without a job, to no job).
-fn load_backups(c: &SpiClient<'_>, job: Option<&str>) -> Result<Vec<Backup>, ExpiryError> {
+/// `job` (or, without a job, to no job), and the files they name.
+fn load_backups(c: &SpiClient<'_>, job: Option<&str>) -> Result<(Vec<Backup>, Files), ExpiryError> {
     // The newest verification of each (live, completed) backup from verification_state, one
     // primary-key probe each.
     let t = c.select(
@@ -112,14 +117,30 @@ fn load_backups(c: &SpiClient<'_>, job: Option<&str>) -> Result<Vec<Backup>, Exp
                            WHERE s.backup_id = r.backup_id) = 'passed', false), \
                 r.pinned, r.pin_reason, r.keep_until, r.parent_backup_id, \
                 CASE WHEN $1::text IS NULL THEN r.annotations->>'job_name' IS NULL \
-                     ELSE r.annotations->>'job_name' = $1 END \
+                     ELSE r.annotations->>'job_name' = $1 END, \
+                r.backup_file_path, r.globals_file_path, r.origin = 'worker' \
            FROM backup_management.backup_records r \
           WHERE r.expired_at IS NULL AND r.status = 'completed' AND r.end_time IS NOT NULL AND r.backup_type <> 'wal'",
         None,
         &[job.into()],
     )?;
     let mut out = Vec::with_capacity(t.len());
+    let mut files = Vec::with_capacity(t.len());
     for r in t {
+        let id: i64 = r.get(1)?.unwrap_or_default();
+        let worker = r.get::<bool>(13)?.unwrap_or(false);
+        for path in [r.get::<String>(11)?, r.get::<String>(12)?]
+            .into_iter()
+            .flatten()
+        {
+            files.push((
+                NamedPath {
+                    backup_id: id,
+                    path,
+                },
+                worker,
+            ));
+        }
         let end: Option<TimestampWithTimeZone> = r.get(3)?;
         let keep_until: Option<TimestampWithTimeZone> = r.get(8)?;
         out.push(Backup {
@@ -135,7 +156,7 @@ fn load_backups(c: &SpiClient<'_>, job: Option<&str>) -> Result<Vec<Backup>, Exp
             in_scope: r.get(10)?.unwrap_or(false),
         });
     }
-    Ok(out)
+    Ok((out, files))
 }
 
 fn now_utc() -> Result<DateTime<Utc>, ExpiryError> {
@@ -147,14 +168,29 @@ fn now_utc() -> Result<DateTime<Utc>, ExpiryError> {
 fn verdicts(
     job: Option<&str>,
     policy: Option<&str>,
-) -> Result<(Policy, Vec<Backup>, Vec<Verdict>), ExpiryError> {
+) -> Result<(Policy, Vec<Backup>, Vec<Verdict>, Files), ExpiryError> {
     let now = now_utc()?;
     Spi::connect(|c| {
         let policy = policy_for(c, job, policy)?;
-        let backups = load_backups(c, job)?;
+        let (backups, files) = load_backups(c, job)?;
         let v = retention::select(&policy, &backups, now);
-        Ok((policy, backups, v))
+        Ok((policy, backups, v, files))
     })
+}
+
+/// The files of expiring backups (`expiring`) that the worker made, and those of the others
+/// (which stay): what retention by reference compares.
+fn split_files(files: &Files, expiring: &HashSet<i64>) -> (Vec<NamedPath>, Vec<NamedPath>) {
+    let mut doomed = Vec::new();
+    let mut kept = Vec::new();
+    for (f, worker) in files {
+        if !expiring.contains(&f.backup_id) {
+            kept.push(f.clone());
+        } else if *worker {
+            doomed.push(f.clone());
+        }
+    }
+    (doomed, kept)
 }
 
 type PreviewRow = (
@@ -166,19 +202,28 @@ type PreviewRow = (
     String,
 );
 
-fn preview_rows(job: Option<&str>, policy: Option<&str>) -> Result<Vec<PreviewRow>, ExpiryError> {
-    let (policy, backups, mut verdicts) = verdicts(job, policy)?;
+/// The verdicts as rows, and the files of the completed backups that stay.
+fn preview_rows(
+    job: Option<&str>,
+    policy: Option<&str>,
+) -> Result<(Vec<PreviewRow>, Vec<NamedPath>), ExpiryError> {
+    let (policy, backups, mut verdicts, files) = verdicts(job, policy)?;
     // Retention deletes by reference: say which files of expiring backups stay, and why.
-    let expiring: Vec<i64> = verdicts.iter().filter(|v| !v.keep).map(|v| v.id).collect();
-    let mut kept = Spi::connect(|c| files_kept(c, &expiring))?;
+    let expiring: HashSet<i64> = verdicts.iter().filter(|v| !v.keep).map(|v| v.id).collect();
+    let (doomed, kept) = split_files(&files, &expiring);
+    let mut stays: HashMap<i64, Vec<String>> = HashMap::new();
+    for (id, path, other) in retention::kept_by_reference(&doomed, &kept) {
+        stays.entry(id).or_default().push(format!(
+            "its file \"{path}\" stays: backup {other}, which is kept, names it"
+        ));
+    }
     for v in verdicts.iter_mut() {
-        if let Some(reasons) = kept.remove(&v.id) {
+        if let Some(reasons) = stays.remove(&v.id) {
             v.reasons.extend(reasons);
         }
     }
-    let by_id: std::collections::HashMap<i64, &Backup> =
-        backups.iter().map(|b| (b.id, b)).collect();
-    Ok(verdicts
+    let by_id: HashMap<i64, &Backup> = backups.iter().map(|b| (b.id, b)).collect();
+    let rows = verdicts
         .into_iter()
         .filter_map(|v| {
             let b = by_id.get(&v.id)?;
@@ -192,7 +237,8 @@ fn preview_rows(job: Option<&str>, policy: Option<&str>) -> Result<Vec<PreviewRo
                 policy.name.clone(),
             ))
         })
-        .collect())
+        .collect();
+    Ok((rows, kept))
 }
 
 /// Dry run: what retention would keep (and by which rules) and what it would expire (and why)
@@ -217,7 +263,7 @@ fn retention_preview(
     >,
     ErrorReport,
 > {
-    Ok(TableIterator::new(preview_rows(job_name, policy_name)?))
+    Ok(TableIterator::new(preview_rows(job_name, policy_name)?.0))
 }
 
 /// Applies retention: marks what the policy expires `expired` and removes its files after
@@ -243,15 +289,17 @@ fn apply_retention(
     >,
     ErrorReport,
 > {
-    let rows = preview_rows(job_name, policy_name)?;
+    let (rows, mut kept) = preview_rows(job_name, policy_name)?;
     let roots = guc::backup_roots().unwrap_or_default();
     // (path, whether it is archived WAL rather than a backup's file or directory)
     let mut doomed: Vec<(String, bool)> = Vec::new();
+    let mut expired_ids: Vec<i64> = Vec::new();
     Spi::connect_mut(|c| -> Result<(), ExpiryError> {
         for (id, _, _, action, reasons, policy) in &rows {
             if action != "expire" {
                 continue;
             }
+            expired_ids.push(*id);
             let t = c.update(
                 "UPDATE backup_management.backup_records \
                     SET status = 'expired', \
@@ -286,12 +334,34 @@ fn apply_retention(
         // completed, pinned: every record this run did not expire) names it, lies inside it or
         // holds it.  Checked after every expiry of this run, so that a chain expired as a unit
         // still goes.
-        let mut kept_files = Vec::new();
-        for (path, _) in &doomed {
-            if let Some(other) = still_named(c, path, &[])? {
-                kept_files.push((path.clone(), other));
+        // The completed backups this run keeps, and the running ones (registered or being taken).
+        kept.retain(|k| !expired_ids.contains(&k.backup_id));
+        let running = c.select(
+            "SELECT backup_id, unnest(ARRAY[backup_file_path, globals_file_path]) \
+               FROM backup_management.backup_records WHERE expired_at IS NULL AND status = 'running'",
+            None,
+            &[],
+        )?;
+        for r in running {
+            if let (Some(id), Some(path)) = (r.get::<i64>(1)?, r.get::<String>(2)?) {
+                kept.push(NamedPath {
+                    backup_id: id,
+                    path,
+                });
             }
         }
+        let named: Vec<NamedPath> = doomed
+            .iter()
+            .filter(|(_, wal)| !wal)
+            .map(|(p, _)| NamedPath {
+                backup_id: 0,
+                path: p.clone(),
+            })
+            .collect();
+        let kept_files: Vec<(String, i64)> = retention::kept_by_reference(&named, &kept)
+            .into_iter()
+            .map(|(_, path, other)| (path, other))
+            .collect();
         doomed.retain(|(p, _)| !kept_files.iter().any(|(k, _)| k == p));
         for (path, other) in kept_files {
             notice!(
@@ -344,69 +414,6 @@ fn apply_retention(
         });
     }
     Ok(TableIterator::new(rows))
-}
-
-/// The kept backup (running or completed, and not in `expiring`) whose file or globals file is
-/// `path`, lies inside it, or holds it, if any.
-fn still_named(
-    c: &SpiClient<'_>,
-    path: &str,
-    expiring: &[i64],
-) -> Result<Option<i64>, ExpiryError> {
-    let ancestors: Vec<String> = std::path::Path::new(path)
-        .ancestors()
-        .filter(|a| a.parent().is_some())
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    let t = c.select(
-        crate::catalog::registration::OVERLAP_EXCEPT_SQL,
-        Some(1),
-        &[
-            ancestors.into(),
-            format!("{path}/").as_str().into(),
-            format!("{path}0").as_str().into(),
-            expiring.to_vec().into(),
-        ],
-    )?;
-    Ok(if t.is_empty() {
-        None
-    } else {
-        t.first().get::<i64>(1)?
-    })
-}
-
-/// For the backups about to expire that the worker made (whose files retention deletes): the
-/// files that stay because a kept backup still names them, as reasons.
-fn files_kept(
-    c: &SpiClient<'_>,
-    expiring: &[i64],
-) -> Result<std::collections::HashMap<i64, Vec<String>>, ExpiryError> {
-    let mut out: std::collections::HashMap<i64, Vec<String>> = Default::default();
-    if expiring.is_empty() {
-        return Ok(out);
-    }
-    let t = c.select(
-        "SELECT backup_id, p FROM backup_management.backup_records, \
-                LATERAL unnest(ARRAY[backup_file_path, globals_file_path]) p \
-          WHERE backup_id = ANY ($1) AND origin = 'worker' AND p IS NOT NULL",
-        None,
-        &[expiring.to_vec().into()],
-    )?;
-    let mut paths = Vec::new();
-    for r in t {
-        paths.push((
-            r.get::<i64>(1)?.unwrap_or_default(),
-            r.get::<String>(2)?.unwrap_or_default(),
-        ));
-    }
-    for (id, path) in paths {
-        if let Some(other) = still_named(c, &path, expiring)? {
-            out.entry(id).or_default().push(format!(
-                "its file \"{path}\" stays: backup {other}, which is kept, names it"
-            ));
-        }
-    }
-    Ok(out)
 }
 
 /// Pins a completed backup: no retention policy removes it (a legal hold), until `keep_until`

@@ -214,7 +214,7 @@ fn copy(
 ) -> Result<Outcome, BackupError> {
     progress.set_phase(Phase::CopyingFiles);
     if pause {
-        std::thread::sleep(std::time::Duration::from_secs(600));
+        fault_hold();
     }
     if let Some(p) = parent {
         let dir = Path::new(&p.path);
@@ -245,8 +245,13 @@ fn copy(
 fn fault_pause(point: &str, armed: bool) {
     if armed {
         log!("backup_mgmt: fault injection: pausing at {point}");
-        std::thread::sleep(std::time::Duration::from_secs(600));
+        fault_hold();
     }
+}
+
+/// The ten-minute hold itself (what the copy thread does, without logging).
+fn fault_hold() {
+    std::thread::sleep(std::time::Duration::from_secs(600));
 }
 
 fn drop_slot(slot: Option<&str>) {

@@ -118,7 +118,7 @@ impl WalCheck {
         };
         let rows = load(
             "SELECT system_identifier, file_name, file_path, file_size, checksum, lost_at::text, \
-                    coalesce(lost_reason LIKE 'its sha256%', false) \
+                    lost_reason \
                FROM backup_management.wal_archive \
               WHERE expired_at IS NULL AND (system_identifier, file_name) > ($1, $2) \
               ORDER BY system_identifier, file_name LIMIT $3",
@@ -175,7 +175,7 @@ impl WalCheck {
     fn start_content_check(&mut self, roots: Vec<PathBuf>) {
         let mut row = load(
             "SELECT system_identifier, file_name, file_path, file_size, checksum, lost_at::text, \
-                    coalesce(lost_reason LIKE 'its sha256%', false) \
+                    lost_reason \
                FROM backup_management.wal_archive \
               WHERE lost_at IS NOT NULL AND expired_at IS NULL AND checked_at IS NULL \
               ORDER BY system_identifier, lost_at LIMIT 1",
@@ -188,7 +188,7 @@ impl WalCheck {
             if interval > 0 {
                 row = load(
                     "SELECT system_identifier, file_name, file_path, file_size, checksum, lost_at::text, \
-                            coalesce(lost_reason LIKE 'its sha256%', false) \
+                            lost_reason \
                        FROM backup_management.wal_archive \
                       WHERE expired_at IS NULL AND segment_number IS NOT NULL \
                         AND (checked_at IS NULL OR checked_at < now() - make_interval(secs => $1)) \
@@ -258,7 +258,9 @@ fn load(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> Option<Vec<Row>> {
                     size: r.get::<i64>(4)?.unwrap_or_default().max(0) as u64,
                     sha256: r.get(5)?.unwrap_or_default(),
                     lost_at: r.get(6)?,
-                    lost_by_digest: r.get(7)?.unwrap_or(false),
+                    lost_by_digest: r
+                        .get::<String>(7)?
+                        .is_some_and(|why| why.starts_with(archive::DIGEST_REASON)),
                 });
             }
             Ok::<_, SpiError>(out)

@@ -13,6 +13,10 @@ use crate::backup::layout::WAL_ARCHIVE;
 use crate::files::beneath::{open_file_at, Root};
 use crate::stream;
 
+/// How the reason of a file lost for its bytes begins (such a file keeps its size, so only a
+/// read judges it again).
+pub const DIGEST_REASON: &str = "its sha256";
+
 /// What a check found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Found {
@@ -44,7 +48,7 @@ impl Found {
                 Some(format!("{actual} bytes on disk, {expected_size} archived"))
             }
             Found::Digest { actual } => Some(format!(
-                "its sha256 is {actual}, not the one recorded when it was archived"
+                "{DIGEST_REASON} is {actual}, not the one recorded when it was archived"
             )),
             Found::NotInArchive => {
                 Some("its recorded path is not in the WAL archive of a backup root".into())

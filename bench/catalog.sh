@@ -3,9 +3,10 @@
 #
 # For each size (WAL segments : backups : clusters) a catalog is filled the way busy clusters
 # fill it: one WAL segment every 30 s and one base backup per hour per cluster, each backup
-# verified when it was taken, retention applied (the newest 48 backups, one a day for 30 days and
-# one a month kept; the rest expired, kept for audit), one backup in 200 failed, a few segments
-# missing, one active recovery plan per cluster.  Then each read path is timed (median of 5 runs,
+# verified when it was taken, retention applied (the newest 48 backups, the newest of each day for
+# 30 days and of each month kept; the rest expired, kept for audit), one backup in 200 failed, a few
+# segments missing, one active recovery plan per cluster.  (Where a size has more backups than one
+# per 120 segments they come closer together: 3M/1M/10 has one every 90 s.)  Then each read path is timed (median of 5 runs,
 # after one warm-up run), the worker's CPU is measured while idle (60 s), and the WAL ingest rate
 # (6,000 manifest lines written at once, until all are in the catalog).
 #
@@ -14,6 +15,8 @@
 #
 # Usage (root, Debian 12): bash bench/catalog.sh [SEGMENTS:BACKUPS:CLUSTERS ...]
 #   default: 100000:10000:1 1000000:100000:1 3000000:1000000:10
+#   BENCH_KEEP=1: leave the cluster (with the last size's catalog) running for more rounds by hand;
+#   the script prints how to connect and how to stop it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -69,16 +72,23 @@ SELECT 'db' || k, 'full', 'pg_basebackup', '/bench/' || k || '/' || j || '.tar.z
 INSERT INTO backup_management.backup_verifications (backup_id, verification_type, verification_status, verification_result, verified_at)
 SELECT backup_id, 'checksum', 'passed', '{}', end_time + interval '5 minutes'
   FROM backup_management.backup_records WHERE status = 'completed';
--- Retention as a policy would leave it.
+-- Retention as a policy would leave it: the newest 48, the newest of each day of the last 30
+-- days, the newest of each month.  (Before 2026-12-03 this kept every backup of the first hour
+-- of those days and of the first day of each month: at 3M/1M/10, a backup every 90 s, that was
+-- 40 a day and 13,620 live backups instead of about 1,000.)
 WITH ranked AS (
-    SELECT backup_id, row_number() OVER (PARTITION BY system_identifier ORDER BY start_time DESC) AS age,
-           start_time
+    SELECT backup_id, start_time,
+           row_number() OVER (PARTITION BY system_identifier ORDER BY start_time DESC) AS age,
+           row_number() OVER (PARTITION BY system_identifier, date_trunc('day', start_time)
+                              ORDER BY start_time DESC) AS in_day,
+           row_number() OVER (PARTITION BY system_identifier, date_trunc('month', start_time)
+                              ORDER BY start_time DESC) AS in_month
       FROM backup_management.backup_records WHERE status = 'completed')
 UPDATE backup_management.backup_records r SET status = 'expired'
   FROM ranked x
  WHERE r.backup_id = x.backup_id AND x.age > 48
-   AND NOT (x.start_time > now() - interval '30 days' AND extract(hour FROM x.start_time) = 0)
-   AND NOT (extract(day FROM x.start_time) = 1 AND extract(hour FROM x.start_time) = 0);
+   AND NOT (x.start_time > now() - interval '30 days' AND x.in_day = 1)
+   AND NOT x.in_month = 1;
 -- What is kept was verified again lately (the worker's re-verification).
 INSERT INTO backup_management.backup_verifications (backup_id, verification_type, verification_status, verification_result, verified_at)
 SELECT backup_id, 'checksum', 'passed', '{}', now() - interval '1 hour'
@@ -175,3 +185,10 @@ echo "catalog read paths, ms (median of 5), PostgreSQL $("${PSQL[@]}" -c 'SHOW s
 echo "| segments / backups / clusters | wal_gaps | recovery_status | metrics() | plan_recovery(-1 day) | retention_preview | worker idle CPU | WAL ingest |"
 echo "|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${results[@]}"
+
+if [ -n "${BENCH_KEEP:-}" ]; then
+    trap - EXIT
+    echo
+    echo "cluster kept: psql -h $DIR -p $PORT -U postgres postgres"
+    echo "stop it:      su postgres -c '$BIN/pg_ctl -D $DIR/data stop' && rm -rf $DIR"
+fi

@@ -44,7 +44,10 @@ pub struct Backup {
     pub end_time: DateTime<Utc>,
     /// Restores a whole cluster to a point with archived WAL (pg_basebackup, native full/incr).
     pub is_base: bool,
-    /// Its newest verification passed.
+    /// Its newest verification passed.  [`select`] looks at it only to find each database's
+    /// newest verified backup (in [`newest_first_by_database`] order), so a caller may leave it
+    /// `false` for the backups behind that one instead of looking up every backup's
+    /// verification.
     pub verified: bool,
     pub pinned: bool,
     pub pin_reason: Option<String>,
@@ -110,9 +113,26 @@ fn label(kind: &str, d: NaiveDate) -> String {
 
 /// Applies `policy` to `backups` at `now`.  Returns one verdict per backup in scope, newest
 /// first.  Backups out of scope are never expired, but they count for the safety rules.
-pub fn select(policy: &Policy, backups: &[Backup], now: DateTime<Utc>) -> Vec<Verdict> {
+/// The newest-first order of [`select`]: latest end time first, then the higher id.
+fn newest_first(backups: &[Backup]) -> Vec<&Backup> {
     let mut sorted: Vec<&Backup> = backups.iter().collect();
     sorted.sort_by(|a, b| b.end_time.cmp(&a.end_time).then(b.id.cmp(&a.id)));
+    sorted
+}
+
+/// Each database's backups (ids), newest first: the order in which [`select`] looks for the
+/// newest verified backup of each database, so a caller can look up verifications in that order
+/// and stop at the first that passed.
+pub fn newest_first_by_database(backups: &[Backup]) -> BTreeMap<&str, Vec<i64>> {
+    let mut out: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for b in newest_first(backups) {
+        out.entry(b.database.as_str()).or_default().push(b.id);
+    }
+    out
+}
+
+pub fn select(policy: &Policy, backups: &[Backup], now: DateTime<Utc>) -> Vec<Verdict> {
+    let sorted = newest_first(backups);
     let mut reasons: HashMap<i64, Vec<String>> = HashMap::new();
     fn keep_in(reasons: &mut HashMap<i64, Vec<String>>, id: i64, why: String) {
         reasons.entry(id).or_default().push(why);

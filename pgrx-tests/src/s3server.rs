@@ -13,7 +13,8 @@ use crate::cluster::Cluster;
 pub struct S3Server {
     child: Child,
     pub port: u16,
-    tls: bool,
+    /// The certificate and key it serves HTTPS with, if any.
+    tls: Option<(PathBuf, PathBuf)>,
     /// Where s3rver keeps the buckets: `<dir>/<bucket>/<key>._S3rver_object`.
     pub dir: tempfile::TempDir,
 }
@@ -44,9 +45,20 @@ impl S3Server {
             .tempdir_in("/tmp")
             .expect("temp dir");
         let port = crate::cluster::free_port();
+        let tls = tls.map(|(c, k)| (c.to_owned(), k.to_owned()));
+        let child = S3Server::spawn(port, dir.path(), tls.as_ref());
+        S3Server {
+            child,
+            port,
+            tls,
+            dir,
+        }
+    }
+
+    fn spawn(port: u16, dir: &std::path::Path, tls: Option<&(PathBuf, PathBuf)>) -> Child {
         let mut cmd = Command::new(program());
         cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "--silent", "-d"])
-            .arg(dir.path());
+            .arg(dir);
         if let Some((cert, key)) = tls {
             cmd.arg("--cert").arg(cert).arg("--key").arg(key);
         }
@@ -65,16 +77,23 @@ impl S3Server {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
         assert!(up, "s3rver did not start on port {port}");
-        S3Server {
-            child,
-            port,
-            tls: tls.is_some(),
-            dir,
-        }
+        child
+    }
+
+    /// kill -9 of the server (what a crash or a lost machine does to a client mid-request).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port with the same stored buckets.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = S3Server::spawn(self.port, self.dir.path(), self.tls.as_ref());
     }
 
     pub fn endpoint(&self) -> String {
-        let scheme = if self.tls { "https" } else { "http" };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
 

@@ -395,3 +395,71 @@ fn attack_10_targets_stay_within_the_limits_and_nothing_leaks() {
     assert_eq!(rows, 20000);
     assert!(!is_superuser(&mut db, "mallory"));
 }
+
+/// Attack 11 (issue 15's additions): mallory tries to write the verification state that upkeep,
+/// retention and plan_recovery trust (marking her backup verified, clearing another's failures),
+/// to call its maintenance functions, and to feed the backoff absurd numbers.  Every write is
+/// refused, the state still equals its definition, and the backoff stays within its bounds.
+#[test]
+fn attack_11_verification_state_is_written_only_by_the_catalog() {
+    let (cluster, mut db) = cluster_with_appdb();
+    let mut m = mallory(&cluster, &mut db);
+    let file = cluster.backup_root().join("hers.dump");
+    std::fs::write(&file, b"not a dump").unwrap();
+    let id: i64 = m
+        .query_one(
+            "SELECT backup_mgmt.record_backup_start('postgres', 'full', 'pg_dump', $1)",
+            &[&file.display().to_string()],
+        )
+        .unwrap()
+        .get(0);
+    m.execute(
+        "SELECT backup_mgmt.record_backup_complete($1, 10, $2)",
+        &[&id, &"a".repeat(64)],
+    )
+    .unwrap();
+    for sql in [
+        format!("SELECT backup_mgmt.verification_state_refresh(ARRAY[{id}]::bigint[])"),
+        format!(
+            "INSERT INTO backup_management.verification_state (backup_id, database_name, last_status)
+             VALUES ({id}, 'postgres', 'passed')"
+        ),
+        format!("UPDATE backup_management.verification_state SET last_status = 'passed', failures = 0 WHERE backup_id = {id}"),
+        "DELETE FROM backup_management.verification_state".to_owned(),
+        "TRUNCATE backup_management.verification_state".to_owned(),
+        format!(
+            "INSERT INTO backup_management.backup_verifications (backup_id, verification_type, verification_status)
+             VALUES ({id}, 'checksum', 'passed')"
+        ),
+    ] {
+        let (state, message) = refused(m.execute(sql.as_str(), &[]));
+        assert_eq!(state, "42501", "{sql}: {message}");
+    }
+    // A trigger function is not a function one can call.
+    let (state, _) = refused(m.execute("SELECT backup_mgmt.verification_state_track()", &[]));
+    assert_eq!(state, "0A000");
+    // The state is still what the tables say: unverified.
+    let same: bool = db
+        .query_one(
+            "SELECT (SELECT s FROM backup_management.verification_state s WHERE backup_id = $1)
+                    IS NOT DISTINCT FROM (SELECT s FROM backup_mgmt.verification_state_of(ARRAY[$1]) s)
+                AND (SELECT last_status FROM backup_management.verification_state WHERE backup_id = $1) IS NULL",
+            &[&id],
+        )
+        .unwrap()
+        .get(0);
+    assert!(same);
+    // Absurd failure counts: the pause stays between an hour and a day (verify_interval 7 days:
+    // at most the interval).
+    for n in [i32::MIN, -1, 0, 1, 30, i32::MAX] {
+        let ok: bool = m
+            .query_one(
+                "SELECT backup_mgmt.upkeep_backoff($1) BETWEEN interval '1 hour' AND interval '7 days'",
+                &[&n],
+            )
+            .unwrap()
+            .get(0);
+        assert!(ok, "upkeep_backoff({n})");
+    }
+    assert!(!is_superuser(&mut db, "mallory"));
+}

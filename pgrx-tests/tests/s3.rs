@@ -382,3 +382,189 @@ fn https_with_a_private_ca() {
         .get(0);
     assert!(error.to_lowercase().contains("certificate"), "{error}");
 }
+
+/// Whether s3rver has stored at least one part of a multipart upload (`<part>.md5` is written
+/// after the part's bytes).
+fn a_part_landed(dir: &std::path::Path) -> bool {
+    fn walk(dir: &std::path::Path) -> bool {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p)
+                } else {
+                    p.extension().is_some_and(|x| x == "md5")
+                        && p.parent()
+                            .and_then(|d| d.parent())
+                            .is_some_and(|d| d.to_string_lossy().contains("uploads"))
+                }
+            })
+    }
+    walk(dir)
+}
+
+/// Issue 15: the server is killed (-9) in the middle of a multipart upload and comes back later.
+/// Every attempt while it is gone is recorded as failed with its error, nothing is recorded as
+/// copied, no object is visible under the backup's key; after the restart the next sync copies
+/// the backup once, verified byte for byte, and the catalog then holds exactly one completed copy.
+#[test]
+fn the_server_dying_mid_upload_is_retried_and_nothing_partial_counts() {
+    let mut s3 = S3Server::start();
+    // About 75 MB uncompressed: fifteen 5 MB parts, so the kill lands mid-upload.
+    let (cluster, mut db, key_file) = cluster_with_appdb(
+        "CREATE TABLE t AS SELECT g, md5(g::text) || md5((g * 7)::text) AS pad FROM generate_series(1, 1000000) g",
+    );
+    db.batch_execute(
+        "CREATE EXTENSION backup_mgmt;
+         SELECT backup_mgmt.schedule_backup('nightly', '@yearly', 'appdb', 'full', 'pg_dump',
+                '{\"include_globals\": false, \"compression\": \"none\"}');",
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO backup_management.remote_backup_configs
+             (config_name, database_name, remote_type, remote_endpoint, remote_path, credentials_ref, options)
+         VALUES ('bucket', 'appdb', 's3', $1, 'offsite/fleet', $2,
+                 '{\"region\": \"us-east-1\", \"part_size_mb\": 5, \"create_bucket\": true}')",
+        &[&s3.endpoint(), &format!("file:{}", key_file.display())],
+    )
+    .unwrap();
+    db.execute("SELECT backup_mgmt.run_job_now('nightly')", &[])
+        .unwrap();
+    wait_completed(&cluster, &mut db, "nightly", 1);
+    let (backup_id, size, checksum): (i64, i64, String) = {
+        let r = db
+            .query_one(
+                "SELECT backup_id, backup_size, checksum FROM backup_management.backup_records WHERE label = 'nightly'",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert!(
+        size > 15 << 20,
+        "{size} bytes: too few parts to stop mid-upload"
+    );
+
+    // The kill, as soon as the first part is stored.
+    db.execute("SELECT backup_mgmt.sync_remote_now('bucket')", &[])
+        .unwrap();
+    // Polled closely: the rest of the upload takes well under a second.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !a_part_landed(s3.dir.path()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no part reached the server\n{}",
+            cluster.log()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    s3.kill();
+    let mut status = String::new();
+    let ended = Cluster::wait_for(Duration::from_secs(120), || {
+        status = db
+            .query_one(
+                "SELECT sync_status FROM backup_management.remote_backup_configs WHERE config_name = 'bucket'",
+                &[],
+            )
+            .map(|r| r.get(0))
+            .unwrap_or_default();
+        status == "completed" || status == "failed"
+    });
+    assert!(ended, "the sync did not end ({status})\n{}", cluster.log());
+    assert_eq!(status, "failed", "{}", cluster.log());
+    let attempts: Vec<(String, i32, Option<String>, Option<String>)> = db
+        .query(
+            "SELECT sync_status, attempt, remote_checksum, error_message
+               FROM backup_management.remote_backup_records WHERE backup_id = $1 ORDER BY record_id",
+            &[&backup_id],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    // Every attempt retried and failed, each with why; none counts as a copy.
+    assert_eq!(
+        attempts.iter().map(|a| a.1).collect::<Vec<_>>(),
+        vec![1, 2, 3],
+        "{attempts:?}"
+    );
+    for (status, _, sha, error) in &attempts {
+        assert_eq!(status, "failed", "{attempts:?}");
+        assert!(sha.is_none(), "{attempts:?}");
+        assert!(
+            error.as_deref().is_some_and(|e| !e.is_empty()),
+            "{attempts:?}"
+        );
+    }
+    // No object stored: the upload was never completed (its parts are not an object).
+    let visible = walk_objects(s3.dir.path());
+    assert!(visible.is_empty(), "{visible:?}");
+
+    // The server comes back: the next sync copies the backup once, verified.
+    s3.restart();
+    assert_eq!(
+        sync_and_wait(&cluster, &mut db, "bucket"),
+        "completed",
+        "{}",
+        cluster.log()
+    );
+    let done: Vec<(String, String)> = db
+        .query(
+            "SELECT remote_file_path, remote_checksum FROM backup_management.remote_backup_records
+              WHERE backup_id = $1 AND sync_status = 'completed'",
+            &[&backup_id],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(done[0].1, checksum);
+    let stored = s3.object_file("offsite", &format!("fleet/{}", done[0].0));
+    assert_eq!(sha256sum(&stored), checksum, "{}", stored.display());
+    // One object for the backup, not two.
+    let objects: Vec<_> = walk_objects(s3.dir.path())
+        .into_iter()
+        .filter(|p| p.ends_with("._S3rver_object"))
+        .collect();
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    // A further sync has nothing left to copy: still one completed copy.
+    assert_eq!(sync_and_wait(&cluster, &mut db, "bucket"), "completed");
+    let copies: i64 = db
+        .query_one(
+            "SELECT count(*) FROM backup_management.remote_backup_records WHERE backup_id = $1 AND sync_status = 'completed'",
+            &[&backup_id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(copies, 1);
+}
+
+/// Every file s3rver stores under `dir`, as paths relative to it (multipart upload parts
+/// excluded).
+fn walk_objects(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let rel = p
+                .strip_prefix(dir)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .into_owned();
+            if rel.contains("uploads") {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else if rel.ends_with("._S3rver_object") {
+                out.push(rel);
+            }
+        }
+    }
+    out
+}

@@ -25,31 +25,64 @@ macro_rules! newest_verification_status {
 }
 pub(crate) use newest_verification_status;
 
+/// SQL for the members of the chain of backup `r` (a `backup_records` alias) as `up(id, depth)`:
+/// from `$first` (a `SELECT id, depth` of the first member: `r` itself at depth 0, or its parent
+/// at depth 1), then each one's parent, nearest first.  Bounded, against a cycle.
+macro_rules! chain_walk {
+    ($first:literal) => {
+        concat!(
+            "(WITH RECURSIVE up(id, depth) AS ( ",
+            $first,
+            " UNION ALL \
+                SELECT p.parent_backup_id, up.depth + 1 \
+                  FROM backup_management.backup_records p JOIN up ON p.backup_id = up.id \
+                 WHERE p.parent_backup_id IS NOT NULL AND up.depth < 10000) \
+             SELECT id, depth FROM up) up"
+        )
+    };
+}
+
 /// SQL for what makes the chain of backup `r` (a `backup_records` alias) unusable, or NULL when
 /// nothing does: the nearest ancestor (through `parent_backup_id`) that is gone from the catalog,
 /// not completed, expired, or whose newest verification failed.  A restore needs every file of
 /// the chain, so a damaged full rules out every incremental built on it.
 macro_rules! chain_problem {
     () => {
-        "(SELECT CASE WHEN a.backup_id IS NULL THEN pg_catalog.format('its ancestor %s is gone from the catalog', up.id) \
-                      WHEN a.status <> 'completed' OR a.expired_at IS NOT NULL \
-                      THEN pg_catalog.format('its ancestor %s is %s', up.id, a.status) \
-                      ELSE pg_catalog.format('its ancestor %s failed its newest verification', up.id) END \
-            FROM (WITH RECURSIVE up(id, depth) AS ( \
-                      SELECT r.parent_backup_id, 1 WHERE r.parent_backup_id IS NOT NULL \
-                      UNION ALL \
-                      SELECT p.parent_backup_id, up.depth + 1 \
-                        FROM backup_management.backup_records p JOIN up ON p.backup_id = up.id \
-                       WHERE p.parent_backup_id IS NOT NULL AND up.depth < 10000) \
-                  SELECT id, depth FROM up) up \
-            LEFT JOIN backup_management.backup_records a ON a.backup_id = up.id \
-            LEFT JOIN backup_management.verification_state s ON s.backup_id = up.id \
-           WHERE a.backup_id IS NULL OR a.status <> 'completed' OR a.expired_at IS NOT NULL \
-              OR s.last_status = 'failed' \
-           ORDER BY up.depth LIMIT 1)"
+        concat!(
+            "(SELECT CASE WHEN a.backup_id IS NULL THEN pg_catalog.format('its ancestor %s is gone from the catalog', up.id) \
+                          WHEN a.status <> 'completed' OR a.expired_at IS NOT NULL \
+                          THEN pg_catalog.format('its ancestor %s is %s', up.id, a.status) \
+                          ELSE pg_catalog.format('its ancestor %s failed its newest verification', up.id) END \
+                FROM ",
+            $crate::catalog::queries::chain_walk!(
+                "SELECT r.parent_backup_id, 1 WHERE r.parent_backup_id IS NOT NULL"
+            ),
+            " LEFT JOIN backup_management.backup_records a ON a.backup_id = up.id \
+                LEFT JOIN backup_management.verification_state s ON s.backup_id = up.id \
+               WHERE a.backup_id IS NULL OR a.status <> 'completed' OR a.expired_at IS NOT NULL \
+                  OR s.last_status = 'failed' \
+               ORDER BY up.depth LIMIT 1)"
+        )
     };
 }
 pub(crate) use chain_problem;
+
+/// SQL for the first member of the chain of backup `r` (itself, then its ancestors nearest
+/// first) whose newest verification did not pass (never verified, or failed), as text, or NULL
+/// when the whole chain passed: what makes a usable chain "verified as a whole".
+macro_rules! chain_unverified {
+    () => {
+        concat!(
+            "(SELECT pg_catalog.format('backup %s has no passed verification', up.id) FROM ",
+            $crate::catalog::queries::chain_walk!("SELECT r.backup_id, 0"),
+            " LEFT JOIN backup_management.verification_state s ON s.backup_id = up.id \
+               WHERE s.last_status IS DISTINCT FROM 'passed' \
+               ORDER BY up.depth LIMIT 1)"
+        )
+    };
+}
+pub(crate) use chain_unverified;
+pub(crate) use chain_walk;
 
 /// Backup `id` and every ancestor it builds on (`parent_backup_id`), with their recorded
 /// paths, by id: the directories a native backup's files may be held in.

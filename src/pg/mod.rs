@@ -10,5 +10,6 @@ pub mod roots;
 pub mod server;
 pub mod spi;
 pub mod sql_error;
+pub mod srf;
 pub mod time;
 pub mod wait;

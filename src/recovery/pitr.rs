@@ -17,7 +17,9 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiError};
 
-use crate::catalog::queries::{chain_members, chain_problem, newest_verification_status};
+use crate::catalog::queries::{
+    chain_members, chain_problem, chain_unverified, newest_verification_status,
+};
 use crate::pg::server;
 
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +143,8 @@ fn unreachable_row(reason: String) -> PlanRow {
 
 /// The base backups a plan may start from: this cluster's completed physical backups by the
 /// worker, consistent before the target (`$1` a time, else `$2` an LSN), each with what makes it
-/// unusable (`problem`: its own failed verification, or its chain's), NULL when nothing does.
+/// unusable (`problem`: its own failed verification, or its chain's), NULL when nothing does, and
+/// which member of its chain has no passed verification (`unverified`), NULL when all passed.
 const CANDIDATES: &str = concat!(
     "SELECT r.backup_id, r.backup_file_path, r.checksum, r.compression, r.end_time, \
             r.timeline_id, r.start_lsn::text, r.stop_lsn::text, r.system_identifier, \
@@ -150,7 +153,9 @@ const CANDIDATES: &str = concat!(
     newest_verification_status!(),
     " = 'failed' THEN 'it failed its newest verification' ELSE ",
     chain_problem!(),
-    " END AS problem, r.stop_lsn AS stop_order \
+    " END AS problem, r.stop_lsn AS stop_order, ",
+    chain_unverified!(),
+    " AS unverified \
        FROM backup_management.backup_records r \
       WHERE r.expired_at IS NULL AND r.status = 'completed' AND r.backup_method IN ('pg_basebackup', 'native_physical') \
         AND r.origin = 'worker' AND r.start_lsn IS NOT NULL AND r.checksum IS NOT NULL \
@@ -174,26 +179,49 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
         let candidates = c.select(&first, None, &args)?;
         let looked_at = candidates.len();
         let mut not_used: Vec<String> = Vec::new();
-        let mut base = None;
+        // A chain verified as a whole is preferred to a newer one that is not (yet): the newest
+        // usable base whose every member passed its newest verification, else the newest usable.
+        let mut verified = None;
+        let mut unverified = Vec::new();
         for row in candidates {
-            match row.get::<String>(12)? {
-                Some(problem) => not_used.push(format!(
-                    "backup {}: {problem}",
-                    row.get::<i64>(1)?.unwrap_or_default()
-                )),
-                None => {
-                    base = Some(row);
+            let id = row.get::<i64>(1)?.unwrap_or_default();
+            match (row.get::<String>(12)?, row.get::<String>(14)?) {
+                (Some(problem), _) => not_used.push(format!("backup {id}: {problem}")),
+                (None, Some(why)) => unverified.push((id, why, row)),
+                (None, None) => {
+                    verified = Some(row);
                     break;
                 }
             }
         }
-        // Twenty newer ones unusable: the newest usable one further back, if any.
+        let passed_over: Vec<String> = match verified {
+            Some(_) => unverified
+                .iter()
+                .map(|(id, why, _)| format!("backup {id}: not verified as a whole ({why})"))
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut chosen_unverified = None;
+        let mut base = match verified {
+            Some(row) => Some(row),
+            None => unverified.into_iter().next().map(|(id, why, row)| {
+                chosen_unverified = Some((id, why));
+                row
+            }),
+        };
+        // Twenty newer ones unusable: the newest usable one further back (a verified chain
+        // first), if any.
         if base.is_none() && looked_at == 20 {
             let further = format!(
                 "SELECT x.* FROM ({CANDIDATES}) x WHERE x.problem IS NULL \
-                  ORDER BY x.stop_order DESC, x.backup_id DESC LIMIT 1"
+                  ORDER BY x.unverified IS NULL DESC, x.stop_order DESC, x.backup_id DESC LIMIT 1"
             );
             base = c.select(&further, None, &args)?.next();
+            if let Some(row) = &base {
+                if let Some(why) = row.get::<String>(14)? {
+                    chosen_unverified = Some((row.get::<i64>(1)?.unwrap_or_default(), why));
+                }
+            }
         }
         let Some(row) = base else {
             let mut reason = "no completed pg_basebackup or native physical backup of this cluster, with its WAL positions recorded, no failed verification and a whole chain, ended before the target".to_owned();
@@ -202,13 +230,18 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
             }
             return Ok(unreachable_row(reason));
         };
-        if !not_used.is_empty() {
-            notice!(
-                "backup_mgmt: plan_recovery chose base backup {}; newer ones could not be used: {}",
-                row.get::<i64>(1)?.unwrap_or_default(),
-                not_used.join("; ")
-            );
+        let chose = row.get::<i64>(1)?.unwrap_or_default();
+        let mut why_this = match &chosen_unverified {
+            None => "its whole chain passed verification".to_owned(),
+            Some((_, why)) => format!(
+                "no usable base backup verified as a whole was found, and this one is not: {why}"
+            ),
+        };
+        let skipped: Vec<String> = not_used.into_iter().chain(passed_over).collect();
+        if !skipped.is_empty() {
+            why_this.push_str(&format!("; newer ones not used: {}", skipped.join("; ")));
         }
+        notice!("backup_mgmt: plan_recovery chose base backup {chose}: {why_this}");
         let id: i64 = row.get(1)?.unwrap_or_default();
         let path: String = row.get(2)?.unwrap_or_default();
         let sha: String = row.get(3)?.unwrap_or_default();
@@ -533,33 +566,38 @@ mod tests {
         );
     }
 
+    /// Records a completed native backup by the worker (`kind` full or incremental) whose WAL
+    /// runs from `{lsn}28` to `{lsn}FF`; returns its id.
+    fn native(kind: &str, name: &str, lsn: &str, parent: Option<i64>) -> i64 {
+        Spi::run(&format!(
+            "INSERT INTO backup_management.backup_records
+                 (database_name, backup_type, backup_method, backup_file_path, status, start_time, end_time,
+                  duration, checksum, origin, system_identifier, timeline_id, start_lsn, stop_lsn, parent_backup_id)
+             VALUES ('postgres', '{kind}', 'native_physical', '/tmp/backup_mgmt_pgtest_root/{name}', 'completed',
+                     now(), now(), '0', repeat('d', 64), 'worker',
+                     (SELECT system_identifier FROM pg_control_system()), 1, '{lsn}28', '{lsn}FF', {})",
+            parent.map_or("NULL".to_owned(), |p| p.to_string())
+        ))
+        .unwrap();
+        Spi::get_one::<i64>("SELECT max(backup_id) FROM backup_management.backup_records")
+            .unwrap()
+            .unwrap()
+    }
+
+    /// Records a checksum verification of backup `id` with `status`.
+    fn verify(id: i64, status: &str) {
+        Spi::run(&format!(
+            "INSERT INTO backup_management.backup_verifications (backup_id, verification_type, verification_status)
+             VALUES ({id}, 'checksum', '{status}')"
+        ))
+        .unwrap();
+    }
+
     /// A chain is only as good as its ancestors (issue 15): an incremental whose full failed
     /// verification is not a base, even when it was never verified itself; the plan takes an
     /// older whole chain and says what it could not use.
     #[pg_test]
     fn plans_skip_a_chain_whose_ancestor_failed_verification() {
-        let native = |kind: &str, name: &str, lsn: &str, parent: Option<i64>| -> i64 {
-            Spi::run(&format!(
-                "INSERT INTO backup_management.backup_records
-                     (database_name, backup_type, backup_method, backup_file_path, status, start_time, end_time,
-                      duration, checksum, origin, system_identifier, timeline_id, start_lsn, stop_lsn, parent_backup_id)
-                 VALUES ('postgres', '{kind}', 'native_physical', '/tmp/backup_mgmt_pgtest_root/{name}', 'completed',
-                         now(), now(), '0', repeat('d', 64), 'worker',
-                         (SELECT system_identifier FROM pg_control_system()), 1, '{lsn}28', '{lsn}FF', {})",
-                parent.map_or("NULL".to_owned(), |p| p.to_string())
-            ))
-            .unwrap();
-            Spi::get_one::<i64>("SELECT max(backup_id) FROM backup_management.backup_records")
-                .unwrap()
-                .unwrap()
-        };
-        let verify = |id: i64, status: &str| {
-            Spi::run(&format!(
-                "INSERT INTO backup_management.backup_verifications (backup_id, verification_type, verification_status)
-                 VALUES ({id}, 'checksum', '{status}')"
-            ))
-            .unwrap();
-        };
         let old = native("full", "old", "0/30000", None);
         verify(old, "passed");
         let full = native("full", "full", "0/60000", None);
@@ -599,5 +637,34 @@ mod tests {
             )),
             "{reason}"
         );
+    }
+
+    /// A chain verified as a whole is preferred to a newer one that is not (issue 15): the newer
+    /// base whose full was never verified is passed over, with a NOTICE saying why; once its
+    /// chain passes it is chosen; with no verified chain the newest usable one is still a plan.
+    #[pg_test]
+    fn plans_prefer_a_chain_verified_as_a_whole() {
+        let base = || {
+            Spi::get_one::<i64>(
+                "SELECT base_backup_id FROM backup_mgmt.plan_recovery_lsn('0/A000000')",
+            )
+            .unwrap()
+        };
+        // Nothing verified: the newest usable chain is still the plan.
+        let old = native("full", "vold", "0/30000", None);
+        let full = native("full", "vfull", "0/60000", None);
+        let incr = native("incremental", "vincr", "0/90000", Some(full));
+        assert_eq!(base(), Some(incr));
+        // The old full passes; the newer chain's incremental passes but its full was never
+        // verified: the old, verified one is chosen.
+        verify(old, "passed");
+        verify(incr, "passed");
+        assert_eq!(base(), Some(old));
+        // The full passes too: the newer chain is verified as a whole and wins.
+        verify(full, "passed");
+        assert_eq!(base(), Some(incr));
+        // A newer verification that fails takes the chain out altogether.
+        verify(full, "failed");
+        assert_eq!(base(), Some(old));
     }
 }

@@ -25,6 +25,7 @@ use backup_mgmt_core::vocabulary::BackupOrigin;
 
 use crate::pg::guc;
 use crate::pg::spi::in_transaction;
+use crate::pg::srf;
 use crate::pg::time::{from_timestamptz, to_timestamptz};
 
 #[derive(Debug, thiserror::Error)]
@@ -108,13 +109,12 @@ type Files = Vec<(NamedPath, bool)>;
 /// Every completed backup (what the safety rules look at), marked in scope when it belongs to
 /// `job` (or, without a job, to no job), and the files they name.
 fn load_backups(c: &SpiClient<'_>, job: Option<&str>) -> Result<(Vec<Backup>, Files), ExpiryError> {
-    // The newest verification of each (live, completed) backup from verification_state, one
-    // primary-key probe each.
+    // Verifications are looked up afterwards, only as far as retention needs them
+    // (`mark_newest_verified`): one probe per live backup was most of the time at a large catalog.
     let t = c.select(
         "SELECT r.backup_id, r.database_name, r.end_time, \
                 r.backup_method IN ('pg_basebackup', 'native_physical'), \
-                coalesce((SELECT s.last_status FROM backup_management.verification_state s \
-                           WHERE s.backup_id = r.backup_id) = 'passed', false), \
+                false, \
                 r.pinned, r.pin_reason, r.keep_until, r.parent_backup_id, \
                 CASE WHEN $1::text IS NULL THEN r.annotations->>'job_name' IS NULL \
                      ELSE r.annotations->>'job_name' = $1 END, \
@@ -156,7 +156,57 @@ fn load_backups(c: &SpiClient<'_>, job: Option<&str>) -> Result<(Vec<Backup>, Fi
             in_scope: r.get(10)?.unwrap_or(false),
         });
     }
+    mark_newest_verified(c, &mut out)?;
     Ok((out, files))
+}
+
+/// Sets `verified` on each database's newest backup whose newest verification passed: all that
+/// the selection asks of verifications (`retention::Backup::verified`).  Verification state is
+/// read newest first, a batch per database at a time, until each database has its backup; the
+/// usual catalog needs one batch.
+fn mark_newest_verified(c: &SpiClient<'_>, backups: &mut [Backup]) -> Result<(), ExpiryError> {
+    const BATCH: usize = 64;
+    let order: Vec<Vec<i64>> = retention::newest_first_by_database(backups)
+        .into_values()
+        .collect();
+    let mut next = vec![0usize; order.len()];
+    let mut found: HashSet<i64> = HashSet::new();
+    loop {
+        let asked: Vec<i64> = order
+            .iter()
+            .zip(&next)
+            .flat_map(|(ids, &from)| ids.iter().skip(from).take(BATCH).copied())
+            .collect();
+        if asked.is_empty() {
+            break;
+        }
+        let passed: HashSet<i64> = c
+            .select(
+                "SELECT backup_id FROM backup_management.verification_state \
+                  WHERE backup_id = ANY($1) AND last_status = 'passed'",
+                None,
+                &[asked.into()],
+            )?
+            .map(|r| r.get::<i64>(1))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        for (ids, from) in order.iter().zip(next.iter_mut()) {
+            let batch = ids.iter().skip(*from).take(BATCH);
+            match batch.clone().find(|id| passed.contains(id)) {
+                Some(id) => {
+                    found.insert(*id);
+                    *from = ids.len();
+                }
+                None => *from = (*from + BATCH).min(ids.len()),
+            }
+        }
+    }
+    for b in backups.iter_mut() {
+        b.verified = found.contains(&b.id);
+    }
+    Ok(())
 }
 
 fn now_utc() -> Result<DateTime<Utc>, ExpiryError> {
@@ -241,54 +291,66 @@ fn preview_rows(
     Ok((rows, kept))
 }
 
+/// The verdict rows as the result of `retention_preview`/`apply_retention`: all at once (a large
+/// catalog has thousands of live backups; see `pg::srf`).
+fn return_rows(fcinfo: pg_sys::FunctionCallInfo, rows: Vec<PreviewRow>) {
+    let rows = rows
+        .into_iter()
+        .map(|(id, database, end, action, reasons, policy)| {
+            vec![
+                srf::column(id),
+                srf::column(database),
+                srf::column(end),
+                srf::column(action),
+                srf::column(reasons),
+                srf::column(policy),
+            ]
+        })
+        .collect();
+    srf::materialize(fcinfo, rows);
+}
+
 /// Dry run: what retention would keep (and by which rules) and what it would expire (and why)
 /// for a job's backups (or, with no job, for backups recorded by no job).
-#[allow(clippy::type_complexity)]
-#[pg_extern(stable, parallel_safe, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(
+    stable,
+    parallel_safe,
+    security_definer,
+    sql = "CREATE FUNCTION backup_mgmt.retention_preview(job_name text DEFAULT NULL, policy_name text DEFAULT NULL)
+    RETURNS TABLE (backup_id bigint, database_name text, end_time timestamptz, action text,
+                   reasons text[], policy_name text)
+    STABLE SECURITY DEFINER PARALLEL SAFE
+    SET search_path TO pg_catalog, pg_temp
+    LANGUAGE c AS 'MODULE_PATHNAME', 'retention_preview_wrapper';"
+)]
 fn retention_preview(
-    job_name: default!(Option<&str>, "NULL"),
-    policy_name: default!(Option<&str>, "NULL"),
-) -> Result<
-    TableIterator<
-        'static,
-        (
-            name!(backup_id, i64),
-            name!(database_name, String),
-            name!(end_time, Option<TimestampWithTimeZone>),
-            name!(action, String),
-            name!(reasons, Vec<String>),
-            name!(policy_name, String),
-        ),
-    >,
-    ErrorReport,
-> {
-    Ok(TableIterator::new(preview_rows(job_name, policy_name)?.0))
+    job_name: Option<&str>,
+    policy_name: Option<&str>,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Result<(), ErrorReport> {
+    return_rows(fcinfo, preview_rows(job_name, policy_name)?.0);
+    Ok(())
 }
 
 /// Applies retention: marks what the policy expires `expired` and removes its files after
 /// commit; expires archived WAL older than the oldest retained base backup.  Returns the
 /// verdicts (as `retention_preview`).
-#[allow(clippy::type_complexity)]
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(
+    volatile,
+    parallel_unsafe,
+    security_definer,
+    sql = "CREATE FUNCTION backup_mgmt.apply_retention(job_name text DEFAULT NULL, policy_name text DEFAULT NULL)
+    RETURNS TABLE (backup_id bigint, database_name text, end_time timestamptz, action text,
+                   reasons text[], policy_name text)
+    VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+    SET search_path TO pg_catalog, pg_temp
+    LANGUAGE c AS 'MODULE_PATHNAME', 'apply_retention_wrapper';"
+)]
 fn apply_retention(
-    job_name: default!(Option<&str>, "NULL"),
-    policy_name: default!(Option<&str>, "NULL"),
-) -> Result<
-    TableIterator<
-        'static,
-        (
-            name!(backup_id, i64),
-            name!(database_name, String),
-            name!(end_time, Option<TimestampWithTimeZone>),
-            name!(action, String),
-            name!(reasons, Vec<String>),
-            name!(policy_name, String),
-        ),
-    >,
-    ErrorReport,
-> {
+    job_name: Option<&str>,
+    policy_name: Option<&str>,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Result<(), ErrorReport> {
     let (rows, mut kept) = preview_rows(job_name, policy_name)?;
     let roots = guc::backup_roots().unwrap_or_default();
     // (path, whether it is archived WAL rather than a backup's file or directory)
@@ -413,7 +475,8 @@ fn apply_retention(
             }
         });
     }
-    Ok(TableIterator::new(rows))
+    return_rows(fcinfo, rows);
+    Ok(())
 }
 
 /// Pins a completed backup: no retention policy removes it (a legal hold), until `keep_until`

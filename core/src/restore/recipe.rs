@@ -81,8 +81,9 @@ pub struct WalNeed {
     pub missing: Vec<i64>,
     /// The last segment needed, when the archive reaches the target at all.
     pub last: Option<i64>,
-    /// For a time target with no last segment: every archived segment from the backup's end on
-    /// has been read and none has a transaction after the target.
+    /// For a time target with no last segment: WAL archived after the target exists, every
+    /// archived segment from the backup's end on has been read, and none has a transaction after
+    /// the target.
     pub no_later_transaction: bool,
 }
 
@@ -109,9 +110,11 @@ pub fn wal_needed(
             .min(),
     };
     let later: Vec<&Segment> = archived.iter().filter(|s| s.number >= stop).collect();
+    // Only when WAL from after the target is archived: before that (a target in the future, or
+    // just now) the archive simply has not got there yet, which is said differently.
     let no_later_transaction = target_segment.is_none()
         && last.is_none()
-        && !later.is_empty()
+        && later.iter().any(|s| s.archived_after_target)
         && later.iter().all(|s| s.xact_after_target == Some(false));
     let upto = last.unwrap_or_else(|| {
         archived
@@ -465,6 +468,15 @@ mod unit {
         assert_eq!(none.last, None);
         assert!(none.no_later_transaction);
         assert!(!wal_needed(3, 4, None, &early).no_later_transaction);
+        // A target in the future: every segment read, none archived after it: not "no later
+        // transaction" but "the archive has not got there yet" (however far the scan is).
+        let mut future = early.clone();
+        for s in future.iter_mut() {
+            s.xact_after_target = Some(false);
+        }
+        let ahead = wal_needed(3, 4, None, &future);
+        assert_eq!(ahead.last, None);
+        assert!(!ahead.no_later_transaction);
     }
 
     fn sha256_of(path: &std::path::Path) -> String {

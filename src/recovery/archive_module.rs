@@ -156,16 +156,39 @@ mod callbacks {
         }
     }
 
+    /// PostgreSQL 16+'s `archive/archive_module.h`, which pgrx 0.18 does not bind: the state
+    /// each callback receives (unused here: nothing is kept between files).
     #[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
-    unsafe extern "C-unwind" fn check_configured_pg16(
-        _state: *mut pgrx::pg_sys::ArchiveModuleState,
-    ) -> bool {
+    #[repr(C)]
+    pub struct ArchiveModuleState {
+        pub private_data: *mut std::ffi::c_void,
+    }
+
+    /// PostgreSQL 16+'s callbacks struct, field for field as `archive_module.h` declares it.
+    #[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
+    #[repr(C)]
+    pub struct ArchiveModuleCallbacks {
+        pub startup_cb: Option<unsafe extern "C-unwind" fn(*mut ArchiveModuleState)>,
+        pub check_configured_cb:
+            Option<unsafe extern "C-unwind" fn(*mut ArchiveModuleState) -> bool>,
+        pub archive_file_cb: Option<
+            unsafe extern "C-unwind" fn(
+                *mut ArchiveModuleState,
+                *const c_char,
+                *const c_char,
+            ) -> bool,
+        >,
+        pub shutdown_cb: Option<unsafe extern "C-unwind" fn(*mut ArchiveModuleState)>,
+    }
+
+    #[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
+    unsafe extern "C-unwind" fn check_configured_pg16(_state: *mut ArchiveModuleState) -> bool {
         check_configured()
     }
 
     #[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
     unsafe extern "C-unwind" fn archive_file_pg16(
-        _state: *mut pgrx::pg_sys::ArchiveModuleState,
+        _state: *mut ArchiveModuleState,
         file: *const c_char,
         path: *const c_char,
     ) -> bool {
@@ -175,7 +198,7 @@ mod callbacks {
 
     /// The callbacks PostgreSQL 16 and later read from the pointer the entry point returns.
     #[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
-    static CALLBACKS: pgrx::pg_sys::ArchiveModuleCallbacks = pgrx::pg_sys::ArchiveModuleCallbacks {
+    static CALLBACKS: ArchiveModuleCallbacks = ArchiveModuleCallbacks {
         startup_cb: None,
         check_configured_cb: Some(check_configured_pg16),
         archive_file_cb: Some(archive_file_pg16),
@@ -186,8 +209,7 @@ mod callbacks {
     /// of each callback is unused; nothing is kept between files).
     #[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
     #[unsafe(no_mangle)]
-    pub extern "C-unwind" fn _PG_archive_module_init() -> *const pgrx::pg_sys::ArchiveModuleCallbacks
-    {
+    pub extern "C-unwind" fn _PG_archive_module_init() -> *const ArchiveModuleCallbacks {
         &raw const CALLBACKS
     }
 }

@@ -49,15 +49,18 @@ use crate::pg::server;
 use crate::pg::wait::in_background;
 
 /// Row counts of every ordinary table of the connected database, "schema.table" and count,
-/// separated by a unit separator.  Fixed text: no value is interpolated into it.  Every function
-/// and operator is schema-qualified (and the session's search_path is pinned by the client):
-/// nothing the restored content defines is called.
-const COUNT_ROWS: &str = "SELECT n.nspname OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) c.relname, \
-        (pg_catalog.xpath('/row/c/text()', pg_catalog.query_to_xml(pg_catalog.format('SELECT pg_catalog.count(*) AS c FROM %I.%I', n.nspname, c.relname), false, true, '')))[1]::pg_catalog.text \
+/// separated by a unit separator: a query that writes one `SELECT count(*)` per table, which
+/// psql's `\gexec` runs (no libxml needed, which `query_to_xml` was: PostgreSQL builds without
+/// it exist).  Fixed text: no value is interpolated into it; each table name reaches the
+/// generated statements quoted by `format` (`%I`, `%L`).  Every function and operator is
+/// schema-qualified (and the session's search_path is pinned by the client): nothing the
+/// restored content defines is called.
+const COUNT_ROWS: &str = "SELECT pg_catalog.format('SELECT %L, pg_catalog.count(*) FROM %I.%I', \
+        n.nspname OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) c.relname, n.nspname, c.relname) \
    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
   WHERE c.relkind OPERATOR(pg_catalog.=) 'r' AND n.nspname OPERATOR(pg_catalog.<>) 'information_schema' \
     AND n.nspname OPERATOR(pg_catalog.!~~) 'pg\\_%' \
-  ORDER BY 1";
+  ORDER BY n.nspname, c.relname \\gexec\n";
 
 /// What the helper thread found.
 struct Outcome {

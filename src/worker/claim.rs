@@ -288,11 +288,38 @@ fn start(c: &mut SpiClient<'_>, job: &DueJob, execution_id: i64) -> Result<Claim
         compression,
         parallel_jobs: options.parallel_jobs,
         fast_checkpoint: options.fast_checkpoint(),
+        basebackup_zstd: method == BackupMethod::PgBasebackup && server_has_zstd(c),
         with_globals,
         stem,
         root,
     };
     Ok(Claimed::Backup(Box::new(plan), run))
+}
+
+/// Whether this server was built with zstd (`--with-zstd`), and so its pg_basebackup compresses
+/// with it.  `pg_config` is readable by superusers only; when it cannot be read the answer is no,
+/// and the backup compresses on its own side, which works with any build.
+fn server_has_zstd(c: &SpiClient<'_>) -> bool {
+    // Two statements: a query naming pg_config fails at its start without the privilege.
+    let readable = c
+        .select(
+            "SELECT pg_catalog.has_table_privilege('pg_catalog.pg_config', 'SELECT')",
+            None,
+            &[],
+        )
+        .ok()
+        .and_then(|t| t.first().get::<bool>(1).ok().flatten())
+        .unwrap_or(false);
+    readable
+        && c.select(
+            "SELECT coalesce(bool_or(setting LIKE '%--with-zstd%'), false) \
+               FROM pg_catalog.pg_config WHERE name = 'CONFIGURE'",
+            None,
+            &[],
+        )
+        .ok()
+        .and_then(|t| t.first().get::<bool>(1).ok().flatten())
+        .unwrap_or(false)
 }
 
 /// The role the worker runs as (what its programs connect as).

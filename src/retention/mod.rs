@@ -114,7 +114,6 @@ fn load_backups(c: &SpiClient<'_>, job: Option<&str>) -> Result<(Vec<Backup>, Fi
     let t = c.select(
         "SELECT r.backup_id, r.database_name, r.end_time, \
                 r.backup_method IN ('pg_basebackup', 'native_physical'), \
-                false, \
                 r.pinned, r.pin_reason, r.keep_until, r.parent_backup_id, \
                 CASE WHEN $1::text IS NULL THEN r.annotations->>'job_name' IS NULL \
                      ELSE r.annotations->>'job_name' = $1 END, \
@@ -128,8 +127,8 @@ fn load_backups(c: &SpiClient<'_>, job: Option<&str>) -> Result<(Vec<Backup>, Fi
     let mut files = Vec::with_capacity(t.len());
     for r in t {
         let id: i64 = r.get(1)?.unwrap_or_default();
-        let worker = r.get::<bool>(13)?.unwrap_or(false);
-        for path in [r.get::<String>(11)?, r.get::<String>(12)?]
+        let worker = r.get::<bool>(12)?.unwrap_or(false);
+        for path in [r.get::<String>(10)?, r.get::<String>(11)?]
             .into_iter()
             .flatten()
         {
@@ -142,18 +141,19 @@ fn load_backups(c: &SpiClient<'_>, job: Option<&str>) -> Result<(Vec<Backup>, Fi
             ));
         }
         let end: Option<TimestampWithTimeZone> = r.get(3)?;
-        let keep_until: Option<TimestampWithTimeZone> = r.get(8)?;
+        let keep_until: Option<TimestampWithTimeZone> = r.get(7)?;
         out.push(Backup {
-            id: r.get(1)?.unwrap_or_default(),
+            id,
             database: r.get(2)?.unwrap_or_default(),
             end_time: end.map(from_timestamptz).unwrap_or_else(Utc::now),
             is_base: r.get(4)?.unwrap_or(false),
-            verified: r.get(5)?.unwrap_or(false),
-            pinned: r.get(6)?.unwrap_or(false),
-            pin_reason: r.get(7)?,
+            // Set by `mark_newest_verified` below.
+            verified: false,
+            pinned: r.get(5)?.unwrap_or(false),
+            pin_reason: r.get(6)?,
             keep_until: keep_until.map(from_timestamptz),
-            parent: r.get(9)?,
-            in_scope: r.get(10)?.unwrap_or(false),
+            parent: r.get(8)?,
+            in_scope: r.get(9)?.unwrap_or(false),
         });
     }
     mark_newest_verified(c, &mut out)?;

@@ -47,8 +47,16 @@ comparison_tool() {
     fi
 }
 
-# install_release: builds backup_mgmt in release mode and installs it into PostgreSQL.
+# pg_major: the major version of the PostgreSQL that PG_CONFIG names.
+pg_major() { "$PG_CONFIG" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/'; }
+
+# install_release: builds backup_mgmt in release mode and installs it into the PostgreSQL that
+# PG_CONFIG names (its pgrx feature chosen by its major version; 15 is the default feature).
 install_release() {
-    echo "==> building and installing backup_mgmt (release)"
-    cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
+    echo "==> building and installing backup_mgmt (release, PostgreSQL $(pg_major))"
+    local features=()
+    if [ "$(pg_major)" != 15 ]; then
+        features=(--no-default-features --features "pg$(pg_major)")
+    fi
+    cargo pgrx install --release "${features[@]}" --pg-config "$PG_CONFIG" >/dev/null
 }

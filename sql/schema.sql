@@ -803,11 +803,14 @@ COMMENT ON COLUMN backup_management.verification_state.failures IS 'Checksum ver
 COMMENT ON COLUMN backup_management.verification_state.last_error IS 'Why its newest checksum verification failed (NULL when it passed)';
 
 -- What the state of backups `ids` is, computed from backup_records and backup_verifications
--- (the definition the triggers maintain, and what the tests compare the table with).
+-- (the definition the triggers maintain, and what the tests compare the table with).  No SET
+-- clause, so that the planner inlines it into verification_state_refresh's cached plan (a SET
+-- clause made it a function planned anew on every call: two thirds of a recorded backup's
+-- cost, BENCHMARKS.md); it is not SECURITY DEFINER, its functions are qualified, and every
+-- caller (the refresh below, the worker) pins search_path.
 CREATE FUNCTION backup_mgmt.verification_state_of(ids bigint[])
     RETURNS SETOF backup_management.verification_state
     LANGUAGE sql STABLE
-    SET search_path = pg_catalog, pg_temp
 AS $bm$
     SELECT r.backup_id, r.database_name,
            CASE WHEN r.checksum IS NOT NULL THEN 'reverify'
@@ -823,15 +826,16 @@ AS $bm$
            WHERE v.backup_id = r.backup_id
            ORDER BY v.verified_at DESC, v.verification_id DESC LIMIT 1) n ON true
       LEFT JOIN LATERAL (
-          SELECT max(v.verified_at) FILTER (WHERE v.verification_status = 'passed') AS last_passed,
-                 max(v.verified_at) AS last_at,
-                 (array_agg(v.verification_status ORDER BY v.verified_at DESC, v.verification_id DESC))[1] AS last_status,
-                 (array_agg(coalesce(v.verification_result->>'detail', v.verification_result->>'reason', 'failed')
-                            ORDER BY v.verified_at DESC, v.verification_id DESC))[1] AS last_error
+          SELECT pg_catalog.max(v.verified_at) FILTER (WHERE v.verification_status = 'passed') AS last_passed,
+                 pg_catalog.max(v.verified_at) AS last_at,
+                 (pg_catalog.array_agg(v.verification_status ORDER BY v.verified_at DESC, v.verification_id DESC))[1] AS last_status,
+                 (pg_catalog.array_agg(coalesce(v.verification_result OPERATOR(pg_catalog.->>) 'detail',
+                                                v.verification_result OPERATOR(pg_catalog.->>) 'reason', 'failed')
+                                       ORDER BY v.verified_at DESC, v.verification_id DESC))[1] AS last_error
             FROM backup_management.backup_verifications v
            WHERE v.backup_id = r.backup_id AND v.verification_type = 'checksum') c ON true
       LEFT JOIN LATERAL (
-          SELECT count(*) AS failures FROM backup_management.backup_verifications v
+          SELECT pg_catalog.count(*) AS failures FROM backup_management.backup_verifications v
            WHERE v.backup_id = r.backup_id AND v.verification_type = 'checksum'
              AND v.verification_status = 'failed'
              AND (c.last_passed IS NULL OR v.verified_at > c.last_passed)) f ON true
@@ -844,9 +848,14 @@ COMMENT ON FUNCTION backup_mgmt.verification_state_of(bigint[]) IS
 -- Brings the state of backups `ids` up to date: recomputed from the two tables, so that it is
 -- right whatever changed (a verification recorded or deleted, a backup completed, expired,
 -- re-checksummed).
+-- Its statements are planned once per session and kept (force_generic_plan), always on the
+-- indexes (enable_seqscan off: a plan made while the table was small, right after an install
+-- or a TRUNCATE, would otherwise scan the whole table on every call from then on).
 CREATE FUNCTION backup_mgmt.verification_state_refresh(ids bigint[])
     RETURNS void LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
+    SET plan_cache_mode = force_generic_plan
+    SET enable_seqscan = off
 AS $bm$
 BEGIN
     -- Writers of one backup's state wait for each other here (the worker's upkeep and

@@ -23,6 +23,7 @@ use crate::catalog::registration::RegistrationError;
 use crate::jobs::api::JobError;
 use crate::monitoring::metrics::MetricsError;
 use crate::offsite::OffsiteError;
+use crate::pg::server::BlockIncrementalError;
 use crate::recovery::pitr::PitrError;
 use crate::retention::ExpiryError;
 use crate::verification::drill::DrillError;
@@ -173,8 +174,8 @@ impl SqlError for CatalogError {
     fn classify(&self) -> (PgSqlErrorCode, Cow<'static, str>) {
         let hint = match self {
             CatalogError::UnknownValue { what, allowed, .. } => format!("Valid {what}s are: {allowed}."),
-            CatalogError::MethodCannotTake { .. } => "pg_dump, pg_dump_directory, pg_dumpall_globals and pg_basebackup take full backups; \
-                 continuous_archiving records wal; native_physical takes full, incremental and differential backups."
+            CatalogError::MethodCannotTake { .. } => "pg_dump, pg_dump_directory and pg_dumpall_globals take full backups; \
+                 continuous_archiving records wal; native_physical and pg_basebackup (PostgreSQL 17+) take full, incremental and differential backups."
                 .to_owned(),
             CatalogError::EmptyDatabaseName | CatalogError::DatabaseNameTooLong(_) => {
                 "Give the name of the database the backup is of, as in pg_database.datname.".to_owned()
@@ -256,12 +257,29 @@ impl SqlError for DrillError {
     }
 }
 
+impl SqlError for BlockIncrementalError {
+    fn classify(&self) -> (PgSqlErrorCode, Cow<'static, str>) {
+        use PgSqlErrorCode::*;
+        match self {
+            BlockIncrementalError::TooOld(_) => (
+                ERRCODE_FEATURE_NOT_SUPPORTED,
+                "On this server take incremental backups with backup_method 'native_physical', or full ones with pg_basebackup.".into(),
+            ),
+            BlockIncrementalError::SummarizeWalOff => (
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "ALTER SYSTEM SET summarize_wal = on; SELECT pg_reload_conf(); incrementals build on backups taken after that, so the first one is taken as a full.".into(),
+            ),
+        }
+    }
+}
+
 impl SqlError for JobError {
     fn classify(&self) -> (PgSqlErrorCode, Cow<'static, str>) {
         use PgSqlErrorCode::*;
         let (code, hint) = match self {
             JobError::Schedule(inner) => return inner.classify(),
             JobError::Catalog(inner) => return inner.classify(),
+            JobError::BlockIncremental(inner) => return inner.classify(),
             JobError::EmptyJobName => (ERRCODE_INVALID_PARAMETER_VALUE, "Give the job a name.".to_owned()),
             JobError::UnknownJob(_) => (
                 ERRCODE_UNDEFINED_OBJECT,

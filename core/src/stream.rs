@@ -132,6 +132,13 @@ pub fn decompress<R: Read>(inner: R) -> io::Result<zstd::Decoder<'static, io::Bu
     zstd::Decoder::new(inner)
 }
 
+/// A zstd decompressor in front of `inner` (a write-side stage: what is written to it is
+/// decompressed into `inner`); `flush()` it at the end, then take `inner` back with
+/// `into_inner()`.
+pub fn decompress_into<W: Write>(inner: W) -> io::Result<zstd::stream::write::Decoder<'static, W>> {
+    zstd::stream::write::Decoder::new(inner)
+}
+
 /// Why `pump` stopped early.
 #[derive(Debug, thiserror::Error)]
 pub enum PumpError {

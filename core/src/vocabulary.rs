@@ -98,15 +98,16 @@ vocabulary!(
 
 impl BackupMethod {
     /// Whether this method can produce a backup of `kind`: logical dumps are always full, WAL
-    /// comes only from continuous archiving, and only the native physical method can take
-    /// incremental or differential backups.
+    /// comes only from continuous archiving, and the physical methods take full, incremental
+    /// and differential backups (pg_basebackup's block-level ones need PostgreSQL 17, which the
+    /// job API and the worker check: the catalog may also hold backups of other servers).
     pub fn can_take(self, kind: BackupType) -> bool {
         use BackupMethod::*;
         use BackupType::*;
         match self {
-            PgDump | PgDumpDirectory | PgDumpallGlobals | PgBasebackup => kind == Full,
+            PgDump | PgDumpDirectory | PgDumpallGlobals => kind == Full,
             ContinuousArchiving => kind == Wal,
-            NativePhysical => matches!(kind, Full | Incremental | Differential),
+            NativePhysical | PgBasebackup => matches!(kind, Full | Incremental | Differential),
         }
     }
 }

@@ -211,11 +211,16 @@ impl Cluster {
         let mut restored = Cluster::unstarted();
         let script = restored.dir().join("recipe.sh");
         std::fs::write(&script, recipe).expect("write recipe");
+        let mut bash = restored.server_command("/bin/bash");
+        // As an operator would point a chain's recipe at this server's pg_combinebackup (a
+        // relocatable PostgreSQL is neither on PATH nor where Debian puts it).
+        let combine = restored.bindir.join("pg_combinebackup");
+        if combine.exists() {
+            bash.env("PG_COMBINEBACKUP", combine);
+        }
         let out = check(
             "restore recipe",
-            restored
-                .server_command("/bin/bash")
-                .arg(&script)
+            bash.arg(&script)
                 .arg(restored.data_dir())
                 .output()
                 .expect("bash runs"),

@@ -52,7 +52,7 @@ SELECT string_agg(x, E'\\n' ORDER BY x) FROM (
   SELECT 'function ' || p.oid::regprocedure || ' -> ' || pg_get_function_result(p.oid) || ' ' ||
          p.prosecdef::text || ' ' || p.provolatile::text || ' ' || p.proparallel::text || ' ' ||
          coalesce(array_to_string(p.proconfig, ','), '') || ' ' || coalesce(p.proacl::text, '') || ' ' ||
-         coalesce(obj_description(p.oid, 'pg_proc'), '(no comment)')
+         coalesce(obj_description(p.oid, 'pg_proc'), '(no comment)') || ' body ' || md5(p.prosrc)
     FROM pg_proc p WHERE p.pronamespace IN (SELECT oid FROM ours)
   UNION ALL
   SELECT 'trigger ' || pg_get_triggerdef(t.oid) || ' ' || coalesce(obj_description(t.oid, 'pg_trigger'), '')
@@ -193,7 +193,7 @@ fn upgrade_from_0_1_0_keeps_every_row_and_matches_a_fresh_install() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(version, "0.3.0");
+    assert_eq!(version, "0.4.0");
     let after: String = old.query_one(CONTENT, &[]).unwrap().get(0);
     assert_eq!(before, after, "rows changed by the upgrade");
 
@@ -398,7 +398,7 @@ fn upgrade_from_0_2_0_builds_the_verification_state() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(version, "0.3.0");
+    assert_eq!(version, "0.4.0");
     let after: String = old.query_one(CONTENT, &[]).unwrap().get(0);
     assert_eq!(before, after, "rows changed by the upgrade");
     let queue: Vec<(String, String, i32, Option<String>)> = old
@@ -432,5 +432,85 @@ fn upgrade_from_0_2_0_builds_the_verification_state() {
         .unwrap()
         .get(0);
     assert_eq!(lost, 0);
+    assert_same_shape(&mut old, &mut cluster.connect("fresh"));
+}
+
+/// 0.3.0 -> 0.4.0: the verification state's functions are replaced (planned once, inlined);
+/// every row and the maintained state survive, the state still equals its definition, the
+/// triggers keep it (a verification recorded after the upgrade), and the catalog is a fresh
+/// install's (the functions' SET clauses included).
+#[test]
+fn upgrade_from_0_3_0_keeps_the_verification_state() {
+    let cluster = two_databases();
+    let mut old = cluster.connect("upgraded");
+    old.batch_execute("CREATE EXTENSION backup_mgmt VERSION '0.3.0'")
+        .unwrap();
+    old.batch_execute(
+        "INSERT INTO backup_management.backup_records
+             (database_name, backup_type, backup_method, backup_file_path, status, start_time, end_time,
+              duration, checksum, origin)
+         VALUES ('app', 'full', 'pg_dump', '/b/app/1.dump', 'completed', now() - interval '2 days',
+                 now() - interval '2 days', '1 minute', repeat('a', 64), 'worker'),
+                ('app', 'full', 'pg_dump', '/b/app/2.dump', 'completed', now() - interval '1 day',
+                 now() - interval '1 day', '1 minute', NULL, 'registered');
+         INSERT INTO backup_management.backup_verifications (backup_id, verification_type, verification_status, verification_result, verified_at)
+         SELECT backup_id, 'checksum', 'passed', '{}'::jsonb, now() - interval '1 hour'
+           FROM backup_management.backup_records WHERE backup_file_path = '/b/app/1.dump'
+         UNION ALL
+         SELECT backup_id, 'checksum', 'failed', '{\"detail\": \"the backup file is missing\"}'::jsonb, now() - interval '10 minutes'
+           FROM backup_management.backup_records WHERE backup_file_path = '/b/app/2.dump';",
+    )
+    .unwrap();
+    const STATE: &str = "SELECT string_agg(s::text, E'\\n' ORDER BY s.backup_id) FROM backup_management.verification_state s";
+    let before: String = old.query_one(CONTENT, &[]).unwrap().get(0);
+    let state_before: String = old.query_one(STATE, &[]).unwrap().get(0);
+    old.batch_execute("ALTER EXTENSION backup_mgmt UPDATE")
+        .unwrap();
+    let version: String = old
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'backup_mgmt'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(version, "0.4.0");
+    assert_eq!(
+        before,
+        old.query_one(CONTENT, &[]).unwrap().get::<_, String>(0)
+    );
+    assert_eq!(
+        state_before,
+        old.query_one(STATE, &[]).unwrap().get::<_, String>(0)
+    );
+    // The triggers keep the state with the new functions: a passed verification of the second
+    // backup clears its failure.
+    old.batch_execute(
+        "INSERT INTO backup_management.backup_verifications (backup_id, verification_type, verification_status, verification_result)
+         SELECT backup_id, 'checksum', 'passed', '{}'::jsonb
+           FROM backup_management.backup_records WHERE backup_file_path = '/b/app/2.dump'",
+    )
+    .unwrap();
+    let (failures, status): (i32, String) = old
+        .query_one(
+            "SELECT s.failures, s.last_status FROM backup_management.verification_state s
+               JOIN backup_management.backup_records r USING (backup_id) WHERE r.backup_file_path = '/b/app/2.dump'",
+            &[],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!((failures, status.as_str()), (0, "passed"));
+    let differs: i64 = old
+        .query_one(
+            "SELECT count(*) FROM (
+                 (SELECT * FROM backup_management.verification_state
+                  EXCEPT SELECT * FROM backup_mgmt.verification_state_of(ARRAY(SELECT backup_id FROM backup_management.backup_records)))
+                 UNION ALL
+                 (SELECT * FROM backup_mgmt.verification_state_of(ARRAY(SELECT backup_id FROM backup_management.backup_records))
+                  EXCEPT SELECT * FROM backup_management.verification_state)) d",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(differs, 0);
     assert_same_shape(&mut old, &mut cluster.connect("fresh"));
 }

@@ -1,5 +1,6 @@
 //! Catalog look-ups that several modules ask, written once.
 
+use backup_mgmt_core::vocabulary::BackupMethod;
 use pgrx::spi::{SpiClient, SpiError};
 
 /// The order in which verifications count as "newest": the latest `verified_at`, then the
@@ -84,25 +85,100 @@ macro_rules! chain_unverified {
 pub(crate) use chain_unverified;
 pub(crate) use chain_walk;
 
+/// One backup of a chain as recorded.
+#[derive(Debug, Clone)]
+pub struct ChainMember {
+    pub id: i64,
+    pub path: String,
+    pub checksum: Option<String>,
+    pub compression: String,
+}
+
 /// Backup `id` and every ancestor it builds on (`parent_backup_id`), with their recorded
-/// paths, by id: the directories a native backup's files may be held in.
-pub fn chain_members(c: &SpiClient<'_>, id: i64) -> Result<Vec<(i64, String)>, SpiError> {
+/// paths, sha256 and compression, oldest (lowest id: a parent is recorded before its child)
+/// first: the directories a native backup's files may be held in, the tars a pg_basebackup
+/// incremental is combined with.
+pub fn chain_members(c: &SpiClient<'_>, id: i64) -> Result<Vec<ChainMember>, SpiError> {
     let t = c.select(
-        "WITH RECURSIVE chain(backup_id, parent_backup_id, backup_file_path) AS ( \
-             SELECT backup_id, parent_backup_id, backup_file_path FROM backup_management.backup_records \
+        "WITH RECURSIVE chain(backup_id, parent_backup_id, depth) AS ( \
+             SELECT backup_id, parent_backup_id, 0 FROM backup_management.backup_records \
               WHERE backup_id = $1 \
              UNION \
-             SELECT r.backup_id, r.parent_backup_id, r.backup_file_path \
-               FROM backup_management.backup_records r JOIN chain ON r.backup_id = chain.parent_backup_id) \
-         SELECT backup_id, backup_file_path FROM chain ORDER BY backup_id",
+             SELECT r.backup_id, r.parent_backup_id, chain.depth + 1 \
+               FROM backup_management.backup_records r JOIN chain ON r.backup_id = chain.parent_backup_id \
+              WHERE chain.depth < 10000) \
+         SELECT r.backup_id, r.backup_file_path, r.checksum, r.compression \
+           FROM chain JOIN backup_management.backup_records r USING (backup_id) ORDER BY r.backup_id",
         None,
         &[id.into()],
     )?;
     let mut out = Vec::new();
     for row in t {
         if let (Some(member), Some(path)) = (row.get::<i64>(1)?, row.get::<String>(2)?) {
-            out.push((member, path));
+            out.push(ChainMember {
+                id: member,
+                path,
+                checksum: row.get::<String>(3)?,
+                compression: row.get::<String>(4)?.unwrap_or_default(),
+            });
         }
     }
     Ok(out)
+}
+
+/// Where the parent of an incremental or differential backup is.
+#[derive(Debug, Clone)]
+pub(crate) struct Parent {
+    pub id: i64,
+    pub path: String,
+    pub checksum: Option<String>,
+    pub compression: String,
+    /// When it began (epoch seconds): for a native backup, files changed in that second or
+    /// later are copied again.
+    pub started: i64,
+}
+
+/// The newest completed backup by `method` of this cluster that a `kind` backup builds on
+/// (incremental: any type; differential: full), made by the worker on this major version,
+/// unless its newest verification failed or its chain is broken.  Its start is rounded down
+/// to the second: a native backup refers to a file only when its mtime (whole seconds) is
+/// before it, and rounding up would let a write in the parent's first fraction of a second
+/// pass as older.
+pub(crate) fn choose_parent(
+    c: &SpiClient<'_>,
+    method: BackupMethod,
+    kind: &str,
+) -> Result<Option<Parent>, SpiError> {
+    let t = c.select(
+        concat!(
+            "SELECT r.backup_id, r.backup_file_path, r.checksum, r.compression, \
+                    floor(extract(epoch FROM r.start_time))::bigint \
+               FROM backup_management.backup_records r \
+              WHERE r.expired_at IS NULL AND r.backup_method = $2 AND r.status = 'completed' \
+                AND r.origin = 'worker' \
+                AND r.system_identifier = (SELECT system_identifier FROM pg_catalog.pg_control_system()) \
+                AND r.pg_version / 10000 = pg_catalog.current_setting('server_version_num')::int / 10000 \
+                AND ($1 = 'incremental' OR r.backup_type = 'full') \
+                AND coalesce(",
+            newest_verification_status!(),
+            ", 'passed') <> 'failed' \
+                AND ",
+            chain_problem!(),
+            " IS NULL \
+              ORDER BY r.end_time DESC, r.backup_id DESC LIMIT 1"
+        ),
+        None,
+        &[kind.into(), method.as_str().into()],
+    )?;
+    if t.is_empty() {
+        return Ok(None);
+    }
+    let row = t.first();
+    Ok(Some(Parent {
+        id: row.get::<i64>(1)?.unwrap_or_default(),
+        path: row.get::<String>(2)?.unwrap_or_default(),
+        checksum: row.get::<String>(3)?,
+        compression: row.get::<String>(4)?.unwrap_or_default(),
+        started: row.get::<i64>(5)?.unwrap_or_default(),
+    }))
 }

@@ -9,7 +9,7 @@
 
 use backup_mgmt_core::cron::{CronSchedule, ScheduleError};
 use backup_mgmt_core::job::{JobOptions, OptionError};
-use backup_mgmt_core::vocabulary::{self as catalog, BackupMethod, CatalogError};
+use backup_mgmt_core::vocabulary::{self as catalog, BackupMethod, BackupType, CatalogError};
 use pgrx::prelude::*;
 use pgrx::spi::SpiError;
 use pgrx::{pg_sys::panic::ErrorReport, JsonB};
@@ -46,6 +46,8 @@ pub enum JobError {
     Schedule(#[from] ScheduleError),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    BlockIncremental(#[from] server::BlockIncrementalError),
     #[error("catalog access failed: {0}")]
     Spi(#[from] SpiError),
 }
@@ -80,9 +82,13 @@ impl JobSpec {
         if !server::database_exists(&self.database_name) {
             return Err(JobError::UnknownDatabase(self.database_name.clone()));
         }
-        let (_, method) = catalog::parse_kind(&self.backup_type, &self.backup_method)?;
+        let (kind, method) = catalog::parse_kind(&self.backup_type, &self.backup_method)?;
         if !SCHEDULABLE.contains(&method) {
             return Err(JobError::NotSchedulable(method));
+        }
+        // Said now rather than at the first run: the worker checks again each time.
+        if method == BackupMethod::PgBasebackup && kind != BackupType::Full {
+            server::block_incrementals()?;
         }
         let options = JobOptions::normalize(&self.options, method)?.to_json();
         let next = if self.active {

@@ -33,7 +33,7 @@ use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiError};
 use serde_json::{json, Value};
 
-use crate::catalog::queries::{chain_problem, newest_verification_status};
+use crate::catalog::queries::Parent;
 use crate::pg::spi::in_transaction;
 use crate::pg::{guc, server};
 
@@ -51,16 +51,6 @@ const BACKUP_STOP: &str =
 #[cfg(not(any(feature = "pg13", feature = "pg14")))]
 const BACKUP_STOP: &str =
     "SELECT lsn::text, labelfile, spcmapfile FROM pg_catalog.pg_backup_stop(false)";
-
-/// Where the parent of an incremental or differential backup is.
-#[derive(Debug, Clone)]
-pub(crate) struct Parent {
-    pub id: i64,
-    pub path: String,
-    pub checksum: Option<String>,
-    /// When it began (epoch seconds): files changed in that second or later are copied again.
-    pub started: i64,
-}
 
 /// What the claim transaction decided.
 #[derive(Debug, Clone)]
@@ -81,42 +71,6 @@ pub(crate) struct Session {
     data_dir: PathBuf,
     start_lsn: Lsn,
     copied: Arc<Mutex<Option<Copied>>>,
-}
-
-/// The newest completed native backup of this cluster that `kind` builds on (incremental: any
-/// type; differential: full), unless its newest verification failed.  Its start is rounded
-/// down to the second: a file is referred to only when its mtime (whole seconds) is before it,
-/// and rounding up would let a write in the parent's first fraction of a second pass as older.
-pub(crate) fn choose_parent(c: &SpiClient<'_>, kind: &str) -> Result<Option<Parent>, SpiError> {
-    let t = c.select(
-        concat!(
-            "SELECT r.backup_id, r.backup_file_path, r.checksum, floor(extract(epoch FROM r.start_time))::bigint \
-               FROM backup_management.backup_records r \
-              WHERE r.expired_at IS NULL AND r.backup_method = 'native_physical' AND r.status = 'completed' \
-                AND r.origin = 'worker' \
-                AND r.system_identifier = (SELECT system_identifier FROM pg_catalog.pg_control_system()) \
-                AND ($1 = 'incremental' OR r.backup_type = 'full') \
-                AND coalesce(",
-            newest_verification_status!(),
-            ", 'passed') <> 'failed' \
-                AND ",
-            chain_problem!(),
-            " IS NULL \
-              ORDER BY r.end_time DESC, r.backup_id DESC LIMIT 1"
-        ),
-        None,
-        &[kind.into()],
-    )?;
-    if t.is_empty() {
-        return Ok(None);
-    }
-    let row = t.first();
-    Ok(Some(Parent {
-        id: row.get::<i64>(1)?.unwrap_or_default(),
-        path: row.get::<String>(2)?.unwrap_or_default(),
-        checksum: row.get::<String>(3)?,
-        started: row.get::<i64>(4)?.unwrap_or_default(),
-    }))
 }
 
 fn query_text(

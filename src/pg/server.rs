@@ -10,6 +10,32 @@ use pgrx::pg_sys;
 
 use super::guc;
 
+/// Why this server cannot take block-level incremental backups with `pg_basebackup
+/// --incremental` (PostgreSQL 17's WAL summaries).
+#[derive(Debug, thiserror::Error)]
+pub enum BlockIncrementalError {
+    #[error("incremental and differential pg_basebackup backups need PostgreSQL 17 or later (block-level incrementals from WAL summaries); this server is {0}")]
+    TooOld(String),
+    #[error("incremental and differential pg_basebackup backups need WAL summaries, and summarize_wal is off")]
+    SummarizeWalOff,
+}
+
+/// PostgreSQL 17 brought `pg_basebackup --incremental`, WAL summaries and `pg_combinebackup`.
+const BLOCK_INCREMENTAL_VERSION: i32 = 170000;
+
+/// Whether this server can take a block-level incremental `pg_basebackup` now.
+pub fn block_incrementals() -> Result<(), BlockIncrementalError> {
+    if version_num() < BLOCK_INCREMENTAL_VERSION {
+        return Err(BlockIncrementalError::TooOld(
+            guc::current(c"server_version").unwrap_or_default(),
+        ));
+    }
+    if guc::current(c"summarize_wal").as_deref() != Some("on") {
+        return Err(BlockIncrementalError::SummarizeWalOff);
+    }
+    Ok(())
+}
+
 /// `pg_stat_activity.backend_type` of the backup_mgmt worker.
 pub const WORKER_TYPE: &str = "backup_mgmt scheduler";
 

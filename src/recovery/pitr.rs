@@ -10,7 +10,7 @@
 //! cluster's WAL segment size, as the archive's catalog does.
 
 use backup_mgmt_core::restore::recipe::{
-    recipe, wal_needed, Base, RecipeError, RecipeInput, Segment, Target,
+    recipe, wal_needed, Base, RecipeError, RecipeInput, Segment, TarPart, Target,
 };
 use backup_mgmt_core::wal::{self, Lsn, WalRange};
 use pgrx::pg_sys::panic::ErrorReport;
@@ -47,14 +47,27 @@ fn base_of(
     sha: &str,
     compression: &str,
 ) -> Result<Base, PitrError> {
+    let members = chain_members(c, id)?;
     if method != "native_physical" {
+        let compressed =
+            |compression: &str, path: &str| compression == "zstd" || path.ends_with(".zst");
         return Ok(Base::Tar {
             path: path.to_owned(),
             sha256: sha.to_owned(),
-            compressed: compression == "zstd" || path.ends_with(".zst"),
+            compressed: compressed(compression, path),
+            earlier: members
+                .into_iter()
+                .filter(|m| m.id != id)
+                .map(|m| TarPart {
+                    id: m.id,
+                    compressed: compressed(&m.compression, &m.path),
+                    path: m.path,
+                    sha256: m.checksum.unwrap_or_default(),
+                })
+                .collect(),
         });
     }
-    let holders = chain_members(c, id)?;
+    let holders = members.into_iter().map(|m| (m.id, m.path)).collect();
     Ok(Base::Native {
         dir: path.to_owned(),
         manifest_sha256: sha.to_owned(),

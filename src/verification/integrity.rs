@@ -53,8 +53,9 @@ pub struct Target {
     pub method: String,
     pub checksum: Option<String>,
     pub size: Option<u64>,
-    /// A native physical backup's chain: the directory of each backup it needs (itself and its
-    /// ancestors), confined to the backup roots; one that cannot be found is left out.
+    /// A physical backup's chain: the directory (native) or tar (pg_basebackup) of each backup
+    /// it needs (itself and its ancestors), confined to the backup roots; one that cannot be
+    /// found is left out.
     pub chain: HashMap<i64, PathBuf>,
     /// The globals file of a logical dump, part of the backup.
     pub globals: Option<GlobalsFile>,
@@ -81,10 +82,10 @@ pub struct Resolved {
 fn chain_of(c: &SpiClient<'_>, id: i64) -> Result<HashMap<i64, PathBuf>, VerificationError> {
     Ok(chain_members(c, id)?
         .into_iter()
-        .filter_map(|(member, path)| {
-            roots::confine_backup(&path, false)
+        .filter_map(|m| {
+            roots::confine_backup(&m.path, false)
                 .ok()
-                .map(|p| (member, p))
+                .map(|p| (m.id, p))
         })
         .collect())
 }
@@ -111,7 +112,7 @@ pub fn load_target(backup_id: i64) -> Result<Target, VerificationError> {
             });
         }
         let method = row.get::<String>(3)?.unwrap_or_default();
-        let chain = if method == "native_physical" {
+        let chain = if method == "native_physical" || method == "pg_basebackup" {
             chain_of(c, backup_id)?
         } else {
             HashMap::new()

@@ -1,4 +1,5 @@
-//! Restore tests of physical backups: a pg_basebackup tar is extracted, a native backup's chain
+//! Restore tests of physical backups: a pg_basebackup tar is extracted (an incremental's chain
+//! extracted member by member, each against its sha256, and combined), a native backup's chain
 //! materialised (every file checked against its chain manifest), then `pg_verifybackup` runs and
 //! a temporary postmaster must recover and answer in every database
 //! (`backup_mgmt_core::restore::scratch_server`).  Recorded as a `pg_verifybackup` verification
@@ -12,7 +13,7 @@ use backup_mgmt_core::files::error::Context;
 use backup_mgmt_core::progress::Progress;
 use backup_mgmt_core::restore::materialize::materialize;
 use backup_mgmt_core::restore::scratch_server::{
-    self, PhysicalOutcome, ScratchError, ScratchServer,
+    self, PhysicalOutcome, ScratchError, ScratchServer, TarMember,
 };
 use backup_mgmt_core::threads;
 use backup_mgmt_core::verify::native::load_manifest;
@@ -26,6 +27,7 @@ use super::restore_outcome::{
     integrity_first, open_backup, record_restore_test, RestoreError, RestoreResult,
 };
 use super::scratch::verification_scratch;
+use crate::catalog::queries::{chain_members, ChainMember};
 use crate::pg::server;
 use crate::pg::wait::in_background;
 
@@ -38,7 +40,7 @@ pub(super) fn physical_restore_test(
     let resolved = verification::confine(&target)?;
     let path = resolved.main.clone();
     let scratch = verification_scratch(id).map_err(verification::VerificationError::from)?;
-    let (compression, user) = Spi::connect(|c| -> Result<_, SpiError> {
+    let (compression, user, members) = Spi::connect(|c| -> Result<_, SpiError> {
         let t = c.select(
             "SELECT compression, current_user::text FROM backup_management.backup_records WHERE backup_id = $1",
             None,
@@ -48,8 +50,18 @@ pub(super) fn physical_restore_test(
         Ok((
             row.get::<String>(1)?.unwrap_or_default(),
             row.get::<String>(2)?.unwrap_or_default(),
+            chain_members(c, id)?,
         ))
     })?;
+    // A block-level incremental: the backups it builds on, each confined to the roots again.
+    let earlier: Vec<(ChainMember, Option<PathBuf>)> = members
+        .into_iter()
+        .filter(|m| m.id != id)
+        .map(|m| {
+            let at = target.chain.get(&m.id).cloned();
+            (m, at)
+        })
+        .collect();
     let programs = scratch_programs(user);
     let started = Instant::now();
     let zstd = compression == "zstd";
@@ -63,7 +75,38 @@ pub(super) fn physical_restore_test(
             Ok(f) => f,
             Err(failed) => return (failed, None),
         };
-        let o = scratch_server::restore_test(file, zstd, &scratch, &programs, &progress);
+        if earlier.is_empty() {
+            let o = scratch_server::restore_test(file, zstd, &scratch, &programs, &progress);
+            return (integrity, Some(o));
+        }
+        let mut members = Vec::new();
+        for (m, at) in earlier {
+            let opened = open_backup(at.as_deref(), &m.path).map_err(|r| {
+                ScratchError::Prepare(format!(
+                    "backup {} of the chain: {}",
+                    m.id,
+                    r.detail.unwrap_or_default()
+                ))
+            });
+            members.push(opened.map(|file| TarMember {
+                id: m.id,
+                file,
+                zstd: m.compression == "zstd",
+                sha256: m.checksum.unwrap_or_default(),
+            }));
+        }
+        members.push(Ok(TarMember {
+            id,
+            file,
+            zstd,
+            sha256: moved.checksum.clone().unwrap_or_default(),
+        }));
+        let bindir = programs.bindir.clone();
+        let prepare = move |scratch: &ScratchDir, progress: &Progress| {
+            let members = members.into_iter().collect::<Result<Vec<_>, _>>()?;
+            scratch_server::unpack_chain(members, scratch, &bindir, progress)
+        };
+        let o = scratch_server::restore_test_with(prepare, &scratch, &programs, &progress);
         (integrity, Some(o))
     });
     finish_physical_test(

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use backup_mgmt_core::backup::incremental_base::ParentTar;
 use backup_mgmt_core::backup::layout;
 use backup_mgmt_core::backup::logical::Plan;
 use backup_mgmt_core::cron::CronSchedule;
@@ -18,10 +19,11 @@ use pgrx::spi::SpiClient;
 use serde_json::{json, Value};
 
 use super::{Running, WorkerError};
+use crate::catalog::queries::{choose_parent, Parent};
 use crate::catalog::records;
 use crate::jobs::executions::{end_execution, prune_history};
 use crate::jobs::preview::{job_zone, next_run};
-use crate::methods::native::{self as native_method, NativeStart};
+use crate::methods::native::NativeStart;
 use crate::pg::time::{from_timestamptz, to_timestamptz};
 use crate::pg::{roots, server};
 
@@ -199,14 +201,41 @@ fn start(c: &mut SpiClient<'_>, job: &DueJob, execution_id: i64) -> Result<Claim
     let output = layout::output_path(method, &stem, compression);
     let with_globals = options.with_globals();
     let globals = with_globals.then(|| layout::globals_path(&stem, compression));
-    // What a native incremental or differential backup builds on; with nothing to build on, a
-    // full backup is taken (and the record says what was asked for).
-    let parent = if method == BackupMethod::NativePhysical && job.backup_type != "full" {
-        native_method::choose_parent(c, &job.backup_type)?
+    // What an incremental or differential backup builds on; with nothing to build on, a full
+    // backup is taken (and the record says what was asked for).
+    let chained = matches!(
+        method,
+        BackupMethod::NativePhysical | BackupMethod::PgBasebackup
+    ) && job.backup_type != "full";
+    if chained && method == BackupMethod::PgBasebackup {
+        if let Err(e) = server::block_incrementals() {
+            return cannot_run(c, e.to_string());
+        }
+    }
+    let mut parent = if chained {
+        choose_parent(c, method, &job.backup_type)?
+            .filter(|p| method != BackupMethod::PgBasebackup || summaries_cover(c, p.id))
     } else {
         None
     };
-    let backup_type = if method == BackupMethod::NativePhysical && parent.is_none() {
+    // A pg_basebackup parent as its backup thread reads it; one that cannot be read (its file
+    // gone from the roots, no sha256 recorded) is not built on: a full is taken, and it says why.
+    let mut incremental = None;
+    if method == BackupMethod::PgBasebackup {
+        if let Some(p) = parent.clone() {
+            match parent_tar(p) {
+                Ok(t) => incremental = Some(t),
+                Err(why) => {
+                    warning!(
+                        "backup_mgmt: job \"{}\" takes a full backup: {why}",
+                        job.name
+                    );
+                    parent = None;
+                }
+            }
+        }
+    }
+    let backup_type = if chained && parent.is_none() {
         "full"
     } else {
         job.backup_type.as_str()
@@ -261,14 +290,14 @@ fn start(c: &mut SpiClient<'_>, job: &DueJob, execution_id: i64) -> Result<Claim
         stopped: None,
         native: None,
     };
+    if let Some(p) = &parent {
+        c.update(
+            "UPDATE backup_management.backup_records SET parent_backup_id = $2 WHERE backup_id = $1",
+            None,
+            &[backup_id.into(), p.id.into()],
+        )?;
+    }
     if method == BackupMethod::NativePhysical {
-        if let Some(p) = &parent {
-            c.update(
-                "UPDATE backup_management.backup_records SET parent_backup_id = $2 WHERE backup_id = $1",
-                None,
-                &[backup_id.into(), p.id.into()],
-            )?;
-        }
         let start = NativeStart {
             backup_id,
             final_dir: output,
@@ -290,10 +319,59 @@ fn start(c: &mut SpiClient<'_>, job: &DueJob, execution_id: i64) -> Result<Claim
         fast_checkpoint: options.fast_checkpoint(),
         basebackup_zstd: method == BackupMethod::PgBasebackup && server_has_zstd(c),
         with_globals,
+        incremental,
         stem,
         root,
     };
     Ok(Claimed::Backup(Box::new(plan), run))
+}
+
+/// The parent of a pg_basebackup incremental as the backup thread reads it: its path confined
+/// to the roots again (the catalog row is input), its recorded sha256 (a worker's completed
+/// backup always has one).
+fn parent_tar(p: Parent) -> Result<ParentTar, String> {
+    let path = roots::confine_backup(&p.path, false)
+        .map_err(|e| format!("the parent backup {} cannot be built on: {e}", p.id))?;
+    let sha256 = p
+        .checksum
+        .ok_or_else(|| format!("the parent backup {} has no recorded sha256", p.id))?;
+    Ok(ParentTar {
+        id: p.id,
+        path,
+        sha256,
+        zstd: p.compression == "zstd",
+    })
+}
+
+/// Whether this server's WAL summaries reach back to backup `id`'s start on its timeline: what
+/// pg_basebackup --incremental needs to build on it.  A parent taken before summarize_wal was
+/// turned on (or older than wal_summary_keep_time) is not built on; a full is taken instead.
+/// Summaries are written as the summarizer passes checkpoints, so a parent taken moments ago
+/// may have none past it yet: while the summarizer has not reached the parent's start on its
+/// timeline, it began before it, and pg_basebackup waits for it to catch up.
+fn summaries_cover(c: &SpiClient<'_>, id: i64) -> bool {
+    // Covered: the summaries that reach the parent's start (or past it) begin at or before it and
+    // have no hole between them (summarize_wal off for a while leaves one, and pg_basebackup would
+    // then fail on every run until a full is taken).
+    c.select(
+        "WITH r AS (SELECT timeline_id, start_lsn FROM backup_management.backup_records WHERE backup_id = $1), \
+              s AS (SELECT s.start_lsn, s.end_lsn, \
+                           pg_catalog.max(s.end_lsn) OVER (ORDER BY s.start_lsn \
+                               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reached \
+                      FROM pg_catalog.pg_available_wal_summaries() s, r \
+                     WHERE s.tli = r.timeline_id AND s.end_lsn >= r.start_lsn) \
+         SELECT coalesce((SELECT pg_catalog.min(s.start_lsn) <= r.start_lsn \
+                                 AND NOT EXISTS (SELECT FROM s WHERE s.reached < s.start_lsn) FROM s), false) \
+                OR coalesce((SELECT w.summarized_tli = r.timeline_id \
+                                    AND w.summarized_lsn > '0/0' AND w.summarized_lsn <= r.start_lsn \
+                               FROM pg_catalog.pg_get_wal_summarizer_state() w), false) \
+           FROM r",
+        None,
+        &[id.into()],
+    )
+    .ok()
+    .and_then(|t| t.first().get::<bool>(1).ok().flatten())
+    .unwrap_or(false)
 }
 
 /// Whether this server was built with zstd (`--with-zstd`), and so its pg_basebackup compresses

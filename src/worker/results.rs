@@ -4,8 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use backup_mgmt_core::backup::{BackupError, Outcome};
+use std::time::Duration;
+
+use backup_mgmt_core::backup::{BackupError, Damage, Outcome};
 use backup_mgmt_core::files::durable;
+use backup_mgmt_core::verify::{Reason, Report};
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiError};
 use serde_json::{json, Value};
@@ -16,6 +19,7 @@ use crate::jobs::executions::{end_execution, prune_history};
 use crate::methods::native as native_method;
 use crate::pg::spi::in_transaction;
 use crate::pg::{notify, roots, server};
+use crate::verification::integrity;
 
 const INTERRUPTED: &str = "interrupted: the server or the backup_mgmt worker stopped while this backup was running; its partial output was removed";
 
@@ -86,7 +90,34 @@ pub(super) fn record_result(run: &Running, result: Result<Outcome, BackupError>)
         .and_then(|a| a.get("bad_pages"))
         .filter(|b| b.as_array().is_some_and(|a| !a.is_empty()))
         .cloned();
+    let damaged_parent = match &result {
+        Err(BackupError::DamagedParent {
+            id,
+            path,
+            damage,
+            detail,
+        }) => Some((*id, path.clone(), *damage, detail.clone())),
+        _ => None,
+    };
     record_in_catalog(run, result);
+    if let Some((id, path, damage, detail)) = damaged_parent {
+        // A parent whose stored file is not what was recorded is a failed verification of it:
+        // the next run builds on another backup instead of failing on this one again.
+        let reason = match damage {
+            Damage::Missing => Reason::Missing,
+            Damage::Unreadable => Reason::Unreadable,
+            Damage::Changed => Reason::ChecksumMismatch,
+        };
+        let report = Report::failed(reason, detail, &path);
+        in_transaction("recording the damaged parent backup", || {
+            let database = Spi::get_one_with_args::<String>(
+                "SELECT database_name FROM backup_management.backup_records WHERE backup_id = $1",
+                &[id.into()],
+            )?
+            .unwrap_or_default();
+            integrity::record(id, &database, "checksum", &report, Duration::ZERO)
+        });
+    }
     if let Some(pages) = bad_pages {
         // In a transaction of its own, after the backup is recorded: naming the relations must
         // not be able to undo the record of a completed backup.

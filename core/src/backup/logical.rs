@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::incremental_base::{parent_manifest, ParentTar, MANIFEST_FROM_STDIN};
 use super::layout::{globals_path, output_path, Compression};
 use super::{BackupError, Outcome, RowCounts, RunHandle, Written};
 use crate::conninfo::Connection;
@@ -49,6 +50,8 @@ pub struct Plan {
     pub basebackup_zstd: bool,
     /// Whether a globals file is written beside a logical dump.
     pub with_globals: bool,
+    /// For `pg_basebackup --incremental` (PostgreSQL 17+): the backup it builds on.
+    pub incremental: Option<ParentTar>,
     /// The backup's final path, without suffix (see `layout::output_path`).
     pub stem: PathBuf,
     /// The canonical backup root `stem` lies under.
@@ -108,6 +111,9 @@ pub fn argv(plan: &Plan, step: Step, target: &Path) -> Vec<OsString> {
             if let (Compression::Zstd(level), true) = (plan.compression, plan.basebackup_zstd) {
                 flags.push(format!("--compress=client-zstd:{level}").into());
             }
+            if plan.incremental.is_some() {
+                flags.push(MANIFEST_FROM_STDIN.into());
+            }
             ("pg_basebackup", flags)
         }
         BackupMethod::PgDumpallGlobals
@@ -157,7 +163,7 @@ pub fn run(plan: &Plan, progress: &Progress) -> Result<Outcome, BackupError> {
         progress.set_phase(Phase::DumpingGlobals);
         let target = globals_path(&plan.stem, plan.compression);
         let cmd = process::command(&argv(plan, Step::Globals, &target));
-        Some(stream_to_file(cmd, dir, &target, plan.compression, progress, None)?.0)
+        Some(stream_to_file(cmd, dir, &target, plan.compression, progress, None, None)?.0)
     } else {
         None
     };
@@ -177,6 +183,12 @@ pub fn run(plan: &Plan, progress: &Progress) -> Result<Outcome, BackupError> {
             written
         })
     } else {
+        let manifest = match &plan.incremental {
+            Some(parent) if plan.method == BackupMethod::PgBasebackup => {
+                Some(parent_manifest(parent, progress)?)
+            }
+            _ => None,
+        };
         progress.set_phase(Phase::Streaming);
         let cmd = process::command(&argv(plan, Step::Main, &target));
         let ours = if plan.method == BackupMethod::PgBasebackup && plan.basebackup_zstd {
@@ -185,12 +197,14 @@ pub fn run(plan: &Plan, progress: &Progress) -> Result<Outcome, BackupError> {
             plan.compression
         };
         let observer = (plan.method == BackupMethod::PgDump).then_some(&mut facts);
-        stream_to_file(cmd, dir, &target, ours, progress, observer).map(|(written, said)| {
-            if plan.method == BackupMethod::PgBasebackup {
-                wal = WalRange::from_basebackup_log(&said);
-            }
-            written
-        })
+        stream_to_file(cmd, dir, &target, ours, progress, observer, manifest).map(
+            |(written, said)| {
+                if plan.method == BackupMethod::PgBasebackup {
+                    wal = WalRange::from_basebackup_log(&said);
+                }
+                written
+            },
+        )
     };
     let main = match main {
         Ok(m) => m,
@@ -230,6 +244,7 @@ fn stream_to_file(
     compression: Compression,
     progress: &Progress,
     facts: Option<&mut DumpFacts>,
+    stdin: Option<Vec<u8>>,
 ) -> Result<(Written, String), BackupError> {
     let mut out = match dir {
         Some(d) => {
@@ -239,8 +254,21 @@ fn stream_to_file(
         None => DurableFile::create(path, Temp::Suffix)?,
     };
     let program = process::program_name(&cmd);
+    let mut cmd = cmd;
+    if stdin.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
     let mut child = process::spawn(cmd, progress, Stdio::piped())?;
     let stderr = process::collect_stderr(&mut child);
+    // The program reads all of it before it writes anything; a thread of its own all the same,
+    // so that a program that does not cannot deadlock us.
+    let feeder = match (stdin, child.stdin.take()) {
+        (Some(bytes), Some(mut pipe)) => Some(std::thread::spawn(move || {
+            block_all_signals();
+            let _ = io::Write::write_all(&mut pipe, &bytes);
+        })),
+        _ => None,
+    };
     let copied = match child.stdout.take() {
         Some(mut stdout) => {
             process::widen_pipe(&stdout);
@@ -258,6 +286,9 @@ fn stream_to_file(
         let _ = child.kill();
     }
     let finished = process::finish(child, program, stderr, progress);
+    if let Some(f) = feeder {
+        let _ = f.join();
+    }
     let (size, sha256) = copied?;
     let said = finished?;
     progress.set_phase(Phase::Syncing);
@@ -548,6 +579,7 @@ mod tests {
             fast_checkpoint: false,
             basebackup_zstd: true,
             with_globals: false,
+            incremental: None,
             stem: "/b/x".into(),
             root: "/b".into(),
         };
@@ -574,6 +606,42 @@ mod tests {
                 .any(|a| a.to_string_lossy().starts_with("--compress")),
             "{v:?}"
         );
+        assert!(!v.iter().any(|a| a == MANIFEST_FROM_STDIN));
+        // An incremental reads its parent's manifest on stdin: no path of it in the argv.
+        let incremental = Plan {
+            incremental: Some(ParentTar {
+                id: 1,
+                path: "/b/parent.tar.zst".into(),
+                sha256: "0".repeat(64),
+                zstd: true,
+            }),
+            ..plain
+        };
+        let v = argv(&incremental, Step::Main, Path::new("/b/x.tar.zst"));
+        assert!(v.iter().any(|a| a == MANIFEST_FROM_STDIN), "{v:?}");
+        assert!(!v.iter().any(|a| a.to_string_lossy().contains("parent")));
+    }
+
+    #[test]
+    fn a_program_reads_what_is_fed_on_its_stdin() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("echoed");
+        let progress = Progress::default();
+        let mut cmd = Command::new("/bin/cat");
+        cmd.stdin(Stdio::null());
+        let fed = vec![b'm'; 300_000];
+        let (w, _) = stream_to_file(
+            cmd,
+            None,
+            &path,
+            Compression::None,
+            &progress,
+            None,
+            Some(fed.clone()),
+        )
+        .unwrap();
+        assert_eq!(w.size, fed.len() as u64);
+        assert_eq!(fs::read(&path).unwrap(), fed);
     }
 
     /// The streaming pass: the recorded digest equals an independent hash of the file, a failing
@@ -586,7 +654,8 @@ mod tests {
             let path = dir.path().join(format!("out{}", compression.suffix()));
             let mut cmd = Command::new("/bin/sh");
             cmd.args(["-c", "seq 1 200000"]);
-            let (w, _) = stream_to_file(cmd, None, &path, compression, &progress, None).unwrap();
+            let (w, _) =
+                stream_to_file(cmd, None, &path, compression, &progress, None, None).unwrap();
             let bytes = fs::read(&path).unwrap();
             assert_eq!(w.size, bytes.len() as u64);
             assert_eq!(w.sha256, hex(&Sha256::digest(&bytes)));
@@ -604,7 +673,8 @@ mod tests {
             "-c",
             "echo partial; echo 'pg_dump: error: boom' >&2; exit 3",
         ]);
-        let err = stream_to_file(cmd, None, &path, Compression::None, &progress, None).unwrap_err();
+        let err =
+            stream_to_file(cmd, None, &path, Compression::None, &progress, None, None).unwrap_err();
         assert!(err.to_string().contains("boom"), "{err}");
         assert!(err.to_string().contains("exit code 3"), "{err}");
         assert!(!path.exists() && !durable::partial_path(&path).exists());
@@ -612,7 +682,9 @@ mod tests {
         fs::write(&path, b"old").unwrap();
         let mut cmd = Command::new("/bin/sh");
         cmd.args(["-c", "echo new"]);
-        assert!(stream_to_file(cmd, None, &path, Compression::None, &progress, None).is_err());
+        assert!(
+            stream_to_file(cmd, None, &path, Compression::None, &progress, None, None).is_err()
+        );
         assert_eq!(fs::read(&path).unwrap(), b"old");
     }
 
@@ -625,7 +697,7 @@ mod tests {
         let t = std::thread::spawn(move || {
             let mut cmd = Command::new("/bin/sh");
             cmd.args(["-c", "exec sleep 30"]);
-            stream_to_file(cmd, None, &path, Compression::None, &p, None)
+            stream_to_file(cmd, None, &path, Compression::None, &p, None, None)
         });
         let t0 = Instant::now();
         while progress.child() == 0 && t0.elapsed() < Duration::from_secs(5) {

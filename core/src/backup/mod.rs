@@ -3,10 +3,12 @@
 //!
 //! - `layout`: where a backup goes under a backup root, and what it is named;
 //! - `logical`: pg_dump, pg_dump directory format, pg_basebackup, pg_dumpall --globals-only;
+//! - `incremental_base`: what a block-level incremental pg_basebackup builds on;
 //! - `native`: the native physical copy engine (full, incremental, differential);
 //! - `archive`: the WAL archive module's copy of one WAL file.
 
 pub mod archive;
+pub mod incremental_base;
 pub mod layout;
 pub mod logical;
 pub mod native;
@@ -43,6 +45,23 @@ pub enum BackupError {
     /// A native backup step that failed, with its reason.
     #[error("{0}")]
     Native(String),
+    /// The backup an incremental was to build on is not what the catalog recorded: the worker
+    /// records that as a failed verification of it, so that the next run builds on another.
+    #[error("the parent backup {id} (\"{}\") cannot be built on: {detail}; take a full backup", path.display())]
+    DamagedParent {
+        id: i64,
+        path: PathBuf,
+        damage: Damage,
+        detail: String,
+    },
+}
+
+/// What is wrong with a parent backup's stored file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Damage {
+    Missing,
+    Unreadable,
+    Changed,
 }
 
 /// A file the backup produced, with its size and sha256 as written.

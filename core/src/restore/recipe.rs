@@ -17,6 +17,11 @@ use crate::checksum::is_sha256_hex;
 use crate::manifest::native::FILES_MANIFEST;
 use crate::wal::{self, Lsn};
 
+mod tar_chain;
+
+use tar_chain::combine_chain;
+pub use tar_chain::TarPart;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RecipeError {
     #[error("{what} \"{path}\" contains a line break; a recipe cannot name it safely")]
@@ -42,11 +47,13 @@ pub enum Target {
 /// What the recipe restores the data directory from.
 #[derive(Debug, Clone)]
 pub enum Base {
-    /// A pg_basebackup tar file, zstd-compressed or not.
+    /// A pg_basebackup tar file, zstd-compressed or not; for a block-level incremental, the
+    /// backups it builds on (its full first), combined with it by `pg_combinebackup`.
     Tar {
         path: String,
         sha256: String,
         compressed: bool,
+        earlier: Vec<TarPart>,
     },
     /// A native physical backup: its directory, its chain manifest's sha256, and the directory
     /// of every backup of its chain (itself included) by id.
@@ -190,6 +197,13 @@ fn check_embedded(r: &RecipeInput) -> Result<(), RecipeError> {
     if !is_sha256_hex(base_sha) {
         return Err(unsafe_value("base backup sha256", base_sha));
     }
+    if let Base::Tar { earlier, .. } = &r.base {
+        for part in earlier {
+            if !is_sha256_hex(&part.sha256) {
+                return Err(unsafe_value("chain backup sha256", &part.sha256));
+            }
+        }
+    }
     for w in &r.wal {
         if !is_sha256_hex(&w.sha256) {
             return Err(unsafe_value("WAL file sha256", &w.sha256));
@@ -237,7 +251,14 @@ pub fn recipe(r: &RecipeInput) -> Result<String, RecipeError> {
         None => "false".to_owned(),
     };
     let (base_shown, base_kind) = match &r.base {
-        Base::Tar { path, .. } => (single_line("base backup path", path)?, "pg_basebackup tar"),
+        Base::Tar { path, earlier, .. } => (
+            single_line("base backup path", path)?,
+            if earlier.is_empty() {
+                "pg_basebackup tar"
+            } else {
+                "pg_basebackup incremental, combined with the backups it builds on"
+            },
+        ),
         Base::Native { dir, .. } => (
             single_line("base backup directory", dir)?,
             "native physical backup",
@@ -293,8 +314,11 @@ fi
     }
     match &r.base {
         Base::Tar {
-            sha256, compressed, ..
-        } => {
+            sha256,
+            compressed,
+            earlier,
+            ..
+        } if earlier.is_empty() => {
             let _ = writeln!(
                 s,
                 "echo \"recipe: checking the base backup's sha256\"\n\
@@ -309,6 +333,19 @@ fi
                 s.push_str("tar -xf \"$base\" -C \"$target\"\n");
             }
         }
+        Base::Tar {
+            sha256,
+            compressed,
+            earlier,
+            ..
+        } => combine_chain(
+            &mut s,
+            r.backup_id,
+            sha256,
+            *compressed,
+            earlier,
+            r.pg_major,
+        )?,
         Base::Native {
             manifest_sha256,
             holders,
@@ -534,6 +571,7 @@ mod unit {
                 path: base.to_string_lossy().into_owned(),
                 sha256: sha256_of(&base),
                 compressed: false,
+                earlier: Vec::new(),
             },
             archive_dir: Some(archive.to_string_lossy().into_owned()),
             wal,

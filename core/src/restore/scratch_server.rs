@@ -1,6 +1,7 @@
 //! A restored data directory, tested for real: a `pg_basebackup` tar (zstd or not, with its WAL
 //! and its backup manifest inside) is extracted into a scratch directory under the backup roots
-//! (a native backup's chain is materialised there by the caller), checked with
+//! (a chain of block-level incrementals is combined with `pg_combinebackup`; a native backup's
+//! chain is materialised there by the caller), checked with
 //! `pg_verifybackup`, and started as a temporary postmaster (this server's OS user, a free port,
 //! a socket in the scratch directory, no TCP, nothing preloaded, no archiving) that must recover
 //! and accept connections in every database; then it is stopped and the directory removed.
@@ -33,6 +34,9 @@ pub enum ScratchError {
     Program(#[from] ProcessError),
     #[error("extracting: {0}")]
     Extract(String),
+    /// A stored backup that is not what the catalog recorded.
+    #[error("{0}")]
+    Damaged(String),
     #[error("no free port")]
     NoPort,
     #[error("could not start postgres: {0}")]
@@ -70,8 +74,15 @@ fn free_port() -> Option<u16> {
         .ok()
 }
 
-/// Extracts the tar stream (decompressing zstd on a thread) into `dir` with the system's tar.
-fn extract(file: File, zstd: bool, dir: &Path, progress: &Progress) -> Result<(), ScratchError> {
+/// Extracts the tar stream (decompressing zstd on a thread) into `dir` with the system's tar;
+/// with `expected`, the stored bytes are checked against that sha256 in the same pass.
+fn extract(
+    file: File,
+    zstd: bool,
+    expected: Option<String>,
+    dir: &Path,
+    progress: &Progress,
+) -> Result<(), ScratchError> {
     let mut argv: Vec<OsString> = vec!["/bin/tar".into(), "--extract".into(), "--file=-".into()];
     argv.push("--no-same-owner".into());
     let mut d = OsString::from("--directory=");
@@ -82,8 +93,9 @@ fn extract(file: File, zstd: bool, dir: &Path, progress: &Progress) -> Result<()
     let mut child = process::spawn(cmd, progress, Stdio::null())?;
     let stderr = process::collect_stderr(&mut child);
     let feeder = child.stdin.take().map(|sink| {
-        std::thread::spawn(move || {
-            feed(file, zstd, sink).map_err(|e| ScratchError::Extract(e.to_string()))
+        std::thread::spawn(move || match expected {
+            None => feed(file, zstd, sink).map_err(|e| ScratchError::Extract(e.to_string())),
+            Some(sha) => feed_checked(file, zstd, sink, &sha),
         })
     });
     let done = process::finish(child, "tar".into(), stderr, progress);
@@ -93,7 +105,11 @@ fn extract(file: File, zstd: bool, dir: &Path, progress: &Progress) -> Result<()
                 .unwrap_or_else(|_| Err(ScratchError::Extract("decompressor panicked".into())))
         })
         .unwrap_or(Ok(()));
-    // tar's own error explains more than a broken pipe does.
+    // A member that is not what was recorded says so, whatever tar made of it; otherwise tar's
+    // own error explains more than a broken pipe does.
+    if let Err(ScratchError::Damaged(_)) = &fed {
+        return fed;
+    }
     done?;
     fed
 }
@@ -113,6 +129,105 @@ pub fn feed(file: File, zstd: bool, mut sink: impl Write) -> Result<(), stream::
         .map_err(|source| stream::PumpError::Write { after: 0, source })
 }
 
+/// `feed`, checking the bytes as stored (before decompression) against `sha256`.  When the
+/// stream breaks (a damaged zstd frame, tar giving up), the whole file is hashed again so that
+/// the error says whether the stored bytes are the recorded ones.
+fn feed_checked(
+    mut file: File,
+    zstd: bool,
+    sink: impl Write,
+    sha256: &str,
+) -> Result<(), ScratchError> {
+    let fed = match file.try_clone() {
+        Ok(f) => feed_hashed(f, zstd, sink),
+        Err(e) => return Err(ScratchError::Extract(e.to_string())),
+    };
+    let got = match fed {
+        Ok(got) => got,
+        Err(e) => {
+            let mut buf = vec![0u8; 1 << 20];
+            let rehashed = std::io::Seek::rewind(&mut file)
+                .map_err(|source| stream::PumpError::Read { after: 0, source })
+                .and_then(|_| stream::hash_all(&mut file, &mut buf, None, None));
+            match rehashed {
+                Ok((_, got)) if got != sha256 => got,
+                _ => return Err(ScratchError::Extract(e.to_string())),
+            }
+        }
+    };
+    if got == sha256 {
+        Ok(())
+    } else {
+        Err(ScratchError::Damaged(format!(
+            "its sha256 is {got}, not the recorded {sha256}"
+        )))
+    }
+}
+
+/// `feed`, returning the sha256 of the bytes as stored (before decompression).
+fn feed_hashed(file: File, zstd: bool, sink: impl Write) -> Result<String, stream::PumpError> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut file = file;
+    let write_err = |source| stream::PumpError::Write { after: 0, source };
+    if zstd {
+        let mut chain = stream::Hash::new(stream::decompress_into(sink).map_err(write_err)?);
+        stream::pump(&mut file, &mut chain, &mut buf, None)?;
+        let (mut dec, sha) = chain.finish();
+        dec.flush().map_err(write_err)?;
+        dec.into_inner().flush().map_err(write_err)?;
+        Ok(sha)
+    } else {
+        let mut chain = stream::Hash::new(sink);
+        stream::pump(&mut file, &mut chain, &mut buf, None)?;
+        let (mut sink, sha) = chain.finish();
+        sink.flush().map_err(write_err)?;
+        Ok(sha)
+    }
+}
+
+/// One backup of a pg_basebackup chain, as stored: its tar and its recorded sha256.
+pub struct TarMember {
+    pub id: i64,
+    pub file: File,
+    pub zstd: bool,
+    pub sha256: String,
+}
+
+/// A chain of pg_basebackup backups (a full, then the incrementals built on it, oldest first)
+/// made into one data directory: each tar is extracted into `scratch/chain/<id>`, checked
+/// against its recorded sha256 as it is read, then `pg_combinebackup` (this server's) writes
+/// `scratch/data` from them, and the members' directories are removed.
+pub fn unpack_chain(
+    members: Vec<TarMember>,
+    scratch: &ScratchDir,
+    bindir: &Path,
+    progress: &Progress,
+) -> Result<PathBuf, ScratchError> {
+    let chain = scratch
+        .create_subdir("chain")
+        .at("could not create", &scratch.path().join("chain"))?;
+    scratch.verify().at("could not use", scratch.path())?;
+    let mut argv: Vec<OsString> = vec![bindir.join("pg_combinebackup").into_os_string()];
+    for m in members {
+        let dir = chain.join(m.id.to_string());
+        fs::create_dir(&dir).at("could not create", &dir)?;
+        extract(m.file, m.zstd, Some(m.sha256), &dir, progress)
+            .map_err(|e| ScratchError::Prepare(format!("backup {} of the chain: {e}", m.id)))?;
+        argv.push(dir.into_os_string());
+    }
+    let data = scratch
+        .create_subdir("data")
+        .at("could not create", &scratch.path().join("data"))?;
+    argv.push("--output".into());
+    argv.push(data.clone().into_os_string());
+    process::run_to_end(&argv, None, progress)
+        .map_err(|e| ScratchError::Prepare(format!("pg_combinebackup: {e}")))?;
+    // The members are not needed once combined; the scratch directory goes anyway, but a large
+    // chain would double the space the test holds while the server runs.
+    let _ = fs::remove_dir_all(&chain);
+    Ok(data)
+}
+
 /// Extracts the base backup into `scratch/data` (created exclusively).
 fn unpack(
     file: File,
@@ -124,7 +239,7 @@ fn unpack(
         .create_subdir("data")
         .at("could not create", &scratch.path().join("data"))?;
     scratch.verify().at("could not use", scratch.path())?;
-    extract(file, zstd, &data, progress)?;
+    extract(file, zstd, None, &data, progress)?;
     Ok(data)
 }
 
@@ -430,4 +545,57 @@ pub fn scratch_dir(id: i64) -> PathBuf {
         .map(|d| d.as_nanos())
         .unwrap_or_default();
     Path::new(layout::RESTORE_SCRATCH).join(format!("{id}-{}-{nanos}", std::process::id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checksum::hex;
+    use sha2::{Digest, Sha256};
+
+    /// A chain member is extracted only as the bytes recorded: a damaged one (here a flipped
+    /// byte inside its zstd frame, which also breaks decompression) is reported as damaged, by
+    /// its sha256, not as whatever tar or zstd made of it.
+    #[test]
+    fn a_member_is_extracted_only_as_recorded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let data: Vec<u8> = (0..400_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        fs::write(src.join("f"), &data).unwrap();
+        let tar = tmp.path().join("m.tar");
+        assert!(std::process::Command::new("/bin/tar")
+            .arg("-cf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(&src)
+            .arg("f")
+            .status()
+            .unwrap()
+            .success());
+        let z = zstd::encode_all(&fs::read(&tar).unwrap()[..], 3).unwrap();
+        let stored = tmp.path().join("m.tar.zst");
+        fs::write(&stored, &z).unwrap();
+        let sha = hex(&Sha256::digest(&z));
+        let progress = Progress::default();
+
+        let out = tmp.path().join("ok");
+        fs::create_dir(&out).unwrap();
+        let file = File::open(&stored).unwrap();
+        extract(file, true, Some(sha.clone()), &out, &progress).unwrap();
+        assert_eq!(fs::read(out.join("f")).unwrap(), data);
+
+        let mut bad = z.clone();
+        let at = bad.len() / 2;
+        bad[at] ^= 0x20;
+        fs::write(&stored, &bad).unwrap();
+        let out = tmp.path().join("bad");
+        fs::create_dir(&out).unwrap();
+        let file = File::open(&stored).unwrap();
+        let err = extract(file, true, Some(sha), &out, &progress).unwrap_err();
+        assert!(
+            matches!(&err, ScratchError::Damaged(m) if m.contains(&hex(&Sha256::digest(&bad)))),
+            "{err}"
+        );
+    }
 }

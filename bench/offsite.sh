@@ -21,18 +21,15 @@ MB=${2:-500}
 bash scripts/setup.sh
 source scripts/lib.sh
 comparison_tool rclone
-S3RVER=$(pwd)/target/test-tools/node_modules/.bin/s3rver
 
 install_release
 
 bench_dir
-mkdir -p "$DIR/backups" "$DIR/s3"
+mkdir -p "$DIR/backups"
 chown -R postgres:postgres "$DIR"
 PORT=55436
 S3PORT=55437
-"$S3RVER" -a 127.0.0.1 -p "$S3PORT" --silent -d "$DIR/s3" &
-S3PID=$!
-trap 'kill $S3PID 2>/dev/null || true; as_pg "$BIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$DIR"' EXIT
+start_s3rver "$S3PORT"
 start_throwaway_cluster "$DIR" "$PORT" \
     "shared_preload_libraries = 'backup_mgmt'" \
     "backup_mgmt.database_name = 'postgres'" \

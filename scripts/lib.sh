@@ -38,6 +38,17 @@ bench_dir() {
     trap 'as_pg "$BIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$DIR"' EXIT
 }
 
+# start_s3rver PORT: s3rver (the end-to-end tests' S3-compatible server, installed by
+# scripts/setup.sh) on 127.0.0.1:PORT storing into $DIR/s3 (after bench_dir), stopped with the
+# throwaway cluster when the script exits.
+start_s3rver() {
+    mkdir -p "$DIR/s3"
+    chown postgres:postgres "$DIR/s3"
+    "$(pwd)/target/test-tools/node_modules/.bin/s3rver" -a 127.0.0.1 -p "$1" --silent -d "$DIR/s3" &
+    S3PID=$!
+    trap 'kill $S3PID 2>/dev/null || true; as_pg "$BIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$DIR"' EXIT
+}
+
 # comparison_tool NAME: installs the Debian package NAME (whose program has the same name) that
 # a benchmark compares against, when it is missing.
 comparison_tool() {

@@ -86,4 +86,12 @@ if [ ! -x "$TOOLS/node_modules/.bin/s3rver" ]; then
     mkdir -p "$TOOLS"
     (cd "$TOOLS" && npm install --silent --no-audit --no-fund --no-save "s3rver@$S3RVER_VERSION" >/dev/null)
 fi
+# A second S3 server for the tests, one that checks every request's AWS Signature V4 (s3rver
+# checks only the access key id): s3s-fs, built from crates.io into target/test-tools/s3s.
+# 0.14.1 is the newest that builds with this toolchain (0.15+ need rustc 1.96).
+S3S_VERSION=0.14.1
+if [ ! -x "$TOOLS/s3s/bin/s3s-fs" ]; then
+    log "installing s3s-fs $S3S_VERSION (crates.io) into $TOOLS/s3s"
+    cargo install s3s-fs --version "$S3S_VERSION" --features binary --locked --quiet --root "$TOOLS/s3s"
+fi
 log "toolchain ready: $(cargo pgrx --version), $("$PG_CONFIG" --version), $("$PG18_CONFIG" --version) (target/pg18)"

@@ -85,9 +85,9 @@ GRANT USAGE ON SCHEMA backup_mgmt, backup_management, disaster_recovery, enterpr
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA backup_mgmt TO backup_admin;
 GRANT SELECT ON ALL TABLES IN SCHEMA backup_management, disaster_recovery, enterprise_backup TO backup_admin;
 REVOKE ALL ON backup_mgmt.backup_progress, backup_mgmt.recovery_status, backup_mgmt.wal_gaps,
-    backup_mgmt.wal_gap_ranges, backup_mgmt.backup_copies, backup_mgmt.upkeep_queue FROM PUBLIC;
+    backup_mgmt.wal_gap_ranges, backup_mgmt.backup_copies, backup_mgmt.upkeep_queue, backup_mgmt.offsite_wal_status FROM PUBLIC;
 GRANT SELECT ON backup_mgmt.backup_progress, backup_mgmt.recovery_status, backup_mgmt.wal_gaps,
-    backup_mgmt.wal_gap_ranges, backup_mgmt.backup_copies, backup_mgmt.upkeep_queue TO backup_admin;
+    backup_mgmt.wal_gap_ranges, backup_mgmt.backup_copies, backup_mgmt.upkeep_queue, backup_mgmt.offsite_wal_status TO backup_admin;
 -- Backup records, verifications, jobs and executions are written only through the SECURITY
 -- DEFINER functions, which keep their invariants.  Plans and off-site targets are plain
 -- configuration that operators edit directly.

@@ -1060,6 +1060,79 @@ SELECT g.system_identifier, g.timeline_id,
 COMMENT ON VIEW backup_mgmt.wal_gaps IS 'WAL segments missing from the archive, per cluster and timeline, from the start of the oldest completed base backup (or the first archived segment when there is none) to the newest archived segment, named with the cluster''s segment size, and why each is missing (never archived, or lost from the archive: gone, a different size or sha256): a point-in-time recovery cannot cross them';
 
 ------------------------------------------------------------------------------------------------
+-- Archived WAL on the off-site targets (0.5.0): every archived file goes to every active target,
+-- copied by the worker as it is archived (the local archive is the queue), verified on arrival.
+------------------------------------------------------------------------------------------------
+CREATE TABLE backup_management.remote_wal_records (
+    config_id         integer     NOT NULL
+        REFERENCES backup_management.remote_backup_configs (config_id) ON DELETE CASCADE,
+    system_identifier bigint      NOT NULL,
+    file_name         text        NOT NULL,
+    remote_key        text        NOT NULL,
+    file_size         bigint      NOT NULL
+        CONSTRAINT remote_wal_records_file_size_check CHECK (file_size >= 0),
+    remote_checksum   backup_management.sha256_hex NOT NULL,
+    archived_at       timestamptz NOT NULL,
+    copied_at         timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (config_id, system_identifier, file_name)
+);
+-- The newest file on each target (the off-site RPO in recovery_status) is an index probe.
+CREATE INDEX idx_remote_wal_records_archived ON backup_management.remote_wal_records (config_id, archived_at DESC);
+COMMENT ON TABLE backup_management.remote_wal_records IS 'Archived WAL files copied to an off-site target and verified there, one row per file and target (removed with the copy when the archived file expires)';
+COMMENT ON COLUMN backup_management.remote_wal_records.config_id IS 'Target the file was copied to';
+COMMENT ON COLUMN backup_management.remote_wal_records.system_identifier IS 'Cluster the file belongs to (as in wal_archive)';
+COMMENT ON COLUMN backup_management.remote_wal_records.file_name IS 'WAL file name (as in wal_archive)';
+COMMENT ON COLUMN backup_management.remote_wal_records.remote_key IS 'Object key or path on the target: <system identifier>/.wal/<stored name>';
+COMMENT ON COLUMN backup_management.remote_wal_records.file_size IS 'Bytes stored on the target (the archived copy, compressed or not)';
+COMMENT ON COLUMN backup_management.remote_wal_records.remote_checksum IS 'sha256 of the copy as verified after it landed (equal to wal_archive.checksum)';
+COMMENT ON COLUMN backup_management.remote_wal_records.archived_at IS 'When the archive module archived the file (for the lag)';
+COMMENT ON COLUMN backup_management.remote_wal_records.copied_at IS 'When the copy was verified on the target';
+
+CREATE TABLE backup_management.remote_wal_state (
+    config_id        integer     PRIMARY KEY
+        REFERENCES backup_management.remote_backup_configs (config_id) ON DELETE CASCADE,
+    last_copied_file text,
+    last_copied_at   timestamptz,
+    failures         integer     NOT NULL DEFAULT 0
+        CONSTRAINT remote_wal_state_failures_check CHECK (failures >= 0),
+    last_error       text,
+    last_error_at    timestamptz,
+    alarm_since      timestamptz,
+    catalog_copied_at timestamptz
+);
+COMMENT ON TABLE backup_management.remote_wal_state IS 'The worker''s WAL copying per off-site target: the newest copy, failures in a row and the last error, whether the lag alarm is raised, and when the catalog mirror was last copied';
+COMMENT ON COLUMN backup_management.remote_wal_state.config_id IS 'Target';
+COMMENT ON COLUMN backup_management.remote_wal_state.last_copied_file IS 'The WAL file copied most recently';
+COMMENT ON COLUMN backup_management.remote_wal_state.last_copied_at IS 'When it was verified on the target';
+COMMENT ON COLUMN backup_management.remote_wal_state.failures IS 'Copy attempts that failed since the last success (the worker retries with backoff, 1 s doubling to 60 s)';
+COMMENT ON COLUMN backup_management.remote_wal_state.last_error IS 'Why the last failed attempt failed';
+COMMENT ON COLUMN backup_management.remote_wal_state.last_error_at IS 'When it failed';
+COMMENT ON COLUMN backup_management.remote_wal_state.alarm_since IS 'Since when the lag has been over backup_mgmt.offsite_wal_lag_alarm (NULL: not over it)';
+COMMENT ON COLUMN backup_management.remote_wal_state.catalog_copied_at IS 'When this cluster''s catalog mirror (<system identifier>/.catalog/catalog_mirror.json) was last replaced on the target and verified there';
+SELECT pg_catalog.pg_extension_config_dump('backup_management.remote_wal_records', '');
+SELECT pg_catalog.pg_extension_config_dump('backup_management.remote_wal_state', '');
+
+-- Per active target: archived WAL files not on it yet (lost files excluded: they are gaps, and
+-- counted as such), how long the oldest has waited, the newest copy, failures.
+CREATE VIEW backup_mgmt.offsite_wal_status AS
+SELECT c.config_id, c.config_name, c.remote_type,
+       p.pending_segments, p.oldest_pending_archived_at,
+       coalesce(extract(epoch FROM pg_catalog.now() - p.oldest_pending_archived_at), 0)::float8 AS lag_seconds,
+       s.last_copied_file, s.last_copied_at, coalesce(s.failures, 0) AS failures,
+       s.last_error, s.last_error_at, s.alarm_since, s.catalog_copied_at
+  FROM backup_management.remote_backup_configs c
+  LEFT JOIN backup_management.remote_wal_state s ON s.config_id = c.config_id
+ CROSS JOIN LATERAL (
+       SELECT count(*)::bigint AS pending_segments, min(a.archived_at) AS oldest_pending_archived_at
+         FROM backup_management.wal_archive a
+        WHERE a.expired_at IS NULL AND a.lost_at IS NULL
+          AND NOT EXISTS (SELECT FROM backup_management.remote_wal_records r
+                           WHERE r.config_id = c.config_id AND r.system_identifier = a.system_identifier
+                             AND r.file_name = a.file_name)) p
+ WHERE c.is_active;
+COMMENT ON VIEW backup_mgmt.offsite_wal_status IS 'Per active off-site target: archived WAL files (segments and history files) not copied there yet, the lag in seconds (how long the oldest has waited since it was archived), the newest copy, failed attempts in a row and the last error, since when the lag alarm (backup_mgmt.offsite_wal_lag_alarm) is raised, and when the catalog mirror was last copied there';
+
+------------------------------------------------------------------------------------------------
 -- Live recovery exposure, per active recovery plan.
 ------------------------------------------------------------------------------------------------
 CREATE VIEW backup_mgmt.recovery_status AS
@@ -1083,6 +1156,27 @@ WITH verified AS (
     SELECT coalesce(sum(missing_segments), 0)::bigint AS missing_wal_files
       FROM backup_mgmt.wal_gap_ranges
      WHERE system_identifier = (SELECT system_identifier FROM pg_catalog.pg_control_system())
+), offsite AS (
+    -- What would be left if the host were lost now: the newest verified backup of each plan's
+    -- database with a verified copy on an active target, and the newest WAL file copied to one.
+    SELECT d.database_name,
+           (SELECT max(r.end_time)
+              FROM backup_management.backup_records r
+             WHERE r.database_name = d.database_name AND r.expired_at IS NULL
+               AND r.status = 'completed' AND r.backup_type <> 'wal'
+               AND EXISTS (SELECT FROM backup_management.backup_verifications v
+                            WHERE v.backup_id = r.backup_id AND v.verification_status = 'passed')
+               AND EXISTS (SELECT FROM backup_management.remote_backup_records x
+                             JOIN backup_management.remote_backup_configs c ON c.config_id = x.config_id
+                            WHERE x.backup_id = r.backup_id AND x.sync_status = 'completed' AND c.is_active)
+           ) AS offsite_verified_backup_at
+      FROM (SELECT DISTINCT database_name FROM disaster_recovery.recovery_plans WHERE is_active) d
+), offsite_wal AS (
+    SELECT max((SELECT w.archived_at FROM backup_management.remote_wal_records w
+                 WHERE w.config_id = c.config_id
+                   AND w.system_identifier = (SELECT system_identifier FROM pg_catalog.pg_control_system())
+                 ORDER BY w.archived_at DESC LIMIT 1)) AS offsite_last_wal_at
+      FROM backup_management.remote_backup_configs c WHERE c.is_active
 ), last_drill AS (
     SELECT DISTINCT ON (plan_id) plan_id, drill_date, recovery_time, status
       FROM disaster_recovery.recovery_drills
@@ -1093,9 +1187,14 @@ WITH verified AS (
            -- Archived WAL only extends a verified backup; alone it restores nothing.
            CASE WHEN v.last_verified_backup_at IS NOT NULL
                 THEN now() - greatest(v.last_verified_backup_at, a.last_archived_time) END AS rpo_exposure,
-           d.recovery_time AS last_measured_rto, d.drill_date AS last_drill_at, d.status AS last_drill_status
+           d.recovery_time AS last_measured_rto, d.drill_date AS last_drill_at, d.status AS last_drill_status,
+           o.offsite_verified_backup_at, ow.offsite_last_wal_at,
+           CASE WHEN o.offsite_verified_backup_at IS NOT NULL
+                THEN now() - greatest(o.offsite_verified_backup_at, ow.offsite_last_wal_at) END AS offsite_rpo_exposure
       FROM disaster_recovery.recovery_plans p
       LEFT JOIN verified v USING (database_name)
+      LEFT JOIN offsite o USING (database_name)
+      LEFT JOIN offsite_wal ow ON true
       LEFT JOIN archiver a ON true
       LEFT JOIN gaps g ON true
       LEFT JOIN last_drill d ON d.plan_id = p.plan_id
@@ -1124,9 +1223,14 @@ SELECT plan_id, plan_name, database_name, rpo_minutes, rto_minutes,
             WHEN last_failed_time IS NOT NULL
                  AND (last_archived_time IS NULL OR last_failed_time > last_archived_time) THEN 'failing'
             WHEN missing_wal_files > 0 THEN 'gaps'
-            ELSE 'ok' END AS archive_status
+            ELSE 'ok' END AS archive_status,
+       offsite_verified_backup_at,
+       offsite_last_wal_at,
+       offsite_rpo_exposure,
+       CASE WHEN offsite_rpo_exposure IS NOT NULL AND offsite_rpo_exposure <= make_interval(mins => rpo_minutes)
+            THEN 'ok' ELSE 'breached' END AS offsite_rpo_status
   FROM exposure;
-COMMENT ON VIEW backup_mgmt.recovery_status IS 'Per active recovery plan: RPO exposure (age of the newest verified backup, or of the last archived WAL after it) against rpo_minutes, the newest drill''s measured recovery time against rto_minutes (ok, breached, or unknown: never drilled), and WAL archiving: last archived segment and its age, failures (pg_stat_archiver), missing segments, and archive_status ok, failing (the newest attempt failed), gaps or not archiving';
+COMMENT ON VIEW backup_mgmt.recovery_status IS 'Per active recovery plan: RPO exposure (age of the newest verified backup, or of the last archived WAL after it) against rpo_minutes, the newest drill''s measured recovery time against rto_minutes (ok, breached, or unknown: never drilled), and WAL archiving: last archived segment and its age, failures (pg_stat_archiver), missing segments, and archive_status ok, failing (the newest attempt failed), gaps or not archiving; and the exposure if the host were lost now: the newest verified backup with a verified off-site copy, the newest WAL file copied off site, offsite_rpo_exposure and offsite_rpo_status against rpo_minutes';
 
 ------------------------------------------------------------------------------------------------
 -- The worker's integrity upkeep, as it stands: what it will do next, and what failed.
@@ -1173,6 +1277,7 @@ SELECT s.backup_id, s.database_name,
   FROM backup_management.verification_state s
  WHERE s.upkeep IS NOT NULL;
 COMMENT ON VIEW backup_mgmt.upkeep_queue IS 'The worker''s integrity upkeep per live completed backup: what it does (compute a missing checksum, re-verify), when it is due (oldest first; after failures, later and later), how many attempts failed in a row and why the last one did';
+
 
 ------------------------------------------------------------------------------------------------
 -- The 3-2-1 rule per database: three copies of the data, on two kinds of media, one off site.

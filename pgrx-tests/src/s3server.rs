@@ -2,6 +2,10 @@
 //! scripts/setup.sh into target/test-tools), an HTTP server that stores objects on disk and
 //! speaks the S3 API (multipart included).  It knows one access key, `S3RVER` (secret `S3RVER`),
 //! and refuses others; it does not recompute V4 signatures.  Dropping the value stops it.
+//!
+//! `S3Server::start_checking_signatures` starts s3s-fs instead (crates.io, built by
+//! scripts/setup.sh into target/test-tools/s3s), which recomputes every request's AWS Signature
+//! V4 with the one key pair it is given and refuses a request signed with anything else.
 
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -10,8 +14,17 @@ use std::time::Duration;
 
 use crate::cluster::Cluster;
 
+/// Which server.
+#[derive(Clone)]
+enum Kind {
+    S3rver,
+    /// s3s-fs with its access key id and secret.
+    SigV4(String, String),
+}
+
 pub struct S3Server {
     child: Child,
+    kind: Kind,
     pub port: u16,
     /// The certificate and key it serves HTTPS with, if any.
     tls: Option<(PathBuf, PathBuf)>,
@@ -29,9 +42,23 @@ pub fn program() -> PathBuf {
         })
 }
 
+/// The s3s-fs program: `BACKUP_MGMT_S3S_FS`, or the one scripts/setup.sh builds.
+pub fn sigv4_program() -> PathBuf {
+    std::env::var_os("BACKUP_MGMT_S3S_FS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-tools/s3s/bin/s3s-fs")
+        })
+}
+
 impl S3Server {
     pub fn start() -> S3Server {
         S3Server::start_with(None)
+    }
+
+    /// s3s-fs, which checks every request's V4 signature against this one key pair.
+    pub fn start_checking_signatures(access_key: &str, secret: &str) -> S3Server {
+        S3Server::launch(Kind::SigV4(access_key.into(), secret.into()), None)
     }
 
     /// Serving HTTPS with this certificate and key (PEM files).
@@ -40,28 +67,50 @@ impl S3Server {
     }
 
     fn start_with(tls: Option<(&std::path::Path, &std::path::Path)>) -> S3Server {
+        S3Server::launch(Kind::S3rver, tls)
+    }
+
+    fn launch(kind: Kind, tls: Option<(&std::path::Path, &std::path::Path)>) -> S3Server {
         let dir = tempfile::Builder::new()
             .prefix("bm-s3-")
             .tempdir_in("/tmp")
             .expect("temp dir");
         let port = crate::cluster::free_port();
         let tls = tls.map(|(c, k)| (c.to_owned(), k.to_owned()));
-        let child = S3Server::spawn(port, dir.path(), tls.as_ref());
+        let child = S3Server::spawn(&kind, port, dir.path(), tls.as_ref());
         S3Server {
             child,
+            kind,
             port,
             tls,
             dir,
         }
     }
 
-    fn spawn(port: u16, dir: &std::path::Path, tls: Option<&(PathBuf, PathBuf)>) -> Child {
-        let mut cmd = Command::new(program());
-        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "--silent", "-d"])
-            .arg(dir);
-        if let Some((cert, key)) = tls {
-            cmd.arg("--cert").arg(cert).arg("--key").arg(key);
-        }
+    fn spawn(
+        kind: &Kind,
+        port: u16,
+        dir: &std::path::Path,
+        tls: Option<&(PathBuf, PathBuf)>,
+    ) -> Child {
+        let mut cmd = match kind {
+            Kind::S3rver => {
+                let mut cmd = Command::new(program());
+                cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "--silent", "-d"])
+                    .arg(dir);
+                if let Some((cert, key)) = tls {
+                    cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+                }
+                cmd
+            }
+            Kind::SigV4(access, secret) => {
+                let mut cmd = Command::new(sigv4_program());
+                cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                    .args(["--access-key", access, "--secret-key", secret])
+                    .arg(dir);
+                cmd
+            }
+        };
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -69,14 +118,15 @@ impl S3Server {
             .spawn()
             .unwrap_or_else(|e| {
                 panic!(
-                    "start s3rver ({}): {e}; run scripts/setup.sh",
-                    program().display()
+                    "start the S3 server ({}, {}): {e}; run scripts/setup.sh",
+                    program().display(),
+                    sigv4_program().display()
                 )
             });
         let up = Cluster::wait_for(Duration::from_secs(30), || {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
-        assert!(up, "s3rver did not start on port {port}");
+        assert!(up, "the S3 server did not start on port {port}");
         child
     }
 
@@ -89,7 +139,7 @@ impl S3Server {
     /// Starts the server again on the same port with the same stored buckets.
     pub fn restart(&mut self) {
         self.kill();
-        self.child = S3Server::spawn(self.port, self.dir.path(), self.tls.as_ref());
+        self.child = S3Server::spawn(&self.kind, self.port, self.dir.path(), self.tls.as_ref());
     }
 
     pub fn endpoint(&self) -> String {
@@ -97,12 +147,16 @@ impl S3Server {
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
-    /// The stored object for `key` in `bucket`, as s3rver lays it out on disk.
+    /// The stored object for `key` in `bucket`, as the server lays it out on disk.
     pub fn object_file(&self, bucket: &str, key: &str) -> PathBuf {
-        self.dir
-            .path()
-            .join(bucket)
-            .join(format!("{key}._S3rver_object"))
+        match self.kind {
+            Kind::S3rver => self
+                .dir
+                .path()
+                .join(bucket)
+                .join(format!("{key}._S3rver_object")),
+            Kind::SigV4(..) => self.dir.path().join(bucket).join(key),
+        }
     }
 }
 

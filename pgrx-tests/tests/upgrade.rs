@@ -193,7 +193,7 @@ fn upgrade_from_0_1_0_keeps_every_row_and_matches_a_fresh_install() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(version, "0.4.0");
+    assert_eq!(version, "0.5.0");
     let after: String = old.query_one(CONTENT, &[]).unwrap().get(0);
     assert_eq!(before, after, "rows changed by the upgrade");
 
@@ -398,7 +398,7 @@ fn upgrade_from_0_2_0_builds_the_verification_state() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(version, "0.4.0");
+    assert_eq!(version, "0.5.0");
     let after: String = old.query_one(CONTENT, &[]).unwrap().get(0);
     assert_eq!(before, after, "rows changed by the upgrade");
     let queue: Vec<(String, String, i32, Option<String>)> = old
@@ -473,7 +473,7 @@ fn upgrade_from_0_3_0_keeps_the_verification_state() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(version, "0.4.0");
+    assert_eq!(version, "0.5.0");
     assert_eq!(
         before,
         old.query_one(CONTENT, &[]).unwrap().get::<_, String>(0)
@@ -512,5 +512,76 @@ fn upgrade_from_0_3_0_keeps_the_verification_state() {
         .unwrap()
         .get(0);
     assert_eq!(differs, 0);
+    assert_same_shape(&mut old, &mut cluster.connect("fresh"));
+}
+
+/// 0.4.0 -> 0.5.0: off-site WAL copies arrive as new objects only; every row survives, the
+/// archived WAL of 0.4.0 counts as not yet copied to each active target (the worker copies it
+/// after the upgrade), and the catalog is a fresh install's.
+#[test]
+fn upgrade_from_0_4_0_adds_offsite_wal_and_keeps_every_row() {
+    let cluster = two_databases();
+    let mut old = cluster.connect("upgraded");
+    old.batch_execute("CREATE EXTENSION backup_mgmt VERSION '0.4.0'")
+        .unwrap();
+    old.batch_execute(
+        "INSERT INTO backup_management.backup_records
+             (database_name, backup_type, backup_method, backup_file_path, status, start_time, end_time,
+              duration, checksum, origin)
+         VALUES ('app', 'full', 'pg_dump', '/b/app/1.dump', 'completed', now() - interval '2 days',
+                 now() - interval '2 days', '1 minute', repeat('a', 64), 'worker');
+         INSERT INTO backup_management.remote_backup_configs (config_name, database_name, remote_type, remote_endpoint, remote_path, sync_schedule)
+         VALUES ('second-disk', 'app', 'filesystem', '/mnt/offsite', 'pg', '30 * * * *'),
+                ('retired', 'app', 'filesystem', '/mnt/old', 'pg', NULL);
+         UPDATE backup_management.remote_backup_configs SET is_active = false WHERE config_name = 'retired';
+         INSERT INTO backup_management.remote_backup_records (backup_id, config_id, remote_file_path, sync_status, bytes_transferred, remote_checksum)
+         SELECT min(backup_id), (SELECT config_id FROM backup_management.remote_backup_configs WHERE config_name = 'second-disk'),
+                '1/app/1.dump', 'completed', 1234, repeat('a', 64)
+           FROM backup_management.backup_records;
+         INSERT INTO backup_management.wal_archive (system_identifier, file_name, timeline_id, segment_number, file_path, file_size, checksum, archived_at)
+         SELECT 7, '0000000100000000000000' || lpad(to_hex(n), 2, '0'), 1, n,
+                '/b/wal/7/0000000100000000000000' || lpad(to_hex(n), 2, '0'), 16777216, repeat('e', 64),
+                now() - make_interval(mins => 10 - n)
+           FROM generate_series(1, 5) n;
+         UPDATE backup_management.wal_archive SET expired_at = now() WHERE segment_number = 1;",
+    )
+    .unwrap();
+    let before: String = old.query_one(CONTENT, &[]).unwrap().get(0);
+    old.batch_execute("ALTER EXTENSION backup_mgmt UPDATE")
+        .unwrap();
+    let version: String = old
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'backup_mgmt'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(version, "0.5.0");
+    assert_eq!(
+        before,
+        old.query_one(CONTENT, &[]).unwrap().get::<_, String>(0)
+    );
+    // The active target has the four unexpired files waiting, the oldest since 8 minutes ago.
+    let r = old
+        .query_one(
+            "SELECT config_name, pending_segments, lag_seconds, failures, alarm_since IS NULL
+               FROM backup_mgmt.offsite_wal_status",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "second-disk");
+    assert_eq!(r.get::<_, i64>(1), 4);
+    let lag: f64 = r.get(2);
+    assert!((475.0..600.0).contains(&lag), "{lag}");
+    assert_eq!(r.get::<_, i32>(3), 0);
+    assert!(r.get::<_, bool>(4));
+    let copied: i64 = old
+        .query_one(
+            "SELECT count(*) FROM backup_management.remote_wal_records",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(copied, 0);
     assert_same_shape(&mut old, &mut cluster.connect("fresh"));
 }

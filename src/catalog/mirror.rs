@@ -8,6 +8,7 @@ use std::path::Path;
 
 use backup_mgmt_core::files::durable::{self, Install, Temp};
 use backup_mgmt_core::files::error::IoError;
+use backup_mgmt_core::storage;
 use pgrx::prelude::*;
 
 use crate::pg::{roots, spi::in_transaction};
@@ -46,6 +47,111 @@ const QUERY: &str = "SELECT jsonb_build_object(
         '[]'::jsonb),
     'wal_gaps', coalesce((SELECT jsonb_agg(missing_file_name) FROM backup_mgmt.wal_gaps), '[]'::jsonb)
 )::text";
+
+/// The catalog as one off-site target holds it (`<system identifier>/.catalog/catalog_mirror.json`
+/// on the target, replaced whole): this cluster's live backups that have a verified copy there,
+/// with their keys, chains, LSNs, retention state and newest verification; every WAL file copied
+/// there with its key, size and sha256; the archive's gaps.  Only this cluster's rows: another
+/// cluster writing to the same target keeps its own prefix and its own mirror.  Globals keys are
+/// added by `offsite_text` (they are computed, not stored).
+const OFFSITE_QUERY: &str = "WITH me AS (SELECT system_identifier AS sysid FROM pg_catalog.pg_control_system())
+SELECT jsonb_build_object(
+    'format', 'backup_mgmt offsite catalog 1',
+    'written_at', pg_catalog.now(),
+    'system_identifier', me.sysid,
+    'pg_version', pg_catalog.current_setting('server_version_num')::int,
+    'wal_segment_size', (SELECT setting::bigint FROM pg_catalog.pg_settings WHERE name = 'wal_segment_size'),
+    'target', (SELECT config_name FROM backup_management.remote_backup_configs WHERE config_id = $1),
+    'backups', coalesce((SELECT jsonb_agg(jsonb_build_object(
+            'backup_id', r.backup_id, 'database_name', r.database_name, 'backup_type', r.backup_type,
+            'backup_method', r.backup_method, 'key', x.remote_file_path, 'size', r.backup_size,
+            'sha256', r.checksum, 'compression', r.compression, 'parent_backup_id', r.parent_backup_id,
+            'pg_version', r.pg_version, 'timeline_id', r.timeline_id, 'start_time', r.start_time,
+            'end_time', r.end_time, 'label', r.label, 'globals_file', r.globals_file_path,
+            'globals_sha256', r.globals_checksum, 'start_lsn', r.start_lsn, 'stop_lsn', r.stop_lsn,
+            'start_wal_segment', r.start_wal_segment, 'stop_wal_segment', r.stop_wal_segment,
+            'pinned', r.pinned, 'keep_until', r.keep_until, 'copied_at', x.sync_end_time,
+            'verification', s.last_status, 'verified_at', s.last_verified_at) ORDER BY r.backup_id)
+        FROM backup_management.backup_records r
+        JOIN LATERAL (SELECT x.remote_file_path, x.sync_end_time FROM backup_management.remote_backup_records x
+                       WHERE x.backup_id = r.backup_id AND x.config_id = $1 AND x.sync_status = 'completed'
+                       ORDER BY x.record_id DESC LIMIT 1) x ON true
+        LEFT JOIN backup_management.verification_state s ON s.backup_id = r.backup_id
+        WHERE r.expired_at IS NULL AND r.status = 'completed'
+          AND coalesce(r.system_identifier, me.sysid) = me.sysid), '[]'::jsonb),
+    'wal_files', coalesce((SELECT jsonb_agg(jsonb_build_object(
+            'name', w.file_name, 'key', w.remote_key, 'size', w.file_size, 'sha256', w.remote_checksum,
+            'archived_at', w.archived_at) ORDER BY w.file_name)
+        FROM backup_management.remote_wal_records w
+        WHERE w.config_id = $1 AND w.system_identifier = me.sysid), '[]'::jsonb),
+    'wal_gaps', coalesce((SELECT jsonb_agg(g.missing_file_name ORDER BY g.missing_file_name)
+        FROM backup_mgmt.wal_gaps g WHERE g.system_identifier = me.sysid), '[]'::jsonb)
+)::text FROM me";
+
+/// What changes the off-site mirror of target `$1`: the copies there, the live backups and
+/// their retention state.  Cheap (index scans), read every second; the mirror is rebuilt only
+/// when it changed.
+const OFFSITE_FINGERPRINT: &str = "SELECT pg_catalog.md5(pg_catalog.concat_ws(',',
+    (SELECT count(*) || '/' || coalesce(max(copied_at)::text, '') FROM backup_management.remote_wal_records WHERE config_id = $1),
+    (SELECT count(*) || '/' || coalesce(max(record_id), 0) FROM backup_management.remote_backup_records
+      WHERE config_id = $1 AND sync_status = 'completed'),
+    (SELECT count(*) || '/' || coalesce(max(backup_id), 0) || '/' || count(*) FILTER (WHERE pinned) || '/' ||
+            coalesce(max(keep_until)::text, '')
+       FROM backup_management.backup_records WHERE expired_at IS NULL AND status = 'completed'),
+    (SELECT count(*) || '/' || coalesce(max(last_verified_at)::text, '') FROM backup_management.verification_state)))";
+
+/// Where a cluster's off-site mirror lives on a target.
+pub fn offsite_key(system_identifier: i64) -> String {
+    format!("{system_identifier}/.catalog/{FILE}")
+}
+
+/// The fingerprint of what the off-site mirror of `config_id` shows (in the caller's transaction).
+pub fn offsite_fingerprint(
+    c: &pgrx::spi::SpiClient<'_>,
+    config_id: i32,
+) -> Result<String, pgrx::spi::SpiError> {
+    Ok(c.select(OFFSITE_FINGERPRINT, None, &[config_id.into()])?
+        .first()
+        .get::<String>(1)?
+        .unwrap_or_default())
+}
+
+/// The off-site mirror of `config_id` (in the caller's transaction), each logical backup's
+/// globals file given the key the off-site copy put it under.
+pub fn offsite_text(
+    c: &pgrx::spi::SpiClient<'_>,
+    config_id: i32,
+) -> Result<String, pgrx::spi::SpiError> {
+    let text = c
+        .select(OFFSITE_QUERY, None, &[config_id.into()])?
+        .first()
+        .get::<String>(1)?
+        .unwrap_or_default();
+    let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Ok(text);
+    };
+    let sysid = doc
+        .get("system_identifier")
+        .and_then(serde_json::Value::as_i64)
+        .unwrap_or_default();
+    if let Some(backups) = doc
+        .get_mut("backups")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        for b in backups {
+            let key = match (b.get("globals_file"), b.get("database_name")) {
+                (Some(serde_json::Value::String(g)), Some(serde_json::Value::String(db))) => {
+                    Some(storage::object_key(sysid, db, Path::new(g)))
+                }
+                _ => None,
+            };
+            if let (Some(k), Some(obj)) = (key, b.as_object_mut()) {
+                obj.insert("globals_key".into(), k.into());
+            }
+        }
+    }
+    Ok(doc.to_string())
+}
 
 /// Writes `text` to `dir/FILE` atomically and durably (it is always rewritten whole).
 pub fn write_atomically(dir: &Path, text: &str) -> Result<(), IoError> {

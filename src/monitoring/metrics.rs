@@ -77,9 +77,11 @@ fn metrics() -> Result<String, ErrorReport> {
         let mut exposure = Vec::new();
         let mut rpo_breached = Vec::new();
         let mut rto = Vec::new();
+        let mut offsite_exposure = Vec::new();
         let plans = c.select(
             "SELECT plan_name, database_name, extract(epoch FROM rpo_exposure)::float8, \
-                    (rpo_status = 'breached')::int::float8, extract(epoch FROM last_measured_rto)::float8 \
+                    (rpo_status = 'breached')::int::float8, extract(epoch FROM last_measured_rto)::float8, \
+                    extract(epoch FROM offsite_rpo_exposure)::float8 \
                FROM backup_mgmt.recovery_status ORDER BY 1",
             None,
             &[],
@@ -97,6 +99,12 @@ fn metrics() -> Result<String, ErrorReport> {
             }
             if let Some(v) = r.get::<f64>(4)? {
                 rpo_breached.push(Sample {
+                    labels: labels.clone(),
+                    value: v,
+                });
+            }
+            if let Some(v) = r.get::<f64>(6)? {
+                offsite_exposure.push(Sample {
                     labels: labels.clone(),
                     value: v,
                 });
@@ -131,6 +139,25 @@ fn metrics() -> Result<String, ErrorReport> {
                 lost.push(Sample { labels, value: v });
             }
         }
+        // Archived WAL not yet on each active off-site target: what losing the host now would
+        // cost beyond the local archive.
+        let mut wal_lag = Vec::new();
+        let mut wal_pending = Vec::new();
+        let mut wal_failures = Vec::new();
+        let targets = c.select(
+            "SELECT config_name, lag_seconds, pending_segments::float8, failures::float8 \
+               FROM backup_mgmt.offsite_wal_status ORDER BY 1",
+            None,
+            &[],
+        )?;
+        for r in targets {
+            let labels = vec![("target", r.get::<String>(1)?.unwrap_or_default())];
+            for (into, col) in [(&mut wal_lag, 2), (&mut wal_pending, 3), (&mut wal_failures, 4)] {
+                if let Some(v) = r.get::<f64>(col)? {
+                    into.push(Sample { labels: labels.clone(), value: v });
+                }
+            }
+        }
         Ok(vec![
             Family { name: "backup_mgmt_last_success_timestamp_seconds", help: "Unix time the newest completed backup of the database ended.", kind: "gauge", samples: last_success },
             Family { name: "backup_mgmt_last_backup_size_bytes", help: "Size of the newest completed backup as stored.", kind: "gauge", samples: size },
@@ -138,10 +165,14 @@ fn metrics() -> Result<String, ErrorReport> {
             Family { name: "backup_mgmt_backups_failed", help: "Failed backups recorded in the catalog.", kind: "gauge", samples: failures },
             Family { name: "backup_mgmt_last_verification_passed", help: "1 if the newest verification of the database's backups passed, 0 if it failed.", kind: "gauge", samples: verified },
             Family { name: "backup_mgmt_rpo_exposure_seconds", help: "Age of the newest verified backup (or archived WAL), per recovery plan.", kind: "gauge", samples: exposure },
+            Family { name: "backup_mgmt_offsite_rpo_exposure_seconds", help: "What losing the host now would cost: age of the newest verified backup with a verified off-site copy (or of the newest WAL copied off site after it), per recovery plan.", kind: "gauge", samples: offsite_exposure },
             Family { name: "backup_mgmt_rpo_breached", help: "1 if the RPO exposure exceeds the plan's RPO.", kind: "gauge", samples: rpo_breached },
             Family { name: "backup_mgmt_last_drill_recovery_seconds", help: "Recovery time measured by the newest drill, per recovery plan.", kind: "gauge", samples: rto },
             Family { name: "backup_mgmt_wal_missing_segments", help: "WAL segments a recovery from the oldest retained base backup would need that the archive lacks (never archived or lost), per cluster.", kind: "gauge", samples: missing },
             Family { name: "backup_mgmt_wal_lost_segments", help: "Archived WAL segments the worker found gone or changed on disk, per cluster.", kind: "gauge", samples: lost },
+            Family { name: "backup_mgmt_offsite_wal_lag_seconds", help: "How long the oldest archived WAL file not yet on the off-site target has waited (0: caught up).", kind: "gauge", samples: wal_lag },
+            Family { name: "backup_mgmt_offsite_wal_pending_segments", help: "Archived WAL files not yet copied to the off-site target.", kind: "gauge", samples: wal_pending },
+            Family { name: "backup_mgmt_offsite_wal_failures", help: "Failed attempts in a row to copy WAL to the off-site target.", kind: "gauge", samples: wal_failures },
         ])
     })
     .map_err(MetricsError::from)?;

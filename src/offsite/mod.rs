@@ -27,6 +27,7 @@ use crate::pg::time::{from_timestamptz, to_timestamptz};
 use crate::pg::{guc, server};
 
 pub mod limits;
+pub mod wal;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OffsiteError {
@@ -301,23 +302,8 @@ fn next_due() -> Option<Due> {
             let Some((id, name, kind, endpoint, path, database, credentials, options, key_ref, by_superuser)) = due else {
                 return Ok(None);
             };
-            let options: serde_json::Value = serde_json::from_str(&options).unwrap_or_default();
-            let row = limits::TargetRow {
-                remote_type: &kind,
-                endpoint: &endpoint,
-                path: &path,
-                credentials_ref: credentials.as_deref(),
-                encryption_key_ref: key_ref.as_deref(),
-                options: &options,
-            };
-            // Limits are checked again at use: they may have been tightened since the row was
-            // written by a role that is not a superuser.
-            let allowed = if by_superuser {
-                Ok(())
-            } else {
-                limits::check_unprivileged(&row).map_err(OffsiteError::from)
-            };
-            let target = match allowed.and_then(|()| target_of(&row)) {
+            let spec = TargetSpec { kind, endpoint, path, credentials, options, key_ref, by_superuser };
+            let target = match spec.open() {
                 Ok(t) => t,
                 Err(why) => {
                     c.update(
@@ -402,6 +388,37 @@ fn next_due() -> Option<Due> {
         })
     })
     .flatten()
+}
+
+/// A target's row as read for use (`remote_backup_configs`, `options` as text).
+pub(crate) struct TargetSpec {
+    pub kind: String,
+    pub endpoint: String,
+    pub path: String,
+    pub credentials: Option<String>,
+    pub options: String,
+    pub key_ref: Option<String>,
+    pub by_superuser: bool,
+}
+
+impl TargetSpec {
+    /// The storage the row names, its limits checked again at use: they may have been
+    /// tightened since the row was written by a role that is not a superuser.
+    pub(crate) fn open(&self) -> Result<Box<dyn Storage>, OffsiteError> {
+        let options: serde_json::Value = serde_json::from_str(&self.options).unwrap_or_default();
+        let row = limits::TargetRow {
+            remote_type: &self.kind,
+            endpoint: &self.endpoint,
+            path: &self.path,
+            credentials_ref: self.credentials.as_deref(),
+            encryption_key_ref: self.key_ref.as_deref(),
+            options: &options,
+        };
+        if !self.by_superuser {
+            limits::check_unprivileged(&row)?;
+        }
+        target_of(&row)
+    }
 }
 
 /// The target a configuration names.  A filesystem target must lie inside the backup roots,

@@ -56,6 +56,13 @@ static ARCHIVE_COMPRESSION: GucSetting<ArchiveCompression> =
 /// `backup_mgmt.archive_compression_level`: the zstd level for archived WAL.
 static ARCHIVE_COMPRESSION_LEVEL: GucSetting<i32> = GucSetting::<i32>::new(3);
 
+/// `backup_mgmt.offsite_wal_lag_alarm`: seconds an archived WAL file may wait for an off-site
+/// target before the worker warns and sends a NOTIFY (0 = never).
+static OFFSITE_WAL_LAG_ALARM: GucSetting<i32> = GucSetting::<i32>::new(300);
+
+/// `backup_mgmt.offsite_wal_parallel`: WAL files in flight to each off-site target.
+static OFFSITE_WAL_PARALLEL: GucSetting<i32> = GucSetting::<i32>::new(4);
+
 /// `backup_mgmt.offsite_endpoints`: endpoints (URL prefixes) that off-site targets configured by
 /// a role that is not a superuser may use.  Empty: such roles may configure no object-storage
 /// target.
@@ -118,6 +125,26 @@ pub fn init() {
         &MAX_HISTORY_PER_JOB,
         1,
         1_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"backup_mgmt.offsite_wal_lag_alarm",
+        c"Seconds an archived WAL file may wait for an off-site target before the worker warns.",
+        c"Past it the worker logs a WARNING and sends NOTIFY backup_mgmt (offsite_wal_lagging), and again (offsite_wal_caught_up) when the target is back under it. 0 turns the alarm off; the lag is always in backup_mgmt.offsite_wal_status and metrics().",
+        &OFFSITE_WAL_LAG_ALARM,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"backup_mgmt.offsite_wal_parallel",
+        c"Archived WAL files copied to each off-site target at the same time.",
+        c"Each target has its own copy thread; this many uploads run in it at once.",
+        &OFFSITE_WAL_PARALLEL,
+        1,
+        64,
         GucContext::Sighup,
         GucFlags::default(),
     );
@@ -242,6 +269,16 @@ pub fn fault_pause_at(point: &str) -> bool {
 
 pub fn wal_check_interval_seconds() -> u64 {
     WAL_CHECK_INTERVAL.get().max(0) as u64
+}
+
+/// The lag past which an off-site target's WAL raises the alarm (None: never).
+pub fn offsite_wal_lag_alarm() -> Option<std::time::Duration> {
+    let s = OFFSITE_WAL_LAG_ALARM.get();
+    (s > 0).then(|| std::time::Duration::from_secs(s as u64))
+}
+
+pub fn offsite_wal_parallel() -> usize {
+    OFFSITE_WAL_PARALLEL.get().clamp(1, 64) as usize
 }
 
 pub fn max_history_per_job() -> i64 {

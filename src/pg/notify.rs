@@ -4,7 +4,8 @@
 //! that is a `backup_admin` member reads the details from the catalog by id.
 //!
 //! Every backup the worker completes, every recorded failure, every failed verification and every
-//! archived WAL file found lost is sent as its transaction commits; nothing is sent for a transaction that rolls back.
+//! archived WAL file found lost, every off-site target whose WAL lag passes the alarm (and its
+//! catching up) is sent as its transaction commits; nothing is sent for a transaction that rolls back.
 
 use std::ffi::CString;
 
@@ -37,6 +38,14 @@ pub enum Event {
         system_identifier: i64,
         file_name: String,
     },
+    /// An off-site target's WAL lag passed `backup_mgmt.offsite_wal_lag_alarm`.
+    OffsiteWalLagging {
+        config_id: i32,
+        lag_seconds: i64,
+        pending_segments: i64,
+    },
+    /// The target is back under the alarm's lag.
+    OffsiteWalCaughtUp { config_id: i32 },
 }
 
 /// The JSON payload for `event`.

@@ -23,8 +23,9 @@ use crate::pg::log::escape_for_log;
 use crate::pg::spi::in_transaction;
 use crate::pg::{guc, server};
 
-/// How often the manifests are read.
-const INGEST_EVERY: Duration = Duration::from_secs(5);
+/// How often the manifests are read (an open and a read of nothing when nothing was archived;
+/// every second, because off-site WAL copies start from what is recorded here).
+const INGEST_EVERY: Duration = Duration::from_secs(1);
 
 /// The segment size of the cluster whose archive this is: what the line says, or, for lines
 /// written before the archive module recorded it, this cluster's (for its own archive) or

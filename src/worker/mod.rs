@@ -129,6 +129,8 @@ struct Scheduler {
     /// Archived WAL, from the archive module's manifests into the catalog.
     wal: crate::recovery::wal_catalog::Ingest,
     offsite: crate::offsite::Offsite,
+    /// Archived WAL copied to every active off-site target.
+    offsite_wal: crate::offsite::wal::WalShipping,
     /// Transaction times of archived WAL, for recovery planning.
     walscan: crate::recovery::walscan::WalScan,
     /// The WAL archive compared with the disk.
@@ -209,6 +211,7 @@ impl Scheduler {
             self.upkeep.tick();
             self.wal.tick();
             self.offsite.tick();
+            self.offsite_wal.tick();
             self.walscan.tick();
             self.walcheck.tick();
         }
@@ -433,6 +436,7 @@ impl Scheduler {
     fn shut_down(&mut self) {
         self.upkeep.abandon();
         self.offsite.abandon();
+        self.offsite_wal.abandon();
         self.walscan.abandon();
         self.walcheck.abandon();
         for run in &mut self.running {

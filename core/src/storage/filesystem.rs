@@ -26,9 +26,12 @@ impl FilesystemTarget {
     /// Copies `local` to `key` (durably, never over a different file); an identical copy
     /// already there is success.
     pub fn put(&self, local: &Path, key: &str) -> Result<Copied, StorageError> {
+        self.put_from(open_local(local)?, key)
+    }
+
+    fn put_from(&self, mut input: fs::File, key: &str) -> Result<Copied, StorageError> {
         let dest = self.path_of(key);
         durable::create_private_dir(dest.parent().unwrap_or(&self.dir), true)?;
-        let mut input = open_local(local)?;
         let mut out = DurableFile::create(&dest, Temp::Suffix)?;
         let mut chain = Hash::new(out.file());
         let mut buf = vec![0u8; CHUNK];
@@ -67,8 +70,8 @@ impl FilesystemTarget {
 }
 
 impl Storage for FilesystemTarget {
-    fn put_file(&self, local: &Path, key: &str) -> Result<Copied, StorageError> {
-        let copied = self.put(local, key)?;
+    fn put_opened(&self, file: fs::File, _shown: &Path, key: &str) -> Result<Copied, StorageError> {
+        let copied = self.put_from(file, key)?;
         let landed = self.checksum(key)?;
         if landed != copied {
             return Err(StorageError::Mismatch {
@@ -77,6 +80,21 @@ impl Storage for FilesystemTarget {
             });
         }
         Ok(landed)
+    }
+
+    fn replace(&self, bytes: &[u8], key: &str) -> Result<(), StorageError> {
+        let dest = self.path_of(key);
+        durable::create_private_dir(dest.parent().unwrap_or(&self.dir), true)?;
+        durable::write_file(&dest, bytes, Temp::Hidden, Install::Replace)?;
+        let landed = self.checksum(key)?;
+        let sent = crate::checksum::hex(&<sha2::Sha256 as sha2::Digest>::digest(bytes));
+        if landed.sha256 != sent {
+            return Err(StorageError::Mismatch {
+                expected: sent,
+                found: landed.sha256,
+            });
+        }
+        Ok(())
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {

@@ -47,7 +47,16 @@ pub struct Copied {
 pub trait Storage: Send + Sync {
     /// Stores the local file `local` under `key` and checks it where it landed.  An identical
     /// copy already there is success; a different one is an error and stays untouched.
-    fn put_file(&self, local: &Path, key: &str) -> Result<Copied, StorageError>;
+    fn put_file(&self, local: &Path, key: &str) -> Result<Copied, StorageError> {
+        self.put_opened(open_local(local)?, local, key)
+    }
+    /// `put_file` for a file already opened (beneath a root's handle); `shown` names it in
+    /// errors.
+    fn put_opened(&self, file: File, shown: &Path, key: &str) -> Result<Copied, StorageError>;
+    /// Stores `bytes` under `key`, replacing what is there as one atomic step (a reader sees the
+    /// old object or the new one, never a mix): for the catalog mirror, which is rewritten
+    /// whole.  Checked where it landed.
+    fn replace(&self, bytes: &[u8], key: &str) -> Result<(), StorageError>;
     /// The keys (relative to the target's own prefix) that start with `prefix`.
     fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
     /// Removes `key` and every key below `key/`; what is already gone is fine.
@@ -71,6 +80,15 @@ pub fn object_key(system_identifier: i64, database: &str, local: &Path) -> Strin
         path_component(&name)
     )
 }
+
+/// Where an archived WAL file's copy lives on a target: `<system identifier>/.wal/<stored name>`
+/// (a database name never makes a leading-dot component: `path_component` encodes it).
+pub fn wal_key(system_identifier: i64, stored: &str) -> String {
+    format!("{system_identifier}/{WAL_DIR}/{}", path_component(stored))
+}
+
+/// The level under a cluster's prefix that holds its archived WAL.
+pub const WAL_DIR: &str = ".wal";
 
 /// Opens a local file to copy (no symlink at the end, no FIFO or device).
 pub(crate) fn open_local(path: &Path) -> Result<File, StorageError> {
@@ -187,6 +205,18 @@ mod tests {
         );
         target.delete(&key).unwrap();
         assert!(!copy.exists());
+    }
+
+    #[test]
+    fn wal_keys_are_per_cluster_apart_from_every_database() {
+        assert_eq!(
+            wal_key(7, "000000010000000000000003.zst"),
+            "7/.wal/000000010000000000000003.zst"
+        );
+        // No database's copies can land among the WAL: its component never starts with a dot.
+        let k = object_key(7, ".wal", Path::new("/b/x/000000010000000000000003"));
+        assert!(!k.starts_with("7/.wal/"), "{k}");
+        assert!(!wal_key(7, "../../x").contains("/../"));
     }
 
     #[test]

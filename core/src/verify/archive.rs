@@ -96,6 +96,13 @@ pub fn open_dir(file: &ArchivedFile) -> io::Result<File> {
     Root::open(&file.root)?.open_dir(&file.dir)
 }
 
+/// Opens the archived file itself beneath its root (to copy it off site): what `Found` says when
+/// it cannot be.
+pub fn open_archived(file: &ArchivedFile) -> Result<File, Found> {
+    let dir = open_dir(file).map_err(|e| Found::Unreadable(e.to_string()))?;
+    open(&dir, &file.stored)
+}
+
 fn open(dir: &File, stored: &str) -> Result<File, Found> {
     let f = open_file_at(dir, OsStr::new(stored)).map_err(|e| match e.raw_os_error() {
         Some(libc::ENOENT) => Found::Missing,

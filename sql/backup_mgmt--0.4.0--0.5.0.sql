@@ -3,8 +3,10 @@
 -- Archived WAL leaves the host: every archived file is copied by the worker to every active
 -- off-site target and verified there (remote_wal_records), with the per-target state of the
 -- copying and of the catalog mirror kept on each target (remote_wal_state) and the lag
--- (offsite_wal_status); recovery_status gains the exposure if the host were lost now (columns
--- appended; the existing ones unchanged).  New objects only otherwise.
+-- (offsite_wal_status); a per-target bandwidth limit (options.max_rate_mb, checked); and
+-- recovery_status gains the exposure if the host were lost now (columns appended; the existing
+-- ones unchanged).  After the upgrade every unexpired archived file is pending on every active
+-- target: the worker copies the backlog oldest first.
 
 ------------------------------------------------------------------------------------------------
 -- Archived WAL on the off-site targets (0.5.0): every archived file goes to every active target,
@@ -45,7 +47,8 @@ CREATE TABLE backup_management.remote_wal_state (
     last_error       text,
     last_error_at    timestamptz,
     alarm_since      timestamptz,
-    catalog_copied_at timestamptz
+    catalog_copied_at timestamptz,
+    target_identity  text
 );
 COMMENT ON TABLE backup_management.remote_wal_state IS 'The worker''s WAL copying per off-site target: the newest copy, failures in a row and the last error, whether the lag alarm is raised, and when the catalog mirror was last copied';
 COMMENT ON COLUMN backup_management.remote_wal_state.config_id IS 'Target';
@@ -55,12 +58,14 @@ COMMENT ON COLUMN backup_management.remote_wal_state.failures IS 'Copy attempts 
 COMMENT ON COLUMN backup_management.remote_wal_state.last_error IS 'Why the last failed attempt failed';
 COMMENT ON COLUMN backup_management.remote_wal_state.last_error_at IS 'When it failed';
 COMMENT ON COLUMN backup_management.remote_wal_state.alarm_since IS 'Since when the lag has been over backup_mgmt.offsite_wal_lag_alarm (NULL: not over it)';
+COMMENT ON COLUMN backup_management.remote_wal_state.target_identity IS 'md5 of the target''s remote_type, remote_endpoint and remote_path when its copies were recorded: when they change, the worker forgets the copies (they are at the old place) and copies everything again';
 COMMENT ON COLUMN backup_management.remote_wal_state.catalog_copied_at IS 'When this cluster''s catalog mirror (<system identifier>/.catalog/catalog_mirror.json) was last replaced on the target and verified there';
 SELECT pg_catalog.pg_extension_config_dump('backup_management.remote_wal_records', '');
-SELECT pg_catalog.pg_extension_config_dump('backup_management.remote_wal_state', '');
+-- remote_wal_state is the worker's running state (failures, the alarm): not dumped, so that a
+-- restored catalog starts it afresh (a restored alarm_since would keep the alarm from firing).
 
--- Per active target: archived WAL files not on it yet (lost files excluded: they are gaps, and
--- counted as such), how long the oldest has waited, the newest copy, failures.
+-- Per active target: this cluster's archived WAL files not on it yet (lost files excluded: they
+-- are gaps, and counted as such), how long the oldest has waited, the newest copy, failures.
 CREATE VIEW backup_mgmt.offsite_wal_status AS
 SELECT c.config_id, c.config_name, c.remote_type,
        p.pending_segments, p.oldest_pending_archived_at,
@@ -73,11 +78,19 @@ SELECT c.config_id, c.config_name, c.remote_type,
        SELECT count(*)::bigint AS pending_segments, min(a.archived_at) AS oldest_pending_archived_at
          FROM backup_management.wal_archive a
         WHERE a.expired_at IS NULL AND a.lost_at IS NULL
+          AND a.system_identifier = (SELECT system_identifier FROM pg_catalog.pg_control_system())
           AND NOT EXISTS (SELECT FROM backup_management.remote_wal_records r
                            WHERE r.config_id = c.config_id AND r.system_identifier = a.system_identifier
                              AND r.file_name = a.file_name)) p
  WHERE c.is_active;
 COMMENT ON VIEW backup_mgmt.offsite_wal_status IS 'Per active off-site target: archived WAL files (segments and history files) not copied there yet, the lag in seconds (how long the oldest has waited since it was archived), the newest copy, failed attempts in a row and the last error, since when the lag alarm (backup_mgmt.offsite_wal_lag_alarm) is raised, and when the catalog mirror was last copied there';
+
+-- A per-target bandwidth limit (0.5.0): options.max_rate_mb, in MB/s, shared by every copy to the
+-- target (backups, WAL, the catalog mirror).
+ALTER TABLE backup_management.remote_backup_configs
+    ADD CONSTRAINT remote_backup_configs_max_rate_check
+    CHECK (NOT options ? 'max_rate_mb'
+           OR (jsonb_typeof(options -> 'max_rate_mb') = 'number' AND (options ->> 'max_rate_mb')::numeric > 0));
 
 REVOKE ALL ON backup_management.remote_wal_records, backup_management.remote_wal_state,
     backup_mgmt.offsite_wal_status FROM PUBLIC;
@@ -108,26 +121,35 @@ WITH verified AS (
       FROM backup_mgmt.wal_gap_ranges
      WHERE system_identifier = (SELECT system_identifier FROM pg_catalog.pg_control_system())
 ), offsite AS (
-    -- What would be left if the host were lost now: the newest verified backup of each plan's
-    -- database with a verified copy on an active target, and the newest WAL file copied to one.
-    SELECT d.database_name,
-           (SELECT max(r.end_time)
-              FROM backup_management.backup_records r
-             WHERE r.database_name = d.database_name AND r.expired_at IS NULL
-               AND r.status = 'completed' AND r.backup_type <> 'wal'
-               AND EXISTS (SELECT FROM backup_management.backup_verifications v
-                            WHERE v.backup_id = r.backup_id AND v.verification_status = 'passed')
-               AND EXISTS (SELECT FROM backup_management.remote_backup_records x
-                             JOIN backup_management.remote_backup_configs c ON c.config_id = x.config_id
-                            WHERE x.backup_id = r.backup_id AND x.sync_status = 'completed' AND c.is_active)
-           ) AS offsite_verified_backup_at
+    -- What would be left if the host were lost now, per plan: the best active target, taking
+    -- only what is on that one target: its newest verified backup of the database with a
+    -- verified copy there, and how far its WAL reaches without a hole (up to the oldest file
+    -- still waiting when one is, else its newest copy).
+    SELECT d.database_name, best.offsite_verified_backup_at, best.offsite_last_wal_at
       FROM (SELECT DISTINCT database_name FROM disaster_recovery.recovery_plans WHERE is_active) d
-), offsite_wal AS (
-    SELECT max((SELECT w.archived_at FROM backup_management.remote_wal_records w
-                 WHERE w.config_id = c.config_id
-                   AND w.system_identifier = (SELECT system_identifier FROM pg_catalog.pg_control_system())
-                 ORDER BY w.archived_at DESC LIMIT 1)) AS offsite_last_wal_at
-      FROM backup_management.remote_backup_configs c WHERE c.is_active
+      LEFT JOIN LATERAL (
+          SELECT b.backup_at AS offsite_verified_backup_at, w.wal_at AS offsite_last_wal_at
+            FROM backup_management.remote_backup_configs c
+           CROSS JOIN LATERAL (
+                 SELECT max(r.end_time) AS backup_at
+                   FROM backup_management.backup_records r
+                  WHERE r.database_name = d.database_name AND r.expired_at IS NULL
+                    AND r.status = 'completed' AND r.backup_type <> 'wal'
+                    AND EXISTS (SELECT FROM backup_management.backup_verifications v
+                                 WHERE v.backup_id = r.backup_id AND v.verification_status = 'passed')
+                    AND EXISTS (SELECT FROM backup_management.remote_backup_records x
+                                 WHERE x.backup_id = r.backup_id AND x.config_id = c.config_id
+                                   AND x.sync_status = 'completed')) b
+           CROSS JOIN LATERAL (
+                 SELECT coalesce(s.oldest_pending_archived_at,
+                                 (SELECT w.archived_at FROM backup_management.remote_wal_records w
+                                   WHERE w.config_id = c.config_id
+                                     AND w.system_identifier = (SELECT system_identifier FROM pg_catalog.pg_control_system())
+                                   ORDER BY w.archived_at DESC LIMIT 1)) AS wal_at
+                   FROM backup_mgmt.offsite_wal_status s WHERE s.config_id = c.config_id) w
+           WHERE c.is_active AND b.backup_at IS NOT NULL
+           ORDER BY greatest(b.backup_at, w.wal_at) DESC
+           LIMIT 1) best ON true
 ), last_drill AS (
     SELECT DISTINCT ON (plan_id) plan_id, drill_date, recovery_time, status
       FROM disaster_recovery.recovery_drills
@@ -139,13 +161,12 @@ WITH verified AS (
            CASE WHEN v.last_verified_backup_at IS NOT NULL
                 THEN now() - greatest(v.last_verified_backup_at, a.last_archived_time) END AS rpo_exposure,
            d.recovery_time AS last_measured_rto, d.drill_date AS last_drill_at, d.status AS last_drill_status,
-           o.offsite_verified_backup_at, ow.offsite_last_wal_at,
+           o.offsite_verified_backup_at, o.offsite_last_wal_at,
            CASE WHEN o.offsite_verified_backup_at IS NOT NULL
-                THEN now() - greatest(o.offsite_verified_backup_at, ow.offsite_last_wal_at) END AS offsite_rpo_exposure
+                THEN now() - greatest(o.offsite_verified_backup_at, o.offsite_last_wal_at) END AS offsite_rpo_exposure
       FROM disaster_recovery.recovery_plans p
       LEFT JOIN verified v USING (database_name)
       LEFT JOIN offsite o USING (database_name)
-      LEFT JOIN offsite_wal ow ON true
       LEFT JOIN archiver a ON true
       LEFT JOIN gaps g ON true
       LEFT JOIN last_drill d ON d.plan_id = p.plan_id
@@ -181,4 +202,4 @@ SELECT plan_id, plan_name, database_name, rpo_minutes, rto_minutes,
        CASE WHEN offsite_rpo_exposure IS NOT NULL AND offsite_rpo_exposure <= make_interval(mins => rpo_minutes)
             THEN 'ok' ELSE 'breached' END AS offsite_rpo_status
   FROM exposure;
-COMMENT ON VIEW backup_mgmt.recovery_status IS 'Per active recovery plan: RPO exposure (age of the newest verified backup, or of the last archived WAL after it) against rpo_minutes, the newest drill''s measured recovery time against rto_minutes (ok, breached, or unknown: never drilled), and WAL archiving: last archived segment and its age, failures (pg_stat_archiver), missing segments, and archive_status ok, failing (the newest attempt failed), gaps or not archiving; and the exposure if the host were lost now: the newest verified backup with a verified off-site copy, the newest WAL file copied off site, offsite_rpo_exposure and offsite_rpo_status against rpo_minutes';
+COMMENT ON VIEW backup_mgmt.recovery_status IS 'Per active recovery plan: RPO exposure (age of the newest verified backup, or of the last archived WAL after it) against rpo_minutes, the newest drill''s measured recovery time against rto_minutes (ok, breached, or unknown: never drilled), and WAL archiving: last archived segment and its age, failures (pg_stat_archiver), missing segments, and archive_status ok, failing (the newest attempt failed), gaps or not archiving; and the exposure if the host were lost now: on the best active target alone, its newest verified backup with a verified copy there and how far its WAL reaches without a hole, offsite_rpo_exposure and offsite_rpo_status against rpo_minutes';

@@ -409,6 +409,10 @@ impl SqlError for OffsiteError {
                 ERRCODE_FEATURE_NOT_SUPPORTED,
                 "Targets can be of remote_type filesystem or s3.",
             ),
+            OffsiteError::BadOption(..) => (
+                ERRCODE_INVALID_PARAMETER_VALUE,
+                "max_rate_mb is the target's bandwidth limit in MB/s, e.g. {\"max_rate_mb\": 20}.",
+            ),
             OffsiteError::Storage(_) => (
                 ERRCODE_CONNECTION_FAILURE,
                 "Check the target's endpoint, bucket and credentials.",

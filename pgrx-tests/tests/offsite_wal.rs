@@ -498,13 +498,18 @@ fn a_role_that_is_not_a_superuser_cannot_forge_what_a_target_holds() {
 
 /// An archived file replaced by a symlink to a file outside the roots (what a role with the
 /// server's OS account, or a planted path, could try) is never followed: the file is not copied,
-/// the target never receives the outside file's bytes, and every other file is.
+/// the target never receives the outside file's bytes, and every other file is, one at a time
+/// behind it (the broken file is the oldest: it must not stall the queue).  Then the target is
+/// moved to another path: its copies are forgotten and made again there.
 #[test]
 fn attack_a_symlink_planted_in_the_archive_is_never_followed_off_site() {
     let (cluster, second) = archiving_cluster(true);
     let second = second.unwrap();
     let mut db = cluster.connect("postgres");
-    db.batch_execute("CREATE EXTENSION backup_mgmt").unwrap();
+    db.batch_execute("ALTER SYSTEM SET backup_mgmt.offsite_wal_parallel = 1")
+        .unwrap();
+    db.batch_execute("SELECT pg_reload_conf(); CREATE EXTENSION backup_mgmt")
+        .unwrap();
     db.execute(
         "INSERT INTO backup_management.remote_backup_configs
              (config_name, database_name, remote_type, remote_endpoint, remote_path, is_active)
@@ -522,7 +527,7 @@ fn attack_a_symlink_planted_in_the_archive_is_never_followed_off_site() {
         let r = db
             .query_one(
                 "SELECT file_name, file_path FROM backup_management.wal_archive
-                  WHERE segment_number IS NOT NULL ORDER BY file_name DESC LIMIT 1",
+                  WHERE segment_number IS NOT NULL ORDER BY archived_at, file_name LIMIT 1",
                 &[],
             )
             .unwrap();
@@ -554,6 +559,7 @@ fn attack_a_symlink_planted_in_the_archive_is_never_followed_off_site() {
                     .get::<_, bool>(0))
     });
     assert!(settled, "{:?}\n{}", status(&mut db, "disk"), cluster.log());
+    assert!(total >= 3, "{total}");
     let recorded: i64 = db
         .query_one(
             "SELECT count(*) FROM backup_management.remote_wal_records WHERE file_name = $1",
@@ -577,4 +583,83 @@ fn attack_a_symlink_planted_in_the_archive_is_never_followed_off_site() {
             }
         }
     }
+
+    // The target moves to another path: what it held there is not at the new place, so every
+    // file is copied again (the planted one still not), and the mirror too.
+    db.batch_execute(
+        "UPDATE backup_management.remote_backup_configs SET remote_path = 'moved' WHERE config_name = 'disk'",
+    )
+    .unwrap();
+    let sysid: i64 = db
+        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
+        .unwrap()
+        .get(0);
+    let moved = second.join("moved");
+    let again = Cluster::wait_for(Duration::from_secs(90), || {
+        let keys: Vec<String> = db
+            .query(
+                "SELECT remote_key FROM backup_management.remote_wal_records",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        keys.len() as i64 == total - 1
+            && keys.iter().all(|k| moved.join(k).is_file())
+            && moved
+                .join(format!("{sysid}/.catalog/catalog_mirror.json"))
+                .is_file()
+    });
+    assert!(again, "{}", cluster.log());
+    assert!(cluster.log().contains("names another place now"));
+}
+
+/// `options.max_rate_mb` holds a target to a bandwidth: a 16 MB segment at 4 MB/s takes about
+/// 4 s to land (a floor, never a speed target); a value that is not a positive number is refused.
+#[test]
+fn a_bandwidth_limit_holds_a_target_to_its_rate() {
+    let (cluster, second) = archiving_cluster(true);
+    let second = second.unwrap();
+    let mut db = cluster.connect("postgres");
+    db.batch_execute("CREATE EXTENSION backup_mgmt").unwrap();
+    for bad in ["\"fast\"", "0", "-1"] {
+        let e = db
+            .execute(
+                &format!(
+                    "INSERT INTO backup_management.remote_backup_configs
+                         (config_name, database_name, remote_type, remote_endpoint, remote_path, options)
+                     VALUES ('bad', 'postgres', 'filesystem', $1, 'pg', '{{\"max_rate_mb\": {bad}}}')"
+                ),
+                &[&second.to_string_lossy().as_ref()],
+            )
+            .unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(&postgres::error::SqlState::CHECK_VIOLATION),
+            "{bad}: {e}"
+        );
+    }
+    db.execute(
+        "INSERT INTO backup_management.remote_backup_configs
+             (config_name, database_name, remote_type, remote_endpoint, remote_path, options)
+         VALUES ('slow', 'postgres', 'filesystem', $1, 'pg', '{\"max_rate_mb\": 4}')",
+        &[&second.to_string_lossy().as_ref()],
+    )
+    .unwrap();
+    switch_segments(&mut db, 2);
+    wait_caught_up(&cluster, &mut db, "slow", 2);
+    let slowest: f64 = db
+        .query_one(
+            "SELECT min(extract(epoch FROM r.copied_at - r.archived_at))::float8
+               FROM backup_management.remote_wal_records r
+              WHERE r.file_size = 16777216",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        slowest >= 3.5,
+        "a 16 MB segment landed in {slowest} s at 4 MB/s"
+    );
 }

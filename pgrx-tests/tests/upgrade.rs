@@ -539,8 +539,8 @@ fn upgrade_from_0_4_0_adds_offsite_wal_and_keeps_every_row() {
                 '1/app/1.dump', 'completed', 1234, repeat('a', 64)
            FROM backup_management.backup_records;
          INSERT INTO backup_management.wal_archive (system_identifier, file_name, timeline_id, segment_number, file_path, file_size, checksum, archived_at)
-         SELECT 7, '0000000100000000000000' || lpad(to_hex(n), 2, '0'), 1, n,
-                '/b/wal/7/0000000100000000000000' || lpad(to_hex(n), 2, '0'), 16777216, repeat('e', 64),
+         SELECT (SELECT system_identifier FROM pg_control_system()), '0000000100000000000000' || lpad(to_hex(n), 2, '0'), 1, n,
+                '/b/wal/x/0000000100000000000000' || lpad(to_hex(n), 2, '0'), 16777216, repeat('e', 64),
                 now() - make_interval(mins => 10 - n)
            FROM generate_series(1, 5) n;
          UPDATE backup_management.wal_archive SET expired_at = now() WHERE segment_number = 1;",

@@ -98,7 +98,18 @@ const OFFSITE_FINGERPRINT: &str = "SELECT pg_catalog.md5(pg_catalog.concat_ws(',
     (SELECT count(*) || '/' || coalesce(max(backup_id), 0) || '/' || count(*) FILTER (WHERE pinned) || '/' ||
             coalesce(max(keep_until)::text, '')
        FROM backup_management.backup_records WHERE expired_at IS NULL AND status = 'completed'),
-    (SELECT count(*) || '/' || coalesce(max(last_verified_at)::text, '') FROM backup_management.verification_state)))";
+    (SELECT count(*) || '/' || coalesce(max(last_verified_at)::text, '') FROM backup_management.verification_state),
+    -- Pins, keep_until and verdicts change rows that are not the newest: hashed over the live
+    -- backups (a few hundred rows at most).
+    (SELECT pg_catalog.md5(coalesce(string_agg(r.backup_id || ':' || r.pinned || ':' || coalesce(r.keep_until::text, '') || ':' ||
+                                               coalesce(v.last_status, ''), ',' ORDER BY r.backup_id), ''))
+       FROM backup_management.backup_records r
+       LEFT JOIN backup_management.verification_state v ON v.backup_id = r.backup_id
+      WHERE r.expired_at IS NULL AND r.status = 'completed'),
+    -- Gaps: files found lost (or back).
+    (SELECT count(*) || '/' || coalesce(max(lost_at)::text, '') FROM backup_management.wal_archive
+      WHERE lost_at IS NOT NULL AND expired_at IS NULL),
+    (SELECT config_name FROM backup_management.remote_backup_configs WHERE config_id = $1)))";
 
 /// Where a cluster's off-site mirror lives on a target.
 pub fn offsite_key(system_identifier: i64) -> String {

@@ -129,14 +129,17 @@ mod tests {
 
     #[pg_test]
     fn catalog_tables_are_dumped_with_the_database() {
-        // Every catalog table, whatever their number: the design's eight, wal_archive and
-        // retention_policies; not wal_ranges nor verification_state, derived state that
-        // restoring the rows they derive from rebuilds through their triggers.
+        // Every catalog table, whatever their number: the design's eight, wal_archive,
+        // retention_policies and remote_wal_records; not wal_ranges nor verification_state,
+        // derived state that restoring the rows they derive from rebuilds through their
+        // triggers, nor remote_wal_state, the worker's running state (a restored alarm would
+        // never fire again).
         let missing = Spi::get_one::<i64>(
             "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE c.relkind = 'r'
                 AND c.oid NOT IN ('backup_management.wal_ranges'::regclass,
-                                  'backup_management.verification_state'::regclass)
+                                  'backup_management.verification_state'::regclass,
+                                  'backup_management.remote_wal_state'::regclass)
                 AND n.nspname IN ('backup_management', 'disaster_recovery', 'enterprise_backup')
                 AND c.oid <> ALL (SELECT unnest(extconfig) FROM pg_extension WHERE extname = 'backup_mgmt')",
         )
@@ -147,7 +150,7 @@ mod tests {
               WHERE e.extname = 'backup_mgmt' AND (SELECT relkind FROM pg_class WHERE oid = c.oid) = 'r'",
         )
         .unwrap();
-        assert_eq!(n, Some(10));
+        assert_eq!(n, Some(11));
     }
 
     #[pg_test]

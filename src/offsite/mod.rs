@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use backup_mgmt_core::backup::layout;
@@ -15,6 +16,7 @@ use backup_mgmt_core::paths::{self, PathError};
 use backup_mgmt_core::storage::filesystem::FilesystemTarget;
 use backup_mgmt_core::storage::s3::S3Target;
 use backup_mgmt_core::storage::{self, Copied, Storage, StorageError};
+use backup_mgmt_core::stream::RateLimit;
 use backup_mgmt_core::threads::{Helper, Throttle};
 use chrono::{DateTime, Utc};
 use pgrx::pg_sys::panic::ErrorReport;
@@ -28,6 +30,7 @@ use crate::pg::{guc, server};
 
 pub mod limits;
 pub mod wal;
+mod wal_copy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OffsiteError {
@@ -39,6 +42,8 @@ pub enum OffsiteError {
     NoCredentials,
     #[error("remote_type {0} is not supported yet")]
     Unsupported(String),
+    #[error("option {0} must be a positive number, not {1}")]
+    BadOption(&'static str, String),
     #[error(transparent)]
     Path(#[from] PathError),
     #[error(transparent)]
@@ -302,7 +307,7 @@ fn next_due() -> Option<Due> {
             let Some((id, name, kind, endpoint, path, database, credentials, options, key_ref, by_superuser)) = due else {
                 return Ok(None);
             };
-            let spec = TargetSpec { kind, endpoint, path, credentials, options, key_ref, by_superuser };
+            let spec = TargetSpec { config_id: id, kind, endpoint, path, credentials, options, key_ref, by_superuser };
             let target = match spec.open() {
                 Ok(t) => t,
                 Err(why) => {
@@ -392,6 +397,7 @@ fn next_due() -> Option<Due> {
 
 /// A target's row as read for use (`remote_backup_configs`, `options` as text).
 pub(crate) struct TargetSpec {
+    pub config_id: i32,
     pub kind: String,
     pub endpoint: String,
     pub path: String,
@@ -417,14 +423,43 @@ impl TargetSpec {
         if !self.by_superuser {
             limits::check_unprivileged(&row)?;
         }
-        target_of(&row)
+        target_of(&row, rate_of(self.config_id, &options)?)
     }
+}
+
+/// Each target's bandwidth limit, shared by every copy thread of the worker (the backup sync and
+/// the WAL copies draw from one budget), replaced when the option changes.
+static RATES: std::sync::Mutex<Vec<(i32, f64, Arc<RateLimit>)>> = std::sync::Mutex::new(Vec::new());
+
+/// The limit `options.max_rate_mb` (MB/s) sets for target `config_id`, if any.
+fn rate_of(
+    config_id: i32,
+    options: &serde_json::Value,
+) -> Result<Option<Arc<RateLimit>>, OffsiteError> {
+    let Some(value) = options.get("max_rate_mb") else {
+        return Ok(None);
+    };
+    let mb = value
+        .as_f64()
+        .filter(|mb| *mb > 0.0 && mb.is_finite())
+        .ok_or_else(|| OffsiteError::BadOption("max_rate_mb", value.to_string()))?;
+    let mut rates = RATES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, _, limit)) = rates.iter().find(|(id, r, _)| *id == config_id && *r == mb) {
+        return Ok(Some(Arc::clone(limit)));
+    }
+    let limit = Arc::new(RateLimit::new(mb * 1_048_576.0));
+    rates.retain(|(id, _, _)| *id != config_id);
+    rates.push((config_id, mb, Arc::clone(&limit)));
+    Ok(Some(limit))
 }
 
 /// The target a configuration names.  A filesystem target must lie inside the backup roots,
 /// outside what backup_mgmt keeps there; an S3 target's credentials are resolved here, by
 /// reference (never logged).
-fn target_of(row: &limits::TargetRow<'_>) -> Result<Box<dyn Storage>, OffsiteError> {
+fn target_of(
+    row: &limits::TargetRow<'_>,
+    rate: Option<Arc<RateLimit>>,
+) -> Result<Box<dyn Storage>, OffsiteError> {
     let options = row.options;
     match row.remote_type {
         "filesystem" => {
@@ -437,7 +472,7 @@ fn target_of(row: &limits::TargetRow<'_>) -> Result<Box<dyn Storage>, OffsiteErr
                 Err(PathError::IsRoot(_)) => paths::confine(&text, &roots, true)?,
                 Err(e) => return Err(e.into()),
             };
-            Ok(Box::new(FilesystemTarget { dir }))
+            Ok(Box::new(FilesystemTarget { dir, rate }))
         }
         "s3" => {
             let credentials = row.credentials_ref.ok_or(OffsiteError::NoCredentials)?;
@@ -462,6 +497,7 @@ fn target_of(row: &limits::TargetRow<'_>) -> Result<Box<dyn Storage>, OffsiteErr
                 ca_file,
             )?;
             t.create_bucket = options.get("create_bucket").and_then(|v| v.as_bool()) == Some(true);
+            t.rate = rate;
             Ok(Box::new(t))
         }
         other => Err(OffsiteError::Unsupported(other.to_owned())),

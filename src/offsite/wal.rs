@@ -17,19 +17,17 @@
 //! changed, at most every `MIRROR_EVERY`: the target alone then says which object is which
 //! backup, which WAL it holds, with every sha256.
 
-use std::collections::HashMap;
-use std::fs::File;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use backup_mgmt_core::storage::{self, Copied, Storage, StorageError};
-use backup_mgmt_core::threads::{self, Helper, Throttle};
-use backup_mgmt_core::verify::archive::{self, ArchivedFile};
+use backup_mgmt_core::storage::{self, Storage};
+use backup_mgmt_core::threads::{Helper, Throttle};
+use backup_mgmt_core::verify::archive;
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiError};
 
+use super::wal_copy::{ship, Batch, Expired, Mirror, Pending, ShipError};
 use super::{OffsiteError, TargetSpec};
 use crate::catalog::mirror;
 use crate::pg::log::escape_for_log;
@@ -47,63 +45,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// The catalog mirror is replaced on a target at most this often (when it changed), and at
 /// least this often while anything changes.
 const MIRROR_EVERY: Duration = Duration::from_secs(10);
-
-/// Why a file could not be copied.
-#[derive(Debug, thiserror::Error)]
-enum ShipError {
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-    #[error("the target is not ready: {0}")]
-    NotReady(String),
-    #[error("not copied: its recorded path \"{0}\" is not in the WAL archive of a backup root")]
-    NotInArchive(String),
-    #[error("could not open the archived file: {0}")]
-    Unreadable(String),
-    #[error("the archived file no longer matches its recorded sha256 {recorded} (read {read}); the copy was removed from the target")]
-    Changed { recorded: String, read: String },
-}
-
-/// One archived file to copy.
-struct Pending {
-    system_identifier: i64,
-    file_name: String,
-    file_path: String,
-    /// `archived_at` as text, handed back to the catalog as it was read.
-    archived_at: String,
-    sha256: String,
-    /// Where it is (None: its recorded path is not the archive's, and it is never opened).
-    file: Option<ArchivedFile>,
-}
-
-/// A copy on the target whose archived file expired (or is gone from the catalog).
-struct Expired {
-    system_identifier: i64,
-    file_name: String,
-    key: String,
-}
-
-struct Shipped {
-    system_identifier: i64,
-    file_name: String,
-    archived_at: String,
-    key: String,
-    result: Result<Copied, ShipError>,
-}
-
-/// The catalog mirror to put on a target: its fingerprint, key and text.
-struct Mirror {
-    fingerprint: String,
-    key: String,
-    text: String,
-}
-
-/// What a batch did.
-struct Batch {
-    shipped: Vec<Shipped>,
-    removed: Vec<(Expired, Result<(), StorageError>)>,
-    /// The mirror's fingerprint and whether it landed.
-    mirror: Option<(String, Result<(), StorageError>)>,
-}
+/// A file whose copy failed for its own sake (unreadable, changed, a different object under its
+/// key) is tried again after this long; the rest of the queue goes on meanwhile.
+const FILE_RETRY: Duration = Duration::from_secs(60);
 
 /// A target as the worker tracks it between batches.
 struct Target {
@@ -111,8 +55,13 @@ struct Target {
     helper: Option<Helper<Batch>>,
     next_try: Option<Instant>,
     backoff: Duration,
-    /// The fingerprint of the mirror last copied there, and when.
+    /// The fingerprint of the mirror last copied there (empty after a failure), and when.
     mirrored: Option<(String, Instant)>,
+    /// Files held back after a failure of their own, until when.
+    held: HashMap<(i64, String), Instant>,
+    /// The target's identity (`remote_wal_state.target_identity`) when its batch was planned:
+    /// copies are recorded only while it still names the same place.
+    identity: String,
 }
 
 #[derive(Default)]
@@ -131,18 +80,36 @@ impl WalShipping {
             .collect();
         for id in finished {
             if let Some(t) = self.targets.get_mut(&id) {
-                if let Some(batch) = t.helper.take().and_then(Helper::join) {
-                    let failed = record(id, &t.name, &batch);
-                    if let Some((fingerprint, Ok(()))) = batch.mirror {
-                        t.mirrored = Some((fingerprint, Instant::now()));
+                let failed = match t.helper.take().and_then(Helper::join) {
+                    Some(batch) => {
+                        let outcome = record(id, &t.name, &t.identity, &batch);
+                        let now = Instant::now();
+                        match batch.mirror {
+                            Some((fingerprint, Ok(()))) => t.mirrored = Some((fingerprint, now)),
+                            // Tried again after MIRROR_EVERY, without holding up the WAL.
+                            Some((_, Err(_))) => t.mirrored = Some((String::new(), now)),
+                            None => {}
+                        }
+                        t.held.retain(|_, until| *until > now);
+                        for file in outcome.held {
+                            t.held.insert(file, now + FILE_RETRY);
+                        }
+                        outcome.target_failed
                     }
-                    t.backoff = if failed {
-                        (t.backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF)
-                    } else {
-                        Duration::ZERO
-                    };
-                    t.next_try = failed.then(|| Instant::now() + t.backoff);
-                }
+                    None => {
+                        warning!(
+                            "backup_mgmt: the WAL copy thread of off-site target \"{}\" panicked",
+                            escape_for_log(&t.name)
+                        );
+                        true
+                    }
+                };
+                t.backoff = if failed {
+                    (t.backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF)
+                } else {
+                    Duration::ZERO
+                };
+                t.next_try = failed.then(|| Instant::now() + t.backoff);
             }
         }
         if !self.last_check.ready(CHECK_EVERY) {
@@ -159,8 +126,13 @@ impl WalShipping {
             .iter()
             .filter_map(|(id, t)| t.mirrored.clone().map(|m| (*id, m)))
             .collect();
+        let held: HashMap<i32, HashSet<(i64, String)>> = self
+            .targets
+            .iter()
+            .map(|(id, t)| (*id, t.held.keys().cloned().collect()))
+            .collect();
         let Some(work) = in_transaction("looking for archived WAL to copy off site", || {
-            Spi::connect_mut(|c| plan(c, &busy, &mirrored))
+            Spi::connect_mut(|c| plan(c, &busy, &mirrored, &held))
         }) else {
             return;
         };
@@ -175,8 +147,15 @@ impl WalShipping {
                 next_try: None,
                 backoff: Duration::ZERO,
                 mirrored: None,
+                held: HashMap::new(),
+                identity: String::new(),
             });
             t.name = w.name;
+            if w.moved {
+                // The target now names another place: what was held back may well copy there.
+                t.held.clear();
+                t.mirrored = None;
+            }
             match w.storage {
                 Some(Err(why)) => {
                     // The row names no usable target: recorded like a failed batch.
@@ -185,6 +164,7 @@ impl WalShipping {
                     t.next_try = Some(Instant::now() + t.backoff);
                 }
                 Some(Ok(storage)) => {
+                    t.identity = w.identity;
                     let (pending, expired, mirror) = (w.pending, w.expired, w.mirror);
                     t.helper = Some(Helper::spawn(
                         move || ship(storage.as_ref(), pending, expired, mirror, parallel),
@@ -212,6 +192,9 @@ struct Work {
     pending: Vec<Pending>,
     expired: Vec<Expired>,
     mirror: Option<Mirror>,
+    /// The target's identity now, and whether it changed since its copies were recorded.
+    identity: String,
+    moved: bool,
 }
 
 /// In one transaction: every active target's lag against the alarm, and, for each target that is
@@ -220,20 +203,25 @@ fn plan(
     c: &mut SpiClient<'_>,
     busy: &[i32],
     mirrored: &HashMap<i32, (String, Instant)>,
+    held: &HashMap<i32, HashSet<(i64, String)>>,
 ) -> Result<Vec<Work>, SpiError> {
     let configs = c.select(
         "SELECT config_id, config_name, remote_type, remote_endpoint, remote_path, \
-                credentials_ref, options::text, encryption_key_ref, configured_by_superuser \
+                credentials_ref, options::text, encryption_key_ref, configured_by_superuser, \
+                pg_catalog.md5(remote_type || '|' || remote_endpoint || '|' || remote_path) \
            FROM backup_management.remote_backup_configs WHERE is_active ORDER BY config_id",
         None,
         &[],
     )?;
     let mut rows = Vec::new();
     for r in configs {
+        let config_id = r.get::<i32>(1)?.unwrap_or_default();
         rows.push((
-            r.get::<i32>(1)?.unwrap_or_default(),
+            config_id,
             r.get::<String>(2)?.unwrap_or_default(),
+            r.get::<String>(10)?.unwrap_or_default(),
             TargetSpec {
+                config_id,
                 kind: r.get::<String>(3)?.unwrap_or_default(),
                 endpoint: r.get::<String>(4)?.unwrap_or_default(),
                 path: r.get::<String>(5)?.unwrap_or_default(),
@@ -246,7 +234,8 @@ fn plan(
     }
     let roots = guc::backup_roots().unwrap_or_default();
     let mut work = Vec::new();
-    for (id, name, spec) in rows {
+    for (id, name, identity, spec) in rows {
+        let moved = same_place(c, id, &name, &identity)?;
         check_alarm(c, id, &name)?;
         if busy.contains(&id) {
             work.push(Work {
@@ -256,10 +245,13 @@ fn plan(
                 pending: Vec::new(),
                 expired: Vec::new(),
                 mirror: None,
+                identity,
+                moved,
             });
             continue;
         }
-        let pending = pending_files(c, id, &roots)?;
+        let no_held = HashSet::new();
+        let pending = pending_files(c, id, &roots, held.get(&id).unwrap_or(&no_held))?;
         let expired = expired_copies(c, id)?;
         let fingerprint = mirror::offsite_fingerprint(c, id)?;
         let mirror = match mirrored.get(&id) {
@@ -283,9 +275,59 @@ fn plan(
             pending,
             expired,
             mirror,
+            identity,
+            moved,
         });
     }
     Ok(work)
+}
+
+/// Whether the target still names the place its copies were recorded for; when its type,
+/// endpoint or path changed, its copy records are forgotten (the copies are at the old place)
+/// and everything is copied again.  Returns whether it moved.
+fn same_place(
+    c: &mut SpiClient<'_>,
+    config_id: i32,
+    name: &str,
+    identity: &str,
+) -> Result<bool, SpiError> {
+    let recorded = c
+        .select(
+            "SELECT target_identity FROM backup_management.remote_wal_state WHERE config_id = $1",
+            None,
+            &[config_id.into()],
+        )?
+        .next()
+        .map(|r| r.get::<String>(1))
+        .transpose()?
+        .flatten();
+    match recorded {
+        Some(known) if known == identity => Ok(false),
+        known => {
+            let moved = known.is_some();
+            if moved {
+                c.update(
+                    "DELETE FROM backup_management.remote_wal_records WHERE config_id = $1",
+                    None,
+                    &[config_id.into()],
+                )?;
+                log!(
+                    "backup_mgmt: off-site target \"{}\" names another place now: its WAL is copied there again",
+                    escape_for_log(name)
+                );
+            }
+            c.update(
+                "INSERT INTO backup_management.remote_wal_state (config_id, target_identity) \
+                 VALUES ($1, $2) \
+                 ON CONFLICT (config_id) DO UPDATE \
+                    SET target_identity = excluded.target_identity, last_copied_file = NULL, \
+                        last_copied_at = NULL, catalog_copied_at = NULL",
+                None,
+                &[config_id.into(), identity.into()],
+            )?;
+            Ok(moved)
+        }
+    }
 }
 
 /// The oldest archived files the target does not hold yet (lost files are gaps, not work).
@@ -293,22 +335,29 @@ fn pending_files(
     c: &SpiClient<'_>,
     config_id: i32,
     roots: &[PathBuf],
+    held: &HashSet<(i64, String)>,
 ) -> Result<Vec<Pending>, SpiError> {
+    // This cluster's files only: another cluster's archive under the roots (a restored copy's,
+    // an upgraded one's) is its own to ship, and retention here never expires it.
     let t = c.select(
         "SELECT a.system_identifier, a.file_name, a.file_path, a.archived_at::text, a.checksum \
            FROM backup_management.wal_archive a \
           WHERE a.expired_at IS NULL AND a.lost_at IS NULL \
+            AND a.system_identifier = (SELECT system_identifier FROM pg_catalog.pg_control_system()) \
             AND NOT EXISTS (SELECT FROM backup_management.remote_wal_records r \
                              WHERE r.config_id = $1 AND r.system_identifier = a.system_identifier \
                                AND r.file_name = a.file_name) \
           ORDER BY a.archived_at, a.file_name LIMIT $2",
         None,
-        &[config_id.into(), BATCH.into()],
+        &[config_id.into(), (BATCH + held.len() as i64).into()],
     )?;
     let mut out = Vec::new();
     for r in t {
         let system_identifier = r.get::<i64>(1)?.unwrap_or_default();
         let file_name = r.get::<String>(2)?.unwrap_or_default();
+        if held.contains(&(system_identifier, file_name.clone())) {
+            continue;
+        }
         let file_path = r.get::<String>(3)?.unwrap_or_default();
         // The row's path is input: only a file exactly where the archive module puts it is read.
         let file = archive::locate(&file_path, &file_name, system_identifier, roots);
@@ -334,7 +383,7 @@ fn expired_copies(c: &SpiClient<'_>, config_id: i32) -> Result<Vec<Expired>, Spi
             AND NOT EXISTS (SELECT FROM backup_management.wal_archive a \
                              WHERE a.system_identifier = r.system_identifier \
                                AND a.file_name = r.file_name AND a.expired_at IS NULL) \
-          LIMIT $2",
+          ORDER BY r.archived_at, r.file_name LIMIT $2",
         None,
         &[config_id.into(), BATCH.into()],
     )?;
@@ -360,119 +409,50 @@ fn expired_copies(c: &SpiClient<'_>, config_id: i32) -> Result<Vec<Expired>, Spi
     Ok(out)
 }
 
-/// The copy thread of one batch: the target prepared, the files copied `parallel` at a time
-/// (no new one started after a failure: the target is likely down), expired copies removed.
-fn ship(
-    target: &dyn Storage,
-    pending: Vec<Pending>,
-    expired: Vec<Expired>,
-    mirror: Option<Mirror>,
-    parallel: usize,
-) -> Batch {
-    let shipped = Mutex::new(Vec::with_capacity(pending.len()));
-    let push = |p: &Pending, key: String, result: Result<Copied, ShipError>| {
-        let failed = result.is_err();
-        shipped
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Shipped {
-                system_identifier: p.system_identifier,
-                file_name: p.file_name.clone(),
-                archived_at: p.archived_at.clone(),
-                key,
-                result,
-            });
-        if failed {
-            Err(())
-        } else {
-            Ok(())
-        }
-    };
-    let ready = target.prepare();
-    match &ready {
-        Err(why) => {
-            if let Some(p) = pending.first() {
-                let _ = push(p, String::new(), Err(ShipError::NotReady(why.to_string())));
-            }
-        }
-        Ok(()) => {
-            let cancel = AtomicBool::new(false);
-            threads::in_parallel(&pending, parallel.min(pending.len()), 0, &cancel, |p, _| {
-                let (key, result) = copy_one(target, p);
-                push(p, key, result)
-            });
-        }
-    }
-    let removed = expired
-        .into_iter()
-        .map(|e| {
-            let gone = target.delete(&e.key);
-            (e, gone)
+/// What recording a batch found.
+struct Recorded {
+    /// A failure of the target's (it waits out a backoff).
+    target_failed: bool,
+    /// Files that failed for their own sake (held back for `FILE_RETRY`).
+    held: Vec<(i64, String)>,
+}
+
+/// Records a batch: each verified copy (only while the target still names the place the batch
+/// was planned for, `identity`), each removal, the newest copy, the mirror, the first failure.
+fn record(config_id: i32, name: &str, identity: &str, batch: &Batch) -> Recorded {
+    let mut failures: Vec<(String, String, bool)> = batch
+        .shipped
+        .iter()
+        .filter_map(|s| {
+            s.result.as_ref().err().map(|e| {
+                (
+                    format!("WAL file {}", escape_for_log(&s.file_name)),
+                    e.to_string(),
+                    !e.file_level(),
+                )
+            })
         })
         .collect();
-    let mirror = mirror.map(|m| {
-        let landed = match &ready {
-            Ok(()) => target.replace(m.text.as_bytes(), &m.key),
-            Err(why) => Err(StorageError::Config(why.to_string())),
-        };
-        (m.fingerprint, landed)
-    });
-    Batch {
-        shipped: shipped.into_inner().unwrap_or_else(|e| e.into_inner()),
-        removed,
-        mirror,
-    }
-}
-
-/// Copies one archived file, opened beneath its root, and checks what landed against the sha256
-/// recorded when it was archived.
-fn copy_one(target: &dyn Storage, p: &Pending) -> (String, Result<Copied, ShipError>) {
-    let Some(file) = &p.file else {
-        return (
-            String::new(),
-            Err(ShipError::NotInArchive(p.file_path.clone())),
-        );
-    };
-    let key = storage::wal_key(p.system_identifier, &file.stored);
-    let opened: Result<File, ShipError> = archive::open_archived(file).map_err(|found| {
-        ShipError::Unreadable(found.lost_reason(0).unwrap_or_else(|| format!("{found:?}")))
-    });
-    let result = opened.and_then(|f| {
-        let shown = file.root.join(&file.dir).join(&file.stored);
-        let landed = target.put_opened(f, &shown, &key)?;
-        if landed.sha256 != p.sha256 {
-            // What we put there is not the archived file: it must not stand as its copy.
-            let _ = target.delete(&key);
-            return Err(ShipError::Changed {
-                recorded: p.sha256.clone(),
-                read: landed.sha256,
-            });
-        }
-        Ok(landed)
-    });
-    (key, result)
-}
-
-/// Records a batch; returns whether any copy failed.
-fn record(config_id: i32, name: &str, batch: &Batch) -> bool {
-    let failure = batch
-        .shipped
-        .iter()
-        .find_map(|s| {
-            s.result
-                .as_ref()
-                .err()
-                .map(|e| (format!("WAL file {}", s.file_name), e.to_string()))
+    failures.extend(batch.removed.iter().filter_map(|(e, r)| {
+        r.as_ref().err().map(|why| {
+            (
+                format!("the removal of expired {}", escape_for_log(&e.key)),
+                why.to_string(),
+                true,
+            )
         })
-        .or_else(|| match &batch.mirror {
-            Some((_, Err(e))) => Some(("the catalog mirror".to_owned(), e.to_string())),
-            _ => None,
-        });
-    let newest = batch
+    }));
+    if let Some((_, Err(e))) = &batch.mirror {
+        // The mirror has its own cadence: its failure never holds up the WAL.
+        failures.push(("the catalog mirror".to_owned(), e.to_string(), false));
+    }
+    let held = batch
         .shipped
         .iter()
-        .filter(|s| s.result.is_ok())
-        .max_by(|a, b| (&a.archived_at, &a.file_name).cmp(&(&b.archived_at, &b.file_name)));
+        .filter(|s| s.result.as_ref().is_err_and(ShipError::file_level))
+        .map(|s| (s.system_identifier, s.file_name.clone()))
+        .collect();
+    let copied_any = batch.shipped.iter().any(|s| s.result.is_ok());
     let name = escape_for_log(name);
     let what = format!("recording WAL copied to \"{name}\"");
     in_transaction(&what, || {
@@ -483,7 +463,9 @@ fn record(config_id: i32, name: &str, batch: &Batch) -> bool {
                     "INSERT INTO backup_management.remote_wal_records \
                          (config_id, system_identifier, file_name, remote_key, file_size, \
                           remote_checksum, archived_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7::timestamptz) \
+                     SELECT $1, $2, $3, $4, $5, $6, $7::timestamptz \
+                      WHERE EXISTS (SELECT FROM backup_management.remote_wal_state \
+                                     WHERE config_id = $1 AND target_identity = $8) \
                      ON CONFLICT (config_id, system_identifier, file_name) DO NOTHING",
                     None,
                     &[
@@ -494,64 +476,66 @@ fn record(config_id: i32, name: &str, batch: &Batch) -> bool {
                         (copied.size as i64).into(),
                         copied.sha256.as_str().into(),
                         s.archived_at.as_str().into(),
+                        identity.into(),
                     ],
                 )?;
             }
             for (e, result) in &batch.removed {
-                match result {
-                    Ok(()) => {
-                        c.update(
-                            "DELETE FROM backup_management.remote_wal_records \
-                              WHERE config_id = $1 AND system_identifier = $2 AND file_name = $3",
-                            None,
-                            &[
-                                config_id.into(),
-                                e.system_identifier.into(),
-                                e.file_name.as_str().into(),
-                            ],
-                        )?;
-                    }
-                    Err(why) => warning!(
-                        "backup_mgmt: could not remove the expired WAL copy \"{}\" from \"{name}\": {}",
-                        e.key,
-                        escape_for_log(&why.to_string())
-                    ),
+                if result.is_ok() {
+                    c.update(
+                        "DELETE FROM backup_management.remote_wal_records \
+                          WHERE config_id = $1 AND system_identifier = $2 AND file_name = $3",
+                        None,
+                        &[
+                            config_id.into(),
+                            e.system_identifier.into(),
+                            e.file_name.as_str().into(),
+                        ],
+                    )?;
                 }
             }
-            if let Some(n) = newest {
+            if copied_any {
+                // The newest by the catalog's own order (timestamps compared as timestamps).
                 c.update(
-                    "INSERT INTO backup_management.remote_wal_state \
-                         (config_id, last_copied_file, last_copied_at, failures) \
-                     VALUES ($1, $2, now(), 0) \
-                     ON CONFLICT (config_id) DO UPDATE \
-                        SET last_copied_file = excluded.last_copied_file, \
-                            last_copied_at = excluded.last_copied_at, failures = 0",
-                    None,
-                    &[config_id.into(), n.file_name.as_str().into()],
-                )?;
-            }
-            if let Some((_, Ok(()))) = &batch.mirror {
-                c.update(
-                    "INSERT INTO backup_management.remote_wal_state (config_id, catalog_copied_at) \
-                     VALUES ($1, now()) \
-                     ON CONFLICT (config_id) DO UPDATE SET catalog_copied_at = now()",
+                    "UPDATE backup_management.remote_wal_state s \
+                        SET (last_copied_file, last_copied_at) = \
+                            (SELECT r.file_name, r.copied_at FROM backup_management.remote_wal_records r \
+                              WHERE r.config_id = $1 ORDER BY r.archived_at DESC, r.file_name DESC LIMIT 1), \
+                            failures = 0 \
+                      WHERE s.config_id = $1",
                     None,
                     &[config_id.into()],
                 )?;
             }
-            if let Some((_, why)) = &failure {
-                note_failure(c, config_id, why)?;
+            if let Some((_, Ok(()))) = &batch.mirror {
+                c.update(
+                    "UPDATE backup_management.remote_wal_state SET catalog_copied_at = now() \
+                      WHERE config_id = $1",
+                    None,
+                    &[config_id.into()],
+                )?;
+            }
+            if let Some((what, why, _)) = failures.first() {
+                note_failure(c, config_id, &format!("{what}: {why}"))?;
             }
             Ok::<(), SpiError>(())
         })
     });
-    if let Some((file, why)) = &failure {
+    // One line per batch, however many files failed.
+    if let Some((what, why, _)) = failures.first() {
+        let more = match failures.len() {
+            1 => String::new(),
+            n => format!(" ({} more failures in this batch)", n - 1),
+        };
         log!(
-            "backup_mgmt: copying {file} to off-site target \"{name}\" failed (retried with backoff): {}",
+            "backup_mgmt: copying to off-site target \"{name}\": {what} failed{more}: {}",
             escape_for_log(why)
         );
     }
-    failure.is_some()
+    Recorded {
+        target_failed: failures.iter().any(|f| f.2),
+        held,
+    }
 }
 
 fn note_failure(c: &mut SpiClient<'_>, config_id: i32, why: &str) -> Result<(), SpiError> {

@@ -16,6 +16,8 @@ const CHUNK: usize = 1 << 20;
 #[derive(Debug, Clone)]
 pub struct FilesystemTarget {
     pub dir: PathBuf,
+    /// The target's bandwidth limit (`options.max_rate_mb`), shared by its copies in flight.
+    pub rate: Option<std::sync::Arc<stream::RateLimit>>,
 }
 
 impl FilesystemTarget {
@@ -29,7 +31,8 @@ impl FilesystemTarget {
         self.put_from(open_local(local)?, key)
     }
 
-    fn put_from(&self, mut input: fs::File, key: &str) -> Result<Copied, StorageError> {
+    fn put_from(&self, input: fs::File, key: &str) -> Result<Copied, StorageError> {
+        let mut input = stream::Limited::new(input, self.rate.clone());
         let dest = self.path_of(key);
         durable::create_private_dir(dest.parent().unwrap_or(&self.dir), true)?;
         let mut out = DurableFile::create(&dest, Temp::Suffix)?;
@@ -137,6 +140,7 @@ mod tests {
         std::fs::write(&local, vec![7u8; 3 * CHUNK + 5]).unwrap();
         let target = FilesystemTarget {
             dir: tmp.path().join("offsite"),
+            rate: None,
         };
         let key = object_key(1, "shop", &local);
         let c = target.put(&local, &key).unwrap();

@@ -167,6 +167,7 @@ mod tests {
         std::fs::write(local.join(DIRECTORY_MANIFEST), manifest).unwrap();
         let target = FilesystemTarget {
             dir: tmp.path().join("offsite"),
+            rate: None,
         };
         let key = object_key(1, "shop", &local);
         let c = put_backup(&target, &local, &key).unwrap();

@@ -49,6 +49,8 @@ pub struct S3Target {
     pub part_size: usize,
     /// Create the bucket if it is missing (`options.create_bucket`).
     pub create_bucket: bool,
+    /// The target's bandwidth limit (`options.max_rate_mb`), shared by its uploads in flight.
+    pub rate: Option<std::sync::Arc<stream::RateLimit>>,
     agent: ureq::Agent,
 }
 
@@ -106,6 +108,7 @@ impl S3Target {
             secret,
             part_size: part_size.unwrap_or(DEFAULT_PART_SIZE).max(5 << 20),
             create_bucket: false,
+            rate: None,
             agent,
         })
     }
@@ -181,7 +184,7 @@ impl S3Target {
     /// `put` of an opened file (`local` names it in errors).
     fn put_from(
         &self,
-        mut file: std::fs::File,
+        file: std::fs::File,
         local: &Path,
         key: &str,
     ) -> Result<(Copied, String), StorageError> {
@@ -189,6 +192,7 @@ impl S3Target {
             .metadata()
             .map_err(|e| StorageError::Http(format!("stat {}: {e}", local.display())))?
             .len();
+        let mut file = stream::Limited::new(file, self.rate.clone());
         let path = self.object_path(key);
         let mut whole = Sha256::new();
         // Larger parts for very large backups: S3 takes at most 10,000.

@@ -31,12 +31,15 @@ if cargo clippy --version >/dev/null 2>&1; then
     cargo clippy --features pg15 --all-targets -- -D warnings
     cargo clippy -p backup_mgmt_core --all-targets -- -D warnings
     cargo clippy -p backup_mgmt_e2e --all-targets -- -D warnings
+    cargo clippy -p backup_mgmt_cli --all-targets -- -D warnings
 else
     log "WARNING: clippy is not installed; lints NOT checked"
 fi
 
 log "core crate tests (no PostgreSQL)"
 cargo test -p backup_mgmt_core 2>&1 | tee -a "$RESULTS"
+# The restore program (its end-to-end test, site_loss.rs, runs it as the server's user).
+cargo build -p backup_mgmt_cli
 
 # `cargo pgrx test --runas` overwrites the installed library in place, which crashes any server
 # that has it mapped; removing it first gives the copy a new inode.

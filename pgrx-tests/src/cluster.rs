@@ -205,6 +205,23 @@ impl Cluster {
         standby
     }
 
+    /// A cluster directory owned by the server's OS user with no data directory yet (a restore
+    /// writes `data_dir()`), on its own port; `start_restored` starts it.
+    pub fn empty() -> Cluster {
+        Cluster::unstarted()
+    }
+
+    /// Starts a data directory a restore wrote: its own port and socket, `conf` lines after.
+    pub fn start_restored(&mut self, conf: &[&str]) {
+        self.append_conf(&format!(
+            "port = {}\nunix_socket_directories = '{}'\n{}",
+            self.port,
+            self.socket_dir().display(),
+            conf.join("\n")
+        ));
+        self.pg_ctl_start();
+    }
+
     /// A new cluster made by a restore recipe (`bash recipe NEW_DATA_DIRECTORY`, run as the
     /// server's OS user), on its own port and socket, started.  Returns the recipe's output too.
     pub fn restored_by(recipe: &str) -> (Cluster, String) {

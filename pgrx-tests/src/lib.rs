@@ -1,4 +1,5 @@
 pub mod attack;
 pub mod cluster;
 pub mod jobs;
+pub mod program;
 pub mod s3server;

@@ -9,21 +9,7 @@
 use std::time::Duration;
 
 use backup_mgmt_e2e::cluster::Cluster;
-use backup_mgmt_e2e::jobs::switch_and_wait_ingested;
-
-/// A fingerprint of every pgbench table's contents.
-fn fingerprint(db: &mut postgres::Client) -> String {
-    db.query_one(
-        "SELECT concat_ws(' ',
-            (SELECT md5(string_agg(a::text, ',' ORDER BY aid)) FROM pgbench_accounts a),
-            (SELECT md5(string_agg(b::text, ',' ORDER BY bid)) FROM pgbench_branches b),
-            (SELECT md5(string_agg(t::text, ',' ORDER BY tid)) FROM pgbench_tellers t),
-            (SELECT md5(coalesce(string_agg(h::text, ',' ORDER BY h::text), '')) FROM pgbench_history h))",
-        &[],
-    )
-    .unwrap()
-    .get(0)
-}
+use backup_mgmt_e2e::jobs::{pgbench_fingerprint as fingerprint, switch_and_wait_ingested};
 
 /// Runs job `job` now and waits for its backup to end; returns its id and status.
 fn run_job(cluster: &Cluster, db: &mut postgres::Client, job: &str) -> (i64, String) {

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use backup_mgmt_e2e::cluster::Cluster;
+use backup_mgmt_e2e::jobs::run_job;
 
 /// A fingerprint of every pgbench table's contents.
 fn fingerprint(db: &mut postgres::Client) -> String {
@@ -22,52 +23,6 @@ fn fingerprint(db: &mut postgres::Client) -> String {
     )
     .unwrap()
     .get(0)
-}
-
-/// Runs job `job` now and waits for its backup; returns the backup's id.
-fn run_job(cluster: &Cluster, db: &mut postgres::Client, job: &str) -> i64 {
-    let before: i64 = db
-        .query_one(
-            "SELECT count(*) FROM backup_management.backup_records WHERE label = $1",
-            &[&job],
-        )
-        .unwrap()
-        .get(0);
-    db.execute("SELECT backup_mgmt.run_job_now($1)", &[&job])
-        .unwrap();
-    let mut id = None;
-    let done = Cluster::wait_for(Duration::from_secs(180), || {
-        let row = db
-            .query_opt(
-                "SELECT backup_id, status FROM backup_management.backup_records
-                  WHERE label = $1 AND status <> 'running' ORDER BY backup_id DESC OFFSET 0 LIMIT 1",
-                &[&job],
-            )
-            .ok()
-            .flatten();
-        let count: i64 = db
-            .query_one(
-                "SELECT count(*) FROM backup_management.backup_records WHERE label = $1 AND status <> 'running'",
-                &[&job],
-            )
-            .map(|r| r.get(0))
-            .unwrap_or(0);
-        if count > before {
-            id = row.map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)));
-        }
-        id.is_some()
-    });
-    assert!(done, "job {job} did not finish\n{}", cluster.log());
-    let (id, status) = id.unwrap();
-    let error: Option<String> = db
-        .query_one(
-            "SELECT error_message FROM backup_management.backup_records WHERE backup_id = $1",
-            &[&id],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(status, "completed", "{error:?}\n{}", cluster.log());
-    id
 }
 
 /// `test_backup_restore(id)` passes (the recorded result is shown when it does not).

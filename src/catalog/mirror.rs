@@ -13,8 +13,8 @@ use pgrx::prelude::*;
 
 use crate::pg::{roots, spi::in_transaction};
 
-/// The mirror's file name in the first backup root.
-pub const FILE: &str = "catalog_mirror.json";
+/// The mirror's file name in the first backup root (and on every off-site target).
+pub const FILE: &str = backup_mgmt_core::restore::offsite::MIRROR_FILE;
 
 const QUERY: &str = "SELECT jsonb_build_object(
     'format', 'backup_mgmt catalog mirror 1',
@@ -110,11 +110,6 @@ const OFFSITE_FINGERPRINT: &str = "SELECT pg_catalog.md5(pg_catalog.concat_ws(',
     (SELECT count(*) || '/' || coalesce(max(lost_at)::text, '') FROM backup_management.wal_archive
       WHERE lost_at IS NOT NULL AND expired_at IS NULL),
     (SELECT config_name FROM backup_management.remote_backup_configs WHERE config_id = $1)))";
-
-/// Where a cluster's off-site mirror lives on a target.
-pub fn offsite_key(system_identifier: i64) -> String {
-    format!("{system_identifier}/.catalog/{FILE}")
-}
 
 /// The fingerprint of what the off-site mirror of `config_id` shows (in the caller's transaction).
 pub fn offsite_fingerprint(

@@ -258,7 +258,9 @@ fn plan(
             Some((done, _)) if *done == fingerprint => None,
             Some((_, at)) if at.elapsed() < MIRROR_EVERY => None,
             _ => Some(Mirror {
-                key: mirror::offsite_key(server::system_identifier() as i64),
+                key: backup_mgmt_core::restore::offsite::mirror_key(
+                    server::system_identifier() as i64
+                ),
                 text: mirror::offsite_text(c, id)?,
                 fingerprint,
             }),

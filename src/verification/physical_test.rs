@@ -205,7 +205,6 @@ pub(super) fn native_restore_test(
                 let data = scratch.path().join("data");
                 let spaces = scratch.path().join("tablespaces");
                 materialize(
-                    &dir,
                     &manifest,
                     &moved.chain,
                     &data,

@@ -1,8 +1,12 @@
 //! Restoring: recipes (bash scripts that need no backup_mgmt), materialising a native chain into
 //! a data directory, the temporary server a restore test starts on a restored directory, and the
-//! unprivileged role a logical restore test runs backup content as.
+//! unprivileged role a logical restore test runs backup content as; and restoring from an
+//! off-site target alone (`offsite`: its mirror and the choice of a base backup; `fetch`: the
+//! files, the recovery settings, `wal-fetch`).
 
+pub mod fetch;
 pub mod materialize;
+pub mod offsite;
 pub mod recipe;
 pub mod scratch_server;
 pub mod unprivileged;

@@ -6,6 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::{open_local, Copied, Storage, StorageError};
+use crate::files::beneath::{open_file_at, Root};
 use crate::files::durable::{self, DurableFile, Install, Temp};
 use crate::files::error::IoError;
 use crate::stream::{self, Hash};
@@ -110,6 +111,47 @@ impl Storage for FilesystemTarget {
             .filter_map(|p| p.to_str().map(str::to_owned))
             .filter(|k| k.starts_with(prefix))
             .collect())
+    }
+
+    /// Opened beneath the target's directory, component by component without following a
+    /// symlink (a key is input; so is whatever else was put on the target).
+    fn get(&self, key: &str) -> Result<Box<dyn std::io::Read + Send>, StorageError> {
+        let key = super::plain_key(key)?;
+        let path = self.path_of(key);
+        let fail = |e| IoError::new("could not open", &path, e);
+        let root =
+            Root::open(&self.dir).map_err(|e| IoError::new("could not open", &self.dir, e))?;
+        let rel = Path::new(key);
+        let dir = root
+            .open_dir(rel.parent().unwrap_or(Path::new("")))
+            .map_err(fail)?;
+        let name = rel.file_name().unwrap_or_default();
+        let file = open_file_at(&dir, name).map_err(fail)?;
+        if !file.metadata().map_err(fail)?.is_file() {
+            return Err(StorageError::NotAFile(path));
+        }
+        Ok(Box::new(stream::Limited::new(file, self.rate.clone())))
+    }
+
+    fn children(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let dir = if prefix.is_empty() {
+            self.dir.clone()
+        } else {
+            self.path_of(super::plain_key(prefix.trim_end_matches('/'))?)
+        };
+        let mut names = Vec::new();
+        match fs::read_dir(&dir) {
+            Ok(entries) => {
+                for e in entries {
+                    let e = e.map_err(|e| IoError::new("could not list", &dir, e))?;
+                    names.push(e.file_name().to_string_lossy().into_owned());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(IoError::new("could not list", &dir, e).into()),
+        }
+        names.sort();
+        Ok(names)
     }
 
     /// Removes a copy, a directory backup's whole directory.  Keys are made of

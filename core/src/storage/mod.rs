@@ -12,6 +12,7 @@ pub mod limits;
 pub mod s3;
 
 use std::fs::{self, File};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::files::error::IoError;
@@ -59,8 +60,24 @@ pub trait Storage: Send + Sync {
     fn replace(&self, bytes: &[u8], key: &str) -> Result<(), StorageError>;
     /// The keys (relative to the target's own prefix) that start with `prefix`.
     fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
+    /// The names one level below `prefix` ("" or ending in `/`), files and directories alike:
+    /// the clusters of a target without listing every WAL file.
+    fn children(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let mut names: Vec<String> = self
+            .list(prefix)?
+            .iter()
+            .filter_map(|k| k.strip_prefix(prefix)?.split('/').next().map(str::to_owned))
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
     /// Removes `key` and every key below `key/`; what is already gone is fine.
     fn delete(&self, key: &str) -> Result<(), StorageError>;
+    /// Reads the object under `key`, streamed (a restore without the host).  The key is input
+    /// (it comes from a mirror on the target): one that could leave the target is refused.  The
+    /// caller checks what it reads against the sha256 the mirror names.
+    fn get(&self, key: &str) -> Result<Box<dyn Read + Send>, StorageError>;
     /// Before a run: whatever the target needs to exist (a bucket, when asked for).
     fn prepare(&self) -> Result<(), StorageError> {
         Ok(())
@@ -79,6 +96,31 @@ pub fn object_key(system_identifier: i64, database: &str, local: &Path) -> Strin
         path_component(database),
         path_component(&name)
     )
+}
+
+/// Where file `rel` of a directory backup copied to `key` lives (each component of the
+/// relative path percent-encoded, as `put_backup` stores it).
+pub fn member_key(key: &str, rel: &Path) -> String {
+    let parts: Vec<String> = rel
+        .iter()
+        .map(|c| path_component(&c.to_string_lossy()))
+        .collect();
+    format!("{key}/{}", parts.join("/"))
+}
+
+/// A key that stays inside the target: non-empty components, none `.` or `..`, no NUL.
+pub fn plain_key(key: &str) -> Result<&str, StorageError> {
+    if key.is_empty()
+        || key.contains('\0')
+        || key
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(StorageError::Config(format!(
+            "key {key:?} is not a plain key below the target"
+        )));
+    }
+    Ok(key)
 }
 
 /// Where an archived WAL file's copy lives on a target: `<system identifier>/.wal/<stored name>`
@@ -134,11 +176,7 @@ pub fn put_backup(target: &dyn Storage, local: &Path, key: &str) -> Result<Copie
     let mut size = 0u64;
     let mut manifest = None;
     for rel in &files {
-        let rel_key: Vec<String> = rel
-            .iter()
-            .map(|c| path_component(&c.to_string_lossy()))
-            .collect();
-        let copied = target.put_file(&local.join(rel), &format!("{key}/{}", rel_key.join("/")))?;
+        let copied = target.put_file(&local.join(rel), &member_key(key, rel))?;
         size += copied.size;
         let top = rel.to_str().unwrap_or_default();
         if top == DIRECTORY_MANIFEST || top == FILES_MANIFEST {

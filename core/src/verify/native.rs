@@ -22,10 +22,23 @@ pub fn read_stored(
     counters: &Counters<'_>,
 ) -> Result<(u64, String), (Reason, String)> {
     let file = super::open_regular(path)?;
-    let mut reader: Box<dyn Read> = if path.extension().is_some_and(|e| e == "zst") {
-        Box::new(stream::decompress(file).map_err(|e| (Reason::Unreadable, format!("zstd: {e}")))?)
+    let zst = path.extension().is_some_and(|e| e == "zst");
+    read_stream(file, zst, sink, buf, counters)
+}
+
+/// `read_stored` of a stream (a file read from an off-site target): decompressed when `zst`,
+/// hashed and counted on its way into `sink`.
+pub fn read_stream(
+    input: impl Read,
+    zst: bool,
+    sink: &mut dyn Write,
+    buf: &mut [u8],
+    counters: &Counters<'_>,
+) -> Result<(u64, String), (Reason, String)> {
+    let mut reader: Box<dyn Read> = if zst {
+        Box::new(stream::decompress(input).map_err(|e| (Reason::Unreadable, format!("zstd: {e}")))?)
     } else {
-        Box::new(file)
+        Box::new(input)
     };
     let mut chain = Hash::new(Count::new(sink, Some(counters.bytes)));
     stream::pump(&mut reader, &mut chain, buf, Some(counters.cancel)).map_err(|e| match e {

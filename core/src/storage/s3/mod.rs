@@ -62,6 +62,18 @@ fn xml_value<'a>(body: &'a str, tag: &str) -> Option<&'a str> {
     Some(&body[start..end])
 }
 
+/// Every text between `<tag>` and `</tag>`, in order.
+fn xml_values<'a>(body: &'a str, tag: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    let close = format!("</{tag}>");
+    let mut rest = body;
+    std::iter::from_fn(move || {
+        let v = xml_value(rest, tag)?;
+        let end = rest.find(&close).map_or(rest.len(), |i| i + close.len());
+        rest = &rest[end..];
+        Some(v)
+    })
+}
+
 fn etag_of(r: &ureq::Response) -> String {
     r.header("etag")
         .unwrap_or_default()
@@ -438,8 +450,14 @@ impl S3Target {
         Ok(())
     }
 
-    /// The keys (relative to the target's prefix) that start with `prefix`.
-    pub fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+    /// Every page of a listing of the keys under `prefix` (with `delimiter`: one level only),
+    /// each response's text handed to `page` with the full prefix listed.
+    fn list_pages(
+        &self,
+        prefix: &str,
+        delimiter: bool,
+        mut page: impl FnMut(&str, &str),
+    ) -> Result<(), StorageError> {
         let base = if self.prefix.is_empty() {
             String::new()
         } else {
@@ -447,10 +465,12 @@ impl S3Target {
         };
         let full = format!("{base}{prefix}");
         let path = format!("/{}", self.bucket);
-        let mut keys = Vec::new();
         let mut token: Option<String> = None;
         loop {
             let mut query: Vec<(&str, &str)> = vec![("list-type", "2"), ("prefix", &full)];
+            if delimiter {
+                query.push(("delimiter", "/"));
+            }
             if let Some(t) = &token {
                 query.push(("continuation-token", t));
             }
@@ -458,22 +478,51 @@ impl S3Target {
             let text = r
                 .into_string()
                 .map_err(|e| StorageError::Http(format!("GET {path}?list-type=2: {e}")))?;
-            let mut rest = text.as_str();
-            while let Some(k) = xml_value(rest, "Key") {
-                if let Some(relative) = k.strip_prefix(&base) {
-                    keys.push(relative.to_owned());
-                }
-                let end = rest.find("</Key>").map(|i| i + 6).unwrap_or(rest.len());
-                rest = &rest[end..];
-            }
+            page(&text, &full);
             token = match xml_value(&text, "IsTruncated") {
                 Some("true") => xml_value(&text, "NextContinuationToken").map(str::to_owned),
                 _ => None,
             };
             if token.is_none() {
-                return Ok(keys);
+                return Ok(());
             }
         }
+    }
+
+    /// The keys (relative to the target's prefix) that start with `prefix`.
+    pub fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let base = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let mut keys = Vec::new();
+        self.list_pages(prefix, false, |text, _| {
+            for k in xml_values(text, "Key") {
+                if let Some(relative) = k.strip_prefix(base.as_str()) {
+                    keys.push(relative.to_owned());
+                }
+            }
+        })?;
+        Ok(keys)
+    }
+
+    /// The names one level below `prefix`: a listing with a delimiter, so a bucket holding
+    /// millions of WAL files answers in one page.
+    pub fn children(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let mut names = Vec::new();
+        self.list_pages(prefix, true, |text, full| {
+            for v in xml_values(text, "Key").chain(xml_values(text, "Prefix")) {
+                if let Some(name) = v.strip_prefix(full).map(|n| n.trim_end_matches('/')) {
+                    if !name.is_empty() && !name.contains('/') {
+                        names.push(name.to_owned());
+                    }
+                }
+            }
+        })?;
+        names.sort();
+        names.dedup();
+        Ok(names)
     }
 
     /// Removes an object (retention); one already gone is fine.
@@ -519,11 +568,26 @@ impl Storage for S3Target {
         S3Target::list(self, prefix)
     }
 
+    fn children(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        S3Target::children(self, prefix)
+    }
+
     fn delete(&self, key: &str) -> Result<(), StorageError> {
         for object in S3Target::list(self, &format!("{key}/"))? {
             self.delete_object(&object)?;
         }
         self.delete_object(key)
+    }
+
+    /// One GET, streamed; the caller hashes what it reads.
+    fn get(&self, key: &str) -> Result<Box<dyn std::io::Read + Send>, StorageError> {
+        let key = super::plain_key(key)?;
+        let path = self.object_path(key);
+        let r = self.call("GET", &path, &[], &[], b"")?;
+        Ok(Box::new(stream::Limited::new(
+            r.into_reader(),
+            self.rate.clone(),
+        )))
     }
 
     fn prepare(&self) -> Result<(), StorageError> {

@@ -1,0 +1,270 @@
+//! `backup-mgmt`: what an operator runs when the host is gone.  It reads an off-site target
+//! (a directory or an S3-compatible bucket) and the catalog mirror the extension keeps there, and
+//! needs no PostgreSQL server and no catalog database: `list` shows what is there, `restore`
+//! builds a data directory that recovers to a chosen point, `wal-fetch` is its
+//! `restore_command`.  Everything it does is in the core crate; this file is the command line.
+
+mod output;
+mod target;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use backup_mgmt_core::progress::Counters;
+use backup_mgmt_core::restore::fetch::{self, FetchError};
+use backup_mgmt_core::restore::offsite::{self, Goal, OffsiteRestoreError};
+use backup_mgmt_core::threads;
+use backup_mgmt_core::wal::Lsn;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use target::TargetArgs;
+
+const EXIT_CODES: &str = "Exit codes:
+  0  done
+  1  failed (I/O, the target unreachable, a file that could not be written)
+  2  the command line is wrong
+  3  integrity: a file, the chain manifest or the mirror is not what the mirror says
+  4  nothing to restore from: no backup reaches the goal, or (wal-fetch) the target has no such WAL file";
+
+/// Restore PostgreSQL clusters from backup_mgmt's off-site targets, with no host and no
+/// catalog database.
+#[derive(Parser)]
+#[command(
+    name = "backup-mgmt",
+    version,
+    after_help = EXIT_CODES,
+    long_about = "Restore PostgreSQL clusters from backup_mgmt's off-site targets alone.\n\n\
+The extension copies every backup, every archived WAL file and a mirror of its catalog \
+(<system identifier>/.catalog/catalog_mirror.json) to each off-site target. This program \
+reads only that target: run it as the PostgreSQL server's operating-system user, on any host, \
+with the target's directory or its S3 endpoint and a credentials reference.\n\n\
+Examples:\n  backup-mgmt --dir /mnt/offsite list\n  backup-mgmt --dir /mnt/offsite restore \
+--target-time '2026-12-04 10:00:00+00' /var/lib/postgresql/15/restored\n  backup-mgmt \
+--s3-endpoint https://s3.example.com --s3-path backups/pg --s3-credentials file:/etc/backup_mgmt/s3 \
+restore --latest /srv/pg/new"
+)]
+struct Cli {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// The cluster (system identifier); needed only when the target holds several.
+    #[arg(long, global = true, value_name = "SYSID")]
+    cluster: Option<i64>,
+    /// `table` for people, `json` for scripts.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Clusters on the target, their backups and their archived WAL (like `pgbackrest info`).
+    List,
+    /// Restores a physical backup into a new data directory, set to recover to the goal.
+    #[command(after_help = EXIT_CODES)]
+    Restore(RestoreArgs),
+    /// restore_command: fetches one WAL file (%f) to %p, its sha256 checked against the mirror.
+    #[command(name = "wal-fetch", after_help = EXIT_CODES)]
+    WalFetch {
+        /// The WAL file name PostgreSQL asks for (%f).
+        name: String,
+        /// Where PostgreSQL wants it (%p).
+        path: PathBuf,
+    },
+}
+
+#[derive(Args)]
+#[group(id = "goal", multiple = false)]
+struct GoalArgs {
+    /// Recover to this time (`2026-12-04 10:00:00+00` or RFC 3339); the base backup is the
+    /// newest that ended before it.
+    #[arg(long, group = "goal", value_name = "TIME")]
+    target_time: Option<String>,
+    /// Recover to this WAL location (`0/3000028`).
+    #[arg(long, group = "goal", value_name = "LSN")]
+    target_lsn: Option<String>,
+    /// Recover through every WAL file on the target.
+    #[arg(long, group = "goal")]
+    latest: bool,
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    #[command(flatten)]
+    goal: GoalArgs,
+    /// Restore this backup (by id) instead of the one chosen for the goal.
+    #[arg(long, value_name = "ID")]
+    backup_id: Option<i64>,
+    /// Files fetched and checked at the same time (default: the number of cores).
+    #[arg(long, value_name = "N")]
+    jobs: Option<usize>,
+    /// Where tablespaces go, each as <DIR>/<oid> (default: <DATA_DIRECTORY>.tablespaces).
+    #[arg(long, value_name = "DIR")]
+    tablespaces: Option<PathBuf>,
+    /// The new data directory (must not exist).
+    data_directory: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Offsite(#[from] OffsiteRestoreError),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::Offsite(OffsiteRestoreError::BadMirror { .. })
+            | CliError::Fetch(FetchError::Mismatch { .. } | FetchError::Bad(_)) => 3,
+            CliError::Offsite(
+                OffsiteRestoreError::NoBase(_)
+                | OffsiteRestoreError::NoCluster
+                | OffsiteRestoreError::Goal(_),
+            )
+            | CliError::Fetch(FetchError::NotOnTarget(_)) => 4,
+            CliError::Fetch(FetchError::File { detail, .. })
+                if detail.contains("sha256") || detail.contains("manifest says") =>
+            {
+                3
+            }
+            _ => 1,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("backup-mgmt: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<(), CliError> {
+    let storage = cli.target.open()?;
+    match &cli.command {
+        Command::List => {
+            let ids = match cli.cluster {
+                Some(id) => vec![id],
+                None => offsite::clusters(storage.as_ref())?,
+            };
+            let mirrors = ids
+                .iter()
+                .map(|id| offsite::load_mirror(storage.as_ref(), *id))
+                .collect::<Result<Vec<_>, _>>()?;
+            output::list(&mirrors, cli.output == Output::Json);
+            Ok(())
+        }
+        Command::WalFetch { name, path } => {
+            let sysid = offsite::pick_cluster(storage.as_ref(), cli.cluster)?;
+            let mirror = offsite::load_mirror(storage.as_ref(), sysid)?;
+            fetch::wal_fetch(storage.as_ref(), &mirror, name, path)?;
+            Ok(())
+        }
+        Command::Restore(r) => restore(cli, storage.as_ref(), r),
+    }
+}
+
+fn goal_of(g: &GoalArgs) -> Result<Goal, CliError> {
+    if let Some(t) = &g.target_time {
+        return offsite::parse_time(t).map(Goal::Time).ok_or_else(|| {
+            CliError::Usage(format!(
+                "--target-time {t:?} is not a time; write it as 2026-12-04 10:00:00+00"
+            ))
+        });
+    }
+    if let Some(l) = &g.target_lsn {
+        return Lsn::parse(l).map(Goal::Lsn).ok_or_else(|| {
+            CliError::Usage(format!(
+                "--target-lsn {l:?} is not a WAL location such as 0/3000028"
+            ))
+        });
+    }
+    Ok(if g.latest {
+        Goal::Latest
+    } else {
+        Goal::EndOfBackup
+    })
+}
+
+fn restore(
+    cli: &Cli,
+    storage: &dyn backup_mgmt_core::storage::Storage,
+    r: &RestoreArgs,
+) -> Result<(), CliError> {
+    let goal = goal_of(&r.goal)?;
+    let sysid = offsite::pick_cluster(storage, cli.cluster)?;
+    let mirror = offsite::load_mirror(storage, sysid)?;
+    let choice = offsite::choose(&mirror, &goal, r.backup_id)?;
+    let json = cli.output == Output::Json;
+    if !json {
+        eprintln!("backup-mgmt: {}", choice.why);
+    }
+    let dest = std::path::absolute(&r.data_directory)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", r.data_directory.display())))?;
+    let spaces = match &r.tablespaces {
+        Some(t) => {
+            std::path::absolute(t).map_err(|e| CliError::Usage(format!("{}: {e}", t.display())))?
+        }
+        None => PathBuf::from(format!("{}.tablespaces", dest.display())),
+    };
+    let bytes = AtomicU64::new(0);
+    let cancel = AtomicBool::new(false);
+    let counters = Counters {
+        bytes: &bytes,
+        cancel: &cancel,
+    };
+    let manifest = fetch::chain_manifest(storage, &choice)?;
+    let total = manifest.logical_bytes();
+    let started = std::time::Instant::now();
+    let done = AtomicBool::new(false);
+    let bar = (!json && std::io::stderr().is_terminal()).then(|| output::bar(total));
+    let restored = std::thread::scope(|s| {
+        let (done, bytes) = (&done, &bytes);
+        let ticker = bar.clone().map(|bar| {
+            s.spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    bar.set_position(bytes.load(Ordering::Relaxed));
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+            })
+        });
+        let result = fetch::restore_native(
+            storage,
+            &choice,
+            &manifest,
+            &dest,
+            &spaces,
+            r.jobs.unwrap_or_else(threads::cores).max(1),
+            &counters,
+        );
+        done.store(true, Ordering::Relaxed);
+        if let Some(t) = ticker {
+            let _ = t.join();
+        }
+        if let Some(bar) = &bar {
+            bar.finish_and_clear();
+        }
+        result
+    })?;
+    let command = cli.target.wal_fetch_command(sysid)?;
+    fetch::write_recovery_settings(&dest, &command, &goal)?;
+    output::restored(&restored, &choice, &dest, started.elapsed(), json);
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! What the program prints: tables for people, JSON for scripts, a progress bar only on a
+//! terminal.
+
+use std::path::Path;
+use std::time::Duration;
+
+use backup_mgmt_core::restore::fetch::Restored;
+use backup_mgmt_core::restore::offsite::{Choice, Mirror};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// `list`: every cluster, its backups and its WAL on the target.
+pub fn list(mirrors: &[Mirror], json: bool) {
+    if json {
+        let clusters: Vec<serde_json::Value> = mirrors
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "system_identifier": m.system_identifier,
+                    "pg_version": m.pg_version,
+                    "mirror_written_at": m.written_at,
+                    "backups": m.backups,
+                    "wal": {
+                        "files": m.wal_files.len(),
+                        "first": m.wal_files.first().map(|w| &w.name),
+                        "last": m.wal_files.last().map(|w| &w.name),
+                        "last_archived_at": m.wal_files.iter().map(|w| &w.archived_at).max(),
+                        "gaps": m.wal_gaps,
+                    },
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "clusters": clusters }))
+                .unwrap_or_default()
+        );
+        return;
+    }
+    for m in mirrors {
+        println!(
+            "cluster {} (PostgreSQL {}), mirror written {}",
+            m.system_identifier,
+            m.pg_version.map_or("?".into(), |v| v.to_string()),
+            m.written_at
+        );
+        println!(
+            "  {:>6}  {:<16} {:<12} {:<16} {:<32} {:>12}  {:<7} verified",
+            "id", "method", "type", "database", "ended", "bytes", "parent"
+        );
+        for b in &m.backups {
+            println!(
+                "  {:>6}  {:<16} {:<12} {:<16} {:<32} {:>12}  {:<7} {}",
+                b.backup_id,
+                b.backup_method,
+                b.backup_type,
+                b.database_name,
+                b.end_time.as_deref().unwrap_or("-"),
+                b.size.unwrap_or_default(),
+                b.parent_backup_id.map_or("-".into(), |p| p.to_string()),
+                b.verification.as_deref().unwrap_or("never")
+            );
+        }
+        match (m.wal_files.first(), m.wal_files.last()) {
+            (Some(first), Some(last)) => println!(
+                "  WAL: {} files, {} .. {}, last archived {}",
+                m.wal_files.len(),
+                first.name,
+                last.name,
+                m.wal_files
+                    .iter()
+                    .map(|w| w.archived_at.as_str())
+                    .max()
+                    .unwrap_or("-")
+            ),
+            _ => println!("  WAL: none"),
+        }
+        if !m.wal_gaps.is_empty() {
+            println!("  WAL gaps: {}", m.wal_gaps.join(", "));
+        }
+    }
+}
+
+/// The progress bar of a restore of `total` bytes (data directory size).
+pub fn bar(total: u64) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// What a restore did.
+pub fn restored(r: &Restored, choice: &Choice, dest: &Path, took: Duration, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "backup_id": r.backup_id,
+                "chain": choice.chain.iter().map(|b| b.backup_id).collect::<Vec<_>>(),
+                "data_directory": dest,
+                "files": r.files,
+                "bytes": r.bytes,
+                "wal_segments_needed": r.wal_segments,
+                "seconds": took.as_secs_f64(),
+                "why": choice.why,
+            })
+        );
+        return;
+    }
+    println!(
+        "restored backup {} into {}: {} files, {} bytes in {:.1} s; start PostgreSQL on it to \
+         recover ({} archived WAL file(s) needed, fetched by wal-fetch)",
+        r.backup_id,
+        dest.display(),
+        r.files,
+        r.bytes,
+        took.as_secs_f64(),
+        r.wal_segments
+    );
+}

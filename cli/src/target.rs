@@ -1,0 +1,115 @@
+//! The off-site target named on the command line, and the same target written back as the
+//! arguments of the `wal-fetch` command PostgreSQL runs as `restore_command`.
+
+use std::path::PathBuf;
+
+use backup_mgmt_core::restore::fetch::sh_quote;
+use backup_mgmt_core::storage::filesystem::FilesystemTarget;
+use backup_mgmt_core::storage::s3::S3Target;
+use backup_mgmt_core::storage::Storage;
+use clap::Args;
+
+use crate::CliError;
+
+#[derive(Args)]
+pub struct TargetArgs {
+    /// A filesystem target: the directory the extension copies to (its remote_path).
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        conflicts_with = "s3_endpoint"
+    )]
+    dir: Option<PathBuf>,
+    /// An S3-compatible target: its endpoint (remote_endpoint), `https://host[:port]`.
+    #[arg(long, global = true, value_name = "URL", requires = "s3_path")]
+    s3_endpoint: Option<String>,
+    /// The bucket and key prefix (remote_path).
+    #[arg(long, global = true, value_name = "BUCKET[/PREFIX]")]
+    s3_path: Option<String>,
+    /// The bucket's region (options.region).
+    #[arg(
+        long,
+        global = true,
+        value_name = "REGION",
+        default_value = "us-east-1"
+    )]
+    s3_region: String,
+    /// Where the access key is, never the key itself: `file:/path` (mode 0600, owned by you,
+    /// holding ACCESS_KEY_ID:SECRET_ACCESS_KEY) or `env:NAME`.
+    #[arg(long, global = true, value_name = "REFERENCE")]
+    s3_credentials: Option<String>,
+    /// A PEM file of the CA certificates to trust (options.ca_file).
+    #[arg(long, global = true, value_name = "FILE")]
+    s3_ca_file: Option<PathBuf>,
+}
+
+impl TargetArgs {
+    pub fn open(&self) -> Result<Box<dyn Storage>, CliError> {
+        if let Some(dir) = &self.dir {
+            return Ok(Box::new(FilesystemTarget {
+                dir: dir.clone(),
+                rate: None,
+            }));
+        }
+        let (Some(endpoint), Some(path)) = (&self.s3_endpoint, &self.s3_path) else {
+            return Err(CliError::Usage(
+                "name the target: --dir DIR, or --s3-endpoint URL --s3-path BUCKET[/PREFIX] --s3-credentials REF".into(),
+            ));
+        };
+        let credentials = self.s3_credentials.as_deref().ok_or_else(|| {
+            CliError::Usage("an S3 target needs --s3-credentials file:/path or env:NAME".into())
+        })?;
+        let t = S3Target::new(
+            endpoint,
+            path,
+            &self.s3_region,
+            credentials,
+            None,
+            self.s3_ca_file.as_deref(),
+        )
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+        Ok(Box::new(t))
+    }
+
+    /// `restore_command`: this program, `wal-fetch`, this target (absolute paths), the cluster,
+    /// `%f %p`; every word quoted for the shell PostgreSQL runs it with.
+    pub fn wal_fetch_command(&self, sysid: i64) -> Result<String, CliError> {
+        let exe = std::env::current_exe()
+            .map_err(|e| CliError::Usage(format!("cannot tell where this program is: {e}")))?;
+        let absolute = |p: &PathBuf| {
+            std::path::absolute(p)
+                .map(|a| a.display().to_string())
+                .map_err(|e| CliError::Usage(format!("{}: {e}", p.display())))
+        };
+        let mut words = vec![exe.display().to_string()];
+        if let Some(dir) = &self.dir {
+            words.extend(["--dir".into(), absolute(dir)?]);
+        }
+        if let (Some(e), Some(p)) = (&self.s3_endpoint, &self.s3_path) {
+            words.extend([
+                "--s3-endpoint".into(),
+                e.clone(),
+                "--s3-path".into(),
+                p.clone(),
+                "--s3-region".into(),
+                self.s3_region.clone(),
+            ]);
+            if let Some(c) = &self.s3_credentials {
+                words.extend(["--s3-credentials".into(), c.clone()]);
+            }
+            if let Some(ca) = &self.s3_ca_file {
+                words.extend(["--s3-ca-file".into(), absolute(ca)?]);
+            }
+        }
+        words.extend(["--cluster".into(), sysid.to_string(), "wal-fetch".into()]);
+        if words.iter().any(|w| w.contains(['\n', '\r', '\0', '%'])) {
+            return Err(CliError::Usage(
+                "a path or name given contains a line break or %, which restore_command cannot carry".into(),
+            ));
+        }
+        let mut line: Vec<String> = words.iter().map(|w| sh_quote(w)).collect();
+        line.extend(["%f".into(), "%p".into()]);
+        Ok(line.join(" "))
+    }
+}

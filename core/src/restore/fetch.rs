@@ -1,0 +1,399 @@
+//! Restoring from an off-site target with no host and no catalog: a native chain fetched file
+//! by file into a new data directory (each file decompressed and checked against the chain
+//! manifest's sha256 as it is written, on several threads), the recovery settings that make
+//! PostgreSQL fetch the rest of the WAL through `wal-fetch`, and `wal-fetch` itself (one file,
+//! checked against the mirror's sha256 before PostgreSQL sees it).
+
+use std::collections::HashMap;
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::materialize::{materialize_from, StoredFiles};
+use super::offsite::{Choice, Goal, Mirror, MirrorWal};
+use crate::checksum::{hex, is_sha256_hex};
+use crate::files::durable::{self, DurableFile, Install, Temp};
+use crate::files::error::IoError;
+use crate::manifest::native::{Manifest, FILES_MANIFEST};
+use crate::progress::Counters;
+use crate::storage::{member_key, Storage, StorageError};
+use crate::stream::{self, Hash};
+use crate::wal;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Io(#[from] IoError),
+    #[error("{what}: sha256 {found}, the mirror says {expected}")]
+    Mismatch {
+        what: String,
+        expected: String,
+        found: String,
+    },
+    #[error("{0}")]
+    Bad(String),
+    #[error("WAL file {0} is not in the target's mirror")]
+    NotOnTarget(String),
+    #[error("{detail} ({file})")]
+    File { detail: String, file: String },
+}
+
+/// The stored files of a chain on a target: `<backup key>/<stored path>`.
+struct RemoteHolders<'a> {
+    storage: &'a dyn Storage,
+    keys: HashMap<i64, String>,
+}
+
+impl StoredFiles for RemoteHolders<'_> {
+    fn open(&self, holder: i64, stored: &str) -> Option<Result<Box<dyn Read + Send>, String>> {
+        let key = self.keys.get(&holder)?;
+        Some(
+            self.storage
+                .get(&member_key(key, Path::new(stored)))
+                .map_err(|e| e.to_string()),
+        )
+    }
+    fn shown(&self, holder: i64, stored: &str) -> PathBuf {
+        match self.keys.get(&holder) {
+            Some(k) => PathBuf::from(member_key(k, Path::new(stored))),
+            None => PathBuf::from(stored),
+        }
+    }
+}
+
+/// Reads a whole (small) object and checks its sha256.
+fn read_checked(
+    storage: &dyn Storage,
+    key: &str,
+    expected: &str,
+    limit: u64,
+) -> Result<Vec<u8>, FetchError> {
+    let mut bytes = Vec::new();
+    storage
+        .get(key)?
+        .take(limit)
+        .read_to_end(&mut bytes)
+        .map_err(|e| IoError::new("could not read", Path::new(key), e))?;
+    let found = hex(&Sha256::digest(&bytes));
+    if found != expected {
+        return Err(FetchError::Mismatch {
+            what: key.to_owned(),
+            expected: expected.to_owned(),
+            found,
+        });
+    }
+    Ok(bytes)
+}
+
+/// What a restore wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Restored {
+    pub backup_id: i64,
+    pub files: usize,
+    pub bytes: u64,
+    pub wal_segments: usize,
+}
+
+/// The chosen backup's chain manifest, read from the target and checked against the mirror's
+/// sha256 (the catalog's checksum of a native backup is its manifest's).
+pub fn chain_manifest(storage: &dyn Storage, choice: &Choice) -> Result<Manifest, FetchError> {
+    let b = &choice.backup;
+    let expected = b
+        .sha256
+        .as_deref()
+        .filter(|s| is_sha256_hex(s))
+        .ok_or_else(|| {
+            FetchError::Bad(format!(
+                "backup {} has no sha256 in the mirror",
+                b.backup_id
+            ))
+        })?;
+    let text = read_checked(
+        storage,
+        &member_key(&b.key, Path::new(FILES_MANIFEST)),
+        expected,
+        1 << 30,
+    )?;
+    let text =
+        String::from_utf8(text).map_err(|_| FetchError::Bad("chain manifest not UTF-8".into()))?;
+    let manifest = Manifest::parse(&text).map_err(|e| FetchError::Bad(e.to_string()))?;
+    if manifest.backup_id != b.backup_id {
+        return Err(FetchError::Bad(format!(
+            "the chain manifest under {} is backup {}'s, not {}'s",
+            b.key, manifest.backup_id, b.backup_id
+        )));
+    }
+    Ok(manifest)
+}
+
+/// Restores the chosen native backup (its `manifest` from `chain_manifest`) into `dest`, which
+/// must not exist, tablespaces into `tablespaces/<oid>`: every file checked as it is written,
+/// `threads` at a time.
+pub fn restore_native(
+    storage: &dyn Storage,
+    choice: &Choice,
+    manifest: &Manifest,
+    dest: &Path,
+    tablespaces: &Path,
+    threads: usize,
+    counters: &Counters<'_>,
+) -> Result<Restored, FetchError> {
+    let b = &choice.backup;
+    let keys: HashMap<i64, String> = choice
+        .chain
+        .iter()
+        .map(|c| (c.backup_id, c.key.clone()))
+        .collect();
+    if fs::symlink_metadata(dest).is_ok() {
+        return Err(FetchError::Bad(format!(
+            "\"{}\" exists; restore into a new directory (or use --delta)",
+            dest.display()
+        )));
+    }
+    let source = RemoteHolders { storage, keys };
+    materialize_from(&source, manifest, dest, tablespaces, threads, counters).map_err(|r| {
+        FetchError::File {
+            detail: r.detail.unwrap_or_default(),
+            file: r.failing_file.unwrap_or_default(),
+        }
+    })?;
+    Ok(Restored {
+        backup_id: b.backup_id,
+        files: manifest.files.len(),
+        bytes: manifest.logical_bytes(),
+        wal_segments: choice.wal.len(),
+    })
+}
+
+/// `s` as one shell word (PostgreSQL runs `restore_command` through `sh -c`).
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// `s` as a postgresql.conf string value.
+fn conf_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Appends the recovery settings to `dest/postgresql.auto.conf` and creates
+/// `recovery.signal`: `restore_command` is `fetch_command` (a shell command line, every word
+/// quoted by the caller, ending in `%f %p`), the target from `goal`, then promotion.
+pub fn write_recovery_settings(
+    dest: &Path,
+    fetch_command: &str,
+    goal: &Goal,
+) -> Result<(), FetchError> {
+    if fetch_command.contains(['\n', '\r', '\0']) {
+        return Err(FetchError::Bad(
+            "the restore command must be one line".into(),
+        ));
+    }
+    let target = match goal {
+        Goal::EndOfBackup => "recovery_target = 'immediate'".to_owned(),
+        Goal::Latest => String::new(),
+        Goal::Time(t) => format!(
+            "recovery_target_time = {}",
+            conf_quote(&t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string())
+        ),
+        Goal::Lsn(l) => format!("recovery_target_lsn = {}", conf_quote(&l.to_string())),
+    };
+    let mut text = format!(
+        "\n# Written by backup-mgmt restore\nrestore_command = {}\n",
+        conf_quote(fetch_command)
+    );
+    if !target.is_empty() {
+        text.push_str(&target);
+        text.push_str("\nrecovery_target_action = 'promote'\n");
+    }
+    let conf = dest.join("postgresql.auto.conf");
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&conf)
+        .map_err(|e| IoError::new("could not open", &conf, e))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| IoError::new("could not write", &conf, e))?;
+    durable::write_new(&dest.join("recovery.signal"), b"")?;
+    Ok(())
+}
+
+/// Fetches WAL file `name` for `restore_command` into `dest` (PostgreSQL's `%p`): the object
+/// the mirror names, its stored bytes checked against the mirror's sha256 before the file is
+/// put in place (temporary name, fsync, rename), decompressed when stored as `.zst`.  A name the
+/// mirror does not list is `NotOnTarget` (PostgreSQL asks for files that never existed, such as
+/// the next timeline's history).
+pub fn wal_fetch(
+    storage: &dyn Storage,
+    mirror: &Mirror,
+    name: &str,
+    dest: &Path,
+) -> Result<u64, FetchError> {
+    if !wal::is_archivable_name(name) {
+        return Err(FetchError::Bad(format!("{name:?} is not a WAL file name")));
+    }
+    let w: &MirrorWal = mirror
+        .wal_file(name)
+        .ok_or_else(|| FetchError::NotOnTarget(name.to_owned()))?;
+    if !is_sha256_hex(&w.sha256) {
+        return Err(FetchError::Bad(format!(
+            "the mirror's sha256 of {name} is malformed"
+        )));
+    }
+    let zst = w.key.ends_with(".zst");
+    let mut out = DurableFile::create(dest, Temp::Suffix)?;
+    // The stored bytes are hashed as they arrive; decompression writes the segment.
+    let mut input = storage.get(&w.key)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let written = {
+        let sink: Box<dyn Write> = if zst {
+            Box::new(
+                stream::decompress_into(out.file()).map_err(|e| IoError::new("zstd", dest, e))?,
+            )
+        } else {
+            Box::new(out.file())
+        };
+        let mut hashed = Hash::new(sink);
+        let n = stream::pump(&mut input, &mut hashed, &mut buf, None).map_err(|e| {
+            FetchError::File {
+                detail: e.to_string(),
+                file: w.key.clone(),
+            }
+        })?;
+        let (mut sink, sum) = hashed.finish();
+        sink.flush()
+            .map_err(|e| IoError::new("could not write", dest, e))?;
+        if sum != w.sha256 {
+            return Err(FetchError::Mismatch {
+                what: w.key.clone(),
+                expected: w.sha256.clone(),
+                found: sum,
+            });
+        }
+        n
+    };
+    out.commit(Install::Replace)?;
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::restore::offsite::FORMAT;
+    use crate::storage::filesystem::FilesystemTarget;
+
+    fn mirror_with(name: &str, key: &str, sha256: String) -> Mirror {
+        Mirror {
+            format: FORMAT.into(),
+            written_at: "2026-12-04T10:00:00+00:00".into(),
+            system_identifier: 7,
+            pg_version: None,
+            wal_segment_size: None,
+            target: None,
+            backups: vec![],
+            wal_files: vec![MirrorWal {
+                name: name.into(),
+                key: key.into(),
+                size: 5,
+                sha256,
+                archived_at: "2026-12-04T10:00:00+00:00".into(),
+            }],
+            wal_gaps: vec![],
+        }
+    }
+
+    #[test]
+    fn wal_fetch_checks_the_bytes_before_postgres_sees_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = FilesystemTarget {
+            dir: tmp.path().join("t"),
+            rate: None,
+        };
+        let name = "000000010000000000000003";
+        let key = format!("7/.wal/{name}.zst");
+        let segment = b"WAL bytes".repeat(1000);
+        let stored = zstd::encode_all(&segment[..], 3).unwrap();
+        std::fs::create_dir_all(tmp.path().join("t/7/.wal")).unwrap();
+        std::fs::write(tmp.path().join("t").join(&key), &stored).unwrap();
+        let good = mirror_with(name, &key, hex(&Sha256::digest(&stored)));
+        let dest = tmp.path().join("pg_wal_RECOVERYXLOG");
+        wal_fetch(&target, &good, name, &dest).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), segment);
+
+        // Another object under the key (a tampered or damaged copy): refused, nothing written.
+        let dest2 = tmp.path().join("other");
+        let bad = mirror_with(name, &key, "0".repeat(64));
+        assert!(matches!(
+            wal_fetch(&target, &bad, name, &dest2),
+            Err(FetchError::Mismatch { .. })
+        ));
+        assert!(!dest2.exists());
+        assert_eq!(
+            std::fs::read_dir(tmp.path()).unwrap().count(),
+            2,
+            "a temporary file was left"
+        );
+        // A file the mirror does not list, and a name that is not a WAL file name.
+        assert!(matches!(
+            wal_fetch(&target, &good, "000000010000000000000004", &dest2),
+            Err(FetchError::NotOnTarget(_))
+        ));
+        assert!(wal_fetch(&target, &good, "../../etc/passwd", &dest2).is_err());
+    }
+
+    #[test]
+    fn keys_from_a_mirror_cannot_leave_the_target() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("t/7")).unwrap();
+        std::fs::write(tmp.path().join("secret"), b"outside").unwrap();
+        let target = FilesystemTarget {
+            dir: tmp.path().join("t"),
+            rate: None,
+        };
+        for key in ["../secret", "7/../../secret", "/secret", "7//x", ""] {
+            assert!(target.get(key).is_err(), "{key}");
+        }
+        // A symlink planted on the target is not followed.
+        std::os::unix::fs::symlink(tmp.path().join("secret"), tmp.path().join("t/7/link")).unwrap();
+        assert!(target.get("7/link").is_err());
+        std::os::unix::fs::symlink(tmp.path(), tmp.path().join("t/up")).unwrap();
+        assert!(target.get("up/secret").is_err());
+        // The mirror pointing a WAL file at such a key gets nothing either.
+        let m = mirror_with(
+            "000000010000000000000003",
+            "7/link",
+            hex(&Sha256::digest(b"outside")),
+        );
+        assert!(wal_fetch(
+            &target,
+            &m,
+            "000000010000000000000003",
+            &tmp.path().join("d")
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn recovery_settings_quote_what_they_embed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let goal = Goal::Time(crate::restore::offsite::parse_time("2026-12-04T10:00:00Z").unwrap());
+        let cmd = format!("{} wal-fetch %f %p", sh_quote("/opt/it's here/backup-mgmt"));
+        write_recovery_settings(tmp.path(), &cmd, &goal).unwrap();
+        let conf = std::fs::read_to_string(tmp.path().join("postgresql.auto.conf")).unwrap();
+        assert!(
+            conf.contains(
+                r#"restore_command = '''/opt/it''\''''s here/backup-mgmt'' wal-fetch %f %p'"#
+            ),
+            "{conf}"
+        );
+        assert!(conf.contains("recovery_target_time = '2026-12-04 10:00:00.000000+00'"));
+        assert!(tmp.path().join("recovery.signal").is_file());
+        assert!(
+            write_recovery_settings(tmp.path(), "x\nrecovery_target = 'immediate'", &goal).is_err()
+        );
+    }
+}

@@ -1,0 +1,550 @@
+//! The off-site mirror read back: what a target holds of a cluster (`<system identifier>/
+//! .catalog/catalog_mirror.json`, format `backup_mgmt offsite catalog 1`, written by the
+//! extension's worker), and the choice of the backup a restore to a goal starts from, with the
+//! WAL it needs, made as `plan_recovery` makes it: the newest physical backup that ends before
+//! the goal, whose chain is on the target and not known damaged, with every segment from its
+//! start to the goal there.
+//!
+//! Everything here is input: the mirror is a file on a target that others may write.  Keys are
+//! checked again where they are opened (`storage::plain_key`), digests and names here.
+
+use std::io::Read;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::checksum::is_sha256_hex;
+use crate::restore::recipe::{wal_needed, Segment};
+use crate::storage::{Storage, StorageError};
+use crate::wal::{self, Lsn, SegmentSize};
+
+/// The mirror's format line.
+pub const FORMAT: &str = "backup_mgmt offsite catalog 1";
+/// The mirror's file name.
+pub const MIRROR_FILE: &str = "catalog_mirror.json";
+/// Mirrors larger than this are refused (a million WAL files take about 250 MB).
+const MIRROR_LIMIT: u64 = 1 << 30;
+
+/// Where a cluster's mirror lives on a target.
+pub fn mirror_key(system_identifier: i64) -> String {
+    format!("{system_identifier}/.catalog/{MIRROR_FILE}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OffsiteRestoreError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("the mirror of cluster {sysid} on the target is not readable: {why}")]
+    BadMirror { sysid: i64, why: String },
+    #[error("the target holds no cluster's catalog mirror")]
+    NoCluster,
+    #[error("the target holds several clusters ({0}); name one with --cluster")]
+    SeveralClusters(String),
+    #[error("no backup to restore from: {0}")]
+    NoBase(String),
+    #[error("{0}")]
+    Goal(String),
+}
+
+/// One backup as the mirror lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MirrorBackup {
+    pub backup_id: i64,
+    pub database_name: String,
+    pub backup_type: String,
+    pub backup_method: String,
+    pub key: String,
+    #[serde(default)]
+    pub size: Option<i64>,
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub compression: Option<String>,
+    #[serde(default)]
+    pub parent_backup_id: Option<i64>,
+    #[serde(default)]
+    pub pg_version: Option<i64>,
+    #[serde(default)]
+    pub timeline_id: Option<i64>,
+    #[serde(default)]
+    pub start_time: Option<String>,
+    #[serde(default)]
+    pub end_time: Option<String>,
+    #[serde(default)]
+    pub label: Option<String>,
+    #[serde(default)]
+    pub globals_key: Option<String>,
+    #[serde(default)]
+    pub globals_sha256: Option<String>,
+    #[serde(default)]
+    pub start_lsn: Option<String>,
+    #[serde(default)]
+    pub stop_lsn: Option<String>,
+    #[serde(default)]
+    pub start_wal_segment: Option<String>,
+    #[serde(default)]
+    pub stop_wal_segment: Option<String>,
+    #[serde(default)]
+    pub pinned: Option<bool>,
+    #[serde(default)]
+    pub verification: Option<String>,
+    #[serde(default)]
+    pub verified_at: Option<String>,
+}
+
+/// One archived WAL file on the target.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MirrorWal {
+    pub name: String,
+    pub key: String,
+    pub size: i64,
+    pub sha256: String,
+    pub archived_at: String,
+}
+
+/// A cluster's mirror.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Mirror {
+    pub format: String,
+    pub written_at: String,
+    pub system_identifier: i64,
+    #[serde(default)]
+    pub pg_version: Option<i64>,
+    #[serde(default)]
+    pub wal_segment_size: Option<u64>,
+    #[serde(default)]
+    pub target: Option<String>,
+    #[serde(default)]
+    pub backups: Vec<MirrorBackup>,
+    #[serde(default)]
+    pub wal_files: Vec<MirrorWal>,
+    #[serde(default)]
+    pub wal_gaps: Vec<String>,
+}
+
+impl Mirror {
+    /// The cluster's WAL segment size (16 MB when the mirror does not say).
+    pub fn segment_size(&self) -> SegmentSize {
+        self.wal_segment_size
+            .and_then(SegmentSize::new)
+            .unwrap_or_default()
+    }
+
+    /// The WAL file `name` on the target, when the mirror lists it with a plain name and digest.
+    pub fn wal_file(&self, name: &str) -> Option<&MirrorWal> {
+        self.wal_files.iter().find(|w| w.name == name)
+    }
+
+    pub fn backup(&self, id: i64) -> Option<&MirrorBackup> {
+        self.backups.iter().find(|b| b.backup_id == id)
+    }
+}
+
+/// The system identifiers of the clusters whose mirror a target holds.
+pub fn clusters(storage: &dyn Storage) -> Result<Vec<i64>, OffsiteRestoreError> {
+    let mut ids = Vec::new();
+    for name in storage.children("")? {
+        let Ok(id) = name.parse::<i64>() else {
+            continue;
+        };
+        if storage
+            .children(&format!("{id}/.catalog/"))?
+            .iter()
+            .any(|n| n == MIRROR_FILE)
+        {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// The one cluster to work on: `named`, or the only one the target holds.
+pub fn pick_cluster(storage: &dyn Storage, named: Option<i64>) -> Result<i64, OffsiteRestoreError> {
+    if let Some(id) = named {
+        return Ok(id);
+    }
+    match clusters(storage)?.as_slice() {
+        [] => Err(OffsiteRestoreError::NoCluster),
+        [one] => Ok(*one),
+        many => Err(OffsiteRestoreError::SeveralClusters(
+            many.iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        )),
+    }
+}
+
+/// Reads and checks cluster `sysid`'s mirror.
+pub fn load_mirror(storage: &dyn Storage, sysid: i64) -> Result<Mirror, OffsiteRestoreError> {
+    let bad = |why: String| OffsiteRestoreError::BadMirror { sysid, why };
+    let mut text = Vec::new();
+    storage
+        .get(&mirror_key(sysid))?
+        .take(MIRROR_LIMIT)
+        .read_to_end(&mut text)
+        .map_err(|e| bad(e.to_string()))?;
+    let m: Mirror = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
+    if m.format != FORMAT {
+        return Err(bad(format!("format {:?}, expected {FORMAT:?}", m.format)));
+    }
+    if m.system_identifier != sysid {
+        return Err(bad(format!(
+            "it names cluster {}, but lies under {sysid}",
+            m.system_identifier
+        )));
+    }
+    Ok(m)
+}
+
+/// What to recover to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Goal {
+    /// The end of the backup itself (only the WAL it holds, or the archive up to its end).
+    EndOfBackup,
+    /// Every WAL file the target has.
+    Latest,
+    Time(DateTime<Utc>),
+    Lsn(Lsn),
+}
+
+/// `2026-12-04 10:00:00+00`, `2026-12-04T10:00:00.5Z` or an RFC 3339 time.
+pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    let t = text.trim();
+    DateTime::parse_from_rfc3339(t)
+        .or_else(|_| DateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f%#z"))
+        .ok()
+        .map(|d| d.with_timezone(&Utc))
+}
+
+/// A backup a restore starts from, its chain (full first) and the archived WAL it needs.
+#[derive(Debug, Clone)]
+pub struct Choice {
+    pub backup: MirrorBackup,
+    pub chain: Vec<MirrorBackup>,
+    pub wal: Vec<MirrorWal>,
+    /// Why this backup, in a sentence for the operator.
+    pub why: String,
+}
+
+/// Methods a physical restore can start from.
+pub const PHYSICAL: [&str; 1] = ["native_physical"];
+
+fn time_of(t: &Option<String>) -> Option<DateTime<Utc>> {
+    t.as_deref().and_then(parse_time)
+}
+
+/// The chain of `b`, full first, when every backup of it is on the target and none is known
+/// damaged; else why not.
+fn chain_of(m: &Mirror, b: &MirrorBackup) -> Result<Vec<MirrorBackup>, String> {
+    let mut chain = vec![b.clone()];
+    let mut at = b.clone();
+    while let Some(p) = at.parent_backup_id {
+        if chain.len() > 10_000 || chain.iter().any(|c| c.backup_id == p) {
+            return Err(format!("backup {}'s chain loops", b.backup_id));
+        }
+        at = m
+            .backup(p)
+            .cloned()
+            .ok_or_else(|| format!("its parent {p} is not on the target"))?;
+        chain.push(at.clone());
+    }
+    if let Some(bad) = chain
+        .iter()
+        .find(|c| c.verification.as_deref() == Some("failed"))
+    {
+        return Err(format!(
+            "backup {} of its chain failed its newest verification",
+            bad.backup_id
+        ));
+    }
+    chain.reverse();
+    Ok(chain)
+}
+
+/// The archived segments of `timeline` the mirror lists, numbered, with whether each was
+/// archived at or after `after`.
+fn segments_of(m: &Mirror, timeline: u32, after: Option<DateTime<Utc>>) -> Vec<Segment> {
+    let size = m.segment_size();
+    let mut out: Vec<Segment> = m
+        .wal_files
+        .iter()
+        .filter(|w| is_sha256_hex(&w.sha256))
+        .filter_map(|w| {
+            let s = wal::Segment::parse(&w.name, size).filter(|s| s.timeline == timeline)?;
+            Some(Segment {
+                number: s.number as i64,
+                name: w.name.clone(),
+                file: w.key.rsplit('/').next().unwrap_or_default().to_owned(),
+                sha256: w.sha256.clone(),
+                archived_after_target: match (after, parse_time(&w.archived_at)) {
+                    (Some(t), Some(a)) => a >= t,
+                    _ => false,
+                },
+                xact_after_target: None,
+            })
+        })
+        .collect();
+    out.sort_by_key(|s| s.number);
+    out
+}
+
+/// Chooses the backup to restore to `goal` from (or checks `backup_id`, when given).
+pub fn choose(
+    m: &Mirror,
+    goal: &Goal,
+    backup_id: Option<i64>,
+) -> Result<Choice, OffsiteRestoreError> {
+    let size = m.segment_size();
+    let mut candidates: Vec<&MirrorBackup> = m
+        .backups
+        .iter()
+        .filter(|b| PHYSICAL.contains(&b.backup_method.as_str()))
+        .filter(|b| backup_id.is_none_or(|id| b.backup_id == id))
+        .collect();
+    candidates.sort_by_key(|b| std::cmp::Reverse(b.backup_id));
+    if candidates.is_empty() {
+        return Err(OffsiteRestoreError::NoBase(match backup_id {
+            Some(id) => format!("backup {id} is not a physical backup on the target"),
+            None => "the target holds no physical backup of this cluster".into(),
+        }));
+    }
+    let mut rejected = Vec::new();
+    for b in candidates {
+        let stop = b.stop_lsn.as_deref().and_then(Lsn::parse);
+        let start = b.start_lsn.as_deref().and_then(Lsn::parse);
+        let (Some(start), Some(stop)) = (start, stop) else {
+            rejected.push(format!("{}: no WAL location recorded", b.backup_id));
+            continue;
+        };
+        let ends_in_time = match goal {
+            Goal::Time(t) => time_of(&b.end_time).is_some_and(|e| e <= *t),
+            Goal::Lsn(l) => stop.0 <= l.0,
+            Goal::EndOfBackup | Goal::Latest => true,
+        };
+        if !ends_in_time {
+            rejected.push(format!("{}: ends after the goal", b.backup_id));
+            continue;
+        }
+        let chain = match chain_of(m, b) {
+            Ok(c) => c,
+            Err(why) => {
+                rejected.push(format!("{}: {why}", b.backup_id));
+                continue;
+            }
+        };
+        let timeline = b.timeline_id.unwrap_or(1) as u32;
+        let after = match goal {
+            Goal::Time(t) => Some(*t),
+            _ => None,
+        };
+        let archived = segments_of(m, timeline, after);
+        let first = size.segment_of(start.0) as i64;
+        let last_of_backup = size.segment_of(stop.0.saturating_sub(1).max(start.0)) as i64;
+        let target_segment = match goal {
+            Goal::Lsn(l) => Some(size.segment_of(l.0) as i64),
+            Goal::EndOfBackup => Some(last_of_backup),
+            _ => None,
+        };
+        let need = wal_needed(first, last_of_backup, target_segment, &archived);
+        if let Goal::Time(_) = goal {
+            if need.last.is_none() {
+                rejected.push(format!(
+                    "{}: no WAL archived at or after the target time is on the target yet",
+                    b.backup_id
+                ));
+                continue;
+            }
+        }
+        // A native backup holds the WAL from its start to its end itself.
+        let missing: Vec<i64> =
+            if *goal == Goal::EndOfBackup && b.backup_method == "native_physical" {
+                Vec::new()
+            } else {
+                need.missing.clone()
+            };
+        if let Some(n) = missing.first() {
+            let name = wal::Segment {
+                timeline,
+                number: *n as u64,
+            }
+            .file_name(size);
+            rejected.push(format!(
+                "{}: WAL segment {name} is not on the target ({} missing)",
+                b.backup_id,
+                missing.len()
+            ));
+            continue;
+        }
+        let wal: Vec<MirrorWal> = need
+            .needed
+            .iter()
+            .filter_map(|s| m.wal_file(&s.name).cloned())
+            .collect();
+        let why = format!(
+            "backup {} ({} {}, ended {}) is the newest physical backup that ends before the goal \
+             with its chain ({} backup{}) on the target and not known damaged; {} WAL segment{} \
+             from {} on are there without a gap{}",
+            b.backup_id,
+            b.backup_method,
+            b.backup_type,
+            b.end_time.as_deref().unwrap_or("?"),
+            chain.len(),
+            if chain.len() == 1 { "" } else { "s" },
+            wal.len(),
+            if wal.len() == 1 { "" } else { "s" },
+            b.start_wal_segment.as_deref().unwrap_or("its start"),
+            if rejected.is_empty() {
+                String::new()
+            } else {
+                format!(" (passed over: {})", rejected.join("; "))
+            }
+        );
+        return Ok(Choice {
+            backup: b.clone(),
+            chain,
+            wal,
+            why,
+        });
+    }
+    Err(OffsiteRestoreError::NoBase(rejected.join("; ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mirror() -> Mirror {
+        let wal = |n: u32, at: &str| MirrorWal {
+            name: format!("0000000100000000{n:08X}"),
+            key: format!("7/.wal/0000000100000000{n:08X}.zst"),
+            size: 100,
+            sha256: "a".repeat(64),
+            archived_at: at.into(),
+        };
+        let backup =
+            |id: i64, parent: Option<i64>, start: &str, stop: &str, end: &str| MirrorBackup {
+                backup_id: id,
+                database_name: "postgres".into(),
+                backup_type: if parent.is_some() {
+                    "incremental"
+                } else {
+                    "full"
+                }
+                .into(),
+                backup_method: "native_physical".into(),
+                key: format!("7/postgres/{id}.native"),
+                size: Some(1),
+                sha256: Some("b".repeat(64)),
+                compression: None,
+                parent_backup_id: parent,
+                pg_version: None,
+                timeline_id: Some(1),
+                start_time: None,
+                end_time: Some(end.into()),
+                label: None,
+                globals_key: None,
+                globals_sha256: None,
+                start_lsn: Some(start.into()),
+                stop_lsn: Some(stop.into()),
+                start_wal_segment: None,
+                stop_wal_segment: None,
+                pinned: None,
+                verification: None,
+                verified_at: None,
+            };
+        Mirror {
+            format: FORMAT.into(),
+            written_at: "2026-12-04T10:00:00+00:00".into(),
+            system_identifier: 7,
+            pg_version: Some(150000),
+            wal_segment_size: Some(16 << 20),
+            target: None,
+            backups: vec![
+                backup(
+                    1,
+                    None,
+                    "0/2000028",
+                    "0/2000100",
+                    "2026-12-04T09:00:00+00:00",
+                ),
+                backup(
+                    2,
+                    Some(1),
+                    "0/4000028",
+                    "0/4000100",
+                    "2026-12-04T09:30:00+00:00",
+                ),
+            ],
+            wal_files: vec![
+                wal(2, "2026-12-04T09:00:00+00:00"),
+                wal(3, "2026-12-04T09:10:00+00:00"),
+                wal(4, "2026-12-04T09:30:00+00:00"),
+                wal(5, "2026-12-04T09:50:00+00:00"),
+            ],
+            wal_gaps: vec![],
+        }
+    }
+
+    #[test]
+    fn newest_backup_before_the_goal_with_its_wal() {
+        let m = mirror();
+        let t = parse_time("2026-12-04 09:40:00+00").unwrap();
+        let c = choose(&m, &Goal::Time(t), None).unwrap();
+        assert_eq!(c.backup.backup_id, 2);
+        assert_eq!(
+            c.chain.iter().map(|b| b.backup_id).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        // From the incremental's start to the first segment archived after the target.
+        assert_eq!(c.wal.len(), 2, "{:?}", c.wal);
+        // Before the incremental ended: the full, with every segment from its start.
+        let t = parse_time("2026-12-04T09:20:00Z").unwrap();
+        let c = choose(&m, &Goal::Time(t), None).unwrap();
+        assert_eq!(c.backup.backup_id, 1);
+        assert_eq!(c.wal.len(), 3);
+        assert!(
+            c.why.contains("passed over: 2: ends after the goal"),
+            "{}",
+            c.why
+        );
+        // Before any backup ended: nothing to start from, and it says why.
+        let t = parse_time("2026-12-04T08:00:00Z").unwrap();
+        let e = choose(&m, &Goal::Time(t), None).unwrap_err().to_string();
+        assert!(e.contains("1: ends after the goal"), "{e}");
+    }
+
+    #[test]
+    fn gaps_and_damaged_parents_pass_a_backup_over() {
+        let mut m = mirror();
+        m.wal_files.retain(|w| !w.name.ends_with("03"));
+        let t = parse_time("2026-12-04T09:40:00Z").unwrap();
+        // The incremental needs only 4 and 5; the full would need 3.
+        assert_eq!(
+            choose(&m, &Goal::Time(t), None).unwrap().backup.backup_id,
+            2
+        );
+        let e = choose(&m, &Goal::Time(t), Some(1)).unwrap_err().to_string();
+        assert!(
+            e.contains("000000010000000000000003 is not on the target"),
+            "{e}"
+        );
+        m.backups[0].verification = Some("failed".into());
+        let e = choose(&m, &Goal::Time(t), None).unwrap_err().to_string();
+        assert!(e.contains("failed its newest verification"), "{e}");
+        m.backups.remove(0);
+        let e = choose(&m, &Goal::Latest, None).unwrap_err().to_string();
+        assert!(e.contains("parent 1 is not on the target"), "{e}");
+    }
+
+    #[test]
+    fn the_target_time_must_have_wal_after_it() {
+        let m = mirror();
+        let t = parse_time("2026-12-04T11:00:00Z").unwrap();
+        let e = choose(&m, &Goal::Time(t), None).unwrap_err().to_string();
+        assert!(e.contains("no WAL archived at or after"), "{e}");
+        assert_eq!(choose(&m, &Goal::Latest, None).unwrap().wal.len(), 2);
+        assert!(parse_time("yesterday").is_none());
+    }
+}

@@ -1,0 +1,42 @@
+//! The `backup-mgmt` command-line program, built from this workspace and installed once per
+//! test process where the server's OS user can run it (a restore's `restore_command` runs it as
+//! that user).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+static INSTALLED: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+
+/// Path of the installed program (built with cargo on first use).
+pub fn backup_mgmt() -> PathBuf {
+    INSTALLED
+        .get_or_init(|| {
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let built = Command::new(cargo)
+                .args(["build", "--quiet", "-p", "backup_mgmt_cli"])
+                .current_dir(&workspace)
+                .status()
+                .expect("cargo runs");
+            assert!(built.success(), "cargo build -p backup_mgmt_cli failed");
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace.join("target"));
+            let dir = tempfile::Builder::new()
+                .prefix("bm-program-")
+                .tempdir_in("/tmp")
+                .expect("temp dir");
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+                .expect("chmod");
+            let installed = dir.path().join("backup-mgmt");
+            std::fs::copy(target.join("debug").join("backup-mgmt"), &installed)
+                .expect("copy backup-mgmt");
+            std::fs::set_permissions(&installed, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod");
+            (dir, installed)
+        })
+        .1
+        .clone()
+}

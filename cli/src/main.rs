@@ -12,9 +12,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use backup_mgmt_core::progress::Counters;
-use backup_mgmt_core::restore::fetch::{self, FetchError};
+use backup_mgmt_core::progress::{Counters, Progress};
+use backup_mgmt_core::restore::fetch::{self, FetchError, Sync};
 use backup_mgmt_core::restore::offsite::{self, Goal, OffsiteRestoreError};
+use backup_mgmt_core::restore::wal_spool::Spool;
 use backup_mgmt_core::threads;
 use backup_mgmt_core::wal::Lsn;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -74,11 +75,31 @@ enum Command {
     /// restore_command: fetches one WAL file (%f) to %p, its sha256 checked against the mirror.
     #[command(name = "wal-fetch", after_help = EXIT_CODES)]
     WalFetch {
+        #[command(flatten)]
+        ahead: ReadAhead,
         /// The WAL file name PostgreSQL asks for (%f).
         name: String,
         /// Where PostgreSQL wants it (%p).
         path: PathBuf,
     },
+    /// wal-fetch's read-ahead, started by it in the background.
+    #[command(name = "wal-prefetch", hide = true)]
+    WalPrefetch {
+        #[command(flatten)]
+        ahead: ReadAhead,
+        name: String,
+    },
+}
+
+#[derive(Args, Clone)]
+struct ReadAhead {
+    /// A private directory where the next WAL files are fetched (checked) while recovery
+    /// replays this one, as pgBackRest's spool; without it, no read-ahead.
+    #[arg(long, value_name = "DIR")]
+    spool: Option<PathBuf>,
+    /// How many WAL files to fetch ahead into the spool.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    read_ahead: usize,
 }
 
 #[derive(Args)]
@@ -109,7 +130,11 @@ struct RestoreArgs {
     /// Where tablespaces go, each as <DIR>/<oid> (default: <DATA_DIRECTORY>.tablespaces).
     #[arg(long, value_name = "DIR")]
     tablespaces: Option<PathBuf>,
-    /// The new data directory (must not exist).
+    /// Restore into the existing data directory of a stopped server: files whose size and
+    /// sha256 match are kept, the others fetched, files the backup lacks removed.
+    #[arg(long)]
+    delta: bool,
+    /// The new data directory (must not exist), or with --delta the one to bring back.
     data_directory: PathBuf,
 }
 
@@ -171,14 +196,67 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             output::list(&mirrors, cli.output == Output::Json);
             Ok(())
         }
-        Command::WalFetch { name, path } => {
+        Command::WalFetch { ahead, name, path } => {
             let sysid = offsite::pick_cluster(storage.as_ref(), cli.cluster)?;
-            let mirror = offsite::load_mirror(storage.as_ref(), sysid)?;
-            fetch::wal_fetch(storage.as_ref(), &mirror, name, path)?;
+            let Some(dir) = &ahead.spool else {
+                let mirror = offsite::load_mirror(storage.as_ref(), sysid)?;
+                fetch::wal_fetch(storage.as_ref(), &mirror, name, path, Sync::AtomicOnly)?;
+                return Ok(());
+            };
+            // A spooled copy was checked when it was fetched: a rename serves it.
+            let spool = Spool::open(dir)?;
+            if !spool.take(name, path)? {
+                let mirror = offsite::load_mirror(storage.as_ref(), sysid)?;
+                fetch::wal_fetch(storage.as_ref(), &mirror, name, path, Sync::AtomicOnly)?;
+            }
+            if spool.ready_after(name) * 2 < ahead.read_ahead {
+                start_prefetch(cli, sysid, ahead, name);
+            }
+            Ok(())
+        }
+        Command::WalPrefetch { ahead, name } => {
+            let (Some(dir), Some(sysid)) = (&ahead.spool, cli.cluster) else {
+                return Err(CliError::Usage(
+                    "wal-prefetch needs --spool and --cluster".into(),
+                ));
+            };
+            let spool = Spool::open(dir)?;
+            // One filler at a time; the lock goes with the process.
+            if let Some(_lock) = spool.try_lock()? {
+                let mirror = offsite::load_mirror(storage.as_ref(), sysid)?;
+                let threads = ahead.read_ahead.clamp(1, 4);
+                spool.fill(storage.as_ref(), &mirror, name, ahead.read_ahead, threads);
+            }
             Ok(())
         }
         Command::Restore(r) => restore(cli, storage.as_ref(), r),
     }
+}
+
+/// Starts the read-ahead after `name` in the background (its own process group, no stdio:
+/// PostgreSQL's `system()` returns as soon as this process exits); a failure to start it only
+/// costs speed.
+fn start_prefetch(cli: &Cli, sysid: i64, ahead: &ReadAhead, name: &str) {
+    let (Some(dir), Ok(words)) = (&ahead.spool, cli.target.words(sysid)) else {
+        return;
+    };
+    if ahead.read_ahead == 0 {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let _ = std::process::Command::new(&words[0])
+        .args(&words[1..])
+        .arg("wal-prefetch")
+        .arg("--spool")
+        .arg(dir)
+        .arg("--read-ahead")
+        .arg(ahead.read_ahead.to_string())
+        .arg(name)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn();
 }
 
 fn goal_of(g: &GoalArgs) -> Result<Goal, CliError> {
@@ -230,6 +308,16 @@ fn restore(
         bytes: &bytes,
         cancel: &cancel,
     };
+    if choice.backup.backup_method == "pg_basebackup" {
+        if r.delta {
+            return Err(CliError::Usage(
+                "--delta works on native backups; a pg_basebackup backup is restored into a new directory".into(),
+            ));
+        }
+        let started = std::time::Instant::now();
+        let restored = fetch::restore_tar(storage, &choice, &dest, &Progress::default())?;
+        return finish(cli, sysid, &goal, &choice, &restored, started, json);
+    }
     let manifest = fetch::chain_manifest(storage, &choice)?;
     let total = manifest.logical_bytes();
     let started = std::time::Instant::now();
@@ -249,8 +337,15 @@ fn restore(
             storage,
             &choice,
             &manifest,
-            &dest,
-            &spaces,
+            &fetch::Destination {
+                data: &dest,
+                tablespaces: &spaces,
+                into: if r.delta {
+                    fetch::Into::Delta
+                } else {
+                    fetch::Into::New
+                },
+            },
             r.jobs.unwrap_or_else(threads::cores).max(1),
             &counters,
         );
@@ -263,8 +358,24 @@ fn restore(
         }
         result
     })?;
-    let command = cli.target.wal_fetch_command(sysid)?;
-    fetch::write_recovery_settings(&dest, &command, &goal)?;
-    output::restored(&restored, &choice, &dest, started.elapsed(), json);
+    finish(cli, sysid, &goal, &choice, &restored, started, json)
+}
+
+/// After the files: the recovery settings (this program's wal-fetch, with a spool beside the
+/// data directory), and the report.
+fn finish(
+    cli: &Cli,
+    sysid: i64,
+    goal: &Goal,
+    choice: &offsite::Choice,
+    restored: &fetch::Restored,
+    started: std::time::Instant,
+    json: bool,
+) -> Result<(), CliError> {
+    let dest = &restored.data_directory;
+    let spool = PathBuf::from(format!("{}.wal-spool", dest.display()));
+    let command = cli.target.wal_fetch_command(sysid, &spool)?;
+    fetch::write_recovery_settings(dest, &command, goal)?;
+    output::restored(restored, choice, dest, started.elapsed(), json);
     Ok(())
 }

@@ -104,6 +104,7 @@ pub fn restored(r: &Restored, choice: &Choice, dest: &Path, took: Duration, json
                 "files": r.files,
                 "bytes": r.bytes,
                 "wal_segments_needed": r.wal_segments,
+                "delta": r.delta,
                 "seconds": took.as_secs_f64(),
                 "why": choice.why,
             })
@@ -120,4 +121,10 @@ pub fn restored(r: &Restored, choice: &Choice, dest: &Path, took: Duration, json
         took.as_secs_f64(),
         r.wal_segments
     );
+    if let Some(d) = r.delta {
+        println!(
+            "delta: {} files kept (size and sha256 matched), {} fetched, {} removed",
+            d.kept, d.fetched, d.removed
+        );
+    }
 }

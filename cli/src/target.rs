@@ -1,7 +1,7 @@
 //! The off-site target named on the command line, and the same target written back as the
 //! arguments of the `wal-fetch` command PostgreSQL runs as `restore_command`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use backup_mgmt_core::restore::fetch::sh_quote;
 use backup_mgmt_core::storage::filesystem::FilesystemTarget;
@@ -72,16 +72,12 @@ impl TargetArgs {
         Ok(Box::new(t))
     }
 
-    /// `restore_command`: this program, `wal-fetch`, this target (absolute paths), the cluster,
-    /// `%f %p`; every word quoted for the shell PostgreSQL runs it with.
-    pub fn wal_fetch_command(&self, sysid: i64) -> Result<String, CliError> {
+    /// This program and this target (absolute paths) and the cluster, as the argument vector
+    /// of a command this program starts again (`wal-fetch` from `restore_command`, its
+    /// read-ahead).
+    pub fn words(&self, sysid: i64) -> Result<Vec<String>, CliError> {
         let exe = std::env::current_exe()
             .map_err(|e| CliError::Usage(format!("cannot tell where this program is: {e}")))?;
-        let absolute = |p: &PathBuf| {
-            std::path::absolute(p)
-                .map(|a| a.display().to_string())
-                .map_err(|e| CliError::Usage(format!("{}: {e}", p.display())))
-        };
         let mut words = vec![exe.display().to_string()];
         if let Some(dir) = &self.dir {
             words.extend(["--dir".into(), absolute(dir)?]);
@@ -102,7 +98,19 @@ impl TargetArgs {
                 words.extend(["--s3-ca-file".into(), absolute(ca)?]);
             }
         }
-        words.extend(["--cluster".into(), sysid.to_string(), "wal-fetch".into()]);
+        words.extend(["--cluster".into(), sysid.to_string()]);
+        Ok(words)
+    }
+
+    /// `restore_command`: `wal-fetch` of this target with a read-ahead spool, `%f %p`; every
+    /// word quoted for the shell PostgreSQL runs it with.
+    pub fn wal_fetch_command(&self, sysid: i64, spool: &Path) -> Result<String, CliError> {
+        let mut words = self.words(sysid)?;
+        words.extend([
+            "wal-fetch".into(),
+            "--spool".into(),
+            absolute(&spool.to_path_buf())?,
+        ]);
         if words.iter().any(|w| w.contains(['\n', '\r', '\0', '%'])) {
             return Err(CliError::Usage(
                 "a path or name given contains a line break or %, which restore_command cannot carry".into(),
@@ -112,4 +120,10 @@ impl TargetArgs {
         line.extend(["%f".into(), "%p".into()]);
         Ok(line.join(" "))
     }
+}
+
+fn absolute(p: &PathBuf) -> Result<String, CliError> {
+    std::path::absolute(p)
+        .map(|a| a.display().to_string())
+        .map_err(|e| CliError::Usage(format!("{}: {e}", p.display())))
 }

@@ -56,6 +56,15 @@ impl<W: Write> Write for Hash<W> {
     }
 }
 
+/// Read through it, it hashes what is read (a stream from a target, checked as it is consumed).
+impl<R: io::Read> io::Read for Hash<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
 /// Counts what is written through it, and adds it to `progress` as it goes.
 pub struct Count<'a, W> {
     inner: W,

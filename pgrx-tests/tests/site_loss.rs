@@ -29,6 +29,30 @@ fn run(as_user: &Cluster, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// A connection to the restored server once it has finished recovery and promoted.
+fn promoted(restored: &Cluster) -> postgres::Client {
+    let mut r = restored.connect("postgres");
+    let done = Cluster::wait_for(Duration::from_secs(180), || {
+        r.query_one("SELECT NOT pg_is_in_recovery()", &[])
+            .map(|row| row.get::<_, bool>(0))
+            .unwrap_or(false)
+    });
+    assert!(done, "recovery did not finish\n{}", restored.log());
+    r
+}
+
+/// The markers committed before T, none after, and every pgbench table as it was at T.
+fn assert_markers_and_tables(restored: &Cluster, r: &mut postgres::Client, at_target: &str) {
+    let markers: Vec<i32> = r
+        .query("SELECT id FROM markers ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(markers, [1, 2, 3], "{}", restored.log());
+    assert_eq!(fingerprint(r), at_target);
+}
+
 #[test]
 fn the_cluster_comes_back_from_the_bucket_alone() {
     let mut cluster = Cluster::start_with_backups(&[
@@ -198,21 +222,8 @@ fn the_cluster_comes_back_from_the_bucket_alone() {
     );
 
     restored.start_restored(&["archive_mode = off", "shared_preload_libraries = ''"]);
-    let mut r = restored.connect("postgres");
-    let promoted = Cluster::wait_for(Duration::from_secs(180), || {
-        r.query_one("SELECT NOT pg_is_in_recovery()", &[])
-            .map(|row| row.get::<_, bool>(0))
-            .unwrap_or(false)
-    });
-    assert!(promoted, "recovery did not finish\n{}", restored.log());
-    let markers: Vec<i32> = r
-        .query("SELECT id FROM markers ORDER BY id", &[])
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    assert_eq!(markers, [1, 2, 3], "{}", restored.log());
-    assert_eq!(fingerprint(&mut r), at_target);
+    let mut r = promoted(&restored);
+    assert_markers_and_tables(&restored, &mut r, &at_target);
     r.batch_execute("CREATE EXTENSION amcheck").unwrap();
     let checked: i64 = r
         .query_one(
@@ -227,4 +238,190 @@ fn the_cluster_comes_back_from_the_bucket_alone() {
     assert!(checked > 0);
     // Every WAL file recovery read came through wal-fetch, each checked.
     assert!(!restored.log().contains("sha256"), "{}", restored.log());
+
+    // The restored server runs on and writes; --delta brings its directory back to T again,
+    // fetching only what changed and removing what the backup lacks (its new WAL above all).
+    r.batch_execute("INSERT INTO markers (id) VALUES (100); UPDATE pgbench_accounts SET abalance = 7 WHERE aid < 50; CHECKPOINT")
+        .unwrap();
+    drop(r);
+    let args = with(&[
+        "restore",
+        "--delta",
+        "--target-time",
+        &target,
+        data.to_str().unwrap(),
+    ]);
+    let (code, _, err) = run(
+        &restored,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_ne!(code, 0, "a delta restore over a running server");
+    assert!(err.contains("postmaster.pid"), "{err}");
+    restored.pg_ctl_stop("fast");
+    let args = with(&[
+        "--output",
+        "json",
+        "restore",
+        "--delta",
+        "--target-time",
+        &target,
+        data.to_str().unwrap(),
+    ]);
+    let (code, out, err) = run(
+        &restored,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("restore --output json");
+    let delta = &report["delta"];
+    assert!(
+        delta["kept"].as_u64().unwrap() > 0
+            && delta["fetched"].as_u64().unwrap() > 0
+            && delta["removed"].as_u64().unwrap() > 0,
+        "{out}"
+    );
+    // postgresql.conf is the backup's again: this host's port and settings once more.
+    restored.start_restored(&["archive_mode = off", "shared_preload_libraries = ''"]);
+    let mut r = promoted(&restored);
+    assert_markers_and_tables(&restored, &mut r, &at_target);
+
+    // --delta refuses a directory that is not a data directory (it would empty it).
+    let plain = restored.dir().join("not-a-cluster");
+    std::fs::create_dir(&plain).unwrap();
+    std::fs::write(plain.join("precious"), b"x").unwrap();
+    let args = with(&["restore", "--delta", plain.to_str().unwrap()]);
+    let (code, _, err) = run(
+        &restored,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(plain.join("precious").exists());
+}
+
+/// A pg_basebackup backup copied to a filesystem target comes back from it alone: the program
+/// finds the cluster by itself, refuses a tar that is not what the mirror says (exit 3, no
+/// directory left), and restores the real one, recovering through the WAL on the target.
+#[test]
+fn a_pg_basebackup_backup_comes_back_from_a_filesystem_target() {
+    let mut cluster =
+        Cluster::start_with_backups(&["archive_mode = on", "archive_library = 'backup_mgmt'"]);
+    let mut restored = Cluster::empty();
+    let mut db = cluster.connect("postgres");
+    // The target: a second disk, listed as a backup root.
+    let disk = cluster.dir().join("second-disk");
+    let made = cluster
+        .server_command("/bin/mkdir")
+        .arg("-m")
+        .arg("700")
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    db.execute(
+        &format!(
+            "ALTER SYSTEM SET backup_mgmt.backup_roots = '{},{}'",
+            cluster.backup_root().display(),
+            disk.display()
+        ),
+        &[],
+    )
+    .unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+    db.batch_execute(
+        "CREATE EXTENSION backup_mgmt;
+         CREATE TABLE orders (id int PRIMARY KEY);
+         INSERT INTO orders SELECT generate_series(1, 1000);",
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO backup_management.remote_backup_configs
+             (config_name, database_name, remote_type, remote_endpoint, remote_path)
+         VALUES ('disk', 'postgres', 'filesystem', $1, 'pg')",
+        &[&disk.to_string_lossy().as_ref()],
+    )
+    .unwrap();
+    db.execute(
+        "SELECT backup_mgmt.schedule_backup('base', '@yearly', 'postgres', 'full', 'pg_basebackup',
+                                            '{\"fast_checkpoint\": true, \"compression\": \"zstd\"}')",
+        &[],
+    )
+    .unwrap();
+    let base = run_job(&cluster, &mut db, "base");
+    // Two statements, two transactions: the switch comes after the insert's commit.
+    db.batch_execute("INSERT INTO orders SELECT generate_series(1001, 2000)")
+        .unwrap();
+    db.batch_execute("SELECT pg_switch_wal()").unwrap();
+    db.execute("SELECT backup_mgmt.sync_remote_now('disk')", &[])
+        .unwrap();
+    let sysid: i64 = db
+        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
+        .unwrap()
+        .get(0);
+    let target = disk.join("pg");
+    let mirror_file = target.join(format!("{sysid}/.catalog/catalog_mirror.json"));
+    let mut doc = serde_json::Value::Null;
+    let complete = Cluster::wait_for(Duration::from_secs(120), || {
+        doc = std::fs::read_to_string(&mirror_file)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let archived: i64 = db
+            .query_one(
+                "SELECT count(*) FROM backup_management.wal_archive WHERE expired_at IS NULL",
+                &[],
+            )
+            .map(|r| r.get(0))
+            .unwrap_or(-1);
+        doc["backups"].as_array().map_or(0, Vec::len) == 1
+            && doc["wal_files"].as_array().map_or(0, Vec::len) as i64 == archived
+            && archived > 0
+    });
+    assert!(complete, "mirror: {doc}\n{}", cluster.log());
+    let key = doc["backups"][0]["key"].as_str().unwrap().to_owned();
+    assert!(key.ends_with(".zst"), "{key}");
+    drop(db);
+    cluster.pg_ctl_stop("immediate");
+    std::fs::remove_dir_all(cluster.data_dir()).unwrap();
+    std::fs::remove_dir_all(cluster.backup_root()).unwrap();
+
+    let dir = target.to_str().unwrap().to_owned();
+    let data = restored.data_dir();
+    // A tar on the target that is not the one the mirror names.
+    let object = target.join(&key);
+    let good = std::fs::read(&object).unwrap();
+    let mut bad = good.clone();
+    let at = bad.len() / 2;
+    bad[at] ^= 0xff;
+    std::fs::write(&object, &bad).unwrap();
+    let (code, out, err) = run(
+        &restored,
+        &["--dir", &dir, "restore", "--latest", data.to_str().unwrap()],
+    );
+    assert_eq!(code, 3, "{out}\n{err}");
+    assert!(err.contains("sha256") || err.contains("zstd"), "{err}");
+    assert!(!data.exists(), "a damaged restore left its directory");
+    std::fs::write(&object, &good).unwrap();
+
+    let (code, out, err) = run(
+        &restored,
+        &[
+            "--dir",
+            &dir,
+            "--output",
+            "json",
+            "restore",
+            "--latest",
+            data.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["backup_id"], base, "{out}");
+    restored.start_restored(&["archive_mode = off", "shared_preload_libraries = ''"]);
+    let mut r = promoted(&restored);
+    let count: i64 = r
+        .query_one("SELECT count(*) FROM orders", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 2000, "{}", restored.log());
 }

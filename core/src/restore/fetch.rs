@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::materialize::{materialize_from, StoredFiles};
+use super::materialize::{materialize_delta, materialize_from, Delta, StoredFiles};
 use super::offsite::{Choice, Goal, Mirror, MirrorWal};
 use crate::checksum::{hex, is_sha256_hex};
 use crate::files::durable::{self, DurableFile, Install, Temp};
@@ -93,17 +93,17 @@ fn read_checked(
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Restored {
     pub backup_id: i64,
+    pub data_directory: PathBuf,
     pub files: usize,
     pub bytes: u64,
     pub wal_segments: usize,
+    /// For a delta restore: files kept, fetched, removed.
+    pub delta: Option<Delta>,
 }
 
-/// The chosen backup's chain manifest, read from the target and checked against the mirror's
-/// sha256 (the catalog's checksum of a native backup is its manifest's).
-pub fn chain_manifest(storage: &dyn Storage, choice: &Choice) -> Result<Manifest, FetchError> {
-    let b = &choice.backup;
-    let expected = b
-        .sha256
+/// The sha256 the mirror records for a backup (a native backup's: its chain manifest's).
+fn recorded_sha256(b: &super::offsite::MirrorBackup) -> Result<&str, FetchError> {
+    b.sha256
         .as_deref()
         .filter(|s| is_sha256_hex(s))
         .ok_or_else(|| {
@@ -111,7 +111,14 @@ pub fn chain_manifest(storage: &dyn Storage, choice: &Choice) -> Result<Manifest
                 "backup {} has no sha256 in the mirror",
                 b.backup_id
             ))
-        })?;
+        })
+}
+
+/// The chosen backup's chain manifest, read from the target and checked against the mirror's
+/// sha256 (the catalog's checksum of a native backup is its manifest's).
+pub fn chain_manifest(storage: &dyn Storage, choice: &Choice) -> Result<Manifest, FetchError> {
+    let b = &choice.backup;
+    let expected = recorded_sha256(b)?;
     let text = read_checked(
         storage,
         &member_key(&b.key, Path::new(FILES_MANIFEST)),
@@ -130,42 +137,158 @@ pub fn chain_manifest(storage: &dyn Storage, choice: &Choice) -> Result<Manifest
     Ok(manifest)
 }
 
-/// Restores the chosen native backup (its `manifest` from `chain_manifest`) into `dest`, which
-/// must not exist, tablespaces into `tablespaces/<oid>`: every file checked as it is written,
-/// `threads` at a time.
+/// How a restore treats its destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Into {
+    /// A new directory (it must not exist).
+    New,
+    /// The data directory of a stopped server: matching files kept, the rest fetched, extra
+    /// files removed.
+    Delta,
+}
+
+/// Where a native restore writes: the data directory, the directory tablespaces go to (each
+/// as `<oid>`), and whether the data directory is new or brought back by delta.
+pub struct Destination<'a> {
+    pub data: &'a Path,
+    pub tablespaces: &'a Path,
+    pub into: Into,
+}
+
+/// Why a directory is not one a delta restore may rewrite, or None when it is: a PostgreSQL
+/// data directory (PG_VERSION, global/pg_control) whose server is not running.
+pub fn delta_refusal(dest: &Path) -> Option<String> {
+    let shown = dest.display();
+    if !dest.join("PG_VERSION").is_file() || !dest.join("global/pg_control").is_file() {
+        return Some(format!(
+            "\"{shown}\" is not a PostgreSQL data directory (no PG_VERSION or global/pg_control); --delta rewrites only a data directory"
+        ));
+    }
+    if dest.join("postmaster.pid").exists() {
+        return Some(format!(
+            "\"{shown}\" has a postmaster.pid: stop its server first (a delta restore never rewrites a running cluster)"
+        ));
+    }
+    None
+}
+
+/// Restores the chosen native backup (its `manifest` from `chain_manifest`) into `dest`,
+/// tablespaces into `tablespaces/<oid>`: every file checked as it is written, `threads` at a
+/// time.
 pub fn restore_native(
     storage: &dyn Storage,
     choice: &Choice,
     manifest: &Manifest,
-    dest: &Path,
-    tablespaces: &Path,
+    to: &Destination<'_>,
     threads: usize,
     counters: &Counters<'_>,
 ) -> Result<Restored, FetchError> {
+    let (dest, tablespaces, into) = (to.data, to.tablespaces, to.into);
     let b = &choice.backup;
     let keys: HashMap<i64, String> = choice
         .chain
         .iter()
         .map(|c| (c.backup_id, c.key.clone()))
         .collect();
-    if fs::symlink_metadata(dest).is_ok() {
-        return Err(FetchError::Bad(format!(
-            "\"{}\" exists; restore into a new directory (or use --delta)",
-            dest.display()
-        )));
-    }
     let source = RemoteHolders { storage, keys };
-    materialize_from(&source, manifest, dest, tablespaces, threads, counters).map_err(|r| {
-        FetchError::File {
-            detail: r.detail.unwrap_or_default(),
-            file: r.failing_file.unwrap_or_default(),
+    let failed = |r: crate::verify::Report| FetchError::File {
+        detail: r.detail.unwrap_or_default(),
+        file: r.failing_file.unwrap_or_default(),
+    };
+    let delta = match into {
+        Into::New => {
+            if fs::symlink_metadata(dest).is_ok() {
+                return Err(FetchError::Bad(format!(
+                    "\"{}\" exists; restore into a new directory (or use --delta)",
+                    dest.display()
+                )));
+            }
+            materialize_from(&source, manifest, dest, tablespaces, threads, counters)
+                .map_err(failed)?;
+            None
         }
-    })?;
+        Into::Delta => {
+            if let Some(why) = delta_refusal(dest) {
+                return Err(FetchError::Bad(why));
+            }
+            Some(
+                materialize_delta(&source, manifest, dest, tablespaces, threads, counters)
+                    .map_err(failed)?,
+            )
+        }
+    };
+    // Every file and directory durable before the restore says it is done.
+    durable::sync_filesystem(dest)?;
+    if tablespaces.is_dir() {
+        durable::sync_filesystem(tablespaces)?;
+    }
     Ok(Restored {
         backup_id: b.backup_id,
+        data_directory: dest.to_path_buf(),
         files: manifest.files.len(),
         bytes: manifest.logical_bytes(),
         wal_segments: choice.wal.len(),
+        delta,
+    })
+}
+
+/// Restores a `pg_basebackup` backup (one tar stream, zstd or not, WAL inside) into `dest`,
+/// which must not exist: the stored bytes are checked against the mirror's sha256 while the
+/// system's tar extracts them, and a backup that is not what the mirror says leaves no
+/// directory behind.  A block-level incremental's chain needs `pg_combinebackup`: `choose`
+/// passes such backups over.
+pub fn restore_tar(
+    storage: &dyn Storage,
+    choice: &Choice,
+    dest: &Path,
+    progress: &crate::progress::Progress,
+) -> Result<Restored, FetchError> {
+    let b = &choice.backup;
+    if choice.chain.len() != 1 {
+        return Err(FetchError::Bad(format!(
+            "backup {} is a pg_basebackup incremental; its chain needs pg_combinebackup (use plan_recovery's recipe)",
+            b.backup_id
+        )));
+    }
+    let sha = recorded_sha256(b)?.to_owned();
+    if fs::symlink_metadata(dest).is_ok() {
+        return Err(FetchError::Bad(format!(
+            "\"{}\" exists; a pg_basebackup backup is restored into a new directory",
+            dest.display()
+        )));
+    }
+    durable::create_private_dir(dest, false)?;
+    let input = storage.get(&b.key)?;
+    let zst = b.key.ends_with(".zst");
+    if let Err(e) = super::scratch_server::extract_stream(input, zst, sha, dest, progress) {
+        let _ = fs::remove_dir_all(dest);
+        return Err(FetchError::File {
+            detail: e.to_string(),
+            file: b.key.clone(),
+        });
+    }
+    durable::sync_filesystem(dest)?;
+    let (mut files, mut bytes) = (0usize, 0u64);
+    let mut stack = vec![dest.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => {
+                    files += 1;
+                    bytes += m.len();
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    Ok(Restored {
+        backup_id: b.backup_id,
+        data_directory: dest.to_path_buf(),
+        files,
+        bytes,
+        wal_segments: choice.wal.len(),
+        delta: None,
     })
 }
 
@@ -227,11 +350,20 @@ pub fn write_recovery_settings(
 /// put in place (temporary name, fsync, rename), decompressed when stored as `.zst`.  A name the
 /// mirror does not list is `NotOnTarget` (PostgreSQL asks for files that never existed, such as
 /// the next timeline's history).
+/// Whether a fetched WAL file is fsynced: the spool's are (they are served later, after a
+/// crash perhaps); `%p` is not (recovery reads it at once and asks again after a crash).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    Durable,
+    AtomicOnly,
+}
+
 pub fn wal_fetch(
     storage: &dyn Storage,
     mirror: &Mirror,
     name: &str,
     dest: &Path,
+    sync: Sync,
 ) -> Result<u64, FetchError> {
     if !wal::is_archivable_name(name) {
         return Err(FetchError::Bad(format!("{name:?} is not a WAL file name")));
@@ -276,7 +408,10 @@ pub fn wal_fetch(
         }
         n
     };
-    out.commit(Install::Replace)?;
+    match sync {
+        Sync::Durable => out.commit(Install::Replace)?,
+        Sync::AtomicOnly => out.commit_atomically(Install::Replace)?,
+    }
     Ok(written)
 }
 
@@ -321,14 +456,14 @@ mod tests {
         std::fs::write(tmp.path().join("t").join(&key), &stored).unwrap();
         let good = mirror_with(name, &key, hex(&Sha256::digest(&stored)));
         let dest = tmp.path().join("pg_wal_RECOVERYXLOG");
-        wal_fetch(&target, &good, name, &dest).unwrap();
+        wal_fetch(&target, &good, name, &dest, Sync::AtomicOnly).unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), segment);
 
         // Another object under the key (a tampered or damaged copy): refused, nothing written.
         let dest2 = tmp.path().join("other");
         let bad = mirror_with(name, &key, "0".repeat(64));
         assert!(matches!(
-            wal_fetch(&target, &bad, name, &dest2),
+            wal_fetch(&target, &bad, name, &dest2, Sync::Durable),
             Err(FetchError::Mismatch { .. })
         ));
         assert!(!dest2.exists());
@@ -339,10 +474,16 @@ mod tests {
         );
         // A file the mirror does not list, and a name that is not a WAL file name.
         assert!(matches!(
-            wal_fetch(&target, &good, "000000010000000000000004", &dest2),
+            wal_fetch(
+                &target,
+                &good,
+                "000000010000000000000004",
+                &dest2,
+                Sync::Durable
+            ),
             Err(FetchError::NotOnTarget(_))
         ));
-        assert!(wal_fetch(&target, &good, "../../etc/passwd", &dest2).is_err());
+        assert!(wal_fetch(&target, &good, "../../etc/passwd", &dest2, Sync::Durable).is_err());
     }
 
     #[test]
@@ -372,7 +513,8 @@ mod tests {
             &target,
             &m,
             "000000010000000000000003",
-            &tmp.path().join("d")
+            &tmp.path().join("d"),
+            Sync::Durable
         )
         .is_err());
     }

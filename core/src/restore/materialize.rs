@@ -3,14 +3,16 @@
 //! directory of the restorer's choosing linked from `pg_tblspc/<oid>`, and PostgreSQL's manifest
 //! as `backup_manifest` for `pg_verifybackup`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::files::durable;
-use crate::manifest::native::Manifest;
+use crate::manifest::native::{FileRecord, Manifest};
 use crate::manifest::postgres::PG_MANIFEST;
 use crate::progress::Counters;
+use crate::stream;
 use crate::verify::native::{cancelled, judge, read_stream};
 use crate::verify::{self, Reason, Report};
 
@@ -78,11 +80,130 @@ pub fn materialize_from(
     threads: usize,
     counters: &Counters<'_>,
 ) -> Result<(), Report> {
+    build(
+        source,
+        manifest,
+        dest,
+        tablespaces,
+        threads,
+        counters,
+        false,
+    )
+    .map(|_| ())
+}
+
+/// What a delta restore did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Delta {
+    /// Files whose size and sha256 already matched the manifest.
+    pub kept: usize,
+    /// Files fetched (missing or different).
+    pub fetched: usize,
+    /// Files and directories the backup does not have, removed.
+    pub removed: usize,
+}
+
+/// `materialize_from` into an existing data directory (a server's, stopped): a file whose size
+/// and sha256 already match the manifest is kept, any other is fetched again and checked, and
+/// whatever the backup does not have is removed (stale WAL in `pg_wal` above all, which
+/// recovery would otherwise read).  Tablespace links already in place are kept.
+pub fn materialize_delta(
+    source: &dyn StoredFiles,
+    manifest: &Manifest,
+    dest: &Path,
+    tablespaces: &Path,
+    threads: usize,
+    counters: &Counters<'_>,
+) -> Result<Delta, Report> {
+    build(source, manifest, dest, tablespaces, threads, counters, true)
+}
+
+/// Removes what lies below `dest` that the manifest does not name (following only the
+/// tablespace links it names); returns how many entries went.
+fn remove_extras(manifest: &Manifest, dest: &Path) -> Result<usize, String> {
+    let files: HashSet<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
+    let dirs: HashSet<&str> = manifest.dirs.iter().map(String::as_str).collect();
+    let mut removed = 0;
+    let mut stack = vec![String::new()];
+    while let Some(rel) = stack.pop() {
+        let at = if rel.is_empty() {
+            dest.to_path_buf()
+        } else {
+            dest.join(&rel)
+        };
+        let entries =
+            std::fs::read_dir(&at).map_err(|e| format!("listing {}: {e}", at.display()))?;
+        for e in entries {
+            let e = e.map_err(|e| format!("listing {}: {e}", at.display()))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let kind = e
+                .file_type()
+                .map_err(|err| format!("{}: {err}", e.path().display()))?;
+            let keep = if kind.is_dir() || (kind.is_symlink() && tablespace_oid(&path).is_some()) {
+                dirs.contains(path.as_str())
+            } else {
+                files.contains(path.as_str()) || (rel.is_empty() && path == PG_MANIFEST)
+            };
+            if keep {
+                if kind.is_dir() || kind.is_symlink() {
+                    stack.push(path);
+                }
+                continue;
+            }
+            let full = e.path();
+            let gone = if kind.is_dir() {
+                std::fs::remove_dir_all(&full)
+            } else {
+                std::fs::remove_file(&full)
+            };
+            gone.map_err(|e| format!("removing {}: {e}", full.display()))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Whether `path` is a regular file of `f`'s size and sha256 (a delta restore keeps it).
+fn already_there(path: &Path, f: &FileRecord, buf: &mut [u8], counters: &Counters<'_>) -> bool {
+    let Ok(mut file) = crate::files::open::open_regular(path) else {
+        return false;
+    };
+    if file.metadata().map(|m| m.len()).ok() != Some(f.size) {
+        return false;
+    }
+    stream::hash_all(&mut file, buf, Some(counters.cancel), Some(counters.bytes))
+        .is_ok_and(|(size, sum)| size == f.size && sum == f.sha256)
+}
+
+fn build(
+    source: &dyn StoredFiles,
+    manifest: &Manifest,
+    dest: &Path,
+    tablespaces: &Path,
+    threads: usize,
+    counters: &Counters<'_>,
+    delta: bool,
+) -> Result<Delta, Report> {
     let fail = |d: String| Report::failed(Reason::Unreadable, d, dest);
-    let mkdir = |p: &Path| durable::create_private_dir(p, false).map_err(|e| e.to_string());
+    let mkdir = |p: &Path| {
+        if delta && std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
+            return Ok(());
+        }
+        durable::create_private_dir(p, false).map_err(|e| e.to_string())
+    };
     mkdir(dest).map_err(fail)?;
+    let mut done = Delta::default();
+    if delta {
+        done.removed = remove_extras(manifest, dest).map_err(fail)?;
+    }
     for d in &manifest.dirs {
         match tablespace_oid(d) {
+            Some(_) if delta && std::fs::symlink_metadata(dest.join(d)).is_ok() => {}
             Some(oid) => {
                 mkdir(tablespaces).map_err(fail)?;
                 let place = tablespaces.join(oid);
@@ -93,7 +214,20 @@ pub fn materialize_from(
             None => mkdir(&dest.join(d)).map_err(fail)?,
         }
     }
+    let kept = AtomicUsize::new(0);
     let failure = verify::in_parallel(&manifest.files, threads, counters.cancel, |f, buf| {
+        let out_path = dest.join(&f.path);
+        if delta {
+            if already_there(&out_path, f, buf, counters) {
+                kept.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            match std::fs::remove_file(&out_path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Report::failed(Reason::Unreadable, e.to_string(), &out_path)),
+            }
+        }
         let src = source.shown(f.holder, &f.stored);
         let input = source
             .open(f.holder, &f.stored)
@@ -108,7 +242,6 @@ pub fn materialize_from(
                 )
             })?
             .map_err(|e| Report::failed(Reason::Unreadable, e, &src))?;
-        let out_path = dest.join(&f.path);
         let mut out = durable::create_new(&out_path)
             .map_err(|e| Report::failed(Reason::Unreadable, e.to_string(), &out_path))?;
         let zst = f.stored.ends_with(".zst");
@@ -119,6 +252,8 @@ pub fn materialize_from(
     if let Some(r) = failure.or_else(|| cancelled(counters, dest)) {
         return Err(r);
     }
+    done.kept = kept.into_inner();
+    done.fetched = manifest.files.len() - done.kept;
     // PostgreSQL's manifest, kept compressed or not by the backup itself.
     let id = manifest.backup_id;
     let compressed = format!("{PG_MANIFEST}.zst");
@@ -130,9 +265,84 @@ pub fn materialize_from(
             None => return Err(fail(format!("backup {id} is not available"))),
         },
     };
-    let mut out = durable::create_new(&dest.join(PG_MANIFEST)).map_err(|e| fail(e.to_string()))?;
+    let manifest_path = dest.join(PG_MANIFEST);
+    if delta {
+        let _ = std::fs::remove_file(&manifest_path);
+    }
+    let mut out = durable::create_new(&manifest_path).map_err(|e| fail(e.to_string()))?;
     let mut buf = vec![0u8; verify::CHUNK];
     read_stream(input, zst, &mut out, &mut buf, counters)
         .map_err(|(_, e)| fail(format!("copying {PG_MANIFEST}: {e}")))?;
-    Ok(())
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checksum::hex;
+    use sha2::{Digest, Sha256};
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+
+    #[test]
+    fn a_delta_restore_keeps_what_matches_and_removes_what_the_backup_lacks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let holder = tmp.path().join("b1");
+        std::fs::create_dir_all(holder.join("data/base/5")).unwrap();
+        std::fs::create_dir_all(holder.join("data/pg_wal")).unwrap();
+        let files = [("base/5/1", b"one".to_vec()), ("base/5/2", vec![2u8; 9000])];
+        let mut manifest = Manifest {
+            backup_id: 1,
+            parent: None,
+            dirs: vec!["base".into(), "base/5".into(), "pg_wal".into()],
+            files: vec![],
+        };
+        for (path, bytes) in &files {
+            std::fs::write(holder.join("data").join(path), bytes).unwrap();
+            manifest.files.push(FileRecord {
+                path: (*path).into(),
+                size: bytes.len() as u64,
+                mtime: 0,
+                sha256: hex(&Sha256::digest(bytes)),
+                holder: 1,
+                stored: format!("data/{path}"),
+            });
+        }
+        std::fs::write(holder.join(PG_MANIFEST), b"{}").unwrap();
+        let holders = HashMap::from([(1, holder.clone())]);
+        let (bytes, cancel) = (AtomicU64::new(0), AtomicBool::new(false));
+        let counters = Counters {
+            bytes: &bytes,
+            cancel: &cancel,
+        };
+        let dest = tmp.path().join("data");
+        let spaces = tmp.path().join("spaces");
+        materialize(&manifest, &holders, &dest, &spaces, 2, &counters).unwrap();
+
+        // The server ran on: one file changed, stale WAL and a new relation appeared.
+        std::fs::write(dest.join("base/5/2"), vec![3u8; 9000]).unwrap();
+        std::fs::write(dest.join("pg_wal/000000010000000000000009"), b"stale").unwrap();
+        std::fs::create_dir(dest.join("base/6")).unwrap();
+        std::fs::write(dest.join("base/6/1"), b"new").unwrap();
+        let source = LocalHolders(&holders);
+        let d = materialize_delta(&source, &manifest, &dest, &spaces, 2, &counters).unwrap();
+        assert_eq!(
+            d,
+            Delta {
+                kept: 1,
+                fetched: 1,
+                removed: 2
+            }
+        );
+        assert_eq!(
+            std::fs::read(dest.join("base/5/2")).unwrap(),
+            vec![2u8; 9000]
+        );
+        assert!(!dest.join("pg_wal/000000010000000000000009").exists());
+        assert!(!dest.join("base/6").exists());
+        assert!(dest.join(PG_MANIFEST).is_file());
+        // A stored file that is not what the manifest says fails the delta too.
+        std::fs::write(dest.join("base/5/1"), b"uno").unwrap();
+        std::fs::write(holder.join("data/base/5/1"), b"bad").unwrap();
+        assert!(materialize_delta(&source, &manifest, &dest, &spaces, 2, &counters).is_err());
+    }
 }

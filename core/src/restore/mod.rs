@@ -10,3 +10,4 @@ pub mod offsite;
 pub mod recipe;
 pub mod scratch_server;
 pub mod unprivileged;
+pub mod wal_spool;

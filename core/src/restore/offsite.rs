@@ -229,7 +229,7 @@ pub struct Choice {
 }
 
 /// Methods a physical restore can start from.
-pub const PHYSICAL: [&str; 1] = ["native_physical"];
+pub const PHYSICAL: [&str; 2] = ["native_physical", "pg_basebackup"];
 
 fn time_of(t: &Option<String>) -> Option<DateTime<Utc>> {
     t.as_deref().and_then(parse_time)
@@ -334,6 +334,13 @@ pub fn choose(
                 continue;
             }
         };
+        if b.backup_method == "pg_basebackup" && chain.len() > 1 {
+            rejected.push(format!(
+                "{}: a pg_basebackup incremental, whose chain needs pg_combinebackup (use plan_recovery's recipe)",
+                b.backup_id
+            ));
+            continue;
+        }
         let timeline = b.timeline_id.unwrap_or(1) as u32;
         let after = match goal {
             Goal::Time(t) => Some(*t),
@@ -357,13 +364,13 @@ pub fn choose(
                 continue;
             }
         }
-        // A native backup holds the WAL from its start to its end itself.
-        let missing: Vec<i64> =
-            if *goal == Goal::EndOfBackup && b.backup_method == "native_physical" {
-                Vec::new()
-            } else {
-                need.missing.clone()
-            };
+        // A physical backup holds the WAL from its start to its end itself (native copies it,
+        // pg_basebackup runs with --wal-method=fetch).
+        let missing: Vec<i64> = if *goal == Goal::EndOfBackup {
+            Vec::new()
+        } else {
+            need.missing.clone()
+        };
         if let Some(n) = missing.first() {
             let name = wal::Segment {
                 timeline,

@@ -83,6 +83,43 @@ fn extract(
     dir: &Path,
     progress: &Progress,
 ) -> Result<(), ScratchError> {
+    extract_with(dir, progress, move |sink| match expected {
+        None => feed(file, zstd, sink).map_err(|e| ScratchError::Extract(e.to_string())),
+        Some(sha) => feed_checked(file, zstd, sink, &sha),
+    })
+}
+
+/// Extracts a tar stream read from anywhere (an off-site target) into `dir` with the system's
+/// tar, the bytes as stored checked against `sha256` in the same pass.
+pub fn extract_stream(
+    input: Box<dyn std::io::Read + Send>,
+    zstd: bool,
+    sha256: String,
+    dir: &Path,
+    progress: &Progress,
+) -> Result<(), ScratchError> {
+    extract_with(dir, progress, move |sink| {
+        let mut hashed = stream::Hash::new(input);
+        let fed = feed(&mut hashed, zstd, sink);
+        // Whatever stopped the stream (a damaged zstd frame, tar giving up), the rest of the
+        // stored bytes is read, so that the error says whether they are the recorded ones.
+        let _ = std::io::copy(&mut hashed, &mut std::io::sink());
+        let (_, got) = hashed.finish();
+        if got != sha256 {
+            return Err(ScratchError::Damaged(format!(
+                "its sha256 is {got}, not the recorded {sha256}"
+            )));
+        }
+        fed.map_err(|e| ScratchError::Extract(e.to_string()))
+    })
+}
+
+/// Runs the system's tar extracting into `dir`, its stdin fed by `feeder` on a thread.
+fn extract_with(
+    dir: &Path,
+    progress: &Progress,
+    feeder: impl FnOnce(std::process::ChildStdin) -> Result<(), ScratchError> + Send + 'static,
+) -> Result<(), ScratchError> {
     let mut argv: Vec<OsString> = vec!["/bin/tar".into(), "--extract".into(), "--file=-".into()];
     argv.push("--no-same-owner".into());
     let mut d = OsString::from("--directory=");
@@ -92,12 +129,10 @@ fn extract(
     cmd.stdin(Stdio::piped());
     let mut child = process::spawn(cmd, progress, Stdio::null())?;
     let stderr = process::collect_stderr(&mut child);
-    let feeder = child.stdin.take().map(|sink| {
-        std::thread::spawn(move || match expected {
-            None => feed(file, zstd, sink).map_err(|e| ScratchError::Extract(e.to_string())),
-            Some(sha) => feed_checked(file, zstd, sink, &sha),
-        })
-    });
+    let feeder = child
+        .stdin
+        .take()
+        .map(|sink| std::thread::spawn(move || feeder(sink)));
     let done = process::finish(child, "tar".into(), stderr, progress);
     let fed = feeder
         .map(|t| {
@@ -115,7 +150,11 @@ fn extract(
 }
 
 /// Feeds a backup file, decompressed when it is zstd, into a program's stdin.
-pub fn feed(file: File, zstd: bool, mut sink: impl Write) -> Result<(), stream::PumpError> {
+pub fn feed(
+    file: impl std::io::Read,
+    zstd: bool,
+    mut sink: impl Write,
+) -> Result<(), stream::PumpError> {
     let mut buf = vec![0u8; 1 << 20];
     if zstd {
         let mut dec = stream::decompress(file)
@@ -165,7 +204,11 @@ fn feed_checked(
 }
 
 /// `feed`, returning the sha256 of the bytes as stored (before decompression).
-fn feed_hashed(file: File, zstd: bool, sink: impl Write) -> Result<String, stream::PumpError> {
+fn feed_hashed(
+    file: impl std::io::Read,
+    zstd: bool,
+    sink: impl Write,
+) -> Result<String, stream::PumpError> {
     let mut buf = vec![0u8; 1 << 20];
     let mut file = file;
     let write_err = |source| stream::PumpError::Write { after: 0, source };

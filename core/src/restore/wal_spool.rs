@@ -1,0 +1,217 @@
+//! Read-ahead for `wal-fetch`, as pgBackRest's asynchronous archive-get queue does it: recovery
+//! asks for one WAL file at a time and waits for each; while it replays one, the next ones are
+//! fetched in parallel into a private spool directory, each checked against the mirror's
+//! sha256 as `wal_fetch` checks it (temporary name, fsync, rename), so that the next request
+//! is a rename.  Only complete, checked files ever carry a WAL file's name in the spool.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use super::fetch::{wal_fetch, FetchError, Sync};
+use super::offsite::Mirror;
+use crate::files::durable::{self, DurableFile, Install, Temp};
+use crate::files::error::IoError;
+use crate::storage::Storage;
+use crate::wal::{self, Segment};
+
+/// A spool directory (created mode 0700 when missing).
+pub struct Spool {
+    dir: PathBuf,
+}
+
+impl Spool {
+    pub fn open(dir: &Path) -> Result<Spool, FetchError> {
+        durable::create_private_dir(dir, true)?;
+        Ok(Spool {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Moves the spooled `name` to `dest` when a checked copy is there; false when not.
+    pub fn take(&self, name: &str, dest: &Path) -> Result<bool, FetchError> {
+        if !wal::is_archivable_name(name) {
+            return Ok(false);
+        }
+        let from = self.dir.join(name);
+        // No fsync: recovery reads `%p` at once, and asks for it again after a crash.
+        match fs::rename(&from, dest) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            // Another filesystem: copied durably, then the spooled file removed.
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                let mut input = crate::files::open::open_regular(&from)
+                    .map_err(|e| FetchError::Bad(format!("spooled {name}: {e}")))?;
+                let mut out = DurableFile::create(dest, Temp::Suffix)?;
+                io::copy(&mut input, out.file())
+                    .map_err(|e| IoError::new("could not copy to", dest, e))?;
+                out.commit(Install::Replace)?;
+                let _ = fs::remove_file(&from);
+                Ok(true)
+            }
+            Err(e) => Err(IoError::new("could not move", &from, e).into()),
+        }
+    }
+
+    /// How many WAL files of `name`'s timeline that come after it the spool holds: the
+    /// foreground starts a filler only when fewer than half the read-ahead are ready.
+    pub fn ready_after(&self, name: &str) -> usize {
+        let Some(timeline) = name.get(..8).filter(|_| wal::is_segment_name(name)) else {
+            return 0;
+        };
+        fs::read_dir(&self.dir).map_or(0, |entries| {
+            entries
+                .flatten()
+                .filter(|e| {
+                    let n = e.file_name();
+                    let n = n.to_string_lossy();
+                    wal::is_segment_name(&n) && n.starts_with(timeline) && *n > *name
+                })
+                .count()
+        })
+    }
+
+    /// The exclusive right to fill the spool (one filler at a time); None when another holds it.
+    pub fn try_lock(&self) -> Result<Option<File>, FetchError> {
+        let path = self.dir.join(".lock");
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| IoError::new("could not open", &path, e))?;
+        // SAFETY: the descriptor is open and owned by `f`; flock does not touch memory.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        Ok((rc == 0).then_some(f))
+    }
+
+    /// Fetches the `ahead` WAL files after `name` on its timeline that the mirror lists and the
+    /// spool lacks, `threads` at a time, and removes spooled files of that timeline that come
+    /// before `name` (already served, or passed over).  Errors are per file and leave nothing
+    /// behind: the foreground fetch of that file reports them.
+    pub fn fill(
+        &self,
+        storage: &dyn Storage,
+        mirror: &Mirror,
+        name: &str,
+        ahead: usize,
+        threads: usize,
+    ) -> usize {
+        let size = mirror.segment_size();
+        let Some(current) = Segment::parse(name, size) else {
+            return 0;
+        };
+        if let Ok(entries) = fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if Segment::parse(&n, size)
+                    .is_some_and(|s| s.timeline == current.timeline && s.number < current.number)
+                {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        let wanted: Vec<String> = (1..=ahead as u64)
+            .map(|i| {
+                Segment {
+                    timeline: current.timeline,
+                    number: current.number + i,
+                }
+                .file_name(size)
+            })
+            .filter(|n| mirror.wal_file(n).is_some() && !self.dir.join(n).exists())
+            .collect();
+        let cancel = std::sync::atomic::AtomicBool::new(false);
+        let fetched = std::sync::atomic::AtomicUsize::new(0);
+        crate::threads::in_parallel(&wanted, threads.max(1), 0, &cancel, |n, _| {
+            if wal_fetch(storage, mirror, n, &self.dir.join(n), Sync::Durable).is_ok() {
+                fetched.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok::<(), ()>(())
+        });
+        fetched.into_inner()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checksum::hex;
+    use crate::restore::offsite::{MirrorWal, FORMAT};
+    use crate::storage::filesystem::FilesystemTarget;
+    use sha2::{Digest, Sha256};
+
+    #[test]
+    fn the_next_files_are_fetched_ahead_and_served_by_a_rename() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = FilesystemTarget {
+            dir: tmp.path().join("t"),
+            rate: None,
+        };
+        std::fs::create_dir_all(tmp.path().join("t/7/.wal")).unwrap();
+        let mut wal_files = Vec::new();
+        for n in 1..=6u32 {
+            let name = format!("0000000100000000{n:08X}");
+            let bytes = format!("segment {n}").repeat(100).into_bytes();
+            let key = format!("7/.wal/{name}");
+            std::fs::write(tmp.path().join("t").join(&key), &bytes).unwrap();
+            wal_files.push(MirrorWal {
+                name,
+                key,
+                size: bytes.len() as i64,
+                sha256: hex(&Sha256::digest(&bytes)),
+                archived_at: "2026-12-04T10:00:00+00:00".into(),
+            });
+        }
+        // File 5 on the target is not what the mirror says.
+        std::fs::write(tmp.path().join("t/7/.wal/000000010000000000000005"), b"x").unwrap();
+        let mirror = Mirror {
+            format: FORMAT.into(),
+            written_at: String::new(),
+            system_identifier: 7,
+            pg_version: None,
+            wal_segment_size: None,
+            target: None,
+            backups: vec![],
+            wal_files,
+            wal_gaps: vec![],
+        };
+        let spool = Spool::open(&tmp.path().join("spool")).unwrap();
+        let lock = spool.try_lock().unwrap();
+        assert!(lock.is_some());
+        assert!(spool.try_lock().unwrap().is_none(), "a second filler");
+        assert_eq!(
+            spool.fill(&target, &mirror, "000000010000000000000002", 8, 2),
+            3
+        );
+        let dest = tmp.path().join("RECOVERYXLOG");
+        assert_eq!(spool.ready_after("000000010000000000000002"), 3);
+        assert!(spool.take("000000010000000000000003", &dest).unwrap());
+        assert_eq!(spool.ready_after("000000010000000000000003"), 2);
+        assert_eq!(
+            std::fs::read(&dest).unwrap(),
+            "segment 3".repeat(100).as_bytes()
+        );
+        // The damaged one never reaches the spool; the foreground fetch reports it.
+        assert!(!spool.take("000000010000000000000005", &dest).unwrap());
+        assert!(wal_fetch(
+            &target,
+            &mirror,
+            "000000010000000000000005",
+            &dest,
+            Sync::Durable
+        )
+        .is_err());
+        assert!(!spool.take("../000000010000000000000004", &dest).unwrap());
+        // Filling from 6 on removes what came before it (6 itself is served next).
+        drop(lock);
+        spool.fill(&target, &mirror, "000000010000000000000006", 8, 2);
+        let left: Vec<String> = std::fs::read_dir(tmp.path().join("spool"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        assert_eq!(left, ["000000010000000000000006"]);
+    }
+}

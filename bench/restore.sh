@@ -233,10 +233,11 @@ recover() { # recover NAME: restore into $DIR/rec-NAME, recover to the end, time
     case $c in
     backup-mgmt) cmd="$BMG --dir $DIR/offsite/t --cluster $SYSID wal-fetch %f %p" ;;
     backup-mgmt-spool) cmd="$BMG --dir $DIR/offsite/t --cluster $SYSID wal-fetch --spool $d.wal-spool %f %p" ;;
-    pgbackrest) cmd="$BR archive-get %f %p" ;;
+    # pgBackRest checks that the server's directory is its pg1-path.
+    pgbackrest) cmd="$BR --pg1-path=$d archive-get %f %p" ;;
     pgbackrest-async)
         install -d -o postgres -g postgres -m 0700 "$DIR/br-spool"
-        cmd="$BR --archive-async --spool-path=$DIR/br-spool --process-max=2 archive-get %f %p"
+        cmd="$BR --pg1-path=$d --archive-async --spool-path=$DIR/br-spool --process-max=2 archive-get %f %p"
         ;;
     esac
     rm -f "$DIR/timed-$c.log"
@@ -251,7 +252,8 @@ CONF
     drop_caches
     local t0 t1
     t0=$(now)
-    as_pg "$BIN/pg_ctl" -w -t 600 -D "$d" -l "$DIR/rec-$c.log" start >/dev/null
+    as_pg "$BIN/pg_ctl" -w -t 600 -D "$d" -l "$DIR/rec-$c.log" start >/dev/null ||
+        { tail -30 "$DIR/rec-$c.log" >&2; exit 1; }
     until [ "$(as_pg "$BIN/psql" -X -At -h "$DIR" -p "$RPORT" -d postgres -c 'SELECT NOT pg_is_in_recovery()' 2>/dev/null)" = t ]; do
         sleep 0.1
     done

@@ -222,7 +222,13 @@ fn imports_point_down_and_never_into_the_worker() {
 fn no_source_file_is_over_about_700_lines() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut long = Vec::new();
-    for dir in ["src", "core/src", "pgrx-tests/src", "pgrx-tests/tests"] {
+    for dir in [
+        "src",
+        "core/src",
+        "cli/src",
+        "pgrx-tests/src",
+        "pgrx-tests/tests",
+    ] {
         let mut stack = vec![root.join(dir)];
         while let Some(d) = stack.pop() {
             for e in std::fs::read_dir(&d).unwrap().map(Result::unwrap) {
@@ -245,7 +251,7 @@ fn no_source_file_is_over_about_700_lines() {
 fn every_unsafe_block_says_why_it_is_safe() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut missing = Vec::new();
-    for dir in ["src", "core/src"] {
+    for dir in ["src", "core/src", "cli/src"] {
         let mut stack = vec![root.join(dir)];
         while let Some(d) = stack.pop() {
             for e in std::fs::read_dir(&d).unwrap().map(Result::unwrap) {

@@ -16,6 +16,7 @@ use backup_mgmt_core::progress::{Counters, Progress};
 use backup_mgmt_core::restore::fetch::{self, FetchError, Sync};
 use backup_mgmt_core::restore::offsite::{self, Goal, OffsiteRestoreError};
 use backup_mgmt_core::restore::wal_spool::Spool;
+use backup_mgmt_core::storage::StorageError;
 use backup_mgmt_core::threads;
 use backup_mgmt_core::wal::Lsn;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -27,7 +28,9 @@ const EXIT_CODES: &str = "Exit codes:
   1  failed (I/O, the target unreachable, a file that could not be written)
   2  the command line is wrong
   3  integrity: a file, the chain manifest or the mirror is not what the mirror says
-  4  nothing to restore from: no backup reaches the goal, or (wal-fetch) the target has no such WAL file";
+  4  nothing to restore from: no backup reaches the goal, or (wal-fetch) the target has no such WAL file
+wal-fetch exits 255 on any other failure, which PostgreSQL takes as fatal: recovery stops
+rather than ending early without the WAL it could not fetch.";
 
 /// Restore PostgreSQL clusters from backup_mgmt's off-site targets, with no host and no
 /// catalog database.
@@ -151,9 +154,15 @@ enum CliError {
 impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
-            CliError::Usage(_) => 2,
+            CliError::Usage(_)
+            | CliError::Offsite(OffsiteRestoreError::SeveralClusters(_))
+            | CliError::Fetch(FetchError::Refused(_)) => 2,
             CliError::Offsite(OffsiteRestoreError::BadMirror { .. })
-            | CliError::Fetch(FetchError::Mismatch { .. } | FetchError::Bad(_)) => 3,
+            | CliError::Fetch(
+                FetchError::Mismatch { .. }
+                | FetchError::Bad(_)
+                | FetchError::Storage(StorageError::Config(_)),
+            ) => 3,
             CliError::Offsite(
                 OffsiteRestoreError::NoBase(_)
                 | OffsiteRestoreError::NoCluster
@@ -170,13 +179,24 @@ impl CliError {
     }
 }
 
+/// `wal-fetch`'s exit code for anything but "no such file on the target": PostgreSQL takes
+/// an exit code above 125 as fatal and stops recovery, where any lower one means "not archived"
+/// and would end recovery early, on a new timeline, with the later WAL silently left behind.
+const WAL_FETCH_FATAL: u8 = 255;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("backup-mgmt: {e}");
-            ExitCode::from(e.exit_code())
+            let code = e.exit_code();
+            let fetching = matches!(cli.command, Command::WalFetch { .. });
+            ExitCode::from(if fetching && code != 4 {
+                WAL_FETCH_FATAL
+            } else {
+                code
+            })
         }
     }
 }
@@ -203,13 +223,17 @@ fn run(cli: &Cli) -> Result<(), CliError> {
                 fetch::wal_fetch(storage.as_ref(), &mirror, name, path, Sync::AtomicOnly)?;
                 return Ok(());
             };
-            // A spooled copy was checked when it was fetched: a rename serves it.
-            let spool = Spool::open(dir)?;
-            if !spool.take(name, path)? {
+            // A spooled copy was checked when it was fetched: a rename serves it.  A spool that
+            // cannot be used only costs speed.
+            let spool = Spool::open(dir).ok();
+            let served = spool
+                .as_ref()
+                .is_some_and(|s| s.take(name, path).unwrap_or(false));
+            if !served {
                 let mirror = offsite::load_mirror(storage.as_ref(), sysid)?;
                 fetch::wal_fetch(storage.as_ref(), &mirror, name, path, Sync::AtomicOnly)?;
             }
-            if spool.ready_after(name) * 2 < ahead.read_ahead {
+            if spool.is_some_and(|s| s.ready_after(name) * 2 < ahead.read_ahead) {
                 start_prefetch(cli, sysid, ahead, name);
             }
             Ok(())
@@ -374,8 +398,28 @@ fn finish(
 ) -> Result<(), CliError> {
     let dest = &restored.data_directory;
     let spool = PathBuf::from(format!("{}.wal-spool", dest.display()));
+    // A spool left by an earlier restore to this place may hold another cluster's files.
+    match std::fs::remove_dir_all(&spool) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(CliError::Usage(format!(
+                "could not empty the WAL spool {}: {e}",
+                spool.display()
+            )))
+        }
+    }
     let command = cli.target.wal_fetch_command(sysid, &spool)?;
-    fetch::write_recovery_settings(dest, &command, goal)?;
+    if let Some(reference) = cli.target.credentials_from_env() {
+        eprintln!(
+            "backup-mgmt: restore_command reads the credentials from {reference}: start the server with that variable in its environment (or restore with --s3-credentials file:...)"
+        );
+    }
+    let timeline = choice
+        .backup
+        .timeline_id
+        .and_then(|t| u32::try_from(t).ok());
+    fetch::write_recovery_settings(dest, &command, goal, timeline)?;
     output::restored(restored, choice, dest, started.elapsed(), json);
     Ok(())
 }

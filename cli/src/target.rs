@@ -102,6 +102,14 @@ impl TargetArgs {
         Ok(words)
     }
 
+    /// Whether the credentials are read from an environment variable, which the server that
+    /// runs `restore_command` must then have too.
+    pub fn credentials_from_env(&self) -> Option<&str> {
+        self.s3_credentials
+            .as_deref()
+            .filter(|c| c.starts_with("env:"))
+    }
+
     /// `restore_command`: `wal-fetch` of this target with a read-ahead spool, `%f %p`; every
     /// word quoted for the shell PostgreSQL runs it with.
     pub fn wal_fetch_command(&self, sysid: i64, spool: &Path) -> Result<String, CliError> {

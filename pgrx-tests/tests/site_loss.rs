@@ -294,7 +294,7 @@ fn the_cluster_comes_back_from_the_bucket_alone() {
         &restored,
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
-    assert_eq!(code, 3, "{err}");
+    assert_eq!(code, 2, "{err}");
     assert!(plain.join("precious").exists());
 }
 

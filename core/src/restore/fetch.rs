@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -38,6 +39,10 @@ pub enum FetchError {
     Bad(String),
     #[error("WAL file {0} is not in the target's mirror")]
     NotOnTarget(String),
+    /// What was asked cannot be done to this destination (it exists, it is not a data
+    /// directory, its server runs): nothing was touched.
+    #[error("{0}")]
+    Refused(String),
     #[error("{detail} ({file})")]
     File { detail: String, file: String },
 }
@@ -157,11 +162,22 @@ pub struct Destination<'a> {
 
 /// Why a directory is not one a delta restore may rewrite, or None when it is: a PostgreSQL
 /// data directory (PG_VERSION, global/pg_control) whose server is not running.
-pub fn delta_refusal(dest: &Path) -> Option<String> {
+pub fn delta_refusal(dest: &Path, sysid: i64) -> Option<String> {
     let shown = dest.display();
     if !dest.join("PG_VERSION").is_file() || !dest.join("global/pg_control").is_file() {
         return Some(format!(
             "\"{shown}\" is not a PostgreSQL data directory (no PG_VERSION or global/pg_control); --delta rewrites only a data directory"
+        ));
+    }
+    // The first field of pg_control is the cluster's system identifier: a delta restore of
+    // another cluster's backup would empty this one.
+    let mut head = [0u8; 8];
+    let read = fs::File::open(dest.join("global/pg_control"))
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head));
+    if read.is_err() || i64::from_le_bytes(head) != sysid {
+        return Some(format!(
+            "\"{shown}\" is the data directory of cluster {}, not of cluster {sysid} whose backup this is",
+            i64::from_le_bytes(head)
         ));
     }
     if dest.join("postmaster.pid").exists() {
@@ -198,7 +214,7 @@ pub fn restore_native(
     let delta = match into {
         Into::New => {
             if fs::symlink_metadata(dest).is_ok() {
-                return Err(FetchError::Bad(format!(
+                return Err(FetchError::Refused(format!(
                     "\"{}\" exists; restore into a new directory (or use --delta)",
                     dest.display()
                 )));
@@ -208,8 +224,8 @@ pub fn restore_native(
             None
         }
         Into::Delta => {
-            if let Some(why) = delta_refusal(dest) {
-                return Err(FetchError::Bad(why));
+            if let Some(why) = delta_refusal(dest, choice.backup_sysid) {
+                return Err(FetchError::Refused(why));
             }
             Some(
                 materialize_delta(&source, manifest, dest, tablespaces, threads, counters)
@@ -252,7 +268,7 @@ pub fn restore_tar(
     }
     let sha = recorded_sha256(b)?.to_owned();
     if fs::symlink_metadata(dest).is_ok() {
-        return Err(FetchError::Bad(format!(
+        return Err(FetchError::Refused(format!(
             "\"{}\" exists; a pg_basebackup backup is restored into a new directory",
             dest.display()
         )));
@@ -267,21 +283,33 @@ pub fn restore_tar(
             file: b.key.clone(),
         });
     }
-    durable::sync_filesystem(dest)?;
+    // What tar made is checked before anything starts on it: regular files and directories
+    // only (a tablespace link is not in a single-stream base backup), never a symlink out of
+    // the directory or a device.
     let (mut files, mut bytes) = (0usize, 0u64);
     let mut stack = vec![dest.to_path_buf()];
+    let mut odd = None;
     while let Some(d) = stack.pop() {
         for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-            match e.metadata() {
+            match e.path().symlink_metadata() {
                 Ok(m) if m.is_dir() => stack.push(e.path()),
-                Ok(m) => {
+                Ok(m) if m.is_file() => {
                     files += 1;
                     bytes += m.len();
                 }
-                Err(_) => {}
+                _ => odd = Some(e.path()),
             }
         }
     }
+    if let Some(p) = odd {
+        let _ = fs::remove_dir_all(dest);
+        return Err(FetchError::Bad(format!(
+            "backup {} holds \"{}\", which is neither a regular file nor a directory; nothing was restored",
+            b.backup_id,
+            p.strip_prefix(dest).unwrap_or(&p).display()
+        )));
+    }
+    durable::sync_filesystem(dest)?;
     Ok(Restored {
         backup_id: b.backup_id,
         data_directory: dest.to_path_buf(),
@@ -309,6 +337,7 @@ pub fn write_recovery_settings(
     dest: &Path,
     fetch_command: &str,
     goal: &Goal,
+    timeline: Option<u32>,
 ) -> Result<(), FetchError> {
     if fetch_command.contains(['\n', '\r', '\0']) {
         return Err(FetchError::Bad(
@@ -324,18 +353,30 @@ pub fn write_recovery_settings(
         ),
         Goal::Lsn(l) => format!("recovery_target_lsn = {}", conf_quote(&l.to_string())),
     };
+    // A backup of a cluster restored before carries that restore's settings: every target is
+    // reset (the last value of a setting wins), then this one is set.
     let mut text = format!(
-        "\n# Written by backup-mgmt restore\nrestore_command = {}\n",
+        "\n# Written by backup-mgmt restore\nrestore_command = {}\n\
+         recovery_target = ''\nrecovery_target_time = ''\nrecovery_target_lsn = ''\n\
+         recovery_target_xid = ''\nrecovery_target_name = ''\nrecovery_target_inclusive = on\n",
         conf_quote(fetch_command)
     );
+    // The base and its WAL were chosen on the backup's timeline: a point on it is reached on it,
+    // not on a later timeline forked from it; the latest WAL follows whatever history there is.
+    text.push_str(&match (goal, timeline) {
+        (Goal::Latest, _) | (_, None) => "recovery_target_timeline = 'latest'\n".to_owned(),
+        (_, Some(tl)) => format!("recovery_target_timeline = '{tl}'\n"),
+    });
     if !target.is_empty() {
         text.push_str(&target);
         text.push_str("\nrecovery_target_action = 'promote'\n");
     }
     let conf = dest.join("postgresql.auto.conf");
+    // Never through a symlink planted in the backup.
     let mut f = OpenOptions::new()
         .append(true)
         .create(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&conf)
         .map_err(|e| IoError::new("could not open", &conf, e))?;
     f.write_all(text.as_bytes())
@@ -366,7 +407,9 @@ pub fn wal_fetch(
     sync: Sync,
 ) -> Result<u64, FetchError> {
     if !wal::is_archivable_name(name) {
-        return Err(FetchError::Bad(format!("{name:?} is not a WAL file name")));
+        return Err(FetchError::Refused(format!(
+            "{name:?} is not a WAL file name"
+        )));
     }
     let w: &MirrorWal = mirror
         .wal_file(name)
@@ -519,12 +562,118 @@ mod tests {
         .is_err());
     }
 
+    fn choice_of(key: &str, sha256: &str) -> Choice {
+        let b: crate::restore::offsite::MirrorBackup = serde_json::from_value(serde_json::json!({
+            "backup_id": 9, "database_name": "postgres", "backup_type": "full",
+            "backup_method": "pg_basebackup", "key": key, "sha256": sha256, "timeline_id": 1
+        }))
+        .unwrap();
+        Choice {
+            backup_sysid: 7,
+            backup: b.clone(),
+            chain: vec![b],
+            wal: vec![],
+            why: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_tar_with_a_symlink_or_damage_is_not_restored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir_all(src.join("global")).unwrap();
+        std::fs::write(src.join("PG_VERSION"), b"15\n").unwrap();
+        std::os::unix::fs::symlink("/etc", src.join("pg_wal")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("t/7/postgres")).unwrap();
+        let tar = tmp.path().join("t/7/postgres/b.tar");
+        let made = std::process::Command::new("/bin/tar")
+            .arg("-cf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(&src)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let target = FilesystemTarget {
+            dir: tmp.path().join("t"),
+            rate: None,
+        };
+        let sha = hex(&Sha256::digest(std::fs::read(&tar).unwrap()));
+        let progress = crate::progress::Progress::default();
+        let dest = tmp.path().join("data");
+        let e = restore_tar(
+            &target,
+            &choice_of("7/postgres/b.tar", &sha),
+            &dest,
+            &progress,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("neither a regular file nor a directory"), "{e}");
+        assert!(!dest.exists());
+        // Bytes other than the mirror's: refused, nothing left.
+        let e = restore_tar(
+            &target,
+            &choice_of("7/postgres/b.tar", &"0".repeat(64)),
+            &dest,
+            &progress,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("sha256"), "{e}");
+        assert!(!dest.exists());
+        // Without the symlink it restores.
+        std::fs::remove_file(src.join("pg_wal")).unwrap();
+        std::fs::create_dir(src.join("pg_wal")).unwrap();
+        std::fs::remove_file(&tar).unwrap();
+        assert!(std::process::Command::new("/bin/tar")
+            .arg("-cf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(&src)
+            .arg(".")
+            .status()
+            .unwrap()
+            .success());
+        let sha = hex(&Sha256::digest(std::fs::read(&tar).unwrap()));
+        let r = restore_tar(
+            &target,
+            &choice_of("7/postgres/b.tar", &sha),
+            &dest,
+            &progress,
+        )
+        .unwrap();
+        assert_eq!(r.files, 1);
+        assert_eq!(std::fs::read(dest.join("PG_VERSION")).unwrap(), b"15\n");
+    }
+
+    #[test]
+    fn delta_refuses_what_is_not_this_clusters_stopped_data_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        assert!(delta_refusal(d, 7)
+            .unwrap()
+            .contains("not a PostgreSQL data directory"));
+        std::fs::create_dir(d.join("global")).unwrap();
+        std::fs::write(d.join("PG_VERSION"), b"15\n").unwrap();
+        let mut control = 8i64.to_le_bytes().to_vec();
+        control.extend_from_slice(&[0u8; 100]);
+        std::fs::write(d.join("global/pg_control"), &control).unwrap();
+        assert!(delta_refusal(d, 7)
+            .unwrap()
+            .contains("cluster 8, not of cluster 7"));
+        assert_eq!(delta_refusal(d, 8), None);
+        std::fs::write(d.join("postmaster.pid"), b"1").unwrap();
+        assert!(delta_refusal(d, 8).unwrap().contains("postmaster.pid"));
+    }
+
     #[test]
     fn recovery_settings_quote_what_they_embed() {
         let tmp = tempfile::tempdir().unwrap();
         let goal = Goal::Time(crate::restore::offsite::parse_time("2026-12-04T10:00:00Z").unwrap());
         let cmd = format!("{} wal-fetch %f %p", sh_quote("/opt/it's here/backup-mgmt"));
-        write_recovery_settings(tmp.path(), &cmd, &goal).unwrap();
+        write_recovery_settings(tmp.path(), &cmd, &goal, Some(1)).unwrap();
         let conf = std::fs::read_to_string(tmp.path().join("postgresql.auto.conf")).unwrap();
         assert!(
             conf.contains(
@@ -533,9 +682,17 @@ mod tests {
             "{conf}"
         );
         assert!(conf.contains("recovery_target_time = '2026-12-04 10:00:00.000000+00'"));
+        // Earlier targets are reset before this one; the backup's timeline is kept to.
+        let reset = conf.find("recovery_target_time = ''").unwrap();
+        assert!(reset < conf.find("recovery_target_time = '2026").unwrap());
+        assert!(conf.contains("recovery_target_timeline = '1'"));
         assert!(tmp.path().join("recovery.signal").is_file());
-        assert!(
-            write_recovery_settings(tmp.path(), "x\nrecovery_target = 'immediate'", &goal).is_err()
-        );
+        assert!(write_recovery_settings(
+            tmp.path(),
+            "x\nrecovery_target = 'immediate'",
+            &goal,
+            None
+        )
+        .is_err());
     }
 }

@@ -221,6 +221,8 @@ pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
 /// A backup a restore starts from, its chain (full first) and the archived WAL it needs.
 #[derive(Debug, Clone)]
 pub struct Choice {
+    /// The cluster the mirror describes.
+    pub backup_sysid: i64,
     pub backup: MirrorBackup,
     pub chain: Vec<MirrorBackup>,
     pub wal: Vec<MirrorWal>,
@@ -409,6 +411,7 @@ pub fn choose(
             }
         );
         return Ok(Choice {
+            backup_sysid: m.system_identifier,
             backup: b.clone(),
             chain,
             wal,

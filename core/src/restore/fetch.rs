@@ -14,6 +14,8 @@ use sha2::{Digest, Sha256};
 
 use super::materialize::{materialize_delta, materialize_from, Delta, StoredFiles};
 use super::offsite::{Choice, Goal, Mirror, MirrorWal};
+use super::recipe::conf_quote;
+pub use super::recipe::sh_quote;
 use crate::checksum::{hex, is_sha256_hex};
 use crate::files::durable::{self, DurableFile, Install, Temp};
 use crate::files::error::IoError;
@@ -318,16 +320,6 @@ pub fn restore_tar(
         wal_segments: choice.wal.len(),
         delta: None,
     })
-}
-
-/// `s` as one shell word (PostgreSQL runs `restore_command` through `sh -c`).
-pub fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
-/// `s` as a postgresql.conf string value.
-fn conf_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// Appends the recovery settings to `dest/postgresql.auto.conf` and creates

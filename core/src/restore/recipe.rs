@@ -161,12 +161,12 @@ pub struct RecipeInput {
 }
 
 /// `s` as one shell word.
-fn sh_quote(s: &str) -> String {
+pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// `s` as a postgresql.conf string value.
-fn conf_quote(s: &str) -> String {
+pub fn conf_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 

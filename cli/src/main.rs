@@ -4,16 +4,18 @@
 //! builds a data directory that recovers to a chosen point, `wal-fetch` is its
 //! `restore_command`.  Everything it does is in the core crate; this file is the command line.
 
+mod logical;
 mod output;
 mod target;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use backup_mgmt_core::progress::{Counters, Progress};
 use backup_mgmt_core::restore::fetch::{self, FetchError, Sync};
+use backup_mgmt_core::restore::logical::LogicalError;
 use backup_mgmt_core::restore::offsite::{self, Goal, OffsiteRestoreError};
 use backup_mgmt_core::restore::wal_spool::Spool;
 use backup_mgmt_core::storage::StorageError;
@@ -25,9 +27,11 @@ use target::TargetArgs;
 
 const EXIT_CODES: &str = "Exit codes:
   0  done
-  1  failed (I/O, the target unreachable, a file that could not be written)
-  2  the command line is wrong
-  3  integrity: a file, the chain manifest or the mirror is not what the mirror says
+  1  failed (I/O, the target or the server unreachable, a file that could not be written;
+     restore-logical: objects that failed for reasons other than privileges)
+  2  the command line is wrong, or the destination refuses it (restore-logical: the database exists)
+  3  integrity: a file, the chain manifest or the mirror is not what the mirror says, or a
+     globals file holds statements pg_dumpall does not write
   4  nothing to restore from: no backup reaches the goal, or (wal-fetch) the target has no such WAL file
 wal-fetch exits 255 on any other failure, which PostgreSQL takes as fatal: recovery stops
 rather than ending early without the WAL it could not fetch.";
@@ -75,6 +79,23 @@ enum Command {
     /// Restores a physical backup into a new data directory, set to recover to the goal.
     #[command(after_help = EXIT_CODES)]
     Restore(RestoreArgs),
+    /// Restores a pg_dump backup into a new database of a running server, its globals first.
+    #[command(
+        name = "restore-logical",
+        after_help = EXIT_CODES,
+        long_about = "Restores a logical backup (pg_dump custom or directory format) from the \
+target into a new database of a running server, as the server's operating-system user.\n\n\
+The backup's globals file (pg_dumpall --globals-only) is applied first, statement by statement: \
+only roles, their settings, comments and memberships, grants and tablespaces; a file holding \
+anything else is refused. Roles that exist keep existing (their attributes are set as backed up). \
+The dump then runs as a throwaway role that is no superuser and is a member of the roles owning \
+its objects, so that ownership is restored as dumped; objects only a superuser may create \
+(untrusted languages, C functions, some extensions) are named, not restored. The dump's sha256 \
+is checked while it streams; a damaged dump leaves no database.\n\n\
+Example:\n  backup-mgmt --dir /mnt/offsite restore-logical --source-database shop \
+--database shop_restored --target-time '2026-12-04 10:00:00+00'"
+    )]
+    RestoreLogical(logical::LogicalArgs),
     /// restore_command: fetches one WAL file (%f) to %p, its sha256 checked against the mirror.
     #[command(name = "wal-fetch", after_help = EXIT_CODES)]
     WalFetch {
@@ -147,34 +168,51 @@ enum CliError {
     Offsite(#[from] OffsiteRestoreError),
     #[error(transparent)]
     Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Logical(#[from] LogicalError),
     #[error("{0}")]
     Usage(String),
+    #[error("{0}")]
+    Incomplete(String),
+}
+
+/// Exit code of a failed fetch from the target.
+fn fetch_code(f: &FetchError) -> u8 {
+    match f {
+        FetchError::Refused(_) => 2,
+        FetchError::Mismatch { .. }
+        | FetchError::Bad(_)
+        | FetchError::Storage(StorageError::Config(_)) => 3,
+        FetchError::NotOnTarget(_) => 4,
+        FetchError::File { detail, .. }
+            if detail.contains("sha256") || detail.contains("manifest says") =>
+        {
+            3
+        }
+        _ => 1,
+    }
+}
+
+/// Exit code of a failed reading of the mirror or choice of a backup.
+fn offsite_code(o: &OffsiteRestoreError) -> u8 {
+    match o {
+        OffsiteRestoreError::SeveralClusters(_) => 2,
+        OffsiteRestoreError::BadMirror { .. } => 3,
+        OffsiteRestoreError::NoBase(_)
+        | OffsiteRestoreError::NoCluster
+        | OffsiteRestoreError::Goal(_) => 4,
+        OffsiteRestoreError::Storage(_) => 1,
+    }
 }
 
 impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
-            CliError::Usage(_)
-            | CliError::Offsite(OffsiteRestoreError::SeveralClusters(_))
-            | CliError::Fetch(FetchError::Refused(_)) => 2,
-            CliError::Offsite(OffsiteRestoreError::BadMirror { .. })
-            | CliError::Fetch(
-                FetchError::Mismatch { .. }
-                | FetchError::Bad(_)
-                | FetchError::Storage(StorageError::Config(_)),
-            ) => 3,
-            CliError::Offsite(
-                OffsiteRestoreError::NoBase(_)
-                | OffsiteRestoreError::NoCluster
-                | OffsiteRestoreError::Goal(_),
-            )
-            | CliError::Fetch(FetchError::NotOnTarget(_)) => 4,
-            CliError::Fetch(FetchError::File { detail, .. })
-                if detail.contains("sha256") || detail.contains("manifest says") =>
-            {
-                3
-            }
-            _ => 1,
+            CliError::Usage(_) | CliError::Logical(LogicalError::Refused(_)) => 2,
+            CliError::Offsite(o) | CliError::Logical(LogicalError::Offsite(o)) => offsite_code(o),
+            CliError::Fetch(f) | CliError::Logical(LogicalError::Fetch(f)) => fetch_code(f),
+            CliError::Logical(LogicalError::Globals { .. }) => 3,
+            CliError::Logical(_) | CliError::Incomplete(_) => 1,
         }
     }
 }
@@ -254,6 +292,12 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Restore(r) => restore(cli, storage.as_ref(), r),
+        Command::RestoreLogical(args) => logical::run(
+            storage.as_ref(),
+            cli.cluster,
+            args,
+            cli.output == Output::Json,
+        ),
     }
 }
 
@@ -345,19 +389,9 @@ fn restore(
     let manifest = fetch::chain_manifest(storage, &choice)?;
     let total = manifest.logical_bytes();
     let started = std::time::Instant::now();
-    let done = AtomicBool::new(false);
     let bar = (!json && std::io::stderr().is_terminal()).then(|| output::bar(total));
-    let restored = std::thread::scope(|s| {
-        let (done, bytes) = (&done, &bytes);
-        let ticker = bar.clone().map(|bar| {
-            s.spawn(move || {
-                while !done.load(Ordering::Relaxed) {
-                    bar.set_position(bytes.load(Ordering::Relaxed));
-                    std::thread::sleep(std::time::Duration::from_millis(200));
-                }
-            })
-        });
-        let result = fetch::restore_native(
+    let restored = output::while_showing(bar, &bytes, || {
+        fetch::restore_native(
             storage,
             &choice,
             &manifest,
@@ -372,15 +406,7 @@ fn restore(
             },
             r.jobs.unwrap_or_else(threads::cores).max(1),
             &counters,
-        );
-        done.store(true, Ordering::Relaxed);
-        if let Some(t) = ticker {
-            let _ = t.join();
-        }
-        if let Some(bar) = &bar {
-            bar.finish_and_clear();
-        }
-        result
+        )
     })?;
     finish(cli, sysid, &goal, &choice, &restored, started, json)
 }

@@ -92,6 +92,47 @@ pub fn bar(total: u64) -> ProgressBar {
     bar
 }
 
+/// Runs `work` with `bar` (when there is one) showing `bytes` five times a second, and clears
+/// the bar when it is done.
+pub fn while_showing<T: Send>(
+    bar: Option<ProgressBar>,
+    bytes: &std::sync::atomic::AtomicU64,
+    work: impl FnOnce() -> T + Send,
+) -> T {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let ticker = bar.clone().map(|bar| {
+            let done = &done;
+            s.spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    bar.set_position(bytes.load(Ordering::Relaxed));
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })
+        });
+        let result = work();
+        done.store(true, Ordering::Relaxed);
+        if let Some(t) = ticker {
+            let _ = t.join();
+        }
+        if let Some(bar) = &bar {
+            bar.finish_and_clear();
+        }
+        result
+    })
+}
+
+/// The progress of work of unknown size: bytes and rate.
+pub fn spinner() -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar
+}
+
 /// What a restore did.
 pub fn restored(r: &Restored, choice: &Choice, dest: &Path, took: Duration, json: bool) {
     if json {

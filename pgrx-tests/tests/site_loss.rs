@@ -6,7 +6,9 @@
 //! only the bucket and the credentials reference, the program lists the backups, restores the
 //! incremental's chain into a new directory set to recover to T (its own `wal-fetch` as
 //! `restore_command`), and the restored server holds the markers up to T and none after, every
-//! pgbench table as it was at T, and passes amcheck.
+//! pgbench table as it was at T, and passes amcheck.  The logical path: a pg_dump of the same
+//! database with its globals comes back into a new database of a fresh server, roles first
+//! (ownership, memberships and grants as dumped), a damaged dump leaving nothing.
 
 use std::time::Duration;
 
@@ -70,7 +72,25 @@ fn the_cluster_comes_back_from_the_bucket_alone() {
     let mut db = cluster.connect("postgres");
     db.batch_execute(
         "CREATE EXTENSION backup_mgmt;
-         CREATE TABLE markers (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp());",
+         CREATE TABLE markers (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp());
+         -- What the logical path must bring back with its roles: a schema and a table owned
+         -- by a role that is no superuser, a membership, a grant; and an event trigger, which
+         -- only a superuser may create.
+         CREATE ROLE app_owner LOGIN;
+         CREATE ROLE readers NOLOGIN;
+         GRANT readers TO app_owner;
+         CREATE SCHEMA shop AUTHORIZATION app_owner;
+         SET ROLE app_owner;
+         CREATE TABLE shop.orders (id int PRIMARY KEY, note text);
+         INSERT INTO shop.orders SELECT g, 'order ' || g FROM generate_series(1, 2500) g;
+         GRANT USAGE ON SCHEMA shop TO readers;
+         GRANT SELECT ON shop.orders TO readers;
+         RESET ROLE;
+         CREATE FUNCTION public.quiet() RETURNS event_trigger LANGUAGE plpgsql AS $$BEGIN END$$;
+         -- A superuser's SECURITY DEFINER function: restored, it must not run as a superuser
+         -- unless the operator trusts the dump.
+         CREATE FUNCTION public.whoami() RETURNS text SECURITY DEFINER LANGUAGE sql AS 'SELECT current_user::text';
+         CREATE EVENT TRIGGER quiet ON ddl_command_end EXECUTE FUNCTION public.quiet();",
     )
     .unwrap();
     db.execute(
@@ -81,10 +101,14 @@ fn the_cluster_comes_back_from_the_bucket_alone() {
     )
     .unwrap();
     cluster.run_client("pgbench", &["-i", "-s", "2", "postgres"]);
-    for (job, kind) in [("full", "full"), ("incr", "incremental")] {
+    for (job, kind, method) in [
+        ("full", "full", "native_physical"),
+        ("incr", "incremental", "native_physical"),
+        ("dump", "full", "pg_dump"),
+    ] {
         db.execute(
-            "SELECT backup_mgmt.schedule_backup($1, '@yearly', 'postgres', $2, 'native_physical')",
-            &[&job, &kind],
+            "SELECT backup_mgmt.schedule_backup($1, '@yearly', 'postgres', $2, $3)",
+            &[&job, &kind, &method],
         )
         .unwrap();
     }
@@ -97,6 +121,8 @@ fn the_cluster_comes_back_from_the_bucket_alone() {
             .unwrap();
     }
     let at_target = fingerprint(&mut db);
+    // Nothing writes between the fingerprint and the dump: it holds the tables as at T.
+    let dump = run_job(&cluster, &mut db, "dump");
     std::thread::sleep(Duration::from_millis(1100));
     let target: String = db
         .query_one("SELECT clock_timestamp()::text", &[])
@@ -143,7 +169,7 @@ fn the_cluster_comes_back_from_the_bucket_alone() {
             )
             .map(|r| r.get(0))
             .unwrap_or(-1);
-        doc["backups"].as_array().map_or(0, Vec::len) == 2
+        doc["backups"].as_array().map_or(0, Vec::len) == 3
             && doc["wal_files"].as_array().map_or(0, Vec::len) as i64 == archived
             && pending == 0
     });
@@ -188,7 +214,7 @@ fn the_cluster_comes_back_from_the_bucket_alone() {
         .iter()
         .map(|b| b["backup_id"].as_i64().unwrap())
         .collect();
-    assert_eq!(ids, [full, incr], "{out}");
+    assert_eq!(ids, [full, incr, dump], "{out}");
 
     let data = restored.data_dir();
     let args = with(&[
@@ -296,6 +322,185 @@ fn the_cluster_comes_back_from_the_bucket_alone() {
     );
     assert_eq!(code, 2, "{err}");
     assert!(plain.join("precious").exists());
+
+    let dump_key = format!(
+        "fleet/{}",
+        listed["clusters"][0]["backups"][2]["key"].as_str().unwrap()
+    );
+    logical_path(&s3.object_file("offsite", &dump_key), &at_target, &with);
+}
+
+/// The dump comes back into a new database of a fresh server: its globals first (roles,
+/// membership), then the dump as a role that is no superuser, ownership and grants as dumped.
+fn logical_path(object: &std::path::Path, at_target: &str, with: &dyn Fn(&[&str]) -> Vec<String>) {
+    let fresh = Cluster::start(&[]);
+    let socket = fresh.socket_dir();
+    let port = fresh.port.to_string();
+    let bindir = backup_mgmt_e2e::cluster::bindir();
+    let restore_with = |database: &str, more: &[&str]| {
+        let mut args = with(&[
+            "--output",
+            "json",
+            "restore-logical",
+            "--source-database",
+            "postgres",
+            "--database",
+            database,
+            "--host",
+            socket.to_str().unwrap(),
+            "--port",
+            &port,
+            "--user",
+            "postgres",
+            "--pg-bin",
+            bindir.to_str().unwrap(),
+        ]);
+        args.extend(more.iter().map(|s| s.to_string()));
+        run(&fresh, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let restore = |database: &str| restore_with(database, &[]);
+    let mut f = fresh.connect("postgres");
+    // Restore roles that can still log in.
+    let leftovers = |f: &mut postgres::Client| -> i64 {
+        f.query_one(
+            "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'backup_mgmt_restorer%' AND rolcanlogin",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+
+    let (code, out, err) = restore("restored");
+    assert_eq!(code, 0, "{out}\n{err}\n{}", fresh.log());
+    let report: serde_json::Value =
+        serde_json::from_str(&out).expect("restore-logical --output json");
+    let created: Vec<&str> = report["roles_created"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.as_str())
+        .collect();
+    assert!(
+        created.contains(&"app_owner") && created.contains(&"readers"),
+        "{out}"
+    );
+    assert!(
+        report["roles_existing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "postgres"),
+        "{out}"
+    );
+    // Only a superuser may create an event trigger: named, not restored.
+    assert!(
+        report["not_restored"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["object"]
+                .as_str()
+                .unwrap_or("")
+                .contains("EVENT TRIGGER quiet")
+                && n["why"] == "needs_superuser"),
+        "{out}"
+    );
+    assert_eq!(leftovers(&mut f), 0, "the restore role can still log in");
+    // What postgres owned in the dump stays with the restore role, kept without login,
+    // superuser or memberships, for the operator to review.
+    let kept = report["kept_role"]["name"]
+        .as_str()
+        .expect("a kept role")
+        .to_owned();
+    assert!(
+        report["kept_role"]["objects"].as_u64().unwrap() > 0,
+        "{out}"
+    );
+    let powers: (bool, bool, bool) = {
+        let row = f
+            .query_one(
+                "SELECT rolsuper, rolcanlogin, pg_has_role($1, 'app_owner', 'MEMBER')
+                   FROM pg_roles WHERE rolname = $1",
+                &[&kept],
+            )
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert_eq!(powers, (false, false, false), "{kept}");
+    let member: bool = f
+        .query_one("SELECT pg_has_role('app_owner', 'readers', 'MEMBER')", &[])
+        .unwrap()
+        .get(0);
+    assert!(member, "the membership was not restored");
+    drop(f);
+    let mut r = fresh.connect("restored");
+    let row = r
+        .query_one(
+            "SELECT (SELECT tableowner FROM pg_tables WHERE schemaname = 'shop' AND tablename = 'orders'),
+                    (SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'shop'),
+                    has_table_privilege('readers', 'shop.orders', 'SELECT'),
+                    (SELECT count(*) FROM shop.orders),
+                    (SELECT count(*) FROM pg_event_trigger),
+                    (SELECT tableowner FROM pg_tables WHERE tablename = 'markers'),
+                    whoami()",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, String>(5), kept);
+    assert_eq!(
+        row.get::<_, String>(6),
+        kept,
+        "a SECURITY DEFINER function runs as a superuser"
+    );
+    assert_eq!(row.get::<_, String>(0), "app_owner");
+    assert_eq!(row.get::<_, String>(1), "app_owner");
+    assert!(row.get::<_, bool>(2));
+    assert_eq!(row.get::<_, i64>(3), 2500);
+    assert_eq!(row.get::<_, i64>(4), 0);
+    assert_markers_and_tables(&fresh, &mut r, at_target);
+    drop(r);
+
+    // A dump that is not what the mirror says: refused with the integrity code, no database.
+    let mut f = fresh.connect("postgres");
+    let good = std::fs::read(object).unwrap();
+    let mut bad = good.clone();
+    let at = bad.len() * 2 / 3;
+    bad[at] ^= 0x55;
+    std::fs::write(object, &bad).unwrap();
+    let (code, out, err) = restore("restored_again");
+    assert_eq!(code, 3, "{out}\n{err}");
+    assert!(err.contains("sha256"), "{err}");
+    let there: i64 = f
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname = 'restored_again'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(there, 0, "a damaged dump left its database");
+    assert_eq!(leftovers(&mut f), 0);
+    std::fs::write(object, &good).unwrap();
+
+    // Trusted, what postgres owned in the dump is postgres's again, and no role is kept.
+    let (code, out, err) = restore_with("trusted", &["--trust-superuser-objects"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(report["kept_role"].is_null(), "{out}");
+    let mut t = fresh.connect("trusted");
+    let owner: String = t
+        .query_one(
+            "SELECT tableowner FROM pg_tables WHERE tablename = 'markers'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, "postgres");
+    drop(t);
+
+    // Never over an existing database.
+    let (code, _, err) = restore("restored");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("exists"), "{err}");
 }
 
 /// A pg_basebackup backup copied to a filesystem target comes back from it alone: the program

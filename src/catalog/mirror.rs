@@ -48,13 +48,23 @@ const QUERY: &str = "SELECT jsonb_build_object(
     'wal_gaps', coalesce((SELECT jsonb_agg(missing_file_name) FROM backup_mgmt.wal_gaps), '[]'::jsonb)
 )::text";
 
+/// The targets that copy to the same place as target `$1` (type, endpoint and path): one per
+/// database is the usual way to send a cluster's databases to one bucket, and the one mirror
+/// there must list the backups every one of them copied, not only the last writer's.
+const SAME_PLACE: &str = "SELECT o.config_id FROM backup_management.remote_backup_configs o
+    JOIN backup_management.remote_backup_configs t ON t.config_id = $1
+   WHERE o.remote_type = t.remote_type AND o.remote_endpoint IS NOT DISTINCT FROM t.remote_endpoint
+     AND o.remote_path IS NOT DISTINCT FROM t.remote_path";
+
 /// The catalog as one off-site target holds it (`<system identifier>/.catalog/catalog_mirror.json`
 /// on the target, replaced whole): this cluster's live backups that have a verified copy there,
-/// with their keys, chains, LSNs, retention state and newest verification; every WAL file copied
+/// (by any target copying to the same place), with their keys, chains, LSNs, retention state and
+/// newest verification; every WAL file copied
 /// there with its key, size and sha256; the archive's gaps.  Only this cluster's rows: another
 /// cluster writing to the same target keeps its own prefix and its own mirror.  Globals keys are
 /// added by `offsite_text` (they are computed, not stored).
-const OFFSITE_QUERY: &str = "WITH me AS (SELECT system_identifier AS sysid FROM pg_catalog.pg_control_system())
+const OFFSITE_QUERY: &str = "WITH me AS (SELECT system_identifier AS sysid FROM pg_catalog.pg_control_system()),
+same_place AS (SAME_PLACE)
 SELECT jsonb_build_object(
     'format', 'backup_mgmt offsite catalog 1',
     'written_at', pg_catalog.now(),
@@ -74,7 +84,8 @@ SELECT jsonb_build_object(
             'verification', s.last_status, 'verified_at', s.last_verified_at) ORDER BY r.backup_id)
         FROM backup_management.backup_records r
         JOIN LATERAL (SELECT x.remote_file_path, x.sync_end_time FROM backup_management.remote_backup_records x
-                       WHERE x.backup_id = r.backup_id AND x.config_id = $1 AND x.sync_status = 'completed'
+                       WHERE x.backup_id = r.backup_id AND x.sync_status = 'completed'
+                         AND x.config_id IN (SELECT config_id FROM same_place)
                        ORDER BY x.record_id DESC LIMIT 1) x ON true
         LEFT JOIN backup_management.verification_state s ON s.backup_id = r.backup_id
         WHERE r.expired_at IS NULL AND r.status = 'completed'
@@ -94,7 +105,7 @@ SELECT jsonb_build_object(
 const OFFSITE_FINGERPRINT: &str = "SELECT pg_catalog.md5(pg_catalog.concat_ws(',',
     (SELECT count(*) || '/' || coalesce(max(copied_at)::text, '') FROM backup_management.remote_wal_records WHERE config_id = $1),
     (SELECT count(*) || '/' || coalesce(max(record_id), 0) FROM backup_management.remote_backup_records
-      WHERE config_id = $1 AND sync_status = 'completed'),
+      WHERE config_id IN (SAME_PLACE) AND sync_status = 'completed'),
     (SELECT count(*) || '/' || coalesce(max(backup_id), 0) || '/' || count(*) FILTER (WHERE pinned) || '/' ||
             coalesce(max(keep_until)::text, '')
        FROM backup_management.backup_records WHERE expired_at IS NULL AND status = 'completed'),
@@ -116,10 +127,14 @@ pub fn offsite_fingerprint(
     c: &pgrx::spi::SpiClient<'_>,
     config_id: i32,
 ) -> Result<String, pgrx::spi::SpiError> {
-    Ok(c.select(OFFSITE_FINGERPRINT, None, &[config_id.into()])?
-        .first()
-        .get::<String>(1)?
-        .unwrap_or_default())
+    Ok(c.select(
+        &OFFSITE_FINGERPRINT.replace("SAME_PLACE", SAME_PLACE),
+        None,
+        &[config_id.into()],
+    )?
+    .first()
+    .get::<String>(1)?
+    .unwrap_or_default())
 }
 
 /// The off-site mirror of `config_id` (in the caller's transaction), each logical backup's
@@ -129,7 +144,11 @@ pub fn offsite_text(
     config_id: i32,
 ) -> Result<String, pgrx::spi::SpiError> {
     let text = c
-        .select(OFFSITE_QUERY, None, &[config_id.into()])?
+        .select(
+            &OFFSITE_QUERY.replace("SAME_PLACE", SAME_PLACE),
+            None,
+            &[config_id.into()],
+        )?
         .first()
         .get::<String>(1)?
         .unwrap_or_default();
@@ -202,5 +221,71 @@ mod unit {
         let text = std::fs::read_to_string(dir.path().join(super::FILE)).unwrap();
         assert_eq!(text, "{\"a\":2}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[allow(unused_imports)]
+    use crate::testing::*;
+
+    fn target(name: &str, database: &str, path: &str) -> i32 {
+        Spi::get_one_with_args::<i32>(
+            "INSERT INTO backup_management.remote_backup_configs
+                 (config_name, database_name, remote_type, remote_endpoint, remote_path)
+             VALUES ($1, $2, 'filesystem', $3, $4) RETURNING config_id",
+            &[name.into(), database.into(), TEST_ROOT.into(), path.into()],
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    fn copied(backup_id: i64, config_id: i32) {
+        Spi::run_with_args(
+            "INSERT INTO backup_management.remote_backup_records
+                 (backup_id, config_id, remote_file_path, sync_start_time, sync_end_time, sync_status)
+             VALUES ($1, $2, 'k/' || $1, now(), now(), 'completed')",
+            &[backup_id.into(), config_id.into()],
+        )
+        .unwrap();
+    }
+
+    fn listed(config_id: i32) -> Vec<i64> {
+        let text = Spi::connect(|c| super::offsite_text(c, config_id)).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        doc["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["backup_id"].as_i64().unwrap())
+            .collect()
+    }
+
+    /// One target per database, all copying to one bucket: the mirror each writes there is the
+    /// same place's, so it lists what every one of them copied (it used to list only its own,
+    /// and the last writer's mirror hid the other databases' backups).
+    #[pg_test]
+    fn the_mirror_of_a_place_lists_every_databases_copies() {
+        let (a, _) = recorded_file("mirror-place-a.dump", b"a");
+        let (b, _) = recorded_file("mirror-place-b.dump", b"b");
+        let (c, _) = recorded_file("mirror-place-c.dump", b"c");
+        let one = target("one", "pgrx_tests", "offsite");
+        let two = target("two", "other", "offsite");
+        let elsewhere = target("elsewhere", "pgrx_tests", "offsite-2");
+        copied(a, one);
+        let before = Spi::connect(|cl| super::offsite_fingerprint(cl, one)).unwrap();
+        copied(b, two);
+        copied(c, elsewhere);
+        let after = Spi::connect(|cl| super::offsite_fingerprint(cl, one)).unwrap();
+        assert_ne!(
+            before, after,
+            "a copy by the other target changes this mirror"
+        );
+        assert_eq!(listed(one), [a, b]);
+        assert_eq!(listed(two), [a, b]);
+        assert_eq!(listed(elsewhere), [c]);
     }
 }

@@ -30,7 +30,7 @@ use backup_mgmt_core::process::{self, ProcessError};
 use backup_mgmt_core::progress::Progress;
 use backup_mgmt_core::restore::scratch_server::feed;
 use backup_mgmt_core::restore::unprivileged::{
-    not_restored, relevant_line, NotRestored, RestoreRole, Why,
+    self, not_restored, relevant_line, NotRestored, RestoreRole, Why,
 };
 use backup_mgmt_core::stream;
 use backup_mgmt_core::verify::{self, Report};
@@ -151,8 +151,7 @@ fn failure(e: ProcessError) -> String {
     process::tail(&e.to_string())
 }
 
-/// psql with `sql` on stdin (`ON_ERROR_STOP`), its output unaligned: as `conn` (and with the
-/// role's password in the environment when given).
+/// psql as the test's superuser (no password) or as the restore role.
 fn psql(
     bindir: &Path,
     conninfo: &str,
@@ -160,59 +159,7 @@ fn psql(
     sql: &str,
     progress: &Progress,
 ) -> Result<String, String> {
-    let mut cmd = process::command(&[
-        bin(bindir, "psql"),
-        "--no-psqlrc".into(),
-        "--no-password".into(),
-        "--quiet".into(),
-        "--no-align".into(),
-        "--tuples-only".into(),
-        "--field-separator=\u{1f}".into(),
-        "--set=ON_ERROR_STOP=1".into(),
-        format!("--dbname={conninfo}").into(),
-    ]);
-    if let Some(p) = password {
-        cmd.env("PGPASSWORD", p);
-    }
-    let ran = process::run_collecting(
-        cmd,
-        process::Input::Bytes(sql.as_bytes().to_vec()),
-        progress,
-    )
-    .map_err(failure)?;
-    if ran.success {
-        Ok(ran.stdout)
-    } else {
-        Err(process::tail(&ran.stderr))
-    }
-}
-
-/// How the restore role reaches the server: the socket when pg_hba.conf lets a password in
-/// there, else TCP on the loopback address.
-fn role_connection(scratch: &Scratch, progress: &Progress) -> Result<Connection, String> {
-    let mut tried = Vec::new();
-    for host in [scratch.admin.host.clone(), "127.0.0.1".to_owned()] {
-        let conn = Connection {
-            host,
-            port: scratch.admin.port,
-            user: scratch.role.name.clone(),
-        };
-        match psql(
-            &scratch.bindir,
-            &conn.conninfo(Some(&scratch.name)),
-            Some(&scratch.role.password),
-            "SELECT 1",
-            progress,
-        ) {
-            Ok(_) => return Ok(conn),
-            Err(e) => tried.push(format!("{}: {e}", conn.host)),
-        }
-    }
-    Err(format!(
-        "the restore role could not log in ({}); let password authentication in for it, e.g. \
-         \"host all all 127.0.0.1/32 scram-sha-256\" in pg_hba.conf",
-        tried.join("; ")
-    ))
+    unprivileged::psql(bindir, conninfo, password, None, sql, progress).map_err(|e| e.0)
 }
 
 /// Creates the restore role and the scratch database it owns, restores into it as that role,
@@ -241,8 +188,14 @@ fn restore_logical(source: Source, scratch: &Scratch, progress: &Progress) -> Ou
                 "could not create the scratch database and its restore role: {e}"
             ))
         }
-        Ok(_) => match role_connection(scratch, progress) {
-            Err(e) => outcome.error = Some(e),
+        Ok(_) => match unprivileged::role_connection(
+            &scratch.admin,
+            &scratch.role,
+            &scratch.name,
+            bindir,
+            progress,
+        ) {
+            Err(e) => outcome.error = Some(e.0),
             Ok(conn) => restore_as_role(source, scratch, &conn, started, &mut outcome, progress),
         },
     }

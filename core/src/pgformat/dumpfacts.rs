@@ -133,6 +133,8 @@ enum Toc {
         consumed: usize,
         tables: BTreeMap<i64, String>,
         owners: BTreeSet<String>,
+        /// The owner of the DATABASE entry (pg_dump writes one even without `--create`).
+        database_owner: Option<String>,
     },
 }
 
@@ -163,7 +165,7 @@ fn parse_toc(buf: &[u8]) -> Toc {
         at: 11,
         int_size,
     };
-    type Parsed = (BTreeMap<i64, String>, BTreeSet<String>);
+    type Parsed = (BTreeMap<i64, String>, BTreeSet<String>, Option<String>);
     let parse = |c: &mut Cursor<'_>| -> Option<Result<Parsed, String>> {
         // 1.14: the compression level (an integer); 1.15 (pg_dump 16) on: the compression
         // algorithm (a byte, 0 for none).
@@ -187,6 +189,7 @@ fn parse_toc(buf: &[u8]) -> Toc {
         let count = c.int()?;
         let mut tables = BTreeMap::new();
         let mut owners = BTreeSet::new();
+        let mut database_owner = None;
         for _ in 0..count.max(0) {
             let dump_id = c.int()?;
             c.int()?; // has data dumper
@@ -205,6 +208,9 @@ fn parse_toc(buf: &[u8]) -> Toc {
                 c.int()?; // relkind (pg_dump 17 on)
             }
             if let Some(owner) = c.string()?.filter(|o| !o.is_empty()) {
+                if desc == "DATABASE" {
+                    database_owner = Some(owner.clone());
+                }
                 owners.insert(owner);
             }
             c.string()?; // "false" (with oids)
@@ -220,15 +226,16 @@ fn parse_toc(buf: &[u8]) -> Toc {
                 tables.insert(dump_id, format!("{namespace}.{tag}"));
             }
         }
-        Some(Ok((tables, owners)))
+        Some(Ok((tables, owners, database_owner)))
     };
     match parse(&mut c) {
         None => Toc::Incomplete,
         Some(Err(why)) => Toc::Unsupported(why),
-        Some(Ok((tables, owners))) => Toc::Parsed {
+        Some(Ok((tables, owners, database_owner))) => Toc::Parsed {
             consumed: c.at,
             tables,
             owners,
+            database_owner,
         },
     }
 }
@@ -319,6 +326,56 @@ pub fn directory_toc(toc: &[u8]) -> Result<(BTreeMap<i64, String>, BTreeSet<Stri
     }
 }
 
+/// Who owns what in an archive: what a restore must create or connect before the content runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Owners {
+    /// Every role that owns something in the archive.
+    pub roles: BTreeSet<String>,
+    /// The owner of the dumped database.
+    pub database: Option<String>,
+}
+
+/// Reads the owners off the beginning of an archive (a custom-format stream or a directory
+/// dump's `toc.dat`), reading no further than its table of contents.
+pub fn read_owners(mut input: impl std::io::Read) -> Result<Owners, Unavailable> {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; RETRY_STEP];
+    // Parsed again each time the buffer has doubled: linear in the TOC's size.
+    let mut next_try = 0;
+    loop {
+        let n = input
+            .read(&mut chunk)
+            .map_err(|e| Unavailable(format!("reading the archive: {e}")))?;
+        buf.extend_from_slice(&chunk[..n]);
+        if n > 0 && buf.len() < next_try {
+            continue;
+        }
+        next_try = buf.len() * 2;
+        match parse_toc(&buf) {
+            Toc::Parsed {
+                owners,
+                database_owner,
+                ..
+            } => {
+                return Ok(Owners {
+                    roles: owners,
+                    database: database_owner,
+                })
+            }
+            Toc::Unsupported(why) => return Err(Unavailable(why)),
+            Toc::Incomplete if n == 0 => {
+                return Err(Unavailable(
+                    "the archive ended inside its table of contents".into(),
+                ))
+            }
+            Toc::Incomplete if buf.len() > MAX_TOC => {
+                return Err(Unavailable("table of contents too large".into()))
+            }
+            Toc::Incomplete => {}
+        }
+    }
+}
+
 impl DumpFacts {
     /// Feeds the next bytes of the archive.
     pub fn feed(&mut self, mut input: &[u8]) {
@@ -342,6 +399,7 @@ impl DumpFacts {
                             consumed,
                             tables,
                             owners,
+                            ..
                         } => {
                             self.int_size = self.pending[8] as usize;
                             self.tables = tables;
@@ -645,6 +703,17 @@ mod unit {
             let why = f.finish().unwrap_err().0;
             assert!(why.contains("algorithm 3"), "{why}");
         }
+    }
+
+    #[test]
+    fn owners_are_read_off_the_table_of_contents_alone() {
+        let bytes = archive(50_000, 3);
+        let o = read_owners(&bytes[..]).unwrap();
+        assert_eq!(o.roles.into_iter().collect::<Vec<_>>(), vec!["postgres"]);
+        assert_eq!(o.database, None);
+        // Only the header: the table of contents is not there.
+        assert!(read_owners(&bytes[..40]).is_err());
+        assert!(read_owners(&b"plain text"[..]).is_err());
     }
 
     #[test]

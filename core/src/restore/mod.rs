@@ -2,9 +2,11 @@
 //! a data directory, the temporary server a restore test starts on a restored directory, and the
 //! unprivileged role a logical restore test runs backup content as; and restoring from an
 //! off-site target alone (`offsite`: its mirror and the choice of a base backup; `fetch`: the
-//! files, the recovery settings, `wal-fetch`).
+//! files, the recovery settings, `wal-fetch`; `logical`: a dump into a new database, globals
+//! first).
 
 pub mod fetch;
+pub mod logical;
 pub mod materialize;
 pub mod offsite;
 pub mod recipe;

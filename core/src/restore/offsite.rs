@@ -8,6 +8,7 @@
 //! Everything here is input: the mirror is a file on a target that others may write.  Keys are
 //! checked again where they are opened (`storage::plain_key`), digests and names here.
 
+use std::collections::BTreeSet;
 use std::io::Read;
 
 use chrono::{DateTime, Utc};
@@ -22,6 +23,8 @@ use crate::wal::{self, Lsn, SegmentSize};
 pub const FORMAT: &str = "backup_mgmt offsite catalog 1";
 /// The mirror's file name.
 pub const MIRROR_FILE: &str = "catalog_mirror.json";
+/// The logical methods `restore-logical` reads.
+const LOGICAL: [&str; 2] = ["pg_dump", "pg_dump_directory"];
 /// Mirrors larger than this are refused (a million WAL files take about 250 MB).
 const MIRROR_LIMIT: u64 = 1 << 30;
 
@@ -421,6 +424,75 @@ pub fn choose(
     Err(OffsiteRestoreError::NoBase(rejected.join("; ")))
 }
 
+/// The logical backup to restore: `backup_id`, or the newest logical backup of `database`
+/// (of the only database with any, when not named) that ended before `before`, not known
+/// damaged.
+pub fn choose_dump<'m>(
+    mirror: &'m Mirror,
+    backup_id: Option<i64>,
+    database: Option<&str>,
+    before: Option<&str>,
+) -> Result<&'m MirrorBackup, OffsiteRestoreError> {
+    let no = |why: String| OffsiteRestoreError::NoBase(why);
+    if let Some(id) = backup_id {
+        let b = mirror
+            .backup(id)
+            .ok_or_else(|| no(format!("backup {id} is not on the target")))?;
+        if !LOGICAL.contains(&b.backup_method.as_str()) {
+            return Err(OffsiteRestoreError::Goal(format!(
+                "backup {id} is a {} backup; restore it with `restore`",
+                b.backup_method
+            )));
+        }
+        return Ok(b);
+    }
+    let before = match before {
+        Some(t) => Some(parse_time(t).ok_or_else(|| {
+            OffsiteRestoreError::Goal(format!(
+                "{t:?} is not a time; write it as 2026-12-04 10:00:00+00"
+            ))
+        })?),
+        None => None,
+    };
+    let candidates: Vec<&MirrorBackup> = mirror
+        .backups
+        .iter()
+        .filter(|b| LOGICAL.contains(&b.backup_method.as_str()))
+        .filter(|b| b.verification.as_deref() != Some("failed"))
+        .collect();
+    let databases: BTreeSet<&str> = candidates
+        .iter()
+        .map(|b| b.database_name.as_str())
+        .collect();
+    let database = match database {
+        Some(d) => d,
+        None if databases.len() == 1 => databases.iter().next().copied().unwrap_or_default(),
+        None if databases.is_empty() => {
+            return Err(no("the target holds no logical backup of this cluster".into()))
+        }
+        None => {
+            return Err(OffsiteRestoreError::Goal(format!(
+                "the target holds logical backups of several databases ({}); name one with --source-database",
+                databases.into_iter().collect::<Vec<_>>().join(", ")
+            )))
+        }
+    };
+    candidates
+        .into_iter()
+        .filter(|b| b.database_name == database)
+        .filter_map(|b| {
+            let end = b.end_time.as_deref().and_then(parse_time)?;
+            before.is_none_or(|t| end <= t).then_some((end, b))
+        })
+        .max_by_key(|(end, b)| (*end, b.backup_id))
+        .map(|(_, b)| b)
+        .ok_or_else(|| {
+            no(format!(
+                "no logical backup of database \"{database}\" on the target ended before the goal"
+            ))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -556,5 +628,48 @@ mod tests {
         assert!(e.contains("no WAL archived at or after"), "{e}");
         assert_eq!(choose(&m, &Goal::Latest, None).unwrap().wal.len(), 2);
         assert!(parse_time("yesterday").is_none());
+    }
+
+    fn backup(id: i64, method: &str, db: &str, end: &str) -> MirrorBackup {
+        serde_json::from_value(serde_json::json!({
+            "backup_id": id, "database_name": db, "backup_type": "full",
+            "backup_method": method, "key": format!("1/{db}/{id}.dump.zst"),
+            "sha256": "00".repeat(32), "end_time": end,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_newest_dump_before_the_goal_is_chosen() {
+        let mut m: Mirror = serde_json::from_value(serde_json::json!({
+            "format": FORMAT, "written_at": "2026-12-04 10:00:00+00",
+            "system_identifier": 1,
+        }))
+        .unwrap();
+        m.backups = vec![
+            backup(1, "pg_dump", "shop", "2026-12-04 08:00:00+00"),
+            backup(2, "native_physical", "postgres", "2026-12-04 08:30:00+00"),
+            backup(3, "pg_dump_directory", "shop", "2026-12-04 09:00:00+00"),
+            backup(4, "pg_dump", "shop", "2026-12-04 09:30:00+00"),
+        ];
+        m.backups[3].verification = Some("failed".into());
+        assert_eq!(choose_dump(&m, None, None, None).unwrap().backup_id, 3);
+        let before = Some("2026-12-04 08:45:00+00");
+        assert_eq!(
+            choose_dump(&m, None, Some("shop"), before)
+                .unwrap()
+                .backup_id,
+            1
+        );
+        assert!(choose_dump(&m, None, Some("crm"), None).is_err());
+        assert!(
+            choose_dump(&m, Some(2), None, None).is_err(),
+            "a physical backup"
+        );
+        assert_eq!(choose_dump(&m, Some(4), None, None).unwrap().backup_id, 4);
+        m.backups
+            .push(backup(5, "pg_dump", "crm", "2026-12-04 09:40:00+00"));
+        let several = choose_dump(&m, None, None, None).unwrap_err().to_string();
+        assert!(several.contains("crm, shop"), "{several}");
     }
 }

@@ -7,8 +7,14 @@
 //! Why a login role and not `SET ROLE`: content restored after `SET ROLE` can `RESET ROLE`
 //! back to the superuser that connected; a session that logs in as the role has nowhere to go.
 
+use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::io::Read;
+use std::path::Path;
+
+use crate::conninfo::Connection;
+use crate::process;
+use crate::progress::Progress;
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -93,26 +99,35 @@ impl RestoreRole {
         })
     }
 
-    /// The SQL (for psql's stdin, as a superuser) that creates the role, without any privilege
-    /// beyond logging in, and the scratch database it owns, which nobody else may connect to.
-    /// Server messages to the role are in English (`lc_messages = C`), so that pg_restore's
-    /// complaints can be read.
-    pub fn create_sql(&self, database: &str) -> std::io::Result<String> {
+    /// The SQL (for psql's stdin, as a superuser) that creates the role alone, without any
+    /// privilege beyond logging in, valid for a day, its server messages in English.
+    pub fn create_role_sql(&self) -> std::io::Result<String> {
         let verifier = scram_verifier(&self.password, &random_bytes(16)?, SCRAM_ITERATIONS);
         let role = quote_ident(&self.name);
-        let db = quote_ident(database);
         Ok(format!(
             "CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS \
                  PASSWORD {verifier} VALID UNTIL {until};\n\
-             ALTER ROLE {role} SET lc_messages TO 'C';\n\
-             CREATE DATABASE {db} OWNER {role} TEMPLATE template0;\n\
-             REVOKE ALL ON DATABASE {db} FROM PUBLIC;\n",
+             ALTER ROLE {role} SET lc_messages TO 'C';\n",
             verifier = quote_literal(&verifier),
             until = quote_literal(
                 &(chrono::Utc::now() + chrono::Duration::days(1))
                     .format("%Y-%m-%d %H:%M:%S+00")
                     .to_string()
             ),
+        ))
+    }
+
+    /// The SQL (for psql's stdin, as a superuser) that creates the role, without any privilege
+    /// beyond logging in, and the scratch database it owns, which nobody else may connect to.
+    /// Server messages to the role are in English (`lc_messages = C`), so that pg_restore's
+    /// complaints can be read.
+    pub fn create_sql(&self, database: &str) -> std::io::Result<String> {
+        let db = quote_ident(database);
+        Ok(format!(
+            "{}CREATE DATABASE {db} OWNER {} TEMPLATE template0;\n\
+             REVOKE ALL ON DATABASE {db} FROM PUBLIC;\n",
+            self.create_role_sql()?,
+            quote_ident(&self.name),
         ))
     }
 
@@ -127,6 +142,88 @@ impl RestoreRole {
             format!("DROP DATABASE IF EXISTS {db} WITH (FORCE);\nDROP ROLE IF EXISTS {role};\n")
         }
     }
+}
+
+/// Why psql failed: its own complaint (the last lines of its stderr) or why it did not run.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PsqlFailed(pub String);
+
+/// psql with `sql` on stdin (`ON_ERROR_STOP`), its output unaligned (fields separated by
+/// U+001F): connected by `conninfo`, with `password` (in `PGPASSWORD`, never an argument) and
+/// `passfile` (`PGPASSFILE`) when given.
+pub fn psql(
+    bindir: &Path,
+    conninfo: &str,
+    password: Option<&str>,
+    passfile: Option<&Path>,
+    sql: &str,
+    progress: &Progress,
+) -> Result<String, PsqlFailed> {
+    let mut cmd = process::command(&[
+        bindir.join("psql").into_os_string(),
+        "--no-psqlrc".into(),
+        "--no-password".into(),
+        "--quiet".into(),
+        "--no-align".into(),
+        "--tuples-only".into(),
+        "--field-separator=\u{1f}".into(),
+        "--set=ON_ERROR_STOP=1".into(),
+        OsString::from(format!("--dbname={conninfo}")),
+    ]);
+    if let Some(p) = password {
+        cmd.env("PGPASSWORD", p);
+    }
+    if let Some(f) = passfile {
+        cmd.env("PGPASSFILE", f);
+    }
+    let ran = process::run_collecting(
+        cmd,
+        process::Input::Bytes(sql.as_bytes().to_vec()),
+        progress,
+    )
+    .map_err(|e| PsqlFailed(process::tail(&e.to_string())))?;
+    if ran.success {
+        Ok(ran.stdout)
+    } else {
+        Err(PsqlFailed(process::tail(&ran.stderr)))
+    }
+}
+
+/// How `role` reaches the server `admin` connects to: the same socket when pg_hba.conf lets a
+/// password in there, else TCP on the loopback address.
+pub fn role_connection(
+    admin: &Connection,
+    role: &RestoreRole,
+    database: &str,
+    bindir: &Path,
+    progress: &Progress,
+) -> Result<Connection, PsqlFailed> {
+    let mut tried = Vec::new();
+    for host in [admin.host.clone(), "127.0.0.1".to_owned()] {
+        let conn = Connection {
+            host,
+            port: admin.port,
+            user: role.name.clone(),
+        };
+        let info = conn.conninfo(Some(database));
+        match psql(
+            bindir,
+            &info,
+            Some(&role.password),
+            None,
+            "SELECT 1",
+            progress,
+        ) {
+            Ok(_) => return Ok(conn),
+            Err(e) => tried.push(format!("{}: {e}", conn.host)),
+        }
+    }
+    Err(PsqlFailed(format!(
+        "the restore role could not log in ({}); let password authentication in for it, e.g. \
+         \"host all all 127.0.0.1/32 scram-sha-256\" in pg_hba.conf",
+        tried.join("; ")
+    )))
 }
 
 /// Why an object was not restored.

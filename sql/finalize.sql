@@ -126,7 +126,7 @@ COMMENT ON FUNCTION backup_mgmt.verify_backup_integrity(bigint) IS
 COMMENT ON FUNCTION backup_mgmt.test_backup_restore(bigint, text, boolean) IS
     'Restores a backup for real (pg_dump or pg_dump_directory: into a new scratch database, row counts compared with those captured when the backup was written; pg_basebackup: as a temporary cluster, after pg_verifybackup), records a restore_test verification, and cleans up unless kept';
 COMMENT ON FUNCTION backup_mgmt.run_recovery_drill(text, text) IS
-    'Runs a disaster-recovery drill for an active plan: restore-tests the newest pg_dump backup of its database and records the measured recovery time and data-loss window against the plan''s RTO and RPO in recovery_drills';
+    'Runs a disaster-recovery drill for an active plan (full: restore-tests the newest pg_dump backup of its database; host_loss: restores the cluster from an off-site target alone, reading the target''s own catalog mirror, and starts it) and records the measured recovery time and data-loss window against the plan''s RTO and RPO in recovery_drills';
 COMMENT ON FUNCTION backup_mgmt.metrics() IS
     'Backup, verification, RPO and drill metrics in Prometheus text exposition format';
 COMMENT ON FUNCTION backup_mgmt.schedule_drill(text, text, text, text) IS

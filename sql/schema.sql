@@ -333,7 +333,7 @@ CREATE TABLE disaster_recovery.recovery_drills (
     backup_id             bigint      REFERENCES backup_management.backup_records (backup_id) ON DELETE SET NULL,
     drill_date            timestamptz NOT NULL DEFAULT now(),
     drill_type            text        NOT NULL
-        CONSTRAINT recovery_drills_drill_type_check CHECK (drill_type IN ('full', 'partial', 'table_level')),
+        CONSTRAINT recovery_drills_drill_type_check CHECK (drill_type IN ('full', 'partial', 'table_level', 'host_loss')),
     recovery_time_minutes integer
         CONSTRAINT recovery_drills_recovery_time_check CHECK (recovery_time_minutes >= 0),
     data_loss_minutes     integer
@@ -345,7 +345,8 @@ CREATE TABLE disaster_recovery.recovery_drills (
     issues                text,
     lessons_learned       text,
     conducted_by          text        NOT NULL DEFAULT session_user,
-    created_at            timestamptz NOT NULL DEFAULT now()
+    created_at            timestamptz NOT NULL DEFAULT now(),
+    restored_from         text
 );
 CREATE INDEX idx_recovery_drills_plan ON disaster_recovery.recovery_drills (plan_id, drill_date DESC);
 CREATE INDEX idx_recovery_drills_backup ON disaster_recovery.recovery_drills (backup_id) WHERE backup_id IS NOT NULL;
@@ -355,7 +356,7 @@ COMMENT ON COLUMN disaster_recovery.recovery_drills.drill_id IS 'Drill identifie
 COMMENT ON COLUMN disaster_recovery.recovery_drills.plan_id IS 'Plan drilled';
 COMMENT ON COLUMN disaster_recovery.recovery_drills.backup_id IS 'Backup restored in the drill';
 COMMENT ON COLUMN disaster_recovery.recovery_drills.drill_date IS 'When the drill ran';
-COMMENT ON COLUMN disaster_recovery.recovery_drills.drill_type IS 'full, partial or table_level';
+COMMENT ON COLUMN disaster_recovery.recovery_drills.drill_type IS 'full (the newest pg_dump restore-tested), host_loss (the cluster restored from an off-site target alone and started), partial or table_level';
 COMMENT ON COLUMN disaster_recovery.recovery_drills.recovery_time_minutes IS 'Measured recovery time, whole minutes (compare with rto_minutes)';
 COMMENT ON COLUMN disaster_recovery.recovery_drills.data_loss_minutes IS 'Measured data-loss window, whole minutes (compare with rpo_minutes)';
 COMMENT ON COLUMN disaster_recovery.recovery_drills.recovery_time IS 'Measured recovery time, exact';
@@ -365,6 +366,7 @@ COMMENT ON COLUMN disaster_recovery.recovery_drills.issues IS 'Problems met duri
 COMMENT ON COLUMN disaster_recovery.recovery_drills.lessons_learned IS 'What to change';
 COMMENT ON COLUMN disaster_recovery.recovery_drills.conducted_by IS 'Who ran the drill';
 COMMENT ON COLUMN disaster_recovery.recovery_drills.created_at IS 'When the row was inserted';
+COMMENT ON COLUMN disaster_recovery.recovery_drills.restored_from IS 'host_loss drills: the off-site target (config_name) the cluster was restored from';
 COMMENT ON SEQUENCE disaster_recovery.recovery_drills_drill_id_seq IS 'Generates recovery_drills.drill_id';
 
 ------------------------------------------------------------------------------------------------

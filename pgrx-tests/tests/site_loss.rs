@@ -175,6 +175,42 @@ fn the_cluster_comes_back_from_the_bucket_alone() {
     });
     assert!(complete, "mirror: {doc}\n{}", cluster.log());
 
+    // A host-loss drill while the host still stands: the cluster from the bucket alone (its own
+    // mirror, not this catalog), started, the recovery time recorded like any drill's.
+    db.batch_execute(
+        "INSERT INTO disaster_recovery.recovery_plans
+             (plan_name, database_name, rto_minutes, rpo_minutes, backup_strategy, recovery_procedure)
+         VALUES ('site', 'postgres', 30, 1440, 'native backups and WAL off site', 'backup-mgmt restore')",
+    )
+    .unwrap();
+    let id: i64 = db
+        .query_one(
+            "SELECT drill_id FROM backup_mgmt.run_recovery_drill('site', 'host_loss')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    // A second statement: the drill's row is not visible to the one that made it.
+    let drill = db
+        .query_one(
+            "SELECT status, drill_type, restored_from, backup_id, recovery_time > interval '0',
+                    coalesce(issues, '')
+               FROM disaster_recovery.recovery_drills WHERE drill_id = $1",
+            &[&id],
+        )
+        .unwrap();
+    let issues: String = drill.get(5);
+    assert_eq!(
+        drill.get::<_, String>(0),
+        "success",
+        "{issues}\n{}",
+        cluster.log()
+    );
+    assert_eq!(drill.get::<_, String>(1), "host_loss");
+    assert_eq!(drill.get::<_, Option<String>>(2).as_deref(), Some("bucket"));
+    assert_eq!(drill.get::<_, Option<i64>>(3), Some(incr));
+    assert!(drill.get::<_, bool>(4));
+
     // The host is lost: its data directory, its backup root, its WAL archive.
     drop(db);
     cluster.pg_ctl_stop("immediate");

@@ -20,7 +20,10 @@ SELECT string_agg(t, E'\\n' ORDER BY t) FROM (
          c.updated_at)::text FROM backup_management.remote_backup_configs c
   UNION ALL SELECT 'remote_records ' || x::text FROM backup_management.remote_backup_records x
   UNION ALL SELECT 'plans ' || p::text FROM disaster_recovery.recovery_plans p
-  UNION ALL SELECT 'drills ' || d::text FROM disaster_recovery.recovery_drills d
+  UNION ALL SELECT 'drills ' || (d.drill_id, d.plan_id, d.backup_id, d.drill_date, d.drill_type,
+         d.recovery_time_minutes, d.data_loss_minutes, d.recovery_time, d.data_loss_window, d.status,
+         d.issues, d.lessons_learned, d.conducted_by, d.created_at)::text
+         FROM disaster_recovery.recovery_drills d
   UNION ALL SELECT 'jobs ' || j::text FROM enterprise_backup.backup_jobs j
   UNION ALL SELECT 'executions ' || e::text FROM enterprise_backup.backup_job_executions e
   UNION ALL SELECT 'policies ' || p::text FROM backup_management.retention_policies p
@@ -184,16 +187,7 @@ fn upgrade_from_0_1_0_keeps_every_row_and_matches_a_fresh_install() {
     let before: String = old.query_one(CONTENT, &[]).unwrap().get(0);
     assert!(before.lines().count() > 20, "{before}");
 
-    old.batch_execute("ALTER EXTENSION backup_mgmt UPDATE")
-        .unwrap();
-    let version: String = old
-        .query_one(
-            "SELECT extversion FROM pg_extension WHERE extname = 'backup_mgmt'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(version, "0.5.0");
+    update_to_current(&mut old);
     let after: String = old.query_one(CONTENT, &[]).unwrap().get(0);
     assert_eq!(before, after, "rows changed by the upgrade");
 
@@ -333,6 +327,20 @@ fn two_databases() -> Cluster {
     cluster
 }
 
+/// `ALTER EXTENSION backup_mgmt UPDATE`, which must reach the current version.
+fn update_to_current(old: &mut postgres::Client) {
+    old.batch_execute("ALTER EXTENSION backup_mgmt UPDATE")
+        .unwrap();
+    let version: String = old
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'backup_mgmt'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(version, "0.6.0");
+}
+
 /// Checks that an upgraded catalog has exactly a fresh install's objects.
 fn assert_same_shape(old: &mut postgres::Client, fresh: &mut postgres::Client) {
     fresh.batch_execute("CREATE EXTENSION backup_mgmt").unwrap();
@@ -389,16 +397,7 @@ fn upgrade_from_0_2_0_builds_the_verification_state() {
     )
     .unwrap();
     let before: String = old.query_one(CONTENT, &[]).unwrap().get(0);
-    old.batch_execute("ALTER EXTENSION backup_mgmt UPDATE")
-        .unwrap();
-    let version: String = old
-        .query_one(
-            "SELECT extversion FROM pg_extension WHERE extname = 'backup_mgmt'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(version, "0.5.0");
+    update_to_current(&mut old);
     let after: String = old.query_one(CONTENT, &[]).unwrap().get(0);
     assert_eq!(before, after, "rows changed by the upgrade");
     let queue: Vec<(String, String, i32, Option<String>)> = old
@@ -464,16 +463,7 @@ fn upgrade_from_0_3_0_keeps_the_verification_state() {
     const STATE: &str = "SELECT string_agg(s::text, E'\\n' ORDER BY s.backup_id) FROM backup_management.verification_state s";
     let before: String = old.query_one(CONTENT, &[]).unwrap().get(0);
     let state_before: String = old.query_one(STATE, &[]).unwrap().get(0);
-    old.batch_execute("ALTER EXTENSION backup_mgmt UPDATE")
-        .unwrap();
-    let version: String = old
-        .query_one(
-            "SELECT extversion FROM pg_extension WHERE extname = 'backup_mgmt'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(version, "0.5.0");
+    update_to_current(&mut old);
     assert_eq!(
         before,
         old.query_one(CONTENT, &[]).unwrap().get::<_, String>(0)
@@ -547,16 +537,7 @@ fn upgrade_from_0_4_0_adds_offsite_wal_and_keeps_every_row() {
     )
     .unwrap();
     let before: String = old.query_one(CONTENT, &[]).unwrap().get(0);
-    old.batch_execute("ALTER EXTENSION backup_mgmt UPDATE")
-        .unwrap();
-    let version: String = old
-        .query_one(
-            "SELECT extversion FROM pg_extension WHERE extname = 'backup_mgmt'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(version, "0.5.0");
+    update_to_current(&mut old);
     assert_eq!(
         before,
         old.query_one(CONTENT, &[]).unwrap().get::<_, String>(0)
@@ -583,5 +564,61 @@ fn upgrade_from_0_4_0_adds_offsite_wal_and_keeps_every_row() {
         .unwrap()
         .get(0);
     assert_eq!(copied, 0);
+    assert_same_shape(&mut old, &mut cluster.connect("fresh"));
+}
+
+/// 0.5.0 -> 0.6.0: host-loss drills.  Every row survives (a drill of 0.5.0 keeps its type and
+/// gets no target), the new type is accepted and an unknown one still refused, and the catalog
+/// is a fresh install's.
+#[test]
+fn upgrade_from_0_5_0_accepts_host_loss_drills_and_keeps_every_row() {
+    let cluster = two_databases();
+    let mut old = cluster.connect("upgraded");
+    old.batch_execute("CREATE EXTENSION backup_mgmt VERSION '0.5.0'")
+        .unwrap();
+    old.batch_execute(
+        "INSERT INTO disaster_recovery.recovery_plans (plan_name, database_name, rto_minutes, rpo_minutes,
+                                                       backup_strategy, recovery_procedure)
+         VALUES ('shop-dr', 'shop', 30, 60, 'nightly', 'run_recovery_drill');
+         INSERT INTO disaster_recovery.recovery_drills (plan_id, drill_type, status, recovery_time, data_loss_window, issues)
+         SELECT plan_id, 'full', 'partial', '00:01:02', '02:00:00', 'RPO breached' FROM disaster_recovery.recovery_plans;",
+    )
+    .unwrap();
+    // 0.5.0 refuses the type.
+    assert!(old
+        .batch_execute(
+            "INSERT INTO disaster_recovery.recovery_drills (plan_id, drill_type, status)
+             SELECT plan_id, 'host_loss', 'success' FROM disaster_recovery.recovery_plans"
+        )
+        .is_err());
+    let before: String = old.query_one(CONTENT, &[]).unwrap().get(0);
+    update_to_current(&mut old);
+    assert_eq!(
+        before,
+        old.query_one(CONTENT, &[]).unwrap().get::<_, String>(0)
+    );
+    let target: Option<String> = old
+        .query_one(
+            "SELECT restored_from FROM disaster_recovery.recovery_drills",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(target, None);
+    old.batch_execute(
+        "INSERT INTO disaster_recovery.recovery_drills (plan_id, drill_type, status, restored_from)
+         SELECT plan_id, 'host_loss', 'success', 'bucket' FROM disaster_recovery.recovery_plans",
+    )
+    .unwrap();
+    assert!(old
+        .batch_execute(
+            "INSERT INTO disaster_recovery.recovery_drills (plan_id, drill_type, status)
+             SELECT plan_id, 'site_loss', 'success' FROM disaster_recovery.recovery_plans"
+        )
+        .is_err());
+    old.batch_execute(
+        "DELETE FROM disaster_recovery.recovery_drills WHERE drill_type = 'host_loss'",
+    )
+    .unwrap();
     assert_same_shape(&mut old, &mut cluster.connect("fresh"));
 }

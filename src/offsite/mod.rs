@@ -408,6 +408,31 @@ pub(crate) struct TargetSpec {
 }
 
 impl TargetSpec {
+    /// The columns `from_row` reads, in its order (a `SELECT` list over
+    /// `backup_management.remote_backup_configs`).
+    pub(crate) const COLUMNS: &'static str =
+        "config_id, config_name, remote_type, remote_endpoint, \
+        remote_path, credentials_ref, options::text, encryption_key_ref, configured_by_superuser";
+
+    /// A target's name and spec from a row whose first columns are `COLUMNS`.
+    pub(crate) fn from_row(
+        r: &pgrx::spi::SpiHeapTupleData<'_>,
+    ) -> Result<(String, TargetSpec), pgrx::spi::SpiError> {
+        Ok((
+            r.get::<String>(2)?.unwrap_or_default(),
+            TargetSpec {
+                config_id: r.get::<i32>(1)?.unwrap_or_default(),
+                kind: r.get::<String>(3)?.unwrap_or_default(),
+                endpoint: r.get::<String>(4)?.unwrap_or_default(),
+                path: r.get::<String>(5)?.unwrap_or_default(),
+                credentials: r.get::<String>(6)?,
+                options: r.get::<String>(7)?.unwrap_or_else(|| "{}".into()),
+                key_ref: r.get::<String>(8)?,
+                by_superuser: r.get::<bool>(9)?.unwrap_or(false),
+            },
+        ))
+    }
+
     /// The storage the row names, its limits checked again at use: they may have been
     /// tightened since the row was written by a role that is not a superuser.
     pub(crate) fn open(&self) -> Result<Box<dyn Storage>, OffsiteError> {

@@ -206,30 +206,22 @@ fn plan(
     held: &HashMap<i32, HashSet<(i64, String)>>,
 ) -> Result<Vec<Work>, SpiError> {
     let configs = c.select(
-        "SELECT config_id, config_name, remote_type, remote_endpoint, remote_path, \
-                credentials_ref, options::text, encryption_key_ref, configured_by_superuser, \
-                pg_catalog.md5(remote_type || '|' || remote_endpoint || '|' || remote_path) \
-           FROM backup_management.remote_backup_configs WHERE is_active ORDER BY config_id",
+        &format!(
+            "SELECT {}, pg_catalog.md5(remote_type || '|' || remote_endpoint || '|' || remote_path) \
+               FROM backup_management.remote_backup_configs WHERE is_active ORDER BY config_id",
+            TargetSpec::COLUMNS
+        ),
         None,
         &[],
     )?;
     let mut rows = Vec::new();
     for r in configs {
-        let config_id = r.get::<i32>(1)?.unwrap_or_default();
+        let (name, spec) = TargetSpec::from_row(&r)?;
         rows.push((
-            config_id,
-            r.get::<String>(2)?.unwrap_or_default(),
+            spec.config_id,
+            name,
             r.get::<String>(10)?.unwrap_or_default(),
-            TargetSpec {
-                config_id,
-                kind: r.get::<String>(3)?.unwrap_or_default(),
-                endpoint: r.get::<String>(4)?.unwrap_or_default(),
-                path: r.get::<String>(5)?.unwrap_or_default(),
-                credentials: r.get::<String>(6)?,
-                options: r.get::<String>(7)?.unwrap_or_else(|| "{}".into()),
-                key_ref: r.get::<String>(8)?,
-                by_superuser: r.get::<bool>(9)?.unwrap_or(false),
-            },
+            spec,
         ));
     }
     let roots = guc::backup_roots().unwrap_or_default();

@@ -45,9 +45,66 @@ pub fn verdict(restored: bool, rto_met: bool, rpo_met: bool) -> &'static str {
     }
 }
 
-/// Runs a disaster-recovery drill for an active plan: restore-tests the newest completed
-/// `pg_dump` backup of its database and records the measured recovery time and data-loss window
-/// in `disaster_recovery.recovery_drills`.
+/// A full drill: the newest `pg_dump` backup of `database` restore-tested for real.  Returns
+/// (backup, recovery time, data-loss window, restored).
+#[allow(clippy::type_complexity)]
+fn logical_drill(
+    database: &str,
+    issues: &mut Vec<String>,
+) -> Result<(Option<i64>, Option<Duration>, Option<Duration>, bool), DrillError> {
+    // The newest backup a drill can restore, and how old its data is now.
+    let newest = Spi::connect(|c| -> Result<Option<(i64, f64)>, SpiError> {
+        let t = c.select(
+            "SELECT backup_id, extract(epoch FROM clock_timestamp() - start_time)::float8 \
+               FROM backup_management.backup_records \
+              WHERE database_name = $1 AND expired_at IS NULL AND status = 'completed' \
+                AND backup_method IN ('pg_dump', 'pg_dump_directory') \
+              ORDER BY end_time DESC LIMIT 1",
+            None,
+            &[database.into()],
+        )?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        let r = t.first();
+        Ok(Some((
+            r.get::<i64>(1)?.unwrap_or_default(),
+            r.get::<f64>(2)?.unwrap_or_default(),
+        )))
+    })
+    .map_err(DrillError::from)?;
+
+    Ok(match newest {
+        None => {
+            issues.push(format!(
+                "no completed pg_dump backup of database \"{database}\" to restore"
+            ));
+            (None, None, None, false)
+        }
+        Some((id, age_seconds)) => {
+            let data_loss = Duration::from_secs_f64(age_seconds.max(0.0));
+            match restore::restore_test(id, None, false) {
+                Ok(r) => {
+                    if !r.passed {
+                        issues.push(format!(
+                            "the restore test of backup {id} failed (see backup_verifications)"
+                        ));
+                    }
+                    (Some(id), r.restore_time, Some(data_loss), r.passed)
+                }
+                Err(e) => {
+                    issues.push(format!("backup {id} could not be restore-tested: {e}"));
+                    (Some(id), None, Some(data_loss), false)
+                }
+            }
+        }
+    })
+}
+
+/// Runs a disaster-recovery drill for an active plan and records the measured recovery time and
+/// data-loss window in `disaster_recovery.recovery_drills`: `full` restore-tests the newest
+/// completed `pg_dump` backup of its database; `host_loss` restores the cluster from an off-site
+/// target alone (its own mirror, not this catalog) and starts it (`host_loss.rs`).
 // pgrx's name!() columns cannot go through a type alias.
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
@@ -70,7 +127,7 @@ fn run_recovery_drill(
     ErrorReport,
 > {
     let name = plan_name.ok_or(DrillError::Null)?;
-    if drill_type != "full" {
+    if drill_type != "full" && drill_type != "host_loss" {
         return Err(DrillError::UnsupportedType(drill_type.to_owned()).into());
     }
     let plan = Spi::connect(|c| -> Result<Option<(i32, String, i64, i64)>, SpiError> {
@@ -95,53 +152,15 @@ fn run_recovery_drill(
     let Some((plan_id, database, rto_minutes, rpo_minutes)) = plan else {
         return Err(DrillError::UnknownPlan(name.to_owned()).into());
     };
-    // The newest backup a drill can restore, and how old its data is now.
-    let newest = Spi::connect(|c| -> Result<Option<(i64, f64)>, SpiError> {
-        let t = c.select(
-            "SELECT backup_id, extract(epoch FROM clock_timestamp() - start_time)::float8 \
-               FROM backup_management.backup_records \
-              WHERE database_name = $1 AND expired_at IS NULL AND status = 'completed' \
-                AND backup_method IN ('pg_dump', 'pg_dump_directory') \
-              ORDER BY end_time DESC LIMIT 1",
-            None,
-            &[database.as_str().into()],
-        )?;
-        if t.is_empty() {
-            return Ok(None);
-        }
-        let r = t.first();
-        Ok(Some((
-            r.get::<i64>(1)?.unwrap_or_default(),
-            r.get::<f64>(2)?.unwrap_or_default(),
-        )))
-    })
-    .map_err(DrillError::from)?;
-
     let mut issues: Vec<String> = Vec::new();
-    let (backup_id, recovery_time, data_loss, restored) = match newest {
-        None => {
-            issues.push(format!(
-                "no completed pg_dump backup of database \"{database}\" to restore"
-            ));
-            (None, None, None, false)
-        }
-        Some((id, age_seconds)) => {
-            let data_loss = Duration::from_secs_f64(age_seconds.max(0.0));
-            match restore::restore_test(id, None, false) {
-                Ok(r) => {
-                    if !r.passed {
-                        issues.push(format!(
-                            "the restore test of backup {id} failed (see backup_verifications)"
-                        ));
-                    }
-                    (Some(id), r.restore_time, Some(data_loss), r.passed)
-                }
-                Err(e) => {
-                    issues.push(format!("backup {id} could not be restore-tested: {e}"));
-                    (Some(id), None, Some(data_loss), false)
-                }
-            }
-        }
+    let mut restored_from = None;
+    let (backup_id, recovery_time, data_loss, restored) = if drill_type == "host_loss" {
+        let h = super::host_loss::host_loss_drill(&database).map_err(DrillError::from)?;
+        issues.extend(h.issues);
+        restored_from = h.target;
+        (h.backup_id, h.recovery_time, h.data_loss, h.restored)
+    } else {
+        logical_drill(&database, &mut issues)?
     };
     let rto_met = recovery_time.is_some_and(|t| t.as_secs_f64() <= rto_minutes as f64 * 60.0);
     let rpo_met = data_loss.is_some_and(|d| d.as_secs_f64() <= rpo_minutes as f64 * 60.0);
@@ -163,8 +182,8 @@ fn run_recovery_drill(
         Ok(c.update(
             "INSERT INTO disaster_recovery.recovery_drills \
                  (plan_id, backup_id, drill_type, recovery_time_minutes, data_loss_minutes, \
-                  recovery_time, data_loss_window, status, issues) \
-             VALUES ($1, $2, $3, $4, $5, make_interval(secs => $6), make_interval(secs => $7), $8, $9) \
+                  recovery_time, data_loss_window, status, issues, restored_from) \
+             VALUES ($1, $2, $3, $4, $5, make_interval(secs => $6), make_interval(secs => $7), $8, $9, $10) \
              RETURNING drill_id",
             None,
             &[
@@ -177,6 +196,7 @@ fn run_recovery_drill(
                 data_loss.map(|d| d.as_secs_f64()).into(),
                 status.into(),
                 issues_text.as_deref().into(),
+                restored_from.as_deref().into(),
             ],
         )?
         .first()
@@ -198,6 +218,38 @@ fn run_recovery_drill(
         rto_met,
         rpo_met,
     )))
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    /// A host-loss drill with no off-site target to restore from fails, recorded with the
+    /// reason, like any drill that could not restore.
+    #[pg_test]
+    fn a_host_loss_drill_without_a_target_is_recorded_failed() {
+        Spi::run(
+            "INSERT INTO disaster_recovery.recovery_plans
+                 (plan_name, database_name, rto_minutes, rpo_minutes, backup_strategy, recovery_procedure)
+             VALUES ('hl', 'pgrx_tests', 30, 60, 'native', 'backup-mgmt restore')",
+        )
+        .unwrap();
+        let id = Spi::get_one::<i64>(
+            "SELECT drill_id FROM backup_mgmt.run_recovery_drill('hl', 'host_loss')",
+        )
+        .unwrap()
+        .unwrap();
+        let (status, issues) = Spi::get_two_with_args::<String, String>(
+            "SELECT status || '/' || drill_type, issues FROM disaster_recovery.recovery_drills WHERE drill_id = $1",
+            &[id.into()],
+        )
+        .unwrap();
+        assert_eq!(status.as_deref(), Some("failed/host_loss"));
+        assert!(issues
+            .unwrap_or_default()
+            .contains("no active off-site target"));
+    }
 }
 
 #[cfg(test)]

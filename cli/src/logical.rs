@@ -35,10 +35,19 @@ pub struct LogicalArgs {
     /// Do not apply the backup's globals file (its roles must exist already).
     #[arg(long)]
     no_globals: bool,
-    /// Neither create the globals' tablespaces nor put objects in them (their directories
-    /// need not exist on this host).
+    /// Apply the globals file whole: attributes such as SUPERUSER, memberships in any role,
+    /// grants on objects and parameters, changes to roles that exist. Without it, the file only
+    /// creates roles that reach no further than themselves (the rest is listed, not applied).
     #[arg(long)]
-    no_tablespaces: bool,
+    trust_globals: bool,
+    /// Create the globals' tablespaces (their directories must exist on this host) and put
+    /// objects in them; without it every object goes to the default tablespace.
+    #[arg(long)]
+    tablespaces: bool,
+    /// An existing role the dump may run as to restore what it owns (repeatable). Roles the
+    /// globals create are used without it; an existing role is not, unless named here.
+    #[arg(long, value_name = "ROLE")]
+    owner_role: Vec<String>,
     /// Hand what a superuser owned in the dump to the database's owner even when that is a
     /// superuser. Without it such objects stay with the restore role (kept without login or
     /// memberships) for you to review: owned by a superuser, a SECURITY DEFINER function or a
@@ -135,13 +144,15 @@ pub fn run(
             .clone()
             .unwrap_or_else(|| b.database_name.clone()),
         globals: !args.no_globals,
-        tablespaces: !args.no_tablespaces,
+        tablespaces: args.tablespaces,
         jobs: args
             .jobs
             .unwrap_or_else(backup_mgmt_core::threads::cores)
             .max(1),
         work_dir: args.work_dir.clone().unwrap_or_else(std::env::temp_dir),
         trust_superuser_objects: args.trust_superuser_objects,
+        trust_globals: args.trust_globals,
+        owner_roles: args.owner_role.clone(),
     };
     if !json {
         eprintln!(
@@ -207,7 +218,7 @@ fn report(r: &LogicalRestored, took: Duration, json: bool) {
     }
     if !r.roles_existing.is_empty() {
         println!(
-            "roles that existed (their attributes and memberships set as backed up): {}",
+            "roles that existed (left as they are): {}",
             r.roles_existing.join(", ")
         );
     }

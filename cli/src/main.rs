@@ -86,12 +86,15 @@ enum Command {
         long_about = "Restores a logical backup (pg_dump custom or directory format) from the \
 target into a new database of a running server, as the server's operating-system user.\n\n\
 The backup's globals file (pg_dumpall --globals-only) is applied first, statement by statement: \
-only roles, their settings, comments and memberships, grants and tablespaces; a file holding \
-anything else is refused. Roles that exist keep existing (their attributes are set as backed up). \
-The dump then runs as a throwaway role that is no superuser and is a member of the roles owning \
-its objects, so that ownership is restored as dumped; objects only a superuser may create \
-(untrusted languages, C functions, some extensions) are named, not restored. The dump's sha256 \
-is checked while it streams; a damaged dump leaves no database.\n\n\
+a file holding anything but role, membership, grant and tablespace statements is refused. \
+Unless --trust-globals, it only creates: new roles (without SUPERUSER, CREATEROLE, REPLICATION, \
+BYPASSRLS), their settings any role may set, memberships in them; roles that exist are left \
+as they are, and what is left out is listed. The dump then runs as a throwaway role that is no \
+superuser and borrows the rights of the owners the globals created (or --owner-role names), so \
+that ownership is restored as dumped; objects only a superuser may create are named, not \
+restored, and what a superuser owned stays with the throwaway role (no login) for review unless \
+--trust-superuser-objects. The dump's sha256 is checked while it streams; a damaged dump leaves \
+no database.\n\n\
 Example:\n  backup-mgmt --dir /mnt/offsite restore-logical --source-database shop \
 --database shop_restored --target-time '2026-12-04 10:00:00+00'"
     )]

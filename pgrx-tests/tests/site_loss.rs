@@ -420,6 +420,15 @@ fn logical_path(object: &std::path::Path, at_target: &str, with: &dyn Fn(&[&str]
         created.contains(&"app_owner") && created.contains(&"readers"),
         "{out}"
     );
+    // The existing superuser is left as it is here (its attributes, its password).
+    assert!(
+        report["globals_skipped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g.as_str().unwrap_or("").starts_with("ALTER ROLE postgres")),
+        "{out}"
+    );
     assert!(
         report["roles_existing"]
             .as_array()

@@ -305,8 +305,16 @@ fn same_place(
                     None,
                     &[config_id.into()],
                 )?;
+                // Its backup copies are at the old place: no mirror at the new one may list
+                // them (and they are copied there again).
+                c.update(
+                    "UPDATE backup_management.remote_backup_records SET sync_status = 'expired' \
+                      WHERE config_id = $1 AND sync_status = 'completed'",
+                    None,
+                    &[config_id.into()],
+                )?;
                 log!(
-                    "backup_mgmt: off-site target \"{}\" names another place now: its WAL is copied there again",
+                    "backup_mgmt: off-site target \"{}\" names another place now: its WAL and backups are copied there again",
                     escape_for_log(name)
                 );
             }

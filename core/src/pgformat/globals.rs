@@ -129,9 +129,10 @@ pub struct Script {
     /// Roles the file creates that exist already (their `CREATE ROLE` is left out; their
     /// `ALTER ROLE` still runs, as `pg_dumpall`'s own output would).
     pub existing_roles: Vec<String>,
-    /// Statements left out on purpose (tablespaces when not wanted, per-role settings that load
-    /// libraries), shown to the operator.
+    /// Statements left out on purpose (see `vet`), shown to the operator.
     pub skipped: Vec<String>,
+    /// The roles the statements create.
+    pub created_roles: Vec<String>,
 }
 
 /// Per-role settings that make the server load a library when the role logs in: never applied
@@ -157,6 +158,18 @@ pub fn statements(sql: &str) -> Result<Vec<String>, Refused> {
         why,
         text: text.chars().take(120).collect(),
     };
+    // psql reads a line only up to a NUL, and other control characters have no business in a
+    // globals file: this splitter and psql must see the same text.
+    if let Some(c) = sql
+        .chars()
+        .find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        return Err(refuse(
+            0,
+            "a control character",
+            &format!("U+{:04X}", c as u32),
+        ));
+    }
     let mut out = Vec::new();
     let mut current = String::new();
     let mut at = At::Code;
@@ -214,8 +227,10 @@ pub fn statements(sql: &str) -> Result<Vec<String>, Refused> {
                     '$' if !prev.is_some_and(|p| p.is_alphanumeric() || p == '_') => {
                         return Err(refuse(n, "a dollar quote", &current))
                     }
-                    '\'' if prev.is_some_and(|p| p.is_alphanumeric() || p == '_' || p == '&') => {
-                        return Err(refuse(n, "a string literal with a prefix", &current))
+                    '\'' | '"'
+                        if prev.is_some_and(|p| p.is_alphanumeric() || p == '_' || p == '&') =>
+                    {
+                        return Err(refuse(n, "a quoted string or name with a prefix", &current))
                     }
                     '-' if next == Some('-') => at = At::Comment,
                     '\'' => {
@@ -243,93 +258,250 @@ pub fn statements(sql: &str) -> Result<Vec<String>, Refused> {
     Ok(out.into_iter().filter(|s| !s.is_empty()).collect())
 }
 
-/// An identifier that is the whole of `s` (after trimming), as pg_dumpall prints it.
-fn sole_identifier(s: &str) -> Option<String> {
-    let s = s.trim();
-    let name = identifier(s)?;
-    let printed_len = if s.starts_with('"') {
-        name.len() + name.matches('"').count() + 2
-    } else {
-        name.len()
-    };
-    (printed_len == s.len()).then_some(name)
+/// A token of a vetted statement (`statements` has refused what could be read two ways).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token {
+    /// An unquoted word: a keyword, an identifier (folded to lower case), a number.
+    Word(String),
+    /// A double-quoted identifier, unescaped.
+    Quoted(String),
+    /// A string literal.
+    Literal,
+    Other(char),
 }
 
-/// The statements of a globals file to apply to a server where `existing_roles` and
-/// `existing_tablespaces` exist: only the kinds pg_dumpall writes (roles, their settings,
-/// comments and memberships, tablespaces, grants), anything else refuses the whole file, so
-/// that a file on a target cannot run arbitrary SQL with the superuser's rights that applying
-/// globals needs.  `tablespaces`: whether tablespace statements are applied (their locations
-/// must exist on this host) or skipped.
-pub fn vet(
-    sql: &str,
-    existing_roles: &BTreeSet<String>,
-    existing_tablespaces: &BTreeSet<String>,
-    tablespaces: bool,
-) -> Result<Script, Refused> {
+impl Token {
+    fn is(&self, keyword: &str) -> bool {
+        matches!(self, Token::Word(w) if w.eq_ignore_ascii_case(keyword))
+    }
+    /// The identifier this token names, as PostgreSQL reads it.
+    fn ident(&self) -> Option<String> {
+        match self {
+            Token::Word(w) => Some(w.to_lowercase()),
+            Token::Quoted(q) => Some(q.clone()),
+            _ => None,
+        }
+    }
+}
+
+fn tokens(st: &str) -> Vec<Token> {
+    let chars: Vec<char> = st.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c.is_whitespace() {
+            i += 1;
+        } else if c == '\'' || c == '"' {
+            let mut text = String::new();
+            i += 1;
+            while i < chars.len() {
+                if chars[i] == c && chars.get(i + 1) == Some(&c) {
+                    text.push(c);
+                    i += 2;
+                } else if chars[i] == c {
+                    i += 1;
+                    break;
+                } else {
+                    text.push(chars[i]);
+                    i += 1;
+                }
+            }
+            out.push(if c == '"' {
+                Token::Quoted(text)
+            } else {
+                Token::Literal
+            });
+        } else if c.is_alphanumeric() || c == '_' {
+            let start = i;
+            while i < chars.len()
+                && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == '$')
+            {
+                i += 1;
+            }
+            out.push(Token::Word(chars[start..i].iter().collect()));
+        } else {
+            out.push(Token::Other(c));
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Role attributes that reach beyond the role itself: never applied from a file unless trusted.
+const PRIVILEGED_ATTRIBUTES: [&str; 4] = ["SUPERUSER", "CREATEROLE", "REPLICATION", "BYPASSRLS"];
+/// What else `ALTER ROLE ... WITH` may say.
+const PLAIN_ATTRIBUTES: [&str; 17] = [
+    "WITH",
+    "NOSUPERUSER",
+    "NOCREATEROLE",
+    "NOREPLICATION",
+    "NOBYPASSRLS",
+    "INHERIT",
+    "NOINHERIT",
+    "CREATEDB",
+    "NOCREATEDB",
+    "LOGIN",
+    "NOLOGIN",
+    "CONNECTION",
+    "LIMIT",
+    "PASSWORD",
+    "ENCRYPTED",
+    "VALID",
+    "UNTIL",
+];
+
+/// What applying a globals file may do to this server.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy<'a> {
+    pub existing_roles: &'a BTreeSet<String>,
+    pub existing_tablespaces: &'a BTreeSet<String>,
+    /// Settings any role may set for itself (`pg_settings.context = 'user'`): the only per-role
+    /// settings applied unless trusted.
+    pub user_settings: &'a BTreeSet<String>,
+    /// Create the file's tablespaces (their locations must exist on this host).
+    pub tablespaces: bool,
+    /// Apply every statement of the kinds pg_dumpall writes: attributes such as SUPERUSER,
+    /// memberships in any role, grants on objects and parameters, changes to existing roles.
+    pub trust: bool,
+}
+
+/// The statements of a globals file to apply to a server, as a superuser.  Only the kinds
+/// pg_dumpall writes are accepted (roles, their settings, comments and memberships, grants,
+/// tablespaces); anything else refuses the whole file.  Unless `policy.trust`, what is applied
+/// only creates: new roles with attributes that reach no further than themselves, per-role
+/// settings any role may set, memberships in roles created here, comments on them, new
+/// tablespaces when asked; the rest (roles that exist, SUPERUSER and the like, memberships in
+/// roles that existed, grants on objects or parameters, REVOKE) is left out and listed.  So a
+/// file on a target, which others may write, can add roles but not take over this server.
+pub fn vet(sql: &str, policy: &Policy<'_>) -> Result<Script, Refused> {
     let mut script = Script::default();
+    let mut created_spaces: BTreeSet<String> = BTreeSet::new();
     for (i, st) in statements(sql)?.into_iter().enumerate() {
-        let words: Vec<String> = st
-            .split_whitespace()
-            .take(3)
-            .map(|w| w.to_ascii_uppercase())
-            .collect();
-        let w: Vec<&str> = words.iter().map(String::as_str).collect();
+        let t = tokens(&st);
         let refused = |why| Refused::Statement {
             n: i + 1,
             why,
             text: st.chars().take(120).collect(),
         };
-        let after = |k: usize| st.split_whitespace().skip(k).collect::<Vec<_>>().join(" ");
-        match w.as_slice() {
-            ["SET", setting, ..] => {
-                let setting = setting.to_ascii_lowercase();
-                if setting == "client_encoding" {
-                    script.statements.push(st.clone());
-                } else if setting != "default_transaction_read_only"
-                    && setting != "standard_conforming_strings"
-                {
-                    return Err(refused("a SET of something other than the encoding"));
+        let kw = |k: usize, word: &str| t.get(k).is_some_and(|x| x.is(word));
+        let ident = |k: usize| t.get(k).and_then(Token::ident);
+        let ours = |name: &Option<String>| {
+            name.as_ref()
+                .is_some_and(|n| script.created_roles.contains(n))
+        };
+        enum Verdict {
+            Apply,
+            Skip,
+        }
+        let verdict = if kw(0, "SET") {
+            match ident(1).as_deref() {
+                // This side sends its own (UTF8, standard strings).
+                Some(
+                    "client_encoding"
+                    | "default_transaction_read_only"
+                    | "standard_conforming_strings",
+                ) => continue,
+                _ => return Err(refused("a SET of something other than the encoding")),
+            }
+        } else if kw(0, "CREATE") && kw(1, "ROLE") {
+            let name = ident(2)
+                .filter(|_| t.len() == 3)
+                .ok_or_else(|| refused("not CREATE ROLE name"))?;
+            if policy.existing_roles.contains(&name) {
+                script.existing_roles.push(name);
+                continue;
+            }
+            script.created_roles.push(name);
+            Verdict::Apply
+        } else if kw(0, "ALTER") && kw(1, "ROLE") {
+            let name = ident(2);
+            let words: Vec<String> = t[3.min(t.len())..]
+                .iter()
+                .filter_map(|x| match x {
+                    Token::Word(w) => Some(w.to_ascii_uppercase()),
+                    _ => None,
+                })
+                .collect();
+            // The setting an ALTER ROLE ... [IN DATABASE d] SET names.
+            let setting = if kw(3, "SET") {
+                Some(ident(4))
+            } else if kw(3, "IN") && kw(4, "DATABASE") && kw(6, "SET") {
+                Some(ident(7))
+            } else {
+                None
+            };
+            match setting {
+                Some(s) => {
+                    let s = s.ok_or_else(|| refused("a setting without a name"))?;
+                    if LIBRARY_SETTINGS.contains(&s.as_str())
+                        || !(policy.trust || ours(&name) && policy.user_settings.contains(&s))
+                    {
+                        Verdict::Skip
+                    } else {
+                        Verdict::Apply
+                    }
+                }
+                None if kw(3, "RESET") => Verdict::Skip,
+                None => {
+                    if let Some(w) = words.iter().find(|w| {
+                        !PLAIN_ATTRIBUTES.contains(&w.as_str())
+                            && !PRIVILEGED_ATTRIBUTES.contains(&w.as_str())
+                            && !w.starts_with(|c: char| c.is_ascii_digit())
+                            && w.as_str() != "NULL"
+                    }) {
+                        let _ = w;
+                        return Err(refused("not a role attribute pg_dumpall writes"));
+                    }
+                    let privileged = words
+                        .iter()
+                        .any(|w| PRIVILEGED_ATTRIBUTES.contains(&w.as_str()));
+                    if policy.trust || ours(&name) && !privileged {
+                        Verdict::Apply
+                    } else {
+                        Verdict::Skip
+                    }
                 }
             }
-            ["CREATE", "ROLE", ..] => {
-                let name =
-                    sole_identifier(&after(2)).ok_or_else(|| refused("not CREATE ROLE name"))?;
-                if existing_roles.contains(&name) {
-                    script.existing_roles.push(name);
-                } else {
-                    script.statements.push(st.clone());
-                }
+        } else if kw(0, "COMMENT") && kw(1, "ON") && kw(2, "ROLE") {
+            if policy.trust || ours(&ident(3)) {
+                Verdict::Apply
+            } else {
+                Verdict::Skip
             }
-            ["ALTER", "ROLE", ..] => {
-                let lower = st.to_ascii_lowercase();
-                if LIBRARY_SETTINGS.iter().any(|s| lower.contains(s)) {
-                    script.skipped.push(st.clone());
-                } else if lower.contains(" rename ") {
-                    return Err(refused("a role renamed"));
-                } else {
-                    script.statements.push(st.clone());
-                }
+        } else if kw(0, "GRANT") || kw(0, "REVOKE") {
+            // A membership: GRANT role TO grantee [WITH ...] [GRANTED BY grantor].
+            let membership = kw(0, "GRANT") && kw(2, "TO") && !t.iter().any(|x| x.is("ON"));
+            if policy.trust || membership && ours(&ident(1)) {
+                Verdict::Apply
+            } else {
+                Verdict::Skip
             }
-            ["COMMENT", "ON", "ROLE"] | ["GRANT", ..] | ["REVOKE", ..] => {
-                script.statements.push(st.clone())
+        } else if kw(0, "CREATE") && kw(1, "TABLESPACE") {
+            let name = ident(2).ok_or_else(|| refused("not CREATE TABLESPACE name"))?;
+            if policy.tablespaces && !policy.existing_tablespaces.contains(&name) {
+                created_spaces.insert(name);
+                Verdict::Apply
+            } else {
+                Verdict::Skip
             }
-            ["CREATE", "TABLESPACE", ..]
-            | ["ALTER", "TABLESPACE", ..]
-            | ["COMMENT", "ON", "TABLESPACE"] => {
-                let exists = w[0] == "CREATE"
-                    && identifier(&after(2)).is_some_and(|t| existing_tablespaces.contains(&t));
-                if tablespaces && !exists {
-                    script.statements.push(st.clone());
-                } else {
-                    script.skipped.push(st.clone());
-                }
+        } else if (kw(0, "ALTER") && kw(1, "TABLESPACE"))
+            || (kw(0, "COMMENT") && kw(1, "ON") && kw(2, "TABLESPACE"))
+        {
+            let at = if kw(0, "ALTER") { 2 } else { 3 };
+            if policy.tablespaces && ident(at).is_some_and(|n| created_spaces.contains(&n)) {
+                Verdict::Apply
+            } else {
+                Verdict::Skip
             }
-            _ => {
-                return Err(refused(
-                    "not a role, membership, grant or tablespace statement",
-                ))
-            }
+        } else {
+            return Err(refused(
+                "not a role, membership, grant or tablespace statement",
+            ));
+        };
+        match verdict {
+            Verdict::Apply => script.statements.push(st),
+            Verdict::Skip => script.skipped.push(st),
         }
     }
     Ok(script)
@@ -374,45 +546,97 @@ mod tests {
         assert!(read_file(&dir.path().join("missing")).is_err());
     }
 
-    #[test]
-    fn a_pg_dumpall_file_is_applied_as_it_was_written() {
-        let sql = "--\n-- PostgreSQL database cluster dump\n--\n\n\\restrict abcDEF123\n\n\
+    fn policy<'a>(
+        existing: &'a BTreeSet<String>,
+        settings: &'a BTreeSet<String>,
+        tablespaces: bool,
+        trust: bool,
+    ) -> Policy<'a> {
+        Policy {
+            existing_roles: existing,
+            existing_tablespaces: settings,
+            user_settings: settings,
+            tablespaces,
+            trust,
+        }
+    }
+
+    const DUMPALL: &str = "--\n-- PostgreSQL database cluster dump\n--\n\n\\restrict abcDEF123\n\n\
 SET default_transaction_read_only = off;\n\nSET client_encoding = 'UTF8';\nSET standard_conforming_strings = on;\n\n\
-CREATE ROLE app_owner;\nALTER ROLE app_owner WITH NOSUPERUSER INHERIT LOGIN PASSWORD 'SCRAM-SHA-256$4096:YEZb==$Hw=:Ly=';\n\
+CREATE ROLE app_owner;\nALTER ROLE app_owner WITH NOSUPERUSER INHERIT NOCREATEROLE NOCREATEDB LOGIN NOREPLICATION NOBYPASSRLS CONNECTION LIMIT -1 PASSWORD 'SCRAM-SHA-256$4096:YEZb==$Hw=:Ly=' VALID UNTIL 'infinity';\n\
 CREATE ROLE postgres;\nALTER ROLE postgres WITH SUPERUSER INHERIT CREATEROLE CREATEDB LOGIN REPLICATION BYPASSRLS;\n\
-CREATE ROLE \"Sales \"\"Team\"\"\";\nCOMMENT ON ROLE readers IS 'multi\nline; -- not a comment';\n\
+CREATE ROLE \"Sales \"\"Team\"\"\";\nCREATE ROLE readers;\nCOMMENT ON ROLE readers IS 'multi\nline; -- not a comment';\n\
+CREATE ROLE dba;\nALTER ROLE dba WITH SUPERUSER LOGIN;\n\
 ALTER ROLE app_owner SET work_mem TO '8MB';\nALTER ROLE app_owner SET session_preload_libraries TO 'evil';\n\
+ALTER ROLE app_owner IN DATABASE shop SET lo_compat_privileges TO 'on';\n\
 GRANT readers TO app_owner WITH INHERIT TRUE GRANTED BY postgres;\n\
+GRANT postgres TO app_owner;\nGRANT SET ON PARAMETER archive_command TO app_owner;\n\
 CREATE TABLESPACE fast OWNER postgres LOCATION '/ssd';\n\n\\unrestrict abcDEF123\n\n--\n-- done\n--\n";
+
+    #[test]
+    fn a_pg_dumpall_file_creates_roles_and_takes_over_nothing() {
         let existing: BTreeSet<String> = ["postgres".to_owned()].into();
-        let s = vet(sql, &existing, &BTreeSet::new(), false).unwrap();
+        let settings: BTreeSet<String> = ["work_mem".to_owned()].into();
+        let s = vet(DUMPALL, &policy(&existing, &settings, false, false)).unwrap();
         assert_eq!(s.existing_roles, vec!["postgres"]);
-        assert_eq!(s.statements[0], "SET client_encoding = 'UTF8'");
-        assert_eq!(s.statements[1], "CREATE ROLE app_owner");
-        assert!(s.statements[2].ends_with("PASSWORD 'SCRAM-SHA-256$4096:YEZb==$Hw=:Ly='"));
-        assert!(s
-            .statements
-            .contains(&"CREATE ROLE \"Sales \"\"Team\"\"\"".to_owned()));
+        assert_eq!(
+            s.created_roles,
+            vec!["app_owner", "Sales \"Team\"", "readers", "dba"]
+        );
+        assert_eq!(s.statements[0], "CREATE ROLE app_owner");
+        assert!(s.statements[1].contains("PASSWORD 'SCRAM-SHA-256$4096:YEZb==$Hw=:Ly='"));
         assert!(s
             .statements
             .contains(&"COMMENT ON ROLE readers IS 'multi\nline; -- not a comment'".to_owned()));
+        assert!(s
+            .statements
+            .contains(&"ALTER ROLE app_owner SET work_mem TO '8MB'".to_owned()));
         assert!(s.statements.iter().any(|x| x.starts_with("GRANT readers")));
-        assert_eq!(s.skipped.len(), 2, "{:?}", s.skipped);
-        assert!(s.skipped[0].contains("session_preload_libraries"));
-        assert!(s.skipped[1].starts_with("CREATE TABLESPACE"));
-        let with = vet(sql, &existing, &BTreeSet::new(), true).unwrap();
-        assert!(with
+        // Left out: the existing superuser's attributes, a new superuser, a library, a setting
+        // only a superuser may set, a membership in an existing role, a parameter grant, the
+        // tablespace (not asked for).
+        for left in [
+            "ALTER ROLE postgres WITH SUPERUSER",
+            "ALTER ROLE dba WITH SUPERUSER LOGIN",
+            "session_preload_libraries",
+            "lo_compat_privileges",
+            "GRANT postgres TO app_owner",
+            "GRANT SET ON PARAMETER",
+            "CREATE TABLESPACE",
+        ] {
+            assert!(
+                s.skipped.iter().any(|x| x.contains(left)),
+                "{left}: {:?}",
+                s.skipped
+            );
+            assert!(!s.statements.iter().any(|x| x.contains(left)), "{left}");
+        }
+        // Trusted, all of it but the library and the existing role's creation; the tablespace
+        // when asked for, unless it exists.
+        let all = vet(DUMPALL, &policy(&existing, &settings, true, true)).unwrap();
+        assert!(all
+            .statements
+            .iter()
+            .any(|x| x.contains("ALTER ROLE dba WITH SUPERUSER")));
+        assert!(all
+            .statements
+            .iter()
+            .any(|x| x == "GRANT postgres TO app_owner"));
+        assert!(all
             .statements
             .last()
             .unwrap()
             .starts_with("CREATE TABLESPACE"));
-        let there: BTreeSet<String> = ["fast".to_owned()].into();
-        assert_eq!(vet(sql, &existing, &there, true).unwrap().skipped.len(), 2);
+        assert_eq!(all.skipped.len(), 1);
+        let there: BTreeSet<String> = ["fast".to_owned(), "work_mem".to_owned()].into();
+        let s = vet(DUMPALL, &policy(&existing, &there, true, true)).unwrap();
+        assert!(s.skipped.iter().any(|x| x.starts_with("CREATE TABLESPACE")));
     }
 
     #[test]
     fn a_globals_file_cannot_smuggle_sql_past_the_vetting() {
         let none = BTreeSet::new();
+        let p = policy(&none, &none, true, true);
         for evil in [
             "COPY (SELECT 1) TO PROGRAM 'touch /tmp/x';\n",
             "CREATE ROLE a; DO $$BEGIN PERFORM 1; END$$;\n",
@@ -420,6 +644,9 @@ CREATE TABLESPACE fast OWNER postgres LOCATION '/ssd';\n\n\\unrestrict abcDEF123
             // An escape string whose end this splitter and the server would see differently.
             "COMMENT ON ROLE a IS E'\\' '; COPY t TO PROGRAM 'x'; --';\n",
             "COMMENT ON ROLE a IS /* ' */ 'y'; COPY t TO PROGRAM 'x'; --';\n",
+            // psql stops reading a line at a NUL: the rest would be read differently.
+            "COMMENT ON ROLE a IS 'x\0';\nCOMMENT ON ROLE a IS '; COPY (SELECT 1) TO PROGRAM ''id''; --';\n",
+            "ALTER ROLE a SET U&\"session\\005Fpreload_libraries\" TO 'x';\n",
             "CREATE ROLE a \\! touch /tmp/x\n;\n",
             "\\! touch /tmp/x\n",
             "CREATE ROLE :foo;\n",
@@ -428,11 +655,11 @@ CREATE TABLESPACE fast OWNER postgres LOCATION '/ssd';\n\n\\unrestrict abcDEF123
             "COMMENT ON ROLE a IS 'never ends;\n",
             "SET role = postgres;\n",
             "SET session_authorization = postgres;\n",
-            "CREATE ROLE a; ALTER ROLE a RENAME TO postgres2;\n",
+            "CREATE ROLE a; ALTER ROLE a\nRENAME TO postgres2;\n",
         ] {
-            assert!(vet(evil, &none, &none, true).is_err(), "{evil}");
+            assert!(vet(evil, &p).is_err(), "{evil}");
         }
         // A dollar sign inside a name is a name, not a quote.
-        assert!(vet("CREATE ROLE a$b;\n", &none, &none, true).is_ok());
+        assert!(vet("CREATE ROLE a$b;\n", &p).is_ok());
     }
 }

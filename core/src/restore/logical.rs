@@ -11,7 +11,7 @@
 //! create is named, not restored.  Afterwards the objects still owned by the throwaway role
 //! (those a superuser owned) go to the database's owner, and the role is dropped.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,8 +83,8 @@ pub struct Options {
     pub database: String,
     /// Apply the backup's globals file first.
     pub globals: bool,
-    /// Create the tablespaces of the globals file (their locations must exist here) and put
-    /// objects in them; otherwise every object goes to the default tablespace.
+    /// Create the globals file's tablespaces (their locations must exist here) and put objects
+    /// in them; otherwise every object goes to the default tablespace.
     pub tablespaces: bool,
     /// pg_restore's `--jobs` for a directory-format dump.
     pub jobs: usize,
@@ -93,6 +93,11 @@ pub struct Options {
     /// Hand what a superuser owned in the dump to the database's owner even when that is a
     /// superuser (the dump is trusted to act with a superuser's rights).
     pub trust_superuser_objects: bool,
+    /// Apply the globals file whole (`globals::Policy::trust`).
+    pub trust_globals: bool,
+    /// Existing roles the dump may run as to restore what they own (vouched for by the
+    /// operator; still only those whose rights reach no further than their own).
+    pub owner_roles: Vec<String>,
 }
 
 /// What a logical restore did.
@@ -194,16 +199,46 @@ fn rows(server: &Server, sql: &str, what: &str) -> Result<Vec<Vec<String>>, Logi
         .collect())
 }
 
-/// Roles of the server: name -> superuser.
-fn roles(server: &Server) -> Result<BTreeMap<String, bool>, LogicalError> {
-    Ok(rows(
+/// Names from the server, hex-encoded by the query (a name may hold a line break or the field
+/// separator, which would otherwise split it), decoded.
+fn names(server: &Server, sql: &str, what: &str) -> Result<BTreeSet<String>, LogicalError> {
+    Ok(rows(server, sql, what)?
+        .into_iter()
+        .filter_map(|r| {
+            let hex = r.first()?;
+            let bytes: Option<Vec<u8>> = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                .collect();
+            String::from_utf8(bytes?).ok()
+        })
+        .collect())
+}
+
+/// The server's roles.
+fn roles(server: &Server) -> Result<BTreeSet<String>, LogicalError> {
+    names(
         server,
-        "SELECT rolname, rolsuper FROM pg_catalog.pg_roles",
+        "SELECT pg_catalog.encode(pg_catalog.convert_to(rolname, 'UTF8'), 'hex') FROM pg_catalog.pg_roles",
         "could not list the server's roles",
-    )?
-    .into_iter()
-    .filter_map(|r| Some((r.first()?.clone(), r.get(1)? == "t")))
-    .collect())
+    )
+}
+
+/// The roles whose rights reach no further than their own: no superuser and no member (however
+/// indirectly) of one or of a predefined role, no CREATEROLE, REPLICATION or BYPASSRLS.  Only
+/// these may lend their rights to the restore role, or receive what a superuser owned.
+fn plain_roles(server: &Server) -> Result<BTreeSet<String>, LogicalError> {
+    names(
+        server,
+        "SELECT pg_catalog.encode(pg_catalog.convert_to(r.rolname, 'UTF8'), 'hex') FROM pg_catalog.pg_roles r \
+          WHERE NOT (r.rolsuper OR r.rolcreaterole OR r.rolreplication OR r.rolbypassrls) \
+            AND r.rolname OPERATOR(pg_catalog.!~~) 'pg\\_%' \
+            AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles s \
+                             WHERE s.oid OPERATOR(pg_catalog.<>) r.oid \
+                               AND (s.rolsuper OR s.rolname OPERATOR(pg_catalog.~~) 'pg\\_%') \
+                               AND pg_catalog.pg_has_role(r.oid, s.oid, 'MEMBER'))",
+        "could not read the server's roles",
+    )
 }
 
 /// The sha256 the mirror records for `what` of backup `b`.
@@ -258,30 +293,41 @@ fn apply_globals(
     server: &Server,
     b: &MirrorBackup,
     key: &str,
-    tablespaces: bool,
+    options: &Options,
 ) -> Result<globals::Script, LogicalError> {
     let sha = recorded(b, b.globals_sha256.as_deref(), "globals file")?;
     let text = read_small(storage, key, sha, GLOBALS_LIMIT)?;
-    let text = String::from_utf8(text)
-        .map_err(|_| LogicalError::Archive(format!("{key} is not UTF-8 text")))?;
-    let existing: BTreeSet<String> = roles(server)?.into_keys().collect();
-    let spaces: BTreeSet<String> = rows(
+    let text =
+        String::from_utf8(text).map_err(|_| FetchError::Bad(format!("{key} is not UTF-8 text")))?;
+    let existing = roles(server)?;
+    let spaces = names(
         server,
-        "SELECT spcname FROM pg_catalog.pg_tablespace",
+        "SELECT pg_catalog.encode(pg_catalog.convert_to(spcname, 'UTF8'), 'hex') FROM pg_catalog.pg_tablespace",
         "could not list the server's tablespaces",
+    )?;
+    let settings: BTreeSet<String> = rows(
+        server,
+        "SELECT name FROM pg_catalog.pg_settings WHERE context OPERATOR(pg_catalog.=) 'user'",
+        "could not list the server's settings",
     )?
     .into_iter()
     .filter_map(|r| r.into_iter().next())
     .collect();
-    let script = globals::vet(&text, &existing, &spaces, tablespaces).map_err(|source| {
-        LogicalError::Globals {
-            backup_id: b.backup_id,
-            source,
-        }
+    let policy = globals::Policy {
+        existing_roles: &existing,
+        existing_tablespaces: &spaces,
+        user_settings: &settings,
+        tablespaces: options.tablespaces,
+        trust: options.trust_globals,
+    };
+    let script = globals::vet(&text, &policy).map_err(|source| LogicalError::Globals {
+        backup_id: b.backup_id,
+        source,
     })?;
-    // The file's own text is not what runs: the vetted statements are, with strings read as
-    // the vetting read them.
-    let mut sql = String::from("SET standard_conforming_strings = on;\n");
+    // The file's own text is not what runs: the vetted statements are, read as the vetting read
+    // them (UTF-8, standard strings).
+    let mut sql =
+        String::from("SET client_encoding = 'UTF8';\nSET standard_conforming_strings = on;\n");
     for st in &script.statements {
         sql.push_str(st);
         sql.push_str(";\n");
@@ -327,7 +373,7 @@ fn fetch_directory(
     let manifest_key = member_key(&b.key, Path::new(DIRECTORY_MANIFEST));
     let manifest = read_small(storage, &manifest_key, sha, 64 << 20)?;
     let manifest = String::from_utf8_lossy(&manifest).into_owned();
-    let names = directory::parse(&manifest).map_err(|e| LogicalError::Archive(e.to_string()))?;
+    let names = directory::parse(&manifest).map_err(|e| FetchError::Bad(e.to_string()))?;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
@@ -357,7 +403,10 @@ fn fetch_directory(
         } else {
             stream::pump(&mut hashed, &mut sink, &mut buf, None)
         };
-        copied.map_err(|e| LogicalError::Archive(format!("{key}: {e}")))?;
+        copied.map_err(|e| FetchError::File {
+            detail: format!("not what its manifest says: {e}"),
+            file: key.clone(),
+        })?;
         let (_, found) = hashed.finish();
         if found != sum {
             return Err(FetchError::Mismatch {
@@ -379,7 +428,7 @@ fn dump_owners(storage: &dyn Storage, source: &Source) -> Result<Owners, Logical
             let input = storage.get(key).map_err(FetchError::from)?;
             if key.ends_with(".zst") {
                 let dec = stream::decompress(input)
-                    .map_err(|e| LogicalError::Archive(format!("{key}: {e}")))?;
+                    .map_err(|e| FetchError::Bad(format!("{key}: {e}")))?;
                 dumpfacts::read_owners(dec)
             } else {
                 dumpfacts::read_owners(input)
@@ -389,7 +438,7 @@ fn dump_owners(storage: &dyn Storage, source: &Source) -> Result<Owners, Logical
             .map_err(|e| dumpfacts::Unavailable(format!("toc.dat: {e}")))
             .and_then(dumpfacts::read_owners),
     };
-    read.map_err(|e| LogicalError::Archive(format!("the dump's table of contents: {e}")))
+    read.map_err(|e| FetchError::Bad(format!("the dump's table of contents: {e}")).into())
 }
 
 /// Restores logical backup `b` from `storage` into a new database of `server`.
@@ -433,13 +482,14 @@ pub fn restore_dump(
     let mut script = globals::Script::default();
     let had_globals = b.globals_key.is_some();
     if let (true, Some(key)) = (options.globals, b.globals_key.as_deref()) {
-        script = apply_globals(storage, server, b, key, options.tablespaces)?;
+        script = apply_globals(storage, server, b, key, options)?;
     }
     let known = roles(server)?;
+    let plain = plain_roles(server)?;
     let database_owner = owners
         .database
         .clone()
-        .filter(|o| known.contains_key(o))
+        .filter(|o| known.contains(o))
         .unwrap_or_else(|| server.connection.user.clone());
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -452,23 +502,30 @@ pub fn restore_dump(
     ))
     .map_err(|e| LogicalError::Archive(format!("could not make a password: {e}")))?;
     let restorer = quote_ident(&role.name);
-    // The role runs the dump as the owners it names (not superusers: membership in one is
-    // refused, and what they own is reassigned below).  A database owned by a role that is no
-    // superuser is owned by it from the start, so that the role's objects may live in schema
-    // public (its CREATE belongs to the database's owner).
+    // The role runs the dump with the rights of the owners it names, so that their ownership is
+    // restored as dumped: only owners this restore created (or the operator named with
+    // --owner-role) whose rights reach no further than their own.  An existing role is never
+    // lent (the dump could take it over), nor one that leads to a superuser.  A database owned
+    // by such a role is owned by it from the start, so that the role's objects may live in
+    // schema public (its CREATE belongs to the database's owner).
+    let lenders: Vec<&String> = owners
+        .roles
+        .iter()
+        .filter(|o| plain.contains(*o))
+        .filter(|o| script.created_roles.contains(o) || options.owner_roles.contains(o))
+        .collect();
     let mut sql = role
         .create_role_sql()
         .map_err(|e| LogicalError::Archive(format!("could not make a password verifier: {e}")))?;
-    for (name, superuser) in &known {
-        if owners.roles.contains(name) && !superuser && !name.starts_with("pg_") {
-            sql.push_str(&format!("GRANT {} TO {restorer};\n", quote_ident(name)));
-        }
+    for name in &lenders {
+        sql.push_str(&format!("GRANT {} TO {restorer};\n", quote_ident(name)));
     }
-    let owner_is_plain = known.get(&database_owner) == Some(&false);
+    let owner_is_plain = plain.contains(&database_owner);
+    let owner_lent = lenders.contains(&&database_owner);
     sql.push_str(&format!(
         "CREATE DATABASE {} OWNER {} TEMPLATE template0;\n",
         quote_ident(db),
-        if owner_is_plain {
+        if owner_lent {
             quote_ident(&database_owner)
         } else {
             restorer.clone()
@@ -480,6 +537,9 @@ pub fn restore_dump(
         &sql,
         "could not create the database and its restore role",
     );
+    // CREATE DATABASE is the script's last statement: the database is this run's only if the
+    // script succeeded (one of that name made meanwhile by someone else is never dropped).
+    let created_db = created.is_ok();
     let result = created.and_then(|_| {
         let conn =
             unprivileged::role_connection(&server.connection, &role, db, &server.bindir, progress)
@@ -499,18 +559,23 @@ pub fn restore_dump(
         )
     });
     let failed = result.is_err();
-    let granted: Vec<&String> = known
-        .iter()
-        .filter(|(name, superuser)| {
-            owners.roles.contains(*name) && !**superuser && !name.starts_with("pg_")
-        })
-        .map(|(name, _)| name)
-        .collect();
-    // What the role kept is what a superuser owned in the dump.  Handed to a superuser, the
-    // dump's content would act with a superuser's rights after all (a SECURITY DEFINER
-    // function, a view over pg_authid, both callable by anyone granted them): unless the
-    // operator trusts the dump, such objects stay with the role, which loses its login and its
-    // memberships, for the operator to review and reassign.
+    // First, whatever happened: the role can no longer log in nor use the owners' rights.
+    let mut disarm = format!("ALTER ROLE {restorer} NOLOGIN PASSWORD NULL;\n");
+    for name in &lenders {
+        disarm.push_str(&format!("REVOKE {} FROM {restorer};\n", quote_ident(name)));
+    }
+    let disarmed = admin(
+        server,
+        &server.maintenance_db,
+        &disarm,
+        "disarming the restore role",
+    )
+    .map(|_| ());
+    // What the role kept is what a superuser owned in the dump.  Handed to a superuser (or a
+    // role that leads to one), the dump's content would act with a superuser's rights after
+    // all (a SECURITY DEFINER function, a view over pg_authid, both callable by anyone granted
+    // them): unless the operator trusts the dump, such objects stay with the role, for the
+    // operator to review and reassign.
     let handed = !failed && (owner_is_plain || options.trust_superuser_objects);
     let mut in_db = format!(
         "ALTER DATABASE {} OWNER TO {};\n",
@@ -534,28 +599,32 @@ pub fn restore_dump(
         )
     };
     let mut kept = None;
-    let mut cleanup = String::new();
+    let mut dropped: Result<(), LogicalError> = Ok(());
     if failed {
-        cleanup.push_str(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE);\nDROP ROLE IF EXISTS {restorer};\n",
-            quote_ident(db)
-        ));
-    } else if handed {
-        cleanup.push_str(&format!("DROP ROLE IF EXISTS {restorer};\n"));
-    } else {
-        cleanup.push_str(&format!("ALTER ROLE {restorer} NOLOGIN PASSWORD NULL;\n"));
-        for name in &granted {
-            cleanup.push_str(&format!("REVOKE {} FROM {restorer};\n", quote_ident(name)));
+        let mut cleanup = String::new();
+        if created_db {
+            cleanup.push_str(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE);\n",
+                quote_ident(db)
+            ));
         }
-    }
-    let mut dropped = admin(
-        server,
-        &server.maintenance_db,
-        &cleanup,
-        "dropping the restore role",
-    )
-    .map(|_| ());
-    if !failed && !handed && dropped.is_ok() {
+        cleanup.push_str(&format!("DROP ROLE IF EXISTS {restorer};\n"));
+        dropped = admin(
+            server,
+            &server.maintenance_db,
+            &cleanup,
+            "dropping the restore role",
+        )
+        .map(|_| ());
+    } else if handed && in_db.is_ok() {
+        dropped = admin(
+            server,
+            &server.maintenance_db,
+            &format!("DROP ROLE IF EXISTS {restorer};\n"),
+            "dropping the restore role",
+        )
+        .map(|_| ());
+    } else if in_db.is_ok() {
         let owned = rows(
             server,
             &format!(
@@ -602,6 +671,7 @@ pub fn restore_dump(
     };
     let (not_restored, owners_changed) = ownership_complaints(result?, handed_to);
     in_db?;
+    disarmed?;
     dropped?;
     Ok(LogicalRestored {
         backup_id: b.backup_id,
@@ -705,6 +775,15 @@ fn run_pg_restore(
         }
     }
     let complaints = not_restored(&ran.stderr);
+    // pg_restore that went through to the end with errors says so; one that stopped (the
+    // connection lost, a damaged archive) does not, and its database is not a restore.
+    if !ran.success && !ran.stderr.contains("errors ignored on restore") {
+        return Err(LogicalError::Archive(format!(
+            "pg_restore stopped ({}): {}",
+            ran.status,
+            process::tail(&ran.stderr)
+        )));
+    }
     if !ran.success && complaints.is_empty() {
         return Err(LogicalError::Archive(format!(
             "pg_restore failed ({}): {}",

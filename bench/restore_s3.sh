@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Benchmark of restoring from an object store (issue 17), side by side in one run: a native full
+# of pgbench scale SCALE (default 50) copied by the worker to a local S3-compatible server
+# (s3rver, the end-to-end tests' server, on loopback), then, ROUNDS rounds in alternating order:
+#
+#   backup-mgmt   `restore --backup-id N --jobs 4`: every object fetched, decompressed, its
+#                 sha256 checked against the chain manifest while it is written, one syncfs at
+#                 the end, recovery settings written
+#   rclone        Debian's rclone `copy --transfers 4` of the same objects (the backup's prefix)
+#                 into a directory, then `sync -f` on it: download only, nothing decompressed or
+#                 checked beyond rclone's own MD5/size comparison
+#
+# Both are timed by the wall clock; throughput is the stored bytes (what crosses the network)
+# over that time.  The page cache is dropped before each contender when possible (said below).
+#
+# Usage (root, Debian 12): bash bench/restore_s3.sh [rounds] [scale]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${1:-3}
+SCALE=${2:-50}
+
+bash scripts/setup.sh
+source scripts/lib.sh
+comparison_tool rclone
+install_release
+echo "==> building backup-mgmt (release)"
+cargo build --release --quiet -p backup_mgmt_cli
+
+bench_dir
+mkdir -p "$DIR/backups"
+install -m 0755 target/release/backup-mgmt "$DIR/backup-mgmt"
+BMG="$DIR/backup-mgmt"
+chown -R postgres:postgres "$DIR"
+PORT=55438
+S3PORT=55439
+start_s3rver "$S3PORT"
+start_throwaway_cluster "$DIR" "$PORT" \
+    "shared_preload_libraries = 'backup_mgmt'" \
+    "backup_mgmt.database_name = 'postgres'" \
+    "backup_mgmt.backup_roots = '$DIR/backups'" \
+    "shared_buffers = 256MB" \
+    "max_wal_size = 4GB" \
+    "archive_mode = on" \
+    "archive_library = 'backup_mgmt'" \
+    "backup_mgmt.archive_compression = zstd"
+PSQL=(as_pg "$BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$DIR" -p "$PORT" -U postgres -d postgres)
+install -o postgres -g postgres -m 600 /dev/null "$DIR/s3.key"
+echo "S3RVER:S3RVER" >"$DIR/s3.key"
+
+wait_sql() { # wait_sql SQL: until it returns t
+    local i
+    for i in $(seq 1 1800); do
+        [ "$("${PSQL[@]}" -c "$1")" = t ] && return 0
+        sleep 0.5
+    done
+    echo "timed out waiting for: $1" >&2
+    exit 1
+}
+
+"${PSQL[@]}" -c "CREATE EXTENSION backup_mgmt" \
+    -c "INSERT INTO backup_management.remote_backup_configs
+            (config_name, database_name, remote_type, remote_endpoint, remote_path, credentials_ref, options)
+        VALUES ('bucket', 'postgres', 's3', 'http://127.0.0.1:$S3PORT', 'bench/fleet', 'file:$DIR/s3.key',
+                '{\"create_bucket\": true}')" \
+    -c "SELECT backup_mgmt.schedule_backup('full', '@yearly', 'postgres', 'full', 'native_physical', '{\"fast_checkpoint\": true}')" >/dev/null
+SYSID=$("${PSQL[@]}" -c "SELECT system_identifier FROM pg_control_system()")
+echo "==> pgbench -i -s $SCALE"
+as_pg "$BIN/pgbench" -q -i -s "$SCALE" -h "$DIR" -p "$PORT" -U postgres postgres >/dev/null 2>&1
+echo "data directory: $(du -sm "$DIR/data" | cut -f1) MB"
+echo "==> a native full, copied to the bucket with the WAL it needs"
+"${PSQL[@]}" -c "CHECKPOINT" -c "SELECT backup_mgmt.run_job_now('full')" >/dev/null
+wait_sql "SELECT EXISTS (SELECT FROM backup_management.backup_records WHERE label = 'full' AND status = 'completed')"
+ID=$("${PSQL[@]}" -c "SELECT backup_id FROM backup_management.backup_records WHERE label = 'full' AND status = 'completed'")
+"${PSQL[@]}" -c "SELECT pg_switch_wal()" -c "SELECT backup_mgmt.sync_remote_now('bucket')" >/dev/null
+wait_sql "SELECT EXISTS (SELECT FROM backup_management.remote_backup_records WHERE sync_status = 'completed')"
+wait_sql "SELECT coalesce(sum(pending_segments), 1) = 0 FROM backup_mgmt.offsite_wal_status"
+TARGET=(--s3-endpoint "http://127.0.0.1:$S3PORT" --s3-path bench/fleet --s3-credentials "file:$DIR/s3.key" --cluster "$SYSID")
+KEY=
+for i in $(seq 1 120); do
+    KEY=$(as_pg "$BMG" "${TARGET[@]}" --output json list 2>/dev/null |
+        python3 -c "import json,sys; d=json.load(sys.stdin); print(next((b['key'] for b in d['clusters'][0]['backups'] if b['backup_id'] == $ID), ''))" || true)
+    [ -n "$KEY" ] && break
+    sleep 1
+done
+[ -n "$KEY" ] || { echo "the mirror never listed backup $ID" >&2; exit 1; }
+
+RCLONE=(env -i PATH=/usr/bin:/bin HOME="$DIR" RCLONE_CONFIG_S3BENCH_TYPE=s3 RCLONE_CONFIG_S3BENCH_PROVIDER=Other
+        RCLONE_CONFIG_S3BENCH_ENDPOINT="http://127.0.0.1:$S3PORT" RCLONE_CONFIG_S3BENCH_REGION=us-east-1
+        RCLONE_CONFIG_S3BENCH_ACCESS_KEY_ID=S3RVER RCLONE_CONFIG_S3BENCH_SECRET_ACCESS_KEY=S3RVER rclone --config /dev/null)
+BYTES=$("${RCLONE[@]}" size --json "s3bench:bench/fleet/$KEY" | python3 -c "import json,sys; print(json.load(sys.stdin)['bytes'])")
+echo "backup $ID: $KEY, $((BYTES / 1048576)) MB stored"
+
+if [ -w /proc/sys/vm/drop_caches ]; then
+    drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+    echo "page cache dropped before each contender"
+else
+    drop() { sync; }
+    echo "page cache NOT dropped (/proc/sys/vm/drop_caches not writable)"
+fi
+now() { date +%s.%N; }
+report() { awk -v who="$1" -v a="$2" -v b="$3" -v bytes="$BYTES" 'BEGIN { t = b - a; printf "%-12s %7.2f s  %6.1f MB/s\n", who, t, bytes / 1048576 / t }' | tee -a "$DIR/results"; }
+ours() {
+    local dest="$DIR/r-ours" t0 t1
+    rm -rf "$dest" "$dest.tablespaces" "$dest.wal-spool"
+    drop
+    t0=$(now)
+    as_pg "$BMG" "${TARGET[@]}" restore --backup-id "$ID" --jobs 4 "$dest" >/dev/null
+    t1=$(now)
+    report backup-mgmt "$t0" "$t1"
+}
+theirs() {
+    local dest="$DIR/r-rclone" t0 t1
+    rm -rf "$dest"
+    mkdir -p "$dest"
+    drop
+    t0=$(now)
+    "${RCLONE[@]}" copy --transfers 4 "s3bench:bench/fleet/$KEY" "$dest"
+    sync -f "$dest"
+    t1=$(now)
+    report rclone "$t0" "$t1"
+}
+
+echo "==> $ROUNDS rounds"
+for r in $(seq "$ROUNDS"); do
+    if [ $((r % 2)) = 1 ]; then ours; theirs; else theirs; ours; fi
+done
+echo "==> medians"
+for who in backup-mgmt rclone; do
+    grep "^$who " "$DIR/results" | awk '{ print $2 }' | sort -n |
+        awk -v who="$who" -v bytes="$BYTES" '{ v[NR] = $1 } END { m = v[int((NR + 1) / 2)]; printf "%-12s median %.2f s, %.1f MB/s (n=%d)\n", who, m, bytes / 1048576 / m, NR }'
+done

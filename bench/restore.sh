@@ -86,15 +86,6 @@ echo "data directory: $(du -sm "$DIR/data" | cut -f1) MB"
 
 now() { date +%s.%N; }
 seconds() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
-wait_sql() { # wait_sql SQL: until it returns t
-    local i
-    for i in $(seq 1 1200); do
-        [ "$("${PSQL[@]}" -c "$1")" = t ] && return 0
-        sleep 0.5
-    done
-    echo "timed out waiting for: $1" >&2
-    exit 1
-}
 
 echo "==> full backups: backup_mgmt native (copied to the target), pgBackRest zst-3"
 "${PSQL[@]}" -c "CHECKPOINT" -c "SELECT backup_mgmt.run_job_now('full')" >/dev/null

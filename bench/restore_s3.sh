@@ -48,15 +48,6 @@ PSQL=(as_pg "$BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$DIR" -p "$PORT" -U pos
 install -o postgres -g postgres -m 600 /dev/null "$DIR/s3.key"
 echo "S3RVER:S3RVER" >"$DIR/s3.key"
 
-wait_sql() { # wait_sql SQL: until it returns t
-    local i
-    for i in $(seq 1 1800); do
-        [ "$("${PSQL[@]}" -c "$1")" = t ] && return 0
-        sleep 0.5
-    done
-    echo "timed out waiting for: $1" >&2
-    exit 1
-}
 
 "${PSQL[@]}" -c "CREATE EXTENSION backup_mgmt" \
     -c "INSERT INTO backup_management.remote_backup_configs

@@ -71,3 +71,15 @@ install_release() {
     fi
     cargo pgrx install --release "${features[@]}" --pg-config "$PG_CONFIG" >/dev/null
 }
+
+# wait_sql SQL: waits (up to 15 minutes) until SQL, run with "${PSQL[@]}" (set by the
+# benchmark), returns t.
+wait_sql() {
+    local i
+    for i in $(seq 1 1800); do
+        [ "$("${PSQL[@]}" -c "$1")" = t ] && return 0
+        sleep 0.5
+    done
+    echo "timed out waiting for: $1" >&2
+    exit 1
+}

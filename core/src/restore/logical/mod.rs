@@ -6,14 +6,19 @@
 //! Who runs what: applying globals needs a superuser, so that file is never run as it stands:
 //! only the statements `pg_dumpall --globals-only` writes are applied (`globals::vet`); anything
 //! else refuses the whole file.  The dump itself, which can hold any SQL, runs as a throwaway
-//! login role (`RestoreRole`) that is no superuser and is a member of the roles that own the
-//! dump's objects, so that their ownership is restored as dumped; what only a superuser may
-//! create is named, not restored.  Afterwards the objects still owned by the throwaway role
-//! (those a superuser owned) go to the database's owner, and the role is dropped.
+//! login role (`RestoreRole`) that is no superuser and borrows the rights of the dump's owners
+//! this restore created, so that their ownership is restored as dumped; what only a superuser may
+//! create is named, not restored.  Afterwards the role is disarmed; what it still owns (what a
+//! superuser owned in the dump) goes to the database's owner when that is no superuser, or stays
+//! with the role for the operator to review.
+//!
+//! `superuser`: what runs as the superuser (queries of roles, the globals applied); `dump`: the
+//! dump on the target (where pg_restore reads it from, its owners, pg_restore run over it).
 
-use std::collections::BTreeSet;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+mod dump;
+mod superuser;
+
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -21,22 +26,16 @@ use serde::Serialize;
 
 use super::fetch::FetchError;
 use super::offsite::{MirrorBackup, OffsiteRestoreError};
-use super::scratch_server::feed;
 use super::unprivileged::{
-    self, not_restored, quote_ident, quote_literal, relevant_line, NotRestored, PsqlFailed,
-    RestoreRole, Why,
+    self, quote_ident, quote_literal, NotRestored, PsqlFailed, RestoreRole, Why,
 };
-use crate::checksum::is_sha256_hex;
 use crate::conninfo::Connection;
-use crate::files::beneath::ScratchDir;
 use crate::files::error::IoError;
-use crate::manifest::directory::{self, DIRECTORY_MANIFEST};
-use crate::pgformat::dumpfacts::{self, Owners};
 use crate::pgformat::globals;
-use crate::process;
 use crate::progress::Progress;
-use crate::storage::{member_key, Storage};
-use crate::stream::{self, Hash, Observe};
+use crate::storage::Storage;
+use dump::{dump_owners, fetch_directory, recorded, run_pg_restore, Source};
+use superuser::{admin, apply_globals, plain_roles, roles, rows};
 
 /// Globals files are small; the same cap as `globals::read_file`'s.
 const GLOBALS_LIMIT: u64 = 256 << 20;
@@ -172,273 +171,6 @@ fn ownership_complaints(
         }
     }
     (kept, changed)
-}
-
-/// Runs `sql` as the superuser in `db`.
-fn admin(server: &Server, db: &str, sql: &str, what: &str) -> Result<String, LogicalError> {
-    unprivileged::psql(
-        &server.bindir,
-        &server.connection.conninfo(Some(db)),
-        None,
-        server.passfile.as_deref(),
-        sql,
-        &Progress::default(),
-    )
-    .map_err(|source| LogicalError::Server {
-        what: what.to_owned(),
-        source,
-    })
-}
-
-/// Rows of a query as the superuser, fields split.
-fn rows(server: &Server, sql: &str, what: &str) -> Result<Vec<Vec<String>>, LogicalError> {
-    Ok(admin(server, &server.maintenance_db, sql, what)?
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| l.split('\u{1f}').map(str::to_owned).collect())
-        .collect())
-}
-
-/// Names from the server, hex-encoded by the query (a name may hold a line break or the field
-/// separator, which would otherwise split it), decoded.
-fn names(server: &Server, sql: &str, what: &str) -> Result<BTreeSet<String>, LogicalError> {
-    Ok(rows(server, sql, what)?
-        .into_iter()
-        .filter_map(|r| {
-            let hex = r.first()?;
-            let bytes: Option<Vec<u8>> = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-                .collect();
-            String::from_utf8(bytes?).ok()
-        })
-        .collect())
-}
-
-/// The server's roles.
-fn roles(server: &Server) -> Result<BTreeSet<String>, LogicalError> {
-    names(
-        server,
-        "SELECT pg_catalog.encode(pg_catalog.convert_to(rolname, 'UTF8'), 'hex') FROM pg_catalog.pg_roles",
-        "could not list the server's roles",
-    )
-}
-
-/// The roles whose rights reach no further than their own: no superuser and no member (however
-/// indirectly) of one or of a predefined role, no CREATEROLE, REPLICATION or BYPASSRLS.  Only
-/// these may lend their rights to the restore role, or receive what a superuser owned.
-fn plain_roles(server: &Server) -> Result<BTreeSet<String>, LogicalError> {
-    names(
-        server,
-        "SELECT pg_catalog.encode(pg_catalog.convert_to(r.rolname, 'UTF8'), 'hex') FROM pg_catalog.pg_roles r \
-          WHERE NOT (r.rolsuper OR r.rolcreaterole OR r.rolreplication OR r.rolbypassrls) \
-            AND r.rolname OPERATOR(pg_catalog.!~~) 'pg\\_%' \
-            AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles s \
-                             WHERE s.oid OPERATOR(pg_catalog.<>) r.oid \
-                               AND (s.rolsuper OR s.rolname OPERATOR(pg_catalog.~~) 'pg\\_%') \
-                               AND pg_catalog.pg_has_role(r.oid, s.oid, 'MEMBER'))",
-        "could not read the server's roles",
-    )
-}
-
-/// The sha256 the mirror records for `what` of backup `b`.
-fn recorded<'a>(b: &MirrorBackup, sha: Option<&'a str>, what: &str) -> Result<&'a str, FetchError> {
-    sha.filter(|s| is_sha256_hex(s)).ok_or_else(|| {
-        FetchError::Bad(format!(
-            "backup {} has no sha256 for its {what} in the mirror",
-            b.backup_id
-        ))
-    })
-}
-
-/// Reads a stored object whole (at most `limit` bytes), checked against `sha256`, decompressed
-/// when its key ends in `.zst`.
-fn read_small(
-    storage: &dyn Storage,
-    key: &str,
-    sha256: &str,
-    limit: u64,
-) -> Result<Vec<u8>, FetchError> {
-    let mut hashed = Hash::new(storage.get(key)?.take(limit + 1));
-    let mut stored = Vec::new();
-    hashed
-        .read_to_end(&mut stored)
-        .map_err(|e| IoError::new("could not read", Path::new(key), e))?;
-    let (_, found) = hashed.finish();
-    if stored.len() as u64 > limit {
-        return Err(FetchError::Bad(format!(
-            "{key} is larger than {limit} bytes"
-        )));
-    }
-    if found != sha256 {
-        return Err(FetchError::Mismatch {
-            what: key.to_owned(),
-            expected: sha256.to_owned(),
-            found,
-        });
-    }
-    if !key.ends_with(".zst") {
-        return Ok(stored);
-    }
-    let mut plain = Vec::new();
-    stream::decompress(&stored[..])
-        .and_then(|d| d.take(limit + 1).read_to_end(&mut plain))
-        .map_err(|e| FetchError::Bad(format!("{key}: {e}")))?;
-    Ok(plain)
-}
-
-/// The globals file applied as its vetted statements.
-fn apply_globals(
-    storage: &dyn Storage,
-    server: &Server,
-    b: &MirrorBackup,
-    key: &str,
-    options: &Options,
-) -> Result<globals::Script, LogicalError> {
-    let sha = recorded(b, b.globals_sha256.as_deref(), "globals file")?;
-    let text = read_small(storage, key, sha, GLOBALS_LIMIT)?;
-    let text =
-        String::from_utf8(text).map_err(|_| FetchError::Bad(format!("{key} is not UTF-8 text")))?;
-    let existing = roles(server)?;
-    let spaces = names(
-        server,
-        "SELECT pg_catalog.encode(pg_catalog.convert_to(spcname, 'UTF8'), 'hex') FROM pg_catalog.pg_tablespace",
-        "could not list the server's tablespaces",
-    )?;
-    let settings: BTreeSet<String> = rows(
-        server,
-        "SELECT name FROM pg_catalog.pg_settings WHERE context OPERATOR(pg_catalog.=) 'user'",
-        "could not list the server's settings",
-    )?
-    .into_iter()
-    .filter_map(|r| r.into_iter().next())
-    .collect();
-    let policy = globals::Policy {
-        existing_roles: &existing,
-        existing_tablespaces: &spaces,
-        user_settings: &settings,
-        tablespaces: options.tablespaces,
-        trust: options.trust_globals,
-    };
-    let script = globals::vet(&text, &policy).map_err(|source| LogicalError::Globals {
-        backup_id: b.backup_id,
-        source,
-    })?;
-    // The file's own text is not what runs: the vetted statements are, read as the vetting read
-    // them (UTF-8, standard strings).
-    let mut sql =
-        String::from("SET client_encoding = 'UTF8';\nSET standard_conforming_strings = on;\n");
-    for st in &script.statements {
-        sql.push_str(st);
-        sql.push_str(";\n");
-    }
-    admin(
-        server,
-        &server.maintenance_db,
-        &sql,
-        &format!("applying the globals of backup {}", b.backup_id),
-    )?;
-    Ok(script)
-}
-
-/// How feeding a dump to pg_restore ended.
-enum Fed {
-    /// Every stored byte was read: their sha256, and why they could not be decompressed if
-    /// they could not (pg_restore may also have stopped reading early).
-    Whole {
-        sha256: String,
-        unreadable: Option<String>,
-    },
-    /// The target could not be read.
-    Unreadable(String),
-}
-
-/// Where pg_restore reads the dump from.
-enum Source {
-    /// A custom-format stream from the target (zstd or not), checked against this sha256.
-    Stream { key: String, sha256: String },
-    /// A directory-format dump fetched (checked, decompressed) into a scratch directory.
-    Directory(ScratchDir),
-}
-
-/// Fetches a directory-format dump: its manifest checked against the mirror, every file it
-/// names checked against the manifest while it is decompressed into `work_dir`.
-fn fetch_directory(
-    storage: &dyn Storage,
-    b: &MirrorBackup,
-    work_dir: &Path,
-    bytes: &AtomicU64,
-) -> Result<ScratchDir, LogicalError> {
-    let sha = recorded(b, b.sha256.as_deref(), "manifest")?;
-    let manifest_key = member_key(&b.key, Path::new(DIRECTORY_MANIFEST));
-    let manifest = read_small(storage, &manifest_key, sha, 64 << 20)?;
-    let manifest = String::from_utf8_lossy(&manifest).into_owned();
-    let names = directory::parse(&manifest).map_err(|e| FetchError::Bad(e.to_string()))?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    let rel = format!(
-        "backup-mgmt-dump-{}-{}-{nanos}",
-        b.backup_id,
-        std::process::id()
-    );
-    let scratch = ScratchDir::create(work_dir, Path::new(&rel))
-        .map_err(|e| IoError::new("could not create a directory in", work_dir, e))?;
-    let mut buf = vec![0u8; 1 << 20];
-    for (sum, name) in names {
-        let key = member_key(&b.key, Path::new(&name));
-        let plain = name.strip_suffix(".zst").unwrap_or(&name);
-        let out = scratch
-            .create_file(plain)
-            .map_err(|e| IoError::new("could not create", &scratch.path().join(plain), e))?;
-        let mut hashed = Hash::new(storage.get(&key).map_err(FetchError::from)?);
-        let mut sink = Observe::new(out, |c: &[u8]| {
-            bytes.fetch_add(c.len() as u64, Ordering::Relaxed);
-        });
-        let copied = if name.ends_with(".zst") {
-            stream::decompress(&mut hashed)
-                .map_err(|source| stream::PumpError::Read { after: 0, source })
-                .and_then(|mut d| stream::pump(&mut d, &mut sink, &mut buf, None))
-        } else {
-            stream::pump(&mut hashed, &mut sink, &mut buf, None)
-        };
-        copied.map_err(|e| FetchError::File {
-            detail: format!("not what its manifest says: {e}"),
-            file: key.clone(),
-        })?;
-        let (_, found) = hashed.finish();
-        if found != sum {
-            return Err(FetchError::Mismatch {
-                what: key,
-                expected: sum,
-                found,
-            }
-            .into());
-        }
-    }
-    Ok(scratch)
-}
-
-/// Who owns what in the dump, read off its table of contents (the beginning of the stream, or
-/// the directory's `toc.dat`).
-fn dump_owners(storage: &dyn Storage, source: &Source) -> Result<Owners, LogicalError> {
-    let read = match source {
-        Source::Stream { key, .. } => {
-            let input = storage.get(key).map_err(FetchError::from)?;
-            if key.ends_with(".zst") {
-                let dec = stream::decompress(input)
-                    .map_err(|e| FetchError::Bad(format!("{key}: {e}")))?;
-                dumpfacts::read_owners(dec)
-            } else {
-                dumpfacts::read_owners(input)
-            }
-        }
-        Source::Directory(dir) => std::fs::File::open(dir.path().join("toc.dat"))
-            .map_err(|e| dumpfacts::Unavailable(format!("toc.dat: {e}")))
-            .and_then(dumpfacts::read_owners),
-    };
-    read.map_err(|e| FetchError::Bad(format!("the dump's table of contents: {e}")).into())
 }
 
 /// Restores logical backup `b` from `storage` into a new database of `server`.
@@ -690,108 +422,6 @@ pub fn restore_dump(
         kept_role: kept,
         bytes: bytes.load(Ordering::Relaxed),
     })
-}
-
-/// pg_restore as the restore role; the objects it could not restore.  A dump that is not what
-/// the mirror says fails as `Fetch`.
-#[allow(clippy::too_many_arguments)]
-fn run_pg_restore(
-    storage: &dyn Storage,
-    source: &Source,
-    conn: &Connection,
-    role: &RestoreRole,
-    server: &Server,
-    options: &Options,
-    bytes: Arc<AtomicU64>,
-    progress: &Progress,
-) -> Result<Vec<NotRestored>, LogicalError> {
-    // Not --exit-on-error: what needs a superuser is skipped and named; --verbose names the
-    // object of every error.
-    let mut argv = vec![
-        server.bindir.join("pg_restore").into_os_string(),
-        "--no-password".into(),
-        "--verbose".into(),
-        format!("--dbname={}", conn.conninfo(Some(&options.database))).into(),
-    ];
-    if !options.tablespaces {
-        argv.push("--no-tablespaces".into());
-    }
-    let mut fed = None;
-    let input = match source {
-        Source::Directory(dir) => {
-            argv.push(format!("--jobs={}", options.jobs.max(1)).into());
-            argv.push(dir.path().as_os_str().to_owned());
-            process::Input::Nothing
-        }
-        Source::Stream { key, sha256 } => {
-            let input = storage.get(key).map_err(FetchError::from)?;
-            let zst = key.ends_with(".zst");
-            let (tx, rx) = std::sync::mpsc::channel();
-            fed = Some((key.clone(), sha256.clone(), rx));
-            process::Input::Fed(Box::new(move |sink| {
-                let mut hashed = Hash::new(input);
-                let counted = Observe::new(sink, |c: &[u8]| {
-                    bytes.fetch_add(c.len() as u64, Ordering::Relaxed);
-                });
-                let fed = feed(&mut hashed, zst, counted);
-                // Whatever stopped the feeding, the rest of the stored bytes are hashed too, so
-                // that a damaged dump is told apart from a pg_restore that gave up.
-                let outcome = match std::io::copy(&mut hashed, &mut std::io::sink()) {
-                    Err(e) => Fed::Unreadable(e.to_string()),
-                    Ok(_) => Fed::Whole {
-                        sha256: hashed.finish().1,
-                        unreadable: match fed {
-                            Err(e @ stream::PumpError::Read { .. }) => Some(e.to_string()),
-                            _ => None,
-                        },
-                    },
-                };
-                let _ = tx.send(outcome);
-                Ok(())
-            }))
-        }
-    };
-    let mut cmd = process::command(&argv);
-    cmd.env("PGPASSWORD", &role.password);
-    let ran = process::run_collecting_lines(cmd, input, Some(relevant_line), progress)
-        .map_err(|e| LogicalError::Archive(format!("pg_restore: {e}")))?;
-    if let Some((key, expected, rx)) = fed {
-        match rx.recv() {
-            Ok(Fed::Whole { sha256: found, .. }) if found != expected => {
-                return Err(FetchError::Mismatch {
-                    what: key,
-                    expected,
-                    found,
-                }
-                .into())
-            }
-            Ok(Fed::Unreadable(detail))
-            | Ok(Fed::Whole {
-                unreadable: Some(detail),
-                ..
-            }) => return Err(FetchError::File { detail, file: key }.into()),
-            // pg_restore stopped reading: its own complaint says why (below).
-            Ok(Fed::Whole { .. }) | Err(_) => {}
-        }
-    }
-    let complaints = not_restored(&ran.stderr);
-    // pg_restore that went through to the end with errors says so; one that stopped (the
-    // connection lost, a damaged archive) does not, and its database is not a restore.
-    if !ran.success && !ran.stderr.contains("errors ignored on restore") {
-        return Err(LogicalError::Archive(format!(
-            "pg_restore stopped ({}): {}",
-            ran.status,
-            process::tail(&ran.stderr)
-        )));
-    }
-    if !ran.success && complaints.is_empty() {
-        return Err(LogicalError::Archive(format!(
-            "pg_restore failed ({}): {}",
-            ran.status,
-            process::tail(&ran.stderr)
-        )));
-    }
-    Ok(complaints)
 }
 
 /// Whether every object was restored, or only those that need a superuser were left out.

@@ -6,6 +6,7 @@
 //! library setting neutralised, a query in every database).  The recovery time is measured from
 //! the first byte fetched to the restored server accepting connections.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -84,6 +85,27 @@ pub(super) fn host_loss_drill(database: &str) -> Result<HostLoss, SpiError> {
         user,
         version_num: server::version_num(),
     };
+    // What this catalog recorded of its physical backups: a backup on the target is started
+    // only when it is one of them, byte for byte (its sha256; a native backup's is its chain
+    // manifest's, which holds every file's).  A target others can write could otherwise hand
+    // the drill any cluster, whose catalog would then run as the superuser that checks it.
+    let recorded: HashMap<i64, String> = Spi::connect(|c| {
+        c.select(
+            "SELECT backup_id, checksum FROM backup_management.backup_records \
+              WHERE status = 'completed' AND checksum IS NOT NULL \
+                AND backup_method IN ('native_physical', 'pg_basebackup') \
+                AND coalesce(system_identifier, $1) = $1",
+            None,
+            &[sysid.into()],
+        )?
+        .map(|r| {
+            Ok((
+                r.get::<i64>(1)?.unwrap_or_default(),
+                r.get::<String>(2)?.unwrap_or_default(),
+            ))
+        })
+        .collect::<Result<_, SpiError>>()
+    })?;
     let storage = match spec.open() {
         Ok(s) => s,
         Err(e) => {
@@ -99,6 +121,15 @@ pub(super) fn host_loss_drill(database: &str) -> Result<HostLoss, SpiError> {
         let choice =
             offsite::choose(&mirror, &Goal::EndOfBackup, None).map_err(|e| e.to_string())?;
         let id = choice.backup.backup_id;
+        let same = matches!(
+            (recorded.get(&id), choice.backup.sha256.as_deref()),
+            (Some(ours), Some(theirs)) if ours.as_str() == theirs
+        );
+        if !same {
+            return Err(format!(
+                "backup {id} on the target is not one this catalog recorded with that sha256: not restored"
+            ));
+        }
         let ended = choice
             .backup
             .end_time

@@ -274,14 +274,33 @@ impl Token {
     fn is(&self, keyword: &str) -> bool {
         matches!(self, Token::Word(w) if w.eq_ignore_ascii_case(keyword))
     }
-    /// The identifier this token names, as PostgreSQL reads it.
+    /// The role or setting name this token is, as PostgreSQL reads it: an unquoted word folded
+    /// to lower case as a UTF-8 server folds it (ASCII only); never one of the words that name
+    /// a role without being its name (`CURRENT_USER`, `ALL`...).
     fn ident(&self) -> Option<String> {
         match self {
-            Token::Word(w) => Some(w.to_lowercase()),
+            Token::Word(w) if ROLE_SPECS.iter().any(|k| w.eq_ignore_ascii_case(k)) => None,
+            Token::Word(w) => Some(w.to_ascii_lowercase()),
             Token::Quoted(q) => Some(q.clone()),
             _ => None,
         }
     }
+}
+
+/// Unquoted, these stand for a role (or every role) rather than name one.
+const ROLE_SPECS: [&str; 6] = [
+    "CURRENT_USER",
+    "CURRENT_ROLE",
+    "SESSION_USER",
+    "ALL",
+    "PUBLIC",
+    "NONE",
+];
+
+/// A character of an unquoted word as PostgreSQL's scanner reads it (every non-ASCII
+/// character is one).
+fn word_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '$' || !c.is_ascii()
 }
 
 fn tokens(st: &str) -> Vec<Token> {
@@ -290,7 +309,7 @@ fn tokens(st: &str) -> Vec<Token> {
     let mut i = 0;
     while i < chars.len() {
         let c = chars[i];
-        if c.is_whitespace() {
+        if c.is_ascii_whitespace() {
             i += 1;
         } else if c == '\'' || c == '"' {
             let mut text = String::new();
@@ -312,11 +331,9 @@ fn tokens(st: &str) -> Vec<Token> {
             } else {
                 Token::Literal
             });
-        } else if c.is_alphanumeric() || c == '_' {
+        } else if word_char(c) && c != '$' {
             let start = i;
-            while i < chars.len()
-                && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == '$')
-            {
+            while i < chars.len() && word_char(chars[i]) {
                 i += 1;
             }
             out.push(Token::Word(chars[start..i].iter().collect()));
@@ -434,6 +451,7 @@ pub fn vet(sql: &str, policy: &Policy<'_>) -> Result<Script, Refused> {
             match setting {
                 Some(s) => {
                     let s = s.ok_or_else(|| refused("a setting without a name"))?;
+                    let s = s.to_ascii_lowercase();
                     if LIBRARY_SETTINGS.contains(&s.as_str())
                         || !(policy.trust || ours(&name) && policy.user_settings.contains(&s))
                     {
@@ -444,6 +462,14 @@ pub fn vet(sql: &str, policy: &Policy<'_>) -> Result<Script, Refused> {
                 }
                 None if kw(3, "RESET") => Verdict::Skip,
                 None => {
+                    // The grammar reads a quoted word as an attribute too ("superuser"): only
+                    // unquoted words and literals may follow the name.
+                    if t[3.min(t.len())..]
+                        .iter()
+                        .any(|x| matches!(x, Token::Quoted(_)))
+                    {
+                        return Err(refused("a quoted role attribute"));
+                    }
                     if let Some(w) = words.iter().find(|w| {
                         !PLAIN_ATTRIBUTES.contains(&w.as_str())
                             && !PRIVILEGED_ATTRIBUTES.contains(&w.as_str())
@@ -658,6 +684,26 @@ CREATE TABLESPACE fast OWNER postgres LOCATION '/ssd';\n\n\\unrestrict abcDEF123
             "CREATE ROLE a; ALTER ROLE a\nRENAME TO postgres2;\n",
         ] {
             assert!(vet(evil, &p).is_err(), "{evil}");
+        }
+        // The grammar reads a quoted word as an attribute.
+        let none2 = BTreeSet::new();
+        let strict = policy(&none2, &none2, false, false);
+        assert!(vet(
+            "CREATE ROLE x;\nALTER ROLE x WITH \"superuser\" LOGIN;\n",
+            &strict
+        )
+        .is_err());
+        // Words that stand for a role are never the name of one created here; case folds as a
+        // UTF-8 server folds it (ASCII only).
+        for sly in [
+            "CREATE ROLE \"current_user\";\nALTER ROLE CURRENT_USER WITH PASSWORD 'p';\n",
+            "CREATE ROLE \"all\";\nALTER ROLE ALL SET search_path TO 'x';\n",
+            "CREATE ROLE \"session_user\";\nGRANT SESSION_USER TO x;\n",
+            "CREATE ROLE \"é\";\nALTER ROLE É WITH LOGIN;\n",
+        ] {
+            let s = vet(sly, &strict).unwrap();
+            assert_eq!(s.statements.len(), 1, "{sly}: {:?}", s.statements);
+            assert_eq!(s.skipped.len(), 1, "{sly}");
         }
         // A dollar sign inside a name is a name, not a quote.
         assert!(vet("CREATE ROLE a$b;\n", &p).is_ok());

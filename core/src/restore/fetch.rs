@@ -292,7 +292,12 @@ pub fn restore_tar(
     let mut stack = vec![dest.to_path_buf()];
     let mut odd = None;
     while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+        // A directory that cannot be read cannot be checked: refused like an odd entry.
+        let Ok(entries) = fs::read_dir(&d) else {
+            odd = Some(d);
+            break;
+        };
+        for e in entries.flatten() {
             match e.path().symlink_metadata() {
                 Ok(m) if m.is_dir() => stack.push(e.path()),
                 Ok(m) if m.is_file() => {

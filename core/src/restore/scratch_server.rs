@@ -426,6 +426,15 @@ pub fn restore_test_with(
         for name in ["recovery.signal", "standby.signal"] {
             let _ = fs::remove_file(data.join(name));
         }
+        // Nor the backed-up postgresql.auto.conf: its include lines could make the server read
+        // (and quote into its log) any file it can read.  An empty one in its place.
+        let auto = data.join("postgresql.auto.conf");
+        let _ = fs::remove_file(&auto);
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&auto)
+            .at("could not create", &auto)?;
 
         // The restored cluster's own configuration file (empty: the command line below sets
         // everything), its own authentication: only the server's OS user can reach the socket

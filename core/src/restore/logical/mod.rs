@@ -252,7 +252,6 @@ pub fn restore_dump(
     for name in &lenders {
         sql.push_str(&format!("GRANT {} TO {restorer};\n", quote_ident(name)));
     }
-    let owner_is_plain = plain.contains(&database_owner);
     let owner_lent = lenders.contains(&&database_owner);
     sql.push_str(&format!(
         "CREATE DATABASE {} OWNER {} TEMPLATE template0;\n",
@@ -308,7 +307,9 @@ pub fn restore_dump(
     // all (a SECURITY DEFINER function, a view over pg_authid, both callable by anyone granted
     // them): unless the operator trusts the dump, such objects stay with the role, for the
     // operator to review and reassign.
-    let handed = !failed && (owner_is_plain || options.trust_superuser_objects);
+    // Only to an owner the dump could run as anyway (lent): an existing role handed objects
+    // from the dump (a SECURITY DEFINER function) could be taken over through them.
+    let handed = !failed && (owner_lent || options.trust_superuser_objects);
     let mut in_db = format!(
         "ALTER DATABASE {} OWNER TO {};\n",
         quote_ident(db),

@@ -76,8 +76,9 @@ pub(super) fn roles(server: &Server) -> Result<BTreeSet<String>, LogicalError> {
     )
 }
 
-/// The roles whose rights reach no further than their own: no superuser and no member (however
-/// indirectly) of one or of a predefined role, no CREATEROLE, REPLICATION or BYPASSRLS.  Only
+/// The roles whose rights reach no further than their own: no superuser, CREATEROLE,
+/// REPLICATION or BYPASSRLS, and no member (however indirectly) of such a role or of a
+/// predefined one.  Only
 /// these may lend their rights to the restore role, or receive what a superuser owned.
 pub(super) fn plain_roles(server: &Server) -> Result<BTreeSet<String>, LogicalError> {
     names(
@@ -87,7 +88,8 @@ pub(super) fn plain_roles(server: &Server) -> Result<BTreeSet<String>, LogicalEr
             AND r.rolname OPERATOR(pg_catalog.!~~) 'pg\\_%' \
             AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles s \
                              WHERE s.oid OPERATOR(pg_catalog.<>) r.oid \
-                               AND (s.rolsuper OR s.rolname OPERATOR(pg_catalog.~~) 'pg\\_%') \
+                               AND (s.rolsuper OR s.rolcreaterole OR s.rolreplication OR s.rolbypassrls \
+                                    OR s.rolname OPERATOR(pg_catalog.~~) 'pg\\_%') \
                                AND pg_catalog.pg_has_role(r.oid, s.oid, 'MEMBER'))",
         "could not read the server's roles",
     )

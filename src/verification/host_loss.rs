@@ -14,7 +14,7 @@ use backup_mgmt_core::files::beneath::ScratchDir;
 use backup_mgmt_core::files::error::Context;
 use backup_mgmt_core::restore::fetch::{self, Destination, Into};
 use backup_mgmt_core::restore::offsite::{self, Goal};
-use backup_mgmt_core::restore::scratch_server::{self, ScratchError, ScratchServer};
+use backup_mgmt_core::restore::scratch_server::{self, ScratchError};
 use backup_mgmt_core::threads;
 use pgrx::prelude::*;
 use pgrx::spi::SpiError;
@@ -80,11 +80,7 @@ pub(super) fn host_loss_drill(database: &str) -> Result<HostLoss, SpiError> {
     };
     let sysid = server::system_identifier() as i64;
     let user = Spi::get_one::<String>("SELECT current_user::text")?.unwrap_or_default();
-    let programs = ScratchServer {
-        bindir: server::bindir(),
-        user,
-        version_num: server::version_num(),
-    };
+    let programs = super::physical_test::scratch_programs(user);
     // What this catalog recorded of its physical backups: a backup on the target is started
     // only when it is one of them, byte for byte (its sha256; a native backup's is its chain
     // manifest's, which holds every file's).  A target others can write could otherwise hand

@@ -308,16 +308,6 @@ fn restore_as_role(
     }
 }
 
-/// A new name for the role that restores backup `id` (unique: a role left by a crash is never
-/// reused).
-fn restore_role_name(id: i64) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!("backup_mgmt_restorer_{id}_{}_{nanos}", std::process::id())
-}
-
 /// Compares restored counts with the captured facts: (verified, mismatches).
 pub fn compare(
     facts: &BTreeMap<String, u64>,
@@ -370,7 +360,7 @@ pub(super) fn logical_restore_test(
         ))
     })
     .map_err(RestoreError::from)?;
-    let role = RestoreRole::new(&restore_role_name(id)).map_err(|e| {
+    let role = RestoreRole::new(&unprivileged::restore_role_name(id)).map_err(|e| {
         RestoreError::Verification(verification::VerificationError::Path(PathError::Create {
             path: "/dev/urandom".into(),
             source: e,

@@ -119,7 +119,7 @@ pub(super) fn physical_restore_test(
 }
 
 /// The programs and role a physical restore test uses: this server's.
-fn scratch_programs(user: String) -> ScratchServer {
+pub(super) fn scratch_programs(user: String) -> ScratchServer {
     ScratchServer {
         bindir: server::bindir(),
         user,

@@ -72,8 +72,9 @@ impl StoredFiles for RemoteHolders<'_> {
     }
 }
 
-/// Reads a whole (small) object and checks its sha256.
-fn read_checked(
+/// Reads a whole (small) object, at most `limit` bytes, and checks its sha256 (a larger one is
+/// cut short, and fails the check).
+pub(crate) fn read_checked(
     storage: &dyn Storage,
     key: &str,
     expected: &str,

@@ -78,6 +78,16 @@ pub fn scram_verifier(password: &str, salt: &[u8], iterations: u32) -> String {
     )
 }
 
+/// A new name for the role that restores backup `id` (unique: a role left by a crash is never
+/// reused).
+pub fn restore_role_name(id: i64) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!("backup_mgmt_restorer_{id}_{}_{nanos}", std::process::id())
+}
+
 /// A throwaway role for one restore test.
 #[derive(Debug, Clone)]
 pub struct RestoreRole {

@@ -16,7 +16,7 @@ use crate::manifest::directory::{self, DIRECTORY_MANIFEST};
 use crate::pgformat::dumpfacts::{self, Owners};
 use crate::process;
 use crate::progress::Progress;
-use crate::restore::fetch::FetchError;
+use crate::restore::fetch::{read_checked, FetchError};
 use crate::restore::offsite::MirrorBackup;
 use crate::restore::scratch_server::feed;
 use crate::restore::unprivileged::{not_restored, relevant_line, NotRestored, RestoreRole};
@@ -37,32 +37,15 @@ pub(super) fn recorded<'a>(
     })
 }
 
-/// Reads a stored object whole (at most `limit` bytes), checked against `sha256`, decompressed
-/// when its key ends in `.zst`.
+/// Reads a stored object whole (at most `limit` bytes), checked against `sha256`
+/// (`fetch::read_checked`), decompressed when its key ends in `.zst`.
 pub(super) fn read_small(
     storage: &dyn Storage,
     key: &str,
     sha256: &str,
     limit: u64,
 ) -> Result<Vec<u8>, FetchError> {
-    let mut hashed = Hash::new(storage.get(key)?.take(limit + 1));
-    let mut stored = Vec::new();
-    hashed
-        .read_to_end(&mut stored)
-        .map_err(|e| IoError::new("could not read", Path::new(key), e))?;
-    let (_, found) = hashed.finish();
-    if stored.len() as u64 > limit {
-        return Err(FetchError::Bad(format!(
-            "{key} is larger than {limit} bytes"
-        )));
-    }
-    if found != sha256 {
-        return Err(FetchError::Mismatch {
-            what: key.to_owned(),
-            expected: sha256.to_owned(),
-            found,
-        });
-    }
+    let stored = read_checked(storage, key, sha256, limit)?;
     if !key.ends_with(".zst") {
         return Ok(stored);
     }

@@ -223,16 +223,8 @@ pub fn restore_dump(
         .clone()
         .filter(|o| known.contains(o))
         .unwrap_or_else(|| server.connection.user.clone());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    let role = RestoreRole::new(&format!(
-        "backup_mgmt_restorer_{}_{}_{nanos}",
-        b.backup_id,
-        std::process::id()
-    ))
-    .map_err(|e| LogicalError::Archive(format!("could not make a password: {e}")))?;
+    let role = RestoreRole::new(&unprivileged::restore_role_name(b.backup_id))
+        .map_err(|e| LogicalError::Archive(format!("could not make a password: {e}")))?;
     let restorer = quote_ident(&role.name);
     // The role runs the dump with the rights of the owners it names, so that their ownership is
     // restored as dumped: only owners this restore created (or the operator named with

@@ -22,13 +22,18 @@
 #   pgBackRest's archive-get as shipped (synchronous); and with --archive-async (its spool,
 #   2 processes).
 #
-# Usage (root, Debian 12): bash bench/restore.sh [rounds] [scale] [segments]
+#   Delta: pgbench runs DELTA_SECONDS (default 60) after both backups, the cluster stops, and
+#   each round brings a copy of its data directory back to the backup: `restore --delta` vs
+#   `pgbackrest restore --delta`, beside both full restores into an empty directory.
+#
+# Usage (root, Debian 12): bash bench/restore.sh [rounds] [scale] [segments] [delta seconds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${1:-3}
 SCALE=${2:-50}
 SEGMENTS=${3:-100}
+DELTA_SECONDS=${4:-60}
 
 bash scripts/setup.sh
 source scripts/lib.sh
@@ -90,6 +95,7 @@ seconds() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 echo "==> full backups: backup_mgmt native (copied to the target), pgBackRest zst-3"
 "${PSQL[@]}" -c "CHECKPOINT" -c "SELECT backup_mgmt.run_job_now('full')" >/dev/null
 wait_sql "SELECT EXISTS (SELECT FROM backup_management.backup_records WHERE label = 'full' AND status = 'completed')"
+FULL_ID=$("${PSQL[@]}" -c "SELECT backup_id FROM backup_management.backup_records WHERE label = 'full' AND status = 'completed'")
 "${PSQL[@]}" -c "SELECT backup_mgmt.sync_remote_now('disk')" >/dev/null
 wait_sql "SELECT EXISTS (SELECT FROM backup_management.remote_backup_records WHERE sync_status = 'completed')"
 as_pg $BR backup --type=full --process-max=2
@@ -141,11 +147,21 @@ restore_br() {
     as_pg $BR restore --process-max=2 --pg1-path="$DIR/r-br" --type=immediate
 }
 
+# The floor: what writing as many bytes and making them durable costs on this disk alone
+# (dd of zeros in 1 MiB blocks, then sync -f), no reading, decompressing or hashing: as many
+# bytes as backup-mgmt's last restore wrote (it always comes before the floor in round 1).
+restore_floor() {
+    install -d -o postgres -g postgres -m 0700 "$DIR/r-floor"
+    as_pg dd if=/dev/zero of="$DIR/r-floor/zeros" bs=1M count=$((FLOOR / 1048576)) status=none
+    sync -f "$DIR/r-floor/zeros"
+}
 RESULTS=$(mktemp)
-ORDER=(backup-mgmt pgbackrest backup-mgmt-j4)
+ORDER=(backup-mgmt pgbackrest backup-mgmt-j4 floor)
+FLOOR=0
 for round in $(seq 1 "$ROUNDS"); do
     for c in "${ORDER[@]}"; do
-        rm -rf "$DIR/r-bm" "$DIR/r-bm.tablespaces" "$DIR/r-br"
+        if [ -d "$DIR/r-bm" ]; then FLOOR=$(du -sb "$DIR/r-bm" | cut -f1); fi
+        rm -rf "$DIR/r-bm" "$DIR/r-bm.tablespaces" "$DIR/r-br" "$DIR/r-floor"
         if [ "$c" = pgbackrest ]; then install -d -o postgres -g postgres -m 0700 "$DIR/r-br"; fi
         drop_caches
         t0=$(now)
@@ -153,13 +169,14 @@ for round in $(seq 1 "$ROUNDS"); do
         backup-mgmt) restore_bm 2 && d="$DIR/r-bm" ;;
         backup-mgmt-j4) restore_bm 4 && d="$DIR/r-bm" ;;
         pgbackrest) restore_br && d="$DIR/r-br" ;;
+        floor) restore_floor && d="$DIR/r-floor" ;;
         esac
         t1=$(now)
         echo "restore $round $c $(seconds "$t0" "$t1") $(du -sb "$d" | cut -f1) $CACHE" | tee -a "$RESULTS"
     done
     ORDER=("${ORDER[@]:1}" "${ORDER[0]}")
 done
-rm -rf "$DIR/r-bm" "$DIR/r-br"
+rm -rf "$DIR/r-bm" "$DIR/r-br" "$DIR/r-floor"
 
 # One process per segment, as restore_command runs; timed inside one shell run as postgres.
 fetch_loop() { # fetch_loop NAME COMMAND...: prints per-segment seconds
@@ -266,6 +283,47 @@ for round in $(seq 1 "$ROUNDS"); do
     ORDER=("${ORDER[@]:1}" "${ORDER[0]}")
 done
 
+# Delta: the cluster runs pgbench for DELTA_SECONDS after both backups (and the WAL above),
+# then stops; each round starts from a copy of that data directory (not timed) and brings it
+# back to the backup: `restore --delta` (keeps a file whose size and sha256 match, fetches the
+# rest, removes what the backup lacks) vs `pgbackrest restore --delta` (sha1 of every file), and
+# both full restores into an empty directory for scale.
+echo "==> delta: pgbench -c 2 -T $DELTA_SECONDS, then the cluster stops"
+as_pg "$BIN/pgbench" -n -c 2 -T "$DELTA_SECONDS" -h "$DIR" -p "$PORT" -U postgres postgres >/dev/null 2>&1
+as_pg "$BIN/pg_ctl" -D "$DIR/data" -m fast stop >/dev/null
+as_pg cp -a "$DIR/data" "$DIR/after"
+rm -f "$DIR/after/postmaster.opts"
+restore_delta() { # restore_delta NAME: into $DIR/r-delta
+    local c=$1 d="$DIR/r-delta"
+    case $c in
+    backup-mgmt-delta) as_pg "$BMG" --dir "$DIR/offsite/t" --cluster "$SYSID" --output json restore --delta --backup-id "$FULL_ID" --jobs 2 "$d" >"$DIR/delta.json" ;;
+    backup-mgmt-full) as_pg "$BMG" --dir "$DIR/offsite/t" --cluster "$SYSID" restore --backup-id "$FULL_ID" --jobs 2 "$d" >/dev/null 2>&1 ;;
+    pgbackrest-delta) as_pg $BR restore --delta --process-max=2 --pg1-path="$d" --type=immediate ;;
+    pgbackrest-full)
+        install -d -o postgres -g postgres -m 0700 "$d"
+        as_pg $BR restore --process-max=2 --pg1-path="$d" --type=immediate
+        ;;
+    esac
+}
+ORDER=(backup-mgmt-delta pgbackrest-delta backup-mgmt-full pgbackrest-full)
+for round in $(seq 1 "$ROUNDS"); do
+    for c in "${ORDER[@]}"; do
+        rm -rf "$DIR/r-delta" "$DIR/r-delta.tablespaces" "$DIR/r-delta.wal-spool"
+        case $c in *-delta) as_pg cp -a "$DIR/after" "$DIR/r-delta" ;; esac
+        drop_caches
+        t0=$(now)
+        restore_delta "$c"
+        t1=$(now)
+        kept=-
+        if [ "$c" = backup-mgmt-delta ]; then
+            kept=$(python3 -c "import json,sys; d=json.load(open(sys.argv[1]))['delta']; print(f\"{d['kept']}/{d['fetched']}/{d['removed']}\")" "$DIR/delta.json")
+        fi
+        echo "delta $round $c $(seconds "$t0" "$t1") $kept" | tee -a "$RESULTS"
+    done
+    ORDER=("${ORDER[@]:1}" "${ORDER[0]}")
+done
+rm -rf "$DIR/r-delta" "$DIR/after"
+
 echo
 echo "==> every round (cache: $CACHE)"
 awk '$1 == "restore" { printf "restore   round %s  %-12s %6.2f s  %8.1f MB\n", $2, $3, $4, $5 / 1048576 }' "$RESULTS"
@@ -275,5 +333,6 @@ for c in backup-mgmt pgbackrest; do
             printf "fetch alone   %-18s %d fetches  mean %.1f ms  p50 %.1f ms  p95 %.1f ms  max %.1f ms\n",
                 c, NR, 1000 * s / NR, 1000 * v[int(NR * 0.5)], 1000 * v[int(NR * 0.95)], 1000 * v[NR] }'
 done
+awk '$1 == "delta" { printf "delta     round %s  %-18s %6.2f s  kept/fetched/removed %s\n", $2, $3, $4, $5 }' "$RESULTS"
 awk '$1 == "recover" { printf "recovery round %s  %-18s %3d segments fetched  %6.2f s to promotion  per fetch: mean %.1f ms  p50 %.1f ms  p95 %.1f ms\n", $2, $3, $4, $5, $6, $7, $8 }' "$RESULTS"
 rm -f "$RESULTS"

@@ -6,12 +6,14 @@
 #   backup-mgmt   `restore --backup-id N --jobs 4`: every object fetched, decompressed, its
 #                 sha256 checked against the chain manifest while it is written, one syncfs at
 #                 the end, recovery settings written
-#   rclone        Debian's rclone `copy --transfers 4` of the same objects (the backup's prefix)
+#   rclone        Debian's rclone `copy --fast-list --transfers 4` of the same objects (the backup's prefix)
 #                 into a directory, then `sync -f` on it: download only, nothing decompressed or
 #                 checked beyond rclone's own MD5/size comparison
 #
 # Both are timed by the wall clock; throughput is the stored bytes (what crosses the network)
 # over that time.  The page cache is dropped before each contender when possible (said below).
+# Also shown: the CPU time the S3 server (one Node.js process) spent serving each contender; on
+# two cores the server and the restore share the machine.
 #
 # Usage (root, Debian 12): bash bench/restore_s3.sh [rounds] [scale]
 set -euo pipefail
@@ -79,8 +81,8 @@ done
 RCLONE=(env -i PATH=/usr/bin:/bin HOME="$DIR" RCLONE_CONFIG_S3BENCH_TYPE=s3 RCLONE_CONFIG_S3BENCH_PROVIDER=Other
         RCLONE_CONFIG_S3BENCH_ENDPOINT="http://127.0.0.1:$S3PORT" RCLONE_CONFIG_S3BENCH_REGION=us-east-1
         RCLONE_CONFIG_S3BENCH_ACCESS_KEY_ID=S3RVER RCLONE_CONFIG_S3BENCH_SECRET_ACCESS_KEY=S3RVER rclone --config /dev/null)
-BYTES=$("${RCLONE[@]}" size --json "s3bench:bench/fleet/$KEY" | python3 -c "import json,sys; print(json.load(sys.stdin)['bytes'])")
-echo "backup $ID: $KEY, $((BYTES / 1048576)) MB stored"
+read -r BYTES OBJECTS < <("${RCLONE[@]}" size --json "s3bench:bench/fleet/$KEY" | python3 -c "import json,sys; d=json.load(sys.stdin); print(d['bytes'], d['count'])")
+echo "backup $ID: $KEY, $((BYTES / 1048576)) MB stored in $OBJECTS objects"
 
 if [ -w /proc/sys/vm/drop_caches ]; then
     drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
@@ -90,26 +92,37 @@ else
     echo "page cache NOT dropped (/proc/sys/vm/drop_caches not writable)"
 fi
 now() { date +%s.%N; }
-report() { awk -v who="$1" -v a="$2" -v b="$3" -v bytes="$BYTES" 'BEGIN { t = b - a; printf "%-12s %7.2f s  %6.1f MB/s\n", who, t, bytes / 1048576 / t }' | tee -a "$DIR/results"; }
+server_cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$S3PID/stat"; }
+report() { # report WHO T0 T1 CPU0 CPU1
+    awk -v who="$1" -v a="$2" -v b="$3" -v c0="$4" -v c1="$5" -v bytes="$BYTES" 'BEGIN { t = b - a;
+        printf "%-12s %7.2f s  %6.1f MB/s  server CPU %.2f s\n", who, t, bytes / 1048576 / t, c1 - c0 }' | tee -a "$DIR/results"
+}
 ours() {
-    local dest="$DIR/r-ours" t0 t1
+    local dest="$DIR/r-ours" t0 t1 c0
     rm -rf "$dest" "$dest.tablespaces" "$dest.wal-spool"
     drop
+    c0=$(server_cpu)
     t0=$(now)
     as_pg "$BMG" "${TARGET[@]}" restore --backup-id "$ID" --jobs 4 "$dest" >/dev/null
     t1=$(now)
-    report backup-mgmt "$t0" "$t1"
+    report backup-mgmt "$t0" "$t1" "$c0" "$(server_cpu)"
 }
 theirs() {
-    local dest="$DIR/r-rclone" t0 t1
+    local dest="$DIR/r-rclone" t0 t1 c0
     rm -rf "$dest"
     mkdir -p "$dest"
     drop
+    c0=$(server_cpu)
     t0=$(now)
-    "${RCLONE[@]}" copy --transfers 4 "s3bench:bench/fleet/$KEY" "$dest"
+    "${RCLONE[@]}" copy --fast-list --transfers 4 "s3bench:bench/fleet/$KEY" "$dest"
     sync -f "$dest"
     t1=$(now)
-    report rclone "$t0" "$t1"
+    # Without --fast-list, rclone walks s3rver's listing a directory at a time and silently
+    # copied 71 of 1,079 objects (the numbers published before 2026-12-04 are that mistake).
+    local got
+    got=$(find "$dest" -type f | wc -l)
+    [ "$got" = "$OBJECTS" ] || { echo "rclone copied $got of $OBJECTS objects" >&2; exit 1; }
+    report rclone "$t0" "$t1" "$c0" "$(server_cpu)"
 }
 
 echo "==> $ROUNDS rounds"

@@ -129,8 +129,8 @@ COMMENT ON FUNCTION backup_mgmt.run_recovery_drill(text, text) IS
     'Runs a disaster-recovery drill for an active plan (full: restore-tests the newest pg_dump backup of its database; host_loss: restores the cluster from an off-site target alone, reading the target''s own catalog mirror, and starts it) and records the measured recovery time and data-loss window against the plan''s RTO and RPO in recovery_drills';
 COMMENT ON FUNCTION backup_mgmt.metrics() IS
     'Backup, verification, RPO and drill metrics in Prometheus text exposition format';
-COMMENT ON FUNCTION backup_mgmt.schedule_drill(text, text, text, text) IS
-    'Schedules a disaster-recovery drill of an active recovery plan as a job (cron schedule, optional time zone); returns the job id';
+COMMENT ON FUNCTION backup_mgmt.schedule_drill(text, text, text, text, text) IS
+    'Schedules a disaster-recovery drill of an active recovery plan as a job (cron schedule, optional time zone, drill type: full or host_loss); returns the job id';
 COMMENT ON FUNCTION backup_mgmt.check_backup_path(text) IS
     'Returns the canonical path if it lies inside backup_mgmt.backup_roots (symlinks followed); raises an error otherwise';
 

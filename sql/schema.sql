@@ -450,7 +450,7 @@ COMMENT ON COLUMN enterprise_backup.backup_jobs.job_kind IS 'backup (takes a bac
 COMMENT ON COLUMN enterprise_backup.backup_jobs.plan_id IS 'The recovery plan a drill job drills (NULL for backup jobs)';
 COMMENT ON COLUMN enterprise_backup.backup_jobs.run_requested_at IS 'Set by run_job_now(): the worker runs the job once as soon as it can, then clears it';
 COMMENT ON COLUMN enterprise_backup.backup_jobs.timezone IS 'IANA time zone of the schedule; NULL means the server''s TimeZone';
-COMMENT ON COLUMN enterprise_backup.backup_jobs.options IS 'Method options (compression level, parallel jobs, timeout)';
+COMMENT ON COLUMN enterprise_backup.backup_jobs.options IS 'Method options (compression level, parallel jobs, timeout); a drill job''s: its drill_type';
 COMMENT ON COLUMN enterprise_backup.backup_jobs.retention_policy IS 'Retention policy applied after each successful backup of the job (NULL: the default policy)';
 COMMENT ON COLUMN enterprise_backup.backup_jobs.is_active IS 'Inactive jobs are not run';
 COMMENT ON COLUMN enterprise_backup.backup_jobs.last_run_at IS 'When the job last started';

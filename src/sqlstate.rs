@@ -244,10 +244,7 @@ impl SqlError for DrillError {
                 ERRCODE_UNDEFINED_OBJECT,
                 "List plans with SELECT plan_name FROM disaster_recovery.recovery_plans WHERE is_active.",
             ),
-            DrillError::UnsupportedType(_) => (
-                ERRCODE_FEATURE_NOT_SUPPORTED,
-                "Drills restore a whole database: use drill_type 'full'.",
-            ),
+            DrillError::Type(inner) => return inner.classify(),
             DrillError::Spi(_) => (
                 ERRCODE_INTERNAL_ERROR,
                 BUG,

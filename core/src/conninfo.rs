@@ -32,6 +32,12 @@ impl Connection {
     /// whatever the database or role set: nothing backup_mgmt runs there can resolve to an
     /// object a user planted.
     pub fn conninfo(&self, dbname: Option<&str>) -> String {
+        self.conninfo_with(dbname, "")
+    }
+
+    /// `conninfo` whose database session also carries `extra` server options (`-c name=value`
+    /// words, no spaces in a value), after the pinned ones.
+    pub fn conninfo_with(&self, dbname: Option<&str>, extra: &str) -> String {
         let mut s = format!(
             "host={} port={} user={} application_name='backup_mgmt' connect_timeout=30",
             quote_value(&self.host),
@@ -42,7 +48,7 @@ impl Connection {
             s.push_str(" dbname=");
             s.push_str(&quote_value(db));
             s.push_str(" options=");
-            s.push_str(&quote_value(PINNED_OPTIONS));
+            s.push_str(&quote_value(&format!("{PINNED_OPTIONS}{extra}")));
         }
         s
     }

@@ -96,6 +96,17 @@ vocabulary!(
     }
 );
 
+vocabulary!(
+    /// The drills `run_recovery_drill` and `schedule_drill` run (`recovery_drills.drill_type`
+    /// also accepts `partial` and `table_level`, recorded by hand).  `full`: the newest pg_dump
+    /// of the plan's database restore-tested; `host_loss`: the cluster restored from an
+    /// off-site target alone and started.
+    DrillType, "drill type" {
+        Full => "full",
+        HostLoss => "host_loss",
+    }
+);
+
 impl BackupMethod {
     /// Whether this method can produce a backup of `kind`: logical dumps are always full, WAL
     /// comes only from continuous archiving, and the physical methods take full, incremental

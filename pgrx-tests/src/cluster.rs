@@ -365,6 +365,30 @@ impl Cluster {
         cmd
     }
 
+    /// A second backup root, `name` beside the first (mode 0700, the server's OS user's), listed
+    /// in `backup_mgmt.backup_roots` and the configuration reloaded: where a filesystem target
+    /// (a "second disk") may write.
+    pub fn second_backup_root(&self, name: &str) -> PathBuf {
+        let dir = self.dir().join(name);
+        let made = self
+            .server_command("/bin/mkdir")
+            .arg("-m")
+            .arg("700")
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(made.success(), "mkdir {}", dir.display());
+        let roots = format!("{},{}", self.backup_root().display(), dir.display());
+        let mut db = self.connect("postgres");
+        db.execute(
+            &format!("ALTER SYSTEM SET backup_mgmt.backup_roots = '{roots}'"),
+            &[],
+        )
+        .unwrap();
+        db.batch_execute("SELECT pg_reload_conf()").unwrap();
+        dir
+    }
+
     /// A client program (pg_dump, psql, …) connecting to this cluster.
     pub fn client_command(&self, program: &str) -> Command {
         let mut cmd = self.server_command(program);

@@ -1,10 +1,14 @@
 //! Attacks through restore tests, tried as mallory (a `backup_admin` member, not a superuser)
 //! would (issue "least privilege and provenance", attacks 2, 3 and 7): backup content never runs
 //! with a superuser's rights, a server is started only on a directory the worker wrote and
-//! verified, and scratch directories never follow planted symlinks.
+//! verified, and scratch directories never follow planted symlinks.  Attacks 8 and 9 (issue 17)
+//! come through the backup's own catalog and through an off-site target: per-database settings
+//! load nothing when the checks connect, and a host-loss drill starts nothing a forged target
+//! holds.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use backup_mgmt_e2e::attack::{is_superuser, mallory, refused};
 use backup_mgmt_e2e::cluster::sha256sum;
@@ -291,4 +295,157 @@ fn attack_7_scratch_directories_never_follow_planted_symlinks() {
         .get(0);
     assert_eq!(status, "passed");
     assert!(!is_superuser(&mut db, "mallory"));
+}
+
+/// Attack 8: the backed-up catalog holds a per-database setting that loads a library whenever a
+/// session starts (a superuser's `ALTER DATABASE ... SET session_preload_libraries`, or a forged
+/// backup's catalog).  Such settings outrank the scratch server's command line, so the restore
+/// test's checking sessions set their own from the client: they connect to that database and
+/// load nothing (a library that does not exist would otherwise refuse every session).
+#[test]
+fn attack_8_restored_database_settings_load_nothing_when_the_checks_connect() {
+    let (cluster, mut db) = cluster_with_appdb();
+    db.batch_execute(
+        "ALTER DATABASE appdb SET session_preload_libraries = 'bm_no_such_library';
+         ALTER DATABASE appdb SET local_preload_libraries = 'bm_no_such_plugin'",
+    )
+    .unwrap();
+    run_now(
+        &mut db,
+        "base",
+        "postgres",
+        "pg_basebackup",
+        r#"{"compression": "none", "fast_checkpoint": true}"#,
+    );
+    let base = &wait_records(&cluster, &mut db, "base", "completed", 1, 120)[0];
+    db.batch_execute(
+        "ALTER DATABASE appdb RESET session_preload_libraries;
+         ALTER DATABASE appdb RESET local_preload_libraries",
+    )
+    .unwrap();
+    let status: String = db
+        .query_one(
+            "SELECT test_status FROM backup_mgmt.test_backup_restore($1)",
+            &[&base.id],
+        )
+        .unwrap()
+        .get(0);
+    let result: String = db
+        .query_one(
+            "SELECT verification_result::text FROM backup_management.backup_verifications
+              WHERE backup_id = $1 AND verification_type = 'restore_test'
+              ORDER BY verification_id DESC LIMIT 1",
+            &[&base.id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "passed", "{result}");
+    let checked: serde_json::Value = serde_json::from_str(&result).unwrap();
+    assert!(
+        checked["databases_checked"].as_u64() >= Some(3),
+        "appdb was not checked: {result}"
+    );
+}
+
+/// Attack 9: a host-loss drill reads an off-site target, which others may be able to write.  A
+/// self-consistent forgery there (a backup's chain manifest rewritten, here one file's recorded
+/// mtime, and the mirror's sha256 for it updated to match, so that every check the target
+/// alone allows passes) is not restored or started: the drill takes a backup only when the
+/// mirror's sha256 is the one this catalog recorded for it.
+#[test]
+fn attack_9_a_host_loss_drill_starts_nothing_a_forged_target_holds() {
+    let cluster = backup_mgmt_e2e::cluster::Cluster::start_with_backups(&[]);
+    let offsite = cluster.second_backup_root("offsite");
+    let mut db = cluster.connect("postgres");
+    db.batch_execute(
+        "CREATE EXTENSION backup_mgmt;
+         SELECT backup_mgmt.schedule_backup('native', '@yearly', 'postgres', 'full', 'native_physical', '{\"fast_checkpoint\": true}');
+         INSERT INTO disaster_recovery.recovery_plans (plan_name, database_name, rto_minutes, rpo_minutes,
+                                                       backup_strategy, recovery_procedure)
+         VALUES ('site', 'postgres', 30, 1440, 'native backups off site', 'backup-mgmt restore');",
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO backup_management.remote_backup_configs
+             (config_name, database_name, remote_type, remote_endpoint, remote_path)
+         VALUES ('disk', 'postgres', 'filesystem', $1, 'pg')",
+        &[&offsite.to_string_lossy().as_ref()],
+    )
+    .unwrap();
+    let id = backup_mgmt_e2e::jobs::run_job(&cluster, &mut db, "native");
+    db.execute("SELECT backup_mgmt.sync_remote_now('disk')", &[])
+        .unwrap();
+    let sysid: i64 = db
+        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
+        .unwrap()
+        .get(0);
+    let mirror_path = offsite
+        .join("pg")
+        .join(sysid.to_string())
+        .join(".catalog/catalog_mirror.json");
+    let listed = |path: &Path| -> Option<(serde_json::Value, String)> {
+        let m: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        let key = m["backups"]
+            .as_array()?
+            .iter()
+            .find(|b| b["backup_id"].as_i64() == Some(id) && b["sha256"].is_string())?["key"]
+            .as_str()?
+            .to_owned();
+        Some((m, key))
+    };
+    let mut found = None;
+    let copied = backup_mgmt_e2e::cluster::Cluster::wait_for(Duration::from_secs(120), || {
+        found = listed(&mirror_path);
+        found.is_some()
+    });
+    assert!(
+        copied,
+        "backup {id} never reached the mirror\n{}",
+        cluster.log()
+    );
+    let (mut mirror, key) = found.unwrap();
+
+    // The forgery: one recorded mtime changed in the chain manifest, the mirror's sha256 for
+    // the backup replaced by the new manifest's.
+    let manifest_path = offsite.join("pg").join(&key).join("backup_mgmt.files");
+    let text = std::fs::read_to_string(&manifest_path).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let line = lines
+        .iter_mut()
+        .find(|l| l.starts_with("f\t"))
+        .expect("a file line");
+    let mut fields: Vec<String> = line.split('\t').map(str::to_owned).collect();
+    fields[3] = (fields[3].parse::<i64>().unwrap() + 1).to_string();
+    *line = fields.join("\t");
+    std::fs::write(&manifest_path, lines.join("\n") + "\n").unwrap();
+    let forged = sha256sum(&manifest_path);
+    for b in mirror["backups"].as_array_mut().unwrap() {
+        if b["backup_id"].as_i64() == Some(id) {
+            b["sha256"] = serde_json::Value::from(forged.clone());
+        }
+    }
+    std::fs::write(&mirror_path, serde_json::to_vec(&mirror).unwrap()).unwrap();
+
+    let drill = db
+        .query_one(
+            "SELECT drill_id FROM backup_mgmt.run_recovery_drill('site', 'host_loss')",
+            &[],
+        )
+        .unwrap()
+        .get::<_, i64>(0);
+    let row = db
+        .query_one(
+            "SELECT status, coalesce(issues, '') FROM disaster_recovery.recovery_drills WHERE drill_id = $1",
+            &[&drill],
+        )
+        .unwrap();
+    let (status, issues): (String, String) = (row.get(0), row.get(1));
+    // Still the forgery the drill read (the worker did not rewrite the mirror meanwhile).
+    assert_eq!(
+        listed(&mirror_path).map(|(m, _)| m),
+        Some(mirror),
+        "the mirror changed under the test"
+    );
+    assert_eq!(status, "failed", "{issues}");
+    assert!(issues.contains("not one this catalog recorded"), "{issues}");
 }

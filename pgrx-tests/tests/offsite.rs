@@ -35,26 +35,11 @@ fn wait_synced(cluster: &Cluster, db: &mut postgres::Client) {
 #[test]
 fn backups_are_copied_verified_and_expired_off_site() {
     let cluster = Cluster::start_with_backups(&[]);
-    let offsite = cluster.dir().join("offsite");
-    let made = cluster
-        .server_command("/bin/mkdir")
-        .arg("-m")
-        .arg("700")
-        .arg(&offsite)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    let offsite = cluster.second_backup_root("offsite");
     let mut db = cluster.connect("postgres");
     db.batch_execute("CREATE DATABASE appdb").unwrap();
-    let roots = format!("{},{}", cluster.backup_root().display(), offsite.display());
-    db.execute(
-        &format!("ALTER SYSTEM SET backup_mgmt.backup_roots = '{roots}'"),
-        &[],
-    )
-    .unwrap();
     db.batch_execute(
-        "SELECT pg_reload_conf();
-         CREATE EXTENSION backup_mgmt;
+        "CREATE EXTENSION backup_mgmt;
          SELECT backup_mgmt.schedule_backup('nightly', '@yearly', 'appdb', 'full', 'pg_dump', '{\"include_globals\": false}');
          INSERT INTO backup_management.retention_policies
              (policy_name, keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly)

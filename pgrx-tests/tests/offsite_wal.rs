@@ -25,26 +25,7 @@ fn archiving_cluster(extra_root: bool) -> (Cluster, Option<PathBuf>) {
         "archive_library = 'backup_mgmt'",
         "backup_mgmt.offsite_wal_lag_alarm = 4",
     ]);
-    let second = extra_root.then(|| {
-        let dir = cluster.dir().join("second-disk");
-        let made = cluster
-            .server_command("/bin/mkdir")
-            .arg("-m")
-            .arg("700")
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(made.success());
-        let mut db = cluster.connect("postgres");
-        let roots = format!("{},{}", cluster.backup_root().display(), dir.display());
-        db.execute(
-            &format!("ALTER SYSTEM SET backup_mgmt.backup_roots = '{roots}'"),
-            &[],
-        )
-        .unwrap();
-        db.batch_execute("SELECT pg_reload_conf()").unwrap();
-        dir
-    });
+    let second = extra_root.then(|| cluster.second_backup_root("second-disk"));
     (cluster, second)
 }
 

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use backup_mgmt_e2e::cluster::Cluster;
-use backup_mgmt_e2e::jobs::{pgbench_fingerprint as fingerprint, run_job};
+use backup_mgmt_e2e::jobs::{executions, pgbench_fingerprint as fingerprint, run_job};
 use backup_mgmt_e2e::program;
 use backup_mgmt_e2e::s3server::S3Server;
 
@@ -183,14 +183,41 @@ fn the_cluster_comes_back_from_the_bucket_alone() {
          VALUES ('site', 'postgres', 30, 1440, 'native backups and WAL off site', 'backup-mgmt restore')",
     )
     .unwrap();
+    // Scheduled, as an operator would have it monthly: the worker's drill worker runs the
+    // host-loss drill the job names.
+    db.batch_execute(
+        "SELECT backup_mgmt.schedule_drill('host-loss', '@yearly', 'site', drill_type => 'host_loss');
+         SELECT backup_mgmt.run_job_now('host-loss');",
+    )
+    .unwrap();
+    let ran = Cluster::wait_for(Duration::from_secs(300), || {
+        executions(&mut db, "host-loss")
+            .iter()
+            .any(|(_, status)| status != "running")
+    });
+    assert!(
+        ran,
+        "{:?}\n{}",
+        executions(&mut db, "host-loss"),
+        cluster.log()
+    );
+    let (status, error): (String, Option<String>) = db
+        .query_one(
+            "SELECT e.execution_status, e.error_message
+               FROM enterprise_backup.backup_job_executions e JOIN enterprise_backup.backup_jobs j USING (job_id)
+              WHERE j.job_name = 'host-loss'",
+            &[],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(status, "completed", "{error:?}\n{}", cluster.log());
     let id: i64 = db
         .query_one(
-            "SELECT drill_id FROM backup_mgmt.run_recovery_drill('site', 'host_loss')",
+            "SELECT max(drill_id) FROM disaster_recovery.recovery_drills",
             &[],
         )
         .unwrap()
         .get(0);
-    // A second statement: the drill's row is not visible to the one that made it.
     let drill = db
         .query_one(
             "SELECT status, drill_type, restored_from, backup_id, recovery_time > interval '0',
@@ -558,25 +585,7 @@ fn a_pg_basebackup_backup_comes_back_from_a_filesystem_target() {
     let mut restored = Cluster::empty();
     let mut db = cluster.connect("postgres");
     // The target: a second disk, listed as a backup root.
-    let disk = cluster.dir().join("second-disk");
-    let made = cluster
-        .server_command("/bin/mkdir")
-        .arg("-m")
-        .arg("700")
-        .arg(&disk)
-        .status()
-        .unwrap();
-    assert!(made.success());
-    db.execute(
-        &format!(
-            "ALTER SYSTEM SET backup_mgmt.backup_roots = '{},{}'",
-            cluster.backup_root().display(),
-            disk.display()
-        ),
-        &[],
-    )
-    .unwrap();
-    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+    let disk = cluster.second_backup_root("second-disk");
     db.batch_execute(
         "CREATE EXTENSION backup_mgmt;
          CREATE TABLE orders (id int PRIMARY KEY);

@@ -317,7 +317,12 @@ fn upgrade_from_0_1_0_keeps_every_row_and_matches_a_fresh_install() {
 
 /// A cluster with two databases: "upgraded" and "fresh".
 fn two_databases() -> Cluster {
-    let cluster = Cluster::start_with_backups(&[]);
+    two_databases_with(&[])
+}
+
+/// `two_databases` with settings of its own (`conf` lines).
+fn two_databases_with(conf: &[&str]) -> Cluster {
+    let cluster = Cluster::start_with_backups(conf);
     let mut admin = cluster.connect("postgres");
     for db in ["upgraded", "fresh"] {
         admin
@@ -338,7 +343,7 @@ fn update_to_current(old: &mut postgres::Client) {
         )
         .unwrap()
         .get(0);
-    assert_eq!(version, "0.6.0");
+    assert_eq!(version, "0.7.0");
 }
 
 /// Checks that an upgraded catalog has exactly a fresh install's objects.
@@ -620,5 +625,94 @@ fn upgrade_from_0_5_0_accepts_host_loss_drills_and_keeps_every_row() {
         "DELETE FROM disaster_recovery.recovery_drills WHERE drill_type = 'host_loss'",
     )
     .unwrap();
+    assert_same_shape(&mut old, &mut cluster.connect("fresh"));
+}
+
+/// 0.6.0 -> 0.7.0: `schedule_drill` takes the drill type.  A drill job scheduled under 0.6.0
+/// survives unchanged (no drill type in its options: a `full` drill, as before), a host-loss
+/// drill can be scheduled, an unknown type is refused, and the catalog is a fresh install's.
+#[test]
+fn upgrade_from_0_6_0_schedules_host_loss_drills_and_keeps_every_row() {
+    // Jobs are scheduled in the catalog database only: here the upgraded one.
+    let cluster = two_databases_with(&["backup_mgmt.database_name = 'upgraded'"]);
+    let mut old = cluster.connect("upgraded");
+    old.batch_execute("CREATE EXTENSION backup_mgmt VERSION '0.6.0'")
+        .unwrap();
+    old.batch_execute(
+        "INSERT INTO disaster_recovery.recovery_plans (plan_name, database_name, rto_minutes, rpo_minutes,
+                                                       backup_strategy, recovery_procedure)
+         VALUES ('shop-dr', 'upgraded', 30, 60, 'nightly', 'run_recovery_drill');
+         -- The row 0.6.0's schedule_drill wrote (this test runs the new library, which the old
+         -- four-argument definition cannot call).
+         INSERT INTO enterprise_backup.backup_jobs
+             (job_name, database_name, backup_type, backup_method, schedule_cron, next_run_at, job_kind, plan_id)
+         SELECT 'weekly', 'upgraded', 'full', 'pg_dump', '0 3 * * 0', now() + interval '1 day', 'drill', plan_id
+           FROM disaster_recovery.recovery_plans;
+         INSERT INTO disaster_recovery.recovery_drills (plan_id, drill_type, status, restored_from)
+         SELECT plan_id, 'host_loss', 'success', 'bucket' FROM disaster_recovery.recovery_plans;",
+    )
+    .unwrap();
+    // 0.6.0 has no drill type to schedule.
+    assert!(old
+        .batch_execute(
+            "SELECT backup_mgmt.schedule_drill('nightly', '@daily', 'shop-dr', NULL, 'host_loss')"
+        )
+        .is_err());
+    let before: String = old.query_one(CONTENT, &[]).unwrap().get(0);
+    update_to_current(&mut old);
+    assert_eq!(
+        before,
+        old.query_one(CONTENT, &[]).unwrap().get::<_, String>(0)
+    );
+    old.batch_execute(
+        "SELECT backup_mgmt.schedule_drill('nightly', '@daily', 'shop-dr', drill_type => 'host_loss')",
+    )
+    .unwrap();
+    let kinds: Vec<(String, Option<String>)> = old
+        .query(
+            "SELECT job_name, options->>'drill_type' FROM enterprise_backup.backup_jobs
+              WHERE job_kind = 'drill' ORDER BY job_name",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("nightly".to_owned(), Some("host_loss".to_owned())),
+            ("weekly".to_owned(), None)
+        ]
+    );
+    let refused = old
+        .batch_execute(
+            "SELECT backup_mgmt.schedule_drill('x', '@daily', 'shop-dr', drill_type => 'site_loss')",
+        )
+        .unwrap_err();
+    let db = refused.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "22023", "{db:?}");
+    assert!(db.message().contains("site_loss"), "{}", db.message());
+    // A drill job's options are its drill type: changed, paused, never a method's options.
+    old.batch_execute(
+        "SELECT backup_mgmt.alter_job('weekly', options => '{\"drill_type\": \"host_loss\"}');
+         SELECT backup_mgmt.alter_job('nightly', active => false);",
+    )
+    .unwrap();
+    let weekly: Option<String> = old
+        .query_one(
+            "SELECT options->>'drill_type' FROM enterprise_backup.backup_jobs WHERE job_name = 'weekly'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(weekly.as_deref(), Some("host_loss"));
+    assert!(old
+        .batch_execute(
+            "SELECT backup_mgmt.alter_job('weekly', options => '{\"compression\": \"zstd\"}')"
+        )
+        .is_err());
+    old.batch_execute("SELECT backup_mgmt.unschedule('nightly')")
+        .unwrap();
     assert_same_shape(&mut old, &mut cluster.connect("fresh"));
 }

@@ -9,7 +9,9 @@
 
 use backup_mgmt_core::cron::{CronSchedule, ScheduleError};
 use backup_mgmt_core::job::{JobOptions, OptionError};
-use backup_mgmt_core::vocabulary::{self as catalog, BackupMethod, BackupType, CatalogError};
+use backup_mgmt_core::vocabulary::{
+    self as catalog, BackupMethod, BackupType, CatalogError, DrillType,
+};
 use pgrx::prelude::*;
 use pgrx::spi::SpiError;
 use pgrx::{pg_sys::panic::ErrorReport, JsonB};
@@ -70,6 +72,33 @@ struct JobSpec {
     backup_method: String,
     options: Value,
     active: bool,
+    /// A drill job (`schedule_drill`): its options are its drill type, not a method's.
+    drill: bool,
+}
+
+/// A drill job's options: its drill type only (what `schedule_drill` writes; none means `full`).
+fn drill_options(given: &Value) -> Result<Value, JobError> {
+    let Value::Object(given) = given else {
+        return Err(OptionError::NotObject.into());
+    };
+    let mut out = Map::new();
+    for (key, v) in given {
+        match (key.as_str(), v.as_str()) {
+            ("drill_type", Some(t)) => {
+                out.insert(key.clone(), Value::from(DrillType::parse(t)?.as_str()));
+            }
+            _ => {
+                return Err(OptionError::Bad {
+                    key: key.clone(),
+                    problem:
+                        "a drill job's only option is \"drill_type\" (\"full\" or \"host_loss\")"
+                            .to_owned(),
+                }
+                .into())
+            }
+        }
+    }
+    Ok(Value::Object(out))
 }
 
 impl JobSpec {
@@ -83,6 +112,16 @@ impl JobSpec {
             return Err(JobError::UnknownDatabase(self.database_name.clone()));
         }
         let (kind, method) = catalog::parse_kind(&self.backup_type, &self.backup_method)?;
+        let next = || {
+            if self.active {
+                next_run(&cron, zone)
+            } else {
+                None
+            }
+        };
+        if self.drill {
+            return Ok((drill_options(&self.options)?, next()));
+        }
         if !SCHEDULABLE.contains(&method) {
             return Err(JobError::NotSchedulable(method));
         }
@@ -91,12 +130,7 @@ impl JobSpec {
             server::block_incrementals()?;
         }
         let options = JobOptions::normalize(&self.options, method)?.to_json();
-        let next = if self.active {
-            next_run(&cron, zone)
-        } else {
-            None
-        };
-        Ok((options, next))
+        Ok((options, next()))
     }
 }
 
@@ -169,7 +203,8 @@ fn run_job_now(job_name: Option<&str>) -> Result<i64, ErrorReport> {
 }
 
 /// Schedules a disaster-recovery drill of an active recovery plan as a job; returns its id.
-/// The worker runs `run_recovery_drill(plan_name)` at each fire time, in a worker of its own.
+/// The worker runs `run_recovery_drill(plan_name, drill_type)` at each fire time, in a worker
+/// of its own.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn schedule_drill(
@@ -177,10 +212,15 @@ fn schedule_drill(
     schedule: Option<&str>,
     plan_name: Option<&str>,
     time_zone: default!(Option<&str>, "NULL"),
+    drill_type: default!(&str, "'full'"),
 ) -> Result<i64, ErrorReport> {
     let name = self::job_name(job_name)?;
     require_catalog_database()?;
     let plan_name = plan_name.ok_or(JobError::Null("plan_name"))?;
+    // Kept in the job's options, read by the drill worker when the job runs.
+    let options = JsonB(drill_options(
+        &serde_json::json!({ "drill_type": drill_type }),
+    )?);
     let cron: CronSchedule = schedule
         .ok_or(JobError::Null("schedule"))?
         .parse()
@@ -202,8 +242,8 @@ fn schedule_drill(
         let table = client.update(
             "INSERT INTO enterprise_backup.backup_jobs
                  (job_name, database_name, backup_type, backup_method, schedule_cron, timezone, next_run_at,
-                  job_kind, plan_id)
-             VALUES ($1, $2, 'full', 'pg_dump', $3, $4, $5, 'drill', $6)
+                  job_kind, plan_id, options)
+             VALUES ($1, $2, 'full', 'pg_dump', $3, $4, $5, 'drill', $6, $7)
              ON CONFLICT (job_name) DO NOTHING
              RETURNING job_id",
             None,
@@ -214,6 +254,7 @@ fn schedule_drill(
                 time_zone.into(),
                 next.into(),
                 plan_id.into(),
+                options.into(),
             ],
         )?;
         inserted_job_id(table, name)
@@ -279,6 +320,7 @@ fn create_job(
             .map(|j| j.0)
             .unwrap_or_else(|| Value::Object(Map::new())),
         active: true,
+        drill: false,
     };
     let (options, next) = spec.check()?;
     Spi::connect_mut(|client| {
@@ -324,7 +366,7 @@ fn alter_job(
         // update(), not select(): pgrx runs select() read-only, and FOR UPDATE locks.
         let current = client.update(
             "SELECT schedule_cron, timezone, database_name::text, backup_type::text, backup_method::text,
-                    options, is_active
+                    options, is_active, job_kind = 'drill'
                FROM enterprise_backup.backup_jobs WHERE job_name = $1 FOR UPDATE",
             Some(1),
             &[name.into()],
@@ -357,6 +399,7 @@ fn alter_job(
                     .unwrap_or(Value::Object(Map::new())),
             },
             active: active.or(row.get::<bool>(7)?).unwrap_or(true),
+            drill: row.get::<bool>(8)?.unwrap_or(false),
         };
         let (options, next) = spec.check()?;
         client.update(

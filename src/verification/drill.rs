@@ -14,6 +14,8 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiError;
 
 use super::restore_test as restore;
+use backup_mgmt_core::vocabulary::{CatalogError, DrillType};
+
 use crate::jobs::executions::end_execution;
 use crate::pg::time::interval;
 use crate::pg::{guc, server, spi::in_transaction};
@@ -24,8 +26,8 @@ pub enum DrillError {
     Null,
     #[error("recovery plan \"{0}\" does not exist or is not active")]
     UnknownPlan(String),
-    #[error("drill type \"{0}\" is not supported yet")]
-    UnsupportedType(String),
+    #[error(transparent)]
+    Type(#[from] CatalogError),
     #[error("catalog access failed: {0}")]
     Spi(#[from] SpiError),
 }
@@ -127,9 +129,7 @@ fn run_recovery_drill(
     ErrorReport,
 > {
     let name = plan_name.ok_or(DrillError::Null)?;
-    if drill_type != "full" && drill_type != "host_loss" {
-        return Err(DrillError::UnsupportedType(drill_type.to_owned()).into());
-    }
+    let drill_type = DrillType::parse(drill_type).map_err(DrillError::from)?;
     let plan = Spi::connect(|c| -> Result<Option<(i32, String, i64, i64)>, SpiError> {
         let t = c.select(
             "SELECT plan_id, database_name, rto_minutes, rpo_minutes \
@@ -154,7 +154,7 @@ fn run_recovery_drill(
     };
     let mut issues: Vec<String> = Vec::new();
     let mut restored_from = None;
-    let (backup_id, recovery_time, data_loss, restored) = if drill_type == "host_loss" {
+    let (backup_id, recovery_time, data_loss, restored) = if drill_type == DrillType::HostLoss {
         let h = super::host_loss::host_loss_drill(&database).map_err(DrillError::from)?;
         issues.extend(h.issues);
         restored_from = h.target;
@@ -189,7 +189,7 @@ fn run_recovery_drill(
             &[
                 plan_id.into(),
                 backup_id.into(),
-                drill_type.into(),
+                drill_type.as_str().into(),
                 recovery_time.map(minutes_up).into(),
                 data_loss.map(minutes_up).into(),
                 recovery_time.map(|t| t.as_secs_f64()).into(),
@@ -302,23 +302,26 @@ pub extern "C-unwind" fn backup_mgmt_drill_main(arg: pg_sys::Datum) {
     let execution_id = arg.value() as i64;
     let outcome = in_transaction("running a scheduled drill", || {
         Spi::connect_mut(|c| -> Result<(String, Option<String>), SpiError> {
-            let plan = c
-                .select(
-                    "SELECT p.plan_name FROM enterprise_backup.backup_job_executions e \
-                       JOIN enterprise_backup.backup_jobs j USING (job_id) \
-                       JOIN disaster_recovery.recovery_plans p ON p.plan_id = j.plan_id \
-                      WHERE e.execution_id = $1",
-                    None,
-                    &[execution_id.into()],
-                )?
-                .first()
-                .get::<String>(1)?
-                .unwrap_or_default();
+            // The job's drill type (`schedule_drill` keeps it in the job's options; a job
+            // scheduled before 0.7.0 has none and runs a full drill, as it always did).  An
+            // unknown type in a hand-edited row fails the drill with run_recovery_drill's error.
+            let job = c.select(
+                "SELECT p.plan_name, coalesce(j.options->>'drill_type', 'full') \
+                   FROM enterprise_backup.backup_job_executions e \
+                   JOIN enterprise_backup.backup_jobs j USING (job_id) \
+                   JOIN disaster_recovery.recovery_plans p ON p.plan_id = j.plan_id \
+                  WHERE e.execution_id = $1",
+                None,
+                &[execution_id.into()],
+            )?;
+            let row = job.first();
+            let plan = row.get::<String>(1)?.unwrap_or_default();
+            let drill_type = row.get::<String>(2)?.unwrap_or_default();
             // Two statements: the drill's own row is not visible to the statement that made it.
             let t = c.update(
-                "SELECT drill_id, status FROM backup_mgmt.run_recovery_drill($1)",
+                "SELECT drill_id, status FROM backup_mgmt.run_recovery_drill($1, $2)",
                 None,
-                &[plan.as_str().into()],
+                &[plan.as_str().into(), drill_type.as_str().into()],
             )?;
             let row = t.first();
             let drill_id = row.get::<i64>(1)?.unwrap_or_default();

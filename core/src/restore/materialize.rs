@@ -180,6 +180,14 @@ fn already_there(path: &Path, f: &FileRecord, buf: &mut [u8], counters: &Counter
         .is_ok_and(|(size, sum)| size == f.size && sum == f.sha256)
 }
 
+/// The order files are taken in: the largest first, so that a large relation file does not
+/// start last and keep one thread busy long after the others have finished.
+pub(crate) fn largest_first(files: &[FileRecord]) -> Vec<&FileRecord> {
+    let mut order: Vec<&FileRecord> = files.iter().collect();
+    order.sort_by_key(|f| std::cmp::Reverse(f.size));
+    order
+}
+
 fn build(
     source: &dyn StoredFiles,
     manifest: &Manifest,
@@ -215,40 +223,48 @@ fn build(
         }
     }
     let kept = AtomicUsize::new(0);
-    let failure = verify::in_parallel(&manifest.files, threads, counters.cancel, |f, buf| {
-        let out_path = dest.join(&f.path);
-        if delta {
-            if already_there(&out_path, f, buf, counters) {
-                kept.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
+    let failure = verify::in_parallel(
+        &largest_first(&manifest.files),
+        threads,
+        counters.cancel,
+        |f, buf| {
+            let out_path = dest.join(&f.path);
+            if delta {
+                if already_there(&out_path, f, buf, counters) {
+                    kept.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                match std::fs::remove_file(&out_path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(Report::failed(Reason::Unreadable, e.to_string(), &out_path))
+                    }
+                }
             }
-            match std::fs::remove_file(&out_path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Report::failed(Reason::Unreadable, e.to_string(), &out_path)),
-            }
-        }
-        let src = source.shown(f.holder, &f.stored);
-        let input = source
-            .open(f.holder, &f.stored)
-            .ok_or_else(|| {
-                Report::failed(
-                    Reason::Missing,
-                    format!(
-                        "backup {} (holding \"{}\") is not available",
-                        f.holder, f.path
-                    ),
-                    &src,
-                )
-            })?
-            .map_err(|e| Report::failed(Reason::Unreadable, e, &src))?;
-        let mut out = durable::create_new(&out_path)
-            .map_err(|e| Report::failed(Reason::Unreadable, e.to_string(), &out_path))?;
-        let zst = f.stored.ends_with(".zst");
-        let (size, sum) = read_stream(input, zst, &mut out, buf, counters)
-            .map_err(|(r, d)| Report::failed(r, d, &src))?;
-        judge(&src, f, size, &sum)
-    });
+            let src = source.shown(f.holder, &f.stored);
+            let input = source
+                .open(f.holder, &f.stored)
+                .ok_or_else(|| {
+                    Report::failed(
+                        Reason::Missing,
+                        format!(
+                            "backup {} (holding \"{}\") is not available",
+                            f.holder, f.path
+                        ),
+                        &src,
+                    )
+                })?
+                .map_err(|e| Report::failed(Reason::Unreadable, e, &src))?;
+            let mut out = durable::create_new(&out_path)
+                .map(durable::WriteBehind::new)
+                .map_err(|e| Report::failed(Reason::Unreadable, e.to_string(), &out_path))?;
+            let zst = f.stored.ends_with(".zst");
+            let (size, sum) = read_stream(input, zst, f.size, &mut out, buf, counters)
+                .map_err(|(r, d)| Report::failed(r, d, &src))?;
+            judge(&src, f, size, &sum)
+        },
+    );
     if let Some(r) = failure.or_else(|| cancelled(counters, dest)) {
         return Err(r);
     }
@@ -271,7 +287,7 @@ fn build(
     }
     let mut out = durable::create_new(&manifest_path).map_err(|e| fail(e.to_string()))?;
     let mut buf = vec![0u8; verify::CHUNK];
-    read_stream(input, zst, &mut out, &mut buf, counters)
+    read_stream(input, zst, 0, &mut out, &mut buf, counters)
         .map_err(|(_, e)| fail(format!("copying {PG_MANIFEST}: {e}")))?;
     Ok(done)
 }

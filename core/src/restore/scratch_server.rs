@@ -389,6 +389,18 @@ fn neutralised_settings(version_num: i32) -> Vec<(&'static str, String)> {
     s
 }
 
+/// Server options of every checking session: client options outrank the per-database and
+/// per-role settings the restored catalog may hold (`ALTER DATABASE ... SET
+/// session_preload_libraries`), which in turn outrank the server's command line: so no library
+/// is loaded and no login event trigger runs when the checks connect.
+fn check_options(version_num: i32) -> String {
+    let mut o = String::from(" -c session_preload_libraries= -c local_preload_libraries=");
+    if version_num >= 170000 {
+        o.push_str(" -c event_triggers=off");
+    }
+    o
+}
+
 /// Restore-tests the data directory that `prepare` builds inside `scratch` (returning its
 /// path): pg_verifybackup against the manifest in it, and only if that passes, a temporary
 /// postmaster with every command and library setting neutralised, which must reach consistency
@@ -494,7 +506,8 @@ pub fn restore_test_with(
             port,
             user: user.to_owned(),
         };
-        let conn = server.conninfo(Some("postgres"));
+        let options = check_options(server_programs.version_num);
+        let conn = server.conninfo_with(Some("postgres"), &options);
         // The checks run only our own, fully qualified catalog queries, with search_path
         // pinned by the client (which outranks the restored databases' and roles' settings).
         let query = |sql: &str, db_conn: &str| -> Result<String, ProcessError> {
@@ -546,7 +559,7 @@ pub fn restore_test_with(
             )?;
             let names: Vec<&str> = dbs.lines().filter(|l| !l.is_empty()).collect();
             for db in &names {
-                let c = server.conninfo(Some(db));
+                let c = server.conninfo_with(Some(db), &options);
                 query("SELECT pg_catalog.count(*) FROM pg_catalog.pg_class", &c).map_err(
                     |error| ScratchError::DatabaseSilent {
                         db: (*db).to_owned(),

@@ -12,25 +12,34 @@ use super::{Reason, Report};
 use crate::checksum::hex;
 use crate::manifest::native::{FileRecord, Manifest, FILES_MANIFEST};
 use crate::progress::Counters;
-use crate::stream::{self, Count, Hash, PumpError};
+use crate::stream::{self, Count, Hash, PumpError, ThreadedHash};
 
 /// Reads a stored file (decompressing `.zst`) into `sink`; returns its size and sha256.
+/// `expected` is the size the manifest gives it (how it is read, not what is accepted).
 pub fn read_stored(
     path: &Path,
+    expected: u64,
     sink: &mut dyn Write,
     buf: &mut [u8],
     counters: &Counters<'_>,
 ) -> Result<(u64, String), (Reason, String)> {
     let file = super::open_regular(path)?;
     let zst = path.extension().is_some_and(|e| e == "zst");
-    read_stream(file, zst, sink, buf, counters)
+    read_stream(file, zst, expected, sink, buf, counters)
 }
+
+/// Files the manifest gives at least this size are hashed on a helper thread while the calling
+/// one decompresses and writes.  One large relation file (pgbench_accounts is one 640 MB file
+/// at scale 50) is otherwise the long pole of a restore or a verification: decompressing,
+/// hashing and writing it on one core after the other threads have run out of small files.
+const HASH_ON_A_THREAD_FROM: u64 = 32 << 20;
 
 /// `read_stored` of a stream (a file read from an off-site target): decompressed when `zst`,
 /// hashed and counted on its way into `sink`.
 pub fn read_stream(
     input: impl Read,
     zst: bool,
+    expected: u64,
     sink: &mut dyn Write,
     buf: &mut [u8],
     counters: &Counters<'_>,
@@ -40,11 +49,21 @@ pub fn read_stream(
     } else {
         Box::new(input)
     };
-    let mut chain = Hash::new(Count::new(sink, Some(counters.bytes)));
-    stream::pump(&mut reader, &mut chain, buf, Some(counters.cancel)).map_err(|e| match e {
+    let pumped = |e| match e {
         PumpError::Cancelled => (Reason::Cancelled, "cancelled".to_owned()),
         e => (Reason::Unreadable, e.to_string()),
-    })?;
+    };
+    let counted = Count::new(sink, Some(counters.bytes));
+    if expected >= HASH_ON_A_THREAD_FROM {
+        let mut chain = ThreadedHash::new(counted);
+        stream::pump(&mut reader, &mut chain, buf, Some(counters.cancel)).map_err(pumped)?;
+        let (counted, sha256) = chain
+            .finish()
+            .map_err(|e| (Reason::Unreadable, e.to_string()))?;
+        return Ok((counted.bytes(), sha256));
+    }
+    let mut chain = Hash::new(counted);
+    stream::pump(&mut reader, &mut chain, buf, Some(counters.cancel)).map_err(pumped)?;
     let (counted, sha256) = chain.finish();
     Ok((counted.bytes(), sha256))
 }
@@ -145,19 +164,23 @@ pub fn verify_backup(
         files.push((holder.join(&f.stored), f.clone()));
     }
     ancestors.sort_unstable();
+    // The largest first, as a restore takes them (`materialize::largest_first`): a large file
+    // started last would keep one thread busy after the others are done.
+    files.sort_by_key(|(_, f)| std::cmp::Reverse(f.size));
     let bytes = AtomicU64::new(0);
     let failure = super::in_parallel(&files, threads, counters.cancel, |(path, f), buf| {
-        let (size, sum) = read_stored(path, &mut io::sink(), buf, counters).map_err(|(r, d)| {
-            let mut report = Report::failed(r, d, path);
-            if f.holder != manifest.backup_id {
-                report.detail = Some(format!(
-                    "{} (stored by ancestor backup {})",
-                    report.detail.unwrap_or_default(),
-                    f.holder
-                ));
-            }
-            report
-        })?;
+        let (size, sum) =
+            read_stored(path, f.size, &mut io::sink(), buf, counters).map_err(|(r, d)| {
+                let mut report = Report::failed(r, d, path);
+                if f.holder != manifest.backup_id {
+                    report.detail = Some(format!(
+                        "{} (stored by ancestor backup {})",
+                        report.detail.unwrap_or_default(),
+                        f.holder
+                    ));
+                }
+                report
+            })?;
         bytes.fetch_add(size, Ordering::Relaxed);
         judge(path, f, size, &sum)
     });
@@ -178,5 +201,42 @@ pub fn verify_backup(
             failing_file: None,
             ancestors_verified: ancestors,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// A file large enough to be hashed on a helper thread yields what hashing it inline yields,
+    /// passes every byte to the sink, and a single changed byte changes the sha256.
+    #[test]
+    fn a_large_file_is_hashed_on_a_thread_to_the_same_sha256() {
+        let size = HASH_ON_A_THREAD_FROM as usize + 12_345;
+        let data: Vec<u8> = (0..size).map(|i| (i * 7 / 4096) as u8).collect();
+        let stored = zstd::encode_all(&data[..], 3).unwrap();
+        let (bytes, cancel) = (AtomicU64::new(0), AtomicBool::new(false));
+        let counters = Counters {
+            bytes: &bytes,
+            cancel: &cancel,
+        };
+        let mut buf = vec![0u8; super::super::CHUNK];
+        let read = |input: &[u8], zst: bool, expected: u64, buf: &mut [u8]| {
+            let mut sink = Vec::new();
+            let r = read_stream(input, zst, expected, &mut sink, buf, &counters).unwrap();
+            (r, sink)
+        };
+        let direct = hex(&Sha256::digest(&data));
+        let (threaded, written) = read(&stored, true, size as u64, &mut buf);
+        assert_eq!(threaded, (size as u64, direct.clone()));
+        assert!(written == data, "the sink got other bytes than the file's");
+        let (inline, _) = read(&data, false, 0, &mut buf);
+        assert_eq!(inline, threaded);
+        let mut changed = data.clone();
+        changed[size / 2] ^= 1;
+        let (other, _) = read(&changed, false, size as u64, &mut buf);
+        assert_eq!(other.0, size as u64);
+        assert_ne!(other.1, direct);
     }
 }

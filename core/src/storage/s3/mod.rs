@@ -35,6 +35,9 @@ pub const DEFAULT_PART_SIZE: usize = 8 << 20;
 const UPLOADS_IN_FLIGHT: usize = 4;
 /// S3's limit on parts per upload.
 const MAX_PARTS: u64 = 10_000;
+/// Idle connections kept per endpoint for reuse: as many as requests usually in flight at once
+/// (a restore's `--jobs`, parallel part uploads), so none is closed only to be opened again.
+const IDLE_CONNECTIONS: usize = 64;
 
 /// An S3 bucket (and key prefix) behind an endpoint.
 pub struct S3Target {
@@ -106,7 +109,11 @@ impl S3Target {
         let mut builder = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(30))
             .timeout_read(Duration::from_secs(300))
-            .timeout_write(Duration::from_secs(300));
+            .timeout_write(Duration::from_secs(300))
+            // ureq keeps one idle connection per host by default: with several transfers in
+            // flight (a restore's jobs, parallel uploads) every other request paid for a new
+            // connection.  Keep one per thread that may use this target.
+            .max_idle_connections_per_host(IDLE_CONNECTIONS);
         if let Some(ca) = ca_file {
             builder = builder.tls_config(std::sync::Arc::new(credentials::tls_with_ca(ca)?));
         }

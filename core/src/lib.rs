@@ -10,7 +10,7 @@
 //!    checksums, pg_dump archives), `manifest` (what backup_mgmt writes beside its backups);
 //! 3. work: `backup` (taking backups, the WAL archive's copy), `verify`, `restore` (recipes,
 //!    materialising chains, scratch servers), `storage` (off-site targets), `retention`,
-//!    `job` (job options and due-job decisions), `metrics`.
+//!    `job` (job options and due-job decisions), `metrics`, `alarm` (the lag alarm's hysteresis).
 
 // A failed verification is a `verify::Report` (reason, digests, sizes, the failing file),
 // returned by value once per failure; boxing it would only move the allocation.
@@ -31,6 +31,7 @@ pub mod pgformat;
 pub mod vocabulary;
 pub mod wal;
 
+pub mod alarm;
 pub mod backup;
 pub mod job;
 pub mod metrics;

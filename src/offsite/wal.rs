@@ -21,6 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use backup_mgmt_core::alarm;
 use backup_mgmt_core::storage::{self, Storage};
 use backup_mgmt_core::threads::{Helper, Throttle};
 use backup_mgmt_core::verify::archive;
@@ -566,7 +567,8 @@ fn fail_target(config_id: i32, name: &str, why: &OffsiteError) {
     );
 }
 
-/// Raises or clears a target's lag alarm (a WARNING or LOG line and a NOTIFY, sent at commit).
+/// Raises or clears a target's lag alarm (a WARNING or LOG line and a NOTIFY, sent at commit):
+/// raised past `backup_mgmt.offsite_wal_lag_alarm`, cleared at half of it (`core::alarm`).
 fn check_alarm(c: &mut SpiClient<'_>, config_id: i32, name: &str) -> Result<(), SpiError> {
     let t = c.select(
         "SELECT lag_seconds, pending_segments, alarm_since IS NOT NULL \
@@ -580,9 +582,10 @@ fn check_alarm(c: &mut SpiClient<'_>, config_id: i32, name: &str) -> Result<(), 
     let lag = r.get::<f64>(1)?.unwrap_or_default();
     let pending = r.get::<i64>(2)?.unwrap_or_default();
     let raised = r.get::<bool>(3)?.unwrap_or(false);
-    let over = guc::offsite_wal_lag_alarm().is_some_and(|limit| lag > limit.as_secs_f64());
+    let limit = guc::offsite_wal_lag_alarm().map(|l| l.as_secs_f64());
+    let change = alarm::change(raised, lag, limit);
     let name = escape_for_log(name);
-    if over && !raised {
+    if change == alarm::Change::Raise {
         c.update(
             "INSERT INTO backup_management.remote_wal_state (config_id, alarm_since) \
              VALUES ($1, now()) ON CONFLICT (config_id) DO UPDATE SET alarm_since = now()",
@@ -597,7 +600,7 @@ fn check_alarm(c: &mut SpiClient<'_>, config_id: i32, name: &str) -> Result<(), 
             lag_seconds: lag as i64,
             pending_segments: pending,
         });
-    } else if !over && raised {
+    } else if change == alarm::Change::Clear {
         c.update(
             "UPDATE backup_management.remote_wal_state SET alarm_since = NULL WHERE config_id = $1",
             None,

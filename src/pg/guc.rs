@@ -131,7 +131,7 @@ pub fn init() {
     GucRegistry::define_int_guc(
         c"backup_mgmt.offsite_wal_lag_alarm",
         c"Seconds an archived WAL file may wait for an off-site target before the worker warns.",
-        c"Past it the worker logs a WARNING and sends NOTIFY backup_mgmt (offsite_wal_lagging), and again (offsite_wal_caught_up) when the target is back under it. 0 turns the alarm off; the lag is always in backup_mgmt.offsite_wal_status and metrics().",
+        c"Past it the worker logs a WARNING and sends NOTIFY backup_mgmt (offsite_wal_lagging), and again (offsite_wal_caught_up) when the target is back under half of it. 0 turns the alarm off; the lag is always in backup_mgmt.offsite_wal_status and metrics().",
         &OFFSITE_WAL_LAG_ALARM,
         0,
         i32::MAX,

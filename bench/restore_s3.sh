@@ -118,7 +118,7 @@ theirs() {
     sync -f "$dest"
     t1=$(now)
     # Without --fast-list, rclone walks s3rver's listing a directory at a time and silently
-    # copied 71 of 1,079 objects (the numbers published before 2026-12-04 are that mistake).
+    # copied 71 of 1,078 objects (the numbers published before 2026-12-04 are that mistake).
     local got
     got=$(find "$dest" -type f | wc -l)
     [ "$got" = "$OBJECTS" ] || { echo "rclone copied $got of $OBJECTS objects" >&2; exit 1; }

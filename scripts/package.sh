@@ -92,7 +92,7 @@ for major in "${MAJORS[@]}"; do
             features=(--no-default-features --features pg18) ;;
     esac
     name="postgresql-$major-backup-mgmt"
-    echo "==> $name $VERSION: cargo pgrx package (release)"
+    echo "==> $name $VERSION: cargo pgrx package (release)" >&2
     cargo pgrx package --pg-config "$config" "${features[@]}" >/dev/null
     built="target/release/backup_mgmt-pg$major"
     # cargo pgrx package lays files out under the build's own pg_config paths; Debian's are fixed.

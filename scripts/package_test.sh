@@ -9,8 +9,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
-mapfile -t debs < <(bash scripts/package.sh 15)
+out=$(bash scripts/package.sh 15)
+mapfile -t debs <<<"$out"
 program=${debs[0]} deb=${debs[-1]}
+[[ $program == */backup-mgmt_* && $deb == */postgresql-15-backup-mgmt_* ]] ||
+    { echo "scripts/package.sh printed no program and extension packages: ${debs[*]}" >&2; exit 1; }
 echo "==> $deb: $(dpkg-deb --field "$deb" Package Version Depends | tr '\n' ' ')"
 echo "==> $program: $(dpkg-deb --field "$program" Package Version Depends | tr '\n' ' ')"
 lib=/usr/lib/postgresql/15/lib

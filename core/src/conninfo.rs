@@ -48,7 +48,11 @@ impl Connection {
             s.push_str(" dbname=");
             s.push_str(&quote_value(db));
             s.push_str(" options=");
-            s.push_str(&quote_value(&format!("{PINNED_OPTIONS}{extra}")));
+            let options = match extra.trim() {
+                "" => PINNED_OPTIONS.to_owned(),
+                more => format!("{PINNED_OPTIONS} {more}"),
+            };
+            s.push_str(&quote_value(&options));
         }
         s
     }

@@ -212,11 +212,12 @@ fn schedule_drill(
     schedule: Option<&str>,
     plan_name: Option<&str>,
     time_zone: default!(Option<&str>, "NULL"),
-    drill_type: default!(&str, "'full'"),
+    drill_type: default!(Option<&str>, "'full'"),
 ) -> Result<i64, ErrorReport> {
     let name = self::job_name(job_name)?;
     require_catalog_database()?;
     let plan_name = plan_name.ok_or(JobError::Null("plan_name"))?;
+    let drill_type = drill_type.ok_or(JobError::Null("drill_type"))?;
     // Kept in the job's options, read by the drill worker when the job runs.
     let options = JsonB(drill_options(
         &serde_json::json!({ "drill_type": drill_type }),

@@ -304,7 +304,7 @@ pub extern "C-unwind" fn backup_mgmt_drill_main(arg: pg_sys::Datum) {
         Spi::connect_mut(|c| -> Result<(String, Option<String>), SpiError> {
             // The job's drill type (`schedule_drill` keeps it in the job's options; a job
             // scheduled before 0.7.0 has none and runs a full drill, as it always did).  An
-            // unknown type in a hand-edited row fails the drill with run_recovery_drill's error.
+            // unknown type in a hand-edited row fails the execution with the type's error.
             let job = c.select(
                 "SELECT p.plan_name, coalesce(j.options->>'drill_type', 'full') \
                    FROM enterprise_backup.backup_job_executions e \
@@ -317,6 +317,10 @@ pub extern "C-unwind" fn backup_mgmt_drill_main(arg: pg_sys::Datum) {
             let row = job.first();
             let plan = row.get::<String>(1)?.unwrap_or_default();
             let drill_type = row.get::<String>(2)?.unwrap_or_default();
+            if let Err(e) = DrillType::parse(&drill_type) {
+                // A hand-edited job: said on the execution, not only in the server log.
+                return Ok((String::from("not run"), Some(e.to_string())));
+            }
             // Two statements: the drill's own row is not visible to the statement that made it.
             let t = c.update(
                 "SELECT drill_id, status FROM backup_mgmt.run_recovery_drill($1, $2)",

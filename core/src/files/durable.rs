@@ -173,12 +173,35 @@ impl Drop for WriteBehind {
 /// Flushes the whole filesystem holding `path` (`syncfs`): after a restore has written
 /// thousands of files, one call makes them all durable instead of one fsync each.
 pub fn sync_filesystem(path: &Path) -> Result<(), IoError> {
-    let f = File::open(path).at("could not open", path)?;
-    // SAFETY: the descriptor is open and owned by `f` for the duration of the call.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-        return Err(std::io::Error::last_os_error()).at("could not sync the filesystem of", path);
+    FilesystemSync::open(path)?.sync()
+}
+
+/// A descriptor on the filesystem holding `path`, opened before a restore writes and synced
+/// (`syncfs`) when it is done.  Linux samples the filesystem's writeback-error state when a
+/// descriptor is opened: one opened only at the end could miss an error that early writeback
+/// (`WriteBehind`) met and another process's syncfs had already consumed.
+pub struct FilesystemSync {
+    file: File,
+    path: PathBuf,
+}
+
+impl FilesystemSync {
+    pub fn open(path: &Path) -> Result<FilesystemSync, IoError> {
+        Ok(FilesystemSync {
+            file: File::open(path).at("could not open", path)?,
+            path: path.to_path_buf(),
+        })
     }
-    Ok(())
+
+    /// `syncfs`: every write to the filesystem durable, any writeback error since `open` reported.
+    pub fn sync(&self) -> Result<(), IoError> {
+        // SAFETY: the descriptor is open and owned by `self.file` for the duration of the call.
+        if unsafe { libc::syncfs(self.file.as_raw_fd()) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .at("could not sync the filesystem of", &self.path);
+        }
+        Ok(())
+    }
 }
 
 /// Writes `bytes` into a new file and fsyncs it (inside a directory that is itself installed

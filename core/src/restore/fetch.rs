@@ -214,6 +214,16 @@ pub fn restore_native(
         detail: r.detail.unwrap_or_default(),
         file: r.failing_file.unwrap_or_default(),
     };
+    // Opened before anything is written (see FilesystemSync): the directories that will hold
+    // the data directory and the tablespaces exist already.
+    let above = |p: &Path| match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let syncs = [
+        durable::FilesystemSync::open(&above(dest))?,
+        durable::FilesystemSync::open(&above(tablespaces))?,
+    ];
     let delta = match into {
         Into::New => {
             if fs::symlink_metadata(dest).is_ok() {
@@ -237,9 +247,8 @@ pub fn restore_native(
         }
     };
     // Every file and directory durable before the restore says it is done.
-    durable::sync_filesystem(dest)?;
-    if tablespaces.is_dir() {
-        durable::sync_filesystem(tablespaces)?;
+    for s in &syncs {
+        s.sync()?;
     }
     Ok(Restored {
         backup_id: b.backup_id,

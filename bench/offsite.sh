@@ -2,21 +2,27 @@
 # Benchmark of off-site copies, side by side in one run: uploading one 500 MB backup to a local
 # S3-compatible server (s3rver, the end-to-end tests' server) with
 #
-#   backup_mgmt   the worker's S3 target (multipart, 8 MB parts, 4 in flight, payloads signed with their
-#                 sha256, each part's ETag checked, a HEAD of the landed object)
+#   backup_mgmt   the worker's S3 target (object_store: multipart, 8 MB parts, 4 in flight,
+#                 payloads signed with their sha256, the object's ETag checked against the MD5s
+#                 computed while reading, a HEAD of the landed object)
+#   lib-new       the same target through bench/upload, built against this tree's core crate
+#   lib-old       bench/upload built against BASELINE's core crate (default e328adc: the
+#                 hand-written S3 client this tree replaced), the same harness
 #   rclone        Debian's rclone `copyto --ignore-times` (else it skips the unchanged file) to
 #                 the same server (its defaults: multipart, 4 parts
 #                 in flight, MD5 checked after the upload)
 #
 # backup_mgmt's time is the recorded attempt (`sync_end_time - sync_start_time`: open, read,
-# hash, upload, verify); rclone's is the wall time of the command.  Rounds alternate the order.
+# hash, upload, verify); lib-*'s is the upload's own (`put_file`, verification included);
+# rclone's is the wall time of the command.  Each round runs the contenders in a rotated order.
 #
-# Usage (root, Debian 12): bash bench/offsite.sh [rounds] [megabytes]
+# Usage (root, Debian 12): bash bench/offsite.sh [rounds] [megabytes] [baseline commit]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${1:-3}
 MB=${2:-500}
+BASELINE=${3:-e328adc}
 
 bash scripts/setup.sh
 source scripts/lib.sh
@@ -25,11 +31,29 @@ comparison_tool rclone
 install_release
 
 bench_dir
+# bench/upload against two core crates: this tree's and the baseline commit's.
+echo "==> building bench/upload against this tree and against $BASELINE"
+git worktree add -f --detach "$DIR/baseline" "$BASELINE" >/dev/null 2>&1
+trap 'git worktree remove -f "$DIR/baseline" >/dev/null 2>&1; rm -rf "$DIR"' EXIT
+for which in new old; do
+    tree=$(pwd)
+    [ "$which" = old ] && tree="$DIR/baseline"
+    mkdir -p "$DIR/upload-$which"
+    cp -r bench/upload/src bench/upload/Cargo.toml "$DIR/upload-$which/"
+    cp "$tree/Cargo.lock" "$DIR/upload-$which/"
+    sed -i "s#path = \"../../core\"#path = \"$tree/core\"#" "$DIR/upload-$which/Cargo.toml"
+    features=()
+    [ "$which" = old ] && features=(--features old)
+    CARGO_TARGET_DIR="$(pwd)/target/bench-upload" cargo build -q --release "${features[@]}" \
+        --manifest-path "$DIR/upload-$which/Cargo.toml"
+    cp target/bench-upload/release/backup_mgmt_bench_upload "$DIR/upload-$which/upload"
+done
 mkdir -p "$DIR/backups"
 chown -R postgres:postgres "$DIR"
 PORT=55436
 S3PORT=55437
-start_s3rver "$S3PORT"
+start_s3rver "$S3PORT" bench
+trap 'kill $S3PID 2>/dev/null || true; as_pg "$BIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null 2>&1 || true; git worktree remove -f "$DIR/baseline" >/dev/null 2>&1; rm -rf "$DIR"' EXIT
 start_throwaway_cluster "$DIR" "$PORT" \
     "shared_preload_libraries = 'backup_mgmt'" \
     "backup_mgmt.database_name = 'postgres'" \
@@ -51,7 +75,7 @@ ID=$("${PSQL[@]}" -c "SELECT backup_mgmt.record_backup_start('postgres', 'full',
 "${PSQL[@]}" -c "INSERT INTO backup_management.remote_backup_configs
     (config_name, database_name, remote_type, remote_endpoint, remote_path, credentials_ref, options)
     VALUES ('bench', 'postgres', 's3', 'http://127.0.0.1:$S3PORT', 'bench/backup_mgmt', 'file:$DIR/s3.key',
-            '{\"create_bucket\": true}')" >/dev/null
+            '{}')" >/dev/null
 
 # rclone's remote, from its environment only (a clean one: a caller's AWS_CA_BUNDLE, for one,
 # makes rclone 1.60 refuse a plain-HTTP endpoint).
@@ -79,23 +103,38 @@ theirs() {
     t1=$(date +%s.%N)
     awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", b - a }'
 }
+# The upload helper, as root with its own copy of the key (credentials must belong to the user).
+install -m 600 "$DIR/s3.key" "$DIR/s3-root.key"
+lib() {
+    "$DIR/upload-$1/upload" "http://127.0.0.1:$S3PORT" "bench/lib-$1" "file:$DIR/s3-root.key" \
+        "$DIR/backups/bench.dump" bench.dump
+}
 report() { awk -v who="$1" -v t="$2" -v mb="$MB" 'BEGIN { printf "%-12s %7.2f s  %6.1f MB/s\n", who, t, mb / t }' | tee -a "$DIR/results"; }
 
-# Warm-up: create the bucket, fill the page cache.
+# Warm-up: fill the page cache, check every contender works.
 ours >/dev/null
 theirs >/dev/null
+lib new >/dev/null
+lib old >/dev/null
+CONTENDERS=(backup_mgmt lib-new lib-old rclone)
+run() {
+    case "$1" in
+    backup_mgmt) report backup_mgmt "$(ours)" ;;
+    lib-new) report lib-new "$(lib new)" ;;
+    lib-old) report lib-old "$(lib old)" ;;
+    rclone) report rclone "$(theirs)" ;;
+    esac
+}
 echo "==> $ROUNDS rounds"
 for r in $(seq "$ROUNDS"); do
-    if [ $((r % 2)) = 1 ]; then
-        report backup_mgmt "$(ours)"
-        report rclone "$(theirs)"
-    else
-        report rclone "$(theirs)"
-        report backup_mgmt "$(ours)"
-    fi
+    echo "-- round $r"
+    n=${#CONTENDERS[@]}
+    for i in $(seq 0 $((n - 1))); do
+        run "${CONTENDERS[$(((i + r - 1) % n))]}"
+    done
 done
 echo "==> medians"
-for who in backup_mgmt rclone; do
+for who in "${CONTENDERS[@]}"; do
     grep "^$who " "$DIR/results" | awk '{ print $2 }' | sort -n |
         awk -v who="$who" -v mb="$MB" '{ v[NR] = $1 } END { m = v[int((NR + 1) / 2)]; printf "%-12s median %.2f s, %.1f MB/s (n=%d)\n", who, m, mb / m, NR }'
 done

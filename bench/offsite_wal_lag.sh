@@ -29,7 +29,7 @@ mkdir -p "$DIR/backups" "$DIR/disk2"
 chown -R postgres:postgres "$DIR"
 PORT=55438
 S3PORT=55439
-start_s3rver "$S3PORT"
+start_s3rver "$S3PORT" bench
 start_throwaway_cluster "$DIR" "$PORT" \
     "shared_preload_libraries = 'backup_mgmt'" \
     "backup_mgmt.database_name = 'postgres'" \
@@ -46,7 +46,7 @@ echo "S3RVER:S3RVER" >"$DIR/s3.key"
     (config_name, database_name, remote_type, remote_endpoint, remote_path, credentials_ref, options)
     VALUES ('disk', 'postgres', 'filesystem', '$DIR/disk2', 'pg', NULL, '{}'),
            ('s3rver', 'postgres', 's3', 'http://127.0.0.1:$S3PORT', 'bench/wal', 'file:$DIR/s3.key',
-            '{\"create_bucket\": true}')" >/dev/null
+            '{}')" >/dev/null
 
 echo "==> pgbench -i -s $SCALE"
 as_pg "$BIN/pgbench" -i -q -s "$SCALE" -h "$DIR" -p "$PORT" -U postgres postgres >/dev/null 2>&1

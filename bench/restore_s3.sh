@@ -6,6 +6,8 @@
 #   backup-mgmt   `restore --backup-id N --jobs 4`: every object fetched, decompressed, its
 #                 sha256 checked against the chain manifest while it is written, one syncfs at
 #                 the end, recovery settings written
+#   baseline      the same restore by the backup-mgmt of BASELINE (a commit, default e328adc: the
+#                 hand-written S3 client before object_store), built in a git worktree
 #   rclone        Debian's rclone `copy --fast-list --transfers 4` of the same objects (the backup's prefix)
 #                 into a directory, then `sync -f` on it: download only, nothing decompressed or
 #                 checked beyond rclone's own MD5/size comparison
@@ -15,12 +17,13 @@
 # Also shown: the CPU time the S3 server (one Node.js process) spent serving each contender; on
 # two cores the server and the restore share the machine.
 #
-# Usage (root, Debian 12): bash bench/restore_s3.sh [rounds] [scale]
+# Usage (root, Debian 12): bash bench/restore_s3.sh [rounds] [scale] [baseline commit]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${1:-3}
 SCALE=${2:-50}
+BASELINE=${3:-e328adc}
 
 bash scripts/setup.sh
 source scripts/lib.sh
@@ -33,10 +36,16 @@ bench_dir
 mkdir -p "$DIR/backups"
 install -m 0755 target/release/backup-mgmt "$DIR/backup-mgmt"
 BMG="$DIR/backup-mgmt"
+echo "==> building the backup-mgmt of $BASELINE (release)"
+git worktree add -f --detach "$DIR/baseline-tree" "$BASELINE" >/dev/null 2>&1
+CARGO_TARGET_DIR="$(pwd)/target/bench-baseline" cargo build --release --quiet \
+    --manifest-path "$DIR/baseline-tree/Cargo.toml" -p backup_mgmt_cli
+install -m 0755 target/bench-baseline/release/backup-mgmt "$DIR/backup-mgmt-baseline"
+git worktree remove -f "$DIR/baseline-tree"
 chown -R postgres:postgres "$DIR"
 PORT=55438
 S3PORT=55439
-start_s3rver "$S3PORT"
+start_s3rver "$S3PORT" bench
 start_throwaway_cluster "$DIR" "$PORT" \
     "shared_preload_libraries = 'backup_mgmt'" \
     "backup_mgmt.database_name = 'postgres'" \
@@ -55,7 +64,7 @@ echo "S3RVER:S3RVER" >"$DIR/s3.key"
     -c "INSERT INTO backup_management.remote_backup_configs
             (config_name, database_name, remote_type, remote_endpoint, remote_path, credentials_ref, options)
         VALUES ('bucket', 'postgres', 's3', 'http://127.0.0.1:$S3PORT', 'bench/fleet', 'file:$DIR/s3.key',
-                '{\"create_bucket\": true}')" \
+                '{}')" \
     -c "SELECT backup_mgmt.schedule_backup('full', '@yearly', 'postgres', 'full', 'native_physical', '{\"fast_checkpoint\": true}')" >/dev/null
 SYSID=$("${PSQL[@]}" -c "SELECT system_identifier FROM pg_control_system()")
 echo "==> pgbench -i -s $SCALE"
@@ -97,16 +106,19 @@ report() { # report WHO T0 T1 CPU0 CPU1
     awk -v who="$1" -v a="$2" -v b="$3" -v c0="$4" -v c1="$5" -v bytes="$BYTES" 'BEGIN { t = b - a;
         printf "%-12s %7.2f s  %6.1f MB/s  server CPU %.2f s\n", who, t, bytes / 1048576 / t, c1 - c0 }' | tee -a "$DIR/results"
 }
-ours() {
-    local dest="$DIR/r-ours" t0 t1 c0
+restore_with() { # restore_with WHO PROGRAM
+    local dest="$DIR/r-$1" t0 t1 c0
     rm -rf "$dest" "$dest.tablespaces" "$dest.wal-spool"
     drop
     c0=$(server_cpu)
     t0=$(now)
-    as_pg "$BMG" "${TARGET[@]}" restore --backup-id "$ID" --jobs 4 "$dest" >/dev/null
+    as_pg "$2" "${TARGET[@]}" restore --backup-id "$ID" --jobs 4 "$dest" >/dev/null 2>&1
     t1=$(now)
-    report backup-mgmt "$t0" "$t1" "$c0" "$(server_cpu)"
+    report "$1" "$t0" "$t1" "$c0" "$(server_cpu)"
+    rm -rf "$dest" "$dest.tablespaces" "$dest.wal-spool"
 }
+ours() { restore_with backup-mgmt "$BMG"; }
+baseline() { restore_with baseline "$DIR/backup-mgmt-baseline"; }
 theirs() {
     local dest="$DIR/r-rclone" t0 t1 c0
     rm -rf "$dest"
@@ -126,11 +138,13 @@ theirs() {
 }
 
 echo "==> $ROUNDS rounds"
+CONTENDERS=(ours baseline theirs)
 for r in $(seq "$ROUNDS"); do
-    if [ $((r % 2)) = 1 ]; then ours; theirs; else theirs; ours; fi
+    echo "-- round $r"
+    for i in 0 1 2; do "${CONTENDERS[$(((i + r - 1) % 3))]}"; done
 done
 echo "==> medians"
-for who in backup-mgmt rclone; do
+for who in backup-mgmt baseline rclone; do
     grep "^$who " "$DIR/results" | awk '{ print $2 }' | sort -n |
         awk -v who="$who" -v bytes="$BYTES" '{ v[NR] = $1 } END { m = v[int((NR + 1) / 2)]; printf "%-12s median %.2f s, %.1f MB/s (n=%d)\n", who, m, bytes / 1048576 / m, NR }'
 done

@@ -38,12 +38,14 @@ bench_dir() {
     trap 'as_pg "$BIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$DIR"' EXIT
 }
 
-# start_s3rver PORT: s3rver (the end-to-end tests' S3-compatible server, installed by
-# scripts/setup.sh) on 127.0.0.1:PORT storing into $DIR/s3 (after bench_dir), stopped with the
-# throwaway cluster when the script exits.
+# start_s3rver PORT [BUCKET...]: s3rver (the end-to-end tests' S3-compatible server, installed by
+# scripts/setup.sh) on 127.0.0.1:PORT storing into $DIR/s3 (after bench_dir), with the buckets
+# named (a bucket is a directory to s3rver; backup_mgmt leaves creating buckets to the
+# provider's tools), stopped with the throwaway cluster when the script exits.
 start_s3rver() {
     mkdir -p "$DIR/s3"
-    chown postgres:postgres "$DIR/s3"
+    for bucket in "${@:2}"; do mkdir -p "$DIR/s3/$bucket"; done
+    chown -R postgres:postgres "$DIR/s3"
     "$(pwd)/target/test-tools/node_modules/.bin/s3rver" -a 127.0.0.1 -p "$1" --silent -d "$DIR/s3" &
     S3PID=$!
     trap 'kill $S3PID 2>/dev/null || true; as_pg "$BIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$DIR"' EXIT

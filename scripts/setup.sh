@@ -86,6 +86,14 @@ if [ ! -x "$TOOLS/node_modules/.bin/s3rver" ]; then
     mkdir -p "$TOOLS"
     (cd "$TOOLS" && npm install --silent --no-audit --no-fund --no-save "s3rver@$S3RVER_VERSION" >/dev/null)
 fi
+# The end-to-end tests' Azure Blob server: Azurite (npm, Microsoft's emulator), in its own
+# prefix so that installing it never prunes s3rver.  3.35.0: newer ones need Node.js 22.
+AZURITE_VERSION=3.35.0
+if [ ! -x "$TOOLS/azurite/node_modules/.bin/azurite-blob" ]; then
+    log "installing azurite $AZURITE_VERSION (npm) into $TOOLS/azurite"
+    mkdir -p "$TOOLS/azurite"
+    npm install --silent --no-audit --no-fund --prefix "$TOOLS/azurite" "azurite@$AZURITE_VERSION" >/dev/null
+fi
 # A second S3 server for the tests, one that checks every request's AWS Signature V4 (s3rver
 # checks only the access key id): s3s-fs, built from crates.io into target/test-tools/s3s.
 # 0.14.1 is the newest that builds with this toolchain (0.15+ need rustc 1.96).

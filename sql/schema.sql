@@ -201,7 +201,7 @@ CREATE TABLE backup_management.remote_backup_configs (
         CONSTRAINT remote_backup_configs_database_name_check CHECK (database_name <> ''),
     remote_type        text        NOT NULL
         CONSTRAINT remote_backup_configs_remote_type_check
-        CHECK (remote_type IN ('s3', 'filesystem', 'sftp', 'rsync')),
+        CHECK (remote_type IN ('s3', 'azure', 'filesystem', 'sftp', 'rsync')),
     remote_endpoint    text        NOT NULL,
     remote_path        text        NOT NULL,
     credentials_ref    text
@@ -237,9 +237,9 @@ COMMENT ON TABLE backup_management.remote_backup_configs IS 'Off-site copy targe
 COMMENT ON COLUMN backup_management.remote_backup_configs.config_id IS 'Target identifier';
 COMMENT ON COLUMN backup_management.remote_backup_configs.config_name IS 'Unique name of the target';
 COMMENT ON COLUMN backup_management.remote_backup_configs.database_name IS 'Database whose backups are copied';
-COMMENT ON COLUMN backup_management.remote_backup_configs.remote_type IS 's3, filesystem, sftp or rsync';
+COMMENT ON COLUMN backup_management.remote_backup_configs.remote_type IS 's3, azure, filesystem, sftp or rsync';
 COMMENT ON COLUMN backup_management.remote_backup_configs.remote_endpoint IS 'Endpoint (URL of the object store, host, or mount point)';
-COMMENT ON COLUMN backup_management.remote_backup_configs.remote_path IS 'Bucket/prefix or directory on the target';
+COMMENT ON COLUMN backup_management.remote_backup_configs.remote_path IS 'Bucket/prefix, container/prefix or directory on the target';
 COMMENT ON COLUMN backup_management.remote_backup_configs.credentials_ref IS 'Where the secret lives: env:VARIABLE of the server, or file:/path readable only by the server''s OS user';
 COMMENT ON COLUMN backup_management.remote_backup_configs.encryption_key_ref IS 'Where the encryption key lives (same forms as credentials_ref)';
 COMMENT ON COLUMN backup_management.remote_backup_configs.options IS 'Non-secret options (region, storage class, part size); secret-looking keys are refused';

@@ -400,11 +400,11 @@ impl SqlError for OffsiteError {
             ),
             OffsiteError::NoCredentials => (
                 ERRCODE_INVALID_PARAMETER_VALUE,
-                "Set credentials_ref to env:NAME or file:/path holding ACCESS_KEY_ID:SECRET_ACCESS_KEY.",
+                "Set credentials_ref to env:NAME or file:/path holding ACCESS_KEY_ID:SECRET_ACCESS_KEY (S3) or ACCOUNT:KEY (Azure).",
             ),
             OffsiteError::Unsupported(_) => (
                 ERRCODE_FEATURE_NOT_SUPPORTED,
-                "Targets can be of remote_type filesystem or s3.",
+                "Targets can be of remote_type filesystem, s3 or azure.",
             ),
             OffsiteError::BadOption(..) => (
                 ERRCODE_INVALID_PARAMETER_VALUE,

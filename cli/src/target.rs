@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use backup_mgmt_core::restore::fetch::sh_quote;
 use backup_mgmt_core::storage::filesystem::FilesystemTarget;
-use backup_mgmt_core::storage::s3::S3Target;
 use backup_mgmt_core::storage::Storage;
+use backup_mgmt_core::storage::{azure, s3};
 use clap::Args;
 
 use crate::CliError;
@@ -18,11 +18,17 @@ pub struct TargetArgs {
         long,
         global = true,
         value_name = "DIR",
-        conflicts_with = "s3_endpoint"
+        conflicts_with_all = ["s3_endpoint", "azure_endpoint"]
     )]
     dir: Option<PathBuf>,
     /// An S3-compatible target: its endpoint (remote_endpoint), `https://host[:port]`.
-    #[arg(long, global = true, value_name = "URL", requires = "s3_path")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        requires = "s3_path",
+        conflicts_with = "azure_endpoint"
+    )]
     s3_endpoint: Option<String>,
     /// The bucket and key prefix (remote_path).
     #[arg(long, global = true, value_name = "BUCKET[/PREFIX]")]
@@ -42,6 +48,20 @@ pub struct TargetArgs {
     /// A PEM file of the CA certificates to trust (options.ca_file).
     #[arg(long, global = true, value_name = "FILE")]
     s3_ca_file: Option<PathBuf>,
+    /// An Azure Blob target: the account's blob endpoint (remote_endpoint),
+    /// `https://ACCOUNT.blob.core.windows.net`.
+    #[arg(long, global = true, value_name = "URL", requires = "azure_path")]
+    azure_endpoint: Option<String>,
+    /// The container and key prefix (remote_path).
+    #[arg(long, global = true, value_name = "CONTAINER[/PREFIX]")]
+    azure_path: Option<String>,
+    /// Where the account key is, never the key itself: `file:/path` (mode 0600, owned by you,
+    /// holding ACCOUNT:KEY) or `env:NAME`.
+    #[arg(long, global = true, value_name = "REFERENCE")]
+    azure_credentials: Option<String>,
+    /// A PEM file of CA certificates to trust besides the system's (options.ca_file).
+    #[arg(long, global = true, value_name = "FILE")]
+    azure_ca_file: Option<PathBuf>,
 }
 
 impl TargetArgs {
@@ -52,15 +72,31 @@ impl TargetArgs {
                 rate: None,
             }));
         }
+        if let (Some(endpoint), Some(path)) = (&self.azure_endpoint, &self.azure_path) {
+            let credentials = self.azure_credentials.as_deref().ok_or_else(|| {
+                CliError::Usage(
+                    "an Azure target needs --azure-credentials file:/path or env:NAME".into(),
+                )
+            })?;
+            let t = azure::open(
+                endpoint,
+                path,
+                credentials,
+                None,
+                self.azure_ca_file.as_deref(),
+            )
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+            return Ok(Box::new(t));
+        }
         let (Some(endpoint), Some(path)) = (&self.s3_endpoint, &self.s3_path) else {
             return Err(CliError::Usage(
-                "name the target: --dir DIR, or --s3-endpoint URL --s3-path BUCKET[/PREFIX] --s3-credentials REF".into(),
+                "name the target: --dir DIR, --s3-endpoint URL --s3-path BUCKET[/PREFIX] --s3-credentials REF, or --azure-endpoint URL --azure-path CONTAINER[/PREFIX] --azure-credentials REF".into(),
             ));
         };
         let credentials = self.s3_credentials.as_deref().ok_or_else(|| {
             CliError::Usage("an S3 target needs --s3-credentials file:/path or env:NAME".into())
         })?;
-        let t = S3Target::new(
+        let t = s3::open(
             endpoint,
             path,
             &self.s3_region,
@@ -98,6 +134,20 @@ impl TargetArgs {
                 words.extend(["--s3-ca-file".into(), absolute(ca)?]);
             }
         }
+        if let (Some(e), Some(p)) = (&self.azure_endpoint, &self.azure_path) {
+            words.extend([
+                "--azure-endpoint".into(),
+                e.clone(),
+                "--azure-path".into(),
+                p.clone(),
+            ]);
+            if let Some(c) = &self.azure_credentials {
+                words.extend(["--azure-credentials".into(), c.clone()]);
+            }
+            if let Some(ca) = &self.azure_ca_file {
+                words.extend(["--azure-ca-file".into(), absolute(ca)?]);
+            }
+        }
         words.extend(["--cluster".into(), sysid.to_string()]);
         Ok(words)
     }
@@ -107,6 +157,7 @@ impl TargetArgs {
     pub fn credentials_from_env(&self) -> Option<&str> {
         self.s3_credentials
             .as_deref()
+            .or(self.azure_credentials.as_deref())
             .filter(|c| c.starts_with("env:"))
     }
 

@@ -1,5 +1,7 @@
 pub mod attack;
+pub mod azurite;
 pub mod cluster;
 pub mod jobs;
 pub mod program;
 pub mod s3server;
+pub mod upgrade;

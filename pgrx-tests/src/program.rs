@@ -40,3 +40,21 @@ pub fn backup_mgmt() -> PathBuf {
         .1
         .clone()
 }
+
+/// Runs the program as the server's OS user of `as_user` (as a restore host would): its exit
+/// code, standard output and standard error.
+pub fn run<S: AsRef<std::ffi::OsStr>>(
+    as_user: &crate::cluster::Cluster,
+    args: &[S],
+) -> (i32, String, String) {
+    let out = as_user
+        .server_command(backup_mgmt().to_str().expect("a UTF-8 path"))
+        .args(args)
+        .output()
+        .expect("backup-mgmt runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -148,6 +148,13 @@ impl S3Server {
     }
 
     /// The stored object for `key` in `bucket`, as the server lays it out on disk.
+    /// Creates a bucket the way both servers keep one: a directory under their data directory
+    /// (backup_mgmt leaves creating buckets to the provider's tools).
+    pub fn create_bucket(&self, name: &str) -> &S3Server {
+        std::fs::create_dir_all(self.dir.path().join(name)).expect("bucket directory");
+        self
+    }
+
     pub fn object_file(&self, bucket: &str, key: &str) -> PathBuf {
         match self.kind {
             Kind::S3rver => self

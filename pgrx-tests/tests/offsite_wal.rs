@@ -30,12 +30,13 @@ fn archiving_cluster(extra_root: bool) -> (Cluster, Option<PathBuf>) {
 }
 
 fn add_s3_target(cluster: &Cluster, db: &mut postgres::Client, s3: &S3Server) {
+    s3.create_bucket(BUCKET);
     let key_file = cluster.dir().join("s3.key");
     cluster.write_private_file(&key_file, &format!("S3RVER:{SECRET}\n"));
     db.execute(
         "INSERT INTO backup_management.remote_backup_configs
              (config_name, database_name, remote_type, remote_endpoint, remote_path, credentials_ref, options)
-         VALUES ('bucket', 'postgres', 's3', $1, $2, $3, '{\"create_bucket\": true}')",
+         VALUES ('bucket', 'postgres', 's3', $1, $2, $3, '{}')",
         &[
             &s3.endpoint(),
             &format!("{BUCKET}/fleet"),

@@ -63,6 +63,7 @@ fn wait_completed(cluster: &Cluster, db: &mut postgres::Client, label: &str, n: 
 #[test]
 fn backups_reach_object_storage_verified_and_no_secret_leaks() {
     let s3 = S3Server::start();
+    s3.create_bucket("offsite");
     let (cluster, mut db, key_file) = cluster_with_appdb(
         "CREATE TABLE t AS SELECT g, md5(g::text) || md5((g * 7)::text) AS pad FROM generate_series(1, 150000) g",
     );
@@ -83,8 +84,8 @@ fn backups_reach_object_storage_verified_and_no_secret_leaks() {
         "INSERT INTO backup_management.remote_backup_configs
              (config_name, database_name, remote_type, remote_endpoint, remote_path, credentials_ref, options)
          VALUES ('bucket', 'appdb', 's3', $1, 'offsite/fleet', $2,
-                 '{\"region\": \"us-east-1\", \"part_size_mb\": 5, \"create_bucket\": true}'),
-                ('bad-key', 'appdb', 's3', $1, 'offsite/bad', $3, '{\"create_bucket\": true}')",
+                 '{\"region\": \"us-east-1\", \"part_size_mb\": 5}'),
+                ('bad-key', 'appdb', 's3', $1, 'offsite/bad', $3, '{}')",
         &[
             &s3.endpoint(),
             &format!("file:{}", key_file.display()),
@@ -216,6 +217,7 @@ fn backups_reach_object_storage_verified_and_no_secret_leaks() {
 #[test]
 fn directory_backups_are_copied_file_by_file() {
     let s3 = S3Server::start();
+    s3.create_bucket("dirs");
     let (cluster, mut db, key_file) = cluster_with_appdb(
         "CREATE TABLE a AS SELECT generate_series(1, 50000) g; CREATE TABLE b AS SELECT 1 x",
     );
@@ -231,7 +233,7 @@ fn directory_backups_are_copied_file_by_file() {
     db.execute(
         "INSERT INTO backup_management.remote_backup_configs
              (config_name, database_name, remote_type, remote_endpoint, remote_path, credentials_ref, options)
-         VALUES ('bucket', 'appdb', 's3', $1, 'dirs', $2, '{\"create_bucket\": true}')",
+         VALUES ('bucket', 'appdb', 's3', $1, 'dirs', $2, '{}')",
         &[&s3.endpoint(), &format!("file:{}", key_file.display())],
     )
     .unwrap();
@@ -341,6 +343,7 @@ fn https_with_a_private_ca() {
         "cert.pem",
     ]);
     let s3 = S3Server::start_tls(&cert, &key);
+    s3.create_bucket("tls");
     assert!(s3.endpoint().starts_with("https://"));
     let (cluster, mut db, key_file) = cluster_with_appdb("");
     let ca = cluster.dir().join("ca.pem");
@@ -351,15 +354,12 @@ fn https_with_a_private_ca() {
          SELECT backup_mgmt.run_job_now('nightly');",
     )
     .unwrap();
-    let options = format!(
-        "{{\"create_bucket\": true, \"ca_file\": \"{}\"}}",
-        ca.display()
-    );
+    let options = format!("{{\"ca_file\": \"{}\"}}", ca.display());
     db.execute(
         "INSERT INTO backup_management.remote_backup_configs
              (config_name, database_name, remote_type, remote_endpoint, remote_path, credentials_ref, options)
          VALUES ('trusted', 'appdb', 's3', $1, 'tls/a', $2, $3::text::jsonb),
-                ('untrusted', 'appdb', 's3', $1, 'tls/b', $2, '{\"create_bucket\": true}')",
+                ('untrusted', 'appdb', 's3', $1, 'tls/b', $2, '{}')",
         &[&s3.endpoint(), &format!("file:{}", key_file.display()), &options],
     )
     .unwrap();
@@ -413,6 +413,7 @@ fn a_part_landed(dir: &std::path::Path) -> bool {
 #[test]
 fn the_server_dying_mid_upload_is_retried_and_nothing_partial_counts() {
     let mut s3 = S3Server::start();
+    s3.create_bucket("offsite");
     // About 75 MB uncompressed: fifteen 5 MB parts, so the kill lands mid-upload.
     let (cluster, mut db, key_file) = cluster_with_appdb(
         "CREATE TABLE t AS SELECT g, md5(g::text) || md5((g * 7)::text) AS pad FROM generate_series(1, 1000000) g",
@@ -427,7 +428,7 @@ fn the_server_dying_mid_upload_is_retried_and_nothing_partial_counts() {
         "INSERT INTO backup_management.remote_backup_configs
              (config_name, database_name, remote_type, remote_endpoint, remote_path, credentials_ref, options)
          VALUES ('bucket', 'appdb', 's3', $1, 'offsite/fleet', $2,
-                 '{\"region\": \"us-east-1\", \"part_size_mb\": 5, \"create_bucket\": true}')",
+                 '{\"region\": \"us-east-1\", \"part_size_mb\": 5}')",
         &[&s3.endpoint(), &format!("file:{}", key_file.display())],
     )
     .unwrap();

@@ -1,7 +1,7 @@
 //! End-to-end against an S3 server that checks AWS Signature V4 on every request (s3s-fs, on
 //! loopback): a multipart backup copy, archived WAL and the catalog mirror signed with the right
 //! secret are accepted and land intact; the same requests signed with a wrong secret are refused
-//! (SignatureDoesNotMatch), recorded as failures, and nothing lands.
+//! (SignatureDoesNotMatch), recorded as failures, and nothing lands in their bucket.
 
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ const WRONG: &str = "wrong-secret-9c2f";
 #[test]
 fn a_server_that_checks_signatures_accepts_ours_and_refuses_a_wrong_secret() {
     let s3 = S3Server::start_checking_signatures(ACCESS, SECRET);
+    s3.create_bucket("good").create_bucket("bad");
     let cluster =
         Cluster::start_with_backups(&["archive_mode = on", "archive_library = 'backup_mgmt'"]);
     let good = cluster.dir().join("good.key");
@@ -33,8 +34,8 @@ fn a_server_that_checks_signatures_accepts_ours_and_refuses_a_wrong_secret() {
     db.execute(
         "INSERT INTO backup_management.remote_backup_configs
              (config_name, database_name, remote_type, remote_endpoint, remote_path, credentials_ref, options)
-         VALUES ('signed', 'postgres', 's3', $1, 'good/pg', $2, '{\"part_size_mb\": 5, \"create_bucket\": true}'),
-                ('forged', 'postgres', 's3', $1, 'bad/pg', $3, '{\"create_bucket\": true}')",
+         VALUES ('signed', 'postgres', 's3', $1, 'good/pg', $2, '{\"part_size_mb\": 5}'),
+                ('forged', 'postgres', 's3', $1, 'bad/pg', $3, '{}')",
         &[
             &s3.endpoint(),
             &format!("file:{}", good.display()),
@@ -143,12 +144,22 @@ fn a_server_that_checks_signatures_accepts_ours_and_refuses_a_wrong_secret() {
         .unwrap_or(false)
     });
     assert!(failing, "{}", cluster.log());
-    let stored: Vec<_> = std::fs::read_dir(s3.dir.path())
+    // Nothing landed in the forged target's bucket (s3s-fs keeps a bucket's objects, and its
+    // own metadata files, in the bucket's directory).
+    let landed: Vec<_> = std::fs::read_dir(s3.dir.path().join("bad"))
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(!stored.contains(&"bad".to_owned()), "{stored:?}");
+    assert!(landed.is_empty(), "{landed:?}");
+    // ...nor beside it (its metadata files: `.bucket-<base64 of the bucket's name>.…`).
+    let metadata: Vec<_> = std::fs::read_dir(s3.dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".bucket-YmFk."))
+        .collect();
+    assert!(metadata.is_empty(), "{metadata:?}");
     let log = cluster.log();
     assert!(!log.contains(SECRET) && !log.contains(WRONG));
 }

@@ -14,22 +14,8 @@ use std::time::Duration;
 
 use backup_mgmt_e2e::cluster::Cluster;
 use backup_mgmt_e2e::jobs::{executions, pgbench_fingerprint as fingerprint, run_job};
-use backup_mgmt_e2e::program;
+use backup_mgmt_e2e::program::run;
 use backup_mgmt_e2e::s3server::S3Server;
-
-/// Runs the program as the server's OS user; returns (exit code, stdout, stderr).
-fn run(as_user: &Cluster, args: &[&str]) -> (i32, String, String) {
-    let out = as_user
-        .server_command(program::backup_mgmt().to_str().unwrap())
-        .args(args)
-        .output()
-        .expect("backup-mgmt runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// A connection to the restored server once it has finished recovery and promoted.
 fn promoted(restored: &Cluster) -> postgres::Client {
@@ -65,6 +51,7 @@ fn the_cluster_comes_back_from_the_bucket_alone() {
     // The new host: its directory holds the credentials file, nothing of the old one.
     let mut restored = Cluster::empty();
     let s3 = S3Server::start();
+    s3.create_bucket("offsite");
     let key_file = restored.dir().join("s3.key");
     restored.write_private_file(&key_file, "S3RVER:S3RVER\n");
     let credentials = format!("file:{}", key_file.display());
@@ -96,7 +83,7 @@ fn the_cluster_comes_back_from_the_bucket_alone() {
     db.execute(
         "INSERT INTO backup_management.remote_backup_configs
              (config_name, database_name, remote_type, remote_endpoint, remote_path, credentials_ref, options)
-         VALUES ('bucket', 'postgres', 's3', $1, 'offsite/fleet', $2, '{\"create_bucket\": true}')",
+         VALUES ('bucket', 'postgres', 's3', $1, 'offsite/fleet', $2, '{}')",
         &[&s3.endpoint(), &credentials],
     )
     .unwrap();

@@ -178,6 +178,15 @@ mod tests {
                 insert("s3", "https://s3.example.com", "b", "'env:PGPASSWORD'"),
                 "s3.example.com",
             ),
+            (
+                insert(
+                    "azure",
+                    "https://acme.blob.core.windows.net",
+                    "c",
+                    "'file:/etc/shadow'",
+                ),
+                "acme.blob.core.windows.net",
+            ),
             (insert("filesystem", "/etc", "cron.d", "NULL"), "/etc"),
             (
                 insert("filesystem", TEST_ROOT, "wal", "NULL"),

@@ -14,8 +14,8 @@ use backup_mgmt_core::backup::layout;
 use backup_mgmt_core::cron::CronSchedule;
 use backup_mgmt_core::paths::{self, PathError};
 use backup_mgmt_core::storage::filesystem::FilesystemTarget;
-use backup_mgmt_core::storage::s3::S3Target;
 use backup_mgmt_core::storage::{self, Copied, Storage, StorageError};
+use backup_mgmt_core::storage::{azure, s3};
 use backup_mgmt_core::stream::RateLimit;
 use backup_mgmt_core::threads::{Helper, Throttle};
 use chrono::{DateTime, Utc};
@@ -479,8 +479,8 @@ fn rate_of(
 }
 
 /// The target a configuration names.  A filesystem target must lie inside the backup roots,
-/// outside what backup_mgmt keeps there; an S3 target's credentials are resolved here, by
-/// reference (never logged).
+/// outside what backup_mgmt keeps there; an object store's (S3, Azure) credentials are resolved
+/// here, by reference (never logged).
 fn target_of(
     row: &limits::TargetRow<'_>,
     rate: Option<Arc<RateLimit>>,
@@ -499,12 +499,8 @@ fn target_of(
             };
             Ok(Box::new(FilesystemTarget { dir, rate }))
         }
-        "s3" => {
+        "s3" | "azure" => {
             let credentials = row.credentials_ref.ok_or(OffsiteError::NoCredentials)?;
-            let region = options
-                .get("region")
-                .and_then(|v| v.as_str())
-                .unwrap_or("us-east-1");
             let part_size = options
                 .get("part_size_mb")
                 .and_then(|v| v.as_u64())
@@ -513,15 +509,22 @@ fn target_of(
                 .get("ca_file")
                 .and_then(|v| v.as_str())
                 .map(std::path::Path::new);
-            let mut t = S3Target::new(
-                row.endpoint,
-                row.path,
-                region,
-                credentials,
-                part_size,
-                ca_file,
-            )?;
-            t.create_bucket = options.get("create_bucket").and_then(|v| v.as_bool()) == Some(true);
+            let mut t = if row.remote_type == "s3" {
+                let region = options
+                    .get("region")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("us-east-1");
+                s3::open(
+                    row.endpoint,
+                    row.path,
+                    region,
+                    credentials,
+                    part_size,
+                    ca_file,
+                )?
+            } else {
+                azure::open(row.endpoint, row.path, credentials, part_size, ca_file)?
+            };
             t.rate = rate;
             Ok(Box::new(t))
         }

@@ -1,5 +1,5 @@
 //! Storage targets for off-site copies, behind one trait: a filesystem directory (an NFS mount, a
-//! second disk) and S3-compatible object storage.  Keys start with the cluster's system
+//! second disk), S3-compatible object storage and Azure Blob storage.  Keys start with the cluster's system
 //! identifier, so that a fleet of clusters can share one target; every component of a key is
 //! percent-encoded, so no name can add a level or climb out.
 //!
@@ -7,8 +7,12 @@
 //! size and server-computed ETag compared), and a different object already under a key is
 //! never replaced.
 
+pub mod azure;
+pub mod credentials;
+pub mod download;
 pub mod filesystem;
 pub mod limits;
+pub mod object;
 pub mod s3;
 
 use std::fs::{self, File};
@@ -35,6 +39,45 @@ pub enum StorageError {
     Config(String),
     #[error("{0}")]
     Http(String),
+}
+
+/// An error as a line for the catalog and the log: the library's message with the causes it
+/// wraps (a TLS failure says which certificate was refused only there), and an S3 or Azure
+/// error reply shortened to its status, code and message.
+pub fn described(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        cause = c.source();
+    }
+    let status = text
+        .find("status code: ")
+        .and_then(|i| text[i + 13..].split_whitespace().next());
+    match (status, xml_value(&text, "Code")) {
+        (Some(status), Some(code)) => format!(
+            "HTTP {status} {code} {}",
+            // Azure appends "RequestId:…" and "Time:…" lines to the message.
+            xml_value(&text, "Message")
+                .and_then(|m| m.lines().next())
+                .unwrap_or_default()
+        )
+        .trim_end()
+        .to_owned(),
+        _ => text,
+    }
+}
+
+/// The text between `<tag>` and `</tag>` in an XML error reply.
+fn xml_value<'a>(body: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let start = body.find(&open)? + open.len();
+    let end = body[start..].find(&format!("</{tag}>"))? + start;
+    Some(&body[start..end])
 }
 
 /// What a copy produced on the target.
@@ -189,6 +232,40 @@ pub fn put_backup(target: &dyn Storage, local: &Path, key: &str) -> Result<Copie
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn errors_are_described_with_their_causes_and_short_replies() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("error sending request")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        // A cause only the chain names (a refused certificate) is kept.
+        let tls = Outer(std::io::Error::other(
+            "invalid peer certificate: UnknownIssuer",
+        ));
+        assert_eq!(
+            described(&tls),
+            "error sending request: invalid peer certificate: UnknownIssuer"
+        );
+        // An S3 or Azure error reply: its status, code and the message's first line only.
+        let reply = std::io::Error::other(
+            "Error performing PUT http://h/c/k in 5ms - Server returned non-2xx status code: 403 Forbidden: \
+             <?xml version=\"1.0\"?><Error><Code>AuthenticationFailed</Code><Message>Server failed to \
+             authenticate the request.\nRequestId:1f\nTime:2026</Message></Error>",
+        );
+        assert_eq!(
+            described(&reply),
+            "HTTP 403 AuthenticationFailed Server failed to authenticate the request."
+        );
+    }
+
     use super::filesystem::FilesystemTarget;
     use super::*;
     use crate::checksum::hex;

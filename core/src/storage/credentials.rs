@@ -1,7 +1,8 @@
-//! S3 credentials, by reference only: `env:NAME` (a variable of the server's environment) or
-//! `file:/path` (owned by the server's OS user, mode 0600), holding
-//! `ACCESS_KEY_ID:SECRET_ACCESS_KEY`.  The secret lives in a type without `Debug` or `Display`
-//! and is only ever used as an HMAC key.  Also the TLS configuration of a target with its own CA.
+//! Object-store credentials, by reference only: `env:NAME` (a variable of the server's
+//! environment) or `file:/path` (owned by the server's OS user, mode 0600), holding `ID:SECRET`
+//! (S3: `ACCESS_KEY_ID:SECRET_ACCESS_KEY`; Azure Blob: `ACCOUNT_NAME:ACCOUNT_KEY`).  The secret
+//! lives in a type without `Debug` or `Display` and only ever reaches the signing client.  Also
+//! the certificates of a target with its own CA.
 
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -17,13 +18,13 @@ impl Secret {
     pub fn new(s: String) -> Secret {
         Secret(s)
     }
-    /// The secret itself, for signing only.
+    /// The secret itself, for the signing client only.
     pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
 
-/// `ACCESS_KEY_ID:SECRET_ACCESS_KEY`, resolved from `env:NAME` (a variable of the server's
+/// `ID:SECRET`, resolved from `env:NAME` (a variable of the server's
 /// environment) or `file:/path` (owned by this OS user, no group or other permissions).
 /// Errors name the reference, never a value.
 pub fn resolve_credentials(reference: &str) -> Result<(String, Secret), StorageError> {
@@ -55,32 +56,27 @@ pub fn resolve_credentials(reference: &str) -> Result<(String, Secret), StorageE
     } else {
         return Err(fail("must be env:NAME or file:/path"));
     };
-    let (id, secret) = text
-        .trim()
-        .split_once(':')
-        .ok_or_else(|| fail("must hold ACCESS_KEY_ID:SECRET_ACCESS_KEY"))?;
+    let (id, secret) = text.trim().split_once(':').ok_or_else(|| {
+        fail("must hold ID:SECRET (S3: ACCESS_KEY_ID:SECRET_ACCESS_KEY, Azure: ACCOUNT:KEY)")
+    })?;
     Ok((id.to_owned(), Secret(secret.to_owned())))
 }
 
-/// TLS that trusts only the certificates in `ca_file` (PEM): for an object store behind a
-/// private CA, or with a self-signed certificate.
-pub(super) fn tls_with_ca(ca_file: &Path) -> Result<rustls::ClientConfig, StorageError> {
-    use rustls::pki_types::{pem::PemObject, CertificateDer};
+/// The certificates in `ca_file` (PEM), the only ones a target with its own CA trusts: for an
+/// object store behind a private CA, or with a self-signed certificate.
+pub(crate) fn ca_certificates(ca_file: &Path) -> Result<Vec<reqwest::Certificate>, StorageError> {
     let fail = |why: String| StorageError::Config(format!("ca_file {}: {why}", ca_file.display()));
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| fail(e.to_string()))? {
-        let cert = cert.map_err(|e| fail(e.to_string()))?;
-        roots.add(cert).map_err(|e| fail(e.to_string()))?;
-    }
-    if roots.is_empty() {
+    let mut pem = Vec::new();
+    open_regular(ca_file)
+        .map_err(|e| fail(e.to_string()))?
+        .read_to_end(&mut pem)
+        .map_err(|e| fail(e.to_string()))?;
+    let certificates =
+        reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| fail(e.to_string()))?;
+    if certificates.is_empty() {
         return Err(fail("no certificate in it".into()));
     }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| fail(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    Ok(certificates)
 }
 
 #[cfg(test)]

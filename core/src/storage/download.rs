@@ -1,0 +1,161 @@
+//! An object's download, read from a plain thread (a restore's job, a verification): a task on
+//! the I/O runtime reads the response ahead into a small queue while the thread decompresses
+//! and hashes what came before, so the network is never idle waiting for it.  A response that
+//! fails or times out part way continues with a ranged GET from the first byte not yet
+//! received, of the same object version (`If-Match` its ETag), so a large object on a slow link
+//! is never read again from the start.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{GetOptions, GetRange, ObjectStore};
+use tokio::sync::mpsc;
+
+use super::{described, StorageError};
+
+/// Chunks (as the HTTP client hands them over, usually 8–16 kB) read ahead of the reader.
+const READ_AHEAD_CHUNKS: usize = 64;
+/// Times in a row a download may fail without a byte of progress before it gives up.
+const RESUMES_WITHOUT_PROGRESS: u32 = 3;
+
+/// A download in progress: `Read` takes what the task has received.
+pub struct Download {
+    received: mpsc::Receiver<std::io::Result<Bytes>>,
+    chunk: Bytes,
+    done: bool,
+}
+
+impl Download {
+    /// Starts the GET (its status is known when this returns) and the task that reads it.
+    pub fn start(
+        rt: &tokio::runtime::Runtime,
+        store: Arc<dyn ObjectStore>,
+        path: ObjectPath,
+        shown: String,
+    ) -> Result<Download, StorageError> {
+        let got = rt
+            .block_on(store.get(&path))
+            .map_err(|e| StorageError::Http(format!("GET {shown}: {}", described(&e))))?;
+        let (tx, received) = mpsc::channel(READ_AHEAD_CHUNKS);
+        let body = Body {
+            size: got.meta.size,
+            etag: got.meta.e_tag.clone(),
+            stream: got.into_stream(),
+            store,
+            path,
+            shown,
+            position: 0,
+            failures: 0,
+        };
+        rt.spawn(body.pump(tx));
+        Ok(Download {
+            received,
+            chunk: Bytes::new(),
+            done: false,
+        })
+    }
+}
+
+impl Read for Download {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            if self.done {
+                return Ok(0);
+            }
+            // Called from a plain thread, never from the runtime's own.
+            match self.received.blocking_recv() {
+                Some(Ok(bytes)) => self.chunk = bytes,
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                None => self.done = true,
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk[..n]);
+        self.chunk.advance(n);
+        Ok(n)
+    }
+}
+
+/// The response being read, and what it takes to continue it.
+struct Body {
+    stream: BoxStream<'static, object_store::Result<Bytes>>,
+    store: Arc<dyn ObjectStore>,
+    path: ObjectPath,
+    shown: String,
+    size: u64,
+    etag: Option<String>,
+    position: u64,
+    failures: u32,
+}
+
+impl Body {
+    /// Sends every chunk, then ends the queue; an error is sent as the last item.  Stops when
+    /// the reader is gone.
+    async fn pump(mut self, tx: mpsc::Sender<std::io::Result<Bytes>>) {
+        while self.position < self.size {
+            let item = match self.stream.next().await {
+                Some(Ok(bytes)) => {
+                    if !bytes.is_empty() {
+                        self.failures = 0;
+                    }
+                    self.position += bytes.len() as u64;
+                    Ok(bytes)
+                }
+                Some(Err(e)) => match self.resume(e).await {
+                    Ok(()) => continue,
+                    Err(e) => Err(e),
+                },
+                None => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "GET {}: the response ended at byte {} of {}",
+                        self.shown, self.position, self.size
+                    ),
+                )),
+            };
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
+                return;
+            }
+        }
+    }
+
+    /// Continues the download at `position` after `why`.
+    async fn resume(&mut self, why: object_store::Error) -> std::io::Result<()> {
+        self.failures += 1;
+        if self.failures > RESUMES_WITHOUT_PROGRESS {
+            return Err(std::io::Error::other(format!(
+                "GET {}: {}",
+                self.shown,
+                described(&why)
+            )));
+        }
+        let options = GetOptions {
+            range: Some(GetRange::Offset(self.position)),
+            if_match: self.etag.clone(),
+            ..Default::default()
+        };
+        let got = self
+            .store
+            .get_opts(&self.path, options)
+            .await
+            .map_err(|e| {
+                std::io::Error::other(format!(
+                    "GET {} from byte {} (after: {}): {}",
+                    self.shown,
+                    self.position,
+                    described(&why),
+                    described(&e)
+                ))
+            })?;
+        self.stream = got.into_stream();
+        Ok(())
+    }
+}

@@ -1,0 +1,543 @@
+//! Object storage as an off-site target, through the `object_store` crate (Apache Arrow's
+//! maintained client for S3, Azure Blob and Google Cloud Storage: request signing, multipart
+//! uploads, retries with backoff).  Only the choice of parts, the checks of what landed and the
+//! bridge from our threads to its asynchronous API are written here.
+//!
+//! Integrity: a payload's sha256 is signed with it (S3), and the object's ETag, which the server
+//! computes from what it stored, is compared with the MD5 computed here while reading: the MD5
+//! of a single PUT, or for a multipart upload `md5(part MD5s)-N` (AWS, MinIO) or the whole
+//! object's MD5 (s3rver).  Then a HEAD checks the landed object's size and ETag again.  A target
+//! whose ETags are not MD5s (Azure Blob) is checked by reading the object back and hashing it.
+//!
+//! The library is asynchronous; backup_mgmt's copies run on plain threads (the worker's
+//! helpers, a restore's jobs).  One runtime per process serves them all: each thread waits on
+//! its own request with `block_on`, and the runtime's two threads drive the sockets.  They are
+//! started with every signal blocked, so PostgreSQL's handlers only run on its own thread.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use md5::Md5;
+use object_store::client::{HttpClient, HttpConnector};
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    Attribute, Attributes, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
+};
+use object_store::{BackoffConfig, ClientOptions, RetryConfig};
+use sha2::{Digest, Sha256};
+
+use super::download::Download;
+use super::{described, Copied, Storage, StorageError};
+use crate::checksum::hex;
+use crate::stream;
+use crate::threads;
+
+/// Part size of multipart uploads (S3 allows 5 MiB to 5 GiB; 10,000 parts at most, so larger
+/// backups get larger parts).
+pub const DEFAULT_PART_SIZE: usize = 8 << 20;
+/// Parts uploaded at the same time (each holds a part-sized buffer).
+const UPLOADS_IN_FLIGHT: usize = 4;
+/// S3's limit on parts per upload.
+const MAX_PARTS: u64 = 10_000;
+/// How long one request may take, whole (the client cannot limit a stall alone).  Generous,
+/// because it bounds a whole part upload: 8 MB parts (larger for backups past 80 GB: 10,000
+/// parts at most), four in flight, must each go through within it.  A GET of a large object that
+/// needs longer continues with a ranged GET from where it stopped (see `ObjectReader`).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1800);
+/// How long opening a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a target's ETags relate to what was sent, which decides how a copy is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checked {
+    /// ETags are MD5s of what was stored (S3 and compatible servers).
+    Md5Etag,
+    /// ETags are opaque (Azure Blob): the object is read back and its sha256 compared.
+    ReadBack,
+}
+
+/// One bucket or container (and key prefix) of an object store.
+pub struct ObjectTarget {
+    store: Arc<dyn ObjectStore>,
+    /// `bucket` or `container`, for messages.
+    pub place: String,
+    /// Prefix inside the bucket (no leading or trailing slash; may be empty).
+    pub prefix: String,
+    pub part_size: usize,
+    pub checked: Checked,
+    /// The target's bandwidth limit (`options.max_rate_mb`), shared by its transfers in flight.
+    pub rate: Option<Arc<stream::RateLimit>>,
+}
+
+/// Idle connections kept per endpoint for reuse: as many as requests usually in flight at once
+/// (a restore's `--jobs`, parallel part uploads), so none is closed only to be opened again.
+const IDLE_CONNECTIONS: usize = 64;
+
+/// The HTTP client settings every object-store target shares: timeouts, kept connections,
+/// retries (a few, with backoff: the worker tries a failed copy again at its next run), and,
+/// with a `ca_file`, a client that trusts only its certificates.
+pub(crate) struct Transport {
+    pub options: ClientOptions,
+    pub retry: RetryConfig,
+    /// Set with a `ca_file`: pass it to the builder's `with_http_connector`.
+    pub pinned: Option<PinnedRoots>,
+}
+
+pub(crate) fn transport(endpoint: &str, ca_file: Option<&Path>) -> Result<Transport, StorageError> {
+    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+        return Err(StorageError::Config(format!(
+            "remote_endpoint \"{endpoint}\" must be an http:// or https:// URL"
+        )));
+    }
+    let options = ClientOptions::new()
+        .with_allow_http(endpoint.starts_with("http://"))
+        .with_connect_timeout(CONNECT_TIMEOUT)
+        .with_timeout(REQUEST_TIMEOUT)
+        .with_pool_max_idle_per_host(IDLE_CONNECTIONS);
+    let pinned = match ca_file {
+        Some(ca) => Some(PinnedRoots {
+            certificates: super::credentials::ca_certificates(ca)?,
+            https_only: endpoint.starts_with("https://"),
+        }),
+        None => None,
+    };
+    let retry = RetryConfig {
+        backoff: BackoffConfig::default(),
+        max_retries: 4,
+        retry_timeout: Duration::from_secs(120),
+    };
+    Ok(Transport {
+        options,
+        retry,
+        pinned,
+    })
+}
+
+/// An HTTP client that trusts only the certificates of a target's `ca_file` (not the system's
+/// roots as well): a target behind a private CA stays pinned to it, so a certificate some other
+/// trusted CA issued for the host (a TLS-inspecting proxy's, say) is refused.  Same timeouts and
+/// kept connections as the library's own client.
+#[derive(Debug)]
+pub(crate) struct PinnedRoots {
+    certificates: Vec<reqwest::Certificate>,
+    https_only: bool,
+}
+
+impl HttpConnector for PinnedRoots {
+    fn connect(&self, _: &ClientOptions) -> object_store::Result<HttpClient> {
+        let mut builder = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .https_only(self.https_only)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .pool_max_idle_per_host(IDLE_CONNECTIONS);
+        for c in &self.certificates {
+            builder = builder.add_root_certificate(c.clone());
+        }
+        let client = builder.build().map_err(|e| object_store::Error::Generic {
+            store: "HTTP client",
+            source: Box::new(e),
+        })?;
+        Ok(HttpClient::new(client))
+    }
+}
+
+/// The process's runtime for the library's requests (two threads, signals blocked).
+pub fn runtime() -> Result<&'static tokio::runtime::Runtime, StorageError> {
+    static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            threads::with_signals_blocked(|| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("backup_mgmt-io")
+                    .on_thread_start(threads::block_all_signals)
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .as_ref()
+        .map_err(|e| StorageError::Http(format!("could not start the I/O threads: {e}")))
+}
+
+/// `"etag"` → `etag`.
+fn unquoted(etag: Option<&str>) -> String {
+    etag.unwrap_or_default().trim_matches('"').to_owned()
+}
+
+/// `remote_path` as the bucket (or container: `what`) and the key prefix inside it.
+pub(crate) fn place_and_prefix<'a>(
+    remote_path: &'a str,
+    what: &str,
+) -> Result<(&'a str, &'a str), StorageError> {
+    let trimmed = remote_path.trim_matches('/');
+    let (place, prefix) = trimmed.split_once('/').unwrap_or((trimmed, ""));
+    if place.is_empty() {
+        return Err(StorageError::Config(format!(
+            "remote_path must start with the {what} name"
+        )));
+    }
+    Ok((place, prefix))
+}
+
+impl ObjectTarget {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        place: &str,
+        prefix: &str,
+        part_size: Option<usize>,
+        checked: Checked,
+    ) -> ObjectTarget {
+        ObjectTarget {
+            store,
+            place: place.to_owned(),
+            prefix: prefix.trim_matches('/').to_owned(),
+            part_size: part_size.unwrap_or(DEFAULT_PART_SIZE).max(5 << 20),
+            checked,
+            rate: None,
+        }
+    }
+
+    /// The object's path in the bucket.  `Path::parse` keeps the key as it is (no second
+    /// encoding of our percent-encoded components), so the keys are the ones earlier versions
+    /// wrote.
+    fn path(&self, key: &str) -> Result<ObjectPath, StorageError> {
+        let full = if self.prefix.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}/{key}", self.prefix)
+        };
+        ObjectPath::parse(&full)
+            .map_err(|e| StorageError::Config(format!("key {key:?} is not a plain key: {e}")))
+    }
+
+    fn failed(&self, what: &str, key: &str, why: String) -> StorageError {
+        StorageError::Http(format!("{what} {}/{key}: {why}", self.place))
+    }
+
+    /// One PUT of a whole object (its sha256 as metadata), its ETag compared with the MD5 of
+    /// what was sent; returns that MD5.
+    fn put_whole(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        path: &ObjectPath,
+        key: &str,
+        bytes: Bytes,
+        sha: &str,
+    ) -> Result<String, StorageError> {
+        let md5 = hex(&Md5::digest(&bytes));
+        let mut attributes = Attributes::new();
+        attributes.insert(Attribute::Metadata("sha256".into()), sha.to_owned().into());
+        let options = PutOptions {
+            attributes,
+            ..Default::default()
+        };
+        let put = self.store.put_opts(path, PutPayload::from(bytes), options);
+        let landed = rt
+            .block_on(put)
+            .map_err(|e| self.failed("PUT", key, described(&e)))?;
+        let etag = unquoted(landed.e_tag.as_deref());
+        if self.checked == Checked::Md5Etag && etag != md5 {
+            return Err(self.failed(
+                "PUT",
+                key,
+                format!("the server stored something else (ETag {etag}, MD5 sent {md5})"),
+            ));
+        }
+        Ok(md5)
+    }
+
+    /// Uploads the opened `file` as `key`; returns the size and sha256, and the ETags the
+    /// object may have (`|`-separated; see `verify`).
+    fn put_from(
+        &self,
+        file: std::fs::File,
+        local: &Path,
+        key: &str,
+    ) -> Result<(Copied, String), StorageError> {
+        let rt = runtime()?;
+        let size = file
+            .metadata()
+            .map_err(|e| StorageError::Http(format!("stat {}: {e}", local.display())))?
+            .len();
+        let mut file = stream::Limited::new(file, self.rate.clone());
+        let read = |file: &mut stream::Limited<std::fs::File>, buf: &mut [u8]| {
+            stream::read_full(file, buf)
+                .map_err(|e| StorageError::Http(format!("read {}: {e}", local.display())))
+        };
+        let path = self.path(key)?;
+        let mut whole = Sha256::new();
+        // Larger parts for very large backups: S3 takes at most 10,000.
+        let part_size = self.part_size.max(size.div_ceil(MAX_PARTS) as usize);
+        if size as usize <= part_size {
+            let mut buf = vec![0u8; size as usize];
+            let n = read(&mut file, &mut buf)?;
+            buf.truncate(n);
+            whole.update(&buf);
+            let sha = hex(&whole.finalize());
+            let md5 = self.put_whole(rt, &path, key, Bytes::from(buf), &sha)?;
+            return Ok((
+                Copied {
+                    size: n as u64,
+                    sha256: sha,
+                },
+                md5,
+            ));
+        }
+        // Multipart: the whole object's sha256 is only known at the end, so it goes into the
+        // catalog; each part's payload is signed with its own sha256.
+        let mut upload = rt
+            .block_on(
+                self.store
+                    .put_multipart_opts(&path, PutMultipartOptions::default()),
+            )
+            .map_err(|e| self.failed("starting the upload of", key, described(&e)))?;
+        let mut whole_md5 = Md5::new();
+        let mut md5s: Vec<u8> = Vec::new();
+        let mut parts = 0usize;
+        let mut total = 0u64;
+        let mut in_flight: std::collections::VecDeque<
+            tokio::task::JoinHandle<object_store::Result<()>>,
+        > = std::collections::VecDeque::new();
+        let result = (|| {
+            loop {
+                // The next part is read and hashed here while up to UPLOADS_IN_FLIGHT earlier
+                // ones travel on the runtime's threads.
+                let mut buf = vec![0u8; part_size];
+                let n = read(&mut file, &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                buf.truncate(n);
+                whole.update(&buf);
+                whole_md5.update(&buf);
+                md5s.extend_from_slice(&Md5::digest(&buf));
+                parts += 1;
+                total += n as u64;
+                if in_flight.len() >= UPLOADS_IN_FLIGHT {
+                    if let Some(oldest) = in_flight.pop_front() {
+                        rt.block_on(oldest)
+                            .map_err(|e| self.failed("PUT part of", key, described(&e)))?
+                            .map_err(|e| self.failed("PUT part of", key, described(&e)))?;
+                    }
+                }
+                in_flight.push_back(rt.spawn(upload.put_part(PutPayload::from(Bytes::from(buf)))));
+            }
+            while let Some(part) = in_flight.pop_front() {
+                rt.block_on(part)
+                    .map_err(|e| self.failed("PUT part of", key, described(&e)))?
+                    .map_err(|e| self.failed("PUT part of", key, described(&e)))?;
+            }
+            let landed = rt
+                .block_on(upload.complete())
+                .map_err(|e| self.failed("completing the upload of", key, described(&e)))?;
+            // AWS and MinIO give a multipart object the ETag `md5(part md5s)-N`; other servers
+            // (s3rver) the whole object's MD5.  Both are computed, either is accepted.
+            let etags = format!(
+                "{}-{parts}|{}",
+                hex(&Md5::digest(&md5s)),
+                hex(&whole_md5.clone().finalize())
+            );
+            let etag = unquoted(landed.e_tag.as_deref());
+            if self.checked == Checked::Md5Etag && !etags.split('|').any(|e| e == etag) {
+                return Err(self.failed(
+                    "completing the upload of",
+                    key,
+                    format!("the server stored something else (ETag {etag}, expected {etags})"),
+                ));
+            }
+            Ok((
+                Copied {
+                    size: total,
+                    sha256: hex(&whole.clone().finalize()),
+                },
+                etags,
+            ))
+        })();
+        if result.is_err() {
+            // Leave no half upload behind (it would be billed and never completed).
+            // Parts still travelling are stopped and waited for first, or one could land
+            // after the abort and stay behind (billed, never part of an object).
+            for part in in_flight {
+                part.abort();
+                let _ = rt.block_on(part);
+            }
+            let _ = rt.block_on(upload.abort());
+        }
+        result
+    }
+
+    /// Checks the landed object: its size, and its ETag (one of the `|`-separated `etags`) or,
+    /// where ETags are not MD5s, its sha256 read back.
+    fn verify(&self, key: &str, copied: &Copied, etags: &str) -> Result<(), StorageError> {
+        let rt = runtime()?;
+        let path = self.path(key)?;
+        let meta = rt
+            .block_on(self.store.head(&path))
+            .map_err(|e| self.failed("HEAD", key, described(&e)))?;
+        let found = unquoted(meta.e_tag.as_deref());
+        let etag_ok = self.checked != Checked::Md5Etag || etags.split('|').any(|e| e == found);
+        if meta.size != copied.size || !etag_ok {
+            return Err(self.failed(
+                "HEAD",
+                key,
+                format!(
+                    "the object differs (size {}, ETag {found}; expected {}, {etags})",
+                    meta.size, copied.size
+                ),
+            ));
+        }
+        if self.checked == Checked::ReadBack {
+            let mut hash = stream::Hash::new(std::io::sink());
+            std::io::copy(&mut self.get(key)?, &mut hash)
+                .map_err(|e| self.failed("reading back", key, described(&e)))?;
+            let (_, found) = hash.finish();
+            if found != copied.sha256 {
+                return Err(StorageError::Mismatch {
+                    expected: copied.sha256.clone(),
+                    found,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Every key below `dir` ("" or ending in `/`), relative to the target's prefix.
+    fn list_below(&self, dir: &str) -> Result<Vec<String>, StorageError> {
+        let rt = runtime()?;
+        let base = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let listed = self.path_or_root(dir)?;
+        let keys: Vec<Result<object_store::ObjectMeta, object_store::Error>> =
+            rt.block_on(self.store.list(listed.as_ref()).collect());
+        let mut out = Vec::with_capacity(keys.len());
+        for meta in keys {
+            let meta = meta.map_err(|e| self.failed("listing", dir, described(&e)))?;
+            if let Some(relative) = meta.location.as_ref().strip_prefix(base.as_str()) {
+                out.push(relative.to_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The path of the level `dir` names ("" = the target's prefix), None for a bucket's root.
+    fn path_or_root(&self, dir: &str) -> Result<Option<ObjectPath>, StorageError> {
+        let dir = dir.trim_end_matches('/');
+        if dir.is_empty() && self.prefix.is_empty() {
+            return Ok(None);
+        }
+        if dir.is_empty() {
+            return ObjectPath::parse(&self.prefix)
+                .map(Some)
+                .map_err(|e| StorageError::Config(format!("prefix {:?}: {e}", self.prefix)));
+        }
+        self.path(dir).map(Some)
+    }
+}
+
+impl Storage for ObjectTarget {
+    fn put_opened(
+        &self,
+        file: std::fs::File,
+        shown: &Path,
+        key: &str,
+    ) -> Result<Copied, StorageError> {
+        let (copied, etags) = self.put_from(file, shown, key)?;
+        self.verify(key, &copied, &etags)?;
+        Ok(copied)
+    }
+
+    /// One PUT (an object is replaced atomically in an object store), checked as a copy is.
+    fn replace(&self, bytes: &[u8], key: &str) -> Result<(), StorageError> {
+        let rt = runtime()?;
+        let path = self.path(key)?;
+        let sha = hex(&Sha256::digest(bytes));
+        let md5 = self.put_whole(rt, &path, key, Bytes::copy_from_slice(bytes), &sha)?;
+        let copied = Copied {
+            size: bytes.len() as u64,
+            sha256: sha,
+        };
+        self.verify(key, &copied, &md5)
+    }
+
+    /// The keys that start with `prefix`: the level it is in is listed and filtered (object
+    /// stores list whole levels).
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let dir = &prefix[..prefix.rfind('/').map_or(0, |i| i + 1)];
+        let mut keys = self.list_below(dir)?;
+        keys.retain(|k| k.starts_with(prefix));
+        Ok(keys)
+    }
+
+    /// One level, with a delimiter: a bucket holding millions of WAL files answers in one page.
+    fn children(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let rt = runtime()?;
+        let listed = self.path_or_root(prefix)?;
+        let level = rt
+            .block_on(self.store.list_with_delimiter(listed.as_ref()))
+            .map_err(|e| self.failed("listing", prefix, described(&e)))?;
+        let mut names: Vec<String> = level
+            .common_prefixes
+            .iter()
+            .chain(level.objects.iter().map(|o| &o.location))
+            .filter_map(|p| p.filename().map(str::to_owned))
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let rt = runtime()?;
+        let mut keys = self.list_below(&format!("{key}/"))?;
+        keys.push(key.to_owned());
+        for k in keys {
+            let path = self.path(&k)?;
+            match rt.block_on(self.store.delete(&path)) {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.failed("DELETE", &k, described(&e))),
+            }
+        }
+        Ok(())
+    }
+
+    /// One GET, streamed; the caller hashes what it reads.
+    fn get(&self, key: &str) -> Result<Box<dyn Read + Send>, StorageError> {
+        let key = super::plain_key(key)?;
+        let path = self.path(key)?;
+        let shown = format!("{}/{key}", self.place);
+        let reader = Download::start(runtime()?, Arc::clone(&self.store), path, shown)?;
+        Ok(Box::new(stream::Limited::new(reader, self.rate.clone())))
+    }
+
+    /// Before a run: the bucket must exist and answer (creating buckets is left to the
+    /// provider's tools, as with pgBackRest).
+    fn prepare(&self) -> Result<(), StorageError> {
+        let rt = runtime()?;
+        let listed = self.path_or_root("")?;
+        match rt.block_on(self.store.list_with_delimiter(listed.as_ref())) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let why = described(&e);
+                // The library reports a missing bucket or container as a plain HTTP 404.
+                if matches!(e, object_store::Error::NotFound { .. }) || why.starts_with("HTTP 404")
+                {
+                    Err(StorageError::Config(format!(
+                        "{} does not exist ({why}): create it with the provider's tools first",
+                        self.place
+                    )))
+                } else {
+                    Err(self.failed("listing", "", why))
+                }
+            }
+        }
+    }
+}

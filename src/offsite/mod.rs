@@ -317,7 +317,11 @@ fn next_due() -> Option<Due> {
                         None,
                         &[id.into()],
                     )?;
-                    warning!("backup_mgmt: off-site target \"{name}\": {why}");
+                    warning!(
+                        "backup_mgmt: off-site target \"{}\": {}",
+                        escape_for_log(&name),
+                        escape_for_log(&why.to_string())
+                    );
                     return Ok(None);
                 }
             };
@@ -537,7 +541,7 @@ fn finish(job: InFlight) {
     let Some((attempts, removed)) = job.helper.join() else {
         warning!(
             "backup_mgmt: the off-site copy thread of \"{}\" panicked",
-            job.name
+            escape_for_log(&job.name)
         );
         return;
     };
@@ -593,8 +597,9 @@ fn finish(job: InFlight) {
                         )?;
                     }
                     Err(why) => warning!(
-                        "backup_mgmt: could not remove an expired off-site copy from \"{}\": {why}",
-                        job.name
+                        "backup_mgmt: could not remove an expired off-site copy from \"{}\": {}",
+                        escape_for_log(&job.name),
+                        escape_for_log(&why.to_string())
                     ),
                 }
             }
@@ -619,8 +624,9 @@ fn finish(job: InFlight) {
     });
     for (backup_id, attempt, why) in failures {
         log!(
-            "backup_mgmt: off-site copy of backup {backup_id} to \"{}\" failed (attempt {attempt}): {why}",
-            job.name
+            "backup_mgmt: off-site copy of backup {backup_id} to \"{}\" failed (attempt {attempt}): {}",
+            escape_for_log(&job.name),
+            escape_for_log(&why)
         );
     }
 }

@@ -682,12 +682,33 @@ mod tests {
         let cmd = format!("{} wal-fetch %f %p", sh_quote("/opt/it's here/backup-mgmt"));
         write_recovery_settings(tmp.path(), &cmd, &goal, Some(1)).unwrap();
         let conf = std::fs::read_to_string(tmp.path().join("postgresql.auto.conf")).unwrap();
+        // As PostgreSQL reads it back: exactly the shell-quoted command, whose `'\''` (a quote
+        // inside shell quotes) needs its backslash doubled in the file.
+        let value = conf
+            .lines()
+            .find_map(|l| l.strip_prefix("restore_command = "))
+            .unwrap();
+        assert_eq!(crate::restore::recipe::conf_unquote(value), cmd);
         assert!(
             conf.contains(
-                r#"restore_command = '''/opt/it''\''''s here/backup-mgmt'' wal-fetch %f %p'"#
+                r#"restore_command = '''/opt/it''\\''''s here/backup-mgmt'' wal-fetch %f %p'"#
             ),
             "{conf}"
         );
+        // A path holding a backslash escape stays inside its quotes.
+        let sneaky = format!(
+            "{} wal-fetch %f %p",
+            sh_quote(r"/x\047;touch /tmp/owned;\047")
+        );
+        let other = tempfile::tempdir().unwrap();
+        write_recovery_settings(other.path(), &sneaky, &goal, Some(1)).unwrap();
+        let conf = std::fs::read_to_string(other.path().join("postgresql.auto.conf")).unwrap();
+        let value = conf
+            .lines()
+            .find_map(|l| l.strip_prefix("restore_command = '"))
+            .map(|v| format!("'{v}"))
+            .unwrap();
+        assert_eq!(crate::restore::recipe::conf_unquote(&value), sneaky);
         assert!(conf.contains("recovery_target_time = '2026-12-04 10:00:00.000000+00'"));
         // Earlier targets are reset before this one; the backup's timeline is kept to.
         let reset = conf.find("recovery_target_time = ''").unwrap();

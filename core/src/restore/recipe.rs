@@ -165,9 +165,55 @@ pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// `s` as a postgresql.conf string value.
+/// `s` as a postgresql.conf string value.  PostgreSQL's configuration parser reads backslash
+/// escapes inside quotes (`\047` is a quote), so backslashes are doubled as well as quotes, as
+/// PostgreSQL's own `escape_single_quotes_ascii` does; otherwise a value holding `\047` (a
+/// target path a role that is no superuser wrote, say) would end the string early and put
+/// the rest of a `restore_command` line outside its shell quoting.
 pub fn conf_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// What PostgreSQL's configuration parser makes of a quoted value (`GUC_scanstr`): `''` is a
+/// quote; `\b \f \n \r \t`, up to three octal digits, or any other character after a
+/// backslash stand for themselves.  For tests of what `conf_quote` wrote.
+#[cfg(test)]
+pub(crate) fn conf_unquote(quoted: &str) -> String {
+    let inner = &quoted[1..quoted.len() - 1];
+    let mut out = String::new();
+    let mut chars = inner.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some('b') => out.push('\u{8}'),
+                Some('f') => out.push('\u{c}'),
+                Some('n') => out.push('\n'),
+                Some('r') => out.push('\r'),
+                Some('t') => out.push('\t'),
+                Some(d @ '0'..='7') => {
+                    let mut v = d.to_digit(8).unwrap_or(0);
+                    for _ in 0..2 {
+                        match chars.peek().and_then(|c| c.to_digit(8)) {
+                            Some(n) => {
+                                v = v * 8 + n;
+                                chars.next();
+                            }
+                            None => break,
+                        }
+                    }
+                    out.push(char::from_u32(v).unwrap_or('?'));
+                }
+                Some(other) => out.push(other),
+                None => {}
+            },
+            '\'' if chars.peek() == Some(&'\'') => {
+                chars.next();
+                out.push('\'');
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 fn single_line<'a>(what: &'static str, s: &'a str) -> Result<&'a str, RecipeError> {
@@ -451,6 +497,21 @@ echo "recipe: ready; start the server on $target to recover to {target_text}"
 mod unit {
     use super::*;
 
+    #[test]
+    fn conf_values_read_back_as_written() {
+        for s in [
+            r"plain",
+            r"it's",
+            r"C:\dir",
+            r"\047;touch /tmp/x;\047",
+            r"'\''",
+            r"a\\b",
+        ] {
+            assert_eq!(conf_unquote(&conf_quote(s)), s, "{s}");
+        }
+        assert_eq!(conf_quote(r"\047"), r"'\\047'");
+    }
+
     fn segment_file_name(timeline: u32, number: i64, _: u64) -> String {
         wal::Segment {
             timeline,
@@ -611,7 +672,7 @@ mod unit {
             .lines()
             .find_map(|l| l.strip_prefix("restore_command = '"))
             .unwrap();
-        let command = line.strip_suffix('\'').unwrap().replace("''", "'");
+        let command = conf_unquote(&format!("'{line}"));
         std::fs::create_dir(restored.join("pg_wal")).unwrap();
         for n in [3, 4] {
             let command = command

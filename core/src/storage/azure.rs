@@ -28,16 +28,14 @@ pub fn open(
     let (container, prefix) = place_and_prefix(container_and_prefix, "container")?;
     let transport = transport(endpoint, ca_file)?;
     let (account, key) = resolve_credentials(credentials_ref)?;
-    let mut builder = MicrosoftAzureBuilder::new()
+    let builder = MicrosoftAzureBuilder::new()
         .with_account(account)
         .with_access_key(key.expose())
         .with_container_name(container)
         .with_endpoint(endpoint.trim_end_matches('/').to_owned())
         .with_client_options(transport.options)
-        .with_retry(transport.retry);
-    if let Some(pinned) = transport.pinned {
-        builder = builder.with_http_connector(pinned);
-    }
+        .with_retry(transport.retry)
+        .with_http_connector(transport.connector);
     let store = builder
         .build()
         // Not the builder's message: for a key that is not base64 it quotes a character of

@@ -58,7 +58,7 @@ pub fn described(e: &dyn std::error::Error) -> String {
     let status = text
         .find("status code: ")
         .and_then(|i| text[i + 13..].split_whitespace().next());
-    match (status, xml_value(&text, "Code")) {
+    let described = match (status, xml_value(&text, "Code")) {
         (Some(status), Some(code)) => format!(
             "HTTP {status} {code} {}",
             // Azure appends "RequestId:…" and "Time:…" lines to the message.
@@ -69,8 +69,16 @@ pub fn described(e: &dyn std::error::Error) -> String {
         .trim_end()
         .to_owned(),
         _ => text,
+    };
+    // A server's reply is not ours to store whole: it goes into a catalog row and a log line.
+    match described.char_indices().nth(DESCRIBED_CHARS) {
+        Some((cut, _)) => format!("{}…", &described[..cut]),
+        None => described,
     }
 }
+
+/// At most this many characters of an error's description are kept.
+const DESCRIBED_CHARS: usize = 500;
 
 /// The text between `<tag>` and `</tag>` in an XML error reply.
 fn xml_value<'a>(body: &'a str, tag: &str) -> Option<&'a str> {
@@ -264,6 +272,9 @@ mod tests {
             described(&reply),
             "HTTP 403 AuthenticationFailed Server failed to authenticate the request."
         );
+        // A reply without an error code is kept, but not at any length.
+        let endless = std::io::Error::other("x".repeat(100_000));
+        assert_eq!(described(&endless).chars().count(), 501);
     }
 
     use super::filesystem::FilesystemTarget;

@@ -78,13 +78,13 @@ pub struct ObjectTarget {
 const IDLE_CONNECTIONS: usize = 64;
 
 /// The HTTP client settings every object-store target shares: timeouts, kept connections,
-/// retries (a few, with backoff: the worker tries a failed copy again at its next run), and,
-/// with a `ca_file`, a client that trusts only its certificates.
+/// retries (a few, with backoff: the worker tries a failed copy again at its next run), and the
+/// client itself (`Connector`).
 pub(crate) struct Transport {
     pub options: ClientOptions,
     pub retry: RetryConfig,
-    /// Set with a `ca_file`: pass it to the builder's `with_http_connector`.
-    pub pinned: Option<PinnedRoots>,
+    /// Pass it to the builder's `with_http_connector`.
+    pub connector: Connector,
 }
 
 pub(crate) fn transport(endpoint: &str, ca_file: Option<&Path>) -> Result<Transport, StorageError> {
@@ -99,10 +99,7 @@ pub(crate) fn transport(endpoint: &str, ca_file: Option<&Path>) -> Result<Transp
         .with_timeout(REQUEST_TIMEOUT)
         .with_pool_max_idle_per_host(IDLE_CONNECTIONS);
     let pinned = match ca_file {
-        Some(ca) => Some(PinnedRoots {
-            certificates: super::credentials::ca_certificates(ca)?,
-            https_only: endpoint.starts_with("https://"),
-        }),
+        Some(ca) => Some(super::credentials::ca_certificates(ca)?),
         None => None,
     };
     let retry = RetryConfig {
@@ -113,30 +110,40 @@ pub(crate) fn transport(endpoint: &str, ca_file: Option<&Path>) -> Result<Transp
     Ok(Transport {
         options,
         retry,
-        pinned,
+        connector: Connector {
+            pinned,
+            https_only: endpoint.starts_with("https://"),
+        },
     })
 }
 
-/// An HTTP client that trusts only the certificates of a target's `ca_file` (not the system's
+/// The HTTP client of every object-store target, built here rather than by the library so that
+/// it follows **no redirects**: an endpoint a superuser allowed could otherwise send the worker
+/// on to any other host (an instance-metadata address, an internal service), whose answer would
+/// land in a catalog row.  With a `ca_file` it trusts only those certificates (not the system's
 /// roots as well): a target behind a private CA stays pinned to it, so a certificate some other
-/// trusted CA issued for the host (a TLS-inspecting proxy's, say) is refused.  Same timeouts and
-/// kept connections as the library's own client.
+/// trusted CA issued for the host (a TLS-inspecting proxy's, say) is refused.  Otherwise as the
+/// library's own: HTTP/1.1, the same timeouts and kept connections.
 #[derive(Debug)]
-pub(crate) struct PinnedRoots {
-    certificates: Vec<reqwest::Certificate>,
+pub(crate) struct Connector {
+    pinned: Option<Vec<reqwest::Certificate>>,
     https_only: bool,
 }
 
-impl HttpConnector for PinnedRoots {
+impl HttpConnector for Connector {
     fn connect(&self, _: &ClientOptions) -> object_store::Result<HttpClient> {
         let mut builder = reqwest::Client::builder()
-            .tls_built_in_root_certs(false)
+            .redirect(reqwest::redirect::Policy::none())
+            .http1_only()
             .https_only(self.https_only)
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .pool_max_idle_per_host(IDLE_CONNECTIONS);
-        for c in &self.certificates {
-            builder = builder.add_root_certificate(c.clone());
+        if let Some(certificates) = &self.pinned {
+            builder = builder.tls_built_in_root_certs(false);
+            for c in certificates {
+                builder = builder.add_root_certificate(c.clone());
+            }
         }
         let client = builder.build().map_err(|e| object_store::Error::Generic {
             store: "HTTP client",
@@ -177,9 +184,18 @@ pub(crate) fn place_and_prefix<'a>(
 ) -> Result<(&'a str, &'a str), StorageError> {
     let trimmed = remote_path.trim_matches('/');
     let (place, prefix) = trimmed.split_once('/').unwrap_or((trimmed, ""));
-    if place.is_empty() {
+    // Names as S3 and Azure allow them (letters, digits, `.`, `-`, `_` for S3's older buckets):
+    // nothing that would change the request's path or query once put into the URL.
+    let valid = !place.is_empty()
+        && place.len() <= 255
+        && place != "."
+        && place != ".."
+        && place
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if !valid {
         return Err(StorageError::Config(format!(
-            "remote_path must start with the {what} name"
+            "remote_path must start with the {what} name (letters, digits, '.', '-', '_'), not {place:?}"
         )));
     }
     Ok((place, prefix))
@@ -538,6 +554,22 @@ impl Storage for ObjectTarget {
                     Err(self.failed("listing", "", why))
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_names_cannot_change_the_request() {
+        assert_eq!(
+            place_and_prefix("/backups.v2/pg/prod/", "bucket").unwrap(),
+            ("backups.v2", "pg/prod")
+        );
+        for bad in ["", "/", "victim#", "a?delete", "..", ".", "a%2Fb", "a b/x"] {
+            assert!(place_and_prefix(bad, "bucket").is_err(), "{bad:?}");
         }
     }
 }

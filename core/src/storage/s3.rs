@@ -27,7 +27,7 @@ pub fn open(
     let (bucket, prefix) = place_and_prefix(bucket_and_prefix, "bucket")?;
     let transport = transport(endpoint, ca_file)?;
     let (access_key, secret) = resolve_credentials(credentials_ref)?;
-    let mut builder = AmazonS3Builder::new()
+    let builder = AmazonS3Builder::new()
         .with_endpoint(endpoint.trim_end_matches('/'))
         .with_virtual_hosted_style_request(false)
         .with_region(region)
@@ -35,10 +35,8 @@ pub fn open(
         .with_access_key_id(access_key)
         .with_secret_access_key(secret.expose())
         .with_client_options(transport.options)
-        .with_retry(transport.retry);
-    if let Some(pinned) = transport.pinned {
-        builder = builder.with_http_connector(pinned);
-    }
+        .with_retry(transport.retry)
+        .with_http_connector(transport.connector);
     let store = builder
         .build()
         .map_err(|e| StorageError::Config(format!("S3 target {endpoint}: {e}")))?;

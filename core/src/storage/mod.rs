@@ -3,9 +3,9 @@
 //! identifier, so that a fleet of clusters can share one target; every component of a key is
 //! percent-encoded, so no name can add a level or climb out.
 //!
-//! Every copy is verified where it landed (the filesystem copy read back and hashed; an object's
-//! size and server-computed ETag compared), and a different object already under a key is
-//! never replaced.
+//! Every copy is verified where it landed (a filesystem copy or an Azure blob read back and
+//! hashed; an S3 object's size and server-computed ETag compared).  A filesystem target never
+//! replaces a different file already under a key; an object store's PUT replaces the object.
 
 pub mod azure;
 pub mod credentials;
@@ -97,8 +97,9 @@ pub struct Copied {
 
 /// A place copies go to.
 pub trait Storage: Send + Sync {
-    /// Stores the local file `local` under `key` and checks it where it landed.  An identical
-    /// copy already there is success; a different one is an error and stays untouched.
+    /// Stores the local file `local` under `key` and checks it where it landed.  On a filesystem
+    /// target an identical copy already there is success and a different one an error, left
+    /// untouched; an object store replaces the object.
     fn put_file(&self, local: &Path, key: &str) -> Result<Copied, StorageError> {
         self.put_opened(open_local(local)?, local, key)
     }

@@ -93,11 +93,10 @@ pub(crate) fn transport(endpoint: &str, ca_file: Option<&Path>) -> Result<Transp
             "remote_endpoint \"{endpoint}\" must be an http:// or https:// URL"
         )));
     }
-    let options = ClientOptions::new()
-        .with_allow_http(endpoint.starts_with("http://"))
-        .with_connect_timeout(CONNECT_TIMEOUT)
-        .with_timeout(REQUEST_TIMEOUT)
-        .with_pool_max_idle_per_host(IDLE_CONNECTIONS);
+    // The client's own settings (timeouts, kept connections, roots) are `Connector`'s: it
+    // builds the client and ignores these options, which the library still consults for
+    // whether plain http is allowed.
+    let options = ClientOptions::new().with_allow_http(endpoint.starts_with("http://"));
     let pinned = match ca_file {
         Some(ca) => Some(super::credentials::ca_certificates(ca)?),
         None => None,

@@ -314,6 +314,31 @@ fn attack_10_targets_stay_within_the_limits_and_nothing_leaks() {
         &[&"allowed", &endpoint, &"env:BACKUP_MGMT_S3", &"{}"],
     )
     .unwrap();
+    // Credentials bound to an endpoint: that key goes nowhere else, and that endpoint takes no
+    // other key (an Azure SharedKey request signed for one endpoint could be replayed at another).
+    let other = "http://127.0.0.1:2";
+    db.batch_execute(&format!(
+        "ALTER SYSTEM SET backup_mgmt.offsite_endpoints = '{endpoint}, {other} = env:BACKUP_MGMT_AZURE'"
+    ))
+    .unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    for (name, at, key) in [
+        ("bound-elsewhere", endpoint, "env:BACKUP_MGMT_AZURE"),
+        ("not-named-there", other, "env:BACKUP_MGMT_S3"),
+    ] {
+        let (state, message) = refused(m.execute(insert, &[&name, &at, &key, &"{}"]));
+        assert_eq!(state, "42501", "{name}: {message}");
+        assert!(
+            message.contains("is not one backup_mgmt.offsite_endpoints names"),
+            "{name}: {message}"
+        );
+    }
+    m.execute(
+        insert,
+        &[&"paired", &other, &"env:BACKUP_MGMT_AZURE", &"{}"],
+    )
+    .unwrap();
     db.batch_execute("ALTER SYSTEM SET backup_mgmt.offsite_endpoints = ''")
         .unwrap();
     db.batch_execute("SELECT pg_reload_conf()").unwrap();

@@ -188,10 +188,10 @@ fn wal_reaches_every_target_verified_survives_an_outage_and_raises_the_alarm() {
         cluster.log()
     );
     wait_caught_up(&cluster, &mut db, "disk", 6);
-    assert!(
-        !status(&mut db, "disk").2,
-        "the target that kept up alarmed"
-    );
+    // Caught up, so its alarm is down by the worker's next look at it (a test host running four
+    // clusters at once can hold it past the 4 s threshold for a moment).
+    let calm = Cluster::wait_for(Duration::from_secs(10), || !status(&mut db, "disk").2);
+    assert!(calm, "the target that kept up stays alarmed");
     let last_error: String = db
         .query_one(
             "SELECT last_error FROM backup_mgmt.offsite_wal_status WHERE config_name = 'bucket'",

@@ -36,7 +36,11 @@ impl ShipError {
             ShipError::NotInArchive(_)
                 | ShipError::Unreadable(_)
                 | ShipError::Changed { .. }
-                | ShipError::Storage(StorageError::Mismatch { .. } | StorageError::NotAFile(_))
+                | ShipError::Storage(
+                    StorageError::Mismatch { .. }
+                        | StorageError::Occupied { .. }
+                        | StorageError::NotAFile(_)
+                )
         )
     }
 }

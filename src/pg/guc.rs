@@ -176,8 +176,8 @@ pub fn init() {
     );
     GucRegistry::define_string_guc(
         c"backup_mgmt.offsite_endpoints",
-        c"Endpoints (URL prefixes, comma-separated) that off-site targets configured by roles that are not superusers may use.",
-        c"Empty: only superusers may configure object-storage targets. Example: 'https://s3.eu-west-1.amazonaws.com/, https://minio.internal:9000/'.",
+        c"Endpoints (URLs, comma-separated) that off-site targets configured by roles that are not superusers may use, each optionally with the credential references that go with it.",
+        c"Empty: only superusers may configure object-storage targets. Example: 'https://s3.eu-west-1.amazonaws.com/ = env:BACKUP_MGMT_AWS, https://minio.internal:9000/'. A reference named after '=' may be used only with the endpoints that name it, and such an endpoint takes no other.",
         &OFFSITE_ENDPOINTS,
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
@@ -297,12 +297,9 @@ fn string_of(setting: &GucSetting<Option<CString>>) -> String {
 /// What off-site targets configured by roles that are not superusers may use.
 pub fn offsite_limits() -> backup_mgmt_core::storage::limits::Limits {
     backup_mgmt_core::storage::limits::Limits {
-        endpoints: string_of(&OFFSITE_ENDPOINTS)
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .map(str::to_owned)
-            .collect(),
+        endpoints: backup_mgmt_core::storage::limits::parse_endpoints(&string_of(
+            &OFFSITE_ENDPOINTS,
+        )),
         allow_http: OFFSITE_ALLOW_HTTP.get(),
         env_prefix: string_of(&CREDENTIALS_ENV_PREFIX),
         credentials_directory: Some(string_of(&CREDENTIALS_DIRECTORY))

@@ -52,9 +52,10 @@ impl FilesystemTarget {
                 if there == copied {
                     Ok(copied)
                 } else {
-                    Err(StorageError::Mismatch {
-                        expected: copied.sha256,
-                        found: there.sha256,
+                    Err(StorageError::Occupied {
+                        key: dest.display().to_string(),
+                        found: format!("{} bytes, sha256 {}", there.size, there.sha256),
+                        ours: copied.sha256,
                     })
                 }
             }
@@ -194,7 +195,7 @@ mod tests {
         std::fs::write(&local, b"other").unwrap();
         assert!(matches!(
             target.put(&local, &key),
-            Err(StorageError::Mismatch { .. })
+            Err(StorageError::Occupied { .. })
         ));
         assert_eq!(target.checksum(&key).unwrap(), c);
         // No partial file left; deleting twice is fine.

@@ -3,6 +3,12 @@
 //! environment variables with a given prefix or files in a given directory, a CA bundle only
 //! from that directory.  Checked when such a role writes the configuration and again whenever
 //! the worker uses it (the limits may have been tightened since).
+//!
+//! An endpoint may name the credentials that go with it (`https://host = env:BACKUP_MGMT_A`): a
+//! reference named at any endpoint is then bound to the endpoints that name it, and such an
+//! endpoint takes no other.  Without that, an operator could pair any allowed key with any
+//! allowed endpoint; Azure's SharedKey signatures do not cover the host, so requests signed for
+//! an endpoint the operator can watch could be replayed against the account the key is for.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -10,10 +16,34 @@ use std::path::{Component, Path, PathBuf};
 /// `credentials_env_prefix`, `credentials_directory`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Limits {
-    pub endpoints: Vec<String>,
+    pub endpoints: Vec<Endpoint>,
     pub allow_http: bool,
     pub env_prefix: String,
     pub credentials_directory: Option<PathBuf>,
+}
+
+/// One entry of `backup_mgmt.offsite_endpoints`: a URL, and the credential references that
+/// go with it (empty: any reference that is not bound to other endpoints).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    pub url: String,
+    pub credentials: Vec<String>,
+}
+
+/// `backup_mgmt.offsite_endpoints` parsed: comma-separated entries, each a URL, optionally
+/// followed by `=` and the credential references (separated by spaces) that go with it.
+pub fn parse_endpoints(text: &str) -> Vec<Endpoint> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|entry| {
+            let (url, credentials) = entry.split_once('=').unwrap_or((entry, ""));
+            Endpoint {
+                url: url.trim().to_owned(),
+                credentials: credentials.split_whitespace().map(str::to_owned).collect(),
+            }
+        })
+        .collect()
 }
 
 /// A target's configuration, as far as the limits are concerned.
@@ -40,6 +70,8 @@ pub enum LimitError {
     OutsideCredentialsDirectory(String),
     #[error("credentials reference \"{0}\" must be env:NAME or file:/path")]
     BadReference(String),
+    #[error("credentials reference \"{reference}\" is not one backup_mgmt.offsite_endpoints names for endpoint \"{endpoint}\"")]
+    NotPaired { reference: String, endpoint: String },
 }
 
 /// Scheme, host (lower case) and port of an http(s) URL that names no path beyond `/`.
@@ -86,13 +118,32 @@ impl Limits {
             if scheme == "http" && !self.allow_http {
                 return Err(LimitError::Http(t.endpoint.to_owned()));
             }
-            let allowed = self
+            let here = (scheme, host, port);
+            let entries: Vec<&Endpoint> = self
                 .endpoints
                 .iter()
-                .filter_map(|e| origin(e))
-                .any(|o| o == (scheme.clone(), host.clone(), port));
-            if !allowed {
+                .filter(|e| origin(&e.url).as_ref() == Some(&here))
+                .collect();
+            if entries.is_empty() {
                 return Err(LimitError::Endpoint(t.endpoint.to_owned()));
+            }
+            if let Some(reference) = t.credentials_ref {
+                // Named with this endpoint: fine.  Otherwise refused if this endpoint names
+                // its credentials, or if the reference is bound to endpoints elsewhere.
+                let named_here = entries
+                    .iter()
+                    .any(|e| e.credentials.iter().any(|c| c == reference));
+                let endpoint_binds = entries.iter().any(|e| !e.credentials.is_empty());
+                let bound_elsewhere = self
+                    .endpoints
+                    .iter()
+                    .any(|e| e.credentials.iter().any(|c| c == reference));
+                if !named_here && (endpoint_binds || bound_elsewhere) {
+                    return Err(LimitError::NotPaired {
+                        reference: reference.to_owned(),
+                        endpoint: t.endpoint.to_owned(),
+                    });
+                }
             }
         }
         for r in [t.credentials_ref, t.encryption_key_ref]
@@ -129,10 +180,9 @@ mod tests {
 
     fn limits() -> Limits {
         Limits {
-            endpoints: vec![
-                "https://s3.eu-west-1.amazonaws.com/".into(),
-                "https://minio.internal:9000".into(),
-            ],
+            endpoints: parse_endpoints(
+                "https://s3.eu-west-1.amazonaws.com/, https://minio.internal:9000",
+            ),
             allow_http: false,
             env_prefix: "BACKUP_MGMT_".into(),
             credentials_directory: Some("/etc/backup_mgmt".into()),
@@ -172,7 +222,7 @@ mod tests {
             .check(&s3("https://s3.eu-west-1.amazonaws.com/other-path", None))
             .is_err());
         let http = Limits {
-            endpoints: vec!["http://minio.internal:9000".into()],
+            endpoints: parse_endpoints("http://minio.internal:9000"),
             ..limits()
         };
         assert!(matches!(
@@ -225,5 +275,73 @@ mod tests {
         assert!(none
             .check(&s3(ok, Some("file:/etc/backup_mgmt/s3.key")))
             .is_err());
+    }
+
+    #[test]
+    fn credentials_named_with_an_endpoint_go_only_there() {
+        let l = Limits {
+            endpoints: parse_endpoints(
+                "https://acme.blob.core.windows.net = env:BACKUP_MGMT_AZURE file:/etc/backup_mgmt/azure.key, \
+                 https://minio.internal:9000=env:BACKUP_MGMT_MINIO, https://s3.eu-west-1.amazonaws.com",
+            ),
+            ..limits()
+        };
+        assert_eq!(l.endpoints.len(), 3);
+        assert_eq!(
+            l.endpoints[0].credentials,
+            ["env:BACKUP_MGMT_AZURE", "file:/etc/backup_mgmt/azure.key"]
+        );
+        let azure = |endpoint, credentials| TargetConfig {
+            remote_type: "azure",
+            ..s3(endpoint, Some(credentials))
+        };
+        // Each key with its endpoint.
+        for (endpoint, key) in [
+            (
+                "https://acme.blob.core.windows.net",
+                "env:BACKUP_MGMT_AZURE",
+            ),
+            (
+                "https://ACME.blob.core.windows.net/",
+                "file:/etc/backup_mgmt/azure.key",
+            ),
+            ("https://minio.internal:9000", "env:BACKUP_MGMT_MINIO"),
+            // An endpoint that names none takes any key that is not bound elsewhere.
+            ("https://s3.eu-west-1.amazonaws.com", "env:BACKUP_MGMT_S3"),
+        ] {
+            assert_eq!(l.check(&azure(endpoint, key)), Ok(()), "{endpoint} {key}");
+        }
+        // A bound key at another endpoint, even one that names none; another key at an
+        // endpoint that names its own.
+        for (endpoint, key) in [
+            ("https://minio.internal:9000", "env:BACKUP_MGMT_AZURE"),
+            (
+                "https://s3.eu-west-1.amazonaws.com",
+                "file:/etc/backup_mgmt/azure.key",
+            ),
+            ("https://acme.blob.core.windows.net", "env:BACKUP_MGMT_S3"),
+            (
+                "https://acme.blob.core.windows.net",
+                "env:BACKUP_MGMT_MINIO",
+            ),
+        ] {
+            assert_eq!(
+                l.check(&azure(endpoint, key)),
+                Err(LimitError::NotPaired {
+                    reference: key.into(),
+                    endpoint: endpoint.into()
+                }),
+                "{endpoint} {key}"
+            );
+        }
+        // Naming a reference does not lift the prefix and directory rules.
+        let named = Limits {
+            endpoints: parse_endpoints("https://minio.internal:9000 = env:PGPASSWORD"),
+            ..limits()
+        };
+        assert!(matches!(
+            named.check(&s3("https://minio.internal:9000", Some("env:PGPASSWORD"))),
+            Err(LimitError::EnvPrefix(_))
+        ));
     }
 }

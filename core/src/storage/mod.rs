@@ -4,8 +4,10 @@
 //! percent-encoded, so no name can add a level or climb out.
 //!
 //! Every copy is verified where it landed (a filesystem copy or an Azure blob read back and
-//! hashed; an S3 object's size and server-computed ETag compared).  A filesystem target never
-//! replaces a different file already under a key; an object store's PUT replaces the object.
+//! hashed; an S3 object's size and server-computed ETag compared).  No target replaces different
+//! content already under a key (a WAL segment archived twice with different bytes, a second
+//! cluster with the same system identifier): an identical copy already there counts as copied,
+//! a different one is an error and stays as it is.  Only the catalog mirror is replaced.
 
 pub mod azure;
 pub mod credentials;
@@ -33,6 +35,12 @@ pub enum StorageError {
     NotAFile(PathBuf),
     #[error("the copy on the target differs: sha256 {found}, expected {expected}")]
     Mismatch { expected: String, found: String },
+    #[error("{key} already holds different content ({found}; ours: sha256 {ours}): it is left as it is, a copy is never replaced")]
+    Occupied {
+        key: String,
+        found: String,
+        ours: String,
+    },
     #[error("credentials {reference}: {why}")]
     Credential { reference: String, why: String },
     #[error("{0}")]
@@ -97,9 +105,8 @@ pub struct Copied {
 
 /// A place copies go to.
 pub trait Storage: Send + Sync {
-    /// Stores the local file `local` under `key` and checks it where it landed.  On a filesystem
-    /// target an identical copy already there is success and a different one an error, left
-    /// untouched; an object store replaces the object.
+    /// Stores the local file `local` under `key` and checks it where it landed.  An identical
+    /// copy already there is success; a different one is `Occupied`, left untouched.
     fn put_file(&self, local: &Path, key: &str) -> Result<Copied, StorageError> {
         self.put_opened(open_local(local)?, local, key)
     }

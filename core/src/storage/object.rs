@@ -8,6 +8,8 @@
 //! of a single PUT, or for a multipart upload `md5(part MD5s)-N` (AWS, MinIO) or the whole
 //! object's MD5 (s3rver).  Then a HEAD checks the landed object's size and ETag again.  A target
 //! whose ETags are not MD5s (Azure Blob) is checked by reading the object back and hashing it.
+//! An object already under a key is never replaced (`put_opened`): identical content counts as
+//! the copy, different content is refused.  Only `replace` (the catalog mirror) replaces.
 //!
 //! The library is asynchronous; backup_mgmt's copies run on plain threads (the worker's
 //! helpers, a restore's jobs).  One runtime per process serves them all: each thread waits on
@@ -25,7 +27,7 @@ use md5::Md5;
 use object_store::client::{HttpClient, HttpConnector};
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    Attribute, Attributes, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
+    Attribute, Attributes, GetOptions, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
 };
 use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 use sha2::{Digest, Sha256};
@@ -35,6 +37,56 @@ use super::{described, Copied, Storage, StorageError};
 use crate::checksum::hex;
 use crate::stream;
 use crate::threads;
+
+/// What identifies content on an object store, computed as it is read part by part: its size
+/// and sha256, and the ETags an S3 server gives it: the MD5 of a single PUT; for a multipart
+/// upload `md5(part MD5s)-N` (AWS, MinIO) or the whole object's MD5 (s3rver).
+#[derive(Default)]
+struct Fingerprint {
+    sha256: Sha256,
+    md5: Md5,
+    part_md5s: Vec<u8>,
+    parts: usize,
+    size: u64,
+}
+
+impl Fingerprint {
+    fn part(&mut self, bytes: &[u8]) {
+        self.sha256.update(bytes);
+        self.md5.update(bytes);
+        self.part_md5s.extend_from_slice(&Md5::digest(bytes));
+        self.parts += 1;
+        self.size += bytes.len() as u64;
+    }
+
+    /// The size and sha256, and the ETags (`|`-separated) the object may have.
+    fn finish(self, multipart: bool) -> (Copied, String) {
+        let whole = hex(&self.md5.finalize());
+        let etags = if multipart {
+            format!(
+                "{}-{}|{whole}",
+                hex(&Md5::digest(&self.part_md5s)),
+                self.parts
+            )
+        } else {
+            whole
+        };
+        (
+            Copied {
+                size: self.size,
+                sha256: hex(&self.sha256.finalize()),
+            },
+            etags,
+        )
+    }
+}
+
+/// An object found under a key before a copy.
+struct Existing {
+    size: u64,
+    etag: String,
+    sha256: Option<String>,
+}
 
 /// Part size of multipart uploads (S3 allows 5 MiB to 5 GiB; 10,000 parts at most, so larger
 /// backups get larger parts).
@@ -286,23 +338,16 @@ impl ObjectTarget {
                 .map_err(|e| StorageError::Http(format!("read {}: {e}", local.display())))
         };
         let path = self.path(key)?;
-        let mut whole = Sha256::new();
-        // Larger parts for very large backups: S3 takes at most 10,000.
-        let part_size = self.part_size.max(size.div_ceil(MAX_PARTS) as usize);
+        let mut print = Fingerprint::default();
+        let part_size = self.part_size_for(size);
         if size as usize <= part_size {
             let mut buf = vec![0u8; size as usize];
             let n = read(&mut file, &mut buf)?;
             buf.truncate(n);
-            whole.update(&buf);
-            let sha = hex(&whole.finalize());
-            let md5 = self.put_whole(rt, &path, key, Bytes::from(buf), &sha)?;
-            return Ok((
-                Copied {
-                    size: n as u64,
-                    sha256: sha,
-                },
-                md5,
-            ));
+            print.part(&buf);
+            let (copied, etag) = print.finish(false);
+            self.put_whole(rt, &path, key, Bytes::from(buf), &copied.sha256)?;
+            return Ok((copied, etag));
         }
         // Multipart: the whole object's sha256 is only known at the end, so it goes into the
         // catalog; each part's payload is signed with its own sha256.
@@ -312,10 +357,6 @@ impl ObjectTarget {
                     .put_multipart_opts(&path, PutMultipartOptions::default()),
             )
             .map_err(|e| self.failed("starting the upload of", key, described(&e)))?;
-        let mut whole_md5 = Md5::new();
-        let mut md5s: Vec<u8> = Vec::new();
-        let mut parts = 0usize;
-        let mut total = 0u64;
         let mut in_flight: std::collections::VecDeque<
             tokio::task::JoinHandle<object_store::Result<()>>,
         > = std::collections::VecDeque::new();
@@ -329,11 +370,7 @@ impl ObjectTarget {
                     break;
                 }
                 buf.truncate(n);
-                whole.update(&buf);
-                whole_md5.update(&buf);
-                md5s.extend_from_slice(&Md5::digest(&buf));
-                parts += 1;
-                total += n as u64;
+                print.part(&buf);
                 if in_flight.len() >= UPLOADS_IN_FLIGHT {
                     if let Some(oldest) = in_flight.pop_front() {
                         rt.block_on(oldest)
@@ -351,13 +388,7 @@ impl ObjectTarget {
             let landed = rt
                 .block_on(upload.complete())
                 .map_err(|e| self.failed("completing the upload of", key, described(&e)))?;
-            // AWS and MinIO give a multipart object the ETag `md5(part md5s)-N`; other servers
-            // (s3rver) the whole object's MD5.  Both are computed, either is accepted.
-            let etags = format!(
-                "{}-{parts}|{}",
-                hex(&Md5::digest(&md5s)),
-                hex(&whole_md5.clone().finalize())
-            );
+            let (copied, etags) = std::mem::take(&mut print).finish(true);
             let etag = unquoted(landed.e_tag.as_deref());
             if self.checked == Checked::Md5Etag && !etags.split('|').any(|e| e == etag) {
                 return Err(self.failed(
@@ -366,13 +397,7 @@ impl ObjectTarget {
                     format!("the server stored something else (ETag {etag}, expected {etags})"),
                 ));
             }
-            Ok((
-                Copied {
-                    size: total,
-                    sha256: hex(&whole.clone().finalize()),
-                },
-                etags,
-            ))
+            Ok((copied, etags))
         })();
         if result.is_err() {
             // Leave no half upload behind (it would be billed and never completed).
@@ -408,10 +433,7 @@ impl ObjectTarget {
             ));
         }
         if self.checked == Checked::ReadBack {
-            let mut hash = stream::Hash::new(std::io::sink());
-            std::io::copy(&mut self.get(key)?, &mut hash)
-                .map_err(|e| self.failed("reading back", key, described(&e)))?;
-            let (_, found) = hash.finish();
+            let found = self.read_back(key)?;
             if found != copied.sha256 {
                 return Err(StorageError::Mismatch {
                     expected: copied.sha256.clone(),
@@ -420,6 +442,62 @@ impl ObjectTarget {
             }
         }
         Ok(())
+    }
+
+    /// The sha256 of the object under `key`, read back whole.
+    fn read_back(&self, key: &str) -> Result<String, StorageError> {
+        let mut hash = stream::Hash::new(std::io::sink());
+        std::io::copy(&mut self.get(key)?, &mut hash)
+            .map_err(|e| self.failed("reading back", key, described(&e)))?;
+        Ok(hash.finish().1)
+    }
+
+    /// Part size for an object of `size` bytes: larger parts for very large backups, since S3
+    /// takes at most 10,000.
+    fn part_size_for(&self, size: u64) -> usize {
+        self.part_size.max(size.div_ceil(MAX_PARTS) as usize)
+    }
+
+    /// The object already under `key`, if any: its size, ETag and the sha256 a single PUT of
+    /// ours stored with it (a multipart upload cannot: the sha256 is known only at its end).
+    fn existing(&self, key: &str) -> Result<Option<Existing>, StorageError> {
+        let rt = runtime()?;
+        let path = self.path(key)?;
+        let options = GetOptions {
+            head: true,
+            ..Default::default()
+        };
+        match rt.block_on(self.store.get_opts(&path, options)) {
+            Ok(found) => Ok(Some(Existing {
+                size: found.meta.size,
+                etag: unquoted(found.meta.e_tag.as_deref()),
+                sha256: found
+                    .attributes
+                    .get(&Attribute::Metadata("sha256".into()))
+                    .map(|v| v.to_string()),
+            })),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.failed("HEAD", key, described(&e))),
+        }
+    }
+
+    /// Whether the object `there` holds the content `ours` (with the ETags an upload of it may
+    /// get): same size, the same stored sha256 where there is one, and the same ETag or, where
+    /// ETags are not MD5s, the same sha256 read back.
+    fn holds(
+        &self,
+        key: &str,
+        there: &Existing,
+        ours: &Copied,
+        etags: &str,
+    ) -> Result<bool, StorageError> {
+        if there.size != ours.size || there.sha256.as_ref().is_some_and(|s| *s != ours.sha256) {
+            return Ok(false);
+        }
+        match self.checked {
+            Checked::Md5Etag => Ok(etags.split('|').any(|e| e == there.etag)),
+            Checked::ReadBack => Ok(self.read_back(key)? == ours.sha256),
+        }
     }
 
     /// Every key below `dir` ("" or ending in `/`), relative to the target's prefix.
@@ -465,8 +543,46 @@ impl Storage for ObjectTarget {
         shown: &Path,
         key: &str,
     ) -> Result<Copied, StorageError> {
+        if let Some(there) = self.existing(key)? {
+            // Never replaced: an identical object counts as this copy (a copy interrupted
+            // after it landed, a backup's files sent again), a different one is refused.
+            let mut file = file;
+            let size = file
+                .metadata()
+                .map_err(|e| StorageError::Http(format!("stat {}: {e}", shown.display())))?
+                .len();
+            let part_size = self.part_size_for(size);
+            let mut print = Fingerprint::default();
+            let mut buf = vec![0u8; part_size.min(size as usize).max(1)];
+            loop {
+                let n = stream::read_full(&mut file, &mut buf)
+                    .map_err(|e| StorageError::Http(format!("read {}: {e}", shown.display())))?;
+                if n == 0 {
+                    break;
+                }
+                print.part(&buf[..n]);
+            }
+            let (ours, etags) = print.finish(size > part_size as u64);
+            return if self.holds(key, &there, &ours, &etags)? {
+                Ok(ours)
+            } else {
+                Err(StorageError::Occupied {
+                    key: format!("{}/{key}", self.place),
+                    found: match &there.sha256 {
+                        Some(sha) => format!("{} bytes, sha256 {sha}", there.size),
+                        None => format!("{} bytes, ETag {}", there.size, there.etag),
+                    },
+                    ours: ours.sha256,
+                })
+            };
+        }
         let (copied, etags) = self.put_from(file, shown, key)?;
-        self.verify(key, &copied, &etags)?;
+        if let Err(e) = self.verify(key, &copied, &etags) {
+            // What landed is not this copy: removed, so that the next try can put it again
+            // (a copy is never replaced, so a bad one left there would block it for good).
+            let _ = self.delete(key);
+            return Err(e);
+        }
         Ok(copied)
     }
 

@@ -1,0 +1,123 @@
+//! A copy on an object store is never replaced by different content: against s3rver, an S3
+//! server that checks signatures (s3s-fs) and Azurite, through the core crate's targets as the
+//! worker and the restore program open them.  Copying the same file again (a copy interrupted
+//! after it landed, a backup sent again) succeeds without changing the object; a different file
+//! under the same key, small (one PUT, its sha256 stored with it) or large (a multipart upload,
+//! no stored sha256), is refused with an error naming the key, and the object keeps its bytes.
+
+use std::io::Read;
+use std::path::Path;
+
+use backup_mgmt_core::storage::{self, azure, s3, Storage, StorageError};
+use backup_mgmt_e2e::azurite::{self, Azurite};
+use backup_mgmt_e2e::s3server::S3Server;
+
+const MB: usize = 1 << 20;
+
+fn content(target: &dyn Storage, key: &str) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    target.get(key).unwrap().read_to_end(&mut bytes).unwrap();
+    bytes
+}
+
+/// Bytes that differ from seed to seed everywhere (so that no two parts are alike).
+fn bytes(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed)
+        .collect()
+}
+
+/// A credentials file as the targets accept one: readable by its owner alone.
+fn key_file(dir: &Path, text: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("credentials");
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    format!("file:{}", path.display())
+}
+
+fn never_replaced(target: &dyn Storage, dir: &Path, what: &str) {
+    let wal = storage::wal_key(7, "000000010000000000000003.zst");
+    let big = storage::object_key(7, "shop", Path::new("/b/shop_full.dump"));
+    for (key, len) in [(wal.as_str(), 40_000), (big.as_str(), 11 * MB + 3)] {
+        let first = dir.join(format!("first-{len}"));
+        std::fs::write(&first, bytes(len, 1)).unwrap();
+        let copied = target.put_file(&first, key).unwrap();
+        assert_eq!(copied.size, len as u64);
+        // The same file again: success, the same copy.
+        let again = target
+            .put_file(&first, key)
+            .unwrap_or_else(|e| panic!("{what}: the same file again under {key}: {e}"));
+        assert_eq!(again, copied, "{what}");
+        // Different bytes of the same length (one byte changed), and a shorter file.
+        let mut changed = bytes(len, 1);
+        changed[len / 2] ^= 0xff;
+        let second = dir.join(format!("second-{len}"));
+        for other in [changed, bytes(len / 2, 2)] {
+            std::fs::write(&second, &other).unwrap();
+            match target.put_file(&second, key) {
+                Err(StorageError::Occupied {
+                    key: shown, ours, ..
+                }) => {
+                    assert!(shown.ends_with(key), "{what}: {shown}");
+                    assert_ne!(ours, copied.sha256, "{what}");
+                }
+                other => panic!("{what}: a different file under {key} was not refused: {other:?}"),
+            }
+            assert_eq!(
+                content(target, key),
+                bytes(len, 1),
+                "{what}: the object under {key} changed"
+            );
+        }
+    }
+}
+
+#[test]
+fn s3rver_copies_are_never_replaced() {
+    let server = S3Server::start();
+    server.create_bucket("keep");
+    let dir = tempfile::tempdir().unwrap();
+    let creds = key_file(dir.path(), "S3RVER:S3RVER\n");
+    let target = s3::open(
+        &server.endpoint(),
+        "keep/pg",
+        "us-east-1",
+        &creds,
+        Some(5 * MB),
+        None,
+    )
+    .unwrap();
+    never_replaced(&target, dir.path(), "s3rver");
+}
+
+#[test]
+fn signature_checking_s3_copies_are_never_replaced() {
+    let server = S3Server::start_checking_signatures("bmtest", "s3s-secret-4b7e1d");
+    server.create_bucket("keep");
+    let dir = tempfile::tempdir().unwrap();
+    let creds = key_file(dir.path(), "bmtest:s3s-secret-4b7e1d\n");
+    let target = s3::open(
+        &server.endpoint(),
+        "keep/pg",
+        "us-east-1",
+        &creds,
+        Some(5 * MB),
+        None,
+    )
+    .unwrap();
+    never_replaced(&target, dir.path(), "s3s-fs");
+}
+
+#[test]
+fn azure_copies_are_never_replaced() {
+    let server = Azurite::start();
+    server.create_container("keep");
+    let dir = tempfile::tempdir().unwrap();
+    let creds = key_file(
+        dir.path(),
+        &format!("{}:{}\n", azurite::ACCOUNT, azurite::KEY),
+    );
+    let target = azure::open(&server.endpoint(), "keep/pg", &creds, Some(5 * MB), None).unwrap();
+    never_replaced(&target, dir.path(), "Azurite");
+}

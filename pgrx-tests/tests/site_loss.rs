@@ -287,7 +287,7 @@ fn the_cluster_comes_back_from_the_bucket_alone() {
         report["why"]
             .as_str()
             .unwrap()
-            .contains("newest physical backup"),
+            .contains("ends before the goal with its chain (2 backups) on the target"),
         "{out}"
     );
     assert!(data.join("recovery.signal").is_file());

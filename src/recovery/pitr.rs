@@ -9,13 +9,14 @@
 //! backup_mgmt is not installed and the catalog is gone.  Segment numbers and names use this
 //! cluster's WAL segment size, as the archive's catalog does.
 
+use backup_mgmt_core::restore::base_choice::{choose_base, Candidate, Chosen};
 use backup_mgmt_core::restore::recipe::{
     recipe, wal_needed, Base, RecipeError, RecipeInput, Segment, TarPart, Target,
 };
 use backup_mgmt_core::wal::{self, Lsn, WalRange};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
-use pgrx::spi::{SpiClient, SpiError};
+use pgrx::spi::{SpiClient, SpiError, SpiHeapTupleData};
 
 use crate::catalog::queries::{
     chain_members, chain_problem, chain_unverified, newest_verification_status,
@@ -189,71 +190,45 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
         // that could not be used, with why (said in a NOTICE, and in the reason when none can).
         let first = format!("{CANDIDATES} ORDER BY r.stop_lsn DESC, r.backup_id DESC LIMIT 20");
         let args = [target_time.into(), target_lsn_text.clone().into()];
-        let candidates = c.select(&first, None, &args)?;
-        let looked_at = candidates.len();
-        let mut not_used: Vec<String> = Vec::new();
-        // A chain verified as a whole is preferred to a newer one that is not (yet): the newest
-        // usable base whose every member passed its newest verification, else the newest usable.
-        let mut verified = None;
-        let mut unverified = Vec::new();
-        for row in candidates {
-            let id = row.get::<i64>(1)?.unwrap_or_default();
-            match (row.get::<String>(12)?, row.get::<String>(14)?) {
-                (Some(problem), _) => not_used.push(format!("backup {id}: {problem}")),
-                (None, Some(why)) => unverified.push((id, why, row)),
-                (None, None) => {
-                    verified = Some(row);
-                    break;
-                }
-            }
+        fn candidate(
+            row: SpiHeapTupleData<'_>,
+        ) -> Result<Candidate<SpiHeapTupleData<'_>>, PitrError> {
+            Ok(Candidate {
+                backup_id: row.get::<i64>(1)?.unwrap_or_default(),
+                problem: row.get::<String>(12)?,
+                unverified: row.get::<String>(14)?,
+                item: row,
+            })
         }
-        let passed_over: Vec<String> = match verified {
-            Some(_) => unverified
-                .iter()
-                .map(|(id, why, _)| format!("backup {id}: not verified as a whole ({why})"))
-                .collect(),
-            None => Vec::new(),
-        };
-        let mut chosen_unverified = None;
-        let mut base = match verified {
-            Some(row) => Some(row),
-            None => unverified.into_iter().next().map(|(id, why, row)| {
-                chosen_unverified = Some((id, why));
-                row
-            }),
-        };
+        let mut candidates = Vec::new();
+        for row in c.select(&first, None, &args)? {
+            candidates.push(candidate(row)?);
+        }
         // Twenty newer ones unusable: the newest usable one further back (a verified chain
         // first), if any.
-        if base.is_none() && looked_at == 20 {
+        if candidates.len() == 20 && candidates.iter().all(|c| c.problem.is_some()) {
             let further = format!(
                 "SELECT x.* FROM ({CANDIDATES}) x WHERE x.problem IS NULL \
                   ORDER BY x.unverified IS NULL DESC, x.stop_order DESC, x.backup_id DESC LIMIT 1"
             );
-            base = c.select(&further, None, &args)?.next();
-            if let Some(row) = &base {
-                if let Some(why) = row.get::<String>(14)? {
-                    chosen_unverified = Some((row.get::<i64>(1)?.unwrap_or_default(), why));
+            if let Some(row) = c.select(&further, None, &args)?.next() {
+                candidates.push(candidate(row)?);
+            }
+        }
+        let Chosen {
+            item: row,
+            backup_id: chose,
+            why: why_this,
+        } = match choose_base(candidates) {
+            Ok(chosen) => chosen,
+            Err(not_used) => {
+                let mut reason = "no completed pg_basebackup or native physical backup of this cluster, with its WAL positions recorded, no failed verification and a whole chain, ended before the target".to_owned();
+                if !not_used.is_empty() {
+                    reason.push_str(&format!(" (not usable: {})", not_used.join("; ")));
                 }
+                return Ok(unreachable_row(reason));
             }
-        }
-        let Some(row) = base else {
-            let mut reason = "no completed pg_basebackup or native physical backup of this cluster, with its WAL positions recorded, no failed verification and a whole chain, ended before the target".to_owned();
-            if !not_used.is_empty() {
-                reason.push_str(&format!(" (not usable: {})", not_used.join("; ")));
-            }
-            return Ok(unreachable_row(reason));
         };
-        let chose = row.get::<i64>(1)?.unwrap_or_default();
-        let mut why_this = match &chosen_unverified {
-            None => "its whole chain passed verification".to_owned(),
-            Some((_, why)) => format!(
-                "no usable base backup verified as a whole was found, and this one is not: {why}"
-            ),
-        };
-        let skipped: Vec<String> = not_used.into_iter().chain(passed_over).collect();
-        if !skipped.is_empty() {
-            why_this.push_str(&format!("; newer ones not used: {}", skipped.join("; ")));
-        }
         notice!("backup_mgmt: plan_recovery chose base backup {chose}: {why_this}");
         let id: i64 = row.get(1)?.unwrap_or_default();
         let path: String = row.get(2)?.unwrap_or_default();

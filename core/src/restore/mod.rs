@@ -3,8 +3,10 @@
 //! unprivileged role a logical restore test runs backup content as; and restoring from an
 //! off-site target alone (`offsite`: its mirror and the choice of a base backup; `fetch`: the
 //! files, the recovery settings, `wal-fetch`; `logical`: a dump into a new database, globals
-//! first).
+//! first).  `base_choice` is the one rule for which base backup a recovery starts from, for
+//! `plan_recovery` and the program alike.
 
+pub mod base_choice;
 pub mod fetch;
 pub mod logical;
 pub mod materialize;

@@ -1,9 +1,10 @@
 //! The off-site mirror read back: what a target holds of a cluster (`<system identifier>/
 //! .catalog/catalog_mirror.json`, format `backup_mgmt offsite catalog 1`, written by the
 //! extension's worker), and the choice of the backup a restore to a goal starts from, with the
-//! WAL it needs, made as `plan_recovery` makes it: the newest physical backup that ends before
-//! the goal, whose chain is on the target and not known damaged, with every segment from its
-//! start to the goal there.
+//! WAL it needs, made as `plan_recovery` makes it (`base_choice`): among the physical backups that
+//! end before the goal, whose chain is on the target and not known damaged, with every segment
+//! from its start to the goal there, the newest whose whole chain passed verification, else the
+//! newest.
 //!
 //! Everything here is input: the mirror is a file on a target that others may write.  Keys are
 //! checked again where they are opened (`storage::plain_key`), digests and names here.
@@ -15,6 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::checksum::is_sha256_hex;
+use crate::restore::base_choice::{choose_base, Candidate};
 use crate::restore::recipe::{wal_needed, Segment};
 use crate::storage::{Storage, StorageError};
 use crate::wal::{self, Lsn, SegmentSize};
@@ -301,7 +303,6 @@ pub fn choose(
     goal: &Goal,
     backup_id: Option<i64>,
 ) -> Result<Choice, OffsiteRestoreError> {
-    let size = m.segment_size();
     let mut candidates: Vec<&MirrorBackup> = m
         .backups
         .iter()
@@ -315,113 +316,121 @@ pub fn choose(
             None => "the target holds no physical backup of this cluster".into(),
         }));
     }
-    let mut rejected = Vec::new();
-    for b in candidates {
-        let stop = b.stop_lsn.as_deref().and_then(Lsn::parse);
-        let start = b.start_lsn.as_deref().and_then(Lsn::parse);
-        let (Some(start), Some(stop)) = (start, stop) else {
-            rejected.push(format!("{}: no WAL location recorded", b.backup_id));
-            continue;
-        };
-        let ends_in_time = match goal {
-            Goal::Time(t) => time_of(&b.end_time).is_some_and(|e| e <= *t),
-            Goal::Lsn(l) => stop.0 <= l.0,
-            Goal::EndOfBackup | Goal::Latest => true,
-        };
-        if !ends_in_time {
-            rejected.push(format!("{}: ends after the goal", b.backup_id));
-            continue;
+    let physical = candidates.into_iter().map(|b| {
+        let usable = usable(m, goal, b);
+        Candidate {
+            backup_id: b.backup_id,
+            problem: usable.as_ref().err().cloned(),
+            unverified: usable.as_ref().ok().and_then(|(chain, _)| {
+                // The member nearest the backup first, as plan_recovery names it.
+                chain
+                    .iter()
+                    .rev()
+                    .find(|c| c.verification.as_deref() != Some("passed"))
+                    .map(|c| format!("backup {} has no passed verification", c.backup_id))
+            }),
+            item: usable.ok().map(|(chain, wal)| (b, chain, wal)),
         }
-        let chain = match chain_of(m, b) {
-            Ok(c) => c,
-            Err(why) => {
-                rejected.push(format!("{}: {why}", b.backup_id));
-                continue;
-            }
-        };
-        if b.backup_method == "pg_basebackup" && chain.len() > 1 {
-            rejected.push(format!(
-                "{}: a pg_basebackup incremental, whose chain needs pg_combinebackup (use plan_recovery's recipe)",
-                b.backup_id
-            ));
-            continue;
+    });
+    let chosen = choose_base(physical)
+        .map_err(|not_used| OffsiteRestoreError::NoBase(not_used.join("; ")))?;
+    let Some((b, chain, wal)) = chosen.item else {
+        return Err(OffsiteRestoreError::NoBase(format!(
+            "backup {} is not usable",
+            chosen.backup_id
+        )));
+    };
+    let why = format!(
+        "backup {} ({} {}, ended {}) ends before the goal with its chain ({} backup{}) on the \
+         target and not known damaged, and {}; {} WAL segment{} from {} on are there without a gap",
+        b.backup_id,
+        b.backup_method,
+        b.backup_type,
+        b.end_time.as_deref().unwrap_or("?"),
+        chain.len(),
+        if chain.len() == 1 { "" } else { "s" },
+        chosen.why,
+        wal.len(),
+        if wal.len() == 1 { "" } else { "s" },
+        b.start_wal_segment.as_deref().unwrap_or("its start"),
+    );
+    Ok(Choice {
+        backup_sysid: m.system_identifier,
+        backup: b.clone(),
+        chain,
+        wal,
+        why,
+    })
+}
+
+/// Whether a restore to `goal` can start from `b`: its chain (full first) and the WAL it needs
+/// from the target, or why not.
+fn usable(
+    m: &Mirror,
+    goal: &Goal,
+    b: &MirrorBackup,
+) -> Result<(Vec<MirrorBackup>, Vec<MirrorWal>), String> {
+    let size = m.segment_size();
+    let stop = b.stop_lsn.as_deref().and_then(Lsn::parse);
+    let start = b.start_lsn.as_deref().and_then(Lsn::parse);
+    let (Some(start), Some(stop)) = (start, stop) else {
+        return Err("no WAL location recorded".into());
+    };
+    let ends_in_time = match goal {
+        Goal::Time(t) => time_of(&b.end_time).is_some_and(|e| e <= *t),
+        Goal::Lsn(l) => stop.0 <= l.0,
+        Goal::EndOfBackup | Goal::Latest => true,
+    };
+    if !ends_in_time {
+        return Err("ends after the goal".into());
+    }
+    let chain = chain_of(m, b)?;
+    if b.backup_method == "pg_basebackup" && chain.len() > 1 {
+        return Err(
+            "a pg_basebackup incremental, whose chain needs pg_combinebackup (use plan_recovery's recipe)"
+                .into(),
+        );
+    }
+    let timeline = b.timeline_id.unwrap_or(1) as u32;
+    let after = match goal {
+        Goal::Time(t) => Some(*t),
+        _ => None,
+    };
+    let archived = segments_of(m, timeline, after);
+    let first = size.segment_of(start.0) as i64;
+    let last_of_backup = size.segment_of(stop.0.saturating_sub(1).max(start.0)) as i64;
+    let target_segment = match goal {
+        Goal::Lsn(l) => Some(size.segment_of(l.0) as i64),
+        Goal::EndOfBackup => Some(last_of_backup),
+        _ => None,
+    };
+    let need = wal_needed(first, last_of_backup, target_segment, &archived);
+    if let Goal::Time(_) = goal {
+        if need.last.is_none() {
+            return Err("no WAL archived at or after the target time is on the target yet".into());
         }
-        let timeline = b.timeline_id.unwrap_or(1) as u32;
-        let after = match goal {
-            Goal::Time(t) => Some(*t),
-            _ => None,
-        };
-        let archived = segments_of(m, timeline, after);
-        let first = size.segment_of(start.0) as i64;
-        let last_of_backup = size.segment_of(stop.0.saturating_sub(1).max(start.0)) as i64;
-        let target_segment = match goal {
-            Goal::Lsn(l) => Some(size.segment_of(l.0) as i64),
-            Goal::EndOfBackup => Some(last_of_backup),
-            _ => None,
-        };
-        let need = wal_needed(first, last_of_backup, target_segment, &archived);
-        if let Goal::Time(_) = goal {
-            if need.last.is_none() {
-                rejected.push(format!(
-                    "{}: no WAL archived at or after the target time is on the target yet",
-                    b.backup_id
-                ));
-                continue;
-            }
-        }
-        // A physical backup holds the WAL from its start to its end itself (native copies it,
-        // pg_basebackup runs with --wal-method=fetch).
-        let missing: Vec<i64> = if *goal == Goal::EndOfBackup {
-            Vec::new()
-        } else {
-            need.missing.clone()
-        };
-        if let Some(n) = missing.first() {
+    }
+    // A physical backup holds the WAL from its start to its end itself (native copies it,
+    // pg_basebackup runs with --wal-method=fetch).
+    if *goal != Goal::EndOfBackup {
+        if let Some(n) = need.missing.first() {
             let name = wal::Segment {
                 timeline,
                 number: *n as u64,
             }
             .file_name(size);
-            rejected.push(format!(
-                "{}: WAL segment {name} is not on the target ({} missing)",
-                b.backup_id,
-                missing.len()
+            return Err(format!(
+                "WAL segment {name} is not on the target ({} missing)",
+                need.missing.len()
             ));
-            continue;
         }
-        let wal: Vec<MirrorWal> = need
-            .needed
-            .iter()
-            .filter_map(|s| m.wal_file(&s.name).cloned())
-            .collect();
-        let why = format!(
-            "backup {} ({} {}, ended {}) is the newest physical backup that ends before the goal \
-             with its chain ({} backup{}) on the target and not known damaged; {} WAL segment{} \
-             from {} on are there without a gap{}",
-            b.backup_id,
-            b.backup_method,
-            b.backup_type,
-            b.end_time.as_deref().unwrap_or("?"),
-            chain.len(),
-            if chain.len() == 1 { "" } else { "s" },
-            wal.len(),
-            if wal.len() == 1 { "" } else { "s" },
-            b.start_wal_segment.as_deref().unwrap_or("its start"),
-            if rejected.is_empty() {
-                String::new()
-            } else {
-                format!(" (passed over: {})", rejected.join("; "))
-            }
-        );
-        return Ok(Choice {
-            backup_sysid: m.system_identifier,
-            backup: b.clone(),
-            chain,
-            wal,
-            why,
-        });
     }
-    Err(OffsiteRestoreError::NoBase(rejected.join("; ")))
+    let wal = need
+        .needed
+        .iter()
+        .filter_map(|s| m.wal_file(&s.name).cloned())
+        .collect();
+    Ok((chain, wal))
 }
 
 /// The logical backup to restore: `backup_id`, or the newest logical backup of `database`
@@ -587,7 +596,8 @@ mod tests {
         assert_eq!(c.backup.backup_id, 1);
         assert_eq!(c.wal.len(), 3);
         assert!(
-            c.why.contains("passed over: 2: ends after the goal"),
+            c.why
+                .contains("newer ones not used: backup 2: ends after the goal"),
             "{}",
             c.why
         );
@@ -595,6 +605,46 @@ mod tests {
         let t = parse_time("2026-12-04T08:00:00Z").unwrap();
         let e = choose(&m, &Goal::Time(t), None).unwrap_err().to_string();
         assert!(e.contains("1: ends after the goal"), "{e}");
+    }
+
+    #[test]
+    fn a_verified_chain_is_preferred_as_plan_recovery_prefers_it() {
+        let mut m = mirror();
+        // Nothing verified: the newest, said so.
+        let c = choose(&m, &Goal::Latest, None).unwrap();
+        assert_eq!(c.backup.backup_id, 2);
+        assert!(
+            c.why
+                .contains("and this one is not: backup 2 has no passed verification"),
+            "{}",
+            c.why
+        );
+        // The full passed, the incremental was never verified: the full, and why not the
+        // incremental.
+        m.backups[0].verification = Some("passed".into());
+        let c = choose(&m, &Goal::Latest, None).unwrap();
+        assert_eq!(c.backup.backup_id, 1, "{}", c.why);
+        assert!(
+            c.why.contains(
+                "its whole chain passed verification; newer ones not used: backup 2: not verified \
+                 as a whole (backup 2 has no passed verification)"
+            ),
+            "{}",
+            c.why
+        );
+        // Both passed: the incremental.
+        m.backups[1].verification = Some("passed".into());
+        let c = choose(&m, &Goal::Latest, None).unwrap();
+        assert_eq!(c.backup.backup_id, 2);
+        assert!(
+            c.why.contains("its whole chain passed verification"),
+            "{}",
+            c.why
+        );
+        // The full failed: neither.
+        m.backups[0].verification = Some("failed".into());
+        let e = choose(&m, &Goal::Latest, None).unwrap_err().to_string();
+        assert!(e.contains("backup 2: backup 1 of its chain failed"), "{e}");
     }
 
     #[test]

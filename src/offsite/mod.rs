@@ -106,11 +106,16 @@ fn copy_checked(
 ) -> Result<Copied, CopyError> {
     let landed = storage::put_backup(target, local, key)?;
     match expected {
-        Some(sha) if sha != landed.sha256 => Err(CopyError::Changed {
-            path: local.to_owned(),
-            recorded: sha.to_owned(),
-            read: landed.sha256,
-        }),
+        Some(sha) if sha != landed.sha256 => {
+            // What landed is not the backup the catalog recorded: it must not stand as its copy
+            // (and, since copies are never replaced, would block the next try).
+            let _ = target.delete(key);
+            Err(CopyError::Changed {
+                path: local.to_owned(),
+                recorded: sha.to_owned(),
+                read: landed.sha256,
+            })
+        }
         _ => Ok(landed),
     }
 }

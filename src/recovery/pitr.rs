@@ -9,7 +9,7 @@
 //! backup_mgmt is not installed and the catalog is gone.  Segment numbers and names use this
 //! cluster's WAL segment size, as the archive's catalog does.
 
-use backup_mgmt_core::restore::base_choice::{choose_base, Candidate, Chosen};
+use backup_mgmt_core::restore::base_choice::{choose_base, Candidate, Chosen, WINDOW};
 use backup_mgmt_core::restore::recipe::{
     recipe, wal_needed, Base, RecipeError, RecipeInput, Segment, TarPart, Target,
 };
@@ -188,7 +188,8 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
         // The newest base backup of this cluster that was consistent before the target, whose
         // newest verification did not fail, and whose whole chain is usable; and the newer ones
         // that could not be used, with why (said in a NOTICE, and in the reason when none can).
-        let first = format!("{CANDIDATES} ORDER BY r.stop_lsn DESC, r.backup_id DESC LIMIT 20");
+        let first =
+            format!("{CANDIDATES} ORDER BY r.stop_lsn DESC, r.backup_id DESC LIMIT {WINDOW}");
         let args = [target_time.into(), target_lsn_text.clone().into()];
         fn candidate(
             row: SpiHeapTupleData<'_>,
@@ -206,7 +207,7 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
         }
         // Twenty newer ones unusable: the newest usable one further back (a verified chain
         // first), if any.
-        if candidates.len() == 20 && candidates.iter().all(|c| c.problem.is_some()) {
+        if candidates.len() == WINDOW && candidates.iter().all(|c| c.problem.is_some()) {
             let further = format!(
                 "SELECT x.* FROM ({CANDIDATES}) x WHERE x.problem IS NULL \
                   ORDER BY x.unverified IS NULL DESC, x.stop_order DESC, x.backup_id DESC LIMIT 1"

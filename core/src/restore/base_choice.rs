@@ -28,23 +28,46 @@ pub struct Chosen<T> {
     pub why: String,
 }
 
-/// Chooses among `candidates`, newest first.  Err: none is usable, with each one's problem
-/// (`backup N: ...`).
+/// How many of the newest candidates a verified chain is looked for among: a verified full
+/// of last week does not win over yesterday's unverified incrementals.
+pub const WINDOW: usize = 20;
+
+/// Chooses among `candidates`, newest first (by stop LSN, then backup id): within the newest
+/// `WINDOW`, a verified chain first; only when none of those is usable at all, the newest usable
+/// one further back (a verified chain first), whose passed-over elders are not listed.
+/// Err: none is usable, with each one's problem within the window (`backup N: ...`).
 pub fn choose_base<T>(
     candidates: impl IntoIterator<Item = Candidate<T>>,
 ) -> Result<Chosen<T>, Vec<String>> {
     let mut not_used = Vec::new();
     let mut unverified: Vec<Candidate<T>> = Vec::new();
     let mut verified = None;
-    for c in candidates {
+    // Beyond the window: the newest usable one not verified as a whole, in case no verified
+    // one follows.
+    let mut further = None;
+    for (i, c) in candidates.into_iter().enumerate() {
+        let beyond = i >= WINDOW;
+        if beyond && !unverified.is_empty() {
+            break;
+        }
         match (&c.problem, &c.unverified) {
-            (Some(problem), _) => not_used.push(format!("backup {}: {problem}", c.backup_id)),
+            (Some(problem), _) => {
+                if !beyond {
+                    not_used.push(format!("backup {}: {problem}", c.backup_id));
+                }
+            }
+            (None, Some(_)) if beyond => {
+                further.get_or_insert(c);
+            }
             (None, Some(_)) => unverified.push(c),
             (None, None) => {
                 verified = Some(c);
                 break;
             }
         }
+    }
+    if verified.is_none() {
+        unverified.extend(further);
     }
     let (chosen, why, passed_over) = match verified {
         Some(c) => {
@@ -139,6 +162,36 @@ mod tests {
         );
         let chosen = choose_base([c(4, None, None)]).unwrap();
         assert_eq!(chosen.why, "its whole chain passed verification");
+    }
+
+    #[test]
+    fn a_verified_chain_is_looked_for_among_the_newest_only() {
+        // Twenty-five unverified incrementals and a verified full behind them: the newest
+        // incremental, as plan_recovery's window of twenty has it.
+        let mut list: Vec<_> = (0..25)
+            .map(|i| c(100 - i, None, Some("never verified")))
+            .collect();
+        list.push(c(1, None, None));
+        assert_eq!(choose_base(list).unwrap().backup_id, 100);
+        // Twenty unusable ones: further back, a verified chain before a newer unverified one,
+        // and neither the unusable nor the unverified ones beyond the window listed.
+        let mut list: Vec<_> = (0..20).map(|i| c(100 - i, Some("damaged"), None)).collect();
+        list.push(c(50, Some("damaged too"), None));
+        list.push(c(40, None, Some("never verified")));
+        list.push(c(30, None, None));
+        let chosen = choose_base(list).unwrap();
+        assert_eq!(chosen.backup_id, 30);
+        assert!(
+            !chosen.why.contains("backup 50") && !chosen.why.contains("backup 40"),
+            "{}",
+            chosen.why
+        );
+        assert!(chosen.why.contains("backup 81: damaged"), "{}", chosen.why);
+        // ... and with no verified one there, the newest usable.
+        let mut list: Vec<_> = (0..20).map(|i| c(100 - i, Some("damaged"), None)).collect();
+        list.push(c(40, None, Some("never verified")));
+        list.push(c(35, None, Some("never verified")));
+        assert_eq!(choose_base(list).unwrap().backup_id, 40);
     }
 
     #[test]

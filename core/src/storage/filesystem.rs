@@ -29,10 +29,11 @@ impl FilesystemTarget {
     /// Copies `local` to `key` (durably, never over a different file); an identical copy
     /// already there is success.
     pub fn put(&self, local: &Path, key: &str) -> Result<Copied, StorageError> {
-        self.put_from(open_local(local)?, key)
+        self.put_from(open_local(local)?, key).map(|(c, _)| c)
     }
 
-    fn put_from(&self, input: fs::File, key: &str) -> Result<Copied, StorageError> {
+    /// The copy, and whether this call created it (false: an identical one was there).
+    fn put_from(&self, input: fs::File, key: &str) -> Result<(Copied, bool), StorageError> {
         let mut input = stream::Limited::new(input, self.rate.clone());
         let dest = self.path_of(key);
         durable::create_private_dir(dest.parent().unwrap_or(&self.dir), true)?;
@@ -46,11 +47,11 @@ impl FilesystemTarget {
             sha256: chain.finish().1,
         };
         match out.commit(Install::NoReplace) {
-            Ok(()) => Ok(copied),
+            Ok(()) => Ok((copied, true)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 let there = self.checksum(key)?;
                 if there == copied {
-                    Ok(copied)
+                    Ok((copied, false))
                 } else {
                     Err(StorageError::Occupied {
                         key: dest.display().to_string(),
@@ -76,9 +77,14 @@ impl FilesystemTarget {
 
 impl Storage for FilesystemTarget {
     fn put_opened(&self, file: fs::File, _shown: &Path, key: &str) -> Result<Copied, StorageError> {
-        let copied = self.put_from(file, key)?;
+        let (copied, created) = self.put_from(file, key)?;
         let landed = self.checksum(key)?;
         if landed != copied {
+            // What this call wrote reads back wrong: removed, so that the next try can write
+            // it again (a copy is never replaced).
+            if created {
+                let _ = fs::remove_file(self.path_of(key));
+            }
             return Err(StorageError::Mismatch {
                 expected: copied.sha256,
                 found: landed.sha256,

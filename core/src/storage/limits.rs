@@ -70,6 +70,8 @@ pub enum LimitError {
     OutsideCredentialsDirectory(String),
     #[error("credentials reference \"{0}\" must be env:NAME or file:/path")]
     BadReference(String),
+    #[error("\"{0}\" is not a plain absolute path (no \"//\", \".\", \"..\" or trailing \"/\")")]
+    NotPlain(String),
     #[error("credentials reference \"{reference}\" is not one backup_mgmt.offsite_endpoints names for endpoint \"{endpoint}\"")]
     NotPaired { reference: String, endpoint: String },
 }
@@ -167,6 +169,16 @@ impl Limits {
     }
 
     fn check_file(&self, path: &str) -> Result<(), LimitError> {
+        // One spelling per file: `/d/./k`, `/d//k` or `//d/k` would name a file bound to an
+        // endpoint without matching the reference the binding names.
+        let plain: std::path::PathBuf = Path::new(path).components().collect();
+        if plain.as_os_str() != path
+            || Path::new(path)
+                .components()
+                .any(|c| !matches!(c, Component::RootDir | Component::Normal(_)))
+        {
+            return Err(LimitError::NotPlain(path.to_owned()));
+        }
         match &self.credentials_directory {
             Some(dir) if inside(path, dir) => Ok(()),
             _ => Err(LimitError::OutsideCredentialsDirectory(path.to_owned())),
@@ -258,7 +270,7 @@ mod tests {
             assert!(
                 matches!(
                     l.check(&s3(ok, Some(bad))),
-                    Err(LimitError::OutsideCredentialsDirectory(_))
+                    Err(LimitError::OutsideCredentialsDirectory(_) | LimitError::NotPlain(_))
                 ),
                 "{bad}"
             );
@@ -332,6 +344,21 @@ mod tests {
                     endpoint: endpoint.into()
                 }),
                 "{endpoint} {key}"
+            );
+        }
+        // Another spelling of a bound file is refused, not taken for an unbound reference.
+        for spelling in [
+            "file:/etc/backup_mgmt/./azure.key",
+            "file:/etc/backup_mgmt//azure.key",
+            "file://etc/backup_mgmt/azure.key",
+            "file:/etc/backup_mgmt/azure.key/",
+        ] {
+            assert!(
+                matches!(
+                    l.check(&azure("https://s3.eu-west-1.amazonaws.com", spelling)),
+                    Err(LimitError::NotPlain(_))
+                ),
+                "{spelling}"
             );
         }
         // Naming a reference does not lift the prefix and directory rules.

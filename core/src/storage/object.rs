@@ -3,10 +3,10 @@
 //! uploads, retries with backoff).  Only the choice of parts, the checks of what landed and the
 //! bridge from our threads to its asynchronous API are written here.
 //!
-//! Integrity: a payload's sha256 is signed with it (S3), and the object's ETag, which the server
-//! computes from what it stored, is compared with the MD5 computed here while reading: the MD5
-//! of a single PUT, or for a multipart upload `md5(part MD5s)-N` (AWS, MinIO) or the whole
-//! object's MD5 (s3rver).  Then a HEAD checks the landed object's size and ETag again.  A target
+//! Integrity: a payload's sha256 is signed with it (S3), and after the upload a HEAD compares
+//! the landed object's size and ETag, which the server computes from what it stored, with the
+//! MD5 computed here while reading: the MD5 of a single PUT, or for a multipart upload
+//! `md5(part MD5s)-N` (AWS, MinIO) or the whole object's MD5 (s3rver).  A target
 //! whose ETags are not MD5s (Azure Blob) is checked by reading the object back and hashing it.
 //! An object already under a key is never replaced (`put_opened`): identical content counts as
 //! the copy, different content is refused.  Only `replace` (the catalog mirror) replaces.
@@ -79,6 +79,16 @@ impl Fingerprint {
             etags,
         )
     }
+}
+
+/// What the check after an upload found.
+enum Landed {
+    Same,
+    /// The object differs (`why`); `etag` is the one it has now.
+    Differs {
+        etag: String,
+        why: StorageError,
+    },
 }
 
 /// An object found under a key before a copy.
@@ -287,8 +297,8 @@ impl ObjectTarget {
         StorageError::Http(format!("{what} {}/{key}: {why}", self.place))
     }
 
-    /// One PUT of a whole object (its sha256 as metadata), its ETag compared with the MD5 of
-    /// what was sent; returns that MD5.
+    /// One PUT of a whole object (its sha256 as metadata); returns the ETag the server gave it
+    /// (compared with the MD5s by `check_landed`).
     fn put_whole(
         &self,
         rt: &tokio::runtime::Runtime,
@@ -297,7 +307,6 @@ impl ObjectTarget {
         bytes: Bytes,
         sha: &str,
     ) -> Result<String, StorageError> {
-        let md5 = hex(&Md5::digest(&bytes));
         let mut attributes = Attributes::new();
         attributes.insert(Attribute::Metadata("sha256".into()), sha.to_owned().into());
         let options = PutOptions {
@@ -308,25 +317,17 @@ impl ObjectTarget {
         let landed = rt
             .block_on(put)
             .map_err(|e| self.failed("PUT", key, described(&e)))?;
-        let etag = unquoted(landed.e_tag.as_deref());
-        if self.checked == Checked::Md5Etag && etag != md5 {
-            return Err(self.failed(
-                "PUT",
-                key,
-                format!("the server stored something else (ETag {etag}, MD5 sent {md5})"),
-            ));
-        }
-        Ok(md5)
+        Ok(unquoted(landed.e_tag.as_deref()))
     }
 
-    /// Uploads the opened `file` as `key`; returns the size and sha256, and the ETags the
-    /// object may have (`|`-separated; see `verify`).
+    /// Uploads the opened `file` as `key`; returns the size and sha256, the ETags the object
+    /// may have (`|`-separated; see `check_landed`) and the one the server gave it.
     fn put_from(
         &self,
         file: std::fs::File,
         local: &Path,
         key: &str,
-    ) -> Result<(Copied, String), StorageError> {
+    ) -> Result<(Copied, String, String), StorageError> {
         let rt = runtime()?;
         let size = file
             .metadata()
@@ -346,8 +347,8 @@ impl ObjectTarget {
             buf.truncate(n);
             print.part(&buf);
             let (copied, etag) = print.finish(false);
-            self.put_whole(rt, &path, key, Bytes::from(buf), &copied.sha256)?;
-            return Ok((copied, etag));
+            let landed = self.put_whole(rt, &path, key, Bytes::from(buf), &copied.sha256)?;
+            return Ok((copied, etag, landed));
         }
         // Multipart: the whole object's sha256 is only known at the end, so it goes into the
         // catalog; each part's payload is signed with its own sha256.
@@ -389,15 +390,7 @@ impl ObjectTarget {
                 .block_on(upload.complete())
                 .map_err(|e| self.failed("completing the upload of", key, described(&e)))?;
             let (copied, etags) = std::mem::take(&mut print).finish(true);
-            let etag = unquoted(landed.e_tag.as_deref());
-            if self.checked == Checked::Md5Etag && !etags.split('|').any(|e| e == etag) {
-                return Err(self.failed(
-                    "completing the upload of",
-                    key,
-                    format!("the server stored something else (ETag {etag}, expected {etags})"),
-                ));
-            }
-            Ok((copied, etags))
+            Ok((copied, etags, unquoted(landed.e_tag.as_deref())))
         })();
         if result.is_err() {
             // Leave no half upload behind (it would be billed and never completed).
@@ -413,8 +406,13 @@ impl ObjectTarget {
     }
 
     /// Checks the landed object: its size, and its ETag (one of the `|`-separated `etags`) or,
-    /// where ETags are not MD5s, its sha256 read back.
-    fn verify(&self, key: &str, copied: &Copied, etags: &str) -> Result<(), StorageError> {
+    /// where ETags are not MD5s, its sha256 read back.  Err: it could not be checked.
+    fn check_landed(
+        &self,
+        key: &str,
+        copied: &Copied,
+        etags: &str,
+    ) -> Result<Landed, StorageError> {
         let rt = runtime()?;
         let path = self.path(key)?;
         let meta = rt
@@ -423,25 +421,36 @@ impl ObjectTarget {
         let found = unquoted(meta.e_tag.as_deref());
         let etag_ok = self.checked != Checked::Md5Etag || etags.split('|').any(|e| e == found);
         if meta.size != copied.size || !etag_ok {
-            return Err(self.failed(
+            let why = self.failed(
                 "HEAD",
                 key,
                 format!(
-                    "the object differs (size {}, ETag {found}; expected {}, {etags})",
+                    "the server stored something else (size {}, ETag {found}; expected {}, {etags})",
                     meta.size, copied.size
                 ),
-            ));
+            );
+            return Ok(Landed::Differs { etag: found, why });
         }
         if self.checked == Checked::ReadBack {
-            let found = self.read_back(key)?;
-            if found != copied.sha256 {
-                return Err(StorageError::Mismatch {
+            let read = self.read_back(key)?;
+            if read != copied.sha256 {
+                let why = StorageError::Mismatch {
                     expected: copied.sha256.clone(),
-                    found,
-                });
+                    found: read,
+                };
+                return Ok(Landed::Differs { etag: found, why });
             }
         }
-        Ok(())
+        Ok(Landed::Same)
+    }
+
+    /// Removes the one object under `key` (not the keys below it, as `delete` does).
+    fn delete_object(&self, key: &str) -> Result<(), StorageError> {
+        let path = self.path(key)?;
+        match runtime()?.block_on(self.store.delete(&path)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.failed("DELETE", key, described(&e))),
+        }
     }
 
     /// The sha256 of the object under `key`, read back whole.
@@ -482,8 +491,8 @@ impl ObjectTarget {
     }
 
     /// Whether the object `there` holds the content `ours` (with the ETags an upload of it may
-    /// get): same size, the same stored sha256 where there is one, and the same ETag or, where
-    /// ETags are not MD5s, the same sha256 read back.
+    /// get): same size, the same stored sha256 where there is one, and the same ETag or the
+    /// same sha256 read back.
     fn holds(
         &self,
         key: &str,
@@ -494,10 +503,13 @@ impl ObjectTarget {
         if there.size != ours.size || there.sha256.as_ref().is_some_and(|s| *s != ours.sha256) {
             return Ok(false);
         }
-        match self.checked {
-            Checked::Md5Etag => Ok(etags.split('|').any(|e| e == there.etag)),
-            Checked::ReadBack => Ok(self.read_back(key)? == ours.sha256),
+        // An ETag that matches settles it; one that does not may still be the same bytes
+        // (uploaded in parts of another size, or by a server whose ETags are not MD5s): read
+        // back before calling it different.
+        if self.checked == Checked::Md5Etag && etags.split('|').any(|e| e == there.etag) {
+            return Ok(true);
         }
+        Ok(self.read_back(key)? == ours.sha256)
     }
 
     /// Every key below `dir` ("" or ending in `/`), relative to the target's prefix.
@@ -576,14 +588,20 @@ impl Storage for ObjectTarget {
                 })
             };
         }
-        let (copied, etags) = self.put_from(file, shown, key)?;
-        if let Err(e) = self.verify(key, &copied, &etags) {
-            // What landed is not this copy: removed, so that the next try can put it again
-            // (a copy is never replaced, so a bad one left there would block it for good).
-            let _ = self.delete(key);
-            return Err(e);
+        let (copied, etags, ours) = self.put_from(file, shown, key)?;
+        match self.check_landed(key, &copied, &etags)? {
+            Landed::Same => Ok(copied),
+            Landed::Differs { etag, why } => {
+                // What our PUT stored is not this copy: removed, so that the next try can put
+                // it again (a copy is never replaced, so a bad one left there would block it
+                // for good).  Only if it is still what our PUT stored: another writer's object
+                // that replaced it in the meantime is not ours to remove.
+                if etag == ours {
+                    let _ = self.delete_object(key);
+                }
+                Err(why)
+            }
         }
-        Ok(copied)
     }
 
     /// One PUT (an object is replaced atomically in an object store), checked as a copy is.
@@ -591,12 +609,17 @@ impl Storage for ObjectTarget {
         let rt = runtime()?;
         let path = self.path(key)?;
         let sha = hex(&Sha256::digest(bytes));
-        let md5 = self.put_whole(rt, &path, key, Bytes::copy_from_slice(bytes), &sha)?;
+        self.put_whole(rt, &path, key, Bytes::copy_from_slice(bytes), &sha)?;
+        let md5 = hex(&Md5::digest(bytes));
         let copied = Copied {
             size: bytes.len() as u64,
             sha256: sha,
         };
-        self.verify(key, &copied, &md5)
+        match self.check_landed(key, &copied, &md5)? {
+            Landed::Same => Ok(()),
+            // Replaced again by the next mirror; nothing to remove.
+            Landed::Differs { why, .. } => Err(why),
+        }
     }
 
     /// The keys that start with `prefix`: the level it is in is listed and filtered (object

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use object_store::azure::MicrosoftAzureBuilder;
 
 use super::credentials::resolve_credentials;
-use super::object::{place_and_prefix, transport, Checked, ObjectTarget};
+use super::object::{place_and_prefix, Checked, ObjectTarget};
+use super::transport::transport;
 use super::StorageError;
 
 /// The target `remote_endpoint` (the account's blob endpoint,

@@ -16,6 +16,7 @@ pub mod filesystem;
 pub mod limits;
 pub mod object;
 pub mod s3;
+pub mod transport;
 
 use std::fs::{self, File};
 use std::io::Read;

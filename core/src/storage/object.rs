@@ -19,17 +19,14 @@
 use std::io::Read;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use md5::Md5;
-use object_store::client::{HttpClient, HttpConnector};
 use object_store::path::Path as ObjectPath;
 use object_store::{
     Attribute, Attributes, GetOptions, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
 };
-use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 use sha2::{Digest, Sha256};
 
 use super::download::Download;
@@ -105,13 +102,6 @@ pub const DEFAULT_PART_SIZE: usize = 8 << 20;
 const UPLOADS_IN_FLIGHT: usize = 4;
 /// S3's limit on parts per upload.
 const MAX_PARTS: u64 = 10_000;
-/// How long one request may take, whole (the client cannot limit a stall alone).  Generous,
-/// because it bounds a whole part upload: 8 MB parts (larger for backups past 80 GB: 10,000
-/// parts at most), four in flight, must each go through within it.  A GET of a large object that
-/// needs longer continues with a ranged GET from where it stopped (see `ObjectReader`).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1800);
-/// How long opening a connection may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How a target's ETags relate to what was sent, which decides how a copy is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,85 +123,6 @@ pub struct ObjectTarget {
     pub checked: Checked,
     /// The target's bandwidth limit (`options.max_rate_mb`), shared by its transfers in flight.
     pub rate: Option<Arc<stream::RateLimit>>,
-}
-
-/// Idle connections kept per endpoint for reuse: as many as requests usually in flight at once
-/// (a restore's `--jobs`, parallel part uploads), so none is closed only to be opened again.
-const IDLE_CONNECTIONS: usize = 64;
-
-/// The HTTP client settings every object-store target shares: timeouts, kept connections,
-/// retries (a few, with backoff: the worker tries a failed copy again at its next run), and the
-/// client itself (`Connector`).
-pub(crate) struct Transport {
-    pub options: ClientOptions,
-    pub retry: RetryConfig,
-    /// Pass it to the builder's `with_http_connector`.
-    pub connector: Connector,
-}
-
-pub(crate) fn transport(endpoint: &str, ca_file: Option<&Path>) -> Result<Transport, StorageError> {
-    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-        return Err(StorageError::Config(format!(
-            "remote_endpoint \"{endpoint}\" must be an http:// or https:// URL"
-        )));
-    }
-    // The client's own settings (timeouts, kept connections, roots) are `Connector`'s: it
-    // builds the client and ignores these options, which the library still consults for
-    // whether plain http is allowed.
-    let options = ClientOptions::new().with_allow_http(endpoint.starts_with("http://"));
-    let pinned = match ca_file {
-        Some(ca) => Some(super::credentials::ca_certificates(ca)?),
-        None => None,
-    };
-    let retry = RetryConfig {
-        backoff: BackoffConfig::default(),
-        max_retries: 4,
-        retry_timeout: Duration::from_secs(120),
-    };
-    Ok(Transport {
-        options,
-        retry,
-        connector: Connector {
-            pinned,
-            https_only: endpoint.starts_with("https://"),
-        },
-    })
-}
-
-/// The HTTP client of every object-store target, built here rather than by the library so that
-/// it follows **no redirects**: an endpoint a superuser allowed could otherwise send the worker
-/// on to any other host (an instance-metadata address, an internal service), whose answer would
-/// land in a catalog row.  With a `ca_file` it trusts only those certificates (not the system's
-/// roots as well): a target behind a private CA stays pinned to it, so a certificate some other
-/// trusted CA issued for the host (a TLS-inspecting proxy's, say) is refused.  Otherwise as the
-/// library's own: HTTP/1.1, the same timeouts and kept connections.
-#[derive(Debug)]
-pub(crate) struct Connector {
-    pinned: Option<Vec<reqwest::Certificate>>,
-    https_only: bool,
-}
-
-impl HttpConnector for Connector {
-    fn connect(&self, _: &ClientOptions) -> object_store::Result<HttpClient> {
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .http1_only()
-            .https_only(self.https_only)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .pool_max_idle_per_host(IDLE_CONNECTIONS);
-        if let Some(certificates) = &self.pinned {
-            builder = builder.tls_built_in_root_certs(false);
-            for c in certificates {
-                builder = builder.add_root_certificate(c.clone());
-            }
-        }
-        let client = builder.build().map_err(|e| object_store::Error::Generic {
-            store: "HTTP client",
-            source: Box::new(e),
-        })?;
-        Ok(HttpClient::new(client))
-    }
 }
 
 /// The process's runtime for the library's requests (two threads, signals blocked).

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use object_store::aws::AmazonS3Builder;
 
 use super::credentials::resolve_credentials;
-use super::object::{place_and_prefix, transport, Checked, ObjectTarget};
+use super::object::{place_and_prefix, Checked, ObjectTarget};
+use super::transport::transport;
 use super::StorageError;
 
 pub use super::object::DEFAULT_PART_SIZE;

@@ -77,6 +77,8 @@ pub fn described(e: &dyn std::error::Error) -> String {
         )
         .trim_end()
         .to_owned(),
+        // A reply without a readable code (cut short, not XML): the status first all the same.
+        (Some(status), None) => format!("HTTP {status}: {text}"),
         _ => text,
     };
     // A server's reply is not ours to store whole: it goes into a catalog row and a log line.

@@ -100,6 +100,9 @@ struct Existing {
 pub const DEFAULT_PART_SIZE: usize = 8 << 20;
 /// Parts uploaded at the same time (each holds a part-sized buffer).
 const UPLOADS_IN_FLIGHT: usize = 4;
+/// Most keys one listing returns (a million archived WAL files is 16 TB of WAL; each native
+/// backup adds about a thousand files).
+const MAX_LISTED: usize = 10_000_000;
 /// S3's limit on parts per upload.
 const MAX_PARTS: u64 = 10_000;
 
@@ -432,8 +435,21 @@ impl ObjectTarget {
             format!("{}/", self.prefix)
         };
         let listed = self.path_or_root(dir)?;
-        let keys: Vec<Result<object_store::ObjectMeta, object_store::Error>> =
-            rt.block_on(self.store.list(listed.as_ref()).collect());
+        // At most MAX_LISTED keys: a server that sends pages without end (a continuation token
+        // every time) must not grow the worker without bound.
+        let keys: Vec<Result<object_store::ObjectMeta, object_store::Error>> = rt.block_on(
+            self.store
+                .list(listed.as_ref())
+                .take(MAX_LISTED + 1)
+                .collect(),
+        );
+        if keys.len() > MAX_LISTED {
+            return Err(self.failed(
+                "listing",
+                dir,
+                format!("more than {MAX_LISTED} keys: refused"),
+            ));
+        }
         let mut out = Vec::with_capacity(keys.len());
         for meta in keys {
             let meta = meta.map_err(|e| self.failed("listing", dir, described(&e)))?;
@@ -588,9 +604,11 @@ impl Storage for ObjectTarget {
     fn prepare(&self) -> Result<(), StorageError> {
         let rt = runtime()?;
         let listed = self.path_or_root("")?;
-        match rt.block_on(self.store.list_with_delimiter(listed.as_ref())) {
-            Ok(_) => Ok(()),
-            Err(e) => {
+        // The first page answers it (all pages of a large bucket are not needed).
+        let first = rt.block_on(async { self.store.list(listed.as_ref()).next().await });
+        match first {
+            None | Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => {
                 let why = described(&e);
                 // The library reports a missing bucket or container as a plain HTTP 404.
                 if matches!(e, object_store::Error::NotFound { .. }) || why.starts_with("HTTP 404")

@@ -109,10 +109,11 @@ const ERROR_REPLY_LIMIT: usize = 64 << 10;
 const REPLY_LIMIT: usize = 32 << 20;
 
 /// The library reads an error reply, a listing or an upload's answer whole into memory before
-/// it looks at it: a hostile or broken server that sent one without end would exhaust the
-/// worker's memory.  This reads at most `ERROR_REPLY_LIMIT` of an error reply and `REPLY_LIMIT`
-/// of any reply that is not an object's content; past that the reply is cut off with an error
-/// (an error reply is then reported by its status alone).
+/// it looks at it, reserving what the reply announces: a hostile or broken server could crash
+/// the worker by announcing a huge one, or fill its memory with one that never ends.  Of an
+/// error reply this keeps the first `ERROR_REPLY_LIMIT` bytes (so its status and code still
+/// reach the error); any other reply that is not an object's content is cut off with an error
+/// past `REPLY_LIMIT`.
 #[derive(Debug)]
 struct Bounded(reqwest::Client);
 
@@ -124,19 +125,48 @@ impl HttpService for Bounded {
             && !query.contains("list-type=")
             && !query.contains("comp=list");
         let reply = self.0.call(req).await?;
-        let limit = if !reply.status().is_success() {
-            ERROR_REPLY_LIMIT
-        } else if content {
+        if !reply.status().is_success() {
+            let (mut parts, mut body) = reply.into_parts();
+            let mut kept: Vec<u8> = Vec::new();
+            while kept.len() < ERROR_REPLY_LIMIT {
+                match body.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            kept.extend_from_slice(&data);
+                        }
+                    }
+                    // What came is enough to report (the status is in `parts`).
+                    Some(Err(_)) | None => break,
+                }
+            }
+            kept.truncate(ERROR_REPLY_LIMIT);
+            let text = match std::str::from_utf8(&kept) {
+                Ok(_) => kept.len(),
+                Err(e) => e.valid_up_to(),
+            };
+            kept.truncate(text);
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+            let body =
+                http_body_util::Full::new(bytes::Bytes::from(kept)).map_err(|never| match never {});
+            return Ok(HttpResponse::from_parts(parts, HttpResponseBody::new(body)));
+        }
+        if content {
             return Ok(reply);
-        } else {
-            REPLY_LIMIT
-        };
+        }
         let (parts, body) = reply.into_parts();
-        let body = http_body_util::Limited::new(body, limit).map_err(move |e| {
-            HttpError::new(
-                HttpErrorKind::Decode,
-                std::io::Error::other(format!("the server's reply exceeds {limit} bytes: {e}")),
-            )
+        let body = http_body_util::Limited::new(body, REPLY_LIMIT).map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                return HttpError::new(
+                    HttpErrorKind::Decode,
+                    std::io::Error::other(format!(
+                        "the server's reply exceeds {REPLY_LIMIT} bytes: refused"
+                    )),
+                );
+            }
+            match e.downcast::<HttpError>() {
+                Ok(inner) => *inner,
+                Err(other) => HttpError::new(HttpErrorKind::Unknown, std::io::Error::other(other)),
+            }
         });
         Ok(HttpResponse::from_parts(parts, HttpResponseBody::new(body)))
     }
@@ -192,8 +222,13 @@ mod tests {
         let key = dir.path().join("key");
         std::fs::write(&key, "AK:SECRET\n").unwrap();
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        // An error reply (not retried: 403) and a listing's reply (200).
-        for status in ["403 Forbidden", "200 OK"] {
+        // Error replies (not retried: 403, 404; what they say still counts) and a listing's
+        // reply (200).
+        for (status, says) in [
+            ("403 Forbidden", "403"),
+            ("404 Not Found", "does not exist"),
+            ("200 OK", "exceeds"),
+        ] {
             let (port, sent) = endless(status);
             let target = s3::open(
                 &format!("http://127.0.0.1:{port}"),
@@ -209,6 +244,7 @@ mod tests {
             // Without the bound the library reads the whole GiB (and would read a TiB).
             assert!(sent < 256 << 20, "{status}: {sent} bytes read; {e}");
             assert!(e.len() <= 1_000, "{status}: {e}");
+            assert!(e.contains(says), "{status}: {e}");
         }
     }
 }

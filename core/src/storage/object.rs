@@ -604,11 +604,11 @@ impl Storage for ObjectTarget {
     fn prepare(&self) -> Result<(), StorageError> {
         let rt = runtime()?;
         let listed = self.path_or_root("")?;
-        // The first page answers it (all pages of a large bucket are not needed).
-        let first = rt.block_on(async { self.store.list(listed.as_ref()).next().await });
-        match first {
-            None | Some(Ok(_)) => Ok(()),
-            Some(Err(e)) => {
+        // One level (a recursive listing of a whole prefix makes s3rver answer 500 once it
+        // holds backups).
+        match rt.block_on(self.store.list_with_delimiter(listed.as_ref())) {
+            Ok(_) => Ok(()),
+            Err(e) => {
                 let why = described(&e);
                 // The library reports a missing bucket or container as a plain HTTP 404.
                 if matches!(e, object_store::Error::NotFound { .. }) || why.starts_with("HTTP 404")

@@ -80,12 +80,11 @@ fn never_replaced(target: &dyn Storage, other_parts: &dyn Storage, dir: &Path, w
     }
 }
 
-#[test]
-fn s3rver_copies_are_never_replaced() {
-    let server = S3Server::start();
+/// `never_replaced` against an S3 server, with `credentials` (`ACCESS:SECRET`).
+fn s3_never_replaced(server: S3Server, credentials: &str, what: &str) {
     server.create_bucket("keep");
     let dir = tempfile::tempdir().unwrap();
-    let creds = key_file(dir.path(), "S3RVER:S3RVER\n");
+    let creds = key_file(dir.path(), credentials);
     let open = |part| {
         s3::open(
             &server.endpoint(),
@@ -97,27 +96,21 @@ fn s3rver_copies_are_never_replaced() {
         )
         .unwrap()
     };
-    never_replaced(&open(5 * MB), &open(6 * MB), dir.path(), "s3rver");
+    never_replaced(&open(5 * MB), &open(6 * MB), dir.path(), what);
+}
+
+#[test]
+fn s3rver_copies_are_never_replaced() {
+    s3_never_replaced(S3Server::start(), "S3RVER:S3RVER\n", "s3rver");
 }
 
 #[test]
 fn signature_checking_s3_copies_are_never_replaced() {
-    let server = S3Server::start_checking_signatures("bmtest", "s3s-secret-4b7e1d");
-    server.create_bucket("keep");
-    let dir = tempfile::tempdir().unwrap();
-    let creds = key_file(dir.path(), "bmtest:s3s-secret-4b7e1d\n");
-    let open = |part| {
-        s3::open(
-            &server.endpoint(),
-            "keep/pg",
-            "us-east-1",
-            &creds,
-            Some(part),
-            None,
-        )
-        .unwrap()
-    };
-    never_replaced(&open(5 * MB), &open(6 * MB), dir.path(), "s3s-fs");
+    s3_never_replaced(
+        S3Server::start_checking_signatures("bmtest", "s3s-secret-4b7e1d"),
+        "bmtest:s3s-secret-4b7e1d\n",
+        "s3s-fs",
+    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! have been planted.
 
 pub mod beneath;
+pub mod direct;
 pub mod durable;
 pub mod error;
 pub mod open;

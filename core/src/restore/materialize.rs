@@ -8,6 +8,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::files::direct::RestoredFile;
 use crate::files::durable;
 use crate::manifest::native::{FileRecord, Manifest};
 use crate::manifest::postgres::PG_MANIFEST;
@@ -256,12 +257,13 @@ fn build(
                     )
                 })?
                 .map_err(|e| Report::failed(Reason::Unreadable, e, &src))?;
-            let mut out = durable::create_new(&out_path)
-                .map(durable::WriteBehind::new)
+            let mut out = RestoredFile::create(&out_path, f.size)
                 .map_err(|e| Report::failed(Reason::Unreadable, e.to_string(), &out_path))?;
             let zst = f.stored.ends_with(".zst");
             let (size, sum) = read_stream(input, zst, f.size, &mut out, buf, counters)
                 .map_err(|(r, d)| Report::failed(r, d, &src))?;
+            out.finish()
+                .map_err(|e| Report::failed(Reason::Unreadable, e.to_string(), &out_path))?;
             judge(&src, f, size, &sum)
         },
     );

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
+use backup_mgmt_core::files::direct::Writes;
 use backup_mgmt_core::progress::{Counters, Progress};
 use backup_mgmt_core::restore::fetch::{self, FetchError, Sync};
 use backup_mgmt_core::restore::logical::LogicalError;
@@ -161,6 +162,11 @@ struct RestoreArgs {
     /// sha256 match are kept, the others fetched, files the backup lacks removed.
     #[arg(long)]
     delta: bool,
+    /// Write every file through the page cache. By default files of 256 kB or more are
+    /// written past it (O_DIRECT) on ext4, XFS and btrfs, which is faster where the kernel's
+    /// copying and writeback, not the disk, is the limit; everything is made durable either way.
+    #[arg(long)]
+    no_direct_io: bool,
     /// The new data directory (must not exist), or with --delta the one to bring back.
     data_directory: PathBuf,
 }
@@ -405,6 +411,11 @@ fn restore(
                     fetch::Into::Delta
                 } else {
                     fetch::Into::New
+                },
+                writes: if r.no_direct_io {
+                    Writes::Buffered
+                } else {
+                    Writes::Direct
                 },
             },
             r.jobs.unwrap_or_else(threads::cores).max(1),

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use backup_mgmt_core::files::beneath::ScratchDir;
+use backup_mgmt_core::files::direct::Writes;
 use backup_mgmt_core::files::error::Context;
 use backup_mgmt_core::restore::fetch::{self, Destination, Into};
 use backup_mgmt_core::restore::offsite::{self, Goal};
@@ -150,6 +151,9 @@ pub(super) fn host_loss_drill(database: &str) -> Result<HostLoss, SpiError> {
                             data: &data,
                             tablespaces: &scratch.path().join("tablespaces"),
                             into: Into::New,
+                            // Written as the restore program writes it, so that the drill
+                            // measures the same restore.
+                            writes: Writes::Direct,
                         },
                         threads::cores(),
                         &progress.counters(),

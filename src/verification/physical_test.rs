@@ -9,9 +9,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use backup_mgmt_core::files::beneath::ScratchDir;
+use backup_mgmt_core::files::direct::Writes;
 use backup_mgmt_core::files::error::Context;
 use backup_mgmt_core::progress::Progress;
-use backup_mgmt_core::restore::materialize::materialize;
+use backup_mgmt_core::restore::materialize::{materialize, Writers};
 use backup_mgmt_core::restore::scratch_server::{
     self, PhysicalOutcome, ScratchError, ScratchServer, TarMember,
 };
@@ -209,7 +210,12 @@ pub(super) fn native_restore_test(
                     &moved.chain,
                     &data,
                     &spaces,
-                    threads::cores(),
+                    // Through the page cache: pg_verifybackup and the scratch server read the
+                    // copy back at once, and nothing needs it durable.
+                    Writers {
+                        threads: threads::cores(),
+                        writes: Writes::Buffered,
+                    },
                     &progress.counters(),
                 )
                 .map_err(|r| {

@@ -516,7 +516,13 @@ pub fn sync_dirs(dir: &Path) -> Result<(), IoError> {
 #[cfg(test)]
 mod unit {
     use super::*;
-    use crate::restore::materialize::materialize;
+    use crate::files::direct::Writes;
+    use crate::restore::materialize::{materialize, Writers};
+
+    const TWO: Writers = Writers {
+        threads: 2,
+        writes: Writes::Direct,
+    };
     use crate::verify::native::verify_backup;
     use crate::verify::Reason;
     use std::fs;
@@ -662,7 +668,7 @@ mod unit {
 
         let dest = tmp.path().join("restored");
         let spaces = tmp.path().join("spaces");
-        materialize(&f2.manifest, &holders, &dest, &spaces, 2, &c).unwrap();
+        materialize(&f2.manifest, &holders, &dest, &spaces, TWO, &c).unwrap();
         for f in ["base/5/16384", "base/5/16390", "base/5/16400", "PG_VERSION"] {
             assert_eq!(
                 fs::read(dest.join(f)).unwrap(),
@@ -681,7 +687,7 @@ mod unit {
         bytes_v[last] ^= 0xff;
         fs::write(&victim, bytes_v).unwrap();
         let dest2 = tmp.path().join("restored2");
-        assert!(materialize(&f2.manifest, &holders, &dest2, &spaces, 2, &c).is_err());
+        assert!(materialize(&f2.manifest, &holders, &dest2, &spaces, TWO, &c).is_err());
         assert!(!verify_backup(&out1, Some(&f1.manifest_sha256), &empty, 2, &c).passed);
         // ...and by verifying the child, which reads its ancestors' files too (issue 15: it
         // used to check only that they exist).

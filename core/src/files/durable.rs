@@ -113,7 +113,7 @@ pub struct WriteBehind {
 }
 
 /// How many written bytes are handed to writeback at once.
-const WRITE_BEHIND: u64 = 4 << 20;
+pub(crate) const WRITE_BEHIND: u64 = 4 << 20;
 
 impl WriteBehind {
     pub fn new(file: File) -> WriteBehind {
@@ -124,28 +124,30 @@ impl WriteBehind {
         }
     }
 
+    /// The file being written.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     fn hand_over(&mut self) {
-        if self.written == self.handed {
-            return;
-        }
-        let (Ok(offset), Ok(len)) = (
-            i64::try_from(self.handed),
-            i64::try_from(self.written - self.handed),
-        ) else {
-            return;
-        };
-        // SAFETY: the descriptor is open and owned by `self.file`; the call only starts
-        // writeback of pages already written and touches no memory of ours.  Its result is
-        // ignored on purpose: it is a hint, and the later fsync/syncfs reports real failures.
-        unsafe {
-            libc::sync_file_range(
-                self.file.as_raw_fd(),
-                offset,
-                len,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
+        start_writeback(&self.file, self.handed, self.written - self.handed);
         self.handed = self.written;
+    }
+}
+
+/// Starts writeback of `len` bytes of `file` from `offset` (`sync_file_range(SYNC_FILE_RANGE_WRITE)`):
+/// a hint, whose result is ignored on purpose; the later fsync/syncfs reports real failures.
+pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    if len == 0 {
+        return;
+    }
+    // SAFETY: the descriptor is open and owned by `file`; the call only starts writeback of
+    // pages already written and touches no memory of ours.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 

@@ -12,11 +12,12 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::materialize::{materialize_delta, materialize_from, Delta, StoredFiles};
+use super::materialize::{materialize_delta, materialize_from, Delta, StoredFiles, Writers};
 use super::offsite::{Choice, Goal, Mirror, MirrorWal};
 use super::recipe::conf_quote;
 pub use super::recipe::sh_quote;
 use crate::checksum::{hex, is_sha256_hex};
+use crate::files::direct::Writes;
 use crate::files::durable::{self, DurableFile, Install, Temp};
 use crate::files::error::IoError;
 use crate::manifest::native::{Manifest, FILES_MANIFEST};
@@ -161,6 +162,8 @@ pub struct Destination<'a> {
     pub data: &'a Path,
     pub tablespaces: &'a Path,
     pub into: Into,
+    /// Past the page cache or not (`Writes::Direct` unless the operator said otherwise).
+    pub writes: Writes,
 }
 
 /// Why a directory is not one a delta restore may rewrite, or None when it is: a PostgreSQL
@@ -203,6 +206,10 @@ pub fn restore_native(
     counters: &Counters<'_>,
 ) -> Result<Restored, FetchError> {
     let (dest, tablespaces, into) = (to.data, to.tablespaces, to.into);
+    let writers = Writers {
+        threads,
+        writes: to.writes,
+    };
     let b = &choice.backup;
     let keys: HashMap<i64, String> = choice
         .chain
@@ -232,7 +239,7 @@ pub fn restore_native(
                     dest.display()
                 )));
             }
-            materialize_from(&source, manifest, dest, tablespaces, threads, counters)
+            materialize_from(&source, manifest, dest, tablespaces, writers, counters)
                 .map_err(failed)?;
             None
         }
@@ -241,7 +248,7 @@ pub fn restore_native(
                 return Err(FetchError::Refused(why));
             }
             Some(
-                materialize_delta(&source, manifest, dest, tablespaces, threads, counters)
+                materialize_delta(&source, manifest, dest, tablespaces, writers, counters)
                     .map_err(failed)?,
             )
         }

@@ -8,8 +8,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::files::direct::RestoredFile;
+use crate::files::direct::{RestoredFile, Writes};
 use crate::files::durable;
+use crate::files::error::IoError;
 use crate::manifest::native::{FileRecord, Manifest};
 use crate::manifest::postgres::PG_MANIFEST;
 use crate::progress::Counters;
@@ -49,6 +50,13 @@ impl StoredFiles for LocalHolders<'_> {
     }
 }
 
+/// How a restore writes its files: how many at a time, and past the page cache or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Writers {
+    pub threads: usize,
+    pub writes: Writes,
+}
+
 /// Builds the complete data directory of a backup in `dest` (created, mode 0700) from its
 /// chain: every file from its holder, decompressed and checked against the manifest's sha256,
 /// plus PostgreSQL's manifest as `backup_manifest` for pg_verifybackup.  Each tablespace goes
@@ -58,7 +66,7 @@ pub fn materialize(
     holders: &HashMap<i64, PathBuf>,
     dest: &Path,
     tablespaces: &Path,
-    threads: usize,
+    writers: Writers,
     counters: &Counters<'_>,
 ) -> Result<(), Report> {
     materialize_from(
@@ -66,7 +74,7 @@ pub fn materialize(
         manifest,
         dest,
         tablespaces,
-        threads,
+        writers,
         counters,
     )
 }
@@ -78,7 +86,7 @@ pub fn materialize_from(
     manifest: &Manifest,
     dest: &Path,
     tablespaces: &Path,
-    threads: usize,
+    writers: Writers,
     counters: &Counters<'_>,
 ) -> Result<(), Report> {
     build(
@@ -86,7 +94,7 @@ pub fn materialize_from(
         manifest,
         dest,
         tablespaces,
-        threads,
+        writers,
         counters,
         false,
     )
@@ -113,10 +121,10 @@ pub fn materialize_delta(
     manifest: &Manifest,
     dest: &Path,
     tablespaces: &Path,
-    threads: usize,
+    writers: Writers,
     counters: &Counters<'_>,
 ) -> Result<Delta, Report> {
-    build(source, manifest, dest, tablespaces, threads, counters, true)
+    build(source, manifest, dest, tablespaces, writers, counters, true)
 }
 
 /// Removes what lies below `dest` that the manifest does not name (following only the
@@ -194,7 +202,7 @@ fn build(
     manifest: &Manifest,
     dest: &Path,
     tablespaces: &Path,
-    threads: usize,
+    writers: Writers,
     counters: &Counters<'_>,
     delta: bool,
 ) -> Result<Delta, Report> {
@@ -226,7 +234,7 @@ fn build(
     let kept = AtomicUsize::new(0);
     let failure = verify::in_parallel(
         &largest_first(&manifest.files),
-        threads,
+        writers.threads,
         counters.cancel,
         |f, buf| {
             let out_path = dest.join(&f.path);
@@ -257,13 +265,21 @@ fn build(
                     )
                 })?
                 .map_err(|e| Report::failed(Reason::Unreadable, e, &src))?;
-            let mut out = RestoredFile::create(&out_path, f.size)
-                .map_err(|e| Report::failed(Reason::Unreadable, e.to_string(), &out_path))?;
+            let unwritable =
+                |e: IoError| Report::failed(Reason::Unreadable, e.to_string(), &out_path);
+            let mut out =
+                RestoredFile::create(&out_path, f.size, writers.writes).map_err(unwritable)?;
             let zst = f.stored.ends_with(".zst");
             let (size, sum) = read_stream(input, zst, f.size, &mut out, buf, counters)
                 .map_err(|(r, d)| Report::failed(r, d, &src))?;
-            out.finish()
-                .map_err(|e| Report::failed(Reason::Unreadable, e.to_string(), &out_path))?;
+            let on_disk = out.finish(&out_path).map_err(unwritable)?;
+            if on_disk != size {
+                return Err(Report::failed(
+                    Reason::Unreadable,
+                    format!("{size} bytes were written but the file holds {on_disk}"),
+                    &out_path,
+                ));
+            }
             judge(&src, f, size, &sum)
         },
     );
@@ -301,6 +317,11 @@ mod tests {
     use sha2::{Digest, Sha256};
     use std::sync::atomic::{AtomicBool, AtomicU64};
 
+    const TWO: Writers = Writers {
+        threads: 2,
+        writes: Writes::Direct,
+    };
+
     #[test]
     fn a_delta_restore_keeps_what_matches_and_removes_what_the_backup_lacks() {
         let tmp = tempfile::tempdir().unwrap();
@@ -334,7 +355,7 @@ mod tests {
         };
         let dest = tmp.path().join("data");
         let spaces = tmp.path().join("spaces");
-        materialize(&manifest, &holders, &dest, &spaces, 2, &counters).unwrap();
+        materialize(&manifest, &holders, &dest, &spaces, TWO, &counters).unwrap();
 
         // The server ran on: one file changed, stale WAL and a new relation appeared.
         std::fs::write(dest.join("base/5/2"), vec![3u8; 9000]).unwrap();
@@ -342,7 +363,7 @@ mod tests {
         std::fs::create_dir(dest.join("base/6")).unwrap();
         std::fs::write(dest.join("base/6/1"), b"new").unwrap();
         let source = LocalHolders(&holders);
-        let d = materialize_delta(&source, &manifest, &dest, &spaces, 2, &counters).unwrap();
+        let d = materialize_delta(&source, &manifest, &dest, &spaces, TWO, &counters).unwrap();
         assert_eq!(
             d,
             Delta {
@@ -361,6 +382,6 @@ mod tests {
         // A stored file that is not what the manifest says fails the delta too.
         std::fs::write(dest.join("base/5/1"), b"uno").unwrap();
         std::fs::write(holder.join("data/base/5/1"), b"bad").unwrap();
-        assert!(materialize_delta(&source, &manifest, &dest, &spaces, 2, &counters).is_err());
+        assert!(materialize_delta(&source, &manifest, &dest, &spaces, TWO, &counters).is_err());
     }
 }

@@ -1,0 +1,194 @@
+use super::*;
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 4096) as u8).collect()
+}
+
+/// A file that refuses, as the kernel does, a direct write whose buffer, offset or length is
+/// not aligned, and that can be told to refuse or shorten a given write.
+struct Scripted {
+    file: File,
+    direct: bool,
+    calls: usize,
+    /// The call (counted from 1) that fails with EINVAL although aligned.
+    einval_at: Option<usize>,
+    /// The call that writes only this many bytes.
+    short_at: Option<(usize, usize)>,
+    direct_bytes: u64,
+    hinted: std::cell::Cell<u64>,
+}
+
+impl Scripted {
+    fn new(file: File) -> Scripted {
+        Scripted {
+            file,
+            direct: false,
+            calls: 0,
+            einval_at: None,
+            short_at: None,
+            direct_bytes: 0,
+            hinted: std::cell::Cell::new(0),
+        }
+    }
+}
+
+impl Device for Scripted {
+    fn write_at_end(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.calls += 1;
+        if self.direct {
+            let offset = std::io::Seek::stream_position(&mut self.file)?;
+            let aligned = (buf.as_ptr() as usize).is_multiple_of(ALIGN)
+                && buf.len().is_multiple_of(ALIGN)
+                && (offset as usize).is_multiple_of(ALIGN);
+            if !aligned || self.einval_at == Some(self.calls) {
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            }
+        }
+        let n = match self.short_at {
+            Some((call, n)) if call == self.calls => n.min(buf.len()),
+            _ => buf.len(),
+        };
+        let n = self.file.write(&buf[..n])?;
+        if self.direct {
+            self.direct_bytes += n as u64;
+        }
+        Ok(n)
+    }
+    fn set_direct(&mut self, on: bool) -> io::Result<()> {
+        self.direct = on;
+        Ok(())
+    }
+    fn start_writeback(&self, _offset: u64, len: u64) {
+        self.hinted.set(self.hinted.get() + len);
+    }
+}
+
+/// Writes `data` through a `Direct` on a `Scripted` device set up by `script`, in pieces that
+/// never line up with the blocks; returns the device and what the file holds.
+fn through(
+    dir: &Path,
+    data: &[u8],
+    expected: u64,
+    script: impl FnOnce(&mut Scripted),
+) -> (Scripted, Vec<u8>) {
+    let path = dir.join(format!("s{}-{expected}", data.len()));
+    let mut dev = Scripted::new(create_new(&path).unwrap());
+    script(&mut dev);
+    let mut d = Direct::new(dev, expected).ok().unwrap();
+    for piece in data.chunks(65_531) {
+        d.write_all(piece).unwrap();
+    }
+    let dev = d.finish().unwrap();
+    (dev, std::fs::read(&path).unwrap())
+}
+
+#[test]
+fn every_direct_write_is_aligned_and_the_bytes_come_out_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    for len in [
+        1,
+        ALIGN - 1,
+        ALIGN,
+        BLOCK - 1,
+        BLOCK,
+        BLOCK + 1,
+        3 * BLOCK + 8192,
+        3 * BLOCK + 4095,
+    ] {
+        let data = pattern(len);
+        let (dev, got) = through(tmp.path(), &data, len as u64, |_| {});
+        assert_eq!(got, data, "length {len}");
+        // Everything but the last partial block went past the cache, never refused.
+        assert_eq!(dev.direct_bytes as usize, len - len % ALIGN, "length {len}");
+    }
+}
+
+#[test]
+fn a_size_other_than_announced_still_comes_out_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (len, expected) in [(100, 1 << 20), (3 * BLOCK + 5, 1 << 20), (0, 1 << 20)] {
+        let data = pattern(len);
+        let (_, got) = through(tmp.path(), &data, expected, |_| {});
+        assert_eq!(got, data, "{len} bytes announced as {expected}");
+    }
+}
+
+#[test]
+fn a_refused_direct_write_goes_on_through_the_cache_without_losing_a_byte() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = pattern(3 * BLOCK + 12_345);
+    // Refused on the second block: the first went direct, the rest buffered.
+    let (dev, got) = through(tmp.path(), &data, data.len() as u64, |s| {
+        s.einval_at = Some(2)
+    });
+    assert_eq!(got, data);
+    assert_eq!(dev.direct_bytes as usize, BLOCK);
+    assert!(!dev.direct);
+    // What went through the cache had its writeback started, all of it.
+    assert_eq!(dev.hinted.get() as usize, data.len() - BLOCK);
+    // Refused at the end: the aligned part of the last block (third write) falls back.
+    let data = pattern(2 * BLOCK + 3 * ALIGN + 5);
+    let (dev, got) = through(tmp.path(), &data, data.len() as u64, |s| {
+        s.einval_at = Some(3)
+    });
+    assert_eq!(got, data);
+    assert_eq!(dev.direct_bytes as usize, 2 * BLOCK);
+}
+
+#[test]
+fn a_short_direct_write_is_finished_whether_or_not_it_ends_aligned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = pattern(2 * BLOCK + 777);
+    // Short but aligned: the rest of the block goes on directly.
+    let (dev, got) = through(tmp.path(), &data, data.len() as u64, |s| {
+        s.short_at = Some((1, 8 * ALIGN))
+    });
+    assert_eq!(got, data);
+    assert_eq!(dev.direct_bytes as usize, 2 * BLOCK);
+    // Short and off the alignment: the rest goes through the cache.
+    let (dev, got) = through(tmp.path(), &data, data.len() as u64 + 1, |s| {
+        s.short_at = Some((1, 1000))
+    });
+    assert_eq!(got, data);
+    assert_eq!(dev.direct_bytes, 1000);
+    assert!(!dev.direct);
+}
+
+#[test]
+fn files_of_every_awkward_length_come_out_exact_on_this_filesystem() {
+    let tmp = tempfile::tempdir().unwrap();
+    for len in [
+        0,
+        1,
+        DIRECT_FROM as usize - 1,
+        DIRECT_FROM as usize,
+        BLOCK + 1,
+        3 * BLOCK + 4095,
+    ] {
+        for writes in [Writes::Direct, Writes::Buffered] {
+            let data = pattern(len);
+            let path = tmp.path().join(format!("f{len}-{writes:?}"));
+            let mut out = RestoredFile::create(&path, len as u64, writes).unwrap();
+            for piece in data.chunks(65_531) {
+                out.write_all(piece).unwrap();
+            }
+            // ext4 (this project's machines) takes O_DIRECT for a large file, and the kernel
+            // took every aligned write: the file is still direct after them.
+            let direct = writes == Writes::Direct && len as u64 >= DIRECT_FROM;
+            if on_direct_filesystem(&File::open(tmp.path()).unwrap()) {
+                assert_eq!(out.is_direct(), direct, "length {len}, {writes:?}");
+            }
+            assert_eq!(out.finish(&path).unwrap(), len as u64);
+            assert_eq!(std::fs::read(&path).unwrap(), data, "length {len}");
+        }
+    }
+}
+
+#[test]
+fn a_file_that_exists_is_never_overwritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("there");
+    std::fs::write(&path, b"keep").unwrap();
+    assert!(RestoredFile::create(&path, 1 << 20, Writes::Direct).is_err());
+    assert_eq!(std::fs::read(&path).unwrap(), b"keep");
+}

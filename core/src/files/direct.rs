@@ -46,10 +46,11 @@ pub enum Writes {
     Buffered,
 }
 
-/// `statfs` magic numbers of the filesystems direct writes are used on.
-const EXT4: i64 = 0xEF53;
-const XFS: i64 = 0x5846_5342;
-const BTRFS: i64 = 0x9123_683E;
+/// `statfs` magic numbers of the filesystems direct writes are used on (ext4's is shared with
+/// ext2 and ext3, which do direct I/O too).
+const EXT4: u32 = 0xEF53;
+const XFS: u32 = 0x5846_5342;
+const BTRFS: u32 = 0x9123_683E;
 
 /// Whether `file` lies on ext4, XFS or btrfs.
 fn on_direct_filesystem(file: &File) -> bool {
@@ -61,9 +62,9 @@ fn on_direct_filesystem(file: &File) -> bool {
     }
     // SAFETY: fstatfs returned 0, so it filled the (zeroed) buffer.
     let fs = unsafe { fs.assume_init() };
-    // f_type is a long on x86_64 glibc but 32 bits on other targets.
-    #[allow(clippy::unnecessary_cast)]
-    let kind = fs.f_type as i64;
+    // Every magic number fits in 32 bits; f_type is a signed long on 64-bit glibc and a signed
+    // int on 32-bit targets, where btrfs's would be negative: compare the low 32 bits.
+    let kind = fs.f_type as u32;
     [EXT4, XFS, BTRFS].contains(&kind)
 }
 

@@ -15,7 +15,10 @@ struct Scripted {
     /// The call that writes only this many bytes.
     short_at: Option<(usize, usize)>,
     direct_bytes: u64,
-    hinted: std::cell::Cell<u64>,
+    /// Direct writes refused (unaligned or on cue).
+    refused: usize,
+    /// Every writeback hint, (offset, length).
+    hinted: std::cell::RefCell<Vec<(u64, u64)>>,
 }
 
 impl Scripted {
@@ -27,8 +30,21 @@ impl Scripted {
             einval_at: None,
             short_at: None,
             direct_bytes: 0,
-            hinted: std::cell::Cell::new(0),
+            refused: 0,
+            hinted: std::cell::RefCell::new(Vec::new()),
         }
+    }
+}
+
+impl Scripted {
+    /// Checks that the writeback hints join up and cover `from..to` exactly.
+    fn hints_cover(&self, from: u64, to: u64) {
+        let mut at = from;
+        for &(offset, len) in self.hinted.borrow().iter() {
+            assert_eq!(offset, at, "hints {:?}", self.hinted.borrow());
+            at += len;
+        }
+        assert_eq!(at, to, "hints {:?}", self.hinted.borrow());
     }
 }
 
@@ -41,6 +57,7 @@ impl Device for Scripted {
                 && buf.len().is_multiple_of(ALIGN)
                 && (offset as usize).is_multiple_of(ALIGN);
             if !aligned || self.einval_at == Some(self.calls) {
+                self.refused += 1;
                 return Err(io::Error::from_raw_os_error(libc::EINVAL));
             }
         }
@@ -58,8 +75,8 @@ impl Device for Scripted {
         self.direct = on;
         Ok(())
     }
-    fn start_writeback(&self, _offset: u64, len: u64) {
-        self.hinted.set(self.hinted.get() + len);
+    fn start_writeback(&self, offset: u64, len: u64) {
+        self.hinted.borrow_mut().push((offset, len));
     }
 }
 
@@ -98,34 +115,46 @@ fn every_direct_write_is_aligned_and_the_bytes_come_out_exact() {
         let data = pattern(len);
         let (dev, got) = through(tmp.path(), &data, len as u64, |_| {});
         assert_eq!(got, data, "length {len}");
-        // Everything but the last partial block went past the cache, never refused.
+        // Everything but the last partial block went past the cache, never refused; the
+        // partial block's writeback was started.
         assert_eq!(dev.direct_bytes as usize, len - len % ALIGN, "length {len}");
+        assert_eq!(dev.refused, 0, "length {len}");
+        dev.hints_cover(dev.direct_bytes, len as u64);
     }
 }
 
 #[test]
 fn a_size_other_than_announced_still_comes_out_exact() {
     let tmp = tempfile::tempdir().unwrap();
-    for (len, expected) in [(100, 1 << 20), (3 * BLOCK + 5, 1 << 20), (0, 1 << 20)] {
+    for (len, expected) in [
+        (100, 1 << 20),
+        (3 * BLOCK + 5, 1 << 20),
+        (0, 1 << 20),
+        (BLOCK, 4096),
+    ] {
         let data = pattern(len);
-        let (_, got) = through(tmp.path(), &data, expected, |_| {});
+        let (dev, got) = through(tmp.path(), &data, expected, |_| {});
         assert_eq!(got, data, "{len} bytes announced as {expected}");
+        assert_eq!(dev.refused, 0, "{len} bytes announced as {expected}");
     }
 }
 
 #[test]
 fn a_refused_direct_write_goes_on_through_the_cache_without_losing_a_byte() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = pattern(3 * BLOCK + 12_345);
+    let data = pattern(6 * BLOCK + 12_345);
     // Refused on the second block: the first went direct, the rest buffered.
     let (dev, got) = through(tmp.path(), &data, data.len() as u64, |s| {
         s.einval_at = Some(2)
     });
     assert_eq!(got, data);
     assert_eq!(dev.direct_bytes as usize, BLOCK);
+    assert_eq!(dev.refused, 1);
     assert!(!dev.direct);
-    // What went through the cache had its writeback started, all of it.
-    assert_eq!(dev.hinted.get() as usize, data.len() - BLOCK);
+    // What went through the cache had its writeback started, all of it, in order: every
+    // WRITE_BEHIND bytes, then the rest at the end.
+    dev.hints_cover(BLOCK as u64, data.len() as u64);
+    assert!(dev.hinted.borrow().len() >= 2);
     // Refused at the end: the aligned part of the last block (third write) falls back.
     let data = pattern(2 * BLOCK + 3 * ALIGN + 5);
     let (dev, got) = through(tmp.path(), &data, data.len() as u64, |s| {
@@ -133,6 +162,8 @@ fn a_refused_direct_write_goes_on_through_the_cache_without_losing_a_byte() {
     });
     assert_eq!(got, data);
     assert_eq!(dev.direct_bytes as usize, 2 * BLOCK);
+    assert_eq!(dev.refused, 1);
+    dev.hints_cover(2 * BLOCK as u64, data.len() as u64);
 }
 
 #[test]

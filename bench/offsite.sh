@@ -116,8 +116,21 @@ ours >/dev/null
 theirs >/dev/null
 lib new >/dev/null
 lib old >/dev/null
+# ...and uploads: its object is there after it, with the file's size.
+for who in backup_mgmt lib-new lib-old rclone; do
+    "${RCLONE[@]}" lsl --config /dev/null "s3bench:bench/$who" | grep -q "^ *$(stat -c %s "$DIR/backups/bench.dump") " \
+        || { echo "$who left no object of the file's size" >&2; exit 1; }
+done
 CONTENDERS=(backup_mgmt lib-new lib-old rclone)
+# Every contender uploads into an empty bucket: an upload never replaces an object, and since
+# 5c345be our clients (rightly) skip one whose identical copy is already there, which would
+# time a HEAD and a hash instead of an upload.
+clear() {
+    "${RCLONE[@]}" delete --config /dev/null s3bench:bench >/dev/null
+    [ -z "$("${RCLONE[@]}" lsf -R --config /dev/null s3bench:bench)" ] || { echo "bucket not empty" >&2; exit 1; }
+}
 run() {
+    clear
     case "$1" in
     backup_mgmt) report backup_mgmt "$(ours)" ;;
     lib-new) report lib-new "$(lib new)" ;;

@@ -37,7 +37,7 @@ use crate::files::durable;
 use crate::files::error::{Context, IoError};
 use crate::files::open::open_regular;
 use crate::manifest::native::{plain_relative, FileRecord, Manifest, DATA, FILES_MANIFEST};
-use crate::manifest::postgres::{self, PG_MANIFEST};
+use crate::manifest::postgres::{self, PG_MANIFEST, PG_MANIFEST_ZST};
 use crate::pgformat::datadir::{self, Change, Entry, ParentFile};
 use crate::pgformat::pagecheck::{self, PageState, BLCKSZ};
 use crate::progress::Counters;
@@ -480,7 +480,7 @@ pub fn finish(
     // Stored compressed like the files it lists (it is a few hundred kB of JSON).
     let stored_pg = match level {
         Some(l) => {
-            let name = out.join(format!("{PG_MANIFEST}.zst"));
+            let name = out.join(PG_MANIFEST_ZST);
             let z = zstd::encode_all(pg.as_bytes(), l).at("could not compress", &name)?;
             durable::write_new(&name, &z)?;
             z.len()

@@ -11,6 +11,11 @@
 //! commit; tmpfs gains nothing), or one whose direct write the kernel refuses part-way goes
 //! through the page cache, its writeback started every few megabytes (`WriteBehind`).
 //!
+//! A direct write returns only once the device has the block, so on one thread that wait and the
+//! caller's work (decompressing, copying) add up: a 640 MB relation file was a restore's critical
+//! path.  A file of `BEHIND_FROM` or more therefore has its blocks written by a helper thread
+//! while the caller fills the next one.
+//!
 //! Direct I/O is not durability: the device may still hold the blocks in its volatile cache and
 //! the file's size and extents are metadata.  The `syncfs` (or fsync) that ends a restore is
 //! still what makes the files durable, as it is for buffered ones.
@@ -19,9 +24,12 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 
 use crate::files::durable::{create_new, start_writeback, WriteBehind, WRITE_BEHIND};
 use crate::files::error::{Context, IoError};
+use crate::threads::with_signals_blocked;
 
 /// The alignment of buffer, offset and length that `O_DIRECT` asks for: 4096 covers devices
 /// with 4 kB logical sectors as well as 512-byte ones.
@@ -34,12 +42,19 @@ const BLOCK: usize = 1 << 20;
 /// small file would cost more than the copy it saves.
 pub const DIRECT_FROM: u64 = 256 << 10;
 
+/// Files at least this large have their blocks written by a helper thread (a thread per file is
+/// nothing beside eight device writes).
+pub const BEHIND_FROM: u64 = 8 << 20;
+
+/// Blocks of such a file in memory at once: one being filled, the others queued or being
+/// written.
+const BLOCKS_IN_FLIGHT: usize = 3;
+
 /// How a restore writes its files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Writes {
     /// Large files past the page cache where the filesystem does direct I/O well: a restore
     /// that ends with everything made durable (the restore program, host-loss drills).
-    #[default]
     Direct,
     /// Everything through the page cache: a scratch copy that is read back at once (a restore
     /// test runs pg_verifybackup on it), or an operator's `--no-direct-io`.
@@ -82,7 +97,7 @@ impl RestoredFile {
         if writes == Writes::Buffered || expected < DIRECT_FROM || !on_direct_filesystem(&file) {
             return Ok(RestoredFile::Buffered(WriteBehind::new(file)));
         }
-        match Direct::new(file, expected) {
+        match Direct::new(file, expected, expected >= BEHIND_FROM) {
             Ok(d) => Ok(RestoredFile::Direct(d)),
             Err(file) => Ok(RestoredFile::Buffered(WriteBehind::new(file))),
         }
@@ -91,17 +106,20 @@ impl RestoredFile {
     /// Writes what is still held and returns the file's length on disk (which the caller
     /// compares with what it wrote: a block lost here would otherwise pass the hash).
     pub fn finish(self, path: &Path) -> Result<u64, IoError> {
-        let length = |f: &File| Ok(f.metadata().at("could not stat", path)?.len());
-        match self {
-            RestoredFile::Direct(d) => length(&d.finish().at("could not write", path)?),
-            // Dropping it starts the writeback of what is left.
-            RestoredFile::Buffered(w) => length(w.file()),
-        }
+        Ok(self.finished(path)?.0)
     }
 
-    /// Whether the file is being written past the page cache.
-    pub fn is_direct(&self) -> bool {
-        matches!(self, RestoredFile::Direct(d) if d.direct)
+    /// `finish`, and whether the file went past the page cache to its last aligned block.
+    fn finished(self, path: &Path) -> Result<(u64, bool), IoError> {
+        let length = |f: &File| Ok(f.metadata().at("could not stat", path)?.len());
+        match self {
+            RestoredFile::Direct(d) => {
+                let (file, direct) = d.finish_with_mode().at("could not write", path)?;
+                Ok((length(&file)?, direct))
+            }
+            // Dropping it starts the writeback of what is left.
+            RestoredFile::Buffered(w) => Ok((length(w.file())?, false)),
+        }
     }
 }
 
@@ -120,8 +138,8 @@ impl Write for RestoredFile {
 }
 
 /// What a direct file is written to: a `File`, or in tests one that checks alignment and
-/// refuses on cue.
-pub trait Device {
+/// refuses on cue.  `Send`, since a large file's blocks are written on a helper thread.
+pub trait Device: Send + 'static {
     fn write_at_end(&mut self, buf: &[u8]) -> io::Result<usize>;
     fn set_direct(&mut self, on: bool) -> io::Result<()>;
     fn start_writeback(&self, offset: u64, len: u64);
@@ -157,14 +175,32 @@ impl Device for File {
     }
 }
 
-/// A file opened with `O_DIRECT` and an aligned block being filled.
-pub struct Direct<D: Device> {
-    device: D,
-    /// Backing store; the aligned block is `store[start..start + cap]`.
+/// A buffer whose bytes `store[start..start + cap]` are aligned for direct I/O.
+struct Block {
     store: Vec<u8>,
     start: usize,
-    cap: usize,
-    filled: usize,
+}
+
+impl Block {
+    fn new(cap: usize) -> Option<Block> {
+        let store = vec![0u8; cap + ALIGN];
+        let start = store.as_ptr().align_offset(ALIGN);
+        (start < ALIGN).then_some(Block { store, start })
+    }
+
+    fn bytes(&self, len: usize) -> &[u8] {
+        &self.store[self.start..self.start + len]
+    }
+
+    fn bytes_mut(&mut self, from: usize, to: usize) -> &mut [u8] {
+        &mut self.store[self.start + from..self.start + to]
+    }
+}
+
+/// The device and where its file stands: what was written, what was handed to writeback once
+/// the file goes through the cache, and whether it still goes past it.
+struct Sink<D> {
+    device: D,
     /// Bytes written to the device (the file's offset).
     written: u64,
     /// Up to where writeback was started, once the file goes through the cache.
@@ -173,44 +209,18 @@ pub struct Direct<D: Device> {
     direct: bool,
 }
 
-impl<D: Device> Direct<D> {
-    /// `device` (just created, empty) switched to `O_DIRECT`, or given back where that is
-    /// refused.
-    pub fn new(mut device: D, expected: u64) -> Result<Direct<D>, D> {
-        // One block for a large file; for a smaller one just its size, rounded up.
-        let cap = usize::try_from(expected)
-            .unwrap_or(BLOCK)
-            .clamp(1, BLOCK)
-            .next_multiple_of(ALIGN);
-        let store = vec![0u8; cap + ALIGN];
-        let start = store.as_ptr().align_offset(ALIGN);
-        if start >= ALIGN || device.set_direct(true).is_err() {
-            return Err(device);
-        }
-        Ok(Direct {
-            device,
-            store,
-            start,
-            cap,
-            filled: 0,
-            written: 0,
-            handed: 0,
-            direct: true,
-        })
-    }
-
-    /// Writes the block's bytes `from..to` (multiples of `ALIGN` while direct).
-    fn write_block(&mut self, from: usize, to: usize) -> io::Result<()> {
-        let (mut at, len) = (from, to);
-        while at < len {
-            let piece = &self.store[self.start + at..self.start + len];
-            match self.device.write_at_end(piece) {
+impl<D: Device> Sink<D> {
+    /// Writes `bytes` (whose start and length are multiples of `ALIGN` while direct).
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let mut at = 0;
+        while at < bytes.len() {
+            match self.device.write_at_end(&bytes[at..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     at += n;
                     self.written += n as u64;
                     // A short direct write that ends off the alignment cannot go on directly.
-                    if self.direct && at < len && at % ALIGN != 0 {
+                    if self.direct && at < bytes.len() && at % ALIGN != 0 {
                         self.buffered()?;
                     }
                 }
@@ -242,39 +252,219 @@ impl<D: Device> Direct<D> {
         self.handed = self.written;
     }
 
-    /// Writes what is held: its aligned part directly, the last partial page through the page
-    /// cache (no padding, no truncation); gives the device back.
-    pub fn finish(mut self) -> io::Result<D> {
-        let aligned = self.filled - self.filled % ALIGN;
+    /// Writes the file's last bytes: their aligned part directly, the last partial page through
+    /// the page cache (no padding, no truncation).
+    fn finish(mut self, last: &[u8]) -> io::Result<(D, bool)> {
+        let aligned = last.len() - last.len() % ALIGN;
         let mut from = 0;
         if self.direct && aligned > 0 {
             // Even if it ends up going through the cache part-way, these bytes are written.
-            self.write_block(0, aligned)?;
+            self.write(&last[..aligned])?;
             from = aligned;
         }
-        if self.filled > from {
+        // Whether everything up to the last partial page went past the cache.
+        let direct = self.direct;
+        if last.len() > from {
             if self.direct {
                 self.buffered()?;
             }
-            self.write_block(from, self.filled)?;
+            self.write(&last[from..])?;
         }
-        self.filled = 0;
         if !self.direct {
             self.hand_over();
         }
-        Ok(self.device)
+        Ok((self.device, direct))
+    }
+}
+
+/// A helper thread writing full blocks as they come, and handing them back to be filled again.
+struct Behind<D> {
+    to_thread: Option<mpsc::SyncSender<(Block, usize)>>,
+    returned: mpsc::Receiver<Block>,
+    thread: Option<JoinHandle<io::Result<Sink<D>>>>,
+    /// Blocks made so far (at most `BLOCKS_IN_FLIGHT`).
+    made: usize,
+}
+
+impl<D: Device> Behind<D> {
+    /// Starts the thread with every signal blocked (PostgreSQL's handlers stay on the calling
+    /// thread, as in a host-loss drill); gives the sink back where no thread can start.
+    fn start(sink: Sink<D>) -> Result<Behind<D>, Sink<D>> {
+        let (to_thread, blocks) = mpsc::sync_channel::<(Block, usize)>(BLOCKS_IN_FLIGHT);
+        let (back, returned) = mpsc::channel::<Block>();
+        let (tx, given) = mpsc::sync_channel::<Sink<D>>(1);
+        let spawned = with_signals_blocked(|| {
+            std::thread::Builder::new()
+                .name("backup_mgmt write".into())
+                .spawn(move || {
+                    let Ok(mut sink) = given.recv() else {
+                        return Err(io::Error::other("no file to write"));
+                    };
+                    for (block, len) in blocks {
+                        sink.write(block.bytes(len))?;
+                        // The writer may be gone (it failed); the block is then dropped.
+                        let _ = back.send(block);
+                    }
+                    Ok(sink)
+                })
+        });
+        let Ok(thread) = spawned else {
+            return Err(sink);
+        };
+        // Handed over once the thread exists, so that a failed start gives it back.
+        if let Err(mpsc::SendError(sink)) = tx.send(sink) {
+            return Err(sink);
+        }
+        Ok(Behind {
+            to_thread: Some(to_thread),
+            returned,
+            thread: Some(thread),
+            made: 1,
+        })
+    }
+
+    /// A block to fill next: a new one while fewer than `BLOCKS_IN_FLIGHT` exist, else the
+    /// next one the thread has written.
+    fn next_block(&mut self, cap: usize) -> io::Result<Block> {
+        if let Ok(b) = self.returned.try_recv() {
+            return Ok(b);
+        }
+        if self.made < BLOCKS_IN_FLIGHT {
+            self.made += 1;
+            return Block::new(cap).ok_or_else(|| io::Error::other("no aligned buffer"));
+        }
+        self.returned.recv().map_err(|_| self.failed())
+    }
+
+    fn send(&mut self, block: Block, len: usize) -> io::Result<()> {
+        let sent = self.to_thread.as_ref().map(|t| t.send((block, len)));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            _ => Err(self.failed()),
+        }
+    }
+
+    /// Waits for the thread to write everything sent and gives the sink back.
+    fn join(&mut self) -> io::Result<Sink<D>> {
+        drop(self.to_thread.take());
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            _ => Err(io::Error::other("the writing thread failed")),
+        }
+    }
+
+    /// The thread's error, once it stopped.
+    fn failed(&mut self) -> io::Error {
+        match self.join() {
+            Ok(_) => io::Error::other("the writing thread stopped"),
+            Err(e) => e,
+        }
+    }
+}
+
+impl<D> Drop for Behind<D> {
+    /// A file given up part-way: the thread writes what it was sent, then ends, before the
+    /// caller goes on.
+    fn drop(&mut self) {
+        drop(self.to_thread.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Where full blocks go: written by the caller's thread, or by a helper.
+enum Writer<D> {
+    Inline(Sink<D>),
+    Behind(Behind<D>),
+}
+
+/// A file opened with `O_DIRECT` and an aligned block being filled.
+pub struct Direct<D: Device> {
+    block: Block,
+    cap: usize,
+    filled: usize,
+    writer: Writer<D>,
+}
+
+impl<D: Device> Direct<D> {
+    /// `device` (just created, empty) switched to `O_DIRECT`, or given back where that is
+    /// refused.  With `behind`, full blocks are written by a helper thread.
+    pub fn new(mut device: D, expected: u64, behind: bool) -> Result<Direct<D>, D> {
+        // One block for a large file; for a smaller one just its size, rounded up.
+        let cap = usize::try_from(expected)
+            .unwrap_or(BLOCK)
+            .clamp(1, BLOCK)
+            .next_multiple_of(ALIGN);
+        let Some(block) = Block::new(cap) else {
+            return Err(device);
+        };
+        if device.set_direct(true).is_err() {
+            return Err(device);
+        }
+        let sink = Sink {
+            device,
+            written: 0,
+            handed: 0,
+            direct: true,
+        };
+        let writer = match behind {
+            true => Behind::start(sink).map_or_else(Writer::Inline, Writer::Behind),
+            false => Writer::Inline(sink),
+        };
+        Ok(Direct {
+            block,
+            cap,
+            filled: 0,
+            writer,
+        })
+    }
+
+    /// Writes the full block and starts the next.
+    fn write_block(&mut self) -> io::Result<()> {
+        match &mut self.writer {
+            Writer::Inline(sink) => sink.write(self.block.bytes(self.cap))?,
+            Writer::Behind(behind) => {
+                let next = behind.next_block(self.cap)?;
+                let full = std::mem::replace(&mut self.block, next);
+                behind.send(full, self.cap)?;
+            }
+        }
+        self.filled = 0;
+        Ok(())
+    }
+
+    /// Writes what is held (its aligned part directly, the last partial page through the page
+    /// cache) and gives the device back.
+    pub fn finish(self) -> io::Result<D> {
+        Ok(self.finish_with_mode()?.0)
+    }
+
+    /// `finish`, and whether everything up to the last partial page went past the cache.
+    fn finish_with_mode(self) -> io::Result<(D, bool)> {
+        let Direct {
+            block,
+            filled,
+            writer,
+            ..
+        } = self;
+        let sink = match writer {
+            Writer::Inline(sink) => sink,
+            Writer::Behind(mut behind) => behind.join()?,
+        };
+        sink.finish(block.bytes(filled))
     }
 }
 
 impl<D: Device> Write for Direct<D> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = buf.len().min(self.cap - self.filled);
-        let at = self.start + self.filled;
-        self.store[at..at + n].copy_from_slice(&buf[..n]);
+        self.block
+            .bytes_mut(self.filled, self.filled + n)
+            .copy_from_slice(&buf[..n]);
         self.filled += n;
         if self.filled == self.cap {
-            self.write_block(0, self.cap)?;
-            self.filled = 0;
+            self.write_block()?;
         }
         Ok(n)
     }

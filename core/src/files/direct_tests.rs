@@ -14,6 +14,8 @@ struct Scripted {
     einval_at: Option<usize>,
     /// The call that writes only this many bytes.
     short_at: Option<(usize, usize)>,
+    /// The call that fails with ENOSPC (the disk is full).
+    full_at: Option<usize>,
     direct_bytes: u64,
     /// Direct writes refused (unaligned or on cue).
     refused: usize,
@@ -29,6 +31,7 @@ impl Scripted {
             calls: 0,
             einval_at: None,
             short_at: None,
+            full_at: None,
             direct_bytes: 0,
             refused: 0,
             hinted: std::cell::RefCell::new(Vec::new()),
@@ -61,6 +64,9 @@ impl Device for Scripted {
                 return Err(io::Error::from_raw_os_error(libc::EINVAL));
             }
         }
+        if self.full_at == Some(self.calls) {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
         let n = match self.short_at {
             Some((call, n)) if call == self.calls => n.min(buf.len()),
             _ => buf.len(),
@@ -81,22 +87,47 @@ impl Device for Scripted {
 }
 
 /// Writes `data` through a `Direct` on a `Scripted` device set up by `script`, in pieces that
-/// never line up with the blocks; returns the device and what the file holds.
+/// never line up with the blocks, once with the blocks written by the calling thread and once
+/// by a helper thread; checks that both leave the same bytes, the same device state and the
+/// same writeback hints, and returns the device and what the file holds.
 fn through(
     dir: &Path,
     data: &[u8],
     expected: u64,
-    script: impl FnOnce(&mut Scripted),
+    script: impl Fn(&mut Scripted),
 ) -> (Scripted, Vec<u8>) {
-    let path = dir.join(format!("s{}-{expected}", data.len()));
-    let mut dev = Scripted::new(create_new(&path).unwrap());
-    script(&mut dev);
-    let mut d = Direct::new(dev, expected).ok().unwrap();
-    for piece in data.chunks(65_531) {
-        d.write_all(piece).unwrap();
+    let mut results = Vec::new();
+    for behind in [false, true] {
+        let path = dir.join(format!("s{}-{expected}-{behind}", data.len()));
+        let mut dev = Scripted::new(create_new(&path).unwrap());
+        script(&mut dev);
+        let mut d = Direct::new(dev, expected, behind).ok().unwrap();
+        assert_eq!(matches!(d.writer, Writer::Behind(_)), behind);
+        for piece in data.chunks(65_531) {
+            d.write_all(piece).unwrap();
+        }
+        let dev = d.finish().unwrap();
+        results.push((dev, std::fs::read(&path).unwrap()));
     }
-    let dev = d.finish().unwrap();
-    (dev, std::fs::read(&path).unwrap())
+    let (threaded, got) = results.pop().unwrap();
+    let (inline, same) = results.pop().unwrap();
+    assert_eq!(got, same);
+    assert_eq!(
+        (
+            inline.calls,
+            inline.refused,
+            inline.direct_bytes,
+            inline.direct
+        ),
+        (
+            threaded.calls,
+            threaded.refused,
+            threaded.direct_bytes,
+            threaded.direct
+        )
+    );
+    assert_eq!(*inline.hinted.borrow(), *threaded.hinted.borrow());
+    (threaded, got)
 }
 
 #[test]
@@ -186,6 +217,38 @@ fn a_short_direct_write_is_finished_whether_or_not_it_ends_aligned() {
 }
 
 #[test]
+fn a_failed_write_on_the_helper_thread_reaches_the_writer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = pattern(6 * BLOCK + 100);
+    // The disk fills at the second block, or at the last (written by `finish` itself).
+    for call in [2, 7] {
+        for behind in [false, true] {
+            let path = tmp.path().join(format!("full-{call}-{behind}"));
+            let mut dev = Scripted::new(create_new(&path).unwrap());
+            dev.full_at = Some(call);
+            let mut d = Direct::new(dev, data.len() as u64, behind).ok().unwrap();
+            // Once a write failed, no later write nor `finish` may report success.
+            let mut failed = None;
+            for piece in data.chunks(65_531) {
+                if let Err(e) = d.write_all(piece) {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            let e = match failed {
+                Some(e) => e,
+                None => d.finish().map(|_| ()).unwrap_err(),
+            };
+            assert_eq!(
+                e.raw_os_error(),
+                Some(libc::ENOSPC),
+                "call {call}, {behind}: {e}"
+            );
+        }
+    }
+}
+
+#[test]
 fn files_of_every_awkward_length_come_out_exact_on_this_filesystem() {
     let tmp = tempfile::tempdir().unwrap();
     for len in [
@@ -195,6 +258,7 @@ fn files_of_every_awkward_length_come_out_exact_on_this_filesystem() {
         DIRECT_FROM as usize,
         BLOCK + 1,
         3 * BLOCK + 4095,
+        BEHIND_FROM as usize + 3 * BLOCK + 4095,
     ] {
         for writes in [Writes::Direct, Writes::Buffered] {
             let data = pattern(len);
@@ -204,12 +268,15 @@ fn files_of_every_awkward_length_come_out_exact_on_this_filesystem() {
                 out.write_all(piece).unwrap();
             }
             // ext4 (this project's machines) takes O_DIRECT for a large file, and the kernel
-            // took every aligned write: the file is still direct after them.
-            let direct = writes == Writes::Direct && len as u64 >= DIRECT_FROM;
-            if on_direct_filesystem(&File::open(tmp.path()).unwrap()) {
-                assert_eq!(out.is_direct(), direct, "length {len}, {writes:?}");
-            }
-            assert_eq!(out.finish(&path).unwrap(), len as u64);
+            // took every aligned write: the file was direct to its last aligned block.
+            let direct = writes == Writes::Direct
+                && len as u64 >= DIRECT_FROM
+                && on_direct_filesystem(&File::open(tmp.path()).unwrap());
+            assert_eq!(
+                out.finished(&path).unwrap(),
+                (len as u64, direct),
+                "length {len}, {writes:?}"
+            );
             assert_eq!(std::fs::read(&path).unwrap(), data, "length {len}");
         }
     }

@@ -12,6 +12,8 @@ use crate::wal::Lsn;
 
 /// Its file name.
 pub const PG_MANIFEST: &str = "backup_manifest";
+/// The same, as a native backup keeps it when it compresses.
+pub const PG_MANIFEST_ZST: &str = "backup_manifest.zst";
 
 /// PostgreSQL's backup manifest for the complete data directory (pg_wal excluded, as in
 /// pg_basebackup's): what `pg_verifybackup` reads.  The manifest checksum covers every byte up

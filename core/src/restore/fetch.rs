@@ -12,10 +12,11 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::materialize::{materialize_delta, materialize_from, Delta, StoredFiles, Writers};
+use super::materialize::{materialize_delta, materialize_from, Delta, Writers};
 use super::offsite::{Choice, Goal, Mirror, MirrorWal};
 use super::recipe::conf_quote;
 pub use super::recipe::sh_quote;
+use super::remote_files::RemoteHolders;
 use crate::checksum::{hex, is_sha256_hex};
 use crate::files::direct::Writes;
 use crate::files::durable::{self, DurableFile, Install, Temp};
@@ -48,29 +49,6 @@ pub enum FetchError {
     Refused(String),
     #[error("{detail} ({file})")]
     File { detail: String, file: String },
-}
-
-/// The stored files of a chain on a target: `<backup key>/<stored path>`.
-struct RemoteHolders<'a> {
-    storage: &'a dyn Storage,
-    keys: HashMap<i64, String>,
-}
-
-impl StoredFiles for RemoteHolders<'_> {
-    fn open(&self, holder: i64, stored: &str) -> Option<Result<Box<dyn Read + Send>, String>> {
-        let key = self.keys.get(&holder)?;
-        Some(
-            self.storage
-                .get(&member_key(key, Path::new(stored)))
-                .map_err(|e| e.to_string()),
-        )
-    }
-    fn shown(&self, holder: i64, stored: &str) -> PathBuf {
-        match self.keys.get(&holder) {
-            Some(k) => PathBuf::from(member_key(k, Path::new(stored))),
-            None => PathBuf::from(stored),
-        }
-    }
 }
 
 /// Reads a whole (small) object, at most `limit` bytes, and checks its sha256 (a larger one is
@@ -216,7 +194,7 @@ pub fn restore_native(
         .iter()
         .map(|c| (c.backup_id, c.key.clone()))
         .collect();
-    let source = RemoteHolders { storage, keys };
+    let source = RemoteHolders::new(storage, keys);
     let failed = |r: crate::verify::Report| FetchError::File {
         detail: r.detail.unwrap_or_default(),
         file: r.failing_file.unwrap_or_default(),

@@ -12,7 +12,7 @@ use crate::files::direct::{RestoredFile, Writes};
 use crate::files::durable;
 use crate::files::error::IoError;
 use crate::manifest::native::{FileRecord, Manifest};
-use crate::manifest::postgres::PG_MANIFEST;
+use crate::manifest::postgres::{PG_MANIFEST, PG_MANIFEST_ZST};
 use crate::progress::Counters;
 use crate::stream;
 use crate::verify::native::{cancelled, judge, read_stream};
@@ -29,6 +29,9 @@ pub fn tablespace_oid(dir: &str) -> Option<&str> {
 pub trait StoredFiles: Sync {
     fn open(&self, holder: i64, stored: &str) -> Option<Result<Box<dyn Read + Send>, String>>;
     fn shown(&self, holder: i64, stored: &str) -> PathBuf;
+    /// The files about to be opened, in order, by `at_once` threads: a source whose every open
+    /// is a round trip starts the next ones' requests early.
+    fn will_open(&self, _order: &[(i64, &str)], _at_once: usize) {}
 }
 
 /// The chain's backup directories on this host, by backup id.
@@ -231,58 +234,58 @@ fn build(
             None => mkdir(&dest.join(d)).map_err(fail)?,
         }
     }
+    let order = largest_first(&manifest.files);
+    if !delta {
+        // Every file is fetched, then PostgreSQL's manifest (a delta restore opens only the
+        // files that differ, known one at a time).
+        let mut opened: Vec<(i64, &str)> = order.iter().map(|f| (f.holder, &*f.stored)).collect();
+        opened.push((manifest.backup_id, PG_MANIFEST_ZST));
+        source.will_open(&opened, writers.threads);
+    }
     let kept = AtomicUsize::new(0);
-    let failure = verify::in_parallel(
-        &largest_first(&manifest.files),
-        writers.threads,
-        counters.cancel,
-        |f, buf| {
-            let out_path = dest.join(&f.path);
-            if delta {
-                if already_there(&out_path, f, buf, counters) {
-                    kept.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
-                }
-                match std::fs::remove_file(&out_path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(Report::failed(Reason::Unreadable, e.to_string(), &out_path))
-                    }
-                }
+    let failure = verify::in_parallel(&order, writers.threads, counters.cancel, |f, buf| {
+        let out_path = dest.join(&f.path);
+        if delta {
+            if already_there(&out_path, f, buf, counters) {
+                kept.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
             }
-            let src = source.shown(f.holder, &f.stored);
-            let input = source
-                .open(f.holder, &f.stored)
-                .ok_or_else(|| {
-                    Report::failed(
-                        Reason::Missing,
-                        format!(
-                            "backup {} (holding \"{}\") is not available",
-                            f.holder, f.path
-                        ),
-                        &src,
-                    )
-                })?
-                .map_err(|e| Report::failed(Reason::Unreadable, e, &src))?;
-            let unwritable =
-                |e: IoError| Report::failed(Reason::Unreadable, e.to_string(), &out_path);
-            let mut out =
-                RestoredFile::create(&out_path, f.size, writers.writes).map_err(unwritable)?;
-            let zst = f.stored.ends_with(".zst");
-            let (size, sum) = read_stream(input, zst, f.size, &mut out, buf, counters)
-                .map_err(|(r, d)| Report::failed(r, d, &src))?;
-            let on_disk = out.finish(&out_path).map_err(unwritable)?;
-            if on_disk != size {
-                return Err(Report::failed(
-                    Reason::Unreadable,
-                    format!("{size} bytes were written but the file holds {on_disk}"),
-                    &out_path,
-                ));
+            match std::fs::remove_file(&out_path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Report::failed(Reason::Unreadable, e.to_string(), &out_path)),
             }
-            judge(&src, f, size, &sum)
-        },
-    );
+        }
+        let src = source.shown(f.holder, &f.stored);
+        let input = source
+            .open(f.holder, &f.stored)
+            .ok_or_else(|| {
+                Report::failed(
+                    Reason::Missing,
+                    format!(
+                        "backup {} (holding \"{}\") is not available",
+                        f.holder, f.path
+                    ),
+                    &src,
+                )
+            })?
+            .map_err(|e| Report::failed(Reason::Unreadable, e, &src))?;
+        let unwritable = |e: IoError| Report::failed(Reason::Unreadable, e.to_string(), &out_path);
+        let mut out =
+            RestoredFile::create(&out_path, f.size, writers.writes).map_err(unwritable)?;
+        let zst = f.stored.ends_with(".zst");
+        let (size, sum) = read_stream(input, zst, f.size, &mut out, buf, counters)
+            .map_err(|(r, d)| Report::failed(r, d, &src))?;
+        let on_disk = out.finish(&out_path).map_err(unwritable)?;
+        if on_disk != size {
+            return Err(Report::failed(
+                Reason::Unreadable,
+                format!("{size} bytes were written but the file holds {on_disk}"),
+                &out_path,
+            ));
+        }
+        judge(&src, f, size, &sum)
+    });
     if let Some(r) = failure.or_else(|| cancelled(counters, dest)) {
         return Err(r);
     }
@@ -290,8 +293,7 @@ fn build(
     done.fetched = manifest.files.len() - done.kept;
     // PostgreSQL's manifest, kept compressed or not by the backup itself.
     let id = manifest.backup_id;
-    let compressed = format!("{PG_MANIFEST}.zst");
-    let (input, zst) = match source.open(id, &compressed) {
+    let (input, zst) = match source.open(id, PG_MANIFEST_ZST) {
         Some(Ok(r)) => (r, true),
         _ => match source.open(id, PG_MANIFEST) {
             Some(Ok(r)) => (r, false),

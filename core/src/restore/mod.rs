@@ -2,7 +2,8 @@
 //! a data directory, the temporary server a restore test starts on a restored directory, and the
 //! unprivileged role a logical restore test runs backup content as; and restoring from an
 //! off-site target alone (`offsite`: its mirror and the choice of a base backup; `fetch`: the
-//! files, the recovery settings, `wal-fetch`; `logical`: a dump into a new database, globals
+//! files, the recovery settings, `wal-fetch`; `remote_files`: a chain's objects, each requested
+//! ahead of the thread that writes it; `logical`: a dump into a new database, globals
 //! first).  `base_choice` is the one rule for which base backup a recovery starts from, for
 //! `plan_recovery` and the program alike.
 
@@ -12,6 +13,7 @@ pub mod logical;
 pub mod materialize;
 pub mod offsite;
 pub mod recipe;
+mod remote_files;
 pub mod scratch_server;
 pub mod unprivileged;
 pub mod wal_spool;

@@ -29,34 +29,71 @@ pub struct Download {
     done: bool,
 }
 
+/// A download whose GET has been sent: `wait` returns it once the server has answered.
+pub struct Pending(tokio::sync::oneshot::Receiver<Result<Download, StorageError>>);
+
+impl Pending {
+    /// Waits for the answer (called from a plain thread, never from the runtime's own).
+    pub fn wait(self) -> Result<Download, StorageError> {
+        self.0.blocking_recv().unwrap_or_else(|_| {
+            Err(StorageError::Http(
+                "the download stopped before the server answered".into(),
+            ))
+        })
+    }
+}
+
 impl Download {
-    /// Starts the GET (its status is known when this returns) and the task that reads it.
+    /// Starts the GET and waits for its status.
     pub fn start(
         rt: &tokio::runtime::Runtime,
         store: Arc<dyn ObjectStore>,
         path: ObjectPath,
         shown: String,
     ) -> Result<Download, StorageError> {
-        let got = rt
-            .block_on(store.get(&path))
-            .map_err(|e| StorageError::Http(format!("GET {shown}: {}", described(&e))))?;
-        let (tx, received) = mpsc::channel(READ_AHEAD_CHUNKS);
-        let body = Body {
-            size: got.meta.size,
-            etag: got.meta.e_tag.clone(),
-            stream: got.into_stream(),
-            store,
-            path,
-            shown,
-            position: 0,
-            failures: 0,
-        };
-        rt.spawn(body.pump(tx));
-        Ok(Download {
-            received,
-            chunk: Bytes::new(),
-            done: false,
-        })
+        Download::begin(rt, store, path, shown).wait()
+    }
+
+    /// Sends the GET and returns at once; a task on the runtime reads the response into the
+    /// queue from then on.  If the `Pending` is dropped unread, the task stops once the server
+    /// has answered.
+    pub fn begin(
+        rt: &tokio::runtime::Runtime,
+        store: Arc<dyn ObjectStore>,
+        path: ObjectPath,
+        shown: String,
+    ) -> Pending {
+        let (answered, pending) = tokio::sync::oneshot::channel();
+        rt.spawn(async move {
+            let got = match store.get(&path).await {
+                Ok(got) => got,
+                Err(e) => {
+                    let why = StorageError::Http(format!("GET {shown}: {}", described(&e)));
+                    let _ = answered.send(Err(why));
+                    return;
+                }
+            };
+            let (tx, received) = mpsc::channel(READ_AHEAD_CHUNKS);
+            let body = Body {
+                size: got.meta.size,
+                etag: got.meta.e_tag.clone(),
+                stream: got.into_stream(),
+                store,
+                path,
+                shown,
+                position: 0,
+                failures: 0,
+            };
+            let download = Download {
+                received,
+                chunk: Bytes::new(),
+                done: false,
+            };
+            if answered.send(Ok(download)).is_ok() {
+                body.pump(tx).await;
+            }
+        });
+        Pending(pending)
     }
 }
 

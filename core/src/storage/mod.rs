@@ -106,6 +106,10 @@ pub struct Copied {
     pub sha256: String,
 }
 
+/// An object being fetched ahead of its reader (`Storage::get_ahead`): calling it waits for the
+/// server's answer and gives what `get` would have.
+pub type Ahead = Box<dyn FnOnce() -> Result<Box<dyn Read + Send>, StorageError> + Send>;
+
 /// A place copies go to.
 pub trait Storage: Send + Sync {
     /// Stores the local file `local` under `key` and checks it where it landed.  An identical
@@ -140,6 +144,13 @@ pub trait Storage: Send + Sync {
     /// (it comes from a mirror on the target): one that could leave the target is refused.  The
     /// caller checks what it reads against the sha256 the mirror names.
     fn get(&self, key: &str) -> Result<Box<dyn Read + Send>, StorageError>;
+    /// `get` started now and finished later (`Ahead`: calling it waits for the answer), for a
+    /// store where every request is a round trip: a restore starts the next objects' requests
+    /// while its threads write the last ones.  `None` where that gains nothing (a directory):
+    /// the caller then uses `get` when it needs the object.
+    fn get_ahead(&self, _key: &str) -> Option<Ahead> {
+        None
+    }
     /// Before a run: whatever the target needs to exist (a bucket, when asked for).
     fn prepare(&self) -> Result<(), StorageError> {
         Ok(())

@@ -30,7 +30,7 @@ use object_store::{
 use sha2::{Digest, Sha256};
 
 use super::download::Download;
-use super::{described, Copied, Storage, StorageError};
+use super::{described, Ahead, Copied, Storage, StorageError};
 use crate::checksum::hex;
 use crate::stream;
 use crate::threads;
@@ -597,6 +597,25 @@ impl Storage for ObjectTarget {
         let shown = format!("{}/{key}", self.place);
         let reader = Download::start(runtime()?, Arc::clone(&self.store), path, shown)?;
         Ok(Box::new(stream::Limited::new(reader, self.rate.clone())))
+    }
+
+    fn get_ahead(&self, key: &str) -> Option<Ahead> {
+        let started = (|| -> Result<_, StorageError> {
+            let key = super::plain_key(key)?;
+            let path = self.path(key)?;
+            let shown = format!("{}/{key}", self.place);
+            Ok(Download::begin(
+                runtime()?,
+                Arc::clone(&self.store),
+                path,
+                shown,
+            ))
+        })();
+        let rate = self.rate.clone();
+        Some(Box::new(move || {
+            let reader = started?.wait()?;
+            Ok(Box::new(stream::Limited::new(reader, rate)) as Box<dyn Read + Send>)
+        }))
     }
 
     /// Before a run: the bucket must exist and answer (creating buckets is left to the

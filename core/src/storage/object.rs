@@ -30,53 +30,11 @@ use object_store::{
 use sha2::{Digest, Sha256};
 
 use super::download::Download;
+use super::etag::{self, Fingerprint, Form};
 use super::{described, Ahead, Copied, Storage, StorageError};
 use crate::checksum::hex;
 use crate::stream;
 use crate::threads;
-
-/// What identifies content on an object store, computed as it is read part by part: its size
-/// and sha256, and the ETags an S3 server gives it: the MD5 of a single PUT; for a multipart
-/// upload `md5(part MD5s)-N` (AWS, MinIO) or the whole object's MD5 (s3rver).
-#[derive(Default)]
-struct Fingerprint {
-    sha256: Sha256,
-    md5: Md5,
-    part_md5s: Vec<u8>,
-    parts: usize,
-    size: u64,
-}
-
-impl Fingerprint {
-    fn part(&mut self, bytes: &[u8]) {
-        self.sha256.update(bytes);
-        self.md5.update(bytes);
-        self.part_md5s.extend_from_slice(&Md5::digest(bytes));
-        self.parts += 1;
-        self.size += bytes.len() as u64;
-    }
-
-    /// The size and sha256, and the ETags (`|`-separated) the object may have.
-    fn finish(self, multipart: bool) -> (Copied, String) {
-        let whole = hex(&self.md5.finalize());
-        let etags = if multipart {
-            format!(
-                "{}-{}|{whole}",
-                hex(&Md5::digest(&self.part_md5s)),
-                self.parts
-            )
-        } else {
-            whole
-        };
-        (
-            Copied {
-                size: self.size,
-                sha256: hex(&self.sha256.finalize()),
-            },
-            etags,
-        )
-    }
-}
 
 /// What the check after an upload found.
 enum Landed {
@@ -235,13 +193,14 @@ impl ObjectTarget {
     }
 
     /// Uploads the opened `file` as `key`; returns the size and sha256, the ETags the object
-    /// may have (`|`-separated; see `check_landed`) and the one the server gave it.
+    /// may have (`|`-separated; see `check_landed`), the one the server gave it, and whether
+    /// those are every form its ETag may take (see `etag`).
     fn put_from(
         &self,
         file: std::fs::File,
         local: &Path,
         key: &str,
-    ) -> Result<(Copied, String, String), StorageError> {
+    ) -> Result<(Copied, String, String, bool), StorageError> {
         let rt = runtime()?;
         let size = file
             .metadata()
@@ -253,17 +212,20 @@ impl ObjectTarget {
                 .map_err(|e| StorageError::Http(format!("read {}: {e}", local.display())))
         };
         let path = self.path(key)?;
-        let mut print = Fingerprint::default();
         let part_size = self.part_size_for(size);
         if size as usize <= part_size {
+            // A single PUT's ETag is its MD5, whatever the server.
+            let mut print = Fingerprint::new(Some(Form::WholeMd5));
             let mut buf = vec![0u8; size as usize];
             let n = read(&mut file, &mut buf)?;
             buf.truncate(n);
             print.part(&buf);
             let (copied, etag) = print.finish(false);
             let landed = self.put_whole(rt, &path, key, Bytes::from(buf), &copied.sha256)?;
-            return Ok((copied, etag, landed));
+            return Ok((copied, etag, landed, true));
         }
+        let mut print = Fingerprint::new(etag::learned(&self.place));
+        let complete = print.complete();
         // Multipart: the whole object's sha256 is only known at the end, so it goes into the
         // catalog; each part's payload is signed with its own sha256.
         let mut upload = rt
@@ -303,8 +265,9 @@ impl ObjectTarget {
             let landed = rt
                 .block_on(upload.complete())
                 .map_err(|e| self.failed("completing the upload of", key, described(&e)))?;
-            let (copied, etags) = std::mem::take(&mut print).finish(true);
-            Ok((copied, etags, unquoted(landed.e_tag.as_deref())))
+            let (copied, etags) =
+                std::mem::replace(&mut print, Fingerprint::new(None)).finish(true);
+            Ok((copied, etags, unquoted(landed.e_tag.as_deref()), complete))
         })();
         if result.is_err() {
             // Leave no half upload behind (it would be billed and never completed).
@@ -485,23 +448,11 @@ impl Storage for ObjectTarget {
         if let Some(there) = self.existing(key)? {
             // Never replaced: an identical object counts as this copy (a copy interrupted
             // after it landed, a backup's files sent again), a different one is refused.
-            let mut file = file;
             let size = file
                 .metadata()
                 .map_err(|e| StorageError::Http(format!("stat {}: {e}", shown.display())))?
                 .len();
-            let part_size = self.part_size_for(size);
-            let mut print = Fingerprint::default();
-            let mut buf = vec![0u8; part_size.min(size as usize).max(1)];
-            loop {
-                let n = stream::read_full(&mut file, &mut buf)
-                    .map_err(|e| StorageError::Http(format!("read {}: {e}", shown.display())))?;
-                if n == 0 {
-                    break;
-                }
-                print.part(&buf[..n]);
-            }
-            let (ours, etags) = print.finish(size > part_size as u64);
+            let (ours, etags) = etag::of_file(&file, shown, self.part_size_for(size))?;
             return if self.holds(key, &there, &ours, &etags)? {
                 Ok(ours)
             } else {
@@ -515,9 +466,29 @@ impl Storage for ObjectTarget {
                 })
             };
         }
-        let (copied, etags, ours) = self.put_from(file, shown, key)?;
-        match self.check_landed(key, &copied, &etags)? {
-            Landed::Same => Ok(copied),
+        // The same open file, read again from its start if the ETag must be checked in a form
+        // the upload did not compute.
+        let again = file
+            .try_clone()
+            .map_err(|e| StorageError::Http(format!("read {}: {e}", shown.display())))?;
+        let (copied, etags, ours, complete) = self.put_from(file, shown, key)?;
+        let part_size = self.part_size_for(copied.size);
+        let mut landed = self.check_landed(key, &copied, &etags)?;
+        if !complete && matches!(landed, Landed::Differs { .. }) {
+            // The bucket formed this ETag otherwise than its last one: every form, then the
+            // same check again.
+            let (read, every) = etag::of_file(&again, shown, part_size)?;
+            if read == copied {
+                landed = self.check_landed(key, &copied, &every)?;
+            }
+        }
+        match landed {
+            Landed::Same => {
+                if self.checked == Checked::Md5Etag && copied.size > part_size as u64 {
+                    etag::learn(&self.place, &ours);
+                }
+                Ok(copied)
+            }
             Landed::Differs { etag, why } => {
                 // What our PUT stored is not this copy: removed, so that the next try can put
                 // it again (a copy is never replaced, so a bad one left there would block it

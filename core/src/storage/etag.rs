@@ -1,0 +1,235 @@
+//! What an S3-compatible server's ETag says about an object, and the fingerprint an upload
+//! computes while it reads its file: the size and sha256, and the MD5s the ETag may be.  A
+//! single PUT's ETag is the content's MD5; a multipart upload's is `md5(part MD5s)-N` on AWS,
+//! MinIO and most servers, or the whole object's MD5 on some (s3rver).
+//!
+//! Each MD5 is a pass over every byte (about 640 MB/s on this project's machines: a second of
+//! CPU per 650 MB, beside the server's own work), so the form a bucket gave its earlier
+//! multipart uploads in this process is remembered and only that one is computed.  It is a hint,
+//! never a verdict: an upload whose ETag matches no form computed is fingerprinted again, every
+//! form, before it is called different.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{Mutex, OnceLock, PoisonError};
+
+use md5::Md5;
+use sha2::{Digest, Sha256};
+
+use super::{Copied, StorageError};
+use crate::checksum::hex;
+
+/// The form of a multipart upload's ETag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Form {
+    /// `md5(part MD5s)-N` (AWS, MinIO, Ceph, most servers).
+    PartMd5s,
+    /// The whole object's MD5 (s3rver).
+    WholeMd5,
+}
+
+fn forms() -> &'static Mutex<HashMap<String, Form>> {
+    static FORMS: OnceLock<Mutex<HashMap<String, Form>>> = OnceLock::new();
+    FORMS.get_or_init(Mutex::default)
+}
+
+/// The form `place` (a bucket) gave the last multipart upload checked in this process.
+pub(crate) fn learned(place: &str) -> Option<Form> {
+    forms()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(place)
+        .copied()
+}
+
+/// Remembers the form of `etag`, the ETag of a multipart upload to `place` that was checked.
+pub(crate) fn learn(place: &str, etag: &str) {
+    let form = match etag.rsplit_once('-') {
+        Some((_, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => Form::PartMd5s,
+        _ => Form::WholeMd5,
+    };
+    let mut known = forms().lock().unwrap_or_else(PoisonError::into_inner);
+    // One entry per bucket an operator configured: a handful.
+    known.insert(place.to_owned(), form);
+}
+
+/// Computed part by part as an upload reads its file.
+pub(crate) struct Fingerprint {
+    sha256: Sha256,
+    /// The whole content's MD5 (a single PUT's ETag; s3rver's multipart ETag).
+    whole: Option<Md5>,
+    /// Every part's MD5, one after the other (AWS's multipart ETag).
+    part_md5s: Option<Vec<u8>>,
+    parts: usize,
+    size: u64,
+}
+
+impl Fingerprint {
+    /// For an upload whose ETag is known to be of `form`; `None`: every form.
+    pub(crate) fn new(form: Option<Form>) -> Fingerprint {
+        Fingerprint {
+            sha256: Sha256::new(),
+            whole: (form != Some(Form::PartMd5s)).then(Md5::new),
+            part_md5s: (form != Some(Form::WholeMd5)).then(Vec::new),
+            parts: 0,
+            size: 0,
+        }
+    }
+
+    pub(crate) fn part(&mut self, bytes: &[u8]) {
+        self.sha256.update(bytes);
+        if let Some(md5) = self.whole.as_mut() {
+            md5.update(bytes);
+        }
+        if let Some(md5s) = self.part_md5s.as_mut() {
+            md5s.extend_from_slice(&Md5::digest(bytes));
+        }
+        self.parts += 1;
+        self.size += bytes.len() as u64;
+    }
+
+    /// Whether every form the object's ETag may have was computed.
+    pub(crate) fn complete(&self) -> bool {
+        self.whole.is_some() && self.part_md5s.is_some()
+    }
+
+    /// The size and sha256, and the ETags (`|`-separated) the object may have.
+    pub(crate) fn finish(self, multipart: bool) -> (Copied, String) {
+        let mut etags = Vec::new();
+        match (&self.part_md5s, multipart) {
+            (Some(md5s), true) => {
+                etags.push(format!("{}-{}", hex(&Md5::digest(md5s)), self.parts));
+            }
+            // One part: its MD5 is the whole content's.
+            (Some(md5s), false) if self.whole.is_none() && self.parts <= 1 => {
+                let md5 = if md5s.is_empty() {
+                    Md5::digest(b"").to_vec()
+                } else {
+                    md5s.clone()
+                };
+                etags.push(hex(&md5));
+            }
+            _ => {}
+        }
+        if let Some(md5) = self.whole {
+            etags.push(hex(&md5.finalize()));
+        }
+        (
+            Copied {
+                size: self.size,
+                sha256: hex(&self.sha256.finalize()),
+            },
+            etags.join("|"),
+        )
+    }
+}
+
+/// The fingerprint of `file`, every form, read from its start in parts of `part_size` (as an
+/// upload of it would be cut); `shown` names it in errors.  The file's offset is left alone.
+pub(crate) fn of_file(
+    file: &File,
+    shown: &Path,
+    part_size: usize,
+) -> Result<(Copied, String), StorageError> {
+    let unreadable =
+        |e: std::io::Error| StorageError::Http(format!("read {}: {e}", shown.display()));
+    let size = file.metadata().map_err(unreadable)?.len();
+    let mut print = Fingerprint::new(None);
+    let mut buf = vec![0u8; part_size.min(size as usize).max(1)];
+    let mut at = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read_at(&mut buf[filled..], at + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(unreadable(e)),
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        print.part(&buf[..filled]);
+        at += filled as u64;
+    }
+    Ok(print.finish(size > part_size as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn md5(bytes: &[u8]) -> String {
+        hex(&Md5::digest(bytes))
+    }
+
+    #[test]
+    fn every_form_an_etag_may_take_is_computed_as_asked() {
+        let data: Vec<u8> = (0..25u32).map(|i| i as u8).collect();
+        let parts: Vec<&[u8]> = data.chunks(10).collect();
+        let mut md5s = Vec::new();
+        for p in &parts {
+            md5s.extend_from_slice(&Md5::digest(p));
+        }
+        let aws = format!("{}-3", hex(&Md5::digest(&md5s)));
+        let whole = md5(&data);
+        for (form, expected) in [
+            (None, format!("{aws}|{whole}")),
+            (Some(Form::PartMd5s), aws.clone()),
+            (Some(Form::WholeMd5), whole.clone()),
+        ] {
+            let mut print = Fingerprint::new(form);
+            for p in &parts {
+                print.part(p);
+            }
+            assert_eq!(print.complete(), form.is_none());
+            let (copied, etags) = print.finish(true);
+            assert_eq!(etags, expected, "{form:?}");
+            assert_eq!(copied.size, 25);
+            assert_eq!(copied.sha256, hex(&Sha256::digest(&data)));
+        }
+        // A single PUT's ETag is the content's MD5 whichever form was asked, empty content too.
+        for content in [&data[..10], &[][..]] {
+            for form in [None, Some(Form::PartMd5s), Some(Form::WholeMd5)] {
+                let mut print = Fingerprint::new(form);
+                if !content.is_empty() {
+                    print.part(content);
+                }
+                let (_, etags) = print.finish(false);
+                assert!(
+                    etags.split('|').all(|e| e == md5(content)),
+                    "{form:?}: {etags}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_form_is_learned_per_bucket_from_a_checked_etag() {
+        learn("bucket etag-test-a", "0123456789abcdef0123456789abcdef-12");
+        learn("bucket etag-test-b", "0123456789abcdef0123456789abcdef");
+        assert_eq!(learned("bucket etag-test-a"), Some(Form::PartMd5s));
+        assert_eq!(learned("bucket etag-test-b"), Some(Form::WholeMd5));
+        assert_eq!(learned("bucket etag-test-c"), None);
+    }
+
+    #[test]
+    fn a_file_is_fingerprinted_as_an_upload_would_cut_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("f");
+        let data: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let file = File::open(&path).unwrap();
+        let (copied, etags) = of_file(&file, &path, 30_000).unwrap();
+        let mut print = Fingerprint::new(None);
+        for p in data.chunks(30_000) {
+            print.part(p);
+        }
+        assert_eq!((copied, etags), print.finish(true));
+        let (_, single) = of_file(&file, &path, 100_000).unwrap();
+        assert_eq!(single, md5(&data));
+    }
+}

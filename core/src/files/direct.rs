@@ -349,7 +349,17 @@ impl<D: Device> Behind<D> {
         drop(self.to_thread.take());
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,
-            _ => Err(io::Error::other("the writing thread failed")),
+            Some(Err(panic)) => {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(io::Error::other(format!(
+                    "the writing thread failed: {why}"
+                )))
+            }
+            None => Err(io::Error::other("the writing thread had already stopped")),
         }
     }
 

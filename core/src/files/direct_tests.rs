@@ -249,6 +249,20 @@ fn a_failed_write_on_the_helper_thread_reaches_the_writer() {
 }
 
 #[test]
+fn a_file_given_up_part_way_stops_its_helper_thread_after_the_blocks_sent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("given-up");
+    let data = pattern(5 * BLOCK + 100);
+    let dev = Scripted::new(create_new(&path).unwrap());
+    let mut d = Direct::new(dev, data.len() as u64, true).ok().unwrap();
+    d.write_all(&data).unwrap();
+    // Dropped without `finish` (the caller failed): the thread writes the full blocks it was
+    // sent, ends, and the drop returns.
+    drop(d);
+    assert_eq!(std::fs::read(&path).unwrap(), &data[..5 * BLOCK]);
+}
+
+#[test]
 fn files_of_every_awkward_length_come_out_exact_on_this_filesystem() {
     let tmp = tempfile::tempdir().unwrap();
     for len in [
@@ -264,6 +278,11 @@ fn files_of_every_awkward_length_come_out_exact_on_this_filesystem() {
             let data = pattern(len);
             let path = tmp.path().join(format!("f{len}-{writes:?}"));
             let mut out = RestoredFile::create(&path, len as u64, writes).unwrap();
+            // A file of BEHIND_FROM or more has its blocks written by a helper thread.
+            if let RestoredFile::Direct(d) = &out {
+                let behind = matches!(d.writer, Writer::Behind(_));
+                assert_eq!(behind, len as u64 >= BEHIND_FROM, "length {len}");
+            }
             for piece in data.chunks(65_531) {
                 out.write_all(piece).unwrap();
             }

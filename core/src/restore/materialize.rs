@@ -386,4 +386,95 @@ mod tests {
         std::fs::write(holder.join("data/base/5/1"), b"bad").unwrap();
         assert!(materialize_delta(&source, &manifest, &dest, &spaces, TWO, &counters).is_err());
     }
+
+    /// What `will_open` was told: the files (holder, stored path) and the threads.
+    type Announced = (Vec<(i64, String)>, usize);
+
+    /// Local holders that record what `build` announces and opens.
+    struct Recording<'a> {
+        inner: LocalHolders<'a>,
+        announced: std::sync::Mutex<Vec<Announced>>,
+        opened: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl StoredFiles for Recording<'_> {
+        fn open(&self, holder: i64, stored: &str) -> Option<Result<Box<dyn Read + Send>, String>> {
+            self.opened.lock().unwrap().push(stored.to_owned());
+            self.inner.open(holder, stored)
+        }
+        fn shown(&self, holder: i64, stored: &str) -> PathBuf {
+            self.inner.shown(holder, stored)
+        }
+        fn will_open(&self, order: &[(i64, &str)], at_once: usize) {
+            let order = order.iter().map(|&(h, s)| (h, s.to_owned())).collect();
+            self.announced.lock().unwrap().push((order, at_once));
+        }
+    }
+
+    #[test]
+    fn a_restore_announces_every_file_in_the_order_its_threads_open_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let holder = tmp.path().join("b1");
+        std::fs::create_dir_all(holder.join("data/base/5")).unwrap();
+        let sizes = [
+            ("base/5/1", 10),
+            ("base/5/2", 5000),
+            ("base/5/3", 300),
+            ("PG_VERSION", 3),
+        ];
+        let mut manifest = Manifest {
+            backup_id: 1,
+            parent: None,
+            dirs: vec!["base".into(), "base/5".into()],
+            files: vec![],
+        };
+        for (path, len) in sizes {
+            let bytes = vec![7u8; len];
+            std::fs::write(holder.join("data").join(path), &bytes).unwrap();
+            manifest.files.push(FileRecord {
+                path: path.into(),
+                size: len as u64,
+                mtime: 0,
+                sha256: hex(&Sha256::digest(&bytes)),
+                holder: 1,
+                stored: format!("data/{path}"),
+            });
+        }
+        std::fs::write(holder.join(PG_MANIFEST), b"{}").unwrap();
+        let holders = HashMap::from([(1, holder.clone())]);
+        let source = Recording {
+            inner: LocalHolders(&holders),
+            announced: Default::default(),
+            opened: Default::default(),
+        };
+        let (bytes, cancel) = (AtomicU64::new(0), AtomicBool::new(false));
+        let counters = Counters {
+            bytes: &bytes,
+            cancel: &cancel,
+        };
+        let (dest, spaces) = (tmp.path().join("data"), tmp.path().join("spaces"));
+        let one = Writers {
+            threads: 1,
+            writes: Writes::Buffered,
+        };
+        materialize_from(&source, &manifest, &dest, &spaces, one, &counters).unwrap();
+        // Announced once, largest first, PostgreSQL's manifest last, for one thread; opened in
+        // that order (the plain manifest after the compressed one was not there).
+        let expected: Vec<(i64, String)> = ["data/base/5/2", "data/base/5/3", "data/base/5/1"]
+            .iter()
+            .chain(&["data/PG_VERSION", PG_MANIFEST_ZST])
+            .map(|s| (1, (*s).to_owned()))
+            .collect();
+        assert_eq!(
+            *source.announced.lock().unwrap(),
+            vec![(expected.clone(), 1)]
+        );
+        let mut opened: Vec<String> = expected.into_iter().map(|(_, s)| s).collect();
+        opened.push(PG_MANIFEST.to_owned());
+        assert_eq!(*source.opened.lock().unwrap(), opened);
+        // A delta restore opens only the files that differ: nothing is announced.
+        std::fs::write(dest.join("base/5/2"), vec![8u8; 5000]).unwrap();
+        materialize_delta(&source, &manifest, &dest, &spaces, one, &counters).unwrap();
+        assert_eq!(source.announced.lock().unwrap().len(), 1);
+    }
 }

@@ -72,7 +72,8 @@ impl StoredFiles for RemoteHolders<'_> {
             .unwrap_or_else(PoisonError::into_inner)
             .take(&key, self.storage);
         let opened = match ahead {
-            Some(started) => started(),
+            // A request that failed early (the server busy then) is tried once more now.
+            Some(started) => started().or_else(|_| self.storage.get(&key)),
             None => self.storage.get(&key),
         };
         Some(opened.map_err(|e| e.to_string()))

@@ -9,16 +9,20 @@ use std::io::Read;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
+use futures::future::Either;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{GetOptions, GetRange, ObjectStore};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 use super::{described, StorageError};
 
-/// Chunks (as the HTTP client hands them over, usually 8–16 kB) read ahead of the reader.
+/// Chunks (as the HTTP client hands them over, 8 kB to a few hundred) read ahead of the reader.
 const READ_AHEAD_CHUNKS: usize = 64;
+/// Bytes read ahead of the reader, whatever the chunks' size: a restore keeps several downloads
+/// waiting for a thread (see `restore::remote_files`), each holding at most this much.
+const READ_AHEAD_BYTES: usize = 2 << 20;
 /// Times in a row a download may fail without a byte of progress before it gives up.
 const RESUMES_WITHOUT_PROGRESS: u32 = 3;
 
@@ -27,20 +31,40 @@ pub struct Download {
     received: mpsc::Receiver<std::io::Result<Bytes>>,
     chunk: Bytes,
     done: bool,
+    /// Bytes the task may still read ahead (given back as the reader takes chunks).
+    budget: Arc<Semaphore>,
 }
 
-/// A download whose GET has been sent: `wait` returns it once the server has answered.
-pub struct Pending(tokio::sync::oneshot::Receiver<Result<Download, StorageError>>);
+impl Drop for Download {
+    /// A task waiting for room to read ahead stops.
+    fn drop(&mut self) {
+        self.budget.close();
+    }
+}
+
+/// A download whose GET has been sent: `wait` returns it once the server has answered.  Dropped
+/// unread, it stops the request.
+pub struct Pending {
+    answer: tokio::sync::oneshot::Receiver<Result<Download, StorageError>>,
+    shown: String,
+}
 
 impl Pending {
     /// Waits for the answer (called from a plain thread, never from the runtime's own).
     pub fn wait(self) -> Result<Download, StorageError> {
-        self.0.blocking_recv().unwrap_or_else(|_| {
-            Err(StorageError::Http(
-                "the download stopped before the server answered".into(),
-            ))
+        let shown = self.shown;
+        self.answer.blocking_recv().unwrap_or_else(|_| {
+            Err(StorageError::Http(format!(
+                "GET {shown}: the download stopped before the server answered"
+            )))
         })
     }
+}
+
+/// Bytes of `chunk` counted against the read-ahead budget (a chunk larger than the whole budget
+/// takes all of it).
+fn weight(chunk: &Bytes) -> u32 {
+    chunk.len().min(READ_AHEAD_BYTES) as u32
 }
 
 impl Download {
@@ -63,9 +87,22 @@ impl Download {
         path: ObjectPath,
         shown: String,
     ) -> Pending {
-        let (answered, pending) = tokio::sync::oneshot::channel();
+        let (mut answered, answer) = tokio::sync::oneshot::channel();
+        let pending = Pending {
+            answer,
+            shown: shown.clone(),
+        };
         rt.spawn(async move {
-            let got = match store.get(&path).await {
+            let asked = {
+                let get = std::pin::pin!(store.get(&path));
+                let gone = std::pin::pin!(answered.closed());
+                match futures::future::select(get, gone).await {
+                    Either::Left((asked, _)) => asked,
+                    // Nobody waits for the answer any more (a restore that failed part-way).
+                    Either::Right(_) => return,
+                }
+            };
+            let got = match asked {
                 Ok(got) => got,
                 Err(e) => {
                     let why = StorageError::Http(format!("GET {shown}: {}", described(&e)));
@@ -84,16 +121,18 @@ impl Download {
                 position: 0,
                 failures: 0,
             };
+            let budget = Arc::new(Semaphore::new(READ_AHEAD_BYTES));
             let download = Download {
                 received,
                 chunk: Bytes::new(),
                 done: false,
+                budget: Arc::clone(&budget),
             };
             if answered.send(Ok(download)).is_ok() {
-                body.pump(tx).await;
+                body.pump(tx, budget).await;
             }
         });
-        Pending(pending)
+        pending
     }
 }
 
@@ -105,7 +144,10 @@ impl Read for Download {
             }
             // Called from a plain thread, never from the runtime's own.
             match self.received.blocking_recv() {
-                Some(Ok(bytes)) => self.chunk = bytes,
+                Some(Ok(bytes)) => {
+                    self.budget.add_permits(weight(&bytes) as usize);
+                    self.chunk = bytes;
+                }
                 Some(Err(e)) => {
                     self.done = true;
                     return Err(e);
@@ -135,12 +177,17 @@ struct Body {
 impl Body {
     /// Sends every chunk, then ends the queue; an error is sent as the last item.  Stops when
     /// the reader is gone.
-    async fn pump(mut self, tx: mpsc::Sender<std::io::Result<Bytes>>) {
+    async fn pump(mut self, tx: mpsc::Sender<std::io::Result<Bytes>>, budget: Arc<Semaphore>) {
         while self.position < self.size {
             let item = match self.stream.next().await {
                 Some(Ok(bytes)) => {
                     if !bytes.is_empty() {
                         self.failures = 0;
+                    }
+                    // Room for it in the read-ahead, or the reader is gone.
+                    match budget.acquire_many(weight(&bytes)).await {
+                        Ok(room) => room.forget(),
+                        Err(_) => return,
                     }
                     self.position += bytes.len() as u64;
                     Ok(bytes)

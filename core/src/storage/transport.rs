@@ -22,8 +22,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1800);
 /// How long opening a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Idle connections kept per endpoint for reuse: as many as requests usually in flight at once
-/// (a restore's `--jobs`, parallel part uploads), so none is closed only to be opened again.
+/// Idle connections kept per endpoint for reuse: more than requests usually in flight at once (a
+/// restore's twice `--jobs`, parallel part uploads), so none is closed only to be opened again.
 const IDLE_CONNECTIONS: usize = 64;
 
 /// The HTTP client settings every object-store target shares: timeouts, kept connections,

@@ -23,25 +23,60 @@ use crate::checksum::hex;
 
 /// The form of a multipart upload's ETag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Form {
+pub enum Form {
     /// `md5(part MD5s)-N` (AWS, MinIO, Ceph, most servers).
     PartMd5s,
     /// The whole object's MD5 (s3rver).
     WholeMd5,
 }
 
-fn forms() -> &'static Mutex<HashMap<String, Form>> {
-    static FORMS: OnceLock<Mutex<HashMap<String, Form>>> = OnceLock::new();
-    FORMS.get_or_init(Mutex::default)
+/// What this process knows of a bucket's ETags.
+#[derive(Default, Clone, Copy)]
+struct Bucket {
+    form: Option<Form>,
+    /// Uploads whose ETag had to be checked again in every form.
+    rechecks: u64,
 }
 
-/// The form `place` (a bucket) gave the last multipart upload checked in this process.
-pub(crate) fn learned(place: &str) -> Option<Form> {
-    forms()
+fn buckets() -> std::sync::MutexGuard<'static, HashMap<String, Bucket>> {
+    static BUCKETS: OnceLock<Mutex<HashMap<String, Bucket>>> = OnceLock::new();
+    BUCKETS
+        .get_or_init(Mutex::default)
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .get(place)
-        .copied()
+}
+
+/// The form `place` (`bucket NAME`) gave the last multipart upload checked in this process.
+pub fn learned(place: &str) -> Option<Form> {
+    buckets().get(place).and_then(|b| b.form)
+}
+
+/// How many uploads to `place` in this process had an ETag of another form than the one
+/// computed, and were checked again in every form (a diagnostic: each costs a second read of
+/// the file).
+pub fn rechecks(place: &str) -> u64 {
+    buckets().get(place).map_or(0, |b| b.rechecks)
+}
+
+pub(crate) fn count_recheck(place: &str) {
+    buckets().entry(place.to_owned()).or_default().rechecks += 1;
+}
+
+/// Whether `found`, an object's ETag, is one of `etags` (`|`-separated); an object without an
+/// ETag matches none.
+pub(crate) fn matches(etags: &str, found: &str) -> bool {
+    !found.is_empty() && etags.split('|').any(|e| e == found)
+}
+
+/// Which MD5s an upload computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Md5s {
+    /// None: the target's ETags are not MD5s (Azure), never compared.
+    Skipped,
+    /// Every form the ETag may take.
+    Every,
+    /// Only this form (the bucket's last one; a single PUT's is always `WholeMd5`).
+    Only(Form),
 }
 
 /// Remembers the form of `etag`, the ETag of a multipart upload to `place` that was checked.
@@ -50,9 +85,8 @@ pub(crate) fn learn(place: &str, etag: &str) {
         Some((_, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => Form::PartMd5s,
         _ => Form::WholeMd5,
     };
-    let mut known = forms().lock().unwrap_or_else(PoisonError::into_inner);
     // One entry per bucket an operator configured: a handful.
-    known.insert(place.to_owned(), form);
+    buckets().entry(place.to_owned()).or_default().form = Some(form);
 }
 
 /// Computed part by part as an upload reads its file.
@@ -67,12 +101,13 @@ pub(crate) struct Fingerprint {
 }
 
 impl Fingerprint {
-    /// For an upload whose ETag is known to be of `form`; `None`: every form.
-    pub(crate) fn new(form: Option<Form>) -> Fingerprint {
+    pub(crate) fn new(md5s: Md5s) -> Fingerprint {
+        let whole = matches!(md5s, Md5s::Every | Md5s::Only(Form::WholeMd5));
+        let parts = matches!(md5s, Md5s::Every | Md5s::Only(Form::PartMd5s));
         Fingerprint {
             sha256: Sha256::new(),
-            whole: (form != Some(Form::PartMd5s)).then(Md5::new),
-            part_md5s: (form != Some(Form::WholeMd5)).then(Vec::new),
+            whole: whole.then(Md5::new),
+            part_md5s: parts.then(Vec::new),
             parts: 0,
             size: 0,
         }
@@ -90,9 +125,9 @@ impl Fingerprint {
         self.size += bytes.len() as u64;
     }
 
-    /// Whether every form the object's ETag may have was computed.
+    /// Whether every form the object's ETag may take was computed (or none is needed).
     pub(crate) fn complete(&self) -> bool {
-        self.whole.is_some() && self.part_md5s.is_some()
+        self.whole.is_some() == self.part_md5s.is_some()
     }
 
     /// The size and sha256, and the ETags (`|`-separated) the object may have.
@@ -126,23 +161,26 @@ impl Fingerprint {
     }
 }
 
-/// The fingerprint of `file`, every form, read from its start in parts of `part_size` (as an
-/// upload of it would be cut); `shown` names it in errors.  The file's offset is left alone.
+/// The fingerprint, every form, of the first `size` bytes of `file` (fewer if it is shorter),
+/// cut in parts of `part_size` as an upload of them was (`multipart`); `shown` names it in
+/// errors.  The file's offset is left alone.
 pub(crate) fn of_file(
     file: &File,
     shown: &Path,
+    size: u64,
     part_size: usize,
+    multipart: bool,
 ) -> Result<(Copied, String), StorageError> {
     let unreadable =
         |e: std::io::Error| StorageError::Http(format!("read {}: {e}", shown.display()));
-    let size = file.metadata().map_err(unreadable)?.len();
-    let mut print = Fingerprint::new(None);
+    let mut print = Fingerprint::new(Md5s::Every);
     let mut buf = vec![0u8; part_size.min(size as usize).max(1)];
     let mut at = 0u64;
-    loop {
+    while at < size {
+        let want = buf.len().min((size - at) as usize);
         let mut filled = 0;
-        while filled < buf.len() {
-            match file.read_at(&mut buf[filled..], at + filled as u64) {
+        while filled < want {
+            match file.read_at(&mut buf[filled..want], at + filled as u64) {
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -154,8 +192,11 @@ pub(crate) fn of_file(
         }
         print.part(&buf[..filled]);
         at += filled as u64;
+        if filled < want {
+            break;
+        }
     }
-    Ok(print.finish(size > part_size as u64))
+    Ok(print.finish(multipart))
 }
 
 #[cfg(test)]
@@ -176,32 +217,41 @@ mod tests {
         }
         let aws = format!("{}-3", hex(&Md5::digest(&md5s)));
         let whole = md5(&data);
-        for (form, expected) in [
-            (None, format!("{aws}|{whole}")),
-            (Some(Form::PartMd5s), aws.clone()),
-            (Some(Form::WholeMd5), whole.clone()),
+        for (asked, expected) in [
+            (Md5s::Every, format!("{aws}|{whole}")),
+            (Md5s::Only(Form::PartMd5s), aws.clone()),
+            (Md5s::Only(Form::WholeMd5), whole.clone()),
+            (Md5s::Skipped, String::new()),
         ] {
-            let mut print = Fingerprint::new(form);
+            let mut print = Fingerprint::new(asked);
             for p in &parts {
                 print.part(p);
             }
-            assert_eq!(print.complete(), form.is_none());
+            let complete = matches!(asked, Md5s::Every | Md5s::Skipped);
+            assert_eq!(print.complete(), complete, "{asked:?}");
             let (copied, etags) = print.finish(true);
-            assert_eq!(etags, expected, "{form:?}");
+            assert_eq!(etags, expected, "{asked:?}");
             assert_eq!(copied.size, 25);
             assert_eq!(copied.sha256, hex(&Sha256::digest(&data)));
+            // An object without an ETag matches no list, an empty one included.
+            assert!(!matches(&etags, ""), "{asked:?}");
+            assert_eq!(matches(&etags, &whole), expected.contains(&whole));
         }
         // A single PUT's ETag is the content's MD5 whichever form was asked, empty content too.
         for content in [&data[..10], &[][..]] {
-            for form in [None, Some(Form::PartMd5s), Some(Form::WholeMd5)] {
-                let mut print = Fingerprint::new(form);
+            for asked in [
+                Md5s::Every,
+                Md5s::Only(Form::PartMd5s),
+                Md5s::Only(Form::WholeMd5),
+            ] {
+                let mut print = Fingerprint::new(asked);
                 if !content.is_empty() {
                     print.part(content);
                 }
                 let (_, etags) = print.finish(false);
                 assert!(
                     etags.split('|').all(|e| e == md5(content)),
-                    "{form:?}: {etags}"
+                    "{asked:?}: {etags}"
                 );
             }
         }
@@ -214,22 +264,32 @@ mod tests {
         assert_eq!(learned("bucket etag-test-a"), Some(Form::PartMd5s));
         assert_eq!(learned("bucket etag-test-b"), Some(Form::WholeMd5));
         assert_eq!(learned("bucket etag-test-c"), None);
+        count_recheck("bucket etag-test-c");
+        assert_eq!(rechecks("bucket etag-test-c"), 1);
+        assert_eq!(learned("bucket etag-test-c"), None);
     }
 
     #[test]
-    fn a_file_is_fingerprinted_as_an_upload_would_cut_it() {
+    fn a_file_is_fingerprinted_as_its_upload_cut_it() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("f");
         let data: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &data).unwrap();
         let file = File::open(&path).unwrap();
-        let (copied, etags) = of_file(&file, &path, 30_000).unwrap();
-        let mut print = Fingerprint::new(None);
+        let (copied, etags) = of_file(&file, &path, 70_000, 30_000, true).unwrap();
+        let mut print = Fingerprint::new(Md5s::Every);
         for p in data.chunks(30_000) {
             print.part(p);
         }
         assert_eq!((copied, etags), print.finish(true));
-        let (_, single) = of_file(&file, &path, 100_000).unwrap();
+        let (_, single) = of_file(&file, &path, 70_000, 100_000, false).unwrap();
         assert_eq!(single, md5(&data));
+        // Only the bytes the upload sent: of a file that grew since, those; one that shrank
+        // comes out shorter (and so different).
+        let (first, _) = of_file(&file, &path, 50_000, 30_000, true).unwrap();
+        assert_eq!(first.size, 50_000);
+        assert_eq!(first.sha256, hex(&Sha256::digest(&data[..50_000])));
+        let (longer, _) = of_file(&file, &path, 90_000, 30_000, true).unwrap();
+        assert_eq!(longer.size, 70_000);
     }
 }

@@ -12,7 +12,7 @@
 pub mod azure;
 pub mod credentials;
 pub mod download;
-mod etag;
+pub mod etag;
 pub mod filesystem;
 pub mod limits;
 pub mod object;

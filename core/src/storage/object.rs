@@ -30,7 +30,7 @@ use object_store::{
 use sha2::{Digest, Sha256};
 
 use super::download::Download;
-use super::etag::{self, Fingerprint, Form};
+use super::etag::{self, Fingerprint, Form, Md5s};
 use super::{described, Ahead, Copied, Storage, StorageError};
 use crate::checksum::hex;
 use crate::stream;
@@ -38,12 +38,29 @@ use crate::threads;
 
 /// What the check after an upload found.
 enum Landed {
-    Same,
-    /// The object differs (`why`); `etag` is the one it has now.
+    /// `etag`: the ETag it was checked by ("" where the content was read back).
+    Same { etag: String },
+    /// The object differs (`why`); `etag` is the one it has now, `same_size` whether only the
+    /// ETag (or the content read back) told it apart.
     Differs {
         etag: String,
+        same_size: bool,
         why: StorageError,
     },
+}
+
+/// What an upload sent, as `put_from` read it.
+struct Sent {
+    copied: Copied,
+    /// The ETags the object may have (`|`-separated; see `check_landed`).
+    etags: String,
+    /// The ETag the server gave it.
+    given: String,
+    /// How the file was cut: the part size, and whether it went in parts.
+    part_size: usize,
+    multipart: bool,
+    /// Whether `etags` holds every form the object's ETag may take.
+    complete: bool,
 }
 
 /// An object found under a key before a copy.
@@ -192,39 +209,54 @@ impl ObjectTarget {
         Ok(unquoted(landed.e_tag.as_deref()))
     }
 
-    /// Uploads the opened `file` as `key`; returns the size and sha256, the ETags the object
-    /// may have (`|`-separated; see `check_landed`), the one the server gave it, and whether
-    /// those are every form its ETag may take (see `etag`).
+    /// Uploads the opened `file` (read from its current offset, its start for every caller)
+    /// as `key`: what was sent, and how.
     fn put_from(
         &self,
-        file: std::fs::File,
+        file: &std::fs::File,
         local: &Path,
         key: &str,
-    ) -> Result<(Copied, String, String, bool), StorageError> {
+    ) -> Result<Sent, StorageError> {
         let rt = runtime()?;
         let size = file
             .metadata()
             .map_err(|e| StorageError::Http(format!("stat {}: {e}", local.display())))?
             .len();
         let mut file = stream::Limited::new(file, self.rate.clone());
-        let read = |file: &mut stream::Limited<std::fs::File>, buf: &mut [u8]| {
+        let read = |file: &mut stream::Limited<&std::fs::File>, buf: &mut [u8]| {
             stream::read_full(file, buf)
                 .map_err(|e| StorageError::Http(format!("read {}: {e}", local.display())))
         };
         let path = self.path(key)?;
         let part_size = self.part_size_for(size);
+        // ETags that are not MD5s (Azure) are never compared: no MD5 is computed for them.
+        let md5s = self.checked == Checked::Md5Etag;
         if size as usize <= part_size {
             // A single PUT's ETag is its MD5, whatever the server.
-            let mut print = Fingerprint::new(Some(Form::WholeMd5));
+            let mut print = Fingerprint::new(if md5s {
+                Md5s::Only(Form::WholeMd5)
+            } else {
+                Md5s::Skipped
+            });
             let mut buf = vec![0u8; size as usize];
             let n = read(&mut file, &mut buf)?;
             buf.truncate(n);
             print.part(&buf);
-            let (copied, etag) = print.finish(false);
-            let landed = self.put_whole(rt, &path, key, Bytes::from(buf), &copied.sha256)?;
-            return Ok((copied, etag, landed, true));
+            let (copied, etags) = print.finish(false);
+            let given = self.put_whole(rt, &path, key, Bytes::from(buf), &copied.sha256)?;
+            return Ok(Sent {
+                copied,
+                etags,
+                given,
+                part_size,
+                multipart: false,
+                complete: true,
+            });
         }
-        let mut print = Fingerprint::new(etag::learned(&self.place));
+        let mut print = Fingerprint::new(match md5s {
+            true => etag::learned(&self.place).map_or(Md5s::Every, Md5s::Only),
+            false => Md5s::Skipped,
+        });
         let complete = print.complete();
         // Multipart: the whole object's sha256 is only known at the end, so it goes into the
         // catalog; each part's payload is signed with its own sha256.
@@ -266,8 +298,15 @@ impl ObjectTarget {
                 .block_on(upload.complete())
                 .map_err(|e| self.failed("completing the upload of", key, described(&e)))?;
             let (copied, etags) =
-                std::mem::replace(&mut print, Fingerprint::new(None)).finish(true);
-            Ok((copied, etags, unquoted(landed.e_tag.as_deref()), complete))
+                std::mem::replace(&mut print, Fingerprint::new(Md5s::Skipped)).finish(true);
+            Ok(Sent {
+                copied,
+                etags,
+                given: unquoted(landed.e_tag.as_deref()),
+                part_size,
+                multipart: true,
+                complete,
+            })
         })();
         if result.is_err() {
             // Leave no half upload behind (it would be billed and never completed).
@@ -296,8 +335,9 @@ impl ObjectTarget {
             .block_on(self.store.head(&path))
             .map_err(|e| self.failed("HEAD", key, described(&e)))?;
         let found = unquoted(meta.e_tag.as_deref());
-        let etag_ok = self.checked != Checked::Md5Etag || etags.split('|').any(|e| e == found);
-        if meta.size != copied.size || !etag_ok {
+        let etag_ok = self.checked != Checked::Md5Etag || etag::matches(etags, &found);
+        let same_size = meta.size == copied.size;
+        if !same_size || !etag_ok {
             let why = self.failed(
                 "HEAD",
                 key,
@@ -306,7 +346,11 @@ impl ObjectTarget {
                     meta.size, copied.size
                 ),
             );
-            return Ok(Landed::Differs { etag: found, why });
+            return Ok(Landed::Differs {
+                etag: found,
+                same_size,
+                why,
+            });
         }
         if self.checked == Checked::ReadBack {
             let read = self.read_back(key)?;
@@ -315,10 +359,49 @@ impl ObjectTarget {
                     expected: copied.sha256.clone(),
                     found: read,
                 };
-                return Ok(Landed::Differs { etag: found, why });
+                return Ok(Landed::Differs {
+                    etag: found,
+                    same_size,
+                    why,
+                });
             }
         }
-        Ok(Landed::Same)
+        Ok(Landed::Same { etag: found })
+    }
+
+    /// An upload whose ETag matched none of the forms computed (the bucket formed it otherwise
+    /// than its last one; `now`: the object's ETag): the file's bytes as they were sent, every
+    /// form, and the same check again.  Where the file cannot tell any more (it changed since,
+    /// or cannot be read), the object read back decides: never a verdict on a guess.
+    fn recheck(
+        &self,
+        key: &str,
+        file: &std::fs::File,
+        shown: &Path,
+        sent: &Sent,
+        now: &str,
+    ) -> Result<Landed, StorageError> {
+        etag::count_recheck(&self.place);
+        let c = &sent.copied;
+        match etag::of_file(file, shown, c.size, sent.part_size, sent.multipart) {
+            Ok((read, every)) if read == *c => self.check_landed(key, c, &every),
+            _ => {
+                let found = self.read_back(key)?;
+                if found == c.sha256 {
+                    return Ok(Landed::Same {
+                        etag: String::new(),
+                    });
+                }
+                Ok(Landed::Differs {
+                    etag: now.to_owned(),
+                    same_size: true,
+                    why: StorageError::Mismatch {
+                        expected: c.sha256.clone(),
+                        found,
+                    },
+                })
+            }
+        }
     }
 
     /// Removes the one object under `key` (not the keys below it, as `delete` does).
@@ -383,7 +466,7 @@ impl ObjectTarget {
         // An ETag that matches settles it; one that does not may still be the same bytes
         // (uploaded in parts of another size, or by a server whose ETags are not MD5s): read
         // back before calling it different.
-        if self.checked == Checked::Md5Etag && etags.split('|').any(|e| e == there.etag) {
+        if self.checked == Checked::Md5Etag && etag::matches(etags, &there.etag) {
             return Ok(true);
         }
         Ok(self.read_back(key)? == ours.sha256)
@@ -452,7 +535,9 @@ impl Storage for ObjectTarget {
                 .metadata()
                 .map_err(|e| StorageError::Http(format!("stat {}: {e}", shown.display())))?
                 .len();
-            let (ours, etags) = etag::of_file(&file, shown, self.part_size_for(size))?;
+            let part_size = self.part_size_for(size);
+            let (ours, etags) =
+                etag::of_file(&file, shown, size, part_size, size > part_size as u64)?;
             return if self.holds(key, &there, &ours, &etags)? {
                 Ok(ours)
             } else {
@@ -466,35 +551,32 @@ impl Storage for ObjectTarget {
                 })
             };
         }
-        // The same open file, read again from its start if the ETag must be checked in a form
-        // the upload did not compute.
-        let again = file
-            .try_clone()
-            .map_err(|e| StorageError::Http(format!("read {}: {e}", shown.display())))?;
-        let (copied, etags, ours, complete) = self.put_from(file, shown, key)?;
-        let part_size = self.part_size_for(copied.size);
-        let mut landed = self.check_landed(key, &copied, &etags)?;
-        if !complete && matches!(landed, Landed::Differs { .. }) {
-            // The bucket formed this ETag otherwise than its last one: every form, then the
-            // same check again.
-            let (read, every) = etag::of_file(&again, shown, part_size)?;
-            if read == copied {
-                landed = self.check_landed(key, &copied, &every)?;
+        let sent = self.put_from(&file, shown, key)?;
+        let mut landed = self.check_landed(key, &sent.copied, &sent.etags)?;
+        if let Landed::Differs {
+            etag,
+            same_size: true,
+            ..
+        } = &landed
+        {
+            if !sent.complete {
+                let now = etag.clone();
+                landed = self.recheck(key, &file, shown, &sent, &now)?;
             }
         }
         match landed {
-            Landed::Same => {
-                if self.checked == Checked::Md5Etag && copied.size > part_size as u64 {
-                    etag::learn(&self.place, &ours);
+            Landed::Same { etag } => {
+                if sent.multipart && self.checked == Checked::Md5Etag && !etag.is_empty() {
+                    etag::learn(&self.place, &etag);
                 }
-                Ok(copied)
+                Ok(sent.copied)
             }
-            Landed::Differs { etag, why } => {
+            Landed::Differs { etag, why, .. } => {
                 // What our PUT stored is not this copy: removed, so that the next try can put
                 // it again (a copy is never replaced, so a bad one left there would block it
                 // for good).  Only if it is still what our PUT stored: another writer's object
                 // that replaced it in the meantime is not ours to remove.
-                if etag == ours {
+                if etag == sent.given {
                     let _ = self.delete_object(key);
                 }
                 Err(why)
@@ -514,7 +596,7 @@ impl Storage for ObjectTarget {
             sha256: sha,
         };
         match self.check_landed(key, &copied, &md5)? {
-            Landed::Same => Ok(()),
+            Landed::Same { .. } => Ok(()),
             // Replaced again by the next mirror; nothing to remove.
             Landed::Differs { why, .. } => Err(why),
         }

@@ -6,8 +6,9 @@
 //! Each MD5 is a pass over every byte (about 640 MB/s on this project's machines: a second of
 //! CPU per 650 MB, beside the server's own work), so the form a bucket gave its earlier
 //! multipart uploads in this process is remembered and only that one is computed.  It is a hint,
-//! never a verdict: an upload whose ETag matches no form computed is fingerprinted again, every
-//! form, before it is called different.
+//! never a verdict: an object of the right size whose ETag matches no form computed has the
+//! bytes its upload sent fingerprinted again, every form, and where the file can no longer tell
+//! (changed since, unreadable) the object read back decides.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -161,19 +162,19 @@ impl Fingerprint {
     }
 }
 
-/// The fingerprint, every form, of the first `size` bytes of `file` (fewer if it is shorter),
-/// cut in parts of `part_size` as an upload of them was (`multipart`); `shown` names it in
+/// The fingerprint (the `md5s` asked) of the first `size` bytes of `file` (fewer if it is
+/// shorter), cut as an upload of them was: `(part size, whether in parts)`; `shown` names it in
 /// errors.  The file's offset is left alone.
 pub(crate) fn of_file(
     file: &File,
     shown: &Path,
     size: u64,
-    part_size: usize,
-    multipart: bool,
+    (part_size, multipart): (usize, bool),
+    md5s: Md5s,
 ) -> Result<(Copied, String), StorageError> {
     let unreadable =
         |e: std::io::Error| StorageError::Http(format!("read {}: {e}", shown.display()));
-    let mut print = Fingerprint::new(Md5s::Every);
+    let mut print = Fingerprint::new(md5s);
     let mut buf = vec![0u8; part_size.min(size as usize).max(1)];
     let mut at = 0u64;
     while at < size {
@@ -276,20 +277,20 @@ mod tests {
         let data: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &data).unwrap();
         let file = File::open(&path).unwrap();
-        let (copied, etags) = of_file(&file, &path, 70_000, 30_000, true).unwrap();
+        let (copied, etags) = of_file(&file, &path, 70_000, (30_000, true), Md5s::Every).unwrap();
         let mut print = Fingerprint::new(Md5s::Every);
         for p in data.chunks(30_000) {
             print.part(p);
         }
         assert_eq!((copied, etags), print.finish(true));
-        let (_, single) = of_file(&file, &path, 70_000, 100_000, false).unwrap();
+        let (_, single) = of_file(&file, &path, 70_000, (100_000, false), Md5s::Every).unwrap();
         assert_eq!(single, md5(&data));
         // Only the bytes the upload sent: of a file that grew since, those; one that shrank
         // comes out shorter (and so different).
-        let (first, _) = of_file(&file, &path, 50_000, 30_000, true).unwrap();
+        let (first, _) = of_file(&file, &path, 50_000, (30_000, true), Md5s::Every).unwrap();
         assert_eq!(first.size, 50_000);
         assert_eq!(first.sha256, hex(&Sha256::digest(&data[..50_000])));
-        let (longer, _) = of_file(&file, &path, 90_000, 30_000, true).unwrap();
+        let (longer, _) = of_file(&file, &path, 90_000, (30_000, true), Md5s::Every).unwrap();
         assert_eq!(longer.size, 70_000);
     }
 }

@@ -335,7 +335,9 @@ impl ObjectTarget {
             .block_on(self.store.head(&path))
             .map_err(|e| self.failed("HEAD", key, described(&e)))?;
         let found = unquoted(meta.e_tag.as_deref());
-        let etag_ok = self.checked != Checked::Md5Etag || etag::matches(etags, &found);
+        // An object without an ETag is read back rather than judged by it.
+        let read_back = self.checked == Checked::ReadBack || found.is_empty();
+        let etag_ok = read_back || etag::matches(etags, &found);
         let same_size = meta.size == copied.size;
         if !same_size || !etag_ok {
             let why = self.failed(
@@ -352,7 +354,7 @@ impl ObjectTarget {
                 why,
             });
         }
-        if self.checked == Checked::ReadBack {
+        if read_back {
             let read = self.read_back(key)?;
             if read != copied.sha256 {
                 let why = StorageError::Mismatch {
@@ -370,20 +372,20 @@ impl ObjectTarget {
     }
 
     /// An upload whose ETag matched none of the forms computed (the bucket formed it otherwise
-    /// than its last one; `now`: the object's ETag): the file's bytes as they were sent, every
-    /// form, and the same check again.  Where the file cannot tell any more (it changed since,
-    /// or cannot be read), the object read back decides: never a verdict on a guess.
+    /// than its last one): the file's bytes as they were sent, every form, and the same check
+    /// again.  Where the file cannot tell any more (it changed since, or cannot be read), the
+    /// object read back decides: never a verdict on a guess.
     fn recheck(
         &self,
         key: &str,
         file: &std::fs::File,
         shown: &Path,
         sent: &Sent,
-        now: &str,
     ) -> Result<Landed, StorageError> {
         etag::count_recheck(&self.place);
         let c = &sent.copied;
-        match etag::of_file(file, shown, c.size, sent.part_size, sent.multipart) {
+        let cut = (sent.part_size, sent.multipart);
+        match etag::of_file(file, shown, c.size, cut, Md5s::Every) {
             Ok((read, every)) if read == *c => self.check_landed(key, c, &every),
             _ => {
                 let found = self.read_back(key)?;
@@ -392,8 +394,14 @@ impl ObjectTarget {
                         etag: String::new(),
                     });
                 }
+                // The ETag it has now, after the read back: another writer's object that
+                // replaced ours in the meantime must not pass for ours.
+                let now = runtime()?
+                    .block_on(self.store.head(&self.path(key)?))
+                    .map(|m| unquoted(m.e_tag.as_deref()))
+                    .unwrap_or_default();
                 Ok(Landed::Differs {
-                    etag: now.to_owned(),
+                    etag: now,
                     same_size: true,
                     why: StorageError::Mismatch {
                         expected: c.sha256.clone(),
@@ -536,8 +544,12 @@ impl Storage for ObjectTarget {
                 .map_err(|e| StorageError::Http(format!("stat {}: {e}", shown.display())))?
                 .len();
             let part_size = self.part_size_for(size);
-            let (ours, etags) =
-                etag::of_file(&file, shown, size, part_size, size > part_size as u64)?;
+            let md5s = match self.checked {
+                Checked::Md5Etag => Md5s::Every,
+                Checked::ReadBack => Md5s::Skipped,
+            };
+            let cut = (part_size, size > part_size as u64);
+            let (ours, etags) = etag::of_file(&file, shown, size, cut, md5s)?;
             return if self.holds(key, &there, &ours, &etags)? {
                 Ok(ours)
             } else {
@@ -553,16 +565,15 @@ impl Storage for ObjectTarget {
         }
         let sent = self.put_from(&file, shown, key)?;
         let mut landed = self.check_landed(key, &sent.copied, &sent.etags)?;
-        if let Landed::Differs {
-            etag,
-            same_size: true,
-            ..
-        } = &landed
-        {
-            if !sent.complete {
-                let now = etag.clone();
-                landed = self.recheck(key, &file, shown, &sent, &now)?;
+        if matches!(
+            landed,
+            Landed::Differs {
+                same_size: true,
+                ..
             }
+        ) && !sent.complete
+        {
+            landed = self.recheck(key, &file, shown, &sent)?;
         }
         match landed {
             Landed::Same { etag } => {
@@ -576,7 +587,7 @@ impl Storage for ObjectTarget {
                 // it again (a copy is never replaced, so a bad one left there would block it
                 // for good).  Only if it is still what our PUT stored: another writer's object
                 // that replaced it in the meantime is not ours to remove.
-                if etag == sent.given {
+                if !sent.given.is_empty() && etag == sent.given {
                     let _ = self.delete_object(key);
                 }
                 Err(why)
@@ -590,7 +601,10 @@ impl Storage for ObjectTarget {
         let path = self.path(key)?;
         let sha = hex(&Sha256::digest(bytes));
         self.put_whole(rt, &path, key, Bytes::copy_from_slice(bytes), &sha)?;
-        let md5 = hex(&Md5::digest(bytes));
+        let md5 = match self.checked {
+            Checked::Md5Etag => hex(&Md5::digest(bytes)),
+            Checked::ReadBack => String::new(),
+        };
         let copied = Copied {
             size: bytes.len() as u64,
             sha256: sha,

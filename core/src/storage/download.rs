@@ -79,8 +79,7 @@ impl Download {
     }
 
     /// Sends the GET and returns at once; a task on the runtime reads the response into the
-    /// queue from then on.  If the `Pending` is dropped unread, the task stops once the server
-    /// has answered.
+    /// queue from then on.  If the `Pending` is dropped unread, the task stops, answered or not.
     pub fn begin(
         rt: &tokio::runtime::Runtime,
         store: Arc<dyn ObjectStore>,

@@ -22,17 +22,14 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use md5::Md5;
 use object_store::path::Path as ObjectPath;
 use object_store::{
     Attribute, Attributes, GetOptions, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
 };
-use sha2::{Digest, Sha256};
 
 use super::download::Download;
 use super::etag::{self, Fingerprint, Form, Md5s};
 use super::{described, Ahead, Copied, Storage, StorageError};
-use crate::checksum::hex;
 use crate::stream;
 use crate::threads;
 
@@ -229,15 +226,9 @@ impl ObjectTarget {
         };
         let path = self.path(key)?;
         let part_size = self.part_size_for(size);
-        // ETags that are not MD5s (Azure) are never compared: no MD5 is computed for them.
-        let md5s = self.checked == Checked::Md5Etag;
         if size as usize <= part_size {
             // A single PUT's ETag is its MD5, whatever the server.
-            let mut print = Fingerprint::new(if md5s {
-                Md5s::Only(Form::WholeMd5)
-            } else {
-                Md5s::Skipped
-            });
+            let mut print = Fingerprint::new(self.md5s(Md5s::Only(Form::WholeMd5)));
             let mut buf = vec![0u8; size as usize];
             let n = read(&mut file, &mut buf)?;
             buf.truncate(n);
@@ -253,10 +244,8 @@ impl ObjectTarget {
                 complete: true,
             });
         }
-        let mut print = Fingerprint::new(match md5s {
-            true => etag::learned(&self.place).map_or(Md5s::Every, Md5s::Only),
-            false => Md5s::Skipped,
-        });
+        let learned = etag::learned(&self.place).map_or(Md5s::Every, Md5s::Only);
+        let mut print = Fingerprint::new(self.md5s(learned));
         let complete = print.complete();
         // Multipart: the whole object's sha256 is only known at the end, so it goes into the
         // catalog; each part's payload is signed with its own sha256.
@@ -369,6 +358,15 @@ impl ObjectTarget {
             }
         }
         Ok(Landed::Same { etag: found })
+    }
+
+    /// The MD5s to compute where `wanted` would be: none on a target whose ETags are not MD5s
+    /// (Azure), which are never compared.
+    fn md5s(&self, wanted: Md5s) -> Md5s {
+        match self.checked {
+            Checked::Md5Etag => wanted,
+            Checked::ReadBack => Md5s::Skipped,
+        }
     }
 
     /// An upload whose ETag matched none of the forms computed (the bucket formed it otherwise
@@ -544,12 +542,8 @@ impl Storage for ObjectTarget {
                 .map_err(|e| StorageError::Http(format!("stat {}: {e}", shown.display())))?
                 .len();
             let part_size = self.part_size_for(size);
-            let md5s = match self.checked {
-                Checked::Md5Etag => Md5s::Every,
-                Checked::ReadBack => Md5s::Skipped,
-            };
             let cut = (part_size, size > part_size as u64);
-            let (ours, etags) = etag::of_file(&file, shown, size, cut, md5s)?;
+            let (ours, etags) = etag::of_file(&file, shown, size, cut, self.md5s(Md5s::Every))?;
             return if self.holds(key, &there, &ours, &etags)? {
                 Ok(ours)
             } else {
@@ -599,16 +593,16 @@ impl Storage for ObjectTarget {
     fn replace(&self, bytes: &[u8], key: &str) -> Result<(), StorageError> {
         let rt = runtime()?;
         let path = self.path(key)?;
-        let sha = hex(&Sha256::digest(bytes));
-        self.put_whole(rt, &path, key, Bytes::copy_from_slice(bytes), &sha)?;
-        let md5 = match self.checked {
-            Checked::Md5Etag => hex(&Md5::digest(bytes)),
-            Checked::ReadBack => String::new(),
-        };
-        let copied = Copied {
-            size: bytes.len() as u64,
-            sha256: sha,
-        };
+        let mut print = Fingerprint::new(self.md5s(Md5s::Only(Form::WholeMd5)));
+        print.part(bytes);
+        let (copied, md5) = print.finish(false);
+        self.put_whole(
+            rt,
+            &path,
+            key,
+            Bytes::copy_from_slice(bytes),
+            &copied.sha256,
+        )?;
         match self.check_landed(key, &copied, &md5)? {
             Landed::Same { .. } => Ok(()),
             // Replaced again by the next mirror; nothing to remove.

@@ -242,7 +242,7 @@ COMMENT ON COLUMN backup_management.remote_backup_configs.remote_endpoint IS 'En
 COMMENT ON COLUMN backup_management.remote_backup_configs.remote_path IS 'Bucket/prefix, container/prefix or directory on the target';
 COMMENT ON COLUMN backup_management.remote_backup_configs.credentials_ref IS 'Where the secret lives: env:VARIABLE of the server, or file:/path readable only by the server''s OS user';
 COMMENT ON COLUMN backup_management.remote_backup_configs.encryption_key_ref IS 'Where the encryption key lives (same forms as credentials_ref)';
-COMMENT ON COLUMN backup_management.remote_backup_configs.options IS 'Non-secret options (region, storage class, part size); secret-looking keys are refused';
+COMMENT ON COLUMN backup_management.remote_backup_configs.options IS 'Non-secret options (region, part_size_mb, max_rate_mb, io_timeout_s, ca_file, offsite); secret-looking keys are refused';
 COMMENT ON COLUMN backup_management.remote_backup_configs.is_active IS 'Inactive targets are not synced';
 COMMENT ON COLUMN backup_management.remote_backup_configs.sync_schedule IS 'Cron expression for copying new backups';
 COMMENT ON COLUMN backup_management.remote_backup_configs.last_sync_at IS 'When the last sync finished';
@@ -1144,6 +1144,14 @@ ALTER TABLE backup_management.remote_backup_configs
     ADD CONSTRAINT remote_backup_configs_max_rate_check
     CHECK (NOT options ? 'max_rate_mb'
            OR (jsonb_typeof(options -> 'max_rate_mb') = 'number' AND (options ->> 'max_rate_mb')::numeric > 0));
+
+-- A download's I/O timeout (0.9.0): options.io_timeout_s, the seconds (1 to 1800) a download
+-- from an object store may receive nothing before it is asked again from the byte it reached.
+ALTER TABLE backup_management.remote_backup_configs
+    ADD CONSTRAINT remote_backup_configs_io_timeout_check
+    CHECK (NOT options ? 'io_timeout_s'
+           OR (jsonb_typeof(options -> 'io_timeout_s') = 'number'
+               AND (options ->> 'io_timeout_s')::numeric BETWEEN 1 AND 1800));
 
 ------------------------------------------------------------------------------------------------
 -- Live recovery exposure, per active recovery plan.

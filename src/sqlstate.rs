@@ -406,6 +406,10 @@ impl SqlError for OffsiteError {
                 ERRCODE_FEATURE_NOT_SUPPORTED,
                 "Targets can be of remote_type filesystem, s3 or azure.",
             ),
+            OffsiteError::BadOption("io_timeout_s", ..) => (
+                ERRCODE_INVALID_PARAMETER_VALUE,
+                "io_timeout_s is how long a download from the target waits for a byte before it asks again, e.g. {\"io_timeout_s\": 60}.",
+            ),
             OffsiteError::BadOption(..) => (
                 ERRCODE_INVALID_PARAMETER_VALUE,
                 "max_rate_mb is the target's bandwidth limit in MB/s, e.g. {\"max_rate_mb\": 20}.",

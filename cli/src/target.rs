@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use backup_mgmt_core::restore::fetch::sh_quote;
 use backup_mgmt_core::storage::filesystem::FilesystemTarget;
 use backup_mgmt_core::storage::Storage;
-use backup_mgmt_core::storage::{azure, s3};
+use backup_mgmt_core::storage::{azure, object, s3};
 use clap::Args;
 
 use crate::CliError;
@@ -62,6 +62,19 @@ pub struct TargetArgs {
     /// A PEM file of CA certificates to trust besides the system's (options.ca_file).
     #[arg(long, global = true, value_name = "FILE")]
     azure_ca_file: Option<PathBuf>,
+    /// How long a download from an object store may receive nothing before it is asked again
+    /// from the byte it reached (options.io_timeout_s; 1 to 1800).  A connection that a
+    /// firewall dropped silently costs this long, not the 30-minute request timeout.
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 60.0, value_parser = io_timeout_seconds)]
+    io_timeout: f64,
+}
+
+/// `--io-timeout`: seconds within the range a target's `io_timeout_s` allows.
+fn io_timeout_seconds(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|s| object::io_timeout(*s).is_some())
+        .ok_or_else(|| format!("{text:?} is not a number of seconds from 1 to 1800"))
 }
 
 impl TargetArgs {
@@ -78,7 +91,7 @@ impl TargetArgs {
                     "an Azure target needs --azure-credentials file:/path or env:NAME".into(),
                 )
             })?;
-            let t = azure::open(
+            let mut t = azure::open(
                 endpoint,
                 path,
                 credentials,
@@ -86,6 +99,7 @@ impl TargetArgs {
                 self.azure_ca_file.as_deref(),
             )
             .map_err(|e| CliError::Usage(e.to_string()))?;
+            t.io_timeout = self.io_timeout();
             return Ok(Box::new(t));
         }
         let (Some(endpoint), Some(path)) = (&self.s3_endpoint, &self.s3_path) else {
@@ -96,7 +110,7 @@ impl TargetArgs {
         let credentials = self.s3_credentials.as_deref().ok_or_else(|| {
             CliError::Usage("an S3 target needs --s3-credentials file:/path or env:NAME".into())
         })?;
-        let t = s3::open(
+        let mut t = s3::open(
             endpoint,
             path,
             &self.s3_region,
@@ -105,7 +119,12 @@ impl TargetArgs {
             self.s3_ca_file.as_deref(),
         )
         .map_err(|e| CliError::Usage(e.to_string()))?;
+        t.io_timeout = self.io_timeout();
         Ok(Box::new(t))
+    }
+
+    fn io_timeout(&self) -> std::time::Duration {
+        object::io_timeout(self.io_timeout).unwrap_or(object::DEFAULT_IO_TIMEOUT)
     }
 
     /// This program and this target (absolute paths) and the cluster, as the argument vector
@@ -147,6 +166,9 @@ impl TargetArgs {
             if let Some(ca) = &self.azure_ca_file {
                 words.extend(["--azure-ca-file".into(), absolute(ca)?]);
             }
+        }
+        if self.dir.is_none() {
+            words.extend(["--io-timeout".into(), self.io_timeout.to_string()]);
         }
         words.extend(["--cluster".into(), sysid.to_string()]);
         Ok(words)

@@ -50,7 +50,7 @@ fn backups_wal_and_the_mirror_reach_azure_verified_and_come_back() {
     db.execute(
         "INSERT INTO backup_management.remote_backup_configs
              (config_name, database_name, remote_type, remote_endpoint, remote_path, credentials_ref, options)
-         VALUES ('azure', 'postgres', 'azure', $1, 'backups/pg', $2, '{\"part_size_mb\": 5}'),
+         VALUES ('azure', 'postgres', 'azure', $1, 'backups/pg', $2, '{\"part_size_mb\": 5, \"io_timeout_s\": 30}'),
                 ('forged', 'postgres', 'azure', $1, 'forged/pg', $3, '{}'),
                 ('missing', 'postgres', 'azure', $1, 'nosuch/pg', $2, '{}')",
         &[

@@ -15,7 +15,7 @@ use backup_mgmt_core::cron::CronSchedule;
 use backup_mgmt_core::paths::{self, PathError};
 use backup_mgmt_core::storage::filesystem::FilesystemTarget;
 use backup_mgmt_core::storage::{self, Copied, Storage, StorageError};
-use backup_mgmt_core::storage::{azure, s3};
+use backup_mgmt_core::storage::{azure, object, s3};
 use backup_mgmt_core::stream::RateLimit;
 use backup_mgmt_core::threads::{Helper, Throttle};
 use chrono::{DateTime, Utc};
@@ -42,8 +42,8 @@ pub enum OffsiteError {
     NoCredentials,
     #[error("remote_type {0} is not supported yet")]
     Unsupported(String),
-    #[error("option {0} must be a positive number, not {1}")]
-    BadOption(&'static str, String),
+    #[error("option {0} must be {2}, not {1}")]
+    BadOption(&'static str, String, &'static str),
     #[error(transparent)]
     Path(#[from] PathError),
     #[error(transparent)]
@@ -476,7 +476,9 @@ fn rate_of(
     let mb = value
         .as_f64()
         .filter(|mb| *mb > 0.0 && mb.is_finite())
-        .ok_or_else(|| OffsiteError::BadOption("max_rate_mb", value.to_string()))?;
+        .ok_or_else(|| {
+            OffsiteError::BadOption("max_rate_mb", value.to_string(), "a positive number")
+        })?;
     let mut rates = RATES.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, _, limit)) = rates.iter().find(|(id, r, _)| *id == config_id && *r == mb) {
         return Ok(Some(Arc::clone(limit)));
@@ -518,6 +520,16 @@ fn target_of(
                 .get("ca_file")
                 .and_then(|v| v.as_str())
                 .map(std::path::Path::new);
+            let io_timeout = match options.get("io_timeout_s") {
+                None => object::DEFAULT_IO_TIMEOUT,
+                Some(v) => v.as_f64().and_then(object::io_timeout).ok_or_else(|| {
+                    OffsiteError::BadOption(
+                        "io_timeout_s",
+                        v.to_string(),
+                        "a number of seconds from 1 to 1800",
+                    )
+                })?,
+            };
             let mut t = if row.remote_type == "s3" {
                 let region = options
                     .get("region")
@@ -535,6 +547,7 @@ fn target_of(
                 azure::open(row.endpoint, row.path, credentials, part_size, ca_file)?
             };
             t.rate = rate;
+            t.io_timeout = io_timeout;
             Ok(Box::new(t))
         }
         other => Err(OffsiteError::Unsupported(other.to_owned())),

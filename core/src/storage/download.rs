@@ -3,10 +3,13 @@
 //! and hashes what came before, so the network is never idle waiting for it.  A response that
 //! fails or times out part way continues with a ranged GET from the first byte not yet
 //! received, of the same object version (`If-Match` its ETag), so a large object on a slow link
-//! is never read again from the start.
+//! is never read again from the start.  A response that stalls (no byte for the target's I/O
+//! timeout, pgBackRest's `io-timeout`) is one that failed: a connection a middlebox dropped
+//! without a reset would otherwise hold the restore for the whole-request timeout.
 
 use std::io::Read;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use futures::future::Either;
@@ -74,17 +77,21 @@ impl Download {
         store: Arc<dyn ObjectStore>,
         path: ObjectPath,
         shown: String,
+        io_timeout: Duration,
     ) -> Result<Download, StorageError> {
-        Download::begin(rt, store, path, shown).wait()
+        Download::begin(rt, store, path, shown, io_timeout).wait()
     }
 
     /// Sends the GET and returns at once; a task on the runtime reads the response into the
     /// queue from then on.  If the `Pending` is dropped unread, the task stops, answered or not.
+    /// A server that sends nothing for `io_timeout` (no answer, or no byte of the body while
+    /// the queue has room) is asked again from where the download stands.
     pub fn begin(
         rt: &tokio::runtime::Runtime,
         store: Arc<dyn ObjectStore>,
         path: ObjectPath,
         shown: String,
+        io_timeout: Duration,
     ) -> Pending {
         let (mut answered, answer) = tokio::sync::oneshot::channel();
         let pending = Pending {
@@ -93,7 +100,7 @@ impl Download {
         };
         rt.spawn(async move {
             let asked = {
-                let get = std::pin::pin!(store.get(&path));
+                let get = std::pin::pin!(answer_within(io_timeout, store.get(&path)));
                 let gone = std::pin::pin!(answered.closed());
                 match futures::future::select(get, gone).await {
                     Either::Left((asked, _)) => asked,
@@ -103,9 +110,8 @@ impl Download {
             };
             let got = match asked {
                 Ok(got) => got,
-                Err(e) => {
-                    let why = StorageError::Http(format!("GET {shown}: {}", described(&e)));
-                    let _ = answered.send(Err(why));
+                Err(why) => {
+                    let _ = answered.send(Err(StorageError::Http(format!("GET {shown}: {why}"))));
                     return;
                 }
             };
@@ -119,6 +125,7 @@ impl Download {
                 shown,
                 position: 0,
                 failures: 0,
+                io_timeout,
             };
             let budget = Arc::new(Semaphore::new(READ_AHEAD_BYTES));
             let download = Download {
@@ -171,6 +178,24 @@ struct Body {
     etag: Option<String>,
     position: u64,
     failures: u32,
+    /// How long the server may send nothing before the response counts as failed.
+    io_timeout: Duration,
+}
+
+/// `request`'s reply, or why there is none: the library's error, or `io_timeout` without an
+/// answer.  The request is dropped (its connection closed) when the time is up.
+async fn answer_within<T>(
+    io_timeout: Duration,
+    request: impl std::future::Future<Output = object_store::Result<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(io_timeout, request).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(described(&e)),
+        Err(_) => Err(format!(
+            "no answer in {} s (the target's io_timeout)",
+            io_timeout.as_secs_f64()
+        )),
+    }
 }
 
 impl Body {
@@ -178,7 +203,18 @@ impl Body {
     /// the reader is gone.
     async fn pump(mut self, tx: mpsc::Sender<std::io::Result<Bytes>>, budget: Arc<Semaphore>) {
         while self.position < self.size {
-            let item = match self.stream.next().await {
+            // A stalled body is cut off here; only the wait for the server counts, never the
+            // wait for the reader's room below.
+            let next = match tokio::time::timeout(self.io_timeout, self.stream.next()).await {
+                Ok(next) => next.map(|n| n.map_err(|e| described(&e))),
+                Err(_) => Some(Err(format!(
+                    "no byte in {} s (the target's io_timeout) at byte {} of {}",
+                    self.io_timeout.as_secs_f64(),
+                    self.position,
+                    self.size
+                ))),
+            };
+            let item = match next {
                 Some(Ok(bytes)) => {
                     if !bytes.is_empty() {
                         self.failures = 0;
@@ -210,35 +246,28 @@ impl Body {
         }
     }
 
-    /// Continues the download at `position` after `why`.
-    async fn resume(&mut self, why: object_store::Error) -> std::io::Result<()> {
-        self.failures += 1;
-        if self.failures > RESUMES_WITHOUT_PROGRESS {
-            return Err(std::io::Error::other(format!(
-                "GET {}: {}",
-                self.shown,
-                described(&why)
-            )));
+    /// Continues the download at `position` after `why`: a ranged GET of the same version,
+    /// asked again (a stalled or failed one counts) until `RESUMES_WITHOUT_PROGRESS` attempts
+    /// in a row have brought nothing.
+    async fn resume(&mut self, cause: String) -> std::io::Result<()> {
+        let mut why = cause.clone();
+        loop {
+            self.failures += 1;
+            if self.failures > RESUMES_WITHOUT_PROGRESS {
+                return Err(std::io::Error::other(format!("GET {}: {why}", self.shown)));
+            }
+            let options = GetOptions {
+                range: Some(GetRange::Offset(self.position)),
+                if_match: self.etag.clone(),
+                ..Default::default()
+            };
+            match answer_within(self.io_timeout, self.store.get_opts(&self.path, options)).await {
+                Ok(got) => {
+                    self.stream = got.into_stream();
+                    return Ok(());
+                }
+                Err(e) => why = format!("{cause}; asked again from byte {}: {e}", self.position),
+            }
         }
-        let options = GetOptions {
-            range: Some(GetRange::Offset(self.position)),
-            if_match: self.etag.clone(),
-            ..Default::default()
-        };
-        let got = self
-            .store
-            .get_opts(&self.path, options)
-            .await
-            .map_err(|e| {
-                std::io::Error::other(format!(
-                    "GET {} from byte {} (after: {}): {}",
-                    self.shown,
-                    self.position,
-                    described(&why),
-                    described(&e)
-                ))
-            })?;
-        self.stream = got.into_stream();
-        Ok(())
     }
 }

@@ -19,6 +19,7 @@
 use std::io::Read;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -67,6 +68,19 @@ struct Existing {
     sha256: Option<String>,
 }
 
+/// A download's I/O timeout unless the target sets one: pgBackRest's `io-timeout` default.
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// The I/O timeouts a target may set, in seconds: at least a second, at most the whole-request
+/// timeout (beyond it, that one would end the request first).
+pub const IO_TIMEOUT_RANGE: std::ops::RangeInclusive<f64> =
+    1.0..=super::transport::REQUEST_TIMEOUT.as_secs() as f64;
+
+/// `seconds` as an I/O timeout, if it is within `IO_TIMEOUT_RANGE`.
+pub fn io_timeout(seconds: f64) -> Option<Duration> {
+    IO_TIMEOUT_RANGE
+        .contains(&seconds)
+        .then(|| Duration::from_secs_f64(seconds))
+}
 /// Part size of multipart uploads (S3 allows 5 MiB to 5 GiB; 10,000 parts at most, so larger
 /// backups get larger parts).
 pub const DEFAULT_PART_SIZE: usize = 8 << 20;
@@ -98,6 +112,9 @@ pub struct ObjectTarget {
     pub checked: Checked,
     /// The target's bandwidth limit (`options.max_rate_mb`), shared by its transfers in flight.
     pub rate: Option<Arc<stream::RateLimit>>,
+    /// How long a download waits for a byte before it asks again from where it stands
+    /// (`options.io_timeout_s`, `--io-timeout`).
+    pub io_timeout: Duration,
 }
 
 /// The process's runtime for the library's requests (two threads, signals blocked).
@@ -163,6 +180,7 @@ impl ObjectTarget {
             part_size: part_size.unwrap_or(DEFAULT_PART_SIZE).max(5 << 20),
             checked,
             rate: None,
+            io_timeout: DEFAULT_IO_TIMEOUT,
         }
     }
 
@@ -656,7 +674,13 @@ impl Storage for ObjectTarget {
         let key = super::plain_key(key)?;
         let path = self.path(key)?;
         let shown = format!("{}/{key}", self.place);
-        let reader = Download::start(runtime()?, Arc::clone(&self.store), path, shown)?;
+        let reader = Download::start(
+            runtime()?,
+            Arc::clone(&self.store),
+            path,
+            shown,
+            self.io_timeout,
+        )?;
         Ok(Box::new(stream::Limited::new(reader, self.rate.clone())))
     }
 
@@ -670,6 +694,7 @@ impl Storage for ObjectTarget {
                 Arc::clone(&self.store),
                 path,
                 shown,
+                self.io_timeout,
             ))
         })();
         let rate = self.rate.clone();

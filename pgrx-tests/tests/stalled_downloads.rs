@@ -1,0 +1,87 @@
+//! A download from an object store whose connection goes silent (a firewall that drops it
+//! without a reset) is asked again, from the byte it reached, after the target's I/O timeout:
+//! not after the 30-minute request timeout.  A server that answers nothing at all ends in an
+//! error that names the object and the timeout.  Against s3rver, behind a relay that stalls.
+
+use std::io::Read;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use backup_mgmt_core::storage::{self, s3, Storage};
+use backup_mgmt_e2e::s3server::S3Server;
+use backup_mgmt_e2e::stall::StallingRelay;
+
+const MB: usize = 1 << 20;
+
+/// Reads `key` whole on a thread; `None` if that took longer than `limit` (a stalled download
+/// that nothing cut off).
+fn read_within(
+    target: std::sync::Arc<dyn Storage + Send + Sync>,
+    key: &str,
+    limit: Duration,
+) -> Option<Result<Vec<u8>, String>> {
+    let (tx, rx) = mpsc::channel();
+    let key = key.to_owned();
+    std::thread::spawn(move || {
+        let got = target
+            .get(&key)
+            .map_err(|e| e.to_string())
+            .and_then(|mut r| {
+                let mut bytes = Vec::new();
+                r.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+                Ok(bytes)
+            });
+        let _ = tx.send(got);
+    });
+    rx.recv_timeout(limit).ok()
+}
+
+#[test]
+fn a_stalled_download_is_asked_again_from_the_byte_it_reached() {
+    let server = S3Server::start();
+    server.create_bucket("stall");
+    let relay = StallingRelay::start(server.port);
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("credentials");
+    std::fs::write(&creds, "S3RVER:S3RVER\n").unwrap();
+    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut target = s3::open(
+        &relay.endpoint(),
+        "stall/pg",
+        "us-east-1",
+        &format!("file:{}", creds.display()),
+        None,
+        None,
+    )
+    .unwrap();
+    target.io_timeout = Duration::from_secs(2);
+    let target: std::sync::Arc<dyn Storage + Send + Sync> = std::sync::Arc::new(target);
+
+    let data: Vec<u8> = (0..12 * MB)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[2])
+        .collect();
+    let file = dir.path().join("big.dump");
+    std::fs::write(&file, &data).unwrap();
+    let key = storage::object_key(7, "shop", &file);
+    target.put_file(&file, &key).unwrap();
+
+    // The reply goes silent after 3 MB: the download asks again from there and completes.
+    relay.stall_after(3 * MB as i64);
+    let got = read_within(target.clone(), &key, Duration::from_secs(30))
+        .expect("the stalled download was never cut off")
+        .expect("the download completes after the stall");
+    assert_eq!(relay.stalls(), 1, "the relay never stalled the reply");
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "the bytes differ after the resumed download");
+
+    // A server that answers nothing: an error naming the object and the timeout, in seconds
+    // rather than half an hour.
+    relay.stall_always();
+    let failed = read_within(target, &key, Duration::from_secs(30))
+        .expect("the silent server held the download")
+        .expect_err("a server that answers nothing");
+    assert!(
+        failed.contains("bucket stall/") && failed.contains("io_timeout"),
+        "{failed}"
+    );
+}

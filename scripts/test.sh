@@ -38,6 +38,8 @@ fi
 
 log "core crate tests (no PostgreSQL)"
 cargo test -p backup_mgmt_core 2>&1 | tee -a "$RESULTS"
+log "restore program tests (no PostgreSQL)"
+cargo test -p backup_mgmt_cli 2>&1 | tee -a "$RESULTS"
 # The restore program (its end-to-end test, site_loss.rs, runs it as the server's user).
 cargo build -p backup_mgmt_cli
 

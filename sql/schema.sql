@@ -1149,9 +1149,12 @@ ALTER TABLE backup_management.remote_backup_configs
 -- from an object store may receive nothing before it is asked again from the byte it reached.
 ALTER TABLE backup_management.remote_backup_configs
     ADD CONSTRAINT remote_backup_configs_io_timeout_check
-    CHECK (NOT options ? 'io_timeout_s'
-           OR (jsonb_typeof(options -> 'io_timeout_s') = 'number'
-               AND (options ->> 'io_timeout_s')::numeric BETWEEN 1 AND 1800));
+    -- CASE: the cast runs only on a number (AND does not promise an order).  1800: the
+    -- whole-request timeout (storage::transport::REQUEST_TIMEOUT), past which it never fires.
+    CHECK (CASE WHEN NOT options ? 'io_timeout_s' THEN true
+                WHEN jsonb_typeof(options -> 'io_timeout_s') = 'number'
+                THEN (options ->> 'io_timeout_s')::numeric BETWEEN 1 AND 1800
+                ELSE false END);
 
 ------------------------------------------------------------------------------------------------
 -- Live recovery exposure, per active recovery plan.

@@ -2,6 +2,7 @@
 //! arguments of the `wal-fetch` command PostgreSQL runs as `restore_command`.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use backup_mgmt_core::restore::fetch::sh_quote;
 use backup_mgmt_core::storage::filesystem::FilesystemTarget;
@@ -123,7 +124,7 @@ impl TargetArgs {
         Ok(Box::new(t))
     }
 
-    fn io_timeout(&self) -> std::time::Duration {
+    fn io_timeout(&self) -> Duration {
         object::io_timeout(self.io_timeout).unwrap_or(object::DEFAULT_IO_TIMEOUT)
     }
 
@@ -207,4 +208,50 @@ fn absolute(p: &PathBuf) -> Result<String, CliError> {
     std::path::absolute(p)
         .map(|a| a.display().to_string())
         .map_err(|e| CliError::Usage(format!("{}: {e}", p.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Line {
+        #[command(flatten)]
+        target: TargetArgs,
+    }
+
+    /// `wal-fetch`, started again by PostgreSQL, reads the target as it was named, its I/O
+    /// timeout included; out of range is refused.
+    #[test]
+    fn the_io_timeout_reaches_the_command_started_again() {
+        let named = Line::parse_from([
+            "backup-mgmt",
+            "--s3-endpoint",
+            "http://127.0.0.1:9000",
+            "--s3-path",
+            "b/pg",
+            "--s3-credentials",
+            "env:BACKUP_MGMT_S3",
+            "--io-timeout",
+            "2.5",
+        ]);
+        let words = named.target.words(7).unwrap();
+        let at = words.iter().position(|w| w == "--io-timeout").unwrap();
+        assert_eq!(words[at + 1], "2.5");
+        let again = Line::parse_from(words.iter().filter(|w| *w != "--cluster" && *w != "7"));
+        assert_eq!(again.target.io_timeout(), Duration::from_secs_f64(2.5));
+        for bad in ["0", "0.5", "1801", "soon"] {
+            assert!(
+                Line::try_parse_from(["backup-mgmt", "--io-timeout", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        let dir = Line::parse_from(["backup-mgmt", "--dir", "/mnt/offsite"]);
+        assert!(!dir
+            .target
+            .words(7)
+            .unwrap()
+            .contains(&"--io-timeout".into()));
+    }
 }

@@ -23,7 +23,10 @@ struct Shared {
     budget: AtomicI64,
     /// Stall every connection from its first reply byte on (the server answers nothing).
     always: AtomicBool,
+    /// Set `always` once the armed stall has happened.
+    then_always: AtomicBool,
     stalls: AtomicU32,
+    connections: AtomicU32,
     stopped: AtomicBool,
 }
 
@@ -36,7 +39,9 @@ impl StallingRelay {
             upstream,
             budget: AtomicI64::new(DISARMED),
             always: AtomicBool::new(false),
+            then_always: AtomicBool::new(false),
             stalls: AtomicU32::new(0),
+            connections: AtomicU32::new(0),
             stopped: AtomicBool::new(false),
         });
         let s = Arc::clone(&shared);
@@ -67,9 +72,20 @@ impl StallingRelay {
         self.shared.always.store(true, Ordering::SeqCst);
     }
 
+    /// As `stall_after`, and from that stall on every connection stalls (`stall_always`).
+    pub fn stall_for_good_after(&self, bytes: i64) {
+        self.shared.then_always.store(true, Ordering::SeqCst);
+        self.stall_after(bytes);
+    }
+
     /// Connections stalled so far.
     pub fn stalls(&self) -> u32 {
         self.shared.stalls.load(Ordering::SeqCst)
+    }
+
+    /// Connections the client has opened so far.
+    pub fn connections(&self) -> u32 {
+        self.shared.connections.load(Ordering::SeqCst)
     }
 }
 
@@ -82,6 +98,7 @@ impl Drop for StallingRelay {
 }
 
 fn relay(client: TcpStream, s: Arc<Shared>) {
+    s.connections.fetch_add(1, Ordering::SeqCst);
     let Ok(server) = TcpStream::connect(("127.0.0.1", s.upstream)) else {
         return;
     };
@@ -136,6 +153,9 @@ fn relay(client: TcpStream, s: Arc<Shared>) {
         }
         if stall {
             s.stalls.fetch_add(1, Ordering::SeqCst);
+            if s.then_always.load(Ordering::SeqCst) {
+                s.always.store(true, Ordering::SeqCst);
+            }
             while !closed.load(Ordering::SeqCst) && !s.stopped.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(50));
             }

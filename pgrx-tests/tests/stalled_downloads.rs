@@ -4,7 +4,7 @@
 //! error that names the object and the timeout.  Against s3rver, behind a relay that stalls.
 
 use std::io::Read;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use backup_mgmt_core::storage::{self, s3, Storage};
@@ -16,7 +16,7 @@ const MB: usize = 1 << 20;
 /// Reads `key` whole on a thread; `None` if that took longer than `limit` (a stalled download
 /// that nothing cut off).
 fn read_within(
-    target: std::sync::Arc<dyn Storage + Send + Sync>,
+    target: Arc<dyn Storage + Send + Sync>,
     key: &str,
     limit: Duration,
 ) -> Option<Result<Vec<u8>, String>> {
@@ -54,8 +54,8 @@ fn a_stalled_download_is_asked_again_from_the_byte_it_reached() {
         None,
     )
     .unwrap();
-    target.io_timeout = Duration::from_secs(2);
-    let target: std::sync::Arc<dyn Storage + Send + Sync> = std::sync::Arc::new(target);
+    target.io_timeout = Duration::from_secs(3);
+    let target: Arc<dyn Storage + Send + Sync> = Arc::new(target);
 
     let data: Vec<u8> = (0..12 * MB)
         .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[2])
@@ -64,24 +64,54 @@ fn a_stalled_download_is_asked_again_from_the_byte_it_reached() {
     std::fs::write(&file, &data).unwrap();
     let key = storage::object_key(7, "shop", &file);
     target.put_file(&file, &key).unwrap();
+    let limit = Duration::from_secs(60);
 
     // The reply goes silent after 3 MB: the download asks again from there and completes.
     relay.stall_after(3 * MB as i64);
-    let got = read_within(target.clone(), &key, Duration::from_secs(30))
+    let got = read_within(target.clone(), &key, limit)
         .expect("the stalled download was never cut off")
         .expect("the download completes after the stall");
     assert_eq!(relay.stalls(), 1, "the relay never stalled the reply");
     assert_eq!(got.len(), data.len());
     assert!(got == data, "the bytes differ after the resumed download");
 
+    // A reader slower than the timeout is no stall: nothing is asked again.
+    let mut reader = target.get(&key).unwrap();
+    let mut slow = vec![0u8; MB];
+    reader.read_exact(&mut slow).unwrap();
+    let connections = relay.connections();
+    std::thread::sleep(Duration::from_secs(4));
+    reader.read_to_end(&mut slow).unwrap();
+    assert!(slow == data, "the bytes differ after a slow read");
+    assert_eq!(
+        relay.connections(),
+        connections,
+        "a slow reader was taken for a stall"
+    );
+
+    // Silent again after 3 MB, and every request asked again too: the download gives up after
+    // three attempts from where it stood, naming the byte and the timeout.
+    relay.stall_for_good_after(3 * MB as i64);
+    let failed = read_within(target.clone(), &key, limit)
+        .expect("the silent server held the download")
+        .expect_err("a download that never gets further");
+    assert!(
+        failed.contains("bucket stall/")
+            && failed.contains("asked again from byte")
+            && failed.contains("io_timeout"),
+        "{failed}"
+    );
+
     // A server that answers nothing: an error naming the object and the timeout, in seconds
     // rather than half an hour.
     relay.stall_always();
-    let failed = read_within(target, &key, Duration::from_secs(30))
+    let failed = read_within(target, &key, limit)
         .expect("the silent server held the download")
         .expect_err("a server that answers nothing");
     assert!(
-        failed.contains("bucket stall/") && failed.contains("io_timeout"),
+        failed.contains("bucket stall/")
+            && failed.contains("no answer in 3 s")
+            && failed.contains("times in a row"),
         "{failed}"
     );
 }

@@ -665,7 +665,9 @@ fn upgrade_from_0_8_0_checks_io_timeouts_and_keeps_every_row() {
                 SET options = options || '{{\"io_timeout_s\": {value}}}' WHERE config_name = 's3-eu'"
         ))
     };
-    for bad in ["0", "0.5", "1801", "\"60\"", "null"] {
+    for bad in [
+        "0", "0.5", "1801", "\"60\"", "\"abc\"", "{}", "null", "1e400",
+    ] {
         let refused = set(&mut old, bad).unwrap_err();
         assert_eq!(
             refused.as_db_error().expect("a server error").code().code(),

@@ -85,7 +85,8 @@ impl Download {
     /// Sends the GET and returns at once; a task on the runtime reads the response into the
     /// queue from then on.  If the `Pending` is dropped unread, the task stops, answered or not.
     /// A server that sends nothing for `io_timeout` (no answer, or no byte of the body while
-    /// the queue has room) is asked again from where the download stands.
+    /// the queue has room) is asked again from where the download stands, up to
+    /// `RESUMES_WITHOUT_PROGRESS` times in a row.
     pub fn begin(
         rt: &tokio::runtime::Runtime,
         store: Arc<dyn ObjectStore>,
@@ -100,7 +101,7 @@ impl Download {
         };
         rt.spawn(async move {
             let asked = {
-                let get = std::pin::pin!(answer_within(io_timeout, store.get(&path)));
+                let get = std::pin::pin!(first_answer(&*store, &path, io_timeout));
                 let gone = std::pin::pin!(answered.closed());
                 match futures::future::select(get, gone).await {
                     Either::Left((asked, _)) => asked,
@@ -182,19 +183,70 @@ struct Body {
     io_timeout: Duration,
 }
 
-/// `request`'s reply, or why there is none: the library's error, or `io_timeout` without an
-/// answer.  The request is dropped (its connection closed) when the time is up.
+/// Why a request brought no reply.
+enum Unanswered {
+    /// The library's error (after its own retries of network errors and 5xx replies).
+    Failed(object_store::Error),
+    /// Nothing within the I/O timeout.
+    Silent(Duration),
+}
+
+impl Unanswered {
+    /// Whether asking again cannot help: the object is gone, or is another version now.
+    fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Unanswered::Failed(
+                object_store::Error::NotFound { .. } | object_store::Error::Precondition { .. }
+            )
+        )
+    }
+}
+
+impl std::fmt::Display for Unanswered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unanswered::Failed(e) => f.write_str(&described(e)),
+            Unanswered::Silent(t) => write!(
+                f,
+                "no answer in {} s (the target's io_timeout)",
+                t.as_secs_f64()
+            ),
+        }
+    }
+}
+
+/// `request`'s reply, or why there is none.  The request is dropped (its connection closed)
+/// when the time is up.
 async fn answer_within<T>(
     io_timeout: Duration,
     request: impl std::future::Future<Output = object_store::Result<T>>,
-) -> Result<T, String> {
+) -> Result<T, Unanswered> {
     match tokio::time::timeout(io_timeout, request).await {
         Ok(Ok(answer)) => Ok(answer),
-        Ok(Err(e)) => Err(described(&e)),
-        Err(_) => Err(format!(
-            "no answer in {} s (the target's io_timeout)",
-            io_timeout.as_secs_f64()
-        )),
+        Ok(Err(e)) => Err(Unanswered::Failed(e)),
+        Err(_) => Err(Unanswered::Silent(io_timeout)),
+    }
+}
+
+/// The first GET's reply: a request the server leaves unanswered (a pooled connection a
+/// firewall dropped) is sent again, up to `RESUMES_WITHOUT_PROGRESS` times; the library's own
+/// errors are final (it has retried those already).
+async fn first_answer(
+    store: &dyn ObjectStore,
+    path: &ObjectPath,
+    io_timeout: Duration,
+) -> Result<object_store::GetResult, String> {
+    let mut silent = 0;
+    loop {
+        match answer_within(io_timeout, store.get(path)).await {
+            Ok(got) => return Ok(got),
+            Err(Unanswered::Silent(_)) if silent < RESUMES_WITHOUT_PROGRESS => silent += 1,
+            Err(why @ Unanswered::Silent(_)) => {
+                return Err(format!("{why}, {} times in a row", silent + 1))
+            }
+            Err(why) => return Err(why.to_string()),
+        }
     }
 }
 
@@ -227,7 +279,7 @@ impl Body {
                     self.position += bytes.len() as u64;
                     Ok(bytes)
                 }
-                Some(Err(e)) => match self.resume(e).await {
+                Some(Err(e)) => match self.resume(e, &tx).await {
                     Ok(()) => continue,
                     Err(e) => Err(e),
                 },
@@ -246,14 +298,19 @@ impl Body {
         }
     }
 
-    /// Continues the download at `position` after `why`: a ranged GET of the same version,
+    /// Continues the download at `position` after `cause`: a ranged GET of the same version,
     /// asked again (a stalled or failed one counts) until `RESUMES_WITHOUT_PROGRESS` attempts
-    /// in a row have brought nothing.
-    async fn resume(&mut self, cause: String) -> std::io::Result<()> {
+    /// in a row have brought nothing.  Stops at once when asking again cannot help (the object
+    /// is gone or changed) or nobody reads any more.
+    async fn resume(
+        &mut self,
+        cause: String,
+        tx: &mpsc::Sender<std::io::Result<Bytes>>,
+    ) -> std::io::Result<()> {
         let mut why = cause.clone();
         loop {
             self.failures += 1;
-            if self.failures > RESUMES_WITHOUT_PROGRESS {
+            if self.failures > RESUMES_WITHOUT_PROGRESS || tx.is_closed() {
                 return Err(std::io::Error::other(format!("GET {}: {why}", self.shown)));
             }
             let options = GetOptions {
@@ -266,7 +323,12 @@ impl Body {
                     self.stream = got.into_stream();
                     return Ok(());
                 }
-                Err(e) => why = format!("{cause}; asked again from byte {}: {e}", self.position),
+                Err(e) => {
+                    why = format!("{cause}; asked again from byte {}: {e}", self.position);
+                    if e.is_final() {
+                        return Err(std::io::Error::other(format!("GET {}: {why}", self.shown)));
+                    }
+                }
             }
         }
     }

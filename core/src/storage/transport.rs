@@ -14,10 +14,11 @@ use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 
 use super::StorageError;
 
-/// How long one request may take, whole (the client cannot limit a stall alone).  Generous,
+/// How long one request may take, whole (a download's stall is cut off sooner, by the target's
+/// I/O timeout: see `download`; a listing, a HEAD or an upload has only this).  Generous,
 /// because it bounds a whole part upload: 8 MB parts (larger for backups past 80 GB: 10,000
 /// parts at most), four in flight, must each go through within it.  A GET of a large object that
-/// needs longer continues with a ranged GET from where it stopped (see `ObjectReader`).
+/// needs longer continues with a ranged GET from where it stopped (see `download`).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1800);
 /// How long opening a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -408,7 +408,7 @@ impl SqlError for OffsiteError {
             ),
             OffsiteError::BadOption("io_timeout_s", ..) => (
                 ERRCODE_INVALID_PARAMETER_VALUE,
-                "io_timeout_s is how long a download from the target waits for a byte before it asks again, e.g. {\"io_timeout_s\": 60}.",
+                "io_timeout_s is how long a download from the target waits for a byte, or a listing for a page, before it asks again, e.g. {\"io_timeout_s\": 60}.",
             ),
             OffsiteError::BadOption(..) => (
                 ERRCODE_INVALID_PARAMETER_VALUE,

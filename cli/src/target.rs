@@ -64,8 +64,9 @@ pub struct TargetArgs {
     #[arg(long, global = true, value_name = "FILE")]
     azure_ca_file: Option<PathBuf>,
     /// How long a download from an object store may receive nothing before it is asked again
-    /// from the byte it reached (options.io_timeout_s; 1 to 1800).  A connection that a
-    /// firewall dropped silently costs this long, not the 30-minute request timeout.
+    /// from the byte it reached, and a listing wait for a page (options.io_timeout_s; 1 to
+    /// 1800).  A connection that a firewall dropped silently costs this long, not the 30-minute
+    /// request timeout.
     #[arg(long, global = true, value_name = "SECONDS", default_value_t = 60.0, value_parser = io_timeout_seconds)]
     io_timeout: f64,
 }

@@ -1,7 +1,8 @@
 //! A download from an object store whose connection goes silent (a firewall that drops it
 //! without a reset) is asked again, from the byte it reached, after the target's I/O timeout:
 //! not after the 30-minute request timeout.  A server that answers nothing at all ends in an
-//! error that names the object and the timeout.  Against s3rver, behind a relay that stalls.
+//! error that names the object and the timeout; so does a listing whose page never comes.
+//! Against s3rver, behind a relay that stalls.
 
 use std::io::Read;
 use std::sync::{mpsc, Arc};
@@ -13,27 +14,36 @@ use backup_mgmt_e2e::stall::StallingRelay;
 
 const MB: usize = 1 << 20;
 
-/// Reads `key` whole on a thread; `None` if that took longer than `limit` (a stalled download
+/// `work`'s result, run on a thread; `None` if it took longer than `limit` (a stalled request
 /// that nothing cut off).
+fn within<T: Send + 'static>(
+    limit: Duration,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(work());
+    });
+    rx.recv_timeout(limit).ok()
+}
+
+/// Reads `key` whole, within `limit`.
 fn read_within(
     target: Arc<dyn Storage + Send + Sync>,
     key: &str,
     limit: Duration,
 ) -> Option<Result<Vec<u8>, String>> {
-    let (tx, rx) = mpsc::channel();
     let key = key.to_owned();
-    std::thread::spawn(move || {
-        let got = target
+    within(limit, move || {
+        target
             .get(&key)
             .map_err(|e| e.to_string())
             .and_then(|mut r| {
                 let mut bytes = Vec::new();
                 r.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
                 Ok(bytes)
-            });
-        let _ = tx.send(got);
-    });
-    rx.recv_timeout(limit).ok()
+            })
+    })
 }
 
 #[test]
@@ -65,6 +75,9 @@ fn a_stalled_download_is_asked_again_from_the_byte_it_reached() {
     let key = storage::object_key(7, "shop", &file);
     target.put_file(&file, &key).unwrap();
     let limit = Duration::from_secs(60);
+    // Listings go a page at a time through the same relay (s3rver lists no levels with a
+    // delimiter: a whole prefix).
+    assert!(target.list("7/").unwrap().contains(&key));
 
     // The reply goes silent after 3 MB: the download asks again from there and completes.
     relay.stall_after(3 * MB as i64);
@@ -105,7 +118,7 @@ fn a_stalled_download_is_asked_again_from_the_byte_it_reached() {
     // A server that answers nothing: an error naming the object and the timeout, in seconds
     // rather than half an hour.
     relay.stall_always();
-    let failed = read_within(target, &key, limit)
+    let failed = read_within(target.clone(), &key, limit)
         .expect("the silent server held the download")
         .expect_err("a server that answers nothing");
     assert!(
@@ -114,4 +127,17 @@ fn a_stalled_download_is_asked_again_from_the_byte_it_reached() {
             && failed.contains("times in a row"),
         "{failed}"
     );
+
+    // A listing whose page never comes, and the check that the bucket is there: the same
+    // timeout, per page.
+    for check in [
+        (|t: &dyn Storage| t.children("").map(|_| ())) as fn(&dyn Storage) -> _,
+        |t| t.prepare(),
+    ] {
+        let t = target.clone();
+        let failed = within(limit, move || check(&*t).map_err(|e| e.to_string()))
+            .expect("the silent server held the listing")
+            .expect_err("a listing the server never answers");
+        assert!(failed.contains("no answer in 3 s"), "{failed}");
+    }
 }

@@ -19,6 +19,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{GetOptions, GetRange, ObjectStore};
 use tokio::sync::{mpsc, Semaphore};
 
+use super::transport::{answer_asking_again, answer_within, ASKED_AGAIN};
 use super::{described, StorageError};
 
 /// Chunks (as the HTTP client hands them over, 8 kB to a few hundred) read ahead of the reader.
@@ -26,8 +27,6 @@ const READ_AHEAD_CHUNKS: usize = 64;
 /// Bytes read ahead of the reader, whatever the chunks' size: a restore keeps several downloads
 /// waiting for a thread (see `restore::remote_files`), each holding at most this much.
 const READ_AHEAD_BYTES: usize = 2 << 20;
-/// Times in a row a download may fail without a byte of progress before it gives up.
-const RESUMES_WITHOUT_PROGRESS: u32 = 3;
 
 /// A download in progress: `Read` takes what the task has received.
 pub struct Download {
@@ -86,7 +85,7 @@ impl Download {
     /// queue from then on.  If the `Pending` is dropped unread, the task stops, answered or not.
     /// A server that sends nothing for `io_timeout` (no answer, or no byte of the body while
     /// the queue has room) is asked again from where the download stands, up to
-    /// `RESUMES_WITHOUT_PROGRESS` times in a row.
+    /// `ASKED_AGAIN` times in a row.
     pub fn begin(
         rt: &tokio::runtime::Runtime,
         store: Arc<dyn ObjectStore>,
@@ -101,7 +100,8 @@ impl Download {
         };
         rt.spawn(async move {
             let asked = {
-                let get = std::pin::pin!(first_answer(&*store, &path, io_timeout));
+                // A pooled connection a firewall dropped leaves the GET unanswered: sent again.
+                let get = std::pin::pin!(answer_asking_again(io_timeout, || store.get(&path)));
                 let gone = std::pin::pin!(answered.closed());
                 match futures::future::select(get, gone).await {
                     Either::Left((asked, _)) => asked,
@@ -112,7 +112,8 @@ impl Download {
             let got = match asked {
                 Ok(got) => got,
                 Err(why) => {
-                    let _ = answered.send(Err(StorageError::Http(format!("GET {shown}: {why}"))));
+                    let why = StorageError::Http(format!("GET {shown}: {why}"));
+                    let _ = answered.send(Err(why));
                     return;
                 }
             };
@@ -183,73 +184,6 @@ struct Body {
     io_timeout: Duration,
 }
 
-/// Why a request brought no reply.
-enum Unanswered {
-    /// The library's error (after its own retries of network errors and 5xx replies).
-    Failed(object_store::Error),
-    /// Nothing within the I/O timeout.
-    Silent(Duration),
-}
-
-impl Unanswered {
-    /// Whether asking again cannot help: the object is gone, or is another version now.
-    fn is_final(&self) -> bool {
-        matches!(
-            self,
-            Unanswered::Failed(
-                object_store::Error::NotFound { .. } | object_store::Error::Precondition { .. }
-            )
-        )
-    }
-}
-
-impl std::fmt::Display for Unanswered {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Unanswered::Failed(e) => f.write_str(&described(e)),
-            Unanswered::Silent(t) => write!(
-                f,
-                "no answer in {} s (the target's io_timeout)",
-                t.as_secs_f64()
-            ),
-        }
-    }
-}
-
-/// `request`'s reply, or why there is none.  The request is dropped (its connection closed)
-/// when the time is up.
-async fn answer_within<T>(
-    io_timeout: Duration,
-    request: impl std::future::Future<Output = object_store::Result<T>>,
-) -> Result<T, Unanswered> {
-    match tokio::time::timeout(io_timeout, request).await {
-        Ok(Ok(answer)) => Ok(answer),
-        Ok(Err(e)) => Err(Unanswered::Failed(e)),
-        Err(_) => Err(Unanswered::Silent(io_timeout)),
-    }
-}
-
-/// The first GET's reply: a request the server leaves unanswered (a pooled connection a
-/// firewall dropped) is sent again, up to `RESUMES_WITHOUT_PROGRESS` times; the library's own
-/// errors are final (it has retried those already).
-async fn first_answer(
-    store: &dyn ObjectStore,
-    path: &ObjectPath,
-    io_timeout: Duration,
-) -> Result<object_store::GetResult, String> {
-    let mut silent = 0;
-    loop {
-        match answer_within(io_timeout, store.get(path)).await {
-            Ok(got) => return Ok(got),
-            Err(Unanswered::Silent(_)) if silent < RESUMES_WITHOUT_PROGRESS => silent += 1,
-            Err(why @ Unanswered::Silent(_)) => {
-                return Err(format!("{why}, {} times in a row", silent + 1))
-            }
-            Err(why) => return Err(why.to_string()),
-        }
-    }
-}
-
 impl Body {
     /// Sends every chunk, then ends the queue; an error is sent as the last item.  Stops when
     /// the reader is gone.
@@ -299,7 +233,7 @@ impl Body {
     }
 
     /// Continues the download at `position` after `cause`: a ranged GET of the same version,
-    /// asked again (a stalled or failed one counts) until `RESUMES_WITHOUT_PROGRESS` attempts
+    /// asked again (a stalled or failed one counts) until `ASKED_AGAIN` attempts
     /// in a row have brought nothing.  Stops at once when asking again cannot help (the object
     /// is gone or changed) or nobody reads any more.
     async fn resume(
@@ -310,7 +244,7 @@ impl Body {
         let mut why = cause.clone();
         loop {
             self.failures += 1;
-            if self.failures > RESUMES_WITHOUT_PROGRESS || tx.is_closed() {
+            if self.failures > ASKED_AGAIN || tx.is_closed() {
                 return Err(std::io::Error::other(format!("GET {}: {why}", self.shown)));
             }
             let options = GetOptions {

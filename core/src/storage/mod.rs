@@ -15,6 +15,7 @@ pub mod download;
 pub mod etag;
 pub mod filesystem;
 pub mod limits;
+pub mod listing;
 pub mod object;
 pub mod s3;
 pub mod transport;

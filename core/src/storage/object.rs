@@ -22,7 +22,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use object_store::list::PaginatedListStore;
 use object_store::path::Path as ObjectPath;
 use object_store::{
     Attribute, Attributes, GetOptions, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
@@ -30,6 +30,7 @@ use object_store::{
 
 use super::download::Download;
 use super::etag::{self, Fingerprint, Form, Md5s};
+use super::listing::{self, ListError, Listing, MAX_LISTED};
 use super::{described, Ahead, Copied, Storage, StorageError};
 use crate::stream;
 use crate::threads;
@@ -86,9 +87,6 @@ pub fn io_timeout(seconds: f64) -> Option<Duration> {
 pub const DEFAULT_PART_SIZE: usize = 8 << 20;
 /// Parts uploaded at the same time (each holds a part-sized buffer).
 const UPLOADS_IN_FLIGHT: usize = 4;
-/// Most keys one listing returns (a million archived WAL files is 16 TB of WAL; each native
-/// backup adds about a thousand files).
-const MAX_LISTED: usize = 10_000_000;
 /// S3's limit on parts per upload.
 const MAX_PARTS: u64 = 10_000;
 
@@ -104,6 +102,8 @@ pub enum Checked {
 /// One bucket or container (and key prefix) of an object store.
 pub struct ObjectTarget {
     store: Arc<dyn ObjectStore>,
+    /// The same client, for listings a page at a time (`listing`).
+    lister: Arc<dyn PaginatedListStore>,
     /// `bucket` or `container`, for messages.
     pub place: String,
     /// Prefix inside the bucket (no leading or trailing slash; may be empty).
@@ -112,7 +112,7 @@ pub struct ObjectTarget {
     pub checked: Checked,
     /// The target's bandwidth limit (`options.max_rate_mb`), shared by its transfers in flight.
     pub rate: Option<Arc<stream::RateLimit>>,
-    /// How long a download waits for a byte before it asks again from where it stands
+    /// How long a download waits for a byte, or a listing for a page, before it asks again
     /// (`options.io_timeout_s`, `--io-timeout`).
     pub io_timeout: Duration,
 }
@@ -166,15 +166,16 @@ pub(crate) fn place_and_prefix<'a>(
 }
 
 impl ObjectTarget {
-    pub fn new(
-        store: Arc<dyn ObjectStore>,
+    pub fn new<S: ObjectStore + PaginatedListStore>(
+        store: Arc<S>,
         place: &str,
         prefix: &str,
         part_size: Option<usize>,
         checked: Checked,
     ) -> ObjectTarget {
         ObjectTarget {
-            store,
+            store: Arc::clone(&store) as Arc<dyn ObjectStore>,
+            lister: store,
             place: place.to_owned(),
             prefix: prefix.trim_matches('/').to_owned(),
             part_size: part_size.unwrap_or(DEFAULT_PART_SIZE).max(5 << 20),
@@ -498,36 +499,41 @@ impl ObjectTarget {
 
     /// Every key below `dir` ("" or ending in `/`), relative to the target's prefix.
     fn list_below(&self, dir: &str) -> Result<Vec<String>, StorageError> {
-        let rt = runtime()?;
         let base = if self.prefix.is_empty() {
             String::new()
         } else {
             format!("{}/", self.prefix)
         };
-        let listed = self.path_or_root(dir)?;
-        // At most MAX_LISTED keys: a server that sends pages without end (a continuation token
-        // every time) must not grow the worker without bound.
-        let keys: Vec<Result<object_store::ObjectMeta, object_store::Error>> = rt.block_on(
-            self.store
-                .list(listed.as_ref())
-                .take(MAX_LISTED + 1)
-                .collect(),
-        );
-        if keys.len() > MAX_LISTED {
-            return Err(self.failed(
-                "listing",
-                dir,
-                format!("more than {MAX_LISTED} keys: refused"),
-            ));
-        }
-        let mut out = Vec::with_capacity(keys.len());
-        for meta in keys {
-            let meta = meta.map_err(|e| self.failed("listing", dir, described(&e)))?;
+        let listed = self
+            .listed(dir, false, None)?
+            .map_err(|e| self.failed("listing", dir, e.to_string()))?;
+        let mut out = Vec::with_capacity(listed.objects.len());
+        for meta in listed.objects {
             if let Some(relative) = meta.location.as_ref().strip_prefix(base.as_str()) {
                 out.push(relative.to_owned());
             }
         }
         Ok(out)
+    }
+
+    /// The keys below `dir` ("" = the target's prefix), or with `delimited` its level only,
+    /// page by page within the bounds `listing` sets; `first_page_of` stops after one page.
+    /// The outer error: `dir` or the runtime; the inner: the listing.
+    fn listed(
+        &self,
+        dir: &str,
+        delimited: bool,
+        first_page_of: Option<usize>,
+    ) -> Result<Result<object_store::ListResult, ListError>, StorageError> {
+        let at = self.path_or_root(dir)?.map(|p| format!("{}/", p.as_ref()));
+        let listing = Listing {
+            prefix: at.as_deref(),
+            delimited,
+            first_page_of,
+            io_timeout: self.io_timeout,
+            max: MAX_LISTED,
+        };
+        Ok(runtime()?.block_on(listing::list(&*self.lister, &listing)))
     }
 
     /// The path of the level `dir` names ("" = the target's prefix), None for a bucket's root.
@@ -639,11 +645,9 @@ impl Storage for ObjectTarget {
 
     /// One level, with a delimiter: a bucket holding millions of WAL files answers in one page.
     fn children(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
-        let rt = runtime()?;
-        let listed = self.path_or_root(prefix)?;
-        let level = rt
-            .block_on(self.store.list_with_delimiter(listed.as_ref()))
-            .map_err(|e| self.failed("listing", prefix, described(&e)))?;
+        let level = self
+            .listed(prefix, true, None)?
+            .map_err(|e| self.failed("listing", prefix, e.to_string()))?;
         let mut names: Vec<String> = level
             .common_prefixes
             .iter()
@@ -707,25 +711,15 @@ impl Storage for ObjectTarget {
     /// Before a run: the bucket must exist and answer (creating buckets is left to the
     /// provider's tools, as with pgBackRest).
     fn prepare(&self) -> Result<(), StorageError> {
-        let rt = runtime()?;
-        let listed = self.path_or_root("")?;
-        // One level (a recursive listing of a whole prefix makes s3rver answer 500 once it
-        // holds backups).
-        match rt.block_on(self.store.list_with_delimiter(listed.as_ref())) {
+        // One page of one level (a recursive listing of a whole prefix makes s3rver answer 500
+        // once it holds backups).
+        match self.listed("", true, Some(1))? {
             Ok(_) => Ok(()),
-            Err(e) => {
-                let why = described(&e);
-                // The library reports a missing bucket or container as a plain HTTP 404.
-                if matches!(e, object_store::Error::NotFound { .. }) || why.starts_with("HTTP 404")
-                {
-                    Err(StorageError::Config(format!(
-                        "{} does not exist ({why}): create it with the provider's tools first",
-                        self.place
-                    )))
-                } else {
-                    Err(self.failed("listing", "", why))
-                }
-            }
+            Err(ListError::NotFound(why)) => Err(StorageError::Config(format!(
+                "{} does not exist ({why}): create it with the provider's tools first",
+                self.place
+            ))),
+            Err(e) => Err(self.failed("listing", "", e.to_string())),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP client of every object-store target (`Transport`: its settings; `Connector`: the
-//! client itself, built here rather than by the library), and the bound on what it reads of a
-//! server's replies (`Bounded`).
+//! client itself, built here rather than by the library), the bound on what it reads of a
+//! server's replies (`Bounded`), and on how long a request waits for its answer
+//! (`answer_within`: a target's I/O timeout).
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,10 +13,11 @@ use object_store::client::{
 };
 use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 
-use super::StorageError;
+use super::{described, StorageError};
 
-/// How long one request may take, whole (a download's stall is cut off sooner, by the target's
-/// I/O timeout: see `download`; a listing, a HEAD or an upload has only this).  Generous,
+/// How long one request may take, whole (a download's stall or a listing's silent page is cut
+/// off sooner, by the target's I/O timeout: see `download`, `listing`; a HEAD or an upload has
+/// only this).  Generous,
 /// because it bounds a whole part upload: 8 MB parts (larger for backups past 80 GB: 10,000
 /// parts at most), four in flight, must each go through within it.  A GET of a large object that
 /// needs longer continues with a ranged GET from where it stopped (see `download`).
@@ -170,6 +172,88 @@ impl HttpService for Bounded {
             }
         });
         Ok(HttpResponse::from_parts(parts, HttpResponseBody::new(body)))
+    }
+}
+
+/// Why a request brought no reply.
+pub(crate) enum Unanswered {
+    /// The library's error (after its own retries of network errors and 5xx replies).
+    Failed(object_store::Error),
+    /// Nothing within the I/O timeout (`after`), `times` times in a row.
+    Silent { after: Duration, times: u32 },
+}
+
+/// Times in a row a request may go unanswered (or a download fail without a byte of progress)
+/// before it is given up: a pooled connection a firewall dropped goes silent once, a server
+/// that is gone stays so.
+pub(crate) const ASKED_AGAIN: u32 = 3;
+
+impl Unanswered {
+    /// Whether asking again cannot help: the object is gone, or is another version now.
+    pub(crate) fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Unanswered::Failed(
+                object_store::Error::NotFound { .. } | object_store::Error::Precondition { .. }
+            )
+        )
+    }
+}
+
+impl std::fmt::Display for Unanswered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unanswered::Failed(e) => f.write_str(&described(e)),
+            Unanswered::Silent { after, times } => {
+                write!(
+                    f,
+                    "no answer in {} s (the target's io_timeout)",
+                    after.as_secs_f64()
+                )?;
+                if *times > 1 {
+                    write!(f, ", {times} times in a row")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `request`'s reply, or why there is none.  The request is dropped (its connection closed)
+/// when the time is up.
+pub(crate) async fn answer_within<T>(
+    io_timeout: Duration,
+    request: impl std::future::Future<Output = object_store::Result<T>>,
+) -> Result<T, Unanswered> {
+    match tokio::time::timeout(io_timeout, request).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(Unanswered::Failed(e)),
+        Err(_) => Err(Unanswered::Silent {
+            after: io_timeout,
+            times: 1,
+        }),
+    }
+}
+
+/// The reply to a request `request` makes: one left unanswered for `io_timeout` is made again,
+/// up to `ASKED_AGAIN` times; the library's own errors are final (it has retried those).  Only
+/// for requests that may be repeated (a GET, a listing's page).
+pub(crate) async fn answer_asking_again<
+    T,
+    F: std::future::Future<Output = object_store::Result<T>>,
+>(
+    io_timeout: Duration,
+    mut request: impl FnMut() -> F,
+) -> Result<T, Unanswered> {
+    let mut times = 1;
+    loop {
+        match answer_within(io_timeout, request()).await {
+            Err(Unanswered::Silent { .. }) if times <= ASKED_AGAIN => times += 1,
+            Err(Unanswered::Silent { after, .. }) => {
+                return Err(Unanswered::Silent { after, times })
+            }
+            answer => return answer,
+        }
     }
 }
 

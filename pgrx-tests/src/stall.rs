@@ -12,7 +12,9 @@ use std::time::Duration;
 /// No stall armed.
 const DISARMED: i64 = -1;
 
+/// The relay, listening until dropped.
 pub struct StallingRelay {
+    /// Its loopback port.
     pub port: u16,
     shared: Arc<Shared>,
 }
@@ -58,6 +60,7 @@ impl StallingRelay {
         StallingRelay { port, shared }
     }
 
+    /// Its URL, as a target's `remote_endpoint`.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }

@@ -32,10 +32,13 @@ pub enum ListError {
     /// Whether the server said the bucket or container is not there.
     #[error("{0}")]
     NotFound(String),
+    /// More entries than the listing allows.
     #[error("more than {MAX_LISTED} entries: refused")]
     TooMany,
+    /// The same page token twice in a row (its first characters).
     #[error("the server sent the same page token (starting {0:?}) twice in a row (a listing without end): refused")]
     Loop(String),
+    /// Too many empty pages in a row.
     #[error("the server sent {EMPTY_PAGES} empty pages in a row (a listing without end): refused")]
     Empty,
 }

@@ -643,7 +643,8 @@ impl Storage for ObjectTarget {
         Ok(keys)
     }
 
-    /// One level, with a delimiter: a bucket holding millions of WAL files answers in one page.
+    /// One level, with a delimiter (a page at a time): a level holding millions of WAL files
+    /// answers with its name alone.
     fn children(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         let level = self
             .listed(prefix, true, None)?

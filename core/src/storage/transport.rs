@@ -183,9 +183,9 @@ pub(crate) enum Unanswered {
     Silent { after: Duration, times: u32 },
 }
 
-/// Times in a row a request may go unanswered (or a download fail without a byte of progress)
-/// before it is given up: a pooled connection a firewall dropped goes silent once, a server
-/// that is gone stays so.
+/// Times a request left unanswered is sent again (or a download that failed without a byte of
+/// progress is asked again) before it is given up: a pooled connection a firewall dropped goes
+/// silent once, a server that is gone stays so.
 pub(crate) const ASKED_AGAIN: u32 = 3;
 
 impl Unanswered {

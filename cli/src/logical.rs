@@ -3,7 +3,7 @@
 //! `backup_mgmt_core::restore::logical`; this is its command line and its report.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -80,26 +80,6 @@ pub struct LogicalArgs {
     work_dir: Option<PathBuf>,
 }
 
-/// `pg_restore`'s directory for a dump of PostgreSQL `version` (150014 -> 15).
-fn bindir(explicit: Option<&Path>, version: Option<i64>) -> Result<PathBuf, CliError> {
-    if let Some(d) = explicit {
-        return Ok(d.to_owned());
-    }
-    if let Some(v) = version.filter(|v| *v >= 100000) {
-        let debian = PathBuf::from(format!("/usr/lib/postgresql/{}/bin", v / 10000));
-        if debian.join("pg_restore").is_file() {
-            return Ok(debian);
-        }
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .find(|d| d.join("pg_restore").is_file())
-        .ok_or_else(|| {
-            CliError::Usage("pg_restore is not on $PATH; name its directory with --pg-bin".into())
-        })
-}
-
 fn env_or(explicit: Option<&String>, var: &str, default: &str) -> String {
     explicit
         .cloned()
@@ -135,7 +115,11 @@ pub fn run(
             user: env_or(args.user.as_ref(), "PGUSER", &me),
         },
         maintenance_db: args.maintenance_db.clone(),
-        bindir: bindir(args.pg_bin.as_deref(), b.pg_version.or(mirror.pg_version))?,
+        bindir: crate::programs::bindir(
+            args.pg_bin.as_deref(),
+            b.pg_version.or(mirror.pg_version),
+            "pg_restore",
+        )?,
         passfile: std::env::var_os("PGPASSFILE").map(PathBuf::from),
     };
     let options = Options {

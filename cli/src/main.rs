@@ -6,6 +6,7 @@
 
 mod logical;
 mod output;
+mod programs;
 mod target;
 
 use std::io::IsTerminal;
@@ -16,8 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use backup_mgmt_core::files::direct::Writes;
 use backup_mgmt_core::progress::{Counters, Progress};
 use backup_mgmt_core::restore::fetch::{self, FetchError, Sync};
+use backup_mgmt_core::restore::fetch_tar;
 use backup_mgmt_core::restore::logical::LogicalError;
-use backup_mgmt_core::restore::offsite::{self, Goal, OffsiteRestoreError};
+use backup_mgmt_core::restore::offsite::{self, Goal, OffsiteRestoreError, TarChains};
 use backup_mgmt_core::restore::wal_spool::Spool;
 use backup_mgmt_core::storage::StorageError;
 use backup_mgmt_core::threads;
@@ -167,6 +169,13 @@ struct RestoreArgs {
     /// copying and writeback, not the disk, is the limit; everything is made durable either way.
     #[arg(long)]
     no_direct_io: bool,
+    /// The directory of pg_combinebackup, for a chain of block-level incremental pg_basebackup
+    /// backups (PostgreSQL 17+), of the backups' major version (default:
+    /// /usr/lib/postgresql/<major>/bin when it has it, else $PATH). Without one such a backup
+    /// is passed over for its full and more WAL. The chain is extracted beside the new
+    /// directory, which needs room for it and the result.
+    #[arg(long, value_name = "DIR")]
+    pg_bin: Option<PathBuf>,
     /// The new data directory (must not exist), or with --delta the one to bring back.
     data_directory: PathBuf,
 }
@@ -366,7 +375,28 @@ fn restore(
     let goal = goal_of(&r.goal)?;
     let sysid = offsite::pick_cluster(storage, cli.cluster)?;
     let mirror = offsite::load_mirror(storage, sysid)?;
-    let choice = offsite::choose(&mirror, &goal, r.backup_id)?;
+    // Looked for only when the target holds a chain to combine: --pg-bin may name a version
+    // without pg_combinebackup (before 17) for backups that need none.
+    let chained = mirror
+        .backups
+        .iter()
+        .any(|b| b.backup_method == "pg_basebackup" && b.parent_backup_id.is_some());
+    let combiner = match chained {
+        true => {
+            // The cluster's version, else the newest any backup records.
+            let version = mirror
+                .pg_version
+                .or_else(|| mirror.backups.iter().filter_map(|b| b.pg_version).max());
+            programs::combiner(r.pg_bin.as_deref(), version)?
+        }
+        false => None,
+    };
+    let chains = if combiner.is_some() {
+        TarChains::Combine
+    } else {
+        TarChains::PassOver
+    };
+    let choice = offsite::choose(&mirror, &goal, r.backup_id, chains)?;
     let json = cli.output == Output::Json;
     if !json {
         eprintln!("backup-mgmt: {}", choice.why);
@@ -392,7 +422,13 @@ fn restore(
             ));
         }
         let started = std::time::Instant::now();
-        let restored = fetch::restore_tar(storage, &choice, &dest, &Progress::default())?;
+        let restored = fetch_tar::restore_tar(
+            storage,
+            &choice,
+            &dest,
+            combiner.as_deref(),
+            &Progress::default(),
+        )?;
         return finish(cli, sysid, &goal, &choice, &restored, started, json);
     }
     let manifest = fetch::chain_manifest(storage, &choice)?;

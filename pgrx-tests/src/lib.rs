@@ -2,6 +2,7 @@ pub mod attack;
 pub mod azurite;
 pub mod cluster;
 pub mod jobs;
+pub mod offsite;
 pub mod program;
 pub mod s3server;
 pub mod stall;

@@ -365,13 +365,7 @@ fn attack_9_a_host_loss_drill_starts_nothing_a_forged_target_holds() {
          VALUES ('site', 'postgres', 30, 1440, 'native backups off site', 'backup-mgmt restore');",
     )
     .unwrap();
-    db.execute(
-        "INSERT INTO backup_management.remote_backup_configs
-             (config_name, database_name, remote_type, remote_endpoint, remote_path)
-         VALUES ('disk', 'postgres', 'filesystem', $1, 'pg')",
-        &[&offsite.to_string_lossy().as_ref()],
-    )
-    .unwrap();
+    backup_mgmt_e2e::offsite::add_disk_target(&mut db, &offsite);
     let id = backup_mgmt_e2e::jobs::run_job(&cluster, &mut db, "native");
     db.execute("SELECT backup_mgmt.sync_remote_now('disk')", &[])
         .unwrap();

@@ -14,20 +14,9 @@ use std::time::Duration;
 
 use backup_mgmt_e2e::cluster::Cluster;
 use backup_mgmt_e2e::jobs::{executions, pgbench_fingerprint as fingerprint, run_job};
+use backup_mgmt_e2e::offsite::{add_disk_target, promoted, wait_for_mirror};
 use backup_mgmt_e2e::program::run;
 use backup_mgmt_e2e::s3server::S3Server;
-
-/// A connection to the restored server once it has finished recovery and promoted.
-fn promoted(restored: &Cluster) -> postgres::Client {
-    let mut r = restored.connect("postgres");
-    let done = Cluster::wait_for(Duration::from_secs(180), || {
-        r.query_one("SELECT NOT pg_is_in_recovery()", &[])
-            .map(|row| row.get::<_, bool>(0))
-            .unwrap_or(false)
-    });
-    assert!(done, "recovery did not finish\n{}", restored.log());
-    r
-}
 
 /// The markers committed before T, none after, and every pgbench table as it was at T.
 fn assert_markers_and_tables(restored: &Cluster, r: &mut postgres::Client, at_target: &str) {
@@ -579,13 +568,7 @@ fn a_pg_basebackup_backup_comes_back_from_a_filesystem_target() {
          INSERT INTO orders SELECT generate_series(1, 1000);",
     )
     .unwrap();
-    db.execute(
-        "INSERT INTO backup_management.remote_backup_configs
-             (config_name, database_name, remote_type, remote_endpoint, remote_path)
-         VALUES ('disk', 'postgres', 'filesystem', $1, 'pg')",
-        &[&disk.to_string_lossy().as_ref()],
-    )
-    .unwrap();
+    add_disk_target(&mut db, &disk);
     db.execute(
         "SELECT backup_mgmt.schedule_backup('base', '@yearly', 'postgres', 'full', 'pg_basebackup',
                                             '{\"fast_checkpoint\": true, \"compression\": \"zstd\"}')",
@@ -605,24 +588,7 @@ fn a_pg_basebackup_backup_comes_back_from_a_filesystem_target() {
         .get(0);
     let target = disk.join("pg");
     let mirror_file = target.join(format!("{sysid}/.catalog/catalog_mirror.json"));
-    let mut doc = serde_json::Value::Null;
-    let complete = Cluster::wait_for(Duration::from_secs(120), || {
-        doc = std::fs::read_to_string(&mirror_file)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
-        let archived: i64 = db
-            .query_one(
-                "SELECT count(*) FROM backup_management.wal_archive WHERE expired_at IS NULL",
-                &[],
-            )
-            .map(|r| r.get(0))
-            .unwrap_or(-1);
-        doc["backups"].as_array().map_or(0, Vec::len) == 1
-            && doc["wal_files"].as_array().map_or(0, Vec::len) as i64 == archived
-            && archived > 0
-    });
-    assert!(complete, "mirror: {doc}\n{}", cluster.log());
+    let doc = wait_for_mirror(&cluster, &mut db, &mirror_file, 1);
     let key = doc["backups"][0]["key"].as_str().unwrap().to_owned();
     assert!(key.ends_with(".zst"), "{key}");
     drop(db);

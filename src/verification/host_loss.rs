@@ -1,7 +1,9 @@
 //! A host-loss drill (`run_recovery_drill(plan, 'host_loss')`): the cluster brought back from an
 //! off-site target alone, as `backup-mgmt restore` would after losing the host.  The target's
 //! own catalog mirror is read back (not this catalog), the base backup chosen from it, fetched
-//! and checked file by file (`core::restore::fetch`, the program's code), then started as a
+//! and checked file by file (`core::restore::fetch`, the program's code; a `pg_basebackup` tar,
+//! or a chain of them combined by this server's `pg_combinebackup`, by `fetch_tar`), then
+//! started as a
 //! restore test starts one (`pg_verifybackup`, a temporary postmaster with every command and
 //! library setting neutralised, a query in every database).  The recovery time is measured from
 //! the first byte fetched to the restored server accepting connections.
@@ -14,7 +16,8 @@ use backup_mgmt_core::files::beneath::ScratchDir;
 use backup_mgmt_core::files::direct::Writes;
 use backup_mgmt_core::files::error::Context;
 use backup_mgmt_core::restore::fetch::{self, Destination, Into};
-use backup_mgmt_core::restore::offsite::{self, Goal};
+use backup_mgmt_core::restore::fetch_tar;
+use backup_mgmt_core::restore::offsite::{self, Goal, TarChains};
 use backup_mgmt_core::restore::scratch_server::{self, ScratchError};
 use backup_mgmt_core::threads;
 use pgrx::prelude::*;
@@ -115,17 +118,30 @@ pub(super) fn host_loss_drill(database: &str) -> Result<HostLoss, SpiError> {
     // new host would read it.
     let ran = in_background(move |progress| -> Result<_, String> {
         let mirror = offsite::load_mirror(storage.as_ref(), sysid).map_err(|e| e.to_string())?;
-        let choice =
-            offsite::choose(&mirror, &Goal::EndOfBackup, None).map_err(|e| e.to_string())?;
+        // This server's pg_combinebackup (17+) combines a chain of block-level incrementals.
+        let chains = if programs.version_num >= 170000
+            && programs.bindir.join("pg_combinebackup").is_file()
+        {
+            TarChains::Combine
+        } else {
+            TarChains::PassOver
+        };
+        let choice = offsite::choose(&mirror, &Goal::EndOfBackup, None, chains)
+            .map_err(|e| e.to_string())?;
         let id = choice.backup.backup_id;
-        let same = matches!(
-            (recorded.get(&id), choice.backup.sha256.as_deref()),
-            (Some(ours), Some(theirs)) if ours.as_str() == theirs
-        );
-        if !same {
-            return Err(format!(
-                "backup {id} on the target is not one this catalog recorded with that sha256: not restored"
-            ));
+        // A native backup's sha256 is its chain manifest's, which names every file of the
+        // chain with its own; a pg_basebackup chain is one tar per member, each checked.
+        for member in &choice.chain {
+            let same = matches!(
+                (recorded.get(&member.backup_id), member.sha256.as_deref()),
+                (Some(ours), Some(theirs)) if ours.as_str() == theirs
+            );
+            if !same {
+                return Err(format!(
+                    "backup {} on the target is not one this catalog recorded with that sha256: not restored",
+                    member.backup_id
+                ));
+            }
         }
         let ended = choice
             .backup
@@ -140,7 +156,13 @@ pub(super) fn host_loss_drill(database: &str) -> Result<HostLoss, SpiError> {
             scratch.verify().at("could not use", scratch.path())?;
             let data = scratch.path().join("data");
             let fetched = if choice.backup.backup_method == "pg_basebackup" {
-                fetch::restore_tar(storage.as_ref(), &choice, &data, progress)
+                fetch_tar::restore_tar(
+                    storage.as_ref(),
+                    &choice,
+                    &data,
+                    Some(&programs.bindir),
+                    progress,
+                )
             } else {
                 fetch::chain_manifest(storage.as_ref(), &choice).and_then(|manifest| {
                     fetch::restore_native(

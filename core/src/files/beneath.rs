@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 /// What a removal did.
@@ -299,14 +300,57 @@ fn is_dir_at(dir: &impl AsRawFd, name: &std::ffi::OsStr) -> io::Result<Option<bo
     Ok(Some((st.st_mode & libc::S_IFMT) == libc::S_IFDIR))
 }
 
-/// Removes `name` in `dir`: a directory with everything below it, anything else as itself.
+/// Removes what is at `path` as `remove_at` does, from a handle on its parent: a directory
+/// with everything below it whatever its modes, a symlink as itself.
+pub fn remove_path(path: &Path) -> io::Result<Removed> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("\"{}\" has no parent to remove it from", path.display()),
+        ));
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    remove_at(&File::open(parent)?, name)
+}
+
+/// Opens directory `name` in `dir` (never through a symlink) to list and empty it, first giving
+/// its owner every right on it when it lacks one: a tar extracted from a backup (input) may
+/// leave a directory of mode 000 or 0500, which could otherwise be neither read nor emptied.
+fn open_to_empty(dir: &impl AsRawFd, name: &std::ffi::OsStr) -> io::Result<File> {
+    let c = cstr(name)?;
+    // SAFETY: a NUL-terminated name relative to a directory descriptor we hold; an O_PATH
+    // descriptor needs no right on the directory and is owned by the File.
+    let fd = check(unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    let handle = unsafe { File::from(OwnedFd::from_raw_fd(fd)) };
+    let proc_path = format!("/proc/self/fd/{}", handle.as_raw_fd());
+    let mode = std::fs::metadata(&proc_path)?.permissions().mode();
+    if mode & 0o700 != 0o700 {
+        // Through /proc, the directory the handle holds is changed, whatever has its name now.
+        std::fs::set_permissions(&proc_path, std::fs::Permissions::from_mode(0o700))?;
+    }
+    open_dir_at(&handle, std::ffi::OsStr::new("."))
+}
+
+/// Removes `name` in `dir`: a directory with everything below it (whatever its modes), anything
+/// else as itself.
 pub fn remove_at(dir: &impl AsRawFd, name: &std::ffi::OsStr) -> io::Result<Removed> {
     let Some(is_dir) = is_dir_at(dir, name)? else {
         return Ok(Removed::AlreadyGone);
     };
     let c = cstr(name)?;
     if is_dir {
-        let sub = open_dir_at(dir, name)?;
+        let sub = open_to_empty(dir, name)?;
         // The entries of the directory we hold open (not of whatever has its name now).
         let listing = format!("/proc/self/fd/{}", sub.as_raw_fd());
         let names: Vec<std::ffi::OsString> = std::fs::read_dir(&listing)?
@@ -355,6 +399,34 @@ mod tests {
             .is_err());
         // `..` never leaves.
         assert!(root.create_dir_all(Path::new("../x")).is_err());
+    }
+
+    #[test]
+    fn directories_without_rights_are_removed_and_symlinks_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let locked = tmp.path().join("locked");
+        std::fs::create_dir_all(locked.join("sub")).unwrap();
+        std::fs::write(locked.join("sub/f"), b"x").unwrap();
+        symlink(outside.path(), locked.join("link")).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        std::fs::set_permissions(locked.join("sub"), std::fs::Permissions::from_mode(0o500))
+            .unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+        std::fs::set_permissions(outside.path(), std::fs::Permissions::from_mode(0o750)).unwrap();
+        let top = File::open(tmp.path()).unwrap();
+        // Its owner's rights are given back before it is listed (root needs none, so this is
+        // what shows it).
+        drop(open_to_empty(&top, std::ffi::OsStr::new("locked")).unwrap());
+        assert_eq!(mode(&locked), 0o700);
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+        remove_at(&top, std::ffi::OsStr::new("locked")).unwrap();
+        assert!(!locked.exists());
+        // The link was removed, not followed: what it pointed at is untouched.
+        assert_eq!(mode(outside.path()), 0o750);
+        // A symlink to a directory is never opened as one to be emptied.
+        symlink(outside.path(), tmp.path().join("l2")).unwrap();
+        assert!(open_to_empty(&top, std::ffi::OsStr::new("l2")).is_err());
     }
 
     #[test]

@@ -89,7 +89,7 @@ pub struct Restored {
 }
 
 /// The sha256 the mirror records for a backup (a native backup's: its chain manifest's).
-fn recorded_sha256(b: &super::offsite::MirrorBackup) -> Result<&str, FetchError> {
+pub(super) fn recorded_sha256(b: &super::offsite::MirrorBackup) -> Result<&str, FetchError> {
     b.sha256
         .as_deref()
         .filter(|s| is_sha256_hex(s))
@@ -242,83 +242,6 @@ pub fn restore_native(
         bytes: manifest.logical_bytes(),
         wal_segments: choice.wal.len(),
         delta,
-    })
-}
-
-/// Restores a `pg_basebackup` backup (one tar stream, zstd or not, WAL inside) into `dest`,
-/// which must not exist: the stored bytes are checked against the mirror's sha256 while the
-/// system's tar extracts them, and a backup that is not what the mirror says leaves no
-/// directory behind.  A block-level incremental's chain needs `pg_combinebackup`: `choose`
-/// passes such backups over.
-pub fn restore_tar(
-    storage: &dyn Storage,
-    choice: &Choice,
-    dest: &Path,
-    progress: &crate::progress::Progress,
-) -> Result<Restored, FetchError> {
-    let b = &choice.backup;
-    if choice.chain.len() != 1 {
-        return Err(FetchError::Bad(format!(
-            "backup {} is a pg_basebackup incremental; its chain needs pg_combinebackup (use plan_recovery's recipe)",
-            b.backup_id
-        )));
-    }
-    let sha = recorded_sha256(b)?.to_owned();
-    if fs::symlink_metadata(dest).is_ok() {
-        return Err(FetchError::Refused(format!(
-            "\"{}\" exists; a pg_basebackup backup is restored into a new directory",
-            dest.display()
-        )));
-    }
-    durable::create_private_dir(dest, false)?;
-    let input = storage.get(&b.key)?;
-    let zst = b.key.ends_with(".zst");
-    if let Err(e) = super::scratch_server::extract_stream(input, zst, sha, dest, progress) {
-        let _ = fs::remove_dir_all(dest);
-        return Err(FetchError::File {
-            detail: e.to_string(),
-            file: b.key.clone(),
-        });
-    }
-    // What tar made is checked before anything starts on it: regular files and directories
-    // only (a tablespace link is not in a single-stream base backup), never a symlink out of
-    // the directory or a device.
-    let (mut files, mut bytes) = (0usize, 0u64);
-    let mut stack = vec![dest.to_path_buf()];
-    let mut odd = None;
-    while let Some(d) = stack.pop() {
-        // A directory that cannot be read cannot be checked: refused like an odd entry.
-        let Ok(entries) = fs::read_dir(&d) else {
-            odd = Some(d);
-            break;
-        };
-        for e in entries.flatten() {
-            match e.path().symlink_metadata() {
-                Ok(m) if m.is_dir() => stack.push(e.path()),
-                Ok(m) if m.is_file() => {
-                    files += 1;
-                    bytes += m.len();
-                }
-                _ => odd = Some(e.path()),
-            }
-        }
-    }
-    if let Some(p) = odd {
-        let _ = fs::remove_dir_all(dest);
-        return Err(FetchError::Bad(format!(
-            "backup {} holds \"{}\", which is neither a regular file nor a directory; nothing was restored",
-            b.backup_id,
-            p.strip_prefix(dest).unwrap_or(&p).display()
-        )));
-    }
-    durable::sync_filesystem(dest)?;
-    Ok(Restored {
-        backup_id: b.backup_id,
-        data_directory: dest.to_path_buf(),
-        files,
-        bytes,
-        wal_segments: choice.wal.len(),
-        delta: None,
     })
 }
 
@@ -552,92 +475,6 @@ mod tests {
             Sync::Durable
         )
         .is_err());
-    }
-
-    fn choice_of(key: &str, sha256: &str) -> Choice {
-        let b: crate::restore::offsite::MirrorBackup = serde_json::from_value(serde_json::json!({
-            "backup_id": 9, "database_name": "postgres", "backup_type": "full",
-            "backup_method": "pg_basebackup", "key": key, "sha256": sha256, "timeline_id": 1
-        }))
-        .unwrap();
-        Choice {
-            backup_sysid: 7,
-            backup: b.clone(),
-            chain: vec![b],
-            wal: vec![],
-            why: String::new(),
-        }
-    }
-
-    #[test]
-    fn a_tar_with_a_symlink_or_damage_is_not_restored() {
-        let tmp = tempfile::tempdir().unwrap();
-        let src = tmp.path().join("src");
-        std::fs::create_dir_all(src.join("global")).unwrap();
-        std::fs::write(src.join("PG_VERSION"), b"15\n").unwrap();
-        std::os::unix::fs::symlink("/etc", src.join("pg_wal")).unwrap();
-        std::fs::create_dir_all(tmp.path().join("t/7/postgres")).unwrap();
-        let tar = tmp.path().join("t/7/postgres/b.tar");
-        let made = std::process::Command::new("/bin/tar")
-            .arg("-cf")
-            .arg(&tar)
-            .arg("-C")
-            .arg(&src)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(made.success());
-        let target = FilesystemTarget {
-            dir: tmp.path().join("t"),
-            rate: None,
-        };
-        let sha = hex(&Sha256::digest(std::fs::read(&tar).unwrap()));
-        let progress = crate::progress::Progress::default();
-        let dest = tmp.path().join("data");
-        let e = restore_tar(
-            &target,
-            &choice_of("7/postgres/b.tar", &sha),
-            &dest,
-            &progress,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("neither a regular file nor a directory"), "{e}");
-        assert!(!dest.exists());
-        // Bytes other than the mirror's: refused, nothing left.
-        let e = restore_tar(
-            &target,
-            &choice_of("7/postgres/b.tar", &"0".repeat(64)),
-            &dest,
-            &progress,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("sha256"), "{e}");
-        assert!(!dest.exists());
-        // Without the symlink it restores.
-        std::fs::remove_file(src.join("pg_wal")).unwrap();
-        std::fs::create_dir(src.join("pg_wal")).unwrap();
-        std::fs::remove_file(&tar).unwrap();
-        assert!(std::process::Command::new("/bin/tar")
-            .arg("-cf")
-            .arg(&tar)
-            .arg("-C")
-            .arg(&src)
-            .arg(".")
-            .status()
-            .unwrap()
-            .success());
-        let sha = hex(&Sha256::digest(std::fs::read(&tar).unwrap()));
-        let r = restore_tar(
-            &target,
-            &choice_of("7/postgres/b.tar", &sha),
-            &dest,
-            &progress,
-        )
-        .unwrap();
-        assert_eq!(r.files, 1);
-        assert_eq!(std::fs::read(dest.join("PG_VERSION")).unwrap(), b"15\n");
     }
 
     #[test]

@@ -250,25 +250,40 @@ pub fn unpack_chain(
         .create_subdir("chain")
         .at("could not create", &scratch.path().join("chain"))?;
     scratch.verify().at("could not use", scratch.path())?;
-    let mut argv: Vec<OsString> = vec![bindir.join("pg_combinebackup").into_os_string()];
+    let mut dirs = Vec::new();
     for m in members {
         let dir = chain.join(m.id.to_string());
         fs::create_dir(&dir).at("could not create", &dir)?;
         extract(m.file, m.zstd, Some(m.sha256), &dir, progress)
             .map_err(|e| ScratchError::Prepare(format!("backup {} of the chain: {e}", m.id)))?;
-        argv.push(dir.into_os_string());
+        dirs.push(dir);
     }
     let data = scratch
         .create_subdir("data")
         .at("could not create", &scratch.path().join("data"))?;
-    argv.push("--output".into());
-    argv.push(data.clone().into_os_string());
-    process::run_to_end(&argv, None, progress)
+    combine(bindir, &dirs, &data, progress)
         .map_err(|e| ScratchError::Prepare(format!("pg_combinebackup: {e}")))?;
     // The members are not needed once combined; the scratch directory goes anyway, but a large
     // chain would double the space the test holds while the server runs.
     let _ = fs::remove_dir_all(&chain);
     Ok(data)
+}
+
+/// `pg_combinebackup` (of `bindir`) writing `output` (absent or empty) from extracted
+/// `members`, the full first.  Without its own fsync of every file: a restore test's scratch
+/// copy needs none, and a restore syncs the whole filesystem once when it is done.
+pub fn combine(
+    bindir: &Path,
+    members: &[PathBuf],
+    output: &Path,
+    progress: &Progress,
+) -> Result<String, ProcessError> {
+    let mut argv: Vec<OsString> = vec![bindir.join("pg_combinebackup").into_os_string()];
+    argv.extend(members.iter().map(|m| m.as_os_str().to_owned()));
+    argv.push("--no-sync".into());
+    argv.push("--output".into());
+    argv.push(output.as_os_str().to_owned());
+    process::run_to_end(&argv, None, progress)
 }
 
 /// Extracts the base backup into `scratch/data` (created exclusively).

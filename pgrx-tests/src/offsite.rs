@@ -1,0 +1,59 @@
+//! Off-site targets as the end-to-end tests use them: a filesystem target (a "second disk") and
+//! the catalog mirror the extension writes there, read back as a restore host would.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::cluster::Cluster;
+
+/// Adds filesystem target `disk` for database `postgres`, writing below `dir` in `pg`.
+pub fn add_disk_target(db: &mut postgres::Client, dir: &Path) {
+    db.execute(
+        "INSERT INTO backup_management.remote_backup_configs
+             (config_name, database_name, remote_type, remote_endpoint, remote_path)
+         VALUES ('disk', 'postgres', 'filesystem', $1, 'pg')",
+        &[&dir.to_string_lossy().as_ref()],
+    )
+    .unwrap();
+}
+
+/// Waits until the mirror at `mirror_file` lists `backups` backups and every WAL file the
+/// catalog holds unexpired, and returns it.
+pub fn wait_for_mirror(
+    cluster: &Cluster,
+    db: &mut postgres::Client,
+    mirror_file: &Path,
+    backups: usize,
+) -> serde_json::Value {
+    let mut doc = serde_json::Value::Null;
+    let complete = Cluster::wait_for(Duration::from_secs(180), || {
+        doc = std::fs::read_to_string(mirror_file)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let archived: i64 = db
+            .query_one(
+                "SELECT count(*) FROM backup_management.wal_archive WHERE expired_at IS NULL",
+                &[],
+            )
+            .map(|r| r.get(0))
+            .unwrap_or(-1);
+        doc["backups"].as_array().map_or(0, Vec::len) == backups
+            && doc["wal_files"].as_array().map_or(0, Vec::len) as i64 == archived
+            && archived > 0
+    });
+    assert!(complete, "mirror: {doc}\n{}", cluster.log());
+    doc
+}
+
+/// A connection to a restored server once it has finished recovery and promoted.
+pub fn promoted(restored: &Cluster) -> postgres::Client {
+    let mut r = restored.connect("postgres");
+    let done = Cluster::wait_for(Duration::from_secs(180), || {
+        r.query_one("SELECT NOT pg_is_in_recovery()", &[])
+            .map(|row| row.get::<_, bool>(0))
+            .unwrap_or(false)
+    });
+    assert!(done, "recovery did not finish\n{}", restored.log());
+    r
+}

@@ -422,13 +422,19 @@ fn restore(
             ));
         }
         let started = std::time::Instant::now();
-        let restored = fetch_tar::restore_tar(
-            storage,
-            &choice,
-            &dest,
-            combiner.as_deref(),
-            &Progress::default(),
-        )?;
+        // The bar counts the tars' bytes as stored, as they arrive (pg_combinebackup's pass
+        // over a chain comes after the last of them).
+        let stored: u64 = choice
+            .chain
+            .iter()
+            .filter_map(|b| b.size)
+            .map(|s| s.max(0) as u64)
+            .sum();
+        let progress = Progress::default();
+        let bar = (!json && std::io::stderr().is_terminal()).then(|| output::bar(stored));
+        let restored = output::while_showing(bar, progress.bytes_counter(), || {
+            fetch_tar::restore_tar(storage, &choice, &dest, combiner.as_deref(), &progress)
+        })?;
         return finish(cli, sysid, &goal, &choice, &restored, started, json);
     }
     let manifest = fetch::chain_manifest(storage, &choice)?;

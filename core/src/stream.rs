@@ -105,6 +105,27 @@ impl<W: Write> Write for Count<'_, W> {
     }
 }
 
+/// `Count` for a reader: adds what is read through it to `progress` (a download, for a
+/// progress bar).  A type of its own: `Count`'s `bytes()` would clash with `Read::bytes`.
+pub struct CountRead<'a, R> {
+    inner: R,
+    progress: &'a AtomicU64,
+}
+
+impl<'a, R> CountRead<'a, R> {
+    pub fn new(inner: R, progress: &'a AtomicU64) -> CountRead<'a, R> {
+        CountRead { inner, progress }
+    }
+}
+
+impl<R: io::Read> io::Read for CountRead<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
 /// Shows every piece written through it to `f` (after the inner stage took all of it).
 pub struct Observe<W, F> {
     inner: W,

@@ -291,8 +291,18 @@ mod tests {
         fs::remove_file(src.join("pg_wal")).unwrap();
         fs::create_dir(src.join("pg_wal")).unwrap();
         let sha = tar_of(&src, &tar);
-        let r = restore(&sha).unwrap();
+        let counted = Progress::default();
+        let r = restore_tar(
+            &target,
+            &choice_of("7/postgres/b.tar", &sha),
+            &dest,
+            None,
+            &counted,
+        )
+        .unwrap();
         assert_eq!(r.files, 1);
+        // Every stored byte counted as it arrived (what a progress bar shows).
+        assert_eq!(counted.bytes(), fs::metadata(&tar).unwrap().len());
         assert_eq!(fs::read(dest.join("PG_VERSION")).unwrap(), b"15\n");
         // Into a directory that exists: refused, untouched.
         let e = restore(&sha).unwrap_err();

@@ -90,7 +90,8 @@ fn extract(
 }
 
 /// Extracts a tar stream read from anywhere (an off-site target) into `dir` with the system's
-/// tar, the bytes as stored checked against `sha256` in the same pass.
+/// tar, the bytes as stored checked against `sha256` in the same pass and added to
+/// `progress`'s byte count as they are read.
 pub fn extract_stream(
     input: Box<dyn std::io::Read + Send>,
     zstd: bool,
@@ -98,8 +99,9 @@ pub fn extract_stream(
     dir: &Path,
     progress: &Progress,
 ) -> Result<(), ScratchError> {
+    let counter = progress.bytes_counter();
     extract_with(dir, progress, move |sink| {
-        let mut hashed = stream::Hash::new(input);
+        let mut hashed = stream::Hash::new(stream::CountRead::new(input, counter));
         let fed = feed(&mut hashed, zstd, sink);
         // Whatever stopped the stream (a damaged zstd frame, tar giving up), the rest of the
         // stored bytes is read, so that the error says whether they are the recorded ones.
@@ -118,7 +120,7 @@ pub fn extract_stream(
 fn extract_with(
     dir: &Path,
     progress: &Progress,
-    feeder: impl FnOnce(std::process::ChildStdin) -> Result<(), ScratchError> + Send + 'static,
+    feeder: impl FnOnce(std::process::ChildStdin) -> Result<(), ScratchError> + Send,
 ) -> Result<(), ScratchError> {
     let mut argv: Vec<OsString> = vec!["/bin/tar".into(), "--extract".into(), "--file=-".into()];
     argv.push("--no-same-owner".into());
@@ -129,17 +131,18 @@ fn extract_with(
     cmd.stdin(Stdio::piped());
     let mut child = process::spawn(cmd, progress, Stdio::null())?;
     let stderr = process::collect_stderr(&mut child);
-    let feeder = child
-        .stdin
-        .take()
-        .map(|sink| std::thread::spawn(move || feeder(sink)));
-    let done = process::finish(child, "tar".into(), stderr, progress);
-    let fed = feeder
-        .map(|t| {
-            t.join()
-                .unwrap_or_else(|_| Err(ScratchError::Extract("decompressor panicked".into())))
-        })
-        .unwrap_or(Ok(()));
+    // A scoped thread: the feeder may borrow (the progress counter a download adds to).
+    let (done, fed) = std::thread::scope(|s| {
+        let feeder = child.stdin.take().map(|sink| s.spawn(move || feeder(sink)));
+        let done = process::finish(child, "tar".into(), stderr, progress);
+        let fed = feeder
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err(ScratchError::Extract("decompressor panicked".into())))
+            })
+            .unwrap_or(Ok(()));
+        (done, fed)
+    });
     // A member that is not what was recorded says so, whatever tar made of it; otherwise tar's
     // own error explains more than a broken pipe does.
     if let Err(ScratchError::Damaged(_)) = &fed {

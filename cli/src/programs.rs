@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+use backup_mgmt_core::process;
+
 use crate::CliError;
 
 /// The directory holding `program` for backups of PostgreSQL `version` (`150014`: 15), or None
@@ -52,7 +54,10 @@ pub fn combiner(
         return Ok(None);
     };
     let program = dir.join("pg_combinebackup");
-    let major = program.is_file().then(|| major_of(&program)).flatten();
+    let major = program
+        .is_file()
+        .then(|| process::major_version(&program))
+        .flatten();
     let wanted = version.filter(|v| *v >= 100000).map(|v| v / 10000);
     let fits = program.is_file() && (wanted.is_none() || major == wanted);
     match (fits, explicit) {
@@ -71,39 +76,9 @@ pub fn combiner(
     }
 }
 
-/// The major version `program --version` reports.
-fn major_of(program: &Path) -> Option<i64> {
-    let out = std::process::Command::new(program)
-        .arg("--version")
-        .env_clear()
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    major_in(&String::from_utf8_lossy(&out.stdout))
-}
-
-/// "pg_combinebackup (PostgreSQL) 18.1" (or "18beta2", "17.6 (Debian 17.6-1)"): 18.
-fn major_in(version_line: &str) -> Option<i64> {
-    let after = version_line.split_once("(PostgreSQL) ")?.1;
-    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_major_version_is_read_from_what_the_program_says() {
-        assert_eq!(major_in("pg_combinebackup (PostgreSQL) 18.1\n"), Some(18));
-        assert_eq!(
-            major_in("pg_combinebackup (PostgreSQL) 17.6 (Debian 17.6-1.pgdg120+1)"),
-            Some(17)
-        );
-        assert_eq!(major_in("pg_combinebackup (PostgreSQL) 18beta2"), Some(18));
-        assert_eq!(major_in("something else 18.1"), None);
-    }
 
     #[test]
     fn a_named_directory_without_pg_combinebackup_is_refused() {

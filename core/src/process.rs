@@ -187,6 +187,23 @@ pub fn tail(s: &str) -> String {
     s[i..].to_owned()
 }
 
+/// The major version a PostgreSQL program says it is of (`pg_combinebackup --version`), or
+/// None when it does not run or says something else.
+pub fn major_version(program: &Path) -> Option<i64> {
+    let out = command(&[program.as_os_str().to_owned(), "--version".into()])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    major_in(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// "pg_combinebackup (PostgreSQL) 18.1" (or "18beta2", "17.6 (Debian 17.6-1)"): 18.
+fn major_in(version_line: &str) -> Option<i64> {
+    let after = version_line.split_once("(PostgreSQL) ")?.1;
+    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 /// Runs a program to completion (stopped when `progress` is cancelled) and returns its stdout.
 pub fn run_to_end(
     argv: &[OsString],
@@ -316,6 +333,21 @@ pub fn widen_pipe(pipe: &impl std::os::fd::AsRawFd) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_major_version_is_read_from_what_the_program_says() {
+        assert_eq!(major_in("pg_combinebackup (PostgreSQL) 18.1\n"), Some(18));
+        assert_eq!(
+            major_in("pg_combinebackup (PostgreSQL) 17.6 (Debian 17.6-1.pgdg120+1)"),
+            Some(17)
+        );
+        assert_eq!(major_in("pg_combinebackup (PostgreSQL) 18beta2"), Some(18));
+        assert_eq!(major_in("something else 18.1"), None);
+        assert_eq!(
+            major_version(Path::new("/nonexistent/pg_combinebackup")),
+            None
+        );
+    }
 
     #[test]
     fn environment_is_empty_and_errors_carry_stderr() {

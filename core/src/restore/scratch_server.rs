@@ -100,9 +100,14 @@ pub fn extract_stream(
     progress: &Progress,
 ) -> Result<(), ScratchError> {
     let counter = progress.bytes_counter();
+    let cancelled = progress.cancel_flag();
     extract_with(dir, progress, move |sink| {
         let mut hashed = stream::Hash::new(stream::CountRead::new(input, counter));
         let fed = feed(&mut hashed, zstd, sink);
+        // Cancelled (tar was signalled): nothing more is downloaded to explain it.
+        if cancelled.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ScratchError::Extract("cancelled".into()));
+        }
         // Whatever stopped the stream (a damaged zstd frame, tar giving up), the rest of the
         // stored bytes is read, so that the error says whether they are the recorded ones.
         let _ = std::io::copy(&mut hashed, &mut std::io::sink());
@@ -273,17 +278,25 @@ pub fn unpack_chain(
 }
 
 /// `pg_combinebackup` (of `bindir`) writing `output` (absent or empty) from extracted
-/// `members`, the full first.  Without its own fsync of every file: a restore test's scratch
-/// copy needs none, and a restore syncs the whole filesystem once when it is done.
+/// `members`, the full first, which are removed afterwards by every caller.  Without its own
+/// fsync of every file: a restore test's scratch copy needs none, and a restore syncs the whole
+/// filesystem once when it is done.  From 18 on, a file no incremental changed is hard-linked
+/// from its member instead of copied (`--link`; the members are on `output`'s filesystem): on a
+/// cluster whose changes are in a few tables that is most of the bytes.
 pub fn combine(
     bindir: &Path,
     members: &[PathBuf],
     output: &Path,
     progress: &Progress,
 ) -> Result<String, ProcessError> {
-    let mut argv: Vec<OsString> = vec![bindir.join("pg_combinebackup").into_os_string()];
+    let program = bindir.join("pg_combinebackup");
+    let link = process::major_version(&program).is_some_and(|m| m >= 18);
+    let mut argv: Vec<OsString> = vec![program.into_os_string()];
     argv.extend(members.iter().map(|m| m.as_os_str().to_owned()));
     argv.push("--no-sync".into());
+    if link {
+        argv.push("--link".into());
+    }
     argv.push("--output".into());
     argv.push(output.as_os_str().to_owned());
     process::run_to_end(&argv, None, progress)

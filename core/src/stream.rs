@@ -116,6 +116,9 @@ impl<'a, R> CountRead<'a, R> {
     pub fn new(inner: R, progress: &'a AtomicU64) -> CountRead<'a, R> {
         CountRead { inner, progress }
     }
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
 }
 
 impl<R: io::Read> io::Read for CountRead<'_, R> {

@@ -37,6 +37,9 @@ pub enum ScratchError {
     /// A stored backup that is not what the catalog recorded.
     #[error("{0}")]
     Damaged(String),
+    /// The stored backup could not be read to its end (a download broken off).
+    #[error("reading the stored backup: {0}")]
+    Source(String),
     #[error("no free port")]
     NoPort,
     #[error("could not start postgres: {0}")]
@@ -102,7 +105,11 @@ pub fn extract_stream(
     let counter = progress.bytes_counter();
     let cancelled = progress.cancel_flag();
     extract_with(dir, progress, move |sink| {
-        let mut hashed = stream::Hash::new(stream::CountRead::new(input, counter));
+        let watched = Watched {
+            inner: input,
+            error: None,
+        };
+        let mut hashed = stream::Hash::new(stream::CountRead::new(watched, counter));
         let fed = feed(&mut hashed, zstd, sink);
         // Cancelled (tar was signalled): nothing more is downloaded to explain it.
         if cancelled.load(std::sync::atomic::Ordering::SeqCst) {
@@ -111,7 +118,11 @@ pub fn extract_stream(
         // Whatever stopped the stream (a damaged zstd frame, tar giving up), the rest of the
         // stored bytes is read, so that the error says whether they are the recorded ones.
         let _ = std::io::copy(&mut hashed, &mut std::io::sink());
-        let (_, got) = hashed.finish();
+        let (counted, got) = hashed.finish();
+        // A download that broke off is no damage: its bytes were never all there to check.
+        if let Some(e) = counted.into_inner().error {
+            return Err(ScratchError::Source(e));
+        }
         if got != sha256 {
             return Err(ScratchError::Damaged(format!(
                 "its sha256 is {got}, not the recorded {sha256}"
@@ -119,6 +130,25 @@ pub fn extract_stream(
         }
         fed.map_err(|e| ScratchError::Extract(e.to_string()))
     })
+}
+
+/// A reader that keeps the first error its source returned (a download broken off), so that
+/// it is told apart from bytes other than the recorded ones.
+struct Watched<R> {
+    inner: R,
+    error: Option<String>,
+}
+
+impl<R: std::io::Read> std::io::Read for Watched<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.inner.read(buf);
+        if let Err(e) = &read {
+            if e.kind() != std::io::ErrorKind::Interrupted && self.error.is_none() {
+                self.error = Some(e.to_string());
+            }
+        }
+        read
+    }
 }
 
 /// Runs the system's tar extracting into `dir`, its stdin fed by `feeder` on a thread.
@@ -148,9 +178,9 @@ fn extract_with(
             .unwrap_or(Ok(()));
         (done, fed)
     });
-    // A member that is not what was recorded says so, whatever tar made of it; otherwise tar's
-    // own error explains more than a broken pipe does.
-    if let Err(ScratchError::Damaged(_)) = &fed {
+    // A member that is not what was recorded, or that could not be read to its end, says so,
+    // whatever tar made of it; otherwise tar's own error explains more than a broken pipe does.
+    if let Err(ScratchError::Damaged(_) | ScratchError::Source(_)) = &fed {
         return fed;
     }
     done?;
@@ -648,6 +678,32 @@ mod tests {
     use super::*;
     use crate::checksum::hex;
     use sha2::{Digest, Sha256};
+
+    /// A download that breaks off part-way is reported as the read error it is, not as a
+    /// backup whose sha256 differs (which would be an integrity failure, exit code 3).
+    #[test]
+    fn a_broken_download_is_not_called_damage() {
+        struct Breaks(std::io::Cursor<Vec<u8>>);
+        impl std::io::Read for Breaks {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                match self.0.read(buf)? {
+                    0 => Err(std::io::Error::other("connection reset by the target")),
+                    n => Ok(n),
+                }
+            }
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("out");
+        fs::create_dir(&dir).unwrap();
+        // Half of a tar's worth of zeros, then the connection goes.
+        let input = Box::new(Breaks(std::io::Cursor::new(vec![0u8; 10240])));
+        let e =
+            extract_stream(input, false, "0".repeat(64), &dir, &Progress::default()).unwrap_err();
+        assert!(
+            matches!(&e, ScratchError::Source(m) if m.contains("connection reset")),
+            "{e}"
+        );
+    }
 
     /// A chain member is extracted only as the bytes recorded: a damaged one (here a flipped
     /// byte inside its zstd frame, which also breaks decompression) is reported as damaged, by

@@ -1,7 +1,7 @@
 //! Off-site targets as the end-to-end tests use them: a filesystem target (a "second disk") and
 //! the catalog mirror the extension writes there, read back as a restore host would.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cluster::Cluster;
@@ -15,6 +15,28 @@ pub fn add_disk_target(db: &mut postgres::Client, dir: &Path) {
         &[&dir.to_string_lossy().as_ref()],
     )
     .unwrap();
+}
+
+/// Switches to a new WAL file, asks for a sync to target `disk` (added by `add_disk_target`
+/// below `dir`) and waits for its mirror as `wait_for_mirror` does; returns the target's
+/// directory, the mirror's path and the mirror.
+pub fn switch_sync_and_wait(
+    cluster: &Cluster,
+    db: &mut postgres::Client,
+    dir: &Path,
+    backups: usize,
+) -> (PathBuf, PathBuf, serde_json::Value) {
+    db.batch_execute("SELECT pg_switch_wal()").unwrap();
+    db.execute("SELECT backup_mgmt.sync_remote_now('disk')", &[])
+        .unwrap();
+    let sysid: i64 = db
+        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
+        .unwrap()
+        .get(0);
+    let target = dir.join("pg");
+    let mirror_file = target.join(format!("{sysid}/.catalog/catalog_mirror.json"));
+    let doc = wait_for_mirror(cluster, db, &mirror_file, backups);
+    (target, mirror_file, doc)
 }
 
 /// Waits until the mirror at `mirror_file` lists `backups` backups and every WAL file the

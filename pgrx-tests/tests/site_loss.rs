@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use backup_mgmt_e2e::cluster::Cluster;
 use backup_mgmt_e2e::jobs::{executions, pgbench_fingerprint as fingerprint, run_job};
-use backup_mgmt_e2e::offsite::{add_disk_target, promoted, wait_for_mirror};
+use backup_mgmt_e2e::offsite::{add_disk_target, promoted, switch_sync_and_wait};
 use backup_mgmt_e2e::program::run;
 use backup_mgmt_e2e::s3server::S3Server;
 
@@ -579,16 +579,7 @@ fn a_pg_basebackup_backup_comes_back_from_a_filesystem_target() {
     // Two statements, two transactions: the switch comes after the insert's commit.
     db.batch_execute("INSERT INTO orders SELECT generate_series(1001, 2000)")
         .unwrap();
-    db.batch_execute("SELECT pg_switch_wal()").unwrap();
-    db.execute("SELECT backup_mgmt.sync_remote_now('disk')", &[])
-        .unwrap();
-    let sysid: i64 = db
-        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
-        .unwrap()
-        .get(0);
-    let target = disk.join("pg");
-    let mirror_file = target.join(format!("{sysid}/.catalog/catalog_mirror.json"));
-    let doc = wait_for_mirror(&cluster, &mut db, &mirror_file, 1);
+    let (target, _, doc) = switch_sync_and_wait(&cluster, &mut db, &disk, 1);
     let key = doc["backups"][0]["key"].as_str().unwrap().to_owned();
     assert!(key.ends_with(".zst"), "{key}");
     drop(db);

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use backup_mgmt_e2e::cluster::{bindir, sha256sum, Cluster};
 use backup_mgmt_e2e::jobs::{pgbench_fingerprint as fingerprint, run_job};
-use backup_mgmt_e2e::offsite::{add_disk_target, promoted, wait_for_mirror};
+use backup_mgmt_e2e::offsite::{add_disk_target, promoted, switch_sync_and_wait};
 use backup_mgmt_e2e::program::run;
 
 #[test]
@@ -73,16 +73,7 @@ fn an_incremental_pg_basebackup_chain_comes_back_from_a_target_alone() {
     cluster.run_client("pgbench", &["-n", "-c", "2", "-t", "200", "postgres"]);
     db.batch_execute("INSERT INTO markers VALUES (3)").unwrap();
     let at_end = fingerprint(&mut db);
-    db.batch_execute("SELECT pg_switch_wal()").unwrap();
-    db.execute("SELECT backup_mgmt.sync_remote_now('disk')", &[])
-        .unwrap();
-    let sysid: i64 = db
-        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
-        .unwrap()
-        .get(0);
-    let target = disk.join("pg");
-    let mirror_file = target.join(format!("{sysid}/.catalog/catalog_mirror.json"));
-    let doc = wait_for_mirror(&cluster, &mut db, &mirror_file, 2);
+    let (target, mirror_file, doc) = switch_sync_and_wait(&cluster, &mut db, &disk, 2);
     let key_of = |id: i64| {
         doc["backups"]
             .as_array()

@@ -23,6 +23,7 @@ use backup_mgmt_core::restore::offsite::{self, Goal, OffsiteRestoreError, TarCha
 use backup_mgmt_core::restore::wal_spool::Spool;
 use backup_mgmt_core::storage::StorageError;
 use backup_mgmt_core::threads;
+use backup_mgmt_core::timeline::TargetTimeline;
 use backup_mgmt_core::wal::Lsn;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -154,6 +155,13 @@ struct RestoreArgs {
     /// Restore this backup (by id) instead of the one chosen for the goal.
     #[arg(long, value_name = "ID")]
     backup_id: Option<i64>,
+    /// The timeline recovery ends on, after a failover or an earlier point-in-time recovery:
+    /// `latest` (the newest on the target that continues from the base backup), `current`
+    /// (the base backup's own), or a number. Recovery reads each ancestor's WAL up to where the
+    /// next timeline branched off, every segment of that path checked to be on the target.
+    /// Default: latest. Needs --latest, --target-time or --target-lsn.
+    #[arg(long, value_name = "TIMELINE", value_parser = parse_timeline)]
+    target_timeline: Option<TargetTimeline>,
     /// Files fetched and checked at the same time (default: the number of cores).
     #[arg(long, value_name = "N")]
     jobs: Option<usize>,
@@ -345,6 +353,12 @@ fn start_prefetch(cli: &Cli, sysid: i64, ahead: &ReadAhead, name: &str) {
         .spawn();
 }
 
+fn parse_timeline(text: &str) -> Result<TargetTimeline, String> {
+    TargetTimeline::parse(text).ok_or_else(|| {
+        format!("{text:?} is no timeline: write latest, current or a number such as 2")
+    })
+}
+
 fn goal_of(g: &GoalArgs) -> Result<Goal, CliError> {
     if let Some(t) = &g.target_time {
         return offsite::parse_time(t).map(Goal::Time).ok_or_else(|| {
@@ -396,7 +410,22 @@ fn restore(
     } else {
         TarChains::PassOver
     };
-    let choice = offsite::choose(&mirror, &goal, r.backup_id, chains)?;
+    // Small files, read only to know the timelines' paths: one the target lacks or damaged
+    // stands only in the way of a restore that needs it, and says so.
+    if r.target_timeline.is_some() && goal == Goal::EndOfBackup {
+        return Err(CliError::Usage(
+            "--target-timeline needs a goal past the backup's end: --latest, --target-time or --target-lsn".into(),
+        ));
+    }
+    let timelines = offsite::Timelines {
+        target: r.target_timeline.unwrap_or_default(),
+        histories: match (r.target_timeline.unwrap_or_default(), &goal) {
+            (_, Goal::EndOfBackup) | (TargetTimeline::Current, _) => Default::default(),
+            (TargetTimeline::Id(t), _) => fetch::read_histories(storage, &mirror, Some(t)),
+            (TargetTimeline::Latest, _) => fetch::read_histories(storage, &mirror, None),
+        },
+    };
+    let choice = offsite::choose(&mirror, &goal, r.backup_id, chains, &timelines)?;
     let json = cli.output == Output::Json;
     if !json {
         eprintln!("backup-mgmt: {}", choice.why);
@@ -497,10 +526,7 @@ fn finish(
             "backup-mgmt: restore_command reads the credentials from {reference}: start the server with that variable in its environment (or restore with --s3-credentials file:...)"
         );
     }
-    let timeline = choice
-        .backup
-        .timeline_id
-        .and_then(|t| u32::try_from(t).ok());
+    let timeline = (choice.path.legs().len() > 1).then(|| choice.path.target());
     fetch::write_recovery_settings(dest, &command, goal, timeline)?;
     output::restored(restored, choice, dest, started.elapsed(), json);
     Ok(())

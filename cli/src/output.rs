@@ -145,6 +145,8 @@ pub fn restored(r: &Restored, choice: &Choice, dest: &Path, took: Duration, json
                 "files": r.files,
                 "bytes": r.bytes,
                 "wal_segments_needed": r.wal_segments,
+                "timeline": choice.path.target(),
+                "timelines": choice.path.legs().iter().map(|l| l.timeline).collect::<Vec<_>>(),
                 "delta": r.delta,
                 "seconds": took.as_secs_f64(),
                 "why": choice.why,
@@ -162,6 +164,13 @@ pub fn restored(r: &Restored, choice: &Choice, dest: &Path, took: Duration, json
         took.as_secs_f64(),
         r.wal_segments
     );
+    if choice.path.legs().len() > 1 {
+        println!(
+            "recovery ends on timeline {}, along timelines {}",
+            choice.path.target(),
+            choice.path.describe()
+        );
+    }
     if let Some(d) = r.delta {
         println!(
             "delta: {} files kept (size and sha256 matched), {} fetched, {} removed",

@@ -28,6 +28,7 @@ pub mod threads;
 pub mod cron;
 pub mod manifest;
 pub mod pgformat;
+pub mod timeline;
 pub mod vocabulary;
 pub mod wal;
 

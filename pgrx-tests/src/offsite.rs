@@ -17,16 +17,17 @@ pub fn add_disk_target(db: &mut postgres::Client, dir: &Path) {
     .unwrap();
 }
 
-/// Switches to a new WAL file, asks for a sync to target `disk` (added by `add_disk_target`
-/// below `dir`) and waits for its mirror as `wait_for_mirror` does; returns the target's
-/// directory, the mirror's path and the mirror.
+/// Switches to a new WAL file and waits until the catalog holds the one just finished, asks for
+/// a sync to target `disk` (added by `add_disk_target` below `dir`) and waits for its mirror as
+/// `wait_for_mirror` does (so the mirror holds that file too); returns the target's directory,
+/// the mirror's path and the mirror.
 pub fn switch_sync_and_wait(
     cluster: &Cluster,
     db: &mut postgres::Client,
     dir: &Path,
     backups: usize,
 ) -> (PathBuf, PathBuf, serde_json::Value) {
-    db.batch_execute("SELECT pg_switch_wal()").unwrap();
+    crate::jobs::switch_and_wait_ingested(cluster, db);
     db.execute("SELECT backup_mgmt.sync_remote_now('disk')", &[])
         .unwrap();
     let sysid: i64 = db

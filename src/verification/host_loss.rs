@@ -126,7 +126,9 @@ pub(super) fn host_loss_drill(database: &str) -> Result<HostLoss, SpiError> {
         } else {
             TarChains::PassOver
         };
-        let choice = offsite::choose(&mirror, &Goal::EndOfBackup, None, chains)
+        // To the end of the backup, which reads only its own timeline.
+        let timelines = offsite::Timelines::current();
+        let choice = offsite::choose(&mirror, &Goal::EndOfBackup, None, chains, &timelines)
             .map_err(|e| e.to_string())?;
         let id = choice.backup.backup_id;
         // A native backup's sha256 is its chain manifest's, which names every file of the

@@ -25,6 +25,7 @@ use crate::manifest::native::{Manifest, FILES_MANIFEST};
 use crate::progress::Counters;
 use crate::storage::{member_key, Storage, StorageError};
 use crate::stream::{self, Hash};
+use crate::timeline::{parse_history, Histories, Switch};
 use crate::wal;
 
 #[derive(Debug, thiserror::Error)]
@@ -247,7 +248,8 @@ pub fn restore_native(
 
 /// Appends the recovery settings to `dest/postgresql.auto.conf` and creates
 /// `recovery.signal`: `restore_command` is `fetch_command` (a shell command line, every word
-/// quoted by the caller, ending in `%f %p`), the target from `goal`, then promotion.
+/// quoted by the caller, ending in `%f %p`), the target from `goal` on `timeline` (None: the
+/// backup's own), then promotion.
 pub fn write_recovery_settings(
     dest: &Path,
     fetch_command: &str,
@@ -276,11 +278,13 @@ pub fn write_recovery_settings(
          recovery_target_xid = ''\nrecovery_target_name = ''\nrecovery_target_inclusive = on\n",
         conf_quote(fetch_command)
     );
-    // The base and its WAL were chosen on the backup's timeline: a point on it is reached on it,
-    // not on a later timeline forked from it; the latest WAL follows whatever history there is.
-    text.push_str(&match (goal, timeline) {
-        (Goal::Latest, _) | (_, None) => "recovery_target_timeline = 'latest'\n".to_owned(),
-        (_, Some(tl)) => format!("recovery_target_timeline = '{tl}'\n"),
+    // The WAL was checked along the path to this timeline (`offsite::choose`): recovery keeps
+    // to it, not to whichever timeline is newest on the target, which may have branched off
+    // elsewhere (PostgreSQL's 'latest' would then refuse to start).  The backup's own is
+    // 'current', which needs no history file of it (a number other than 1 would).
+    text.push_str(&match timeline {
+        Some(tl) => format!("recovery_target_timeline = '{tl}'\n"),
+        None => "recovery_target_timeline = 'current'\n".to_owned(),
     });
     if !target.is_empty() {
         text.push_str(&target);
@@ -299,6 +303,70 @@ pub fn write_recovery_settings(
         .map_err(|e| IoError::new("could not write", &conf, e))?;
     durable::write_new(&dest.join("recovery.signal"), b"")?;
     Ok(())
+}
+
+/// The largest history file read (one line per ancestor timeline: a few kB even after
+/// thousands of promotions), and the most read in all.
+const HISTORY_LIMIT: u64 = 1 << 20;
+const HISTORIES_LIMIT: u64 = 64 << 20;
+
+/// The timeline history files the mirror lists (only `timeline`'s, when given), newest first,
+/// read from the target, checked against the mirror's sha256 and parsed; one that cannot be
+/// read is kept as the reason, so that a damaged history of an unrelated timeline stands in
+/// no restore's way.  Names are taken only as PostgreSQL asks for them (`0000000A.history`),
+/// each from the mirror's entry that `wal-fetch` would serve.
+pub fn read_histories(storage: &dyn Storage, mirror: &Mirror, timeline: Option<u32>) -> Histories {
+    let listed: std::collections::BTreeSet<u32> = mirror
+        .wal_files
+        .iter()
+        .filter_map(|w| {
+            let tli = u32::from_str_radix(w.name.strip_suffix(".history")?, 16).ok()?;
+            (tli > 0 && w.name == history_name(tli)).then_some(tli)
+        })
+        .filter(|t| timeline.is_none_or(|only| *t == only))
+        .collect();
+    let mut out = Histories::new();
+    let mut budget = HISTORIES_LIMIT;
+    for tli in listed.into_iter().rev() {
+        let Some(w) = mirror.wal_file(&history_name(tli)) else {
+            continue;
+        };
+        let mut read = || -> Result<Vec<Switch>, String> {
+            if !is_sha256_hex(&w.sha256) {
+                return Err("the mirror's sha256 of it is malformed".into());
+            }
+            let limit = HISTORY_LIMIT.min(budget);
+            if limit == 0 {
+                return Err(format!(
+                    "not read: the history files listed exceed {HISTORIES_LIMIT} bytes"
+                ));
+            }
+            let stored =
+                read_checked(storage, &w.key, &w.sha256, limit).map_err(|e| e.to_string())?;
+            budget = budget.saturating_sub(stored.len() as u64);
+            let text = if w.key.ends_with(".zst") {
+                let mut out = Vec::new();
+                stream::decompress(&stored[..])
+                    .and_then(|d| d.take(HISTORY_LIMIT + 1).read_to_end(&mut out))
+                    .map_err(|e| format!("{}: {e}", w.key))?;
+                if out.len() as u64 > HISTORY_LIMIT {
+                    return Err(format!("{} holds more than {HISTORY_LIMIT} bytes", w.key));
+                }
+                out
+            } else {
+                stored
+            };
+            let text = String::from_utf8(text).map_err(|_| format!("{} is not text", w.key))?;
+            parse_history(tli, &text).map_err(|e| e.to_string())
+        };
+        let history = read();
+        out.insert(tli, history);
+    }
+    out
+}
+
+fn history_name(timeline: u32) -> String {
+    format!("{timeline:08X}.history")
 }
 
 /// Fetches WAL file `name` for `restore_command` into `dest` (PostgreSQL's `%p`): the object
@@ -444,6 +512,67 @@ mod tests {
         assert!(wal_fetch(&target, &good, "../../etc/passwd", &dest2, Sync::Durable).is_err());
     }
 
+    /// History files are read from the target as the mirror lists them (zstd or not), each
+    /// checked; one that is damaged, not text, malformed or outside the target is kept as its
+    /// reason, and stands in no other timeline's way.
+    #[test]
+    fn history_files_are_read_checked_and_failures_kept_apart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = FilesystemTarget {
+            dir: tmp.path().join("t"),
+            rate: None,
+        };
+        std::fs::create_dir_all(tmp.path().join("t/7/.wal")).unwrap();
+        std::fs::write(tmp.path().join("secret.history"), b"1\t0/5000000\tx\n").unwrap();
+        let mut m = mirror_with("000000010000000000000003", "7/.wal/x", "a".repeat(64));
+        let mut add = |tli: u32, key: &str, stored: &[u8], sha: Option<String>| {
+            std::fs::write(tmp.path().join("t").join(key), stored).unwrap_or(());
+            m.wal_files.push(MirrorWal {
+                name: format!("{tli:08X}.history"),
+                key: key.into(),
+                size: stored.len() as i64,
+                sha256: sha.unwrap_or_else(|| hex(&Sha256::digest(stored))),
+                archived_at: "2026-12-04T10:00:00+00:00".into(),
+            });
+        };
+        let two =
+            zstd::encode_all(&b"1\t0/5000000\tno recovery target specified\n"[..], 3).unwrap();
+        add(2, "7/.wal/00000002.history.zst", &two, None);
+        add(
+            3,
+            "7/.wal/00000003.history",
+            b"1\t0/5000000\tx\n2\t0/7000000\tx\n",
+            None,
+        );
+        add(
+            4,
+            "7/.wal/00000004.history",
+            b"3\t0/9000000\tx\n",
+            Some("0".repeat(64)),
+        );
+        add(5, "7/.wal/00000005.history", b"9\t0/9000000\tx\n", None);
+        add(6, "7/.wal/00000006.history", &[0xff, 0xfe], None);
+        add(0x10, "../secret.history", b"1\t0/5000000\tx\n", None);
+        assert_eq!(read_histories(&target, &m, Some(3)).len(), 1);
+        let hs = read_histories(&target, &m, None);
+        assert_eq!(hs.len(), 6, "{hs:?}");
+        assert_eq!(
+            hs[&2],
+            Ok(vec![Switch {
+                parent: 1,
+                end: wal::Lsn(0x500_0000)
+            }])
+        );
+        assert_eq!(hs[&3].as_ref().map(Vec::len), Ok(2));
+        assert!(hs[&4].as_ref().unwrap_err().contains("sha256"), "{hs:?}");
+        assert!(
+            hs[&5].as_ref().unwrap_err().contains("not an ancestor"),
+            "{hs:?}"
+        );
+        assert!(hs[&6].as_ref().unwrap_err().contains("not text"), "{hs:?}");
+        assert!(hs[&0x10].is_err(), "{hs:?}");
+    }
+
     #[test]
     fn keys_from_a_mirror_cannot_leave_the_target() {
         let tmp = tempfile::tempdir().unwrap();
@@ -502,7 +631,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let goal = Goal::Time(crate::restore::offsite::parse_time("2026-12-04T10:00:00Z").unwrap());
         let cmd = format!("{} wal-fetch %f %p", sh_quote("/opt/it's here/backup-mgmt"));
-        write_recovery_settings(tmp.path(), &cmd, &goal, Some(1)).unwrap();
+        write_recovery_settings(tmp.path(), &cmd, &goal, None).unwrap();
         let conf = std::fs::read_to_string(tmp.path().join("postgresql.auto.conf")).unwrap();
         // As PostgreSQL reads it back: exactly the shell-quoted command, whose `'\''` (a quote
         // inside shell quotes) needs its backslash doubled in the file.
@@ -523,7 +652,7 @@ mod tests {
             sh_quote(r"/x\047;touch /tmp/owned;\047")
         );
         let other = tempfile::tempdir().unwrap();
-        write_recovery_settings(other.path(), &sneaky, &goal, Some(1)).unwrap();
+        write_recovery_settings(other.path(), &sneaky, &goal, None).unwrap();
         let conf = std::fs::read_to_string(other.path().join("postgresql.auto.conf")).unwrap();
         let value = conf
             .lines()
@@ -532,10 +661,10 @@ mod tests {
             .unwrap();
         assert_eq!(crate::restore::recipe::conf_unquote(&value), sneaky);
         assert!(conf.contains("recovery_target_time = '2026-12-04 10:00:00.000000+00'"));
-        // Earlier targets are reset before this one; the backup's timeline is kept to.
+        // Earlier targets are reset before this one; the timeline chosen is kept to.
         let reset = conf.find("recovery_target_time = ''").unwrap();
         assert!(reset < conf.find("recovery_target_time = '2026").unwrap());
-        assert!(conf.contains("recovery_target_timeline = '1'"));
+        assert!(conf.contains("recovery_target_timeline = 'current'"));
         assert!(tmp.path().join("recovery.signal").is_file());
         assert!(write_recovery_settings(
             tmp.path(),

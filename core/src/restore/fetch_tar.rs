@@ -217,6 +217,7 @@ mod tests {
     use super::*;
     use crate::checksum::hex;
     use crate::storage::filesystem::FilesystemTarget;
+    use crate::timeline::TimelinePath;
     use sha2::{Digest, Sha256};
 
     fn member(id: i64, parent: Option<i64>, key: &str, sha256: &str) -> MirrorBackup {
@@ -236,6 +237,7 @@ mod tests {
             backup: b.clone(),
             chain: vec![b],
             wal: vec![],
+            path: TimelinePath::stay(1),
             why: String::new(),
         }
     }
@@ -332,6 +334,7 @@ mod tests {
             backup: chain.last().unwrap().clone(),
             chain,
             wal: vec![],
+            path: TimelinePath::stay(1),
             why: String::new(),
         };
         let dest = tmp.path().join("data");

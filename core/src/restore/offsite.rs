@@ -19,6 +19,7 @@ use crate::checksum::is_sha256_hex;
 use crate::restore::base_choice::{choose_base, Candidate};
 use crate::restore::recipe::{wal_needed, Segment};
 use crate::storage::{Storage, StorageError};
+use crate::timeline::{path_for, Histories, TargetTimeline, TimelinePath};
 use crate::wal::{self, Lsn, SegmentSize};
 
 /// The mirror's format line.
@@ -231,8 +232,28 @@ pub struct Choice {
     pub backup: MirrorBackup,
     pub chain: Vec<MirrorBackup>,
     pub wal: Vec<MirrorWal>,
+    /// The timelines recovery reads, from the backup's to the one it ends on.
+    pub path: TimelinePath,
     /// Why this backup, in a sentence for the operator.
     pub why: String,
+}
+
+/// The timeline a restore should end on, and the history files the target holds (read by
+/// `fetch::read_histories`).
+#[derive(Debug, Clone, Default)]
+pub struct Timelines {
+    pub target: TargetTimeline,
+    pub histories: Histories,
+}
+
+impl Timelines {
+    /// Recovery that stays on the base backup's timeline (a drill to the end of a backup).
+    pub fn current() -> Timelines {
+        Timelines {
+            target: TargetTimeline::Current,
+            histories: Histories::new(),
+        }
+    }
 }
 
 /// Methods a physical restore can start from.
@@ -279,16 +300,18 @@ fn chain_of(m: &Mirror, b: &MirrorBackup) -> Result<Vec<MirrorBackup>, String> {
     Ok(chain)
 }
 
-/// The archived segments of `timeline` the mirror lists, numbered, with whether each was
-/// archived at or after `after`.
-fn segments_of(m: &Mirror, timeline: u32, after: Option<DateTime<Utc>>) -> Vec<Segment> {
+/// The archived segments the mirror lists that recovery along `path` reads (each number from
+/// the timeline the path is on there), numbered, with whether each was archived at or after
+/// `after`.
+fn segments_on(m: &Mirror, path: &TimelinePath, after: Option<DateTime<Utc>>) -> Vec<Segment> {
     let size = m.segment_size();
     let mut out: Vec<Segment> = m
         .wal_files
         .iter()
         .filter(|w| is_sha256_hex(&w.sha256))
         .filter_map(|w| {
-            let s = wal::Segment::parse(&w.name, size).filter(|s| s.timeline == timeline)?;
+            let s = wal::Segment::parse(&w.name, size)
+                .filter(|s| s.timeline == path.timeline_of(s.number, size))?;
             Some(Segment {
                 number: s.number as i64,
                 name: w.name.clone(),
@@ -312,6 +335,7 @@ pub fn choose(
     goal: &Goal,
     backup_id: Option<i64>,
     chains: TarChains,
+    timelines: &Timelines,
 ) -> Result<Choice, OffsiteRestoreError> {
     let mut candidates: Vec<&MirrorBackup> = m
         .backups
@@ -337,11 +361,11 @@ pub fn choose(
     let (late, candidates): (Vec<&MirrorBackup>, Vec<&MirrorBackup>) =
         candidates.into_iter().partition(|b| ends_after(goal, b));
     let physical = candidates.into_iter().map(|b| {
-        let usable = usable(m, goal, b, chains);
+        let usable = usable(m, goal, b, chains, timelines);
         Candidate {
             backup_id: b.backup_id,
             problem: usable.as_ref().err().cloned(),
-            unverified: usable.as_ref().ok().and_then(|(chain, _)| {
+            unverified: usable.as_ref().ok().and_then(|(chain, _, _)| {
                 // The member nearest the backup first, as plan_recovery names it.
                 chain
                     .iter()
@@ -349,7 +373,7 @@ pub fn choose(
                     .find(|c| c.verification.as_deref() != Some("passed"))
                     .map(|c| format!("backup {} has no passed verification", c.backup_id))
             }),
-            item: usable.ok().map(|(chain, wal)| (b, chain, wal)),
+            item: usable.ok().map(|(chain, wal, path)| (b, chain, wal, path)),
         }
     });
     let chosen = choose_base(physical).map_err(|not_used| {
@@ -358,15 +382,20 @@ pub fn choose(
             .map(|b| format!("backup {}: ends after the goal", b.backup_id));
         OffsiteRestoreError::NoBase(late.chain(not_used).collect::<Vec<_>>().join("; "))
     })?;
-    let Some((b, chain, wal)) = chosen.item else {
+    let Some((b, chain, wal, path)) = chosen.item else {
         return Err(OffsiteRestoreError::NoBase(format!(
             "backup {} is not usable",
             chosen.backup_id
         )));
     };
+    let followed = match path.legs().len() {
+        1 => String::new(),
+        _ => format!(", along timelines {}", path.describe()),
+    };
     let why = format!(
         "backup {} ({} {}, ended {}) ends before the goal with its chain ({} backup{}) on the \
-         target and not known damaged, and {}; {} WAL segment{} from {} on are there without a gap",
+         target and not known damaged, and {}; {} WAL segment{} from {} on are there without a \
+         gap{followed}",
         b.backup_id,
         b.backup_method,
         b.backup_type,
@@ -383,6 +412,7 @@ pub fn choose(
         backup: b.clone(),
         chain,
         wal,
+        path,
         why,
     })
 }
@@ -408,7 +438,8 @@ fn usable(
     goal: &Goal,
     b: &MirrorBackup,
     chains: TarChains,
-) -> Result<(Vec<MirrorBackup>, Vec<MirrorWal>), String> {
+    timelines: &Timelines,
+) -> Result<(Vec<MirrorBackup>, Vec<MirrorWal>, TimelinePath), String> {
     let size = m.segment_size();
     let stop = b.stop_lsn.as_deref().and_then(Lsn::parse);
     let start = b.start_lsn.as_deref().and_then(Lsn::parse);
@@ -432,12 +463,31 @@ fn usable(
                 .into(),
         );
     }
-    let timeline = b.timeline_id.unwrap_or(1) as u32;
+    let Some(timeline) = u32::try_from(b.timeline_id.unwrap_or(1))
+        .ok()
+        .filter(|t| *t > 0)
+    else {
+        return Err(format!("timeline {:?} is no timeline", b.timeline_id));
+    };
+    // Recovery to the end of the backup reads only the backup's own timeline; to a location,
+    // none of the timelines that begin after it.
+    let with_wal: BTreeSet<u32> = m
+        .wal_files
+        .iter()
+        .filter_map(|w| wal::Segment::parse(&w.name, size))
+        .map(|s| s.timeline)
+        .collect();
+    let followed = |t| path_for(timeline, stop, t, &timelines.histories, &with_wal);
+    let path = match goal {
+        Goal::EndOfBackup => TimelinePath::stay(timeline),
+        Goal::Lsn(l) => followed(timelines.target)?.up_to(*l),
+        Goal::Latest | Goal::Time(_) => followed(timelines.target)?,
+    };
     let after = match goal {
         Goal::Time(t) => Some(*t),
         _ => None,
     };
-    let archived = segments_of(m, timeline, after);
+    let archived = segments_on(m, &path, after);
     let first = size.segment_of(start.0) as i64;
     let last_of_backup = size.segment_of(stop.0.saturating_sub(1).max(start.0)) as i64;
     let target_segment = match goal {
@@ -445,7 +495,21 @@ fn usable(
         Goal::EndOfBackup => Some(last_of_backup),
         _ => None,
     };
-    let need = wal_needed(first, last_of_backup, target_segment, &archived);
+    let mut need = wal_needed(first, last_of_backup, target_segment, &archived);
+    // The latest WAL is on the last timeline of the path: recovery gets there only through its
+    // first segment (which holds the switch), whatever the timelines before it still hold.
+    if *goal == Goal::Latest {
+        if let Some(reach) = path.first_segment_of_target(size) {
+            let upto = need
+                .needed
+                .iter()
+                .map(|s| s.number)
+                .max()
+                .unwrap_or(first)
+                .max(last_of_backup);
+            need.missing.extend(upto + 1..=reach as i64);
+        }
+    }
     if let Goal::Time(_) = goal {
         if need.last.is_none() {
             return Err("no WAL archived at or after the target time is on the target yet".into());
@@ -456,7 +520,7 @@ fn usable(
     if *goal != Goal::EndOfBackup {
         if let Some(n) = need.missing.first() {
             let name = wal::Segment {
-                timeline,
+                timeline: path.timeline_of(*n as u64, size),
                 number: *n as u64,
             }
             .file_name(size);
@@ -471,7 +535,7 @@ fn usable(
         .iter()
         .filter_map(|s| m.wal_file(&s.name).cloned())
         .collect();
-    Ok((chain, wal))
+    Ok((chain, wal, path))
 }
 
 /// The logical backup to restore: `backup_id`, or the newest logical backup of `database`

@@ -1,5 +1,10 @@
 use super::*;
 
+/// `choose` for a host with no pg_combinebackup, staying on the backups' timelines.
+fn pick(m: &Mirror, goal: &Goal, id: Option<i64>) -> Result<Choice, OffsiteRestoreError> {
+    choose(m, goal, id, TarChains::PassOver, &Timelines::default())
+}
+
 fn mirror() -> Mirror {
     let wal = |n: u32, at: &str| MirrorWal {
         name: format!("0000000100000000{n:08X}"),
@@ -75,7 +80,7 @@ fn mirror() -> Mirror {
 fn newest_backup_before_the_goal_with_its_wal() {
     let m = mirror();
     let t = parse_time("2026-12-04 09:40:00+00").unwrap();
-    let c = choose(&m, &Goal::Time(t), None, TarChains::PassOver).unwrap();
+    let c = pick(&m, &Goal::Time(t), None).unwrap();
     assert_eq!(c.backup.backup_id, 2);
     assert_eq!(
         c.chain.iter().map(|b| b.backup_id).collect::<Vec<_>>(),
@@ -85,15 +90,13 @@ fn newest_backup_before_the_goal_with_its_wal() {
     assert_eq!(c.wal.len(), 2, "{:?}", c.wal);
     // Before the incremental ended: the full, with every segment from its start.
     let t = parse_time("2026-12-04T09:20:00Z").unwrap();
-    let c = choose(&m, &Goal::Time(t), None, TarChains::PassOver).unwrap();
+    let c = pick(&m, &Goal::Time(t), None).unwrap();
     assert_eq!(c.backup.backup_id, 1);
     assert_eq!(c.wal.len(), 3);
     assert!(!c.why.contains("backup 2"), "{}", c.why);
     // Before any backup ended: nothing to start from, and it says why.
     let t = parse_time("2026-12-04T08:00:00Z").unwrap();
-    let e = choose(&m, &Goal::Time(t), None, TarChains::PassOver)
-        .unwrap_err()
-        .to_string();
+    let e = pick(&m, &Goal::Time(t), None).unwrap_err().to_string();
     assert!(e.contains("1: ends after the goal"), "{e}");
 }
 
@@ -101,7 +104,7 @@ fn newest_backup_before_the_goal_with_its_wal() {
 fn a_verified_chain_is_preferred_as_plan_recovery_prefers_it() {
     let mut m = mirror();
     // Nothing verified: the newest, said so.
-    let c = choose(&m, &Goal::Latest, None, TarChains::PassOver).unwrap();
+    let c = pick(&m, &Goal::Latest, None).unwrap();
     assert_eq!(c.backup.backup_id, 2);
     assert!(
         c.why
@@ -112,7 +115,7 @@ fn a_verified_chain_is_preferred_as_plan_recovery_prefers_it() {
     // The full passed, the incremental was never verified: the full, and why not the
     // incremental.
     m.backups[0].verification = Some("passed".into());
-    let c = choose(&m, &Goal::Latest, None, TarChains::PassOver).unwrap();
+    let c = pick(&m, &Goal::Latest, None).unwrap();
     assert_eq!(c.backup.backup_id, 1, "{}", c.why);
     assert!(
         c.why.contains(
@@ -124,7 +127,7 @@ fn a_verified_chain_is_preferred_as_plan_recovery_prefers_it() {
     );
     // Both passed: the incremental.
     m.backups[1].verification = Some("passed".into());
-    let c = choose(&m, &Goal::Latest, None, TarChains::PassOver).unwrap();
+    let c = pick(&m, &Goal::Latest, None).unwrap();
     assert_eq!(c.backup.backup_id, 2);
     assert!(
         c.why.contains("its whole chain passed verification"),
@@ -133,9 +136,7 @@ fn a_verified_chain_is_preferred_as_plan_recovery_prefers_it() {
     );
     // The full failed: neither.
     m.backups[0].verification = Some("failed".into());
-    let e = choose(&m, &Goal::Latest, None, TarChains::PassOver)
-        .unwrap_err()
-        .to_string();
+    let e = pick(&m, &Goal::Latest, None).unwrap_err().to_string();
     assert!(e.contains("backup 2: backup 1 of its chain failed"), "{e}");
 }
 
@@ -145,29 +146,17 @@ fn gaps_and_damaged_parents_pass_a_backup_over() {
     m.wal_files.retain(|w| !w.name.ends_with("03"));
     let t = parse_time("2026-12-04T09:40:00Z").unwrap();
     // The incremental needs only 4 and 5; the full would need 3.
-    assert_eq!(
-        choose(&m, &Goal::Time(t), None, TarChains::PassOver)
-            .unwrap()
-            .backup
-            .backup_id,
-        2
-    );
-    let e = choose(&m, &Goal::Time(t), Some(1), TarChains::PassOver)
-        .unwrap_err()
-        .to_string();
+    assert_eq!(pick(&m, &Goal::Time(t), None).unwrap().backup.backup_id, 2);
+    let e = pick(&m, &Goal::Time(t), Some(1)).unwrap_err().to_string();
     assert!(
         e.contains("000000010000000000000003 is not on the target"),
         "{e}"
     );
     m.backups[0].verification = Some("failed".into());
-    let e = choose(&m, &Goal::Time(t), None, TarChains::PassOver)
-        .unwrap_err()
-        .to_string();
+    let e = pick(&m, &Goal::Time(t), None).unwrap_err().to_string();
     assert!(e.contains("failed its newest verification"), "{e}");
     m.backups.remove(0);
-    let e = choose(&m, &Goal::Latest, None, TarChains::PassOver)
-        .unwrap_err()
-        .to_string();
+    let e = pick(&m, &Goal::Latest, None).unwrap_err().to_string();
     assert!(e.contains("parent 1 is not on the target"), "{e}");
 }
 
@@ -175,17 +164,9 @@ fn gaps_and_damaged_parents_pass_a_backup_over() {
 fn the_target_time_must_have_wal_after_it() {
     let m = mirror();
     let t = parse_time("2026-12-04T11:00:00Z").unwrap();
-    let e = choose(&m, &Goal::Time(t), None, TarChains::PassOver)
-        .unwrap_err()
-        .to_string();
+    let e = pick(&m, &Goal::Time(t), None).unwrap_err().to_string();
     assert!(e.contains("no WAL archived at or after"), "{e}");
-    assert_eq!(
-        choose(&m, &Goal::Latest, None, TarChains::PassOver)
-            .unwrap()
-            .wal
-            .len(),
-        2
-    );
+    assert_eq!(pick(&m, &Goal::Latest, None).unwrap().wal.len(), 2);
     assert!(parse_time("yesterday").is_none());
 }
 
@@ -240,29 +221,159 @@ fn a_pg_basebackup_chain_is_chosen_only_where_it_can_be_combined() {
         b.key = format!("7/postgres/{}.tar.zst", b.backup_id);
     }
     // No pg_combinebackup here: the full and more WAL, and why not the incremental.
-    let c = choose(&m, &Goal::Latest, None, TarChains::PassOver).unwrap();
+    let c = pick(&m, &Goal::Latest, None).unwrap();
     assert_eq!((c.backup.backup_id, c.chain.len()), (1, 1), "{}", c.why);
     assert!(
         c.why.contains("backup 2: a pg_basebackup incremental") && c.why.contains("--pg-bin"),
         "{}",
         c.why
     );
-    let e = choose(&m, &Goal::Latest, Some(2), TarChains::PassOver)
-        .unwrap_err()
-        .to_string();
+    let e = pick(&m, &Goal::Latest, Some(2)).unwrap_err().to_string();
     assert!(e.contains("needs pg_combinebackup"), "{e}");
     // With one: the incremental, its chain full first, WAL from its own start.
-    let c = choose(&m, &Goal::Latest, None, TarChains::Combine).unwrap();
+    let c = choose(
+        &m,
+        &Goal::Latest,
+        None,
+        TarChains::Combine,
+        &Timelines::default(),
+    )
+    .unwrap();
     let ids: Vec<i64> = c.chain.iter().map(|b| b.backup_id).collect();
     assert_eq!((c.backup.backup_id, ids), (2, vec![1, 2]), "{}", c.why);
     assert_eq!(c.wal.len(), 2, "{}", c.why);
     // A chain mixing methods is no chain of either.
     m.backups[0].backup_method = "native_physical".into();
-    let e = choose(&m, &Goal::Latest, Some(2), TarChains::Combine)
+    let e = choose(
+        &m,
+        &Goal::Latest,
+        Some(2),
+        TarChains::Combine,
+        &Timelines::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("backup 1 of its chain is a native_physical backup"),
+        "{e}"
+    );
+}
+
+/// After a failover: timeline 2 branched off timeline 1 in segment 5 (whose timeline-1 copy the
+/// old primary archived too).  Recovery past it reads timeline 1 up to segment 4, then timeline
+/// 2's files, and every one of those must be there.
+#[test]
+fn recovery_follows_the_timelines_after_a_failover() {
+    let mut m = mirror();
+    let tl2 = |n: u32| MirrorWal {
+        name: format!("0000000200000000{n:08X}"),
+        key: format!("7/.wal/0000000200000000{n:08X}.zst"),
+        size: 100,
+        sha256: "a".repeat(64),
+        archived_at: "2026-12-04T10:00:00+00:00".into(),
+    };
+    m.wal_files.extend((5..=8).map(tl2));
+    let switched = |target| Timelines {
+        target,
+        histories: [(
+            2,
+            crate::timeline::parse_history(2, "1\t0/50000A0\tno recovery target specified\n")
+                .map_err(|e| e.to_string()),
+        )]
+        .into(),
+    };
+    let along = |m: &Mirror, goal: &Goal, id: Option<i64>, t: TargetTimeline| {
+        choose(m, goal, id, TarChains::PassOver, &switched(t))
+    };
+    let names = |c: &Choice| {
+        c.wal
+            .iter()
+            .map(|w| w.name[7..8].to_owned() + &w.name[22..])
+            .collect::<Vec<_>>()
+    };
+    let c = along(&m, &Goal::Latest, None, TargetTimeline::Latest).unwrap();
+    assert_eq!(c.path.target(), 2);
+    assert_eq!(names(&c), ["104", "205", "206", "207", "208"]);
+    assert!(
+        c.why.ends_with("along timelines 1 -> 2 (from 0/50000A0)"),
+        "{}",
+        c.why
+    );
+    // Staying on the backup's timeline reads its own copy of segment 5, and ends there.
+    let c = along(&m, &Goal::Latest, None, TargetTimeline::Current).unwrap();
+    assert_eq!(c.path.target(), 1);
+    assert_eq!(names(&c), ["104", "105"]);
+    // A location on timeline 2 is reached along the path; not on timeline 1, which has no WAL
+    // that far.
+    let goal = Goal::Lsn(Lsn::parse("0/7000010").unwrap());
+    let c = choose(
+        &m,
+        &goal,
+        None,
+        TarChains::PassOver,
+        &switched(TargetTimeline::Id(2)),
+    )
+    .unwrap();
+    assert_eq!(names(&c), ["104", "205", "206", "207"]);
+    let e = along(&m, &goal, None, TargetTimeline::Current)
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("backup 1 of its chain is a native_physical backup"),
+        e.contains("WAL segment 000000010000000000000006 is not on the target"),
+        "{e}"
+    );
+    // A hole in timeline 2 is a hole in the restore, named on its timeline (before, only the
+    // backup's timeline was looked at, and recovery would have ended early at the hole).
+    m.wal_files.retain(|w| w.name != "000000020000000000000007");
+    let e = along(&m, &Goal::Latest, None, TargetTimeline::Latest)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("WAL segment 000000020000000000000007 is not on the target"),
+        "{e}"
+    );
+    // Timeline 2's history without any of its WAL (or only later segments): recovery would end
+    // on timeline 1 short of the switch, so the switch's segment is named as missing.
+    let without_two: Vec<MirrorWal> = m.wal_files.clone();
+    m.wal_files.retain(|w| !w.name.starts_with("00000002"));
+    for names in [vec![], vec!["000000020000000000000008"]] {
+        let mut holed = m.clone();
+        holed.wal_files.extend(
+            without_two
+                .iter()
+                .filter(|w| names.contains(&w.name.as_str()))
+                .cloned(),
+        );
+        let e = along(&holed, &Goal::Latest, None, TargetTimeline::Latest)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("WAL segment 000000020000000000000005 is not on the target"),
+            "{names:?}: {e}"
+        );
+    }
+    m.wal_files = without_two;
+    // A backup that ended after timeline 1 was left is not on timeline 2's path: latest stays
+    // on timeline 1 for it (whose segment 6 is then needed), and asking for timeline 2 says
+    // why not.
+    m.backups[1].stop_lsn = Some("0/6000100".into());
+    m.wal_files.push(MirrorWal {
+        name: "000000010000000000000006".into(),
+        ..m.wal_files[0].clone()
+    });
+    let c = along(&m, &Goal::Latest, Some(2), TargetTimeline::Latest).unwrap();
+    assert_eq!(c.path.target(), 1);
+    let e = choose(
+        &m,
+        &Goal::Latest,
+        Some(2),
+        TarChains::PassOver,
+        &switched(TargetTimeline::Id(2)),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("leaves timeline 1 at 0/50000A0, before the backup ended at 0/6000100"),
         "{e}"
     );
 }

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use backup_mgmt_core::files::direct::Writes;
 use backup_mgmt_core::progress::{Counters, Progress};
 use backup_mgmt_core::restore::fetch::{self, FetchError, Sync};
+use backup_mgmt_core::restore::fetch_history;
 use backup_mgmt_core::restore::fetch_tar;
 use backup_mgmt_core::restore::logical::LogicalError;
 use backup_mgmt_core::restore::offsite::{self, Goal, OffsiteRestoreError, TarChains};
@@ -421,11 +422,12 @@ fn restore(
         target: r.target_timeline.unwrap_or_default(),
         histories: match (r.target_timeline.unwrap_or_default(), &goal) {
             (_, Goal::EndOfBackup) | (TargetTimeline::Current, _) => Default::default(),
-            (TargetTimeline::Id(t), _) => fetch::read_histories(storage, &mirror, Some(t)),
-            (TargetTimeline::Latest, _) => fetch::read_histories(storage, &mirror, None),
+            (TargetTimeline::Id(t), _) => fetch_history::read_histories(storage, &mirror, Some(t))?,
+            (TargetTimeline::Latest, _) => fetch_history::read_histories(storage, &mirror, None)?,
         },
     };
     let choice = offsite::choose(&mirror, &goal, r.backup_id, chains, &timelines)?;
+    fetch_history::check_histories_above(storage, &mirror, choice.path.target())?;
     let json = cli.output == Output::Json;
     if !json {
         eprintln!("backup-mgmt: {}", choice.why);

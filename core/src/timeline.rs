@@ -173,13 +173,16 @@ impl TimelinePath {
             .map(|b| size.segment_of(b.0))
     }
 
-    /// The path cut where recovery to `lsn` stops: the legs that begin after it are never
-    /// read, and ending on one would write a history whose last timeline began after its end.
-    pub fn up_to(&self, lsn: Lsn) -> TimelinePath {
+    /// The path cut where recovery to `lsn` stops: the legs that begin in a later segment are
+    /// never read.  One that begins in `lsn`'s own segment is kept even when it begins after
+    /// `lsn`: that segment of the old timeline may exist only as `.partial` (which recovery
+    /// never reads), and the new timeline's copy holds the old WAL up to the switch.
+    pub fn up_to(&self, lsn: Lsn, size: SegmentSize) -> TimelinePath {
+        let last = size.segment_of(lsn.0);
         TimelinePath(
             self.0
                 .iter()
-                .filter(|l| l.begins.is_none_or(|b| b <= lsn))
+                .filter(|l| l.begins.is_none_or(|b| size.segment_of(b.0) <= last))
                 .copied()
                 .collect(),
         )
@@ -403,8 +406,11 @@ mod tests {
         assert!(e.contains("leaves timeline 1 at 0/4000000"), "{e}");
         // A path cut at a location before a later timeline began.
         let three = TimelinePath::to(1, base_end, 3, &read(3, THREE).unwrap()).unwrap();
-        assert_eq!(three.up_to(lsn("0/6000000")).target(), 2);
-        assert_eq!(three.up_to(lsn("0/4000000")).target(), 1);
+        assert_eq!(three.up_to(lsn("0/6000000"), MB16).target(), 2);
+        assert_eq!(three.up_to(lsn("0/4FFFFFF"), MB16).target(), 1);
+        // Before timeline 2's switch, but in its segment: the new timeline's copy is read.
+        assert_eq!(three.up_to(lsn("0/5000000"), MB16).target(), 2);
+        assert_eq!(three.up_to(lsn("0/9000010"), MB16).target(), 3);
         assert_eq!(three.first_segment_of_target(MB16), Some(9));
         assert_eq!(TimelinePath::stay(1).first_segment_of_target(MB16), None);
         assert_eq!(

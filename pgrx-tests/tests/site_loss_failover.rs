@@ -6,8 +6,9 @@
 //! backup and recovery follows the history to timeline 2: to the latest WAL (every marker, every
 //! pgbench table as at the end), to a time on timeline 2, or, asked to, on timeline 1 alone.
 //! A segment of timeline 2 missing from the target is a refusal that names it, where recovery
-//! would otherwise have ended early at the hole, and a timeline the target has no history file
-//! of is refused by name.
+//! would otherwise have ended early at the hole; so is a damaged history file of timeline 2
+//! (latest cannot know where it leads; a restore that stays on timeline 1 would stop when
+//! recovery asks for it), and a timeline the target has no history file of.
 
 use std::time::Duration;
 
@@ -158,6 +159,32 @@ fn a_restore_after_a_failover_follows_the_new_timeline() {
         "{err}\n{wal_names:?}"
     );
     std::fs::write(&mirror_file, serde_json::to_vec(&doc).unwrap()).unwrap();
+
+    // Timeline 2's history file on the target is not what the mirror says: latest cannot know
+    // where timeline 2 leads and refuses; staying on timeline 1 is refused too, before anything
+    // is written, since recovery ends by asking for that file.
+    let history_key = doc["wal_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "00000002.history")
+        .and_then(|w| w["key"].as_str())
+        .unwrap()
+        .to_owned();
+    let history_object = target.join(&history_key);
+    let history_good = std::fs::read(&history_object).unwrap();
+    std::fs::write(&history_object, b"1\t0/1000000\tforged\n").unwrap();
+    let (_, code, out, err) = restore(&["--latest"]);
+    assert_eq!(code, 4, "{out}\n{err}");
+    assert!(
+        err.contains("the history file of timeline 2 cannot be read"),
+        "{err}"
+    );
+    let (stayed, code, out, err) = restore(&["--latest", "--target-timeline", "current"]);
+    assert_eq!(code, 3, "{out}\n{err}");
+    assert!(err.contains("history file of timeline 2"), "{err}");
+    assert!(!stayed.data_dir().exists());
+    std::fs::write(&history_object, &history_good).unwrap();
 
     // A timeline the target holds no history of.
     let (_, code, _, err) = restore(&["--latest", "--target-timeline", "3"]);

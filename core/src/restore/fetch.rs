@@ -25,7 +25,6 @@ use crate::manifest::native::{Manifest, FILES_MANIFEST};
 use crate::progress::Counters;
 use crate::storage::{member_key, Storage, StorageError};
 use crate::stream::{self, Hash};
-use crate::timeline::{parse_history, Histories, Switch};
 use crate::wal;
 
 #[derive(Debug, thiserror::Error)]
@@ -305,70 +304,6 @@ pub fn write_recovery_settings(
     Ok(())
 }
 
-/// The largest history file read (one line per ancestor timeline: a few kB even after
-/// thousands of promotions), and the most read in all.
-const HISTORY_LIMIT: u64 = 1 << 20;
-const HISTORIES_LIMIT: u64 = 64 << 20;
-
-/// The timeline history files the mirror lists (only `timeline`'s, when given), newest first,
-/// read from the target, checked against the mirror's sha256 and parsed; one that cannot be
-/// read is kept as the reason, so that a damaged history of an unrelated timeline stands in
-/// no restore's way.  Names are taken only as PostgreSQL asks for them (`0000000A.history`),
-/// each from the mirror's entry that `wal-fetch` would serve.
-pub fn read_histories(storage: &dyn Storage, mirror: &Mirror, timeline: Option<u32>) -> Histories {
-    let listed: std::collections::BTreeSet<u32> = mirror
-        .wal_files
-        .iter()
-        .filter_map(|w| {
-            let tli = u32::from_str_radix(w.name.strip_suffix(".history")?, 16).ok()?;
-            (tli > 0 && w.name == history_name(tli)).then_some(tli)
-        })
-        .filter(|t| timeline.is_none_or(|only| *t == only))
-        .collect();
-    let mut out = Histories::new();
-    let mut budget = HISTORIES_LIMIT;
-    for tli in listed.into_iter().rev() {
-        let Some(w) = mirror.wal_file(&history_name(tli)) else {
-            continue;
-        };
-        let mut read = || -> Result<Vec<Switch>, String> {
-            if !is_sha256_hex(&w.sha256) {
-                return Err("the mirror's sha256 of it is malformed".into());
-            }
-            let limit = HISTORY_LIMIT.min(budget);
-            if limit == 0 {
-                return Err(format!(
-                    "not read: the history files listed exceed {HISTORIES_LIMIT} bytes"
-                ));
-            }
-            let stored =
-                read_checked(storage, &w.key, &w.sha256, limit).map_err(|e| e.to_string())?;
-            budget = budget.saturating_sub(stored.len() as u64);
-            let text = if w.key.ends_with(".zst") {
-                let mut out = Vec::new();
-                stream::decompress(&stored[..])
-                    .and_then(|d| d.take(HISTORY_LIMIT + 1).read_to_end(&mut out))
-                    .map_err(|e| format!("{}: {e}", w.key))?;
-                if out.len() as u64 > HISTORY_LIMIT {
-                    return Err(format!("{} holds more than {HISTORY_LIMIT} bytes", w.key));
-                }
-                out
-            } else {
-                stored
-            };
-            let text = String::from_utf8(text).map_err(|_| format!("{} is not text", w.key))?;
-            parse_history(tli, &text).map_err(|e| e.to_string())
-        };
-        let history = read();
-        out.insert(tli, history);
-    }
-    out
-}
-
-fn history_name(timeline: u32) -> String {
-    format!("{timeline:08X}.history")
-}
-
 /// Fetches WAL file `name` for `restore_command` into `dest` (PostgreSQL's `%p`): the object
 /// the mirror names, its stored bytes checked against the mirror's sha256 before the file is
 /// put in place (temporary name, fsync, rename), decompressed when stored as `.zst`.  A name the
@@ -442,12 +377,13 @@ pub fn wal_fetch(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::restore::offsite::FORMAT;
     use crate::storage::filesystem::FilesystemTarget;
 
-    fn mirror_with(name: &str, key: &str, sha256: String) -> Mirror {
+    /// A mirror listing one WAL file (other tests of fetching add theirs).
+    pub(crate) fn mirror_with(name: &str, key: &str, sha256: String) -> Mirror {
         Mirror {
             format: FORMAT.into(),
             written_at: "2026-12-04T10:00:00+00:00".into(),
@@ -510,67 +446,6 @@ mod tests {
             Err(FetchError::NotOnTarget(_))
         ));
         assert!(wal_fetch(&target, &good, "../../etc/passwd", &dest2, Sync::Durable).is_err());
-    }
-
-    /// History files are read from the target as the mirror lists them (zstd or not), each
-    /// checked; one that is damaged, not text, malformed or outside the target is kept as its
-    /// reason, and stands in no other timeline's way.
-    #[test]
-    fn history_files_are_read_checked_and_failures_kept_apart() {
-        let tmp = tempfile::tempdir().unwrap();
-        let target = FilesystemTarget {
-            dir: tmp.path().join("t"),
-            rate: None,
-        };
-        std::fs::create_dir_all(tmp.path().join("t/7/.wal")).unwrap();
-        std::fs::write(tmp.path().join("secret.history"), b"1\t0/5000000\tx\n").unwrap();
-        let mut m = mirror_with("000000010000000000000003", "7/.wal/x", "a".repeat(64));
-        let mut add = |tli: u32, key: &str, stored: &[u8], sha: Option<String>| {
-            std::fs::write(tmp.path().join("t").join(key), stored).unwrap_or(());
-            m.wal_files.push(MirrorWal {
-                name: format!("{tli:08X}.history"),
-                key: key.into(),
-                size: stored.len() as i64,
-                sha256: sha.unwrap_or_else(|| hex(&Sha256::digest(stored))),
-                archived_at: "2026-12-04T10:00:00+00:00".into(),
-            });
-        };
-        let two =
-            zstd::encode_all(&b"1\t0/5000000\tno recovery target specified\n"[..], 3).unwrap();
-        add(2, "7/.wal/00000002.history.zst", &two, None);
-        add(
-            3,
-            "7/.wal/00000003.history",
-            b"1\t0/5000000\tx\n2\t0/7000000\tx\n",
-            None,
-        );
-        add(
-            4,
-            "7/.wal/00000004.history",
-            b"3\t0/9000000\tx\n",
-            Some("0".repeat(64)),
-        );
-        add(5, "7/.wal/00000005.history", b"9\t0/9000000\tx\n", None);
-        add(6, "7/.wal/00000006.history", &[0xff, 0xfe], None);
-        add(0x10, "../secret.history", b"1\t0/5000000\tx\n", None);
-        assert_eq!(read_histories(&target, &m, Some(3)).len(), 1);
-        let hs = read_histories(&target, &m, None);
-        assert_eq!(hs.len(), 6, "{hs:?}");
-        assert_eq!(
-            hs[&2],
-            Ok(vec![Switch {
-                parent: 1,
-                end: wal::Lsn(0x500_0000)
-            }])
-        );
-        assert_eq!(hs[&3].as_ref().map(Vec::len), Ok(2));
-        assert!(hs[&4].as_ref().unwrap_err().contains("sha256"), "{hs:?}");
-        assert!(
-            hs[&5].as_ref().unwrap_err().contains("not an ancestor"),
-            "{hs:?}"
-        );
-        assert!(hs[&6].as_ref().unwrap_err().contains("not text"), "{hs:?}");
-        assert!(hs[&0x10].is_err(), "{hs:?}");
     }
 
     #[test]

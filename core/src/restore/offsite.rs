@@ -480,7 +480,7 @@ fn usable(
     let followed = |t| path_for(timeline, stop, t, &timelines.histories, &with_wal);
     let path = match goal {
         Goal::EndOfBackup => TimelinePath::stay(timeline),
-        Goal::Lsn(l) => followed(timelines.target)?.up_to(*l),
+        Goal::Lsn(l) => followed(timelines.target)?.up_to(*l, size),
         Goal::Latest | Goal::Time(_) => followed(timelines.target)?,
     };
     let after = match goal {

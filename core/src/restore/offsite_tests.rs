@@ -306,15 +306,18 @@ fn recovery_follows_the_timelines_after_a_failover() {
     // A location on timeline 2 is reached along the path; not on timeline 1, which has no WAL
     // that far.
     let goal = Goal::Lsn(Lsn::parse("0/7000010").unwrap());
-    let c = choose(
-        &m,
-        &goal,
-        None,
-        TarChains::PassOver,
-        &switched(TargetTimeline::Id(2)),
-    )
-    .unwrap();
+    let c = along(&m, &goal, None, TargetTimeline::Id(2)).unwrap();
     assert_eq!(names(&c), ["104", "205", "206", "207"]);
+    // A location before the switch but in its segment, whose timeline-1 copy is only a
+    // .partial after a failover: read from timeline 2's copy, as PostgreSQL does.
+    let mut partial = m.clone();
+    partial
+        .wal_files
+        .retain(|w| w.name != "000000010000000000000005");
+    let goal_in_five = Goal::Lsn(Lsn::parse("0/5000050").unwrap());
+    let c = along(&partial, &goal_in_five, None, TargetTimeline::Latest).unwrap();
+    assert_eq!(c.path.target(), 2);
+    assert_eq!(names(&c), ["104", "205"]);
     let e = along(&m, &goal, None, TargetTimeline::Current)
         .unwrap_err()
         .to_string();

@@ -411,16 +411,17 @@ fn restore(
     } else {
         TarChains::PassOver
     };
-    // Small files, read only to know the timelines' paths: one the target lacks or damaged
-    // stands only in the way of a restore that needs it, and says so.
     if r.target_timeline.is_some() && goal == Goal::EndOfBackup {
         return Err(CliError::Usage(
             "--target-timeline needs a goal past the backup's end: --latest, --target-time or --target-lsn".into(),
         ));
     }
+    // Small files, read only to know the timelines' paths: one the target lacks or damaged
+    // stands only in the way of a restore that needs it, and says so.
+    let target = r.target_timeline.unwrap_or_default();
     let timelines = offsite::Timelines {
-        target: r.target_timeline.unwrap_or_default(),
-        histories: match (r.target_timeline.unwrap_or_default(), &goal) {
+        target,
+        histories: match (target, &goal) {
             (_, Goal::EndOfBackup) | (TargetTimeline::Current, _) => Default::default(),
             (TargetTimeline::Id(t), _) => fetch_history::read_histories(storage, &mirror, Some(t))?,
             (TargetTimeline::Latest, _) => fetch_history::read_histories(storage, &mirror, None)?,

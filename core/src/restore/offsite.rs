@@ -239,7 +239,7 @@ pub struct Choice {
 }
 
 /// The timeline a restore should end on, and the history files the target holds (read by
-/// `fetch::read_histories`).
+/// `fetch_history::read_histories`).
 #[derive(Debug, Clone, Default)]
 pub struct Timelines {
     pub target: TargetTimeline,
@@ -360,8 +360,15 @@ pub fn choose(
     // only named when nothing can be used).
     let (late, candidates): (Vec<&MirrorBackup>, Vec<&MirrorBackup>) =
         candidates.into_iter().partition(|b| ends_after(goal, b));
+    // The timelines the target holds WAL of, once for every candidate's path.
+    let with_wal: BTreeSet<u32> = m
+        .wal_files
+        .iter()
+        .filter_map(|w| wal::Segment::parse(&w.name, m.segment_size()))
+        .map(|s| s.timeline)
+        .collect();
     let physical = candidates.into_iter().map(|b| {
-        let usable = usable(m, goal, b, chains, timelines);
+        let usable = usable(m, goal, b, chains, timelines, &with_wal);
         Candidate {
             backup_id: b.backup_id,
             problem: usable.as_ref().err().cloned(),
@@ -439,6 +446,7 @@ fn usable(
     b: &MirrorBackup,
     chains: TarChains,
     timelines: &Timelines,
+    with_wal: &BTreeSet<u32>,
 ) -> Result<(Vec<MirrorBackup>, Vec<MirrorWal>, TimelinePath), String> {
     let size = m.segment_size();
     let stop = b.stop_lsn.as_deref().and_then(Lsn::parse);
@@ -471,13 +479,7 @@ fn usable(
     };
     // Recovery to the end of the backup reads only the backup's own timeline; to a location,
     // none of the timelines that begin after it.
-    let with_wal: BTreeSet<u32> = m
-        .wal_files
-        .iter()
-        .filter_map(|w| wal::Segment::parse(&w.name, size))
-        .map(|s| s.timeline)
-        .collect();
-    let followed = |t| path_for(timeline, stop, t, &timelines.histories, &with_wal);
+    let followed = |t| path_for(timeline, stop, t, &timelines.histories, with_wal);
     let path = match goal {
         Goal::EndOfBackup => TimelinePath::stay(timeline),
         Goal::Lsn(l) => followed(timelines.target)?.up_to(*l, size),

@@ -529,8 +529,7 @@ fn finish(
             "backup-mgmt: restore_command reads the credentials from {reference}: start the server with that variable in its environment (or restore with --s3-credentials file:...)"
         );
     }
-    let timeline = (choice.path.legs().len() > 1).then(|| choice.path.target());
-    fetch::write_recovery_settings(dest, &command, goal, timeline)?;
+    fetch::write_recovery_settings(dest, &command, goal, choice.path.recovery_target())?;
     output::restored(restored, choice, dest, started.elapsed(), json);
     Ok(())
 }

@@ -164,7 +164,7 @@ pub fn restored(r: &Restored, choice: &Choice, dest: &Path, took: Duration, json
         took.as_secs_f64(),
         r.wal_segments
     );
-    if choice.path.legs().len() > 1 {
+    if choice.path.changes_timeline() {
         println!(
             "recovery ends on timeline {}, along timelines {}",
             choice.path.target(),

@@ -7,9 +7,10 @@
 //! timeline 1's WAL up to where timeline 2 branched off, then timeline 2's, then 3's.  Which
 //! archived segment recovery reads is therefore a question of the path, not of the backup's
 //! timeline alone: this module answers it, for the restore program's choice of a base backup
-//! and its check that every segment is there.
+//! and its check that every segment is there, and for `plan_recovery`'s, from the local archive.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
 
 use crate::wal::{Lsn, SegmentSize};
 
@@ -76,6 +77,39 @@ pub fn parse_history(timeline: u32, text: &str) -> Result<Vec<Switch>, TimelineE
         out.push(Switch { parent, end });
     }
     Ok(out)
+}
+
+/// The largest history file read (one line per ancestor timeline: a few kB even after
+/// thousands of promotions), as stored and once decompressed.
+pub const HISTORY_LIMIT: u64 = 1 << 20;
+/// The most history-file bytes one restore reads, however many a target lists.
+pub const HISTORIES_LIMIT: u64 = 64 << 20;
+
+/// A history file's bytes as archived (`stored`, zstd-compressed when `compressed`), at most
+/// `limit` bytes once decompressed: the file comes from an archive others may write, and a few
+/// bytes of zstd can claim gigabytes.
+pub fn decompressed_history(
+    stored: Vec<u8>,
+    compressed: bool,
+    limit: u64,
+) -> Result<Vec<u8>, String> {
+    if !compressed {
+        return Ok(stored);
+    }
+    let mut out = Vec::new();
+    crate::stream::decompress(&stored[..])
+        .and_then(|d| d.take(limit + 1).read_to_end(&mut out))
+        .map_err(|e| e.to_string())?;
+    if out.len() as u64 > limit {
+        return Err(format!("it decompresses to more than {limit} bytes"));
+    }
+    Ok(out)
+}
+
+/// The history of `timeline` that a history file's (decompressed) bytes hold.
+pub fn history_of(timeline: u32, bytes: Vec<u8>) -> Result<Vec<Switch>, String> {
+    let text = String::from_utf8(bytes).map_err(|_| "it is not text".to_owned())?;
+    parse_history(timeline, &text).map_err(|e| e.to_string())
 }
 
 /// One timeline of a recovery's path, and where its WAL takes over from the one before.
@@ -150,6 +184,18 @@ impl TimelinePath {
 
     pub fn legs(&self) -> &[Leg] {
         &self.0
+    }
+
+    /// Whether recovery leaves the base backup's timeline.
+    pub fn changes_timeline(&self) -> bool {
+        self.0.len() > 1
+    }
+
+    /// What `recovery_target_timeline` names: the timeline recovery ends on when it changes
+    /// timeline, else None (`'current'`, which needs no history file of the backup's own
+    /// timeline; a number other than 1 would).
+    pub fn recovery_target(&self) -> Option<u32> {
+        self.changes_timeline().then(|| self.target())
     }
 
     /// Which timeline's file of segment `number` recovery reads: the newest leg that has begun
@@ -246,7 +292,7 @@ pub fn path_for(
         _ if t == base => Ok(TimelinePath::stay(base)),
         Some(Ok(h)) => TimelinePath::to(base, base_end, t, h),
         Some(Err(why)) => Err(format!("the history file of timeline {t}: {why}")),
-        None => Err(format!("the target holds no history file of timeline {t}")),
+        None => Err(format!("the archive holds no history file of timeline {t}")),
     };
     match target {
         TargetTimeline::Current => Ok(TimelinePath::stay(base)),
@@ -269,14 +315,15 @@ pub fn path_for(
                         return Err(format!(
                             "the history file of timeline {t} cannot be read ({why}), so it is \
                              not known whether that timeline continues from this backup; name \
-                             the timeline to end on with --target-timeline"
+                             the timeline to end on (the restore program's --target-timeline)"
                         ))
                     }
                     None => {
                         return Err(format!(
-                            "the target holds WAL of timeline {t} but not its history file, so \
+                            "the archive holds WAL of timeline {t} but not its history file, so \
                              it is not known whether that timeline continues from this backup; \
-                             name the timeline to end on with --target-timeline"
+                             name the timeline to end on (the restore program's \
+                             --target-timeline)"
                         ))
                     }
                 }

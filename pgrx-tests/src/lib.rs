@@ -1,6 +1,7 @@
 pub mod attack;
 pub mod azurite;
 pub mod cluster;
+pub mod failover;
 pub mod jobs;
 pub mod offsite;
 pub mod program;

@@ -13,6 +13,7 @@
 use std::time::Duration;
 
 use backup_mgmt_e2e::cluster::Cluster;
+use backup_mgmt_e2e::failover::{crash_and_promote, wait_replayed};
 use backup_mgmt_e2e::jobs::{pgbench_fingerprint as fingerprint, run_job};
 use backup_mgmt_e2e::offsite::{add_disk_target, promoted, switch_sync_and_wait};
 use backup_mgmt_e2e::program::run;
@@ -58,32 +59,14 @@ fn a_restore_after_a_failover_follows_the_new_timeline() {
     .unwrap();
     sdb.batch_execute("SELECT pg_reload_conf()").unwrap();
     db.batch_execute("INSERT INTO markers VALUES (2)").unwrap();
-    assert!(
-        Cluster::wait_for(Duration::from_secs(60), || {
-            sdb.query_one("SELECT count(*) FROM markers WHERE id = 2", &[])
-                .map(|r| r.get::<_, i64>(0) == 1)
-                .unwrap_or(false)
-        }),
-        "{}",
-        standby.log()
-    );
+    wait_replayed(&standby, &mut sdb, 2);
     // Everything the primary archived is on the target; then it crashes. The segment it was
     // writing is never completed on timeline 1: the standby continues it on timeline 2 (and
     // archives what it had of it as .partial). A clean shutdown would instead complete and
     // archive one more segment locally at the very end, which a lost site takes with it.
     switch_sync_and_wait(&primary, &mut db, &disk, 1);
     drop(db);
-    primary.pg_ctl_stop("immediate");
-    standby.promote();
-    let mut sdb = promoted(&standby);
-    let timeline: String = sdb
-        .query_one(
-            "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(timeline, "00000002");
+    let mut sdb = crash_and_promote(&mut primary, &standby);
 
     // Work on timeline 2, with a point in time between markers 3 and 4.
     sdb.batch_execute("INSERT INTO markers VALUES (3)").unwrap();

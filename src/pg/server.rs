@@ -89,6 +89,25 @@ pub fn system_identifier() -> u64 {
     unsafe { pg_sys::GetSystemIdentifier() }
 }
 
+/// The timeline this server is on: the one it writes, or, in recovery (a standby), the one it
+/// has replayed up to (which follows a switch at once, where the control file's checkpoint
+/// timeline waits for the next restartpoint).
+pub fn timeline() -> u32 {
+    // SAFETY: both read shared memory under its lock; GetWALInsertionTimeLine is only valid once
+    // recovery is over, which RecoveryInProgress says (and recovery, once over, never resumes).
+    // GetXLogReplayRecPtr writes the timeline through a pointer to a live local.
+    let tli = unsafe {
+        if pg_sys::RecoveryInProgress() {
+            let mut tli: pg_sys::TimeLineID = 0;
+            pg_sys::GetXLogReplayRecPtr(&mut tli);
+            tli
+        } else {
+            pg_sys::GetWALInsertionTimeLine()
+        }
+    };
+    tli.max(1)
+}
+
 /// The name of the database this session is connected to.
 pub fn current_database() -> String {
     // SAFETY: MyDatabaseId is this session's database, which exists while we are connected;

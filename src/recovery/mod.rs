@@ -3,6 +3,9 @@
 
 pub mod archive_module;
 pub mod pitr;
+#[cfg(any(test, feature = "pg_test"))]
+mod pitr_tests;
+pub mod timelines;
 pub mod wal_catalog;
 pub mod wal_check;
 pub mod wal_ranges;

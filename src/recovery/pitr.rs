@@ -9,15 +9,20 @@
 //! backup_mgmt is not installed and the catalog is gone.  Segment numbers and names use this
 //! cluster's WAL segment size, as the archive's catalog does.
 
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
 use backup_mgmt_core::restore::base_choice::{choose_base, Candidate, Chosen, WINDOW};
 use backup_mgmt_core::restore::recipe::{
     recipe, wal_needed, Base, RecipeError, RecipeInput, Segment, TarPart, Target,
 };
+use backup_mgmt_core::timeline::TimelinePath;
 use backup_mgmt_core::wal::{self, Lsn, WalRange};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiError, SpiHeapTupleData};
 
+use super::timelines::Line;
 use crate::catalog::queries::{
     chain_members, chain_problem, chain_unverified, newest_verification_status,
 };
@@ -115,9 +120,55 @@ fn restore_recipe(backup_id: Option<i64>) -> Result<String, ErrorReport> {
             archive_dir: None,
             wal: Vec::new(),
             target: Target::Immediate,
+            timeline: None,
             pg_major: row.get(6)?.unwrap_or_default(),
         })?)
     })?)
+}
+
+/// The timelines recovery from the candidate base backup `row` reads to end on this server's
+/// timeline (cut at `target` for a location), or why it cannot.
+fn route_of(
+    row: &SpiHeapTupleData<'_>,
+    line: &Line,
+    target: &Target,
+    size: wal::SegmentSize,
+) -> Result<Result<TimelinePath, String>, PitrError> {
+    // As before timelines were followed: a row without its timeline is on the first.
+    let timeline = row
+        .get::<i32>(6)?
+        .and_then(|t| u32::try_from(t).ok())
+        .filter(|t| *t > 0)
+        .unwrap_or(1);
+    let stop = match row.get::<String>(8)? {
+        Some(stop) => Some(stop),
+        None => row.get::<String>(7)?,
+    };
+    let stop = stop.as_deref().and_then(Lsn::parse).unwrap_or_default();
+    Ok(line.route(timeline, stop).map(|r| match target {
+        Target::Lsn(l) => r.up_to(*l, size),
+        Target::Time(_) | Target::Immediate => r,
+    }))
+}
+
+/// A candidate's catalog row, and the timelines recovery from it reads (or why it cannot).
+type Routed<'a> = (SpiHeapTupleData<'a>, Result<TimelinePath, String>);
+
+/// A candidate base backup: what makes it unusable (its verification, its chain, or the
+/// timelines that lead on from it), and the timelines recovery from it reads.
+fn candidate<'a>(
+    row: SpiHeapTupleData<'a>,
+    line: &Line,
+    target: &Target,
+    size: wal::SegmentSize,
+) -> Result<Candidate<Routed<'a>>, PitrError> {
+    let route = route_of(&row, line, target, size)?;
+    Ok(Candidate {
+        backup_id: row.get::<i64>(1)?.unwrap_or_default(),
+        problem: row.get::<String>(12)?.or(route.as_ref().err().cloned()),
+        unverified: row.get::<String>(14)?,
+        item: (row, route),
+    })
 }
 
 /// One row of a plan.
@@ -185,39 +236,44 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
         Target::Time(_) | Target::Immediate => None,
     };
     Spi::connect(|c| {
+        // Recovery ends on this server's timeline, along its history: the plan checks the WAL
+        // along that path from each candidate (see `timelines`).
+        let line = Line::read(c)?;
         // The newest base backup of this cluster that was consistent before the target, whose
-        // newest verification did not fail, and whose whole chain is usable; and the newer ones
-        // that could not be used, with why (said in a NOTICE, and in the reason when none can).
+        // newest verification did not fail, whose whole chain is usable and from which the
+        // timelines lead on; and the newer ones that could not be used, with why (said in a
+        // NOTICE, and in the reason when none can).
         let first =
             format!("{CANDIDATES} ORDER BY r.stop_lsn DESC, r.backup_id DESC LIMIT {WINDOW}");
         let args = [target_time.into(), target_lsn_text.clone().into()];
-        fn candidate(
-            row: SpiHeapTupleData<'_>,
-        ) -> Result<Candidate<SpiHeapTupleData<'_>>, PitrError> {
-            Ok(Candidate {
-                backup_id: row.get::<i64>(1)?.unwrap_or_default(),
-                problem: row.get::<String>(12)?,
-                unverified: row.get::<String>(14)?,
-                item: row,
-            })
-        }
+        let candidate = |row| candidate(row, &line, &target, segment_size);
         let mut candidates = Vec::new();
+        let mut seen = Vec::new();
         for row in c.select(&first, None, &args)? {
-            candidates.push(candidate(row)?);
+            let c = candidate(row)?;
+            seen.push(c.backup_id);
+            candidates.push(c);
         }
         // Twenty newer ones unusable: the newest usable one further back (a verified chain
-        // first), if any.
+        // first), if any; a window of them, since the timelines may rule some out.
         if candidates.len() == WINDOW && candidates.iter().all(|c| c.problem.is_some()) {
             let further = format!(
-                "SELECT x.* FROM ({CANDIDATES}) x WHERE x.problem IS NULL \
-                  ORDER BY x.unverified IS NULL DESC, x.stop_order DESC, x.backup_id DESC LIMIT 1"
+                "SELECT x.* FROM ({CANDIDATES}) x \
+                  WHERE x.problem IS NULL AND x.backup_id <> ALL($3) \
+                  ORDER BY x.unverified IS NULL DESC, x.stop_order DESC, x.backup_id DESC \
+                  LIMIT {WINDOW}"
             );
-            if let Some(row) = c.select(&further, None, &args)?.next() {
+            let args = [
+                target_time.into(),
+                target_lsn_text.clone().into(),
+                seen.clone().into(),
+            ];
+            for row in c.select(&further, None, &args)? {
                 candidates.push(candidate(row)?);
             }
         }
         let Chosen {
-            item: row,
+            item: (row, route),
             backup_id: chose,
             why: why_this,
         } = match choose_base(candidates) {
@@ -230,13 +286,15 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
                 return Ok(unreachable_row(reason));
             }
         };
-        notice!("backup_mgmt: plan_recovery chose base backup {chose}: {why_this}");
+        // Never an Err: a candidate whose path failed had that as its problem.
+        let route = route.unwrap_or_else(|_| TimelinePath::stay(1));
         let id: i64 = row.get(1)?.unwrap_or_default();
         let path: String = row.get(2)?.unwrap_or_default();
         let sha: String = row.get(3)?.unwrap_or_default();
         let compression: String = row.get(4)?.unwrap_or_default();
         let end: Option<TimestampWithTimeZone> = row.get(5)?;
-        let timeline: i32 = row.get(6)?.unwrap_or(1);
+        // As `route_of` reads it: the catalog is input.
+        let timeline: i32 = row.get::<i32>(6)?.filter(|t| *t > 0).unwrap_or(1);
         let start_text: Option<String> = row.get(7)?;
         let stop_text: Option<String> = row.get(8)?;
         let sysid: i64 = row.get(9)?.unwrap_or_default();
@@ -254,40 +312,48 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
             Target::Lsn(l) => Some(segment_size.segment_of(l.0) as i64),
             Target::Time(_) | Target::Immediate => None,
         };
+        // Each segment under the timeline the path is on there.
         let name_of = |number: i64| {
             wal::Segment {
-                timeline: timeline as u32,
+                timeline: route.timeline_of(number as u64, segment_size),
                 number: number as u64,
             }
             .file_name(segment_size)
         };
+        let on_path: Vec<i32> = route.legs().iter().map(|l| l.timeline as i32).collect();
 
         let rows = c.select(
             "SELECT segment_number, file_name, checksum, \
                     coalesce(archived_at >= $4, false), file_path, \
                     regexp_replace(file_path, '^.*/', ''), \
-                    CASE WHEN xact_scanned THEN coalesce(last_xact_at > $4, false) END \
+                    CASE WHEN xact_scanned THEN coalesce(last_xact_at > $4, false) END, \
+                    timeline_id \
                FROM backup_management.wal_archive \
-              WHERE system_identifier = $1 AND timeline_id = $2 AND segment_number >= $3 \
+              WHERE system_identifier = $1 AND timeline_id = ANY($2) AND segment_number >= $3 \
                 AND expired_at IS NULL AND lost_at IS NULL \
               ORDER BY segment_number",
             None,
             &[
                 sysid.into(),
-                timeline.into(),
+                on_path.into(),
                 start_seg.into(),
                 target_time.into(),
             ],
         )?;
         let mut archived = Vec::new();
-        let mut archive_dir: Option<String> = None;
+        // Where each segment is, for the recipe's restore_command.
+        let mut dir_of = HashMap::new();
         for r in rows {
+            let number: i64 = r.get(1)?.unwrap_or_default();
+            let on: i32 = r.get(8)?.unwrap_or_default();
+            if on as u32 != route.timeline_of(number as u64, segment_size) {
+                continue;
+            }
             let file_path: Option<String> = r.get(5)?;
-            if archive_dir.is_none() {
-                archive_dir = file_path
-                    .as_deref()
-                    .and_then(|p| std::path::Path::new(p).parent())
-                    .map(|d| d.to_string_lossy().into_owned());
+            let name: String = r.get(2)?.unwrap_or_default();
+            // Compared as paths: `a//b` and `a/b` are one directory.
+            if let Some(dir) = file_path.as_deref().and_then(|p| Path::new(p).parent()) {
+                dir_of.insert(name.clone(), dir.to_path_buf());
             }
             archived.push(Segment {
                 number: r.get(1)?.unwrap_or_default(),
@@ -302,6 +368,44 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
         let missing: Vec<String> = need.missing.iter().map(|n| name_of(*n)).collect();
         let first_name = name_of(start_seg);
         let last_name = need.last.map(name_of);
+        // Recovery to a time stops in the segment that covers it: a timeline that begins after
+        // that segment is never reached (and its history file never read).  Only once the
+        // worker has read that segment's transaction times: until then it is the first segment
+        // archived after the target, and recovery may have to go on past it, into the next
+        // timeline (the old one's copy of the switch segment is only .partial).
+        let stops_in = |n: i64| {
+            archived
+                .iter()
+                .any(|s| s.number == n && s.xact_after_target == Some(true))
+        };
+        let route = match (&target, need.last) {
+            (Target::Time(_), Some(last)) if stops_in(last) => {
+                route.up_to(Lsn(segment_size.start_of(last as u64)), segment_size)
+            }
+            _ => route,
+        };
+        if route.changes_timeline() {
+            notice!(
+                "backup_mgmt: plan_recovery chose base backup {chose}: {why_this}, along \
+                 timelines {}",
+                route.describe()
+            );
+        } else {
+            notice!("backup_mgmt: plan_recovery chose base backup {chose}: {why_this}");
+        }
+        // What recovery reads from the archive: the segments, and the history file of the
+        // timeline it ends on (each checked by the recipe before it writes anything).
+        let history = line.history_read(c, &route)?;
+        let mut reads = need.needed.clone();
+        let mut dirs: BTreeSet<&Path> = need
+            .needed
+            .iter()
+            .filter_map(|s| dir_of.get(&s.name).map(PathBuf::as_path))
+            .collect();
+        if let Ok(Some(h)) = &history {
+            reads.push(h.listed.clone());
+            dirs.insert(&h.dir);
+        }
         let reason = if !missing.is_empty() {
             format!(
                 "{} WAL file(s) needed are missing from the archive, first {}",
@@ -312,18 +416,33 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
             "no transaction committed or aborted after the target in the archived WAL: recovery would end before reaching it (choose an earlier target, or wait until a later transaction is archived)".into()
         } else if need.last.is_none() {
             "the archive has no WAL from after the target yet (wait for the next segment to be archived, or call pg_switch_wal())".into()
+        } else if let Err(why) = &history {
+            why.clone()
+        } else if dirs.len() > 1 {
+            // A recipe's restore_command reads one directory.
+            format!(
+                "the WAL this recovery reads lies in {} archive directories ({}); a recipe reads \
+                 one: copy the files into one directory, or restore with the restore program \
+                 from an off-site target",
+                dirs.len(),
+                dirs.iter()
+                    .map(|d| format!("{d:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         } else {
             "reachable".into()
         };
         let reachable = reason == "reachable";
-        let recipe_text = match (&archive_dir, reachable) {
+        let recipe_text = match (dirs.first(), reachable) {
             (Some(dir), true) => Some(recipe(&RecipeInput {
                 system_identifier: sysid,
                 backup_id: id,
                 base: base_of(c, id, &method, &path, &sha, &compression)?,
-                archive_dir: Some(dir.clone()),
-                wal: need.needed.clone(),
+                archive_dir: Some(dir.to_string_lossy().into_owned()),
+                wal: reads,
                 target: target.clone(),
+                timeline: route.recovery_target(),
                 pg_major: major,
             })?),
             _ => None,
@@ -425,235 +544,4 @@ fn plan_recovery_lsn(
 > {
     let lsn = target_lsn.ok_or(PitrError::Null)? as u64;
     Ok(TableIterator::once(plan(Target::Lsn(Lsn(lsn)), None)?))
-}
-
-#[cfg(any(test, feature = "pg_test"))]
-#[pgrx::pg_schema]
-mod tests {
-    use pgrx::prelude::*;
-
-    #[allow(unused_imports)]
-    use crate::testing::*;
-
-    /// Recovery planning: a NULL target is refused; with no base backup (or one that ended
-    /// after the target) the plan says so instead of pretending.
-    #[pg_test]
-    fn recovery_plans_explain_what_is_missing() {
-        assert_fails(
-            "SELECT * FROM backup_mgmt.plan_recovery(NULL)",
-            "22004",
-            "NULL",
-        );
-        let (reachable, reason) = Spi::get_two::<bool, String>(
-            "SELECT reachable, reason FROM backup_mgmt.plan_recovery(now())",
-        )
-        .unwrap();
-        assert_eq!(reachable, Some(false));
-        assert!(reason.unwrap().contains("no completed pg_basebackup"));
-        // A base backup without its WAL positions cannot be a starting point; with them, and
-        // no archived WAL, the plan lists what is missing.
-        let id = Spi::get_one::<i64>(
-            "SELECT backup_mgmt.record_backup_start('postgres', 'full', 'pg_basebackup', '/tmp/backup_mgmt_pgtest_root/base.tar')",
-        )
-        .unwrap()
-        .unwrap();
-        Spi::run_with_args(
-            "SELECT backup_mgmt.record_backup_complete($1, 10, repeat('a', 64))",
-            &[id.into()],
-        )
-        .unwrap();
-        let before = Spi::get_one::<bool>(
-            "SELECT reachable FROM backup_mgmt.plan_recovery_lsn('0/5000000')",
-        )
-        .unwrap();
-        assert_eq!(before, Some(false));
-        Spi::run_with_args(
-            "UPDATE backup_management.backup_records \
-                SET start_lsn = '0/3000028', stop_lsn = '0/3000100', timeline_id = 1, origin = 'worker', \
-                    system_identifier = (SELECT system_identifier FROM pg_control_system()) \
-              WHERE backup_id = $1",
-            &[id.into()],
-        )
-        .unwrap();
-        let (reachable, missing) = Spi::get_two::<bool, Vec<String>>(
-            "SELECT reachable, missing_wal_files FROM backup_mgmt.plan_recovery_lsn('0/5000000')",
-        )
-        .unwrap();
-        assert_eq!(reachable, Some(false));
-        assert_eq!(
-            missing.unwrap(),
-            vec![
-                "000000010000000000000003",
-                "000000010000000000000004",
-                "000000010000000000000005"
-            ]
-        );
-        let recipe =
-            Spi::get_one::<String>("SELECT recipe FROM backup_mgmt.plan_recovery_lsn('0/5000000')")
-                .unwrap();
-        assert_eq!(recipe, None, "no recipe for an unreachable target");
-    }
-
-    /// A native chain in the catalog: the parent cannot be deleted or expired while a child is
-    /// retained; children first is fine.  restore_recipe refuses what it cannot restore.
-    #[pg_test]
-    fn native_chains_are_units_and_recipes_refuse_other_backups() {
-        let record = |kind: &str, path: &str| -> i64 {
-            let id = Spi::get_one_with_args::<i64>(
-                "SELECT backup_mgmt.record_backup_start('postgres', $1, 'native_physical', $2)",
-                &[kind.into(), path.into()],
-            )
-            .unwrap()
-            .unwrap();
-            Spi::run_with_args(
-                "SELECT backup_mgmt.record_backup_complete($1, 10, repeat('b', 64))",
-                &[id.into()],
-            )
-            .unwrap();
-            id
-        };
-        let full = record("full", "/tmp/backup_mgmt_pgtest_root/f.native");
-        let incr = record("incremental", "/tmp/backup_mgmt_pgtest_root/i.native");
-        Spi::run_with_args(
-            "UPDATE backup_management.backup_records SET parent_backup_id = $2 WHERE backup_id = $1",
-            &[incr.into(), full.into()],
-        )
-        .unwrap();
-        assert_fails(
-            &format!("DELETE FROM backup_management.backup_records WHERE backup_id = {full}"),
-            "2BP01",
-            &format!("backup {full} is the parent of backup {incr}"),
-        );
-        assert_fails(
-            &format!("UPDATE backup_management.backup_records SET status = 'expired' WHERE backup_id = {full}"),
-            "2BP01",
-            &incr.to_string(),
-        );
-        // One statement expiring the whole chain is fine, whichever row it reaches first.
-        Spi::run_with_args(
-            "UPDATE backup_management.backup_records SET status = 'expired' WHERE backup_id = ANY($1)",
-            &[vec![full, incr].into()],
-        )
-        .unwrap();
-
-        assert_fails("SELECT backup_mgmt.restore_recipe(NULL)", "22004", "NULL");
-        assert_fails(
-            "SELECT backup_mgmt.restore_recipe(424242)",
-            "42704",
-            "424242",
-        );
-        let dump = start();
-        Spi::run_with_args(
-            "SELECT backup_mgmt.record_backup_complete($1, 10, repeat('c', 64))",
-            &[dump.into()],
-        )
-        .unwrap();
-        assert_fails(
-            &format!("SELECT backup_mgmt.restore_recipe({dump})"),
-            "42809",
-            "pg_dump",
-        );
-    }
-
-    /// Records a completed native backup by the worker (`kind` full or incremental) whose WAL
-    /// runs from `{lsn}28` to `{lsn}FF`; returns its id.
-    fn native(kind: &str, name: &str, lsn: &str, parent: Option<i64>) -> i64 {
-        Spi::run(&format!(
-            "INSERT INTO backup_management.backup_records
-                 (database_name, backup_type, backup_method, backup_file_path, status, start_time, end_time,
-                  duration, checksum, origin, system_identifier, timeline_id, start_lsn, stop_lsn, parent_backup_id)
-             VALUES ('postgres', '{kind}', 'native_physical', '/tmp/backup_mgmt_pgtest_root/{name}', 'completed',
-                     now(), now(), '0', repeat('d', 64), 'worker',
-                     (SELECT system_identifier FROM pg_control_system()), 1, '{lsn}28', '{lsn}FF', {})",
-            parent.map_or("NULL".to_owned(), |p| p.to_string())
-        ))
-        .unwrap();
-        Spi::get_one::<i64>("SELECT max(backup_id) FROM backup_management.backup_records")
-            .unwrap()
-            .unwrap()
-    }
-
-    /// Records a checksum verification of backup `id` with `status`.
-    fn verify(id: i64, status: &str) {
-        Spi::run(&format!(
-            "INSERT INTO backup_management.backup_verifications (backup_id, verification_type, verification_status)
-             VALUES ({id}, 'checksum', '{status}')"
-        ))
-        .unwrap();
-    }
-
-    /// A chain is only as good as its ancestors (issue 15): an incremental whose full failed
-    /// verification is not a base, even when it was never verified itself; the plan takes an
-    /// older whole chain and says what it could not use.
-    #[pg_test]
-    fn plans_skip_a_chain_whose_ancestor_failed_verification() {
-        let old = native("full", "old", "0/30000", None);
-        verify(old, "passed");
-        let full = native("full", "full", "0/60000", None);
-        verify(full, "failed");
-        let incr = native("incremental", "incr", "0/90000", Some(full));
-        let base = Spi::get_one::<i64>(
-            "SELECT base_backup_id FROM backup_mgmt.plan_recovery_lsn('0/A000000')",
-        )
-        .unwrap();
-        assert_eq!(base, Some(old));
-        // Still found behind more than twenty unusable ones.
-        let mut parent = incr;
-        for i in 0..24 {
-            parent = native(
-                "incremental",
-                &format!("incr{i}"),
-                &format!("0/9{:02X}00", i + 1),
-                Some(parent),
-            );
-        }
-        let base = Spi::get_one::<i64>(
-            "SELECT base_backup_id FROM backup_mgmt.plan_recovery_lsn('0/A000000')",
-        )
-        .unwrap();
-        assert_eq!(base, Some(old));
-        // With no whole chain left, the reason names each backup it could not use and why.
-        verify(old, "failed");
-        let (reachable, reason) = Spi::get_two::<bool, String>(
-            "SELECT reachable, reason FROM backup_mgmt.plan_recovery_lsn('0/A000000')",
-        )
-        .unwrap();
-        assert_eq!(reachable, Some(false));
-        let reason = reason.unwrap_or_default();
-        assert!(
-            reason.contains(&format!(
-                "backup {parent}: its ancestor {full} failed its newest verification"
-            )),
-            "{reason}"
-        );
-    }
-
-    /// A chain verified as a whole is preferred to a newer one that is not (issue 15): the newer
-    /// base whose full was never verified is passed over, with a NOTICE saying why; once its
-    /// chain passes it is chosen; with no verified chain the newest usable one is still a plan.
-    #[pg_test]
-    fn plans_prefer_a_chain_verified_as_a_whole() {
-        let base = || {
-            Spi::get_one::<i64>(
-                "SELECT base_backup_id FROM backup_mgmt.plan_recovery_lsn('0/A000000')",
-            )
-            .unwrap()
-        };
-        // Nothing verified: the newest usable chain is still the plan.
-        let old = native("full", "vold", "0/30000", None);
-        let full = native("full", "vfull", "0/60000", None);
-        let incr = native("incremental", "vincr", "0/90000", Some(full));
-        assert_eq!(base(), Some(incr));
-        // The old full passes; the newer chain's incremental passes but its full was never
-        // verified: the old, verified one is chosen.
-        verify(old, "passed");
-        verify(incr, "passed");
-        assert_eq!(base(), Some(old));
-        // The full passes too: the newer chain is verified as a whole and wins.
-        verify(full, "passed");
-        assert_eq!(base(), Some(incr));
-        // A newer verification that fails takes the chain out altogether.
-        verify(full, "failed");
-        assert_eq!(base(), Some(old));
-    }
 }

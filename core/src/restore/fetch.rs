@@ -16,6 +16,7 @@ use super::materialize::{materialize_delta, materialize_from, Delta, Writers};
 use super::offsite::{Choice, Goal, Mirror, MirrorWal};
 use super::recipe::conf_quote;
 pub use super::recipe::sh_quote;
+use super::recovery_conf::recovery_settings;
 use super::remote_files::RemoteHolders;
 use crate::checksum::{hex, is_sha256_hex};
 use crate::files::direct::Writes;
@@ -269,26 +270,13 @@ pub fn write_recovery_settings(
         ),
         Goal::Lsn(l) => format!("recovery_target_lsn = {}", conf_quote(&l.to_string())),
     };
-    // A backup of a cluster restored before carries that restore's settings: every target is
-    // reset (the last value of a setting wins), then this one is set.
-    let mut text = format!(
-        "\n# Written by backup-mgmt restore\nrestore_command = {}\n\
-         recovery_target = ''\nrecovery_target_time = ''\nrecovery_target_lsn = ''\n\
-         recovery_target_xid = ''\nrecovery_target_name = ''\nrecovery_target_inclusive = on\n",
-        conf_quote(fetch_command)
+    // The WAL was checked along the path to `timeline` (`offsite::choose`).
+    let text = recovery_settings(
+        "backup-mgmt restore",
+        fetch_command,
+        (!target.is_empty()).then_some(target.as_str()),
+        timeline,
     );
-    // The WAL was checked along the path to this timeline (`offsite::choose`): recovery keeps
-    // to it, not to whichever timeline is newest on the target, which may have branched off
-    // elsewhere (PostgreSQL's 'latest' would then refuse to start).  The backup's own is
-    // 'current', which needs no history file of it (a number other than 1 would).
-    text.push_str(&match timeline {
-        Some(tl) => format!("recovery_target_timeline = '{tl}'\n"),
-        None => "recovery_target_timeline = 'current'\n".to_owned(),
-    });
-    if !target.is_empty() {
-        text.push_str(&target);
-        text.push_str("\nrecovery_target_action = 'promote'\n");
-    }
     let conf = dest.join("postgresql.auto.conf");
     // Never through a symlink planted in the backup.
     let mut f = OpenOptions::new()

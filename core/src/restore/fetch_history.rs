@@ -3,19 +3,13 @@
 //! (`timeline::path_for`), and checked to be servable where recovery will ask `wal-fetch` for
 //! them when it ends.
 
-use std::io::Read;
-
 use super::fetch::{read_checked, FetchError};
 use super::offsite::{Mirror, MirrorWal};
 use crate::checksum::is_sha256_hex;
 use crate::storage::Storage;
-use crate::stream;
-use crate::timeline::{parse_history, Histories};
-
-/// The largest history file read (one line per ancestor timeline: a few kB even after
-/// thousands of promotions), and the most read in all.
-const HISTORY_LIMIT: u64 = 1 << 20;
-const HISTORIES_LIMIT: u64 = 64 << 20;
+use crate::timeline::{
+    decompressed_history, history_of, Histories, HISTORIES_LIMIT, HISTORY_LIMIT,
+};
 
 /// The timeline history files the mirror lists (only `timeline`'s, when given), newest first,
 /// read from the target, checked against the mirror's sha256 and parsed; one that is not what
@@ -46,10 +40,7 @@ pub fn read_histories(
             continue;
         };
         let history = match read_history(storage, w, &mut budget) {
-            Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => parse_history(tli, &text).map_err(|e| e.to_string()),
-                Err(_) => Err(format!("{}: it is not text", w.key)),
-            },
+            Ok(bytes) => history_of(tli, bytes).map_err(|why| format!("{}: {why}", w.key)),
             // The target unreachable, not the file damaged: the restore fails as such.
             Err(e @ (FetchError::Storage(_) | FetchError::Io(_))) => return Err(e),
             Err(e) => Err(e.to_string()),
@@ -84,20 +75,12 @@ fn read_history(
     // Never more than the limits, whatever size the mirror gives (the sha256 is the check).
     let stored = read_checked(storage, &w.key, &w.sha256, HISTORY_LIMIT.min(*budget) + 1)?;
     *budget = budget.saturating_sub(stored.len() as u64);
-    let bytes = if w.key.ends_with(".zst") {
-        let limit = HISTORY_LIMIT.min(*budget);
-        let mut out = Vec::new();
-        stream::decompress(&stored[..])
-            .and_then(|d| d.take(limit + 1).read_to_end(&mut out))
-            .map_err(|e| bad(e.to_string()))?;
-        if out.len() as u64 > limit {
-            return Err(bad(format!("it decompresses to more than {limit} bytes")));
-        }
-        *budget = budget.saturating_sub(out.len() as u64);
-        out
-    } else {
-        stored
-    };
+    let compressed = w.key.ends_with(".zst");
+    let bytes =
+        decompressed_history(stored, compressed, HISTORY_LIMIT.min(*budget)).map_err(bad)?;
+    if compressed {
+        *budget = budget.saturating_sub(bytes.len() as u64);
+    }
     Ok(bytes)
 }
 

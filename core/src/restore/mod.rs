@@ -15,6 +15,7 @@ pub mod logical;
 pub mod materialize;
 pub mod offsite;
 pub mod recipe;
+pub mod recovery_conf;
 mod remote_files;
 pub mod scratch_server;
 pub mod unprivileged;

@@ -395,9 +395,9 @@ pub fn choose(
             chosen.backup_id
         )));
     };
-    let followed = match path.legs().len() {
-        1 => String::new(),
-        _ => format!(", along timelines {}", path.describe()),
+    let followed = match path.changes_timeline() {
+        false => String::new(),
+        true => format!(", along timelines {}", path.describe()),
     };
     let why = format!(
         "backup {} ({} {}, ended {}) ends before the goal with its chain ({} backup{}) on the \

@@ -5,12 +5,15 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use crate::backup::layout::WAL_ARCHIVE;
 use crate::files::beneath::{open_file_at, Root};
+use sha2::{Digest, Sha256};
+
+use crate::checksum::hex;
 use crate::stream;
 
 /// How the reason of a file lost for its bytes begins (such a file keeps its size, so only a
@@ -116,6 +119,40 @@ fn open(dir: &File, stored: &str) -> Result<File, Found> {
     Ok(f)
 }
 
+/// The whole of a small archived file (a timeline history file), read beneath its root and
+/// checked against what was archived (`size`, `sha256`); a file of more than `limit` bytes is
+/// refused, and no more than one byte past the limit is read.  Err: why it cannot be used, in
+/// words.
+pub fn read_small(
+    file: &ArchivedFile,
+    size: u64,
+    sha256: &str,
+    limit: u64,
+) -> Result<Vec<u8>, String> {
+    let why = |found: Found| match found {
+        Found::Unreadable(e) => format!("it cannot be read: {e}"),
+        other => other.lost_reason(size).unwrap_or_default(),
+    };
+    if size > limit {
+        return Err(format!("{size} bytes archived, more than {limit} are read"));
+    }
+    let f = open_archived(file).map_err(why)?;
+    let mut bytes = Vec::new();
+    f.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| why(Found::Unreadable(e.to_string())))?;
+    let actual = hex(&Sha256::digest(&bytes));
+    if bytes.len() as u64 != size {
+        return Err(why(Found::Size {
+            actual: bytes.len() as u64,
+        }));
+    }
+    if !actual.eq_ignore_ascii_case(sha256) {
+        return Err(why(Found::Digest { actual }));
+    }
+    Ok(bytes)
+}
+
 /// Presence and size: one open and `fstat`, no read.
 pub fn check_size(dir: &File, stored: &str, size: u64) -> Found {
     match open(dir, stored) {
@@ -153,10 +190,9 @@ pub fn check_content(
 #[cfg(test)]
 mod unit {
     use super::*;
-    use sha2::{Digest, Sha256};
 
     fn sha256_hex(b: &[u8]) -> String {
-        crate::checksum::hex(&Sha256::digest(b))
+        hex(&Sha256::digest(b))
     }
 
     fn archive() -> (tempfile::TempDir, PathBuf, ArchivedFile) {
@@ -226,5 +262,29 @@ mod unit {
         assert_eq!(check_size(&dir, &file.stored, 13), Found::NotRegular);
         assert!(Found::Missing.lost_reason(13).unwrap().contains("missing"));
         assert_eq!(Found::Intact.lost_reason(13), None);
+    }
+
+    /// A small file is read whole only when it is what was archived, within the limit, and
+    /// never through a symlink.
+    #[test]
+    fn small_files_are_read_whole_and_checked() {
+        let (_t, root, file) = archive();
+        let sha = sha256_hex(b"segment bytes");
+        assert_eq!(read_small(&file, 13, &sha, 100).unwrap(), b"segment bytes");
+        let e = read_small(&file, 13, &"0".repeat(64), 100).unwrap_err();
+        assert!(e.contains("sha256"), "{e}");
+        let e = read_small(&file, 12, &sha, 100).unwrap_err();
+        assert!(e.contains("13 bytes on disk, 12 archived"), "{e}");
+        let e = read_small(&file, 13, &sha, 10).unwrap_err();
+        assert!(e.contains("more than 10"), "{e}");
+        // Grown on disk beyond the limit: no more than the limit is read.
+        std::fs::write(root.join("wal/42").join(&file.stored), vec![b'x'; 1000]).unwrap();
+        let e = read_small(&file, 13, &sha, 100).unwrap_err();
+        assert!(e.contains("101 bytes on disk"), "{e}");
+        std::fs::remove_file(root.join("wal/42").join(&file.stored)).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", root.join("wal/42").join(&file.stored))
+            .unwrap();
+        let e = read_small(&file, 13, &sha, 100).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
     }
 }

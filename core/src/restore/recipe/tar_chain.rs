@@ -156,6 +156,7 @@ mod tests {
             archive_dir: None,
             wal: Vec::new(),
             target: Target::Immediate,
+            timeline: None,
             pg_major: 18,
         };
         let run = |script: &str, dir: &std::path::Path| {

@@ -1,0 +1,258 @@
+//! The recipes' unit tests: what they embed, how they quote it, and a recipe run with bash.
+
+use super::*;
+
+#[test]
+fn conf_values_read_back_as_written() {
+    for s in [
+        r"plain",
+        r"it's",
+        r"C:\dir",
+        r"\047;touch /tmp/x;\047",
+        r"'\''",
+        r"a\\b",
+    ] {
+        assert_eq!(conf_unquote(&conf_quote(s)), s, "{s}");
+    }
+    assert_eq!(conf_quote(r"\047"), r"'\\047'");
+}
+
+fn segment_file_name(timeline: u32, number: i64, _: u64) -> String {
+    wal::Segment {
+        timeline,
+        number: number as u64,
+    }
+    .file_name(wal::SegmentSize::default())
+}
+
+fn seg(number: i64, after: bool) -> Segment {
+    Segment {
+        number,
+        name: segment_file_name(1, number, 16 << 20),
+        file: segment_file_name(1, number, 16 << 20),
+        sha256: format!("{number:064x}"),
+        archived_after_target: after,
+        xact_after_target: None,
+    }
+}
+
+#[test]
+fn wal_needed_runs_from_the_backup_to_the_target() {
+    let archived: Vec<Segment> = (3..=9).map(|n| seg(n, n >= 7)).collect();
+    // A time target: up to the first segment archived after it.
+    let need = wal_needed(3, 4, None, &archived);
+    assert_eq!(need.last, Some(7));
+    assert_eq!(need.needed.len(), 5);
+    assert!(need.missing.is_empty());
+    // An LSN target inside segment 5; never before the backup's end.
+    assert_eq!(wal_needed(3, 4, Some(5), &archived).last, Some(5));
+    assert_eq!(wal_needed(3, 6, Some(5), &archived).last, Some(6));
+    // A hole is reported, by number.
+    let holed: Vec<Segment> = archived.iter().filter(|s| s.number != 5).cloned().collect();
+    assert_eq!(wal_needed(3, 4, None, &holed).missing, vec![5]);
+    // Nothing archived after the target yet: no last segment.
+    let early: Vec<Segment> = (3..=6).map(|n| seg(n, false)).collect();
+    assert_eq!(wal_needed(3, 4, None, &early).last, None);
+    // A target beyond the archive: the segments after it are missing.
+    assert_eq!(wal_needed(3, 4, Some(11), &archived).missing, vec![10, 11]);
+    // Once transaction times are known they decide: segment 8 holds the first transaction
+    // after the target, although 7 was archived after it.
+    let mut scanned = archived.clone();
+    for s in scanned.iter_mut() {
+        s.xact_after_target = Some(s.number >= 8);
+    }
+    assert_eq!(wal_needed(3, 4, None, &scanned).last, Some(8));
+    // Archived after the target, but no transaction after it anywhere: not reachable, and
+    // said so.
+    for s in scanned.iter_mut() {
+        s.xact_after_target = Some(false);
+    }
+    let none = wal_needed(3, 4, None, &scanned);
+    assert_eq!(none.last, None);
+    assert!(none.no_later_transaction);
+    assert!(!wal_needed(3, 4, None, &early).no_later_transaction);
+    // A target in the future: every segment read, none archived after it: not "no later
+    // transaction" but "the archive has not got there yet" (however far the scan is).
+    let mut future = early.clone();
+    for s in future.iter_mut() {
+        s.xact_after_target = Some(false);
+    }
+    let ahead = wal_needed(3, 4, None, &future);
+    assert_eq!(ahead.last, None);
+    assert!(!ahead.no_later_transaction);
+}
+
+fn sha256_of(path: &std::path::Path) -> String {
+    use sha2::Digest;
+    crate::checksum::hex(&sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// Runs a recipe for real (bash, sha256sum, tar): checks, extracts, configures; a damaged WAL
+/// file stops it before anything is written.
+#[test]
+fn recipe_restores_and_refuses_damage() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Awkward names: a space and a quote in the backup root.
+    let root = tmp.path().join("it's a root");
+    let archive = root.join("wal").join("42");
+    std::fs::create_dir_all(&archive).unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("PG_VERSION"), "15\n").unwrap();
+    std::fs::write(src.join("postgresql.auto.conf"), "# original\n").unwrap();
+    let base = root.join("base.tar");
+    let ok = std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(&base)
+        .arg("-C")
+        .arg(&src)
+        .args(["PG_VERSION", "postgresql.auto.conf"])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let mut wal = Vec::new();
+    for n in 3..=4 {
+        let name = segment_file_name(1, n, 16 << 20);
+        // Segment 3 is stored compressed (backup_mgmt.archive_compression = zstd).
+        let (file, bytes) = if n == 3 {
+            let z = zstd::encode_all(format!("segment {n}").as_bytes(), 3).unwrap();
+            (format!("{name}.zst"), z)
+        } else {
+            (name.clone(), format!("segment {n}").into_bytes())
+        };
+        std::fs::write(archive.join(&file), bytes).unwrap();
+        wal.push(Segment {
+            number: n,
+            sha256: sha256_of(&archive.join(&file)),
+            name,
+            file,
+            archived_after_target: true,
+            xact_after_target: None,
+        });
+    }
+    let input = RecipeInput {
+        system_identifier: 42,
+        backup_id: 7,
+        base: Base::Tar {
+            path: base.to_string_lossy().into_owned(),
+            sha256: sha256_of(&base),
+            compressed: false,
+            earlier: Vec::new(),
+        },
+        archive_dir: Some(archive.to_string_lossy().into_owned()),
+        wal,
+        target: Target::Time("2026-11-27 10:00:00.000000+00".into()),
+        timeline: None,
+        pg_major: 15,
+    };
+    let script = tmp.path().join("recipe.sh");
+    std::fs::write(&script, recipe(&input).unwrap()).unwrap();
+    let run = |dir: &std::path::Path| {
+        std::process::Command::new("bash")
+            .arg(&script)
+            .arg(dir)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .output()
+            .unwrap()
+    };
+    let restored = tmp.path().join("restored");
+    let out = run(&restored);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(restored.join("PG_VERSION")).unwrap(),
+        "15\n"
+    );
+    assert!(restored.join("recovery.signal").is_file());
+    let conf = std::fs::read_to_string(restored.join("postgresql.auto.conf")).unwrap();
+    assert!(conf.starts_with("# original\n"), "{conf}");
+    assert!(conf.contains("recovery_target_time = '2026-11-27 10:00:00.000000+00'"));
+    assert!(conf.contains("backup_mgmt.enabled = 'off'"));
+    // The backup's own timeline, unless the plan followed a later one; earlier targets
+    // (of a cluster restored before) reset.
+    assert!(
+        conf.contains("recovery_target_timeline = 'current'\n"),
+        "{conf}"
+    );
+    assert!(conf.contains("recovery_target_lsn = ''\n"), "{conf}");
+    let mut later = input.clone();
+    later.timeline = Some(3);
+    let text = recipe(&later).unwrap();
+    assert!(text.contains("recovery_target_timeline = '3'\n"), "{text}");
+    assert!(text.contains("ending on timeline:          3\n"), "{text}");
+    // The restore_command, as PostgreSQL would run it (through sh, %f and %p replaced),
+    // copies the archived file despite the quote in the path.
+    let line = conf
+        .lines()
+        .find_map(|l| l.strip_prefix("restore_command = '"))
+        .unwrap();
+    let command = conf_unquote(&format!("'{line}"));
+    std::fs::create_dir(restored.join("pg_wal")).unwrap();
+    for n in [3, 4] {
+        let command = command
+            .replace("%f", &segment_file_name(1, n, 16 << 20))
+            .replace("%p", "pg_wal/RECOVERYXLOG");
+        let ok = std::process::Command::new("sh")
+            .args(["-c", &command])
+            .current_dir(&restored)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .status()
+            .unwrap();
+        assert!(ok.success(), "{command}");
+        assert_eq!(
+            std::fs::read_to_string(restored.join("pg_wal/RECOVERYXLOG")).unwrap(),
+            format!("segment {n}")
+        );
+    }
+    // A file the archive does not have: the command fails, as PostgreSQL expects at the
+    // end of the archive.
+    let missing = command
+        .replace("%f", &segment_file_name(1, 9, 16 << 20))
+        .replace("%p", "pg_wal/RECOVERYXLOG");
+    let status = std::process::Command::new("sh")
+        .args(["-c", &missing])
+        .current_dir(&restored)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success());
+    // Not over a non-empty directory.
+    assert!(!run(&restored).status.success());
+    // A damaged WAL file: refused before anything is extracted.
+    std::fs::write(archive.join(segment_file_name(1, 4, 16 << 20)), "damaged").unwrap();
+    let again = tmp.path().join("again");
+    let out = run(&again);
+    assert!(!out.status.success());
+    assert!(!again.exists());
+    // A path that would break the script is refused.
+    let mut bad = input.clone();
+    bad.archive_dir = Some("/tmp/x\nrm -rf /".into());
+    assert!(matches!(recipe(&bad), Err(RecipeError::UnsafePath { .. })));
+    // A forged digest or WAL name from the catalog is refused where it is written out.
+    let mut forged = input.clone();
+    forged.wal[0].sha256 = format!(
+        "{}\nBACKUP_MGMT_WAL_LIST\ntouch /tmp/pwned\n",
+        "a".repeat(64)
+    );
+    assert!(matches!(
+        recipe(&forged),
+        Err(RecipeError::UnsafeValue { .. })
+    ));
+    let mut forged = input.clone();
+    forged.wal[0].file = "../../etc/passwd".into();
+    assert!(matches!(
+        recipe(&forged),
+        Err(RecipeError::UnsafeValue { .. })
+    ));
+    let mut forged = input;
+    forged.wal[0].name = "x'; touch /tmp/pwned; '".into();
+    assert!(matches!(
+        recipe(&forged),
+        Err(RecipeError::UnsafeValue { .. })
+    ));
+}

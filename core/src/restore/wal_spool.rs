@@ -4,6 +4,7 @@
 //! sha256 as `wal_fetch` checks it (temporary name, fsync, rename), so that the next request
 //! is a rename.  Only complete, checked files ever carry a WAL file's name in the spool.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -54,20 +55,18 @@ impl Spool {
         }
     }
 
-    /// How many WAL files of `name`'s timeline that come after it the spool holds: the
-    /// foreground starts a filler only when fewer than half the read-ahead are ready.
+    /// How many WAL segments that come after `name` (on its timeline or a later one, as
+    /// `fill` fetches them) the spool holds: the foreground starts a filler only when fewer than
+    /// half the read-ahead are ready.
     pub fn ready_after(&self, name: &str) -> usize {
-        let Some(timeline) = name.get(..8).filter(|_| wal::is_segment_name(name)) else {
+        let Some(current) = segment_of(name) else {
             return 0;
         };
         fs::read_dir(&self.dir).map_or(0, |entries| {
             entries
                 .flatten()
-                .filter(|e| {
-                    let n = e.file_name();
-                    let n = n.to_string_lossy();
-                    wal::is_segment_name(&n) && n.starts_with(timeline) && *n > *name
-                })
+                .filter_map(|e| segment_of(&e.file_name().to_string_lossy()))
+                .filter(|(tli, number)| *tli >= current.0 && *number > current.1)
                 .count()
         })
     }
@@ -86,10 +85,14 @@ impl Spool {
         Ok((rc == 0).then_some(f))
     }
 
-    /// Fetches the `ahead` WAL files after `name` on its timeline that the mirror lists and the
-    /// spool lacks, `threads` at a time, and removes spooled files of that timeline that come
-    /// before `name` (already served, or passed over).  Errors are per file and leave nothing
-    /// behind: the foreground fetch of that file reports them.
+    /// Fetches the `ahead` WAL segments after `name` that the mirror lists and the spool lacks,
+    /// `threads` at a time: each from the newest timeline, from `name`'s on, that the mirror
+    /// lists it under, since recovery reads a segment from the newest timeline of its path that
+    /// has begun by then (after a failover, the new timeline's copy of the switch segment and
+    /// everything after it, never the old timeline's).  Removes spooled segments recovery will
+    /// not ask for any more: those of `name`'s timeline before it (already served, or passed
+    /// over) and those of older timelines.  Errors are per file and leave nothing behind: the
+    /// foreground fetch of that file reports them.
     pub fn fill(
         &self,
         storage: &dyn Storage,
@@ -105,21 +108,30 @@ impl Spool {
         if let Ok(entries) = fs::read_dir(&self.dir) {
             for e in entries.flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
-                if Segment::parse(&n, size)
-                    .is_some_and(|s| s.timeline == current.timeline && s.number < current.number)
-                {
+                if Segment::parse(&n, size).is_some_and(|s| {
+                    s.timeline < current.timeline
+                        || (s.timeline == current.timeline && s.number < current.number)
+                }) {
                     let _ = fs::remove_file(e.path());
                 }
             }
         }
-        let wanted: Vec<String> = (1..=ahead as u64)
-            .map(|i| {
-                Segment {
-                    timeline: current.timeline,
-                    number: current.number + i,
-                }
-                .file_name(size)
-            })
+        // The newest timeline (from the current one on) the mirror lists each number under.
+        let upto = current.number.saturating_add(ahead as u64);
+        let mut newest: BTreeMap<u64, u32> = BTreeMap::new();
+        for s in mirror
+            .wal_files
+            .iter()
+            .filter_map(|w| Segment::parse(&w.name, size))
+            .filter(|s| s.timeline >= current.timeline)
+            .filter(|s| s.number > current.number && s.number <= upto)
+        {
+            let t = newest.entry(s.number).or_insert(s.timeline);
+            *t = (*t).max(s.timeline);
+        }
+        let wanted: Vec<String> = newest
+            .into_iter()
+            .map(|(number, timeline)| Segment { timeline, number }.file_name(size))
             .filter(|n| mirror.wal_file(n).is_some() && !self.dir.join(n).exists())
             .collect();
         let cancel = std::sync::atomic::AtomicBool::new(false);
@@ -134,6 +146,17 @@ impl Spool {
     }
 }
 
+/// A segment name's timeline, and its log and segment parts read as one number, which orders
+/// names as their segments do (so the segment size is not needed).
+fn segment_of(name: &str) -> Option<(u32, u64)> {
+    if !wal::is_segment_name(name) {
+        return None;
+    }
+    let tli = u32::from_str_radix(&name[..8], 16).ok()?;
+    let rest = u64::from_str_radix(&name[8..], 16).ok()?;
+    Some((tli, rest))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,20 +165,23 @@ mod tests {
     use crate::storage::filesystem::FilesystemTarget;
     use sha2::{Digest, Sha256};
 
-    #[test]
-    fn the_next_files_are_fetched_ahead_and_served_by_a_rename() {
-        let tmp = tempfile::tempdir().unwrap();
+    /// A filesystem target under `tmp` holding the WAL files `names` (segment `N`'s bytes are
+    /// "segment N" a hundred times), and a mirror listing them.
+    fn target_with(
+        tmp: &Path,
+        names: impl IntoIterator<Item = String>,
+    ) -> (FilesystemTarget, Mirror) {
         let target = FilesystemTarget {
-            dir: tmp.path().join("t"),
+            dir: tmp.join("t"),
             rate: None,
         };
-        std::fs::create_dir_all(tmp.path().join("t/7/.wal")).unwrap();
+        std::fs::create_dir_all(tmp.join("t/7/.wal")).unwrap();
         let mut wal_files = Vec::new();
-        for n in 1..=6u32 {
-            let name = format!("0000000100000000{n:08X}");
+        for name in names {
+            let n = u32::from_str_radix(&name[16..], 16).unwrap();
             let bytes = format!("segment {n}").repeat(100).into_bytes();
             let key = format!("7/.wal/{name}");
-            std::fs::write(tmp.path().join("t").join(&key), &bytes).unwrap();
+            std::fs::write(tmp.join("t").join(&key), &bytes).unwrap();
             wal_files.push(MirrorWal {
                 name,
                 key,
@@ -164,8 +190,6 @@ mod tests {
                 archived_at: "2026-12-04T10:00:00+00:00".into(),
             });
         }
-        // File 5 on the target is not what the mirror says.
-        std::fs::write(tmp.path().join("t/7/.wal/000000010000000000000005"), b"x").unwrap();
         let mirror = Mirror {
             format: FORMAT.into(),
             written_at: String::new(),
@@ -177,6 +201,18 @@ mod tests {
             wal_files,
             wal_gaps: vec![],
         };
+        (target, mirror)
+    }
+
+    #[test]
+    fn the_next_files_are_fetched_ahead_and_served_by_a_rename() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (target, mirror) = target_with(
+            tmp.path(),
+            (1..=6u32).map(|n| format!("0000000100000000{n:08X}")),
+        );
+        // File 5 on the target is not what the mirror says.
+        std::fs::write(tmp.path().join("t/7/.wal/000000010000000000000005"), b"x").unwrap();
         let spool = Spool::open(&tmp.path().join("spool")).unwrap();
         let lock = spool.try_lock().unwrap();
         assert!(lock.is_some());
@@ -213,5 +249,52 @@ mod tests {
             .filter(|n| !n.starts_with('.'))
             .collect();
         assert_eq!(left, ["000000010000000000000006"]);
+    }
+
+    /// After a failover the read-ahead follows recovery onto the new timeline: from the switch
+    /// segment on it fetches the new timeline's copies, not the old one's, and once recovery
+    /// asks for the new timeline the old one's spooled files go.
+    #[test]
+    fn the_read_ahead_follows_a_newer_timeline() {
+        let tmp = tempfile::tempdir().unwrap();
+        let names = (1..=6u32)
+            .map(|n| format!("0000000100000000{n:08X}"))
+            .chain((4..=8u32).map(|n| format!("0000000200000000{n:08X}")));
+        let (target, mirror) = target_with(tmp.path(), names);
+        let spool = Spool::open(&tmp.path().join("spool")).unwrap();
+        let listed = || {
+            let mut v: Vec<String> = std::fs::read_dir(tmp.path().join("spool"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            spool.fill(&target, &mirror, "000000010000000000000002", 4, 2),
+            4
+        );
+        assert_eq!(
+            listed(),
+            [
+                "000000010000000000000003",
+                "000000020000000000000004",
+                "000000020000000000000005",
+                "000000020000000000000006"
+            ]
+        );
+        assert_eq!(spool.ready_after("000000010000000000000002"), 4);
+        // Recovery on timeline 2: timeline 1's spooled file is of no more use.
+        spool.fill(&target, &mirror, "000000020000000000000005", 4, 2);
+        assert_eq!(
+            listed(),
+            [
+                "000000020000000000000005",
+                "000000020000000000000006",
+                "000000020000000000000007",
+                "000000020000000000000008"
+            ]
+        );
     }
 }

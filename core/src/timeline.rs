@@ -79,6 +79,11 @@ pub fn parse_history(timeline: u32, text: &str) -> Result<Vec<Switch>, TimelineE
     Ok(out)
 }
 
+/// PostgreSQL's name of the history file of `timeline` (`0000000A.history`).
+pub fn history_file_name(timeline: u32) -> String {
+    format!("{timeline:08X}.history")
+}
+
 /// The largest history file read (one line per ancestor timeline: a few kB even after
 /// thousands of promotions), as stored and once decompressed.
 pub const HISTORY_LIMIT: u64 = 1 << 20;

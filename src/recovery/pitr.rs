@@ -288,13 +288,13 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
         };
         // Never an Err: a candidate whose path failed had that as its problem.
         let route = route.unwrap_or_else(|_| TimelinePath::stay(1));
+        // The backup's timeline, as `route_of` read it (the catalog is input).
+        let base_timeline = route.legs().first().map_or(1, |l| l.timeline);
         let id: i64 = row.get(1)?.unwrap_or_default();
         let path: String = row.get(2)?.unwrap_or_default();
         let sha: String = row.get(3)?.unwrap_or_default();
         let compression: String = row.get(4)?.unwrap_or_default();
         let end: Option<TimestampWithTimeZone> = row.get(5)?;
-        // As `route_of` reads it: the catalog is input.
-        let timeline: i32 = row.get::<i32>(6)?.filter(|t| *t > 0).unwrap_or(1);
         let start_text: Option<String> = row.get(7)?;
         let stop_text: Option<String> = row.get(8)?;
         let sysid: i64 = row.get(9)?.unwrap_or_default();
@@ -304,7 +304,7 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
         let range = WalRange {
             start: lsn(&start_text),
             stop: lsn(&stop_text),
-            timeline: timeline as u32,
+            timeline: base_timeline,
         };
         let segments = range.segment_numbers(segment_size);
         let (start_seg, stop_seg) = (*segments.start() as i64, *segments.end() as i64);
@@ -356,8 +356,8 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
                 dir_of.insert(name.clone(), dir.to_path_buf());
             }
             archived.push(Segment {
-                number: r.get(1)?.unwrap_or_default(),
-                name: r.get(2)?.unwrap_or_default(),
+                number,
+                name,
                 file: r.get(6)?.unwrap_or_default(),
                 sha256: r.get(3)?.unwrap_or_default(),
                 archived_after_target: r.get(4)?.unwrap_or(false),
@@ -384,15 +384,11 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
             }
             _ => route,
         };
-        if route.changes_timeline() {
-            notice!(
-                "backup_mgmt: plan_recovery chose base backup {chose}: {why_this}, along \
-                 timelines {}",
-                route.describe()
-            );
-        } else {
-            notice!("backup_mgmt: plan_recovery chose base backup {chose}: {why_this}");
-        }
+        let along = match route.changes_timeline() {
+            true => format!(", along timelines {}", route.describe()),
+            false => String::new(),
+        };
+        notice!("backup_mgmt: plan_recovery chose base backup {chose}: {why_this}{along}");
         // What recovery reads from the archive: the segments, and the history file of the
         // timeline it ends on (each checked by the recipe before it writes anything).
         let history = line.history_read(c, &route)?;
@@ -453,7 +449,7 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
             Some(id),
             Some(path),
             end,
-            Some(timeline),
+            Some(base_timeline as i32),
             start_text,
             stop_text,
             Some(first_name),

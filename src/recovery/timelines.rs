@@ -19,18 +19,13 @@ use std::path::PathBuf;
 
 use backup_mgmt_core::restore::recipe::Segment;
 use backup_mgmt_core::timeline::{
-    decompressed_history, history_of, Switch, TimelinePath, HISTORY_LIMIT,
+    decompressed_history, history_file_name, history_of, Switch, TimelinePath, HISTORY_LIMIT,
 };
 use backup_mgmt_core::verify::archive::{locate, read_small};
 use backup_mgmt_core::wal::Lsn;
 use pgrx::spi::{SpiClient, SpiError};
 
 use crate::pg::{guc, server};
-
-/// PostgreSQL's name of the history file of `timeline`.
-fn history_name(timeline: u32) -> String {
-    format!("{timeline:08X}.history")
-}
 
 /// The history of `timeline` as this server keeps it in `pg_wal` (timeline 1 has none).
 fn own_history(timeline: u32) -> Result<Vec<Switch>, String> {
@@ -39,7 +34,7 @@ fn own_history(timeline: u32) -> Result<Vec<Switch>, String> {
     }
     let path = server::data_directory()
         .join("pg_wal")
-        .join(history_name(timeline));
+        .join(history_file_name(timeline));
     let mut bytes = Vec::new();
     std::fs::File::open(&path)
         .and_then(|f| f.take(HISTORY_LIMIT + 1).read_to_end(&mut bytes))
@@ -71,7 +66,7 @@ pub fn archived_history(
     system_identifier: i64,
     timeline: u32,
 ) -> Result<Option<Result<ArchivedHistory, String>>, SpiError> {
-    let name = history_name(timeline);
+    let name = history_file_name(timeline);
     let rows = c.select(
         "SELECT file_path, checksum, file_size, \
                 CASE WHEN lost_at IS NOT NULL THEN coalesce(lost_reason, 'no reason recorded') END \
@@ -147,7 +142,7 @@ impl Line {
                         archived = Some(Err(format!(
                             "{:?}: it differs from this server's own pg_wal/{}",
                             a.dir.join(&a.listed.file),
-                            history_name(current)
+                            history_file_name(current)
                         )));
                     }
                 }
@@ -212,7 +207,7 @@ impl Line {
                  recipe's restored copy does, never archived it; its pg_wal/{} has it, but \
                  the catalog cannot vouch for a copy put there by hand: take a base backup on \
                  this timeline)",
-                history_name(ends_on)
+                history_file_name(ends_on)
             )),
             None => Ok(None),
         })

@@ -8,7 +8,7 @@ use super::offsite::{Mirror, MirrorWal};
 use crate::checksum::is_sha256_hex;
 use crate::storage::Storage;
 use crate::timeline::{
-    decompressed_history, history_of, Histories, HISTORIES_LIMIT, HISTORY_LIMIT,
+    decompressed_history, history_file_name, history_of, Histories, HISTORIES_LIMIT, HISTORY_LIMIT,
 };
 
 /// The timeline history files the mirror lists (only `timeline`'s, when given), newest first,
@@ -27,7 +27,7 @@ pub fn read_histories(
         .iter()
         .filter_map(|w| {
             let tli = u32::from_str_radix(w.name.strip_suffix(".history")?, 16).ok()?;
-            (tli > 0 && w.name == history_name(tli)).then_some(tli)
+            (tli > 0 && w.name == history_file_name(tli)).then_some(tli)
         })
         .filter(|t| timeline.is_none_or(|only| *t == only))
         .collect();
@@ -36,7 +36,7 @@ pub fn read_histories(
     // more than the budget, however it lists and compresses.
     let mut budget = HISTORIES_LIMIT;
     for tli in listed.into_iter().rev() {
-        let Some(w) = mirror.wal_file(&history_name(tli)) else {
+        let Some(w) = mirror.wal_file(&history_file_name(tli)) else {
             continue;
         };
         let history = match read_history(storage, w, &mut budget) {
@@ -95,7 +95,7 @@ pub fn check_histories_above(
 ) -> Result<(), FetchError> {
     let mut budget = HISTORIES_LIMIT;
     let mut next = timeline.saturating_add(1);
-    while let Some(w) = mirror.wal_file(&history_name(next)) {
+    while let Some(w) = mirror.wal_file(&history_file_name(next)) {
         read_history(storage, w, &mut budget).map_err(|e| {
             FetchError::Bad(format!(
                 "recovery ends by asking for the history file of timeline {next}, which cannot \
@@ -108,10 +108,6 @@ pub fn check_histories_above(
         };
     }
     Ok(())
-}
-
-fn history_name(timeline: u32) -> String {
-    format!("{timeline:08X}.history")
 }
 
 #[cfg(test)]

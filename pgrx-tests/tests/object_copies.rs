@@ -113,12 +113,13 @@ fn signature_checking_s3_copies_are_never_replaced() {
     );
 }
 
-/// A multipart upload computes only the ETag form its bucket gave the last one (see
+/// A multipart upload computes only the ETag form its store gave the last one (see
 /// `storage::etag`): s3rver gives the whole object's MD5, s3s-fs `md5(part MD5s)-N`.  Two
-/// servers with a bucket of the same name, uploaded to in turn from one process, each see the
-/// other's form remembered: every upload must still be checked right and succeed.
+/// servers with a bucket of the same name, uploaded to from one process, keep their forms apart;
+/// a store whose form changed (stood for by remembering the other server's form) has its next
+/// upload checked again in every form, and still checked right.
 #[test]
-fn an_etag_of_another_form_than_the_buckets_last_is_still_checked() {
+fn an_etag_of_another_form_than_the_stores_last_is_still_checked() {
     let plain = S3Server::start();
     let checking = S3Server::start_checking_signatures("bmforms", "s3s-secret-9c1a");
     let dir = tempfile::tempdir().unwrap();
@@ -142,9 +143,13 @@ fn an_etag_of_another_form_than_the_buckets_last_is_still_checked() {
         .unwrap();
         targets.push(target);
     }
-    // The form each server gives, remembered after its upload; every upload after the first
-    // meets the other server's form and is checked again in every form.
+    assert_ne!(targets[0].store_id, targets[1].store_id);
     let forms = [etag::Form::WholeMd5, etag::Form::PartMd5s];
+    // An ETag of each form, to remember the wrong one.
+    let of_form = [
+        "0123456789abcdef0123456789abcdef",
+        "0123456789abcdef0123456789abcdef-3",
+    ];
     let upload = |i: usize, seed: u8| {
         let file = dir.path().join(format!("file-{seed}"));
         std::fs::write(&file, bytes(11 * MB + 7, seed)).unwrap();
@@ -155,20 +160,34 @@ fn an_etag_of_another_form_than_the_buckets_last_is_still_checked() {
         assert_eq!(copied.size, (11 * MB + 7) as u64);
         assert_eq!(content(&targets[i], &key), bytes(11 * MB + 7, seed));
         assert_eq!(
-            etag::learned("bucket forms"),
+            etag::learned(&targets[i].store_id),
             Some(forms[i]),
             "upload {seed}"
         );
     };
-    for round in 0..2u8 {
-        for i in 0..2 {
-            upload(i, round * 2 + i as u8 + 1);
-        }
+    // Each server's first upload computes every form and learns its own.
+    upload(0, 1);
+    upload(1, 2);
+    for (i, target) in targets.iter().enumerate() {
+        assert_eq!(etag::learned(&target.store_id), Some(forms[i]));
+        assert_eq!(etag::rechecks(&target.store_id), 0, "server {i}");
     }
-    assert_eq!(etag::rechecks("bucket forms"), 3);
-    // The same server again: its form is the one remembered, computed alone, no second check.
-    upload(1, 9);
-    assert_eq!(etag::rechecks("bucket forms"), 3);
+    // Uploads in turn: each server's form stays its own, none needs a second check.
+    upload(0, 3);
+    upload(1, 4);
+    // A store whose form changed since: checked again in every form, then its form relearned.
+    for (i, seed) in [(0, 5), (1, 6)] {
+        etag::learn(&targets[i].store_id, of_form[1 - i]);
+        assert_eq!(etag::learned(&targets[i].store_id), Some(forms[1 - i]));
+        upload(i, seed);
+        assert_eq!(etag::rechecks(&targets[i].store_id), 1, "server {i}");
+    }
+    // The same servers again: their forms are the ones remembered, computed alone.
+    upload(0, 7);
+    upload(1, 8);
+    for (i, target) in targets.iter().enumerate() {
+        assert_eq!(etag::rechecks(&target.store_id), 1, "server {i}");
+    }
 }
 
 #[test]

@@ -48,6 +48,7 @@ pub fn open(
         })?;
     Ok(ObjectTarget::new(
         Arc::new(store),
+        endpoint,
         &format!("container {container}"),
         prefix,
         part_size,

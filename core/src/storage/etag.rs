@@ -4,9 +4,9 @@
 //! MinIO and most servers, or the whole object's MD5 on some (s3rver).
 //!
 //! Each MD5 is a pass over every byte (about 640 MB/s on this project's machines: a second of
-//! CPU per 650 MB, beside the server's own work), so the form a bucket gave its earlier
-//! multipart uploads in this process is remembered and only that one is computed.  It is a hint,
-//! never a verdict: an object of the right size whose ETag matches no form computed has the
+//! CPU per 650 MB, beside the server's own work), so the form a store (endpoint and bucket) gave
+//! its earlier multipart uploads in this process is remembered and only that one is computed.
+//! It is a hint, never a verdict: an object of the right size whose ETag matches no form computed has the
 //! bytes its upload sent fingerprinted again, every form, and where the file can no longer tell
 //! (changed since, unreadable) the object read back decides.
 
@@ -47,20 +47,21 @@ fn buckets() -> std::sync::MutexGuard<'static, HashMap<String, Bucket>> {
         .unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The form `place` (`bucket NAME`) gave the last multipart upload checked in this process.
-pub fn learned(place: &str) -> Option<Form> {
-    buckets().get(place).and_then(|b| b.form)
+/// The form the store `store` (`ObjectTarget::store_id`: its endpoint and bucket) gave the last
+/// multipart upload checked in this process.
+pub fn learned(store: &str) -> Option<Form> {
+    buckets().get(store).and_then(|b| b.form)
 }
 
-/// How many uploads to `place` in this process had an ETag of another form than the one
+/// How many uploads to `store` in this process had an ETag of another form than the one
 /// computed, and were checked again in every form (a diagnostic: each costs a second read of
 /// the file).
-pub fn rechecks(place: &str) -> u64 {
-    buckets().get(place).map_or(0, |b| b.rechecks)
+pub fn rechecks(store: &str) -> u64 {
+    buckets().get(store).map_or(0, |b| b.rechecks)
 }
 
-pub(crate) fn count_recheck(place: &str) {
-    buckets().entry(place.to_owned()).or_default().rechecks += 1;
+pub(crate) fn count_recheck(store: &str) {
+    buckets().entry(store.to_owned()).or_default().rechecks += 1;
 }
 
 /// Whether `found`, an object's ETag, is one of `etags` (`|`-separated); an object without an
@@ -80,14 +81,16 @@ pub(crate) enum Md5s {
     Only(Form),
 }
 
-/// Remembers the form of `etag`, the ETag of a multipart upload to `place` that was checked.
-pub(crate) fn learn(place: &str, etag: &str) {
+/// Remembers the form of `etag`, the ETag of a multipart upload to `store` that was checked.
+/// Public so that a test can stand for a store whose form changed (a server upgraded, another
+/// behind the same endpoint): the next upload must still be checked right.
+pub fn learn(store: &str, etag: &str) {
     let form = match etag.rsplit_once('-') {
         Some((_, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => Form::PartMd5s,
         _ => Form::WholeMd5,
     };
     // One entry per bucket an operator configured: a handful.
-    buckets().entry(place.to_owned()).or_default().form = Some(form);
+    buckets().entry(store.to_owned()).or_default().form = Some(form);
 }
 
 /// Computed part by part as an upload reads its file.

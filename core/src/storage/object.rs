@@ -106,6 +106,9 @@ pub struct ObjectTarget {
     lister: Arc<dyn PaginatedListStore>,
     /// `bucket` or `container`, for messages.
     pub place: String,
+    /// The endpoint and bucket: what this process learns of the store's ETags is kept under it
+    /// (`etag::learned`), so two servers with buckets of the same name never share it.
+    pub store_id: String,
     /// Prefix inside the bucket (no leading or trailing slash; may be empty).
     pub prefix: String,
     pub part_size: usize,
@@ -168,6 +171,7 @@ pub(crate) fn place_and_prefix<'a>(
 impl ObjectTarget {
     pub fn new<S: ObjectStore + PaginatedListStore>(
         store: Arc<S>,
+        endpoint: &str,
         place: &str,
         prefix: &str,
         part_size: Option<usize>,
@@ -177,6 +181,7 @@ impl ObjectTarget {
             store: Arc::clone(&store) as Arc<dyn ObjectStore>,
             lister: store,
             place: place.to_owned(),
+            store_id: format!("{} {place}", endpoint.trim_end_matches('/')),
             prefix: prefix.trim_matches('/').to_owned(),
             part_size: part_size.unwrap_or(DEFAULT_PART_SIZE).max(5 << 20),
             checked,
@@ -263,7 +268,7 @@ impl ObjectTarget {
                 complete: true,
             });
         }
-        let learned = etag::learned(&self.place).map_or(Md5s::Every, Md5s::Only);
+        let learned = etag::learned(&self.store_id).map_or(Md5s::Every, Md5s::Only);
         let mut print = Fingerprint::new(self.md5s(learned));
         let complete = print.complete();
         // Multipart: the whole object's sha256 is only known at the end, so it goes into the
@@ -399,7 +404,7 @@ impl ObjectTarget {
         shown: &Path,
         sent: &Sent,
     ) -> Result<Landed, StorageError> {
-        etag::count_recheck(&self.place);
+        etag::count_recheck(&self.store_id);
         let c = &sent.copied;
         let cut = (sent.part_size, sent.multipart);
         match etag::of_file(file, shown, c.size, cut, Md5s::Every) {
@@ -596,7 +601,7 @@ impl Storage for ObjectTarget {
         match landed {
             Landed::Same { etag } => {
                 if sent.multipart && self.checked == Checked::Md5Etag && !etag.is_empty() {
-                    etag::learn(&self.place, &etag);
+                    etag::learn(&self.store_id, &etag);
                 }
                 Ok(sent.copied)
             }

@@ -43,6 +43,7 @@ pub fn open(
         .map_err(|e| StorageError::Config(format!("S3 target {endpoint}: {e}")))?;
     Ok(ObjectTarget::new(
         Arc::new(store),
+        endpoint,
         &format!("bucket {bucket}"),
         prefix,
         part_size,

@@ -380,3 +380,56 @@ fn recovery_follows_the_timelines_after_a_failover() {
         "{e}"
     );
 }
+
+/// A time goal on timeline 2 after a failover, where the old timeline's last whole segment was
+/// archived late (after the goal): the check goes on along timeline 2 to the first segment
+/// archived after the goal past those archived before it.  Before, it ended at the late
+/// timeline-1 segment and never looked at timeline 2, so a hole there passed.
+#[test]
+fn a_late_archived_segment_does_not_end_a_time_goals_check() {
+    let mut m = mirror();
+    m.wal_files
+        .iter_mut()
+        .find(|w| w.name == "000000010000000000000004")
+        .unwrap()
+        .archived_at = "2026-12-04T10:40:00+00:00".into();
+    m.wal_files.extend(
+        [(5, "10:00"), (6, "10:10"), (7, "10:20"), (8, "10:30")].map(|(n, at)| MirrorWal {
+            name: format!("0000000200000000{n:08X}"),
+            key: format!("7/.wal/0000000200000000{n:08X}"),
+            size: 100,
+            sha256: "a".repeat(64),
+            archived_at: format!("2026-12-04T{at}:00+00:00"),
+        }),
+    );
+    let timelines = Timelines {
+        target: TargetTimeline::Latest,
+        histories: [(
+            2,
+            crate::timeline::parse_history(2, "1\t0/50000A0\tno recovery target specified\n")
+                .map_err(|e| e.to_string()),
+        )]
+        .into(),
+    };
+    let goal = Goal::Time(parse_time("2026-12-04 10:15:00+00").unwrap());
+    let c = choose(&m, &goal, None, TarChains::PassOver, &timelines).unwrap();
+    assert_eq!(c.backup.backup_id, 2);
+    let names: Vec<&str> = c.wal.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "000000010000000000000004",
+            "000000020000000000000005",
+            "000000020000000000000006",
+            "000000020000000000000007"
+        ]
+    );
+    m.wal_files.retain(|w| w.name != "000000020000000000000006");
+    let e = choose(&m, &goal, None, TarChains::PassOver, &timelines)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("WAL segment 000000020000000000000006 is not on the target"),
+        "{e}"
+    );
+}

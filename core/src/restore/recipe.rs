@@ -99,7 +99,7 @@ pub struct WalNeed {
 
 /// The segments from `start` (the backup's first) to the one that covers the target: for a
 /// LSN, the segment holding it (never before the backup's `stop`); for a time, the first segment
-/// archived at or after it.  WAL written at the target time lies in a segment finished after
+/// archived at or after it that comes after every segment archived before it.  WAL written at the target time lies in a segment finished after
 /// it, so in that segment or a later one; replay stops at the first commit after the target, and
 /// `restore_command` serves whatever further segments the archive has.
 pub fn wal_needed(
@@ -108,9 +108,23 @@ pub fn wal_needed(
     target_segment: Option<i64>,
     archived: &[Segment],
 ) -> WalNeed {
+    // A segment archived before the target was finished before it, and so was every segment
+    // before it (WAL is written in order): nothing up to the last of them holds the stopping
+    // point, whenever they were archived (an archiver that lagged, a segment of the old timeline
+    // archived late after a failover).
+    let finished_before = archived
+        .iter()
+        .filter(|s| !s.archived_after_target)
+        .map(|s| s.number)
+        .max();
     // A segment with a transaction after the target holds recovery's stopping point; before
-    // the worker has read a segment, one archived after the target may hold it.
-    let covers = |s: &Segment| s.xact_after_target.unwrap_or(s.archived_after_target);
+    // the worker has read a segment, the first archived after the target, past those finished
+    // before it, may hold it.
+    let covers = |s: &Segment| {
+        s.xact_after_target.unwrap_or_else(|| {
+            s.archived_after_target && finished_before.is_none_or(|f| s.number > f)
+        })
+    };
     let last = match target_segment {
         Some(t) => Some(t.max(stop)),
         None => archived

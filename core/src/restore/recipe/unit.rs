@@ -71,6 +71,26 @@ fn wal_needed_runs_from_the_backup_to_the_target() {
     assert_eq!(none.last, None);
     assert!(none.no_later_transaction);
     assert!(!wal_needed(3, 4, None, &early).no_later_transaction);
+    // Segment 5 archived late, after the target, but 6 was archived before it: 5 was finished
+    // before the target too, and the first archived after it from 7 on stands in (before, the
+    // check ended at 5 and never looked at 6 and 7).
+    let late: Vec<Segment> = (3..=9).map(|n| seg(n, n == 5 || n >= 7)).collect();
+    let need = wal_needed(3, 4, None, &late);
+    assert_eq!(need.last, Some(7));
+    assert!(need.missing.is_empty());
+    // With 6 not in the archive, nothing tells that 5 was finished before the target: it stands
+    // in (recovery that needs 6 then stops, loudly, short of the target).
+    let lost6: Vec<Segment> = late.iter().filter(|s| s.number != 6).cloned().collect();
+    assert_eq!(wal_needed(3, 4, None, &lost6).last, Some(5));
+    // 8 archived before the target as well: the stand-in is 9.
+    let mut later: Vec<Segment> = late.clone();
+    later[5].archived_after_target = false;
+    assert_eq!(wal_needed(3, 4, None, &later).last, Some(9));
+    // Read segments decide for themselves: a transaction after the target read in 5 is where
+    // recovery stops, whatever was archived when.
+    let mut read5 = late.clone();
+    read5[2].xact_after_target = Some(true);
+    assert_eq!(wal_needed(3, 4, None, &read5).last, Some(5));
     // A target in the future: every segment read, none archived after it: not "no later
     // transaction" but "the archive has not got there yet" (however far the scan is).
     let mut future = early.clone();

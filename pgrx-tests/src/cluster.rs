@@ -369,6 +369,16 @@ impl Cluster {
     /// in `backup_mgmt.backup_roots` and the configuration reloaded: where a filesystem target
     /// (a "second disk") may write.
     pub fn second_backup_root(&self, name: &str) -> PathBuf {
+        self.add_backup_root(name, false)
+    }
+
+    /// A new backup root, `name` beside the first, put in front of it (a new disk taking over):
+    /// the WAL archive and new backups move there; everything before stays where it is.
+    pub fn new_first_backup_root(&self, name: &str) -> PathBuf {
+        self.add_backup_root(name, true)
+    }
+
+    fn add_backup_root(&self, name: &str, first: bool) -> PathBuf {
         let dir = self.dir().join(name);
         let made = self
             .server_command("/bin/mkdir")
@@ -378,7 +388,11 @@ impl Cluster {
             .status()
             .unwrap();
         assert!(made.success(), "mkdir {}", dir.display());
-        let roots = format!("{},{}", self.backup_root().display(), dir.display());
+        let (old, new) = (self.backup_root(), dir.clone());
+        let roots = match first {
+            true => format!("{},{}", new.display(), old.display()),
+            false => format!("{},{}", old.display(), new.display()),
+        };
         let mut db = self.connect("postgres");
         db.execute(
             &format!("ALTER SYSTEM SET backup_mgmt.backup_roots = '{roots}'"),

@@ -1,6 +1,7 @@
 //! What the end-to-end tests share about backup jobs: a cluster with a populated database, the
 //! backup records of a job, running a job now and waiting for its records, switching WAL until
-//! the finished segment is in the catalog.
+//! the finished segment is in the catalog, what a recovery plan says of a catalog changed in a
+//! transaction rolled back after, the marker rows a restore brought back.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -233,4 +234,38 @@ pub fn pgbench_fingerprint(db: &mut postgres::Client) -> String {
     )
     .unwrap()
     .get(0)
+}
+
+/// `plan_recovery(target)`'s `reachable` and `reason` after `change` (one statement, its
+/// parameters `args`), in a transaction rolled back after it.
+pub fn plan_after(
+    db: &mut postgres::Client,
+    change: &str,
+    args: &[&str],
+    target: &str,
+) -> (bool, String) {
+    let mut tx = db.transaction().unwrap();
+    let params: Vec<&(dyn postgres::types::ToSql + Sync)> = args
+        .iter()
+        .map(|a| a as &(dyn postgres::types::ToSql + Sync))
+        .collect();
+    tx.execute(change, &params).unwrap();
+    let plan = tx
+        .query_one(
+            "SELECT reachable, reason FROM backup_mgmt.plan_recovery($1::text::timestamptz)",
+            &[&target],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    tx.rollback().unwrap();
+    plan
+}
+
+/// The ids of table `markers`, in order.
+pub fn marker_ids(db: &mut postgres::Client) -> Vec<i32> {
+    db.query("SELECT id FROM markers ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
 }

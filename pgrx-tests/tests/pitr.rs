@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use backup_mgmt_e2e::cluster::{sha256sum, Cluster};
-use backup_mgmt_e2e::jobs::{run_now, switch_and_wait_ingested, wait_records};
+use backup_mgmt_e2e::jobs::{
+    marker_ids, plan_after, run_now, switch_and_wait_ingested, wait_records,
+};
 
 const ARCHIVING: [&str; 2] = ["archive_mode = on", "archive_library = 'backup_mgmt'"];
 
@@ -341,4 +343,96 @@ fn kill_9_during_archiving_never_reports_a_truncated_segment() {
         .unwrap()
         .get(0);
     assert_eq!(gaps, 0);
+}
+
+/// The WAL archive is under the first backup root, so when a new disk is put in front of the
+/// roots, the WAL archived before and after lies in two directories.  A plan across the change
+/// is reachable, and its recipe (whose restore_command reads both, in order) brings back the
+/// data of time T; a segment recorded outside every root's archive is refused.
+#[test]
+fn a_recipe_reads_the_archives_of_both_roots_after_the_roots_change() {
+    let mut cluster = Cluster::start_with_backups(&ARCHIVING);
+    let mut db = cluster.connect("postgres");
+    db.batch_execute(
+        "CREATE EXTENSION backup_mgmt;
+         CREATE TABLE markers (id int PRIMARY KEY);",
+    )
+    .unwrap();
+    run_now(
+        &mut db,
+        "base",
+        "postgres",
+        "pg_basebackup",
+        "{\"fast_checkpoint\": true}",
+    );
+    wait_records(&cluster, &mut db, "base", "completed", 1, 120);
+    db.batch_execute("INSERT INTO markers VALUES (1)").unwrap();
+    switch_and_wait_ingested(&cluster, &mut db);
+    let old_archive: String = db
+        .query_one(
+            "SELECT regexp_replace(file_path, '/[^/]*$', '') FROM backup_management.wal_archive
+              ORDER BY file_name DESC LIMIT 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+
+    let new_root = cluster.new_first_backup_root("new-disk");
+    db.batch_execute("INSERT INTO markers VALUES (2)").unwrap();
+    switch_and_wait_ingested(&cluster, &mut db);
+    std::thread::sleep(Duration::from_millis(1100));
+    let target: String = db
+        .query_one("SELECT clock_timestamp()::text", &[])
+        .unwrap()
+        .get(0);
+    std::thread::sleep(Duration::from_millis(1100));
+    db.batch_execute("INSERT INTO markers VALUES (3)").unwrap();
+    let last = switch_and_wait_ingested(&cluster, &mut db);
+    let last_path: String = db
+        .query_one(
+            "SELECT file_path FROM backup_management.wal_archive WHERE file_name = $1",
+            &[&last],
+        )
+        .unwrap()
+        .get(0);
+    let new_archive = format!("{}/wal/", new_root.display());
+    assert!(
+        last_path.starts_with(&new_archive),
+        "{last_path} not in {new_archive}"
+    );
+
+    let (reachable, reason, recipe): (bool, String, Option<String>) = db
+        .query_one(
+            "SELECT reachable, reason, recipe FROM backup_mgmt.plan_recovery($1::text::timestamptz)",
+            &[&target],
+        )
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .unwrap();
+    assert!(reachable, "{reason}");
+    let recipe = recipe.unwrap();
+    assert!(recipe.contains(&old_archive), "{recipe}");
+    assert!(recipe.contains(&new_archive), "{recipe}");
+
+    // A segment recorded outside every root's WAL archive is never read by a recipe.
+    let refused = plan_after(
+        &mut db,
+        "UPDATE backup_management.wal_archive SET file_path = '/tmp/' || file_name
+          WHERE file_name = $1",
+        &[&last],
+        &target,
+    );
+    assert!(
+        !refused.0
+            && refused
+                .1
+                .contains("not in the WAL archive of a backup root"),
+        "{refused:?}"
+    );
+
+    // The cluster gone: the recipe reads both archives and stops at T.
+    drop(db);
+    cluster.pg_ctl_stop("immediate");
+    std::fs::remove_dir_all(cluster.data_dir()).unwrap();
+    let (restored, mut r, said) = Cluster::restored_and_promoted(&recipe, Duration::from_secs(120));
+    assert_eq!(marker_ids(&mut r), vec![1, 2], "{said}\n{}", restored.log());
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use backup_mgmt_e2e::cluster::Cluster;
 use backup_mgmt_e2e::failover::{crash_and_promote, timeline, wait_replayed};
-use backup_mgmt_e2e::jobs::{run_job, switch_and_wait_ingested};
+use backup_mgmt_e2e::jobs::{marker_ids, plan_after, run_job, switch_and_wait_ingested};
 
 #[test]
 fn a_plan_after_a_failover_follows_the_new_timeline() {
@@ -132,50 +132,34 @@ fn a_plan_after_a_failover_follows_the_new_timeline() {
     assert_eq!(holed.get::<_, Vec<String>>(1), vec![first_of_two.clone()]);
     tx.rollback().unwrap();
     // The archived history file of timeline 2, which recovery reads to follow it, lost.
-    let mut tx = sdb.transaction().unwrap();
-    tx.execute(
+    let lost = plan_after(
+        &mut sdb,
         "UPDATE backup_management.wal_archive SET lost_at = now(), lost_reason = 'test'
           WHERE file_name = '00000002.history'",
         &[],
-    )
-    .unwrap();
-    let lost: (bool, String) = tx
-        .query_one(
-            "SELECT reachable, reason FROM backup_mgmt.plan_recovery($1::text::timestamptz)",
-            &[&target],
-        )
-        .map(|r| (r.get(0), r.get(1)))
-        .unwrap();
+        &target,
+    );
     assert!(
         !lost.0 && lost.1.contains("history file of timeline 2") && lost.1.contains("lost"),
         "{lost:?}"
     );
-    tx.rollback().unwrap();
     let reason_with = |sdb: &mut postgres::Client, change: &str, args: &[&str]| -> String {
-        let mut tx = sdb.transaction().unwrap();
-        let params: Vec<&(dyn postgres::types::ToSql + Sync)> = args
-            .iter()
-            .map(|a| a as &(dyn postgres::types::ToSql + Sync))
-            .collect();
-        tx.execute(change, &params).unwrap();
-        let reason: String = tx
-            .query_one(
-                "SELECT reason FROM backup_mgmt.plan_recovery($1::text::timestamptz)",
-                &[&target],
-            )
-            .unwrap()
-            .get(0);
-        tx.rollback().unwrap();
-        reason
+        plan_after(sdb, change, args, &target).1
     };
-    // A segment recorded in another directory: a recipe reads one.
+    // A segment of timeline 2 recorded outside the WAL archive of every backup root: never
+    // read by a recipe.
     let reason = reason_with(
         &mut sdb,
         "UPDATE backup_management.wal_archive SET file_path = '/elsewhere/' || file_name
           WHERE file_name = $1",
         &[&first_of_two],
     );
-    assert!(reason.contains("2 archive directories"), "{reason}");
+    assert!(
+        reason.contains(&format!(
+            "WAL file {first_of_two} is recorded at a path that is not in the WAL archive"
+        )),
+        "{reason}"
+    );
     // An archived history of timeline 2 that is what was archived, but not this server's.
     let stored: String = sdb
         .query_one(
@@ -209,13 +193,12 @@ fn a_plan_after_a_failover_follows_the_new_timeline() {
     std::fs::remove_dir_all(standby.data_dir()).unwrap();
     std::fs::remove_dir_all(primary.data_dir()).unwrap();
     let (restored, mut r, said) = Cluster::restored_and_promoted(&recipe, Duration::from_secs(120));
-    let ids: Vec<i32> = r
-        .query("SELECT id FROM markers ORDER BY id", &[])
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    assert_eq!(ids, vec![1, 2, 3], "{said}\n{}", restored.log());
+    assert_eq!(
+        marker_ids(&mut r),
+        vec![1, 2, 3],
+        "{said}\n{}",
+        restored.log()
+    );
     assert_eq!(
         timeline(&mut r),
         "00000003",

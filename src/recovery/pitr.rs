@@ -9,7 +9,7 @@
 //! backup_mgmt is not installed and the catalog is gone.  Segment numbers and names use this
 //! cluster's WAL segment size, as the archive's catalog does.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use backup_mgmt_core::restore::base_choice::{choose_base, Candidate, Chosen, WINDOW};
@@ -17,6 +17,7 @@ use backup_mgmt_core::restore::recipe::{
     recipe, wal_needed, Base, RecipeError, RecipeInput, Segment, TarPart, Target,
 };
 use backup_mgmt_core::timeline::TimelinePath;
+use backup_mgmt_core::verify::archive::locate;
 use backup_mgmt_core::wal::{self, Lsn, WalRange};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
@@ -26,7 +27,7 @@ use super::timelines::Line;
 use crate::catalog::queries::{
     chain_members, chain_problem, chain_unverified, newest_verification_status,
 };
-use crate::pg::server;
+use crate::pg::{guc, server};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PitrError {
@@ -117,7 +118,7 @@ fn restore_recipe(backup_id: Option<i64>) -> Result<String, ErrorReport> {
             system_identifier: row.get(5)?.unwrap_or_default(),
             backup_id: id,
             base,
-            archive_dir: None,
+            archive_dirs: Vec::new(),
             wal: Vec::new(),
             target: Target::Immediate,
             timeline: None,
@@ -343,6 +344,8 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
         let mut archived = Vec::new();
         // Where each segment is, for the recipe's restore_command.
         let mut dir_of = HashMap::new();
+        let mut outside = HashSet::new();
+        let roots = guc::backup_roots().unwrap_or_default();
         for r in rows {
             let number: i64 = r.get(1)?.unwrap_or_default();
             let on: i32 = r.get(8)?.unwrap_or_default();
@@ -351,9 +354,18 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
             }
             let file_path: Option<String> = r.get(5)?;
             let name: String = r.get(2)?.unwrap_or_default();
-            // Compared as paths: `a//b` and `a/b` are one directory.
-            if let Some(dir) = file_path.as_deref().and_then(|p| Path::new(p).parent()) {
-                dir_of.insert(name.clone(), dir.to_path_buf());
+            // A catalog row is input: a recipe reads a segment only from the WAL archive of a
+            // backup root, as the archive module lays it out.
+            match file_path
+                .as_deref()
+                .and_then(|p| locate(p, &name, sysid, &roots))
+            {
+                Some(f) => {
+                    dir_of.insert(name.clone(), f.root.join(&f.dir));
+                }
+                None => {
+                    outside.insert(name.clone());
+                }
             }
             archived.push(Segment {
                 number,
@@ -393,14 +405,24 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
         // timeline it ends on (each checked by the recipe before it writes anything).
         let history = line.history_read(c, &route)?;
         let mut reads = need.needed.clone();
-        let mut dirs: BTreeSet<&Path> = need
+        // The directories restore_command reads, in the order their files come (the archive
+        // moves to a new first backup root when the roots change); compared as paths.
+        let mut dirs: Vec<&Path> = Vec::new();
+        let read_from = need
             .needed
             .iter()
-            .filter_map(|s| dir_of.get(&s.name).map(PathBuf::as_path))
-            .collect();
+            .filter_map(|s| dir_of.get(&s.name).map(PathBuf::as_path));
+        let history_dir = history
+            .as_ref()
+            .ok()
+            .and_then(|h| h.as_ref().map(|h| h.dir.as_path()));
+        for dir in read_from.chain(history_dir) {
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
         if let Ok(Some(h)) = &history {
             reads.push(h.listed.clone());
-            dirs.insert(&h.dir);
         }
         let reason = if !missing.is_empty() {
             format!(
@@ -412,30 +434,26 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
             "no transaction committed or aborted after the target in the archived WAL: recovery would end before reaching it (choose an earlier target, or wait until a later transaction is archived)".into()
         } else if need.last.is_none() {
             "the archive has no WAL from after the target yet (wait for the next segment to be archived, or call pg_switch_wal())".into()
+        } else if let Some(s) = need.needed.iter().find(|s| outside.contains(&s.name)) {
+            format!(
+                "WAL file {} is recorded at a path that is not in the WAL archive of a backup root",
+                s.name
+            )
         } else if let Err(why) = &history {
             why.clone()
-        } else if dirs.len() > 1 {
-            // A recipe's restore_command reads one directory.
-            format!(
-                "the WAL this recovery reads lies in {} archive directories ({}); a recipe reads \
-                 one: copy the files into one directory, or restore with the restore program \
-                 from an off-site target",
-                dirs.len(),
-                dirs.iter()
-                    .map(|d| format!("{d:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
         } else {
             "reachable".into()
         };
         let reachable = reason == "reachable";
-        let recipe_text = match (dirs.first(), reachable) {
-            (Some(dir), true) => Some(recipe(&RecipeInput {
+        let recipe_text = match (dirs.is_empty(), reachable) {
+            (false, true) => Some(recipe(&RecipeInput {
                 system_identifier: sysid,
                 backup_id: id,
                 base: base_of(c, id, &method, &path, &sha, &compression)?,
-                archive_dir: Some(dir.to_string_lossy().into_owned()),
+                archive_dirs: dirs
+                    .iter()
+                    .map(|d| d.to_string_lossy().into_owned())
+                    .collect(),
                 wal: reads,
                 target: target.clone(),
                 timeline: route.recovery_target(),

@@ -138,7 +138,9 @@ pub fn wal_needed(
     // just now) the archive simply has not got there yet, which is said differently.
     let no_later_transaction = target_segment.is_none()
         && last.is_none()
-        && later.iter().any(|s| s.archived_after_target)
+        && later
+            .iter()
+            .any(|s| s.archived_after_target && finished_before.is_none_or(|f| s.number > f))
         && later.iter().all(|s| s.xact_after_target == Some(false));
     let upto = last.unwrap_or_else(|| {
         archived
@@ -170,8 +172,10 @@ pub struct RecipeInput {
     pub system_identifier: i64,
     pub backup_id: i64,
     pub base: Base,
-    /// The WAL archive (None: only the WAL inside the backup, for an `Immediate` target).
-    pub archive_dir: Option<String>,
+    /// The WAL archive directories `restore_command` reads, in the order it tries them (the
+    /// archive moves to a new first backup root when the roots change; none: only the WAL
+    /// inside the backup, for an `Immediate` target).
+    pub archive_dirs: Vec<String>,
     /// The archived files recovery reads, each checked before anything is written: segments,
     /// and the history file of the timeline it ends on when that is not the backup's.
     pub wal: Vec<Segment>,
@@ -288,11 +292,12 @@ fn check_embedded(r: &RecipeInput) -> Result<(), RecipeError> {
 /// The restore recipe: a bash script taking the new data directory as its only argument.
 pub fn recipe(r: &RecipeInput) -> Result<String, RecipeError> {
     check_embedded(r)?;
-    let archive = r
-        .archive_dir
-        .as_deref()
-        .map(|a| single_line("WAL archive directory", a))
-        .transpose()?;
+    let archives = r
+        .archive_dirs
+        .iter()
+        .map(|a| single_line("WAL archive directory", a).map(sh_quote))
+        .collect::<Result<Vec<_>, _>>()?
+        .join(" ");
     let (target_line, target_text) = match &r.target {
         Target::Time(t) => (
             format!("recovery_target_time = {}", conf_quote(t)),
@@ -308,14 +313,17 @@ pub fn recipe(r: &RecipeInput) -> Result<String, RecipeError> {
         ),
     };
     // PostgreSQL replaces %f (a WAL file name) and %p (a path under the data directory, both
-    // plain) before the shell sees the command.  A file may be stored zstd-compressed.  Without
-    // an archive the command always fails, and recovery reads the WAL restored into pg_wal.
-    let restore_command = match archive {
-        Some(a) => format!(
-            "f={}; if [ -f \"$f.zst\" ]; then zstd -dcq -- \"$f.zst\" > \"%p\"; else cp -- \"$f\" \"%p\"; fi",
-            sh_quote(&format!("{a}/%f"))
+    // plain) before the shell sees the command.  The first directory holding the file serves
+    // it, stored zstd-compressed or not (the recipe checks that copy).  Without an archive the
+    // command always fails, and recovery reads the WAL restored into pg_wal.
+    // A `%` in a directory is written `%%`: PostgreSQL would otherwise replace `%p` or `%%`
+    // in it, and restore_command would read another directory than the one the recipe checks.
+    let restore_command = match r.archive_dirs.is_empty() {
+        false => format!(
+            "for d in {}; do f=\"$d/%f\"; if [ -f \"$f.zst\" ]; then exec zstd -dcq -- \"$f.zst\" > \"%p\"; elif [ -f \"$f\" ]; then exec cp -- \"$f\" \"%p\"; fi; done; exit 1",
+            archives.replace('%', "%%")
         ),
-        None => "false".to_owned(),
+        true => "false".to_owned(),
     };
     let (base_shown, base_kind) = match &r.base {
         Base::Tar { path, earlier, .. } => (
@@ -366,17 +374,42 @@ fi
         timeline = r
             .timeline
             .map_or("the backup's own".to_owned(), |t| t.to_string()),
-        archive = archive.unwrap_or("(none: the WAL inside the backup)"),
+        archive = match r.archive_dirs.is_empty() {
+            true => "(none: the WAL inside the backup)".to_owned(),
+            false => r.archive_dirs.join(", "),
+        },
         major = r.pg_major,
         base_q = sh_quote(base_shown),
     );
-    if let Some(a) = archive {
+    if !r.archive_dirs.is_empty() {
+        // Each file as restore_command will serve it: from the first directory that holds it,
+        // in the form found there, which must be the archived file the catalog recorded.
         let _ = write!(
             s,
-            "archive={}\necho \"recipe: checking the sha256 of {} archived WAL files\"\n\
-             (cd -- \"$archive\" && sha256sum --check --quiet -) <<'BACKUP_MGMT_WAL_LIST'\n",
-            sh_quote(a),
-            r.wal.len()
+            r#"archives=({archives})
+echo "recipe: checking the sha256 of {n} archived WAL files"
+while read -r sum file; do
+    name=${{file%.zst}}
+    served=
+    for d in "${{archives[@]}}"; do
+        if [ -f "$d/$name.zst" ]; then served="$d/$name.zst"; break; fi
+        if [ -f "$d/$name" ]; then served="$d/$name"; break; fi
+    done
+    if [ -z "$served" ]; then
+        echo "recipe: the archived WAL file $file is in none of the archive directories" >&2
+        exit 1
+    fi
+    if [ "${{served##*/}}" != "$file" ]; then
+        echo "recipe: restore_command would read $served, not the archived $file this recipe checks" >&2
+        exit 1
+    fi
+    if ! printf '%s  %s\n' "$sum" "$served" | sha256sum --check --quiet - >&2; then
+        echo "recipe: $served is not the archived file (its sha256 differs)" >&2
+        exit 1
+    fi
+done <<'BACKUP_MGMT_WAL_LIST'
+"#,
+            n = r.wal.len()
         );
         for w in &r.wal {
             let _ = writeln!(s, "{}  {}", w.sha256, w.file);

@@ -153,7 +153,7 @@ mod tests {
                     },
                 ],
             },
-            archive_dir: None,
+            archive_dirs: Vec::new(),
             wal: Vec::new(),
             target: Target::Immediate,
             timeline: None,

@@ -91,6 +91,16 @@ fn wal_needed_runs_from_the_backup_to_the_target() {
     let mut read5 = late.clone();
     read5[2].xact_after_target = Some(true);
     assert_eq!(wal_needed(3, 4, None, &read5).last, Some(5));
+    // Every segment read, none with a transaction after the target, and the only one archived
+    // after it a late one (before 6, archived before the target): the archive has not got past
+    // the target yet, which is not "no later transaction".
+    let mut late_read: Vec<Segment> = (3..=6).map(|n| seg(n, n == 5)).collect();
+    for s in late_read.iter_mut() {
+        s.xact_after_target = Some(false);
+    }
+    let pending = wal_needed(3, 4, None, &late_read);
+    assert_eq!(pending.last, None);
+    assert!(!pending.no_later_transaction);
     // A target in the future: every segment read, none archived after it: not "no later
     // transaction" but "the archive has not got there yet" (however far the scan is).
     let mut future = early.clone();
@@ -107,17 +117,10 @@ fn sha256_of(path: &std::path::Path) -> String {
     crate::checksum::hex(&sha2::Sha256::digest(std::fs::read(path).unwrap()))
 }
 
-/// Runs a recipe for real (bash, sha256sum, tar): checks, extracts, configures; a damaged WAL
-/// file stops it before anything is written.
-#[test]
-fn recipe_restores_and_refuses_damage() {
-    let tmp = tempfile::tempdir().unwrap();
-    // Awkward names: a space and a quote in the backup root.
-    let root = tmp.path().join("it's a root");
-    let archive = root.join("wal").join("42");
-    std::fs::create_dir_all(&archive).unwrap();
-    let src = tmp.path().join("src");
-    std::fs::create_dir(&src).unwrap();
+/// A pg_basebackup-like tar of a tiny data directory, `base.tar` in `root`.
+fn tar_base(tmp: &std::path::Path, root: &std::path::Path) -> std::path::PathBuf {
+    let src = tmp.join("src");
+    std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("PG_VERSION"), "15\n").unwrap();
     std::fs::write(src.join("postgresql.auto.conf"), "# original\n").unwrap();
     let base = root.join("base.tar");
@@ -130,52 +133,129 @@ fn recipe_restores_and_refuses_damage() {
         .status()
         .unwrap();
     assert!(ok.success());
-    let mut wal = Vec::new();
-    for n in 3..=4 {
-        let name = segment_file_name(1, n, 16 << 20);
-        // Segment 3 is stored compressed (backup_mgmt.archive_compression = zstd).
-        let (file, bytes) = if n == 3 {
-            let z = zstd::encode_all(format!("segment {n}").as_bytes(), 3).unwrap();
-            (format!("{name}.zst"), z)
-        } else {
-            (name.clone(), format!("segment {n}").into_bytes())
-        };
-        std::fs::write(archive.join(&file), bytes).unwrap();
-        wal.push(Segment {
-            number: n,
-            sha256: sha256_of(&archive.join(&file)),
-            name,
-            file,
-            archived_after_target: true,
-            xact_after_target: None,
-        });
+    base
+}
+
+/// Archives segment `n` (content `segment N`) into `archive`, compressed or not, as a recipe
+/// lists it.
+fn archive_segment(archive: &std::path::Path, n: i64, compressed: bool) -> Segment {
+    let name = segment_file_name(1, n, 16 << 20);
+    let (file, bytes) = if compressed {
+        let z = zstd::encode_all(format!("segment {n}").as_bytes(), 3).unwrap();
+        (format!("{name}.zst"), z)
+    } else {
+        (name.clone(), format!("segment {n}").into_bytes())
+    };
+    std::fs::write(archive.join(&file), bytes).unwrap();
+    Segment {
+        number: n,
+        sha256: sha256_of(&archive.join(&file)),
+        name,
+        file,
+        archived_after_target: true,
+        xact_after_target: None,
     }
-    let input = RecipeInput {
+}
+
+/// A recipe to a time from the tar `base`, reading `wal` from `archives`.
+fn time_recipe(
+    base: &std::path::Path,
+    archives: &[&std::path::Path],
+    wal: Vec<Segment>,
+) -> RecipeInput {
+    RecipeInput {
         system_identifier: 42,
         backup_id: 7,
         base: Base::Tar {
             path: base.to_string_lossy().into_owned(),
-            sha256: sha256_of(&base),
+            sha256: sha256_of(base),
             compressed: false,
             earlier: Vec::new(),
         },
-        archive_dir: Some(archive.to_string_lossy().into_owned()),
+        archive_dirs: archives
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
         wal,
         target: Target::Time("2026-11-27 10:00:00.000000+00".into()),
         timeline: None,
         pg_major: 15,
-    };
+    }
+}
+
+/// Runs the recipe `script` into `dir` with bash, as its user would.
+fn run_recipe(script: &std::path::Path, dir: &std::path::Path) -> std::process::Output {
+    std::process::Command::new("bash")
+        .arg(script)
+        .arg(dir)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap()
+}
+
+/// The restored `restore_command`, as PostgreSQL would run it (through sh, %f and %p replaced,
+/// `%%` made `%`) in the data directory `dir` for segment `n`: whether it succeeded, and what
+/// it wrote.
+fn restore_segment(dir: &std::path::Path, n: i64) -> (bool, String) {
+    let conf = std::fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap();
+    let line = conf
+        .lines()
+        .find_map(|l| l.strip_prefix("restore_command = '"))
+        .unwrap();
+    // Left to right, as PostgreSQL's replace_percent_placeholders reads it.
+    let mut command = String::new();
+    let mut chars = conf_unquote(&format!("'{line}"))
+        .chars()
+        .collect::<Vec<_>>()
+        .into_iter();
+    while let Some(c) = chars.next() {
+        match (c, chars.as_slice().first()) {
+            ('%', Some('f')) => command.push_str(&segment_file_name(1, n, 16 << 20)),
+            ('%', Some('p')) => command.push_str("pg_wal/RECOVERYXLOG"),
+            ('%', Some('%')) => command.push('%'),
+            _ => {
+                command.push(c);
+                continue;
+            }
+        }
+        chars.next();
+    }
+    std::fs::create_dir_all(dir.join("pg_wal")).unwrap();
+    let _ = std::fs::remove_file(dir.join("pg_wal/RECOVERYXLOG"));
+    let ok = std::process::Command::new("sh")
+        .args(["-c", &command])
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    (
+        ok,
+        std::fs::read_to_string(dir.join("pg_wal/RECOVERYXLOG")).unwrap_or_default(),
+    )
+}
+
+/// Runs a recipe for real (bash, sha256sum, tar): checks, extracts, configures; a damaged WAL
+/// file stops it before anything is written.
+#[test]
+fn recipe_restores_and_refuses_damage() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Awkward names: a space and a quote in the backup root.
+    let root = tmp.path().join("it's a root");
+    let archive = root.join("wal").join("42");
+    std::fs::create_dir_all(&archive).unwrap();
+    let base = tar_base(tmp.path(), &root);
+    // Segment 3 is stored compressed (backup_mgmt.archive_compression = zstd).
+    let wal = (3..=4)
+        .map(|n| archive_segment(&archive, n, n == 3))
+        .collect();
+    let input = time_recipe(&base, &[&archive], wal);
     let script = tmp.path().join("recipe.sh");
     std::fs::write(&script, recipe(&input).unwrap()).unwrap();
-    let run = |dir: &std::path::Path| {
-        std::process::Command::new("bash")
-            .arg(&script)
-            .arg(dir)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .output()
-            .unwrap()
-    };
+    let run = |dir: &std::path::Path| run_recipe(&script, dir);
     let restored = tmp.path().join("restored");
     let out = run(&restored);
     assert!(
@@ -204,43 +284,16 @@ fn recipe_restores_and_refuses_damage() {
     let text = recipe(&later).unwrap();
     assert!(text.contains("recovery_target_timeline = '3'\n"), "{text}");
     assert!(text.contains("ending on timeline:          3\n"), "{text}");
-    // The restore_command, as PostgreSQL would run it (through sh, %f and %p replaced),
-    // copies the archived file despite the quote in the path.
-    let line = conf
-        .lines()
-        .find_map(|l| l.strip_prefix("restore_command = '"))
-        .unwrap();
-    let command = conf_unquote(&format!("'{line}"));
-    std::fs::create_dir(restored.join("pg_wal")).unwrap();
+    // The restore_command, as PostgreSQL would run it, copies the archived file despite the
+    // quote in the path; a file the archive does not have fails, as PostgreSQL expects at the
+    // end of the archive.
     for n in [3, 4] {
-        let command = command
-            .replace("%f", &segment_file_name(1, n, 16 << 20))
-            .replace("%p", "pg_wal/RECOVERYXLOG");
-        let ok = std::process::Command::new("sh")
-            .args(["-c", &command])
-            .current_dir(&restored)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .status()
-            .unwrap();
-        assert!(ok.success(), "{command}");
         assert_eq!(
-            std::fs::read_to_string(restored.join("pg_wal/RECOVERYXLOG")).unwrap(),
-            format!("segment {n}")
+            restore_segment(&restored, n),
+            (true, format!("segment {n}"))
         );
     }
-    // A file the archive does not have: the command fails, as PostgreSQL expects at the
-    // end of the archive.
-    let missing = command
-        .replace("%f", &segment_file_name(1, 9, 16 << 20))
-        .replace("%p", "pg_wal/RECOVERYXLOG");
-    let status = std::process::Command::new("sh")
-        .args(["-c", &missing])
-        .current_dir(&restored)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(!status.success());
+    assert!(!restore_segment(&restored, 9).0);
     // Not over a non-empty directory.
     assert!(!run(&restored).status.success());
     // A damaged WAL file: refused before anything is extracted.
@@ -251,7 +304,7 @@ fn recipe_restores_and_refuses_damage() {
     assert!(!again.exists());
     // A path that would break the script is refused.
     let mut bad = input.clone();
-    bad.archive_dir = Some("/tmp/x\nrm -rf /".into());
+    bad.archive_dirs = vec!["/tmp/x\nrm -rf /".into()];
     assert!(matches!(recipe(&bad), Err(RecipeError::UnsafePath { .. })));
     // A forged digest or WAL name from the catalog is refused where it is written out.
     let mut forged = input.clone();
@@ -275,4 +328,59 @@ fn recipe_restores_and_refuses_damage() {
         recipe(&forged),
         Err(RecipeError::UnsafeValue { .. })
     ));
+}
+
+/// WAL in two archive directories (the archive moved to a new first backup root): the recipe
+/// checks each file as restore_command will serve it, from the first directory holding it, and
+/// restore_command serves every segment; a `%` in a directory does not change what it reads.
+#[test]
+fn a_recipe_reads_wal_from_several_archive_directories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let old_root = tmp.path().join("old 50%p root");
+    let new_root = tmp.path().join("new%%root");
+    let (old, new) = (old_root.join("wal/42"), new_root.join("wal/42"));
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::create_dir_all(&new).unwrap();
+    let base = tar_base(tmp.path(), &old_root);
+    let mut wal: Vec<Segment> = (3..=4).map(|n| archive_segment(&old, n, n == 4)).collect();
+    wal.extend((5..=6).map(|n| archive_segment(&new, n, false)));
+    // Segment 4 archived again into the new root, the same bytes: either copy will do.
+    archive_segment(&new, 4, true);
+    let input = time_recipe(&base, &[&old, &new], wal);
+    let script = tmp.path().join("recipe.sh");
+    std::fs::write(&script, recipe(&input).unwrap()).unwrap();
+    let restored = tmp.path().join("restored");
+    let out = run_recipe(&script, &restored);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for n in 3..=6 {
+        assert_eq!(
+            restore_segment(&restored, n),
+            (true, format!("segment {n}"))
+        );
+    }
+    assert!(!restore_segment(&restored, 7).0);
+    // Each refusal comes before anything is written.
+    let refused = |why: &str| {
+        let again = tmp.path().join("again");
+        let out = run_recipe(&script, &again);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{why}");
+        assert!(err.contains(why), "{err}");
+        assert!(!again.exists(), "{why}");
+    };
+    // Another segment 5 in the directory read first: restore_command would serve it.
+    std::fs::write(old.join(segment_file_name(1, 5, 16 << 20)), "not segment 5").unwrap();
+    refused("is not the archived file");
+    // The same bytes, compressed there: not the file the catalog recorded.
+    std::fs::remove_file(old.join(segment_file_name(1, 5, 16 << 20))).unwrap();
+    archive_segment(&old, 5, true);
+    refused("would read");
+    std::fs::remove_file(old.join(format!("{}.zst", segment_file_name(1, 5, 16 << 20)))).unwrap();
+    // A segment in neither directory.
+    std::fs::remove_file(new.join(segment_file_name(1, 6, 16 << 20))).unwrap();
+    refused("is in none of the archive directories");
 }

@@ -57,7 +57,11 @@ pub fn list(mirrors: &[Mirror], json: bool) {
                 b.end_time.as_deref().unwrap_or("-"),
                 b.size.unwrap_or_default(),
                 b.parent_backup_id.map_or("-".into(), |p| p.to_string()),
-                b.verification.as_deref().unwrap_or("never")
+                match (b.verification.as_deref(), b.failed_locally) {
+                    // The source host's copy, not this one (see MirrorBackup::failed_locally).
+                    (Some("failed"), Some(true)) => "failed (source copy)",
+                    (v, _) => v.unwrap_or("never"),
+                }
             );
         }
         match (m.wal_files.first(), m.wal_files.last()) {

@@ -410,13 +410,23 @@ fn a_recipe_reads_the_archives_of_both_roots_after_the_roots_change() {
         .unwrap();
     assert!(reachable, "{reason}");
     let recipe = recipe.unwrap();
-    assert!(recipe.contains(&old_archive), "{recipe}");
-    assert!(recipe.contains(&new_archive), "{recipe}");
+    // The directories the check and restore_command read, old first.
+    let archives = recipe
+        .lines()
+        .find(|l| l.starts_with("archives=("))
+        .unwrap_or_default();
+    let (old_at, new_at) = (archives.find(&old_archive), archives.find(&new_archive));
+    assert!(
+        old_at.is_some() && new_at.is_some() && old_at < new_at,
+        "{archives}"
+    );
 
-    // A segment recorded outside every root's WAL archive is never read by a recipe.
+    // A segment recorded in another cluster's archive under the same root is never read by a
+    // recipe either.
     let refused = plan_after(
         &mut db,
-        "UPDATE backup_management.wal_archive SET file_path = '/tmp/' || file_name
+        "UPDATE backup_management.wal_archive
+            SET file_path = regexp_replace(file_path, '/wal/[0-9]+/', '/wal/1/')
           WHERE file_name = $1",
         &[&last],
         &target,

@@ -81,7 +81,14 @@ SELECT jsonb_build_object(
             'globals_sha256', r.globals_checksum, 'start_lsn', r.start_lsn, 'stop_lsn', r.stop_lsn,
             'start_wal_segment', r.start_wal_segment, 'stop_wal_segment', r.stop_wal_segment,
             'pinned', r.pinned, 'keep_until', r.keep_until, 'copied_at', x.sync_end_time,
-            'verification', s.last_status, 'verified_at', s.last_verified_at) ORDER BY r.backup_id)
+            'verification', s.last_status, 'verified_at', s.last_verified_at,
+            'failed_locally', (SELECT v.verification_status = 'failed'
+                                      AND (v.verification_type IN ('checksum', 'integrity_check')
+                                           OR (v.verification_type = 'restore_test'
+                                               AND v.verification_result->>'stage' = 'integrity'))
+                                 FROM backup_management.backup_verifications v
+                                WHERE v.backup_id = r.backup_id
+                                ORDER BY v.verified_at DESC, v.verification_id DESC LIMIT 1)) ORDER BY r.backup_id)
         FROM backup_management.backup_records r
         JOIN LATERAL (SELECT x.remote_file_path, x.sync_end_time FROM backup_management.remote_backup_records x
                        WHERE x.backup_id = r.backup_id AND x.sync_status = 'completed'

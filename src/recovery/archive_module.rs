@@ -14,6 +14,7 @@ use std::io::{self, Read};
 use std::path::PathBuf;
 
 use backup_mgmt_core::backup::archive::ArchiveError;
+use backup_mgmt_core::backup::layout::wal_archive_dir;
 use backup_mgmt_core::paths::PathError;
 
 use crate::pg::roots;
@@ -38,9 +39,7 @@ fn system_identifier() -> io::Result<u64> {
 
 /// The archive directory: `<first backup root>/wal/<system identifier>`.
 fn archive_dir(system_identifier: u64) -> Result<PathBuf, PathError> {
-    Ok(roots::first_root()?
-        .join("wal")
-        .join(system_identifier.to_string()))
+    Ok(roots::first_root()?.join(wal_archive_dir(system_identifier)))
 }
 
 #[cfg(any(feature = "pg15", feature = "pg16", feature = "pg17", feature = "pg18"))]

@@ -12,6 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use backup_mgmt_core::backup::layout::wal_archive_dir;
 use backup_mgmt_core::restore::base_choice::{choose_base, Candidate, Chosen, WINDOW};
 use backup_mgmt_core::restore::recipe::{
     recipe, wal_needed, Base, RecipeError, RecipeInput, Segment, TarPart, Target,
@@ -326,7 +327,6 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
         let rows = c.select(
             "SELECT segment_number, file_name, checksum, \
                     coalesce(archived_at >= $4, false), file_path, \
-                    regexp_replace(file_path, '^.*/', ''), \
                     CASE WHEN xact_scanned THEN coalesce(last_xact_at > $4, false) END, \
                     timeline_id \
                FROM backup_management.wal_archive \
@@ -345,10 +345,14 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
         // Where each segment is, for the recipe's restore_command.
         let mut dir_of = HashMap::new();
         let mut outside = HashSet::new();
-        let roots = guc::backup_roots().unwrap_or_default();
+        // Unreadable roots make every segment "outside" them; the reason then says why.
+        let (roots, roots_error) = match guc::backup_roots() {
+            Ok(roots) => (roots, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
         for r in rows {
             let number: i64 = r.get(1)?.unwrap_or_default();
-            let on: i32 = r.get(8)?.unwrap_or_default();
+            let on: i32 = r.get(7)?.unwrap_or_default();
             if on as u32 != route.timeline_of(number as u64, segment_size) {
                 continue;
             }
@@ -356,24 +360,26 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
             let name: String = r.get(2)?.unwrap_or_default();
             // A catalog row is input: a recipe reads a segment only from the WAL archive of a
             // backup root, as the archive module lays it out.
-            match file_path
+            let stored = match file_path
                 .as_deref()
                 .and_then(|p| locate(p, &name, sysid, &roots))
             {
                 Some(f) => {
                     dir_of.insert(name.clone(), f.root.join(&f.dir));
+                    f.stored
                 }
                 None => {
                     outside.insert(name.clone());
+                    String::new()
                 }
-            }
+            };
             archived.push(Segment {
                 number,
                 name,
-                file: r.get(6)?.unwrap_or_default(),
+                file: stored,
                 sha256: r.get(3)?.unwrap_or_default(),
                 archived_after_target: r.get(4)?.unwrap_or(false),
-                xact_after_target: r.get(7)?,
+                xact_after_target: r.get(6)?,
             });
         }
         let need = wal_needed(start_seg, stop_seg, target_seg, &archived);
@@ -406,7 +412,9 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
         let history = line.history_read(c, &route)?;
         let mut reads = need.needed.clone();
         // The directories restore_command reads, in the order their files come (the archive
-        // moves to a new first backup root when the roots change); compared as paths.
+        // moves to a new first backup root when the roots change), then every root's archive
+        // of this cluster (recovery may read on past the last segment checked); compared as
+        // paths.
         let mut dirs: Vec<&Path> = Vec::new();
         let read_from = need
             .needed
@@ -416,7 +424,14 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
             .as_ref()
             .ok()
             .and_then(|h| h.as_ref().map(|h| h.dir.as_path()));
-        for dir in read_from.chain(history_dir) {
+        let archives: Vec<PathBuf> = roots
+            .iter()
+            .map(|r| r.join(wal_archive_dir(sysid as u64)))
+            .collect();
+        for dir in read_from
+            .chain(history_dir)
+            .chain(archives.iter().map(PathBuf::as_path))
+        {
             if !dirs.contains(&dir) {
                 dirs.push(dir);
             }
@@ -435,10 +450,14 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
         } else if need.last.is_none() {
             "the archive has no WAL from after the target yet (wait for the next segment to be archived, or call pg_switch_wal())".into()
         } else if let Some(s) = need.needed.iter().find(|s| outside.contains(&s.name)) {
-            format!(
-                "WAL file {} is recorded at a path that is not in the WAL archive of a backup root",
-                s.name
-            )
+            match &roots_error {
+                Some(e) => format!("backup_mgmt.backup_roots cannot be read: {e}"),
+                None => format!(
+                    "WAL file {} is recorded at a path that is not in the WAL archive of a \
+                     backup root",
+                    s.name
+                ),
+            }
         } else if let Err(why) = &history {
             why.clone()
         } else {

@@ -97,10 +97,8 @@ pub fn archived_history(
             timeline,
             decompressed_history(stored, compressed, HISTORY_LIMIT)?,
         )?;
-        let dir = PathBuf::from(&path)
-            .parent()
-            .map(PathBuf::from)
-            .unwrap_or_default();
+        // The directory as the roots name it, not as the catalog row spells it.
+        let dir = file.root.join(&file.dir);
         let listed = Segment {
             number: 0,
             name: name.clone(),

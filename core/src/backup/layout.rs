@@ -40,6 +40,12 @@ impl Compression {
 
 /// The WAL archive, under each root.
 pub const WAL_ARCHIVE: &str = "wal";
+
+/// A cluster's WAL archive directory, relative to a root: `wal/<system identifier>`, the
+/// identifier as PostgreSQL prints it (unsigned; the catalog stores it as a bigint).
+pub fn wal_archive_dir(system_identifier: u64) -> PathBuf {
+    PathBuf::from(WAL_ARCHIVE).join(system_identifier.to_string())
+}
 /// Where restore tests work, under the first root.
 pub const RESTORE_SCRATCH: &str = ".backup_mgmt_restore";
 /// Where the WAL scan decompresses segments, under the first root.

@@ -96,6 +96,21 @@ pub struct MirrorBackup {
     pub verification: Option<String>,
     #[serde(default)]
     pub verified_at: Option<String>,
+    /// The newest verification failed reading the source host's own copy (missing there, or
+    /// changed since it was recorded: a checksum or integrity check, or a restore test that
+    /// stopped at that check).  A finding about that copy, not the backup: the copy on the
+    /// target was checked against the same digests when it landed, and a restore checks every
+    /// file again.  After a failover the new primary finds the old one's local backups missing.
+    #[serde(default)]
+    pub failed_locally: Option<bool>,
+}
+
+impl MirrorBackup {
+    /// Whether its newest verification found the backup itself bad, not only the source host's
+    /// copy of it.
+    pub fn known_bad(&self) -> bool {
+        self.verification.as_deref() == Some("failed") && self.failed_locally != Some(true)
+    }
 }
 
 /// One archived WAL file on the target.
@@ -287,10 +302,7 @@ fn chain_of(m: &Mirror, b: &MirrorBackup) -> Result<Vec<MirrorBackup>, String> {
             .ok_or_else(|| format!("its parent {p} is not on the target"))?;
         chain.push(at.clone());
     }
-    if let Some(bad) = chain
-        .iter()
-        .find(|c| c.verification.as_deref() == Some("failed"))
-    {
+    if let Some(bad) = chain.iter().find(|c| c.known_bad()) {
         return Err(format!(
             "backup {} of its chain failed its newest verification",
             bad.backup_id
@@ -378,7 +390,14 @@ pub fn choose(
                     .iter()
                     .rev()
                     .find(|c| c.verification.as_deref() != Some("passed"))
-                    .map(|c| format!("backup {} has no passed verification", c.backup_id))
+                    .map(|c| match c.failed_locally == Some(true) {
+                        true => format!(
+                            "backup {}'s newest verification failed on the source host's own \
+                             copy (missing or changed there), not on this one",
+                            c.backup_id
+                        ),
+                        false => format!("backup {} has no passed verification", c.backup_id),
+                    })
             }),
             item: usable.ok().map(|(chain, wal, path)| (b, chain, wal, path)),
         }
@@ -574,7 +593,7 @@ pub fn choose_dump<'m>(
         .backups
         .iter()
         .filter(|b| LOGICAL.contains(&b.backup_method.as_str()))
-        .filter(|b| b.verification.as_deref() != Some("failed"))
+        .filter(|b| !b.known_bad())
         .collect();
     let databases: BTreeSet<&str> = candidates
         .iter()

@@ -42,6 +42,7 @@ fn mirror() -> Mirror {
         pinned: None,
         verification: None,
         verified_at: None,
+        failed_locally: None,
     };
     Mirror {
         format: FORMAT.into(),
@@ -153,6 +154,35 @@ fn gaps_and_damaged_parents_pass_a_backup_over() {
         "{e}"
     );
     m.backups[0].verification = Some("failed".into());
+    let e = pick(&m, &Goal::Time(t), None).unwrap_err().to_string();
+    assert!(e.contains("failed its newest verification"), "{e}");
+    // Failed reading the source host's own copy (after a failover, the new primary finds the
+    // old one's local files missing): not the backup's fault, and not this copy's, which was
+    // checked when it landed and is checked again as it is restored.  Usable, but not counted
+    // as verified, and said so.
+    m.backups[0].failed_locally = Some(true);
+    m.backups[1].verification = Some("passed".into());
+    let c = pick(&m, &Goal::Time(t), None).unwrap();
+    assert_eq!(c.backup.backup_id, 2);
+    assert!(
+        c.why
+            .contains("backup 1's newest verification failed on the source host's own copy"),
+        "{}",
+        c.why
+    );
+    // A passed chain still comes first.
+    let mut passed = m.clone();
+    passed.backups.push(MirrorBackup {
+        backup_id: 3,
+        parent_backup_id: None,
+        backup_type: "full".into(),
+        verification: Some("passed".into()),
+        failed_locally: None,
+        ..passed.backups[1].clone()
+    });
+    let c = pick(&passed, &Goal::Time(t), None).unwrap();
+    assert_eq!(c.backup.backup_id, 3, "{}", c.why);
+    m.backups[0].failed_locally = Some(false);
     let e = pick(&m, &Goal::Time(t), None).unwrap_err().to_string();
     assert!(e.contains("failed its newest verification"), "{e}");
     m.backups.remove(0);

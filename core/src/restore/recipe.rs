@@ -314,13 +314,14 @@ pub fn recipe(r: &RecipeInput) -> Result<String, RecipeError> {
     };
     // PostgreSQL replaces %f (a WAL file name) and %p (a path under the data directory, both
     // plain) before the shell sees the command.  The first directory holding the file serves
-    // it, stored zstd-compressed or not (the recipe checks that copy).  Without an archive the
+    // it, stored zstd-compressed or not (the recipe checks that copy; zstd reads it from stdin,
+    // which follows a symlink as the check's sha256sum does, where zstd would skip one).  Without an archive the
     // command always fails, and recovery reads the WAL restored into pg_wal.
     // A `%` in a directory is written `%%`: PostgreSQL would otherwise replace `%p` or `%%`
     // in it, and restore_command would read another directory than the one the recipe checks.
     let restore_command = match r.archive_dirs.is_empty() {
         false => format!(
-            "for d in {}; do f=\"$d/%f\"; if [ -f \"$f.zst\" ]; then exec zstd -dcq -- \"$f.zst\" > \"%p\"; elif [ -f \"$f\" ]; then exec cp -- \"$f\" \"%p\"; fi; done; exit 1",
+            "for d in {}; do f=\"$d/%f\"; if [ -f \"$f.zst\" ]; then exec zstd -dcq < \"$f.zst\" > \"%p\"; elif [ -f \"$f\" ]; then exec cp -- \"$f\" \"%p\"; fi; done; exit 1",
             archives.replace('%', "%%")
         ),
         true => "false".to_owned(),

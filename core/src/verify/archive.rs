@@ -9,7 +9,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
-use crate::backup::layout::WAL_ARCHIVE;
+use crate::backup::layout::wal_archive_dir;
 use crate::files::beneath::{open_file_at, Root};
 use sha2::{Digest, Sha256};
 
@@ -82,9 +82,7 @@ pub fn locate(
     if stored != file_name && stored != format!("{file_name}.zst") {
         return None;
     }
-    // The directory is named with the identifier as PostgreSQL prints it (unsigned; the catalog
-    // stores it as a bigint).
-    let dir = PathBuf::from(WAL_ARCHIVE).join((system_identifier as u64).to_string());
+    let dir = wal_archive_dir(system_identifier as u64);
     roots.iter().find_map(|root| {
         (path.parent()? == root.join(&dir)).then(|| ArchivedFile {
             root: root.clone(),

@@ -344,8 +344,14 @@ fn a_recipe_reads_wal_from_several_archive_directories() {
     let base = tar_base(tmp.path(), &old_root);
     let mut wal: Vec<Segment> = (3..=4).map(|n| archive_segment(&old, n, n == 4)).collect();
     wal.extend((5..=6).map(|n| archive_segment(&new, n, false)));
-    // Segment 4 archived again into the new root, the same bytes: either copy will do.
-    archive_segment(&new, 4, true);
+    // Another segment 4 under the new root: restore_command serves the old root's, the one
+    // checked (the directories are read in order).
+    let four = segment_file_name(1, 4, 16 << 20);
+    std::fs::write(
+        new.join(format!("{four}.zst")),
+        zstd::encode_all(&b"another segment 4"[..], 3).unwrap(),
+    )
+    .unwrap();
     let input = time_recipe(&base, &[&old, &new], wal);
     let script = tmp.path().join("recipe.sh");
     std::fs::write(&script, recipe(&input).unwrap()).unwrap();
@@ -363,6 +369,14 @@ fn a_recipe_reads_wal_from_several_archive_directories() {
         );
     }
     assert!(!restore_segment(&restored, 7).0);
+    // A compressed file behind a symlink is served as it is checked (sha256sum and zstd both
+    // read through it).
+    let elsewhere = tmp.path().join("elsewhere.zst");
+    std::fs::rename(old.join(format!("{four}.zst")), &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, old.join(format!("{four}.zst"))).unwrap();
+    let linked = tmp.path().join("linked");
+    assert!(run_recipe(&script, &linked).status.success());
+    assert_eq!(restore_segment(&linked, 4), (true, "segment 4".to_owned()));
     // Each refusal comes before anything is written.
     let refused = |why: &str| {
         let again = tmp.path().join("again");

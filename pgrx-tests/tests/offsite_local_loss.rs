@@ -1,0 +1,105 @@
+//! End-to-end: a backup whose copy on its own host is gone (a lost disk; after a failover, the
+//! old primary's backups as the new primary sees them with roots local to each host).  The
+//! host's verification records it failed, missing; the catalog mirror on the off-site target
+//! says that verification failed on the source host's own copy (`failed_locally`); and the
+//! restore program still restores the backup from its off-site copy, every file checked, where
+//! before it refused it as "failed its newest verification".  A verification that found the
+//! backup itself bad still stops it.
+
+use std::time::Duration;
+
+use backup_mgmt_e2e::cluster::Cluster;
+use backup_mgmt_e2e::jobs::{marker_ids, run_job};
+use backup_mgmt_e2e::offsite::{add_disk_target, promoted, switch_sync_and_wait};
+use backup_mgmt_e2e::program::run;
+
+#[test]
+fn a_backup_lost_on_its_host_is_restored_from_its_offsite_copy() {
+    let cluster =
+        Cluster::start_with_backups(&["archive_mode = on", "archive_library = 'backup_mgmt'"]);
+    let mut db = cluster.connect("postgres");
+    let disk = cluster.second_backup_root("second-disk");
+    db.batch_execute(
+        "CREATE EXTENSION backup_mgmt;
+         CREATE TABLE markers (id int PRIMARY KEY);
+         INSERT INTO markers VALUES (1);
+         SELECT backup_mgmt.schedule_backup('bfull', '@yearly', 'postgres', 'full',
+                'pg_basebackup', '{\"fast_checkpoint\": true, \"compression\": \"zstd\"}');",
+    )
+    .unwrap();
+    add_disk_target(&mut db, &disk);
+    let full = run_job(&cluster, &mut db, "bfull");
+    let (target, mirror_file, doc) = switch_sync_and_wait(&cluster, &mut db, &disk, 1);
+    assert_eq!(doc["backups"][0]["failed_locally"], serde_json::Value::Null);
+
+    // The host's own copy is gone; verified again, the backup is failed (missing).
+    let path: String = db
+        .query_one(
+            "SELECT backup_file_path FROM backup_management.backup_records WHERE backup_id = $1",
+            &[&full],
+        )
+        .unwrap()
+        .get(0);
+    let aside = format!("{path}.aside");
+    std::fs::rename(&path, &aside).unwrap();
+    let passed: bool = db
+        .query_one("SELECT backup_mgmt.verify_backup_integrity($1)", &[&full])
+        .unwrap()
+        .get(0);
+    assert!(!passed);
+    let mirror = |want: bool| {
+        let mut doc = serde_json::Value::Null;
+        let seen = Cluster::wait_for(Duration::from_secs(60), || {
+            doc = std::fs::read_to_string(&mirror_file)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+            doc["backups"][0]["verification"] == "failed"
+                && doc["backups"][0]["failed_locally"] == want
+        });
+        assert!(seen, "mirror: {doc}\n{}", cluster.log());
+    };
+    mirror(true);
+
+    let dir = target.to_str().unwrap().to_owned();
+    let restore = || {
+        let restored = Cluster::empty();
+        let data = restored.data_dir().to_str().unwrap().to_owned();
+        let (code, out, err) = run(&restored, &["--dir", &dir, "restore", &data]);
+        (restored, code, out, err)
+    };
+    let (mut restored, code, out, err) = restore();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        format!("{out}{err}").contains("newest verification failed on the source host's own copy"),
+        "{out}\n{err}"
+    );
+    restored.start_restored(&["archive_mode = off", "shared_preload_libraries = ''"]);
+    let mut r = promoted(&restored);
+    assert_eq!(marker_ids(&mut r), vec![1]);
+    drop(r);
+    restored.pg_ctl_stop("fast");
+
+    // The list says whose copy failed.
+    let (code, out, err) = run(&cluster, &["--dir", &dir, "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("failed (source copy)"), "{out}");
+
+    // The copy back, and a verification that finds the backup itself bad (pg_verifybackup, as
+    // a restore test records it): the program refuses it again.
+    std::fs::rename(&aside, &path).unwrap();
+    db.execute(
+        "INSERT INTO backup_management.backup_verifications
+             (backup_id, verification_type, verification_status, verification_result)
+         VALUES ($1, 'pg_verifybackup', 'failed', '{\"output\": \"bad\"}')",
+        &[&full],
+    )
+    .unwrap();
+    mirror(false);
+    let (_, code, out, err) = restore();
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert!(
+        err.contains("failed its newest verification"),
+        "{out}\n{err}"
+    );
+}

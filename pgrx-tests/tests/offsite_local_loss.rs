@@ -47,19 +47,24 @@ fn a_backup_lost_on_its_host_is_restored_from_its_offsite_copy() {
         .unwrap()
         .get(0);
     assert!(!passed);
-    let mirror = |want: bool| {
+    // Waits for the mirror to show the newest verification failed, failed_locally `want`, and
+    // a verified_at other than `before`; returns that verified_at.
+    let mirror = |want: bool, before: &serde_json::Value| {
         let mut doc = serde_json::Value::Null;
         let seen = Cluster::wait_for(Duration::from_secs(60), || {
             doc = std::fs::read_to_string(&mirror_file)
                 .ok()
                 .and_then(|t| serde_json::from_str(&t).ok())
                 .unwrap_or_default();
-            doc["backups"][0]["verification"] == "failed"
-                && doc["backups"][0]["failed_locally"] == want
+            let b = &doc["backups"][0];
+            b["verification"] == "failed"
+                && b["failed_locally"] == want
+                && b["verified_at"] != *before
         });
         assert!(seen, "mirror: {doc}\n{}", cluster.log());
+        doc["backups"][0]["verified_at"].clone()
     };
-    mirror(true);
+    let at = mirror(true, &serde_json::Value::Null);
 
     let dir = target.to_str().unwrap().to_owned();
     let restore = || {
@@ -71,7 +76,7 @@ fn a_backup_lost_on_its_host_is_restored_from_its_offsite_copy() {
     let (mut restored, code, out, err) = restore();
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(
-        format!("{out}{err}").contains("newest verification failed on the source host's own copy"),
+        format!("{out}{err}").contains("failed only because the source host's own copy is missing"),
         "{out}\n{err}"
     );
     restored.start_restored(&["archive_mode = off", "shared_preload_libraries = ''"]);
@@ -95,11 +100,24 @@ fn a_backup_lost_on_its_host_is_restored_from_its_offsite_copy() {
         &[&full],
     )
     .unwrap();
-    mirror(false);
-    let (_, code, out, err) = restore();
-    assert_ne!(code, 0, "{out}\n{err}");
-    assert!(
-        err.contains("failed its newest verification"),
-        "{out}\n{err}"
-    );
+    let at = mirror(false, &at);
+    let refused = || {
+        let (_, code, out, err) = restore();
+        assert_ne!(code, 0, "{out}\n{err}");
+        assert!(
+            err.contains("failed its newest verification"),
+            "{out}\n{err}"
+        );
+    };
+    refused();
+    // The local copy gone again: the newest verification is a missing file, but the verdict
+    // on the content stands (no pass since), and the program still refuses the backup.
+    std::fs::rename(&path, &aside).unwrap();
+    let passed: bool = db
+        .query_one("SELECT backup_mgmt.verify_backup_integrity($1)", &[&full])
+        .unwrap()
+        .get(0);
+    assert!(!passed);
+    mirror(false, &at);
+    refused();
 }

@@ -64,7 +64,21 @@ const SAME_PLACE: &str = "SELECT o.config_id FROM backup_management.remote_backu
 /// cluster writing to the same target keeps its own prefix and its own mirror.  Globals keys are
 /// added by `offsite_text` (they are computed, not stored).
 const OFFSITE_QUERY: &str = "WITH me AS (SELECT system_identifier AS sysid FROM pg_catalog.pg_control_system()),
-same_place AS (SAME_PLACE)
+same_place AS (SAME_PLACE),
+-- Each verification: whether its failure only says that the source host's own copy is not
+-- there (its file missing, or outside this host's roots: a checksum check, or a restore test
+-- stopped at that check), which says nothing of the backup's bytes; and whether its pass
+-- vouches for the content (pg_verifybackup, a restore test), not only for a sha256.  A backup
+-- is failed_locally when its newest verification failed so and no other failure stands (none
+-- since a later content pass): a missing file must not hide an earlier verdict on the content.
+-- Inlined where it is used, so that each lookup is an index scan by backup.
+verdicts AS NOT MATERIALIZED (SELECT v.backup_id, v.verification_id, v.verified_at, v.verification_status,
+                    coalesce((v.verification_type = 'checksum'
+                              OR (v.verification_type = 'restore_test'
+                                  AND v.verification_result->>'stage' = 'integrity'))
+                             AND v.verification_result->>'reason' IN ('missing', 'refused_path'), false) AS local,
+                    v.verification_type IN ('pg_verifybackup', 'restore_test') AS of_content
+               FROM backup_management.backup_verifications v)
 SELECT jsonb_build_object(
     'format', 'backup_mgmt offsite catalog 1',
     'written_at', pg_catalog.now(),
@@ -82,11 +96,17 @@ SELECT jsonb_build_object(
             'start_wal_segment', r.start_wal_segment, 'stop_wal_segment', r.stop_wal_segment,
             'pinned', r.pinned, 'keep_until', r.keep_until, 'copied_at', x.sync_end_time,
             'verification', s.last_status, 'verified_at', s.last_verified_at,
-            'failed_locally', (SELECT v.verification_status = 'failed'
-                                      AND (v.verification_type IN ('checksum', 'integrity_check')
-                                           OR (v.verification_type = 'restore_test'
-                                               AND v.verification_result->>'stage' = 'integrity'))
-                                 FROM backup_management.backup_verifications v
+            'failed_locally', (SELECT v.verification_status = 'failed' AND v.local
+                                      AND NOT EXISTS (SELECT FROM verdicts b
+                                                       WHERE b.backup_id = r.backup_id
+                                                         AND b.verification_status = 'failed' AND NOT b.local
+                                                         AND NOT EXISTS (SELECT FROM verdicts p
+                                                                          WHERE p.backup_id = r.backup_id
+                                                                            AND p.verification_status = 'passed'
+                                                                            AND p.of_content
+                                                                            AND (p.verified_at, p.verification_id)
+                                                                                > (b.verified_at, b.verification_id)))
+                                 FROM verdicts v
                                 WHERE v.backup_id = r.backup_id
                                 ORDER BY v.verified_at DESC, v.verification_id DESC LIMIT 1)) ORDER BY r.backup_id)
         FROM backup_management.backup_records r
@@ -120,7 +140,10 @@ const OFFSITE_FINGERPRINT: &str = "SELECT pg_catalog.md5(pg_catalog.concat_ws(',
     -- Pins, keep_until and verdicts change rows that are not the newest: hashed over the live
     -- backups (a few hundred rows at most).
     (SELECT pg_catalog.md5(coalesce(string_agg(r.backup_id || ':' || r.pinned || ':' || coalesce(r.keep_until::text, '') || ':' ||
-                                               coalesce(v.last_status, ''), ',' ORDER BY r.backup_id), ''))
+                                               coalesce(v.last_status, '') || ':' ||
+                                               coalesce((SELECT max(x.verification_id) FROM backup_management.backup_verifications x
+                                                          WHERE x.backup_id = r.backup_id), 0),
+                                               ',' ORDER BY r.backup_id), ''))
        FROM backup_management.backup_records r
        LEFT JOIN backup_management.verification_state v ON v.backup_id = r.backup_id
       WHERE r.expired_at IS NULL AND r.status = 'completed'),

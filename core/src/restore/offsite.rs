@@ -96,11 +96,12 @@ pub struct MirrorBackup {
     pub verification: Option<String>,
     #[serde(default)]
     pub verified_at: Option<String>,
-    /// The newest verification failed reading the source host's own copy (missing there, or
-    /// changed since it was recorded: a checksum or integrity check, or a restore test that
-    /// stopped at that check).  A finding about that copy, not the backup: the copy on the
-    /// target was checked against the same digests when it landed, and a restore checks every
-    /// file again.  After a failover the new primary finds the old one's local backups missing.
+    /// The newest verification failed only because the source host's own copy is not there
+    /// (its file missing, or outside that host's roots), and no verification that found the
+    /// backup itself bad stands.  After a failover the new primary finds the old one's local
+    /// backups missing.  It says nothing of the backup's bytes: the copy on the target is
+    /// usable (a restore checks every file against the recorded digests), not as a verified
+    /// one.  Absent in mirrors written before it, and null when never verified.
     #[serde(default)]
     pub failed_locally: Option<bool>,
 }
@@ -392,8 +393,8 @@ pub fn choose(
                     .find(|c| c.verification.as_deref() != Some("passed"))
                     .map(|c| match c.failed_locally == Some(true) {
                         true => format!(
-                            "backup {}'s newest verification failed on the source host's own \
-                             copy (missing or changed there), not on this one",
+                            "backup {}'s newest verification failed only because the source \
+                             host's own copy is missing there",
                             c.backup_id
                         ),
                         false => format!("backup {} has no passed verification", c.backup_id),

@@ -166,7 +166,7 @@ fn gaps_and_damaged_parents_pass_a_backup_over() {
     assert_eq!(c.backup.backup_id, 2);
     assert!(
         c.why
-            .contains("backup 1's newest verification failed on the source host's own copy"),
+            .contains("backup 1's newest verification failed only because the source host's own copy is missing"),
         "{}",
         c.why
     );
@@ -178,6 +178,10 @@ fn gaps_and_damaged_parents_pass_a_backup_over() {
         backup_type: "full".into(),
         verification: Some("passed".into()),
         failed_locally: None,
+        // Older than backup 2: chosen only because it passed.
+        start_lsn: Some("0/4000010".into()),
+        stop_lsn: Some("0/4000050".into()),
+        end_time: Some("2026-12-04T09:20:00+00:00".into()),
         ..passed.backups[1].clone()
     });
     let c = pick(&passed, &Goal::Time(t), None).unwrap();

@@ -57,10 +57,9 @@ pub fn list(mirrors: &[Mirror], json: bool) {
                 b.end_time.as_deref().unwrap_or("-"),
                 b.size.unwrap_or_default(),
                 b.parent_backup_id.map_or("-".into(), |p| p.to_string()),
-                match (b.verification.as_deref(), b.failed_locally) {
-                    // The source host's copy, not this one (see MirrorBackup::failed_locally).
-                    (Some("failed"), Some(true)) => "failed (source copy)",
-                    (v, _) => v.unwrap_or("never"),
+                match b.failed_only_locally() {
+                    true => "failed (source copy)",
+                    false => b.verification.as_deref().unwrap_or("never"),
                 }
             );
         }

@@ -13,6 +13,13 @@ use backup_mgmt_e2e::jobs::{marker_ids, run_job};
 use backup_mgmt_e2e::offsite::{add_disk_target, promoted, switch_sync_and_wait};
 use backup_mgmt_e2e::program::run;
 
+/// `verify_backup_integrity(id)`: whether the backup passed.
+fn verified(db: &mut postgres::Client, id: i64) -> bool {
+    db.query_one("SELECT backup_mgmt.verify_backup_integrity($1)", &[&id])
+        .unwrap()
+        .get(0)
+}
+
 #[test]
 fn a_backup_lost_on_its_host_is_restored_from_its_offsite_copy() {
     let cluster =
@@ -42,11 +49,7 @@ fn a_backup_lost_on_its_host_is_restored_from_its_offsite_copy() {
         .get(0);
     let aside = format!("{path}.aside");
     std::fs::rename(&path, &aside).unwrap();
-    let passed: bool = db
-        .query_one("SELECT backup_mgmt.verify_backup_integrity($1)", &[&full])
-        .unwrap()
-        .get(0);
-    assert!(!passed);
+    assert!(!verified(&mut db, full));
     // Waits for the mirror to show the newest verification failed, failed_locally `want`, and
     // a verified_at other than `before`; returns that verified_at.
     let mirror = |want: bool, before: &serde_json::Value| {
@@ -113,11 +116,7 @@ fn a_backup_lost_on_its_host_is_restored_from_its_offsite_copy() {
     // The local copy gone again: the newest verification is a missing file, but the verdict
     // on the content stands (no pass since), and the program still refuses the backup.
     std::fs::rename(&path, &aside).unwrap();
-    let passed: bool = db
-        .query_one("SELECT backup_mgmt.verify_backup_integrity($1)", &[&full])
-        .unwrap()
-        .get(0);
-    assert!(!passed);
+    assert!(!verified(&mut db, full));
     mirror(false, &at);
     refused();
 }

@@ -9,7 +9,7 @@
 //! backup_mgmt is not installed and the catalog is gone.  Segment numbers and names use this
 //! cluster's WAL segment size, as the archive's catalog does.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use backup_mgmt_core::backup::layout::wal_archive_dir;
@@ -344,7 +344,6 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
         let mut archived = Vec::new();
         // Where each segment is, for the recipe's restore_command.
         let mut dir_of = HashMap::new();
-        let mut outside = HashSet::new();
         // Unreadable roots make every segment "outside" them; the reason then says why.
         let (roots, roots_error) = match guc::backup_roots() {
             Ok(roots) => (roots, None),
@@ -359,7 +358,7 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
             let file_path: Option<String> = r.get(5)?;
             let name: String = r.get(2)?.unwrap_or_default();
             // A catalog row is input: a recipe reads a segment only from the WAL archive of a
-            // backup root, as the archive module lays it out.
+            // backup root, as the archive module lays it out (one that is not has no directory).
             let stored = match file_path
                 .as_deref()
                 .and_then(|p| locate(p, &name, sysid, &roots))
@@ -368,10 +367,7 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
                     dir_of.insert(name.clone(), f.root.join(&f.dir));
                     f.stored
                 }
-                None => {
-                    outside.insert(name.clone());
-                    String::new()
-                }
+                None => String::new(),
             };
             archived.push(Segment {
                 number,
@@ -449,7 +445,7 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
             "no transaction committed or aborted after the target in the archived WAL: recovery would end before reaching it (choose an earlier target, or wait until a later transaction is archived)".into()
         } else if need.last.is_none() {
             "the archive has no WAL from after the target yet (wait for the next segment to be archived, or call pg_switch_wal())".into()
-        } else if let Some(s) = need.needed.iter().find(|s| outside.contains(&s.name)) {
+        } else if let Some(s) = need.needed.iter().find(|s| !dir_of.contains_key(&s.name)) {
             match &roots_error {
                 Some(e) => format!("backup_mgmt.backup_roots cannot be read: {e}"),
                 None => format!(

@@ -107,10 +107,16 @@ pub struct MirrorBackup {
 }
 
 impl MirrorBackup {
+    /// Whether its newest verification failed only because the source host's copy is not
+    /// there (`failed_locally`).
+    pub fn failed_only_locally(&self) -> bool {
+        self.verification.as_deref() == Some("failed") && self.failed_locally == Some(true)
+    }
+
     /// Whether its newest verification found the backup itself bad, not only the source host's
     /// copy of it.
     pub fn known_bad(&self) -> bool {
-        self.verification.as_deref() == Some("failed") && self.failed_locally != Some(true)
+        self.verification.as_deref() == Some("failed") && !self.failed_only_locally()
     }
 }
 
@@ -391,7 +397,7 @@ pub fn choose(
                     .iter()
                     .rev()
                     .find(|c| c.verification.as_deref() != Some("passed"))
-                    .map(|c| match c.failed_locally == Some(true) {
+                    .map(|c| match c.failed_only_locally() {
                         true => format!(
                             "backup {}'s newest verification failed only because the source \
                              host's own copy is missing there",

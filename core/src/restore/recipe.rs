@@ -99,9 +99,10 @@ pub struct WalNeed {
 
 /// The segments from `start` (the backup's first) to the one that covers the target: for a
 /// LSN, the segment holding it (never before the backup's `stop`); for a time, the first segment
-/// archived at or after it that comes after every segment archived before it.  WAL written at the target time lies in a segment finished after
-/// it, so in that segment or a later one; replay stops at the first commit after the target, and
-/// `restore_command` serves whatever further segments the archive has.
+/// archived at or after it that comes after every segment archived before it.  WAL written at
+/// the target time lies in a segment finished after it, so in that segment or a later one;
+/// replay stops at the first commit after the target, and `restore_command` serves whatever
+/// further segments the archive has.
 pub fn wal_needed(
     start: i64,
     stop: i64,
@@ -117,14 +118,13 @@ pub fn wal_needed(
         .filter(|s| !s.archived_after_target)
         .map(|s| s.number)
         .max();
+    // Archived after the target, and not before a segment archived before it.
+    let late_enough =
+        |s: &Segment| s.archived_after_target && finished_before.is_none_or(|f| s.number > f);
     // A segment with a transaction after the target holds recovery's stopping point; before
     // the worker has read a segment, the first archived after the target, past those finished
     // before it, may hold it.
-    let covers = |s: &Segment| {
-        s.xact_after_target.unwrap_or_else(|| {
-            s.archived_after_target && finished_before.is_none_or(|f| s.number > f)
-        })
-    };
+    let covers = |s: &Segment| s.xact_after_target.unwrap_or_else(|| late_enough(s));
     let last = match target_segment {
         Some(t) => Some(t.max(stop)),
         None => archived
@@ -138,9 +138,7 @@ pub fn wal_needed(
     // just now) the archive simply has not got there yet, which is said differently.
     let no_later_transaction = target_segment.is_none()
         && last.is_none()
-        && later
-            .iter()
-            .any(|s| s.archived_after_target && finished_before.is_none_or(|f| s.number > f))
+        && later.iter().any(|s| late_enough(s))
         && later.iter().all(|s| s.xact_after_target == Some(false));
     let upto = last.unwrap_or_else(|| {
         archived
@@ -315,10 +313,10 @@ pub fn recipe(r: &RecipeInput) -> Result<String, RecipeError> {
     // PostgreSQL replaces %f (a WAL file name) and %p (a path under the data directory, both
     // plain) before the shell sees the command.  The first directory holding the file serves
     // it, stored zstd-compressed or not (the recipe checks that copy; zstd reads it from stdin,
-    // which follows a symlink as the check's sha256sum does, where zstd would skip one).  Without an archive the
-    // command always fails, and recovery reads the WAL restored into pg_wal.
-    // A `%` in a directory is written `%%`: PostgreSQL would otherwise replace `%p` or `%%`
-    // in it, and restore_command would read another directory than the one the recipe checks.
+    // which follows a symlink as the check's sha256sum does, where zstd would skip one).
+    // Without an archive the command always fails, and recovery reads the WAL restored into
+    // pg_wal.  A `%` in a directory is written `%%`: PostgreSQL would otherwise replace `%p` or
+    // `%%` in it, and restore_command would read another directory than the one checked.
     let restore_command = match r.archive_dirs.is_empty() {
         false => format!(
             "for d in {}; do f=\"$d/%f\"; if [ -f \"$f.zst\" ]; then exec zstd -dcq < \"$f.zst\" > \"%p\"; elif [ -f \"$f\" ]; then exec cp -- \"$f\" \"%p\"; fi; done; exit 1",

@@ -6,9 +6,9 @@
 //! Each MD5 is a pass over every byte (about 640 MB/s on this project's machines: a second of
 //! CPU per 650 MB, beside the server's own work), so the form a store (endpoint and bucket) gave
 //! its earlier multipart uploads in this process is remembered and only that one is computed.
-//! It is a hint, never a verdict: an object of the right size whose ETag matches no form computed has the
-//! bytes its upload sent fingerprinted again, every form, and where the file can no longer tell
-//! (changed since, unreadable) the object read back decides.
+//! It is a hint, never a verdict: an object of the right size whose ETag matches no form
+//! computed has the bytes its upload sent fingerprinted again, every form, and where the file
+//! can no longer tell (changed since, unreadable) the object read back decides.
 
 use std::collections::HashMap;
 use std::fs::File;

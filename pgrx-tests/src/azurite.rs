@@ -42,7 +42,7 @@ impl Azurite {
             .tempdir_in("/tmp")
             .expect("temp dir");
         let port = crate::cluster::free_port();
-        let child = Command::new(program())
+        let mut child = Command::new(program())
             .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
             .arg("--location")
             .arg(dir.path())
@@ -57,10 +57,15 @@ impl Azurite {
                     program().display()
                 )
             });
+        // Azurite's own process must be the one listening: if another test's server took the
+        // port first, Azurite exits and a connection would reach that other server.
         let up = Cluster::wait_for(Duration::from_secs(30), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
+            matches!(child.try_wait(), Ok(None)) && TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
-        assert!(up, "Azurite did not start on port {port}");
+        assert!(
+            up && matches!(child.try_wait(), Ok(None)),
+            "Azurite did not start on port {port}"
+        );
         Azurite { child, port, dir }
     }
 
@@ -85,21 +90,32 @@ impl Azurite {
         let mut mac = Hmac::<Sha256>::new_from_slice(&b64.decode(KEY).unwrap()).unwrap();
         mac.update(to_sign.as_bytes());
         let signature = b64.encode(mac.finalize().into_bytes());
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to Azurite");
-        write!(
-            s,
+        let request = format!(
             "PUT /{ACCOUNT}/{name}?restype=container HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\
              x-ms-date: {date}\r\nx-ms-version: {version}\r\n\
              Authorization: SharedKey {ACCOUNT}:{signature}\r\n\
              Content-Length: 0\r\nConnection: close\r\n\r\n",
             self.port
-        )
-        .unwrap();
+        );
+        // Azurite accepts connections a moment before it answers them: a CI run once got an
+        // empty reply to its first request.  An empty reply is retried for a few seconds; any
+        // answer at all is final.
         let mut reply = String::new();
-        let _ = s.read_to_string(&mut reply);
+        for _ in 0..40 {
+            reply.clear();
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+                if s.write_all(request.as_bytes()).is_ok() {
+                    let _ = s.read_to_string(&mut reply);
+                }
+            }
+            if !reply.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
         assert!(
             reply.starts_with("HTTP/1.1 201"),
-            "creating container {name}: {reply}"
+            "creating container {name}: {reply:?}"
         );
         self
     }

@@ -799,10 +799,65 @@ COMMENT ON COLUMN backup_management.verification_state.database_name IS 'Its dat
 COMMENT ON COLUMN backup_management.verification_state.upkeep IS 'What the worker''s upkeep does with it: checksum (compute the sha256 that was not recorded), reverify (read it again against its sha256 every verify_interval), or NULL (nothing: directory backups are verified on demand)';
 COMMENT ON COLUMN backup_management.verification_state.reverify_from IS 'Its newest passed checksum verification (or its end time when none passed): re-verification is due verify_interval after it';
 COMMENT ON COLUMN backup_management.verification_state.last_verified_at IS 'When its newest verification of any kind finished';
-COMMENT ON COLUMN backup_management.verification_state.last_status IS 'Outcome of its newest verification of any kind (passed or failed)';
+COMMENT ON COLUMN backup_management.verification_state.last_status IS 'Its standing verdict (verification_verdict): failed while a failed verification stands (no later one at least as thorough passed), else passed; NULL when never verified';
 COMMENT ON COLUMN backup_management.verification_state.last_checksum_at IS 'When its newest checksum verification finished (the worker''s last attempt)';
 COMMENT ON COLUMN backup_management.verification_state.failures IS 'Checksum verifications that failed after its newest passed one: the worker waits longer before each new attempt';
 COMMENT ON COLUMN backup_management.verification_state.last_error IS 'Why its newest checksum verification failed (NULL when it passed)';
+
+-- How thorough a verification is: 1 reads a file's bytes against its recorded sha256 (a checksum
+-- check, or a restore test that stopped at that check), 2 checks a physical backup's content
+-- against its manifest (pg_verifybackup, integrity_check), 3 goes further (a restore test past
+-- that check, whatever stage it then failed at: a failed restore stands until a restore test
+-- passes).  0: a logical restore test that restored without an error but had no row counts to
+-- compare the data with (a dump recorded by a script): it found nothing wrong, so any pass
+-- after it clears it.  Inlined where it is used (no SET clause, one expression).
+CREATE FUNCTION backup_mgmt.verification_depth(kind text, result jsonb)
+    RETURNS integer LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $bm$
+    SELECT CASE WHEN kind = 'restore_test'
+                 AND result OPERATOR(pg_catalog.->>) 'stage' = 'data_verification'
+                 AND result OPERATOR(pg_catalog.->) 'facts_captured' = 'false'::jsonb
+                 AND coalesce(result OPERATOR(pg_catalog.->>) 'error', '') = '' THEN 0
+                WHEN kind = 'checksum'
+                  OR (kind = 'restore_test' AND result OPERATOR(pg_catalog.->>) 'stage' = 'integrity') THEN 1
+                WHEN kind = 'restore_test' THEN 3
+                ELSE 2 END
+$bm$;
+COMMENT ON FUNCTION backup_mgmt.verification_depth(text, jsonb) IS
+    'How thorough a verification of this type and result is: 1 a file''s bytes against their sha256, 2 pg_verifybackup against the manifest, 3 a restore test past the sha256 check (0: a restore test that restored but had no row counts to check the data with); a failure stands until a later verification at least as thorough passes';
+
+-- A backup's standing verdict: 'failed' while one of its failed verifications stands (no later
+-- verification at least as thorough passed), else 'passed', NULL when it was never verified;
+-- and whether every failure that stands only says that this host's copy is not there (its file
+-- missing, or outside the backup roots), which says nothing of the backup's bytes (NULL when
+-- none stands); and when its newest verification finished.  The newest verification alone is not the verdict: the worker re-reads every
+-- backup against its sha256 each verify_interval, and that pass says the bytes are the ones
+-- recorded, not that pg_verifybackup or a restore test that failed on those very bytes was
+-- wrong.  No SET clause, so that it is inlined (see verification_state_of).
+CREATE FUNCTION backup_mgmt.verification_verdict(backup bigint)
+    RETURNS TABLE (status text, only_local boolean, verified_at timestamptz)
+    LANGUAGE sql STABLE
+AS $bm$
+    SELECT CASE WHEN pg_catalog.count(*) = 0 THEN NULL
+                WHEN pg_catalog.bool_or(s.stands) THEN 'failed'
+                ELSE 'passed' END,
+           pg_catalog.bool_and(s.local) FILTER (WHERE s.stands),
+           pg_catalog.max(s.verified_at)
+      FROM (SELECT f.verified_at,
+                   f.verification_status = 'failed'
+                   AND NOT EXISTS (
+                       SELECT FROM backup_management.backup_verifications p
+                        WHERE p.backup_id = f.backup_id AND p.verification_status = 'passed'
+                          AND (p.verified_at, p.verification_id) > (f.verified_at, f.verification_id)
+                          AND backup_mgmt.verification_depth(p.verification_type, p.verification_result)
+                              >= backup_mgmt.verification_depth(f.verification_type, f.verification_result)) AS stands,
+                   backup_mgmt.verification_depth(f.verification_type, f.verification_result) = 1
+                   AND coalesce(f.verification_result OPERATOR(pg_catalog.->>) 'reason' IN ('missing', 'refused_path'), false) AS local
+              FROM backup_management.backup_verifications f
+             WHERE f.backup_id = backup) s
+$bm$;
+COMMENT ON FUNCTION backup_mgmt.verification_verdict(bigint) IS
+    'A backup''s standing verdict: failed while a failed verification of it stands (none at least as thorough passed later), else passed, NULL when never verified; whether the failures that stand only say this host''s copy is not there; and when its newest verification finished';
 
 -- What the state of backups `ids` is, computed from backup_records and backup_verifications
 -- (the definition the triggers maintain, and what the tests compare the table with).  No SET
@@ -819,14 +874,11 @@ AS $bm$
                 WHEN r.backup_method NOT IN ('pg_dump_directory', 'continuous_archiving', 'native_physical') THEN 'checksum'
            END,
            coalesce(c.last_passed, r.end_time, r.start_time),
-           n.verified_at, n.verification_status, c.last_at,
+           d.verified_at, d.status, c.last_at,
            coalesce(f.failures, 0)::integer,
            CASE WHEN c.last_status = 'failed' THEN c.last_error END
       FROM backup_management.backup_records r
-      LEFT JOIN LATERAL (
-          SELECT v.verified_at, v.verification_status FROM backup_management.backup_verifications v
-           WHERE v.backup_id = r.backup_id
-           ORDER BY v.verified_at DESC, v.verification_id DESC LIMIT 1) n ON true
+      LEFT JOIN LATERAL backup_mgmt.verification_verdict(r.backup_id) d ON true
       LEFT JOIN LATERAL (
           SELECT pg_catalog.max(v.verified_at) FILTER (WHERE v.verification_status = 'passed') AS last_passed,
                  pg_catalog.max(v.verified_at) AS last_at,
@@ -1161,15 +1213,16 @@ ALTER TABLE backup_management.remote_backup_configs
 ------------------------------------------------------------------------------------------------
 CREATE VIEW backup_mgmt.recovery_status AS
 WITH verified AS (
-    -- The newest verified live backup of each plan's database, read newest first from the index
-    -- of live records (the newest few, for backups that ran side by side).
+    -- The newest verified live backup of each plan's database (its verdict passed:
+    -- verification_verdict), read newest first from the index of live records (the newest few,
+    -- for backups that ran side by side).
     SELECT d.database_name,
            (SELECT max(x.end_time)
               FROM (SELECT r.end_time FROM backup_management.backup_records r
                      WHERE r.database_name = d.database_name AND r.expired_at IS NULL
                        AND r.status = 'completed' AND r.backup_type <> 'wal'
-                       AND EXISTS (SELECT FROM backup_management.backup_verifications v
-                                    WHERE v.backup_id = r.backup_id AND v.verification_status = 'passed')
+                       AND EXISTS (SELECT FROM backup_management.verification_state s
+                                    WHERE s.backup_id = r.backup_id AND s.last_status = 'passed')
                      ORDER BY r.start_time DESC LIMIT 8) x) AS last_verified_backup_at
       FROM (SELECT DISTINCT database_name FROM disaster_recovery.recovery_plans WHERE is_active) d
 ), archiver AS (
@@ -1195,8 +1248,8 @@ WITH verified AS (
                    FROM backup_management.backup_records r
                   WHERE r.database_name = d.database_name AND r.expired_at IS NULL
                     AND r.status = 'completed' AND r.backup_type <> 'wal'
-                    AND EXISTS (SELECT FROM backup_management.backup_verifications v
-                                 WHERE v.backup_id = r.backup_id AND v.verification_status = 'passed')
+                    AND EXISTS (SELECT FROM backup_management.verification_state s
+                                 WHERE s.backup_id = r.backup_id AND s.last_status = 'passed')
                     AND EXISTS (SELECT FROM backup_management.remote_backup_records x
                                  WHERE x.backup_id = r.backup_id AND x.config_id = c.config_id
                                    AND x.sync_status = 'completed')) b

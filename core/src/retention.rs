@@ -44,10 +44,10 @@ pub struct Backup {
     pub end_time: DateTime<Utc>,
     /// Restores a whole cluster to a point with archived WAL (pg_basebackup, native full/incr).
     pub is_base: bool,
-    /// Its newest verification passed.  [`select`] looks at it only to find each database's
-    /// newest verified backup (in [`newest_first_by_database`] order), so a caller may leave it
-    /// `false` for the backups behind that one instead of looking up every backup's
-    /// verification.
+    /// It and every ancestor passed verification (their verdicts in the catalog).  [`select`]
+    /// looks at it only to find each database's newest verified backup (in
+    /// [`newest_first_by_database`] order), so a caller may leave it `false` for the backups
+    /// behind that one instead of looking up every backup's verification.
     pub verified: bool,
     pub pinned: bool,
     pub pin_reason: Option<String>,

@@ -3,8 +3,8 @@
 //! host's verification records it failed, missing; the catalog mirror on the off-site target
 //! says that verification failed on the source host's own copy (`failed_locally`); and the
 //! restore program still restores the backup from its off-site copy, every file checked, where
-//! before it refused it as "failed its newest verification".  A verification that found the
-//! backup itself bad still stops it.
+//! before it refused it as failed.  A verification that found the backup itself bad still
+//! stops it, and the routine checksum pass after it does not clear it.
 
 use std::time::Duration;
 
@@ -18,6 +18,18 @@ fn verified(db: &mut postgres::Client, id: i64) -> bool {
     db.query_one("SELECT backup_mgmt.verify_backup_integrity($1)", &[&id])
         .unwrap()
         .get(0)
+}
+
+/// Records a verification of backup `id` as the extension would (`kind`, `status`), without
+/// running it.
+fn recorded(db: &mut postgres::Client, id: i64, kind: &str, status: &str) {
+    db.execute(
+        "INSERT INTO backup_management.backup_verifications
+             (backup_id, verification_type, verification_status)
+         VALUES ($1, $2, $3)",
+        &[&id, &kind, &status],
+    )
+    .unwrap();
 }
 
 #[test]
@@ -50,7 +62,7 @@ fn a_backup_lost_on_its_host_is_restored_from_its_offsite_copy() {
     let aside = format!("{path}.aside");
     std::fs::rename(&path, &aside).unwrap();
     assert!(!verified(&mut db, full));
-    // Waits for the mirror to show the newest verification failed, failed_locally `want`, and
+    // Waits for the mirror to show the verdict failed, failed_locally `want`, and
     // a verified_at other than `before`; returns that verified_at.
     let mirror = |want: bool, before: &serde_json::Value| {
         let mut doc = serde_json::Value::Null;
@@ -96,27 +108,38 @@ fn a_backup_lost_on_its_host_is_restored_from_its_offsite_copy() {
     // The copy back, and a verification that finds the backup itself bad (pg_verifybackup, as
     // a restore test records it): the program refuses it again.
     std::fs::rename(&aside, &path).unwrap();
-    db.execute(
-        "INSERT INTO backup_management.backup_verifications
-             (backup_id, verification_type, verification_status, verification_result)
-         VALUES ($1, 'pg_verifybackup', 'failed', '{\"output\": \"bad\"}')",
-        &[&full],
-    )
-    .unwrap();
+    recorded(&mut db, full, "pg_verifybackup", "failed");
     let at = mirror(false, &at);
     let refused = || {
         let (_, code, out, err) = restore();
         assert_ne!(code, 0, "{out}\n{err}");
-        assert!(
-            err.contains("failed its newest verification"),
-            "{out}\n{err}"
-        );
+        assert!(err.contains("failed verification"), "{out}\n{err}");
     };
     refused();
     // The local copy gone again: the newest verification is a missing file, but the verdict
     // on the content stands (no pass since), and the program still refuses the backup.
     std::fs::rename(&path, &aside).unwrap();
     assert!(!verified(&mut db, full));
+    let at = mirror(false, &at);
+    refused();
+    // The copy back and read again by the worker's routine checksum pass: the bytes are the
+    // recorded ones, which says nothing against pg_verifybackup's verdict on them, so the
+    // backup stays failed (until 0.10.0 this pass made it "passed" again).
+    std::fs::rename(&aside, &path).unwrap();
+    recorded(&mut db, full, "checksum", "passed");
     mirror(false, &at);
     refused();
+    // pg_verifybackup itself passing (verify_backup_integrity runs it after the checksum) is
+    // as thorough as the failure: the backup is verified again.
+    assert!(verified(&mut db, full));
+    let mut doc = serde_json::Value::Null;
+    let passed = Cluster::wait_for(Duration::from_secs(60), || {
+        doc = std::fs::read_to_string(&mirror_file)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        doc["backups"][0]["verification"] == "passed"
+            && doc["backups"][0]["failed_locally"] == false
+    });
+    assert!(passed, "mirror: {doc}");
 }

@@ -59,26 +59,12 @@ const SAME_PLACE: &str = "SELECT o.config_id FROM backup_management.remote_backu
 /// The catalog as one off-site target holds it (`<system identifier>/.catalog/catalog_mirror.json`
 /// on the target, replaced whole): this cluster's live backups that have a verified copy there,
 /// (by any target copying to the same place), with their keys, chains, LSNs, retention state and
-/// newest verification; every WAL file copied
-/// there with its key, size and sha256; the archive's gaps.  Only this cluster's rows: another
+/// verdict (`verification_verdict`); every WAL file copied there with its key, size and sha256;
+/// the archive's gaps.  Only this cluster's rows: another
 /// cluster writing to the same target keeps its own prefix and its own mirror.  Globals keys are
 /// added by `offsite_text` (they are computed, not stored).
 const OFFSITE_QUERY: &str = "WITH me AS (SELECT system_identifier AS sysid FROM pg_catalog.pg_control_system()),
-same_place AS (SAME_PLACE),
--- Each verification: whether its failure only says that the source host's own copy is not
--- there (its file missing, or outside this host's roots: a checksum check, or a restore test
--- stopped at that check), which says nothing of the backup's bytes; and whether its pass
--- vouches for the content (pg_verifybackup, a restore test), not only for a sha256.  A backup
--- is failed_locally when its newest verification failed so and no other failure stands (none
--- since a later content pass): a missing file must not hide an earlier verdict on the content.
--- Inlined where it is used, so that each lookup is an index scan by backup.
-verdicts AS NOT MATERIALIZED (SELECT v.backup_id, v.verification_id, v.verified_at, v.verification_status,
-                    coalesce((v.verification_type = 'checksum'
-                              OR (v.verification_type = 'restore_test'
-                                  AND v.verification_result->>'stage' = 'integrity'))
-                             AND v.verification_result->>'reason' IN ('missing', 'refused_path'), false) AS local,
-                    v.verification_type IN ('pg_verifybackup', 'restore_test') AS of_content
-               FROM backup_management.backup_verifications v)
+same_place AS (SAME_PLACE)
 SELECT jsonb_build_object(
     'format', 'backup_mgmt offsite catalog 1',
     'written_at', pg_catalog.now(),
@@ -96,25 +82,18 @@ SELECT jsonb_build_object(
             'start_wal_segment', r.start_wal_segment, 'stop_wal_segment', r.stop_wal_segment,
             'pinned', r.pinned, 'keep_until', r.keep_until, 'copied_at', x.sync_end_time,
             'verification', s.last_status, 'verified_at', s.last_verified_at,
-            'failed_locally', (SELECT v.verification_status = 'failed' AND v.local
-                                      AND NOT EXISTS (SELECT FROM verdicts b
-                                                       WHERE b.backup_id = r.backup_id
-                                                         AND b.verification_status = 'failed' AND NOT b.local
-                                                         AND NOT EXISTS (SELECT FROM verdicts p
-                                                                          WHERE p.backup_id = r.backup_id
-                                                                            AND p.verification_status = 'passed'
-                                                                            AND p.of_content
-                                                                            AND (p.verified_at, p.verification_id)
-                                                                                > (b.verified_at, b.verification_id)))
-                                 FROM verdicts v
-                                WHERE v.backup_id = r.backup_id
-                                ORDER BY v.verified_at DESC, v.verification_id DESC LIMIT 1)) ORDER BY r.backup_id)
+            -- Failed only because the source host's own copy is not there (its file missing, or
+            -- outside that host's roots): every failure that stands says so, none says anything
+            -- of the backup's bytes.  NULL when never verified.
+            'failed_locally', CASE WHEN s.last_status = 'failed' THEN coalesce(d.only_local, false)
+                                   WHEN s.last_status IS NOT NULL THEN false END) ORDER BY r.backup_id)
         FROM backup_management.backup_records r
         JOIN LATERAL (SELECT x.remote_file_path, x.sync_end_time FROM backup_management.remote_backup_records x
                        WHERE x.backup_id = r.backup_id AND x.sync_status = 'completed'
                          AND x.config_id IN (SELECT config_id FROM same_place)
                        ORDER BY x.record_id DESC LIMIT 1) x ON true
         LEFT JOIN backup_management.verification_state s ON s.backup_id = r.backup_id
+        LEFT JOIN LATERAL backup_mgmt.verification_verdict(r.backup_id) d ON s.last_status = 'failed'
         WHERE r.expired_at IS NULL AND r.status = 'completed'
           AND coalesce(r.system_identifier, me.sysid) = me.sysid), '[]'::jsonb),
     'wal_files', coalesce((SELECT jsonb_agg(jsonb_build_object(

@@ -3,28 +3,17 @@
 use backup_mgmt_core::vocabulary::BackupMethod;
 use pgrx::spi::{SpiClient, SpiError};
 
-/// The order in which verifications count as "newest": the latest `verified_at`, then the
-/// latest row (two verifications in one transaction share a time).
-macro_rules! newest_verification_first {
+/// SQL for the standing verdict of the backup `r` (a live completed `backup_records` alias in
+/// the surrounding query): 'failed' while one of its failed verifications stands (no later one
+/// at least as thorough passed: `backup_mgmt.verification_verdict`), 'passed', or NULL when it
+/// was never verified.  Read from `verification_state`, which the triggers keep.
+macro_rules! standing_verdict {
     () => {
-        "ORDER BY v.verified_at DESC, v.verification_id DESC"
+        "(SELECT s.last_status FROM backup_management.verification_state s \
+           WHERE s.backup_id = r.backup_id)"
     };
 }
-pub(crate) use newest_verification_first;
-
-/// SQL for the status of the newest verification of the backup `r` (a `backup_records` alias in
-/// the surrounding query): 'passed', 'failed', or NULL when it was never verified.
-macro_rules! newest_verification_status {
-    () => {
-        concat!(
-            "(SELECT v.verification_status FROM backup_management.backup_verifications v \
-               WHERE v.backup_id = r.backup_id ",
-            $crate::catalog::queries::newest_verification_first!(),
-            " LIMIT 1)"
-        )
-    };
-}
-pub(crate) use newest_verification_status;
+pub(crate) use standing_verdict;
 
 /// SQL for the members of the chain of backup `r` (a `backup_records` alias) as `up(id, depth)`:
 /// from `$first` (a `SELECT id, depth` of the first member: `r` itself at depth 0, or its parent
@@ -45,7 +34,7 @@ macro_rules! chain_walk {
 
 /// SQL for what makes the chain of backup `r` (a `backup_records` alias) unusable, or NULL when
 /// nothing does: the nearest ancestor (through `parent_backup_id`) that is gone from the catalog,
-/// not completed, expired, or whose newest verification failed.  A restore needs every file of
+/// not completed, expired, or whose verification failed (`standing_verdict`).  A restore needs every file of
 /// the chain, so a damaged full rules out every incremental built on it.
 macro_rules! chain_problem {
     () => {
@@ -53,7 +42,7 @@ macro_rules! chain_problem {
             "(SELECT CASE WHEN a.backup_id IS NULL THEN pg_catalog.format('its ancestor %s is gone from the catalog', up.id) \
                           WHEN a.status <> 'completed' OR a.expired_at IS NOT NULL \
                           THEN pg_catalog.format('its ancestor %s is %s', up.id, a.status) \
-                          ELSE pg_catalog.format('its ancestor %s failed its newest verification', up.id) END \
+                          ELSE pg_catalog.format('its ancestor %s failed verification', up.id) END \
                 FROM ",
             $crate::catalog::queries::chain_walk!(
                 "SELECT r.parent_backup_id, 1 WHERE r.parent_backup_id IS NOT NULL"
@@ -69,7 +58,7 @@ macro_rules! chain_problem {
 pub(crate) use chain_problem;
 
 /// SQL for the first member of the chain of backup `r` (itself, then its ancestors nearest
-/// first) whose newest verification did not pass (never verified, or failed), as text, or NULL
+/// first) whose verdict is not 'passed' (never verified, or failed), as text, or NULL
 /// when the whole chain passed: what makes a usable chain "verified as a whole".
 macro_rules! chain_unverified {
     () => {
@@ -140,7 +129,7 @@ pub(crate) struct Parent {
 
 /// The newest completed backup by `method` of this cluster that a `kind` backup builds on
 /// (incremental: any type; differential: full), made by the worker on this major version,
-/// unless its newest verification failed or its chain is broken.  Its start is rounded down
+/// unless its verification failed (`standing_verdict`) or its chain is broken.  Its start is rounded down
 /// to the second: a native backup refers to a file only when its mtime (whole seconds) is
 /// before it, and rounding up would let a write in the parent's first fraction of a second
 /// pass as older.
@@ -160,7 +149,7 @@ pub(crate) fn choose_parent(
                 AND r.pg_version / 10000 = pg_catalog.current_setting('server_version_num')::int / 10000 \
                 AND ($1 = 'incremental' OR r.backup_type = 'full') \
                 AND coalesce(",
-            newest_verification_status!(),
+            standing_verdict!(),
             ", 'passed') <> 'failed' \
                 AND ",
             chain_problem!(),

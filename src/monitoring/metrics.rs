@@ -27,8 +27,8 @@ fn metrics() -> Result<String, ErrorReport> {
         let rows = c.select(
             // Each part is an index probe per database, whatever the history: the databases by a
             // skip scan of idx_backup_records_live, the newest live backup from it, failed live
-            // records from idx_backup_records_live_failed, the newest verification from
-            // verification_state.
+            // records from idx_backup_records_live_failed, the verdict of the most recently
+            // verified backup from verification_state.
             "WITH RECURSIVE d(database_name) AS ( \
                  (SELECT database_name FROM backup_management.backup_records \
                    WHERE expired_at IS NULL ORDER BY database_name LIMIT 1) \
@@ -163,7 +163,7 @@ fn metrics() -> Result<String, ErrorReport> {
             Family { name: "backup_mgmt_last_backup_size_bytes", help: "Size of the newest completed backup as stored.", kind: "gauge", samples: size },
             Family { name: "backup_mgmt_last_backup_duration_seconds", help: "How long the newest completed backup took.", kind: "gauge", samples: duration },
             Family { name: "backup_mgmt_backups_failed", help: "Failed backups recorded in the catalog.", kind: "gauge", samples: failures },
-            Family { name: "backup_mgmt_last_verification_passed", help: "1 if the newest verification of the database's backups passed, 0 if it failed.", kind: "gauge", samples: verified },
+            Family { name: "backup_mgmt_last_verification_passed", help: "1 if the database's most recently verified backup stands verified, 0 if a failed verification of it stands (no later one as thorough passed).", kind: "gauge", samples: verified },
             Family { name: "backup_mgmt_rpo_exposure_seconds", help: "Age of the newest verified backup (or archived WAL), per recovery plan.", kind: "gauge", samples: exposure },
             Family { name: "backup_mgmt_offsite_rpo_exposure_seconds", help: "What losing the host now would cost: age of the newest verified backup with a verified off-site copy (or of the newest WAL copied off site after it), per recovery plan.", kind: "gauge", samples: offsite_exposure },
             Family { name: "backup_mgmt_rpo_breached", help: "1 if the RPO exposure exceeds the plan's RPO.", kind: "gauge", samples: rpo_breached },

@@ -25,9 +25,7 @@ use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiError, SpiHeapTupleData};
 
 use super::timelines::Line;
-use crate::catalog::queries::{
-    chain_members, chain_problem, chain_unverified, newest_verification_status,
-};
+use crate::catalog::queries::{chain_members, chain_problem, chain_unverified, standing_verdict};
 use crate::pg::{guc, server};
 
 #[derive(Debug, thiserror::Error)]
@@ -217,8 +215,8 @@ const CANDIDATES: &str = concat!(
             r.timeline_id, r.start_lsn::text, r.stop_lsn::text, r.system_identifier, \
             r.pg_version / 10000, r.backup_method, \
             CASE WHEN ",
-    newest_verification_status!(),
-    " = 'failed' THEN 'it failed its newest verification' ELSE ",
+    standing_verdict!(),
+    " = 'failed' THEN 'it failed verification' ELSE ",
     chain_problem!(),
     " END AS problem, r.stop_lsn AS stop_order, ",
     chain_unverified!(),
@@ -242,7 +240,7 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
         // along that path from each candidate (see `timelines`).
         let line = Line::read(c)?;
         // The newest base backup of this cluster that was consistent before the target, whose
-        // newest verification did not fail, whose whole chain is usable and from which the
+        // verification did not fail, whose whole chain is usable and from which the
         // timelines lead on; and the newer ones that could not be used, with why (said in a
         // NOTICE, and in the reason when none can).
         let first =

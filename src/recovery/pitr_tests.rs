@@ -196,10 +196,49 @@ mod tests {
         let reason = reason.unwrap_or_default();
         assert!(
             reason.contains(&format!(
-                "backup {parent}: its ancestor {full} failed its newest verification"
+                "backup {parent}: its ancestor {full} failed verification"
             )),
             "{reason}"
         );
+    }
+
+    /// A base whose restore test failed is not used while that failure stands: the worker's
+    /// routine checksum pass afterwards (the bytes are the ones recorded) and a pg_verifybackup
+    /// pass do not overturn it; a restore test that passes does.
+    #[pg_test]
+    fn a_checksum_pass_does_not_overturn_a_failed_restore_test() {
+        let old = native("full", "old", "0/30000", None);
+        verify(old, "passed");
+        let full = native("full", "full", "0/60000", None);
+        let record = |kind: &str, status: &str| {
+            Spi::run(&format!(
+                "INSERT INTO backup_management.backup_verifications
+                     (backup_id, verification_type, verification_status, verification_result)
+                 VALUES ({full}, '{kind}', '{status}', '{{\"stage\": \"data_verification\"}}')"
+            ))
+            .unwrap();
+        };
+        let base = || {
+            Spi::get_one::<i64>(
+                "SELECT base_backup_id FROM backup_mgmt.plan_recovery_lsn('0/A000000')",
+            )
+            .unwrap()
+        };
+        record("restore_test", "failed");
+        verify(full, "passed");
+        assert_eq!(base(), Some(old));
+        // Nor does an incremental build on it.
+        let incr = native("incremental", "incr", "0/90000", Some(full));
+        assert_eq!(
+            base(),
+            Some(old),
+            "incremental {incr} builds on a failed full"
+        );
+        record("pg_verifybackup", "passed");
+        assert_eq!(base(), Some(old));
+        record("restore_test", "passed");
+        verify(incr, "passed");
+        assert_eq!(base(), Some(incr));
     }
 
     /// A chain verified as a whole is preferred to a newer one that is not (issue 15): the newer

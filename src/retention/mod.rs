@@ -23,6 +23,7 @@ use std::collections::{HashMap, HashSet};
 use backup_mgmt_core::retention::{self, Backup, NamedPath, Policy, Verdict};
 use backup_mgmt_core::vocabulary::BackupOrigin;
 
+use crate::catalog::queries::chain_unverified;
 use crate::pg::guc;
 use crate::pg::spi::in_transaction;
 use crate::pg::srf;
@@ -160,10 +161,10 @@ fn load_backups(c: &SpiClient<'_>, job: Option<&str>) -> Result<(Vec<Backup>, Fi
     Ok((out, files))
 }
 
-/// Sets `verified` on each database's newest backup whose newest verification passed: all that
-/// the selection asks of verifications (`retention::Backup::verified`).  Verification state is
-/// read newest first, a batch per database at a time, until each database has its backup; the
-/// usual catalog needs one batch.
+/// Sets `verified` on each database's newest backup verified as a whole (its verdict and every
+/// ancestor's passed, `verification_verdict`): all that the selection asks of verifications
+/// (`retention::Backup::verified`).  Verification state is read newest first, a batch per
+/// database at a time, until each database has its backup; the usual catalog needs one batch.
 fn mark_newest_verified(c: &SpiClient<'_>, backups: &mut [Backup]) -> Result<(), ExpiryError> {
     const BATCH: usize = 64;
     let order: Vec<Vec<i64>> = retention::newest_first_by_database(backups)
@@ -180,10 +181,17 @@ fn mark_newest_verified(c: &SpiClient<'_>, backups: &mut [Backup]) -> Result<(),
         if asked.is_empty() {
             break;
         }
+        // Verified as a whole: the backup and every ancestor it is restored with passed (an
+        // incremental whose full failed restores nothing, so it must not stand in for a
+        // verified backup while an older chain that does restore expires).
         let passed: HashSet<i64> = c
             .select(
-                "SELECT backup_id FROM backup_management.verification_state \
-                  WHERE backup_id = ANY($1) AND last_status = 'passed'",
+                concat!(
+                    "SELECT r.backup_id FROM backup_management.backup_records r \
+                      WHERE r.backup_id = ANY($1) AND ",
+                    chain_unverified!(),
+                    " IS NULL"
+                ),
                 None,
                 &[asked.into()],
             )?
@@ -577,168 +585,4 @@ pub fn after_backup(job: &str) {
 }
 
 #[cfg(any(test, feature = "pg_test"))]
-#[pgrx::pg_schema]
-mod tests {
-    use pgrx::prelude::*;
-
-    #[allow(unused_imports)]
-    use crate::testing::*;
-
-    /// Retention in the catalog: previews name the rules; applying marks records expired;
-    /// pins and the newest verified backup survive a policy that keeps nothing; WAL older than
-    /// the oldest retained base backup expires; bad input is refused by name.
-    #[pg_test]
-    fn retention_previews_applies_and_respects_safety_rules() {
-        let dflt = Spi::get_one::<i32>(
-            "SELECT keep_daily FROM backup_management.retention_policies WHERE policy_name = 'default'",
-        )
-        .unwrap();
-        assert_eq!(dflt, Some(30));
-        Spi::run(
-            "INSERT INTO backup_management.retention_policies \
-                 (policy_name, keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly) \
-             VALUES ('last-1', 1, 0, 0, 0, 0), ('nothing', NULL, 0, 0, 0, 0)",
-        )
-        .unwrap();
-        // Four script-recorded backups (no job): ids a < b < c < d.
-        let mut ids = Vec::new();
-        for _ in 0..4 {
-            let id = start();
-            Spi::run_with_args(
-                "SELECT backup_mgmt.record_backup_complete($1, 1, repeat('b', 64))",
-                &[id.into()],
-            )
-            .unwrap();
-            ids.push(id);
-        }
-        Spi::run_with_args(
-            "SELECT backup_mgmt.pin_backup($1, 'legal hold #7')",
-            &[ids[0].into()],
-        )
-        .unwrap();
-        Spi::run_with_args(
-            "INSERT INTO backup_management.backup_verifications (backup_id, verification_type, verification_status) \
-             VALUES ($1, 'checksum', 'passed')",
-            &[ids[1].into()],
-        )
-        .unwrap();
-        let verdict = |policy: &str, id: i64| {
-            Spi::get_two_with_args::<String, Vec<String>>(
-                "SELECT action, reasons FROM backup_mgmt.retention_preview(NULL, $1) WHERE backup_id = $2",
-                &[policy.into(), id.into()],
-            )
-            .unwrap()
-        };
-        let (a, why) = verdict("nothing", ids[0]);
-        assert_eq!(a.as_deref(), Some("keep"));
-        assert_eq!(why.unwrap(), vec!["pinned: legal hold #7"]);
-        let (a, why) = verdict("nothing", ids[1]);
-        assert_eq!(a.as_deref(), Some("keep"));
-        assert_eq!(
-            why.unwrap(),
-            vec!["safety: newest verified backup of its database"]
-        );
-        assert_eq!(verdict("nothing", ids[2]).0.as_deref(), Some("expire"));
-        let (a, why) = verdict("last-1", ids[3]);
-        assert_eq!(a.as_deref(), Some("keep"));
-        assert_eq!(why.unwrap(), vec!["last 1 (#1)"]);
-        // Applying 'last-1': c expires (kept for audit, with the reasons), the others stay.
-        let expired = Spi::get_one::<i64>(
-            "SELECT count(*) FROM backup_mgmt.apply_retention(NULL, 'last-1') WHERE action = 'expire'",
-        )
-        .unwrap();
-        assert_eq!(expired, Some(1));
-        let (status, policy) = Spi::get_two_with_args::<String, String>(
-            "SELECT status, annotations->>'expired_by_policy' FROM backup_management.backup_records WHERE backup_id = $1",
-            &[ids[2].into()],
-        )
-        .unwrap();
-        assert_eq!(
-            (status.as_deref(), policy.as_deref()),
-            (Some("expired"), Some("last-1"))
-        );
-        let kept = Spi::get_one_with_args::<i64>(
-            "SELECT count(*) FROM backup_management.backup_records WHERE backup_id = ANY($1) AND status = 'completed'",
-            &[vec![ids[0], ids[1], ids[3]].into()],
-        )
-        .unwrap();
-        assert_eq!(kept, Some(3));
-        // An expired backup cannot be pinned; unknown names are refused.
-        assert_fails(
-            &format!("SELECT backup_mgmt.pin_backup({}, 'late')", ids[2]),
-            "55000",
-            "expired",
-        );
-        assert_fails(
-            &format!("SELECT backup_mgmt.pin_backup({}, NULL)", ids[3]),
-            "22004",
-            "reason",
-        );
-        assert_fails(
-            "SELECT * FROM backup_mgmt.retention_preview('no-such-job')",
-            "42704",
-            "no-such-job",
-        );
-        assert_fails(
-            "SELECT * FROM backup_mgmt.retention_preview(NULL, 'no-such-policy')",
-            "42704",
-            "no-such-policy",
-        );
-        Spi::run("INSERT INTO backup_management.retention_policies (policy_name, time_zone) VALUES ('mars', 'Mars/Olympus')").unwrap();
-        assert_fails(
-            "SELECT * FROM backup_mgmt.retention_preview(NULL, 'mars')",
-            "22023",
-            "Mars/Olympus",
-        );
-        // Unpinned, the pin no longer protects a.
-        Spi::run_with_args("SELECT backup_mgmt.unpin_backup($1)", &[ids[0].into()]).unwrap();
-        assert_eq!(verdict("nothing", ids[0]).0.as_deref(), Some("expire"));
-    }
-
-    /// WAL segments older than the start of the oldest retained base backup expire; newer ones,
-    /// and everything when there is no base backup, stay.
-    #[pg_test]
-    fn wal_before_the_oldest_base_backup_expires() {
-        Spi::run(
-            "INSERT INTO backup_management.wal_archive \
-                 (system_identifier, file_name, timeline_id, segment_number, file_path, file_size, checksum, archived_at) \
-             SELECT (SELECT system_identifier FROM pg_control_system()), \
-                    '0000000100000000000000' || lpad(to_hex(g), 2, '0'), 1, g, \
-                    '/tmp/backup_mgmt_pgtest_root/no-such-wal-' || g, 16777216, repeat('c', 64), now() \
-               FROM generate_series(1, 9) g",
-        )
-        .unwrap();
-        let expired = || {
-            Spi::get_one::<i64>(
-                "SELECT count(*) FROM backup_management.wal_archive WHERE expired_at IS NOT NULL",
-            )
-            .unwrap()
-            .unwrap()
-        };
-        Spi::run("SELECT * FROM backup_mgmt.apply_retention(NULL, 'default')").unwrap();
-        assert_eq!(expired(), 0, "no base backup: nothing expires");
-        let id = Spi::get_one::<i64>(
-            "SELECT backup_mgmt.record_backup_start('postgres', 'full', 'pg_basebackup', '/tmp/backup_mgmt_pgtest_root/b.tar')",
-        )
-        .unwrap()
-        .unwrap();
-        Spi::run_with_args(
-            "SELECT backup_mgmt.record_backup_complete($1, 10, repeat('a', 64))",
-            &[id.into()],
-        )
-        .unwrap();
-        Spi::run_with_args(
-            "UPDATE backup_management.backup_records \
-                SET start_lsn = '0/5000028', stop_lsn = '0/5000100', timeline_id = 1, \
-                    system_identifier = (SELECT system_identifier FROM pg_control_system()) \
-              WHERE backup_id = $1",
-            &[id.into()],
-        )
-        .unwrap();
-        Spi::run("SELECT * FROM backup_mgmt.apply_retention(NULL, 'default')").unwrap();
-        // Segments 1-4 go; 5 (where the backup starts) and later stay, and no gap is reported.
-        assert_eq!(expired(), 4);
-        let gaps = Spi::get_one::<i64>("SELECT count(*) FROM backup_mgmt.wal_gaps").unwrap();
-        assert_eq!(gaps, Some(0));
-    }
-}
+mod tests;

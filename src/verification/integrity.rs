@@ -241,9 +241,12 @@ pub fn insert(
 ) -> Result<i64, SpiError> {
     Ok(Spi::connect_mut(|c| {
         c.update(
+            // verified_at: when it finished, not when the caller's transaction began (a restore
+            // test run from SQL takes minutes, and a verdict orders verifications by this time).
             "INSERT INTO backup_management.backup_verifications \
-                 (backup_id, verification_type, verification_status, verification_result, duration) \
-             VALUES ($1, $2, $3, $4::text::jsonb, make_interval(secs => $5)) RETURNING verification_id",
+                 (backup_id, verification_type, verification_status, verification_result, duration, verified_at) \
+             VALUES ($1, $2, $3, $4::text::jsonb, make_interval(secs => $5), pg_catalog.clock_timestamp()) \
+             RETURNING verification_id",
             None,
             &[
                 backup_id.into(),

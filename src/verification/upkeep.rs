@@ -390,6 +390,95 @@ mod tests {
         assert_state_in_step("bulk records and verifications");
     }
 
+    /// A failed verification stands until a later one at least as thorough passes: the
+    /// worker's routine checksum pass (the bytes are the ones recorded) does not turn a backup
+    /// that a restore test or pg_verifybackup found bad back into a verified one.
+    #[pg_test]
+    fn a_failure_stands_until_a_verification_as_thorough_passes() {
+        let id = backup("verdict", 3, true);
+        let add = |kind: &str, status: &str, result: &str| {
+            Spi::run(&format!(
+                "INSERT INTO backup_management.backup_verifications
+                     (backup_id, verification_type, verification_status, verification_result)
+                 VALUES ({id}, '{kind}', '{status}', '{result}')"
+            ))
+            .unwrap();
+        };
+        let verdict = || {
+            let (status, only_local) = Spi::get_two::<String, bool>(&format!(
+                "SELECT status, only_local FROM backup_mgmt.verification_verdict({id})"
+            ))
+            .unwrap();
+            let kept = Spi::get_one::<String>(&format!(
+                "SELECT last_status FROM backup_management.verification_state WHERE backup_id = {id}"
+            ))
+            .unwrap();
+            assert_eq!(kept, status, "the state keeps the verdict");
+            (status, only_local)
+        };
+        let failed = |local: bool| (Some("failed".to_owned()), Some(local));
+        let passed = (Some("passed".to_owned()), None);
+        assert_eq!(verdict(), (None, None), "never verified");
+        // The file missing on this host: a failure that only says so.
+        add("checksum", "failed", r#"{"reason": "missing"}"#);
+        assert_eq!(verdict(), failed(true));
+        // The same failure seen by a restore test that stopped at the checksum.
+        add(
+            "restore_test",
+            "failed",
+            r#"{"stage": "integrity", "reason": "refused_path"}"#,
+        );
+        assert_eq!(verdict(), failed(true));
+        // Back, and read again: the bytes are the recorded ones.
+        add("checksum", "passed", "{}");
+        assert_eq!(verdict(), passed);
+        // A restore test that restored and found the data wrong; the routine checksum pass and
+        // pg_verifybackup after it are less thorough and leave it standing.
+        add(
+            "restore_test",
+            "failed",
+            r#"{"stage": "data_verification"}"#,
+        );
+        add("checksum", "passed", "{}");
+        assert_eq!(verdict(), failed(false));
+        add("pg_verifybackup", "passed", "{}");
+        assert_eq!(verdict(), failed(false));
+        // The file missing now too: the content failure still stands, not only a local one.
+        add("checksum", "failed", r#"{"reason": "missing"}"#);
+        assert_eq!(verdict(), failed(false));
+        // A restore test that passes clears everything before it.
+        add(
+            "restore_test",
+            "passed",
+            r#"{"stage": "data_verification"}"#,
+        );
+        assert_eq!(verdict(), passed);
+        // pg_verifybackup failing stands over checksum passes, and falls to its own pass.
+        add("pg_verifybackup", "failed", r#"{"output": "bad"}"#);
+        add("checksum", "passed", "{}");
+        assert_eq!(verdict(), failed(false));
+        add("pg_verifybackup", "passed", "{}");
+        assert_eq!(verdict(), passed);
+        // A mismatch (not the host's copy missing: different bytes) falls to a checksum pass.
+        add("checksum", "failed", r#"{"reason": "checksum_mismatch"}"#);
+        assert_eq!(verdict(), failed(false));
+        add("checksum", "passed", "{}");
+        assert_eq!(verdict(), passed);
+        // A logical restore test that restored cleanly but had no row counts to compare (a
+        // dump recorded by a script) found nothing wrong: any pass clears it.  With an error
+        // it found something, and stands.
+        let no_counts = r#"{"stage": "data_verification", "facts_captured": false, "error": null}"#;
+        add("restore_test", "failed", no_counts);
+        assert_eq!(verdict(), failed(false));
+        add("checksum", "passed", "{}");
+        assert_eq!(verdict(), passed);
+        let with_error = r#"{"stage": "data_verification", "facts_captured": false, "error": "pg_restore failed"}"#;
+        add("restore_test", "failed", with_error);
+        add("checksum", "passed", "{}");
+        assert_eq!(verdict(), failed(false));
+        assert_state_in_step("verdicts");
+    }
+
     /// The starvation the issue describes: a backup whose file cannot be read, first in line on
     /// every search, kept every other backup from being verified again.  Now each backup gets its
     /// turn, the failing one waits longer after each failure, and the queue shows it.

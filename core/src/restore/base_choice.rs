@@ -127,11 +127,7 @@ mod tests {
     #[test]
     fn a_verified_chain_is_preferred_to_newer_unverified_ones() {
         let chosen = choose_base([
-            c(
-                9,
-                Some("its ancestor 7 failed its newest verification"),
-                None,
-            ),
+            c(9, Some("its ancestor 7 failed verification"), None),
             c(8, None, Some("backup 8 has no passed verification")),
             c(5, None, None),
             c(3, None, None),
@@ -141,7 +137,7 @@ mod tests {
         assert_eq!(
             chosen.why,
             "its whole chain passed verification; newer ones not used: \
-             backup 9: its ancestor 7 failed its newest verification; \
+             backup 9: its ancestor 7 failed verification; \
              backup 8: not verified as a whole (backup 8 has no passed verification)"
         );
     }

@@ -96,9 +96,9 @@ pub struct MirrorBackup {
     pub verification: Option<String>,
     #[serde(default)]
     pub verified_at: Option<String>,
-    /// The newest verification failed only because the source host's own copy is not there
-    /// (its file missing, or outside that host's roots), and no verification that found the
-    /// backup itself bad stands.  After a failover the new primary finds the old one's local
+    /// Its verification failed (`verification`, the catalog's standing verdict) only because
+    /// the source host's own copy is not there (its file missing, or outside that host's
+    /// roots): no failure that stands says anything of the backup's bytes.  After a failover the new primary finds the old one's local
     /// backups missing.  It says nothing of the backup's bytes: the copy on the target is
     /// usable (a restore checks every file against the recorded digests), not as a verified
     /// one.  Absent in mirrors written before it, and null when never verified.
@@ -107,13 +107,13 @@ pub struct MirrorBackup {
 }
 
 impl MirrorBackup {
-    /// Whether its newest verification failed only because the source host's copy is not
+    /// Whether its verification failed only because the source host's copy is not
     /// there (`failed_locally`).
     pub fn failed_only_locally(&self) -> bool {
         self.verification.as_deref() == Some("failed") && self.failed_locally == Some(true)
     }
 
-    /// Whether its newest verification found the backup itself bad, not only the source host's
+    /// Whether its verification found the backup itself bad, not only the source host's
     /// copy of it.
     pub fn known_bad(&self) -> bool {
         self.verification.as_deref() == Some("failed") && !self.failed_only_locally()
@@ -311,7 +311,7 @@ fn chain_of(m: &Mirror, b: &MirrorBackup) -> Result<Vec<MirrorBackup>, String> {
     }
     if let Some(bad) = chain.iter().find(|c| c.known_bad()) {
         return Err(format!(
-            "backup {} of its chain failed its newest verification",
+            "backup {} of its chain failed verification",
             bad.backup_id
         ));
     }
@@ -399,7 +399,7 @@ pub fn choose(
                     .find(|c| c.verification.as_deref() != Some("passed"))
                     .map(|c| match c.failed_only_locally() {
                         true => format!(
-                            "backup {}'s newest verification failed only because the source \
+                            "backup {}'s verification failed only because the source \
                              host's own copy is missing there",
                             c.backup_id
                         ),

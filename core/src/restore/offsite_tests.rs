@@ -155,7 +155,7 @@ fn gaps_and_damaged_parents_pass_a_backup_over() {
     );
     m.backups[0].verification = Some("failed".into());
     let e = pick(&m, &Goal::Time(t), None).unwrap_err().to_string();
-    assert!(e.contains("failed its newest verification"), "{e}");
+    assert!(e.contains("failed verification"), "{e}");
     // Failed reading the source host's own copy (after a failover, the new primary finds the
     // old one's local files missing): not the backup's fault, and not this copy's, which was
     // checked when it landed and is checked again as it is restored.  Usable, but not counted
@@ -165,8 +165,9 @@ fn gaps_and_damaged_parents_pass_a_backup_over() {
     let c = pick(&m, &Goal::Time(t), None).unwrap();
     assert_eq!(c.backup.backup_id, 2);
     assert!(
-        c.why
-            .contains("backup 1's newest verification failed only because the source host's own copy is missing"),
+        c.why.contains(
+            "backup 1's verification failed only because the source host's own copy is missing"
+        ),
         "{}",
         c.why
     );
@@ -188,7 +189,7 @@ fn gaps_and_damaged_parents_pass_a_backup_over() {
     assert_eq!(c.backup.backup_id, 3, "{}", c.why);
     m.backups[0].failed_locally = Some(false);
     let e = pick(&m, &Goal::Time(t), None).unwrap_err().to_string();
-    assert!(e.contains("failed its newest verification"), "{e}");
+    assert!(e.contains("failed verification"), "{e}");
     m.backups.remove(0);
     let e = pick(&m, &Goal::Latest, None).unwrap_err().to_string();
     assert!(e.contains("parent 1 is not on the target"), "{e}");

@@ -1,0 +1,181 @@
+//! End-to-end: upgrades from 0.7.0 on (`upgrade.rs` holds the earlier ones).  Each installs a
+//! frozen version, fills its catalog, runs `ALTER EXTENSION backup_mgmt UPDATE`, checks that every
+//! row survives and what the version changed, and that the catalog is a fresh install's.
+
+use backup_mgmt_e2e::upgrade::{assert_same_shape, two_databases, update_to_current, CONTENT};
+
+/// 0.7.0 -> 0.8.0: Azure Blob targets.  Targets and their copies recorded under 0.7.0 survive
+/// unchanged, an `azure` target is refused before the update and accepted after it, and the
+/// catalog is a fresh install's.
+#[test]
+fn upgrade_from_0_7_0_accepts_azure_targets_and_keeps_every_row() {
+    let cluster = two_databases();
+    let mut old = cluster.connect("upgraded");
+    old.batch_execute("CREATE EXTENSION backup_mgmt VERSION '0.7.0'")
+        .unwrap();
+    fill_targets(
+        &mut old,
+        "('second-disk', 'app', 'filesystem', '/mnt/offsite', 'pg', NULL, '{}', '30 * * * *'),
+         ('s3-eu', 'app', 's3', 'https://s3.eu-west-1.amazonaws.com', 'acme/pg', 'env:BACKUP_MGMT_S3',
+          '{\"region\": \"eu-west-1\", \"create_bucket\": true}', '45 * * * *')",
+    );
+    let azure = "INSERT INTO backup_management.remote_backup_configs
+                     (config_name, database_name, remote_type, remote_endpoint, remote_path, credentials_ref)
+                 VALUES ('azure', 'app', 'azure', 'https://acme.blob.core.windows.net', 'pg/prod',
+                         'env:BACKUP_MGMT_AZURE')";
+    let refused = old.batch_execute(azure).unwrap_err();
+    assert_eq!(
+        refused.as_db_error().expect("a server error").code().code(),
+        "23514"
+    );
+    let before: String = old.query_one(CONTENT, &[]).unwrap().get(0);
+    update_to_current(&mut old);
+    assert_eq!(
+        before,
+        old.query_one(CONTENT, &[]).unwrap().get::<_, String>(0)
+    );
+    old.batch_execute(azure).unwrap();
+    let types: Vec<String> = old
+        .query(
+            "SELECT remote_type FROM backup_management.remote_backup_configs ORDER BY config_name",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(types, ["azure", "s3", "filesystem"]);
+    old.batch_execute(
+        "DELETE FROM backup_management.remote_backup_configs WHERE config_name = 'azure'",
+    )
+    .unwrap();
+    assert_same_shape(&mut old, &mut cluster.connect("fresh"));
+}
+
+/// 0.8.0 -> 0.9.0: a target's `io_timeout_s` is checked where it enters.  Targets (each kind,
+/// with their options) and their copies recorded under 0.8.0 survive unchanged; after the
+/// update an `io_timeout_s` that is not a number of seconds from 1 to 1800 is refused, one
+/// that is is accepted; the catalog is a fresh install's.
+#[test]
+fn upgrade_from_0_8_0_checks_io_timeouts_and_keeps_every_row() {
+    let cluster = two_databases();
+    let mut old = cluster.connect("upgraded");
+    old.batch_execute("CREATE EXTENSION backup_mgmt VERSION '0.8.0'")
+        .unwrap();
+    fill_targets(
+        &mut old,
+        "('second-disk', 'app', 'filesystem', '/mnt/offsite', 'pg', NULL, '{\"max_rate_mb\": 20}', '30 * * * *'),
+         ('s3-eu', 'app', 's3', 'https://s3.eu-west-1.amazonaws.com', 'acme/pg', 'env:BACKUP_MGMT_S3',
+          '{\"region\": \"eu-west-1\", \"part_size_mb\": 16}', '45 * * * *'),
+         ('azure-we', 'app', 'azure', 'https://acme.blob.core.windows.net', 'pg/prod',
+          'env:BACKUP_MGMT_AZURE', '{}', '50 * * * *')",
+    );
+    let before: String = old.query_one(CONTENT, &[]).unwrap().get(0);
+    update_to_current(&mut old);
+    assert_eq!(
+        before,
+        old.query_one(CONTENT, &[]).unwrap().get::<_, String>(0)
+    );
+    let set = |db: &mut postgres::Client, value: &str| {
+        db.batch_execute(&format!(
+            "UPDATE backup_management.remote_backup_configs
+                SET options = options || '{{\"io_timeout_s\": {value}}}' WHERE config_name = 's3-eu'"
+        ))
+    };
+    for bad in [
+        "0", "0.5", "1801", "\"60\"", "\"abc\"", "{}", "null", "1e400",
+    ] {
+        let refused = set(&mut old, bad).unwrap_err();
+        assert_eq!(
+            refused.as_db_error().expect("a server error").code().code(),
+            "23514",
+            "{bad}"
+        );
+    }
+    set(&mut old, "15").unwrap();
+    set(&mut old, "1800").unwrap();
+    assert_same_shape(&mut old, &mut cluster.connect("fresh"));
+}
+
+/// A completed dump, the off-site targets `targets` (rows of config_name, database_name,
+/// remote_type, remote_endpoint, remote_path, credentials_ref, options, sync_schedule) and the
+/// dump's copy on each, as a catalog of 0.7.0 or later holds them.
+fn fill_targets(db: &mut postgres::Client, targets: &str) {
+    db.batch_execute(&format!(
+        "INSERT INTO backup_management.backup_records
+             (database_name, backup_type, backup_method, backup_file_path, status, start_time, end_time,
+              duration, checksum, origin)
+         VALUES ('app', 'full', 'pg_dump', '/b/app/1.dump', 'completed', now() - interval '2 days',
+                 now() - interval '2 days', '1 minute', repeat('a', 64), 'worker');
+         INSERT INTO backup_management.remote_backup_configs
+             (config_name, database_name, remote_type, remote_endpoint, remote_path, credentials_ref, options, sync_schedule)
+         VALUES {targets};
+         INSERT INTO backup_management.remote_backup_records (backup_id, config_id, remote_file_path, sync_status, bytes_transferred, remote_checksum)
+         SELECT min(b.backup_id), c.config_id, '1/app/1.dump', 'completed', 1234, repeat('a', 64)
+           FROM backup_management.backup_records b, backup_management.remote_backup_configs c
+          GROUP BY c.config_id;"
+    ))
+    .unwrap();
+}
+
+/// 0.9.0 -> 0.10.0: a failed verification stands until a later one as thorough passes.  Under
+/// 0.9.0 a checksum pass after a failed restore test made the backup "passed"; the update
+/// recomputes every backup's state, so that it is failed again, leaves a backup whose checksum
+/// failure a later checksum pass cleared as passed, keeps every row, and the catalog is a fresh
+/// install's.
+#[test]
+fn upgrade_from_0_9_0_lets_failures_stand_and_keeps_every_row() {
+    let cluster = two_databases();
+    let mut old = cluster.connect("upgraded");
+    old.batch_execute("CREATE EXTENSION backup_mgmt VERSION '0.9.0'")
+        .unwrap();
+    old.batch_execute(
+        "INSERT INTO backup_management.backup_records
+             (database_name, backup_type, backup_method, backup_file_path, status, start_time, end_time,
+              duration, checksum, origin)
+         VALUES ('app', 'full', 'pg_dump', '/b/app/1.dump', 'completed', now() - interval '3 days',
+                 now() - interval '3 days', '1 minute', repeat('a', 64), 'worker'),
+                ('app', 'full', 'pg_dump', '/b/app/2.dump', 'completed', now() - interval '2 days',
+                 now() - interval '2 days', '1 minute', repeat('b', 64), 'worker');
+         INSERT INTO backup_management.backup_verifications
+             (backup_id, verification_type, verification_status, verification_result, verified_at)
+         SELECT min(backup_id), 'restore_test', 'failed', '{\"stage\": \"data_verification\"}'::jsonb, now() - interval '2 hours'
+           FROM backup_management.backup_records
+         UNION ALL
+         SELECT min(backup_id), 'checksum', 'passed', '{}', now() - interval '1 hour'
+           FROM backup_management.backup_records
+         UNION ALL
+         SELECT max(backup_id), 'checksum', 'failed', '{\"reason\": \"checksum_mismatch\"}', now() - interval '2 hours'
+           FROM backup_management.backup_records
+         UNION ALL
+         SELECT max(backup_id), 'checksum', 'passed', '{}', now() - interval '1 hour'
+           FROM backup_management.backup_records;",
+    )
+    .unwrap();
+    let states = |db: &mut postgres::Client| -> Vec<String> {
+        db.query(
+            "SELECT last_status FROM backup_management.verification_state ORDER BY backup_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    assert_eq!(states(&mut old), ["passed", "passed"], "0.9.0's verdicts");
+    let before: String = old.query_one(CONTENT, &[]).unwrap().get(0);
+    update_to_current(&mut old);
+    assert_eq!(
+        before,
+        old.query_one(CONTENT, &[]).unwrap().get::<_, String>(0)
+    );
+    assert_eq!(states(&mut old), ["failed", "passed"]);
+    // The triggers keep it so: another checksum pass leaves the failed restore test standing.
+    old.batch_execute(
+        "INSERT INTO backup_management.backup_verifications (backup_id, verification_type, verification_status)
+         SELECT min(backup_id), 'checksum', 'passed' FROM backup_management.backup_records",
+    )
+    .unwrap();
+    assert_eq!(states(&mut old), ["failed", "passed"]);
+    assert_same_shape(&mut old, &mut cluster.connect("fresh"));
+}

@@ -25,7 +25,8 @@ COMMENT ON FUNCTION backup_mgmt.verification_depth(text, jsonb) IS
     'How thorough a verification of this type and result is: 1 a file''s bytes against their sha256, 2 pg_verifybackup against the manifest, 3 a restore test past the sha256 check (0: a restore test that restored but had no row counts to check the data with); a failure stands until a later verification at least as thorough passes';
 
 -- A backup's standing verdict: 'failed' while one of its failed verifications stands (no later
--- verification at least as thorough passed), else 'passed', NULL when it was never verified;
+-- verification at least as thorough passed, nor a restore test that restored cleanly with no row
+-- counts to compare), else 'passed', NULL when it was never verified;
 -- and whether every failure that stands only says that this host's copy is not there (its file
 -- missing, or outside the backup roots), which says nothing of the backup's bytes (NULL when
 -- none stands); and when its newest verification finished.  The newest verification alone is not the verdict: the worker re-reads every
@@ -45,10 +46,16 @@ AS $bm$
                    f.verification_status = 'failed'
                    AND NOT EXISTS (
                        SELECT FROM backup_management.backup_verifications p
-                        WHERE p.backup_id = f.backup_id AND p.verification_status = 'passed'
+                        WHERE p.backup_id = f.backup_id
                           AND (p.verified_at, p.verification_id) > (f.verified_at, f.verification_id)
-                          AND backup_mgmt.verification_depth(p.verification_type, p.verification_result)
-                              >= backup_mgmt.verification_depth(f.verification_type, f.verification_result)) AS stands,
+                          AND CASE WHEN p.verification_status = 'passed'
+                                   THEN backup_mgmt.verification_depth(p.verification_type, p.verification_result)
+                                        >= backup_mgmt.verification_depth(f.verification_type, f.verification_result)
+                                   -- A restore test that restored cleanly with no row counts to
+                                   -- compare shows that the backup restores: all a dump recorded
+                                   -- by a script can show, whose restore tests never pass.
+                                   ELSE backup_mgmt.verification_depth(p.verification_type, p.verification_result) = 0
+                              END) AS stands,
                    backup_mgmt.verification_depth(f.verification_type, f.verification_result) = 1
                    AND coalesce(f.verification_result OPERATOR(pg_catalog.->>) 'reason' IN ('missing', 'refused_path'), false) AS local
               FROM backup_management.backup_verifications f
@@ -89,6 +96,7 @@ AS $bm$
        AND r.status = 'completed' AND r.expired_at IS NULL AND r.backup_type <> 'wal'
 $bm$;
 
+COMMENT ON TABLE backup_management.verification_state IS 'Per live completed backup: its newest verification, its verdict (verification_verdict) and its place in the worker''s integrity upkeep, maintained by triggers on backup_records and backup_verifications (what upkeep_queue, retention, plans and metrics() read)';
 COMMENT ON COLUMN backup_management.verification_state.last_status IS 'Its standing verdict (verification_verdict): failed while a failed verification stands (no later one at least as thorough passed), else passed; NULL when never verified';
 
 -- recovery_status: a backup counts as verified by its verdict, not by any pass it ever had.

@@ -766,11 +766,12 @@ CREATE INDEX idx_wal_archive_lost ON backup_management.wal_archive (system_ident
     WHERE lost_at IS NOT NULL AND expired_at IS NULL;
 
 ------------------------------------------------------------------------------------------------
--- backup_management.verification_state: per live completed backup, its newest verification and
--- where it stands in the worker's integrity upkeep (consecutive failures, last error), kept up
--- to date by triggers on backup_records and backup_verifications (whoever writes), so that the
--- worker finds the next backup to verify, and metrics() the newest verification of a database,
--- through an index instead of a scan of every backup and verification.  Derived state: not
+-- backup_management.verification_state: per live completed backup, its newest verification, its
+-- verdict (verification_verdict) and where it stands in the worker's integrity upkeep
+-- (consecutive failures, last error), kept up to date by triggers on backup_records and
+-- backup_verifications (whoever writes), so that the worker finds the next backup to verify, and
+-- metrics() the most recently verified backup of a database, through an index instead of a scan
+-- of every backup and verification.  Derived state: not
 -- dumped (restoring the two tables rebuilds it through the same triggers).
 ------------------------------------------------------------------------------------------------
 CREATE TABLE backup_management.verification_state (
@@ -793,7 +794,7 @@ CREATE INDEX idx_verification_state_reverify ON backup_management.verification_s
     WHERE upkeep = 'reverify' AND failures = 0;
 CREATE INDEX idx_verification_state_failing ON backup_management.verification_state (last_checksum_at)
     WHERE upkeep IS NOT NULL AND failures > 0;
-COMMENT ON TABLE backup_management.verification_state IS 'Per live completed backup: its newest verification and its place in the worker''s integrity upkeep, maintained by triggers on backup_records and backup_verifications (what upkeep_queue and metrics() read)';
+COMMENT ON TABLE backup_management.verification_state IS 'Per live completed backup: its newest verification, its verdict (verification_verdict) and its place in the worker''s integrity upkeep, maintained by triggers on backup_records and backup_verifications (what upkeep_queue, retention, plans and metrics() read)';
 COMMENT ON COLUMN backup_management.verification_state.backup_id IS 'The backup (completed, not expired)';
 COMMENT ON COLUMN backup_management.verification_state.database_name IS 'Its database';
 COMMENT ON COLUMN backup_management.verification_state.upkeep IS 'What the worker''s upkeep does with it: checksum (compute the sha256 that was not recorded), reverify (read it again against its sha256 every verify_interval), or NULL (nothing: directory backups are verified on demand)';
@@ -810,7 +811,7 @@ COMMENT ON COLUMN backup_management.verification_state.last_error IS 'Why its ne
 -- that check, whatever stage it then failed at: a failed restore stands until a restore test
 -- passes).  0: a logical restore test that restored without an error but had no row counts to
 -- compare the data with (a dump recorded by a script): it found nothing wrong, so any pass
--- after it clears it.  Inlined where it is used (no SET clause, one expression).
+-- after it clears it, and it clears a failed restore test before it (verification_verdict).  Inlined where it is used (no SET clause, one expression).
 CREATE FUNCTION backup_mgmt.verification_depth(kind text, result jsonb)
     RETURNS integer LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $bm$
@@ -827,7 +828,8 @@ COMMENT ON FUNCTION backup_mgmt.verification_depth(text, jsonb) IS
     'How thorough a verification of this type and result is: 1 a file''s bytes against their sha256, 2 pg_verifybackup against the manifest, 3 a restore test past the sha256 check (0: a restore test that restored but had no row counts to check the data with); a failure stands until a later verification at least as thorough passes';
 
 -- A backup's standing verdict: 'failed' while one of its failed verifications stands (no later
--- verification at least as thorough passed), else 'passed', NULL when it was never verified;
+-- verification at least as thorough passed, nor a restore test that restored cleanly with no row
+-- counts to compare), else 'passed', NULL when it was never verified;
 -- and whether every failure that stands only says that this host's copy is not there (its file
 -- missing, or outside the backup roots), which says nothing of the backup's bytes (NULL when
 -- none stands); and when its newest verification finished.  The newest verification alone is not the verdict: the worker re-reads every
@@ -847,10 +849,16 @@ AS $bm$
                    f.verification_status = 'failed'
                    AND NOT EXISTS (
                        SELECT FROM backup_management.backup_verifications p
-                        WHERE p.backup_id = f.backup_id AND p.verification_status = 'passed'
+                        WHERE p.backup_id = f.backup_id
                           AND (p.verified_at, p.verification_id) > (f.verified_at, f.verification_id)
-                          AND backup_mgmt.verification_depth(p.verification_type, p.verification_result)
-                              >= backup_mgmt.verification_depth(f.verification_type, f.verification_result)) AS stands,
+                          AND CASE WHEN p.verification_status = 'passed'
+                                   THEN backup_mgmt.verification_depth(p.verification_type, p.verification_result)
+                                        >= backup_mgmt.verification_depth(f.verification_type, f.verification_result)
+                                   -- A restore test that restored cleanly with no row counts to
+                                   -- compare shows that the backup restores: all a dump recorded
+                                   -- by a script can show, whose restore tests never pass.
+                                   ELSE backup_mgmt.verification_depth(p.verification_type, p.verification_result) = 0
+                              END) AS stands,
                    backup_mgmt.verification_depth(f.verification_type, f.verification_result) = 1
                    AND coalesce(f.verification_result OPERATOR(pg_catalog.->>) 'reason' IN ('missing', 'refused_path'), false) AS local
               FROM backup_management.backup_verifications f

@@ -187,7 +187,10 @@ fn mark_newest_verified(c: &SpiClient<'_>, backups: &mut [Backup]) -> Result<(),
         let passed: HashSet<i64> = c
             .select(
                 concat!(
+                    // Its own verdict first: only a backup that passed has its chain walked.
                     "SELECT r.backup_id FROM backup_management.backup_records r \
+                       JOIN backup_management.verification_state s0 \
+                         ON s0.backup_id = r.backup_id AND s0.last_status = 'passed' \
                       WHERE r.backup_id = ANY($1) AND ",
                     chain_unverified!(),
                     " IS NULL"

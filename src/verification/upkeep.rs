@@ -472,6 +472,18 @@ mod tests {
         assert_eq!(verdict(), failed(false));
         add("checksum", "passed", "{}");
         assert_eq!(verdict(), passed);
+        // Such a dump's restore tests never pass: one that restored cleanly clears a restore
+        // test that failed before it (a scratch database that could not be created).
+        add(
+            "restore_test",
+            "failed",
+            r#"{"stage": "restore", "error": "no space left"}"#,
+        );
+        add("checksum", "passed", "{}");
+        assert_eq!(verdict(), failed(false));
+        add("restore_test", "failed", no_counts);
+        add("checksum", "passed", "{}");
+        assert_eq!(verdict(), passed);
         let with_error = r#"{"stage": "data_verification", "facts_captured": false, "error": "pg_restore failed"}"#;
         add("restore_test", "failed", with_error);
         add("checksum", "passed", "{}");

@@ -62,9 +62,9 @@ fn a_backup_lost_on_its_host_is_restored_from_its_offsite_copy() {
     let aside = format!("{path}.aside");
     std::fs::rename(&path, &aside).unwrap();
     assert!(!verified(&mut db, full));
-    // Waits for the mirror to show the verdict failed, failed_locally `want`, and
-    // a verified_at other than `before`; returns that verified_at.
-    let mirror = |want: bool, before: &serde_json::Value| {
+    // Waits for the mirror to show the verdict `verdict`, failed_locally `want`, and a
+    // verified_at other than `before`; returns that verified_at.
+    let wait_mirror = |verdict: &str, want: bool, before: &serde_json::Value| {
         let mut doc = serde_json::Value::Null;
         let seen = Cluster::wait_for(Duration::from_secs(60), || {
             doc = std::fs::read_to_string(&mirror_file)
@@ -72,13 +72,14 @@ fn a_backup_lost_on_its_host_is_restored_from_its_offsite_copy() {
                 .and_then(|t| serde_json::from_str(&t).ok())
                 .unwrap_or_default();
             let b = &doc["backups"][0];
-            b["verification"] == "failed"
+            b["verification"] == verdict
                 && b["failed_locally"] == want
                 && b["verified_at"] != *before
         });
         assert!(seen, "mirror: {doc}\n{}", cluster.log());
         doc["backups"][0]["verified_at"].clone()
     };
+    let mirror = |want: bool, before: &serde_json::Value| wait_mirror("failed", want, before);
     let at = mirror(true, &serde_json::Value::Null);
 
     let dir = target.to_str().unwrap().to_owned();
@@ -127,19 +128,10 @@ fn a_backup_lost_on_its_host_is_restored_from_its_offsite_copy() {
     // backup stays failed (until 0.10.0 this pass made it "passed" again).
     std::fs::rename(&aside, &path).unwrap();
     recorded(&mut db, full, "checksum", "passed");
-    mirror(false, &at);
+    let at = mirror(false, &at);
     refused();
     // pg_verifybackup itself passing (verify_backup_integrity runs it after the checksum) is
     // as thorough as the failure: the backup is verified again.
     assert!(verified(&mut db, full));
-    let mut doc = serde_json::Value::Null;
-    let passed = Cluster::wait_for(Duration::from_secs(60), || {
-        doc = std::fs::read_to_string(&mirror_file)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
-        doc["backups"][0]["verification"] == "passed"
-            && doc["backups"][0]["failed_locally"] == false
-    });
-    assert!(passed, "mirror: {doc}");
+    wait_mirror("passed", false, &at);
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use backup_mgmt_core::conninfo::Connection;
 use backup_mgmt_core::progress::Progress;
+use backup_mgmt_core::restore::dump_choice;
 use backup_mgmt_core::restore::logical::{self, LogicalRestored, Options, Server};
 use backup_mgmt_core::restore::offsite::{self, Mirror};
 use backup_mgmt_core::restore::unprivileged::Why;
@@ -95,12 +96,13 @@ pub fn run(
 ) -> Result<(), CliError> {
     let sysid = offsite::pick_cluster(storage, cluster)?;
     let mirror: Mirror = offsite::load_mirror(storage, sysid)?;
-    let b = offsite::choose_dump(
+    let choice = dump_choice::choose_dump(
         &mirror,
         args.backup_id,
         args.source_database.as_deref(),
         args.target_time.as_deref(),
     )?;
+    let b = choice.backup;
     let port = match args.port {
         Some(p) => p,
         None => env_or(None, "PGPORT", "5432")
@@ -153,6 +155,13 @@ pub fn run(
             }
         );
     }
+    // On stderr in both modes: a script reading the JSON should not be the only one to know.
+    if let Some(c) = &choice.caution {
+        eprintln!(
+            "backup-mgmt: caution: {c} (the dump's bytes are still checked against its sha256 as \
+             they arrive)"
+        );
+    }
     let bytes = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let bar = (!json && std::io::stderr().is_terminal()).then(crate::output::spinner);
@@ -166,7 +175,12 @@ pub fn run(
             &Progress::default(),
         )
     })?;
-    report(&restored, started.elapsed(), json);
+    report(
+        &restored,
+        choice.caution.as_deref(),
+        started.elapsed(),
+        json,
+    );
     if logical::complete(&restored) {
         Ok(())
     } else {
@@ -177,9 +191,10 @@ pub fn run(
     }
 }
 
-fn report(r: &LogicalRestored, took: Duration, json: bool) {
+fn report(r: &LogicalRestored, caution: Option<&str>, took: Duration, json: bool) {
     if json {
         let mut v = serde_json::to_value(r).unwrap_or_default();
+        v["caution"] = serde_json::json!(caution);
         v["seconds"] = serde_json::json!(took.as_secs_f64());
         v["complete"] = serde_json::json!(logical::complete(r));
         println!("{v}");

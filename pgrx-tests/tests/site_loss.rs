@@ -413,6 +413,10 @@ fn logical_path(object: &std::path::Path, at_target: &str, with: &dyn Fn(&[&str]
     assert_eq!(code, 0, "{out}\n{err}\n{}", fresh.log());
     let report: serde_json::Value =
         serde_json::from_str(&out).expect("restore-logical --output json");
+    // Nothing verified the dump before the host was lost: the program says so.
+    let caution = report["caution"].as_str().unwrap_or_default();
+    assert!(caution.contains("has never been verified"), "{out}\n{err}");
+    assert!(err.contains("caution:"), "{err}");
     let created: Vec<&str> = report["roles_created"]
         .as_array()
         .unwrap()

@@ -3,11 +3,12 @@
 //! unprivileged role a logical restore test runs backup content as; and restoring from an
 //! off-site target alone (`offsite`: its mirror and the choice of a base backup; `fetch`: the
 //! files, the recovery settings, `wal-fetch`; `fetch_history`: the target's timeline history files; `fetch_tar`: a pg_basebackup tar or chain; `remote_files`: a chain's objects, each requested
-//! ahead of the thread that writes it; `logical`: a dump into a new database, globals
-//! first).  `base_choice` is the one rule for which base backup a recovery starts from, for
+//! ahead of the thread that writes it; `dump_choice`: which dump `restore-logical` restores; `logical`: a dump into a new
+//! database, globals first).  `base_choice` is the one rule for which base backup a recovery starts from, for
 //! `plan_recovery` and the program alike.
 
 pub mod base_choice;
+pub mod dump_choice;
 pub mod fetch;
 pub mod fetch_history;
 pub mod fetch_tar;

@@ -27,7 +27,7 @@ pub const FORMAT: &str = "backup_mgmt offsite catalog 1";
 /// The mirror's file name.
 pub const MIRROR_FILE: &str = "catalog_mirror.json";
 /// The logical methods `restore-logical` reads.
-const LOGICAL: [&str; 2] = ["pg_dump", "pg_dump_directory"];
+pub const LOGICAL: [&str; 2] = ["pg_dump", "pg_dump_directory"];
 /// Mirrors larger than this are refused (a million WAL files take about 250 MB).
 const MIRROR_LIMIT: u64 = 1 << 30;
 
@@ -564,75 +564,6 @@ fn usable(
         .filter_map(|s| m.wal_file(&s.name).cloned())
         .collect();
     Ok((chain, wal, path))
-}
-
-/// The logical backup to restore: `backup_id`, or the newest logical backup of `database`
-/// (of the only database with any, when not named) that ended before `before`, not known
-/// damaged.
-pub fn choose_dump<'m>(
-    mirror: &'m Mirror,
-    backup_id: Option<i64>,
-    database: Option<&str>,
-    before: Option<&str>,
-) -> Result<&'m MirrorBackup, OffsiteRestoreError> {
-    let no = |why: String| OffsiteRestoreError::NoBase(why);
-    if let Some(id) = backup_id {
-        let b = mirror
-            .backup(id)
-            .ok_or_else(|| no(format!("backup {id} is not on the target")))?;
-        if !LOGICAL.contains(&b.backup_method.as_str()) {
-            return Err(OffsiteRestoreError::Goal(format!(
-                "backup {id} is a {} backup; restore it with `restore`",
-                b.backup_method
-            )));
-        }
-        return Ok(b);
-    }
-    let before = match before {
-        Some(t) => Some(parse_time(t).ok_or_else(|| {
-            OffsiteRestoreError::Goal(format!(
-                "{t:?} is not a time; write it as 2026-12-04 10:00:00+00"
-            ))
-        })?),
-        None => None,
-    };
-    let candidates: Vec<&MirrorBackup> = mirror
-        .backups
-        .iter()
-        .filter(|b| LOGICAL.contains(&b.backup_method.as_str()))
-        .filter(|b| !b.known_bad())
-        .collect();
-    let databases: BTreeSet<&str> = candidates
-        .iter()
-        .map(|b| b.database_name.as_str())
-        .collect();
-    let database = match database {
-        Some(d) => d,
-        None if databases.len() == 1 => databases.iter().next().copied().unwrap_or_default(),
-        None if databases.is_empty() => {
-            return Err(no("the target holds no logical backup of this cluster".into()))
-        }
-        None => {
-            return Err(OffsiteRestoreError::Goal(format!(
-                "the target holds logical backups of several databases ({}); name one with --source-database",
-                databases.into_iter().collect::<Vec<_>>().join(", ")
-            )))
-        }
-    };
-    candidates
-        .into_iter()
-        .filter(|b| b.database_name == database)
-        .filter_map(|b| {
-            let end = b.end_time.as_deref().and_then(parse_time)?;
-            before.is_none_or(|t| end <= t).then_some((end, b))
-        })
-        .max_by_key(|(end, b)| (*end, b.backup_id))
-        .map(|(_, b)| b)
-        .ok_or_else(|| {
-            no(format!(
-                "no logical backup of database \"{database}\" on the target ended before the goal"
-            ))
-        })
 }
 
 #[cfg(test)]

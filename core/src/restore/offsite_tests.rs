@@ -205,49 +205,6 @@ fn the_target_time_must_have_wal_after_it() {
     assert!(parse_time("yesterday").is_none());
 }
 
-fn backup(id: i64, method: &str, db: &str, end: &str) -> MirrorBackup {
-    serde_json::from_value(serde_json::json!({
-        "backup_id": id, "database_name": db, "backup_type": "full",
-        "backup_method": method, "key": format!("1/{db}/{id}.dump.zst"),
-        "sha256": "00".repeat(32), "end_time": end,
-    }))
-    .unwrap()
-}
-
-#[test]
-fn the_newest_dump_before_the_goal_is_chosen() {
-    let mut m: Mirror = serde_json::from_value(serde_json::json!({
-        "format": FORMAT, "written_at": "2026-12-04 10:00:00+00",
-        "system_identifier": 1,
-    }))
-    .unwrap();
-    m.backups = vec![
-        backup(1, "pg_dump", "shop", "2026-12-04 08:00:00+00"),
-        backup(2, "native_physical", "postgres", "2026-12-04 08:30:00+00"),
-        backup(3, "pg_dump_directory", "shop", "2026-12-04 09:00:00+00"),
-        backup(4, "pg_dump", "shop", "2026-12-04 09:30:00+00"),
-    ];
-    m.backups[3].verification = Some("failed".into());
-    assert_eq!(choose_dump(&m, None, None, None).unwrap().backup_id, 3);
-    let before = Some("2026-12-04 08:45:00+00");
-    assert_eq!(
-        choose_dump(&m, None, Some("shop"), before)
-            .unwrap()
-            .backup_id,
-        1
-    );
-    assert!(choose_dump(&m, None, Some("crm"), None).is_err());
-    assert!(
-        choose_dump(&m, Some(2), None, None).is_err(),
-        "a physical backup"
-    );
-    assert_eq!(choose_dump(&m, Some(4), None, None).unwrap().backup_id, 4);
-    m.backups
-        .push(backup(5, "pg_dump", "crm", "2026-12-04 09:40:00+00"));
-    let several = choose_dump(&m, None, None, None).unwrap_err().to_string();
-    assert!(several.contains("crm, shop"), "{several}");
-}
-
 #[test]
 fn a_pg_basebackup_chain_is_chosen_only_where_it_can_be_combined() {
     let mut m = mirror();

@@ -1217,13 +1217,79 @@ ALTER TABLE backup_management.remote_backup_configs
                 ELSE false END);
 
 ------------------------------------------------------------------------------------------------
+-- A backup's chain (0.11.0): what a restore of it needs, walked in one place for the view below,
+-- retention, plan_recovery, choose_parent and the native method.
+------------------------------------------------------------------------------------------------
+
+-- The members of a backup's chain as (backup_id, depth): the backup itself at depth 0, then each
+-- one's parent (parent_backup_id), nearest first.  A parent missing from the catalog is listed
+-- (for the callers to name) and ends the walk; bounded against a cycle.  No SET clause, so that
+-- the planner can inline it; its names are qualified and every caller pins search_path.
+CREATE FUNCTION backup_mgmt.backup_chain(backup bigint)
+    RETURNS TABLE (backup_id bigint, depth integer)
+    LANGUAGE sql STABLE
+AS $bm$
+    WITH RECURSIVE up(id, depth) AS (
+        SELECT backup, 0
+        UNION ALL
+        SELECT p.parent_backup_id, up.depth OPERATOR(pg_catalog.+) 1
+          FROM backup_management.backup_records p JOIN up ON p.backup_id OPERATOR(pg_catalog.=) up.id
+         WHERE p.parent_backup_id IS NOT NULL AND up.depth OPERATOR(pg_catalog.<) 10000)
+    SELECT up.id, up.depth FROM up
+$bm$;
+COMMENT ON FUNCTION backup_mgmt.backup_chain(bigint) IS
+    'The members of a backup''s chain: the backup itself (depth 0), then each parent it builds on, nearest first; a parent missing from the catalog is listed and ends the walk';
+
+-- What makes the chain of a backup unusable, or NULL when nothing does: the nearest ancestor that
+-- is gone from the catalog, not completed, expired, or whose verdict is failed.  A restore needs
+-- every file of the chain, so a damaged full rules out every incremental built on it.
+CREATE FUNCTION backup_mgmt.chain_problem(backup bigint)
+    RETURNS text
+    LANGUAGE sql STABLE
+AS $bm$
+    SELECT CASE WHEN a.backup_id IS NULL
+                THEN pg_catalog.format('its ancestor %s is gone from the catalog', up.backup_id)
+                WHEN a.expired_at IS NOT NULL
+                THEN pg_catalog.format('its ancestor %s has expired', up.backup_id)
+                WHEN a.status OPERATOR(pg_catalog.<>) 'completed'
+                THEN pg_catalog.format('its ancestor %s is %s', up.backup_id, a.status)
+                ELSE pg_catalog.format('its ancestor %s failed verification', up.backup_id) END
+      FROM backup_mgmt.backup_chain(backup) up
+      LEFT JOIN backup_management.backup_records a ON a.backup_id OPERATOR(pg_catalog.=) up.backup_id
+      LEFT JOIN backup_management.verification_state s ON s.backup_id OPERATOR(pg_catalog.=) up.backup_id
+     WHERE up.depth OPERATOR(pg_catalog.>) 0
+       AND (a.backup_id IS NULL OR a.status OPERATOR(pg_catalog.<>) 'completed' OR a.expired_at IS NOT NULL
+            OR s.last_status OPERATOR(pg_catalog.=) 'failed')
+     ORDER BY up.depth LIMIT 1
+$bm$;
+COMMENT ON FUNCTION backup_mgmt.chain_problem(bigint) IS
+    'Why a backup''s chain cannot be restored (its nearest ancestor that is gone, not completed, expired or failed verification), or NULL when nothing stops it';
+
+-- The first member of a backup's chain (itself, then its ancestors nearest first) whose verdict
+-- is not passed (never verified, failed, or no longer a live completed backup, which has no
+-- verification_state), as text, or NULL when the whole chain passed: "verified as a whole".
+CREATE FUNCTION backup_mgmt.chain_unverified(backup bigint)
+    RETURNS text
+    LANGUAGE sql STABLE
+AS $bm$
+    SELECT pg_catalog.format('backup %s has no passed verification', up.backup_id)
+      FROM backup_mgmt.backup_chain(backup) up
+      LEFT JOIN backup_management.verification_state s ON s.backup_id OPERATOR(pg_catalog.=) up.backup_id
+     WHERE s.last_status IS DISTINCT FROM 'passed'
+     ORDER BY up.depth LIMIT 1
+$bm$;
+COMMENT ON FUNCTION backup_mgmt.chain_unverified(bigint) IS
+    'The nearest member of a backup''s chain (itself first) without a passed verdict, or NULL when the whole chain is live and passed verification';
+
+------------------------------------------------------------------------------------------------
 -- Live recovery exposure, per active recovery plan.
 ------------------------------------------------------------------------------------------------
 CREATE VIEW backup_mgmt.recovery_status AS
 WITH verified AS (
-    -- The newest verified live backup of each plan's database (its verdict passed:
-    -- verification_verdict), read newest first from the index of live records (the newest few,
-    -- for backups that ran side by side).
+    -- The newest live backup of each plan's database verified as a whole (its verdict and
+    -- every ancestor's passed: chain_unverified; an incremental on a failed full restores
+    -- nothing), read newest first from the index of live records (the newest few, for backups
+    -- that ran side by side).
     SELECT d.database_name,
            (SELECT max(x.end_time)
               FROM (SELECT r.end_time FROM backup_management.backup_records r
@@ -1231,6 +1297,7 @@ WITH verified AS (
                        AND r.status = 'completed' AND r.backup_type <> 'wal'
                        AND EXISTS (SELECT FROM backup_management.verification_state s
                                     WHERE s.backup_id = r.backup_id AND s.last_status = 'passed')
+                       AND backup_mgmt.chain_unverified(r.backup_id) IS NULL
                      ORDER BY r.start_time DESC LIMIT 8) x) AS last_verified_backup_at
       FROM (SELECT DISTINCT database_name FROM disaster_recovery.recovery_plans WHERE is_active) d
 ), archiver AS (
@@ -1243,24 +1310,33 @@ WITH verified AS (
      WHERE system_identifier = (SELECT system_identifier FROM pg_catalog.pg_control_system())
 ), offsite AS (
     -- What would be left if the host were lost now, per plan: the best active target, taking
-    -- only what is on that one target: its newest verified backup of the database with a
-    -- verified copy there, and how far its WAL reaches without a hole (up to the oldest file
-    -- still waiting when one is, else its newest copy).
+    -- only what is on that one target: its newest backup of the database verified as a whole
+    -- with a verified copy of every member of its chain there (the newest few, as above), and
+    -- how far its WAL reaches without a hole (up to the oldest file still waiting when one
+    -- is, else its newest copy).
     SELECT d.database_name, best.offsite_verified_backup_at, best.offsite_last_wal_at
       FROM (SELECT DISTINCT database_name FROM disaster_recovery.recovery_plans WHERE is_active) d
       LEFT JOIN LATERAL (
           SELECT b.backup_at AS offsite_verified_backup_at, w.wal_at AS offsite_last_wal_at
             FROM backup_management.remote_backup_configs c
            CROSS JOIN LATERAL (
-                 SELECT max(r.end_time) AS backup_at
-                   FROM backup_management.backup_records r
-                  WHERE r.database_name = d.database_name AND r.expired_at IS NULL
-                    AND r.status = 'completed' AND r.backup_type <> 'wal'
-                    AND EXISTS (SELECT FROM backup_management.verification_state s
-                                 WHERE s.backup_id = r.backup_id AND s.last_status = 'passed')
-                    AND EXISTS (SELECT FROM backup_management.remote_backup_records x
-                                 WHERE x.backup_id = r.backup_id AND x.config_id = c.config_id
-                                   AND x.sync_status = 'completed')) b
+                 SELECT max(n.end_time) AS backup_at
+                   FROM (SELECT r.end_time FROM backup_management.backup_records r
+                          WHERE r.database_name = d.database_name AND r.expired_at IS NULL
+                            AND r.status = 'completed' AND r.backup_type <> 'wal'
+                            AND EXISTS (SELECT FROM backup_management.verification_state s
+                                         WHERE s.backup_id = r.backup_id AND s.last_status = 'passed')
+                            AND EXISTS (SELECT FROM backup_management.remote_backup_records x
+                                         WHERE x.backup_id = r.backup_id AND x.config_id = c.config_id
+                                           AND x.sync_status = 'completed')
+                            AND backup_mgmt.chain_unverified(r.backup_id) IS NULL
+                            AND NOT EXISTS (
+                                SELECT FROM backup_mgmt.backup_chain(r.backup_id) m
+                                 WHERE NOT EXISTS (
+                                       SELECT FROM backup_management.remote_backup_records x
+                                        WHERE x.backup_id = m.backup_id AND x.config_id = c.config_id
+                                          AND x.sync_status = 'completed'))
+                          ORDER BY r.start_time DESC LIMIT 8) n) b
            CROSS JOIN LATERAL (
                  SELECT coalesce(s.oldest_pending_archived_at,
                                  (SELECT w.archived_at FROM backup_management.remote_wal_records w
@@ -1323,7 +1399,7 @@ SELECT plan_id, plan_name, database_name, rpo_minutes, rto_minutes,
        CASE WHEN offsite_rpo_exposure IS NOT NULL AND offsite_rpo_exposure <= make_interval(mins => rpo_minutes)
             THEN 'ok' ELSE 'breached' END AS offsite_rpo_status
   FROM exposure;
-COMMENT ON VIEW backup_mgmt.recovery_status IS 'Per active recovery plan: RPO exposure (age of the newest verified backup, or of the last archived WAL after it) against rpo_minutes, the newest drill''s measured recovery time against rto_minutes (ok, breached, or unknown: never drilled), and WAL archiving: last archived segment and its age, failures (pg_stat_archiver), missing segments, and archive_status ok, failing (the newest attempt failed), gaps or not archiving; and the exposure if the host were lost now: on the best active target alone, its newest verified backup with a verified copy there and how far its WAL reaches without a hole, offsite_rpo_exposure and offsite_rpo_status against rpo_minutes';
+COMMENT ON VIEW backup_mgmt.recovery_status IS 'Per active recovery plan: RPO exposure (age of the newest backup verified with every backup it builds on, or of the last archived WAL after it) against rpo_minutes, the newest drill''s measured recovery time against rto_minutes (ok, breached, or unknown: never drilled), and WAL archiving: last archived segment and its age, failures (pg_stat_archiver), missing segments, and archive_status ok, failing (the newest attempt failed), gaps or not archiving; and the exposure if the host were lost now: on the best active target alone, its newest such backup with a verified copy of its whole chain there and how far its WAL reaches without a hole, offsite_rpo_exposure and offsite_rpo_status against rpo_minutes';
 
 ------------------------------------------------------------------------------------------------
 -- The worker's integrity upkeep, as it stands: what it will do next, and what failed.

@@ -179,3 +179,76 @@ fn upgrade_from_0_9_0_lets_failures_stand_and_keeps_every_row() {
     assert_eq!(states(&mut old), ["failed", "passed"]);
     assert_same_shape(&mut old, &mut cluster.connect("fresh"));
 }
+
+/// 0.10.0 -> 0.11.0: "verified" in `recovery_status` means verified with every backup it builds
+/// on.  Under 0.10.0 an incremental whose full failed a restore test was the plan's newest
+/// verified backup, and an incremental copied to a target without its full was the off-site
+/// one.  After the update the newest backups whose whole chain passed are (locally, and with
+/// every member copied, on the target), every row is kept, and the catalog is a fresh install's.
+#[test]
+fn upgrade_from_0_10_0_counts_only_whole_chains_as_verified_and_keeps_every_row() {
+    let cluster = two_databases();
+    let mut old = cluster.connect("upgraded");
+    old.batch_execute("CREATE EXTENSION backup_mgmt VERSION '0.10.0'")
+        .unwrap();
+    // A full (72 h ago, copied); a full that failed a restore test (48 h) and an incremental on
+    // it (24 h, copied); a full that is not copied (40 h) and an incremental on it (30 h, copied).
+    old.batch_execute(
+        "INSERT INTO backup_management.backup_records
+             (backup_id, database_name, backup_type, backup_method, backup_file_path, status, start_time,
+              end_time, duration, checksum, origin, parent_backup_id)
+         SELECT id, 'app', CASE WHEN parent IS NULL THEN 'full' ELSE 'incremental' END, 'native_physical',
+                '/b/app/' || id, 'completed', now() - make_interval(hours => h), now() - make_interval(hours => h),
+                '1 minute', repeat('c', 64), 'worker', parent
+           FROM (VALUES (1, 72, NULL), (2, 48, NULL), (3, 24, 2), (4, 40, NULL), (5, 30, 4)) v(id, h, parent);
+         SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence('backup_management.backup_records', 'backup_id'), 5);
+         INSERT INTO backup_management.backup_verifications
+             (backup_id, verification_type, verification_status, verification_result, verified_at)
+         SELECT id, 'checksum', 'passed', '{}', now() - interval '1 hour' FROM generate_series(1, 5) id;
+         INSERT INTO backup_management.backup_verifications
+             (backup_id, verification_type, verification_status, verification_result, verified_at)
+         VALUES (2, 'restore_test', 'failed', '{\"stage\": \"data_verification\"}', now() - interval '2 hours');
+         INSERT INTO disaster_recovery.recovery_plans
+             (plan_name, database_name, rto_minutes, rpo_minutes, backup_strategy, recovery_procedure)
+         VALUES ('app-dr', 'app', 60, 1440, 'native chains', 'restore the newest chain');
+         INSERT INTO backup_management.remote_backup_configs
+             (config_name, database_name, remote_type, remote_endpoint, remote_path, credentials_ref, options, sync_schedule)
+         VALUES ('second-disk', 'app', 'filesystem', '/mnt/offsite', 'pg', NULL, '{}', '30 * * * *');
+         INSERT INTO backup_management.remote_backup_records
+             (backup_id, config_id, remote_file_path, sync_status, bytes_transferred, remote_checksum)
+         SELECT id, (SELECT config_id FROM backup_management.remote_backup_configs), '1/app/' || id,
+                'completed', 1234, repeat('c', 64)
+           FROM unnest(ARRAY[1, 3, 5]) id;",
+    )
+    .unwrap();
+    // Hours since the local and the off-site newest verified backups ended.
+    let ages = |db: &mut postgres::Client| -> (Option<i32>, Option<i32>) {
+        let r = db
+            .query_one(
+                "SELECT round(extract(epoch FROM now() - last_verified_backup_at) / 3600)::int,
+                        round(extract(epoch FROM now() - offsite_verified_backup_at) / 3600)::int
+                   FROM backup_mgmt.recovery_status",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(ages(&mut old), (Some(24), Some(24)), "0.10.0: backup 3");
+    let before: String = old.query_one(CONTENT, &[]).unwrap().get(0);
+    update_to_current(&mut old);
+    assert_eq!(
+        before,
+        old.query_one(CONTENT, &[]).unwrap().get::<_, String>(0)
+    );
+    // Locally backup 5 (its full passed); off-site backup 1 (backup 5's full is not there).
+    assert_eq!(ages(&mut old), (Some(30), Some(72)));
+    let problem: Option<String> = old
+        .query_one("SELECT backup_mgmt.chain_problem(3)", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        problem.as_deref(),
+        Some("its ancestor 2 failed verification")
+    );
+    assert_same_shape(&mut old, &mut cluster.connect("fresh"));
+}

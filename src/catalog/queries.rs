@@ -15,64 +15,26 @@ macro_rules! standing_verdict {
 }
 pub(crate) use standing_verdict;
 
-/// SQL for the members of the chain of backup `r` (a `backup_records` alias) as `up(id, depth)`:
-/// from `$first` (a `SELECT id, depth` of the first member: `r` itself at depth 0, or its parent
-/// at depth 1), then each one's parent, nearest first.  Bounded, against a cycle.
-macro_rules! chain_walk {
-    ($first:literal) => {
-        concat!(
-            "(WITH RECURSIVE up(id, depth) AS ( ",
-            $first,
-            " UNION ALL \
-                SELECT p.parent_backup_id, up.depth + 1 \
-                  FROM backup_management.backup_records p JOIN up ON p.backup_id = up.id \
-                 WHERE p.parent_backup_id IS NOT NULL AND up.depth < 10000) \
-             SELECT id, depth FROM up) up"
-        )
-    };
-}
-
 /// SQL for what makes the chain of backup `r` (a `backup_records` alias) unusable, or NULL when
-/// nothing does: the nearest ancestor (through `parent_backup_id`) that is gone from the catalog,
-/// not completed, expired, or whose verification failed (`standing_verdict`).  A restore needs every file of
-/// the chain, so a damaged full rules out every incremental built on it.
+/// nothing does: the nearest ancestor that is gone from the catalog, not completed, expired, or
+/// whose verdict is failed (`backup_mgmt.chain_problem`, walking `backup_mgmt.backup_chain`).
 macro_rules! chain_problem {
     () => {
-        concat!(
-            "(SELECT CASE WHEN a.backup_id IS NULL THEN pg_catalog.format('its ancestor %s is gone from the catalog', up.id) \
-                          WHEN a.status <> 'completed' OR a.expired_at IS NOT NULL \
-                          THEN pg_catalog.format('its ancestor %s is %s', up.id, a.status) \
-                          ELSE pg_catalog.format('its ancestor %s failed verification', up.id) END \
-                FROM ",
-            $crate::catalog::queries::chain_walk!(
-                "SELECT r.parent_backup_id, 1 WHERE r.parent_backup_id IS NOT NULL"
-            ),
-            " LEFT JOIN backup_management.backup_records a ON a.backup_id = up.id \
-                LEFT JOIN backup_management.verification_state s ON s.backup_id = up.id \
-               WHERE a.backup_id IS NULL OR a.status <> 'completed' OR a.expired_at IS NOT NULL \
-                  OR s.last_status = 'failed' \
-               ORDER BY up.depth LIMIT 1)"
-        )
+        "backup_mgmt.chain_problem(r.backup_id)"
     };
 }
 pub(crate) use chain_problem;
 
 /// SQL for the first member of the chain of backup `r` (itself, then its ancestors nearest
-/// first) whose verdict is not 'passed' (never verified, or failed), as text, or NULL
-/// when the whole chain passed: what makes a usable chain "verified as a whole".
+/// first) whose verdict is not 'passed', as text, or NULL when the whole chain passed: what
+/// makes a usable chain "verified as a whole" (`backup_mgmt.chain_unverified`, also read by
+/// the `recovery_status` view).
 macro_rules! chain_unverified {
     () => {
-        concat!(
-            "(SELECT pg_catalog.format('backup %s has no passed verification', up.id) FROM ",
-            $crate::catalog::queries::chain_walk!("SELECT r.backup_id, 0"),
-            " LEFT JOIN backup_management.verification_state s ON s.backup_id = up.id \
-               WHERE s.last_status IS DISTINCT FROM 'passed' \
-               ORDER BY up.depth LIMIT 1)"
-        )
+        "backup_mgmt.chain_unverified(r.backup_id)"
     };
 }
 pub(crate) use chain_unverified;
-pub(crate) use chain_walk;
 
 /// One backup of a chain as recorded.
 #[derive(Debug, Clone)]
@@ -89,15 +51,10 @@ pub struct ChainMember {
 /// incremental is combined with.
 pub fn chain_members(c: &SpiClient<'_>, id: i64) -> Result<Vec<ChainMember>, SpiError> {
     let t = c.select(
-        "WITH RECURSIVE chain(backup_id, parent_backup_id, depth) AS ( \
-             SELECT backup_id, parent_backup_id, 0 FROM backup_management.backup_records \
-              WHERE backup_id = $1 \
-             UNION \
-             SELECT r.backup_id, r.parent_backup_id, chain.depth + 1 \
-               FROM backup_management.backup_records r JOIN chain ON r.backup_id = chain.parent_backup_id \
-              WHERE chain.depth < 10000) \
-         SELECT r.backup_id, r.backup_file_path, r.checksum, r.compression \
-           FROM chain JOIN backup_management.backup_records r USING (backup_id) ORDER BY r.backup_id",
+        "SELECT DISTINCT r.backup_id, r.backup_file_path, r.checksum, r.compression \
+           FROM backup_mgmt.backup_chain($1) up \
+           JOIN backup_management.backup_records r ON r.backup_id = up.backup_id \
+          ORDER BY r.backup_id",
         None,
         &[id.into()],
     )?;

@@ -177,6 +177,29 @@ fn missing(what: &str, shown: &str, checksum: Option<&str>, size: Option<u64>) -
     r
 }
 
+/// The report of member `member` of backup `backup_id`'s chain (recorded at `path`) that
+/// `chain_of` left out: its file gone (`missing`), or its path refused (outside the roots,
+/// `refused_path`).  Either only says that this host's copy of a backup it builds on is not
+/// usable, nothing of its own bytes nor of a copy of the chain elsewhere (an off-site target's
+/// may be whole): `verification_verdict` counts it as local (`only_local`), as it counts a
+/// native chain's missing ancestor, which `verify::native` reports as `missing`.  Main thread
+/// (it reads the roots).
+pub fn absent_member(backup_id: i64, member: i64, path: &str) -> Report {
+    match confine_path(backup_id, path) {
+        Err(_) => Report::failed(
+            Reason::RefusedPath,
+            format!("backup {member}, which it builds on, is recorded outside the backup roots"),
+            Path::new(path),
+        ),
+        Ok(_) => missing(
+            &format!("file of backup {member}, which it builds on,"),
+            path,
+            None,
+            None,
+        ),
+    }
+}
+
 /// Runs the verification of `target`, whose files `confine` resolved (pure Rust, any thread):
 /// the backup against its checksum, then its globals file against its own.
 pub fn run(

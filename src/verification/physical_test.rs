@@ -63,6 +63,12 @@ pub(super) fn physical_restore_test(
             (m, at)
         })
         .collect();
+    // A member of the chain this host no longer holds is a local failure (the incremental's
+    // own bytes, checked first, may be fine), not a restore that failed.
+    let absent = earlier
+        .iter()
+        .find(|(_, at)| at.is_none())
+        .map(|(m, _)| verification::absent_member(id, m.id, &m.path));
     let programs = scratch_programs(user);
     let started = Instant::now();
     let zstd = compression == "zstd";
@@ -72,6 +78,9 @@ pub(super) fn physical_restore_test(
             Ok(r) => r,
             Err(failed) => return (failed, None),
         };
+        if let Some(absent) = absent {
+            return (absent, None);
+        }
         let file = match open_backup(path.as_deref(), &moved.path) {
             Ok(f) => f,
             Err(failed) => return (failed, None),
@@ -237,4 +246,91 @@ pub(super) fn native_restore_test(
         outcome,
         started.elapsed(),
     )
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[allow(unused_imports)]
+    use crate::testing::*;
+
+    /// The newest restore test of backup `id`: its stage and reason, and the backup's verdict
+    /// (status, only_local).
+    fn restore_tested(id: i64) -> (String, String, String, bool) {
+        let status = Spi::get_one_with_args::<String>(
+            "SELECT test_status FROM backup_mgmt.test_backup_restore($1)",
+            &[id.into()],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(status, "failed");
+        let (stage, reason) = Spi::get_two_with_args::<String, String>(
+            "SELECT verification_result->>'stage', verification_result->>'reason'
+               FROM backup_management.backup_verifications
+              WHERE backup_id = $1 AND verification_type = 'restore_test'
+              ORDER BY verification_id DESC LIMIT 1",
+            &[id.into()],
+        )
+        .unwrap();
+        let (verdict, local) = Spi::get_two_with_args::<String, bool>(
+            "SELECT status, only_local FROM backup_mgmt.verification_verdict($1)",
+            &[id.into()],
+        )
+        .unwrap();
+        (
+            stage.unwrap_or_default(),
+            reason.unwrap_or_default(),
+            verdict.unwrap_or_default(),
+            local.unwrap_or_default(),
+        )
+    }
+
+    /// A block-level incremental whose full this host no longer holds (or holds outside the
+    /// roots) fails its restore test as a local failure, as a native chain's does: nothing was
+    /// wrong with its own bytes, and an off-site copy of the chain may be whole, so the
+    /// off-site mirror must not call it damaged (`failed_locally`).
+    #[pg_test]
+    fn an_incremental_whose_full_is_gone_here_fails_only_locally() {
+        let (own, _) = recorded_file("incremental-of-a-gone-full.tar", b"not restored");
+        let full = Spi::get_one_with_args::<i64>(
+            "INSERT INTO backup_management.backup_records
+                 (database_name, backup_type, backup_method, backup_file_path, status, start_time,
+                  end_time, duration, checksum, origin)
+             VALUES ('pgrx_tests', 'full', 'pg_basebackup', $1, 'completed', now(), now(), '0',
+                     repeat('a', 64), 'worker')
+             RETURNING backup_id",
+            &[format!("{TEST_ROOT}/gone-full.tar").into()],
+        )
+        .unwrap()
+        .unwrap();
+        Spi::run_with_args(
+            "UPDATE backup_management.backup_records
+                SET backup_method = 'pg_basebackup', backup_type = 'incremental', origin = 'worker',
+                    parent_backup_id = $2
+              WHERE backup_id = $1",
+            &[own.into(), full.into()],
+        )
+        .unwrap();
+        assert_eq!(
+            restore_tested(own),
+            ("integrity".into(), "missing".into(), "failed".into(), true)
+        );
+        Spi::run_with_args(
+            "UPDATE backup_management.backup_records SET backup_file_path = '/etc/passwd'
+              WHERE backup_id = $1",
+            &[full.into()],
+        )
+        .unwrap();
+        assert_eq!(
+            restore_tested(own),
+            (
+                "integrity".into(),
+                "refused_path".into(),
+                "failed".into(),
+                true
+            )
+        );
+    }
 }

@@ -11,10 +11,11 @@
 -- The members of a backup's chain as (backup_id, depth): the backup itself at depth 0, then each
 -- one's parent (parent_backup_id), nearest first.  A parent missing from the catalog is listed
 -- (for the callers to name) and ends the walk; bounded against a cycle.  No SET clause, so that
--- the planner can inline it; its names are qualified and every caller pins search_path.
+-- the planner can inline it; every table, function and operator in it and in the two below is
+-- schema-qualified, since recovery_status runs them under its reader's search_path.
 CREATE FUNCTION backup_mgmt.backup_chain(backup bigint)
     RETURNS TABLE (backup_id bigint, depth integer)
-    LANGUAGE sql STABLE
+    LANGUAGE sql STABLE PARALLEL SAFE
 AS $bm$
     WITH RECURSIVE up(id, depth) AS (
         SELECT backup, 0
@@ -32,7 +33,7 @@ COMMENT ON FUNCTION backup_mgmt.backup_chain(bigint) IS
 -- every file of the chain, so a damaged full rules out every incremental built on it.
 CREATE FUNCTION backup_mgmt.chain_problem(backup bigint)
     RETURNS text
-    LANGUAGE sql STABLE
+    LANGUAGE sql STABLE PARALLEL SAFE
 AS $bm$
     SELECT CASE WHEN a.backup_id IS NULL
                 THEN pg_catalog.format('its ancestor %s is gone from the catalog', up.backup_id)
@@ -57,12 +58,12 @@ COMMENT ON FUNCTION backup_mgmt.chain_problem(bigint) IS
 -- verification_state), as text, or NULL when the whole chain passed: "verified as a whole".
 CREATE FUNCTION backup_mgmt.chain_unverified(backup bigint)
     RETURNS text
-    LANGUAGE sql STABLE
+    LANGUAGE sql STABLE PARALLEL SAFE
 AS $bm$
     SELECT pg_catalog.format('backup %s has no passed verification', up.backup_id)
       FROM backup_mgmt.backup_chain(backup) up
       LEFT JOIN backup_management.verification_state s ON s.backup_id OPERATOR(pg_catalog.=) up.backup_id
-     WHERE s.last_status IS DISTINCT FROM 'passed'
+     WHERE (s.last_status OPERATOR(pg_catalog.=) 'passed') IS NOT TRUE
      ORDER BY up.depth LIMIT 1
 $bm$;
 COMMENT ON FUNCTION backup_mgmt.chain_unverified(bigint) IS

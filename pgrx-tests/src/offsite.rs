@@ -8,11 +8,16 @@ use crate::cluster::Cluster;
 
 /// Adds filesystem target `disk` for database `postgres`, writing below `dir` in `pg`.
 pub fn add_disk_target(db: &mut postgres::Client, dir: &Path) {
+    add_filesystem_target(db, "disk", "postgres", dir);
+}
+
+/// Adds filesystem target `name` for `database`, writing below `dir` in `pg`.
+pub fn add_filesystem_target(db: &mut postgres::Client, name: &str, database: &str, dir: &Path) {
     db.execute(
         "INSERT INTO backup_management.remote_backup_configs
              (config_name, database_name, remote_type, remote_endpoint, remote_path)
-         VALUES ('disk', 'postgres', 'filesystem', $1, 'pg')",
-        &[&dir.to_string_lossy().as_ref()],
+         VALUES ($1, $2, 'filesystem', $3, 'pg')",
+        &[&name, &database, &dir.to_string_lossy().as_ref()],
     )
     .unwrap();
 }

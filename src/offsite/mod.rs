@@ -104,7 +104,15 @@ fn copy_checked(
     key: &str,
     expected: Option<&str>,
 ) -> Result<Copied, CopyError> {
-    let landed = storage::put_backup(target, local, key)?;
+    let landed = match storage::put_backup(target, local, key) {
+        // A member of a directory that is not what its manifest records: what landed is not
+        // the backup, and left there it would block the next try (copies are never replaced).
+        Err(e @ StorageError::Member { .. }) => {
+            let _ = target.delete(key);
+            return Err(e.into());
+        }
+        other => other?,
+    };
     match expected {
         Some(sha) if sha != landed.sha256 => {
             // What landed is not the backup the catalog recorded: it must not stand as its copy

@@ -20,13 +20,17 @@ pub mod object;
 pub mod s3;
 pub mod transport;
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use sha2::{Digest, Sha256};
+
+use crate::checksum;
 use crate::files::error::IoError;
 use crate::files::open::{open_regular, OpenError};
-use crate::manifest::directory::DIRECTORY_MANIFEST;
+use crate::manifest::directory::{self, DIRECTORY_MANIFEST};
 use crate::manifest::native::FILES_MANIFEST;
 use crate::paths::path_component;
 
@@ -44,6 +48,9 @@ pub enum StorageError {
         found: String,
         ours: String,
     },
+    /// A directory backup's member, as it landed, is not what the backup's manifest records.
+    #[error("{}: {why}", .member.display())]
+    Member { member: PathBuf, why: String },
     #[error("credentials {reference}: {why}")]
     Credential { reference: String, why: String },
     #[error("{0}")]
@@ -240,7 +247,11 @@ fn list_files(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<(), Sto
 /// Copies a backup, a file or a directory, to `key` on `target`, every file verified.  A
 /// directory backup (pg_dump's directory format, a native physical backup) goes file by file
 /// under `<key>/<relative path>`; the result's sha256 is then its manifest's, which is what the
-/// catalog records for it.
+/// catalog records for it.  A directory-format dump's members are checked as they landed
+/// against its manifest (`check_members`): the caller compares the manifest with the catalog,
+/// so the whole copy is then the recorded backup.  A native backup's members are stored
+/// compressed while its manifest records the files' own digests: they are checked when a
+/// restore or a verification decompresses them, not here.
 pub fn put_backup(target: &dyn Storage, local: &Path, key: &str) -> Result<Copied, StorageError> {
     if !fs::symlink_metadata(local).is_ok_and(|m| m.is_dir()) {
         return target.put_file(local, key);
@@ -250,17 +261,84 @@ pub fn put_backup(target: &dyn Storage, local: &Path, key: &str) -> Result<Copie
     files.sort();
     let mut size = 0u64;
     let mut manifest = None;
+    let mut landed = Vec::with_capacity(files.len());
     for rel in &files {
         let copied = target.put_file(&local.join(rel), &member_key(key, rel))?;
         size += copied.size;
         let top = rel.to_str().unwrap_or_default();
         if top == DIRECTORY_MANIFEST || top == FILES_MANIFEST {
-            manifest = Some(copied.sha256);
+            manifest = Some((top == DIRECTORY_MANIFEST, copied.sha256.clone()));
         }
+        landed.push((rel.clone(), copied.sha256));
     }
-    let sha256 = manifest.ok_or_else(|| StorageError::NotAFile(local.join(DIRECTORY_MANIFEST)))?;
+    let (dump, sha256) =
+        manifest.ok_or_else(|| StorageError::NotAFile(local.join(DIRECTORY_MANIFEST)))?;
+    if dump {
+        check_members(local, &sha256, &landed)?;
+    }
     Ok(Copied { size, sha256 })
 }
+
+/// A directory-format dump's members as they landed (`landed`: relative path, sha256) against
+/// its manifest, read again from `local` and required to be the one that landed (`manifest`,
+/// its sha256): every file it names landed with its digest, and nothing else did.  A member
+/// that rotted on this host's disk after the dump was taken is found now, while the backup can
+/// still be taken again, not by the restore after the host is lost.
+fn check_members(
+    local: &Path,
+    manifest: &str,
+    landed: &[(PathBuf, String)],
+) -> Result<(), StorageError> {
+    let path = local.join(DIRECTORY_MANIFEST);
+    let member = |m: &Path, why: String| StorageError::Member {
+        member: local.join(m),
+        why,
+    };
+    let mut text = String::new();
+    open_local(&path)?
+        .take(MANIFEST_LIMIT)
+        .read_to_string(&mut text)
+        .map_err(|e| IoError::new("could not read", &path, e))?;
+    if checksum::hex(&Sha256::digest(text.as_bytes())) != manifest {
+        return Err(member(
+            Path::new(DIRECTORY_MANIFEST),
+            "changed while the backup was copied".into(),
+        ));
+    }
+    let entries = directory::parse(&text)
+        .map_err(|bad| member(Path::new(DIRECTORY_MANIFEST), bad.to_string()))?;
+    let named: HashMap<&Path, &str> = entries
+        .iter()
+        .map(|(sum, name)| (Path::new(name.as_str()), sum.as_str()))
+        .collect();
+    for (rel, sha) in landed {
+        match named.get(rel.as_path()) {
+            Some(sum) if sum != sha => {
+                return Err(member(
+                    rel,
+                    format!("landed with sha256 {sha}, the manifest records {sum}"),
+                ))
+            }
+            None if rel != Path::new(DIRECTORY_MANIFEST) => {
+                return Err(member(rel, "is not in the backup's manifest".into()))
+            }
+            _ => {}
+        }
+    }
+    if let Some((_, name)) = entries
+        .iter()
+        .find(|(_, n)| !landed.iter().any(|(rel, _)| rel == Path::new(n.as_str())))
+    {
+        return Err(member(
+            Path::new(name),
+            "is in the backup's manifest but not in its directory".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A directory-format dump's manifest is one line per table: far below this.
+const MANIFEST_LIMIT: u64 = 64 << 20;
 
 #[cfg(test)]
 mod tests {
@@ -306,14 +384,65 @@ mod tests {
     use crate::checksum::hex;
     use sha2::{Digest, Sha256};
 
+    /// A directory-format dump whose member rotted on this disk after the dump, a member the
+    /// manifest does not name, or one it names that is gone: the copy is refused, naming it.
+    #[test]
+    fn a_dump_directory_is_copied_only_as_its_manifest_records_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let local = tmp.path().join("d.dir");
+        std::fs::create_dir(&local).unwrap();
+        std::fs::write(local.join("toc.dat"), b"toc").unwrap();
+        std::fs::write(local.join("3001.dat.gz"), b"rows").unwrap();
+        let manifest = directory::render([
+            (hex(&Sha256::digest(b"toc")).as_str(), "toc.dat"),
+            (hex(&Sha256::digest(b"rows")).as_str(), "3001.dat.gz"),
+        ]);
+        std::fs::write(local.join(DIRECTORY_MANIFEST), &manifest).unwrap();
+        let target = FilesystemTarget {
+            dir: tmp.path().join("offsite"),
+            rate: None,
+        };
+        let mut n = 0;
+        let mut put = || {
+            n += 1;
+            put_backup(&target, &local, &format!("1/app/try-{n}"))
+        };
+        put().unwrap();
+        let refused = |e: StorageError, member: &str, why: &str| {
+            let text = e.to_string();
+            assert!(matches!(e, StorageError::Member { .. }), "{text}");
+            assert!(text.contains(member) && text.contains(why), "{text}");
+        };
+        std::fs::write(local.join("3001.dat.gz"), b"rot!").unwrap();
+        refused(put().unwrap_err(), "3001.dat.gz", "the manifest records");
+        std::fs::write(local.join("3001.dat.gz"), b"rows").unwrap();
+        std::fs::write(local.join("extra.dat"), b"x").unwrap();
+        refused(
+            put().unwrap_err(),
+            "extra.dat",
+            "not in the backup's manifest",
+        );
+        std::fs::remove_file(local.join("extra.dat")).unwrap();
+        std::fs::remove_file(local.join("toc.dat")).unwrap();
+        refused(put().unwrap_err(), "toc.dat", "not in its directory");
+        std::fs::write(local.join("toc.dat"), b"toc").unwrap();
+        put().unwrap();
+    }
+
     #[test]
     fn directory_backups_are_copied_file_by_file() {
         let tmp = tempfile::tempdir().unwrap();
         let local = tmp.path().join("b.dir");
         std::fs::create_dir(&local).unwrap();
+        let sum = |b: &[u8]| hex(&Sha256::digest(b));
         std::fs::write(local.join("toc.dat.zst"), b"toc").unwrap();
         std::fs::write(local.join("3001.dat.zst"), vec![1u8; 5000]).unwrap();
-        let manifest = b"aa  toc.dat.zst\n";
+        let manifest = format!(
+            "{}  toc.dat.zst\n{}  3001.dat.zst\n",
+            sum(b"toc"),
+            sum(&[1u8; 5000])
+        );
+        let manifest = manifest.as_bytes();
         std::fs::write(local.join(DIRECTORY_MANIFEST), manifest).unwrap();
         let target = FilesystemTarget {
             dir: tmp.path().join("offsite"),

@@ -105,8 +105,11 @@ fn copy_checked(
     expected: Option<&str>,
 ) -> Result<Copied, CopyError> {
     let landed = match storage::put_backup(target, local, key) {
-        // A member of a directory that is not what its manifest records: what landed is not
-        // the backup, and left there it would block the next try (copies are never replaced).
+        // A member of a directory that landed other than its manifest records: what landed is
+        // not the backup, and left there it would block the next try (copies are never
+        // replaced).  (An existing copy's member is never replaced by a different one: that is
+        // `Occupied`, and nothing is removed; a directory whose files are not its manifest's is
+        // `Manifest`, refused before anything is copied.)
         Err(e @ StorageError::Member { .. }) => {
             let _ = target.delete(key);
             return Err(e.into());
@@ -187,6 +190,13 @@ fn copy_one(target: &dyn Storage, item: &Item, stop: &AtomicBool) -> Vec<Attempt
                 }
             });
         let failed = result.is_err();
+        // A directory whose files are not what its manifest records stays so: no retry.
+        let lasting = matches!(
+            &result,
+            Err(CopyError::Storage(
+                StorageError::Member { .. } | StorageError::Manifest { .. }
+            ))
+        );
         attempts.push(Attempt {
             backup_id: item.backup_id,
             key: item.key.clone(),
@@ -195,7 +205,7 @@ fn copy_one(target: &dyn Storage, item: &Item, stop: &AtomicBool) -> Vec<Attempt
             ended: Utc::now(),
             result,
         });
-        if !failed || stop.load(Ordering::SeqCst) {
+        if !failed || lasting || stop.load(Ordering::SeqCst) {
             break;
         }
         if n < ATTEMPTS {

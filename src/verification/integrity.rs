@@ -186,9 +186,9 @@ fn missing(what: &str, shown: &str, checksum: Option<&str>, size: Option<u64>) -
 /// (it reads the roots).
 pub fn absent_member(backup_id: i64, member: i64, path: &str) -> Report {
     match confine_path(backup_id, path) {
-        Err(_) => Report::failed(
+        Err(e) => Report::failed(
             Reason::RefusedPath,
-            format!("backup {member}, which it builds on, is recorded outside the backup roots"),
+            format!("backup {member}, which it builds on, cannot be opened beneath the backup roots: {e}"),
             Path::new(path),
         ),
         Ok(_) => missing(

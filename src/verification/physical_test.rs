@@ -293,7 +293,7 @@ mod tests {
     /// off-site mirror must not call it damaged (`failed_locally`).
     #[pg_test]
     fn an_incremental_whose_full_is_gone_here_fails_only_locally() {
-        let (own, _) = recorded_file("incremental-of-a-gone-full.tar", b"not restored");
+        let (own, path) = recorded_file("incremental-of-a-gone-full.tar", b"not restored");
         let full = Spi::get_one_with_args::<i64>(
             "INSERT INTO backup_management.backup_records
                  (database_name, backup_type, backup_method, backup_file_path, status, start_time,
@@ -330,6 +330,18 @@ mod tests {
                 "refused_path".into(),
                 "failed".into(),
                 true
+            )
+        );
+        // Its own bytes are checked first: changed, they are what the test reports, whatever is
+        // missing besides, and a content failure is not one of this host's.
+        std::fs::write(&path, b"not restoreD").unwrap();
+        assert_eq!(
+            restore_tested(own),
+            (
+                "integrity".into(),
+                "checksum_mismatch".into(),
+                "failed".into(),
+                false
             )
         );
     }

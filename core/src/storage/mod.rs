@@ -20,7 +20,7 @@ pub mod object;
 pub mod s3;
 pub mod transport;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -51,6 +51,9 @@ pub enum StorageError {
     /// A directory backup's member, as it landed, is not what the backup's manifest records.
     #[error("{}: {why}", .member.display())]
     Member { member: PathBuf, why: String },
+    /// A directory backup's files are not the ones its manifest names: nothing was copied.
+    #[error("{}: {why}; nothing was copied", .member.display())]
+    Manifest { member: PathBuf, why: String },
     #[error("credentials {reference}: {why}")]
     Credential { reference: String, why: String },
     #[error("{0}")]
@@ -247,10 +250,11 @@ fn list_files(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<(), Sto
 /// Copies a backup, a file or a directory, to `key` on `target`, every file verified.  A
 /// directory backup (pg_dump's directory format, a native physical backup) goes file by file
 /// under `<key>/<relative path>`; the result's sha256 is then its manifest's, which is what the
-/// catalog records for it.  A directory-format dump's members are checked as they landed
-/// against its manifest (`check_members`): the caller compares the manifest with the catalog,
-/// so the whole copy is then the recorded backup.  A native backup's members are stored
-/// compressed while its manifest records the files' own digests: they are checked when a
+/// catalog records for it.  A directory-format dump is checked against its manifest
+/// (`DumpManifest`): the files it names must be the directory's before anything is copied, and
+/// each must land with the digest it records; the caller compares the manifest with the
+/// catalog, so the whole copy is then the recorded backup.  A native backup's members are
+/// stored compressed while its manifest records the files' own digests: they are checked when a
 /// restore or a verification decompresses them, not here.
 pub fn put_backup(target: &dyn Storage, local: &Path, key: &str) -> Result<Copied, StorageError> {
     if !fs::symlink_metadata(local).is_ok_and(|m| m.is_dir()) {
@@ -259,6 +263,10 @@ pub fn put_backup(target: &dyn Storage, local: &Path, key: &str) -> Result<Copie
     let mut files = Vec::new();
     list_files(local, Path::new(""), &mut files)?;
     files.sort();
+    let dump = match files.iter().any(|f| f == Path::new(DIRECTORY_MANIFEST)) {
+        true => Some(DumpManifest::read(local, &files)?),
+        false => None,
+    };
     let mut size = 0u64;
     let mut manifest = None;
     let mut landed = Vec::with_capacity(files.len());
@@ -267,78 +275,101 @@ pub fn put_backup(target: &dyn Storage, local: &Path, key: &str) -> Result<Copie
         size += copied.size;
         let top = rel.to_str().unwrap_or_default();
         if top == DIRECTORY_MANIFEST || top == FILES_MANIFEST {
-            manifest = Some((top == DIRECTORY_MANIFEST, copied.sha256.clone()));
+            manifest = Some(copied.sha256.clone());
         }
         landed.push((rel.clone(), copied.sha256));
     }
-    let (dump, sha256) =
-        manifest.ok_or_else(|| StorageError::NotAFile(local.join(DIRECTORY_MANIFEST)))?;
-    if dump {
-        check_members(local, &sha256, &landed)?;
+    let sha256 = manifest.ok_or_else(|| StorageError::NotAFile(local.join(DIRECTORY_MANIFEST)))?;
+    if let Some(dump) = dump {
+        dump.check_landed(local, &sha256, &landed)?;
     }
     Ok(Copied { size, sha256 })
 }
 
-/// A directory-format dump's members as they landed (`landed`: relative path, sha256) against
-/// its manifest, read again from `local` and required to be the one that landed (`manifest`,
-/// its sha256): every file it names landed with its digest, and nothing else did.  A member
-/// that rotted on this host's disk after the dump was taken is found now, while the backup can
-/// still be taken again, not by the restore after the host is lost.
-fn check_members(
-    local: &Path,
-    manifest: &str,
-    landed: &[(PathBuf, String)],
-) -> Result<(), StorageError> {
-    let path = local.join(DIRECTORY_MANIFEST);
-    let member = |m: &Path, why: String| StorageError::Member {
-        member: local.join(m),
-        why,
-    };
-    let mut text = String::new();
-    open_local(&path)?
-        .take(MANIFEST_LIMIT)
-        .read_to_string(&mut text)
-        .map_err(|e| IoError::new("could not read", &path, e))?;
-    if checksum::hex(&Sha256::digest(text.as_bytes())) != manifest {
-        return Err(member(
-            Path::new(DIRECTORY_MANIFEST),
-            "changed while the backup was copied".into(),
-        ));
-    }
-    let entries = directory::parse(&text)
-        .map_err(|bad| member(Path::new(DIRECTORY_MANIFEST), bad.to_string()))?;
-    let named: HashMap<&Path, &str> = entries
-        .iter()
-        .map(|(sum, name)| (Path::new(name.as_str()), sum.as_str()))
-        .collect();
-    for (rel, sha) in landed {
-        match named.get(rel.as_path()) {
-            Some(sum) if sum != sha => {
-                return Err(member(
-                    rel,
-                    format!("landed with sha256 {sha}, the manifest records {sum}"),
-                ))
-            }
-            None if rel != Path::new(DIRECTORY_MANIFEST) => {
-                return Err(member(rel, "is not in the backup's manifest".into()))
-            }
-            _ => {}
-        }
-    }
-    if let Some((_, name)) = entries
-        .iter()
-        .find(|(_, n)| !landed.iter().any(|(rel, _)| rel == Path::new(n.as_str())))
-    {
-        return Err(member(
-            Path::new(name),
-            "is in the backup's manifest but not in its directory".into(),
-        ));
-    }
-    Ok(())
+/// A directory-format dump's manifest as this host holds it: its sha256 and the digest of each
+/// file it names.  A member that rotted on this host's disk after the dump was taken (which the
+/// manifest's own sha256, the catalog's, cannot show) is found while the backup can still be
+/// taken again, not by the restore after the host is lost.
+struct DumpManifest {
+    sha256: String,
+    digests: HashMap<PathBuf, String>,
 }
 
-/// A directory-format dump's manifest is one line per table: far below this.
-const MANIFEST_LIMIT: u64 = 64 << 20;
+impl DumpManifest {
+    /// Reads the manifest in `local` and checks, before anything is copied, that the files it
+    /// names are the directory's `files` (relative paths): none missing, none added.  A
+    /// mismatch is `StorageError::Manifest`: nothing landed, so nothing is removed.
+    fn read(local: &Path, files: &[PathBuf]) -> Result<DumpManifest, StorageError> {
+        let path = local.join(DIRECTORY_MANIFEST);
+        let refused = |m: &Path, why: String| StorageError::Manifest {
+            member: local.join(m),
+            why,
+        };
+        let mut text = String::new();
+        open_local(&path)?
+            .take(MANIFEST_LIMIT + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| IoError::new("could not read", &path, e))?;
+        if text.len() as u64 > MANIFEST_LIMIT {
+            return Err(refused(
+                Path::new(DIRECTORY_MANIFEST),
+                format!("is larger than {MANIFEST_LIMIT} bytes"),
+            ));
+        }
+        let digests: HashMap<PathBuf, String> = directory::parse(&text)
+            .map_err(|bad| refused(Path::new(DIRECTORY_MANIFEST), bad.to_string()))?
+            .into_iter()
+            .map(|(sum, name)| (PathBuf::from(name), sum))
+            .collect();
+        let present: HashSet<&Path> = files.iter().map(PathBuf::as_path).collect();
+        if let Some(extra) = files
+            .iter()
+            .find(|f| *f != Path::new(DIRECTORY_MANIFEST) && !digests.contains_key(*f))
+        {
+            return Err(refused(extra, "is not in the backup's manifest".into()));
+        }
+        if let Some(gone) = digests.keys().find(|n| !present.contains(n.as_path())) {
+            return Err(refused(
+                gone,
+                "is in the backup's manifest but not in its directory".into(),
+            ));
+        }
+        Ok(DumpManifest {
+            sha256: checksum::hex(&Sha256::digest(text.as_bytes())),
+            digests,
+        })
+    }
+
+    /// Checks what landed (`landed`: relative path, sha256; `manifest`: the manifest's) against
+    /// the manifest read before the copy.  A mismatch is `StorageError::Member`: what landed is
+    /// not the backup.
+    fn check_landed(
+        &self,
+        local: &Path,
+        manifest: &str,
+        landed: &[(PathBuf, String)],
+    ) -> Result<(), StorageError> {
+        if manifest != self.sha256 {
+            return Err(StorageError::Member {
+                member: local.join(DIRECTORY_MANIFEST),
+                why: "changed while the backup was copied".into(),
+            });
+        }
+        for (rel, sha) in landed {
+            if let Some(sum) = self.digests.get(rel).filter(|sum| *sum != sha) {
+                return Err(StorageError::Member {
+                    member: local.join(rel),
+                    why: format!("landed with sha256 {sha}, the manifest records {sum}"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A directory-format dump's manifest is one line of about 80 bytes per table and large object:
+/// a million of them fit many times over.
+const MANIFEST_LIMIT: u64 = 1 << 30;
 
 #[cfg(test)]
 mod tests {
@@ -402,31 +433,44 @@ mod tests {
             dir: tmp.path().join("offsite"),
             rate: None,
         };
-        let mut n = 0;
-        let mut put = || {
-            n += 1;
-            put_backup(&target, &local, &format!("1/app/try-{n}"))
-        };
-        put().unwrap();
+        let put = |n: u32| put_backup(&target, &local, &format!("1/app/try-{n}"));
+        let landed = |n: u32| tmp.path().join(format!("offsite/1/app/try-{n}")).exists();
+        put(1).unwrap();
+        // A member that rotted after the dump: found as it lands (what landed is not the
+        // backup; the caller removes it).
+        std::fs::write(local.join("3001.dat.gz"), b"rot!").unwrap();
+        let e = put(2).unwrap_err();
+        assert!(matches!(e, StorageError::Member { .. }), "{e}");
+        assert!(
+            e.to_string().contains("3001.dat.gz") && e.to_string().contains("the manifest records"),
+            "{e}"
+        );
+        std::fs::write(local.join("3001.dat.gz"), b"rows").unwrap();
+        // Files other than the manifest names: refused before anything is copied, so a copy
+        // already under the key (made before the directory changed) is not touched.
         let refused = |e: StorageError, member: &str, why: &str| {
             let text = e.to_string();
-            assert!(matches!(e, StorageError::Member { .. }), "{text}");
+            assert!(matches!(e, StorageError::Manifest { .. }), "{text}");
             assert!(text.contains(member) && text.contains(why), "{text}");
         };
-        std::fs::write(local.join("3001.dat.gz"), b"rot!").unwrap();
-        refused(put().unwrap_err(), "3001.dat.gz", "the manifest records");
-        std::fs::write(local.join("3001.dat.gz"), b"rows").unwrap();
         std::fs::write(local.join("extra.dat"), b"x").unwrap();
         refused(
-            put().unwrap_err(),
+            put(3).unwrap_err(),
             "extra.dat",
             "not in the backup's manifest",
         );
+        refused(
+            put(1).unwrap_err(),
+            "extra.dat",
+            "not in the backup's manifest",
+        );
+        assert!(!landed(3) && landed(1));
         std::fs::remove_file(local.join("extra.dat")).unwrap();
         std::fs::remove_file(local.join("toc.dat")).unwrap();
-        refused(put().unwrap_err(), "toc.dat", "not in its directory");
+        refused(put(4).unwrap_err(), "toc.dat", "not in its directory");
+        assert!(!landed(4));
         std::fs::write(local.join("toc.dat"), b"toc").unwrap();
-        put().unwrap();
+        put(5).unwrap();
     }
 
     #[test]

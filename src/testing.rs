@@ -104,3 +104,23 @@ pub fn recorded_file(name: &str, data: &[u8]) -> (i64, std::path::PathBuf) {
     .unwrap();
     (id, path)
 }
+
+/// Records a verification of backup `id` as a catalog row, as if it had run (no file is read):
+/// of `kind` (checksum, restore_test, pg_verifybackup), with `status`, its `result` (JSON: the
+/// reason, the stage a restore test reached), finished `ago` before now (an interval, '0' for
+/// now: rows of one transaction then keep the order they were added in).
+pub fn add_verification(id: i64, kind: &str, status: &str, result: &str, ago: &str) {
+    Spi::run_with_args(
+        "INSERT INTO backup_management.backup_verifications
+             (backup_id, verification_type, verification_status, verification_result, verified_at)
+         VALUES ($1, $2, $3, $4::text::jsonb, now() - $5::text::interval)",
+        &[
+            id.into(),
+            kind.into(),
+            status.into(),
+            result.into(),
+            ago.into(),
+        ],
+    )
+    .unwrap();
+}

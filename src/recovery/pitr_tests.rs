@@ -149,11 +149,7 @@ mod tests {
 
     /// Records a checksum verification of backup `id` with `status`.
     fn verify(id: i64, status: &str) {
-        Spi::run(&format!(
-            "INSERT INTO backup_management.backup_verifications (backup_id, verification_type, verification_status)
-             VALUES ({id}, 'checksum', '{status}')"
-        ))
-        .unwrap();
+        add_verification(id, "checksum", status, "{}", "0");
     }
 
     /// A chain is only as good as its ancestors (issue 15): an incremental whose full failed
@@ -211,12 +207,7 @@ mod tests {
         verify(old, "passed");
         let full = native("full", "full", "0/60000", None);
         let record = |kind: &str, status: &str| {
-            Spi::run(&format!(
-                "INSERT INTO backup_management.backup_verifications
-                     (backup_id, verification_type, verification_status, verification_result)
-                 VALUES ({full}, '{kind}', '{status}', '{{\"stage\": \"data_verification\"}}')"
-            ))
-            .unwrap();
+            add_verification(full, kind, status, r#"{"stage": "data_verification"}"#, "0");
         };
         let base = || {
             Spi::get_one::<i64>(

@@ -42,12 +42,9 @@ mod tests {
         )
         .unwrap();
         // d's restore test failed; the checksum pass after it does not make d the newest verified.
-        Spi::run_with_args(
-            "INSERT INTO backup_management.backup_verifications (backup_id, verification_type, verification_status) \
-             VALUES ($1, 'checksum', 'passed'), ($2, 'restore_test', 'failed'), ($2, 'checksum', 'passed')",
-            &[ids[1].into(), ids[3].into()],
-        )
-        .unwrap();
+        add_verification(ids[1], "checksum", "passed", "{}", "0");
+        add_verification(ids[3], "restore_test", "failed", "{}", "0");
+        add_verification(ids[3], "checksum", "passed", "{}", "0");
         let verdict = |policy: &str, id: i64| {
             Spi::get_two_with_args::<String, Vec<String>>(
                 "SELECT action, reasons FROM backup_mgmt.retention_preview(NULL, $1) WHERE backup_id = $2",
@@ -196,11 +193,9 @@ mod tests {
         let old = native("full", "old", 30, None);
         let full = native("full", "full", 20, None);
         let incr = native("incremental", "incr", 10, Some(full));
-        Spi::run(&format!(
-            "INSERT INTO backup_management.backup_verifications (backup_id, verification_type, verification_status)
-             VALUES ({old}, 'checksum', 'passed'), ({full}, 'restore_test', 'failed'), ({incr}, 'checksum', 'passed')"
-        ))
-        .unwrap();
+        add_verification(old, "checksum", "passed", "{}", "0");
+        add_verification(full, "restore_test", "failed", "{}", "0");
+        add_verification(incr, "checksum", "passed", "{}", "0");
         let verdict = |id: i64| {
             Spi::get_two_with_args::<String, Vec<String>>(
                 "SELECT action, reasons FROM backup_mgmt.retention_preview(NULL, 'none-kept') WHERE backup_id = $1",

@@ -317,14 +317,13 @@ mod tests {
     }
 
     fn verification(id: i64, passed: bool, ago: &str) {
-        Spi::run(&format!(
-            "INSERT INTO backup_management.backup_verifications
-                 (backup_id, verification_type, verification_status, verification_result, verified_at)
-             VALUES ({id}, 'checksum', '{}', '{{\"reason\": \"missing\", \"detail\": \"the backup file is missing\"}}',
-                     now() - interval '{ago}')",
-            if passed { "passed" } else { "failed" }
-        ))
-        .unwrap();
+        add_verification(
+            id,
+            "checksum",
+            if passed { "passed" } else { "failed" },
+            r#"{"reason": "missing", "detail": "the backup file is missing"}"#,
+            ago,
+        );
     }
 
     fn next() -> Option<(i64, super::Kind)> {
@@ -347,11 +346,7 @@ mod tests {
             "UPDATE backup_management.backup_records SET checksum = repeat('d', 64) WHERE backup_id = {b}"
         ))
         .unwrap();
-        Spi::run(&format!(
-            "INSERT INTO backup_management.backup_verifications (backup_id, verification_type, verification_status)
-             VALUES ({c}, 'restore_test', 'passed')"
-        ))
-        .unwrap();
+        add_verification(c, "restore_test", "passed", "{}", "0");
         Spi::run(&format!(
             "DELETE FROM backup_management.backup_verifications
               WHERE backup_id = {a} AND verification_status = 'failed'"
@@ -397,12 +392,7 @@ mod tests {
     fn a_failure_stands_until_a_verification_as_thorough_passes() {
         let id = backup("verdict", 3, true);
         let add = |kind: &str, status: &str, result: &str| {
-            Spi::run(&format!(
-                "INSERT INTO backup_management.backup_verifications
-                     (backup_id, verification_type, verification_status, verification_result)
-                 VALUES ({id}, '{kind}', '{status}', '{result}')"
-            ))
-            .unwrap();
+            add_verification(id, kind, status, result, "0");
         };
         let verdict = || {
             let (status, only_local) = Spi::get_two::<String, bool>(&format!(

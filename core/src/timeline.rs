@@ -281,6 +281,23 @@ impl TargetTimeline {
 /// The history files a target holds, read: each timeline's, or why it could not be read.
 pub type Histories = BTreeMap<u32, Result<Vec<Switch>, String>>;
 
+/// The timelines above `timeline` the target knows of: those it holds a history file of, and
+/// those it holds WAL of.  Above a backup's timeline, what `Latest` looks through; above the
+/// timeline `Latest` chose, the newer ones it passed over (each branched off before the backup
+/// ended, or from another timeline: `path_for` refuses any whose history it cannot read).
+pub fn timelines_above(
+    timeline: u32,
+    histories: &Histories,
+    with_wal: &BTreeSet<u32>,
+) -> BTreeSet<u32> {
+    histories
+        .keys()
+        .chain(with_wal)
+        .copied()
+        .filter(|t| *t > timeline)
+        .collect()
+}
+
 /// The path from a backup on `base` that ends at `base_end` to the timeline `target` asks for,
 /// given the `histories` there are and the timelines the target holds WAL of (`with_wal`).
 /// `Latest` takes the newest timeline that continues from the backup, passing over those that
@@ -303,13 +320,7 @@ pub fn path_for(
         TargetTimeline::Current => Ok(TimelinePath::stay(base)),
         TargetTimeline::Id(t) => to(t),
         TargetTimeline::Latest => {
-            let newer: BTreeSet<u32> = histories
-                .keys()
-                .chain(with_wal)
-                .copied()
-                .filter(|t| *t > base)
-                .collect();
-            for t in newer.into_iter().rev() {
+            for t in timelines_above(base, histories, with_wal).into_iter().rev() {
                 match histories.get(&t) {
                     Some(Ok(h)) => match TimelinePath::to(base, base_end, t, h) {
                         Ok(path) => return Ok(path),

@@ -19,7 +19,7 @@ use crate::checksum::is_sha256_hex;
 use crate::restore::base_choice::{choose_base, Candidate};
 use crate::restore::recipe::{wal_needed, Segment};
 use crate::storage::{Storage, StorageError};
-use crate::timeline::{path_for, Histories, TargetTimeline, TimelinePath};
+use crate::timeline::{path_for, timelines_above, Histories, TargetTimeline, TimelinePath};
 use crate::wal::{self, Lsn, SegmentSize};
 
 /// The mirror's format line.
@@ -425,10 +425,36 @@ pub fn choose(
         false => String::new(),
         true => format!(", along timelines {}", path.describe()),
     };
+    // Ending on the newest timeline that continues from the backup is not ending on the newest
+    // timeline: a newer branch (a later failover from before this backup ended) may be where
+    // the cluster lives now, and only a backup taken on it restores it.
+    let passed_over = match (timelines.target, goal) {
+        (TargetTimeline::Latest, Goal::Latest | Goal::Time(_)) => {
+            timelines_above(path.target(), &timelines.histories, &with_wal)
+        }
+        _ => BTreeSet::new(),
+    };
+    let passed_over = match passed_over.len() {
+        0 => String::new(),
+        n => format!(
+            "; passed over newer timeline{} {}, which {} not continue from this backup (branched \
+             off before it ended, or from another timeline): to end on {}, restore a backup \
+             taken on {}",
+            if n == 1 { "" } else { "s" },
+            passed_over
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            if n == 1 { "does" } else { "do" },
+            if n == 1 { "it" } else { "one of them" },
+            if n == 1 { "it" } else { "that one" },
+        ),
+    };
     let why = format!(
         "backup {} ({} {}, ended {}) ends before the goal with its chain ({} backup{}) on the \
          target and not known damaged, and {}; {} WAL segment{} from {} on are there without a \
-         gap{followed}",
+         gap{followed}{passed_over}",
         b.backup_id,
         b.backup_method,
         b.backup_type,

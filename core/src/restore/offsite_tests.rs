@@ -358,6 +358,15 @@ fn recovery_follows_the_timelines_after_a_failover() {
     });
     let c = along(&m, &Goal::Latest, Some(2), TargetTimeline::Latest).unwrap();
     assert_eq!(c.path.target(), 1);
+    // ... and says that it passed timeline 2 over, which may be where the cluster lives now.
+    assert!(
+        c.why
+            .contains("passed over newer timeline 2, which does not continue from this backup"),
+        "{}",
+        c.why
+    );
+    let c = along(&m, &Goal::Latest, Some(2), TargetTimeline::Current).unwrap();
+    assert!(!c.why.contains("passed over"), "{}", c.why);
     let e = choose(
         &m,
         &Goal::Latest,

@@ -427,7 +427,9 @@ pub fn choose(
     };
     // Ending on the newest timeline that continues from the backup is not ending on the newest
     // timeline: a newer branch (a later failover from before this backup ended) may be where
-    // the cluster lives now, and only a backup taken on it restores it.
+    // the cluster lives now, reached only from a backup that ended before it branched off or
+    // was taken on it.  Not for an LSN goal: its path is cut there, and a timeline above the
+    // cut may well continue from this backup.
     let passed_over = match (timelines.target, goal) {
         (TargetTimeline::Latest, Goal::Latest | Goal::Time(_)) => {
             timelines_above(path.target(), &timelines.histories, &with_wal)
@@ -438,8 +440,9 @@ pub fn choose(
         0 => String::new(),
         n => format!(
             "; passed over newer timeline{} {}, which {} not continue from this backup (branched \
-             off before it ended, or from another timeline): to end on {}, restore a backup \
-             taken on {}",
+             off before it ended, or from another timeline): to end on {}, pass \
+             --target-timeline with its number (a backup that ended before it branched off, or \
+             one taken on it, reaches it)",
             if n == 1 { "" } else { "s" },
             passed_over
                 .iter()
@@ -448,7 +451,6 @@ pub fn choose(
                 .join(", "),
             if n == 1 { "does" } else { "do" },
             if n == 1 { "it" } else { "one of them" },
-            if n == 1 { "it" } else { "that one" },
         ),
     };
     let why = format!(

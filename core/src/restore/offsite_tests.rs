@@ -367,6 +367,23 @@ fn recovery_follows_the_timelines_after_a_failover() {
     );
     let c = along(&m, &Goal::Latest, Some(2), TargetTimeline::Current).unwrap();
     assert!(!c.why.contains("passed over"), "{}", c.why);
+    // Two such branches are both named; an LSN goal's path is cut there, so none is.
+    let mut two = switched(TargetTimeline::Latest);
+    two.histories.insert(
+        3,
+        crate::timeline::parse_history(3, "1\t0/5000010\tno recovery target specified\n")
+            .map_err(|e| e.to_string()),
+    );
+    let c = choose(&m, &Goal::Latest, Some(2), TarChains::PassOver, &two).unwrap();
+    assert!(
+        c.why
+            .contains("passed over newer timelines 2, 3, which do not continue"),
+        "{}",
+        c.why
+    );
+    let at = Goal::Lsn(Lsn::parse("0/6000200").unwrap());
+    let c = choose(&m, &at, Some(2), TarChains::PassOver, &two).unwrap();
+    assert!(!c.why.contains("passed over"), "{}", c.why);
     let e = choose(
         &m,
         &Goal::Latest,

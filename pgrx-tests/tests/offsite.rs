@@ -21,11 +21,16 @@ fn wait_backups(cluster: &Cluster, db: &mut postgres::Client, n: i64) {
 }
 
 fn wait_synced(cluster: &Cluster, db: &mut postgres::Client) {
+    wait_synced_to(cluster, db, "second-disk");
+}
+
+/// Waits until target `name`'s sync run has ended.
+fn wait_synced_to(cluster: &Cluster, db: &mut postgres::Client, name: &str) {
     let ok = Cluster::wait_for(Duration::from_secs(60), || {
         db.query_one(
             "SELECT sync_status IN ('completed', 'failed') FROM backup_management.remote_backup_configs
-              WHERE config_name = 'second-disk'",
-            &[],
+              WHERE config_name = $1",
+            &[&name],
         )
         .map(|r| r.get::<_, bool>(0))
         .unwrap_or(false)
@@ -260,4 +265,103 @@ fn a_dump_directory_with_a_rotten_member_is_not_copied() {
         }
     }
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// A complete copy already on the target that this target's catalog rows do not know (a second
+/// target configured on the same directory, a catalog restored from before the copy) is never
+/// removed by a later attempt that finds the local directory changed: a file added to it is
+/// refused before anything is copied, and a member that rotted meets the copy's own member
+/// (a copy is never replaced).
+#[test]
+fn a_copy_already_on_the_target_survives_a_changed_local_directory() {
+    let (cluster, offsite, mut db) = nightly("pg_dump_directory");
+    db.execute("SELECT backup_mgmt.run_job_now('nightly')", &[])
+        .unwrap();
+    wait_backups(&cluster, &mut db, 1);
+    let dir: String = db
+        .query_one(
+            "SELECT backup_file_path FROM backup_management.backup_records WHERE label = 'nightly'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    add_filesystem_target(&mut db, "second-disk", "appdb", &offsite);
+    db.execute("SELECT backup_mgmt.sync_remote_now('second-disk')", &[])
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    wait_synced(&cluster, &mut db);
+    let key: String = db
+        .query_one(
+            "SELECT remote_file_path FROM backup_management.remote_backup_records WHERE sync_status = 'completed'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let copy = offsite.join("pg").join(&key);
+    let files = |d: &std::path::Path| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| {
+                (
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    sha256sum(&p),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = files(&copy);
+    assert!(before.len() >= 2, "{before:?}");
+    // The same directory as a second target, whose catalog rows know no copy.
+    db.execute(
+        "UPDATE backup_management.remote_backup_configs SET is_active = false WHERE config_name = 'second-disk'",
+        &[],
+    )
+    .unwrap();
+    add_filesystem_target(&mut db, "same-disk", "appdb", &offsite);
+    let sync_same = |db: &mut postgres::Client| -> Vec<String> {
+        db.execute("SELECT backup_mgmt.sync_remote_now('same-disk')", &[])
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        wait_synced_to(&cluster, db, "same-disk");
+        db.query(
+            "SELECT coalesce(x.error_message, '') FROM backup_management.remote_backup_records x
+               JOIN backup_management.remote_backup_configs c USING (config_id)
+              WHERE c.config_name = 'same-disk' ORDER BY x.record_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    std::fs::write(std::path::Path::new(&dir).join("planted.dat"), b"x").unwrap();
+    let errors = sync_same(&mut db);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("planted.dat") && e.contains("nothing was copied")),
+        "{errors:?}"
+    );
+    assert_eq!(files(&copy), before, "the copy on the target changed");
+    std::fs::remove_file(std::path::Path::new(&dir).join("planted.dat")).unwrap();
+    // A member rotted: the copy's own member is there with other bytes, and stays.
+    let member = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap() != "backup_manifest.sha256")
+        .unwrap();
+    let mut bytes = std::fs::read(&member).unwrap();
+    bytes[0] ^= 0x01;
+    std::fs::write(&member, &bytes).unwrap();
+    let errors = sync_same(&mut db);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("already holds different content")),
+        "{errors:?}"
+    );
+    assert_eq!(files(&copy), before, "the copy on the target changed");
 }

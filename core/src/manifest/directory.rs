@@ -1,5 +1,7 @@
 //! The manifest of a directory-format dump, `backup_manifest.sha256`: one `sha256  name` line per
-//! file, as `sha256sum` writes and `sha256sum --check` reads it.  Its own sha256 is the
+//! file, as `sha256sum` writes and `sha256sum --check` reads it (a `sha256 *name` line, which
+//! `sha256sum --binary` writes for a dump registered by a script, is read too: on Linux the two
+//! modes hash the same bytes).  Its own sha256 is the
 //! catalog's checksum of the backup.  Names are plain file names: a line naming a path, `.` or
 //! `..`, or with a digest that is not 64 hex digits is refused.
 
@@ -26,7 +28,13 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, BadLine> {
         .filter(|l| !l.is_empty())
         .map(|line| {
             let bad = || BadLine(line.to_owned());
-            let (sum, name) = line.split_once("  ").ok_or_else(bad)?;
+            // The digest is the first 64 characters, then the mode mark: " " (text) or "*"
+            // (binary); split there, not at the first "  ", so a name may hold any character.
+            let (sum, rest) = line.split_at_checked(64).ok_or_else(bad)?;
+            let name = rest
+                .strip_prefix("  ")
+                .or_else(|| rest.strip_prefix(" *"))
+                .ok_or_else(bad)?;
             let plain = !name.is_empty()
                 && !name.contains('/')
                 && name != "."
@@ -55,5 +63,26 @@ mod tests {
             parse(&render([(s.as_str(), "ok.dat")])).unwrap(),
             vec![(s.clone(), "ok.dat".to_owned())]
         );
+    }
+
+    /// `sha256sum --binary` marks each name with `*`; the mark is not part of the name, and a
+    /// binary line still may not leave the directory.
+    #[test]
+    fn binary_mode_lines_name_the_same_files() {
+        let s = "b".repeat(64);
+        assert_eq!(
+            parse(&format!("{s} *toc.dat\n{s}  3001.dat.gz\n")).unwrap(),
+            vec![
+                (s.clone(), "toc.dat".to_owned()),
+                (s.clone(), "3001.dat.gz".to_owned())
+            ]
+        );
+        assert!(parse(&format!("{s} *../toc.dat\n")).is_err());
+        assert!(parse(&format!("{s} *\n")).is_err());
+        // One space and no mark, or a short digest, is not a sha256sum line.
+        assert!(parse(&format!("{s} toc.dat\n")).is_err());
+        assert!(parse(&format!("{}  toc.dat\n", &s[..63])).is_err());
+        // Non-ASCII text where the digest ends is refused, not a panic.
+        assert!(parse(&format!("{}é  toc.dat\n", &s[..63])).is_err());
     }
 }

@@ -267,6 +267,11 @@ pub fn put_backup(target: &dyn Storage, local: &Path, key: &str) -> Result<Copie
         true => Some(DumpManifest::read(local, &files)?),
         false => None,
     };
+    // Without a manifest (a regular file: a symlink is not listed) a directory is not a
+    // backup: refused before any member is copied, not after, so no stray members are left.
+    if dump.is_none() && !files.iter().any(|f| f == Path::new(FILES_MANIFEST)) {
+        return Err(StorageError::NotAFile(local.join(DIRECTORY_MANIFEST)));
+    }
     let mut size = 0u64;
     let mut manifest = None;
     let mut landed = Vec::with_capacity(files.len());
@@ -471,6 +476,34 @@ mod tests {
         assert!(!landed(4));
         std::fs::write(local.join("toc.dat"), b"toc").unwrap();
         put(5).unwrap();
+
+        // A member swapped for a symlink to a file elsewhere with the same bytes (a secret the
+        // attacker knows the digest of): the link is not listed, so the manifest names a file
+        // that is not in the directory, and nothing is read through it.
+        let outside = tmp.path().join("secret");
+        std::fs::write(&outside, b"rows").unwrap();
+        std::fs::remove_file(local.join("3001.dat.gz")).unwrap();
+        std::os::unix::fs::symlink(&outside, local.join("3001.dat.gz")).unwrap();
+        refused(put(6).unwrap_err(), "3001.dat.gz", "not in its directory");
+        assert!(!landed(6));
+        std::fs::remove_file(local.join("3001.dat.gz")).unwrap();
+        std::fs::write(local.join("3001.dat.gz"), b"rows").unwrap();
+        // The manifest itself a symlink (to a manifest written elsewhere): not a backup.
+        let planted = tmp.path().join("planted.sha256");
+        std::fs::write(&planted, &manifest).unwrap();
+        std::fs::remove_file(local.join(DIRECTORY_MANIFEST)).unwrap();
+        std::os::unix::fs::symlink(&planted, local.join(DIRECTORY_MANIFEST)).unwrap();
+        assert!(matches!(put(7).unwrap_err(), StorageError::NotAFile(_)));
+        assert!(!landed(7), "members were copied without their manifest");
+        // A symlinked subdirectory is neither followed nor copied.
+        std::fs::remove_file(local.join(DIRECTORY_MANIFEST)).unwrap();
+        std::fs::write(local.join(DIRECTORY_MANIFEST), &manifest).unwrap();
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("key.pem"), b"secret").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, local.join("sub")).unwrap();
+        put(8).unwrap();
+        assert!(!tmp.path().join("offsite/1/app/try-8/sub").exists());
     }
 
     #[test]

@@ -190,12 +190,18 @@ fn copy_one(target: &dyn Storage, item: &Item, stop: &AtomicBool) -> Vec<Attempt
                 }
             });
         let failed = result.is_err();
-        // A directory whose files are not what its manifest records stays so: no retry.
+        // What does not heal by waiting is not retried: a local backup that no longer matches
+        // its checksum, a directory whose files are not what its manifest records, a different
+        // object already under the key (copies are never replaced).  The next sync run tries
+        // again; the target's own failures (down, refusing) are retried with backoff.
         let lasting = matches!(
             &result,
-            Err(CopyError::Storage(
-                StorageError::Member { .. } | StorageError::Manifest { .. }
-            ))
+            Err(CopyError::Changed { .. }
+                | CopyError::Storage(
+                    StorageError::Member { .. }
+                        | StorageError::Manifest { .. }
+                        | StorageError::Occupied { .. }
+                ))
         );
         attempts.push(Attempt {
             backup_id: item.backup_id,

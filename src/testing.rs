@@ -124,3 +124,21 @@ pub fn add_verification(id: i64, kind: &str, status: &str, result: &str, ago: &s
     )
     .unwrap();
 }
+
+/// Records a completed native backup by the worker (`kind` full or incremental) whose WAL
+/// runs from `{lsn}28` to `{lsn}FF`; returns its id.
+pub fn native(kind: &str, name: &str, lsn: &str, parent: Option<i64>) -> i64 {
+    Spi::run(&format!(
+        "INSERT INTO backup_management.backup_records
+             (database_name, backup_type, backup_method, backup_file_path, status, start_time, end_time,
+              duration, checksum, origin, system_identifier, timeline_id, start_lsn, stop_lsn, parent_backup_id)
+         VALUES ('postgres', '{kind}', 'native_physical', '{TEST_ROOT}/{name}', 'completed',
+                 now(), now(), '0', repeat('d', 64), 'worker',
+                 (SELECT system_identifier FROM pg_control_system()), 1, '{lsn}28', '{lsn}FF', {})",
+        parent.map_or("NULL".to_owned(), |p| p.to_string())
+    ))
+    .unwrap();
+    Spi::get_one::<i64>("SELECT max(backup_id) FROM backup_management.backup_records")
+        .unwrap()
+        .unwrap()
+}

@@ -6,6 +6,8 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::SpiError;
 
+use crate::catalog::queries::chain_unverified;
+
 /// Why the metrics could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -28,8 +30,9 @@ fn metrics() -> Result<String, ErrorReport> {
             // Each part is an index probe per database, whatever the history: the databases by a
             // skip scan of idx_backup_records_live, the newest live backup from it, failed live
             // records from idx_backup_records_live_failed, the verdict of the most recently
-            // verified backup from verification_state.
-            "WITH RECURSIVE d(database_name) AS ( \
+            // verified backup from verification_state, with its chain's (an incremental that
+            // passed on a full that failed restores nothing).
+            concat!("WITH RECURSIVE d(database_name) AS ( \
                  (SELECT database_name FROM backup_management.backup_records \
                    WHERE expired_at IS NULL ORDER BY database_name LIMIT 1) \
                  UNION ALL \
@@ -42,10 +45,11 @@ fn metrics() -> Result<String, ErrorReport> {
                     extract(epoch FROM n.duration)::float8, \
                     (SELECT count(*)::float8 FROM backup_management.backup_records r \
                       WHERE r.database_name = d.database_name AND r.expired_at IS NULL AND r.status = 'failed'), \
-                    (SELECT CASE s.last_status WHEN 'passed' THEN 1 ELSE 0 END::float8 \
-                       FROM backup_management.verification_state s \
-                      WHERE s.database_name = d.database_name AND s.last_verified_at IS NOT NULL \
-                      ORDER BY s.last_verified_at DESC NULLS LAST LIMIT 1) \
+                    (SELECT CASE WHEN r.last_status = 'passed' AND ", chain_unverified!(), " IS NULL \
+                                 THEN 1 ELSE 0 END::float8 \
+                       FROM backup_management.verification_state r \
+                      WHERE r.database_name = d.database_name AND r.last_verified_at IS NOT NULL \
+                      ORDER BY r.last_verified_at DESC NULLS LAST LIMIT 1) \
                FROM d \
                LEFT JOIN LATERAL (SELECT r.end_time, r.backup_size, r.duration FROM backup_management.backup_records r \
                                    WHERE r.database_name = d.database_name AND r.expired_at IS NULL AND r.status = 'completed' \
@@ -53,7 +57,7 @@ fn metrics() -> Result<String, ErrorReport> {
               WHERE d.database_name IS NOT NULL \
                 AND EXISTS (SELECT FROM backup_management.backup_records r \
                              WHERE r.database_name = d.database_name AND r.expired_at IS NULL AND r.backup_type <> 'wal') \
-              ORDER BY 1",
+              ORDER BY 1"),
             None,
             &[],
         )?;
@@ -163,7 +167,7 @@ fn metrics() -> Result<String, ErrorReport> {
             Family { name: "backup_mgmt_last_backup_size_bytes", help: "Size of the newest completed backup as stored.", kind: "gauge", samples: size },
             Family { name: "backup_mgmt_last_backup_duration_seconds", help: "How long the newest completed backup took.", kind: "gauge", samples: duration },
             Family { name: "backup_mgmt_backups_failed", help: "Failed backups recorded in the catalog.", kind: "gauge", samples: failures },
-            Family { name: "backup_mgmt_last_verification_passed", help: "1 if the database's most recently verified backup stands verified, 0 if a failed verification of it stands (no later one as thorough passed).", kind: "gauge", samples: verified },
+            Family { name: "backup_mgmt_last_verification_passed", help: "1 if the database's most recently verified backup stands verified with every backup it builds on, 0 if a failed verification of it or of an ancestor stands (no later one as thorough passed) or an ancestor was never verified.", kind: "gauge", samples: verified },
             Family { name: "backup_mgmt_rpo_exposure_seconds", help: "Age of the newest verified backup (or archived WAL), per recovery plan.", kind: "gauge", samples: exposure },
             Family { name: "backup_mgmt_offsite_rpo_exposure_seconds", help: "What losing the host now would cost: age of the newest verified backup with a verified off-site copy (or of the newest WAL copied off site after it), per recovery plan.", kind: "gauge", samples: offsite_exposure },
             Family { name: "backup_mgmt_rpo_breached", help: "1 if the RPO exposure exceeds the plan's RPO.", kind: "gauge", samples: rpo_breached },
@@ -177,4 +181,46 @@ fn metrics() -> Result<String, ErrorReport> {
     })
     .map_err(MetricsError::from)?;
     Ok(render(&families))
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[allow(unused_imports)]
+    use crate::testing::*;
+
+    /// The database's last verification verdict as `metrics()` reports it.
+    fn last_verdict() -> Option<String> {
+        let text = Spi::get_one::<String>("SELECT backup_mgmt.metrics()")
+            .unwrap()
+            .unwrap_or_default();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("backup_mgmt_last_verification_passed{database=\"postgres\"} ")
+            })
+            .map(str::to_owned)
+    }
+
+    /// The newest verdict is the chain's: an incremental that passed on a full whose failed
+    /// verification stands restores nothing, so the gauge says 0 until the full passes again.
+    #[pg_test]
+    fn the_last_verification_gauge_judges_the_whole_chain() {
+        let full = native("full", "m-full", "0/60000", None);
+        let incr = native("incremental", "m-incr", "0/90000", Some(full));
+        add_verification(full, "checksum", "failed", "{}", "3 hours");
+        add_verification(incr, "checksum", "passed", "{}", "2 hours");
+        assert_eq!(last_verdict().as_deref(), Some("0"));
+        // The full passes (a checksum pass overturns a failed checksum pass): the chain stands.
+        add_verification(full, "checksum", "passed", "{}", "90 minutes");
+        assert_eq!(last_verdict().as_deref(), Some("1"));
+        add_verification(incr, "checksum", "passed", "{}", "1 hour");
+        assert_eq!(last_verdict().as_deref(), Some("1"));
+        // An incremental on a full never verified is not a verified chain either.
+        let other = native("full", "m-other", "0/A0000", None);
+        let next = native("incremental", "m-next", "0/B0000", Some(other));
+        add_verification(next, "checksum", "passed", "{}", "0");
+        assert_eq!(last_verdict().as_deref(), Some("0"));
+    }
 }

@@ -129,24 +129,6 @@ mod tests {
         );
     }
 
-    /// Records a completed native backup by the worker (`kind` full or incremental) whose WAL
-    /// runs from `{lsn}28` to `{lsn}FF`; returns its id.
-    fn native(kind: &str, name: &str, lsn: &str, parent: Option<i64>) -> i64 {
-        Spi::run(&format!(
-            "INSERT INTO backup_management.backup_records
-                 (database_name, backup_type, backup_method, backup_file_path, status, start_time, end_time,
-                  duration, checksum, origin, system_identifier, timeline_id, start_lsn, stop_lsn, parent_backup_id)
-             VALUES ('postgres', '{kind}', 'native_physical', '/tmp/backup_mgmt_pgtest_root/{name}', 'completed',
-                     now(), now(), '0', repeat('d', 64), 'worker',
-                     (SELECT system_identifier FROM pg_control_system()), 1, '{lsn}28', '{lsn}FF', {})",
-            parent.map_or("NULL".to_owned(), |p| p.to_string())
-        ))
-        .unwrap();
-        Spi::get_one::<i64>("SELECT max(backup_id) FROM backup_management.backup_records")
-            .unwrap()
-            .unwrap()
-    }
-
     /// Records a checksum verification of backup `id` with `status`.
     fn verify(id: i64, status: &str) {
         add_verification(id, "checksum", status, "{}", "0");
@@ -196,6 +178,59 @@ mod tests {
             )),
             "{reason}"
         );
+    }
+
+    /// The chain functions have no SET clause (so that the planner inlines them) and so run
+    /// under their caller's search_path: a schema ahead of pg_catalog with its own `=`, `<>`,
+    /// `+` and `format` (a backup_admin member's own schema, or one a reader put first) changes
+    /// none of their answers, for a superuser or for a backup_admin member.
+    #[pg_test]
+    fn chain_functions_ignore_operators_ahead_of_pg_catalog() {
+        let full = native("full", "h-full", "0/60000", None);
+        let incr = native("incremental", "h-incr", "0/90000", Some(full));
+        verify(full, "failed");
+        for sql in [
+            "CREATE SCHEMA bm_evil",
+            "GRANT USAGE ON SCHEMA bm_evil TO PUBLIC",
+            "CREATE FUNCTION bm_evil.yes(bigint, bigint) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT true'",
+            "CREATE OPERATOR bm_evil.= (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = bm_evil.yes)",
+            "CREATE FUNCTION bm_evil.yes(text, text) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT true'",
+            "CREATE OPERATOR bm_evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = bm_evil.yes)",
+            "CREATE FUNCTION bm_evil.no(text, text) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT false'",
+            "CREATE OPERATOR bm_evil.<> (LEFTARG = text, RIGHTARG = text, FUNCTION = bm_evil.no)",
+            "CREATE FUNCTION bm_evil.plus(integer, integer) RETURNS integer LANGUAGE sql IMMUTABLE AS 'SELECT 20000'",
+            "CREATE OPERATOR bm_evil.+ (LEFTARG = integer, RIGHTARG = integer, FUNCTION = bm_evil.plus)",
+            "CREATE FUNCTION bm_evil.format(text, bigint) RETURNS text LANGUAGE sql IMMUTABLE AS 'SELECT ''hijacked'''",
+            "CREATE ROLE bm_test_chain IN ROLE backup_admin",
+        ] {
+            Spi::run(sql).unwrap();
+        }
+        let answers = || {
+            let members = Spi::get_one::<String>(&format!(
+                "SELECT string_agg(backup_id || ':' || depth, ',' ORDER BY depth) FROM backup_mgmt.backup_chain({incr})"
+            ))
+            .unwrap();
+            let problem =
+                Spi::get_one::<String>(&format!("SELECT backup_mgmt.chain_problem({incr})"))
+                    .unwrap();
+            let unverified =
+                Spi::get_one::<String>(&format!("SELECT backup_mgmt.chain_unverified({incr})"))
+                    .unwrap();
+            (members, problem, unverified)
+        };
+        let honest = answers();
+        assert_eq!(
+            honest,
+            (
+                Some(format!("{incr}:0,{full}:1")),
+                Some(format!("its ancestor {full} failed verification")),
+                Some(format!("backup {incr} has no passed verification")),
+            )
+        );
+        Spi::run("SET LOCAL search_path = bm_evil, pg_catalog").unwrap();
+        assert_eq!(answers(), honest, "as a superuser");
+        Spi::run("SET LOCAL ROLE bm_test_chain").unwrap();
+        assert_eq!(answers(), honest, "as a backup_admin member");
     }
 
     /// A base whose restore test failed is not used while that failure stands: the worker's

@@ -163,8 +163,8 @@ pub struct Offsite {
     last_check: Throttle,
 }
 
-/// Copies `item` to `target` and checks it where it landed; `ATTEMPTS` tries with doubling
-/// pauses.
+/// Copies `item` to `target` and checks it where it landed; up to `ATTEMPTS` tries with
+/// doubling pauses when the target failed, one when the failure is the backup's own.
 fn copy_one(target: &dyn Storage, item: &Item, stop: &AtomicBool) -> Vec<Attempt> {
     let mut attempts = Vec::new();
     let mut pause = FIRST_BACKOFF;
@@ -191,8 +191,9 @@ fn copy_one(target: &dyn Storage, item: &Item, stop: &AtomicBool) -> Vec<Attempt
             });
         let failed = result.is_err();
         // What does not heal by waiting is not retried: a local backup that no longer matches
-        // its checksum, a directory whose files are not what its manifest records, a different
-        // object already under the key (copies are never replaced).  The next sync run tries
+        // its checksum, a directory whose files are not what its manifest records or that has
+        // no manifest, a different object (or a directory) already under the key (copies are
+        // never replaced).  The next sync run tries
         // again; the target's own failures (down, refusing) are retried with backoff.
         let lasting = matches!(
             &result,
@@ -201,6 +202,7 @@ fn copy_one(target: &dyn Storage, item: &Item, stop: &AtomicBool) -> Vec<Attempt
                     StorageError::Member { .. }
                         | StorageError::Manifest { .. }
                         | StorageError::Occupied { .. }
+                        | StorageError::NotAFile(_)
                 ))
         );
         attempts.push(Attempt {

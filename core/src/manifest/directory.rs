@@ -3,7 +3,7 @@
 //! `sha256sum --binary` writes for a dump registered by a script, is read too: on Linux the two
 //! modes hash the same bytes).  Its own sha256 is the
 //! catalog's checksum of the backup.  Names are plain file names: a line naming a path, `.` or
-//! `..`, or with a digest that is not 64 hex digits is refused.
+//! `..`, a name already named, or with a digest that is not 64 hex digits is refused.
 
 use crate::checksum::is_sha256_hex;
 
@@ -24,6 +24,9 @@ pub fn render<'a>(files: impl IntoIterator<Item = (&'a str, &'a str)>) -> String
 
 /// The (sha256, name) lines of a manifest.
 pub fn parse(text: &str) -> Result<Vec<(String, String)>, BadLine> {
+    // A name given twice (with two digests) is refused: the readers would otherwise disagree
+    // on which line counts.
+    let mut seen = std::collections::HashSet::new();
     text.lines()
         .filter(|l| !l.is_empty())
         .map(|line| {
@@ -40,7 +43,7 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, BadLine> {
                 && name != "."
                 && name != ".."
                 && is_sha256_hex(sum);
-            if plain {
+            if plain && seen.insert(name) {
                 Ok((sum.to_owned(), name.to_owned()))
             } else {
                 Err(bad())
@@ -82,6 +85,9 @@ mod tests {
         // One space and no mark, or a short digest, is not a sha256sum line.
         assert!(parse(&format!("{s} toc.dat\n")).is_err());
         assert!(parse(&format!("{}  toc.dat\n", &s[..63])).is_err());
+        // One name twice, in either mode, is refused whatever the digests.
+        assert!(parse(&format!("{s}  toc.dat\n{s} *toc.dat\n")).is_err());
+        assert!(parse(&format!("{s}  toc.dat\n{s}  toc.dat\n")).is_err());
         // Non-ASCII text where the digest ends is refused, not a panic.
         assert!(parse(&format!("{}é  toc.dat\n", &s[..63])).is_err());
     }

@@ -326,6 +326,22 @@ impl DumpManifest {
             .into_iter()
             .map(|(sum, name)| (PathBuf::from(name), sum))
             .collect();
+        // A dump directory is flat and holds only regular files: a symlink or a subdirectory
+        // (which `list_files` skips or descends) would fail the backup's own verification, so
+        // it is not copied as though it were the backup either.
+        let list = |e| IoError::new("could not list", local, e);
+        for e in fs::read_dir(local).map_err(list)? {
+            let e = e.map_err(list)?;
+            let kind = e
+                .file_type()
+                .map_err(|s| IoError::new("could not stat", &e.path(), s))?;
+            if !kind.is_file() {
+                return Err(refused(
+                    Path::new(&e.file_name()),
+                    "is not a regular file; a dump directory holds only its files".into(),
+                ));
+            }
+        }
         let present: HashSet<&Path> = files.iter().map(PathBuf::as_path).collect();
         if let Some(extra) = files
             .iter()
@@ -484,7 +500,7 @@ mod tests {
         std::fs::write(&outside, b"rows").unwrap();
         std::fs::remove_file(local.join("3001.dat.gz")).unwrap();
         std::os::unix::fs::symlink(&outside, local.join("3001.dat.gz")).unwrap();
-        refused(put(6).unwrap_err(), "3001.dat.gz", "not in its directory");
+        refused(put(6).unwrap_err(), "3001.dat.gz", "not a regular file");
         assert!(!landed(6));
         std::fs::remove_file(local.join("3001.dat.gz")).unwrap();
         std::fs::write(local.join("3001.dat.gz"), b"rows").unwrap();
@@ -495,15 +511,21 @@ mod tests {
         std::os::unix::fs::symlink(&planted, local.join(DIRECTORY_MANIFEST)).unwrap();
         assert!(matches!(put(7).unwrap_err(), StorageError::NotAFile(_)));
         assert!(!landed(7), "members were copied without their manifest");
-        // A symlinked subdirectory is neither followed nor copied.
+        // A symlinked or a real subdirectory: refused as the backup's verification refuses
+        // it, nothing read through the link.
         std::fs::remove_file(local.join(DIRECTORY_MANIFEST)).unwrap();
         std::fs::write(local.join(DIRECTORY_MANIFEST), &manifest).unwrap();
         let elsewhere = tmp.path().join("elsewhere");
         std::fs::create_dir(&elsewhere).unwrap();
         std::fs::write(elsewhere.join("key.pem"), b"secret").unwrap();
         std::os::unix::fs::symlink(&elsewhere, local.join("sub")).unwrap();
-        put(8).unwrap();
-        assert!(!tmp.path().join("offsite/1/app/try-8/sub").exists());
+        refused(put(8).unwrap_err(), "sub", "not a regular file");
+        assert!(!landed(8));
+        std::fs::remove_file(local.join("sub")).unwrap();
+        std::fs::create_dir(local.join("sub")).unwrap();
+        refused(put(9).unwrap_err(), "sub", "not a regular file");
+        std::fs::remove_dir(local.join("sub")).unwrap();
+        put(10).unwrap();
     }
 
     #[test]

@@ -25,6 +25,7 @@ use backup_mgmt_core::restore::wal_spool::Spool;
 use backup_mgmt_core::storage::StorageError;
 use backup_mgmt_core::threads;
 use backup_mgmt_core::timeline::TargetTimeline;
+use backup_mgmt_core::vocabulary::BackupMethod;
 use backup_mgmt_core::wal::Lsn;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -395,7 +396,7 @@ fn restore(
     let chained = mirror
         .backups
         .iter()
-        .any(|b| b.backup_method == "pg_basebackup" && b.parent_backup_id.is_some());
+        .any(|b| b.method() == Some(BackupMethod::PgBasebackup) && b.parent_backup_id.is_some());
     let combiner = match chained {
         true => {
             // The cluster's version, else the newest any backup records.
@@ -447,7 +448,7 @@ fn restore(
         bytes: &bytes,
         cancel: &cancel,
     };
-    if choice.backup.backup_method == "pg_basebackup" {
+    if choice.backup.method() == Some(BackupMethod::PgBasebackup) {
         if r.delta {
             return Err(CliError::Usage(
                 "--delta works on native backups; a pg_basebackup backup is restored into a new directory".into(),

@@ -108,6 +108,21 @@ vocabulary!(
 );
 
 impl BackupMethod {
+    /// A dump of one database (`pg_dump`, `pg_dump_directory`): restored into a database of a
+    /// running server (`restore-logical`), with no WAL to replay after it.
+    pub fn is_dump(self) -> bool {
+        matches!(self, BackupMethod::PgDump | BackupMethod::PgDumpDirectory)
+    }
+
+    /// A copy of the whole cluster (`native_physical`, `pg_basebackup`): what a physical
+    /// restore starts from before replaying WAL.
+    pub fn is_cluster_copy(self) -> bool {
+        matches!(
+            self,
+            BackupMethod::NativePhysical | BackupMethod::PgBasebackup
+        )
+    }
+
     /// Whether this method can produce a backup of `kind`: logical dumps are always full, WAL
     /// comes only from continuous archiving, and the physical methods take full, incremental
     /// and differential backups (pg_basebackup's block-level ones need PostgreSQL 17, which the

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::restore::offsite::{parse_time, Mirror, MirrorBackup, OffsiteRestoreError, LOGICAL};
+use crate::restore::offsite::{parse_time, Mirror, MirrorBackup, OffsiteRestoreError};
 
 /// The chosen dump and what the operator should know before trusting it.
 #[derive(Debug, Clone)]
@@ -46,7 +46,7 @@ pub fn choose_dump<'m>(
         let b = mirror
             .backup(id)
             .ok_or_else(|| no(format!("backup {id} is not on the target")))?;
-        if !LOGICAL.contains(&b.backup_method.as_str()) {
+        if !b.is_dump() {
             return Err(OffsiteRestoreError::Goal(format!(
                 "backup {id} is a {} backup; restore it with `restore`",
                 b.backup_method
@@ -60,7 +60,7 @@ pub fn choose_dump<'m>(
     let candidates: Vec<&MirrorBackup> = mirror
         .backups
         .iter()
-        .filter(|b| LOGICAL.contains(&b.backup_method.as_str()))
+        .filter(|b| b.is_dump())
         .filter(|b| !b.known_bad())
         .collect();
     let databases: BTreeSet<&str> = candidates
@@ -131,7 +131,7 @@ fn caution(
         mirror
             .backups
             .iter()
-            .filter(|v| LOGICAL.contains(&v.backup_method.as_str()))
+            .filter(|v| v.is_dump())
             .filter(|v| v.database_name == *database && v.backup_id != id)
             .filter(|v| v.verification.as_deref() == Some("passed")),
         ends_in_time,

@@ -20,14 +20,13 @@ use crate::restore::base_choice::{choose_base, Candidate};
 use crate::restore::recipe::{wal_needed, Segment};
 use crate::storage::{Storage, StorageError};
 use crate::timeline::{path_for, timelines_above, Histories, TargetTimeline, TimelinePath};
+use crate::vocabulary::BackupMethod;
 use crate::wal::{self, Lsn, SegmentSize};
 
 /// The mirror's format line.
 pub const FORMAT: &str = "backup_mgmt offsite catalog 1";
 /// The mirror's file name.
 pub const MIRROR_FILE: &str = "catalog_mirror.json";
-/// The logical methods `restore-logical` reads.
-pub const LOGICAL: [&str; 2] = ["pg_dump", "pg_dump_directory"];
 /// Mirrors larger than this are refused (a million WAL files take about 250 MB).
 const MIRROR_LIMIT: u64 = 1 << 30;
 
@@ -117,6 +116,22 @@ impl MirrorBackup {
     /// copy of it.
     pub fn known_bad(&self) -> bool {
         self.verification.as_deref() == Some("failed") && !self.failed_only_locally()
+    }
+
+    /// Its method, None when the mirror names one this program does not know (a newer
+    /// writer's): such a backup is neither restored nor offered.
+    pub fn method(&self) -> Option<BackupMethod> {
+        BackupMethod::parse(&self.backup_method).ok()
+    }
+
+    /// Whether `restore-logical` restores it (`BackupMethod::is_dump`).
+    pub fn is_dump(&self) -> bool {
+        self.method().is_some_and(BackupMethod::is_dump)
+    }
+
+    /// Whether `restore` can start from it (`BackupMethod::is_cluster_copy`).
+    pub fn is_cluster_copy(&self) -> bool {
+        self.method().is_some_and(BackupMethod::is_cluster_copy)
     }
 }
 
@@ -278,9 +293,6 @@ impl Timelines {
     }
 }
 
-/// Methods a physical restore can start from.
-pub const PHYSICAL: [&str; 2] = ["native_physical", "pg_basebackup"];
-
 /// Whether a chain of block-level incremental `pg_basebackup` backups (PostgreSQL 17+) can be
 /// restored here: it needs a `pg_combinebackup`, which a restore host may not have.  Without
 /// one such a backup is passed over (for its full and more WAL), with the reason.
@@ -359,7 +371,7 @@ pub fn choose(
     let mut candidates: Vec<&MirrorBackup> = m
         .backups
         .iter()
-        .filter(|b| PHYSICAL.contains(&b.backup_method.as_str()))
+        .filter(|b| b.is_cluster_copy())
         .filter(|b| backup_id.is_none_or(|id| b.backup_id == id))
         .collect();
     // Newest first as plan_recovery orders them: by where they end, then by id.
@@ -518,7 +530,10 @@ fn usable(
             other.backup_id, other.backup_method
         ));
     }
-    if b.backup_method == "pg_basebackup" && chain.len() > 1 && chains == TarChains::PassOver {
+    if b.method() == Some(BackupMethod::PgBasebackup)
+        && chain.len() > 1
+        && chains == TarChains::PassOver
+    {
         return Err(
             "a pg_basebackup incremental, whose chain needs pg_combinebackup, and none was found \
              (the restore program takes its directory from --pg-bin)"

@@ -2,7 +2,7 @@
 //! (a directory or an S3-compatible bucket) and the catalog mirror the extension keeps there, and
 //! needs no PostgreSQL server and no catalog database: `list` shows what is there, `restore`
 //! builds a data directory that recovers to a chosen point, `wal-fetch` is its
-//! `restore_command`.  Everything it does is in the core crate; this file is the command line.
+//! `restore_command`; `wal-set-aside` frees a WAL file's key that another object holds.  Everything it does is in the core crate; this file is the command line.
 
 mod logical;
 mod output;
@@ -22,7 +22,8 @@ use backup_mgmt_core::restore::fetch_tar;
 use backup_mgmt_core::restore::logical::LogicalError;
 use backup_mgmt_core::restore::offsite::{self, Goal, OffsiteRestoreError, TarChains};
 use backup_mgmt_core::restore::wal_spool::Spool;
-use backup_mgmt_core::storage::StorageError;
+use backup_mgmt_core::storage::set_aside::{self, SetAside};
+use backup_mgmt_core::storage::{Storage, StorageError};
 use backup_mgmt_core::threads;
 use backup_mgmt_core::timeline::TargetTimeline;
 use backup_mgmt_core::vocabulary::BackupMethod;
@@ -38,7 +39,8 @@ const EXIT_CODES: &str = "Exit codes:
   2  the command line is wrong, or the destination refuses it (restore-logical: the database exists)
   3  integrity: a file, the chain manifest or the mirror is not what the mirror says, or a
      globals file holds statements pg_dumpall does not write
-  4  nothing to restore from: no backup reaches the goal, or (wal-fetch) the target has no such WAL file
+  4  nothing to restore from: no backup reaches the goal, or (wal-fetch, wal-set-aside) the
+     target has no such WAL file
 wal-fetch exits 255 on any other failure, which PostgreSQL takes as fatal: recovery stops
 rather than ending early without the WAL it could not fetch.";
 
@@ -114,6 +116,22 @@ Example:\n  backup-mgmt --dir /mnt/offsite restore-logical --source-database sho
         name: String,
         /// Where PostgreSQL wants it (%p).
         path: PathBuf,
+    },
+    /// Moves aside the object that occupies an archived WAL file's key on the target, so that
+    /// the extension's next copy of that file lands. Use it when
+    /// backup_mgmt.offsite_wal_status reports "… already holds different content …" for the
+    /// file (a second cluster with the same system identifier wrote there, a copy restored
+    /// from elsewhere) and you have looked at both: the object is copied to
+    /// <SYSID>/.set-aside/<stored name>.<UTC time>, checked there, and only then removed from
+    /// its key. Nothing is deleted; a restore never reads .set-aside.
+    #[command(
+        after_help = "Example:\n  backup-mgmt --dir /mnt/offsite --cluster 7345812345678901234 \
+wal-set-aside 000000010000000000000005\n\nThe extension retries a file held back this way \
+within a minute."
+    )]
+    WalSetAside {
+        /// The WAL file as PostgreSQL names it (or as stored on the target, with .zst).
+        name: String,
     },
     /// wal-fetch's read-ahead, started by it in the background.
     #[command(name = "wal-prefetch", hide = true)]
@@ -202,6 +220,8 @@ enum CliError {
     Usage(String),
     #[error("{0}")]
     Incomplete(String),
+    #[error("{0}")]
+    Missing(String),
 }
 
 /// Exit code of a failed fetch from the target.
@@ -241,8 +261,31 @@ impl CliError {
             CliError::Fetch(f) | CliError::Logical(LogicalError::Fetch(f)) => fetch_code(f),
             CliError::Logical(LogicalError::Globals { .. }) => 3,
             CliError::Logical(_) | CliError::Incomplete(_) => 1,
+            CliError::Missing(_) => 4,
         }
     }
+}
+
+/// `wal-set-aside`: finds the key of WAL file `name` of cluster `sysid` and moves its object
+/// aside, spooled through an unlinked temporary file (`$TMPDIR`, as large as the file).
+fn wal_set_aside(storage: &dyn Storage, sysid: i64, name: &str) -> Result<SetAside, CliError> {
+    let key = match set_aside::wal_occupant(storage, sysid, name) {
+        Ok(Some(key)) => key,
+        Ok(None) => {
+            return Err(CliError::Missing(format!(
+                "the target holds no WAL file {name} of cluster {sysid}"
+            )))
+        }
+        Err(StorageError::Config(why)) => return Err(CliError::Usage(why)),
+        Err(e) => return Err(OffsiteRestoreError::Storage(e).into()),
+    };
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let to = set_aside::aside_key(sysid, &key, &stamp);
+    let spool = tempfile::tempfile().map_err(|e| {
+        CliError::Incomplete(format!("could not create a temporary file for {key}: {e}"))
+    })?;
+    set_aside::set_aside(storage, &key, &to, spool)
+        .map_err(|e| CliError::Offsite(OffsiteRestoreError::Storage(e)))
 }
 
 /// `wal-fetch`'s exit code for anything but "no such file on the target": PostgreSQL takes
@@ -317,6 +360,12 @@ fn run(cli: &Cli) -> Result<(), CliError> {
                 let threads = ahead.read_ahead.clamp(1, 4);
                 spool.fill(storage.as_ref(), &mirror, name, ahead.read_ahead, threads);
             }
+            Ok(())
+        }
+        Command::WalSetAside { name } => {
+            let sysid = offsite::pick_cluster(storage.as_ref(), cli.cluster)?;
+            let moved = wal_set_aside(storage.as_ref(), sysid, name)?;
+            output::set_aside(&moved, cli.output == Output::Json);
             Ok(())
         }
         Command::Restore(r) => restore(cli, storage.as_ref(), r),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use backup_mgmt_core::restore::fetch::Restored;
 use backup_mgmt_core::restore::offsite::{Choice, Mirror};
+use backup_mgmt_core::storage::set_aside::SetAside;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// `list`: every cluster, its backups and its WAL on the target.
@@ -180,4 +181,25 @@ pub fn restored(r: &Restored, choice: &Choice, dest: &Path, took: Duration, json
             d.kept, d.fetched, d.removed
         );
     }
+}
+
+/// `wal-set-aside`: what was moved where.
+pub fn set_aside(moved: &SetAside, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "key": moved.key,
+                "set_aside_to": moved.to,
+                "size": moved.size,
+                "sha256": moved.sha256,
+            }))
+            .unwrap_or_default()
+        );
+        return;
+    }
+    println!(
+        "set aside {} ({} bytes, sha256 {}) to {}; the extension's next try copies its archived file to {}",
+        moved.key, moved.size, moved.sha256, moved.to, moved.key
+    );
 }

@@ -91,7 +91,6 @@ impl WalShipping {
                             Some((_, Err(_))) => t.mirrored = Some((String::new(), now)),
                             None => {}
                         }
-                        t.held.retain(|_, until| *until > now);
                         for file in outcome.held {
                             t.held.insert(file, now + FILE_RETRY);
                         }
@@ -127,6 +126,12 @@ impl WalShipping {
             .iter()
             .filter_map(|(id, t)| t.mirrored.clone().map(|m| (*id, m)))
             .collect();
+        // A held file's time runs out whether or not a batch finishes meanwhile: when it is the
+        // only file pending (an idle cluster) no batch would ever run to let it go.
+        let now = Instant::now();
+        for t in self.targets.values_mut() {
+            t.held.retain(|_, until| *until > now);
+        }
         let held: HashMap<i32, HashSet<(i64, String)>> = self
             .targets
             .iter()

@@ -18,6 +18,7 @@ pub mod limits;
 pub mod listing;
 pub mod object;
 pub mod s3;
+pub mod set_aside;
 pub mod transport;
 
 use std::collections::{HashMap, HashSet};

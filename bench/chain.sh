@@ -18,13 +18,7 @@ ROUNDS=${1:-3}
 bash scripts/setup.sh
 source scripts/lib.sh
 
-install_release
-install -m 0644 sql/backup_mgmt--0.*.0.sql "$("$PG_CONFIG" --sharedir)/extension/"
-
-bench_dir
-PORT=55438
-start_throwaway_cluster "$DIR" "$PORT"
-PSQL=("$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$DIR" -p "$PORT" -U postgres -d postgres)
+catalog_bench_cluster 55438
 
 "${PSQL[@]}" <<'SQL'
 CREATE EXTENSION backup_mgmt;

@@ -38,6 +38,17 @@ bench_dir() {
     trap 'as_pg "$BIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$DIR"' EXIT
 }
 
+# catalog_bench_cluster PORT: for a benchmark of catalog queries: the release build and every
+# frozen version's script installed, a throwaway cluster on PORT in a fresh bench directory;
+# sets PSQL (an array: psql as postgres there, stopping at the first error).
+catalog_bench_cluster() {
+    install_release
+    install -m 0644 sql/backup_mgmt--0.*.0.sql "$("$PG_CONFIG" --sharedir)/extension/"
+    bench_dir
+    start_throwaway_cluster "$DIR" "$1"
+    PSQL=("$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$DIR" -p "$1" -U postgres -d postgres)
+}
+
 # start_s3rver PORT [BUCKET...]: s3rver (the end-to-end tests' S3-compatible server, installed by
 # scripts/setup.sh) on 127.0.0.1:PORT storing into $DIR/s3 (after bench_dir), with the buckets
 # named (a bucket is a directory to s3rver; backup_mgmt leaves creating buckets to the

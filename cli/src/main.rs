@@ -22,7 +22,7 @@ use backup_mgmt_core::restore::fetch_tar;
 use backup_mgmt_core::restore::logical::LogicalError;
 use backup_mgmt_core::restore::offsite::{self, Goal, OffsiteRestoreError, TarChains};
 use backup_mgmt_core::restore::wal_spool::Spool;
-use backup_mgmt_core::storage::set_aside::{self, SetAside};
+use backup_mgmt_core::storage::set_aside::{self, SetAside, SetAsideError};
 use backup_mgmt_core::storage::{Storage, StorageError};
 use backup_mgmt_core::threads;
 use backup_mgmt_core::timeline::TargetTimeline;
@@ -36,9 +36,11 @@ const EXIT_CODES: &str = "Exit codes:
   0  done
   1  failed (I/O, the target or the server unreachable, a file that could not be written;
      restore-logical: objects that failed for reasons other than privileges)
-  2  the command line is wrong, or the destination refuses it (restore-logical: the database exists)
+  2  the command line is wrong, or the destination refuses it (restore-logical: the database exists;
+     wal-set-aside: the object is this cluster's own copy, or too large to be a WAL file)
   3  integrity: a file, the chain manifest or the mirror is not what the mirror says, or a
-     globals file holds statements pg_dumpall does not write
+     globals file holds statements pg_dumpall does not write (wal-set-aside: the copy set
+     aside did not land as read; an object that changed under its key meanwhile is 1)
   4  nothing to restore from: no backup reaches the goal, or (wal-fetch, wal-set-aside) the
      target has no such WAL file
 wal-fetch exits 255 on any other failure, which PostgreSQL takes as fatal: recovery stops
@@ -222,6 +224,8 @@ enum CliError {
     Incomplete(String),
     #[error("{0}")]
     Missing(String),
+    #[error(transparent)]
+    SetAside(#[from] SetAsideError),
 }
 
 /// Exit code of a failed fetch from the target.
@@ -262,6 +266,9 @@ impl CliError {
             CliError::Logical(LogicalError::Globals { .. }) => 3,
             CliError::Logical(_) | CliError::Incomplete(_) => 1,
             CliError::Missing(_) => 4,
+            CliError::SetAside(SetAsideError::OwnCopy { .. } | SetAsideError::TooLarge { .. }) => 2,
+            CliError::SetAside(SetAsideError::Storage(StorageError::Mismatch { .. })) => 3,
+            CliError::SetAside(_) => 1,
         }
     }
 }
@@ -284,8 +291,24 @@ fn wal_set_aside(storage: &dyn Storage, sysid: i64, name: &str) -> Result<SetAsi
     let spool = tempfile::tempfile().map_err(|e| {
         CliError::Incomplete(format!("could not create a temporary file for {key}: {e}"))
     })?;
-    set_aside::set_aside(storage, &key, &to, spool)
-        .map_err(|e| CliError::Offsite(OffsiteRestoreError::Storage(e)))
+    // This cluster's own copy (the one the mirror lists for the key) is never set aside: a
+    // mistyped name must not empty a good key that the worker counts as copied.  Without a
+    // mirror there is nothing to compare with; a mirror that cannot be read stops here.
+    let own = match offsite::clusters(storage)?.contains(&sysid) {
+        true => offsite::load_mirror(storage, sysid)?
+            .wal_files
+            .into_iter()
+            .find(|w| w.key == key)
+            .map(|w| w.sha256),
+        false => None,
+    };
+    Ok(set_aside::set_aside(
+        storage,
+        &key,
+        &to,
+        own.as_deref(),
+        spool,
+    )?)
 }
 
 /// `wal-fetch`'s exit code for anything but "no such file on the target": PostgreSQL takes

@@ -105,7 +105,13 @@ pub fn is_archivable_name(name: &str) -> bool {
         return is_hex(seg, 24);
     }
     if let Some(rest) = name.strip_suffix(".backup") {
-        return rest.len() == 33 && is_hex(&rest[..24], 24) && rest.as_bytes()[24] == b'.';
+        // `<segment>.<offset>.backup`; split by bytes only once they are known to be ASCII (a
+        // name from a mirror may be anything, and a cut inside a character would panic).
+        return rest.len() == 33
+            && rest.is_ascii()
+            && is_hex(&rest[..24], 24)
+            && rest.as_bytes()[24] == b'.'
+            && is_hex(&rest[25..], 8);
     }
     is_hex(name, 24)
 }
@@ -297,6 +303,15 @@ mod tests {
         assert!(!is_archivable_name("../etc/passwd"));
         assert!(!is_archivable_name("00000001000000000000000G"));
         assert!(!is_archivable_name(""));
+        // Non-ASCII where a byte count would cut a character: refused, not a panic.
+        assert!(!is_archivable_name(&format!(
+            "{}é{}.backup",
+            "0".repeat(23),
+            "0".repeat(8)
+        )));
+        assert!(!is_archivable_name(
+            "000000010000000000000002.0000002Z.backup"
+        ));
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub mod cluster;
 pub mod failover;
 pub mod jobs;
 pub mod offsite;
+pub mod offsite_wal;
 pub mod program;
 pub mod s3server;
 pub mod stall;

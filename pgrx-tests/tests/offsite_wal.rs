@@ -8,26 +8,17 @@
 //! its own mirror.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use backup_mgmt_e2e::cluster::{sha256sum, Cluster};
+use backup_mgmt_e2e::offsite_wal::{
+    add_disk_target, archived, archiving_cluster, copies, status, switch_segments, wait_caught_up,
+};
 use backup_mgmt_e2e::s3server::S3Server;
 use postgres::fallible_iterator::FallibleIterator;
 
 const SECRET: &str = "S3RVER";
 const BUCKET: &str = "offsite";
-
-/// A cluster archiving through the module, with a second backup root for a filesystem target.
-fn archiving_cluster(extra_root: bool) -> (Cluster, Option<PathBuf>) {
-    let cluster = Cluster::start_with_backups(&[
-        "archive_mode = on",
-        "archive_library = 'backup_mgmt'",
-        "backup_mgmt.offsite_wal_lag_alarm = 4",
-    ]);
-    let second = extra_root.then(|| cluster.second_backup_root("second-disk"));
-    (cluster, second)
-}
 
 fn add_s3_target(cluster: &Cluster, db: &mut postgres::Client, s3: &S3Server) {
     s3.create_bucket(BUCKET);
@@ -44,82 +35,6 @@ fn add_s3_target(cluster: &Cluster, db: &mut postgres::Client, s3: &S3Server) {
         ],
     )
     .unwrap();
-}
-
-/// Adds the filesystem target `disk` (`<second>/pg`) for the cluster's WAL; returns the
-/// cluster's system identifier.
-fn add_disk_target(db: &mut postgres::Client, second: &std::path::Path) -> i64 {
-    db.execute(
-        "INSERT INTO backup_management.remote_backup_configs
-             (config_name, database_name, remote_type, remote_endpoint, remote_path)
-         VALUES ('disk', 'postgres', 'filesystem', $1, 'pg')",
-        &[&second.to_string_lossy().as_ref()],
-    )
-    .unwrap();
-    db.query_one("SELECT system_identifier FROM pg_control_system()", &[])
-        .unwrap()
-        .get(0)
-}
-
-/// Fills and switches `n` WAL segments.
-fn switch_segments(db: &mut postgres::Client, n: usize) {
-    for _ in 0..n {
-        db.batch_execute(
-            "CREATE TABLE IF NOT EXISTS t (g int); INSERT INTO t SELECT generate_series(1, 5000); SELECT pg_switch_wal();",
-        )
-        .unwrap();
-    }
-}
-
-fn archived(db: &mut postgres::Client) -> i64 {
-    db.query_one(
-        "SELECT count(*) FROM backup_management.wal_archive WHERE expired_at IS NULL",
-        &[],
-    )
-    .unwrap()
-    .get(0)
-}
-
-/// (pending files, failures in a row, alarm raised) of a target.
-fn status(db: &mut postgres::Client, target: &str) -> (i64, i32, bool) {
-    db.query_opt(
-        "SELECT pending_segments, failures, alarm_since IS NOT NULL
-           FROM backup_mgmt.offsite_wal_status WHERE config_name = $1",
-        &[&target],
-    )
-    .unwrap()
-    .map(|r| (r.get(0), r.get(1), r.get(2)))
-    .unwrap_or((-1, 0, false))
-}
-
-/// Waits until `target` holds every archived file (`at_least` of them).
-fn wait_caught_up(cluster: &Cluster, db: &mut postgres::Client, target: &str, at_least: i64) {
-    let ok = Cluster::wait_for(Duration::from_secs(120), || {
-        archived(db) >= at_least && status(db, target).0 == 0
-    });
-    assert!(
-        ok,
-        "{target}: not caught up ({:?}, {} archived)\n{}",
-        status(db, target),
-        archived(db),
-        cluster.log()
-    );
-}
-
-/// The copies a target's records list, each with the archived file's recorded sha256.
-fn copies(db: &mut postgres::Client, target: &str) -> Vec<(String, String, String)> {
-    db.query(
-        "SELECT r.remote_key, r.remote_checksum, a.checksum
-           FROM backup_management.remote_wal_records r
-           JOIN backup_management.remote_backup_configs c USING (config_id)
-           JOIN backup_management.wal_archive a USING (system_identifier, file_name)
-          WHERE c.config_name = $1 ORDER BY 1",
-        &[&target],
-    )
-    .unwrap()
-    .iter()
-    .map(|r| (r.get(0), r.get(1), r.get(2)))
-    .collect()
 }
 
 /// The keys stored in the bucket under `prefix` (s3rver's layout on disk).
@@ -648,100 +563,5 @@ fn a_bandwidth_limit_holds_a_target_to_its_rate() {
     assert!(
         slowest >= 3.5,
         "a 16 MB segment landed in {slowest} s at 4 MB/s"
-    );
-}
-
-/// A target that holds other bytes under an archived file's name (a second cluster with the same
-/// system identifier wrote there): the copy fails every time, naming the key, and the object is
-/// left as it is; `backup-mgmt wal-set-aside` moves it to `.set-aside` (copied, checked, then
-/// removed from its key) and the worker's next try lands the archived file there. A name that is
-/// not a WAL file's is refused; one the target does not hold is "nothing there".
-#[test]
-fn wal_set_aside_frees_a_key_that_holds_other_bytes_and_keeps_them() {
-    use backup_mgmt_e2e::program::run;
-    let (cluster, second) = archiving_cluster(true);
-    let second = second.unwrap();
-    let mut db = cluster.connect("postgres");
-    db.batch_execute("CREATE EXTENSION backup_mgmt").unwrap();
-    let sysid = add_disk_target(&mut db, &second);
-    switch_segments(&mut db, 2);
-    wait_caught_up(&cluster, &mut db, "disk", 2);
-    // The next segment's key, stored as the earlier ones are (compressed or not).
-    let suffix = if copies(&mut db, "disk")[0].0.ends_with(".zst") {
-        ".zst"
-    } else {
-        ""
-    };
-    let next: String = db
-        .query_one("SELECT pg_walfile_name(pg_current_wal_insert_lsn())", &[])
-        .unwrap()
-        .get(0);
-    let dir = second.join("pg");
-    let key = format!("{sysid}/.wal/{next}{suffix}");
-    std::fs::write(dir.join(&key), b"another cluster's bytes").unwrap();
-    switch_segments(&mut db, 1);
-    let refused = Cluster::wait_for(Duration::from_secs(60), || {
-        db.query_one(
-            "SELECT coalesce(last_error, '') FROM backup_mgmt.offsite_wal_status WHERE config_name = 'disk'",
-            &[],
-        )
-        .unwrap()
-        .get::<_, String>(0)
-        .contains("already holds different content")
-    });
-    assert!(refused, "{:?}\n{}", status(&mut db, "disk"), cluster.log());
-    assert_eq!(
-        std::fs::read(dir.join(&key)).unwrap(),
-        b"another cluster's bytes"
-    );
-
-    let dir_arg = dir.to_string_lossy().into_owned();
-    let sysid_arg = sysid.to_string();
-    let cli = |args: &[&str]| {
-        let mut all = vec![
-            "--dir",
-            &dir_arg,
-            "--cluster",
-            &sysid_arg,
-            "--output",
-            "json",
-        ];
-        all.extend_from_slice(args);
-        run(&cluster, &all)
-    };
-    let (code, _, err) = cli(&["wal-set-aside", "../../../etc/passwd"]);
-    assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("not the name of an archived WAL file"),
-        "{err}"
-    );
-    let (code, _, err) = cli(&["wal-set-aside", "0000000100000000000000FF"]);
-    assert_eq!(code, 4, "{err}");
-    let (code, out, err) = cli(&["wal-set-aside", &next]);
-    assert_eq!(code, 0, "{out}\n{err}");
-    let moved: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(moved["key"], key.as_str());
-    let to = moved["set_aside_to"].as_str().unwrap().to_owned();
-    assert!(
-        to.starts_with(&format!("{sysid}/.set-aside/{next}{suffix}.")),
-        "{to}"
-    );
-    assert_eq!(
-        std::fs::read(dir.join(&to)).unwrap(),
-        b"another cluster's bytes"
-    );
-
-    // The worker's next try (the file was held back for a minute) lands the archived file.
-    wait_caught_up(&cluster, &mut db, "disk", 3);
-    let landed = copies(&mut db, "disk");
-    let (_, remote, local) = landed
-        .iter()
-        .find(|(k, _, _)| *k == key)
-        .unwrap_or_else(|| panic!("{key} not copied: {landed:?}"));
-    assert_eq!(remote, local);
-    assert_eq!(&sha256sum(&dir.join(&key)), local);
-    assert_eq!(
-        std::fs::read(dir.join(&to)).unwrap(),
-        b"another cluster's bytes"
     );
 }

@@ -342,6 +342,15 @@ fn open_to_empty(dir: &impl AsRawFd, name: &std::ffi::OsStr) -> io::Result<File>
     open_dir_at(&handle, std::ffi::OsStr::new("."))
 }
 
+/// Removes `name` in `dir` when it is not a directory (a symlink as itself); a directory is
+/// EISDIR, a name already gone ENOENT.
+pub fn remove_file_at(dir: &impl AsRawFd, name: &std::ffi::OsStr) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: a NUL-terminated name relative to a directory we hold; unlinkat without
+    // AT_REMOVEDIR never removes a directory and never follows a symlink.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) }).map(|_| ())
+}
+
 /// Removes `name` in `dir`: a directory with everything below it (whatever its modes), anything
 /// else as itself.
 pub fn remove_at(dir: &impl AsRawFd, name: &std::ffi::OsStr) -> io::Result<Removed> {

@@ -30,6 +30,9 @@ impl Storage for Counting {
     fn delete(&self, key: &str) -> Result<(), StorageError> {
         self.dir.delete(key)
     }
+    fn delete_one(&self, key: &str) -> Result<(), StorageError> {
+        self.dir.delete_one(key)
+    }
     fn get(&self, key: &str) -> Result<Box<dyn Read + Send>, StorageError> {
         self.plain_gets.fetch_add(1, Ordering::Relaxed);
         self.dir.get(key)

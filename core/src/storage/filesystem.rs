@@ -2,11 +2,11 @@
 //! disk.  Each copy is a `DurableFile` hashed as it is written, then read back and hashed again.
 
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use super::{open_local, Copied, Storage, StorageError};
-use crate::files::beneath::{open_file_at, Root};
+use crate::files::beneath::{open_file_at, remove_at, remove_file_at, Root};
 use crate::files::durable::{self, DurableFile, Install, Temp};
 use crate::files::error::IoError;
 use crate::stream::{self, Hash};
@@ -26,6 +26,74 @@ impl FilesystemTarget {
         self.dir.join(key)
     }
 
+    /// The directory `key` goes in, opened beneath the target's directory and created there
+    /// (mode 0700) where missing, never through a symlink: what else is on the target may be
+    /// anyone's (an NFS server's), so a `<cluster>/.wal` planted as a symlink to pg_wal or to an
+    /// archive is refused rather than written through.  The target's own directory is
+    /// configuration (inside the backup roots) and is created by path.
+    fn dir_for(&self, key: &str) -> Result<(fs::File, PathBuf), StorageError> {
+        let key = super::plain_key(key)?;
+        let dest = self.path_of(key);
+        durable::create_private_dir(&self.dir, true)?;
+        let fail = |e| IoError::new("could not create the directory of", &dest, e);
+        let root = Root::open(&self.dir).map_err(fail)?;
+        let dir = root
+            .create_dir_all(Path::new(key).parent().unwrap_or(Path::new("")))
+            .map_err(fail)?;
+        Ok((dir, dest))
+    }
+
+    /// The regular file under `key`, opened beneath the target's directory without following
+    /// a symlink on the way or at the end.
+    fn open_beneath(&self, key: &str) -> Result<fs::File, StorageError> {
+        let key = super::plain_key(key)?;
+        let path = self.path_of(key);
+        let fail = |e| IoError::new("could not open", &path, e);
+        let root =
+            Root::open(&self.dir).map_err(|e| IoError::new("could not open", &self.dir, e))?;
+        let rel = Path::new(key);
+        let dir = root
+            .open_dir(rel.parent().unwrap_or(Path::new("")))
+            .map_err(fail)?;
+        let file = open_file_at(&dir, rel.file_name().unwrap_or_default()).map_err(fail)?;
+        if !file.metadata().map_err(fail)?.is_file() {
+            return Err(StorageError::NotAFile(path));
+        }
+        Ok(file)
+    }
+
+    /// Removes `key` beneath the target's directory handle; a directory with everything below
+    /// it only when `tree`.  What is already gone is fine.
+    fn remove(&self, key: &str, tree: bool) -> Result<(), StorageError> {
+        let key = super::plain_key(key)?;
+        let path = self.path_of(key);
+        let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
+        let fail = |e| StorageError::from(IoError::new("could not remove", &path, e));
+        let root = match Root::open(&self.dir) {
+            Ok(root) => root,
+            Err(e) if gone(&e) => return Ok(()),
+            Err(e) => return Err(fail(e)),
+        };
+        let rel = Path::new(key);
+        let dir = match root.open_dir(rel.parent().unwrap_or(Path::new(""))) {
+            Ok(dir) => dir,
+            Err(e) if gone(&e) => return Ok(()),
+            Err(e) => return Err(fail(e)),
+        };
+        let name = rel.file_name().unwrap_or_default();
+        if tree {
+            return remove_at(&dir, name).map(|_| ()).map_err(fail);
+        }
+        // One unlink, no look first: a name that became a directory meanwhile is refused by
+        // the kernel (EISDIR), not removed with what is below it.
+        match remove_file_at(&dir, name) {
+            Ok(()) => Ok(()),
+            Err(e) if gone(&e) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => Err(StorageError::NotAFile(path)),
+            Err(e) => Err(fail(e)),
+        }
+    }
+
     /// Copies `local` to `key` (durably, never over a different file); an identical copy
     /// already there is success.
     pub fn put(&self, local: &Path, key: &str) -> Result<Copied, StorageError> {
@@ -35,9 +103,8 @@ impl FilesystemTarget {
     /// The copy, and whether this call created it (false: an identical one was there).
     fn put_from(&self, input: fs::File, key: &str) -> Result<(Copied, bool), StorageError> {
         let mut input = stream::Limited::new(input, self.rate.clone());
-        let dest = self.path_of(key);
-        durable::create_private_dir(dest.parent().unwrap_or(&self.dir), true)?;
-        let mut out = DurableFile::create(&dest, Temp::Suffix)?;
+        let (dir, dest) = self.dir_for(key)?;
+        let mut out = DurableFile::create_in(dir, &dest, Temp::Suffix)?;
         let mut chain = Hash::new(out.file());
         let mut buf = vec![0u8; CHUNK];
         let size = stream::pump(&mut input, &mut chain, &mut buf, None)
@@ -67,7 +134,7 @@ impl FilesystemTarget {
     /// Reads the copy back and returns its size and sha256 (the verification after landing).
     pub fn checksum(&self, key: &str) -> Result<Copied, StorageError> {
         let path = self.path_of(key);
-        let mut f = open_local(&path)?;
+        let mut f = self.open_beneath(key)?;
         let mut buf = vec![0u8; CHUNK];
         let (size, sha256) = stream::hash_all(&mut f, &mut buf, None, None)
             .map_err(|e| IoError::new("could not read", &path, io::Error::other(e)))?;
@@ -83,7 +150,7 @@ impl Storage for FilesystemTarget {
             // What this call wrote reads back wrong: removed, so that the next try can write
             // it again (a copy is never replaced).
             if created {
-                let _ = fs::remove_file(self.path_of(key));
+                let _ = self.delete_one(key);
             }
             return Err(StorageError::Mismatch {
                 expected: copied.sha256,
@@ -94,9 +161,11 @@ impl Storage for FilesystemTarget {
     }
 
     fn replace(&self, bytes: &[u8], key: &str) -> Result<(), StorageError> {
-        let dest = self.path_of(key);
-        durable::create_private_dir(dest.parent().unwrap_or(&self.dir), true)?;
-        durable::write_file(&dest, bytes, Temp::Hidden, Install::Replace)?;
+        let (dir, dest) = self.dir_for(key)?;
+        let mut out = DurableFile::create_in(dir, &dest, Temp::Hidden)?;
+        out.write_all(bytes)
+            .map_err(|e| IoError::new("could not write", out.temp_path(), e))?;
+        out.commit(Install::Replace)?;
         let landed = self.checksum(key)?;
         let sent = crate::checksum::hex(&<sha2::Sha256 as sha2::Digest>::digest(bytes));
         if landed.sha256 != sent {
@@ -123,20 +192,7 @@ impl Storage for FilesystemTarget {
     /// Opened beneath the target's directory, component by component without following a
     /// symlink (a key is input; so is whatever else was put on the target).
     fn get(&self, key: &str) -> Result<Box<dyn std::io::Read + Send>, StorageError> {
-        let key = super::plain_key(key)?;
-        let path = self.path_of(key);
-        let fail = |e| IoError::new("could not open", &path, e);
-        let root =
-            Root::open(&self.dir).map_err(|e| IoError::new("could not open", &self.dir, e))?;
-        let rel = Path::new(key);
-        let dir = root
-            .open_dir(rel.parent().unwrap_or(Path::new("")))
-            .map_err(fail)?;
-        let name = rel.file_name().unwrap_or_default();
-        let file = open_file_at(&dir, name).map_err(fail)?;
-        if !file.metadata().map_err(fail)?.is_file() {
-            return Err(StorageError::NotAFile(path));
-        }
+        let file = self.open_beneath(key)?;
         Ok(Box::new(stream::Limited::new(file, self.rate.clone())))
     }
 
@@ -163,17 +219,15 @@ impl Storage for FilesystemTarget {
 
     /// Removes a copy, a directory backup's whole directory.  Keys are made of
     /// percent-encoded components, so the path stays inside `dir`.
+    /// Beneath the target's directory, component by component without following a symlink
+    /// (a key is input, and what else is on the target may be anyone's): a symlink on the way
+    /// is an error, a symlink at the end is removed as itself.
     fn delete(&self, key: &str) -> Result<(), StorageError> {
-        let path = self.path_of(key);
-        let removed = match fs::symlink_metadata(&path) {
-            Ok(m) if m.is_dir() => fs::remove_dir_all(&path),
-            _ => fs::remove_file(&path),
-        };
-        match removed {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(IoError::new("could not remove", &path, e).into()),
-        }
+        self.remove(key, true)
+    }
+
+    fn delete_one(&self, key: &str) -> Result<(), StorageError> {
+        self.remove(key, false)
     }
 }
 
@@ -181,6 +235,82 @@ impl Storage for FilesystemTarget {
 mod tests {
     use super::*;
     use crate::storage::object_key;
+
+    /// A copy is written beneath the target's directory: a `<cluster>/.wal` planted as a
+    /// symlink (to pg_wal, to an archive) is refused and nothing lands past it; a symlink where
+    /// the copy would go is not read back as the copy.
+    #[test]
+    fn copies_are_never_written_through_a_symlink_on_the_target() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = FilesystemTarget {
+            dir: tmp.path().join("offsite"),
+            rate: None,
+        };
+        let local = tmp.path().join("seg");
+        std::fs::write(&local, b"wal bytes").unwrap();
+        let outside = tmp.path().join("pg_wal");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::create_dir_all(tmp.path().join("offsite/7")).unwrap();
+        std::os::unix::fs::symlink(&outside, tmp.path().join("offsite/7/.wal")).unwrap();
+        assert!(target
+            .put_file(&local, "7/.wal/000000010000000000000005")
+            .is_err());
+        assert!(target.replace(b"{}", "7/.wal/mirror.json").is_err());
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        // A symlink at the end, to a file with the very bytes: not taken for the copy.
+        std::fs::create_dir_all(tmp.path().join("offsite/8/.wal")).unwrap();
+        std::fs::write(outside.join("same"), b"wal bytes").unwrap();
+        std::os::unix::fs::symlink(
+            outside.join("same"),
+            tmp.path().join("offsite/8/.wal/000000010000000000000005"),
+        )
+        .unwrap();
+        assert!(target
+            .put_file(&local, "8/.wal/000000010000000000000005")
+            .is_err());
+        // Beneath, with nothing planted, both work.
+        target
+            .put_file(&local, "9/.wal/000000010000000000000005")
+            .unwrap();
+        target.replace(b"{}", "9/.catalog/mirror.json").unwrap();
+        target.replace(b"{ }", "9/.catalog/mirror.json").unwrap();
+        assert_eq!(
+            std::fs::read(tmp.path().join("offsite/9/.catalog/mirror.json")).unwrap(),
+            b"{ }"
+        );
+    }
+
+    /// A key is removed beneath the target's directory: a symlink on the way (planted on the
+    /// target to point at pg_wal or an archive) is an error and nothing past it is touched; a
+    /// symlink at the end goes as itself; `delete_one` leaves a directory alone.
+    #[test]
+    fn removal_never_follows_a_symlink_on_the_target() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = FilesystemTarget {
+            dir: tmp.path().join("offsite"),
+            rate: None,
+        };
+        let outside = tmp.path().join("pg_wal");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("000000010000000000000005"), b"live wal").unwrap();
+        std::fs::create_dir_all(tmp.path().join("offsite/7")).unwrap();
+        std::os::unix::fs::symlink(&outside, tmp.path().join("offsite/7/.wal")).unwrap();
+        for remove in [FilesystemTarget::delete, FilesystemTarget::delete_one] {
+            assert!(remove(&target, "7/.wal/000000010000000000000005").is_err());
+            assert!(outside.join("000000010000000000000005").exists());
+        }
+        target.delete("7/.wal").unwrap();
+        assert!(outside.join("000000010000000000000005").exists());
+        assert!(!tmp.path().join("offsite/7/.wal").exists());
+        std::fs::create_dir_all(tmp.path().join("offsite/7/.wal/sub")).unwrap();
+        assert!(matches!(
+            target.delete_one("7/.wal/sub"),
+            Err(StorageError::NotAFile(_))
+        ));
+        target.delete_one("7/.wal/gone").unwrap();
+        target.delete("7/.wal").unwrap();
+        assert!(!tmp.path().join("offsite/7/.wal").exists());
+    }
 
     #[test]
     fn filesystem_copy_is_verified_and_never_replaces_a_different_file() {

@@ -153,6 +153,9 @@ pub trait Storage: Send + Sync {
     }
     /// Removes `key` and every key below `key/`; what is already gone is fine.
     fn delete(&self, key: &str) -> Result<(), StorageError>;
+    /// Removes the one object under `key`, nothing below it; what is already gone is fine, and
+    /// on a directory target a directory (or a symlink on the way) is refused, not removed.
+    fn delete_one(&self, key: &str) -> Result<(), StorageError>;
     /// Reads the object under `key`, streamed (a restore without the host).  The key is input
     /// (it comes from a mirror on the target): one that could leave the target is refused.  The
     /// caller checks what it reads against the sha256 the mirror names.

@@ -434,15 +434,6 @@ impl ObjectTarget {
         }
     }
 
-    /// Removes the one object under `key` (not the keys below it, as `delete` does).
-    fn delete_object(&self, key: &str) -> Result<(), StorageError> {
-        let path = self.path(key)?;
-        match runtime()?.block_on(self.store.delete(&path)) {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.failed("DELETE", key, described(&e))),
-        }
-    }
-
     /// The sha256 of the object under `key`, read back whole.
     fn read_back(&self, key: &str) -> Result<String, StorageError> {
         let mut hash = stream::Hash::new(std::io::sink());
@@ -611,7 +602,7 @@ impl Storage for ObjectTarget {
                 // for good).  Only if it is still what our PUT stored: another writer's object
                 // that replaced it in the meantime is not ours to remove.
                 if !sent.given.is_empty() && etag == sent.given {
-                    let _ = self.delete_object(key);
+                    let _ = self.delete_one(key);
                 }
                 Err(why)
             }
@@ -663,6 +654,14 @@ impl Storage for ObjectTarget {
         names.sort();
         names.dedup();
         Ok(names)
+    }
+
+    fn delete_one(&self, key: &str) -> Result<(), StorageError> {
+        let path = self.path(key)?;
+        match runtime()?.block_on(self.store.delete(&path)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.failed("DELETE", key, described(&e))),
+        }
     }
 
     fn delete(&self, key: &str) -> Result<(), StorageError> {

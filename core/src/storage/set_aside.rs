@@ -7,7 +7,7 @@
 //! extension's next try lands.  A restore never reads `.set-aside`.
 
 use std::fs::File;
-use std::io::{self, Seek};
+use std::io::{self, Read, Seek};
 use std::path::Path;
 
 use crate::files::error::IoError;
@@ -75,33 +75,81 @@ pub fn aside_key(system_identifier: i64, key: &str, stamp: &str) -> String {
     format!("{system_identifier}/{SET_ASIDE_DIR}/{stored}.{stamp}")
 }
 
-/// Moves the object under `key` to `to`: read into `spool` (an unlinked temporary file, as
-/// large as the object) while hashed, stored under `to` (never over a different object) and
-/// checked there, and only then removed from `key`.  A failure before the removal leaves the
-/// object where it was.
+/// Why an object was not set aside.  Until the last step nothing has left its key.
+#[derive(Debug, thiserror::Error)]
+pub enum SetAsideError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{key} is larger than {limit} bytes, more than any WAL file: not set aside (look at it by hand)")]
+    TooLarge { key: String, limit: u64 },
+    #[error("{key} is this cluster's own copy (sha256 {sha256}, as the catalog mirror lists it): nothing to set aside")]
+    OwnCopy { key: String, sha256: String },
+    #[error("{key} changed while it was set aside (read sha256 {read}, now {now}); it was left under its key, and the copy in {to} kept")]
+    Changed {
+        key: String,
+        to: String,
+        read: String,
+        now: String,
+    },
+}
+
+/// The largest object set aside: a WAL segment is at most 1 GiB, its zstd frame a little more.
+pub const SPOOL_LIMIT: u64 = (1 << 30) + (1 << 24);
+
+/// Moves the object under `key` to `to`: read into `spool` (an unlinked temporary file, at most
+/// `SPOOL_LIMIT` bytes) while hashed; refused when its sha256 is `own` (what the catalog mirror
+/// lists for the key: this cluster's own copy); stored under `to` (never over a different
+/// object) and checked there; read again under `key` and removed from it only if it is still
+/// the same object (another run, or the worker, may have changed the key meanwhile), and only
+/// that one object.  A failure leaves the object under its key.
 pub fn set_aside(
     target: &dyn Storage,
     key: &str,
     to: &str,
+    own: Option<&str>,
     spool: File,
-) -> Result<SetAside, StorageError> {
+) -> Result<SetAside, SetAsideError> {
     let shown = Path::new(key);
-    let mut from = target.get(key)?;
+    let read = |e| StorageError::from(IoError::new("could not read", shown, e));
     let mut hashed = Hash::new(spool);
-    let size =
-        io::copy(&mut from, &mut hashed).map_err(|e| IoError::new("could not read", shown, e))?;
+    let size = io::copy(&mut target.get(key)?.take(SPOOL_LIMIT + 1), &mut hashed).map_err(read)?;
+    if size > SPOOL_LIMIT {
+        return Err(SetAsideError::TooLarge {
+            key: key.to_owned(),
+            limit: SPOOL_LIMIT,
+        });
+    }
     let (mut spool, sha256) = hashed.finish();
+    if own == Some(sha256.as_str()) {
+        return Err(SetAsideError::OwnCopy {
+            key: key.to_owned(),
+            sha256,
+        });
+    }
     spool
         .rewind()
-        .map_err(|e| IoError::new("could not rewind the copy of", shown, e))?;
+        .map_err(|e| IoError::new("could not rewind the copy of", shown, e))
+        .map_err(StorageError::from)?;
     let landed = target.put_opened(spool, shown, to)?;
     if landed.sha256 != sha256 || landed.size != size {
         return Err(StorageError::Mismatch {
             expected: sha256,
             found: landed.sha256,
+        }
+        .into());
+    }
+    let mut again = Hash::new(io::sink());
+    io::copy(&mut target.get(key)?.take(SPOOL_LIMIT + 1), &mut again).map_err(read)?;
+    let (_, now) = again.finish();
+    if now != sha256 {
+        return Err(SetAsideError::Changed {
+            key: key.to_owned(),
+            to: to.to_owned(),
+            read: sha256,
+            now,
         });
     }
-    target.delete(key)?;
+    target.delete_one(key)?;
     Ok(SetAside {
         key: key.to_owned(),
         to: to.to_owned(),
@@ -151,7 +199,21 @@ mod tests {
         }
         let to = aside_key(7, &key, "20261206T031500Z");
         assert_eq!(to, format!("7/.set-aside/{seg}.zst.20261206T031500Z"));
-        let moved = set_aside(&target, &key, &to, tempfile::tempfile().unwrap()).unwrap();
+        // This cluster's own copy (the mirror's sha256) is refused, and stays.
+        let theirs = crate::checksum::hex(&<sha2::Sha256 as sha2::Digest>::digest(b"their bytes"));
+        let e = set_aside(
+            &target,
+            &key,
+            &to,
+            Some(&theirs),
+            tempfile::tempfile().unwrap(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, SetAsideError::OwnCopy { .. }), "{e}");
+        assert!(tmp.path().join("offsite").join(&key).exists());
+        assert!(!tmp.path().join("offsite").join(&to).exists());
+        let moved = set_aside(&target, &key, &to, None, tempfile::tempfile().unwrap()).unwrap();
+        assert_eq!(moved.sha256, theirs);
         assert_eq!(moved.size, 11);
         assert_eq!(
             std::fs::read(tmp.path().join("offsite").join(&to)).unwrap(),
@@ -163,10 +225,55 @@ mod tests {
         std::fs::write(&local, b"our bytes").unwrap();
         target.put_file(&local, &key).unwrap();
         // Setting aside to where a different object already is fails, and the occupant stays.
-        let e = set_aside(&target, &key, &to, tempfile::tempfile().unwrap()).unwrap_err();
-        assert!(matches!(e, StorageError::Occupied { .. }), "{e}");
+        let e = set_aside(&target, &key, &to, None, tempfile::tempfile().unwrap()).unwrap_err();
+        assert!(
+            matches!(e, SetAsideError::Storage(StorageError::Occupied { .. })),
+            "{e}"
+        );
         assert_eq!(
             std::fs::read(tmp.path().join("offsite").join(&key)).unwrap(),
+            b"our bytes"
+        );
+        // Another writer changes the key between the copy and the removal: the key is left
+        // as it is now, and the copy set aside is kept.
+        struct Racing<'a>(&'a FilesystemTarget, std::path::PathBuf);
+        impl Storage for Racing<'_> {
+            fn put_opened(
+                &self,
+                file: File,
+                shown: &Path,
+                key: &str,
+            ) -> Result<crate::storage::Copied, StorageError> {
+                let landed = self.0.put_opened(file, shown, key);
+                std::fs::write(&self.1, b"the worker's copy").unwrap();
+                landed
+            }
+            fn replace(&self, bytes: &[u8], key: &str) -> Result<(), StorageError> {
+                self.0.replace(bytes, key)
+            }
+            fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+                self.0.list(prefix)
+            }
+            fn delete(&self, key: &str) -> Result<(), StorageError> {
+                self.0.delete(key)
+            }
+            fn delete_one(&self, key: &str) -> Result<(), StorageError> {
+                self.0.delete_one(key)
+            }
+            fn get(&self, key: &str) -> Result<Box<dyn io::Read + Send>, StorageError> {
+                self.0.get(key)
+            }
+        }
+        let racing = Racing(&target, tmp.path().join("offsite").join(&key));
+        let later = aside_key(7, &key, "20261206T031600Z");
+        let e = set_aside(&racing, &key, &later, None, tempfile::tempfile().unwrap()).unwrap_err();
+        assert!(matches!(e, SetAsideError::Changed { .. }), "{e}");
+        assert_eq!(
+            std::fs::read(tmp.path().join("offsite").join(&key)).unwrap(),
+            b"the worker's copy"
+        );
+        assert_eq!(
+            std::fs::read(tmp.path().join("offsite").join(&later)).unwrap(),
             b"our bytes"
         );
         // Both forms stored: the operator names one.

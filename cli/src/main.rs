@@ -57,7 +57,8 @@ rather than ending early without the WAL it could not fetch.";
 The extension copies every backup, every archived WAL file and a mirror of its catalog \
 (<system identifier>/.catalog/catalog_mirror.json) to each off-site target. This program \
 reads only that target: run it as the PostgreSQL server's operating-system user, on any host, \
-with the target's directory or its S3 endpoint and a credentials reference.\n\n\
+with the target's directory or its S3 endpoint and a credentials reference. Only wal-set-aside \
+writes to the target (and removes the object it moves): it needs credentials that may.\n\n\
 Examples:\n  backup-mgmt --dir /mnt/offsite list\n  backup-mgmt --dir /mnt/offsite restore \
 --target-time '2026-12-04 10:00:00+00' /var/lib/postgresql/15/restored\n  backup-mgmt \
 --s3-endpoint https://s3.example.com --s3-path backups/pg --s3-credentials file:/etc/backup_mgmt/s3 \

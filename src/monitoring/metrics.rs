@@ -27,7 +27,8 @@ fn metrics() -> Result<String, ErrorReport> {
         let mut failures = Vec::new();
         let mut verified = Vec::new();
         let rows = c.select(
-            // Each part is an index probe per database, whatever the history: the databases by a
+            // Each part is an index probe per database, whatever the history (plus one chain
+            // walk for the verdict): the databases by a
             // skip scan of idx_backup_records_live, the newest live backup from it, failed live
             // records from idx_backup_records_live_failed, the verdict of the most recently
             // verified backup from verification_state, with its chain's (an incremental that
@@ -212,8 +213,10 @@ mod tests {
         add_verification(full, "checksum", "failed", "{}", "3 hours");
         add_verification(incr, "checksum", "passed", "{}", "2 hours");
         assert_eq!(last_verdict().as_deref(), Some("0"));
-        // The full passes (a checksum pass overturns a failed checksum pass): the chain stands.
-        add_verification(full, "checksum", "passed", "{}", "90 minutes");
+        // The full passes (a checksum pass overturns a failed checksum pass), before the
+        // incremental's pass: the incremental is still the most recently verified, and its
+        // chain now stands.
+        add_verification(full, "checksum", "passed", "{}", "150 minutes");
         assert_eq!(last_verdict().as_deref(), Some("1"));
         add_verification(incr, "checksum", "passed", "{}", "1 hour");
         assert_eq!(last_verdict().as_deref(), Some("1"));

@@ -229,9 +229,12 @@ fn recipe_restores_to_the_target_time_without_the_catalog() {
     assert_eq!(settings, ("off".to_owned(), "off".to_owned()));
 }
 
-/// Every WAL-named file in the archive is complete and listed in the manifest with its sha256.
+/// Every WAL-named file in the archive is complete and, when listed in the manifest, listed with
+/// its sha256; with `all_listed`, every one is listed.  Right after a kill -9 a segment may be in
+/// place without its line (the crash fell between the two): PostgreSQL's retry after the restart
+/// finds the same bytes and writes the line then, so only the check after catching up demands it.
 /// Returns how many there are, and how many temporary files a crash left behind.
-fn check_archive(dir: &std::path::Path) -> (usize, usize) {
+fn check_archive(dir: &std::path::Path, all_listed: bool) -> (usize, usize) {
     let manifest = std::fs::read_to_string(dir.join("archive_manifest.jsonl")).unwrap_or_default();
     let mut listed: HashMap<String, String> = HashMap::new();
     for line in manifest.lines() {
@@ -264,9 +267,10 @@ fn check_archive(dir: &std::path::Path) -> (usize, usize) {
         segments += 1;
         let len = entry.metadata().unwrap().len();
         assert_eq!(len, 16 << 20, "{name} is truncated ({len} bytes)");
-        let sha = listed
-            .get(&name)
-            .unwrap_or_else(|| panic!("{name} is archived but not in the manifest"));
+        let Some(sha) = listed.get(&name) else {
+            assert!(!all_listed, "{name} is archived but not in the manifest");
+            continue;
+        };
         assert_eq!(
             sha,
             &sha256sum(&entry.path()),
@@ -309,7 +313,7 @@ fn kill_9_during_archiving_never_reports_a_truncated_segment() {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         cluster.kill_postmaster();
-        let (segments, cut_short) = check_archive(&dir);
+        let (segments, cut_short) = check_archive(&dir, false);
         // Not asserted (timing): whether this crash caught a copy in flight.
         eprintln!("round {round}: {segments} segments archived, {cut_short} copies cut short");
         cluster.pg_ctl_start();
@@ -325,7 +329,7 @@ fn kill_9_during_archiving_never_reports_a_truncated_segment() {
         .unwrap_or(false)
     });
     assert!(caught_up, "archiving did not catch up\n{}", cluster.log());
-    let (segments, _) = check_archive(&dir);
+    let (segments, _) = check_archive(&dir, true);
     assert!(segments >= 40, "only {segments} segments archived");
     assert!(archived_count(&mut db) >= 1);
     // Every segment ingested once; no gap.

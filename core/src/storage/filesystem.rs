@@ -43,19 +43,22 @@ impl FilesystemTarget {
         Ok((dir, dest))
     }
 
+    /// The directory holding `key` (a plain key), opened beneath the target's directory without
+    /// following a symlink, and the key's last component: where reads and removals start.
+    fn parent_beneath<'k>(&self, key: &'k str) -> io::Result<(fs::File, &'k std::ffi::OsStr)> {
+        let rel = Path::new(key);
+        let dir = Root::open(&self.dir)?.open_dir(rel.parent().unwrap_or(Path::new("")))?;
+        Ok((dir, rel.file_name().unwrap_or_default()))
+    }
+
     /// The regular file under `key`, opened beneath the target's directory without following
     /// a symlink on the way or at the end.
     fn open_beneath(&self, key: &str) -> Result<fs::File, StorageError> {
         let key = super::plain_key(key)?;
         let path = self.path_of(key);
         let fail = |e| IoError::new("could not open", &path, e);
-        let root =
-            Root::open(&self.dir).map_err(|e| IoError::new("could not open", &self.dir, e))?;
-        let rel = Path::new(key);
-        let dir = root
-            .open_dir(rel.parent().unwrap_or(Path::new("")))
-            .map_err(fail)?;
-        let file = match open_file_at(&dir, rel.file_name().unwrap_or_default()) {
+        let (dir, name) = self.parent_beneath(key).map_err(fail)?;
+        let file = match open_file_at(&dir, name) {
             // A symlink where the object should be is this key's problem, not the target's
             // (a WAL file is held back, the rest of the queue goes on).
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
@@ -76,18 +79,11 @@ impl FilesystemTarget {
         let path = self.path_of(key);
         let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
         let fail = |e| StorageError::from(IoError::new("could not remove", &path, e));
-        let root = match Root::open(&self.dir) {
-            Ok(root) => root,
+        let (dir, name) = match self.parent_beneath(key) {
+            Ok(found) => found,
             Err(e) if gone(&e) => return Ok(()),
             Err(e) => return Err(fail(e)),
         };
-        let rel = Path::new(key);
-        let dir = match root.open_dir(rel.parent().unwrap_or(Path::new(""))) {
-            Ok(dir) => dir,
-            Err(e) if gone(&e) => return Ok(()),
-            Err(e) => return Err(fail(e)),
-        };
-        let name = rel.file_name().unwrap_or_default();
         if tree {
             return remove_at(&dir, name).map(|_| ()).map_err(fail);
         }

@@ -35,19 +35,8 @@ bench_dir
 echo "==> building bench/upload against this tree and against $BASELINE"
 git worktree add -f --detach "$DIR/baseline" "$BASELINE" >/dev/null 2>&1
 trap 'git worktree remove -f "$DIR/baseline" >/dev/null 2>&1; rm -rf "$DIR"' EXIT
-for which in new old; do
-    tree=$(pwd)
-    [ "$which" = old ] && tree="$DIR/baseline"
-    mkdir -p "$DIR/upload-$which"
-    cp -r bench/upload/src bench/upload/Cargo.toml "$DIR/upload-$which/"
-    cp "$tree/Cargo.lock" "$DIR/upload-$which/"
-    sed -i "s#path = \"../../core\"#path = \"$tree/core\"#" "$DIR/upload-$which/Cargo.toml"
-    features=()
-    [ "$which" = old ] && features=(--features old)
-    CARGO_TARGET_DIR="$(pwd)/target/bench-upload" cargo build -q --release "${features[@]}" \
-        --manifest-path "$DIR/upload-$which/Cargo.toml"
-    cp target/bench-upload/release/backup_mgmt_bench_upload "$DIR/upload-$which/upload"
-done
+build_bench_upload new "$(pwd)"
+build_bench_upload old "$DIR/baseline" --features old
 mkdir -p "$DIR/backups"
 chown -R postgres:postgres "$DIR"
 PORT=55436

@@ -71,6 +71,21 @@ comparison_tool() {
     fi
 }
 
+# build_bench_upload NAME TREE [cargo flags...]: builds bench/upload (this tree's harness)
+# against TREE's core crate into $DIR/upload-NAME/upload, so that two core crates run the same
+# harness in one benchmark run.
+build_bench_upload() {
+    local name=$1 tree=$2
+    shift 2
+    mkdir -p "$DIR/upload-$name"
+    cp -r bench/upload/src bench/upload/Cargo.toml "$DIR/upload-$name/"
+    cp "$tree/Cargo.lock" "$DIR/upload-$name/"
+    sed -i "s#path = \"../../core\"#path = \"$tree/core\"#" "$DIR/upload-$name/Cargo.toml"
+    CARGO_TARGET_DIR="$(pwd)/target/bench-upload" cargo build -q --release "$@" \
+        --manifest-path "$DIR/upload-$name/Cargo.toml"
+    cp target/bench-upload/release/backup_mgmt_bench_upload "$DIR/upload-$name/upload"
+}
+
 # pg_major: the major version of the PostgreSQL that PG_CONFIG names.
 pg_major() { "$PG_CONFIG" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/'; }
 

@@ -128,15 +128,39 @@ impl Root {
         Ok(dir)
     }
 
+    /// Opens the regular file at `rel` for reading, never through a symlink (on the way or at
+    /// the end); anything but a regular file is refused.
+    pub fn open_file(&self, rel: &Path) -> io::Result<File> {
+        let (parent, name) = split(rel)?;
+        let file = open_file_at(&self.open_dir(parent)?, name)?;
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("\"{}\" is not a regular file", rel.display()),
+            ));
+        }
+        Ok(file)
+    }
+
+    /// The regular files below the directory `rel` (every level), relative to the root and
+    /// sorted, each directory opened from its parent's handle: a symlink, on the way or inside,
+    /// is neither followed nor listed, and a directory swapped for one while the walk runs is
+    /// refused rather than listed through.
+    pub fn files_below(&self, rel: &Path) -> io::Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        walk_files(&self.open_dir(rel)?, rel, &mut out)?;
+        out.sort();
+        Ok(out)
+    }
+
     /// Creates the directories of `rel` that are missing (mode 0700) and opens the last; a
-    /// symlink on the way is refused.
+    /// symlink on the way is refused.  Each new level's parent is fsynced, and a failure to is
+    /// an error: a file recorded as written inside must not vanish with its directory.
     pub fn create_dir_all(&self, rel: &Path) -> io::Result<File> {
         let mut dir = self.dir.try_clone()?;
         for name in plain_components(rel)? {
             match mkdir_at(&dir, name) {
-                Ok(()) => {
-                    let _ = dir.sync_all();
-                }
+                Ok(()) => dir.sync_all()?,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
             }
@@ -152,7 +176,7 @@ impl Root {
         let (parent, name) = split(rel)?;
         let parent_dir = self.create_dir_all(parent)?;
         mkdir_at(&parent_dir, name)?;
-        let _ = parent_dir.sync_all();
+        parent_dir.sync_all()?;
         let dir = open_dir_at(&parent_dir, name)?;
         Ok((self.path.join(rel), dir))
     }
@@ -167,6 +191,8 @@ impl Root {
             Err(e) => return Err(e),
         };
         let removed = remove_at(&parent_dir, name)?;
+        // Best effort: a removal lost to a crash leaves the file to be removed again, while an
+        // error here would report as failed a removal that happened.
         let _ = parent_dir.sync_all();
         Ok(removed)
     }
@@ -275,6 +301,48 @@ fn split(rel: &Path) -> io::Result<(&Path, &std::ffi::OsStr)> {
     Ok((rel.parent().unwrap_or(Path::new("")), name))
 }
 
+/// What a directory entry is, never following a symlink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+    /// A symlink, FIFO, socket or device.
+    Other,
+}
+
+/// The entries of the directory `dir` holds open (not of whatever has its name now), with
+/// their kinds.
+pub fn entries_of(dir: &File) -> io::Result<Vec<(std::ffi::OsString, Kind)>> {
+    // Through /proc the listing is of the directory the handle holds; an entry's type comes
+    // from the directory itself (or an lstat beneath it), never from a link's target.
+    let listing = format!("/proc/self/fd/{}", dir.as_raw_fd());
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&listing)? {
+        let e = e?;
+        let t = e.file_type()?;
+        let kind = if t.is_dir() {
+            Kind::Dir
+        } else if t.is_file() {
+            Kind::File
+        } else {
+            Kind::Other
+        };
+        out.push((e.file_name(), kind));
+    }
+    Ok(out)
+}
+
+fn walk_files(dir: &File, rel: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+    for (name, kind) in entries_of(dir)? {
+        match kind {
+            Kind::Dir => walk_files(&open_dir_at(dir, &name)?, &rel.join(&name), out)?,
+            Kind::File => out.push(rel.join(&name)),
+            Kind::Other => {}
+        }
+    }
+    Ok(())
+}
+
 /// Whether `name` in `dir` is a directory (not following a symlink); None when it is gone.
 fn is_dir_at(dir: &impl AsRawFd, name: &std::ffi::OsStr) -> io::Result<Option<bool>> {
     let c = cstr(name)?;
@@ -360,12 +428,7 @@ pub fn remove_at(dir: &impl AsRawFd, name: &std::ffi::OsStr) -> io::Result<Remov
     let c = cstr(name)?;
     if is_dir {
         let sub = open_to_empty(dir, name)?;
-        // The entries of the directory we hold open (not of whatever has its name now).
-        let listing = format!("/proc/self/fd/{}", sub.as_raw_fd());
-        let names: Vec<std::ffi::OsString> = std::fs::read_dir(&listing)?
-            .filter_map(|e| e.ok().map(|e| e.file_name()))
-            .collect();
-        for n in names {
+        for (n, _) in entries_of(&sub)? {
             remove_at(&sub, &n)?;
         }
         // SAFETY: a NUL-terminated name relative to a directory we hold.
@@ -408,6 +471,36 @@ mod tests {
             .is_err());
         // `..` never leaves.
         assert!(root.create_dir_all(Path::new("../x")).is_err());
+    }
+
+    #[test]
+    fn files_are_listed_and_opened_beneath_never_through_symlinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"s").unwrap();
+        std::fs::create_dir_all(tmp.path().join("a/b")).unwrap();
+        std::fs::write(tmp.path().join("a/b/f"), b"f").unwrap();
+        std::fs::write(tmp.path().join("top"), b"t").unwrap();
+        symlink(outside.path(), tmp.path().join("a/link")).unwrap();
+        symlink(outside.path().join("secret"), tmp.path().join("a/b/s")).unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        assert_eq!(
+            root.files_below(Path::new("")).unwrap(),
+            vec![PathBuf::from("a/b/f"), PathBuf::from("top")]
+        );
+        assert_eq!(
+            root.files_below(Path::new("a")).unwrap(),
+            vec![PathBuf::from("a/b/f")]
+        );
+        assert!(root.files_below(Path::new("a/link")).is_err());
+        assert!(root.files_below(Path::new("..")).is_err());
+        assert_eq!(
+            std::io::read_to_string(root.open_file(Path::new("a/b/f")).unwrap()).unwrap(),
+            "f"
+        );
+        assert!(root.open_file(Path::new("a/b/s")).is_err());
+        assert!(root.open_file(Path::new("a/link/secret")).is_err());
+        assert!(root.open_file(Path::new("a/b")).is_err());
     }
 
     #[test]

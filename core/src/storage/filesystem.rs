@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use super::{open_local, Copied, Storage, StorageError};
-use crate::files::beneath::{open_file_at, remove_at, remove_file_at, Root};
+use crate::files::beneath::{entries_of, open_file_at, remove_at, remove_file_at, Kind, Root};
 use crate::files::durable::{self, DurableFile, Install, Temp};
 use crate::files::error::IoError;
 use crate::stream::{self, Hash};
@@ -41,6 +41,16 @@ impl FilesystemTarget {
             .create_dir_all(Path::new(key).parent().unwrap_or(Path::new("")))
             .map_err(fail)?;
         Ok((dir, dest))
+    }
+
+    /// The target's directory opened as the root of every listing, or None while it does not
+    /// exist yet (nothing was copied).
+    fn root_if_any(&self) -> Result<Option<Root>, StorageError> {
+        match Root::open(&self.dir) {
+            Ok(root) => Ok(Some(root)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(IoError::new("could not open", &self.dir, e).into()),
+        }
     }
 
     /// The directory holding `key` (a plain key), opened beneath the target's directory without
@@ -180,11 +190,22 @@ impl Storage for FilesystemTarget {
         Ok(())
     }
 
+    /// Walks only the directory the prefix names (`<cluster>/.wal/` of one cluster, not the
+    /// whole target), beneath the target's directory handle: a symlink planted on the target,
+    /// on the way or inside, is neither followed nor listed.
     fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
-        let mut files = Vec::new();
-        if self.dir.is_dir() {
-            super::list_files(&self.dir, Path::new(""), &mut files)?;
+        let start = prefix.rfind('/').map_or("", |at| &prefix[..at]);
+        if !start.is_empty() {
+            super::plain_key(start)?;
         }
+        let Some(root) = self.root_if_any()? else {
+            return Ok(Vec::new());
+        };
+        let files = match root.files_below(Path::new(start)) {
+            Ok(files) => files,
+            Err(e) if absent(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(IoError::new("could not list", &self.path_of(start), e).into()),
+        };
         Ok(files
             .into_iter()
             .filter_map(|p| p.to_str().map(str::to_owned))
@@ -199,23 +220,28 @@ impl Storage for FilesystemTarget {
         Ok(Box::new(stream::Limited::new(file, self.rate.clone())))
     }
 
+    /// Directories and regular files only, listed beneath the target's directory handle (a
+    /// planted `<cluster>` symlink is not a cluster of this target).
     fn children(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
-        let dir = if prefix.is_empty() {
-            self.dir.clone()
-        } else {
-            self.path_of(super::plain_key(prefix.trim_end_matches('/'))?)
-        };
-        let mut names = Vec::new();
-        match fs::read_dir(&dir) {
-            Ok(entries) => {
-                for e in entries {
-                    let e = e.map_err(|e| IoError::new("could not list", &dir, e))?;
-                    names.push(e.file_name().to_string_lossy().into_owned());
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(IoError::new("could not list", &dir, e).into()),
+        let rel = prefix.trim_end_matches('/');
+        if !rel.is_empty() {
+            super::plain_key(rel)?;
         }
+        let Some(root) = self.root_if_any()? else {
+            return Ok(Vec::new());
+        };
+        let fail = |e| IoError::new("could not list", &self.path_of(rel), e);
+        let dir = match root.open_dir(Path::new(rel)) {
+            Ok(dir) => dir,
+            Err(e) if absent(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(fail(e).into()),
+        };
+        let mut names: Vec<String> = entries_of(&dir)
+            .map_err(fail)?
+            .into_iter()
+            .filter(|(_, kind)| *kind != Kind::Other)
+            .map(|(name, _)| name.to_string_lossy().into_owned())
+            .collect();
         names.sort();
         Ok(names)
     }
@@ -232,6 +258,13 @@ impl Storage for FilesystemTarget {
     fn delete_one(&self, key: &str) -> Result<(), StorageError> {
         self.remove(key, false)
     }
+}
+
+/// A listing's start that is not there, or is not a directory one may list through (a
+/// symlink, a file): nothing below it belongs to the target.
+fn absent(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound
+        || matches!(e.raw_os_error(), Some(libc::ENOTDIR) | Some(libc::ELOOP))
 }
 
 #[cfg(test)]
@@ -286,6 +319,49 @@ mod tests {
             std::fs::read(tmp.path().join("offsite/9/.catalog/mirror.json")).unwrap(),
             b"{ }"
         );
+    }
+
+    /// Listings stay beneath the target's directory: a `<cluster>` or `<cluster>/.wal` planted
+    /// as a symlink (to another cluster's archive, to pg_wal) is neither a cluster of the target
+    /// nor listed through; a listing walks only the directory its prefix names.
+    #[test]
+    fn listings_never_follow_a_symlink_on_the_target() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = FilesystemTarget {
+            dir: tmp.path().join("offsite"),
+            rate: None,
+        };
+        // Nothing copied yet: empty listings, not errors.
+        assert!(target.list("").unwrap().is_empty());
+        assert!(target.children("").unwrap().is_empty());
+        let local = tmp.path().join("seg");
+        std::fs::write(&local, b"wal bytes").unwrap();
+        target
+            .put_file(&local, "7/.wal/000000010000000000000005")
+            .unwrap();
+        let outside = tmp.path().join("elsewhere");
+        std::fs::create_dir_all(outside.join(".wal")).unwrap();
+        std::fs::write(outside.join(".wal/000000010000000000000009"), b"x").unwrap();
+        let offsite = tmp.path().join("offsite");
+        std::os::unix::fs::symlink(&outside, offsite.join("8")).unwrap();
+        std::fs::create_dir_all(offsite.join("6")).unwrap();
+        std::os::unix::fs::symlink(outside.join(".wal"), offsite.join("6/.wal")).unwrap();
+        assert_eq!(target.children("").unwrap(), vec!["6", "7"]);
+        assert_eq!(
+            target.list("").unwrap(),
+            vec!["7/.wal/000000010000000000000005"]
+        );
+        assert!(target.list("8/.wal/").unwrap().is_empty());
+        assert!(target.list("6/.wal/0000").unwrap().is_empty());
+        assert!(target.children("8/").unwrap().is_empty());
+        assert_eq!(
+            target.list("7/.wal/00000001").unwrap(),
+            vec!["7/.wal/000000010000000000000005"]
+        );
+        assert!(target.list("7/.wal/00000002").unwrap().is_empty());
+        // A prefix that climbs out is refused, not listed.
+        assert!(target.list("../elsewhere/").is_err());
+        assert!(target.children("7/../../").is_err());
     }
 
     /// A key is removed beneath the target's directory: a symlink on the way (planted on the

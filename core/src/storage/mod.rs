@@ -16,24 +16,23 @@ pub mod etag;
 pub mod filesystem;
 pub mod limits;
 pub mod listing;
+mod members;
 pub mod object;
 pub mod s3;
 pub mod set_aside;
 pub mod transport;
 
-use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
-use crate::checksum;
+use crate::files::beneath::Root;
 use crate::files::error::IoError;
 use crate::files::open::{open_regular, OpenError};
-use crate::manifest::directory::{self, DIRECTORY_MANIFEST};
+use crate::manifest::directory::DIRECTORY_MANIFEST;
 use crate::manifest::native::FILES_MANIFEST;
 use crate::paths::path_component;
+use members::{DumpManifest, NativeMembers};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -231,26 +230,6 @@ pub(crate) fn open_local(path: &Path) -> Result<File, StorageError> {
     })
 }
 
-/// Every regular file below `root/rel`, relative to `root` (symlinks and special files are
-/// neither followed nor listed).
-fn list_files(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<(), StorageError> {
-    let dir = root.join(rel);
-    let list = |e| IoError::new("could not list", &dir, e);
-    for e in fs::read_dir(&dir).map_err(list)? {
-        let e = e.map_err(list)?;
-        let kind = e
-            .file_type()
-            .map_err(|s| IoError::new("could not stat", &e.path(), s))?;
-        let path = rel.join(e.file_name());
-        if kind.is_dir() {
-            list_files(root, &path, out)?;
-        } else if kind.is_file() {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
-
 /// Copies a backup, a file or a directory, to `key` on `target`, every file verified.  A
 /// directory backup (pg_dump's directory format, a native physical backup) goes file by file
 /// under `<key>/<relative path>`; the result's sha256 is then its manifest's, which is what the
@@ -258,29 +237,48 @@ fn list_files(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<(), Sto
 /// (`DumpManifest`): the files it names must be the directory's before anything is copied, and
 /// each must land with the digest it records; the caller compares the manifest with the
 /// catalog, so the whole copy is then the recorded backup.  A native backup's members are
-/// stored compressed while its manifest records the files' own digests: they are checked when a
-/// restore or a verification decompresses them, not here.
+/// checked against its chain manifest (`NativeMembers`) the same way, each decompressed and
+/// hashed before it is sent, and must land as checked.
 pub fn put_backup(target: &dyn Storage, local: &Path, key: &str) -> Result<Copied, StorageError> {
     if !fs::symlink_metadata(local).is_ok_and(|m| m.is_dir()) {
         return target.put_file(local, key);
     }
-    let mut files = Vec::new();
-    list_files(local, Path::new(""), &mut files)?;
-    files.sort();
-    let dump = match files.iter().any(|f| f == Path::new(DIRECTORY_MANIFEST)) {
-        true => Some(DumpManifest::read(local, &files)?),
-        false => None,
-    };
-    // Without a manifest (a regular file: a symlink is not listed) a directory is not a
-    // backup: refused before any member is copied, not after, so no stray members are left.
-    if dump.is_none() && !files.iter().any(|f| f == Path::new(FILES_MANIFEST)) {
+    // Listed and opened beneath the directory's handle: a symlink below it (planted, or a
+    // directory swapped for one meanwhile) is neither listed nor copied through.
+    let root = Root::open(local).map_err(|e| IoError::new("could not open", local, e))?;
+    let files = root
+        .files_below(Path::new(""))
+        .map_err(|e| IoError::new("could not list", local, e))?;
+    let has = |name: &str| files.iter().any(|f| f == Path::new(name));
+    let (dump, native) = if has(DIRECTORY_MANIFEST) {
+        (Some(DumpManifest::read(local, &root, &files)?), None)
+    } else if has(FILES_MANIFEST) {
+        (None, Some(NativeMembers::read(local, &root, &files)?))
+    } else {
+        // Without a manifest (a regular file: a symlink is not listed) a directory is not a
+        // backup: refused before any member is copied, not after, so no stray members are left.
         return Err(StorageError::NotAFile(local.join(DIRECTORY_MANIFEST)));
-    }
+    };
     let mut size = 0u64;
     let mut manifest = None;
     let mut landed = Vec::with_capacity(files.len());
+    let mut buf = vec![0u8; 1 << 20];
     for rel in &files {
-        let copied = target.put_file(&local.join(rel), &member_key(key, rel))?;
+        let shown = local.join(rel);
+        let mut file = root
+            .open_file(rel)
+            .map_err(|e| IoError::new("could not open", &shown, e))?;
+        let checked = match &native {
+            Some(native) => native.check(local, rel, &mut file, &mut buf)?,
+            None => None,
+        };
+        let copied = target.put_opened(file, &shown, &member_key(key, rel))?;
+        if let Some(checked) = checked.filter(|sha| *sha != copied.sha256) {
+            return Err(StorageError::Member {
+                member: shown,
+                why: format!("landed with sha256 {}, checked as {checked}", copied.sha256),
+            });
+        }
         size += copied.size;
         let top = rel.to_str().unwrap_or_default();
         if top == DIRECTORY_MANIFEST || top == FILES_MANIFEST {
@@ -292,109 +290,11 @@ pub fn put_backup(target: &dyn Storage, local: &Path, key: &str) -> Result<Copie
     if let Some(dump) = dump {
         dump.check_landed(local, &sha256, &landed)?;
     }
+    if let Some(native) = native {
+        native.check_landed(local, &sha256)?;
+    }
     Ok(Copied { size, sha256 })
 }
-
-/// A directory-format dump's manifest as this host holds it: its sha256 and the digest of each
-/// file it names.  A member that rotted on this host's disk after the dump was taken (which the
-/// manifest's own sha256, the catalog's, cannot show) is found while the backup can still be
-/// taken again, not by the restore after the host is lost.
-struct DumpManifest {
-    sha256: String,
-    digests: HashMap<PathBuf, String>,
-}
-
-impl DumpManifest {
-    /// Reads the manifest in `local` and checks, before anything is copied, that the files it
-    /// names are the directory's `files` (relative paths): none missing, none added.  A
-    /// mismatch is `StorageError::Manifest`: nothing landed, so nothing is removed.
-    fn read(local: &Path, files: &[PathBuf]) -> Result<DumpManifest, StorageError> {
-        let path = local.join(DIRECTORY_MANIFEST);
-        let refused = |m: &Path, why: String| StorageError::Manifest {
-            member: local.join(m),
-            why,
-        };
-        let mut text = String::new();
-        open_local(&path)?
-            .take(MANIFEST_LIMIT + 1)
-            .read_to_string(&mut text)
-            .map_err(|e| IoError::new("could not read", &path, e))?;
-        if text.len() as u64 > MANIFEST_LIMIT {
-            return Err(refused(
-                Path::new(DIRECTORY_MANIFEST),
-                format!("is larger than {MANIFEST_LIMIT} bytes"),
-            ));
-        }
-        let digests: HashMap<PathBuf, String> = directory::parse(&text)
-            .map_err(|bad| refused(Path::new(DIRECTORY_MANIFEST), bad.to_string()))?
-            .into_iter()
-            .map(|(sum, name)| (PathBuf::from(name), sum))
-            .collect();
-        // A dump directory is flat and holds only regular files: a symlink or a subdirectory
-        // (which `list_files` skips or descends) would fail the backup's own verification, so
-        // it is not copied as though it were the backup either.
-        let list = |e| IoError::new("could not list", local, e);
-        for e in fs::read_dir(local).map_err(list)? {
-            let e = e.map_err(list)?;
-            let kind = e
-                .file_type()
-                .map_err(|s| IoError::new("could not stat", &e.path(), s))?;
-            if !kind.is_file() {
-                return Err(refused(
-                    Path::new(&e.file_name()),
-                    "is not a regular file; a dump directory holds only its files".into(),
-                ));
-            }
-        }
-        let present: HashSet<&Path> = files.iter().map(PathBuf::as_path).collect();
-        if let Some(extra) = files
-            .iter()
-            .find(|f| *f != Path::new(DIRECTORY_MANIFEST) && !digests.contains_key(*f))
-        {
-            return Err(refused(extra, "is not in the backup's manifest".into()));
-        }
-        if let Some(gone) = digests.keys().find(|n| !present.contains(n.as_path())) {
-            return Err(refused(
-                gone,
-                "is in the backup's manifest but not in its directory".into(),
-            ));
-        }
-        Ok(DumpManifest {
-            sha256: checksum::hex(&Sha256::digest(text.as_bytes())),
-            digests,
-        })
-    }
-
-    /// Checks what landed (`landed`: relative path, sha256; `manifest`: the manifest's) against
-    /// the manifest read before the copy.  A mismatch is `StorageError::Member`: what landed is
-    /// not the backup.
-    fn check_landed(
-        &self,
-        local: &Path,
-        manifest: &str,
-        landed: &[(PathBuf, String)],
-    ) -> Result<(), StorageError> {
-        if manifest != self.sha256 {
-            return Err(StorageError::Member {
-                member: local.join(DIRECTORY_MANIFEST),
-                why: "changed while the backup was copied".into(),
-            });
-        }
-        for (rel, sha) in landed {
-            if let Some(sum) = self.digests.get(rel).filter(|sum| *sum != sha) {
-                return Err(StorageError::Member {
-                    member: local.join(rel),
-                    why: format!("landed with sha256 {sha}, the manifest records {sum}"),
-                });
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A directory-format dump's manifest is one line of about 80 bytes per table and large object:
-/// a million of them fit many times over.
-const MANIFEST_LIMIT: u64 = 1 << 30;
 
 #[cfg(test)]
 mod tests {
@@ -438,8 +338,8 @@ mod tests {
     use super::filesystem::FilesystemTarget;
     use super::*;
     use crate::checksum::hex;
+    use crate::manifest::directory;
     use sha2::{Digest, Sha256};
-
     /// A directory-format dump whose member rotted on this disk after the dump, a member the
     /// manifest does not name, or one it names that is gone: the copy is refused, naming it.
     #[test]
@@ -571,22 +471,48 @@ mod tests {
         target.delete(&key).unwrap();
         assert!(!copy.exists());
 
-        // A native physical backup: nested directories, its chain manifest as the checksum.
+        // A native physical backup: nested directories, its chain manifest as the checksum,
+        // each member it stores checked against the manifest as it is copied (decompressed).
         let native = tmp.path().join("n.native");
         std::fs::create_dir_all(native.join("data/base/5")).unwrap();
-        std::fs::write(native.join("data/base/5/16384.zst"), b"rel").unwrap();
+        let member = native.join("data/base/5/16384.zst");
+        std::fs::write(&member, zstd::encode_all(&b"rel"[..], 3).unwrap()).unwrap();
+        std::fs::write(native.join("data/backup_label"), b"label").unwrap();
         std::fs::write(native.join("backup_manifest"), b"{}").unwrap();
-        let chain = b"# backup_mgmt native physical backup 1; parent none\n";
-        std::fs::write(native.join(FILES_MANIFEST), chain).unwrap();
+        let chain = format!(
+            "# backup_mgmt native physical backup 2; parent 1\n\
+             f\tbackup_label\t5\t0\t{}\t2\tdata/backup_label\n\
+             f\tbase/5/16384\t3\t0\t{}\t2\tdata/base/5/16384.zst\n\
+             f\tbase/5/1259\t4\t0\t{}\t1\tdata/base/5/1259\n",
+            hex(&Sha256::digest(b"label")),
+            hex(&Sha256::digest(b"rel")),
+            hex(&Sha256::digest(b"held")),
+        );
+        std::fs::write(native.join(FILES_MANIFEST), &chain).unwrap();
         let key = object_key(1, "postgres", &native);
         let c = put_backup(&target, &native, &key).unwrap();
-        assert_eq!(c.sha256, hex(&Sha256::digest(chain)));
+        assert_eq!(c.sha256, hex(&Sha256::digest(&chain)));
         let copy = tmp.path().join("offsite").join(&key);
         assert_eq!(
-            std::fs::read(copy.join("data/base/5/16384.zst")).unwrap(),
+            zstd::decode_all(&std::fs::read(copy.join("data/base/5/16384.zst")).unwrap()[..])
+                .unwrap(),
             b"rel"
         );
         target.delete(&key).unwrap();
+        assert!(!copy.exists());
+        // A member that rotted on this host (other bytes, still valid zstd; or not zstd at
+        // all) is not copied as the backup, and what landed before it is removed by the caller.
+        for rotten in [zstd::encode_all(&b"reX"[..], 3).unwrap(), b"rel".to_vec()] {
+            std::fs::write(&member, rotten).unwrap();
+            let e = put_backup(&target, &native, &key).unwrap_err();
+            assert!(matches!(e, StorageError::Member { .. }), "{e}");
+            assert!(e.to_string().contains("16384.zst"), "{e}");
+            target.delete(&key).unwrap();
+        }
+        // A member the manifest says this directory stores, missing: refused before anything.
+        std::fs::remove_file(&member).unwrap();
+        let e = put_backup(&target, &native, &key).unwrap_err();
+        assert!(matches!(e, StorageError::Manifest { .. }), "{e}");
         assert!(!copy.exists());
     }
 

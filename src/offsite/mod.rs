@@ -104,12 +104,13 @@ fn copy_checked(
     key: &str,
     expected: Option<&str>,
 ) -> Result<Copied, CopyError> {
-    let landed = match storage::put_backup(target, local, key) {
+    let landed = match storage::put_backup_expecting(target, local, key, expected) {
         // A member of a directory that landed other than its manifest records: what landed is
         // not the backup, and left there it would block the next try (copies are never
         // replaced).  (An existing copy's member is never replaced by a different one: that is
         // `Occupied`, and nothing is removed; a directory whose files are not its manifest's is
-        // `Manifest`, refused before anything is copied.)
+        // `Manifest`, refused before anything is copied, as is a directory whose manifest is
+        // not the catalog's.)
         Err(e @ StorageError::Member { .. }) => {
             let _ = target.delete(key);
             return Err(e.into());

@@ -155,7 +155,9 @@ impl Root {
 
     /// Creates the directories of `rel` that are missing (mode 0700) and opens the last; a
     /// symlink on the way is refused.  Each new level's parent is fsynced, and a failure to is
-    /// an error: a file recorded as written inside must not vanish with its directory.
+    /// an error: a file recorded as written inside must not vanish with its directory.  (A
+    /// level found already there is not fsynced again: one whose creation failed so is then
+    /// trusted; the cost of an fsync per level per file is not worth that rare case.)
     pub fn create_dir_all(&self, rel: &Path) -> io::Result<File> {
         let mut dir = self.dir.try_clone()?;
         for name in plain_components(rel)? {
@@ -176,7 +178,11 @@ impl Root {
         let (parent, name) = split(rel)?;
         let parent_dir = self.create_dir_all(parent)?;
         mkdir_at(&parent_dir, name)?;
-        parent_dir.sync_all()?;
+        if let Err(e) = parent_dir.sync_all() {
+            // Nobody holds it to remove it later, and a retry under the name would fail.
+            let _ = remove_at(&parent_dir, name);
+            return Err(e);
+        }
         let dir = open_dir_at(&parent_dir, name)?;
         Ok((self.path.join(rel), dir))
     }
@@ -335,7 +341,12 @@ pub fn entries_of(dir: &File) -> io::Result<Vec<(std::ffi::OsString, Kind)>> {
 fn walk_files(dir: &File, rel: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
     for (name, kind) in entries_of(dir)? {
         match kind {
-            Kind::Dir => walk_files(&open_dir_at(dir, &name)?, &rel.join(&name), out)?,
+            Kind::Dir => match open_dir_at(dir, &name) {
+                Ok(sub) => walk_files(&sub, &rel.join(&name), out)?,
+                // Removed since it was listed: nothing below it to list.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            },
             Kind::File => out.push(rel.join(&name)),
             Kind::Other => {}
         }

@@ -201,11 +201,14 @@ impl Storage for FilesystemTarget {
         let Some(root) = self.root_if_any()? else {
             return Ok(Vec::new());
         };
-        let files = match root.files_below(Path::new(start)) {
-            Ok(files) => files,
+        let fail = |e| IoError::new("could not list", &self.path_of(start), e);
+        // Only the start may be absent; a failure further down (a directory swapped for a
+        // symlink during the walk) is an error, not an empty listing.
+        match root.open_dir(Path::new(start)) {
             Err(e) if absent(&e) => return Ok(Vec::new()),
-            Err(e) => return Err(IoError::new("could not list", &self.path_of(start), e).into()),
-        };
+            other => drop(other.map_err(fail)?),
+        }
+        let files = root.files_below(Path::new(start)).map_err(fail)?;
         Ok(files
             .into_iter()
             .filter_map(|p| p.to_str().map(str::to_owned))

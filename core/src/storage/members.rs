@@ -31,7 +31,13 @@ fn read_manifest(local: &Path, root: &Root, name: &str) -> Result<String, Storag
         .map_err(|e| IoError::new("could not open", &path, e))?
         .take(MANIFEST_LIMIT + 1)
         .read_to_string(&mut text)
-        .map_err(|e| IoError::new("could not read", &path, e))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => StorageError::Manifest {
+                member: path.clone(),
+                why: "is not UTF-8 text".into(),
+            },
+            _ => IoError::new("could not read", &path, e).into(),
+        })?;
     if text.len() as u64 > MANIFEST_LIMIT {
         return Err(StorageError::Manifest {
             member: path,
@@ -116,8 +122,10 @@ impl NativeMembers {
             why: format!("could not be read back as stored: {why}"),
         })?;
         // The rest of the stored bytes too (a zstd frame may end before the file does).
-        std::io::copy(&mut raw, &mut std::io::sink())
-            .map_err(|e| IoError::new("could not read", &shown, e))?;
+        std::io::copy(&mut raw, &mut std::io::sink()).map_err(|e| StorageError::Member {
+            member: shown.clone(),
+            why: format!("could not be read back as stored: {e}"),
+        })?;
         let (_, as_stored) = raw.finish();
         if size != record.size || sum != record.sha256 {
             return Err(StorageError::Member {
@@ -131,6 +139,11 @@ impl NativeMembers {
         file.seek(SeekFrom::Start(0))
             .map_err(|e| IoError::new("could not rewind", &shown, e))?;
         Ok(Some(as_stored))
+    }
+
+    /// The manifest's sha256 as read (the catalog's checksum of the backup).
+    pub(super) fn sha256(&self) -> &str {
+        &self.sha256
     }
 
     /// Checks the landed manifest (`manifest`: its sha256) against the one read before the copy.
@@ -155,6 +168,11 @@ pub(super) struct DumpManifest {
 }
 
 impl DumpManifest {
+    /// The manifest's sha256 as read (the catalog's checksum of the backup).
+    pub(super) fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
     /// Reads the manifest in `local` and checks, before anything is copied, that the files it
     /// names are the directory's `files` (relative paths): none missing, none added.  A
     /// mismatch is `StorageError::Manifest`: nothing landed, so nothing is removed.

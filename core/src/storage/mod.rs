@@ -235,11 +235,23 @@ pub(crate) fn open_local(path: &Path) -> Result<File, StorageError> {
 /// under `<key>/<relative path>`; the result's sha256 is then its manifest's, which is what the
 /// catalog records for it.  A directory-format dump is checked against its manifest
 /// (`DumpManifest`): the files it names must be the directory's before anything is copied, and
-/// each must land with the digest it records; the caller compares the manifest with the
-/// catalog, so the whole copy is then the recorded backup.  A native backup's members are
-/// checked against its chain manifest (`NativeMembers`) the same way, each decompressed and
-/// hashed before it is sent, and must land as checked.
+/// each must land with the digest it records.  A native backup's members are checked against
+/// its chain manifest (`NativeMembers`), each decompressed and hashed before it is sent, and must
+/// land as checked.  `put_backup_expecting` also compares the manifest with the catalog's
+/// checksum before anything is sent, so the whole copy is then the recorded backup.
 pub fn put_backup(target: &dyn Storage, local: &Path, key: &str) -> Result<Copied, StorageError> {
+    put_backup_expecting(target, local, key, None)
+}
+
+/// `put_backup` of a backup whose catalog checksum is `expected` (a directory's manifest's
+/// sha256): a directory whose manifest is not that one is refused before any member is sent (a
+/// file's sha256 is the caller's to compare, with what landed).
+pub fn put_backup_expecting(
+    target: &dyn Storage,
+    local: &Path,
+    key: &str,
+    expected: Option<&str>,
+) -> Result<Copied, StorageError> {
     if !fs::symlink_metadata(local).is_ok_and(|m| m.is_dir()) {
         return target.put_file(local, key);
     }
@@ -259,41 +271,85 @@ pub fn put_backup(target: &dyn Storage, local: &Path, key: &str) -> Result<Copie
         // backup: refused before any member is copied, not after, so no stray members are left.
         return Err(StorageError::NotAFile(local.join(DIRECTORY_MANIFEST)));
     };
-    let mut size = 0u64;
-    let mut manifest = None;
-    let mut landed = Vec::with_capacity(files.len());
-    let mut buf = vec![0u8; 1 << 20];
-    for rel in &files {
-        let shown = local.join(rel);
-        let mut file = root
-            .open_file(rel)
-            .map_err(|e| IoError::new("could not open", &shown, e))?;
-        let checked = match &native {
-            Some(native) => native.check(local, rel, &mut file, &mut buf)?,
-            None => None,
-        };
-        let copied = target.put_opened(file, &shown, &member_key(key, rel))?;
-        if let Some(checked) = checked.filter(|sha| *sha != copied.sha256) {
-            return Err(StorageError::Member {
-                member: shown,
-                why: format!("landed with sha256 {}, checked as {checked}", copied.sha256),
-            });
-        }
-        size += copied.size;
-        let top = rel.to_str().unwrap_or_default();
-        if top == DIRECTORY_MANIFEST || top == FILES_MANIFEST {
-            manifest = Some(copied.sha256.clone());
-        }
-        landed.push((rel.clone(), copied.sha256));
+    let (name, read) = match (&dump, &native) {
+        (Some(dump), _) => (DIRECTORY_MANIFEST, dump.sha256()),
+        (_, Some(native)) => (FILES_MANIFEST, native.sha256()),
+        _ => unreachable!("one of the two manifests was read"),
+    };
+    if let Some(expected) = expected.filter(|e| *e != read) {
+        return Err(StorageError::Manifest {
+            member: local.join(name),
+            why: format!("has sha256 {read}, the catalog records {expected}"),
+        });
     }
-    let sha256 = manifest.ok_or_else(|| StorageError::NotAFile(local.join(DIRECTORY_MANIFEST)))?;
+    // Each member is opened (and a native one checked) on a helper thread a file or two ahead
+    // of the copy, so that decompressing and hashing overlap the copy's writes and fsyncs.
+    let (size, landed) = std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        let (files, root, native) = (&files, &root, &native);
+        scope.spawn(move || {
+            let mut buf = vec![0u8; 1 << 20];
+            for rel in files {
+                let shown = local.join(rel);
+                let opened = open_member(root, rel, &shown).and_then(|mut file| {
+                    let checked = match native {
+                        Some(native) => native.check(local, rel, &mut file, &mut buf)?,
+                        None => None,
+                    };
+                    Ok((file, checked))
+                });
+                let failed = opened.is_err();
+                // The copy stopped (its receiver gone) or this member failed: nothing further.
+                if tx.send((rel, shown, opened)).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let mut size = 0u64;
+        let mut landed = Vec::with_capacity(files.len());
+        for (rel, shown, opened) in rx {
+            let (file, checked) = opened?;
+            let copied = target.put_opened(file, &shown, &member_key(key, rel))?;
+            if let Some(checked) = checked.filter(|sha| *sha != copied.sha256) {
+                return Err(StorageError::Member {
+                    member: shown,
+                    why: format!("landed with sha256 {}, checked as {checked}", copied.sha256),
+                });
+            }
+            size += copied.size;
+            landed.push((rel.clone(), copied.sha256));
+        }
+        Ok((size, landed))
+    })?;
+    let manifest = landed
+        .iter()
+        .find(|(rel, _)| rel == Path::new(name))
+        .map(|(_, sha)| sha.clone())
+        .ok_or_else(|| StorageError::NotAFile(local.join(name)))?;
     if let Some(dump) = dump {
-        dump.check_landed(local, &sha256, &landed)?;
+        dump.check_landed(local, &manifest, &landed)?;
     }
     if let Some(native) = native {
-        native.check_landed(local, &sha256)?;
+        native.check_landed(local, &manifest)?;
     }
-    Ok(Copied { size, sha256 })
+    Ok(Copied {
+        size,
+        sha256: manifest,
+    })
+}
+
+/// Opens a member of a directory backup beneath its handle: a symlink or anything but a regular
+/// file where a member was listed is that backup's problem (`NotAFile`), not a passing failure.
+fn open_member(root: &Root, rel: &Path, shown: &Path) -> Result<File, StorageError> {
+    root.open_file(rel).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::InvalidInput
+            || matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR))
+        {
+            StorageError::NotAFile(shown.to_owned())
+        } else {
+            IoError::new("could not open", shown, e).into()
+        }
+    })
 }
 
 #[cfg(test)]
@@ -490,9 +546,15 @@ mod tests {
         );
         std::fs::write(native.join(FILES_MANIFEST), &chain).unwrap();
         let key = object_key(1, "postgres", &native);
-        let c = put_backup(&target, &native, &key).unwrap();
-        assert_eq!(c.sha256, hex(&Sha256::digest(&chain)));
+        // A chain manifest other than the catalog's: refused before anything is sent.
+        let e = put_backup_expecting(&target, &native, &key, Some(&hex(&Sha256::digest(b"x"))))
+            .unwrap_err();
+        assert!(matches!(e, StorageError::Manifest { .. }), "{e}");
         let copy = tmp.path().join("offsite").join(&key);
+        assert!(!copy.exists());
+        let c = put_backup_expecting(&target, &native, &key, Some(&hex(&Sha256::digest(&chain))))
+            .unwrap();
+        assert_eq!(c.sha256, hex(&Sha256::digest(&chain)));
         assert_eq!(
             zstd::decode_all(&std::fs::read(copy.join("data/base/5/16384.zst")).unwrap()[..])
                 .unwrap(),

@@ -1313,8 +1313,11 @@ WITH verified AS (
     -- What would be left if the host were lost now, per plan: the best active target, taking
     -- only what is on that one target: its newest backup of the database verified as a whole
     -- with a verified copy of every member of its chain there (the newest few, as above), and
-    -- how far its WAL reaches without a hole (up to the oldest file still waiting when one
-    -- is, else its newest copy).
+    -- how far its WAL reaches without a hole: while files wait, the newest copy archived
+    -- before the oldest of them (whose own WAL is not there yet; on a quiet cluster one file
+    -- may span hours), else its newest copy.  The EXISTS tests beside chain_unverified and
+    -- backup_chain repeat what those cover for the backup itself: cheap probes that leave the
+    -- functions only the rows that could pass.
     SELECT d.database_name, best.offsite_verified_backup_at, best.offsite_last_wal_at
       FROM (SELECT DISTINCT database_name FROM disaster_recovery.recovery_plans WHERE is_active) d
       LEFT JOIN LATERAL (
@@ -1339,11 +1342,12 @@ WITH verified AS (
                                           AND x.sync_status = 'completed'))
                           ORDER BY r.start_time DESC LIMIT 8) n) b
            CROSS JOIN LATERAL (
-                 SELECT coalesce(s.oldest_pending_archived_at,
-                                 (SELECT w.archived_at FROM backup_management.remote_wal_records w
-                                   WHERE w.config_id = c.config_id
-                                     AND w.system_identifier = (SELECT system_identifier FROM pg_catalog.pg_control_system())
-                                   ORDER BY w.archived_at DESC LIMIT 1)) AS wal_at
+                 SELECT (SELECT w.archived_at FROM backup_management.remote_wal_records w
+                          WHERE w.config_id = c.config_id
+                            AND w.system_identifier = (SELECT system_identifier FROM pg_catalog.pg_control_system())
+                            AND (s.oldest_pending_archived_at IS NULL
+                                 OR w.archived_at < s.oldest_pending_archived_at)
+                          ORDER BY w.archived_at DESC LIMIT 1) AS wal_at
                    FROM backup_mgmt.offsite_wal_status s WHERE s.config_id = c.config_id) w
            WHERE c.is_active AND b.backup_at IS NOT NULL
            ORDER BY greatest(b.backup_at, w.wal_at) DESC

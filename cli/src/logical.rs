@@ -72,9 +72,9 @@ pub struct LogicalArgs {
     /// version>/bin when it exists, else the directory of pg_restore on $PATH).
     #[arg(long, value_name = "DIR")]
     pg_bin: Option<PathBuf>,
-    /// pg_restore jobs for a directory-format dump (default: the number of cores).
-    #[arg(long, value_name = "N")]
-    jobs: Option<usize>,
+    /// pg_restore jobs for a directory-format dump, 1-128 (default: the number of cores).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=128))]
+    jobs: Option<u16>,
     /// Where a directory-format dump is fetched before pg_restore reads it (default: $TMPDIR
     /// or /tmp).
     #[arg(long, value_name = "DIR")]
@@ -133,8 +133,7 @@ pub fn run(
         tablespaces: args.tablespaces,
         jobs: args
             .jobs
-            .unwrap_or_else(backup_mgmt_core::threads::cores)
-            .max(1),
+            .map_or_else(backup_mgmt_core::threads::cores, usize::from),
         work_dir: args.work_dir.clone().unwrap_or_else(std::env::temp_dir),
         trust_superuser_objects: args.trust_superuser_objects,
         trust_globals: args.trust_globals,

@@ -43,8 +43,9 @@ const EXIT_CODES: &str = "Exit codes:
      aside did not land as read; an object that changed under its key meanwhile is 1)
   4  nothing to restore from: no backup reaches the goal, or (wal-fetch, wal-set-aside) the
      target has no such WAL file
-wal-fetch exits 255 on any other failure, which PostgreSQL takes as fatal: recovery stops
-rather than ending early without the WAL it could not fetch.";
+wal-fetch exits 255 on any other failure (a mistyped option and an internal error included),
+which PostgreSQL takes as fatal: recovery stops rather than ending early without the WAL it
+could not fetch.";
 
 /// Restore PostgreSQL clusters from backup_mgmt's off-site targets, with no host and no
 /// catalog database.
@@ -151,9 +152,11 @@ struct ReadAhead {
     /// replays this one, as pgBackRest's spool; without it, no read-ahead.
     #[arg(long, value_name = "DIR")]
     spool: Option<PathBuf>,
-    /// How many WAL files to fetch ahead into the spool.
-    #[arg(long, value_name = "N", default_value_t = 8)]
-    read_ahead: usize,
+    /// How many WAL files to fetch ahead into the spool (1-256; each is a segment, 16 MB by
+    /// default, on the spool's disk).
+    #[arg(long, value_name = "N", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    read_ahead: u16,
 }
 
 #[derive(Args)]
@@ -185,9 +188,9 @@ struct RestoreArgs {
     /// Default: latest. Needs --latest, --target-time or --target-lsn.
     #[arg(long, value_name = "TIMELINE", value_parser = parse_timeline)]
     target_timeline: Option<TargetTimeline>,
-    /// Files fetched and checked at the same time (default: the number of cores).
-    #[arg(long, value_name = "N")]
-    jobs: Option<usize>,
+    /// Files fetched and checked at the same time, 1-128 (default: the number of cores).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=128))]
+    jobs: Option<u16>,
     /// Where tablespaces go, each as <DIR>/<oid> (default: <DATA_DIRECTORY>.tablespaces).
     #[arg(long, value_name = "DIR")]
     tablespaces: Option<PathBuf>,
@@ -249,11 +252,11 @@ fn fetch_code(f: &FetchError) -> u8 {
 /// Exit code of a failed reading of the mirror or choice of a backup.
 fn offsite_code(o: &OffsiteRestoreError) -> u8 {
     match o {
-        OffsiteRestoreError::SeveralClusters(_) => 2,
+        // What the command line asks is ambiguous or malformed: a time that is not one, a
+        // backup of the other kind, several databases or clusters to choose from.
+        OffsiteRestoreError::SeveralClusters(_) | OffsiteRestoreError::Goal(_) => 2,
         OffsiteRestoreError::BadMirror { .. } => 3,
-        OffsiteRestoreError::NoBase(_)
-        | OffsiteRestoreError::NoCluster
-        | OffsiteRestoreError::Goal(_) => 4,
+        OffsiteRestoreError::NoBase(_) | OffsiteRestoreError::NoCluster => 4,
         OffsiteRestoreError::Storage(_) => 1,
     }
 }
@@ -318,7 +321,23 @@ fn wal_set_aside(storage: &dyn Storage, sysid: i64, name: &str) -> Result<SetAsi
 const WAL_FETCH_FATAL: u8 = 255;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // As restore_command, every failure must be fatal, the ones before `run` too: a mistyped
+    // option (clap's exit 2) or a panic (101) would otherwise read as "not archived".
+    let as_restore_command = std::env::args_os().skip(1).any(|a| a == "wal-fetch");
+    if as_restore_command {
+        std::panic::set_hook(Box::new(|info| {
+            eprintln!("backup-mgmt: {info}");
+            std::process::exit(WAL_FETCH_FATAL.into());
+        }));
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if as_restore_command && e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(WAL_FETCH_FATAL);
+        }
+        Err(e) => e.exit(),
+    };
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -366,7 +385,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
                 let mirror = offsite::load_mirror(storage.as_ref(), sysid)?;
                 fetch::wal_fetch(storage.as_ref(), &mirror, name, path, Sync::AtomicOnly)?;
             }
-            if spool.is_some_and(|s| s.ready_after(name) * 2 < ahead.read_ahead) {
+            if spool.is_some_and(|s| s.ready_after(name) * 2 < usize::from(ahead.read_ahead)) {
                 start_prefetch(cli, sysid, ahead, name);
             }
             Ok(())
@@ -381,8 +400,14 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             // One filler at a time; the lock goes with the process.
             if let Some(_lock) = spool.try_lock()? {
                 let mirror = offsite::load_mirror(storage.as_ref(), sysid)?;
-                let threads = ahead.read_ahead.clamp(1, 4);
-                spool.fill(storage.as_ref(), &mirror, name, ahead.read_ahead, threads);
+                let threads = usize::from(ahead.read_ahead.clamp(1, 4));
+                spool.fill(
+                    storage.as_ref(),
+                    &mirror,
+                    name,
+                    usize::from(ahead.read_ahead),
+                    threads,
+                );
             }
             Ok(())
         }
@@ -566,7 +591,7 @@ fn restore(
                     Writes::Direct
                 },
             },
-            r.jobs.unwrap_or_else(threads::cores).max(1),
+            r.jobs.map_or_else(threads::cores, usize::from),
             &counters,
         )
     })?;

@@ -367,6 +367,48 @@ fn wal_reaches_every_target_verified_survives_an_outage_and_raises_the_alarm() {
         .as_str()
         .unwrap()
         .starts_with(&format!("{other_sysid}/"))));
+
+    // A target disabled while its alarm stands: the alarm is cleared and said so, not left
+    // standing where the view no longer shows the target.
+    s3.kill();
+    switch_segments(&mut db, 2);
+    let raised = Cluster::wait_for(Duration::from_secs(60), || status(&mut db, "bucket").2);
+    assert!(raised, "no alarm\n{}", cluster.log());
+    db.batch_execute(
+        "UPDATE backup_management.remote_backup_configs SET is_active = false
+          WHERE config_name = 'bucket'",
+    )
+    .unwrap();
+    let cleared = Cluster::wait_for(Duration::from_secs(30), || {
+        db.query_one(
+            "SELECT alarm_since IS NULL FROM backup_management.remote_wal_state WHERE config_id = $1",
+            &[&config_id],
+        )
+        .map(|r| r.get::<_, bool>(0))
+        .unwrap_or(false)
+    });
+    assert!(
+        cleared,
+        "the disabled target's alarm stayed\n{}",
+        cluster.log()
+    );
+    assert!(
+        cluster
+            .log()
+            .contains("off-site target \"bucket\" was disabled; its WAL lag alarm is cleared"),
+        "{}",
+        cluster.log()
+    );
+    listener.batch_execute("SELECT 1").unwrap();
+    let disabled =
+        format!("{{\"event\":\"offsite_wal_target_disabled\",\"config_id\":{config_id}}}");
+    let heard = listener
+        .notifications()
+        .iter()
+        .iterator()
+        .filter_map(Result::ok)
+        .any(|n| n.payload() == disabled);
+    assert!(heard, "no {disabled}");
 }
 
 #[test]

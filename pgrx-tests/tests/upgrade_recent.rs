@@ -252,3 +252,87 @@ fn upgrade_from_0_10_0_counts_only_whole_chains_as_verified_and_keeps_every_row(
     );
     assert_same_shape(&mut old, &mut cluster.connect("fresh"));
 }
+
+/// 0.11.0 -> 0.12.0: the off-site RPO counted a target's WAL as reaching the archive time of the
+/// oldest file still waiting to be copied there, whose own WAL is not on the target.  After the
+/// update it reaches the newest copy archived before that file (a copy archived after it, past
+/// the hole, does not count), every row is kept, and the catalog is a fresh install's.
+#[test]
+fn upgrade_from_0_11_0_stops_the_offsite_wal_at_the_first_hole_and_keeps_every_row() {
+    let cluster = two_databases();
+    let mut old = cluster.connect("upgraded");
+    old.batch_execute("CREATE EXTENSION backup_mgmt VERSION '0.11.0'")
+        .unwrap();
+    // A verified full (20 h ago) copied to the target; WAL files archived 10, 8, 6 and 1 h ago,
+    // all copied but the one of 6 h ago (held back: other bytes under its key, say).
+    old.batch_execute(
+        "INSERT INTO backup_management.backup_records
+             (backup_id, database_name, backup_type, backup_method, backup_file_path, status, start_time,
+              end_time, duration, checksum, origin)
+         VALUES (1, 'app', 'full', 'native_physical', '/b/app/1', 'completed', now() - interval '20 hours',
+                 now() - interval '20 hours', '1 minute', repeat('c', 64), 'worker');
+         SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence('backup_management.backup_records', 'backup_id'), 1);
+         INSERT INTO backup_management.backup_verifications
+             (backup_id, verification_type, verification_status, verification_result, verified_at)
+         VALUES (1, 'checksum', 'passed', '{}', now() - interval '1 hour');
+         INSERT INTO disaster_recovery.recovery_plans
+             (plan_name, database_name, rto_minutes, rpo_minutes, backup_strategy, recovery_procedure)
+         VALUES ('app-dr', 'app', 60, 420, 'native full and WAL off site', 'restore from the target');
+         INSERT INTO backup_management.remote_backup_configs
+             (config_name, database_name, remote_type, remote_endpoint, remote_path, credentials_ref, options, sync_schedule)
+         VALUES ('second-disk', 'app', 'filesystem', '/mnt/offsite', 'pg', NULL, '{}', '30 * * * *');
+         INSERT INTO backup_management.remote_backup_records
+             (backup_id, config_id, remote_file_path, sync_status, bytes_transferred, remote_checksum)
+         SELECT 1, config_id, '1/app/1', 'completed', 1234, repeat('c', 64)
+           FROM backup_management.remote_backup_configs;
+         INSERT INTO backup_management.wal_archive
+             (system_identifier, file_name, timeline_id, segment_number, file_path, file_size, checksum, archived_at)
+         SELECT (SELECT system_identifier FROM pg_catalog.pg_control_system()),
+                '00000001000000000000000' || n, 1, n, '/a/00000001000000000000000' || n, 16777216,
+                repeat('a', 64), now() - make_interval(hours => h)
+           FROM (VALUES (1, 10), (2, 8), (3, 6), (4, 1)) v(n, h);
+         INSERT INTO backup_management.remote_wal_records
+             (config_id, system_identifier, file_name, remote_key, file_size, remote_checksum, archived_at)
+         SELECT c.config_id, a.system_identifier, a.file_name, a.system_identifier || '/.wal/' || a.file_name,
+                a.file_size, a.checksum, a.archived_at
+           FROM backup_management.wal_archive a, backup_management.remote_backup_configs c
+          WHERE a.segment_number <> 3;",
+    )
+    .unwrap();
+    // Hours since the off-site WAL's reach; and whether the 7-hour RPO holds off site.
+    let reach = |db: &mut postgres::Client| -> (Option<i32>, String) {
+        let r = db
+            .query_one(
+                "SELECT round(extract(epoch FROM now() - offsite_last_wal_at) / 3600)::int,
+                        offsite_rpo_status
+                   FROM backup_mgmt.recovery_status",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(
+        reach(&mut old),
+        (Some(6), "ok".into()),
+        "0.11.0: the held file"
+    );
+    let before: String = old.query_one(CONTENT, &[]).unwrap().get(0);
+    update_to_current(&mut old);
+    assert_eq!(
+        before,
+        old.query_one(CONTENT, &[]).unwrap().get::<_, String>(0)
+    );
+    assert_eq!(reach(&mut old), (Some(8), "breached".into()));
+    // Once the held file is copied, the WAL reaches the newest copy.
+    old.batch_execute(
+        "INSERT INTO backup_management.remote_wal_records
+             (config_id, system_identifier, file_name, remote_key, file_size, remote_checksum, archived_at)
+         SELECT c.config_id, a.system_identifier, a.file_name, a.system_identifier || '/.wal/' || a.file_name,
+                a.file_size, a.checksum, a.archived_at
+           FROM backup_management.wal_archive a, backup_management.remote_backup_configs c
+          WHERE a.segment_number = 3",
+    )
+    .unwrap();
+    assert_eq!(reach(&mut old), (Some(1), "ok".into()));
+    assert_same_shape(&mut old, &mut cluster.connect("fresh"));
+}

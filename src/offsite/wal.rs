@@ -230,6 +230,7 @@ fn plan(
             spec,
         ));
     }
+    clear_disabled_alarms(c)?;
     let roots = guc::backup_roots().unwrap_or_default();
     let mut work = Vec::new();
     for (id, name, identity, spec) in rows {
@@ -443,10 +444,11 @@ fn record(config_id: i32, name: &str, identity: &str, batch: &Batch) -> Recorded
         .collect();
     failures.extend(batch.removed.iter().filter_map(|(e, r)| {
         r.as_ref().err().map(|why| {
+            // Never holds up the WAL: a copy not yet removed costs space, not recovery.
             (
                 format!("the removal of expired {}", escape_for_log(&e.key)),
                 why.to_string(),
-                true,
+                false,
             )
         })
     }));
@@ -574,6 +576,27 @@ fn fail_target(config_id: i32, name: &str, why: &OffsiteError) {
 
 /// Raises or clears a target's lag alarm (a WARNING or LOG line and a NOTIFY, sent at commit):
 /// raised past `backup_mgmt.offsite_wal_lag_alarm`, cleared at half of it (`core::alarm`).
+/// A target disabled while its lag alarm stood: the alarm is cleared and said so (a LOG line,
+/// a NOTIFY), rather than left standing where the view no longer shows it, and keeping a
+/// re-enabled target from raising it again.
+fn clear_disabled_alarms(c: &mut SpiClient<'_>) -> Result<(), SpiError> {
+    let cleared = c.update(
+        "UPDATE backup_management.remote_wal_state s SET alarm_since = NULL \
+           FROM backup_management.remote_backup_configs t \
+          WHERE t.config_id = s.config_id AND NOT t.is_active AND s.alarm_since IS NOT NULL \
+         RETURNING t.config_id, t.config_name",
+        None,
+        &[],
+    )?;
+    for r in cleared {
+        let config_id = r.get::<i32>(1)?.unwrap_or_default();
+        let name = escape_for_log(&r.get::<String>(2)?.unwrap_or_default());
+        log!("backup_mgmt: off-site target \"{name}\" was disabled; its WAL lag alarm is cleared");
+        notify::notify(&Event::OffsiteWalTargetDisabled { config_id });
+    }
+    Ok(())
+}
+
 fn check_alarm(c: &mut SpiClient<'_>, config_id: i32, name: &str) -> Result<(), SpiError> {
     let t = c.select(
         "SELECT lag_seconds, pending_segments, alarm_since IS NOT NULL \

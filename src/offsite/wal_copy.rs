@@ -132,13 +132,26 @@ pub(super) fn ship(
             });
         }
     }
-    let removed = expired
-        .into_iter()
-        .map(|e| {
+    // Removals wait for a target that answers (each one's retries would keep a down target's
+    // batch busy long after it is back), and stop at the first failure: a bucket that refuses
+    // deletes (object lock) refuses them all, and the rest wait for the next batch.
+    let target_failed = ready.is_err()
+        || shipped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|s| s.result.as_ref().is_err_and(|e| !e.file_level()));
+    let mut removed = Vec::new();
+    if !target_failed {
+        for e in expired {
             let gone = target.delete(&e.key);
-            (e, gone)
-        })
-        .collect();
+            let failed = gone.is_err();
+            removed.push((e, gone));
+            if failed {
+                break;
+            }
+        }
+    }
     let mirror = mirror.map(|m| {
         let landed = match &ready {
             Ok(()) => target.replace(m.text.as_bytes(), &m.key),

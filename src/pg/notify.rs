@@ -46,6 +46,9 @@ pub enum Event {
     },
     /// The target is back under the alarm's lag.
     OffsiteWalCaughtUp { config_id: i32 },
+    /// A target whose lag alarm was raised was disabled (`is_active = false`): its alarm is
+    /// cleared, since nothing is copied to it any more.
+    OffsiteWalTargetDisabled { config_id: i32 },
 }
 
 /// The JSON payload for `event`.

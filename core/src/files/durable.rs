@@ -32,6 +32,12 @@ pub enum Temp {
     Suffix,
     /// `.<name>.tmp` (hidden; for directories where `.partial` names are real files).
     Hidden,
+    /// `.<name>.<pid>-<n>.tmp`, a name no other writer uses: for a place several writers may
+    /// fill at once under the same final name (off-site targets configured once per database
+    /// at one place), where a shared temporary name would let one writer remove the other's
+    /// file and install a half-written one.  Never treated as stale: a crash leaves it behind,
+    /// hidden and never read as the file.
+    Unique,
 }
 
 /// What installing does when the final name already exists.
@@ -52,12 +58,17 @@ pub fn partial_path(path: &Path) -> PathBuf {
 pub fn temp_path(target: &Path, style: Temp) -> PathBuf {
     match style {
         Temp::Suffix => partial_path(target),
-        Temp::Hidden => {
+        Temp::Hidden | Temp::Unique => {
             let name = target
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            target.with_file_name(format!(".{name}.tmp"))
+            if style == Temp::Hidden {
+                return target.with_file_name(format!(".{name}.tmp"));
+            }
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            target.with_file_name(format!(".{name}.{}-{n}.tmp", std::process::id()))
         }
     }
 }
@@ -315,7 +326,8 @@ impl DurableFile {
         let name = name_of(target).at("could not name", target)?;
         let mut st = MaybeUninit::<libc::stat>::uninit();
         // SAFETY: a NUL-terminated name relative to the directory we hold, into a local stat.
-        let stale = unsafe {
+        let stale = style != Temp::Unique
+            && unsafe {
             libc::fstatat(dir.as_raw_fd(), temp.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW)
         } == 0
             // SAFETY: fstatat succeeded, so the buffer is initialised.
@@ -504,6 +516,35 @@ mod tests {
             assert!(dir.path().join(".seg.tmp").exists());
         }
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// Two writers of one name at once (targets configured per database at one place): with
+    /// unique temporary names neither removes the other's file, each installs only its own
+    /// whole file, and a half-written one is never installed.
+    #[test]
+    fn writers_of_one_name_at_once_never_install_each_others_half_written_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("catalog_mirror.json");
+        let mut a = DurableFile::create(&target, Temp::Unique).unwrap();
+        a.write_all(b"whole mirror A").unwrap();
+        let mut b = DurableFile::create(&target, Temp::Unique).unwrap();
+        assert_ne!(a.temp_path(), b.temp_path());
+        b.write_all(b"whole mir").unwrap();
+        a.commit(Install::Replace).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"whole mirror A");
+        b.write_all(b"ror B").unwrap();
+        b.commit(Install::Replace).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"whole mirror B");
+        // Never replaced: the second writer of a WAL file finds the first's.
+        let wal = dir.path().join("000000010000000000000001");
+        let mut a = DurableFile::create(&wal, Temp::Unique).unwrap();
+        let mut b = DurableFile::create(&wal, Temp::Unique).unwrap();
+        a.write_all(b"segment").unwrap();
+        b.write_all(b"segment").unwrap();
+        a.commit(Install::NoReplace).unwrap();
+        let e = b.commit(Install::NoReplace).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 
     #[test]

@@ -131,7 +131,8 @@ pub fn materialize_delta(
 }
 
 /// Removes what lies below `dest` that the manifest does not name (following only the
-/// tablespace links it names); returns how many entries went.
+/// tablespace links and a pg_wal link, and in a tablespace's location only this backup's
+/// version directory); returns how many entries went.
 fn remove_extras(manifest: &Manifest, dest: &Path) -> Result<usize, String> {
     let files: HashSet<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
     let dirs: HashSet<&str> = manifest.dirs.iter().map(String::as_str).collect();
@@ -156,13 +157,26 @@ fn remove_extras(manifest: &Manifest, dest: &Path) -> Result<usize, String> {
             let kind = e
                 .file_type()
                 .map_err(|err| format!("{}: {err}", e.path().display()))?;
-            let keep = if kind.is_dir() || (kind.is_symlink() && tablespace_oid(&path).is_some()) {
+            // A tablespace's location may be shared: PostgreSQL gives each version its own
+            // `PG_<major>_<catversion>` there (a pg_upgrade leaves the old one beside the new),
+            // so only what this backup's version directory holds is this cluster's to clean.
+            if tablespace_oid(&rel).is_some() && !dirs.contains(path.as_str()) {
+                continue;
+            }
+            // The links followed are the ones a data directory is made with: tablespaces, and
+            // pg_wal (`initdb --waldir`), whose stale WAL is cleaned where it lies.  Any other
+            // symlink is not the backup's file, wherever it points: it goes, not what it leads to.
+            let followed =
+                kind.is_symlink() && (tablespace_oid(&path).is_some() || path == "pg_wal");
+            let keep = if kind.is_dir() || followed {
                 dirs.contains(path.as_str())
-            } else {
+            } else if kind.is_file() {
                 files.contains(path.as_str()) || (rel.is_empty() && path == PG_MANIFEST)
+            } else {
+                false
             };
             if keep {
-                if kind.is_dir() || kind.is_symlink() {
+                if kind.is_dir() || followed {
                     stack.push(path);
                 }
                 continue;
@@ -381,10 +395,80 @@ mod tests {
         assert!(!dest.join("pg_wal/000000010000000000000009").exists());
         assert!(!dest.join("base/6").exists());
         assert!(dest.join(PG_MANIFEST).is_file());
+        // A symlink where the backup has a file goes as itself (what it leads to is neither
+        // read nor emptied), and is replaced by the file; a pg_wal link (`initdb --waldir`) is
+        // kept and its stale WAL removed where it lies.
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("keep-me"), b"not the cluster's").unwrap();
+        std::fs::remove_file(dest.join("base/5/2")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dest.join("base/5/2")).unwrap();
+        let waldir = tmp.path().join("waldisk");
+        std::fs::create_dir_all(&waldir).unwrap();
+        std::fs::write(waldir.join("000000010000000000000009"), b"stale").unwrap();
+        std::fs::remove_dir_all(dest.join("pg_wal")).unwrap();
+        std::os::unix::fs::symlink(&waldir, dest.join("pg_wal")).unwrap();
+        let d = materialize_delta(&source, &manifest, &dest, &spaces, TWO, &counters).unwrap();
+        assert_eq!((d.fetched, d.removed), (1, 2), "{d:?}");
+        assert!(elsewhere.join("keep-me").exists());
+        assert_eq!(
+            std::fs::read(dest.join("base/5/2")).unwrap(),
+            vec![2u8; 9000]
+        );
+        assert!(std::fs::symlink_metadata(dest.join("pg_wal"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(!waldir.join("000000010000000000000009").exists());
         // A stored file that is not what the manifest says fails the delta too.
         std::fs::write(dest.join("base/5/1"), b"uno").unwrap();
         std::fs::write(holder.join("data/base/5/1"), b"bad").unwrap();
         assert!(materialize_delta(&source, &manifest, &dest, &spaces, TWO, &counters).is_err());
+    }
+
+    /// A tablespace's location shared with another version's directory (what pg_upgrade
+    /// leaves): a delta restore cleans this backup's version directory and leaves the rest.
+    #[test]
+    fn a_delta_restore_leaves_another_versions_tablespace_directory_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let holder = tmp.path().join("b1");
+        let ts = "pg_tblspc/16384/PG_15_202209061";
+        std::fs::create_dir_all(holder.join("data").join(ts).join("5")).unwrap();
+        let bytes = b"relation".to_vec();
+        std::fs::write(holder.join("data").join(ts).join("5/1"), &bytes).unwrap();
+        std::fs::write(holder.join(PG_MANIFEST), b"{}").unwrap();
+        let manifest = Manifest {
+            backup_id: 1,
+            parent: None,
+            dirs: ["pg_tblspc", "pg_tblspc/16384", ts, &format!("{ts}/5")]
+                .map(String::from)
+                .to_vec(),
+            files: vec![FileRecord {
+                path: format!("{ts}/5/1"),
+                size: bytes.len() as u64,
+                mtime: 0,
+                sha256: hex(&Sha256::digest(&bytes)),
+                holder: 1,
+                stored: format!("data/{ts}/5/1"),
+            }],
+        };
+        let holders = HashMap::from([(1, holder.clone())]);
+        let (counted, cancel) = (AtomicU64::new(0), AtomicBool::new(false));
+        let counters = Counters {
+            bytes: &counted,
+            cancel: &cancel,
+        };
+        let (dest, spaces) = (tmp.path().join("data"), tmp.path().join("spaces"));
+        materialize(&manifest, &holders, &dest, &spaces, TWO, &counters).unwrap();
+        let location = spaces.join("16384");
+        std::fs::create_dir_all(location.join("PG_16_202307071/5")).unwrap();
+        std::fs::write(location.join("PG_16_202307071/5/1"), b"other cluster").unwrap();
+        std::fs::write(location.join("PG_15_202209061/5/2"), b"stale").unwrap();
+        let source = LocalHolders(&holders);
+        let d = materialize_delta(&source, &manifest, &dest, &spaces, TWO, &counters).unwrap();
+        assert_eq!((d.kept, d.removed), (1, 1), "{d:?}");
+        assert!(location.join("PG_16_202307071/5/1").exists());
+        assert!(!location.join("PG_15_202209061/5/2").exists());
     }
 
     /// What `will_open` was told: the files (holder, stored path) and the threads.

@@ -47,6 +47,8 @@ pub enum OffsiteRestoreError {
     SeveralClusters(String),
     #[error("no backup to restore from: {0}")]
     NoBase(String),
+    /// What the command line asks is malformed or ambiguous (exit 2): a time that is not one,
+    /// a backup of the other kind, several databases to choose from.
     #[error("{0}")]
     Goal(String),
 }

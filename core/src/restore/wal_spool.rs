@@ -23,8 +23,22 @@ pub struct Spool {
 }
 
 impl Spool {
+    /// Opens the spool at `dir`, creating it (mode 0700) when missing.  Whatever carries a WAL
+    /// file's name in it is handed to recovery as checked, so it must be this user's alone: a
+    /// directory that is a symlink, someone else's, or open to others is refused.
     pub fn open(dir: &Path) -> Result<Spool, FetchError> {
+        use std::os::unix::fs::MetadataExt;
         durable::create_private_dir(dir, true)?;
+        let meta = fs::symlink_metadata(dir).map_err(|e| IoError::new("could not stat", dir, e))?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o077 != 0 {
+            return Err(FetchError::Bad(format!(
+                "the spool \"{}\" is not a private directory of this user (a symlink, another \
+                 owner, or open to others); remove it or name another with --spool",
+                dir.display()
+            )));
+        }
         Ok(Spool {
             dir: dir.to_owned(),
         })
@@ -202,6 +216,22 @@ mod tests {
             wal_gaps: vec![],
         };
         (target, mirror)
+    }
+
+    /// Whatever carries a WAL file's name in the spool is served as checked: a spool that is
+    /// a symlink or open to others (where anyone could plant a "segment") is refused.
+    #[test]
+    fn a_spool_others_could_write_to_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let open = tmp.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(Spool::open(&open).is_err());
+        let private = tmp.path().join("private");
+        assert!(Spool::open(&private).is_ok());
+        std::os::unix::fs::symlink(&private, tmp.path().join("link")).unwrap();
+        assert!(Spool::open(&tmp.path().join("link")).is_err());
     }
 
     #[test]

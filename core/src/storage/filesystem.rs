@@ -117,7 +117,7 @@ impl FilesystemTarget {
     fn put_from(&self, input: fs::File, key: &str) -> Result<(Copied, bool), StorageError> {
         let mut input = stream::Limited::new(input, self.rate.clone());
         let (dir, dest) = self.dir_for(key)?;
-        let mut out = DurableFile::create_in(dir, &dest, Temp::Suffix)?;
+        let mut out = DurableFile::create_in(dir, &dest, Temp::Unique)?;
         let mut chain = Hash::new(out.file());
         let mut buf = vec![0u8; CHUNK];
         let size = stream::pump(&mut input, &mut chain, &mut buf, None)
@@ -175,7 +175,7 @@ impl Storage for FilesystemTarget {
 
     fn replace(&self, bytes: &[u8], key: &str) -> Result<(), StorageError> {
         let (dir, dest) = self.dir_for(key)?;
-        let mut out = DurableFile::create_in(dir, &dest, Temp::Hidden)?;
+        let mut out = DurableFile::create_in(dir, &dest, Temp::Unique)?;
         out.write_all(bytes)
             .map_err(|e| IoError::new("could not write", out.temp_path(), e))?;
         out.commit(Install::Replace)?;

@@ -1,0 +1,50 @@
+//! The program's exit codes where no target is reached: a command line it cannot take.  As
+//! `restore_command`, `wal-fetch` must fail fatally (255) even before it runs: an exit code
+//! below 126 tells PostgreSQL "not archived", which ends recovery early on a new timeline.
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_backup-mgmt"))
+        .args(args)
+        .env_clear()
+        .output()
+        .expect("backup-mgmt runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_command_line_wal_fetch_cannot_take_is_fatal_to_recovery() {
+    // A mistyped option in a hand-written restore_command, a missing argument.
+    let (code, err) = run(&[
+        "--dir",
+        "/nonexistent",
+        "--cluster",
+        "7",
+        "wal-fetch",
+        "--no-such-option",
+        "000000010000000000000001",
+        "pg_wal/RECOVERYXLOG",
+    ]);
+    assert_eq!(code, 255, "{err}");
+    assert!(err.contains("--no-such-option"), "{err}");
+    let (code, err) = run(&["--dir", "/nonexistent", "--cluster", "7", "wal-fetch"]);
+    assert_eq!(code, 255, "{err}");
+}
+
+#[test]
+fn other_commands_keep_the_usage_exit_code() {
+    let (code, err) = run(&["--dir", "/nonexistent", "list", "--no-such-option"]);
+    assert_eq!(code, 2, "{err}");
+    // A count of threads or files that is none, or absurd, is refused before anything.
+    for bad in [["--jobs", "0"], ["--jobs", "100000"]] {
+        let (code, err) = run(&["--dir", "/nonexistent", "restore", bad[0], bad[1], "/tmp/x"]);
+        assert_eq!(code, 2, "{err}");
+    }
+    // Help is not a failure.
+    let (code, _) = run(&["wal-fetch", "--help"]);
+    assert_eq!(code, 0);
+}

@@ -281,7 +281,8 @@ impl Offsite {
         });
     }
 
-    /// At shutdown: a copy in flight is left to the next start (its `.partial` is replaced).
+    /// At shutdown: a copy in flight is left to the next start (on a filesystem target its
+    /// uniquely named temporary file stays behind, hidden and never read as a copy).
     pub fn abandon(&mut self) {
         self.in_flight = None;
     }

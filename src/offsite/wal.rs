@@ -60,6 +60,9 @@ struct Target {
     mirrored: Option<(String, Instant)>,
     /// Files held back after a failure of their own, until when.
     held: HashMap<(i64, String), Instant>,
+    /// Removals of expired copies wait until then after one failed (a bucket that refuses
+    /// deletes is asked once a minute, not at every check).
+    removals_wait: Option<Instant>,
     /// The target's identity (`remote_wal_state.target_identity`) when its batch was planned:
     /// copies are recorded only while it still names the same place.
     identity: String,
@@ -93,6 +96,9 @@ impl WalShipping {
                         }
                         for file in outcome.held {
                             t.held.insert(file, now + FILE_RETRY);
+                        }
+                        if outcome.removal_failed {
+                            t.removals_wait = Some(now + FILE_RETRY);
                         }
                         outcome.target_failed
                     }
@@ -137,8 +143,14 @@ impl WalShipping {
             .iter()
             .map(|(id, t)| (*id, t.held.keys().cloned().collect()))
             .collect();
+        let no_removals: HashSet<i32> = self
+            .targets
+            .iter()
+            .filter(|(_, t)| t.removals_wait.is_some_and(|at| at > now))
+            .map(|(id, _)| *id)
+            .collect();
         let Some(work) = in_transaction("looking for archived WAL to copy off site", || {
-            Spi::connect_mut(|c| plan(c, &busy, &mirrored, &held))
+            Spi::connect_mut(|c| plan(c, &busy, &mirrored, &held, &no_removals))
         }) else {
             return;
         };
@@ -154,6 +166,7 @@ impl WalShipping {
                 backoff: Duration::ZERO,
                 mirrored: None,
                 held: HashMap::new(),
+                removals_wait: None,
                 identity: String::new(),
             });
             t.name = w.name;
@@ -204,12 +217,14 @@ struct Work {
 }
 
 /// In one transaction: every active target's lag against the alarm, and, for each target that is
-/// not `busy`, the files to copy and the copies to remove.
+/// not `busy`, the files to copy and the copies to remove (none where `no_removals`: one failed
+/// a moment ago).
 fn plan(
     c: &mut SpiClient<'_>,
     busy: &[i32],
     mirrored: &HashMap<i32, (String, Instant)>,
     held: &HashMap<i32, HashSet<(i64, String)>>,
+    no_removals: &HashSet<i32>,
 ) -> Result<Vec<Work>, SpiError> {
     let configs = c.select(
         &format!(
@@ -251,7 +266,10 @@ fn plan(
         }
         let no_held = HashSet::new();
         let pending = pending_files(c, id, &roots, held.get(&id).unwrap_or(&no_held))?;
-        let expired = expired_copies(c, id)?;
+        let expired = match no_removals.contains(&id) {
+            true => Vec::new(),
+            false => expired_copies(c, id)?,
+        };
         let fingerprint = mirror::offsite_fingerprint(c, id)?;
         let mirror = match mirrored.get(&id) {
             Some((done, _)) if *done == fingerprint => None,
@@ -424,6 +442,8 @@ struct Recorded {
     target_failed: bool,
     /// Files that failed for their own sake (held back for `FILE_RETRY`).
     held: Vec<(i64, String)>,
+    /// A removal failed: removals wait `FILE_RETRY` (the WAL does not).
+    removal_failed: bool,
 }
 
 /// Records a batch: each verified copy (only while the target still names the place the batch
@@ -452,6 +472,11 @@ fn record(config_id: i32, name: &str, identity: &str, batch: &Batch) -> Recorded
             )
         })
     }));
+    // A target that did not answer with nothing to copy (only removals or the mirror waiting)
+    // is still the target's failure: heard, and backed off.
+    if let (Some(why), true) = (&batch.unready, batch.shipped.is_empty()) {
+        failures.push(("the target".to_owned(), why.clone(), true));
+    }
     if let Some((_, Err(e))) = &batch.mirror {
         // The mirror has its own cadence: its failure never holds up the WAL.
         failures.push(("the catalog mirror".to_owned(), e.to_string(), false));
@@ -545,6 +570,7 @@ fn record(config_id: i32, name: &str, identity: &str, batch: &Batch) -> Recorded
     Recorded {
         target_failed: failures.iter().any(|f| f.2),
         held,
+        removal_failed: batch.removed.iter().any(|(_, r)| r.is_err()),
     }
 }
 

@@ -85,7 +85,14 @@ pub(super) struct Batch {
     pub(super) removed: Vec<(Expired, Result<(), StorageError>)>,
     /// The mirror's fingerprint and whether it landed.
     pub(super) mirror: Option<(String, Result<(), StorageError>)>,
+    /// Why the target was not ready (nothing was tried), when it was not.
+    pub(super) unready: Option<String>,
 }
+
+/// Removals that fail in one batch before the rest wait for the next: one object that cannot
+/// be removed (a legal hold) does not stop the others, a bucket that refuses every delete is
+/// not asked 128 times.
+const REMOVAL_FAILURES: usize = 3;
 
 /// The copy thread of one batch: the target prepared, the files copied `parallel` at a time
 /// (no new one started after a failure of the target's: it is likely down), expired copies
@@ -133,8 +140,7 @@ pub(super) fn ship(
         }
     }
     // Removals wait for a target that answers (each one's retries would keep a down target's
-    // batch busy long after it is back), and stop at the first failure: a bucket that refuses
-    // deletes (object lock) refuses them all, and the rest wait for the next batch.
+    // batch busy long after it is back), and stop after a few failures.
     let target_failed = ready.is_err()
         || shipped
             .lock()
@@ -143,11 +149,12 @@ pub(super) fn ship(
             .any(|s| s.result.as_ref().is_err_and(|e| !e.file_level()));
     let mut removed = Vec::new();
     if !target_failed {
+        let mut failed = 0;
         for e in expired {
             let gone = target.delete(&e.key);
-            let failed = gone.is_err();
+            failed += usize::from(gone.is_err());
             removed.push((e, gone));
-            if failed {
+            if failed == REMOVAL_FAILURES {
                 break;
             }
         }
@@ -163,6 +170,7 @@ pub(super) fn ship(
         shipped: shipped.into_inner().unwrap_or_else(|e| e.into_inner()),
         removed,
         mirror,
+        unready: ready.err().map(|why| why.to_string()),
     }
 }
 

@@ -156,6 +156,16 @@ fn postmaster_alive() -> bool {
     n != 0
 }
 
+/// Why the backups running at a shutdown failed.
+const SHUTTING_DOWN: &str = "the server is shutting down";
+
+/// Whether SIGTERM has come (the flag PostgreSQL's handler sets, read without clearing it,
+/// unlike `BackgroundWorker::sigterm_received`).
+fn shutdown_requested() -> bool {
+    // SAFETY: a volatile read of a sig_atomic_t that only the signal handler writes.
+    unsafe { (&raw const pg_sys::ShutdownRequestPending).read_volatile() != 0 }
+}
+
 impl Scheduler {
     fn run(&mut self) {
         loop {
@@ -239,6 +249,11 @@ impl Scheduler {
             let mut result = run.handle.join();
             if let Some(session) = run.native.take() {
                 result = native_method::finish(*session, result);
+            }
+            // A fast shutdown terminates the backup's own connection too, and the backup may
+            // fail of that before this loop sees its SIGTERM: recorded as the shutdown's doing.
+            if result.is_err() && run.stopped.is_none() && shutdown_requested() {
+                run.stopped = Some(SHUTTING_DOWN.into());
             }
             record_result(&run, result);
         }
@@ -440,7 +455,7 @@ impl Scheduler {
         self.walscan.abandon();
         self.walcheck.abandon();
         for run in &mut self.running {
-            run.stopped = Some("the server is shutting down".into());
+            run.stopped = Some(SHUTTING_DOWN.into());
             run.handle.progress.cancel(libc::SIGTERM);
         }
         let t0 = Instant::now();

@@ -11,7 +11,9 @@
 //!
 //! Temporary names: `<name>.partial` (backups: visible, and what the worker's crash recovery
 //! looks for), or `.<name>.tmp` in the WAL archive, where `<segment>.partial` is itself a name
-//! PostgreSQL archives (the end of a timeline).
+//! PostgreSQL archives (the end of a timeline), or `.<name>.<pid>-<n>.tmp` on a filesystem
+//! target, which several writers may fill at once: a crash leaves that one behind (hidden,
+//! never read as the file) rather than risk removing another writer's.
 
 use std::ffi::{CStr, CString};
 use std::fs::{DirBuilder, File, OpenOptions};

@@ -166,8 +166,9 @@ fn remove_extras(manifest: &Manifest, dest: &Path) -> Result<usize, String> {
             // The links followed are the ones a data directory is made with: tablespaces, and
             // pg_wal (`initdb --waldir`), whose stale WAL is cleaned where it lies.  Any other
             // symlink is not the backup's file, wherever it points: it goes, not what it leads to.
-            let followed =
-                kind.is_symlink() && (tablespace_oid(&path).is_some() || path == "pg_wal");
+            let followed = kind.is_symlink()
+                && (tablespace_oid(&path).is_some()
+                    || (path == "pg_wal" && wal_link_usable(&e.path(), dest)));
             let keep = if kind.is_dir() || followed {
                 dirs.contains(path.as_str())
             } else if kind.is_file() {
@@ -192,6 +193,24 @@ fn remove_extras(manifest: &Manifest, dest: &Path) -> Result<usize, String> {
         }
     }
     Ok(removed)
+}
+
+/// Whether a `pg_wal` symlink leads where a delta restore may clean: an existing directory of
+/// the data directory's owner that is neither the root nor the data directory or one of its
+/// parents.  Otherwise (a dangling link after the WAL disk was lost, a link planted to `/`) the
+/// link goes as itself and a fresh `pg_wal` is made, as for any other symlink.
+fn wal_link_usable(link: &Path, dest: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(to), Ok(data)) = (std::fs::metadata(link), std::fs::metadata(dest)) else {
+        return false;
+    };
+    let (Ok(to_path), Ok(data_path)) = (link.canonicalize(), dest.canonicalize()) else {
+        return false;
+    };
+    to.is_dir()
+        && to.uid() == data.uid()
+        && to_path.parent().is_some()
+        && !data_path.starts_with(&to_path)
 }
 
 /// Whether `path` is a regular file of `f`'s size and sha256 (a delta restore keeps it).
@@ -420,6 +439,18 @@ mod tests {
             .file_type()
             .is_symlink());
         assert!(!waldir.join("000000010000000000000009").exists());
+        // A pg_wal link to a parent of the data directory (or a dangling one) is not followed:
+        // it goes as itself, and what lies there stays.
+        std::fs::remove_file(dest.join("pg_wal")).unwrap();
+        std::os::unix::fs::symlink(tmp.path(), dest.join("pg_wal")).unwrap();
+        materialize_delta(&source, &manifest, &dest, &spaces, TWO, &counters).unwrap();
+        assert!(elsewhere.join("keep-me").exists());
+        assert!(holder.join("data/base/5/1").exists());
+        assert!(dest.join("pg_wal").is_dir() && !dest.join("pg_wal").is_symlink());
+        std::fs::remove_dir(dest.join("pg_wal")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("lost-disk"), dest.join("pg_wal")).unwrap();
+        materialize_delta(&source, &manifest, &dest, &spaces, TWO, &counters).unwrap();
+        assert!(dest.join("pg_wal").is_dir() && !dest.join("pg_wal").is_symlink());
         // A stored file that is not what the manifest says fails the delta too.
         std::fs::write(dest.join("base/5/1"), b"uno").unwrap();
         std::fs::write(holder.join("data/base/5/1"), b"bad").unwrap();

@@ -49,6 +49,8 @@ const MIRROR_EVERY: Duration = Duration::from_secs(10);
 /// A file whose copy failed for its own sake (unreadable, changed, a different object under its
 /// key) is tried again after this long; the rest of the queue goes on meanwhile.
 const FILE_RETRY: Duration = Duration::from_secs(60);
+/// An expired copy whose removal failed is tried again after this long.
+const REMOVAL_RETRY: Duration = Duration::from_secs(600);
 
 /// A target as the worker tracks it between batches.
 struct Target {
@@ -63,6 +65,9 @@ struct Target {
     /// Removals of expired copies wait until then after one failed (a bucket that refuses
     /// deletes is asked once a minute, not at every check).
     removals_wait: Option<Instant>,
+    /// Expired copies whose removal failed, by key, left alone until then (one object that
+    /// cannot go, a legal hold, does not come first in every batch and block the rest).
+    removals_held: HashMap<String, Instant>,
     /// The target's identity (`remote_wal_state.target_identity`) when its batch was planned:
     /// copies are recorded only while it still names the same place.
     identity: String,
@@ -97,8 +102,11 @@ impl WalShipping {
                         for file in outcome.held {
                             t.held.insert(file, now + FILE_RETRY);
                         }
-                        if outcome.removal_failed {
+                        if !outcome.removals_failed.is_empty() {
                             t.removals_wait = Some(now + FILE_RETRY);
+                        }
+                        for key in outcome.removals_failed {
+                            t.removals_held.insert(key, now + REMOVAL_RETRY);
                         }
                         outcome.target_failed
                     }
@@ -143,14 +151,23 @@ impl WalShipping {
             .iter()
             .map(|(id, t)| (*id, t.held.keys().cloned().collect()))
             .collect();
-        let no_removals: HashSet<i32> = self
+        for t in self.targets.values_mut() {
+            t.removals_held.retain(|_, until| *until > now);
+        }
+        // Per target: None when its removals wait, else the keys left alone.
+        let removals: HashMap<i32, Option<HashSet<String>>> = self
             .targets
             .iter()
-            .filter(|(_, t)| t.removals_wait.is_some_and(|at| at > now))
-            .map(|(id, _)| *id)
+            .map(|(id, t)| {
+                let waits = t.removals_wait.is_some_and(|at| at > now);
+                (
+                    *id,
+                    (!waits).then(|| t.removals_held.keys().cloned().collect()),
+                )
+            })
             .collect();
         let Some(work) = in_transaction("looking for archived WAL to copy off site", || {
-            Spi::connect_mut(|c| plan(c, &busy, &mirrored, &held, &no_removals))
+            Spi::connect_mut(|c| plan(c, &busy, &mirrored, &held, &removals))
         }) else {
             return;
         };
@@ -167,6 +184,7 @@ impl WalShipping {
                 mirrored: None,
                 held: HashMap::new(),
                 removals_wait: None,
+                removals_held: HashMap::new(),
                 identity: String::new(),
             });
             t.name = w.name;
@@ -174,6 +192,8 @@ impl WalShipping {
                 // The target now names another place: what was held back may well copy there.
                 t.held.clear();
                 t.mirrored = None;
+                t.removals_wait = None;
+                t.removals_held.clear();
             }
             match w.storage {
                 Some(Err(why)) => {
@@ -217,14 +237,14 @@ struct Work {
 }
 
 /// In one transaction: every active target's lag against the alarm, and, for each target that is
-/// not `busy`, the files to copy and the copies to remove (none where `no_removals`: one failed
-/// a moment ago).
+/// not `busy`, the files to copy and the copies to remove (none where `removals` says they wait,
+/// none of the keys it holds back).
 fn plan(
     c: &mut SpiClient<'_>,
     busy: &[i32],
     mirrored: &HashMap<i32, (String, Instant)>,
     held: &HashMap<i32, HashSet<(i64, String)>>,
-    no_removals: &HashSet<i32>,
+    removals: &HashMap<i32, Option<HashSet<String>>>,
 ) -> Result<Vec<Work>, SpiError> {
     let configs = c.select(
         &format!(
@@ -266,9 +286,14 @@ fn plan(
         }
         let no_held = HashSet::new();
         let pending = pending_files(c, id, &roots, held.get(&id).unwrap_or(&no_held))?;
-        let expired = match no_removals.contains(&id) {
-            true => Vec::new(),
-            false => expired_copies(c, id)?,
+        let expired = match removals.get(&id) {
+            Some(None) => Vec::new(),
+            Some(Some(held)) => {
+                let mut expired = expired_copies(c, id)?;
+                expired.retain(|e| !held.contains(&e.key));
+                expired
+            }
+            None => expired_copies(c, id)?,
         };
         let fingerprint = mirror::offsite_fingerprint(c, id)?;
         let mirror = match mirrored.get(&id) {
@@ -442,8 +467,9 @@ struct Recorded {
     target_failed: bool,
     /// Files that failed for their own sake (held back for `FILE_RETRY`).
     held: Vec<(i64, String)>,
-    /// A removal failed: removals wait `FILE_RETRY` (the WAL does not).
-    removal_failed: bool,
+    /// The keys whose removal failed: removals wait `FILE_RETRY`, those keys `REMOVAL_RETRY`
+    /// (the WAL does not wait).
+    removals_failed: Vec<String>,
 }
 
 /// Records a batch: each verified copy (only while the target still names the place the batch
@@ -477,7 +503,7 @@ fn record(config_id: i32, name: &str, identity: &str, batch: &Batch) -> Recorded
     if let (Some(why), true) = (&batch.unready, batch.shipped.is_empty()) {
         failures.push(("the target".to_owned(), why.clone(), true));
     }
-    if let Some((_, Err(e))) = &batch.mirror {
+    if let (Some((_, Err(e))), None) = (&batch.mirror, &batch.unready) {
         // The mirror has its own cadence: its failure never holds up the WAL.
         failures.push(("the catalog mirror".to_owned(), e.to_string(), false));
     }
@@ -570,7 +596,12 @@ fn record(config_id: i32, name: &str, identity: &str, batch: &Batch) -> Recorded
     Recorded {
         target_failed: failures.iter().any(|f| f.2),
         held,
-        removal_failed: batch.removed.iter().any(|(_, r)| r.is_err()),
+        removals_failed: batch
+            .removed
+            .iter()
+            .filter(|(_, r)| r.is_err())
+            .map(|(e, _)| e.key.clone())
+            .collect(),
     }
 }
 

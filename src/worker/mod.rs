@@ -156,11 +156,13 @@ fn postmaster_alive() -> bool {
     n != 0
 }
 
-/// Why the backups running at a shutdown failed.
-const SHUTTING_DOWN: &str = "the server is shutting down";
+/// Why the backups running when the worker got SIGTERM failed: a server shutdown, or someone's
+/// pg_terminate_backend of the worker.
+const SHUTTING_DOWN: &str =
+    "the backup_mgmt worker is shutting down (SIGTERM: the server stopping, or pg_terminate_backend)";
 
-/// Whether SIGTERM has come (the flag PostgreSQL's handler sets, read without clearing it,
-/// unlike `BackgroundWorker::sigterm_received`).
+/// Whether SIGTERM has come (the flag pgrx's SIGTERM handler sets, `ShutdownRequestPending`,
+/// read without clearing it, unlike `BackgroundWorker::sigterm_received`).
 fn shutdown_requested() -> bool {
     // SAFETY: a volatile read of a sig_atomic_t that only the signal handler writes.
     unsafe { (&raw const pg_sys::ShutdownRequestPending).read_volatile() != 0 }

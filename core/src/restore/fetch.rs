@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::materialize::{materialize_delta, materialize_from, Delta, Writers};
+use super::materialize::{materialize_delta, materialize_from, tablespace_oid, Delta, Writers};
 use super::offsite::{Choice, Goal, Mirror, MirrorWal};
 use super::recipe::conf_quote;
 pub use super::recipe::sh_quote;
@@ -145,6 +145,31 @@ pub struct Destination<'a> {
     pub writes: Writes,
 }
 
+/// Why a new restore must not write to `dest` and `tablespaces`, if it must not: the data
+/// directory exists, or a tablespace's directory does (one already there may be a live
+/// cluster's tablespace, which the restore would write into).
+pub fn new_refusal(dest: &Path, tablespaces: &Path, manifest: &Manifest) -> Option<String> {
+    if fs::symlink_metadata(dest).is_ok() {
+        return Some(format!(
+            "\"{}\" exists; restore into a new directory (or use --delta)",
+            dest.display()
+        ));
+    }
+    manifest
+        .dirs
+        .iter()
+        .filter_map(|d| tablespace_oid(d))
+        .map(|oid| tablespaces.join(oid))
+        .find(|place| fs::symlink_metadata(place).is_ok())
+        .map(|taken| {
+            format!(
+                "the tablespace directory \"{}\" exists; restore tablespaces into new \
+                 directories (name another place with --tablespaces)",
+                taken.display()
+            )
+        })
+}
+
 /// Why a directory is not one a delta restore may rewrite, or None when it is: a PostgreSQL
 /// data directory (PG_VERSION, global/pg_control) whose server is not running.
 pub fn delta_refusal(dest: &Path, sysid: i64) -> Option<String> {
@@ -212,11 +237,8 @@ pub fn restore_native(
     ];
     let delta = match into {
         Into::New => {
-            if fs::symlink_metadata(dest).is_ok() {
-                return Err(FetchError::Refused(format!(
-                    "\"{}\" exists; restore into a new directory (or use --delta)",
-                    dest.display()
-                )));
+            if let Some(why) = new_refusal(dest, tablespaces, manifest) {
+                return Err(FetchError::Refused(why));
             }
             materialize_from(&source, manifest, dest, tablespaces, writers, counters)
                 .map_err(failed)?;
@@ -467,6 +489,37 @@ pub(crate) mod tests {
             Sync::Durable
         )
         .is_err());
+    }
+
+    #[test]
+    fn a_new_restore_refuses_an_existing_data_or_tablespace_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dest, spaces) = (tmp.path().join("data"), tmp.path().join("data.tablespaces"));
+        let manifest = Manifest {
+            backup_id: 1,
+            parent: None,
+            dirs: [
+                "base",
+                "pg_tblspc",
+                "pg_tblspc/16384",
+                "pg_tblspc/16384/PG_15_1",
+            ]
+            .map(String::from)
+            .to_vec(),
+            files: vec![],
+        };
+        assert_eq!(new_refusal(&dest, &spaces, &manifest), None);
+        // The container may exist (several restores share one); a tablespace's own may not.
+        std::fs::create_dir_all(spaces.join("99")).unwrap();
+        assert_eq!(new_refusal(&dest, &spaces, &manifest), None);
+        std::os::unix::fs::symlink(tmp.path(), spaces.join("16384")).unwrap();
+        assert!(new_refusal(&dest, &spaces, &manifest)
+            .unwrap()
+            .contains("16384\" exists"));
+        std::fs::create_dir(&dest).unwrap();
+        assert!(new_refusal(&dest, &spaces, &manifest)
+            .unwrap()
+            .contains("--delta"));
     }
 
     #[test]

@@ -131,8 +131,8 @@ pub fn materialize_delta(
 }
 
 /// Removes what lies below `dest` that the manifest does not name (following only the
-/// tablespace links and a pg_wal link, and in a tablespace's location only this backup's
-/// version directory); returns how many entries went.
+/// tablespace links, and in a tablespace's location only this backup's version directory);
+/// returns how many entries went.
 fn remove_extras(manifest: &Manifest, dest: &Path) -> Result<usize, String> {
     let files: HashSet<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
     let dirs: HashSet<&str> = manifest.dirs.iter().map(String::as_str).collect();
@@ -163,12 +163,12 @@ fn remove_extras(manifest: &Manifest, dest: &Path) -> Result<usize, String> {
             if tablespace_oid(&rel).is_some() && !dirs.contains(path.as_str()) {
                 continue;
             }
-            // The links followed are the ones a data directory is made with: tablespaces, and
-            // pg_wal (`initdb --waldir`), whose stale WAL is cleaned where it lies.  Any other
-            // symlink is not the backup's file, wherever it points: it goes, not what it leads to.
-            let followed = kind.is_symlink()
-                && (tablespace_oid(&path).is_some()
-                    || (path == "pg_wal" && wal_link_usable(&e.path(), dest)));
+            // The links followed are the tablespaces'.  Any other symlink is not the backup's
+            // file, wherever it points: it goes, not what it leads to.  A `pg_wal` link
+            // (`initdb --waldir`) too: what it leads to may be another cluster's WAL (a data
+            // directory copied with its link), which cleaning would destroy; the restore makes
+            // a `pg_wal` directory, and the link can be made again once it is done.
+            let followed = kind.is_symlink() && tablespace_oid(&path).is_some();
             let keep = if kind.is_dir() || followed {
                 dirs.contains(path.as_str())
             } else if kind.is_file() {
@@ -193,24 +193,6 @@ fn remove_extras(manifest: &Manifest, dest: &Path) -> Result<usize, String> {
         }
     }
     Ok(removed)
-}
-
-/// Whether a `pg_wal` symlink leads where a delta restore may clean: an existing directory of
-/// the data directory's owner that is neither the root nor the data directory or one of its
-/// parents.  Otherwise (a dangling link after the WAL disk was lost, a link planted to `/`) the
-/// link goes as itself and a fresh `pg_wal` is made, as for any other symlink.
-fn wal_link_usable(link: &Path, dest: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let (Ok(to), Ok(data)) = (std::fs::metadata(link), std::fs::metadata(dest)) else {
-        return false;
-    };
-    let (Ok(to_path), Ok(data_path)) = (link.canonicalize(), dest.canonicalize()) else {
-        return false;
-    };
-    to.is_dir()
-        && to.uid() == data.uid()
-        && to_path.parent().is_some()
-        && !data_path.starts_with(&to_path)
 }
 
 /// Whether `path` is a regular file of `f`'s size and sha256 (a delta restore keeps it).
@@ -415,8 +397,8 @@ mod tests {
         assert!(!dest.join("base/6").exists());
         assert!(dest.join(PG_MANIFEST).is_file());
         // A symlink where the backup has a file goes as itself (what it leads to is neither
-        // read nor emptied), and is replaced by the file; a pg_wal link (`initdb --waldir`) is
-        // kept and its stale WAL removed where it lies.
+        // read nor emptied), and is replaced by the file; so does a pg_wal link (what it leads
+        // to may be another cluster's WAL): a pg_wal directory is made, the WAL there is left.
         let elsewhere = tmp.path().join("elsewhere");
         std::fs::create_dir_all(&elsewhere).unwrap();
         std::fs::write(elsewhere.join("keep-me"), b"not the cluster's").unwrap();
@@ -424,7 +406,7 @@ mod tests {
         std::os::unix::fs::symlink(&elsewhere, dest.join("base/5/2")).unwrap();
         let waldir = tmp.path().join("waldisk");
         std::fs::create_dir_all(&waldir).unwrap();
-        std::fs::write(waldir.join("000000010000000000000009"), b"stale").unwrap();
+        std::fs::write(waldir.join("000000010000000000000009"), b"theirs").unwrap();
         std::fs::remove_dir_all(dest.join("pg_wal")).unwrap();
         std::os::unix::fs::symlink(&waldir, dest.join("pg_wal")).unwrap();
         let d = materialize_delta(&source, &manifest, &dest, &spaces, TWO, &counters).unwrap();
@@ -434,19 +416,9 @@ mod tests {
             std::fs::read(dest.join("base/5/2")).unwrap(),
             vec![2u8; 9000]
         );
-        assert!(std::fs::symlink_metadata(dest.join("pg_wal"))
-            .unwrap()
-            .file_type()
-            .is_symlink());
-        assert!(!waldir.join("000000010000000000000009").exists());
-        // A pg_wal link to a parent of the data directory (or a dangling one) is not followed:
-        // it goes as itself, and what lies there stays.
-        std::fs::remove_file(dest.join("pg_wal")).unwrap();
-        std::os::unix::fs::symlink(tmp.path(), dest.join("pg_wal")).unwrap();
-        materialize_delta(&source, &manifest, &dest, &spaces, TWO, &counters).unwrap();
-        assert!(elsewhere.join("keep-me").exists());
-        assert!(holder.join("data/base/5/1").exists());
         assert!(dest.join("pg_wal").is_dir() && !dest.join("pg_wal").is_symlink());
+        assert!(waldir.join("000000010000000000000009").exists());
+        // A dangling pg_wal link (the WAL disk was lost) is replaced the same way.
         std::fs::remove_dir(dest.join("pg_wal")).unwrap();
         std::os::unix::fs::symlink(tmp.path().join("lost-disk"), dest.join("pg_wal")).unwrap();
         materialize_delta(&source, &manifest, &dest, &spaces, TWO, &counters).unwrap();

@@ -540,6 +540,9 @@ fn restore(
         }
         None => PathBuf::from(format!("{}.tablespaces", dest.display())),
     };
+    // The recovery settings are built before anything is written: a path restore_command
+    // cannot carry is refused while nothing is touched (exit 2 means so).
+    let command = cli.target.wal_fetch_command(sysid, &spool_of(&dest))?;
     let bytes = AtomicU64::new(0);
     let cancel = AtomicBool::new(false);
     let counters = Counters {
@@ -566,7 +569,7 @@ fn restore(
         let restored = output::while_showing(bar, progress.bytes_counter(), || {
             fetch_tar::restore_tar(storage, &choice, &dest, combiner.as_deref(), &progress)
         })?;
-        return finish(cli, sysid, &goal, &choice, &restored, started, json);
+        return finish(cli, &command, &goal, &choice, &restored, started, json);
     }
     let manifest = fetch::chain_manifest(storage, &choice)?;
     let total = manifest.logical_bytes();
@@ -595,14 +598,19 @@ fn restore(
             &counters,
         )
     })?;
-    finish(cli, sysid, &goal, &choice, &restored, started, json)
+    finish(cli, &command, &goal, &choice, &restored, started, json)
+}
+
+/// The read-ahead spool of a restored data directory: beside it.
+fn spool_of(dest: &std::path::Path) -> PathBuf {
+    PathBuf::from(format!("{}.wal-spool", dest.display()))
 }
 
 /// After the files: the recovery settings (this program's wal-fetch, with a spool beside the
 /// data directory), and the report.
 fn finish(
     cli: &Cli,
-    sysid: i64,
+    command: &str,
     goal: &Goal,
     choice: &offsite::Choice,
     restored: &fetch::Restored,
@@ -610,7 +618,7 @@ fn finish(
     json: bool,
 ) -> Result<(), CliError> {
     let dest = &restored.data_directory;
-    let spool = PathBuf::from(format!("{}.wal-spool", dest.display()));
+    let spool = spool_of(dest);
     // A spool left by an earlier restore to this place may hold another cluster's files.
     match std::fs::remove_dir_all(&spool) {
         Ok(()) => {}
@@ -622,13 +630,12 @@ fn finish(
             )))
         }
     }
-    let command = cli.target.wal_fetch_command(sysid, &spool)?;
     if let Some(reference) = cli.target.credentials_from_env() {
         eprintln!(
             "backup-mgmt: restore_command reads the credentials from {reference}: start the server with that variable in its environment (or restore with --s3-credentials file:...)"
         );
     }
-    fetch::write_recovery_settings(dest, &command, goal, choice.path.recovery_target())?;
+    fetch::write_recovery_settings(dest, command, goal, choice.path.recovery_target())?;
     output::restored(restored, choice, dest, started.elapsed(), json);
     Ok(())
 }

@@ -164,7 +164,7 @@ pub fn run(
     let bytes = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let bar = (!json && std::io::stderr().is_terminal()).then(crate::output::spinner);
-    let restored = crate::output::while_showing(bar, &bytes, || {
+    let restored = crate::output::while_showing(bar, &bytes, None, || {
         logical::restore_dump(
             storage,
             b,
@@ -183,7 +183,7 @@ pub fn run(
     if logical::complete(&restored) {
         Ok(())
     } else {
-        Err(CliError::Incomplete(format!(
+        Err(CliError::Reported(format!(
             "database \"{}\" was restored, but some objects failed for reasons other than privileges (listed above)",
             restored.database
         )))

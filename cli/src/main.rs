@@ -226,6 +226,12 @@ enum CliError {
     Usage(String),
     #[error("{0}")]
     Incomplete(String),
+    /// The target cannot be reached (a `--dir` that is missing or no directory).
+    #[error("{0}")]
+    Unreachable(String),
+    /// A failure the command's own report (its JSON with `--output json`) already showed.
+    #[error("{0}")]
+    Reported(String),
     #[error("{0}")]
     Missing(String),
     #[error(transparent)]
@@ -237,6 +243,7 @@ fn fetch_code(f: &FetchError) -> u8 {
     match f {
         FetchError::Refused(_) => 2,
         FetchError::Mismatch { .. }
+        | FetchError::Damaged { .. }
         | FetchError::Bad(_)
         | FetchError::Storage(StorageError::Config(_)) => 3,
         FetchError::NotOnTarget(_) => 4,
@@ -268,7 +275,10 @@ impl CliError {
             CliError::Offsite(o) | CliError::Logical(LogicalError::Offsite(o)) => offsite_code(o),
             CliError::Fetch(f) | CliError::Logical(LogicalError::Fetch(f)) => fetch_code(f),
             CliError::Logical(LogicalError::Globals { .. }) => 3,
-            CliError::Logical(_) | CliError::Incomplete(_) => 1,
+            CliError::Logical(_)
+            | CliError::Incomplete(_)
+            | CliError::Reported(_)
+            | CliError::Unreachable(_) => 1,
             CliError::Missing(_) => 4,
             CliError::SetAside(SetAsideError::OwnCopy { .. } | SetAsideError::TooLarge { .. }) => 2,
             CliError::SetAside(SetAsideError::Storage(StorageError::Mismatch { .. })) => 3,
@@ -344,7 +354,15 @@ fn main() -> ExitCode {
             eprintln!("backup-mgmt: {e}");
             let code = e.exit_code();
             let fetching = matches!(cli.command, Command::WalFetch { .. });
-            ExitCode::from(if fetching && code != 4 {
+            // A script reading stdout gets the failure as JSON too, unless the command's own
+            // report already said it.
+            if cli.output == Output::Json && !fetching && !matches!(e, CliError::Reported(_)) {
+                output::error(code, &e.to_string());
+            }
+            // Only "the target has no such file" may tell recovery "not archived": a target
+            // that holds no cluster at all (an unmounted directory) is fatal like the rest.
+            let absent = matches!(e, CliError::Fetch(FetchError::NotOnTarget(_)));
+            ExitCode::from(if fetching && !absent {
                 WAL_FETCH_FATAL
             } else {
                 code
@@ -545,9 +563,11 @@ fn restore(
     let command = cli.target.wal_fetch_command(sysid, &spool_of(&dest))?;
     let bytes = AtomicU64::new(0);
     let cancel = AtomicBool::new(false);
+    let files = AtomicU64::new(0);
     let counters = Counters {
         bytes: &bytes,
         cancel: &cancel,
+        files: Some(&files),
     };
     if choice.backup.method() == Some(BackupMethod::PgBasebackup) {
         if r.delta {
@@ -566,7 +586,7 @@ fn restore(
             .sum();
         let progress = Progress::default();
         let bar = (!json && std::io::stderr().is_terminal()).then(|| output::bar(stored));
-        let restored = output::while_showing(bar, progress.bytes_counter(), || {
+        let restored = output::while_showing(bar, progress.bytes_counter(), None, || {
             fetch_tar::restore_tar(storage, &choice, &dest, combiner.as_deref(), &progress)
         })?;
         return finish(cli, &command, &goal, &choice, &restored, started, json);
@@ -575,7 +595,11 @@ fn restore(
     let total = manifest.logical_bytes();
     let started = std::time::Instant::now();
     let bar = (!json && std::io::stderr().is_terminal()).then(|| output::bar(total));
-    let restored = output::while_showing(bar, &bytes, || {
+    let shown = output::FilesShown {
+        done: &files,
+        total: manifest.files.len(),
+    };
+    let restored = output::while_showing(bar, &bytes, Some(shown), || {
         fetch::restore_native(
             storage,
             &choice,

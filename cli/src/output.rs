@@ -9,6 +9,15 @@ use backup_mgmt_core::restore::offsite::{Choice, Mirror};
 use backup_mgmt_core::storage::set_aside::SetAside;
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// A failure, for `--output json`: one object on stdout (`{"error": {"exit_code", "message"}}`),
+/// beside the text on stderr.
+pub fn error(exit_code: u8, message: &str) {
+    println!(
+        "{}",
+        serde_json::json!({ "error": { "exit_code": exit_code, "message": message } })
+    );
+}
+
 /// `list`: every cluster, its backups and its WAL on the target.
 pub fn list(mirrors: &[Mirror], json: bool) {
     if json {
@@ -84,23 +93,31 @@ pub fn list(mirrors: &[Mirror], json: bool) {
     }
 }
 
-/// The progress bar of a restore of `total` bytes (data directory size).
+/// The progress bar of a restore of `total` bytes (data directory size); `{msg}` carries the
+/// files done, where they are counted.
 pub fn bar(total: u64) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg} {bytes_per_sec} eta {eta}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar
 }
 
-/// Runs `work` with `bar` (when there is one) showing `bytes` five times a second, and clears
-/// the bar when it is done.
+/// Files done out of how many, for a bar that shows them.
+pub struct FilesShown<'a> {
+    pub done: &'a std::sync::atomic::AtomicU64,
+    pub total: usize,
+}
+
+/// Runs `work` with `bar` (when there is one) showing `bytes` (and `files`) five times a second,
+/// and clears the bar when it is done.
 pub fn while_showing<T: Send>(
     bar: Option<ProgressBar>,
     bytes: &std::sync::atomic::AtomicU64,
+    files: Option<FilesShown<'_>>,
     work: impl FnOnce() -> T + Send,
 ) -> T {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -108,9 +125,17 @@ pub fn while_showing<T: Send>(
     std::thread::scope(|s| {
         let ticker = bar.clone().map(|bar| {
             let done = &done;
+            let files = &files;
             s.spawn(move || {
                 while !done.load(Ordering::Relaxed) {
                     bar.set_position(bytes.load(Ordering::Relaxed));
+                    if let Some(f) = files {
+                        bar.set_message(format!(
+                            "{}/{} files",
+                            f.done.load(Ordering::Relaxed),
+                            f.total
+                        ));
+                    }
                     std::thread::sleep(Duration::from_millis(200));
                 }
             })

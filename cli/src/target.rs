@@ -82,6 +82,23 @@ fn io_timeout_seconds(text: &str) -> Result<f64, String> {
 impl TargetArgs {
     pub fn open(&self) -> Result<Box<dyn Storage>, CliError> {
         if let Some(dir) = &self.dir {
+            // A mistyped or unmounted directory is not an empty target: "no clusters" with
+            // exit 0 would read as "nothing was ever copied".
+            match std::fs::metadata(dir) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(CliError::Unreachable(format!(
+                        "the target {} is not a directory",
+                        dir.display()
+                    )))
+                }
+                Err(e) => {
+                    return Err(CliError::Unreachable(format!(
+                        "the target directory {} cannot be reached: {e}",
+                        dir.display()
+                    )))
+                }
+            }
             return Ok(Box::new(FilesystemTarget {
                 dir: dir.clone(),
                 rate: None,

@@ -48,3 +48,51 @@ fn other_commands_keep_the_usage_exit_code() {
     let (code, _) = run(&["wal-fetch", "--help"]);
     assert_eq!(code, 0);
 }
+
+/// With `--output json` a failure is one JSON object on stdout as well (its exit code and
+/// message), so that a script reading stdout never gets nothing; the text stays on stderr.
+#[test]
+fn a_failure_with_output_json_is_a_json_object_on_stdout() {
+    let out = Command::new(env!("CARGO_BIN_EXE_backup-mgmt"))
+        .args([
+            "--dir",
+            "/nonexistent/backup-mgmt-target",
+            "--output",
+            "json",
+            "list",
+        ])
+        .env_clear()
+        .output()
+        .expect("backup-mgmt runs");
+    let code = out.status.code().unwrap_or(-1);
+    assert_ne!(code, 0);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON object");
+    assert_eq!(v["error"]["exit_code"], code, "{stdout}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("/nonexistent/backup-mgmt-target"),
+        "{stdout}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains(message));
+}
+
+/// A target that holds no cluster at all (a mount point with nothing mounted) is no "not
+/// archived": wal-fetch fails fatally, so recovery stops rather than ends early.
+#[test]
+fn wal_fetch_from_a_target_with_no_cluster_is_fatal() {
+    let empty = tempfile::tempdir().unwrap();
+    let dir = empty.path().to_str().unwrap();
+    let (code, err) = run(&[
+        "--dir",
+        dir,
+        "wal-fetch",
+        "000000010000000000000001",
+        "pg_wal/RECOVERYXLOG",
+    ]);
+    assert_eq!(code, 255, "{err}");
+    // Other commands keep their code: nothing to restore from.
+    let (code, err) = run(&["--dir", dir, "restore", "--latest", "/tmp/never-made"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(!std::path::Path::new("/tmp/never-made").exists());
+}

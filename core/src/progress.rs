@@ -112,6 +112,8 @@ impl Progress {
 pub struct Counters<'a> {
     pub bytes: &'a AtomicU64,
     pub cancel: &'a AtomicBool,
+    /// Files done (written, or kept by a delta restore), where someone shows them.
+    pub files: Option<&'a AtomicU64>,
 }
 
 impl Progress {
@@ -119,6 +121,7 @@ impl Progress {
         Counters {
             bytes: &self.bytes,
             cancel: &self.cancelled,
+            files: None,
         }
     }
 }

@@ -264,10 +264,25 @@ fn the_cluster_comes_back_from_the_bucket_alone() {
         &target,
         data.to_str().unwrap(),
     ]);
-    let (code, out, err) = run(
-        &restored,
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // A member of the incremental whose stored bytes no longer decompress: the integrity
+    // code, and no directory left behind.
+    let incr_key = listed["clusters"][0]["backups"][1]["key"].as_str().unwrap();
+    let member = zst_member(
+        &s3.object_file("offsite", "x"),
+        &format!("fleet/{incr_key}"),
     );
+    let good = std::fs::read(&member).unwrap();
+    let mut bad = good.clone();
+    bad[0] ^= 0xff;
+    std::fs::write(&member, &bad).unwrap();
+    let (code, out, err) = run(&restored, &args);
+    assert_eq!(code, 3, "{}: {out}\n{err}", member.display());
+    assert!(err.contains("do not decompress"), "{err}");
+    assert!(!data.exists(), "a damaged restore left its directory");
+    std::fs::write(&member, &good).unwrap();
+
+    let (code, out, err) = run(&restored, &args);
     assert_eq!(code, 0, "{out}\n{err}");
     let report: serde_json::Value = serde_json::from_str(&out).expect("restore --output json");
     assert_eq!(report["backup_id"], incr, "{out}");
@@ -367,6 +382,24 @@ fn the_cluster_comes_back_from_the_bucket_alone() {
         listed["clusters"][0]["backups"][2]["key"].as_str().unwrap()
     );
     logical_path(&s3.object_file("offsite", &dump_key), &at_target, &with);
+}
+
+/// The file of one compressed member of the native backup stored under `key` (`beside` is any
+/// object's file in the same bucket: the server's layout of keys in files is its own).
+fn zst_member(beside: &std::path::Path, key: &str) -> std::path::PathBuf {
+    let mut dirs = vec![beside.parent().unwrap().join(key).join("data")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if name.ends_with(".zst") || name.ends_with(".zst._S3rver_object") {
+                return path;
+            }
+        }
+    }
+    panic!("no compressed member under {key}");
 }
 
 /// The dump comes back into a new database of a fresh server: its globals first (roles,
@@ -583,6 +616,13 @@ fn a_pg_basebackup_backup_comes_back_from_a_filesystem_target() {
     // Two statements, two transactions: the switch comes after the insert's commit.
     db.batch_execute("INSERT INTO orders SELECT generate_series(1001, 2000)")
         .unwrap();
+    // A WAL location between two commits: --target-lsn stops there.
+    let between: String = db
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .unwrap()
+        .get(0);
+    db.batch_execute("INSERT INTO orders SELECT generate_series(2001, 3000)")
+        .unwrap();
     let (target, _, doc) = switch_sync_and_wait(&cluster, &mut db, &disk, 1);
     let key = doc["backups"][0]["key"].as_str().unwrap().to_owned();
     assert!(key.ends_with(".zst"), "{key}");
@@ -630,5 +670,35 @@ fn a_pg_basebackup_backup_comes_back_from_a_filesystem_target() {
         .query_one("SELECT count(*) FROM orders", &[])
         .unwrap()
         .get(0);
-    assert_eq!(count, 2000, "{}", restored.log());
+    assert_eq!(count, 3000, "{}", restored.log());
+    drop(r);
+    restored.pg_ctl_stop("fast");
+
+    // To a WAL location: the first insert's rows, none of the second's.
+    let mut at_lsn = Cluster::empty();
+    let data = at_lsn.data_dir();
+    let (code, out, err) = run(
+        &at_lsn,
+        &[
+            "--dir",
+            &dir,
+            "restore",
+            "--target-lsn",
+            &between,
+            data.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let conf = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
+    assert!(
+        conf.contains(&format!("recovery_target_lsn = '{between}'")),
+        "{conf}"
+    );
+    at_lsn.start_restored(&["archive_mode = off", "shared_preload_libraries = ''"]);
+    let mut r = promoted(&at_lsn);
+    let count: i64 = r
+        .query_one("SELECT count(*) FROM orders", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 2000, "{}", at_lsn.log());
 }

@@ -247,6 +247,7 @@ fn run_main(
         let counters = Counters {
             bytes: progress,
             cancel,
+            files: None,
         };
         verify::native::verify_backup(path, checksum, &target.chain, threads, &counters)
     } else {

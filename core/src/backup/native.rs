@@ -447,6 +447,7 @@ pub fn finish(
     let quiet = Counters {
         bytes: &uncounted,
         cancel: &never,
+        files: None,
     };
     for w in wal {
         let mut src = open_regular(&w.source).map_err(|e| NativeError::Wal {
@@ -589,6 +590,7 @@ mod unit {
         let c = Counters {
             bytes: &bytes,
             cancel: &cancel,
+            files: None,
         };
         let out1 = tmp.path().join("b1");
         let full = copy_data(&spec(&data, &out1, 1, None), &c).unwrap();

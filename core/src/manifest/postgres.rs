@@ -46,6 +46,32 @@ pub fn render(m: &Manifest, timeline: u32, start_lsn: Lsn, stop_lsn: Lsn) -> Str
     s
 }
 
+/// Checks a backup manifest's own checksum (its last line against every byte before it), as
+/// `pg_verifybackup` does first: a manifest copied from a target is not trusted blindly.
+pub fn check_checksum(text: &[u8]) -> Result<(), String> {
+    const KEY: &[u8] = b"\n\"Manifest-Checksum\": \"";
+    let at = text
+        .windows(KEY.len())
+        .rposition(|w| w == KEY)
+        .ok_or("it has no \"Manifest-Checksum\" line")?;
+    let rest = &text[at + KEY.len()..];
+    let recorded = rest
+        .get(..64)
+        .filter(|r| r.iter().all(u8::is_ascii_hexdigit))
+        .and_then(|r| std::str::from_utf8(r).ok())
+        .ok_or("its \"Manifest-Checksum\" is not a sha256")?;
+    if !matches!(&rest[64..], b"\"}\n" | b"\"}") {
+        return Err("something follows its \"Manifest-Checksum\" line".into());
+    }
+    let found = hex(&Sha256::digest(&text[..=at]));
+    if !found.eq_ignore_ascii_case(recorded) {
+        return Err(format!(
+            "its \"Manifest-Checksum\" is {recorded}, its content's sha256 {found}"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +111,16 @@ mod tests {
         assert_eq!(json["Files"][0]["Path"], "PG_VERSION");
         assert_eq!(json["WAL-Ranges"][0]["Start-LSN"], "0/2000028");
         assert_eq!(json["Files"][0]["Last-Modified"], "1970-01-01 00:00:00 GMT");
+
+        // Its own checksum holds; a changed byte anywhere, or a cut, is caught.
+        check_checksum(text.as_bytes()).unwrap();
+        let mut changed = text.clone().into_bytes();
+        changed[40] ^= 1;
+        assert!(check_checksum(&changed).unwrap_err().contains("sha256"));
+        let cut = &text.as_bytes()[..text.len() / 2];
+        assert!(check_checksum(cut).is_err());
+        let mut trailing = text.clone();
+        trailing.push_str("{}\n");
+        assert!(check_checksum(trailing.as_bytes()).is_err());
     }
 }

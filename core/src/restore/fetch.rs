@@ -50,6 +50,10 @@ pub enum FetchError {
     Refused(String),
     #[error("{detail} ({file})")]
     File { detail: String, file: String },
+    /// A stored file that is not what the backup's manifest says (its size, its sha256, bytes
+    /// that do not decompress): the target's copy is damaged.
+    #[error("{detail} ({file})")]
+    Damaged { detail: String, file: String },
 }
 
 /// Reads a whole (small) object, at most `limit` bytes, and checks its sha256 (a larger one is
@@ -221,9 +225,18 @@ pub fn restore_native(
         .map(|c| (c.backup_id, c.key.clone()))
         .collect();
     let source = RemoteHolders::new(storage, keys);
-    let failed = |r: crate::verify::Report| FetchError::File {
-        detail: r.detail.unwrap_or_default(),
-        file: r.failing_file.unwrap_or_default(),
+    let failed = |r: crate::verify::Report| {
+        use crate::verify::Reason::*;
+        let (detail, file) = (
+            r.detail.unwrap_or_default(),
+            r.failing_file.unwrap_or_default(),
+        );
+        match r.reason {
+            Some(SizeMismatch | ChecksumMismatch | ManifestMismatch | Corrupt | Truncated) => {
+                FetchError::Damaged { detail, file }
+            }
+            _ => FetchError::File { detail, file },
+        }
     };
     // Opened before anything is written (see FilesystemSync): the directories that will hold
     // the data directory and the tablespaces exist already.

@@ -4,15 +4,17 @@
 //! as `backup_manifest` for `pg_verifybackup`.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
+use std::io::{Read, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::files::beneath;
 use crate::files::direct::{RestoredFile, Writes};
 use crate::files::durable;
 use crate::files::error::IoError;
 use crate::manifest::native::{FileRecord, Manifest};
-use crate::manifest::postgres::{PG_MANIFEST, PG_MANIFEST_ZST};
+use crate::manifest::postgres::{self, PG_MANIFEST, PG_MANIFEST_ZST};
 use crate::progress::Counters;
 use crate::stream;
 use crate::verify::native::{cancelled, judge, read_stream};
@@ -224,14 +226,76 @@ fn build(
     counters: &Counters<'_>,
     delta: bool,
 ) -> Result<Delta, Report> {
+    if delta {
+        return fill(
+            source,
+            manifest,
+            dest,
+            tablespaces,
+            writers,
+            counters,
+            true,
+            &mut Vec::new(),
+        );
+    }
+    // A new restore makes its directory itself, exclusively: what a failure removes (a half
+    // restored directory must not look like a restored one) is only ever this run's.
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dest)
+        .map_err(|e| {
+            Report::failed(
+                Reason::Unreadable,
+                format!("could not create directory \"{}\": {e}", dest.display()),
+                dest,
+            )
+        })?;
+    let mut made = vec![dest.to_path_buf()];
+    let filled = durable::sync_parent(dest)
+        .map_err(|e| Report::failed(Reason::Unreadable, e.to_string(), dest))
+        .and_then(|()| {
+            fill(
+                source,
+                manifest,
+                dest,
+                tablespaces,
+                writers,
+                counters,
+                false,
+                &mut made,
+            )
+        });
+    if filled.is_err() {
+        for p in made.iter().rev() {
+            let _ = beneath::remove_path(p);
+        }
+    }
+    filled
+}
+
+/// `build`'s work below the data directory, which exists; the directories it makes for
+/// tablespaces are added to `made`.
+#[allow(clippy::too_many_arguments)]
+fn fill(
+    source: &dyn StoredFiles,
+    manifest: &Manifest,
+    dest: &Path,
+    tablespaces: &Path,
+    writers: Writers,
+    counters: &Counters<'_>,
+    delta: bool,
+    made: &mut Vec<PathBuf>,
+) -> Result<Delta, Report> {
     let fail = |d: String| Report::failed(Reason::Unreadable, d, dest);
-    let mkdir = |p: &Path| {
-        if delta && std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
+    let mkdir = |p: &Path, made: &mut Vec<PathBuf>| {
+        if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
+            // A delta restore's, or the tablespaces' parent the operator named.
             return Ok(());
         }
-        durable::create_private_dir(p, false).map_err(|e| e.to_string())
+        durable::create_private_dir(p, false).map_err(|e| e.to_string())?;
+        made.push(p.to_path_buf());
+        Ok(())
     };
-    mkdir(dest).map_err(fail)?;
     let mut done = Delta::default();
     if delta {
         done.removed = remove_extras(manifest, dest).map_err(fail)?;
@@ -240,13 +304,14 @@ fn build(
         match tablespace_oid(d) {
             Some(_) if delta && std::fs::symlink_metadata(dest.join(d)).is_ok() => {}
             Some(oid) => {
-                mkdir(tablespaces).map_err(fail)?;
+                mkdir(tablespaces, made).map_err(fail)?;
                 let place = tablespaces.join(oid);
-                mkdir(&place).map_err(fail)?;
+                mkdir(&place, made).map_err(fail)?;
                 std::os::unix::fs::symlink(&place, dest.join(d))
                     .map_err(|e| fail(format!("linking tablespace {oid}: {e}")))?;
             }
-            None => mkdir(&dest.join(d)).map_err(fail)?,
+            // Below the data directory: removed with it.
+            None => mkdir(&dest.join(d), &mut Vec::new()).map_err(fail)?,
         }
     }
     let order = largest_first(&manifest.files);
@@ -263,6 +328,9 @@ fn build(
         if delta {
             if already_there(&out_path, f, buf, counters) {
                 kept.fetch_add(1, Ordering::Relaxed);
+                if let Some(files) = counters.files {
+                    files.fetch_add(1, Ordering::Relaxed);
+                }
                 return Ok(());
             }
             match std::fs::remove_file(&out_path) {
@@ -299,7 +367,11 @@ fn build(
                 &out_path,
             ));
         }
-        judge(&src, f, size, &sum)
+        judge(&src, f, size, &sum)?;
+        if let Some(files) = counters.files {
+            files.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
     });
     if let Some(r) = failure.or_else(|| cancelled(counters, dest)) {
         return Err(r);
@@ -320,10 +392,23 @@ fn build(
     if delta {
         let _ = std::fs::remove_file(&manifest_path);
     }
-    let mut out = durable::create_new(&manifest_path).map_err(|e| fail(e.to_string()))?;
+    // Read whole and checked against its own checksum before it is written: pg_verifybackup
+    // would trust a manifest that is not the backup's.
+    let mut text = Vec::new();
     let mut buf = vec![0u8; verify::CHUNK];
-    read_stream(input, zst, 0, &mut out, &mut buf, counters)
-        .map_err(|(_, e)| fail(format!("copying {PG_MANIFEST}: {e}")))?;
+    read_stream(input, zst, 0, &mut text, &mut buf, counters).map_err(|(reason, e)| {
+        Report::failed(reason, format!("copying {PG_MANIFEST}: {e}"), dest)
+    })?;
+    postgres::check_checksum(&text).map_err(|e| {
+        Report::failed(
+            Reason::ManifestMismatch,
+            format!("backup {id}'s {PG_MANIFEST}: {e}"),
+            dest,
+        )
+    })?;
+    let mut out = durable::create_new(&manifest_path).map_err(|e| fail(e.to_string()))?;
+    out.write_all(&text)
+        .map_err(|e| fail(format!("writing {PG_MANIFEST}: {e}")))?;
     Ok(done)
 }
 
@@ -338,6 +423,17 @@ mod tests {
         threads: 2,
         writes: Writes::Direct,
     };
+
+    /// A PostgreSQL backup manifest whose own checksum holds (what it lists is not looked at).
+    fn pg_manifest() -> String {
+        let empty = Manifest {
+            backup_id: 1,
+            parent: None,
+            dirs: vec![],
+            files: vec![],
+        };
+        postgres::render(&empty, 1, crate::wal::Lsn(0), crate::wal::Lsn(0))
+    }
 
     #[test]
     fn a_delta_restore_keeps_what_matches_and_removes_what_the_backup_lacks() {
@@ -363,16 +459,18 @@ mod tests {
                 stored: format!("data/{path}"),
             });
         }
-        std::fs::write(holder.join(PG_MANIFEST), b"{}").unwrap();
+        std::fs::write(holder.join(PG_MANIFEST), pg_manifest()).unwrap();
         let holders = HashMap::from([(1, holder.clone())]);
-        let (bytes, cancel) = (AtomicU64::new(0), AtomicBool::new(false));
+        let (bytes, cancel, done) = (AtomicU64::new(0), AtomicBool::new(false), AtomicU64::new(0));
         let counters = Counters {
             bytes: &bytes,
             cancel: &cancel,
+            files: Some(&done),
         };
         let dest = tmp.path().join("data");
         let spaces = tmp.path().join("spaces");
         materialize(&manifest, &holders, &dest, &spaces, TWO, &counters).unwrap();
+        assert_eq!(done.load(Ordering::Relaxed), 2, "files done, for the bar");
 
         // The server ran on: one file changed, stale WAL and a new relation appeared.
         std::fs::write(dest.join("base/5/2"), vec![3u8; 9000]).unwrap();
@@ -389,6 +487,8 @@ mod tests {
                 removed: 2
             }
         );
+        // Kept files are done too.
+        assert_eq!(done.load(Ordering::Relaxed), 4);
         assert_eq!(
             std::fs::read(dest.join("base/5/2")).unwrap(),
             vec![2u8; 9000]
@@ -427,6 +527,22 @@ mod tests {
         std::fs::write(dest.join("base/5/1"), b"uno").unwrap();
         std::fs::write(holder.join("data/base/5/1"), b"bad").unwrap();
         assert!(materialize_delta(&source, &manifest, &dest, &spaces, TWO, &counters).is_err());
+        // So does PostgreSQL's manifest when its own checksum fails; a new restore that fails
+        // leaves no directory behind (a half-restored one must not pass for a restored one).
+        std::fs::write(holder.join("data/base/5/1"), b"one").unwrap();
+        let rotten = pg_manifest().replacen("Files", "Filez", 1);
+        std::fs::write(holder.join(PG_MANIFEST), rotten).unwrap();
+        let other = tmp.path().join("other");
+        let r = materialize(&manifest, &holders, &other, &spaces, TWO, &counters).unwrap_err();
+        assert_eq!(r.reason, Some(Reason::ManifestMismatch), "{:?}", r.detail);
+        assert!(!other.exists());
+        // A new restore never writes into a directory that is there already, nor removes it.
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join("theirs"), b"x").unwrap();
+        std::fs::write(holder.join(PG_MANIFEST), pg_manifest()).unwrap();
+        let r = materialize(&manifest, &holders, &other, &spaces, TWO, &counters).unwrap_err();
+        assert!(r.detail.unwrap().contains("exists"));
+        assert!(other.join("theirs").exists());
     }
 
     /// A tablespace's location shared with another version's directory (what pg_upgrade
@@ -439,7 +555,7 @@ mod tests {
         std::fs::create_dir_all(holder.join("data").join(ts).join("5")).unwrap();
         let bytes = b"relation".to_vec();
         std::fs::write(holder.join("data").join(ts).join("5/1"), &bytes).unwrap();
-        std::fs::write(holder.join(PG_MANIFEST), b"{}").unwrap();
+        std::fs::write(holder.join(PG_MANIFEST), pg_manifest()).unwrap();
         let manifest = Manifest {
             backup_id: 1,
             parent: None,
@@ -460,6 +576,7 @@ mod tests {
         let counters = Counters {
             bytes: &counted,
             cancel: &cancel,
+            files: None,
         };
         let (dest, spaces) = (tmp.path().join("data"), tmp.path().join("spaces"));
         materialize(&manifest, &holders, &dest, &spaces, TWO, &counters).unwrap();
@@ -472,6 +589,17 @@ mod tests {
         assert_eq!((d.kept, d.removed), (1, 1), "{d:?}");
         assert!(location.join("PG_16_202307071/5/1").exists());
         assert!(!location.join("PG_15_202209061/5/2").exists());
+
+        // A new restore that fails takes away the tablespace directories it made, and their
+        // parent when it made that too; a parent that was there stays.
+        std::fs::write(holder.join("data").join(ts).join("5/1"), b"rotten!!").unwrap();
+        let (dest, made) = (tmp.path().join("again"), tmp.path().join("made"));
+        assert!(materialize(&manifest, &holders, &dest, &made, TWO, &counters).is_err());
+        assert!(!dest.exists() && !made.exists());
+        let kept = tmp.path().join("kept");
+        std::fs::create_dir(&kept).unwrap();
+        assert!(materialize(&manifest, &holders, &dest, &kept, TWO, &counters).is_err());
+        assert!(!dest.exists() && kept.is_dir() && !kept.join("16384").exists());
     }
 
     /// What `will_open` was told: the files (holder, stored path) and the threads.
@@ -527,7 +655,7 @@ mod tests {
                 stored: format!("data/{path}"),
             });
         }
-        std::fs::write(holder.join(PG_MANIFEST), b"{}").unwrap();
+        std::fs::write(holder.join(PG_MANIFEST), pg_manifest()).unwrap();
         let holders = HashMap::from([(1, holder.clone())]);
         let source = Recording {
             inner: LocalHolders(&holders),
@@ -538,6 +666,7 @@ mod tests {
         let counters = Counters {
             bytes: &bytes,
             cancel: &cancel,
+            files: None,
         };
         let (dest, spaces) = (tmp.path().join("data"), tmp.path().join("spaces"));
         let one = Writers {

@@ -107,6 +107,7 @@ impl NativeMembers {
         let counters = Counters {
             bytes: &bytes,
             cancel: &never,
+            files: None,
         };
         let mut raw = Hash::new(&mut *file);
         let (size, sum) = read_stream(

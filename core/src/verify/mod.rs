@@ -39,6 +39,9 @@ pub enum Reason {
     ChecksumMismatch,
     NoChecksumRecorded,
     ManifestMismatch,
+    /// A compressed file whose stored bytes do not decompress (reading them worked): they
+    /// changed since the backup wrote them.
+    Corrupt,
     /// The path leads outside `backup_mgmt.backup_roots`: nothing was opened.
     RefusedPath,
     Cancelled,

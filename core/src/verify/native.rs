@@ -1,6 +1,7 @@
 //! Verification of a native physical backup: its chain manifest against the catalog's sha256,
 //! then every file it stores (decompressed and hashed) against the manifest.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -44,13 +45,24 @@ pub fn read_stream(
     buf: &mut [u8],
     counters: &Counters<'_>,
 ) -> Result<(u64, String), (Reason, String)> {
-    let mut reader: Box<dyn Read> = if zst {
+    // A failure reading the stored bytes (a disk, a connection) is told apart from zstd
+    // refusing what was read: the first is the storage's, the second the file's damage.
+    let source_failed = Cell::new(false);
+    let input = Watched {
+        inner: input,
+        failed: &source_failed,
+    };
+    let mut reader: Box<dyn Read + '_> = if zst {
         Box::new(stream::decompress(input).map_err(|e| (Reason::Unreadable, format!("zstd: {e}")))?)
     } else {
         Box::new(input)
     };
     let pumped = |e| match e {
         PumpError::Cancelled => (Reason::Cancelled, "cancelled".to_owned()),
+        PumpError::Read { after, source } if zst && !source_failed.get() => (
+            Reason::Corrupt,
+            format!("the stored bytes do not decompress after {after} bytes (zstd: {source})"),
+        ),
         e => (Reason::Unreadable, e.to_string()),
     };
     let counted = Count::new(sink, Some(counters.bytes));
@@ -66,6 +78,18 @@ pub fn read_stream(
     stream::pump(&mut reader, &mut chain, buf, Some(counters.cancel)).map_err(pumped)?;
     let (counted, sha256) = chain.finish();
     Ok((counted.bytes(), sha256))
+}
+
+/// A reader that notes whether it failed itself (rather than a decompressor reading from it).
+struct Watched<'a, R> {
+    inner: R,
+    failed: &'a Cell<bool>,
+}
+
+impl<R: Read> Read for Watched<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).inspect_err(|_| self.failed.set(true))
+    }
 }
 
 /// The report of a run stopped by `cancel` before every file was done.
@@ -220,6 +244,7 @@ mod tests {
         let counters = Counters {
             bytes: &bytes,
             cancel: &cancel,
+            files: None,
         };
         let mut buf = vec![0u8; super::super::CHUNK];
         let read = |input: &[u8], zst: bool, expected: u64, buf: &mut [u8]| {
@@ -238,5 +263,44 @@ mod tests {
         let (other, _) = read(&changed, false, size as u64, &mut buf);
         assert_eq!(other.0, size as u64);
         assert_ne!(other.1, direct);
+    }
+
+    /// Stored bytes that zstd refuses are the file's damage (`corrupt`); a read that fails is
+    /// the storage's (`unreadable`).
+    #[test]
+    fn a_damaged_compressed_file_is_corrupt_and_a_failing_read_unreadable() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut stored = zstd::encode_all(&data[..], 3).unwrap();
+        // A changed byte inside a block may decompress to other bytes (the sha256 tells);
+        // one in the frame's header never decompresses.
+        stored[0] ^= 0xff;
+        let (bytes, cancel) = (AtomicU64::new(0), AtomicBool::new(false));
+        let counters = Counters {
+            bytes: &bytes,
+            cancel: &cancel,
+            files: None,
+        };
+        let mut buf = vec![0u8; super::super::CHUNK];
+        let mut sink = Vec::new();
+        let (reason, detail) =
+            read_stream(&stored[..], true, 200_000, &mut sink, &mut buf, &counters).unwrap_err();
+        assert_eq!(reason, Reason::Corrupt, "{detail}");
+        assert!(detail.contains("do not decompress"), "{detail}");
+
+        struct Broken;
+        impl Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "reset by peer",
+                ))
+            }
+        }
+        for zst in [true, false] {
+            let (reason, detail) =
+                read_stream(Broken, zst, 10, &mut sink, &mut buf, &counters).unwrap_err();
+            assert_eq!(reason, Reason::Unreadable, "{detail}");
+            assert!(detail.contains("reset by peer"), "{detail}");
+        }
     }
 }

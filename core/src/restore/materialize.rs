@@ -288,8 +288,9 @@ fn fill(
 ) -> Result<Delta, Report> {
     let fail = |d: String| Report::failed(Reason::Unreadable, d, dest);
     let mkdir = |p: &Path, made: &mut Vec<PathBuf>| {
-        if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
-            // A delta restore's, or the tablespaces' parent the operator named.
+        if p.is_dir() {
+            // A delta restore's, or the tablespaces' parent the operator named (a link to a
+            // directory included: not this run's, so never removed by it).
             return Ok(());
         }
         durable::create_private_dir(p, false).map_err(|e| e.to_string())?;
@@ -600,6 +601,10 @@ mod tests {
         std::fs::create_dir(&kept).unwrap();
         assert!(materialize(&manifest, &holders, &dest, &kept, TWO, &counters).is_err());
         assert!(!dest.exists() && kept.is_dir() && !kept.join("16384").exists());
+        let linked = tmp.path().join("linked");
+        std::os::unix::fs::symlink(&kept, &linked).unwrap();
+        assert!(materialize(&manifest, &holders, &dest, &linked, TWO, &counters).is_err());
+        assert!(linked.is_symlink() && kept.is_dir() && !kept.join("16384").exists());
     }
 
     /// What `will_open` was told: the files (holder, stored path) and the threads.

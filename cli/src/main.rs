@@ -20,6 +20,7 @@ use backup_mgmt_core::restore::fetch::{self, FetchError, Sync};
 use backup_mgmt_core::restore::fetch_history;
 use backup_mgmt_core::restore::fetch_tar;
 use backup_mgmt_core::restore::logical::LogicalError;
+use backup_mgmt_core::restore::materialize;
 use backup_mgmt_core::restore::offsite::{self, Goal, OffsiteRestoreError, TarChains};
 use backup_mgmt_core::restore::wal_spool::Spool;
 use backup_mgmt_core::storage::set_aside::{self, SetAside, SetAsideError};
@@ -589,7 +590,12 @@ fn restore(
         let restored = output::while_showing(bar, progress.bytes_counter(), None, || {
             fetch_tar::restore_tar(storage, &choice, &dest, combiner.as_deref(), &progress)
         })?;
-        return finish(cli, &command, &goal, &choice, &restored, started, json);
+        let finished = finish(cli, &command, &goal, &choice, &restored, started, json);
+        if finished.is_err() {
+            // Without its recovery settings the directory would start as the backup alone.
+            let _ = backup_mgmt_core::files::beneath::remove_path(&dest);
+        }
+        return finished;
     }
     let manifest = fetch::chain_manifest(storage, &choice)?;
     let total = manifest.logical_bytes();
@@ -622,7 +628,13 @@ fn restore(
             &counters,
         )
     })?;
-    finish(cli, &command, &goal, &choice, &restored, started, json)
+    let finished = finish(cli, &command, &goal, &choice, &restored, started, json);
+    if finished.is_err() && !r.delta {
+        // Without its recovery settings the directory would start as the backup alone, not
+        // recover to the goal: a new restore that cannot finish leaves nothing.
+        materialize::discard_new(&dest, &spaces, &manifest);
+    }
+    finished
 }
 
 /// The read-ahead spool of a restored data directory: beside it.
@@ -648,7 +660,7 @@ fn finish(
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
-            return Err(CliError::Usage(format!(
+            return Err(CliError::Incomplete(format!(
                 "could not empty the WAL spool {}: {e}",
                 spool.display()
             )))

@@ -269,7 +269,12 @@ pub fn restore_native(
     };
     // Every file and directory durable before the restore says it is done.
     for s in &syncs {
-        s.sync()?;
+        if let Err(e) = s.sync() {
+            if into == Into::New {
+                crate::restore::materialize::discard_new(dest, tablespaces, manifest);
+            }
+            return Err(e.into());
+        }
     }
     Ok(Restored {
         backup_id: b.backup_id,

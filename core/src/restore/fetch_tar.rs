@@ -88,7 +88,10 @@ pub fn restore_tar(
             return Err(e);
         }
     };
-    durable::sync_filesystem(dest)?;
+    if let Err(e) = durable::sync_filesystem(dest) {
+        let _ = beneath::remove_path(dest);
+        return Err(e.into());
+    }
     Ok(Restored {
         backup_id: b.backup_id,
         data_directory: dest.to_path_buf(),

@@ -250,7 +250,7 @@ fn build(
                 dest,
             )
         })?;
-    let mut made = vec![dest.to_path_buf()];
+    let mut made = vec![Made::Whole(dest.to_path_buf())];
     let filled = durable::sync_parent(dest)
         .map_err(|e| Report::failed(Reason::Unreadable, e.to_string(), dest))
         .and_then(|()| {
@@ -266,11 +266,37 @@ fn build(
             )
         });
     if filled.is_err() {
-        for p in made.iter().rev() {
-            let _ = beneath::remove_path(p);
+        for m in made.iter().rev() {
+            match m {
+                Made::Whole(p) => {
+                    let _ = beneath::remove_path(p);
+                }
+                // Shared with whoever put something there meanwhile: removed only if empty.
+                Made::IfEmpty(p) => {
+                    let _ = std::fs::remove_dir(p);
+                }
+            }
         }
     }
     filled
+}
+
+/// A directory a new restore made, which it removes when it fails.
+enum Made {
+    /// Only this run writes below it (created exclusively where nothing was).
+    Whole(PathBuf),
+    /// The tablespaces' parent: another restore may use it too.
+    IfEmpty(PathBuf),
+}
+
+/// Removes what a new restore that succeeded made, when a later step fails (its recovery
+/// settings cannot be written): the data directory and the tablespace directories of
+/// `manifest` below `tablespaces` (each made exclusively by this run), never `tablespaces`.
+pub fn discard_new(dest: &Path, tablespaces: &Path, manifest: &Manifest) {
+    for oid in manifest.dirs.iter().filter_map(|d| tablespace_oid(d)) {
+        let _ = beneath::remove_path(&tablespaces.join(oid));
+    }
+    let _ = beneath::remove_path(dest);
 }
 
 /// `build`'s work below the data directory, which exists; the directories it makes for
@@ -284,18 +310,39 @@ fn fill(
     writers: Writers,
     counters: &Counters<'_>,
     delta: bool,
-    made: &mut Vec<PathBuf>,
+    made: &mut Vec<Made>,
 ) -> Result<Delta, Report> {
     let fail = |d: String| Report::failed(Reason::Unreadable, d, dest);
-    let mkdir = |p: &Path, made: &mut Vec<PathBuf>| {
+    // The tablespaces' parent: one that is there (a link to a directory included) is not this
+    // run's; nor is one another process makes at the same moment.
+    let parent = |p: &Path, made: &mut Vec<Made>| {
         if p.is_dir() {
-            // A delta restore's, or the tablespaces' parent the operator named (a link to a
-            // directory included: not this run's, so never removed by it).
             return Ok(());
         }
-        durable::create_private_dir(p, false).map_err(|e| e.to_string())?;
-        made.push(p.to_path_buf());
-        Ok(())
+        match std::fs::DirBuilder::new().mode(0o700).create(p) {
+            Ok(()) => made.push(Made::IfEmpty(p.to_path_buf())),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+            Err(e) => {
+                return Err(format!(
+                    "could not create directory \"{}\": {e}",
+                    p.display()
+                ))
+            }
+        }
+        durable::sync_parent(p).map_err(|e| e.to_string())
+    };
+    // A tablespace's own directory: a new restore makes it exclusively (one there may be a live
+    // cluster's, or another restore's); a delta restore keeps the one there.
+    let place_dir = |p: &Path, made: &mut Vec<Made>| {
+        if delta && p.is_dir() {
+            return Ok(());
+        }
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(p)
+            .map_err(|e| format!("could not create directory \"{}\": {e}", p.display()))?;
+        made.push(Made::Whole(p.to_path_buf()));
+        durable::sync_parent(p).map_err(|e| e.to_string())
     };
     let mut done = Delta::default();
     if delta {
@@ -305,14 +352,19 @@ fn fill(
         match tablespace_oid(d) {
             Some(_) if delta && std::fs::symlink_metadata(dest.join(d)).is_ok() => {}
             Some(oid) => {
-                mkdir(tablespaces, made).map_err(fail)?;
+                parent(tablespaces, made).map_err(fail)?;
                 let place = tablespaces.join(oid);
-                mkdir(&place, made).map_err(fail)?;
+                place_dir(&place, made).map_err(fail)?;
                 std::os::unix::fs::symlink(&place, dest.join(d))
                     .map_err(|e| fail(format!("linking tablespace {oid}: {e}")))?;
             }
-            // Below the data directory: removed with it.
-            None => mkdir(&dest.join(d), &mut Vec::new()).map_err(fail)?,
+            // Below the data directory (removed with it), or a delta restore's.
+            None => {
+                let d = dest.join(d);
+                if !(delta && std::fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir())) {
+                    durable::create_private_dir(&d, false).map_err(|e| fail(e.to_string()))?;
+                }
+            }
         }
     }
     let order = largest_first(&manifest.files);
@@ -414,288 +466,5 @@ fn fill(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::checksum::hex;
-    use sha2::{Digest, Sha256};
-    use std::sync::atomic::{AtomicBool, AtomicU64};
-
-    const TWO: Writers = Writers {
-        threads: 2,
-        writes: Writes::Direct,
-    };
-
-    /// A PostgreSQL backup manifest whose own checksum holds (what it lists is not looked at).
-    fn pg_manifest() -> String {
-        let empty = Manifest {
-            backup_id: 1,
-            parent: None,
-            dirs: vec![],
-            files: vec![],
-        };
-        postgres::render(&empty, 1, crate::wal::Lsn(0), crate::wal::Lsn(0))
-    }
-
-    #[test]
-    fn a_delta_restore_keeps_what_matches_and_removes_what_the_backup_lacks() {
-        let tmp = tempfile::tempdir().unwrap();
-        let holder = tmp.path().join("b1");
-        std::fs::create_dir_all(holder.join("data/base/5")).unwrap();
-        std::fs::create_dir_all(holder.join("data/pg_wal")).unwrap();
-        let files = [("base/5/1", b"one".to_vec()), ("base/5/2", vec![2u8; 9000])];
-        let mut manifest = Manifest {
-            backup_id: 1,
-            parent: None,
-            dirs: vec!["base".into(), "base/5".into(), "pg_wal".into()],
-            files: vec![],
-        };
-        for (path, bytes) in &files {
-            std::fs::write(holder.join("data").join(path), bytes).unwrap();
-            manifest.files.push(FileRecord {
-                path: (*path).into(),
-                size: bytes.len() as u64,
-                mtime: 0,
-                sha256: hex(&Sha256::digest(bytes)),
-                holder: 1,
-                stored: format!("data/{path}"),
-            });
-        }
-        std::fs::write(holder.join(PG_MANIFEST), pg_manifest()).unwrap();
-        let holders = HashMap::from([(1, holder.clone())]);
-        let (bytes, cancel, done) = (AtomicU64::new(0), AtomicBool::new(false), AtomicU64::new(0));
-        let counters = Counters {
-            bytes: &bytes,
-            cancel: &cancel,
-            files: Some(&done),
-        };
-        let dest = tmp.path().join("data");
-        let spaces = tmp.path().join("spaces");
-        materialize(&manifest, &holders, &dest, &spaces, TWO, &counters).unwrap();
-        assert_eq!(done.load(Ordering::Relaxed), 2, "files done, for the bar");
-
-        // The server ran on: one file changed, stale WAL and a new relation appeared.
-        std::fs::write(dest.join("base/5/2"), vec![3u8; 9000]).unwrap();
-        std::fs::write(dest.join("pg_wal/000000010000000000000009"), b"stale").unwrap();
-        std::fs::create_dir(dest.join("base/6")).unwrap();
-        std::fs::write(dest.join("base/6/1"), b"new").unwrap();
-        let source = LocalHolders(&holders);
-        let d = materialize_delta(&source, &manifest, &dest, &spaces, TWO, &counters).unwrap();
-        assert_eq!(
-            d,
-            Delta {
-                kept: 1,
-                fetched: 1,
-                removed: 2
-            }
-        );
-        // Kept files are done too.
-        assert_eq!(done.load(Ordering::Relaxed), 4);
-        assert_eq!(
-            std::fs::read(dest.join("base/5/2")).unwrap(),
-            vec![2u8; 9000]
-        );
-        assert!(!dest.join("pg_wal/000000010000000000000009").exists());
-        assert!(!dest.join("base/6").exists());
-        assert!(dest.join(PG_MANIFEST).is_file());
-        // A symlink where the backup has a file goes as itself (what it leads to is neither
-        // read nor emptied), and is replaced by the file; so does a pg_wal link (what it leads
-        // to may be another cluster's WAL): a pg_wal directory is made, the WAL there is left.
-        let elsewhere = tmp.path().join("elsewhere");
-        std::fs::create_dir_all(&elsewhere).unwrap();
-        std::fs::write(elsewhere.join("keep-me"), b"not the cluster's").unwrap();
-        std::fs::remove_file(dest.join("base/5/2")).unwrap();
-        std::os::unix::fs::symlink(&elsewhere, dest.join("base/5/2")).unwrap();
-        let waldir = tmp.path().join("waldisk");
-        std::fs::create_dir_all(&waldir).unwrap();
-        std::fs::write(waldir.join("000000010000000000000009"), b"theirs").unwrap();
-        std::fs::remove_dir_all(dest.join("pg_wal")).unwrap();
-        std::os::unix::fs::symlink(&waldir, dest.join("pg_wal")).unwrap();
-        let d = materialize_delta(&source, &manifest, &dest, &spaces, TWO, &counters).unwrap();
-        assert_eq!((d.fetched, d.removed), (1, 2), "{d:?}");
-        assert!(elsewhere.join("keep-me").exists());
-        assert_eq!(
-            std::fs::read(dest.join("base/5/2")).unwrap(),
-            vec![2u8; 9000]
-        );
-        assert!(dest.join("pg_wal").is_dir() && !dest.join("pg_wal").is_symlink());
-        assert!(waldir.join("000000010000000000000009").exists());
-        // A dangling pg_wal link (the WAL disk was lost) is replaced the same way.
-        std::fs::remove_dir(dest.join("pg_wal")).unwrap();
-        std::os::unix::fs::symlink(tmp.path().join("lost-disk"), dest.join("pg_wal")).unwrap();
-        materialize_delta(&source, &manifest, &dest, &spaces, TWO, &counters).unwrap();
-        assert!(dest.join("pg_wal").is_dir() && !dest.join("pg_wal").is_symlink());
-        // A stored file that is not what the manifest says fails the delta too.
-        std::fs::write(dest.join("base/5/1"), b"uno").unwrap();
-        std::fs::write(holder.join("data/base/5/1"), b"bad").unwrap();
-        assert!(materialize_delta(&source, &manifest, &dest, &spaces, TWO, &counters).is_err());
-        // So does PostgreSQL's manifest when its own checksum fails; a new restore that fails
-        // leaves no directory behind (a half-restored one must not pass for a restored one).
-        std::fs::write(holder.join("data/base/5/1"), b"one").unwrap();
-        let rotten = pg_manifest().replacen("Files", "Filez", 1);
-        std::fs::write(holder.join(PG_MANIFEST), rotten).unwrap();
-        let other = tmp.path().join("other");
-        let r = materialize(&manifest, &holders, &other, &spaces, TWO, &counters).unwrap_err();
-        assert_eq!(r.reason, Some(Reason::ManifestMismatch), "{:?}", r.detail);
-        assert!(!other.exists());
-        // A new restore never writes into a directory that is there already, nor removes it.
-        std::fs::create_dir(&other).unwrap();
-        std::fs::write(other.join("theirs"), b"x").unwrap();
-        std::fs::write(holder.join(PG_MANIFEST), pg_manifest()).unwrap();
-        let r = materialize(&manifest, &holders, &other, &spaces, TWO, &counters).unwrap_err();
-        assert!(r.detail.unwrap().contains("exists"));
-        assert!(other.join("theirs").exists());
-    }
-
-    /// A tablespace's location shared with another version's directory (what pg_upgrade
-    /// leaves): a delta restore cleans this backup's version directory and leaves the rest.
-    #[test]
-    fn a_delta_restore_leaves_another_versions_tablespace_directory_alone() {
-        let tmp = tempfile::tempdir().unwrap();
-        let holder = tmp.path().join("b1");
-        let ts = "pg_tblspc/16384/PG_15_202209061";
-        std::fs::create_dir_all(holder.join("data").join(ts).join("5")).unwrap();
-        let bytes = b"relation".to_vec();
-        std::fs::write(holder.join("data").join(ts).join("5/1"), &bytes).unwrap();
-        std::fs::write(holder.join(PG_MANIFEST), pg_manifest()).unwrap();
-        let manifest = Manifest {
-            backup_id: 1,
-            parent: None,
-            dirs: ["pg_tblspc", "pg_tblspc/16384", ts, &format!("{ts}/5")]
-                .map(String::from)
-                .to_vec(),
-            files: vec![FileRecord {
-                path: format!("{ts}/5/1"),
-                size: bytes.len() as u64,
-                mtime: 0,
-                sha256: hex(&Sha256::digest(&bytes)),
-                holder: 1,
-                stored: format!("data/{ts}/5/1"),
-            }],
-        };
-        let holders = HashMap::from([(1, holder.clone())]);
-        let (counted, cancel) = (AtomicU64::new(0), AtomicBool::new(false));
-        let counters = Counters {
-            bytes: &counted,
-            cancel: &cancel,
-            files: None,
-        };
-        let (dest, spaces) = (tmp.path().join("data"), tmp.path().join("spaces"));
-        materialize(&manifest, &holders, &dest, &spaces, TWO, &counters).unwrap();
-        let location = spaces.join("16384");
-        std::fs::create_dir_all(location.join("PG_16_202307071/5")).unwrap();
-        std::fs::write(location.join("PG_16_202307071/5/1"), b"other cluster").unwrap();
-        std::fs::write(location.join("PG_15_202209061/5/2"), b"stale").unwrap();
-        let source = LocalHolders(&holders);
-        let d = materialize_delta(&source, &manifest, &dest, &spaces, TWO, &counters).unwrap();
-        assert_eq!((d.kept, d.removed), (1, 1), "{d:?}");
-        assert!(location.join("PG_16_202307071/5/1").exists());
-        assert!(!location.join("PG_15_202209061/5/2").exists());
-
-        // A new restore that fails takes away the tablespace directories it made, and their
-        // parent when it made that too; a parent that was there stays.
-        std::fs::write(holder.join("data").join(ts).join("5/1"), b"rotten!!").unwrap();
-        let (dest, made) = (tmp.path().join("again"), tmp.path().join("made"));
-        assert!(materialize(&manifest, &holders, &dest, &made, TWO, &counters).is_err());
-        assert!(!dest.exists() && !made.exists());
-        let kept = tmp.path().join("kept");
-        std::fs::create_dir(&kept).unwrap();
-        assert!(materialize(&manifest, &holders, &dest, &kept, TWO, &counters).is_err());
-        assert!(!dest.exists() && kept.is_dir() && !kept.join("16384").exists());
-        let linked = tmp.path().join("linked");
-        std::os::unix::fs::symlink(&kept, &linked).unwrap();
-        assert!(materialize(&manifest, &holders, &dest, &linked, TWO, &counters).is_err());
-        assert!(linked.is_symlink() && kept.is_dir() && !kept.join("16384").exists());
-    }
-
-    /// What `will_open` was told: the files (holder, stored path) and the threads.
-    type Announced = (Vec<(i64, String)>, usize);
-
-    /// Local holders that record what `build` announces and opens.
-    struct Recording<'a> {
-        inner: LocalHolders<'a>,
-        announced: std::sync::Mutex<Vec<Announced>>,
-        opened: std::sync::Mutex<Vec<String>>,
-    }
-
-    impl StoredFiles for Recording<'_> {
-        fn open(&self, holder: i64, stored: &str) -> Option<Result<Box<dyn Read + Send>, String>> {
-            self.opened.lock().unwrap().push(stored.to_owned());
-            self.inner.open(holder, stored)
-        }
-        fn shown(&self, holder: i64, stored: &str) -> PathBuf {
-            self.inner.shown(holder, stored)
-        }
-        fn will_open(&self, order: &[(i64, &str)], at_once: usize) {
-            let order = order.iter().map(|&(h, s)| (h, s.to_owned())).collect();
-            self.announced.lock().unwrap().push((order, at_once));
-        }
-    }
-
-    #[test]
-    fn a_restore_announces_every_file_in_the_order_its_threads_open_them() {
-        let tmp = tempfile::tempdir().unwrap();
-        let holder = tmp.path().join("b1");
-        std::fs::create_dir_all(holder.join("data/base/5")).unwrap();
-        let sizes = [
-            ("base/5/1", 10),
-            ("base/5/2", 5000),
-            ("base/5/3", 300),
-            ("PG_VERSION", 3),
-        ];
-        let mut manifest = Manifest {
-            backup_id: 1,
-            parent: None,
-            dirs: vec!["base".into(), "base/5".into()],
-            files: vec![],
-        };
-        for (path, len) in sizes {
-            let bytes = vec![7u8; len];
-            std::fs::write(holder.join("data").join(path), &bytes).unwrap();
-            manifest.files.push(FileRecord {
-                path: path.into(),
-                size: len as u64,
-                mtime: 0,
-                sha256: hex(&Sha256::digest(&bytes)),
-                holder: 1,
-                stored: format!("data/{path}"),
-            });
-        }
-        std::fs::write(holder.join(PG_MANIFEST), pg_manifest()).unwrap();
-        let holders = HashMap::from([(1, holder.clone())]);
-        let source = Recording {
-            inner: LocalHolders(&holders),
-            announced: Default::default(),
-            opened: Default::default(),
-        };
-        let (bytes, cancel) = (AtomicU64::new(0), AtomicBool::new(false));
-        let counters = Counters {
-            bytes: &bytes,
-            cancel: &cancel,
-            files: None,
-        };
-        let (dest, spaces) = (tmp.path().join("data"), tmp.path().join("spaces"));
-        let one = Writers {
-            threads: 1,
-            writes: Writes::Buffered,
-        };
-        materialize_from(&source, &manifest, &dest, &spaces, one, &counters).unwrap();
-        // Announced once, largest first, PostgreSQL's manifest last, for one thread; opened in
-        // that order (the plain manifest after the compressed one was not there).
-        let expected: Vec<(i64, String)> = ["data/base/5/2", "data/base/5/3", "data/base/5/1"]
-            .iter()
-            .chain(&["data/PG_VERSION", PG_MANIFEST_ZST])
-            .map(|s| (1, (*s).to_owned()))
-            .collect();
-        assert_eq!(
-            *source.announced.lock().unwrap(),
-            vec![(expected.clone(), 1)]
-        );
-        let mut opened: Vec<String> = expected.into_iter().map(|(_, s)| s).collect();
-        opened.push(PG_MANIFEST.to_owned());
-        assert_eq!(*source.opened.lock().unwrap(), opened);
-        // A delta restore opens only the files that differ: nothing is announced.
-        std::fs::write(dest.join("base/5/2"), vec![8u8; 5000]).unwrap();
-        materialize_delta(&source, &manifest, &dest, &spaces, one, &counters).unwrap();
-        assert_eq!(source.announced.lock().unwrap().len(), 1);
-    }
-}
+#[path = "materialize_tests.rs"]
+mod tests;

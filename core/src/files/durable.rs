@@ -101,6 +101,20 @@ pub fn create_private_dir(dir: &Path, recursive: bool) -> Result<(), IoError> {
     sync_parent(dir)
 }
 
+/// Creates `dir` with mode 0700 where nothing has its name yet (exclusively: what a failure
+/// removes afterwards is only ever the caller's), and fsyncs its parent; when that fsync fails
+/// the directory is removed again (as `Root::create_dir_exclusive` does), so an error always
+/// means nothing was made.
+pub fn create_new_private_dir(dir: &Path) -> Result<(), IoError> {
+    DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .at("could not create directory", dir)?;
+    sync_parent(dir).inspect_err(|_| {
+        let _ = std::fs::remove_dir(dir);
+    })
+}
+
 /// Creates a new file with mode 0600 that must not exist yet, never through a symlink.
 pub fn create_new(path: &Path) -> Result<File, IoError> {
     OpenOptions::new()

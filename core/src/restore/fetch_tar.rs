@@ -66,16 +66,15 @@ pub fn restore_tar(
         )));
     }
     // Created here, exclusively: what is removed after a failure is only ever this run's.
-    if let Err(e) = DirBuilder::new().mode(0o700).create(dest) {
+    if let Err(e) = durable::create_new_private_dir(dest) {
         return Err(match e.kind() {
             std::io::ErrorKind::AlreadyExists => FetchError::Refused(format!(
                 "\"{}\" exists; a pg_basebackup backup is restored into a new directory",
                 dest.display()
             )),
-            _ => IoError::new("could not create directory", dest, e).into(),
+            _ => e.into(),
         });
     }
-    durable::sync_parent(dest)?;
     let made = match bindir {
         None => extract_member(storage, b, dest, progress),
         Some(bindir) => combined(storage, choice, dest, bindir, progress),

@@ -5,7 +5,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -226,46 +225,25 @@ fn build(
     counters: &Counters<'_>,
     delta: bool,
 ) -> Result<Delta, Report> {
-    if delta {
-        return fill(
-            source,
-            manifest,
-            dest,
-            tablespaces,
-            writers,
-            counters,
-            true,
-            &mut Vec::new(),
-        );
+    let mut made = Vec::new();
+    if !delta {
+        // A new restore makes its directory itself, exclusively: what a failure removes (a half
+        // restored directory must not look like a restored one) is only ever this run's.
+        durable::create_new_private_dir(dest)
+            .map_err(|e| Report::failed(Reason::Unreadable, e.to_string(), dest))?;
+        made.push(Made::Whole(dest.to_path_buf()));
     }
-    // A new restore makes its directory itself, exclusively: what a failure removes (a half
-    // restored directory must not look like a restored one) is only ever this run's.
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(dest)
-        .map_err(|e| {
-            Report::failed(
-                Reason::Unreadable,
-                format!("could not create directory \"{}\": {e}", dest.display()),
-                dest,
-            )
-        })?;
-    let mut made = vec![Made::Whole(dest.to_path_buf())];
-    let filled = durable::sync_parent(dest)
-        .map_err(|e| Report::failed(Reason::Unreadable, e.to_string(), dest))
-        .and_then(|()| {
-            fill(
-                source,
-                manifest,
-                dest,
-                tablespaces,
-                writers,
-                counters,
-                false,
-                &mut made,
-            )
-        });
-    if filled.is_err() {
+    let filled = fill(
+        source,
+        manifest,
+        dest,
+        tablespaces,
+        writers,
+        counters,
+        delta,
+        &mut made,
+    );
+    if filled.is_err() && !delta {
         for m in made.iter().rev() {
             match m {
                 Made::Whole(p) => {
@@ -319,17 +297,12 @@ fn fill(
         if p.is_dir() {
             return Ok(());
         }
-        match std::fs::DirBuilder::new().mode(0o700).create(p) {
+        match durable::create_new_private_dir(p) {
             Ok(()) => made.push(Made::IfEmpty(p.to_path_buf())),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
-            Err(e) => {
-                return Err(format!(
-                    "could not create directory \"{}\": {e}",
-                    p.display()
-                ))
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e.to_string()),
         }
-        durable::sync_parent(p).map_err(|e| e.to_string())
+        Ok(())
     };
     // A tablespace's own directory: a new restore makes it exclusively (one there may be a live
     // cluster's, or another restore's); a delta restore keeps the one there.
@@ -337,12 +310,9 @@ fn fill(
         if delta && p.is_dir() {
             return Ok(());
         }
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(p)
-            .map_err(|e| format!("could not create directory \"{}\": {e}", p.display()))?;
+        durable::create_new_private_dir(p).map_err(|e| e.to_string())?;
         made.push(Made::Whole(p.to_path_buf()));
-        durable::sync_parent(p).map_err(|e| e.to_string())
+        Ok(())
     };
     let mut done = Delta::default();
     if delta {

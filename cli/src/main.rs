@@ -158,6 +158,10 @@ struct ReadAhead {
     #[arg(long, value_name = "N", default_value_t = 8,
           value_parser = clap::value_parser!(u16).range(1..=256))]
     read_ahead: u16,
+    /// The timeline recovery ends on (`restore` writes it): no later timeline's WAL files are
+    /// fetched ahead. Without it, the newest the target lists.
+    #[arg(long, value_name = "TLI", value_parser = clap::value_parser!(u32).range(1..))]
+    timeline: Option<u32>,
 }
 
 #[derive(Args)]
@@ -347,12 +351,32 @@ fn main() -> ExitCode {
             let _ = e.print();
             return ExitCode::from(WAL_FETCH_FATAL);
         }
+        // A script that asked for JSON gets the refusal as JSON too (exit 2, as clap's).
+        Err(e) if e.use_stderr() && asks_json(std::env::args_os().skip(1)) => {
+            let _ = e.print();
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or_default();
+            output::error(2, first.strip_prefix("error: ").unwrap_or(first));
+            return ExitCode::from(2);
+        }
         Err(e) => e.exit(),
     };
+    let new_dir = new_data_directory(&cli);
+    let was_there = new_dir.as_ref().map(|d| d.symlink_metadata().is_ok());
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("backup-mgmt: {e}");
+            // A failed new restore removes what it made; what it could not is named, so that
+            // no one starts a server on half a restore.
+            if let (Some(dir), Some(false)) = (&new_dir, was_there) {
+                if dir.symlink_metadata().is_ok() {
+                    eprintln!(
+                        "backup-mgmt: {} is what is left of this failed restore and could not be removed: remove it before using that path",
+                        dir.display()
+                    );
+                }
+            }
             let code = e.exit_code();
             let fetching = matches!(cli.command, Command::WalFetch { .. });
             // A script reading stdout gets the failure as JSON too, unless the command's own
@@ -370,6 +394,26 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+/// The data directory a restore (not `--delta`) is to create.
+fn new_data_directory(cli: &Cli) -> Option<PathBuf> {
+    match &cli.command {
+        Command::Restore(r) if !r.delta => std::path::absolute(&r.data_directory).ok(),
+        _ => None,
+    }
+}
+
+/// Whether a command line clap refused asked for `--output json` (spelled either way).
+fn asks_json(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    let mut previous_was_output = false;
+    for a in args {
+        if a == "--output=json" || (previous_was_output && a == "json") {
+            return true;
+        }
+        previous_was_output = a == "--output";
+    }
+    false
 }
 
 fn run(cli: &Cli) -> Result<(), CliError> {
@@ -396,7 +440,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             };
             // A spooled copy was checked when it was fetched: a rename serves it.  A spool that
             // cannot be used only costs speed.
-            let spool = Spool::open(dir).ok();
+            let spool = Spool::open(dir).ok().map(|s| s.ending_on(ahead.timeline));
             let served = spool
                 .as_ref()
                 .is_some_and(|s| s.take(name, path).unwrap_or(false));
@@ -415,7 +459,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
                     "wal-prefetch needs --spool and --cluster".into(),
                 ));
             };
-            let spool = Spool::open(dir)?;
+            let spool = Spool::open(dir)?.ending_on(ahead.timeline);
             // One filler at a time; the lock goes with the process.
             if let Some(_lock) = spool.try_lock()? {
                 let mirror = offsite::load_mirror(storage.as_ref(), sysid)?;
@@ -464,6 +508,12 @@ fn start_prefetch(cli: &Cli, sysid: i64, ahead: &ReadAhead, name: &str) {
         .arg(dir)
         .arg("--read-ahead")
         .arg(ahead.read_ahead.to_string())
+        .args(
+            ahead
+                .timeline
+                .into_iter()
+                .flat_map(|t| ["--timeline".to_owned(), t.to_string()]),
+        )
         .arg(name)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -561,7 +611,9 @@ fn restore(
     };
     // The recovery settings are built before anything is written: a path restore_command
     // cannot carry is refused while nothing is touched (exit 2 means so).
-    let command = cli.target.wal_fetch_command(sysid, &spool_of(&dest))?;
+    let command = cli
+        .target
+        .wal_fetch_command(sysid, &spool_of(&dest), choice.path.target())?;
     let bytes = AtomicU64::new(0);
     let cancel = AtomicBool::new(false);
     let files = AtomicU64::new(0);

@@ -202,14 +202,22 @@ impl TargetArgs {
             .filter(|c| c.starts_with("env:"))
     }
 
-    /// `restore_command`: `wal-fetch` of this target with a read-ahead spool, `%f %p`; every
+    /// `restore_command`: `wal-fetch` of this target with a read-ahead spool that stops at
+    /// `timeline` (the one recovery ends on), `%f %p`; every
     /// word quoted for the shell PostgreSQL runs it with.
-    pub fn wal_fetch_command(&self, sysid: i64, spool: &Path) -> Result<String, CliError> {
+    pub fn wal_fetch_command(
+        &self,
+        sysid: i64,
+        spool: &Path,
+        timeline: u32,
+    ) -> Result<String, CliError> {
         let mut words = self.words(sysid)?;
         words.extend([
             "wal-fetch".into(),
             "--spool".into(),
             absolute(&spool.to_path_buf())?,
+            "--timeline".into(),
+            timeline.to_string(),
         ]);
         if words.iter().any(|w| w.contains(['\n', '\r', '\0', '%'])) {
             return Err(CliError::Usage(

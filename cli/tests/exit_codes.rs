@@ -77,6 +77,38 @@ fn a_failure_with_output_json_is_a_json_object_on_stdout() {
     assert!(String::from_utf8_lossy(&out.stderr).contains(message));
 }
 
+/// A command line clap refuses is a JSON object too when it asked for JSON (either spelling),
+/// exit 2 as without it.
+#[test]
+fn a_refused_command_line_with_output_json_is_a_json_object() {
+    for output in [&["--output", "json"][..], &["--output=json"][..]] {
+        let mut args = vec!["--dir", "/nonexistent"];
+        args.extend_from_slice(output);
+        args.extend_from_slice(&["restore", "--jobs", "0", "/tmp/x"]);
+        let out = Command::new(env!("CARGO_BIN_EXE_backup-mgmt"))
+            .args(&args)
+            .env_clear()
+            .output()
+            .expect("backup-mgmt runs");
+        assert_eq!(out.status.code(), Some(2));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON object");
+        assert_eq!(v["error"]["exit_code"], 2, "{stdout}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("--jobs"),
+            "{stdout}"
+        );
+    }
+    // Without it, stdout stays empty.
+    let out = Command::new(env!("CARGO_BIN_EXE_backup-mgmt"))
+        .args(["--dir", "/nonexistent", "restore", "--jobs", "0", "/tmp/x"])
+        .env_clear()
+        .output()
+        .expect("backup-mgmt runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+}
+
 /// A target that holds no cluster at all (a mount point with nothing mounted) is no "not
 /// archived": wal-fetch fails fatally, so recovery stops rather than ends early.
 #[test]

@@ -6,7 +6,7 @@
 use super::fetch::{read_checked, FetchError};
 use super::offsite::{Mirror, MirrorWal};
 use crate::checksum::is_sha256_hex;
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageError};
 use crate::timeline::{
     decompressed_history, history_file_name, history_of, Histories, HISTORIES_LIMIT, HISTORY_LIMIT,
 };
@@ -42,12 +42,29 @@ pub fn read_histories(
         let history = match read_history(storage, w, &mut budget) {
             Ok(bytes) => history_of(tli, bytes).map_err(|why| format!("{}: {why}", w.key)),
             // The target unreachable, not the file damaged: the restore fails as such.
-            Err(e @ (FetchError::Storage(_) | FetchError::Io(_))) => return Err(e),
+            Err(e) if unreachable(&e) => return Err(e),
             Err(e) => Err(e.to_string()),
         };
         out.insert(tli, history);
     }
     Ok(out)
+}
+
+/// Whether reading a history file failed for the target's sake (down, refusing the
+/// credentials, an I/O error) or for the mirror's (a key leaving the target), not for the
+/// file's: what the target holds as something else than the mirror says (no regular file,
+/// other bytes) is that file's damage.
+fn unreachable(e: &FetchError) -> bool {
+    matches!(
+        e,
+        FetchError::Io(_)
+            | FetchError::Storage(
+                StorageError::Io(_)
+                    | StorageError::Http(_)
+                    | StorageError::Credential { .. }
+                    | StorageError::Config(_)
+            )
+    )
 }
 
 /// One history file's bytes as `wal-fetch` would serve them, within `budget` (which it
@@ -96,12 +113,17 @@ pub fn check_histories_above(
     let mut budget = HISTORIES_LIMIT;
     let mut next = timeline.saturating_add(1);
     while let Some(w) = mirror.wal_file(&history_file_name(next)) {
-        read_history(storage, w, &mut budget).map_err(|e| {
-            FetchError::Bad(format!(
-                "recovery ends by asking for the history file of timeline {next}, which cannot \
-                 be served: {e}"
-            ))
-        })?;
+        match read_history(storage, w, &mut budget) {
+            Ok(_) => {}
+            // The target unreachable, not the file damaged: the restore fails as such (exit 1).
+            Err(e) if unreachable(&e) => return Err(e),
+            Err(e) => {
+                return Err(FetchError::Bad(format!(
+                    "recovery ends by asking for the history file of timeline {next}, which \
+                     cannot be served: {e}"
+                )))
+            }
+        }
         next = match next.checked_add(1) {
             Some(n) => n,
             None => break,
@@ -210,5 +232,16 @@ mod tests {
             read_histories(&target, &m, None),
             Err(FetchError::Storage(StorageError::Config(_)))
         ));
+        // A target that cannot be read is no damaged history: the failure is the target's
+        // (the program's exit 1), not "cannot be served" (its exit 3).
+        let gone = FilesystemTarget {
+            dir: tmp.path().join("unmounted"),
+            rate: None,
+        };
+        let e = check_histories_above(&gone, &m, 2).unwrap_err();
+        assert!(
+            matches!(e, FetchError::Storage(StorageError::Io(_))),
+            "{e:?}"
+        );
     }
 }

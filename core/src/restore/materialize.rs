@@ -243,20 +243,34 @@ fn build(
         delta,
         &mut made,
     );
-    if filled.is_err() && !delta {
-        for m in made.iter().rev() {
-            match m {
-                Made::Whole(p) => {
-                    let _ = beneath::remove_path(p);
-                }
-                // Shared with whoever put something there meanwhile: removed only if empty.
-                Made::IfEmpty(p) => {
-                    let _ = std::fs::remove_dir(p);
+    match filled {
+        Err(mut report) if !delta => {
+            // What could not be removed is named: the operator must not take it for a restore.
+            let mut left = Vec::new();
+            for m in made.iter().rev() {
+                match m {
+                    Made::Whole(p) => {
+                        if let Err(e) = beneath::remove_path(p) {
+                            left.push(format!("{} ({e})", p.display()));
+                        }
+                    }
+                    // Shared with whoever put something there meanwhile: removed only if empty.
+                    Made::IfEmpty(p) => {
+                        let _ = std::fs::remove_dir(p);
+                    }
                 }
             }
+            if !left.is_empty() {
+                let detail = report.detail.take().unwrap_or_default();
+                report.detail = Some(format!(
+                    "{detail}; the partial restore could not be removed: {}",
+                    left.join(", ")
+                ));
+            }
+            Err(report)
         }
+        filled => filled,
     }
-    filled
 }
 
 /// A directory a new restore made, which it removes when it fails.

@@ -20,6 +20,9 @@ use crate::wal::{self, Segment};
 /// A spool directory (created mode 0700 when missing).
 pub struct Spool {
     dir: PathBuf,
+    /// The timeline recovery ends on, when known: no later timeline's file is fetched ahead
+    /// (a restore to an older timeline would never ask for them).
+    last_timeline: Option<u32>,
 }
 
 impl Spool {
@@ -41,7 +44,16 @@ impl Spool {
         }
         Ok(Spool {
             dir: dir.to_owned(),
+            last_timeline: None,
         })
+    }
+
+    /// The spool of a recovery that ends on timeline `last` (None: unknown, the newest).
+    pub fn ending_on(self, last: Option<u32>) -> Spool {
+        Spool {
+            last_timeline: last,
+            ..self
+        }
     }
 
     /// Moves the spooled `name` to `dest` when a checked copy is there; false when not.
@@ -100,8 +112,8 @@ impl Spool {
     }
 
     /// Fetches the `ahead` WAL segments after `name` that the mirror lists and the spool lacks,
-    /// `threads` at a time: each from the newest timeline, from `name`'s on, that the mirror
-    /// lists it under, since recovery reads a segment from the newest timeline of its path that
+    /// `threads` at a time: each from the newest timeline, from `name`'s on (up to the one
+    /// recovery ends on, when known), that the mirror lists it under, since recovery reads a segment from the newest timeline of its path that
     /// has begun by then (after a failover, the new timeline's copy of the switch segment and
     /// everything after it, never the old timeline's).  Removes spooled segments recovery will
     /// not ask for any more: those of `name`'s timeline before it (already served, or passed
@@ -138,6 +150,7 @@ impl Spool {
             .iter()
             .filter_map(|w| Segment::parse(&w.name, size))
             .filter(|s| s.timeline >= current.timeline)
+            .filter(|s| self.last_timeline.is_none_or(|last| s.timeline <= last))
             .filter(|s| s.number > current.number && s.number <= upto)
         {
             let t = newest.entry(s.number).or_insert(s.timeline);
@@ -218,6 +231,17 @@ mod tests {
         (target, mirror)
     }
 
+    /// The WAL files in spool `dir`, sorted.
+    fn spooled(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Whatever carries a WAL file's name in the spool is served as checked: a spool that is
     /// a symlink or open to others (where anyone could plant a "segment") is refused.
     #[test]
@@ -292,15 +316,7 @@ mod tests {
             .chain((4..=8u32).map(|n| format!("0000000200000000{n:08X}")));
         let (target, mirror) = target_with(tmp.path(), names);
         let spool = Spool::open(&tmp.path().join("spool")).unwrap();
-        let listed = || {
-            let mut v: Vec<String> = std::fs::read_dir(tmp.path().join("spool"))
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .filter(|n| !n.starts_with('.'))
-                .collect();
-            v.sort();
-            v
-        };
+        let listed = || spooled(&tmp.path().join("spool"));
         assert_eq!(
             spool.fill(&target, &mirror, "000000010000000000000002", 4, 2),
             4
@@ -315,6 +331,21 @@ mod tests {
             ]
         );
         assert_eq!(spool.ready_after("000000010000000000000002"), 4);
+        // A recovery that ends on timeline 1 (restored with --target-timeline current) never
+        // asks for timeline 2's files: none is fetched ahead.
+        let older = Spool::open(&tmp.path().join("spool1"))
+            .unwrap()
+            .ending_on(Some(1));
+        older.fill(&target, &mirror, "000000010000000000000002", 4, 2);
+        assert_eq!(
+            spooled(&tmp.path().join("spool1")),
+            [
+                "000000010000000000000003",
+                "000000010000000000000004",
+                "000000010000000000000005",
+                "000000010000000000000006"
+            ]
+        );
         // Recovery on timeline 2: timeline 1's spooled file is of no more use.
         spool.fill(&target, &mirror, "000000020000000000000005", 4, 2);
         assert_eq!(

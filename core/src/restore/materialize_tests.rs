@@ -19,20 +19,16 @@ fn pg_manifest() -> String {
     postgres::render(&empty, 1, crate::wal::Lsn(0), crate::wal::Lsn(0))
 }
 
-#[test]
-fn a_delta_restore_keeps_what_matches_and_removes_what_the_backup_lacks() {
-    let tmp = tempfile::tempdir().unwrap();
-    let holder = tmp.path().join("b1");
-    std::fs::create_dir_all(holder.join("data/base/5")).unwrap();
-    std::fs::create_dir_all(holder.join("data/pg_wal")).unwrap();
-    let files = [("base/5/1", b"one".to_vec()), ("base/5/2", vec![2u8; 9000])];
+/// Backup 1 stored uncompressed in `holder` (its `data/` directories made by the caller):
+/// `files` written there, PostgreSQL's manifest beside them; its chain manifest.
+fn stored_backup(holder: &Path, dirs: &[&str], files: &[(&str, Vec<u8>)]) -> Manifest {
     let mut manifest = Manifest {
         backup_id: 1,
         parent: None,
-        dirs: vec!["base".into(), "base/5".into(), "pg_wal".into()],
+        dirs: dirs.iter().map(|d| (*d).to_owned()).collect(),
         files: vec![],
     };
-    for (path, bytes) in &files {
+    for (path, bytes) in files {
         std::fs::write(holder.join("data").join(path), bytes).unwrap();
         manifest.files.push(FileRecord {
             path: (*path).into(),
@@ -44,6 +40,17 @@ fn a_delta_restore_keeps_what_matches_and_removes_what_the_backup_lacks() {
         });
     }
     std::fs::write(holder.join(PG_MANIFEST), pg_manifest()).unwrap();
+    manifest
+}
+
+#[test]
+fn a_delta_restore_keeps_what_matches_and_removes_what_the_backup_lacks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let holder = tmp.path().join("b1");
+    std::fs::create_dir_all(holder.join("data/base/5")).unwrap();
+    std::fs::create_dir_all(holder.join("data/pg_wal")).unwrap();
+    let files = [("base/5/1", b"one".to_vec()), ("base/5/2", vec![2u8; 9000])];
+    let manifest = stored_backup(&holder, &["base", "base/5", "pg_wal"], &files);
     let holders = HashMap::from([(1, holder.clone())]);
     let (bytes, cancel, done) = (AtomicU64::new(0), AtomicBool::new(false), AtomicU64::new(0));
     let counters = Counters {
@@ -312,4 +319,54 @@ fn a_restore_announces_every_file_in_the_order_its_threads_open_them() {
     std::fs::write(dest.join("base/5/2"), vec![8u8; 5000]).unwrap();
     materialize_delta(&source, &manifest, &dest, &spaces, one, &counters).unwrap();
     assert_eq!(source.announced.lock().unwrap().len(), 1);
+}
+
+/// Files written past the page cache (in aligned blocks, a large one's by a helper thread)
+/// restore exact, and one whose bytes are not the manifest's fails as a
+/// checksum mismatch and leaves nothing, as a buffered one does.
+#[test]
+fn large_files_written_past_the_cache_are_exact_and_checked() {
+    use crate::files::direct::{BEHIND_FROM, DIRECT_FROM};
+    let tmp = tempfile::tempdir().unwrap();
+    let holder = tmp.path().join("b1");
+    std::fs::create_dir_all(holder.join("data/base/5")).unwrap();
+    let pattern = |len: usize, seed: u8| -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    };
+    let files = [
+        ("base/5/1", pattern(DIRECT_FROM as usize + 4097, 1)),
+        ("base/5/2", pattern(BEHIND_FROM as usize * 2 + 12345, 2)),
+        ("base/5/3", pattern(100, 3)),
+    ];
+    let manifest = stored_backup(&holder, &["base", "base/5"], &files);
+    let holders = HashMap::from([(1, holder.clone())]);
+    let (bytes, cancel) = (AtomicU64::new(0), AtomicBool::new(false));
+    let counters = Counters {
+        bytes: &bytes,
+        cancel: &cancel,
+        files: None,
+    };
+    let spaces = tmp.path().join("spaces");
+    for writes in [Writes::Direct, Writes::Buffered] {
+        let dest = tmp.path().join(format!("data-{writes:?}"));
+        let writers = Writers { threads: 2, writes };
+        materialize(&manifest, &holders, &dest, &spaces, writers, &counters).unwrap();
+        for (path, content) in &files {
+            assert_eq!(&std::fs::read(dest.join(path)).unwrap(), content, "{path}");
+        }
+    }
+    // One byte of each large file changed where it is stored: each fails, named.
+    for (i, (path, content)) in files.iter().take(2).enumerate() {
+        let mut damaged = content.clone();
+        damaged[content.len() / 2] ^= 0x40;
+        std::fs::write(holder.join("data").join(path), &damaged).unwrap();
+        let dest = tmp.path().join(format!("damaged-{i}"));
+        let r = materialize(&manifest, &holders, &dest, &spaces, TWO, &counters).unwrap_err();
+        assert_eq!(r.reason, Some(Reason::ChecksumMismatch), "{path}: {r:?}");
+        assert!(r.detail.as_deref().unwrap().contains(path), "{r:?}");
+        assert!(!dest.exists(), "a failed restore leaves nothing");
+        std::fs::write(holder.join("data").join(path), content).unwrap();
+    }
 }

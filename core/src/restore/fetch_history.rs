@@ -41,8 +41,9 @@ pub fn read_histories(
         };
         let history = match read_history(storage, w, &mut budget) {
             Ok(bytes) => history_of(tli, bytes).map_err(|why| format!("{}: {why}", w.key)),
-            // The target unreachable, not the file damaged: the restore fails as such.
-            Err(e) if unreachable(&e) => return Err(e),
+            // The target unreachable (or the mirror hostile), not the file damaged: the restore
+            // fails as such.
+            Err(e) if not_the_files_failure(&e) => return Err(e),
             Err(e) => Err(e.to_string()),
         };
         out.insert(tli, history);
@@ -54,7 +55,7 @@ pub fn read_histories(
 /// credentials, an I/O error) or for the mirror's (a key leaving the target), not for the
 /// file's: what the target holds as something else than the mirror says (no regular file,
 /// other bytes) is that file's damage.
-fn unreachable(e: &FetchError) -> bool {
+fn not_the_files_failure(e: &FetchError) -> bool {
     matches!(
         e,
         FetchError::Io(_)
@@ -115,8 +116,9 @@ pub fn check_histories_above(
     while let Some(w) = mirror.wal_file(&history_file_name(next)) {
         match read_history(storage, w, &mut budget) {
             Ok(_) => {}
-            // The target unreachable, not the file damaged: the restore fails as such (exit 1).
-            Err(e) if unreachable(&e) => return Err(e),
+            // The target unreachable (or the mirror hostile), not the file damaged: the restore
+            // fails as such (the program's exit 1, or 3 for a key leaving the target).
+            Err(e) if not_the_files_failure(&e) => return Err(e),
             Err(e) => {
                 return Err(FetchError::Bad(format!(
                     "recovery ends by asking for the history file of timeline {next}, which \

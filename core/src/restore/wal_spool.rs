@@ -113,12 +113,13 @@ impl Spool {
 
     /// Fetches the `ahead` WAL segments after `name` that the mirror lists and the spool lacks,
     /// `threads` at a time: each from the newest timeline, from `name`'s on (up to the one
-    /// recovery ends on, when known), that the mirror lists it under, since recovery reads a segment from the newest timeline of its path that
-    /// has begun by then (after a failover, the new timeline's copy of the switch segment and
-    /// everything after it, never the old timeline's).  Removes spooled segments recovery will
-    /// not ask for any more: those of `name`'s timeline before it (already served, or passed
-    /// over) and those of older timelines.  Errors are per file and leave nothing behind: the
-    /// foreground fetch of that file reports them.
+    /// recovery ends on, when known), that the mirror lists it under, since recovery reads a
+    /// segment from the newest timeline of its path that has begun by then (after a failover,
+    /// the new timeline's copy of the switch segment and everything after it, never the old
+    /// timeline's).  Removes spooled segments recovery will not ask for any more: those of
+    /// `name`'s timeline before it (already served, or passed over) and those of older
+    /// timelines.  Errors are per file and leave nothing behind: the foreground fetch of that
+    /// file reports them.
     pub fn fill(
         &self,
         storage: &dyn Storage,

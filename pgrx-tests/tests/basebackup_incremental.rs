@@ -291,7 +291,9 @@ fn block_level_incrementals_chain_restore_and_recover() {
     let seen = Cluster::wait_for(Duration::from_secs(30), || {
         recorded = db
             .query_opt(
-                "SELECT verification_status || ' ' || (verification_result->>'reason')
+                // An earlier check of this backup has no reason (it passed): coalesce so that
+                // reading it while the failed one is not yet recorded does not panic.
+                "SELECT verification_status || ' ' || coalesce(verification_result->>'reason', '')
                    FROM backup_management.backup_verifications
                   WHERE backup_id = $1 AND verification_type = 'checksum'
                   ORDER BY verification_id DESC LIMIT 1",

@@ -178,10 +178,11 @@ pub fn switch_and_wait_ingested(cluster: &Cluster, db: &mut postgres::Client) ->
 
 /// Runs job `job` now and waits for its backup; returns the backup's id.
 pub fn run_job(cluster: &Cluster, db: &mut postgres::Client, job: &str) -> i64 {
+    // Ids only grow: the run's record is the job's first finished one above this maximum.
     let before: i64 = db
         .query_one(
-            "SELECT count(*) FROM backup_management.backup_records WHERE label = $1",
-            &[&job],
+            "SELECT coalesce(max(backup_id), 0) FROM backup_management.backup_records",
+            &[],
         )
         .unwrap()
         .get(0);
@@ -189,24 +190,16 @@ pub fn run_job(cluster: &Cluster, db: &mut postgres::Client, job: &str) -> i64 {
         .unwrap();
     let mut id = None;
     let done = Cluster::wait_for(Duration::from_secs(180), || {
-        let row = db
+        id = db
             .query_opt(
                 "SELECT backup_id, status FROM backup_management.backup_records
-                  WHERE label = $1 AND status <> 'running' ORDER BY backup_id DESC OFFSET 0 LIMIT 1",
-                &[&job],
+                  WHERE label = $1 AND backup_id > $2 AND status <> 'running'
+                  ORDER BY backup_id LIMIT 1",
+                &[&job, &before],
             )
             .ok()
-            .flatten();
-        let count: i64 = db
-            .query_one(
-                "SELECT count(*) FROM backup_management.backup_records WHERE label = $1 AND status <> 'running'",
-                &[&job],
-            )
-            .map(|r| r.get(0))
-            .unwrap_or(0);
-        if count > before {
-            id = row.map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)));
-        }
+            .flatten()
+            .map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)));
         id.is_some()
     });
     assert!(done, "job {job} did not finish\n{}", cluster.log());

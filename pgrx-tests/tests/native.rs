@@ -274,7 +274,16 @@ fn damaged_page_is_reported_with_its_relation() {
     )
     .unwrap();
     let id = run_job(&cluster, &mut db, "nfull");
-    let bad: (i32, String, i32, String, String) = db
+    // The worker names the relation in a transaction after the record's: wait for that one.
+    let named = Cluster::wait_for(Duration::from_secs(60), || {
+        db.query_one(
+            "SELECT coalesce((annotations->'bad_pages'->0) ? 'relation', false)
+               FROM backup_management.backup_records WHERE backup_id = $1",
+            &[&id],
+        )
+        .is_ok_and(|r| r.get::<_, bool>(0))
+    });
+    let bad: (i32, String, i32, Option<String>, Option<String>) = db
         .query_one(
             "SELECT jsonb_array_length(b), b->0->>'path', (b->0->>'block')::int, b->0->>'relation',
                     b->0->>'database'
@@ -284,6 +293,7 @@ fn damaged_page_is_reported_with_its_relation() {
         )
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
         .unwrap();
+    assert!(named, "bad pages never named: {bad:?}\n{}", cluster.log());
     assert_eq!(
         bad,
         (
@@ -291,8 +301,8 @@ fn damaged_page_is_reported_with_its_relation() {
             file.clone(),
             1,
             // Schema-qualified: the worker's search_path is pinned to pg_catalog.
-            "public.victim".to_owned(),
-            "postgres".to_owned()
+            Some("public.victim".to_owned()),
+            Some("postgres".to_owned())
         )
     );
     assert!(

@@ -62,6 +62,14 @@ fn bucket_keys(s3: &S3Server, prefix: &str) -> BTreeSet<String> {
     out
 }
 
+/// A JSON file's document, or Null while it is missing or not whole.
+fn json_file(path: &std::path::Path) -> serde_json::Value {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
 #[test]
 fn wal_reaches_every_target_verified_survives_an_outage_and_raises_the_alarm() {
     let mut s3 = S3Server::start();
@@ -319,10 +327,13 @@ fn wal_reaches_every_target_verified_survives_an_outage_and_raises_the_alarm() {
         BUCKET,
         &format!("fleet/{sysid}/.catalog/catalog_mirror.json"),
     );
-    let has_mirror = Cluster::wait_for(Duration::from_secs(30), || bucket_mirror.is_file());
+    // s3rver writes an object in place and the worker rewrites the mirror: retry until it parses.
+    let mut doc = serde_json::Value::Null;
+    let has_mirror = Cluster::wait_for(Duration::from_secs(60), || {
+        doc = json_file(&bucket_mirror);
+        doc.is_object()
+    });
     assert!(has_mirror, "{}", cluster.log());
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&bucket_mirror).unwrap()).unwrap();
     assert_eq!(doc["target"], "bucket");
     assert_eq!(doc["backups"], serde_json::json!([]));
 
@@ -347,7 +358,12 @@ fn wal_reaches_every_target_verified_survives_an_outage_and_raises_the_alarm() {
         BUCKET,
         &format!("fleet/{other_sysid}/.catalog/catalog_mirror.json"),
     );
-    let mirrored = Cluster::wait_for(Duration::from_secs(30), || theirs_mirror.is_file());
+    // Read whole, as above: retried until the object parses.
+    let mut doc = serde_json::Value::Null;
+    let mirrored = Cluster::wait_for(Duration::from_secs(60), || {
+        doc = json_file(&theirs_mirror);
+        doc.is_object()
+    });
     assert!(mirrored, "{}", other.log());
     let mirrors: BTreeSet<String> = bucket_keys(&s3, "")
         .into_iter()
@@ -360,8 +376,6 @@ fn wal_reaches_every_target_verified_survives_an_outage_and_raises_the_alarm() {
             format!("{other_sysid}/.catalog/catalog_mirror.json")
         ])
     );
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&theirs_mirror).unwrap()).unwrap();
     assert_eq!(doc["system_identifier"], other_sysid);
     assert!(doc["wal_files"].as_array().unwrap().iter().all(|f| f["key"]
         .as_str()

@@ -18,7 +18,7 @@ fn completed(db: &mut postgres::Client, job: &str) -> Vec<(i64, String, PathBuf)
     .collect()
 }
 
-/// Runs the job once more and waits for its new backup to be recorded (and retention applied).
+/// Runs the job once more and waits for its new backup to be recorded and retention applied.
 fn run_once(cluster: &Cluster, db: &mut postgres::Client, job: &str) -> i64 {
     let before = completed(db, job).len();
     db.execute("SELECT backup_mgmt.run_job_now($1)", &[&job])
@@ -36,9 +36,18 @@ fn run_once(cluster: &Cluster, db: &mut postgres::Client, job: &str) -> i64 {
                 .unwrap_or(false)
     });
     assert!(ok, "no new backup of {job}\n{}", cluster.log());
-    // The worker applies retention in its own transaction right after recording.
-    std::thread::sleep(Duration::from_millis(500));
-    completed(db, job).last().unwrap().0
+    let id = completed(db, job).last().unwrap().0;
+    // The worker applies retention after recording, then rewrites the mirror: listed there, done.
+    let mirror = cluster.backup_root().join("catalog_mirror.json");
+    let listed = Cluster::wait_for(Duration::from_secs(60), || {
+        std::fs::read_to_string(&mirror)
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .and_then(|doc| doc["backups"].as_array().cloned())
+            .is_some_and(|b| b.iter().any(|b| b["backup_id"].as_i64() == Some(id)))
+    });
+    assert!(listed, "backup {id} not in the mirror\n{}", cluster.log());
+    id
 }
 
 #[test]
@@ -70,6 +79,23 @@ fn the_worker_applies_the_policy_and_safety_rules_hold() {
     let b5 = run_once(&cluster, &mut db, "nightly");
 
     // keep_last 2 keeps b4 and b5; b1 is pinned, b2 the newest verified; b3 went, by itself.
+    // The worker expires b3 and deletes its files on commit, after b5's record: wait for that.
+    let (b3_file, b3_globals): (String, Option<String>) = db
+        .query_one(
+            "SELECT backup_file_path, globals_file_path FROM backup_management.backup_records
+              WHERE backup_id = $1",
+            &[&b3],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    Cluster::wait_for(Duration::from_secs(60), || {
+        let expired = completed(&mut db, "nightly")
+            .iter()
+            .any(|r| r.0 == b3 && r.1 == "expired");
+        expired
+            && !PathBuf::from(&b3_file).exists()
+            && b3_globals.iter().all(|g| !PathBuf::from(g).exists())
+    });
     let all = completed(&mut db, "nightly");
     let status = |id: i64| all.iter().find(|r| r.0 == id).unwrap().1.clone();
     let path = |id: i64| all.iter().find(|r| r.0 == id).unwrap().2.clone();

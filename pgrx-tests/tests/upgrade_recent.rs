@@ -336,3 +336,90 @@ fn upgrade_from_0_11_0_stops_the_offsite_wal_at_the_first_hole_and_keeps_every_r
     assert_eq!(reach(&mut old), (Some(1), "ok".into()));
     assert_same_shape(&mut old, &mut cluster.connect("fresh"));
 }
+
+/// 0.12.0 -> 0.13.0: the off-site WAL queue.  Targets, archived files and copies recorded under
+/// 0.12.0 survive; the update fills the queue from them (what waits to be copied to each active
+/// target, the expired copy waiting to be removed), `offsite_wal_status` counts the same files as
+/// before it, the queue follows what happens after the update, and the catalog is a fresh
+/// install's.
+#[test]
+fn upgrade_from_0_12_0_queues_the_offsite_wal_and_keeps_every_row() {
+    let cluster = two_databases();
+    let mut old = cluster.connect("upgraded");
+    old.batch_execute("CREATE EXTENSION backup_mgmt VERSION '0.12.0'")
+        .unwrap();
+    // Two targets, one disabled; files 1 to 4 archived, 1 expired (its copy on `disk` waits to
+    // be removed), 2 copied to `disk`, 3 lost; another cluster's file 5.
+    old.batch_execute(
+        "INSERT INTO backup_management.remote_backup_configs
+             (config_name, database_name, remote_type, remote_endpoint, remote_path, is_active)
+         VALUES ('disk', 'app', 'filesystem', '/mnt/offsite', 'pg', true),
+                ('spare', 'app', 'filesystem', '/mnt/spare', 'pg', false);
+         INSERT INTO backup_management.wal_archive
+             (system_identifier, file_name, timeline_id, segment_number, file_path, file_size, checksum, archived_at)
+         SELECT CASE WHEN n = 5 THEN 42 ELSE (SELECT system_identifier FROM pg_catalog.pg_control_system()) END,
+                '00000001000000000000000' || n, 1, n, '/a/00000001000000000000000' || n, 16777216,
+                repeat('a', 64), now() - make_interval(hours => 10 - n)
+           FROM generate_series(1, 5) n;
+         INSERT INTO backup_management.remote_wal_records
+             (config_id, system_identifier, file_name, remote_key, file_size, remote_checksum, archived_at)
+         SELECT c.config_id, a.system_identifier, a.file_name, a.system_identifier || '/.wal/' || a.file_name,
+                a.file_size, a.checksum, a.archived_at
+           FROM backup_management.wal_archive a, backup_management.remote_backup_configs c
+          WHERE a.segment_number IN (1, 2) AND c.config_name = 'disk';
+         UPDATE backup_management.wal_archive SET expired_at = now() WHERE segment_number = 1;
+         UPDATE backup_management.wal_archive SET lost_at = now(), lost_reason = 'missing' WHERE segment_number = 3;",
+    )
+    .unwrap();
+    let status = "SELECT string_agg(config_name || ' ' || pending_segments || ' ' || round(lag_seconds / 3600), ', ')
+                    FROM backup_mgmt.offsite_wal_status";
+    let copies = "SELECT string_agg(file_name, ', ' ORDER BY file_name) FROM backup_management.remote_wal_records";
+    let before: String = old.query_one(CONTENT, &[]).unwrap().get(0);
+    let copies_before: String = old.query_one(copies, &[]).unwrap().get(0);
+    let status_before: String = old.query_one(status, &[]).unwrap().get(0);
+    assert_eq!(status_before, "disk 1 6", "0.12.0");
+    update_to_current(&mut old);
+    assert_eq!(
+        before,
+        old.query_one(CONTENT, &[]).unwrap().get::<_, String>(0)
+    );
+    assert_eq!(
+        copies_before,
+        old.query_one(copies, &[]).unwrap().get::<_, String>(0)
+    );
+    assert_eq!(
+        status_before,
+        old.query_one(status, &[]).unwrap().get::<_, String>(0)
+    );
+    let queue = "SELECT string_agg(q.file_name || ' ' || c.config_name || ' ' || q.action, ', '
+                                   ORDER BY q.file_name, c.config_name)
+                   FROM backup_management.remote_wal_queue q
+                   JOIN backup_management.remote_backup_configs c USING (config_id)";
+    let queued: String = old.query_one(queue, &[]).unwrap().get(0);
+    assert_eq!(
+        queued,
+        "000000010000000000000001 disk remove, 000000010000000000000004 disk copy"
+    );
+    // From now on the triggers keep it: the disabled target enabled, a file archived.
+    old.batch_execute(
+        "UPDATE backup_management.remote_backup_configs SET is_active = true WHERE config_name = 'spare';
+         INSERT INTO backup_management.wal_archive
+             (system_identifier, file_name, timeline_id, segment_number, file_path, file_size, checksum, archived_at)
+         VALUES ((SELECT system_identifier FROM pg_catalog.pg_control_system()), '000000010000000000000006', 1, 6,
+                 '/a/000000010000000000000006', 16777216, repeat('a', 64), now());",
+    )
+    .unwrap();
+    let queued: String = old.query_one(queue, &[]).unwrap().get(0);
+    assert_eq!(
+        queued,
+        "000000010000000000000001 disk remove, 000000010000000000000002 spare copy, \
+         000000010000000000000004 disk copy, 000000010000000000000004 spare copy, \
+         000000010000000000000006 disk copy, 000000010000000000000006 spare copy"
+    );
+    let repaired: i64 = old
+        .query_one("SELECT backup_mgmt.remote_wal_queue_repair()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(repaired, 0);
+    assert_same_shape(&mut old, &mut cluster.connect("fresh"));
+}

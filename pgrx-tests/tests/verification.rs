@@ -48,10 +48,14 @@ fn worker_computes_missing_checksums_and_catches_bit_rot() {
         .unwrap()
         .get(0);
     assert_eq!(stored, sha256sum(&path));
+    // The first checksum verification is the backfill's (same transaction as the checksum);
+    // re-verifications every 2 s add more rows, and a detail may be absent.
     let detail: String = db
         .query_one(
-            "SELECT verification_status || ': ' || (verification_result->>'detail')
-               FROM backup_management.backup_verifications WHERE backup_id = $1",
+            "SELECT verification_status || ': ' || coalesce(verification_result->>'detail', '(no detail)')
+               FROM backup_management.backup_verifications
+              WHERE backup_id = $1 AND verification_type = 'checksum'
+              ORDER BY verification_id LIMIT 1",
             &[&id],
         )
         .unwrap()

@@ -53,18 +53,32 @@ fn worker_runs_a_seconds_job_repeatedly_with_verifiable_dumps() {
         assert_eq!(r.annotations.job_name.as_deref(), Some("every-3s"));
     }
     // The catalog mirror beside the backups lists each of them with its checksum, for a restore
-    // without the database.
-    let mirror = std::fs::read_to_string(root.join("catalog_mirror.json")).unwrap();
+    // without the database.  The worker rewrites it after committing a record: wait for that.
+    let mut mirror = String::new();
+    Cluster::wait_for(Duration::from_secs(60), || {
+        mirror = std::fs::read_to_string(root.join("catalog_mirror.json")).unwrap_or_default();
+        done.iter()
+            .all(|r| mirror.contains(&r.checksum) && mirror.contains(&*r.path.to_string_lossy()))
+    });
     for r in &done {
         assert!(
             mirror.contains(&r.checksum) && mirror.contains(&*r.path.to_string_lossy()),
             "{mirror}"
         );
     }
-    // No partial file is left anywhere.
-    assert!(!files_under(&root)
-        .iter()
-        .any(|p| p.to_string_lossy().ends_with(".partial")));
+    // No partial file is left anywhere, once a run started before the unschedule has finished
+    // (its record is inserted running when claimed; the job's executions went with the job).
+    let idle = Cluster::wait_for(Duration::from_secs(120), || {
+        records(&mut db, "every-3s")
+            .iter()
+            .all(|r| r.status != "running")
+    });
+    assert!(idle, "a run of every-3s never finished\n{}", cluster.log());
+    let partial: Vec<PathBuf> = files_under(&root)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".partial"))
+        .collect();
+    assert!(partial.is_empty(), "{partial:?}");
 
     let notes: Vec<String> = listener
         .notifications()

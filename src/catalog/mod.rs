@@ -130,16 +130,17 @@ mod tests {
     #[pg_test]
     fn catalog_tables_are_dumped_with_the_database() {
         // Every catalog table, whatever their number: the design's eight, wal_archive,
-        // retention_policies and remote_wal_records; not wal_ranges nor verification_state,
-        // derived state that restoring the rows they derive from rebuilds through their
-        // triggers, nor remote_wal_state, the worker's running state (a restored alarm would
-        // never fire again).
+        // retention_policies and remote_wal_records; not wal_ranges, verification_state nor
+        // remote_wal_queue, derived state that restoring the rows they derive from rebuilds
+        // through their triggers, nor remote_wal_state, the worker's running state (a restored
+        // alarm would never fire again).
         let missing = Spi::get_one::<i64>(
             "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE c.relkind = 'r'
                 AND c.oid NOT IN ('backup_management.wal_ranges'::regclass,
                                   'backup_management.verification_state'::regclass,
-                                  'backup_management.remote_wal_state'::regclass)
+                                  'backup_management.remote_wal_state'::regclass,
+                                  'backup_management.remote_wal_queue'::regclass)
                 AND n.nspname IN ('backup_management', 'disaster_recovery', 'enterprise_backup')
                 AND c.oid <> ALL (SELECT unnest(extconfig) FROM pg_extension WHERE extname = 'backup_mgmt')",
         )

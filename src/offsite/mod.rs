@@ -31,6 +31,7 @@ use crate::pg::{guc, server};
 pub mod limits;
 pub mod wal;
 mod wal_copy;
+mod wal_queue;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OffsiteError {

@@ -1,8 +1,11 @@
 //! Archived WAL leaves the host: every file of the local WAL archive (`wal_archive`) is copied to
 //! every active off-site target, as soon as the worker has recorded it, and verified where it
 //! landed (its sha256 must be the one recorded when it was archived).  The archiver never waits
-//! on the network: the local archive is the queue, and `remote_wal_records` says what each
-//! target holds.
+//! on the network: the local archive is the queue, `remote_wal_records` says what each target
+//! holds, and `remote_wal_queue` (kept by triggers, 0.13.0) what waits for each: the files to
+//! copy and the expired copies to remove, oldest first, so that a check costs what waits, not
+//! the size of the archive.  Every `REPAIR_EVERY` the queue is compared with its definition and
+//! mended if a race between two transactions left it out of step (said in a LOG line).
 //!
 //! Each target has its own copy thread (so a target that is down never holds up another), with
 //! `backup_mgmt.offsite_wal_parallel` uploads in flight; a failed batch is retried after a pause
@@ -18,17 +21,16 @@
 //! backup, which WAL it holds, with every sha256.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use backup_mgmt_core::alarm;
-use backup_mgmt_core::storage::{self, Storage};
+use backup_mgmt_core::storage::Storage;
 use backup_mgmt_core::threads::{Helper, Throttle};
-use backup_mgmt_core::verify::archive;
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiError};
 
 use super::wal_copy::{ship, Batch, Expired, Mirror, Pending, ShipError};
+use super::wal_queue::{expired_copies, pending_files, queue_ready};
 use super::{OffsiteError, TargetSpec};
 use crate::catalog::mirror;
 use crate::pg::log::escape_for_log;
@@ -38,8 +40,6 @@ use crate::pg::{guc, server};
 
 /// How often lags are looked at and idle targets given new files.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
-/// Files per batch and target (the rest waits for the next batch, a second later at most).
-const BATCH: i64 = 128;
 /// The pause after a failed batch, doubling up to the maximum.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -51,6 +51,9 @@ const MIRROR_EVERY: Duration = Duration::from_secs(10);
 const FILE_RETRY: Duration = Duration::from_secs(60);
 /// An expired copy whose removal failed is tried again after this long.
 const REMOVAL_RETRY: Duration = Duration::from_secs(600);
+/// How often the queue is compared with what it should hold (a whole-archive comparison, the
+/// cost the queue saves on every other check).
+const REPAIR_EVERY: Duration = Duration::from_secs(60);
 
 /// A target as the worker tracks it between batches.
 struct Target {
@@ -77,6 +80,7 @@ struct Target {
 pub struct WalShipping {
     targets: HashMap<i32, Target>,
     last_check: Throttle,
+    last_repair: Throttle,
 }
 
 impl WalShipping {
@@ -166,8 +170,12 @@ impl WalShipping {
                 )
             })
             .collect();
+        let repair = self.last_repair.ready(REPAIR_EVERY);
         let Some(work) = in_transaction("looking for archived WAL to copy off site", || {
-            Spi::connect_mut(|c| plan(c, &busy, &mirrored, &held, &removals))
+            Spi::connect_mut(|c| {
+                let queued = queue_ready(c, repair)?;
+                plan(c, queued, &busy, &mirrored, &held, &removals)
+            })
         }) else {
             return;
         };
@@ -241,6 +249,7 @@ struct Work {
 /// none of the keys it holds back).
 fn plan(
     c: &mut SpiClient<'_>,
+    queued: bool,
     busy: &[i32],
     mirrored: &HashMap<i32, (String, Instant)>,
     held: &HashMap<i32, HashSet<(i64, String)>>,
@@ -285,15 +294,15 @@ fn plan(
             continue;
         }
         let no_held = HashSet::new();
-        let pending = pending_files(c, id, &roots, held.get(&id).unwrap_or(&no_held))?;
+        let pending = pending_files(c, queued, id, &roots, held.get(&id).unwrap_or(&no_held))?;
         let expired = match removals.get(&id) {
             Some(None) => Vec::new(),
             Some(Some(held)) => {
-                let mut expired = expired_copies(c, id)?;
+                let mut expired = expired_copies(c, queued, id)?;
                 expired.retain(|e| !held.contains(&e.key));
                 expired
             }
-            None => expired_copies(c, id)?,
+            None => expired_copies(c, queued, id)?,
         };
         let fingerprint = mirror::offsite_fingerprint(c, id)?;
         let mirror = match mirrored.get(&id) {
@@ -380,85 +389,6 @@ fn same_place(
             Ok(moved)
         }
     }
-}
-
-/// The oldest archived files the target does not hold yet (lost files are gaps, not work).
-fn pending_files(
-    c: &SpiClient<'_>,
-    config_id: i32,
-    roots: &[PathBuf],
-    held: &HashSet<(i64, String)>,
-) -> Result<Vec<Pending>, SpiError> {
-    // This cluster's files only: another cluster's archive under the roots (a restored copy's,
-    // an upgraded one's) is its own to ship, and retention here never expires it.
-    let t = c.select(
-        "SELECT a.system_identifier, a.file_name, a.file_path, a.archived_at::text, a.checksum \
-           FROM backup_management.wal_archive a \
-          WHERE a.expired_at IS NULL AND a.lost_at IS NULL \
-            AND a.system_identifier = (SELECT system_identifier FROM pg_catalog.pg_control_system()) \
-            AND NOT EXISTS (SELECT FROM backup_management.remote_wal_records r \
-                             WHERE r.config_id = $1 AND r.system_identifier = a.system_identifier \
-                               AND r.file_name = a.file_name) \
-          ORDER BY a.archived_at, a.file_name LIMIT $2",
-        None,
-        &[config_id.into(), (BATCH + held.len() as i64).into()],
-    )?;
-    let mut out = Vec::new();
-    for r in t {
-        let system_identifier = r.get::<i64>(1)?.unwrap_or_default();
-        let file_name = r.get::<String>(2)?.unwrap_or_default();
-        if held.contains(&(system_identifier, file_name.clone())) {
-            continue;
-        }
-        let file_path = r.get::<String>(3)?.unwrap_or_default();
-        // The row's path is input: only a file exactly where the archive module puts it is read.
-        let file = archive::locate(&file_path, &file_name, system_identifier, roots);
-        out.push(Pending {
-            system_identifier,
-            file_name,
-            file_path,
-            archived_at: r.get::<String>(4)?.unwrap_or_default(),
-            sha256: r.get::<String>(5)?.unwrap_or_default(),
-            file,
-        });
-    }
-    Ok(out)
-}
-
-/// Copies on the target whose archived file expired or left the catalog.  The key removed is the
-/// one this cluster's naming gives the file, never a key read back from a row as it stands.
-fn expired_copies(c: &SpiClient<'_>, config_id: i32) -> Result<Vec<Expired>, SpiError> {
-    let t = c.select(
-        "SELECT r.system_identifier, r.file_name, r.remote_key \
-           FROM backup_management.remote_wal_records r \
-          WHERE r.config_id = $1 \
-            AND NOT EXISTS (SELECT FROM backup_management.wal_archive a \
-                             WHERE a.system_identifier = r.system_identifier \
-                               AND a.file_name = r.file_name AND a.expired_at IS NULL) \
-          ORDER BY r.archived_at, r.file_name LIMIT $2",
-        None,
-        &[config_id.into(), BATCH.into()],
-    )?;
-    let mut out = Vec::new();
-    for r in t {
-        let system_identifier = r.get::<i64>(1)?.unwrap_or_default();
-        let file_name = r.get::<String>(2)?.unwrap_or_default();
-        let recorded = r.get::<String>(3)?.unwrap_or_default();
-        let key = [
-            storage::wal_key(system_identifier, &file_name),
-            storage::wal_key(system_identifier, &format!("{file_name}.zst")),
-        ]
-        .into_iter()
-        .find(|k| *k == recorded);
-        if let Some(key) = key {
-            out.push(Expired {
-                system_identifier,
-                file_name,
-                key,
-            });
-        }
-    }
-    Ok(out)
 }
 
 /// What recording a batch found.

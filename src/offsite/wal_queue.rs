@@ -210,8 +210,10 @@ mod tests {
         ));
     }
 
-    /// Archives file `n` of this cluster (or of another one).
-    fn archived(n: i32, ours: bool) {
+    /// Archives file `n` of timeline `tl` of this cluster (or of another one).  Each test has
+    /// its own timeline and target names: pg_tests run side by side, and two transactions
+    /// inserting the same key (or target name) wait for each other, which could deadlock.
+    fn archived(tl: u32, n: i32, ours: bool) {
         let sysid = if ours {
             "(SELECT system_identifier FROM pg_control_system())"
         } else {
@@ -221,48 +223,49 @@ mod tests {
             "INSERT INTO backup_management.wal_archive
                  (system_identifier, file_name, timeline_id, segment_number, file_path, file_size,
                   checksum, archived_at)
-             VALUES ({sysid}, '00000001000000000000000{n}', 1, {n}, '/a/{n}', 16777216,
+             VALUES ({sysid}, '{tl:08X}000000000000000{n}', {tl}, {n}, '/a/{n}', 16777216,
                      repeat('a', 64), now() - make_interval(mins => 10 - {n}))"
         ));
     }
 
-    fn copied(n: i32, to: &str) {
+    fn copied(tl: u32, n: i32, to: &str) {
         run(&format!(
             "INSERT INTO backup_management.remote_wal_records
                  (config_id, system_identifier, file_name, remote_key, file_size, remote_checksum, archived_at)
              SELECT c.config_id, a.system_identifier, a.file_name, a.system_identifier || '/.wal/' || a.file_name,
                     a.file_size, a.checksum, a.archived_at
                FROM backup_management.wal_archive a, backup_management.remote_backup_configs c
-              WHERE a.segment_number = {n} AND c.config_name = '{to}'
+              WHERE a.timeline_id = {tl} AND a.segment_number = {n} AND c.config_name = '{to}'
                 AND a.system_identifier = (SELECT system_identifier FROM pg_control_system())"
         ));
     }
 
     #[pg_test]
     fn the_offsite_wal_queue_follows_every_change_of_what_it_derives_from() {
-        const F: &str = "00000001000000000000000";
-        target("a", true);
-        target("off", false);
-        archived(1, true);
-        archived(2, true);
-        archived(3, false);
-        let row = |n: i32, t: &str, action: &str, ours: bool| format!("{F}{n} {t} {action} {ours}");
-        let (a1, a2) = (row(1, "a", "copy", true), row(2, "a", "copy", true));
+        const TL: u32 = 0x7E;
+        let f = format!("{TL:08X}000000000000000");
+        target("qa", true);
+        target("qoff", false);
+        archived(TL, 1, true);
+        archived(TL, 2, true);
+        archived(TL, 3, false);
+        let row = |n: i32, t: &str, action: &str, ours: bool| format!("{f}{n} {t} {action} {ours}");
+        let (a1, a2) = (row(1, "qa", "copy", true), row(2, "qa", "copy", true));
         assert_queue("two files archived", &[&a1, &a2]);
         // Copied: off the queue.  The view counts what waits, from the queue.
-        copied(1, "a");
+        copied(TL, 1, "qa");
         assert_queue("a copy recorded", &[&a2]);
         let pending = Spi::get_one::<i64>(
-            "SELECT pending_segments FROM backup_mgmt.offsite_wal_status WHERE config_name = 'a'",
+            "SELECT pending_segments FROM backup_mgmt.offsite_wal_status WHERE config_name = 'qa'",
         );
         assert_eq!(pending, Ok(Some(1)));
         // A target added, one enabled: the whole archive waits for each.
-        target("b", true);
-        run("UPDATE backup_management.remote_backup_configs SET is_active = true WHERE config_name = 'off'");
-        let (b1, b2) = (row(1, "b", "copy", true), row(2, "b", "copy", true));
-        let (o1, o2) = (row(1, "off", "copy", true), row(2, "off", "copy", true));
+        target("qb", true);
+        run("UPDATE backup_management.remote_backup_configs SET is_active = true WHERE config_name = 'qoff'");
+        let (b1, b2) = (row(1, "qb", "copy", true), row(2, "qb", "copy", true));
+        let (o1, o2) = (row(1, "qoff", "copy", true), row(2, "qoff", "copy", true));
         assert_queue("targets added and enabled", &[&b1, &o1, &a2, &b2, &o2]);
-        run("UPDATE backup_management.remote_backup_configs SET is_active = false WHERE config_name = 'off'");
+        run("UPDATE backup_management.remote_backup_configs SET is_active = false WHERE config_name = 'qoff'");
         assert_queue("a target disabled", &[&b1, &a2, &b2]);
         // A change that cannot move the queue (the sha256 pass) leaves it; a lost file leaves it
         // until it is found again.
@@ -274,44 +277,50 @@ mod tests {
         assert_queue("a file found again", &[&b1, &a2, &b2]);
         // Expired: not copied any more, and its copy waits to be removed.
         run("UPDATE backup_management.wal_archive SET expired_at = now() WHERE segment_number = 1");
-        let ra1 = row(1, "a", "remove", true);
+        let ra1 = row(1, "qa", "remove", true);
         assert_queue("a copied file expired", &[&ra1, &a2, &b2]);
-        run("DELETE FROM backup_management.remote_wal_records WHERE file_name = '000000010000000000000001'");
+        run(&format!(
+            "DELETE FROM backup_management.remote_wal_records WHERE file_name = '{f}1'"
+        ));
         assert_queue("the expired copy removed", &[&a2, &b2]);
         // A target that moved: its copies forgotten, everything waits again.
-        copied(2, "a");
+        copied(TL, 2, "qa");
         assert_queue("the second copied", &[&b2]);
         run(
             "DELETE FROM backup_management.remote_wal_records
-              WHERE config_id = (SELECT config_id FROM backup_management.remote_backup_configs WHERE config_name = 'a')",
+              WHERE config_id = (SELECT config_id FROM backup_management.remote_backup_configs WHERE config_name = 'qa')",
         );
         assert_queue("the copies forgotten", &[&a2, &b2]);
         // A file deleted from the catalog: off the queue, and a copy of it waits to be removed.
-        copied(2, "b");
+        copied(TL, 2, "qb");
         run("DELETE FROM backup_management.wal_archive WHERE segment_number = 2");
-        let rb2 = row(2, "b", "remove", true);
+        let rb2 = row(2, "qb", "remove", true);
         assert_queue("an archived file deleted", &[&rb2]);
-        archived(4, true);
-        let (a4, b4) = (row(4, "a", "copy", true), row(4, "b", "copy", true));
-        run("TRUNCATE backup_management.remote_wal_records");
-        assert_queue("every copy record emptied", &[&a4, &b4]);
+        archived(TL, 4, true);
+        let (a4, b4) = (row(4, "qa", "copy", true), row(4, "qb", "copy", true));
+        // Deletes, not TRUNCATE: its lock would make the tests running beside this one wait.
+        run("DELETE FROM backup_management.remote_wal_records");
+        assert_queue("every copy record deleted", &[&a4, &b4]);
         // Out of step (only a superuser can do this): repaired, and the rows counted.
         run("DELETE FROM backup_management.remote_wal_queue");
         let repaired = Spi::get_one::<i64>("SELECT backup_mgmt.remote_wal_queue_repair()");
         assert_eq!(repaired, Ok(Some(2)));
         assert_queue("repaired", &[&a4, &b4]);
-        run("DELETE FROM backup_management.remote_backup_configs WHERE config_name = 'b'");
+        run("DELETE FROM backup_management.remote_backup_configs WHERE config_name = 'qb'");
         assert_queue("a target deleted", &[&a4]);
-        run("TRUNCATE backup_management.wal_archive");
-        assert_queue("the archive emptied", &[]);
+        run(&format!(
+            "DELETE FROM backup_management.wal_archive WHERE timeline_id = {TL}"
+        ));
+        assert_queue("the archive's files deleted", &[]);
     }
 
     #[pg_test]
     fn operators_keep_the_queue_through_their_targets_and_cannot_write_it() {
-        archived(1, true);
+        const TL: u32 = 0x7F;
+        archived(TL, 1, true);
         Spi::run("CREATE ROLE bm_test_queue_op IN ROLE backup_admin").unwrap();
         Spi::run("SET LOCAL ROLE bm_test_queue_op").unwrap();
-        target("a", true);
+        target("qop", true);
         let (state, _, _) = outcome("DELETE FROM backup_management.remote_wal_queue");
         assert_eq!(state, "42501");
         // The SECURITY DEFINER trigger function cannot be put on a table of the operator's own
@@ -328,7 +337,10 @@ mod tests {
         Spi::run("RESET ROLE").unwrap();
         assert_queue("a target added and disabled by an operator", &[]);
         run("UPDATE backup_management.remote_backup_configs SET is_active = true");
-        assert_queue("enabled again", &["000000010000000000000001 a copy true"]);
+        assert_queue(
+            "enabled again",
+            &[&format!("{TL:08X}0000000000000001 qop copy true")],
+        );
         // Even a superuser's trigger on another table is refused by the function itself.
         run("CREATE TABLE public.wal_archive (system_identifier bigint, file_name text)");
         run(

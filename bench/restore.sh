@@ -115,8 +115,12 @@ mapfile -t PATHS < <("${PSQL[@]}" -c "SELECT file_path FROM backup_management.wa
     WHERE segment_number IS NOT NULL AND expired_at IS NULL ORDER BY file_name LIMIT $SEGMENTS")
 for i in $(seq 1 120); do
     python3 - "$MIRROR" "${NAMES[-1]}" <<'PY' && break
-import json, sys
+import json, os, sys
 m = json.load(open(sys.argv[1]))
+# Format 2 lists the WAL in parts, each under its key on the target.
+root = os.path.dirname(os.path.dirname(os.path.dirname(sys.argv[1])))
+if "wal_parts" in m:
+    m["wal_files"] = [w for p in m["wal_parts"] for w in json.load(open(os.path.join(root, p["key"])))["wal_files"]]
 sys.exit(0 if any(w["name"] == sys.argv[2] for w in m["wal_files"]) and m["backups"] else 1)
 PY
     sleep 1

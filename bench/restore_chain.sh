@@ -99,8 +99,12 @@ MIRROR="$DIR/offsite/t/$SYSID/.catalog/catalog_mirror.json"
 for i in $(seq 1 121); do
     [ "$i" = 121 ] && { echo "the mirror never listed $LAST and both backups" >&2; exit 1; }
     python3 - "$MIRROR" "$LAST" <<'PY' 2>/dev/null && break
-import json, sys
+import json, os, sys
 m = json.load(open(sys.argv[1]))
+# Format 2 lists the WAL in parts, each under its key on the target.
+root = os.path.dirname(os.path.dirname(os.path.dirname(sys.argv[1])))
+if "wal_parts" in m:
+    m["wal_files"] = [w for p in m["wal_parts"] for w in json.load(open(os.path.join(root, p["key"])))["wal_files"]]
 sys.exit(0 if any(w["name"] == sys.argv[2] for w in m["wal_files"]) and len(m["backups"]) == 2 else 1)
 PY
     sleep 1

@@ -21,6 +21,7 @@ use backup_mgmt_core::restore::fetch_history;
 use backup_mgmt_core::restore::fetch_tar;
 use backup_mgmt_core::restore::logical::LogicalError;
 use backup_mgmt_core::restore::materialize;
+use backup_mgmt_core::restore::mirror_parts::around;
 use backup_mgmt_core::restore::offsite::{self, Goal, OffsiteRestoreError, TarChains};
 use backup_mgmt_core::restore::wal_spool::Spool;
 use backup_mgmt_core::storage::set_aside::{self, SetAside, SetAsideError};
@@ -314,7 +315,7 @@ fn wal_set_aside(storage: &dyn Storage, sysid: i64, name: &str) -> Result<SetAsi
     // mistyped name must not empty a good key that the worker counts as copied.  Without a
     // mirror there is nothing to compare with; a mirror that cannot be read stops here.
     let own = match offsite::clusters(storage)?.contains(&sysid) {
-        true => offsite::load_mirror(storage, sysid)?
+        true => offsite::load_mirror_parts(storage, sysid, &around(name, 0))?
             .wal_files
             .into_iter()
             .find(|w| w.key == key)
@@ -433,8 +434,10 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         }
         Command::WalFetch { ahead, name, path } => {
             let sysid = offsite::pick_cluster(storage.as_ref(), cli.cluster)?;
+            // Only the part of the mirror that lists `name` (and, for the read-ahead, the
+            // segments after it): a large archive's whole list is not read for one file.
             let Some(dir) = &ahead.spool else {
-                let mirror = offsite::load_mirror(storage.as_ref(), sysid)?;
+                let mirror = offsite::load_mirror_parts(storage.as_ref(), sysid, &around(name, 0))?;
                 fetch::wal_fetch(storage.as_ref(), &mirror, name, path, Sync::AtomicOnly)?;
                 return Ok(());
             };
@@ -445,7 +448,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
                 .as_ref()
                 .is_some_and(|s| s.take(name, path).unwrap_or(false));
             if !served {
-                let mirror = offsite::load_mirror(storage.as_ref(), sysid)?;
+                let mirror = offsite::load_mirror_parts(storage.as_ref(), sysid, &around(name, 0))?;
                 fetch::wal_fetch(storage.as_ref(), &mirror, name, path, Sync::AtomicOnly)?;
             }
             if spool.is_some_and(|s| s.ready_after(name) * 2 < usize::from(ahead.read_ahead)) {
@@ -462,7 +465,8 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             let spool = Spool::open(dir)?.ending_on(ahead.timeline);
             // One filler at a time; the lock goes with the process.
             if let Some(_lock) = spool.try_lock()? {
-                let mirror = offsite::load_mirror(storage.as_ref(), sysid)?;
+                let wanted = around(name, u64::from(ahead.read_ahead));
+                let mirror = offsite::load_mirror_parts(storage.as_ref(), sysid, &wanted)?;
                 let threads = usize::from(ahead.read_ahead.clamp(1, 4));
                 spool.fill(
                     storage.as_ref(),

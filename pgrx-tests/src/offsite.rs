@@ -46,13 +46,16 @@ pub fn switch_sync_and_wait(
 }
 
 /// Waits until the mirror at `mirror_file` lists `backups` backups and every WAL file the
-/// catalog holds unexpired, and returns it.
+/// catalog holds unexpired, and returns it with the files of its WAL parts read and checked
+/// (`with_wal_files`).
 pub fn wait_for_mirror(
     cluster: &Cluster,
     db: &mut postgres::Client,
     mirror_file: &Path,
     backups: usize,
 ) -> serde_json::Value {
+    // `<target>/<system identifier>/.catalog/catalog_mirror.json`
+    let target = mirror_file.ancestors().nth(3).unwrap().to_path_buf();
     let mut doc = serde_json::Value::Null;
     let complete = Cluster::wait_for(Duration::from_secs(180), || {
         doc = std::fs::read_to_string(mirror_file)
@@ -67,11 +70,50 @@ pub fn wait_for_mirror(
             .map(|r| r.get(0))
             .unwrap_or(-1);
         doc["backups"].as_array().map_or(0, Vec::len) == backups
-            && doc["wal_files"].as_array().map_or(0, Vec::len) as i64 == archived
+            && mirror_wal_count(&doc) == archived
             && archived > 0
+            && with_wal_files(&mut doc, |k| std::fs::read(target.join(k)).ok())
     });
     assert!(complete, "mirror: {doc}\n{}", cluster.log());
     doc
+}
+
+/// How many WAL files a mirror document lists: its `wal_files` (format 1) or the counts of the
+/// parts it names (format 2).
+pub fn mirror_wal_count(doc: &serde_json::Value) -> i64 {
+    match doc["wal_parts"].as_array() {
+        Some(parts) => parts.iter().filter_map(|p| p["files"].as_i64()).sum(),
+        None => doc["wal_files"].as_array().map_or(0, Vec::len) as i64,
+    }
+}
+
+/// Fills a format 2 mirror document's `wal_files` with the files of every part it names, each
+/// part read by `read` (a key's bytes) and checked against the sha256 the document names, as a
+/// restore host reads them; false (and `doc` untouched) when a part is missing or does not
+/// match.  A format 1 document has its files already.
+pub fn with_wal_files(doc: &mut serde_json::Value, read: impl Fn(&str) -> Option<Vec<u8>>) -> bool {
+    use sha2::{Digest, Sha256};
+    let Some(parts) = doc["wal_parts"].as_array() else {
+        return doc["wal_files"].is_array();
+    };
+    let mut files = Vec::new();
+    for p in parts {
+        let Some(bytes) = p["key"].as_str().and_then(&read) else {
+            return false;
+        };
+        let sum: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let part: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        if Some(sum.as_str()) != p["sha256"].as_str() || part["part"] != p["part"] {
+            return false;
+        }
+        files.extend(part["wal_files"].as_array().cloned().unwrap_or_default());
+    }
+    files.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    doc["wal_files"] = files.into();
+    true
 }
 
 /// A connection to a restored server once it has finished recovery and promoted.

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use backup_mgmt_e2e::cluster::{sha256sum, Cluster};
+use backup_mgmt_e2e::offsite::{mirror_wal_count, with_wal_files};
 use backup_mgmt_e2e::offsite_wal::{
     add_disk_target, archived, archiving_cluster, copies, status, switch_segments, wait_caught_up,
 };
@@ -253,12 +254,28 @@ fn wal_reaches_every_target_verified_survives_an_outage_and_raises_the_alarm() {
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default();
-        let files = doc["wal_files"].as_array().map_or(0, Vec::len) as i64;
         doc["backups"].as_array().is_some_and(|b| !b.is_empty())
-            && files == copies(&mut db, "disk").len() as i64
+            && mirror_wal_count(&doc) == copies(&mut db, "disk").len() as i64
+            && with_wal_files(&mut doc, |k| std::fs::read(second.join("pg").join(k)).ok())
     });
     assert!(described, "mirror: {doc}\n{}", cluster.log());
-    assert_eq!(doc["format"], "backup_mgmt offsite catalog 1");
+    assert_eq!(doc["format"], "backup_mgmt offsite catalog 2");
+    // The WAL list is in parts, under this target's own directory, each named by its digest.
+    let disk_id: i32 = db
+        .query_one(
+            "SELECT config_id FROM backup_management.remote_backup_configs WHERE config_name = 'disk'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    for p in doc["wal_parts"].as_array().unwrap() {
+        let key = p["key"].as_str().unwrap();
+        assert!(
+            key.starts_with(&format!("{sysid}/.catalog/wal/{disk_id}/")),
+            "{key}"
+        );
+        assert!(key.contains(&p["sha256"].as_str().unwrap()[..16]), "{key}");
+    }
     assert_eq!(doc["system_identifier"], sysid);
     assert_eq!(doc["target"], "disk");
     let backup = &doc["backups"][0];
@@ -358,11 +375,12 @@ fn wal_reaches_every_target_verified_survives_an_outage_and_raises_the_alarm() {
         BUCKET,
         &format!("fleet/{other_sysid}/.catalog/catalog_mirror.json"),
     );
-    // Read whole, as above: retried until the object parses.
+    // Read whole, as above: retried until the object parses (and its parts with it).
+    let read = |k: &str| std::fs::read(s3.object_file(BUCKET, &format!("fleet/{k}"))).ok();
     let mut doc = serde_json::Value::Null;
     let mirrored = Cluster::wait_for(Duration::from_secs(60), || {
         doc = json_file(&theirs_mirror);
-        doc.is_object()
+        doc.is_object() && with_wal_files(&mut doc, read)
     });
     assert!(mirrored, "{}", other.log());
     let mirrors: BTreeSet<String> = bucket_keys(&s3, "")
@@ -377,6 +395,10 @@ fn wal_reaches_every_target_verified_survives_an_outage_and_raises_the_alarm() {
         ])
     );
     assert_eq!(doc["system_identifier"], other_sysid);
+    assert!(doc["wal_parts"].as_array().unwrap().iter().all(|p| p["key"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("{other_sysid}/.catalog/wal/"))));
     assert!(doc["wal_files"].as_array().unwrap().iter().all(|f| f["key"]
         .as_str()
         .unwrap()

@@ -108,7 +108,12 @@ fn wal_set_aside_frees_a_key_that_holds_other_bytes_and_keeps_them() {
     let (first, _, _) = landed[0].clone();
     let mirror = dir.join(format!("{sysid}/.catalog/catalog_mirror.json"));
     assert!(Cluster::wait_for(Duration::from_secs(60), || {
-        std::fs::read_to_string(&mirror).is_ok_and(|m| m.contains(&first))
+        let mut doc: serde_json::Value = std::fs::read(&mirror)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        backup_mgmt_e2e::offsite::with_wal_files(&mut doc, |k| std::fs::read(dir.join(k)).ok())
+            && doc["wal_files"].to_string().contains(&first)
     }));
     let name = first.rsplit('/').next().unwrap().trim_end_matches(".zst");
     let (code, _, err) = cli(&["wal-set-aside", name]);

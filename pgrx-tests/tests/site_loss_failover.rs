@@ -129,7 +129,10 @@ fn a_restore_after_a_failover_follows_the_new_timeline() {
 
     // The first segment of timeline 2 missing from the target: recovery would end at it, on
     // timeline 1's WAL, so the restore is refused and names it.
+    // Written as format 1 (every file in the one document), which the program still reads.
     let mut holed = doc.clone();
+    holed["format"] = "backup_mgmt offsite catalog 1".into();
+    holed.as_object_mut().unwrap().remove("wal_parts");
     holed["wal_files"]
         .as_array_mut()
         .unwrap()

@@ -18,9 +18,10 @@
 //! The same thread replaces this cluster's catalog mirror on the target
 //! (`catalog::mirror::offsite_text`, under `<system identifier>/.catalog/`) when what it shows
 //! changed, at most every `MIRROR_EVERY`: the target alone then says which object is which
-//! backup, which WAL it holds, with every sha256.
+//! backup, which WAL it holds, with every sha256.  Its WAL list goes in parts (format 2,
+//! `mirror_parts`): a change uploads the parts that changed, not the whole archive's list.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use backup_mgmt_core::alarm;
@@ -63,6 +64,8 @@ struct Target {
     backoff: Duration,
     /// The fingerprint of the mirror last copied there (empty after a failure), and when.
     mirrored: Option<(String, Instant)>,
+    /// The WAL parts the mirror last copied there names (none known after a start).
+    parts: BTreeSet<String>,
     /// Files held back after a failure of their own, until when.
     held: HashMap<(i64, String), Instant>,
     /// Removals of expired copies wait until then after one failed (a bucket that refuses
@@ -98,7 +101,10 @@ impl WalShipping {
                         let outcome = record(id, &t.name, &t.identity, &batch);
                         let now = Instant::now();
                         match batch.mirror {
-                            Some((fingerprint, Ok(()))) => t.mirrored = Some((fingerprint, now)),
+                            Some((fingerprint, Ok(named))) => {
+                                t.mirrored = Some((fingerprint, now));
+                                t.parts = named;
+                            }
                             // Tried again after MIRROR_EVERY, without holding up the WAL.
                             Some((_, Err(_))) => t.mirrored = Some((String::new(), now)),
                             None => {}
@@ -190,6 +196,7 @@ impl WalShipping {
                 next_try: None,
                 backoff: Duration::ZERO,
                 mirrored: None,
+                parts: BTreeSet::new(),
                 held: HashMap::new(),
                 removals_wait: None,
                 removals_held: HashMap::new(),
@@ -200,6 +207,7 @@ impl WalShipping {
                 // The target now names another place: what was held back may well copy there.
                 t.held.clear();
                 t.mirrored = None;
+                t.parts.clear();
                 t.removals_wait = None;
                 t.removals_held.clear();
             }
@@ -212,7 +220,11 @@ impl WalShipping {
                 }
                 Some(Ok(storage)) => {
                     t.identity = w.identity;
-                    let (pending, expired, mirror) = (w.pending, w.expired, w.mirror);
+                    let (pending, expired) = (w.pending, w.expired);
+                    let mirror = w.mirror.map(|m| Mirror {
+                        landed: t.parts.clone(),
+                        ..m
+                    });
                     t.helper = Some(Helper::spawn(
                         move || ship(storage.as_ref(), pending, expired, mirror, parallel),
                         server::wake_worker,
@@ -308,13 +320,16 @@ fn plan(
         let mirror = match mirrored.get(&id) {
             Some((done, _)) if *done == fingerprint => None,
             Some((_, at)) if at.elapsed() < MIRROR_EVERY => None,
-            _ => Some(Mirror {
-                key: backup_mgmt_core::restore::offsite::mirror_key(
-                    server::system_identifier() as i64
-                ),
-                text: mirror::offsite_text(c, id)?,
-                fingerprint,
-            }),
+            _ => {
+                let sysid = server::system_identifier() as i64;
+                Some(Mirror {
+                    key: backup_mgmt_core::restore::offsite::mirror_key(sysid),
+                    text: mirror::offsite_text(c, id)?,
+                    fingerprint,
+                    writer: id.to_string(),
+                    landed: BTreeSet::new(),
+                })
+            }
         };
         let storage = if pending.is_empty() && expired.is_empty() && mirror.is_none() {
             None
@@ -498,7 +513,7 @@ fn record(config_id: i32, name: &str, identity: &str, batch: &Batch) -> Recorded
                     &[config_id.into()],
                 )?;
             }
-            if let Some((_, Ok(()))) = &batch.mirror {
+            if let Some((_, Ok(_))) = &batch.mirror {
                 c.update(
                     "UPDATE backup_management.remote_wal_state SET catalog_copied_at = now() \
                       WHERE config_id = $1",

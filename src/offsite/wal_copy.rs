@@ -1,12 +1,15 @@
 //! The copy thread of the off-site WAL copies (`offsite::wal` plans and records): one batch for
 //! one target, with no catalog access: the archived files opened beneath their root's handle and
 //! copied `parallel` at a time, each checked where it landed against the sha256 the archive module
-//! recorded; expired copies removed; the catalog mirror replaced.
+//! recorded; expired copies removed; the catalog mirror replaced (format 2: its WAL list in
+//! parts, only the changed ones uploaded).
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 
+use backup_mgmt_core::restore::mirror_parts;
 use backup_mgmt_core::storage::{self, Copied, Storage, StorageError};
 use backup_mgmt_core::threads;
 use backup_mgmt_core::verify::archive::{self, ArchivedFile};
@@ -72,19 +75,28 @@ pub(super) struct Shipped {
     pub(super) result: Result<Copied, ShipError>,
 }
 
-/// The catalog mirror to put on a target: its fingerprint, key and text.
+/// The catalog mirror to put on a target: its fingerprint, key and text (every WAL file in
+/// the one document, as the catalog query builds it; the copy thread splits it into parts).
 pub(super) struct Mirror {
     pub(super) fingerprint: String,
     pub(super) key: String,
     pub(super) text: String,
+    /// The name of the directory this target's WAL parts go to (`mirror_parts::parts_dir`).
+    pub(super) writer: String,
+    /// Parts known to be on the target (named by the documents this worker last put there):
+    /// not uploaded again.
+    pub(super) landed: BTreeSet<String>,
 }
+
+/// A mirror that landed: the parts its document names.
+pub(super) type MirrorLanded = Result<BTreeSet<String>, StorageError>;
 
 /// What a batch did.
 pub(super) struct Batch {
     pub(super) shipped: Vec<Shipped>,
     pub(super) removed: Vec<(Expired, Result<(), StorageError>)>,
     /// The mirror's fingerprint and whether it landed.
-    pub(super) mirror: Option<(String, Result<(), StorageError>)>,
+    pub(super) mirror: Option<(String, MirrorLanded)>,
     /// Why the target was not ready (nothing was tried), when it was not.
     pub(super) unready: Option<String>,
 }
@@ -161,7 +173,7 @@ pub(super) fn ship(
     }
     let mirror = mirror.map(|m| {
         let landed = match &ready {
-            Ok(()) => target.replace(m.text.as_bytes(), &m.key),
+            Ok(()) => mirror_parts::store(target, &m.key, &m.text, &m.writer, &m.landed),
             Err(why) => Err(StorageError::Config(why.to_string())),
         };
         (m.fingerprint, landed)

@@ -427,6 +427,7 @@ pub(crate) mod tests {
                 sha256,
                 archived_at: "2026-12-04T10:00:00+00:00".into(),
             }],
+            wal_parts: vec![],
             wal_gaps: vec![],
         }
     }

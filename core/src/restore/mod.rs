@@ -14,6 +14,7 @@ pub mod fetch_history;
 pub mod fetch_tar;
 pub mod logical;
 pub mod materialize;
+pub mod mirror_parts;
 pub mod offsite;
 pub mod recipe;
 pub mod recovery_conf;

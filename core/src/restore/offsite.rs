@@ -1,5 +1,6 @@
 //! The off-site mirror read back: what a target holds of a cluster (`<system identifier>/
-//! .catalog/catalog_mirror.json`, format `backup_mgmt offsite catalog 1`, written by the
+//! .catalog/catalog_mirror.json`, format `backup_mgmt offsite catalog 2` with its WAL listed in
+//! parts (`mirror_parts`), or format 1 with every WAL file in the one document, written by the
 //! extension's worker), and the choice of the backup a restore to a goal starts from, with the
 //! WAL it needs, made as `plan_recovery` makes it (`base_choice`): among the physical backups that
 //! end before the goal, whose chain is on the target and not known damaged, with every segment
@@ -10,20 +11,21 @@
 //! checked again where they are opened (`storage::plain_key`), digests and names here.
 
 use std::collections::BTreeSet;
-use std::io::Read;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::checksum::is_sha256_hex;
 use crate::restore::base_choice::{choose_base, Candidate};
+use crate::restore::mirror_parts::{self, Parts, WalPartRef};
 use crate::restore::recipe::{wal_needed, Segment};
 use crate::storage::{Storage, StorageError};
 use crate::timeline::{path_for, timelines_above, Histories, TargetTimeline, TimelinePath};
 use crate::vocabulary::BackupMethod;
 use crate::wal::{self, Lsn, SegmentSize};
 
-/// The mirror's format line.
+/// The format line of a mirror listing its WAL in the one document (written before 0.14.0;
+/// still read).
 pub const FORMAT: &str = "backup_mgmt offsite catalog 1";
 /// The mirror's file name.
 pub const MIRROR_FILE: &str = "catalog_mirror.json";
@@ -161,8 +163,12 @@ pub struct Mirror {
     pub target: Option<String>,
     #[serde(default)]
     pub backups: Vec<MirrorBackup>,
+    /// Every WAL file of the parts read (format 2) or of the document (format 1), by name.
     #[serde(default)]
     pub wal_files: Vec<MirrorWal>,
+    /// Format 2: the parts the WAL files are listed in (`mirror_parts`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wal_parts: Vec<WalPartRef>,
     #[serde(default)]
     pub wal_gaps: Vec<String>,
 }
@@ -221,26 +227,20 @@ pub fn pick_cluster(storage: &dyn Storage, named: Option<i64>) -> Result<i64, Of
     }
 }
 
-/// Reads and checks cluster `sysid`'s mirror.
+/// Reads and checks cluster `sysid`'s mirror, with every WAL file it lists.
 pub fn load_mirror(storage: &dyn Storage, sysid: i64) -> Result<Mirror, OffsiteRestoreError> {
-    let bad = |why: String| OffsiteRestoreError::BadMirror { sysid, why };
-    let mut text = Vec::new();
-    storage
-        .get(&mirror_key(sysid))?
-        .take(MIRROR_LIMIT)
-        .read_to_end(&mut text)
-        .map_err(|e| bad(e.to_string()))?;
-    let m: Mirror = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
-    if m.format != FORMAT {
-        return Err(bad(format!("format {:?}, expected {FORMAT:?}", m.format)));
-    }
-    if m.system_identifier != sysid {
-        return Err(bad(format!(
-            "it names cluster {}, but lies under {sysid}",
-            m.system_identifier
-        )));
-    }
-    Ok(m)
+    mirror_parts::load(storage, sysid, MIRROR_LIMIT, Parts::All)
+}
+
+/// Reads and checks cluster `sysid`'s mirror with the WAL files of the parts `wanted` accepts
+/// (all of them in a mirror of format 1, which has no parts): what `wal-fetch` needs of a
+/// large archive's mirror.
+pub fn load_mirror_parts(
+    storage: &dyn Storage,
+    sysid: i64,
+    wanted: &dyn Fn(&str, SegmentSize) -> bool,
+) -> Result<Mirror, OffsiteRestoreError> {
+    mirror_parts::load(storage, sysid, MIRROR_LIMIT, Parts::Only(wanted))
 }
 
 /// What to recover to.

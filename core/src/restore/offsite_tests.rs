@@ -73,6 +73,7 @@ fn mirror() -> Mirror {
             wal(4, "2026-12-04T09:30:00+00:00"),
             wal(5, "2026-12-04T09:50:00+00:00"),
         ],
+        wal_parts: vec![],
         wal_gaps: vec![],
     }
 }

@@ -227,6 +227,7 @@ mod tests {
             target: None,
             backups: vec![],
             wal_files,
+            wal_parts: vec![],
             wal_gaps: vec![],
         };
         (target, mirror)

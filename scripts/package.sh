@@ -108,7 +108,7 @@ for major in "${MAJORS[@]}"; do
     install -m 0644 "$ext"/backup_mgmt.control "$ext"/backup_mgmt--*.sql "$root/usr/share/postgresql/$major/extension/"
     # The released install scripts (cargo pgrx package writes only the current one and the
     # upgrade scripts): CREATE EXTENSION ... VERSION '0.1.0' and every upgrade path work.
-    install -m 0644 sql/backup_mgmt--0.1.0.sql sql/backup_mgmt--0.2.0.sql sql/backup_mgmt--0.3.0.sql sql/backup_mgmt--0.4.0.sql sql/backup_mgmt--0.5.0.sql sql/backup_mgmt--0.6.0.sql sql/backup_mgmt--0.7.0.sql sql/backup_mgmt--0.8.0.sql sql/backup_mgmt--0.9.0.sql sql/backup_mgmt--0.10.0.sql sql/backup_mgmt--0.11.0.sql sql/backup_mgmt--0.12.0.sql "$root/usr/share/postgresql/$major/extension/"
+    install -m 0644 sql/backup_mgmt--0.1.0.sql sql/backup_mgmt--0.2.0.sql sql/backup_mgmt--0.3.0.sql sql/backup_mgmt--0.4.0.sql sql/backup_mgmt--0.5.0.sql sql/backup_mgmt--0.6.0.sql sql/backup_mgmt--0.7.0.sql sql/backup_mgmt--0.8.0.sql sql/backup_mgmt--0.9.0.sql sql/backup_mgmt--0.10.0.sql sql/backup_mgmt--0.11.0.sql sql/backup_mgmt--0.12.0.sql sql/backup_mgmt--0.13.0.sql "$root/usr/share/postgresql/$major/extension/"
     install -D -m 0644 README.md "$root/usr/share/doc/$name/README.md"
     printf 'backup_mgmt %s, built from this repository.\nSee the repository for its license.\n' "$VERSION" \
         >"$root/usr/share/doc/$name/copyright"

@@ -55,7 +55,7 @@ log "installing the extension into PostgreSQL 15"
 cargo pgrx install --pg-config "$PG_CONFIG"
 # The released install scripts, for `CREATE EXTENSION backup_mgmt VERSION '0.1.0'` (or '0.2.0', '0.3.0', '0.4.0')
 # and the upgrade tests (cargo pgrx install copies only the upgrade scripts).
-install -m 0644 sql/backup_mgmt--0.1.0.sql sql/backup_mgmt--0.2.0.sql sql/backup_mgmt--0.3.0.sql sql/backup_mgmt--0.4.0.sql sql/backup_mgmt--0.5.0.sql sql/backup_mgmt--0.6.0.sql sql/backup_mgmt--0.7.0.sql sql/backup_mgmt--0.8.0.sql sql/backup_mgmt--0.9.0.sql sql/backup_mgmt--0.10.0.sql sql/backup_mgmt--0.11.0.sql sql/backup_mgmt--0.12.0.sql "$("$PG_CONFIG" --sharedir)/extension/"
+install -m 0644 sql/backup_mgmt--0.1.0.sql sql/backup_mgmt--0.2.0.sql sql/backup_mgmt--0.3.0.sql sql/backup_mgmt--0.4.0.sql sql/backup_mgmt--0.5.0.sql sql/backup_mgmt--0.6.0.sql sql/backup_mgmt--0.7.0.sql sql/backup_mgmt--0.8.0.sql sql/backup_mgmt--0.9.0.sql sql/backup_mgmt--0.10.0.sql sql/backup_mgmt--0.11.0.sql sql/backup_mgmt--0.12.0.sql sql/backup_mgmt--0.13.0.sql "$("$PG_CONFIG" --sharedir)/extension/"
 
 log "end-to-end tests (pgrx-tests/)"
 cargo test -p backup_mgmt_e2e --tests -- --test-threads=2 2>&1 | tee -a "$RESULTS"
@@ -78,7 +78,7 @@ log "PostgreSQL 18: unit tests and #[pg_test]s (cargo pgrx test pg18)"
 cargo pgrx test pg18 --runas postgres --pgdata "$PGRX18_DIR/data" </dev/null 2>&1 | tee -a "$RESULTS"
 log "PostgreSQL 18: installing the extension"
 cargo pgrx install --no-default-features --features pg18 --pg-config "$PG18_CONFIG"
-install -m 0644 sql/backup_mgmt--0.1.0.sql sql/backup_mgmt--0.2.0.sql sql/backup_mgmt--0.3.0.sql sql/backup_mgmt--0.4.0.sql sql/backup_mgmt--0.5.0.sql sql/backup_mgmt--0.6.0.sql sql/backup_mgmt--0.7.0.sql sql/backup_mgmt--0.8.0.sql sql/backup_mgmt--0.9.0.sql sql/backup_mgmt--0.10.0.sql sql/backup_mgmt--0.11.0.sql sql/backup_mgmt--0.12.0.sql "$("$PG18_CONFIG" --sharedir)/extension/"
+install -m 0644 sql/backup_mgmt--0.1.0.sql sql/backup_mgmt--0.2.0.sql sql/backup_mgmt--0.3.0.sql sql/backup_mgmt--0.4.0.sql sql/backup_mgmt--0.5.0.sql sql/backup_mgmt--0.6.0.sql sql/backup_mgmt--0.7.0.sql sql/backup_mgmt--0.8.0.sql sql/backup_mgmt--0.9.0.sql sql/backup_mgmt--0.10.0.sql sql/backup_mgmt--0.11.0.sql sql/backup_mgmt--0.12.0.sql sql/backup_mgmt--0.13.0.sql "$("$PG18_CONFIG" --sharedir)/extension/"
 # Every end-to-end test file runs against PostgreSQL 18 as against 15 (the server is chosen by
 # PG_CONFIG): the version-specific paths (the archive module's entry point, pg_dump's archive
 # format, pg_basebackup's compression, block-level incrementals from 17) and everything else.

@@ -86,7 +86,7 @@ GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA backup_mgmt TO backup_admin;
 -- The off-site WAL queue's upkeep is the triggers' alone: its SECURITY DEFINER trigger function
 -- must not be attachable to an operator's own table (schema.sql, remote_wal_queue_track).
 REVOKE EXECUTE ON FUNCTION backup_mgmt.remote_wal_queue_track(), backup_mgmt.remote_wal_queue_refresh(integer[], bigint[], text[]),
-    backup_mgmt.remote_wal_queue_repair() FROM backup_admin;
+    backup_mgmt.remote_wal_queue_refresh_targets(integer[]), backup_mgmt.remote_wal_queue_repair() FROM backup_admin;
 GRANT SELECT ON ALL TABLES IN SCHEMA backup_management, disaster_recovery, enterprise_backup TO backup_admin;
 REVOKE ALL ON backup_mgmt.backup_progress, backup_mgmt.recovery_status, backup_mgmt.wal_gaps,
     backup_mgmt.wal_gap_ranges, backup_mgmt.backup_copies, backup_mgmt.upkeep_queue, backup_mgmt.offsite_wal_status FROM PUBLIC;

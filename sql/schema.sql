@@ -1189,8 +1189,11 @@ SELECT pg_catalog.pg_extension_config_dump('backup_management.remote_wal_records
 CREATE TABLE backup_management.remote_wal_queue (
     system_identifier bigint      NOT NULL,
     file_name         text        NOT NULL,
-    config_id         integer     NOT NULL
-        REFERENCES backup_management.remote_backup_configs (config_id) ON DELETE CASCADE ON UPDATE CASCADE,
+    -- No foreign key (since 0.14.0): the worker's ingest inserts rows for every target, and a
+    -- key check would make it wait on an operator's open transaction that deleted a target.  A
+    -- deleted target's rows go with it (remote_wal_queue_targets_delete); every row is checked
+    -- against the tables where it is read, and the repair removes what a race leaves behind.
+    config_id         integer     NOT NULL,
     action            text        NOT NULL
         CONSTRAINT remote_wal_queue_action_check CHECK (action IN ('copy', 'remove')),
     archived_at       timestamptz NOT NULL,
@@ -1306,10 +1309,42 @@ $bm$;
 COMMENT ON FUNCTION backup_mgmt.remote_wal_queue_refresh(integer[], bigint[], text[]) IS
     'Internal (the remote_wal_queue_* triggers): recomputes the off-site WAL queue for the given files (system identifier, name) on every target, or copies (target, system identifier, name)';
 
+-- Recomputes the queue of whole targets (added, enabled, disabled, deleted, renumbered) from its
+-- definition (0.14.0): the repair of those targets only, so that an operator's statement on one
+-- target neither recomputes every other target's queue in their transaction nor takes their rows
+-- in an order that could deadlock with the worker's.  Hash joins, as for the repair (a new
+-- target's queue is the whole archive).
+CREATE FUNCTION backup_mgmt.remote_wal_queue_refresh_targets(configs integer[])
+    RETURNS void LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    SET enable_nestloop = off
+    SET jit = off
+AS $bm$
+BEGIN
+    DELETE FROM backup_management.remote_wal_queue q
+     WHERE q.config_id = ANY (configs)
+       AND NOT EXISTS (SELECT FROM backup_mgmt.remote_wal_queue_of() o
+                        WHERE o.config_id = ANY (configs)
+                          AND o.system_identifier = q.system_identifier AND o.file_name = q.file_name
+                          AND o.config_id = q.config_id AND o.action = q.action
+                          AND o.archived_at = q.archived_at);
+    INSERT INTO backup_management.remote_wal_queue
+    SELECT * FROM backup_mgmt.remote_wal_queue_of() o
+     WHERE o.config_id = ANY (configs)
+       AND NOT EXISTS (SELECT FROM backup_management.remote_wal_queue q
+                        WHERE q.config_id = ANY (configs)
+                          AND q.system_identifier = o.system_identifier AND q.file_name = o.file_name
+                          AND q.config_id = o.config_id)
+    ON CONFLICT DO NOTHING;
+END
+$bm$;
+COMMENT ON FUNCTION backup_mgmt.remote_wal_queue_refresh_targets(integer[]) IS
+    'Internal (the remote_wal_queue_targets_* triggers): recomputes the off-site WAL queue of the given targets';
+
 -- Makes the queue equal to its definition; returns the rows it had to change (0 unless a
 -- trigger missed something: two transactions racing, say a target enabled while a file is
--- ingested).  The worker runs it every minute and at start; a target enabled, disabled or added
--- runs it too.  Whole-table joins only (no nested loops): a nested loop the planner chose with
+-- ingested, or a target deleted while the worker queued a file for it).  The worker runs it
+-- every minute and at start, and an emptied table of targets runs it.  Whole-table joins only (no nested loops): a nested loop the planner chose with
 -- the tables' figures out of date took 28 s at 20,000 files, where hashing takes a fraction of
 -- a second at 100,000.  No JIT (here and in the refresh): compiling cost more than the work.
 CREATE FUNCTION backup_mgmt.remote_wal_queue_repair()
@@ -1339,7 +1374,7 @@ BEGIN
 END
 $bm$;
 COMMENT ON FUNCTION backup_mgmt.remote_wal_queue_repair() IS
-    'Internal (the worker, every minute, and the triggers when a target is enabled, disabled or added): makes backup_management.remote_wal_queue equal to remote_wal_queue_of(); returns how many rows it changed';
+    'Internal (the worker, every minute, and the triggers after a TRUNCATE): makes backup_management.remote_wal_queue equal to remote_wal_queue_of(); returns how many rows it changed';
 
 -- The statement-level triggers: the files, copies or targets a statement touched, once each.
 -- A change that cannot change the queue (a checksum pass, a commit-time scan, a target's sync
@@ -1372,6 +1407,8 @@ BEGIN
     IF TG_RELID = 'backup_management.remote_backup_configs'::regclass THEN
         IF TG_OP = 'INSERT' THEN
             SELECT array_agg(config_id) INTO configs FROM new_rows;
+        ELSIF TG_OP = 'DELETE' THEN
+            SELECT array_agg(config_id) INTO configs FROM old_rows;
         ELSIF TG_OP = 'UPDATE' THEN
             -- Enabled, disabled, or (rarely) given another id.
             SELECT array_agg(DISTINCT k.config_id) INTO configs
@@ -1380,7 +1417,7 @@ BEGIN
                     (SELECT config_id, is_active FROM old_rows EXCEPT SELECT config_id, is_active FROM new_rows)) k;
         END IF;
         IF configs IS NOT NULL THEN
-            PERFORM backup_mgmt.remote_wal_queue_repair();
+            PERFORM backup_mgmt.remote_wal_queue_refresh_targets(configs);
         END IF;
     ELSIF TG_RELID = 'backup_management.wal_archive'::regclass THEN
         -- What a file counts as for the queue: whether it is expired, lost, and when archived.
@@ -1481,6 +1518,17 @@ CREATE TRIGGER remote_wal_queue_targets_update
     FOR EACH STATEMENT EXECUTE FUNCTION backup_mgmt.remote_wal_queue_track();
 COMMENT ON TRIGGER remote_wal_queue_targets_update ON backup_management.remote_backup_configs IS
     'Queues the archive for a target enabled again, and empties the queue of one disabled';
+CREATE TRIGGER remote_wal_queue_targets_delete
+    AFTER DELETE ON backup_management.remote_backup_configs
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION backup_mgmt.remote_wal_queue_track();
+COMMENT ON TRIGGER remote_wal_queue_targets_delete ON backup_management.remote_backup_configs IS
+    'Empties the off-site WAL queue of a deleted target';
+CREATE TRIGGER remote_wal_queue_targets_truncate
+    AFTER TRUNCATE ON backup_management.remote_backup_configs
+    FOR EACH STATEMENT EXECUTE FUNCTION backup_mgmt.remote_wal_queue_track();
+COMMENT ON TRIGGER remote_wal_queue_targets_truncate ON backup_management.remote_backup_configs IS
+    'Empties the off-site WAL queue after every target is removed';
 
 -- Per active target: this cluster's archived WAL files not on it yet (lost files excluded: they
 -- are gaps, and counted as such), how long the oldest has waited, the newest copy, failures.

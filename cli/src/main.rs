@@ -315,7 +315,9 @@ fn wal_set_aside(storage: &dyn Storage, sysid: i64, name: &str) -> Result<SetAsi
     // mistyped name must not empty a good key that the worker counts as copied.  Without a
     // mirror there is nothing to compare with; a mirror that cannot be read stops here.
     let own = match offsite::clusters(storage)?.contains(&sysid) {
-        true => offsite::load_mirror_parts(storage, sysid, &around(name, 0))?
+        // Every part: `name` may be a stored name (`00000002.history.zst`) as well as a WAL
+        // file's, and this command is rare.
+        true => offsite::load_mirror(storage, sysid)?
             .wal_files
             .into_iter()
             .find(|w| w.key == key)

@@ -109,7 +109,7 @@ pub fn update_to_current(old: &mut postgres::Client) {
         )
         .unwrap()
         .get(0);
-    assert_eq!(version, "0.13.0");
+    assert_eq!(version, "0.14.0");
 }
 
 /// Checks that an upgraded catalog has exactly a fresh install's objects.

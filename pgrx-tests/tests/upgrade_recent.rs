@@ -337,6 +337,33 @@ fn upgrade_from_0_11_0_stops_the_offsite_wal_at_the_first_hole_and_keeps_every_r
     assert_same_shape(&mut old, &mut cluster.connect("fresh"));
 }
 
+/// Two targets, one disabled; files 1 to 4 archived, 1 expired (its copy on `disk` waits to be
+/// removed), 2 copied to `disk`, 3 lost; another cluster's file 5.
+const FILL_OFFSITE_WAL: &str = "INSERT INTO backup_management.remote_backup_configs
+         (config_name, database_name, remote_type, remote_endpoint, remote_path, is_active)
+     VALUES ('disk', 'app', 'filesystem', '/mnt/offsite', 'pg', true),
+            ('spare', 'app', 'filesystem', '/mnt/spare', 'pg', false);
+     INSERT INTO backup_management.wal_archive
+         (system_identifier, file_name, timeline_id, segment_number, file_path, file_size, checksum, archived_at)
+     SELECT CASE WHEN n = 5 THEN 42 ELSE (SELECT system_identifier FROM pg_catalog.pg_control_system()) END,
+            '00000001000000000000000' || n, 1, n, '/a/00000001000000000000000' || n, 16777216,
+            repeat('a', 64), now() - make_interval(hours => 10 - n)
+       FROM generate_series(1, 5) n;
+     INSERT INTO backup_management.remote_wal_records
+         (config_id, system_identifier, file_name, remote_key, file_size, remote_checksum, archived_at)
+     SELECT c.config_id, a.system_identifier, a.file_name, a.system_identifier || '/.wal/' || a.file_name,
+            a.file_size, a.checksum, a.archived_at
+       FROM backup_management.wal_archive a, backup_management.remote_backup_configs c
+      WHERE a.segment_number IN (1, 2) AND c.config_name = 'disk';
+     UPDATE backup_management.wal_archive SET expired_at = now() WHERE segment_number = 1;
+     UPDATE backup_management.wal_archive SET lost_at = now(), lost_reason = 'missing' WHERE segment_number = 3;";
+
+/// The off-site WAL queue, a row a line: file, target, action.
+const QUEUE: &str = "SELECT coalesce(string_agg(q.file_name || ' ' || coalesce(c.config_name, '(none)') || ' ' || q.action, ', '
+                                   ORDER BY q.file_name, c.config_name), '')
+                   FROM backup_management.remote_wal_queue q
+                   LEFT JOIN backup_management.remote_backup_configs c USING (config_id)";
+
 /// 0.12.0 -> 0.13.0: the off-site WAL queue.  Targets, archived files and copies recorded under
 /// 0.12.0 survive; the update fills the queue from them (what waits to be copied to each active
 /// target, the expired copy waiting to be removed), `offsite_wal_status` counts the same files as
@@ -348,29 +375,7 @@ fn upgrade_from_0_12_0_queues_the_offsite_wal_and_keeps_every_row() {
     let mut old = cluster.connect("upgraded");
     old.batch_execute("CREATE EXTENSION backup_mgmt VERSION '0.12.0'")
         .unwrap();
-    // Two targets, one disabled; files 1 to 4 archived, 1 expired (its copy on `disk` waits to
-    // be removed), 2 copied to `disk`, 3 lost; another cluster's file 5.
-    old.batch_execute(
-        "INSERT INTO backup_management.remote_backup_configs
-             (config_name, database_name, remote_type, remote_endpoint, remote_path, is_active)
-         VALUES ('disk', 'app', 'filesystem', '/mnt/offsite', 'pg', true),
-                ('spare', 'app', 'filesystem', '/mnt/spare', 'pg', false);
-         INSERT INTO backup_management.wal_archive
-             (system_identifier, file_name, timeline_id, segment_number, file_path, file_size, checksum, archived_at)
-         SELECT CASE WHEN n = 5 THEN 42 ELSE (SELECT system_identifier FROM pg_catalog.pg_control_system()) END,
-                '00000001000000000000000' || n, 1, n, '/a/00000001000000000000000' || n, 16777216,
-                repeat('a', 64), now() - make_interval(hours => 10 - n)
-           FROM generate_series(1, 5) n;
-         INSERT INTO backup_management.remote_wal_records
-             (config_id, system_identifier, file_name, remote_key, file_size, remote_checksum, archived_at)
-         SELECT c.config_id, a.system_identifier, a.file_name, a.system_identifier || '/.wal/' || a.file_name,
-                a.file_size, a.checksum, a.archived_at
-           FROM backup_management.wal_archive a, backup_management.remote_backup_configs c
-          WHERE a.segment_number IN (1, 2) AND c.config_name = 'disk';
-         UPDATE backup_management.wal_archive SET expired_at = now() WHERE segment_number = 1;
-         UPDATE backup_management.wal_archive SET lost_at = now(), lost_reason = 'missing' WHERE segment_number = 3;",
-    )
-    .unwrap();
+    old.batch_execute(FILL_OFFSITE_WAL).unwrap();
     let status = "SELECT string_agg(config_name || ' ' || pending_segments || ' ' || round(lag_seconds / 3600), ', ')
                     FROM backup_mgmt.offsite_wal_status";
     let copies = "SELECT string_agg(file_name, ', ' ORDER BY file_name) FROM backup_management.remote_wal_records";
@@ -421,5 +426,88 @@ fn upgrade_from_0_12_0_queues_the_offsite_wal_and_keeps_every_row() {
         .unwrap()
         .get(0);
     assert_eq!(repaired, 0);
+    assert_same_shape(&mut old, &mut cluster.connect("fresh"));
+}
+
+/// 0.13.0 -> 0.14.0: the queue without its foreign key to the targets (the worker's ingest no
+/// longer waits on an operator's open transaction that deleted a target), a deleted target's
+/// rows removed by a trigger instead, and a target's change recomputing that target's rows only.
+/// Every row and the queue survive the update; the catalog is a fresh install's.
+#[test]
+fn upgrade_from_0_13_0_frees_the_queue_from_its_key_and_keeps_every_row() {
+    let cluster = two_databases();
+    let mut old = cluster.connect("upgraded");
+    old.batch_execute("CREATE EXTENSION backup_mgmt VERSION '0.13.0'")
+        .unwrap();
+    old.batch_execute(FILL_OFFSITE_WAL).unwrap();
+    let foreign_keys = "SELECT count(*) FROM pg_catalog.pg_constraint
+                         WHERE conrelid = 'backup_management.remote_wal_queue'::regclass AND contype = 'f'";
+    assert_eq!(
+        old.query_one(foreign_keys, &[]).unwrap().get::<_, i64>(0),
+        1
+    );
+    let before: String = old.query_one(CONTENT, &[]).unwrap().get(0);
+    let queued: String = old.query_one(QUEUE, &[]).unwrap().get(0);
+    assert_eq!(
+        queued,
+        "000000010000000000000001 disk remove, 000000010000000000000004 disk copy"
+    );
+    update_to_current(&mut old);
+    assert_eq!(
+        before,
+        old.query_one(CONTENT, &[]).unwrap().get::<_, String>(0)
+    );
+    assert_eq!(
+        queued,
+        old.query_one(QUEUE, &[]).unwrap().get::<_, String>(0)
+    );
+    assert_eq!(
+        old.query_one(foreign_keys, &[]).unwrap().get::<_, i64>(0),
+        0
+    );
+    // Targets enabled, disabled and deleted: each time that target's rows, and none left of a
+    // deleted one.
+    let step = |db: &mut postgres::Client, sql: &str, expected: &str| {
+        db.batch_execute(sql).unwrap();
+        let queued: String = db.query_one(QUEUE, &[]).unwrap().get(0);
+        assert_eq!(queued, expected, "after {sql}");
+        let repaired: i64 = db
+            .query_one("SELECT backup_mgmt.remote_wal_queue_repair()", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(repaired, 0, "after {sql}");
+    };
+    step(
+        &mut old,
+        "UPDATE backup_management.remote_backup_configs SET is_active = true WHERE config_name = 'spare'",
+        "000000010000000000000001 disk remove, 000000010000000000000002 spare copy, \
+         000000010000000000000004 disk copy, 000000010000000000000004 spare copy",
+    );
+    step(
+        &mut old,
+        "UPDATE backup_management.remote_backup_configs SET is_active = false WHERE config_name = 'disk'",
+        "000000010000000000000001 disk remove, 000000010000000000000002 spare copy, \
+         000000010000000000000004 spare copy",
+    );
+    step(
+        &mut old,
+        "DELETE FROM backup_management.remote_backup_configs WHERE config_name = 'spare'",
+        "000000010000000000000001 disk remove",
+    );
+    step(
+        &mut old,
+        "DELETE FROM backup_management.remote_backup_configs WHERE config_name = 'disk'",
+        "",
+    );
+    // Its upkeep is the triggers': no operator may call the new function.
+    let callable: bool = old
+        .query_one(
+            "SELECT has_function_privilege('backup_admin',
+                 'backup_mgmt.remote_wal_queue_refresh_targets(integer[])', 'EXECUTE')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(!callable);
     assert_same_shape(&mut old, &mut cluster.connect("fresh"));
 }

@@ -162,7 +162,17 @@ struct InFlight {
 #[derive(Default)]
 pub struct Offsite {
     in_flight: Option<InFlight>,
+    /// A finished run whose target was locked by an open transaction when it was to be
+    /// recorded: recorded at a later tick, before the next run starts.
+    unrecorded: Option<Finished>,
     last_check: Throttle,
+}
+
+/// A finished run, to record.
+struct Finished {
+    config_id: i32,
+    name: String,
+    run: RunResult,
 }
 
 /// Copies `item` to `target` and checks it where it landed; up to `ATTEMPTS` tries with
@@ -229,7 +239,13 @@ fn copy_one(target: &dyn Storage, item: &Item, stop: &AtomicBool) -> Vec<Attempt
 impl Offsite {
     pub fn tick(&mut self) {
         if let Some(job) = self.in_flight.take_if(|j| j.helper.is_finished()) {
-            finish(job);
+            self.unrecorded = finish(job);
+        }
+        if let Some(run) = self.unrecorded.take() {
+            if !record_run(&run) {
+                self.unrecorded = Some(run);
+                return;
+            }
         }
         if self.in_flight.is_some() {
             return;
@@ -296,14 +312,16 @@ type Due = (i32, String, Box<dyn Storage>, Vec<Item>, Vec<Expiry>);
 fn next_due() -> Option<Due> {
     in_transaction("looking for due off-site copies", || {
         Spi::connect_mut(|c| {
-            let configs = c.select(
+            // A target an operator's open transaction is changing or deleting is passed over
+            // until it ends: the status written below would wait on it, and with it the worker.
+            let configs = c.update(
                 "SELECT config_id, config_name, remote_type, remote_endpoint, remote_path, \
                         sync_schedule, coalesce(last_sync_at, created_at), database_name, \
                         sync_status = 'requested', credentials_ref, options::text, \
                         encryption_key_ref, configured_by_superuser \
                    FROM backup_management.remote_backup_configs \
                   WHERE is_active AND (sync_schedule IS NOT NULL OR sync_status = 'requested') \
-                  ORDER BY config_id",
+                  ORDER BY config_id FOR NO KEY UPDATE SKIP LOCKED",
                 None,
                 &[],
             )?;
@@ -584,14 +602,26 @@ fn target_of(
 }
 
 /// Records a finished sync run: one row per attempt, expired copies, the target's status.
-fn finish(job: InFlight) {
-    let Some((attempts, removed)) = job.helper.join() else {
+fn finish(job: InFlight) -> Option<Finished> {
+    let Some(run) = job.helper.join() else {
         warning!(
             "backup_mgmt: the off-site copy thread of \"{}\" panicked",
             escape_for_log(&job.name)
         );
-        return;
+        return None;
     };
+    Some(Finished {
+        config_id: job.config_id,
+        name: job.name,
+        run,
+    })
+}
+
+/// Records a finished run; false (nothing written) while an open transaction is changing or
+/// deleting its target: the worker does not wait on it (every other target and job would wait
+/// too), it tries again at the next tick.
+fn record_run(job: &Finished) -> bool {
+    let (attempts, removed) = &job.run;
     let failures = attempts
         .iter()
         .filter_map(|a| {
@@ -602,9 +632,21 @@ fn finish(job: InFlight) {
         })
         .collect::<Vec<_>>();
     let what = format!("recording off-site copies to \"{}\"", job.name);
-    in_transaction(&what, || {
+    let recorded = in_transaction(&what, || {
         Spi::connect_mut(|c| {
-            for a in &attempts {
+            // Locked by an open transaction (not recorded yet), or gone (nothing to record).
+            let held = c.update(
+                "SELECT EXISTS (SELECT FROM backup_management.remote_backup_configs \
+                                 WHERE config_id = $1 FOR NO KEY UPDATE SKIP LOCKED), \
+                        EXISTS (SELECT FROM backup_management.remote_backup_configs WHERE config_id = $1)",
+                None,
+                &[job.config_id.into()],
+            )?;
+            let row = held.first();
+            if !row.get::<bool>(1)?.unwrap_or(false) {
+                return Ok(!row.get::<bool>(2)?.unwrap_or(false));
+            }
+            for a in attempts {
                 let (status, bytes, sha, error) = match &a.result {
                     Ok(copied) => (
                         "completed",
@@ -634,7 +676,7 @@ fn finish(job: InFlight) {
                     ],
                 )?;
             }
-            for (record_id, result) in &removed {
+            for (record_id, result) in removed {
                 match result {
                     Ok(()) => {
                         c.update(
@@ -666,9 +708,13 @@ fn finish(job: InFlight) {
                     if last_failed { "failed" } else { "completed" }.into(),
                 ],
             )?;
-            Ok::<(), SpiError>(())
+            Ok::<bool, SpiError>(true)
         })
     });
+    // A failed transaction was logged by in_transaction; the run is not tried again.
+    if recorded == Some(false) {
+        return false;
+    }
     for (backup_id, attempt, why) in failures {
         log!(
             "backup_mgmt: off-site copy of backup {backup_id} to \"{}\" failed (attempt {attempt}): {}",
@@ -676,6 +722,7 @@ fn finish(job: InFlight) {
             escape_for_log(&why)
         );
     }
+    true
 }
 
 /// Asks the worker to copy to a target now, whatever its schedule.

@@ -21,10 +21,11 @@
 //! backup, which WAL it holds, with every sha256.  Its WAL list goes in parts (format 2,
 //! `mirror_parts`): a change uploads the parts that changed, not the whole archive's list.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use backup_mgmt_core::alarm;
+use backup_mgmt_core::restore::mirror_parts::Written;
 use backup_mgmt_core::storage::Storage;
 use backup_mgmt_core::threads::{Helper, Throttle};
 use pgrx::prelude::*;
@@ -64,8 +65,8 @@ struct Target {
     backoff: Duration,
     /// The fingerprint of the mirror last copied there (empty after a failure), and when.
     mirrored: Option<(String, Instant)>,
-    /// The WAL parts the mirror last copied there names (none known after a start).
-    parts: BTreeSet<String>,
+    /// The mirrors copied there: their WAL parts, kept a while after being replaced.
+    written: Written,
     /// Files held back after a failure of their own, until when.
     held: HashMap<(i64, String), Instant>,
     /// Removals of expired copies wait until then after one failed (a bucket that refuses
@@ -103,7 +104,7 @@ impl WalShipping {
                         match batch.mirror {
                             Some((fingerprint, Ok(named))) => {
                                 t.mirrored = Some((fingerprint, now));
-                                t.parts = named;
+                                t.written.landed(named, now);
                             }
                             // Tried again after MIRROR_EVERY, without holding up the WAL.
                             Some((_, Err(_))) => t.mirrored = Some((String::new(), now)),
@@ -196,7 +197,7 @@ impl WalShipping {
                 next_try: None,
                 backoff: Duration::ZERO,
                 mirrored: None,
-                parts: BTreeSet::new(),
+                written: Written::new(Instant::now()),
                 held: HashMap::new(),
                 removals_wait: None,
                 removals_held: HashMap::new(),
@@ -207,7 +208,7 @@ impl WalShipping {
                 // The target now names another place: what was held back may well copy there.
                 t.held.clear();
                 t.mirrored = None;
-                t.parts.clear();
+                t.written = Written::new(Instant::now());
                 t.removals_wait = None;
                 t.removals_held.clear();
             }
@@ -222,7 +223,7 @@ impl WalShipping {
                     t.identity = w.identity;
                     let (pending, expired) = (w.pending, w.expired);
                     let mirror = w.mirror.map(|m| Mirror {
-                        landed: t.parts.clone(),
+                        keep: t.written.keep(Instant::now()),
                         ..m
                     });
                     t.helper = Some(Helper::spawn(
@@ -267,10 +268,15 @@ fn plan(
     held: &HashMap<i32, HashSet<(i64, String)>>,
     removals: &HashMap<i32, Option<HashSet<String>>>,
 ) -> Result<Vec<Work>, SpiError> {
-    let configs = c.select(
+    // A target an open transaction is deleting (or renumbering) is passed over until it
+    // commits or rolls back: everything written for it below would wait on that transaction
+    // (its rows' keys), and with it every other target's WAL.  The lock taken here (the key
+    // only: enabling or disabling does not wait for it) lasts this short transaction.
+    let configs = c.update(
         &format!(
             "SELECT {}, pg_catalog.md5(remote_type || '|' || remote_endpoint || '|' || remote_path) \
-               FROM backup_management.remote_backup_configs WHERE is_active ORDER BY config_id",
+               FROM backup_management.remote_backup_configs WHERE is_active ORDER BY config_id \
+                FOR KEY SHARE SKIP LOCKED",
             TargetSpec::COLUMNS
         ),
         None,
@@ -327,7 +333,7 @@ fn plan(
                     text: mirror::offsite_text(c, id)?,
                     fingerprint,
                     writer: id.to_string(),
-                    landed: BTreeSet::new(),
+                    keep: None,
                 })
             }
         };
@@ -463,6 +469,11 @@ fn record(config_id: i32, name: &str, identity: &str, batch: &Batch) -> Recorded
     let what = format!("recording WAL copied to \"{name}\"");
     in_transaction(&what, || {
         Spi::connect_mut(|c| {
+            if !target_held(c, config_id)? {
+                // Being deleted: nothing is recorded (what was copied is copied again should it
+                // stay, and an identical copy on the target is success).
+                return Ok(());
+            }
             for s in &batch.shipped {
                 let Ok(copied) = &s.result else { continue };
                 c.update(
@@ -550,6 +561,20 @@ fn record(config_id: i32, name: &str, identity: &str, batch: &Batch) -> Recorded
     }
 }
 
+/// Whether target `config_id` still exists and no open transaction is deleting it or changing
+/// its id; if so it stays so until the caller's transaction ends (a key share lock), so that
+/// what the caller writes for it never waits on an operator's transaction.
+fn target_held(c: &mut SpiClient<'_>, config_id: i32) -> Result<bool, SpiError> {
+    Ok(!c
+        .update(
+            "SELECT FROM backup_management.remote_backup_configs WHERE config_id = $1 \
+                FOR KEY SHARE SKIP LOCKED",
+            None,
+            &[config_id.into()],
+        )?
+        .is_empty())
+}
+
 fn note_failure(c: &mut SpiClient<'_>, config_id: i32, why: &str) -> Result<(), SpiError> {
     c.update(
         "INSERT INTO backup_management.remote_wal_state \
@@ -568,7 +593,10 @@ fn fail_target(config_id: i32, name: &str, why: &OffsiteError) {
     let text = why.to_string();
     let name = escape_for_log(name);
     in_transaction("recording an off-site target's WAL failure", || {
-        Spi::connect_mut(|c| note_failure(c, config_id, &text))
+        Spi::connect_mut(|c| match target_held(c, config_id)? {
+            true => note_failure(c, config_id, &text),
+            false => Ok(()),
+        })
     });
     warning!(
         "backup_mgmt: off-site target \"{name}\": WAL not copied: {}",
@@ -586,6 +614,8 @@ fn clear_disabled_alarms(c: &mut SpiClient<'_>) -> Result<(), SpiError> {
         "UPDATE backup_management.remote_wal_state s SET alarm_since = NULL \
            FROM backup_management.remote_backup_configs t \
           WHERE t.config_id = s.config_id AND NOT t.is_active AND s.alarm_since IS NOT NULL \
+            AND s.config_id IN (SELECT config_id FROM backup_management.remote_wal_state \
+                                 WHERE alarm_since IS NOT NULL FOR UPDATE SKIP LOCKED) \
          RETURNING t.config_id, t.config_name",
         None,
         &[],

@@ -83,9 +83,9 @@ pub(super) struct Mirror {
     pub(super) text: String,
     /// The name of the directory this target's WAL parts go to (`mirror_parts::parts_dir`).
     pub(super) writer: String,
-    /// Parts known to be on the target (named by the documents this worker last put there):
-    /// not uploaded again.
-    pub(super) landed: BTreeSet<String>,
+    /// The parts of the documents replaced in the last minutes, which stay on the target
+    /// (`mirror_parts::Written::keep`); None: none is removed.
+    pub(super) keep: Option<BTreeSet<String>>,
 }
 
 /// A mirror that landed: the parts its document names.
@@ -173,7 +173,7 @@ pub(super) fn ship(
     }
     let mirror = mirror.map(|m| {
         let landed = match &ready {
-            Ok(()) => mirror_parts::store(target, &m.key, &m.text, &m.writer, &m.landed),
+            Ok(()) => mirror_parts::store(target, &m.key, &m.text, &m.writer, m.keep.as_ref()),
             Err(why) => Err(StorageError::Config(why.to_string())),
         };
         (m.fingerprint, landed)

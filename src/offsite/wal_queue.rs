@@ -198,6 +198,13 @@ mod tests {
             "after {step}"
         );
         assert_eq!(maintained, expected.join("\n"), "after {step}");
+        // No row of a target that does not exist (the queue has no foreign key since 0.14.0).
+        let strays = Spi::get_one::<i64>(
+            "SELECT count(*) FROM backup_management.remote_wal_queue q
+              WHERE NOT EXISTS (SELECT FROM backup_management.remote_backup_configs c
+                                 WHERE c.config_id = q.config_id)",
+        );
+        assert_eq!(strays, Ok(Some(0)), "after {step}");
         let repaired = Spi::get_one::<i64>("SELECT backup_mgmt.remote_wal_queue_repair()");
         assert_eq!(repaired, Ok(Some(0)), "after {step}");
     }

@@ -13,15 +13,18 @@
 //! The writer (the extension's worker) keeps its parts under its own directory
 //! (`<system identifier>/.catalog/wal/<target id>/`): several targets of one cluster may
 //! write to the same place, each replacing the main document in turn, and one must not remove
-//! the parts the other's document names.  It removes a part only once neither the document it
-//! just wrote nor the one before names it; a reader that still finds a part gone reads the main
-//! document again.
+//! the parts the other's document names.  Before each write it lists that directory and puts
+//! every part the document names that is not there (a part removed by anyone comes back at the
+//! next write); it removes a part only `GRACE` after the last document naming it was replaced,
+//! and nothing in its first `GRACE` after a start; a reader that still finds a part gone reads
+//! the main document again.
 //!
 //! Everything read here is input: a part must have the digest the main document names, name
 //! the same cluster and part, and list only files of that part.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -42,6 +45,8 @@ pub const HISTORY_PART: &str = "history";
 /// Parts larger than this are refused (a full part of 256 files takes about 64 kB; a cluster
 /// with 1 MB segments has 4,096 files a part).
 const PART_LIMIT: u64 = 64 << 20;
+/// Parts a document may name (a full part of 16 MB segments covers 4 GB of WAL).
+const MAX_PARTS: usize = 1_000_000;
 /// Parts fetched at once when a reader needs many.
 const PART_THREADS: usize = 4;
 /// How often a reader reads the main document again when a part it names is gone (the writer
@@ -181,41 +186,91 @@ pub fn split(doc: &str, writer: &str) -> Option<Split> {
 }
 
 /// Puts a mirror on `target` under `main_key` in format 2 (`split` of `doc`, its parts under
-/// `parts_dir(sysid, writer)`): the parts not in `landed` (each checked where it landed), then
-/// the document naming them, replaced as one step, then the writer's parts that neither it nor
-/// `landed` names.  `landed` is what the document before it named (the writer keeps it): those
-/// are on the target and are not uploaded again, and a reader that has just read that
-/// document still finds them.  Returns the parts the document names.  A `doc` that is not a
+/// `parts_dir(sysid, writer)`): the parts it names that are not there (listed first, so a part
+/// removed by anyone, a bucket's expiry rule say, is put back at the next write; each checked
+/// where it landed), then the document naming them, replaced as one step, then, when `keep` is
+/// given, the writer's parts that neither it nor `keep` names.  `keep` is what the documents
+/// replaced in the last minutes named (the writer keeps them): a reader that has just read one
+/// still finds its parts.  None removes nothing (a writer that does not know what it wrote
+/// before, just after a start).  Returns the parts the document names.  A `doc` that is not a
 /// catalog document is put as it is.
 pub fn store(
     target: &dyn Storage,
     main_key: &str,
     doc: &str,
     writer: &str,
-    landed: &BTreeSet<String>,
+    keep: Option<&BTreeSet<String>>,
 ) -> Result<BTreeSet<String>, StorageError> {
     let Some(split) = split(doc, writer) else {
         return target
             .replace(doc.as_bytes(), main_key)
             .map(|()| BTreeSet::new());
     };
+    let there: BTreeSet<String> = target.list(&split.parts_dir)?.into_iter().collect();
     for (key, bytes) in &split.parts {
-        if !landed.contains(key) {
+        if !there.contains(key) {
             target.replace(bytes, key)?;
         }
     }
     target.replace(split.main.as_bytes(), main_key)?;
     let named = split.keys();
-    // Removing what is no longer named is upkeep: a failure leaves a stray part, removed after
-    // a later change.
-    if let Ok(there) = target.list(&split.parts_dir) {
+    // Removing what is no longer named is upkeep: a failure (a bucket that refuses deletes)
+    // leaves a stray part, tried again after a later change.
+    if let Some(keep) = keep {
         for key in there {
-            if !named.contains(&key) && !landed.contains(&key) {
+            if !named.contains(&key) && !keep.contains(&key) {
                 let _ = target.delete_one(&key);
             }
         }
     }
     Ok(named)
+}
+
+/// How long a part stays on the target after the document naming it was replaced: readers
+/// (a `restore` or `list` reading hundreds of parts over a slow link) have that long.
+pub const GRACE: Duration = Duration::from_secs(300);
+
+/// What a writer knows of the documents it put on one target: their parts, and when each
+/// document was replaced.  It starts knowing nothing (after a start the target may hold
+/// documents a reader is reading): nothing is removed until `GRACE` has passed.
+#[derive(Debug, Clone)]
+pub struct Written {
+    since: Instant,
+    /// The parts each document named, and when it was replaced (None: the newest).
+    documents: Vec<(Option<Instant>, BTreeSet<String>)>,
+}
+
+impl Written {
+    pub fn new(now: Instant) -> Written {
+        Written {
+            since: now,
+            documents: Vec::new(),
+        }
+    }
+
+    /// A document naming `named` landed at `now`.
+    pub fn landed(&mut self, named: BTreeSet<String>, now: Instant) {
+        for d in &mut self.documents {
+            d.0.get_or_insert(now);
+        }
+        self.documents
+            .retain(|(replaced, _)| replaced.is_some_and(|at| now.duration_since(at) < GRACE));
+        self.documents.push((None, named));
+    }
+
+    /// The parts `store` must keep at `now`, or None when it must remove none.
+    pub fn keep(&self, now: Instant) -> Option<BTreeSet<String>> {
+        if now.duration_since(self.since) < GRACE {
+            return None;
+        }
+        Some(
+            self.documents
+                .iter()
+                .filter(|(replaced, _)| replaced.is_none_or(|at| now.duration_since(at) < GRACE))
+                .flat_map(|(_, named)| named.iter().cloned())
+                .collect(),
+        )
+    }
 }
 
 /// Which parts of a mirror to read.
@@ -251,11 +306,15 @@ pub fn load(
                 m.format
             )));
         }
-        match read_parts(storage, sysid, m, which) {
+        match read_parts(storage, sysid, m, which, limit) {
             Ok(m) => return Ok(m),
             // A part gone after the document was read: the writer replaced the document since
-            // (twice).  Read again; a part missing from the newest document is damage.
-            Err(PartFailure::Unreadable(_)) if attempt < ATTEMPTS => continue,
+            // (and `GRACE` passed).  Read again; a part missing from the newest document is
+            // damage.
+            Err(PartFailure::Unreadable(_)) if attempt < ATTEMPTS => {
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
             Err(PartFailure::Unreadable(why) | PartFailure::Bad(why)) => return Err(bad(why)),
         }
     }
@@ -291,8 +350,15 @@ fn read_parts(
     sysid: i64,
     mut m: Mirror,
     which: Parts<'_>,
+    limit: u64,
 ) -> Result<Mirror, PartFailure> {
     let own = format!("{sysid}/.catalog/");
+    if m.wal_parts.len() > MAX_PARTS {
+        return Err(PartFailure::Bad(format!(
+            "it names {} parts, more than {MAX_PARTS}",
+            m.wal_parts.len()
+        )));
+    }
     let mut seen = BTreeSet::new();
     for r in &m.wal_parts {
         if !seen.insert(r.part.as_str()) {
@@ -318,8 +384,16 @@ fn read_parts(
         .collect();
     let read = std::sync::Mutex::new(Vec::with_capacity(wanted.len()));
     let cancel = std::sync::atomic::AtomicBool::new(false);
+    // The parts together are held to the document's own limit.
+    let total = std::sync::atomic::AtomicU64::new(0);
     let failed = threads::in_parallel(&wanted, PART_THREADS, 0, &cancel, |r, _| {
-        let files = read_part(storage, sysid, r)?;
+        let (files, bytes) = read_part(storage, sysid, r)?;
+        let sum = total.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed) + bytes;
+        if sum > limit {
+            return Err(PartFailure::Bad(format!(
+                "its parts hold more than {limit} bytes"
+            )));
+        }
         read.lock().unwrap_or_else(|e| e.into_inner()).extend(files);
         Ok(())
     });
@@ -336,7 +410,7 @@ fn read_part(
     storage: &dyn Storage,
     sysid: i64,
     r: &WalPartRef,
-) -> Result<Vec<MirrorWal>, PartFailure> {
+) -> Result<(Vec<MirrorWal>, u64), PartFailure> {
     let mut text = Vec::new();
     storage
         .get(&r.key)
@@ -378,7 +452,7 @@ fn read_part(
             w.name
         )));
     }
-    Ok(p.wal_files)
+    Ok((p.wal_files, text.len() as u64))
 }
 
 /// For `wal-fetch` and its read-ahead: whether part `part` of a cluster with segments of

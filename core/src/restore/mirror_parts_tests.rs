@@ -290,72 +290,60 @@ fn a_mirror_of_format_1_is_still_read() {
 }
 
 #[test]
-fn a_change_uploads_its_part_and_old_parts_go_two_documents_later() {
+fn a_change_uploads_its_part_and_replaced_parts_go_when_no_longer_kept() {
     let tmp = tempfile::tempdir().unwrap();
     let target = FilesystemTarget {
         dir: tmp.path().join("t"),
         rate: None,
     };
     let on_target = |key: &str| target.dir.join(key).is_file();
-    let first = store(
-        &target,
-        &mirror_key(7),
-        &document(&NAMES),
-        "3",
-        &BTreeSet::new(),
-    )
-    .unwrap();
+    // Just after a start the writer removes nothing.
+    put(&target, "7/.catalog/wal/3/stray.json", b"left by a crash");
+    let first = store(&target, &mirror_key(7), &document(&NAMES), "3", None).unwrap();
     assert_eq!(first.len(), 4);
     assert!(first.iter().all(|k| on_target(k)));
-    // Another writer's parts (a second target naming the same place) and a stray of this one's.
-    put(
-        &target,
-        "7/.catalog/wal/4/0000000100000003.0123456789abcdef.json",
-        b"theirs",
-    );
-    put(&target, "7/.catalog/wal/3/stray.json", b"left by a crash");
+    assert!(on_target("7/.catalog/wal/3/stray.json"));
+    // Another writer's parts (a second target naming the same place).
+    let theirs = "7/.catalog/wal/4/0000000100000003.0123456789abcdef.json";
+    put(&target, theirs, b"theirs");
 
     let mut more = NAMES.to_vec();
     more.push("000000010000000400000002");
-    // A part the previous document named is not uploaded again: changed here, it stays so.
+    // A part already there is not uploaded again: changed here, it stays so.
     let kept = first
         .iter()
         .find(|k| k.contains("/0000000100000003."))
         .unwrap();
     put(&target, kept, b"left alone");
-    let second = store(&target, &mirror_key(7), &document(&more), "3", &first).unwrap();
+    let second = store(&target, &mirror_key(7), &document(&more), "3", Some(&first)).unwrap();
     assert_eq!(std::fs::read(target.dir.join(kept)).unwrap(), b"left alone");
     assert_eq!(second.difference(&first).count(), 1);
-    // The replaced part stays while the previous document may still be read; the stray goes.
+    // The replaced part stays while it is kept; the stray goes.
     assert!(first.iter().all(|k| on_target(k)));
     assert!(!on_target("7/.catalog/wal/3/stray.json"));
 
     more.push("000000010000000400000003");
-    let third = store(&target, &mirror_key(7), &document(&more), "3", &second).unwrap();
-    let gone: Vec<&String> = first.difference(&second).collect();
-    assert_eq!(gone.len(), 1);
-    assert!(
-        !on_target(gone[0]),
-        "named by neither of the last two documents"
-    );
-    assert!(second.iter().chain(&third).all(|k| on_target(k)));
-    assert!(on_target(
-        "7/.catalog/wal/4/0000000100000003.0123456789abcdef.json"
-    ));
-
-    // The part changed by hand is still named (its files did not change) and a reader refuses
-    // it; a writer that knows nothing landed (after a restart) puts every part again.
-    assert!(third.contains(kept));
-    let e = load_mirror(&target, 7).unwrap_err().to_string();
-    assert!(e.contains("sha256"), "{e}");
-    store(
+    let third = store(
         &target,
         &mirror_key(7),
         &document(&more),
         "3",
-        &BTreeSet::new(),
+        Some(&second),
     )
     .unwrap();
+    let gone: Vec<&String> = first.difference(&second).collect();
+    assert_eq!(gone.len(), 1);
+    assert!(!on_target(gone[0]), "named by no document kept");
+    assert!(second.iter().chain(&third).all(|k| on_target(k)));
+    assert!(on_target(theirs));
+
+    // The part changed by hand is still named (its files did not change) and a reader refuses
+    // it; removed (by a bucket's expiry rule, say), the next write puts it back.
+    assert!(third.contains(kept));
+    let e = load_mirror(&target, 7).unwrap_err().to_string();
+    assert!(e.contains("sha256"), "{e}");
+    std::fs::remove_file(target.dir.join(kept)).unwrap();
+    store(&target, &mirror_key(7), &document(&more), "3", Some(&third)).unwrap();
     let m = load_mirror(&target, 7).unwrap();
     assert_eq!(m.wal_files.len(), more.len());
     // A writer name that is not one path component is refused: the document goes as it is.
@@ -414,19 +402,19 @@ fn a_reader_that_finds_a_part_gone_reads_the_document_again() {
         rate: None,
     };
     let mut names = NAMES.to_vec();
-    let first = store(
+    let first = store(&inner, &mirror_key(7), &document(&names), "3", None).unwrap();
+    let old_main = std::fs::read(inner.dir.join(mirror_key(7))).unwrap();
+    names.push("000000010000000400000002");
+    let second = store(&inner, &mirror_key(7), &document(&names), "3", Some(&first)).unwrap();
+    names.push("000000010000000400000003");
+    store(
         &inner,
         &mirror_key(7),
         &document(&names),
         "3",
-        &BTreeSet::new(),
+        Some(&second),
     )
     .unwrap();
-    let old_main = std::fs::read(inner.dir.join(mirror_key(7))).unwrap();
-    names.push("000000010000000400000002");
-    let second = store(&inner, &mirror_key(7), &document(&names), "3", &first).unwrap();
-    names.push("000000010000000400000003");
-    store(&inner, &mirror_key(7), &document(&names), "3", &second).unwrap();
     let reader = |stale: usize| Stale {
         inner: FilesystemTarget {
             dir: inner.dir.clone(),
@@ -444,4 +432,33 @@ fn a_reader_that_finds_a_part_gone_reads_the_document_again() {
     // Always the old document: its part is gone for good, and the error names it.
     let e = load_mirror(&reader(usize::MAX), 7).unwrap_err().to_string();
     assert!(e.contains("/0000000100000004."), "{e}");
+}
+
+#[test]
+fn a_writer_keeps_replaced_parts_for_a_while_and_nothing_just_after_a_start() {
+    let t0 = Instant::now();
+    let set = |k: &str| BTreeSet::from([k.to_owned()]);
+    let keys = |ks: &[&str]| {
+        ks.iter()
+            .map(|k| k.to_string())
+            .collect::<BTreeSet<String>>()
+    };
+    let mut w = Written::new(t0);
+    w.landed(set("a"), t0);
+    assert_eq!(
+        w.keep(t0 + Duration::from_secs(10)),
+        None,
+        "just after a start"
+    );
+    let t1 = t0 + GRACE;
+    w.landed(set("b"), t1);
+    // "a" was replaced at t1: kept until GRACE after that.
+    assert_eq!(w.keep(t1).unwrap(), keys(&["a", "b"]));
+    let t2 = t1 + GRACE - Duration::from_secs(1);
+    w.landed(set("c"), t2);
+    assert_eq!(w.keep(t2).unwrap(), keys(&["a", "b", "c"]));
+    let t3 = t1 + GRACE + Duration::from_secs(1);
+    assert_eq!(w.keep(t3).unwrap(), keys(&["b", "c"]));
+    w.landed(set("d"), t3);
+    assert_eq!(w.keep(t3).unwrap(), keys(&["b", "c", "d"]));
 }

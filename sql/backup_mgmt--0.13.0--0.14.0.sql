@@ -6,10 +6,97 @@
 -- waits for their transaction), and after their commit it failed and was retried.  A deleted
 -- target's rows now go with it (a new trigger), and the repair removes any a race leaves.
 -- A target added, enabled, disabled, deleted or renumbered recomputes that target's queue only
--- (remote_wal_queue_refresh_targets), not the whole queue in the operator's transaction.
+-- (remote_wal_queue_refresh_targets), not the whole queue in the operator's transaction, and the
+-- refresh of files and copies passes over targets an open transaction holds.
 
 ALTER TABLE backup_management.remote_wal_queue
     DROP CONSTRAINT remote_wal_queue_config_id_fkey;
+
+-- The refresh passes over the targets an open transaction is changing or deleting (their rows
+-- are that transaction's to set), so that the worker's ingest, expiry and lost-file marks never
+-- wait on an operator's transaction.
+CREATE OR REPLACE FUNCTION backup_mgmt.remote_wal_queue_refresh(configs integer[], sysids bigint[], names text[])
+    RETURNS void LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    SET jit = off
+AS $bm$
+BEGIN
+    -- Files (ingested, expired, lost, found again, deleted) on every target, or copies
+    -- (recorded, forgotten by a target that moved, removed) on their own: the keys k (target,
+    -- cluster, file).  Each key is probed on the indexes (OFFSET 0 keeps every probe a probe):
+    -- the planner cannot know how many keys there are, and a join it chose with the tables'
+    -- figures out of date turned recording 20,000 copies into 37 s, growing with the square.
+    WITH k AS MATERIALIZED (
+        SELECT c.config_id, k.sysid AS system_identifier, k.name AS file_name
+          FROM unnest(sysids, names) k(sysid, name),
+               -- Not the targets an open transaction is changing or deleting: their rows may be
+               -- ones it deleted, and waiting for it would hold up this statement (the worker's
+               -- ingest, expiry, lost files).  Their rows are that transaction's to set (its own
+               -- refresh of those targets), and the repair's should it roll back.
+               (SELECT t.config_id FROM backup_management.remote_backup_configs t FOR SHARE SKIP LOCKED) c
+         WHERE configs IS NULL
+         UNION
+        SELECT k.config, k.sysid, k.name
+          FROM unnest(configs, sysids, names) k(config, sysid, name)
+         WHERE configs IS NOT NULL)
+    DELETE FROM backup_management.remote_wal_queue q
+     USING k
+     WHERE q.system_identifier = k.system_identifier AND q.file_name = k.file_name
+       AND q.config_id = k.config_id;
+    WITH k AS MATERIALIZED (
+        SELECT c.config_id, k.sysid AS system_identifier, k.name AS file_name
+          FROM unnest(sysids, names) k(sysid, name),
+               -- Not the targets an open transaction is changing or deleting: their rows may be
+               -- ones it deleted, and waiting for it would hold up this statement (the worker's
+               -- ingest, expiry, lost files).  Their rows are that transaction's to set (its own
+               -- refresh of those targets), and the repair's should it roll back.
+               (SELECT t.config_id FROM backup_management.remote_backup_configs t FOR SHARE SKIP LOCKED) c
+         WHERE configs IS NULL
+         UNION
+        SELECT k.config, k.sysid, k.name
+          FROM unnest(configs, sysids, names) k(config, sysid, name)
+         WHERE configs IS NOT NULL)
+    INSERT INTO backup_management.remote_wal_queue
+    SELECT a.system_identifier, a.file_name, a.config_id, 'copy', a.archived_at
+      FROM k CROSS JOIN LATERAL (
+           SELECT a.system_identifier, a.file_name, c.config_id, a.archived_at
+             FROM backup_management.wal_archive a, backup_management.remote_backup_configs c
+            WHERE a.system_identifier = k.system_identifier AND a.file_name = k.file_name
+              AND c.config_id = k.config_id AND c.is_active
+              AND a.expired_at IS NULL AND a.lost_at IS NULL
+              AND a.system_identifier = (SELECT s.system_identifier FROM pg_catalog.pg_control_system() s)
+              AND NOT EXISTS (SELECT FROM backup_management.remote_wal_records r
+                               WHERE r.config_id = c.config_id AND r.system_identifier = a.system_identifier
+                                 AND r.file_name = a.file_name OFFSET 0)
+           OFFSET 0) a
+    ON CONFLICT DO NOTHING;
+    WITH k AS MATERIALIZED (
+        SELECT c.config_id, k.sysid AS system_identifier, k.name AS file_name
+          FROM unnest(sysids, names) k(sysid, name),
+               -- Not the targets an open transaction is changing or deleting: their rows may be
+               -- ones it deleted, and waiting for it would hold up this statement (the worker's
+               -- ingest, expiry, lost files).  Their rows are that transaction's to set (its own
+               -- refresh of those targets), and the repair's should it roll back.
+               (SELECT t.config_id FROM backup_management.remote_backup_configs t FOR SHARE SKIP LOCKED) c
+         WHERE configs IS NULL
+         UNION
+        SELECT k.config, k.sysid, k.name
+          FROM unnest(configs, sysids, names) k(config, sysid, name)
+         WHERE configs IS NOT NULL)
+    INSERT INTO backup_management.remote_wal_queue
+    SELECT r.system_identifier, r.file_name, r.config_id, 'remove', r.archived_at
+      FROM k CROSS JOIN LATERAL (
+           SELECT r.system_identifier, r.file_name, r.config_id, r.archived_at
+             FROM backup_management.remote_wal_records r
+            WHERE r.config_id = k.config_id AND r.system_identifier = k.system_identifier
+              AND r.file_name = k.file_name
+              AND NOT EXISTS (SELECT FROM backup_management.wal_archive a
+                               WHERE a.system_identifier = r.system_identifier AND a.file_name = r.file_name
+                                 AND a.expired_at IS NULL OFFSET 0)
+           OFFSET 0) r
+    ON CONFLICT DO NOTHING;
+END
+$bm$;
 
 -- Recomputes the queue of whole targets (added, enabled, disabled, deleted, renumbered) from its
 -- definition (0.14.0): the repair of those targets only, so that an operator's statement on one

@@ -1252,7 +1252,12 @@ BEGIN
     -- figures out of date turned recording 20,000 copies into 37 s, growing with the square.
     WITH k AS MATERIALIZED (
         SELECT c.config_id, k.sysid AS system_identifier, k.name AS file_name
-          FROM unnest(sysids, names) k(sysid, name), backup_management.remote_backup_configs c
+          FROM unnest(sysids, names) k(sysid, name),
+               -- Not the targets an open transaction is changing or deleting: their rows may be
+               -- ones it deleted, and waiting for it would hold up this statement (the worker's
+               -- ingest, expiry, lost files).  Their rows are that transaction's to set (its own
+               -- refresh of those targets), and the repair's should it roll back.
+               (SELECT t.config_id FROM backup_management.remote_backup_configs t FOR SHARE SKIP LOCKED) c
          WHERE configs IS NULL
          UNION
         SELECT k.config, k.sysid, k.name
@@ -1264,7 +1269,12 @@ BEGIN
        AND q.config_id = k.config_id;
     WITH k AS MATERIALIZED (
         SELECT c.config_id, k.sysid AS system_identifier, k.name AS file_name
-          FROM unnest(sysids, names) k(sysid, name), backup_management.remote_backup_configs c
+          FROM unnest(sysids, names) k(sysid, name),
+               -- Not the targets an open transaction is changing or deleting: their rows may be
+               -- ones it deleted, and waiting for it would hold up this statement (the worker's
+               -- ingest, expiry, lost files).  Their rows are that transaction's to set (its own
+               -- refresh of those targets), and the repair's should it roll back.
+               (SELECT t.config_id FROM backup_management.remote_backup_configs t FOR SHARE SKIP LOCKED) c
          WHERE configs IS NULL
          UNION
         SELECT k.config, k.sysid, k.name
@@ -1286,7 +1296,12 @@ BEGIN
     ON CONFLICT DO NOTHING;
     WITH k AS MATERIALIZED (
         SELECT c.config_id, k.sysid AS system_identifier, k.name AS file_name
-          FROM unnest(sysids, names) k(sysid, name), backup_management.remote_backup_configs c
+          FROM unnest(sysids, names) k(sysid, name),
+               -- Not the targets an open transaction is changing or deleting: their rows may be
+               -- ones it deleted, and waiting for it would hold up this statement (the worker's
+               -- ingest, expiry, lost files).  Their rows are that transaction's to set (its own
+               -- refresh of those targets), and the repair's should it roll back.
+               (SELECT t.config_id FROM backup_management.remote_backup_configs t FOR SHARE SKIP LOCKED) c
          WHERE configs IS NULL
          UNION
         SELECT k.config, k.sysid, k.name

@@ -162,9 +162,10 @@ struct InFlight {
 #[derive(Default)]
 pub struct Offsite {
     in_flight: Option<InFlight>,
-    /// A finished run whose target was locked by an open transaction when it was to be
-    /// recorded: recorded at a later tick, before the next run starts.
-    unrecorded: Option<Finished>,
+    /// Finished runs whose target an open transaction held when they were to be recorded:
+    /// recorded at a later tick; no new run for those targets starts meanwhile, the others'
+    /// do.
+    unrecorded: Vec<Finished>,
     last_check: Throttle,
 }
 
@@ -239,21 +240,14 @@ fn copy_one(target: &dyn Storage, item: &Item, stop: &AtomicBool) -> Vec<Attempt
 impl Offsite {
     pub fn tick(&mut self) {
         if let Some(job) = self.in_flight.take_if(|j| j.helper.is_finished()) {
-            self.unrecorded = finish(job);
+            self.unrecorded.extend(finish(job));
         }
-        if let Some(run) = self.unrecorded.take() {
-            if !record_run(&run) {
-                self.unrecorded = Some(run);
-                return;
-            }
-        }
-        if self.in_flight.is_some() {
+        if self.in_flight.is_some() || !self.last_check.ready(CHECK_EVERY) {
             return;
         }
-        if !self.last_check.ready(CHECK_EVERY) {
-            return;
-        }
-        let Some((config_id, name, target, items, expiries)) = next_due() else {
+        self.unrecorded.retain(|run| !record_run(run));
+        let waiting: Vec<i32> = self.unrecorded.iter().map(|r| r.config_id).collect();
+        let Some((config_id, name, target, items, expiries)) = next_due(&waiting) else {
             return;
         };
         let helper = Helper::spawn(
@@ -309,7 +303,7 @@ type Due = (i32, String, Box<dyn Storage>, Vec<Item>, Vec<Expiry>);
 
 /// The first active target whose schedule is due (or that `sync_remote_now` asked for), marked
 /// `syncing`, with its work.
-fn next_due() -> Option<Due> {
+fn next_due(waiting: &[i32]) -> Option<Due> {
     in_transaction("looking for due off-site copies", || {
         Spi::connect_mut(|c| {
             // A target an operator's open transaction is changing or deleting is passed over
@@ -321,9 +315,10 @@ fn next_due() -> Option<Due> {
                         encryption_key_ref, configured_by_superuser \
                    FROM backup_management.remote_backup_configs \
                   WHERE is_active AND (sync_schedule IS NOT NULL OR sync_status = 'requested') \
+                    AND config_id <> ALL ($1) \
                   ORDER BY config_id FOR NO KEY UPDATE SKIP LOCKED",
                 None,
-                &[],
+                &[waiting.to_vec().into()],
             )?;
             let now = Utc::now();
             let mut due = None;

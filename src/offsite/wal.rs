@@ -83,6 +83,8 @@ struct Target {
 #[derive(Default)]
 pub struct WalShipping {
     targets: HashMap<i32, Target>,
+    /// Active targets an open transaction holds: since when, and whether that was said.
+    locked_since: HashMap<i32, (Instant, bool)>,
     last_check: Throttle,
     last_repair: Throttle,
 }
@@ -107,7 +109,13 @@ impl WalShipping {
                                 t.written.landed(named, now);
                             }
                             // Tried again after MIRROR_EVERY, without holding up the WAL.
-                            Some((_, Err(_))) => t.mirrored = Some((String::new(), now)),
+                            // The document may have landed all the same (a failed check after
+                            // the upload): what it names is not known, so nothing is removed
+                            // for a while.
+                            Some((_, Err(_))) => {
+                                t.mirrored = Some((String::new(), now));
+                                t.written.restart(now);
+                            }
                             None => {}
                         }
                         for file in outcome.held {
@@ -178,14 +186,29 @@ impl WalShipping {
             })
             .collect();
         let repair = self.last_repair.ready(REPAIR_EVERY);
-        let Some(work) = in_transaction("looking for archived WAL to copy off site", || {
-            Spi::connect_mut(|c| {
-                let queued = queue_ready(c, repair)?;
-                plan(c, queued, &busy, &mirrored, &held, &removals)
+        let Some((work, active)) =
+            in_transaction("looking for archived WAL to copy off site", || {
+                Spi::connect_mut(|c| {
+                    let queued = queue_ready(c, repair)?;
+                    let work = plan(c, queued, &busy, &mirrored, &held, &removals)?;
+                    // Every active target, those an open transaction holds included (not locked).
+                    let active = c
+                        .select(
+                            "SELECT coalesce(array_agg(config_id), '{}') \
+                           FROM backup_management.remote_backup_configs WHERE is_active",
+                            None,
+                            &[],
+                        )?
+                        .first()
+                        .get::<Vec<i32>>(1)?
+                        .unwrap_or_default();
+                    Ok::<_, SpiError>((work, active))
+                })
             })
-        }) else {
+        else {
             return;
         };
+        self.warn_locked(&work, &active);
         let active: Vec<i32> = work.iter().map(|w| w.config_id).collect();
         self.targets
             .retain(|id, t| active.contains(id) || t.helper.is_some());
@@ -236,6 +259,29 @@ impl WalShipping {
         }
     }
 
+    /// A target passed over because an open transaction holds it is said so (a WARNING) once
+    /// it has been for as long as the lag alarm allows (a minute without one): its WAL waits.
+    fn warn_locked(&mut self, work: &[Work], active: &[i32]) {
+        let now = Instant::now();
+        let locked: HashSet<i32> = active
+            .iter()
+            .copied()
+            .filter(|id| !work.iter().any(|w| w.config_id == *id))
+            .collect();
+        self.locked_since.retain(|id, _| locked.contains(id));
+        let limit = guc::offsite_wal_lag_alarm().unwrap_or(Duration::from_secs(60));
+        for id in locked {
+            let (since, warned) = self.locked_since.entry(id).or_insert((now, false));
+            if !*warned && now.duration_since(*since) >= limit {
+                *warned = true;
+                warning!(
+                    "backup_mgmt: off-site target {id} has been held by another transaction (changing or deleting it) for {} s: its WAL waits until that transaction ends",
+                    now.duration_since(*since).as_secs()
+                );
+            }
+        }
+    }
+
     /// At shutdown: copies in flight are left to the next start (an identical copy already on
     /// the target is success, so nothing is copied twice).
     pub fn abandon(&mut self) {
@@ -268,15 +314,15 @@ fn plan(
     held: &HashMap<i32, HashSet<(i64, String)>>,
     removals: &HashMap<i32, Option<HashSet<String>>>,
 ) -> Result<Vec<Work>, SpiError> {
-    // A target an open transaction is deleting (or renumbering) is passed over until it
-    // commits or rolls back: everything written for it below would wait on that transaction
-    // (its rows' keys), and with it every other target's WAL.  The lock taken here (the key
-    // only: enabling or disabling does not wait for it) lasts this short transaction.
+    // A target an open transaction is changing or deleting is passed over until it commits or
+    // rolls back: what is written for it below (its copies, whose queue rows that transaction
+    // may have deleted; its state; its key) would wait on that transaction, and with it every
+    // other target's WAL.  The lock taken here lasts this short transaction.
     let configs = c.update(
         &format!(
             "SELECT {}, pg_catalog.md5(remote_type || '|' || remote_endpoint || '|' || remote_path) \
                FROM backup_management.remote_backup_configs WHERE is_active ORDER BY config_id \
-                FOR KEY SHARE SKIP LOCKED",
+                FOR SHARE SKIP LOCKED",
             TargetSpec::COLUMNS
         ),
         None,
@@ -561,14 +607,14 @@ fn record(config_id: i32, name: &str, identity: &str, batch: &Batch) -> Recorded
     }
 }
 
-/// Whether target `config_id` still exists and no open transaction is deleting it or changing
-/// its id; if so it stays so until the caller's transaction ends (a key share lock), so that
-/// what the caller writes for it never waits on an operator's transaction.
+/// Whether target `config_id` still exists and no open transaction is changing or deleting it;
+/// if so it stays so until the caller's transaction ends (a share lock), so that what the
+/// caller writes for it never waits on an operator's transaction.
 fn target_held(c: &mut SpiClient<'_>, config_id: i32) -> Result<bool, SpiError> {
     Ok(!c
         .update(
             "SELECT FROM backup_management.remote_backup_configs WHERE config_id = $1 \
-                FOR KEY SHARE SKIP LOCKED",
+                FOR SHARE SKIP LOCKED",
             None,
             &[config_id.into()],
         )?
@@ -614,8 +660,11 @@ fn clear_disabled_alarms(c: &mut SpiClient<'_>) -> Result<(), SpiError> {
         "UPDATE backup_management.remote_wal_state s SET alarm_since = NULL \
            FROM backup_management.remote_backup_configs t \
           WHERE t.config_id = s.config_id AND NOT t.is_active AND s.alarm_since IS NOT NULL \
-            AND s.config_id IN (SELECT config_id FROM backup_management.remote_wal_state \
-                                 WHERE alarm_since IS NOT NULL FOR UPDATE SKIP LOCKED) \
+            AND s.config_id IN (SELECT w.config_id FROM backup_management.remote_wal_state w \
+                                 WHERE w.alarm_since IS NOT NULL AND w.config_id IN \
+                                       (SELECT config_id FROM backup_management.remote_backup_configs \
+                                         WHERE NOT is_active) \
+                                 FOR NO KEY UPDATE SKIP LOCKED) \
          RETURNING t.config_id, t.config_name",
         None,
         &[],

@@ -258,6 +258,12 @@ impl Written {
         self.documents.push((None, named));
     }
 
+    /// What was written is no longer known (a write that failed may have landed): nothing is
+    /// removed for `GRACE` from `now`.
+    pub fn restart(&mut self, now: Instant) {
+        self.since = now;
+    }
+
     /// The parts `store` must keep at `now`, or None when it must remove none.
     pub fn keep(&self, now: Instant) -> Option<BTreeSet<String>> {
         if now.duration_since(self.since) < GRACE {

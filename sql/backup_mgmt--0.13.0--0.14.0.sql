@@ -219,6 +219,42 @@ CREATE TRIGGER remote_wal_queue_targets_truncate
 COMMENT ON TRIGGER remote_wal_queue_targets_truncate ON backup_management.remote_backup_configs IS
     'Empties the off-site WAL queue after every target is removed';
 
+-- The repair leaves the rows another transaction is deleting to it (the worker runs it).
+CREATE OR REPLACE FUNCTION backup_mgmt.remote_wal_queue_repair()
+    RETURNS bigint LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    SET enable_nestloop = off
+    SET jit = off
+AS $bm$
+DECLARE
+    removed bigint;
+    added bigint;
+BEGIN
+    -- Rows another transaction is deleting (an operator's, changing a target) are left to it:
+    -- waiting for it would hold up the worker, which runs this.
+    WITH gone AS (
+        SELECT q.system_identifier, q.file_name, q.config_id
+          FROM backup_management.remote_wal_queue q
+         WHERE NOT EXISTS (SELECT FROM backup_mgmt.remote_wal_queue_of() o
+                            WHERE o.system_identifier = q.system_identifier AND o.file_name = q.file_name
+                              AND o.config_id = q.config_id AND o.action = q.action
+                              AND o.archived_at = q.archived_at)
+           FOR UPDATE OF q SKIP LOCKED)
+    DELETE FROM backup_management.remote_wal_queue q
+     USING gone g
+     WHERE q.system_identifier = g.system_identifier AND q.file_name = g.file_name
+       AND q.config_id = g.config_id;
+    GET DIAGNOSTICS removed = ROW_COUNT;
+    INSERT INTO backup_management.remote_wal_queue
+    SELECT * FROM backup_mgmt.remote_wal_queue_of() o
+     WHERE NOT EXISTS (SELECT FROM backup_management.remote_wal_queue q
+                        WHERE q.system_identifier = o.system_identifier AND q.file_name = o.file_name
+                          AND q.config_id = o.config_id)
+    ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS added = ROW_COUNT;
+    RETURN removed + added;
+END
+$bm$;
 COMMENT ON FUNCTION backup_mgmt.remote_wal_queue_repair() IS
     'Internal (the worker, every minute, and the triggers after a TRUNCATE): makes backup_management.remote_wal_queue equal to remote_wal_queue_of(); returns how many rows it changed';
 

@@ -1372,11 +1372,20 @@ DECLARE
     removed bigint;
     added bigint;
 BEGIN
+    -- Rows another transaction is deleting (an operator's, changing a target) are left to it:
+    -- waiting for it would hold up the worker, which runs this.
+    WITH gone AS (
+        SELECT q.system_identifier, q.file_name, q.config_id
+          FROM backup_management.remote_wal_queue q
+         WHERE NOT EXISTS (SELECT FROM backup_mgmt.remote_wal_queue_of() o
+                            WHERE o.system_identifier = q.system_identifier AND o.file_name = q.file_name
+                              AND o.config_id = q.config_id AND o.action = q.action
+                              AND o.archived_at = q.archived_at)
+           FOR UPDATE OF q SKIP LOCKED)
     DELETE FROM backup_management.remote_wal_queue q
-     WHERE NOT EXISTS (SELECT FROM backup_mgmt.remote_wal_queue_of() o
-                        WHERE o.system_identifier = q.system_identifier AND o.file_name = q.file_name
-                          AND o.config_id = q.config_id AND o.action = q.action
-                          AND o.archived_at = q.archived_at);
+     USING gone g
+     WHERE q.system_identifier = g.system_identifier AND q.file_name = g.file_name
+       AND q.config_id = g.config_id;
     GET DIAGNOSTICS removed = ROW_COUNT;
     INSERT INTO backup_management.remote_wal_queue
     SELECT * FROM backup_mgmt.remote_wal_queue_of() o

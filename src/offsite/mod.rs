@@ -23,12 +23,15 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::SpiError;
 
+use self::backup_runs::{finish, record_run, Finished};
 use crate::pg::log::escape_for_log;
 use crate::pg::spi::in_transaction;
-use crate::pg::time::{from_timestamptz, to_timestamptz};
+use crate::pg::time::from_timestamptz;
 use crate::pg::{guc, server};
 
+mod backup_runs;
 pub mod limits;
+mod target_hold;
 pub mod wal;
 mod wal_copy;
 mod wal_queue;
@@ -156,6 +159,8 @@ type RunResult = (Vec<Attempt>, Vec<(i64, Result<(), StorageError>)>);
 struct InFlight {
     config_id: i32,
     name: String,
+    /// Where the run copies to (type, endpoint, path), to record it only if it still does.
+    place: String,
     helper: Helper<RunResult>,
 }
 
@@ -167,13 +172,6 @@ pub struct Offsite {
     /// do.
     unrecorded: Vec<Finished>,
     last_check: Throttle,
-}
-
-/// A finished run, to record.
-struct Finished {
-    config_id: i32,
-    name: String,
-    run: RunResult,
 }
 
 /// Copies `item` to `target` and checks it where it landed; up to `ATTEMPTS` tries with
@@ -247,7 +245,7 @@ impl Offsite {
         }
         self.unrecorded.retain(|run| !record_run(run));
         let waiting: Vec<i32> = self.unrecorded.iter().map(|r| r.config_id).collect();
-        let Some((config_id, name, target, items, expiries)) = next_due(&waiting) else {
+        let Some((config_id, name, place, target, items, expiries)) = next_due(&waiting) else {
             return;
         };
         let helper = Helper::spawn(
@@ -288,6 +286,7 @@ impl Offsite {
         self.in_flight = Some(InFlight {
             config_id,
             name,
+            place,
             helper,
         });
     }
@@ -299,16 +298,21 @@ impl Offsite {
     }
 }
 
-type Due = (i32, String, Box<dyn Storage>, Vec<Item>, Vec<Expiry>);
+type Due = (
+    i32,
+    String,
+    String,
+    Box<dyn Storage>,
+    Vec<Item>,
+    Vec<Expiry>,
+);
 
 /// The first active target whose schedule is due (or that `sync_remote_now` asked for), marked
 /// `syncing`, with its work.
 fn next_due(waiting: &[i32]) -> Option<Due> {
     in_transaction("looking for due off-site copies", || {
         Spi::connect_mut(|c| {
-            // A target an operator's open transaction is changing or deleting is passed over
-            // until it ends: the status written below would wait on it, and with it the worker.
-            let configs = c.update(
+            let configs = c.select(
                 "SELECT config_id, config_name, remote_type, remote_endpoint, remote_path, \
                         sync_schedule, coalesce(last_sync_at, created_at), database_name, \
                         sync_status = 'requested', credentials_ref, options::text, \
@@ -316,12 +320,12 @@ fn next_due(waiting: &[i32]) -> Option<Due> {
                    FROM backup_management.remote_backup_configs \
                   WHERE is_active AND (sync_schedule IS NOT NULL OR sync_status = 'requested') \
                     AND config_id <> ALL ($1) \
-                  ORDER BY config_id FOR NO KEY UPDATE SKIP LOCKED",
+                  ORDER BY config_id",
                 None,
                 &[waiting.to_vec().into()],
             )?;
             let now = Utc::now();
-            let mut due = None;
+            let mut due = Vec::new();
             for r in configs {
                 let id: i32 = r.get(1)?.unwrap_or_default();
                 let name: String = r.get(2)?.unwrap_or_default();
@@ -347,13 +351,28 @@ fn next_due(waiting: &[i32]) -> Option<Due> {
                     })
                     .is_some_and(|next| next <= now);
                 if requested || scheduled {
-                    due = Some((id, name, kind, endpoint, path, database, credentials, options, key_ref, by_superuser));
+                    due.push((id, name, kind, endpoint, path, database, credentials, options, key_ref, by_superuser));
+                }
+            }
+            // The first due target no open transaction is changing or deleting (locked for the
+            // status written below, which would otherwise wait on it, and the worker with it);
+            // locked only when due, so an idle cluster writes no WAL.
+            let mut chosen = None;
+            for d in due {
+                if !c.update(
+                    "SELECT FROM backup_management.remote_backup_configs WHERE config_id = $1 \
+                        FOR NO KEY UPDATE SKIP LOCKED",
+                    None,
+                    &[d.0.into()],
+                )?.is_empty() {
+                    chosen = Some(d);
                     break;
                 }
             }
-            let Some((id, name, kind, endpoint, path, database, credentials, options, key_ref, by_superuser)) = due else {
+            let Some((id, name, kind, endpoint, path, database, credentials, options, key_ref, by_superuser)) = chosen else {
                 return Ok(None);
             };
+            let place = format!("{kind}|{endpoint}|{path}");
             let spec = TargetSpec { config_id: id, kind, endpoint, path, credentials, options, key_ref, by_superuser };
             let target = match spec.open() {
                 Ok(t) => t,
@@ -440,7 +459,7 @@ fn next_due(waiting: &[i32]) -> Option<Due> {
                     }),
                 });
             }
-            Ok::<_, SpiError>(Some((id, name, target, items, expiries)))
+            Ok::<_, SpiError>(Some((id, name, place, target, items, expiries)))
         })
     })
     .flatten()
@@ -594,130 +613,6 @@ fn target_of(
         }
         other => Err(OffsiteError::Unsupported(other.to_owned())),
     }
-}
-
-/// Records a finished sync run: one row per attempt, expired copies, the target's status.
-fn finish(job: InFlight) -> Option<Finished> {
-    let Some(run) = job.helper.join() else {
-        warning!(
-            "backup_mgmt: the off-site copy thread of \"{}\" panicked",
-            escape_for_log(&job.name)
-        );
-        return None;
-    };
-    Some(Finished {
-        config_id: job.config_id,
-        name: job.name,
-        run,
-    })
-}
-
-/// Records a finished run; false (nothing written) while an open transaction is changing or
-/// deleting its target: the worker does not wait on it (every other target and job would wait
-/// too), it tries again at the next tick.
-fn record_run(job: &Finished) -> bool {
-    let (attempts, removed) = &job.run;
-    let failures = attempts
-        .iter()
-        .filter_map(|a| {
-            a.result
-                .as_ref()
-                .err()
-                .map(|why| (a.backup_id, a.attempt, why.to_string()))
-        })
-        .collect::<Vec<_>>();
-    let what = format!("recording off-site copies to \"{}\"", job.name);
-    let recorded = in_transaction(&what, || {
-        Spi::connect_mut(|c| {
-            // Locked by an open transaction (not recorded yet), or gone (nothing to record).
-            let held = c.update(
-                "SELECT EXISTS (SELECT FROM backup_management.remote_backup_configs \
-                                 WHERE config_id = $1 FOR NO KEY UPDATE SKIP LOCKED), \
-                        EXISTS (SELECT FROM backup_management.remote_backup_configs WHERE config_id = $1)",
-                None,
-                &[job.config_id.into()],
-            )?;
-            let row = held.first();
-            if !row.get::<bool>(1)?.unwrap_or(false) {
-                return Ok(!row.get::<bool>(2)?.unwrap_or(false));
-            }
-            for a in attempts {
-                let (status, bytes, sha, error) = match &a.result {
-                    Ok(copied) => (
-                        "completed",
-                        Some(copied.size as i64),
-                        Some(copied.sha256.clone()),
-                        None,
-                    ),
-                    Err(why) => ("failed", None, None, Some(why.to_string())),
-                };
-                c.update(
-                    "INSERT INTO backup_management.remote_backup_records \
-                         (backup_id, config_id, remote_file_path, sync_start_time, sync_end_time, \
-                          sync_status, attempt, bytes_transferred, remote_checksum, error_message) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                    None,
-                    &[
-                        a.backup_id.into(),
-                        job.config_id.into(),
-                        a.key.as_str().into(),
-                        to_timestamptz(a.started).into(),
-                        to_timestamptz(a.ended).into(),
-                        status.into(),
-                        a.attempt.into(),
-                        bytes.into(),
-                        sha.into(),
-                        error.into(),
-                    ],
-                )?;
-            }
-            for (record_id, result) in removed {
-                match result {
-                    Ok(()) => {
-                        c.update(
-                            "UPDATE backup_management.remote_backup_records SET sync_status = 'expired' WHERE record_id = $1",
-                            None,
-                            &[(*record_id).into()],
-                        )?;
-                    }
-                    Err(why) => warning!(
-                        "backup_mgmt: could not remove an expired off-site copy from \"{}\": {}",
-                        escape_for_log(&job.name),
-                        escape_for_log(&why.to_string())
-                    ),
-                }
-            }
-            // Failed when a copy's last attempt failed.
-            let last_failed = attempts.iter().any(|a| {
-                a.result.is_err()
-                    && !attempts
-                        .iter()
-                        .any(|b| b.backup_id == a.backup_id && b.attempt > a.attempt)
-            });
-            c.update(
-                "UPDATE backup_management.remote_backup_configs \
-                    SET sync_status = $2, last_sync_at = now() WHERE config_id = $1",
-                None,
-                &[
-                    job.config_id.into(),
-                    if last_failed { "failed" } else { "completed" }.into(),
-                ],
-            )?;
-            Ok::<bool, SpiError>(true)
-        })
-    });
-    // A failed transaction was logged by in_transaction; the run is not tried again.
-    if recorded == Some(false) {
-        return false;
-    }
-    for (backup_id, attempt, why) in failures {
-        log!(
-            "backup_mgmt: off-site copy of backup {backup_id} to \"{}\" failed (attempt {attempt}): {}",
-            escape_for_log(&job.name),
-            escape_for_log(&why)
-        );
-    }
-    true
 }
 
 /// Asks the worker to copy to a target now, whatever its schedule.

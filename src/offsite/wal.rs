@@ -31,6 +31,7 @@ use backup_mgmt_core::threads::{Helper, Throttle};
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiError};
 
+use super::target_hold::{target_held, Hold};
 use super::wal_copy::{ship, Batch, Expired, Mirror, Pending, ShipError};
 use super::wal_queue::{expired_copies, pending_files, queue_ready};
 use super::{OffsiteError, TargetSpec};
@@ -186,29 +187,15 @@ impl WalShipping {
             })
             .collect();
         let repair = self.last_repair.ready(REPAIR_EVERY);
-        let Some((work, active)) =
-            in_transaction("looking for archived WAL to copy off site", || {
-                Spi::connect_mut(|c| {
-                    let queued = queue_ready(c, repair)?;
-                    let work = plan(c, queued, &busy, &mirrored, &held, &removals)?;
-                    // Every active target, those an open transaction holds included (not locked).
-                    let active = c
-                        .select(
-                            "SELECT coalesce(array_agg(config_id), '{}') \
-                           FROM backup_management.remote_backup_configs WHERE is_active",
-                            None,
-                            &[],
-                        )?
-                        .first()
-                        .get::<Vec<i32>>(1)?
-                        .unwrap_or_default();
-                    Ok::<_, SpiError>((work, active))
-                })
+        let Some(work) = in_transaction("looking for archived WAL to copy off site", || {
+            Spi::connect_mut(|c| {
+                let queued = queue_ready(c, repair)?;
+                plan(c, queued, &busy, &mirrored, &held, &removals)
             })
-        else {
+        }) else {
             return;
         };
-        self.warn_locked(&work, &active);
+        self.warn_locked(&work);
         let active: Vec<i32> = work.iter().map(|w| w.config_id).collect();
         self.targets
             .retain(|id, t| active.contains(id) || t.helper.is_some());
@@ -261,12 +248,12 @@ impl WalShipping {
 
     /// A target passed over because an open transaction holds it is said so (a WARNING) once
     /// it has been for as long as the lag alarm allows (a minute without one): its WAL waits.
-    fn warn_locked(&mut self, work: &[Work], active: &[i32]) {
+    fn warn_locked(&mut self, work: &[Work]) {
         let now = Instant::now();
-        let locked: HashSet<i32> = active
+        let locked: HashSet<i32> = work
             .iter()
-            .copied()
-            .filter(|id| !work.iter().any(|w| w.config_id == *id))
+            .filter(|w| w.held)
+            .map(|w| w.config_id)
             .collect();
         self.locked_since.retain(|id, _| locked.contains(id));
         let limit = guc::offsite_wal_lag_alarm().unwrap_or(Duration::from_secs(60));
@@ -301,6 +288,25 @@ struct Work {
     /// The target's identity now, and whether it changed since its copies were recorded.
     identity: String,
     moved: bool,
+    /// An open transaction holds it (changing or deleting it): passed over.
+    held: bool,
+}
+
+impl Work {
+    /// A target passed over: an open transaction holds it.
+    fn held(config_id: i32, name: String, identity: String) -> Work {
+        Work {
+            config_id,
+            name,
+            storage: None,
+            pending: Vec::new(),
+            expired: Vec::new(),
+            mirror: None,
+            identity,
+            moved: false,
+            held: true,
+        }
+    }
 }
 
 /// In one transaction: every active target's lag against the alarm, and, for each target that is
@@ -314,15 +320,10 @@ fn plan(
     held: &HashMap<i32, HashSet<(i64, String)>>,
     removals: &HashMap<i32, Option<HashSet<String>>>,
 ) -> Result<Vec<Work>, SpiError> {
-    // A target an open transaction is changing or deleting is passed over until it commits or
-    // rolls back: what is written for it below (its copies, whose queue rows that transaction
-    // may have deleted; its state; its key) would wait on that transaction, and with it every
-    // other target's WAL.  The lock taken here lasts this short transaction.
-    let configs = c.update(
+    let configs = c.select(
         &format!(
             "SELECT {}, pg_catalog.md5(remote_type || '|' || remote_endpoint || '|' || remote_path) \
-               FROM backup_management.remote_backup_configs WHERE is_active ORDER BY config_id \
-                FOR SHARE SKIP LOCKED",
+               FROM backup_management.remote_backup_configs WHERE is_active ORDER BY config_id",
             TargetSpec::COLUMNS
         ),
         None,
@@ -342,18 +343,22 @@ fn plan(
     let roots = guc::backup_roots().unwrap_or_default();
     let mut work = Vec::new();
     for (id, name, identity, spec) in rows {
-        let moved = same_place(c, id, &name, &identity)?;
-        check_alarm(c, id, &name)?;
+        // A target an open transaction is changing or deleting is passed over until it ends:
+        // what is written for it (its state, its copies, whose queue rows that transaction may
+        // have deleted) would wait on it, and with it every other target's WAL.  It is locked
+        // only when something is to be written or copied (a lock writes WAL, and an idle
+        // cluster must stay idle: archive_timeout would switch segments for nothing).
+        let mut hold = Hold::new(id);
+        let Some(moved) = same_place(c, &mut hold, id, &name, &identity)? else {
+            work.push(Work::held(id, name, identity));
+            continue;
+        };
+        check_alarm(c, &mut hold, id, &name)?;
         if busy.contains(&id) {
             work.push(Work {
-                config_id: id,
-                name,
-                storage: None,
-                pending: Vec::new(),
-                expired: Vec::new(),
-                mirror: None,
-                identity,
                 moved,
+                held: false,
+                ..Work::held(id, name, identity)
             });
             continue;
         }
@@ -385,6 +390,9 @@ fn plan(
         };
         let storage = if pending.is_empty() && expired.is_empty() && mirror.is_none() {
             None
+        } else if !hold.get(c)? {
+            work.push(Work::held(id, name, identity));
+            continue;
         } else {
             Some(spec.open())
         };
@@ -397,6 +405,7 @@ fn plan(
             mirror,
             identity,
             moved,
+            held: false,
         });
     }
     Ok(work)
@@ -407,10 +416,11 @@ fn plan(
 /// and everything is copied again.  Returns whether it moved.
 fn same_place(
     c: &mut SpiClient<'_>,
+    hold: &mut Hold,
     config_id: i32,
     name: &str,
     identity: &str,
-) -> Result<bool, SpiError> {
+) -> Result<Option<bool>, SpiError> {
     let recorded = c
         .select(
             "SELECT target_identity FROM backup_management.remote_wal_state WHERE config_id = $1",
@@ -422,7 +432,8 @@ fn same_place(
         .transpose()?
         .flatten();
     match recorded {
-        Some(known) if known == identity => Ok(false),
+        Some(known) if known == identity => Ok(Some(false)),
+        _ if !hold.get(c)? => Ok(None),
         known => {
             let moved = known.is_some();
             if moved {
@@ -453,7 +464,7 @@ fn same_place(
                 None,
                 &[config_id.into(), identity.into()],
             )?;
-            Ok(moved)
+            Ok(Some(moved))
         }
     }
 }
@@ -607,20 +618,6 @@ fn record(config_id: i32, name: &str, identity: &str, batch: &Batch) -> Recorded
     }
 }
 
-/// Whether target `config_id` still exists and no open transaction is changing or deleting it;
-/// if so it stays so until the caller's transaction ends (a share lock), so that what the
-/// caller writes for it never waits on an operator's transaction.
-fn target_held(c: &mut SpiClient<'_>, config_id: i32) -> Result<bool, SpiError> {
-    Ok(!c
-        .update(
-            "SELECT FROM backup_management.remote_backup_configs WHERE config_id = $1 \
-                FOR SHARE SKIP LOCKED",
-            None,
-            &[config_id.into()],
-        )?
-        .is_empty())
-}
-
 fn note_failure(c: &mut SpiClient<'_>, config_id: i32, why: &str) -> Result<(), SpiError> {
     c.update(
         "INSERT INTO backup_management.remote_wal_state \
@@ -678,7 +675,12 @@ fn clear_disabled_alarms(c: &mut SpiClient<'_>) -> Result<(), SpiError> {
     Ok(())
 }
 
-fn check_alarm(c: &mut SpiClient<'_>, config_id: i32, name: &str) -> Result<(), SpiError> {
+fn check_alarm(
+    c: &mut SpiClient<'_>,
+    hold: &mut Hold,
+    config_id: i32,
+    name: &str,
+) -> Result<(), SpiError> {
     let t = c.select(
         "SELECT lag_seconds, pending_segments, alarm_since IS NOT NULL \
            FROM backup_mgmt.offsite_wal_status WHERE config_id = $1",
@@ -693,6 +695,9 @@ fn check_alarm(c: &mut SpiClient<'_>, config_id: i32, name: &str) -> Result<(), 
     let raised = r.get::<bool>(3)?.unwrap_or(false);
     let limit = guc::offsite_wal_lag_alarm().map(|l| l.as_secs_f64());
     let change = alarm::change(raised, lag, limit);
+    if change != alarm::Change::Keep && !hold.get(c)? {
+        return Ok(());
+    }
     let name = escape_for_log(name);
     if change == alarm::Change::Raise {
         c.update(

@@ -527,8 +527,9 @@ fn record(config_id: i32, name: &str, identity: &str, batch: &Batch) -> Recorded
     in_transaction(&what, || {
         Spi::connect_mut(|c| {
             if !target_held(c, config_id)? {
-                // Being deleted: nothing is recorded (what was copied is copied again should it
-                // stay, and an identical copy on the target is success).
+                // Being changed or deleted by an open transaction: nothing is recorded (what was
+                // copied is copied again should it stay, and an identical copy on the target is
+                // success).
                 return Ok(());
             }
             for s in &batch.shipped {

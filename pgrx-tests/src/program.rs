@@ -6,7 +6,32 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-static INSTALLED: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+static INSTALLED: OnceLock<PathBuf> = OnceLock::new();
+
+/// Where this test process installs the program: `/tmp/bm-program-<pid>`.  A static is never
+/// dropped, so a temporary directory would outlive the process (about 120 MB each, one per
+/// test binary and run); instead each process removes the ones whose process is gone.
+fn install_dir() -> PathBuf {
+    if let Ok(entries) = std::fs::read_dir("/tmp") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(owner) = name.strip_prefix("bm-program-") else {
+                continue;
+            };
+            // Earlier versions' random names, or a process that has ended.
+            let gone = owner
+                .parse::<u32>()
+                .map_or(true, |pid| !Path::new(&format!("/proc/{pid}")).exists());
+            if gone {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let dir = PathBuf::from(format!("/tmp/bm-program-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).expect("create the program's directory");
+    dir
+}
 
 /// Path of the installed program (built with cargo on first use).
 pub fn backup_mgmt() -> PathBuf {
@@ -23,21 +48,16 @@ pub fn backup_mgmt() -> PathBuf {
             let target = std::env::var_os("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| workspace.join("target"));
-            let dir = tempfile::Builder::new()
-                .prefix("bm-program-")
-                .tempdir_in("/tmp")
-                .expect("temp dir");
+            let dir = install_dir();
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-                .expect("chmod");
-            let installed = dir.path().join("backup-mgmt");
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+            let installed = dir.join("backup-mgmt");
             std::fs::copy(target.join("debug").join("backup-mgmt"), &installed)
                 .expect("copy backup-mgmt");
             std::fs::set_permissions(&installed, std::fs::Permissions::from_mode(0o755))
                 .expect("chmod");
-            (dir, installed)
+            installed
         })
-        .1
         .clone()
 }
 

@@ -365,6 +365,41 @@ fn the_cluster_comes_back_from_the_bucket_alone() {
     let mut r = promoted(&restored);
     assert_markers_and_tables(&restored, &mut r, &at_target);
 
+    // A delta restore that fails part-way (a member it must fetch is damaged on the target)
+    // leaves a directory that cannot start: its control file held aside, not the one of a
+    // half-rewritten cluster. Run again once the target is whole, it finishes.
+    drop(r);
+    restored.pg_ctl_stop("fast");
+    let rel = member
+        .strip_prefix(member.ancestors().find(|a| a.ends_with("data")).unwrap())
+        .unwrap()
+        .to_string_lossy()
+        .replace("._S3rver_object", "");
+    let rel = rel.strip_suffix(".zst").unwrap().to_owned();
+    std::fs::write(data.join(&rel), b"changed since").unwrap();
+    std::fs::write(&member, &bad).unwrap();
+    let (code, out, err) = run(
+        &restored,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(code, 3, "{rel}: {out}\n{err}");
+    assert!(
+        format!("{out}{err}").contains("run the restore with --delta again"),
+        "{out}\n{err}"
+    );
+    assert!(!data.join("global/pg_control").exists());
+    assert!(data.join("global/pg_control.held-by-restore").is_file());
+    std::fs::write(&member, &good).unwrap();
+    let (code, out, err) = run(
+        &restored,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!data.join("global/pg_control.held-by-restore").exists());
+    restored.start_restored(&["archive_mode = off", "shared_preload_libraries = ''"]);
+    let mut r = promoted(&restored);
+    assert_markers_and_tables(&restored, &mut r, &at_target);
+
     // --delta refuses a directory that is not a data directory (it would empty it).
     let plain = restored.dir().join("not-a-cluster");
     std::fs::create_dir(&plain).unwrap();

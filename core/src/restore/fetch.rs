@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::materialize::{materialize_delta, materialize_from, tablespace_oid, Delta, Writers};
+use super::materialize::{
+    materialize_delta, materialize_from, tablespace_oid, Delta, Writers, CONTROL, CONTROL_HELD,
+};
 use super::offsite::{Choice, Goal, Mirror, MirrorWal};
 use super::recipe::conf_quote;
 pub use super::recipe::sh_quote;
@@ -178,15 +180,22 @@ pub fn new_refusal(dest: &Path, tablespaces: &Path, manifest: &Manifest) -> Opti
 /// data directory (PG_VERSION, global/pg_control) whose server is not running.
 pub fn delta_refusal(dest: &Path, sysid: i64) -> Option<String> {
     let shown = dest.display();
-    if !dest.join("PG_VERSION").is_file() || !dest.join("global/pg_control").is_file() {
+    // A delta restore that did not finish left the directory's control file aside (the
+    // directory cannot start until one finishes): it still says whose cluster this is.
+    let control = [CONTROL, CONTROL_HELD]
+        .iter()
+        .map(|c| dest.join(c))
+        .find(|c| c.is_file());
+    let Some(control) = control.filter(|_| dest.join("PG_VERSION").is_file()) else {
         return Some(format!(
-            "\"{shown}\" is not a PostgreSQL data directory (no PG_VERSION or global/pg_control); --delta rewrites only a data directory"
+            "\"{shown}\" is not a PostgreSQL data directory (no PG_VERSION or {CONTROL}); --delta rewrites only a data directory"
         ));
-    }
+    };
     // The first field of pg_control is the cluster's system identifier: a delta restore of
     // another cluster's backup would empty this one.
     let mut head = [0u8; 8];
-    let read = fs::File::open(dest.join("global/pg_control"))
+    let read = crate::files::open::open_regular(&control)
+        .map_err(|e| std::io::Error::other(e.to_string()))
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head));
     if read.is_err() || i64::from_le_bytes(head) != sysid {
         return Some(format!(
@@ -261,9 +270,18 @@ pub fn restore_native(
             if let Some(why) = delta_refusal(dest, choice.backup_sysid) {
                 return Err(FetchError::Refused(why));
             }
+            let held = |mut r: crate::verify::Report| {
+                let detail = r.detail.take().unwrap_or_default();
+                r.detail = Some(format!(
+                    "{detail}; \"{}\" cannot start until a delta restore finishes (its control \
+                     file is held aside as {CONTROL_HELD}): run the restore with --delta again",
+                    dest.display()
+                ));
+                failed(r)
+            };
             Some(
                 materialize_delta(&source, manifest, dest, tablespaces, writers, counters)
-                    .map_err(failed)?,
+                    .map_err(held)?,
             )
         }
     };

@@ -19,6 +19,17 @@ use crate::stream;
 use crate::verify::native::{cancelled, judge, read_stream};
 use crate::verify::{self, Reason, Report};
 
+/// The control file: written last, once every other file is durable, so that a restore that
+/// stops part-way (a failure, a kill, a crash) leaves a directory PostgreSQL refuses to start
+/// instead of one that starts as a mix of two states.
+pub const CONTROL: &str = "global/pg_control";
+
+/// Where a delta restore puts the directory's own control file while it works: the directory
+/// cannot start meanwhile, and a delta restore run again after a failure still knows whose
+/// cluster the directory is (`fetch::delta_refusal` reads it).  Removed once the backup's
+/// control file is in place.
+pub const CONTROL_HELD: &str = "global/pg_control.held-by-restore";
+
 /// A tablespace's directory in a backup (`pg_tblspc/<oid>`): its oid.
 pub fn tablespace_oid(dir: &str) -> Option<&str> {
     let oid = dir.strip_prefix("pg_tblspc/")?;
@@ -173,7 +184,9 @@ fn remove_extras(manifest: &Manifest, dest: &Path) -> Result<usize, String> {
             let keep = if kind.is_dir() || followed {
                 dirs.contains(path.as_str())
             } else if kind.is_file() {
-                files.contains(path.as_str()) || (rel.is_empty() && path == PG_MANIFEST)
+                files.contains(path.as_str())
+                    || (rel.is_empty() && path == PG_MANIFEST)
+                    || path == CONTROL_HELD
             } else {
                 false
             };
@@ -330,6 +343,7 @@ fn fill(
     };
     let mut done = Delta::default();
     if delta {
+        hold_control(dest).map_err(|e| fail(e.to_string()))?;
         done.removed = remove_extras(manifest, dest).map_err(fail)?;
     }
     for d in &manifest.dirs {
@@ -351,12 +365,30 @@ fn fill(
             }
         }
     }
-    let order = largest_first(&manifest.files);
+    // Opened before any file is written (see `FilesystemSync`): synced before the control
+    // file goes in.
+    // A tablespace's through its link: a delta restore keeps links that may lead elsewhere.
+    let syncs = std::iter::once(dest.to_path_buf())
+        .chain(
+            manifest
+                .dirs
+                .iter()
+                .filter(|d| tablespace_oid(d).is_some())
+                .map(|d| dest.join(d)),
+        )
+        .map(|p| durable::FilesystemSync::open(&p).map_err(|e| fail(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut order = largest_first(&manifest.files);
+    let control = order
+        .iter()
+        .position(|f| f.path == CONTROL)
+        .map(|i| order.remove(i));
     if !delta {
-        // Every file is fetched, then PostgreSQL's manifest (a delta restore opens only the
-        // files that differ, known one at a time).
+        // Every file is fetched, then PostgreSQL's manifest and the control file (a delta
+        // restore opens only the files that differ, known one at a time).
         let mut opened: Vec<(i64, &str)> = order.iter().map(|f| (f.holder, &*f.stored)).collect();
         opened.push((manifest.backup_id, PG_MANIFEST_ZST));
+        opened.extend(control.map(|f| (f.holder, &*f.stored)));
         source.will_open(&opened, writers.threads);
     }
     let kept = AtomicUsize::new(0);
@@ -377,19 +409,7 @@ fn fill(
             }
         }
         let src = source.shown(f.holder, &f.stored);
-        let input = source
-            .open(f.holder, &f.stored)
-            .ok_or_else(|| {
-                Report::failed(
-                    Reason::Missing,
-                    format!(
-                        "backup {} (holding \"{}\") is not available",
-                        f.holder, f.path
-                    ),
-                    &src,
-                )
-            })?
-            .map_err(|e| Report::failed(Reason::Unreadable, e, &src))?;
+        let input = open_stored(source, f, &src)?;
         let unwritable = |e: IoError| Report::failed(Reason::Unreadable, e.to_string(), &out_path);
         let mut out =
             RestoredFile::create(&out_path, f.size, writers.writes).map_err(unwritable)?;
@@ -446,7 +466,93 @@ fn fill(
     let mut out = durable::create_new(&manifest_path).map_err(|e| fail(e.to_string()))?;
     out.write_all(&text)
         .map_err(|e| fail(format!("writing {PG_MANIFEST}: {e}")))?;
+    drop(out);
+    // Last, the control file: only once everything else is on disk can the directory start.
+    for s in &syncs {
+        s.sync().map_err(|e| fail(e.to_string()))?;
+    }
+    if let Some(f) = control {
+        install_control(source, f, dest, &mut buf, counters)?;
+    }
     Ok(done)
+}
+
+/// A delta restore's first step: the directory's own control file moves aside (durably), so
+/// that the directory cannot start until the backup's is installed at the end.  One already
+/// aside (an earlier delta restore that failed) stays: it is the directory's.
+fn hold_control(dest: &Path) -> Result<(), IoError> {
+    use crate::files::error::Context;
+    let (control, held) = (dest.join(CONTROL), dest.join(CONTROL_HELD));
+    match std::fs::symlink_metadata(&control) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).at("could not stat", &control),
+        Ok(_) if std::fs::symlink_metadata(&held).is_ok() => {
+            // Written by a restore that then failed before removing the one held aside.
+            std::fs::remove_file(&control).at("could not remove", &control)?;
+        }
+        Ok(_) => std::fs::rename(&control, &held).at("could not move aside", &control)?,
+    }
+    durable::sync_parent(&control)
+}
+
+/// Writes the backup's control file `f` under a temporary name, checks it, and installs it
+/// durably; then the one a delta restore held aside goes.
+fn install_control(
+    source: &dyn StoredFiles,
+    f: &FileRecord,
+    dest: &Path,
+    buf: &mut [u8],
+    counters: &Counters<'_>,
+) -> Result<(), Report> {
+    let target = dest.join(CONTROL);
+    let src = source.shown(f.holder, &f.stored);
+    let unwritable = |e: IoError| Report::failed(Reason::Unreadable, e.to_string(), &target);
+    let input = open_stored(source, f, &src)?;
+    let mut out =
+        durable::DurableFile::create(&target, durable::Temp::Hidden).map_err(unwritable)?;
+    let (size, sum) = read_stream(
+        input,
+        f.stored.ends_with(".zst"),
+        f.size,
+        &mut out,
+        buf,
+        counters,
+    )
+    .map_err(|(r, d)| Report::failed(r, d, &src))?;
+    judge(&src, f, size, &sum)?;
+    out.commit(durable::Install::NoReplace)
+        .map_err(unwritable)?;
+    let held = dest.join(CONTROL_HELD);
+    match std::fs::remove_file(&held) {
+        Ok(()) => durable::sync_parent(&held).map_err(unwritable)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Report::failed(Reason::Unreadable, e.to_string(), &held)),
+    }
+    if let Some(files) = counters.files {
+        files.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Opens `f`'s stored file (`src` names it in reports).
+fn open_stored(
+    source: &dyn StoredFiles,
+    f: &FileRecord,
+    src: &Path,
+) -> Result<Box<dyn Read + Send>, Report> {
+    source
+        .open(f.holder, &f.stored)
+        .ok_or_else(|| {
+            Report::failed(
+                Reason::Missing,
+                format!(
+                    "backup {} (holding \"{}\") is not available",
+                    f.holder, f.path
+                ),
+                src,
+            )
+        })?
+        .map_err(|e| Report::failed(Reason::Unreadable, e, src))
 }
 
 #[cfg(test)]

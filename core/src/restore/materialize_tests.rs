@@ -8,6 +8,23 @@ const TWO: Writers = Writers {
     writes: Writes::Direct,
 };
 
+/// Progress counters nobody watches: nothing cancelled, files not counted.
+#[derive(Default)]
+struct Idle {
+    bytes: AtomicU64,
+    cancel: AtomicBool,
+}
+
+impl Idle {
+    fn counters(&self) -> Counters<'_> {
+        Counters {
+            bytes: &self.bytes,
+            cancel: &self.cancel,
+            files: None,
+        }
+    }
+}
+
 /// A PostgreSQL backup manifest whose own checksum holds (what it lists is not looked at).
 fn pg_manifest() -> String {
     let empty = Manifest {
@@ -163,12 +180,8 @@ fn a_delta_restore_leaves_another_versions_tablespace_directory_alone() {
         }],
     };
     let holders = HashMap::from([(1, holder.clone())]);
-    let (counted, cancel) = (AtomicU64::new(0), AtomicBool::new(false));
-    let counters = Counters {
-        bytes: &counted,
-        cancel: &cancel,
-        files: None,
-    };
+    let idle = Idle::default();
+    let counters = idle.counters();
     let (dest, spaces) = (tmp.path().join("data"), tmp.path().join("spaces"));
     materialize(&manifest, &holders, &dest, &spaces, TWO, &counters).unwrap();
     let location = spaces.join("16384");
@@ -258,16 +271,19 @@ fn a_restore_announces_every_file_in_the_order_its_threads_open_them() {
     let tmp = tempfile::tempdir().unwrap();
     let holder = tmp.path().join("b1");
     std::fs::create_dir_all(holder.join("data/base/5")).unwrap();
+    std::fs::create_dir_all(holder.join("data/global")).unwrap();
+    // The control file is the largest here: it still comes last.
     let sizes = [
         ("base/5/1", 10),
         ("base/5/2", 5000),
         ("base/5/3", 300),
         ("PG_VERSION", 3),
+        (CONTROL, 8192),
     ];
     let mut manifest = Manifest {
         backup_id: 1,
         parent: None,
-        dirs: vec!["base".into(), "base/5".into()],
+        dirs: vec!["base".into(), "base/5".into(), "global".into()],
         files: vec![],
     };
     for (path, len) in sizes {
@@ -289,23 +305,20 @@ fn a_restore_announces_every_file_in_the_order_its_threads_open_them() {
         announced: Default::default(),
         opened: Default::default(),
     };
-    let (bytes, cancel) = (AtomicU64::new(0), AtomicBool::new(false));
-    let counters = Counters {
-        bytes: &bytes,
-        cancel: &cancel,
-        files: None,
-    };
+    let idle = Idle::default();
+    let counters = idle.counters();
     let (dest, spaces) = (tmp.path().join("data"), tmp.path().join("spaces"));
     let one = Writers {
         threads: 1,
         writes: Writes::Buffered,
     };
     materialize_from(&source, &manifest, &dest, &spaces, one, &counters).unwrap();
-    // Announced once, largest first, PostgreSQL's manifest last, for one thread; opened in
-    // that order (the plain manifest after the compressed one was not there).
+    // Announced once, largest first, then PostgreSQL's manifest and the control file, for
+    // one thread; opened in that order (the plain manifest after the compressed one was not
+    // there).
     let expected: Vec<(i64, String)> = ["data/base/5/2", "data/base/5/3", "data/base/5/1"]
         .iter()
-        .chain(&["data/PG_VERSION", PG_MANIFEST_ZST])
+        .chain(&["data/PG_VERSION", PG_MANIFEST_ZST, "data/global/pg_control"])
         .map(|s| (1, (*s).to_owned()))
         .collect();
     assert_eq!(
@@ -313,7 +326,7 @@ fn a_restore_announces_every_file_in_the_order_its_threads_open_them() {
         vec![(expected.clone(), 1)]
     );
     let mut opened: Vec<String> = expected.into_iter().map(|(_, s)| s).collect();
-    opened.push(PG_MANIFEST.to_owned());
+    opened.insert(opened.len() - 1, PG_MANIFEST.to_owned());
     assert_eq!(*source.opened.lock().unwrap(), opened);
     // A delta restore opens only the files that differ: nothing is announced.
     std::fs::write(dest.join("base/5/2"), vec![8u8; 5000]).unwrap();
@@ -342,12 +355,8 @@ fn large_files_written_past_the_cache_are_exact_and_checked() {
     ];
     let manifest = stored_backup(&holder, &["base", "base/5"], &files);
     let holders = HashMap::from([(1, holder.clone())]);
-    let (bytes, cancel) = (AtomicU64::new(0), AtomicBool::new(false));
-    let counters = Counters {
-        bytes: &bytes,
-        cancel: &cancel,
-        files: None,
-    };
+    let idle = Idle::default();
+    let counters = idle.counters();
     let spaces = tmp.path().join("spaces");
     for writes in [Writes::Direct, Writes::Buffered] {
         let dest = tmp.path().join(format!("data-{writes:?}"));
@@ -369,4 +378,63 @@ fn large_files_written_past_the_cache_are_exact_and_checked() {
         assert!(!dest.exists(), "a failed restore leaves nothing");
         std::fs::write(holder.join("data").join(path), content).unwrap();
     }
+}
+
+/// A delta restore that fails part-way leaves a directory PostgreSQL cannot start (its control
+/// file held aside), which a delta restore run again still recognises and finishes.
+#[test]
+fn a_failed_delta_leaves_a_directory_that_cannot_start_until_one_finishes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let holder = tmp.path().join("b1");
+    std::fs::create_dir_all(holder.join("data/base/5")).unwrap();
+    std::fs::create_dir_all(holder.join("data/global")).unwrap();
+    // pg_control's first eight bytes are the system identifier.
+    let mut control = vec![0u8; 8192];
+    control[..8].copy_from_slice(&7i64.to_le_bytes());
+    control[100] = 1;
+    let files = [
+        ("PG_VERSION", b"15\n".to_vec()),
+        (CONTROL, control.clone()),
+        ("base/5/1", b"one".to_vec()),
+    ];
+    let manifest = stored_backup(&holder, &["base", "base/5", "global"], &files);
+    let holders = HashMap::from([(1, holder.clone())]);
+    let idle = Idle::default();
+    let counters = idle.counters();
+    let (dest, spaces) = (tmp.path().join("data"), tmp.path().join("spaces"));
+    materialize(&manifest, &holders, &dest, &spaces, TWO, &counters).unwrap();
+    assert_eq!(std::fs::read(dest.join(CONTROL)).unwrap(), control);
+    // The server ran on (its control file changed), then the target's copy of a file the
+    // delta must fetch is damaged.
+    let mut ran_on = control.clone();
+    ran_on[100] = 2;
+    std::fs::write(dest.join(CONTROL), &ran_on).unwrap();
+    std::fs::write(dest.join("base/5/1"), b"uno").unwrap();
+    std::fs::write(holder.join("data/base/5/1"), b"bad").unwrap();
+    let source = LocalHolders(&holders);
+    assert!(materialize_delta(&source, &manifest, &dest, &spaces, TWO, &counters).is_err());
+    assert!(!dest.join(CONTROL).exists(), "PostgreSQL must not start it");
+    assert_eq!(std::fs::read(dest.join(CONTROL_HELD)).unwrap(), ran_on);
+    // Still this cluster's directory to a delta restore, and another cluster's backup is
+    // still refused.
+    assert_eq!(crate::restore::fetch::delta_refusal(&dest, 7), None);
+    assert!(crate::restore::fetch::delta_refusal(&dest, 8)
+        .unwrap()
+        .contains("cluster 7"));
+    // A second failure keeps the directory's own control file aside.
+    assert!(materialize_delta(&source, &manifest, &dest, &spaces, TWO, &counters).is_err());
+    assert_eq!(std::fs::read(dest.join(CONTROL_HELD)).unwrap(), ran_on);
+    // Once the target is whole again, the delta finishes: the backup's control file in
+    // place, nothing held aside.
+    std::fs::write(holder.join("data/base/5/1"), b"one").unwrap();
+    let d = materialize_delta(&source, &manifest, &dest, &spaces, TWO, &counters).unwrap();
+    assert_eq!((d.kept, d.fetched, d.removed), (1, 2, 0), "{d:?}");
+    assert_eq!(std::fs::read(dest.join(CONTROL)).unwrap(), control);
+    assert!(!dest.join(CONTROL_HELD).exists());
+    assert_eq!(std::fs::read(dest.join("base/5/1")).unwrap(), b"one");
+    // A control file that is not the backup's is refused, and nothing is installed.
+    std::fs::write(holder.join("data/global/pg_control"), &ran_on).unwrap();
+    assert!(materialize_delta(&source, &manifest, &dest, &spaces, TWO, &counters).is_err());
+    assert!(!dest.join(CONTROL).exists());
+    assert_eq!(std::fs::read(dest.join(CONTROL_HELD)).unwrap(), control);
 }

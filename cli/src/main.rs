@@ -730,6 +730,8 @@ fn finish(
         );
     }
     fetch::write_recovery_settings(dest, command, goal, choice.path.recovery_target())?;
+    // Only now can the directory start: with its recovery settings, to the goal.
+    materialize::install_control(dest).map_err(FetchError::from)?;
     output::restored(restored, choice, dest, started.elapsed(), json);
     Ok(())
 }

@@ -6,31 +6,40 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-static INSTALLED: OnceLock<PathBuf> = OnceLock::new();
+static INSTALLED: OnceLock<(std::fs::File, PathBuf)> = OnceLock::new();
 
-/// Where this test process installs the program: `/tmp/bm-program-<pid>`.  A static is never
-/// dropped, so a temporary directory would outlive the process (about 120 MB each, one per
-/// test binary and run); instead each process removes the ones whose process is gone.
-fn install_dir() -> PathBuf {
+/// A directory for this test process's copy of the program, locked (`<dir>/lock`) while the
+/// process lives.  A static is never dropped, so a `TempDir` would outlive the process (about
+/// 120 MB each, one per test binary and run); instead each process removes the directories
+/// whose lock it can take (their process has ended), and those without a lock an hour old
+/// (earlier versions').  Returns the lock, to be kept open, and the directory.
+fn install_dir() -> (std::fs::File, PathBuf) {
     if let Ok(entries) = std::fs::read_dir("/tmp") {
         for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Some(owner) = name.strip_prefix("bm-program-") else {
+            if !e.file_name().to_string_lossy().starts_with("bm-program-") {
                 continue;
+            }
+            let gone = match std::fs::File::open(e.path().join("lock")) {
+                Ok(lock) => lock.try_lock().is_ok(),
+                // Being made (the lock comes next), or an earlier version's.
+                Err(_) => e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() > 3600)),
             };
-            // Earlier versions' random names, or a process that has ended.
-            let gone = owner
-                .parse::<u32>()
-                .map_or(true, |pid| !Path::new(&format!("/proc/{pid}")).exists());
             if gone {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
     }
-    let dir = PathBuf::from(format!("/tmp/bm-program-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir(&dir).expect("create the program's directory");
-    dir
+    let dir = tempfile::Builder::new()
+        .prefix("bm-program-")
+        .tempdir_in("/tmp")
+        .expect("temp dir")
+        .keep();
+    let lock = std::fs::File::create(dir.join("lock")).expect("create the lock");
+    lock.lock().expect("lock");
+    (lock, dir)
 }
 
 /// Path of the installed program (built with cargo on first use).
@@ -48,7 +57,7 @@ pub fn backup_mgmt() -> PathBuf {
             let target = std::env::var_os("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| workspace.join("target"));
-            let dir = install_dir();
+            let (lock, dir) = install_dir();
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
             let installed = dir.join("backup-mgmt");
@@ -56,8 +65,9 @@ pub fn backup_mgmt() -> PathBuf {
                 .expect("copy backup-mgmt");
             std::fs::set_permissions(&installed, std::fs::Permissions::from_mode(0o755))
                 .expect("chmod");
-            installed
+            (lock, installed)
         })
+        .1
         .clone()
 }
 

@@ -15,6 +15,7 @@ use crate::pg::time::to_timestamptz;
 pub(super) struct Finished {
     pub(super) config_id: i32,
     name: String,
+    /// `TargetSpec::PLACE` when the run started.
     place: String,
     run: RunResult,
 }
@@ -56,11 +57,12 @@ pub(super) fn record_run(job: &Finished) -> bool {
             // Locked by an open transaction (not recorded yet); gone, or moved to another place
             // meanwhile (its copies are at the old one): nothing to record.
             let held = c.update(
-                "SELECT (SELECT remote_type || '|' || coalesce(remote_endpoint, '') || '|' || \
-                                coalesce(remote_path, '') \
-                           FROM backup_management.remote_backup_configs \
-                          WHERE config_id = $1 FOR NO KEY UPDATE SKIP LOCKED), \
-                        EXISTS (SELECT FROM backup_management.remote_backup_configs WHERE config_id = $1)",
+                &format!(
+                    "SELECT (SELECT {} FROM backup_management.remote_backup_configs \
+                              WHERE config_id = $1 FOR NO KEY UPDATE SKIP LOCKED), \
+                            EXISTS (SELECT FROM backup_management.remote_backup_configs WHERE config_id = $1)",
+                    super::TargetSpec::PLACE
+                ),
                 None,
                 &[job.config_id.into()],
             )?;

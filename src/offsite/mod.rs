@@ -159,7 +159,7 @@ type RunResult = (Vec<Attempt>, Vec<(i64, Result<(), StorageError>)>);
 struct InFlight {
     config_id: i32,
     name: String,
-    /// Where the run copies to (type, endpoint, path), to record it only if it still does.
+    /// Where the run copies to (`TargetSpec::PLACE`), to record it only if it still does.
     place: String,
     helper: Helper<RunResult>,
 }
@@ -359,20 +359,23 @@ fn next_due(waiting: &[i32]) -> Option<Due> {
             // locked only when due, so an idle cluster writes no WAL.
             let mut chosen = None;
             for d in due {
-                if !c.update(
-                    "SELECT FROM backup_management.remote_backup_configs WHERE config_id = $1 \
-                        FOR NO KEY UPDATE SKIP LOCKED",
+                let locked = c.update(
+                    &format!(
+                        "SELECT {} FROM backup_management.remote_backup_configs WHERE config_id = $1 \
+                            FOR NO KEY UPDATE SKIP LOCKED",
+                        TargetSpec::PLACE
+                    ),
                     None,
                     &[d.0.into()],
-                )?.is_empty() {
-                    chosen = Some(d);
+                )?;
+                if let Some(place) = locked.into_iter().next() {
+                    chosen = Some((d, place.get::<String>(1)?.unwrap_or_default()));
                     break;
                 }
             }
-            let Some((id, name, kind, endpoint, path, database, credentials, options, key_ref, by_superuser)) = chosen else {
+            let Some(((id, name, kind, endpoint, path, database, credentials, options, key_ref, by_superuser), place)) = chosen else {
                 return Ok(None);
             };
-            let place = format!("{kind}|{endpoint}|{path}");
             let spec = TargetSpec { config_id: id, kind, endpoint, path, credentials, options, key_ref, by_superuser };
             let target = match spec.open() {
                 Ok(t) => t,
@@ -483,6 +486,13 @@ impl TargetSpec {
     pub(crate) const COLUMNS: &'static str =
         "config_id, config_name, remote_type, remote_endpoint, \
         remote_path, credentials_ref, options::text, encryption_key_ref, configured_by_superuser";
+
+    /// Where a target's copies go, as one value (an expression over
+    /// `backup_management.remote_backup_configs`): when it changes, the copies made so far are
+    /// at the old place.  Stored in `remote_wal_state.target_identity`, so it must keep giving
+    /// an unchanged target the same value (every target would look moved, and be copied again).
+    pub(crate) const PLACE: &'static str =
+        "pg_catalog.md5(remote_type || '|' || remote_endpoint || '|' || remote_path)";
 
     /// A target's name and spec from a row whose first columns are `COLUMNS`.
     pub(crate) fn from_row(

@@ -322,9 +322,10 @@ fn plan(
 ) -> Result<Vec<Work>, SpiError> {
     let configs = c.select(
         &format!(
-            "SELECT {}, pg_catalog.md5(remote_type || '|' || remote_endpoint || '|' || remote_path) \
+            "SELECT {}, {} \
                FROM backup_management.remote_backup_configs WHERE is_active ORDER BY config_id",
-            TargetSpec::COLUMNS
+            TargetSpec::COLUMNS,
+            TargetSpec::PLACE
         ),
         None,
         &[],

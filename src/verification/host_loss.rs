@@ -17,6 +17,7 @@ use backup_mgmt_core::files::direct::Writes;
 use backup_mgmt_core::files::error::Context;
 use backup_mgmt_core::restore::fetch::{self, Destination, Into};
 use backup_mgmt_core::restore::fetch_tar;
+use backup_mgmt_core::restore::materialize;
 use backup_mgmt_core::restore::offsite::{self, Goal, TarChains};
 use backup_mgmt_core::restore::scratch_server::{self, ScratchError};
 use backup_mgmt_core::threads;
@@ -186,6 +187,8 @@ pub(super) fn host_loss_drill(database: &str) -> Result<HostLoss, SpiError> {
             };
             fetched
                 .map_err(|e| ScratchError::Damaged(format!("restoring from the target: {e}")))?;
+            // The scratch server's settings are the restore test's own, written as it starts.
+            materialize::install_control(&data)?;
             Ok(data)
         };
         let outcome = scratch_server::restore_test_with(prepare, &scratch, &programs, &progress);

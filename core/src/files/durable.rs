@@ -305,12 +305,18 @@ fn parent_dir(path: &Path) -> io::Result<File> {
 /// that directory fsynced.
 pub fn install_dir(partial: &Path, target: &Path) -> Result<(), IoError> {
     sync_dir(partial)?;
-    let parent = parent_dir(target).at("could not open the directory of", target)?;
-    let (from, to) = (name_of(partial), name_of(target));
-    from.and_then(|f| to.map(|t| (f, t)))
+    rename_new(partial, target)
+}
+
+/// Moves what is complete and durable at `from` to `to` in the same directory, never over
+/// anything already there, and fsyncs that directory.
+pub fn rename_new(from: &Path, to: &Path) -> Result<(), IoError> {
+    let parent = parent_dir(to).at("could not open the directory of", to)?;
+    let (f, t) = (name_of(from), name_of(to));
+    f.and_then(|f| t.map(|t| (f, t)))
         .and_then(|(f, t)| rename_noreplace_at(&parent, &f, &t))
-        .at("could not rename into place", partial)?;
-    parent.sync_all().at("could not fsync directory of", target)
+        .at("could not rename into place", from)?;
+    parent.sync_all().at("could not fsync directory of", to)
 }
 
 /// A file being written durably, every step relative to its opened directory (so a directory

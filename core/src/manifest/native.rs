@@ -8,7 +8,7 @@
 //! The file is input like any other under the backup roots: parsing refuses a path that could
 //! leave its directory, a line break inside a field, and a sha256 that is not 64 hex digits.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fmt::Write as _;
 use std::path::{Component, Path};
 
@@ -27,6 +27,8 @@ pub enum ManifestError {
     BadId(String),
     #[error("malformed manifest line \"{0}\"")]
     BadLine(String),
+    #[error("the chain manifest names \"{0}\" twice")]
+    Twice(String),
 }
 
 /// One file of a backup's complete data directory.
@@ -54,8 +56,12 @@ pub struct Manifest {
 /// A relative path that stays inside the directory it is joined to: no root, no `..`, no `.`,
 /// and nothing that would break the manifest's lines.
 pub fn plain_relative(p: &str) -> bool {
+    // Canonical too (no `a//b`, `a/./b`, trailing `/`, which `components` would let through):
+    // one file has one name, so that a name the restore treats apart (`global/pg_control`)
+    // cannot come in under another spelling.
     !p.is_empty()
         && !p.contains(['\t', '\n', '\r'])
+        && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
         && Path::new(p)
             .components()
             .all(|c| matches!(c, Component::Normal(_)))
@@ -121,6 +127,15 @@ impl Manifest {
                 _ => return Err(bad()),
             }
         }
+        let mut seen = HashSet::new();
+        if let Some(twice) = m
+            .dirs
+            .iter()
+            .chain(m.files.iter().map(|f| &f.path))
+            .find(|p| !seen.insert(p.as_str()))
+        {
+            return Err(ManifestError::Twice(twice.clone()));
+        }
         Ok(m)
     }
 
@@ -162,9 +177,20 @@ mod tests {
             "f\tx\t1\t1\tnothex\t3\tdata/x",
             "d\t/abs",
             "d\ta/../../b",
+            // One file, one spelling: the restore treats global/pg_control apart.
+            "f\tglobal//pg_control\t1\t1\taaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\t3\tdata/x",
+            "f\tglobal/./pg_control\t1\t1\taaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\t3\tdata/x",
+            "d\tglobal/",
+            "d\tbase\nd\tbase",
+            "d\tglobal\nf\tglobal\t1\t1\taaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\t3\tdata/x",
         ] {
             let text = format!("# backup_mgmt native physical backup 1; parent none\n{bad}\n");
             assert!(Manifest::parse(&text).is_err(), "{bad}");
         }
+        let twice = m.to_text() + "f\tbase/5/16384\t1\t1\t" + &"b".repeat(64) + "\t3\tdata/y\n";
+        assert!(matches!(
+            Manifest::parse(&twice),
+            Err(ManifestError::Twice(p)) if p == "base/5/16384"
+        ));
     }
 }

@@ -6,7 +6,8 @@
 //! `pg_replslot`, `pg_serial`, `pg_snapshots`, `pg_stat_tmp`, `pg_subtrans`.  Left out entirely:
 //! `postmaster.pid`, `postmaster.opts`, `backup_label` and `tablespace_map` (the backup writes its
 //! own), `*.tmp` configuration leftovers, relation cache init files (`pg_internal.init`),
-//! anything named `pgsql_tmp*`, and every fork but `_init` of an unlogged relation (a database
+//! anything named `pgsql_tmp*`, what a restore keeps beside `global/pg_control` while it works,
+//! and every fork but `_init` of an unlogged relation (a database
 //! directory file `N` whose `N_init` exists), which recovery resets anyway.
 
 use std::collections::{HashMap, HashSet};
@@ -62,8 +63,28 @@ pub enum Change {
     Reference,
 }
 
+/// A data directory's control file: a restore writes it last.
+pub const CONTROL: &str = "global/pg_control";
+
+/// Where a delta restore keeps the directory's own control file while it works (the directory
+/// cannot start meanwhile; a delta restore run again still knows whose cluster it is).
+pub const CONTROL_HELD: &str = "global/pg_control.held-by-restore";
+
+/// Where a restore puts the backup's control file, checked and durable, until the recovery
+/// settings are written and it can go in as `CONTROL`.
+pub const CONTROL_STAGED: &str = "global/pg_control.restored";
+
+/// Whether `name` is one of a restore's own files beside the control file (the two above, or
+/// the staged one's temporary name): never backed up, never restored from a backup.
+pub fn restore_own(name: &str) -> bool {
+    let base = |p: &'static str| p.rsplit('/').next().unwrap_or(p);
+    name == base(CONTROL_HELD)
+        || name == base(CONTROL_STAGED)
+        || name.starts_with(&format!(".{}", base(CONTROL_STAGED)))
+}
+
 fn skipped_name(name: &str) -> bool {
-    name.starts_with("pgsql_tmp") || FILES_SKIPPED.contains(&name)
+    name.starts_with("pgsql_tmp") || FILES_SKIPPED.contains(&name) || restore_own(name)
 }
 
 /// The relfilenode a relation fork file belongs to (`16384`, `16384.1`, `16384_fsm`,

@@ -181,12 +181,22 @@ pub fn new_refusal(dest: &Path, tablespaces: &Path, manifest: &Manifest) -> Opti
 pub fn delta_refusal(dest: &Path, sysid: i64) -> Option<String> {
     let shown = dest.display();
     // A delta restore that did not finish left the directory's control file aside (the
-    // directory cannot start until one finishes): it still says whose cluster this is.
-    let control = [CONTROL, CONTROL_HELD]
-        .iter()
-        .map(|c| dest.join(c))
-        .find(|c| c.is_file());
-    let Some(control) = control.filter(|_| dest.join("PG_VERSION").is_file()) else {
+    // directory cannot start until one finishes): it still says whose cluster this is.  Never
+    // through a symlink: what is read and later moved must be the directory's own.
+    let regular = |p: &Path| fs::symlink_metadata(p).map(|m| m.file_type());
+    let global_dir = regular(&dest.join("global")).is_ok_and(|t| t.is_dir());
+    let control = match regular(&dest.join(CONTROL)) {
+        Ok(t) if t.is_file() => Some(dest.join(CONTROL)),
+        Ok(_) => {
+            return Some(format!(
+            "\"{shown}\": {CONTROL} is not a regular file; --delta rewrites only a data directory"
+        ))
+        }
+        Err(_) => regular(&dest.join(CONTROL_HELD))
+            .is_ok_and(|t| t.is_file())
+            .then(|| dest.join(CONTROL_HELD)),
+    };
+    let Some(control) = control.filter(|_| global_dir && dest.join("PG_VERSION").is_file()) else {
         return Some(format!(
             "\"{shown}\" is not a PostgreSQL data directory (no PG_VERSION or {CONTROL}); --delta rewrites only a data directory"
         ));
@@ -213,7 +223,8 @@ pub fn delta_refusal(dest: &Path, sysid: i64) -> Option<String> {
 
 /// Restores the chosen native backup (its `manifest` from `chain_manifest`) into `dest`,
 /// tablespaces into `tablespaces/<oid>`: every file checked as it is written, `threads` at a
-/// time.
+/// time, every file durable; the control file staged, for `materialize::install_control` once
+/// the recovery settings are written.
 pub fn restore_native(
     storage: &dyn Storage,
     choice: &Choice,
@@ -271,6 +282,9 @@ pub fn restore_native(
                 return Err(FetchError::Refused(why));
             }
             let held = |mut r: crate::verify::Report| {
+                if !dest.join(CONTROL_HELD).is_file() {
+                    return failed(r);
+                }
                 let detail = r.detail.take().unwrap_or_default();
                 r.detail = Some(format!(
                     "{detail}; \"{}\" cannot start until a delta restore finishes (its control \
@@ -575,6 +589,15 @@ pub(crate) mod tests {
             .unwrap()
             .contains("cluster 8, not of cluster 7"));
         assert_eq!(delta_refusal(d, 8), None);
+        // A global directory that is a link elsewhere is not this directory's own.
+        let other = tmp.path().join("other-global");
+        std::fs::rename(d.join("global"), &other).unwrap();
+        std::os::unix::fs::symlink(&other, d.join("global")).unwrap();
+        assert!(delta_refusal(d, 8)
+            .unwrap()
+            .contains("not a PostgreSQL data directory"));
+        std::fs::remove_file(d.join("global")).unwrap();
+        std::fs::rename(&other, d.join("global")).unwrap();
         std::fs::write(d.join("postmaster.pid"), b"1").unwrap();
         assert!(delta_refusal(d, 8).unwrap().contains("postmaster.pid"));
     }

@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -14,21 +15,13 @@ use crate::files::durable;
 use crate::files::error::IoError;
 use crate::manifest::native::{FileRecord, Manifest};
 use crate::manifest::postgres::{self, PG_MANIFEST, PG_MANIFEST_ZST};
+use crate::pgformat::datadir::restore_own;
 use crate::progress::Counters;
 use crate::stream;
 use crate::verify::native::{cancelled, judge, read_stream};
 use crate::verify::{self, Reason, Report};
 
-/// The control file: written last, once every other file is durable, so that a restore that
-/// stops part-way (a failure, a kill, a crash) leaves a directory PostgreSQL refuses to start
-/// instead of one that starts as a mix of two states.
-pub const CONTROL: &str = "global/pg_control";
-
-/// Where a delta restore puts the directory's own control file while it works: the directory
-/// cannot start meanwhile, and a delta restore run again after a failure still knows whose
-/// cluster the directory is (`fetch::delta_refusal` reads it).  Removed once the backup's
-/// control file is in place.
-pub const CONTROL_HELD: &str = "global/pg_control.held-by-restore";
+pub use crate::pgformat::datadir::{CONTROL, CONTROL_HELD, CONTROL_STAGED};
 
 /// A tablespace's directory in a backup (`pg_tblspc/<oid>`): its oid.
 pub fn tablespace_oid(dir: &str) -> Option<&str> {
@@ -74,7 +67,8 @@ pub struct Writers {
 
 /// Builds the complete data directory of a backup in `dest` (created, mode 0700) from its
 /// chain: every file from its holder, decompressed and checked against the manifest's sha256,
-/// plus PostgreSQL's manifest as `backup_manifest` for pg_verifybackup.  Each tablespace goes
+/// plus PostgreSQL's manifest as `backup_manifest` for pg_verifybackup.  A scratch copy (a
+/// restore test's): nothing made durable, the control file written with the rest.  Each tablespace goes
 /// to `tablespaces/<oid>` (created), linked from `pg_tblspc/<oid>` as PostgreSQL requires.
 pub fn materialize(
     manifest: &Manifest,
@@ -84,18 +78,23 @@ pub fn materialize(
     writers: Writers,
     counters: &Counters<'_>,
 ) -> Result<(), Report> {
-    materialize_from(
+    build(
         &LocalHolders(holders),
         manifest,
         dest,
         tablespaces,
         writers,
         counters,
+        Mode::Scratch,
     )
+    .map(|_| ())
 }
 
 /// `materialize` from any source of stored files (this host's directories, an off-site
-/// target).  Files written by threads in parallel, each checked while it is written.
+/// target), for a restore that is to last: files written by threads in parallel, each checked
+/// while it is written, every one made durable; the backup's control file is left staged
+/// (`CONTROL_STAGED`) for `install_control` once the recovery settings are written, so that
+/// the directory cannot start until the restore is complete.
 pub fn materialize_from(
     source: &dyn StoredFiles,
     manifest: &Manifest,
@@ -111,7 +110,7 @@ pub fn materialize_from(
         tablespaces,
         writers,
         counters,
-        false,
+        Mode::New,
     )
     .map(|_| ())
 }
@@ -121,7 +120,7 @@ pub fn materialize_from(
 pub struct Delta {
     /// Files whose size and sha256 already matched the manifest.
     pub kept: usize,
-    /// Files fetched (missing or different).
+    /// Files fetched (missing or different; the control file always, see `install_control`).
     pub fetched: usize,
     /// Files and directories the backup does not have, removed.
     pub removed: usize,
@@ -139,7 +138,27 @@ pub fn materialize_delta(
     writers: Writers,
     counters: &Counters<'_>,
 ) -> Result<Delta, Report> {
-    build(source, manifest, dest, tablespaces, writers, counters, true)
+    build(
+        source,
+        manifest,
+        dest,
+        tablespaces,
+        writers,
+        counters,
+        Mode::Delta,
+    )
+}
+
+/// What `build` makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A throwaway copy in a new directory: nothing durable, the control file with the rest.
+    Scratch,
+    /// A new data directory, durable, its control file staged.
+    New,
+    /// An existing data directory brought back, durable, its control file staged and its own
+    /// held aside meanwhile.
+    Delta,
 }
 
 /// Removes what lies below `dest` that the manifest does not name (following only the
@@ -236,8 +255,9 @@ fn build(
     tablespaces: &Path,
     writers: Writers,
     counters: &Counters<'_>,
-    delta: bool,
+    mode: Mode,
 ) -> Result<Delta, Report> {
+    let delta = mode == Mode::Delta;
     let mut made = Vec::new();
     if !delta {
         // A new restore makes its directory itself, exclusively: what a failure removes (a half
@@ -253,7 +273,7 @@ fn build(
         tablespaces,
         writers,
         counters,
-        delta,
+        mode,
         &mut made,
     );
     match filled {
@@ -314,9 +334,10 @@ fn fill(
     tablespaces: &Path,
     writers: Writers,
     counters: &Counters<'_>,
-    delta: bool,
+    mode: Mode,
     made: &mut Vec<Made>,
 ) -> Result<Delta, Report> {
+    let delta = mode == Mode::Delta;
     let fail = |d: String| Report::failed(Reason::Unreadable, d, dest);
     // The tablespaces' parent: one that is there (a link to a directory included) is not this
     // run's; nor is one another process makes at the same moment.
@@ -341,9 +362,32 @@ fn fill(
         made.push(Made::Whole(p.to_path_buf()));
         Ok(())
     };
+    // What a restore keeps for itself beside the control file never comes from a backup (one
+    // taken while a restore's file was there, or a forged manifest, would overwrite it).
+    let mut order = largest_first(&manifest.files);
+    order.retain(|f| !f.path.rsplit('/').next().is_some_and(restore_own));
+    let control = match mode {
+        Mode::Scratch => None,
+        Mode::New | Mode::Delta => order
+            .iter()
+            .position(|f| f.path == CONTROL)
+            .map(|i| order.remove(i)),
+    };
     let mut done = Delta::default();
     if delta {
-        hold_control(dest).map_err(|e| fail(e.to_string()))?;
+        if control.is_some() {
+            if !manifest.dirs.iter().any(|d| d == "global") {
+                return Err(Report::failed(
+                    Reason::ManifestMismatch,
+                    format!(
+                        "backup {}'s manifest has {CONTROL} but no global directory",
+                        manifest.backup_id
+                    ),
+                    dest,
+                ));
+            }
+            hold_control(dest).map_err(|e| fail(e.to_string()))?;
+        }
         done.removed = remove_extras(manifest, dest).map_err(fail)?;
     }
     for d in &manifest.dirs {
@@ -366,23 +410,22 @@ fn fill(
         }
     }
     // Opened before any file is written (see `FilesystemSync`): synced before the control
-    // file goes in.
-    // A tablespace's through its link: a delta restore keeps links that may lead elsewhere.
-    let syncs = std::iter::once(dest.to_path_buf())
-        .chain(
-            manifest
-                .dirs
-                .iter()
-                .filter(|d| tablespace_oid(d).is_some())
-                .map(|d| dest.join(d)),
-        )
-        .map(|p| durable::FilesystemSync::open(&p).map_err(|e| fail(e.to_string())))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut order = largest_first(&manifest.files);
-    let control = order
-        .iter()
-        .position(|f| f.path == CONTROL)
-        .map(|i| order.remove(i));
+    // file is staged.  One per filesystem the directories are on, through their links (a
+    // tablespace, a pg_wal a delta restore keeps) and mount points.
+    let mut syncs = Vec::new();
+    if control.is_some() {
+        let mut devices = HashSet::new();
+        for p in
+            std::iter::once(dest.to_path_buf()).chain(manifest.dirs.iter().map(|d| dest.join(d)))
+        {
+            let device = std::fs::metadata(&p)
+                .map_err(|e| fail(format!("{}: {e}", p.display())))?
+                .dev();
+            if devices.insert(device) {
+                syncs.push(durable::FilesystemSync::open(&p).map_err(|e| fail(e.to_string()))?);
+            }
+        }
+    }
     if !delta {
         // Every file is fetched, then PostgreSQL's manifest and the control file (a delta
         // restore opens only the files that differ, known one at a time).
@@ -434,7 +477,7 @@ fn fill(
         return Err(r);
     }
     done.kept = kept.into_inner();
-    done.fetched = manifest.files.len() - done.kept;
+    done.fetched = order.len() + usize::from(control.is_some()) - done.kept;
     // PostgreSQL's manifest, kept compressed or not by the backup itself.
     let id = manifest.backup_id;
     let (input, zst) = match source.open(id, PG_MANIFEST_ZST) {
@@ -467,71 +510,88 @@ fn fill(
     out.write_all(&text)
         .map_err(|e| fail(format!("writing {PG_MANIFEST}: {e}")))?;
     drop(out);
-    // Last, the control file: only once everything else is on disk can the directory start.
+    // Last, the control file, staged once everything else is on disk.
     for s in &syncs {
         s.sync().map_err(|e| fail(e.to_string()))?;
     }
     if let Some(f) = control {
-        install_control(source, f, dest, &mut buf, counters)?;
+        stage_control(source, f, dest, &mut buf, counters)?;
     }
     Ok(done)
 }
 
 /// A delta restore's first step: the directory's own control file moves aside (durably), so
-/// that the directory cannot start until the backup's is installed at the end.  One already
-/// aside (an earlier delta restore that failed) stays: it is the directory's.
+/// that the directory cannot start until the backup's is installed at the end.  When there is
+/// none (an earlier delta restore that failed holds it aside already), the one held stays.
 fn hold_control(dest: &Path) -> Result<(), IoError> {
     use crate::files::error::Context;
     let (control, held) = (dest.join(CONTROL), dest.join(CONTROL_HELD));
     match std::fs::symlink_metadata(&control) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).at("could not stat", &control),
-        Ok(_) if std::fs::symlink_metadata(&held).is_ok() => {
-            // Written by a restore that then failed before removing the one held aside.
-            std::fs::remove_file(&control).at("could not remove", &control)?;
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).at("could not stat", &control),
+        // The one `fetch::delta_refusal` read: it replaces any held before (a crash between
+        // installing the backup's and removing the held one leaves both).
+        Ok(m) if m.is_file() => {
+            std::fs::rename(&control, &held).at("could not move aside", &control)?;
+            durable::sync_parent(&control)
         }
-        Ok(_) => std::fs::rename(&control, &held).at("could not move aside", &control)?,
+        Ok(_) => Err(std::io::Error::other("not a regular file")).at("refusing", &control),
     }
-    durable::sync_parent(&control)
 }
 
-/// Writes the backup's control file `f` under a temporary name, checks it, and installs it
-/// durably; then the one a delta restore held aside goes.
-fn install_control(
+/// Writes the backup's control file `f` as `CONTROL_STAGED`, checked, durably.
+fn stage_control(
     source: &dyn StoredFiles,
     f: &FileRecord,
     dest: &Path,
     buf: &mut [u8],
     counters: &Counters<'_>,
 ) -> Result<(), Report> {
-    let target = dest.join(CONTROL);
+    let staged = dest.join(CONTROL_STAGED);
     let src = source.shown(f.holder, &f.stored);
-    let unwritable = |e: IoError| Report::failed(Reason::Unreadable, e.to_string(), &target);
+    let unwritable = |e: IoError| Report::failed(Reason::Unreadable, e.to_string(), &staged);
     let input = open_stored(source, f, &src)?;
     let mut out =
-        durable::DurableFile::create(&target, durable::Temp::Hidden).map_err(unwritable)?;
-    let (size, sum) = read_stream(
-        input,
-        f.stored.ends_with(".zst"),
-        f.size,
-        &mut out,
-        buf,
-        counters,
-    )
-    .map_err(|(r, d)| Report::failed(r, d, &src))?;
+        durable::DurableFile::create(&staged, durable::Temp::Hidden).map_err(unwritable)?;
+    let zst = f.stored.ends_with(".zst");
+    let (size, sum) = read_stream(input, zst, f.size, &mut out, buf, counters)
+        .map_err(|(r, d)| Report::failed(r, d, &src))?;
     judge(&src, f, size, &sum)?;
-    out.commit(durable::Install::NoReplace)
-        .map_err(unwritable)?;
-    let held = dest.join(CONTROL_HELD);
-    match std::fs::remove_file(&held) {
-        Ok(()) => durable::sync_parent(&held).map_err(unwritable)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Report::failed(Reason::Unreadable, e.to_string(), &held)),
-    }
+    out.commit(durable::Install::Replace).map_err(unwritable)?;
     if let Some(files) = counters.files {
         files.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// The last step of a restore into `dest` (`materialize_from`, `materialize_delta`), once
+/// whatever else it writes there is written (the recovery settings): the staged control file
+/// goes in as `global/pg_control` (never over one), durably, and the one a delta restore held
+/// aside goes.  From then on the directory can start.  False when nothing was staged.
+pub fn install_control(dest: &Path) -> Result<bool, IoError> {
+    use crate::files::error::Context;
+    let (staged, control, held) = (
+        dest.join(CONTROL_STAGED),
+        dest.join(CONTROL),
+        dest.join(CONTROL_HELD),
+    );
+    match std::fs::symlink_metadata(&staged) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).at("could not stat", &staged),
+        Ok(m) if !m.is_file() => {
+            return Err(std::io::Error::other("not a regular file")).at("refusing", &staged)
+        }
+        Ok(_) => {}
+    }
+    // The names the caller made in the data directory (recovery.signal) are durable first.
+    durable::sync_dir(dest)?;
+    durable::rename_new(&staged, &control)?;
+    match std::fs::remove_file(&held) {
+        Ok(()) => durable::sync_parent(&held)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).at("could not remove", &held),
+    }
+    Ok(true)
 }
 
 /// Opens `f`'s stored file (`src` names it in reports).

@@ -424,14 +424,39 @@ fn a_failed_delta_leaves_a_directory_that_cannot_start_until_one_finishes() {
     // A second failure keeps the directory's own control file aside.
     assert!(materialize_delta(&source, &manifest, &dest, &spaces, TWO, &counters).is_err());
     assert_eq!(std::fs::read(dest.join(CONTROL_HELD)).unwrap(), ran_on);
-    // Once the target is whole again, the delta finishes: the backup's control file in
-    // place, nothing held aside.
+    // Once the target is whole again, the delta finishes with the backup's control file
+    // staged: still no pg_control until the caller (its recovery settings written) installs
+    // it. Stopped there (a kill), a delta restore run again finishes too.
     std::fs::write(holder.join("data/base/5/1"), b"one").unwrap();
     let d = materialize_delta(&source, &manifest, &dest, &spaces, TWO, &counters).unwrap();
     assert_eq!((d.kept, d.fetched, d.removed), (1, 2, 0), "{d:?}");
+    assert!(!dest.join(CONTROL).exists());
+    assert_eq!(std::fs::read(dest.join(CONTROL_STAGED)).unwrap(), control);
+    let d = materialize_delta(&source, &manifest, &dest, &spaces, TWO, &counters).unwrap();
+    assert_eq!((d.kept, d.fetched, d.removed), (2, 1, 1), "{d:?}");
+    assert!(install_control(&dest).unwrap());
     assert_eq!(std::fs::read(dest.join(CONTROL)).unwrap(), control);
-    assert!(!dest.join(CONTROL_HELD).exists());
+    assert!(!dest.join(CONTROL_HELD).exists() && !dest.join(CONTROL_STAGED).exists());
+    assert!(!install_control(&dest).unwrap(), "nothing staged any more");
     assert_eq!(std::fs::read(dest.join("base/5/1")).unwrap(), b"one");
+    // A pg_control that is a symlink is refused, and what it leads to left alone.
+    let elsewhere = tmp.path().join("their-control");
+    std::fs::write(&elsewhere, &control).unwrap();
+    std::fs::rename(dest.join(CONTROL), dest.join("global/saved")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, dest.join(CONTROL)).unwrap();
+    assert!(crate::restore::fetch::delta_refusal(&dest, 7).is_some());
+    std::fs::remove_file(dest.join(CONTROL)).unwrap();
+    std::fs::rename(dest.join("global/saved"), dest.join(CONTROL)).unwrap();
+    // A manifest naming a restore's own file (a backup taken while one was there) does not
+    // overwrite it.
+    let mut planted = manifest.clone();
+    let mut own = planted.files[0].clone();
+    own.path = CONTROL_HELD.into();
+    planted.files.push(own);
+    std::fs::remove_file(dest.join("base/5/1")).unwrap();
+    materialize_delta(&source, &planted, &dest, &spaces, TWO, &counters).unwrap();
+    assert_eq!(std::fs::read(dest.join(CONTROL_HELD)).unwrap(), control);
+    install_control(&dest).unwrap();
     // A control file that is not the backup's is refused, and nothing is installed.
     std::fs::write(holder.join("data/global/pg_control"), &ran_on).unwrap();
     assert!(materialize_delta(&source, &manifest, &dest, &spaces, TWO, &counters).is_err());

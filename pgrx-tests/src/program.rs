@@ -37,8 +37,10 @@ fn install_dir() -> (std::fs::File, PathBuf) {
         .tempdir_in("/tmp")
         .expect("temp dir")
         .keep();
-    let lock = std::fs::File::create(dir.join("lock")).expect("create the lock");
+    // Locked before it is named `lock`: another process never finds it free meanwhile.
+    let lock = std::fs::File::create(dir.join("lock.new")).expect("create the lock");
     lock.lock().expect("lock");
+    std::fs::rename(dir.join("lock.new"), dir.join("lock")).expect("name the lock");
     (lock, dir)
 }
 

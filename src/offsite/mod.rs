@@ -313,10 +313,8 @@ fn next_due(waiting: &[i32]) -> Option<Due> {
     in_transaction("looking for due off-site copies", || {
         Spi::connect_mut(|c| {
             let configs = c.select(
-                "SELECT config_id, config_name, remote_type, remote_endpoint, remote_path, \
-                        sync_schedule, coalesce(last_sync_at, created_at), database_name, \
-                        sync_status = 'requested', credentials_ref, options::text, \
-                        encryption_key_ref, configured_by_superuser \
+                "SELECT config_id, sync_schedule, coalesce(last_sync_at, created_at), \
+                        sync_status = 'requested' \
                    FROM backup_management.remote_backup_configs \
                   WHERE is_active AND (sync_schedule IS NOT NULL OR sync_status = 'requested') \
                     AND config_id <> ALL ($1) \
@@ -328,18 +326,9 @@ fn next_due(waiting: &[i32]) -> Option<Due> {
             let mut due = Vec::new();
             for r in configs {
                 let id: i32 = r.get(1)?.unwrap_or_default();
-                let name: String = r.get(2)?.unwrap_or_default();
-                let kind: String = r.get(3)?.unwrap_or_default();
-                let endpoint: String = r.get(4)?.unwrap_or_default();
-                let path: String = r.get(5)?.unwrap_or_default();
-                let cron: Option<String> = r.get(6)?;
-                let since: Option<TimestampWithTimeZone> = r.get(7)?;
-                let database: String = r.get(8)?.unwrap_or_default();
-                let requested: bool = r.get(9)?.unwrap_or(false);
-                let credentials: Option<String> = r.get(10)?;
-                let options: String = r.get(11)?.unwrap_or_else(|| "{}".into());
-                let key_ref: Option<String> = r.get(12)?;
-                let by_superuser: bool = r.get(13)?.unwrap_or(false);
+                let cron: Option<String> = r.get(2)?;
+                let since: Option<TimestampWithTimeZone> = r.get(3)?;
+                let requested: bool = r.get(4)?.unwrap_or(false);
                 let scheduled = cron
                     .as_deref()
                     .and_then(|c| c.parse::<CronSchedule>().ok())
@@ -351,32 +340,38 @@ fn next_due(waiting: &[i32]) -> Option<Due> {
                     })
                     .is_some_and(|next| next <= now);
                 if requested || scheduled {
-                    due.push((id, name, kind, endpoint, path, database, credentials, options, key_ref, by_superuser));
+                    due.push(id);
                 }
             }
             // The first due target no open transaction is changing or deleting (locked for the
             // status written below, which would otherwise wait on it, and the worker with it);
-            // locked only when due, so an idle cluster writes no WAL.
+            // locked only when due, so an idle cluster writes no WAL.  Its spec and place are
+            // read under the lock: a change committed since the first read is the one copied
+            // to, and the place `record_run` compares with.
             let mut chosen = None;
-            for d in due {
+            for id in due {
                 let locked = c.update(
                     &format!(
-                        "SELECT {} FROM backup_management.remote_backup_configs WHERE config_id = $1 \
-                            FOR NO KEY UPDATE SKIP LOCKED",
+                        "SELECT {}, {}, database_name FROM backup_management.remote_backup_configs \
+                          WHERE config_id = $1 AND is_active FOR NO KEY UPDATE SKIP LOCKED",
+                        TargetSpec::COLUMNS,
                         TargetSpec::PLACE
                     ),
                     None,
-                    &[d.0.into()],
+                    &[id.into()],
                 )?;
-                if let Some(place) = locked.into_iter().next() {
-                    chosen = Some((d, place.get::<String>(1)?.unwrap_or_default()));
+                if let Some(r) = locked.into_iter().next() {
+                    let (name, spec) = TargetSpec::from_row(&r)?;
+                    let place: String = r.get(10)?.unwrap_or_default();
+                    let database: String = r.get(11)?.unwrap_or_default();
+                    chosen = Some((name, spec, place, database));
                     break;
                 }
             }
-            let Some(((id, name, kind, endpoint, path, database, credentials, options, key_ref, by_superuser), place)) = chosen else {
+            let Some((name, spec, place, database)) = chosen else {
                 return Ok(None);
             };
-            let spec = TargetSpec { config_id: id, kind, endpoint, path, credentials, options, key_ref, by_superuser };
+            let id = spec.config_id;
             let target = match spec.open() {
                 Ok(t) => t,
                 Err(why) => {

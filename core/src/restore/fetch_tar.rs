@@ -11,6 +11,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use super::fetch::{recorded_sha256, FetchError, Restored};
+use super::materialize;
 use super::offsite::{Choice, MirrorBackup};
 use super::scratch_server::{combine, extract_stream};
 use crate::files::error::IoError;
@@ -79,7 +80,14 @@ pub fn restore_tar(
         None => extract_member(storage, b, dest, progress),
         Some(bindir) => combined(storage, choice, dest, bindir, progress),
     };
-    let checked = made.and_then(|()| plain_tree(dest).map_err(|odd| odd_entry(b, dest, &odd)));
+    let checked = made
+        .and_then(|()| plain_tree(dest).map_err(|odd| odd_entry(b, dest, &odd)))
+        .and_then(|counted| {
+            // Installed once the recovery settings are written (`install_control`): until
+            // then the directory cannot start, as the backup alone.
+            materialize::stage_extracted_control(dest)?;
+            Ok(counted)
+        });
     let (files, bytes) = match checked {
         Ok(counted) => counted,
         Err(e) => {
@@ -265,6 +273,7 @@ mod tests {
         let src = tmp.path().join("src");
         fs::create_dir_all(src.join("global")).unwrap();
         fs::write(src.join("PG_VERSION"), b"15\n").unwrap();
+        fs::write(src.join(materialize::CONTROL), b"control").unwrap();
         std::os::unix::fs::symlink("/etc", src.join("pg_wal")).unwrap();
         fs::create_dir_all(tmp.path().join("t/7/postgres")).unwrap();
         let tar = tmp.path().join("t/7/postgres/b.tar");
@@ -304,7 +313,15 @@ mod tests {
             &counted,
         )
         .unwrap();
-        assert_eq!(r.files, 1);
+        assert_eq!(r.files, 2);
+        // Its control file staged: the directory cannot start until the caller, its
+        // recovery settings written, installs it.
+        assert!(!dest.join(materialize::CONTROL).exists());
+        assert!(materialize::install_control(&dest).unwrap());
+        assert_eq!(
+            fs::read(dest.join(materialize::CONTROL)).unwrap(),
+            b"control"
+        );
         // Every stored byte counted as it arrived (what a progress bar shows).
         assert_eq!(counted.bytes(), fs::metadata(&tar).unwrap().len());
         assert_eq!(fs::read(dest.join("PG_VERSION")).unwrap(), b"15\n");

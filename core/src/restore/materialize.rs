@@ -375,19 +375,21 @@ fn fill(
     };
     let mut done = Delta::default();
     if delta {
-        if control.is_some() {
-            if !manifest.dirs.iter().any(|d| d == "global") {
-                return Err(Report::failed(
-                    Reason::ManifestMismatch,
-                    format!(
-                        "backup {}'s manifest has {CONTROL} but no global directory",
-                        manifest.backup_id
-                    ),
-                    dest,
-                ));
-            }
-            hold_control(dest).map_err(|e| fail(e.to_string()))?;
+        // Checked before anything is touched: without the backup's control file (and its
+        // directory) to put back, the directory's own would go and nothing would say whose
+        // cluster this is.
+        if control.is_none() || !manifest.dirs.iter().any(|d| d == "global") {
+            return Err(Report::failed(
+                Reason::ManifestMismatch,
+                format!(
+                    "backup {}'s manifest has no {CONTROL} (or no global directory): a delta \
+                     restore would leave the directory without one",
+                    manifest.backup_id
+                ),
+                dest,
+            ));
         }
+        hold_control(dest).map_err(|e| fail(e.to_string()))?;
         done.removed = remove_extras(manifest, dest).map_err(fail)?;
     }
     for d in &manifest.dirs {
@@ -562,6 +564,20 @@ fn stage_control(
         files.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// For a restore that extracts a whole data directory at once (a `pg_basebackup` tar): its
+/// control file moves to `CONTROL_STAGED` before the directory is made durable, to be installed
+/// by `install_control` like a native restore's.
+pub fn stage_extracted_control(dest: &Path) -> Result<(), IoError> {
+    use crate::files::error::Context;
+    let control = dest.join(CONTROL);
+    match std::fs::symlink_metadata(&control) {
+        Ok(m) if m.is_file() => {
+            std::fs::rename(&control, dest.join(CONTROL_STAGED)).at("could not stage", &control)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The last step of a restore into `dest` (`materialize_from`, `materialize_delta`), once

@@ -8,6 +8,13 @@ const TWO: Writers = Writers {
     writes: Writes::Direct,
 };
 
+/// A control file's bytes: the system identifier first, as PostgreSQL lays it out.
+fn control_file(sysid: i64) -> Vec<u8> {
+    let mut control = vec![0u8; 8192];
+    control[..8].copy_from_slice(&sysid.to_le_bytes());
+    control
+}
+
 /// Progress counters nobody watches: nothing cancelled, files not counted.
 #[derive(Default)]
 struct Idle {
@@ -66,8 +73,13 @@ fn a_delta_restore_keeps_what_matches_and_removes_what_the_backup_lacks() {
     let holder = tmp.path().join("b1");
     std::fs::create_dir_all(holder.join("data/base/5")).unwrap();
     std::fs::create_dir_all(holder.join("data/pg_wal")).unwrap();
-    let files = [("base/5/1", b"one".to_vec()), ("base/5/2", vec![2u8; 9000])];
-    let manifest = stored_backup(&holder, &["base", "base/5", "pg_wal"], &files);
+    std::fs::create_dir_all(holder.join("data/global")).unwrap();
+    let files = [
+        ("base/5/1", b"one".to_vec()),
+        ("base/5/2", vec![2u8; 9000]),
+        (CONTROL, control_file(7)),
+    ];
+    let manifest = stored_backup(&holder, &["base", "base/5", "global", "pg_wal"], &files);
     let holders = HashMap::from([(1, holder.clone())]);
     let (bytes, cancel, done) = (AtomicU64::new(0), AtomicBool::new(false), AtomicU64::new(0));
     let counters = Counters {
@@ -78,7 +90,7 @@ fn a_delta_restore_keeps_what_matches_and_removes_what_the_backup_lacks() {
     let dest = tmp.path().join("data");
     let spaces = tmp.path().join("spaces");
     materialize(&manifest, &holders, &dest, &spaces, TWO, &counters).unwrap();
-    assert_eq!(done.load(Ordering::Relaxed), 2, "files done, for the bar");
+    assert_eq!(done.load(Ordering::Relaxed), 3, "files done, for the bar");
 
     // The server ran on: one file changed, stale WAL and a new relation appeared.
     std::fs::write(dest.join("base/5/2"), vec![3u8; 9000]).unwrap();
@@ -87,16 +99,18 @@ fn a_delta_restore_keeps_what_matches_and_removes_what_the_backup_lacks() {
     std::fs::write(dest.join("base/6/1"), b"new").unwrap();
     let source = LocalHolders(&holders);
     let d = materialize_delta(&source, &manifest, &dest, &spaces, TWO, &counters).unwrap();
+    // The control file is always fetched (see install_control).
     assert_eq!(
         d,
         Delta {
             kept: 1,
-            fetched: 1,
+            fetched: 2,
             removed: 2
         }
     );
     // Kept files are done too.
-    assert_eq!(done.load(Ordering::Relaxed), 4);
+    assert_eq!(done.load(Ordering::Relaxed), 6);
+    assert!(install_control(&dest).unwrap());
     assert_eq!(
         std::fs::read(dest.join("base/5/2")).unwrap(),
         vec![2u8; 9000]
@@ -118,7 +132,7 @@ fn a_delta_restore_keeps_what_matches_and_removes_what_the_backup_lacks() {
     std::fs::remove_dir_all(dest.join("pg_wal")).unwrap();
     std::os::unix::fs::symlink(&waldir, dest.join("pg_wal")).unwrap();
     let d = materialize_delta(&source, &manifest, &dest, &spaces, TWO, &counters).unwrap();
-    assert_eq!((d.fetched, d.removed), (1, 2), "{d:?}");
+    assert_eq!((d.fetched, d.removed), (2, 2), "{d:?}");
     assert!(elsewhere.join("keep-me").exists());
     assert_eq!(
         std::fs::read(dest.join("base/5/2")).unwrap(),
@@ -164,20 +178,39 @@ fn a_delta_restore_leaves_another_versions_tablespace_directory_alone() {
     let bytes = b"relation".to_vec();
     std::fs::write(holder.join("data").join(ts).join("5/1"), &bytes).unwrap();
     std::fs::write(holder.join(PG_MANIFEST), pg_manifest()).unwrap();
+    std::fs::create_dir_all(holder.join("data/global")).unwrap();
+    let control = control_file(7);
+    std::fs::write(holder.join("data").join(CONTROL), &control).unwrap();
     let manifest = Manifest {
         backup_id: 1,
         parent: None,
-        dirs: ["pg_tblspc", "pg_tblspc/16384", ts, &format!("{ts}/5")]
-            .map(String::from)
-            .to_vec(),
-        files: vec![FileRecord {
-            path: format!("{ts}/5/1"),
-            size: bytes.len() as u64,
-            mtime: 0,
-            sha256: hex(&Sha256::digest(&bytes)),
-            holder: 1,
-            stored: format!("data/{ts}/5/1"),
-        }],
+        dirs: [
+            "global",
+            "pg_tblspc",
+            "pg_tblspc/16384",
+            ts,
+            &format!("{ts}/5"),
+        ]
+        .map(String::from)
+        .to_vec(),
+        files: vec![
+            FileRecord {
+                path: format!("{ts}/5/1"),
+                size: bytes.len() as u64,
+                mtime: 0,
+                sha256: hex(&Sha256::digest(&bytes)),
+                holder: 1,
+                stored: format!("data/{ts}/5/1"),
+            },
+            FileRecord {
+                path: CONTROL.into(),
+                size: control.len() as u64,
+                mtime: 0,
+                sha256: hex(&Sha256::digest(&control)),
+                holder: 1,
+                stored: format!("data/{CONTROL}"),
+            },
+        ],
     };
     let holders = HashMap::from([(1, holder.clone())]);
     let idle = Idle::default();
@@ -388,9 +421,7 @@ fn a_failed_delta_leaves_a_directory_that_cannot_start_until_one_finishes() {
     let holder = tmp.path().join("b1");
     std::fs::create_dir_all(holder.join("data/base/5")).unwrap();
     std::fs::create_dir_all(holder.join("data/global")).unwrap();
-    // pg_control's first eight bytes are the system identifier.
-    let mut control = vec![0u8; 8192];
-    control[..8].copy_from_slice(&7i64.to_le_bytes());
+    let mut control = control_file(7);
     control[100] = 1;
     let files = [
         ("PG_VERSION", b"15\n".to_vec()),
@@ -457,6 +488,12 @@ fn a_failed_delta_leaves_a_directory_that_cannot_start_until_one_finishes() {
     materialize_delta(&source, &planted, &dest, &spaces, TWO, &counters).unwrap();
     assert_eq!(std::fs::read(dest.join(CONTROL_HELD)).unwrap(), control);
     install_control(&dest).unwrap();
+    // A manifest without a control file is refused before anything is touched.
+    let mut without = manifest.clone();
+    without.files.retain(|f| f.path != CONTROL);
+    let r = materialize_delta(&source, &without, &dest, &spaces, TWO, &counters).unwrap_err();
+    assert!(r.detail.unwrap().contains("no global/pg_control"));
+    assert_eq!(std::fs::read(dest.join(CONTROL)).unwrap(), control);
     // A control file that is not the backup's is refused, and nothing is installed.
     std::fs::write(holder.join("data/global/pg_control"), &ran_on).unwrap();
     assert!(materialize_delta(&source, &manifest, &dest, &spaces, TWO, &counters).is_err());

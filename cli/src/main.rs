@@ -687,12 +687,12 @@ fn restore(
         )
     })?;
     let finished = finish(cli, &command, &goal, &choice, &restored, started, json);
-    if finished.is_err() && r.delta && dest.join(materialize::CONTROL_HELD).is_file() {
-        eprintln!(
-            "backup-mgmt: \"{}\" cannot start until a delta restore finishes (its control file is held aside as {}): run the restore with --delta again",
-            dest.display(),
-            materialize::CONTROL_HELD
-        );
+    if let Some(hint) = finished
+        .is_err()
+        .then(|| materialize::held_hint(&dest))
+        .flatten()
+    {
+        eprintln!("backup-mgmt: {hint}");
     }
     if finished.is_err() && !r.delta {
         // Without its recovery settings the directory would start as the backup alone, not

@@ -77,10 +77,15 @@ pub const CONTROL_STAGED: &str = "global/pg_control.restored";
 /// Whether `name` is one of a restore's own files beside the control file (the two above, or
 /// the staged one's temporary name): never backed up, never restored from a backup.
 pub fn restore_own(name: &str) -> bool {
-    let base = |p: &'static str| p.rsplit('/').next().unwrap_or(p);
+    // Bare file names (in any directory), compared without building a string per file a
+    // backup walks.
+    let base = |p: &'static str| p.rsplit_once('/').map_or(p, |(_, b)| b);
+    let staged = base(CONTROL_STAGED);
     name == base(CONTROL_HELD)
-        || name == base(CONTROL_STAGED)
-        || name.starts_with(&format!(".{}", base(CONTROL_STAGED)))
+        || name == staged
+        || name
+            .strip_prefix('.')
+            .is_some_and(|rest| rest.starts_with(staged))
 }
 
 fn skipped_name(name: &str) -> bool {

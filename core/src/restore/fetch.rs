@@ -258,16 +258,6 @@ pub fn restore_native(
             _ => FetchError::File { detail, file },
         }
     };
-    // Opened before anything is written (see FilesystemSync): the directories that will hold
-    // the data directory and the tablespaces exist already.
-    let above = |p: &Path| match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let syncs = [
-        durable::FilesystemSync::open(&above(dest))?,
-        durable::FilesystemSync::open(&above(tablespaces))?,
-    ];
     let delta = match into {
         Into::New => {
             if let Some(why) = new_refusal(dest, tablespaces, manifest) {
@@ -282,15 +272,10 @@ pub fn restore_native(
                 return Err(FetchError::Refused(why));
             }
             let held = |mut r: crate::verify::Report| {
-                if !dest.join(CONTROL_HELD).is_file() {
-                    return failed(r);
+                if let Some(hint) = crate::restore::materialize::held_hint(dest) {
+                    let detail = r.detail.take().unwrap_or_default();
+                    r.detail = Some(format!("{detail}; {hint}"));
                 }
-                let detail = r.detail.take().unwrap_or_default();
-                r.detail = Some(format!(
-                    "{detail}; \"{}\" cannot start until a delta restore finishes (its control \
-                     file is held aside as {CONTROL_HELD}): run the restore with --delta again",
-                    dest.display()
-                ));
                 failed(r)
             };
             Some(
@@ -299,15 +284,8 @@ pub fn restore_native(
             )
         }
     };
-    // Every file and directory durable before the restore says it is done.
-    for s in &syncs {
-        if let Err(e) = s.sync() {
-            if into == Into::New {
-                crate::restore::materialize::discard_new(dest, tablespaces, manifest);
-            }
-            return Err(e.into());
-        }
-    }
+    // Every file and directory is durable: `materialize` synced them before staging the
+    // control file.
     Ok(Restored {
         backup_id: b.backup_id,
         data_directory: dest.to_path_buf(),

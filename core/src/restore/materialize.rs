@@ -411,11 +411,13 @@ fn fill(
             }
         }
     }
-    // Opened before any file is written (see `FilesystemSync`): synced before the control
-    // file is staged.  One per filesystem the directories are on, through their links (a
-    // tablespace, a pg_wal a delta restore keeps) and mount points.
+    // Opened before any file is written (see `FilesystemSync`): synced once every file is,
+    // before the control file is staged.  One per filesystem the directories are on, through
+    // their links (a tablespace) and mount points.  The names of the directories `build` and
+    // `parent` made are durable already (made with their parent's fsync).  A scratch copy is
+    // never made durable.
     let mut syncs = Vec::new();
-    if control.is_some() {
+    if mode != Mode::Scratch {
         let mut devices = HashSet::new();
         for p in
             std::iter::once(dest.to_path_buf()).chain(manifest.dirs.iter().map(|d| dest.join(d)))
@@ -512,7 +514,7 @@ fn fill(
     out.write_all(&text)
         .map_err(|e| fail(format!("writing {PG_MANIFEST}: {e}")))?;
     drop(out);
-    // Last, the control file, staged once everything else is on disk.
+    // Every file durable; last, the control file, staged once everything else is on disk.
     for s in &syncs {
         s.sync().map_err(|e| fail(e.to_string()))?;
     }
@@ -608,6 +610,18 @@ pub fn install_control(dest: &Path) -> Result<bool, IoError> {
         Err(e) => return Err(e).at("could not remove", &held),
     }
     Ok(true)
+}
+
+/// What to tell the operator when a delta restore into `dest` stopped before its end: the
+/// directory cannot start while its control file is held aside.  None when it is not.
+pub fn held_hint(dest: &Path) -> Option<String> {
+    dest.join(CONTROL_HELD).is_file().then(|| {
+        format!(
+            "\"{}\" cannot start until a delta restore finishes (its control file is held aside \
+             as {CONTROL_HELD}): run the restore with --delta again",
+            dest.display()
+        )
+    })
 }
 
 /// Opens `f`'s stored file (`src` names it in reports).

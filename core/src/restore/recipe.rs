@@ -1,12 +1,14 @@
 //! Restore recipes: bash scripts that restore a base backup (a pg_basebackup tar or a native
 //! physical backup's chain) and, for point-in-time recovery, configure the archived WAL it
-//! needs, using only bash, coreutils, tar, zstd and PostgreSQL's own programs, so that they run
+//! needs, using only bash, GNU coreutils and tar, zstd and PostgreSQL's own programs, so that they run
 //! on a machine where backup_mgmt is not installed and the catalog is gone.  Also `wal_needed`:
 //! which archived segments a recovery needs and which of them are missing.
 //!
 //! A recipe checks every sha256 before it writes anything, extracts or materialises the base
 //! backup into an empty directory, and appends `restore_command`, the target and
-//! `recovery_target_action = 'promote'` to `postgresql.auto.conf`, with `recovery.signal`.  The
+//! `recovery_target_action = 'promote'` to `postgresql.auto.conf`, with `recovery.signal`; the
+//! backup's control file goes in last, after a `sync` (like `backup-mgmt restore`'s), so that a
+//! recipe stopped part-way leaves a directory PostgreSQL refuses to start.  The
 //! restored copy has the same catalog and backup roots as the original, so the recipe also turns
 //! `archive_mode` and `backup_mgmt.enabled` off.  Everything it embeds is quoted for its context
 //! (shell word, postgresql.conf string) and checked where it is written out.
@@ -348,7 +350,7 @@ pub fn recipe(r: &RecipeInput) -> Result<String, RecipeError> {
 #   recovery target:             {target_text}
 #   ending on timeline:          {timeline}
 #   WAL files checked:           {nwal} (segments, history file), from {archive}
-# Needs only bash, coreutils, tar, zstd and PostgreSQL {major}'s server programs; backup_mgmt
+# Needs only bash, GNU coreutils and tar, zstd and PostgreSQL {major}'s server programs; backup_mgmt
 # need not be installed.  (If it is not, remove it from shared_preload_libraries in the restored
 # postgresql.conf before starting.)
 #
@@ -430,10 +432,16 @@ done <<'BACKUP_MGMT_WAL_LIST'
             );
             s.push_str("\necho \"recipe: extracting the base backup into $target\"\n");
             s.push_str("mkdir -p -- \"$target\"\nchmod 0700 \"$target\"\n");
+            // The control file is extracted under its staged name (see the end).
+            let stage =
+                "--transform='s,^\\(\\./\\)*global/pg_control$,global/pg_control.restored,'";
             if *compressed {
-                s.push_str("zstd -dcq -- \"$base\" | tar -xf - -C \"$target\"\n");
+                let _ = writeln!(
+                    s,
+                    "zstd -dcq -- \"$base\" | tar -xf - -C \"$target\" {stage}"
+                );
             } else {
-                s.push_str("tar -xf \"$base\" -C \"$target\"\n");
+                let _ = writeln!(s, "tar -xf \"$base\" -C \"$target\" {stage}");
             }
         }
         Base::Tar {
@@ -487,6 +495,11 @@ while IFS=$'\t' read -r kind path size mtime sum id stored; do
         echo "recipe: refusing the chain manifest's path \"$path\"" >&2
         exit 1
     fi
+    case "$path" in
+        global/pg_control.restored|global/pg_control.held-by-restore|global/.pg_control.restored*)
+            echo "recipe: refusing the chain manifest's path \"$path\" (a restore's own name)" >&2
+            exit 1 ;;
+    esac
     case "$kind" in
         d)
             case "$path" in
@@ -509,11 +522,14 @@ while IFS=$'\t' read -r kind path size mtime sum id stored; do
                 exit 1
             fi
             src="${holder[$id]:?backup $id of the chain is not named in this recipe}/$stored"
+            # The control file under its staged name (see the end).
+            out=$path
+            if [ "$path" = global/pg_control ]; then out=global/pg_control.restored; fi
             case "$stored" in
-                *.zst) zstd -dcq -- "$src" > "$target/$path" ;;
-                *) cp -- "$src" "$target/$path" ;;
+                *.zst) zstd -dcq -- "$src" > "$target/$out" ;;
+                *) cp -- "$src" "$target/$out" ;;
             esac
-            printf '%s  %s\n' "$sum" "$path" >> "$sums" ;;
+            printf '%s  %s\n' "$sum" "$out" >> "$sums" ;;
         *) echo "recipe: unexpected manifest line" >&2; exit 1 ;;
     esac
 done < <(tail -n +2 -- "$manifest")
@@ -544,6 +560,20 @@ archive_mode = 'off'
 backup_mgmt.enabled = 'off'
 BACKUP_MGMT_CONF
 touch "$target/recovery.signal"
+# The control file goes in last, once every other file and the recovery settings are on disk:
+# a recipe stopped before this point leaves a directory PostgreSQL refuses to start (no
+# global/pg_control), never one that starts as a part-restored cluster or as the backup alone.
+echo "recipe: making the restored files durable"
+sync
+# syncfs, which (unlike sync alone) reports a write that failed.
+sync -f -- "$target"
+if [ -n "${{tablespaces:-}}" ] && [ -d "$tablespaces" ]; then sync -f -- "$tablespaces"; fi
+if [ ! -f "$target/global/pg_control.restored" ]; then
+    echo "recipe: the backup has no global/pg_control; $target cannot start" >&2
+    exit 1
+fi
+mv -T -- "$target/global/pg_control.restored" "$target/global/pg_control"
+sync -- "$target/global"
 echo "recipe: ready; start the server on $target to recover to {target_text}"
 "#,
     );

@@ -1,6 +1,8 @@
 //! The part of a recipe that restores a chain of block-level incremental pg_basebackup backups:
 //! every member's sha256 checked before anything is written, each tar extracted into a work
-//! directory beside the target, then `pg_combinebackup` writes the data directory.
+//! directory beside the target, then `pg_combinebackup` writes the data directory there, its
+//! control file is set aside (durably) and the whole directory is renamed into place: a recipe
+//! killed meanwhile leaves no directory that could start without its recovery settings.
 
 use std::fmt::Write as _;
 
@@ -73,8 +75,11 @@ trap 'rm -rf -- "$work"' EXIT
     }
     let _ = writeln!(
         s,
-        "echo \"recipe: combining the chain into $target\"\nmkdir -p -- \"$target\"\nchmod 0700 \"$target\"\n\
-         \"$combine\"{dirs} --output \"$target\"\nrm -rf -- \"$work\""
+        "echo \"recipe: combining the chain into $target\"\n\
+         \"$combine\"{dirs} --output \"$work/combined\"\n\
+         mv -T -- \"$work/combined/global/pg_control\" \"$work/combined/global/pg_control.restored\"\n\
+         sync -- \"$work/combined/global\"\n\
+         mv -T -- \"$work/combined\" \"$target\"\nchmod 0700 \"$target\"\nrm -rf -- \"$work\""
     );
     Ok(())
 }
@@ -126,7 +131,7 @@ mod tests {
         let fake = tmp.path().join("combine.sh");
         std::fs::write(
             &fake,
-            "#!/bin/bash\nout=\"${@: -1}\"\nfor d in \"${@:1:$#-2}\"; do cat \"$d/who\" >> \"$out/order\"; echo >> \"$out/order\"; done\n",
+            "#!/bin/bash\nout=\"${@: -1}\"\nmkdir -p \"$out\"\nfor d in \"${@:1:$#-2}\"; do cat \"$d/who\" >> \"$out/order\"; echo >> \"$out/order\"; done\nmkdir -p \"$out/global\"\necho control > \"$out/global/pg_control\"\n",
         )
         .unwrap();
         std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
@@ -183,6 +188,9 @@ mod tests {
             "full\nincr1\nincr2\n"
         );
         assert!(restored.join("recovery.signal").is_file());
+        // pg_combinebackup's control file set aside, then put back last.
+        assert!(restored.join("global/pg_control").is_file());
+        assert!(!restored.join("global/pg_control.restored").exists());
         // No work directory is left beside the target.
         let left: Vec<_> = std::fs::read_dir(tmp.path())
             .unwrap()

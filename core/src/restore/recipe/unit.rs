@@ -123,13 +123,16 @@ fn tar_base(tmp: &std::path::Path, root: &std::path::Path) -> std::path::PathBuf
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("PG_VERSION"), "15\n").unwrap();
     std::fs::write(src.join("postgresql.auto.conf"), "# original\n").unwrap();
+    std::fs::create_dir_all(src.join("global")).unwrap();
+    std::fs::write(src.join("global/pg_control"), "control\n").unwrap();
     let base = root.join("base.tar");
+    // pg_basebackup's order: the control file last.
     let ok = std::process::Command::new("tar")
         .arg("-cf")
         .arg(&base)
         .arg("-C")
         .arg(&src)
-        .args(["PG_VERSION", "postgresql.auto.conf"])
+        .args(["PG_VERSION", "postgresql.auto.conf", "global"])
         .status()
         .unwrap();
     assert!(ok.success());
@@ -268,6 +271,12 @@ fn recipe_restores_and_refuses_damage() {
         "15\n"
     );
     assert!(restored.join("recovery.signal").is_file());
+    // The control file went in last, under its own name.
+    assert_eq!(
+        std::fs::read_to_string(restored.join("global/pg_control")).unwrap(),
+        "control\n"
+    );
+    assert!(!restored.join("global/pg_control.restored").exists());
     let conf = std::fs::read_to_string(restored.join("postgresql.auto.conf")).unwrap();
     assert!(conf.starts_with("# original\n"), "{conf}");
     assert!(conf.contains("recovery_target_time = '2026-11-27 10:00:00.000000+00'"));
@@ -397,4 +406,43 @@ fn a_recipe_reads_wal_from_several_archive_directories() {
     // A segment in neither directory.
     std::fs::remove_file(new.join(segment_file_name(1, 6, 16 << 20))).unwrap();
     refused("is in none of the archive directories");
+}
+
+/// A recipe that stops after extracting the backup (here: its recovery settings cannot be
+/// written, `postgresql.auto.conf` being a directory) leaves a directory without
+/// `global/pg_control`, which PostgreSQL refuses to start, rather than one that would start as
+/// the backup alone; the control file waits under its staged name.
+#[test]
+fn a_recipe_stopped_before_its_end_leaves_no_control_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("global")).unwrap();
+    std::fs::create_dir_all(src.join("postgresql.auto.conf")).unwrap();
+    std::fs::write(src.join("PG_VERSION"), "15\n").unwrap();
+    std::fs::write(src.join("global/pg_control"), "control\n").unwrap();
+    let base = root.join("base.tar");
+    // Named with ./ as `tar -C dir .` writes them: the control file is still staged.
+    assert!(std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(&base)
+        .arg("-C")
+        .arg(&src)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+    let input = time_recipe(&base, &[], Vec::new());
+    let script = tmp.path().join("recipe.sh");
+    std::fs::write(&script, recipe(&input).unwrap()).unwrap();
+    let restored = tmp.path().join("restored");
+    let out = run_recipe(&script, &restored);
+    assert!(!out.status.success());
+    assert!(restored.join("PG_VERSION").is_file());
+    assert!(!restored.join("global/pg_control").exists());
+    assert_eq!(
+        std::fs::read_to_string(restored.join("global/pg_control.restored")).unwrap(),
+        "control\n"
+    );
 }

@@ -275,6 +275,12 @@ fn check_embedded(r: &RecipeInput) -> Result<(), RecipeError> {
             }
         }
     }
+    // Written into the script's comments and the program's example line: one line of text.
+    if let Target::Time(t) = &r.target {
+        if t.chars().any(char::is_control) {
+            return Err(unsafe_value("recovery target time", t));
+        }
+    }
     for w in &r.wal {
         if !is_sha256_hex(&w.sha256) {
             return Err(unsafe_value("WAL file sha256", &w.sha256));
@@ -358,6 +364,11 @@ pub fn recipe(r: &RecipeInput) -> Result<String, RecipeError> {
 #   bash recipe.sh NEW_DATA_DIRECTORY [TABLESPACE_DIRECTORY]
 # then start it (pg_ctl -D NEW_DATA_DIRECTORY start, on a free port): it replays the WAL up to
 # the target and promotes.
+#
+# This script is the zero-dependency fallback.  Where backup_mgmt copies to an off-site target,
+# its restore program brings back the same point from that target alone, files fetched and
+# checked in parallel (see docs/restore-program.md), for example:
+#   backup-mgmt --dir OFFSITE_DIRECTORY --cluster {sysid} restore {goal} NEW_DATA_DIRECTORY
 set -euo pipefail
 target=${{1:?usage: bash recipe.sh NEW_DATA_DIRECTORY}}
 base={base_q}
@@ -381,6 +392,11 @@ fi
         },
         major = r.pg_major,
         base_q = sh_quote(base_shown),
+        goal = match &r.target {
+            Target::Time(t) => format!("--target-time {}", sh_quote(t)),
+            Target::Lsn(l) => format!("--target-lsn {l}"),
+            Target::Immediate => format!("--backup-id {}", r.backup_id),
+        },
     );
     if !r.archive_dirs.is_empty() {
         // Each file as restore_command will serve it: from the first directory that holds it,

@@ -280,6 +280,14 @@ fn recipe_restores_and_refuses_damage() {
     let conf = std::fs::read_to_string(restored.join("postgresql.auto.conf")).unwrap();
     assert!(conf.starts_with("# original\n"), "{conf}");
     assert!(conf.contains("recovery_target_time = '2026-11-27 10:00:00.000000+00'"));
+    // The script points to the restore program, for the same cluster and goal.
+    assert!(
+        std::fs::read_to_string(&script).unwrap().contains(
+            "#   backup-mgmt --dir OFFSITE_DIRECTORY --cluster 42 restore --target-time '2026-11-27 10:00:00.000000+00' NEW_DATA_DIRECTORY\n"
+        ),
+        "{}",
+        std::fs::read_to_string(&script).unwrap()
+    );
     assert!(conf.contains("backup_mgmt.enabled = 'off'"));
     // The backup's own timeline, unless the plan followed a later one; earlier targets
     // (of a cluster restored before) reset.
@@ -327,6 +335,12 @@ fn recipe_restores_and_refuses_damage() {
     ));
     let mut forged = input.clone();
     forged.wal[0].file = "../../etc/passwd".into();
+    assert!(matches!(
+        recipe(&forged),
+        Err(RecipeError::UnsafeValue { .. })
+    ));
+    let mut forged = input.clone();
+    forged.target = Target::Time("2026-11-27 10:00:00+00\ntouch /tmp/pwned".into());
     assert!(matches!(
         recipe(&forged),
         Err(RecipeError::UnsafeValue { .. })

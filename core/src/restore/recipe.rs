@@ -277,7 +277,7 @@ fn check_embedded(r: &RecipeInput) -> Result<(), RecipeError> {
     }
     // Written into the script's comments and the program's example line: one line of text.
     if let Target::Time(t) = &r.target {
-        if t.chars().any(char::is_control) {
+        if t.trim().is_empty() || t.chars().any(char::is_control) {
             return Err(unsafe_value("recovery target time", t));
         }
     }
@@ -377,6 +377,17 @@ if [ -e "$target" ] && [ -n "$(ls -A -- "$target")" ]; then
     echo "recipe: $target is not empty; refusing to restore over it" >&2
     exit 1
 fi
+# What a backup's tar may hold: regular files and directories (pg_basebackup --pgdata=- writes
+# no tablespace link).  Anything else (a symlink leading out, a device) is refused before the
+# recipe writes through it or another program reads it.
+plain_tree() {{
+    local odd
+    odd=$(find "$1" ! -type f ! -type d -print -quit)
+    if [ -n "$odd" ]; then
+        echo "recipe: refusing the backup: $odd is neither a regular file nor a directory" >&2
+        exit 1
+    fi
+}}
 "#,
         now = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),
         sysid = r.system_identifier,
@@ -392,10 +403,16 @@ fi
         },
         major = r.pg_major,
         base_q = sh_quote(base_shown),
-        goal = match &r.target {
-            Target::Time(t) => format!("--target-time {}", sh_quote(t)),
-            Target::Lsn(l) => format!("--target-lsn {l}"),
-            Target::Immediate => format!("--backup-id {}", r.backup_id),
+        goal = {
+            // The timeline this recipe checked: its number, or the base backup's own.
+            let timeline = r.timeline.map_or("current".to_owned(), |t| t.to_string());
+            match &r.target {
+                Target::Time(t) => {
+                    format!("--target-time {} --target-timeline {timeline}", sh_quote(t))
+                }
+                Target::Lsn(l) => format!("--target-lsn {l} --target-timeline {timeline}"),
+                Target::Immediate => format!("--backup-id {}", r.backup_id),
+            }
         },
     );
     if !r.archive_dirs.is_empty() {
@@ -459,6 +476,7 @@ done <<'BACKUP_MGMT_WAL_LIST'
             } else {
                 let _ = writeln!(s, "tar -xf \"$base\" -C \"$target\" {stage}");
             }
+            s.push_str("plain_tree \"$target\"\n");
         }
         Base::Tar {
             sha256,
@@ -502,7 +520,8 @@ chmod 0700 "$target"
 sums=$(mktemp)
 trap 'rm -f -- "$sums"' EXIT
 unsafe_path() {
-    case "$1" in ''|/*|..|../*|*/..|*/../*) return 0 ;; *) return 1 ;; esac
+    # Plain relative paths only, each spelt one way: no `..`, no `.`, no empty component.
+    case "$1" in ''|/*|..|../*|*/..|*/../*|.|./*|*/.|*/./*|*//*|*/) return 0 ;; *) return 1 ;; esac
 }
 while IFS=$'\t' read -r kind path size mtime sum id stored; do
     # The manifest's sha256 was checked against the catalog; its fields are still checked here,
@@ -543,7 +562,7 @@ while IFS=$'\t' read -r kind path size mtime sum id stored; do
             if [ "$path" = global/pg_control ]; then out=global/pg_control.restored; fi
             case "$stored" in
                 *.zst) zstd -dcq -- "$src" > "$target/$out" ;;
-                *) cp -- "$src" "$target/$out" ;;
+                *) cp -T -- "$src" "$target/$out" ;;
             esac
             printf '%s  %s\n' "$sum" "$out" >> "$sums" ;;
         *) echo "recipe: unexpected manifest line" >&2; exit 1 ;;
@@ -560,6 +579,23 @@ fi
             );
         }
     }
+    // Before anything is written beside the backup's files: its control file only under the
+    // staged name, a regular file in a real directory.  One it brought in under another
+    // spelling (a forged manifest or tar) is refused and removed, so the directory cannot start.
+    s.push_str(
+        r#"
+staged="$target/global/pg_control.restored"
+if [ -L "$target/global" ] || [ ! -d "$target/global" ] || [ -L "$staged" ] || [ ! -f "$staged" ]; then
+    echo "recipe: the backup has no global/pg_control; $target cannot start" >&2
+    exit 1
+fi
+if [ -e "$target/global/pg_control" ] || [ -L "$target/global/pg_control" ]; then
+    rm -f -- "$target/global/pg_control"
+    echo "recipe: refusing the backup: it holds global/pg_control under another name ($target cannot start)" >&2
+    exit 1
+fi
+"#,
+    );
     let settings = recovery_settings(
         "the backup_mgmt restore recipe",
         &restore_command,
@@ -579,19 +615,15 @@ touch "$target/recovery.signal"
 # The control file goes in last, once every other file and the recovery settings are on disk:
 # a recipe stopped before this point leaves a directory PostgreSQL refuses to start (no
 # global/pg_control), never one that starts as a part-restored cluster or as the backup alone.
+# syncfs of each filesystem written (which reports a write that failed).
 echo "recipe: making the restored files durable"
-sync
-# syncfs, which (unlike sync alone) reports a write that failed.
 sync -f -- "$target"
 if [ -n "${{tablespaces:-}}" ] && [ -d "$tablespaces" ]; then sync -f -- "$tablespaces"; fi
-if [ ! -f "$target/global/pg_control.restored" ]; then
-    echo "recipe: the backup has no global/pg_control; $target cannot start" >&2
-    exit 1
-fi
 mv -T -- "$target/global/pg_control.restored" "$target/global/pg_control"
 sync -- "$target/global"
-echo "recipe: ready; start the server on $target to recover to {target_text}"
+echo "recipe: ready; start the server on $target to recover to "{target_q}
 "#,
+        target_q = sh_quote(&target_text),
     );
     Ok(s)
 }

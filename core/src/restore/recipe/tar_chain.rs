@@ -1,8 +1,9 @@
 //! The part of a recipe that restores a chain of block-level incremental pg_basebackup backups:
 //! every member's sha256 checked before anything is written, each tar extracted into a work
 //! directory beside the target, then `pg_combinebackup` writes the data directory there, its
-//! control file is set aside (durably) and the whole directory is renamed into place: a recipe
-//! killed meanwhile leaves no directory that could start without its recovery settings.
+//! control file is set aside (durably) and what it wrote is moved into place (renamed, entry by
+//! entry, so that an empty mount point can be the target): a recipe killed meanwhile leaves no
+//! directory that could start without its recovery settings.
 
 use std::fmt::Write as _;
 
@@ -71,6 +72,7 @@ trap 'rm -rf -- "$work"' EXIT
         } else {
             let _ = writeln!(s, "tar -xf {path} -C \"$work/{id}\"");
         }
+        let _ = writeln!(s, "plain_tree \"$work/{id}\"");
         let _ = write!(dirs, " \"$work/{id}\"");
     }
     let _ = writeln!(
@@ -79,7 +81,9 @@ trap 'rm -rf -- "$work"' EXIT
          \"$combine\"{dirs} --output \"$work/combined\"\n\
          mv -T -- \"$work/combined/global/pg_control\" \"$work/combined/global/pg_control.restored\"\n\
          sync -- \"$work/combined/global\"\n\
-         mv -T -- \"$work/combined\" \"$target\"\nchmod 0700 \"$target\"\nrm -rf -- \"$work\""
+         mkdir -p -- \"$target\"\nchmod 0700 \"$target\"\n\
+         find \"$work/combined\" -mindepth 1 -maxdepth 1 -exec mv -t \"$target\" -- {{}} +\n\
+         rm -rf -- \"$work\""
     );
     Ok(())
 }

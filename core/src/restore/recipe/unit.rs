@@ -283,7 +283,7 @@ fn recipe_restores_and_refuses_damage() {
     // The script points to the restore program, for the same cluster and goal.
     assert!(
         std::fs::read_to_string(&script).unwrap().contains(
-            "#   backup-mgmt --dir OFFSITE_DIRECTORY --cluster 42 restore --target-time '2026-11-27 10:00:00.000000+00' NEW_DATA_DIRECTORY\n"
+            "#   backup-mgmt --dir OFFSITE_DIRECTORY --cluster 42 restore --target-time '2026-11-27 10:00:00.000000+00' --target-timeline current NEW_DATA_DIRECTORY\n"
         ),
         "{}",
         std::fs::read_to_string(&script).unwrap()
@@ -459,4 +459,121 @@ fn a_recipe_stopped_before_its_end_leaves_no_control_file() {
         std::fs::read_to_string(restored.join("global/pg_control.restored")).unwrap(),
         "control\n"
     );
+}
+
+/// A tar holding a symlink (here `postgresql.auto.conf` leading to another cluster's file):
+/// the recipe stops after extracting, before it appends through the link; the file it leads
+/// to is untouched and the directory cannot start.
+#[test]
+fn a_recipe_refuses_a_tar_with_a_link_before_writing_through_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let victim = tmp.path().join("production.auto.conf");
+    std::fs::write(&victim, "# production\n").unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("global")).unwrap();
+    std::fs::write(src.join("PG_VERSION"), "15\n").unwrap();
+    std::fs::write(src.join("global/pg_control"), "control\n").unwrap();
+    std::os::unix::fs::symlink(&victim, src.join("postgresql.auto.conf")).unwrap();
+    let base = root.join("base.tar");
+    assert!(std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(&base)
+        .arg("-C")
+        .arg(&src)
+        .args(["PG_VERSION", "postgresql.auto.conf", "global"])
+        .status()
+        .unwrap()
+        .success());
+    let script = tmp.path().join("recipe.sh");
+    std::fs::write(
+        &script,
+        recipe(&time_recipe(&base, &[], Vec::new())).unwrap(),
+    )
+    .unwrap();
+    let restored = tmp.path().join("restored");
+    let out = run_recipe(&script, &restored);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("neither a regular file nor a directory"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "# production\n");
+    assert!(!restored.join("recovery.signal").exists());
+    assert!(!restored.join("global/pg_control").exists());
+}
+
+/// A native chain manifest (its sha256 the catalog's, its content forged) that names the
+/// control file in another spelling, or a restore's own file, is refused before that line is
+/// written; the directory cannot start.  The plain manifest restores, the control file last.
+#[test]
+fn a_native_recipe_refuses_other_spellings_of_the_control_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("backup 5");
+    std::fs::create_dir_all(dir.join("data/global")).unwrap();
+    std::fs::write(dir.join("data/PG_VERSION"), "15\n").unwrap();
+    std::fs::write(dir.join("data/global/pg_control"), "control\n").unwrap();
+    std::fs::write(dir.join("backup_manifest"), "{}\n").unwrap();
+    let sum = |p: &str| sha256_of(&dir.join("data").join(p));
+    let run = |control_path: &str| {
+        let manifest = format!(
+            "backup_mgmt chain manifest\n\
+             d\tglobal\t\t\t\t\t\n\
+             f\tPG_VERSION\t3\t0\t{}\t5\tdata/PG_VERSION\n\
+             f\t{control_path}\t8\t0\t{}\t5\tdata/global/pg_control\n",
+            sum("PG_VERSION"),
+            sum("global/pg_control"),
+        );
+        std::fs::write(dir.join(FILES_MANIFEST), &manifest).unwrap();
+        let input = RecipeInput {
+            system_identifier: 42,
+            backup_id: 5,
+            base: Base::Native {
+                dir: dir.to_string_lossy().into_owned(),
+                manifest_sha256: sha256_of(&dir.join(FILES_MANIFEST)),
+                holders: vec![(5, dir.to_string_lossy().into_owned())],
+            },
+            archive_dirs: Vec::new(),
+            wal: Vec::new(),
+            target: Target::Immediate,
+            timeline: None,
+            pg_major: 15,
+        };
+        let script = tmp.path().join("native.sh");
+        std::fs::write(&script, recipe(&input).unwrap()).unwrap();
+        let restored = tmp.path().join(format!("r{}", control_path.len()));
+        let _ = std::fs::remove_dir_all(&restored);
+        (run_recipe(&script, &restored), restored)
+    };
+    let (out, restored) = run("global/pg_control");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(restored.join("global/pg_control")).unwrap(),
+        "control\n"
+    );
+    assert!(!restored.join("global/pg_control.restored").exists());
+    for forged in [
+        "global//pg_control",
+        "global/./pg_control",
+        "./global/pg_control",
+        "global/pg_control/",
+        "global/pg_control.restored",
+        "global/pg_control.held-by-restore",
+    ] {
+        let (out, restored) = run(forged);
+        assert!(!out.status.success(), "{forged}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("refusing"),
+            "{forged}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!restored.join("global/pg_control").exists(), "{forged}");
+        assert!(!restored.join("recovery.signal").exists(), "{forged}");
+    }
 }

@@ -380,11 +380,13 @@ fi
 # What a backup's tar may hold: regular files and directories (pg_basebackup --pgdata=- writes
 # no tablespace link).  Anything else (a symlink leading out, a device) is refused before the
 # recipe writes through it or another program reads it.
+# A hard link (two names, one file) is refused too: appending to one would change the other.
+# -H: the target itself may be a symlink to the directory.
 plain_tree() {{
     local odd
-    odd=$(find "$1" ! -type f ! -type d -print -quit)
+    odd=$(find -H "$1" \( ! -type f ! -type d -o -type f -links +1 \) -print -quit)
     if [ -n "$odd" ]; then
-        echo "recipe: refusing the backup: $odd is neither a regular file nor a directory" >&2
+        echo "recipe: refusing the backup: $odd is neither a regular file nor a directory with one name" >&2
         exit 1
     fi
 }}
@@ -585,13 +587,17 @@ fi
     s.push_str(
         r#"
 staged="$target/global/pg_control.restored"
-if [ -L "$target/global" ] || [ ! -d "$target/global" ] || [ -L "$staged" ] || [ ! -f "$staged" ]; then
-    echo "recipe: the backup has no global/pg_control; $target cannot start" >&2
+if [ -L "$target/global" ] || [ ! -d "$target/global" ]; then
+    echo "recipe: the backup has no global directory; $target cannot start" >&2
     exit 1
 fi
 if [ -e "$target/global/pg_control" ] || [ -L "$target/global/pg_control" ]; then
-    rm -f -- "$target/global/pg_control"
+    rm -rf -- "$target/global/pg_control"
     echo "recipe: refusing the backup: it holds global/pg_control under another name ($target cannot start)" >&2
+    exit 1
+fi
+if [ -L "$staged" ] || [ ! -f "$staged" ]; then
+    echo "recipe: the backup has no global/pg_control; $target cannot start" >&2
     exit 1
 fi
 "#,
@@ -618,7 +624,13 @@ touch "$target/recovery.signal"
 # syncfs of each filesystem written (which reports a write that failed).
 echo "recipe: making the restored files durable"
 sync -f -- "$target"
-if [ -n "${{tablespaces:-}}" ] && [ -d "$tablespaces" ]; then sync -f -- "$tablespaces"; fi
+if [ -n "${{tablespaces:-}}" ] && [ -d "$tablespaces" ]; then
+    # Each tablespace's directory too: one may be a mount point of its own.
+    sync -f -- "$tablespaces"
+    for t in "$tablespaces"/*; do
+        if [ -d "$t" ]; then sync -f -- "$t"; fi
+    done
+fi
 mv -T -- "$target/global/pg_control.restored" "$target/global/pg_control"
 sync -- "$target/global"
 echo "recipe: ready; start the server on $target to recover to "{target_q}

@@ -82,7 +82,7 @@ trap 'rm -rf -- "$work"' EXIT
          mv -T -- \"$work/combined/global/pg_control\" \"$work/combined/global/pg_control.restored\"\n\
          sync -- \"$work/combined/global\"\n\
          mkdir -p -- \"$target\"\nchmod 0700 \"$target\"\n\
-         find \"$work/combined\" -mindepth 1 -maxdepth 1 -exec mv -t \"$target\" -- {{}} +\n\
+         (shopt -s dotglob; mv -t \"$target\" -- \"$work/combined\"/*)\n\
          rm -rf -- \"$work\""
     );
     Ok(())
@@ -180,7 +180,9 @@ mod tests {
                 .output()
                 .unwrap()
         };
-        let restored = tmp.path().join("restored");
+        // Into an existing empty directory (a mount point may be one), its name awkward.
+        let restored = tmp.path().join("restored {} here");
+        std::fs::create_dir(&restored).unwrap();
         let out = run(&recipe(&input(&i1_sha)).unwrap(), &restored);
         assert!(
             out.status.success(),

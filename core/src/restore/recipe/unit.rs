@@ -127,16 +127,41 @@ fn tar_base(tmp: &std::path::Path, root: &std::path::Path) -> std::path::PathBuf
     std::fs::write(src.join("global/pg_control"), "control\n").unwrap();
     let base = root.join("base.tar");
     // pg_basebackup's order: the control file last.
-    let ok = std::process::Command::new("tar")
-        .arg("-cf")
-        .arg(&base)
-        .arg("-C")
-        .arg(&src)
-        .args(["PG_VERSION", "postgresql.auto.conf", "global"])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    make_tar(
+        &base,
+        &src,
+        &["PG_VERSION", "postgresql.auto.conf", "global"],
+    );
     base
+}
+
+/// `tar -cf base -C src ARGS…` with GNU tar.
+fn make_tar(base: &std::path::Path, src: &std::path::Path, args: &[&str]) {
+    assert!(std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(base)
+        .arg("-C")
+        .arg(src)
+        .args(args)
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// Writes the point-in-time recipe of the tar `base` (no archive) beside it and runs it into
+/// `tmp/restored`: what it printed, and that directory.
+fn run_tar_recipe(
+    tmp: &std::path::Path,
+    base: &std::path::Path,
+) -> (std::process::Output, std::path::PathBuf) {
+    let script = tmp.join("recipe.sh");
+    std::fs::write(
+        &script,
+        recipe(&time_recipe(base, &[], Vec::new())).unwrap(),
+    )
+    .unwrap();
+    let restored = tmp.join("restored");
+    (run_recipe(&script, &restored), restored)
 }
 
 /// Archives segment `n` (content `segment N`) into `archive`, compressed or not, as a recipe
@@ -438,20 +463,8 @@ fn a_recipe_stopped_before_its_end_leaves_no_control_file() {
     std::fs::write(src.join("global/pg_control"), "control\n").unwrap();
     let base = root.join("base.tar");
     // Named with ./ as `tar -C dir .` writes them: the control file is still staged.
-    assert!(std::process::Command::new("tar")
-        .arg("-cf")
-        .arg(&base)
-        .arg("-C")
-        .arg(&src)
-        .arg(".")
-        .status()
-        .unwrap()
-        .success());
-    let input = time_recipe(&base, &[], Vec::new());
-    let script = tmp.path().join("recipe.sh");
-    std::fs::write(&script, recipe(&input).unwrap()).unwrap();
-    let restored = tmp.path().join("restored");
-    let out = run_recipe(&script, &restored);
+    make_tar(&base, &src, &["."]);
+    let (out, restored) = run_tar_recipe(tmp.path(), &base);
     assert!(!out.status.success());
     assert!(restored.join("PG_VERSION").is_file());
     assert!(!restored.join("global/pg_control").exists());
@@ -477,23 +490,12 @@ fn a_recipe_refuses_a_tar_with_a_link_before_writing_through_it() {
     std::fs::write(src.join("global/pg_control"), "control\n").unwrap();
     std::os::unix::fs::symlink(&victim, src.join("postgresql.auto.conf")).unwrap();
     let base = root.join("base.tar");
-    assert!(std::process::Command::new("tar")
-        .arg("-cf")
-        .arg(&base)
-        .arg("-C")
-        .arg(&src)
-        .args(["PG_VERSION", "postgresql.auto.conf", "global"])
-        .status()
-        .unwrap()
-        .success());
-    let script = tmp.path().join("recipe.sh");
-    std::fs::write(
-        &script,
-        recipe(&time_recipe(&base, &[], Vec::new())).unwrap(),
-    )
-    .unwrap();
-    let restored = tmp.path().join("restored");
-    let out = run_recipe(&script, &restored);
+    make_tar(
+        &base,
+        &src,
+        &["PG_VERSION", "postgresql.auto.conf", "global"],
+    );
+    let (out, restored) = run_tar_recipe(tmp.path(), &base);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("neither a regular file nor a directory"),
@@ -576,4 +578,44 @@ fn a_native_recipe_refuses_other_spellings_of_the_control_file() {
         assert!(!restored.join("global/pg_control").exists(), "{forged}");
         assert!(!restored.join("recovery.signal").exists(), "{forged}");
     }
+}
+
+/// A forged tar whose control file is named in another spelling (`global//pg_control`, which
+/// the staging rename does not match and extraction still lands as `global/pg_control`): the
+/// recipe removes it and refuses before the recovery settings, so the directory cannot start.
+#[test]
+fn a_recipe_refuses_a_control_file_in_another_spelling() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("global")).unwrap();
+    std::fs::write(src.join("PG_VERSION"), "15\n").unwrap();
+    std::fs::write(src.join("global/pg_control"), "control\n").unwrap();
+    let base = root.join("base.tar");
+    make_tar(
+        &base,
+        &src,
+        &[
+            "--transform=s,^global/pg_control$,global//pg_control,",
+            "PG_VERSION",
+            "global",
+        ],
+    );
+    let listed = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&base)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("global//pg_control\n"));
+    let (out, restored) = run_tar_recipe(tmp.path(), &base);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("under another name"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(restored.join("PG_VERSION").is_file());
+    assert!(!restored.join("global/pg_control").exists());
+    assert!(!restored.join("recovery.signal").exists());
 }

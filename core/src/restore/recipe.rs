@@ -1,6 +1,6 @@
 //! Restore recipes: bash scripts that restore a base backup (a pg_basebackup tar or a native
 //! physical backup's chain) and, for point-in-time recovery, configure the archived WAL it
-//! needs, using only bash, GNU coreutils and tar, zstd and PostgreSQL's own programs, so that they run
+//! needs, using only bash, GNU coreutils, findutils and tar, zstd and PostgreSQL's own programs, so that they run
 //! on a machine where backup_mgmt is not installed and the catalog is gone.  Also `wal_needed`:
 //! which archived segments a recovery needs and which of them are missing.
 //!
@@ -356,7 +356,7 @@ pub fn recipe(r: &RecipeInput) -> Result<String, RecipeError> {
 #   recovery target:             {target_text}
 #   ending on timeline:          {timeline}
 #   WAL files checked:           {nwal} (segments, history file), from {archive}
-# Needs only bash, GNU coreutils and tar, zstd and PostgreSQL {major}'s server programs; backup_mgmt
+# Needs only bash, GNU coreutils, findutils and tar, zstd and PostgreSQL {major}'s server programs; backup_mgmt
 # need not be installed.  (If it is not, remove it from shared_preload_libraries in the restored
 # postgresql.conf before starting.)
 #

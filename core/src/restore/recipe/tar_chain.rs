@@ -1,9 +1,10 @@
 //! The part of a recipe that restores a chain of block-level incremental pg_basebackup backups:
 //! every member's sha256 checked before anything is written, each tar extracted into a work
 //! directory beside the target, then `pg_combinebackup` writes the data directory there, its
-//! control file is set aside (durably) and what it wrote is moved into place (renamed, entry by
-//! entry, so that an empty mount point can be the target): a recipe killed meanwhile leaves no
-//! directory that could start without its recovery settings.
+//! control file is set aside (durably) and what it wrote is moved into the target entry by entry
+//! (so that the target may exist, empty; renames on one filesystem, copies when the target is
+//! a mount point, the work directory being on its parent's): a recipe killed meanwhile leaves
+//! no directory that could start without its recovery settings.
 
 use std::fmt::Write as _;
 

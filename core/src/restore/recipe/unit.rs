@@ -560,18 +560,20 @@ fn a_native_recipe_refuses_other_spellings_of_the_control_file() {
         "control\n"
     );
     assert!(!restored.join("global/pg_control.restored").exists());
-    for forged in [
-        "global//pg_control",
-        "global/./pg_control",
-        "./global/pg_control",
-        "global/pg_control/",
-        "global/pg_control.restored",
-        "global/pg_control.held-by-restore",
+    // Each refused by the loop itself, before its line is written (not only by the check of
+    // the control file at the end).
+    for (forged, why) in [
+        ("global//pg_control", "refusing the chain manifest's path"),
+        ("global/./pg_control", "refusing the chain manifest's path"),
+        ("./global/pg_control", "refusing the chain manifest's path"),
+        ("global/pg_control/", "refusing the chain manifest's path"),
+        ("global/pg_control.restored", "a restore's own name"),
+        ("global/pg_control.held-by-restore", "a restore's own name"),
     ] {
         let (out, restored) = run(forged);
         assert!(!out.status.success(), "{forged}");
         assert!(
-            String::from_utf8_lossy(&out.stderr).contains("refusing"),
+            String::from_utf8_lossy(&out.stderr).contains(why),
             "{forged}: {}",
             String::from_utf8_lossy(&out.stderr)
         );

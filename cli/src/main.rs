@@ -687,12 +687,10 @@ fn restore(
         )
     })?;
     let finished = finish(cli, &command, &goal, &choice, &restored, started, json);
-    if let Some(hint) = finished
-        .is_err()
-        .then(|| materialize::held_hint(&dest))
-        .flatten()
-    {
-        eprintln!("backup-mgmt: {hint}");
+    if finished.is_err() {
+        if let Some(hint) = materialize::held_hint(&dest) {
+            eprintln!("backup-mgmt: {hint}");
+        }
     }
     if finished.is_err() && !r.delta {
         // Without its recovery settings the directory would start as the backup alone, not

@@ -74,7 +74,7 @@ fn json_file(path: &std::path::Path) -> serde_json::Value {
 #[test]
 fn wal_reaches_every_target_verified_survives_an_outage_and_raises_the_alarm() {
     let mut s3 = S3Server::start();
-    let (cluster, second) = archiving_cluster(true);
+    let (mut cluster, second) = archiving_cluster(true);
     let second = second.unwrap();
     let mut db = cluster.connect("postgres");
     db.batch_execute("CREATE EXTENSION backup_mgmt").unwrap();
@@ -445,6 +445,42 @@ fn wal_reaches_every_target_verified_survives_an_outage_and_raises_the_alarm() {
         .filter_map(Result::ok)
         .any(|n| n.payload() == disabled);
     assert!(heard, "no {disabled}");
+
+    // A part of the disk target's mirror damaged in place (one bit, its length kept): no
+    // listing sees it, and it would never be rewritten (its key is its content).  The worker's
+    // first mirror after a start (and one every 15 minutes) reads every part back and puts a
+    // damaged one again, with a WARNING.
+    // The mirror first describes every copy on the disk target: the part damaged below is the
+    // one the document names from now on (nothing is archived until the end of the test).
+    let archived_now = archived(&mut db);
+    wait_caught_up(&cluster, &mut db, "disk", archived_now);
+    let mut doc = serde_json::Value::Null;
+    let current = Cluster::wait_for(Duration::from_secs(60), || {
+        doc = json_file(&mirror_on_disk);
+        mirror_wal_count(&doc) == copies(&mut db, "disk").len() as i64
+            && with_wal_files(&mut doc, |k| std::fs::read(second.join("pg").join(k)).ok())
+    });
+    assert!(current, "mirror: {doc}\n{}", cluster.log());
+    let part = &doc["wal_parts"][0];
+    let (part_key, part_sha) = (
+        part["key"].as_str().unwrap().to_owned(),
+        part["sha256"].as_str().unwrap().to_owned(),
+    );
+    let part_path = second.join("pg").join(&part_key);
+    assert_eq!(sha256sum(&part_path), part_sha);
+    let mut bytes = std::fs::read(&part_path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&part_path, &bytes).unwrap();
+    drop((db, listener));
+    cluster.pg_ctl_stop("fast");
+    cluster.pg_ctl_start();
+    let repaired = Cluster::wait_for(Duration::from_secs(90), || {
+        sha256sum(&part_path) == part_sha
+    });
+    assert!(repaired, "the damaged part stayed\n{}", cluster.log());
+    let said = format!("the catalog mirror's part \"{part_key}\" did not hold what its key says");
+    assert!(cluster.log().contains(&said), "{}", cluster.log());
 }
 
 #[test]

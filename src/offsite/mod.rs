@@ -352,7 +352,8 @@ fn next_due(waiting: &[i32]) -> Option<Due> {
             for id in due {
                 let locked = c.update(
                     &format!(
-                        "SELECT {}, {}, database_name FROM backup_management.remote_backup_configs \
+                        "SELECT {}, {} AS place, database_name \
+                           FROM backup_management.remote_backup_configs \
                           WHERE config_id = $1 AND is_active FOR NO KEY UPDATE SKIP LOCKED",
                         TargetSpec::COLUMNS,
                         TargetSpec::PLACE
@@ -362,8 +363,8 @@ fn next_due(waiting: &[i32]) -> Option<Due> {
                 )?;
                 if let Some(r) = locked.into_iter().next() {
                     let (name, spec) = TargetSpec::from_row(&r)?;
-                    let place: String = r.get(10)?.unwrap_or_default();
-                    let database: String = r.get(11)?.unwrap_or_default();
+                    let place: String = r.get_by_name("place")?.unwrap_or_default();
+                    let database: String = r.get_by_name("database_name")?.unwrap_or_default();
                     chosen = Some((name, spec, place, database));
                     break;
                 }
@@ -476,11 +477,12 @@ pub(crate) struct TargetSpec {
 }
 
 impl TargetSpec {
-    /// The columns `from_row` reads, in its order (a `SELECT` list over
-    /// `backup_management.remote_backup_configs`).
+    /// The columns `from_row` reads, by name (a `SELECT` list over
+    /// `backup_management.remote_backup_configs`, which may go on with other columns).
     pub(crate) const COLUMNS: &'static str =
         "config_id, config_name, remote_type, remote_endpoint, \
-        remote_path, credentials_ref, options::text, encryption_key_ref, configured_by_superuser";
+        remote_path, credentials_ref, options::text AS options, encryption_key_ref, \
+        configured_by_superuser";
 
     /// Where a target's copies go, as one value (an expression over
     /// `backup_management.remote_backup_configs`): when it changes, the copies made so far are
@@ -489,21 +491,33 @@ impl TargetSpec {
     pub(crate) const PLACE: &'static str =
         "pg_catalog.md5(remote_type || '|' || remote_endpoint || '|' || remote_path)";
 
-    /// A target's name and spec from a row whose first columns are `COLUMNS`.
+    /// A target's name and spec from a row that has `COLUMNS`; read by name, so that what a
+    /// query selects besides them (before or after) cannot shift them.
     pub(crate) fn from_row(
         r: &pgrx::spi::SpiHeapTupleData<'_>,
     ) -> Result<(String, TargetSpec), pgrx::spi::SpiError> {
         Ok((
-            r.get::<String>(2)?.unwrap_or_default(),
+            r.get_by_name::<String, _>("config_name")?
+                .unwrap_or_default(),
             TargetSpec {
-                config_id: r.get::<i32>(1)?.unwrap_or_default(),
-                kind: r.get::<String>(3)?.unwrap_or_default(),
-                endpoint: r.get::<String>(4)?.unwrap_or_default(),
-                path: r.get::<String>(5)?.unwrap_or_default(),
-                credentials: r.get::<String>(6)?,
-                options: r.get::<String>(7)?.unwrap_or_else(|| "{}".into()),
-                key_ref: r.get::<String>(8)?,
-                by_superuser: r.get::<bool>(9)?.unwrap_or(false),
+                config_id: r.get_by_name::<i32, _>("config_id")?.unwrap_or_default(),
+                kind: r
+                    .get_by_name::<String, _>("remote_type")?
+                    .unwrap_or_default(),
+                endpoint: r
+                    .get_by_name::<String, _>("remote_endpoint")?
+                    .unwrap_or_default(),
+                path: r
+                    .get_by_name::<String, _>("remote_path")?
+                    .unwrap_or_default(),
+                credentials: r.get_by_name::<String, _>("credentials_ref")?,
+                options: r
+                    .get_by_name::<String, _>("options")?
+                    .unwrap_or_else(|| "{}".into()),
+                key_ref: r.get_by_name::<String, _>("encryption_key_ref")?,
+                by_superuser: r
+                    .get_by_name::<bool, _>("configured_by_superuser")?
+                    .unwrap_or(false),
             },
         ))
     }

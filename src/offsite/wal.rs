@@ -20,12 +20,15 @@
 //! changed, at most every `MIRROR_EVERY`: the target alone then says which object is which
 //! backup, which WAL it holds, with every sha256.  Its WAL list goes in parts (format 2,
 //! `mirror_parts`): a change uploads the parts that changed, not the whole archive's list.
+//! The first write after a start, and the first after each `PARTS_CHECK_EVERY`, also reads
+//! every part already there back: one damaged in place is put again (a WARNING names it), since
+//! a part's key is its content and nothing else would ever rewrite it.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use backup_mgmt_core::alarm;
-use backup_mgmt_core::restore::mirror_parts::Written;
+use backup_mgmt_core::restore::mirror_parts::{Check, Written};
 use backup_mgmt_core::storage::Storage;
 use backup_mgmt_core::threads::{Helper, Throttle};
 use pgrx::prelude::*;
@@ -49,6 +52,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// The catalog mirror is replaced on a target at most this often (when it changed), and at
 /// least this often while anything changes.
 const MIRROR_EVERY: Duration = Duration::from_secs(10);
+/// How often a mirror written to a target (after a change) also reads every WAL part already
+/// there back and puts again one damaged in place: a part is otherwise never rewritten.  A part
+/// is at most 64 kB for 256 segments, so this reads about 250 bytes per WAL file kept there.
+const PARTS_CHECK_EVERY: Duration = Duration::from_secs(15 * 60);
 /// A file whose copy failed for its own sake (unreadable, changed, a different object under its
 /// key) is tried again after this long; the rest of the queue goes on meanwhile.
 const FILE_RETRY: Duration = Duration::from_secs(60);
@@ -68,6 +75,9 @@ struct Target {
     mirrored: Option<(String, Instant)>,
     /// The mirrors copied there: their WAL parts, kept a while after being replaced.
     written: Written,
+    /// When a mirror written there last read every part back (`Check::Content`); None: not
+    /// since the worker started.
+    parts_checked: Option<Instant>,
     /// Files held back after a failure of their own, until when.
     held: HashMap<(i64, String), Instant>,
     /// Removals of expired copies wait until then after one failed (a bucket that refuses
@@ -104,16 +114,26 @@ impl WalShipping {
                     Some(batch) => {
                         let outcome = record(id, &t.name, &t.identity, &batch);
                         let now = Instant::now();
-                        match batch.mirror {
-                            Some((fingerprint, Ok(named))) => {
+                        match batch.mirror.map(|m| (m.fingerprint, m.check, m.landed)) {
+                            Some((fingerprint, check, Ok(stored))) => {
                                 t.mirrored = Some((fingerprint, now));
-                                t.written.landed(named, now);
+                                t.written.landed(stored.named, now);
+                                if check == Check::Content {
+                                    t.parts_checked = Some(now);
+                                }
+                                for key in &stored.repaired {
+                                    warning!(
+                                        "backup_mgmt: off-site target \"{}\": the catalog mirror's part \"{}\" did not hold what its key says (damaged or unreadable on the target); it was put again",
+                                        escape_for_log(&t.name),
+                                        escape_for_log(key)
+                                    );
+                                }
                             }
                             // Tried again after MIRROR_EVERY, without holding up the WAL.
                             // The document may have landed all the same (a failed check after
                             // the upload): what it names is not known, so nothing is removed
                             // for a while.
-                            Some((_, Err(_))) => {
+                            Some((_, _, Err(_))) => {
                                 t.mirrored = Some((String::new(), now));
                                 t.written.restart(now);
                             }
@@ -160,6 +180,15 @@ impl WalShipping {
             .iter()
             .filter_map(|(id, t)| t.mirrored.clone().map(|m| (*id, m)))
             .collect();
+        let parts_fresh: HashSet<i32> = self
+            .targets
+            .iter()
+            .filter(|(_, t)| {
+                t.parts_checked
+                    .is_some_and(|at| at.elapsed() < PARTS_CHECK_EVERY)
+            })
+            .map(|(id, _)| *id)
+            .collect();
         // A held file's time runs out whether or not a batch finishes meanwhile: when it is the
         // only file pending (an idle cluster) no batch would ever run to let it go.
         let now = Instant::now();
@@ -190,7 +219,7 @@ impl WalShipping {
         let Some(work) = in_transaction("looking for archived WAL to copy off site", || {
             Spi::connect_mut(|c| {
                 let queued = queue_ready(c, repair)?;
-                plan(c, queued, &busy, &mirrored, &held, &removals)
+                plan(c, queued, &busy, &mirrored, &parts_fresh, &held, &removals)
             })
         }) else {
             return;
@@ -208,6 +237,7 @@ impl WalShipping {
                 backoff: Duration::ZERO,
                 mirrored: None,
                 written: Written::new(Instant::now()),
+                parts_checked: None,
                 held: HashMap::new(),
                 removals_wait: None,
                 removals_held: HashMap::new(),
@@ -219,6 +249,7 @@ impl WalShipping {
                 t.held.clear();
                 t.mirrored = None;
                 t.written = Written::new(Instant::now());
+                t.parts_checked = None;
                 t.removals_wait = None;
                 t.removals_held.clear();
             }
@@ -317,12 +348,13 @@ fn plan(
     queued: bool,
     busy: &[i32],
     mirrored: &HashMap<i32, (String, Instant)>,
+    parts_fresh: &HashSet<i32>,
     held: &HashMap<i32, HashSet<(i64, String)>>,
     removals: &HashMap<i32, Option<HashSet<String>>>,
 ) -> Result<Vec<Work>, SpiError> {
     let configs = c.select(
         &format!(
-            "SELECT {}, {} \
+            "SELECT {}, {} AS place \
                FROM backup_management.remote_backup_configs WHERE is_active ORDER BY config_id",
             TargetSpec::COLUMNS,
             TargetSpec::PLACE
@@ -336,7 +368,7 @@ fn plan(
         rows.push((
             spec.config_id,
             name,
-            r.get::<String>(10)?.unwrap_or_default(),
+            r.get_by_name::<String, _>("place")?.unwrap_or_default(),
             spec,
         ));
     }
@@ -375,6 +407,13 @@ fn plan(
             None => expired_copies(c, queued, id)?,
         };
         let fingerprint = mirror::offsite_fingerprint(c, id)?;
+        // A write reads the parts back when that was not done for a while.  Only a write
+        // that is due anyway: an unchanged mirror is not written for it (an idle cluster
+        // writes no WAL, and on an idle cluster nothing rewrites a part either).
+        let check = match parts_fresh.contains(&id) {
+            true => Check::Listed,
+            false => Check::Content,
+        };
         let mirror = match mirrored.get(&id) {
             Some((done, _)) if *done == fingerprint => None,
             Some((_, at)) if at.elapsed() < MIRROR_EVERY => None,
@@ -386,6 +425,7 @@ fn plan(
                     fingerprint,
                     writer: id.to_string(),
                     keep: None,
+                    check,
                 })
             }
         };
@@ -512,7 +552,7 @@ fn record(config_id: i32, name: &str, identity: &str, batch: &Batch) -> Recorded
     if let (Some(why), true) = (&batch.unready, batch.shipped.is_empty()) {
         failures.push(("the target".to_owned(), why.clone(), true));
     }
-    if let (Some((_, Err(e))), None) = (&batch.mirror, &batch.unready) {
+    if let (Some(Err(e)), None) = (batch.mirror.as_ref().map(|m| &m.landed), &batch.unready) {
         // The mirror has its own cadence: its failure never holds up the WAL.
         failures.push(("the catalog mirror".to_owned(), e.to_string(), false));
     }
@@ -583,7 +623,7 @@ fn record(config_id: i32, name: &str, identity: &str, batch: &Batch) -> Recorded
                     &[config_id.into()],
                 )?;
             }
-            if let Some((_, Ok(_))) = &batch.mirror {
+            if batch.mirror.as_ref().is_some_and(|m| m.landed.is_ok()) {
                 c.update(
                     "UPDATE backup_management.remote_wal_state SET catalog_copied_at = now() \
                       WHERE config_id = $1",

@@ -9,7 +9,7 @@ use std::fs::File;
 use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 
-use backup_mgmt_core::restore::mirror_parts;
+use backup_mgmt_core::restore::mirror_parts::{self, Check, Stored};
 use backup_mgmt_core::storage::{self, Copied, Storage, StorageError};
 use backup_mgmt_core::threads;
 use backup_mgmt_core::verify::archive::{self, ArchivedFile};
@@ -86,17 +86,24 @@ pub(super) struct Mirror {
     /// The parts of the documents replaced in the last minutes, which stay on the target
     /// (`mirror_parts::Written::keep`); None: none is removed.
     pub(super) keep: Option<BTreeSet<String>>,
+    /// Whether the parts already there are read back (`Check::Content`) or only listed.
+    pub(super) check: Check,
 }
 
-/// A mirror that landed: the parts its document names.
-pub(super) type MirrorLanded = Result<BTreeSet<String>, StorageError>;
+/// What became of a batch's mirror.
+pub(super) struct MirrorOutcome {
+    pub(super) fingerprint: String,
+    pub(super) check: Check,
+    /// The parts its document names and those put again, once it landed.
+    pub(super) landed: Result<Stored, StorageError>,
+}
 
 /// What a batch did.
 pub(super) struct Batch {
     pub(super) shipped: Vec<Shipped>,
     pub(super) removed: Vec<(Expired, Result<(), StorageError>)>,
-    /// The mirror's fingerprint and whether it landed.
-    pub(super) mirror: Option<(String, MirrorLanded)>,
+    /// The mirror, when one was written.
+    pub(super) mirror: Option<MirrorOutcome>,
     /// Why the target was not ready (nothing was tried), when it was not.
     pub(super) unready: Option<String>,
 }
@@ -173,10 +180,16 @@ pub(super) fn ship(
     }
     let mirror = mirror.map(|m| {
         let landed = match &ready {
-            Ok(()) => mirror_parts::store(target, &m.key, &m.text, &m.writer, m.keep.as_ref()),
+            Ok(()) => {
+                mirror_parts::store(target, &m.key, &m.text, &m.writer, m.keep.as_ref(), m.check)
+            }
             Err(why) => Err(StorageError::Config(why.to_string())),
         };
-        (m.fingerprint, landed)
+        MirrorOutcome {
+            fingerprint: m.fingerprint,
+            check: m.check,
+            landed,
+        }
     });
     Batch {
         shipped: shipped.into_inner().unwrap_or_else(|e| e.into_inner()),

@@ -15,7 +15,8 @@
 //! write to the same place, each replacing the main document in turn, and one must not remove
 //! the parts the other's document names.  Before each write it lists that directory and puts
 //! every part the document names that is not there (a part removed by anyone comes back at the
-//! next write); it removes a part only `GRACE` after the last document naming it was replaced,
+//! next write), and now and then (`Check::Content`) reads every part there back and puts again
+//! one damaged in place; it removes a part only `GRACE` after the last document naming it was replaced,
 //! and nothing in its first `GRACE` after a start; a reader that still finds a part gone reads
 //! the main document again.
 //!
@@ -185,33 +186,82 @@ pub fn split(doc: &str, writer: &str) -> Option<Split> {
     })
 }
 
+/// What `store` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stored {
+    /// The parts the document names.
+    pub named: BTreeSet<String>,
+    /// The parts that were there but did not hold what their key says (damaged in place, or
+    /// not readable), put again: only a write asked to `Check::Content` reads them back.
+    pub repaired: Vec<String>,
+}
+
+/// How `store` makes sure the parts the document names are there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Listed: a part missing is put back.  What a write after every change costs.
+    Listed,
+    /// Listed, and every part there read back and compared byte for byte: a part damaged in
+    /// place is put again.  A part is never rewritten otherwise (its key is its content), so
+    /// without this a damaged one would stay damaged for as long as its WAL is kept.
+    Content,
+}
+
 /// Puts a mirror on `target` under `main_key` in format 2 (`split` of `doc`, its parts under
 /// `parts_dir(sysid, writer)`): the parts it names that are not there (listed first, so a part
 /// removed by anyone, a bucket's expiry rule say, is put back at the next write; each checked
-/// where it landed), then the document naming them, replaced as one step, then, when `keep` is
-/// given, the writer's parts that neither it nor `keep` names.  `keep` is what the documents
-/// replaced in the last minutes named (the writer keeps them): a reader that has just read one
-/// still finds its parts.  None removes nothing (a writer that does not know what it wrote
-/// before, just after a start).  Returns the parts the document names.  A `doc` that is not a
-/// catalog document is put as it is.
+/// where it landed), with `Check::Content` also those there that do not hold their bytes, then
+/// the document naming them, replaced as one step, then, when `keep` is given, the writer's
+/// parts that neither it nor `keep` names.  `keep` is what the documents replaced in the last
+/// minutes named (the writer keeps them): a reader that has just read one still finds its
+/// parts.  None removes nothing (a writer that does not know what it wrote before, just after
+/// a start).  A `doc` that is not a catalog document is put as it is.
 pub fn store(
     target: &dyn Storage,
     main_key: &str,
     doc: &str,
     writer: &str,
     keep: Option<&BTreeSet<String>>,
-) -> Result<BTreeSet<String>, StorageError> {
+    check: Check,
+) -> Result<Stored, StorageError> {
     let Some(split) = split(doc, writer) else {
         return target
             .replace(doc.as_bytes(), main_key)
-            .map(|()| BTreeSet::new());
+            .map(|()| Stored::default());
     };
     let there: BTreeSet<String> = target.list(&split.parts_dir)?.into_iter().collect();
-    for (key, bytes) in &split.parts {
-        if !there.contains(key) {
-            target.replace(bytes, key)?;
+    let (present, missing): (Vec<_>, Vec<_>) =
+        split.parts.iter().partition(|(key, _)| there.contains(key));
+    for (key, bytes) in missing {
+        target.replace(bytes, key)?;
+    }
+    // Read back `PART_THREADS` at a time, as a reader reads them: thousands of parts on an
+    // object store, one round trip each, must not hold up the WAL the same batch copies.
+    let repaired = std::sync::Mutex::new(Vec::new());
+    if check == Check::Content {
+        let failed = threads::in_parallel(
+            &present,
+            PART_THREADS,
+            0,
+            &std::sync::atomic::AtomicBool::new(false),
+            |(key, bytes), _| {
+                if holds(target, key, bytes) {
+                    return Ok(());
+                }
+                target.replace(bytes, key)?;
+                repaired
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(key.clone());
+                Ok(())
+            },
+        );
+        if let Some(e) = failed {
+            return Err(e);
         }
     }
+    let mut repaired = repaired.into_inner().unwrap_or_else(|e| e.into_inner());
+    repaired.sort();
     target.replace(split.main.as_bytes(), main_key)?;
     let named = split.keys();
     // Removing what is no longer named is upkeep: a failure (a bucket that refuses deletes)
@@ -223,7 +273,19 @@ pub fn store(
             }
         }
     }
-    Ok(named)
+    Ok(Stored { named, repaired })
+}
+
+/// Whether `key` on `target` reads back as exactly `bytes` (read no further than one byte more).
+fn holds(target: &dyn Storage, key: &str, bytes: &[u8]) -> bool {
+    let Ok(reader) = target.get(key) else {
+        return false;
+    };
+    let mut found = Vec::with_capacity(bytes.len());
+    reader
+        .take(bytes.len() as u64 + 1)
+        .read_to_end(&mut found)
+        .is_ok_and(|_| found == bytes)
 }
 
 /// How long a part stays on the target after the document naming it was replaced: readers

@@ -299,7 +299,16 @@ fn a_change_uploads_its_part_and_replaced_parts_go_when_no_longer_kept() {
     let on_target = |key: &str| target.dir.join(key).is_file();
     // Just after a start the writer removes nothing.
     put(&target, "7/.catalog/wal/3/stray.json", b"left by a crash");
-    let first = store(&target, &mirror_key(7), &document(&NAMES), "3", None).unwrap();
+    let first = store(
+        &target,
+        &mirror_key(7),
+        &document(&NAMES),
+        "3",
+        None,
+        Check::Listed,
+    )
+    .unwrap()
+    .named;
     assert_eq!(first.len(), 4);
     assert!(first.iter().all(|k| on_target(k)));
     assert!(on_target("7/.catalog/wal/3/stray.json"));
@@ -315,7 +324,16 @@ fn a_change_uploads_its_part_and_replaced_parts_go_when_no_longer_kept() {
         .find(|k| k.contains("/0000000100000003."))
         .unwrap();
     put(&target, kept, b"left alone");
-    let second = store(&target, &mirror_key(7), &document(&more), "3", Some(&first)).unwrap();
+    let second = store(
+        &target,
+        &mirror_key(7),
+        &document(&more),
+        "3",
+        Some(&first),
+        Check::Listed,
+    )
+    .unwrap()
+    .named;
     assert_eq!(std::fs::read(target.dir.join(kept)).unwrap(), b"left alone");
     assert_eq!(second.difference(&first).count(), 1);
     // The replaced part stays while it is kept; the stray goes.
@@ -329,8 +347,10 @@ fn a_change_uploads_its_part_and_replaced_parts_go_when_no_longer_kept() {
         &document(&more),
         "3",
         Some(&second),
+        Check::Listed,
     )
-    .unwrap();
+    .unwrap()
+    .named;
     let gone: Vec<&String> = first.difference(&second).collect();
     assert_eq!(gone.len(), 1);
     assert!(!on_target(gone[0]), "named by no document kept");
@@ -343,12 +363,79 @@ fn a_change_uploads_its_part_and_replaced_parts_go_when_no_longer_kept() {
     let e = load_mirror(&target, 7).unwrap_err().to_string();
     assert!(e.contains("sha256"), "{e}");
     std::fs::remove_file(target.dir.join(kept)).unwrap();
-    store(&target, &mirror_key(7), &document(&more), "3", Some(&third)).unwrap();
+    store(
+        &target,
+        &mirror_key(7),
+        &document(&more),
+        "3",
+        Some(&third),
+        Check::Listed,
+    )
+    .unwrap();
     let m = load_mirror(&target, 7).unwrap();
     assert_eq!(m.wal_files.len(), more.len());
     // A writer name that is not one path component is refused: the document goes as it is.
     assert!(split(&document(&NAMES), "../x").is_none());
     assert!(split(&document(&NAMES), "").is_none());
+}
+
+#[test]
+fn a_part_damaged_in_place_is_put_again_by_a_write_that_reads_the_parts_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = FilesystemTarget {
+        dir: tmp.path().join("t"),
+        rate: None,
+    };
+    let doc = document(&NAMES);
+    let read = |key: &str| std::fs::read(target.dir.join(key)).unwrap();
+    let write = |keep: &BTreeSet<String>, check: Check| {
+        store(&target, &mirror_key(7), &doc, "3", Some(keep), check).unwrap()
+    };
+    let first = store(&target, &mirror_key(7), &doc, "3", None, Check::Content).unwrap();
+    assert!(first.repaired.is_empty(), "{:?}", first.repaired);
+    let damaged = first
+        .named
+        .iter()
+        .find(|k| k.contains("/0000000100000004."))
+        .unwrap()
+        .clone();
+    let good = read(&damaged);
+    // One bit flipped, the length unchanged: no listing can tell.  The main document too.
+    let mut bad = good.clone();
+    let middle = bad.len() / 2;
+    bad[middle] ^= 1;
+    put(&target, &damaged, &bad);
+    put(&target, &mirror_key(7), b"{");
+    assert!(load_mirror(&target, 7).is_err());
+
+    // A write after a change lists the parts: the main document is whole again, the part not.
+    let listed = write(&first.named, Check::Listed);
+    assert!(listed.repaired.is_empty());
+    assert_eq!(read(&damaged), bad);
+    let e = load_mirror(&target, 7).unwrap_err().to_string();
+    assert!(e.contains("sha256"), "{e}");
+
+    // A write that reads the parts back puts that one again, and only that one.
+    let checked = write(&listed.named, Check::Content);
+    assert_eq!(checked.repaired, vec![damaged.clone()]);
+    assert_eq!(checked.named, first.named);
+    assert_eq!(read(&damaged), good);
+    let m = load_mirror(&target, 7).unwrap();
+    assert_eq!(m.wal_files.len(), NAMES.len());
+
+    // Longer, shorter or empty: each found and put again; a whole part is left as it is.
+    for wrong in [
+        [good.as_slice(), b" "].concat(),
+        good[..good.len() - 1].to_vec(),
+        Vec::new(),
+    ] {
+        put(&target, &damaged, &wrong);
+        let again = write(&first.named, Check::Content);
+        assert_eq!(again.repaired, vec![damaged.clone()]);
+        assert_eq!(read(&damaged), good);
+    }
+    let whole = write(&first.named, Check::Content);
+    assert!(whole.repaired.is_empty());
 }
 
 /// A target whose first `stale` readings of the main document give an older one: a reader
@@ -402,10 +489,28 @@ fn a_reader_that_finds_a_part_gone_reads_the_document_again() {
         rate: None,
     };
     let mut names = NAMES.to_vec();
-    let first = store(&inner, &mirror_key(7), &document(&names), "3", None).unwrap();
+    let first = store(
+        &inner,
+        &mirror_key(7),
+        &document(&names),
+        "3",
+        None,
+        Check::Listed,
+    )
+    .unwrap()
+    .named;
     let old_main = std::fs::read(inner.dir.join(mirror_key(7))).unwrap();
     names.push("000000010000000400000002");
-    let second = store(&inner, &mirror_key(7), &document(&names), "3", Some(&first)).unwrap();
+    let second = store(
+        &inner,
+        &mirror_key(7),
+        &document(&names),
+        "3",
+        Some(&first),
+        Check::Listed,
+    )
+    .unwrap()
+    .named;
     names.push("000000010000000400000003");
     store(
         &inner,
@@ -413,6 +518,7 @@ fn a_reader_that_finds_a_part_gone_reads_the_document_again() {
         &document(&names),
         "3",
         Some(&second),
+        Check::Listed,
     )
     .unwrap();
     let reader = |stale: usize| Stale {

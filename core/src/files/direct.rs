@@ -14,7 +14,11 @@
 //! A direct write returns only once the device has the block, so on one thread that wait and the
 //! caller's work (decompressing, copying) add up: a 640 MB relation file was a restore's critical
 //! path.  A file of `BEHIND_FROM` or more therefore has its blocks written by a helper thread
-//! while the caller fills the next one.
+//! while the caller fills the next one.  A restore can also have such a file hash its own blocks
+//! on a second helper before they are written (`RestoredFile::create_hashing`) and fill the
+//! block in place (`spare`, `advance`): the decompressed bytes are then copied nowhere, where
+//! they were copied twice (into the block, and into a piece for a hashing thread), which on two
+//! cores was CPU the hashing thread, the long pole, went without.
 //!
 //! Direct I/O is not durability: the device may still hold the blocks in its volatile cache and
 //! the file's size and extents are metadata.  The `syncfs` (or fsync) that ends a restore is
@@ -27,6 +31,9 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
+use sha2::{Digest, Sha256};
+
+use crate::checksum::hex;
 use crate::files::durable::{create_new, start_writeback, WriteBehind, WRITE_BEHIND};
 use crate::files::error::{Context, IoError};
 use crate::threads::with_signals_blocked;
@@ -47,8 +54,10 @@ pub const DIRECT_FROM: u64 = 256 << 10;
 pub const BEHIND_FROM: u64 = 8 << 20;
 
 /// Blocks of such a file in memory at once: one being filled, the others queued or being
-/// written.
+/// written (and, when the file hashes its blocks, `HASHED_IN_FLIGHT` more queued or being
+/// hashed).
 const BLOCKS_IN_FLIGHT: usize = 3;
+const HASHED_IN_FLIGHT: usize = 2;
 
 /// How a restore writes its files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,20 +95,49 @@ fn on_direct_filesystem(file: &File) -> bool {
 /// A new file being restored: past the page cache when it is large and the filesystem allows
 /// it, else buffered.  `finish` must be called once everything is written.
 pub enum RestoredFile {
-    Direct(Direct<File>),
+    Direct(Box<Direct<File>>),
     Buffered(WriteBehind),
 }
 
 impl RestoredFile {
     /// Creates `path` (new, mode 0600, never through a symlink) for about `expected` bytes.
     pub fn create(path: &Path, expected: u64, writes: Writes) -> Result<RestoredFile, IoError> {
+        RestoredFile::created(path, expected, writes, false)
+    }
+
+    /// `create`, and a file whose blocks a helper writes hashes them on a second helper first
+    /// (`in_place`, `finish_hashed`).
+    pub fn create_hashing(
+        path: &Path,
+        expected: u64,
+        writes: Writes,
+    ) -> Result<RestoredFile, IoError> {
+        RestoredFile::created(path, expected, writes, true)
+    }
+
+    fn created(
+        path: &Path,
+        expected: u64,
+        writes: Writes,
+        hash: bool,
+    ) -> Result<RestoredFile, IoError> {
         let file = create_new(path)?;
         if writes == Writes::Buffered || expected < DIRECT_FROM || !on_direct_filesystem(&file) {
             return Ok(RestoredFile::Buffered(WriteBehind::new(file)));
         }
-        match Direct::new(file, expected, expected >= BEHIND_FROM) {
-            Ok(d) => Ok(RestoredFile::Direct(d)),
+        let behind = expected >= BEHIND_FROM;
+        match Direct::new(file, expected, behind, hash && behind) {
+            Ok(d) => Ok(RestoredFile::Direct(Box::new(d))),
             Err(file) => Ok(RestoredFile::Buffered(WriteBehind::new(file))),
+        }
+    }
+
+    /// The file, when it hashes its own blocks: fill it in place (`Direct::spare`,
+    /// `Direct::advance`) and take the sha256 from `finish_hashed`.
+    pub fn in_place(&mut self) -> Option<&mut Direct<File>> {
+        match self {
+            RestoredFile::Direct(d) if d.hashes() => Some(d),
+            _ => None,
         }
     }
 
@@ -109,16 +147,23 @@ impl RestoredFile {
         Ok(self.finished(path)?.0)
     }
 
-    /// `finish`, and whether the file went past the page cache to its last aligned block.
-    fn finished(self, path: &Path) -> Result<(u64, bool), IoError> {
+    /// `finish`, and the sha256 of every byte written when the file hashed its own blocks.
+    pub fn finish_hashed(self, path: &Path) -> Result<(u64, Option<String>), IoError> {
+        let (length, _, sha256) = self.finished(path)?;
+        Ok((length, sha256))
+    }
+
+    /// `finish`, whether the file went past the page cache to its last aligned block, and its
+    /// sha256 when it hashed its blocks.
+    fn finished(self, path: &Path) -> Result<(u64, bool, Option<String>), IoError> {
         let length = |f: &File| Ok(f.metadata().at("could not stat", path)?.len());
         match self {
             RestoredFile::Direct(d) => {
-                let (file, direct) = d.finish_with_mode().at("could not write", path)?;
-                Ok((length(&file)?, direct))
+                let (file, direct, sha256) = d.finish_all().at("could not write", path)?;
+                Ok((length(&file)?, direct, sha256))
             }
             // Dropping it starts the writeback of what is left.
-            RestoredFile::Buffered(w) => Ok((length(w.file())?, false)),
+            RestoredFile::Buffered(w) => Ok((length(w.file())?, false, None)),
         }
     }
 }
@@ -277,20 +322,25 @@ impl<D: Device> Sink<D> {
     }
 }
 
-/// A helper thread writing full blocks as they come, and handing them back to be filled again.
+/// A helper thread writing full blocks as they come, and handing them back to be filled again;
+/// with `hasher`, the blocks go through a second helper hashing them first.
 struct Behind<D> {
     to_thread: Option<mpsc::SyncSender<(Block, usize)>>,
     returned: mpsc::Receiver<Block>,
     thread: Option<JoinHandle<io::Result<Sink<D>>>>,
-    /// Blocks made so far (at most `BLOCKS_IN_FLIGHT`).
+    hasher: Option<JoinHandle<Sha256>>,
+    /// The hashing helper's sha256 of the blocks it saw, once it finished.
+    hashed: Option<Sha256>,
+    /// Blocks made so far (at most `limit`).
     made: usize,
+    limit: usize,
 }
 
 impl<D: Device> Behind<D> {
-    /// Starts the thread with every signal blocked (PostgreSQL's handlers stay on the calling
+    /// Starts the thread(s) with every signal blocked (PostgreSQL's handlers stay on the calling
     /// thread, as in a host-loss drill); gives the sink back where no thread can start.
-    fn start(sink: Sink<D>) -> Result<Behind<D>, Sink<D>> {
-        let (to_thread, blocks) = mpsc::sync_channel::<(Block, usize)>(BLOCKS_IN_FLIGHT);
+    fn start(sink: Sink<D>, hash: bool) -> Result<Behind<D>, Sink<D>> {
+        let (to_writer, blocks) = mpsc::sync_channel::<(Block, usize)>(BLOCKS_IN_FLIGHT);
         let (back, returned) = mpsc::channel::<Block>();
         let (tx, given) = mpsc::sync_channel::<Sink<D>>(1);
         let spawned = with_signals_blocked(|| {
@@ -311,7 +361,34 @@ impl<D: Device> Behind<D> {
         let Ok(thread) = spawned else {
             return Err(sink);
         };
-        // Handed over once the thread exists, so that a failed start gives it back.
+        // The hashing helper sits between the caller and the writer: it sees every full block
+        // in order, before the writer hands it back to be filled again.
+        let (to_thread, hasher, limit) = if hash {
+            let (to_hasher, for_hash) = mpsc::sync_channel::<(Block, usize)>(HASHED_IN_FLIGHT);
+            let spawned = with_signals_blocked(|| {
+                std::thread::Builder::new()
+                    .name("backup_mgmt hash".into())
+                    .spawn(move || {
+                        let mut h = Sha256::new();
+                        for (block, len) in for_hash {
+                            h.update(block.bytes(len));
+                            // The writer stopped (it failed): the caller learns why from it.
+                            if to_writer.send((block, len)).is_err() {
+                                break;
+                            }
+                        }
+                        h
+                    })
+            });
+            match spawned {
+                Ok(h) => (to_hasher, Some(h), BLOCKS_IN_FLIGHT + HASHED_IN_FLIGHT),
+                // The writer ends once its sender (moved into the closure) is dropped.
+                Err(_) => return Err(sink),
+            }
+        } else {
+            (to_writer, None, BLOCKS_IN_FLIGHT)
+        };
+        // Handed over once the threads exist, so that a failed start gives it back.
         if let Err(mpsc::SendError(sink)) = tx.send(sink) {
             return Err(sink);
         }
@@ -319,7 +396,10 @@ impl<D: Device> Behind<D> {
             to_thread: Some(to_thread),
             returned,
             thread: Some(thread),
+            hasher,
+            hashed: None,
             made: 1,
+            limit,
         })
     }
 
@@ -329,7 +409,7 @@ impl<D: Device> Behind<D> {
         if let Ok(b) = self.returned.try_recv() {
             return Ok(b);
         }
-        if self.made < BLOCKS_IN_FLIGHT {
+        if self.made < self.limit {
             self.made += 1;
             return Block::new(cap).ok_or_else(|| io::Error::other("no aligned buffer"));
         }
@@ -344,9 +424,17 @@ impl<D: Device> Behind<D> {
         }
     }
 
-    /// Waits for the thread to write everything sent and gives the sink back.
+    /// Waits for the thread(s) to hash and write everything sent and gives the sink back.
     fn join(&mut self) -> io::Result<Sink<D>> {
         drop(self.to_thread.take());
+        // The hashing helper first: it ends once it has passed everything on (or the writer
+        // stopped), which closes the writer's queue.
+        if let Some(h) = self.hasher.take() {
+            self.hashed = Some(
+                h.join()
+                    .map_err(|_| io::Error::other("the hashing thread failed"))?,
+            );
+        }
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,
             Some(Err(panic)) => {
@@ -377,6 +465,9 @@ impl<D> Drop for Behind<D> {
     /// caller goes on.
     fn drop(&mut self) {
         drop(self.to_thread.take());
+        if let Some(h) = self.hasher.take() {
+            let _ = h.join();
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -399,8 +490,9 @@ pub struct Direct<D: Device> {
 
 impl<D: Device> Direct<D> {
     /// `device` (just created, empty) switched to `O_DIRECT`, or given back where that is
-    /// refused.  With `behind`, full blocks are written by a helper thread.
-    pub fn new(mut device: D, expected: u64, behind: bool) -> Result<Direct<D>, D> {
+    /// refused.  With `behind`, full blocks are written by a helper thread, and with `hash`
+    /// hashed by another before (`hashes` says whether they are).
+    pub fn new(mut device: D, expected: u64, behind: bool, hash: bool) -> Result<Direct<D>, D> {
         // One block for a large file; for a smaller one just its size, rounded up.
         let cap = usize::try_from(expected)
             .unwrap_or(BLOCK)
@@ -419,7 +511,7 @@ impl<D: Device> Direct<D> {
             direct: true,
         };
         let writer = match behind {
-            true => Behind::start(sink).map_or_else(Writer::Inline, Writer::Behind),
+            true => Behind::start(sink, hash).map_or_else(Writer::Inline, Writer::Behind),
             false => Writer::Inline(sink),
         };
         Ok(Direct {
@@ -444,25 +536,55 @@ impl<D: Device> Direct<D> {
         Ok(())
     }
 
+    /// Whether a helper hashes the blocks (`finish_all` then gives the sha256).
+    pub fn hashes(&self) -> bool {
+        matches!(&self.writer, Writer::Behind(b) if b.hasher.is_some())
+    }
+
+    /// The free part of the block being filled, for a reader to fill in place (never empty: a
+    /// full block is handed on at once); `advance` then says how much it filled.
+    pub fn spare(&mut self) -> &mut [u8] {
+        self.block.bytes_mut(self.filled, self.cap)
+    }
+
+    /// `n` more bytes of the block were filled through `spare`.
+    pub fn advance(&mut self, n: usize) -> io::Result<()> {
+        self.filled = (self.filled + n).min(self.cap);
+        if self.filled == self.cap {
+            self.write_block()?;
+        }
+        Ok(())
+    }
+
     /// Writes what is held (its aligned part directly, the last partial page through the page
     /// cache) and gives the device back.
     pub fn finish(self) -> io::Result<D> {
-        Ok(self.finish_with_mode()?.0)
+        Ok(self.finish_all()?.0)
     }
 
-    /// `finish`, and whether everything up to the last partial page went past the cache.
-    fn finish_with_mode(self) -> io::Result<(D, bool)> {
+    /// `finish`, whether everything up to the last partial page went past the cache, and when
+    /// the blocks were hashed the sha256 of every byte written.
+    fn finish_all(self) -> io::Result<(D, bool, Option<String>)> {
         let Direct {
             block,
             filled,
             writer,
             ..
         } = self;
-        let sink = match writer {
-            Writer::Inline(sink) => sink,
-            Writer::Behind(mut behind) => behind.join()?,
+        let (sink, hashed) = match writer {
+            Writer::Inline(sink) => (sink, None),
+            Writer::Behind(mut behind) => {
+                let sink = behind.join()?;
+                (sink, behind.hashed.take())
+            }
         };
-        sink.finish(block.bytes(filled))
+        let last = block.bytes(filled);
+        let sha256 = hashed.map(|mut h| {
+            h.update(last);
+            hex(&h.finalize())
+        });
+        let (device, direct) = sink.finish(last)?;
+        Ok((device, direct, sha256))
     }
 }
 

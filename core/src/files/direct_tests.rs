@@ -97,36 +97,43 @@ fn through(
     script: impl Fn(&mut Scripted),
 ) -> (Scripted, Vec<u8>) {
     let mut results = Vec::new();
-    for behind in [false, true] {
-        let path = dir.join(format!("s{}-{expected}-{behind}", data.len()));
+    for (behind, hash) in [(false, false), (true, false), (true, true)] {
+        let path = dir.join(format!("s{}-{expected}-{behind}-{hash}", data.len()));
         let mut dev = Scripted::new(create_new(&path).unwrap());
         script(&mut dev);
-        let mut d = Direct::new(dev, expected, behind).ok().unwrap();
+        let mut d = Direct::new(dev, expected, behind, hash).ok().unwrap();
         assert_eq!(matches!(d.writer, Writer::Behind(_)), behind);
-        for piece in data.chunks(65_531) {
-            d.write_all(piece).unwrap();
+        assert_eq!(d.hashes(), hash);
+        if hash {
+            // Filled in place, in pieces that never line up with the blocks either.
+            let mut at = 0;
+            while at < data.len() {
+                let spare = d.spare();
+                assert!(!spare.is_empty());
+                let n = spare.len().min(65_531).min(data.len() - at);
+                spare[..n].copy_from_slice(&data[at..at + n]);
+                d.advance(n).unwrap();
+                at += n;
+            }
+        } else {
+            for piece in data.chunks(65_531) {
+                d.write_all(piece).unwrap();
+            }
         }
-        let dev = d.finish().unwrap();
+        let (dev, _, sha256) = d.finish_all().unwrap();
+        assert_eq!(sha256, hash.then(|| hex(&Sha256::digest(data))));
         results.push((dev, std::fs::read(&path).unwrap()));
     }
+    let (hashed, hashed_got) = results.pop().unwrap();
     let (threaded, got) = results.pop().unwrap();
     let (inline, same) = results.pop().unwrap();
     assert_eq!(got, same);
-    assert_eq!(
-        (
-            inline.calls,
-            inline.refused,
-            inline.direct_bytes,
-            inline.direct
-        ),
-        (
-            threaded.calls,
-            threaded.refused,
-            threaded.direct_bytes,
-            threaded.direct
-        )
-    );
+    assert_eq!(hashed_got, same);
+    let state = |d: &Scripted| (d.calls, d.refused, d.direct_bytes, d.direct);
+    assert_eq!(state(&inline), state(&threaded));
+    assert_eq!(state(&inline), state(&hashed));
     assert_eq!(*inline.hinted.borrow(), *threaded.hinted.borrow());
+    assert_eq!(*inline.hinted.borrow(), *hashed.hinted.borrow());
     (threaded, got)
 }
 
@@ -222,11 +229,13 @@ fn a_failed_write_on_the_helper_thread_reaches_the_writer() {
     let data = pattern(6 * BLOCK + 100);
     // The disk fills at the second block, or at the last (written by `finish` itself).
     for call in [2, 7] {
-        for behind in [false, true] {
-            let path = tmp.path().join(format!("full-{call}-{behind}"));
+        for (behind, hash) in [(false, false), (true, false), (true, true)] {
+            let path = tmp.path().join(format!("full-{call}-{behind}-{hash}"));
             let mut dev = Scripted::new(create_new(&path).unwrap());
             dev.full_at = Some(call);
-            let mut d = Direct::new(dev, data.len() as u64, behind).ok().unwrap();
+            let mut d = Direct::new(dev, data.len() as u64, behind, hash)
+                .ok()
+                .unwrap();
             // Once a write failed, no later write nor `finish` may report success.
             let mut failed = None;
             for piece in data.chunks(65_531) {
@@ -251,15 +260,19 @@ fn a_failed_write_on_the_helper_thread_reaches_the_writer() {
 #[test]
 fn a_file_given_up_part_way_stops_its_helper_thread_after_the_blocks_sent() {
     let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join("given-up");
     let data = pattern(5 * BLOCK + 100);
-    let dev = Scripted::new(create_new(&path).unwrap());
-    let mut d = Direct::new(dev, data.len() as u64, true).ok().unwrap();
-    d.write_all(&data).unwrap();
-    // Dropped without `finish` (the caller failed): the thread writes the full blocks it was
-    // sent, ends, and the drop returns.
-    drop(d);
-    assert_eq!(std::fs::read(&path).unwrap(), &data[..5 * BLOCK]);
+    for hash in [false, true] {
+        let path = tmp.path().join(format!("given-up-{hash}"));
+        let dev = Scripted::new(create_new(&path).unwrap());
+        let mut d = Direct::new(dev, data.len() as u64, true, hash)
+            .ok()
+            .unwrap();
+        d.write_all(&data).unwrap();
+        // Dropped without `finish` (the caller failed): the thread(s) hash and write the full
+        // blocks sent, end, and the drop returns.
+        drop(d);
+        assert_eq!(std::fs::read(&path).unwrap(), &data[..5 * BLOCK]);
+    }
 }
 
 #[test]
@@ -293,7 +306,24 @@ fn files_of_every_awkward_length_come_out_exact_on_this_filesystem() {
                 && on_direct_filesystem(&File::open(tmp.path()).unwrap());
             assert_eq!(
                 out.finished(&path).unwrap(),
-                (len as u64, direct),
+                (len as u64, direct, None),
+                "length {len}, {writes:?}"
+            );
+            assert_eq!(std::fs::read(&path).unwrap(), data, "length {len}");
+
+            // Made to hash itself: only a file whose blocks a helper writes does, and gives the
+            // sha256 of every byte, its last partial block included.
+            let path = tmp.path().join(format!("h{len}-{writes:?}"));
+            let mut out = RestoredFile::create_hashing(&path, len as u64, writes).unwrap();
+            let hashes = out.in_place().is_some();
+            assert_eq!(hashes, direct && len as u64 >= BEHIND_FROM, "length {len}");
+            for piece in data.chunks(65_531) {
+                out.write_all(piece).unwrap();
+            }
+            let sha256 = hashes.then(|| hex(&Sha256::digest(&data)));
+            assert_eq!(
+                out.finish_hashed(&path).unwrap(),
+                (len as u64, sha256),
                 "length {len}, {writes:?}"
             );
             assert_eq!(std::fs::read(&path).unwrap(), data, "length {len}");

@@ -18,7 +18,7 @@ use crate::manifest::postgres::{self, PG_MANIFEST, PG_MANIFEST_ZST};
 use crate::pgformat::datadir::restore_own;
 use crate::progress::Counters;
 use crate::stream;
-use crate::verify::native::{cancelled, judge, read_stream};
+use crate::verify::native::{cancelled, judge, read_into_file, read_stream};
 use crate::verify::{self, Reason, Report};
 
 pub use crate::pgformat::datadir::{CONTROL, CONTROL_HELD, CONTROL_STAGED};
@@ -459,11 +459,18 @@ fn fill(
         let input = open_stored(source, f, &src)?;
         let unwritable = |e: IoError| Report::failed(Reason::Unreadable, e.to_string(), &out_path);
         let mut out =
-            RestoredFile::create(&out_path, f.size, writers.writes).map_err(unwritable)?;
+            RestoredFile::create_hashing(&out_path, f.size, writers.writes).map_err(unwritable)?;
         let zst = f.stored.ends_with(".zst");
-        let (size, sum) = read_stream(input, zst, f.size, &mut out, buf, counters)
+        let (size, sum) = read_into_file(input, zst, f.size, &mut out, buf, counters)
             .map_err(|(r, d)| Report::failed(r, d, &src))?;
-        let on_disk = out.finish(&out_path).map_err(unwritable)?;
+        let (on_disk, hashed) = out.finish_hashed(&out_path).map_err(unwritable)?;
+        let Some(sum) = sum.or(hashed) else {
+            return Err(Report::failed(
+                Reason::Unreadable,
+                "the file was written but not hashed".into(),
+                &out_path,
+            ));
+        };
         if on_disk != size {
             return Err(Report::failed(
                 Reason::Unreadable,

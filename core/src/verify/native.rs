@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Reason, Report};
 use crate::checksum::hex;
+use crate::files::direct::RestoredFile;
 use crate::manifest::native::{FileRecord, Manifest, FILES_MANIFEST};
 use crate::progress::Counters;
 use crate::stream::{self, Count, Hash, PumpError, ThreadedHash};
@@ -48,23 +49,8 @@ pub fn read_stream(
     // A failure reading the stored bytes (a disk, a connection) is told apart from zstd
     // refusing what was read: the first is the storage's, the second the file's damage.
     let source_failed = Cell::new(false);
-    let input = Watched {
-        inner: input,
-        failed: &source_failed,
-    };
-    let mut reader: Box<dyn Read + '_> = if zst {
-        Box::new(stream::decompress(input).map_err(|e| (Reason::Unreadable, format!("zstd: {e}")))?)
-    } else {
-        Box::new(input)
-    };
-    let pumped = |e| match e {
-        PumpError::Cancelled => (Reason::Cancelled, "cancelled".to_owned()),
-        PumpError::Read { after, source } if zst && !source_failed.get() => (
-            Reason::Corrupt,
-            format!("the stored bytes do not decompress after {after} bytes (zstd: {source})"),
-        ),
-        e => (Reason::Unreadable, e.to_string()),
-    };
+    let mut reader = opened(input, zst, &source_failed)?;
+    let pumped = |e| judged(e, zst, &source_failed);
     let counted = Count::new(sink, Some(counters.bytes));
     if expected >= HASH_ON_A_THREAD_FROM {
         let mut chain = ThreadedHash::new(counted);
@@ -78,6 +64,81 @@ pub fn read_stream(
     stream::pump(&mut reader, &mut chain, buf, Some(counters.cancel)).map_err(pumped)?;
     let (counted, sha256) = chain.finish();
     Ok((counted.bytes(), sha256))
+}
+
+/// `input`, decompressed when `zst`; a failure of `input` itself is noted in `failed`.
+fn opened<'a>(
+    input: impl Read + 'a,
+    zst: bool,
+    failed: &'a Cell<bool>,
+) -> Result<Box<dyn Read + 'a>, (Reason, String)> {
+    let input = Watched {
+        inner: input,
+        failed,
+    };
+    Ok(if zst {
+        Box::new(stream::decompress(input).map_err(|e| (Reason::Unreadable, format!("zstd: {e}")))?)
+    } else {
+        Box::new(input)
+    })
+}
+
+/// What a failed pump of a stored file means: damage when zstd refused what the storage gave.
+fn judged(e: PumpError, zst: bool, source_failed: &Cell<bool>) -> (Reason, String) {
+    match e {
+        PumpError::Cancelled => (Reason::Cancelled, "cancelled".to_owned()),
+        PumpError::Read { after, source } if zst && !source_failed.get() => (
+            Reason::Corrupt,
+            format!("the stored bytes do not decompress after {after} bytes (zstd: {source})"),
+        ),
+        e => (Reason::Unreadable, e.to_string()),
+    }
+}
+
+/// `read_stream` into a file being restored.  One that hashes its own blocks (a large file
+/// written past the page cache, `RestoredFile::create_hashing`) is filled in place: the
+/// decompressed bytes are copied nowhere, and its sha256 comes from `finish_hashed` (None
+/// here).  Any other goes through `read_stream`.
+pub fn read_into_file(
+    input: impl Read,
+    zst: bool,
+    expected: u64,
+    out: &mut RestoredFile,
+    buf: &mut [u8],
+    counters: &Counters<'_>,
+) -> Result<(u64, Option<String>), (Reason, String)> {
+    let Some(file) = out.in_place() else {
+        return read_stream(input, zst, expected, out, buf, counters).map(|(n, s)| (n, Some(s)));
+    };
+    let source_failed = Cell::new(false);
+    let mut reader = opened(input, zst, &source_failed)?;
+    let mut total = 0u64;
+    loop {
+        if counters.cancel.load(Ordering::Relaxed) {
+            return Err(judged(PumpError::Cancelled, zst, &source_failed));
+        }
+        let n = match reader.read(file.spare()) {
+            Ok(0) => return Ok((total, None)),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(source) => {
+                let e = PumpError::Read {
+                    after: total,
+                    source,
+                };
+                return Err(judged(e, zst, &source_failed));
+            }
+        };
+        file.advance(n).map_err(|source| {
+            let e = PumpError::Write {
+                after: total,
+                source,
+            };
+            judged(e, zst, &source_failed)
+        })?;
+        total += n as u64;
+        counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
 }
 
 /// A reader that notes whether it failed itself (rather than a decompressor reading from it).

@@ -54,9 +54,10 @@ pub const DIRECT_FROM: u64 = 256 << 10;
 pub const BEHIND_FROM: u64 = 8 << 20;
 
 /// Blocks of such a file in memory at once: one being filled, the others queued or being
-/// written (and, when the file hashes its blocks, `HASHED_IN_FLIGHT` more queued or being
-/// hashed).
+/// written.
 const BLOCKS_IN_FLIGHT: usize = 3;
+/// The blocks more a file that hashes its blocks may have: queued for or being hashed, so that
+/// the hashing thread (the restore's long pole) always has the next block waiting.
 const HASHED_IN_FLIGHT: usize = 2;
 
 /// How a restore writes its files.
@@ -382,7 +383,8 @@ impl<D: Device> Behind<D> {
             });
             match spawned {
                 Ok(h) => (to_hasher, Some(h), BLOCKS_IN_FLIGHT + HASHED_IN_FLIGHT),
-                // The writer ends once its sender (moved into the closure) is dropped.
+                // The writer thread, never handed the sink (`tx` goes with this return), ends
+                // at once; the caller writes inline.
                 Err(_) => return Err(sink),
             }
         } else {
@@ -403,8 +405,8 @@ impl<D: Device> Behind<D> {
         })
     }
 
-    /// A block to fill next: a new one while fewer than `BLOCKS_IN_FLIGHT` exist, else the
-    /// next one the thread has written.
+    /// A block to fill next: a new one while fewer than `limit` exist, else the next one the
+    /// writer has written.
     fn next_block(&mut self, cap: usize) -> io::Result<Block> {
         if let Ok(b) = self.returned.try_recv() {
             return Ok(b);
@@ -541,15 +543,23 @@ impl<D: Device> Direct<D> {
         matches!(&self.writer, Writer::Behind(b) if b.hasher.is_some())
     }
 
-    /// The free part of the block being filled, for a reader to fill in place (never empty: a
-    /// full block is handed on at once); `advance` then says how much it filled.
+    /// The free part of the block being filled, for a reader to fill in place; `advance` then
+    /// says how much it filled.  Never empty while every `advance` succeeded (a full block is
+    /// handed on at once).
     pub fn spare(&mut self) -> &mut [u8] {
         self.block.bytes_mut(self.filled, self.cap)
     }
 
     /// `n` more bytes of the block were filled through `spare`.
     pub fn advance(&mut self, n: usize) -> io::Result<()> {
-        self.filled = (self.filled + n).min(self.cap);
+        if n > self.cap - self.filled {
+            // A reader that says it read more than it was given: its count cannot be trusted.
+            return Err(io::Error::other(format!(
+                "{n} bytes said to be read into {} free",
+                self.cap - self.filled
+            )));
+        }
+        self.filled += n;
         if self.filled == self.cap {
             self.write_block()?;
         }

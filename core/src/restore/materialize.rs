@@ -29,10 +29,22 @@ pub fn tablespace_oid(dir: &str) -> Option<&str> {
     (!oid.is_empty() && oid.bytes().all(|b| b.is_ascii_digit())).then_some(oid)
 }
 
+/// Why a stored file could not be opened: where it is on this host, or on a target.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenStoredError {
+    #[error(transparent)]
+    Local(#[from] crate::files::open::OpenError),
+    #[error(transparent)]
+    Target(#[from] crate::storage::StorageError),
+}
+
+/// A stored file opened for reading, or why not.
+pub type Opened = Result<Box<dyn Read + Send>, OpenStoredError>;
+
 /// Where the stored files of a chain come from: opened by holder and stored path (`None`: that
 /// backup is not available), and named in reports.
 pub trait StoredFiles: Sync {
-    fn open(&self, holder: i64, stored: &str) -> Option<Result<Box<dyn Read + Send>, String>>;
+    fn open(&self, holder: i64, stored: &str) -> Option<Opened>;
     fn shown(&self, holder: i64, stored: &str) -> PathBuf;
     /// The files about to be opened, in order, by `at_once` threads: a source whose every open
     /// is a round trip starts the next ones' requests early.
@@ -43,12 +55,12 @@ pub trait StoredFiles: Sync {
 pub struct LocalHolders<'a>(pub &'a HashMap<i64, PathBuf>);
 
 impl StoredFiles for LocalHolders<'_> {
-    fn open(&self, holder: i64, stored: &str) -> Option<Result<Box<dyn Read + Send>, String>> {
+    fn open(&self, holder: i64, stored: &str) -> Option<Opened> {
         let path = self.0.get(&holder)?.join(stored);
         Some(
             crate::files::open::open_regular(&path)
                 .map(|f| Box::new(f) as Box<dyn Read + Send>)
-                .map_err(|e| e.to_string()),
+                .map_err(OpenStoredError::from),
         )
     }
     fn shown(&self, holder: i64, stored: &str) -> PathBuf {
@@ -164,7 +176,8 @@ enum Mode {
 /// Removes what lies below `dest` that the manifest does not name (following only the
 /// tablespace links, and in a tablespace's location only this backup's version directory);
 /// returns how many entries went.
-fn remove_extras(manifest: &Manifest, dest: &Path) -> Result<usize, String> {
+fn remove_extras(manifest: &Manifest, dest: &Path) -> Result<usize, IoError> {
+    use crate::files::error::Context;
     let files: HashSet<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
     let dirs: HashSet<&str> = manifest.dirs.iter().map(String::as_str).collect();
     let mut removed = 0;
@@ -175,19 +188,15 @@ fn remove_extras(manifest: &Manifest, dest: &Path) -> Result<usize, String> {
         } else {
             dest.join(&rel)
         };
-        let entries =
-            std::fs::read_dir(&at).map_err(|e| format!("listing {}: {e}", at.display()))?;
-        for e in entries {
-            let e = e.map_err(|e| format!("listing {}: {e}", at.display()))?;
+        for e in std::fs::read_dir(&at).at("could not list", &at)? {
+            let e = e.at("could not list", &at)?;
             let name = e.file_name().to_string_lossy().into_owned();
             let path = if rel.is_empty() {
                 name
             } else {
                 format!("{rel}/{name}")
             };
-            let kind = e
-                .file_type()
-                .map_err(|err| format!("{}: {err}", e.path().display()))?;
+            let kind = e.file_type().at("could not stat", &e.path())?;
             // A tablespace's location may be shared: PostgreSQL gives each version its own
             // `PG_<major>_<catversion>` there (a pg_upgrade leaves the old one beside the new),
             // so only what this backup's version directory holds is this cluster's to clean.
@@ -221,7 +230,7 @@ fn remove_extras(manifest: &Manifest, dest: &Path) -> Result<usize, String> {
             } else {
                 std::fs::remove_file(&full)
             };
-            gone.map_err(|e| format!("removing {}: {e}", full.display()))?;
+            gone.at("could not remove", &full)?;
             removed += 1;
         }
     }
@@ -390,7 +399,7 @@ fn fill(
             ));
         }
         hold_control(dest).map_err(|e| fail(e.to_string()))?;
-        done.removed = remove_extras(manifest, dest).map_err(fail)?;
+        done.removed = remove_extras(manifest, dest).map_err(|e| fail(e.to_string()))?;
     }
     for d in &manifest.dirs {
         match tablespace_oid(d) {
@@ -464,12 +473,16 @@ fn fill(
         let (size, sum) = read_into_file(input, zst, f.size, &mut out, buf, counters)
             .map_err(|(r, d)| Report::failed(r, d, &src))?;
         let (on_disk, hashed) = out.finish_hashed(&out_path).map_err(unwritable)?;
-        let Some(sum) = sum.or(hashed) else {
-            return Err(Report::failed(
-                Reason::Unreadable,
-                "the file was written but not hashed".into(),
-                &out_path,
-            ));
+        // Hashed by the read loop or by the file itself, never both, never neither.
+        let sum = match (sum, hashed) {
+            (Some(sum), None) | (None, Some(sum)) => sum,
+            _ => {
+                return Err(Report::failed(
+                    Reason::Unreadable,
+                    "the file's sha256 was not computed once".into(),
+                    &out_path,
+                ))
+            }
         };
         if on_disk != size {
             return Err(Report::failed(
@@ -649,7 +662,7 @@ fn open_stored(
                 src,
             )
         })?
-        .map_err(|e| Report::failed(Reason::Unreadable, e, src))
+        .map_err(|e| Report::failed(Reason::Unreadable, e.to_string(), src))
 }
 
 #[cfg(test)]

@@ -252,7 +252,7 @@ fn a_delta_restore_leaves_another_versions_tablespace_directory_alone() {
     // stays, and so does the parent.
     struct Meddling<'a>(LocalHolders<'a>, PathBuf);
     impl StoredFiles for Meddling<'_> {
-        fn open(&self, h: i64, stored: &str) -> Option<Result<Box<dyn Read + Send>, String>> {
+        fn open(&self, h: i64, stored: &str) -> Option<Opened> {
             let _ = std::fs::create_dir_all(self.1.join("99999"));
             self.0.open(h, stored)
         }
@@ -286,7 +286,7 @@ struct Recording<'a> {
 }
 
 impl StoredFiles for Recording<'_> {
-    fn open(&self, holder: i64, stored: &str) -> Option<Result<Box<dyn Read + Send>, String>> {
+    fn open(&self, holder: i64, stored: &str) -> Option<Opened> {
         self.opened.lock().unwrap().push(stored.to_owned());
         self.inner.open(holder, stored)
     }

@@ -2,11 +2,10 @@
 //! object's request started a little ahead of the thread that will write it.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
-use super::materialize::StoredFiles;
+use super::materialize::{OpenStoredError, Opened, StoredFiles};
 use crate::storage::{member_key, Ahead, Storage};
 
 /// The stored files of a chain on a target: `<backup key>/<stored path>`.
@@ -64,7 +63,7 @@ impl<'a> RemoteHolders<'a> {
 }
 
 impl StoredFiles for RemoteHolders<'_> {
-    fn open(&self, holder: i64, stored: &str) -> Option<Result<Box<dyn Read + Send>, String>> {
+    fn open(&self, holder: i64, stored: &str) -> Option<Opened> {
         let key = self.key(holder, stored)?;
         let ahead = self
             .ahead
@@ -76,7 +75,7 @@ impl StoredFiles for RemoteHolders<'_> {
             Some(started) => started().or_else(|_| self.storage.get(&key)),
             None => self.storage.get(&key),
         };
-        Some(opened.map_err(|e| e.to_string()))
+        Some(opened.map_err(OpenStoredError::from))
     }
     fn shown(&self, holder: i64, stored: &str) -> PathBuf {
         match self.key(holder, stored) {

@@ -3,6 +3,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::*;
 use crate::storage::filesystem::FilesystemTarget;
 use crate::storage::{Copied, StorageError};
+use std::io::Read;
 
 /// A directory target whose `get_ahead` opens the object at once (as an object store sends the
 /// request) and counts what was started, and when.
@@ -44,9 +45,11 @@ impl Storage for Counting {
     }
 }
 
-fn read(r: Option<Result<Box<dyn Read + Send>, String>>) -> Result<Vec<u8>, String> {
+/// What an opened object holds, or why it could not be opened (as a report would say it).
+fn read(r: Option<Opened>) -> Result<Vec<u8>, String> {
     let mut bytes = Vec::new();
-    r.expect("a known holder")?
+    r.expect("a known holder")
+        .map_err(|e| e.to_string())?
         .read_to_end(&mut bytes)
         .map_err(|e| e.to_string())?;
     Ok(bytes)

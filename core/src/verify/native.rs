@@ -294,6 +294,15 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
 
+    /// Counters of bytes and a cancel flag, no files.
+    fn counting<'a>(bytes: &'a AtomicU64, cancel: &'a AtomicBool) -> Counters<'a> {
+        Counters {
+            bytes,
+            cancel,
+            files: None,
+        }
+    }
+
     /// A file large enough to be hashed on a helper thread yields what hashing it inline yields,
     /// passes every byte to the sink, and a single changed byte changes the sha256.
     #[test]
@@ -302,11 +311,7 @@ mod tests {
         let data: Vec<u8> = (0..size).map(|i| (i * 7 / 4096) as u8).collect();
         let stored = zstd::encode_all(&data[..], 3).unwrap();
         let (bytes, cancel) = (AtomicU64::new(0), AtomicBool::new(false));
-        let counters = Counters {
-            bytes: &bytes,
-            cancel: &cancel,
-            files: None,
-        };
+        let counters = counting(&bytes, &cancel);
         let mut buf = vec![0u8; super::super::CHUNK];
         let read = |input: &[u8], zst: bool, expected: u64, buf: &mut [u8]| {
             let mut sink = Vec::new();
@@ -326,6 +331,57 @@ mod tests {
         assert_ne!(other.1, direct);
     }
 
+    /// A large compressed file decompressed in place into a file that hashes its own blocks:
+    /// every byte written and counted, the sha256 the file's; damage still `corrupt`, a stream
+    /// that stops early still short, a cancel still honoured.
+    #[test]
+    fn a_file_filled_in_place_is_written_hashed_and_judged_as_any_other() {
+        use crate::files::direct::{Writes, BEHIND_FROM};
+        let tmp = tempfile::tempdir().unwrap();
+        let size = BEHIND_FROM as usize * 2 + 12_345;
+        let data: Vec<u8> = (0..size).map(|i| (i * 7 / 4096 + i % 13) as u8).collect();
+        let stored = zstd::encode_all(&data[..], 3).unwrap();
+        let (bytes, cancel) = (AtomicU64::new(0), AtomicBool::new(false));
+        let counters = counting(&bytes, &cancel);
+        let mut buf = vec![0u8; super::super::CHUNK];
+        let mut restore = |name: &str, input: &[u8]| {
+            let path = tmp.path().join(name);
+            let mut out = RestoredFile::create_hashing(&path, size as u64, Writes::Direct).unwrap();
+            // This project's machines restore to ext4, where such a file hashes its blocks.
+            assert!(out.in_place().is_some());
+            let read = read_into_file(input, true, size as u64, &mut out, &mut buf, &counters);
+            let finished = out.finish_hashed(&path).unwrap();
+            (read, finished, std::fs::read(&path).unwrap())
+        };
+        let (read, finished, written) = restore("whole", &stored);
+        assert_eq!(read, Ok((size as u64, None)));
+        assert_eq!(finished, (size as u64, Some(hex(&Sha256::digest(&data)))));
+        assert!(written == data, "other bytes than the file's were written");
+        assert_eq!(bytes.load(Ordering::Relaxed), size as u64);
+
+        // Its frame header damaged: zstd refuses it, the file's damage.
+        let mut damaged = stored.clone();
+        damaged[0] ^= 0xff;
+        let (reason, detail) = restore("damaged", &damaged).0.unwrap_err();
+        assert_eq!(reason, Reason::Corrupt, "{detail}");
+
+        // Cut short (a download that ended early): fewer bytes, which `judge` refuses.
+        let (read, finished, _) = restore("short", &stored[..stored.len() / 2]);
+        let short = match read {
+            Ok((n, None)) => n,
+            Err((reason, detail)) => {
+                assert_eq!(reason, Reason::Corrupt, "{detail}");
+                finished.0
+            }
+            other => panic!("{other:?}"),
+        };
+        assert!(short < size as u64, "{short}");
+
+        cancel.store(true, Ordering::Relaxed);
+        let (read, _, _) = restore("cancelled", &stored);
+        assert_eq!(read.unwrap_err().0, Reason::Cancelled);
+    }
+
     /// Stored bytes that zstd refuses are the file's damage (`corrupt`); a read that fails is
     /// the storage's (`unreadable`).
     #[test]
@@ -336,11 +392,7 @@ mod tests {
         // one in the frame's header never decompresses.
         stored[0] ^= 0xff;
         let (bytes, cancel) = (AtomicU64::new(0), AtomicBool::new(false));
-        let counters = Counters {
-            bytes: &bytes,
-            cancel: &cancel,
-            files: None,
-        };
+        let counters = counting(&bytes, &cancel);
         let mut buf = vec![0u8; super::super::CHUNK];
         let mut sink = Vec::new();
         let (reason, detail) =

@@ -56,8 +56,8 @@ pub const BEHIND_FROM: u64 = 8 << 20;
 /// Blocks of such a file in memory at once: one being filled, the others queued or being
 /// written.
 const BLOCKS_IN_FLIGHT: usize = 3;
-/// The blocks more a file that hashes its blocks may have: queued for or being hashed, so that
-/// the hashing thread (the restore's long pole) always has the next block waiting.
+/// Extra blocks a file that hashes its own blocks may have (queued for or being hashed), so
+/// that the hashing thread, a restore's long pole, always has the next block waiting.
 const HASHED_IN_FLIGHT: usize = 2;
 
 /// How a restore writes its files.
@@ -326,6 +326,7 @@ impl<D: Device> Sink<D> {
 /// A helper thread writing full blocks as they come, and handing them back to be filled again;
 /// with `hasher`, the blocks go through a second helper hashing them first.
 struct Behind<D> {
+    /// Where full blocks go: to the hashing helper when there is one, else to the writer.
     to_thread: Option<mpsc::SyncSender<(Block, usize)>>,
     returned: mpsc::Receiver<Block>,
     thread: Option<JoinHandle<io::Result<Sink<D>>>>,
@@ -453,7 +454,7 @@ impl<D: Device> Behind<D> {
         }
     }
 
-    /// The thread's error, once it stopped.
+    /// The writer's error (or the hashing helper's), once they stopped.
     fn failed(&mut self) -> io::Error {
         match self.join() {
             Ok(_) => io::Error::other("the writing thread stopped"),
@@ -463,8 +464,8 @@ impl<D: Device> Behind<D> {
 }
 
 impl<D> Drop for Behind<D> {
-    /// A file given up part-way: the thread writes what it was sent, then ends, before the
-    /// caller goes on.
+    /// A file given up part-way: the helpers hash and write what they were sent, then end,
+    /// before the caller goes on.
     fn drop(&mut self) {
         drop(self.to_thread.take());
         if let Some(h) = self.hasher.take() {

@@ -33,6 +33,7 @@ mod backup_runs;
 pub mod limits;
 mod target_hold;
 pub mod wal;
+mod wal_alarm;
 mod wal_copy;
 mod wal_queue;
 

@@ -479,8 +479,11 @@ fn wal_reaches_every_target_verified_survives_an_outage_and_raises_the_alarm() {
         sha256sum(&part_path) == part_sha
     });
     assert!(repaired, "the damaged part stayed\n{}", cluster.log());
+    // Said by the worker once the copy thread that put the part again has reported back: a
+    // moment after the part is whole on the target.
     let said = format!("the catalog mirror's part \"{part_key}\" did not hold what its key says");
-    assert!(cluster.log().contains(&said), "{}", cluster.log());
+    let logged = Cluster::wait_for(Duration::from_secs(30), || cluster.log().contains(&said));
+    assert!(logged, "no WARNING naming the part\n{}", cluster.log());
 }
 
 #[test]

@@ -291,6 +291,50 @@ pub fn pump(
     }
 }
 
+/// A sink that lends its own buffer to be filled in place (a restored file's aligned block), so
+/// that `pump_in_place` copies the bytes nowhere: reads go into `spare`, `advance` says how many.
+pub trait FillInPlace {
+    /// The free part of the sink's buffer (not empty while every `advance` succeeded).
+    fn spare(&mut self) -> &mut [u8];
+    /// `n` more bytes of `spare` were filled.
+    fn advance(&mut self, n: usize) -> io::Result<()>;
+}
+
+/// `pump` into a sink's own buffer: the same end at the first short read, the same errors and
+/// cancel; the bytes moved are added to `progress`.
+pub fn pump_in_place(
+    input: &mut impl Read,
+    output: &mut dyn FillInPlace,
+    cancel: Option<&AtomicBool>,
+    progress: Option<&AtomicU64>,
+) -> Result<u64, PumpError> {
+    let mut total = 0u64;
+    loop {
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(PumpError::Cancelled);
+        }
+        let spare = output.spare();
+        let room = spare.len();
+        let n = read_full(input, spare).map_err(|source| PumpError::Read {
+            after: total,
+            source,
+        })?;
+        if n > 0 {
+            output.advance(n).map_err(|source| PumpError::Write {
+                after: total,
+                source,
+            })?;
+            total += n as u64;
+            if let Some(p) = progress {
+                p.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+        if n < room {
+            return Ok(total);
+        }
+    }
+}
+
 /// sha256 and length of everything `input` gives, read into `buf`.
 pub fn hash_all(
     input: &mut impl Read,

@@ -16,7 +16,7 @@
 //! path.  A file of `BEHIND_FROM` or more therefore has its blocks written by a helper thread
 //! while the caller fills the next one.  A restore can also have such a file hash its own blocks
 //! on a second helper before they are written (`RestoredFile::create_hashing`) and fill the
-//! block in place (`spare`, `advance`): the decompressed bytes are then copied nowhere, where
+//! block in place (`stream::FillInPlace`): the decompressed bytes are then copied nowhere, where
 //! they were copied twice (into the block, and into a piece for a hashing thread), which on two
 //! cores was CPU the hashing thread, the long pole, went without.
 //!
@@ -36,6 +36,7 @@ use sha2::{Digest, Sha256};
 use crate::checksum::hex;
 use crate::files::durable::{create_new, start_writeback, WriteBehind, WRITE_BEHIND};
 use crate::files::error::{Context, IoError};
+use crate::stream::FillInPlace;
 use crate::threads::with_signals_blocked;
 
 /// The alignment of buffer, offset and length that `O_DIRECT` asks for: 4096 covers devices
@@ -133,8 +134,8 @@ impl RestoredFile {
         }
     }
 
-    /// The file, when it hashes its own blocks: fill it in place (`Direct::spare`,
-    /// `Direct::advance`) and take the sha256 from `finish_hashed`.
+    /// The file, when it hashes its own blocks: fill it in place (`stream::pump_in_place`) and
+    /// take the sha256 from `finish_hashed`.
     pub fn in_place(&mut self) -> Option<&mut Direct<File>> {
         match self {
             RestoredFile::Direct(d) if d.hashes() => Some(d),
@@ -544,29 +545,6 @@ impl<D: Device> Direct<D> {
         matches!(&self.writer, Writer::Behind(b) if b.hasher.is_some())
     }
 
-    /// The free part of the block being filled, for a reader to fill in place; `advance` then
-    /// says how much it filled.  Never empty while every `advance` succeeded (a full block is
-    /// handed on at once).
-    pub fn spare(&mut self) -> &mut [u8] {
-        self.block.bytes_mut(self.filled, self.cap)
-    }
-
-    /// `n` more bytes of the block were filled through `spare`.
-    pub fn advance(&mut self, n: usize) -> io::Result<()> {
-        if n > self.cap - self.filled {
-            // A reader that says it read more than it was given: its count cannot be trusted.
-            return Err(io::Error::other(format!(
-                "{n} bytes said to be read into {} free",
-                self.cap - self.filled
-            )));
-        }
-        self.filled += n;
-        if self.filled == self.cap {
-            self.write_block()?;
-        }
-        Ok(())
-    }
-
     /// Writes what is held (its aligned part directly, the last partial page through the page
     /// cache) and gives the device back.
     pub fn finish(self) -> io::Result<D> {
@@ -596,6 +574,29 @@ impl<D: Device> Direct<D> {
         });
         let (device, direct) = sink.finish(last)?;
         Ok((device, direct, sha256))
+    }
+}
+
+/// The block being filled, lent to a reader (`stream::pump_in_place`).
+impl<D: Device> FillInPlace for Direct<D> {
+    /// Never empty while every `advance` succeeded: a full block is handed on at once.
+    fn spare(&mut self) -> &mut [u8] {
+        self.block.bytes_mut(self.filled, self.cap)
+    }
+
+    fn advance(&mut self, n: usize) -> io::Result<()> {
+        if n > self.cap - self.filled {
+            // A reader that says it read more than it was given: its count cannot be trusted.
+            return Err(io::Error::other(format!(
+                "{n} bytes said to be read into {} free",
+                self.cap - self.filled
+            )));
+        }
+        self.filled += n;
+        if self.filled == self.cap {
+            self.write_block()?;
+        }
+        Ok(())
     }
 }
 

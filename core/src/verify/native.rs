@@ -112,33 +112,14 @@ pub fn read_into_file(
     };
     let source_failed = Cell::new(false);
     let mut reader = opened(input, zst, &source_failed)?;
-    let mut total = 0u64;
-    loop {
-        if counters.cancel.load(Ordering::Relaxed) {
-            return Err(judged(PumpError::Cancelled, zst, &source_failed));
-        }
-        let n = match reader.read(file.spare()) {
-            Ok(0) => return Ok((total, None)),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(source) => {
-                let e = PumpError::Read {
-                    after: total,
-                    source,
-                };
-                return Err(judged(e, zst, &source_failed));
-            }
-        };
-        file.advance(n).map_err(|source| {
-            let e = PumpError::Write {
-                after: total,
-                source,
-            };
-            judged(e, zst, &source_failed)
-        })?;
-        total += n as u64;
-        counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
-    }
+    let n = stream::pump_in_place(
+        &mut reader,
+        file,
+        Some(counters.cancel),
+        Some(counters.bytes),
+    )
+    .map_err(|e| judged(e, zst, &source_failed))?;
+    Ok((n, None))
 }
 
 /// A reader that notes whether it failed itself (rather than a decompressor reading from it).

@@ -140,7 +140,7 @@ pub fn run(
         owner_roles: args.owner_role.clone(),
     };
     if !json {
-        eprintln!(
+        tell!(
             "backup-mgmt: restoring backup {} ({} of database \"{}\", ended {}) into new database \"{}\"{}",
             b.backup_id,
             b.backup_method,
@@ -156,7 +156,7 @@ pub fn run(
     }
     // On stderr in both modes: a script reading the JSON should not be the only one to know.
     if let Some(c) = &choice.caution {
-        eprintln!(
+        tell!(
             "backup-mgmt: caution: {c} (the dump's bytes are still checked against its sha256 as \
              they arrive)"
         );
@@ -196,10 +196,10 @@ fn report(r: &LogicalRestored, caution: Option<&str>, took: Duration, json: bool
         v["caution"] = serde_json::json!(caution);
         v["seconds"] = serde_json::json!(took.as_secs_f64());
         v["complete"] = serde_json::json!(logical::complete(r));
-        println!("{v}");
+        crate::output::print_json(&v.to_string());
         return;
     }
-    println!(
+    say!(
         "restored backup {} (database \"{}\") into database \"{}\", owned by \"{}\", in {:.1} s ({} bytes of dump)",
         r.backup_id,
         r.source_database,
@@ -209,22 +209,22 @@ fn report(r: &LogicalRestored, caution: Option<&str>, took: Duration, json: bool
         r.bytes
     );
     if !r.had_globals {
-        println!("the backup has no globals file: its roles were not created here");
+        say!("the backup has no globals file: its roles were not created here");
     }
     if !r.roles_created.is_empty() {
-        println!("roles created: {}", r.roles_created.join(", "));
+        say!("roles created: {}", r.roles_created.join(", "));
     }
     if !r.roles_existing.is_empty() {
-        println!(
+        say!(
             "roles that existed (left as they are): {}",
             r.roles_existing.join(", ")
         );
     }
     for s in &r.globals_skipped {
-        println!("globals statement left out: {s}");
+        say!("globals statement left out: {s}");
     }
     if let Some(k) = &r.kept_role {
-        println!(
+        say!(
             "{} object(s) a superuser owned in the dump are owned by role \"{}\" (no login, no \
              memberships); review them, then as a superuser in the new database: REASSIGN OWNED BY \"{}\" TO \"{}\"; \
              DROP OWNED BY \"{}\"; and DROP ROLE \"{}\" (or restore with --trust-superuser-objects)",
@@ -234,9 +234,11 @@ fn report(r: &LogicalRestored, caution: Option<&str>, took: Duration, json: bool
     // With a kept role every such object is its (counted above; listed in --output json).
     if r.kept_role.is_none() {
         for c in &r.owners_changed {
-            println!(
+            say!(
                 "owned by \"{}\" here, by superuser \"{}\" in the dump: {}",
-                c.owner_here, c.owner_in_dump, c.object
+                c.owner_here,
+                c.owner_in_dump,
+                c.object
             );
         }
     }
@@ -246,7 +248,7 @@ fn report(r: &LogicalRestored, caution: Option<&str>, took: Duration, json: bool
             Why::Consequence => "depends on an object that was not restored",
             Why::Failed => "FAILED",
         };
-        println!("not restored: {} ({why}): {}", n.object, n.error);
+        say!("not restored: {} ({why}): {}", n.object, n.error);
     }
-    println!("run ANALYZE in the new database before you put load on it");
+    say!("run ANALYZE in the new database before you put load on it");
 }

@@ -4,8 +4,9 @@
 //! builds a data directory that recovers to a chosen point, `wal-fetch` is its
 //! `restore_command`; `wal-set-aside` frees a WAL file's key that another object holds.  Everything it does is in the core crate; this file is the command line.
 
-mod logical;
+#[macro_use]
 mod output;
+mod logical;
 mod programs;
 mod target;
 
@@ -15,6 +16,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use backup_mgmt_core::files::direct::Writes;
+use backup_mgmt_core::printable::lines;
 use backup_mgmt_core::progress::{Counters, Progress};
 use backup_mgmt_core::restore::fetch::{self, FetchError, Sync};
 use backup_mgmt_core::restore::fetch_history;
@@ -344,7 +346,7 @@ fn main() -> ExitCode {
     let as_restore_command = std::env::args_os().skip(1).any(|a| a == "wal-fetch");
     if as_restore_command {
         std::panic::set_hook(Box::new(|info| {
-            eprintln!("backup-mgmt: {info}");
+            tell!("backup-mgmt: {info}");
             std::process::exit(WAL_FETCH_FATAL.into());
         }));
     }
@@ -369,12 +371,18 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("backup-mgmt: {e}");
+            // One line (wal-fetch's stderr is the server log's; a mirror's text may hold line
+            // breaks), but for a program's complaint in a logical restore's (pg_restore's).
+            let text = e.to_string();
+            match (as_restore_command, &e) {
+                (false, CliError::Logical(_)) => eprintln!("backup-mgmt: {}", lines(&text)),
+                _ => tell!("backup-mgmt: {text}"),
+            }
             // A failed new restore removes what it made; what it could not is named, so that
             // no one starts a server on half a restore.
             if let (Some(dir), Some(false)) = (&new_dir, was_there) {
                 if dir.symlink_metadata().is_ok() {
-                    eprintln!(
+                    tell!(
                         "backup-mgmt: {} is what is left of this failed restore and could not be removed: remove it before using that path",
                         dir.display()
                     );
@@ -605,7 +613,7 @@ fn restore(
     fetch_history::check_histories_above(storage, &mirror, choice.path.target())?;
     let json = cli.output == Output::Json;
     if !json {
-        eprintln!("backup-mgmt: {}", choice.why);
+        tell!("backup-mgmt: {}", choice.why);
     }
     let dest = std::path::absolute(&r.data_directory)
         .map_err(|e| CliError::Usage(format!("{}: {e}", r.data_directory.display())))?;
@@ -689,7 +697,7 @@ fn restore(
     let finished = finish(cli, &command, &goal, &choice, &restored, started, json);
     if finished.is_err() {
         if let Some(hint) = materialize::held_hint(&dest) {
-            eprintln!("backup-mgmt: {hint}");
+            tell!("backup-mgmt: {hint}");
         }
     }
     if finished.is_err() && !r.delta {

@@ -1,6 +1,36 @@
 //! What the program prints: tables for people, JSON for scripts, a progress bar only on a
 //! terminal.
 
+/// `println!` for people: the line's control characters escaped (`printable`), since it may
+/// carry text from the target (a mirror's names and times, a dump's object names).  JSON output
+/// is escaped by serde and printed as it is.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        println!("{}", backup_mgmt_core::printable::one_line(&format!($($arg)*)))
+    };
+}
+
+/// `eprintln!` for people, as `say!`.
+macro_rules! tell {
+    ($($arg:tt)*) => {
+        eprintln!("{}", backup_mgmt_core::printable::one_line(&format!($($arg)*)))
+    };
+}
+
+/// `println!` of a JSON document for scripts, with DEL and the C1 controls escaped too
+/// (`\u009b`, which some terminals take as CSI): serde escapes only those below U+0020, and a
+/// mirror's text may hold any.  They only occur inside strings, where `\uXXXX` is JSON.
+pub fn print_json(text: &str) {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\u{7f}'..='\u{9f}' => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    println!("{out}");
+}
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -12,10 +42,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// A failure, for `--output json`: one object on stdout (`{"error": {"exit_code", "message"}}`),
 /// beside the text on stderr.
 pub fn error(exit_code: u8, message: &str) {
-    println!(
+    print_json(&format!(
         "{}",
         serde_json::json!({ "error": { "exit_code": exit_code, "message": message } })
-    );
+    ));
 }
 
 /// `list`: every cluster, its backups and its WAL on the target.
@@ -39,26 +69,31 @@ pub fn list(mirrors: &[Mirror], json: bool) {
                 })
             })
             .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "clusters": clusters }))
-                .unwrap_or_default()
+        print_json(
+            &serde_json::to_string_pretty(&serde_json::json!({ "clusters": clusters }))
+                .unwrap_or_default(),
         );
         return;
     }
     for m in mirrors {
-        println!(
+        say!(
             "cluster {} (PostgreSQL {}), mirror written {}",
             m.system_identifier,
             m.pg_version.map_or("?".into(), |v| v.to_string()),
             m.written_at
         );
-        println!(
+        say!(
             "  {:>6}  {:<16} {:<12} {:<16} {:<32} {:>12}  {:<7} verified",
-            "id", "method", "type", "database", "ended", "bytes", "parent"
+            "id",
+            "method",
+            "type",
+            "database",
+            "ended",
+            "bytes",
+            "parent"
         );
         for b in &m.backups {
-            println!(
+            say!(
                 "  {:>6}  {:<16} {:<12} {:<16} {:<32} {:>12}  {:<7} {}",
                 b.backup_id,
                 b.backup_method,
@@ -74,7 +109,7 @@ pub fn list(mirrors: &[Mirror], json: bool) {
             );
         }
         match (m.wal_files.first(), m.wal_files.last()) {
-            (Some(first), Some(last)) => println!(
+            (Some(first), Some(last)) => say!(
                 "  WAL: {} files, {} .. {}, last archived {}",
                 m.wal_files.len(),
                 first.name,
@@ -85,10 +120,10 @@ pub fn list(mirrors: &[Mirror], json: bool) {
                     .max()
                     .unwrap_or("-")
             ),
-            _ => println!("  WAL: none"),
+            _ => say!("  WAL: none"),
         }
         if !m.wal_gaps.is_empty() {
-            println!("  WAL gaps: {}", m.wal_gaps.join(", "));
+            say!("  WAL gaps: {}", m.wal_gaps.join(", "));
         }
     }
 }
@@ -165,7 +200,7 @@ pub fn spinner() -> ProgressBar {
 /// What a restore did.
 pub fn restored(r: &Restored, choice: &Choice, dest: &Path, took: Duration, json: bool) {
     if json {
-        println!(
+        print_json(&format!(
             "{}",
             serde_json::json!({
                 "backup_id": r.backup_id,
@@ -180,10 +215,10 @@ pub fn restored(r: &Restored, choice: &Choice, dest: &Path, took: Duration, json
                 "seconds": took.as_secs_f64(),
                 "why": choice.why,
             })
-        );
+        ));
         return;
     }
-    println!(
+    say!(
         "restored backup {} into {}: {} files, {} bytes in {:.1} s; start PostgreSQL on it to \
          recover ({} archived WAL file(s) needed, fetched by wal-fetch)",
         r.backup_id,
@@ -194,16 +229,18 @@ pub fn restored(r: &Restored, choice: &Choice, dest: &Path, took: Duration, json
         r.wal_segments
     );
     if choice.path.changes_timeline() {
-        println!(
+        say!(
             "recovery ends on timeline {}, along timelines {}",
             choice.path.target(),
             choice.path.describe()
         );
     }
     if let Some(d) = r.delta {
-        println!(
+        say!(
             "delta: {} files kept (size and sha256 matched), {} fetched, {} removed",
-            d.kept, d.fetched, d.removed
+            d.kept,
+            d.fetched,
+            d.removed
         );
     }
 }
@@ -211,19 +248,18 @@ pub fn restored(r: &Restored, choice: &Choice, dest: &Path, took: Duration, json
 /// `wal-set-aside`: what was moved where.
 pub fn set_aside(moved: &SetAside, json: bool) {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
+        print_json(
+            &serde_json::to_string_pretty(&serde_json::json!({
                 "key": moved.key,
                 "set_aside_to": moved.to,
                 "size": moved.size,
                 "sha256": moved.sha256,
             }))
-            .unwrap_or_default()
+            .unwrap_or_default(),
         );
         return;
     }
-    println!(
+    say!(
         "set aside {} ({} bytes, sha256 {}) to {}; the extension's next try copies its archived file to {}",
         moved.key, moved.size, moved.sha256, moved.to, moved.key
     );

@@ -4,16 +4,12 @@
 
 use std::process::Command;
 
+mod common;
+
+/// The exit code and stderr.
 fn run(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_backup-mgmt"))
-        .args(args)
-        .env_clear()
-        .output()
-        .expect("backup-mgmt runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, _, err) = common::run(args);
+    (code, err)
 }
 
 #[test]

@@ -2,9 +2,9 @@
 //! extension and its command-line programs, and tested with plain `cargo test`.
 //!
 //! Layers, bottom up (a module imports only from the layers below it):
-//! 1. foundations: `checksum`, `paths`, `files` (I/O errors with paths, durable writes, opening
-//!    planted files), `stream` (hash/compress/count stages), `threads`, `progress`, `process`,
-//!    `conninfo`;
+//! 1. foundations: `checksum`, `paths`, `printable` (text escaped for a terminal or a log),
+//!    `files` (I/O errors with paths, durable writes, opening planted files), `stream`
+//!    (hash/compress/count stages), `threads`, `progress`, `process`, `conninfo`;
 //! 2. PostgreSQL's vocabulary and formats: `vocabulary` (the catalog's words and row rule),
 //!    `wal` (WAL names and segment arithmetic), `cron`, `pgformat` (data directory, page
 //!    checksums, pg_dump archives), `manifest` (what backup_mgmt writes beside its backups);
@@ -20,6 +20,7 @@ pub mod checksum;
 pub mod conninfo;
 pub mod files;
 pub mod paths;
+pub mod printable;
 pub mod process;
 pub mod progress;
 pub mod stream;

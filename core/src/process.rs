@@ -242,7 +242,7 @@ pub enum Input {
     Bytes(Vec<u8>),
     File(std::fs::File),
     /// Written by the function, on a thread of its own.
-    Fed(Box<dyn FnOnce(std::process::ChildStdin) -> Result<(), String> + Send>),
+    Fed(Box<dyn FnOnce(std::process::ChildStdin) -> Result<(), crate::stream::PumpError> + Send>),
 }
 
 /// Runs `cmd` to completion with `input` on its stdin, keeping its stdout and the last 1 MB of
@@ -301,7 +301,7 @@ pub fn run_collecting_lines(
     progress.set_child(0);
     let input_error = feeder.and_then(|f| match f.join() {
         Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e),
+        Ok(Err(e)) => Some(e.to_string()),
         Err(_) => Some("the thread feeding the program panicked".to_owned()),
     });
     let stderr = stderr.and_then(|h| h.join().ok()).unwrap_or_default();

@@ -155,6 +155,43 @@ impl<W: Write, F: FnMut(&[u8])> Write for Observe<W, F> {
     }
 }
 
+/// Passes at most `limit` bytes on to `inner`; a write past it fails (`InvalidData`) and
+/// passes nothing.  For bytes judged only once they are all read (stored bytes others may have
+/// replaced, checked against a sha256 at the end) whose size has a bound: a few kB of zstd can
+/// claim a terabyte, and it would be written before the check refuses it.
+pub struct AtMost<W> {
+    inner: W,
+    left: u64,
+    limit: u64,
+}
+
+impl<W> AtMost<W> {
+    pub fn new(inner: W, limit: u64) -> AtMost<W> {
+        AtMost {
+            inner,
+            left: limit,
+            limit,
+        }
+    }
+}
+
+impl<W: Write> Write for AtMost<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.len() as u64 > self.left {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("more than {} bytes", self.limit),
+            ));
+        }
+        let n = self.inner.write(buf)?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// A zstd compressor in front of `inner`; `finish()` returns `inner` with the frame complete.
 pub fn compress<W: Write>(inner: W, level: i32) -> io::Result<zstd::Encoder<'static, W>> {
     zstd::Encoder::new(inner, level)

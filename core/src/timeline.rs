@@ -24,6 +24,68 @@ pub enum TimelineError {
     },
 }
 
+/// Why a history file's bytes (as archived) are not a history.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HistoryError {
+    /// The zstd stream is damaged (the message of the decoder's error).
+    #[error("it cannot be decompressed: {0}")]
+    Decompress(String),
+    #[error("it decompresses to more than {0} bytes")]
+    TooLarge(u64),
+    #[error("it is not text")]
+    NotText,
+    #[error(transparent)]
+    Malformed(#[from] TimelineError),
+}
+
+/// Why a history file an archive lists could not be used, naming the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HistoryUnusable {
+    /// It was read as archived, and its bytes are not a history.
+    #[error("{file}: {why}")]
+    NotAHistory { file: String, why: HistoryError },
+    /// It could not be read as the archive lists it (missing, another sha256, too large): the
+    /// reader's error, in its words (which name the file).
+    #[error("{0}")]
+    NotServed(String),
+}
+
+/// Why recovery from a backup cannot follow the timelines to the one asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("timeline {target} does not descend from timeline {base}")]
+    NotDescendant { target: u32, base: u32 },
+    #[error(
+        "the path to timeline {target} leaves timeline {base} at {left}, before the backup \
+         ended at {base_end}"
+    )]
+    LeftBeforeBackupEnd {
+        target: u32,
+        base: u32,
+        left: Lsn,
+        base_end: Lsn,
+    },
+    /// The history of the timeline asked for could not be read (`why`: the reader's words).
+    #[error("the history file of timeline {timeline}: {why}")]
+    Unreadable { timeline: u32, why: HistoryUnusable },
+    #[error("the archive holds no history file of timeline {0}")]
+    NoHistory(u32),
+    /// `Latest`: a newer timeline whose history cannot be read may be the live one.
+    #[error(
+        "the history file of timeline {timeline} cannot be read ({why}), so it is not known \
+         whether that timeline continues from this backup; name the timeline to end on (the \
+         restore program's --target-timeline)"
+    )]
+    NewerUnreadable { timeline: u32, why: HistoryUnusable },
+    /// `Latest`: WAL of a newer timeline without its history file.
+    #[error(
+        "the archive holds WAL of timeline {0} but not its history file, so it is not known \
+         whether that timeline continues from this backup; name the timeline to end on (the \
+         restore program's --target-timeline)"
+    )]
+    NewerWithoutHistory(u32),
+}
+
 /// One line of a history file: timeline `parent` was left at `end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Switch {
@@ -97,24 +159,24 @@ pub fn decompressed_history(
     stored: Vec<u8>,
     compressed: bool,
     limit: u64,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, HistoryError> {
     if !compressed {
         return Ok(stored);
     }
     let mut out = Vec::new();
     crate::stream::decompress(&stored[..])
         .and_then(|d| d.take(limit + 1).read_to_end(&mut out))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| HistoryError::Decompress(e.to_string()))?;
     if out.len() as u64 > limit {
-        return Err(format!("it decompresses to more than {limit} bytes"));
+        return Err(HistoryError::TooLarge(limit));
     }
     Ok(out)
 }
 
 /// The history of `timeline` that a history file's (decompressed) bytes hold.
-pub fn history_of(timeline: u32, bytes: Vec<u8>) -> Result<Vec<Switch>, String> {
-    let text = String::from_utf8(bytes).map_err(|_| "it is not text".to_owned())?;
-    parse_history(timeline, &text).map_err(|e| e.to_string())
+pub fn history_of(timeline: u32, bytes: Vec<u8>) -> Result<Vec<Switch>, HistoryError> {
+    let text = String::from_utf8(bytes).map_err(|_| HistoryError::NotText)?;
+    Ok(parse_history(timeline, &text)?)
 }
 
 /// One timeline of a recovery's path, and where its WAL takes over from the one before.
@@ -145,14 +207,12 @@ impl TimelinePath {
         base_end: Lsn,
         target: u32,
         history: &[Switch],
-    ) -> Result<TimelinePath, String> {
+    ) -> Result<TimelinePath, RouteError> {
         if target == base {
             return Ok(TimelinePath::stay(base));
         }
         let Some(at) = history.iter().position(|s| s.parent == base) else {
-            return Err(format!(
-                "timeline {target} does not descend from timeline {base}"
-            ));
+            return Err(RouteError::NotDescendant { target, base });
         };
         // Where recovery along this path stops reading the backup's timeline: the earliest
         // switch from here on (a later line may name an earlier location, see `parse_history`).
@@ -162,10 +222,12 @@ impl TimelinePath {
             .min()
             .unwrap_or(base_end);
         if left < base_end {
-            return Err(format!(
-                "the path to timeline {target} leaves timeline {base} at {left}, before the \
-                 backup ended at {base_end}"
-            ));
+            return Err(RouteError::LeftBeforeBackupEnd {
+                target,
+                base,
+                left,
+                base_end,
+            });
         }
         let mut legs = vec![Leg {
             timeline: base,
@@ -278,8 +340,8 @@ impl TargetTimeline {
     }
 }
 
-/// The history files a target holds, read: each timeline's, or why it could not be read.
-pub type Histories = BTreeMap<u32, Result<Vec<Switch>, String>>;
+/// The history files a target holds, read: each timeline's, or why it could not be used.
+pub type Histories = BTreeMap<u32, Result<Vec<Switch>, HistoryUnusable>>;
 
 /// The timelines above `timeline` the target knows of: those it holds a history file of, and
 /// those it holds WAL of.  Above a backup's timeline, what `Latest` looks through; above the
@@ -309,12 +371,15 @@ pub fn path_for(
     target: TargetTimeline,
     histories: &Histories,
     with_wal: &BTreeSet<u32>,
-) -> Result<TimelinePath, String> {
+) -> Result<TimelinePath, RouteError> {
     let to = |t: u32| match histories.get(&t) {
         _ if t == base => Ok(TimelinePath::stay(base)),
         Some(Ok(h)) => TimelinePath::to(base, base_end, t, h),
-        Some(Err(why)) => Err(format!("the history file of timeline {t}: {why}")),
-        None => Err(format!("the archive holds no history file of timeline {t}")),
+        Some(Err(why)) => Err(RouteError::Unreadable {
+            timeline: t,
+            why: why.clone(),
+        }),
+        None => Err(RouteError::NoHistory(t)),
     };
     match target {
         TargetTimeline::Current => Ok(TimelinePath::stay(base)),
@@ -328,20 +393,12 @@ pub fn path_for(
                         Err(_) => continue,
                     },
                     Some(Err(why)) => {
-                        return Err(format!(
-                            "the history file of timeline {t} cannot be read ({why}), so it is \
-                             not known whether that timeline continues from this backup; name \
-                             the timeline to end on (the restore program's --target-timeline)"
-                        ))
+                        return Err(RouteError::NewerUnreadable {
+                            timeline: t,
+                            why: why.clone(),
+                        })
                     }
-                    None => {
-                        return Err(format!(
-                            "the archive holds WAL of timeline {t} but not its history file, so \
-                             it is not known whether that timeline continues from this backup; \
-                             name the timeline to end on (the restore program's \
-                             --target-timeline)"
-                        ))
-                    }
+                    None => return Err(RouteError::NewerWithoutHistory(t)),
                 }
             }
             Ok(TimelinePath::stay(base))
@@ -410,17 +467,29 @@ mod tests {
         assert_eq!(p.timeline_of(5, MB16), 2);
         // A backup that ended after its timeline was left is not on timeline 3's path.
         let e = TimelinePath::to(1, lsn("0/6000000"), 3, &h).unwrap_err();
-        assert!(e.contains("leaves timeline 1 at 0/5000000"), "{e}");
+        assert!(
+            e.to_string().contains("leaves timeline 1 at 0/5000000"),
+            "{e}"
+        );
         // Nor is a timeline that is no ancestor.
         let e = TimelinePath::to(4, lsn("0/1"), 3, &h).unwrap_err();
-        assert!(e.contains("does not descend from timeline 4"), "{e}");
+        assert_eq!(e, RouteError::NotDescendant { target: 3, base: 4 });
+        assert!(
+            e.to_string().contains("does not descend from timeline 4"),
+            "{e}"
+        );
         assert_eq!(TimelinePath::stay(2).timeline_of(99, MB16), 2);
     }
 
     #[test]
     fn latest_is_the_newest_timeline_that_continues_from_the_backup() {
         let mut hs: Histories = BTreeMap::new();
-        let read = |tli: u32, text: &str| parse_history(tli, text).map_err(|e| e.to_string());
+        let read = |tli: u32, text: &str| {
+            parse_history(tli, text).map_err(|e| HistoryUnusable::NotAHistory {
+                file: history_file_name(tli),
+                why: e.into(),
+            })
+        };
         hs.insert(2, read(2, "1\t0/5000000\tx\n"));
         hs.insert(3, read(3, THREE));
         // 4 branched off 1 early (a second failover of an old primary).
@@ -434,25 +503,36 @@ mod tests {
         assert_eq!(path(TargetTimeline::Current, &hs, &none), Ok(1));
         assert_eq!(path(TargetTimeline::Id(2), &hs, &none), Ok(2));
         let e = path(TargetTimeline::Id(4), &hs, &none).unwrap_err();
-        assert!(e.contains("leaves timeline 1 at 0/2000000"), "{e}");
+        assert!(
+            e.to_string().contains("leaves timeline 1 at 0/2000000"),
+            "{e}"
+        );
         let e = path(TargetTimeline::Id(7), &hs, &none).unwrap_err();
-        assert!(e.contains("no history file of timeline 7"), "{e}");
+        assert!(
+            e.to_string().contains("no history file of timeline 7"),
+            "{e}"
+        );
         // WAL of a timeline with no history file: latest cannot know where it leads.
         let e = path(TargetTimeline::Latest, &hs, &BTreeSet::from([1, 5])).unwrap_err();
         assert!(
-            e.contains("WAL of timeline 5 but not its history file"),
+            e.to_string()
+                .contains("WAL of timeline 5 but not its history file"),
             "{e}"
         );
         // A history that cannot be read may be the live timeline's: a refusal for latest,
         // and named when asked for; a timeline below it can still be named.
-        hs.insert(3, Err("its sha256 differs".into()));
+        hs.insert(
+            3,
+            Err(HistoryUnusable::NotServed("its sha256 differs".into())),
+        );
         let e = path(TargetTimeline::Latest, &hs, &none).unwrap_err();
         assert!(
-            e.contains("timeline 3 cannot be read (its sha256 differs)"),
+            e.to_string()
+                .contains("timeline 3 cannot be read (its sha256 differs)"),
             "{e}"
         );
         let e = path(TargetTimeline::Id(3), &hs, &none).unwrap_err();
-        assert!(e.contains("sha256 differs"), "{e}");
+        assert!(e.to_string().contains("sha256 differs"), "{e}");
         assert_eq!(path(TargetTimeline::Id(2), &hs, &none), Ok(2));
         // Nothing newer: the backup's own timeline.
         assert_eq!(
@@ -466,7 +546,10 @@ mod tests {
         assert_eq!(p.timeline_of(4, MB16), 3);
         assert_eq!(p.timeline_of(6, MB16), 3);
         let e = TimelinePath::to(1, lsn("0/4800000"), 3, &odd).unwrap_err();
-        assert!(e.contains("leaves timeline 1 at 0/4000000"), "{e}");
+        assert!(
+            e.to_string().contains("leaves timeline 1 at 0/4000000"),
+            "{e}"
+        );
         // A path cut at a location before a later timeline began.
         let three = TimelinePath::to(1, base_end, 3, &read(3, THREE).unwrap()).unwrap();
         assert_eq!(three.up_to(lsn("0/6000000"), MB16).target(), 2);

@@ -3,15 +3,7 @@
 /// `s` fit for one log line: control characters (line breaks above all) escaped, so that text a
 /// caller chose (an error message, a path) cannot forge log lines.
 pub fn escape_for_log(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    backup_mgmt_core::printable::one_line(s).into_owned()
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiError, SpiHeapTupleData};
 
-use super::timelines::Line;
+use super::timelines::{Line, LineError};
 use crate::catalog::queries::{chain_members, chain_problem, chain_unverified, standing_verdict};
 use crate::pg::{guc, server};
 
@@ -133,7 +133,7 @@ fn route_of(
     line: &Line,
     target: &Target,
     size: wal::SegmentSize,
-) -> Result<Result<TimelinePath, String>, PitrError> {
+) -> Result<Result<TimelinePath, LineError>, PitrError> {
     // As before timelines were followed: a row without its timeline is on the first.
     let timeline = row
         .get::<i32>(6)?
@@ -152,7 +152,7 @@ fn route_of(
 }
 
 /// A candidate's catalog row, and the timelines recovery from it reads (or why it cannot).
-type Routed<'a> = (SpiHeapTupleData<'a>, Result<TimelinePath, String>);
+type Routed<'a> = (SpiHeapTupleData<'a>, Result<TimelinePath, LineError>);
 
 /// A candidate base backup: what makes it unusable (its verification, its chain, or the
 /// timelines that lead on from it), and the timelines recovery from it reads.
@@ -165,7 +165,9 @@ fn candidate<'a>(
     let route = route_of(&row, line, target, size)?;
     Ok(Candidate {
         backup_id: row.get::<i64>(1)?.unwrap_or_default(),
-        problem: row.get::<String>(12)?.or(route.as_ref().err().cloned()),
+        problem: row
+            .get::<String>(12)?
+            .or(route.as_ref().err().map(LineError::to_string)),
         unverified: row.get::<String>(14)?,
         item: (row, route),
     })
@@ -453,7 +455,7 @@ fn plan(target: Target, target_time: Option<TimestampWithTimeZone>) -> Result<Pl
                 ),
             }
         } else if let Err(why) = &history {
-            why.clone()
+            why.to_string()
         } else {
             "reachable".into()
         };

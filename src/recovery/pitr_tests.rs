@@ -389,7 +389,7 @@ mod tests {
             "1\t0/9800000\tno recovery target specified\n",
         )
         .unwrap();
-        let e = read().unwrap_err();
+        let e = read().unwrap_err().to_string();
         assert!(
             e.contains("00000002.history") && e.contains("sha256"),
             "{e}"
@@ -400,14 +400,17 @@ mod tests {
               WHERE file_name = '00000002.history'",
         )
         .unwrap();
-        assert!(read().unwrap_err().contains("it is lost (gone)"));
+        assert!(read()
+            .unwrap_err()
+            .to_string()
+            .contains("it is lost (gone)"));
         Spi::run(
             "UPDATE backup_management.wal_archive \
                 SET lost_at = NULL, file_path = E'/etc/x\\n/00000002.history' \
               WHERE file_name = '00000002.history'",
         )
         .unwrap();
-        let e = read().unwrap_err();
+        let e = read().unwrap_err().to_string();
         assert!(e.contains("not in the WAL archive of a backup root"), "{e}");
         assert!(e.contains("\\n") && !e.contains('\n'), "quoted: {e}");
         assert!(

@@ -19,16 +19,70 @@ use std::path::PathBuf;
 
 use backup_mgmt_core::restore::recipe::Segment;
 use backup_mgmt_core::timeline::{
-    decompressed_history, history_file_name, history_of, Switch, TimelinePath, HISTORY_LIMIT,
+    decompressed_history, history_file_name, history_of, HistoryError, RouteError, Switch,
+    TimelinePath, HISTORY_LIMIT,
 };
-use backup_mgmt_core::verify::archive::{locate, read_small};
+use backup_mgmt_core::verify::archive::{locate, read_small, SmallFileError};
 use backup_mgmt_core::wal::Lsn;
 use pgrx::spi::{SpiClient, SpiError};
 
 use crate::pg::{guc, server};
 
+/// Why a timeline's history, this server's own or the archived copy, cannot be followed.  The
+/// words reach `plan_recovery`'s reasons and NOTICEs.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LineError {
+    /// This server's own `pg_wal/0000000N.history` could not be read.
+    #[error("\"{path}\": {why}")]
+    OwnUnreadable { path: String, why: String },
+    #[error("\"{0}\" is larger than a history file")]
+    OwnTooLarge(String),
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    #[error("it is lost ({0})")]
+    Lost(String),
+    #[error("its size is not recorded")]
+    SizeNotRecorded,
+    /// `backup_mgmt.backup_roots` cannot be read (the setting's error).
+    #[error("{0}")]
+    Roots(String),
+    #[error("its recorded path is not in the WAL archive of a backup root")]
+    NotInArchive,
+    #[error(transparent)]
+    Archived(#[from] SmallFileError),
+    /// An archived history file's problem, named by its catalog path: quoted, as catalog text,
+    /// so that it cannot forge a line of a NOTICE or the log.
+    #[error("{path:?}: {why}")]
+    At { path: String, why: Box<LineError> },
+    #[error("{file:?}: it differs from this server's own pg_wal/{name}")]
+    DiffersFromOwn { file: PathBuf, name: String },
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error(
+        "recovery from its timeline {base} to this server's timeline {current} needs the \
+         history of timeline {current}, which cannot be read: {why}"
+    )]
+    NoHistory {
+        base: u32,
+        current: u32,
+        why: Box<LineError>,
+    },
+    #[error(
+        "the archived history file of timeline {ends_on}, which recovery reads, cannot be used: \
+         {why}"
+    )]
+    ArchivedUnusable { ends_on: u32, why: Box<LineError> },
+    #[error(
+        "the archive holds no history file of timeline {ends_on}, which recovery reads to follow \
+         it (a server that became this timeline with archive_mode off, as a recipe's restored \
+         copy does, never archived it; its pg_wal/{name} has it, but the catalog cannot vouch \
+         for a copy put there by hand: take a base backup on this timeline)"
+    )]
+    NotArchived { ends_on: u32, name: String },
+}
+
 /// The history of `timeline` as this server keeps it in `pg_wal` (timeline 1 has none).
-fn own_history(timeline: u32) -> Result<Vec<Switch>, String> {
+fn own_history(timeline: u32) -> Result<Vec<Switch>, LineError> {
     if timeline == 1 {
         return Ok(Vec::new());
     }
@@ -38,14 +92,14 @@ fn own_history(timeline: u32) -> Result<Vec<Switch>, String> {
     let mut bytes = Vec::new();
     std::fs::File::open(&path)
         .and_then(|f| f.take(HISTORY_LIMIT + 1).read_to_end(&mut bytes))
-        .map_err(|e| format!("\"{}\": {e}", path.display()))?;
+        .map_err(|e| LineError::OwnUnreadable {
+            path: path.display().to_string(),
+            why: e.to_string(),
+        })?;
     if bytes.len() as u64 > HISTORY_LIMIT {
-        return Err(format!(
-            "\"{}\" is larger than a history file",
-            path.display()
-        ));
+        return Err(LineError::OwnTooLarge(path.display().to_string()));
     }
-    history_of(timeline, bytes)
+    Ok(history_of(timeline, bytes)?)
 }
 
 /// An archived history file that was read and checked.
@@ -65,7 +119,7 @@ pub fn archived_history(
     c: &SpiClient<'_>,
     system_identifier: i64,
     timeline: u32,
-) -> Result<Option<Result<ArchivedHistory, String>>, SpiError> {
+) -> Result<Option<Result<ArchivedHistory, LineError>>, SpiError> {
     let name = history_file_name(timeline);
     let rows = c.select(
         "SELECT file_path, checksum, file_size, \
@@ -82,15 +136,14 @@ pub fn archived_history(
     let sha256: String = row.get(2)?.unwrap_or_default();
     let size = row.get::<i64>(3)?.and_then(|s| u64::try_from(s).ok());
     let lost: Option<String> = row.get(4)?;
-    let read = (|| -> Result<ArchivedHistory, String> {
+    let read = (|| -> Result<ArchivedHistory, LineError> {
         if let Some(why) = lost {
-            return Err(format!("it is lost ({why})"));
+            return Err(LineError::Lost(why));
         }
-        let size = size.ok_or("its size is not recorded")?;
-        let roots = guc::backup_roots().map_err(|e| e.to_string())?;
-        let file = locate(&path, &name, system_identifier, &roots).ok_or_else(|| {
-            "its recorded path is not in the WAL archive of a backup root".to_owned()
-        })?;
+        let size = size.ok_or(LineError::SizeNotRecorded)?;
+        let roots = guc::backup_roots().map_err(|e| LineError::Roots(e.to_string()))?;
+        let file =
+            locate(&path, &name, system_identifier, &roots).ok_or(LineError::NotInArchive)?;
         let stored = read_small(&file, size, &sha256, HISTORY_LIMIT)?;
         let compressed = file.stored.ends_with(".zst");
         let history = history_of(
@@ -113,17 +166,19 @@ pub fn archived_history(
             dir,
         })
     })();
-    // The path is catalog text: quoted, so that it cannot forge a line of a NOTICE or the log.
-    Ok(Some(read.map_err(|why| format!("{path:?}: {why}"))))
+    Ok(Some(read.map_err(|why| LineError::At {
+        path,
+        why: Box::new(why),
+    })))
 }
 
 /// This server's timeline and its history: where the recovery a plan describes ends.
 pub struct Line {
     pub current: u32,
     /// Its history, from `pg_wal` (or the archived copy when `pg_wal` has none).
-    history: Result<Vec<Switch>, String>,
+    history: Result<Vec<Switch>, LineError>,
     /// The archived history file of `current`, as `archived_history` found it.
-    archived: Option<Result<ArchivedHistory, String>>,
+    archived: Option<Result<ArchivedHistory, LineError>>,
     system_identifier: i64,
 }
 
@@ -137,11 +192,10 @@ impl Line {
                 // Recovery follows the archived copy: it must say what the server says.
                 if let Some(Ok(a)) = &archived {
                     if a.history != own {
-                        archived = Some(Err(format!(
-                            "{:?}: it differs from this server's own pg_wal/{}",
-                            a.dir.join(&a.listed.file),
-                            history_file_name(current)
-                        )));
+                        archived = Some(Err(LineError::DiffersFromOwn {
+                            file: a.dir.join(&a.listed.file),
+                            name: history_file_name(current),
+                        }));
                     }
                 }
                 Ok(own)
@@ -162,17 +216,17 @@ impl Line {
     /// The timelines recovery from a backup on `base` that ended at `stop` reads to end on this
     /// server's timeline, or why it cannot (this timeline branched off before the backup ended,
     /// or elsewhere; its history cannot be read).
-    pub fn route(&self, base: u32, stop: Lsn) -> Result<TimelinePath, String> {
+    pub fn route(&self, base: u32, stop: Lsn) -> Result<TimelinePath, LineError> {
         if base == self.current {
             return Ok(TimelinePath::stay(base));
         }
         match &self.history {
-            Ok(h) => TimelinePath::to(base, stop, self.current, h),
-            Err(e) => Err(format!(
-                "recovery from its timeline {base} to this server's timeline {} needs the \
-                 history of timeline {}, which cannot be read: {e}",
-                self.current, self.current
-            )),
+            Ok(h) => Ok(TimelinePath::to(base, stop, self.current, h)?),
+            Err(e) => Err(LineError::NoHistory {
+                base,
+                current: self.current,
+                why: Box::new(e.clone()),
+            }),
         }
     }
 
@@ -184,7 +238,7 @@ impl Line {
         &self,
         c: &SpiClient<'_>,
         route: &TimelinePath,
-    ) -> Result<Result<Option<ArchivedHistory>, String>, SpiError> {
+    ) -> Result<Result<Option<ArchivedHistory>, LineError>, SpiError> {
         let ends_on = route.target();
         if ends_on == 1 {
             return Ok(Ok(None));
@@ -195,18 +249,14 @@ impl Line {
         };
         Ok(match archived {
             Some(Ok(a)) => Ok(Some(a)),
-            Some(Err(why)) => Err(format!(
-                "the archived history file of timeline {ends_on}, which recovery reads, cannot \
-                 be used: {why}"
-            )),
-            None if route.changes_timeline() => Err(format!(
-                "the archive holds no history file of timeline {ends_on}, which recovery reads \
-                 to follow it (a server that became this timeline with archive_mode off, as a \
-                 recipe's restored copy does, never archived it; its pg_wal/{} has it, but \
-                 the catalog cannot vouch for a copy put there by hand: take a base backup on \
-                 this timeline)",
-                history_file_name(ends_on)
-            )),
+            Some(Err(why)) => Err(LineError::ArchivedUnusable {
+                ends_on,
+                why: Box::new(why),
+            }),
+            None if route.changes_timeline() => Err(LineError::NotArchived {
+                ends_on,
+                name: history_file_name(ends_on),
+            }),
             None => Ok(None),
         })
     }

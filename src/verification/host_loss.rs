@@ -18,7 +18,7 @@ use backup_mgmt_core::files::error::Context;
 use backup_mgmt_core::restore::fetch::{self, Destination, Into};
 use backup_mgmt_core::restore::fetch_tar;
 use backup_mgmt_core::restore::materialize;
-use backup_mgmt_core::restore::offsite::{self, Goal, TarChains};
+use backup_mgmt_core::restore::offsite::{self, Goal, OffsiteRestoreError, TarChains};
 use backup_mgmt_core::restore::scratch_server::{self, ScratchError};
 use backup_mgmt_core::threads;
 use pgrx::prelude::*;
@@ -27,6 +27,20 @@ use pgrx::spi::SpiError;
 use crate::offsite::TargetSpec;
 use crate::pg::wait::in_background;
 use crate::pg::{roots, server};
+
+/// Why a host-loss drill could not restore from the target: its words become one of the drill's
+/// issues.
+#[derive(Debug, thiserror::Error)]
+enum HostLossError {
+    #[error(transparent)]
+    Mirror(#[from] OffsiteRestoreError),
+    #[error(
+        "backup {0} on the target is not one this catalog recorded with that sha256: not restored"
+    )]
+    NotRecorded(i64),
+    #[error("could not create a scratch directory: {0}")]
+    Scratch(std::io::Error),
+}
 
 /// What a host-loss drill found.
 pub(super) struct HostLoss {
@@ -117,8 +131,8 @@ pub(super) fn host_loss_drill(database: &str) -> Result<HostLoss, SpiError> {
     };
     // Everything from here runs on a helper thread (no catalog access): the target is read as a
     // new host would read it.
-    let ran = in_background(move |progress| -> Result<_, String> {
-        let mirror = offsite::load_mirror(storage.as_ref(), sysid).map_err(|e| e.to_string())?;
+    let ran = in_background(move |progress| -> Result<_, HostLossError> {
+        let mirror = offsite::load_mirror(storage.as_ref(), sysid)?;
         // This server's pg_combinebackup (17+) combines a chain of block-level incrementals.
         let chains = if programs.version_num >= 170000
             && programs.bindir.join("pg_combinebackup").is_file()
@@ -129,8 +143,7 @@ pub(super) fn host_loss_drill(database: &str) -> Result<HostLoss, SpiError> {
         };
         // To the end of the backup, which reads only its own timeline.
         let timelines = offsite::Timelines::current();
-        let choice = offsite::choose(&mirror, &Goal::EndOfBackup, None, chains, &timelines)
-            .map_err(|e| e.to_string())?;
+        let choice = offsite::choose(&mirror, &Goal::EndOfBackup, None, chains, &timelines)?;
         let id = choice.backup.backup_id;
         // A native backup's sha256 is its chain manifest's, which names every file of the
         // chain with its own; a pg_basebackup chain is one tar per member, each checked.
@@ -140,10 +153,7 @@ pub(super) fn host_loss_drill(database: &str) -> Result<HostLoss, SpiError> {
                 (Some(ours), Some(theirs)) if ours.as_str() == theirs
             );
             if !same {
-                return Err(format!(
-                    "backup {} on the target is not one this catalog recorded with that sha256: not restored",
-                    member.backup_id
-                ));
+                return Err(HostLossError::NotRecorded(member.backup_id));
             }
         }
         let ended = choice
@@ -152,7 +162,7 @@ pub(super) fn host_loss_drill(database: &str) -> Result<HostLoss, SpiError> {
             .as_deref()
             .and_then(offsite::parse_time);
         let scratch = ScratchDir::create(&root, &scratch_server::scratch_dir(id))
-            .map_err(|e| format!("could not create a scratch directory: {e}"))?;
+            .map_err(HostLossError::Scratch)?;
         let prepare = |scratch: &ScratchDir,
                        progress: &backup_mgmt_core::progress::Progress|
          -> Result<PathBuf, ScratchError> {

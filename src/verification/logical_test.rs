@@ -30,7 +30,7 @@ use backup_mgmt_core::process::{self, ProcessError};
 use backup_mgmt_core::progress::Progress;
 use backup_mgmt_core::restore::scratch_server::feed;
 use backup_mgmt_core::restore::unprivileged::{
-    self, not_restored, relevant_line, NotRestored, RestoreRole, Why,
+    self, not_restored, relevant_line, NotRestored, PsqlFailed, RestoreRole, Why,
 };
 use backup_mgmt_core::stream;
 use backup_mgmt_core::verify::{self, Report};
@@ -158,8 +158,8 @@ fn psql(
     password: Option<&str>,
     sql: &str,
     progress: &Progress,
-) -> Result<String, String> {
-    unprivileged::psql(bindir, conninfo, password, None, sql, progress).map_err(|e| e.0)
+) -> Result<String, PsqlFailed> {
+    unprivileged::psql(bindir, conninfo, password, None, sql, progress)
 }
 
 /// Creates the restore role and the scratch database it owns, restores into it as that role,
@@ -177,11 +177,11 @@ fn restore_logical(source: Source, scratch: &Scratch, progress: &Progress) -> Ou
         not_restored: Vec::new(),
         cleanup_error: None,
     };
-    let created = scratch
-        .role
-        .create_sql(&scratch.name)
-        .map_err(|e| e.to_string())
-        .and_then(|sql| psql(bindir, &admin, None, &sql, progress));
+    // The password verifier's salt comes from the OS's random source, which can fail.
+    let created = match scratch.role.create_sql(&scratch.name) {
+        Ok(sql) => psql(bindir, &admin, None, &sql, progress).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
     match created {
         Err(e) => {
             outcome.error = Some(format!(
@@ -208,7 +208,7 @@ fn restore_logical(source: Source, scratch: &Scratch, progress: &Progress) -> Ou
         &Progress::default(),
     );
     outcome.dropped = !scratch.keep && dropped.is_ok();
-    outcome.cleanup_error = dropped.err();
+    outcome.cleanup_error = dropped.err().map(|e| e.0);
     outcome
 }
 
@@ -243,9 +243,9 @@ fn restore_as_role(
             unpacked = Some(dir);
             process::Input::Nothing
         }
-        Source::Stream(file, true) => process::Input::Fed(Box::new(move |sink| {
-            feed(file, true, sink).map_err(|e| format!("decompressing the backup: {e}"))
-        })),
+        Source::Stream(file, true) => {
+            process::Input::Fed(Box::new(move |sink| feed(file, true, sink)))
+        }
         Source::Stream(file, false) => process::Input::File(file),
     };
     let mut cmd = process::command(&argv);
@@ -262,7 +262,8 @@ fn restore_as_role(
     };
     outcome.not_restored = not_restored(&ran.stderr);
     if let Some(e) = ran.input_error {
-        outcome.error = Some(format!("pg_restore failed: {e}"));
+        // Only a compressed backup is fed through a thread: decompressing it failed.
+        outcome.error = Some(format!("pg_restore failed: decompressing the backup: {e}"));
         return;
     }
     let other: Vec<&NotRestored> = outcome

@@ -326,15 +326,25 @@ fn start(c: &mut SpiClient<'_>, job: &DueJob, execution_id: i64) -> Result<Claim
     Ok(Claimed::Backup(Box::new(plan), run))
 }
 
+/// Why a pg_basebackup parent is not built on (a full backup is taken instead, and says why).
+#[derive(Debug, thiserror::Error)]
+enum ParentUnusable {
+    #[error("the parent backup {id} cannot be built on: {source}")]
+    Outside {
+        id: i64,
+        source: backup_mgmt_core::paths::PathError,
+    },
+    #[error("the parent backup {0} has no recorded sha256")]
+    NoSha256(i64),
+}
+
 /// The parent of a pg_basebackup incremental as the backup thread reads it: its path confined
 /// to the roots again (the catalog row is input), its recorded sha256 (a worker's completed
 /// backup always has one).
-fn parent_tar(p: Parent) -> Result<ParentTar, String> {
+fn parent_tar(p: Parent) -> Result<ParentTar, ParentUnusable> {
     let path = roots::confine_backup(&p.path, false)
-        .map_err(|e| format!("the parent backup {} cannot be built on: {e}", p.id))?;
-    let sha256 = p
-        .checksum
-        .ok_or_else(|| format!("the parent backup {} has no recorded sha256", p.id))?;
+        .map_err(|source| ParentUnusable::Outside { id: p.id, source })?;
+    let sha256 = p.checksum.ok_or(ParentUnusable::NoSha256(p.id))?;
     Ok(ParentTar {
         id: p.id,
         path,

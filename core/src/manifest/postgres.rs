@@ -46,28 +46,42 @@ pub fn render(m: &Manifest, timeline: u32, start_lsn: Lsn, stop_lsn: Lsn) -> Str
     s
 }
 
+/// Why a backup manifest's own checksum does not vouch for it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestChecksumError {
+    #[error("it has no \"Manifest-Checksum\" line")]
+    Missing,
+    #[error("its \"Manifest-Checksum\" is not a sha256")]
+    NotSha256,
+    #[error("something follows its \"Manifest-Checksum\" line")]
+    Trailing,
+    #[error("its \"Manifest-Checksum\" is {recorded}, its content's sha256 {found}")]
+    Differs { recorded: String, found: String },
+}
+
 /// Checks a backup manifest's own checksum (its last line against every byte before it), as
 /// `pg_verifybackup` does first: a manifest copied from a target is not trusted blindly.
-pub fn check_checksum(text: &[u8]) -> Result<(), String> {
+pub fn check_checksum(text: &[u8]) -> Result<(), ManifestChecksumError> {
     const KEY: &[u8] = b"\n\"Manifest-Checksum\": \"";
     let at = text
         .windows(KEY.len())
         .rposition(|w| w == KEY)
-        .ok_or("it has no \"Manifest-Checksum\" line")?;
+        .ok_or(ManifestChecksumError::Missing)?;
     let rest = &text[at + KEY.len()..];
     let recorded = rest
         .get(..64)
         .filter(|r| r.iter().all(u8::is_ascii_hexdigit))
         .and_then(|r| std::str::from_utf8(r).ok())
-        .ok_or("its \"Manifest-Checksum\" is not a sha256")?;
+        .ok_or(ManifestChecksumError::NotSha256)?;
     if !matches!(&rest[64..], b"\"}\n" | b"\"}") {
-        return Err("something follows its \"Manifest-Checksum\" line".into());
+        return Err(ManifestChecksumError::Trailing);
     }
     let found = hex(&Sha256::digest(&text[..=at]));
     if !found.eq_ignore_ascii_case(recorded) {
-        return Err(format!(
-            "its \"Manifest-Checksum\" is {recorded}, its content's sha256 {found}"
-        ));
+        return Err(ManifestChecksumError::Differs {
+            recorded: recorded.to_owned(),
+            found,
+        });
     }
     Ok(())
 }
@@ -116,11 +130,21 @@ mod tests {
         check_checksum(text.as_bytes()).unwrap();
         let mut changed = text.clone().into_bytes();
         changed[40] ^= 1;
-        assert!(check_checksum(&changed).unwrap_err().contains("sha256"));
+        assert!(matches!(
+            check_checksum(&changed),
+            Err(ManifestChecksumError::Differs { .. })
+        ));
+        assert!(check_checksum(&changed)
+            .unwrap_err()
+            .to_string()
+            .contains("sha256"));
         let cut = &text.as_bytes()[..text.len() / 2];
         assert!(check_checksum(cut).is_err());
         let mut trailing = text.clone();
         trailing.push_str("{}\n");
-        assert!(check_checksum(trailing.as_bytes()).is_err());
+        assert_eq!(
+            check_checksum(trailing.as_bytes()),
+            Err(ManifestChecksumError::Trailing)
+        );
     }
 }

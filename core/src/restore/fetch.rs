@@ -28,6 +28,7 @@ use crate::manifest::native::{Manifest, FILES_MANIFEST};
 use crate::progress::Counters;
 use crate::storage::{member_key, Storage, StorageError};
 use crate::stream::{self, Hash};
+use crate::timeline::HISTORY_LIMIT;
 use crate::wal;
 
 #[derive(Debug, thiserror::Error)]
@@ -377,16 +378,18 @@ pub fn wal_fetch(
     }
     let zst = w.key.ends_with(".zst");
     let mut out = DurableFile::create(dest, Temp::Suffix)?;
-    // The stored bytes are hashed as they arrive; decompression writes the segment.
+    // The stored bytes are hashed as they arrive; decompression writes the segment.  No WAL
+    // file is larger than a segment (a history file than its limit): bytes that would be are
+    // not what the mirror says, and are refused before they fill pg_wal or the spool.
     let mut input = storage.get(&w.key)?;
     let mut buf = vec![0u8; 1 << 20];
+    let limit = mirror.segment_size().bytes().max(HISTORY_LIMIT);
     let written = {
+        let file = stream::AtMost::new(out.file(), limit);
         let sink: Box<dyn Write> = if zst {
-            Box::new(
-                stream::decompress_into(out.file()).map_err(|e| IoError::new("zstd", dest, e))?,
-            )
+            Box::new(stream::decompress_into(file).map_err(|e| IoError::new("zstd", dest, e))?)
         } else {
-            Box::new(out.file())
+            Box::new(file)
         };
         let mut hashed = Hash::new(sink);
         let n = stream::pump(&mut input, &mut hashed, &mut buf, None).map_err(|e| {
@@ -485,6 +488,36 @@ pub(crate) mod tests {
             Err(FetchError::NotOnTarget(_))
         ));
         assert!(wal_fetch(&target, &good, "../../etc/passwd", &dest2, Sync::Durable).is_err());
+
+        // The object replaced by a few kB of zstd that claim 64 MB (more than a segment of the
+        // mirror's 16 MB): refused once past a segment, before its sha256 is known, and not
+        // written out past that.
+        let bomb = zstd::encode_all(&vec![0u8; 64 << 20][..], 19).unwrap();
+        assert!(bomb.len() < 64 << 10, "{}", bomb.len());
+        std::fs::write(tmp.path().join("t").join(&key), &bomb).unwrap();
+        let claimed = mirror_with(name, &key, hex(&Sha256::digest(&bomb)));
+        let e = wal_fetch(&target, &claimed, name, &dest2, Sync::Durable).unwrap_err();
+        assert!(
+            matches!(&e, FetchError::File { detail, .. } if detail.contains("more than 16777216 bytes")),
+            "{e}"
+        );
+        assert!(!dest2.exists());
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 2);
+        // Stored uncompressed, likewise.
+        let key = format!("7/.wal/{name}");
+        let big = vec![1u8; (16 << 20) + 1];
+        std::fs::write(tmp.path().join("t").join(&key), &big).unwrap();
+        let claimed = mirror_with(name, &key, hex(&Sha256::digest(&big)));
+        assert!(matches!(
+            wal_fetch(&target, &claimed, name, &dest2, Sync::Durable),
+            Err(FetchError::File { .. })
+        ));
+        // A whole segment is no more than a segment.
+        let whole = vec![1u8; 16 << 20];
+        std::fs::write(tmp.path().join("t").join(&key), &whole).unwrap();
+        let claimed = mirror_with(name, &key, hex(&Sha256::digest(&whole)));
+        wal_fetch(&target, &claimed, name, &dest2, Sync::Durable).unwrap();
+        assert_eq!(std::fs::metadata(&dest2).unwrap().len(), 16 << 20);
     }
 
     #[test]

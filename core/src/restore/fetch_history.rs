@@ -8,7 +8,8 @@ use super::offsite::{Mirror, MirrorWal};
 use crate::checksum::is_sha256_hex;
 use crate::storage::{Storage, StorageError};
 use crate::timeline::{
-    decompressed_history, history_file_name, history_of, Histories, HISTORIES_LIMIT, HISTORY_LIMIT,
+    decompressed_history, history_file_name, history_of, Histories, HistoryUnusable,
+    HISTORIES_LIMIT, HISTORY_LIMIT,
 };
 
 /// The timeline history files the mirror lists (only `timeline`'s, when given), newest first,
@@ -40,11 +41,14 @@ pub fn read_histories(
             continue;
         };
         let history = match read_history(storage, w, &mut budget) {
-            Ok(bytes) => history_of(tli, bytes).map_err(|why| format!("{}: {why}", w.key)),
+            Ok(bytes) => history_of(tli, bytes).map_err(|why| HistoryUnusable::NotAHistory {
+                file: w.key.clone(),
+                why,
+            }),
             // The target unreachable (or the mirror hostile), not the file damaged: the restore
             // fails as such.
             Err(e) if not_the_files_failure(&e) => return Err(e),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(HistoryUnusable::NotServed(e.to_string())),
         };
         out.insert(tli, history);
     }
@@ -94,8 +98,8 @@ fn read_history(
     let stored = read_checked(storage, &w.key, &w.sha256, HISTORY_LIMIT.min(*budget) + 1)?;
     *budget = budget.saturating_sub(stored.len() as u64);
     let compressed = w.key.ends_with(".zst");
-    let bytes =
-        decompressed_history(stored, compressed, HISTORY_LIMIT.min(*budget)).map_err(bad)?;
+    let bytes = decompressed_history(stored, compressed, HISTORY_LIMIT.min(*budget))
+        .map_err(|why| bad(why.to_string()))?;
     if compressed {
         *budget = budget.saturating_sub(bytes.len() as u64);
     }
@@ -204,12 +208,22 @@ mod tests {
             }])
         );
         assert_eq!(hs[&3].as_ref().map(Vec::len), Ok(2));
-        assert!(hs[&4].as_ref().unwrap_err().contains("sha256"), "{hs:?}");
+        let why = |t: u32| hs[&t].as_ref().unwrap_err().to_string();
         assert!(
-            hs[&5].as_ref().unwrap_err().contains("not an ancestor"),
+            matches!(&hs[&4], Err(HistoryUnusable::NotServed(_))) && why(4).contains("sha256"),
             "{hs:?}"
         );
-        assert!(hs[&6].as_ref().unwrap_err().contains("not text"), "{hs:?}");
+        assert!(
+            matches!(
+                &hs[&5],
+                Err(HistoryUnusable::NotAHistory {
+                    why: crate::timeline::HistoryError::Malformed(_),
+                    ..
+                })
+            ) && why(5).contains("not an ancestor"),
+            "{hs:?}"
+        );
+        assert!(why(6).contains("not text"), "{hs:?}");
         // What recovery asks for when it ends (the next timelines' histories, to find a free
         // one) must be servable, or the server stops after the whole replay; whether they
         // parse does not matter there.

@@ -82,6 +82,7 @@ pub fn restore_tar(
     };
     let checked = made
         .and_then(|()| plain_tree(dest).map_err(|odd| odd_entry(b, dest, &odd)))
+        .and_then(|counted| no_tablespace_map(b, dest).map(|()| counted))
         .and_then(|counted| {
             // Installed once the recovery settings are written (`install_control`): until
             // then the directory cannot start, as the backup alone.
@@ -214,6 +215,26 @@ fn plain_tree(dir: &Path) -> Result<(usize, u64), PathBuf> {
     Ok((files, bytes))
 }
 
+/// Refuses a `tablespace_map` that names a tablespace.  PostgreSQL reads one at its first start
+/// (beside `backup_label`) and points `pg_tblspc/<oid>` wherever it says, replacing the links
+/// there: WAL replay would then write outside the new directory.  `pg_basebackup` asks for one
+/// in tar format, but a backup written to stdout, as the extension takes them, cannot hold a
+/// tablespace, so the file is empty; one that is not came from elsewhere.
+fn no_tablespace_map(b: &MirrorBackup, dir: &Path) -> Result<(), FetchError> {
+    let map = dir.join("tablespace_map");
+    match fs::symlink_metadata(&map) {
+        Ok(m) if m.len() > 0 => Err(FetchError::Bad(format!(
+            "backup {} holds a tablespace_map that names tablespaces, which a backup written \
+             to stdout cannot have: it would point them outside the new directory; nothing was \
+             restored",
+            b.backup_id
+        ))),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(IoError::new("could not stat", &map, e).into()),
+    }
+}
+
 fn odd_entry(b: &MirrorBackup, dir: &Path, odd: &Path) -> FetchError {
     FetchError::Bad(format!(
         "backup {} holds \"{}\", which is neither a regular file nor a directory; nothing was restored",
@@ -329,6 +350,39 @@ mod tests {
         let e = restore(&sha).unwrap_err();
         assert!(matches!(e, FetchError::Refused(_)), "{e}");
         assert_eq!(fs::read(dest.join("PG_VERSION")).unwrap(), b"15\n");
+
+        // A tablespace_map naming a tablespace (PostgreSQL would point pg_tblspc there at the
+        // first start): refused, nothing left; an empty one, as pg_basebackup's tar format
+        // writes it for a cluster without tablespaces, is restored.
+        let fresh = tmp.path().join("data-map");
+        fs::write(
+            src.join("tablespace_map"),
+            b"16384 /var/lib/postgresql/elsewhere\n",
+        )
+        .unwrap();
+        let sha = tar_of(&src, &tar);
+        let e = restore_tar(
+            &target,
+            &choice_of("7/postgres/b.tar", &sha),
+            &fresh,
+            None,
+            &progress,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tablespace_map"), "{e}");
+        assert!(!fresh.exists());
+        fs::write(src.join("tablespace_map"), b"").unwrap();
+        let sha = tar_of(&src, &tar);
+        restore_tar(
+            &target,
+            &choice_of("7/postgres/b.tar", &sha),
+            &fresh,
+            None,
+            &progress,
+        )
+        .unwrap();
+        assert_eq!(fs::metadata(fresh.join("tablespace_map")).unwrap().len(), 0);
     }
 
     #[test]

@@ -21,6 +21,14 @@ use crate::stream;
 use crate::verify::native::{cancelled, judge, read_into_file, read_stream};
 use crate::verify::{self, Reason, Report};
 
+/// The largest PostgreSQL `backup_manifest` read (it is read whole into memory to check its
+/// own checksum): about 200 bytes a file, so five million files.
+const PG_MANIFEST_LIMIT: u64 = 1 << 30;
+
+/// The file that tells PostgreSQL, at the first start of a restored directory, where each
+/// tablespace is.
+const TABLESPACE_MAP: &str = "tablespace_map";
+
 pub use crate::pgformat::datadir::{CONTROL, CONTROL_HELD, CONTROL_STAGED};
 
 /// A tablespace's directory in a backup (`pg_tblspc/<oid>`): its oid.
@@ -375,6 +383,21 @@ fn fill(
     // taken while a restore's file was there, or a forged manifest, would overwrite it).
     let mut order = largest_first(&manifest.files);
     order.retain(|f| !f.path.rsplit('/').next().is_some_and(restore_own));
+    // A native backup keeps its tablespace_map beside its data, never in it: one in the data
+    // directory would point pg_tblspc wherever it says at the first start, and WAL replay would
+    // write there.
+    if order.iter().any(|f| f.path == TABLESPACE_MAP) {
+        return Err(Report::failed(
+            Reason::ManifestMismatch,
+            format!(
+                "backup {}'s manifest lists a {TABLESPACE_MAP} in the data directory, which a \
+                 native backup never holds there: it would point tablespaces outside the \
+                 restore",
+                manifest.backup_id
+            ),
+            dest,
+        ));
+    }
     let control = match mode {
         Mode::Scratch => None,
         Mode::New | Mode::Delta => order
@@ -520,9 +543,14 @@ fn fill(
     // would trust a manifest that is not the backup's.
     let mut text = Vec::new();
     let mut buf = vec![0u8; verify::CHUNK];
-    read_stream(input, zst, 0, &mut text, &mut buf, counters).map_err(|(reason, e)| {
-        Report::failed(reason, format!("copying {PG_MANIFEST}: {e}"), dest)
-    })?;
+    read_stream(input, zst, PG_MANIFEST_LIMIT, &mut text, &mut buf, counters).map_err(
+        |(reason, e)| Report::failed(reason, format!("copying {PG_MANIFEST}: {e}"), dest),
+    )?;
+    if text.len() as u64 > PG_MANIFEST_LIMIT {
+        return Err(fail(format!(
+            "{PG_MANIFEST} is larger than {PG_MANIFEST_LIMIT} bytes"
+        )));
+    }
     postgres::check_checksum(&text).map_err(|e| {
         Report::failed(
             Reason::ManifestMismatch,

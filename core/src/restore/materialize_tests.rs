@@ -413,6 +413,40 @@ fn large_files_written_past_the_cache_are_exact_and_checked() {
     }
 }
 
+/// A chain manifest listing a tablespace_map in the data directory, which PostgreSQL would follow
+/// at the first start (pointing a tablespace anywhere, for WAL replay to write there), is
+/// refused before anything is written; a file of that name further down is any file.
+#[test]
+fn a_tablespace_map_in_the_data_directory_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let holder = tmp.path().join("b1");
+    std::fs::create_dir_all(holder.join("data/base")).unwrap();
+    let files = [
+        ("PG_VERSION", b"15\n".to_vec()),
+        ("base/tablespace_map", b"not read by PostgreSQL".to_vec()),
+        (
+            "tablespace_map",
+            b"16384 /var/lib/postgresql/15/main/base\n".to_vec(),
+        ),
+    ];
+    let manifest = stored_backup(&holder, &["base"], &files);
+    let holders = HashMap::from([(1, holder.clone())]);
+    let idle = Idle::default();
+    let spaces = tmp.path().join("spaces");
+    let dest = tmp.path().join("data");
+    let r = materialize(&manifest, &holders, &dest, &spaces, TWO, &idle.counters()).unwrap_err();
+    assert_eq!(r.reason, Some(Reason::ManifestMismatch), "{r:?}");
+    assert!(
+        r.detail.as_deref().unwrap().contains("tablespace_map"),
+        "{r:?}"
+    );
+    assert!(!dest.exists(), "a refused restore leaves nothing");
+    let mut without = manifest.clone();
+    without.files.retain(|f| f.path != "tablespace_map");
+    materialize(&without, &holders, &dest, &spaces, TWO, &idle.counters()).unwrap();
+    assert!(dest.join("base/tablespace_map").is_file());
+}
+
 /// A delta restore that fails part-way leaves a directory PostgreSQL cannot start (its control
 /// file held aside), which a delta restore run again still recognises and finishes.
 #[test]

@@ -10,7 +10,7 @@
 //! Everything here is input: the mirror is a file on a target that others may write.  Keys are
 //! checked again where they are opened (`storage::plain_key`), digests and names here.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -20,7 +20,9 @@ use crate::restore::base_choice::{choose_base, Candidate};
 use crate::restore::mirror_parts::{self, Parts, WalPartRef};
 use crate::restore::recipe::{wal_needed, Segment};
 use crate::storage::{Storage, StorageError};
-use crate::timeline::{path_for, timelines_above, Histories, TargetTimeline, TimelinePath};
+use crate::timeline::{
+    path_for, timelines_above, Histories, RouteError, TargetTimeline, TimelinePath,
+};
 use crate::vocabulary::BackupMethod;
 use crate::wal::{self, Lsn, SegmentSize};
 
@@ -53,6 +55,37 @@ pub enum OffsiteRestoreError {
     /// a backup of the other kind, several databases to choose from.
     #[error("{0}")]
     Goal(String),
+}
+
+/// Why a restore to a goal cannot start from a backup (one candidate's reason, named in the
+/// refusal when no candidate can be used).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unusable {
+    #[error("backup {0}'s chain loops")]
+    ChainLoops(i64),
+    #[error("its parent {0} is not on the target")]
+    ParentMissing(i64),
+    #[error("backup {0} of its chain failed verification")]
+    ChainMemberFailed(i64),
+    #[error("backup {backup_id} of its chain is a {method} backup")]
+    ChainMixesMethods { backup_id: i64, method: String },
+    #[error("no WAL location recorded")]
+    NoLocation,
+    #[error("no end time recorded")]
+    NoEndTime,
+    #[error(
+        "a pg_basebackup incremental, whose chain needs pg_combinebackup, and none was found \
+         (the restore program takes its directory from --pg-bin)"
+    )]
+    NoCombine,
+    #[error("timeline {0:?} is no timeline")]
+    NoTimeline(Option<i64>),
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error("no WAL archived at or after the target time is on the target yet")]
+    NoWalAfterGoal,
+    #[error("WAL segment {name} is not on the target ({missing} missing)")]
+    WalMissing { name: String, missing: usize },
 }
 
 /// One backup as the mirror lists it.
@@ -308,26 +341,62 @@ fn time_of(t: &Option<String>) -> Option<DateTime<Utc>> {
     t.as_deref().and_then(parse_time)
 }
 
+/// The mirror looked up by backup id and WAL file name, and its WAL segments parsed, once per
+/// choice: each candidate's chain and WAL are then found without walking the whole mirror again
+/// (a mirror is input, and may list thousands of backups and a million WAL files).  Where an id
+/// or a name is listed twice, the first entry counts, as `Mirror::backup` and `wal_file` say.
+struct Index<'a> {
+    backups: HashMap<i64, &'a MirrorBackup>,
+    wal: HashMap<&'a str, &'a MirrorWal>,
+    /// The WAL segments listed with a plain digest, parsed.
+    segments: Vec<(wal::Segment, &'a MirrorWal)>,
+}
+
+impl<'a> Index<'a> {
+    fn of(m: &'a Mirror) -> Index<'a> {
+        let mut backups = HashMap::with_capacity(m.backups.len());
+        for b in &m.backups {
+            backups.entry(b.backup_id).or_insert(b);
+        }
+        let mut wal = HashMap::with_capacity(m.wal_files.len());
+        for w in &m.wal_files {
+            wal.entry(w.name.as_str()).or_insert(w);
+        }
+        let size = m.segment_size();
+        let segments = m
+            .wal_files
+            .iter()
+            .filter(|w| is_sha256_hex(&w.sha256))
+            .filter_map(|w| Some((wal::Segment::parse(&w.name, size)?, w)))
+            .collect();
+        Index {
+            backups,
+            wal,
+            segments,
+        }
+    }
+}
+
 /// The chain of `b`, full first, when every backup of it is on the target and none is known
 /// damaged; else why not.
-fn chain_of(m: &Mirror, b: &MirrorBackup) -> Result<Vec<MirrorBackup>, String> {
-    let mut chain = vec![b.clone()];
-    let mut at = b.clone();
+fn chain_of<'a>(index: &Index<'a>, b: &'a MirrorBackup) -> Result<Vec<&'a MirrorBackup>, Unusable> {
+    let mut chain = vec![b];
+    let mut at = b;
     while let Some(p) = at.parent_backup_id {
-        if chain.len() > 10_000 || chain.iter().any(|c| c.backup_id == p) {
-            return Err(format!("backup {}'s chain loops", b.backup_id));
+        // Longer than the backups there are, or than any chain a retention policy keeps: it
+        // comes back on itself.
+        if chain.len() > index.backups.len().min(10_000) {
+            return Err(Unusable::ChainLoops(b.backup_id));
         }
-        at = m
-            .backup(p)
-            .cloned()
-            .ok_or_else(|| format!("its parent {p} is not on the target"))?;
-        chain.push(at.clone());
+        at = index
+            .backups
+            .get(&p)
+            .copied()
+            .ok_or(Unusable::ParentMissing(p))?;
+        chain.push(at);
     }
     if let Some(bad) = chain.iter().find(|c| c.known_bad()) {
-        return Err(format!(
-            "backup {} of its chain failed verification",
-            bad.backup_id
-        ));
+        return Err(Unusable::ChainMemberFailed(bad.backup_id));
     }
     chain.reverse();
     Ok(chain)
@@ -336,26 +405,26 @@ fn chain_of(m: &Mirror, b: &MirrorBackup) -> Result<Vec<MirrorBackup>, String> {
 /// The archived segments the mirror lists that recovery along `path` reads (each number from
 /// the timeline the path is on there), numbered, with whether each was archived at or after
 /// `after`.
-fn segments_on(m: &Mirror, path: &TimelinePath, after: Option<DateTime<Utc>>) -> Vec<Segment> {
-    let size = m.segment_size();
-    let mut out: Vec<Segment> = m
-        .wal_files
+fn segments_on(
+    index: &Index<'_>,
+    path: &TimelinePath,
+    size: SegmentSize,
+    after: Option<DateTime<Utc>>,
+) -> Vec<Segment> {
+    let mut out: Vec<Segment> = index
+        .segments
         .iter()
-        .filter(|w| is_sha256_hex(&w.sha256))
-        .filter_map(|w| {
-            let s = wal::Segment::parse(&w.name, size)
-                .filter(|s| s.timeline == path.timeline_of(s.number, size))?;
-            Some(Segment {
-                number: s.number as i64,
-                name: w.name.clone(),
-                file: w.key.rsplit('/').next().unwrap_or_default().to_owned(),
-                sha256: w.sha256.clone(),
-                archived_after_target: match (after, parse_time(&w.archived_at)) {
-                    (Some(t), Some(a)) => a >= t,
-                    _ => false,
-                },
-                xact_after_target: None,
-            })
+        .filter(|(s, _)| s.timeline == path.timeline_of(s.number, size))
+        .map(|(s, w)| Segment {
+            number: s.number as i64,
+            name: w.name.clone(),
+            file: w.key.rsplit('/').next().unwrap_or_default().to_owned(),
+            sha256: w.sha256.clone(),
+            archived_after_target: match (after, parse_time(&w.archived_at)) {
+                (Some(t), Some(a)) => a >= t,
+                _ => false,
+            },
+            xact_after_target: None,
         })
         .collect();
     out.sort_by_key(|s| s.number);
@@ -400,11 +469,12 @@ pub fn choose(
         .filter_map(|w| wal::Segment::parse(&w.name, m.segment_size()))
         .map(|s| s.timeline)
         .collect();
+    let index = Index::of(m);
     let physical = candidates.into_iter().map(|b| {
-        let usable = usable(m, goal, b, chains, timelines, &with_wal);
+        let usable = usable(m, &index, goal, b, chains, timelines, &with_wal);
         Candidate {
             backup_id: b.backup_id,
-            problem: usable.as_ref().err().cloned(),
+            problem: usable.as_ref().err().map(Unusable::to_string),
             unverified: usable.as_ref().ok().and_then(|(chain, _, _)| {
                 // The member nearest the backup first, as plan_recovery names it.
                 chain
@@ -485,8 +555,8 @@ pub fn choose(
     Ok(Choice {
         backup_sysid: m.system_identifier,
         backup: b.clone(),
-        chain,
-        wal,
+        chain: chain.into_iter().cloned().collect(),
+        wal: wal.into_iter().cloned().collect(),
         path,
         why,
     })
@@ -506,47 +576,47 @@ fn ends_after(goal: &Goal, b: &MirrorBackup) -> bool {
     }
 }
 
+/// One candidate's chain and WAL, borrowed from the mirror (cloned only for the chosen one).
+type Usable<'a> = (Vec<&'a MirrorBackup>, Vec<&'a MirrorWal>, TimelinePath);
+
 /// Whether a restore to `goal` can start from `b`: its chain (full first) and the WAL it needs
 /// from the target, or why not.
-fn usable(
+fn usable<'a>(
     m: &Mirror,
+    index: &Index<'a>,
     goal: &Goal,
-    b: &MirrorBackup,
+    b: &'a MirrorBackup,
     chains: TarChains,
     timelines: &Timelines,
     with_wal: &BTreeSet<u32>,
-) -> Result<(Vec<MirrorBackup>, Vec<MirrorWal>, TimelinePath), String> {
+) -> Result<Usable<'a>, Unusable> {
     let size = m.segment_size();
     let stop = b.stop_lsn.as_deref().and_then(Lsn::parse);
     let start = b.start_lsn.as_deref().and_then(Lsn::parse);
     let (Some(start), Some(stop)) = (start, stop) else {
-        return Err("no WAL location recorded".into());
+        return Err(Unusable::NoLocation);
     };
     if matches!(goal, Goal::Time(_)) && time_of(&b.end_time).is_none() {
-        return Err("no end time recorded".into());
+        return Err(Unusable::NoEndTime);
     }
-    let chain = chain_of(m, b)?;
+    let chain = chain_of(index, b)?;
     if let Some(other) = chain.iter().find(|c| c.backup_method != b.backup_method) {
-        return Err(format!(
-            "backup {} of its chain is a {} backup",
-            other.backup_id, other.backup_method
-        ));
+        return Err(Unusable::ChainMixesMethods {
+            backup_id: other.backup_id,
+            method: other.backup_method.clone(),
+        });
     }
     if b.method() == Some(BackupMethod::PgBasebackup)
         && chain.len() > 1
         && chains == TarChains::PassOver
     {
-        return Err(
-            "a pg_basebackup incremental, whose chain needs pg_combinebackup, and none was found \
-             (the restore program takes its directory from --pg-bin)"
-                .into(),
-        );
+        return Err(Unusable::NoCombine);
     }
     let Some(timeline) = u32::try_from(b.timeline_id.unwrap_or(1))
         .ok()
         .filter(|t| *t > 0)
     else {
-        return Err(format!("timeline {:?} is no timeline", b.timeline_id));
+        return Err(Unusable::NoTimeline(b.timeline_id));
     };
     // Recovery to the end of the backup reads only the backup's own timeline; to a location,
     // none of the timelines that begin after it.
@@ -560,7 +630,7 @@ fn usable(
         Goal::Time(t) => Some(*t),
         _ => None,
     };
-    let archived = segments_on(m, &path, after);
+    let archived = segments_on(index, &path, size, after);
     let first = size.segment_of(start.0) as i64;
     let last_of_backup = size.segment_of(stop.0.saturating_sub(1).max(start.0)) as i64;
     let target_segment = match goal {
@@ -585,7 +655,7 @@ fn usable(
     }
     if let Goal::Time(_) = goal {
         if need.last.is_none() {
-            return Err("no WAL archived at or after the target time is on the target yet".into());
+            return Err(Unusable::NoWalAfterGoal);
         }
     }
     // A physical backup holds the WAL from its start to its end itself (native copies it,
@@ -597,16 +667,16 @@ fn usable(
                 number: *n as u64,
             }
             .file_name(size);
-            return Err(format!(
-                "WAL segment {name} is not on the target ({} missing)",
-                need.missing.len()
-            ));
+            return Err(Unusable::WalMissing {
+                name,
+                missing: need.missing.len(),
+            });
         }
     }
     let wal = need
         .needed
         .iter()
-        .filter_map(|s| m.wal_file(&s.name).cloned())
+        .filter_map(|s| index.wal.get(s.name.as_str()).copied())
         .collect();
     Ok((chain, wal, path))
 }

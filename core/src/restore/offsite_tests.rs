@@ -271,7 +271,10 @@ fn recovery_follows_the_timelines_after_a_failover() {
         histories: [(
             2,
             crate::timeline::parse_history(2, "1\t0/50000A0\tno recovery target specified\n")
-                .map_err(|e| e.to_string()),
+                .map_err(|e| crate::timeline::HistoryUnusable::NotAHistory {
+                    file: "a history".into(),
+                    why: e.into(),
+                }),
         )]
         .into(),
     };
@@ -372,8 +375,12 @@ fn recovery_follows_the_timelines_after_a_failover() {
     let mut two = switched(TargetTimeline::Latest);
     two.histories.insert(
         3,
-        crate::timeline::parse_history(3, "1\t0/5000010\tno recovery target specified\n")
-            .map_err(|e| e.to_string()),
+        crate::timeline::parse_history(3, "1\t0/5000010\tno recovery target specified\n").map_err(
+            |e| crate::timeline::HistoryUnusable::NotAHistory {
+                file: "a history".into(),
+                why: e.into(),
+            },
+        ),
     );
     let c = choose(&m, &Goal::Latest, Some(2), TarChains::PassOver, &two).unwrap();
     assert!(
@@ -426,7 +433,10 @@ fn a_late_archived_segment_does_not_end_a_time_goals_check() {
         histories: [(
             2,
             crate::timeline::parse_history(2, "1\t0/50000A0\tno recovery target specified\n")
-                .map_err(|e| e.to_string()),
+                .map_err(|e| crate::timeline::HistoryUnusable::NotAHistory {
+                    file: "a history".into(),
+                    why: e.into(),
+                }),
         )]
         .into(),
     };
@@ -450,5 +460,40 @@ fn a_late_archived_segment_does_not_end_a_time_goals_check() {
     assert!(
         e.contains("WAL segment 000000020000000000000006 is not on the target"),
         "{e}"
+    );
+}
+
+/// A mirror is input: one listing thousands of backups in one long chain (each a candidate
+/// whose chain is walked), a chain that comes back on itself, or an id listed twice, is judged
+/// as any other, each candidate's chain looked up by id rather than by walking the mirror.
+#[test]
+fn long_looping_and_repeated_chains_are_judged_by_id() {
+    let mut m = mirror();
+    let template = m.backups[1].clone();
+    m.backups.truncate(1);
+    m.wal_files.clear();
+    let n = 3000;
+    m.backups.extend((2..=n).map(|id| {
+        let mut b = template.clone();
+        b.backup_id = id;
+        b.parent_backup_id = Some(id - 1);
+        b.stop_lsn = Some(format!("0/{:X}", 0x400_0100 + id));
+        b
+    }));
+    let e = pick(&m, &Goal::Latest, None).unwrap_err().to_string();
+    assert!(e.contains(&format!("backup {n}: WAL segment")), "{e}");
+    // Backup 1 names n as its parent: every chain comes back on itself.
+    m.backups[0].parent_backup_id = Some(n);
+    let e = pick(&m, &Goal::Latest, Some(n)).unwrap_err().to_string();
+    assert!(e.contains(&format!("backup {n}'s chain loops")), "{e}");
+    // Two entries for one id: the first listed counts, as Mirror::backup says.
+    let mut m = mirror();
+    let mut other = m.backups[0].clone();
+    other.verification = Some("failed".into());
+    m.backups.push(other);
+    let c = pick(&m, &Goal::Latest, Some(2)).unwrap();
+    assert_eq!(
+        c.chain.iter().map(|b| b.backup_id).collect::<Vec<_>>(),
+        [1, 2]
     );
 }

@@ -198,8 +198,10 @@ pub fn member_key(key: &str, rel: &Path) -> String {
 
 /// A key that stays inside the target: non-empty components, none `.` or `..`, no NUL.
 pub fn plain_key(key: &str) -> Result<&str, StorageError> {
+    // A control character is in no key this project writes (`path_component` encodes them):
+    // one from a mirror would reach a terminal or the server log (wal-fetch's messages) raw.
     if key.is_empty()
-        || key.contains('\0')
+        || key.chars().any(char::is_control)
         || key
             .split('/')
             .any(|c| c.is_empty() || c == "." || c == "..")
@@ -354,6 +356,30 @@ fn open_member(root: &Root, rel: &Path, shown: &Path) -> Result<File, StorageErr
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_plain_key_stays_below_the_target_and_holds_no_control_character() {
+        for good in ["7/.wal/000000010000000000000005.zst", "7/db%0Aname/x", "a"] {
+            assert_eq!(super::plain_key(good).ok(), Some(good));
+        }
+        for bad in [
+            "",
+            "7//x",
+            "7/./x",
+            "7/../x",
+            "/7/x",
+            "7/x/",
+            "7/x\0",
+            "7/.wal/x\n2026-12-07 LOG:  database system is ready",
+            "7/\u{1b}[2Kx",
+            "7/x\r",
+            "7/\u{85}x",
+        ] {
+            let e = super::plain_key(bad).unwrap_err().to_string();
+            assert!(e.contains("not a plain key"), "{bad:?}: {e}");
+            assert!(!e.contains('\n') && !e.contains('\u{1b}'), "quoted: {e}");
+        }
+    }
+
     #[test]
     fn errors_are_described_with_their_causes_and_short_replies() {
         #[derive(Debug)]

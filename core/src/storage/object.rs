@@ -122,7 +122,7 @@ pub struct ObjectTarget {
 
 /// The process's runtime for the library's requests (two threads, signals blocked).
 pub fn runtime() -> Result<&'static tokio::runtime::Runtime, StorageError> {
-    static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    static RUNTIME: OnceLock<std::io::Result<tokio::runtime::Runtime>> = OnceLock::new();
     RUNTIME
         .get_or_init(|| {
             threads::with_signals_blocked(|| {
@@ -132,7 +132,6 @@ pub fn runtime() -> Result<&'static tokio::runtime::Runtime, StorageError> {
                     .on_thread_start(threads::block_all_signals)
                     .enable_all()
                     .build()
-                    .map_err(|e| e.to_string())
             })
         })
         .as_ref()

@@ -117,22 +117,34 @@ fn open(dir: &File, stored: &str) -> Result<File, Found> {
     Ok(f)
 }
 
+/// Why a small archived file cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SmallFileError {
+    #[error("{size} bytes archived, more than {limit} are read")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("it cannot be read: {0}")]
+    Unreadable(String),
+    /// It is not what was archived (`found`: missing, not a regular file, another size or
+    /// sha256), `size` bytes having been archived.
+    #[error("{}", .found.lost_reason(*.size).unwrap_or_default())]
+    NotAsArchived { found: Found, size: u64 },
+}
+
 /// The whole of a small archived file (a timeline history file), read beneath its root and
 /// checked against what was archived (`size`, `sha256`); a file of more than `limit` bytes is
-/// refused, and no more than one byte past the limit is read.  Err: why it cannot be used, in
-/// words.
+/// refused, and no more than one byte past the limit is read.
 pub fn read_small(
     file: &ArchivedFile,
     size: u64,
     sha256: &str,
     limit: u64,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, SmallFileError> {
     let why = |found: Found| match found {
-        Found::Unreadable(e) => format!("it cannot be read: {e}"),
-        other => other.lost_reason(size).unwrap_or_default(),
+        Found::Unreadable(e) => SmallFileError::Unreadable(e),
+        found => SmallFileError::NotAsArchived { found, size },
     };
     if size > limit {
-        return Err(format!("{size} bytes archived, more than {limit} are read"));
+        return Err(SmallFileError::TooLarge { size, limit });
     }
     let f = open_archived(file).map_err(why)?;
     let mut bytes = Vec::new();
@@ -269,20 +281,29 @@ mod unit {
         let (_t, root, file) = archive();
         let sha = sha256_hex(b"segment bytes");
         assert_eq!(read_small(&file, 13, &sha, 100).unwrap(), b"segment bytes");
-        let e = read_small(&file, 13, &"0".repeat(64), 100).unwrap_err();
+        let e = read_small(&file, 13, &"0".repeat(64), 100)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("sha256"), "{e}");
-        let e = read_small(&file, 12, &sha, 100).unwrap_err();
+        let e = read_small(&file, 12, &sha, 100).unwrap_err().to_string();
         assert!(e.contains("13 bytes on disk, 12 archived"), "{e}");
-        let e = read_small(&file, 13, &sha, 10).unwrap_err();
+        assert_eq!(
+            read_small(&file, 13, &sha, 10),
+            Err(SmallFileError::TooLarge {
+                size: 13,
+                limit: 10
+            })
+        );
+        let e = read_small(&file, 13, &sha, 10).unwrap_err().to_string();
         assert!(e.contains("more than 10"), "{e}");
         // Grown on disk beyond the limit: no more than the limit is read.
         std::fs::write(root.join("wal/42").join(&file.stored), vec![b'x'; 1000]).unwrap();
-        let e = read_small(&file, 13, &sha, 100).unwrap_err();
+        let e = read_small(&file, 13, &sha, 100).unwrap_err().to_string();
         assert!(e.contains("101 bytes on disk"), "{e}");
         std::fs::remove_file(root.join("wal/42").join(&file.stored)).unwrap();
         std::os::unix::fs::symlink("/etc/hostname", root.join("wal/42").join(&file.stored))
             .unwrap();
-        let e = read_small(&file, 13, &sha, 100).unwrap_err();
+        let e = read_small(&file, 13, &sha, 100).unwrap_err().to_string();
         assert!(e.contains("not a regular file"), "{e}");
     }
 }

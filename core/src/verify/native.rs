@@ -17,7 +17,8 @@ use crate::progress::Counters;
 use crate::stream::{self, Count, Hash, PumpError, ThreadedHash};
 
 /// Reads a stored file (decompressing `.zst`) into `sink`; returns its size and sha256.
-/// `expected` is the size the manifest gives it (how it is read, not what is accepted).
+/// `expected` is the size the manifest gives it: how it is read (hashed on a thread when
+/// large), and where reading stops (one byte past it, which the caller's size check refuses).
 pub fn read_stored(
     path: &Path,
     expected: u64,
@@ -49,7 +50,7 @@ pub fn read_stream(
     // A failure reading the stored bytes (a disk, a connection) is told apart from zstd
     // refusing what was read: the first is the storage's, the second the file's damage.
     let source_failed = Cell::new(false);
-    let mut reader = opened(input, zst, &source_failed)?;
+    let mut reader = opened(input, zst, expected, &source_failed)?;
     let pumped = |e| judged(e, zst, &source_failed);
     let counted = Count::new(sink, Some(counters.bytes));
     if expected >= HASH_ON_A_THREAD_FROM {
@@ -66,20 +67,29 @@ pub fn read_stream(
     Ok((counted.bytes(), sha256))
 }
 
-/// `input`, decompressed when `zst`; a failure of `input` itself is noted in `failed`.
+/// `input`, decompressed when `zst`, and cut one byte past the `expected` size (which then
+/// fails the size check): stored bytes others may have replaced are judged only once read, and
+/// a few kB of zstd can claim a terabyte, written where the restore writes.  A failure of `input`
+/// itself is noted in `failed`.
 fn opened<'a>(
     input: impl Read + 'a,
     zst: bool,
+    expected: u64,
     failed: &'a Cell<bool>,
 ) -> Result<Box<dyn Read + 'a>, (Reason, String)> {
     let input = Watched {
         inner: input,
         failed,
     };
+    let limit = expected.saturating_add(1);
     Ok(if zst {
-        Box::new(stream::decompress(input).map_err(|e| (Reason::Unreadable, format!("zstd: {e}")))?)
+        Box::new(
+            stream::decompress(input)
+                .map_err(|e| (Reason::Unreadable, format!("zstd: {e}")))?
+                .take(limit),
+        )
     } else {
-        Box::new(input)
+        Box::new(input.take(limit))
     })
 }
 
@@ -111,7 +121,7 @@ pub fn read_into_file(
         return read_stream(input, zst, expected, out, buf, counters).map(|(n, s)| (n, Some(s)));
     };
     let source_failed = Cell::new(false);
-    let mut reader = opened(input, zst, &source_failed)?;
+    let mut reader = opened(input, zst, expected, &source_failed)?;
     let n = stream::pump_in_place(
         &mut reader,
         file,
@@ -152,14 +162,22 @@ pub(crate) fn judge(path: &Path, f: &FileRecord, size: u64, sum: &str) -> Result
         } else {
             Reason::ChecksumMismatch
         },
-        format!(
-            "\"{}\" holds {size} bytes with sha256 {sum}; the manifest says {} bytes, {}",
-            f.path, f.size, f.sha256
-        ),
+        // Reading stops one byte past the manifest's size (`opened`): how much more it holds,
+        // and its sha256, are not known.
+        match size > f.size {
+            true => format!(
+                "\"{}\" holds more than the {} bytes the manifest says (sha256 {})",
+                f.path, f.size, f.sha256
+            ),
+            false => format!(
+                "\"{}\" holds {size} bytes with sha256 {sum}; the manifest says {} bytes, {}",
+                f.path, f.size, f.sha256
+            ),
+        },
         path,
     );
     r.expected_sha256 = Some(f.sha256.clone());
-    r.actual_sha256 = Some(sum.to_owned());
+    r.actual_sha256 = (size <= f.size).then(|| sum.to_owned());
     r.expected_bytes = Some(f.size);
     r.bytes = size;
     Err(r)
@@ -303,8 +321,13 @@ mod tests {
         let (threaded, written) = read(&stored, true, size as u64, &mut buf);
         assert_eq!(threaded, (size as u64, direct.clone()));
         assert!(written == data, "the sink got other bytes than the file's");
-        let (inline, _) = read(&data, false, 0, &mut buf);
-        assert_eq!(inline, threaded);
+        // Read no further than one byte past the size expected (which the size check refuses),
+        // compressed or not: stored bytes that claim more are not written out first.
+        for (input, zst) in [(&data, false), (&stored, true)] {
+            let (cut, got) = read(input, zst, 100, &mut buf);
+            assert_eq!(cut, (101, hex(&Sha256::digest(&data[..101]))));
+            assert_eq!(got, &data[..101]);
+        }
         let mut changed = data.clone();
         changed[size / 2] ^= 1;
         let (other, _) = read(&changed, false, size as u64, &mut buf);
@@ -357,6 +380,30 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert!(short < size as u64, "{short}");
+
+        // Stored bytes that decompress to more than the size given (a few kB of zstd can claim a
+        // terabyte): no more than one byte past it is read or written, and `judge` refuses it
+        // without claiming to know the rest.
+        let mut longer = data.clone();
+        longer.extend(std::iter::repeat_n(0u8, 64 << 20));
+        let claims = zstd::encode_all(&longer[..], 3).unwrap();
+        let (read, finished, written) = restore("longer", &claims);
+        assert!(written.len() <= size + 1, "{}", written.len());
+        if let Ok((n, None)) = read {
+            assert_eq!((n, finished.0), (size as u64 + 1, size as u64 + 1));
+            let record = FileRecord {
+                path: "base/1/2".into(),
+                size: size as u64,
+                mtime: 0,
+                sha256: hex(&Sha256::digest(&data)),
+                holder: 1,
+                stored: "data/base/1/2.zst".into(),
+            };
+            let r = judge(tmp.path(), &record, n, finished.1.as_deref().unwrap()).unwrap_err();
+            assert_eq!(r.reason, Some(Reason::SizeMismatch));
+            assert!(r.detail.unwrap().contains("holds more than the"));
+            assert_eq!(r.actual_sha256, None);
+        }
 
         cancel.store(true, Ordering::Relaxed);
         let (read, _, _) = restore("cancelled", &stored);

@@ -438,7 +438,10 @@ pub fn finish(
         stored: format!("{DATA}/backup_label"),
     });
     if !tablespace_map.is_empty() {
-        durable::write_new(&out.join("tablespace_map"), tablespace_map.as_bytes())?;
+        durable::write_new(
+            &out.join(datadir::TABLESPACE_MAP),
+            tablespace_map.as_bytes(),
+        )?;
     }
     durable::create_private_dir(&data.join("pg_wal"), false)?;
     let mut buf = vec![0u8; COPY_CHUNK];

@@ -30,7 +30,7 @@ const FILES_SKIPPED: [&str; 7] = [
     "postmaster.pid",
     "postmaster.opts",
     "backup_label",
-    "tablespace_map",
+    TABLESPACE_MAP,
     "postgresql.auto.conf.tmp",
     "current_logfiles.tmp",
     "pg_internal.init",
@@ -62,6 +62,11 @@ pub enum Change {
     /// Unchanged since the parent: the backup refers to the parent's copy.
     Reference,
 }
+
+/// The file that tells PostgreSQL, at the first start of a restored directory, where each
+/// tablespace is (it re-points `pg_tblspc/<oid>` as it says).  A native backup writes its own
+/// beside its data, never in it.
+pub const TABLESPACE_MAP: &str = "tablespace_map";
 
 /// A data directory's control file: a restore writes it last.
 pub const CONTROL: &str = "global/pg_control";

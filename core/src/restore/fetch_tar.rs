@@ -16,6 +16,7 @@ use super::offsite::{Choice, MirrorBackup};
 use super::scratch_server::{combine, extract_stream};
 use crate::files::error::IoError;
 use crate::files::{beneath, durable};
+use crate::pgformat::datadir::TABLESPACE_MAP;
 use crate::progress::Progress;
 use crate::storage::Storage;
 
@@ -221,7 +222,7 @@ fn plain_tree(dir: &Path) -> Result<(usize, u64), PathBuf> {
 /// in tar format, but a backup written to stdout, as the extension takes them, cannot hold a
 /// tablespace, so the file is empty; one that is not came from elsewhere.
 fn no_tablespace_map(b: &MirrorBackup, dir: &Path) -> Result<(), FetchError> {
-    let map = dir.join("tablespace_map");
+    let map = dir.join(TABLESPACE_MAP);
     match fs::symlink_metadata(&map) {
         Ok(m) if m.len() > 0 => Err(FetchError::Bad(format!(
             "backup {} holds a tablespace_map that names tablespaces, which a backup written \
@@ -305,15 +306,16 @@ mod tests {
         };
         let progress = Progress::default();
         let dest = tmp.path().join("data");
-        let restore = |sha: &str| {
+        let restore_into = |sha: &str, dest: &Path| {
             restore_tar(
                 &target,
                 &choice_of("7/postgres/b.tar", sha),
-                &dest,
+                dest,
                 None,
                 &progress,
             )
         };
+        let restore = |sha: &str| restore_into(sha, &dest);
         let e = restore(&sha).unwrap_err().to_string();
         assert!(e.contains("neither a regular file nor a directory"), "{e}");
         assert!(!dest.exists());
@@ -361,27 +363,12 @@ mod tests {
         )
         .unwrap();
         let sha = tar_of(&src, &tar);
-        let e = restore_tar(
-            &target,
-            &choice_of("7/postgres/b.tar", &sha),
-            &fresh,
-            None,
-            &progress,
-        )
-        .unwrap_err()
-        .to_string();
+        let e = restore_into(&sha, &fresh).unwrap_err().to_string();
         assert!(e.contains("tablespace_map"), "{e}");
         assert!(!fresh.exists());
         fs::write(src.join("tablespace_map"), b"").unwrap();
         let sha = tar_of(&src, &tar);
-        restore_tar(
-            &target,
-            &choice_of("7/postgres/b.tar", &sha),
-            &fresh,
-            None,
-            &progress,
-        )
-        .unwrap();
+        restore_into(&sha, &fresh).unwrap();
         assert_eq!(fs::metadata(fresh.join("tablespace_map")).unwrap().len(), 0);
     }
 

@@ -15,7 +15,7 @@ use crate::files::durable;
 use crate::files::error::IoError;
 use crate::manifest::native::{FileRecord, Manifest};
 use crate::manifest::postgres::{self, PG_MANIFEST, PG_MANIFEST_ZST};
-use crate::pgformat::datadir::restore_own;
+use crate::pgformat::datadir::{restore_own, TABLESPACE_MAP};
 use crate::progress::Counters;
 use crate::stream;
 use crate::verify::native::{cancelled, judge, read_into_file, read_stream};
@@ -24,10 +24,6 @@ use crate::verify::{self, Reason, Report};
 /// The largest PostgreSQL `backup_manifest` read (it is read whole into memory to check its
 /// own checksum): about 200 bytes a file, so five million files.
 const PG_MANIFEST_LIMIT: u64 = 1 << 30;
-
-/// The file that tells PostgreSQL, at the first start of a restored directory, where each
-/// tablespace is.
-const TABLESPACE_MAP: &str = "tablespace_map";
 
 pub use crate::pgformat::datadir::{CONTROL, CONTROL_HELD, CONTROL_STAGED};
 

@@ -350,6 +350,8 @@ struct Index<'a> {
     wal: HashMap<&'a str, &'a MirrorWal>,
     /// The WAL segments listed with a plain digest, parsed.
     segments: Vec<(wal::Segment, &'a MirrorWal)>,
+    /// The timelines the target holds WAL of (whatever its digest), for every candidate's path.
+    with_wal: BTreeSet<u32>,
 }
 
 impl<'a> Index<'a> {
@@ -363,16 +365,22 @@ impl<'a> Index<'a> {
             wal.entry(w.name.as_str()).or_insert(w);
         }
         let size = m.segment_size();
-        let segments = m
+        let (mut segments, mut with_wal) = (Vec::new(), BTreeSet::new());
+        for (s, w) in m
             .wal_files
             .iter()
-            .filter(|w| is_sha256_hex(&w.sha256))
             .filter_map(|w| Some((wal::Segment::parse(&w.name, size)?, w)))
-            .collect();
+        {
+            with_wal.insert(s.timeline);
+            if is_sha256_hex(&w.sha256) {
+                segments.push((s, w));
+            }
+        }
         Index {
             backups,
             wal,
             segments,
+            with_wal,
         }
     }
 }
@@ -462,16 +470,9 @@ pub fn choose(
     // only named when nothing can be used).
     let (late, candidates): (Vec<&MirrorBackup>, Vec<&MirrorBackup>) =
         candidates.into_iter().partition(|b| ends_after(goal, b));
-    // The timelines the target holds WAL of, once for every candidate's path.
-    let with_wal: BTreeSet<u32> = m
-        .wal_files
-        .iter()
-        .filter_map(|w| wal::Segment::parse(&w.name, m.segment_size()))
-        .map(|s| s.timeline)
-        .collect();
     let index = Index::of(m);
     let physical = candidates.into_iter().map(|b| {
-        let usable = usable(m, &index, goal, b, chains, timelines, &with_wal);
+        let usable = usable(m, &index, goal, b, chains, timelines);
         Candidate {
             backup_id: b.backup_id,
             problem: usable.as_ref().err().map(Unusable::to_string),
@@ -516,7 +517,7 @@ pub fn choose(
     // cut may well continue from this backup.
     let passed_over = match (timelines.target, goal) {
         (TargetTimeline::Latest, Goal::Latest | Goal::Time(_)) => {
-            timelines_above(path.target(), &timelines.histories, &with_wal)
+            timelines_above(path.target(), &timelines.histories, &index.with_wal)
         }
         _ => BTreeSet::new(),
     };
@@ -588,7 +589,6 @@ fn usable<'a>(
     b: &'a MirrorBackup,
     chains: TarChains,
     timelines: &Timelines,
-    with_wal: &BTreeSet<u32>,
 ) -> Result<Usable<'a>, Unusable> {
     let size = m.segment_size();
     let stop = b.stop_lsn.as_deref().and_then(Lsn::parse);
@@ -620,7 +620,7 @@ fn usable<'a>(
     };
     // Recovery to the end of the backup reads only the backup's own timeline; to a location,
     // none of the timelines that begin after it.
-    let followed = |t| path_for(timeline, stop, t, &timelines.histories, with_wal);
+    let followed = |t| path_for(timeline, stop, t, &timelines.histories, &index.with_wal);
     let path = match goal {
         Goal::EndOfBackup => TimelinePath::stay(timeline),
         Goal::Lsn(l) => followed(timelines.target)?.up_to(*l, size),

@@ -76,7 +76,7 @@ pub struct LogicalArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=128))]
     jobs: Option<u16>,
     /// Where a directory-format dump is fetched before pg_restore reads it (default: $TMPDIR
-    /// or /tmp).
+    /// or /tmp, often memory): room for the whole dump decompressed plus its largest file.
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
 }

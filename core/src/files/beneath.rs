@@ -284,6 +284,52 @@ impl ScratchDir {
         Ok(unsafe { File::from(OwnedFd::from_raw_fd(fd)) })
     }
 
+    /// A file inside with no name (read and write, mode 0600): gone when closed, whatever
+    /// happens to the process, and nothing another program can open by path meanwhile.
+    pub fn unnamed_file(&self) -> io::Result<File> {
+        let dot = cstr(std::ffi::OsStr::new("."))?;
+        // SAFETY: a NUL-terminated name relative to a directory we hold; the descriptor
+        // returned is owned by the File.  O_EXCL: it can never be given a name (linkat).
+        let fd = unsafe {
+            libc::openat(
+                self.dir.as_raw_fd(),
+                dot.as_ptr(),
+                libc::O_TMPFILE | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC,
+                0o600 as libc::c_uint,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: `fd` was just opened and is owned by nobody else.
+            return Ok(unsafe { File::from(OwnedFd::from_raw_fd(fd)) });
+        }
+        let e = io::Error::last_os_error();
+        // Only a filesystem (EOPNOTSUPP) or kernel (EISDIR, before 3.11) without O_TMPFILE
+        // gets a named file, unlinked at once (the scratch directory's removal takes it if the
+        // process dies in between); any other failure is this one's.
+        if !matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) {
+            return Err(e);
+        }
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // A dot name and a number no other caller has: a file another program put here under
+        // such a name is an EEXIST error, never opened.
+        let name = format!(".unnamed-{}-{n}", std::process::id());
+        let c = cstr(std::ffi::OsStr::new(&name))?;
+        // SAFETY: as above.
+        let fd = check(unsafe {
+            libc::openat(
+                self.dir.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o600 as libc::c_uint,
+            )
+        })?;
+        // SAFETY: `fd` was just opened and is owned by nobody else.
+        let file = unsafe { File::from(OwnedFd::from_raw_fd(fd)) };
+        remove_file_at(&self.dir, std::ffi::OsStr::new(&name))?;
+        Ok(file)
+    }
+
     /// Leaves the directory in place when dropped.
     pub fn keep(&mut self) {
         self.keep = true;
@@ -597,5 +643,22 @@ mod tests {
         symlink(outside.path(), tmp.path().join("b")).unwrap();
         assert!(root.remove(Path::new("b/precious")).is_err());
         assert!(outside.path().join("precious").exists());
+    }
+
+    /// An unnamed file reads back what was written and never shows in its directory.
+    #[test]
+    fn an_unnamed_file_has_no_name() {
+        use std::io::{Read, Seek, Write};
+        let tmp = tempfile::tempdir().unwrap();
+        let s = ScratchDir::create(tmp.path(), Path::new("s")).unwrap();
+        let mut files: Vec<File> = (0..2).map(|_| s.unnamed_file().unwrap()).collect();
+        for (i, f) in files.iter_mut().enumerate() {
+            write!(f, "file {i}").unwrap();
+            f.rewind().unwrap();
+        }
+        let mut text = String::new();
+        files[1].read_to_string(&mut text).unwrap();
+        assert_eq!(text, "file 1");
+        assert_eq!(std::fs::read_dir(s.path()).unwrap().count(), 0);
     }
 }

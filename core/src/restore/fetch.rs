@@ -339,6 +339,19 @@ pub fn write_recovery_settings(
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
         .map_err(|e| IoError::new("could not write", &conf, e))?;
+    // A backup of a standby (or a forged one) brings its `standby.signal`, which outranks
+    // `recovery.signal`: the server would stay a standby, so a `--latest` restore would never
+    // promote (and one to a target not in the WAL would wait for it forever instead of
+    // stopping).  A `recovery.signal` it brought is replaced by ours.  Both go before ours is
+    // written; the directory is fsynced when the control file goes in (`install_control`).
+    for name in ["standby.signal", "recovery.signal"] {
+        let signal = dest.join(name);
+        match std::fs::remove_file(&signal) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(IoError::new("could not remove", &signal, e).into()),
+        }
+    }
     durable::write_new(&dest.join("recovery.signal"), b"")?;
     Ok(())
 }
@@ -653,6 +666,26 @@ pub(crate) mod tests {
         assert!(reset < conf.find("recovery_target_time = '2026").unwrap());
         assert!(conf.contains("recovery_target_timeline = 'current'"));
         assert!(tmp.path().join("recovery.signal").is_file());
+        // What a standby's backup brings with it goes: recovery ends at the goal and promotes.
+        std::fs::write(other.path().join("standby.signal"), b"").unwrap();
+        std::fs::write(other.path().join("recovery.signal"), b"theirs").unwrap();
+        write_recovery_settings(other.path(), &sneaky, &goal, None).unwrap();
+        assert!(!other.path().join("standby.signal").exists());
+        assert_eq!(
+            std::fs::read(other.path().join("recovery.signal")).unwrap(),
+            b""
+        );
+        let conf = std::fs::read_to_string(other.path().join("postgresql.auto.conf")).unwrap();
+        assert!(
+            conf.ends_with(
+                "primary_conninfo = ''\nprimary_slot_name = ''\nrecovery_end_command = ''\n\
+             archive_cleanup_command = ''\nrecovery_min_apply_delay = 0\n\
+             recovery_target_timeline = 'current'\n\
+             recovery_target_time = '2026-12-04 10:00:00.000000+00'\n\
+             recovery_target_action = 'promote'\n"
+            ),
+            "{conf}"
+        );
         assert!(write_recovery_settings(
             tmp.path(),
             "x\nrecovery_target = 'immediate'",

@@ -617,6 +617,10 @@ cat >> "$target/postgresql.auto.conf" <<'BACKUP_MGMT_CONF'
 archive_mode = 'off'
 backup_mgmt.enabled = 'off'
 BACKUP_MGMT_CONF
+# A backup of a standby brings its standby.signal, which outranks recovery.signal: the copy
+# would be a standby (streaming from nobody, since primary_conninfo is reset above) that waits
+# for more WAL where archive recovery ends, should the target not be reached.
+rm -f -- "$target/standby.signal"
 touch "$target/recovery.signal"
 # The control file goes in last, once every other file and the recovery settings are on disk:
 # a recipe stopped before this point leaves a directory PostgreSQL refuses to start (no

@@ -1,11 +1,11 @@
 //! The recovery settings a restore appends to `postgresql.auto.conf`: one text for the restore
-//! program and the recipes, so that both reset what an earlier restore left there and pin the
-//! timeline they checked the WAL of.
+//! program and the recipes, so that both reset what an earlier restore (or the standby the
+//! backup was taken of) left there and pin the timeline they checked the WAL of.
 
 use super::recipe::conf_quote;
 
 /// The lines appended after `# Written by {written_by}`: `restore_command`, every recovery
-/// target reset, then `target` (a whole setting line such as `recovery_target_time = '…'`;
+/// target reset, every other setting recovery runs or connects with reset, then `target` (a whole setting line such as `recovery_target_time = '…'`;
 /// None recovers to the end of the WAL) with promotion, on `timeline` (None: the backup's own).
 ///
 /// `restore_command` must be one line; the caller checks it.
@@ -24,6 +24,18 @@ pub fn recovery_settings(
          recovery_target = ''\nrecovery_target_time = ''\nrecovery_target_lsn = ''\n\
          recovery_target_xid = ''\nrecovery_target_name = ''\nrecovery_target_inclusive = on\n",
         conf_quote(restore_command)
+    );
+    // What else recovery acts on, as a backup may carry it: a standby's (or a forger's)
+    // `primary_conninfo` would stream WAL from that server instead of the WAL checked here (when
+    // a `standby.signal` came with the backup: the restore removes it), the two commands
+    // would run whatever they say on this host while recovering, and a delayed standby's
+    // `recovery_min_apply_delay` holds every commit back that long in any archive recovery.
+    // Restoring is this text's job; the rest of the backed-up configuration is the operator's
+    // to review.
+    text.push_str(
+        "primary_conninfo = ''\nprimary_slot_name = ''\n\
+         recovery_end_command = ''\narchive_cleanup_command = ''\n\
+         recovery_min_apply_delay = 0\n",
     );
     // The WAL was checked along the path to this timeline: recovery keeps to it, not to
     // whichever timeline is newest in the archive, which may have branched off elsewhere
@@ -59,6 +71,15 @@ mod tests {
         assert!(reset < set, "{s}");
         assert!(s.contains("recovery_target_timeline = '2'\n"), "{s}");
         assert!(s.contains("recovery_target_action = 'promote'"), "{s}");
+        for reset in [
+            "primary_conninfo = ''\n",
+            "primary_slot_name = ''\n",
+            "recovery_end_command = ''\n",
+            "archive_cleanup_command = ''\n",
+            "recovery_min_apply_delay = 0\n",
+        ] {
+            assert!(s.contains(reset), "{reset} missing from {s}");
+        }
         assert!(
             s.contains(r#"restore_command = 'cp ''/a/%f'' "%p"'"#),
             "{s}"

@@ -2,7 +2,7 @@
 //! directory dump fetched and checked first), who owns what in it, and pg_restore run over it as
 //! the restore role with the stored bytes hashed on the way.
 
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -111,25 +111,53 @@ pub(super) fn fetch_directory(
         let mut sink = Observe::new(out, |c: &[u8]| {
             bytes.fetch_add(c.len() as u64, Ordering::Relaxed);
         });
-        let copied = if name.ends_with(".zst") {
-            stream::decompress(&mut hashed)
+        // Where a copy failed: writing lies with the work directory; reading, with the target
+        // (while fetching) or with bytes that match the manifest yet do not decompress.
+        let failed = |e: stream::PumpError, damaged: bool| match e {
+            stream::PumpError::Write { source, .. } => {
+                FetchError::from(IoError::new("could not write into", scratch.path(), source))
+            }
+            e if damaged => FetchError::Damaged {
+                detail: format!("its bytes match its manifest but do not decompress: {e}"),
+                file: key.clone(),
+            },
+            e => FetchError::File {
+                detail: format!("could not be fetched: {e}"),
+                file: key.clone(),
+            },
+        };
+        let checked = |hashed: Hash<_>| {
+            let (_, found) = hashed.finish();
+            if found == sum {
+                Ok(())
+            } else {
+                Err(FetchError::Mismatch {
+                    what: key.clone(),
+                    expected: sum.clone(),
+                    found,
+                })
+            }
+        };
+        if name.ends_with(".zst") {
+            // The stored bytes first, into a file with no name, and decompressed only once
+            // their sha256 is the manifest's: a replaced member of a few kB of zstd may claim
+            // terabytes, which would fill the work directory's disk before the mismatch showed.
+            let mut stored = scratch
+                .unnamed_file()
+                .map_err(|e| IoError::new("could not create a file in", scratch.path(), e))?;
+            stream::pump(&mut hashed, &mut stored, &mut buf, None).map_err(|e| failed(e, false))?;
+            checked(hashed)?;
+            stored
+                .rewind()
+                .map_err(|e| IoError::new("could not read back", scratch.path(), e))?;
+            stream::decompress(stored)
                 .map_err(|source| stream::PumpError::Read { after: 0, source })
                 .and_then(|mut d| stream::pump(&mut d, &mut sink, &mut buf, None))
+                .map_err(|e| failed(e, true))?;
         } else {
-            stream::pump(&mut hashed, &mut sink, &mut buf, None)
-        };
-        copied.map_err(|e| FetchError::File {
-            detail: format!("not what its manifest says: {e}"),
-            file: key.clone(),
-        })?;
-        let (_, found) = hashed.finish();
-        if found != sum {
-            return Err(FetchError::Mismatch {
-                what: key,
-                expected: sum,
-                found,
-            }
-            .into());
+            // As many bytes written as stored: checked once they are all read.
+            stream::pump(&mut hashed, &mut sink, &mut buf, None).map_err(|e| failed(e, false))?;
+            checked(hashed)?;
         }
     }
     Ok(scratch)
@@ -256,4 +284,71 @@ pub(super) fn run_pg_restore(
         )));
     }
     Ok(complaints)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checksum::hex;
+    use crate::storage::filesystem::FilesystemTarget;
+    use sha2::{Digest, Sha256};
+    use std::fs;
+
+    fn sha(bytes: &[u8]) -> String {
+        hex(&Sha256::digest(bytes))
+    }
+
+    /// A member replaced on the target by a zstd bomb (a few kB that decompress to 64 MB) is
+    /// refused by its sha256 before a byte of it is decompressed; the genuine one restores.
+    #[test]
+    fn a_directory_dump_member_is_decompressed_only_once_its_bytes_are_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dump = tmp.path().join("t/7/postgres/dump");
+        fs::create_dir_all(&dump).unwrap();
+        let zst = |plain: &[u8]| zstd::encode_all(plain, 3).unwrap();
+        let data = zst(b"1\tone\n2\ttwo\n\\.\n");
+        fs::write(dump.join("3456.dat.zst"), &data).unwrap();
+        fs::write(dump.join("toc.dat"), b"toc").unwrap();
+        let manifest = directory::render([
+            (sha(&data).as_str(), "3456.dat.zst"),
+            (sha(b"toc").as_str(), "toc.dat"),
+        ]);
+        fs::write(dump.join(DIRECTORY_MANIFEST), &manifest).unwrap();
+        let b: MirrorBackup = serde_json::from_value(serde_json::json!({
+            "backup_id": 9, "database_name": "postgres", "backup_type": "full",
+            "backup_method": "pg_dump_directory", "key": "7/postgres/dump",
+            "sha256": sha(manifest.as_bytes()),
+        }))
+        .unwrap();
+        let target = FilesystemTarget {
+            dir: tmp.path().join("t"),
+            rate: None,
+        };
+        let work = tmp.path().join("work");
+        fs::create_dir(&work).unwrap();
+
+        let bytes = AtomicU64::new(0);
+        let fetched = fetch_directory(&target, &b, &work, &bytes).unwrap();
+        assert_eq!(
+            fs::read(fetched.path().join("3456.dat")).unwrap(),
+            b"1\tone\n2\ttwo\n\\.\n"
+        );
+        assert_eq!(fs::read(fetched.path().join("toc.dat")).unwrap(), b"toc");
+        drop(fetched);
+
+        let bomb = zst(&vec![0u8; 64 << 20]);
+        assert!(bomb.len() < 64 << 10);
+        fs::write(dump.join("3456.dat.zst"), &bomb).unwrap();
+        let bytes = AtomicU64::new(0);
+        let e = fetch_directory(&target, &b, &work, &bytes)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sha256") && e.contains("3456.dat.zst"), "{e}");
+        assert_eq!(
+            bytes.load(Ordering::Relaxed),
+            0,
+            "decompressed before checked"
+        );
+        assert_eq!(fs::read_dir(&work).unwrap().count(), 0, "left behind");
+    }
 }

@@ -31,37 +31,36 @@ fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-/// Opens directory `name` inside `dir` without following a symlink (a symlink is `ENOTDIR`).
-pub fn open_dir_at(dir: &impl AsRawFd, name: &std::ffi::OsStr) -> io::Result<File> {
+/// `openat(dir, name, flags)` as a File: every open beneath a directory descriptor in this
+/// module, the flags saying what may be followed, created or blocked on.  What is created is
+/// mode 0600 (the mode is read only with `O_CREAT` or `O_TMPFILE`).
+fn open_at(dir: &impl AsRawFd, name: &std::ffi::OsStr, flags: libc::c_int) -> io::Result<File> {
     let c = cstr(name)?;
-    // SAFETY: a NUL-terminated name relative to a directory descriptor we hold; the returned
-    // descriptor is owned by the File.
-    let fd = check(unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    })?;
+    // SAFETY: a NUL-terminated name relative to a directory descriptor the caller holds; the
+    // returned descriptor is owned by the File.
+    let rc = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags, 0o600 as libc::c_uint) };
+    let fd = check(rc)?;
     // SAFETY: `fd` was just opened and is owned by nobody else.
     Ok(unsafe { File::from(OwnedFd::from_raw_fd(fd)) })
+}
+
+/// Opens directory `name` inside `dir` without following a symlink (a symlink is `ENOTDIR`).
+pub fn open_dir_at(dir: &impl AsRawFd, name: &std::ffi::OsStr) -> io::Result<File> {
+    open_at(
+        dir,
+        name,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+    )
 }
 
 /// Opens file `name` inside `dir` for reading without following a symlink (`ELOOP`) and without
 /// blocking on a FIFO planted under the name.
 pub fn open_file_at(dir: &impl AsRawFd, name: &std::ffi::OsStr) -> io::Result<File> {
-    let c = cstr(name)?;
-    // SAFETY: a NUL-terminated name relative to a directory descriptor we hold; the returned
-    // descriptor is owned by the File.
-    let fd = check(unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
-        )
-    })?;
-    // SAFETY: `fd` was just opened and is owned by nobody else.
-    Ok(unsafe { File::from(OwnedFd::from_raw_fd(fd)) })
+    open_at(
+        dir,
+        name,
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
+    )
 }
 
 /// Creates directory `name` (mode 0700) inside `dir`; `AlreadyExists` when anything has the name.
@@ -269,40 +268,25 @@ impl ScratchDir {
                 format!("\"{name}\" is not a plain file name"),
             ));
         }
-        let c = cstr(std::ffi::OsStr::new(name))?;
-        // SAFETY: a NUL-terminated name relative to a directory we hold; the descriptor
-        // returned is owned by the File.
-        let fd = check(unsafe {
-            libc::openat(
-                self.dir.as_raw_fd(),
-                c.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o600 as libc::c_uint,
-            )
-        })?;
-        // SAFETY: `fd` was just opened and is owned by nobody else.
-        Ok(unsafe { File::from(OwnedFd::from_raw_fd(fd)) })
+        open_at(
+            &self.dir,
+            std::ffi::OsStr::new(name),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
     }
 
     /// A file inside with no name (read and write, mode 0600): gone when closed, whatever
     /// happens to the process, and nothing another program can open by path meanwhile.
     pub fn unnamed_file(&self) -> io::Result<File> {
-        let dot = cstr(std::ffi::OsStr::new("."))?;
-        // SAFETY: a NUL-terminated name relative to a directory we hold; the descriptor
-        // returned is owned by the File.  O_EXCL: it can never be given a name (linkat).
-        let fd = unsafe {
-            libc::openat(
-                self.dir.as_raw_fd(),
-                dot.as_ptr(),
-                libc::O_TMPFILE | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC,
-                0o600 as libc::c_uint,
-            )
+        // O_EXCL: it can never be given a name (linkat).
+        let e = match open_at(
+            &self.dir,
+            std::ffi::OsStr::new("."),
+            libc::O_TMPFILE | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC,
+        ) {
+            Ok(file) => return Ok(file),
+            Err(e) => e,
         };
-        if fd >= 0 {
-            // SAFETY: `fd` was just opened and is owned by nobody else.
-            return Ok(unsafe { File::from(OwnedFd::from_raw_fd(fd)) });
-        }
-        let e = io::Error::last_os_error();
         // Only a filesystem (EOPNOTSUPP) or kernel (EISDIR, before 3.11) without O_TMPFILE
         // gets a named file, unlinked at once (the scratch directory's removal takes it if the
         // process dies in between); any other failure is this one's.
@@ -314,19 +298,13 @@ impl ScratchDir {
         // A dot name and a number no other caller has: a file another program put here under
         // such a name is an EEXIST error, never opened.
         let name = format!(".unnamed-{}-{n}", std::process::id());
-        let c = cstr(std::ffi::OsStr::new(&name))?;
-        // SAFETY: as above.
-        let fd = check(unsafe {
-            libc::openat(
-                self.dir.as_raw_fd(),
-                c.as_ptr(),
-                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o600 as libc::c_uint,
-            )
-        })?;
-        // SAFETY: `fd` was just opened and is owned by nobody else.
-        let file = unsafe { File::from(OwnedFd::from_raw_fd(fd)) };
-        remove_file_at(&self.dir, std::ffi::OsStr::new(&name))?;
+        let name = std::ffi::OsStr::new(&name);
+        let file = open_at(
+            &self.dir,
+            name,
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )?;
+        remove_file_at(&self.dir, name)?;
         Ok(file)
     }
 
@@ -446,18 +424,12 @@ pub fn remove_path(path: &Path) -> io::Result<Removed> {
 /// its owner every right on it when it lacks one: a tar extracted from a backup (input) may
 /// leave a directory of mode 000 or 0500, which could otherwise be neither read nor emptied.
 fn open_to_empty(dir: &impl AsRawFd, name: &std::ffi::OsStr) -> io::Result<File> {
-    let c = cstr(name)?;
-    // SAFETY: a NUL-terminated name relative to a directory descriptor we hold; an O_PATH
-    // descriptor needs no right on the directory and is owned by the File.
-    let fd = check(unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    })?;
-    // SAFETY: `fd` was just opened and is owned by nobody else.
-    let handle = unsafe { File::from(OwnedFd::from_raw_fd(fd)) };
+    // An O_PATH descriptor needs no right on the directory.
+    let handle = open_at(
+        dir,
+        name,
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+    )?;
     let proc_path = format!("/proc/self/fd/{}", handle.as_raw_fd());
     let mode = std::fs::metadata(&proc_path)?.permissions().mode();
     if mode & 0o700 != 0o700 {

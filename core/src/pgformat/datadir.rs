@@ -68,6 +68,12 @@ pub enum Change {
 /// beside its data, never in it.
 pub const TABLESPACE_MAP: &str = "tablespace_map";
 
+/// The file that makes a starting server recover from the archive, then promote.
+pub const RECOVERY_SIGNAL: &str = "recovery.signal";
+
+/// The file that makes a starting server a standby; it outranks `RECOVERY_SIGNAL`.
+pub const STANDBY_SIGNAL: &str = "standby.signal";
+
 /// A data directory's control file: a restore writes it last.
 pub const CONTROL: &str = "global/pg_control";
 

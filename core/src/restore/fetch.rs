@@ -25,6 +25,7 @@ use crate::files::direct::Writes;
 use crate::files::durable::{self, DurableFile, Install, Temp};
 use crate::files::error::IoError;
 use crate::manifest::native::{Manifest, FILES_MANIFEST};
+use crate::pgformat::datadir::{RECOVERY_SIGNAL, STANDBY_SIGNAL};
 use crate::progress::Counters;
 use crate::storage::{member_key, Storage, StorageError};
 use crate::stream::{self, Hash};
@@ -344,7 +345,7 @@ pub fn write_recovery_settings(
     // promote (and one to a target not in the WAL would wait for it forever instead of
     // stopping).  A `recovery.signal` it brought is replaced by ours.  Both go before ours is
     // written; the directory is fsynced when the control file goes in (`install_control`).
-    for name in ["standby.signal", "recovery.signal"] {
+    for name in [STANDBY_SIGNAL, RECOVERY_SIGNAL] {
         let signal = dest.join(name);
         match std::fs::remove_file(&signal) {
             Ok(()) => {}
@@ -352,7 +353,7 @@ pub fn write_recovery_settings(
             Err(e) => return Err(IoError::new("could not remove", &signal, e).into()),
         }
     }
-    durable::write_new(&dest.join("recovery.signal"), b"")?;
+    durable::write_new(&dest.join(RECOVERY_SIGNAL), b"")?;
     Ok(())
 }
 

@@ -5,8 +5,9 @@
 use super::recipe::conf_quote;
 
 /// The lines appended after `# Written by {written_by}`: `restore_command`, every recovery
-/// target reset, every other setting recovery runs or connects with reset, then `target` (a whole setting line such as `recovery_target_time = '…'`;
-/// None recovers to the end of the WAL) with promotion, on `timeline` (None: the backup's own).
+/// target reset, every other setting recovery runs or connects with reset, then `target` (a
+/// whole setting line such as `recovery_target_time = '…'`; None recovers to the end of the
+/// WAL) with promotion, on `timeline` (None: the backup's own).
 ///
 /// `restore_command` must be one line; the caller checks it.
 pub fn recovery_settings(

@@ -22,6 +22,7 @@ use crate::backup::layout;
 use crate::conninfo::Connection;
 use crate::files::beneath::ScratchDir;
 use crate::files::error::{Context, IoError};
+use crate::pgformat::datadir::{RECOVERY_SIGNAL, STANDBY_SIGNAL};
 use crate::process::{self, ProcessError};
 use crate::progress::Progress;
 use crate::stream;
@@ -496,7 +497,7 @@ pub fn restore_test_with(
         }
         // Files pg_verifybackup does not check (the manifest leaves them out) that would change
         // how the server starts: the restored cluster recovers as itself, not as a standby.
-        for name in ["recovery.signal", "standby.signal"] {
+        for name in [RECOVERY_SIGNAL, STANDBY_SIGNAL] {
             let _ = fs::remove_file(data.join(name));
         }
         // Nor the backed-up postgresql.auto.conf: its include lines could make the server read

@@ -6,6 +6,7 @@
 
 #[macro_use]
 mod output;
+mod finish;
 mod logical;
 mod programs;
 mod target;
@@ -43,7 +44,8 @@ const EXIT_CODES: &str = "Exit codes:
   2  the command line is wrong, or the destination refuses it (restore-logical: the database exists;
      wal-set-aside: the object is this cluster's own copy, or too large to be a WAL file)
   3  integrity: a file, the chain manifest or the mirror is not what the mirror says, or a
-     globals file holds statements pg_dumpall does not write (wal-set-aside: the copy set
+     globals file holds statements pg_dumpall does not write, or the backed-up
+     postgresql.conf moves the data directory elsewhere (wal-set-aside: the copy set
      aside did not land as read; an object that changed under its key meanwhile is 1)
   4  nothing to restore from: no backup reaches the goal, or (wal-fetch, wal-set-aside) the
      target has no such WAL file
@@ -211,11 +213,14 @@ struct RestoreArgs {
     /// copying and writeback, not the disk, is the limit; everything is made durable either way.
     #[arg(long)]
     no_direct_io: bool,
-    /// The directory of pg_combinebackup, for a chain of block-level incremental pg_basebackup
-    /// backups (PostgreSQL 17+), of the backups' major version (default:
-    /// /usr/lib/postgresql/<major>/bin when it has it, else $PATH). Without one such a backup
-    /// is passed over for its full and more WAL. The chain is extracted beside the new
-    /// directory, which needs room for it and the result.
+    /// The directory of PostgreSQL's programs of the backups' major version (default:
+    /// /usr/lib/postgresql/<major>/bin when it has them, else $PATH). Its postgres reads the
+    /// restored configuration as the server will: a data_directory elsewhere is refused, a
+    /// library named by its path or a log outside the directory reset (without it, or run as
+    /// root, the restore says the configuration was not checked). Its pg_combinebackup
+    /// combines a chain of block-level incremental pg_basebackup backups (PostgreSQL 17+);
+    /// without one such a backup is passed over for its full and more WAL. The chain is
+    /// extracted beside the new directory, which needs room for it and the result.
     #[arg(long, value_name = "DIR")]
     pg_bin: Option<PathBuf>,
     /// The new data directory (must not exist), or with --delta the one to bring back.
@@ -625,9 +630,9 @@ fn restore(
     };
     // The recovery settings are built before anything is written: a path restore_command
     // cannot carry is refused while nothing is touched (exit 2 means so).
-    let command = cli
-        .target
-        .wal_fetch_command(sysid, &spool_of(&dest), choice.path.target())?;
+    let command =
+        cli.target
+            .wal_fetch_command(sysid, &finish::spool_of(&dest), choice.path.target())?;
     let bytes = AtomicU64::new(0);
     let cancel = AtomicBool::new(false);
     let files = AtomicU64::new(0);
@@ -656,7 +661,7 @@ fn restore(
         let restored = output::while_showing(bar, progress.bytes_counter(), None, || {
             fetch_tar::restore_tar(storage, &choice, &dest, combiner.as_deref(), &progress)
         })?;
-        let finished = finish(cli, &command, &goal, &choice, &restored, started, json);
+        let finished = finish::finish(cli, r, &command, &goal, &choice, &restored, started);
         if finished.is_err() {
             // Without its recovery settings the directory would start as the backup alone.
             let _ = backup_mgmt_core::files::beneath::remove_path(&dest);
@@ -694,7 +699,7 @@ fn restore(
             &counters,
         )
     })?;
-    let finished = finish(cli, &command, &goal, &choice, &restored, started, json);
+    let finished = finish::finish(cli, r, &command, &goal, &choice, &restored, started);
     if finished.is_err() {
         if let Some(hint) = materialize::held_hint(&dest) {
             tell!("backup-mgmt: {hint}");
@@ -706,45 +711,4 @@ fn restore(
         materialize::discard_new(&dest, &spaces, &manifest);
     }
     finished
-}
-
-/// The read-ahead spool of a restored data directory: beside it.
-fn spool_of(dest: &std::path::Path) -> PathBuf {
-    PathBuf::from(format!("{}.wal-spool", dest.display()))
-}
-
-/// After the files: the recovery settings (this program's wal-fetch, with a spool beside the
-/// data directory), and the report.
-fn finish(
-    cli: &Cli,
-    command: &str,
-    goal: &Goal,
-    choice: &offsite::Choice,
-    restored: &fetch::Restored,
-    started: std::time::Instant,
-    json: bool,
-) -> Result<(), CliError> {
-    let dest = &restored.data_directory;
-    let spool = spool_of(dest);
-    // A spool left by an earlier restore to this place may hold another cluster's files.
-    match std::fs::remove_dir_all(&spool) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(CliError::Incomplete(format!(
-                "could not empty the WAL spool {}: {e}",
-                spool.display()
-            )))
-        }
-    }
-    if let Some(reference) = cli.target.credentials_from_env() {
-        eprintln!(
-            "backup-mgmt: restore_command reads the credentials from {reference}: start the server with that variable in its environment (or restore with --s3-credentials file:...)"
-        );
-    }
-    fetch::write_recovery_settings(dest, command, goal, choice.path.recovery_target())?;
-    // Only now can the directory start: with its recovery settings, to the goal.
-    materialize::install_control(dest).map_err(FetchError::from)?;
-    output::restored(restored, choice, dest, started.elapsed(), json);
-    Ok(())
 }

@@ -39,6 +39,8 @@ use backup_mgmt_core::restore::offsite::{Choice, Mirror};
 use backup_mgmt_core::storage::set_aside::SetAside;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::finish::Checked;
+
 /// A failure, for `--output json`: one object on stdout (`{"error": {"exit_code", "message"}}`),
 /// beside the text on stderr.
 pub fn error(exit_code: u8, message: &str) {
@@ -198,8 +200,31 @@ pub fn spinner() -> ProgressBar {
 }
 
 /// What a restore did.
-pub fn restored(r: &Restored, choice: &Choice, dest: &Path, took: Duration, json: bool) {
+pub fn restored(
+    r: &Restored,
+    choice: &Choice,
+    dest: &Path,
+    took: Duration,
+    checked: &Checked,
+    json: bool,
+) {
+    if let Checked::No(why) = checked {
+        tell!(
+            "backup-mgmt: caution: the backed-up configuration was not checked ({why}): review \
+             postgresql.conf and postgresql.auto.conf (data_directory, library paths, \
+             log_directory) before starting the server"
+        );
+    }
     if json {
+        let configuration = match checked {
+            Checked::Yes(resets) => serde_json::json!({
+                "checked": true,
+                "resets": resets.iter().map(|r| serde_json::json!({
+                    "setting": r.setting, "was": r.was, "now": r.now, "why": r.why,
+                })).collect::<Vec<_>>(),
+            }),
+            Checked::No(why) => serde_json::json!({ "checked": false, "why": why }),
+        };
         print_json(&format!(
             "{}",
             serde_json::json!({
@@ -214,6 +239,7 @@ pub fn restored(r: &Restored, choice: &Choice, dest: &Path, took: Duration, json
                 "delta": r.delta,
                 "seconds": took.as_secs_f64(),
                 "why": choice.why,
+                "configuration": configuration,
             })
         ));
         return;
@@ -235,6 +261,25 @@ pub fn restored(r: &Restored, choice: &Choice, dest: &Path, took: Duration, json
             choice.path.describe()
         );
     }
+    if let Checked::Yes(resets) = checked {
+        for reset in resets {
+            say!(
+                "reset {} to '{}' in postgresql.auto.conf: the backup set it to '{}', which {}",
+                reset.setting,
+                reset.now,
+                reset.was,
+                reset.why
+            );
+        }
+    }
+    say!(
+        "postgresql.auto.conf now ends with archive_mode off, backup_mgmt.enabled off, \
+         listen_addresses localhost, the log in {}/log and archive_command, \
+         session_preload_libraries, ssl_passphrase_command, external_pid_file, \
+         dynamic_library_path and jit_provider reset: review the backed-up configuration (and pg_hba.conf; the catalog's roles and \
+         their settings are the backup's too) before setting again what this server needs",
+        dest.display()
+    );
     if let Some(d) = r.delta {
         say!(
             "delta: {} files kept (size and sha256 matched), {} fetched, {} removed",

@@ -1,7 +1,8 @@
 //! Where PostgreSQL's own programs are found on a restore host: `pg_restore` and `psql` for a
 //! logical restore, `pg_combinebackup` for a chain of block-level incremental `pg_basebackup`
-//! backups.  The program runs with no server, so nothing tells it where they are: `--pg-bin`,
-//! else Debian's `/usr/lib/postgresql/<major>/bin` for the backup's major version, else `$PATH`.
+//! backups, `postgres` to read a restored configuration as its server will.  The program runs
+//! with no server, so nothing tells it where they are: `--pg-bin`, else Debian's
+//! `/usr/lib/postgresql/<major>/bin` for the backup's major version, else `$PATH`.
 
 use std::path::{Path, PathBuf};
 

@@ -27,8 +27,8 @@ const CONTENTS_SKIPPED: [&str; 8] = [
     "pg_subtrans",
 ];
 const FILES_SKIPPED: [&str; 7] = [
-    "postmaster.pid",
-    "postmaster.opts",
+    POSTMASTER_PID,
+    POSTMASTER_OPTS,
     "backup_label",
     TABLESPACE_MAP,
     "postgresql.auto.conf.tmp",
@@ -73,6 +73,10 @@ pub const RECOVERY_SIGNAL: &str = "recovery.signal";
 
 /// The file that makes a starting server a standby; it outranks `RECOVERY_SIGNAL`.
 pub const STANDBY_SIGNAL: &str = "standby.signal";
+/// A running server's lock file and the command line it was started with (`pg_ctl restart`
+/// runs the program its first word names): a server's own, never a backup's.
+pub const POSTMASTER_PID: &str = "postmaster.pid";
+pub const POSTMASTER_OPTS: &str = "postmaster.opts";
 
 /// A data directory's control file: a restore writes it last.
 pub const CONTROL: &str = "global/pg_control";

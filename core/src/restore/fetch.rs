@@ -5,9 +5,8 @@
 //! checked against the mirror's sha256 before PostgreSQL sees it).
 
 use std::collections::HashMap;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -18,14 +17,14 @@ use super::materialize::{
 use super::offsite::{Choice, Goal, Mirror, MirrorWal};
 use super::recipe::conf_quote;
 pub use super::recipe::sh_quote;
-use super::recovery_conf::recovery_settings;
+use super::recovery_conf::{self, recovery_settings};
 use super::remote_files::RemoteHolders;
 use crate::checksum::{hex, is_sha256_hex};
 use crate::files::direct::Writes;
 use crate::files::durable::{self, DurableFile, Install, Temp};
 use crate::files::error::IoError;
 use crate::manifest::native::{Manifest, FILES_MANIFEST};
-use crate::pgformat::datadir::{RECOVERY_SIGNAL, STANDBY_SIGNAL};
+use crate::pgformat::datadir::{POSTMASTER_OPTS, POSTMASTER_PID, RECOVERY_SIGNAL, STANDBY_SIGNAL};
 use crate::progress::Counters;
 use crate::storage::{member_key, Storage, StorageError};
 use crate::stream::{self, Hash};
@@ -329,23 +328,20 @@ pub fn write_recovery_settings(
         (!target.is_empty()).then_some(target.as_str()),
         timeline,
     );
-    let conf = dest.join("postgresql.auto.conf");
-    // Never through a symlink planted in the backup.
-    let mut f = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&conf)
-        .map_err(|e| IoError::new("could not open", &conf, e))?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| IoError::new("could not write", &conf, e))?;
+    recovery_conf::append_to_auto_conf(dest, &text)?;
     // A backup of a standby (or a forged one) brings its `standby.signal`, which outranks
     // `recovery.signal`: the server would stay a standby, so a `--latest` restore would never
     // promote (and one to a target not in the WAL would wait for it forever instead of
     // stopping).  A `recovery.signal` it brought is replaced by ours.  Both go before ours is
     // written; the directory is fsynced when the control file goes in (`install_control`).
-    for name in [STANDBY_SIGNAL, RECOVERY_SIGNAL] {
+    // A `postmaster.opts` (or `postmaster.pid`) in a forged backup goes too: `pg_ctl restart`
+    // runs whatever program the former names.
+    for name in [
+        STANDBY_SIGNAL,
+        RECOVERY_SIGNAL,
+        POSTMASTER_OPTS,
+        POSTMASTER_PID,
+    ] {
         let signal = dest.join(name);
         match std::fs::remove_file(&signal) {
             Ok(()) => {}
@@ -670,8 +666,10 @@ pub(crate) mod tests {
         // What a standby's backup brings with it goes: recovery ends at the goal and promotes.
         std::fs::write(other.path().join("standby.signal"), b"").unwrap();
         std::fs::write(other.path().join("recovery.signal"), b"theirs").unwrap();
+        std::fs::write(other.path().join("postmaster.opts"), b"/tmp/evil -D x").unwrap();
         write_recovery_settings(other.path(), &sneaky, &goal, None).unwrap();
         assert!(!other.path().join("standby.signal").exists());
+        assert!(!other.path().join("postmaster.opts").exists());
         assert_eq!(
             std::fs::read(other.path().join("recovery.signal")).unwrap(),
             b""
@@ -681,6 +679,11 @@ pub(crate) mod tests {
             conf.ends_with(
                 "primary_conninfo = ''\nprimary_slot_name = ''\nrecovery_end_command = ''\n\
              archive_cleanup_command = ''\nrecovery_min_apply_delay = 0\n\
+             archive_mode = 'off'\narchive_command = ''\nbackup_mgmt.enabled = 'off'\n\
+             session_preload_libraries = ''\nssl_passphrase_command = ''\nexternal_pid_file = ''\n\
+             dynamic_library_path = '$libdir'\njit_provider = 'llvmjit'\n\
+             log_directory = 'log'\nlog_filename = 'postgresql-%Y-%m-%d_%H%M%S.log'\n\
+             log_line_prefix = '%m [%p] '\nlisten_addresses = 'localhost'\n\
              recovery_target_timeline = 'current'\n\
              recovery_target_time = '2026-12-04 10:00:00.000000+00'\n\
              recovery_target_action = 'promote'\n"

@@ -612,15 +612,18 @@ fi
         s,
         r#"
 cat >> "$target/postgresql.auto.conf" <<'BACKUP_MGMT_CONF'
-{settings}# This copy shares the original's catalog and backup roots: it must not archive into the
-# original's WAL archive nor run its scheduled backups until you decide it takes over.
-archive_mode = 'off'
-backup_mgmt.enabled = 'off'
-BACKUP_MGMT_CONF
+{settings}# Nor load a library the backed-up configuration names (it may name any path): review it
+# before setting these again.  This copy shares the original's catalog and backup roots: it
+# archives nothing and runs no scheduled backup (above) until you decide it takes over.
+shared_preload_libraries = ''
+local_preload_libraries = ''
+{archive_library}BACKUP_MGMT_CONF
 # A backup of a standby brings its standby.signal, which outranks recovery.signal: the copy
 # would be a standby (streaming from nobody, since primary_conninfo is reset above) that waits
 # for more WAL where archive recovery ends, should the target not be reached.
 rm -f -- "$target/standby.signal"
+# pg_ctl restart runs the program postmaster.opts names: only a server's own, never a backup's.
+rm -f -- "$target/postmaster.opts" "$target/postmaster.pid"
 touch "$target/recovery.signal"
 # The control file goes in last, once every other file and the recovery settings are on disk:
 # a recipe stopped before this point leaves a directory PostgreSQL refuses to start (no
@@ -640,6 +643,12 @@ sync -- "$target/global"
 echo "recipe: ready; start the server on $target to recover to "{target_q}
 "#,
         target_q = sh_quote(&target_text),
+        // A setting PostgreSQL 14 and older do not know would stop the server starting.
+        archive_library = if r.pg_major >= 15 {
+            "archive_library = ''\n"
+        } else {
+            ""
+        },
     );
     Ok(s)
 }

@@ -2,7 +2,13 @@
 //! program and the recipes, so that both reset what an earlier restore (or the standby the
 //! backup was taken of) left there and pin the timeline they checked the WAL of.
 
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
 use super::recipe::conf_quote;
+use crate::files::error::IoError;
 
 /// The lines appended after `# Written by {written_by}`: `restore_command`, every recovery
 /// target reset, every other setting recovery runs or connects with reset, then `target` (a
@@ -38,6 +44,25 @@ pub fn recovery_settings(
          recovery_end_command = ''\narchive_cleanup_command = ''\n\
          recovery_min_apply_delay = 0\n",
     );
+    // What the backed-up configuration would run, load from a path, write or open to others on
+    // this host before anyone has read it (a forged backup on an off-site target can say
+    // anything; a backup of the original shares its catalog and backup roots): the shell
+    // commands and the library search path are reset (a library named plainly then loads from
+    // this host's `$libdir` only), archiving and backup_mgmt's scheduler are off, the server
+    // log goes to `log` beneath the data directory with the default names and prefix (a log
+    // line must never be writable onto a file, nor read back as a configuration line), and the
+    // server listens on localhost only until its pg_hba.conf has been read; no library is
+    // loaded into each session.  `shared_preload_libraries` and `archive_library` stay: the
+    // restore program checks the former for paths (`backed_up_config`; the latter is not
+    // loaded with archiving off), the recipes reset both.
+    text.push_str(
+        "archive_mode = 'off'\narchive_command = ''\nbackup_mgmt.enabled = 'off'\n\
+         session_preload_libraries = ''\n\
+         ssl_passphrase_command = ''\nexternal_pid_file = ''\n\
+         dynamic_library_path = '$libdir'\njit_provider = 'llvmjit'\n\
+         log_directory = 'log'\nlog_filename = 'postgresql-%Y-%m-%d_%H%M%S.log'\n\
+         log_line_prefix = '%m [%p] '\nlisten_addresses = 'localhost'\n",
+    );
     // The WAL was checked along the path to this timeline: recovery keeps to it, not to
     // whichever timeline is newest in the archive, which may have branched off elsewhere
     // (PostgreSQL's 'latest' would then refuse to start).  The backup's own is 'current', which
@@ -51,6 +76,21 @@ pub fn recovery_settings(
         text.push_str("\nrecovery_target_action = 'promote'\n");
     }
     text
+}
+
+/// Appends `text` to `dest`'s `postgresql.auto.conf` and makes it durable: never through a
+/// symlink planted in the backup.  The directory is fsynced when the control file goes in.
+pub fn append_to_auto_conf(dest: &Path, text: &str) -> Result<(), IoError> {
+    let conf = dest.join("postgresql.auto.conf");
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&conf)
+        .map_err(|e| IoError::new("could not open", &conf, e))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| IoError::new("could not write", &conf, e))
 }
 
 #[cfg(test)]
@@ -78,6 +118,17 @@ mod tests {
             "recovery_end_command = ''\n",
             "archive_cleanup_command = ''\n",
             "recovery_min_apply_delay = 0\n",
+            "archive_mode = 'off'\n",
+            "archive_command = ''\n",
+            "backup_mgmt.enabled = 'off'\n",
+            "session_preload_libraries = ''\n",
+            "log_directory = 'log'\n",
+            "log_line_prefix = '%m [%p] '\n",
+            "listen_addresses = 'localhost'\n",
+            "ssl_passphrase_command = ''\n",
+            "external_pid_file = ''\n",
+            "dynamic_library_path = '$libdir'\n",
+            "jit_provider = 'llvmjit'\n",
         ] {
             assert!(s.contains(reset), "{reset} missing from {s}");
         }

@@ -314,6 +314,18 @@ fn recipe_restores_and_refuses_damage() {
         std::fs::read_to_string(&script).unwrap()
     );
     assert!(conf.contains("backup_mgmt.enabled = 'off'"));
+    // Nothing the backed-up configuration names runs, loads or logs outside the copy.
+    for line in [
+        "archive_command = ''\n",
+        "archive_library = ''\n",
+        "shared_preload_libraries = ''\n",
+        "session_preload_libraries = ''\n",
+        "external_pid_file = ''\n",
+        "dynamic_library_path = '$libdir'\n",
+        "log_directory = 'log'\n",
+    ] {
+        assert!(conf.contains(line), "{line} missing from {conf}");
+    }
     // The backup's own timeline, unless the plan followed a later one; earlier targets
     // (of a cluster restored before) reset.
     assert!(

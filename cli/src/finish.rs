@@ -56,7 +56,13 @@ pub fn finish(
             "backup-mgmt: restore_command reads the credentials from {reference}: start the server with that variable in its environment (or restore with --s3-credentials file:...)"
         );
     }
-    fetch::write_recovery_settings(dest, command, goal, choice.path.recovery_target())?;
+    fetch::write_recovery_settings(
+        dest,
+        command,
+        goal,
+        choice.path.recovery_target(),
+        choice.backup.pg_version,
+    )?;
     let checked = check_config(r.pg_bin.as_deref(), choice.backup.pg_version, dest)?;
     // Only now can the directory start: with its recovery settings, to the goal.
     materialize::install_control(dest).map_err(FetchError::from)?;
@@ -85,6 +91,9 @@ fn check_config(
         ));
     };
     let postgres = bindir.join("postgres");
+    if !postgres.is_file() {
+        return Ok(Checked::No(format!("no {}", postgres.display())));
+    }
     // Another major version reads the configuration with other settings (one it does not
     // know is an error to it).
     let wanted = version.filter(|v| *v >= 100000).map(|v| v / 10000);
@@ -96,7 +105,7 @@ fn check_config(
             wanted.unwrap_or_default()
         )));
     }
-    match backed_up_config::check(&postgres, found, dest) {
+    match backed_up_config::check(&postgres, dest) {
         Ok(resets) => Ok(Checked::Yes(resets)),
         Err(e @ ConfigError::Moved { .. }) => Err(FetchError::Damaged {
             detail: e.to_string(),

@@ -216,8 +216,8 @@ struct RestoreArgs {
     /// The directory of PostgreSQL's programs of the backups' major version (default:
     /// /usr/lib/postgresql/<major>/bin when it has them, else $PATH). Its postgres reads the
     /// restored configuration as the server will: a data_directory elsewhere is refused, a
-    /// library named by its path or a log outside the directory reset (without it, or run as
-    /// root, the restore says the configuration was not checked). Its pg_combinebackup
+    /// shared_preload_libraries naming a library by its path reset (when none is found, or
+    /// run as root, the restore says the configuration was not checked). Its pg_combinebackup
     /// combines a chain of block-level incremental pg_basebackup backups (PostgreSQL 17+);
     /// without one such a backup is passed over for its full and more WAL. The chain is
     /// extracted beside the new directory, which needs room for it and the result.

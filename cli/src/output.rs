@@ -211,8 +211,8 @@ pub fn restored(
     if let Checked::No(why) = checked {
         tell!(
             "backup-mgmt: caution: the backed-up configuration was not checked ({why}): review \
-             postgresql.conf and postgresql.auto.conf (data_directory, library paths, \
-             log_directory) before starting the server"
+             postgresql.conf and postgresql.auto.conf (data_directory, and libraries named by \
+             their path in shared_preload_libraries) before starting the server"
         );
     }
     if json {
@@ -273,11 +273,13 @@ pub fn restored(
         }
     }
     say!(
-        "postgresql.auto.conf now ends with archive_mode off, backup_mgmt.enabled off, \
-         listen_addresses localhost, the log in {}/log and archive_command, \
-         session_preload_libraries, ssl_passphrase_command, external_pid_file, \
-         dynamic_library_path and jit_provider reset: review the backed-up configuration (and pg_hba.conf; the catalog's roles and \
-         their settings are the backup's too) before setting again what this server needs",
+        "postgresql.auto.conf sets archive_mode off, backup_mgmt.enabled off, listen_addresses \
+         localhost, a log (when collected) in {}/log by default names, and resets \
+         archive_command, session_preload_libraries, ssl_passphrase_command, \
+         external_pid_file, dynamic_library_path and jit_provider (with PostgreSQL 18, \
+         extension_control_path and oauth_validator_libraries): review the backed-up \
+         configuration (and pg_hba.conf; the catalog's roles and their settings are the \
+         backup's too), then ALTER SYSTEM RESET what this server needs back",
         dest.display()
     );
     if let Some(d) = r.delta {

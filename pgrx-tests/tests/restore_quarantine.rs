@@ -75,14 +75,16 @@ fn a_forged_configuration_is_quarantined_and_a_moved_data_directory_refused() {
         "{out}\n{err}"
     );
     assert!(!err.contains("not checked"), "{err}");
-    // Started as an operator would (only its own port and socket added): the forged library
+    // Started as an operator would (only its own port and socket added; the source's
+    // archive_mode = on and archive_library stay in its postgresql.conf): the forged library
     // paths would stop it starting, or each connection.
-    restored.start_restored(&["archive_mode = off"]);
+    restored.start_restored(&[]);
     let mut r = promoted(&restored);
     assert_eq!(marker_ids(&mut r), vec![1], "{}", restored.log());
     for (setting, expected) in [
         ("shared_preload_libraries", ""),
         ("session_preload_libraries", ""),
+        ("archive_mode", "off"),
         ("log_directory", "log"),
         ("log_filename", "postgresql-%Y-%m-%d_%H%M%S.log"),
         ("listen_addresses", "localhost"),

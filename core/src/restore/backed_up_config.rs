@@ -6,7 +6,7 @@
 //! - `data_directory` set in the backed-up postgresql.conf moves the server to another
 //!   directory, whose postgresql.auto.conf (and none of the restore's settings) it then reads:
 //!   refused.
-//! - a preload list or `archive_library` naming a path (`./x.so`, `/tmp/x`) loads a library
+//! - a `shared_preload_libraries` naming a library by its path (`./x.so`, `/tmp/x`) loads it
 //!   from outside this host's `$libdir` (one the backup itself shipped): reset to nothing.
 //!   Plain names stay (`pg_stat_statements`, `backup_mgmt`): with `dynamic_library_path`
 //!   reset by the recovery settings they load this host's installed libraries only.
@@ -26,6 +26,7 @@ use super::recovery_conf::append_to_auto_conf;
 use crate::files::error::IoError;
 use crate::printable;
 use crate::process;
+use std::io::Read as _;
 
 /// Why the configuration was not checked, or what it was refused for.
 #[derive(Debug, thiserror::Error)]
@@ -75,51 +76,45 @@ const READ: [&str; 2] = ["data_directory", "shared_preload_libraries"];
 /// would make it (and the server) wait forever.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Checks `dest`'s configuration with `postgres` (the program, of the backup's major version
-/// `major`; run as the server's OS user: it refuses root), appends the resets it needs to
-/// `dest`'s postgresql.auto.conf, and returns them.
-pub fn check(postgres: &Path, major: Option<i64>, dest: &Path) -> Result<Vec<Reset>, ConfigError> {
+/// Checks `dest`'s configuration with `postgres` (the program, of the backup's major version;
+/// run as the server's OS user: it refuses root), appends the resets it needs to `dest`'s
+/// postgresql.auto.conf, and returns them.  A `shared_preload_libraries` that `postgres` would
+/// not print is reset as if it named a path: a value that cannot be judged is not kept.
+pub fn check(postgres: &Path, dest: &Path) -> Result<Vec<Reset>, ConfigError> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } == 0 {
         return Err(ConfigError::AsRoot);
     }
-    let values = read(postgres, &READ, dest)?;
-    let value = |name: &str| {
-        values
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map_or("", |(_, v)| v.as_str())
-    };
-    let found = value("data_directory");
-    if !same_directory(Path::new(found), dest) {
+    let [data_directory, libraries] = read(postgres, READ, dest);
+    let data_directory = data_directory?;
+    if !same_directory(Path::new(&data_directory), dest) {
         return Err(ConfigError::Moved {
-            found: printable::one_line(found).into_owned(),
+            found: printable::one_line(&data_directory).into_owned(),
         });
     }
-    let resets = resets(&values);
-    let mut text = String::new();
-    for r in &resets {
-        text.push_str(&format!("{} = {}\n", r.setting, conf_quote(r.now)));
-    }
-    if major.is_some_and(|m| m >= 18) {
-        // PostgreSQL 18: where CREATE EXTENSION reads control files and scripts (this host's),
-        // and the libraries loaded when a client authenticates with `oauth` (pg_hba.conf is
-        // the backup's too).
-        text.push_str("extension_control_path = '$system'\noauth_validator_libraries = ''\n");
-    }
-    if !text.is_empty() {
-        append_to_auto_conf(
-            dest,
-            &format!(
-                "\n# Reset by backup-mgmt restore: libraries the backed-up configuration names \
-                 by their path,\n# or may (review it before setting them again)\n{text}"
-            ),
-        )?;
+    let resets = match libraries {
+        Ok(v) => resets(&[("shared_preload_libraries", v)]),
+        Err(e) => vec![Reset {
+            setting: "shared_preload_libraries",
+            was: e.to_string(),
+            now: "",
+            why: "could not be read",
+        }],
+    };
+    if !resets.is_empty() {
+        let mut text = String::from(
+            "\n# Reset by backup-mgmt restore: the backed-up configuration names a library by \
+             its path\n# (review it before setting it again)\n",
+        );
+        for r in &resets {
+            text.push_str(&format!("{} = {}\n", r.setting, conf_quote(r.now)));
+        }
+        append_to_auto_conf(dest, &text)?;
     }
     Ok(resets)
 }
 
-/// What must be reset, given the values in force (`settings_read`'s).
+/// What must be reset, given the values in force of library lists.
 fn resets(values: &[(&'static str, String)]) -> Vec<Reset> {
     values
         .iter()
@@ -136,9 +131,15 @@ fn resets(values: &[(&'static str, String)]) -> Vec<Reset> {
 /// Whether a list of libraries holds one named by a path outside this host's `$libdir`:
 /// PostgreSQL loads such a name as it is, not from `dynamic_library_path`.
 /// `$libdir/plugins/auto_explain` (the documented form for `local_preload_libraries`) is not.
+/// A list with a double quote or a byte beyond ASCII is split by rules this function does not
+/// copy (a quoted name may hold a comma, `""` is a quote, only ASCII spaces are trimmed): with
+/// a `/` anywhere in it, it counts as naming a path.
 fn names_a_path(list: &str) -> bool {
+    if !list.is_ascii() || list.contains('"') {
+        return list.contains('/');
+    }
     list.split(',')
-        .map(|entry| entry.trim().trim_matches('"'))
+        .map(|entry| entry.trim_matches(|c: char| c.is_ascii_whitespace()))
         .any(|entry| match entry.strip_prefix("$libdir/") {
             Some(rest) => Path::new(rest)
                 .components()
@@ -155,12 +156,13 @@ fn same_directory(found: &Path, dest: &Path) -> bool {
     }
 }
 
-/// The values in force of `settings`, each from its own `postgres -C`, run at the same time.
-fn read(
+/// The values in force of `settings`, each from its own `postgres -C`, run at the same time
+/// (their output read while they run), in the order asked.
+fn read<const N: usize>(
     postgres: &Path,
-    settings: &[&'static str],
+    settings: [&'static str; N],
     dest: &Path,
-) -> Result<Vec<(&'static str, String)>, ConfigError> {
+) -> [Result<String, ConfigError>; N] {
     // A backup of a cluster whose configuration lives elsewhere (Debian's /etc/postgresql)
     // has no postgresql.conf: the server will be started with the operator's, which is not
     // the backup's; its postgresql.auto.conf is still read, from the data directory.
@@ -181,74 +183,83 @@ fn read(
         }
         a
     };
-    let program = process::program_name(&process::command(&argv("data_directory")));
+    let program = postgres.display().to_string();
     let not_read = |setting: &'static str, detail: String| ConfigError::NotRead {
         program: program.clone(),
         setting,
         detail,
     };
-    let mut children = Vec::new();
-    for setting in settings {
-        // From `/`, not wherever this program runs: a relative `data_directory` names another
-        // directory for every operator who starts the server from elsewhere.
-        let child = process::command(&argv(setting))
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| not_read(setting, format!("could not run: {e}")));
-        children.push((*setting, child));
-    }
     let deadline = Instant::now() + READ_TIMEOUT;
-    let mut values = Vec::new();
-    let mut failed = None;
-    for (setting, child) in children {
-        let outcome = child.and_then(|mut child| {
-            // Its few lines fit in the pipe: it exits without being read.
-            let status = loop {
-                match child.try_wait() {
-                    Ok(Some(status)) => break Ok(status),
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(2))
-                    }
-                    Ok(None) => {
+    std::thread::scope(|scope| {
+        let running = settings.map(|setting| {
+            // From `/`, not wherever this program runs: a relative `data_directory` names
+            // another directory for every operator who starts the server from elsewhere.
+            let spawned = process::command(&argv(setting))
+                .current_dir("/")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn();
+            let run = spawned.map(|mut child| {
+                // Drained while it runs: a value longer than a pipe holds must not stall it.
+                let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+                    scope.spawn(move || {
+                        let mut bytes = Vec::new();
+                        if let Some(mut p) = pipe {
+                            let _ = p.read_to_end(&mut bytes);
+                        }
+                        bytes
+                    })
+                };
+                let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
+                let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
+                (child, out, err)
+            });
+            (setting, run)
+        });
+        running.map(|(setting, run)| {
+            run.map_err(|e| not_read(setting, format!("could not run: {e}")))
+                .and_then(|(mut child, out, err)| {
+                    let status = loop {
+                        match child.try_wait() {
+                            Ok(Some(status)) => break Ok(status),
+                            Ok(None) if Instant::now() < deadline => {
+                                std::thread::sleep(Duration::from_millis(2))
+                            }
+                            Ok(None) => {
+                                break Err(format!(
+                                    "did not finish in {} s",
+                                    READ_TIMEOUT.as_secs()
+                                ))
+                            }
+                            Err(e) => break Err(format!("could not wait: {e}")),
+                        }
+                    };
+                    if status.is_err() {
                         let _ = child.kill();
                         let _ = child.wait();
-                        break Err(not_read(
+                    }
+                    let (out, err) = (
+                        out.join().unwrap_or_default(),
+                        err.join().unwrap_or_default(),
+                    );
+                    let status = status.map_err(|why| not_read(setting, why))?;
+                    if !status.success() {
+                        let err = String::from_utf8_lossy(&err);
+                        return Err(not_read(
                             setting,
-                            format!("did not finish in {} s", READ_TIMEOUT.as_secs()),
+                            printable::one_line(&process::tail(&err)).into_owned(),
                         ));
                     }
-                    Err(e) => break Err(not_read(setting, format!("could not wait: {e}"))),
-                }
-            }?;
-            let mut out = String::new();
-            let mut err = String::new();
-            if let Some(mut o) = child.stdout.take() {
-                let _ = std::io::Read::read_to_string(&mut o, &mut out);
-            }
-            if let Some(mut e) = child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
-            }
-            if !status.success() {
-                return Err(not_read(
-                    setting,
-                    printable::one_line(&process::tail(&err)).into_owned(),
-                ));
-            }
-            // The one line ending -C's output; a value may itself end in a line break.
-            Ok(out.strip_suffix('\n').unwrap_or(&out).to_owned())
-        });
-        match outcome {
-            Ok(v) => values.push((setting, v)),
-            Err(e) => failed = failed.or(Some(e)),
-        }
-    }
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(values),
-    }
+                    let out = String::from_utf8(out).map_err(|_| {
+                        not_read(setting, "printed a value that is not UTF-8".into())
+                    })?;
+                    // The one line ending -C's output; a value may itself end in a line
+                    // break.
+                    Ok(out.strip_suffix('\n').unwrap_or(&out).to_owned())
+                })
+        })
+    })
 }
 
 #[cfg(test)]
@@ -292,6 +303,13 @@ mod tests {
             ]
         );
         assert!(r.iter().all(|r| r.now.is_empty()));
+        // Split as PostgreSQL splits, these name a path too.
+        for hidden in ["\"a,$libdir/x\"", "\"\"\"$libdir/x\"", "\u{a0}$libdir/x"] {
+            assert!(names_a_path(hidden), "{hidden}");
+        }
+        assert!(!names_a_path(
+            " $libdir/plugins/auto_explain ,pg_stat_statements"
+        ));
         assert_eq!(r[1].was, "/tmp/evil");
     }
 

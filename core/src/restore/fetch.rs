@@ -306,6 +306,7 @@ pub fn write_recovery_settings(
     fetch_command: &str,
     goal: &Goal,
     timeline: Option<u32>,
+    pg_version: Option<i64>,
 ) -> Result<(), FetchError> {
     if fetch_command.contains(['\n', '\r', '\0']) {
         return Err(FetchError::Bad(
@@ -327,6 +328,7 @@ pub fn write_recovery_settings(
         fetch_command,
         (!target.is_empty()).then_some(target.as_str()),
         timeline,
+        pg_version,
     );
     recovery_conf::append_to_auto_conf(dest, &text)?;
     // A backup of a standby (or a forged one) brings its `standby.signal`, which outranks
@@ -628,7 +630,7 @@ pub(crate) mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let goal = Goal::Time(crate::restore::offsite::parse_time("2026-12-04T10:00:00Z").unwrap());
         let cmd = format!("{} wal-fetch %f %p", sh_quote("/opt/it's here/backup-mgmt"));
-        write_recovery_settings(tmp.path(), &cmd, &goal, None).unwrap();
+        write_recovery_settings(tmp.path(), &cmd, &goal, None, None).unwrap();
         let conf = std::fs::read_to_string(tmp.path().join("postgresql.auto.conf")).unwrap();
         // As PostgreSQL reads it back: exactly the shell-quoted command, whose `'\''` (a quote
         // inside shell quotes) needs its backslash doubled in the file.
@@ -649,7 +651,7 @@ pub(crate) mod tests {
             sh_quote(r"/x\047;touch /tmp/owned;\047")
         );
         let other = tempfile::tempdir().unwrap();
-        write_recovery_settings(other.path(), &sneaky, &goal, None).unwrap();
+        write_recovery_settings(other.path(), &sneaky, &goal, None, None).unwrap();
         let conf = std::fs::read_to_string(other.path().join("postgresql.auto.conf")).unwrap();
         let value = conf
             .lines()
@@ -667,7 +669,7 @@ pub(crate) mod tests {
         std::fs::write(other.path().join("standby.signal"), b"").unwrap();
         std::fs::write(other.path().join("recovery.signal"), b"theirs").unwrap();
         std::fs::write(other.path().join("postmaster.opts"), b"/tmp/evil -D x").unwrap();
-        write_recovery_settings(other.path(), &sneaky, &goal, None).unwrap();
+        write_recovery_settings(other.path(), &sneaky, &goal, None, None).unwrap();
         assert!(!other.path().join("standby.signal").exists());
         assert!(!other.path().join("postmaster.opts").exists());
         assert_eq!(
@@ -694,6 +696,7 @@ pub(crate) mod tests {
             tmp.path(),
             "x\nrecovery_target = 'immediate'",
             &goal,
+            None,
             None
         )
         .is_err());

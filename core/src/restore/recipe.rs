@@ -607,6 +607,7 @@ fi
         &restore_command,
         Some(&target_line),
         r.timeline,
+        Some(i64::from(r.pg_major) * 10000),
     );
     let _ = write!(
         s,

@@ -13,7 +13,8 @@ use crate::files::error::IoError;
 /// The lines appended after `# Written by {written_by}`: `restore_command`, every recovery
 /// target reset, every other setting recovery runs or connects with reset, then `target` (a
 /// whole setting line such as `recovery_target_time = '…'`; None recovers to the end of the
-/// WAL) with promotion, on `timeline` (None: the backup's own).
+/// WAL) with promotion, on `timeline` (None: the backup's own), for a server of `pg_version`
+/// (`180001`; None: unknown, settings of later versions left out).
 ///
 /// `restore_command` must be one line; the caller checks it.
 pub fn recovery_settings(
@@ -21,6 +22,7 @@ pub fn recovery_settings(
     restore_command: &str,
     target: Option<&str>,
     timeline: Option<u32>,
+    pg_version: Option<i64>,
 ) -> String {
     // A backup of a cluster restored before carries that restore's settings (a recipe's
     // `recovery_target_lsn` beside this one's `recovery_target_time` is "multiple recovery
@@ -63,6 +65,12 @@ pub fn recovery_settings(
          log_directory = 'log'\nlog_filename = 'postgresql-%Y-%m-%d_%H%M%S.log'\n\
          log_line_prefix = '%m [%p] '\nlisten_addresses = 'localhost'\n",
     );
+    if pg_version.is_some_and(|v| v >= 180000) {
+        // PostgreSQL 18: where CREATE EXTENSION reads control files and scripts (this host's),
+        // and the libraries loaded when a client authenticates with `oauth` (pg_hba.conf is the
+        // backup's too).  An older server refuses to start on a name it does not know.
+        text.push_str("extension_control_path = '$system'\noauth_validator_libraries = ''\n");
+    }
     // The WAL was checked along the path to this timeline: recovery keeps to it, not to
     // whichever timeline is newest in the archive, which may have branched off elsewhere
     // (PostgreSQL's 'latest' would then refuse to start).  The backup's own is 'current', which
@@ -106,6 +114,7 @@ mod tests {
             "cp '/a/%f' \"%p\"",
             Some("recovery_target_lsn = '0/5000000'"),
             Some(2),
+            Some(180001),
         );
         let reset = s.find("recovery_target_lsn = ''").unwrap();
         let set = s.find("recovery_target_lsn = '0/5000000'").unwrap();
@@ -129,6 +138,8 @@ mod tests {
             "external_pid_file = ''\n",
             "dynamic_library_path = '$libdir'\n",
             "jit_provider = 'llvmjit'\n",
+            "extension_control_path = '$system'\n",
+            "oauth_validator_libraries = ''\n",
         ] {
             assert!(s.contains(reset), "{reset} missing from {s}");
         }
@@ -137,7 +148,8 @@ mod tests {
             "{s}"
         );
         // To the end of the WAL, on the backup's own timeline: no target, no promotion.
-        let to_the_end = recovery_settings("test", "false", None, None);
+        let to_the_end = recovery_settings("test", "false", None, None, Some(150014));
+        assert!(!to_the_end.contains("oauth"), "{to_the_end}");
         assert!(to_the_end.contains("recovery_target_timeline = 'current'\n"));
         assert!(!to_the_end.contains("promote"), "{to_the_end}");
     }

@@ -57,8 +57,8 @@ cargo pgrx install --pg-config "$PG_CONFIG"
 # and the upgrade tests (cargo pgrx install copies only the upgrade scripts).
 install -m 0644 sql/backup_mgmt--0.1.0.sql sql/backup_mgmt--0.2.0.sql sql/backup_mgmt--0.3.0.sql sql/backup_mgmt--0.4.0.sql sql/backup_mgmt--0.5.0.sql sql/backup_mgmt--0.6.0.sql sql/backup_mgmt--0.7.0.sql sql/backup_mgmt--0.8.0.sql sql/backup_mgmt--0.9.0.sql sql/backup_mgmt--0.10.0.sql sql/backup_mgmt--0.11.0.sql sql/backup_mgmt--0.12.0.sql sql/backup_mgmt--0.13.0.sql "$("$PG_CONFIG" --sharedir)/extension/"
 
-log "end-to-end tests (pgrx-tests/)"
-cargo test -p backup_mgmt_e2e --tests -- --test-threads=2 2>&1 | tee -a "$RESULTS"
+log "end-to-end tests (pgrx-tests/), two files at a time"
+bash scripts/e2e.sh 2>&1 | tee -a "$RESULTS"
 
 log "Debian package: built, installed with dpkg -i in place of the source build, used"
 bash scripts/package_test.sh 2>&1 | tee -a "$RESULTS"
@@ -82,8 +82,8 @@ install -m 0644 sql/backup_mgmt--0.1.0.sql sql/backup_mgmt--0.2.0.sql sql/backup
 # Every end-to-end test file runs against PostgreSQL 18 as against 15 (the server is chosen by
 # PG_CONFIG): the version-specific paths (the archive module's entry point, pg_dump's archive
 # format, pg_basebackup's compression, block-level incrementals from 17) and everything else.
-log "PostgreSQL 18: end-to-end tests (pgrx-tests/)"
-PG_CONFIG="$PG18_CONFIG" cargo test -p backup_mgmt_e2e --tests -- --test-threads=2 2>&1 | tee -a "$RESULTS"
+log "PostgreSQL 18: end-to-end tests (pgrx-tests/), two files at a time"
+PG_CONFIG="$PG18_CONFIG" bash scripts/e2e.sh 2>&1 | tee -a "$RESULTS"
 
 log "all tests passed"
 # One plain total line: "N passed, N failed".

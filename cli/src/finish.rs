@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-use backup_mgmt_core::process;
 use backup_mgmt_core::restore::backed_up_config::{self, ConfigError, Reset};
 use backup_mgmt_core::restore::fetch::{self, FetchError};
 use backup_mgmt_core::restore::materialize;
@@ -85,26 +84,16 @@ fn check_config(
     version: Option<i64>,
     dest: &Path,
 ) -> Result<Checked, CliError> {
-    let Some(bindir) = programs::find(pg_bin, version, "postgres") else {
-        return Ok(Checked::No(
-            "no postgres program found: name its directory with --pg-bin".into(),
-        ));
-    };
-    let postgres = bindir.join("postgres");
-    if !postgres.is_file() {
-        return Ok(Checked::No(format!("no {}", postgres.display())));
-    }
     // Another major version reads the configuration with other settings (one it does not
     // know is an error to it).
-    let wanted = version.filter(|v| *v >= 100000).map(|v| v / 10000);
-    let found = process::major_version(&postgres);
-    if wanted.is_some() && found != wanted {
-        return Ok(Checked::No(format!(
-            "{} is not of PostgreSQL {}: name the directory of one with --pg-bin",
-            postgres.display(),
-            wanted.unwrap_or_default()
-        )));
-    }
+    let postgres = match programs::of_version(pg_bin, version, "postgres") {
+        Ok(postgres) => postgres,
+        Err(e) => {
+            return Ok(Checked::No(format!(
+                "{e}: name the directory of one with --pg-bin"
+            )));
+        }
+    };
     match backed_up_config::check(&postgres, dest) {
         Ok(resets) => Ok(Checked::Yes(resets)),
         Err(e @ ConfigError::Moved { .. }) => Err(FetchError::Damaged {

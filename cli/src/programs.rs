@@ -44,36 +44,77 @@ pub fn bindir(
     })
 }
 
-/// The directory of a `pg_combinebackup` that can combine backups of PostgreSQL `version`:
-/// one of the same major version (it refuses others).  A `--pg-bin` without one is a usage
-/// error; when none is found otherwise, None (the restore passes chains over).
+/// Why no `program` of the wanted major version was found (`of_version`).
+#[derive(Debug, thiserror::Error)]
+pub enum Unfit {
+    #[error("no {program}{}{}", of(*wanted), in_dir(dir.as_deref()))]
+    Missing {
+        program: &'static str,
+        wanted: Option<i64>,
+        dir: Option<PathBuf>,
+    },
+    #[error("{} is{}, not of PostgreSQL {wanted}", path.display(), found.map_or(" of an unknown version".to_owned(), |f| of(Some(f))))]
+    OtherVersion {
+        path: PathBuf,
+        wanted: i64,
+        found: Option<i64>,
+    },
+}
+
+fn of(wanted: Option<i64>) -> String {
+    wanted
+        .map(|w| format!(" of PostgreSQL {w}"))
+        .unwrap_or_default()
+}
+
+fn in_dir(dir: Option<&Path>) -> String {
+    dir.map(|d| format!(" in {}", d.display()))
+        .unwrap_or_default()
+}
+
+/// `program` (its path) of the same major version as backups of PostgreSQL `version`, found as
+/// `find` does.  Another major version reads a configuration with other settings and
+/// `pg_combinebackup` refuses backups of another version, so a program of the wrong version is
+/// as good as none; `version` None (not recorded) takes whichever is found.
+pub fn of_version(
+    explicit: Option<&Path>,
+    version: Option<i64>,
+    program: &'static str,
+) -> Result<PathBuf, Unfit> {
+    let wanted = version.filter(|v| *v >= 100000).map(|v| v / 10000);
+    let dir = find(explicit, version, program);
+    let path = match &dir {
+        Some(d) if d.join(program).is_file() => d.join(program),
+        _ => {
+            return Err(Unfit::Missing {
+                program,
+                wanted,
+                dir,
+            });
+        }
+    };
+    let found = process::major_version(&path);
+    match wanted {
+        Some(wanted) if found != Some(wanted) => Err(Unfit::OtherVersion {
+            path,
+            wanted,
+            found,
+        }),
+        _ => Ok(path),
+    }
+}
+
+/// The directory of a `pg_combinebackup` that can combine backups of PostgreSQL `version`
+/// (`of_version`).  A `--pg-bin` without one is a usage error; when none is found otherwise,
+/// None (the restore passes chains over).
 pub fn combiner(
     explicit: Option<&Path>,
     version: Option<i64>,
 ) -> Result<Option<PathBuf>, CliError> {
-    let Some(dir) = find(explicit, version, "pg_combinebackup") else {
-        return Ok(None);
-    };
-    let program = dir.join("pg_combinebackup");
-    let major = program
-        .is_file()
-        .then(|| process::major_version(&program))
-        .flatten();
-    let wanted = version.filter(|v| *v >= 100000).map(|v| v / 10000);
-    let fits = program.is_file() && (wanted.is_none() || major == wanted);
-    match (fits, explicit) {
-        (true, _) => Ok(Some(dir)),
-        (false, None) => Ok(None),
-        (false, Some(_)) => Err(CliError::Usage(format!(
-            "--pg-bin {}: no pg_combinebackup{} there{}",
-            dir.display(),
-            wanted
-                .map(|w| format!(" of PostgreSQL {w}"))
-                .unwrap_or_default(),
-            major
-                .map(|m| format!(" (it has PostgreSQL {m}'s)"))
-                .unwrap_or_default()
-        ))),
+    match of_version(explicit, version, "pg_combinebackup") {
+        Ok(path) => Ok(path.parent().map(Path::to_owned)),
+        Err(_) if explicit.is_none() => Ok(None),
+        Err(e) => Err(CliError::Usage(format!("--pg-bin: {e}"))),
     }
 }
 

@@ -307,6 +307,14 @@ impl Cluster {
         }
     }
 
+    /// Hands `path` (made by the test, as root) to the server's OS user, so the server and
+    /// the programs run as that user can write it.  Nothing to do when not root.
+    pub fn give_to_server(&self, path: &Path) {
+        if let Some((uid, gid)) = server_ids() {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown to the server");
+        }
+    }
+
     /// The configured backup root of `start_with_backups`.
     pub fn backup_root(&self) -> PathBuf {
         self.extra

@@ -18,11 +18,10 @@ fn a_forged_configuration_is_quarantined_and_a_moved_data_directory_refused() {
     // Files the server's OS user can write, outside any data directory.
     let outside = cluster.dir().join("outside");
     std::fs::create_dir(&outside).unwrap();
-    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(cluster.data_dir()).unwrap());
-    std::os::unix::fs::chown(&outside, Some(uid), None).unwrap();
+    cluster.give_to_server(&outside);
     let victim = outside.join("victim");
     std::fs::write(&victim, "keep me\n").unwrap();
-    std::os::unix::fs::chown(&victim, Some(uid), None).unwrap();
+    cluster.give_to_server(&victim);
     db.batch_execute(
         "CREATE EXTENSION backup_mgmt;
          CREATE TABLE markers (id int PRIMARY KEY);

@@ -22,7 +22,7 @@ fn a_backup_of_a_standby_is_restored_as_a_primary_running_none_of_its_commands()
     // Where the backup's commands would leave their mark, writable by the server's OS user.
     let ran = cluster.dir().join("commands-ran");
     std::fs::create_dir(&ran).unwrap();
-    std::os::unix::fs::chown(&ran, Some(postgres_uid(&cluster)), None).unwrap();
+    cluster.give_to_server(&ran);
     let touch = |name: &str| format!("touch {}", ran.join(name).display());
     // A primary ignores them all; a backup of it carries them in postgresql.auto.conf.  The
     // "primary" to stream from is this very cluster, as a standby's would be.
@@ -123,9 +123,4 @@ fn a_backup_of_a_standby_is_restored_as_a_primary_running_none_of_its_commands()
         restored.log(),
         copy.log()
     );
-}
-
-/// The uid the cluster's server runs as (the owner of its data directory).
-fn postgres_uid(cluster: &Cluster) -> u32 {
-    std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(cluster.data_dir()).unwrap())
 }

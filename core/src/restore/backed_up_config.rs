@@ -92,15 +92,22 @@ pub fn check(postgres: &Path, dest: &Path) -> Result<Vec<Reset>, ConfigError> {
             found: printable::one_line(&data_directory).into_owned(),
         });
     }
-    let resets = match libraries {
-        Ok(v) => resets(&[("shared_preload_libraries", v)]),
-        Err(e) => vec![Reset {
+    let reset = match libraries {
+        Ok(v) if !names_a_path(&v) => None,
+        Ok(v) => Some(Reset {
+            setting: "shared_preload_libraries",
+            was: printable::one_line(&v).into_owned(),
+            now: "",
+            why: "names a library by its path",
+        }),
+        Err(e) => Some(Reset {
             setting: "shared_preload_libraries",
             was: e.to_string(),
             now: "",
             why: "could not be read",
-        }],
+        }),
     };
+    let resets: Vec<Reset> = reset.into_iter().collect();
     if !resets.is_empty() {
         let mut text = String::from(
             "\n# Reset by backup-mgmt restore: the backed-up configuration names a library by \
@@ -112,20 +119,6 @@ pub fn check(postgres: &Path, dest: &Path) -> Result<Vec<Reset>, ConfigError> {
         append_to_auto_conf(dest, &text)?;
     }
     Ok(resets)
-}
-
-/// What must be reset, given the values in force of library lists.
-fn resets(values: &[(&'static str, String)]) -> Vec<Reset> {
-    values
-        .iter()
-        .filter(|(name, v)| *name != "data_directory" && names_a_path(v))
-        .map(|(name, v)| Reset {
-            setting: name,
-            was: printable::one_line(v).into_owned(),
-            now: "",
-            why: "names a library by its path",
-        })
-        .collect()
 }
 
 /// Whether a list of libraries holds one named by a path outside this host's `$libdir`:
@@ -266,51 +259,31 @@ fn read<const N: usize>(
 mod tests {
     use super::*;
 
-    fn values(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
-        pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
-    }
-
     /// Plain library names and `$libdir/...` stay; a list holding a path elsewhere (relative,
     /// absolute, climbing out of `$libdir`, quoted) is reset.
     #[test]
     fn paths_are_reset_and_plain_names_stay() {
-        let fine = values(&[
-            ("data_directory", "/srv/restored"),
-            (
-                "shared_preload_libraries",
-                "pg_stat_statements, backup_mgmt",
-            ),
-            ("local_preload_libraries", "$libdir/plugins/auto_explain"),
-            ("archive_library", "backup_mgmt"),
-            ("session_preload_libraries", ""),
-        ]);
-        assert_eq!(resets(&fine), vec![]);
-        let forged = values(&[
-            ("shared_preload_libraries", "pg_stat_statements,\"./x.so\""),
-            ("session_preload_libraries", "/tmp/evil"),
-            ("local_preload_libraries", "$libdir/../../../tmp/evil"),
-            ("archive_library", "backup_mgmt"),
-            ("data_directory", "/srv/x/../restored"),
-        ]);
-        let r = resets(&forged);
-        let names: Vec<_> = r.iter().map(|r| r.setting).collect();
-        assert_eq!(
-            names,
-            [
-                "shared_preload_libraries",
-                "session_preload_libraries",
-                "local_preload_libraries"
-            ]
-        );
-        assert!(r.iter().all(|r| r.now.is_empty()));
-        // Split as PostgreSQL splits, these name a path too.
-        for hidden in ["\"a,$libdir/x\"", "\"\"\"$libdir/x\"", "\u{a0}$libdir/x"] {
-            assert!(names_a_path(hidden), "{hidden}");
+        for fine in [
+            "",
+            "pg_stat_statements, backup_mgmt",
+            " $libdir/plugins/auto_explain ,pg_stat_statements",
+            "$libdir/backup_mgmt",
+        ] {
+            assert!(!names_a_path(fine), "{fine}");
         }
-        assert!(!names_a_path(
-            " $libdir/plugins/auto_explain ,pg_stat_statements"
-        ));
-        assert_eq!(r[1].was, "/tmp/evil");
+        for forged in [
+            "pg_stat_statements,\"./x.so\"",
+            "/tmp/evil",
+            "backup_mgmt, x/y",
+            "$libdir/../../../tmp/evil",
+            "$libdir/plugins/../../x",
+            // Split as PostgreSQL splits, these name a path too.
+            "\"a,$libdir/x\"",
+            "\"\"\"$libdir/x\"",
+            "\u{a0}$libdir/x",
+        ] {
+            assert!(names_a_path(forged), "{forged}");
+        }
     }
 
     #[test]

@@ -88,6 +88,7 @@ fn check_config(
     // know is an error to it).
     let postgres = match programs::of_version(pg_bin, version, "postgres") {
         Ok(postgres) => postgres,
+        Err(e) if pg_bin.is_some() => return Ok(Checked::No(format!("--pg-bin: {e}"))),
         Err(e) => {
             return Ok(Checked::No(format!(
                 "{e}: name the directory of one with --pg-bin"

@@ -53,8 +53,9 @@ pub enum Unfit {
         wanted: Option<i64>,
         dir: Option<PathBuf>,
     },
-    #[error("{} is{}, not of PostgreSQL {wanted}", path.display(), found.map_or(" of an unknown version".to_owned(), |f| of(Some(f))))]
+    #[error("no {program} of PostgreSQL {wanted}: {} is{}", path.display(), found.map_or(" of an unknown version".to_owned(), |f| of(Some(f))))]
     OtherVersion {
+        program: &'static str,
         path: PathBuf,
         wanted: i64,
         found: Option<i64>,
@@ -96,6 +97,7 @@ pub fn of_version(
     let found = process::major_version(&path);
     match wanted {
         Some(wanted) if found != Some(wanted) => Err(Unfit::OtherVersion {
+            program,
             path,
             wanted,
             found,
@@ -132,5 +134,34 @@ mod tests {
             "{e}"
         );
         assert_eq!(e.exit_code(), 2);
+    }
+
+    /// A program of another major version is as good as none: a usage error naming both
+    /// versions when --pg-bin named it, passed over otherwise; the matching version is taken.
+    #[test]
+    fn a_program_of_another_version_is_not_taken() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let program = tmp.path().join("pg_combinebackup");
+        std::fs::write(
+            &program,
+            "#!/bin/sh\necho 'pg_combinebackup (PostgreSQL) 17.6'\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = combiner(Some(tmp.path()), Some(180001)).unwrap_err();
+        let said = e.to_string();
+        assert!(
+            said.contains("no pg_combinebackup of PostgreSQL 18")
+                && said.contains("is of PostgreSQL 17"),
+            "{said}"
+        );
+        assert_eq!(e.exit_code(), 2);
+        let found = of_version(Some(tmp.path()), Some(170002), "pg_combinebackup").unwrap();
+        assert_eq!(found, program);
+        assert_eq!(
+            combiner(Some(tmp.path()), Some(170002)).unwrap().as_deref(),
+            Some(tmp.path())
+        );
     }
 }

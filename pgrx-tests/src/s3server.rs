@@ -111,7 +111,7 @@ impl S3Server {
                 cmd
             }
         };
-        let child = cmd
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -123,10 +123,16 @@ impl S3Server {
                     sigv4_program().display()
                 )
             });
+        // The server's own process must be the one listening: if another test (in this file or
+        // one running beside it) took the port first, the server exits, and a connection would
+        // reach that other server.
         let up = Cluster::wait_for(Duration::from_secs(30), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
+            matches!(child.try_wait(), Ok(None)) && TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
-        assert!(up, "the S3 server did not start on port {port}");
+        assert!(
+            up && matches!(child.try_wait(), Ok(None)),
+            "the S3 server did not start on port {port} (or another process holds it)"
+        );
         child
     }
 

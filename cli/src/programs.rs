@@ -17,8 +17,8 @@ pub fn find(explicit: Option<&Path>, version: Option<i64>, program: &str) -> Opt
     if let Some(d) = explicit {
         return Some(std::path::absolute(d).unwrap_or_else(|_| d.to_owned()));
     }
-    if let Some(v) = version.filter(|v| *v >= 100000) {
-        let debian = PathBuf::from(format!("/usr/lib/postgresql/{}/bin", v / 10000));
+    if let Some(major) = major(version) {
+        let debian = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
         if debian.join(program).is_file() {
             return Some(debian);
         }
@@ -29,6 +29,12 @@ pub fn find(explicit: Option<&Path>, version: Option<i64>, program: &str) -> Opt
         .iter()
         .flat_map(std::env::split_paths)
         .find(|d| d.is_absolute() && d.join(program).is_file())
+}
+
+/// The major version of a `server_version_num` (`150014`: 15); None for none, or one from
+/// before PostgreSQL 10's numbering.
+fn major(version: Option<i64>) -> Option<i64> {
+    version.filter(|v| *v >= 100000).map(|v| v / 10000)
 }
 
 /// As `find`, or a usage error naming `program` and `--pg-bin`.
@@ -82,7 +88,7 @@ pub fn of_version(
     version: Option<i64>,
     program: &'static str,
 ) -> Result<PathBuf, Unfit> {
-    let wanted = version.filter(|v| *v >= 100000).map(|v| v / 10000);
+    let wanted = major(version);
     let dir = find(explicit, version, program);
     let path = match &dir {
         Some(d) if d.join(program).is_file() => d.join(program),

@@ -92,33 +92,32 @@ pub fn check(postgres: &Path, dest: &Path) -> Result<Vec<Reset>, ConfigError> {
             found: printable::one_line(&data_directory).into_owned(),
         });
     }
-    let reset = match libraries {
-        Ok(v) if !names_a_path(&v) => None,
-        Ok(v) => Some(Reset {
-            setting: "shared_preload_libraries",
-            was: printable::one_line(&v).into_owned(),
-            now: "",
-            why: "names a library by its path",
-        }),
-        Err(e) => Some(Reset {
-            setting: "shared_preload_libraries",
-            was: e.to_string(),
-            now: "",
-            why: "could not be read",
-        }),
+    let (was, why) = match libraries {
+        Ok(v) if !names_a_path(&v) => return Ok(Vec::new()),
+        Ok(v) => (
+            printable::one_line(&v).into_owned(),
+            "names a library by its path",
+        ),
+        Err(e) => (e.to_string(), "could not be read"),
     };
-    let resets: Vec<Reset> = reset.into_iter().collect();
-    if !resets.is_empty() {
-        let mut text = String::from(
-            "\n# Reset by backup-mgmt restore: the backed-up configuration names a library by \
-             its path\n# (review it before setting it again)\n",
-        );
-        for r in &resets {
-            text.push_str(&format!("{} = {}\n", r.setting, conf_quote(r.now)));
-        }
-        append_to_auto_conf(dest, &text)?;
-    }
-    Ok(resets)
+    let reset = Reset {
+        setting: "shared_preload_libraries",
+        was,
+        now: "",
+        why,
+    };
+    append_to_auto_conf(
+        dest,
+        &format!(
+            "\n# Reset by backup-mgmt restore: the backed-up {} {}\n# (review it before setting \
+             it again)\n{} = {}\n",
+            reset.setting,
+            reset.why,
+            reset.setting,
+            conf_quote(reset.now)
+        ),
+    )?;
+    Ok(vec![reset])
 }
 
 /// Whether a list of libraries holds one named by a path outside this host's `$libdir`:

@@ -237,6 +237,11 @@ pub fn restored(
                 "timeline": choice.path.target(),
                 "timelines": choice.path.legs().iter().map(|l| l.timeline).collect::<Vec<_>>(),
                 "delta": r.delta,
+                "writes": r.writes.map(|m| serde_json::json!({
+                    "through_page_cache": m.through_cache,
+                    "direct_mb_per_s": m.direct_rate,
+                    "page_cache_mb_per_s": m.buffered_rate,
+                })),
                 "seconds": took.as_secs_f64(),
                 "why": choice.why,
                 "configuration": configuration,
@@ -254,6 +259,14 @@ pub fn restored(
         took.as_secs_f64(),
         r.wal_segments
     );
+    if let Some(m) = r.writes {
+        say!(
+            "large files written {} the page cache: measured on the first, {} MB/s past it, {} MB/s through it",
+            if m.through_cache { "through" } else { "past" },
+            m.direct_rate,
+            m.buffered_rate
+        );
+    }
     if choice.path.changes_timeline() {
         say!(
             "recovery ends on timeline {}, along timelines {}",

@@ -235,6 +235,8 @@ impl Cluster {
         if combine.exists() {
             bash.env("PG_COMBINEBACKUP", combine);
         }
+        // And at its postgres, with which the recipe reads the backed-up configuration.
+        bash.env("POSTGRES", restored.bindir.join("postgres"));
         let out = check(
             "restore recipe",
             bash.arg(&script)

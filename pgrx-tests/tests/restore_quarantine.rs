@@ -2,7 +2,7 @@
 //! target says it is.  Restored by the program, a forged one loads no library from a path, writes
 //! no log or pid file outside the new directory and runs no archive command when the operator
 //! starts the copy; one that moves the data directory elsewhere (where none of the restore's
-//! settings would be read) is refused, and nothing is left.
+//! settings would be read) is refused, and nothing is left.  The bash recipe refuses it too.
 
 use backup_mgmt_e2e::cluster::{bindir, Cluster};
 use backup_mgmt_e2e::jobs::{marker_ids, run_job};
@@ -46,7 +46,7 @@ fn a_forged_configuration_is_quarantined_and_a_moved_data_directory_refused() {
     let auto = cluster.data_dir().join("postgresql.auto.conf");
     let original = std::fs::read_to_string(&auto).unwrap();
     std::fs::write(&auto, format!("{original}{forged}")).unwrap();
-    run_job(&cluster, &mut db, "native");
+    let first = run_job(&cluster, &mut db, "native");
     std::fs::write(&auto, &original).unwrap();
     let (dir, _, doc) = switch_sync_and_wait(&cluster, &mut db, &disk, 1);
     let key = doc["backups"][0]["key"].as_str().unwrap();
@@ -149,4 +149,67 @@ fn a_forged_configuration_is_quarantined_and_a_moved_data_directory_refused() {
         "{err}"
     );
     assert!(!data.exists(), "{err}");
+
+    // The same backup's recipe, run as an operator would with that server's postgres: refused
+    // once its files are in place, and the directory cannot start.
+    let recipe: String = db
+        .query_one("SELECT backup_mgmt.restore_recipe($1)", &[&second])
+        .unwrap()
+        .get(0);
+    let by_recipe = Cluster::empty();
+    let script = by_recipe.dir().join("recipe.sh");
+    std::fs::write(&script, &recipe).unwrap();
+    let out = by_recipe
+        .server_command("/bin/bash")
+        .env("POSTGRES", pg_bin.join("postgres"))
+        .arg(&script)
+        .arg(by_recipe.data_dir())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "its configuration moves the data directory to {}",
+            elsewhere.display()
+        )),
+        "{err}"
+    );
+    assert!(by_recipe.data_dir().join("PG_VERSION").is_file(), "{err}");
+    assert!(
+        !by_recipe.data_dir().join("global/pg_control").exists(),
+        "{err}"
+    );
+    assert!(!elsewhere.exists());
+
+    // With --delta into the copy restored first (stopped): refused the same way, its control
+    // file held aside, and the hint names another backup, not the same restore again, which
+    // would be refused again.  The first backup then finishes it.
+    let delta = |id: i64| {
+        run(
+            &restored,
+            &[
+                "--dir",
+                dir.to_str().unwrap(),
+                "restore",
+                "--delta",
+                "--backup-id",
+                &id.to_string(),
+                "--pg-bin",
+                pg_bin.to_str().unwrap(),
+                restored.data_dir().to_str().unwrap(),
+            ],
+        )
+    };
+    let (code, out, err) = delta(second);
+    assert_eq!(code, 3, "{out}\n{err}");
+    assert!(
+        err.contains("this backup cannot finish it; restore another one into it with --delta"),
+        "{err}"
+    );
+    assert!(!err.contains("--delta again"), "{err}");
+    assert!(!restored.data_dir().join("global/pg_control").exists());
+    let (code, out, err) = delta(first);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(restored.data_dir().join("global/pg_control").is_file());
 }

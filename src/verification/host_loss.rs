@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use backup_mgmt_core::files::beneath::ScratchDir;
-use backup_mgmt_core::files::direct::Writes;
+use backup_mgmt_core::files::direct::{Pace, Writes};
 use backup_mgmt_core::files::error::Context;
 use backup_mgmt_core::restore::fetch::{self, Destination, Into};
 use backup_mgmt_core::restore::fetch_tar;
@@ -189,6 +189,7 @@ pub(super) fn host_loss_drill(database: &str) -> Result<HostLoss, SpiError> {
                             // Written as the restore program writes it, so that the drill
                             // measures the same restore.
                             writes: Writes::Direct,
+                            pace: Some(&Pace::new()),
                         },
                         threads::cores(),
                         &progress.counters(),

@@ -224,6 +224,7 @@ pub(super) fn native_restore_test(
                     Writers {
                         threads: threads::cores(),
                         writes: Writes::Buffered,
+                        pace: None,
                     },
                     &progress.counters(),
                 )

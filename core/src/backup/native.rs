@@ -526,6 +526,7 @@ mod unit {
     const TWO: Writers = Writers {
         threads: 2,
         writes: Writes::Direct,
+        pace: None,
     };
     use crate::verify::native::verify_backup;
     use crate::verify::Reason;

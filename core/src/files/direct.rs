@@ -20,6 +20,9 @@
 //! they were copied twice (into the block, and into a piece for a hashing thread), which on two
 //! cores was CPU the hashing thread, the long pole, went without.
 //!
+//! Which way pays off depends on the device, not only on the kernel, so a restore measures
+//! both on its first large file and follows the faster (`files::pace`).
+//!
 //! Direct I/O is not durability: the device may still hold the blocks in its volatile cache and
 //! the file's size and extents are metadata.  The `syncfs` (or fsync) that ends a restore is
 //! still what makes the files durable, as it is for buffered ones.
@@ -28,14 +31,19 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
 use crate::checksum::hex;
-use crate::files::durable::{create_new, start_writeback, WriteBehind, WRITE_BEHIND};
+use crate::files::durable::{
+    create_new, start_writeback, wait_writeback, WriteBehind, WRITE_BEHIND,
+};
 use crate::files::error::{Context, IoError};
+pub use crate::files::pace::{Measured, Pace};
+use crate::files::pace::{Probe, PROBE_FROM, PROBE_STEP, PROBE_STEPS};
 use crate::stream::FillInPlace;
 use crate::threads::with_signals_blocked;
 
@@ -103,8 +111,14 @@ pub enum RestoredFile {
 
 impl RestoredFile {
     /// Creates `path` (new, mode 0600, never through a symlink) for about `expected` bytes.
-    pub fn create(path: &Path, expected: u64, writes: Writes) -> Result<RestoredFile, IoError> {
-        RestoredFile::created(path, expected, writes, false)
+    /// With `pace`, the restore's files measure and follow which way is faster (`Pace`).
+    pub fn create(
+        path: &Path,
+        expected: u64,
+        writes: Writes,
+        pace: Option<&Arc<Pace>>,
+    ) -> Result<RestoredFile, IoError> {
+        RestoredFile::created(path, expected, writes, pace, false)
     }
 
     /// `create`, and a file whose blocks a helper writes hashes them on a second helper first
@@ -113,22 +127,28 @@ impl RestoredFile {
         path: &Path,
         expected: u64,
         writes: Writes,
+        pace: Option<&Arc<Pace>>,
     ) -> Result<RestoredFile, IoError> {
-        RestoredFile::created(path, expected, writes, true)
+        RestoredFile::created(path, expected, writes, pace, true)
     }
 
     fn created(
         path: &Path,
         expected: u64,
         writes: Writes,
+        pace: Option<&Arc<Pace>>,
         hash: bool,
     ) -> Result<RestoredFile, IoError> {
         let file = create_new(path)?;
-        if writes == Writes::Buffered || expected < DIRECT_FROM || !on_direct_filesystem(&file) {
+        if writes == Writes::Buffered
+            || pace.is_some_and(|p| p.through_cache())
+            || expected < DIRECT_FROM
+            || !on_direct_filesystem(&file)
+        {
             return Ok(RestoredFile::Buffered(WriteBehind::new(file)));
         }
         let behind = expected >= BEHIND_FROM;
-        match Direct::new(file, expected, behind, hash && behind) {
+        match Direct::new(file, expected, behind, hash && behind, pace.cloned()) {
             Ok(d) => Ok(RestoredFile::Direct(Box::new(d))),
             Err(file) => Ok(RestoredFile::Buffered(WriteBehind::new(file))),
         }
@@ -190,6 +210,8 @@ pub trait Device: Send + 'static {
     fn write_at_end(&mut self, buf: &[u8]) -> io::Result<usize>;
     fn set_direct(&mut self, on: bool) -> io::Result<()>;
     fn start_writeback(&self, offset: u64, len: u64);
+    /// Writes back a range written through the cache and waits until the device has it.
+    fn wait_writeback(&self, offset: u64, len: u64) -> io::Result<()>;
 }
 
 impl Device for File {
@@ -219,6 +241,10 @@ impl Device for File {
 
     fn start_writeback(&self, offset: u64, len: u64) {
         start_writeback(self, offset, len);
+    }
+
+    fn wait_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        wait_writeback(self, offset, len)
     }
 }
 
@@ -252,13 +278,33 @@ struct Sink<D> {
     written: u64,
     /// Up to where writeback was started, once the file goes through the cache.
     handed: u64,
-    /// False once the kernel refused a direct write (the rest goes through the page cache).
+    /// False once the kernel refused a direct write, or the restore's `Pace` found the page
+    /// cache faster (the rest goes through the page cache).
     direct: bool,
+    /// The restore's measurement, which this file follows.
+    pace: Option<Arc<Pace>>,
+    /// While this file measures.
+    probe: Option<Probe>,
 }
 
 impl<D: Device> Sink<D> {
     /// Writes `bytes` (whose start and length are multiples of `ALIGN` while direct).
     fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.direct
+            && self.probe.is_none()
+            && self.pace.as_ref().is_some_and(|p| p.through_cache())
+        {
+            self.buffered()?;
+        }
+        let started = self.probe.as_ref().map(|_| Instant::now());
+        self.write_all(bytes)?;
+        if let Some(started) = started {
+            self.probed(started.elapsed())?;
+        }
+        Ok(())
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         let mut at = 0;
         while at < bytes.len() {
             match self.device.write_at_end(&bytes[at..]) {
@@ -290,6 +336,58 @@ impl<D: Device> Sink<D> {
         self.device.set_direct(false)?;
         self.direct = false;
         self.handed = self.written;
+        Ok(())
+    }
+
+    /// Past the cache again (a step of the measurement, or its verdict), where the file stands
+    /// aligned and the kernel takes the flag; else it stays in the cache.
+    fn past_cache(&mut self) {
+        if self.written.is_multiple_of(ALIGN as u64) && self.device.set_direct(true).is_ok() {
+            self.direct = true;
+        }
+    }
+
+    /// Adds `spent` to the measurement and moves it on at the end of a step.
+    fn probed(&mut self, spent: Duration) -> io::Result<()> {
+        let Some(mut p) = self.probe.take() else {
+            return Ok(());
+        };
+        let through_cache = p.step % 2 == 1;
+        if !through_cache && !self.direct {
+            // The kernel refused a direct write: nothing to compare; the files that follow go
+            // past the cache as before the measurement existed.
+            return Ok(());
+        }
+        p.spent += spent;
+        if self.written - p.from < PROBE_STEP {
+            self.probe = Some(p);
+            return Ok(());
+        }
+        if through_cache {
+            let started = Instant::now();
+            self.device.wait_writeback(p.from, self.written - p.from)?;
+            p.spent += started.elapsed();
+            self.handed = self.written;
+        }
+        p.took[usize::from(through_cache)] += std::mem::take(&mut p.spent);
+        p.step += 1;
+        p.from = self.written;
+        if p.step < PROBE_STEPS {
+            if p.step % 2 == 1 {
+                self.buffered()?;
+            } else {
+                self.past_cache();
+                if !self.direct {
+                    return Ok(());
+                }
+            }
+            self.probe = Some(p);
+            return Ok(());
+        }
+        let bytes = PROBE_STEP * u64::from(PROBE_STEPS / 2);
+        if !p.pace.decide(bytes, p.took[0], p.took[1]) {
+            self.past_cache();
+        }
         Ok(())
     }
 
@@ -495,8 +593,15 @@ pub struct Direct<D: Device> {
 impl<D: Device> Direct<D> {
     /// `device` (just created, empty) switched to `O_DIRECT`, or given back where that is
     /// refused.  With `behind`, full blocks are written by a helper thread, and with `hash`
-    /// hashed by another before (`hashes` says whether they are).
-    pub fn new(mut device: D, expected: u64, behind: bool, hash: bool) -> Result<Direct<D>, D> {
+    /// hashed by another before (`hashes` says whether they are).  With `pace`, it follows
+    /// (or, the first file of `PROBE_FROM` bytes or more, makes) the restore's measurement.
+    pub fn new(
+        mut device: D,
+        expected: u64,
+        behind: bool,
+        hash: bool,
+        pace: Option<Arc<Pace>>,
+    ) -> Result<Direct<D>, D> {
         // One block for a large file; for a smaller one just its size, rounded up.
         let cap = usize::try_from(expected)
             .unwrap_or(BLOCK)
@@ -508,11 +613,24 @@ impl<D: Device> Direct<D> {
         if device.set_direct(true).is_err() {
             return Err(device);
         }
+        // The first file large enough measures for the restore (`Pace`).
+        let probe = pace
+            .as_ref()
+            .filter(|p| expected >= PROBE_FROM && p.claim())
+            .map(|p| Probe {
+                pace: Arc::clone(p),
+                step: 0,
+                from: 0,
+                spent: Duration::ZERO,
+                took: [Duration::ZERO; 2],
+            });
         let sink = Sink {
             device,
             written: 0,
             handed: 0,
             direct: true,
+            pace,
+            probe,
         };
         let writer = match behind {
             true => Behind::start(sink, hash).map_or_else(Writer::Inline, Writer::Behind),

@@ -21,6 +21,10 @@ struct Scripted {
     refused: usize,
     /// Every writeback hint, (offset, length).
     hinted: std::cell::RefCell<Vec<(u64, u64)>>,
+    /// Every range written back and waited for (a measurement's steps through the cache).
+    waited: std::cell::RefCell<Vec<(u64, u64)>>,
+    /// How long each write takes past the cache, and through it (a device of some speed).
+    delay: (std::time::Duration, std::time::Duration),
 }
 
 impl Scripted {
@@ -35,6 +39,8 @@ impl Scripted {
             direct_bytes: 0,
             refused: 0,
             hinted: std::cell::RefCell::new(Vec::new()),
+            waited: std::cell::RefCell::new(Vec::new()),
+            delay: Default::default(),
         }
     }
 }
@@ -54,6 +60,11 @@ impl Scripted {
 impl Device for Scripted {
     fn write_at_end(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.calls += 1;
+        std::thread::sleep(if self.direct {
+            self.delay.0
+        } else {
+            self.delay.1
+        });
         if self.direct {
             let offset = std::io::Seek::stream_position(&mut self.file)?;
             let aligned = (buf.as_ptr() as usize).is_multiple_of(ALIGN)
@@ -84,6 +95,10 @@ impl Device for Scripted {
     fn start_writeback(&self, offset: u64, len: u64) {
         self.hinted.borrow_mut().push((offset, len));
     }
+    fn wait_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.waited.borrow_mut().push((offset, len));
+        Ok(())
+    }
 }
 
 /// Writes `data` through a `Direct` on a `Scripted` device set up by `script`, in pieces that
@@ -101,7 +116,7 @@ fn through(
         let path = dir.join(format!("s{}-{expected}-{behind}-{hash}", data.len()));
         let mut dev = Scripted::new(create_new(&path).unwrap());
         script(&mut dev);
-        let mut d = Direct::new(dev, expected, behind, hash).ok().unwrap();
+        let mut d = Direct::new(dev, expected, behind, hash, None).ok().unwrap();
         assert_eq!(matches!(d.writer, Writer::Behind(_)), behind);
         assert_eq!(d.hashes(), hash);
         if hash {
@@ -233,7 +248,7 @@ fn a_failed_write_on_the_helper_thread_reaches_the_writer() {
             let path = tmp.path().join(format!("full-{call}-{behind}-{hash}"));
             let mut dev = Scripted::new(create_new(&path).unwrap());
             dev.full_at = Some(call);
-            let mut d = Direct::new(dev, data.len() as u64, behind, hash)
+            let mut d = Direct::new(dev, data.len() as u64, behind, hash, None)
                 .ok()
                 .unwrap();
             // Once a write failed, no later write nor `finish` may report success.
@@ -264,7 +279,7 @@ fn a_file_given_up_part_way_stops_its_helper_thread_after_the_blocks_sent() {
     for hash in [false, true] {
         let path = tmp.path().join(format!("given-up-{hash}"));
         let dev = Scripted::new(create_new(&path).unwrap());
-        let mut d = Direct::new(dev, data.len() as u64, true, hash)
+        let mut d = Direct::new(dev, data.len() as u64, true, hash, None)
             .ok()
             .unwrap();
         d.write_all(&data).unwrap();
@@ -290,7 +305,7 @@ fn files_of_every_awkward_length_come_out_exact_on_this_filesystem() {
         for writes in [Writes::Direct, Writes::Buffered] {
             let data = pattern(len);
             let path = tmp.path().join(format!("f{len}-{writes:?}"));
-            let mut out = RestoredFile::create(&path, len as u64, writes).unwrap();
+            let mut out = RestoredFile::create(&path, len as u64, writes, None).unwrap();
             // A file of BEHIND_FROM or more has its blocks written by a helper thread.
             if let RestoredFile::Direct(d) = &out {
                 let behind = matches!(d.writer, Writer::Behind(_));
@@ -314,7 +329,7 @@ fn files_of_every_awkward_length_come_out_exact_on_this_filesystem() {
             // Made to hash itself: only a file whose blocks a helper writes does, and gives the
             // sha256 of every byte, its last partial block included.
             let path = tmp.path().join(format!("h{len}-{writes:?}"));
-            let mut out = RestoredFile::create_hashing(&path, len as u64, writes).unwrap();
+            let mut out = RestoredFile::create_hashing(&path, len as u64, writes, None).unwrap();
             let hashes = out.in_place().is_some();
             assert_eq!(hashes, direct && len as u64 >= BEHIND_FROM, "length {len}");
             for piece in data.chunks(65_531) {
@@ -336,6 +351,127 @@ fn a_file_that_exists_is_never_overwritten() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("there");
     std::fs::write(&path, b"keep").unwrap();
-    assert!(RestoredFile::create(&path, 1 << 20, Writes::Direct).is_err());
+    assert!(RestoredFile::create(&path, 1 << 20, Writes::Direct, None).is_err());
     assert_eq!(std::fs::read(&path).unwrap(), b"keep");
+}
+
+/// Writes `data` through a `Direct` of `pace` on a `Scripted` device whose writes take `delay`
+/// (past the cache, through it), with the blocks written by a helper; returns the device,
+/// whether the file went past the cache to its end, and checks the bytes.
+fn paced(
+    dir: &Path,
+    name: &str,
+    data: &[u8],
+    pace: &Arc<Pace>,
+    delay: (Duration, Duration),
+    script: impl Fn(&mut Scripted),
+) -> (Scripted, bool) {
+    let path = dir.join(name);
+    let mut dev = Scripted::new(create_new(&path).unwrap());
+    dev.delay = delay;
+    script(&mut dev);
+    let mut d = Direct::new(dev, data.len() as u64, true, false, Some(Arc::clone(pace)))
+        .ok()
+        .unwrap();
+    for piece in data.chunks(65_531) {
+        d.write_all(piece).unwrap();
+    }
+    let (dev, direct, _) = d.finish_all().unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), data, "{name}");
+    (dev, direct)
+}
+
+/// The first large file measures both ways in alternating steps (those through the cache
+/// waited for) and the restore follows the faster: the rest of that file, and the next file
+/// from its start.  Through the cache only when clearly faster.
+#[test]
+fn a_restore_measures_both_ways_and_follows_the_faster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = pattern(PROBE_FROM as usize + 3 * BLOCK + 4095);
+    let ms = Duration::from_millis;
+    let step = PROBE_STEP;
+    for (name, delay, through) in [
+        ("slow-direct", (ms(4), ms(0)), true),
+        ("slow-cache", (ms(0), ms(4)), false),
+    ] {
+        let pace = Pace::new();
+        assert_eq!(pace.measured(), None);
+        let (dev, direct) = paced(tmp.path(), name, &data, &pace, delay, |_| {});
+        let measured = pace.measured().unwrap();
+        assert_eq!(measured.through_cache, through, "{name}: {measured:?}");
+        assert!(
+            (measured.direct_rate < measured.buffered_rate) == through,
+            "{measured:?}"
+        );
+        // Steps 2 and 4 went through the cache and were waited for.
+        assert_eq!(*dev.waited.borrow(), vec![(step, step), (3 * step, step)]);
+        let past = if through {
+            2 * step
+        } else {
+            data.len() as u64 - 2 * step - (data.len() % ALIGN) as u64
+        };
+        assert_eq!(dev.direct_bytes, past, "{name}");
+        assert_eq!(direct, !through, "{name}");
+        // The next file measures nothing and goes the chosen way from its start.
+        let (dev, direct) = paced(
+            tmp.path(),
+            &format!("{name}-next"),
+            &data,
+            &pace,
+            (ms(0), ms(0)),
+            |_| {},
+        );
+        assert!(dev.waited.borrow().is_empty());
+        assert_eq!(dev.direct_bytes == 0, through, "{name}");
+        assert_eq!(direct, !through, "{name}");
+        assert_eq!(pace.measured(), Some(measured));
+    }
+    // A file too small to measure leaves it to the next one.
+    let pace = Pace::new();
+    let small = pattern(PROBE_FROM as usize - BLOCK);
+    let (dev, direct) = paced(tmp.path(), "small", &small, &pace, (ms(0), ms(0)), |_| {});
+    assert!(direct && dev.waited.borrow().is_empty());
+    assert_eq!(pace.measured(), None);
+    // The kernel refusing a direct write during the first step: nothing measured, the bytes
+    // intact, and later files go past the cache as before.
+    let (dev, _) = paced(tmp.path(), "refused", &data, &pace, (ms(0), ms(0)), |d| {
+        d.einval_at = Some(3)
+    });
+    assert!(dev.waited.borrow().is_empty());
+    assert_eq!(pace.measured(), None);
+    let (dev, direct) = paced(tmp.path(), "after", &data, &pace, (ms(0), ms(0)), |_| {});
+    assert!(direct && dev.waited.borrow().is_empty() && dev.direct_bytes > 0);
+}
+
+/// On this filesystem, for real: the first large file measures (whichever way wins here), both
+/// files come out exact with their sha256, and the second follows the verdict.
+#[test]
+fn a_paced_restore_of_real_files_comes_out_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    if !on_direct_filesystem(&File::open(tmp.path()).unwrap()) {
+        return;
+    }
+    let data = pattern(PROBE_FROM as usize + BLOCK + 4095);
+    let pace = Pace::new();
+    for name in ["first", "second"] {
+        let path = tmp.path().join(name);
+        let mut out =
+            RestoredFile::create_hashing(&path, data.len() as u64, Writes::Direct, Some(&pace))
+                .unwrap();
+        // The second is made after the verdict: through the cache, it is a plain buffered
+        // file (hashed by its reader).
+        let through = pace.measured().is_some_and(|m| m.through_cache);
+        let hashes = out.in_place().is_some();
+        assert_eq!(hashes, !through, "{name}");
+        for piece in data.chunks(65_531) {
+            out.write_all(piece).unwrap();
+        }
+        let (length, direct, sha256) = out.finished(&path).unwrap();
+        assert_eq!(length, data.len() as u64);
+        assert_eq!(sha256, hashes.then(|| hex(&Sha256::digest(&data))));
+        assert_eq!(std::fs::read(&path).unwrap(), data, "{name}");
+        let measured = pace.measured().unwrap();
+        assert!(measured.direct_rate > 0 && measured.buffered_rate > 0);
+        assert_eq!(direct, !measured.through_cache, "{name}: {measured:?}");
+    }
 }

@@ -6,3 +6,4 @@ pub mod direct;
 pub mod durable;
 pub mod error;
 pub mod open;
+pub mod pace;

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -20,7 +21,7 @@ pub use super::recipe::sh_quote;
 use super::recovery_conf::{self, recovery_settings};
 use super::remote_files::RemoteHolders;
 use crate::checksum::{hex, is_sha256_hex};
-use crate::files::direct::Writes;
+use crate::files::direct::{Measured, Pace, Writes};
 use crate::files::durable::{self, DurableFile, Install, Temp};
 use crate::files::error::IoError;
 use crate::manifest::native::{Manifest, FILES_MANIFEST};
@@ -94,6 +95,8 @@ pub struct Restored {
     pub wal_segments: usize,
     /// For a delta restore: files kept, fetched, removed.
     pub delta: Option<Delta>,
+    /// Which way large files were written, when a file was large enough to measure it.
+    pub writes: Option<Measured>,
 }
 
 /// The sha256 the mirror records for a backup (a native backup's: its chain manifest's).
@@ -150,6 +153,9 @@ pub struct Destination<'a> {
     pub into: Into,
     /// Past the page cache or not (`Writes::Direct` unless the operator said otherwise).
     pub writes: Writes,
+    /// When past it: the restore's measurement of which way the device takes faster, which
+    /// its large files follow (`files::direct::Pace`); the caller reads what it found.
+    pub pace: Option<&'a Arc<Pace>>,
 }
 
 /// Why a new restore must not write to `dest` and `tablespaces`, if it must not: the data
@@ -238,6 +244,7 @@ pub fn restore_native(
     let writers = Writers {
         threads,
         writes: to.writes,
+        pace: to.pace,
     };
     let b = &choice.backup;
     let keys: HashMap<i64, String> = choice
@@ -273,7 +280,7 @@ pub fn restore_native(
                 return Err(FetchError::Refused(why));
             }
             let held = |mut r: crate::verify::Report| {
-                if let Some(hint) = crate::restore::materialize::held_hint(dest) {
+                if let Some(hint) = crate::restore::materialize::held_hint(dest, true) {
                     let detail = r.detail.take().unwrap_or_default();
                     r.detail = Some(format!("{detail}; {hint}"));
                 }
@@ -294,6 +301,7 @@ pub fn restore_native(
         bytes: manifest.logical_bytes(),
         wal_segments: choice.wal.len(),
         delta,
+        writes: to.pace.and_then(|p| p.measured()),
     })
 }
 

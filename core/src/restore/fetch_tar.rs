@@ -108,6 +108,7 @@ pub fn restore_tar(
         bytes,
         wal_segments: choice.wal.len(),
         delta: None,
+        writes: None,
     })
 }
 

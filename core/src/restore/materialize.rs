@@ -8,9 +8,10 @@ use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use crate::files::beneath;
-use crate::files::direct::{RestoredFile, Writes};
+use crate::files::direct::{Pace, RestoredFile, Writes};
 use crate::files::durable;
 use crate::files::error::IoError;
 use crate::manifest::native::{FileRecord, Manifest};
@@ -74,11 +75,14 @@ impl StoredFiles for LocalHolders<'_> {
     }
 }
 
-/// How a restore writes its files: how many at a time, and past the page cache or not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Writers {
+/// How a restore writes its files: how many at a time, past the page cache or not, and with
+/// `pace` (when past it) whichever way the device takes faster, measured on the first large
+/// file (`files::direct::Pace`).
+#[derive(Debug, Clone, Copy)]
+pub struct Writers<'a> {
     pub threads: usize,
     pub writes: Writes,
+    pub pace: Option<&'a Arc<Pace>>,
 }
 
 /// Builds the complete data directory of a backup in `dest` (created, mode 0700) from its
@@ -486,8 +490,8 @@ fn fill(
         let src = source.shown(f.holder, &f.stored);
         let input = open_stored(source, f, &src)?;
         let unwritable = |e: IoError| Report::failed(Reason::Unreadable, e.to_string(), &out_path);
-        let mut out =
-            RestoredFile::create_hashing(&out_path, f.size, writers.writes).map_err(unwritable)?;
+        let mut out = RestoredFile::create_hashing(&out_path, f.size, writers.writes, writers.pace)
+            .map_err(unwritable)?;
         let zst = f.stored.ends_with(".zst");
         let (size, sum) = read_into_file(input, zst, f.size, &mut out, buf, counters)
             .map_err(|(r, d)| Report::failed(r, d, &src))?;
@@ -658,11 +662,18 @@ pub fn install_control(dest: &Path) -> Result<bool, IoError> {
 
 /// What to tell the operator when a delta restore into `dest` stopped before its end: the
 /// directory cannot start while its control file is held aside.  None when it is not.
-pub fn held_hint(dest: &Path) -> Option<String> {
+/// `retry`: whether running the same restore again can finish it (not when the backup itself
+/// was refused, e.g. its configuration moves the data directory).
+pub fn held_hint(dest: &Path, retry: bool) -> Option<String> {
+    let next = if retry {
+        "run the restore with --delta again"
+    } else {
+        "this backup cannot finish it; restore another one into it with --delta --backup-id ID"
+    };
     dest.join(CONTROL_HELD).is_file().then(|| {
         format!(
             "\"{}\" cannot start until a delta restore finishes (its control file is held aside \
-             as {CONTROL_HELD}): run the restore with --delta again",
+             as {CONTROL_HELD}): {next}",
             dest.display()
         )
     })

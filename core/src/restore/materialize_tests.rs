@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 const TWO: Writers = Writers {
     threads: 2,
     writes: Writes::Direct,
+    pace: None,
 };
 
 /// A control file's bytes: the system identifier first, as PostgreSQL lays it out.
@@ -344,6 +345,7 @@ fn a_restore_announces_every_file_in_the_order_its_threads_open_them() {
     let one = Writers {
         threads: 1,
         writes: Writes::Buffered,
+        pace: None,
     };
     materialize_from(&source, &manifest, &dest, &spaces, one, &counters).unwrap();
     // Announced once, largest first, then PostgreSQL's manifest and the control file, for
@@ -393,7 +395,11 @@ fn large_files_written_past_the_cache_are_exact_and_checked() {
     let spaces = tmp.path().join("spaces");
     for writes in [Writes::Direct, Writes::Buffered] {
         let dest = tmp.path().join(format!("data-{writes:?}"));
-        let writers = Writers { threads: 2, writes };
+        let writers = Writers {
+            threads: 2,
+            writes,
+            pace: None,
+        };
         materialize(&manifest, &holders, &dest, &spaces, writers, &counters).unwrap();
         for (path, content) in &files {
             assert_eq!(&std::fs::read(dest.join(path)).unwrap(), content, "{path}");

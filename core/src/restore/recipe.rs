@@ -363,7 +363,8 @@ pub fn recipe(r: &RecipeInput) -> Result<String, RecipeError> {
 # Usage, as the operating-system user that will run the restored server:
 #   bash recipe.sh NEW_DATA_DIRECTORY [TABLESPACE_DIRECTORY]
 # then start it (pg_ctl -D NEW_DATA_DIRECTORY start, on a free port): it replays the WAL up to
-# the target and promotes.
+# the target and promotes.  POSTGRES may name PostgreSQL {major}'s postgres, with which the recipe
+# checks that the backed-up configuration does not move the data directory elsewhere.
 #
 # This script is the zero-dependency fallback.  Where backup_mgmt copies to an off-site target,
 # its restore program brings back the same point from that target alone, files fetched and
@@ -626,6 +627,31 @@ rm -f -- "$target/standby.signal"
 # pg_ctl restart runs the program postmaster.opts names: only a server's own, never a backup's.
 rm -f -- "$target/postmaster.opts" "$target/postmaster.pid"
 touch "$target/recovery.signal"
+# A backed-up postgresql.conf may move the data directory (data_directory = '...'): a server
+# started on $target would run on that other directory, with its configuration instead of the
+# settings above.  PostgreSQL's own postgres says which directory it would use: POSTGRES, else
+# Debian's PostgreSQL {major}, else the one on PATH.  Read from /, as the server may be started
+# from anywhere; without a postgresql.conf the operator's configuration file will be used.
+if [ -n "${{POSTGRES:-}}" ]; then
+    postgres=$POSTGRES
+elif [ -x /usr/lib/postgresql/{major}/bin/postgres ]; then
+    postgres=/usr/lib/postgresql/{major}/bin/postgres
+else
+    postgres=postgres
+fi
+here=$(realpath -e -- "$target")
+config=()
+if [ -L "$target/postgresql.conf" ] || [ ! -f "$target/postgresql.conf" ]; then config=(-c config_file=/dev/null); fi
+if ! command -v -- "$postgres" >/dev/null; then
+    echo "recipe: caution: $postgres not found, so the backed-up configuration's data_directory is unchecked (set POSTGRES to PostgreSQL {major}'s postgres)" >&2
+elif ! moved=$(cd / && "$postgres" -C data_directory -D "$here" "${{config[@]}}" 2>/dev/null); then
+    why=$(cd / && {{ "$postgres" -C data_directory -D "$here" "${{config[@]}}" 2>&1 >/dev/null || true; }} | head -n 3)
+    echo "recipe: caution: $postgres could not read the backed-up configuration, so its data_directory is unchecked: $why" >&2
+elif [ "$(realpath -e -- "$moved" 2>/dev/null)" != "$here" ]; then
+    rm -f -- "$staged"
+    echo "recipe: refusing the backup: its configuration moves the data directory to $moved; $target cannot start" >&2
+    exit 1
+fi
 # The control file goes in last, once every other file and the recovery settings are on disk:
 # a recipe stopped before this point leaves a directory PostgreSQL refuses to start (no
 # global/pg_control), never one that starts as a part-restored cluster or as the backup alone.
@@ -644,6 +670,7 @@ sync -- "$target/global"
 echo "recipe: ready; start the server on $target to recover to "{target_q}
 "#,
         target_q = sh_quote(&target_text),
+        major = r.pg_major,
         // A setting PostgreSQL 14 and older do not know would stop the server starting.
         archive_library = if r.pg_major >= 15 {
             "archive_library = ''\n"

@@ -350,7 +350,8 @@ mod tests {
         let mut buf = vec![0u8; super::super::CHUNK];
         let mut restore = |name: &str, input: &[u8]| {
             let path = tmp.path().join(name);
-            let mut out = RestoredFile::create_hashing(&path, size as u64, Writes::Direct).unwrap();
+            let mut out =
+                RestoredFile::create_hashing(&path, size as u64, Writes::Direct, None).unwrap();
             // This project's machines restore to ext4, where such a file hashes its blocks.
             assert!(out.in_place().is_some());
             let read = read_into_file(input, true, size as u64, &mut out, &mut buf, &counters);

@@ -486,6 +486,72 @@ fn a_recipe_stopped_before_its_end_leaves_no_control_file() {
     );
 }
 
+/// A backed-up configuration that moves the data directory (as `postgres -C data_directory`
+/// reports it, here a stand-in `postgres` named by POSTGRES) is refused after the files are in
+/// place, and the control file removed, so that the directory cannot start on another one; the
+/// same directory, or a configuration that cannot be read, lets the recipe finish (the latter
+/// with a caution).
+#[test]
+fn a_recipe_refuses_a_configuration_that_moves_the_data_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let base = tar_base(tmp.path(), &root);
+    let script = tmp.path().join("recipe.sh");
+    std::fs::write(
+        &script,
+        recipe(&time_recipe(&base, &[], Vec::new())).unwrap(),
+    )
+    .unwrap();
+    let postgres = tmp.path().join("postgres");
+    let run = |n: usize, says: &str| {
+        // Called as `postgres -C data_directory -D DIR [-c config_file=/dev/null]`.
+        std::fs::write(&postgres, format!("#!/bin/sh\n{says}\n")).unwrap();
+        std::fs::set_permissions(&postgres, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = tmp.path().join(format!("restored{n}"));
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .arg(&dir)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("POSTGRES", &postgres)
+            .output()
+            .unwrap();
+        (out, dir)
+    };
+    let (out, dir) = run(1, "echo /var/lib/elsewhere");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("its configuration moves the data directory to /var/lib/elsewhere"),
+        "{err}"
+    );
+    assert!(!dir.join("global/pg_control").exists());
+    assert!(!dir.join("global/pg_control.restored").exists());
+    // The directory itself, however spelt (`DIR/.`), and with no postgresql.conf of its own
+    // (the tar has none) read with an empty configuration file.
+    let (out, dir) = run(
+        2,
+        r#"[ "$5 $6" = "-c config_file=/dev/null" ] && echo "$4/.""#,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.join("global/pg_control").is_file());
+    // Not read: said, and the restore stands.
+    let (out, dir) = run(3, "echo 'FATAL: bad setting' >&2; exit 1");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("could not read the backed-up configuration, so its data_directory is unchecked: FATAL: bad setting"),
+        "{err}"
+    );
+    assert!(dir.join("global/pg_control").is_file());
+}
+
 /// A tar holding a symlink (here `postgresql.auto.conf` leading to another cluster's file):
 /// the recipe stops after extracting, before it appends through the link; the file it leads
 /// to is untouched and the directory cannot start.

@@ -95,7 +95,7 @@ pub struct Restored {
     pub wal_segments: usize,
     /// For a delta restore: files kept, fetched, removed.
     pub delta: Option<Delta>,
-    /// Which way large files were written, when a file was large enough to measure it.
+    /// Which way large files were written, when a file measured it (`files::pace`).
     pub writes: Option<Measured>,
 }
 

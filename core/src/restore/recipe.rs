@@ -639,19 +639,24 @@ elif [ -x /usr/lib/postgresql/{major}/bin/postgres ]; then
 else
     postgres=postgres
 fi
+# The configuration is the backup's: it may include a FIFO or a terminal, so no stdin and a
+# time limit; what it makes postgres print is shown with control characters replaced.
 here=$(realpath -e -- "$target")
 config=()
 if [ -L "$target/postgresql.conf" ] || [ ! -f "$target/postgresql.conf" ]; then config=(-c config_file=/dev/null); fi
+said=$(mktemp)
 if ! command -v -- "$postgres" >/dev/null; then
     echo "recipe: caution: $postgres not found, so the backed-up configuration's data_directory is unchecked (set POSTGRES to PostgreSQL {major}'s postgres)" >&2
-elif ! moved=$(cd / && "$postgres" -C data_directory -D "$here" "${{config[@]}}" 2>/dev/null); then
-    why=$(cd / && {{ "$postgres" -C data_directory -D "$here" "${{config[@]}}" 2>&1 >/dev/null || true; }} | head -n 3)
-    echo "recipe: caution: $postgres could not read the backed-up configuration, so its data_directory is unchecked: $why" >&2
+elif ! moved=$(cd / && timeout 30 "$postgres" -C data_directory -D "$here" ${{config[@]+"${{config[@]}}"}} </dev/null 2>"$said"); then
+    why=$(head -c 400 -- "$said" | tr -c '[:print:]' ' ')
+    echo "recipe: caution: $postgres could not read the backed-up configuration within 30 s, so its data_directory is unchecked: $why" >&2
 elif [ "$(realpath -e -- "$moved" 2>/dev/null)" != "$here" ]; then
-    rm -f -- "$staged"
+    rm -f -- "$staged" "$said"
+    moved=$(printf '%s' "$moved" | tr -c '[:print:]' '?')
     echo "recipe: refusing the backup: its configuration moves the data directory to $moved; $target cannot start" >&2
     exit 1
 fi
+rm -f -- "$said"
 # The control file goes in last, once every other file and the recovery settings are on disk:
 # a recipe stopped before this point leaves a directory PostgreSQL refuses to start (no
 # global/pg_control), never one that starts as a part-restored cluster or as the backup alone.

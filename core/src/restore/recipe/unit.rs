@@ -533,20 +533,44 @@ fn a_recipe_refuses_a_configuration_that_moves_the_data_directory() {
     // (the tar has none) read with an empty configuration file.
     let (out, dir) = run(
         2,
-        r#"[ "$5 $6" = "-c config_file=/dev/null" ] && echo "$4/.""#,
+        r#"[ "$1 $2 $3 $5 $6" = "-C data_directory -D -c config_file=/dev/null" ] && echo "$4/.""#,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("caution"), "{err}");
     assert!(dir.join("global/pg_control").is_file());
+    // What the configuration makes postgres print reaches the terminal without its control
+    // characters.
+    let (out, _) = run(4, r#"printf '/var/lib/\033[2Jelsewhere\n'"#);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("moves the data directory to /var/lib/?[2Jelsewhere;"),
+        "{err}"
+    );
     // Not read: said, and the restore stands.
     let (out, dir) = run(3, "echo 'FATAL: bad setting' >&2; exit 1");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
-        err.contains("could not read the backed-up configuration, so its data_directory is unchecked: FATAL: bad setting"),
+        err.contains("could not read the backed-up configuration within 30 s, so its data_directory is unchecked: FATAL: bad setting"),
+        "{err}"
+    );
+    assert!(dir.join("global/pg_control").is_file());
+    // No such postgres: said, and the restore stands.
+    let dir = tmp.path().join("restored5");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(&dir)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("POSTGRES", tmp.path().join("no-such-postgres"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("no-such-postgres not found, so the backed-up configuration's data_directory is unchecked"),
         "{err}"
     );
     assert!(dir.join("global/pg_control").is_file());
